@@ -1,0 +1,89 @@
+"""Terminal log events: what happened at a door or to a user, and who caused it.
+
+Codes follow the field's established numbering (0x2000 enroll success ... 0x2600 delete-all);
+for user events the sub-code says whether the change came from the server (0x01) or was made
+on the device (0x02). See docs/protocol.md section "Event log entries".
+"""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from construct import Adapter, Int8ub, Int16ub, Int64ub, PascalString, Struct
+
+
+class EventCode(IntEnum):
+    VERIFY_SUCCESS = 0x1000
+    VERIFY_FAIL = 0x1100
+    IDENTIFY_SUCCESS = 0x1200
+    IDENTIFY_FAIL = 0x1300
+    DOOR_OPENED = 0x5000
+    DOOR_FORCED_OPEN = 0x5100
+    ENROLL_SUCCESS = 0x2000
+    ENROLL_FAIL = 0x2100
+    UPDATE_SUCCESS = 0x2200
+    UPDATE_FAIL = 0x2300
+    DELETE_SUCCESS = 0x2400
+    DELETE_FAIL = 0x2500
+    DELETE_ALL_SUCCESS = 0x2600
+
+
+class Origin(IntEnum):
+    """Sub-code of user events: who made the change the event reports."""
+
+    SERVER = 0x01
+    DEVICE = 0x02
+
+
+class Credential(IntEnum):
+    """Sub-code of verification events: what the person presented."""
+
+    CARD = 0x01
+    FINGER = 0x02
+    FACE = 0x03
+    PIN = 0x04
+
+
+USER_CHANGE_CODES = frozenset({EventCode.ENROLL_SUCCESS, EventCode.UPDATE_SUCCESS})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: int  # per terminal, strictly increasing
+    timestamp_ms: int
+    code: int
+    sub_code: int = 0
+    user_id: str = ""
+
+    @property
+    def is_device_user_change(self) -> bool:
+        """An enrolment or edit made at the terminal: the gateway must pull that user."""
+        return self.code in USER_CHANGE_CODES and self.sub_code == Origin.DEVICE and bool(self.user_id)
+
+    @property
+    def code_name(self) -> str:
+        try:
+            return EventCode(self.code).name
+        except ValueError:
+            return f"0x{self.code:04X}"
+
+
+EventStruct = Struct(
+    "event_id" / Int64ub,
+    "timestamp_ms" / Int64ub,
+    "code" / Int16ub,
+    "sub_code" / Int8ub,
+    "user_id" / PascalString(Int8ub, "utf8"),
+)
+
+
+class _EventAdapter(Adapter):
+    def _decode(self, obj, context, path):
+        return Event(obj.event_id, obj.timestamp_ms, obj.code, obj.sub_code, obj.user_id)
+
+    def _encode(self, ev: Event, context, path):
+        return dict(
+            event_id=ev.event_id, timestamp_ms=ev.timestamp_ms, code=ev.code, sub_code=ev.sub_code, user_id=ev.user_id
+        )
+
+
+EventWire = _EventAdapter(EventStruct)

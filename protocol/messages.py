@@ -1,0 +1,181 @@
+"""Message types: the command numbers and the payload each carries, one way and the other.
+
+A request and its response share the command number; the response sets the RESPONSE flag and
+echoes the request's sequence number. An error reply sets RESPONSE|ERROR and carries
+``ErrorBody`` whatever the command. See docs/protocol.md section "Messages".
+"""
+
+from enum import IntEnum
+
+from construct import (
+    Bytes,
+    Construct,
+    Container,
+    Flag,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Int64ub,
+    PascalString,
+    PrefixedArray,
+    Struct,
+    Terminated,
+)
+
+from protocol.errors import ErrorCode, MessageError
+from protocol.events import EventWire
+from protocol.frame import Flags, Frame, encode_frame
+from protocol.records import UserId, UserRecordWire
+
+NONCE_SIZE = 16
+PROOF_SIZE = 32
+
+
+class Command(IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    KEEPALIVE = 0x03
+    POLL = 0x04
+    TIME_SYNC = 0x05
+    EVENTS = 0x10
+    REQUEST_EVENTS = 0x11
+    GET_USERS = 0x20
+    PUT_USERS = 0x21
+    DELETE_USERS = 0x22
+    LIST_USERS = 0x23
+
+
+class UserStatus(IntEnum):
+    """Per-user outcome of PUT_USERS and DELETE_USERS."""
+
+    OK = 0
+    NOT_FOUND = 1
+    INVALID = 2
+    STORAGE_FULL = 3
+
+
+def _body(*fields) -> Construct:
+    return Struct(*fields, Terminated)
+
+
+Empty = _body()
+EventBatch = _body("events" / PrefixedArray(Int16ub, EventWire))
+UserResults = _body("results" / PrefixedArray(Int8ub, Struct("user_id" / UserId, "status" / Int8ub)))
+UserIds = _body("user_ids" / PrefixedArray(Int8ub, UserId))
+ErrorBody = _body("code" / Int16ub, "text" / PascalString(Int16ub, "utf8"))
+
+REQUESTS: dict[Command, Construct] = {
+    Command.HELLO: _body("gateway_nonce" / Bytes(NONCE_SIZE), "protocol_version" / Int8ub),
+    Command.WELCOME: _body(
+        "proof" / Bytes(PROOF_SIZE), "server_time_ms" / Int64ub, "keepalive_s" / Int16ub, "ack_through" / Int64ub
+    ),
+    Command.KEEPALIVE: Empty,
+    Command.POLL: _body("ack_through" / Int64ub, "max_events" / Int16ub),
+    Command.TIME_SYNC: _body("server_time_ms" / Int64ub),
+    Command.EVENTS: EventBatch,
+    Command.REQUEST_EVENTS: _body("after_event_id" / Int64ub),
+    Command.GET_USERS: UserIds,
+    Command.PUT_USERS: _body("users" / PrefixedArray(Int8ub, UserRecordWire)),
+    Command.DELETE_USERS: UserIds,
+    Command.LIST_USERS: _body("after_user_id" / UserId, "limit" / Int16ub),
+}
+
+RESPONSES: dict[Command, Construct] = {
+    Command.HELLO: _body(
+        "model" / PascalString(Int8ub, "utf8"),
+        "firmware" / PascalString(Int8ub, "utf8"),
+        "protocol_version" / Int8ub,
+        "max_users" / Int32ub,
+        "max_events" / Int32ub,
+        "terminal_nonce" / Bytes(NONCE_SIZE),
+        "proof" / Bytes(PROOF_SIZE),
+    ),
+    Command.WELCOME: Empty,
+    Command.KEEPALIVE: Empty,
+    Command.POLL: EventBatch,
+    Command.TIME_SYNC: _body("terminal_time_ms" / Int64ub),
+    Command.EVENTS: _body("ack_through" / Int64ub),
+    Command.REQUEST_EVENTS: _body("pending" / Int32ub),
+    Command.GET_USERS: _body(
+        "users" / PrefixedArray(Int8ub, UserRecordWire), "missing" / PrefixedArray(Int8ub, UserId)
+    ),
+    Command.PUT_USERS: UserResults,
+    Command.DELETE_USERS: UserResults,
+    Command.LIST_USERS: _body(
+        "entries" / PrefixedArray(Int16ub, Struct("user_id" / UserId, "digest" / Bytes(8))), "more" / Flag
+    ),
+}
+
+# The bodies a log storm or a sync backlog is made of are compiled; the rest are parsed plainly.
+_HOT = {
+    (Command.EVENTS, False),
+    (Command.POLL, True),
+    (Command.PUT_USERS, False),
+    (Command.GET_USERS, True),
+}
+_COMPILED = {
+    key: (RESPONSES if key[1] else REQUESTS)[key[0]].compile() for key in sorted(_HOT)
+}
+_COMPILED_ERROR = ErrorBody.compile()
+
+
+def body_struct(command: int, response: bool, error: bool = False, compiled: bool = True) -> Construct:
+    """The construct that reads and writes this kind of payload; MessageError if there is none."""
+    if error:
+        return _COMPILED_ERROR if compiled else ErrorBody
+    try:
+        cmd = Command(command)
+    except ValueError:
+        raise MessageError(f"unknown command 0x{command:02X}") from None
+    if compiled and (cmd, response) in _COMPILED:
+        return _COMPILED[(cmd, response)]
+    return (RESPONSES if response else REQUESTS)[cmd]
+
+
+def parse_body(frame: Frame) -> Container:
+    """The frame's payload as a message body; MessageError, with the reason, if it is not one."""
+    struct = body_struct(frame.command, frame.is_response, frame.is_error)
+    try:
+        return struct.parse(frame.payload)
+    except MessageError:
+        raise
+    except Exception as exc:  # construct raises many types on hostile input; all mean "bad message"
+        kind = "error reply" if frame.is_error else ("response" if frame.is_response else "request")
+        raise MessageError(f"bad {_name(frame.command)} {kind}: {_first_line(exc)}") from None
+
+
+def build_body(command: int, response: bool, body: dict, error: bool = False) -> bytes:
+    struct = body_struct(command, response, error)
+    try:
+        return struct.build(body)
+    except MessageError:
+        raise
+    except Exception as exc:
+        raise MessageError(f"cannot build {_name(command)}: {_first_line(exc)}") from None
+
+
+def request(command: Command, body: dict | None = None, *, terminal_id=0, seq=0, address=0) -> bytes:
+    payload = build_body(command, False, body or {})
+    return encode_frame(Frame(command, payload, Flags.REQUEST, terminal_id, seq, address))
+
+
+def response(to: Frame, body: dict | None = None) -> bytes:
+    payload = build_body(to.command, True, body or {})
+    return encode_frame(Frame(to.command, payload, Flags.RESPONSE, to.terminal_id, to.seq, to.address))
+
+
+def error_response(to: Frame, code: ErrorCode, text: str) -> bytes:
+    payload = build_body(to.command, True, dict(code=int(code), text=text[:1000]), error=True)
+    return encode_frame(Frame(to.command, payload, Flags.RESPONSE | Flags.ERROR, to.terminal_id, to.seq, to.address))
+
+
+def _name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command 0x{command:02X}"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,226 @@
+"""The user record as terminals hold it, and its wire declaration.
+
+Every field can be vacant (``None``, an empty tuple, or a missing slot), because the server's
+merge fills exactly the vacant fields; see docs/protocol.md section "User record".
+"""
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from construct import (
+    Adapter,
+    Bytes,
+    Flag,
+    FlagsEnum,
+    GreedyBytes,
+    If,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    PascalString,
+    Prefixed,
+    PrefixedArray,
+    Struct,
+    this,
+)
+
+from protocol.errors import MessageError
+
+MAX_USER_ID_BYTES = 32
+MAX_NAME_CHARS = 48
+PIN_HASH_SIZE = 32
+MAX_ACCESS_GROUPS = 16
+MAX_CARDS = 8
+MAX_CARD_DATA = 32
+FINGER_SLOTS = 10
+FINGER_TEMPLATE_SIZE = 384
+FACE_SLOTS = 5
+MAX_FACE_TEMPLATE = 8 * 1024
+MAX_PHOTO = 16 * 1024
+PIN_HASH_ITERATIONS = 4096
+
+
+class CardType(IntEnum):
+    CSN = 1
+    WIEGAND = 2
+    SMART_CARD = 3
+    SECURE_CREDENTIAL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    type: CardType
+    data: bytes
+
+    @property
+    def card_id(self) -> tuple[int, bytes]:
+        """What identifies a card for the merge: its type and its data."""
+        return (int(self.type), self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    index: int
+    template1: bytes
+    template2: bytes
+    duress: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    index: int
+    template: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    user_id: str
+    name: str | None = None
+    pin_hash: bytes | None = None
+    validity: tuple[int, int] | None = None  # (start, end), seconds since the epoch
+    security_level: int | None = None
+    auth_mode: int | None = None
+    disabled: bool | None = None
+    access_groups: tuple[int, ...] = ()
+    cards: tuple[Card, ...] = ()
+    fingerprints: tuple[Fingerprint, ...] = ()
+    faces: tuple[Face, ...] = ()
+    photo: bytes | None = None
+
+    def validate(self) -> "UserRecord":
+        """Raise ``MessageError`` naming the first limit this record breaks; return it otherwise."""
+        problems = []
+        uid = self.user_id.encode("utf-8")
+        if not uid or len(uid) > MAX_USER_ID_BYTES:
+            problems.append(f"user id must be 1 to {MAX_USER_ID_BYTES} bytes, got {len(uid)}")
+        if self.name is not None and len(self.name) > MAX_NAME_CHARS:
+            problems.append(f"name longer than {MAX_NAME_CHARS} characters")
+        if self.pin_hash is not None and len(self.pin_hash) != PIN_HASH_SIZE:
+            problems.append(f"PIN hash must be {PIN_HASH_SIZE} bytes")
+        if self.validity is not None and self.validity[0] > self.validity[1]:
+            problems.append("validity period ends before it starts")
+        if len(self.access_groups) > MAX_ACCESS_GROUPS:
+            problems.append(f"more than {MAX_ACCESS_GROUPS} access groups")
+        if len(self.cards) > MAX_CARDS:
+            problems.append(f"more than {MAX_CARDS} cards")
+        for card in self.cards:
+            if not 0 < len(card.data) <= MAX_CARD_DATA:
+                problems.append(f"card data must be 1 to {MAX_CARD_DATA} bytes")
+        problems += _slot_problems("finger", [f.index for f in self.fingerprints], FINGER_SLOTS)
+        for finger in self.fingerprints:
+            if len(finger.template1) != FINGER_TEMPLATE_SIZE or len(finger.template2) != FINGER_TEMPLATE_SIZE:
+                problems.append(f"fingerprint templates must be {FINGER_TEMPLATE_SIZE} bytes each")
+        problems += _slot_problems("face", [f.index for f in self.faces], FACE_SLOTS)
+        for face in self.faces:
+            if not 0 < len(face.template) <= MAX_FACE_TEMPLATE:
+                problems.append(f"face template must be 1 to {MAX_FACE_TEMPLATE} bytes")
+        if self.photo is not None and len(self.photo) > MAX_PHOTO:
+            problems.append(f"photo larger than {MAX_PHOTO} bytes")
+        if problems:
+            raise MessageError(f"user {self.user_id!r}: " + "; ".join(problems))
+        return self
+
+    def digest(self) -> bytes:
+        """8 bytes that change whenever any field changes: what LIST_USERS reports."""
+        return hashlib.sha256(UserRecordWire.build(self)).digest()[:8]
+
+
+def _slot_problems(kind: str, indexes: list[int], slots: int) -> list[str]:
+    problems = []
+    if any(not 0 <= i < slots for i in indexes):
+        problems.append(f"{kind} slot index must be 0 to {slots - 1}")
+    if len(set(indexes)) != len(indexes):
+        problems.append(f"{kind} slot used twice")
+    return problems
+
+
+def hash_pin(user_id: str, pin: str) -> bytes:
+    """The 32-byte PIN hash terminals store and send; the clear PIN never leaves the keypad."""
+    return hashlib.pbkdf2_hmac("sha256", pin.encode(), b"terminal-pin:" + user_id.encode(), PIN_HASH_ITERATIONS)
+
+
+UserId = PascalString(Int8ub, "utf8")
+
+CardWire = Struct("type" / Int8ub, "data" / Prefixed(Int8ub, GreedyBytes))
+FingerprintWire = Struct(
+    "index" / Int8ub,
+    "duress" / Flag,
+    "template1" / Bytes(FINGER_TEMPLATE_SIZE),
+    "template2" / Bytes(FINGER_TEMPLATE_SIZE),
+)
+FaceWire = Struct("index" / Int8ub, "template" / Prefixed(Int16ub, GreedyBytes))
+
+_Present = FlagsEnum(Int8ub, name=1, pin=2, validity=4, security_level=8, auth_mode=16, disabled=32, photo=64)
+
+UserRecordStruct = Struct(
+    "user_id" / UserId,
+    "present" / _Present,
+    "name" / If(this.present.name, PascalString(Int8ub, "utf8")),
+    "pin_hash" / If(this.present.pin, Bytes(PIN_HASH_SIZE)),
+    "valid_from" / If(this.present.validity, Int32ub),
+    "valid_to" / If(this.present.validity, Int32ub),
+    "security_level" / If(this.present.security_level, Int8ub),
+    "auth_mode" / If(this.present.auth_mode, Int8ub),
+    "disabled" / If(this.present.disabled, Flag),
+    "access_groups" / PrefixedArray(Int8ub, Int32ub),
+    "cards" / PrefixedArray(Int8ub, CardWire),
+    "fingerprints" / PrefixedArray(Int8ub, FingerprintWire),
+    "faces" / PrefixedArray(Int8ub, FaceWire),
+    "photo" / If(this.present.photo, Prefixed(Int16ub, GreedyBytes)),
+)
+
+
+class _UserRecordAdapter(Adapter):
+    def _decode(self, obj, context, path):
+        try:
+            cards = tuple(Card(CardType(c.type), c.data) for c in obj.cards)
+        except ValueError as exc:
+            raise MessageError(f"user {obj.user_id!r}: unknown card type ({exc})") from None
+        return UserRecord(
+            user_id=obj.user_id,
+            name=obj.name,
+            pin_hash=obj.pin_hash,
+            validity=(obj.valid_from, obj.valid_to) if obj.present.validity else None,
+            security_level=obj.security_level,
+            auth_mode=obj.auth_mode,
+            disabled=obj.disabled,
+            access_groups=tuple(obj.access_groups),
+            cards=cards,
+            fingerprints=tuple(Fingerprint(f.index, f.template1, f.template2, f.duress) for f in obj.fingerprints),
+            faces=tuple(Face(f.index, f.template) for f in obj.faces),
+            photo=obj.photo,
+        ).validate()
+
+    def _encode(self, rec: UserRecord, context, path):
+        rec.validate()
+        return dict(
+            user_id=rec.user_id,
+            present=dict(
+                name=rec.name is not None,
+                pin=rec.pin_hash is not None,
+                validity=rec.validity is not None,
+                security_level=rec.security_level is not None,
+                auth_mode=rec.auth_mode is not None,
+                disabled=rec.disabled is not None,
+                photo=rec.photo is not None,
+            ),
+            name=rec.name,
+            pin_hash=rec.pin_hash,
+            valid_from=rec.validity[0] if rec.validity else None,
+            valid_to=rec.validity[1] if rec.validity else None,
+            security_level=rec.security_level,
+            auth_mode=rec.auth_mode,
+            disabled=rec.disabled,
+            access_groups=list(rec.access_groups),
+            cards=[dict(type=int(c.type), data=c.data) for c in rec.cards],
+            fingerprints=[
+                dict(index=f.index, duress=f.duress, template1=f.template1, template2=f.template2)
+                for f in rec.fingerprints
+            ],
+            faces=[dict(index=f.index, template=f.template) for f in rec.faces],
+            photo=rec.photo,
+        )
+
+
+UserRecordWire = _UserRecordAdapter(UserRecordStruct)
