@@ -179,3 +179,14 @@ def _name(command: int) -> str:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def put_users_payload(encoded_records: list[bytes]) -> bytes:
+    """PUT_USERS request payload from records already in their wire encoding.
+
+    Equal to ``build_body(Command.PUT_USERS, False, {"users": records})``; the gateway stores
+    records encoded, so a push is a concatenation rather than a decode and re-encode.
+    """
+    if len(encoded_records) > 255:
+        raise MessageError(f"PUT_USERS carries at most 255 users, got {len(encoded_records)}")
+    return bytes([len(encoded_records)]) + b"".join(encoded_records)

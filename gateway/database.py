@@ -1,0 +1,119 @@
+"""Database: the engine, its migrations, and the threads database work runs on.
+
+All database work runs off the reactor thread. Writes go through one writer thread, in order,
+so change sequence numbers follow commit order and SQLite never sees two writers; reads go to
+a small pool of their own, so the monitoring API never waits behind a group commit.
+"""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+DEFAULT_URL = "sqlite:///gateway.db"
+
+
+class DatabaseFailure(Exception):
+    """A transaction could not be committed (database down, disk full, constraint): retry later."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 5})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            # WAL lets readers run beside the writer; FULL makes every acknowledged commit
+            # survive a power cut, and group commit keeps its fsyncs few.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it already is)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Database:
+    def __init__(self, url: str, reactor, readers: int = 2):
+        self.url = url
+        self.engine = make_engine(url)
+        self._reactor = reactor
+        self._writer = ThreadPool(1, 1, name="db-writer")
+        self._readers = ThreadPool(1, readers, name="db-readers")
+
+    def open(self) -> None:
+        """Migrate the schema: enough for command-line tools, which run transactions themselves."""
+        migrate(self.engine)
+
+    def start(self) -> None:
+        self.open()
+        self._writer.start()
+        self._readers.start()
+
+    def stop(self) -> None:
+        self._writer.stop()
+        self._readers.stop()
+        self.engine.dispose()
+
+    def write(self, work, *args) -> defer.Deferred:
+        """Run ``work(connection, *args)`` in one transaction on the writer thread."""
+        return deferToThreadPool(self._reactor, self._writer, self._transaction, work, args)
+
+    def read(self, work, *args) -> defer.Deferred:
+        """Run ``work(connection, *args)`` on a reader thread."""
+        return deferToThreadPool(self._reactor, self._readers, self._transaction, work, args)
+
+    def run_now(self, work, *args):
+        """Run ``work`` on the calling thread: for start-up and command-line tools, never the reactor."""
+        return self._transaction(work, args)
+
+    def _transaction(self, work, args):
+        try:
+            with self.engine.begin() as conn:
+                return work(conn, *args)
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise DatabaseFailure(_describe(exc)) from exc
+
+
+def _describe(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]
+
+
+
+
+def _dialect(conn):
+    return postgresql if conn.dialect.name == "postgresql" else sqlite
+
+
+def insert_ignoring_duplicates(conn, table, rows: list[dict]) -> None:
+    """INSERT that skips rows whose key is already stored: how resends stay stored once."""
+    if rows:
+        conn.execute(_dialect(conn).insert(table).on_conflict_do_nothing(), rows)
+
+
+def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> None:
+    """INSERT, or on a key already stored, UPDATE the ``update`` columns from the new row."""
+    if rows:
+        stmt = _dialect(conn).insert(table)
+        stmt = stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
+        conn.execute(stmt, rows)

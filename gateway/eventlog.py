@@ -1,0 +1,178 @@
+"""EventLog: terminals' log events made durable in group commits, acknowledged only after.
+
+Submissions from every terminal queue up on the reactor; one transaction on the writer thread
+takes all that queued while the previous commit ran. That is what keeps ingest fast under log
+storms. When too many events wait, terminal links stop being read (backpressure) until the
+writer catches up; if a commit fails, the same events are retried with backoff and nothing is
+acknowledged meanwhile.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.database import DatabaseFailure, insert_ignoring_duplicates, upsert
+from gateway.monitor import SAVE_FAILED, now_ms, record_sync_events, sync_event_row
+from gateway.schema import events, pending_pulls
+from protocol.events import Event
+
+log = Logger(namespace="gateway.eventlog")
+
+
+@dataclass
+class _Submission:
+    terminal_id: int
+    events: list[Event]
+    pull_users: bool
+    done: defer.Deferred = field(default_factory=defer.Deferred)
+    failure_recorded: bool = False
+
+    def users_to_pull(self) -> set[str]:
+        return {e.user_id for e in self.events if e.is_device_user_change} if self.pull_users else set()
+
+
+def last_stored_event_id(conn, terminal_id: int) -> int:
+    stmt = select(func.max(events.c.terminal_event_id)).where(events.c.terminal_id == terminal_id)
+    return conn.execute(stmt).scalar() or 0
+
+
+class EventLog:
+    max_batch_events = 5000
+    high_water = 50_000
+    low_water = 10_000
+    retry_delays = (0.5, 1, 2, 5, 10, 30)
+
+    def __init__(self, db, clock, metrics, on_committed):
+        self._db = db
+        self._clock = clock
+        self._metrics = metrics
+        self._on_committed = on_committed  # called with [(terminal_id, users_to_pull)] after commit
+        self._queue: deque[_Submission] = deque()
+        self._queued_events = 0
+        self._flushing = False
+        self._failures = 0
+        self._links: set = set()
+        self._paused = False
+        # Failure records wait here until a commit succeeds again; bounded, oldest dropped.
+        self._unsaved_failure_rows: deque[dict] = deque(maxlen=10_000)
+
+    @property
+    def queued_events(self) -> int:
+        return self._queued_events
+
+    def add_link(self, link) -> None:
+        """Register something with pause()/resume(): it stops being read while the writer lags."""
+        self._links.add(link)
+        if self._paused:
+            link.pause()
+
+    def remove_link(self, link) -> None:
+        self._links.discard(link)
+
+    def submit(self, terminal_id: int, batch: list[Event], pull_users: bool) -> defer.Deferred:
+        """Queue events for commit; fires with the highest event id once they are durable."""
+        sub = _Submission(terminal_id, batch, pull_users)
+        self._queue.append(sub)
+        self._queued_events += len(batch)
+        if self._queued_events > self.high_water and not self._paused:
+            self._set_paused(True)
+        if not self._flushing:
+            self._flush()
+        return sub.done
+
+    def record_failure_later(self, row: dict) -> None:
+        self._unsaved_failure_rows.append(row)
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._metrics.reading_paused.set(int(paused))
+        log.info("terminal links {state}: {n} events wait for the writer", state="paused" if paused else "resumed", n=self._queued_events)
+        for link in list(self._links):
+            link.pause() if paused else link.resume()
+
+    def _take_batch(self) -> list[_Submission]:
+        batch, count = [], 0
+        while self._queue and (not batch or count + len(self._queue[0].events) <= self.max_batch_events):
+            sub = self._queue.popleft()
+            batch.append(sub)
+            count += len(sub.events)
+        return batch
+
+    def _flush(self) -> None:
+        if not self._queue:
+            return
+        self._flushing = True
+        batch = self._take_batch()
+        failure_rows = list(self._unsaved_failure_rows)
+        started = self._clock.seconds()
+        d = self._db.write(_store, batch, failure_rows)
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, failure_rows, started), errbackArgs=(batch,))
+
+    def _committed(self, _, batch: list[_Submission], failure_rows: list[dict], started: float) -> None:
+        count = sum(len(s.events) for s in batch)
+        self._metrics.events_ingested.inc(count)
+        self._metrics.commit_batch_size.observe(count)
+        self._metrics.commit_seconds.observe(self._clock.seconds() - started)
+        for _ in failure_rows:
+            self._unsaved_failure_rows.popleft()
+        self._failures = 0
+        self._queued_events -= count
+        self._flushing = False
+        if self._paused and self._queued_events < self.low_water:
+            self._set_paused(False)
+        self._on_committed([(s.terminal_id, s.users_to_pull()) for s in batch])
+        for sub in batch:
+            sub.done.callback(max(e.event_id for e in sub.events) if sub.events else 0)
+        self._flush()
+
+    def _failed(self, failure, batch: list[_Submission]) -> None:
+        if not failure.check(DatabaseFailure):
+            log.failure("unexpected error committing events", failure)
+        self._metrics.failures.labels("event_commit").inc()
+        delay = self.retry_delays[min(self._failures, len(self.retry_delays) - 1)]
+        self._failures += 1
+        log.warn(
+            "could not commit {n} events ({reason}); nothing acknowledged, retrying in {delay}s",
+            n=sum(len(s.events) for s in batch),
+            reason=failure.getErrorMessage(),
+            delay=delay,
+        )
+        for sub in batch:
+            if not sub.failure_recorded:
+                sub.failure_recorded = True
+                for user_id in sorted(sub.users_to_pull()):
+                    self._metrics.failures.labels("save_user").inc()
+                    log.warn("{type}: user {user} from terminal {terminal}", type=SAVE_FAILED, user=user_id, terminal=sub.terminal_id)
+                    self.record_failure_later(
+                        sync_event_row(SAVE_FAILED, sub.terminal_id, user_id, f"events not committed: {failure.getErrorMessage()}")
+                    )
+        self._queue.extendleft(reversed(batch))
+        self._clock.callLater(delay, self._flush)
+
+
+def _store(conn, batch: list[_Submission], failure_rows: list[dict]) -> None:
+    recorded = now_ms()
+    rows, pulls = [], []
+    for sub in batch:
+        for ev in sub.events:
+            rows.append(
+                dict(
+                    terminal_id=sub.terminal_id,
+                    terminal_event_id=ev.event_id,
+                    type=ev.code_name,
+                    code=ev.code,
+                    sub_code=ev.sub_code,
+                    user_id=ev.user_id or None,
+                    occurred_ms=ev.timestamp_ms,
+                    recorded_ms=recorded,
+                    detail=None,
+                )
+            )
+        pulls += [dict(terminal_id=sub.terminal_id, user_id=u, since_ms=recorded) for u in sub.users_to_pull()]
+    insert_ignoring_duplicates(conn, events, rows)
+    # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
+    upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])
+    record_sync_events(conn, failure_rows)

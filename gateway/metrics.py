@@ -1,0 +1,32 @@
+"""Metrics: the gateway's counters and gauges, exposed at /metrics in the Prometheus format.
+
+Each gateway owns its registry (not prometheus_client's global one), so several gateways can
+live in one process: the test suite starts many.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.terminals_online = Gauge("gateway_terminals_online", "Terminals with an established session", registry=r)
+        self.events_ingested = Counter("gateway_events_ingested", "Terminal log events committed", registry=r)
+        self.commit_batch_size = Histogram(
+            "gateway_commit_batch_events",
+            "Events per group commit",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384),
+            registry=r,
+        )
+        self.commit_seconds = Histogram("gateway_commit_seconds", "Group commit latency", registry=r)
+        self.pulls = Counter("gateway_user_pulls", "Users pulled from terminals and merged", registry=r)
+        self.pushes = Counter("gateway_user_pushes", "User records and deletions applied by terminals", registry=r)
+        self.failures = Counter("gateway_failures", "Failures by kind", ["kind"], registry=r)
+        self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
+        self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
+        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
+        self.reading_paused = Gauge("gateway_reading_paused", "1 while terminal links are paused for backpressure", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,142 @@
+"""Puller: fetches users enrolled or edited on a terminal and merges them into the server.
+
+Which pulls are owed is durable (``pending_pulls``, written in the same transaction as the
+event that asked for them), so a pull survives a crash, a lost link or a database outage: it is
+retried with backoff until the merge commits. Many edits of one user make one pull.
+"""
+
+from sqlalchemy import delete, select
+from twisted.logger import Logger
+
+from gateway.database import DatabaseFailure
+from gateway.merge import merge_vacant_fields
+from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE, now_ms, record_sync_events, sync_event_row
+from gateway.schema import pending_pulls
+from gateway.users import load_record, store_record
+from protocol.messages import Command
+from protocol.records import UserRecord
+
+log = Logger(namespace="gateway.puller")
+
+
+class Puller:
+    batch = 32  # users per GET_USERS
+    retry_delays = (1, 2, 5, 10, 30)
+
+    def __init__(self, db, registry, eventlog, clock, metrics, on_merged):
+        self._db = db
+        self._registry = registry
+        self._eventlog = eventlog
+        self._clock = clock
+        self._metrics = metrics
+        self._on_merged = on_merged
+        self._wanted: dict[int, dict[str, int]] = {}  # terminal -> user -> when last asked for (ms)
+        self._busy: set[int] = set()
+        self._failures: dict[int, int] = {}
+        self._retry_timers: dict[int, object] = {}
+
+    def want(self, terminal_id: int, user_ids) -> None:
+        if user_ids:
+            asked = now_ms()
+            self._wanted.setdefault(terminal_id, {}).update(dict.fromkeys(user_ids, asked))
+            self.kick(terminal_id)
+
+    def terminal_online(self, terminal_id: int) -> None:
+        """Pick up pulls owed by a terminal that (re)connected, from the database."""
+        d = self._db.read(_owed_pulls, terminal_id)
+        d.addCallbacks(lambda ids: self.want(terminal_id, ids), self._log_read_failure)
+
+    def resume_all(self) -> None:
+        for term in self._registry.online():
+            self.terminal_online(term.terminal_id)
+
+    def kick(self, terminal_id: int) -> None:
+        term = self._registry.terminals.get(terminal_id)
+        wanted = self._wanted.get(terminal_id)
+        if not wanted or terminal_id in self._busy or term is None or term.session is None:
+            return
+        if terminal_id in self._retry_timers:
+            return
+        batch = sorted(wanted)[: self.batch]
+        self._busy.add(terminal_id)
+        started = now_ms()
+        d = term.session.request(Command.GET_USERS, dict(user_ids=batch))
+        d.addCallback(lambda body: self._db.write(merge_pulled, terminal_id, list(body.users), list(body.missing), started))
+        d.addCallbacks(
+            self._done, self._failed, callbackArgs=(terminal_id, batch, started), errbackArgs=(terminal_id, batch)
+        )
+
+    def _done(self, merged: list[str], terminal_id: int, batch: list[str], started: int) -> None:
+        self._busy.discard(terminal_id)
+        self._failures.pop(terminal_id, None)
+        wanted = self._wanted[terminal_id]
+        for user_id in batch:
+            if wanted.get(user_id, started) < started:  # asked for again since: pull once more
+                del wanted[user_id]
+        self._metrics.pulls.inc(len(merged))
+        for user_id in merged:
+            log.info("{type}: user {user} from terminal {tid}", type=SAVED_FROM_DEVICE, user=user_id, tid=terminal_id)
+        if merged:
+            self._on_merged()
+        self.kick(terminal_id)
+
+    def _failed(self, failure, terminal_id: int, batch: list[str]) -> None:
+        self._busy.discard(terminal_id)
+        attempt = self._failures.get(terminal_id, 0)
+        self._failures[terminal_id] = attempt + 1
+        delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+        reason = failure.getErrorMessage()
+        if failure.check(DatabaseFailure):
+            self._metrics.failures.labels("save_user").inc(len(batch))
+            for user_id in batch:
+                log.warn("{type}: user {user} from terminal {tid} ({reason}); the terminal keeps its data, retry in {delay}s",
+                         type=SAVE_FAILED, user=user_id, tid=terminal_id, reason=reason, delay=delay)
+                self._eventlog.record_failure_later(sync_event_row(SAVE_FAILED, terminal_id, user_id, reason))
+        else:
+            self._metrics.failures.labels("pull").inc()
+            log.warn("pull of {n} users from terminal {tid} failed ({reason}); retry in {delay}s",
+                     n=len(batch), tid=terminal_id, reason=reason, delay=delay)
+        self._retry_timers[terminal_id] = self._clock.callLater(delay, self._retry, terminal_id)
+
+    def _retry(self, terminal_id: int) -> None:
+        self._retry_timers.pop(terminal_id, None)
+        self.kick(terminal_id)
+
+    def _log_read_failure(self, failure) -> None:
+        log.warn("could not read owed pulls: {e}", e=failure.getErrorMessage())
+
+    def stop(self) -> None:
+        for timer in self._retry_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._retry_timers.clear()
+
+
+def _owed_pulls(conn, terminal_id: int) -> list[str]:
+    return list(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
+
+
+def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int) -> list[str]:
+    """Merge pulled records into the server (server wins, vacant fields filled); one transaction.
+
+    A new version enters the changes feed when the merge changed the server's record, or when
+    the terminal's copy differs from the result (so the terminal gets the merged record back).
+    Settles the owed pulls that were asked for before ``started_ms``. Returns the ids merged.
+    """
+    rows = []
+    for record in records:
+        server = load_record(conn, record.user_id)
+        merged = merge_vacant_fields(server, record)
+        if merged != server or merged != record:
+            store_record(conn, merged, holder_terminal=terminal_id if merged == record else None)
+        rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id))
+    record_sync_events(conn, rows)
+    done = [r.user_id for r in records] + missing
+    conn.execute(
+        delete(pending_pulls).where(
+            pending_pulls.c.terminal_id == terminal_id,
+            pending_pulls.c.user_id.in_(done),
+            pending_pulls.c.since_ms < started_ms,
+        )
+    )
+    return [r.user_id for r in records]

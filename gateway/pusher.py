@@ -1,0 +1,143 @@
+"""Pusher: delivers the changes feed to every online terminal, in change order, in batches.
+
+For each terminal it reads the users changed after the terminal's cursor, keeps those the sync
+mode targets at that terminal, sends them (PUT_USERS, DELETE_USERS for server-side deletions)
+and moves the cursor only after the terminal acknowledged them. Ten edits of a user while a
+terminal was away are one row in the feed, so they reach it as one record.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, record_sync_events, sync_event_row
+from gateway.schema import terminals, users
+from gateway.syncmode import parse_groups
+from protocol.frame import MAX_PAYLOAD
+from protocol.messages import Command, UserStatus, put_users_payload
+
+log = Logger(namespace="gateway.pusher")
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    user_id: str
+    change_seq: int
+    record: bytes | None  # wire encoding; None for a deletion on the server
+    access_groups: frozenset[int]
+    holder_terminal: int | None
+
+
+class Pusher:
+    scan_limit = 256  # feed rows read per round
+    batch_users = 64  # users per PUT_USERS
+    batch_bytes = MAX_PAYLOAD - 1024
+
+    def __init__(self, db, registry, settings, clock, metrics):
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._busy: set[int] = set()
+        self._again: set[int] = set()
+
+    def wake_all(self) -> None:
+        for term in self._registry.online():
+            self.kick(term.terminal_id)
+
+    def kick(self, terminal_id: int) -> None:
+        if terminal_id in self._busy:
+            self._again.add(terminal_id)  # a change landed mid-round: read the feed again after
+            return
+        term = self._registry.terminals.get(terminal_id)
+        if term is None or term.session is None or not self._settings.mode.pushes:
+            return
+        self._busy.add(terminal_id)
+        self._again.discard(terminal_id)
+        d = self._db.read(read_feed, term.cursor, self.scan_limit)
+        d.addCallback(self._deliver, term, term.session)
+        d.addBoth(self._round_done, terminal_id)
+
+    def _deliver(self, entries: list[FeedEntry], term, session):
+        if not entries:
+            return False
+        mode = self._settings.mode
+        due = [
+            e for e in entries
+            if e.holder_terminal != term.terminal_id and mode.targets(e.access_groups, term.access_groups)
+        ]
+        puts = [e for e in due if e.record is not None]
+        deletes = [e.user_id for e in due if e.record is None]
+        sends = [session.request(Command.PUT_USERS, payload=put_users_payload([e.record for e in chunk])) for chunk in self._chunks(puts)]
+        if deletes:
+            sends.append(session.request(Command.DELETE_USERS, dict(user_ids=deletes)))
+        d = defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
+        d.addCallback(self._acknowledged, term, entries[-1].change_seq)
+        return d
+
+    def _chunks(self, puts: list[FeedEntry]):
+        chunk, size = [], 1
+        for entry in puts:
+            if chunk and (len(chunk) == self.batch_users or size + len(entry.record) > self.batch_bytes):
+                yield chunk
+                chunk, size = [], 1
+            chunk.append(entry)
+            size += len(entry.record)
+        if chunk:
+            yield chunk
+
+    def _acknowledged(self, answers, term, cursor: int):
+        rows, applied = [], 0
+        for answer in answers:
+            for result in answer.results:
+                if result.status == UserStatus.OK:
+                    applied += 1
+                    rows.append(sync_event_row(APPLIED_BY_DEVICE, term.terminal_id, result.user_id))
+                else:
+                    self._metrics.failures.labels("push_refused").inc()
+                    status = UserStatus(result.status).name if result.status in UserStatus._value2member_map_ else result.status
+                    rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}"))
+        self._metrics.pushes.inc(applied)
+        d = self._db.write(advance_cursor, term.terminal_id, cursor, rows)
+
+        def moved(_):
+            term.cursor = max(term.cursor, cursor)
+            if applied:
+                log.info("terminal {tid} applied {n} user changes (cursor {cursor})", tid=term.terminal_id, n=applied, cursor=cursor)
+            return True
+
+        return d.addCallback(moved)
+
+    def _round_done(self, result, terminal_id: int):
+        self._busy.discard(terminal_id)
+        if isinstance(result, bool):
+            if result or terminal_id in self._again:
+                self.kick(terminal_id)
+            return None
+        # A failed round leaves the cursor where it was; the next kick (a change, a reconnect,
+        # the periodic sweep) tries again from there.
+        log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
+        self._metrics.failures.labels("push").inc()
+        return None
+
+
+def read_feed(conn, cursor: int, limit: int) -> list[FeedEntry]:
+    stmt = (
+        select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups, users.c.holder_terminal)
+        .where(users.c.change_seq > cursor)
+        .order_by(users.c.change_seq)
+        .limit(limit)
+    )
+    return [FeedEntry(r[0], r[1], r[2], parse_groups(r[3]), r[4]) for r in conn.execute(stmt)]
+
+
+def advance_cursor(conn, terminal_id: int, cursor: int, monitor_rows: list[dict]) -> None:
+    conn.execute(
+        update(terminals)
+        .where(terminals.c.terminal_id == terminal_id, terminals.c.cursor < cursor)
+        .values(cursor=cursor)
+    )
+    record_sync_events(conn, monitor_rows)

@@ -1,0 +1,91 @@
+"""The server database's tables (SQLAlchemy Core): users and their changes feed, terminals and
+their cursors, the event log, pulls still owed, settings.
+
+Users are stored in their wire encoding (``protocol.records.UserRecordWire``): the merge works
+on decoded records, and a push to a terminal is a concatenation of stored bytes. Columns beside
+the blob exist only for searching and for the changes feed. See docs/architecture.md.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("name", String(200), index=True),
+    Column("record", LargeBinary, nullable=True),  # None once deleted on the server (a tombstone)
+    Column("access_groups", String(200), nullable=False, default=""),  # ",1,5," for targeting
+    Column("change_seq", BigInteger, nullable=False, index=True),
+    # The terminal whose copy already equals this version: the feed skips it once.
+    Column("holder_terminal", BigInteger, nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("name", String(100), nullable=False, default=""),
+    Column("admission", String(16), nullable=False),  # admitted | pending | refused
+    Column("secret", String(200), nullable=True),  # only for terminals admitted at run time
+    Column("access_groups", String(200), nullable=False, default=""),
+    Column("model", String(100), nullable=False, default=""),
+    Column("firmware", String(100), nullable=False, default=""),
+    Column("link", String(200), nullable=False, default=""),
+    Column("last_seen_ms", BigInteger, nullable=True),
+    Column("cursor", BigInteger, nullable=False, default=0),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("terminal_id", BigInteger, nullable=True),
+    Column("terminal_event_id", BigInteger, nullable=True),
+    Column("type", String(64), nullable=False),
+    Column("code", Integer, nullable=True),
+    Column("sub_code", Integer, nullable=True),
+    Column("user_id", String(64), nullable=True),
+    Column("occurred_ms", BigInteger, nullable=False),
+    Column("recorded_ms", BigInteger, nullable=False),
+    Column("detail", Text, nullable=True),
+    UniqueConstraint("terminal_id", "terminal_event_id", name="uq_events_terminal_event"),
+    Index("ix_events_type_id", "type", "id"),
+    Index("ix_events_user_id", "user_id", "id"),
+)
+
+pending_pulls = Table(
+    "pending_pulls",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("user_id", String(64), primary_key=True),
+    Column("since_ms", BigInteger, nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,56 @@
+"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs."""
+
+from sqlalchemy import select, update
+from twisted.logger import Logger
+
+from gateway.database import upsert
+from gateway.schema import settings, terminals
+from gateway.syncmode import SyncMode
+
+log = Logger(namespace="gateway.settings")
+
+MODE_KEY = "sync_mode"
+
+
+class SyncSettings:
+    def __init__(self, db, registry, default: SyncMode, on_change):
+        self._db = db
+        self._registry = registry
+        self._on_change = on_change
+        self.mode = default
+
+    def load(self) -> None:
+        """Start-up, off the reactor: the stored mode wins over the configured default."""
+        stored = self._db.run_now(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar())
+        if stored:
+            self.mode = SyncMode(stored)
+        else:
+            self._db.run_now(_store_mode, self.mode, False)
+
+    def set_mode(self, mode: SyncMode):
+        """Change the mode; a Deferred that fires once it is stored and pushes have been woken.
+
+        Pending pushes are never lost: cursors stay where they are, and when the mode widens
+        (specific -> all) they go back to 0 so terminals get the users the old mode skipped.
+        """
+        mode = SyncMode(mode)
+        old = self.mode
+        reset = mode.widens(old)
+
+        def stored(_):
+            self.mode = mode
+            if reset:
+                for term in self._registry.terminals.values():
+                    term.cursor = 0
+            log.info("sync mode changed from {old} to {new}{extra}", old=old, new=mode,
+                     extra="; terminals get every user again" if reset else "")
+            self._on_change()
+            return mode
+
+        return self._db.write(_store_mode, mode, reset).addCallback(stored)
+
+
+def _store_mode(conn, mode: SyncMode, reset_cursors: bool) -> None:
+    upsert(conn, settings, [dict(key=MODE_KEY, value=str(mode))], key=["key"], update=["value"])
+    if reset_cursors:
+        conn.execute(update(terminals).values(cursor=0))

@@ -1,0 +1,173 @@
+"""TerminalRegistry: which terminals exist, which may connect, and which session speaks for each.
+
+Admission policy (config ``admission``):
+- ``allowlist``: only terminals listed in the configuration or admitted by an administrator;
+- ``pending``: an unknown terminal is recorded as pending and refused until an administrator
+  admits it (giving its secret);
+- ``open`` (labs): any terminal id is admitted, authenticated with the ``default_secret``.
+
+One session per terminal: a newer *authenticated* connection replaces the older one (a terminal
+that rebooted reconnects before its old TCP connection times out), so an impostor without the
+secret can never push a terminal off.
+"""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from twisted.logger import Logger
+
+from gateway.database import insert_ignoring_duplicates
+from gateway.monitor import now_ms
+from gateway.schema import terminals
+from gateway.session import Refused
+from gateway.syncmode import format_groups, parse_groups
+from protocol.errors import ErrorCode
+
+log = Logger(namespace="gateway.terminals")
+
+ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
+ADMISSION_POLICIES = ("allowlist", "pending", "open")
+
+
+@dataclass
+class Terminal:
+    """What the gateway knows of one terminal, online or not."""
+
+    terminal_id: int
+    admission: str = ADMITTED
+    name: str = ""
+    secret: bytes | None = None
+    access_groups: frozenset[int] = frozenset()
+    model: str = ""
+    firmware: str = ""
+    link: str = ""
+    last_seen_ms: int | None = None
+    cursor: int = 0
+    session: object | None = field(default=None, repr=False)
+
+    @property
+    def online(self) -> bool:
+        return self.session is not None
+
+
+class TerminalRegistry:
+    def __init__(self, db, policy: str, default_secret: str | None, configured: list[dict]):
+        if policy not in ADMISSION_POLICIES:
+            raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
+        if policy == "open" and not default_secret:
+            raise ValueError("admission 'open' needs a default_secret")
+        self._db = db
+        self.policy = policy
+        self._default_secret = default_secret.encode() if default_secret else None
+        self._configured = configured
+        self.terminals: dict[int, Terminal] = {}
+
+    def load(self) -> None:
+        """Read the terminals table and lay the configuration over it (start-up, off the reactor)."""
+        rows = self._db.run_now(lambda conn: conn.execute(select(terminals)).mappings().all())
+        for row in rows:
+            self.terminals[row["terminal_id"]] = Terminal(
+                terminal_id=row["terminal_id"],
+                admission=row["admission"],
+                name=row["name"],
+                secret=row["secret"].encode() if row["secret"] else None,
+                access_groups=parse_groups(row["access_groups"]),
+                model=row["model"],
+                firmware=row["firmware"],
+                link=row["link"],
+                last_seen_ms=row["last_seen_ms"],
+                cursor=row["cursor"],
+            )
+        for entry in self._configured:
+            term = self.terminals.setdefault(entry["id"], Terminal(entry["id"]))
+            term.admission = ADMITTED
+            term.secret = entry["secret"].encode()
+            term.name = entry.get("name", term.name)
+            term.access_groups = frozenset(entry.get("groups", ()))
+        self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def admit(self, terminal_id: int, hello, link: str) -> bytes:
+        """The secret to check this terminal's proof against; Refused if it may not connect."""
+        term = self.terminals.get(terminal_id)
+        if term is None and self.policy == "open":
+            term = self._register(Terminal(terminal_id, ADMITTED, secret=self._default_secret))
+        if term is None and self.policy == "pending":
+            term = self._register(Terminal(terminal_id, PENDING, model=hello.model, firmware=hello.firmware, link=link))
+            log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=link)
+        if term is None:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known to this gateway")
+        if term.admission == PENDING:
+            raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
+        if term.admission == REFUSED:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
+        secret = term.secret or self._default_secret
+        if secret is None:
+            raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
+        return secret
+
+    def set_admission(self, terminal_id: int, admission: str, secret: str | None = None):
+        """An administrator's decision; returns a Deferred that fires once it is stored."""
+        term = self.terminals.get(terminal_id)
+        if term is None:
+            raise KeyError(f"no terminal {terminal_id}")
+        term.admission = admission
+        if secret:
+            term.secret = secret.encode()
+        if admission != ADMITTED and term.session is not None:
+            term.session.close(f"{admission} by an administrator")
+        return self._db.write(_save_terminals, [self._row(term)])
+
+    def _register(self, term: Terminal) -> Terminal:
+        self.terminals[term.terminal_id] = term
+        self._db.write(_save_terminals, [self._row(term)]).addErrback(
+            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
+        )
+        return term
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def attach(self, session) -> Terminal:
+        term = self.terminals[session.terminal_id]
+        old, term.session = term.session, session
+        if old is not None and old is not session:
+            old.close(f"replaced by a new authenticated connection on {session.link.description}")
+        term.model = session.hello.get("model", term.model)
+        term.firmware = session.hello.get("firmware", term.firmware)
+        term.link = session.link.description
+        term.last_seen_ms = now_ms()
+        self._db.write(_save_terminals, [self._row(term)]).addErrback(lambda f: None)
+        return term
+
+    def detach(self, session) -> None:
+        term = self.terminals.get(session.terminal_id)
+        if term is not None and term.session is session:
+            term.session = None
+            term.last_seen_ms = now_ms()
+
+    def online(self) -> list[Terminal]:
+        return [t for t in self.terminals.values() if t.session is not None]
+
+    @staticmethod
+    def _row(t: Terminal) -> dict:
+        return dict(
+            terminal_id=t.terminal_id,
+            name=t.name,
+            admission=t.admission,
+            secret=t.secret.decode() if t.secret else None,
+            access_groups=format_groups(t.access_groups),
+            model=t.model,
+            firmware=t.firmware,
+            link=t.link,
+            last_seen_ms=t.last_seen_ms,
+            cursor=t.cursor,
+        )
+
+
+def _save_terminals(conn, rows: list[dict]) -> None:
+    """Upsert terminal rows, leaving cursors alone: only the pusher moves a cursor."""
+    insert_ignoring_duplicates(conn, terminals, rows)
+    for row in rows:
+        values = {k: v for k, v in row.items() if k not in ("terminal_id", "cursor")}
+        conn.execute(update(terminals).where(terminals.c.terminal_id == row["terminal_id"]).values(**values))

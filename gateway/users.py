@@ -1,0 +1,164 @@
+"""The server's user directory: stored records, the changes feed they form, and the service API
+for server-side edits.
+
+Every committed change of a user takes the next value of one global change sequence
+(``users.change_seq``); a terminal's cursor is the highest value it has applied. Deleting a user
+on the server leaves a tombstone (``record`` is NULL) so the deletion reaches terminals too.
+"""
+
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from gateway.database import insert_ignoring_duplicates
+from gateway.monitor import now_ms
+from gateway.schema import counters, users
+from gateway.syncmode import format_groups
+from protocol.errors import MessageError
+from protocol.records import UserRecord, UserRecordWire
+
+CHANGE_SEQ = "change_seq"
+
+
+class UnknownUser(LookupError):
+    def __init__(self, user_id: str):
+        super().__init__(f"no user {user_id!r} on the server")
+
+
+class UserExists(ValueError):
+    def __init__(self, user_id: str):
+        super().__init__(f"user {user_id!r} already exists on the server")
+
+
+def next_change_seq(conn: Connection) -> int:
+    """Take the next value of the global change sequence inside the caller's transaction."""
+    insert_ignoring_duplicates(conn, counters, [dict(name=CHANGE_SEQ, value=0)])
+    stmt = update(counters).where(counters.c.name == CHANGE_SEQ).values(value=counters.c.value + 1)
+    conn.execute(stmt)
+    return conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar_one()
+
+
+def last_change_seq(conn: Connection) -> int:
+    return conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
+
+
+def load_record(conn: Connection, user_id: str) -> UserRecord | None:
+    """The server's record of a user, None when it has none (or only a tombstone)."""
+    blob = conn.execute(select(users.c.record).where(users.c.user_id == user_id)).scalar()
+    return UserRecordWire.parse(blob) if blob is not None else None
+
+
+def store_record(conn: Connection, record: UserRecord, holder_terminal: int | None = None) -> int:
+    """Save a new version of a user as the next change; return its change sequence number."""
+    seq = next_change_seq(conn)
+    values = dict(
+        name=record.name,
+        record=UserRecordWire.build(record),
+        access_groups=format_groups(record.access_groups),
+        change_seq=seq,
+        holder_terminal=holder_terminal,
+        updated_ms=now_ms(),
+    )
+    done = conn.execute(update(users).where(users.c.user_id == record.user_id).values(**values))
+    if done.rowcount == 0:
+        conn.execute(users.insert().values(user_id=record.user_id, **values))
+    return seq
+
+
+def store_tombstone(conn: Connection, user_id: str) -> int:
+    seq = next_change_seq(conn)
+    conn.execute(
+        update(users)
+        .where(users.c.user_id == user_id)
+        .values(record=None, change_seq=seq, holder_terminal=None, updated_ms=now_ms())
+    )
+    return seq
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """What the API shows of a user: credentials as counts and types, never template bytes."""
+
+    user_id: str
+    name: str | None
+    access_groups: tuple[int, ...]
+    cards: tuple[str, ...]
+    fingerprints: int
+    faces: int
+    has_pin: bool
+    has_photo: bool
+    disabled: bool
+    change_seq: int
+
+    @classmethod
+    def of(cls, record: UserRecord, change_seq: int) -> "UserSummary":
+        return cls(
+            user_id=record.user_id,
+            name=record.name,
+            access_groups=record.access_groups,
+            cards=tuple(card.type.name for card in record.cards),
+            fingerprints=len(record.fingerprints),
+            faces=len(record.faces),
+            has_pin=record.pin_hash is not None,
+            has_photo=record.photo is not None,
+            disabled=bool(record.disabled),
+            change_seq=change_seq,
+        )
+
+
+class UserDirectory:
+    """Server-side user changes (create, edit, delete), each one a change in the feed.
+
+    Methods return Deferreds (the work runs on the writer thread) and call ``on_change`` after
+    the commit so pushes start at once.
+    """
+
+    def __init__(self, db, on_change):
+        self._db = db
+        self._on_change = on_change
+
+    def create(self, record: UserRecord):
+        return self._db.write(create_user, record).addCallback(self._changed)
+
+    def edit(self, user_id: str, **fields):
+        return self._db.write(edit_user, user_id, fields).addCallback(self._changed)
+
+    def delete(self, user_id: str):
+        return self._db.write(delete_user, user_id).addCallback(self._changed)
+
+    def get(self, user_id: str):
+        return self._db.read(load_record, user_id)
+
+    def _changed(self, result):
+        self._on_change()
+        return result
+
+
+def create_user(conn: Connection, record: UserRecord) -> UserRecord:
+    record.validate()
+    if load_record(conn, record.user_id) is not None:
+        raise UserExists(record.user_id)
+    store_record(conn, record)
+    return record
+
+
+def edit_user(conn: Connection, user_id: str, fields: dict) -> UserRecord:
+    """Set the given fields (the server is authoritative: they replace what it had)."""
+    current = load_record(conn, user_id)
+    if current is None:
+        raise UnknownUser(user_id)
+    try:
+        edited = replace(current, **fields)
+    except TypeError as exc:
+        raise MessageError(str(exc)) from None
+    store_record(conn, edited.validate())
+    return edited
+
+
+def delete_user(conn: Connection, user_id: str) -> str:
+    if load_record(conn, user_id) is None:
+        raise UnknownUser(user_id)
+    store_tombstone(conn, user_id)
+    return user_id
+

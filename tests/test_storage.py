@@ -1,0 +1,115 @@
+"""Storage on real SQLite files and a real PostgreSQL server: schema, dedup, changes feed, merge."""
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from gateway.database import Database, DatabaseFailure
+from gateway.eventlog import _store, _Submission, last_stored_event_id
+from gateway.monitor import SAVED_FROM_DEVICE
+from gateway.puller import merge_pulled
+from gateway.pusher import advance_cursor, read_feed
+from gateway.schema import events, metadata, pending_pulls, terminals
+from gateway.users import UnknownUser, create_user, delete_user, edit_user, load_record, store_record
+from protocol.events import Event, EventCode, Origin
+from protocol.records import Card, CardType, UserRecord
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url, reactor=None)
+    database.open()
+    yield database
+    database.engine.dispose()
+
+
+def enroll(event_id, user="u1", origin=Origin.DEVICE):
+    return Event(event_id, 1000 + event_id, EventCode.ENROLL_SUCCESS, origin, user)
+
+
+def test_migrations_match_the_declared_schema(db):
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_events_are_stored_once_however_often_they_are_resent(db):
+    batch = [_Submission(7, [enroll(1), enroll(2)], pull_users=True)]
+    db.run_now(_store, batch, [])
+    db.run_now(_store, [_Submission(7, [enroll(2), enroll(3)], pull_users=True)], [])
+    count = db.run_now(lambda c: c.execute(select(func.count()).select_from(events)).scalar())
+    assert count == 3
+    assert db.run_now(last_stored_event_id, 7) == 3
+    assert db.run_now(last_stored_event_id, 8) == 0
+    owed = db.run_now(lambda c: c.execute(select(pending_pulls.c.user_id)).scalars().all())
+    assert owed == ["u1"]
+
+
+def test_server_origin_events_owe_no_pull(db):
+    db.run_now(_store, [_Submission(7, [enroll(1, origin=Origin.SERVER)], pull_users=True)], [])
+    assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 0
+
+
+def test_every_change_takes_the_next_sequence_value(db):
+    a = db.run_now(store_record, UserRecord("a", name="A"))
+    b = db.run_now(store_record, UserRecord("b", name="B"))
+    a2 = db.run_now(store_record, UserRecord("a", name="A2"))
+    assert a < b < a2
+    feed = db.run_now(read_feed, 0, 10)
+    assert [(e.user_id, e.change_seq) for e in feed] == [("b", b), ("a", a2)]
+
+
+def test_server_side_edit_and_delete_go_through_the_feed(db):
+    db.run_now(create_user, UserRecord("u1", name="Ana", access_groups=(3,)))
+    db.run_now(edit_user, "u1", {"name": "Ana B"})
+    assert db.run_now(load_record, "u1").name == "Ana B"
+    db.run_now(delete_user, "u1")
+    assert db.run_now(load_record, "u1") is None
+    (entry,) = db.run_now(read_feed, 0, 10)
+    assert entry.record is None and entry.access_groups == {3}
+    with pytest.raises(UnknownUser):
+        db.run_now(delete_user, "u1")
+
+
+def test_merge_keeps_server_fields_and_settles_the_pull(db):
+    db.run_now(create_user, UserRecord("u1", name="Server", cards=(Card(CardType.CSN, b"\x01"),)))
+    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [])
+    pulled = UserRecord("u1", name="Terminal", cards=(Card(CardType.SMART_CARD, b"\x02"),))
+    assert db.run_now(merge_pulled, 5, [pulled], [], 2**62) == ["u1"]
+    merged = db.run_now(load_record, "u1")
+    assert merged.name == "Server"
+    assert {c.type for c in merged.cards} == {CardType.CSN, CardType.SMART_CARD}
+    assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 0
+    types = db.run_now(lambda c: c.execute(select(events.c.type)).scalars().all())
+    assert SAVED_FROM_DEVICE in types
+
+
+def test_a_pull_asked_for_again_after_it_started_stays_owed(db):
+    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [])
+    db.run_now(merge_pulled, 5, [UserRecord("u1", name="x")], [], 0)
+    assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 1
+
+
+def test_merge_that_changes_nothing_for_the_terminal_marks_it_as_holder(db):
+    rec = UserRecord("u1", name="Ana")
+    db.run_now(merge_pulled, 5, [rec], [], 2**62)
+    (entry,) = db.run_now(read_feed, 0, 10)
+    assert entry.holder_terminal == 5
+
+
+def test_cursor_only_moves_forward(db):
+    db.run_now(lambda c: c.execute(terminals.insert().values(
+        terminal_id=1, name="", admission="admitted", access_groups="", model="", firmware="", link="", cursor=0)))
+    db.run_now(advance_cursor, 1, 10, [])
+    db.run_now(advance_cursor, 1, 5, [])
+    assert db.run_now(lambda c: c.execute(select(terminals.c.cursor)).scalar()) == 10
+
+
+def test_a_failed_transaction_is_reported_and_writes_nothing(db):
+    def half_then_fail(conn):
+        store_record(conn, UserRecord("half", name="x"))
+        conn.execute(select(func.no_such_function()))
+
+    with pytest.raises(DatabaseFailure):
+        db.run_now(half_then_fail)
+    assert db.run_now(load_record, "half") is None
