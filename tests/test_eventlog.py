@@ -1,0 +1,99 @@
+"""EventLog: group commits, acknowledgement only after commit, retry, backpressure (unit tests)."""
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from gateway.database import DatabaseFailure
+from gateway.eventlog import EventLog
+from gateway.metrics import Metrics
+from gateway.monitor import SAVE_FAILED
+from protocol.events import Event, EventCode, Origin
+
+
+class ControlledDatabase:
+    """A database whose commits the test completes or fails by hand."""
+
+    def __init__(self):
+        self.commits = []
+
+    def write(self, work, *args):
+        d = defer.Deferred()
+        self.commits.append((args, d))
+        return d
+
+
+class Link:
+    def __init__(self):
+        self.paused = False
+
+    def pause(self):
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+
+
+def events(first, n, user="u1", origin=Origin.DEVICE):
+    return [Event(i, i, EventCode.UPDATE_SUCCESS, origin, user) for i in range(first, first + n)]
+
+
+def make_log():
+    db, clock, committed = ControlledDatabase(), task.Clock(), []
+    return EventLog(db, clock, Metrics(), committed.extend), db, clock, committed
+
+
+def test_submissions_queued_during_a_commit_share_the_next_one():
+    log, db, _, _ = make_log()
+    log.submit(1, events(1, 2), True)
+    log.submit(2, events(1, 3), True)
+    log.submit(3, events(1, 1), True)
+    assert len(db.commits) == 1  # the first went alone; the other two wait for it
+    db.commits[0][1].callback(None)
+    assert len(db.commits) == 2
+    (batch, _failures), _ = db.commits[1]
+    assert [s.terminal_id for s in batch] == [2, 3]
+
+
+def test_acknowledgement_waits_for_the_commit():
+    log, db, _, committed = make_log()
+    acks = []
+    log.submit(1, events(5, 3), True).addCallback(acks.append)
+    assert acks == []
+    db.commits[0][1].callback(None)
+    assert acks == [7]
+    assert committed == [(1, {"u1"})]
+
+
+def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
+    log, db, clock, _ = make_log()
+    acks = []
+    log.submit(1, events(1, 2), True).addCallback(acks.append)
+    db.commits[0][1].errback(Failure(DatabaseFailure("database is locked")))
+    assert acks == []
+    clock.advance(log.retry_delays[0])
+    (batch, failure_rows), d = db.commits[1]
+    assert [s.terminal_id for s in batch] == [1]
+    assert [r["type"] for r in failure_rows] == [SAVE_FAILED]
+    d.callback(None)
+    assert acks == [2]
+
+
+def test_links_pause_above_high_water_and_resume_below_low_water():
+    log, db, _, _ = make_log()
+    log.high_water, log.low_water = 10, 5
+    link = Link()
+    log.add_link(link)
+    log.submit(1, events(1, 4), True)
+    log.submit(2, events(1, 8), True)
+    assert link.paused
+    db.commits[0][1].callback(None)
+    assert link.paused  # 8 still wait
+    db.commits[1][1].callback(None)
+    assert not link.paused
+
+
+def test_server_origin_events_owe_no_pull():
+    log, db, _, committed = make_log()
+    log.submit(1, events(1, 2, origin=Origin.SERVER), True)
+    db.commits[0][1].callback(None)
+    assert committed == [(1, set())]

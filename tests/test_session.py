@@ -1,0 +1,225 @@
+"""TerminalSession unit tests: StringTransport and task.Clock, no sockets, no sleeps."""
+
+from types import SimpleNamespace
+
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from gateway.metrics import Metrics
+from gateway.session import Refused, RequestTimeout
+from gateway.tcp import TcpLink
+from protocol import auth
+from protocol.errors import ErrorCode
+from protocol.events import Event, EventCode, Origin
+from protocol.frame import Frame, encode_frame
+from protocol.messages import Command, error_response, parse_body, request, response
+from protocol.decoder import StreamDecoder
+
+SECRET = b"s3cret"
+
+
+class FakeGateway:
+    """Stands in for gateway.service.Gateway: records what the session reports to it."""
+
+    def __init__(self, known=(7,)):
+        self.clock = task.Clock()
+        self.metrics = Metrics()
+        self.config = SimpleNamespace(keepalive_s=30)
+        self.known = known
+        self.established = []
+        self.ended = []
+        self.submitted = []
+        self.registry = SimpleNamespace(admit=self.admit)
+
+    def admit(self, terminal_id, hello, link):
+        if terminal_id not in self.known:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
+        return SECRET
+
+    def last_stored_event_id(self, terminal_id):
+        return defer.succeed(41)
+
+    def events_received(self, session, events):
+        d = defer.Deferred()
+        self.submitted.append((events, d))
+        return d
+
+    def session_established(self, session):
+        self.established.append(session)
+
+    def session_ended(self, session):
+        self.ended.append(session)
+
+
+class Peer:
+    """The terminal's end of a StringTransport: reads what the gateway wrote."""
+
+    def __init__(self, gateway=None):
+        self.gateway = gateway or FakeGateway()
+        self.transport = StringTransport()
+        self.link = TcpLink(self.gateway)
+        self.link.makeConnection(self.transport)
+        self.decoder = StreamDecoder()
+
+    @property
+    def session(self):
+        return self.link.session
+
+    def frames(self) -> list[Frame]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [f for f in self.decoder.feed(data) if isinstance(f, Frame)]
+
+    def send(self, data: bytes):
+        self.link.dataReceived(data)
+
+    def handshake(self, terminal_id=7, secret=SECRET):
+        (hello,) = self.frames()
+        nonce = parse_body(hello).gateway_nonce
+        tnonce = b"t" * 16
+        proof = auth.terminal_proof(secret, terminal_id, nonce, tnonce)
+        body = dict(model="FP-1", firmware="1.0", protocol_version=1, max_users=1000, max_events=1000,
+                    terminal_nonce=tnonce, proof=proof)
+        self.send(response(Frame(Command.HELLO, terminal_id=terminal_id, seq=hello.seq), body))
+        return nonce, tnonce
+
+    def establish(self):
+        nonce, tnonce = self.handshake()
+        (welcome,) = self.frames()
+        self.send(response(welcome))
+        return welcome, nonce, tnonce
+
+
+def test_handshake_proves_both_sides_and_resumes_after_the_last_stored_event():
+    peer = Peer()
+    welcome, nonce, tnonce = peer.establish()
+    body = parse_body(welcome)
+    assert welcome.command == Command.WELCOME
+    assert body.proof == auth.gateway_proof(SECRET, 7, nonce, tnonce)
+    assert body.ack_through == 41
+    assert peer.gateway.established == [peer.session]
+    assert peer.session.terminal_id == 7
+
+
+def test_wrong_secret_is_refused_with_auth_failed_and_the_link_closed():
+    peer = Peer()
+    peer.handshake(secret=b"wrong")
+    (reply,) = peer.frames()
+    assert reply.is_error and parse_body(reply).code == ErrorCode.AUTH_FAILED
+    assert peer.transport.disconnecting
+    assert peer.gateway.metrics.refused.labels("auth_failed")._value.get() == 1
+
+
+def test_unknown_terminal_is_refused_and_never_established():
+    peer = Peer()
+    peer.handshake(terminal_id=99)
+    (reply,) = peer.frames()
+    assert parse_body(reply).code == ErrorCode.UNKNOWN_TERMINAL
+    assert peer.transport.disconnecting and not peer.gateway.established
+
+
+def test_no_handshake_within_the_timeout_closes_the_link():
+    peer = Peer()
+    peer.gateway.clock.advance(10)
+    assert peer.transport.disconnecting
+
+
+def test_events_before_authentication_get_not_authenticated():
+    peer = Peer()
+    peer.frames()
+    peer.send(request(Command.EVENTS, dict(events=[]), terminal_id=7, seq=1))
+    (reply,) = peer.frames()
+    assert parse_body(reply).code == ErrorCode.NOT_AUTHENTICATED
+
+
+def test_events_are_acknowledged_only_once_committed():
+    peer = Peer()
+    peer.establish()
+    ev = Event(42, 1, EventCode.ENROLL_SUCCESS, Origin.DEVICE, "u1")
+    peer.send(request(Command.EVENTS, dict(events=[ev]), terminal_id=7, seq=5))
+    assert peer.frames() == []
+    (events, d), = peer.gateway.submitted
+    assert events == [ev]
+    d.callback(42)
+    (ack,) = peer.frames()
+    assert ack.seq == 5 and parse_body(ack).ack_through == 42
+
+
+def test_bad_payload_gets_bad_message_and_the_link_stays():
+    peer = Peer()
+    peer.establish()
+    peer.send(encode_frame(Frame(Command.EVENTS, b"\x00\x09junk", terminal_id=7, seq=2)))
+    (reply,) = peer.frames()
+    assert parse_body(reply).code == ErrorCode.BAD_MESSAGE
+    assert not peer.transport.disconnecting
+
+
+def test_requests_time_out():
+    peer = Peer()
+    peer.establish()
+    d = peer.session.request(Command.GET_USERS, dict(user_ids=["u1"]))
+    failures = []
+    d.addErrback(failures.append)
+    peer.gateway.clock.advance(15)
+    assert failures and failures[0].check(RequestTimeout)
+
+
+def test_window_bounds_outstanding_requests():
+    peer = Peer()
+    peer.establish()
+    window = peer.session.window
+    for _ in range(window + 2):
+        peer.session.request(Command.KEEPALIVE).addErrback(lambda f: None)
+    sent = peer.frames()
+    assert len(sent) == window
+    peer.send(response(sent[0]))
+    assert len(peer.frames()) == 1
+
+
+def test_remote_error_reply_fails_the_request_with_its_code():
+    peer = Peer()
+    peer.establish()
+    failures = []
+    peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(failures.append)
+    (req,) = peer.frames()
+    peer.send(error_response(req, ErrorCode.BUSY, "try later"))
+    assert failures[0].value.code == ErrorCode.BUSY
+
+
+def test_keepalive_after_idle_and_close_after_three_silent_periods():
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    clock.advance(30)
+    assert [f.command for f in peer.frames()] == [Command.KEEPALIVE]
+    clock.pump([10] * 5)  # 80 s without a frame from the terminal
+    assert not peer.transport.disconnecting
+    clock.advance(10)  # 90 s: three keepalive periods
+    assert peer.transport.disconnecting
+    assert peer.gateway.ended == [peer.session]
+
+
+def test_garbage_before_authentication_closes_the_link():
+    peer = Peer()
+    peer.send(b"\x00garbage")
+    assert peer.transport.disconnecting
+
+
+def test_garbage_after_authentication_is_counted_then_closes_when_persistent():
+    peer = Peer()
+    peer.establish()
+    peer.send(b"\x00garbage")
+    assert not peer.transport.disconnecting
+    assert peer.gateway.metrics.frame_errors._value.get() == 1
+    for _ in range(peer.session.frame_errors_per_minute):
+        peer.send(b"\x00garbage")
+    assert peer.transport.disconnecting
+
+
+def test_link_loss_fails_outstanding_requests():
+    peer = Peer()
+    peer.establish()
+    failures = []
+    peer.session.request(Command.KEEPALIVE).addErrback(failures.append)
+    peer.link.connectionLost()
+    assert failures and "closed" in failures[0].getErrorMessage()
