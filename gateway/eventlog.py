@@ -84,7 +84,10 @@ class EventLog:
         return sub.done
 
     def record_failure_later(self, row: dict) -> None:
+        """Store a monitoring row with the next commit, or on its own if no events are coming."""
         self._unsaved_failure_rows.append(row)
+        if not self._flushing:
+            self._flush()
 
     def _set_paused(self, paused: bool) -> None:
         self._paused = paused
@@ -102,7 +105,7 @@ class EventLog:
         return batch
 
     def _flush(self) -> None:
-        if not self._queue:
+        if not self._queue and not self._unsaved_failure_rows:
             return
         self._flushing = True
         batch = self._take_batch()

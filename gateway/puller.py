@@ -5,6 +5,8 @@ event that asked for them), so a pull survives a crash, a lost link or a databas
 retried with backoff until the merge commits. Many edits of one user make one pull.
 """
 
+import itertools
+
 from sqlalchemy import delete, select
 from twisted.logger import Logger
 
@@ -30,15 +32,17 @@ class Puller:
         self._clock = clock
         self._metrics = metrics
         self._on_merged = on_merged
-        self._wanted: dict[int, dict[str, int]] = {}  # terminal -> user -> when last asked for (ms)
+        self._wanted: dict[int, dict[str, int]] = {}  # terminal -> user -> number of its latest ask
+        self._asks = itertools.count(1)
         self._busy: set[int] = set()
         self._failures: dict[int, int] = {}
         self._retry_timers: dict[int, object] = {}
 
     def want(self, terminal_id: int, user_ids) -> None:
         if user_ids:
-            asked = now_ms()
-            self._wanted.setdefault(terminal_id, {}).update(dict.fromkeys(user_ids, asked))
+            wanted = self._wanted.setdefault(terminal_id, {})
+            for user_id in user_ids:
+                wanted[user_id] = next(self._asks)
             self.kick(terminal_id)
 
     def terminal_online(self, terminal_id: int) -> None:
@@ -57,21 +61,19 @@ class Puller:
             return
         if terminal_id in self._retry_timers:
             return
-        batch = sorted(wanted)[: self.batch]
+        batch = {user_id: wanted[user_id] for user_id in sorted(wanted)[: self.batch]}
         self._busy.add(terminal_id)
         started = now_ms()
-        d = term.session.request(Command.GET_USERS, dict(user_ids=batch))
+        d = term.session.request(Command.GET_USERS, dict(user_ids=list(batch)))
         d.addCallback(lambda body: self._db.write(merge_pulled, terminal_id, list(body.users), list(body.missing), started))
-        d.addCallbacks(
-            self._done, self._failed, callbackArgs=(terminal_id, batch, started), errbackArgs=(terminal_id, batch)
-        )
+        d.addCallbacks(self._done, self._failed, callbackArgs=(terminal_id, batch), errbackArgs=(terminal_id, list(batch)))
 
-    def _done(self, merged: list[str], terminal_id: int, batch: list[str], started: int) -> None:
+    def _done(self, merged: list[str], terminal_id: int, batch: dict[str, int]) -> None:
         self._busy.discard(terminal_id)
         self._failures.pop(terminal_id, None)
         wanted = self._wanted[terminal_id]
-        for user_id in batch:
-            if wanted.get(user_id, started) < started:  # asked for again since: pull once more
+        for user_id, ask in batch.items():
+            if wanted.get(user_id) == ask:  # not asked for again since: this pull settled it
                 del wanted[user_id]
         self._metrics.pulls.inc(len(merged))
         for user_id in merged:
@@ -121,7 +123,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
 
     A new version enters the changes feed when the merge changed the server's record, or when
     the terminal's copy differs from the result (so the terminal gets the merged record back).
-    Settles the owed pulls that were asked for before ``started_ms``. Returns the ids merged.
+    Settles the owed pulls that were asked for by ``started_ms`` (when GET_USERS went out). Returns the ids merged.
     """
     rows = []
     for record in records:
@@ -136,7 +138,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
         delete(pending_pulls).where(
             pending_pulls.c.terminal_id == terminal_id,
             pending_pulls.c.user_id.in_(done),
-            pending_pulls.c.since_ms < started_ms,
+            pending_pulls.c.since_ms <= started_ms,
         )
     )
     return [r.user_id for r in records]

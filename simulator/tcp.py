@@ -1,0 +1,200 @@
+"""A simulated terminal on TCP, both directions: dialling in to a gateway, or listening for one.
+
+``TerminalLink`` carries one connection. It answers the gateway's requests through the
+terminal, and after the handshake streams the terminal's events in EVENTS batches (at most
+``batch_size`` events, at most ``window`` batches unacknowledged), forgetting events only when
+the gateway acknowledges them. What was not acknowledged is sent again on the next connection,
+from where the WELCOME says the gateway's durable log ends.
+"""
+
+from twisted.internet import protocol, task
+from twisted.logger import Logger
+
+from protocol.frame import Flags, Frame, encode_frame
+from protocol.decoder import StreamDecoder
+from protocol.errors import MessageError
+from protocol.messages import Command, build_body, parse_body
+
+log = Logger(namespace="simulator")
+
+
+class TerminalLink(protocol.Protocol):
+    batch_size = 256
+    window = 4
+
+    def __init__(self, terminal, on_established=None):
+        self.terminal = terminal
+        self.on_established = on_established
+        self.decoder = StreamDecoder()
+        self.established = False
+        self.keepalive_s = 30
+        self._seq = 0
+        self._in_flight: dict[int, Command] = {}  # our outstanding requests by seq
+        self._sent_through = 0  # highest event id sent on this connection
+        self._last_rx = self._last_tx = 0.0
+        self._liveness: task.LoopingCall | None = None
+
+    @property
+    def clock(self):
+        return self.factory.reactor
+
+    def connectionMade(self):
+        self.terminal.link_lost()
+        self._last_rx = self._last_tx = self.clock.seconds()
+        self.factory.link = self
+
+    def dataReceived(self, data: bytes):
+        self._last_rx = self.clock.seconds()
+        for item in self.decoder.feed(data):
+            if not isinstance(item, Frame):
+                log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=item)
+            elif item.is_response:
+                self._answer_received(item)
+            else:
+                self._write(self.terminal.answer(item))
+                if item.command == Command.WELCOME and self.terminal.authenticated:
+                    self._established(parse_body(item).keepalive_s)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self.established = False
+        if self._liveness is not None and self._liveness.running:
+            self._liveness.stop()
+        _forget(self.terminal.listeners, self._event_logged)
+        _forget(self.terminal.rewind_listeners, self._rewind)
+        self.terminal.link_lost()
+        if self.factory.link is self:
+            self.factory.link = None
+
+    # -- after the handshake -----------------------------------------------------------------
+
+    def _established(self, keepalive_s: int) -> None:
+        self.established = True
+        self.keepalive_s = keepalive_s
+        self._sent_through = self.terminal.acked_through
+        self.terminal.listeners.append(self._event_logged)
+        self.terminal.rewind_listeners.append(self._rewind)
+        self._liveness = task.LoopingCall(self._check_liveness)
+        self._liveness.clock = self.clock
+        self._liveness.start(max(keepalive_s / 3, 0.1), now=False)
+        self.send_events()
+        if self.on_established is not None:
+            self.on_established(self)
+
+    def _event_logged(self, _event) -> None:
+        self.send_events()
+
+    def _rewind(self, after_event_id: int) -> None:
+        self._sent_through = min(self._sent_through, max(after_event_id, self.terminal.acked_through))
+        self.send_events()
+
+    def send_events(self) -> None:
+        """Fill the window with batches of events the gateway has not been sent on this link."""
+        while self.established and self._in_flight_batches() < self.window:
+            batch = self.terminal.events_after(self._sent_through, self.batch_size)
+            if not batch:
+                return
+            self._sent_through = batch[-1].event_id
+            self._request(Command.EVENTS, dict(events=batch))
+
+    def _in_flight_batches(self) -> int:
+        return sum(1 for command in self._in_flight.values() if command == Command.EVENTS)
+
+    def _answer_received(self, frame: Frame) -> None:
+        command = self._in_flight.pop(frame.seq, None)
+        if frame.is_error:
+            text = _error_text(frame)
+            if command is None and frame.command == Command.HELLO:
+                log.warn("terminal {tid}: refused by the gateway: {text}", tid=self.terminal.terminal_id, text=text)
+            else:
+                log.warn("terminal {tid}: gateway answered an error: {text}; reconnecting", tid=self.terminal.terminal_id, text=text)
+            self.transport.loseConnection()
+            return
+        if command == Command.EVENTS:
+            self.terminal.acknowledge(parse_body(frame).ack_through)
+            self.send_events()
+
+    def _request(self, command: Command, body: dict) -> None:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        self._in_flight[self._seq] = command
+        payload = build_body(command, False, body)
+        self._write(encode_frame(Frame(command, payload, Flags.REQUEST, self.terminal.terminal_id, self._seq)))
+
+    def _write(self, data: bytes) -> None:
+        self._last_tx = self.clock.seconds()
+        self.transport.write(data)
+
+    def _check_liveness(self) -> None:
+        now = self.clock.seconds()
+        if now - self._last_rx >= 3 * self.keepalive_s:
+            log.warn("terminal {tid}: gateway silent for {s:.0f} s; reconnecting", tid=self.terminal.terminal_id, s=now - self._last_rx)
+            self.transport.abortConnection()
+        elif now - self._last_tx >= self.keepalive_s:
+            self._request(Command.KEEPALIVE, {})
+
+
+def _forget(listeners: list, listener) -> None:
+    if listener in listeners:
+        listeners.remove(listener)
+
+
+def _error_text(frame: Frame) -> str:
+    try:
+        body = parse_body(frame)
+        return f"{body.text} (code {body.code})"
+    except MessageError as exc:
+        return str(exc)
+
+
+class DialingTerminal(protocol.ReconnectingClientFactory):
+    """A terminal that dials in to the gateway and keeps dialling back when the link drops."""
+
+    initialDelay = 0.2
+    maxDelay = 5.0
+    factor = 2.0
+
+    def __init__(self, terminal, reactor, host: str, port: int, on_established=None):
+        self.terminal = terminal
+        self.reactor = reactor
+        self.clock = reactor
+        self.host, self.port = host, port
+        self.on_established = on_established
+        self.link: TerminalLink | None = None
+        self.connector = None
+
+    def start(self) -> "DialingTerminal":
+        self.connector = self.reactor.connectTCP(self.host, self.port, self)
+        return self
+
+    def buildProtocol(self, addr):
+        self.resetDelay()
+        link = TerminalLink(self.terminal, self.on_established)
+        link.factory = self
+        return link
+
+    def go_offline(self) -> None:
+        """Unplug the network cable: drop the link and stop dialling."""
+        self.stopTrying()
+        if self.connector is not None:
+            self.connector.disconnect()
+
+    def come_back(self) -> None:
+        self.continueTrying = True
+        self.resetDelay()
+        self.connector.connect()
+
+
+class ListeningTerminal(protocol.Factory):
+    """A terminal the gateway dials out to. A new connection replaces the one before it."""
+
+    def __init__(self, terminal, reactor, on_established=None):
+        self.terminal = terminal
+        self.reactor = reactor
+        self.on_established = on_established
+        self.link: TerminalLink | None = None
+
+    def buildProtocol(self, addr):
+        if self.link is not None:
+            self.link.transport.loseConnection()
+        link = TerminalLink(self.terminal, self.on_established)
+        link.factory = self
+        return link

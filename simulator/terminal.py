@@ -1,0 +1,231 @@
+"""Terminal: an access-control terminal in software, with no I/O.
+
+It holds what a real terminal holds (a user store and an event log of bounded size) and answers
+the gateway's requests the way docs/protocol.md says a terminal must. People at the keypad are
+the methods ``enroll``, ``edit``, ``delete`` and ``verify``; they log terminal-origin events.
+Users the gateway puts or deletes log server-origin events. Transports (simulator/tcp.py, the
+RS-485 bus) feed it frames and send what it answers; it never touches a socket itself.
+"""
+
+import time
+from collections import deque
+from dataclasses import replace
+
+from protocol import auth
+from protocol.errors import ErrorCode, MessageError
+from protocol.events import Credential, Event, EventCode, Origin
+from protocol.frame import PROTOCOL_VERSION, Frame
+from protocol.messages import Command, UserStatus, error_response, parse_body, response
+from protocol.records import UserRecord
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Terminal:
+    """One terminal's state and its answers to the gateway.
+
+    ``listeners`` are called with each new event (a transport wakes up to send it);
+    ``applied_listeners`` with ``(user_id, record or None)`` whenever the gateway changed a user
+    here, which is what the load test times propagation by.
+    """
+
+    model = "SIM-1"
+    firmware = "1.0.0"
+    max_users = 100_000
+
+    def __init__(self, terminal_id: int, secret: str | bytes, *, address: int = 0, max_events: int = 1_000_000, clock=wall_clock_ms):
+        self.terminal_id = terminal_id
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.address = address
+        self.max_events = max_events
+        self.clock = clock
+        self.clock_offset_ms = 0
+        self.users: dict[str, UserRecord] = {}
+        self.log: deque[Event] = deque()  # events the gateway has not acknowledged yet, oldest first
+        self.next_event_id = 1
+        self.acked_through = 0
+        self.overwritten = 0  # events lost because the log was full, as on a real terminal
+        self.authenticated = False
+        self.listeners: list = []
+        self.applied_listeners: list = []
+        self.rewind_listeners: list = []  # told the event id a REQUEST_EVENTS asks to resend after
+        self._gateway_nonce = b""
+        self._terminal_nonce = b""
+
+    # -- people at the terminal --------------------------------------------------------------
+
+    def enroll(self, record: UserRecord) -> Event:
+        record.validate()
+        code = EventCode.UPDATE_SUCCESS if record.user_id in self.users else EventCode.ENROLL_SUCCESS
+        self.users[record.user_id] = record
+        return self.log_event(code, Origin.DEVICE, record.user_id)
+
+    def edit(self, user_id: str, **fields) -> Event:
+        """Change some fields of a user held here, as an operator editing at the keypad would."""
+        record = replace(self.users[user_id], **fields).validate()
+        self.users[user_id] = record
+        return self.log_event(EventCode.UPDATE_SUCCESS, Origin.DEVICE, user_id)
+
+    def delete(self, user_id: str) -> Event:
+        del self.users[user_id]
+        return self.log_event(EventCode.DELETE_SUCCESS, Origin.DEVICE, user_id)
+
+    def verify(self, user_id: str, credential: Credential = Credential.CARD) -> Event:
+        """Someone presents a credential at the door."""
+        code = EventCode.VERIFY_SUCCESS if user_id in self.users else EventCode.VERIFY_FAIL
+        return self.log_event(code, credential, user_id)
+
+    def log_event(self, code: int, sub_code: int, user_id: str = "") -> Event:
+        event = Event(self.next_event_id, self.now_ms(), int(code), int(sub_code), user_id)
+        self.next_event_id += 1
+        if len(self.log) >= self.max_events:
+            self.log.popleft()
+            self.overwritten += 1
+        self.log.append(event)
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def now_ms(self) -> int:
+        return self.clock() + self.clock_offset_ms
+
+    # -- the event log as the gateway sees it ------------------------------------------------
+
+    def acknowledge(self, ack_through: int) -> None:
+        """The gateway stored every event up to ``ack_through``: forget them."""
+        if ack_through > self.acked_through:
+            self.acked_through = ack_through
+        while self.log and self.log[0].event_id <= self.acked_through:
+            self.log.popleft()
+
+    def events_after(self, event_id: int, limit: int) -> list[Event]:
+        """Up to ``limit`` held events with an id above ``event_id``, oldest first."""
+        out = []
+        for event in self.log:
+            if event.event_id > event_id:
+                out.append(event)
+                if len(out) == limit:
+                    break
+        return out
+
+    # -- answering the gateway ---------------------------------------------------------------
+
+    def answer(self, frame: Frame) -> bytes:
+        """The reply to one request from the gateway, encoded as a frame."""
+        try:
+            command = Command(frame.command)
+        except ValueError:
+            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_COMMAND, f"unknown command 0x{frame.command:02X}")
+        handler = self._handlers.get(command)
+        if handler is None:
+            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_COMMAND, f"{command.name} is not for terminals")
+        if command not in (Command.HELLO, Command.WELCOME, Command.KEEPALIVE) and not self.authenticated:
+            return error_response(self._reply_header(frame), ErrorCode.NOT_AUTHENTICATED, "say HELLO and WELCOME first")
+        try:
+            body = parse_body(frame)
+        except MessageError as exc:
+            return error_response(self._reply_header(frame), ErrorCode.BAD_MESSAGE, str(exc))
+        return handler(self, self._reply_header(frame), body)
+
+    def _reply_header(self, frame: Frame) -> Frame:
+        """Replies carry this terminal's id, so the gateway learns who answered HELLO."""
+        return replace(frame, terminal_id=self.terminal_id)
+
+    def link_lost(self) -> None:
+        """A new link starts with a new handshake."""
+        self.authenticated = False
+
+    def _hello(self, frame: Frame, body) -> bytes:
+        self.authenticated = False
+        self._gateway_nonce = body.gateway_nonce
+        self._terminal_nonce = auth.new_nonce()
+        proof = auth.terminal_proof(self.secret, self.terminal_id, self._gateway_nonce, self._terminal_nonce)
+        return response(frame, dict(
+            model=self.model, firmware=self.firmware, protocol_version=PROTOCOL_VERSION, max_users=self.max_users,
+            max_events=self.max_events, terminal_nonce=self._terminal_nonce, proof=proof,
+        ))
+
+    def _welcome(self, frame: Frame, body) -> bytes:
+        expected = auth.gateway_proof(self.secret, self.terminal_id, self._gateway_nonce, self._terminal_nonce)
+        if not self._terminal_nonce or not auth.proofs_match(expected, body.proof):
+            return error_response(frame, ErrorCode.AUTH_FAILED, "the gateway does not hold this terminal's secret")
+        self.authenticated = True
+        self.clock_offset_ms = body.server_time_ms - self.clock()
+        self.acknowledge(body.ack_through)
+        return response(frame)
+
+    def _keepalive(self, frame: Frame, body) -> bytes:
+        return response(frame)
+
+    def _poll(self, frame: Frame, body) -> bytes:
+        self.acknowledge(body.ack_through)
+        return response(frame, dict(events=self.events_after(self.acked_through, body.max_events)))
+
+    def _time_sync(self, frame: Frame, body) -> bytes:
+        before = self.now_ms()
+        self.clock_offset_ms = body.server_time_ms - self.clock()
+        return response(frame, dict(terminal_time_ms=before))
+
+    def _request_events(self, frame: Frame, body) -> bytes:
+        for listener in self.rewind_listeners:
+            listener(body.after_event_id)
+        return response(frame, dict(pending=len(self.events_after(body.after_event_id, len(self.log)))))
+
+    def _get_users(self, frame: Frame, body) -> bytes:
+        found = [self.users[u] for u in body.user_ids if u in self.users]
+        missing = [u for u in body.user_ids if u not in self.users]
+        return response(frame, dict(users=found, missing=missing))
+
+    def _put_users(self, frame: Frame, body) -> bytes:
+        results = []
+        for record in body.users:
+            try:
+                record.validate()
+            except MessageError:
+                results.append(dict(user_id=record.user_id, status=UserStatus.INVALID))
+                continue
+            if record.user_id not in self.users and len(self.users) >= self.max_users:
+                results.append(dict(user_id=record.user_id, status=UserStatus.STORAGE_FULL))
+                continue
+            code = EventCode.UPDATE_SUCCESS if record.user_id in self.users else EventCode.ENROLL_SUCCESS
+            self.users[record.user_id] = record
+            self.log_event(code, Origin.SERVER, record.user_id)
+            self._applied(record.user_id, record)
+            results.append(dict(user_id=record.user_id, status=UserStatus.OK))
+        return response(frame, dict(results=results))
+
+    def _delete_users(self, frame: Frame, body) -> bytes:
+        results = []
+        for user_id in body.user_ids:
+            if self.users.pop(user_id, None) is None:
+                results.append(dict(user_id=user_id, status=UserStatus.NOT_FOUND))
+                continue
+            self.log_event(EventCode.DELETE_SUCCESS, Origin.SERVER, user_id)
+            self._applied(user_id, None)
+            results.append(dict(user_id=user_id, status=UserStatus.OK))
+        return response(frame, dict(results=results))
+
+    def _list_users(self, frame: Frame, body) -> bytes:
+        ids = sorted(u for u in self.users if u > body.after_user_id)
+        page = ids[: body.limit]
+        entries = [dict(user_id=u, digest=self.users[u].digest()) for u in page]
+        return response(frame, dict(entries=entries, more=len(ids) > len(page)))
+
+    def _applied(self, user_id: str, record: UserRecord | None) -> None:
+        for listener in self.applied_listeners:
+            listener(user_id, record)
+
+    _handlers = {
+        Command.HELLO: _hello,
+        Command.WELCOME: _welcome,
+        Command.KEEPALIVE: _keepalive,
+        Command.POLL: _poll,
+        Command.TIME_SYNC: _time_sync,
+        Command.REQUEST_EVENTS: _request_events,
+        Command.GET_USERS: _get_users,
+        Command.PUT_USERS: _put_users,
+        Command.DELETE_USERS: _delete_users,
+        Command.LIST_USERS: _list_users,
+    }

@@ -1,0 +1,81 @@
+"""Site: a real gateway on a real database, with simulated terminals dialling in over loopback.
+
+End-to-end tests build one per test (in a trial TestCase, so the reactor runs) and look at what
+a person could look at: the server database and each terminal's own user store.
+"""
+
+from sqlalchemy import func, select
+from twisted.internet import defer, reactor, task
+
+from gateway.config import GatewayConfig
+from gateway.service import Gateway
+from gateway.schema import events
+from gateway.users import load_record
+from simulator.tcp import DialingTerminal
+from simulator.terminal import Terminal
+
+
+def secret_of(terminal_id: int) -> str:
+    return f"secret-{terminal_id}"
+
+
+class Site:
+    def __init__(self, db_url: str, terminal_ids=(101, 102, 103), **config):
+        self.config = GatewayConfig(
+            db=db_url,
+            tcp_host="127.0.0.1",
+            tcp_port=0,
+            http_port=0,
+            terminals=[dict(id=t, secret=secret_of(t)) for t in terminal_ids],
+            **config,
+        )
+        self.gateway = Gateway(self.config, reactor)
+        self.terminals: dict[int, Terminal] = {}
+        self.dialers: dict[int, DialingTerminal] = {}
+
+    def start(self) -> "Site":
+        self.gateway.start()
+        for entry in self.config.terminals:
+            self.add_terminal(entry["id"], entry["secret"])
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.gateway.tcp_port.getHost().port
+
+    def add_terminal(self, terminal_id: int, secret: str) -> Terminal:
+        terminal = Terminal(terminal_id, secret)
+        self.terminals[terminal_id] = terminal
+        self.dialers[terminal_id] = DialingTerminal(terminal, reactor, "127.0.0.1", self.port).start()
+        return terminal
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for dialer in self.dialers.values():
+            dialer.go_offline()
+        yield self.gateway.stop()
+
+    # -- looking at the result ---------------------------------------------------------------
+
+    def server_record(self, user_id: str):
+        return self.gateway.db.run_now(load_record, user_id)
+
+    def count_events(self, **where) -> int:
+        stmt = select(func.count()).select_from(events)
+        for column, value in where.items():
+            stmt = stmt.where(events.c[column] == value)
+        return self.gateway.db.run_now(lambda conn: conn.execute(stmt).scalar())
+
+    def online(self, *terminal_ids) -> bool:
+        online = {t.terminal_id for t in self.gateway.registry.online()}
+        return set(terminal_ids or self.terminals) <= online
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, what: str, timeout: float = 15.0, step: float = 0.05):
+    """Wait, at most ``timeout`` seconds, for ``predicate()`` to hold; fail saying what was awaited."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        yield task.deferLater(reactor, step, lambda: None)

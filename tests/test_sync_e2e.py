@@ -1,0 +1,170 @@
+"""End to end: a gateway on SQLite and on PostgreSQL, simulated terminals on loopback TCP.
+
+Each scenario is one of the promises of design.md: a user enrolled or edited at one terminal
+reaches the server and the others, merged by the rules; nothing is lost when a terminal or the
+database is away.
+"""
+
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import text
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from gateway.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
+from live_site import Site, wait_until
+from protocol.records import Card, CardType, UserRecord
+from simulator.people import People
+
+A, B, C = 101, 102, 103
+
+
+class SyncScenarios:
+    """The scenarios; subclasses below choose the database."""
+
+    timeout = 60
+    backend = "sqlite"
+
+    @pytest.fixture(autouse=True)
+    def _database(self, request, tmp_path):
+        if self.backend == "sqlite":
+            self.db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        else:
+            self.db_url = request.getfixturevalue("postgres").new_database()
+
+    @defer.inlineCallbacks
+    def start_site(self, **config):
+        self.site = Site(self.db_url, **config).start()
+        self.addCleanup(self.site.stop)
+        self.people = People(seed=7)
+        yield wait_until(self.site.online, "all terminals online")
+        return self.site
+
+    def holds(self, terminal_id, record) -> bool:
+        return self.site.terminals[terminal_id].users.get(record.user_id) == record
+
+    @defer.inlineCallbacks
+    def test_enrolment_on_one_terminal_reaches_the_server_and_the_others(self):
+        site = yield self.start_site()
+        person = self.people.person("1001")
+        site.terminals[A].enroll(person)
+        yield wait_until(lambda: self.holds(B, person) and self.holds(C, person), "the user on B and C")
+        self.assertEqual(site.server_record("1001"), person)
+        yield wait_until(lambda: site.count_events(type=APPLIED_BY_DEVICE, user_id="1001") == 2, "two applied events")
+        self.assertEqual(site.count_events(type=SAVED_FROM_DEVICE, user_id="1001", terminal_id=A), 1)
+        self.assertEqual(site.count_events(type=APPLIED_BY_DEVICE, user_id="1001", terminal_id=B), 1)
+        self.assertEqual(site.count_events(type=APPLIED_BY_DEVICE, user_id="1001", terminal_id=C), 1)
+        self.assertEqual(site.count_events(type=SAVE_FAILED), 0)
+
+    @defer.inlineCallbacks
+    def test_merge_keeps_server_fields_and_fills_vacant_ones(self):
+        site = yield self.start_site()
+        card = Card(CardType.CSN, b"\x01\x02\x03\x04")
+        server_user = UserRecord(user_id="2002", name="Server Name", cards=(card,))
+        yield site.gateway.users.create(server_user)
+        yield wait_until(lambda: all(self.holds(t, server_user) for t in (A, B, C)), "the server user on every terminal")
+
+        finger = self.people.fingerprint(3)
+        site.terminals[A].edit("2002", name="Terminal Name", fingerprints=(finger,))
+        expected = UserRecord(user_id="2002", name="Server Name", cards=(card,), fingerprints=(finger,))
+        yield wait_until(lambda: all(self.holds(t, expected) for t in (A, B, C)), "every terminal holding the merged user")
+        self.assertEqual(site.server_record("2002"), expected)
+
+    @defer.inlineCallbacks
+    def test_smart_card_user_enrolled_on_a_terminal_syncs(self):
+        site = yield self.start_site()
+        cards = (Card(CardType.SMART_CARD, bytes(range(16))), Card(CardType.SECURE_CREDENTIAL, bytes(range(32))))
+        person = replace(self.people.person("3003"), cards=cards)
+        site.terminals[B].enroll(person)
+        yield wait_until(lambda: self.holds(A, person) and self.holds(C, person), "the smart-card user on A and C")
+        self.assertEqual(site.server_record("3003").cards, person.cards)
+
+    @defer.inlineCallbacks
+    def test_delete_on_a_terminal_keeps_the_server_user(self):
+        site = yield self.start_site()
+        person = self.people.person("4004")
+        site.terminals[A].enroll(person)
+        yield wait_until(lambda: self.holds(B, person) and self.holds(C, person), "the user everywhere")
+        site.terminals[B].delete("4004")
+        yield wait_until(lambda: site.count_events(terminal_id=B, type="DELETE_SUCCESS", user_id="4004") == 1,
+                         "the terminal's delete event stored")
+        self.assertEqual(site.server_record("4004"), person)
+        self.assertTrue(self.holds(A, person) and self.holds(C, person))
+
+    @defer.inlineCallbacks
+    def test_ten_changes_while_a_terminal_is_away_arrive_as_one_record(self):
+        site = yield self.start_site()
+        person = self.people.person("5005")
+        yield site.gateway.users.create(person)
+        yield wait_until(lambda: self.holds(C, person), "the user on C")
+        applied = []
+        site.terminals[C].applied_listeners.append(lambda user_id, record: applied.append(user_id))
+        site.dialers[C].go_offline()
+        yield wait_until(lambda: not site.online(C), "C offline")
+        for n in range(10):
+            yield site.gateway.users.edit("5005", name=f"Edit {n}")
+        yield wait_until(lambda: site.terminals[A].users["5005"].name == "Edit 9", "A holding the last edit")
+        site.dialers[C].come_back()
+        yield wait_until(lambda: site.terminals[C].users["5005"].name == "Edit 9", "C holding the last edit")
+        self.assertEqual(applied, ["5005"])
+        cursor = site.gateway.registry.terminals[C].cursor
+        self.assertEqual(cursor, site.gateway.registry.terminals[A].cursor)
+
+    @defer.inlineCallbacks
+    def test_database_refusing_a_merge_records_the_failure_and_catches_up(self):
+        site = yield self.start_site()
+        site.gateway.puller.retry_delays = (0.2,)
+        refuse_user_writes(site.gateway.db.engine)
+        person = self.people.person("6006")
+        site.terminals[A].enroll(person)
+        yield wait_until(lambda: site.count_events(type=SAVE_FAILED, user_id="6006") >= 1, "the save failure recorded")
+        self.assertIsNone(site.server_record("6006"))
+        self.assertNotIn("6006", site.terminals[B].users)
+        self.assertEqual(site.terminals[A].users["6006"], person)  # the terminal keeps its data
+
+        allow_user_writes(site.gateway.db.engine)
+        yield wait_until(lambda: self.holds(B, person) and self.holds(C, person), "the user on B and C after recovery")
+        self.assertEqual(site.server_record("6006"), person)
+        self.assertEqual(site.count_events(type=SAVED_FROM_DEVICE, user_id="6006"), 1)
+
+    @defer.inlineCallbacks
+    def test_server_side_changes_reach_every_terminal_without_echo(self):
+        site = yield self.start_site()
+        person = self.people.person("7007")
+        yield site.gateway.users.create(person)
+        yield wait_until(lambda: all(self.holds(t, person) for t in (A, B, C)), "the user on every terminal")
+        yield site.gateway.users.delete("7007")
+        yield wait_until(lambda: all("7007" not in site.terminals[t].users for t in (A, B, C)), "the user gone everywhere")
+        yield wait_until(lambda: site.count_events(type="DELETE_SUCCESS", user_id="7007") == 3, "three delete events stored")
+        self.assertEqual(site.count_events(type=SAVED_FROM_DEVICE), 0)  # server-origin events are never pulled
+
+
+def refuse_user_writes(engine) -> None:
+    """Make the database itself refuse writes to users, as a full disk or a broken table would."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for op in ("INSERT", "UPDATE"):
+                conn.execute(text(f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON users "
+                                  "BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END"))
+        else:
+            conn.execute(text("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                              "RAISE EXCEPTION 'disk full (test)'; END $$ LANGUAGE plpgsql"))
+            conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse()"))
+
+
+def allow_user_writes(engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("DROP TRIGGER refuse_insert"))
+            conn.execute(text("DROP TRIGGER refuse_update"))
+        else:
+            conn.execute(text("DROP TRIGGER refuse ON users"))
+
+
+class SqliteSync(SyncScenarios, unittest.TestCase):
+    backend = "sqlite"
+
+
+class PostgresSync(SyncScenarios, unittest.TestCase):
+    backend = "postgresql"
