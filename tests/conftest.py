@@ -10,18 +10,13 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 
 import pytest
 import sqlalchemy
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_site import free_port
 
 
 def _pg_bin() -> str | None:
@@ -33,7 +28,7 @@ class PostgresCluster:
     def __init__(self, bindir: str):
         self.bindir = bindir
         self.dir = tempfile.mkdtemp(prefix="gateway-pg-")
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")

@@ -4,8 +4,12 @@ End-to-end tests build one per test (in a trial TestCase, so the reactor runs) a
 a person could look at: the server database and each terminal's own user store.
 """
 
+import socket
+
+import pytest
 from sqlalchemy import func, select
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
@@ -13,6 +17,23 @@ from gateway.schema import events
 from gateway.users import load_record
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
+
+
+class LiveTestCase(unittest.TestCase):
+    """A trial TestCase, so the real reactor runs during the test, with pytest's ``tmp_path``."""
+
+    timeout = 60
+
+    @pytest.fixture(autouse=True)
+    def _pytest_tmp_path(self, tmp_path):
+        self.tmp_path = tmp_path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now, for processes that need one named up front."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def secret_of(terminal_id: int) -> str:

@@ -10,10 +10,9 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 from twisted.internet import defer
-from twisted.trial import unittest
 
 from gateway.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
-from live_site import Site, wait_until
+from live_site import LiveTestCase, Site, wait_until
 from protocol.records import Card, CardType, UserRecord
 from simulator.people import People
 
@@ -23,7 +22,6 @@ A, B, C = 101, 102, 103
 class SyncScenarios:
     """The scenarios; subclasses below choose the database."""
 
-    timeout = 60
     backend = "sqlite"
 
     @pytest.fixture(autouse=True)
@@ -162,9 +160,9 @@ def allow_user_writes(engine) -> None:
             conn.execute(text("DROP TRIGGER refuse ON users"))
 
 
-class SqliteSync(SyncScenarios, unittest.TestCase):
+class SqliteSync(SyncScenarios, LiveTestCase):
     backend = "sqlite"
 
 
-class PostgresSync(SyncScenarios, unittest.TestCase):
+class PostgresSync(SyncScenarios, LiveTestCase):
     backend = "postgresql"
