@@ -18,7 +18,10 @@ def _line(event) -> str | None:
 
 
 def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
-    observer = FilteringLogObserver(FileLogObserver(stream, _line), [LogLevelFilterPredicate(defaultLogLevel=level)])
+    levels = LogLevelFilterPredicate(defaultLogLevel=level)
+    for chatty in ("log_legacy", "twisted"):  # "Starting factory", "Port closed": not for operators
+        levels.setLogLevelForNamespace(chatty, LogLevel.warn)
+    observer = FilteringLogObserver(FileLogObserver(stream, _line), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

@@ -62,6 +62,8 @@ class TcpLink(protocol.Protocol):
 class TerminalListener(protocol.Factory):
     """Accepts terminals that dial in."""
 
+    noisy = False  # the gateway logs each terminal itself
+
     def __init__(self, gateway):
         self.gateway = gateway
 
@@ -74,6 +76,7 @@ class TerminalDialer(protocol.ReconnectingClientFactory):
 
     maxDelay = 30
     initialDelay = 0.5
+    noisy = False
 
     def __init__(self, gateway, terminal_id: int, where: str):
         self.gateway = gateway

@@ -15,7 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from gateway.schema import events
 from gateway.users import load_record
-from simulator.tcp import DialingTerminal
+from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
 
 
@@ -41,40 +41,36 @@ def secret_of(terminal_id: int) -> str:
 
 
 class Site:
-    def __init__(self, db_url: str, terminal_ids=(101, 102, 103), **config):
-        self.config = GatewayConfig(
-            db=db_url,
-            tcp_host="127.0.0.1",
-            tcp_port=0,
-            http_port=0,
-            terminals=[dict(id=t, secret=secret_of(t)) for t in terminal_ids],
-            **config,
-        )
-        self.gateway = Gateway(self.config, reactor)
-        self.terminals: dict[int, Terminal] = {}
+    """Terminals in ``terminal_ids`` dial in; those in ``listening_ids`` listen and the gateway dials out."""
+
+    def __init__(self, db_url: str, terminal_ids=(101, 102, 103), listening_ids=(), **config):
+        self.terminals: dict[int, Terminal] = {t: Terminal(t, secret_of(t)) for t in (*terminal_ids, *listening_ids)}
         self.dialers: dict[int, DialingTerminal] = {}
+        self.listening = {t: reactor.listenTCP(0, ListeningTerminal(self.terminals[t], reactor), interface="127.0.0.1")
+                          for t in listening_ids}
+        entries = [dict(id=t, secret=secret_of(t)) for t in terminal_ids]
+        entries += [dict(id=t, secret=secret_of(t), dial=f"127.0.0.1:{port.getHost().port}") for t, port in self.listening.items()]
+        self.config = GatewayConfig(db=db_url, tcp_host="127.0.0.1", tcp_port=0, http_port=0, terminals=entries, **config)
+        self.gateway = Gateway(self.config, reactor)
 
     def start(self) -> "Site":
         self.gateway.start()
-        for entry in self.config.terminals:
-            self.add_terminal(entry["id"], entry["secret"])
+        for terminal_id, terminal in self.terminals.items():
+            if terminal_id not in self.listening:
+                self.dialers[terminal_id] = DialingTerminal(terminal, reactor, "127.0.0.1", self.port).start()
         return self
 
     @property
     def port(self) -> int:
         return self.gateway.tcp_port.getHost().port
 
-    def add_terminal(self, terminal_id: int, secret: str) -> Terminal:
-        terminal = Terminal(terminal_id, secret)
-        self.terminals[terminal_id] = terminal
-        self.dialers[terminal_id] = DialingTerminal(terminal, reactor, "127.0.0.1", self.port).start()
-        return terminal
-
     @defer.inlineCallbacks
     def stop(self):
         for dialer in self.dialers.values():
             dialer.go_offline()
         yield self.gateway.stop()
+        for port in self.listening.values():
+            yield port.stopListening()
 
     # -- looking at the result ---------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from protocol.records import Card, CardType, UserRecord
 from simulator.people import People
 
 A, B, C = 101, 102, 103
+D = 104  # listens; the gateway dials out to it
 
 
 class SyncScenarios:
@@ -32,8 +33,8 @@ class SyncScenarios:
             self.db_url = request.getfixturevalue("postgres").new_database()
 
     @defer.inlineCallbacks
-    def start_site(self, **config):
-        self.site = Site(self.db_url, **config).start()
+    def start_site(self, **options):
+        self.site = Site(self.db_url, **options).start()
         self.addCleanup(self.site.stop)
         self.people = People(seed=7)
         yield wait_until(self.site.online, "all terminals online")
@@ -54,6 +55,14 @@ class SyncScenarios:
         self.assertEqual(site.count_events(type=APPLIED_BY_DEVICE, user_id="1001", terminal_id=B), 1)
         self.assertEqual(site.count_events(type=APPLIED_BY_DEVICE, user_id="1001", terminal_id=C), 1)
         self.assertEqual(site.count_events(type=SAVE_FAILED), 0)
+
+    @defer.inlineCallbacks
+    def test_a_terminal_the_gateway_dials_out_to_syncs_both_ways(self):
+        site = yield self.start_site(listening_ids=(D,))
+        from_dial_out, to_dial_out = self.people.person("1101"), self.people.person("1102")
+        site.terminals[D].enroll(from_dial_out)
+        site.terminals[A].enroll(to_dial_out)
+        yield wait_until(lambda: self.holds(B, from_dial_out) and self.holds(D, to_dial_out), "users crossing both ways")
 
     @defer.inlineCallbacks
     def test_merge_keeps_server_fields_and_fills_vacant_ones(self):
