@@ -1,0 +1,205 @@
+"""gateway-check: play the gateway's part against one terminal and check it keeps the protocol.
+
+It connects to a terminal that listens (``--terminal HOST:PORT``) or waits for one to dial in
+(``--listen PORT``), does the handshake, and runs each check in turn, printing PASS or FAIL with
+what was seen. By default it only reads; ``--write`` also puts, reads back and deletes a test
+user. Exit status: 0 every check passed, 1 some failed, 2 usage or connection problems.
+"""
+
+import argparse
+import socket
+import sys
+import time
+
+from protocol import auth
+from protocol.decoder import StreamDecoder
+from protocol.errors import ErrorCode, MessageError
+from protocol.frame import PROTOCOL_VERSION, Flags, Frame, encode_frame
+from protocol.messages import Command, UserStatus, build_body, parse_body, response
+from protocol.records import UserRecord, hash_pin
+
+CHECK_USER = "__gateway_check__"
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Peer:
+    """The terminal at the other end of a blocking socket; answers its own requests politely."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.decoder = StreamDecoder()
+        self.frames: list[Frame] = []
+        self.seq = 0
+        self.terminal_id = 0
+
+    def ask(self, command: int, payload: bytes) -> Frame:
+        """Send a request and return the terminal's answer to it (a response or an error reply)."""
+        self.seq += 1
+        self.sock.sendall(encode_frame(Frame(command, payload, Flags.REQUEST, self.terminal_id, self.seq)))
+        while True:
+            frame = self._next_frame()
+            if frame.is_response and frame.seq == self.seq:
+                return frame
+            if not frame.is_response:
+                self._answer_terminal_request(frame)
+
+    def _answer_terminal_request(self, frame: Frame) -> None:
+        if frame.command == Command.EVENTS:
+            self.sock.sendall(response(frame, dict(ack_through=0)))  # stored nothing: the terminal keeps its log
+        elif frame.command == Command.KEEPALIVE:
+            self.sock.sendall(response(frame))
+
+    def _next_frame(self) -> Frame:
+        while not self.frames:
+            data = self.sock.recv(65536)
+            if not data:
+                raise CheckFailed("the terminal closed the connection")
+            for item in self.decoder.feed(data):
+                if not isinstance(item, Frame):
+                    raise CheckFailed(f"corrupt frame from the terminal: {item}")
+                self.frames.append(item)
+        return self.frames.pop(0)
+
+
+def expect_answer(frame: Frame) -> object:
+    if frame.is_error:
+        err = parse_body(frame)
+        raise CheckFailed(f"error reply (code {err.code}): {err.text}")
+    return parse_body(frame)
+
+
+def check_handshake(peer: Peer, args) -> str:
+    nonce = auth.new_nonce()
+    answer = peer.ask(Command.HELLO, build_body(Command.HELLO, False, dict(gateway_nonce=nonce, protocol_version=PROTOCOL_VERSION)))
+    hello = expect_answer(answer)
+    if args.id is not None and answer.terminal_id != args.id:
+        raise CheckFailed(f"terminal says it is {answer.terminal_id}, expected {args.id}")
+    peer.terminal_id = answer.terminal_id
+    secret = args.secret.encode()
+    if not auth.proofs_match(auth.terminal_proof(secret, answer.terminal_id, nonce, hello.terminal_nonce), hello.proof):
+        raise CheckFailed("the terminal's proof does not match the secret given")
+    welcome = dict(proof=auth.gateway_proof(secret, answer.terminal_id, nonce, hello.terminal_nonce),
+                   server_time_ms=int(time.time() * 1000), keepalive_s=30, ack_through=0)
+    expect_answer(peer.ask(Command.WELCOME, build_body(Command.WELCOME, False, welcome)))
+    return f"terminal {answer.terminal_id}, {hello.model} firmware {hello.firmware}, protocol {hello.protocol_version}, room for {hello.max_users} users"
+
+
+def check_keepalive(peer: Peer, args) -> str:
+    expect_answer(peer.ask(Command.KEEPALIVE, b""))
+    return "answered"
+
+
+def check_time_sync(peer: Peer, args) -> str:
+    now = int(time.time() * 1000)
+    body = expect_answer(peer.ask(Command.TIME_SYNC, build_body(Command.TIME_SYNC, False, dict(server_time_ms=now))))
+    return f"terminal clock was {(body.terminal_time_ms - now) / 1000:+.1f} s off"
+
+
+def list_all_users(peer: Peer) -> list[str]:
+    ids, after = [], ""
+    while True:
+        body = expect_answer(peer.ask(Command.LIST_USERS, build_body(Command.LIST_USERS, False, dict(after_user_id=after, limit=100))))
+        page = [e.user_id for e in body.entries]
+        if page != sorted(page) or (page and page[0] <= after):
+            raise CheckFailed(f"LIST_USERS page after {after!r} is not in ascending order")
+        ids += page
+        if not body.more:
+            return ids
+        if not page:
+            raise CheckFailed("LIST_USERS says there is more but returned nothing")
+        after = page[-1]
+
+
+def check_list_users(peer: Peer, args) -> str:
+    return f"{len(list_all_users(peer))} users, pages in ascending order"
+
+
+def check_missing_user(peer: Peer, args) -> str:
+    body = expect_answer(peer.ask(Command.GET_USERS, build_body(Command.GET_USERS, False, dict(user_ids=[CHECK_USER + "?"]))))
+    if list(body.missing) != [CHECK_USER + "?"] or body.users:
+        raise CheckFailed("an unknown user id was not reported as missing")
+    return "an unknown user is reported missing"
+
+
+def check_errors(peer: Peer, args) -> str:
+    unknown = peer.ask(0x7F, b"")
+    if not unknown.is_error or parse_body(unknown).code != ErrorCode.UNKNOWN_COMMAND:
+        raise CheckFailed("an unknown command was not answered with UNKNOWN_COMMAND")
+    bad = peer.ask(Command.GET_USERS, b"\x05")
+    if not bad.is_error or parse_body(bad).code != ErrorCode.BAD_MESSAGE:
+        raise CheckFailed("a malformed GET_USERS was not answered with BAD_MESSAGE")
+    return "unknown command and malformed payload get error replies"
+
+
+def check_put_get_delete(peer: Peer, args) -> str:
+    record = UserRecord(CHECK_USER, name="Gateway Check", pin_hash=hash_pin(CHECK_USER, "0000"), access_groups=(1,))
+    put = expect_answer(peer.ask(Command.PUT_USERS, build_body(Command.PUT_USERS, False, dict(users=[record]))))
+    if [(r.user_id, r.status) for r in put.results] != [(CHECK_USER, UserStatus.OK)]:
+        raise CheckFailed(f"PUT_USERS results: {list(put.results)}")
+    got = expect_answer(peer.ask(Command.GET_USERS, build_body(Command.GET_USERS, False, dict(user_ids=[CHECK_USER]))))
+    if list(got.users) != [record]:
+        raise CheckFailed("the user read back differs from the user put")
+    gone = expect_answer(peer.ask(Command.DELETE_USERS, build_body(Command.DELETE_USERS, False, dict(user_ids=[CHECK_USER]))))
+    if [r.status for r in gone.results] != [UserStatus.OK]:
+        raise CheckFailed(f"DELETE_USERS results: {list(gone.results)}")
+    return "a test user was put, read back identical, and deleted"
+
+
+READ_CHECKS = [check_handshake, check_keepalive, check_time_sync, check_list_users, check_missing_user, check_errors]
+
+
+def connect(args) -> socket.socket:
+    if args.terminal:
+        host, _, port = args.terminal.rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=args.timeout)
+    with socket.create_server(("0.0.0.0", args.listen)) as server:
+        server.settimeout(args.wait)
+        print(f"waiting up to {args.wait:g} s for a terminal to dial in on port {args.listen}", flush=True)
+        sock, _ = server.accept()
+        return sock
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway-check", description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--terminal", metavar="HOST:PORT", help="connect to a terminal listening here")
+    where.add_argument("--listen", type=int, metavar="PORT", help="wait for a terminal to dial in on this port")
+    parser.add_argument("--secret", required=True, help="the terminal's secret")
+    parser.add_argument("--id", type=int, help="the terminal id expected (default: whatever it says)")
+    parser.add_argument("--write", action="store_true", help=f"also put, read back and delete the user {CHECK_USER!r}")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)")
+    parser.add_argument("--wait", type=float, default=60.0, help="with --listen: seconds to wait for the terminal (default 60)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.terminal and (":" not in args.terminal or not args.terminal.rpartition(":")[2].isdigit()):
+        print("gateway-check: --terminal needs HOST:PORT", file=sys.stderr)
+        return 2
+    try:
+        sock = connect(args)
+    except OSError as exc:
+        print(f"gateway-check: cannot reach the terminal: {exc}", file=sys.stderr)
+        return 2
+    peer, failed = Peer(sock, args.timeout), 0
+    with sock:
+        for check in READ_CHECKS + ([check_put_get_delete] if args.write else []):
+            name = check.__name__.removeprefix("check_").replace("_", " ")
+            try:
+                print(f"PASS {name}: {check(peer, args)}", flush=True)
+            except (CheckFailed, MessageError, OSError) as exc:
+                failed += 1
+                print(f"FAIL {name}: {exc or type(exc).__name__}", flush=True)
+                if check is check_handshake or isinstance(exc, OSError):
+                    break  # nothing else can be checked without a session
+    print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
