@@ -40,15 +40,25 @@ class PostgresCluster:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         subprocess.run(argv, check=True, capture_output=True, timeout=120)
 
+    @property
+    def data(self) -> str:
+        return os.path.join(self.dir, "data")
+
     def start(self) -> None:
-        data = os.path.join(self.dir, "data")
-        self._run("initdb", "-D", data, "-A", "trust", "-U", self.user, "--no-sync")
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.user, "--no-sync")
+        self.resume()
+
+    def halt(self) -> None:
+        """Shut the server down, keeping its data: the database is "down"."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start")
+        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "-w", "stop")
+            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -64,8 +74,7 @@ class PostgresCluster:
         return self.url(name)
 
 
-@pytest.fixture(scope="session")
-def postgres():
+def _started_cluster():
     bindir = _pg_bin()
     if bindir is None:
         if os.environ.get("CI"):
@@ -73,6 +82,20 @@ def postgres():
         pytest.skip("no PostgreSQL server installed (make test installs it)")
     cluster = PostgresCluster(bindir)
     cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    cluster = _started_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def own_postgres():
+    """A cluster of the test's own, for tests that take the database server down."""
+    cluster = _started_cluster()
     yield cluster
     cluster.stop()
 

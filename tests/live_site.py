@@ -83,9 +83,20 @@ class Site:
             stmt = stmt.where(events.c[column] == value)
         return self.gateway.db.run_now(lambda conn: conn.execute(stmt).scalar())
 
+    def stored_event_ids(self, terminal_id: int) -> list[int]:
+        return self.gateway.db.run_now(stored_event_ids, terminal_id)
+
     def online(self, *terminal_ids) -> bool:
         online = {t.terminal_id for t in self.gateway.registry.online()}
         return set(terminal_ids or self.terminals) <= online
+
+
+def stored_event_ids(conn, terminal_id: int) -> list[int]:
+    """The terminal's log event ids the gateway stored, in order, duplicates included."""
+    stmt = (select(events.c.terminal_event_id)
+            .where(events.c.terminal_id == terminal_id, events.c.terminal_event_id.is_not(None))
+            .order_by(events.c.terminal_event_id))
+    return list(conn.execute(stmt).scalars())
 
 
 @defer.inlineCallbacks

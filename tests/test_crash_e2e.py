@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, task
 
 from gateway.schema import events
 from gateway.users import load_record
-from live_site import LiveTestCase, free_port, secret_of, wait_until
+from live_site import LiveTestCase, free_port, secret_of, stored_event_ids, wait_until
 from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
@@ -102,11 +102,8 @@ class CrashTests(LiveTestCase):
         )
         with engine.connect() as conn:
             for terminal in terminals.values():
-                stored = conn.execute(
-                    select(events.c.terminal_event_id).where(events.c.terminal_id == terminal.terminal_id,
-                                                             events.c.terminal_event_id.is_not(None))
-                ).scalars().all()
-                self.assertEqual(sorted(stored), list(range(1, terminal.next_event_id)), f"events of terminal {terminal.terminal_id}")
+                self.assertEqual(stored_event_ids(conn, terminal.terminal_id), list(range(1, terminal.next_event_id)),
+                                 f"events of terminal {terminal.terminal_id}")
             for user_id in sorted(all_users):
                 server = load_record(conn, user_id)
                 for terminal in terminals.values():
