@@ -43,13 +43,15 @@ def secret_of(terminal_id: int) -> str:
 class Site:
     """Terminals in ``terminal_ids`` dial in; those in ``listening_ids`` listen and the gateway dials out."""
 
-    def __init__(self, db_url: str, terminal_ids=(101, 102, 103), listening_ids=(), **config):
+    def __init__(self, db_url: str, terminal_ids=(101, 102, 103), listening_ids=(), groups=None, **config):
         self.terminals: dict[int, Terminal] = {t: Terminal(t, secret_of(t)) for t in (*terminal_ids, *listening_ids)}
         self.dialers: dict[int, DialingTerminal] = {}
         self.listening = {t: reactor.listenTCP(0, ListeningTerminal(self.terminals[t], reactor), interface="127.0.0.1")
                           for t in listening_ids}
         entries = [dict(id=t, secret=secret_of(t)) for t in terminal_ids]
         entries += [dict(id=t, secret=secret_of(t), dial=f"127.0.0.1:{port.getHost().port}") for t, port in self.listening.items()]
+        for entry in entries:
+            entry["groups"] = (groups or {}).get(entry["id"], [])
         self.config = GatewayConfig(db=db_url, tcp_host="127.0.0.1", tcp_port=0, http_port=0, terminals=entries, **config)
         self.gateway = Gateway(self.config, reactor)
 

@@ -9,9 +9,10 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 from gateway.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
+from gateway.syncmode import SyncMode
 from live_site import LiveTestCase, Site, wait_until
 from protocol.records import Card, CardType, UserRecord
 from simulator.people import People
@@ -145,6 +146,31 @@ class SyncScenarios:
         yield wait_until(lambda: all("7007" not in site.terminals[t].users for t in (A, B, C)), "the user gone everywhere")
         yield wait_until(lambda: site.count_events(type="DELETE_SUCCESS", user_id="7007") == 3, "three delete events stored")
         self.assertEqual(site.count_events(type=SAVED_FROM_DEVICE), 0)  # server-origin events are never pulled
+
+
+    @defer.inlineCallbacks
+    def test_specific_mode_sends_a_user_only_where_access_groups_meet(self):
+        site = yield self.start_site(sync_mode="specific", groups={A: [1], B: [2], C: [1, 2]})
+        person = replace(self.people.person("8008"), access_groups=(1,))
+        yield site.gateway.users.create(person)
+        yield wait_until(lambda: self.holds(A, person) and self.holds(C, person), "the user on A and C")
+        yield one_sweep(site)
+        self.assertNotIn("8008", site.terminals[B].users)
+
+    @defer.inlineCallbacks
+    def test_changes_held_back_while_sync_is_disabled_arrive_once_it_is_enabled(self):
+        site = yield self.start_site(sync_mode="disabled")
+        person = self.people.person("9009")
+        yield site.gateway.users.create(person)
+        yield one_sweep(site)
+        self.assertFalse(any("9009" in t.users for t in site.terminals.values()))
+        yield site.gateway.settings.set_mode(SyncMode.ALL)
+        yield wait_until(lambda: all(self.holds(t, person) for t in (A, B, C)), "the user everywhere once enabled")
+
+
+def one_sweep(site):
+    """Long enough for the gateway's periodic sweep to have pushed anything it would push."""
+    return task.deferLater(reactor, site.gateway.sweep_s * 1.5, lambda: None)
 
 
 def refuse_user_writes(engine) -> None:
