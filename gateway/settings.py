@@ -1,11 +1,12 @@
 """SyncSettings: the sync mode, stored in the database and changeable while the gateway runs."""
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from twisted.logger import Logger
 
 from gateway.database import upsert
-from gateway.schema import settings, terminals
+from gateway.schema import settings
 from gateway.syncmode import SyncMode
+from gateway.users import republish_users
 
 log = Logger(namespace="gateway.settings")
 
@@ -13,9 +14,8 @@ MODE_KEY = "sync_mode"
 
 
 class SyncSettings:
-    def __init__(self, db, registry, default: SyncMode, on_change):
+    def __init__(self, db, default: SyncMode, on_change):
         self._db = db
-        self._registry = registry
         self._on_change = on_change
         self.mode = default
 
@@ -31,26 +31,21 @@ class SyncSettings:
         """Change the mode; a Deferred that fires once it is stored and pushes have been woken.
 
         Pending pushes are never lost: cursors stay where they are, and when the mode widens
-        (specific -> all) they go back to 0 so terminals get the users the old mode skipped.
+        (specific -> all) every user is republished so terminals get those the old mode skipped.
         """
         mode = SyncMode(mode)
         old = self.mode
-        reset = mode.widens(old)
 
-        def stored(_):
+        def stored(republished: int):
             self.mode = mode
-            if reset:
-                for term in self._registry.terminals.values():
-                    term.cursor = 0
             log.info("sync mode changed from {old} to {new}{extra}", old=old, new=mode,
-                     extra="; terminals get every user again" if reset else "")
+                     extra=f"; {republished} users go to every terminal again" if republished else "")
             self._on_change()
             return mode
 
-        return self._db.write(_store_mode, mode, reset).addCallback(stored)
+        return self._db.write(_store_mode, mode, mode.widens(old)).addCallback(stored)
 
 
-def _store_mode(conn, mode: SyncMode, reset_cursors: bool) -> None:
+def _store_mode(conn, mode: SyncMode, republish: bool) -> int:
     upsert(conn, settings, [dict(key=MODE_KEY, value=str(mode))], key=["key"], update=["value"])
-    if reset_cursors:
-        conn.execute(update(terminals).values(cursor=0))
+    return republish_users(conn) if republish else 0

@@ -8,7 +8,7 @@ on the server leaves a tombstone (``record`` is NULL) so the deletion reaches te
 
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.database import insert_ignoring_duplicates
@@ -41,6 +41,23 @@ def next_change_seq(conn: Connection) -> int:
 
 def last_change_seq(conn: Connection) -> int:
     return conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
+
+
+def republish_users(conn: Connection) -> int:
+    """Give every live user a new change, keeping their order, so every terminal gets them again.
+
+    This is how a widened sync mode reaches users the old mode skipped. Cursors never move
+    back: a push acknowledged at the same moment could otherwise move a cursor forward again,
+    past the users it was meant to resend. Returns how many users were republished.
+    """
+    live = users.c.record.is_not(None)
+    base = last_change_seq(conn)
+    top = conn.execute(select(func.max(users.c.change_seq)).where(live)).scalar()
+    if top is None:
+        return 0
+    done = conn.execute(update(users).where(live).values(change_seq=users.c.change_seq + base))
+    conn.execute(update(counters).where(counters.c.name == CHANGE_SEQ).values(value=base + top))
+    return done.rowcount
 
 
 def load_record(conn: Connection, user_id: str) -> UserRecord | None:

@@ -11,7 +11,16 @@ from gateway.monitor import SAVED_FROM_DEVICE
 from gateway.puller import merge_pulled
 from gateway.pusher import advance_cursor, read_feed
 from gateway.schema import events, metadata, pending_pulls, terminals
-from gateway.users import UnknownUser, create_user, delete_user, edit_user, load_record, store_record
+from gateway.users import (
+    UnknownUser,
+    create_user,
+    delete_user,
+    edit_user,
+    last_change_seq,
+    load_record,
+    republish_users,
+    store_record,
+)
 from protocol.events import Event, EventCode, Origin
 from protocol.records import Card, CardType, UserRecord
 
@@ -57,6 +66,18 @@ def test_every_change_takes_the_next_sequence_value(db):
     assert a < b < a2
     feed = db.run_now(read_feed, 0, 10)
     assert [(e.user_id, e.change_seq) for e in feed] == [("b", b), ("a", a2)]
+
+
+def test_republishing_puts_every_live_user_after_every_cursor_in_the_same_order(db):
+    for user_id in ("a", "b", "c"):
+        db.run_now(store_record, UserRecord(user_id, name=user_id.upper()))
+    db.run_now(delete_user, "b")
+    cursor = db.run_now(last_change_seq)
+    assert db.run_now(republish_users) == 2
+    feed = db.run_now(read_feed, cursor, 10)
+    assert [e.user_id for e in feed] == ["a", "c"]
+    assert db.run_now(last_change_seq) == feed[-1].change_seq
+    assert db.run_now(store_record, UserRecord("d")) == feed[-1].change_seq + 1
 
 
 def test_server_side_edit_and_delete_go_through_the_feed(db):

@@ -149,13 +149,15 @@ class SyncScenarios:
 
 
     @defer.inlineCallbacks
-    def test_specific_mode_sends_a_user_only_where_access_groups_meet(self):
+    def test_specific_mode_sends_a_user_only_where_access_groups_meet_until_widened(self):
         site = yield self.start_site(sync_mode="specific", groups={A: [1], B: [2], C: [1, 2]})
         person = replace(self.people.person("8008"), access_groups=(1,))
         yield site.gateway.users.create(person)
         yield wait_until(lambda: self.holds(A, person) and self.holds(C, person), "the user on A and C")
         yield one_sweep(site)
         self.assertNotIn("8008", site.terminals[B].users)
+        yield site.gateway.settings.set_mode(SyncMode.ALL)
+        yield wait_until(lambda: self.holds(B, person), "the user on B once the mode widened to all")
 
     @defer.inlineCallbacks
     def test_changes_held_back_while_sync_is_disabled_arrive_once_it_is_enabled(self):
