@@ -99,8 +99,6 @@ def _describe(exc: Exception) -> str:
     return str(orig or exc).strip().splitlines()[0]
 
 
-
-
 def _dialect(conn):
     return postgresql if conn.dialect.name == "postgresql" else sqlite
 

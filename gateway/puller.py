@@ -50,10 +50,6 @@ class Puller:
         d = self._db.read(_owed_pulls, terminal_id)
         d.addCallbacks(lambda ids: self.want(terminal_id, ids), self._log_read_failure)
 
-    def resume_all(self) -> None:
-        for term in self._registry.online():
-            self.terminal_online(term.terminal_id)
-
     def kick(self, terminal_id: int) -> None:
         term = self._registry.terminals.get(terminal_id)
         wanted = self._wanted.get(terminal_id)
