@@ -5,7 +5,7 @@ import os
 from twisted.internet import defer, protocol, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from live_site import LiveTestCase, Site, wait_until
+from live_site import LiveTestCase, Site, secret_of, wait_until
 from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
@@ -68,6 +68,18 @@ class AdmissionTests(LiveTestCase):
         self.assertFalse(self.site.online(102))
         self.assertEqual(self.site.count_events(terminal_id=102), 0)  # nothing it sent was stored
         self.assertIsNone(self.site.server_record("impostor-1"))
+
+    @defer.inlineCallbacks
+    def test_a_newer_authenticated_connection_replaces_the_older_one(self):
+        rebooted = Terminal(101, secret_of(101))  # the same terminal, back before its old link timed out
+        self.site.dialers[101].stopTrying()  # the old connection must not dial back once replaced
+        self.dial(rebooted)
+        yield wait_until(lambda: self.logged("replaced by a new authenticated connection"), "the replacement in the log")
+        yield wait_until(lambda: self.site.dialers[101].link is None, "the old connection closed")
+        self.assertTrue(self.site.online(101))
+        person = People(seed=4).person("rebooted-1")
+        rebooted.enroll(person)
+        yield wait_until(lambda: self.site.terminals[102].users.get("rebooted-1") == person, "sync through the new connection")
 
     @defer.inlineCallbacks
     def test_garbage_closes_only_that_connection(self):
