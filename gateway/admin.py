@@ -1,90 +1,239 @@
-"""Administrative commands that act on the database directly: users and the sync mode.
+"""Administrative commands: a client of a running gateway's HTTP API, printing tables for people
+and JSON for scripts.
 
-Each command is one transaction; a running gateway sees the change through its sweep.
+Standard library only (urllib), and every failure is one line saying what to do, never a
+traceback: these commands are what an operator types when something is already wrong.
 """
 
 import json
+import os
 import sys
+import time
+from http.client import HTTPException
+from urllib import error, parse, request
 
-from sqlalchemy import select
-
-from gateway.database import Database
-from gateway.schema import settings, users
-from gateway.settings import MODE_KEY, _store_mode
-from gateway.syncmode import SyncMode
-from gateway.users import UnknownUser, UserExists, UserSummary, create_user, delete_user, edit_user, load_record
-from protocol.errors import MessageError
-from protocol.records import Card, CardType, UserRecord, hash_pin
+DEFAULT_URL = "http://127.0.0.1:8080"
+TOKEN_ENV = "GATEWAY_API_TOKEN"
 
 
-def dispatch(config, args) -> int:
-    db = Database(config.db, reactor=None)
-    db.open()
+class CommandFailed(Exception):
+    """What went wrong, in one line for the person who typed the command."""
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, query: dict | None = None, body: dict | None = None) -> dict:
+        with self._open(method, path, query, body, self.timeout) as response:
+            try:
+                raw = response.read()
+            except (OSError, HTTPException) as exc:
+                raise CommandFailed(f"lost the connection to the gateway at {self.url}: {exc or type(exc).__name__}") from None
+        return self._json(raw)
+
+    def stream(self, path: str, query: dict | None = None, idle_timeout: float = 60.0):
+        """Events from a server-sent event stream, as dicts; a ``{"gap": True}`` when some were skipped.
+
+        The gateway sends a keepalive every 15 s, so ``idle_timeout`` of silence means it is gone.
+        """
+        with self._open("GET", path, query, None, idle_timeout) as response:
+            kind, data = "message", []
+            try:
+                for raw in response:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif not line and (data or kind != "message"):
+                        yield {"gap": True} if kind == "gap" else self._json("\n".join(data).encode())
+                        kind, data = "message", []
+            except (OSError, HTTPException) as exc:
+                raise CommandFailed(f"lost the event stream from {self.url}: {exc or type(exc).__name__}") from None
+        raise CommandFailed(f"the gateway at {self.url} closed the event stream")
+
+    def _open(self, method, path, query, body, timeout):
+        url = self.url + path + ("?" + parse.urlencode(_query(query), doseq=True) if query else "")
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            req = request.Request(url, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None)
+            return request.urlopen(req, timeout=timeout)
+        except error.HTTPError as exc:
+            raise CommandFailed(self._http_error(exc)) from None
+        except error.URLError as exc:
+            raise CommandFailed(f"cannot reach the gateway at {self.url}: {exc.reason} (is `gateway run` running? see --url)") from None
+        except TimeoutError:
+            raise CommandFailed(f"the gateway at {self.url} did not answer within {timeout:g} s") from None
+        except (OSError, HTTPException) as exc:  # connected, then the answer broke off
+            raise CommandFailed(f"lost the connection to the gateway at {self.url}: {exc or type(exc).__name__}") from None
+        except ValueError:  # urllib's word for a URL it cannot use
+            raise CommandFailed(f"--url {self.url!r} is not an http:// address") from None
+
+    def _http_error(self, exc: error.HTTPError) -> str:
+        try:
+            message = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        hint = f" (give --token or set {TOKEN_ENV})" if exc.code == 401 and not self.token else ""
+        return f"{message}{hint} [HTTP {exc.code}]"
+
+    def _json(self, raw: bytes):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CommandFailed(f"{self.url} did not answer with JSON: is it a gateway?") from None
+
+
+def _query(query: dict) -> dict:
+    return {k: v for k, v in query.items() if v is not None and v != []}
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def when(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def event_line(e: dict) -> str:
+    terminal = "" if e["terminal_id"] is None else e["terminal_id"]
+    return f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {e['type']:<32}  {e['user_id'] or '':<12}  {e['detail'] or ''}".rstrip()
+
+
+def show(args, value, text: str) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False) if args.json else text)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def terminals(client: ApiClient, args) -> None:
+    if args.action is None:
+        found = client.call("GET", "/api/terminals")
+        rows = [
+            [t["id"], t["name"], "online" if t["online"] else "offline", t["admission"], t["link"], when(t["last_seen_ms"]),
+             " ".join(filter(None, (t["model"], t["firmware"]))), t["cursor"], t["lag"]]
+            for t in found["terminals"]
+        ]
+        show(args, found, table(["ID", "NAME", "STATE", "ADMISSION", "LINK", "LAST SEEN", "MODEL", "CURSOR", "LAG"], rows))
+        return
+    path = f"/api/terminals/{args.terminal_id}"
+    if args.action == "remove":
+        show(args, client.call("DELETE", path), f"terminal {args.terminal_id} removed")
+        return
+    body = {"secret": args.secret} if args.secret else {}
+    result = client.call("POST", f"{path}/{args.action}", body=body)
+    show(args, result, f"terminal {args.terminal_id} {result['admission']}")
+
+
+def users(client: ApiClient, args) -> None:
+    if args.action == "list":
+        found = client.call("GET", "/api/users", {"search": args.search, "after": args.after, "limit": args.limit})
+        rows = [[u["user_id"], u["name"], ",".join(map(str, u["access_groups"])), ",".join(u["cards"]), u["fingerprints"],
+                 u["faces"], "yes" if u["has_pin"] else "", "yes" if u["disabled"] else ""] for u in found["users"]]
+        show(args, found, table(["USER", "NAME", "GROUPS", "CARDS", "FINGERS", "FACES", "PIN", "DISABLED"], rows))
+        if found["more"] and not args.json:
+            print(f"(more: --after {found['next']})", file=sys.stderr)
+        return
+    path = "/api/users/" + parse.quote(args.user_id, safe="")
+    if args.action == "show":
+        user = client.call("GET", path)
+        show(args, user, "\n".join(f"{k:<14}{_plain(v)}" for k, v in user.items()))
+    elif args.action == "add":
+        user = client.call("POST", "/api/users", body={"user_id": args.user_id, **user_body(args)})
+        show(args, user, f"user {args.user_id} created (change {user['change_seq']})")
+    elif args.action == "edit":
+        user = client.call("PATCH", path, body=user_body(args))
+        show(args, user, f"user {args.user_id} changed (change {user['change_seq']})")
+    else:
+        show(args, client.call("DELETE", path), f"user {args.user_id} deleted")
+
+
+def user_body(args) -> dict:
+    body = {}
+    for name in ("name", "pin", "disabled"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.groups:
+        body["access_groups"] = args.groups
+    if args.card:
+        body["cards"] = [_card(text) for text in args.card]
+    return body
+
+
+def _card(text: str) -> dict:
+    kind, sep, data = text.partition(":")
+    if not sep or not data:
+        raise CommandFailed(f"card must be TYPE:HEX, e.g. SMART_CARD:0a1b2c, got {text!r}")
+    return {"type": kind.upper(), "data": data}
+
+
+def _plain(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def events(client: ApiClient, args) -> None:
+    query = {"type": args.type, "terminal": args.terminal, "user": args.user}
+    page = client.call("GET", "/api/events", {**query, "since": args.since, "until": args.until, "limit": args.limit})
+    found = list(reversed(page["events"]))  # oldest first, as a log reads
+    if args.json:
+        for event in found:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+    else:
+        for event in found:
+            print(event_line(event), flush=True)
+    if not args.follow:
+        return
+    after = found[-1]["id"] if found else None
+    if after is None:  # nothing matched yet: follow from the newest event of all
+        newest = client.call("GET", "/api/events", {"limit": 1})["events"]
+        after = newest[0]["id"] if newest else 0
+    for event in client.stream("/api/stream", {**query, "after": after}):
+        if event.get("gap"):
+            print("gateway: some events were skipped (too far behind); see `gateway events`", file=sys.stderr)
+        else:
+            print(json.dumps(event, ensure_ascii=False) if args.json else event_line(event), flush=True)
+
+
+def sync_mode(client: ApiClient, args) -> None:
+    if args.mode is None:
+        result = client.call("GET", "/api/sync")
+        show(args, result, result["mode"])
+    else:
+        result = client.call("PUT", "/api/sync", body={"mode": args.mode})
+        show(args, result, f"sync mode set to {result['mode']}")
+
+
+COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode}
+
+
+def dispatch(args) -> int:
+    client = ApiClient(args.url, args.token or os.environ.get(TOKEN_ENV))
     try:
-        if args.command == "sync-mode":
-            return _sync_mode(db, args.mode)
-        return _users(db, args)
-    except (UnknownUser, UserExists, MessageError, ValueError) as exc:
+        COMMANDS[args.command](client, args)
+    except CommandFailed as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
-    finally:
-        db.engine.dispose()
-
-
-def _sync_mode(db, mode: str | None) -> int:
-    if mode is None:
-        stored = db.run_now(lambda c: c.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar())
-        print(stored or "(not set: the gateway's configured default applies)")
+    except KeyboardInterrupt:  # the way to stop `gateway events --follow`
+        return 130
+    except BrokenPipeError:  # `gateway events | head`
+        sys.stderr.close()
         return 0
-    try:
-        new = SyncMode(mode)
-    except ValueError:
-        raise ValueError(f"sync mode must be one of {', '.join(m.value for m in SyncMode)}") from None
-    db.run_now(_store_mode, new, False)
-    print(f"sync mode set to {new}")
-    return 0
-
-
-def _fields(args) -> dict:
-    fields = {}
-    if args.name is not None:
-        fields["name"] = args.name
-    if args.pin is not None:
-        fields["pin_hash"] = hash_pin(args.user_id, args.pin)
-    if args.groups:
-        fields["access_groups"] = tuple(args.groups)
-    if args.card:
-        fields["cards"] = tuple(_card(text) for text in args.card)
-    if args.disabled is not None:
-        fields["disabled"] = args.disabled
-    return fields
-
-
-def _card(text: str) -> Card:
-    kind, _, data = text.partition(":")
-    try:
-        return Card(CardType[kind.upper()], bytes.fromhex(data))
-    except (KeyError, ValueError):
-        raise ValueError(f"card must be TYPE:HEX with TYPE one of {', '.join(t.name for t in CardType)}: {text!r}") from None
-
-
-def _users(db, args) -> int:
-    if args.action == "list":
-        rows = db.run_now(lambda c: c.execute(select(users.c.user_id, users.c.name).where(users.c.record.is_not(None)).order_by(users.c.user_id)).all())
-        for user_id, name in rows:
-            print(f"{user_id}\t{name or ''}")
-        return 0
-    if args.action == "show":
-        record = db.run_now(load_record, args.user_id)
-        if record is None:
-            raise UnknownUser(args.user_id)
-        print(json.dumps(UserSummary.of(record, 0).__dict__, default=list, ensure_ascii=False))
-        return 0
-    if args.action == "add":
-        db.run_now(create_user, UserRecord(args.user_id, **_fields(args)))
-    elif args.action == "edit":
-        db.run_now(edit_user, args.user_id, _fields(args))
-    else:
-        db.run_now(delete_user, args.user_id)
-    print(f"user {args.user_id}: {args.action} committed")
     return 0

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from gateway.config import GatewayConfig, parse_host_port
 from gateway.database import Database
 from gateway.eventlog import EventLog, last_stored_event_id
+from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
 from gateway.puller import Puller
 from gateway.pusher import Pusher
@@ -41,6 +42,7 @@ class Gateway:
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes)
         self.users = UserDirectory(self.db, self._wake_pushes)
         self.tcp_port = None
+        self.http_port = None
         self._dialers: list = []
         self._sweep = task.LoopingCall(self._sweep_once)
         self._sweep.clock = self.clock
@@ -53,6 +55,8 @@ class Gateway:
         self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self), interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
+        self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
+        log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
         for entry in self.config.terminals:
             if "dial" in entry:
                 host, port = parse_host_port(entry["dial"])
@@ -70,6 +74,8 @@ class Gateway:
             connector.disconnect()
         if self.tcp_port is not None:
             yield self.tcp_port.stopListening()
+        if self.http_port is not None:
+            yield self.http_port.stopListening()
         for term in self.registry.online():
             term.session.close("gateway stopping")
         self.db.stop()

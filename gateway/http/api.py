@@ -1,0 +1,267 @@
+"""The JSON API's plumbing: routes, typed query parameters, bearer-token writes, bounded bodies and
+JSON errors.
+
+A view is a plain function of a ``Call`` returning something JSON can encode, or a Deferred of
+it. Everything about HTTP that is the same for every view lives here, once: a view never sees a
+malformed request, and a client never sees a traceback.
+"""
+
+import hmac
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from gateway.database import DatabaseFailure
+from gateway.http.validate import Invalid, check
+from gateway.users import UnknownUser, UserExists
+from protocol.errors import MessageError
+
+log = Logger(namespace="gateway.http")
+
+# A user record without templates is well under 2 KiB; templates never travel through the API.
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+# Domain errors and the status each one means to an API client.
+_STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists, 409), (DatabaseFailure, 503))
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter (or a path segment): its name, kind (integer, string, time) and meaning."""
+
+    name: str
+    kind: str
+    description: str
+    repeated: bool = False
+    default: object = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def parse(self, text: str):
+        if self.kind == "string":
+            return text
+        if self.kind == "time":
+            return parse_time(text, self.name)
+        try:
+            value = int(text)
+        except ValueError:
+            raise ApiError(400, f"{self.name} must be an integer, got {text!r}") from None
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise ApiError(400, f"{self.name} must be from {self.minimum} to {self.maximum}, got {value}")
+        return value
+
+
+def parse_time(text: str, name: str) -> int:
+    """Milliseconds since the epoch, from either such a number or an ISO 8601 time (UTC if no zone)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be milliseconds since the epoch or an ISO 8601 time, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class Route:
+    method: str
+    path: str  # "/api/terminals/{terminal_id}"; path parameters are declared in ``params``
+    view: Callable
+    summary: str
+    params: tuple[Param, ...] = ()  # path parameters, then query parameters
+    body: dict | None = None  # JSON Schema of the request body
+    returns: str | None = None  # name of the response schema in the OpenAPI document
+    status: int = 200
+    segments: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.segments = self.path.strip("/").split("/")
+
+    @property
+    def writes(self) -> bool:
+        return self.method != "GET"
+
+    @property
+    def path_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if "{" + p.name + "}" in self.segments)
+
+    @property
+    def query_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if "{" + p.name + "}" not in self.segments)
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        if len(segments) != len(self.segments):
+            return None
+        found = {}
+        for pattern, text in zip(self.segments, segments):
+            if pattern.startswith("{"):
+                found[pattern[1:-1]] = text
+            elif pattern != text:
+                return None
+        return found
+
+
+@dataclass
+class Call:
+    """One request as a view sees it: parameters parsed and typed, body parsed and checked."""
+
+    gateway: object
+    stream: object
+    request: server.Request
+    params: dict
+    body: dict | None
+
+
+class BoundedBody(io.BytesIO):
+    """A request body that keeps at most ``limit`` bytes and remembers whether more came."""
+
+    def __init__(self, limit: int = MAX_BODY):
+        super().__init__()
+        self.limit = limit
+        self.exceeded = False
+
+    def write(self, data: bytes) -> int:
+        room = self.limit - self.tell()
+        if len(data) > room:
+            self.exceeded = True
+            data = data[: max(room, 0)]
+        return super().write(data)
+
+
+class ApiResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, gateway, stream, routes: list[Route]):
+        super().__init__()
+        self.gateway = gateway
+        self.stream = stream
+        self.routes = routes
+
+    def render(self, request):
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)  # the client went away; nothing to answer
+        d = defer.maybeDeferred(self._dispatch, request)
+        d.addCallbacks(self._reply, self._fail, callbackArgs=(request, finished), errbackArgs=(request, finished))
+        return server.NOT_DONE_YET
+
+    def _dispatch(self, request):
+        route, path = self._route(request)
+        self._authorize(route, request)
+        params = {p.name: p.parse(path[p.name]) for p in route.path_params}
+        params.update(self._query(route, request))
+        call = Call(self.gateway, self.stream, request, params, self._body(route, request))
+        return defer.maybeDeferred(route.view, call).addCallback(lambda value: (route.status, value))
+
+    def _route(self, request) -> tuple[Route, dict]:
+        segments = [unquote(s) for s in request.path.decode("latin-1").strip("/").split("/")]
+        method = request.method.decode("latin-1").upper()
+        allowed = []
+        for route in self.routes:
+            found = route.match(segments)
+            if found is not None:
+                if route.method == method:
+                    return route, found
+                allowed.append(route.method)
+        if allowed:
+            raise ApiError(405, f"{method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+        raise ApiError(404, f"no such API endpoint: {request.path.decode('latin-1')} (see /api/openapi.json)")
+
+    def _authorize(self, route: Route, request) -> None:
+        if not route.writes:
+            return
+        token = self.gateway.config.api_token
+        if not token:
+            raise ApiError(403, "writes are disabled: set api_token in the gateway configuration and send it as 'Authorization: Bearer <token>'")
+        scheme, _, given = (request.getHeader("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(401, "this request changes the gateway: send 'Authorization: Bearer <api_token>'", {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(403, "wrong API token")
+
+    @staticmethod
+    def _query(route: Route, request) -> dict:
+        declared = {p.name: p for p in route.query_params}
+        values = {}
+        for raw_name, raw_values in request.args.items():
+            name = raw_name.decode("utf-8", "replace")
+            param = declared.get(name)
+            if param is None:
+                known = ", ".join(declared) or "none"
+                raise ApiError(400, f"unknown query parameter {name!r}; known: {known}")
+            try:
+                texts = [v.decode("utf-8") for v in raw_values]
+            except UnicodeDecodeError:
+                raise ApiError(400, f"{name} is not valid UTF-8") from None
+            if not param.repeated and len(texts) > 1:
+                raise ApiError(400, f"{name} may be given once")
+            parsed = [param.parse(text) for text in texts]
+            values[name] = parsed if param.repeated else parsed[0]
+        for param in route.query_params:
+            values.setdefault(param.name, [] if param.repeated else param.default)
+        return values
+
+    @staticmethod
+    def _body(route: Route, request) -> dict | None:
+        content = request.content  # a BoundedBody: GatewaySite.getContentFile
+        if content.exceeded:
+            raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
+        if route.body is None:
+            return None
+        raw = content.getvalue()
+        if not raw.strip():
+            if route.body.get("required"):
+                raise ApiError(400, f"this request needs a JSON body with {', '.join(route.body['required'])}")
+            return {}
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        check(route.body, body)
+        return body
+
+    def _reply(self, result, request, finished) -> None:
+        status, value = result
+        if value is server.NOT_DONE_YET:  # the view answers on its own (the event stream)
+            return
+        write_json(request, finished, status, value)
+
+    def _fail(self, failure, request, finished) -> None:
+        if failure.check(ApiError):
+            error = failure.value
+        else:
+            status = next((code for kind, code in _STATUS if failure.check(kind)), None)
+            if status is None:
+                log.failure("API request {method} {path} failed", failure, method=request.method, path=request.uri)
+                error = ApiError(500, "internal error; the gateway log has the details")
+            else:
+                error = ApiError(status, failure.getErrorMessage())
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        write_json(request, finished, error.status, {"error": str(error), "status": error.status})
+
+
+def write_json(request, finished: defer.Deferred, status: int, value) -> None:
+    if finished.called:  # the connection is gone: writing would raise
+        return
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json; charset=utf-8")
+    request.setHeader("Cache-Control", "no-store")
+    request.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    request.finish()

@@ -1,0 +1,108 @@
+"""Events in the API: the stored log filtered and paged by id, its live stream, and the event types.
+
+The sync events are first-class filter values, by their full text or a short name, and ``sync``
+selects all of them.
+"""
+
+from gateway.http.api import ApiError, Param, Route
+from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
+from gateway.queries import EventFilter, read_events
+from protocol.events import EventCode
+
+SYNC_SHORT_NAMES = {
+    "device-update": SAVED_FROM_DEVICE,
+    "server-update": APPLIED_BY_DEVICE,
+    "save-failed": SAVE_FAILED,
+    "push-refused": PUSH_REFUSED,
+}
+ALL_SYNC = "sync"
+TERMINAL_TYPES = tuple(code.name for code in EventCode)
+
+FILTER_PARAMS = (
+    Param("type", "string", f"event type, a sync event's short name ({', '.join(SYNC_SHORT_NAMES)}), or '{ALL_SYNC}'; repeatable", repeated=True),
+    Param("terminal", "integer", "terminal id", minimum=0),
+    Param("user", "string", "user id"),
+)
+TIME_PARAMS = (
+    Param("since", "time", "occurred at or after: milliseconds since the epoch or ISO 8601"),
+    Param("until", "time", "occurred before: milliseconds since the epoch or ISO 8601"),
+)
+
+
+def event_types(names: list[str]) -> tuple[str, ...]:
+    """The stored type names a ``type`` filter means; unknown names are a client's mistake."""
+    found: list[str] = []
+    for name in names:
+        if name == ALL_SYNC:
+            found += SYNC_EVENT_TYPES
+        elif name in SYNC_SHORT_NAMES:
+            found.append(SYNC_SHORT_NAMES[name])
+        elif name in SYNC_EVENT_TYPES or name in TERMINAL_TYPES or _is_code(name):
+            found.append(name)
+        else:
+            raise ApiError(400, f"unknown event type {name!r} (GET /api/event-types lists them)")
+    return tuple(dict.fromkeys(found))
+
+
+def _is_code(name: str) -> bool:
+    """Codes the gateway has no name for are stored as 0xNNNN."""
+    return len(name) == 6 and name.startswith("0x") and all(c in "0123456789ABCDEF" for c in name[2:])
+
+
+def event_filter(params: dict) -> EventFilter:
+    return EventFilter(
+        types=event_types(params["type"]),
+        terminal_id=params["terminal"],
+        user_id=params["user"],
+        since_ms=params.get("since"),
+        until_ms=params.get("until"),
+    )
+
+
+def list_events(call):
+    p = call.params
+    flt = event_filter(p)
+    d = call.gateway.db.read(read_events, flt, p["after"], p["before"], p["limit"])
+    return d.addCallback(lambda result: {"events": result[0], "more": result[1]})
+
+
+def list_event_types(call):
+    short = {full: short for short, full in SYNC_SHORT_NAMES.items()}
+    types = [{"type": t, "sync": True, "short": short[t]} for t in SYNC_EVENT_TYPES]
+    return {"types": types + [{"type": t, "sync": False, "short": None} for t in TERMINAL_TYPES]}
+
+
+def follow_events(call):
+    """Server-sent events: each newly stored event matching the filter, as it is stored."""
+    after = call.params["after"]
+    last_id = call.request.getHeader("last-event-id")  # an EventSource resuming: newer than its URL's "after"
+    if last_id and last_id.isdigit():
+        after = int(last_id)
+    return call.stream.subscribe(call.request, event_filter(call.params), after)
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/events",
+        list_events,
+        "Stored events, filtered; newest first, or oldest first after a given id",
+        FILTER_PARAMS
+        + TIME_PARAMS
+        + (
+            Param("after", "integer", "only events with a higher id, oldest first (following the log)", minimum=0),
+            Param("before", "integer", "only events with a lower id (paging back)", minimum=0),
+            Param("limit", "integer", "events per page", default=100, minimum=1, maximum=1000),
+        ),
+        returns="EventList",
+    ),
+    Route("GET", "/api/event-types", list_event_types, "Event types a filter accepts", returns="EventTypes"),
+    Route(
+        "GET",
+        "/api/stream",
+        follow_events,
+        "Server-sent events (text/event-stream): each new event matching the filter, as JSON in 'data', its id in 'id'",
+        FILTER_PARAMS + (Param("after", "integer", "replay stored events after this id first (also the Last-Event-ID header)", minimum=0),),
+        returns="Stream",
+    ),
+]

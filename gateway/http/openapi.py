@@ -1,0 +1,150 @@
+"""The OpenAPI 3.1 document of the API, generated from the routes so that it cannot drift from them."""
+
+from gateway.http.api import MAX_BODY, Param, Route
+
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_TIME_MS = {"type": "integer", "description": "milliseconds since the epoch"}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "status"],
+        "properties": {"error": {"type": "string", "description": "what was wrong, for a person"}, "status": {"type": "integer"}},
+    },
+    "Terminal": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "admission": {"type": "string", "enum": ["admitted", "pending", "refused"]},
+            "online": {"type": "boolean"},
+            "link": {"type": "string", "description": "TCP address, or bus and address"},
+            "last_seen_ms": _NULLABLE_INT,
+            "model": {"type": "string"},
+            "firmware": {"type": "string"},
+            "access_groups": {"type": "array", "items": {"type": "integer"}},
+            "cursor": {"type": "integer", "description": "highest change it applied"},
+            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor; null unless admitted"},
+        },
+    },
+    "TerminalList": {
+        "type": "object",
+        "properties": {
+            "terminals": {"type": "array", "items": {"$ref": "#/components/schemas/Terminal"}},
+            "last_change_seq": {"type": "integer"},
+        },
+    },
+    "User": {
+        "type": "object",
+        "description": "credentials as counts and types; never template bytes or PIN hashes",
+        "properties": {
+            "user_id": {"type": "string"},
+            "name": {"type": ["string", "null"]},
+            "access_groups": {"type": "array", "items": {"type": "integer"}},
+            "cards": {"type": "array", "items": {"type": "string"}, "description": "the type of each card"},
+            "fingerprints": {"type": "integer"},
+            "faces": {"type": "integer"},
+            "has_pin": {"type": "boolean"},
+            "has_photo": {"type": "boolean"},
+            "disabled": {"type": "boolean"},
+            "change_seq": {"type": "integer"},
+            "updated_ms": _TIME_MS,
+        },
+    },
+    "UserList": {
+        "type": "object",
+        "properties": {
+            "users": {"type": "array", "items": {"$ref": "#/components/schemas/User"}},
+            "more": {"type": "boolean"},
+            "next": {"type": ["string", "null"], "description": "pass as 'after' for the next page"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "type": {"type": "string"},
+            "sync": {"type": "boolean", "description": "one of the sync events"},
+            "terminal_id": _NULLABLE_INT,
+            "terminal_event_id": _NULLABLE_INT,
+            "code": _NULLABLE_INT,
+            "sub_code": _NULLABLE_INT,
+            "user_id": {"type": ["string", "null"]},
+            "occurred_ms": _TIME_MS,
+            "recorded_ms": _TIME_MS,
+            "detail": {"type": ["string", "null"]},
+        },
+    },
+    "EventList": {
+        "type": "object",
+        "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "more": {"type": "boolean"}},
+    },
+    "EventTypes": {
+        "type": "object",
+        "properties": {
+            "types": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"type": {"type": "string"}, "sync": {"type": "boolean"}, "short": {"type": ["string", "null"]}}},
+            }
+        },
+    },
+    "Sync": {
+        "type": "object",
+        "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"}},
+    },
+    "Removed": {"type": "object", "properties": {"removed": {"type": "integer"}}},
+    "Deleted": {"type": "object", "properties": {"deleted": {"type": "string"}}},
+}
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def document(routes: list[Route]) -> dict:
+    paths: dict = {
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}}}},
+    }
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Terminal gateway API",
+            "version": "1",
+            "description": f"Reads are open (loopback by default); writes need 'Authorization: Bearer <api_token>'. Bodies are at most {MAX_BODY} bytes.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "api_token from the gateway configuration"}},
+        },
+    }
+
+
+def _operation(route: Route) -> dict:
+    op = {"summary": route.summary, "operationId": route.view.__name__}
+    op["parameters"] = [_parameter(p, "path") for p in route.path_params] + [_parameter(p, "query") for p in route.query_params]
+    if route.body is not None:
+        op["requestBody"] = {"required": bool(route.body.get("required")), "content": {"application/json": {"schema": route.body}}}
+    if route.writes:
+        op["security"] = [{"bearer": []}]
+    if route.returns == "Stream":
+        content = {"text/event-stream": {"schema": {"type": "string"}}}
+    elif route.returns is None:
+        content = {"application/json": {"schema": {"type": "object"}}}
+    else:
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.returns}"}}}
+    op["responses"] = {str(route.status): {"description": "success", "content": content}, "4XX": _ERROR, "5XX": _ERROR}
+    return op
+
+
+def _parameter(param: Param, where: str) -> dict:
+    if param.kind == "time":
+        schema = {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
+    else:
+        schema = {"type": param.kind}
+        for key in ("minimum", "maximum", "default"):
+            if getattr(param, key) is not None:
+                schema[key] = getattr(param, key)
+    if param.repeated:
+        schema = {"type": "array", "items": schema}
+    return {"name": param.name, "in": where, "required": where == "path", "description": param.description, "schema": schema}

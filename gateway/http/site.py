@@ -1,0 +1,98 @@
+"""GatewaySite: what the gateway serves over HTTP: the JSON API under /api/, /metrics, and the
+monitoring page at / (static files, no build step)."""
+
+import json
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.web import resource, server
+
+from gateway.http import events, sync, terminals, users
+from gateway.http.api import ApiResource, BoundedBody, Route
+from gateway.http.openapi import document
+from gateway.http.sse import EventStream
+
+PAGE = Path(__file__).with_name("page")
+PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+# The page loads nothing from elsewhere and runs no inline script.
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+
+
+def api_routes() -> list[Route]:
+    def openapi(call):
+        return spec
+
+    routes = terminals.ROUTES + users.ROUTES + events.ROUTES + sync.ROUTES
+    routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)"))
+    spec = document(routes)
+    return routes
+
+
+class PageFile(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.body = (PAGE / name).read_bytes()
+        self.content_type = f"{PAGE_FILES[name]}; charset=utf-8"
+
+    def render_GET(self, request):
+        request.setHeader("Content-Type", self.content_type)
+        request.setHeader("Content-Security-Policy", PAGE_POLICY)
+        request.setHeader("X-Content-Type-Options", "nosniff")
+        return self.body
+
+
+class MetricsResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
+        return self.metrics.exposition()
+
+
+class NotFound(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(404)
+        request.setHeader("Content-Type", "application/json; charset=utf-8")
+        return json.dumps({"error": f"nothing at {request.path.decode('latin-1')}; the page is at /", "status": 404}).encode()
+
+
+class Root(resource.Resource):
+    def getChild(self, name, request):
+        return NotFound()
+
+
+class GatewaySite(server.Site):
+    """The HTTP factory: bodies bounded as they arrive, no access log, streams closed on stop."""
+
+    noisy = False  # "Starting factory" says nothing the "monitoring page at" line does not
+
+    def __init__(self, gateway):
+        self.stream = EventStream(gateway.db, gateway.reactor)
+        root = Root()
+        root.putChild(b"", PageFile("index.html"))
+        page = Root()
+        for name in PAGE_FILES:
+            page.putChild(name.encode(), PageFile(name))
+        root.putChild(b"page", page)
+        root.putChild(b"api", ApiResource(gateway, self.stream, api_routes()))
+        root.putChild(b"metrics", MetricsResource(gateway.metrics))
+        super().__init__(root, parsePOSTFormSubmission=False)
+
+    def getContentFile(self, length):
+        return BoundedBody()
+
+    def log(self, request):
+        # A line per request would drown the gateway's own log when scripts poll the API.
+        pass
+
+    def stopFactory(self):
+        self.stream.close()
+        super().stopFactory()

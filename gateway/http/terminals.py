@@ -1,0 +1,100 @@
+"""Terminals in the API: what the registry knows of each, how far behind the changes feed each
+is, and an administrator's admission decisions."""
+
+from sqlalchemy import delete
+
+from gateway.http.api import ApiError, Param, Route
+from gateway.schema import pending_pulls, terminals
+from gateway.terminals import ADMITTED, REFUSED
+from gateway.users import last_change_seq
+
+TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0)
+
+
+def terminal_json(term, last_seq: int) -> dict:
+    return dict(
+        id=term.terminal_id,
+        name=term.name,
+        admission=term.admission,
+        online=term.online,
+        link=term.link,
+        last_seen_ms=term.last_seen_ms,
+        model=term.model,
+        firmware=term.firmware,
+        access_groups=sorted(term.access_groups),
+        cursor=term.cursor,
+        # Changes committed after the terminal's cursor: an upper bound of what it still lacks
+        # (in "specific" mode some of them are not meant for it).
+        lag=max(0, last_seq - term.cursor) if term.admission == ADMITTED else None,
+    )
+
+
+def _terminal(call):
+    term = call.gateway.registry.terminals.get(call.params["terminal_id"])
+    if term is None:
+        raise ApiError(404, f"no terminal {call.params['terminal_id']}")
+    return term
+
+
+def list_terminals(call):
+    registry = call.gateway.registry
+
+    def listed(seq):
+        found = sorted(registry.terminals.values(), key=lambda t: t.terminal_id)
+        return {"terminals": [terminal_json(t, seq) for t in found], "last_change_seq": seq}
+
+    return call.gateway.db.read(last_change_seq).addCallback(listed)
+
+
+def show_terminal(call):
+    term = _terminal(call)
+    return call.gateway.db.read(last_change_seq).addCallback(lambda seq: terminal_json(term, seq))
+
+
+def admit_terminal(call):
+    term = _terminal(call)
+    secret = call.body.get("secret")
+    if not (secret or term.secret or call.gateway.config.default_secret):
+        raise ApiError(400, f"terminal {term.terminal_id} has no secret: give its secret to admit it")
+    d = call.gateway.registry.set_admission(term.terminal_id, ADMITTED, secret)
+    return d.addCallback(lambda _: show_terminal(call))
+
+
+def refuse_terminal(call):
+    term = _terminal(call)
+    d = call.gateway.registry.set_admission(term.terminal_id, REFUSED)
+    return d.addCallback(lambda _: show_terminal(call))
+
+
+def remove_terminal(call):
+    """Forget a terminal; its events stay in the log. A configured one comes back on restart."""
+    term = _terminal(call)
+    if any(entry["id"] == term.terminal_id for entry in call.gateway.config.terminals):
+        raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
+    if term.session is not None:
+        term.session.close("removed by an administrator")
+    del call.gateway.registry.terminals[term.terminal_id]
+    d = call.gateway.db.write(_forget_terminal, term.terminal_id)
+    return d.addCallback(lambda _: {"removed": term.terminal_id})
+
+
+def _forget_terminal(conn, terminal_id: int) -> None:
+    conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
+    conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
+
+
+ADMIT_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one"},
+    },
+}
+
+ROUTES = [
+    Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
+    Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
+    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
+    Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
+    Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),
+]

@@ -1,0 +1,136 @@
+"""Users in the API: search and page them, show one as a credentials summary (never template bytes
+or PIN hashes), and change them through the user directory so every change enters the changes
+feed and reaches the terminals."""
+
+from gateway.http.api import ApiError, Param, Route
+from gateway.queries import read_user, read_users
+from gateway.users import UnknownUser
+from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
+
+USER_ID = Param("user_id", "string", "the user's id")
+U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+U8_OR_NULL = {"type": ["integer", "null"], "minimum": 0, "maximum": 255}
+
+_FIELDS = {
+    "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS},
+    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "description": "digits; stored only as a hash, null removes it"},
+    "access_groups": {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS},
+    "cards": {
+        "type": "array",
+        "maxItems": MAX_CARDS,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "data"],
+            "properties": {
+                "type": {"type": "string", "enum": [t.name for t in CardType]},
+                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "description": "hex"},
+            },
+        },
+    },
+    "validity": {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "required": ["start", "end"],
+        "properties": {"start": U32, "end": U32},
+        "description": "seconds since the epoch",
+    },
+    "security_level": U8_OR_NULL,
+    "auth_mode": U8_OR_NULL,
+    "disabled": {"type": "boolean"},
+}
+
+CREATE_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["user_id"],
+    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES}, **_FIELDS},
+}
+EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
+
+
+def record_fields(user_id: str, body: dict) -> dict:
+    """The UserRecord fields a checked body sets (a clear PIN becomes its hash here)."""
+    fields = {name: body[name] for name in ("name", "security_level", "auth_mode", "disabled") if name in body}
+    if "pin" in body:
+        pin = body["pin"]
+        if pin is not None and not (pin.isascii() and pin.isdigit()):
+            raise ApiError(400, "pin must be digits")
+        fields["pin_hash"] = hash_pin(user_id, pin) if pin is not None else None
+    if "access_groups" in body:
+        fields["access_groups"] = tuple(body["access_groups"])
+    if "cards" in body:
+        fields["cards"] = tuple(_card(card) for card in body["cards"])
+    if "validity" in body:
+        validity = body["validity"]
+        fields["validity"] = (validity["start"], validity["end"]) if validity is not None else None
+    return fields
+
+
+def _card(card: dict) -> Card:
+    try:
+        return Card(CardType[card["type"]], bytes.fromhex(card["data"]))
+    except ValueError:
+        raise ApiError(400, f"card data must be hex, got {card['data']!r}") from None
+
+
+def _shown(call, user_id: str):
+    def found(user):
+        if user is None:
+            raise UnknownUser(user_id)
+        return user
+
+    return call.gateway.db.read(read_user, user_id).addCallback(found)
+
+
+def list_users(call):
+    p = call.params
+
+    def listed(result):
+        found, more = result
+        return {"users": found, "more": more, "next": found[-1]["user_id"] if more else None}
+
+    return call.gateway.db.read(read_users, p["search"], p["after"], p["limit"]).addCallback(listed)
+
+
+def show_user(call):
+    return _shown(call, call.params["user_id"])
+
+
+def create_user(call):
+    user_id = call.body["user_id"]
+    record = UserRecord(user_id, **record_fields(user_id, call.body))
+    return call.gateway.users.create(record).addCallback(lambda _: _shown(call, user_id))
+
+
+def edit_user(call):
+    user_id = call.params["user_id"]
+    fields = record_fields(user_id, call.body)
+    if not fields:
+        raise ApiError(400, f"nothing to change: give at least one of {', '.join(_FIELDS)}")
+    return call.gateway.users.edit(user_id, **fields).addCallback(lambda _: _shown(call, user_id))
+
+
+def delete_user(call):
+    user_id = call.params["user_id"]
+    return call.gateway.users.delete(user_id).addCallback(lambda _: {"deleted": user_id})
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/users",
+        list_users,
+        "Users in id order, paged by id, optionally only those whose id or name contains a text",
+        (
+            Param("search", "string", "part of the user id or name, any case"),
+            Param("after", "string", "the last user id of the previous page"),
+            Param("limit", "integer", "users per page", default=50, minimum=1, maximum=500),
+        ),
+        returns="UserList",
+    ),
+    Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User"),
+    Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201),
+    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User"),
+    Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted"),
+]

@@ -1,0 +1,106 @@
+"""Read-side queries of the HTTP API: events filtered and paged by id, users searched and paged.
+
+They run on reader threads (``Database.read``), so the API never waits behind the event writer.
+Paging is by key (event id, user id), not by offset: a page stays right while events keep
+arriving, and costs the same deep in the log as at its head.
+"""
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from gateway.monitor import SYNC_EVENT_TYPES
+from gateway.schema import events, users
+from gateway.users import UserSummary
+from protocol.records import UserRecordWire
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants; an empty field matches everything."""
+
+    types: tuple[str, ...] = ()
+    terminal_id: int | None = None
+    user_id: str | None = None
+    since_ms: int | None = None  # occurred at or after
+    until_ms: int | None = None  # occurred before
+
+    def conditions(self) -> list:
+        found = []
+        if self.types:
+            found.append(events.c.type.in_(self.types))
+        if self.terminal_id is not None:
+            found.append(events.c.terminal_id == self.terminal_id)
+        if self.user_id is not None:
+            found.append(events.c.user_id == self.user_id)
+        if self.since_ms is not None:
+            found.append(events.c.occurred_ms >= self.since_ms)
+        if self.until_ms is not None:
+            found.append(events.c.occurred_ms < self.until_ms)
+        return found
+
+    def matches(self, event: dict) -> bool:
+        """The same test as ``conditions``, for events already read (the live stream)."""
+        return (
+            (not self.types or event["type"] in self.types)
+            and (self.terminal_id is None or event["terminal_id"] == self.terminal_id)
+            and (self.user_id is None or event["user_id"] == self.user_id)
+            and (self.since_ms is None or event["occurred_ms"] >= self.since_ms)
+            and (self.until_ms is None or event["occurred_ms"] < self.until_ms)
+        )
+
+
+EVERYTHING = EventFilter()
+
+
+def read_events(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> tuple[list[dict], bool]:
+    """Up to ``limit`` events and whether more lie beyond them.
+
+    With ``after``: the oldest events above it, oldest first (how a log is followed). Without:
+    the newest events below ``before`` (or the newest of all), newest first (how one pages back).
+    """
+    stmt = select(events).where(*flt.conditions())
+    if after is not None:
+        stmt = stmt.where(events.c.id > after).order_by(events.c.id)
+    else:
+        stmt = stmt.order_by(events.c.id.desc())
+    if before is not None:
+        stmt = stmt.where(events.c.id < before)
+    rows = conn.execute(stmt.limit(limit + 1)).mappings().all()
+    return [_event(row) for row in rows[:limit]], len(rows) > limit
+
+
+def last_event_id(conn: Connection) -> int:
+    return conn.execute(select(func.max(events.c.id))).scalar() or 0
+
+
+def _event(row) -> dict:
+    event = dict(row)
+    event["sync"] = event["type"] in SYNC_EVENT_TYPES
+    return event
+
+
+def read_users(conn: Connection, search: str | None, after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """Users (not deletion tombstones) in user id order, whose id or name contains ``search``."""
+    stmt = select(users.c.record, users.c.change_seq, users.c.updated_ms).where(users.c.record.is_not(None))
+    if search:
+        stmt = stmt.where(users.c.user_id.icontains(search, autoescape=True) | users.c.name.icontains(search, autoescape=True))
+    if after is not None:
+        stmt = stmt.where(users.c.user_id > after)
+    rows = conn.execute(stmt.order_by(users.c.user_id).limit(limit + 1)).all()
+    return [_user(row) for row in rows[:limit]], len(rows) > limit
+
+
+def read_user(conn: Connection, user_id: str) -> dict | None:
+    stmt = select(users.c.record, users.c.change_seq, users.c.updated_ms).where(
+        users.c.user_id == user_id, users.c.record.is_not(None)
+    )
+    row = conn.execute(stmt).first()
+    return _user(row) if row is not None else None
+
+
+def _user(row) -> dict:
+    summary = asdict(UserSummary.of(UserRecordWire.parse(row.record), row.change_seq))
+    summary["updated_ms"] = row.updated_ms
+    return summary

@@ -1,0 +1,138 @@
+"""The ``gateway`` administration commands, run as processes against a real running gateway:
+readable tables, --json for scripts, and one clear line (never a traceback) when something fails."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from twisted.internet import defer, threads
+
+from gateway.cli import build_parser
+from live_site import free_port, wait_until
+from test_api import TOKEN, A, B, ApiTestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def environment(token: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_API_TOKEN"}
+    if token:
+        env["GATEWAY_API_TOKEN"] = token
+    return env
+
+
+def gateway(*args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=environment(token),
+                          capture_output=True, text=True, timeout=30)
+
+
+def assert_one_line_error(test, done: subprocess.CompletedProcess, *mentions: str) -> None:
+    test.assertEqual(done.returncode, 1, done.stdout)
+    test.assertNotIn("Traceback", done.stderr)
+    test.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
+    test.assertTrue(done.stderr.startswith("gateway: "), done.stderr)
+    for text in mentions:
+        test.assertIn(text, done.stderr)
+
+
+class CommandTests(ApiTestCase):
+    def run_gateway(self, *args, token=None):
+        return threads.deferToThread(gateway, *args, "--url", self.url, token=token)
+
+    @defer.inlineCallbacks
+    def test_terminals_and_sync_mode(self):
+        done = yield self.run_gateway("terminals")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        header, *rows = done.stdout.splitlines()
+        self.assertEqual(header.split(), ["ID", "NAME", "STATE", "ADMISSION", "LINK", "LAST", "SEEN", "MODEL", "CURSOR", "LAG"])
+        self.assertEqual([row.split()[:3] for row in rows], [[str(A), "online", "admitted"], [str(B), "online", "admitted"]])
+        done = yield self.run_gateway("terminals", "--json")
+        self.assertEqual([t["id"] for t in json.loads(done.stdout)["terminals"]], [A, B])
+
+        done = yield self.run_gateway("terminals", "refuse", str(B), token=TOKEN)
+        self.assertEqual(done.stdout, f"terminal {B} refused\n")
+        yield wait_until(lambda: not self.site.online(B), "B disconnected")
+        done = yield self.run_gateway("terminals", "admit", str(B), token=TOKEN)
+        self.assertEqual(done.stdout, f"terminal {B} admitted\n")
+        yield wait_until(lambda: self.site.online(B), "B back")
+
+        self.assertEqual((yield self.run_gateway("sync-mode")).stdout, "all-with-device-updates\n")
+        self.assertEqual((yield self.run_gateway("sync-mode", "all", token=TOKEN)).stdout, "sync mode set to all\n")
+        self.assertEqual(self.site.gateway.settings.mode, "all")
+        assert_one_line_error(self, (yield self.run_gateway("sync-mode", "sideways", token=TOKEN)), "mode must be one of", "[HTTP 400]")
+
+    @defer.inlineCallbacks
+    def test_users_round_trip(self):
+        done = yield self.run_gateway("users", "add", "u1", "--name", "Ana", "--pin", "1234", "--group", "3", "--card", "smart_card:0a0b", token=TOKEN)
+        self.assertEqual(done.stdout, "user u1 created (change 1)\n", done.stderr)
+        shown = (yield self.run_gateway("users", "show", "u1")).stdout
+        self.assertIn("name          Ana\n", shown)
+        self.assertIn("cards         SMART_CARD\n", shown)
+        self.assertIn("has_pin       True\n", shown)
+        header, row = (yield self.run_gateway("users", "list")).stdout.splitlines()
+        self.assertEqual(row.split(), ["u1", "Ana", "3", "SMART_CARD", "0", "0", "yes"])
+        listed = json.loads((yield self.run_gateway("users", "list", "--json", "--search", "an")).stdout)
+        self.assertEqual([u["user_id"] for u in listed["users"]], ["u1"])
+
+        done = yield self.run_gateway("users", "edit", "u1", "--name", "Ana B", "--disabled", token=TOKEN)
+        self.assertEqual(done.stdout, "user u1 changed (change 2)\n", done.stderr)
+        self.assertEqual(self.site.server_record("u1").name, "Ana B")
+        self.assertEqual((yield self.run_gateway("users", "delete", "u1", token=TOKEN)).stdout, "user u1 deleted\n")
+        assert_one_line_error(self, (yield self.run_gateway("users", "show", "u1")), "no user 'u1'", "[HTTP 404]")
+
+    @defer.inlineCallbacks
+    def test_writes_without_a_token_say_how_to_give_one(self):
+        done = yield self.run_gateway("users", "add", "x")
+        assert_one_line_error(self, done, "Authorization: Bearer", "GATEWAY_API_TOKEN", "[HTTP 401]")
+        done = yield self.run_gateway("users", "add", "x", "--card", "nonsense", token=TOKEN)
+        assert_one_line_error(self, done, "card must be TYPE:HEX")
+        self.assertIsNone(self.site.server_record("x"))
+
+    @defer.inlineCallbacks
+    def test_events_listed_and_followed(self):
+        yield self.enroll(A, "e-1")
+        done = yield self.run_gateway("events", "--type", "device-update")
+        (line,) = done.stdout.splitlines()
+        self.assertIn("User update succeeded (Device)", line)
+        self.assertIn("e-1", line)
+        self.assertEqual(line.split()[3], str(A))  # id, date, time, terminal
+
+        follower = subprocess.Popen([sys.executable, "-m", "gateway.cli", "events", "--follow", "--json", "--type", "device-update",
+                                     "--limit", "1", "--url", self.url], cwd=ROOT, env=environment(), stdout=subprocess.PIPE, text=True)
+        watchdog = threading.Timer(20, follower.kill)  # bounds the blocking reads below
+        watchdog.start()
+        self.addCleanup(watchdog.cancel)
+        self.addCleanup(follower.wait, 10)
+        self.addCleanup(follower.kill)
+        first = yield threads.deferToThread(follower.stdout.readline)
+        self.assertEqual(json.loads(first)["user_id"], "e-1")
+        stream = self.site.gateway.http_port.factory.stream
+        yield wait_until(lambda: any(c.started for c in stream.clients), "the follower subscribed")
+        yield self.enroll(B, "e-2")
+        second = yield threads.deferToThread(follower.stdout.readline)
+        self.assertEqual((json.loads(second)["user_id"], json.loads(second)["terminal_id"]), ("e-2", B))
+
+
+def test_an_unreachable_gateway_is_one_clear_line():
+    url = f"http://127.0.0.1:{free_port()}"
+    done = gateway("terminals", "--url", url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"gateway: cannot reach the gateway at {url}: ")
+    assert done.stderr.rstrip().endswith("(is `gateway run` running? see --url)")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_an_action_without_a_terminal_id_is_a_usage_error():
+    done = gateway("terminals", "admit")
+    assert done.returncode == 2
+    assert "give an action and a terminal id" in done.stderr
+
+
+def test_demo_takes_a_database_and_a_number_of_terminals():
+    args = build_parser().parse_args(["demo"])
+    assert (args.db, args.terminals) == (None, 4)
+    args = build_parser().parse_args(["demo", "--db", "sqlite:///x.db", "--terminals", "2"])
+    assert (args.db, args.terminals) == ("sqlite:///x.db", 2)

@@ -1,0 +1,46 @@
+"""/metrics of a real gateway, read by the Prometheus client's own parser after sync happened."""
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, threads
+
+from gateway.monitor import APPLIED_BY_DEVICE
+from live_site import wait_until
+from test_api import A, B, ApiTestCase, http
+
+
+def samples(text: str) -> dict:
+    """{(sample name, labels as a sorted tuple): value} of an exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+class MetricsTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def scrape(self):
+        code, text, headers = yield threads.deferToThread(http, "GET", self.url + "/metrics")
+        self.assertEqual(code, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain; version="))
+        return samples(text)
+
+    @defer.inlineCallbacks
+    def test_metrics_count_what_the_gateway_did(self):
+        yield self.enroll(A, "m-1")
+        yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="m-1") == 1, "m-1 applied on B")
+        metrics = self.site.gateway.metrics
+        # The sweep sets each online terminal's lag once a second.
+        yield wait_until(lambda: all(metrics.registry.get_sample_value("gateway_sync_lag", {"terminal": str(t)}) is not None for t in (A, B)),
+                         "sync lag of both terminals", timeout=5)
+
+        found = yield self.scrape()
+        self.assertEqual(found[("gateway_terminals_online", ())], 2)
+        self.assertGreaterEqual(found[("gateway_events_ingested_total", ())], 2)  # the enrolment on A, the update on B
+        self.assertGreaterEqual(found[("gateway_commit_batch_events_count", ())], 1)
+        self.assertGreaterEqual(found[("gateway_commit_seconds_count", ())], 1)
+        self.assertEqual(found[("gateway_user_pulls_total", ())], 1)
+        self.assertGreaterEqual(found[("gateway_user_pushes_total", ())], 1)
+        self.assertEqual(found[("gateway_reading_paused", ())], 0)
+        for terminal in (A, B):
+            self.assertEqual(found[("gateway_sync_lag", (("terminal", str(terminal)),))], 0)
