@@ -8,7 +8,6 @@ the blob exist only for searching and for the changes feed. See docs/architectur
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     Column,
     Index,
     Integer,

@@ -13,12 +13,12 @@ secret can never push a terminal off.
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from twisted.logger import Logger
 
 from gateway.database import insert_ignoring_duplicates
 from gateway.monitor import now_ms
-from gateway.schema import terminals
+from gateway.schema import pending_pulls, terminals
 from gateway.session import Refused
 from gateway.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
@@ -108,8 +108,13 @@ class TerminalRegistry:
         return secret
 
     def set_admission(self, terminal_id: int, admission: str, secret: str | None = None):
-        """An administrator's decision; returns a Deferred that fires once it is stored."""
+        """An administrator's decision; returns a Deferred that fires once it is stored.
+
+        Admitting an id never seen, with its secret, registers it ahead of its first connection.
+        """
         term = self.terminals.get(terminal_id)
+        if term is None and admission == ADMITTED and secret:
+            term = self.terminals[terminal_id] = Terminal(terminal_id)
         if term is None:
             raise KeyError(f"no terminal {terminal_id}")
         term.admission = admission
@@ -118,6 +123,13 @@ class TerminalRegistry:
         if admission != ADMITTED and term.session is not None:
             term.session.close(f"{admission} by an administrator")
         return self._db.write(_save_terminals, [self._row(term)])
+
+    def remove(self, terminal_id: int):
+        """Forget a terminal (its events stay in the log); a Deferred that fires once stored."""
+        term = self.terminals.pop(terminal_id)
+        if term.session is not None:
+            term.session.close("removed by an administrator")
+        return self._db.write(_forget_terminal, terminal_id)
 
     def _register(self, term: Terminal) -> Terminal:
         self.terminals[term.terminal_id] = term
@@ -163,6 +175,11 @@ class TerminalRegistry:
             last_seen_ms=t.last_seen_ms,
             cursor=t.cursor,
         )
+
+
+def _forget_terminal(conn, terminal_id: int) -> None:
+    conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
+    conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
 
 
 def _save_terminals(conn, rows: list[dict]) -> None:

@@ -20,13 +20,20 @@ from simulator.terminal import Terminal
 
 
 class LiveTestCase(unittest.TestCase):
-    """A trial TestCase, so the real reactor runs during the test, with pytest's ``tmp_path``."""
+    """A trial TestCase, so the real reactor runs during the test, with pytest's ``tmp_path``
+    and a fresh database of the class's ``backend``: a SQLite file, or a PostgreSQL database on
+    the suite's throwaway server."""
 
     timeout = 60
+    backend = "sqlite"
 
     @pytest.fixture(autouse=True)
-    def _pytest_tmp_path(self, tmp_path):
+    def _pytest_tmp_path_and_database(self, request, tmp_path):
         self.tmp_path = tmp_path
+        if self.backend == "sqlite":
+            self.db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        else:
+            self.db_url = request.getfixturevalue("postgres").new_database()
 
 
 def free_port() -> int:

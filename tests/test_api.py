@@ -1,16 +1,12 @@
 """The HTTP API against a real gateway (a real SQLite file, and PostgreSQL where the SQL differs)
 with simulated terminals dialled in: every endpoint, paging, filters, the live stream, and bad
 input answered with a clear 4xx JSON error and nothing else.
-
-Requests are made with urllib on a thread (``deferToThread``) while the reactor serves them.
 """
 
 import json
 from datetime import datetime, timezone
-from urllib import error as urlerror
 from urllib import request as urlrequest
 
-import pytest
 from twisted.internet import defer, threads
 from twisted.logger import globalLogPublisher
 from twisted.web.server import NOT_DONE_YET
@@ -21,32 +17,13 @@ from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.sse import StreamClient
 from gateway.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
 from gateway.queries import EventFilter
-from live_site import LiveTestCase, Site, wait_until
+from api_site import TOKEN, A, B, ApiTestCase
+from live_site import wait_until
 from protocol.events import Credential
-from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
 
-TOKEN = "test-token"
-A, B = 101, 102
 USER_KEYS = {"user_id", "name", "access_groups", "cards", "fingerprints", "faces", "has_pin", "has_photo", "disabled", "change_seq", "updated_ms"}
-
-
-def http(method: str, url: str, body=None, token=None, raw: bytes | None = None, headers=()):
-    """One request (blocking: run it on a thread); returns status, JSON (or text) and headers."""
-    data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
-    req = urlrequest.Request(url, data=data, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    for name, value in headers:
-        req.add_header(name, value)
-    try:
-        with urlrequest.urlopen(req, timeout=10) as response:
-            status, payload, found = response.status, response.read(), response.headers
-    except urlerror.HTTPError as exc:
-        status, payload, found = exc.code, exc.read(), exc.headers
-    is_json = found.get("Content-Type", "").startswith("application/json")
-    return status, json.loads(payload) if is_json else payload.decode(), found
 
 
 def first_streamed(url: str, headers=()) -> dict:
@@ -59,56 +36,6 @@ def first_streamed(url: str, headers=()) -> dict:
             if line.startswith(b"data:"):
                 return json.loads(line[5:])
     raise AssertionError("the stream ended without an event")
-
-
-class ApiTestCase(LiveTestCase):
-    """A gateway with terminals A and B dialled in, and its API one call away."""
-
-    config = {"api_token": TOKEN}
-    backend = "sqlite"
-
-    @pytest.fixture(autouse=True)
-    def _database(self, request, tmp_path):
-        if self.backend == "sqlite":
-            self.db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-        else:
-            self.db_url = request.getfixturevalue("postgres").new_database()
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.site = Site(self.db_url, terminal_ids=(A, B), **self.config).start()
-        self.addCleanup(self.site.stop)
-        self.people = People(seed=3)
-        self.url = f"http://127.0.0.1:{self.site.gateway.http_port.getHost().port}"
-        yield wait_until(lambda: self.site.online(A, B), "terminals A and B online")
-
-    def call(self, method, path, body=None, token=TOKEN, **options):
-        return threads.deferToThread(http, method, self.url + path, body, token, **options)
-
-    @defer.inlineCallbacks
-    def get(self, path, status=200):
-        code, body, _ = yield self.call("GET", path, token=None)
-        self.assertEqual(code, status, body)
-        return body
-
-    @defer.inlineCallbacks
-    def assert_error(self, method, path, status, mentions, **options):
-        """The request fails with ``status`` and a JSON error that says what was wrong."""
-        code, body, _ = yield self.call(method, path, **options)
-        self.assertEqual(code, status, body)
-        self.assertEqual(set(body), {"error", "status"})
-        self.assertEqual(body["status"], status)
-        self.assertIn(mentions, body["error"])
-        self.assertNotIn("Traceback", body["error"])
-        return body
-
-    @defer.inlineCallbacks
-    def enroll(self, terminal_id, user_id):
-        """A person enrolled at a terminal, once the server saved them."""
-        person = self.people.person(user_id)
-        self.site.terminals[terminal_id].enroll(person)
-        yield wait_until(lambda: self.site.count_events(type=SAVED_FROM_DEVICE, user_id=user_id) == 1, f"{user_id} saved")
-        return person
 
 
 class TerminalTests(ApiTestCase):
@@ -168,6 +95,15 @@ class PendingAdmissionTests(ApiTestCase):
         code, body, _ = yield self.call("DELETE", "/api/terminals/555")
         self.assertEqual((code, body), (200, {"removed": 555}))
         yield self.assert_error("GET", "/api/terminals/555", 404, "no terminal 555")
+
+    @defer.inlineCallbacks
+    def test_a_terminal_admitted_before_it_first_connects_is_let_in(self):
+        yield self.assert_error("POST", "/api/terminals/777/admit", 404, "give its secret", body={})
+        code, term, _ = yield self.call("POST", "/api/terminals/777/admit", {"secret": "secret-777"})
+        self.assertEqual((code, term["admission"], term["online"]), (200, "admitted", False))
+        newcomer = DialingTerminal(Terminal(777, "secret-777"), self.site.gateway.reactor, "127.0.0.1", self.site.port).start()
+        self.addCleanup(newcomer.go_offline)
+        yield wait_until(lambda: self.site.online(777), "777 let in on its first connection")
 
 
 class UserTests(ApiTestCase):

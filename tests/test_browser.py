@@ -114,7 +114,7 @@ def test_an_enrolment_at_a_terminal_appears_on_the_page_within_seconds(gateway, 
         for t in (TERMINAL, OTHER):
             WebDriverWait(browser, 10).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, f'#terminals tbody tr[data-id="{t}"]'), "online"))
         # The other terminal received the user from the server: the second sync event.
-        applied = f'#events tbody tr[data-type="User update succeeded (Server)"]'
+        applied = '#events tbody tr[data-type="User update succeeded (Server)"]'
         WebDriverWait(browser, 10).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, applied), ENROLLED))
 
         event = browser.find_element(By.CSS_SELECTOR, row)

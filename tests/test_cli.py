@@ -12,7 +12,7 @@ from twisted.internet import defer, threads
 
 from gateway.cli import build_parser
 from live_site import free_port, wait_until
-from test_api import TOKEN, A, B, ApiTestCase
+from api_site import TOKEN, A, B, ApiTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,6 @@ event each terminal logged is in the events table exactly once, and every termin
 user, identical to the server's record.
 """
 
-import os
 import signal
 import subprocess
 import sys

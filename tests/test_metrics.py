@@ -5,7 +5,7 @@ from twisted.internet import defer, threads
 
 from gateway.monitor import APPLIED_BY_DEVICE
 from live_site import wait_until
-from test_api import A, B, ApiTestCase, http
+from api_site import A, B, ApiTestCase, http
 
 
 def samples(text: str) -> dict:

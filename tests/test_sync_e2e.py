@@ -7,7 +7,6 @@ database is away.
 
 from dataclasses import replace
 
-import pytest
 from sqlalchemy import text
 from twisted.internet import defer, reactor, task
 
@@ -23,15 +22,6 @@ D = 104  # listens; the gateway dials out to it
 
 class SyncScenarios:
     """The scenarios; subclasses below choose the database."""
-
-    backend = "sqlite"
-
-    @pytest.fixture(autouse=True)
-    def _database(self, request, tmp_path):
-        if self.backend == "sqlite":
-            self.db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-        else:
-            self.db_url = request.getfixturevalue("postgres").new_database()
 
     @defer.inlineCallbacks
     def start_site(self, **options):

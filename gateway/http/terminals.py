@@ -1,10 +1,7 @@
 """Terminals in the API: what the registry knows of each, how far behind the changes feed each
 is, and an administrator's admission decisions."""
 
-from sqlalchemy import delete
-
 from gateway.http.api import ApiError, Param, Route
-from gateway.schema import pending_pulls, terminals
 from gateway.terminals import ADMITTED, REFUSED
 from gateway.users import last_change_seq
 
@@ -52,11 +49,12 @@ def show_terminal(call):
 
 
 def admit_terminal(call):
-    term = _terminal(call)
-    secret = call.body.get("secret")
-    if not (secret or term.secret or call.gateway.config.default_secret):
-        raise ApiError(400, f"terminal {term.terminal_id} has no secret: give its secret to admit it")
-    d = call.gateway.registry.set_admission(term.terminal_id, ADMITTED, secret)
+    """Admit a pending or refused terminal, or, with its secret, one that has not connected yet."""
+    terminal_id, secret = call.params["terminal_id"], call.body.get("secret")
+    term = call.gateway.registry.terminals.get(terminal_id)
+    if not (secret or (term and term.secret) or call.gateway.config.default_secret):
+        raise ApiError(400 if term else 404, f"terminal {terminal_id} has no secret: give its secret to admit it")
+    d = call.gateway.registry.set_admission(terminal_id, ADMITTED, secret)
     return d.addCallback(lambda _: show_terminal(call))
 
 
@@ -71,16 +69,7 @@ def remove_terminal(call):
     term = _terminal(call)
     if any(entry["id"] == term.terminal_id for entry in call.gateway.config.terminals):
         raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
-    if term.session is not None:
-        term.session.close("removed by an administrator")
-    del call.gateway.registry.terminals[term.terminal_id]
-    d = call.gateway.db.write(_forget_terminal, term.terminal_id)
-    return d.addCallback(lambda _: {"removed": term.terminal_id})
-
-
-def _forget_terminal(conn, terminal_id: int) -> None:
-    conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
-    conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
+    return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 
 
 ADMIT_BODY = {
@@ -94,7 +83,7 @@ ADMIT_BODY = {
 ROUTES = [
     Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
     Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
-    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
+    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
     Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
     Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),
 ]
