@@ -333,6 +333,14 @@ class BadInputTests(ApiTestCase):
         yield self.assert_error("GET", "/nowhere", 404, "nothing at /nowhere")
         self.assertEqual(body["status"], 405)
 
+    @defer.inlineCallbacks
+    def test_requests_naming_another_host_are_refused_on_loopback(self):
+        """A web page that rebinds its DNS name to 127.0.0.1 must not read the API."""
+        yield self.assert_error("GET", "/api/terminals", 403, "localhost or 127.0.0.1 only", headers=[("Host", "evil.example")])
+        yield self.assert_error("GET", "/", 403, "Host header", headers=[("Host", "evil.example:8080")])
+        code, _, _ = yield self.call("GET", "/api/terminals", headers=[("Host", f"localhost:{self.site.gateway.http_port.getHost().port}")])
+        self.assertEqual(code, 200)
+
 
 class NoTokenTests(ApiTestCase):
     config = {}

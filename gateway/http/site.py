@@ -1,6 +1,7 @@
 """GatewaySite: what the gateway serves over HTTP: the JSON API under /api/, /metrics, and the
 monitoring page at / (static files, no build step)."""
 
+import ipaddress
 import json
 from pathlib import Path
 
@@ -55,18 +56,29 @@ class MetricsResource(resource.Resource):
         return self.metrics.exposition()
 
 
-class NotFound(resource.Resource):
+class JsonError(resource.Resource):
     isLeaf = True
 
+    def __init__(self, status: int, message: str):
+        super().__init__()
+        self.status, self.message = status, message
+
     def render(self, request):
-        request.setResponseCode(404)
+        request.setResponseCode(self.status)
         request.setHeader("Content-Type", "application/json; charset=utf-8")
-        return json.dumps({"error": f"nothing at {request.path.decode('latin-1')}; the page is at /", "status": 404}).encode()
+        return json.dumps({"error": self.message, "status": self.status}).encode()
 
 
 class Root(resource.Resource):
     def getChild(self, name, request):
-        return NotFound()
+        return JsonError(404, f"nothing at {request.path.decode('latin-1')}; the page is at /")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class GatewaySite(server.Site):
@@ -75,6 +87,7 @@ class GatewaySite(server.Site):
     noisy = False  # "Starting factory" says nothing the "monitoring page at" line does not
 
     def __init__(self, gateway):
+        self.loopback_only = is_loopback(gateway.config.http_host)
         self.stream = EventStream(gateway.db, gateway.reactor)
         root = Root()
         root.putChild(b"", PageFile("index.html"))
@@ -85,6 +98,13 @@ class GatewaySite(server.Site):
         root.putChild(b"api", ApiResource(gateway, self.stream, api_routes()))
         root.putChild(b"metrics", MetricsResource(gateway.metrics))
         super().__init__(root, parsePOSTFormSubmission=False)
+
+    def getResourceFor(self, request):
+        # On loopback, a request naming another host is a web page in the operator's browser
+        # reaching in through DNS rebinding: reads would leak to it, so nothing is served.
+        if self.loopback_only and not is_loopback(request.getRequestHostname().decode("latin-1").strip("[]")):
+            return JsonError(403, "this gateway answers requests for localhost or 127.0.0.1 only (Host header)")
+        return super().getResourceFor(request)
 
     def getContentFile(self, length):
         return BoundedBody()

@@ -2,6 +2,8 @@
 or PIN hashes), and change them through the user directory so every change enters the changes
 feed and reaches the terminals."""
 
+from twisted.internet import defer, threads
+
 from gateway.http.api import ApiError, Param, Route
 from gateway.queries import read_user, read_users
 from gateway.users import UnknownUser
@@ -49,14 +51,12 @@ CREATE_BODY = {
 EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
 
 
-def record_fields(user_id: str, body: dict) -> dict:
-    """The UserRecord fields a checked body sets (a clear PIN becomes its hash here)."""
+def record_fields(user_id: str, body: dict) -> defer.Deferred:
+    """The UserRecord fields a checked body sets; fires once a clear PIN has become its hash.
+
+    Hashing (PBKDF2, a few milliseconds) runs on a thread: the reactor serves terminals.
+    """
     fields = {name: body[name] for name in ("name", "security_level", "auth_mode", "disabled") if name in body}
-    if "pin" in body:
-        pin = body["pin"]
-        if pin is not None and not (pin.isascii() and pin.isdigit()):
-            raise ApiError(400, "pin must be digits")
-        fields["pin_hash"] = hash_pin(user_id, pin) if pin is not None else None
     if "access_groups" in body:
         fields["access_groups"] = tuple(body["access_groups"])
     if "cards" in body:
@@ -64,7 +64,14 @@ def record_fields(user_id: str, body: dict) -> dict:
     if "validity" in body:
         validity = body["validity"]
         fields["validity"] = (validity["start"], validity["end"]) if validity is not None else None
-    return fields
+    pin = body.get("pin")
+    if pin is None:
+        if "pin" in body:
+            fields["pin_hash"] = None
+        return defer.succeed(fields)
+    if not (pin.isascii() and pin.isdigit()):
+        raise ApiError(400, "pin must be digits")
+    return threads.deferToThread(hash_pin, user_id, pin).addCallback(lambda pin_hash: {**fields, "pin_hash": pin_hash})
 
 
 def _card(card: dict) -> Card:
@@ -99,16 +106,18 @@ def show_user(call):
 
 def create_user(call):
     user_id = call.body["user_id"]
-    record = UserRecord(user_id, **record_fields(user_id, call.body))
-    return call.gateway.users.create(record).addCallback(lambda _: _shown(call, user_id))
+    d = record_fields(user_id, call.body)
+    d.addCallback(lambda fields: call.gateway.users.create(UserRecord(user_id, **fields)))
+    return d.addCallback(lambda _: _shown(call, user_id))
 
 
 def edit_user(call):
     user_id = call.params["user_id"]
-    fields = record_fields(user_id, call.body)
-    if not fields:
+    if not call.body:
         raise ApiError(400, f"nothing to change: give at least one of {', '.join(_FIELDS)}")
-    return call.gateway.users.edit(user_id, **fields).addCallback(lambda _: _shown(call, user_id))
+    d = record_fields(user_id, call.body)
+    d.addCallback(lambda fields: call.gateway.users.edit(user_id, **fields))
+    return d.addCallback(lambda _: _shown(call, user_id))
 
 
 def delete_user(call):
