@@ -71,8 +71,12 @@ def _say(text: str) -> None:
 
 
 def demo_config(db: str | None, terminals: int, tcp_port: int | None, http_port: int | None) -> GatewayConfig:
+    """Terminals 101, 102, ... with their secrets; without ``db``, a fresh SQLite file in ./demo/."""
     folder = Path("demo")
     folder.mkdir(exist_ok=True)
+    if db is None:
+        for old in folder.glob("gateway.db*"):
+            old.unlink()
     entries = [dict(id=FIRST_ID + n, secret=f"demo-secret-{FIRST_ID + n}", name=f"Demo door {n + 1}") for n in range(terminals)]
     return GatewayConfig.load(
         None,
@@ -86,8 +90,8 @@ def demo_config(db: str | None, terminals: int, tcp_port: int | None, http_port:
 
 
 def main(args) -> int:
-    config = demo_config(args.db, args.terminals, getattr(args, "tcp_port", None), getattr(args, "http_port", None))
-    demo = Demo(config, [t["id"] for t in config.terminals], interval_s=getattr(args, "interval", 2.0), seed=0)
+    config = demo_config(args.db, args.terminals, args.tcp_port, args.http_port)
+    demo = Demo(config, [t["id"] for t in config.terminals], interval_s=args.interval, seed=0)
     start_logging()
     try:
         demo.start()
@@ -95,9 +99,10 @@ def main(args) -> int:
         print(f"gateway demo: cannot start: {exc}", file=sys.stderr)
         return 1
     _say(f"gateway on {config.db} with {len(demo.terminals)} simulated terminals; a change every {demo.interval_s:g} s")
-    _say(f"monitoring page: http://{config.http_host}:{config.http_port}/  (API token for writes: {config.api_token})")
-    _say("try, in another shell: gateway users list --db " + config.db + "   |   Ctrl-C stops the demo")
-    if getattr(args, "duration", 0):
+    url = f"http://{config.http_host}:{demo.gateway.http_port.getHost().port}"
+    _say(f"monitoring page: {url}/   (API token for writes: {config.api_token})")
+    _say(f"in another shell: .venv/bin/gateway users list --url {url}   |   Ctrl-C stops the demo")
+    if args.duration:
         reactor.callLater(args.duration, reactor.stop)
     reactor.addSystemEventTrigger("before", "shutdown", demo.gateway.stop)
     reactor.run()
