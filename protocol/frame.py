@@ -21,8 +21,8 @@ from protocol.errors import MessageError
 
 SOF = b"\xa5\x5a"
 PROTOCOL_VERSION = 1
-# A full user record (5 faces, a photo, 10 fingers) is under 64 KiB; 256 KiB lets a batch hold
-# several of them while bounding what a decoder ever buffers for one frame.
+# A full user record (5 faces, a photo, 10 fingers) is at most 65,671 bytes; 256 KiB lets a batch
+# hold three of them while bounding what a decoder ever buffers for one frame.
 MAX_PAYLOAD = 256 * 1024
 BROADCAST_ADDRESS = 0xFF
 

@@ -25,7 +25,7 @@ from construct import (
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import EventWire
 from protocol.frame import Flags, Frame, encode_frame
-from protocol.records import UserId, UserRecordWire
+from protocol.records import LengthChecked, UserId, UserRecordWire
 
 NONCE_SIZE = 16
 PROOF_SIZE = 32
@@ -62,7 +62,7 @@ Empty = _body()
 EventBatch = _body("events" / PrefixedArray(Int16ub, EventWire))
 UserResults = _body("results" / PrefixedArray(Int8ub, Struct("user_id" / UserId, "status" / Int8ub)))
 UserIds = _body("user_ids" / PrefixedArray(Int8ub, UserId))
-ErrorBody = _body("code" / Int16ub, "text" / PascalString(Int16ub, "utf8"))
+ErrorBody = _body("code" / Int16ub, "text" / LengthChecked(PascalString(Int16ub, "utf8")))
 
 REQUESTS: dict[Command, Construct] = {
     Command.HELLO: _body("gateway_nonce" / Bytes(NONCE_SIZE), "protocol_version" / Int8ub),
@@ -141,7 +141,7 @@ def parse_body(frame: Frame) -> Container:
         raise
     except Exception as exc:  # construct raises many types on hostile input; all mean "bad message"
         kind = "error reply" if frame.is_error else ("response" if frame.is_response else "request")
-        raise MessageError(f"bad {_name(frame.command)} {kind}: {_first_line(exc)}") from None
+        raise MessageError(f"bad {_name(frame.command)} {kind}: {_reason(exc)}") from None
 
 
 def build_body(command: int, response: bool, body: dict, error: bool = False) -> bytes:
@@ -151,7 +151,7 @@ def build_body(command: int, response: bool, body: dict, error: bool = False) ->
     except MessageError:
         raise
     except Exception as exc:
-        raise MessageError(f"cannot build {_name(command)}: {_first_line(exc)}") from None
+        raise MessageError(f"cannot build {_name(command)}: {_reason(exc)}") from None
 
 
 def request(command: Command, body: dict | None = None, *, terminal_id=0, seq=0, address=0) -> bytes:
@@ -176,9 +176,10 @@ def _name(command: int) -> str:
         return f"command 0x{command:02X}"
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _reason(exc: Exception) -> str:
+    """One line naming the field and the fault: construct puts the path and the cause on two lines."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return ": ".join(lines) if lines else type(exc).__name__
 
 
 def put_users_payload(encoded_records: list[bytes]) -> bytes:

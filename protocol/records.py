@@ -22,6 +22,7 @@ from construct import (
     Prefixed,
     PrefixedArray,
     Struct,
+    Subconstruct,
     this,
 )
 
@@ -140,7 +141,16 @@ def hash_pin(user_id: str, pin: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", pin.encode(), b"terminal-pin:" + user_id.encode(), PIN_HASH_ITERATIONS)
 
 
-UserId = PascalString(Int8ub, "utf8")
+class LengthChecked(Subconstruct):
+    """A string or bytes field that fails on a short payload even inside a compiled struct.
+
+    construct 2.10 compiles such fields to a bare ``io.read(n)``, which returns what is left
+    instead of failing, so a truncated message would decode. This wrapper has no compiled form:
+    construct calls the field's own plain parser, which checks the length.
+    """
+
+
+UserId = LengthChecked(PascalString(Int8ub, "utf8"))
 
 CardWire = Struct("type" / Int8ub, "data" / Prefixed(Int8ub, GreedyBytes))
 FingerprintWire = Struct(
