@@ -14,9 +14,9 @@ from dataclasses import replace
 from protocol import auth
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import Credential, Event, EventCode, Origin
-from protocol.frame import PROTOCOL_VERSION, Frame
+from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
 from protocol.messages import Command, UserStatus, error_response, parse_body, response
-from protocol.records import UserRecord
+from protocol.records import UserRecord, UserRecordWire
 
 
 def wall_clock_ms() -> int:
@@ -174,8 +174,17 @@ class Terminal:
         return response(frame, dict(pending=len(self.events_after(body.after_event_id, len(self.log)))))
 
     def _get_users(self, frame: Frame, body) -> bytes:
-        found = [self.users[u] for u in body.user_ids if u in self.users]
+        """The users asked for that fit in one frame; the rest are left out of both lists, and the
+        gateway asks for them again (docs/protocol.md, GET_USERS)."""
         missing = [u for u in body.user_ids if u not in self.users]
+        room = MAX_PAYLOAD - 2 - sum(1 + len(u.encode()) for u in missing)
+        found = []
+        for user_id in body.user_ids:
+            if user_id in self.users:
+                room -= len(UserRecordWire.build(self.users[user_id]))
+                if room < 0:
+                    break
+                found.append(self.users[user_id])
         return response(frame, dict(users=found, missing=missing))
 
     def _put_users(self, frame: Frame, body) -> bytes:

@@ -1,0 +1,121 @@
+"""The simulated terminal answers the gateway as docs/protocol.md says a terminal must (no I/O)."""
+
+from dataclasses import replace
+
+from protocol import auth
+from protocol.decoder import StreamDecoder
+from protocol.errors import ErrorCode
+from protocol.events import EventCode, Origin
+from protocol.frame import MAX_PAYLOAD
+from protocol.messages import Command, UserStatus, parse_body, request
+from protocol.records import Face, UserRecord
+from simulator.people import People
+from simulator.terminal import Terminal
+
+SECRET = "s3cret"
+
+
+def ask(terminal: Terminal, command: Command, body: dict | None = None):
+    """The terminal's answer to one request, decoded: (frame, body)."""
+    (frame,) = StreamDecoder().feed(request(command, body, seq=9))
+    (reply,) = StreamDecoder().feed(terminal.answer(frame))
+    return reply, parse_body(reply)
+
+
+def authenticated(terminal_id: int = 5) -> Terminal:
+    terminal = Terminal(terminal_id, SECRET, clock=lambda: 1_000)
+    nonce = auth.new_nonce()
+    _, hello = ask(terminal, Command.HELLO, dict(gateway_nonce=nonce, protocol_version=1))
+    proof = auth.gateway_proof(SECRET.encode(), terminal_id, nonce, hello.terminal_nonce)
+    ask(terminal, Command.WELCOME, dict(proof=proof, server_time_ms=5_000, keepalive_s=30, ack_through=0))
+    assert terminal.authenticated
+    return terminal
+
+
+def test_requests_before_the_handshake_get_not_authenticated():
+    reply, body = ask(Terminal(5, SECRET), Command.GET_USERS, dict(user_ids=["a"]))
+    assert reply.is_error and body.code == ErrorCode.NOT_AUTHENTICATED
+
+
+def test_a_gateway_without_the_secret_is_refused():
+    terminal = Terminal(5, SECRET)
+    ask(terminal, Command.HELLO, dict(gateway_nonce=bytes(16), protocol_version=1))
+    reply, body = ask(terminal, Command.WELCOME, dict(proof=bytes(32), server_time_ms=0, keepalive_s=30, ack_through=0))
+    assert reply.is_error and body.code == ErrorCode.AUTH_FAILED
+    assert not terminal.authenticated
+
+
+def test_welcome_sets_the_clock_and_forgets_acknowledged_events():
+    terminal = Terminal(5, SECRET, clock=lambda: 1_000)
+    for n in range(3):
+        terminal.verify(f"u{n}")
+    nonce = auth.new_nonce()
+    _, hello = ask(terminal, Command.HELLO, dict(gateway_nonce=nonce, protocol_version=1))
+    proof = auth.gateway_proof(SECRET.encode(), 5, nonce, hello.terminal_nonce)
+    ask(terminal, Command.WELCOME, dict(proof=proof, server_time_ms=9_000, keepalive_s=30, ack_through=2))
+    assert [e.event_id for e in terminal.log] == [3]
+    assert terminal.now_ms() == 9_000
+
+
+def test_put_users_applies_records_and_logs_server_origin_events():
+    terminal = authenticated()
+    person = People(seed=1).person("p1")
+    _, body = ask(terminal, Command.PUT_USERS, dict(users=[person]))
+    assert [(r.user_id, r.status) for r in body.results] == [("p1", UserStatus.OK)]
+    assert terminal.users["p1"] == person
+    event = terminal.log[-1]
+    assert (event.code, event.sub_code, event.user_id) == (EventCode.ENROLL_SUCCESS, Origin.SERVER, "p1")
+    assert not event.is_device_user_change  # the gateway must never pull it back
+
+
+def test_delete_of_an_unknown_user_reports_not_found():
+    _, body = ask(authenticated(), Command.DELETE_USERS, dict(user_ids=["ghost"]))
+    assert [r.status for r in body.results] == [UserStatus.NOT_FOUND]
+
+
+def test_get_users_answers_what_fits_in_one_frame_and_leaves_the_rest_for_another_ask():
+    terminal = authenticated()
+    people = People(seed=2)
+    big = [replace(people.person(f"big{n:02d}"), faces=tuple(Face(i, bytes(8 * 1024)) for i in range(5)), photo=bytes(16 * 1024))
+           for n in range(8)]
+    for record in big:
+        terminal.enroll(record)
+    ids = [r.user_id for r in big] + ["nobody"]
+    reply, body = ask(terminal, Command.GET_USERS, dict(user_ids=ids))
+    assert len(reply.payload) <= MAX_PAYLOAD
+    assert list(body.missing) == ["nobody"]
+    answered = [r.user_id for r in body.users]
+    assert 0 < len(answered) < len(big)
+    assert answered == ids[: len(answered)]
+
+
+def test_poll_acknowledges_then_offers_the_next_events():
+    terminal = authenticated()
+    for n in range(5):
+        terminal.enroll(UserRecord(f"u{n}", name="N"))
+    _, first = ask(terminal, Command.POLL, dict(ack_through=0, max_events=2))
+    assert [e.event_id for e in first.events] == [1, 2]
+    _, again = ask(terminal, Command.POLL, dict(ack_through=0, max_events=2))
+    assert [e.event_id for e in again.events] == [1, 2]  # a lost answer is simply asked again
+    _, second = ask(terminal, Command.POLL, dict(ack_through=2, max_events=10))
+    assert [e.event_id for e in second.events] == [3, 4, 5]
+    assert [e.event_id for e in terminal.log] == [3, 4, 5]
+
+
+def test_list_users_pages_in_ascending_order():
+    terminal = authenticated()
+    for user_id in ("c", "a", "b"):
+        terminal.enroll(UserRecord(user_id, name=user_id))
+    _, page = ask(terminal, Command.LIST_USERS, dict(after_user_id="", limit=2))
+    assert ([e.user_id for e in page.entries], page.more) == (["a", "b"], True)
+    _, rest = ask(terminal, Command.LIST_USERS, dict(after_user_id="b", limit=2))
+    assert ([e.user_id for e in rest.entries], rest.more) == (["c"], False)
+    assert rest.entries[0].digest == terminal.users["c"].digest()
+
+
+def test_a_full_log_overwrites_its_oldest_events_and_counts_them():
+    terminal = Terminal(5, SECRET, max_events=3)
+    for n in range(5):
+        terminal.verify(f"u{n}")
+    assert [e.event_id for e in terminal.log] == [3, 4, 5]
+    assert terminal.overwritten == 2
