@@ -15,6 +15,7 @@ from gateway.merge import merge_vacant_fields
 from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE, now_ms, record_sync_events, sync_event_row
 from gateway.schema import pending_pulls
 from gateway.users import load_record, store_record
+from protocol.errors import ProtocolError
 from protocol.messages import Command
 from protocol.records import UserRecord
 
@@ -61,15 +62,28 @@ class Puller:
         self._busy.add(terminal_id)
         started = now_ms()
         d = term.session.request(Command.GET_USERS, dict(user_ids=list(batch)))
-        d.addCallback(lambda body: self._db.write(merge_pulled, terminal_id, list(body.users), list(body.missing), started))
+        d.addCallback(self._merge, terminal_id, started)
         d.addCallbacks(self._done, self._failed, callbackArgs=(terminal_id, batch), errbackArgs=(terminal_id, list(batch)))
 
-    def _done(self, merged: list[str], terminal_id: int, batch: dict[str, int]) -> None:
+    def _merge(self, body, terminal_id: int, started: int):
+        """Merge what the terminal answered; fires with (ids merged, ids settled).
+
+        A terminal answers only the records that fit in one frame; those it left out of both
+        lists stay wanted and are asked for again straight away.
+        """
+        answered = [r.user_id for r in body.users] + list(body.missing)
+        if not answered:
+            raise ProtocolError("the terminal answered GET_USERS with none of the users asked for")
+        d = self._db.write(merge_pulled, terminal_id, list(body.users), list(body.missing), started)
+        return d.addCallback(lambda merged: (merged, answered))
+
+    def _done(self, result: tuple[list[str], list[str]], terminal_id: int, batch: dict[str, int]) -> None:
+        merged, answered = result
         self._busy.discard(terminal_id)
         self._failures.pop(terminal_id, None)
         wanted = self._wanted[terminal_id]
-        for user_id, ask in batch.items():
-            if wanted.get(user_id) == ask:  # not asked for again since: this pull settled it
+        for user_id in answered:
+            if user_id in batch and wanted.get(user_id) == batch[user_id]:  # not asked for again since
                 del wanted[user_id]
         self._metrics.pulls.inc(len(merged))
         for user_id in merged:

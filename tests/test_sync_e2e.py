@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor, task
 from gateway.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
 from gateway.syncmode import SyncMode
 from live_site import LiveTestCase, Site, wait_until
-from protocol.records import Card, CardType, UserRecord
+from protocol.records import Card, CardType, Face, UserRecord
 from simulator.people import People
 
 A, B, C = 101, 102, 103
@@ -68,6 +68,15 @@ class SyncScenarios:
         expected = UserRecord(user_id="2002", name="Server Name", cards=(card,), fingerprints=(finger,))
         yield wait_until(lambda: all(self.holds(t, expected) for t in (A, B, C)), "every terminal holding the merged user")
         self.assertEqual(site.server_record("2002"), expected)
+
+    @defer.inlineCallbacks
+    def test_a_burst_of_records_too_big_for_one_frame_is_pulled_in_several(self):
+        site = yield self.start_site()
+        faces = tuple(Face(i, bytes(range(256)) * 32) for i in range(5))  # 5 x 8 KiB: the largest records
+        people = [replace(self.people.person(f"big-{n:02d}"), faces=faces, photo=bytes(16 * 1024)) for n in range(40)]
+        for person in people:
+            site.terminals[A].enroll(person)
+        yield wait_until(lambda: all(self.holds(B, p) and self.holds(C, p) for p in people), "every big record on B and C")
 
     @defer.inlineCallbacks
     def test_smart_card_user_enrolled_on_a_terminal_syncs(self):
