@@ -89,7 +89,10 @@ def encode_frame(frame: Frame) -> bytes:
         length=len(frame.payload),
         header_crc=0,
     )
-    head = bytearray(FrameHeaderCompiled.build(fields))
+    try:
+        head = bytearray(FrameHeaderCompiled.build(fields))
+    except Exception as exc:  # construct's compiled build raises struct.error for out-of-range fields
+        raise MessageError(f"cannot encode frame header {fields}: {exc}") from None
     head[-2:] = header_crc(head[:-2]).to_bytes(2, "big")
     body = bytes(head) + frame.payload
     return body + zlib.crc32(body).to_bytes(CRC_SIZE, "big")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from protocol import Command, Frame, FrameError, StreamDecoder, encode_frame, request
+from protocol import Command, Flags, Frame, FrameError, MessageError, StreamDecoder, encode_frame, request
 from protocol.frame import HEADER_SIZE, MAX_PAYLOAD
 
 FRAME = request(Command.KEEPALIVE, terminal_id=9, seq=1)
@@ -68,3 +68,8 @@ def test_oversized_frame_is_rejected_without_buffering_its_payload():
 
 def test_default_maximum_is_stated():
     assert StreamDecoder.max_payload == MAX_PAYLOAD == 256 * 1024
+
+
+def test_a_header_field_out_of_range_is_a_message_error():
+    with pytest.raises(MessageError, match="cannot encode frame header"):
+        encode_frame(Frame(Command.KEEPALIVE, b"", Flags.REQUEST, terminal_id=2**32))
