@@ -27,6 +27,14 @@ class Metrics:
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
         self.reading_paused = Gauge("gateway_reading_paused", "1 while terminal links are paused for backpressure", registry=r)
+        # RS-485 buses (gateway/bus/), labelled by device
+        self.bus_bytes = Counter("gateway_bus_bytes", "Bytes the master sent (tx) and received (rx) on a bus", ["bus", "direction"], registry=r)
+        self.bus_utilisation = Gauge("gateway_bus_utilisation", "Share of a bus's line time carrying bytes, over the last 5 s", ["bus"], registry=r)
+        self.bus_polls = Counter("gateway_bus_polls", "POLL requests sent on a bus", ["bus"], registry=r)
+        self.bus_polls_per_second = Gauge("gateway_bus_polls_per_second", "POLL requests per second on a bus, over the last 5 s", ["bus"], registry=r)
+        self.bus_timeouts = Counter("gateway_bus_timeouts", "Requests on a bus left unanswered past their deadline", ["bus"], registry=r)
+        self.bus_retries = Counter("gateway_bus_retries", "Requests sent again on a bus after no answer", ["bus"], registry=r)
+        self.bus_crc_errors = Counter("gateway_bus_crc_errors", "Corrupt data received on a bus (failed CRC, bytes outside any frame)", ["bus"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

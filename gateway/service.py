@@ -10,7 +10,8 @@ from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.config import GatewayConfig, parse_host_port
+from gateway.bus import BusMaster
+from gateway.config import GatewayConfig, parse_host_port, parse_serial
 from gateway.database import Database
 from gateway.eventlog import EventLog, last_stored_event_id
 from gateway.http.site import GatewaySite
@@ -44,6 +45,7 @@ class Gateway:
         self.tcp_port = None
         self.http_port = None
         self._dialers: list = []
+        self.buses: list[BusMaster] = []
         self._sweep = task.LoopingCall(self._sweep_once)
         self._sweep.clock = self.clock
 
@@ -62,6 +64,9 @@ class Gateway:
                 host, port = parse_host_port(entry["dial"])
                 dialer = TerminalDialer(self, entry["id"], entry["dial"])
                 self._dialers.append((dialer, self.reactor.connectTCP(host, port, dialer)))
+        self.buses = [BusMaster(self, parse_serial(entry)) for entry in self.config.serial]
+        for bus in self.buses:
+            bus.start()
         self._sweep.start(self.sweep_s, now=False)
 
     @defer.inlineCallbacks
@@ -76,6 +81,7 @@ class Gateway:
             yield self.tcp_port.stopListening()
         if self.http_port is not None:
             yield self.http_port.stopListening()
+        yield defer.gatherResults([bus.stop() for bus in self.buses])
         for term in self.registry.online():
             term.session.close("gateway stopping")
         self.db.stop()

@@ -7,6 +7,7 @@ from twisted.internet import reactor, task
 
 from gateway.config import ConfigError, parse_host_port
 from gateway.run import start_logging
+from simulator import bus
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simulator", description="Simulated access-control terminals speaking the gateway protocol.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_terminal_parser(sub)
+    bus.add_parser(sub)
     return parser
 
 
@@ -48,10 +50,13 @@ def run_terminal(args) -> int:
     return 0
 
 
+COMMANDS = {"terminal": run_terminal, "bus": bus.run}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_terminal(args)
+        return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2

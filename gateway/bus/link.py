@@ -1,0 +1,27 @@
+"""BusLink: one address on an RS-485 bus, as the link its TerminalSession talks through.
+
+The session cannot tell it from a TCP connection. What differs is underneath: a frame the
+session writes waits for the master's turn instead of going straight out, and pausing (the
+event log's backpressure) stops the polls that would bring more events.
+"""
+
+
+class BusLink:
+    def __init__(self, master, drop):
+        self._master = master
+        self._drop = drop
+        self.address = drop.address
+        self.description = f"rs485 {master.name} address {drop.address}"
+
+    def write(self, data: bytes) -> None:
+        self._master.queue(self, self._drop, data)
+
+    def close(self, reason: str) -> None:
+        self._master.link_closed(self, self._drop, reason)
+
+    def pause(self) -> None:
+        self._drop.paused = True
+
+    def resume(self) -> None:
+        self._drop.paused = False
+        self._master.wake()
