@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a gateway with simulated terminals and print the monitoring page's address")
     demo.add_argument("--db", metavar="URL", help="database URL (default: a fresh SQLite file)")
-    demo.add_argument("--terminals", type=int, default=4, metavar="N", help="simulated terminals (default 4)")
+    demo.add_argument("--terminals", type=int, default=4, metavar="N", help="simulated terminals on TCP (default 4)")
+    demo.add_argument("--bus-terminals", type=int, default=2, metavar="N", help="simulated terminals on an emulated RS-485 bus (default 2)")
     demo.add_argument("--tcp-port", type=int, default=4370, help="port the simulated terminals dial in to (default 4370)")
     demo.add_argument("--http-port", type=int, default=8080, help="port of the monitoring page and API (default 8080)")
     demo.add_argument("--interval", type=float, default=2.0, metavar="SEC", help="seconds between changes at terminals (default 2)")

@@ -1,4 +1,5 @@
-"""``gateway demo``: a gateway on SQLite with a few simulated terminals, showing sync as it happens.
+"""``gateway demo``: a gateway on SQLite with simulated terminals on TCP and on an emulated RS-485
+bus, showing sync as it happens.
 
 People are enrolled and edited at random terminals; the demo prints each change made at a
 terminal and each terminal that received it, beside the gateway's own log. It is the only place
@@ -15,17 +16,22 @@ from twisted.internet import reactor, task
 from gateway.config import GatewayConfig
 from gateway.run import start_logging
 from gateway.service import Gateway
+from simulator.bus import BusSimulation
 from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
 
 FIRST_ID = 101
+FIRST_BUS_ID = 201
+BUS_BAUD = 38400
+SECRET_PREFIX = "demo-secret-"
 
 
 class Demo:
-    def __init__(self, config: GatewayConfig, terminal_ids: list[int], interval_s: float, seed: int):
+    def __init__(self, config: GatewayConfig, bus: BusSimulation, interval_s: float, seed: int):
         self.gateway = Gateway(config, reactor)
-        self.terminals = {t["id"]: Terminal(t["id"], t["secret"]) for t in config.terminals if t["id"] in terminal_ids}
+        self.tcp_terminals = {t["id"]: Terminal(t["id"], t["secret"]) for t in config.terminals if t["id"] not in bus.drops}
+        self.terminals = {**self.tcp_terminals, **{tid: bus.terminal(tid) for tid in bus.drops}}
         self.people = People(seed)
         self.rng = random.Random(seed)
         self.interval_s = interval_s
@@ -37,6 +43,7 @@ class Demo:
         port = self.gateway.tcp_port.getHost().port
         for terminal in self.terminals.values():
             terminal.applied_listeners.append(self._applied(terminal.terminal_id))
+        for terminal in self.tcp_terminals.values():
             DialingTerminal(terminal, reactor, "127.0.0.1", port).start()
         task.LoopingCall(self.change_something).start(self.interval_s, now=False)
 
@@ -70,14 +77,17 @@ def _say(text: str) -> None:
     print(f">>> {text}", flush=True)
 
 
-def demo_config(db: str | None, terminals: int, tcp_port: int | None, http_port: int | None) -> GatewayConfig:
-    """Terminals 101, 102, ... with their secrets; without ``db``, a fresh SQLite file in ./demo/."""
+def demo_config(db: str | None, terminals: int, bus: BusSimulation, tcp_port: int | None, http_port: int | None) -> GatewayConfig:
+    """TCP terminals 101, 102, ... and the bus's terminals 201, 202, ... with their secrets;
+    without ``db``, a fresh SQLite file in ./demo/."""
     folder = Path("demo")
     folder.mkdir(exist_ok=True)
     if db is None:
         for old in folder.glob("gateway.db*"):
             old.unlink()
-    entries = [dict(id=FIRST_ID + n, secret=f"demo-secret-{FIRST_ID + n}", name=f"Demo door {n + 1}") for n in range(terminals)]
+    entries = [dict(id=FIRST_ID + n, secret=f"{SECRET_PREFIX}{FIRST_ID + n}", name=f"Demo door {n + 1}") for n in range(terminals)]
+    entries += [dict(id=tid, secret=f"{SECRET_PREFIX}{tid}", name=f"Demo bus reader {drop.terminal.address}")
+                for tid, drop in bus.drops.items()]
     return GatewayConfig.load(
         None,
         db=db or f"sqlite:///{folder / 'gateway.db'}",
@@ -86,19 +96,22 @@ def demo_config(db: str | None, terminals: int, tcp_port: int | None, http_port:
         http_port=http_port,
         api_token="demo-token",
         terminals=entries,
+        serial=[dict(device=bus.path, baud=BUS_BAUD, ids=list(bus.drops))],
     )
 
 
 def main(args) -> int:
-    config = demo_config(args.db, args.terminals, args.tcp_port, args.http_port)
-    demo = Demo(config, [t["id"] for t in config.terminals], interval_s=args.interval, seed=0)
+    bus = BusSimulation(reactor, BUS_BAUD, range(FIRST_BUS_ID, FIRST_BUS_ID + args.bus_terminals), secret_prefix=SECRET_PREFIX)
+    config = demo_config(args.db, args.terminals, bus, args.tcp_port, args.http_port)
+    demo = Demo(config, bus, interval_s=args.interval, seed=0)
     start_logging()
     try:
         demo.start()
     except Exception as exc:  # a port in use or an unreadable database is the user's to fix
         print(f"gateway demo: cannot start: {exc}", file=sys.stderr)
         return 1
-    _say(f"gateway on {config.db} with {len(demo.terminals)} simulated terminals; a change every {demo.interval_s:g} s")
+    _say(f"gateway on {config.db}: {len(demo.tcp_terminals)} simulated terminals on TCP, {len(bus.drops)} on an "
+         f"RS-485 bus at {BUS_BAUD} baud ({bus.path}); a change every {demo.interval_s:g} s")
     url = f"http://{config.http_host}:{demo.gateway.http_port.getHost().port}"
     _say(f"monitoring page: {url}/   (API token for writes: {config.api_token})")
     _say(f"in another shell: .venv/bin/gateway users list --url {url}   |   Ctrl-C stops the demo")

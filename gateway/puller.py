@@ -38,6 +38,7 @@ class Puller:
         self._busy: set[int] = set()
         self._failures: dict[int, int] = {}
         self._retry_timers: dict[int, object] = {}
+        self._stopped = False
 
     def want(self, terminal_id: int, user_ids) -> None:
         if user_ids:
@@ -94,6 +95,8 @@ class Puller:
 
     def _failed(self, failure, terminal_id: int, batch: list[str]) -> None:
         self._busy.discard(terminal_id)
+        if self._stopped:
+            return  # the gateway is stopping; owed pulls are durable and resume at the next start
         attempt = self._failures.get(terminal_id, 0)
         self._failures[terminal_id] = attempt + 1
         delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
@@ -118,6 +121,7 @@ class Puller:
         log.warn("could not read owed pulls: {e}", e=failure.getErrorMessage())
 
     def stop(self) -> None:
+        self._stopped = True
         for timer in self._retry_timers.values():
             if timer.active():
                 timer.cancel()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.schema import terminals, users
@@ -43,6 +44,10 @@ class Pusher:
         self._metrics = metrics
         self._busy: set[int] = set()
         self._again: set[int] = set()
+        # Cursor moves wait here while one commit runs; the next commit takes them all (group
+        # commit), so a storm costs one fsync per round of the writer, not one per terminal.
+        self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
+        self._moving_cursors = False
 
     def wake_all(self) -> None:
         for term in self._registry.online():
@@ -75,7 +80,9 @@ class Pusher:
         if deletes:
             sends.append(session.request(Command.DELETE_USERS, dict(user_ids=deletes)))
         d = defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
-        d.addCallback(self._acknowledged, term, entries[-1].change_seq)
+        # A short page held the whole feed at read time; changes committed since kick again (_again),
+        # so only a full page needs another read straight away.
+        d.addCallback(self._acknowledged, term, entries[-1].change_seq, len(entries) == self.scan_limit)
         return d
 
     def _chunks(self, puts: list[FeedEntry]):
@@ -89,7 +96,7 @@ class Pusher:
         if chunk:
             yield chunk
 
-    def _acknowledged(self, answers, term, cursor: int):
+    def _acknowledged(self, answers, term, cursor: int, more: bool):
         rows, applied = [], 0
         for answer in answers:
             for result in answer.results:
@@ -101,15 +108,38 @@ class Pusher:
                     status = UserStatus(result.status).name if result.status in UserStatus._value2member_map_ else result.status
                     rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}"))
         self._metrics.pushes.inc(applied)
-        d = self._db.write(advance_cursor, term.terminal_id, cursor, rows)
+        d = self._move_cursor(term.terminal_id, cursor, rows)
 
         def moved(_):
             term.cursor = max(term.cursor, cursor)
             if applied:
                 log.info("terminal {tid} applied {n} user changes (cursor {cursor})", tid=term.terminal_id, n=applied, cursor=cursor)
-            return True
+            return more
 
         return d.addCallback(moved)
+
+    def _move_cursor(self, terminal_id: int, cursor: int, rows: list[dict]) -> defer.Deferred:
+        d = defer.Deferred()
+        self._cursor_moves.append((terminal_id, cursor, rows, d))
+        if not self._moving_cursors:
+            self._commit_cursor_moves()
+        return d
+
+    def _commit_cursor_moves(self) -> None:
+        batch, self._cursor_moves = self._cursor_moves, []
+        self._moving_cursors = bool(batch)
+        if not batch:
+            return
+
+        def settle(result):
+            for *_, d in batch:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            self._commit_cursor_moves()
+
+        self._db.write(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
 
     def _round_done(self, result, terminal_id: int):
         self._busy.discard(terminal_id)
@@ -119,6 +149,8 @@ class Pusher:
             return None
         # A failed round leaves the cursor where it was; the next kick (a change, a reconnect,
         # the periodic sweep) tries again from there.
+        if result.check(defer.FirstError):
+            result = result.value.subFailure  # the request that failed, not gatherResults' wrapper
         log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
         self._metrics.failures.labels("push").inc()
         return None
@@ -132,6 +164,12 @@ def read_feed(conn, cursor: int, limit: int) -> list[FeedEntry]:
         .limit(limit)
     )
     return [FeedEntry(r[0], r[1], r[2], parse_groups(r[3]), r[4]) for r in conn.execute(stmt)]
+
+
+def advance_cursors(conn, moves: list[tuple[int, int, list[dict]]]) -> None:
+    """Several terminals' cursor moves, ``(terminal_id, cursor, monitor_rows)``, in one transaction."""
+    for terminal_id, cursor, monitor_rows in moves:
+        advance_cursor(conn, terminal_id, cursor, monitor_rows)
 
 
 def advance_cursor(conn, terminal_id: int, cursor: int, monitor_rows: list[dict]) -> None:

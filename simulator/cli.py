@@ -7,7 +7,7 @@ from twisted.internet import reactor, task
 
 from gateway.config import ConfigError, parse_host_port
 from gateway.run import start_logging
-from simulator import bus
+from simulator import bus, fleet
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simulator", description="Simulated access-control terminals speaking the gateway protocol.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_terminal_parser(sub)
+    fleet.add_parser(sub)
     bus.add_parser(sub)
     return parser
 
@@ -50,7 +51,7 @@ def run_terminal(args) -> int:
     return 0
 
 
-COMMANDS = {"terminal": run_terminal, "bus": bus.run}
+COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,14 @@ class Mix:
     groups: tuple[int, ...] = (1, 2, 3, 4)
 
 
+# Named mixes for the fleet's ``--mix``: records of about 1 kB, 2.5 kB (a typical site) and 10 kB.
+MIXES = {
+    "light": Mix(fingers=(1, 1), face_chance=0.0, photo_chance=0.0, cards=(1, 1)),
+    "typical": Mix(),
+    "heavy": Mix(fingers=(2, 4), face_chance=1.0, face_bytes=4 * 1024, photo_chance=0.5, cards=(2, 4)),
+}
+
+
 class People:
     def __init__(self, seed: int = 0, mix: Mix | None = None):
         self.rng = random.Random(seed)

@@ -5,7 +5,13 @@ terminal, and after the handshake streams the terminal's events in EVENTS batche
 ``batch_size`` events, at most ``window`` batches unacknowledged), forgetting events only when
 the gateway acknowledges them. What was not acknowledged is sent again on the next connection,
 from where the WELCOME says the gateway's durable log ends.
+
+``Faults`` makes a link misbehave the way field terminals do (a slow reader, line noise between
+frames); the load test's scenarios use it to show that one bad terminal does not hurt the others.
 """
+
+import random
+from dataclasses import dataclass
 
 from twisted.internet import protocol, task
 from twisted.logger import Logger
@@ -18,13 +24,31 @@ from protocol.messages import Command, build_body, parse_body
 log = Logger(namespace="simulator")
 
 
+@dataclass(frozen=True)
+class Faults:
+    """How a link misbehaves. The defaults are a healthy link."""
+
+    read_duty: float = 1.0  # share of each read period the link reads; the rest it leaves unread
+    read_period_s: float = 1.0
+    garbage_every_s: float = 0.0  # write a few random bytes between frames this often (0: never)
+    seed: int = 0
+
+    @property
+    def slow(self) -> bool:
+        return self.read_duty < 1.0
+
+
 class TerminalLink(protocol.Protocol):
     batch_size = 256
     window = 4
 
-    def __init__(self, terminal, on_established=None):
+    def __init__(self, terminal, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
         self.on_established = on_established
+        self.faults = faults or Faults()
+        self.garbage_sent = 0
+        self._rng = random.Random(f"{self.faults.seed}/{terminal.terminal_id}")
+        self._fault_timers: list[task.LoopingCall] = []
         self.decoder = StreamDecoder()
         self.established = False
         self.keepalive_s = 30
@@ -42,6 +66,8 @@ class TerminalLink(protocol.Protocol):
         self.terminal.link_lost()
         self._last_rx = self._last_tx = self.clock.seconds()
         self.factory.link = self
+        if self.faults.slow:
+            self._every(self.faults.read_period_s, self._read_slowly)
 
     def dataReceived(self, data: bytes):
         self._last_rx = self.clock.seconds()
@@ -59,6 +85,9 @@ class TerminalLink(protocol.Protocol):
         self.established = False
         if self._liveness is not None and self._liveness.running:
             self._liveness.stop()
+        for timer in self._fault_timers:
+            if timer.running:
+                timer.stop()
         _forget(self.terminal.listeners, self._event_logged)
         _forget(self.terminal.rewind_listeners, self._rewind)
         self.terminal.link_lost()
@@ -76,6 +105,9 @@ class TerminalLink(protocol.Protocol):
         self._liveness = task.LoopingCall(self._check_liveness)
         self._liveness.clock = self.clock
         self._liveness.start(max(keepalive_s / 3, 0.1), now=False)
+        if self.faults.garbage_every_s:
+            # Only after the handshake: before it, the gateway rightly drops a link that sends garbage.
+            self._every(self.faults.garbage_every_s, self._write_garbage)
         self.send_events()
         if self.on_established is not None:
             self.on_established(self)
@@ -131,6 +163,30 @@ class TerminalLink(protocol.Protocol):
         elif now - self._last_tx >= self.keepalive_s:
             self._request(Command.KEEPALIVE, {})
 
+    # -- faults ------------------------------------------------------------------------------
+
+    def _every(self, period_s: float, action) -> None:
+        timer = task.LoopingCall(action)
+        timer.clock = self.clock
+        timer.start(period_s, now=False)
+        self._fault_timers.append(timer)
+
+    def _read_slowly(self) -> None:
+        """Stop reading for the idle part of each period, so the gateway's sends back up."""
+        self.transport.pauseProducing()
+        idle_s = self.faults.read_period_s * (1 - self.faults.read_duty)
+        self.clock.callLater(idle_s, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.transport.connected:
+            self.transport.resumeProducing()
+
+    def _write_garbage(self) -> None:
+        """Line noise: a few random bytes, written between two whole frames."""
+        noise = self._rng.randbytes(self._rng.randint(1, 64))
+        self.garbage_sent += 1
+        self.transport.write(noise)
+
 
 def _forget(listeners: list, listener) -> None:
     if listener in listeners:
@@ -152,12 +208,13 @@ class DialingTerminal(protocol.ReconnectingClientFactory):
     maxDelay = 5.0
     factor = 2.0
 
-    def __init__(self, terminal, reactor, host: str, port: int, on_established=None):
+    def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
         self.reactor = reactor
         self.clock = reactor
         self.host, self.port = host, port
         self.on_established = on_established
+        self.faults = faults
         self.link: TerminalLink | None = None
         self.connector = None
 
@@ -167,7 +224,7 @@ class DialingTerminal(protocol.ReconnectingClientFactory):
 
     def buildProtocol(self, addr):
         self.resetDelay()
-        link = TerminalLink(self.terminal, self.on_established)
+        link = TerminalLink(self.terminal, self.on_established, self.faults)
         link.factory = self
         return link
 
@@ -180,21 +237,43 @@ class DialingTerminal(protocol.ReconnectingClientFactory):
     def come_back(self) -> None:
         self.continueTrying = True
         self.resetDelay()
-        self.connector.connect()
+        if self.connector.state == "disconnected":
+            self.connector.connect()
+        # Otherwise the old link is still closing; its connectionLost redials now that we try again.
 
 
 class ListeningTerminal(protocol.Factory):
     """A terminal the gateway dials out to. A new connection replaces the one before it."""
 
-    def __init__(self, terminal, reactor, on_established=None):
+    def __init__(self, terminal, reactor, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
         self.reactor = reactor
         self.on_established = on_established
+        self.faults = faults
         self.link: TerminalLink | None = None
+        self.port_number: int | None = None
+        self._listening = None
+        self._closed = None  # fires once the port is released after go_offline
+
+    def listen(self, port: int, interface: str = "") -> "ListeningTerminal":
+        self._listening = self.reactor.listenTCP(port, self, interface=interface)
+        self.port_number, self._interface = self._listening.getHost().port, interface
+        return self
 
     def buildProtocol(self, addr):
         if self.link is not None:
             self.link.transport.loseConnection()
-        link = TerminalLink(self.terminal, self.on_established)
+        link = TerminalLink(self.terminal, self.on_established, self.faults)
         link.factory = self
         return link
+
+    def go_offline(self) -> None:
+        """Unplug the network cable: drop the link and stop answering the gateway's calls."""
+        if self._listening is not None:
+            self._closed = self._listening.stopListening()
+            self._listening = None
+        if self.link is not None:
+            self.link.transport.abortConnection()
+
+    def come_back(self) -> None:
+        self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface))

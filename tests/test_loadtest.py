@@ -1,0 +1,105 @@
+"""The load-test harness on a small fleet: it passes when the fleet converged, and its checks catch
+a terminal that silently lost a record, an event the server never stored, and a lost update.
+
+Each run starts a real gateway process and two fleet worker processes for a few seconds.
+"""
+
+import base64
+import json
+
+import pytest
+from sqlalchemy import create_engine
+
+from protocol.records import UserRecordWire
+from simulator.people import People
+from tools.loadtest import convergence
+from tools.loadtest.harness import main
+
+SMALL = ["--devices", "4", "--workers", "2", "--scenario", "enroll-storm", "--rate", "8", "--duration", "3",
+         "--baseline-rows", "2000", "--sink-seconds", "0.3", "--drain-timeout", "30"]
+
+
+def run_harness(folder, *extra) -> tuple[int, dict]:
+    report_path = folder / "report.json"
+    code = main([*SMALL, "--run-dir", str(folder / "run"), "--json", str(report_path), *extra])
+    return code, json.loads(report_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loadtest")
+    return folder, *run_harness(folder)
+
+
+def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
+    _, code, report = converged
+    assert code == 0, report["problems"]
+    assert report["ok"] and report["settled"]
+    for key in ("devices", "duration_s", "events_per_s", "user_deliveries_per_s", "propagation_ms", "api_ms",
+                "gateway_cpu_s", "gateway_peak_rss_mb", "lost_events", "duplicate_events", "lost_updates",
+                "diverged_terminals", "baselines", "ingest_vs_raw_insert", "deliveries_vs_bare_sink"):
+        assert key in report
+    assert report["devices"] == 4 and report["workers"] == 2
+    assert report["enrolled"] > 0 and report["propagation_incomplete"] == 0
+    assert set(report["propagation_ms"]) == {"p50", "p95", "p99", "max"}
+    assert report["events_stored"] >= report["enrolled"] * 4  # an enrolment, and three applications elsewhere
+    assert report["api_ms"] is not None or report["api_ms_reason"]
+    assert report["baselines"]["raw_insert"]["rows_per_s"] > 0 and report["baselines"]["bare_sink"]["frames_per_s"] > 0
+
+
+def check_doctored(folder, doctor) -> convergence.Convergence:
+    """The convergence check on the converged run's database, after ``doctor`` changed one dump."""
+    dump_path = folder / "run" / "dump" / "terminal-2.json"
+    original = dump_path.read_text()
+    dump = json.loads(original)
+    doctor(dump)
+    dump_path.write_text(json.dumps(dump))
+    engine = create_engine(f"sqlite:///{folder / 'run' / 'gateway.db'}")
+    try:
+        return convergence.check(engine, folder / "run" / "dump", [1, 2, 3, 4])
+    finally:
+        engine.dispose()
+        dump_path.write_text(original)
+
+
+def test_the_undoctored_dumps_pass_the_check(converged):
+    assert check_doctored(converged[0], lambda dump: None).ok
+
+
+def test_a_terminal_missing_a_user_is_diverged(converged):
+    result = check_doctored(converged[0], lambda dump: dump["users"].pop(min(dump["users"])))
+    assert (result.diverged_terminals, result.missing_deliveries, result.lost_events) == (1, 1, 0)
+    assert not result.ok
+
+
+def test_a_terminal_holding_another_version_is_diverged(converged):
+    def doctor(dump):
+        dump["users"][min(dump["users"])]["digest"] = "00" * 8
+
+    result = check_doctored(converged[0], doctor)
+    assert (result.diverged_terminals, result.stale_records) == (1, 1)
+
+
+def test_an_event_the_server_never_stored_is_lost(converged):
+    def doctor(dump):
+        dump["last_event_id"] += 1
+
+    result = check_doctored(converged[0], doctor)
+    assert (result.lost_events, result.diverged_terminals) == (1, 0)
+
+
+def test_a_change_made_at_a_terminal_that_the_server_lacks_is_a_lost_update(converged):
+    def doctor(dump):
+        record = People(99).person("never-pulled")
+        dump["changed_here"]["never-pulled"] = base64.b64encode(UserRecordWire.build(record)).decode()
+
+    result = check_doctored(converged[0], doctor)
+    assert result.lost_updates == 1
+
+
+def test_the_harness_fails_when_a_terminal_drops_a_record(tmp_path):
+    code, report = run_harness(tmp_path, "--drop-one")
+    assert code == 1 and not report["ok"]
+    assert report["dropped_on_purpose"] is not None
+    assert report["diverged_terminals"] == 1 and report["missing_deliveries"] == 1
+    assert report["lost_events"] == 0 and report["lost_updates"] == 0

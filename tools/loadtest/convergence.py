@@ -1,0 +1,141 @@
+"""The convergence check: the fleet's dumped user stores and logs against the server database.
+
+It trusts neither the gateway's monitoring nor its cursors: it reads what the terminals said
+they hold and produced (``simulator fleet --dump``) and what the server stored.
+
+- An event is lost when a terminal produced it (ids 1..last_event_id) and the events table has
+  no row for (terminal, id); duplicated when it has more than one.
+- A terminal diverged when it lacks a user the server holds (unless it was deleted at that
+  terminal and not changed since), holds a version whose digest differs from the server's, or
+  holds a user the server does not know.
+- An update made at a terminal is lost when the server lacks the user, or when merging that
+  terminal's last version into the server's record would still change it: the server wins on
+  fields it has, so a surviving change is one the merge has nothing left to take from.
+"""
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from gateway.merge import merge_vacant_fields
+from gateway.schema import events, users
+from protocol.records import UserRecordWire
+
+MAX_EXAMPLES = 10
+
+
+@dataclass
+class Convergence:
+    terminals: int = 0
+    events_produced: int = 0
+    events_stored: int = 0
+    lost_events: int = 0
+    duplicate_events: int = 0
+    unexpected_events: int = 0  # stored with an id the terminal never produced
+    server_users: int = 0
+    lost_updates: int = 0
+    missing_deliveries: int = 0  # (terminal, user) pairs the terminal should hold and does not
+    stale_records: int = 0  # (terminal, user) pairs held in a version the server does not have
+    diverged_terminals: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost_events or self.duplicate_events or self.unexpected_events or self.lost_updates
+                    or self.diverged_terminals)
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(text)
+
+
+def load_dumps(dump_dir: Path) -> dict[int, dict]:
+    dumps = {}
+    for path in sorted(dump_dir.glob("terminal-*.json")):
+        dump = json.loads(path.read_text())
+        dumps[dump["terminal_id"]] = dump
+    return dumps
+
+
+def check(engine: Engine, dump_dir: Path, terminal_ids: list[int]) -> Convergence:
+    dumps = load_dumps(dump_dir)
+    result = Convergence(terminals=len(terminal_ids))
+    with engine.connect() as conn:
+        _check_events(conn, dumps, terminal_ids, result)
+        server = {
+            user_id: UserRecordWire.parse(blob)
+            for user_id, blob in conn.execute(select(users.c.user_id, users.c.record).where(users.c.record.is_not(None)))
+        }
+    result.server_users = len(server)
+    digests = {user_id: record.digest().hex() for user_id, record in server.items()}
+    for terminal_id in terminal_ids:
+        dump = dumps.get(terminal_id)
+        if dump is None:
+            result.diverged_terminals += 1
+            result.note(f"terminal {terminal_id}: no dump")
+            continue
+        if not _holds_the_servers_users(dump, digests, result):
+            result.diverged_terminals += 1
+        _check_changes_made_here(dump, server, result)
+    return result
+
+
+def _check_events(conn, dumps: dict[int, dict], terminal_ids: list[int], result: Convergence) -> None:
+    c = events.c
+    stored = {
+        row.terminal_id: row
+        for row in conn.execute(
+            select(c.terminal_id, func.count().label("rows"), func.count(c.terminal_event_id.distinct()).label("ids"),
+                   func.max(c.terminal_event_id).label("highest"))
+            .where(c.terminal_event_id.is_not(None))
+            .group_by(c.terminal_id)
+        )
+    }
+    for terminal_id in terminal_ids:
+        last = dumps.get(terminal_id, {}).get("last_event_id", 0)
+        row = stored.get(terminal_id)
+        rows, ids, highest = (row.rows, row.ids, row.highest) if row else (0, 0, 0)
+        unexpected = 0
+        if highest > last:
+            unexpected = conn.execute(
+                select(func.count(c.terminal_event_id.distinct()))
+                .where(c.terminal_id == terminal_id, c.terminal_event_id > last)
+            ).scalar()
+        lost = last - (ids - unexpected)
+        result.events_produced += last
+        result.events_stored += rows
+        result.duplicate_events += rows - ids
+        result.unexpected_events += unexpected
+        result.lost_events += lost
+        if lost:
+            result.note(f"terminal {terminal_id}: {lost} of its {last} events are not stored")
+        if unexpected:
+            result.note(f"terminal {terminal_id}: {unexpected} stored events have ids above the last it produced ({last})")
+
+
+def _holds_the_servers_users(dump: dict, digests: dict[str, str], result: Convergence) -> bool:
+    terminal_id, held = dump["terminal_id"], dump["users"]
+    expected = set(digests) - set(dump["deleted_here"])
+    missing = expected - set(held)
+    stale = [u for u, entry in held.items() if digests.get(u) != entry["digest"]]
+    result.missing_deliveries += len(missing)
+    result.stale_records += len(stale)
+    for user_id in sorted(missing)[:2]:
+        result.note(f"terminal {terminal_id} lacks user {user_id}")
+    for user_id in stale[:2]:
+        what = "a version the server does not have" if user_id in digests else "a user the server does not know"
+        result.note(f"terminal {terminal_id} holds {what}: {user_id}")
+    return not missing and not stale
+
+
+def _check_changes_made_here(dump: dict, server: dict, result: Convergence) -> None:
+    for user_id, encoded in dump["changed_here"].items():
+        local = UserRecordWire.parse(base64.b64decode(encoded))
+        kept = server.get(user_id)
+        if kept is None or merge_vacant_fields(kept, local) != kept:
+            result.lost_updates += 1
+            result.note(f"terminal {dump['terminal_id']}: its change of user {user_id} did not reach the server")

@@ -1,0 +1,253 @@
+"""gateway-loadtest: start a gateway, measure its yardsticks, load it with a fleet, check, report.
+
+Order of a run: the baselines (raw batched insert, bare sink) while nothing else runs; the
+gateway process; the fleet connects (idle memory and idle API latency are taken then); the
+scenario runs while a thread times API requests; the fleet settles (the gateway's database says
+every pull is merged and every terminal's cursor is at the last change); the fleet dumps its
+terminals; the gateway stops; the convergence check compares dumps and database.
+"""
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+
+from gateway.schema import counters, events, pending_pulls, terminals
+from gateway.users import CHANGE_SEQ
+from simulator.fleet import (
+    Fleet,
+    FleetError,
+    FleetSpec,
+    Progress,
+    add_fleet_arguments,
+    percentiles,
+    progress_line,
+    propagation_figures,
+    spec_from_args,
+)
+from tools.loadtest import baselines, convergence, report as reporting
+from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
+from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, dialling_config, free_port
+
+SECRET = "loadtest-secret"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway-loadtest",
+        description="Load a gateway with a simulated fleet, check that nothing was lost, report (docs/loadtest.md).",
+    )
+    add_fleet_arguments(p)
+    p.add_argument("--db", metavar="URL", help="an empty database for the gateway (default: SQLite in the run folder)")
+    p.add_argument("--listen", action="store_true", help="terminals listen and the gateway dials out to each")
+    p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
+    p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")
+    p.add_argument("--sink-seconds", type=float, default=2.0, metavar="SEC", help="length of the bare sink baseline")
+    p.add_argument("--drain-timeout", type=float, default=120.0, metavar="SEC",
+                   help="longest wait for the fleet to settle after the load (default 120)")
+    p.add_argument("--run-dir", metavar="DIR", help="folder for the database, dumps and logs (default: a new temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary run folder even on success")
+    return p
+
+
+class Bar:
+    """A one-line progress bar on a terminal; a line every ten seconds otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        if self.tty:
+            share = min(1.0, p.elapsed_s / p.duration_s) if p.state != "connecting" else p.online / p.devices
+            bar = "#" * int(share * 20)
+            self.stream.write(f"\r[{bar:<20}] {progress_line(p)}\033[K")
+            self.stream.flush()
+        elif time.time() - self._last >= 10:
+            self._last = time.time()
+            print(progress_line(p), file=self.stream)
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def caught_up(engine: Engine, terminal_ids: list[int]) -> bool:
+    """The gateway's own database says it is done: no pull owed, every cursor at the last change."""
+    with engine.connect() as conn:
+        if conn.execute(select(func.count()).select_from(pending_pulls)).scalar():
+            return False
+        last = conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
+        behind = select(func.count()).where(terminals.c.terminal_id.in_(terminal_ids), terminals.c.cursor < last)
+        return conn.execute(behind).scalar() == 0
+
+
+def ingest(engine: Engine, started_ms: float) -> dict:
+    """Terminal events stored since the load started, and over how long they arrived."""
+    c = events.c
+    with engine.connect() as conn:
+        count, last_ms = conn.execute(
+            select(func.count(), func.max(c.recorded_ms)).where(c.terminal_event_id.is_not(None), c.recorded_ms >= started_ms)
+        ).one()
+    window = (last_ms - started_ms) / 1000 if last_ms else None
+    return dict(events=count, window_s=window, per_s=count / window if window else None)
+
+
+class LoadTest:
+    def __init__(self, args, run_dir: Path):
+        self.args = args
+        self.run_dir = run_dir
+        self.db_url = args.db or f"sqlite:///{run_dir / 'gateway.db'}"
+        listen = free_port() if args.listen else 0
+        self.spec: FleetSpec = spec_from_args(args, listen=listen, secret=SECRET, dump=str(run_dir / "dump"),
+                                              drain_timeout=args.drain_timeout)
+
+    def run(self) -> dict:
+        args, spec = self.args, self.spec
+        print(f"run folder {self.run_dir}", file=sys.stderr)
+        print("baselines: raw batched insert, bare sink ...", file=sys.stderr)
+        base = dict(raw_insert=baselines.raw_insert(self.db_url, self.run_dir, args.baseline_rows),
+                    bare_sink=baselines.bare_sink(spec.mix, args.sink_seconds))
+        config = dialling_config(self.run_dir / "gateway.toml", spec.terminal_ids, SECRET, spec.listen) if spec.listen else None
+        gateway = GatewayProcess(self.run_dir, self.db_url, secret=SECRET, config_file=config)
+        engine = create_engine(self.db_url)
+        try:
+            gateway.start()
+            self._require_empty(engine)
+            spec.gateway = f"127.0.0.1:{gateway.tcp_port}"
+            figures = self._load(gateway, engine)
+        finally:
+            gateway.stop()
+        checked = convergence.check(engine, Path(spec.dump), spec.terminal_ids)
+        ingested = ingest(engine, self.fleet.started_ms)
+        engine.dispose()
+        return self._report(base, figures, checked, ingested)
+
+    def _require_empty(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            if conn.execute(select(func.count()).select_from(events)).scalar():
+                raise GatewayFailed("the load test needs an empty database: its events table has rows")
+
+    def _load(self, gateway: GatewayProcess, engine: Engine):
+        figures = dict(rss_empty_mb=gateway.memory_mb())
+        self.probe = probe = ApiProbe(gateway.http_port)
+        figures["api_reason"] = probe.unavailable_reason()
+
+        def ready():
+            figures["rss_ready_mb"] = gateway.memory_mb()
+            if figures["api_reason"] is None:
+                figures["api_idle"] = probe.sample(30)
+                probe.start()
+            figures["cpu_ready_s"] = gateway.cpu_s()
+
+        bar = Bar()
+        with open(self.run_dir / "fleet.log", "ab") as log:
+            try:
+                self.fleet = Fleet(self.spec, log_file=log).run(
+                    on_progress=bar, on_ready=ready, settled=lambda: caught_up(engine, self.spec.terminal_ids))
+            finally:
+                bar.done()
+                probe.stop()
+        figures["cpu_load_s"] = gateway.cpu_s() - figures["cpu_ready_s"]
+        figures["peak_rss_mb"] = gateway.memory_mb("VmHWM")
+        return figures
+
+    def _report(self, base: dict, figures: dict, checked, ingested: dict) -> dict:
+        spec, fleet, probe = self.spec, self.fleet, self.probe
+        steady, incomplete = propagation_figures(fleet.propagation)
+        everyone, incomplete_all = propagation_figures(fleet.propagation, steady=False)
+        delivery_window = (fleet.last_delivery_ms - fleet.started_ms) / 1000
+        deliveries_per_s = fleet.deliveries / delivery_window if fleet.deliveries and delivery_window > 0 else None
+        api = None
+        if figures["api_reason"] is None:
+            idle = percentiles(figures["api_idle"])
+            loaded = percentiles([ms for _, ms in probe.loaded]) or {}
+            api = dict(p50=loaded.get("p50"), p99=loaded.get("p99"), idle_p50=idle["p50"], idle_p99=idle["p99"],
+                       samples=len(probe.loaded), failures=len(probe.failures), path="/api/terminals")
+            api = {k: round(v, 1) if isinstance(v, float) else v for k, v in api.items()}
+        report = dict(
+            devices=spec.devices,
+            workers=fleet.workers,
+            scenario=spec.scenario,
+            seed=spec.seed,
+            rate=spec.effective_rate,
+            mix=spec.mix,
+            database=self.db_url.split(":", 1)[0].split("+")[0],
+            duration_s=spec.duration,
+            settled=fleet.settled,
+            settle_s=fleet.settle_s,
+            events_stored=ingested["events"],
+            events_per_s=_round(ingested["per_s"]),
+            user_deliveries=fleet.deliveries,
+            user_deliveries_per_s=_round(deliveries_per_s),
+            enrolled=len(fleet.propagation),
+            propagation_ms=steady,
+            propagation_incomplete=incomplete,
+            propagation_all_ms=everyone,
+            propagation_all_incomplete=incomplete_all,
+            steady_terminals=fleet.steady,
+            api_ms=api,
+            api_ms_reason=figures["api_reason"],
+            gateway_cpu_s=round(figures["cpu_load_s"], 2),
+            fleet_cpu_s=fleet.cpu_s,
+            gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
+            gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
+            lost_events=checked.lost_events,
+            duplicate_events=checked.duplicate_events,
+            unexpected_events=checked.unexpected_events,
+            lost_updates=checked.lost_updates,
+            diverged_terminals=checked.diverged_terminals,
+            missing_deliveries=checked.missing_deliveries,
+            stale_records=checked.stale_records,
+            server_users=checked.server_users,
+            dropped_on_purpose=fleet.dropped,
+            garbage_writes=fleet.garbage_sent,
+            baselines=base,
+            ingest_vs_raw_insert=reporting.ratio(ingested["per_s"], base["raw_insert"]["rows_per_s"]),
+            deliveries_vs_bare_sink=reporting.ratio(deliveries_per_s, base["bare_sink"]["frames_per_s"]),
+            problems=checked.examples,
+            run_folder=str(self.run_dir),
+        )
+        report["ok"] = checked.ok and fleet.settled
+        return report
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before a long run, not after it
+        print(f"gateway-loadtest: {reporting.PLOT_HINT}", file=sys.stderr)
+        return 2
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix="gateway-loadtest-"))
+    test = LoadTest(args, run_dir)
+    try:
+        report = test.run()
+    except (FleetError, GatewayFailed, ApiUnavailable) as exc:
+        print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 1
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        reporting.plot(args.plot, test.fleet.propagation, test.probe.loaded, test.fleet.started_ms)
+    print(reporting.table(report))
+    print(f"report written to {args.json}" + (f", plot to {args.plot}" if args.plot else ""))
+    if report["ok"] and not (args.keep or args.run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        print(f"run folder kept: {run_dir}")
+    return 0 if report["ok"] else 1
