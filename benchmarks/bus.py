@@ -86,7 +86,7 @@ def measure(reactor, baud: int, devices: int, backlog_line_s: float, folder: str
     finally:
         yield gateway.stop()
         sim.stop()
-    frame_bytes = OVERHEAD + len(UserRecordWire.build(person)) + 1  # a PUT_USERS (or GET_USERS answer) of one user
+    frame_bytes = OVERHEAD + len(UserRecordWire.build(person)) + 2  # a PUT_USERS (or GET_USERS answer) of one user
     return dict(
         baud=baud,
         line_bytes_per_s=line_bytes_per_s,

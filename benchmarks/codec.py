@@ -110,7 +110,7 @@ def run(quick: bool) -> dict:
         "quick": quick,
         **header_parse(quick),
         **frame_codec("event_batch_256", Command.EVENTS, {"events": event_batch()}, quick),
-        **frame_codec("user_record_two_fingers", Command.PUT_USERS, {"users": [user_with_two_fingers()]}, quick),
+        **frame_codec("user_record_two_fingers", Command.PUT_USERS, {"keep_local_changes": False, "users": [user_with_two_fingers()]}, quick),
     }
 
 

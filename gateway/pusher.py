@@ -33,8 +33,7 @@ class FeedEntry:
 
 class Pusher:
     scan_limit = 256  # feed rows read per round
-    batch_users = 64  # users per PUT_USERS
-    batch_bytes = MAX_PAYLOAD - 1024
+    batch_users = 64  # users per PUT_USERS or DELETE_USERS
 
     def __init__(self, db, registry, settings, clock, metrics):
         self._db = db
@@ -74,27 +73,20 @@ class Pusher:
             e for e in entries
             if e.holder_terminal != term.terminal_id and mode.targets(e.access_groups, term.access_groups)
         ]
-        puts = [e for e in due if e.record is not None]
+        puts = [e.record for e in due if e.record is not None]
         deletes = [e.user_id for e in due if e.record is None]
-        sends = [session.request(Command.PUT_USERS, payload=put_users_payload([e.record for e in chunk])) for chunk in self._chunks(puts)]
-        if deletes:
-            sends.append(session.request(Command.DELETE_USERS, dict(user_ids=deletes)))
+        # Where device updates are pulled, a terminal keeps a keypad change not fetched yet: the
+        # pull merges it and the merged record comes back, so neither side's change is lost.
+        keep_local = mode.pulls_device_updates
+        limit = min(session.link.request_bytes, MAX_PAYLOAD) - 2
+        sends = [session.request(Command.PUT_USERS, payload=put_users_payload(chunk, keep_local)) for chunk in request_chunks(puts, limit, self.batch_users)]
+        sends += [session.request(Command.DELETE_USERS, dict(user_ids=deletes[i:i + self.batch_users]))
+                  for i in range(0, len(deletes), self.batch_users)]
         d = defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
         # A short page held the whole feed at read time; changes committed since kick again (_again),
         # so only a full page needs another read straight away.
         d.addCallback(self._acknowledged, term, entries[-1].change_seq, len(entries) == self.scan_limit)
         return d
-
-    def _chunks(self, puts: list[FeedEntry]):
-        chunk, size = [], 1
-        for entry in puts:
-            if chunk and (len(chunk) == self.batch_users or size + len(entry.record) > self.batch_bytes):
-                yield chunk
-                chunk, size = [], 1
-            chunk.append(entry)
-            size += len(entry.record)
-        if chunk:
-            yield chunk
 
     def _acknowledged(self, answers, term, cursor: int, more: bool):
         rows, applied = [], 0
@@ -103,6 +95,9 @@ class Pusher:
                 if result.status == UserStatus.OK:
                     applied += 1
                     rows.append(sync_event_row(APPLIED_BY_DEVICE, term.terminal_id, result.user_id))
+                elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
+                    log.info("terminal {tid} keeps its own change of user {user} until it is pulled and merged",
+                             tid=term.terminal_id, user=result.user_id)
                 else:
                     self._metrics.failures.labels("push_refused").inc()
                     status = UserStatus(result.status).name if result.status in UserStatus._value2member_map_ else result.status
@@ -154,6 +149,20 @@ class Pusher:
         log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
         self._metrics.failures.labels("push").inc()
         return None
+
+
+def request_chunks(records: list[bytes], limit: int, max_users: int):
+    """Encoded records in groups of at most ``max_users`` and ``limit`` bytes (a record longer
+    than the limit goes alone)."""
+    chunk, size = [], 0
+    for record in records:
+        if chunk and (len(chunk) == max_users or size + len(record) > limit):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(record)
+        size += len(record)
+    if chunk:
+        yield chunk
 
 
 def read_feed(conn, cursor: int, limit: int) -> list[FeedEntry]:

@@ -4,7 +4,8 @@ It does the handshake (challenge-response, admission), numbers requests and matc
 answers with timeouts, keeps a bounded window of outstanding requests, answers keepalives and
 closes a link whose peer went silent. It does not know whether its link is a TCP connection or
 an address on an RS-485 bus: a link is anything with ``write``, ``close``, ``pause``,
-``resume``, ``address`` and ``description``.
+``resume``, ``address``, ``description`` and ``request_bytes`` (how big a request to the
+terminal may be).
 """
 
 from collections import deque

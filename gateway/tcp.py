@@ -9,13 +9,14 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from gateway.session import TerminalSession
-from protocol import Frame, StreamDecoder
+from protocol import MAX_PAYLOAD, Frame, StreamDecoder
 
 log = Logger(namespace="gateway.tcp")
 
 
 class TcpLink(protocol.Protocol):
     address = 0  # no bus address on TCP
+    request_bytes = MAX_PAYLOAD  # how big one request to the terminal may be
 
     def __init__(self, gateway, expected_terminal_id: int | None = None):
         self.gateway = gateway

@@ -241,6 +241,7 @@ _MESSAGE_FIELDS = {
     "firmware": _TEXT,
     "after_user_id": _TEXT,
     "more": _BOOL,
+    "keep_local_changes": _BOOL,
     "events": _ListOf(_EVENT),
     "users": _ListOf(_USER_RECORD),
     "user_ids": _ListOf(_TEXT),

@@ -52,6 +52,7 @@ class UserStatus(IntEnum):
     NOT_FOUND = 1
     INVALID = 2
     STORAGE_FULL = 3
+    LOCAL_CHANGE_PENDING = 4  # kept the terminal's copy: changed at the keypad, not fetched yet
 
 
 def _body(*fields) -> Construct:
@@ -75,7 +76,7 @@ REQUESTS: dict[Command, Construct] = {
     Command.EVENTS: EventBatch,
     Command.REQUEST_EVENTS: _body("after_event_id" / Int64ub),
     Command.GET_USERS: UserIds,
-    Command.PUT_USERS: _body("users" / PrefixedArray(Int8ub, UserRecordWire)),
+    Command.PUT_USERS: _body("keep_local_changes" / Flag, "users" / PrefixedArray(Int8ub, UserRecordWire)),
     Command.DELETE_USERS: UserIds,
     Command.LIST_USERS: _body("after_user_id" / UserId, "limit" / Int16ub),
 }
@@ -182,12 +183,13 @@ def _reason(exc: Exception) -> str:
     return ": ".join(lines) if lines else type(exc).__name__
 
 
-def put_users_payload(encoded_records: list[bytes]) -> bytes:
+def put_users_payload(encoded_records: list[bytes], keep_local_changes: bool) -> bytes:
     """PUT_USERS request payload from records already in their wire encoding.
 
-    Equal to ``build_body(Command.PUT_USERS, False, {"users": records})``; the gateway stores
-    records encoded, so a push is a concatenation rather than a decode and re-encode.
+    Equal to ``build_body(Command.PUT_USERS, False, {"keep_local_changes": ..., "users": records})``;
+    the gateway stores records encoded, so a push is a concatenation rather than a decode and
+    re-encode.
     """
     if len(encoded_records) > 255:
         raise MessageError(f"PUT_USERS carries at most 255 users, got {len(encoded_records)}")
-    return bytes([len(encoded_records)]) + b"".join(encoded_records)
+    return bytes([int(keep_local_changes), len(encoded_records)]) + b"".join(encoded_records)

@@ -43,6 +43,7 @@ class Terminal:
         self.clock = clock
         self.clock_offset_ms = 0
         self.users: dict[str, UserRecord] = {}
+        self.changed_locally: set[str] = set()  # keypad changes the gateway has not fetched yet
         self.log: deque[Event] = deque()  # events the gateway has not acknowledged yet, oldest first
         self.next_event_id = 1
         self.acked_through = 0
@@ -60,16 +61,19 @@ class Terminal:
         record.validate()
         code = EventCode.UPDATE_SUCCESS if record.user_id in self.users else EventCode.ENROLL_SUCCESS
         self.users[record.user_id] = record
+        self.changed_locally.add(record.user_id)
         return self.log_event(code, Origin.DEVICE, record.user_id)
 
     def edit(self, user_id: str, **fields) -> Event:
         """Change some fields of a user held here, as an operator editing at the keypad would."""
         record = replace(self.users[user_id], **fields).validate()
         self.users[user_id] = record
+        self.changed_locally.add(user_id)
         return self.log_event(EventCode.UPDATE_SUCCESS, Origin.DEVICE, user_id)
 
     def delete(self, user_id: str) -> Event:
         del self.users[user_id]
+        self.changed_locally.discard(user_id)
         return self.log_event(EventCode.DELETE_SUCCESS, Origin.DEVICE, user_id)
 
     def verify(self, user_id: str, credential: Credential = Credential.CARD) -> Event:
@@ -185,6 +189,7 @@ class Terminal:
                 if room < 0:
                     break
                 found.append(self.users[user_id])
+        self.changed_locally.difference_update(r.user_id for r in found)
         return response(frame, dict(users=found, missing=missing))
 
     def _put_users(self, frame: Frame, body) -> bytes:
@@ -198,6 +203,10 @@ class Terminal:
             if record.user_id not in self.users and len(self.users) >= self.max_users:
                 results.append(dict(user_id=record.user_id, status=UserStatus.STORAGE_FULL))
                 continue
+            if body.keep_local_changes and record.user_id in self.changed_locally:
+                results.append(dict(user_id=record.user_id, status=UserStatus.LOCAL_CHANGE_PENDING))
+                continue
+            self.changed_locally.discard(record.user_id)
             code = EventCode.UPDATE_SUCCESS if record.user_id in self.users else EventCode.ENROLL_SUCCESS
             self.users[record.user_id] = record
             self.log_event(code, Origin.SERVER, record.user_id)

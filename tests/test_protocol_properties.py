@@ -80,6 +80,7 @@ FIELD_VALUES = {
     "text": st.text(max_size=40),
     "more": st.booleans(),
     "events": st.lists(events, max_size=4),
+    "keep_local_changes": st.booleans(),
     "users": st.lists(records, max_size=2),
     "user_ids": st.lists(user_ids, max_size=4),
     "missing": st.lists(user_ids, max_size=4),

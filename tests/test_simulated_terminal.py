@@ -60,12 +60,36 @@ def test_welcome_sets_the_clock_and_forgets_acknowledged_events():
 def test_put_users_applies_records_and_logs_server_origin_events():
     terminal = authenticated()
     person = People(seed=1).person("p1")
-    _, body = ask(terminal, Command.PUT_USERS, dict(users=[person]))
+    _, body = ask(terminal, Command.PUT_USERS, dict(keep_local_changes=True, users=[person]))
     assert [(r.user_id, r.status) for r in body.results] == [("p1", UserStatus.OK)]
     assert terminal.users["p1"] == person
     event = terminal.log[-1]
     assert (event.code, event.sub_code, event.user_id) == (EventCode.ENROLL_SUCCESS, Origin.SERVER, "p1")
     assert not event.is_device_user_change  # the gateway must never pull it back
+
+
+def test_a_keypad_change_not_fetched_yet_is_kept_until_the_gateway_gets_it():
+    terminal = authenticated()
+    local = UserRecord("u1", name="Typed at the keypad")
+    terminal.enroll(local)
+    newer = UserRecord("u1", name="From the server")
+    _, body = ask(terminal, Command.PUT_USERS, dict(keep_local_changes=True, users=[newer]))
+    assert [r.status for r in body.results] == [UserStatus.LOCAL_CHANGE_PENDING]
+    assert terminal.users["u1"] == local
+    _, fetched = ask(terminal, Command.GET_USERS, dict(user_ids=["u1"]))
+    assert list(fetched.users) == [local]
+    _, body = ask(terminal, Command.PUT_USERS, dict(keep_local_changes=True, users=[newer]))
+    assert [r.status for r in body.results] == [UserStatus.OK]
+    assert terminal.users["u1"] == newer
+
+
+def test_without_keep_local_changes_the_server_record_replaces_a_keypad_change():
+    terminal = authenticated()
+    terminal.enroll(UserRecord("u1", name="Typed at the keypad"))
+    newer = UserRecord("u1", name="From the server")
+    _, body = ask(terminal, Command.PUT_USERS, dict(keep_local_changes=False, users=[newer]))
+    assert [r.status for r in body.results] == [UserStatus.OK]
+    assert terminal.users["u1"] == newer
 
 
 def test_delete_of_an_unknown_user_reports_not_found():

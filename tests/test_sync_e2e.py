@@ -79,6 +79,22 @@ class SyncScenarios:
         yield wait_until(lambda: all(self.holds(B, p) and self.holds(C, p) for p in people), "every big record on B and C")
 
     @defer.inlineCallbacks
+    def test_a_keypad_change_racing_a_server_change_is_merged_not_overwritten(self):
+        site = yield self.start_site()
+        person = UserRecord("4242", name="Server Name", cards=(Card(CardType.CSN, b"\x42"),))
+        yield site.gateway.users.create(person)
+        yield wait_until(lambda: all(self.holds(t, person) for t in (A, B, C)), "the user everywhere")
+        site.dialers[C].go_offline()
+        yield wait_until(lambda: not site.online(C), "C offline")
+        finger = self.people.fingerprint(2)
+        site.terminals[C].edit("4242", fingerprints=(finger,))  # at C's keypad, while it is away
+        yield site.gateway.users.edit("4242", name="Renamed on the server")
+        site.dialers[C].come_back()  # the server's version and C's change now cross
+        expected = replace(person, name="Renamed on the server", fingerprints=(finger,))
+        yield wait_until(lambda: all(self.holds(t, expected) for t in (A, B, C)), "both changes on every terminal")
+        self.assertEqual(site.server_record("4242"), expected)
+
+    @defer.inlineCallbacks
     def test_smart_card_user_enrolled_on_a_terminal_syncs(self):
         site = yield self.start_site()
         cards = (Card(CardType.SMART_CARD, bytes(range(16))), Card(CardType.SECURE_CREDENTIAL, bytes(range(32))))

@@ -137,7 +137,7 @@ def check_errors(peer: Peer, args) -> str:
 
 def check_put_get_delete(peer: Peer, args) -> str:
     record = UserRecord(CHECK_USER, name="Gateway Check", pin_hash=hash_pin(CHECK_USER, "0000"), access_groups=(1,))
-    put = expect_answer(peer.ask(Command.PUT_USERS, build_body(Command.PUT_USERS, False, dict(users=[record]))))
+    put = expect_answer(peer.ask(Command.PUT_USERS, build_body(Command.PUT_USERS, False, dict(keep_local_changes=False, users=[record]))))
     if [(r.user_id, r.status) for r in put.results] != [(CHECK_USER, UserStatus.OK)]:
         raise CheckFailed(f"PUT_USERS results: {list(put.results)}")
     got = expect_answer(peer.ask(Command.GET_USERS, build_body(Command.GET_USERS, False, dict(user_ids=[CHECK_USER]))))

@@ -12,6 +12,9 @@ class BusLink:
         self._drop = drop
         self.address = drop.address
         self.description = f"rs485 {master.name} address {drop.address}"
+        # A frame holds the line until it ends: a push is cut to about half a second of line
+        # time so other terminals' polls are not held up (one record always goes, however long).
+        self.request_bytes = int(master.timing.bytes_per_s * 0.5)
 
     def write(self, data: bytes) -> None:
         self._master.queue(self, self._drop, data)

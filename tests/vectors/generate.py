@@ -175,7 +175,7 @@ def build_vectors() -> list[Vector]:
     )
     request_events = _request(Command.REQUEST_EVENTS, dict(after_event_id=41), seq=6)
     get_users = _request(Command.GET_USERS, dict(user_ids=["1042", "1099"]), seq=7)
-    put_users = _request(Command.PUT_USERS, dict(users=[CARD_ONLY_RECORD, PIN_ONLY_RECORD]), seq=8)
+    put_users = _request(Command.PUT_USERS, dict(keep_local_changes=True, users=[CARD_ONLY_RECORD, PIN_ONLY_RECORD]), seq=8)
     delete_users = _request(Command.DELETE_USERS, dict(user_ids=["1044"]), seq=9)
     list_users = _request(Command.LIST_USERS, dict(after_user_id="", limit=100), seq=10)
     return [

@@ -85,7 +85,7 @@ def sample_frames(mix: str, count: int = 64) -> tuple[bytes, int]:
     """PUT_USERS frames of one user each, as the gateway sends records to terminals."""
     people = People(12345, MIXES[mix])
     frames = [
-        encode_frame(Frame(Command.PUT_USERS, put_users_payload([UserRecordWire.build(people.person(f"sink-{n}"))]),
+        encode_frame(Frame(Command.PUT_USERS, put_users_payload([UserRecordWire.build(people.person(f"sink-{n}"))], True),
                            Flags.REQUEST, 1, n + 1))
         for n in range(count)
     ]
