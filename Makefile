@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench loadtest system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/gateway demo
@@ -13,8 +13,15 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 
+# Figures, never pass/fail: each prints a table and writes JSON under reports/.
 bench: $(STAMP)
-	$(PY) benchmarks/codec.py
+	mkdir -p reports
+	$(PY) benchmarks/codec.py --json reports/codec.json
+	$(PY) benchmarks/bus.py --json reports/bus.json
+
+loadtest: $(STAMP)
+	mkdir -p reports
+	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 60 --json reports/loadtest.json
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +34,8 @@ $(STAMP): pyproject.toml
 system-deps:
 	@missing=""; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
-	command -v chromium >/dev/null || missing="$$missing chromium chromium-driver"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
@@ -36,4 +44,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build reports demo *.egg-info .pytest_cache .hypothesis
