@@ -47,6 +47,7 @@ class Pusher:
         # commit), so a storm costs one fsync per round of the writer, not one per terminal.
         self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
         self._moving_cursors = False
+        self._feed_reads: dict[int, list[defer.Deferred]] = {}  # cursor -> who waits for that read
 
     def wake_all(self) -> None:
         for term in self._registry.online():
@@ -61,9 +62,30 @@ class Pusher:
             return
         self._busy.add(terminal_id)
         self._again.discard(terminal_id)
-        d = self._db.read(read_feed, term.cursor, self.scan_limit)
+        d = self._read_feed(term.cursor)
         d.addCallback(self._deliver, term, term.session)
         d.addBoth(self._round_done, terminal_id)
+
+    def _read_feed(self, cursor: int) -> defer.Deferred:
+        """The feed after ``cursor``: one read serves every terminal at that cursor at the moment.
+
+        After a change every online terminal wakes at the same cursor; without sharing, each
+        enrolment cost as many identical reads as there are terminals.
+        """
+        waiting = self._feed_reads.get(cursor)
+        if waiting is None:
+            waiting = self._feed_reads[cursor] = []
+            self._db.read(read_feed, cursor, self.scan_limit).addBoth(self._feed_read, cursor)
+        mine = defer.Deferred()
+        waiting.append(mine)
+        return mine
+
+    def _feed_read(self, result, cursor: int) -> None:
+        for waiter in self._feed_reads.pop(cursor):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def _deliver(self, entries: list[FeedEntry], term, session):
         if not entries:

@@ -1,6 +1,13 @@
-"""Pusher request sizing (unit): pushes fit the link they go over."""
+"""Pusher (unit): pushes fit the link they go over; terminals at one cursor share a feed read."""
 
-from gateway.pusher import request_chunks
+from types import SimpleNamespace
+
+from twisted.internet import defer, task
+
+from gateway.metrics import Metrics
+from gateway.pusher import Pusher, request_chunks
+from gateway.syncmode import SyncMode
+from gateway.terminals import Terminal
 
 
 def sizes(records, limit, max_users=64):
@@ -17,3 +24,29 @@ def test_a_record_longer_than_the_limit_goes_alone():
 
 def test_no_request_carries_more_than_max_users():
     assert sizes([b"x"] * 5, limit=10_000, max_users=2) == [[1, 1], [1, 1], [1]]
+
+
+class CountingDatabase:
+    """Reads the test answers by hand."""
+
+    def __init__(self):
+        self.reads = []
+
+    def read(self, work, *args):
+        d = defer.Deferred()
+        self.reads.append((args, d))
+        return d
+
+
+def test_terminals_at_the_same_cursor_share_one_feed_read():
+    db = CountingDatabase()
+    online = {t: Terminal(t, session=object()) for t in (1, 2, 3)}
+    online[3].cursor = 7
+    registry = SimpleNamespace(terminals=online, online=lambda: list(online.values()))
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
+    pusher.wake_all()
+    assert sorted(args for args, _ in db.reads) == [(0, Pusher.scan_limit), (7, Pusher.scan_limit)]
+    for _, d in db.reads:
+        d.callback([])  # nothing new: every round ends
+    pusher.wake_all()
+    assert len(db.reads) == 4  # a later wake reads again
