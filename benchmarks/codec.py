@@ -30,9 +30,10 @@ from protocol import (
     parse_body,
     request,
 )
+from protocol.events import EventWire
 from protocol.frame import HEADER_SIZE, SOF, FrameHeader, FrameHeaderCompiled
 from protocol.messages import body_struct
-from protocol.records import FINGER_TEMPLATE_SIZE
+from protocol.records import FINGER_TEMPLATE_SIZE, UserRecordWire
 
 _HEADER = struct.Struct(">2sBBBIIHIH")
 
@@ -103,18 +104,42 @@ def header_parse(quick: bool) -> dict:
     return {"frame_header_parse": result}
 
 
+def wire_item(name: str, wire, value, quick: bool) -> dict:
+    """One event or record alone, compiled as the bodies use it vs its declaration run plainly."""
+    data = wire.build(value)
+    plain = wire.defersubcon
+    result = {
+        "parse_compiled_us": 1e6 / per_second(lambda: wire.parse(data), quick),
+        "parse_plain_us": 1e6 / per_second(lambda: plain.parse(data), quick),
+        "build_compiled_us": 1e6 / per_second(lambda: wire.build(value), quick),
+        "build_plain_us": 1e6 / per_second(lambda: plain.build(value), quick),
+    }
+    result["plain_vs_compiled"] = result["parse_plain_us"] / result["parse_compiled_us"]
+    return {name: result}
+
+
 def run(quick: bool) -> dict:
-    return {
+    results = {
         "python": platform.python_version(),
         "construct": construct.__version__,
         "quick": quick,
         **header_parse(quick),
         **frame_codec("event_batch_256", Command.EVENTS, {"events": event_batch()}, quick),
-        **frame_codec("user_record_two_fingers", Command.PUT_USERS, {"keep_local_changes": False, "users": [user_with_two_fingers()]}, quick),
+        **frame_codec(
+            "user_record_two_fingers",
+            Command.PUT_USERS,
+            {"keep_local_changes": False, "users": [user_with_two_fingers()]},
+            quick,
+        ),
+        **wire_item("event_wire", EventWire, event_batch()[0], quick),
+        **wire_item("user_record_wire", UserRecordWire, user_with_two_fingers(), quick),
     }
+    results["event_batch_256"]["events_per_s"] = 256e6 / results["event_batch_256"]["body_parse_compiled_us"]
+    return results
 
 
 CASES = {"event_batch_256": "event batch (256 events)", "user_record_two_fingers": "user record, two fingers"}
+ITEMS = {"event_wire": "event", "user_record_wire": "user record, two fingers"}
 
 
 def table(results: dict) -> str:
@@ -135,6 +160,19 @@ def table(results: dict) -> str:
         lines.append(
             f"  {label:26} {r['frame_bytes']:7d} {r['decode_frames_per_s']:9.0f} {r['encode_frames_per_s']:9.0f}"
             f"  {r['body_parse_compiled_us']:22.1f} {r['body_parse_plain_us']:7.1f} {r['plain_vs_compiled']:14.1f}x"
+        )
+    events_per_s = results["event_batch_256"]["events_per_s"]
+    lines += [
+        "  (plain: the body's own fields; the events and records in it are compiled either way)",
+        f"  event batch body: {events_per_s:,.0f} events/s, {1e6 / events_per_s:.2f} µs per event",
+        "",
+        "one item                      parse µs: compiled   plain  plain/compiled   build µs: compiled   plain",
+    ]
+    for key, label in ITEMS.items():
+        r = results[key]
+        lines.append(
+            f"  {label:26} {r['parse_compiled_us']:20.1f} {r['parse_plain_us']:7.1f} {r['plain_vs_compiled']:14.1f}x"
+            f" {r['build_compiled_us']:19.1f} {r['build_plain_us']:7.1f}"
         )
     return "\n".join(lines)
 

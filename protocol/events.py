@@ -8,7 +8,10 @@ on the device (0x02). See docs/protocol.md section "Event log entries".
 from dataclasses import dataclass
 from enum import IntEnum
 
-from construct import Adapter, Int8ub, Int16ub, Int64ub, PascalString, Struct
+from construct import Int8ub, Int16ub, Int64ub, Struct
+
+from protocol.compiling import CompilableAdapter
+from protocol.records import UserId
 
 
 class EventCode(IntEnum):
@@ -72,13 +75,14 @@ EventStruct = Struct(
     "timestamp_ms" / Int64ub,
     "code" / Int16ub,
     "sub_code" / Int8ub,
-    "user_id" / PascalString(Int8ub, "utf8"),
+    "user_id" / UserId,
 )
 
 
-class _EventAdapter(Adapter):
+class _EventAdapter(CompilableAdapter):
+    # Item access, not attribute access: Container.__getattr__ costs ten times as much.
     def _decode(self, obj, context, path):
-        return Event(obj.event_id, obj.timestamp_ms, obj.code, obj.sub_code, obj.user_id)
+        return Event(obj["event_id"], obj["timestamp_ms"], obj["code"], obj["sub_code"], obj["user_id"])
 
     def _encode(self, ev: Event, context, path):
         return dict(
@@ -86,4 +90,4 @@ class _EventAdapter(Adapter):
         )
 
 
-EventWire = _EventAdapter(EventStruct)
+EventWire = _EventAdapter(EventStruct).compile()

@@ -25,7 +25,8 @@ from construct import (
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import EventWire
 from protocol.frame import Flags, Frame, encode_frame
-from protocol.records import LengthChecked, UserId, UserRecordWire
+from protocol.compiling import LengthChecked
+from protocol.records import UserId, UserRecordWire
 
 NONCE_SIZE = 16
 PROOF_SIZE = 32

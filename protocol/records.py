@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from construct import (
-    Adapter,
     Bytes,
     Flag,
     FlagsEnum,
@@ -22,10 +21,10 @@ from construct import (
     Prefixed,
     PrefixedArray,
     Struct,
-    Subconstruct,
     this,
 )
 
+from protocol.compiling import CompilableAdapter, LengthChecked
 from protocol.errors import MessageError
 
 MAX_USER_ID_BYTES = 32
@@ -141,33 +140,24 @@ def hash_pin(user_id: str, pin: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", pin.encode(), b"terminal-pin:" + user_id.encode(), PIN_HASH_ITERATIONS)
 
 
-class LengthChecked(Subconstruct):
-    """A string or bytes field that fails on a short payload even inside a compiled struct.
-
-    construct 2.10 compiles such fields to a bare ``io.read(n)``, which returns what is left
-    instead of failing, so a truncated message would decode. This wrapper has no compiled form:
-    construct calls the field's own plain parser, which checks the length.
-    """
-
-
 UserId = LengthChecked(PascalString(Int8ub, "utf8"))
 
-CardWire = Struct("type" / Int8ub, "data" / Prefixed(Int8ub, GreedyBytes))
+CardWire = Struct("type" / Int8ub, "data" / LengthChecked(Prefixed(Int8ub, GreedyBytes)))
 FingerprintWire = Struct(
     "index" / Int8ub,
     "duress" / Flag,
-    "template1" / Bytes(FINGER_TEMPLATE_SIZE),
-    "template2" / Bytes(FINGER_TEMPLATE_SIZE),
+    "template1" / LengthChecked(Bytes(FINGER_TEMPLATE_SIZE)),
+    "template2" / LengthChecked(Bytes(FINGER_TEMPLATE_SIZE)),
 )
-FaceWire = Struct("index" / Int8ub, "template" / Prefixed(Int16ub, GreedyBytes))
+FaceWire = Struct("index" / Int8ub, "template" / LengthChecked(Prefixed(Int16ub, GreedyBytes)))
 
 _Present = FlagsEnum(Int8ub, name=1, pin=2, validity=4, security_level=8, auth_mode=16, disabled=32, photo=64)
 
 UserRecordStruct = Struct(
     "user_id" / UserId,
     "present" / _Present,
-    "name" / If(this.present.name, PascalString(Int8ub, "utf8")),
-    "pin_hash" / If(this.present.pin, Bytes(PIN_HASH_SIZE)),
+    "name" / If(this.present.name, LengthChecked(PascalString(Int8ub, "utf8"))),
+    "pin_hash" / If(this.present.pin, LengthChecked(Bytes(PIN_HASH_SIZE))),
     "valid_from" / If(this.present.validity, Int32ub),
     "valid_to" / If(this.present.validity, Int32ub),
     "security_level" / If(this.present.security_level, Int8ub),
@@ -177,29 +167,32 @@ UserRecordStruct = Struct(
     "cards" / PrefixedArray(Int8ub, CardWire),
     "fingerprints" / PrefixedArray(Int8ub, FingerprintWire),
     "faces" / PrefixedArray(Int8ub, FaceWire),
-    "photo" / If(this.present.photo, Prefixed(Int16ub, GreedyBytes)),
+    "photo" / If(this.present.photo, LengthChecked(Prefixed(Int16ub, GreedyBytes))),
 )
 
 
-class _UserRecordAdapter(Adapter):
+class _UserRecordAdapter(CompilableAdapter):
+    # Item access, not attribute access: Container.__getattr__ costs ten times as much.
     def _decode(self, obj, context, path):
         try:
-            cards = tuple(Card(CardType(c.type), c.data) for c in obj.cards)
+            cards = tuple(Card(CardType(c["type"]), c["data"]) for c in obj["cards"])
         except ValueError as exc:
-            raise MessageError(f"user {obj.user_id!r}: unknown card type ({exc})") from None
+            raise MessageError(f"user {obj['user_id']!r}: unknown card type ({exc})") from None
         return UserRecord(
-            user_id=obj.user_id,
-            name=obj.name,
-            pin_hash=obj.pin_hash,
-            validity=(obj.valid_from, obj.valid_to) if obj.present.validity else None,
-            security_level=obj.security_level,
-            auth_mode=obj.auth_mode,
-            disabled=obj.disabled,
-            access_groups=tuple(obj.access_groups),
+            user_id=obj["user_id"],
+            name=obj["name"],
+            pin_hash=obj["pin_hash"],
+            validity=(obj["valid_from"], obj["valid_to"]) if obj["present"]["validity"] else None,
+            security_level=obj["security_level"],
+            auth_mode=obj["auth_mode"],
+            disabled=obj["disabled"],
+            access_groups=tuple(obj["access_groups"]),
             cards=cards,
-            fingerprints=tuple(Fingerprint(f.index, f.template1, f.template2, f.duress) for f in obj.fingerprints),
-            faces=tuple(Face(f.index, f.template) for f in obj.faces),
-            photo=obj.photo,
+            fingerprints=tuple(
+                Fingerprint(f["index"], f["template1"], f["template2"], f["duress"]) for f in obj["fingerprints"]
+            ),
+            faces=tuple(Face(f["index"], f["template"]) for f in obj["faces"]),
+            photo=obj["photo"],
         ).validate()
 
     def _encode(self, rec: UserRecord, context, path):
@@ -233,4 +226,4 @@ class _UserRecordAdapter(Adapter):
         )
 
 
-UserRecordWire = _UserRecordAdapter(UserRecordStruct)
+UserRecordWire = _UserRecordAdapter(UserRecordStruct).compile()

@@ -4,6 +4,7 @@ and every compiled construct reads and writes exactly like its plain declaration
 import json
 
 import pytest
+from construct import Bytes, GreedyBytes, Int8ub, Int16ub, PascalString, Prefixed, StreamError, Struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,9 +26,11 @@ from protocol import (
     parse_body,
 )
 from protocol import messages
+from protocol.events import EventWire
 from protocol.frame import OVERHEAD, SOF, FrameHeader, FrameHeaderCompiled
 from protocol.json_form import frame_from_json, frame_to_json
-from protocol.records import FINGER_TEMPLATE_SIZE
+from protocol.compiling import LengthChecked
+from protocol.records import FINGER_TEMPLATE_SIZE, UserRecordWire
 
 BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -260,15 +263,44 @@ def test_the_hot_bodies_are_the_compiled_ones():
         assert messages.body_struct(command, response) is messages._COMPILED[(command, response)]
 
 
-@pytest.mark.parametrize("command, body", [
-    (Command.GET_USERS, dict(users=[], missing=["1099"])),
-    (Command.POLL, dict(events=[Event(1, 2, 0x2000, 2, "1042")])),
+@pytest.mark.parametrize("command, flags, body", [
+    (Command.GET_USERS, Flags.RESPONSE, dict(users=[], missing=["1099"])),
+    (Command.POLL, Flags.RESPONSE, dict(events=[Event(1, 2, 0x2000, 2, "1042")])),
+    (Command.PUT_USERS, Flags.REQUEST, dict(keep_local_changes=False, users=[UserRecord("1042", photo=b"jpeg")])),
+    (
+        Command.PUT_USERS,
+        Flags.REQUEST,
+        dict(keep_local_changes=False, users=[UserRecord("1042", faces=(Face(0, b"ab"),))]),
+    ),
 ])
-def test_a_truncated_string_at_the_end_of_a_compiled_body_is_a_bad_message(command, body):
+def test_a_truncated_string_at_the_end_of_a_compiled_body_is_a_bad_message(command, flags, body):
     """construct 2.10 compiles strings to a bare io.read(n) that returns the short tail; they must fail."""
-    payload = build_body(command, True, body)[:-1]
+    payload = build_body(command, bool(flags & Flags.RESPONSE), body)[:-1]
     with pytest.raises(MessageError):
-        parse_body(Frame(command, payload, Flags.RESPONSE))
+        parse_body(Frame(command, payload, flags))
+
+
+@pytest.mark.parametrize("field, value", [
+    (Bytes(4), b"\x00\x01\x02\x03"),
+    (PascalString(Int16ub, "utf8"), "Grüße"),
+    (Prefixed(Int8ub, GreedyBytes), b"\x00\x01"),
+])
+def test_a_length_checked_field_compiles_to_a_checked_read(field, value):
+    plain = Struct("field" / LengthChecked(field))
+    compiled = plain.compile()
+    encoded = plain.build(dict(field=value))
+    assert compiled.build(dict(field=value)) == encoded
+    assert compiled.parse(encoded) == plain.parse(encoded) == dict(field=value)
+    assert "linkedparsers[" not in compiled.source and "linkedbuilders[" not in compiled.source
+    with pytest.raises(StreamError, match="stream read less than specified amount"):
+        compiled.parse(encoded[:-1])
+
+
+def test_a_compiled_fixed_size_field_refuses_bytes_of_the_wrong_length():
+    """construct's compiled Bytes writes whatever it is given; a short PIN hash would shift the record."""
+    compiled = Struct("pin_hash" / LengthChecked(Bytes(32))).compile()
+    with pytest.raises(StreamError, match="wrong length"):
+        compiled.build(dict(pin_hash=bytes(31)))
 
 
 def outcome(struct, data: bytes):
@@ -288,6 +320,31 @@ def test_compiled_bodies_read_and_write_like_the_plain_declaration(label, compil
     assert compiled.parse(encoded) == plain.parse(encoded) == body
     noise = data.draw(st.binary(max_size=200) | st.just(encoded[:-1]) | st.just(encoded + b"\x00"))
     assert outcome(compiled, noise) == outcome(plain, noise)
+
+
+# Events and records: compiled once, used compiled by every body, plain only through .defersubcon.
+WIRE_PAIRS = [("event", EventWire, events), ("user record", UserRecordWire, records)]
+
+
+@pytest.mark.parametrize("wire", [wire for _, wire, _ in WIRE_PAIRS], ids=[label for label, _, _ in WIRE_PAIRS])
+def test_events_and_records_parse_compiled_all_the_way_down(wire):
+    """A field construct cannot compile would quietly run plainly, at several times the cost."""
+    assert "linkedparsers[" not in wire.source
+
+
+@pytest.mark.parametrize("label, wire, values", WIRE_PAIRS, ids=[label for label, _, _ in WIRE_PAIRS])
+@BOUNDED
+@given(data=st.data())
+def test_compiled_events_and_records_read_and_write_like_the_plain_declaration(label, wire, values, data):
+    plain = wire.defersubcon
+    value = data.draw(values)
+    encoded = plain.build(value)
+    assert wire.build(value) == encoded
+    assert wire.parse(encoded) == plain.parse(encoded) == value
+    truncated = encoded[: data.draw(st.integers(0, len(encoded) - 1))]
+    assert outcome(wire, truncated) == outcome(plain, truncated) == ("failed", Exception)
+    noise = data.draw(st.binary(max_size=200) | st.just(encoded + b"\x00"))
+    assert outcome(wire, noise) == outcome(plain, noise)
 
 
 header_fields = st.fixed_dictionaries(
