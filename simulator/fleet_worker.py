@@ -1,0 +1,354 @@
+"""A fleet worker: one process, one reactor, hundreds of simulated terminals.
+
+``simulator fleet`` (simulator/fleet.py) starts these as ``python -m simulator.fleet_worker`` and
+talks to each in JSON lines over stdin and stdout (the protocol is described there). A worker
+times propagation with wall-clock milliseconds (one machine, one clock): when a terminal enrols
+someone, and when each other terminal first applies that user.
+"""
+
+import base64
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet import task
+
+from protocol.events import EventCode, Origin
+from protocol.records import UserRecordWire
+from simulator.people import MIXES, People
+from simulator.scenarios import SCENARIOS
+from simulator.tcp import DialingTerminal, ListeningTerminal
+from simulator.terminal import Terminal
+
+TERMINALS_PER_WORKER = 500  # one reactor holds this many comfortably; more use more processes
+
+
+def wall_ms() -> float:
+    return time.time() * 1000
+
+
+@dataclass
+class FleetSpec:
+    """Everything a fleet run needs; sent to each worker as JSON."""
+
+    devices: int
+    gateway: str = ""  # HOST:PORT the terminals dial, unless they listen
+    listen: int = 0  # first port of terminals the gateway dials out to (terminal i on listen + i)
+    scenario: str = "enroll-storm"
+    seed: int = 0
+    duration: float = 60.0
+    rate: float | None = None  # action units a second across the fleet; None: the scenario's default
+    dump: str | None = None
+    mix: str = "typical"
+    secret: str = "fleet-secret"
+    first_id: int = 1
+    workers: int = 0  # 0: as the machine's cores suit
+    drop_one: bool = False  # for the harness's own tests: one terminal silently loses a record
+    settle_s: float = 3.0  # without a settled() check: quiet this long means settled
+    drain_timeout: float = 120.0
+
+    @property
+    def terminal_ids(self) -> list[int]:
+        return list(range(self.first_id, self.first_id + self.devices))
+
+    @property
+    def effective_rate(self) -> float:
+        return SCENARIOS[self.scenario].default_rate if self.rate is None else self.rate
+
+    def worker_count(self) -> int:
+        if self.workers:
+            return max(1, min(self.workers, self.devices))
+        by_size = math.ceil(self.devices / TERMINALS_PER_WORKER)
+        return max(1, min(by_size, (os.cpu_count() or 2) - 1))  # leave a core to the gateway
+
+
+class Station:
+    """One terminal of the fleet, with what the scenario does at its keypad and what it remembers.
+
+    ``changed_here`` keeps the last version of each user made at this keypad, ``deleted_here`` the
+    users deleted here and not sent back since: the convergence check needs both.
+    """
+
+    def __init__(self, terminal: Terminal, link_factory, people: People, clock):
+        self.terminal = terminal
+        self.terminal_id = terminal.terminal_id
+        self.link_factory = link_factory
+        self.people = people
+        self.clock = clock
+        self.away = False
+        self.changed_here: dict = {}
+        self.deleted_here: set[str] = set()
+        self._serial = itertools.count(1)
+        terminal.applied_listeners.append(self._applied)
+
+    @property
+    def online(self) -> bool:
+        link = self.link_factory.link
+        return link is not None and link.established
+
+    def holds(self, user_id: str) -> bool:
+        return user_id in self.terminal.users
+
+    def enroll_new(self) -> str:
+        user_id = f"{self.terminal_id}-{next(self._serial)}"
+        self.enroll(self.people.person(user_id))
+        return user_id
+
+    def enroll(self, record) -> None:
+        self.terminal.enroll(record)
+        self._changed(record.user_id)
+
+    def edit(self, user_id: str) -> None:
+        self.terminal.edit(user_id, **self.people.edit(self.terminal.users[user_id]))
+        self._changed(user_id)
+
+    def delete(self, user_id: str) -> None:
+        self.terminal.delete(user_id)
+        self.deleted_here.add(user_id)
+
+    def verify(self, user_id: str) -> None:
+        self.terminal.verify(user_id)
+
+    def go_offline(self) -> None:
+        self.away = True
+        self.link_factory.go_offline()
+
+    def come_back(self) -> None:
+        self.away = False
+        self.link_factory.come_back()
+
+    def _changed(self, user_id: str) -> None:
+        self.changed_here[user_id] = self.terminal.users[user_id]
+        self.deleted_here.discard(user_id)
+
+    def _applied(self, user_id: str, record) -> None:
+        if record is not None:
+            self.deleted_here.discard(user_id)
+
+    def dump(self) -> dict:
+        """This terminal as JSON: its users (digest and name), what was changed here, its log."""
+        t = self.terminal
+        return dict(
+            terminal_id=self.terminal_id,
+            last_event_id=t.next_event_id - 1,
+            unacknowledged=len(t.log),
+            overwritten=t.overwritten,
+            users={u: dict(digest=r.digest().hex(), name=r.name) for u, r in sorted(t.users.items())},
+            changed_here={u: base64.b64encode(UserRecordWire.build(r)).decode() for u, r in sorted(self.changed_here.items())},
+            deleted_here=sorted(self.deleted_here),
+        )
+
+
+class Tally:
+    """A worker's measurements: enrolments, first arrivals of each user at each terminal, deliveries."""
+
+    def __init__(self, steady: frozenset[int]):
+        self.steady = steady
+        self.started_ms: float | None = None
+        self.enrolled: dict[str, list] = {}  # user -> [terminal, wall ms]
+        self.arrived: dict[str, set[int]] = {}
+        self.reach: dict[str, list] = {}  # user -> [steady count, steady last ms, all count, all last ms]
+        self.deliveries = 0
+        self.last_delivery_ms = 0.0
+
+    def watch(self, station: Station) -> None:
+        station.terminal.applied_listeners.append(lambda user_id, record: self._applied(station, user_id))
+        station.terminal.listeners.append(lambda event: self._logged(station, event))
+
+    def _logged(self, station: Station, event) -> None:
+        if self.started_ms is not None and event.code == EventCode.ENROLL_SUCCESS and event.sub_code == Origin.DEVICE:
+            self.enrolled[event.user_id] = [station.terminal_id, wall_ms()]
+
+    def _applied(self, station: Station, user_id: str) -> None:
+        if self.started_ms is None:
+            return
+        now = wall_ms()
+        self.deliveries += 1
+        self.last_delivery_ms = now
+        arrived = self.arrived.setdefault(user_id, set())
+        if station.terminal_id in arrived or user_id in station.changed_here:
+            return
+        arrived.add(station.terminal_id)
+        reach = self.reach.setdefault(user_id, [0, 0.0, 0, 0.0])
+        if station.terminal_id in self.steady:
+            reach[0] += 1
+            reach[1] = now
+        reach[2] += 1
+        reach[3] = now
+
+
+class FleetWorker:
+    """One worker process: its share of the terminals, one reactor, JSON lines on stdin/stdout."""
+
+    tick_s = 0.05
+    scenario_tick_s = 0.2
+    progress_s = 0.5
+    connects_per_tick = 50  # dial in steps, so a thousand terminals do not hit the listen backlog at once
+
+    def __init__(self, reactor, write_line):
+        self.reactor = reactor
+        self.write_line = write_line
+        self.stations: list[Station] = []
+        self.state = "connecting"
+        self._timers = []
+
+    def start(self, spec: FleetSpec, terminal_ids: list[int]) -> None:
+        self.spec = spec
+        self.scenario = SCENARIOS[spec.scenario](spec.terminal_ids, spec.seed, spec.duration)
+        self.tally = Tally(frozenset(spec.terminal_ids) - self.scenario.disturbed())
+        host, _, port = spec.gateway.rpartition(":")
+        for terminal_id in terminal_ids:
+            terminal = Terminal(terminal_id, spec.secret)
+            faults = self.scenario.faults(terminal_id)
+            if spec.listen:
+                link = ListeningTerminal(terminal, self.reactor, faults=faults)
+            else:
+                link = DialingTerminal(terminal, self.reactor, host, int(port), faults=faults)
+            people = People(spec.seed * 1_000_003 + terminal_id, MIXES[spec.mix])
+            station = Station(terminal, link, people, self.reactor)
+            self.tally.watch(station)
+            self.stations.append(station)
+        self.scenario.bind(self.stations)
+        self._repeat(self.progress_s, self._report_progress)
+        self._repeat(self.tick_s, self._connect_some, iter(self.stations))
+
+    def _repeat(self, period_s: float, action, *args):
+        timer = task.LoopingCall(action, *args)
+        timer.clock = self.reactor
+        timer.start(period_s, now=True)
+        self._timers.append(timer)
+        return timer
+
+    def _connect_some(self, pending) -> None:
+        for station in itertools.islice(pending, self.connects_per_tick):
+            if self.spec.listen:
+                station.link_factory.listen(self.spec.listen + station.terminal_id - self.spec.first_id, "127.0.0.1")
+            else:
+                station.link_factory.start()
+
+    def _report_progress(self) -> None:
+        online = sum(s.online for s in self.stations)
+        if self.state == "connecting" and online == len(self.stations):
+            self.state = "preparing"
+            self.scenario.prepare()
+        if self.state == "preparing" and self.scenario.prepared():
+            self.state = "ready"
+            self.write_line(dict(ready=True))
+        self.write_line(dict(progress=dict(
+            state=self.state,
+            online=online,
+            produced=sum(s.terminal.next_event_id - 1 for s in self.stations),
+            unacknowledged=sum(len(s.terminal.log) for s in self.stations),
+            enrolled=len(self.tally.enrolled),
+            deliveries=self.tally.deliveries,
+            last_delivery_ms=self.tally.last_delivery_ms,
+        )))
+
+    def go(self, start_ms: float) -> None:
+        self.reactor.callLater(max(0.0, (start_ms - wall_ms()) / 1000), self._begin, start_ms)
+
+    def _begin(self, start_ms: float) -> None:
+        self.state = "running"
+        self._cpu_at_start = time.process_time()
+        self.tally.started_ms = start_ms
+        share = self.spec.effective_rate * len(self.stations) / self.spec.devices
+        self.scenario.begin()
+        self._budget, self._last = 0.0, self.reactor.seconds()
+        self._drive = self._repeat(self.tick_s, self._act, share)
+        self._ticks = self._repeat(self.scenario_tick_s, lambda: self.scenario.tick((wall_ms() - start_ms) / 1000))
+        self.reactor.callLater(self.spec.duration, self._end)
+
+    def _act(self, rate: float) -> None:
+        now = self.reactor.seconds()
+        self._budget += rate * (now - self._last)
+        self._last = now
+        for _ in range(int(self._budget)):
+            self.scenario.act()
+        self._budget -= int(self._budget)
+
+    def _end(self) -> None:
+        for timer in (self._drive, self._ticks):
+            timer.stop()
+        self.scenario.end()
+        self.state = "ended"
+
+    def stop(self) -> None:
+        """The parent saw the fleet settle: drop a record if asked, dump, report, exit."""
+        dropped = self._drop_one() if self.spec.drop_one else None
+        if self.spec.dump:
+            folder = Path(self.spec.dump)
+            folder.mkdir(parents=True, exist_ok=True)
+            for station in self.stations:
+                (folder / f"terminal-{station.terminal_id}.json").write_text(json.dumps(station.dump()))
+        for timer in self._timers:
+            if timer.running:
+                timer.stop()
+        for station in self.stations:
+            station.link_factory.go_offline()
+        t = self.tally
+        self.write_line(dict(result=dict(
+            terminals=len(self.stations),
+            steady=len([s for s in self.stations if s.terminal_id in t.steady]),
+            produced=sum(s.terminal.next_event_id - 1 for s in self.stations),
+            enrolled=t.enrolled,
+            reach=t.reach,
+            deliveries=t.deliveries,
+            last_delivery_ms=t.last_delivery_ms,
+            garbage_sent=sum(getattr(s.link_factory.link, "garbage_sent", 0) for s in self.stations),
+            dropped=dropped,
+            cpu_s=time.process_time() - self._cpu_at_start,
+        )))
+
+    def _drop_one(self):
+        """The fleet's first terminal forgets one user it received, telling nobody."""
+        for station in self.stations:
+            if station.terminal_id == self.spec.first_id:
+                received = sorted(set(station.terminal.users) - set(station.changed_here))
+                if received:
+                    del station.terminal.users[received[0]]
+                    return [station.terminal_id, received[0]]
+        return None
+
+
+def worker_main() -> int:
+    """Entry of a worker process: the spec comes as the first line on stdin."""
+    from twisted.internet import reactor, stdio
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver
+    from twisted.protocols.basic import LineReceiver
+
+    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])])
+
+    class Pipe(LineReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = 1 << 20
+
+        def connectionMade(self):
+            self.worker = FleetWorker(reactor, lambda message: self.sendLine(json.dumps(message).encode()))
+
+        def lineReceived(self, line):
+            message = json.loads(line)
+            if "spec" in message:
+                self.worker.start(FleetSpec(**message["spec"]), message["terminal_ids"])
+            elif "go" in message:
+                self.worker.go(message["go"])
+            elif "stop" in message:
+                self.worker.stop()
+                self.transport.loseConnection()
+
+        def connectionLost(self, reason):
+            if reactor.running:
+                reactor.stop()
+
+    stdio.StandardIO(Pipe())
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
