@@ -26,6 +26,7 @@ class Metrics:
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
+        self.events_waiting = Gauge("gateway_events_waiting", "Terminal events received and not yet committed", registry=r)
         self.reading_paused = Gauge("gateway_reading_paused", "1 while terminal links are paused for backpressure", registry=r)
         # RS-485 buses (gateway/bus/), labelled by device
         self.bus_bytes = Counter("gateway_bus_bytes", "Bytes the master sent (tx) and received (rx) on a bus", ["bus", "direction"], registry=r)

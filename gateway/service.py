@@ -39,6 +39,7 @@ class Gateway:
         self.registry = TerminalRegistry(self.db, config.admission, config.default_secret, config.terminals)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._wake_pushes)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed)
+        self.metrics.events_waiting.set_function(lambda: self.eventlog.queued_events)
         self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics)
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes)
         self.users = UserDirectory(self.db, self._wake_pushes)

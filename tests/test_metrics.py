@@ -42,5 +42,6 @@ class MetricsTests(ApiTestCase):
         self.assertEqual(found[("gateway_user_pulls_total", ())], 1)
         self.assertGreaterEqual(found[("gateway_user_pushes_total", ())], 1)
         self.assertEqual(found[("gateway_reading_paused", ())], 0)
+        self.assertEqual(found[("gateway_events_waiting", ())], 0)  # everything received is committed
         for terminal in (A, B):
             self.assertEqual(found[("gateway_sync_lag", (("terminal", str(terminal)),))], 0)
