@@ -56,6 +56,7 @@ class EventLog:
         self._failures = 0
         self._links: set = set()
         self._paused = False
+        self._retry = None
         # Failure records wait here until a commit succeeds again; bounded, oldest dropped.
         self._unsaved_failure_rows: deque[dict] = deque(maxlen=10_000)
 
@@ -119,16 +120,20 @@ class EventLog:
         self._metrics.events_ingested.inc(count)
         self._metrics.commit_batch_size.observe(count)
         self._metrics.commit_seconds.observe(self._clock.seconds() - started)
-        for _ in failure_rows:
-            self._unsaved_failure_rows.popleft()
+        for row in failure_rows:  # by identity: rows may have been added (or dropped) meanwhile
+            if row in self._unsaved_failure_rows:
+                self._unsaved_failure_rows.remove(row)
         self._failures = 0
         self._queued_events -= count
         self._flushing = False
         if self._paused and self._queued_events < self.low_water:
             self._set_paused(False)
-        self._on_committed([(s.terminal_id, s.users_to_pull()) for s in batch])
-        for sub in batch:
+        for sub in batch:  # acknowledge first: nothing that follows may hold back an acknowledgement
             sub.done.callback(max(e.event_id for e in sub.events) if sub.events else 0)
+        try:
+            self._on_committed([(s.terminal_id, s.users_to_pull()) for s in batch])
+        except Exception:  # the owed pulls are stored: they are picked up when the terminal reconnects
+            log.failure("could not start the pulls these events asked for")
         self._flush()
 
     def _failed(self, failure, batch: list[_Submission]) -> None:
@@ -153,7 +158,12 @@ class EventLog:
                         sync_event_row(SAVE_FAILED, sub.terminal_id, user_id, f"events not committed: {failure.getErrorMessage()}")
                     )
         self._queue.extendleft(reversed(batch))
-        self._clock.callLater(delay, self._flush)
+        self._retry = self._clock.callLater(delay, self._flush)
+
+    def stop(self) -> None:
+        """Cancel a pending retry; what was not committed was not acknowledged and will be resent."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
 
 def _store(conn, batch: list[_Submission], failure_rows: list[dict]) -> None:

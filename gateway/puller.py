@@ -48,7 +48,12 @@ class Puller:
             self.kick(terminal_id)
 
     def terminal_online(self, terminal_id: int) -> None:
-        """Pick up pulls owed by a terminal that (re)connected, from the database."""
+        """Pick up pulls owed by a terminal that (re)connected, from the database, at once: a
+        backoff left from its previous link does not apply to the new one."""
+        timer = self._retry_timers.pop(terminal_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._failures.pop(terminal_id, None)
         d = self._db.read(_owed_pulls, terminal_id)
         d.addCallbacks(lambda ids: self.want(terminal_id, ids), self._log_read_failure)
 

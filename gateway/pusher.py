@@ -47,9 +47,11 @@ class Pusher:
         # commit), so a storm costs one fsync per round of the writer, not one per terminal.
         self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
         self._moving_cursors = False
-        self._feed_reads: dict[int, list[defer.Deferred]] = {}  # cursor -> who waits for that read
+        self._feed_reads: dict[int, tuple[int, list[defer.Deferred]]] = {}  # cursor -> (wake it began in, waiters)
+        self._wakes = 0  # wake_all calls so far: each follows a committed change
 
     def wake_all(self) -> None:
+        self._wakes += 1
         for term in self._registry.online():
             self.kick(term.terminal_id)
 
@@ -62,26 +64,30 @@ class Pusher:
             return
         self._busy.add(terminal_id)
         self._again.discard(terminal_id)
-        d = self._read_feed(term.cursor)
+        d = self._read_feed(terminal_id, term.cursor)
         d.addCallback(self._deliver, term, term.session)
         d.addBoth(self._round_done, terminal_id)
 
-    def _read_feed(self, cursor: int) -> defer.Deferred:
+    def _read_feed(self, terminal_id: int, cursor: int) -> defer.Deferred:
         """The feed after ``cursor``: one read serves every terminal at that cursor at the moment.
 
         After a change every online terminal wakes at the same cursor; without sharing, each
         enrolment cost as many identical reads as there are terminals.
         """
-        waiting = self._feed_reads.get(cursor)
+        began, waiting = self._feed_reads.get(cursor, (None, None))
         if waiting is None:
-            waiting = self._feed_reads[cursor] = []
+            waiting = []
+            self._feed_reads[cursor] = (self._wakes, waiting)
             self._db.read(read_feed, cursor, self.scan_limit).addBoth(self._feed_read, cursor)
+        elif began != self._wakes:
+            self._again.add(terminal_id)  # that read began before the change that woke us: read again after
         mine = defer.Deferred()
         waiting.append(mine)
         return mine
 
     def _feed_read(self, result, cursor: int) -> None:
-        for waiter in self._feed_reads.pop(cursor):
+        _, waiters = self._feed_reads.pop(cursor)
+        for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:

@@ -75,6 +75,7 @@ class Gateway:
         if self._sweep.running:
             self._sweep.stop()
         self.puller.stop()
+        self.eventlog.stop()
         for dialer, connector in self._dialers:
             dialer.stopTrying()
             connector.disconnect()
@@ -96,7 +97,8 @@ class Gateway:
         return self.eventlog.submit(session.terminal_id, events, self.settings.mode.pulls_device_updates)
 
     def session_established(self, session) -> None:
-        self.registry.attach(session)
+        if self.registry.attach(session) is None:
+            return  # refused or removed by an administrator during the handshake
         self.eventlog.add_link(session.link)
         self.metrics.terminals_online.set(len(self.registry.online()))
         self.pusher.kick(session.terminal_id)

@@ -92,7 +92,7 @@ class TerminalRegistry:
         """The secret to check this terminal's proof against; Refused if it may not connect."""
         term = self.terminals.get(terminal_id)
         if term is None and self.policy == "open":
-            term = self._register(Terminal(terminal_id, ADMITTED, secret=self._default_secret))
+            return self._default_secret  # registered by attach(), once it has proved it holds the secret
         if term is None and self.policy == "pending":
             term = self._register(Terminal(terminal_id, PENDING, model=hello.model, firmware=hello.firmware, link=link))
             log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=link)
@@ -140,8 +140,15 @@ class TerminalRegistry:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def attach(self, session) -> Terminal:
-        term = self.terminals[session.terminal_id]
+    def attach(self, session) -> Terminal | None:
+        """Make ``session`` the one that speaks for its terminal; None (and the session closed)
+        if an administrator refused or removed the terminal while it was shaking hands."""
+        term = self.terminals.get(session.terminal_id)
+        if term is None and self.policy == "open":
+            term = self._register(Terminal(session.terminal_id, ADMITTED, secret=self._default_secret))
+        if term is None or term.admission != ADMITTED:
+            session.close("refused or removed by an administrator during the handshake")
+            return None
         old, term.session = term.session, session
         if old is not None and old is not session:
             old.close(f"replaced by a new authenticated connection on {session.link.description}")
@@ -149,7 +156,9 @@ class TerminalRegistry:
         term.firmware = session.hello.get("firmware", term.firmware)
         term.link = session.link.description
         term.last_seen_ms = now_ms()
-        self._db.write(_save_terminals, [self._row(term)]).addErrback(lambda f: None)
+        self._db.write(_save_terminals, [self._row(term)]).addErrback(
+            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
+        )
         return term
 
     def detach(self, session) -> None:

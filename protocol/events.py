@@ -11,6 +11,7 @@ from enum import IntEnum
 from construct import Int8ub, Int16ub, Int64ub, Struct
 
 from protocol.compiling import CompilableAdapter
+from protocol.errors import MessageError
 from protocol.records import UserId
 
 
@@ -45,6 +46,8 @@ class Credential(IntEnum):
     FACE = 0x03
     PIN = 0x04
 
+
+MAX_EVENT_ID = 2**63 - 1  # event ids and timestamps (ms) fit a signed 64-bit column
 
 USER_CHANGE_CODES = frozenset({EventCode.ENROLL_SUCCESS, EventCode.UPDATE_SUCCESS})
 
@@ -82,6 +85,9 @@ EventStruct = Struct(
 class _EventAdapter(CompilableAdapter):
     # Item access, not attribute access: Container.__getattr__ costs ten times as much.
     def _decode(self, obj, context, path):
+        if obj["event_id"] > MAX_EVENT_ID or obj["timestamp_ms"] > MAX_EVENT_ID:
+            # Databases store signed 64-bit integers: one such event would fail every commit it joins.
+            raise MessageError(f"event id and timestamp must be below 2**63, got {obj['event_id']} and {obj['timestamp_ms']}")
         return Event(obj["event_id"], obj["timestamp_ms"], obj["code"], obj["sub_code"], obj["user_id"])
 
     def _encode(self, ev: Event, context, path):

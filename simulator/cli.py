@@ -40,7 +40,7 @@ def run_terminal(args) -> int:
         host, port = parse_host_port(args.gateway)
         DialingTerminal(terminal, reactor, host, port).start()
     else:
-        reactor.listenTCP(args.listen, ListeningTerminal(terminal, reactor))
+        ListeningTerminal(terminal, reactor).listen(args.listen)
     if args.enroll:
         people = People(args.seed)
         user_ids = iter(f"{args.id}-{n:05d}" for n in range(args.enroll))

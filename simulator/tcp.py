@@ -13,7 +13,7 @@ frames); the load test's scenarios use it to show that one bad terminal does not
 import random
 from dataclasses import dataclass
 
-from twisted.internet import protocol, task
+from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
 from protocol.frame import Flags, Frame, encode_frame
@@ -97,6 +97,8 @@ class TerminalLink(protocol.Protocol):
     # -- after the handshake -----------------------------------------------------------------
 
     def _established(self, keepalive_s: int) -> None:
+        if self.established:
+            return  # a WELCOME replayed on a live link changes nothing (and must not double the timers)
         self.established = True
         self.keepalive_s = keepalive_s
         self._sent_through = self.terminal.acked_through
@@ -211,7 +213,6 @@ class DialingTerminal(protocol.ReconnectingClientFactory):
     def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
         self.reactor = reactor
-        self.clock = reactor
         self.host, self.port = host, port
         self.on_established = on_established
         self.faults = faults
@@ -275,5 +276,10 @@ class ListeningTerminal(protocol.Factory):
         if self.link is not None:
             self.link.transport.abortConnection()
 
+    def stopped(self) -> defer.Deferred:
+        """Fires once the port is released after ``go_offline``."""
+        return self._closed if self._closed is not None else defer.succeed(None)
+
     def come_back(self) -> None:
-        self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface))
+        d = self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface))
+        d.addErrback(lambda f: log.failure("terminal {tid} cannot listen again", f, tid=self.terminal.terminal_id))

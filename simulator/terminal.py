@@ -7,6 +7,7 @@ Users the gateway puts or deletes log server-origin events. Transports (simulato
 RS-485 bus) feed it frames and send what it answers; it never touches a socket itself.
 """
 
+import itertools
 import time
 from collections import deque
 from dataclasses import replace
@@ -105,14 +106,19 @@ class Terminal:
             self.log.popleft()
 
     def events_after(self, event_id: int, limit: int) -> list[Event]:
-        """Up to ``limit`` held events with an id above ``event_id``, oldest first."""
-        out = []
-        for event in self.log:
-            if event.event_id > event_id:
-                out.append(event)
-                if len(out) == limit:
-                    break
-        return out
+        """Up to ``limit`` held events with an id above ``event_id``, oldest first.
+
+        The log holds consecutive ids, so the first one wanted is found by arithmetic: a backlog
+        built up while the gateway's database was down is not rescanned for every batch.
+        """
+        if not self.log:
+            return []
+        start = max(0, event_id + 1 - self.log[0].event_id)
+        return list(itertools.islice(self.log, start, start + limit))
+
+    def pending_after(self, event_id: int) -> int:
+        """How many held events have an id above ``event_id``."""
+        return max(0, len(self.log) - max(0, event_id + 1 - self.log[0].event_id)) if self.log else 0
 
     # -- answering the gateway ---------------------------------------------------------------
 
@@ -175,7 +181,7 @@ class Terminal:
     def _request_events(self, frame: Frame, body) -> bytes:
         for listener in self.rewind_listeners:
             listener(body.after_event_id)
-        return response(frame, dict(pending=len(self.events_after(body.after_event_id, len(self.log)))))
+        return response(frame, dict(pending=self.pending_after(body.after_event_id)))
 
     def _get_users(self, frame: Frame, body) -> bytes:
         """The users asked for that fit in one frame; the rest are left out of both lists, and the
@@ -194,12 +200,7 @@ class Terminal:
 
     def _put_users(self, frame: Frame, body) -> bytes:
         results = []
-        for record in body.users:
-            try:
-                record.validate()
-            except MessageError:
-                results.append(dict(user_id=record.user_id, status=UserStatus.INVALID))
-                continue
+        for record in body.users:  # records breaking the limits never parse: BAD_MESSAGE for the whole request
             if record.user_id not in self.users and len(self.users) >= self.max_users:
                 results.append(dict(user_id=record.user_id, status=UserStatus.STORAGE_FULL))
                 continue

@@ -53,10 +53,9 @@ class Site:
     def __init__(self, db_url: str, terminal_ids=(101, 102, 103), listening_ids=(), groups=None, **config):
         self.terminals: dict[int, Terminal] = {t: Terminal(t, secret_of(t)) for t in (*terminal_ids, *listening_ids)}
         self.dialers: dict[int, DialingTerminal] = {}
-        self.listening = {t: reactor.listenTCP(0, ListeningTerminal(self.terminals[t], reactor), interface="127.0.0.1")
-                          for t in listening_ids}
+        self.listening = {t: ListeningTerminal(self.terminals[t], reactor).listen(0, "127.0.0.1") for t in listening_ids}
         entries = [dict(id=t, secret=secret_of(t)) for t in terminal_ids]
-        entries += [dict(id=t, secret=secret_of(t), dial=f"127.0.0.1:{port.getHost().port}") for t, port in self.listening.items()]
+        entries += [dict(id=t, secret=secret_of(t), dial=f"127.0.0.1:{listener.port_number}") for t, listener in self.listening.items()]
         for entry in entries:
             entry["groups"] = (groups or {}).get(entry["id"], [])
         self.config = GatewayConfig(db=db_url, tcp_host="127.0.0.1", tcp_port=0, http_port=0, terminals=entries, **config)
@@ -78,8 +77,9 @@ class Site:
         for dialer in self.dialers.values():
             dialer.go_offline()
         yield self.gateway.stop()
-        for port in self.listening.values():
-            yield port.stopListening()
+        for listener in self.listening.values():
+            listener.go_offline()
+            yield listener.stopped()
 
     # -- looking at the result ---------------------------------------------------------------
 

@@ -89,3 +89,23 @@ class AdmissionTests(LiveTestCase):
         self.assertTrue(self.logged("corrupt data before authentication"))
         self.assertTrue(self.site.online(101, 102))
         yield self.assert_others_still_sync()
+
+
+class OpenAdmissionTests(LiveTestCase):
+    """Labs: any terminal id may join, but only with the shared secret, and only then is it recorded."""
+
+    @defer.inlineCallbacks
+    def test_a_stranger_without_the_secret_leaves_no_trace_and_one_with_it_joins(self):
+        site = Site(f"sqlite:///{self.tmp_path / 'gateway.db'}", terminal_ids=(), admission="open", default_secret="lab")
+        site.start()
+        self.addCleanup(site.stop)
+        impostor = DialingTerminal(Terminal(901, "guess"), reactor, "127.0.0.1", site.port).start()
+        self.addCleanup(impostor.go_offline)
+        registry = site.gateway.registry
+        yield wait_until(lambda: (site.gateway.metrics.registry.get_sample_value(
+            "gateway_terminals_refused_total", {"reason": "auth_failed"}) or 0) >= 1, "the impostor refused")
+        self.assertNotIn(901, registry.terminals)
+        member = DialingTerminal(Terminal(902, "lab"), reactor, "127.0.0.1", site.port).start()
+        self.addCleanup(member.go_offline)
+        yield wait_until(lambda: site.online(902), "the lab terminal online")
+        self.assertEqual(registry.terminals[902].admission, "admitted")

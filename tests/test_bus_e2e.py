@@ -50,12 +50,6 @@ class BusSite(Site):
         yield super().stop()
         yield self.sim.stop()
 
-    def stored_event_ids(self, terminal_id: int) -> list[int]:
-        stmt = (select(events.c.terminal_event_id)
-                .where(events.c.terminal_id == terminal_id, events.c.terminal_event_id.is_not(None))
-                .order_by(events.c.terminal_event_id))
-        return self.gateway.db.run_now(lambda conn: list(conn.execute(stmt).scalars()))
-
     def bus_figure(self, name: str) -> float:
         return getattr(self.gateway.metrics, name).labels(self.sim.path)._value.get()
 

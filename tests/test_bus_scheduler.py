@@ -340,6 +340,22 @@ def test_a_silent_terminal_goes_offline_is_greeted_less_often_and_comes_back():
     rig.run_until(lambda: rig.gateway.online == {201, 202, 203}, "the terminal back online", limit_s=15)
 
 
+def test_a_greeting_pending_when_the_port_is_lost_does_not_outlive_the_reopen():
+    """An offline address waits to be greeted again; losing and reopening the port greets every
+    address afresh, and the old greeting must not then start a second session beside the new one."""
+    rig = Rig(addresses=(1, 2))
+    rig.run_until(lambda: len(rig.gateway.established) == 2, "two sessions")
+    rig.terminals[2].silent = True
+    rig.run_until(lambda: 202 in rig.gateway.ended, "address 2 offline, its greeting pending", limit_s=5)
+    rig.terminals[2].silent = False
+    rig.transport.loseConnection()
+    rig.run_until(lambda: rig.gateway.online == {201, 202}, "both back after the reopen", limit_s=15)
+    ended_before = len(rig.gateway.ended)
+    rig.run(40)  # past every greeting delay
+    assert len(rig.gateway.ended) == ended_before  # no session was replaced by a stray greeting
+    assert rig.gateway.online == {201, 202}
+
+
 def test_a_terminal_that_lost_its_session_is_greeted_again():
     rig = Rig(addresses=(1,))
     rig.run_until(lambda: rig.gateway.established, "the session")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from protocol import Command, Flags, Frame, FrameError, MessageError, StreamDecoder, encode_frame, request
+from protocol import Command, Event, Flags, Frame, FrameError, MessageError, StreamDecoder, encode_frame, parse_body, request
 from protocol.frame import HEADER_SIZE, MAX_PAYLOAD
 
 FRAME = request(Command.KEEPALIVE, terminal_id=9, seq=1)
@@ -73,3 +73,10 @@ def test_default_maximum_is_stated():
 def test_a_header_field_out_of_range_is_a_message_error():
     with pytest.raises(MessageError, match="cannot encode frame header"):
         encode_frame(Frame(Command.KEEPALIVE, b"", Flags.REQUEST, terminal_id=2**32))
+
+
+def test_an_event_id_beyond_a_signed_64_bit_column_is_a_bad_message():
+    """One such event would otherwise fail every group commit it joins, for every terminal."""
+    (frame,) = StreamDecoder().feed(request(Command.EVENTS, dict(events=[Event(2**63, 0, 0x1000)])))
+    with pytest.raises(MessageError, match="below 2\\*\\*63"):
+        parse_body(frame)

@@ -97,3 +97,18 @@ def test_server_origin_events_owe_no_pull():
     log.submit(1, events(1, 2, origin=Origin.SERVER), True)
     db.commits[0][1].callback(None)
     assert committed == [(1, set())]
+
+
+def test_events_are_acknowledged_even_if_what_follows_the_commit_fails():
+    db, clock = ControlledDatabase(), task.Clock()
+
+    def broken_pull_trigger(_committed):
+        raise RuntimeError("puller bug")
+
+    log = EventLog(db, clock, Metrics(), broken_pull_trigger)
+    acks = []
+    log.submit(1, events(1, 3), True).addCallback(acks.append)
+    db.commits[0][1].callback(None)
+    assert acks == [3]
+    log.submit(1, events(4, 1), True)
+    assert len(db.commits) == 2  # and the log goes on committing

@@ -30,6 +30,7 @@ from protocol.events import EventWire
 from protocol.frame import OVERHEAD, SOF, FrameHeader, FrameHeaderCompiled
 from protocol.json_form import frame_from_json, frame_to_json
 from protocol.compiling import LengthChecked
+from protocol.events import MAX_EVENT_ID
 from protocol.records import FINGER_TEMPLATE_SIZE, UserRecordWire
 
 BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -54,7 +55,8 @@ def slots(count: int, item):
     return indexes.flatmap(lambda chosen: st.tuples(*(item(i) for i in chosen)))
 
 
-events = st.builds(Event, unsigned(8), unsigned(8), unsigned(2), unsigned(1), st.text(max_size=8))
+event_ids = st.integers(0, MAX_EVENT_ID)  # ids and times fit a signed 64-bit column (test_decoder covers beyond)
+events = st.builds(Event, event_ids, event_ids, unsigned(2), unsigned(1), st.text(max_size=8))
 records = st.builds(
     UserRecord,
     user_id=user_ids,

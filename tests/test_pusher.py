@@ -50,3 +50,15 @@ def test_terminals_at_the_same_cursor_share_one_feed_read():
         d.callback([])  # nothing new: every round ends
     pusher.wake_all()
     assert len(db.reads) == 4  # a later wake reads again
+
+
+def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
+    db = CountingDatabase()
+    first, second = Terminal(1, session=object()), Terminal(2, session=object())
+    registry = SimpleNamespace(terminals={1: first, 2: second}, online=lambda: [second])
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
+    pusher.kick(1)  # a read of cursor 0 begins...
+    pusher.wake_all()  # ...then a change is committed: terminal 2 joins a read that may miss it
+    assert len(db.reads) == 1
+    db.reads[0][1].callback([])
+    assert [args for args, _ in db.reads] == [(0, Pusher.scan_limit)] * 2  # so 2 reads the feed again

@@ -143,3 +143,13 @@ def test_a_full_log_overwrites_its_oldest_events_and_counts_them():
         terminal.verify(f"u{n}")
     assert [e.event_id for e in terminal.log] == [3, 4, 5]
     assert terminal.overwritten == 2
+
+
+def test_events_after_finds_the_next_events_in_a_log_that_lost_its_oldest():
+    terminal = Terminal(5, SECRET, max_events=4)
+    for n in range(6):
+        terminal.verify(f"u{n}")  # ids 1..6; 1 and 2 overwritten
+    assert [e.event_id for e in terminal.events_after(0, 2)] == [3, 4]
+    assert [e.event_id for e in terminal.events_after(4, 10)] == [5, 6]
+    assert terminal.events_after(6, 10) == []
+    assert (terminal.pending_after(0), terminal.pending_after(4), terminal.pending_after(9)) == (4, 2, 0)

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 
+from gateway.config import ConfigError, parse_host_port
 from protocol import auth
 from protocol.decoder import StreamDecoder
 from protocol.errors import ErrorCode, MessageError
@@ -30,7 +31,7 @@ class Peer:
 
     def __init__(self, sock: socket.socket, timeout: float):
         self.sock = sock
-        self.sock.settimeout(timeout)
+        self.timeout = timeout
         self.decoder = StreamDecoder()
         self.frames: list[Frame] = []
         self.seq = 0
@@ -40,8 +41,9 @@ class Peer:
         """Send a request and return the terminal's answer to it (a response or an error reply)."""
         self.seq += 1
         self.sock.sendall(encode_frame(Frame(command, payload, Flags.REQUEST, self.terminal_id, self.seq)))
+        deadline = time.monotonic() + self.timeout  # for the answer, however chatty the terminal is meanwhile
         while True:
-            frame = self._next_frame()
+            frame = self._next_frame(deadline)
             if frame.is_response and frame.seq == self.seq:
                 return frame
             if not frame.is_response:
@@ -53,8 +55,9 @@ class Peer:
         elif frame.command == Command.KEEPALIVE:
             self.sock.sendall(response(frame))
 
-    def _next_frame(self) -> Frame:
+    def _next_frame(self, deadline: float) -> Frame:
         while not self.frames:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = self.sock.recv(65536)
             if not data:
                 raise CheckFailed("the terminal closed the connection")
@@ -154,8 +157,7 @@ READ_CHECKS = [check_handshake, check_keepalive, check_time_sync, check_list_use
 
 def connect(args) -> socket.socket:
     if args.terminal:
-        host, _, port = args.terminal.rpartition(":")
-        return socket.create_connection((host, int(port)), timeout=args.timeout)
+        return socket.create_connection(parse_host_port(args.terminal), timeout=args.timeout)
     with socket.create_server(("0.0.0.0", args.listen)) as server:
         server.settimeout(args.wait)
         print(f"waiting up to {args.wait:g} s for a terminal to dial in on port {args.listen}", flush=True)
@@ -178,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.terminal and (":" not in args.terminal or not args.terminal.rpartition(":")[2].isdigit()):
-        print("gateway-check: --terminal needs HOST:PORT", file=sys.stderr)
-        return 2
     try:
         sock = connect(args)
+    except ConfigError as exc:
+        print(f"gateway-check: --terminal: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"gateway-check: cannot reach the terminal: {exc}", file=sys.stderr)
         return 2

@@ -144,6 +144,8 @@ class BusMaster(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.transport = None
         self._end_exchange()
+        for drop in self.drops:  # every address is greeted afresh when the port reopens
+            self._cancel_greeting(drop)
         for drop in self.drops:
             if drop.session is not None:
                 drop.session.close(f"serial port closed ({reason.getErrorMessage()})")
@@ -158,7 +160,9 @@ class BusMaster(protocol.Protocol):
 
     def _greet(self, drop: Drop) -> None:
         """A new session at this address; like every session, it starts with the gateway's HELLO."""
-        self._timers.pop(drop, None)
+        self._cancel_greeting(drop)
+        if drop.session is not None:
+            drop.session.close("greeted again")
         link = BusLink(self, drop)
         session = TerminalSession(link, self.gateway, self.clock, drop.terminal_id)
         # The master queues every request itself and puts one on the whole line at a time; a
@@ -170,6 +174,11 @@ class BusMaster(protocol.Protocol):
         drop.online = drop.committing = drop.paused = False
         drop.ack_through = 0  # the WELCOME tells the terminal what is stored; 0 adds nothing to it
         session.start()
+
+    def _cancel_greeting(self, drop: Drop) -> None:
+        timer = self._timers.pop(drop, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def queue(self, link: BusLink, drop: Drop, data: bytes) -> None:
         """A session wrote a frame: it waits for its turn on the line."""
