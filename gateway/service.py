@@ -1,9 +1,10 @@
 """Gateway: the running service, wiring terminals' links to the event log and the sync core.
 
 Start-up order: database (migrations), registry and settings from it, then the listeners.
-A sweep every ``sweep_s`` seconds wakes pushes and owed pulls, which is how changes made by
-another process on the same database (the command line, a second gateway on PostgreSQL) and
-work that failed earlier are picked up.
+A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal, which is how
+changes made by another process on the same database (a second gateway on PostgreSQL) and
+pushes that failed earlier are picked up. Owed pulls retry on their own backoff and resume
+when their terminal reconnects.
 """
 
 from sqlalchemy.engine import make_url
@@ -47,7 +48,7 @@ class Gateway:
         self.http_port = None
         self._dialers: list = []
         self.buses: list[BusMaster] = []
-        self._sweep = task.LoopingCall(self._sweep_once)
+        self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
 
     def start(self) -> None:
@@ -119,7 +120,8 @@ class Gateway:
     def _wake_pushes(self, *_):
         self.pusher.wake_all()
 
-    def _sweep_once(self):
+    def sweep(self):
+        """Wake every lagging terminal's pushes now; fires once they have been started."""
         d = self.db.read(last_change_seq)
         d.addCallback(self._swept)
         d.addErrback(lambda f: log.warn("sweep could not read the database: {e}", e=f.getErrorMessage()))

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.database import DatabaseFailure
-from gateway.http.validate import Invalid, check
+from gateway.http.validate import Invalid, check_range, check
 from gateway.users import UnknownUser, UserExists
 from protocol.errors import MessageError
 
@@ -27,6 +27,7 @@ log = Logger(namespace="gateway.http")
 
 # A user record without templates is well under 2 KiB; templates never travel through the API.
 MAX_BODY = 64 * 1024
+MAX_INTEGER = 2**63 - 1  # what the database's BIGINT columns hold
 
 
 class ApiError(Exception):
@@ -50,26 +51,31 @@ class Param:
     repeated: bool = False
     default: object = None
     minimum: int | None = None
-    maximum: int | None = None
+    maximum: int | None = MAX_INTEGER
 
     def parse(self, text: str):
         if self.kind == "string":
             return text
         if self.kind == "time":
             return parse_time(text, self.name)
-        try:
-            value = int(text)
-        except ValueError:
-            raise ApiError(400, f"{self.name} must be an integer, got {text!r}") from None
-        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
-            raise ApiError(400, f"{self.name} must be from {self.minimum} to {self.maximum}, got {value}")
+        value = parse_integer(text, self.name)
+        check_range(value, self.minimum, self.maximum, self.name)
         return value
+
+
+def parse_integer(text: str, name: str) -> int:
+    """A decimal integer that fits the database's 64-bit columns; 400 otherwise."""
+    if not (text.lstrip("-").isascii() and text.lstrip("-").isdigit()) or len(text) > 20:
+        raise ApiError(400, f"{name} must be an integer, got {text[:40]!r}")
+    value = int(text)
+    check_range(value, -MAX_INTEGER, MAX_INTEGER, name)
+    return value
 
 
 def parse_time(text: str, name: str) -> int:
     """Milliseconds since the epoch, from either such a number or an ISO 8601 time (UTC if no zone)."""
     if text.lstrip("-").isdigit():
-        return int(text)
+        return parse_integer(text, name)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -250,6 +256,11 @@ class ApiResource(resource.Resource):
             if status is None:
                 log.failure("API request {method} {path} failed", failure, method=request.method, path=request.uri)
                 error = ApiError(500, "internal error; the gateway log has the details")
+            elif failure.check(DatabaseFailure):
+                # The driver's text can name the database host and user: it goes to the log only.
+                log.warn("API request {method} {path}: database unavailable: {e}", method=request.method, path=request.uri,
+                         e=failure.getErrorMessage())
+                error = ApiError(status, "the database is unavailable; retry shortly")
             else:
                 error = ApiError(status, failure.getErrorMessage())
         for name, value in error.headers.items():

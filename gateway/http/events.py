@@ -4,7 +4,7 @@ The sync events are first-class filter values, by their full text or a short nam
 selects all of them.
 """
 
-from gateway.http.api import ApiError, Param, Route
+from gateway.http.api import ApiError, Param, Route, parse_integer
 from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
 from gateway.queries import EventFilter, read_events
 from protocol.events import EventCode
@@ -76,8 +76,8 @@ def follow_events(call):
     """Server-sent events: each newly stored event matching the filter, as it is stored."""
     after = call.params["after"]
     last_id = call.request.getHeader("last-event-id")  # an EventSource resuming: newer than its URL's "after"
-    if last_id and last_id.isdigit():
-        after = int(last_id)
+    if last_id:
+        after = parse_integer(last_id, "Last-Event-ID")
     return call.stream.subscribe(call.request, event_filter(call.params), after)
 
 

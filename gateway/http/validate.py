@@ -36,12 +36,12 @@ def check(schema: dict, value, where: str = "body") -> None:
         for i, item in enumerate(value):
             check(schema.get("items", {}), item, f"{where}[{i}]")
     elif isinstance(value, str):
-        _check_range(len(value), schema.get("minLength"), schema.get("maxLength"), f"{where} length")
+        check_range(len(value), schema.get("minLength"), schema.get("maxLength"), f"{where} length")
     elif isinstance(value, int) and not isinstance(value, bool):
-        _check_range(value, schema.get("minimum"), schema.get("maximum"), where)
+        check_range(value, schema.get("minimum"), schema.get("maximum"), where)
 
 
-def _check_range(value: int, low: int | None, high: int | None, what: str) -> None:
+def check_range(value: int, low: int | None, high: int | None, what: str) -> None:
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"from {low} to {high}" if low is not None and high is not None else f"at least {low}" if high is None else f"at most {high}"
         raise Invalid(f"{what} must be {bounds}")

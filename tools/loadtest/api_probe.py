@@ -30,7 +30,7 @@ class ApiProbe:
             conn.request("GET", PATH)
             answer = conn.getresponse()
             answer.read()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # a garbled answer counts as a failure, too
             raise ApiUnavailable(f"GET {PATH}: {exc.strerror or exc}") from None
         finally:
             conn.close()

@@ -28,6 +28,10 @@ from protocol.records import UserRecordWire
 MAX_EXAMPLES = 10
 
 
+# What makes a run fail: the report table and the exit status both judge by these.
+LOSS_KEYS = ("lost_events", "duplicate_events", "unexpected_events", "lost_updates", "diverged_terminals")
+
+
 @dataclass
 class Convergence:
     terminals: int = 0
@@ -45,8 +49,7 @@ class Convergence:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost_events or self.duplicate_events or self.unexpected_events or self.lost_updates
-                    or self.diverged_terminals)
+        return not any(getattr(self, key) for key in LOSS_KEYS)
 
     def note(self, text: str) -> None:
         if len(self.examples) < MAX_EXAMPLES:

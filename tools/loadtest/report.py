@@ -2,6 +2,8 @@
 
 import time
 
+from tools.loadtest.convergence import LOSS_KEYS
+
 PLOT_HINT = "--plot needs matplotlib: pip install 'terminal-gateway[plot]'"
 
 
@@ -10,7 +12,7 @@ def ratio(part: float | None, whole: float | None) -> float | None:
 
 
 def verdict(report: dict) -> str:
-    losses = [k for k in ("lost_events", "duplicate_events", "lost_updates", "diverged_terminals") if report[k]]
+    losses = [k for k in LOSS_KEYS if report[k]]
     if losses:
         return "FAILED: " + ", ".join(f"{k} {report[k]}" for k in losses)
     if not report["settled"]:
