@@ -17,7 +17,7 @@ from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, record_sync_events,
 from gateway.schema import terminals, users
 from gateway.syncmode import parse_groups
 from protocol.frame import MAX_PAYLOAD
-from protocol.messages import Command, UserStatus, put_users_payload
+from protocol.messages import PUT_USERS_HEAD, Command, UserStatus, put_users_payload
 
 log = Logger(namespace="gateway.pusher")
 
@@ -106,7 +106,7 @@ class Pusher:
         # Where device updates are pulled, a terminal keeps a keypad change not fetched yet: the
         # pull merges it and the merged record comes back, so neither side's change is lost.
         keep_local = mode.pulls_device_updates
-        limit = min(session.link.request_bytes, MAX_PAYLOAD) - 2
+        limit = min(session.link.request_bytes, MAX_PAYLOAD) - PUT_USERS_HEAD
         sends = [session.request(Command.PUT_USERS, payload=put_users_payload(chunk, keep_local)) for chunk in request_chunks(puts, limit, self.batch_users)]
         sends += [session.request(Command.DELETE_USERS, dict(user_ids=deletes[i:i + self.batch_users]))
                   for i in range(0, len(deletes), self.batch_users)]
@@ -128,7 +128,7 @@ class Pusher:
                              tid=term.terminal_id, user=result.user_id)
                 else:
                     self._metrics.failures.labels("push_refused").inc()
-                    status = UserStatus(result.status).name if result.status in UserStatus._value2member_map_ else result.status
+                    status = _status_name(result.status)
                     rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}"))
         self._metrics.pushes.inc(applied)
         d = self._move_cursor(term.terminal_id, cursor, rows)
@@ -177,6 +177,13 @@ class Pusher:
         log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
         self._metrics.failures.labels("push").inc()
         return None
+
+
+def _status_name(status: int) -> str:
+    try:
+        return UserStatus(status).name
+    except ValueError:
+        return f"status {status}"
 
 
 def request_chunks(records: list[bytes], limit: int, max_users: int):

@@ -46,7 +46,7 @@ class Gateway:
         self.users = UserDirectory(self.db, self._wake_pushes)
         self.tcp_port = None
         self.http_port = None
-        self._dialers: list = []
+        self.dialers: list = []
         self.buses: list[BusMaster] = []
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
@@ -65,7 +65,7 @@ class Gateway:
             if "dial" in entry:
                 host, port = parse_host_port(entry["dial"])
                 dialer = TerminalDialer(self, entry["id"], entry["dial"])
-                self._dialers.append((dialer, self.reactor.connectTCP(host, port, dialer)))
+                self.dialers.append((dialer, self.reactor.connectTCP(host, port, dialer)))
         self.buses = [BusMaster(self, parse_serial(entry)) for entry in self.config.serial]
         for bus in self.buses:
             bus.start()
@@ -77,7 +77,7 @@ class Gateway:
             self._sweep.stop()
         self.puller.stop()
         self.eventlog.stop()
-        for dialer, connector in self._dialers:
+        for dialer, connector in self.dialers:
             dialer.stopTrying()
             connector.disconnect()
         if self.tcp_port is not None:
@@ -101,6 +101,9 @@ class Gateway:
         if self.registry.attach(session) is None:
             return  # refused or removed by an administrator during the handshake
         self.eventlog.add_link(session.link)
+        for dialer, _ in self.dialers:
+            if dialer.terminal_id == session.terminal_id:
+                dialer.resetDelay()
         self.metrics.terminals_online.set(len(self.registry.online()))
         self.pusher.kick(session.terminal_id)
         self.puller.terminal_online(session.terminal_id)
@@ -117,7 +120,7 @@ class Gateway:
         for terminal_id, user_ids in committed:
             self.puller.want(terminal_id, user_ids)
 
-    def _wake_pushes(self, *_):
+    def _wake_pushes(self):
         self.pusher.wake_all()
 
     def sweep(self):

@@ -86,7 +86,8 @@ class TerminalDialer(protocol.ReconnectingClientFactory):
         self.clock = gateway.clock
 
     def buildProtocol(self, addr):
-        self.resetDelay()
+        # The backoff is reset only once the terminal authenticated (Gateway.session_established):
+        # one that answers but is refused must not be redialled every second.
         return TcpLink(self.gateway, expected_terminal_id=self.terminal_id)
 
     def clientConnectionFailed(self, connector, reason):

@@ -13,10 +13,10 @@ secret can never push a terminal off.
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from twisted.logger import Logger
 
-from gateway.database import insert_ignoring_duplicates
+from gateway.database import upsert
 from gateway.monitor import now_ms
 from gateway.schema import pending_pulls, terminals
 from gateway.session import Refused
@@ -193,7 +193,5 @@ def _forget_terminal(conn, terminal_id: int) -> None:
 
 def _save_terminals(conn, rows: list[dict]) -> None:
     """Upsert terminal rows, leaving cursors alone: only the pusher moves a cursor."""
-    insert_ignoring_duplicates(conn, terminals, rows)
-    for row in rows:
-        values = {k: v for k, v in row.items() if k not in ("terminal_id", "cursor")}
-        conn.execute(update(terminals).where(terminals.c.terminal_id == row["terminal_id"]).values(**values))
+    if rows:
+        upsert(conn, terminals, rows, key=["terminal_id"], update=[c for c in rows[0] if c not in ("terminal_id", "cursor")])

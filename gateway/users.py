@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.database import insert_ignoring_duplicates
+from gateway.database import insert_ignoring_duplicates, upsert
 from gateway.monitor import now_ms
 from gateway.schema import counters, users
 from gateway.syncmode import format_groups
@@ -77,9 +77,7 @@ def store_record(conn: Connection, record: UserRecord, holder_terminal: int | No
         holder_terminal=holder_terminal,
         updated_ms=now_ms(),
     )
-    done = conn.execute(update(users).where(users.c.user_id == record.user_id).values(**values))
-    if done.rowcount == 0:
-        conn.execute(users.insert().values(user_id=record.user_id, **values))
+    upsert(conn, users, [dict(user_id=record.user_id, **values)], key=["user_id"], update=list(values))
     return seq
 
 
@@ -143,9 +141,6 @@ class UserDirectory:
 
     def delete(self, user_id: str):
         return self._db.write(delete_user, user_id).addCallback(self._changed)
-
-    def get(self, user_id: str):
-        return self._db.read(load_record, user_id)
 
     def _changed(self, result):
         self._on_change()

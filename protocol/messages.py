@@ -184,6 +184,9 @@ def _reason(exc: Exception) -> str:
     return ": ".join(lines) if lines else type(exc).__name__
 
 
+PUT_USERS_HEAD = 2  # bytes before the records: the keep_local_changes flag and the user count
+
+
 def put_users_payload(encoded_records: list[bytes], keep_local_changes: bool) -> bytes:
     """PUT_USERS request payload from records already in their wire encoding.
 

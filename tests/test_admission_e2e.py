@@ -109,3 +109,18 @@ class OpenAdmissionTests(LiveTestCase):
         self.addCleanup(member.go_offline)
         yield wait_until(lambda: site.online(902), "the lab terminal online")
         self.assertEqual(registry.terminals[902].admission, "admitted")
+
+
+class DialOutRefusalTests(LiveTestCase):
+    @defer.inlineCallbacks
+    def test_a_refused_terminal_the_gateway_dials_is_redialled_ever_more_slowly(self):
+        """It answers, so the connection succeeds; only a session that authenticated resets the backoff."""
+        site = Site(f"sqlite:///{self.tmp_path / 'gateway.db'}", terminal_ids=(), listening_ids=(104,))
+        site.terminals[104].secret = b"not the configured secret"
+        site.start()
+        self.addCleanup(site.stop)
+        metrics = site.gateway.metrics.registry
+        yield wait_until(lambda: (metrics.get_sample_value("gateway_terminals_refused_total", {"reason": "auth_failed"}) or 0) >= 3,
+                         "three refusals", timeout=20)
+        (dialer, _), = site.gateway.dialers
+        self.assertGreater(dialer.delay, 2 * dialer.initialDelay * dialer.factor)

@@ -169,7 +169,11 @@ class BusMaster(protocol.Protocol):
         # window as deep as the session's queue hands it all, so a poll can overtake a push.
         session.window = session.max_waiting
         session.request_timeout = session.handshake_timeout = self._session_patience_s
-        session.keepalive_s = min(0xFFFF, math.ceil(self._session_patience_s))  # the polls keep it alive
+        # The polls keep the session alive: the terminal hears one every poll interval, or after
+        # the longest exchange another address may hold the line for. Told this, it notices a
+        # gateway that is gone within minutes, not after the session's whole patience (hours).
+        heard_within_s = max(10 * self.scheduler.poll_interval_s, self.timing.longest_exchange_s() / 2, 30)
+        session.keepalive_s = min(0xFFFF, math.ceil(heard_within_s))
         drop.link, drop.session = link, session
         drop.online = drop.committing = drop.paused = False
         drop.ack_through = 0  # the WELCOME tells the terminal what is stored; 0 adds nothing to it
