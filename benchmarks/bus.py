@@ -109,9 +109,9 @@ def _counts(sim, metrics, bus: str) -> dict:
     return dict(
         frame_bytes=sim.bus.stats.frame_bytes,
         payload_bytes=sim.bus.stats.payload_bytes,
-        polls=int(metrics.bus_polls.labels(bus)._value.get()),
-        timeouts=int(metrics.bus_timeouts.labels(bus)._value.get()),
-        crc_errors=int(metrics.bus_crc_errors.labels(bus)._value.get()),
+        polls=int(metrics.value(metrics.bus_polls, bus=bus)),
+        timeouts=int(metrics.value(metrics.bus_timeouts, bus=bus)),
+        crc_errors=int(metrics.value(metrics.bus_crc_errors, bus=bus)),
     )
 
 

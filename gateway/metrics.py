@@ -37,5 +37,15 @@ class Metrics:
         self.bus_retries = Counter("gateway_bus_retries", "Requests sent again on a bus after no answer", ["bus"], registry=r)
         self.bus_crc_errors = Counter("gateway_bus_crc_errors", "Corrupt data received on a bus (failed CRC, bytes outside any frame)", ["bus"], registry=r)
 
+    @staticmethod
+    def value(metric, **labels) -> float:
+        """A counter's or gauge's current value (0 before it is first touched), read through
+        prometheus_client's public collect() rather than its internals."""
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name in (family.name, family.name + "_total") and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -259,7 +259,7 @@ def test_every_terminal_is_greeted_and_polled_without_anyone_talking_over_anyone
         assert len(rig.sent_to(address, Command.POLL)) >= 3
     assert rig.line.stats.collisions == 0
     assert rig.line.stats.errors == 0
-    assert rig.gateway.metrics.bus_timeouts.labels("emulated")._value.get() == 0
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_timeouts, bus="emulated") == 0
 
 
 def test_polled_events_are_acknowledged_only_in_a_poll_after_their_commit():
@@ -293,8 +293,8 @@ def test_noise_causes_retries_not_lost_or_duplicated_events():
         terminal = rig.terminal(address)
         assert rig.gateway.stored[terminal.terminal_id] == list(range(1, terminal.next_event_id))
     assert rig.line.stats.flipped_bits > 0
-    assert rig.gateway.metrics.bus_crc_errors.labels("emulated")._value.get() > 0
-    assert rig.gateway.metrics.bus_retries.labels("emulated")._value.get() > 0
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_crc_errors, bus="emulated") > 0
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_retries, bus="emulated") > 0
 
 
 def test_a_collision_is_retried_and_the_events_arrive_once():
@@ -305,7 +305,7 @@ def test_a_collision_is_retried_and_the_events_arrive_once():
     rig.run_until(lambda: rig.terminal(1).acked_through == 1, "the event acknowledged")
     assert rig.line.stats.collisions == 1
     assert rig.gateway.stored[201] == [1]
-    assert rig.gateway.metrics.bus_retries.labels("emulated")._value.get() >= 1
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_retries, bus="emulated") >= 1
     assert not rig.gateway.ended
 
 
@@ -317,7 +317,7 @@ def test_a_late_answer_is_ignored_and_the_retry_is_answered():
     late.terminal.verify("someone")
     rig.run_until(lambda: late.terminal.acked_through == 1, "the event acknowledged")
     assert rig.gateway.stored[201] == [1]
-    assert rig.gateway.metrics.bus_timeouts.labels("emulated")._value.get() >= 1
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_timeouts, bus="emulated") >= 1
     assert not rig.gateway.ended
 
 
@@ -377,8 +377,8 @@ def test_echo_of_the_masters_own_bytes_is_discarded():
     rig.run_until(lambda: len(rig.gateway.established) == 2, "both sessions through an echoing adapter")
     rig.terminal(2).verify("someone")
     rig.run_until(lambda: rig.terminal(2).acked_through == 1, "the event acknowledged")
-    assert rig.gateway.metrics.bus_crc_errors.labels("emulated")._value.get() == 0
-    assert rig.gateway.metrics.bus_timeouts.labels("emulated")._value.get() == 0
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_crc_errors, bus="emulated") == 0
+    assert rig.gateway.metrics.value(rig.gateway.metrics.bus_timeouts, bus="emulated") == 0
 
 
 def test_stopping_closes_every_session_and_the_port():

@@ -3,6 +3,7 @@
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, threads
 
+from gateway.metrics import Metrics
 from gateway.monitor import APPLIED_BY_DEVICE
 from live_site import wait_until
 from api_site import A, B, ApiTestCase, http
@@ -45,3 +46,13 @@ class MetricsTests(ApiTestCase):
         self.assertEqual(found[("gateway_events_waiting", ())], 0)  # everything received is committed
         for terminal in (A, B):
             self.assertEqual(found[("gateway_sync_lag", (("terminal", str(terminal)),))], 0)
+
+
+def test_value_reads_counters_and_gauges_by_label_and_zero_before_first_use():
+    metrics = Metrics()
+    assert metrics.value(metrics.refused, reason="auth_failed") == 0
+    metrics.refused.labels("auth_failed").inc(2)
+    metrics.terminals_online.set(3)
+    assert metrics.value(metrics.refused, reason="auth_failed") == 2
+    assert metrics.value(metrics.refused, reason="unknown_terminal") == 0
+    assert metrics.value(metrics.terminals_online) == 3

@@ -107,7 +107,7 @@ def test_wrong_secret_is_refused_with_auth_failed_and_the_link_closed():
     (reply,) = peer.frames()
     assert reply.is_error and parse_body(reply).code == ErrorCode.AUTH_FAILED
     assert peer.transport.disconnecting
-    assert peer.gateway.metrics.refused.labels("auth_failed")._value.get() == 1
+    assert peer.gateway.metrics.value(peer.gateway.metrics.refused, reason="auth_failed") == 1
 
 
 def test_unknown_terminal_is_refused_and_never_established():
@@ -210,7 +210,7 @@ def test_garbage_after_authentication_is_counted_then_closes_when_persistent():
     peer.establish()
     peer.send(b"\x00garbage")
     assert not peer.transport.disconnecting
-    assert peer.gateway.metrics.frame_errors._value.get() == 1
+    assert peer.gateway.metrics.value(peer.gateway.metrics.frame_errors) == 1
     for _ in range(peer.session.frame_errors_per_minute):
         peer.send(b"\x00garbage")
     assert peer.transport.disconnecting
