@@ -18,6 +18,7 @@ from pathlib import Path
 
 from twisted.internet import task
 
+from gateway.config import parse_host_port
 from protocol.events import EventCode, Origin
 from protocol.records import UserRecordWire
 from simulator.people import MIXES, People
@@ -201,21 +202,21 @@ class FleetWorker:
         self.spec = spec
         self.scenario = SCENARIOS[spec.scenario](spec.terminal_ids, spec.seed, spec.duration)
         self.tally = Tally(frozenset(spec.terminal_ids) - self.scenario.disturbed())
-        host, _, port = spec.gateway.rpartition(":")
+        host, port = parse_host_port(spec.gateway) if not spec.listen else ("", 0)
         for terminal_id in terminal_ids:
             terminal = Terminal(terminal_id, spec.secret)
             faults = self.scenario.faults(terminal_id)
             if spec.listen:
                 link = ListeningTerminal(terminal, self.reactor, faults=faults)
             else:
-                link = DialingTerminal(terminal, self.reactor, host, int(port), faults=faults)
+                link = DialingTerminal(terminal, self.reactor, host, port, faults=faults)
             people = People(spec.seed * 1_000_003 + terminal_id, MIXES[spec.mix])
             station = Station(terminal, link, people, self.reactor)
             self.tally.watch(station)
             self.stations.append(station)
         self.scenario.bind(self.stations)
         self._repeat(self.progress_s, self._report_progress)
-        self._repeat(self.tick_s, self._connect_some, iter(self.stations))
+        self._connecting = self._repeat(self.tick_s, self._connect_some, iter(self.stations))
 
     def _repeat(self, period_s: float, action, *args):
         timer = task.LoopingCall(action, *args)
@@ -225,7 +226,10 @@ class FleetWorker:
         return timer
 
     def _connect_some(self, pending) -> None:
-        for station in itertools.islice(pending, self.connects_per_tick):
+        batch = list(itertools.islice(pending, self.connects_per_tick))
+        if not batch:
+            self._connecting.stop()  # every terminal has been started
+        for station in batch:
             if self.spec.listen:
                 station.link_factory.listen(self.spec.listen + station.terminal_id - self.spec.first_id, "127.0.0.1")
             else:

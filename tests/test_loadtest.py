@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from protocol.records import UserRecordWire
+from simulator.fleet import main as fleet_main
 from simulator.people import People
 from tools.loadtest import convergence
 from tools.loadtest.harness import main
@@ -104,3 +105,8 @@ def test_the_harness_fails_when_a_terminal_drops_a_record(tmp_path):
     assert report["dropped_on_purpose"] is not None
     assert report["diverged_terminals"] == 1 and report["missing_deliveries"] == 1
     assert report["lost_events"] == 0 and report["lost_updates"] == 0
+
+
+def test_a_fleet_pointed_at_no_host_port_says_so_before_starting_workers(capsys):
+    assert fleet_main(["--gateway", "nowhere", "--devices", "2"]) == 2
+    assert "--gateway: expected HOST:PORT" in capsys.readouterr().err
