@@ -14,7 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from gateway.admin import ApiClient
 from gateway.http.api import ApiResource, BoundedBody, Route
-from gateway.http.sse import StreamClient
+from gateway.http.sse import StreamClient, encode
 from gateway.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
 from gateway.queries import EventFilter
 from api_site import TOKEN, A, B, ApiTestCase
@@ -447,6 +447,10 @@ def events(first, n):
     return [dict(id=i, type="VERIFY_FAIL", terminal_id=1, user_id="u", occurred_ms=i) for i in range(first, first + n)]
 
 
+def encoded(found: list[dict]) -> list[tuple[dict, bytes]]:
+    return [(event, encode(event)) for event in found]
+
+
 def written_ids(request) -> list[int]:
     return [int(w.split(b"\n")[0][4:]) for w in request.written if w.startswith(b"id: ")]
 
@@ -457,12 +461,12 @@ def test_a_stream_client_buffers_while_its_socket_is_full_and_is_dropped_beyond_
     client.open()
     client.start(events(1, 2), skipped=False)
     client.pauseProducing()
-    client.offer(events(3, 2))
+    client.offer(encoded(events(3, 2)))
     assert written_ids(request) == [1, 2]
     client.resumeProducing()
     assert written_ids(request) == [1, 2, 3, 4]
     client.pauseProducing()
-    client.offer(events(5, StreamClient.max_buffered + 1))
+    client.offer(encoded(events(5, StreamClient.max_buffered + 1)))
     assert request.aborted and dropped == [client] and client.gone
 
 
@@ -470,7 +474,7 @@ def test_live_events_wait_for_the_replay_and_a_gap_is_announced():
     request = FakeStreamRequest()
     client = StreamClient(request, EventFilter(), lambda c: None)
     client.open()
-    client.offer(events(9, 1))  # arrives while the replay is being read
+    client.offer(encoded(events(9, 1)))  # arrives while the replay is being read
     client.start([], skipped=True)
     assert request.written[1] == b"event: gap\ndata: {}\n\n"  # the gap is announced first...
     assert len(request.written) == 3 and request.written[2].startswith(b"id: 9\n")  # ...then the live event
@@ -482,5 +486,5 @@ def test_a_stream_client_sends_only_matching_events():
     client = StreamClient(request, EventFilter(types=("VERIFY_SUCCESS",)), lambda c: None)
     client.open()
     client.start([], skipped=False)
-    client.offer(events(1, 3) + [dict(id=4, type="VERIFY_SUCCESS", terminal_id=1, user_id="u", occurred_ms=4)])
+    client.offer(encoded(events(1, 3) + [dict(id=4, type="VERIFY_SUCCESS", terminal_id=1, user_id="u", occurred_ms=4)]))
     assert written_ids(request) == [4]

@@ -57,12 +57,13 @@ class StreamClient:
         self.started = True
         self._flush()
 
-    def offer(self, events: list[dict]) -> None:
+    def offer(self, events: list[tuple[dict, bytes]]) -> None:
+        """New events, each with its encoding (made once for every client)."""
         if self.gone:
             return
-        for event in events:
+        for event, encoded in events:
             if self.filter.matches(event):
-                self._buffer.append(encode(event))
+                self._buffer.append(encoded)
         if len(self._buffer) > self.max_buffered:
             self.drop(f"{len(self._buffer)} events waiting for a slow client")
         else:
@@ -187,8 +188,9 @@ class EventStream:
         found = [e for e in found if e["id"] > self._head]  # a poll begun before a restart
         if found:
             self._head = found[-1]["id"]
+            encoded = [(event, encode(event)) for event in found]
             for client in list(self.clients):
-                client.offer(found)
+                client.offer(encoded)
         if more:
             self._poll()
 
