@@ -161,14 +161,24 @@ def request(command: Command, body: dict | None = None, *, terminal_id=0, seq=0,
     return encode_frame(Frame(command, payload, Flags.REQUEST, terminal_id, seq, address))
 
 
-def response(to: Frame, body: dict | None = None) -> bytes:
+def response_frame(to: Frame, body: dict | None = None) -> Frame:
+    """The answer to ``to``: same command, sequence number, terminal and address."""
     payload = build_body(to.command, True, body or {})
-    return encode_frame(Frame(to.command, payload, Flags.RESPONSE, to.terminal_id, to.seq, to.address))
+    return Frame(to.command, payload, Flags.RESPONSE, to.terminal_id, to.seq, to.address)
+
+
+def error_frame(to: Frame, code: ErrorCode, text: str) -> Frame:
+    """An error reply to ``to``; the text is cut to what the wire carries."""
+    payload = build_body(to.command, True, dict(code=int(code), text=text[:1000]), error=True)
+    return Frame(to.command, payload, Flags.RESPONSE | Flags.ERROR, to.terminal_id, to.seq, to.address)
+
+
+def response(to: Frame, body: dict | None = None) -> bytes:
+    return encode_frame(response_frame(to, body))
 
 
 def error_response(to: Frame, code: ErrorCode, text: str) -> bytes:
-    payload = build_body(to.command, True, dict(code=int(code), text=text[:1000]), error=True)
-    return encode_frame(Frame(to.command, payload, Flags.RESPONSE | Flags.ERROR, to.terminal_id, to.seq, to.address))
+    return encode_frame(error_frame(to, code, text))
 
 
 def _name(command: int) -> str:

@@ -1,0 +1,81 @@
+"""The sans-I/O conversation and handshake in protocol/: given frames and times, no clock, no I/O."""
+
+from protocol.auth import GatewayHandshake, TerminalHandshake
+from protocol.conversation import SEQ_MODULUS, Conversation, Liveness
+from protocol.frame import Flags, Frame
+from protocol.messages import NONCE_SIZE, Command, parse_body, response_frame
+
+
+def answer_to(frame: Frame, command=None) -> Frame:
+    return Frame(command if command is not None else frame.command, b"", Flags.RESPONSE, frame.terminal_id, frame.seq)
+
+
+def test_an_answer_is_matched_by_sequence_number_and_command():
+    talk = Conversation(terminal_id=7)
+    frame, pending = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)
+    assert (frame.terminal_id, frame.command, frame.is_response) == (7, Command.GET_USERS, False)
+    assert talk.answer(answer_to(frame, Command.PUT_USERS)) is None  # right number, wrong command
+    assert talk.in_flight == 1
+    assert talk.answer(answer_to(frame)) == pending
+    assert talk.answer(answer_to(frame)) is None  # answered once only
+    assert talk.in_flight == 0
+
+
+def test_sequence_numbers_wrap_skipping_zero_and_numbers_still_outstanding():
+    talk = Conversation()
+    talk._seq = SEQ_MODULUS - 2
+    first, _ = talk.request(Command.KEEPALIVE, now=0)
+    second, _ = talk.request(Command.KEEPALIVE, now=0)
+    assert (first.seq, second.seq) == (SEQ_MODULUS - 1, 1)
+    talk._seq = 0  # the next candidates, 1 and then 2: 1 is still outstanding
+    third, _ = talk.request(Command.KEEPALIVE, now=0)
+    assert third.seq == 2
+
+
+def test_requests_expire_at_their_deadline_and_not_before():
+    talk = Conversation(request_timeout_s=15)
+    _, early = talk.request(Command.KEEPALIVE, now=0)
+    _, late = talk.request(Command.KEEPALIVE, now=10)
+    assert talk.next_deadline() == 15
+    assert talk.expire(14.9) == []
+    assert talk.expire(15) == [early]
+    assert talk.next_deadline() == 25
+    assert talk.expire(30) == [late] and talk.in_flight == 0
+
+
+def test_keepalive_rule_speak_after_one_period_peer_gone_after_three():
+    talk = Conversation(keepalive_s=30, now=0)
+    assert talk.liveness(29) is Liveness.OK
+    assert talk.liveness(30) is Liveness.KEEPALIVE_DUE
+    talk.sent(30)
+    talk.received(60)
+    assert talk.liveness(59) is Liveness.OK
+    assert talk.liveness(149) is Liveness.KEEPALIVE_DUE  # we said nothing since 30
+    assert talk.liveness(150) is Liveness.PEER_GONE  # heard nothing since 60
+
+
+def test_abandon_returns_every_outstanding_request():
+    talk = Conversation()
+    pendings = [talk.request(Command.KEEPALIVE, now=0)[1] for _ in range(3)]
+    assert talk.abandon() == pendings and talk.in_flight == 0
+
+
+def test_handshake_both_halves_prove_the_same_secret_and_refuse_another():
+    gateway, terminal = GatewayHandshake(), TerminalHandshake(9, b"s3cret")
+    hello_frame = Frame(Command.HELLO, b"", Flags.REQUEST, 9, 1)
+    hello = type("Hello", (), gateway.hello(1))
+    answer = dict(model="M", firmware="F", protocol_version=1, max_users=1, max_events=1, **terminal.answer_hello(hello))
+    parsed = parse_body(response_frame(hello_frame, answer))
+    assert len(parsed.terminal_nonce) == NONCE_SIZE
+    assert gateway.terminal_proved(b"s3cret", 9, parsed)
+    assert not gateway.terminal_proved(b"other", 9, parsed)
+    assert not gateway.terminal_proved(b"s3cret", 10, parsed)  # a proof is for one terminal id
+    welcome = type("Welcome", (), gateway.welcome(b"s3cret", 9, parsed, server_time_ms=0, keepalive_s=30, ack_through=0))
+    assert terminal.gateway_proved(welcome)
+    forged = type("Welcome", (), gateway.welcome(b"other", 9, parsed, server_time_ms=0, keepalive_s=30, ack_through=0))
+    assert not terminal.gateway_proved(forged)
+
+
+def test_a_welcome_before_any_hello_proves_nothing():
+    welcome = type("Welcome", (), dict(proof=b"\x00" * 32))
+    assert not TerminalHandshake(9, b"s3cret").gateway_proved(welcome)
