@@ -63,7 +63,7 @@ def measure(reactor, baud: int, devices: int, backlog_line_s: float, folder: str
     gateway.start()
     patience_s = 60 + 20 * backlog_line_s
     try:
-        yield _until(reactor, lambda: len(gateway.registry.online()) == devices, "every terminal online", patience_s)
+        yield _until(reactor, lambda: len(gateway.registry.connected()) == devices, "every terminal online", patience_s)
         users = [people.person(f"backlog-{n:05d}") for n in range(backlog)]
         for user in users:
             yield gateway.users.create(user)

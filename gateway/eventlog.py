@@ -11,11 +11,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.database import DatabaseFailure, insert_ignoring_duplicates, upsert
-from gateway.monitor import SAVE_FAILED, now_ms, record_sync_events, sync_event_row
+from gateway.monitor import SAVE_FAILED, record_sync_events, sync_event_row
 from gateway.schema import events, pending_pulls
 from protocol.events import Event
 
@@ -40,13 +41,16 @@ def last_stored_event_id(conn, terminal_id: int) -> int:
 
 
 class EventLog:
+    """The ``EventSink`` every terminal connection hands its events to."""
+
     max_batch_events = 5000
     high_water = 50_000
     low_water = 10_000
-    retry_delays = (0.5, 1, 2, 5, 10, 30)
+    retry_after = staticmethod(backoffPolicy(initialDelay=0.5, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
 
-    def __init__(self, db, clock, metrics, on_committed):
+    def __init__(self, db, clock, metrics, on_committed, pulls_device_updates=lambda: True):
         self._db = db
+        self._pulls_device_updates = pulls_device_updates  # the sync mode's, read as each batch arrives
         self._clock = clock
         self._metrics = metrics
         self._on_committed = on_committed  # called with [(terminal_id, users_to_pull)] after commit
@@ -54,7 +58,7 @@ class EventLog:
         self._queued_events = 0
         self._flushing = False
         self._failures = 0
-        self._links: set = set()
+        self._connections: set = set()
         self._paused = False
         self._retry = None
         # Failure records wait here until a commit succeeds again; bounded, oldest dropped.
@@ -64,18 +68,21 @@ class EventLog:
     def queued_events(self) -> int:
         return self._queued_events
 
-    def add_link(self, link) -> None:
-        """Register something with pause()/resume(): it stops being read while the writer lags."""
-        self._links.add(link)
+    def add_connection(self, connection) -> None:
+        """A terminal connection stops bringing events (``pause_events``) while the writer lags."""
+        self._connections.add(connection)
         if self._paused:
-            link.pause()
+            connection.pause_events()
 
-    def remove_link(self, link) -> None:
-        self._links.discard(link)
+    def remove_connection(self, connection) -> None:
+        self._connections.discard(connection)
 
-    def submit(self, terminal_id: int, batch: list[Event], pull_users: bool) -> defer.Deferred:
+    def stored_through(self, terminal_id: int) -> defer.Deferred:
+        return self._db.read(last_stored_event_id, terminal_id)
+
+    def submit(self, terminal_id: int, batch: list[Event]) -> defer.Deferred:
         """Queue events for commit; fires with the highest event id once they are durable."""
-        sub = _Submission(terminal_id, batch, pull_users)
+        sub = _Submission(terminal_id, batch, self._pulls_device_updates())
         self._queue.append(sub)
         self._queued_events += len(batch)
         if self._queued_events > self.high_water and not self._paused:
@@ -94,8 +101,8 @@ class EventLog:
         self._paused = paused
         self._metrics.reading_paused.set(int(paused))
         log.info("terminal links {state}: {n} events wait for the writer", state="paused" if paused else "resumed", n=self._queued_events)
-        for link in list(self._links):
-            link.pause() if paused else link.resume()
+        for connection in list(self._connections):
+            connection.pause_events() if paused else connection.resume_events()
 
     def _take_batch(self) -> list[_Submission]:
         batch, count = [], 0
@@ -112,7 +119,7 @@ class EventLog:
         batch = self._take_batch()
         failure_rows = list(self._unsaved_failure_rows)
         started = self._clock.seconds()
-        d = self._db.write(_store, batch, failure_rows)
+        d = self._db.write(_store, batch, failure_rows, int(self._clock.seconds() * 1000))
         d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, failure_rows, started), errbackArgs=(batch,))
 
     def _committed(self, _, batch: list[_Submission], failure_rows: list[dict], started: float) -> None:
@@ -140,7 +147,7 @@ class EventLog:
         if not failure.check(DatabaseFailure):
             log.failure("unexpected error committing events", failure)
         self._metrics.failures.labels("event_commit").inc()
-        delay = self.retry_delays[min(self._failures, len(self.retry_delays) - 1)]
+        delay = self.retry_after(self._failures)
         self._failures += 1
         log.warn(
             "could not commit {n} events ({reason}); nothing acknowledged, retrying in {delay}s",
@@ -155,7 +162,8 @@ class EventLog:
                     self._metrics.failures.labels("save_user").inc()
                     log.warn("{type}: user {user} from terminal {terminal}", type=SAVE_FAILED, user=user_id, terminal=sub.terminal_id)
                     self.record_failure_later(
-                        sync_event_row(SAVE_FAILED, sub.terminal_id, user_id, f"events not committed: {failure.getErrorMessage()}")
+                        sync_event_row(SAVE_FAILED, sub.terminal_id, user_id, f"events not committed: {failure.getErrorMessage()}",
+                                       at_ms=int(self._clock.seconds() * 1000))
                     )
         self._queue.extendleft(reversed(batch))
         self._retry = self._clock.callLater(delay, self._flush)
@@ -166,8 +174,7 @@ class EventLog:
             self._retry.cancel()
 
 
-def _store(conn, batch: list[_Submission], failure_rows: list[dict]) -> None:
-    recorded = now_ms()
+def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: int) -> None:
     rows, pulls = [], []
     for sub in batch:
         for ev in sub.events:

@@ -4,8 +4,6 @@ They live in the ``events`` table beside terminal log events, so one query, one 
 live stream show both.
 """
 
-import time
-
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
@@ -18,12 +16,8 @@ PUSH_REFUSED = "User update failed (Server)"  # a terminal refused a record (ful
 SYNC_EVENT_TYPES = (SAVED_FROM_DEVICE, APPLIED_BY_DEVICE, SAVE_FAILED, PUSH_REFUSED)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: str = "", at_ms: int | None = None):
-    at = at_ms or now_ms()
+def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: str = "", *, at_ms: int):
+    """A monitoring event, as it happened at ``at_ms`` (the gateway's clock, not the database's)."""
     return dict(
         terminal_id=terminal_id,
         terminal_event_id=None,
@@ -31,8 +25,8 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
         code=None,
         sub_code=None,
         user_id=user_id,
-        occurred_ms=at,
-        recorded_ms=now_ms(),
+        occurred_ms=at_ms,
+        recorded_ms=at_ms,
         detail=detail,
     )
 

@@ -8,15 +8,15 @@ retried with backoff until the merge commits. Many edits of one user make one pu
 import itertools
 
 from sqlalchemy import delete, select
+from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger
 
 from gateway.database import DatabaseFailure
 from gateway.merge import merge_vacant_fields
-from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE, now_ms, record_sync_events, sync_event_row
+from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 from gateway.schema import pending_pulls
 from gateway.users import load_record, store_record
 from protocol.errors import ProtocolError
-from protocol.messages import Command
 from protocol.records import UserRecord
 
 log = Logger(namespace="gateway.puller")
@@ -24,7 +24,7 @@ log = Logger(namespace="gateway.puller")
 
 class Puller:
     batch = 32  # users per GET_USERS
-    retry_delays = (1, 2, 5, 10, 30)
+    retry_after = staticmethod(backoffPolicy(initialDelay=1, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
 
     def __init__(self, db, registry, eventlog, clock, metrics, on_merged):
         self._db = db
@@ -58,29 +58,29 @@ class Puller:
         d.addCallbacks(lambda ids: self.want(terminal_id, ids), self._log_read_failure)
 
     def kick(self, terminal_id: int) -> None:
-        term = self._registry.terminals.get(terminal_id)
+        connection = self._registry.connection(terminal_id)
         wanted = self._wanted.get(terminal_id)
-        if not wanted or terminal_id in self._busy or term is None or term.session is None:
+        if not wanted or terminal_id in self._busy or connection is None:
             return
         if terminal_id in self._retry_timers:
             return
         batch = {user_id: wanted[user_id] for user_id in sorted(wanted)[: self.batch]}
         self._busy.add(terminal_id)
-        started = now_ms()
-        d = term.session.request(Command.GET_USERS, dict(user_ids=list(batch)))
+        started = self._now_ms()
+        d = connection.fetch_users(list(batch))
         d.addCallback(self._merge, terminal_id, started)
         d.addCallbacks(self._done, self._failed, callbackArgs=(terminal_id, batch), errbackArgs=(terminal_id, list(batch)))
 
-    def _merge(self, body, terminal_id: int, started: int):
+    def _merge(self, fetched, terminal_id: int, started: int):
         """Merge what the terminal answered; fires with (ids merged, ids settled).
 
         A terminal answers only the records that fit in one frame; those it left out of both
         lists stay wanted and are asked for again straight away.
         """
-        answered = [r.user_id for r in body.users] + list(body.missing)
+        answered = [r.user_id for r in fetched.users] + fetched.missing
         if not answered:
-            raise ProtocolError("the terminal answered GET_USERS with none of the users asked for")
-        d = self._db.write(merge_pulled, terminal_id, list(body.users), list(body.missing), started)
+            raise ProtocolError("the terminal answered with none of the users asked for")
+        d = self._db.write(merge_pulled, terminal_id, fetched.users, fetched.missing, started, self._now_ms())
         return d.addCallback(lambda merged: (merged, answered))
 
     def _done(self, result: tuple[list[str], list[str]], terminal_id: int, batch: dict[str, int]) -> None:
@@ -104,14 +104,14 @@ class Puller:
             return  # the gateway is stopping; owed pulls are durable and resume at the next start
         attempt = self._failures.get(terminal_id, 0)
         self._failures[terminal_id] = attempt + 1
-        delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+        delay = self.retry_after(attempt)
         reason = failure.getErrorMessage()
         if failure.check(DatabaseFailure):
             self._metrics.failures.labels("save_user").inc(len(batch))
             for user_id in batch:
                 log.warn("{type}: user {user} from terminal {tid} ({reason}); the terminal keeps its data, retry in {delay}s",
                          type=SAVE_FAILED, user=user_id, tid=terminal_id, reason=reason, delay=delay)
-                self._eventlog.record_failure_later(sync_event_row(SAVE_FAILED, terminal_id, user_id, reason))
+                self._eventlog.record_failure_later(sync_event_row(SAVE_FAILED, terminal_id, user_id, reason, at_ms=self._now_ms()))
         else:
             self._metrics.failures.labels("pull").inc()
             log.warn("pull of {n} users from terminal {tid} failed ({reason}); retry in {delay}s",
@@ -125,6 +125,9 @@ class Puller:
     def _log_read_failure(self, failure) -> None:
         log.warn("could not read owed pulls: {e}", e=failure.getErrorMessage())
 
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
     def stop(self) -> None:
         self._stopped = True
         for timer in self._retry_timers.values():
@@ -137,7 +140,7 @@ def _owed_pulls(conn, terminal_id: int) -> list[str]:
     return list(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
 
 
-def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int) -> list[str]:
+def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int, at_ms: int) -> list[str]:
     """Merge pulled records into the server (server wins, vacant fields filled); one transaction.
 
     A new version enters the changes feed when the merge changed the server's record, or when
@@ -149,8 +152,8 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
         server = load_record(conn, record.user_id)
         merged = merge_vacant_fields(server, record)
         if merged != server or merged != record:
-            store_record(conn, merged, holder_terminal=terminal_id if merged == record else None)
-        rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id))
+            store_record(conn, merged, at_ms, holder_terminal=terminal_id if merged == record else None)
+        rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, at_ms=at_ms))
     record_sync_events(conn, rows)
     done = [r.user_id for r in records] + missing
     conn.execute(

@@ -16,8 +16,7 @@ from twisted.python.failure import Failure
 from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.schema import terminals, users
 from gateway.syncmode import parse_groups
-from protocol.frame import MAX_PAYLOAD
-from protocol.messages import PUT_USERS_HEAD, Command, UserStatus, put_users_payload
+from protocol.messages import UserStatus
 
 log = Logger(namespace="gateway.pusher")
 
@@ -52,7 +51,7 @@ class Pusher:
 
     def wake_all(self) -> None:
         self._wakes += 1
-        for term in self._registry.online():
+        for term in self._registry.connected():
             self.kick(term.terminal_id)
 
     def kick(self, terminal_id: int) -> None:
@@ -60,12 +59,12 @@ class Pusher:
             self._again.add(terminal_id)  # a change landed mid-round: read the feed again after
             return
         term = self._registry.terminals.get(terminal_id)
-        if term is None or term.session is None or not self._settings.mode.pushes:
+        if term is None or term.connection is None or not self._settings.mode.pushes:
             return
         self._busy.add(terminal_id)
         self._again.discard(terminal_id)
         d = self._read_feed(terminal_id, term.cursor)
-        d.addCallback(self._deliver, term, term.session)
+        d.addCallback(self._deliver, term, term.connection)
         d.addBoth(self._round_done, terminal_id)
 
     def _read_feed(self, terminal_id: int, cursor: int) -> defer.Deferred:
@@ -93,7 +92,7 @@ class Pusher:
             else:
                 waiter.callback(result)
 
-    def _deliver(self, entries: list[FeedEntry], term, session):
+    def _deliver(self, entries: list[FeedEntry], term, connection):
         if not entries:
             return False
         mode = self._settings.mode
@@ -106,10 +105,8 @@ class Pusher:
         # Where device updates are pulled, a terminal keeps a keypad change not fetched yet: the
         # pull merges it and the merged record comes back, so neither side's change is lost.
         keep_local = mode.pulls_device_updates
-        limit = min(session.link.request_bytes, MAX_PAYLOAD) - PUT_USERS_HEAD
-        sends = [session.request(Command.PUT_USERS, payload=put_users_payload(chunk, keep_local)) for chunk in request_chunks(puts, limit, self.batch_users)]
-        sends += [session.request(Command.DELETE_USERS, dict(user_ids=deletes[i:i + self.batch_users]))
-                  for i in range(0, len(deletes), self.batch_users)]
+        sends = [connection.put_users(chunk, keep_local) for chunk in request_chunks(puts, connection.push_bytes, self.batch_users)]
+        sends += [connection.delete_users(deletes[i:i + self.batch_users]) for i in range(0, len(deletes), self.batch_users)]
         d = defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
         # A short page held the whole feed at read time; changes committed since kick again (_again),
         # so only a full page needs another read straight away.
@@ -118,18 +115,19 @@ class Pusher:
 
     def _acknowledged(self, answers, term, cursor: int, more: bool):
         rows, applied = [], 0
-        for answer in answers:
-            for result in answer.results:
+        now_ms = int(self._clock.seconds() * 1000)
+        for results in answers:
+            for result in results:
                 if result.status == UserStatus.OK:
                     applied += 1
-                    rows.append(sync_event_row(APPLIED_BY_DEVICE, term.terminal_id, result.user_id))
+                    rows.append(sync_event_row(APPLIED_BY_DEVICE, term.terminal_id, result.user_id, at_ms=now_ms))
                 elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
                     log.info("terminal {tid} keeps its own change of user {user} until it is pulled and merged",
                              tid=term.terminal_id, user=result.user_id)
                 else:
                     self._metrics.failures.labels("push_refused").inc()
                     status = _status_name(result.status)
-                    rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}"))
+                    rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}", at_ms=now_ms))
         self._metrics.pushes.inc(applied)
         d = self._move_cursor(term.terminal_id, cursor, rows)
 

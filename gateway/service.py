@@ -12,13 +12,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.bus import BusMaster
-from gateway.config import GatewayConfig, parse_host_port, parse_serial
+from gateway.config import GatewayConfig, parse_serial
 from gateway.database import Database
-from gateway.eventlog import EventLog, last_stored_event_id
+from gateway.eventlog import EventLog
 from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
 from gateway.puller import Puller
 from gateway.pusher import Pusher
+from gateway.session import SessionTiming, TerminalSession
 from gateway.settings import SyncSettings
 from gateway.syncmode import SyncMode
 from gateway.tcp import TerminalDialer, TerminalListener
@@ -37,16 +38,19 @@ class Gateway:
         self.clock = reactor
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
-        self.registry = TerminalRegistry(self.db, config.admission, config.default_secret, config.terminals)
+        self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, config.terminals,
+                                         on_online=self._terminal_online, on_offline=self._terminal_offline)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._wake_pushes)
-        self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed)
+        self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
+                                 pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
         self.metrics.events_waiting.set_function(lambda: self.eventlog.queued_events)
         self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics)
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes)
-        self.users = UserDirectory(self.db, self._wake_pushes)
+        self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
+        self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
         self.tcp_port = None
         self.http_port = None
-        self.dialers: list = []
+        self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
@@ -56,17 +60,16 @@ class Gateway:
         self.db.start()
         self.registry.load()
         self.settings.load()
-        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self), interface=self.config.tcp_host)
+        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session), interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
         log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
-        for entry in self.config.terminals:
-            if "dial" in entry:
-                host, port = parse_host_port(entry["dial"])
-                dialer = TerminalDialer(self, entry["id"], entry["dial"])
-                self.dialers.append((dialer, self.reactor.connectTCP(host, port, dialer)))
-        self.buses = [BusMaster(self, parse_serial(entry)) for entry in self.config.serial]
+        self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session)
+                        for entry in self.config.terminals if "dial" in entry]
+        for dialer in self.dialers:
+            dialer.start()
+        self.buses = [BusMaster(parse_serial(entry), self.reactor, self.metrics, self.new_session) for entry in self.config.serial]
         for bus in self.buses:
             bus.start()
         self._sweep.start(self.sweep_s, now=False)
@@ -77,42 +80,36 @@ class Gateway:
             self._sweep.stop()
         self.puller.stop()
         self.eventlog.stop()
-        for dialer, connector in self.dialers:
-            dialer.stopTrying()
-            connector.disconnect()
+        yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
         if self.tcp_port is not None:
             yield self.tcp_port.stopListening()
         if self.http_port is not None:
             yield self.http_port.stopListening()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
-        for term in self.registry.online():
-            term.session.close("gateway stopping")
+        for term in self.registry.connected():
+            term.connection.close("gateway stopping")
         self.db.stop()
 
-    # -- what sessions report ----------------------------------------------------------------
+    def new_session(self, link, expected_terminal_id: int | None = None, timing: SessionTiming | None = None) -> TerminalSession:
+        """A native-protocol session over ``link``, wired to this gateway's collaborators."""
+        return TerminalSession(link, clock=self.clock, admission=self.registry, events=self.eventlog, presence=self.registry,
+                               metrics=self.metrics, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
 
-    def last_stored_event_id(self, terminal_id: int):
-        return self.db.read(last_stored_event_id, terminal_id)
+    # -- terminals coming and going ----------------------------------------------------------
 
-    def events_received(self, session, events):
-        return self.eventlog.submit(session.terminal_id, events, self.settings.mode.pulls_device_updates)
+    def _terminal_online(self, connection) -> None:
+        self.eventlog.add_connection(connection)
+        for dialer in self.dialers:
+            if dialer.terminal_id == connection.terminal_id:
+                dialer.authenticated()
+        self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.pusher.kick(connection.terminal_id)
+        self.puller.terminal_online(connection.terminal_id)
 
-    def session_established(self, session) -> None:
-        if self.registry.attach(session) is None:
-            return  # refused or removed by an administrator during the handshake
-        self.eventlog.add_link(session.link)
-        for dialer, _ in self.dialers:
-            if dialer.terminal_id == session.terminal_id:
-                dialer.resetDelay()
-        self.metrics.terminals_online.set(len(self.registry.online()))
-        self.pusher.kick(session.terminal_id)
-        self.puller.terminal_online(session.terminal_id)
-
-    def session_ended(self, session) -> None:
-        self.registry.detach(session)
-        self.eventlog.remove_link(session.link)
-        self.metrics.terminals_online.set(len(self.registry.online()))
-        log.info("terminal {tid} disconnected", tid=session.terminal_id)
+    def _terminal_offline(self, connection) -> None:
+        self.eventlog.remove_connection(connection)
+        self.metrics.terminals_online.set(len(self.registry.connected()))
+        log.info("terminal {tid} disconnected", tid=connection.terminal_id)
 
     # -- sync triggers -----------------------------------------------------------------------
 
@@ -132,7 +129,7 @@ class Gateway:
 
     def _swept(self, seq: int) -> None:
         # Kicking every lagging terminal also retries pushes that failed earlier.
-        for term in self.registry.online():
+        for term in self.registry.connected():
             self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor))
             if term.cursor < seq:
                 self.pusher.kick(term.terminal_id)

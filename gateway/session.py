@@ -1,22 +1,28 @@
-"""TerminalSession: the gateway's side of one terminal's conversation over one link.
+"""TerminalSession: the gateway's side of one native-protocol terminal over one link.
 
-It does the handshake (challenge-response, admission), numbers requests and matches their
-answers with timeouts, keeps a bounded window of outstanding requests, answers keepalives and
-closes a link whose peer went silent. It does not know whether its link is a TCP connection or
-an address on an RS-485 bus: a link is anything with ``write``, ``close``, ``pause``,
-``resume``, ``address``, ``description`` and ``request_bytes`` (how big a request to the
-terminal may be).
+It is the ``TerminalConnection`` the sync core talks to for terminals speaking our protocol. It
+does the handshake (challenge-response, admission), keeps a bounded window of outstanding
+requests, hands the terminal's events to the event sink and acknowledges them once stored,
+answers keepalives and closes a link whose peer went silent. The rules of the conversation
+(sequence numbers, answers matched to requests, deadlines, the keepalive rule, the proofs) are
+``protocol.conversation`` and ``protocol.auth``; this class adds Deferreds, timers and the
+gateway's collaborators, all given at construction. It does not know whether its link is a TCP
+connection or an address on an RS-485 bus.
 """
 
 from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from protocol import auth
+from gateway.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
+from protocol.auth import GatewayHandshake
+from protocol.conversation import Conversation, Liveness
 from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError
-from protocol.frame import PROTOCOL_VERSION, Flags, Frame, encode_frame
-from protocol.messages import Command, build_body, error_response, parse_body, response
+from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
+from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, response_frame
 
 log = Logger(namespace="gateway.session")
 
@@ -29,48 +35,96 @@ class RequestTimeout(ProtocolError):
     pass
 
 
-class Refused(ProtocolError):
-    """A terminal the gateway will not talk to; ``code`` goes back to it in an error reply."""
+class Link(Protocol):
+    """What carries one terminal's frames: a TCP connection, or one address on an RS-485 bus."""
 
-    def __init__(self, code: ErrorCode, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    address: int  # the bus address frames carry; 0 on TCP
+    description: str
+    request_bytes: int  # how big one request to the terminal may be
+
+    def send(self, frame: Frame) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionTiming:
+    handshake_s: float = 10.0
+    request_s: float = 15.0
+    keepalive_s: int = 30  # told to the terminal in WELCOME
+    window: int = 8  # requests the gateway may have outstanding on one link
+    max_waiting: int = 1024  # requests queued behind a full window before new ones are refused
+    frame_errors_per_minute: int = 10
 
 
 class TerminalSession:
-    handshake_timeout = 10.0
-    request_timeout = 15.0
-    window = 8  # requests the gateway may have outstanding on one link
-    max_waiting = 1024  # requests queued behind a full window before new ones are refused
-    keepalive_s = 30
-    frame_errors_per_minute = 10
-
-    def __init__(self, link, gateway, clock, expected_terminal_id: int | None = None):
+    def __init__(self, link: Link, *, clock, admission: Admission, events: EventSink, presence: Presence, metrics,
+                 timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
         self.link = link
-        self.gateway = gateway
         self.clock = clock
+        self.timing = timing
+        self._admission = admission
+        self._events = events
+        self._presence = presence
+        self._metrics = metrics
         self.expected_terminal_id = expected_terminal_id
         self.terminal_id: int | None = None
+        self.info = TerminalInfo()
         self.established = False
         self.closed = False
-        self.hello: dict = {}
-        self._seq = 0
-        self._pending: dict[int, tuple[defer.Deferred, object]] = {}
+        self._conversation = Conversation(address=link.address, request_timeout_s=timing.request_s,
+                                          keepalive_s=timing.keepalive_s, now=clock.seconds())
+        self._handshake = GatewayHandshake()
+        self._pending: dict[int, defer.Deferred] = {}
         self._waiting: deque = deque()
         self._frame_errors: deque[float] = deque()
-        self._last_rx = self._last_tx = clock.seconds()
-        self._timers: list = []
-        self._nonce = b""
+        self._deadline_timer = None
+        self._handshake_timer = None
+        self._liveness_timer = None
+        self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
+
+    # -- TerminalConnection ------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        return self.link.description
+
+    @property
+    def push_bytes(self) -> int:
+        return min(self.link.request_bytes, MAX_PAYLOAD) - PUT_USERS_HEAD
+
+    def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
+        d = self.request(Command.GET_USERS, dict(user_ids=user_ids))
+        return d.addCallback(lambda body: FetchedUsers(list(body.users), list(body.missing)))
+
+    def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
+        d = self.request(Command.PUT_USERS, payload=put_users_payload(records, keep_local_changes))
+        return d.addCallback(_results)
+
+    def delete_users(self, user_ids: list[str]) -> defer.Deferred:
+        return self.request(Command.DELETE_USERS, dict(user_ids=user_ids)).addCallback(_results)
+
+    def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
+        d = self.request(Command.LIST_USERS, dict(after_user_id=after_user_id, limit=limit))
+        return d.addCallback(lambda body: DigestPage({e.user_id: e.digest for e in body.entries}, body.more))
+
+    def pause_events(self) -> None:
+        self.link.pause()
+
+    def resume_events(self) -> None:
+        self.link.resume()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """The link is up: the gateway speaks first (docs/protocol.md, "Session")."""
-        self._nonce = auth.new_nonce()
-        self._timers.append(self.clock.callLater(self.handshake_timeout, self._handshake_expired))
-        body = build_body(Command.HELLO, False, dict(gateway_nonce=self._nonce, protocol_version=PROTOCOL_VERSION))
-        self._send_request(Command.HELLO, body).addCallback(self._on_hello).addErrback(self._handshake_failed)
+        self._handshake_timer = self.clock.callLater(self.timing.handshake_s, self._handshake_expired)
+        d = self.request(Command.HELLO, self._handshake.hello(PROTOCOL_VERSION), raw=True)
+        d.addCallback(self._on_hello).addErrback(self._handshake_failed)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -83,18 +137,16 @@ class TerminalSession:
         if self.closed:
             return
         self.closed = True
-        for timer in self._timers:
-            if timer.active():
+        for timer in (self._deadline_timer, self._handshake_timer, self._liveness_timer):
+            if timer is not None and timer.active():
                 timer.cancel()
+        self._conversation.abandon()
         pending, self._pending = self._pending, {}
         waiting, self._waiting = self._waiting, deque()
-        for d, timer in pending.values():
-            timer.cancel()
-            d.errback(SessionClosed(f"{self.name}: link closed ({reason})"))
-        for _, _, d in waiting:
+        for d in [*pending.values(), *(entry[-1] for entry in waiting)]:
             d.errback(SessionClosed(f"{self.name}: link closed ({reason})"))
         if self.established:
-            self.gateway.session_ended(self)
+            self._presence.offline(self)
 
     @property
     def name(self) -> str:
@@ -105,14 +157,14 @@ class TerminalSession:
     def frame_received(self, frame: Frame) -> None:
         if self.closed:
             return
-        self._last_rx = self.clock.seconds()
+        self._conversation.received(self.clock.seconds())
         if frame.is_response:
             self._response_received(frame)
         else:
             self._request_received(frame)
 
     def frame_error(self, error: FrameError) -> None:
-        self.gateway.metrics.frame_errors.inc()
+        self._metrics.frame_errors.inc()
         if not self.established:
             self.close(f"corrupt data before authentication ({error})")
             return
@@ -121,16 +173,16 @@ class TerminalSession:
         while self._frame_errors and self._frame_errors[0] < now - 60:
             self._frame_errors.popleft()
         log.warn("{who}: corrupt frame skipped: {error}", who=self.name, error=error)
-        if len(self._frame_errors) > self.frame_errors_per_minute:
-            self.close(f"more than {self.frame_errors_per_minute} corrupt frames in a minute")
+        if len(self._frame_errors) > self.timing.frame_errors_per_minute:
+            self.close(f"more than {self.timing.frame_errors_per_minute} corrupt frames in a minute")
 
     def _response_received(self, frame: Frame) -> None:
-        entry = self._pending.pop(frame.seq, None)
-        if entry is None:
-            log.warn("{who}: answer to no outstanding request (seq {seq}) ignored", who=self.name, seq=frame.seq)
+        answered = self._conversation.answer(frame)
+        if answered is None:
+            log.warn("{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
+                     who=self.name, cmd=frame.command, seq=frame.seq)
             return
-        d, timer = entry
-        timer.cancel()
+        d = self._pending.pop(answered.seq)
         self._send_waiting()
         if frame.is_error:
             try:
@@ -143,127 +195,158 @@ class TerminalSession:
 
     def _request_received(self, frame: Frame) -> None:
         if frame.command == Command.KEEPALIVE:
-            self._write(response(frame))
+            self._send(response_frame(frame))
         elif not self.established:
-            self._write(error_response(frame, ErrorCode.NOT_AUTHENTICATED, "handshake not finished"))
+            self._send(error_frame(frame, ErrorCode.NOT_AUTHENTICATED, "handshake not finished"))
         elif frame.command == Command.EVENTS:
             try:
                 batch = parse_body(frame).events
             except MessageError as exc:
-                self._write(error_response(frame, ErrorCode.BAD_MESSAGE, str(exc)))
+                self._send(error_frame(frame, ErrorCode.BAD_MESSAGE, str(exc)))
                 return
-            self.gateway.events_received(self, list(batch)).addCallback(self._ack_events, frame)
+            self._events.submit(self.terminal_id, list(batch)).addCallback(self._ack_events, frame)
         else:
-            self._write(error_response(frame, ErrorCode.UNKNOWN_COMMAND, f"command 0x{frame.command:02X} is not accepted from a terminal"))
+            self._send(error_frame(frame, ErrorCode.UNKNOWN_COMMAND, f"command 0x{frame.command:02X} is not accepted from a terminal"))
 
     def _ack_events(self, ack_through: int, frame: Frame) -> None:
         if not self.closed:
-            self._write(response(frame, dict(ack_through=ack_through)))
+            self._send(response_frame(frame, dict(ack_through=ack_through)))
+
+    # -- polling (RS-485: terminals speak only when asked) ------------------------------------
+
+    def poll(self, max_events: int) -> defer.Deferred:
+        """Ask for events, acknowledging those already stored; fires with how many came once they
+        are stored too (only a stored id may be acknowledged by the next poll)."""
+        d = self.request(Command.POLL, dict(ack_through=self._polled_through, max_events=max_events))
+        return d.addCallback(self._polled)
+
+    def _polled(self, body):
+        if not body.events:
+            return 0
+        return self._events.submit(self.terminal_id, list(body.events)).addCallback(self._stored_polled, len(body.events))
+
+    def _stored_polled(self, ack_through: int, count: int) -> int:
+        self._polled_through = max(self._polled_through, ack_through)
+        return count
 
     # -- requesting --------------------------------------------------------------------------
 
-    def request(self, command: Command, body: dict | None = None, payload: bytes | None = None) -> defer.Deferred:
-        """Send a request; fires with the parsed answer, or fails with RemoteError/RequestTimeout/SessionClosed."""
-        if payload is None:
-            payload = build_body(command, False, body or {})
-        return self._send_request(command, payload).addCallback(parse_body)
-
-    def _send_request(self, command: Command, payload: bytes) -> defer.Deferred:
+    def request(self, command: Command, body: dict | None = None, payload: bytes | None = None, *, raw: bool = False) -> defer.Deferred:
+        """Send a request; fires with the parsed answer (the answering frame if ``raw``), or fails
+        with RemoteError, RequestTimeout or SessionClosed."""
         d = defer.Deferred()
         if self.closed:
             d.errback(SessionClosed(f"{self.name}: link closed"))
-        elif len(self._pending) < self.window:
-            self._transmit(command, payload, d)
-        elif len(self._waiting) < self.max_waiting:
-            self._waiting.append((command, payload, d))
+        elif len(self._pending) < self.timing.window:
+            self._transmit(command, body, payload, d)
+        elif len(self._waiting) < self.timing.max_waiting:
+            self._waiting.append((command, body, payload, d))
         else:
-            d.errback(ProtocolError(f"{self.name}: {self.max_waiting} requests already waiting"))
-        return d
+            d.errback(ProtocolError(f"{self.name}: {self.timing.max_waiting} requests already waiting"))
+        return d if raw else d.addCallback(parse_body)
 
     def _send_waiting(self) -> None:
-        while self._waiting and len(self._pending) < self.window and not self.closed:
+        while self._waiting and len(self._pending) < self.timing.window and not self.closed:
             self._transmit(*self._waiting.popleft())
 
-    def _transmit(self, command: Command, payload: bytes, d: defer.Deferred) -> None:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        seq = self._seq
-        timer = self.clock.callLater(self.request_timeout, self._expire, seq, command)
-        self._pending[seq] = (d, timer)
-        frame = Frame(command, payload, Flags.REQUEST, self.terminal_id or 0, seq, self.link.address)
-        self._write(encode_frame(frame))
+    def _transmit(self, command: Command, body: dict | None, payload: bytes | None, d: defer.Deferred) -> None:
+        try:
+            frame, pending = self._conversation.request(command, body, payload=payload, now=self.clock.seconds())
+        except MessageError as exc:
+            d.errback(exc)
+            return
+        self._pending[pending.seq] = d
+        self._arm_deadline(pending.deadline)
+        self._send(frame)
 
-    def _expire(self, seq: int, command: Command) -> None:
-        entry = self._pending.pop(seq, None)
-        if entry:
+    def _arm_deadline(self, deadline: float) -> None:
+        """One timer for every outstanding request: it runs to the earliest deadline."""
+        timer = self._deadline_timer
+        if timer is not None and timer.active() and timer.getTime() <= deadline:
+            return
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deadline_timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._deadlines_passed)
+
+    def _deadlines_passed(self) -> None:
+        self._deadline_timer = None
+        for late in self._conversation.expire(self.clock.seconds()):
+            d = self._pending.pop(late.seq)
             self._send_waiting()
-            entry[0].errback(RequestTimeout(f"{self.name}: {command.name} unanswered after {self.request_timeout:g} s"))
+            d.errback(RequestTimeout(f"{self.name}: {_command_name(late.command)} unanswered after {self.timing.request_s:g} s"))
+        following = self._conversation.next_deadline()
+        if following is not None and not self.closed:
+            self._arm_deadline(following)
 
-    def _write(self, data: bytes) -> None:
-        self._last_tx = self.clock.seconds()
-        self.link.write(data)
+    def _send(self, frame: Frame) -> None:
+        self._conversation.sent(self.clock.seconds())
+        self.link.send(frame)
 
     # -- handshake ---------------------------------------------------------------------------
 
     def _on_hello(self, frame: Frame):
         hello = parse_body(frame)
         terminal_id = frame.terminal_id
-        registry = self.gateway.registry
+        info = TerminalInfo(hello.model, hello.firmware, hello.max_users)
         try:
             if self.expected_terminal_id is not None and terminal_id != self.expected_terminal_id:
                 raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"expected terminal {self.expected_terminal_id} here, not {terminal_id}")
-            secret = registry.admit(terminal_id, hello, self.link.description)
-            expected = auth.terminal_proof(secret, terminal_id, self._nonce, hello.terminal_nonce)
-            if not auth.proofs_match(expected, hello.proof):
+            secret = self._admission.secret_for(terminal_id, info, self.link.description)
+            if not self._handshake.terminal_proved(secret, terminal_id, hello):
                 raise Refused(ErrorCode.AUTH_FAILED, "wrong proof: the terminal does not hold the configured secret")
         except Refused as refusal:
-            self.gateway.metrics.refused.labels(refusal.code.name.lower()).inc()
-            log.warn(
-                "refused terminal {tid} on {link}: {reason}", tid=terminal_id, link=self.link.description, reason=refusal.reason
-            )
-            self._write(error_response(frame, refusal.code, refusal.reason))
+            self._metrics.refused.labels(refusal.code.name.lower()).inc()
+            log.warn("refused terminal {tid} on {link}: {reason}", tid=terminal_id, link=self.link.description, reason=refusal.reason)
+            self._send(error_frame(frame, refusal.code, refusal.reason))
             self.close(f"refused: {refusal.reason}")
             return
-        self.terminal_id = terminal_id
-        self.hello = dict(model=hello.model, firmware=hello.firmware, max_users=hello.max_users)
-        d = self.gateway.last_stored_event_id(terminal_id)
-        d.addCallback(self._send_welcome, secret, hello.terminal_nonce)
+        self.terminal_id = self._conversation.terminal_id = terminal_id
+        self.info = info
+        d = self._events.stored_through(terminal_id)
+        d.addCallback(self._send_welcome, secret, hello)
         d.addErrback(self._handshake_failed)
 
-    def _send_welcome(self, ack_through: int, secret: bytes, terminal_nonce: bytes):
-        body = dict(
-            proof=auth.gateway_proof(secret, self.terminal_id, self._nonce, terminal_nonce),
-            server_time_ms=int(self.clock.seconds() * 1000),
-            keepalive_s=self.keepalive_s,
-            ack_through=ack_through,
-        )
+    def _send_welcome(self, ack_through: int, secret: bytes, hello):
+        body = self._handshake.welcome(secret, self.terminal_id, hello, server_time_ms=int(self.clock.seconds() * 1000),
+                                       keepalive_s=self.timing.keepalive_s, ack_through=ack_through)
         return self.request(Command.WELCOME, body).addCallback(self._on_welcome)
 
     def _on_welcome(self, _):
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        self._timers = [self.clock.callLater(self.keepalive_s / 3, self._keepalive_tick)]
+        if self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
         self.established = True
-        log.info(
-            "terminal {tid} connected on {link} ({model}, firmware {fw})",
-            tid=self.terminal_id, link=self.link.description, model=self.hello["model"], fw=self.hello["firmware"],
-        )
-        self.gateway.session_established(self)
+        log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
+                 tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
+        if not self._presence.online(self):
+            self.close("refused or removed by an administrator during the handshake")
 
     def _handshake_failed(self, failure):
         if not self.closed:
             self.close(f"handshake failed: {failure.getErrorMessage()}")
 
     def _handshake_expired(self):
-        self.close(f"no handshake within {self.handshake_timeout:g} s")
+        self.close(f"no handshake within {self.timing.handshake_s:g} s")
 
     # -- liveness ----------------------------------------------------------------------------
 
-    def _keepalive_tick(self) -> None:
+    def _check_liveness(self) -> None:
         now = self.clock.seconds()
-        if now - self._last_rx >= 3 * self.keepalive_s:
-            self.close(f"nothing received for {now - self._last_rx:.0f} s: terminal gone")
+        state = self._conversation.liveness(now)
+        if state is Liveness.PEER_GONE:
+            self.close(f"nothing received for {now - self._conversation.last_received:.0f} s: terminal gone")
             return
-        if now - self._last_tx >= self.keepalive_s:
-            self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by _last_rx
-        self._timers = [self.clock.callLater(self.keepalive_s / 3, self._keepalive_tick)]
+        if state is Liveness.KEEPALIVE_DUE:
+            self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
+        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+
+
+def _results(body) -> list[UserResult]:
+    return [UserResult(r.user_id, r.status) for r in body.results]
+
+
+def _command_name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command 0x{command:02X}"

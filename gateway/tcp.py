@@ -2,14 +2,18 @@
 gateway dialling out to terminals listed in its configuration (reconnecting with backoff).
 
 A ``TcpLink`` turns a connection into the link a ``TerminalSession`` talks through: it feeds
-received bytes to a StreamDecoder and hands frames and decode errors to the session.
+received bytes to a StreamDecoder, hands frames and decode errors to the session, and encodes
+the frames the session sends. Sessions come from ``new_session(link, expected_terminal_id)``,
+which the gateway gives the listener and the dialers, so a link knows nothing of the gateway.
 """
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.logger import Logger
 
-from gateway.session import TerminalSession
-from protocol import MAX_PAYLOAD, Frame, StreamDecoder
+from gateway.config import parse_host_port
+from protocol import MAX_PAYLOAD, Frame, StreamDecoder, encode_frame
 
 log = Logger(namespace="gateway.tcp")
 
@@ -18,18 +22,17 @@ class TcpLink(protocol.Protocol):
     address = 0  # no bus address on TCP
     request_bytes = MAX_PAYLOAD  # how big one request to the terminal may be
 
-    def __init__(self, gateway, expected_terminal_id: int | None = None):
-        self.gateway = gateway
+    def __init__(self, new_session, expected_terminal_id: int | None = None):
+        self._new_session = new_session
         self.expected_terminal_id = expected_terminal_id
         self.decoder = StreamDecoder()
-        self.session: TerminalSession | None = None
+        self.session = None
         self.description = "tcp"
 
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.description = f"tcp {peer.host}:{peer.port}"
-        self.session = TerminalSession(self, self.gateway, self.gateway.clock, self.expected_terminal_id)
-        self.session.keepalive_s = self.gateway.config.keepalive_s
+        self.session = self._new_session(self, self.expected_terminal_id)
         self.session.start()
 
     def dataReceived(self, data: bytes):
@@ -47,8 +50,8 @@ class TcpLink(protocol.Protocol):
 
     # -- the link interface a session uses ---------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
+    def send(self, frame: Frame) -> None:
+        self.transport.write(encode_frame(frame))
 
     def close(self, reason: str) -> None:
         self.transport.loseConnection()
@@ -65,32 +68,49 @@ class TerminalListener(protocol.Factory):
 
     noisy = False  # the gateway logs each terminal itself
 
-    def __init__(self, gateway):
-        self.gateway = gateway
+    def __init__(self, new_session):
+        self.new_session = new_session
 
     def buildProtocol(self, addr):
-        return TcpLink(self.gateway)
+        return TcpLink(self.new_session)
 
 
-class TerminalDialer(protocol.ReconnectingClientFactory):
-    """Keeps a connection open to one terminal that listens, reconnecting with backoff."""
+class TerminalDialer:
+    """Keeps a connection open to one terminal that listens (``dial`` in the configuration).
 
-    maxDelay = 30
-    initialDelay = 0.5
-    noisy = False
+    Twisted's ClientService redials with backoff; the backoff restarts only once the terminal
+    authenticated (``authenticated``), not on every TCP connect, so a terminal that answers but
+    is refused is not redialled every half second.
+    """
 
-    def __init__(self, gateway, terminal_id: int, where: str):
-        self.gateway = gateway
+    def __init__(self, reactor, where: str, terminal_id: int, new_session):
         self.terminal_id = terminal_id
         self.where = where
-        self.clock = gateway.clock
+        self.attempts = 0  # connections tried since the terminal last authenticated: the backoff grows with them
+        self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
+        factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, expected_terminal_id=terminal_id))
+        factory.noisy = False
+        self._service = ClientService(dial_endpoint(reactor, where), factory, retryPolicy=self._retry_after, clock=reactor)
 
-    def buildProtocol(self, addr):
-        # The backoff is reset only once the terminal authenticated (Gateway.session_established):
-        # one that answers but is refused must not be redialled every second.
-        return TcpLink(self.gateway, expected_terminal_id=self.terminal_id)
+    def start(self) -> None:
+        self._service.startService()
 
-    def clientConnectionFailed(self, connector, reason):
-        log.info("terminal {tid} at {where} unreachable ({reason}); retrying", tid=self.terminal_id, where=self.where,
-                 reason=reason.getErrorMessage())
-        super().clientConnectionFailed(connector, reason)
+    def stop(self):
+        return self._service.stopService()
+
+    def authenticated(self) -> None:
+        self.attempts = 0
+
+    def _retry_after(self, _failed_in_a_row: int) -> float:
+        self.attempts += 1
+        delay = self._policy(self.attempts)
+        log.debug("terminal {tid} at {where}: dialling again in {delay:.1f} s", tid=self.terminal_id, where=self.where, delay=delay)
+        return delay
+
+
+def dial_endpoint(reactor, where: str):
+    """An endpoint from ``host:port``, or from a Twisted endpoint string (``tcp:host=...:port=...``)."""
+    if where.startswith(("tcp:", "tls:", "ssl:", "unix:")):
+        return clientFromString(reactor, where)
+    host, port = parse_host_port(where)
+    return HostnameEndpoint(reactor, host, port)

@@ -6,9 +6,11 @@ Admission policy (config ``admission``):
   admits it (giving its secret);
 - ``open`` (labs): any terminal id is admitted, authenticated with the ``default_secret``.
 
-One session per terminal: a newer *authenticated* connection replaces the older one (a terminal
-that rebooted reconnects before its old TCP connection times out), so an impostor without the
-secret can never push a terminal off.
+One connection per terminal: a newer *authenticated* connection replaces the older one (a
+terminal that rebooted reconnects before its old TCP connection times out), so an impostor
+without the secret can never push a terminal off. The registry is what connections report to
+(``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
+and going through the ``on_online`` and ``on_offline`` it gives the registry.
 """
 
 from dataclasses import dataclass, field
@@ -17,9 +19,8 @@ from sqlalchemy import delete, select
 from twisted.logger import Logger
 
 from gateway.database import upsert
-from gateway.monitor import now_ms
 from gateway.schema import pending_pulls, terminals
-from gateway.session import Refused
+from gateway.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
 
@@ -43,20 +44,24 @@ class Terminal:
     link: str = ""
     last_seen_ms: int | None = None
     cursor: int = 0
-    session: object | None = field(default=None, repr=False)
+    connection: TerminalConnection | None = field(default=None, repr=False)
 
     @property
     def online(self) -> bool:
-        return self.session is not None
+        return self.connection is not None
 
 
 class TerminalRegistry:
-    def __init__(self, db, policy: str, default_secret: str | None, configured: list[dict]):
+    def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
+                 on_online=lambda connection: None, on_offline=lambda connection: None):
         if policy not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
         if policy == "open" and not default_secret:
             raise ValueError("admission 'open' needs a default_secret")
         self._db = db
+        self._clock = clock
+        self._on_online = on_online
+        self._on_offline = on_offline
         self.policy = policy
         self._default_secret = default_secret.encode() if default_secret else None
         self._configured = configured
@@ -88,14 +93,14 @@ class TerminalRegistry:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def admit(self, terminal_id: int, hello, link: str) -> bytes:
+    def secret_for(self, terminal_id: int, info: TerminalInfo, description: str) -> bytes:
         """The secret to check this terminal's proof against; Refused if it may not connect."""
         term = self.terminals.get(terminal_id)
         if term is None and self.policy == "open":
-            return self._default_secret  # registered by attach(), once it has proved it holds the secret
+            return self._default_secret  # registered by online(), once it has proved it holds the secret
         if term is None and self.policy == "pending":
-            term = self._register(Terminal(terminal_id, PENDING, model=hello.model, firmware=hello.firmware, link=link))
-            log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=link)
+            term = self._register(Terminal(terminal_id, PENDING, model=info.model, firmware=info.firmware, link=description))
+            log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=description)
         if term is None:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known to this gateway")
         if term.admission == PENDING:
@@ -120,15 +125,15 @@ class TerminalRegistry:
         term.admission = admission
         if secret:
             term.secret = secret.encode()
-        if admission != ADMITTED and term.session is not None:
-            term.session.close(f"{admission} by an administrator")
+        if admission != ADMITTED and term.connection is not None:
+            term.connection.close(f"{admission} by an administrator")
         return self._db.write(_save_terminals, [self._row(term)])
 
     def remove(self, terminal_id: int):
         """Forget a terminal (its events stay in the log); a Deferred that fires once stored."""
         term = self.terminals.pop(terminal_id)
-        if term.session is not None:
-            term.session.close("removed by an administrator")
+        if term.connection is not None:
+            term.connection.close("removed by an administrator")
         return self._db.write(_forget_terminal, terminal_id)
 
     def _register(self, term: Terminal) -> Terminal:
@@ -138,37 +143,46 @@ class TerminalRegistry:
         )
         return term
 
-    # -- sessions ----------------------------------------------------------------------------
+    # -- connections (Presence) --------------------------------------------------------------
 
-    def attach(self, session) -> Terminal | None:
-        """Make ``session`` the one that speaks for its terminal; None (and the session closed)
-        if an administrator refused or removed the terminal while it was shaking hands."""
-        term = self.terminals.get(session.terminal_id)
+    def online(self, connection: TerminalConnection) -> bool:
+        """Make ``connection`` the one that speaks for its terminal; False if an administrator
+        refused or removed the terminal while it was shaking hands (the caller closes it)."""
+        term = self.terminals.get(connection.terminal_id)
         if term is None and self.policy == "open":
-            term = self._register(Terminal(session.terminal_id, ADMITTED, secret=self._default_secret))
+            term = self._register(Terminal(connection.terminal_id, ADMITTED, secret=self._default_secret))
         if term is None or term.admission != ADMITTED:
-            session.close("refused or removed by an administrator during the handshake")
-            return None
-        old, term.session = term.session, session
-        if old is not None and old is not session:
-            old.close(f"replaced by a new authenticated connection on {session.link.description}")
-        term.model = session.hello.get("model", term.model)
-        term.firmware = session.hello.get("firmware", term.firmware)
-        term.link = session.link.description
-        term.last_seen_ms = now_ms()
+            return False
+        old, term.connection = term.connection, connection
+        if old is not None and old is not connection:
+            old.close(f"replaced by a new authenticated connection on {connection.description}")
+        term.model = connection.info.model or term.model
+        term.firmware = connection.info.firmware or term.firmware
+        term.link = connection.description
+        term.last_seen_ms = self._now_ms()
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
             lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
         )
-        return term
+        self._on_online(connection)
+        return True
 
-    def detach(self, session) -> None:
-        term = self.terminals.get(session.terminal_id)
-        if term is not None and term.session is session:
-            term.session = None
-            term.last_seen_ms = now_ms()
+    def offline(self, connection: TerminalConnection) -> None:
+        term = self.terminals.get(connection.terminal_id)
+        if term is not None and term.connection is connection:
+            term.connection = None
+            term.last_seen_ms = self._now_ms()
+            self._on_offline(connection)
 
-    def online(self) -> list[Terminal]:
-        return [t for t in self.terminals.values() if t.session is not None]
+    def connected(self) -> list[Terminal]:
+        """Terminals online now."""
+        return [t for t in self.terminals.values() if t.connection is not None]
+
+    def connection(self, terminal_id: int) -> TerminalConnection | None:
+        term = self.terminals.get(terminal_id)
+        return term.connection if term is not None else None
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
     @staticmethod
     def _row(t: Terminal) -> dict:

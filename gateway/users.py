@@ -12,7 +12,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.database import insert_ignoring_duplicates, upsert
-from gateway.monitor import now_ms
 from gateway.schema import counters, users
 from gateway.syncmode import format_groups
 from protocol.errors import MessageError
@@ -66,8 +65,8 @@ def load_record(conn: Connection, user_id: str) -> UserRecord | None:
     return UserRecordWire.parse(blob) if blob is not None else None
 
 
-def store_record(conn: Connection, record: UserRecord, holder_terminal: int | None = None) -> int:
-    """Save a new version of a user as the next change; return its change sequence number."""
+def store_record(conn: Connection, record: UserRecord, at_ms: int, holder_terminal: int | None = None) -> int:
+    """Save a new version of a user as the next change, made at ``at_ms``; return its change sequence number."""
     seq = next_change_seq(conn)
     values = dict(
         name=record.name,
@@ -75,18 +74,18 @@ def store_record(conn: Connection, record: UserRecord, holder_terminal: int | No
         access_groups=format_groups(record.access_groups),
         change_seq=seq,
         holder_terminal=holder_terminal,
-        updated_ms=now_ms(),
+        updated_ms=at_ms,
     )
     upsert(conn, users, [dict(user_id=record.user_id, **values)], key=["user_id"], update=list(values))
     return seq
 
 
-def store_tombstone(conn: Connection, user_id: str) -> int:
+def store_tombstone(conn: Connection, user_id: str, at_ms: int) -> int:
     seq = next_change_seq(conn)
     conn.execute(
         update(users)
         .where(users.c.user_id == user_id)
-        .values(record=None, change_seq=seq, holder_terminal=None, updated_ms=now_ms())
+        .values(record=None, change_seq=seq, holder_terminal=None, updated_ms=at_ms)
     )
     return seq
 
@@ -129,33 +128,37 @@ class UserDirectory:
     the commit so pushes start at once.
     """
 
-    def __init__(self, db, on_change):
+    def __init__(self, db, clock, on_change):
         self._db = db
+        self._clock = clock
         self._on_change = on_change
 
     def create(self, record: UserRecord):
-        return self._db.write(create_user, record).addCallback(self._changed)
+        return self._db.write(create_user, record, self._now_ms()).addCallback(self._changed)
 
     def edit(self, user_id: str, **fields):
-        return self._db.write(edit_user, user_id, fields).addCallback(self._changed)
+        return self._db.write(edit_user, user_id, fields, self._now_ms()).addCallback(self._changed)
 
     def delete(self, user_id: str):
-        return self._db.write(delete_user, user_id).addCallback(self._changed)
+        return self._db.write(delete_user, user_id, self._now_ms()).addCallback(self._changed)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
     def _changed(self, result):
         self._on_change()
         return result
 
 
-def create_user(conn: Connection, record: UserRecord) -> UserRecord:
+def create_user(conn: Connection, record: UserRecord, at_ms: int) -> UserRecord:
     record.validate()
     if load_record(conn, record.user_id) is not None:
         raise UserExists(record.user_id)
-    store_record(conn, record)
+    store_record(conn, record, at_ms)
     return record
 
 
-def edit_user(conn: Connection, user_id: str, fields: dict) -> UserRecord:
+def edit_user(conn: Connection, user_id: str, fields: dict, at_ms: int) -> UserRecord:
     """Set the given fields (the server is authoritative: they replace what it had)."""
     current = load_record(conn, user_id)
     if current is None:
@@ -164,13 +167,13 @@ def edit_user(conn: Connection, user_id: str, fields: dict) -> UserRecord:
         edited = replace(current, **fields)
     except TypeError as exc:
         raise MessageError(str(exc)) from None
-    store_record(conn, edited.validate())
+    store_record(conn, edited.validate(), at_ms)
     return edited
 
 
-def delete_user(conn: Connection, user_id: str) -> str:
+def delete_user(conn: Connection, user_id: str, at_ms: int) -> str:
     if load_record(conn, user_id) is None:
         raise UnknownUser(user_id)
-    store_tombstone(conn, user_id)
+    store_tombstone(conn, user_id, at_ms)
     return user_id
 

@@ -4,7 +4,8 @@
 terminal, and after the handshake streams the terminal's events in EVENTS batches (at most
 ``batch_size`` events, at most ``window`` batches unacknowledged), forgetting events only when
 the gateway acknowledges them. What was not acknowledged is sent again on the next connection,
-from where the WELCOME says the gateway's durable log ends.
+from where the WELCOME says the gateway's durable log ends. Sequence numbers, answers and the
+keepalive rule are ``protocol.conversation``'s, as on the gateway's side.
 
 ``Faults`` makes a link misbehave the way field terminals do (a slow reader, line noise between
 frames); the load test's scenarios use it to show that one bad terminal does not hurt the others.
@@ -13,13 +14,16 @@ frames); the load test's scenarios use it to show that one bad terminal does not
 import random
 from dataclasses import dataclass
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 
-from protocol.frame import Flags, Frame, encode_frame
+from protocol.conversation import Conversation, Liveness
 from protocol.decoder import StreamDecoder
 from protocol.errors import MessageError
-from protocol.messages import Command, build_body, parse_body
+from protocol.frame import Frame, encode_frame
+from protocol.messages import Command, parse_body
 
 log = Logger(namespace="simulator")
 
@@ -51,11 +55,9 @@ class TerminalLink(protocol.Protocol):
         self._fault_timers: list[task.LoopingCall] = []
         self.decoder = StreamDecoder()
         self.established = False
-        self.keepalive_s = 30
-        self._seq = 0
-        self._in_flight: dict[int, Command] = {}  # our outstanding requests by seq
+        self._conversation = Conversation(terminal_id=terminal.terminal_id, address=terminal.address)
+        self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
-        self._last_rx = self._last_tx = 0.0
         self._liveness: task.LoopingCall | None = None
 
     @property
@@ -64,13 +66,14 @@ class TerminalLink(protocol.Protocol):
 
     def connectionMade(self):
         self.terminal.link_lost()
-        self._last_rx = self._last_tx = self.clock.seconds()
+        self._conversation.received(self.clock.seconds())
+        self._conversation.sent(self.clock.seconds())
         self.factory.link = self
         if self.faults.slow:
             self._every(self.faults.read_period_s, self._read_slowly)
 
     def dataReceived(self, data: bytes):
-        self._last_rx = self.clock.seconds()
+        self._conversation.received(self.clock.seconds())
         for item in self.decoder.feed(data):
             if not isinstance(item, Frame):
                 log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=item)
@@ -93,6 +96,7 @@ class TerminalLink(protocol.Protocol):
         self.terminal.link_lost()
         if self.factory.link is self:
             self.factory.link = None
+            self.factory.link_dropped()
 
     # -- after the handshake -----------------------------------------------------------------
 
@@ -100,13 +104,13 @@ class TerminalLink(protocol.Protocol):
         if self.established:
             return  # a WELCOME replayed on a live link changes nothing (and must not double the timers)
         self.established = True
-        self.keepalive_s = keepalive_s
+        self._conversation.keepalive_s = keepalive_s
         self._sent_through = self.terminal.acked_through
         self.terminal.listeners.append(self._event_logged)
         self.terminal.rewind_listeners.append(self._rewind)
         self._liveness = task.LoopingCall(self._check_liveness)
         self._liveness.clock = self.clock
-        self._liveness.start(max(keepalive_s / 3, 0.1), now=False)
+        self._liveness.start(max(self._conversation.liveness_check_s, 0.1), now=False)
         if self.faults.garbage_every_s:
             # Only after the handshake: before it, the gateway rightly drops a link that sends garbage.
             self._every(self.faults.garbage_every_s, self._write_garbage)
@@ -123,46 +127,47 @@ class TerminalLink(protocol.Protocol):
 
     def send_events(self) -> None:
         """Fill the window with batches of events the gateway has not been sent on this link."""
-        while self.established and self._in_flight_batches() < self.window:
+        while self.established and self._batches_in_flight < self.window:
             batch = self.terminal.events_after(self._sent_through, self.batch_size)
             if not batch:
                 return
             self._sent_through = batch[-1].event_id
+            self._batches_in_flight += 1
             self._request(Command.EVENTS, dict(events=batch))
 
-    def _in_flight_batches(self) -> int:
-        return sum(1 for command in self._in_flight.values() if command == Command.EVENTS)
-
     def _answer_received(self, frame: Frame) -> None:
-        command = self._in_flight.pop(frame.seq, None)
+        answered = self._conversation.answer(frame)
         if frame.is_error:
             text = _error_text(frame)
-            if command is None and frame.command == Command.HELLO:
+            if answered is None and frame.command == Command.HELLO:
                 log.warn("terminal {tid}: refused by the gateway: {text}", tid=self.terminal.terminal_id, text=text)
             else:
                 log.warn("terminal {tid}: gateway answered an error: {text}; reconnecting", tid=self.terminal.terminal_id, text=text)
             self.transport.loseConnection()
             return
-        if command == Command.EVENTS:
+        if answered is not None and answered.command == Command.EVENTS:
+            self._batches_in_flight -= 1
             self.terminal.acknowledge(parse_body(frame).ack_through)
             self.send_events()
 
     def _request(self, command: Command, body: dict) -> None:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        self._in_flight[self._seq] = command
-        payload = build_body(command, False, body)
-        self._write(encode_frame(Frame(command, payload, Flags.REQUEST, self.terminal.terminal_id, self._seq)))
+        frame, _ = self._conversation.request(command, body, now=self.clock.seconds())
+        self._write(encode_frame(frame))
 
     def _write(self, data: bytes) -> None:
-        self._last_tx = self.clock.seconds()
+        self._conversation.sent(self.clock.seconds())
         self.transport.write(data)
 
     def _check_liveness(self) -> None:
+        # Requests have no deadline of their own here: an acknowledgement waits for the gateway's
+        # commit (a database outage), and a gateway that is gone is told by its silence.
         now = self.clock.seconds()
-        if now - self._last_rx >= 3 * self.keepalive_s:
-            log.warn("terminal {tid}: gateway silent for {s:.0f} s; reconnecting", tid=self.terminal.terminal_id, s=now - self._last_rx)
+        state = self._conversation.liveness(now)
+        if state is Liveness.PEER_GONE:
+            log.warn("terminal {tid}: gateway silent for {s:.0f} s; reconnecting", tid=self.terminal.terminal_id,
+                     s=now - self._conversation.last_received)
             self.transport.abortConnection()
-        elif now - self._last_tx >= self.keepalive_s:
+        elif state is Liveness.KEEPALIVE_DUE:
             self._request(Command.KEEPALIVE, {})
 
     # -- faults ------------------------------------------------------------------------------
@@ -203,44 +208,50 @@ def _error_text(frame: Frame) -> str:
         return str(exc)
 
 
-class DialingTerminal(protocol.ReconnectingClientFactory):
-    """A terminal that dials in to the gateway and keeps dialling back when the link drops."""
+class DialingTerminal(protocol.Factory):
+    """A terminal that dials in to the gateway and keeps dialling back when the link drops.
 
-    initialDelay = 0.2
-    maxDelay = 5.0
-    factor = 2.0
+    Twisted's ClientService redials with backoff and jitter, so a fleet that lost its gateway
+    does not come back in step.
+    """
+
+    noisy = False
 
     def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
         self.reactor = reactor
-        self.host, self.port = host, port
         self.on_established = on_established
         self.faults = faults
         self.link: TerminalLink | None = None
-        self.connector = None
+        self._redial = True
+        policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0)
+        self._service = ClientService(TCP4ClientEndpoint(reactor, host, port), self, retryPolicy=policy, clock=reactor)
 
     def start(self) -> "DialingTerminal":
-        self.connector = self.reactor.connectTCP(self.host, self.port, self)
+        self._service.startService()
         return self
 
     def buildProtocol(self, addr):
-        self.resetDelay()
         link = TerminalLink(self.terminal, self.on_established, self.faults)
         link.factory = self
         return link
 
-    def go_offline(self) -> None:
-        """Unplug the network cable: drop the link and stop dialling."""
-        self.stopTrying()
-        if self.connector is not None:
-            self.connector.disconnect()
+    def go_offline(self) -> defer.Deferred:
+        """Unplug the network cable: drop the link and stop dialling; fires once it is dropped."""
+        return self._service.stopService()
 
     def come_back(self) -> None:
-        self.continueTrying = True
-        self.resetDelay()
-        if self.connector.state == "disconnected":
-            self.connector.connect()
-        # Otherwise the old link is still closing; its connectionLost redials now that we try again.
+        self._redial = True
+        self._service.startService()
+
+    def stop_redialling(self) -> None:
+        """Keep the link that is up, but do not dial again once it drops (a terminal whose
+        rebooted self is about to take its place)."""
+        self._redial = False
+
+    def link_dropped(self) -> None:
+        if not self._redial:
+            self._service.stopService()
 
 
 class ListeningTerminal(protocol.Factory):
@@ -267,6 +278,9 @@ class ListeningTerminal(protocol.Factory):
         link = TerminalLink(self.terminal, self.on_established, self.faults)
         link.factory = self
         return link
+
+    def link_dropped(self) -> None:
+        """The gateway's call ended; the next one is answered as it comes."""
 
     def go_offline(self) -> None:
         """Unplug the network cable: drop the link and stop answering the gateway's calls."""

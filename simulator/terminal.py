@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from protocol import auth
+from protocol.auth import TerminalHandshake
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import Credential, Event, EventCode, Origin
 from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
@@ -53,8 +53,7 @@ class Terminal:
         self.listeners: list = []
         self.applied_listeners: list = []
         self.rewind_listeners: list = []  # told the event id a REQUEST_EVENTS asks to resend after
-        self._gateway_nonce = b""
-        self._terminal_nonce = b""
+        self._handshake = TerminalHandshake(terminal_id, self.secret)
 
     # -- people at the terminal --------------------------------------------------------------
 
@@ -149,17 +148,14 @@ class Terminal:
 
     def _hello(self, frame: Frame, body) -> bytes:
         self.authenticated = False
-        self._gateway_nonce = body.gateway_nonce
-        self._terminal_nonce = auth.new_nonce()
-        proof = auth.terminal_proof(self.secret, self.terminal_id, self._gateway_nonce, self._terminal_nonce)
+        self._handshake = TerminalHandshake(self.terminal_id, self.secret)  # the secret as it is now
         return response(frame, dict(
             model=self.model, firmware=self.firmware, protocol_version=PROTOCOL_VERSION, max_users=self.max_users,
-            max_events=self.max_events, terminal_nonce=self._terminal_nonce, proof=proof,
+            max_events=self.max_events, **self._handshake.answer_hello(body),
         ))
 
     def _welcome(self, frame: Frame, body) -> bytes:
-        expected = auth.gateway_proof(self.secret, self.terminal_id, self._gateway_nonce, self._terminal_nonce)
-        if not self._terminal_nonce or not auth.proofs_match(expected, body.proof):
+        if not self._handshake.gateway_proved(body):
             return error_response(frame, ErrorCode.AUTH_FAILED, "the gateway does not hold this terminal's secret")
         self.authenticated = True
         self.clock_offset_ms = body.server_time_ms - self.clock()

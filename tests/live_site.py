@@ -96,7 +96,7 @@ class Site:
         return self.gateway.db.run_now(stored_event_ids, terminal_id)
 
     def online(self, *terminal_ids) -> bool:
-        online = {t.terminal_id for t in self.gateway.registry.online()}
+        online = {t.terminal_id for t in self.gateway.registry.connected()}
         return set(terminal_ids or self.terminals) <= online
 
 

@@ -6,8 +6,6 @@ simulated terminals at addresses, so timing, retries, collisions and silence are
 repeatable.
 """
 
-from types import SimpleNamespace
-
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
@@ -18,7 +16,8 @@ from gateway.bus.scheduler import POLL, SEND, Drop, PollScheduler
 from gateway.bus.timing import LineTiming
 from gateway.config import ConfigError, GatewayConfig, SerialBus, parse_serial
 from gateway.metrics import Metrics
-from gateway.session import Refused
+from gateway.connection import Refused
+from gateway.session import TerminalSession
 from protocol import Frame, StreamDecoder, parse_body
 from protocol.errors import ErrorCode
 from protocol.messages import Command
@@ -147,30 +146,29 @@ SECRET = "s3cret"
 
 
 class FakeGateway:
-    """Stands in for gateway.service.Gateway: admits every terminal, records what sessions report."""
+    """Stands in for the gateway's collaborators of a session: admits every terminal below 900,
+    records what sessions report."""
 
     def __init__(self, clock, commit_at_once=True):
         self.clock = clock
-        self.reactor = None
         self.metrics = Metrics()
-        self.registry = SimpleNamespace(admit=self.admit)
         self.commit_at_once = commit_at_once
         self.stored: dict[int, list[int]] = {}  # terminal -> event ids, in submission order
         self.commits: list[tuple[defer.Deferred, int]] = []  # held commits and the id each acknowledges
         self.established = []
         self.ended = []
-        self.online: set[int] = set()
+        self.online_now: set[int] = set()
 
-    def admit(self, terminal_id, hello, link):
+    def secret_for(self, terminal_id, info, description):
         if terminal_id >= 900:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET.encode()
 
-    def last_stored_event_id(self, terminal_id):
+    def stored_through(self, terminal_id):
         return defer.succeed(max(self.stored.get(terminal_id, [0])))
 
-    def events_received(self, session, events):
-        self.stored.setdefault(session.terminal_id, []).extend(e.event_id for e in events)
+    def submit(self, terminal_id, events):
+        self.stored.setdefault(terminal_id, []).extend(e.event_id for e in events)
         d = defer.Deferred()
         if self.commit_at_once:
             d.callback(events[-1].event_id)
@@ -178,21 +176,26 @@ class FakeGateway:
             self.commits.append((d, events[-1].event_id))
         return d
 
-    def session_established(self, session):
-        self.established.append(session.terminal_id)
-        self.online.add(session.terminal_id)
+    def online(self, connection):
+        self.established.append(connection.terminal_id)
+        self.online_now.add(connection.terminal_id)
+        return True
 
-    def session_ended(self, session):
-        self.ended.append(session.terminal_id)
-        self.online.discard(session.terminal_id)
+    def offline(self, connection):
+        self.ended.append(connection.terminal_id)
+        self.online_now.discard(connection.terminal_id)
+
+    def new_session(self, link, expected_terminal_id=None, timing=None):
+        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, metrics=self.metrics,
+                               timing=timing, expected_terminal_id=expected_terminal_id)
 
 
 class LineTransport:
     """The master's serial port, wired straight to the emulated line; keeps the frames it sends."""
 
-    def __init__(self, line, master):
+    def __init__(self, line, port):
         self.line = line
-        self.master = master
+        self.port = port
         self.sent: list[Frame] = []
         self._decoder = StreamDecoder()
 
@@ -201,7 +204,7 @@ class LineTransport:
         self.line.from_master(data)
 
     def loseConnection(self):
-        self.master.connectionLost(Failure(ConnectionDone()))
+        self.port.connectionLost(Failure(ConnectionDone()))
 
 
 class Rig:
@@ -217,7 +220,7 @@ class Rig:
             terminal = Terminal(terminal_id_base + address, SECRET, address=address, clock=self.now_ms)
             self.terminals[address] = self.line.attach(terminal)
         bus = SerialBus("emulated", baud, tuple((a, None) for a in addresses), echo=echo)
-        self.master = BusMaster(self.gateway, bus, open_port=self._open)
+        self.master = BusMaster(bus, None, self.gateway.metrics, self.gateway.new_session, clock=self.clock, open_port=self._open)
         self.master.start()
 
     def now_ms(self) -> int:
@@ -337,7 +340,7 @@ def test_a_silent_terminal_goes_offline_is_greeted_less_often_and_comes_back():
     rig.run(1)
     assert all(len(rig.sent_to(a, Command.POLL)) > n + 5 for a, n in zip((1, 3), polls))
     quiet.silent = False
-    rig.run_until(lambda: rig.gateway.online == {201, 202, 203}, "the terminal back online", limit_s=15)
+    rig.run_until(lambda: rig.gateway.online_now == {201, 202, 203}, "the terminal back online", limit_s=15)
 
 
 def test_a_greeting_pending_when_the_port_is_lost_does_not_outlive_the_reopen():
@@ -349,11 +352,11 @@ def test_a_greeting_pending_when_the_port_is_lost_does_not_outlive_the_reopen():
     rig.run_until(lambda: 202 in rig.gateway.ended, "address 2 offline, its greeting pending", limit_s=5)
     rig.terminals[2].silent = False
     rig.transport.loseConnection()
-    rig.run_until(lambda: rig.gateway.online == {201, 202}, "both back after the reopen", limit_s=15)
+    rig.run_until(lambda: rig.gateway.online_now == {201, 202}, "both back after the reopen", limit_s=15)
     ended_before = len(rig.gateway.ended)
     rig.run(40)  # past every greeting delay
     assert len(rig.gateway.ended) == ended_before  # no session was replaced by a stray greeting
-    assert rig.gateway.online == {201, 202}
+    assert rig.gateway.online_now == {201, 202}
 
 
 def test_a_terminal_that_lost_its_session_is_greeted_again():
@@ -361,7 +364,7 @@ def test_a_terminal_that_lost_its_session_is_greeted_again():
     rig.run_until(lambda: rig.gateway.established, "the session")
     rig.terminal(1).link_lost()  # rebooted: it answers the next POLL with NOT_AUTHENTICATED
     rig.run_until(lambda: rig.gateway.established == [201, 201], "a second session", limit_s=5)
-    assert rig.gateway.ended == [201] and rig.gateway.online == {201}
+    assert rig.gateway.ended == [201] and rig.gateway.online_now == {201}
 
 
 def test_an_unknown_terminal_is_told_why_and_greeted_again_later():

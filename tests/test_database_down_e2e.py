@@ -26,8 +26,8 @@ class DatabaseDownTests(LiveTestCase):
     def test_events_wait_on_the_terminals_and_sync_resumes_when_the_server_returns(self):
         site = Site(self.cluster.new_database()).start()
         self.addCleanup(site.stop)
-        site.gateway.eventlog.retry_delays = (0.2,)
-        site.gateway.puller.retry_delays = (0.2,)
+        site.gateway.eventlog.retry_after = lambda attempt: 0.2
+        site.gateway.puller.retry_after = lambda attempt: 0.2
         yield wait_until(site.online, "all terminals online")
         people = People(seed=21)
         known = people.person("known")

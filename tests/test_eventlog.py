@@ -22,14 +22,16 @@ class ControlledDatabase:
         return d
 
 
-class Link:
+class Connection:
+    """The part of a terminal connection backpressure uses."""
+
     def __init__(self):
         self.paused = False
 
-    def pause(self):
+    def pause_events(self):
         self.paused = True
 
-    def resume(self):
+    def resume_events(self):
         self.paused = False
 
 
@@ -44,20 +46,20 @@ def make_log():
 
 def test_submissions_queued_during_a_commit_share_the_next_one():
     log, db, _, _ = make_log()
-    log.submit(1, events(1, 2), True)
-    log.submit(2, events(1, 3), True)
-    log.submit(3, events(1, 1), True)
+    log.submit(1, events(1, 2))
+    log.submit(2, events(1, 3))
+    log.submit(3, events(1, 1))
     assert len(db.commits) == 1  # the first went alone; the other two wait for it
     db.commits[0][1].callback(None)
     assert len(db.commits) == 2
-    (batch, _failures), _ = db.commits[1]
+    (batch, _failures, _at_ms), _ = db.commits[1]
     assert [s.terminal_id for s in batch] == [2, 3]
 
 
 def test_acknowledgement_waits_for_the_commit():
     log, db, _, committed = make_log()
     acks = []
-    log.submit(1, events(5, 3), True).addCallback(acks.append)
+    log.submit(1, events(5, 3)).addCallback(acks.append)
     assert acks == []
     db.commits[0][1].callback(None)
     assert acks == [7]
@@ -67,11 +69,11 @@ def test_acknowledgement_waits_for_the_commit():
 def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
     log, db, clock, _ = make_log()
     acks = []
-    log.submit(1, events(1, 2), True).addCallback(acks.append)
+    log.submit(1, events(1, 2)).addCallback(acks.append)
     db.commits[0][1].errback(Failure(DatabaseFailure("database is locked")))
     assert acks == []
-    clock.advance(log.retry_delays[0])
-    (batch, failure_rows), d = db.commits[1]
+    clock.advance(log.retry_after(0))
+    (batch, failure_rows, _at_ms), d = db.commits[1]
     assert [s.terminal_id for s in batch] == [1]
     assert [r["type"] for r in failure_rows] == [SAVE_FAILED]
     d.callback(None)
@@ -81,10 +83,10 @@ def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
 def test_links_pause_above_high_water_and_resume_below_low_water():
     log, db, _, _ = make_log()
     log.high_water, log.low_water = 10, 5
-    link = Link()
-    log.add_link(link)
-    log.submit(1, events(1, 4), True)
-    log.submit(2, events(1, 8), True)
+    link = Connection()
+    log.add_connection(link)
+    log.submit(1, events(1, 4))
+    log.submit(2, events(1, 8))
     assert link.paused
     db.commits[0][1].callback(None)
     assert link.paused  # 8 still wait
@@ -94,7 +96,7 @@ def test_links_pause_above_high_water_and_resume_below_low_water():
 
 def test_server_origin_events_owe_no_pull():
     log, db, _, committed = make_log()
-    log.submit(1, events(1, 2, origin=Origin.SERVER), True)
+    log.submit(1, events(1, 2, origin=Origin.SERVER))
     db.commits[0][1].callback(None)
     assert committed == [(1, set())]
 
@@ -107,8 +109,8 @@ def test_events_are_acknowledged_even_if_what_follows_the_commit_fails():
 
     log = EventLog(db, clock, Metrics(), broken_pull_trigger)
     acks = []
-    log.submit(1, events(1, 3), True).addCallback(acks.append)
+    log.submit(1, events(1, 3)).addCallback(acks.append)
     db.commits[0][1].callback(None)
     assert acks == [3]
-    log.submit(1, events(4, 1), True)
+    log.submit(1, events(4, 1))
     assert len(db.commits) == 2  # and the log goes on committing

@@ -40,9 +40,9 @@ class CountingDatabase:
 
 def test_terminals_at_the_same_cursor_share_one_feed_read():
     db = CountingDatabase()
-    online = {t: Terminal(t, session=object()) for t in (1, 2, 3)}
+    online = {t: Terminal(t, connection=object()) for t in (1, 2, 3)}
     online[3].cursor = 7
-    registry = SimpleNamespace(terminals=online, online=lambda: list(online.values()))
+    registry = SimpleNamespace(terminals=online, connected=lambda: list(online.values()))
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
     pusher.wake_all()
     assert sorted(args for args, _ in db.reads) == [(0, Pusher.scan_limit), (7, Pusher.scan_limit)]
@@ -54,8 +54,8 @@ def test_terminals_at_the_same_cursor_share_one_feed_read():
 
 def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
     db = CountingDatabase()
-    first, second = Terminal(1, session=object()), Terminal(2, session=object())
-    registry = SimpleNamespace(terminals={1: first, 2: second}, online=lambda: [second])
+    first, second = Terminal(1, connection=object()), Terminal(2, connection=object())
+    registry = SimpleNamespace(terminals={1: first, 2: second}, connected=lambda: [second])
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
     pusher.kick(1)  # a read of cursor 0 begins...
     pusher.wake_all()  # ...then a change is committed: terminal 2 joins a read that may miss it

@@ -1,12 +1,11 @@
 """TerminalSession unit tests: StringTransport and task.Clock, no sockets, no sleeps."""
 
-from types import SimpleNamespace
-
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from gateway.metrics import Metrics
-from gateway.session import Refused, RequestTimeout
+from gateway.connection import Refused
+from gateway.session import RequestTimeout, TerminalSession
 from gateway.tcp import TcpLink
 from protocol import auth
 from protocol.errors import ErrorCode
@@ -18,46 +17,49 @@ from protocol.decoder import StreamDecoder
 SECRET = b"s3cret"
 
 
-class FakeGateway:
-    """Stands in for gateway.service.Gateway: records what the session reports to it."""
+class Collaborators:
+    """What a session is given: admission, an event sink and presence, recorded for the test."""
 
     def __init__(self, known=(7,)):
         self.clock = task.Clock()
         self.metrics = Metrics()
-        self.config = SimpleNamespace(keepalive_s=30)
         self.known = known
         self.established = []
         self.ended = []
         self.submitted = []
-        self.registry = SimpleNamespace(admit=self.admit)
 
-    def admit(self, terminal_id, hello, link):
+    def secret_for(self, terminal_id, info, description):
         if terminal_id not in self.known:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET
 
-    def last_stored_event_id(self, terminal_id):
+    def stored_through(self, terminal_id):
         return defer.succeed(41)
 
-    def events_received(self, session, events):
+    def submit(self, terminal_id, events):
         d = defer.Deferred()
         self.submitted.append((events, d))
         return d
 
-    def session_established(self, session):
-        self.established.append(session)
+    def online(self, connection):
+        self.established.append(connection)
+        return True
 
-    def session_ended(self, session):
-        self.ended.append(session)
+    def offline(self, connection):
+        self.ended.append(connection)
+
+    def new_session(self, link, expected_terminal_id=None):
+        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self,
+                               metrics=self.metrics, expected_terminal_id=expected_terminal_id)
 
 
 class Peer:
     """The terminal's end of a StringTransport: reads what the gateway wrote."""
 
     def __init__(self, gateway=None):
-        self.gateway = gateway or FakeGateway()
+        self.gateway = gateway or Collaborators()
         self.transport = StringTransport()
-        self.link = TcpLink(self.gateway)
+        self.link = TcpLink(self.gateway.new_session)
         self.link.makeConnection(self.transport)
         self.decoder = StreamDecoder()
 
@@ -167,7 +169,7 @@ def test_requests_time_out():
 def test_window_bounds_outstanding_requests():
     peer = Peer()
     peer.establish()
-    window = peer.session.window
+    window = peer.session.timing.window
     for _ in range(window + 2):
         peer.session.request(Command.KEEPALIVE).addErrback(lambda f: None)
     sent = peer.frames()
@@ -211,7 +213,7 @@ def test_garbage_after_authentication_is_counted_then_closes_when_persistent():
     peer.send(b"\x00garbage")
     assert not peer.transport.disconnecting
     assert peer.gateway.metrics.value(peer.gateway.metrics.frame_errors) == 1
-    for _ in range(peer.session.frame_errors_per_minute):
+    for _ in range(peer.session.timing.frame_errors_per_minute):
         peer.send(b"\x00garbage")
     assert peer.transport.disconnecting
 

@@ -24,6 +24,8 @@ from gateway.users import (
 from protocol.events import Event, EventCode, Origin
 from protocol.records import Card, CardType, UserRecord
 
+NOW_MS = 1_700_000_000_000
+
 
 @pytest.fixture
 def db(db_url):
@@ -44,8 +46,8 @@ def test_migrations_match_the_declared_schema(db):
 
 def test_events_are_stored_once_however_often_they_are_resent(db):
     batch = [_Submission(7, [enroll(1), enroll(2)], pull_users=True)]
-    db.run_now(_store, batch, [])
-    db.run_now(_store, [_Submission(7, [enroll(2), enroll(3)], pull_users=True)], [])
+    db.run_now(_store, batch, [], NOW_MS)
+    db.run_now(_store, [_Submission(7, [enroll(2), enroll(3)], pull_users=True)], [], NOW_MS)
     count = db.run_now(lambda c: c.execute(select(func.count()).select_from(events)).scalar())
     assert count == 3
     assert db.run_now(last_stored_event_id, 7) == 3
@@ -55,14 +57,14 @@ def test_events_are_stored_once_however_often_they_are_resent(db):
 
 
 def test_server_origin_events_owe_no_pull(db):
-    db.run_now(_store, [_Submission(7, [enroll(1, origin=Origin.SERVER)], pull_users=True)], [])
+    db.run_now(_store, [_Submission(7, [enroll(1, origin=Origin.SERVER)], pull_users=True)], [], NOW_MS)
     assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 0
 
 
 def test_every_change_takes_the_next_sequence_value(db):
-    a = db.run_now(store_record, UserRecord("a", name="A"))
-    b = db.run_now(store_record, UserRecord("b", name="B"))
-    a2 = db.run_now(store_record, UserRecord("a", name="A2"))
+    a = db.run_now(store_record, UserRecord("a", name="A"), NOW_MS)
+    b = db.run_now(store_record, UserRecord("b", name="B"), NOW_MS)
+    a2 = db.run_now(store_record, UserRecord("a", name="A2"), NOW_MS)
     assert a < b < a2
     feed = db.run_now(read_feed, 0, 10)
     assert [(e.user_id, e.change_seq) for e in feed] == [("b", b), ("a", a2)]
@@ -70,33 +72,33 @@ def test_every_change_takes_the_next_sequence_value(db):
 
 def test_republishing_puts_every_live_user_after_every_cursor_in_the_same_order(db):
     for user_id in ("a", "b", "c"):
-        db.run_now(store_record, UserRecord(user_id, name=user_id.upper()))
-    db.run_now(delete_user, "b")
+        db.run_now(store_record, UserRecord(user_id, name=user_id.upper()), NOW_MS)
+    db.run_now(delete_user, "b", NOW_MS)
     cursor = db.run_now(last_change_seq)
     assert db.run_now(republish_users) == 2
     feed = db.run_now(read_feed, cursor, 10)
     assert [e.user_id for e in feed] == ["a", "c"]
     assert db.run_now(last_change_seq) == feed[-1].change_seq
-    assert db.run_now(store_record, UserRecord("d")) == feed[-1].change_seq + 1
+    assert db.run_now(store_record, UserRecord("d"), NOW_MS) == feed[-1].change_seq + 1
 
 
 def test_server_side_edit_and_delete_go_through_the_feed(db):
-    db.run_now(create_user, UserRecord("u1", name="Ana", access_groups=(3,)))
-    db.run_now(edit_user, "u1", {"name": "Ana B"})
+    db.run_now(create_user, UserRecord("u1", name="Ana", access_groups=(3,)), NOW_MS)
+    db.run_now(edit_user, "u1", {"name": "Ana B"}, NOW_MS)
     assert db.run_now(load_record, "u1").name == "Ana B"
-    db.run_now(delete_user, "u1")
+    db.run_now(delete_user, "u1", NOW_MS)
     assert db.run_now(load_record, "u1") is None
     (entry,) = db.run_now(read_feed, 0, 10)
     assert entry.record is None and entry.access_groups == {3}
     with pytest.raises(UnknownUser):
-        db.run_now(delete_user, "u1")
+        db.run_now(delete_user, "u1", NOW_MS)
 
 
 def test_merge_keeps_server_fields_and_settles_the_pull(db):
-    db.run_now(create_user, UserRecord("u1", name="Server", cards=(Card(CardType.CSN, b"\x01"),)))
-    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [])
+    db.run_now(create_user, UserRecord("u1", name="Server", cards=(Card(CardType.CSN, b"\x01"),)), NOW_MS)
+    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [], NOW_MS)
     pulled = UserRecord("u1", name="Terminal", cards=(Card(CardType.SMART_CARD, b"\x02"),))
-    assert db.run_now(merge_pulled, 5, [pulled], [], 2**62) == ["u1"]
+    assert db.run_now(merge_pulled, 5, [pulled], [], 2**62, NOW_MS) == ["u1"]
     merged = db.run_now(load_record, "u1")
     assert merged.name == "Server"
     assert {c.type for c in merged.cards} == {CardType.CSN, CardType.SMART_CARD}
@@ -106,14 +108,14 @@ def test_merge_keeps_server_fields_and_settles_the_pull(db):
 
 
 def test_a_pull_asked_for_again_after_it_started_stays_owed(db):
-    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [])
-    db.run_now(merge_pulled, 5, [UserRecord("u1", name="x")], [], 0)
+    db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [], NOW_MS)
+    db.run_now(merge_pulled, 5, [UserRecord("u1", name="x")], [], 0, NOW_MS)
     assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 1
 
 
 def test_merge_that_changes_nothing_for_the_terminal_marks_it_as_holder(db):
     rec = UserRecord("u1", name="Ana")
-    db.run_now(merge_pulled, 5, [rec], [], 2**62)
+    db.run_now(merge_pulled, 5, [rec], [], 2**62, NOW_MS)
     (entry,) = db.run_now(read_feed, 0, 10)
     assert entry.holder_terminal == 5
 
@@ -128,7 +130,7 @@ def test_cursor_only_moves_forward(db):
 
 def test_a_failed_transaction_is_reported_and_writes_nothing(db):
     def half_then_fail(conn):
-        store_record(conn, UserRecord("half", name="x"))
+        store_record(conn, UserRecord("half", name="x"), NOW_MS)
         conn.execute(select(func.no_such_function()))
 
     with pytest.raises(DatabaseFailure):

@@ -137,7 +137,7 @@ class SyncScenarios:
     @defer.inlineCallbacks
     def test_database_refusing_a_merge_records_the_failure_and_catches_up(self):
         site = yield self.start_site()
-        site.gateway.puller.retry_delays = (0.2,)
+        site.gateway.puller.retry_after = lambda attempt: 0.2
         refuse_user_writes(site.gateway.db.engine)
         person = self.people.person("6006")
         site.terminals[A].enroll(person)

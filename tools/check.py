@@ -12,10 +12,11 @@ import sys
 import time
 
 from gateway.config import ConfigError, parse_host_port
-from protocol import auth
+from protocol.auth import GatewayHandshake
+from protocol.conversation import Conversation
 from protocol.decoder import StreamDecoder
 from protocol.errors import ErrorCode, MessageError
-from protocol.frame import PROTOCOL_VERSION, Flags, Frame, encode_frame
+from protocol.frame import PROTOCOL_VERSION, Frame, encode_frame
 from protocol.messages import Command, UserStatus, build_body, parse_body, response
 from protocol.records import UserRecord, hash_pin
 
@@ -31,20 +32,17 @@ class Peer:
 
     def __init__(self, sock: socket.socket, timeout: float):
         self.sock = sock
-        self.timeout = timeout
         self.decoder = StreamDecoder()
         self.frames: list[Frame] = []
-        self.seq = 0
-        self.terminal_id = 0
+        self.conversation = Conversation(request_timeout_s=timeout)
 
     def ask(self, command: int, payload: bytes) -> Frame:
         """Send a request and return the terminal's answer to it (a response or an error reply)."""
-        self.seq += 1
-        self.sock.sendall(encode_frame(Frame(command, payload, Flags.REQUEST, self.terminal_id, self.seq)))
-        deadline = time.monotonic() + self.timeout  # for the answer, however chatty the terminal is meanwhile
-        while True:
-            frame = self._next_frame(deadline)
-            if frame.is_response and frame.seq == self.seq:
+        frame, pending = self.conversation.request(command, payload=payload, now=time.monotonic())
+        self.sock.sendall(encode_frame(frame))
+        while True:  # the deadline holds however chatty the terminal is meanwhile
+            frame = self._next_frame(pending.deadline)
+            if frame.is_response and self.conversation.answer(frame) == pending:
                 return frame
             if not frame.is_response:
                 self._answer_terminal_request(frame)
@@ -57,6 +55,8 @@ class Peer:
 
     def _next_frame(self, deadline: float) -> Frame:
         while not self.frames:
+            if time.monotonic() >= deadline:
+                raise CheckFailed(f"no answer within {self.conversation.request_timeout_s:g} s")
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = self.sock.recv(65536)
             if not data:
@@ -76,17 +76,17 @@ def expect_answer(frame: Frame) -> object:
 
 
 def check_handshake(peer: Peer, args) -> str:
-    nonce = auth.new_nonce()
-    answer = peer.ask(Command.HELLO, build_body(Command.HELLO, False, dict(gateway_nonce=nonce, protocol_version=PROTOCOL_VERSION)))
+    handshake = GatewayHandshake()
+    answer = peer.ask(Command.HELLO, build_body(Command.HELLO, False, handshake.hello(PROTOCOL_VERSION)))
     hello = expect_answer(answer)
     if args.id is not None and answer.terminal_id != args.id:
         raise CheckFailed(f"terminal says it is {answer.terminal_id}, expected {args.id}")
-    peer.terminal_id = answer.terminal_id
+    peer.conversation.terminal_id = answer.terminal_id
     secret = args.secret.encode()
-    if not auth.proofs_match(auth.terminal_proof(secret, answer.terminal_id, nonce, hello.terminal_nonce), hello.proof):
+    if not handshake.terminal_proved(secret, answer.terminal_id, hello):
         raise CheckFailed("the terminal's proof does not match the secret given")
-    welcome = dict(proof=auth.gateway_proof(secret, answer.terminal_id, nonce, hello.terminal_nonce),
-                   server_time_ms=int(time.time() * 1000), keepalive_s=30, ack_through=0)
+    welcome = handshake.welcome(secret, answer.terminal_id, hello, server_time_ms=int(time.time() * 1000),
+                                keepalive_s=30, ack_through=0)
     expect_answer(peer.ask(Command.WELCOME, build_body(Command.WELCOME, False, welcome)))
     return f"terminal {answer.terminal_id}, {hello.model} firmware {hello.firmware}, protocol {hello.protocol_version}, room for {hello.max_users} users"
 

@@ -1,9 +1,11 @@
 """BusLink: one address on an RS-485 bus, as the link its TerminalSession talks through.
 
 The session cannot tell it from a TCP connection. What differs is underneath: a frame the
-session writes waits for the master's turn instead of going straight out, and pausing (the
+session sends waits for its turn on the line instead of going straight out, and pausing (the
 event log's backpressure) stops the polls that would bring more events.
 """
+
+from protocol import Frame
 
 
 class BusLink:
@@ -16,8 +18,8 @@ class BusLink:
         # time so other terminals' polls are not held up (one record always goes, however long).
         self.request_bytes = int(master.timing.bytes_per_s * 0.5)
 
-    def write(self, data: bytes) -> None:
-        self._master.queue(self, self._drop, data)
+    def send(self, frame: Frame) -> None:
+        self._master.queue(self, self._drop, frame)
 
     def close(self, reason: str) -> None:
         self._master.link_closed(self, self._drop, reason)

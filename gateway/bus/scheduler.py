@@ -24,12 +24,11 @@ class Drop:
 
     address: int
     terminal_id: int | None = None  # pinned by the configuration; None: any admitted terminal
-    frames: deque = field(default_factory=deque)  # requests its session wrote, waiting for the line, in order
+    frames: deque = field(default_factory=deque)  # frames its session sent, waiting for the line, in order
     online: bool = False  # its session is established
     paused: bool = False  # the event log asked links to stop bringing events (backpressure)
-    committing: bool = False  # polled events are being committed; the next poll must carry their ack
+    committing: bool = False  # a poll is under way until its events are stored: the next must acknowledge them
     next_poll_at: float = 0.0
-    ack_through: int = 0  # highest event id committed, told to the terminal in the next poll
     failures: int = 0  # sessions lost in a row without being established: how far greetings back off
     session: object | None = None
     link: object | None = None

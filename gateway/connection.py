@@ -1,0 +1,114 @@
+"""TerminalConnection: one online terminal as the sync core sees it, whatever its protocol.
+
+The event log, the puller and the pusher talk to terminals only through this interface, so
+they never know whether a terminal speaks the native protocol over TCP, over an RS-485 bus, or
+is a ZKTeco device behind a driver. What a connection needs from the gateway comes in at its
+construction as the small interfaces below: events go to an ``EventSink``, admission asks an
+``Admission``, and ``Presence`` hears when the terminal comes online and goes offline.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.events import Event
+from protocol.records import UserRecord
+
+
+@dataclass(frozen=True)
+class TerminalInfo:
+    """What a terminal says of itself when it connects."""
+
+    model: str = ""
+    firmware: str = ""
+    max_users: int = 0
+
+
+@dataclass(frozen=True)
+class FetchedUsers:
+    """Users a terminal sent; ``missing``: ids it does not hold. An id in neither list was left
+    out (it did not fit in one answer) and should be asked for again."""
+
+    users: list[UserRecord]
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class UserResult:
+    """A terminal's outcome for one user of a put or a delete (``protocol.UserStatus``)."""
+
+    user_id: str
+    status: int
+
+
+@dataclass(frozen=True)
+class DigestPage:
+    """Part of a terminal's user list in id order, each id with its record digest."""
+
+    digests: dict[str, bytes]
+    more: bool
+
+
+class Refused(ProtocolError):
+    """A terminal the gateway will not talk to; ``code`` goes back to it in an error reply."""
+
+    def __init__(self, code: ErrorCode, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class TerminalConnection(Protocol):
+    """One online terminal. Every request fires with its answer or fails with a ProtocolError
+    (the terminal refused, did not answer in time, or the link went away)."""
+
+    terminal_id: int
+    description: str  # where it is connected, for people: "tcp 10.0.0.5:5123"
+    info: TerminalInfo
+    push_bytes: int  # how many bytes of encoded records one ``put_users`` should carry
+
+    def fetch_users(self, user_ids: list[str]) -> "Deferred[FetchedUsers]": ...
+
+    def put_users(self, records: list[bytes], keep_local_changes: bool) -> "Deferred[list[UserResult]]":
+        """Store users given in their wire encoding (``UserRecordWire``, as the server keeps them).
+
+        With ``keep_local_changes`` a terminal keeps a user changed at its keypad and not fetched
+        yet, and answers LOCAL_CHANGE_PENDING for it: the pull that is owed merges the change.
+        """
+
+    def delete_users(self, user_ids: list[str]) -> "Deferred[list[UserResult]]": ...
+
+    def list_digests(self, after_user_id: str, limit: int) -> "Deferred[DigestPage]": ...
+
+    def pause_events(self) -> None:
+        """Stop bringing events in (the writer is behind) until ``resume_events``."""
+
+    def resume_events(self) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class EventSink(Protocol):
+    """Where a connection's events go: the durable event log."""
+
+    def stored_through(self, terminal_id: int) -> "Deferred[int]":
+        """The highest event id of this terminal already stored (a reconnecting terminal resumes after it)."""
+
+    def submit(self, terminal_id: int, events: list[Event]) -> "Deferred[int]":
+        """Fires with the highest event id once every event is durable: only then may it be acknowledged."""
+
+
+class Admission(Protocol):
+    def secret_for(self, terminal_id: int, info: TerminalInfo, description: str) -> bytes:
+        """The secret the terminal must prove it holds; raises Refused if it may not connect."""
+
+
+class Presence(Protocol):
+    """Hears terminals come and go: the registry, which keeps one connection per terminal."""
+
+    def online(self, connection: TerminalConnection) -> bool:
+        """The terminal authenticated; False if it may not stay (refused meanwhile), and it is closed."""
+
+    def offline(self, connection: TerminalConnection) -> None: ...
