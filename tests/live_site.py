@@ -5,6 +5,7 @@ a person could look at: the server database and each terminal's own user store.
 """
 
 import socket
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import func, select
@@ -36,11 +37,13 @@ class LiveTestCase(unittest.TestCase):
             self.db_url = request.getfixturevalue("postgres").new_database()
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now, for processes that need one named up front."""
+@contextmanager
+def refusing_port():
+    """A loopback port that refuses connections for as long as the block runs: bound but never
+    listening, so no other process can start listening there meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 def secret_of(terminal_id: int) -> str:
