@@ -14,8 +14,8 @@ from twisted.trial import unittest
 
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
-from gateway.schema import events
-from gateway.users import load_record
+from gateway.schema import events, terminals as terminal_rows
+from gateway.users import last_change_seq, load_record
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
 
@@ -97,6 +97,14 @@ class Site:
 
     def stored_event_ids(self, terminal_id: int) -> list[int]:
         return self.gateway.db.run_now(stored_event_ids, terminal_id)
+
+    def committed_cursor(self, terminal_id: int) -> int:
+        """The terminal's cursor as stored: the pusher commits it after the terminal applied the changes."""
+        stmt = select(terminal_rows.c.cursor).where(terminal_rows.c.terminal_id == terminal_id)
+        return self.gateway.db.run_now(lambda conn: conn.execute(stmt).scalar_one())
+
+    def last_change_seq(self) -> int:
+        return self.gateway.db.run_now(last_change_seq)
 
     def online(self, *terminal_ids) -> bool:
         online = {t.terminal_id for t in self.gateway.registry.online()}
