@@ -104,6 +104,24 @@ def header_parse(quick: bool) -> dict:
     return {"frame_header_parse": result}
 
 
+def stream_decoder(quick: bool) -> dict:
+    """The decoder alone, on a burst of small frames: the framing cost a log storm or a noisy line pays."""
+    burst = b"".join(request(Command.KEEPALIVE, terminal_id=9, seq=n) for n in range(1000))
+    noise = (SOF + bytes(range(40))) * 1000  # a start-of-frame pattern in each 42 bytes, no frame
+
+    def in_chunks(size: int) -> None:
+        decoder = StreamDecoder()
+        for start in range(0, len(burst), size):
+            decoder.feed(burst[start : start + size])
+
+    result = {
+        "one_chunk_frames_per_s": 1000 * per_second(lambda: StreamDecoder().feed(burst), quick),
+        "chunks_of_7_frames_per_s": 1000 * per_second(lambda: in_chunks(7), quick),
+        "false_starts_per_s": 1000 * per_second(lambda: StreamDecoder().feed(noise), quick),
+    }
+    return {"stream_decoder": result}
+
+
 def wire_item(name: str, wire, value, quick: bool) -> dict:
     """One event or record alone, compiled as the bodies use it vs its declaration run plainly."""
     data = wire.build(value)
@@ -124,6 +142,7 @@ def run(quick: bool) -> dict:
         "construct": construct.__version__,
         "quick": quick,
         **header_parse(quick),
+        **stream_decoder(quick),
         **frame_codec("event_batch_256", Command.EVENTS, {"events": event_batch()}, quick),
         **frame_codec(
             "user_record_two_fingers",
@@ -143,7 +162,7 @@ ITEMS = {"event_wire": "event", "user_record_wire": "user record, two fingers"}
 
 
 def table(results: dict) -> str:
-    head = results["frame_header_parse"]
+    head, stream = results["frame_header_parse"], results["stream_decoder"]
     lines = [
         f"codec benchmark: Python {results['python']}, construct {results['construct']}"
         + (" (--quick: figures are meaningless)" if results["quick"] else ""),
@@ -152,6 +171,11 @@ def table(results: dict) -> str:
         f"  struct (baseline)      {head['struct_us']:8.2f}   {1:8.1f}x",
         f"  construct compiled     {head['compiled_us']:8.2f}   {head['compiled_vs_struct']:8.1f}x",
         f"  construct plain        {head['plain_us']:8.2f}   {head['plain_vs_struct']:8.1f}x",
+        "",
+        f"stream decoder alone, 1,000 keepalives ({len(request(Command.KEEPALIVE))} bytes each)      per s",
+        f"  frames, in one chunk           {stream['one_chunk_frames_per_s']:12,.0f}",
+        f"  frames, in chunks of 7 bytes   {stream['chunks_of_7_frames_per_s']:12,.0f}",
+        f"  false starts skipped in noise  {stream['false_starts_per_s']:12,.0f}",
         "",
         "frames                        bytes  decode/s  encode/s  body parse µs: compiled   plain  plain/compiled",
     ]

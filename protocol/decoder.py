@@ -4,9 +4,16 @@ Like Twisted's ``IntNStringReceiver`` it keeps one buffer and an offset and drop
 prefix once per ``feed`` call, never once per frame, so a burst of small frames costs linear
 time. A header announcing more than ``max_payload`` bytes is reported and its payload discarded
 as it arrives, never buffered.
+
+Reading is split the way h11 splits its readers: each reader looks at the unread bytes and
+either consumes some and says what they were (a frame or a ``FrameError``), or returns None and
+consumes nothing because it needs more bytes. Errors are values, not exceptions: a noisy RS-485
+line produces them all day, and the next frame after one must still come out.
 """
 
 import zlib
+
+from construct import Container
 
 from protocol.errors import FrameError
 from protocol.frame import (
@@ -28,6 +35,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._base = 0  # stream offset of _buffer[0]
+        self._pos = 0  # bytes of _buffer the readers consumed during this feed
         self._discard = 0  # payload bytes of an oversized frame still to throw away
 
     @property
@@ -36,84 +44,108 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """Take the next chunk of the stream; return what it completed, in stream order."""
+        self._buffer += self._discard_oversized_payload(data)
         out: list[Frame | FrameError] = []
-        if self._discard:
-            dropped = min(self._discard, len(data))
-            self._discard -= dropped
-            self._base += dropped
-            data = data[dropped:]
-        self._buffer += data
-        buf = self._buffer
-        pos = 0
-        end = len(buf)
-        while pos < end:
-            start = buf.find(SOF, pos)
-            if start < 0:
-                # Keep a trailing first byte of SOF: the next chunk may complete it.
-                keep = 1 if buf[end - 1] == SOF[0] else 0
-                if end - keep > pos:
-                    out.append(self._garbage(pos, end - keep))
-                pos = end - keep
-                break
-            if start > pos:
-                out.append(self._garbage(pos, start))
-                pos = start
-            if end - pos < HEADER_SIZE:
-                break
-            head = bytes(buf[pos : pos + HEADER_SIZE])
-            header = FrameHeaderCompiled.parse(head)
-            if header_crc(head[:-2]) != header.header_crc:
-                out.append(FrameError(self._base + pos, "header CRC mismatch", 1))
-                pos += 1
-                continue
-            if header.version != PROTOCOL_VERSION:
-                out.append(FrameError(self._base + pos, f"unsupported protocol version {header.version}", 1))
-                pos += 1
-                continue
-            if header.length > self.max_payload:
-                out.append(
-                    FrameError(
-                        self._base + pos,
-                        f"frame announces {header.length} payload bytes, over the {self.max_payload}-byte maximum",
-                        HEADER_SIZE + header.length + CRC_SIZE,
-                    )
-                )
-                available = end - pos - HEADER_SIZE
-                skip = header.length + CRC_SIZE
-                if available >= skip:
-                    pos += HEADER_SIZE + skip
-                    continue
-                self._discard = skip - available
-                pos = end
-                break
-            total = HEADER_SIZE + header.length + CRC_SIZE
-            if end - pos < total:
-                break
-            with memoryview(buf) as view:
-                intact = zlib.crc32(view[pos : pos + total - CRC_SIZE]) == int.from_bytes(
-                    view[pos + total - CRC_SIZE : pos + total], "big"
-                )
-                payload = bytes(view[pos + HEADER_SIZE : pos + total - CRC_SIZE]) if intact else b""
-            if not intact:
-                out.append(FrameError(self._base + pos, "CRC mismatch", 1))
-                pos += 1
-                continue
-            out.append(
-                Frame(
-                    command=header.command,
-                    payload=payload,
-                    flags=Flags(header.flags),
-                    terminal_id=header.terminal_id,
-                    seq=header.seq,
-                    address=header.address,
-                    version=header.version,
-                )
-            )
-            pos += total
-        if pos:
-            del buf[:pos]
-            self._base += pos
+        while (item := self._read_item()) is not None:
+            out.append(item)
+        self._drop_consumed()
         return out
 
-    def _garbage(self, start: int, stop: int) -> FrameError:
-        return FrameError(self._base + start, f"{stop - start} bytes outside any frame skipped", stop - start)
+    def _read_item(self) -> Frame | FrameError | None:
+        """The next frame or error in the unread bytes, or None until more bytes come."""
+        skipped = self._skip_to_start_of_frame()
+        if skipped is not None:
+            return skipped
+        header = self._read_header()
+        if header is None or isinstance(header, FrameError):
+            return header
+        return self._read_frame(header)
+
+    # -- the readers ---------------------------------------------------------------------------
+
+    def _skip_to_start_of_frame(self) -> FrameError | None:
+        """Consume the bytes before the next start of frame and report them; None if there are none."""
+        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        if pos >= end:
+            return None
+        start = buf.find(SOF, pos)
+        if start < 0:
+            # Keep a trailing first byte of SOF: the next chunk may complete it.
+            start = end - 1 if buf[end - 1] == SOF[0] else end
+        if start == pos:
+            return None
+        self._pos = start
+        return FrameError(self._base + pos, f"{start - pos} bytes outside any frame skipped", start - pos)
+
+    def _read_header(self) -> Container | FrameError | None:
+        """Check the header at the start of frame, leaving it unread for the frame reader; a bad
+        header costs one byte, so the search for the next start of frame resumes right after it."""
+        pos = self._pos
+        if len(self._buffer) - pos < HEADER_SIZE:
+            return None
+        head = bytes(self._buffer[pos : pos + HEADER_SIZE])
+        # The CRC before the parse: a start-of-frame pattern in line noise fails it, unparsed.
+        if header_crc(head[:-2]) != int.from_bytes(head[-2:], "big"):
+            return self._reject(1, "header CRC mismatch")
+        # Items, not attributes: a Container's __getattr__ costs a third of a keepalive's decode.
+        header = FrameHeaderCompiled.parse(head)
+        if header["version"] != PROTOCOL_VERSION:
+            return self._reject(1, f"unsupported protocol version {header['version']}")
+        if header["length"] > self.max_payload:
+            return self._reject_oversized(header["length"])
+        return header
+
+    def _read_frame(self, header: Container) -> Frame | FrameError | None:
+        """Consume the whole frame once its payload and CRC are in, checking the CRC."""
+        pos = self._pos
+        crc_at = pos + HEADER_SIZE + header["length"]
+        if len(self._buffer) < crc_at + CRC_SIZE:
+            return None
+        with memoryview(self._buffer) as view:
+            if zlib.crc32(view[pos:crc_at]) != int.from_bytes(view[crc_at : crc_at + CRC_SIZE], "big"):
+                return self._reject(1, "CRC mismatch")
+            payload = bytes(view[pos + HEADER_SIZE : crc_at])
+        self._pos = crc_at + CRC_SIZE
+        return Frame(
+            command=header["command"],
+            payload=payload,
+            flags=Flags(header["flags"]),
+            terminal_id=header["terminal_id"],
+            seq=header["seq"],
+            address=header["address"],
+            version=header["version"],
+        )
+
+    # -- what a bad frame costs ------------------------------------------------------------------
+
+    def _reject(self, skipped: int, reason: str) -> FrameError:
+        error = FrameError(self._base + self._pos, reason, skipped)
+        self._pos += skipped
+        return error
+
+    def _reject_oversized(self, length: int) -> FrameError:
+        """Skip the whole frame: what is buffered now, and the rest as it arrives (``_discard``)."""
+        total = HEADER_SIZE + length + CRC_SIZE
+        error = FrameError(
+            self._base + self._pos, f"frame announces {length} payload bytes, over the {self.max_payload}-byte maximum", total
+        )
+        unread = len(self._buffer) - self._pos
+        self._discard = max(0, total - unread)
+        self._pos += total - self._discard
+        return error
+
+    def _discard_oversized_payload(self, data: bytes) -> bytes:
+        """What is left of ``data`` once the rest of an oversized frame is thrown away."""
+        if not self._discard:
+            return data
+        dropped = min(self._discard, len(data))
+        self._discard -= dropped
+        self._base += dropped
+        return data[dropped:]
+
+    def _drop_consumed(self) -> None:
+        """Once per feed, never per frame: this copy is what keeps a burst of frames linear."""
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._base += self._pos
+            self._pos = 0

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from twisted.internet import reactor, task
+from twisted.logger import Logger
 
 from gateway.config import ConfigError, parse_host_port
 from gateway.run import start_logging
@@ -11,6 +12,8 @@ from simulator import bus, fleet
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
+
+log = Logger()
 
 
 def _add_terminal_parser(sub) -> None:
@@ -40,7 +43,8 @@ def run_terminal(args) -> int:
         host, port = parse_host_port(args.gateway)
         DialingTerminal(terminal, reactor, host, port).start()
     else:
-        ListeningTerminal(terminal, reactor).listen(args.listen)
+        listener = ListeningTerminal(terminal, reactor).listen(args.listen)
+        log.info("terminal {id} listening for a gateway on port {port}", id=args.id, port=listener.port_number)
     if args.enroll:
         people = People(args.seed)
         user_ids = iter(f"{args.id}-{n:05d}" for n in range(args.enroll))

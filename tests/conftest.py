@@ -1,8 +1,10 @@
-"""Shared fixtures: a throwaway PostgreSQL cluster on loopback, and database URLs to test against.
+"""Shared fixtures: a throwaway PostgreSQL cluster, and database URLs to test against.
 
 Storage and sync tests take ``db_url`` and run twice: on a real SQLite file and on a real
 PostgreSQL server that this file starts (as the ``postgres`` user when run as root, since
-initdb refuses root) and stops at the end of the session.
+initdb refuses root) and stops at the end of the session. The server listens on a Unix socket
+in its own folder, no TCP port: a port chosen before the server binds it could be taken
+meanwhile, by another test run or by the server's own halt and resume.
 """
 
 import glob
@@ -16,7 +18,7 @@ import tempfile
 import pytest
 import sqlalchemy
 
-from live_site import free_port
+PORT = 5432  # names the socket file in the cluster's own folder; no TCP port is opened
 
 
 def _pg_bin() -> str | None:
@@ -28,7 +30,6 @@ class PostgresCluster:
     def __init__(self, bindir: str):
         self.bindir = bindir
         self.dir = tempfile.mkdtemp(prefix="gateway-pg-")
-        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")
@@ -53,7 +54,7 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     def resume(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        opts = f"-p {PORT} -k {self.dir} -c listen_addresses='' -c fsync=off"
         self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start")
 
     def stop(self) -> None:
@@ -63,7 +64,7 @@ class PostgresCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://{self.user}@/{database}?host={self.dir}&port={PORT}"
 
     def new_database(self) -> str:
         name = f"gw_test_{next(self._ids)}"

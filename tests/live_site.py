@@ -5,6 +5,7 @@ a person could look at: the server database and each terminal's own user store.
 """
 
 import socket
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import func, select
@@ -13,8 +14,8 @@ from twisted.trial import unittest
 
 from gateway.config import GatewayConfig
 from gateway.service import Gateway
-from gateway.schema import events
-from gateway.users import load_record
+from gateway.schema import events, terminals as terminal_rows
+from gateway.users import last_change_seq, load_record
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
 
@@ -36,11 +37,13 @@ class LiveTestCase(unittest.TestCase):
             self.db_url = request.getfixturevalue("postgres").new_database()
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now, for processes that need one named up front."""
+@contextmanager
+def refusing_port():
+    """A loopback port that refuses connections for as long as the block runs: bound but never
+    listening, so no other process can start listening there meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 def secret_of(terminal_id: int) -> str:
@@ -94,6 +97,14 @@ class Site:
 
     def stored_event_ids(self, terminal_id: int) -> list[int]:
         return self.gateway.db.run_now(stored_event_ids, terminal_id)
+
+    def committed_cursor(self, terminal_id: int) -> int:
+        """The terminal's cursor as stored: the pusher commits it after the terminal applied the changes."""
+        stmt = select(terminal_rows.c.cursor).where(terminal_rows.c.terminal_id == terminal_id)
+        return self.gateway.db.run_now(lambda conn: conn.execute(stmt).scalar_one())
+
+    def last_change_seq(self) -> int:
+        return self.gateway.db.run_now(last_change_seq)
 
     def online(self, *terminal_ids) -> bool:
         online = {t.terminal_id for t in self.gateway.registry.connected()}

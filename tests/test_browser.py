@@ -5,15 +5,14 @@ The gateway and a simulated terminal run as the commands an operator types (``ga
 sees arrived over the live stream. The screenshot goes to build/screenshots/monitoring.png.
 """
 
-import queue
-import re
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+
+from tools.loadtest.gateway_process import GatewayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "build" / "screenshots" / "monitoring.png"
@@ -27,29 +26,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Process:
-    """A child process whose output lines are read on a thread, so waits for them can be bounded."""
+class Simulator:
+    """A ``simulator`` command running as a child process, its output in the test's folder."""
 
-    def __init__(self, *args: str):
-        self.popen = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        try:
-            while True:
-                line = self.lines.get(timeout=timeout)
-                self.output.append(line)
-                found = re.search(pattern, line)
-                if found:
-                    return found
-        except queue.Empty:
-            raise AssertionError(f"no line matching {pattern!r} within {timeout:g} s; output:\n{''.join(self.output)}") from None
+    def __init__(self, folder: Path, *args: str):
+        self.log = folder / f"simulator-{args[args.index('--id') + 1]}.log"
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen([sys.executable, "-m", "simulator.cli", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         self.popen.terminate()
@@ -67,13 +50,12 @@ def gateway(tmp_path):
         'tcp_host = "127.0.0.1"\napi_token = "browser-test"\n'
         + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "secret-{t}"\nname = "{name}"\n' for t, name in [(TERMINAL, "Front door"), (OTHER, "Back door")])
     )
-    process = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    process = GatewayProcess(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}", config_file=config)
     try:
-        tcp_port = int(process.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
-        page = process.wait_for(r"monitoring page at (http://\S+/)").group(1)
-        yield page, tcp_port
+        process.start(timeout=30)
+        yield f"http://127.0.0.1:{process.http_port}/", process.tcp_port
     finally:
-        process.stop()
+        process.stop(10)
 
 
 @pytest.fixture
@@ -94,7 +76,7 @@ def browser():
         driver.quit()
 
 
-def test_an_enrolment_at_a_terminal_appears_on_the_page_within_seconds(gateway, browser):
+def test_an_enrolment_at_a_terminal_appears_on_the_page_within_seconds(gateway, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
@@ -104,7 +86,7 @@ def test_an_enrolment_at_a_terminal_appears_on_the_page_within_seconds(gateway, 
     WebDriverWait(browser, 15).until(seen.text_to_be_present_in_element((By.ID, "stream-state"), "connected"))
 
     terminals = [
-        Process("simulator.cli", "terminal", "--gateway", f"127.0.0.1:{tcp_port}", "--id", str(t), "--secret", f"secret-{t}", *enrolls)
+        Simulator(tmp_path, "terminal", "--gateway", f"127.0.0.1:{tcp_port}", "--id", str(t), "--secret", f"secret-{t}", *enrolls)
         for t, enrolls in [(OTHER, ()), (TERMINAL, ("--enroll", "1", "--interval", "0.5"))]
     ]
     try:

@@ -1,6 +1,6 @@
 """gateway-check against a real simulated terminal process, listening on loopback."""
 
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -8,27 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from live_site import free_port
+from live_site import refusing_port
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def terminal_port():
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN / "simulator", "terminal", "--listen", str(port), "--id", "104", "--secret", "s-104"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def terminal_port(tmp_path):
+    """A simulated terminal process listening on a port of its choosing, read from its log."""
+    log = tmp_path / "terminal.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([BIN / "simulator", "terminal", "--listen", "0", "--id", "104", "--secret", "s-104"],
+                                stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "the simulated terminal did not start listening"
-            time.sleep(0.05)
-    yield port
+    while not (bound := re.search(r"listening for a gateway on port (\d+)", log.read_text())):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the simulated terminal did not start listening:\n{log.read_text()}"
+        time.sleep(0.05)
+    yield int(bound[1])
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -54,7 +50,8 @@ def test_a_wrong_secret_fails_the_handshake_and_stops(terminal_port):
 
 
 def test_nobody_listening_is_a_clear_usage_error():
-    result = check("--terminal", f"127.0.0.1:{free_port()}", "--secret", "x")
+    with refusing_port() as port:
+        result = check("--terminal", f"127.0.0.1:{port}", "--secret", "x")
     assert result.returncode == 2
     assert result.stderr.startswith("gateway-check: cannot reach the terminal")
     assert "Traceback" not in result.stderr

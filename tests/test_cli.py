@@ -11,7 +11,7 @@ from pathlib import Path
 from twisted.internet import defer, threads
 
 from gateway.cli import build_parser
-from live_site import free_port, wait_until
+from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +117,9 @@ class CommandTests(ApiTestCase):
 
 
 def test_an_unreachable_gateway_is_one_clear_line():
-    url = f"http://127.0.0.1:{free_port()}"
-    done = gateway("terminals", "--url", url)
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        done = gateway("terminals", "--url", url)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"gateway: cannot reach the gateway at {url}: ")
     assert done.stderr.rstrip().endswith("(is `gateway run` running? see --url)")

@@ -33,7 +33,7 @@ class MetricsTests(ApiTestCase):
         metrics = self.site.gateway.metrics
         # The sweep sets each online terminal's lag once a second.
         yield wait_until(lambda: all(metrics.registry.get_sample_value("gateway_sync_lag", {"terminal": str(t)}) is not None for t in (A, B)),
-                         "sync lag of both terminals", timeout=5)
+                         "sync lag of both terminals")
 
         found = yield self.scrape()
         self.assertEqual(found[("gateway_terminals_online", ())], 2)

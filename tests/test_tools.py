@@ -173,5 +173,6 @@ def test_benchmark_quick_run_writes_its_figures(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["quick"] is True
     assert {"struct_us", "compiled_us", "plain_us", "compiled_vs_struct"} <= set(figures["frame_header_parse"])
+    assert {"one_chunk_frames_per_s", "chunks_of_7_frames_per_s", "false_starts_per_s"} <= set(figures["stream_decoder"])
     for case in ("event_batch_256", "user_record_two_fingers"):
         assert {"decode_frames_per_s", "encode_frames_per_s", "plain_vs_compiled"} <= set(figures[case])

@@ -53,7 +53,9 @@ class ApiProbe:
         return samples
 
     def start(self) -> None:
-        """Sample on a thread until ``stop``, into ``loaded``."""
+        """Sample on a thread until ``stop``, into ``loaded``: at once, then every ``interval_s``.
+
+        ``stop`` waits for the request in flight, so even the shortest or slowest run has a sample."""
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -63,11 +65,13 @@ class ApiProbe:
             self._thread.join(self.timeout_s + 1)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
             try:
                 self.loaded.append((time.time(), self.request_ms()))
             except ApiUnavailable as exc:
                 self.failures.append(str(exc))
+            if self._stop.wait(self.interval_s):
+                return
 
 
 class ApiUnavailable(RuntimeError):

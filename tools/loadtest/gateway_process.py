@@ -1,10 +1,14 @@
-"""GatewayProcess: the gateway under test, started as its own process, and what /proc says of it.
+"""GatewayProcess: the real ``gateway run`` command as a child process, for the load test and the tests.
 
-The load test runs the real ``gateway run`` command, so what it measures (CPU, peak memory,
-latency) is the product's, not a test double's. Its log goes to a file in the run folder.
+What the load test measures (CPU, peak memory, latency) is then the product's, not a test
+double's. The gateway is started on port 0 and the launcher reads the ports it bound from its
+log, so no other process can take a port between its choice and its bind; a restart binds the
+same ports again, where the terminals know it. The log goes to a file in the run folder.
 """
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -13,48 +17,67 @@ from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _START = "from gateway.cli import main; raise SystemExit(main())"
+# What gateway/service.py logs once each port is bound.
+_TCP_BOUND = re.compile(rb"listening for terminals on \S+:(\d+)")
+_HTTP_BOUND = re.compile(rb"monitoring page at http://\S+:(\d+)/")
 
 
 class GatewayFailed(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class GatewayProcess:
     def __init__(self, run_dir: Path, db_url: str, *, secret: str | None = None, config_file: Path | None = None):
         self.run_dir = run_dir
         self.db_url = db_url
-        self.tcp_port = free_port()
-        self.http_port = free_port()
         self.log_path = run_dir / "gateway.log"
-        argv = [sys.executable, "-c", _START, "run", "--db", db_url,
-                "--tcp-port", str(self.tcp_port), "--http-port", str(self.http_port)]
+        self.tcp_port: int | None = None  # known once the first start has bound it
+        self.http_port: int | None = None
         if config_file is not None:
-            argv += ["--config", str(config_file)]
+            self._options = ["--config", str(config_file)]
         else:
-            argv += ["--admission", "open", "--default-secret", secret]
-        self.argv = argv
+            self._options = ["--admission", "open", "--default-secret", secret]
         self.proc: subprocess.Popen | None = None
+        self._log_start = 0  # where this start's lines begin in the log
 
-    def start(self, timeout: float = 60.0) -> "GatewayProcess":
-        """Start it and wait until it accepts terminals."""
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", _START, "run", "--db", self.db_url,
+                "--tcp-port", str(self.tcp_port or 0), "--http-port", str(self.http_port or 0), *self._options]
+
+    def spawn(self) -> "GatewayProcess":
+        """Start it and return at once (a test's reactor keeps running); ``listening()`` says when it is up."""
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.run_dir)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise GatewayFailed(f"the gateway exited with status {self.proc.returncode}; see {self.log_path}")
-            try:
-                socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise GatewayFailed(f"the gateway did not accept connections within {timeout:.0f} s; see {self.log_path}")
+        return self
+
+    def listening(self) -> bool:
+        """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``).
+
+        Raises ``GatewayFailed`` once the process has exited without doing so.
+        """
+        exited = self.proc.poll() is not None  # asked before reading, so a last line is not missed
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            lines = log.read()
+        tcp, http = _TCP_BOUND.search(lines), _HTTP_BOUND.search(lines)
+        if tcp and http:
+            self.tcp_port, self.http_port = int(tcp[1]), int(http[1])
+            return True
+        if exited:
+            raise GatewayFailed(f"the gateway exited with status {self.proc.returncode}; see {self.log_path}")
+        return False
+
+    def start(self, timeout: float = 60.0) -> "GatewayProcess":
+        """Start it and wait, at most ``timeout`` seconds, until it has bound its ports."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self.listening():
+            if time.monotonic() > deadline:
+                raise GatewayFailed(f"the gateway did not start listening within {timeout:.0f} s; see {self.log_path}")
+            time.sleep(0.05)
+        return self
 
     @property
     def pid(self) -> int:
@@ -72,6 +95,11 @@ class GatewayProcess:
                 return int(line.split()[1]) / 1024
         raise GatewayFailed(f"/proc/{self.pid}/status has no {key}")
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to finish anything, as in a power cut."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -79,8 +107,15 @@ class GatewayProcess:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
+
+
+def free_port() -> int:
+    """A port nobody listens on right now: only for the fleet's listening terminals (``--listen``),
+    which take a block of ports from one named up front. Racy, as any port named before its bind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def dialling_config(path: Path, terminal_ids: list[int], secret: str, first_port: int) -> Path:
