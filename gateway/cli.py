@@ -1,4 +1,4 @@
-"""The ``gateway`` command: run the service or the demo, and administer a running gateway through
+"""The ``gateway`` command: run the service, and administer a running gateway through
 its HTTP API (terminals, users, events, sync mode)."""
 
 import argparse
@@ -41,16 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]", help="an RS-485 bus to master (repeatable)")
     run.add_argument("--admission", choices=["allowlist", "pending", "open"], help="who may connect")
     run.add_argument("--default-secret", help="secret of terminals admitted by 'open' admission")
+    run.add_argument("--api-token", help="bearer token for API writes")
     run.add_argument("--sync-mode", help="initial sync mode if the database has none stored")
 
-    demo = sub.add_parser("demo", help="run a gateway with simulated terminals and print the monitoring page's address")
-    demo.add_argument("--db", metavar="URL", help="database URL (default: a fresh SQLite file)")
-    demo.add_argument("--terminals", type=int, default=4, metavar="N", help="simulated terminals on TCP (default 4)")
-    demo.add_argument("--bus-terminals", type=int, default=2, metavar="N", help="simulated terminals on an emulated RS-485 bus (default 2)")
-    demo.add_argument("--tcp-port", type=int, default=4370, help="port the simulated terminals dial in to (default 4370)")
-    demo.add_argument("--http-port", type=int, default=8080, help="port of the monitoring page and API (default 8080)")
-    demo.add_argument("--interval", type=float, default=2.0, metavar="SEC", help="seconds between changes at terminals (default 2)")
-    demo.add_argument("--duration", type=float, default=0, metavar="SEC", help="stop after this long (default: run until Ctrl-C)")
+    sub.add_parser("demo", help="moved: the demo is its own command, gateway-demo (make demo)", add_help=False)
 
     terminals = sub.add_parser("terminals", parents=[client], help="list terminals, or admit, refuse or remove one")
     terminals.add_argument("action", nargs="?", choices=["admit", "refuse", "remove"])
@@ -84,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "demo":
+        print("gateway: the demo is its own command now: gateway-demo (or make demo)", file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         return _run(args)
-    if args.command == "demo":
-        from gateway.demo import main as demo  # the demo pulls in the simulator; other commands need not
-
-        return demo(args)
     if args.command == "terminals" and (args.action is None) != (args.terminal_id is None):
         parser.error("terminals: give an action and a terminal id (gateway terminals admit 7), or neither")
     return admin.dispatch(args)
@@ -109,6 +104,7 @@ def _run(args) -> int:
             http_port=args.http_port,
             admission=args.admission,
             default_secret=args.default_secret,
+            api_token=args.api_token,
             sync_mode=args.sync_mode,
             serial=[{"device": s} for s in args.serial] if args.serial else None,
         )

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from gateway.config import ConfigError, parse_host_port
+from simulator.address import AddressError, parse_host_port
 from simulator.fleet_worker import FleetSpec, wall_ms
 from simulator.people import MIXES
 from simulator.scenarios import SCENARIOS
@@ -333,7 +333,7 @@ def run(args) -> int:
     if args.gateway:
         try:
             parse_host_port(args.gateway)
-        except ConfigError as exc:
+        except AddressError as exc:
             print(f"simulator fleet: --gateway: {exc}", file=sys.stderr)
             return 2
     spec = spec_from_args(args, gateway=args.gateway or "", listen=args.listen or 0, secret=args.secret, dump=args.dump)

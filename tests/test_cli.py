@@ -10,7 +10,6 @@ from pathlib import Path
 
 from twisted.internet import defer, threads
 
-from gateway.cli import build_parser
 from live_site import free_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
 
@@ -130,9 +129,3 @@ def test_an_action_without_a_terminal_id_is_a_usage_error():
     assert done.returncode == 2
     assert "give an action and a terminal id" in done.stderr
 
-
-def test_demo_takes_a_database_and_a_number_of_terminals():
-    args = build_parser().parse_args(["demo"])
-    assert (args.db, args.terminals) == (None, 4)
-    args = build_parser().parse_args(["demo", "--db", "sqlite:///x.db", "--terminals", "2"])
-    assert (args.db, args.terminals) == ("sqlite:///x.db", 2)
