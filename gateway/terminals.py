@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 from twisted.logger import Logger
 
+from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
 from gateway.monitor import now_ms
 from gateway.schema import pending_pulls, terminals
@@ -26,7 +27,6 @@ from protocol.errors import ErrorCode
 log = Logger(namespace="gateway.terminals")
 
 ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
-ADMISSION_POLICIES = ("allowlist", "pending", "open")
 
 
 @dataclass
