@@ -150,7 +150,7 @@ def announce_token(path, made: bool, gateway) -> None:
     print(f"\nAPI token for writes, made at this first start and kept in {path} (yours alone to read):\n"
           f"    {token}\n"
           f"From the folder {path.parent} the gateway command finds it by itself:\n"
-          f"    gateway{at} sync-mode all\n"
+          f"    gateway{at} users add 1001 --name \"Ana Lima\"\n"
           f"From anywhere else, give it: gateway --token {token} ... or export {TOKEN_ENV}={token}\n"
           f"Over HTTP: curl -H 'Authorization: Bearer {token}' {url}/api/sync\n", flush=True)
 
