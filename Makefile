@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test bench loadtest system-deps clean
 
 demo: $(STAMP)
-	$(VENV)/bin/gateway demo
+	$(VENV)/bin/gateway-demo
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest

@@ -12,8 +12,9 @@ import time
 from http.client import HTTPException
 from urllib import error, parse, request
 
+from gateway.api_token import TOKEN_ENV, TOKEN_FILE, local_token
+
 DEFAULT_URL = "http://127.0.0.1:8080"
-TOKEN_ENV = "GATEWAY_API_TOKEN"
 
 
 class CommandFailed(Exception):
@@ -81,7 +82,7 @@ class ApiClient:
             message = json.loads(exc.read())["error"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
-        hint = f" (give --token or set {TOKEN_ENV})" if exc.code == 401 and not self.token else ""
+        hint = f" (give --token, set {TOKEN_ENV}, or run this where the gateway keeps {TOKEN_FILE})" if exc.code == 401 and not self.token else ""
         return f"{message}{hint} [HTTP {exc.code}]"
 
     def _json(self, raw: bytes):
@@ -225,7 +226,7 @@ COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode
 
 
 def dispatch(args) -> int:
-    client = ApiClient(args.url, args.token or os.environ.get(TOKEN_ENV))
+    client = ApiClient(args.url, args.token or os.environ.get(TOKEN_ENV) or local_token(args.url))
     try:
         COMMANDS[args.command](client, args)
     except CommandFailed as exc:

@@ -1,10 +1,20 @@
-"""The ``gateway`` command: run the service or the demo, and administer a running gateway through
-its HTTP API (terminals, users, events, sync mode)."""
+"""The ``gateway`` command: run the service, and administer a running gateway through
+its HTTP API (terminals, users, events, sync mode).
+
+The client options (``--url``, ``--token``, ``--json``) may come before the command or after it.
+"""
 
 import argparse
+import os
 import sys
+from functools import partial
 
 from gateway import admin
+from gateway.admission import AdmissionPolicy
+from gateway.api_token import TOKEN_ENV, TOKEN_FILE
+from gateway.syncmode import SyncMode
+
+SYNC_MODES = [mode.value for mode in SyncMode]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -12,11 +22,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", help="database URL (default: sqlite:///gateway.db in the working folder)")
 
 
-def _client_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--url", default=admin.DEFAULT_URL, help=f"the gateway's HTTP address (default {admin.DEFAULT_URL})")
-    p.add_argument("--token", help=f"API token for changes (default: ${admin.TOKEN_ENV})")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+def _client_options(p: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
+    """On the main parser with their defaults; on each command without, so that an option given
+    before the command is not overwritten by the command's default."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--url", default=default(admin.DEFAULT_URL), help=f"the gateway's HTTP address (default {admin.DEFAULT_URL})")
+    p.add_argument("--token", default=default(None),
+                   help=f"API token for changes (default: ${TOKEN_ENV}, else ./{TOKEN_FILE} for a gateway on this machine)")
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
     return p
 
 
@@ -31,26 +44,22 @@ def _user_fields(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Terminal gateway: keeps access-control terminals and the server user database in sync.")
+    _client_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    client = _client_options()
+    client = _client_options(argparse.ArgumentParser(add_help=False), defaults=False)
 
     run = sub.add_parser("run", help="run the gateway")
     _add_common(run)
     run.add_argument("--tcp-port", type=int, help="port terminals dial in to (default 4370)")
     run.add_argument("--http-port", type=int, help="port of the HTTP API and monitoring page (default 8080)")
     run.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]", help="an RS-485 bus to master (repeatable)")
-    run.add_argument("--admission", choices=["allowlist", "pending", "open"], help="who may connect")
+    run.add_argument("--admission", choices=[policy.value for policy in AdmissionPolicy], help="who may connect (default allowlist)")
     run.add_argument("--default-secret", help="secret of terminals admitted by 'open' admission")
-    run.add_argument("--sync-mode", help="initial sync mode if the database has none stored")
+    run.add_argument("--api-token", help=f"bearer token for API writes (default: ${TOKEN_ENV}, the file's api_token, "
+                     f"else one made at first start and kept in {TOKEN_FILE} beside the database)")
+    run.add_argument("--sync-mode", choices=SYNC_MODES, help="sync mode from this start on, replacing the stored one")
 
-    demo = sub.add_parser("demo", help="run a gateway with simulated terminals and print the monitoring page's address")
-    demo.add_argument("--db", metavar="URL", help="database URL (default: a fresh SQLite file)")
-    demo.add_argument("--terminals", type=int, default=4, metavar="N", help="simulated terminals on TCP (default 4)")
-    demo.add_argument("--bus-terminals", type=int, default=2, metavar="N", help="simulated terminals on an emulated RS-485 bus (default 2)")
-    demo.add_argument("--tcp-port", type=int, default=4370, help="port the simulated terminals dial in to (default 4370)")
-    demo.add_argument("--http-port", type=int, default=8080, help="port of the monitoring page and API (default 8080)")
-    demo.add_argument("--interval", type=float, default=2.0, metavar="SEC", help="seconds between changes at terminals (default 2)")
-    demo.add_argument("--duration", type=float, default=0, metavar="SEC", help="stop after this long (default: run until Ctrl-C)")
+    sub.add_parser("demo", help="moved: the demo is its own command, gateway-demo (make demo)", add_help=False)
 
     terminals = sub.add_parser("terminals", parents=[client], help="list terminals, or admit, refuse or remove one")
     terminals.add_argument("action", nargs="?", choices=["admit", "refuse", "remove"])
@@ -78,19 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=20, help="how many of the latest to show (default 20)")
 
     mode = sub.add_parser("sync-mode", parents=[client], help="show or set the sync mode")
-    mode.add_argument("mode", nargs="?", help="disabled | specific | all | all-with-device-updates")
+    mode.add_argument("mode", nargs="?", choices=SYNC_MODES, help="the new mode (without it: show the current one)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "demo":
+        print("gateway: the demo is its own command now: gateway-demo (or make demo)", file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         return _run(args)
-    if args.command == "demo":
-        from gateway.demo import main as demo  # the demo pulls in the simulator; other commands need not
-
-        return demo(args)
     if args.command == "terminals" and (args.action is None) != (args.terminal_id is None):
         parser.error("terminals: give an action and a terminal id (gateway terminals admit 7), or neither")
     return admin.dispatch(args)
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     # Imported here: the database and the reactor cost half a second the API client never needs.
+    from gateway.api_token import stored_or_new, token_path
     from gateway.config import ConfigError, GatewayConfig
     from gateway.run import run
 
@@ -109,13 +120,39 @@ def _run(args) -> int:
             http_port=args.http_port,
             admission=args.admission,
             default_secret=args.default_secret,
+            api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,
             sync_mode=args.sync_mode,
             serial=[{"device": s} for s in args.serial] if args.serial else None,
         )
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    return run(config)
+    announce = None
+    if config.api_token is None:
+        path = token_path(config.db)
+        try:
+            config.api_token, made = stored_or_new(path)
+        except OSError as exc:
+            print(f"gateway: cannot start: cannot keep the API token in {path}: {exc.strerror}", file=sys.stderr)
+            return 1
+        announce = partial(announce_token, path.resolve(), made)
+    run(config, SyncMode(args.sync_mode) if args.sync_mode else None, announce)
+
+
+def announce_token(path, made: bool, gateway) -> None:
+    """Once the gateway listens: a new token in full with how to use it; a kept one by its file."""
+    if not made:
+        print(f"API token for writes: the one kept in {path}", flush=True)
+        return
+    token = gateway.config.api_token
+    url = f"http://{gateway.config.http_host}:{gateway.http_port.getHost().port}"
+    at = "" if url == admin.DEFAULT_URL else f" --url {url}"
+    print(f"\nAPI token for writes, made at this first start and kept in {path} (yours alone to read):\n"
+          f"    {token}\n"
+          f"From the folder {path.parent} the gateway command finds it by itself:\n"
+          f"    gateway{at} users add 1001 --name \"Ana Lima\"\n"
+          f"From anywhere else, give it: gateway --token {token} ... or export {TOKEN_ENV}={token}\n"
+          f"Over HTTP: curl -H 'Authorization: Bearer {token}' {url}/api/sync\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,39 +1,62 @@
-"""GatewayConfig: every setting, from defaults, a TOML file, then command-line options.
+"""GatewayConfig: every setting, declared once, from defaults, a TOML file, then command-line options.
 
-A file looks like docs/gateway.example.toml. Unknown keys are errors, so a typo never silently
-falls back to a default. ``[[serial]]`` entries (RS-485 buses, docs/rs485.md) are checked here and
-read as ``SerialBus`` by ``parse_serial``.
+A file looks like docs/gateway.example.toml. The declarations below are the schema: msgspec
+checks types, ranges and unknown keys (a typo never silently falls back to a default) and
+stops at the first mistake, which ConfigError states in one line. What no type can say (a
+terminal configured twice, ``open`` admission without a secret) is checked after.
+``[[terminals]]`` and ``[[serial]]`` entries stay the plain tables that were given, read by key;
+``parse_serial`` turns a ``[[serial]]`` entry into a SerialBus (RS-485 buses, docs/rs485.md).
 """
 
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from gateway.admission import AdmissionPolicy
 from gateway.database import DEFAULT_URL
 from gateway.syncmode import SyncMode
-from gateway.terminals import ADMISSION_POLICIES
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class GatewayConfig:
+Port = Annotated[int, Meta(ge=0, le=65535)]  # 0: any free port (tests)
+U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]  # terminal ids and access groups, as the wire carries them
+Text = Annotated[str, Meta(min_length=1)]
+
+
+class TerminalEntry(Struct, forbid_unknown_fields=True):
+    """A ``[[terminals]]`` entry: a terminal admitted by the configuration."""
+
+    id: U32
+    secret: Text
+    name: str | UnsetType = UNSET
+    groups: list[U32] | UnsetType = UNSET
+    dial: str | UnsetType = UNSET  # "host:port" of a terminal the gateway dials out to
+
+
+class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     db: str = DEFAULT_URL
     tcp_host: str = "0.0.0.0"  # terminals dial in from the site network
-    tcp_port: int = 4370
+    tcp_port: Port = 4370
     http_host: str = "127.0.0.1"  # the API stays on loopback unless configured otherwise
-    http_port: int = 8080
-    api_token: str | None = None
-    admission: str = "allowlist"
-    default_secret: str | None = None
-    sync_mode: str = SyncMode.ALL_WITH_DEVICE_UPDATES.value
-    keepalive_s: int = 30
-    # [[terminals]] entries: id, secret, optional name, groups (list of ints), dial ("host:port")
-    terminals: list[dict] = field(default_factory=list)
-    # [[serial]] entries: device (path or pyserial URL), baud, addresses, rs485 options
-    serial: list[dict] = field(default_factory=list)
+    http_port: Port = 8080
+    api_token: Text | None = None
+    admission: AdmissionPolicy = AdmissionPolicy.ALLOWLIST
+    default_secret: Text | None = None
+    sync_mode: SyncMode = SyncMode.ALL_WITH_DEVICE_UPDATES
+    keepalive_s: Annotated[int, Meta(gt=0)] = 30
+    terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry
+    serial: list[dict] = msgspec.field(default_factory=list)  # each a SerialEntry
 
     @classmethod
     def load(cls, path: str | None, **overrides) -> "GatewayConfig":
@@ -45,36 +68,38 @@ class GatewayConfig:
                 raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
+        config = checked(values, cls, f"config file {path}" if path else "configuration")
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
         config.validate()
         return config
 
     def validate(self) -> None:
-        if self.admission not in ADMISSION_POLICIES:
-            raise ConfigError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {self.admission!r}")
-        if self.admission == "open" and not self.default_secret:
-            raise ConfigError("admission = 'open' needs default_secret (terminals still authenticate)")
+        """Check every setting, also of a config built in code, and give each its declared type
+        (enums, not strings); ConfigError says what is wrong."""
+        typed = checked(msgspec.structs.asdict(self), GatewayConfig, "configuration")
+        for name in self.__struct_fields__:
+            setattr(self, name, getattr(typed, name))
         try:
-            SyncMode(self.sync_mode)
-        except ValueError:
-            raise ConfigError(f"sync_mode must be one of {', '.join(m.value for m in SyncMode)}") from None
+            make_url(self.db)
+        except ArgumentError:
+            raise ConfigError(f"db must be a database URL such as {DEFAULT_URL} or postgresql+psycopg2://user:pass@host/db, "
+                              f"not {self.db!r}") from None
+        if self.admission == AdmissionPolicy.OPEN and not self.default_secret:
+            raise ConfigError("admission = 'open' needs default_secret (terminals still authenticate)")
         seen = set()
-        for entry in self.terminals:
-            if not isinstance(entry.get("id"), int) or not isinstance(entry.get("secret"), str):
-                raise ConfigError(f"each [[terminals]] entry needs an integer id and a string secret: {entry!r}")
-            if entry["id"] in seen:
-                raise ConfigError(f"terminal {entry['id']} is configured twice")
-            seen.add(entry["id"])
-            unknown = set(entry) - {"id", "secret", "name", "groups", "dial"}
-            if unknown:
-                raise ConfigError(f"terminal {entry['id']}: unknown setting(s) {', '.join(sorted(unknown))}")
-            if "dial" in entry:
-                parse_host_port(entry["dial"])
+        for n, entry in enumerate(self.terminals, start=1):
+            named = f"terminal {entry['id']}" if isinstance(entry.get("id"), int) else f"[[terminals]] entry {n}"
+            terminal = checked(entry, TerminalEntry, named)
+            if terminal.id in seen:
+                raise ConfigError(f"terminal {terminal.id} is configured twice")
+            seen.add(terminal.id)
+            if terminal.dial is not UNSET:
+                try:
+                    parse_host_port(terminal.dial)
+                except ConfigError as exc:
+                    raise ConfigError(f"{named}: dial {exc}") from None
         devices = [parse_serial(entry).device for entry in self.serial]
         twice = sorted({d for d in devices if devices.count(d) > 1})
         if twice:
@@ -92,26 +117,49 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 DEFAULT_BAUD = 9600  # what terminals ship with; raise it on short, clean lines (docs/rs485.md)
 DEFAULT_BUS_ADDRESSES = tuple(range(1, 9))  # polled when an entry names no addresses (e.g. --serial)
-RS485_OPTIONS = {  # pyserial's serial.rs485.RS485Settings, by the names it uses
-    "rts_level_for_tx": bool,
-    "rts_level_for_rx": bool,
-    "delay_before_tx": (int, float),  # seconds
-    "delay_before_rx": (int, float),
-}
-SERIAL_KEYS = {"device", "baud", "addresses", "ids", "echo", "rs485", "answer_within_ms"}
+BusAddress = Annotated[int, Meta(ge=1, le=254)]  # 0 means "no bus address" (TCP), 255 is broadcast
+Seconds = Annotated[float, Meta(ge=0)]
+
+
+class PinnedAddress(Struct, forbid_unknown_fields=True):
+    """``{address = N, id = TERMINAL}``: the terminal expected at a bus address."""
+
+    address: BusAddress
+    id: U32 | None = None
+
+
+class RS485Entry(Struct, forbid_unknown_fields=True):
+    """pyserial's serial.rs485.RS485Settings, by the names it uses: RTS direction control."""
+
+    rts_level_for_tx: bool = True
+    rts_level_for_rx: bool = False
+    delay_before_tx: Seconds | None = None
+    delay_before_rx: Seconds | None = None
+
+
+class SerialEntry(Struct, forbid_unknown_fields=True):
+    """A ``[[serial]]`` entry, or ``--serial DEVICE[:BAUD]``."""
+
+    device: Text  # a device path or a pyserial URL (socket://, rfc2217://); "DEVICE:BAUD" without baud
+    baud: Annotated[int, Meta(ge=50, le=4_000_000)] | UnsetType = UNSET
+    addresses: list[BusAddress | PinnedAddress] | UnsetType = UNSET
+    ids: list[U32] | UnsetType = UNSET  # terminals at addresses 1, 2, ...
+    echo: bool = False  # the adapter hands back what the gateway sends: discard it
+    rs485: RS485Entry | None = None
+    answer_within_ms: Annotated[int, Meta(gt=0)] = 100  # how long a terminal may think before its answer starts
 
 
 @dataclass(frozen=True)
 class SerialBus:
     """One checked ``[[serial]]`` entry: a bus the gateway masters."""
 
-    device: str  # a device path or a pyserial URL (socket://, rfc2217://)
+    device: str
     baud: int = DEFAULT_BAUD
     # (bus address, terminal id expected there or None for any admitted terminal)
     addresses: tuple[tuple[int, int | None], ...] = tuple((a, None) for a in DEFAULT_BUS_ADDRESSES)
-    echo: bool = False  # the adapter hands back what the gateway sends: discard it
+    echo: bool = False
     rs485: dict | None = None  # RTS direction control, for adapters that do not switch by themselves
-    answer_within_ms: int = 100  # how long a terminal may think before its answer starts
+    answer_within_ms: int = 100
 
 
 def parse_serial(entry: dict) -> SerialBus:
@@ -119,21 +167,14 @@ def parse_serial(entry: dict) -> SerialBus:
     device = entry.get("device")
     if not isinstance(device, str) or not device:
         raise ConfigError(f"each [[serial]] entry needs a device (a path or a pyserial URL): {entry!r}")
-    unknown = set(entry) - SERIAL_KEYS
-    if unknown:
-        raise ConfigError(f"serial {device}: unknown setting(s) {', '.join(sorted(unknown))}")
-    baud = entry.get("baud")
-    if baud is None:
+    bus = checked(entry, SerialEntry, f"serial {device}")
+    baud = bus.baud
+    if baud is UNSET:
         device, baud = split_baud(device)
-    if not isinstance(baud, int) or isinstance(baud, bool) or not 50 <= baud <= 4_000_000:
-        raise ConfigError(f"serial {device}: baud must be a whole number of bits per second, not {baud!r}")
-    echo = entry.get("echo", False)
-    if not isinstance(echo, bool):
-        raise ConfigError(f"serial {device}: echo must be true or false")
-    answer_ms = entry.get("answer_within_ms", SerialBus.answer_within_ms)
-    if not isinstance(answer_ms, int) or isinstance(answer_ms, bool) or answer_ms <= 0:
-        raise ConfigError(f"serial {device}: answer_within_ms must be a positive whole number")
-    return SerialBus(device, baud, _bus_addresses(device, entry), echo, _rs485(device, entry.get("rs485")), answer_ms)
+    if bus.rs485 is not None and "://" in device:
+        raise ConfigError(f"serial {device}: rs485 settings apply to a local adapter; a converter switches direction itself")
+    rs485 = msgspec.to_builtins(bus.rs485) if bus.rs485 is not None else None
+    return SerialBus(device, baud, _bus_addresses(device, bus), bus.echo, rs485, bus.answer_within_ms)
 
 
 def split_baud(text: str) -> tuple[str, int]:
@@ -145,52 +186,68 @@ def split_baud(text: str) -> tuple[str, int]:
     return text, DEFAULT_BAUD
 
 
-def _bus_addresses(device: str, entry: dict) -> tuple[tuple[int, int | None], ...]:
-    if "addresses" in entry and "ids" in entry:
+def _bus_addresses(device: str, bus: SerialEntry) -> tuple[tuple[int, int | None], ...]:
+    if bus.addresses is not UNSET and bus.ids is not UNSET:
         raise ConfigError(f"serial {device}: give either addresses or ids, not both")
-    if "ids" in entry:
-        ids = entry["ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise ConfigError(f"serial {device}: ids must be a list of terminal ids (at addresses 1, 2, ...)")
-        pairs = [(n, terminal_id) for n, terminal_id in enumerate(ids, start=1)]
-    elif "addresses" in entry:
-        if not isinstance(entry["addresses"], list):
-            raise ConfigError(f"serial {device}: addresses must be a list")
-        pairs = [_bus_address(device, item) for item in entry["addresses"]]
+    if bus.ids is not UNSET:
+        pairs = [(n, terminal_id) for n, terminal_id in enumerate(bus.ids, start=1)]
+    elif bus.addresses is not UNSET:
+        pairs = [(a.address, a.id) if isinstance(a, PinnedAddress) else (a, None) for a in bus.addresses]
     else:
         pairs = [(a, None) for a in DEFAULT_BUS_ADDRESSES]
-    addresses = [a for a, _ in pairs]
-    for address in addresses:
-        if not 1 <= address <= 254:  # 0 means "no bus address" (TCP), 255 is broadcast
-            raise ConfigError(f"serial {device}: bus address {address} is outside 1-254")
-        if addresses.count(address) > 1:
-            raise ConfigError(f"serial {device}: bus address {address} is listed twice")
     if not pairs:
         raise ConfigError(f"serial {device}: no addresses to poll")
+    addresses = [a for a, _ in pairs]
+    twice = sorted({a for a in addresses if addresses.count(a) > 1})
+    if twice:
+        raise ConfigError(f"serial {device}: bus address {twice[0]} is listed twice")
     return tuple(pairs)
 
 
-def _bus_address(device: str, item) -> tuple[int, int | None]:
-    if isinstance(item, int) and not isinstance(item, bool):
-        return item, None
-    if isinstance(item, dict) and isinstance(item.get("address"), int) and set(item) <= {"address", "id"}:
-        terminal_id = item.get("id")
-        if terminal_id is None or isinstance(terminal_id, int):
-            return item["address"], terminal_id
-    raise ConfigError(f"serial {device}: an address is a number or {{address = N, id = TERMINAL}}, not {item!r}")
+# -- one line per mistake -------------------------------------------------------------------------
 
 
-def _rs485(device: str, options) -> dict | None:
-    if options is None:
-        return None
-    if not isinstance(options, dict):
-        raise ConfigError(f"serial {device}: rs485 must be a table of RTS settings")
-    if "://" in device:
-        raise ConfigError(f"serial {device}: rs485 settings apply to a local adapter; a converter switches direction itself")
-    for key, value in options.items():
-        kind = RS485_OPTIONS.get(key)
-        if kind is None:
-            raise ConfigError(f"serial {device}: unknown rs485 setting {key} (known: {', '.join(RS485_OPTIONS)})")
-        if not isinstance(value, kind) or (kind is not bool and (isinstance(value, bool) or value < 0)):
-            raise ConfigError(f"serial {device}: rs485 {key} has the wrong type or sign: {value!r}")
-    return dict(options)
+def checked(value, kind: type, where: str):
+    """``value`` converted to ``kind``; ConfigError naming ``where`` and the setting at fault."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_plain(str(exc), kind)}") from None
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
+               "array": "a list", "object": "a table"}
+_GIVEN_NAMES = {**_TYPE_NAMES, "bool": "a boolean", "null": "nothing"}
+_BOUNDS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+
+
+def _plain(message: str, kind: type) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.terminals[0].id`" in words an operator reads."""
+    text, _, at = message.partition(" - at `$")
+    path = at.rstrip("`").lstrip(".")
+    if found := re.fullmatch(r"Object contains unknown field `(.+)`", text):
+        return f"unknown setting {_join(path, found[1])}"
+    if found := re.fullmatch(r"Object missing required field `(.+)`", text):
+        return f"{_join(path, found[1])} is required"
+    if found := re.fullmatch(r"Expected `(.+?)`, got `(.+)`", text):
+        expected = " or ".join(_TYPE_NAMES.get(t, t) for t in found[1].split(" | ") if t != "null")
+        return f"{path or 'the file'} must be {expected}, not {_GIVEN_NAMES.get(found[2], found[2])}"
+    if found := re.fullmatch(r"Expected `.+?` (>=|<=|>|<) (\S+)", text):
+        return f"{path} must be {_BOUNDS[found[1]]} {found[2]}"
+    if found := re.fullmatch(r"Expected `.+?` of length (>=|<=) (\S+)", text):
+        return f"{path} must not be empty" if found[2] == "1" else f"{path} length must be {_BOUNDS[found[1]]} {found[2]}"
+    if text.startswith("Invalid enum value"):
+        choices = _enum_choices(kind, path)
+        return f"{path} must be one of {', '.join(choices)}" if choices else f"{path}: {text}"
+    return f"{path}: {text}" if path else text
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _enum_choices(kind: type, name: str) -> list[str]:
+    for item in msgspec.structs.fields(kind) if isinstance(kind, type) and issubclass(kind, Struct) else ():
+        if item.name == name and isinstance(item.type, type) and issubclass(item.type, Enum):
+            return [member.value for member in item.type]
+    return []

@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 DEFAULT_URL = "sqlite:///gateway.db"
+CONNECT_TIMEOUT_S = 10
 
 
 class DatabaseFailure(Exception):
@@ -40,7 +41,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # A server that accepts the connection and never answers must not hang the gateway's start
+    # (nor its writer thread): libpq's connect_timeout bounds it.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if make_url(url).get_driver_name() == "psycopg2" else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
 def migrate(engine: Engine) -> None:

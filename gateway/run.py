@@ -1,12 +1,41 @@
-"""run(): the gateway process: logging to stdout, the reactor, a clean stop on SIGINT/SIGTERM."""
+"""The gateway process: its log lines, its start, and its end.
+
+``gateway run`` runs under ``twisted.internet.task.react``: a start-up failure (a port in use,
+a database that cannot be reached) stops what did start, prints one line and exits with status
+1 at once; SIGINT or SIGTERM stop the gateway cleanly and exit 0.
+"""
 
 import sys
 
-from twisted.internet import reactor
-from twisted.logger import FileLogObserver, LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogBeginner, formatEvent
+from alembic.util import CommandError as MigrationError
+from sqlalchemy.exc import SQLAlchemyError
+from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
+    formatEvent,
+    globalLogBeginner,
+)
 
 from gateway.config import GatewayConfig
+from gateway.database import DatabaseFailure
 from gateway.service import Gateway
+from gateway.syncmode import SyncMode
+
+log = Logger(namespace="gateway")
+
+# What an operator can fix: a port in use, a database down or unknown, a missing driver.
+# Anything else is a bug, and react() logs its traceback.
+START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError)
+
+
+class StartFailed(Exception):
+    """The gateway could not start; the message is one line for the person who started it."""
 
 
 def _line(event) -> str | None:
@@ -17,22 +46,75 @@ def _line(event) -> str | None:
     return f"{level:5} {event.get('log_namespace', '-')}: {text}\n"
 
 
+def _not_factory_chatter(event) -> PredicateResult:
+    # Every factory, ours included, says "Starting factory <... at 0x...>" under its own namespace.
+    return PredicateResult.no if event.get("log_format", "").startswith(("Starting factory", "Stopping factory")) else PredicateResult.maybe
+
+
 def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
+    """Operators' log lines, without a time stamp: the service manager (journald) adds one."""
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
-    for chatty in ("log_legacy", "twisted"):  # "Starting factory", "Port closed": not for operators
+    for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    observer = FilteringLogObserver(FileLogObserver(stream, _line), [levels])
+    observer = FilteringLogObserver(FileLogObserver(stream, _line), [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def run(config: GatewayConfig) -> int:
-    start_logging()
-    gateway = Gateway(config, reactor)
+async def start_gateway(reactor, config: GatewayConfig) -> Gateway:
+    """A started gateway, stopped when the reactor shuts down; StartFailed (with whatever did
+    start already stopped, so no thread keeps the process alive) when it cannot start."""
+    try:
+        gateway = Gateway(config, reactor)
+    except START_FAILURES as exc:
+        raise StartFailed(_reason(exc)) from exc
     try:
         gateway.start()
-    except Exception as exc:  # start-up problems (port taken, database unreachable) are the user's to fix
-        print(f"gateway: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except START_FAILURES as exc:
+        await gateway.stop()
+        raise StartFailed(_reason(exc)) from exc
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stop)
-    reactor.run()
-    return 0
+    return gateway
+
+
+async def apply_sync_mode(gateway: Gateway, mode: SyncMode, source: str) -> None:
+    """Make ``mode`` (given for this start) the sync mode, whatever the database had stored."""
+    stored = gateway.settings.mode
+    if mode == stored:
+        return
+    await gateway.settings.set_mode(mode)
+    log.info("sync mode {mode} from {source} replaces the stored {stored}", mode=mode, source=source, stored=stored)
+
+
+def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None):
+    """Run the gateway until it is stopped; exits the process (0 when stopped, 1 when it could not start).
+
+    ``sync_mode``: given on the command line, replaces the stored mode. ``announce()``: printed
+    once the gateway listens (the API token's first-start notice).
+    """
+    task.react(_serve, [config, sync_mode, announce])
+
+
+async def _serve(reactor, config: GatewayConfig, sync_mode, announce) -> None:
+    start_logging()
+    try:
+        gateway = await start_gateway(reactor, config)
+    except StartFailed as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if announce is not None:
+        announce(gateway)
+    if sync_mode is not None:
+        try:
+            await apply_sync_mode(gateway, sync_mode, "--sync-mode")
+        except DatabaseFailure as exc:
+            print(f"gateway: cannot start: cannot store the sync mode: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+    await defer.Deferred()  # until SIGINT or SIGTERM stops the reactor
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the first line of what the driver said (the rest is SQLAlchemy's links and hints)."""
+    said = getattr(exc, "orig", None) or exc  # a DBAPI error wrapped by SQLAlchemy
+    lines = [line.strip() for line in str(said).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return f"{text} (is the database driver installed? see README: Install)" if isinstance(exc, ImportError) else text

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 from twisted.logger import Logger
 
+from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
 from gateway.schema import pending_pulls, terminals
 from gateway.connection import Refused, TerminalConnection, TerminalInfo
@@ -27,7 +28,6 @@ from protocol.errors import ErrorCode
 log = Logger(namespace="gateway.terminals")
 
 ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
-ADMISSION_POLICIES = ("allowlist", "pending", "open")
 
 
 @dataclass

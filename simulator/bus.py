@@ -17,9 +17,11 @@ import tty
 from dataclasses import dataclass
 
 from twisted.internet import abstract, defer, fdesc, protocol, task
+from twisted.internet.error import CannotListenError
 
 from protocol import Frame, StreamDecoder
 from protocol.frame import OVERHEAD
+from simulator.logs import start_logging
 from simulator.people import People
 from simulator.terminal import Terminal
 
@@ -375,18 +377,25 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Print the device the gateway should open (first line, alone, for scripts), then how to
-    configure it; run until stopped."""
-    from twisted.internet import reactor
-
+    configure it; run until stopped. A bus that cannot be opened ends the process with status 1."""
     if not 1 <= args.first_address <= 255 - max(args.devices, 1):
         print("simulator: bus addresses must stay within 1-254", file=sys.stderr)
         return 2
     if args.link and args.tcp is not None:
         print("simulator: --link names a pty; a bus served with --tcp is reached by its socket:// URL", file=sys.stderr)
         return 2
+    task.react(_serve, [args])
+
+
+def _serve(reactor, args) -> defer.Deferred:
+    start_logging()
     ids = list(range(args.first_id, args.first_id + args.devices))
-    sim = BusSimulation(reactor, args.baud, ids, first_address=args.first_address, secret_prefix=args.secret_prefix,
-                        noise=args.noise, echo=args.echo, seed=args.seed, tcp_port=args.tcp)
+    try:
+        sim = BusSimulation(reactor, args.baud, ids, first_address=args.first_address, secret_prefix=args.secret_prefix,
+                            noise=args.noise, echo=args.echo, seed=args.seed, tcp_port=args.tcp)
+    except (OSError, CannotListenError) as exc:
+        print(f"simulator: cannot open the bus: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     device = sim.path
     if args.link:
         if os.path.islink(args.link):
@@ -406,5 +415,4 @@ def run(args) -> int:
     sys.stdout.flush()
     SCENARIOS[args.scenario](sim, reactor, random.Random(args.seed))
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop)
-    reactor.run()
-    return 0
+    return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)

@@ -1,14 +1,20 @@
-"""The ``simulator`` command: simulated terminals for trying and testing a gateway without hardware."""
+"""The ``simulator`` command: simulated terminals for trying and testing a gateway without hardware.
+
+Every subcommand that runs a reactor runs it through ``twisted.internet.task.react``, so a
+failure to start (a port in use, a device that cannot be opened) ends the process at once with
+exit status 1 and one line saying why.
+"""
 
 import argparse
 import sys
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from gateway.config import ConfigError, parse_host_port
-from gateway.run import start_logging
 from simulator import bus, fleet
+from simulator.address import AddressError, parse_host_port
+from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
@@ -38,21 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_terminal(args) -> int:
+    if args.gateway:
+        try:
+            parse_host_port(args.gateway)
+        except AddressError as exc:
+            print(f"simulator: --gateway: {exc}", file=sys.stderr)
+            return 2
+    task.react(_serve_terminal, [args])
+
+
+def _serve_terminal(reactor, args) -> defer.Deferred:
+    start_logging()
     terminal = Terminal(args.id, args.secret)
     if args.gateway:
         host, port = parse_host_port(args.gateway)
         DialingTerminal(terminal, reactor, host, port).start()
     else:
-        listener = ListeningTerminal(terminal, reactor).listen(args.listen)
+        try:
+            listener = ListeningTerminal(terminal, reactor).listen(args.listen)
+        except CannotListenError as exc:
+            print(f"simulator: cannot listen on port {args.listen}: {exc.socketError}", file=sys.stderr)
+            raise SystemExit(1) from None
         log.info("terminal {id} listening for a gateway on port {port}", id=args.id, port=listener.port_number)
     if args.enroll:
         people = People(args.seed)
         user_ids = iter(f"{args.id}-{n:05d}" for n in range(args.enroll))
         enrolling = task.LoopingCall(lambda: terminal.enroll(people.person(next(user_ids))))
+        enrolling.clock = reactor
         enrolling.start(args.interval, now=False).addErrback(lambda f: f.trap(StopIteration))
-    start_logging()
-    reactor.run()
-    return 0
+    return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)
 
 
 COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run}
@@ -60,11 +80,7 @@ COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"simulator: {exc}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -22,27 +22,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from gateway.config import ConfigError, parse_host_port
+from simulator.address import AddressError, parse_host_port
 from simulator.fleet_worker import FleetSpec, wall_ms
 from simulator.people import MIXES
+from simulator.progress import Progress, ProgressBar
 from simulator.scenarios import SCENARIOS
 
 
 class FleetError(RuntimeError):
     pass
-
-
-@dataclass
-class Progress:
-    state: str  # connecting | running | settling
-    devices: int
-    online: int
-    elapsed_s: float
-    duration_s: float
-    produced: int
-    unacknowledged: int
-    enrolled: int
-    deliveries: int
 
 
 @dataclass
@@ -278,14 +266,6 @@ def percentiles(values) -> dict | None:
     return dict(p50=rank(50), p95=rank(95), p99=rank(99), max=ordered[-1])
 
 
-def progress_line(p: Progress) -> str:
-    if p.state == "connecting":
-        return f"connecting: {p.online}/{p.devices} terminals online"
-    return (f"{p.state} {min(p.elapsed_s, p.duration_s):4.0f}/{p.duration_s:.0f} s: {p.online}/{p.devices} online, "
-            f"{p.produced:,} events ({p.unacknowledged:,} unacknowledged), {p.enrolled:,} enrolled, "
-            f"{p.deliveries:,} deliveries")
-
-
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -333,22 +313,18 @@ def run(args) -> int:
     if args.gateway:
         try:
             parse_host_port(args.gateway)
-        except ConfigError as exc:
+        except AddressError as exc:
             print(f"simulator fleet: --gateway: {exc}", file=sys.stderr)
             return 2
     spec = spec_from_args(args, gateway=args.gateway or "", listen=args.listen or 0, secret=args.secret, dump=args.dump)
-    last = [0.0]
-
-    def show(p: Progress) -> None:
-        if time.time() - last[0] >= 5:
-            last[0] = time.time()
-            print(progress_line(p), file=sys.stderr)
-
+    bar = ProgressBar(sys.stderr, every_s=5)
     try:
-        result = Fleet(spec).run(on_progress=show)
+        result = Fleet(spec).run(on_progress=bar)
     except FleetError as exc:
         print(f"simulator fleet: {exc}", file=sys.stderr)
         return 1
+    finally:
+        bar.close()
     steady, incomplete = propagation_figures(result.propagation)
     print(f"{spec.devices} terminals in {result.workers} worker(s), scenario {spec.scenario}, seed {spec.seed}: "
           f"{result.produced:,} events, {len(result.propagation):,} enrolled, {result.deliveries:,} deliveries")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from twisted.internet import task
 
-from gateway.config import parse_host_port
 from protocol.events import EventCode, Origin
 from protocol.records import UserRecordWire
+from simulator.address import parse_host_port
 from simulator.people import MIXES, People
 from simulator.scenarios import SCENARIOS
 from simulator.tcp import DialingTerminal, ListeningTerminal
@@ -321,12 +321,18 @@ class FleetWorker:
 
 def worker_main() -> int:
     """Entry of a worker process: the spec comes as the first line on stdin."""
-    from twisted.internet import reactor, stdio
-    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver
+    task.react(_work)
+
+
+def _work(reactor):
+    from twisted.internet import defer, stdio
+    from twisted.logger import LogLevel
     from twisted.protocols.basic import LineReceiver
 
-    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])])
+    from simulator.logs import start_logging
+
+    start_logging(sys.stderr, LogLevel.warn)
+    finished = defer.Deferred()
 
     class Pipe(LineReceiver):
         delimiter = b"\n"
@@ -346,12 +352,10 @@ def worker_main() -> int:
                 self.transport.loseConnection()
 
         def connectionLost(self, reason):
-            if reactor.running:
-                reactor.stop()
+            finished.callback(None)  # the parent closed the pipe, or said stop: the worker's work is done
 
-    stdio.StandardIO(Pipe())
-    reactor.run()
-    return 0
+    stdio.StandardIO(Pipe(), reactor=reactor)
+    return finished
 
 
 if __name__ == "__main__":

@@ -123,10 +123,13 @@ def test_addresses_pinned_to_terminals_or_given_as_ids():
 
 @pytest.mark.parametrize("entry, complaint", [
     ({"device": "/dev/ttyS0", "addresses": [1, 1]}, "listed twice"),
-    ({"device": "/dev/ttyS0", "addresses": [255]}, "outside 1-254"),
+    ({"device": "/dev/ttyS0", "addresses": [255]}, r"addresses\[0\] must be at most 254"),
+    ({"device": "/dev/ttyS0", "addresses": [{"address": 0, "id": 7}]}, r"addresses\[0\].address must be at least 1"),
     ({"device": "/dev/ttyS0", "ids": [1], "addresses": [1]}, "not both"),
     ({"device": "/dev/ttyS0", "parity": "E"}, "unknown setting"),
-    ({"device": "/dev/ttyS0", "rs485": {"rts_on_send": True}}, "unknown rs485 setting"),
+    ({"device": "/dev/ttyS0", "rs485": {"rts_on_send": True}}, "unknown setting rs485.rts_on_send"),
+    ({"device": "/dev/ttyS0", "rs485": {"delay_before_tx": -1}}, "rs485.delay_before_tx must be at least 0"),
+    ({"device": "/dev/ttyS0", "echo": 1}, "echo must be true or false, not a whole number"),
     ({"device": "socket://h:4001", "rs485": {"rts_level_for_tx": True}}, "converter switches direction"),
     ({"device": "/dev/ttyS0", "baud": "fast"}, "baud must be"),
 ])

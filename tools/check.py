@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from gateway.config import ConfigError, parse_host_port
+from simulator.address import AddressError, parse_host_port
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation
 from protocol.decoder import StreamDecoder
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         sock = connect(args)
-    except ConfigError as exc:
+    except AddressError as exc:
         print(f"gateway-check: --terminal: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.database import DatabaseFailure
-from gateway.http.validate import Invalid, check_range, check
+from gateway.http.validate import Invalid, check
 from gateway.users import UnknownUser, UserExists
 from protocol.errors import MessageError
 
@@ -43,7 +44,10 @@ _STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists,
 
 @dataclass(frozen=True)
 class Param:
-    """A query parameter (or a path segment): its name, kind (integer, string, time) and meaning."""
+    """A query parameter (or a path segment): its name, kind (integer, string, time) and meaning.
+
+    ``schema`` is its JSON Schema: what the value is checked against once read from the query
+    text, and what the OpenAPI document shows."""
 
     name: str
     kind: str
@@ -53,14 +57,26 @@ class Param:
     minimum: int | None = None
     maximum: int | None = MAX_INTEGER
 
+    @cached_property
+    def schema(self) -> dict:
+        if self.kind == "time":
+            return {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
+        if self.kind == "string":
+            return {"type": "string"}
+        bounds = {"minimum": self.minimum, "maximum": self.maximum}
+        return {"type": "integer", **{k: v for k, v in bounds.items() if v is not None}}
+
     def parse(self, text: str):
         if self.kind == "string":
             return text
         if self.kind == "time":
             return parse_time(text, self.name)
         value = parse_integer(text, self.name)
-        check_range(value, self.minimum, self.maximum, self.name)
+        check(self.schema, value, self.name)
         return value
+
+
+_INT64 = {"type": "integer", "minimum": -MAX_INTEGER, "maximum": MAX_INTEGER}
 
 
 def parse_integer(text: str, name: str) -> int:
@@ -68,7 +84,7 @@ def parse_integer(text: str, name: str) -> int:
     if not (text.lstrip("-").isascii() and text.lstrip("-").isdigit()) or len(text) > 20:
         raise ApiError(400, f"{name} must be an integer, got {text[:40]!r}")
     value = int(text)
-    check_range(value, -MAX_INTEGER, MAX_INTEGER, name)
+    check(_INT64, value, name)
     return value
 
 

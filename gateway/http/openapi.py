@@ -138,13 +138,7 @@ def _operation(route: Route) -> dict:
 
 
 def _parameter(param: Param, where: str) -> dict:
-    if param.kind == "time":
-        schema = {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
-    else:
-        schema = {"type": param.kind}
-        for key in ("minimum", "maximum", "default"):
-            if getattr(param, key) is not None:
-                schema[key] = getattr(param, key)
+    schema = param.schema if param.default is None else {**param.schema, "default": param.default}
     if param.repeated:
         schema = {"type": "array", "items": schema}
     return {"name": param.name, "in": where, "required": where == "path", "description": param.description, "schema": schema}

@@ -1,72 +1,66 @@
-"""Request bodies checked against the JSON Schema each route declares.
+"""Request bodies and query parameters checked with jsonschema against the JSON Schema each route
+declares, the same schema the OpenAPI document shows (gateway/http/openapi.py).
 
-Only the subset the API uses (type, properties, required, additionalProperties, items, enum,
-minimum, maximum, minLength, maxLength, maxItems), so one declaration both checks a body and
-documents it in the OpenAPI document. A mismatch names the field and what it must be.
+The API speaks to people: of all a value's mistakes, jsonschema's ``best_match`` picks the one
+to report, and it is said in one sentence naming the field ("access_groups[0] must be from 0 to
+4294967295", "body has unknown field(s) colour; known: ...").
 """
 
-_PYTHON_TYPES = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "integer": int,
-    "number": (int, float),
-    "boolean": bool,
-    "null": type(None),
-}
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+_validators: dict[int, Draft202012Validator] = {}  # by id() of a schema: schemas are module constants
 
 
 class Invalid(ValueError):
-    """A body that does not match its schema; the message is for the person who sent it."""
+    """A value that does not match its schema; the message is for the person who sent it."""
 
 
 def check(schema: dict, value, where: str = "body") -> None:
-    kinds = schema.get("type")
-    if kinds is not None:
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not any(_is(value, kind) for kind in kinds):
-            raise Invalid(f"{where} must be {' or '.join(_describe(k) for k in kinds)}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise Invalid(f"{where} must be one of {', '.join(map(str, schema['enum']))}")
-    if isinstance(value, dict):
-        _check_object(schema, value, where)
-    elif isinstance(value, list):
-        if len(value) > schema.get("maxItems", len(value)):
-            raise Invalid(f"{where} may hold at most {schema['maxItems']} items")
-        for i, item in enumerate(value):
-            check(schema.get("items", {}), item, f"{where}[{i}]")
-    elif isinstance(value, str):
-        check_range(len(value), schema.get("minLength"), schema.get("maxLength"), f"{where} length")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        check_range(value, schema.get("minimum"), schema.get("maximum"), where)
+    validator = _validators.get(id(schema))
+    if validator is None:
+        Draft202012Validator.check_schema(schema)
+        validator = _validators[id(schema)] = Draft202012Validator(schema)
+    error = best_match(validator.iter_errors(value))
+    if error is not None:
+        raise Invalid(_sentence(error, where))
 
 
-def check_range(value: int, low: int | None, high: int | None, what: str) -> None:
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if low is not None and high is not None else f"at least {low}" if high is None else f"at most {high}"
-        raise Invalid(f"{what} must be {bounds}")
+def _sentence(error: ValidationError, where: str) -> str:
+    field = _field(error, where)
+    schema, value = error.schema, error.instance
+    kind = error.validator
+    if kind == "type":
+        kinds = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+        return f"{field} must be {' or '.join(_TYPES.get(k, f'a {k}') for k in kinds)}"
+    if kind == "enum":
+        return f"{field} must be one of {', '.join(map(str, schema['enum']))}"
+    if kind == "required":
+        return f"{field} lacks {', '.join(name for name in schema['required'] if name not in value)}"
+    if kind == "additionalProperties":
+        unknown = sorted(set(value) - set(schema.get("properties", {})))
+        return f"{field} has unknown field(s) {', '.join(unknown)}; known: {', '.join(schema.get('properties', {}))}"
+    if kind in ("minimum", "maximum"):
+        return f"{field} must be {_bounds(schema.get('minimum'), schema.get('maximum'))}"
+    if kind in ("minLength", "maxLength"):
+        return f"{field} length must be {_bounds(schema.get('minLength'), schema.get('maxLength'))}"
+    if kind == "maxItems":
+        return f"{field} may hold at most {schema['maxItems']} items"
+    return f"{field}: {error.message}"
 
 
-def _check_object(schema: dict, value: dict, where: str) -> None:
-    properties = schema.get("properties", {})
-    missing = [name for name in schema.get("required", ()) if name not in value]
-    if missing:
-        raise Invalid(f"{where} lacks {', '.join(missing)}")
-    if schema.get("additionalProperties") is False:
-        unknown = sorted(set(value) - set(properties))
-        if unknown:
-            raise Invalid(f"{where} has unknown field(s) {', '.join(unknown)}; known: {', '.join(properties)}")
-    for name, item in value.items():
-        if name in properties:
-            check(properties[name], item, name if where == "body" else f"{where}.{name}")
+def _field(error: ValidationError, where: str) -> str:
+    """``cards[0].type`` for a body's field; ``where`` itself for the whole value."""
+    text = "" if where == "body" and error.absolute_path else where
+    for step in error.absolute_path:
+        text += f"[{step}]" if isinstance(step, int) else f".{step}" if text else step
+    return text
 
 
-def _is(value, kind: str) -> bool:
-    # JSON has no booleans among its numbers: true is not 1 here.
-    if isinstance(value, bool) and kind in ("integer", "number"):
-        return False
-    return isinstance(value, _PYTHON_TYPES[kind])
+def _bounds(low, high) -> str:
+    if low is not None and high is not None:
+        return f"from {low} to {high}"
+    return f"at least {low}" if high is None else f"at most {high}"
 
 
-def _describe(kind: str) -> str:
-    return {"object": "an object", "array": "a list", "integer": "an integer", "null": "null"}.get(kind, f"a {kind}")
+_TYPES = {"object": "an object", "array": "a list", "integer": "an integer", "null": "null"}

@@ -99,8 +99,9 @@ def bare_sink(mix: str, seconds: float) -> dict:
     return json.loads(out.stdout)
 
 
-def _sink_main(mix: str, seconds: float) -> dict:
-    from twisted.internet import protocol, reactor
+async def _sink(reactor, mix: str, seconds: float) -> None:
+    """Print the sink's figures as JSON; under task.react, so a failure exits 1 at once."""
+    from twisted.internet import protocol, task
 
     chunk, frames_in_chunk = sample_frames(mix)
     received = [0, None]
@@ -111,33 +112,29 @@ def _sink_main(mix: str, seconds: float) -> dict:
                 received[1] = time.perf_counter()
             received[0] += len(data)
 
-    factory = protocol.Factory.forProtocol(Sink)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1").getHost().port
+    listening = reactor.listenTCP(0, protocol.Factory.forProtocol(Sink), interface="127.0.0.1")
     stop = threading.Event()
 
     def send():
-        with socket.create_connection(("127.0.0.1", port)) as s:
+        with socket.create_connection(("127.0.0.1", listening.getHost().port)) as s:
             while not stop.is_set():
                 s.sendall(chunk)
 
-    def finish():
-        stop.set()
-        reactor.stop()
-
     threading.Thread(target=send, daemon=True).start()
-    reactor.callLater(seconds, finish)
-    reactor.run()
+    await task.deferLater(reactor, seconds, stop.set)
     elapsed = time.perf_counter() - (received[1] or time.perf_counter())
     frame_bytes = len(chunk) / frames_in_chunk
     frames_per_s = received[0] / frame_bytes / elapsed if elapsed else 0.0
-    return dict(seconds=round(elapsed, 2), frame_bytes=round(frame_bytes), frames_per_s=round(frames_per_s),
-                mb_per_s=round(received[0] / elapsed / 1e6, 1) if elapsed else 0.0)
+    print(json.dumps(dict(seconds=round(elapsed, 2), frame_bytes=round(frame_bytes), frames_per_s=round(frames_per_s),
+                          mb_per_s=round(received[0] / elapsed / 1e6, 1) if elapsed else 0.0)))
 
 
 if __name__ == "__main__":
+    from twisted.internet import task
+
     parser = argparse.ArgumentParser(prog="python -m tools.loadtest.baselines")
     parser.add_argument("what", choices=["sink"])
     parser.add_argument("--mix", default="typical", choices=sorted(MIXES))
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    print(json.dumps(_sink_main(args.mix, args.seconds)))
+    task.react(_sink, [args.mix, args.seconds])

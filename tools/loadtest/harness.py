@@ -13,7 +13,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
@@ -21,17 +20,8 @@ from sqlalchemy.engine import Engine
 
 from gateway.schema import counters, events, pending_pulls, terminals
 from gateway.users import CHANGE_SEQ
-from simulator.fleet import (
-    Fleet,
-    FleetError,
-    FleetSpec,
-    Progress,
-    add_fleet_arguments,
-    percentiles,
-    progress_line,
-    propagation_figures,
-    spec_from_args,
-)
+from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
+from simulator.progress import ProgressBar
 from tools.loadtest import baselines, convergence, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
 from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, dialling_config, free_port
@@ -56,29 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="folder for the database, dumps and logs (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary run folder even on success")
     return p
-
-
-class Bar:
-    """A one-line progress bar on a terminal; a line every ten seconds otherwise."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        if self.tty:
-            share = min(1.0, p.elapsed_s / p.duration_s) if p.state != "connecting" else p.online / p.devices
-            bar = "#" * int(share * 20)
-            self.stream.write(f"\r[{bar:<20}] {progress_line(p)}\033[K")
-            self.stream.flush()
-        elif time.time() - self._last >= 10:
-            self._last = time.time()
-            print(progress_line(p), file=self.stream)
-
-    def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
 
 
 def caught_up(engine: Engine, terminal_ids: list[int]) -> bool:
@@ -149,13 +116,13 @@ class LoadTest:
                 probe.start()
             figures["cpu_ready_s"] = gateway.cpu_s()
 
-        bar = Bar()
+        bar = ProgressBar(sys.stderr, every_s=10)
         with open(self.run_dir / "fleet.log", "ab") as log:
             try:
                 self.fleet = Fleet(self.spec, log_file=log).run(
                     on_progress=bar, on_ready=ready, settled=lambda: caught_up(engine, self.spec.terminal_ids))
             finally:
-                bar.done()
+                bar.close()
                 probe.stop()
         figures["cpu_load_s"] = gateway.cpu_s() - figures["cpu_ready_s"]
         figures["peak_rss_mb"] = gateway.memory_mb("VmHWM")
