@@ -11,6 +11,7 @@ from simulator import bus, fleet
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
+from simulator.zk import tcp as zk_terminal
 
 
 def _add_terminal_parser(sub) -> None:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_terminal_parser(sub)
     fleet.add_parser(sub)
     bus.add_parser(sub)
+    zk_terminal.add_parser(sub)
     return parser
 
 
@@ -51,7 +53,7 @@ def run_terminal(args) -> int:
     return 0
 
 
-COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run}
+COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run, "zk-terminal": zk_terminal.run}
 
 
 def main(argv: list[str] | None = None) -> int:
