@@ -6,6 +6,7 @@ and subscribe to the real-time events the keypad produces.
 """
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -73,6 +74,7 @@ class ZkDevice:
         self._clock = clock
         self.time_offset = timedelta()
         self._listeners: list[EventListener] = []
+        self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
 
     # -- what sessions read and write --------------------------------------------------------
 
@@ -147,6 +149,11 @@ class ZkDevice:
     def unsubscribe(self, listener: EventListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    @property
+    def event_listeners(self) -> int:
+        """Sessions registered for real-time events."""
+        return len(self._listeners)
 
     # -- the keypad: what people do at the device ---------------------------------------------
 

@@ -22,6 +22,7 @@ DEFAULT_PORT = 4370
 
 class DeviceConnection(protocol.Protocol):
     def connectionMade(self):
+        self.factory.connections.add(self)
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
 
@@ -36,6 +37,7 @@ class DeviceConnection(protocol.Protocol):
                 return
 
     def connectionLost(self, reason=None):
+        self.factory.connections.discard(self)
         self.session.close()
 
     def _write(self, packet: Packet) -> None:
@@ -49,6 +51,12 @@ class DeviceFactory(protocol.ServerFactory):
     def __init__(self, device: ZkDevice, first_session_id: int = 0x5A5A):
         self.device = device
         self._session_id = first_session_id
+        self.connections: set[DeviceConnection] = set()
+
+    def drop_connections(self) -> None:
+        """Cut every client off at once, as a device does when it reboots."""
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
 
     def next_session_id(self) -> int:
         self._session_id = self._session_id % 0xFFFF + 1  # 1 to 65535: never 0, the id before CONNECT
