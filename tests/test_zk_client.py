@@ -7,7 +7,7 @@ import pytest
 
 from protocol.zk import bodies, realtime
 from protocol.zk.client import Framing, State, ZkClient
-from protocol.zk.commands import Command, EventFlag, Reply as Code
+from protocol.zk.commands import Command, EventFlag, ReplyCode as Code
 from protocol.zk.commkey import make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.errors import BodyError, LocalProtocolError
@@ -219,7 +219,7 @@ def test_a_table_that_does_not_match_the_count_fails_with_the_reason():
     token = client.read_users(now=0)
     device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=3)))
     [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
-    assert isinstance(event, RequestFailed) and "does not hold 3 records" in event.reason
+    assert isinstance(event, RequestFailed) and event.token == token and "does not hold 3 records" in event.reason
 
 
 def test_save_users_uploads_in_chunks_then_saves_and_refreshes():
@@ -300,7 +300,8 @@ def test_malformed_answers_fail_the_operation_with_the_reason():
     client, device = connected()
     token = client.read_users(now=0)
     [event] = device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, b"\x00" * 10)
-    assert isinstance(event, RequestFailed) and event.reason.startswith("malformed answer: free sizes answer of 10 bytes")
+    assert isinstance(event, RequestFailed) and event.token == token
+    assert event.reason.startswith("malformed answer: free sizes answer of 10 bytes")
 
 
 def test_garbage_and_bad_checksums_are_violations_not_answers():

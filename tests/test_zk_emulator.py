@@ -7,7 +7,7 @@ import pytest
 
 from protocol.zk import bodies
 from protocol.zk.client import State, ZkClient
-from protocol.zk.commands import Command, EventFlag, Reply
+from protocol.zk.commands import Command, EventFlag, ReplyCode
 from protocol.zk.commkey import make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.events import Connected, RealtimeEvent, RequestFailed
@@ -86,11 +86,11 @@ def test_a_comm_key_device_admits_the_right_proof_only():
     assert connected(device, comm_key=4242).client.state is State.CONNECTED
     wire = Wire(device, ZkClient(4243))
     token = wire.client.connect(now=0)
-    assert wire.run() == [RequestFailed(token, "the device refused the comm key", Reply.ACK_UNAUTH)]
+    assert wire.run() == [RequestFailed(token, "the device refused the comm key", ReplyCode.ACK_UNAUTH)]
     session = DeviceSession(device, 9, lambda p: None)
-    assert [p.command for p in ask(device, Command.GET_FREE_SIZES, session=session)] == [Reply.ACK_UNAUTH]
-    assert [p.command for p in ask(device, Command.AUTH, make_commkey(4242, 9, 99), session=session)] == [Reply.ACK_OK]
-    assert [p.command for p in ask(device, Command.GET_FREE_SIZES, session=session)] == [Reply.ACK_OK]
+    assert [p.command for p in ask(device, Command.GET_FREE_SIZES, session=session)] == [ReplyCode.ACK_UNAUTH]
+    assert [p.command for p in ask(device, Command.AUTH, make_commkey(4242, 9, 99), session=session)] == [ReplyCode.ACK_OK]
+    assert [p.command for p in ask(device, Command.GET_FREE_SIZES, session=session)] == [ReplyCode.ACK_OK]
 
 
 def test_save_users_stores_users_and_templates_byte_exact():
@@ -109,27 +109,27 @@ def test_a_user_id_held_by_another_uid_is_refused():
     device = ZkDevice()
     device.enroll("ana")
     [answer] = ask(device, Command.USER_WRQ, encode_user(User(5, "ana")))
-    assert answer.command == Reply.ACK_ERROR and 5 not in device.users
+    assert answer.command == ReplyCode.ACK_ERROR and 5 not in device.users
 
 
 def test_deletes_by_uid_and_by_user_id():
     device = ZkDevice()
     ana = device.enroll("ana", fingers={0: b"a" * 10, 1: b"b" * 10})
-    assert ask(device, Command.DEL_FPTMP, bodies.user_id_finger("ana", 0))[0].command == Reply.ACK_OK
-    assert ask(device, Command.DELETE_USERTEMP, bodies.uid_finger(ana.uid, 0))[0].command == Reply.ACK_ERROR
-    assert ask(device, Command.DELETE_USER, bodies.uid_body(ana.uid))[0].command == Reply.ACK_OK
+    assert ask(device, Command.DEL_FPTMP, bodies.user_id_finger("ana", 0))[0].command == ReplyCode.ACK_OK
+    assert ask(device, Command.DELETE_USERTEMP, bodies.uid_finger(ana.uid, 0))[0].command == ReplyCode.ACK_ERROR
+    assert ask(device, Command.DELETE_USER, bodies.uid_body(ana.uid))[0].command == ReplyCode.ACK_OK
     assert device.users == {} and device.templates == {}
 
 
 def test_facts_options_time_and_unknown_commands():
     device = ZkDevice(serial_number="S1", fp_version=12, clock=lambda: NOON)
     assert ask(device, Command.OPTIONS_RRQ, bodies.option_request("~ZKFPVersion"))[0].data == b"~ZKFPVersion=12\0"
-    assert ask(device, Command.OPTIONS_RRQ, bodies.option_request("NoSuchOption"))[0].command == Reply.ACK_ERROR
+    assert ask(device, Command.OPTIONS_RRQ, bodies.option_request("NoSuchOption"))[0].command == ReplyCode.ACK_ERROR
     assert ask(device, Command.GET_VERSION)[0].data.startswith(b"Ver ")
-    assert ask(device, Command.SET_TIME, bodies.u32(encode_time(datetime(2030, 1, 2, 3, 4, 5))))[0].command == Reply.ACK_OK
+    assert ask(device, Command.SET_TIME, bodies.u32(encode_time(datetime(2030, 1, 2, 3, 4, 5))))[0].command == ReplyCode.ACK_OK
     assert device.now() == datetime(2030, 1, 2, 3, 4, 5)
-    for command in (Command.CAPTUREIMAGE, Reply.ACK_ERROR, 4321):
-        assert ask(device, command)[0].command == Reply.ACK_UNKNOWN
+    for command in (Command.CAPTUREIMAGE, ReplyCode.ACK_ERROR, 4321):
+        assert ask(device, command)[0].command == ReplyCode.ACK_UNKNOWN
 
 
 def test_events_go_only_where_registered_and_one_at_a_time_until_acknowledged():
@@ -144,9 +144,9 @@ def test_events_go_only_where_registered_and_one_at_a_time_until_acknowledged():
         device.punch("ana")
     assert [p.command for p in written] == [Command.REG_EVENT], "the next waits for the client's ACK_OK"
     for expected in (2, 3):
-        session.receive(Packet(Reply.ACK_OK, 9, 0))
+        session.receive(Packet(ReplyCode.ACK_OK, 9, 0))
         assert len(written) == expected
-    session.receive(Packet(Reply.ACK_OK, 9, 0))
+    session.receive(Packet(ReplyCode.ACK_OK, 9, 0))
     assert len(written) == 3 and len(device.attendance) == 4
     assert all(p.session_id == EventFlag.ATTLOG and p.reply_id == 0 for p in written)
 

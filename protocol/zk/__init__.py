@@ -6,7 +6,7 @@ and the tools share it.
 """
 
 from protocol.zk.client import Framing, State, ZkClient
-from protocol.zk.commands import Command, EventFlag, Privilege, Reply, Table
+from protocol.zk.commands import Command, EventFlag, Privilege, ReplyCode, Table
 from protocol.zk.commkey import commkey_matches, make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.errors import BodyError, LocalProtocolError, PacketError
@@ -25,7 +25,7 @@ __all__ = [
     "PacketDecoder",
     "PacketError",
     "Privilege",
-    "Reply",
+    "ReplyCode",
     "State",
     "Table",
     "Template",

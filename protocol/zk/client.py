@@ -26,7 +26,7 @@ from enum import Enum
 
 from protocol.zk import bodies
 from protocol.zk.bodies import TableRead, parse_sizes
-from protocol.zk.commands import Command, EventFlag, Reply as ReplyCode, name_of
+from protocol.zk.commands import Command, EventFlag, ReplyCode, name_of
 from protocol.zk.commkey import make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.errors import BodyError, LocalProtocolError, PacketError

@@ -65,7 +65,7 @@ class Command(IntEnum):
     READ_BUFFER = 1504  # read one chunk of the prepared table (CMD_DATA_RDY in the SDK)
 
 
-class Reply(IntEnum):
+class ReplyCode(IntEnum):
     """Reply codes a device answers with (besides DATA and PREPARE_DATA)."""
 
     ACK_OK = 2000
@@ -115,7 +115,7 @@ class Privilege(IntEnum):
 
 def name_of(code: int) -> str:
     """A command or reply code as a person reads it: ``ACK_OK``, ``CONNECT``, or ``code 1234``."""
-    for enum in (Command, Reply):
+    for enum in (Command, ReplyCode):
         try:
             return enum(code).name
         except ValueError:

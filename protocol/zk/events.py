@@ -9,7 +9,7 @@ and ``ProtocolViolation`` carry no token: the device sent them unasked.
 from dataclasses import dataclass, field
 
 from protocol.zk.bodies import Sizes
-from protocol.zk.commands import Reply as ReplyCode
+from protocol.zk.commands import ReplyCode
 from protocol.zk.commands import name_of
 from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance
 from protocol.zk.records import AttendanceRecord, Template, User
@@ -23,7 +23,7 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer to ``request``: its code (a ``Reply`` code, or DATA when the answer came as
+    """The answer to ``request``: its code (a ``ReplyCode``, or DATA when the answer came as
     data, inline or through PREPARE_DATA) and its data."""
 
     token: int

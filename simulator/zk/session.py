@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from protocol.zk import bodies
-from protocol.zk.commands import Command, EventFlag, Reply, Table
+from protocol.zk.commands import Command, EventFlag, ReplyCode, Table
 from protocol.zk.commkey import commkey_matches
 from protocol.zk.errors import BodyError
 from protocol.zk.packet import MAX_DATA, Packet
@@ -50,28 +50,28 @@ class DeviceSession:
     def receive(self, packet: Packet) -> None:
         command = packet.command
         self.device.requests[command] += 1
-        if command == Reply.ACK_OK:  # the client acknowledges an event: never answered
+        if command == ReplyCode.ACK_OK:  # the client acknowledges an event: never answered
             self._event_acknowledged()
             return
         if command == Command.CONNECT:
-            self._answer(packet, Reply.ACK_OK if self.authenticated else Reply.ACK_UNAUTH)
+            self._answer(packet, ReplyCode.ACK_OK if self.authenticated else ReplyCode.ACK_UNAUTH)
         elif command == Command.AUTH:
             self.authenticated = self.authenticated or commkey_matches(self.device.comm_key, self.session_id, packet.data)
-            self._answer(packet, Reply.ACK_OK if self.authenticated else Reply.ACK_UNAUTH)
+            self._answer(packet, ReplyCode.ACK_OK if self.authenticated else ReplyCode.ACK_UNAUTH)
         elif command == Command.EXIT:
-            self._answer(packet, Reply.ACK_OK)
+            self._answer(packet, ReplyCode.ACK_OK)
             self.close()
         elif not self.authenticated:
-            self._answer(packet, Reply.ACK_UNAUTH)
+            self._answer(packet, ReplyCode.ACK_UNAUTH)
         else:
             handler = self._HANDLERS.get(command)
             if handler is None:
-                self._answer(packet, Reply.ACK_OK if command in _ACKNOWLEDGED else Reply.ACK_UNKNOWN)
+                self._answer(packet, ReplyCode.ACK_OK if command in _ACKNOWLEDGED else ReplyCode.ACK_UNKNOWN)
                 return
             try:
                 handler(self, packet)
             except BodyError:
-                self._answer(packet, Reply.ACK_ERROR)
+                self._answer(packet, ReplyCode.ACK_ERROR)
 
     def close(self) -> None:
         self.closed = True
@@ -81,34 +81,34 @@ class DeviceSession:
         self.write(Packet(code, self.session_id, to.reply_id, data))
 
     def _ok(self, to: Packet, done: bool) -> None:
-        self._answer(to, Reply.ACK_OK if done else Reply.ACK_ERROR)
+        self._answer(to, ReplyCode.ACK_OK if done else ReplyCode.ACK_ERROR)
 
     # -- facts ----------------------------------------------------------------------------------
 
     def _version(self, packet):
-        self._answer(packet, Reply.ACK_OK, self.device.firmware.version.encode() + b"\0")
+        self._answer(packet, ReplyCode.ACK_OK, self.device.firmware.version.encode() + b"\0")
 
     def _read_option(self, packet):
         name = bodies.parse_option_request(packet.data)
         if name not in self.device.options:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
         else:
-            self._answer(packet, Reply.ACK_OK, bodies.option_assignment(name, self.device.options[name]))
+            self._answer(packet, ReplyCode.ACK_OK, bodies.option_assignment(name, self.device.options[name]))
 
     def _write_option(self, packet):
         name, value = bodies.parse_option_assignment(packet.data)
         self.device.options[name] = value
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     def _sizes(self, packet):
-        self._answer(packet, Reply.ACK_OK, bodies.encode_sizes(self.device.sizes()))
+        self._answer(packet, ReplyCode.ACK_OK, bodies.encode_sizes(self.device.sizes()))
 
     def _get_time(self, packet):
-        self._answer(packet, Reply.ACK_OK, bodies.u32(encode_time(self.device.now())))
+        self._answer(packet, ReplyCode.ACK_OK, bodies.u32(encode_time(self.device.now())))
 
     def _set_time(self, packet):
         self.device.set_time(decode_time(bodies.parse_u32(packet.data)))
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     def _register(self, packet):
         self.event_mask = bodies.parse_u32(packet.data)
@@ -117,7 +117,7 @@ class DeviceSession:
             self.device.subscribe(self._push_event)
         else:
             self.device.unsubscribe(self._push_event)
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     # -- users and templates, one at a time ------------------------------------------------------
 
@@ -140,7 +140,7 @@ class DeviceSession:
     def _read_template(self, packet):
         template = self.device.templates.get(bodies.parse_uid_finger(packet.data))
         if template is None:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
         else:
             # One byte after the template: pyzk drops the last byte of this answer.
             self._answer(packet, Command.DATA, template.template + b"\0")
@@ -150,12 +150,12 @@ class DeviceSession:
     def _prepare_buffer(self, packet):
         table = self._table_for(bodies.parse_buffer_request(packet.data))
         if table is None:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
         elif len(table) <= min(self.device.firmware.inline_limit, MAX_DATA):
             self._answer(packet, Command.DATA, table)
         else:
             self._table = table
-            self._answer(packet, Reply.ACK_OK, bodies.buffer_info(len(table)))
+            self._answer(packet, ReplyCode.ACK_OK, bodies.buffer_info(len(table)))
 
     def _table_for(self, read: bodies.TableRead) -> bytes | None:
         device, fw = self.device, self.device.firmware
@@ -170,40 +170,40 @@ class DeviceSession:
     def _read_buffer(self, packet):
         start, size = bodies.parse_chunk_request(packet.data)
         if self._table is None or start + size > len(self._table) or not 0 < size <= MAX_DATA:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
             return
         chunk = self._table[start : start + size]
         if self.device.firmware.chunks_through_prepare_data:
             self._answer(packet, Command.PREPARE_DATA, bodies.prepare_data(size, device=True))
             self._answer(packet, Command.DATA, chunk)
-            self._answer(packet, Reply.ACK_OK)
+            self._answer(packet, ReplyCode.ACK_OK)
         else:
             self._answer(packet, Command.DATA, chunk)
 
     def _free(self, packet):
         self._table = self._upload = None
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     # -- uploads -------------------------------------------------------------------------------------
 
     def _prepare_upload(self, packet):
         size = bodies.parse_prepare_data(packet.data)
         if size > MAX_UPLOAD:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
             return
         self._upload, self._upload_size = bytearray(), size
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     def _upload_data(self, packet):
         if self._upload is None or len(self._upload) + len(packet.data) > self._upload_size:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
             return
         self._upload += packet.data
-        self._answer(packet, Reply.ACK_OK)
+        self._answer(packet, ReplyCode.ACK_OK)
 
     def _save_upload(self, packet):
         if self._upload is None or len(self._upload) != self._upload_size:
-            self._answer(packet, Reply.ACK_ERROR)
+            self._answer(packet, ReplyCode.ACK_ERROR)
             return
         users, templates = bodies.parse_upload(bytes(self._upload))
         self._upload = None

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 from protocol.zk import bodies, realtime
-from protocol.zk.commands import Command, EventFlag, Reply, name_of
+from protocol.zk.commands import Command, EventFlag, ReplyCode, name_of
 from protocol.zk.commkey import make_commkey
-from protocol.zk.packet import HEADER_SIZE, Packet, encode_tcp
+from protocol.zk.packet import Packet, encode_tcp
 from protocol.zk.records import (
     AttendanceRecord,
     Template,
@@ -137,27 +137,27 @@ def build_vectors() -> list[Vector]:
     chunk = users_table[:100]
     vectors = [
         ("connect_request", "The client opens: session id 0, reply id 0.", Packet(Command.CONNECT), "empty"),
-        ("connect_unauth", "A device with a comm key refuses, naming the session id.", _p(Reply.ACK_UNAUTH, reply_id=0), "empty"),
+        ("connect_unauth", "A device with a comm key refuses, naming the session id.", _p(ReplyCode.ACK_UNAUTH, reply_id=0), "empty"),
         ("auth_request", "The comm key 123456 scrambled for this session with ticks 50.", _p(Command.AUTH, make_commkey(123456, SESSION, 50)), "commkey"),
-        ("connect_ok", "The device accepts.", _p(Reply.ACK_OK), "empty"),
+        ("connect_ok", "The device accepts.", _p(ReplyCode.ACK_OK), "empty"),
         ("version_request", "GET_VERSION.", _p(Command.GET_VERSION, reply_id=2), "empty"),
-        ("version_reply", "The firmware version as text.", _p(Reply.ACK_OK, b"Ver 6.60 Apr 28 2015\0", reply_id=2), "text"),
+        ("version_reply", "The firmware version as text.", _p(ReplyCode.ACK_OK, b"Ver 6.60 Apr 28 2015\0", reply_id=2), "text"),
         ("option_request", "OPTIONS_RRQ for the fingerprint algorithm.", _p(Command.OPTIONS_RRQ, bodies.option_request("~ZKFPVersion"), 3), "option_request"),
-        ("option_reply", "name=value.", _p(Reply.ACK_OK, bodies.option_assignment("~ZKFPVersion", "10"), 3), "option_assignment"),
+        ("option_reply", "name=value.", _p(ReplyCode.ACK_OK, bodies.option_assignment("~ZKFPVersion", "10"), 3), "option_assignment"),
         ("sizes_request", "GET_FREE_SIZES.", _p(Command.GET_FREE_SIZES, reply_id=4), "empty"),
         ("sizes_reply", "Counts and capacities, face counters included (92 bytes).",
-         _p(Reply.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=2, fingers=2, records=2, admins=1, passwords=1, fingers_capacity=3000,
+         _p(ReplyCode.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=2, fingers=2, records=2, admins=1, passwords=1, fingers_capacity=3000,
                                                            users_capacity=3000, records_capacity=100_000, fingers_free=2998,
                                                            users_free=2998, records_free=99_998)), 4), "sizes"),
         ("disable_request", "DISABLEDEVICE before bulk work.", _p(Command.DISABLEDEVICE, reply_id=5), "empty"),
         ("prepare_buffer_users", "PREPARE_BUFFER for the user table.", _p(Command.PREPARE_BUFFER, bodies.buffer_request(bodies.USERS), 6), "buffer_request"),
         ("user_table_inline", "A small table answered inline: size, then 72-byte records.", _p(Command.DATA, users_table, 6), "user_table"),
         ("prepare_buffer_templates", "PREPARE_BUFFER for the templates.", _p(Command.PREPARE_BUFFER, bodies.buffer_request(bodies.TEMPLATES), 7), "buffer_request"),
-        ("buffer_info", "The chunked form: ACK_OK with the table's size.", _p(Reply.ACK_OK, bodies.buffer_info(len(users_table)), 7), "buffer_info"),
+        ("buffer_info", "The chunked form: ACK_OK with the table's size.", _p(ReplyCode.ACK_OK, bodies.buffer_info(len(users_table)), 7), "buffer_info"),
         ("read_buffer", "READ_BUFFER: the first 100 bytes.", _p(Command.READ_BUFFER, bodies.chunk_request(0, 100), 8), "chunk_request"),
         ("chunk_prepare", "A chunk answered through the buffer: PREPARE_DATA with its size...", _p(Command.PREPARE_DATA, bodies.prepare_data(100, device=True), 8), "prepare_data"),
         ("chunk_data", "...the bytes in DATA (same reply id)...", _p(Command.DATA, chunk, 8), "raw"),
-        ("chunk_done", "...and ACK_OK (same reply id).", _p(Reply.ACK_OK, reply_id=8), "empty"),
+        ("chunk_done", "...and ACK_OK (same reply id).", _p(ReplyCode.ACK_OK, reply_id=8), "empty"),
         ("free_data", "FREE_DATA releases the device's buffer.", _p(Command.FREE_DATA, reply_id=9), "empty"),
         ("template_table", "A template table: size, then per template its size, uid, finger, flag (3: duress) and bytes.",
          _p(Command.DATA, build_template_table(FINGERS), 7), "template_table"),
@@ -177,10 +177,10 @@ def build_vectors() -> list[Vector]:
         ("reg_event", "REG_EVENT: push attendance and enrolments.", _p(Command.REG_EVENT, bodies.u32(EventFlag.ATTLOG | EventFlag.ENROLLFINGER), 19), "u32"),
         ("event_attendance", "A punch pushed by the device: code 1 in the session id field, reply id 0.",
          realtime.event_packet(EventFlag.ATTLOG, realtime.encode_attendance_event(realtime.RealtimeAttendance("1042", T0, 1, 0))), "realtime_attendance"),
-        ("event_ack", "The client acknowledges the event.", _p(Reply.ACK_OK, reply_id=0), "empty"),
+        ("event_ack", "The client acknowledges the event.", _p(ReplyCode.ACK_OK, reply_id=0), "empty"),
         ("event_enrolled_finger", "An enrolment at the device, finger 6 of 1042 (EF_ENROLLFINGER).",
          realtime.event_packet(EventFlag.ENROLLFINGER, realtime.encode_enrolled_finger(realtime.EnrolledFinger(0, 40, "1042", 6))), "enrolled_finger"),
-        ("unknown_command", "What a device answers to a command it does not know.", _p(Reply.ACK_UNKNOWN, reply_id=20), "empty"),
+        ("unknown_command", "What a device answers to a command it does not know.", _p(ReplyCode.ACK_UNKNOWN, reply_id=20), "empty"),
         ("exit", "EXIT ends the session.", _p(Command.EXIT, reply_id=21), "empty"),
     ]
     return [Vector(name, about, packet, kind) for name, about, packet, kind in vectors]
