@@ -1,6 +1,7 @@
 """The emulated ZK device, without sockets: protocol.zk's client talks to a DeviceSession in
 memory, and single packets check what the session answers."""
 
+import socket
 from datetime import datetime
 
 import pytest
@@ -180,3 +181,20 @@ def test_keypad_refuses_what_a_device_would():
 def test_the_command_line_takes_the_documented_options():
     args = build_parser().parse_args(["zk-terminal", "--port", "4371", "--comm-key", "99", "--users", "5", "--seed", "2", "--fp-version", "12"])
     assert (args.port, args.comm_key, args.users, args.seed, args.fp_version) == (4371, 99, 5, 2, 12)
+
+
+def test_bad_command_line_values_are_one_line_errors(capsys):
+    from simulator.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy_port = taken.getsockname()[1]
+        for argv, message in (
+            (["--comm-key", "1000000"], "--comm-key must be 0 to 999999"),
+            (["--users", "20000"], "--users must be 0 to 10000"),
+            (["--port", str(busy_port)], f"cannot listen on 127.0.0.1:{busy_port}"),
+        ):
+            assert main(["zk-terminal", *argv]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("simulator zk-terminal: " + message) and err.count("\n") == 1

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from twisted.internet import protocol
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from protocol.zk.commkey import MAX_COMM_KEY
@@ -82,12 +83,21 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    if not 0 <= args.comm_key <= MAX_COMM_KEY:
-        print(f"simulator zk-terminal: --comm-key must be 0 to {MAX_COMM_KEY}", file=sys.stderr)
-        return 2
     device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version)
-    populate(device, args.users, args.seed)
-    port = listen(device, reactor, args.port, args.host)
+    problem = None
+    if not 0 <= args.comm_key <= MAX_COMM_KEY:
+        problem = f"--comm-key must be 0 to {MAX_COMM_KEY}"
+    elif not 0 <= args.users <= device.firmware.users_capacity:
+        problem = f"--users must be 0 to {device.firmware.users_capacity}"
+    else:
+        populate(device, args.users, args.seed)
+        try:
+            port = listen(device, reactor, args.port, args.host)
+        except CannotListenError as exc:
+            problem = f"cannot listen on {args.host}:{args.port}: {exc.socketError}"
+    if problem:
+        print(f"simulator zk-terminal: {problem}", file=sys.stderr)
+        return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     print(f"ZK device {args.serial} on {args.host}:{port.getHost().port}: {args.users} users, "
           f"fingerprint algorithm {args.fp_version}, {'comm key set' if args.comm_key else 'no comm key'}", flush=True)
