@@ -18,6 +18,7 @@ bench: $(STAMP)
 	mkdir -p reports
 	$(PY) benchmarks/codec.py --json reports/codec.json
 	$(PY) benchmarks/bus.py --json reports/bus.json
+	$(PY) benchmarks/zk.py --json reports/zk.json
 
 loadtest: $(STAMP)
 	mkdir -p reports

@@ -18,6 +18,7 @@ from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
+from simulator.zk import tcp as zk_terminal
 
 log = Logger()
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_terminal_parser(sub)
     fleet.add_parser(sub)
     bus.add_parser(sub)
+    zk_terminal.add_parser(sub)
     return parser
 
 
@@ -75,7 +77,7 @@ def _serve_terminal(reactor, args) -> defer.Deferred:
     return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)
 
 
-COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run}
+COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run, "zk-terminal": zk_terminal.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,16 @@
+"""Error types of the ZK protocol, each saying whose fault it is (docs/zk.md)."""
+
+from protocol.errors import FrameError, MessageError, ProtocolError
+
+
+class PacketError(FrameError):
+    """Bytes from the peer that do not form a valid ZK packet; the decoder skips them and resyncs."""
+
+
+class BodyError(MessageError):
+    """A packet that is intact but whose data is not a valid body for its command, or a value
+    that does not fit the field it is written to."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller used the client wrongly (a request before connecting, after a failure, ...)."""

@@ -1,0 +1,320 @@
+"""What a ZK device stores, and its wire declarations: users (72- and 28-byte records), fingerprint
+templates, attendance records (8, 16 and 40 bytes), ZK time, and the size-prefixed tables a
+buffered read returns. docs/zk.md section "Records" has the byte layouts.
+
+``uid`` is a device's internal 16-bit slot; ``user_id`` is the person's id. Key people on
+user_id: uids differ from device to device.
+
+Text fields are NUL-padded bytes. They are read up to the first NUL and decoded as UTF-8, with
+bytes that are not UTF-8 kept as surrogate escapes, so a record read and written back is the
+same bytes and nothing a device holds is lost; writing text longer than its field is a
+``BodyError``, never a silent cut.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from construct import Bytes, Int8sl, Int8ul, Int16sl, Int16ul, Int32ul, Padding, Struct
+
+from protocol.compiling import CompilableAdapter, LengthChecked
+from protocol.zk.errors import BodyError
+
+ENCODING = "utf-8"
+FINGER_SLOTS = 10
+MAX_TEMPLATE = 0xFFFF - 6  # an entry's u16 size counts its 6-byte head
+
+
+class Text(CompilableAdapter):
+    """A NUL-padded text field of ``size`` bytes."""
+
+    def __init__(self, size: int):
+        super().__init__(LengthChecked(Bytes(size)))
+        self.size = size
+
+    def _decode(self, raw, context, path):
+        return raw.split(b"\0", 1)[0].decode(ENCODING, "surrogateescape")
+
+    def _encode(self, text, context, path):
+        raw = text.encode(ENCODING, "surrogateescape")
+        if len(raw) > self.size:
+            raise BodyError(f"{text!r} is {len(raw)} bytes, over the {self.size}-byte field")
+        return raw.ljust(self.size, b"\0")
+
+
+# ZK time: seconds in a calendar of 12 months of 31 days from 2000-01-01, in one u32.
+_DAY_S = 24 * 60 * 60
+
+
+def encode_time(moment: datetime) -> int:
+    """A datetime (naive: device local time) as a ZK time; BodyError outside 2000-2099."""
+    if not 2000 <= moment.year <= 2099:
+        raise BodyError(f"ZK time holds years 2000 to 2099, not {moment.year}")
+    days = ((moment.year - 2000) * 12 + moment.month - 1) * 31 + moment.day - 1
+    return days * _DAY_S + (moment.hour * 60 + moment.minute) * 60 + moment.second
+
+
+def decode_time(value: int) -> datetime:
+    """A ZK time as a naive datetime; BodyError if it names a day that does not exist (31 April)."""
+    seconds, rest = value % 60, value // 60
+    minutes, rest = rest % 60, rest // 60
+    hours, rest = rest % 24, rest // 24
+    day, rest = rest % 31 + 1, rest // 31
+    month, year = rest % 12 + 1, rest // 12 + 2000
+    try:
+        return datetime(year, month, day, hours, minutes, seconds)
+    except ValueError as exc:
+        raise BodyError(f"ZK time {value} is not a date: {exc}") from None
+
+
+class ZkTime(CompilableAdapter):
+    def __init__(self):
+        super().__init__(Int32ul)
+
+    def _decode(self, value, context, path):
+        return decode_time(value)
+
+    def _encode(self, moment, context, path):
+        return encode_time(moment)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user as a ZK device holds one. ``group_id`` is text in the 72-byte form and a number in
+    the 28-byte one; ``password`` is the clear keypad password (ZK devices do not hash it)."""
+
+    uid: int
+    user_id: str
+    name: str = ""
+    privilege: int = 0
+    password: str = ""
+    card: int = 0
+    group_id: str = ""
+
+
+User72Wire = Struct(
+    "uid" / Int16ul,
+    "privilege" / Int8ul,
+    "password" / Text(8),
+    "name" / Text(24),
+    "card" / Int32ul,
+    Padding(1),
+    "group_id" / Text(7),
+    Padding(1),
+    "user_id" / Text(24),
+)
+User28Wire = Struct(
+    "uid" / Int16ul,
+    "privilege" / Int8ul,
+    "password" / Text(5),
+    "name" / Text(8),
+    "card" / Int32ul,
+    Padding(1),
+    "group" / Int8ul,
+    "timezone" / Int16sl,  # not carried in User; written as 0, as pyzk does
+    "user_id" / Int32ul,  # old firmwares: numeric user ids only
+)
+User72Compiled = User72Wire.compile()
+User28Compiled = User28Wire.compile()
+USER_RECORD_SIZES = (72, 28)
+
+
+def _user_fields(user: User) -> dict:
+    return dict(uid=user.uid, privilege=user.privilege, password=user.password, name=user.name, card=user.card)
+
+
+def _number(text: str, what: str, limit: int) -> int:
+    if text == "":
+        return 0
+    if not text.isascii() or not text.isdigit() or int(text) > limit:
+        raise BodyError(f"{what} must be a number up to {limit} in a 28-byte user record, not {text!r}")
+    return int(text)
+
+
+def encode_user(user: User, size: int = 72) -> bytes:
+    """One user record of ``size`` (72 or 28) bytes."""
+    try:
+        if size == 72:
+            return User72Compiled.build(dict(_user_fields(user), group_id=user.group_id, user_id=user.user_id))
+        if size == 28:
+            group = _number(user.group_id, "group id", 0xFF)
+            user_id = _number(user.user_id, "user id", 0xFFFFFFFF)
+            return User28Compiled.build(dict(_user_fields(user), group=group, timezone=0, user_id=user_id))
+    except BodyError as exc:
+        raise BodyError(f"user uid {user.uid}: {exc}") from None
+    except Exception as exc:  # struct.error: a number out of its field's range
+        raise BodyError(f"user uid {user.uid} does not fit a {size}-byte record: {exc}") from None
+    raise BodyError(f"user records are 72 or 28 bytes, not {size}")
+
+
+def decode_user(raw: bytes) -> User:
+    """A 72- or 28-byte user record."""
+    if len(raw) == 72:
+        c = User72Compiled.parse(raw)
+        return User(c["uid"], c["user_id"], c["name"], c["privilege"], c["password"], c["card"], c["group_id"])
+    if len(raw) == 28:
+        c = User28Compiled.parse(raw)
+        return User(c["uid"], str(c["user_id"]), c["name"], c["privilege"], c["password"], c["card"], str(c["group"]))
+    raise BodyError(f"a user record is 72 or 28 bytes, not {len(raw)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """One fingerprint template. ``valid`` is 1 for a normal finger, 3 for a duress finger, 0 for
+    an invalid one; the template bytes are opaque and only usable by devices of the same
+    fingerprint algorithm (option ``~ZKFPVersion``)."""
+
+    uid: int
+    fid: int
+    template: bytes
+    valid: int = 1
+
+
+TemplateHead = Struct("size" / Int16ul, "uid" / Int16ul, "fid" / Int8sl, "valid" / Int8sl)
+TemplateHeadCompiled = TemplateHead.compile()
+TEMPLATE_HEAD_SIZE = TemplateHead.sizeof()
+
+
+def encode_template(t: Template) -> bytes:
+    """One template table entry: its size (head included), uid, finger, flag, then the template."""
+    if not 0 <= t.fid < FINGER_SLOTS:
+        raise BodyError(f"template of uid {t.uid}: finger index must be 0 to {FINGER_SLOTS - 1}, not {t.fid}")
+    if not 0 < len(t.template) <= MAX_TEMPLATE:
+        raise BodyError(f"template of uid {t.uid} finger {t.fid}: 1 to {MAX_TEMPLATE} bytes, not {len(t.template)}")
+    try:
+        head = TemplateHeadCompiled.build(dict(size=len(t.template) + TEMPLATE_HEAD_SIZE, uid=t.uid, fid=t.fid, valid=t.valid))
+    except Exception as exc:
+        raise BodyError(f"template of uid {t.uid} finger {t.fid} does not fit its head: {exc}") from None
+    return head + t.template
+
+
+@dataclass(frozen=True, slots=True)
+class AttendanceRecord:
+    """One punch from the attendance log. The 8-byte form knows only the uid, the 16-byte form
+    only a numeric user id; the other is ``None``. ``verify_type`` says how the person verified
+    (0 password, 1 finger, 2 card, ...), ``punch`` what they declared (0 check in, 1 check out,
+    ...); pyzk calls them ``status`` and ``punch``."""
+
+    uid: int | None
+    user_id: str | None
+    timestamp: datetime
+    verify_type: int = 1
+    punch: int = 0
+    workcode: int = 0
+
+
+Attendance8Wire = Struct("uid" / Int16ul, "verify_type" / Int8ul, "timestamp" / ZkTime(), "punch" / Int8ul)
+Attendance16Wire = Struct(
+    "user_id" / Int32ul,
+    "timestamp" / ZkTime(),
+    "verify_type" / Int8ul,
+    "punch" / Int8ul,
+    Padding(2),
+    "workcode" / Int32ul,
+)
+Attendance40Wire = Struct(
+    "uid" / Int16ul,
+    "user_id" / Text(24),
+    "verify_type" / Int8ul,
+    "timestamp" / ZkTime(),
+    "punch" / Int8ul,
+    Padding(8),
+)
+ATTENDANCE_WIRES = {8: Attendance8Wire.compile(), 16: Attendance16Wire.compile(), 40: Attendance40Wire.compile()}
+ATTENDANCE_RECORD_SIZES = tuple(ATTENDANCE_WIRES)
+
+
+def encode_attendance(record: AttendanceRecord, size: int = 40) -> bytes:
+    if size not in ATTENDANCE_WIRES:
+        raise BodyError(f"attendance records are 8, 16 or 40 bytes, not {size}")
+    fields = dict(timestamp=record.timestamp, verify_type=record.verify_type, punch=record.punch, workcode=record.workcode)
+    if size != 16:
+        if record.uid is None:
+            raise BodyError(f"a {size}-byte attendance record needs the uid")
+        fields["uid"] = record.uid
+    if size != 8:
+        if record.user_id is None:
+            raise BodyError(f"a {size}-byte attendance record needs the user id")
+        fields["user_id"] = record.user_id if size == 40 else _number(record.user_id, "user id", 0xFFFFFFFF)
+    try:
+        return ATTENDANCE_WIRES[size].build(fields)
+    except BodyError:
+        raise
+    except Exception as exc:
+        raise BodyError(f"attendance record does not fit {size} bytes: {exc}") from None
+
+
+def decode_attendance(raw: bytes) -> AttendanceRecord:
+    size = len(raw)
+    if size not in ATTENDANCE_WIRES:
+        raise BodyError(f"an attendance record is 8, 16 or 40 bytes, not {size}")
+    c = ATTENDANCE_WIRES[size].parse(raw)
+    uid = c["uid"] if size != 16 else None
+    user_id = None if size == 8 else (c["user_id"] if size == 40 else str(c["user_id"]))
+    return AttendanceRecord(uid, user_id, c["timestamp"], c["verify_type"], c["punch"], c.get("workcode", 0))
+
+
+# Tables: what a buffered read returns, a u32 byte count and that many bytes of records.
+
+
+def _table_body(data: bytes, what: str) -> bytes:
+    if len(data) < 4:
+        raise BodyError(f"{what} table of {len(data)} bytes lacks its 4-byte size")
+    size = int.from_bytes(data[:4], "little")
+    if size != len(data) - 4:
+        raise BodyError(f"{what} table says {size} bytes of records but holds {len(data) - 4}")
+    return data[4:]
+
+
+def _fixed_records(body: bytes, count: int | None, sizes: tuple[int, ...], what: str) -> tuple[int, list[bytes]]:
+    """Split a table body into records. The record size comes from the count the device reported
+    (GET_FREE_SIZES), as it is the only thing that tells 72- from 28-byte users apart."""
+    if not body:
+        return sizes[0], []
+    if not count:
+        raise BodyError(f"{what} table holds {len(body)} bytes but the device counts no records")
+    size, rest = divmod(len(body), count)
+    if rest or size not in sizes:
+        raise BodyError(f"{what} table of {len(body)} bytes does not hold {count} records of {' or '.join(map(str, sizes))} bytes")
+    return size, [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def parse_user_table(data: bytes, count: int | None) -> tuple[list[User], int]:
+    """The users of a USER table read, and their record size (72 or 28)."""
+    size, raws = _fixed_records(_table_body(data, "user"), count, USER_RECORD_SIZES, "user")
+    return [decode_user(raw) for raw in raws], size
+
+
+def build_user_table(users: list[User], size: int = 72) -> bytes:
+    body = b"".join(encode_user(u, size) for u in users)
+    return len(body).to_bytes(4, "little") + body
+
+
+def parse_template_table(data: bytes) -> list[Template]:
+    """The templates of a FINGERTMP table read; each entry carries its own size."""
+    body = _table_body(data, "template")
+    templates, pos = [], 0
+    while pos < len(body):
+        if len(body) - pos < TEMPLATE_HEAD_SIZE:
+            raise BodyError(f"template table: {len(body) - pos} bytes at {pos + 4} are too few for an entry head")
+        head = TemplateHeadCompiled.parse(body[pos : pos + TEMPLATE_HEAD_SIZE])
+        if head["size"] <= TEMPLATE_HEAD_SIZE or pos + head["size"] > len(body):
+            raise BodyError(f"template table: entry at {pos + 4} announces {head['size']} bytes, which do not fit")
+        templates.append(Template(head["uid"], head["fid"], bytes(body[pos + TEMPLATE_HEAD_SIZE : pos + head["size"]]), head["valid"]))
+        pos += head["size"]
+    return templates
+
+
+def build_template_table(templates: list[Template]) -> bytes:
+    body = b"".join(encode_template(t) for t in templates)
+    return len(body).to_bytes(4, "little") + body
+
+
+def parse_attendance_table(data: bytes, count: int | None) -> tuple[list[AttendanceRecord], int]:
+    """The records of an ATTLOG table read, and their size (8, 16 or 40)."""
+    size, raws = _fixed_records(_table_body(data, "attendance"), count, (40, 16, 8), "attendance")
+    return [decode_attendance(raw) for raw in raws], size
+
+
+def build_attendance_table(records: list[AttendanceRecord], size: int = 40) -> bytes:
+    body = b"".join(encode_attendance(r, size) for r in records)
+    return len(body).to_bytes(4, "little") + body

@@ -1,0 +1,230 @@
+"""ZkDevice: what one emulated ZK device stores, how it answers firmware questions, and the
+people at its keypad (methods tests and scenarios drive).
+
+No I/O. Sessions (simulator/zk/session.py) read and write the store through the methods here
+and subscribe to the real-time events the keypad produces.
+"""
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from protocol.zk.bodies import Sizes
+from protocol.zk.commands import EventFlag, Privilege
+from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance, encode_attendance_event, encode_enrolled_finger, encode_enrolled_user
+from protocol.zk.records import AttendanceRecord, Template, User
+from simulator.people import FAMILY, GIVEN
+
+EventListener = Callable[[EventFlag, bytes], None]
+
+
+class KeypadError(ValueError):
+    """A keypad action the device refuses (a user id already enrolled, a user it does not hold)."""
+
+
+@dataclass
+class Firmware:
+    """How this device's firmware answers, where firmwares differ (docs/zk.md section "Emulator")."""
+
+    version: str = "Ver 6.60 Apr 28 2015"
+    inline_limit: int = 1024  # tables up to this size are answered inline to PREPARE_BUFFER
+    chunks_through_prepare_data: bool = True  # READ_BUFFER answered PREPARE_DATA + DATA + ACK_OK, else DATA
+    user_record_size: int = 72
+    attendance_record_size: int = 40
+    event_size: int = 32  # length of an attendance event's data
+    users_capacity: int = 10_000
+    fingers_capacity: int = 10_000
+    records_capacity: int = 100_000
+
+
+class ZkDevice:
+    def __init__(
+        self,
+        *,
+        comm_key: int = 0,
+        serial_number: str = "EMU0000000001",
+        fp_version: int = 10,
+        firmware: Firmware | None = None,
+        enrol_events: bool = False,
+        clock: Callable[[], datetime] = datetime.now,
+    ):
+        self.comm_key = comm_key
+        self.firmware = firmware or Firmware()
+        self.enrol_events = enrol_events
+        self.options = {
+            "~SerialNumber": serial_number,
+            "~ZKFPVersion": str(fp_version),
+            "~Platform": "ZEM560_TFT",
+            "~DeviceName": "EMU-F19",
+            "~OEMVendor": "terminal-gateway simulator",
+            "MAC": "00:17:61:00:00:01",
+            "~PIN2Width": "24",
+            "~ExtendFmt": "1",
+            "~UserExtFmt": "1",
+            "FaceFunOn": "0",
+            "CompatOldFirmware": "0",
+        }
+        self.users: dict[int, User] = {}  # by uid
+        self._uids: dict[str, int] = {}  # user id to uid
+        self._free_from = 1  # no uid below this is free
+        self.templates: dict[tuple[int, int], Template] = {}  # by (uid, finger)
+        self.attendance: list[AttendanceRecord] = []
+        self._clock = clock
+        self.time_offset = timedelta()
+        self._listeners: list[EventListener] = []
+        self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
+
+    # -- what sessions read and write --------------------------------------------------------
+
+    def now(self) -> datetime:
+        return (self._clock() + self.time_offset).replace(microsecond=0)
+
+    def set_time(self, moment: datetime) -> None:
+        self.time_offset = moment - self._clock()
+
+    def user(self, user_id: str) -> User | None:
+        uid = self._uids.get(user_id)
+        return None if uid is None else self.users[uid]
+
+    def sizes(self) -> Sizes:
+        fw = self.firmware
+        users, fingers, records = len(self.users), len(self.templates), len(self.attendance)
+        return Sizes(
+            users=users,
+            fingers=fingers,
+            records=records,
+            admins=sum(u.privilege == Privilege.ADMIN for u in self.users.values()),
+            passwords=sum(bool(u.password) for u in self.users.values()),
+            fingers_capacity=fw.fingers_capacity,
+            users_capacity=fw.users_capacity,
+            records_capacity=fw.records_capacity,
+            fingers_free=fw.fingers_capacity - fingers,
+            users_free=fw.users_capacity - users,
+            records_free=fw.records_capacity - records,
+        )
+
+    def put_user(self, user: User) -> bool:
+        """Upsert by uid. Refused (False) when another uid holds the user id, or the device is full:
+        a device keeps user ids unique."""
+        holder = self.user(user.user_id)
+        if holder is not None and holder.uid != user.uid:
+            return False
+        replaced = self.users.get(user.uid)
+        if replaced is None and len(self.users) >= self.firmware.users_capacity:
+            return False
+        if replaced is not None:
+            del self._uids[replaced.user_id]
+        self.users[user.uid] = user
+        self._uids[user.user_id] = user.uid
+        return True
+
+    def delete_uid(self, uid: int) -> bool:
+        """A user and their templates, as DELETE_USER removes them."""
+        user = self.users.pop(uid, None)
+        if user is None:
+            return False
+        del self._uids[user.user_id]
+        self._free_from = min(self._free_from, uid)
+        for key in [k for k in self.templates if k[0] == uid]:
+            del self.templates[key]
+        return True
+
+    def put_template(self, template: Template) -> bool:
+        if template.uid not in self.users:
+            return False
+        key = (template.uid, template.fid)
+        if key not in self.templates and len(self.templates) >= self.firmware.fingers_capacity:
+            return False
+        self.templates[key] = template
+        return True
+
+    def delete_template(self, uid: int, fid: int) -> bool:
+        return self.templates.pop((uid, fid), None) is not None
+
+    def subscribe(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    @property
+    def event_listeners(self) -> int:
+        """Sessions registered for real-time events."""
+        return len(self._listeners)
+
+    # -- the keypad: what people do at the device ---------------------------------------------
+
+    def enroll(self, user_id: str, name: str = "", *, password: str = "", card: int = 0, privilege: int = 0, group_id: str = "1", fingers: dict[int, bytes] | None = None) -> User:
+        """Enrol a new person in the lowest free uid slot, with templates by finger index."""
+        if self.user(user_id) is not None:
+            raise KeypadError(f"user id {user_id!r} is already enrolled")
+        uid = next((n for n in range(self._free_from, 0x10000) if n not in self.users), None)
+        user = User(uid or 0, user_id, name, privilege, password, card, group_id)
+        if uid is None or not self.put_user(user):
+            raise KeypadError("the device is full")
+        self._free_from = uid + 1
+        self._emit(EventFlag.ENROLLUSER, encode_enrolled_user(user_id), enrolment=True)
+        for fid, template in (fingers or {}).items():
+            self.add_template(user_id, fid, template)
+        return user
+
+    def edit(self, user_id: str, **changes) -> User:
+        """Change fields of an enrolled person (name, password, card, privilege, group_id)."""
+        if "uid" in changes:
+            raise KeypadError("a keypad edit keeps the uid")
+        user = replace(self._held(user_id), **changes)
+        self.users[user.uid] = user
+        return user
+
+    def delete(self, user_id: str) -> None:
+        self.delete_uid(self._held(user_id).uid)
+
+    def add_template(self, user_id: str, fid: int, template: bytes, valid: int = 1) -> Template:
+        user = self._held(user_id)
+        stored = Template(user.uid, fid, template, valid)
+        if not self.put_template(stored):
+            raise KeypadError("no room for another fingerprint")
+        self._emit(EventFlag.ENROLLFINGER, encode_enrolled_finger(EnrolledFinger(0, len(template), user_id, fid)), enrolment=True)
+        return stored
+
+    def remove_template(self, user_id: str, fid: int) -> None:
+        if not self.delete_template(self._held(user_id).uid, fid):
+            raise KeypadError(f"user {user_id!r} has no finger {fid}")
+
+    def punch(self, user_id: str, at: datetime | None = None, verify_type: int = 1, punch: int = 0) -> AttendanceRecord:
+        """Someone verifies at the device: logged, and pushed to sessions that registered ATTLOG."""
+        user = self._held(user_id)
+        moment = (at or self.now()).replace(microsecond=0)
+        record = AttendanceRecord(user.uid, user_id, moment, verify_type, punch)
+        self.attendance.append(record)
+        event = RealtimeAttendance(user_id, moment, verify_type, punch)
+        self._emit(EventFlag.ATTLOG, encode_attendance_event(event, self.firmware.event_size))
+        return record
+
+    def _held(self, user_id: str) -> User:
+        user = self.user(user_id)
+        if user is None:
+            raise KeypadError(f"no user {user_id!r} on this device")
+        return user
+
+    def _emit(self, code: EventFlag, data: bytes, enrolment: bool = False) -> None:
+        if enrolment and not self.enrol_events:
+            return  # as on the many firmwares that never push enrolments
+        for listener in list(self._listeners):
+            listener(code, data)
+
+
+def populate(device: ZkDevice, count: int, seed: int = 0, fingers: int = 1) -> None:
+    """Enrol ``count`` seeded people (user ids 1 to count) with ``fingers`` templates each, the way
+    an installer fills a device; enrolment events are not pushed for them."""
+    rng = random.Random(seed)
+    pushing, device.enrol_events = device.enrol_events, False
+    try:
+        for n in range(1, count + 1):
+            prints = {fid: rng.randbytes(rng.randint(400, 800)) for fid in sorted(rng.sample(range(10), fingers))}
+            device.enroll(str(n), f"{rng.choice(GIVEN)} {rng.choice(FAMILY)}", card=rng.randrange(1, 1 << 24), fingers=prints)
+    finally:
+        device.enrol_events = pushing

@@ -1,0 +1,105 @@
+"""The emulated ZK device on TCP, and ``simulator zk-terminal``: one device listening on a port.
+
+Each connection gets a ``DeviceSession`` with the next session id. Bytes that are no packet are
+logged and skipped, as a device would; EXIT closes the connection once it is answered.
+"""
+
+import argparse
+import sys
+
+from twisted.internet import protocol
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+from protocol.zk.commkey import MAX_COMM_KEY
+from protocol.zk.decoder import PacketDecoder
+from protocol.zk.packet import Packet, encode_tcp
+from simulator.zk.device import ZkDevice, populate
+from simulator.zk.session import DeviceSession
+
+log = Logger(namespace="simulator.zk")
+DEFAULT_PORT = 4370
+
+
+class DeviceConnection(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.connections.add(self)
+        self.decoder = PacketDecoder()
+        self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
+
+    def dataReceived(self, data: bytes):
+        for item in self.decoder.feed(data):
+            if not isinstance(item, Packet):
+                log.warn("ZK device: bad bytes from the client skipped: {error}", error=item)
+                continue
+            self.session.receive(item)
+            if self.session.closed:
+                self.transport.loseConnection()
+                return
+
+    def connectionLost(self, reason=None):
+        self.factory.connections.discard(self)
+        self.session.close()
+
+    def _write(self, packet: Packet) -> None:
+        self.transport.write(encode_tcp(packet))
+
+
+class DeviceFactory(protocol.ServerFactory):
+    protocol = DeviceConnection
+    noisy = False
+
+    def __init__(self, device: ZkDevice, first_session_id: int = 0x5A5A):
+        self.device = device
+        self._session_id = first_session_id
+        self.connections: set[DeviceConnection] = set()
+
+    def drop_connections(self) -> None:
+        """Cut every client off at once, as a device does when it reboots."""
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
+
+    def next_session_id(self) -> int:
+        self._session_id = self._session_id % 0xFFFF + 1  # 1 to 65535: never 0, the id before CONNECT
+        return self._session_id
+
+
+def listen(device: ZkDevice, reactor, port: int = 0, interface: str = "127.0.0.1"):
+    """Serve ``device`` on TCP; the listening port (``.getHost().port`` when ``port`` was 0)."""
+    return reactor.listenTCP(port, DeviceFactory(device), interface=interface)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("zk-terminal", help="one emulated ZKTeco device on TCP, for pyzk, the gateway or gateway-check")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--comm-key", type=int, default=0, metavar="K", help=f"communication key, 0 to {MAX_COMM_KEY} (default 0: none)")
+    p.add_argument("--users", type=int, default=0, metavar="N", help="enrol N seeded people with one fingerprint each (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the enrolled people (default 0)")
+    p.add_argument("--fp-version", type=int, default=10, metavar="V", help="fingerprint algorithm, option ~ZKFPVersion (default 10)")
+    p.add_argument("--serial", default="EMU0000000001", help="serial number, option ~SerialNumber")
+
+
+def run(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version)
+    problem = None
+    if not 0 <= args.comm_key <= MAX_COMM_KEY:
+        problem = f"--comm-key must be 0 to {MAX_COMM_KEY}"
+    elif not 0 <= args.users <= device.firmware.users_capacity:
+        problem = f"--users must be 0 to {device.firmware.users_capacity}"
+    else:
+        populate(device, args.users, args.seed)
+        try:
+            port = listen(device, reactor, args.port, args.host)
+        except CannotListenError as exc:
+            problem = f"cannot listen on {args.host}:{args.port}: {exc.socketError}"
+    if problem:
+        print(f"simulator zk-terminal: {problem}", file=sys.stderr)
+        return 2
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    print(f"ZK device {args.serial} on {args.host}:{port.getHost().port}: {args.users} users, "
+          f"fingerprint algorithm {args.fp_version}, {'comm key set' if args.comm_key else 'no comm key'}", flush=True)
+    reactor.run()
+    return 0

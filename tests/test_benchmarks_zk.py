@@ -1,0 +1,20 @@
+"""benchmarks/zk.py --quick runs to the end against two emulator processes and writes its figures;
+the figures themselves are the machine's business and are never judged here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = {"decode_users_s", "decode_templates_s", "read_users_s", "read_templates_s", "fill_s", "user_table_bytes"}
+
+
+def test_quick_zk_benchmark_prints_a_table_and_writes_its_figures(tmp_path):
+    out = tmp_path / "zk.json"
+    run = subprocess.run([sys.executable, "benchmarks/zk.py", "--quick", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert "read_users_s" in run.stdout
+    figures = json.loads(out.read_text())
+    assert FIGURES <= set(figures) and figures["users"] == 200 and figures["quick"] is True
