@@ -7,10 +7,9 @@ from twisted.internet import reactor, task
 
 from gateway.config import ConfigError, parse_host_port
 from gateway.run import start_logging
-from simulator import bus, fleet
+from simulator import bus, console, fleet
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
-from simulator.terminal import Terminal
 
 
 def _add_terminal_parser(sub) -> None:
@@ -23,6 +22,7 @@ def _add_terminal_parser(sub) -> None:
     p.add_argument("--enroll", type=int, default=0, metavar="N", help="enrol N people, one per --interval (default 0)")
     p.add_argument("--interval", type=float, default=1.0, metavar="SEC", help="seconds between enrolments (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated people (default 0)")
+    console.add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_terminal(args) -> int:
-    terminal = Terminal(args.id, args.secret)
+    terminal = console.start(args, reactor)
     if args.gateway:
         host, port = parse_host_port(args.gateway)
         DialingTerminal(terminal, reactor, host, port).start()
