@@ -62,6 +62,7 @@ class Activity:
         self._seconds: dict[int, Second] = {}
         self._changes: dict[str, Change] = {}  # user id -> its latest change made at a terminal
         self._after_id: int | None = None
+        self._since_s: int | None = None  # the first second with figures: nothing is known before it
         self._reading = False
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = clock
@@ -88,6 +89,8 @@ class Activity:
         self._reading = False
 
     def _add(self, read: "ActivityRead") -> None:
+        if self._since_s is None:
+            self._since_s = min([int(self._clock.seconds())] + [second for second, *_ in read.counts])
         self._after_id = read.last_id
         for second, stored, delivered, failed in read.counts:
             bucket = self._seconds.setdefault(second, Second())
@@ -122,9 +125,10 @@ class Activity:
             del self._changes[user_id]
 
     def series(self, seconds: int) -> dict:
-        """The last ``seconds`` whole seconds, oldest first, as the page's charts take them."""
+        """The last ``seconds`` whole seconds, oldest first, as the page's charts take them; fewer
+        when the figures begin later (a gateway started a minute ago has no five minutes to show)."""
         end = int(self._clock.seconds())  # the current second is still filling: not shown
-        start = end - seconds
+        start = min(end, max(end - seconds, self._since_s if self._since_s is not None else end))
         slots = range(start, end)
         buckets = [self._seconds.get(s, Second()) for s in slots]
         latencies = {s: list(b.propagated_ms) for s, b in zip(slots, buckets) if b.propagated_ms}

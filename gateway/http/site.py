@@ -14,7 +14,8 @@ from gateway.http.openapi import document
 from gateway.http.sse import EventStream
 
 PAGE = Path(__file__).with_name("page")
-PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
+              "uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}  # uPlot: charts, kept here (uPlot.LICENSE)
 # The page loads nothing from elsewhere and runs no inline script.
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
