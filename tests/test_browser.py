@@ -60,6 +60,7 @@ def screenshot(browser, name: str) -> None:
 
 
 def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user_view(gateway, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
@@ -69,6 +70,11 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
 
     def shown(selector, text, seconds=15):
         wait(seconds, seen.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text), f"{text!r} in {selector}")
+
+    def text(selector):
+        found = browser.execute_script("const found = document.querySelector(arguments[0]); return found && found.textContent;", selector)
+        assert found is not None, f"nothing at {selector}"
+        return found
 
     def attribute(selector, name):
         # Read in one script: the grid and the charts are redrawn every 2 s, so elements go stale.
@@ -95,9 +101,8 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
         # The other terminals received the user from the server: the second sync event.
         shown(f'#events tbody tr[data-type="{SERVER_UPDATE}"]', f"{TERMINAL}-")
 
-        event = browser.find_element(By.CSS_SELECTOR, row)
-        assert "device-update" in event.get_attribute("class").split()  # highlighted as a sync event
-        assert "SIM-1" in browser.find_element(By.CSS_SELECTOR, f'#terminals tbody tr[data-id="{TERMINAL}"]').text
+        assert "device-update" in attribute(row, "class")(browser).split()  # highlighted as a sync event
+        assert "SIM-1" in text(f'#terminals tbody tr[data-id="{TERMINAL}"]')
 
         # Highlighted (bold) event times are shown whole, not cut off.
         cut = browser.execute_script(
@@ -107,8 +112,8 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
 
         type_filter = browser.find_element(By.ID, "event-type")
         type_filter.find_element(By.CSS_SELECTOR, 'option[value="sync"]').click()
-        rows = browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")
-        assert rows and all("sync" in r.get_attribute("class").split() for r in rows)
+        classes = browser.execute_script("return [...document.querySelectorAll('#events tbody tr')].map(tr => tr.className)")
+        assert classes and all("sync" in c.split() for c in classes)
         type_filter.find_element(By.CSS_SELECTOR, 'option[value=""]').click()
 
         # The charts: drawn by uPlot, fed by /api/activity, headlines follow the figures.
@@ -124,9 +129,13 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
         screenshot(browser, "charts.png")
 
         # A user's detail: credentials, and every terminal holding the current version.
-        browser.find_element(By.CSS_SELECTOR, f'#users tbody tr[data-id="{ENROLLED}"]').click()
+        def click_user(driver):
+            driver.find_element(By.CSS_SELECTOR, f'#users tbody tr[data-id="{ENROLLED}"]').click()
+            return True
+
+        WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(click_user)  # the list may be redrawn meanwhile
         wait(10, lambda d: d.find_element(By.ID, "user-detail").get_attribute("open") is not None, "the user view open")
-        assert "Fingerprints" in browser.find_element(By.ID, "user-credentials").text
+        assert "Fingerprints" in text("#user-credentials")
         for t in (TERMINAL, OTHER, THIRD):
             wait(10, lambda d, t=t: attribute(f'#user-holders .tile[data-id="{t}"]', "data-state")(d) == "holds", f"terminal {t} holds the user")
         assert attribute(f'#user-holders .tile[data-id="{ABSENT}"]', "data-state")(browser) == "offline"

@@ -242,12 +242,14 @@ function resizeCharts() {
 
 let userSearch = "";
 let usersNext = null;
-let syncReload;
+let syncReload = null;
 
 function syncHappened() {
-  // Users and cursors just changed; a burst of sync events reloads them once.
-  clearTimeout(syncReload);
+  // Users and cursors just changed; a burst of sync events reloads them once, and a storm every
+  // half second (not once it is over: a debounce would starve the lists while events keep coming).
+  if (syncReload !== null) return;
   syncReload = setTimeout(() => {
+    syncReload = null;
     loadUsers(false).catch((error) => console.warn(error));
     refreshTerminals().catch((error) => console.warn(error));
   }, 500);
