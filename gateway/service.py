@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from gateway.activity import Activity
 from gateway.bus import BusMaster
 from gateway.config import GatewayConfig, parse_serial
 from gateway.database import Database
@@ -47,6 +48,7 @@ class Gateway:
         self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics)
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes)
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
+        self.activity = Activity(self.db, self.clock)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
         self.tcp_port = None
         self.http_port = None
@@ -73,11 +75,13 @@ class Gateway:
         for bus in self.buses:
             bus.start()
         self._sweep.start(self.sweep_s, now=False)
+        self.activity.start()
 
     @defer.inlineCallbacks
     def stop(self):
         if self._sweep.running:
             self._sweep.stop()
+        self.activity.stop()
         self.puller.stop()
         self.eventlog.stop()
         yield defer.gatherResults([dialer.stop() for dialer in self.dialers])

@@ -311,3 +311,21 @@ def frame_error_to_json(error: FrameError) -> dict:
 def is_frame_error_json(obj) -> bool:
     """True for what ``frame_error_to_json`` produces: a line that describes no frame."""
     return isinstance(obj, dict) and "error" in obj
+
+
+def record_to_json(record: UserRecord) -> dict:
+    """A user record in the JSON form, vacant fields left out (a simulated terminal's dump and state file)."""
+    return _USER_RECORD.to_json(record)
+
+
+def record_from_json(obj, where: str = "user") -> UserRecord:
+    """The user record a JSON object describes; MessageError naming the field if it describes none."""
+    return _USER_RECORD.from_json(obj, where).validate()
+
+
+def event_to_json(event: Event) -> dict:
+    return _EVENT.to_json(event)
+
+
+def event_from_json(obj, where: str = "event") -> Event:
+    return _EVENT.from_json(obj, where)

@@ -12,12 +12,11 @@ from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from simulator import bus, fleet
+from simulator import bus, console, fleet
 from simulator.address import AddressError, parse_host_port
 from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
-from simulator.terminal import Terminal
 from simulator.zk import tcp as zk_terminal
 
 log = Logger()
@@ -33,6 +32,7 @@ def _add_terminal_parser(sub) -> None:
     p.add_argument("--enroll", type=int, default=0, metavar="N", help="enrol N people, one per --interval (default 0)")
     p.add_argument("--interval", type=float, default=1.0, metavar="SEC", help="seconds between enrolments (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated people (default 0)")
+    console.add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def run_terminal(args) -> int:
 
 def _serve_terminal(reactor, args) -> defer.Deferred:
     start_logging()
-    terminal = Terminal(args.id, args.secret)
+    terminal = console.start(args, reactor)
     if args.gateway:
         host, port = parse_host_port(args.gateway)
         DialingTerminal(terminal, reactor, host, port).start()

@@ -1,61 +1,39 @@
 """The monitoring page in a real browser (headless Chromium) against a running gateway.
 
-The gateway and a simulated terminal run as the commands an operator types (``gateway run``,
-``simulator terminal``); the page is open before the terminal enrols anyone, so what the test
-sees arrived over the live stream. The screenshot goes to build/screenshots/monitoring.png.
+The gateway and simulated terminals run as the commands an operator types (``gateway run``,
+``simulator terminal``); the page is open before the terminals enrol anyone, so what the test
+sees arrived over the live stream and the polled figures. Screenshots go to build/screenshots/:
+charts.png (the top of the page: terminal grid, charts, events) and user.png (a user's detail).
 """
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tools.loadtest.gateway_process import GatewayProcess
+from processes import Process, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "build" / "screenshots" / "monitoring.png"
+SCREENSHOTS = ROOT / "build" / "screenshots"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-TERMINAL, OTHER = 101, 102
+TERMINAL, OTHER, THIRD, ABSENT = 101, 102, 103, 104
 ENROLLED = f"{TERMINAL}-00000"  # the simulator's first enrolment at terminal 101
 DEVICE_UPDATE = "User update succeeded (Device)"
+SERVER_UPDATE = "User update succeeded (Server)"
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="Chromium and its driver are not installed (make test installs them: packages chromium, chromium-driver)"
 )
 
 
-class Simulator:
-    """A ``simulator`` command running as a child process, its output in the test's folder."""
-
-    def __init__(self, folder: Path, *args: str):
-        self.log = folder / f"simulator-{args[args.index('--id') + 1]}.log"
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", "simulator.cli", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-
-
 @pytest.fixture
 def gateway(tmp_path):
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        'tcp_host = "127.0.0.1"\napi_token = "browser-test"\n'
-        + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "secret-{t}"\nname = "{name}"\n' for t, name in [(TERMINAL, "Front door"), (OTHER, "Back door")])
-    )
-    process = GatewayProcess(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}", config_file=config)
+    names = {TERMINAL: "Front door", OTHER: "Back door", THIRD: "Lobby", ABSENT: "Loading dock"}
+    process, tcp_port, page = start_gateway(tmp_path, names)
     try:
-        process.start(timeout=30)
-        yield f"http://127.0.0.1:{process.http_port}/", process.tcp_port
+        yield page, tcp_port
     finally:
-        process.stop(10)
+        process.stop()
 
 
 @pytest.fixture
@@ -76,41 +54,94 @@ def browser():
         driver.quit()
 
 
-def test_an_enrolment_at_a_terminal_appears_on_the_page_within_seconds(gateway, browser, tmp_path):
+def screenshot(browser, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / name))
+
+
+def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user_view(gateway, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def wait(seconds, condition, what):
+        return WebDriverWait(browser, seconds).until(condition, message=what)
+
+    def shown(selector, text, seconds=15):
+        wait(seconds, seen.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text), f"{text!r} in {selector}")
+
+    def text(selector):
+        found = browser.execute_script("const found = document.querySelector(arguments[0]); return found && found.textContent;", selector)
+        assert found is not None, f"nothing at {selector}"
+        return found
+
+    def attribute(selector, name):
+        # Read in one script: the grid and the charts are redrawn every 2 s, so elements go stale.
+        script = "const found = document.querySelector(arguments[0]); return found && found.getAttribute(arguments[1]);"
+        return lambda driver: driver.execute_script(script, selector, name)
+
     page, tcp_port = gateway
     browser.get(page)
-    WebDriverWait(browser, 15).until(seen.text_to_be_present_in_element((By.ID, "stream-state"), "connected"))
+    shown("#stream-state", "connected")
+    shown(f'#terminal-grid .tile[data-id="{ABSENT}"]', "never connected")  # configured, never seen: red
 
     terminals = [
-        Simulator(tmp_path, "terminal", "--gateway", f"127.0.0.1:{tcp_port}", "--id", str(t), "--secret", f"secret-{t}", *enrolls)
-        for t, enrolls in [(OTHER, ()), (TERMINAL, ("--enroll", "1", "--interval", "0.5"))]
+        Process("simulator.cli", "terminal", "--gateway", f"127.0.0.1:{tcp_port}", "--id", str(t), "--secret", f"secret-{t}", *enrolls)
+        for t, enrolls in [(OTHER, ()), (THIRD, ()), (TERMINAL, ("--enroll", "40", "--interval", "0.25"))]
     ]
     try:
         row = f'#events tbody tr[data-type="{DEVICE_UPDATE}"]'
-        WebDriverWait(browser, 15).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, row), ENROLLED))
-        WebDriverWait(browser, 10).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, f'#users tbody tr[data-id="{ENROLLED}"]'), ENROLLED))
-        for t in (TERMINAL, OTHER):
-            WebDriverWait(browser, 10).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, f'#terminals tbody tr[data-id="{t}"]'), "online"))
-        # The other terminal received the user from the server: the second sync event.
-        applied = '#events tbody tr[data-type="User update succeeded (Server)"]'
-        WebDriverWait(browser, 10).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, applied), ENROLLED))
+        shown(row, f"{TERMINAL}-")  # the newest of them is first
+        shown(f'#users tbody tr[data-id="{ENROLLED}"]', ENROLLED, 10)
+        for t in (TERMINAL, OTHER, THIRD):  # online; maybe a few changes behind while enrolments stream in
+            wait(10, lambda d, t=t: attribute(f'#terminal-grid .tile[data-id="{t}"]', "data-state")(d) in ("online", "lagging"), f"tile {t} online")
+        assert attribute(f'#terminal-grid .tile[data-id="{ABSENT}"]', "data-state")(browser) == "offline"
+        shown("#fleet-summary", "3 of 4 terminals online")
+        # The other terminals received the user from the server: the second sync event.
+        shown(f'#events tbody tr[data-type="{SERVER_UPDATE}"]', f"{TERMINAL}-")
 
-        event = browser.find_element(By.CSS_SELECTOR, row)
-        assert "device-update" in event.get_attribute("class").split()  # highlighted as a sync event
-        assert "SIM-1" in browser.find_element(By.CSS_SELECTOR, f'#terminals tbody tr[data-id="{TERMINAL}"]').text
+        assert "device-update" in attribute(row, "class")(browser).split()  # highlighted as a sync event
+        assert "SIM-1" in text(f'#terminals tbody tr[data-id="{TERMINAL}"]')
+
+        # Highlighted (bold) event times are shown whole, not cut off.
+        cut = browser.execute_script(
+            "return [...document.querySelectorAll('#events tbody tr.sync td:nth-child(2)')]"
+            ".filter(td => td.scrollWidth > td.clientWidth).map(td => td.textContent)")
+        assert cut == []
 
         type_filter = browser.find_element(By.ID, "event-type")
         type_filter.find_element(By.CSS_SELECTOR, 'option[value="sync"]').click()
-        shown = browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")
-        assert shown and all("sync" in r.get_attribute("class").split() for r in shown)
+        classes = browser.execute_script("return [...document.querySelectorAll('#events tbody tr')].map(tr => tr.className)")
+        assert classes and all("sync" in c.split() for c in classes)
         type_filter.find_element(By.CSS_SELECTOR, 'option[value=""]').click()
 
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        assert browser.save_screenshot(str(SCREENSHOT))
+        # The charts: drawn by uPlot, fed by /api/activity, headlines follow the figures.
+        for figure in ("chart-stored", "chart-deliveries", "chart-propagation", "chart-failures"):
+            wait(10, lambda d, f=figure: d.find_elements(By.CSS_SELECTOR, f"#{f} .plot canvas"), f"{figure} drawn")
+        wait(20, lambda d: int(attribute("#chart-deliveries", "data-total")(d) or 0) >= 20, "deliveries counted")
+        wait(20, lambda d: int(attribute("#chart-stored", "data-total")(d) or 0) >= 20, "stored events counted")
+        shown("#chart-propagation .headline", " ms", 20)
+        assert attribute("#chart-failures", "data-total")(browser) == "0"
+        wait(30, lambda d: int(attribute("#chart-deliveries", "data-total")(d) or 0) >= 80, "40 enrolments delivered to 2 terminals each")
+        for t in (TERMINAL, OTHER, THIRD):
+            shown(f'#terminal-grid .tile[data-id="{t}"]', "in sync", 10)
+        screenshot(browser, "charts.png")
+
+        # A user's detail: credentials, and every terminal holding the current version.
+        def click_user(driver):
+            driver.find_element(By.CSS_SELECTOR, f'#users tbody tr[data-id="{ENROLLED}"]').click()
+            return True
+
+        WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(click_user)  # the list may be redrawn meanwhile
+        wait(10, lambda d: d.find_element(By.ID, "user-detail").get_attribute("open") is not None, "the user view open")
+        assert "Fingerprints" in text("#user-credentials")
+        for t in (TERMINAL, OTHER, THIRD):
+            wait(10, lambda d, t=t: attribute(f'#user-holders .tile[data-id="{t}"]', "data-state")(d) == "holds", f"terminal {t} holds the user")
+        assert attribute(f'#user-holders .tile[data-id="{ABSENT}"]', "data-state")(browser) == "offline"
+        shown("#user-version", "3 of 4")
+        screenshot(browser, "user.png")
+        browser.find_element(By.ID, "user-close").click()
     finally:
         for terminal in terminals:
             terminal.stop()

@@ -92,6 +92,40 @@ SCHEMAS = {
         "type": "object",
         "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"}},
     },
+    "UserTerminals": {
+        "type": "object",
+        "properties": {
+            "user_id": {"type": "string"},
+            "change_seq": {"type": "integer", "description": "the user's current version"},
+            "sync_mode": {"type": "string"},
+            "terminals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "online": {"type": "boolean"},
+                        "cursor": {"type": "integer"},
+                        "targeted": {"type": "boolean", "description": "the sync mode sends this user to this terminal"},
+                        "holds": {"type": "boolean", "description": "targeted, and its cursor reached change_seq"},
+                    },
+                },
+            },
+        },
+    },
+    "Activity": {
+        "type": "object",
+        "description": "one entry per whole second, oldest first, in every array",
+        "properties": {
+            "seconds": {"type": "array", "items": {"type": "integer"}, "description": "seconds since the epoch"},
+            "events_stored": {"type": "array", "items": {"type": "integer"}, "description": "terminal log events stored"},
+            "user_deliveries": {"type": "array", "items": {"type": "integer"}, "description": "user records and deletions terminals applied"},
+            "sync_failures": {"type": "array", "items": {"type": "integer"}, "description": "'Fail to save to the server DB' and refused pushes"},
+            "propagation_p99_ms": {"type": "array", "items": _NULLABLE_INT, "description": "p99 of the changes made at a terminal whose last apply fell in that second"},
+            "totals": {"type": "object", "description": "the same over the whole span, and how many changes were timed"},
+        },
+    },
     "Removed": {"type": "object", "properties": {"removed": {"type": "integer"}}},
     "Deleted": {"type": "object", "properties": {"deleted": {"type": "string"}}},
 }

@@ -8,13 +8,14 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web import resource, server
 
-from gateway.http import events, sync, terminals, users
+from gateway.http import activity, events, sync, terminals, users
 from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.openapi import document
 from gateway.http.sse import EventStream
 
 PAGE = Path(__file__).with_name("page")
-PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
+              "uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}  # uPlot: charts, kept here (uPlot.LICENSE)
 # The page loads nothing from elsewhere and runs no inline script.
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
@@ -23,7 +24,7 @@ def api_routes() -> list[Route]:
     def openapi(call):
         return spec
 
-    routes = terminals.ROUTES + users.ROUTES + events.ROUTES + sync.ROUTES
+    routes = terminals.ROUTES + users.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES
     routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)"))
     spec = document(routes)
     return routes

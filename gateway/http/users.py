@@ -6,6 +6,7 @@ from twisted.internet import defer, threads
 
 from gateway.http.api import ApiError, Param, Route
 from gateway.queries import read_user, read_users
+from gateway.terminals import ADMITTED
 from gateway.users import UnknownUser
 from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
 
@@ -104,6 +105,25 @@ def show_user(call):
     return _shown(call, call.params["user_id"])
 
 
+def user_terminals(call):
+    """Which admitted terminals hold the user's current version: those the sync mode targets whose
+    cursor reached the user's change (the pusher moves a cursor only after the terminal applied)."""
+    mode = call.gateway.settings.mode
+
+    def holders(user):
+        groups = frozenset(user["access_groups"])
+        found = []
+        for term in sorted(call.gateway.registry.terminals.values(), key=lambda t: t.terminal_id):
+            if term.admission != ADMITTED:
+                continue
+            targeted = mode.targets(groups, term.access_groups)
+            found.append(dict(id=term.terminal_id, name=term.name, online=term.online, cursor=term.cursor,
+                              targeted=targeted, holds=targeted and term.cursor >= user["change_seq"]))
+        return {"user_id": user["user_id"], "change_seq": user["change_seq"], "sync_mode": str(mode), "terminals": found}
+
+    return _shown(call, call.params["user_id"]).addCallback(holders)
+
+
 def create_user(call):
     user_id = call.body["user_id"]
     d = record_fields(user_id, call.body)
@@ -139,6 +159,7 @@ ROUTES = [
         returns="UserList",
     ),
     Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User"),
+    Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals"),
     Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201),
     Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User"),
     Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted"),

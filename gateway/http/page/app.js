@@ -1,5 +1,7 @@
-// The monitoring page: terminals (polled), events (live over /api/stream), users (searched).
-// Plain DOM, no framework, no build step; data goes into the page as text, never as HTML.
+// The monitoring page: a grid of terminals and the full table (polled), charts of the last
+// minutes (polled from /api/activity, drawn by uPlot), events (live over /api/stream), users
+// (searched) and one user's detail. Plain DOM, no framework, no build step; data goes into the
+// page as text, never as HTML.
 "use strict";
 
 const KEEP_EVENTS = 500;
@@ -21,14 +23,54 @@ function cell(row, text, className) {
   return td;
 }
 
+const pad = (n, width = 2) => String(n).padStart(width, "0");
+
+// Local time, short and fixed-width: the time alone today, with the date otherwise.
 function when(ms) {
-  return ms ? new Date(ms).toLocaleString() : "";
+  if (!ms) return "";
+  const t = new Date(ms);
+  const time = `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}`;
+  if (t.toDateString() === new Date().toDateString()) return time;
+  return `${t.getFullYear()}-${pad(t.getMonth() + 1)}-${pad(t.getDate())} ${time}`;
+}
+
+function element(tag, className, text) {
+  const found = document.createElement(tag);
+  if (className) found.className = className;
+  if (text !== undefined) found.textContent = text;
+  return found;
 }
 
 // -- terminals --------------------------------------------------------------------------------
 
+// What a tile says and its colour: readable from across the room.
+function terminalState(t) {
+  if (t.admission !== "admitted") return ["waiting", t.admission === "pending" ? "pending admission" : "refused"];
+  if (!t.online) return ["offline", t.last_seen_ms ? `offline since ${when(t.last_seen_ms)}` : "never connected"];
+  if (t.lag) return ["lagging", `${t.lag} change${t.lag === 1 ? "" : "s"} behind`];
+  return ["online", "in sync"];
+}
+
+function terminalTile(t, stateText) {
+  const [state, text] = stateText || terminalState(t);
+  const tile = element("div", `tile ${state}`);
+  tile.dataset.id = t.id;
+  tile.dataset.state = state;
+  tile.title = [t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
+  tile.append(element("div", "tile-id", String(t.id)), element("div", "tile-name", t.name || " "), element("div", "tile-state", text));
+  return tile;
+}
+
+function renderGrid(terminals) {
+  document.getElementById("terminal-grid").replaceChildren(...terminals.map((t) => terminalTile(t)));
+  const admitted = terminals.filter((t) => t.admission === "admitted");
+  const online = admitted.filter((t) => t.online).length;
+  document.getElementById("fleet-summary").textContent = `${online} of ${admitted.length} terminals online`;
+}
+
 async function refreshTerminals() {
   const { terminals } = await getJSON("/api/terminals");
+  renderGrid(terminals);
   const body = document.querySelector("#terminals tbody");
   body.replaceChildren();
   for (const t of terminals) {
@@ -120,16 +162,94 @@ function follow() {
   source.addEventListener("gap", () => { source.close(); loadRecentEvents().then(follow); });
 }
 
+// -- charts -----------------------------------------------------------------------------------
+
+const CHART_SECONDS = 300;
+const charts = {};  // figure id -> { plot, figure }
+const number = new Intl.NumberFormat();
+
+const CHART_LOOK = {
+  "chart-stored": { stroke: "#2f6fd0", fill: "rgba(47, 111, 208, 0.18)", unit: "/s" },
+  "chart-deliveries": { stroke: "#1f9d3a", fill: "rgba(31, 157, 58, 0.18)", unit: "/s" },
+  "chart-propagation": { stroke: "#8a4fd0", fill: null, unit: " ms", points: true },
+  "chart-failures": { stroke: "#c62828", fill: "rgba(198, 40, 40, 0.18)", unit: "/s" },
+};
+
+// Counts and milliseconds are whole numbers: no tick at 0.5.
+const WHOLE_STEPS = [1, 2, 5].flatMap((m) => [1, 10, 100, 1000, 10000, 100000, 1000000].map((p) => m * p)).sort((a, b) => a - b);
+
+function chartSize(figure) {
+  return { width: Math.max(200, figure.querySelector(".plot").clientWidth), height: 160 };
+}
+
+function makeChart(figure) {
+  const look = CHART_LOOK[figure.id];
+  const series = { stroke: look.stroke, width: 2, spanGaps: false, points: { show: Boolean(look.points), size: 6, fill: look.stroke } };
+  if (look.fill) series.fill = look.fill;
+  const options = {
+    ...chartSize(figure),
+    legend: { show: false },
+    cursor: { show: true, drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(look.points ? 10 : 1, max * 1.15)] } },
+    axes: [
+      { stroke: "#5b6670", grid: { stroke: "#eceff2" }, ticks: { stroke: "#d5dadf" }, space: 70, size: 32,
+        values: (u, ticks) => ticks.map((s) => when(s * 1000).slice(-8)) },
+      { stroke: "#5b6670", grid: { stroke: "#eceff2" }, ticks: { stroke: "#d5dadf" }, size: 56, incrs: WHOLE_STEPS,
+        values: (u, ticks) => ticks.map((v) => number.format(v)) },
+    ],
+    series: [{}, series],
+  };
+  return new uPlot(options, [[], []], figure.querySelector(".plot"));
+}
+
+function headline(figure, activity) {
+  const key = figure.dataset.series;
+  const values = activity[key];
+  const totals = activity.totals;
+  const strong = figure.querySelector(".headline");
+  const note = figure.querySelector(".note");
+  if (key === "propagation_p99_ms") {
+    const p99 = totals.propagation_p99_ms;
+    strong.textContent = p99 === null ? "—" : `${number.format(p99)} ms`;
+    note.textContent = `${number.format(totals.changes_propagated)} keypad changes timed`;
+    figure.dataset.total = totals.changes_propagated;
+    return;
+  }
+  const recent = values.slice(-10);
+  const rate = recent.reduce((a, b) => a + b, 0) / Math.max(1, recent.length);
+  strong.textContent = `${rate >= 10 ? number.format(Math.round(rate)) : rate.toFixed(1)}/s`;
+  note.textContent = `${number.format(totals[key])} in 5 min`;
+  figure.dataset.total = totals[key];
+  figure.classList.toggle("alarm", key === "sync_failures" && totals[key] > 0);
+}
+
+async function refreshCharts() {
+  const activity = await getJSON(`/api/activity?seconds=${CHART_SECONDS}`);
+  for (const figure of document.querySelectorAll("#charts figure")) {
+    if (!charts[figure.id]) charts[figure.id] = makeChart(figure);
+    charts[figure.id].setData([activity.seconds, activity[figure.dataset.series]]);
+    headline(figure, activity);
+  }
+}
+
+function resizeCharts() {
+  for (const figure of document.querySelectorAll("#charts figure")) {
+    if (charts[figure.id]) charts[figure.id].setSize(chartSize(figure));
+  }
+}
+
 // -- users ------------------------------------------------------------------------------------
 
 let userSearch = "";
 let usersNext = null;
-let syncReload;
+let syncReload = null;
 
 function syncHappened() {
-  // Users and cursors just changed; a burst of sync events reloads them once.
-  clearTimeout(syncReload);
+  // Users and cursors just changed; a burst of sync events reloads them once, and a storm every
+  // half second (not once it is over: a debounce would starve the lists while events keep coming).
+  if (syncReload !== null) return;
   syncReload = setTimeout(() => {
+    syncReload = null;
     loadUsers(false).catch((error) => console.warn(error));
     refreshTerminals().catch((error) => console.warn(error));
   }, 500);
@@ -145,6 +265,7 @@ async function loadUsers(append) {
   for (const u of page.users) {
     const row = body.insertRow();
     row.dataset.id = u.user_id;
+    row.tabIndex = 0;
     cell(row, u.user_id);
     cell(row, u.name);
     cell(row, u.access_groups.join(", "));
@@ -156,6 +277,51 @@ async function loadUsers(append) {
   }
   usersNext = page.next;
   document.getElementById("users-more").hidden = !page.more;
+}
+
+// -- one user ---------------------------------------------------------------------------------
+
+let shownUser = null;
+
+function credentials(u) {
+  return [
+    ["Name", u.name || "—"],
+    ["Access groups", u.access_groups.join(", ") || "—"],
+    ["Cards", u.cards.length ? u.cards.join(", ") : "none"],
+    ["Fingerprints", String(u.fingerprints)],
+    ["Faces", String(u.faces)],
+    ["PIN", u.has_pin ? "set" : "none"],
+    ["Photo", u.has_photo ? "yes" : "none"],
+    ["Disabled", u.disabled ? "yes" : "no"],
+    ["Changed", when(u.updated_ms)],
+  ];
+}
+
+function holderTile(t) {
+  let state = ["holds", "holds it"];
+  if (!t.targeted) state = ["waiting", "not for this terminal"];
+  else if (!t.holds) state = [t.online ? "lagging" : "offline", t.online ? "not yet" : "not yet (offline)"];
+  return terminalTile(t, state);
+}
+
+async function showUser(userId) {
+  const path = `/api/users/${encodeURIComponent(userId)}`;
+  const [user, holders] = await Promise.all([getJSON(path), getJSON(`${path}/terminals`)]);
+  shownUser = userId;
+  document.getElementById("user-title").textContent = `${user.user_id}${user.name ? ` · ${user.name}` : ""}`;
+  document.getElementById("user-credentials").replaceChildren(
+    ...credentials(user).flatMap(([term, value]) => [element("dt", "", term), element("dd", "", value)]));
+  const holding = holders.terminals.filter((t) => t.holds).length;
+  document.getElementById("user-version").textContent =
+    `${holding} of ${holders.terminals.filter((t) => t.targeted).length} · version ${holders.change_seq} · ${holders.sync_mode}`;
+  document.getElementById("user-holders").replaceChildren(...holders.terminals.map(holderTile));
+  const dialog = document.getElementById("user-detail");
+  if (!dialog.open) dialog.showModal();
+}
+
+function refreshShownUser() {
+  if (shownUser && document.getElementById("user-detail").open) return showUser(shownUser);
+  return Promise.resolve();
 }
 
 // -- start ------------------------------------------------------------------------------------
@@ -175,7 +341,19 @@ async function start() {
     typing = setTimeout(() => { userSearch = event.target.value.trim(); loadUsers(false); }, 250);
   });
   document.getElementById("users-more").addEventListener("click", () => loadUsers(true));
+  const usersBody = document.querySelector("#users tbody");
+  const openRow = (event) => {
+    const row = event.target.closest("tr[data-id]");
+    if (row) showUser(row.dataset.id).catch((error) => console.warn(error));
+  };
+  usersBody.addEventListener("click", openRow);
+  usersBody.addEventListener("keydown", (event) => { if (event.key === "Enter") openRow(event); });
+  document.getElementById("user-close").addEventListener("click", () => document.getElementById("user-detail").close());
+  document.getElementById("user-detail").addEventListener("close", () => { shownUser = null; });
+  window.addEventListener("resize", resizeCharts);
   every(2, refreshTerminals);
+  every(2, refreshCharts);
+  every(2, refreshShownUser);
   every(5, refreshSyncMode);
   loadUsers(false).catch((error) => console.warn(error));
   await loadEventTypes();

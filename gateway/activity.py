@@ -1,0 +1,195 @@
+"""Activity: per-second figures of the last minutes, for the monitoring page's charts.
+
+Every second one read on a reader thread takes the events stored since the last read (by id, so
+it costs what was stored, not the size of the log) and adds them to one bucket per second of
+``recorded_ms``: terminal log events stored, user records applied by terminals (deliveries),
+sync failures. Reading the table rather than hooking into the sync core means the figures count
+every stored event, whoever stored it (another gateway on the same database too).
+
+Propagation is what the gateway sees of a change made at a terminal: from the moment the
+terminal logged it (its device-origin enrol or update event, stamped on the clock the gateway
+set) to the last apply the gateway recorded for that user since, each change counted once, in
+the second of its latest apply. The first change not yet propagated is the one timed, so
+several quick edits of one user measure the wait of the oldest.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, func, or_, select
+from twisted.internet import task
+from twisted.logger import Logger
+
+from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
+from gateway.schema import events
+from protocol.events import EventCode, Origin
+
+log = Logger(namespace="gateway.activity")
+
+DEVICE_CHANGES = (EventCode.ENROLL_SUCCESS.name, EventCode.UPDATE_SUCCESS.name)
+FAILURES = (SAVE_FAILED, PUSH_REFUSED)
+
+
+@dataclass
+class Second:
+    stored: int = 0
+    delivered: int = 0
+    failed: int = 0
+    propagated_ms: list[int] = field(default_factory=list)  # changes whose last apply fell here, sealed
+
+
+@dataclass
+class Change:
+    """A change made at a terminal, on its way to the others."""
+
+    origin_ms: int
+    last_apply_ms: int | None = None
+
+    @property
+    def propagation_ms(self) -> int:
+        return max(0, self.last_apply_ms - self.origin_ms)
+
+
+class Activity:
+    window_s = 600  # kept; the page asks for the last 5 minutes
+    read_rows = 100_000  # at most per read; a backlog is caught up over a few seconds
+    history_rows = 100_000  # read back at start, so the charts do not begin empty after a restart
+    max_changes = 100_000
+
+    def __init__(self, db, clock):
+        self._db = db
+        self._clock = clock
+        self._seconds: dict[int, Second] = {}
+        self._changes: dict[str, Change] = {}  # user id -> its latest change made at a terminal
+        self._after_id: int | None = None
+        self._since_s: int | None = None  # the first second with figures: nothing is known before it
+        self._reading = False
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(1.0, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def tick(self):
+        """Read what was stored since the last tick (one read at a time)."""
+        if self._reading:
+            return None
+        self._reading = True
+        d = self._db.read(read_activity, self._after_id, self.read_rows, self.history_rows)
+        d.addCallback(self._add)
+        d.addErrback(lambda f: log.warn("activity figures could not be read: {e}", e=f.getErrorMessage()))
+        d.addBoth(self._read_done)
+        return d
+
+    def _read_done(self, _):
+        self._reading = False
+
+    def _add(self, read: "ActivityRead") -> None:
+        if self._since_s is None:
+            self._since_s = min([int(self._clock.seconds())] + [second for second, *_ in read.counts])
+        self._after_id = read.last_id
+        for second, stored, delivered, failed in read.counts:
+            bucket = self._seconds.setdefault(second, Second())
+            bucket.stored += stored
+            bucket.delivered += delivered
+            bucket.failed += failed
+        for user_id, type_, occurred_ms, recorded_ms in read.changes:
+            if type_ == APPLIED_BY_DEVICE:
+                change = self._changes.get(user_id)
+                if change is not None:
+                    change.last_apply_ms = max(change.last_apply_ms or 0, recorded_ms)
+            else:
+                change = self._changes.get(user_id)
+                if change is None or change.last_apply_ms is not None:  # a new change once the last one arrived somewhere
+                    if change is not None:
+                        self._seal(change)
+                    self._changes[user_id] = Change(occurred_ms)
+        self._expire()
+
+    def _seal(self, change: Change) -> None:
+        """A change followed by a newer one of the same user keeps its figure where it ended."""
+        self._seconds.setdefault(change.last_apply_ms // 1000, Second()).propagated_ms.append(change.propagation_ms)
+
+    def _expire(self) -> None:
+        oldest_ms = (int(self._clock.seconds()) - self.window_s) * 1000
+        for second in [s for s in self._seconds if s * 1000 < oldest_ms]:
+            del self._seconds[second]
+        for user_id in [u for u, c in self._changes.items() if (c.last_apply_ms or c.origin_ms) < oldest_ms]:
+            del self._changes[user_id]
+        # Changes that reach no terminal (sync disabled, all offline) are dropped oldest first.
+        for user_id in list(self._changes)[: max(0, len(self._changes) - self.max_changes)]:
+            del self._changes[user_id]
+
+    def series(self, seconds: int) -> dict:
+        """The last ``seconds`` whole seconds, oldest first, as the page's charts take them; fewer
+        when the figures begin later (a gateway started a minute ago has no five minutes to show)."""
+        end = int(self._clock.seconds())  # the current second is still filling: not shown
+        start = min(end, max(end - seconds, self._since_s if self._since_s is not None else end))
+        slots = range(start, end)
+        buckets = [self._seconds.get(s, Second()) for s in slots]
+        latencies = {s: list(b.propagated_ms) for s, b in zip(slots, buckets) if b.propagated_ms}
+        for change in self._changes.values():
+            if change.last_apply_ms is not None and start <= change.last_apply_ms // 1000 < end:
+                latencies.setdefault(change.last_apply_ms // 1000, []).append(change.propagation_ms)
+        everything = sorted(v for values in latencies.values() for v in values)
+        return {
+            "seconds": list(slots),
+            "events_stored": [b.stored for b in buckets],
+            "user_deliveries": [b.delivered for b in buckets],
+            "sync_failures": [b.failed for b in buckets],
+            "propagation_p99_ms": [percentile(sorted(latencies[s]), 99) if s in latencies else None for s in slots],
+            "totals": {
+                "events_stored": sum(b.stored for b in buckets),
+                "user_deliveries": sum(b.delivered for b in buckets),
+                "sync_failures": sum(b.failed for b in buckets),
+                "changes_propagated": len(everything),
+                "propagation_p99_ms": percentile(everything, 99) if everything else None,
+            },
+        }
+
+
+def percentile(ordered: list[int], p: float) -> int:
+    """The nearest-rank percentile of a sorted, non-empty list."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class ActivityRead:
+    last_id: int
+    counts: list[tuple[int, int, int, int]]  # (second, stored, delivered, failed)
+    changes: list[tuple[str, str, int, int]]  # (user id, type, occurred_ms, recorded_ms), in id order
+
+
+def read_activity(conn, after_id: int | None, limit: int, history: int) -> ActivityRead:
+    """Events stored after ``after_id`` (at most ``limit``), counted per second and type; the first
+    read (``after_id`` None) starts ``history`` events back."""
+    top = conn.execute(select(func.max(events.c.id))).scalar() or 0
+    if after_id is None:
+        after_id = max(0, top - history)
+    upto = min(top, after_id + limit)
+    if upto <= after_id:
+        return ActivityRead(after_id, [], [])
+    in_range = and_(events.c.id > after_id, events.c.id <= upto)
+    second = events.c.recorded_ms // 1000
+    rows = conn.execute(select(second, events.c.type, func.count()).where(in_range).group_by(second, events.c.type)).all()
+    counts: dict[int, list[int]] = {}
+    for sec, type_, n in rows:
+        bucket = counts.setdefault(int(sec), [0, 0, 0])
+        if type_ == APPLIED_BY_DEVICE:
+            bucket[1] += n
+        elif type_ in FAILURES:
+            bucket[2] += n
+        elif type_ not in SYNC_EVENT_TYPES:
+            bucket[0] += n
+    device_change = and_(events.c.type.in_(DEVICE_CHANGES), events.c.sub_code == int(Origin.DEVICE))
+    changes = conn.execute(
+        select(events.c.user_id, events.c.type, events.c.occurred_ms, events.c.recorded_ms)
+        .where(in_range, or_(events.c.type == APPLIED_BY_DEVICE, device_change), events.c.user_id.is_not(None))
+        .order_by(events.c.id)
+    ).all()
+    return ActivityRead(upto, [(s, *c) for s, c in sorted(counts.items())], [tuple(r) for r in changes])
+
