@@ -8,7 +8,7 @@ from urllib import request as urlrequest
 
 import pytest
 
-from live_site import free_port
+from live_site import refusing_port
 from processes import KeypadClient, Process, eventually, start_gateway
 
 A, B = 101, 102
@@ -119,14 +119,14 @@ def test_edits_and_a_delete_at_a_terminal_follow_the_merge_rules(site):
 def test_state_keeps_users_events_and_the_counter_across_a_restart_of_the_simulator(site, tmp_path):
     state = str(tmp_path / "a-state.json")
     # First life: the gateway cannot be reached, so the enrolment's event stays unacknowledged.
-    nowhere = free_port()
-    a = site(A, "--state", state, port=nowhere)
-    a.keypad.ok('enrol 9003 name="Offline Enrolment" card=wiegand:0a0b0c')
-    status, _ = a.keypad.command("status")
-    assert "next event 2, 1 event not acknowledged" in status
-    digest = a.digests()["9003"]
-    assert a.keypad.command("quit")[0] == "ok switching off"
-    assert a.process.wait_exit() == 0
+    with refusing_port() as nowhere:
+        a = site(A, "--state", state, port=nowhere)
+        a.keypad.ok('enrol 9003 name="Offline Enrolment" card=wiegand:0a0b0c')
+        status, _ = a.keypad.command("status")
+        assert "next event 2, 1 event not acknowledged" in status
+        digest = a.digests()["9003"]
+        assert a.keypad.command("quit")[0] == "ok switching off"
+        assert a.process.wait_exit() == 0
 
     # Second life, now reaching the gateway: the user, the counter and the unsent event are back.
     b = site(B)
