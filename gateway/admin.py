@@ -113,7 +113,9 @@ def when(ms: int | None) -> str:
 
 def event_line(e: dict) -> str:
     terminal = "" if e["terminal_id"] is None else e["terminal_id"]
-    return f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {e['type']:<32}  {e['user_id'] or '':<12}  {e['detail'] or ''}".rstrip()
+    origin = e.get("origin") or ""  # device: a keypad change; server: a record the server sent
+    return (f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {origin:<6}  {e['type']:<32}  {e['user_id'] or '':<12}  "
+            f"{e['detail'] or ''}").rstrip()
 
 
 def show(args, value, text: str) -> None:

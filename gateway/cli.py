@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser("events", parents=[client], help="show events, or follow them as they happen")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    events.add_argument("--type", action="append", help="event type, or sync, device-update, server-update, save-failed, push-refused (repeatable)")
+    events.add_argument("--type", action="append", help="event type, or sync, a short name (device-update, server-update, save-failed, "
+                        "push-refused, server-delete, ...: GET /api/event-types), or the vendor's spelling, "
+                        "e.g. 'User update succeeded(Device)' (repeatable)")
     events.add_argument("--terminal", type=int)
     events.add_argument("--user")
     events.add_argument("--since", help="milliseconds since the epoch or ISO 8601 time")

@@ -94,10 +94,15 @@ class EventSink(Protocol):
     """Where a connection's events go: the durable event log."""
 
     def stored_through(self, terminal_id: int) -> "Deferred[int]":
-        """The highest event id of this terminal already stored (a reconnecting terminal resumes after it)."""
+        """The highest event id stored in this terminal's current log (a reconnecting terminal resumes after it)."""
 
-    def submit(self, terminal_id: int, events: list[Event]) -> "Deferred[int]":
-        """Fires with the highest event id once every event is durable: only then may it be acknowledged."""
+    def begin_log(self, terminal_id: int, log_epoch: int | None) -> "Deferred[int]":
+        """The terminal connected with this log (None: it names none); fires with the id through
+        which its held events are stored, for WELCOME's ``ack_through``. A new log is reported."""
+
+    def submit(self, terminal_id: int, events: list[Event], log_epoch: int | None = None) -> "Deferred[int]":
+        """Fires with the highest event id once every event is durable: only then may it be acknowledged.
+        ``log_epoch`` is the log the ids count in; None: the terminal's current one."""
 
 
 class Admission(Protocol):

@@ -5,22 +5,49 @@ takes all that queued while the previous commit ran. That is what keeps ingest f
 storms. When too many events wait, terminal links stop being read (backpressure) until the
 writer catches up; if a commit fails, the same events are retried with backoff and nothing is
 acknowledged meanwhile.
+
+Events are keyed by (terminal, log epoch, event id) (docs/protocol.md, "Event log identity"): a
+terminal whose counter starts again opens a new log rather than colliding with its old ids. An
+id stored before with other content is kept beside the first as a conflict; ids going back or
+leaping far ahead are stored and reported. Each of these leaves a monitoring event, a metric and
+a log line: nothing a terminal sends is dropped unseen.
 """
 
 from collections import deque
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.database import DatabaseFailure, insert_ignoring_duplicates, upsert
-from gateway.monitor import SAVE_FAILED, record_sync_events, sync_event_row
-from gateway.schema import events, pending_pulls
+from gateway.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
+from gateway.schema import events, pending_pulls, terminals
+from gateway.unsaved import UnsavedEvents
 from protocol.events import Event
 
 log = Logger(namespace="gateway.eventlog")
+
+
+LEAP_LIMIT = 2**32  # ids further apart than this within one log leapt: no terminal logs that much between two events
+
+
+@dataclass(frozen=True)
+class LogState:
+    """The log of a terminal events are stored in now, and the highest id stored in it."""
+
+    epoch: int
+    high: int
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """Something irregular in a terminal's log, reported once the commit that stored it succeeded."""
+
+    kind: str  # restarted | conflict | leap | backwards
+    terminal_id: int
+    text: str
 
 
 @dataclass
@@ -28,6 +55,7 @@ class _Submission:
     terminal_id: int
     events: list[Event]
     pull_users: bool
+    log_epoch: int | None = None  # announced by the terminal; None: one that announces none
     done: defer.Deferred = field(default_factory=defer.Deferred)
     failure_recorded: bool = False
 
@@ -35,9 +63,19 @@ class _Submission:
         return {e.user_id for e in self.events if e.is_device_user_change} if self.pull_users else set()
 
 
-def last_stored_event_id(conn, terminal_id: int) -> int:
-    stmt = select(func.max(events.c.terminal_event_id)).where(events.c.terminal_id == terminal_id)
+def highest_event_id(conn, terminal_id: int, epoch: int) -> int:
+    stmt = select(func.max(events.c.terminal_event_id)).where(events.c.terminal_id == terminal_id, events.c.log_epoch == epoch)
     return conn.execute(stmt).scalar() or 0
+
+
+def current_log(conn, terminal_id: int) -> LogState:
+    epoch = conn.execute(select(terminals.c.log_epoch).where(terminals.c.terminal_id == terminal_id)).scalar() or 0
+    return LogState(epoch, highest_event_id(conn, terminal_id, epoch))
+
+
+def last_stored_event_id(conn, terminal_id: int) -> int:
+    """The highest event id stored in the terminal's current log."""
+    return current_log(conn, terminal_id).high
 
 
 class EventLog:
@@ -61,8 +99,9 @@ class EventLog:
         self._connections: set = set()
         self._paused = False
         self._retry = None
-        # Failure records wait here until a commit succeeds again; bounded, oldest dropped.
-        self._unsaved_failure_rows: deque[dict] = deque(maxlen=10_000)
+        self._logs: dict[int, LogState] = {}  # terminal -> its current log, as committed
+        # Failure records wait here until a commit succeeds again, shown meanwhile.
+        self.unsaved = UnsavedEvents(metrics)
 
     @property
     def queued_events(self) -> int:
@@ -80,9 +119,24 @@ class EventLog:
     def stored_through(self, terminal_id: int) -> defer.Deferred:
         return self._db.read(last_stored_event_id, terminal_id)
 
-    def submit(self, terminal_id: int, batch: list[Event]) -> defer.Deferred:
-        """Queue events for commit; fires with the highest event id once they are durable."""
-        sub = _Submission(terminal_id, batch, self._pulls_device_updates())
+    def begin_log(self, terminal_id: int, log_epoch: int | None) -> defer.Deferred:
+        """A terminal connected announcing ``log_epoch`` (None: it announces none); fires with
+        the ``ack_through`` its WELCOME carries. A log other than the one stored before is a
+        restart, reported here."""
+        d = self._db.write(open_log, terminal_id, log_epoch, self._now_ms())
+
+        def opened(result):
+            state, ack_through, anomalies = result
+            self._logs[terminal_id] = state
+            self._report(anomalies)
+            return ack_through
+
+        return d.addCallback(opened)
+
+    def submit(self, terminal_id: int, batch: list[Event], log_epoch: int | None = None) -> defer.Deferred:
+        """Queue events of the log ``log_epoch`` (None: the terminal's current one) for commit;
+        fires with the highest event id once they are durable."""
+        sub = _Submission(terminal_id, batch, self._pulls_device_updates(), log_epoch)
         self._queue.append(sub)
         self._queued_events += len(batch)
         if self._queued_events > self.high_water and not self._paused:
@@ -93,7 +147,7 @@ class EventLog:
 
     def record_failure_later(self, row: dict) -> None:
         """Store a monitoring row with the next commit, or on its own if no events are coming."""
-        self._unsaved_failure_rows.append(row)
+        self.unsaved.add(row)
         if not self._flushing:
             self._flush()
 
@@ -113,26 +167,27 @@ class EventLog:
         return batch
 
     def _flush(self) -> None:
-        if not self._queue and not self._unsaved_failure_rows:
+        if not self._queue and not self.unsaved:
             return
         self._flushing = True
         batch = self._take_batch()
-        failure_rows = list(self._unsaved_failure_rows)
+        unsaved = self.unsaved.taken()
         started = self._clock.seconds()
-        d = self._db.write(_store, batch, failure_rows, int(self._clock.seconds() * 1000))
-        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, failure_rows, started), errbackArgs=(batch,))
+        d = self._db.write(_store, batch, self.unsaved.rows(), self._now_ms(), dict(self._logs))
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, unsaved, started), errbackArgs=(batch,))
 
-    def _committed(self, _, batch: list[_Submission], failure_rows: list[dict], started: float) -> None:
+    def _committed(self, stored, batch: list[_Submission], unsaved: list[int], started: float) -> None:
+        logs, anomalies = stored
+        self._logs.update(logs)
         count = sum(len(s.events) for s in batch)
         self._metrics.events_ingested.inc(count)
         self._metrics.commit_batch_size.observe(count)
         self._metrics.commit_seconds.observe(self._clock.seconds() - started)
-        for row in failure_rows:  # by identity: rows may have been added (or dropped) meanwhile
-            if row in self._unsaved_failure_rows:
-                self._unsaved_failure_rows.remove(row)
+        self.unsaved.stored(unsaved)  # by number: rows may have been added (or dropped) meanwhile
         self._failures = 0
         self._queued_events -= count
         self._flushing = False
+        self._report(anomalies)
         if self._paused and self._queued_events < self.low_water:
             self._set_paused(False)
         for sub in batch:  # acknowledge first: nothing that follows may hold back an acknowledgement
@@ -163,10 +218,18 @@ class EventLog:
                     log.warn("{type}: user {user} from terminal {terminal}", type=SAVE_FAILED, user=user_id, terminal=sub.terminal_id)
                     self.record_failure_later(
                         sync_event_row(SAVE_FAILED, sub.terminal_id, user_id, f"events not committed: {failure.getErrorMessage()}",
-                                       at_ms=int(self._clock.seconds() * 1000))
+                                       at_ms=self._now_ms())
                     )
         self._queue.extendleft(reversed(batch))
         self._retry = self._clock.callLater(delay, self._flush)
+
+    def _report(self, anomalies: list[Anomaly]) -> None:
+        for anomaly in anomalies:
+            self._metrics.event_log_anomalies.labels(anomaly.kind).inc()
+            log.warn("terminal {tid}: {text}", tid=anomaly.terminal_id, text=anomaly.text)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
         """Cancel a pending retry; what was not committed was not acknowledged and will be resent."""
@@ -174,25 +237,124 @@ class EventLog:
             self._retry.cancel()
 
 
-def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: int) -> None:
-    rows, pulls = [], []
+def open_log(conn, terminal_id: int, announced: int | None, at_ms: int) -> tuple[LogState, int, list[Anomaly]]:
+    """Make the log a connecting terminal announced its current one; (its state, the
+    ``ack_through`` for WELCOME, what to report).
+
+    A terminal that announces no epoch cannot say whether its counter started again, so it is
+    acknowledged nothing at the handshake: it resends what it holds and each event is stored once
+    by content. Nor is one whose log went irregular (a leap would make it forget events).
+    """
+    previous = current_log(conn, terminal_id)
+    epoch = announced if announced is not None else (previous.epoch if previous.epoch <= 0 else _next_gateway_epoch(conn, terminal_id))
+    anomalies = []
+    if epoch != previous.epoch:
+        conn.execute(update(terminals).where(terminals.c.terminal_id == terminal_id).values(log_epoch=epoch))
+        if previous.high:
+            anomalies.append(_restarted(conn, terminal_id, previous, epoch, "it announced a new log", at_ms))
+    state = LogState(epoch, highest_event_id(conn, terminal_id, epoch))
+    irregular = conn.execute(
+        select(events.c.id).where(events.c.type == LOG_IRREGULAR, events.c.terminal_id == terminal_id, events.c.log_epoch == epoch).limit(1)
+    ).first()
+    ack_through = 0 if announced is None or irregular is not None else state.high
+    return state, ack_through, anomalies
+
+
+def _next_gateway_epoch(conn, terminal_id: int) -> int:
+    """A log number for a terminal that announces none: 0, then -1, -2, ... (announced ones are positive)."""
+    lowest = conn.execute(select(func.min(events.c.log_epoch)).where(events.c.terminal_id == terminal_id)).scalar() or 0
+    return min(lowest, 0) - 1
+
+
+def _restarted(conn, terminal_id: int, previous: LogState, epoch: int, why: str, at_ms: int) -> Anomaly:
+    text = f"event log restarted ({why}): log {previous.epoch} ended at event {previous.high}, events now go to log {epoch}"
+    record_sync_events(conn, [sync_event_row(LOG_RESTARTED, terminal_id, "", text, at_ms=at_ms, log_epoch=epoch)])
+    return Anomaly("restarted", terminal_id, text)
+
+
+def _event_row(terminal_id: int, epoch: int, ev: Event, recorded: int, **overrides) -> dict:
+    return dict(
+        terminal_id=terminal_id,
+        terminal_event_id=ev.event_id,
+        log_epoch=epoch,
+        type=ev.code_name,
+        code=ev.code,
+        sub_code=ev.sub_code,
+        user_id=ev.user_id or None,
+        occurred_ms=ev.timestamp_ms,
+        recorded_ms=recorded,
+        detail=None,
+    ) | overrides
+
+
+def _same_content(row, ev: Event) -> bool:
+    return (row.occurred_ms, row.code, row.sub_code, row.user_id or "") == (ev.timestamp_ms, ev.code, ev.sub_code, ev.user_id)
+
+
+def _stored_ids(conn, terminal_id: int, epoch: int, low: int, high: int) -> dict:
+    stmt = select(events.c.id, events.c.terminal_event_id, events.c.occurred_ms, events.c.code, events.c.sub_code, events.c.user_id).where(
+        events.c.terminal_id == terminal_id,
+        events.c.log_epoch == epoch,
+        events.c.terminal_event_id.between(low, high),
+    )
+    return {row.terminal_event_id: row for row in conn.execute(stmt)}
+
+
+def _store_submission(conn, sub: _Submission, state: LogState, recorded: int, rows: list[dict], anomalies: list[Anomaly]) -> LogState:
+    """Rows for one submission's events; the log's state after them."""
+    t = sub.terminal_id
+    epoch = sub.log_epoch if sub.log_epoch is not None else state.epoch
+    if epoch != state.epoch:  # submitted before a reconnect announced another log
+        state = LogState(epoch, highest_event_id(conn, t, epoch))
+    ids = [e.event_id for e in sub.events]
+    # Resends are the only ids at or below the log's highest: look them up, in one range read.
+    stored = _stored_ids(conn, t, epoch, min(ids), max(ids)) if min(ids) <= state.high else {}
+    fresh = [e for e in sub.events if e.event_id not in stored]
+    backwards = [e.event_id for e in fresh if e.event_id < state.high]
+    conflicts = [e for e in sub.events if e.event_id in stored and not _same_content(stored[e.event_id], e)]
+    if sub.log_epoch is None and (conflicts or backwards):
+        # No epoch announced: ids going back can only mean the counter started again.
+        new_epoch = _next_gateway_epoch(conn, t)
+        conn.execute(update(terminals).where(terminals.c.terminal_id == t).values(log_epoch=new_epoch))
+        anomalies.append(_restarted(conn, t, state, new_epoch, f"its event ids went back to {min(ids)}", recorded))
+        state, stored, fresh, backwards, conflicts = LogState(new_epoch, 0), {}, sub.events, [], []
+        epoch = new_epoch
+    for ev in conflicts:
+        first = stored[ev.event_id]
+        text = (f"event {ev.event_id} of log {epoch} arrived again with other content; the first is event #{first.id} "
+                f"({first.code:#06x} user {first.user_id or '-'} at {first.occurred_ms}), this one is kept here")
+        rows.append(_event_row(t, epoch, ev, recorded, terminal_event_id=None, type=EVENT_CONFLICT, detail=text))
+        anomalies.append(Anomaly("conflict", t, text))
+    if backwards:
+        _irregular(rows, anomalies, t, epoch, recorded, "backwards",
+                   f"event ids went back within log {epoch}: {min(backwards)} after {state.high}; stored")
+    previous = state.high
+    for ev in sorted(fresh, key=lambda e: e.event_id):
+        if ev.event_id - previous > LEAP_LIMIT:
+            _irregular(rows, anomalies, t, epoch, recorded, "leap",
+                       f"event ids leapt within log {epoch}: {ev.event_id} after {previous}; stored")
+        previous = max(previous, ev.event_id)
+    rows += [_event_row(t, epoch, ev, recorded) for ev in fresh]
+    return LogState(epoch, previous)
+
+
+def _irregular(rows, anomalies, terminal_id: int, epoch: int, recorded: int, kind: str, text: str) -> None:
+    rows.append(sync_event_row(LOG_IRREGULAR, terminal_id, "", text, at_ms=recorded, log_epoch=epoch))
+    anomalies.append(Anomaly(kind, terminal_id, text))
+
+
+def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: int,
+           logs: dict[int, LogState] | None = None) -> tuple[dict[int, LogState], list[Anomaly]]:
+    """Store a group commit's events; the logs they went to (``logs``: those known before) and what to report."""
+    logs = dict(logs or {})
+    rows, pulls, anomalies = [], [], []
     for sub in batch:
-        for ev in sub.events:
-            rows.append(
-                dict(
-                    terminal_id=sub.terminal_id,
-                    terminal_event_id=ev.event_id,
-                    type=ev.code_name,
-                    code=ev.code,
-                    sub_code=ev.sub_code,
-                    user_id=ev.user_id or None,
-                    occurred_ms=ev.timestamp_ms,
-                    recorded_ms=recorded,
-                    detail=None,
-                )
-            )
+        if sub.events:
+            state = logs.get(sub.terminal_id) or current_log(conn, sub.terminal_id)
+            logs[sub.terminal_id] = _store_submission(conn, sub, state, recorded, rows, anomalies)
         pulls += [dict(terminal_id=sub.terminal_id, user_id=u, since_ms=recorded) for u in sub.users_to_pull()]
     insert_ignoring_duplicates(conn, events, rows)
     # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
     upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])
     record_sync_events(conn, failure_rows)
+    return logs, anomalies

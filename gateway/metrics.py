@@ -26,6 +26,18 @@ class Metrics:
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
+        self.event_log_anomalies = Counter(
+            "gateway_event_log_anomalies",
+            "Irregularities in terminals' event logs, all stored and reported: restarted, conflict (an id again with "
+            "other content), backwards, leap",
+            ["kind"],
+            registry=r,
+        )
+        self.unsaved_events = Gauge(
+            "gateway_unsaved_monitoring_events",
+            "Monitoring events (Fail to save to the server DB, ...) waiting for the database, shown by the API meanwhile",
+            registry=r,
+        )
         self.events_waiting = Gauge("gateway_events_waiting", "Terminal events received and not yet committed", registry=r)
         self.reading_paused = Gauge("gateway_reading_paused", "1 while terminal links are paused for backpressure", registry=r)
         # RS-485 buses (gateway/bus/), labelled by device

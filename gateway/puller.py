@@ -6,18 +6,31 @@ retried with backoff until the merge commits. Many edits of one user make one pu
 """
 
 import itertools
+from dataclasses import dataclass, fields
 
 from sqlalchemy import delete, select
 from twisted.application.internet import backoffPolicy
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.database import DatabaseFailure
+from gateway.database import DatabaseFailure, upsert
 from gateway.merge import merge_vacant_fields
-from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
-from gateway.schema import pending_pulls
-from gateway.users import load_record, store_record
+from gateway.pusher import delivery_rows, request_chunks
+from gateway.monitor import (
+    APPLIED_BY_DEVICE,
+    CHANGE_DROPPED,
+    DELETED_BY_SERVER,
+    MERGED_UNCHANGED,
+    SAVE_FAILED,
+    SAVED_FROM_DEVICE,
+    record_sync_events,
+    sync_event_row,
+)
+from gateway.schema import events, pending_pulls, users
+from gateway.users import store_record
 from protocol.errors import ProtocolError
-from protocol.records import UserRecord
+from protocol.events import EventCode, Origin
+from protocol.records import MAX_CARDS, UserRecord, UserRecordWire
 
 log = Logger(namespace="gateway.puller")
 
@@ -26,8 +39,9 @@ class Puller:
     batch = 32  # users per GET_USERS
     retry_after = staticmethod(backoffPolicy(initialDelay=1, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
 
-    def __init__(self, db, registry, eventlog, clock, metrics, on_merged):
+    def __init__(self, db, registry, eventlog, clock, metrics, on_merged, keep_local_changes=lambda: True):
         self._db = db
+        self._keep_local_changes = keep_local_changes  # the sync mode's, for the records a merge sends back
         self._registry = registry
         self._eventlog = eventlog
         self._clock = clock
@@ -46,6 +60,16 @@ class Puller:
             for user_id in user_ids:
                 wanted[user_id] = next(self._asks)
             self.kick(terminal_id)
+
+    def owe(self, terminal_id: int, user_ids) -> defer.Deferred:
+        """Owe pulls of these users from this terminal (durably), and start them: a terminal that
+        kept its own change of a user (LOCAL_CHANGE_PENDING) must see that change pulled and merged."""
+        user_ids = sorted(set(user_ids))
+        d = self._db.write(owe_pulls, terminal_id, user_ids, self._now_ms())
+        d.addCallback(lambda _: self.want(terminal_id, user_ids))
+        d.addErrback(lambda f: log.warn("could not record owed pulls of {n} users from terminal {tid}: {e}",
+                                        n=len(user_ids), tid=terminal_id, e=f.getErrorMessage()))
+        return d
 
     def terminal_online(self, terminal_id: int) -> None:
         """Pick up pulls owed by a terminal that (re)connected, from the database, at once: a
@@ -81,22 +105,45 @@ class Puller:
         if not answered:
             raise ProtocolError("the terminal answered with none of the users asked for")
         d = self._db.write(merge_pulled, terminal_id, fetched.users, fetched.missing, started, self._now_ms())
-        return d.addCallback(lambda merged: (merged, answered))
+        return d.addCallback(lambda outcome: (outcome, answered, len(fetched.users)))
 
-    def _done(self, result: tuple[list[str], list[str]], terminal_id: int, batch: dict[str, int]) -> None:
-        merged, answered = result
+    def _done(self, result: "tuple[MergeOutcome, list[str], int]", terminal_id: int, batch: dict[str, int]) -> None:
+        outcome, answered, pulled = result
         self._busy.discard(terminal_id)
         self._failures.pop(terminal_id, None)
         wanted = self._wanted[terminal_id]
         for user_id in answered:
             if user_id in batch and wanted.get(user_id) == batch[user_id]:  # not asked for again since
                 del wanted[user_id]
-        self._metrics.pulls.inc(len(merged))
-        for user_id in merged:
+        self._metrics.pulls.inc(pulled)
+        for user_id in outcome.saved:
             log.info("{type}: user {user} from terminal {tid}", type=SAVED_FROM_DEVICE, user=user_id, tid=terminal_id)
-        if merged:
+        if outcome.saved:
             self._on_merged()
+        self._correct(terminal_id, outcome.corrections)
         self.kick(terminal_id)
+
+    def _correct(self, terminal_id: int, corrections: dict[str, bytes | None]) -> None:
+        """Send the server's record back to the one terminal whose copy the merge did not keep.
+        If this fails the terminal stays different, and reconciliation repairs it."""
+        connection = self._registry.connection(terminal_id)
+        if not corrections or connection is None:
+            return
+        puts = [record for record in corrections.values() if record is not None]
+        deletes = [user_id for user_id, record in corrections.items() if record is None]
+        sends = [connection.put_users(chunk, self._keep_local_changes()).addCallback(self._delivered, terminal_id, APPLIED_BY_DEVICE)
+                 for chunk in request_chunks(puts, connection.push_bytes, 64)]
+        if deletes:
+            sends.append(connection.delete_users(deletes).addCallback(self._delivered, terminal_id, DELETED_BY_SERVER))
+        for d in sends:
+            d.addErrback(lambda f: log.warn("could not correct terminal {tid}: {e}; reconciliation will",
+                                            tid=terminal_id, e=f.getErrorMessage()))
+
+    def _delivered(self, results, terminal_id: int, applied_type: str):
+        rows, kept = delivery_rows(terminal_id, results, applied_type, self._metrics, self._now_ms())
+        if kept:
+            self.owe(terminal_id, kept)
+        return self._db.write(record_sync_events, rows)
 
     def _failed(self, failure, terminal_id: int, batch: list[str]) -> None:
         self._busy.discard(terminal_id)
@@ -136,24 +183,65 @@ class Puller:
         self._retry_timers.clear()
 
 
+def owe_pulls(conn, terminal_id: int, user_ids: list[str], at_ms: int) -> None:
+    upsert(conn, pending_pulls, [dict(terminal_id=terminal_id, user_id=u, since_ms=at_ms) for u in user_ids],
+           key=["terminal_id", "user_id"], update=["since_ms"])
+
+
 def _owed_pulls(conn, terminal_id: int) -> list[str]:
     return list(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
 
 
-def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int, at_ms: int) -> list[str]:
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What a merge did: users whose server record changed, and what the terminal pulled from
+    must be told back when the server kept its own record (``None``: delete it there)."""
+
+    saved: list[str]
+    corrections: dict[str, bytes | None]
+
+
+def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int, at_ms: int) -> MergeOutcome:
     """Merge pulled records into the server (server wins, vacant fields filled); one transaction.
 
-    A new version enters the changes feed when the merge changed the server's record, or when
-    the terminal's copy differs from the result (so the terminal gets the merged record back).
-    Settles the owed pulls that were asked for by ``started_ms`` (when GET_USERS went out). Returns the ids merged.
+    A new version enters the changes feed only when the merge changed the server's record; when
+    it changed nothing there but the terminal's copy differs, that terminal alone is corrected
+    (the others already hold the server's record). Whatever of a keypad change could not be kept
+    is reported, naming what and why. Settles the owed pulls that were asked for by
+    ``started_ms`` (when GET_USERS went out).
     """
-    rows = []
+    rows, saved, corrections = [], [], {}
     for record in records:
-        server = load_record(conn, record.user_id)
+        found = conn.execute(select(users.c.record, users.c.updated_ms).where(users.c.user_id == record.user_id)).first()
+        if found is not None and found.record is None and not _enrolled_since(conn, terminal_id, record.user_id, found.updated_ms):
+            # Deleted on the server while this terminal's keypad edited it: the server's delete wins.
+            corrections[record.user_id] = None
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, record.user_id,
+                                       "keypad edit dropped: the user was deleted on the server; the terminal deletes it too", at_ms=at_ms))
+            continue
+        server = UserRecordWire.parse(found.record) if found is not None and found.record is not None else None
         merged = merge_vacant_fields(server, record)
-        if merged != server or merged != record:
+        lost_cards = [c for c in record.cards if c.card_id not in {m.card_id for m in merged.cards}]
+        if lost_cards:
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, record.user_id,
+                                       f"{len(lost_cards)} card(s) added at the terminal dropped ({_cards(lost_cards)}): the server's "
+                                       f"record already holds {len(server.cards)} of at most {MAX_CARDS}", at_ms=at_ms))
+        if merged != server:
             store_record(conn, merged, at_ms, holder_terminal=terminal_id if merged == record else None)
-        rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, at_ms=at_ms))
+            saved.append(record.user_id)
+            rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, at_ms=at_ms))
+        else:
+            won = [f.name for f in fields(UserRecord) if getattr(record, f.name) != getattr(merged, f.name)]
+            rows.append(sync_event_row(MERGED_UNCHANGED, terminal_id, record.user_id,
+                                       f"the server's {', '.join(won)} kept; the terminal gets the server's record back" if won
+                                       else "the terminal already holds the server's record", at_ms=at_ms))
+            if won:
+                corrections[record.user_id] = UserRecordWire.build(merged)
+    for user_id in missing:
+        found = conn.execute(select(users.c.record).where(users.c.user_id == user_id)).first()
+        if found is not None and found.record is None:
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, user_id, "keypad change lost: the server's deletion of the "
+                                       "user reached the terminal before the change was fetched", at_ms=at_ms))
     record_sync_events(conn, rows)
     done = [r.user_id for r in records] + missing
     conn.execute(
@@ -163,4 +251,20 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
             pending_pulls.c.since_ms <= started_ms,
         )
     )
-    return [r.user_id for r in records]
+    return MergeOutcome(saved, corrections)
+
+
+def _enrolled_since(conn, terminal_id: int, user_id: str, since_ms: int) -> bool:
+    """Whether someone enrolled the user at this terminal's keypad after ``since_ms``: a new enrolment, not an edit."""
+    stmt = select(events.c.id).where(
+        events.c.user_id == user_id,
+        events.c.terminal_id == terminal_id,
+        events.c.code == EventCode.ENROLL_SUCCESS,
+        events.c.sub_code == Origin.DEVICE,
+        events.c.occurred_ms >= since_ms,
+    )
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
+def _cards(cards) -> str:
+    return ", ".join(f"{c.type.name} {c.data.hex()}" for c in cards)

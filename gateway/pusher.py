@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, record_sync_events, sync_event_row
+from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.schema import terminals, users
 from gateway.syncmode import parse_groups
 from protocol.messages import UserStatus
@@ -34,8 +34,10 @@ class Pusher:
     scan_limit = 256  # feed rows read per round
     batch_users = 64  # users per PUT_USERS or DELETE_USERS
 
-    def __init__(self, db, registry, settings, clock, metrics):
+    def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None):
         self._db = db
+        # A terminal kept its own keypad change (LOCAL_CHANGE_PENDING): a pull of it is owed, or it stays pending for ever.
+        self._on_local_change_kept = on_local_change_kept
         self._registry = registry
         self._settings = settings
         self._clock = clock
@@ -105,8 +107,10 @@ class Pusher:
         # Where device updates are pulled, a terminal keeps a keypad change not fetched yet: the
         # pull merges it and the merged record comes back, so neither side's change is lost.
         keep_local = mode.pulls_device_updates
-        sends = [connection.put_users(chunk, keep_local) for chunk in request_chunks(puts, connection.push_bytes, self.batch_users)]
-        sends += [connection.delete_users(deletes[i:i + self.batch_users]) for i in range(0, len(deletes), self.batch_users)]
+        sends = [connection.put_users(chunk, keep_local).addCallback(lambda r: (r, APPLIED_BY_DEVICE))
+                 for chunk in request_chunks(puts, connection.push_bytes, self.batch_users)]
+        sends += [connection.delete_users(deletes[i:i + self.batch_users]).addCallback(lambda r: (r, DELETED_BY_SERVER))
+                  for i in range(0, len(deletes), self.batch_users)]
         d = defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
         # A short page held the whole feed at read time; changes committed since kick again (_again),
         # so only a full page needs another read straight away.
@@ -114,21 +118,15 @@ class Pusher:
         return d
 
     def _acknowledged(self, answers, term, cursor: int, more: bool):
-        rows, applied = [], 0
+        rows, kept = [], []
         now_ms = int(self._clock.seconds() * 1000)
-        for results in answers:
-            for result in results:
-                if result.status == UserStatus.OK:
-                    applied += 1
-                    rows.append(sync_event_row(APPLIED_BY_DEVICE, term.terminal_id, result.user_id, at_ms=now_ms))
-                elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
-                    log.info("terminal {tid} keeps its own change of user {user} until it is pulled and merged",
-                             tid=term.terminal_id, user=result.user_id)
-                else:
-                    self._metrics.failures.labels("push_refused").inc()
-                    status = _status_name(result.status)
-                    rows.append(sync_event_row(PUSH_REFUSED, term.terminal_id, result.user_id, f"terminal answered {status}", at_ms=now_ms))
-        self._metrics.pushes.inc(applied)
+        for results, applied_type in answers:
+            done, kept_here = delivery_rows(term.terminal_id, results, applied_type, self._metrics, now_ms)
+            rows += done
+            kept += kept_here
+        if kept:
+            self._on_local_change_kept(term.terminal_id, kept)
+        applied = sum(1 for row in rows if row["type"] in (APPLIED_BY_DEVICE, DELETED_BY_SERVER))
         d = self._move_cursor(term.terminal_id, cursor, rows)
 
         def moved(_):
@@ -175,6 +173,23 @@ class Pusher:
         log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
         self._metrics.failures.labels("push").inc()
         return None
+
+
+def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms: int) -> tuple[list[dict], list[str]]:
+    """Monitoring rows for a terminal's answers to a put or a delete, and the users it kept its
+    own change of (LOCAL_CHANGE_PENDING): each of those owes a pull."""
+    rows, kept = [], []
+    for result in results:
+        if result.status == UserStatus.OK:
+            metrics.pushes.inc()
+            rows.append(sync_event_row(applied_type, terminal_id, result.user_id, at_ms=now_ms))
+        elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
+            log.info("terminal {tid} keeps its own change of user {user}: a pull of it is owed", tid=terminal_id, user=result.user_id)
+            kept.append(result.user_id)
+        else:
+            metrics.failures.labels("push_refused").inc()
+            rows.append(sync_event_row(PUSH_REFUSED, terminal_id, result.user_id, f"terminal answered {_status_name(result.status)}", at_ms=now_ms))
+    return rows, kept
 
 
 def _status_name(status: int) -> str:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from gateway.monitor import SYNC_EVENT_TYPES
+from gateway.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.schema import events, users
 from gateway.users import UserSummary
 from protocol.records import UserRecordWire
@@ -78,6 +78,7 @@ def last_event_id(conn: Connection) -> int:
 def _event(row) -> dict:
     event = dict(row)
     event["sync"] = event["type"] in SYNC_EVENT_TYPES
+    event["origin"] = origin_of(event["type"], event["sub_code"])
     return event
 
 

@@ -47,6 +47,9 @@ terminals = Table(
     Column("link", String(200), nullable=False, default=""),
     Column("last_seen_ms", BigInteger, nullable=True),
     Column("cursor", BigInteger, nullable=False, default=0),
+    # The terminal's current event log (docs/protocol.md, "Event log identity"): the epoch it
+    # announced, or for a terminal that announces none one the gateway numbers 0, -1, -2, ...
+    Column("log_epoch", BigInteger, nullable=False, default=0),
 )
 
 events = Table(
@@ -55,6 +58,7 @@ events = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("terminal_id", BigInteger, nullable=True),
     Column("terminal_event_id", BigInteger, nullable=True),
+    Column("log_epoch", BigInteger, nullable=False, default=0),  # event ids count within their log
     Column("type", String(64), nullable=False),
     Column("code", Integer, nullable=True),
     Column("sub_code", Integer, nullable=True),
@@ -62,7 +66,7 @@ events = Table(
     Column("occurred_ms", BigInteger, nullable=False),
     Column("recorded_ms", BigInteger, nullable=False),
     Column("detail", Text, nullable=True),
-    UniqueConstraint("terminal_id", "terminal_event_id", name="uq_events_terminal_event"),
+    UniqueConstraint("terminal_id", "log_epoch", "terminal_event_id", name="uq_events_terminal_log_event"),
     Index("ix_events_type_id", "type", "id"),
     Index("ix_events_user_id", "user_id", "id"),
 )

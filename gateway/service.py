@@ -41,12 +41,14 @@ class Gateway:
         self.db = Database(config.db, reactor)
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, config.terminals,
                                          on_online=self._terminal_online, on_offline=self._terminal_offline)
-        self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._wake_pushes)
+        self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._sync_mode_changed, self.clock)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
                                  pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
         self.metrics.events_waiting.set_function(lambda: self.eventlog.queued_events)
-        self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics)
-        self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes)
+        self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics,
+                             on_local_change_kept=lambda terminal_id, user_ids: self.puller.owe(terminal_id, user_ids))
+        self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes,
+                             keep_local_changes=lambda: self.settings.mode.pulls_device_updates)
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
         self.activity = Activity(self.db, self.clock)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
@@ -123,6 +125,12 @@ class Gateway:
 
     def _wake_pushes(self):
         self.pusher.wake_all()
+
+    def _sync_mode_changed(self):
+        """Pushes follow the new mode at once; pulls it made owed start now."""
+        self.pusher.wake_all()
+        for term in self.registry.connected():
+            self.puller.terminal_online(term.terminal_id)
 
     def sweep(self):
         """Wake every lagging terminal's pushes now; fires once they have been started."""

@@ -21,6 +21,7 @@ from gateway.connection import Admission, DigestPage, EventSink, FetchedUsers, P
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation, Liveness
 from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError
+from protocol.events import MAX_EVENT_ID
 from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
 from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, response_frame
 
@@ -86,6 +87,7 @@ class TerminalSession:
         self._handshake_timer = None
         self._liveness_timer = None
         self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
+        self.log_epoch: int | None = None  # the event log the terminal announced; None: a terminal that names none
 
     # -- TerminalConnection ------------------------------------------------------------------
 
@@ -204,7 +206,7 @@ class TerminalSession:
             except MessageError as exc:
                 self._send(error_frame(frame, ErrorCode.BAD_MESSAGE, str(exc)))
                 return
-            self._events.submit(self.terminal_id, list(batch)).addCallback(self._ack_events, frame)
+            self._events.submit(self.terminal_id, list(batch), self.log_epoch).addCallback(self._ack_events, frame)
         else:
             self._send(error_frame(frame, ErrorCode.UNKNOWN_COMMAND, f"command 0x{frame.command:02X} is not accepted from a terminal"))
 
@@ -223,7 +225,7 @@ class TerminalSession:
     def _polled(self, body):
         if not body.events:
             return 0
-        return self._events.submit(self.terminal_id, list(body.events)).addCallback(self._stored_polled, len(body.events))
+        return self._events.submit(self.terminal_id, list(body.events), self.log_epoch).addCallback(self._stored_polled, len(body.events))
 
     def _stored_polled(self, ack_through: int, count: int) -> int:
         self._polled_through = max(self._polled_through, ack_through)
@@ -294,6 +296,8 @@ class TerminalSession:
             secret = self._admission.secret_for(terminal_id, info, self.link.description)
             if not self._handshake.terminal_proved(secret, terminal_id, hello):
                 raise Refused(ErrorCode.AUTH_FAILED, "wrong proof: the terminal does not hold the configured secret")
+            if hello.log_epoch is not None and not 0 < hello.log_epoch <= MAX_EVENT_ID:
+                raise Refused(ErrorCode.BAD_MESSAGE, f"log_epoch must be 1 to 2**63-1, not {hello.log_epoch}")
         except Refused as refusal:
             self._metrics.refused.labels(refusal.code.name.lower()).inc()
             log.warn("refused terminal {tid} on {link}: {reason}", tid=terminal_id, link=self.link.description, reason=refusal.reason)
@@ -302,7 +306,8 @@ class TerminalSession:
             return
         self.terminal_id = self._conversation.terminal_id = terminal_id
         self.info = info
-        d = self._events.stored_through(terminal_id)
+        self.log_epoch = hello.log_epoch
+        d = self._events.begin_log(terminal_id, self.log_epoch)
         d.addCallback(self._send_welcome, secret, hello)
         d.addErrback(self._handshake_failed)
 

@@ -1,21 +1,30 @@
-"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs."""
+"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs.
 
-from sqlalchemy import select
+What a mode change means for keypad changes made under the old mode: while the mode does not
+pull, terminals' keypad enrolments and edits are logged and not pulled (the server's record wins
+at the next push). When a mode that pulls begins, every such change logged since pulling stopped
+becomes an owed pull, so none stays pending with no one owing it (docs/architecture.md).
+"""
+
+from sqlalchemy import delete, func, select
 from twisted.logger import Logger
 
-from gateway.database import upsert
-from gateway.schema import settings
+from gateway.database import insert_ignoring_duplicates, upsert
+from gateway.schema import events, pending_pulls, settings
 from gateway.syncmode import SyncMode
 from gateway.users import republish_users
+from protocol.events import USER_CHANGE_CODES, EventCode, Origin
 
 log = Logger(namespace="gateway.settings")
 
 MODE_KEY = "sync_mode"
+UNPULLED_AFTER_KEY = "unpulled_after_event"  # while the mode does not pull: the last event id logged before it stopped pulling
 
 
 class SyncSettings:
-    def __init__(self, db, default: SyncMode, on_change):
+    def __init__(self, db, default: SyncMode, on_change, clock):
         self._db = db
+        self._clock = clock
         self._on_change = on_change
         self.mode = default
 
@@ -25,7 +34,7 @@ class SyncSettings:
         if stored:
             self.mode = SyncMode(stored)
         else:
-            self._db.run_now(_store_mode, self.mode, False)
+            self._db.run_now(_store_mode, self.mode, None, 0)
 
     def set_mode(self, mode: SyncMode):
         """Change the mode; a Deferred that fires once it is stored and pushes have been woken.
@@ -36,16 +45,45 @@ class SyncSettings:
         mode = SyncMode(mode)
         old = self.mode
 
-        def stored(republished: int):
+        def stored(changed: tuple[int, int]):
+            republished, owed = changed
             self.mode = mode
-            log.info("sync mode changed from {old} to {new}{extra}", old=old, new=mode,
-                     extra=f"; {republished} users go to every terminal again" if republished else "")
+            extra = f"; {republished} users go to every terminal again" if republished else ""
+            extra += f"; {owed} keypad changes made while it did not pull are pulled now" if owed else ""
+            log.info("sync mode changed from {old} to {new}{extra}", old=old, new=mode, extra=extra)
             self._on_change()
             return mode
 
-        return self._db.write(_store_mode, mode, mode.widens(old)).addCallback(stored)
+        return self._db.write(_store_mode, mode, old, self._now_ms()).addCallback(stored)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
 
-def _store_mode(conn, mode: SyncMode, republish: bool) -> int:
+def _store_mode(conn, mode: SyncMode, old: SyncMode | None, at_ms: int) -> tuple[int, int]:
+    """Store the mode; (users republished, pulls newly owed)."""
     upsert(conn, settings, [dict(key=MODE_KEY, value=str(mode))], key=["key"], update=["value"])
-    return republish_users(conn) if republish else 0
+    republished = republish_users(conn) if old is not None and mode.widens(old) else 0
+    owed = 0
+    if not mode.pulls_device_updates and (old is None or old.pulls_device_updates):
+        last = conn.execute(select(func.max(events.c.id))).scalar() or 0
+        upsert(conn, settings, [dict(key=UNPULLED_AFTER_KEY, value=str(last))], key=["key"], update=["value"])
+    elif mode.pulls_device_updates and old is not None and not old.pulls_device_updates:
+        owed = _owe_unpulled_changes(conn, at_ms)
+    return republished, owed
+
+
+def _owe_unpulled_changes(conn, at_ms: int) -> int:
+    """Owe a pull for every keypad enrolment or edit logged since pulling stopped."""
+    after = conn.execute(select(settings.c.value).where(settings.c.key == UNPULLED_AFTER_KEY)).scalar()
+    conn.execute(delete(settings).where(settings.c.key == UNPULLED_AFTER_KEY))
+    stmt = select(events.c.terminal_id, events.c.user_id).distinct().where(
+        events.c.type.in_([EventCode(c).name for c in USER_CHANGE_CODES]),
+        events.c.id > int(after or 0),
+        events.c.sub_code == Origin.DEVICE,
+        events.c.terminal_id.is_not(None),
+        events.c.user_id.is_not(None),
+    )
+    rows = [dict(terminal_id=t, user_id=u, since_ms=at_ms) for t, u in conn.execute(stmt)]
+    insert_ignoring_duplicates(conn, pending_pulls, rows)
+    return len(rows)

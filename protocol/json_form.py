@@ -250,14 +250,18 @@ _MESSAGE_FIELDS = {
     "entries": _ListOf(_Fields(dict, {"user_id": _TEXT, "digest": _HEX})),
     "code": _Enum(ErrorCode, 16),
     "text": _TEXT,
+    "log_epoch": _unsigned(64),
 }
+# Optional trailing fields: left out of the JSON when absent from the frame.
+_OPTIONAL_FIELDS = frozenset({"log_epoch"})
 
 
 @functools.cache
 def _message(command: int, response: bool, error: bool) -> _Fields:
     struct = body_struct(command, response, error, compiled=False)
     fields = [sc for sc in struct.subcons if sc.name]
-    return _Fields(dict, {sc.name: _MESSAGE_FIELDS.get(sc.name) or _unsigned(8 * sc.sizeof()) for sc in fields})
+    return _Fields(dict, {sc.name: _MESSAGE_FIELDS.get(sc.name) or _unsigned(8 * sc.sizeof()) for sc in fields},
+                   vacant=_OPTIONAL_FIELDS)
 
 
 _HEADER = _Fields(

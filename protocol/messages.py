@@ -16,6 +16,7 @@ from construct import (
     Int16ub,
     Int32ub,
     Int64ub,
+    Optional,
     PascalString,
     PrefixedArray,
     Struct,
@@ -91,6 +92,9 @@ RESPONSES: dict[Command, Construct] = {
         "max_events" / Int32ub,
         "terminal_nonce" / Bytes(NONCE_SIZE),
         "proof" / Bytes(PROOF_SIZE),
+        # Optional trailing field (docs/protocol.md, "Event log identity"): terminals of the first
+        # firmware generation end the answer at ``proof``; the gateway reads them as ``None``.
+        "log_epoch" / Optional(Int64ub),
     ),
     Command.WELCOME: Empty,
     Command.KEEPALIVE: Empty,

@@ -19,7 +19,7 @@ from simulator.terminal import Terminal
 log = Logger(namespace="simulator")
 
 FORMAT = "simulated-terminal-state"
-VERSION = 1
+VERSION = 2  # 2 added log_epoch; a version 1 file is read with a new epoch (its log is one the gateway never saw named)
 
 
 class StateError(Exception):
@@ -78,6 +78,7 @@ def snapshot(terminal: Terminal) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "terminal_id": terminal.terminal_id,
+        "log_epoch": terminal.log_epoch,
         "next_event_id": terminal.next_event_id,
         "acked_through": terminal.acked_through,
         "overwritten": terminal.overwritten,
@@ -115,7 +116,7 @@ def parse(raw: bytes, path: Path) -> dict:
         raise StateError(f"{path} is not a simulated terminal's state file (not JSON: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise StateError(f"{path} is not a simulated terminal's state file (no \"format\": \"{FORMAT}\")")
-    if state.get("version") != VERSION:
+    if state.get("version") not in (1, VERSION):
         raise StateError(f"{path}: state file version {state.get('version')!r}; this simulator reads version {VERSION}")
     return state
 
@@ -142,6 +143,10 @@ def restore(terminal: Terminal, state: dict) -> None:
         raise StateError(f"{path} is corrupt: {exc.args[0]} missing") from None
     except MessageError as exc:
         raise StateError(f"{path} is corrupt: {exc}") from None
+    epoch = state.get("log_epoch", terminal.log_epoch)
+    if epoch is not None and not (type(epoch) is int and 0 < epoch < 2**63):
+        raise StateError(f"{path} is corrupt: log_epoch must be a whole number from 1 to 2**63-1, or null")
+    terminal.log_epoch = epoch
     terminal.next_event_id = counters["next_event_id"]
     terminal.acked_through = counters["acked_through"]
     terminal.overwritten = counters["overwritten"]

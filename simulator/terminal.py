@@ -8,6 +8,7 @@ RS-485 bus) feed it frames and send what it answers; it never touches a socket i
 """
 
 import itertools
+import secrets
 import time
 from collections import deque
 from dataclasses import replace
@@ -24,6 +25,11 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def new_log_epoch() -> int:
+    """A fresh epoch: random, so a terminal that forgot everything still never reuses one."""
+    return secrets.randbits(63) or 1
+
+
 class Terminal:
     """One terminal's state and its answers to the gateway.
 
@@ -36,7 +42,8 @@ class Terminal:
     firmware = "1.0.0"
     max_users = 100_000
 
-    def __init__(self, terminal_id: int, secret: str | bytes, *, address: int = 0, max_events: int = 1_000_000, clock=wall_clock_ms):
+    def __init__(self, terminal_id: int, secret: str | bytes, *, address: int = 0, max_events: int = 1_000_000, clock=wall_clock_ms,
+                 log_epoch: int | None = -1):
         self.terminal_id = terminal_id
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.address = address
@@ -46,6 +53,10 @@ class Terminal:
         self.users: dict[str, UserRecord] = {}
         self.changed_locally: set[str] = set()  # keypad changes the gateway has not fetched yet
         self.log: deque[Event] = deque()  # events the gateway has not acknowledged yet, oldest first
+        # Event ids count within a log named by its epoch, chosen afresh whenever the counter
+        # starts at 1 (docs/protocol.md, "Event log identity"); None: a terminal of the first
+        # firmware generation, which names no log.
+        self.log_epoch = new_log_epoch() if log_epoch == -1 else log_epoch
         self.next_event_id = 1
         self.acked_through = 0
         self.overwritten = 0  # events lost because the log was full, as on a real terminal
@@ -151,7 +162,7 @@ class Terminal:
         self._handshake = TerminalHandshake(self.terminal_id, self.secret)  # the secret as it is now
         return response(frame, dict(
             model=self.model, firmware=self.firmware, protocol_version=PROTOCOL_VERSION, max_users=self.max_users,
-            max_events=self.max_events, **self._handshake.answer_hello(body),
+            max_events=self.max_events, log_epoch=self.log_epoch, **self._handshake.answer_hello(body),
         ))
 
     def _welcome(self, frame: Frame, body) -> bytes:

@@ -167,10 +167,10 @@ class FakeGateway:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET.encode()
 
-    def stored_through(self, terminal_id):
+    def begin_log(self, terminal_id, log_epoch):
         return defer.succeed(max(self.stored.get(terminal_id, [0])))
 
-    def submit(self, terminal_id, events):
+    def submit(self, terminal_id, events, log_epoch=None):
         self.stored.setdefault(terminal_id, []).extend(e.event_id for e in events)
         d = defer.Deferred()
         if self.commit_at_once:

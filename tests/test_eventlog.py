@@ -35,6 +35,9 @@ class Connection:
         self.paused = False
 
 
+STORED = ({}, [])  # what a commit of events answers: the logs they went to, anomalies to report
+
+
 def events(first, n, user="u1", origin=Origin.DEVICE):
     return [Event(i, i, EventCode.UPDATE_SUCCESS, origin, user) for i in range(first, first + n)]
 
@@ -50,9 +53,9 @@ def test_submissions_queued_during_a_commit_share_the_next_one():
     log.submit(2, events(1, 3))
     log.submit(3, events(1, 1))
     assert len(db.commits) == 1  # the first went alone; the other two wait for it
-    db.commits[0][1].callback(None)
+    db.commits[0][1].callback(STORED)
     assert len(db.commits) == 2
-    (batch, _failures, _at_ms), _ = db.commits[1]
+    (batch, _failures, _at_ms, _logs), _ = db.commits[1]
     assert [s.terminal_id for s in batch] == [2, 3]
 
 
@@ -61,7 +64,7 @@ def test_acknowledgement_waits_for_the_commit():
     acks = []
     log.submit(1, events(5, 3)).addCallback(acks.append)
     assert acks == []
-    db.commits[0][1].callback(None)
+    db.commits[0][1].callback(STORED)
     assert acks == [7]
     assert committed == [(1, {"u1"})]
 
@@ -73,10 +76,10 @@ def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
     db.commits[0][1].errback(Failure(DatabaseFailure("database is locked")))
     assert acks == []
     clock.advance(log.retry_after(0))
-    (batch, failure_rows, _at_ms), d = db.commits[1]
+    (batch, failure_rows, _at_ms, _logs), d = db.commits[1]
     assert [s.terminal_id for s in batch] == [1]
     assert [r["type"] for r in failure_rows] == [SAVE_FAILED]
-    d.callback(None)
+    d.callback(STORED)
     assert acks == [2]
 
 
@@ -88,16 +91,16 @@ def test_links_pause_above_high_water_and_resume_below_low_water():
     log.submit(1, events(1, 4))
     log.submit(2, events(1, 8))
     assert link.paused
-    db.commits[0][1].callback(None)
+    db.commits[0][1].callback(STORED)
     assert link.paused  # 8 still wait
-    db.commits[1][1].callback(None)
+    db.commits[1][1].callback(STORED)
     assert not link.paused
 
 
 def test_server_origin_events_owe_no_pull():
     log, db, _, committed = make_log()
     log.submit(1, events(1, 2, origin=Origin.SERVER))
-    db.commits[0][1].callback(None)
+    db.commits[0][1].callback(STORED)
     assert committed == [(1, set())]
 
 
@@ -110,7 +113,7 @@ def test_events_are_acknowledged_even_if_what_follows_the_commit_fails():
     log = EventLog(db, clock, Metrics(), broken_pull_trigger)
     acks = []
     log.submit(1, events(1, 3)).addCallback(acks.append)
-    db.commits[0][1].callback(None)
+    db.commits[0][1].callback(STORED)
     assert acks == [3]
     log.submit(1, events(4, 1))
     assert len(db.commits) == 2  # and the log goes on committing

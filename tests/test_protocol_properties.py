@@ -93,6 +93,7 @@ FIELD_VALUES = {
     "entries": st.lists(
         st.fixed_dictionaries({"user_id": user_ids, "digest": st.binary(min_size=8, max_size=8)}), max_size=4
     ),
+    "log_epoch": st.none() | unsigned(8),  # optional trailing field
 }
 
 KINDS = [(command, flags) for command in Command for flags in (Flags.REQUEST, Flags.RESPONSE, Flags.RESPONSE | Flags.ERROR)]

@@ -27,18 +27,21 @@ class Collaborators:
         self.established = []
         self.ended = []
         self.submitted = []
+        self.logs_begun = []
 
     def secret_for(self, terminal_id, info, description):
         if terminal_id not in self.known:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET
 
-    def stored_through(self, terminal_id):
+    def begin_log(self, terminal_id, log_epoch):
+        self.logs_begun.append((terminal_id, log_epoch))
         return defer.succeed(41)
 
-    def submit(self, terminal_id, events):
+    def submit(self, terminal_id, events, log_epoch=None):
         d = defer.Deferred()
         self.submitted.append((events, d))
+        self.submitted_epochs = getattr(self, "submitted_epochs", []) + [log_epoch]
         return d
 
     def online(self, connection):
@@ -75,18 +78,18 @@ class Peer:
     def send(self, data: bytes):
         self.link.dataReceived(data)
 
-    def handshake(self, terminal_id=7, secret=SECRET):
+    def handshake(self, terminal_id=7, secret=SECRET, log_epoch=None):
         (hello,) = self.frames()
         nonce = parse_body(hello).gateway_nonce
         tnonce = b"t" * 16
         proof = auth.terminal_proof(secret, terminal_id, nonce, tnonce)
         body = dict(model="FP-1", firmware="1.0", protocol_version=1, max_users=1000, max_events=1000,
-                    terminal_nonce=tnonce, proof=proof)
+                    terminal_nonce=tnonce, proof=proof, log_epoch=log_epoch)
         self.send(response(Frame(Command.HELLO, terminal_id=terminal_id, seq=hello.seq), body))
         return nonce, tnonce
 
-    def establish(self):
-        nonce, tnonce = self.handshake()
+    def establish(self, log_epoch=None):
+        nonce, tnonce = self.handshake(log_epoch=log_epoch)
         (welcome,) = self.frames()
         self.send(response(welcome))
         return welcome, nonce, tnonce
@@ -101,6 +104,28 @@ def test_handshake_proves_both_sides_and_resumes_after_the_last_stored_event():
     assert body.ack_through == 41
     assert peer.gateway.established == [peer.session]
     assert peer.session.terminal_id == 7
+
+
+def test_the_log_a_terminal_names_in_hello_is_where_its_events_count():
+    peer = Peer()
+    peer.establish(log_epoch=5)
+    assert peer.gateway.logs_begun == [(7, 5)]
+    peer.send(request(Command.EVENTS, dict(events=[Event(1, 1, EventCode.DOOR_OPENED)]), terminal_id=7, seq=1))
+    assert peer.gateway.submitted_epochs == [5]
+
+
+def test_a_terminal_that_names_no_log_begins_one_without_an_epoch():
+    peer = Peer()
+    peer.establish()
+    assert peer.gateway.logs_begun == [(7, None)]
+
+
+def test_a_log_epoch_a_database_cannot_hold_is_refused():
+    peer = Peer()
+    peer.handshake(log_epoch=2**63)
+    (reply,) = peer.frames()
+    assert reply.is_error and parse_body(reply).code == ErrorCode.BAD_MESSAGE
+    assert peer.transport.disconnecting and not peer.gateway.established
 
 
 def test_wrong_secret_is_refused_with_auth_failed_and_the_link_closed():

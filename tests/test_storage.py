@@ -98,7 +98,7 @@ def test_merge_keeps_server_fields_and_settles_the_pull(db):
     db.run_now(create_user, UserRecord("u1", name="Server", cards=(Card(CardType.CSN, b"\x01"),)), NOW_MS)
     db.run_now(_store, [_Submission(5, [enroll(1)], pull_users=True)], [], NOW_MS)
     pulled = UserRecord("u1", name="Terminal", cards=(Card(CardType.SMART_CARD, b"\x02"),))
-    assert db.run_now(merge_pulled, 5, [pulled], [], 2**62, NOW_MS) == ["u1"]
+    assert db.run_now(merge_pulled, 5, [pulled], [], 2**62, NOW_MS).saved == ["u1"]
     merged = db.run_now(load_record, "u1")
     assert merged.name == "Server"
     assert {c.type for c in merged.cards} == {CardType.CSN, CardType.SMART_CARD}

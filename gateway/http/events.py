@@ -1,11 +1,24 @@
 """Events in the API: the stored log filtered and paged by id, its live stream, and the event types.
 
-The sync events are first-class filter values, by their full text or a short name, and ``sync``
-selects all of them.
+The sync events are first-class filter values, by their full text, a short name, or the
+spelling of the vendor's documentation, and ``sync`` selects all of them.
 """
 
+from gateway.database import DatabaseFailure
 from gateway.http.api import ApiError, Param, Route, parse_integer
-from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
+from gateway.monitor import (
+    APPLIED_BY_DEVICE,
+    CHANGE_DROPPED,
+    DELETED_BY_SERVER,
+    EVENT_CONFLICT,
+    LOG_IRREGULAR,
+    LOG_RESTARTED,
+    MERGED_UNCHANGED,
+    PUSH_REFUSED,
+    SAVE_FAILED,
+    SAVED_FROM_DEVICE,
+    SYNC_EVENT_TYPES,
+)
 from gateway.queries import EventFilter, read_events
 from protocol.events import EventCode
 
@@ -14,12 +27,25 @@ SYNC_SHORT_NAMES = {
     "server-update": APPLIED_BY_DEVICE,
     "save-failed": SAVE_FAILED,
     "push-refused": PUSH_REFUSED,
+    "server-delete": DELETED_BY_SERVER,
+    "merged-unchanged": MERGED_UNCHANGED,
+    "change-dropped": CHANGE_DROPPED,
+    "log-restarted": LOG_RESTARTED,
+    "event-conflict": EVENT_CONFLICT,
+    "log-irregular": LOG_IRREGULAR,
+}
+# How the reference product's article spells them (no space before the parenthesis; the server is "BioStar").
+VENDOR_SPELLINGS = {
+    "User update succeeded(BioStar)": APPLIED_BY_DEVICE,
+    "User update succeeded(Device)": SAVED_FROM_DEVICE,
+    "Fail to save to the server DB": SAVE_FAILED,
 }
 ALL_SYNC = "sync"
 TERMINAL_TYPES = tuple(code.name for code in EventCode)
 
 FILTER_PARAMS = (
-    Param("type", "string", f"event type, a sync event's short name ({', '.join(SYNC_SHORT_NAMES)}), or '{ALL_SYNC}'; repeatable", repeated=True),
+    Param("type", "string", f"event type, a sync event's short name ({', '.join(SYNC_SHORT_NAMES)}) or vendor spelling "
+                            f"({'; '.join(VENDOR_SPELLINGS)}), or '{ALL_SYNC}'; repeatable", repeated=True),
     Param("terminal", "integer", "terminal id", minimum=0),
     Param("user", "string", "user id"),
 )
@@ -37,6 +63,8 @@ def event_types(names: list[str]) -> tuple[str, ...]:
             found += SYNC_EVENT_TYPES
         elif name in SYNC_SHORT_NAMES:
             found.append(SYNC_SHORT_NAMES[name])
+        elif name in VENDOR_SPELLINGS:
+            found.append(VENDOR_SPELLINGS[name])
         elif name in SYNC_EVENT_TYPES or name in TERMINAL_TYPES or _is_code(name):
             found.append(name)
         else:
@@ -60,10 +88,19 @@ def event_filter(params: dict) -> EventFilter:
 
 
 def list_events(call):
+    """Stored events, and beside them (``unsaved``) monitoring events still waiting for the
+    database; while it cannot be read, those alone, with the reason (``database_error``)."""
     p = call.params
     flt = event_filter(p)
+    unsaved = [e for e in call.gateway.eventlog.unsaved.shown() if flt.matches(e)]
     d = call.gateway.db.read(read_events, flt, p["after"], p["before"], p["limit"])
-    return d.addCallback(lambda result: {"events": result[0], "more": result[1]})
+    d.addCallback(lambda result: {"events": result[0], "more": result[1], "unsaved": unsaved})
+
+    def unreadable(failure):
+        failure.trap(DatabaseFailure)
+        return {"events": [], "more": False, "unsaved": unsaved, "database_error": failure.getErrorMessage()}
+
+    return d.addErrback(unreadable)
 
 
 def list_event_types(call):

@@ -62,11 +62,14 @@ SCHEMAS = {
     "Event": {
         "type": "object",
         "properties": {
-            "id": {"type": "integer"},
+            "id": {"type": ["integer", "null"]},
             "type": {"type": "string"},
             "sync": {"type": "boolean", "description": "one of the sync events"},
+            "origin": {"type": ["string", "null"], "description": "device: a keypad change; server: a record the server sent"},
+            "unsaved": {"type": "boolean", "description": "true: waiting for the database (then id is null)"},
             "terminal_id": _NULLABLE_INT,
             "terminal_event_id": _NULLABLE_INT,
+            "log_epoch": {"type": "integer", "description": "the terminal's event log the id counts in"},
             "code": _NULLABLE_INT,
             "sub_code": _NULLABLE_INT,
             "user_id": {"type": ["string", "null"]},
@@ -77,7 +80,13 @@ SCHEMAS = {
     },
     "EventList": {
         "type": "object",
-        "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "more": {"type": "boolean"}},
+        "properties": {
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            "more": {"type": "boolean"},
+            "unsaved": {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
+                        "description": "monitoring events still waiting for the database, newest first"},
+            "database_error": {"type": "string", "description": "why stored events could not be read (then events is empty)"},
+        },
     },
     "EventTypes": {
         "type": "object",

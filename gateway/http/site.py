@@ -90,6 +90,7 @@ class GatewaySite(server.Site):
     def __init__(self, gateway):
         self.loopback_only = is_loopback(gateway.config.http_host)
         self.stream = EventStream(gateway.db, gateway.reactor)
+        gateway.eventlog.unsaved.listeners.append(self.stream.offer_unsaved)  # failures show before the database takes them
         root = Root()
         root.putChild(b"", PageFile("index.html"))
         page = Root()

@@ -198,6 +198,14 @@ class EventStream:
         self._polling = False
         log.warn("event stream cannot read new events: {e}", e=failure.getErrorMessage())
 
+    def offer_unsaved(self, event: dict) -> None:
+        """A monitoring event the database could not take yet: sent at once, without an id (it
+        has none until stored; once stored it comes again with one)."""
+        encoded = f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+        for client in list(self.clients):
+            if client.started:
+                client.offer([(event, encoded)])
+
     def _keep_alive(self) -> None:
         for client in list(self.clients):
             client.keepalive()

@@ -45,6 +45,7 @@ TERMINAL = 1001
 BUS_ADDRESS = 5
 GATEWAY_NONCE = bytes(range(0x00, 0x10))
 TERMINAL_NONCE = bytes(range(0x10, 0x20))
+LOG_EPOCH = 0x1D2C3B4A59687706  # any value from 1 to 2**63-1, chosen afresh when the terminal's counter starts at 1
 T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC, in ms
 
 
@@ -132,19 +133,17 @@ def _digest(record: UserRecord) -> dict:
 def build_vectors() -> list[Vector]:
     """Every request and response, in session order, plus an error reply."""
     hello = _request(Command.HELLO, dict(gateway_nonce=GATEWAY_NONCE, protocol_version=1), seq=1, terminal_id=0)
-    hello_response = _response(
-        hello,
-        dict(
-            model="FaceStation F2",
-            firmware="2.1.4",
-            protocol_version=1,
-            max_users=50_000,
-            max_events=1_000_000,
-            terminal_nonce=TERMINAL_NONCE,
-            proof=terminal_proof(SECRET, TERMINAL, GATEWAY_NONCE, TERMINAL_NONCE),
-        ),
-        terminal_id=TERMINAL,
+    hello_answer = dict(
+        model="FaceStation F2",
+        firmware="2.1.4",
+        protocol_version=1,
+        max_users=50_000,
+        max_events=1_000_000,
+        terminal_nonce=TERMINAL_NONCE,
+        proof=terminal_proof(SECRET, TERMINAL, GATEWAY_NONCE, TERMINAL_NONCE),
     )
+    hello_response = _response(hello, hello_answer, terminal_id=TERMINAL)
+    hello_response_epoch = _response(hello, dict(hello_answer, log_epoch=LOG_EPOCH), terminal_id=TERMINAL)
     # The gateway's refusal echoes the HELLO answer it refuses.
     refused = _response(hello_response, dict(code=ErrorCode.AUTH_FAILED, text="wrong proof"), error=True)
     welcome = _request(
@@ -181,7 +180,10 @@ def build_vectors() -> list[Vector]:
     return [
         Vector("hello_request", "The gateway opens every link with its nonce; terminal_id is 0: it does not know "
                "who answers.", hello),
-        Vector("hello_response", "The terminal says who it is and proves it holds its secret.", hello_response),
+        Vector("hello_response", "The terminal says who it is and proves it holds its secret (a terminal of the first "
+               "firmware generation: no log_epoch).", hello_response),
+        Vector("hello_response_log_epoch", "The same answer from a terminal that names its event log: the optional "
+               "trailing log_epoch.", hello_response_epoch),
         Vector("hello_error", "An error reply: the gateway refuses a terminal whose proof is wrong, then closes "
                "the link.", refused),
         Vector("welcome_request", "The gateway proves itself, sets the clock and says which events it already "

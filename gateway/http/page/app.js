@@ -109,10 +109,12 @@ function eventRow(e, fresh) {
   row.dataset.type = e.type;
   const classes = e.sync ? ["sync", shortNames[e.type]] : [];
   if (fresh) classes.push("fresh");
+  if (e.unsaved) classes.push("unsaved");
   row.className = classes.join(" ");
-  cell(row, e.id, "num");
+  cell(row, e.unsaved ? "unsaved" : e.id, "num");  // waiting for the database: no id yet
   cell(row, when(e.occurred_ms));
   cell(row, e.terminal_id, "num");
+  cell(row, e.origin);
   cell(row, e.type);
   cell(row, e.user_id);
   cell(row, e.detail);
@@ -126,8 +128,10 @@ function renderEvents() {
 }
 
 function addLiveEvent(e) {
-  if (e.id <= lastEventId) return; // already shown (a resumed stream replays)
-  lastEventId = e.id;
+  if (!e.unsaved) {
+    if (e.id <= lastEventId) return; // already shown (a resumed stream replays)
+    lastEventId = e.id;
+  }
   events.unshift(e);
   if (events.length > KEEP_EVENTS) events.pop();
   if (matchesFilter(e)) document.querySelector("#events tbody").prepend(eventRow(e, true));
@@ -147,8 +151,8 @@ async function loadEventTypes() {
 
 async function loadRecentEvents() {
   const page = await getJSON(`/api/events?limit=${KEEP_EVENTS}`);
-  events.splice(0, events.length, ...page.events);
-  lastEventId = events.length ? events[0].id : 0;
+  events.splice(0, events.length, ...page.unsaved, ...page.events);
+  lastEventId = page.events.length ? page.events[0].id : lastEventId;
   renderEvents();
 }
 
