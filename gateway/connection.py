@@ -51,6 +51,11 @@ class DigestPage:
     more: bool
 
 
+class ListingUnsupported(ProtocolError):
+    """The terminal cannot list its users with digests (``list_digests``): reconciliation skips
+    it and says so. A driver for a family without such a listing raises it."""
+
+
 class Refused(ProtocolError):
     """A terminal the gateway will not talk to; ``code`` goes back to it in an error reply."""
 
@@ -80,7 +85,10 @@ class TerminalConnection(Protocol):
 
     def delete_users(self, user_ids: list[str]) -> "Deferred[list[UserResult]]": ...
 
-    def list_digests(self, after_user_id: str, limit: int) -> "Deferred[DigestPage]": ...
+    def list_digests(self, after_user_id: str, limit: int) -> "Deferred[DigestPage]":
+        """The terminal's users after ``after_user_id``, in id order, with the digest of each
+        record as the server would compute it (``protocol.records.record_digest`` of its wire
+        encoding); fails with ``ListingUnsupported`` where the terminal cannot tell."""
 
     def pause_events(self) -> None:
         """Stop bringing events in (the writer is behind) until ``resume_events``."""

@@ -33,6 +33,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.reconcile_repairs = Counter(
+            "gateway_reconcile_repairs", "Users reconciliation repaired on a terminal: pushed, deleted, pulled", ["kind"], registry=r
+        )
+        self.reconcile_differences = Gauge(
+            "gateway_reconcile_differences", "Users a terminal holds differently from the server, as the rules allow (not repaired)",
+            ["terminal"], registry=r,
+        )
         self.unsaved_events = Gauge(
             "gateway_unsaved_monitoring_events",
             "Monitoring events (Fail to save to the server DB, ...) waiting for the database, shown by the API meanwhile",

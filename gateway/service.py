@@ -4,7 +4,8 @@ Start-up order: database (migrations), registry and settings from it, then the l
 A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal, which is how
 changes made by another process on the same database (a second gateway on PostgreSQL) and
 pushes that failed earlier are picked up. Owed pulls retry on their own backoff and resume
-when their terminal reconnects.
+when their terminal reconnects. Reconciliation compares each terminal with the server when it
+connects and every few minutes.
 """
 
 from sqlalchemy.engine import make_url
@@ -20,6 +21,7 @@ from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
 from gateway.puller import Puller
 from gateway.pusher import Pusher
+from gateway.reconcile import Reconciler
 from gateway.session import SessionTiming, TerminalSession
 from gateway.settings import SyncSettings
 from gateway.syncmode import SyncMode
@@ -49,6 +51,7 @@ class Gateway:
                              on_local_change_kept=lambda terminal_id, user_ids: self.puller.owe(terminal_id, user_ids))
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes,
                              keep_local_changes=lambda: self.settings.mode.pulls_device_updates)
+        self.reconciler = Reconciler(self.db, self.registry, self.settings, self.clock, self.metrics, self.puller.owe)
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
         self.activity = Activity(self.db, self.clock)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
@@ -77,6 +80,7 @@ class Gateway:
         for bus in self.buses:
             bus.start()
         self._sweep.start(self.sweep_s, now=False)
+        self.reconciler.start()
         self.activity.start()
 
     @defer.inlineCallbacks
@@ -84,6 +88,7 @@ class Gateway:
         if self._sweep.running:
             self._sweep.stop()
         self.activity.stop()
+        self.reconciler.stop()
         self.puller.stop()
         self.eventlog.stop()
         yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
@@ -111,6 +116,7 @@ class Gateway:
         self.metrics.terminals_online.set(len(self.registry.connected()))
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
+        self.reconciler.terminal_online(connection.terminal_id)
 
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)

@@ -123,7 +123,7 @@ class UserRecord:
 
     def digest(self) -> bytes:
         """8 bytes that change whenever any field changes: what LIST_USERS reports."""
-        return hashlib.sha256(UserRecordWire.build(self)).digest()[:8]
+        return record_digest(UserRecordWire.build(self))
 
 
 def _slot_problems(kind: str, indexes: list[int], slots: int) -> list[str]:
@@ -227,3 +227,9 @@ class _UserRecordAdapter(CompilableAdapter):
 
 
 UserRecordWire = _UserRecordAdapter(UserRecordStruct).compile()
+
+
+def record_digest(wire: bytes) -> bytes:
+    """The digest of a record in its wire encoding (docs/protocol.md, "Digest"): the first 8
+    bytes of its SHA-256. The gateway keeps records encoded, so it digests them without decoding."""
+    return hashlib.sha256(wire).digest()[:8]

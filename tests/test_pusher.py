@@ -4,10 +4,14 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
+from gateway.connection import UserResult
 from gateway.metrics import Metrics
-from gateway.pusher import Pusher, request_chunks
+from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER
+from gateway.pusher import FeedEntry, Pusher, request_chunks
 from gateway.syncmode import SyncMode
 from gateway.terminals import Terminal
+from protocol.messages import UserStatus
+from protocol.records import UserRecord, UserRecordWire
 
 
 def sizes(records, limit, max_users=64):
@@ -62,3 +66,53 @@ def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
     assert len(db.reads) == 1
     db.reads[0][1].callback([])
     assert [args for args, _ in db.reads] == [(0, Pusher.scan_limit)] * 2  # so 2 reads the feed again
+
+
+class AnsweringTerminal:
+    """A connection that answers puts and deletes with the statuses a test gives."""
+
+    push_bytes = 60_000
+
+    def __init__(self, put_status, delete_status=UserStatus.OK):
+        self.put_status, self.delete_status = put_status, delete_status
+
+    def put_users(self, records, keep_local_changes):
+        return defer.succeed([UserResult(UserRecordWire.parse(r).user_id, self.put_status) for r in records])
+
+    def delete_users(self, user_ids):
+        return defer.succeed([UserResult(u, self.delete_status) for u in user_ids])
+
+
+class WritingDatabase(CountingDatabase):
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, work, *args):
+        self.writes.append(args)
+        return defer.succeed(None)
+
+
+def deliver(entries, put_status):
+    db, kept = WritingDatabase(), []
+    term = Terminal(1, connection=AnsweringTerminal(put_status))
+    registry = SimpleNamespace(terminals={1: term}, connected=lambda: [term])
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL_WITH_DEVICE_UPDATES), task.Clock(), Metrics(),
+                    on_local_change_kept=lambda terminal_id, users: kept.append((terminal_id, users)))
+    pusher.kick(1)
+    db.reads[0][1].callback(entries)
+    ((moves,),) = db.writes
+    return [(row["type"], row["user_id"]) for _, _, rows in moves for row in rows], kept
+
+
+def test_a_deletion_on_the_server_is_reported_as_one():
+    entries = [FeedEntry("u1", 1, UserRecordWire.build(UserRecord("u1", name="A")), frozenset(), None),
+               FeedEntry("u2", 2, None, frozenset(), None)]
+    rows, _ = deliver(entries, UserStatus.OK)
+    assert rows == [(APPLIED_BY_DEVICE, "u1"), (DELETED_BY_SERVER, "u2")]
+
+
+def test_a_terminal_keeping_its_own_change_makes_a_pull_owed():
+    entries = [FeedEntry("u1", 1, UserRecordWire.build(UserRecord("u1", name="A")), frozenset(), None)]
+    rows, kept = deliver(entries, UserStatus.LOCAL_CHANGE_PENDING)
+    assert rows == [] and kept == [(1, ["u1"])]

@@ -15,9 +15,11 @@ from gateway.monitor import (
     LOG_RESTARTED,
     MERGED_UNCHANGED,
     PUSH_REFUSED,
+    RECONCILED,
     SAVE_FAILED,
     SAVED_FROM_DEVICE,
     SYNC_EVENT_TYPES,
+    UNREPAIRED_DIFFERENCE,
 )
 from gateway.queries import EventFilter, read_events
 from protocol.events import EventCode
@@ -30,6 +32,8 @@ SYNC_SHORT_NAMES = {
     "server-delete": DELETED_BY_SERVER,
     "merged-unchanged": MERGED_UNCHANGED,
     "change-dropped": CHANGE_DROPPED,
+    "repaired": RECONCILED,
+    "differs": UNREPAIRED_DIFFERENCE,
     "log-restarted": LOG_RESTARTED,
     "event-conflict": EVENT_CONFLICT,
     "log-irregular": LOG_IRREGULAR,

@@ -24,7 +24,30 @@ SCHEMAS = {
             "firmware": {"type": "string"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
             "cursor": {"type": "integer", "description": "highest change it applied"},
-            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor; null unless admitted"},
+            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor, plus its keypad changes still to be pulled; "
+                                                     "null unless admitted"},
+            "pulls_owed": {"type": "integer", "description": "users changed at its keypad the gateway still has to pull"},
+            "reconciliation": {
+                "type": ["object", "null"],
+                "description": "the last comparison of what it holds with the server (null: not compared yet)",
+                "properties": {
+                    "at_ms": _TIME_MS,
+                    "compared": {"type": "integer"},
+                    "repaired": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "pushed, deleted, pulled"},
+                    "repaired_total": {"type": "integer", "description": "users repaired since the gateway started"},
+                    "differences": {"type": "integer", "description": "users that differ as the rules allow, left as they are"},
+                    "why": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "those users by reason"},
+                    "note": {"type": ["string", "null"], "description": "why it was not compared"},
+                },
+            },
+        },
+    },
+    "Differences": {
+        "type": "object",
+        "properties": {
+            "terminal": {"type": "integer"},
+            "reconciled_ms": _NULLABLE_INT,
+            "differences": {"type": "array", "items": {"type": "object", "properties": {"user_id": {"type": "string"}, "why": {"type": "string"}}}},
         },
     },
     "TerminalList": {

@@ -1,14 +1,19 @@
 """Terminals in the API: what the registry knows of each, how far behind the changes feed each
 is, and an administrator's admission decisions."""
 
+from sqlalchemy import func, select
+
 from gateway.http.api import ApiError, Param, Route
+from gateway.schema import pending_pulls
 from gateway.terminals import ADMITTED, REFUSED
 from gateway.users import last_change_seq
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0)
 
 
-def terminal_json(term, last_seq: int) -> dict:
+def terminal_json(term, last_seq: int, pulls_owed: int, reconciler) -> dict:
+    behind = max(0, last_seq - term.cursor)
+    found = reconciler.last.get(term.terminal_id)
     return dict(
         id=term.terminal_id,
         name=term.name,
@@ -20,10 +25,24 @@ def terminal_json(term, last_seq: int) -> dict:
         firmware=term.firmware,
         access_groups=sorted(term.access_groups),
         cursor=term.cursor,
-        # Changes committed after the terminal's cursor: an upper bound of what it still lacks
-        # (in "specific" mode some of them are not meant for it).
-        lag=max(0, last_seq - term.cursor) if term.admission == ADMITTED else None,
+        # Changes committed after the terminal's cursor (an upper bound of what it still lacks: in
+        # "specific" mode some are not meant for it), and keypad changes of its still to be pulled.
+        lag=behind + pulls_owed if term.admission == ADMITTED else None,
+        pulls_owed=pulls_owed,
+        # The last comparison of what it holds with the server: repairs made, differences left.
+        reconciliation=found.as_json(reconciler.repaired_total[term.terminal_id]) if found else None,
     )
+
+
+def _sync_state(conn) -> tuple[int, dict[int, int]]:
+    """The last change sequence number, and the pulls owed per terminal."""
+    owed = conn.execute(select(pending_pulls.c.terminal_id, func.count()).group_by(pending_pulls.c.terminal_id)).all()
+    return last_change_seq(conn), dict(owed)
+
+
+def _json(call, term, state) -> dict:
+    seq, owed = state
+    return terminal_json(term, seq, owed.get(term.terminal_id, 0), call.gateway.reconciler)
 
 
 def _terminal(call):
@@ -36,16 +55,25 @@ def _terminal(call):
 def list_terminals(call):
     registry = call.gateway.registry
 
-    def listed(seq):
+    def listed(state):
         found = sorted(registry.terminals.values(), key=lambda t: t.terminal_id)
-        return {"terminals": [terminal_json(t, seq) for t in found], "last_change_seq": seq}
+        return {"terminals": [_json(call, t, state) for t in found], "last_change_seq": state[0]}
 
-    return call.gateway.db.read(last_change_seq).addCallback(listed)
+    return call.gateway.db.read(_sync_state).addCallback(listed)
 
 
 def show_terminal(call):
     term = _terminal(call)
-    return call.gateway.db.read(last_change_seq).addCallback(lambda seq: terminal_json(term, seq))
+    return call.gateway.db.read(_sync_state).addCallback(lambda state: _json(call, term, state))
+
+
+def list_differences(call):
+    """The users a terminal holds differently from the server and why, as the last reconciliation found them."""
+    term = _terminal(call)
+    found = call.gateway.reconciler.last.get(term.terminal_id)
+    differences = sorted(found.differences.items()) if found else []
+    return {"terminal": term.terminal_id, "reconciled_ms": found.at_ms if found else None,
+            "differences": [{"user_id": u, "why": why} for u, why in differences]}
 
 
 def admit_terminal(call):
@@ -83,6 +111,8 @@ ADMIT_BODY = {
 ROUTES = [
     Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
     Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
+    Route("GET", "/api/terminals/{terminal_id}/differences", list_differences,
+          "Users the terminal holds differently from the server, left as the rules allow, and why", (TERMINAL_ID,), returns="Differences"),
     Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
     Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
     Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),

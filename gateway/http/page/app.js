@@ -48,7 +48,20 @@ function terminalState(t) {
   if (t.admission !== "admitted") return ["waiting", t.admission === "pending" ? "pending admission" : "refused"];
   if (!t.online) return ["offline", t.last_seen_ms ? `offline since ${when(t.last_seen_ms)}` : "never connected"];
   if (t.lag) return ["lagging", `${t.lag} change${t.lag === 1 ? "" : "s"} behind`];
+  const differ = t.reconciliation ? t.reconciliation.differences : 0;
+  if (differ) return ["online", `${differ} user${differ === 1 ? "" : "s"} differ`];
   return ["online", "in sync"];
+}
+
+// What the last reconciliation found: repairs made, and differences left as the rules allow, by why.
+function reconciliationText(r) {
+  if (!r) return ["", "not compared yet"];
+  if (r.note) return ["—", r.note];
+  const why = Object.entries(r.why).map(([reason, n]) => `${n} ${reason}`);
+  const repaired = Object.entries(r.repaired).map(([kind, n]) => `${n} ${kind}`);
+  const title = [`compared ${when(r.at_ms)}: ${r.compared} users`, ...why,
+    repaired.length ? `repaired: ${repaired.join(", ")}` : "nothing to repair", `repaired since start: ${r.repaired_total}`];
+  return [`${r.differences} / ${r.repaired_total}`, title.join("\n")];
 }
 
 function terminalTile(t, stateText) {
@@ -85,6 +98,8 @@ async function refreshTerminals() {
     cell(row, [t.model, t.firmware].filter(Boolean).join(" / "));
     cell(row, t.cursor, "num");
     cell(row, t.lag, t.lag ? "num lagging" : "num");
+    const [text, title] = reconciliationText(t.reconciliation);
+    cell(row, text, t.reconciliation && t.reconciliation.differences ? "num lagging" : "num").title = title;
   }
 }
 

@@ -1,0 +1,296 @@
+"""Reconciler: anti-entropy between what a terminal holds and what the server says it should hold.
+
+The changes feed delivers every change once, and a cursor says a terminal applied it; nothing in
+that proves the terminal still holds it (a wiped store, a unit swapped, a bug). So on connect and
+on a schedule the reconciler lists the terminal's users with their digests (LIST_USERS) and
+compares them with the server's records the sync mode targets at it:
+
+- what the gateway owns it repairs, counts (metric, monitoring event) and reports: a user
+  missing or held in another version gets the server's record; a user the server deleted is
+  deleted; a user only the terminal holds, in a mode that pulls, is pulled;
+- what the rules allow to differ it remembers per terminal and shows, and never repairs behind
+  the operator's back: a user deleted at that terminal's keypad (a keypad delete deletes nothing
+  on the server, and pushing the user back would undo what a person did at the door), a user
+  enrolled or changed at its keypad while the mode does not pull (pulled once it does), a user a
+  narrowed mode no longer targets.
+
+Users still in flight are left alone: changed after the terminal's cursor (the pusher is
+delivering them) or with a pull owed (the puller is fetching them). Connections that cannot list
+their users (``ListingUnsupported``) are skipped with a note.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from gateway.connection import ListingUnsupported
+from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
+from gateway.pusher import delivery_rows, request_chunks
+from gateway.schema import events, pending_pulls, users
+from gateway.syncmode import parse_groups
+from protocol.events import EventCode, Origin
+from protocol.records import record_digest
+
+log = Logger(namespace="gateway.reconcile")
+
+# Why a terminal may differ from the server without the gateway repairing it.
+DELETED_AT_KEYPAD = "deleted at the terminal's keypad"
+ONLY_ON_TERMINAL = "enrolled at the terminal, not pulled in this sync mode"
+CHANGED_AT_KEYPAD = "changed at the terminal's keypad, not pulled in this sync mode"
+NOT_TARGETED = "not meant for this terminal in this sync mode (an operator removes it)"
+
+_USER_EVENTS = [EventCode.ENROLL_SUCCESS.name, EventCode.UPDATE_SUCCESS.name, EventCode.DELETE_SUCCESS.name]
+
+
+@dataclass
+class Reconciliation:
+    """The last comparison of one terminal with the server, as the API shows it."""
+
+    at_ms: int
+    compared: int = 0  # users looked at on either side
+    repaired: Counter = field(default_factory=Counter)  # pushed | deleted | pulled
+    differences: dict[str, str] = field(default_factory=dict)  # user -> why it differs, left as it is
+    note: str = ""  # why it could not run
+
+    def as_json(self, repaired_total: int) -> dict:
+        return dict(
+            at_ms=self.at_ms,
+            compared=self.compared,
+            repaired=dict(self.repaired),
+            repaired_total=repaired_total,
+            differences=len(self.differences),
+            why=dict(Counter(self.differences.values())),
+            note=self.note or None,
+        )
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    change_seq: int
+    digest: bytes | None  # None: deleted on the server
+    access_groups: frozenset[int]
+
+
+class Reconciler:
+    page = 500  # entries per LIST_USERS: 500 ids of 64 bytes fit one frame
+    interval_s = 300.0
+    after_connect_s = 1.0
+
+    def __init__(self, db, registry, settings, clock, metrics, owe_pulls):
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._owe_pulls = owe_pulls  # (terminal_id, user_ids): make the puller fetch them
+        self.last: dict[int, Reconciliation] = {}
+        self.repaired_total: Counter = Counter()  # terminal -> users repaired since start
+        self._running: dict[int, defer.Deferred] = {}  # terminal -> its comparison under way
+        self._timers: dict[int, object] = {}
+        self._loop = task.LoopingCall(self.reconcile_all)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(self.interval_s, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    def terminal_online(self, terminal_id: int) -> None:
+        timer = self._timers.pop(terminal_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timers[terminal_id] = self._clock.callLater(self.after_connect_s, self._due, terminal_id)
+
+    def _due(self, terminal_id: int) -> None:
+        self._timers.pop(terminal_id, None)
+        self.reconcile(terminal_id)
+
+    @defer.inlineCallbacks
+    def reconcile_all(self):
+        """One terminal after the other: a comparison lists every user, so they do not run all at once."""
+        for term in list(self._registry.connected()):
+            yield self.reconcile(term.terminal_id)
+
+    def reconcile(self, terminal_id: int) -> defer.Deferred:
+        """Compare one online terminal with the server and repair what the gateway owns; fires
+        with the ``Reconciliation`` (None if it is not online). Asked while one runs, it runs
+        again after it: what the caller changed meanwhile may have been listed already."""
+        running = self._running.get(terminal_id)
+        if running is not None:
+            after = defer.Deferred()
+            running.addBoth(lambda result: (after.callback(None), result)[1])
+            return after.addCallback(lambda _: self.reconcile(terminal_id))
+        term = self._registry.terminals.get(terminal_id)
+        if term is None or term.connection is None:
+            return defer.succeed(None)
+        d = self._running[terminal_id] = self._run(term, term.connection)
+        d.addErrback(self._failed, terminal_id)
+        d.addBoth(self._finished, terminal_id)
+        return d
+
+    def _finished(self, result, terminal_id: int):
+        self._running.pop(terminal_id, None)
+        return result
+
+    def _failed(self, failure, terminal_id: int) -> None:
+        self._metrics.failures.labels("reconcile").inc()
+        log.warn("could not reconcile terminal {tid}: {e}", tid=terminal_id, e=failure.getErrorMessage())
+
+    @defer.inlineCallbacks
+    def _run(self, term, connection):
+        found = Reconciliation(self._now_ms())
+        mode = self._settings.mode
+        if not mode.pushes:
+            found.note = "not compared: sync mode disabled, nothing is pushed to terminals automatically"
+            return self._keep(term.terminal_id, found)
+        cursor = term.cursor  # what the terminal has applied; later changes are the pusher's
+        try:
+            held = yield self._list(connection)
+        except ListingUnsupported as exc:
+            found.note = f"not compared: the terminal cannot list its users ({exc})"
+            return self._keep(term.terminal_id, found)
+        server, owed = yield self._db.read(_server_view, term.terminal_id)
+        differing, missing, delete, pull = [], [], [], []
+        for user_id in sorted(set(server) | set(held)):
+            if user_id in owed:
+                continue  # a keypad change is being pulled
+            mine = server.get(user_id)
+            if mine is not None and mine.change_seq > cursor:
+                continue  # the pusher is delivering it
+            found.compared += 1
+            targeted = mine is not None and mine.digest is not None and mode.targets(mine.access_groups, term.access_groups)
+            if targeted and held.get(user_id) != mine.digest:
+                (differing if user_id in held else missing).append(user_id)
+            elif user_id in held and not targeted:
+                if mine is not None and mine.digest is None:
+                    delete.append(user_id)
+                elif mine is not None:
+                    found.differences[user_id] = NOT_TARGETED
+                elif mode.pulls_device_updates:
+                    pull.append(user_id)
+                else:
+                    found.differences[user_id] = ONLY_ON_TERMINAL
+        # What a person did at this terminal's keypad last is theirs: a delete stays deleted, a
+        # change is pulled where the mode pulls and left as it is where it does not.
+        at_keypad = yield self._db.read(_keypad_changes, term.terminal_id, missing + differing + delete)
+        push = []
+        for user_id in missing:
+            if at_keypad.get(user_id) == EventCode.DELETE_SUCCESS.name:
+                found.differences[user_id] = DELETED_AT_KEYPAD
+            else:
+                push.append(user_id)
+        for user_id in differing + delete:
+            if at_keypad.get(user_id) not in (None, EventCode.DELETE_SUCCESS.name):
+                if mode.pulls_device_updates:
+                    pull.append(user_id)
+                else:
+                    found.differences[user_id] = CHANGED_AT_KEYPAD if user_id in differing else ONLY_ON_TERMINAL
+            elif user_id in differing:
+                push.append(user_id)
+        delete = [u for u in delete if at_keypad.get(u) in (None, EventCode.DELETE_SUCCESS.name)]
+        yield self._repair(term.terminal_id, connection, push, delete, pull, held, found)
+        return self._keep(term.terminal_id, found)
+
+    @defer.inlineCallbacks
+    def _list(self, connection):
+        held, after = {}, ""
+        while True:
+            try:
+                page = yield connection.list_digests(after, self.page)
+            except NotImplementedError as exc:
+                raise ListingUnsupported(str(exc) or "no LIST_USERS") from None
+            held.update(page.digests)
+            if not page.more or not page.digests:
+                return held
+            after = max(page.digests)
+
+    @defer.inlineCallbacks
+    def _repair(self, terminal_id: int, connection, push: list[str], delete: list[str], pull: list[str], held: dict, found):
+        rows, now_ms = [], self._now_ms()
+        if push:
+            # The records as they are now, not as they were when compared: a change since is the pusher's.
+            current = yield self._db.read(_current_records, push, self._registry.terminals[terminal_id].cursor)
+            why = {u: "missing on the terminal" if u not in held else "the terminal held another version" for u in current}
+            for chunk in request_chunks(list(current.values()), connection.push_bytes, 64):
+                results = yield connection.put_users(chunk, self._settings.mode.pulls_device_updates)
+                rows += self._repaired(terminal_id, results, APPLIED_BY_DEVICE, "pushed", why, found, now_ms)
+        if delete:
+            for i in range(0, len(delete), 64):
+                results = yield connection.delete_users(delete[i:i + 64])
+                why = {u: "deleted on the server, still on the terminal" for u in delete}
+                rows += self._repaired(terminal_id, results, DELETED_BY_SERVER, "deleted", why, found, now_ms)
+        if pull:
+            self._owe_pulls(terminal_id, pull)
+            found.repaired["pulled"] += len(pull)
+            rows += [sync_event_row(RECONCILED, terminal_id, u, "only on the terminal: pulled", at_ms=now_ms) for u in pull]
+        new = {u: why for u, why in found.differences.items() if self.last.get(terminal_id, Reconciliation(0)).differences.get(u) != why}
+        rows += [sync_event_row(UNREPAIRED_DIFFERENCE, terminal_id, u, why, at_ms=now_ms) for u, why in sorted(new.items())]
+        if rows:
+            yield self._db.write(record_sync_events, rows)
+
+    def _repaired(self, terminal_id: int, results, applied_type: str, kind: str, why: dict, found, now_ms: int) -> list[dict]:
+        """Rows for what the terminal answered a repair: each user it applied is one repair."""
+        delivered, kept = delivery_rows(terminal_id, results, applied_type, self._metrics, now_ms)
+        if kept:
+            self._owe_pulls(terminal_id, kept)
+        rows = []
+        for row in delivered:
+            if row["type"] == applied_type:
+                found.repaired[kind] += 1
+                self._metrics.reconcile_repairs.labels(kind).inc()
+                rows.append(sync_event_row(RECONCILED, terminal_id, row["user_id"], f"{why.get(row['user_id'], '')}: {kind}", at_ms=now_ms))
+        return delivered + rows
+
+    def _keep(self, terminal_id: int, found: Reconciliation) -> Reconciliation:
+        self.last[terminal_id] = found
+        repaired = sum(found.repaired.values())
+        self.repaired_total[terminal_id] += repaired
+        self._metrics.reconcile_differences.labels(str(terminal_id)).set(len(found.differences))
+        if found.note:
+            log.info("terminal {tid}: {note}", tid=terminal_id, note=found.note)
+        elif repaired or found.differences:
+            log.info("terminal {tid} reconciled: {n} users compared, {repaired} repaired ({kinds}), {d} differ as the rules allow",
+                     tid=terminal_id, n=found.compared, repaired=repaired, kinds=dict(found.repaired), d=len(found.differences))
+        return found
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+
+def _server_view(conn, terminal_id: int) -> tuple[dict[str, ServerUser], set[str]]:
+    """Every user the server knows, tombstones included, and the users a pull from this terminal is owed for."""
+    rows = conn.execute(select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups))
+    server = {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups))
+              for r in rows}
+    owed = set(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
+    return server, owed
+
+
+def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, str]:
+    """Of these users, those whose last user event at this terminal was made at its keypad, with
+    that event's type (a record the server sent since would be the last one instead)."""
+    found = {}
+    for user_id in user_ids:
+        stmt = (select(events.c.type, events.c.sub_code)
+                .where(events.c.user_id == user_id, events.c.terminal_id == terminal_id, events.c.type.in_(_USER_EVENTS))
+                .order_by(events.c.id.desc()).limit(1))
+        latest = conn.execute(stmt).first()
+        if latest is not None and latest.sub_code == Origin.DEVICE:
+            found[user_id] = latest.type
+    return found
+
+
+def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:
+    stmt = select(users.c.user_id, users.c.record).where(
+        users.c.user_id.in_(user_ids), users.c.record.is_not(None), users.c.change_seq <= cursor
+    )
+    return {r.user_id: r.record for r in conn.execute(stmt)}
