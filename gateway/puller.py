@@ -239,7 +239,10 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
                 corrections[record.user_id] = UserRecordWire.build(merged)
     for user_id in missing:
         found = conn.execute(select(users.c.record).where(users.c.user_id == user_id)).first()
-        if found is not None and found.record is None:
+        if found is None:
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, user_id, "keypad enrolment lost: the user was deleted at "
+                                       "the terminal before the gateway fetched it, and the server never had it", at_ms=at_ms))
+        elif found.record is None:
             rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, user_id, "keypad change lost: the server's deletion of the "
                                        "user reached the terminal before the change was fetched", at_ms=at_ms))
     record_sync_events(conn, rows)

@@ -278,15 +278,15 @@ def _server_view(conn, terminal_id: int) -> tuple[dict[str, ServerUser], set[str
 def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, str]:
     """Of these users, those whose last user event at this terminal was made at its keypad, with
     that event's type (a record the server sent since would be the last one instead)."""
-    found = {}
-    for user_id in user_ids:
-        stmt = (select(events.c.type, events.c.sub_code)
-                .where(events.c.user_id == user_id, events.c.terminal_id == terminal_id, events.c.type.in_(_USER_EVENTS))
-                .order_by(events.c.id.desc()).limit(1))
-        latest = conn.execute(stmt).first()
-        if latest is not None and latest.sub_code == Origin.DEVICE:
-            found[user_id] = latest.type
-    return found
+    last: dict[str, tuple] = {}
+    for i in range(0, len(user_ids), 500):
+        stmt = select(events.c.id, events.c.user_id, events.c.type, events.c.sub_code).where(
+            events.c.user_id.in_(user_ids[i:i + 500]), events.c.terminal_id == terminal_id, events.c.type.in_(_USER_EVENTS)
+        )
+        for row in conn.execute(stmt):
+            if row.user_id not in last or row.id > last[row.user_id][0]:
+                last[row.user_id] = (row.id, row.type, row.sub_code)
+    return {user_id: type_ for user_id, (_, type_, sub_code) in last.items() if sub_code == Origin.DEVICE}
 
 
 def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:

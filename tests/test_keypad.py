@@ -216,6 +216,25 @@ def test_a_restart_keeps_users_the_event_counter_unacknowledged_events_and_pendi
     assert not (tmp_path / "t7.json.tmp").exists()
 
 
+def test_a_restart_with_its_state_keeps_the_event_log_epoch_and_one_without_picks_a_new_one(tmp_path):
+    path = tmp_path / "t7.json"
+    terminal = open_terminal(path, 7, SECRET)
+    assert 0 < terminal.log_epoch < 2**63
+    assert open_terminal(path, 7, SECRET).log_epoch == terminal.log_epoch  # same counter, same log
+    assert open_terminal(tmp_path / "wiped.json", 7, SECRET).log_epoch != terminal.log_epoch  # counter at 1: a new log
+    _, hello = ask(terminal, Command.HELLO, dict(gateway_nonce=auth.new_nonce(), protocol_version=1))
+    assert hello.log_epoch == terminal.log_epoch
+
+
+def test_a_version_1_state_file_keeps_its_counter_under_a_log_epoch_of_its_own(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "terminal_id": 7, "next_event_id": 9, "acked_through": 8,
+                                "overwritten": 0, "changed_locally": [], "events": [], "users": []}))
+    terminal = open_terminal(path, 7, SECRET)
+    assert terminal.next_event_id == 9 and terminal.log_epoch
+    assert json.loads(path.read_bytes())["log_epoch"] == terminal.log_epoch
+
+
 def test_what_the_gateway_changes_is_saved_before_the_terminal_answers(tmp_path):
     path = tmp_path / "t5.json"
     terminal = open_terminal(path, 5, SECRET)

@@ -42,6 +42,14 @@ SCHEMAS = {
             },
         },
     },
+    "Reconciled": {
+        "type": "object",
+        "properties": {
+            "terminals": {"type": "array", "items": {"type": "object", "description": "id, then what Terminal.reconciliation shows"}},
+            "repaired": {"type": "integer", "description": "users repaired by this comparison, on every terminal"},
+            "differences": {"type": "integer", "description": "users that differ as the rules allow, on every terminal"},
+        },
+    },
     "Differences": {
         "type": "object",
         "properties": {

@@ -100,6 +100,21 @@ def remove_terminal(call):
     return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 
 
+def reconcile_all(call):
+    """Compare every online terminal with the server now, one after the other; what each found."""
+    reconciler = call.gateway.reconciler
+    d = reconciler.reconcile_all()
+
+    def found(_):
+        online = sorted(t.terminal_id for t in call.gateway.registry.connected())
+        done = {t: reconciler.last[t].as_json(reconciler.repaired_total[t]) for t in online if t in reconciler.last}
+        return {"terminals": [dict(id=t, **r) for t, r in done.items()],
+                "repaired": sum(sum(r["repaired"].values()) for r in done.values()),
+                "differences": sum(r["differences"] for r in done.values())}
+
+    return d.addCallback(found)
+
+
 ADMIT_BODY = {
     "type": "object",
     "additionalProperties": False,
@@ -113,6 +128,8 @@ ROUTES = [
     Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
     Route("GET", "/api/terminals/{terminal_id}/differences", list_differences,
           "Users the terminal holds differently from the server, left as the rules allow, and why", (TERMINAL_ID,), returns="Differences"),
+    Route("POST", "/api/reconcile", reconcile_all, "Compare every online terminal with the server now and repair what the gateway owns",
+          (), {"type": "object", "additionalProperties": False}, "Reconciled"),
     Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
     Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
     Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),

@@ -3,11 +3,14 @@
 Order of a run: the baselines (raw batched insert, bare sink) while nothing else runs; the
 gateway process; the fleet connects (idle memory and idle API latency are taken then); the
 scenario runs while a thread times API requests; the fleet settles (the gateway's database says
-every pull is merged and every terminal's cursor is at the last change); the fleet dumps its
-terminals; the gateway stops; the convergence check compares dumps and database.
+every pull is merged and every terminal's cursor is at the last change), and the gateway compares
+every terminal with its database (reconciliation: anything it has to repair is something the sync
+left behind); the fleet dumps its terminals; the gateway stops; the convergence check compares
+dumps and database.
 """
 
 import argparse
+import http.client
 import importlib.util
 import json
 import shutil
@@ -18,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
+from gateway.api_token import token_path
 from gateway.schema import counters, events, pending_pulls, terminals
 from gateway.users import CHANGE_SEQ
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
@@ -56,6 +60,34 @@ def caught_up(engine: Engine, terminal_ids: list[int]) -> bool:
         last = conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
         behind = select(func.count()).where(terminals.c.terminal_id.in_(terminal_ids), terminals.c.cursor < last)
         return conn.execute(behind).scalar() == 0
+
+
+def reconcile_now(port: int, token: str) -> dict:
+    """Ask the gateway to compare every online terminal with its database now (POST /api/reconcile)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        conn.request("POST", "/api/reconcile", body=b"{}", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        body = answer.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise GatewayFailed(f"POST /api/reconcile: {exc}") from None
+    finally:
+        conn.close()
+    if answer.status != 200:
+        raise GatewayFailed(f"POST /api/reconcile answered {answer.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def reconciliation_figures(found: dict | None) -> dict:
+    """What the comparison after settling found: users it repaired (the sync left them behind:
+    0 expected) and users left as the rules allow, by why (a keypad delete, ...)."""
+    if found is None:
+        return dict(reconcile_repaired=None, reconcile_left=None, reconcile_left_why={})
+    why: dict[str, int] = {}
+    for terminal in found["terminals"]:
+        for reason, n in terminal["why"].items():
+            why[reason] = why.get(reason, 0) + n
+    return dict(reconcile_repaired=found["repaired"], reconcile_left=found["differences"], reconcile_left_why=why)
 
 
 def ingest(engine: Engine, started_ms: float) -> dict:
@@ -116,17 +148,30 @@ class LoadTest:
                 probe.start()
             figures["cpu_ready_s"] = gateway.cpu_s()
 
+        token = self._api_token()
+
+        def settled() -> bool:
+            if not caught_up(engine, self.spec.terminal_ids):
+                return False
+            if "reconciled" not in figures:  # once, when settled: before the fleet dumps what it holds
+                figures["reconciled"] = reconcile_now(gateway.http_port, token)
+            return True
+
         bar = ProgressBar(sys.stderr, every_s=10)
         with open(self.run_dir / "fleet.log", "ab") as log:
             try:
-                self.fleet = Fleet(self.spec, log_file=log).run(
-                    on_progress=bar, on_ready=ready, settled=lambda: caught_up(engine, self.spec.terminal_ids))
+                self.fleet = Fleet(self.spec, log_file=log).run(on_progress=bar, on_ready=ready, settled=settled)
             finally:
                 bar.close()
                 probe.stop()
         figures["cpu_load_s"] = gateway.cpu_s() - figures["cpu_ready_s"]
         figures["peak_rss_mb"] = gateway.memory_mb("VmHWM")
         return figures
+
+    def _api_token(self) -> str:
+        """The token the gateway made at its first start, kept beside its database or in its working folder."""
+        path = token_path(self.db_url)
+        return (path if path.is_absolute() else self.run_dir / path).read_text().strip()
 
     def _report(self, base: dict, figures: dict, checked, ingested: dict) -> dict:
         spec, fleet, probe = self.spec, self.fleet, self.probe
@@ -173,8 +218,10 @@ class LoadTest:
             unexpected_events=checked.unexpected_events,
             lost_updates=checked.lost_updates,
             diverged_terminals=checked.diverged_terminals,
+            **reconciliation_figures(figures.get("reconciled")),
             missing_deliveries=checked.missing_deliveries,
             stale_records=checked.stale_records,
+            deleted_before_pull=checked.deleted_before_pull,
             server_users=checked.server_users,
             dropped_on_purpose=fleet.dropped,
             garbage_writes=fleet.garbage_sent,
@@ -184,7 +231,7 @@ class LoadTest:
             problems=checked.examples,
             run_folder=str(self.run_dir),
         )
-        report["ok"] = checked.ok and fleet.settled
+        report["ok"] = checked.ok and fleet.settled and not report["reconcile_repaired"]
         return report
 
 

@@ -2,7 +2,7 @@
 
 import time
 
-from tools.loadtest.convergence import LOSS_KEYS
+from tools.loadtest.convergence import LOSS_KEYS, REPAIR_KEY
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'terminal-gateway[plot]'"
 
@@ -12,7 +12,7 @@ def ratio(part: float | None, whole: float | None) -> float | None:
 
 
 def verdict(report: dict) -> str:
-    losses = [k for k in LOSS_KEYS if report[k]]
+    losses = [k for k in (*LOSS_KEYS, REPAIR_KEY) if report.get(k)]
     if losses:
         return "FAILED: " + ", ".join(f"{k} {report[k]}" for k in losses)
     if not report["settled"]:
@@ -58,6 +58,9 @@ def table(report: dict) -> str:
         ("lost / duplicate events", f"{report['lost_events']} / {report['duplicate_events']}"),
         ("lost updates", show(report["lost_updates"])),
         ("diverged terminals", show(report["diverged_terminals"])),
+        ("reconciliation: repaired", show(report.get("reconcile_repaired"))),
+        ("  left as the rules allow", show(report.get("reconcile_left")) + "".join(
+            f"; {n} {why}" for why, n in sorted((report.get("reconcile_left_why") or {}).items()))),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
