@@ -272,7 +272,7 @@ def _restarted(conn, terminal_id: int, previous: LogState, epoch: int, why: str,
     return Anomaly("restarted", terminal_id, text)
 
 
-def _event_row(terminal_id: int, epoch: int, ev: Event, recorded: int, **overrides) -> dict:
+def _event_row(terminal_id: int, epoch: int, ev: Event, recorded: int) -> dict:
     return dict(
         terminal_id=terminal_id,
         terminal_event_id=ev.event_id,
@@ -284,7 +284,7 @@ def _event_row(terminal_id: int, epoch: int, ev: Event, recorded: int, **overrid
         occurred_ms=ev.timestamp_ms,
         recorded_ms=recorded,
         detail=None,
-    ) | overrides
+    )
 
 
 def _same_content(row, ev: Event) -> bool:
@@ -323,17 +323,16 @@ def _store_submission(conn, sub: _Submission, state: LogState, recorded: int, ro
         first = stored[ev.event_id]
         text = (f"event {ev.event_id} of log {epoch} arrived again with other content; the first is event #{first.id} "
                 f"({first.code:#06x} user {first.user_id or '-'} at {first.occurred_ms}), this one is kept here")
-        rows.append(_event_row(t, epoch, ev, recorded, terminal_event_id=None, type=EVENT_CONFLICT, detail=text))
+        rows.append(_event_row(t, epoch, ev, recorded) | dict(terminal_event_id=None, type=EVENT_CONFLICT, detail=text))
         anomalies.append(Anomaly("conflict", t, text))
     if backwards:
         _irregular(rows, anomalies, t, epoch, recorded, "backwards",
                    f"event ids went back within log {epoch}: {min(backwards)} after {state.high}; stored")
     previous = state.high
-    for ev in sorted(fresh, key=lambda e: e.event_id):
-        if ev.event_id - previous > LEAP_LIMIT:
-            _irregular(rows, anomalies, t, epoch, recorded, "leap",
-                       f"event ids leapt within log {epoch}: {ev.event_id} after {previous}; stored")
-        previous = max(previous, ev.event_id)
+    for event_id in sorted(e.event_id for e in fresh):  # in id order already, as the protocol asks
+        if event_id - previous > LEAP_LIMIT:
+            _irregular(rows, anomalies, t, epoch, recorded, "leap", f"event ids leapt within log {epoch}: {event_id} after {previous}; stored")
+        previous = max(previous, event_id)
     rows += [_event_row(t, epoch, ev, recorded) for ev in fresh]
     return LogState(epoch, previous)
 

@@ -127,8 +127,13 @@ class ConsistencyScenarios(ConsistencySite):
         pin = b"p" * 32
         site.terminals[A].edit("m1", pin_hash=pin)
         yield wait_until(lambda: site.count_events(type="UPDATE_SUCCESS", terminal_id=A, sub_code=2) == 1, "the keypad edit logged")
+        yield site.dialers[A].go_offline()
         yield site.gateway.settings.set_mode(SyncMode.ALL_WITH_DEVICE_UPDATES)
         yield site.gateway.users.edit("m1", name="Renamed on the server")
+        shown = yield self.api(f"/api/terminals/{A}")
+        self.assertEqual(shown["pulls_owed"], 1)  # owed, and A's lag says so while it is away
+        self.assertGreaterEqual(shown["lag"], 2)
+        site.dialers[A].come_back()
         yield wait_until(lambda: (site.server_record("m1") or person).pin_hash == pin, "the keypad PIN merged into the server")
         merged = site.server_record("m1")
         self.assertEqual(merged.name, "Renamed on the server")
