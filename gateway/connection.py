@@ -90,6 +90,11 @@ class TerminalConnection(Protocol):
         record as the server would compute it (``protocol.records.record_digest`` of its wire
         encoding); fails with ``ListingUnsupported`` where the terminal cannot tell."""
 
+    def events_pending(self) -> "Deferred[int]":
+        """How many of its events the terminal holds that are not stored yet (REQUEST_EVENTS, which
+        also makes it send them again: each is stored once). 0 means every change made at its
+        keypad so far is in the event log: what reconciliation waits for before it judges."""
+
     def pause_events(self) -> None:
         """Stop bringing events in (the writer is behind) until ``resume_events``."""
 

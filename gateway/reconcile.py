@@ -14,9 +14,10 @@ compares them with the server's records the sync mode targets at it:
   enrolled or changed at its keypad while the mode does not pull (pulled once it does), a user a
   narrowed mode no longer targets.
 
-Users still in flight are left alone: changed after the terminal's cursor (the pusher is
-delivering them) or with a pull owed (the puller is fetching them). Connections that cannot list
-their users (``ListingUnsupported``) are skipped with a note.
+It judges only once every event the terminal logged is stored (a keypad delete still on its way
+would look like a user to push back), and leaves alone users still in flight: changed after the
+terminal's cursor (the pusher is delivering them) or with a pull owed (the puller is fetching
+them). Connections that cannot list their users (``ListingUnsupported``) are skipped with a note.
 """
 
 from collections import Counter
@@ -31,6 +32,7 @@ from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UN
 from gateway.pusher import delivery_rows, request_chunks
 from gateway.schema import events, pending_pulls, users
 from gateway.syncmode import parse_groups
+from gateway.users import last_change_seq
 from protocol.events import EventCode, Origin
 from protocol.records import record_digest
 
@@ -78,6 +80,9 @@ class Reconciler:
     page = 500  # entries per LIST_USERS: 500 ids of 64 bytes fit one frame
     interval_s = 300.0
     after_connect_s = 1.0
+    at_once = 2  # comparisons running together: a fleet reconnecting at once must not read every user a thousand times over
+    events_wait_s = 0.5  # between asks whether the terminal's own events are all stored
+    events_asks = 20
 
     def __init__(self, db, registry, settings, clock, metrics, owe_pulls):
         self._db = db
@@ -89,6 +94,10 @@ class Reconciler:
         self.last: dict[int, Reconciliation] = {}
         self.repaired_total: Counter = Counter()  # terminal -> users repaired since start
         self._running: dict[int, defer.Deferred] = {}  # terminal -> its comparison under way
+        self._slots = defer.DeferredSemaphore(self.at_once)
+        self._waits: set[defer.Deferred] = set()  # pauses between asks, cancelled when the gateway stops
+        self._stopped = False
+        self._view: tuple[int, dict[str, ServerUser]] | None = None  # the server's users as of a change sequence number
         self._timers: dict[int, object] = {}
         self._loop = task.LoopingCall(self.reconcile_all)
         self._loop.clock = clock
@@ -97,8 +106,11 @@ class Reconciler:
         self._loop.start(self.interval_s, now=False)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
+        for wait in list(self._waits):
+            wait.cancel()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -132,7 +144,7 @@ class Reconciler:
         term = self._registry.terminals.get(terminal_id)
         if term is None or term.connection is None:
             return defer.succeed(None)
-        d = self._running[terminal_id] = self._run(term, term.connection)
+        d = self._running[terminal_id] = self._slots.run(self._run, term, term.connection)
         d.addErrback(self._failed, terminal_id)
         d.addBoth(self._finished, terminal_id)
         return d
@@ -142,6 +154,8 @@ class Reconciler:
         return result
 
     def _failed(self, failure, terminal_id: int) -> None:
+        if self._stopped:
+            return None  # the gateway stops: the next start compares again
         self._metrics.failures.labels("reconcile").inc()
         log.warn("could not reconcile terminal {tid}: {e}", tid=terminal_id, e=failure.getErrorMessage())
 
@@ -152,13 +166,20 @@ class Reconciler:
         if not mode.pushes:
             found.note = "not compared: sync mode disabled, nothing is pushed to terminals automatically"
             return self._keep(term.terminal_id, found)
+        # A keypad delete or edit whose event is still on its way would look like a difference
+        # to repair: judge only once every event the terminal logged is stored.
+        pending = yield self._events_stored(connection)
+        if pending:
+            found.note = f"not compared: {pending} of its events are still on their way to the gateway"
+            return self._keep(term.terminal_id, found)
         cursor = term.cursor  # what the terminal has applied; later changes are the pusher's
         try:
             held = yield self._list(connection)
         except ListingUnsupported as exc:
             found.note = f"not compared: the terminal cannot list its users ({exc})"
             return self._keep(term.terminal_id, found)
-        server, owed = yield self._db.read(_server_view, term.terminal_id)
+        server = yield self._server_users()
+        owed = yield self._db.read(_owed_pulls, term.terminal_id)
         differing, missing, delete, pull = [], [], [], []
         for user_id in sorted(set(server) | set(held)):
             if user_id in owed:
@@ -199,6 +220,28 @@ class Reconciler:
         delete = [u for u in delete if at_keypad.get(u) in (None, EventCode.DELETE_SUCCESS.name)]
         yield self._repair(term.terminal_id, connection, push, delete, pull, held, found)
         return self._keep(term.terminal_id, found)
+
+    @defer.inlineCallbacks
+    def _events_stored(self, connection):
+        """0 once the terminal holds no event the gateway has not stored; else how many after the last ask."""
+        for _ in range(self.events_asks):
+            pending = yield connection.events_pending()
+            if not pending:
+                return 0
+            wait = task.deferLater(self._clock, self.events_wait_s, lambda: None)
+            self._waits.add(wait)
+            wait.addBoth(lambda result, w=wait: (self._waits.discard(w), result)[1])
+            yield wait
+        return pending
+
+    @defer.inlineCallbacks
+    def _server_users(self):
+        """Every user the server knows, read again only after a change: terminals compared one
+        after the other share one read."""
+        seq = yield self._db.read(last_change_seq)
+        if self._view is None or self._view[0] != seq:
+            self._view = (seq, (yield self._db.read(_server_users)))
+        return self._view[1]
 
     @defer.inlineCallbacks
     def _list(self, connection):
@@ -266,13 +309,15 @@ class Reconciler:
         return int(self._clock.seconds() * 1000)
 
 
-def _server_view(conn, terminal_id: int) -> tuple[dict[str, ServerUser], set[str]]:
-    """Every user the server knows, tombstones included, and the users a pull from this terminal is owed for."""
+def _server_users(conn) -> dict[str, ServerUser]:
+    """Every user the server knows, deletion tombstones included."""
     rows = conn.execute(select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups))
-    server = {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups))
-              for r in rows}
-    owed = set(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
-    return server, owed
+    return {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups))
+            for r in rows}
+
+
+def _owed_pulls(conn, terminal_id: int) -> set[str]:
+    return set(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
 
 
 def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, str]:

@@ -87,6 +87,7 @@ class TerminalSession:
         self._handshake_timer = None
         self._liveness_timer = None
         self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
+        self._stored_through = 0  # the highest of its event ids known stored (WELCOME's, acknowledged, polled)
         self.log_epoch: int | None = None  # the event log the terminal announced; None: a terminal that names none
 
     # -- TerminalConnection ------------------------------------------------------------------
@@ -113,6 +114,10 @@ class TerminalSession:
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
         d = self.request(Command.LIST_USERS, dict(after_user_id=after_user_id, limit=limit))
         return d.addCallback(lambda body: DigestPage({e.user_id: e.digest for e in body.entries}, body.more))
+
+    def events_pending(self) -> defer.Deferred:
+        d = self.request(Command.REQUEST_EVENTS, dict(after_event_id=self._stored_through))
+        return d.addCallback(lambda body: body.pending)
 
     def pause_events(self) -> None:
         self.link.pause()
@@ -211,6 +216,7 @@ class TerminalSession:
             self._send(error_frame(frame, ErrorCode.UNKNOWN_COMMAND, f"command 0x{frame.command:02X} is not accepted from a terminal"))
 
     def _ack_events(self, ack_through: int, frame: Frame) -> None:
+        self._stored_through = max(self._stored_through, ack_through)
         if not self.closed:
             self._send(response_frame(frame, dict(ack_through=ack_through)))
 
@@ -228,7 +234,7 @@ class TerminalSession:
         return self._events.submit(self.terminal_id, list(body.events), self.log_epoch).addCallback(self._stored_polled, len(body.events))
 
     def _stored_polled(self, ack_through: int, count: int) -> int:
-        self._polled_through = max(self._polled_through, ack_through)
+        self._polled_through = self._stored_through = max(self._polled_through, ack_through)
         return count
 
     # -- requesting --------------------------------------------------------------------------
@@ -312,6 +318,7 @@ class TerminalSession:
         d.addErrback(self._handshake_failed)
 
     def _send_welcome(self, ack_through: int, secret: bytes, hello):
+        self._stored_through = ack_through
         body = self._handshake.welcome(secret, self.terminal_id, hello, server_time_ms=int(self.clock.seconds() * 1000),
                                        keepalive_s=self.timing.keepalive_s, ack_through=ack_through)
         return self.request(Command.WELCOME, body).addCallback(self._on_welcome)

@@ -92,6 +92,8 @@ class ConsistencyScenarios(ConsistencySite):
         site.terminals[B].users.clear()  # a factory reset while away: the gateway's cursor says it holds them all
         site.dialers[B].come_back()
         yield wait_until(lambda: all(self.holds(B, p) for p in people), "B refilled")
+        reconciler = site.gateway.reconciler
+        yield wait_until(lambda: B in reconciler.last and reconciler.last[B].repaired, "the repair counted")
         listed = yield self.api("/api/terminals")
         (b,) = [t for t in listed["terminals"] if t["id"] == B]
         self.assertEqual(b["reconciliation"]["repaired"], {"pushed": len(people)})
