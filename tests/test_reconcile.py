@@ -1,0 +1,81 @@
+"""Reconciler (unit, a real SQLite file, task.Clock): when it does not judge, it says why."""
+
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet import defer, task
+
+from gateway.connection import DigestPage, ListingUnsupported
+from gateway.database import Database
+from gateway.metrics import Metrics
+from gateway.reconcile import Reconciler
+from gateway.syncmode import SyncMode
+from gateway.terminals import Terminal
+
+
+class Now:
+    """Database work run at once on the test's thread."""
+
+    def __init__(self, url):
+        self.database = Database(url, reactor=None)
+        self.database.open()
+
+    def read(self, work, *args):
+        return defer.succeed(self.database.run_now(work, *args))
+
+    write = read
+
+
+class Listing:
+    """A terminal that holds no user; ``pending`` events of its own not stored yet."""
+
+    def __init__(self, pending=0, lists=True):
+        self.pending, self.lists = pending, lists
+        self.asked = 0
+
+    def events_pending(self):
+        self.asked += 1
+        return defer.succeed(self.pending)
+
+    def list_digests(self, after, limit):
+        if not self.lists:
+            return defer.fail(ListingUnsupported("this family has no user listing"))
+        return defer.succeed(DigestPage({}, False))
+
+
+def reconciler(tmp_path, connection, mode=SyncMode.ALL):
+    term = Terminal(7, connection=connection)
+    registry = SimpleNamespace(terminals={7: term}, connected=lambda: [term])
+    clock = task.Clock()
+    db = Now(f"sqlite:///{tmp_path / 'g.db'}")
+    return Reconciler(db, registry, SimpleNamespace(mode=mode), clock, Metrics(), lambda t, users: None), clock
+
+
+def test_a_terminal_that_cannot_list_its_users_is_skipped_with_a_note(tmp_path):
+    rec, _ = reconciler(tmp_path, Listing(lists=False))
+    found = rec.reconcile(7).result
+    assert "cannot list its users" in found.note and not found.repaired
+
+
+def test_it_waits_for_the_terminals_own_events_and_says_so_when_they_keep_coming(tmp_path):
+    connection = Listing(pending=3)
+    rec, clock = reconciler(tmp_path, connection)
+    d = rec.reconcile(7)
+    clock.pump([rec.events_wait_s] * rec.events_asks)
+    found = d.result
+    assert connection.asked == rec.events_asks
+    assert found.note == "not compared: 3 of its events are still on their way to the gateway"
+
+
+def test_nothing_is_compared_while_sync_is_disabled(tmp_path):
+    connection = Listing()
+    rec, _ = reconciler(tmp_path, connection, SyncMode.DISABLED)
+    found = rec.reconcile(7).result
+    assert "sync mode disabled" in found.note and connection.asked == 0
+
+
+def test_stopping_cancels_a_wait_for_events(tmp_path):
+    rec, clock = reconciler(tmp_path, Listing(pending=1))
+    d = rec.reconcile(7)
+    rec.stop()
+    assert d.called and not clock.getDelayedCalls()
