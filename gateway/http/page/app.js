@@ -49,7 +49,7 @@ function terminalState(t) {
   if (!t.online) return ["offline", t.last_seen_ms ? `offline since ${when(t.last_seen_ms)}` : "never connected"];
   if (t.lag) return ["lagging", `${t.lag} change${t.lag === 1 ? "" : "s"} behind`];
   const differ = t.reconciliation ? t.reconciliation.differences : 0;
-  if (differ) return ["online", `${differ} user${differ === 1 ? "" : "s"} differ`];
+  if (differ) return ["online", `${differ} user${differ === 1 ? " differs" : "s differ"}`];
   return ["online", "in sync"];
 }
 
