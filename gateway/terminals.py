@@ -10,7 +10,8 @@ One connection per terminal: a newer *authenticated* connection replaces the old
 terminal that rebooted reconnects before its old TCP connection times out), so an impostor
 without the secret can never push a terminal off. The registry is what connections report to
 (``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
-and going through the ``on_online`` and ``on_offline`` it gives the registry.
+and going through the ``on_online`` and ``on_offline`` it gives the registry, and of an
+administrator admitting one through ``on_admitted`` (a bus greets it then, not at its next try).
 """
 
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Terminal:
 
 class TerminalRegistry:
     def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
-                 on_online=lambda connection: None, on_offline=lambda connection: None):
+                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None):
         if policy not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
         if policy == "open" and not default_secret:
@@ -62,6 +63,7 @@ class TerminalRegistry:
         self._clock = clock
         self._on_online = on_online
         self._on_offline = on_offline
+        self._on_admitted = on_admitted
         self.policy = policy
         self._default_secret = default_secret.encode() if default_secret else None
         self._configured = configured
@@ -127,6 +129,8 @@ class TerminalRegistry:
             term.secret = secret.encode()
         if admission != ADMITTED and term.connection is not None:
             term.connection.close(f"{admission} by an administrator")
+        if admission == ADMITTED:
+            self._on_admitted(terminal_id)
         return self._db.write(_save_terminals, [self._row(term)])
 
     def remove(self, terminal_id: int):
