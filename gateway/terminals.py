@@ -51,6 +51,14 @@ class Terminal:
     def online(self) -> bool:
         return self.connection is not None
 
+    @property
+    def heard_ms(self) -> int | None:
+        """When it last sent a frame: its connection keeps that while it is online, so no frame
+        costs a database write; ``last_seen_ms``, stored at connect and disconnect, otherwise."""
+        if self.connection is not None:
+            return int(self.connection.last_heard_s * 1000)
+        return self.last_seen_ms
+
 
 class TerminalRegistry:
     def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
@@ -142,10 +150,13 @@ class TerminalRegistry:
 
     def _register(self, term: Terminal) -> Terminal:
         self.terminals[term.terminal_id] = term
+        self._store(term)
+        return term
+
+    def _store(self, term: Terminal) -> None:
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
             lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
         )
-        return term
 
     # -- connections (Presence) --------------------------------------------------------------
 
@@ -164,9 +175,7 @@ class TerminalRegistry:
         term.firmware = connection.info.firmware or term.firmware
         term.link = connection.description
         term.last_seen_ms = self._now_ms()
-        self._db.write(_save_terminals, [self._row(term)]).addErrback(
-            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
-        )
+        self._store(term)
         self._on_online(connection)
         return True
 
@@ -174,7 +183,8 @@ class TerminalRegistry:
         term = self.terminals.get(connection.terminal_id)
         if term is not None and term.connection is connection:
             term.connection = None
-            term.last_seen_ms = self._now_ms()
+            term.last_seen_ms = int(connection.last_heard_s * 1000)
+            self._store(term)
             self._on_offline(connection)
 
     def connected(self) -> list[Terminal]:

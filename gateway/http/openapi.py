@@ -19,7 +19,7 @@ SCHEMAS = {
             "admission": {"type": "string", "enum": ["admitted", "pending", "refused"]},
             "online": {"type": "boolean"},
             "link": {"type": "string", "description": "TCP address, or bus and address"},
-            "last_seen_ms": _NULLABLE_INT,
+            "last_seen_ms": {**_NULLABLE_INT, "description": "when it last sent a frame, ms since the epoch; null if it never connected"},
             "model": {"type": "string"},
             "firmware": {"type": "string"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
