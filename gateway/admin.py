@@ -1,8 +1,9 @@
 """Administrative commands: a client of a running gateway's HTTP API, printing tables for people
 and JSON for scripts.
 
-Standard library only (urllib), and every failure is one line saying what to do, never a
-traceback: these commands are what an operator types when something is already wrong.
+The standard library's urllib speaks to the gateway (wcwidth measures text for the tables), and
+every failure is one line saying what to do, never a traceback: these commands are what an
+operator types when something is already wrong.
 """
 
 import json
@@ -11,6 +12,8 @@ import sys
 import time
 from http.client import HTTPException
 from urllib import error, parse, request
+
+from wcwidth import wcswidth, wcwidth
 
 from gateway.api_token import TOKEN_ENV, TOKEN_FILE, local_token
 
@@ -101,8 +104,18 @@ def _query(query: dict) -> dict:
 
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    widths = [max(width(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(pad(v, w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: two for a CJK character, none for a combining mark."""
+    found = wcswidth(text)
+    return found if found >= 0 else sum(max(wcwidth(c), 0) for c in text)  # -1: a control character in it
+
+
+def pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
 
 
 def when(ms: int | None) -> str:
@@ -113,7 +126,7 @@ def when(ms: int | None) -> str:
 
 def event_line(e: dict) -> str:
     terminal = "" if e["terminal_id"] is None else e["terminal_id"]
-    return f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {e['type']:<32}  {e['user_id'] or '':<12}  {e['detail'] or ''}".rstrip()
+    return f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {e['type']:<32}  {pad(e['user_id'] or '', 12)}  {e['detail'] or ''}".rstrip()
 
 
 def show(args, value, text: str) -> None:

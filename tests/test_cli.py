@@ -11,6 +11,9 @@ from pathlib import Path
 
 from twisted.internet import defer, threads
 
+from wcwidth import wcswidth
+
+from gateway.admin import table
 from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
 
@@ -172,3 +175,9 @@ def test_an_action_without_a_terminal_id_is_a_usage_error():
     assert done.returncode == 2
     assert "give an action and a terminal id" in done.stderr
 
+
+def test_tables_line_up_by_display_width_with_wide_and_combining_characters():
+    names = ["王小明", "Ana Lima", "Zoe\u0308 Ng", "佐藤 花子"]  # wide, plain, a combining mark, wide with a space
+    text = table(["USER", "NAME", "CARDS"], [[n, name, "CSN"] for n, name in enumerate(names)])
+    header, *rows = text.splitlines()
+    assert {wcswidth(row[:row.rindex("CSN")]) for row in rows} == {wcswidth(header[:header.index("CARDS")])}
