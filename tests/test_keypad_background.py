@@ -5,10 +5,10 @@ moment someone types the next command. An interactive bash on a pty, with job co
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 from live_site import refusing_port
@@ -29,6 +29,7 @@ class Shell:
         os.close(slave)
         os.set_blocking(self.master, False)
         self.screen = ""
+        self.jobs: list[int] = []  # in a shell with job control each job is a process group of its own
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\n")
@@ -40,8 +41,20 @@ class Shell:
             pass
         return re.search(pattern, self.screen) is not None
 
+    def start_job(self, line: str) -> None:
+        """Run ``line &`` and note its process group, which closing the shell does not end."""
+        self.type(f"{line} &")
+        self.type('echo "job=$!"')
+        self.jobs.append(int(eventually(lambda: self.shows(r"job=(\d+)") and re.search(r"job=(\d+)", self.screen),
+                                        "the job's process id").group(1)))
+
     def close(self) -> None:
-        os.killpg(self.bash.pid, 9)
+        for job in self.jobs:
+            try:
+                os.killpg(job, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.killpg(self.bash.pid, signal.SIGKILL)
         self.bash.wait(10)
         os.close(self.master)
 
@@ -51,14 +64,17 @@ def test_a_terminal_started_with_an_ampersand_keeps_answering_while_the_shell_is
     log = tmp_path / "t1.log"
     try:
         with refusing_port() as nowhere:
-            shell.type(f"simulator terminal --gateway 127.0.0.1:{nowhere} --id 1 --secret S1 --control 0 > t1.log 2>&1 &")
+            shell.start_job(f"simulator terminal --gateway 127.0.0.1:{nowhere} --id 1 --secret S1 --control 0 > t1.log 2>&1")
             port = eventually(lambda: log.exists() and re.search(r"control socket on 127\.0\.0\.1:(\d+)", log.read_text()),
                               "the terminal's control port").group(1)
-            for n in range(3):  # someone goes on typing at the shell
-                shell.type(f"echo typed-{n}")
-                eventually(lambda: shell.shows(rf"(?<!echo )typed-{n}\r?\n"), f"the shell to run command {n}")
             keypad = KeypadClient(int(port), timeout=10)
             try:
+                assert keypad.command("status")[0].startswith("ok terminal 1")  # running, its keypad open
+                # Someone types the next command while the shell is busy: for a second it waits in
+                # the terminal, where a program reading the keyboard from the background finds it.
+                shell.type("sleep 1")
+                shell.type("echo typed")
+                eventually(lambda: shell.shows(r"(?<!echo )typed\r?\n"), "the shell to run the typed command")
                 assert keypad.command("status")[0].startswith("ok terminal 1")
             finally:
                 keypad.close()
