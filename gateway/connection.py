@@ -68,6 +68,7 @@ class TerminalConnection(Protocol):
     description: str  # where it is connected, for people: "tcp 10.0.0.5:5123"
     info: TerminalInfo
     push_bytes: int  # how many bytes of encoded records one ``put_users`` should carry
+    last_heard_s: float  # when it last sent anything, on the gateway's clock: what "last seen" shows
 
     def fetch_users(self, user_ids: list[str]) -> "Deferred[FetchedUsers]": ...
 

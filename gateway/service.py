@@ -40,7 +40,8 @@ class Gateway:
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, config.terminals,
-                                         on_online=self._terminal_online, on_offline=self._terminal_offline)
+                                         on_online=self._terminal_online, on_offline=self._terminal_offline,
+                                         on_admitted=self._terminal_admitted)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._wake_pushes)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
                                  pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
@@ -109,6 +110,11 @@ class Gateway:
         self.metrics.terminals_online.set(len(self.registry.connected()))
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
+
+    def _terminal_admitted(self, terminal_id: int) -> None:
+        # A bus greets a silent or refused address on a backoff of up to half a minute: greet now.
+        for bus in self.buses:
+            bus.greet_now(terminal_id)
 
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)

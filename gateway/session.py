@@ -94,6 +94,10 @@ class TerminalSession:
         return self.link.description
 
     @property
+    def last_heard_s(self) -> float:
+        return self._conversation.last_received
+
+    @property
     def push_bytes(self) -> int:
         return min(self.link.request_bytes, MAX_PAYLOAD) - PUT_USERS_HEAD
 

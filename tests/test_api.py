@@ -23,7 +23,8 @@ from protocol.events import Credential
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
 
-USER_KEYS = {"user_id", "name", "access_groups", "cards", "fingerprints", "faces", "has_pin", "has_photo", "disabled", "change_seq", "updated_ms"}
+USER_KEYS = {"user_id", "name", "access_groups", "cards", "fingerprints", "faces", "has_pin", "has_photo", "disabled", "validity",
+             "security_level", "auth_mode", "change_seq", "updated_ms"}
 
 
 def first_streamed(url: str, headers=()) -> dict:
@@ -134,6 +135,27 @@ class UserTests(ApiTestCase):
         yield self.assert_error("PATCH", "/api/users/ghost", 404, "no user 'ghost'", body={"name": "X"})
         yield self.assert_error("DELETE", "/api/users/ghost", 404, "no user 'ghost'")
         yield self.assert_error("PATCH", "/api/users/dup", 400, "nothing to change", body={})
+
+    @defer.inlineCallbacks
+    def test_an_edit_adds_and_removes_some_cards_and_groups_and_keeps_the_others(self):
+        smart, csn = {"type": "SMART_CARD", "data": "00112233"}, {"type": "CSN", "data": "04a1b2c3"}
+        new = {"user_id": "m-1", "access_groups": [1, 2], "cards": [smart], "validity": {"start": 10, "end": 20},
+               "security_level": 3, "auth_mode": 5}
+        code, user, _ = yield self.call("POST", "/api/users", new)
+        self.assertEqual((code, user["validity"], user["security_level"], user["auth_mode"]), (201, {"start": 10, "end": 20}, 3, 5))
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"add_cards": [csn], "add_access_groups": [3, 1],
+                                                                    "remove_access_groups": [2]})
+        self.assertEqual((code, user["cards"], user["access_groups"]), (200, ["SMART_CARD", "CSN"], [1, 3]), user)
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"remove_cards": [smart]})
+        self.assertEqual(user["cards"], ["CSN"])
+        self.assertEqual(self.site.server_record("m-1").cards[0].data, bytes.fromhex("04a1b2c3"))
+
+        yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no card SMART_CARD:00112233 to remove", body={"remove_cards": [smart]})
+        yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no access group 9 to remove", body={"remove_access_groups": [9]})
+        yield self.assert_error("PATCH", "/api/users/m-1", 400, "or add_cards/remove_cards, not both", body={"cards": [], "add_cards": [csn]})
+        self.assertEqual(self.site.server_record("m-1").access_groups, (1, 3))  # a refused edit changed nothing
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"validity": None, "security_level": None, "auth_mode": None})
+        self.assertEqual((user["validity"], user["security_level"], user["auth_mode"]), (None, None, None))
 
     @defer.inlineCallbacks
     def test_users_are_paged_by_id_and_searched_by_id_or_name(self):

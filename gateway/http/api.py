@@ -21,7 +21,7 @@ from twisted.web import resource, server
 
 from gateway.database import DatabaseFailure
 from gateway.http.validate import Invalid, check
-from gateway.users import UnknownUser, UserExists
+from gateway.users import NotHeld, UnknownUser, UserExists
 from protocol.errors import MessageError
 
 log = Logger(namespace="gateway.http")
@@ -39,7 +39,7 @@ class ApiError(Exception):
 
 
 # Domain errors and the status each one means to an API client.
-_STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists, 409), (DatabaseFailure, 503))
+_STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists, 409), (NotHeld, 409), (DatabaseFailure, 503))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ def terminal_json(term, last_seq: int) -> dict:
         admission=term.admission,
         online=term.online,
         link=term.link,
-        last_seen_ms=term.last_seen_ms,
+        last_seen_ms=term.heard_ms,
         model=term.model,
         firmware=term.firmware,
         access_groups=sorted(term.access_groups),

@@ -7,30 +7,32 @@ from twisted.internet import defer, threads
 from gateway.http.api import ApiError, Param, Route
 from gateway.queries import read_user, read_users
 from gateway.terminals import ADMITTED
-from gateway.users import UnknownUser
+from gateway.users import Members, UnknownUser
 from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
 
 USER_ID = Param("user_id", "string", "the user's id")
 U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 U8_OR_NULL = {"type": ["integer", "null"], "minimum": 0, "maximum": 255}
 
+GROUPS = {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS}
+CARDS = {
+    "type": "array",
+    "maxItems": MAX_CARDS,
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": [t.name for t in CardType]},
+            "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "description": "hex"},
+        },
+    },
+}
 _FIELDS = {
     "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS},
     "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "description": "digits; stored only as a hash, null removes it"},
-    "access_groups": {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS},
-    "cards": {
-        "type": "array",
-        "maxItems": MAX_CARDS,
-        "items": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type", "data"],
-            "properties": {
-                "type": {"type": "string", "enum": [t.name for t in CardType]},
-                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "description": "hex"},
-            },
-        },
-    },
+    "access_groups": {**GROUPS, "description": "replaces every group"},
+    "cards": {**CARDS, "description": "replaces every card"},
     "validity": {
         "type": ["object", "null"],
         "additionalProperties": False,
@@ -49,7 +51,16 @@ CREATE_BODY = {
     "required": ["user_id"],
     "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES}, **_FIELDS},
 }
-EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
+# An edit can also add and remove some members of the set fields, leaving the others as they are.
+_MEMBERS = {"cards": ("add_cards", "remove_cards"), "access_groups": ("add_access_groups", "remove_access_groups")}
+_EDIT_FIELDS = {
+    **_FIELDS,
+    "add_cards": {**CARDS, "description": "cards to add; the others stay"},
+    "remove_cards": {**CARDS, "description": "cards to remove (type and data), each one the user has"},
+    "add_access_groups": {**GROUPS, "description": "groups to add; the others stay"},
+    "remove_access_groups": {**GROUPS, "description": "groups to remove, each one the user has"},
+}
+EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _EDIT_FIELDS}
 
 
 def record_fields(user_id: str, body: dict) -> defer.Deferred:
@@ -62,6 +73,12 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
         fields["access_groups"] = tuple(body["access_groups"])
     if "cards" in body:
         fields["cards"] = tuple(_card(card) for card in body["cards"])
+    for name, (add, remove) in _MEMBERS.items():
+        if add in body or remove in body:
+            if name in body:
+                raise ApiError(400, f"give {name} (it replaces them all) or {add}/{remove}, not both")
+            member = _card if name == "cards" else int
+            fields[name] = Members(tuple(map(member, body.get(add, ()))), tuple(map(member, body.get(remove, ()))))
     if "validity" in body:
         validity = body["validity"]
         fields["validity"] = (validity["start"], validity["end"]) if validity is not None else None
@@ -134,7 +151,7 @@ def create_user(call):
 def edit_user(call):
     user_id = call.params["user_id"]
     if not call.body:
-        raise ApiError(400, f"nothing to change: give at least one of {', '.join(_FIELDS)}")
+        raise ApiError(400, f"nothing to change: give at least one of {', '.join(_EDIT_FIELDS)}")
     d = record_fields(user_id, call.body)
     d.addCallback(lambda fields: call.gateway.users.edit(user_id, **fields))
     return d.addCallback(lambda _: _shown(call, user_id))
