@@ -112,7 +112,7 @@ class BusSync(LiveTestCase):
     @defer.inlineCallbacks
     def test_a_silent_terminal_does_not_stall_the_others_and_is_caught_up_when_it_returns(self):
         site = yield self.start_site(tcp_ids=(TCP_A,))
-        site.master.regreet_delays = (0.2, 0.5, 1.0)
+        site.master.regreet_after = lambda failures: min(1.0, 0.2 * 2 ** failures)  # back in seconds, not half a minute
         unplugged = site.sim.drops[202]
         unplugged.silent = True
         yield wait_until(lambda: not site.online(202), "the silent terminal marked offline", timeout=10)
