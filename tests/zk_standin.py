@@ -15,6 +15,9 @@ from protocol.zk.records import Template, User
 from tools.check_zk import Device
 
 
+FIRST_UID = 30_000
+
+
 class NaiveZkSync:
     def __init__(self, ports: dict[int, int], comm_key: int = 0, period_s: float = 0.2):
         self.ports = ports
@@ -71,7 +74,9 @@ class NaiveZkSync:
                 everyone.setdefault(user_id, user)
         for terminal_id, device in devices.items():
             missing = [u for u in everyone if u not in held[terminal_id]]
-            next_uid = max((u.uid for u in held[terminal_id].values()), default=0) + 1
+            # uids from 30000 up: the keypad takes the lowest free ones, so an enrolment between this
+            # cycle's read and write never shares a uid with a user written here (a write upserts by uid)
+            next_uid = max([FIRST_UID - 1, *(u.uid for u in held[terminal_id].values())]) + 1
             users, prints = [], []
             for n, user_id in enumerate(missing):
                 source = everyone[user_id]
