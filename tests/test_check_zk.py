@@ -174,3 +174,19 @@ class WriteLeavesTheDeviceAsItWas(unittest.TestCase):
         assert self.snapshot() == before
         written = (Command.USER_WRQ, Command.DELETE_USER, Command.DELETE_USERTEMP, Command.SAVE_USERTEMPS, Command.DATA)
         assert not any(self.device.requests[c] for c in written)
+
+    @defer.inlineCallbacks
+    def test_a_device_that_goes_silent_during_the_write_is_one_fail_line(self):
+        stored = self.device.put_user
+
+        def then_silence(user):
+            for connection in self.port.factory.connections:
+                connection.session.write = lambda packet: None  # the device hangs: answers nothing more
+            return stored(user)
+
+        self.device.put_user = then_silence
+        code, out = yield self.run_check("--write", "--timeout", "0.5")
+        assert code == 1, out
+        failure = out.splitlines()[-2]
+        assert failure.startswith("FAIL write: no answer to USER_WRQ within 0.5 s; then removing the test user failed: "
+                                  "nothing more can be asked in this session"), out

@@ -17,7 +17,7 @@ from protocol.zk.bodies import Sizes, option_request, parse_option_assignment, p
 from protocol.zk.client import State, ZkClient
 from protocol.zk.commands import Command, ReplyCode, name_of
 from protocol.zk.commkey import MAX_COMM_KEY
-from protocol.zk.errors import BodyError
+from protocol.zk.errors import BodyError, LocalProtocolError
 from protocol.zk.events import Connected, ProtocolViolation, RealtimeEvent, Reply, RequestFailed, TimedOut
 from protocol.zk.records import Template, User, encode_user
 
@@ -62,7 +62,10 @@ class Device:
     def run(self, start: Callable[..., int]):
         """Start an operation (``start(now=...)`` returns its token) and return its result event;
         a refusal, a time-out or a closed connection is ``CheckFailed`` with the reason."""
-        token = start(now=time.monotonic())
+        try:
+            token = start(now=time.monotonic())
+        except LocalProtocolError as exc:  # an earlier time-out or refusal ended the conversation
+            raise CheckFailed(f"nothing more can be asked in this session: {exc}") from None
         while True:
             self.sock.sendall(b"".join(self.client.data_to_send()))
             for event in self._next_events():
