@@ -28,6 +28,7 @@ class DeviceConnection(protocol.Protocol):
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
 
     def dataReceived(self, data: bytes):
+        self.factory.bytes_received += len(data)
         for item in self.decoder.feed(data):
             if not isinstance(item, Packet):
                 log.warn("ZK device: bad bytes from the client skipped: {error}", error=item)
@@ -42,7 +43,9 @@ class DeviceConnection(protocol.Protocol):
         self.session.close()
 
     def _write(self, packet: Packet) -> None:
-        self.transport.write(encode_tcp(packet))
+        data = encode_tcp(packet)
+        self.factory.bytes_sent += len(data)
+        self.transport.write(data)
 
 
 class DeviceFactory(protocol.ServerFactory):
@@ -53,6 +56,7 @@ class DeviceFactory(protocol.ServerFactory):
         self.device = device
         self._session_id = first_session_id
         self.connections: set[DeviceConnection] = set()
+        self.bytes_received = self.bytes_sent = 0  # over every connection: what polling costs on the wire
 
     def drop_connections(self) -> None:
         """Cut every client off at once, as a device does when it reboots."""
