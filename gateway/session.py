@@ -275,7 +275,9 @@ class TerminalSession:
     def _deadlines_passed(self) -> None:
         self._deadline_timer = None
         for late in self._conversation.expire(self.clock.seconds()):
-            d = self._pending.pop(late.seq)
+            d = self._pending.pop(late.seq, None)
+            if d is None:
+                continue  # an earlier errback closed the session, which failed every request already
             self._send_waiting()
             d.errback(RequestTimeout(f"{self.name}: {_command_name(late.command)} unanswered after {self.timing.request_s:g} s"))
         following = self._conversation.next_deadline()
@@ -318,12 +320,13 @@ class TerminalSession:
     def _on_welcome(self, _):
         if self._handshake_timer.active():
             self._handshake_timer.cancel()
-        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
-        self.established = True
-        log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
-                 tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
         if not self._presence.online(self):
             self.close("refused or removed by an administrator during the handshake")
+            return
+        self.established = True
+        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+        log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
+                 tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
 
     def _handshake_failed(self, failure):
         if not self.closed:

@@ -180,12 +180,14 @@ class TerminalRegistry:
         return True
 
     def offline(self, connection: TerminalConnection) -> None:
+        """Every connection that ends comes here, the current one of its terminal or not (one
+        replaced by a newer connection, or whose terminal was removed): the gateway lets go of it."""
         term = self.terminals.get(connection.terminal_id)
         if term is not None and term.connection is connection:
             term.connection = None
             term.last_seen_ms = int(connection.last_heard_s * 1000)
             self._store(term)
-            self._on_offline(connection)
+        self._on_offline(connection)
 
     def connected(self) -> list[Terminal]:
         """Terminals online now."""

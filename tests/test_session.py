@@ -5,7 +5,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.metrics import Metrics
 from gateway.connection import Refused
-from gateway.session import RequestTimeout, TerminalSession
+from gateway.session import RequestTimeout, SessionClosed, TerminalSession
 from gateway.tcp import TcpLink
 from protocol import auth
 from protocol.errors import ErrorCode
@@ -225,3 +225,15 @@ def test_link_loss_fails_outstanding_requests():
     peer.session.request(Command.KEEPALIVE).addErrback(failures.append)
     peer.link.connectionLost()
     assert failures and "closed" in failures[0].getErrorMessage()
+
+
+def test_a_timeout_errback_that_closes_the_session_leaves_the_other_requests_failed_cleanly():
+    peer = Peer()
+    peer.establish()
+    outcomes = []
+    first = peer.session.request(Command.GET_USERS, dict(user_ids=["u1"]))
+    first.addErrback(lambda f: (outcomes.append(f.type), peer.session.close("gave up")))
+    second = peer.session.request(Command.GET_USERS, dict(user_ids=["u2"]))
+    second.addErrback(lambda f: outcomes.append(f.type))
+    peer.gateway.clock.advance(15)  # both pass their deadline in the same turn
+    assert outcomes == [RequestTimeout, SessionClosed]
