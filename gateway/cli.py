@@ -198,7 +198,9 @@ def announce_token(path, made: bool, gateway) -> None:
         print(f"API token for writes: the one kept in {path}", flush=True)
         return
     token = gateway.config.api_token
-    url = f"http://{gateway.config.http_host}:{gateway.http_port.getHost().port}"
+    host = gateway.config.http_host
+    reachable_at = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # listening everywhere: reached here on loopback
+    url = f"http://{reachable_at}:{gateway.http_port.getHost().port}"
     at = "" if url == admin.DEFAULT_URL else f" --url {url}"
     print(f"\nAPI token for writes, made at this first start and kept in {path} (yours alone to read):\n"
           f"    {token}\n"

@@ -58,11 +58,12 @@ class Gateway:
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
 
-    def start(self) -> None:
-        """Open the database and start listening; blocking work here runs before the reactor."""
+    def start(self, sync_mode: SyncMode | None = None) -> None:
+        """Open the database and start listening; blocking work here runs before the reactor.
+        ``sync_mode``: given for this start, it replaces the stored mode before anyone connects."""
         self.db.start()
         self.registry.load()
-        self.settings.load()
+        self.settings.load(sync_mode)
         self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session), interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)

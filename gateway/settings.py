@@ -19,12 +19,18 @@ class SyncSettings:
         self._on_change = on_change
         self.mode = default
 
-    def load(self) -> None:
-        """Start-up, off the reactor: the stored mode wins over the configured default."""
+    def load(self, given: SyncMode | None = None) -> None:
+        """Start-up, off the reactor, before any terminal connects: the stored mode wins over the
+        configured default; a mode ``given`` for this start (``--sync-mode``) replaces the stored one."""
         stored = self._db.run_now(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar())
         if stored:
             self.mode = SyncMode(stored)
-        else:
+        if given is not None and given != self.mode:
+            republished = self._db.run_now(_store_mode, given, bool(stored) and given.widens(self.mode))
+            log.info("sync mode {mode} from --sync-mode replaces the stored {stored}{extra}", mode=given, stored=self.mode,
+                     extra=f"; {republished} users go to every terminal again" if republished else "")
+            self.mode = given
+        elif not stored:
             self._db.run_now(_store_mode, self.mode, False)
 
     def set_mode(self, mode: SyncMode):

@@ -90,7 +90,8 @@ class TerminalDialer:
         self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
         factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, expected_terminal_id=terminal_id))
         factory.noisy = False
-        self._service = ClientService(dial_endpoint(reactor, where), factory, retryPolicy=self._retry_after, clock=reactor)
+        self._endpoint = dial_endpoint(reactor, where)
+        self._service = ClientService(self, factory, retryPolicy=self._retry_after, clock=reactor)
 
     def start(self) -> None:
         self._service.startService()
@@ -101,11 +102,21 @@ class TerminalDialer:
     def authenticated(self) -> None:
         self.attempts = 0
 
+    def connect(self, factory):
+        """The endpoint ClientService dials through: the terminal's, saying why a dial failed."""
+        return self._endpoint.connect(factory).addErrback(self._unreachable)
+
+    def _unreachable(self, failure):
+        # Said when a terminal becomes unreachable and then at every tenth try (every five minutes
+        # once the backoff is at its cap), not at every try.
+        if self.attempts % 10 == 0:
+            log.info("terminal {tid} at {where} unreachable ({reason}); dialling it again with backoff",
+                     tid=self.terminal_id, where=self.where, reason=failure.getErrorMessage())
+        return failure
+
     def _retry_after(self, _failed_in_a_row: int) -> float:
         self.attempts += 1
-        delay = self._policy(self.attempts)
-        log.debug("terminal {tid} at {where}: dialling again in {delay:.1f} s", tid=self.terminal_id, where=self.where, delay=delay)
-        return delay
+        return self._policy(self.attempts)
 
 
 def dial_endpoint(reactor, where: str):
