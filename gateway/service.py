@@ -15,6 +15,7 @@ from gateway.activity import Activity
 from gateway.bus import BusMaster
 from gateway.config import GatewayConfig, parse_serial
 from gateway.database import Database
+from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
 from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
@@ -50,6 +51,9 @@ class Gateway:
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
         self.activity = Activity(self.db, self.clock)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
+        self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
+            max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
+            slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
         self.tcp_port = None
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
@@ -62,7 +66,7 @@ class Gateway:
         self.db.start()
         self.registry.load()
         self.settings.load()
-        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session), interface=self.config.tcp_host)
+        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
@@ -92,12 +96,13 @@ class Gateway:
         yield defer.gatherResults([bus.stop() for bus in self.buses])
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
+        self.doorman.lines.stop()
         self.db.stop()
 
     def new_session(self, link, expected_terminal_id: int | None = None, timing: SessionTiming | None = None) -> TerminalSession:
         """A native-protocol session over ``link``, wired to this gateway's collaborators."""
         return TerminalSession(link, clock=self.clock, admission=self.registry, events=self.eventlog, presence=self.registry,
-                               metrics=self.metrics, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
+                               metrics=self.metrics, doorman=self.doorman, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
 
     # -- terminals coming and going ----------------------------------------------------------
 
