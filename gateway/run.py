@@ -18,7 +18,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
-    formatEvent,
+    eventAsText,
     globalLogBeginner,
 )
 
@@ -38,8 +38,9 @@ class StartFailed(Exception):
     """The gateway could not start; the message is one line for the person who started it."""
 
 
-def _line(event) -> str | None:
-    text = formatEvent(event)
+def log_line(event) -> str | None:
+    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it)."""
+    text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
     if not text:
         return None
     level = event.get("log_level", LogLevel.info).name.upper()
@@ -56,7 +57,7 @@ def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
     for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    observer = FilteringLogObserver(FileLogObserver(stream, _line), [_not_factory_chatter, levels])
+    observer = FilteringLogObserver(FileLogObserver(stream, log_line), [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

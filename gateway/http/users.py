@@ -5,6 +5,7 @@ feed and reaches the terminals."""
 from twisted.internet import defer, threads
 
 from gateway.http.api import ApiError, Param, Route
+from gateway.http.validate import PLAIN_TEXT
 from gateway.queries import read_user, read_users
 from gateway.terminals import ADMITTED
 from gateway.users import UnknownUser
@@ -15,9 +16,10 @@ U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 U8_OR_NULL = {"type": ["integer", "null"], "minimum": 0, "maximum": 255}
 
 _FIELDS = {
-    "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS},
-    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "description": "digits; stored only as a hash, null removes it"},
-    "access_groups": {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS},
+    "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS, "pattern": PLAIN_TEXT},
+    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "pattern": "^[0-9]*$",
+            "description": "digits; stored only as a hash, null removes it"},
+    "access_groups": {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS, "uniqueItems": True},
     "cards": {
         "type": "array",
         "maxItems": MAX_CARDS,
@@ -27,7 +29,8 @@ _FIELDS = {
             "required": ["type", "data"],
             "properties": {
                 "type": {"type": "string", "enum": [t.name for t in CardType]},
-                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "description": "hex"},
+                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "pattern": "^([0-9a-fA-F]{2})*$",
+                         "description": "hex"},
             },
         },
     },
@@ -36,7 +39,7 @@ _FIELDS = {
         "additionalProperties": False,
         "required": ["start", "end"],
         "properties": {"start": U32, "end": U32},
-        "description": "seconds since the epoch",
+        "description": "seconds since the epoch; a period that ends before it starts is refused (400)",
     },
     "security_level": U8_OR_NULL,
     "auth_mode": U8_OR_NULL,
@@ -47,7 +50,8 @@ CREATE_BODY = {
     "type": "object",
     "additionalProperties": False,
     "required": ["user_id"],
-    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES}, **_FIELDS},
+    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES, "pattern": PLAIN_TEXT,
+                               "description": f"at most {MAX_USER_ID_BYTES} bytes of UTF-8"}, **_FIELDS},
 }
 EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
 
@@ -70,16 +74,11 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
         if "pin" in body:
             fields["pin_hash"] = None
         return defer.succeed(fields)
-    if not (pin.isascii() and pin.isdigit()):
-        raise ApiError(400, "pin must be digits")
     return threads.deferToThread(hash_pin, user_id, pin).addCallback(lambda pin_hash: {**fields, "pin_hash": pin_hash})
 
 
 def _card(card: dict) -> Card:
-    try:
-        return Card(CardType[card["type"]], bytes.fromhex(card["data"]))
-    except ValueError:
-        raise ApiError(400, f"card data must be hex, got {card['data']!r}") from None
+    return Card(CardType[card["type"]], bytes.fromhex(card["data"]))  # both checked by the schema
 
 
 def _shown(call, user_id: str):
@@ -158,9 +157,11 @@ ROUTES = [
         ),
         returns="UserList",
     ),
-    Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User"),
-    Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals"),
-    Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201),
-    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User"),
-    Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted"),
+    Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User", errors={404: "no such user"}),
+    Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals",
+          errors={404: "no such user"}),
+    Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201,
+          errors={409: "a user with this id exists"}),
+    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User", errors={404: "no such user"}),
+    Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted", errors={404: "no such user"}),
 ]
