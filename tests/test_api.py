@@ -135,7 +135,7 @@ class UserTests(ApiTestCase):
         yield self.assert_error("POST", "/api/users", 409, "already exists", body={"user_id": "dup"})
         yield self.assert_error("PATCH", "/api/users/ghost", 404, "no user 'ghost'", body={"name": "X"})
         yield self.assert_error("DELETE", "/api/users/ghost", 404, "no user 'ghost'")
-        yield self.assert_error("PATCH", "/api/users/dup", 400, "nothing to change", body={})
+        yield self.assert_error("PATCH", "/api/users/dup", 400, "body must give at least one of name, pin", body={})
 
     @defer.inlineCallbacks
     def test_users_are_paged_by_id_and_searched_by_id_or_name(self):
@@ -313,7 +313,7 @@ class BadInputTests(ApiTestCase):
             ({"body": {"user_id": "x", "access_groups": [True]}}, 400, "access_groups[0] must be an integer"),
             ({"body": {"user_id": "x", "access_groups": [-1]}}, 400, "access_groups[0] must be from 0"),
             ({"body": {"user_id": "x", "colour": "red"}}, 400, "unknown field(s) colour"),
-            ({"body": {"user_id": "x", "cards": [{"type": "CSN", "data": "zz"}]}}, 400, "cards[0].data must be hex"),
+            ({"body": {"user_id": "x", "cards": [{"type": "CSN", "data": "zz"}]}}, 400, "cards[0].data must be lowercase hex"),
             ({"body": {"user_id": "x", "cards": [{"type": "PUNCHCARD", "data": "00"}]}}, 400, "cards[0].type must be one of"),
             ({"body": {"user_id": "x", "pin": "12a4"}}, 400, "pin must be digits"),
             ({"body": {"user_id": "é" * 20}}, 400, "user id must be 1 to 32 bytes"),

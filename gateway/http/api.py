@@ -255,9 +255,9 @@ class ApiResource(resource.Resource):
         if not raw.strip():
             if route.body.get("required"):
                 raise ApiError(400, f"this request needs a JSON body with {', '.join(route.body['required'])}")
-            return {}
+            raw = b"{}"
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_float=_number)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         except RecursionError:
@@ -290,6 +290,12 @@ class ApiResource(resource.Resource):
         for name, value in error.headers.items():
             request.setHeader(name, value)
         write_json(request, finished, error.status, {"error": str(error), "status": error.status})
+
+
+def _number(text: str) -> int | float:
+    """JSON Schema calls 1.0 an integer, so the API takes it as one: as the int it is."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def _plain_json(body) -> None:

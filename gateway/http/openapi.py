@@ -163,7 +163,8 @@ def _operation(route: Route) -> dict:
     op = {"summary": route.summary, "operationId": route.view.__name__}
     op["parameters"] = [_parameter(p, "path") for p in route.path_params] + [_parameter(p, "query") for p in route.query_params]
     if route.body is not None:
-        op["requestBody"] = {"required": bool(route.body.get("required")), "content": {"application/json": {"schema": route.body}}}
+        needed = bool(route.body.get("required") or route.body.get("minProperties"))
+        op["requestBody"] = {"required": needed, "content": {"application/json": {"schema": route.body}}}
     if route.writes:
         op["security"] = [{"bearer": []}]
     if route.returns == "Stream":

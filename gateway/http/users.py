@@ -4,7 +4,7 @@ feed and reaches the terminals."""
 
 from twisted.internet import defer, threads
 
-from gateway.http.api import ApiError, Param, Route
+from gateway.http.api import Param, Route
 from gateway.http.validate import PLAIN_TEXT
 from gateway.queries import read_user, read_users
 from gateway.terminals import ADMITTED
@@ -23,14 +23,15 @@ _FIELDS = {
     "cards": {
         "type": "array",
         "maxItems": MAX_CARDS,
+        "uniqueItems": True,  # a card is its type and data
         "items": {
             "type": "object",
             "additionalProperties": False,
             "required": ["type", "data"],
             "properties": {
                 "type": {"type": "string", "enum": [t.name for t in CardType]},
-                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "pattern": "^([0-9a-fA-F]{2})*$",
-                         "description": "hex"},
+                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "pattern": "^([0-9a-f]{2})*$",
+                         "description": "lowercase hex"},
             },
         },
     },
@@ -53,7 +54,11 @@ CREATE_BODY = {
     "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES, "pattern": PLAIN_TEXT,
                                "description": f"at most {MAX_USER_ID_BYTES} bytes of UTF-8"}, **_FIELDS},
 }
-EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
+EDIT_BODY = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": _FIELDS}
+# What the schemas above cannot say: a request breaking these gets a 400 naming the rule.
+UNSTATED_RULES = ("validity period ends before it starts",
+                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes")  # of UTF-8: outside ASCII a character takes 2 to 4
+_BROKEN_RULE = "a parameter or the body breaks a rule (the message says which); beyond the schemas: " + "; ".join(UNSTATED_RULES)
 
 
 def record_fields(user_id: str, body: dict) -> defer.Deferred:
@@ -132,8 +137,6 @@ def create_user(call):
 
 def edit_user(call):
     user_id = call.params["user_id"]
-    if not call.body:
-        raise ApiError(400, f"nothing to change: give at least one of {', '.join(_FIELDS)}")
     d = record_fields(user_id, call.body)
     d.addCallback(lambda fields: call.gateway.users.edit(user_id, **fields))
     return d.addCallback(lambda _: _shown(call, user_id))
@@ -161,7 +164,8 @@ ROUTES = [
     Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals",
           errors={404: "no such user"}),
     Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201,
-          errors={409: "a user with this id exists"}),
-    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User", errors={404: "no such user"}),
+          errors={400: _BROKEN_RULE, 409: "a user with this id exists"}),
+    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User",
+          errors={400: _BROKEN_RULE, 404: "no such user"}),
     Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted", errors={404: "no such user"}),
 ]

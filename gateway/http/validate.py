@@ -60,6 +60,8 @@ def _sentence(error: ValidationError, where: str) -> str:
         return f"{field} must match {schema['pattern']}"
     if kind == "uniqueItems":
         return f"{field} lists an item twice"
+    if kind == "minProperties":
+        return f"{field} must give at least one of {', '.join(schema.get('properties', {}))}"
     if kind == "maxItems":
         return f"{field} may hold at most {schema['maxItems']} items"
     return f"{field}: {error.message}"
