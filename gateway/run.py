@@ -25,13 +25,14 @@ from twisted.logger import (
 from gateway.config import GatewayConfig
 from gateway.database import DatabaseFailure
 from gateway.service import Gateway
+from gateway.tls import TlsSetupError
 from gateway.syncmode import SyncMode
 
 log = Logger(namespace="gateway")
 
-# What an operator can fix: a port in use, a database down or unknown, a missing driver.
+# What an operator can fix: a port in use, a database down or unknown, a missing driver, a TLS file.
 # Anything else is a bug, and react() logs its traceback.
-START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError)
+START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError, TlsSetupError)
 
 
 class StartFailed(Exception):

@@ -13,7 +13,7 @@ a stranger can hold), and a link the listener accepted holds a stranger's place 
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
 from gateway.config import parse_host_port
@@ -108,14 +108,18 @@ class TerminalDialer:
     is refused is not redialled every half second.
     """
 
-    def __init__(self, reactor, where: str, terminal_id: int, new_session):
+    def __init__(self, reactor, where: str, terminal_id: int, new_session, tls=None):
+        """``tls``: client TLS options (gateway/tls.py) to wrap the connection in, or None."""
         self.terminal_id = terminal_id
         self.where = where
         self.attempts = 0  # connections tried since the terminal last authenticated: the backoff grows with them
         self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
         factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, expected_terminal_id=terminal_id))
         factory.noisy = False
-        self._service = ClientService(dial_endpoint(reactor, where), factory, retryPolicy=self._retry_after, clock=reactor)
+        endpoint = dial_endpoint(reactor, where)
+        if tls is not None:
+            endpoint = wrapClientTLS(tls, endpoint)
+        self._service = ClientService(endpoint, factory, retryPolicy=self._retry_after, clock=reactor)
 
     def start(self) -> None:
         self._service.startService()

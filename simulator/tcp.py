@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
 from protocol.conversation import Conversation, Liveness
@@ -237,7 +237,8 @@ class DialingTerminal(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None):
+    def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None, tls=None):
+        """``tls``: client TLS options (simulator/tls.py) to dial with, or None for plain TCP."""
         self.terminal = terminal
         self.reactor = reactor
         self.on_established = on_established
@@ -245,7 +246,8 @@ class DialingTerminal(protocol.Factory):
         self.link: TerminalLink | None = None
         self._redial = True
         policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0)
-        self._service = ClientService(TCP4ClientEndpoint(reactor, host, port), self, retryPolicy=policy, clock=reactor)
+        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        self._service = ClientService(wrapClientTLS(tls, endpoint) if tls else endpoint, self, retryPolicy=policy, clock=reactor)
 
     def start(self) -> "DialingTerminal":
         self._service.startService()
@@ -287,9 +289,13 @@ class ListeningTerminal(protocol.Factory):
         self._listening = None
         self._closed = None  # fires once the port is released after go_offline
 
-    def listen(self, port: int, interface: str = "") -> "ListeningTerminal":
-        self._listening = self.reactor.listenTCP(port, self, interface=interface)
-        self.port_number, self._interface = self._listening.getHost().port, interface
+    def listen(self, port: int, interface: str = "", tls=None) -> "ListeningTerminal":
+        """``tls``: server TLS options (simulator/tls.py), or None for plain TCP."""
+        if tls is None:
+            self._listening = self.reactor.listenTCP(port, self, interface=interface)
+        else:
+            self._listening = self.reactor.listenSSL(port, self, tls, interface=interface)
+        self.port_number, self._interface, self._tls = self._listening.getHost().port, interface, tls
         return self
 
     def buildProtocol(self, addr):
@@ -315,5 +321,5 @@ class ListeningTerminal(protocol.Factory):
         return self._closed if self._closed is not None else defer.succeed(None)
 
     def come_back(self) -> None:
-        d = self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface))
+        d = self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface, self._tls))
         d.addErrback(lambda f: log.failure("terminal {tid} cannot listen again", f, tid=self.terminal.terminal_id))
