@@ -73,7 +73,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     keepalive_s: Annotated[int, Meta(gt=0)] = 30
     # Strangers and guessed secrets (gateway/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
     max_unauthenticated: Annotated[int, Meta(ge=1)] = 256  # links still shaking hands, in total
-    max_unauthenticated_per_address: Annotated[int, Meta(ge=1)] = 16  # the same, from one address
+    max_unauthenticated_per_address: Annotated[int, Meta(ge=1)] = 64  # the same, from one address (a NAT: a site's terminals after a restart)
     auth_slow_after: Annotated[int, Meta(ge=1)] = 3  # failed handshakes before refusals are held back
     auth_lockout_after: Annotated[int, Meta(ge=1)] = 10  # failed handshakes before an address is locked out
     auth_lockout_s: Annotated[float, Meta(gt=0)] = 900.0

@@ -38,7 +38,7 @@ log = Logger(namespace="gateway.doorman")
 @dataclass(frozen=True)
 class DoorLimits:
     max_strangers: int = 256  # links not authenticated yet, in total
-    max_strangers_per_source: int = 16  # the same, from one source address
+    max_strangers_per_source: int = 64  # the same, from one source address (a NAT: a whole site reconnecting)
     slow_after: int = 3  # failed proofs (per address or terminal id, in window_s) before refusals are held back
     lockout_after: int = 10  # failed proofs before an address is locked out, or a terminal id is under attack
     lockout_s: float = 900.0

@@ -29,7 +29,7 @@ from test_fuzz import VECTORS, mutate, with_checksums
 
 TERMINALS = (201, 202, 203, 204)
 INSIDER = 209  # the attacker that holds a secret
-ATTACKERS = 24  # connections at once
+ATTACKERS = 80  # connections at once: more than the 64 strangers one address may have
 ATTACK_S = 15.0
 ATTACKER_ADDRESS = "127.0.0.2"
 INSIDER_ADDRESS = "127.0.0.3"
