@@ -188,7 +188,8 @@ class TerminalSession:
     def _foreign_frame(self, frame: Frame) -> None:
         """A frame naming another terminal on this one's link: never stored under either."""
         text = f"this link is terminal {self.terminal_id}'s; the frame names terminal {frame.terminal_id}"
-        log.warn("{who}: {cmd} frame naming terminal {other} ignored", who=self.name, cmd=_command_name(frame.command), other=frame.terminal_id)
+        self._doorman.lines.warn("frames naming another terminal", self.link.source, "{who}: {cmd} frame naming terminal {other} ignored",
+                                 who=self.name, cmd=_command_name(frame.command), other=frame.terminal_id)
         if not frame.is_response:
             self._send(error_frame(replace(frame, terminal_id=self.terminal_id), ErrorCode.UNKNOWN_TERMINAL, text))
 
@@ -203,15 +204,16 @@ class TerminalSession:
         self._frame_errors.append(now)
         while self._frame_errors and self._frame_errors[0] < now - 60:
             self._frame_errors.popleft()
-        log.warn("{who}: corrupt frame skipped: {error}", who=self.name, error=error)
+        self._doorman.lines.warn("corrupt frames", self.link.source, "{who}: corrupt frame skipped: {error}", who=self.name, error=error)
         if len(self._frame_errors) > self.timing.frame_errors_per_minute:
             self.close(f"more than {self.timing.frame_errors_per_minute} corrupt frames in a minute")
 
     def _response_received(self, frame: Frame) -> None:
         answered = self._conversation.answer(frame)
         if answered is None:
-            log.warn("{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
-                     who=self.name, cmd=frame.command, seq=frame.seq)
+            self._doorman.lines.warn("answers to no request", self.link.source,
+                                     "{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
+                                     who=self.name, cmd=frame.command, seq=frame.seq)
             return
         d = self._pending.pop(answered.seq)
         self._send_waiting()

@@ -1,6 +1,6 @@
 """A bounded socket-level fuzz of a live gateway (``gateway run``, its own process) while
-legitimate terminals keep syncing beside it: they converge, and the gateway's memory (RSS, read
-from /proc) comes back to its level once the attack stops.
+legitimate terminals keep syncing beside it: they converge, the gateway's memory (RSS, read
+from /proc) comes back to its level once the attack stops, and its log stays short.
 
 The attackers come from 127.0.0.2 and 127.0.0.3 (the terminals from 127.0.0.1), as from other
 machines: the limits they run into at their address must not touch the terminals. Each attacker
@@ -171,6 +171,10 @@ class LiveFuzzTests(unittest.TestCase):
         print("".join(line + "\n" for line in metrics.splitlines()
                       if line.startswith(("gateway_links_refused", "gateway_auth_lockouts", "gateway_frame_errors_total",
                                           "gateway_terminals_refused"))))
+        gateway.stop()
+        logged = gateway.all_output().splitlines()
+        print(f"gateway log: {len(logged)} lines in all")
+        self.assertLess(len(logged), 1000)  # one line per kind and source, then a summary every 10 s
         self.assertGreater(insider.sent, 100)
         self.assertGreater(sent, 1000)
         self.assertLessEqual(after, before + RSS_SLACK_KB, f"RSS {before} kB before, {after} kB after")
