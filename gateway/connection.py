@@ -90,6 +90,10 @@ class TerminalConnection(Protocol):
 
     def close(self, reason: str) -> None: ...
 
+    def replaced(self, by: str) -> None:
+        """A newer authenticated connection of this terminal (on ``by``) took over: tell the
+        terminal if its protocol can (native: error REPLACED), then close."""
+
 
 class EventSink(Protocol):
     """Where a connection's events go: the durable event log."""

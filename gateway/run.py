@@ -17,26 +17,28 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
-    formatEvent,
+    eventAsText,
     globalLogBeginner,
 )
 
 from gateway.config import GatewayConfig
 from gateway.database import DatabaseFailure
 from gateway.service import Gateway
+from gateway.tls import TlsSetupError
 from gateway.syncmode import SyncMode
 
-# What an operator can fix: a port in use, a database down or unknown, a missing driver.
+# What an operator can fix: a port in use, a database down or unknown, a missing driver, a TLS file.
 # Anything else is a bug, and react() logs its traceback.
-START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError)
+START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError, TlsSetupError)
 
 
 class StartFailed(Exception):
     """The gateway could not start; the message is one line for the person who started it."""
 
 
-def _line(event) -> str | None:
-    text = formatEvent(event)
+def log_line(event) -> str | None:
+    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it)."""
+    text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
     if not text:
         return None
     level = event.get("log_level", LogLevel.info).name.upper()
@@ -53,7 +55,7 @@ def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
     for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    observer = FilteringLogObserver(FileLogObserver(stream, _line), [_not_factory_chatter, levels])
+    observer = FilteringLogObserver(FileLogObserver(stream, log_line), [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

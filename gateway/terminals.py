@@ -170,7 +170,7 @@ class TerminalRegistry:
             return False
         old, term.connection = term.connection, connection
         if old is not None and old is not connection:
-            old.close(f"replaced by a new authenticated connection on {connection.description}")
+            old.replaced(connection.description)
         term.model = connection.info.model or term.model
         term.firmware = connection.info.firmware or term.firmware
         term.link = connection.description

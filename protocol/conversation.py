@@ -67,7 +67,10 @@ class Conversation:
 
     def answer(self, frame: Frame) -> Outstanding | None:
         """The request ``frame`` answers, no longer outstanding; None when it answers none of ours
-        (a late answer to an expired request, or a peer confused about what it was asked)."""
+        (a late answer to an expired request, a peer confused about what it was asked, or a frame
+        naming another terminal once ``terminal_id`` is known)."""
+        if self.terminal_id and frame.terminal_id != self.terminal_id:
+            return None  # about another terminal: an answer echoes the request's terminal id
         pending = self._outstanding.get(frame.seq)
         if pending is None or pending.command != frame.command:
             return None

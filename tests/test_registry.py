@@ -29,6 +29,9 @@ class Connection:
         self.closed = reason
         self.registry.offline(self)
 
+    def replaced(self, by):
+        self.close(f"replaced by {by}")
+
 
 def registry_with(terminal_id=7):
     ended = []

@@ -5,7 +5,7 @@ from gateway.http.api import ApiError, Param, Route
 from gateway.terminals import ADMITTED, REFUSED
 from gateway.users import last_change_seq
 
-TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0)
+TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
 
 
 def terminal_json(term, last_seq: int) -> dict:
@@ -82,8 +82,10 @@ ADMIT_BODY = {
 
 ROUTES = [
     Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
-    Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
-    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
-    Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
-    Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),
+    Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal", errors={404: "no such terminal"}),
+    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal",
+          errors={404: "no such terminal, and no secret given to register it"}),
+    Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal", errors={404: "no such terminal"}),
+    Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed",
+          errors={404: "no such terminal", 409: "the terminal is in the configuration"}),
 ]
