@@ -147,14 +147,14 @@ class UserTests(ApiTestCase):
         self.assertEqual((code, user["validity"], user["security_level"], user["auth_mode"]), (201, {"start": 10, "end": 20}, 3, 5))
         code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"add_cards": [csn], "add_access_groups": [3, 1],
                                                                     "remove_access_groups": [2]})
-        self.assertEqual((code, user["cards"], user["access_groups"]), (200, ["SMART_CARD", "CSN"], [1, 3]), user)
+        self.assertEqual((code, user["cards"], user["access_groups"]), (200, ["CSN", "SMART_CARD"], [1, 3]), user)  # records keep cards in canonical order
         code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"remove_cards": [smart]})
         self.assertEqual(user["cards"], ["CSN"])
         self.assertEqual(self.site.server_record("m-1").cards[0].data, bytes.fromhex("04a1b2c3"))
 
         yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no card SMART_CARD:00112233 to remove", body={"remove_cards": [smart]})
         yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no access group 9 to remove", body={"remove_access_groups": [9]})
-        yield self.assert_error("PATCH", "/api/users/m-1", 400, "or add_cards/remove_cards, not both", body={"cards": [], "add_cards": [csn]})
+        yield self.assert_error("PATCH", "/api/users/m-1", 400, "not both: give cards or add_cards/remove_cards", body={"cards": [], "add_cards": [csn]})
         self.assertEqual(self.site.server_record("m-1").access_groups, (1, 3))  # a refused edit changed nothing
         code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"validity": None, "security_level": None, "auth_mode": None})
         self.assertEqual((user["validity"], user["security_level"], user["auth_mode"]), (None, None, None))

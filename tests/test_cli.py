@@ -104,7 +104,7 @@ class CommandTests(ApiTestCase):
         done = yield self.run_gateway("users", "edit", "u2", "--add-card", "csn:04a1", "--add-group", "7", "--remove-group", "2", token=TOKEN)
         self.assertEqual(done.returncode, 0, done.stderr)
         record = self.site.server_record("u2")
-        self.assertEqual(([c.type.name for c in record.cards], record.access_groups), (["SMART_CARD", "CSN"], (1, 7)))
+        self.assertEqual(([c.type.name for c in record.cards], record.access_groups), (["CSN", "SMART_CARD"], (1, 7)))
         yield self.run_gateway("users", "edit", "u2", "--remove-card", "SMART_CARD:0a0b", "--valid-until", "2026-01-31T18:00", token=TOKEN)
         record = self.site.server_record("u2")
         self.assertEqual((record.cards[0].data, record.validity), (bytes.fromhex("04a1"), (start, datetime(2026, 1, 31, 18).timestamp())))

@@ -67,8 +67,10 @@ _EDIT_FIELDS = {
 }
 EDIT_BODY = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": _EDIT_FIELDS}
 # What the schemas above cannot say: a request breaking these gets a 400 naming the rule.
+SET_FIELD_RULE = "a set field is replaced, or changed by its add and remove lists, not both"
 UNSTATED_RULES = ("validity period ends before it starts",
-                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes")  # of UTF-8: outside ASCII a character takes 2 to 4
+                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes",
+                  SET_FIELD_RULE)  # of UTF-8: outside ASCII a character takes 2 to 4
 _BROKEN_RULE = "a parameter or the body breaks a rule (the message says which); beyond the schemas: " + "; ".join(UNSTATED_RULES)
 
 
@@ -85,7 +87,7 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
     for name, (add, remove) in _MEMBERS.items():
         if add in body or remove in body:
             if name in body:
-                raise ApiError(400, f"give {name} (it replaces them all) or {add}/{remove}, not both")
+                raise ApiError(400, f"{SET_FIELD_RULE}: give {name} or {add}/{remove}")
             member = _card if name == "cards" else int
             fields[name] = Members(tuple(map(member, body.get(add, ()))), tuple(map(member, body.get(remove, ()))))
     if "validity" in body:
@@ -183,6 +185,6 @@ ROUTES = [
     Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201,
           errors={400: _BROKEN_RULE, 409: "a user with this id exists"}),
     Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User",
-          errors={400: _BROKEN_RULE, 404: "no such user"}),
+          errors={400: _BROKEN_RULE, 404: "no such user", 409: "a card or group to remove that the user does not have"}),
     Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted", errors={404: "no such user"}),
 ]
