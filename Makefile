@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench loadtest system-deps clean
+.PHONY: demo test bench loadtest soak system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/gateway-demo
@@ -19,10 +19,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/codec.py --json reports/codec.json
 	$(PY) benchmarks/bus.py --json reports/bus.json
 	$(PY) benchmarks/zk.py --json reports/zk.json
+	$(PY) benchmarks/hostile.py --json reports/hostile.json
 
 loadtest: $(STAMP)
 	mkdir -p reports
 	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 60 --json reports/loadtest.json
+
+# Not in `make test`: thirty minutes (SOAK_MINUTES) of churn with gateway SIGKILLs and a database
+# outage; prints lost / duplicated / diverged and the gateway's RSS over time, and plots it.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	mkdir -p reports
+	$(PY) -m pip install -q -e '.[test,plot]'
+	$(VENV)/bin/gateway-soak --minutes $(SOAK_MINUTES) --json reports/soak.json --plot reports/soak.png
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

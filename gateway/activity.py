@@ -4,7 +4,8 @@ Every second one read on a reader thread takes the events stored since the last 
 it costs what was stored, not the size of the log) and adds them to one bucket per second of
 ``recorded_ms``: terminal log events stored, user records applied by terminals (deliveries),
 sync failures. Reading the table rather than hooking into the sync core means the figures count
-every stored event, whoever stored it (another gateway on the same database too).
+every stored event, whoever stored it; it follows ids, so an id another gateway on the same
+database commits late, after a higher one was read, is missed.
 
 Propagation is what the gateway sees of a change made at a terminal: from the moment the
 terminal logged it (its device-origin enrol or update event, stamped on the clock the gateway

@@ -1,8 +1,9 @@
 """Administrative commands: a client of a running gateway's HTTP API, printing tables for people
 and JSON for scripts.
 
-Standard library only (urllib), and every failure is one line saying what to do, never a
-traceback: these commands are what an operator types when something is already wrong.
+The standard library's urllib speaks to the gateway (wcwidth measures text for the tables), and
+every failure is one line saying what to do, never a traceback: these commands are what an
+operator types when something is already wrong.
 """
 
 import json
@@ -11,6 +12,8 @@ import sys
 import time
 from http.client import HTTPException
 from urllib import error, parse, request
+
+from wcwidth import wcswidth, wcwidth
 
 from gateway.api_token import TOKEN_ENV, TOKEN_FILE, local_token
 
@@ -101,8 +104,18 @@ def _query(query: dict) -> dict:
 
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    widths = [max(width(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(pad(v, w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: two for a CJK character, none for a combining mark."""
+    found = wcswidth(text)
+    return found if found >= 0 else sum(max(wcwidth(c), 0) for c in text)  # -1: a control character in it
+
+
+def pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
 
 
 def when(ms: int | None) -> str:
@@ -114,7 +127,7 @@ def when(ms: int | None) -> str:
 def event_line(e: dict) -> str:
     terminal = "" if e["terminal_id"] is None else e["terminal_id"]
     origin = e.get("origin") or ""  # device: a keypad change; server: a record the server sent
-    return (f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {origin:<6}  {e['type']:<32}  {e['user_id'] or '':<12}  "
+    return (f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {origin:<6}  {e['type']:<32}  {pad(e['user_id'] or '', 12)}  "
             f"{e['detail'] or ''}").rstrip()
 
 
@@ -156,26 +169,55 @@ def users(client: ApiClient, args) -> None:
     path = "/api/users/" + parse.quote(args.user_id, safe="")
     if args.action == "show":
         user = client.call("GET", path)
-        show(args, user, "\n".join(f"{k:<14}{_plain(v)}" for k, v in user.items()))
+        show(args, user, user_text(user))
     elif args.action == "add":
         user = client.call("POST", "/api/users", body={"user_id": args.user_id, **user_body(args)})
         show(args, user, f"user {args.user_id} created (change {user['change_seq']})")
     elif args.action == "edit":
-        user = client.call("PATCH", path, body=user_body(args))
+        # Only one end of the validity given: the other stays as the user has it.
+        half = (args.valid_from is None) != (args.valid_until is None)
+        user = client.call("PATCH", path, body=user_body(args, client.call("GET", path)["validity"] if half else None))
         show(args, user, f"user {args.user_id} changed (change {user['change_seq']})")
     else:
         show(args, client.call("DELETE", path), f"user {args.user_id} deleted")
 
 
-def user_body(args) -> dict:
+# ``--clear FIELD``: the API's name for the field and its empty value.
+CLEARABLE = {"name": ("name", None), "pin": ("pin", None), "groups": ("access_groups", []), "cards": ("cards", []),
+             "validity": ("validity", None), "security-level": ("security_level", None), "auth-mode": ("auth_mode", None)}
+OPEN_START, OPEN_END = 0, 2**32 - 1  # a validity with one end given is open at the other
+
+
+def user_body(args, validity: dict | None = None) -> dict:
+    """The API body for ``users add`` or ``users edit``; ``validity`` is the user's current one,
+    whose other end an edit that gives only one of --valid-from and --valid-until keeps."""
     body = {}
-    for name in ("name", "pin", "disabled"):
+    for name in ("name", "pin", "disabled", "security_level", "auth_mode"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     if args.groups:
         body["access_groups"] = args.groups
     if args.card:
         body["cards"] = [_card(text) for text in args.card]
+    if args.valid_from is not None or args.valid_until is not None:
+        validity = validity or {"start": OPEN_START, "end": OPEN_END}
+        body["validity"] = {"start": validity["start"] if args.valid_from is None else args.valid_from,
+                            "end": validity["end"] if args.valid_until is None else args.valid_until}
+    for field in getattr(args, "clear", ()):
+        key, empty = CLEARABLE[field]
+        if key in body:
+            raise CommandFailed(f"--clear {field} and a new {field}: give one of them")
+        body[key] = empty
+    members = (("cards", "card", _card), ("access_groups", "group", int))
+    for key, option, member in members:
+        add, remove = getattr(args, f"add_{option}", []), getattr(args, f"remove_{option}", [])
+        if (add or remove) and key in body:
+            raise CommandFailed(f"--{option} and --clear {option}s replace all the user's {option}s, --add-{option} and "
+                                f"--remove-{option} keep the others: give one kind")
+        if add:
+            body[f"add_{key}"] = [member(value) for value in add]
+        if remove:
+            body[f"remove_{key}"] = [member(value) for value in remove]
     return body
 
 
@@ -184,6 +226,23 @@ def _card(text: str) -> dict:
     if not sep or not data:
         raise CommandFailed(f"card must be TYPE:HEX, e.g. SMART_CARD:0a1b2c, got {text!r}")
     return {"type": kind.upper(), "data": data}
+
+
+def user_text(user: dict) -> str:
+    """``users show``: one field a line, validity and the time of the last change as dates."""
+    shown = {**user, "validity": _validity_text(user.get("validity")), "updated_ms": when(user.get("updated_ms"))}
+    width = max(map(len, shown)) + 1
+    return "\n".join(f"{k:<{width}}{_plain(v)}".rstrip() for k, v in shown.items())
+
+
+def _validity_text(validity: dict | None) -> str:
+    if validity is None:
+        return "always"
+    start, end = validity["start"], validity["end"]
+    day = lambda seconds: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    if start == OPEN_START:
+        return "always" if end == OPEN_END else f"until {day(end)}"
+    return f"from {day(start)}" + ("" if end == OPEN_END else f" until {day(end)}")
 
 
 def _plain(value) -> str:

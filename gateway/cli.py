@@ -7,6 +7,7 @@ The client options (``--url``, ``--token``, ``--json``) may come before the comm
 import argparse
 import os
 import sys
+from datetime import datetime
 from functools import partial
 
 from gateway import admin
@@ -33,13 +34,65 @@ def _client_options(p: argparse.ArgumentParser, defaults: bool) -> argparse.Argu
     return p
 
 
-def _user_fields(p: argparse.ArgumentParser) -> None:
+def _user_fields(p: argparse.ArgumentParser, edit: bool) -> None:
+    replacing = " Replaces all the user's {0}: --add-{1} and --remove-{1} keep the others." if edit else ""
     p.add_argument("user_id")
     p.add_argument("--name")
     p.add_argument("--pin", help="digits; the gateway stores only a hash")
-    p.add_argument("--group", type=int, action="append", dest="groups", help="access group (repeatable)")
-    p.add_argument("--card", action="append", metavar="TYPE:HEX", help="card, e.g. SMART_CARD:0a1b2c (repeatable)")
+    p.add_argument("--group", type=int, action="append", dest="groups", metavar="N",
+                   help="access group (repeatable)." + replacing.format("groups", "group"))
+    p.add_argument("--card", action="append", metavar="TYPE:HEX",
+                   help="card, e.g. SMART_CARD:0a1b2c (repeatable)." + replacing.format("cards", "card"))
+    p.add_argument("--valid-from", type=valid_from, metavar="WHEN",
+                   help="valid from this date or time: 2025-03-01, 2025-03-01T08:00 (local time unless it names an offset), "
+                        "or seconds since the epoch")
+    p.add_argument("--valid-until", type=valid_until, metavar="WHEN",
+                   help="valid until this date (its end) or time" + ("; with only one of the two, the other stays" if edit else ""))
+    p.add_argument("--security-level", type=byte, metavar="N", help="0-255, as the terminals define it")
+    p.add_argument("--auth-mode", type=byte, metavar="N", help="0-255, as the terminals define it")
     p.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=None)
+    if not edit:
+        return
+    p.add_argument("--add-card", action="append", default=[], metavar="TYPE:HEX", help="add a card, keeping the others (repeatable)")
+    p.add_argument("--remove-card", action="append", default=[], metavar="TYPE:HEX", help="remove one of the user's cards (repeatable)")
+    p.add_argument("--add-group", type=int, action="append", default=[], metavar="N", help="add an access group, keeping the others (repeatable)")
+    p.add_argument("--remove-group", type=int, action="append", default=[], metavar="N", help="remove one of the user's access groups (repeatable)")
+    p.add_argument("--clear", action="append", default=[], choices=list(admin.CLEARABLE), metavar="FIELD",
+                   help=f"empty a field: {', '.join(admin.CLEARABLE)} (repeatable)")
+
+
+def valid_from(text: str) -> int:
+    return _moment(text, end_of_day=False)
+
+
+def valid_until(text: str) -> int:
+    return _moment(text, end_of_day=True)
+
+
+def _moment(text: str, end_of_day: bool) -> int:
+    """Seconds since the epoch, as the terminals keep validity: digits are that already; an ISO
+    8601 date or time is local time unless it names its offset; a date alone is the start of
+    that day, or for --valid-until its last second."""
+    try:
+        if text.isdigit():
+            seconds = int(text)
+        else:
+            moment = datetime.fromisoformat(text)
+            if end_of_day and len(text) == len("2025-03-01"):
+                moment = moment.replace(hour=23, minute=59, second=59)
+            seconds = int(moment.timestamp())
+    except (ValueError, OverflowError, OSError):
+        raise argparse.ArgumentTypeError(f"expected a date (2025-03-01), a time (2025-03-01T08:00) or seconds, got {text!r}") from None
+    if not admin.OPEN_START <= seconds <= admin.OPEN_END:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside what terminals keep (1970 to 2106)")
+    return seconds
+
+
+def byte(text: str) -> int:
+    """A terminal-defined number of one byte: a security level, an auth mode."""
+    if not (text.isdigit() and int(text) <= 255):
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 255, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--after", metavar="USER_ID", help="continue after this user id")
     listing.add_argument("--limit", type=int, default=50)
     users_sub.add_parser("show", parents=[client], help="show one user").add_argument("user_id")
-    _user_fields(users_sub.add_parser("add", parents=[client], help="add a user"))
-    _user_fields(users_sub.add_parser("edit", parents=[client], help="change some fields of a user"))
+    _user_fields(users_sub.add_parser("add", parents=[client], help="add a user"), edit=False)
+    _user_fields(users_sub.add_parser("edit", parents=[client], help="change some fields of a user"), edit=True)
     users_sub.add_parser("delete", parents=[client], help="delete a user (terminals delete it too)").add_argument("user_id")
 
     events = sub.add_parser("events", parents=[client], help="show events, or follow them as they happen")
@@ -147,7 +200,9 @@ def announce_token(path, made: bool, gateway) -> None:
         print(f"API token for writes: the one kept in {path}", flush=True)
         return
     token = gateway.config.api_token
-    url = f"http://{gateway.config.http_host}:{gateway.http_port.getHost().port}"
+    host = gateway.config.http_host
+    reachable_at = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # listening everywhere: reached here on loopback
+    url = f"http://{reachable_at}:{gateway.http_port.getHost().port}"
     at = "" if url == admin.DEFAULT_URL else f" --url {url}"
     print(f"\nAPI token for writes, made at this first start and kept in {path} (yours alone to read):\n"
           f"    {token}\n"

@@ -42,6 +42,22 @@ class TerminalEntry(Struct, forbid_unknown_fields=True):
     name: str | UnsetType = UNSET
     groups: list[U32] | UnsetType = UNSET
     dial: str | UnsetType = UNSET  # "host:port" of a terminal the gateway dials out to
+    # TLS to a dialled terminal (docs/tls.md): its certificate must be signed by tls_ca and name
+    # tls_name (default: the host of dial); tls_cert and tls_key are the gateway's, if it asks.
+    tls_ca: Text | UnsetType = UNSET
+    tls_name: Text | UnsetType = UNSET
+    tls_cert: Text | UnsetType = UNSET
+    tls_key: Text | UnsetType = UNSET
+
+
+class TlsListenerEntry(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[tls]``: a second listener, for terminals that dial in over TLS (docs/tls.md)."""
+
+    host: str | UnsetType = UNSET  # default: tcp_host
+    port: Port = 4371
+    cert: Text  # the gateway's certificate (PEM), chain included
+    key: Text  # its private key (PEM)
+    client_ca: Text | UnsetType = UNSET  # terminals must show a certificate this CA signed
 
 
 class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +71,13 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     default_secret: Text | None = None
     sync_mode: SyncMode = SyncMode.ALL_WITH_DEVICE_UPDATES
     keepalive_s: Annotated[int, Meta(gt=0)] = 30
+    # Strangers and guessed secrets (gateway/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
+    max_unauthenticated: Annotated[int, Meta(ge=1)] = 256  # links still shaking hands, in total
+    max_unauthenticated_per_address: Annotated[int, Meta(ge=1)] = 64  # the same, from one address (a NAT: a site's terminals after a restart)
+    auth_slow_after: Annotated[int, Meta(ge=1)] = 3  # failed handshakes before refusals are held back
+    auth_lockout_after: Annotated[int, Meta(ge=1)] = 10  # failed handshakes before an address is locked out
+    auth_lockout_s: Annotated[float, Meta(gt=0)] = 900.0
+    tls: dict | None = None  # a TlsListenerEntry
     terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry
     serial: list[dict] = msgspec.field(default_factory=list)  # each a SerialEntry
 
@@ -88,6 +111,8 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
                               f"not {self.db!r}") from None
         if self.admission == AdmissionPolicy.OPEN and not self.default_secret:
             raise ConfigError("admission = 'open' needs default_secret (terminals still authenticate)")
+        if self.tls is not None:
+            checked(self.tls, TlsListenerEntry, "[tls]")
         seen = set()
         for n, entry in enumerate(self.terminals, start=1):
             named = f"terminal {entry['id']}" if isinstance(entry.get("id"), int) else f"[[terminals]] entry {n}"
@@ -100,6 +125,11 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
                     parse_host_port(terminal.dial)
                 except ConfigError as exc:
                     raise ConfigError(f"{named}: dial {exc}") from None
+            tls = [name for name in ("tls_ca", "tls_name", "tls_cert", "tls_key") if getattr(terminal, name) is not UNSET]
+            if tls and (terminal.tls_ca is UNSET or terminal.dial is UNSET):
+                raise ConfigError(f"{named}: {', '.join(tls)} need tls_ca and dial (TLS is for a terminal the gateway dials)")
+            if (terminal.tls_cert is UNSET) != (terminal.tls_key is UNSET):
+                raise ConfigError(f"{named}: tls_cert and tls_key go together")
         devices = [parse_serial(entry).device for entry in self.serial]
         twice = sorted({d for d in devices if devices.count(d) > 1})
         if twice:

@@ -73,6 +73,7 @@ class TerminalConnection(Protocol):
     description: str  # where it is connected, for people: "tcp 10.0.0.5:5123"
     info: TerminalInfo
     push_bytes: int  # how many bytes of encoded records one ``put_users`` should carry
+    last_heard_s: float  # when it last sent anything, on the gateway's clock: what "last seen" shows
 
     def fetch_users(self, user_ids: list[str]) -> "Deferred[FetchedUsers]": ...
 
@@ -101,6 +102,10 @@ class TerminalConnection(Protocol):
     def resume_events(self) -> None: ...
 
     def close(self, reason: str) -> None: ...
+
+    def replaced(self, by: str) -> None:
+        """A newer authenticated connection of this terminal (on ``by``) took over: tell the
+        terminal if its protocol can (native: error REPLACED), then close."""
 
 
 class EventSink(Protocol):

@@ -25,6 +25,10 @@ class Metrics:
         self.failures = Counter("gateway_failures", "Failures by kind", ["kind"], registry=r)
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
+        # Strangers: links not authenticated yet (gateway/doorman.py)
+        self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)
+        self.links_refused = Counter("gateway_links_refused", "Connections refused before any handshake, by reason", ["reason"], registry=r)
+        self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",

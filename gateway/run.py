@@ -14,32 +14,31 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
-    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
-    formatEvent,
+    eventAsText,
     globalLogBeginner,
 )
 
 from gateway.config import GatewayConfig
 from gateway.database import DatabaseFailure
 from gateway.service import Gateway
+from gateway.tls import TlsSetupError
 from gateway.syncmode import SyncMode
 
-log = Logger(namespace="gateway")
-
-# What an operator can fix: a port in use, a database down or unknown, a missing driver.
+# What an operator can fix: a port in use, a database down or unknown, a missing driver, a TLS file.
 # Anything else is a bug, and react() logs its traceback.
-START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError)
+START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, MigrationError, OSError, ImportError, TlsSetupError)
 
 
 class StartFailed(Exception):
     """The gateway could not start; the message is one line for the person who started it."""
 
 
-def _line(event) -> str | None:
-    text = formatEvent(event)
+def log_line(event) -> str | None:
+    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it)."""
+    text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
     if not text:
         return None
     level = event.get("log_level", LogLevel.info).name.upper()
@@ -56,33 +55,25 @@ def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
     for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    observer = FilteringLogObserver(FileLogObserver(stream, _line), [_not_factory_chatter, levels])
+    observer = FilteringLogObserver(FileLogObserver(stream, log_line), [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-async def start_gateway(reactor, config: GatewayConfig) -> Gateway:
+async def start_gateway(reactor, config: GatewayConfig, sync_mode: SyncMode | None = None) -> Gateway:
     """A started gateway, stopped when the reactor shuts down; StartFailed (with whatever did
-    start already stopped, so no thread keeps the process alive) when it cannot start."""
+    start already stopped, so no thread keeps the process alive) when it cannot start.
+    ``sync_mode``: given on the command line, it replaces the stored mode."""
     try:
         gateway = Gateway(config, reactor)
     except START_FAILURES as exc:
         raise StartFailed(_reason(exc)) from exc
     try:
-        gateway.start()
+        gateway.start(sync_mode)
     except START_FAILURES as exc:
         await gateway.stop()
         raise StartFailed(_reason(exc)) from exc
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stop)
     return gateway
-
-
-async def apply_sync_mode(gateway: Gateway, mode: SyncMode, source: str) -> None:
-    """Make ``mode`` (given for this start) the sync mode, whatever the database had stored."""
-    stored = gateway.settings.mode
-    if mode == stored:
-        return
-    await gateway.settings.set_mode(mode)
-    log.info("sync mode {mode} from {source} replaces the stored {stored}", mode=mode, source=source, stored=stored)
 
 
 def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None):
@@ -97,18 +88,12 @@ def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None)
 async def _serve(reactor, config: GatewayConfig, sync_mode, announce) -> None:
     start_logging()
     try:
-        gateway = await start_gateway(reactor, config)
+        gateway = await start_gateway(reactor, config, sync_mode)
     except StartFailed as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if announce is not None:
         announce(gateway)
-    if sync_mode is not None:
-        try:
-            await apply_sync_mode(gateway, sync_mode, "--sync-mode")
-        except DatabaseFailure as exc:
-            print(f"gateway: cannot start: cannot store the sync mode: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
     await defer.Deferred()  # until SIGINT or SIGTERM stops the reactor
 
 

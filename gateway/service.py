@@ -14,8 +14,9 @@ from twisted.logger import Logger
 
 from gateway.activity import Activity
 from gateway.bus import BusMaster
-from gateway.config import GatewayConfig, parse_serial
+from gateway.config import GatewayConfig, parse_host_port, parse_serial
 from gateway.database import Database
+from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
 from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
@@ -27,6 +28,7 @@ from gateway.settings import SyncSettings
 from gateway.syncmode import SyncMode
 from gateway.tcp import TerminalDialer, TerminalListener
 from gateway.terminals import TerminalRegistry
+from gateway.tls import client_options, server_options
 from gateway.users import UserDirectory, last_change_seq
 
 log = Logger(namespace="gateway")
@@ -42,7 +44,8 @@ class Gateway:
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, config.terminals,
-                                         on_online=self._terminal_online, on_offline=self._terminal_offline)
+                                         on_online=self._terminal_online, on_offline=self._terminal_offline,
+                                         on_admitted=self._terminal_admitted)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._sync_mode_changed, self.clock)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
                                  pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
@@ -55,24 +58,31 @@ class Gateway:
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
         self.activity = Activity(self.db, self.clock)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
+        self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
+            max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
+            slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
         self.tcp_port = None
+        self.tls_port = None
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
 
-    def start(self) -> None:
-        """Open the database and start listening; blocking work here runs before the reactor."""
+    def start(self, sync_mode: SyncMode | None = None) -> None:
+        """Open the database and start listening; blocking work here runs before the reactor.
+        ``sync_mode``: given for this start, it replaces the stored mode before anyone connects."""
         self.db.start()
         self.registry.load()
-        self.settings.load()
-        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session), interface=self.config.tcp_host)
+        self.settings.load(sync_mode)
+        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
+        if self.config.tls is not None:
+            self.tls_port = self._listen_tls(self.config.tls)
         self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
         log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
-        self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session)
+        self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session, _dial_tls(entry))
                         for entry in self.config.terminals if "dial" in entry]
         for dialer in self.dialers:
             dialer.start()
@@ -92,19 +102,29 @@ class Gateway:
         self.puller.stop()
         self.eventlog.stop()
         yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
-        if self.tcp_port is not None:
-            yield self.tcp_port.stopListening()
+        for port in (self.tcp_port, self.tls_port):
+            if port is not None:
+                yield port.stopListening()
         if self.http_port is not None:
             yield self.http_port.stopListening()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
+        self.doorman.lines.stop()
         self.db.stop()
+
+    def _listen_tls(self, entry: dict):
+        options = server_options(entry["cert"], entry["key"], entry.get("client_ca"))
+        host = entry.get("host", self.config.tcp_host)
+        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options, interface=host)
+        log.info("listening for terminals over TLS on {host}:{port}{clients}", host=host, port=port.getHost().port,
+                 clients=", client certificates required" if entry.get("client_ca") else "")
+        return port
 
     def new_session(self, link, expected_terminal_id: int | None = None, timing: SessionTiming | None = None) -> TerminalSession:
         """A native-protocol session over ``link``, wired to this gateway's collaborators."""
         return TerminalSession(link, clock=self.clock, admission=self.registry, events=self.eventlog, presence=self.registry,
-                               metrics=self.metrics, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
+                               metrics=self.metrics, doorman=self.doorman, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
 
     # -- terminals coming and going ----------------------------------------------------------
 
@@ -117,6 +137,11 @@ class Gateway:
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
+
+    def _terminal_admitted(self, terminal_id: int) -> None:
+        # A bus greets a silent or refused address on a backoff of up to half a minute: greet now.
+        for bus in self.buses:
+            bus.greet_now(terminal_id)
 
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)
@@ -151,6 +176,14 @@ class Gateway:
             self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor))
             if term.cursor < seq:
                 self.pusher.kick(term.terminal_id)
+
+
+def _dial_tls(entry: dict):
+    """Client TLS options for a dialled terminal with ``tls_ca``; None for plain TCP."""
+    if "tls_ca" not in entry:
+        return None
+    return client_options(entry.get("tls_name") or parse_host_port(entry["dial"])[0], entry["tls_ca"],
+                          entry.get("tls_cert"), entry.get("tls_key"))
 
 
 def _safe_url(url: str) -> str:

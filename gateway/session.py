@@ -11,19 +11,20 @@ connection or an address on an RS-485 bus.
 """
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
+from gateway.doorman import Doorman
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation, Liveness
 from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError
 from protocol.events import MAX_EVENT_ID
 from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
-from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, response_frame
+from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, replaced_notice, response_frame
 
 log = Logger(namespace="gateway.session")
 
@@ -41,6 +42,7 @@ class Link(Protocol):
 
     address: int  # the bus address frames carry; 0 on TCP
     description: str
+    source: str  # where the peer is, without a port: what per-address limits count by
     request_bytes: int  # how big one request to the terminal may be
 
     def send(self, frame: Frame) -> None: ...
@@ -64,8 +66,9 @@ class SessionTiming:
 
 class TerminalSession:
     def __init__(self, link: Link, *, clock, admission: Admission, events: EventSink, presence: Presence, metrics,
-                 timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
+                 doorman: Doorman, timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
         self.link = link
+        self._doorman = doorman
         self.clock = clock
         self.timing = timing
         self._admission = admission
@@ -86,6 +89,7 @@ class TerminalSession:
         self._deadline_timer = None
         self._handshake_timer = None
         self._liveness_timer = None
+        self._refusal_timer = None
         self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
         self._stored_through = 0  # the highest of its event ids known stored (WELCOME's, acknowledged, polled)
         self.log_epoch: int | None = None  # the event log the terminal announced; None: a terminal that names none
@@ -95,6 +99,10 @@ class TerminalSession:
     @property
     def description(self) -> str:
         return self.link.description
+
+    @property
+    def last_heard_s(self) -> float:
+        return self._conversation.last_received
 
     @property
     def push_bytes(self) -> int:
@@ -136,7 +144,23 @@ class TerminalSession:
     def close(self, reason: str) -> None:
         if self.closed:
             return
-        log.info("{who}: closing link {link}: {reason}", who=self.name, link=self.link.description, reason=reason)
+        if self.established:
+            log.info("{who}: closing link {link}: {reason}", who=self.name, link=self.link.description, reason=reason)
+        else:  # a stranger can make us say this as often as it likes
+            self._doorman.lines.warn("links closed before authentication", self.link.source,
+                                     "closing link {link} before authentication: {reason}", link=self.link.description, reason=reason)
+        self._end(reason)
+
+    def replaced(self, by: str) -> None:
+        """A newer authenticated link of this terminal took over: say so (REPLACED), then close."""
+        if self.closed:
+            return
+        log.info("{who}: closing link {link}: replaced by a new authenticated connection on {by}",
+                 who=self.name, link=self.link.description, by=by)
+        self.link.send(replaced_notice(self.terminal_id, self.link.address, f"replaced by a newer link on {by}"))
+        self._end("replaced")
+
+    def _end(self, reason: str) -> None:
         self.link.close(reason)
         self.connection_lost(reason)
 
@@ -144,7 +168,7 @@ class TerminalSession:
         if self.closed:
             return
         self.closed = True
-        for timer in (self._deadline_timer, self._handshake_timer, self._liveness_timer):
+        for timer in (self._deadline_timer, self._handshake_timer, self._liveness_timer, self._refusal_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._conversation.abandon()
@@ -165,12 +189,24 @@ class TerminalSession:
         if self.closed:
             return
         self._conversation.received(self.clock.seconds())
-        if frame.is_response:
+        if self.established and frame.terminal_id != self.terminal_id:
+            self._foreign_frame(frame)
+        elif frame.is_response:
             self._response_received(frame)
         else:
             self._request_received(frame)
 
+    def _foreign_frame(self, frame: Frame) -> None:
+        """A frame naming another terminal on this one's link: never stored under either."""
+        text = f"this link is terminal {self.terminal_id}'s; the frame names terminal {frame.terminal_id}"
+        self._doorman.lines.warn("frames naming another terminal", self.link.source, "{who}: {cmd} frame naming terminal {other} ignored",
+                                 who=self.name, cmd=_command_name(frame.command), other=frame.terminal_id)
+        if not frame.is_response:
+            self._send(error_frame(replace(frame, terminal_id=self.terminal_id), ErrorCode.UNKNOWN_TERMINAL, text))
+
     def frame_error(self, error: FrameError) -> None:
+        if error.continues:
+            return  # the rest of a frame already counted
         self._metrics.frame_errors.inc()
         if not self.established:
             self.close(f"corrupt data before authentication ({error})")
@@ -179,15 +215,16 @@ class TerminalSession:
         self._frame_errors.append(now)
         while self._frame_errors and self._frame_errors[0] < now - 60:
             self._frame_errors.popleft()
-        log.warn("{who}: corrupt frame skipped: {error}", who=self.name, error=error)
+        self._doorman.lines.warn("corrupt frames", self.link.source, "{who}: corrupt frame skipped: {error}", who=self.name, error=error)
         if len(self._frame_errors) > self.timing.frame_errors_per_minute:
             self.close(f"more than {self.timing.frame_errors_per_minute} corrupt frames in a minute")
 
     def _response_received(self, frame: Frame) -> None:
         answered = self._conversation.answer(frame)
         if answered is None:
-            log.warn("{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
-                     who=self.name, cmd=frame.command, seq=frame.seq)
+            self._doorman.lines.warn("answers to no request", self.link.source,
+                                     "{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
+                                     who=self.name, cmd=frame.command, seq=frame.seq)
             return
         d = self._pending.pop(answered.seq)
         self._send_waiting()
@@ -279,7 +316,9 @@ class TerminalSession:
     def _deadlines_passed(self) -> None:
         self._deadline_timer = None
         for late in self._conversation.expire(self.clock.seconds()):
-            d = self._pending.pop(late.seq)
+            d = self._pending.pop(late.seq, None)
+            if d is None:
+                continue  # an earlier errback closed the session, which failed every request already
             self._send_waiting()
             d.errback(RequestTimeout(f"{self.name}: {_command_name(late.command)} unanswered after {self.timing.request_s:g} s"))
         following = self._conversation.next_deadline()
@@ -305,10 +344,7 @@ class TerminalSession:
             if hello.log_epoch is not None and not 0 < hello.log_epoch <= MAX_EVENT_ID:
                 raise Refused(ErrorCode.BAD_MESSAGE, f"log_epoch must be 1 to 2**63-1, not {hello.log_epoch}")
         except Refused as refusal:
-            self._metrics.refused.labels(refusal.code.name.lower()).inc()
-            log.warn("refused terminal {tid} on {link}: {reason}", tid=terminal_id, link=self.link.description, reason=refusal.reason)
-            self._send(error_frame(frame, refusal.code, refusal.reason))
-            self.close(f"refused: {refusal.reason}")
+            self._refuse(frame, refusal)
             return
         self.terminal_id = self._conversation.terminal_id = terminal_id
         self.info = info
@@ -316,6 +352,28 @@ class TerminalSession:
         d = self._events.begin_log(terminal_id, self.log_epoch)
         d.addCallback(self._send_welcome, secret, hello)
         d.addErrback(self._handshake_failed)
+
+    def _refuse(self, frame: Frame, refusal: Refused) -> None:
+        """Log, count and answer a refusal; a guess at a secret (or at a terminal id) is answered
+        late when the doorman says so, the link still holding its stranger's place meanwhile."""
+        self._metrics.refused.labels(refusal.code.name.lower()).inc()
+        self._doorman.lines.warn("refused terminals", self.link.source, "refused terminal {tid} on {link}: {reason}",
+                                 tid=frame.terminal_id, link=self.link.description, reason=refusal.reason)
+        delay = 0.0
+        if refusal.code in (ErrorCode.AUTH_FAILED, ErrorCode.UNKNOWN_TERMINAL):
+            guessed = frame.terminal_id if refusal.code == ErrorCode.AUTH_FAILED else None
+            delay = self._doorman.proof_failed(guessed, self.link.source)
+        if delay:
+            self._handshake_timer.cancel()
+            self._refusal_timer = self.clock.callLater(delay, self._send_refusal, frame, refusal)
+        else:
+            self._send_refusal(frame, refusal)
+
+    def _send_refusal(self, frame: Frame, refusal: Refused) -> None:
+        if self.closed:
+            return
+        self._send(error_frame(frame, refusal.code, refusal.reason))
+        self._end(f"refused: {refusal.reason}")
 
     def _send_welcome(self, ack_through: int, secret: bytes, hello):
         self._stored_through = ack_through
@@ -326,12 +384,13 @@ class TerminalSession:
     def _on_welcome(self, _):
         if self._handshake_timer.active():
             self._handshake_timer.cancel()
-        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
-        self.established = True
-        log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
-                 tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
         if not self._presence.online(self):
             self.close("refused or removed by an administrator during the handshake")
+            return
+        self.established = True
+        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+        log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
+                 tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
 
     def _handshake_failed(self, failure):
         if not self.closed:

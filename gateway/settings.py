@@ -28,13 +28,20 @@ class SyncSettings:
         self._on_change = on_change
         self.mode = default
 
-    def load(self) -> None:
-        """Start-up, off the reactor: the stored mode wins over the configured default."""
+    def load(self, given: SyncMode | None = None) -> None:
+        """Start-up, off the reactor, before any terminal connects: the stored mode wins over the
+        configured default; a mode ``given`` for this start (``--sync-mode``) replaces the stored one."""
         stored = self._db.run_now(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar())
         if stored:
             self.mode = SyncMode(stored)
-        else:
-            self._db.run_now(_store_mode, self.mode, None, 0)
+        if given is not None and given != self.mode:
+            republished, owed = self._db.run_now(_store_mode, given, self.mode if stored else None, self._now_ms())
+            extra = f"; {republished} users go to every terminal again" if republished else ""
+            extra += f"; {owed} keypad changes made while it did not pull are pulled now" if owed else ""
+            log.info("sync mode {mode} from --sync-mode replaces the stored {stored}{extra}", mode=given, stored=self.mode, extra=extra)
+            self.mode = given
+        elif not stored:
+            self._db.run_now(_store_mode, self.mode, None, self._now_ms())
 
     def set_mode(self, mode: SyncMode):
         """Change the mode; a Deferred that fires once it is stored and pushes have been woken.
@@ -74,12 +81,15 @@ def _store_mode(conn, mode: SyncMode, old: SyncMode | None, at_ms: int) -> tuple
 
 
 def _owe_unpulled_changes(conn, at_ms: int) -> int:
-    """Owe a pull for every keypad enrolment or edit logged since pulling stopped."""
+    """Owe a pull for every keypad enrolment or edit logged since pulling stopped (none when a
+    database older than this rule does not say when that was: those were never going to be pulled)."""
     after = conn.execute(select(settings.c.value).where(settings.c.key == UNPULLED_AFTER_KEY)).scalar()
+    if after is None:
+        return 0
     conn.execute(delete(settings).where(settings.c.key == UNPULLED_AFTER_KEY))
     stmt = select(events.c.terminal_id, events.c.user_id).distinct().where(
         events.c.type.in_([EventCode(c).name for c in USER_CHANGE_CODES]),
-        events.c.id > int(after or 0),
+        events.c.id > int(after),
         events.c.sub_code == Origin.DEVICE,
         events.c.terminal_id.is_not(None),
         events.c.user_id.is_not(None),

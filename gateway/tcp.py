@@ -5,15 +5,20 @@ A ``TcpLink`` turns a connection into the link a ``TerminalSession`` talks throu
 received bytes to a StreamDecoder, hands frames and decode errors to the session, and encodes
 the frames the session sends. Sessions come from ``new_session(link, expected_terminal_id)``,
 which the gateway gives the listener and the dialers, so a link knows nothing of the gateway.
+
+Until its peer authenticated, a link's decoder takes only frames of a handshake's size (memory
+a stranger can hold), and a link the listener accepted holds a stranger's place at the
+``Doorman``, which may refuse the connection outright.
 """
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
 from gateway.config import parse_host_port
 from protocol import MAX_PAYLOAD, Frame, StreamDecoder, encode_frame
+from protocol.messages import MAX_HANDSHAKE_PAYLOAD
 
 log = Logger(namespace="gateway.tcp")
 
@@ -22,31 +27,50 @@ class TcpLink(protocol.Protocol):
     address = 0  # no bus address on TCP
     request_bytes = MAX_PAYLOAD  # how big one request to the terminal may be
 
-    def __init__(self, new_session, expected_terminal_id: int | None = None):
+    def __init__(self, new_session, expected_terminal_id: int | None = None, doorman=None):
         self._new_session = new_session
         self.expected_terminal_id = expected_terminal_id
+        self._doorman = doorman  # set while this link holds a stranger's place
         self.decoder = StreamDecoder()
+        self.decoder.max_payload = MAX_HANDSHAKE_PAYLOAD
         self.session = None
         self.description = "tcp"
+        self.source = "tcp"
 
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.description = f"tcp {peer.host}:{peer.port}"
+        self.source = peer.host
+        if self._doorman is not None and not self._doorman.arrive(self.source):
+            self._doorman = None
+            self.transport.abortConnection()
+            return
         self.session = self._new_session(self, self.expected_terminal_id)
         self.session.start()
 
     def dataReceived(self, data: bytes):
-        for item in self.decoder.feed(data):
+        if self.session is None:
+            return
+        for item in self.decoder.read(data):
             if self.session.closed:
                 return
             if isinstance(item, Frame):
                 self.session.frame_received(item)
             else:
                 self.session.frame_error(item)
+            if self.session.established and self.decoder.max_payload < MAX_PAYLOAD:
+                self.decoder.max_payload = MAX_PAYLOAD
+                self._no_longer_a_stranger()
 
     def connectionLost(self, reason=protocol.connectionDone):
+        self._no_longer_a_stranger()
         if self.session is not None:
             self.session.connection_lost(reason.getErrorMessage())
+
+    def _no_longer_a_stranger(self) -> None:
+        if self._doorman is not None:
+            self._doorman.leave(self.source)
+            self._doorman = None
 
     # -- the link interface a session uses ---------------------------------------------------
 
@@ -68,11 +92,12 @@ class TerminalListener(protocol.Factory):
 
     noisy = False  # the gateway logs each terminal itself
 
-    def __init__(self, new_session):
+    def __init__(self, new_session, doorman):
         self.new_session = new_session
+        self.doorman = doorman
 
     def buildProtocol(self, addr):
-        return TcpLink(self.new_session)
+        return TcpLink(self.new_session, doorman=self.doorman)
 
 
 class TerminalDialer:
@@ -83,14 +108,16 @@ class TerminalDialer:
     is refused is not redialled every half second.
     """
 
-    def __init__(self, reactor, where: str, terminal_id: int, new_session):
+    def __init__(self, reactor, where: str, terminal_id: int, new_session, tls=None):
+        """``tls``: client TLS options (gateway/tls.py) to wrap the connection in, or None."""
         self.terminal_id = terminal_id
         self.where = where
         self.attempts = 0  # connections tried since the terminal last authenticated: the backoff grows with them
         self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
         factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, expected_terminal_id=terminal_id))
         factory.noisy = False
-        self._service = ClientService(dial_endpoint(reactor, where), factory, retryPolicy=self._retry_after, clock=reactor)
+        self._endpoint = dial_endpoint(reactor, where) if tls is None else wrapClientTLS(tls, dial_endpoint(reactor, where))
+        self._service = ClientService(self, factory, retryPolicy=self._retry_after, clock=reactor)
 
     def start(self) -> None:
         self._service.startService()
@@ -101,11 +128,21 @@ class TerminalDialer:
     def authenticated(self) -> None:
         self.attempts = 0
 
+    def connect(self, factory):
+        """The endpoint ClientService dials through: the terminal's, saying why a dial failed."""
+        return self._endpoint.connect(factory).addErrback(self._unreachable)
+
+    def _unreachable(self, failure):
+        # Said when a terminal becomes unreachable and then at every tenth try (every five minutes
+        # once the backoff is at its cap), not at every try.
+        if self.attempts % 10 == 0:
+            log.info("terminal {tid} at {where} unreachable ({reason}); dialling it again with backoff",
+                     tid=self.terminal_id, where=self.where, reason=failure.getErrorMessage())
+        return failure
+
     def _retry_after(self, _failed_in_a_row: int) -> float:
         self.attempts += 1
-        delay = self._policy(self.attempts)
-        log.debug("terminal {tid} at {where}: dialling again in {delay:.1f} s", tid=self.terminal_id, where=self.where, delay=delay)
-        return delay
+        return self._policy(self.attempts)
 
 
 def dial_endpoint(reactor, where: str):

@@ -10,7 +10,8 @@ One connection per terminal: a newer *authenticated* connection replaces the old
 terminal that rebooted reconnects before its old TCP connection times out), so an impostor
 without the secret can never push a terminal off. The registry is what connections report to
 (``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
-and going through the ``on_online`` and ``on_offline`` it gives the registry.
+and going through the ``on_online`` and ``on_offline`` it gives the registry, and of an
+administrator admitting one through ``on_admitted`` (a bus greets it then, not at its next try).
 """
 
 from dataclasses import dataclass, field
@@ -50,10 +51,18 @@ class Terminal:
     def online(self) -> bool:
         return self.connection is not None
 
+    @property
+    def heard_ms(self) -> int | None:
+        """When it last sent a frame: its connection keeps that while it is online, so no frame
+        costs a database write; ``last_seen_ms``, stored at connect and disconnect, otherwise."""
+        if self.connection is not None:
+            return int(self.connection.last_heard_s * 1000)
+        return self.last_seen_ms
+
 
 class TerminalRegistry:
     def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
-                 on_online=lambda connection: None, on_offline=lambda connection: None):
+                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None):
         if policy not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
         if policy == "open" and not default_secret:
@@ -62,6 +71,7 @@ class TerminalRegistry:
         self._clock = clock
         self._on_online = on_online
         self._on_offline = on_offline
+        self._on_admitted = on_admitted
         self.policy = policy
         self._default_secret = default_secret.encode() if default_secret else None
         self._configured = configured
@@ -127,6 +137,8 @@ class TerminalRegistry:
             term.secret = secret.encode()
         if admission != ADMITTED and term.connection is not None:
             term.connection.close(f"{admission} by an administrator")
+        if admission == ADMITTED:
+            self._on_admitted(terminal_id)
         return self._db.write(_save_terminals, [self._row(term)])
 
     def remove(self, terminal_id: int):
@@ -138,10 +150,13 @@ class TerminalRegistry:
 
     def _register(self, term: Terminal) -> Terminal:
         self.terminals[term.terminal_id] = term
+        self._store(term)
+        return term
+
+    def _store(self, term: Terminal) -> None:
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
             lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
         )
-        return term
 
     # -- connections (Presence) --------------------------------------------------------------
 
@@ -155,23 +170,24 @@ class TerminalRegistry:
             return False
         old, term.connection = term.connection, connection
         if old is not None and old is not connection:
-            old.close(f"replaced by a new authenticated connection on {connection.description}")
+            old.replaced(connection.description)
         term.model = connection.info.model or term.model
         term.firmware = connection.info.firmware or term.firmware
         term.link = connection.description
         term.last_seen_ms = self._now_ms()
-        self._db.write(_save_terminals, [self._row(term)]).addErrback(
-            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
-        )
+        self._store(term)
         self._on_online(connection)
         return True
 
     def offline(self, connection: TerminalConnection) -> None:
+        """Every connection that ends comes here, the current one of its terminal or not (one
+        replaced by a newer connection, or whose terminal was removed): the gateway lets go of it."""
         term = self.terminals.get(connection.terminal_id)
         if term is not None and term.connection is connection:
             term.connection = None
-            term.last_seen_ms = self._now_ms()
-            self._on_offline(connection)
+            term.last_seen_ms = int(connection.last_heard_s * 1000)
+            self._store(term)
+        self._on_offline(connection)
 
     def connected(self) -> list[Terminal]:
         """Terminals online now."""

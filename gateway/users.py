@@ -15,7 +15,7 @@ from gateway.database import insert_ignoring_duplicates, upsert
 from gateway.schema import counters, users
 from gateway.syncmode import format_groups
 from protocol.errors import MessageError
-from protocol.records import UserRecord, UserRecordWire
+from protocol.records import Card, UserRecord, UserRecordWire
 
 CHANGE_SEQ = "change_seq"
 
@@ -28,6 +28,33 @@ class UnknownUser(LookupError):
 class UserExists(ValueError):
     def __init__(self, user_id: str):
         super().__init__(f"user {user_id!r} already exists on the server")
+
+
+class NotHeld(ValueError):
+    """An edit removes a card or an access group the user does not have (a typo, most likely)."""
+
+    def __init__(self, user_id: str, member):
+        what = f"card {member.type.name}:{member.data.hex()}" if isinstance(member, Card) else f"access group {member}"
+        super().__init__(f"user {user_id!r} has no {what} to remove")
+
+
+@dataclass(frozen=True)
+class Members:
+    """Members to add to and remove from a field that is a set (cards, access groups).
+
+    They are applied to the stored value inside the edit's transaction, so two administrators
+    who each add a card both keep theirs, and nobody has to send every card to change one.
+    """
+
+    add: tuple = ()
+    remove: tuple = ()
+
+    def applied(self, user_id: str, current: tuple) -> tuple:
+        for member in self.remove:
+            if member not in current:
+                raise NotHeld(user_id, member)
+        kept = tuple(member for member in current if member not in self.remove)
+        return kept + tuple(dict.fromkeys(member for member in self.add if member not in kept))
 
 
 def next_change_seq(conn: Connection) -> int:
@@ -103,6 +130,9 @@ class UserSummary:
     has_pin: bool
     has_photo: bool
     disabled: bool
+    validity: dict | None  # {"start": s, "end": s}, seconds since the epoch, as an edit gives it
+    security_level: int | None
+    auth_mode: int | None
     change_seq: int
 
     @classmethod
@@ -117,6 +147,9 @@ class UserSummary:
             has_pin=record.pin_hash is not None,
             has_photo=record.photo is not None,
             disabled=bool(record.disabled),
+            validity=dict(start=record.validity[0], end=record.validity[1]) if record.validity else None,
+            security_level=record.security_level,
+            auth_mode=record.auth_mode,
             change_seq=change_seq,
         )
 
@@ -159,10 +192,13 @@ def create_user(conn: Connection, record: UserRecord, at_ms: int) -> UserRecord:
 
 
 def edit_user(conn: Connection, user_id: str, fields: dict, at_ms: int) -> UserRecord:
-    """Set the given fields (the server is authoritative: they replace what it had)."""
+    """Set the given fields (the server is authoritative: they replace what it had); a field
+    given as ``Members`` gains and loses just those members."""
     current = load_record(conn, user_id)
     if current is None:
         raise UnknownUser(user_id)
+    fields = {name: value.applied(user_id, getattr(current, name, ())) if isinstance(value, Members) else value
+              for name, value in fields.items()}
     try:
         edited = replace(current, **fields)
     except TypeError as exc:

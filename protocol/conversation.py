@@ -51,8 +51,8 @@ class Conversation:
 
     # -- requests and answers ----------------------------------------------------------------
 
-    def request(self, command: int, body: dict | None = None, *, payload: bytes | None = None, now: float,
-                timeout_s: float | None = None) -> tuple[Frame, Outstanding]:
+    def request(self, command: int, body: dict | None = None, *, payload: bytes | None = None,
+                now: float) -> tuple[Frame, Outstanding]:
         """The frame to send for a new request and its entry among the outstanding ones.
 
         ``payload`` is a body already encoded (a push built from stored records); otherwise
@@ -61,13 +61,16 @@ class Conversation:
         if payload is None:
             payload = build_body(command, False, body or {})
         seq = self._next_seq()
-        pending = Outstanding(seq, int(command), now + (self.request_timeout_s if timeout_s is None else timeout_s))
+        pending = Outstanding(seq, int(command), now + self.request_timeout_s)
         self._outstanding[seq] = pending
         return Frame(command, payload, Flags.REQUEST, self.terminal_id, seq, self.address), pending
 
     def answer(self, frame: Frame) -> Outstanding | None:
         """The request ``frame`` answers, no longer outstanding; None when it answers none of ours
-        (a late answer to an expired request, or a peer confused about what it was asked)."""
+        (a late answer to an expired request, a peer confused about what it was asked, or a frame
+        naming another terminal once ``terminal_id`` is known)."""
+        if self.terminal_id and frame.terminal_id != self.terminal_id:
+            return None  # about another terminal: an answer echoes the request's terminal id
         pending = self._outstanding.get(frame.seq)
         if pending is None or pending.command != frame.command:
             return None
@@ -80,18 +83,10 @@ class Conversation:
             del self._outstanding[pending.seq]
         return late
 
-    def forget(self, pending: Outstanding) -> None:
-        """Stop waiting for one request (its owner timed it out another way)."""
-        self._outstanding.pop(pending.seq, None)
-
     def abandon(self) -> list[Outstanding]:
         """The link is gone: every outstanding request, which will never be answered."""
         gone, self._outstanding = list(self._outstanding.values()), {}
         return gone
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._outstanding)
 
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self._outstanding.values()), default=None)

@@ -12,6 +12,7 @@ line produces them all day, and the next frame after one must still come out.
 """
 
 import zlib
+from collections.abc import Iterator
 
 from construct import Container
 
@@ -30,13 +31,14 @@ from protocol.frame import (
 
 
 class StreamDecoder:
-    max_payload = MAX_PAYLOAD
+    max_payload = MAX_PAYLOAD  # a link sets its own while its peer is unauthenticated
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._base = 0  # stream offset of _buffer[0]
         self._pos = 0  # bytes of _buffer the readers consumed during this feed
         self._discard = 0  # payload bytes of an oversized frame still to throw away
+        self._after_reject = False  # the bytes skipped next are the rest of a rejected frame
 
     @property
     def buffered(self) -> int:
@@ -44,12 +46,18 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """Take the next chunk of the stream; return what it completed, in stream order."""
+        return list(self.read(data))
+
+    def read(self, data: bytes) -> Iterator[Frame | FrameError]:
+        """``feed``, one item at a time: the next header is read only once the item before it was
+        taken, so a consumer may change ``max_payload`` between two frames of one chunk (a link
+        raises it when the handshake ends, and the next frame may already be in this chunk)."""
         self._buffer += self._discard_oversized_payload(data)
-        out: list[Frame | FrameError] = []
-        while (item := self._read_item()) is not None:
-            out.append(item)
-        self._drop_consumed()
-        return out
+        try:
+            while (item := self._read_item()) is not None:
+                yield item
+        finally:
+            self._drop_consumed()
 
     def _read_item(self) -> Frame | FrameError | None:
         """The next frame or error in the unread bytes, or None until more bytes come."""
@@ -59,7 +67,10 @@ class StreamDecoder:
         header = self._read_header()
         if header is None or isinstance(header, FrameError):
             return header
-        return self._read_frame(header)
+        frame = self._read_frame(header)
+        if isinstance(frame, Frame):
+            self._after_reject = False
+        return frame
 
     # -- the readers ---------------------------------------------------------------------------
 
@@ -75,7 +86,7 @@ class StreamDecoder:
         if start == pos:
             return None
         self._pos = start
-        return FrameError(self._base + pos, f"{start - pos} bytes outside any frame skipped", start - pos)
+        return FrameError(self._base + pos, f"{start - pos} bytes outside any frame skipped", start - pos, continues=self._after_reject)
 
     def _read_header(self) -> Container | FrameError | None:
         """Check the header at the start of frame, leaving it unread for the frame reader; a bad
@@ -121,6 +132,7 @@ class StreamDecoder:
     def _reject(self, skipped: int, reason: str) -> FrameError:
         error = FrameError(self._base + self._pos, reason, skipped)
         self._pos += skipped
+        self._after_reject = True
         return error
 
     def _reject_oversized(self, length: int) -> FrameError:

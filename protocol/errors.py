@@ -11,14 +11,16 @@ class FrameError(ProtocolError):
     """Bytes on the link that do not form a valid frame; the decoder skips them and resyncs.
 
     ``offset`` is the position in the stream (bytes fed since the decoder was created) where the
-    bad bytes start, so a person can find them in a capture.
+    bad bytes start, so a person can find them in a capture. ``continues`` is true for bytes
+    skipped right after a rejected frame: the rest of that frame, one corruption counted once.
     """
 
-    def __init__(self, offset: int, reason: str, skipped: int = 0):
+    def __init__(self, offset: int, reason: str, skipped: int = 0, continues: bool = False):
         super().__init__(f"at byte {offset}: {reason}")
         self.offset = offset
         self.reason = reason
         self.skipped = skipped
+        self.continues = continues
 
 
 class MessageError(ProtocolError):

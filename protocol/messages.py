@@ -31,6 +31,11 @@ from protocol.records import UserId, UserRecordWire
 
 NONCE_SIZE = 16
 PROOF_SIZE = 32
+MAX_BATCH_EVENTS = 256  # events in one EVENTS request (docs/protocol.md, "Events")
+MAX_ERROR_TEXT = 1000  # characters of an error reply's text
+# The largest payload a terminal may send before WELCOME: a HELLO answer with the longest model
+# and firmware strings, or an error reply with the longest text (4 UTF-8 bytes a character).
+MAX_HANDSHAKE_PAYLOAD = max(1 + 255 + 1 + 255 + 1 + 4 + 4 + NONCE_SIZE + PROOF_SIZE, 2 + 2 + 4 * MAX_ERROR_TEXT)
 
 
 class Command(IntEnum):
@@ -142,16 +147,28 @@ def parse_body(frame: Frame) -> Container:
     """The frame's payload as a message body; MessageError, with the reason, if it is not one."""
     struct = body_struct(frame.command, frame.is_response, frame.is_error)
     try:
-        return struct.parse(frame.payload)
+        body = struct.parse(frame.payload)
     except MessageError:
         raise
     except Exception as exc:  # construct raises many types on hostile input; all mean "bad message"
         kind = "error reply" if frame.is_error else ("response" if frame.is_response else "request")
         raise MessageError(f"bad {_name(frame.command)} {kind}: {_reason(exc)}") from None
+    if not frame.is_error:
+        _check_batch(frame.command, frame.is_response, body)
+    return body
+
+
+def _check_batch(command: int, response: bool, body) -> None:
+    """The one limit no construct states: an EVENTS request holds at most 256 events."""
+    events = body.get("events") if command == Command.EVENTS and not response else None
+    if events is not None and len(events) > MAX_BATCH_EVENTS:
+        raise MessageError(f"EVENTS request holds {len(events)} events, over the {MAX_BATCH_EVENTS}-event maximum")
 
 
 def build_body(command: int, response: bool, body: dict, error: bool = False) -> bytes:
     struct = body_struct(command, response, error)
+    if not error:
+        _check_batch(command, response, body)
     try:
         return struct.build(body)
     except MessageError:
@@ -173,8 +190,17 @@ def response_frame(to: Frame, body: dict | None = None) -> Frame:
 
 def error_frame(to: Frame, code: ErrorCode, text: str) -> Frame:
     """An error reply to ``to``; the text is cut to what the wire carries."""
-    payload = build_body(to.command, True, dict(code=int(code), text=text[:1000]), error=True)
+    payload = build_body(to.command, True, dict(code=int(code), text=text[:MAX_ERROR_TEXT]), error=True)
     return Frame(to.command, payload, Flags.RESPONSE | Flags.ERROR, to.terminal_id, to.seq, to.address)
+
+
+NOTICE_SEQ = 0  # no request ever has it: a frame with it answers none
+
+
+def replaced_notice(terminal_id: int, address: int, text: str) -> Frame:
+    """What the gateway sends on a link a newer authenticated link of the same terminal replaced,
+    just before closing it: error REPLACED answering no request (command KEEPALIVE, seq 0)."""
+    return error_frame(Frame(Command.KEEPALIVE, b"", Flags.REQUEST, terminal_id, NOTICE_SEQ, address), ErrorCode.REPLACED, text)
 
 
 def response(to: Frame, body: dict | None = None) -> bytes:

@@ -88,6 +88,15 @@ class UserRecord:
     faces: tuple[Face, ...] = ()
     photo: bytes | None = None
 
+    def __post_init__(self):
+        # The canonical order (docs/protocol.md, "Canonical order"): the digest is over the
+        # encoding, so two holders of one record must list its parts alike, whatever order
+        # they were given or received in.
+        object.__setattr__(self, "access_groups", tuple(sorted(self.access_groups)))
+        object.__setattr__(self, "cards", tuple(sorted(self.cards, key=_card_order)))
+        object.__setattr__(self, "fingerprints", tuple(sorted(self.fingerprints, key=_slot_order)))
+        object.__setattr__(self, "faces", tuple(sorted(self.faces, key=_slot_order)))
+
     def validate(self) -> "UserRecord":
         """Raise ``MessageError`` naming the first limit this record breaks; return it otherwise."""
         problems = []
@@ -102,8 +111,12 @@ class UserRecord:
             problems.append("validity period ends before it starts")
         if len(self.access_groups) > MAX_ACCESS_GROUPS:
             problems.append(f"more than {MAX_ACCESS_GROUPS} access groups")
+        if len(set(self.access_groups)) != len(self.access_groups):
+            problems.append("access group listed twice")
         if len(self.cards) > MAX_CARDS:
             problems.append(f"more than {MAX_CARDS} cards")
+        if len({card.card_id for card in self.cards}) != len(self.cards):
+            problems.append("card listed twice")
         for card in self.cards:
             if not 0 < len(card.data) <= MAX_CARD_DATA:
                 problems.append(f"card data must be 1 to {MAX_CARD_DATA} bytes")
@@ -124,6 +137,14 @@ class UserRecord:
     def digest(self) -> bytes:
         """8 bytes that change whenever any field changes: what LIST_USERS reports."""
         return record_digest(UserRecordWire.build(self))
+
+
+def _card_order(card: Card) -> tuple[int, bytes]:
+    return card.card_id
+
+
+def _slot_order(item: "Fingerprint | Face") -> int:
+    return item.index
 
 
 def _slot_problems(kind: str, indexes: list[int], slots: int) -> list[str]:

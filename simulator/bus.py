@@ -9,6 +9,7 @@ on any clock, so unit tests drive it with ``task.Clock``. ``ConverterPort`` puts
 serial-over-IP converter instead, which the gateway reaches with a ``socket://`` URL.
 """
 
+import json
 import math
 import os
 import random
@@ -372,19 +373,59 @@ def add_parser(subparsers) -> None:
     p.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pty, a stable device name")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve the bus on loopback TCP PORT instead of a pty, "
                    "like a serial-over-IP converter (the gateway opens socket://127.0.0.1:PORT)")
+    p.add_argument("--write-config", metavar="FILE", help="write the gateway configuration for this bus to FILE "
+                   "(replacing one this command wrote before, never another file)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args) -> int:
-    """Print the device the gateway should open (first line, alone, for scripts), then how to
-    configure it; run until stopped. A bus that cannot be opened ends the process with status 1."""
+    """Print the device the gateway should open (first line, alone, for scripts), then a gateway
+    configuration that admits the bus's terminals; run until stopped. A bus that cannot be
+    opened ends the process with status 1."""
     if not 1 <= args.first_address <= 255 - max(args.devices, 1):
         print("simulator: bus addresses must stay within 1-254", file=sys.stderr)
         return 2
     if args.link and args.tcp is not None:
         print("simulator: --link names a pty; a bus served with --tcp is reached by its socket:// URL", file=sys.stderr)
         return 2
+    if args.write_config and not _ours_to_write(args.write_config):
+        print(f"simulator: {args.write_config} exists and was not written by simulator bus: name another file, "
+              "or remove it first", file=sys.stderr)
+        return 2
     task.react(_serve, [args])
+
+
+CONFIG_HEADER = "# Written by `simulator bus` for its emulated RS-485 bus"
+
+
+def gateway_config(device: str, baud: int, addressed: list[tuple[int, int]], secret_prefix: str, echo: bool) -> str:
+    """The ``[[serial]]`` entry for the bus and a ``[[terminals]]`` entry for each of its terminals
+    (``addressed``: (bus address, terminal id)), so a gateway with the default allowlist admits
+    them as it is; TOML, with the header that marks a file as this command's to replace."""
+    lines = [f"{CONFIG_HEADER}: gateway run --config THIS_FILE", "",
+             "[[serial]]", f"device = {_toml_string(device)}", f"baud = {baud}",
+             "addresses = [" + ", ".join(f"{{address = {a}, id = {t}}}" for a, t in addressed) + "]"]
+    if echo:
+        lines.append("echo = true")
+    for address, terminal_id in addressed:
+        lines += ["", "[[terminals]]", f"id = {terminal_id}", f"secret = {_toml_string(f'{secret_prefix}{terminal_id}')}",
+                  f'name = "bus address {address}"']
+    return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def _ours_to_write(path: str) -> bool:
+    """A file that does not exist yet, or one this command wrote (for an earlier bus)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(CONFIG_HEADER)
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _serve(reactor, args) -> defer.Deferred:
@@ -403,15 +444,24 @@ def _serve(reactor, args) -> defer.Deferred:
         os.symlink(sim.path, args.link)
         device = args.link
         reactor.addSystemEventTrigger("before", "shutdown", os.unlink, args.link)
-    addresses = ", ".join(f"{{address = {args.first_address + n}, id = {i}}}" for n, i in enumerate(ids))
+    addressed = [(args.first_address + n, terminal_id) for n, terminal_id in enumerate(ids)]
+    config = gateway_config(device, args.baud, addressed, args.secret_prefix, args.echo)
+    if args.write_config:
+        try:
+            with open(args.write_config, "w", encoding="utf-8") as f:
+                f.write(config)
+        except OSError as exc:
+            print(f"simulator: cannot write {args.write_config}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(1) from None
     print(device)
     print(f"RS-485 bus at {args.baud} baud: terminals {ids[0]}-{ids[-1]} at addresses "
-          f"{args.first_address}-{args.first_address + args.devices - 1}, secret of terminal N: {args.secret_prefix}N, "
-          f"scenario {args.scenario}")
-    print("gateway configuration:")
-    print(f'  [[serial]]\n  device = "{device}"\n  baud = {args.baud}\n  addresses = [{addresses}]')
-    if args.echo:
-        print("  echo = true")
+          f"{addressed[0][0]}-{addressed[-1][0]}, secret of terminal N: {args.secret_prefix}N, scenario {args.scenario}")
+    if args.write_config:
+        print(f"gateway configuration written to {args.write_config}: gateway run --config {args.write_config}")
+    else:
+        print("gateway configuration (save it as gateway.toml and run gateway run --config gateway.toml, "
+              "or start with --write-config FILE):\n")
+        print(config, end="")
     sys.stdout.flush()
     SCENARIOS[args.scenario](sim, reactor, random.Random(args.seed))
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop)

@@ -17,6 +17,7 @@ from simulator.address import AddressError, parse_host_port
 from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
+from simulator.tls import TlsFileError, dialling_options, listening_options
 from simulator.zk import tcp as zk_terminal
 
 log = Logger()
@@ -32,6 +33,13 @@ def _add_terminal_parser(sub) -> None:
     p.add_argument("--enroll", type=int, default=0, metavar="N", help="enrol N people, one per --interval (default 0)")
     p.add_argument("--interval", type=float, default=1.0, metavar="SEC", help="seconds between enrolments (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated people (default 0)")
+    tls = p.add_argument_group("TLS (docs/tls.md)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="dialling: the CA the gateway's certificate must be signed by (turns TLS on); "
+                     "listening: the CA the gateway's client certificate must be signed by")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this terminal's certificate (PEM): needed to listen over TLS; "
+                     "shown to the gateway when dialling")
+    tls.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    tls.add_argument("--tls-name", metavar="NAME", help="the name the gateway's certificate must carry (default: the host of --gateway)")
     console.add_arguments(p)
 
 
@@ -52,18 +60,40 @@ def run_terminal(args) -> int:
         except AddressError as exc:
             print(f"simulator: --gateway: {exc}", file=sys.stderr)
             return 2
-    task.react(_serve_terminal, [args])
+    try:
+        tls = _tls_options(args)
+    except (ValueError, TlsFileError) as exc:
+        print(f"simulator: {exc}", file=sys.stderr)
+        return 2
+    task.react(_serve_terminal, [args, tls])
 
 
-def _serve_terminal(reactor, args) -> defer.Deferred:
+def _tls_options(args):
+    """TLS options from the --tls-* arguments, or None for plain TCP; ValueError says what is missing."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_name):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.gateway:
+        if not args.tls_ca:
+            raise ValueError("dialling over TLS needs --tls-ca (the CA that signed the gateway's certificate)")
+        return dialling_options(args.tls_name or parse_host_port(args.gateway)[0], args.tls_ca, args.tls_cert, args.tls_key)
+    if not args.tls_cert:
+        raise ValueError("listening over TLS needs --tls-cert and --tls-key")
+    if args.tls_name:
+        raise ValueError("--tls-name is for dialling (--gateway)")
+    return listening_options(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _serve_terminal(reactor, args, tls) -> defer.Deferred:
     start_logging()
     terminal = console.start(args, reactor)
     if args.gateway:
         host, port = parse_host_port(args.gateway)
-        DialingTerminal(terminal, reactor, host, port).start()
+        DialingTerminal(terminal, reactor, host, port, tls=tls).start()
     else:
         try:
-            listener = ListeningTerminal(terminal, reactor).listen(args.listen)
+            listener = ListeningTerminal(terminal, reactor).listen(args.listen, tls=tls)
         except CannotListenError as exc:
             print(f"simulator: cannot listen on port {args.listen}: {exc.socketError}", file=sys.stderr)
             raise SystemExit(1) from None

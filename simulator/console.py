@@ -1,11 +1,12 @@
 """Console: where keypad commands reach a simulated terminal: standard input and a control socket.
 
-``simulator terminal`` reads commands from standard input when it is a terminal (or with
-``--keypad stdin``) and, with ``--control PORT``, from any number of connections to that port on
-127.0.0.1 (``nc 127.0.0.1 PORT`` by hand, a socket from a script). Both speak the line language
-of simulator/keypad.py. ``--state FILE`` keeps the terminal's flash in a file (simulator/state.py).
+``simulator terminal`` reads commands from standard input when it is a terminal it runs in the
+foreground of (or with ``--keypad stdin``) and, with ``--control PORT``, from any number of
+connections to that port on 127.0.0.1 (``nc 127.0.0.1 PORT`` by hand, a socket from a script).
+Both speak the line language of simulator/keypad.py. ``--state FILE`` keeps the terminal's flash in a file (simulator/state.py).
 """
 
+import os
 import sys
 
 from twisted.internet import protocol, stdio
@@ -24,7 +25,8 @@ log = Logger(namespace="simulator")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--keypad", choices=("auto", "stdin", "off"), default="auto",
-                        help="read keypad commands on standard input: auto (when it is a terminal; the default), stdin (always), off")
+                        help="read keypad commands on standard input: auto (when it is a terminal and the program runs in "
+                             "the foreground, not with &; the default), stdin (always), off")
     parser.add_argument("--control", type=int, metavar="PORT",
                         help="also take keypad commands on this port of 127.0.0.1 (0: any free port, printed at start)")
     parser.add_argument("--state", metavar="FILE",
@@ -50,9 +52,19 @@ def start(args, reactor) -> Terminal:
         except CannotListenError as exc:
             _give_up(f"cannot take keypad commands on 127.0.0.1:{args.control}: {exc.socketError}")
         log.info("terminal {tid}: keypad control socket on 127.0.0.1:{port}", tid=args.id, port=port.getHost().port)
-    if args.keypad == "stdin" or (args.keypad == "auto" and sys.stdin.isatty()):
+    if args.keypad == "stdin" or (args.keypad == "auto" and _keyboard_is_ours()):
         stdio.StandardIO(KeypadSession(keypad, switch_off, prompt=sys.stdin.isatty()))
     return terminal
+
+
+def _keyboard_is_ours() -> bool:
+    """Standard input is a terminal and this program has it in the foreground. Started in the
+    background (``&``), reading it would get the program stopped by the terminal (SIGTTIN) the
+    first time someone typed at the shell, control socket and all."""
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def _give_up(message: str):

@@ -2,14 +2,18 @@
 
 ``Fleet.run`` (the parent, plain blocking code) splits the terminal ids among workers
 (``python -m simulator.fleet_worker``) and talks to them in JSON lines over their stdin and
-stdout: a worker says ``ready`` once its terminals are online, the parent answers ``go`` with one
-wall-clock start time for all, workers report ``progress`` twice a second and stop producing by
+stdout: a worker's ZK devices listen at once and it says ``listening`` with their ports; the
+parent (which may start a gateway configured with those ports now) says ``gateway`` with the
+address native terminals dial; a worker says ``ready`` once its terminals are online (the
+gateway holds a session with each ZK device), the parent answers ``go`` with one wall-clock
+start time for all, workers report ``progress`` twice a second and stop producing by
 themselves when the duration is over, the parent says ``stop`` once the fleet has settled, and
-each worker answers with its ``result``, writes its dumps and exits.
+each worker answers with its ``result``, writes its dumps and exits. Between settling and
+``stop`` the parent may ask for a ``sample`` of the ZK devices' traffic (``measure_idle``).
 
 ``--dump DIR`` writes one ``terminal-<id>.json`` per terminal (``Station.dump`` in
-simulator/fleet_worker.py), so anyone
-can compare the terminals with the server without trusting the gateway's own view.
+simulator/fleet_worker.py, ``ZkStation.dump`` in simulator/zk/station.py), so anyone can compare
+the terminals with the server without trusting the gateway's own view.
 """
 
 import argparse
@@ -21,9 +25,11 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from simulator.address import AddressError, parse_host_port
-from simulator.fleet_worker import FleetSpec, wall_ms
+from simulator.fleet_worker import KINDS, FleetSpec, wall_ms
+from simulator.gateway_config import fleet_config
 from simulator.people import MIXES
 from simulator.progress import Progress, ProgressBar
 from simulator.scenarios import SCENARIOS
@@ -38,13 +44,17 @@ class Propagation:
     """One user enrolled during the run: when, and how long until the last terminal applied it."""
 
     enrolled_s: float  # after "go"
+    terminal_id: int  # where the person was enrolled
     from_steady: bool  # enrolled at a steady terminal: only these count towards steady_ms
     steady_ms: float | None  # to the last steady terminal; None if one never got it (or not from_steady)
     all_ms: float | None  # to the last terminal of all; None if one never got it
 
 
-def propagation_figures(entries: list[Propagation], steady: bool = True) -> tuple[dict | None, int]:
-    """Percentiles of propagation (to steady terminals, or to all), and how many never completed."""
+def propagation_figures(entries: list[Propagation], steady: bool = True, origins=None) -> tuple[dict | None, int]:
+    """Percentiles of propagation (to steady terminals, or to all), and how many never completed;
+    only of enrolments at ``origins`` (terminal ids) when given."""
+    if origins is not None:
+        entries = [e for e in entries if e.terminal_id in origins]
     if steady:
         entries = [e for e in entries if e.from_steady]
     values = [e.steady_ms if steady else e.all_ms for e in entries]
@@ -68,6 +78,7 @@ class FleetResult:
     dropped: list | None
     cpu_s: float  # CPU the workers used from "go" to "stop": is the fleet itself the bottleneck?
     propagation: list[Propagation] = field(default_factory=list)
+    zk_ports: dict[int, int] = field(default_factory=dict)  # where each ZK device listened
 
 
 class Fleet:
@@ -77,18 +88,27 @@ class Fleet:
         self._messages: queue.Queue = queue.Queue()
         self._procs: list[subprocess.Popen] = []
         self._progress: dict[int, dict] = {}
+        self.zk_ports: dict[int, int] = {}
 
-    def run(self, on_progress=None, on_ready=None, settled=None, connect_timeout: float | None = None) -> FleetResult:
+    def run(self, on_progress=None, on_ready=None, settled=None, connect_timeout: float | None = None,
+            on_listening=None, on_settled=None) -> FleetResult:
         """Run the scenario and return what the workers measured.
 
-        ``settled()``, if given, is asked (besides the fleet having no unacknowledged events) whether
-        the fleet has settled: the load test asks the gateway's database. Without it, a fleet with
-        no deliveries for ``settle_s`` has settled.
+        ``on_listening(zk_ports)``, if given, is called once every ZK device listens ({terminal id:
+        port}); it may start the gateway and return the HOST:PORT native terminals dial (else
+        ``spec.gateway``). ``settled()``, if given, is asked (besides the fleet having no
+        unacknowledged events or unread ZK changes) whether the fleet has settled: the load test
+        asks the gateway's database. Without it, a fleet with no deliveries for ``settle_s`` has
+        settled. ``on_settled(fleet)`` runs once it has, before the dumps (``measure_idle``).
         """
         spec = self.spec
         connect_timeout = connect_timeout or 30 + spec.devices * 0.05
         try:
             self._start_workers()
+            for ports in self._gather("listening", connect_timeout).values():
+                self.zk_ports.update({int(tid): port for tid, port in ports.items()})
+            gateway = on_listening(dict(self.zk_ports)) if on_listening is not None else None
+            self._send(dict(gateway=gateway or spec.gateway))
             self._wait_until(lambda: self._count("ready") == len(self._procs), connect_timeout, on_progress, "connecting",
                              f"terminals online within {connect_timeout:.0f} s")
             if on_ready is not None:
@@ -99,8 +119,10 @@ class Fleet:
             ended = time.time()
             is_settled = self._settle(settled, on_progress, started_ms)
             settle_s = time.time() - ended
+            if is_settled and on_settled is not None:
+                on_settled(self)
             self._send(dict(stop=True))
-            results = self._collect_results()
+            results = list(self._gather("result").values())
         finally:
             self._reap()
         return self._combine(results, started_ms, is_settled, settle_s)
@@ -189,17 +211,34 @@ class Fleet:
                 return True
         return False
 
-    def _collect_results(self, timeout: float = 60.0) -> list[dict]:
-        results: dict[int, dict] = {}
+    def measure_idle(self, seconds: float, on_progress=None) -> dict:
+        """The ZK devices' traffic over ``seconds`` while nobody changes anything: bytes both ways,
+        requests, requests that wrote, and user deliveries (which should be none)."""
+        before = self._sample()
+        started = time.time()
+        self._drain(started + seconds, on_progress, "idle")
+        after = self._sample()
+        elapsed = time.time() - started
+        return dict(seconds=round(elapsed, 2), **{key: after[key] - before[key] for key in after if key != "zk_devices"},
+                    zk_devices=after["zk_devices"])
+
+    def _sample(self) -> dict:
+        self._send(dict(sample=True))
+        samples = self._gather("sample").values()
+        return {key: sum(s[key] for s in samples) for key in next(iter(samples))}
+
+    def _gather(self, key: str, timeout: float = 60.0) -> dict[int, object]:
+        """One message carrying ``key`` from every worker, by worker index; the others are handled."""
+        found: dict[int, object] = {}
         deadline = time.time() + timeout
-        while len(results) < len(self._procs):
+        while len(found) < len(self._procs):
             try:
                 index, message = self._next(deadline - time.time())
             except queue.Empty:
-                raise FleetError(f"fleet workers did not report within {timeout:.0f} s") from None
-            if "result" in message:
-                results[index] = message["result"]
-        return list(results.values())
+                raise FleetError(f"fleet workers did not say {key!r} within {timeout:.0f} s") from None
+            if key in message:
+                found[index] = message[key]
+        return found
 
     def _reap(self) -> None:
         for proc in self._procs:
@@ -232,6 +271,7 @@ class Fleet:
             steady_due = steady - from_steady  # the enrolling terminal is not sent its own record
             propagation.append(Propagation(
                 enrolled_s=round((at_ms - started_ms) / 1000, 3),
+                terminal_id=terminal_id,
                 from_steady=from_steady,
                 steady_ms=round(r[1] - at_ms, 1) if from_steady and r[0] >= steady_due else None,
                 all_ms=round(r[3] - at_ms, 1) if r[2] >= self.spec.devices - 1 else None,
@@ -251,6 +291,7 @@ class Fleet:
             dropped=dropped,
             cpu_s=round(sum(r["cpu_s"] for r in results), 2),
             propagation=propagation,
+            zk_ports=dict(self.zk_ports),
         )
 
 
@@ -272,6 +313,10 @@ def percentiles(values) -> dict | None:
 def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a fleet run, shared by ``simulator fleet`` and ``gateway-loadtest``."""
     p.add_argument("--devices", type=int, required=True, metavar="N", help="number of simulated terminals")
+    p.add_argument("--kind", choices=KINDS, default="native",
+                   help="native terminals, emulated ZK devices the gateway dials, or mixed: the first half of the ids "
+                        "(rounded up) native, the rest ZK (default native)")
+    p.add_argument("--zk-comm-key", type=int, default=0, metavar="K", help="every ZK device's comm key (default 0: none)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="enroll-storm",
                    help="; ".join(f"{name}: {s.about}" for name, s in sorted(SCENARIOS.items())) + " (default enroll-storm)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -289,6 +334,7 @@ def spec_from_args(args, **overrides) -> FleetSpec:
     values = dict(
         devices=args.devices, scenario=args.scenario, seed=args.seed, duration=args.duration, rate=args.rate,
         mix=args.mix, workers=args.workers, first_id=args.first_id, drop_one=args.drop_one,
+        kind=args.kind, zk_comm_key=args.zk_comm_key,
     )
     values.update(overrides)
     return FleetSpec(**values)
@@ -299,13 +345,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "fleet", help="many simulated terminals running a load scenario against a gateway",
         description="Run N simulated terminals in a few processes against a gateway (see docs/loadtest.md).",
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--gateway", metavar="HOST:PORT", help="terminals dial in to the gateway here")
     where.add_argument("--listen", type=int, metavar="BASEPORT",
                        help="terminals listen on BASEPORT, BASEPORT+1, ... for a gateway that dials out")
     add_fleet_arguments(p)
     p.add_argument("--secret", default="fleet-secret", help="every terminal's secret (the gateway's default_secret)")
     p.add_argument("--dump", metavar="DIR", help="write each terminal's user store as JSON here at the end")
+    p.add_argument("--zk-port", type=int, default=0, metavar="BASEPORT",
+                   help="ZK devices listen on BASEPORT, BASEPORT+1, ... (default: each on a free port, printed)")
+    p.add_argument("--zk-config", metavar="FILE",
+                   help="write the gateway configuration for the fleet ([[zk]] entries and admission) here once the ZK devices listen")
+    p.add_argument("--poll-s", type=float, metavar="SEC", help="with --zk-config: the poll_s of every [[zk]] entry")
     return p
 
 
@@ -316,10 +367,27 @@ def run(args) -> int:
         except AddressError as exc:
             print(f"simulator fleet: --gateway: {exc}", file=sys.stderr)
             return 2
-    spec = spec_from_args(args, gateway=args.gateway or "", listen=args.listen or 0, secret=args.secret, dump=args.dump)
+    spec = spec_from_args(args, gateway=args.gateway or "", listen=args.listen or 0, secret=args.secret, dump=args.dump,
+                          zk_port=args.zk_port)
+    if spec.native_ids and not (args.gateway or args.listen):
+        print("simulator fleet: native terminals need --gateway HOST:PORT or --listen BASEPORT", file=sys.stderr)
+        return 2
+    if not 0 <= spec.zk_comm_key <= 999_999:
+        print("simulator fleet: --zk-comm-key must be 0 to 999999", file=sys.stderr)
+        return 2
+
+    def announce(zk_ports: dict[int, int]) -> None:
+        if zk_ports:
+            print(f"{len(zk_ports)} ZK devices listening on 127.0.0.1, ports {describe_ports(zk_ports)}", flush=True)
+        if args.zk_config:
+            Path(args.zk_config).write_text(fleet_config(
+                secret=spec.secret, dial_in=bool(args.gateway and spec.native_ids), zk=zk_ports, comm_key=spec.zk_comm_key,
+                poll_s=args.poll_s, listening={t: spec.listen + t - spec.first_id for t in spec.native_ids} if args.listen else None))
+            print(f"gateway configuration for the fleet written to {args.zk_config}", flush=True)
+
     bar = ProgressBar(sys.stderr, every_s=5)
     try:
-        result = Fleet(spec).run(on_progress=bar)
+        result = Fleet(spec).run(on_progress=bar, on_listening=announce)
     except FleetError as exc:
         print(f"simulator fleet: {exc}", file=sys.stderr)
         return 1
@@ -335,6 +403,14 @@ def run(args) -> int:
     if spec.dump:
         print(f"user stores written to {spec.dump}")
     return 0 if result.settled else 1
+
+
+def describe_ports(ports: dict[int, int]) -> str:
+    """``40001-40100`` for consecutive ports in terminal order, else ``id:port`` pairs."""
+    ordered = [ports[t] for t in sorted(ports)]
+    if ordered == list(range(ordered[0], ordered[0] + len(ordered))):
+        return f"{ordered[0]}-{ordered[-1]}" if len(ordered) > 1 else str(ordered[0])
+    return ", ".join(f"{t}:{ports[t]}" for t in sorted(ports))
 
 
 def main(argv: list[str] | None = None) -> int:

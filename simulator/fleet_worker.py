@@ -1,9 +1,10 @@
-"""A fleet worker: one process, one reactor, hundreds of simulated terminals.
+"""A fleet worker: one process, one reactor, hundreds of simulated terminals and ZK devices.
 
 ``simulator fleet`` (simulator/fleet.py) starts these as ``python -m simulator.fleet_worker`` and
 talks to each in JSON lines over stdin and stdout (the protocol is described there). A worker
 times propagation with wall-clock milliseconds (one machine, one clock): when a terminal enrols
-someone, and when each other terminal first applies that user.
+someone, and when each other terminal first applies that user. Native terminals are ``Station``s
+here; emulated ZK devices are ``simulator.zk.station.ZkStation``s, which scenarios drive alike.
 """
 
 import base64
@@ -20,13 +21,18 @@ from twisted.internet import task
 
 from protocol.events import EventCode, Origin
 from protocol.records import UserRecordWire
+from protocol.zk.commands import Command as ZkCommand
 from simulator.address import parse_host_port
 from simulator.people import MIXES, People
 from simulator.scenarios import SCENARIOS
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
+from simulator.zk.device import ZkDevice
+from simulator.zk.station import ZkStation
 
 TERMINALS_PER_WORKER = 500  # one reactor holds this many comfortably; more use more processes
+KINDS = ("native", "zk", "mixed")  # mixed: the first half of the ids (rounded up) native, the rest ZK devices
+ZK_WRITES = (ZkCommand.USER_WRQ, ZkCommand.SAVE_USERTEMPS, ZkCommand.DELETE_USER, ZkCommand.DELETE_USERTEMP, ZkCommand.DEL_FPTMP)
 
 
 def wall_ms() -> float:
@@ -52,10 +58,24 @@ class FleetSpec:
     drop_one: bool = False  # for the harness's own tests: one terminal silently loses a record
     settle_s: float = 3.0  # without a settled() check: quiet this long means settled
     drain_timeout: float = 120.0
+    kind: str = "native"  # one of KINDS
+    zk_port: int = 0  # ZK device n (0, 1, ...) listens on zk_port + n; 0: each on a free port of its own
+    zk_comm_key: int = 0
 
     @property
     def terminal_ids(self) -> list[int]:
         return list(range(self.first_id, self.first_id + self.devices))
+
+    @property
+    def zk_ids(self) -> list[int]:
+        """The ids that are emulated ZK devices, the gateway dialling each."""
+        ids = self.terminal_ids
+        return {"native": [], "zk": ids, "mixed": ids[(len(ids) + 1) // 2 :]}[self.kind]
+
+    @property
+    def native_ids(self) -> list[int]:
+        zk = set(self.zk_ids)
+        return [t for t in self.terminal_ids if t not in zk]
 
     @property
     def effective_rate(self) -> float:
@@ -69,11 +89,13 @@ class FleetSpec:
 
 
 class Station:
-    """One terminal of the fleet, with what the scenario does at its keypad and what it remembers.
+    """One native terminal of the fleet, with what the scenario does at its keypad and what it remembers.
 
     ``changed_here`` keeps the last version of each user made at this keypad, ``deleted_here`` the
     users deleted here and not sent back since: the convergence check needs both.
     """
+
+    kind = "native"
 
     def __init__(self, terminal: Terminal, link_factory, people: People, clock):
         self.terminal = terminal
@@ -91,6 +113,21 @@ class Station:
     def online(self) -> bool:
         link = self.link_factory.link
         return link is not None and link.established
+
+    @property
+    def produced(self) -> int:
+        return self.terminal.next_event_id - 1
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self.terminal.log)
+
+    def watch(self, applied, enrolled) -> None:
+        """``applied(user_id)`` for each user the gateway put or deleted here; ``enrolled(user_id)``
+        for each person enrolled at this keypad."""
+        self.terminal.applied_listeners.append(lambda user_id, record: applied(user_id))
+        self.terminal.listeners.append(
+            lambda event: enrolled(event.user_id) if (event.code, event.sub_code) == (EventCode.ENROLL_SUCCESS, Origin.DEVICE) else None)
 
     def holds(self, user_id: str) -> bool:
         return user_id in self.terminal.users
@@ -136,6 +173,7 @@ class Station:
         t = self.terminal
         return dict(
             terminal_id=self.terminal_id,
+            kind=self.kind,
             last_event_id=t.next_event_id - 1,
             unacknowledged=len(t.log),
             overwritten=t.overwritten,
@@ -143,6 +181,14 @@ class Station:
             changed_here={u: base64.b64encode(UserRecordWire.build(r)).decode() for u, r in sorted(self.changed_here.items())},
             deleted_here=sorted(self.deleted_here),
         )
+
+    def forget_one(self) -> str | None:
+        """Lose one user the gateway sent, telling nobody (the harness's own tests)."""
+        received = sorted(set(self.terminal.users) - set(self.changed_here))
+        if not received:
+            return None
+        del self.terminal.users[received[0]]
+        return received[0]
 
 
 class Tally:
@@ -157,15 +203,15 @@ class Tally:
         self.deliveries = 0
         self.last_delivery_ms = 0.0
 
-    def watch(self, station: Station) -> None:
-        station.terminal.applied_listeners.append(lambda user_id, record: self._applied(station, user_id))
-        station.terminal.listeners.append(lambda event: self._logged(station, event))
+    def watch(self, station) -> None:
+        station.watch(applied=lambda user_id: self._applied(station, user_id),
+                      enrolled=lambda user_id: self._enrolled(station, user_id))
 
-    def _logged(self, station: Station, event) -> None:
-        if self.started_ms is not None and event.code == EventCode.ENROLL_SUCCESS and event.sub_code == Origin.DEVICE:
-            self.enrolled[event.user_id] = [station.terminal_id, wall_ms()]
+    def _enrolled(self, station, user_id: str) -> None:
+        if self.started_ms is not None:
+            self.enrolled[user_id] = [station.terminal_id, wall_ms()]
 
-    def _applied(self, station: Station, user_id: str) -> None:
+    def _applied(self, station, user_id: str) -> None:
         if self.started_ms is None:
             return
         now = wall_ms()
@@ -199,11 +245,27 @@ class FleetWorker:
         self._timers = []
 
     def start(self, spec: FleetSpec, terminal_ids: list[int]) -> None:
+        """The ZK devices listen at once and their ports go to the parent (``listening``): it may
+        have to write the gateway's configuration before the gateway can start."""
         self.spec = spec
+        self.terminal_ids = terminal_ids
         self.scenario = SCENARIOS[spec.scenario](spec.terminal_ids, spec.seed, spec.duration)
         self.tally = Tally(frozenset(spec.terminal_ids) - self.scenario.disturbed())
-        host, port = parse_host_port(spec.gateway) if not spec.listen else ("", 0)
-        for terminal_id in terminal_ids:
+        zk_ids = spec.zk_ids
+        ports = {}
+        for terminal_id in sorted(set(terminal_ids) & set(zk_ids)):
+            device = ZkDevice(comm_key=spec.zk_comm_key, serial_number=f"EMU{terminal_id:010d}")
+            station = ZkStation(terminal_id, device, spec.seed * 1_000_003 + terminal_id, self.reactor)
+            ports[terminal_id] = station.listen(spec.zk_port + zk_ids.index(terminal_id) if spec.zk_port else 0)
+            self.stations.append(station)
+        self.write_line(dict(listening=ports))
+
+    def connect(self, gateway: str) -> None:
+        """The gateway is up (at ``gateway`` for terminals that dial in): native terminals connect,
+        the scenario binds, progress reports start."""
+        spec = self.spec
+        host, port = parse_host_port(gateway) if not spec.listen and spec.native_ids else ("", 0)
+        for terminal_id in sorted(set(self.terminal_ids) - set(spec.zk_ids)):
             terminal = Terminal(terminal_id, spec.secret)
             faults = self.scenario.faults(terminal_id)
             if spec.listen:
@@ -211,12 +273,15 @@ class FleetWorker:
             else:
                 link = DialingTerminal(terminal, self.reactor, host, port, faults=faults)
             people = People(spec.seed * 1_000_003 + terminal_id, MIXES[spec.mix])
-            station = Station(terminal, link, people, self.reactor)
+            self.stations.append(Station(terminal, link, people, self.reactor))
+        self.stations.sort(key=lambda s: s.terminal_id)
+        for station in self.stations:
             self.tally.watch(station)
-            self.stations.append(station)
         self.scenario.bind(self.stations)
         self._repeat(self.progress_s, self._report_progress)
-        self._connecting = self._repeat(self.tick_s, self._connect_some, iter(self.stations))
+        natives = [s for s in self.stations if s.kind == "native"]
+        if natives:
+            self._connecting = self._repeat(self.tick_s, self._connect_some, iter(natives))
 
     def _repeat(self, period_s: float, action, *args):
         timer = task.LoopingCall(action, *args)
@@ -246,12 +311,24 @@ class FleetWorker:
         self.write_line(dict(progress=dict(
             state=self.state,
             online=online,
-            produced=sum(s.terminal.next_event_id - 1 for s in self.stations),
-            unacknowledged=sum(len(s.terminal.log) for s in self.stations),
+            produced=sum(s.produced for s in self.stations),
+            unacknowledged=sum(s.unacknowledged for s in self.stations),
             enrolled=len(self.tally.enrolled),
             deliveries=self.tally.deliveries,
             last_delivery_ms=self.tally.last_delivery_ms,
         )))
+
+    def sample(self) -> dict:
+        """The ZK devices' traffic so far, for the parent's idle measurement: bytes both ways,
+        requests, and the requests that wrote something."""
+        devices = [s for s in self.stations if s.kind == "zk"]
+        return dict(
+            zk_devices=len(devices),
+            zk_bytes=sum(s.bytes_exchanged for s in devices),
+            zk_requests=sum(sum(s.device.requests.values()) for s in devices),
+            zk_writes=sum(s.device.requests[c] for s in devices for c in ZK_WRITES),
+            deliveries=self.tally.deliveries,
+        )
 
     def go(self, start_ms: float) -> None:
         self.reactor.callLater(max(0.0, (start_ms - wall_ms()) / 1000), self._begin, start_ms)
@@ -293,17 +370,17 @@ class FleetWorker:
             if timer.running:
                 timer.stop()
         for station in self.stations:
-            station.link_factory.go_offline()
+            station.go_offline()
         t = self.tally
         self.write_line(dict(result=dict(
             terminals=len(self.stations),
             steady=len([s for s in self.stations if s.terminal_id in t.steady]),
-            produced=sum(s.terminal.next_event_id - 1 for s in self.stations),
+            produced=sum(s.produced for s in self.stations),
             enrolled=t.enrolled,
             reach=t.reach,
             deliveries=t.deliveries,
             last_delivery_ms=t.last_delivery_ms,
-            garbage_sent=sum(getattr(s.link_factory.link, "garbage_sent", 0) for s in self.stations),
+            garbage_sent=sum(getattr(s.link_factory.link, "garbage_sent", 0) for s in self.stations if s.kind == "native"),
             dropped=dropped,
             cpu_s=time.process_time() - self._cpu_at_start,
         )))
@@ -312,10 +389,8 @@ class FleetWorker:
         """The fleet's first terminal forgets one user it received, telling nobody."""
         for station in self.stations:
             if station.terminal_id == self.spec.first_id:
-                received = sorted(set(station.terminal.users) - set(station.changed_here))
-                if received:
-                    del station.terminal.users[received[0]]
-                    return [station.terminal_id, received[0]]
+                forgotten = station.forget_one()
+                return None if forgotten is None else [station.terminal_id, forgotten]
         return None
 
 
@@ -345,6 +420,10 @@ def _work(reactor):
             message = json.loads(line)
             if "spec" in message:
                 self.worker.start(FleetSpec(**message["spec"]), message["terminal_ids"])
+            elif "gateway" in message:
+                self.worker.connect(message["gateway"])
+            elif "sample" in message:
+                self.sendLine(json.dumps(dict(sample=self.worker.sample())).encode())
             elif "go" in message:
                 self.worker.go(message["go"])
             elif "stop" in message:

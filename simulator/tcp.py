@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
 from protocol.conversation import Conversation, Liveness
 from protocol.decoder import StreamDecoder
-from protocol.errors import MessageError
+from protocol.errors import ErrorCode, MessageError
 from protocol.frame import Frame, encode_frame
-from protocol.messages import Command, parse_body
+from protocol.messages import MAX_BATCH_EVENTS, NOTICE_SEQ, Command, parse_body
 
 log = Logger(namespace="simulator")
 
@@ -43,8 +43,9 @@ class Faults:
 
 
 class TerminalLink(protocol.Protocol):
-    batch_size = 256
+    batch_size = MAX_BATCH_EVENTS
     window = 4
+    handshake_s = 30.0  # a link with no finished handshake by then is dropped and dialled again (docs/protocol.md)
 
     def __init__(self, terminal, on_established=None, faults: Faults | None = None):
         self.terminal = terminal
@@ -59,6 +60,7 @@ class TerminalLink(protocol.Protocol):
         self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
         self._liveness: task.LoopingCall | None = None
+        self._handshake_timer = None
 
     @property
     def clock(self):
@@ -69,6 +71,7 @@ class TerminalLink(protocol.Protocol):
         self._conversation.received(self.clock.seconds())
         self._conversation.sent(self.clock.seconds())
         self.factory.link = self
+        self._handshake_timer = self.clock.callLater(self.handshake_s, self._handshake_expired)
         if self.faults.slow:
             self._every(self.faults.read_period_s, self._read_slowly)
 
@@ -84,8 +87,14 @@ class TerminalLink(protocol.Protocol):
                 if item.command == Command.WELCOME and self.terminal.authenticated:
                     self._established(parse_body(item).keepalive_s)
 
+    def _handshake_expired(self) -> None:
+        log.warn("terminal {tid}: no handshake within {s:g} s of connecting; dropping the link", tid=self.terminal.terminal_id, s=self.handshake_s)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason=protocol.connectionDone):
         self.established = False
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         if self._liveness is not None and self._liveness.running:
             self._liveness.stop()
         for timer in self._fault_timers:
@@ -104,6 +113,8 @@ class TerminalLink(protocol.Protocol):
         if self.established:
             return  # a WELCOME replayed on a live link changes nothing (and must not double the timers)
         self.established = True
+        if self._handshake_timer.active():
+            self._handshake_timer.cancel()
         self._conversation.keepalive_s = keepalive_s
         self._sent_through = self.terminal.acked_through
         self.terminal.listeners.append(self._event_logged)
@@ -139,7 +150,9 @@ class TerminalLink(protocol.Protocol):
         answered = self._conversation.answer(frame)
         if frame.is_error:
             text = _error_text(frame)
-            if answered is None and frame.command == Command.HELLO:
+            if answered is None and frame.seq == NOTICE_SEQ and _error_code(frame) == ErrorCode.REPLACED:
+                log.info("terminal {tid}: this link was replaced by a newer one: {text}", tid=self.terminal.terminal_id, text=text)
+            elif answered is None and frame.command == Command.HELLO:
                 log.warn("terminal {tid}: refused by the gateway: {text}", tid=self.terminal.terminal_id, text=text)
             else:
                 log.warn("terminal {tid}: gateway answered an error: {text}; reconnecting", tid=self.terminal.terminal_id, text=text)
@@ -200,6 +213,13 @@ def _forget(listeners: list, listener) -> None:
         listeners.remove(listener)
 
 
+def _error_code(frame: Frame) -> int | None:
+    try:
+        return parse_body(frame).code
+    except MessageError:
+        return None
+
+
 def _error_text(frame: Frame) -> str:
     try:
         body = parse_body(frame)
@@ -217,7 +237,8 @@ class DialingTerminal(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None):
+    def __init__(self, terminal, reactor, host: str, port: int, on_established=None, faults: Faults | None = None, tls=None):
+        """``tls``: client TLS options (simulator/tls.py) to dial with, or None for plain TCP."""
         self.terminal = terminal
         self.reactor = reactor
         self.on_established = on_established
@@ -225,7 +246,8 @@ class DialingTerminal(protocol.Factory):
         self.link: TerminalLink | None = None
         self._redial = True
         policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0)
-        self._service = ClientService(TCP4ClientEndpoint(reactor, host, port), self, retryPolicy=policy, clock=reactor)
+        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        self._service = ClientService(wrapClientTLS(tls, endpoint) if tls else endpoint, self, retryPolicy=policy, clock=reactor)
 
     def start(self) -> "DialingTerminal":
         self._service.startService()
@@ -267,9 +289,13 @@ class ListeningTerminal(protocol.Factory):
         self._listening = None
         self._closed = None  # fires once the port is released after go_offline
 
-    def listen(self, port: int, interface: str = "") -> "ListeningTerminal":
-        self._listening = self.reactor.listenTCP(port, self, interface=interface)
-        self.port_number, self._interface = self._listening.getHost().port, interface
+    def listen(self, port: int, interface: str = "", tls=None) -> "ListeningTerminal":
+        """``tls``: server TLS options (simulator/tls.py), or None for plain TCP."""
+        if tls is None:
+            self._listening = self.reactor.listenTCP(port, self, interface=interface)
+        else:
+            self._listening = self.reactor.listenSSL(port, self, tls, interface=interface)
+        self.port_number, self._interface, self._tls = self._listening.getHost().port, interface, tls
         return self
 
     def buildProtocol(self, addr):
@@ -295,5 +321,5 @@ class ListeningTerminal(protocol.Factory):
         return self._closed if self._closed is not None else defer.succeed(None)
 
     def come_back(self) -> None:
-        d = self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface))
+        d = self._closed.addCallback(lambda _: self.listen(self.port_number, self._interface, self._tls))
         d.addErrback(lambda f: log.failure("terminal {tid} cannot listen again", f, tid=self.terminal.terminal_id))

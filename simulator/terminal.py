@@ -141,6 +141,9 @@ class Terminal:
         handler = self._handlers.get(command)
         if handler is None:
             return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_COMMAND, f"{command.name} is not for terminals")
+        if self.authenticated and command != Command.HELLO and frame.terminal_id != self.terminal_id:
+            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_TERMINAL,
+                                  f"this is terminal {self.terminal_id}, not {frame.terminal_id}")
         if command not in (Command.HELLO, Command.WELCOME, Command.KEEPALIVE) and not self.authenticated:
             return error_response(self._reply_header(frame), ErrorCode.NOT_AUTHENTICATED, "say HELLO and WELCOME first")
         try:

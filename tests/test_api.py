@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from urllib import request as urlrequest
 
 from twisted.internet import defer, threads
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -18,12 +19,14 @@ from gateway.http.sse import StreamClient, encode
 from gateway.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
 from gateway.queries import EventFilter
 from api_site import TOKEN, A, B, ApiTestCase
+from gateway.run import log_line
 from live_site import wait_until
 from protocol.events import Credential
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
 
-USER_KEYS = {"user_id", "name", "access_groups", "cards", "fingerprints", "faces", "has_pin", "has_photo", "disabled", "change_seq", "updated_ms"}
+USER_KEYS = {"user_id", "name", "access_groups", "cards", "fingerprints", "faces", "has_pin", "has_photo", "disabled", "validity",
+             "security_level", "auth_mode", "change_seq", "updated_ms"}
 
 
 def first_streamed(url: str, headers=()) -> dict:
@@ -133,7 +136,28 @@ class UserTests(ApiTestCase):
         yield self.assert_error("POST", "/api/users", 409, "already exists", body={"user_id": "dup"})
         yield self.assert_error("PATCH", "/api/users/ghost", 404, "no user 'ghost'", body={"name": "X"})
         yield self.assert_error("DELETE", "/api/users/ghost", 404, "no user 'ghost'")
-        yield self.assert_error("PATCH", "/api/users/dup", 400, "nothing to change", body={})
+        yield self.assert_error("PATCH", "/api/users/dup", 400, "body must give at least one of name, pin", body={})
+
+    @defer.inlineCallbacks
+    def test_an_edit_adds_and_removes_some_cards_and_groups_and_keeps_the_others(self):
+        smart, csn = {"type": "SMART_CARD", "data": "00112233"}, {"type": "CSN", "data": "04a1b2c3"}
+        new = {"user_id": "m-1", "access_groups": [1, 2], "cards": [smart], "validity": {"start": 10, "end": 20},
+               "security_level": 3, "auth_mode": 5}
+        code, user, _ = yield self.call("POST", "/api/users", new)
+        self.assertEqual((code, user["validity"], user["security_level"], user["auth_mode"]), (201, {"start": 10, "end": 20}, 3, 5))
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"add_cards": [csn], "add_access_groups": [3, 1],
+                                                                    "remove_access_groups": [2]})
+        self.assertEqual((code, user["cards"], user["access_groups"]), (200, ["CSN", "SMART_CARD"], [1, 3]), user)  # records keep cards in canonical order
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"remove_cards": [smart]})
+        self.assertEqual(user["cards"], ["CSN"])
+        self.assertEqual(self.site.server_record("m-1").cards[0].data, bytes.fromhex("04a1b2c3"))
+
+        yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no card SMART_CARD:00112233 to remove", body={"remove_cards": [smart]})
+        yield self.assert_error("PATCH", "/api/users/m-1", 409, "has no access group 9 to remove", body={"remove_access_groups": [9]})
+        yield self.assert_error("PATCH", "/api/users/m-1", 400, "not both: give cards or add_cards/remove_cards", body={"cards": [], "add_cards": [csn]})
+        self.assertEqual(self.site.server_record("m-1").access_groups, (1, 3))  # a refused edit changed nothing
+        code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"validity": None, "security_level": None, "auth_mode": None})
+        self.assertEqual((user["validity"], user["security_level"], user["auth_mode"]), (None, None, None))
 
     @defer.inlineCallbacks
     def test_users_are_paged_by_id_and_searched_by_id_or_name(self):
@@ -213,7 +237,7 @@ class EventTests(ApiTestCase):
         self.assertEqual(until, [e for e in everything if e["occurred_ms"] < moment])
         iso = datetime.fromtimestamp(moment / 1000, timezone.utc).isoformat().replace("+", "%2B")
         self.assertEqual((yield self.get(f"/api/events?since={iso}"))["events"], since)
-        yield self.assert_error("GET", "/api/events?type=NOPE", 400, "unknown event type 'NOPE'")
+        yield self.assert_error("GET", "/api/events?type=NOPE", 400, "type must be an event type GET /api/event-types lists")
 
     @defer.inlineCallbacks
     def test_events_are_paged_by_id_both_ways(self):
@@ -311,7 +335,7 @@ class BadInputTests(ApiTestCase):
             ({"body": {"user_id": "x", "access_groups": [True]}}, 400, "access_groups[0] must be an integer"),
             ({"body": {"user_id": "x", "access_groups": [-1]}}, 400, "access_groups[0] must be from 0"),
             ({"body": {"user_id": "x", "colour": "red"}}, 400, "unknown field(s) colour"),
-            ({"body": {"user_id": "x", "cards": [{"type": "CSN", "data": "zz"}]}}, 400, "card data must be hex"),
+            ({"body": {"user_id": "x", "cards": [{"type": "CSN", "data": "zz"}]}}, 400, "cards[0].data must be lowercase hex"),
             ({"body": {"user_id": "x", "cards": [{"type": "PUNCHCARD", "data": "00"}]}}, 400, "cards[0].type must be one of"),
             ({"body": {"user_id": "x", "pin": "12a4"}}, 400, "pin must be digits"),
             ({"body": {"user_id": "é" * 20}}, 400, "user id must be 1 to 32 bytes"),
@@ -337,6 +361,27 @@ class BadInputTests(ApiTestCase):
         body = yield self.assert_error("DELETE", "/api/sync", 405, "use GET, PUT")
         yield self.assert_error("GET", "/nowhere", 404, "nothing at /nowhere")
         self.assertEqual(body["status"], 405)
+
+    @defer.inlineCallbacks
+    def test_hostile_input_gets_a_clear_400_never_a_500(self):
+        plain = "must not contain NUL or bidirectional-override characters"
+        yield self.assert_error("POST", "/api/users", 400, "lone surrogate", raw=b'{"user_id":"\\ud800"}')
+        yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b"[" * 30_000 + b"]" * 30_000)
+        yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b'{"user_id":"x","name":' + b"[" * 20 + b"]" * 20 + b"}")
+        yield self.assert_error("GET", "/api/users?search=%00", 400, f"search {plain}")
+        yield self.assert_error("POST", "/api/users", 400, f"user_id {plain}", body={"user_id": "abc\u202edef"})
+        yield self.assert_error("POST", "/api/users", 400, f"user_id {plain}", body={"user_id": "a\x00b"})
+        yield self.assert_error("POST", "/api/users", 400, f"name {plain}", body={"user_id": "x", "name": "Eve\u2066"})
+        yield self.assert_error("GET", "/api/users/a%E2%80%AEb", 400, f"user_id {plain}")
+        yield self.assert_error("POST", "/api/users", 400, "validity period ends before it starts",
+                                body={"user_id": "x", "validity": {"start": 10, "end": 5}})
+        yield self.assert_error("POST", "/api/terminals/9223372036854775806/admit", 400, "terminal_id must be from 0 to 4294967295",
+                                body={"secret": "s"})
+        yield self.assert_error("GET", "/api/events?type=", 400, "type must be an event type")
+        for path in ("/", "/metrics", "/page/app.js", "/api/users"):
+            body = yield self.assert_error("TRACE", path, 405, "TRACE is not allowed here")
+            self.assertEqual(body["status"], 405)
+        self.assertEqual((yield self.get("/api/users"))["users"], [])
 
     @defer.inlineCallbacks
     def test_requests_naming_another_host_are_refused_on_loopback(self):
@@ -391,6 +436,17 @@ class DocumentTests(ApiTestCase):
 class FakeGateway:
     class config:
         api_token = TOKEN
+
+
+def test_the_log_line_of_a_500_carries_its_traceback():
+    try:
+        raise ZeroDivisionError("the bug")
+    except ZeroDivisionError:
+        failure = Failure()
+    line = log_line({"log_format": "API request {method} {path} failed", "method": b"GET", "path": b"/api/x",
+                      "log_failure": failure, "log_level": LogLevel.critical, "log_namespace": "gateway.http"})
+    assert line.startswith("CRITICAL gateway.http: API request")
+    assert "Traceback" in line and "ZeroDivisionError: the bug" in line
 
 
 def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_with_json():

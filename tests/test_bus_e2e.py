@@ -13,6 +13,7 @@ from twisted.internet import defer, protocol, reactor
 from gateway.config import SerialBus
 from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE
 from gateway.serial_port import SelectableSerialPort, ThreadedSerialTransport, open_serial
+from gateway.terminals import ADMITTED
 from live_site import LiveTestCase, Site, wait_until
 from simulator.bus import BusSimulation
 from simulator.people import People
@@ -24,12 +25,14 @@ BAUD = 115200
 
 
 class BusSite(Site):
-    """A Site whose gateway also masters an emulated bus on a pty, with terminals ``bus_ids`` on it."""
+    """A Site whose gateway also masters an emulated bus on a pty, with terminals ``bus_ids`` on it;
+    those also in ``unlisted`` are on the bus but not in the gateway's configuration."""
 
-    def __init__(self, db_url, tcp_ids, bus_ids, *, noise=0.0, seed=0, converter=False):
+    def __init__(self, db_url, tcp_ids, bus_ids, *, unlisted=(), noise=0.0, seed=0, converter=False):
         self.sim = BusSimulation(reactor, BAUD, bus_ids, noise=noise, seed=seed, tcp_port=0 if converter else None)
         serial = [dict(device=self.sim.path, baud=BAUD, ids=list(bus_ids))]
-        super().__init__(db_url, terminal_ids=(*tcp_ids, *bus_ids), serial=serial)
+        listed = [t for t in bus_ids if t not in unlisted]
+        super().__init__(db_url, terminal_ids=(*tcp_ids, *listed), serial=serial)
         self.tcp_ids = tcp_ids
         self.terminals.update({tid: drop.terminal for tid, drop in self.sim.drops.items()})
 
@@ -109,7 +112,7 @@ class BusSync(LiveTestCase):
     @defer.inlineCallbacks
     def test_a_silent_terminal_does_not_stall_the_others_and_is_caught_up_when_it_returns(self):
         site = yield self.start_site(tcp_ids=(TCP_A,))
-        site.master.regreet_delays = (0.2, 0.5, 1.0)
+        site.master.regreet_after = lambda failures: min(1.0, 0.2 * 2 ** failures)  # back in seconds, not half a minute
         unplugged = site.sim.drops[202]
         unplugged.silent = True
         yield wait_until(lambda: not site.online(202), "the silent terminal marked offline", timeout=10)
@@ -129,6 +132,17 @@ class BusSync(LiveTestCase):
         yield wait_until(lambda: self.holds(202, from_server) and self.holds(202, at_the_door), "202 caught up")
         yield wait_until(lambda: self.holds_everywhere_but(202, while_away), "what was enrolled at 202 everywhere")
         self.assertGreater(site.bus_figure("bus_timeouts"), 0)
+
+    @defer.inlineCallbacks
+    def test_a_terminal_admitted_by_an_administrator_is_greeted_at_once_not_at_its_next_try(self):
+        site = BusSite(f"sqlite:///{self.tmp_path / 'gateway.db'}", (), (201, 202), unlisted=(202,)).start()
+        self.addCleanup(site.stop)
+        site.master.regreet_after = lambda failures: 3600  # the next try would come after the test's end
+        stranger = next(drop for drop in site.master.drops if drop.terminal_id == 202)
+        yield wait_until(lambda: site.online(201) and stranger.failures and stranger.session is None,
+                         "201 online and 202 refused by the allowlist")
+        yield site.gateway.registry.set_admission(202, ADMITTED, "secret-202")
+        yield wait_until(lambda: site.online(202), "202 online once admitted", timeout=10)
 
     @defer.inlineCallbacks
     def test_a_bus_behind_a_serial_over_ip_converter_is_reached_with_a_socket_url(self):

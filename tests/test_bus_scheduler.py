@@ -15,6 +15,7 @@ from gateway.bus import BusMaster
 from gateway.bus.scheduler import POLL, SEND, Drop, PollScheduler
 from gateway.bus.timing import LineTiming
 from gateway.config import ConfigError, GatewayConfig, SerialBus, parse_serial
+from gateway.doorman import Doorman
 from gateway.metrics import Metrics
 from gateway.connection import Refused
 from gateway.session import TerminalSession
@@ -189,7 +190,7 @@ class FakeGateway:
         self.online_now.discard(connection.terminal_id)
 
     def new_session(self, link, expected_terminal_id=None, timing=None):
-        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, metrics=self.metrics,
+        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, doorman=Doorman(self.clock, self.metrics), metrics=self.metrics,
                                timing=timing, expected_terminal_id=expected_terminal_id)
 
 

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from twisted.internet import defer, threads
 
+from wcwidth import wcswidth
+
+from gateway.admin import table
 from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
 
@@ -70,9 +74,9 @@ class CommandTests(ApiTestCase):
         done = yield self.run_gateway("users", "add", "u1", "--name", "Ana", "--pin", "1234", "--group", "3", "--card", "smart_card:0a0b", token=TOKEN)
         self.assertEqual(done.stdout, "user u1 created (change 1)\n", done.stderr)
         shown = (yield self.run_gateway("users", "show", "u1")).stdout
-        self.assertIn("name          Ana\n", shown)
-        self.assertIn("cards         SMART_CARD\n", shown)
-        self.assertIn("has_pin       True\n", shown)
+        self.assertIn("name           Ana\n", shown)
+        self.assertIn("cards          SMART_CARD\n", shown)
+        self.assertIn("has_pin        True\n", shown)
         header, row = (yield self.run_gateway("users", "list")).stdout.splitlines()
         self.assertEqual(row.split(), ["u1", "Ana", "3", "SMART_CARD", "0", "0", "yes"])
         listed = json.loads((yield self.run_gateway("users", "list", "--json", "--search", "an")).stdout)
@@ -83,6 +87,45 @@ class CommandTests(ApiTestCase):
         self.assertEqual(self.site.server_record("u1").name, "Ana B")
         self.assertEqual((yield self.run_gateway("users", "delete", "u1", token=TOKEN)).stdout, "user u1 deleted\n")
         assert_one_line_error(self, (yield self.run_gateway("users", "show", "u1")), "no user 'u1'", "[HTTP 404]")
+
+    @defer.inlineCallbacks
+    def test_users_edit_adds_and_removes_cards_and_groups_sets_validity_and_clears_fields(self):
+        done = yield self.run_gateway("users", "add", "u2", "--name", "Bo", "--card", "smart_card:0a0b", "--group", "1", "--group", "2",
+                                      "--valid-from", "2025-03-01", "--valid-until", "2025-12-31", "--security-level", "3",
+                                      "--auth-mode", "5", token=TOKEN)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        start, end = datetime(2025, 3, 1).timestamp(), datetime(2025, 12, 31, 23, 59, 59).timestamp()
+        self.assertEqual(self.site.server_record("u2").validity, (start, end))
+        shown = (yield self.run_gateway("users", "show", "u2")).stdout
+        self.assertIn("validity       from 2025-03-01 00:00:00 until 2025-12-31 23:59:59\n", shown)
+        self.assertIn("security_level 3\n", shown)
+        self.assertIn("auth_mode      5\n", shown)
+
+        done = yield self.run_gateway("users", "edit", "u2", "--add-card", "csn:04a1", "--add-group", "7", "--remove-group", "2", token=TOKEN)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        record = self.site.server_record("u2")
+        self.assertEqual(([c.type.name for c in record.cards], record.access_groups), (["CSN", "SMART_CARD"], (1, 7)))
+        yield self.run_gateway("users", "edit", "u2", "--remove-card", "SMART_CARD:0a0b", "--valid-until", "2026-01-31T18:00", token=TOKEN)
+        record = self.site.server_record("u2")
+        self.assertEqual((record.cards[0].data, record.validity), (bytes.fromhex("04a1"), (start, datetime(2026, 1, 31, 18).timestamp())))
+
+        done = yield self.run_gateway("users", "edit", "u2", "--clear", "name", "--clear", "validity", "--clear", "auth-mode", token=TOKEN)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        record = self.site.server_record("u2")
+        self.assertEqual((record.name, record.validity, record.auth_mode, record.security_level), (None, None, None, 3))
+        self.assertIn("validity       always\n", (yield self.run_gateway("users", "show", "u2")).stdout)
+
+        assert_one_line_error(self, (yield self.run_gateway("users", "edit", "u2", "--remove-card", "csn:ffff", token=TOKEN)),
+                              "user 'u2' has no card CSN:ffff to remove", "[HTTP 409]")
+        assert_one_line_error(self, (yield self.run_gateway("users", "edit", "u2", "--card", "csn:01", "--add-card", "csn:02", token=TOKEN)),
+                              "give one kind")
+        assert_one_line_error(self, (yield self.run_gateway("users", "edit", "u2", "--clear", "name", "--name", "X", token=TOKEN)),
+                              "--clear name and a new name")
+        for wrong in (["--security-level", "256"], ["--valid-from", "yesterday"], ["--clear", "fingers"]):
+            done = yield self.run_gateway("users", "edit", "u2", *wrong, token=TOKEN)
+            self.assertEqual(done.returncode, 2, done.stderr)  # a usage error, before asking the gateway
+            self.assertNotIn("Traceback", done.stderr)
+        self.assertEqual(self.site.server_record("u2").cards, record.cards)
 
     @defer.inlineCallbacks
     def test_writes_without_a_token_say_how_to_give_one(self):
@@ -132,3 +175,9 @@ def test_an_action_without_a_terminal_id_is_a_usage_error():
     assert done.returncode == 2
     assert "give an action and a terminal id" in done.stderr
 
+
+def test_tables_line_up_by_display_width_with_wide_and_combining_characters():
+    names = ["王小明", "Ana Lima", "Zoe\u0308 Ng", "佐藤 花子"]  # wide, plain, a combining mark, wide with a space
+    text = table(["USER", "NAME", "CARDS"], [[n, name, "CSN"] for n, name in enumerate(names)])
+    header, *rows = text.splitlines()
+    assert {wcswidth(row[:row.rindex("CSN")]) for row in rows} == {wcswidth(header[:header.index("CARDS")])}

@@ -15,10 +15,10 @@ def test_an_answer_is_matched_by_sequence_number_and_command():
     frame, pending = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)
     assert (frame.terminal_id, frame.command, frame.is_response) == (7, Command.GET_USERS, False)
     assert talk.answer(answer_to(frame, Command.PUT_USERS)) is None  # right number, wrong command
-    assert talk.in_flight == 1
+    assert talk.next_deadline() == pending.deadline  # still waited for
     assert talk.answer(answer_to(frame)) == pending
     assert talk.answer(answer_to(frame)) is None  # answered once only
-    assert talk.in_flight == 0
+    assert talk.next_deadline() is None
 
 
 def test_sequence_numbers_wrap_skipping_zero_and_numbers_still_outstanding():
@@ -40,7 +40,7 @@ def test_requests_expire_at_their_deadline_and_not_before():
     assert talk.expire(14.9) == []
     assert talk.expire(15) == [early]
     assert talk.next_deadline() == 25
-    assert talk.expire(30) == [late] and talk.in_flight == 0
+    assert talk.expire(30) == [late] and talk.next_deadline() is None
 
 
 def test_keepalive_rule_speak_after_one_period_peer_gone_after_three():
@@ -57,7 +57,7 @@ def test_keepalive_rule_speak_after_one_period_peer_gone_after_three():
 def test_abandon_returns_every_outstanding_request():
     talk = Conversation()
     pendings = [talk.request(Command.KEEPALIVE, now=0)[1] for _ in range(3)]
-    assert talk.abandon() == pendings and talk.in_flight == 0
+    assert talk.abandon() == pendings and talk.next_deadline() is None
 
 
 def test_handshake_both_halves_prove_the_same_secret_and_refuse_another():

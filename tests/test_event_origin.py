@@ -1,11 +1,11 @@
 """Event types as people name them, and who made each change: the vendor's spellings as filters,
 the origin in the API's events and in the CLI's table."""
 
+import jsonschema
 import pytest
 
 from gateway.admin import event_line
-from gateway.http.api import ApiError
-from gateway.http.events import event_types
+from gateway.http.events import EVENT_TYPE, event_types
 from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, SAVE_FAILED, SAVED_FROM_DEVICE, origin_of
 
 
@@ -18,9 +18,10 @@ def test_the_vendors_spellings_filter_like_ours(spelling, stored):
     assert event_types([spelling]) == (stored,)
 
 
-def test_an_unknown_type_is_still_the_clients_mistake():
-    with pytest.raises(ApiError):
-        event_types(["User update succeeded(Nowhere)"])
+def test_the_type_filter_schema_takes_the_vendors_spellings_and_nothing_made_up():
+    jsonschema.validate("User update succeeded(BioStar)", EVENT_TYPE)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate("User update succeeded(Nowhere)", EVENT_TYPE)
 
 
 def test_origin_tells_keypad_changes_from_records_the_server_sent():

@@ -1,17 +1,20 @@
 """TerminalSession unit tests: StringTransport and task.Clock, no sockets, no sleeps."""
 
+from construct import Int16ub, PrefixedArray
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from gateway.doorman import Doorman
 from gateway.metrics import Metrics
 from gateway.connection import Refused
-from gateway.session import RequestTimeout, TerminalSession
+from gateway.session import RequestTimeout, SessionClosed, TerminalSession
 from gateway.tcp import TcpLink
 from protocol import auth
 from protocol.errors import ErrorCode
-from protocol.events import Event, EventCode, Origin
+from protocol.events import Event, EventCode, EventWire, Origin
 from protocol.frame import Frame, encode_frame
-from protocol.messages import Command, error_response, parse_body, request, response
+from protocol.messages import MAX_HANDSHAKE_PAYLOAD, Command, error_response, parse_body, request, response
 from protocol.decoder import StreamDecoder
 
 SECRET = b"s3cret"
@@ -28,6 +31,7 @@ class Collaborators:
         self.ended = []
         self.submitted = []
         self.logs_begun = []
+        self.doorman = Doorman(self.clock, self.metrics)
 
     def secret_for(self, terminal_id, info, description):
         if terminal_id not in self.known:
@@ -52,17 +56,22 @@ class Collaborators:
         self.ended.append(connection)
 
     def new_session(self, link, expected_terminal_id=None):
-        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self,
+        return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, doorman=self.doorman,
                                metrics=self.metrics, expected_terminal_id=expected_terminal_id)
 
 
 class Peer:
     """The terminal's end of a StringTransport: reads what the gateway wrote."""
 
-    def __init__(self, gateway=None):
+    def __init__(self, gateway=None, host: str | None = None):
+        """``host``: the link came in through the listener from there, and holds a stranger's place."""
         self.gateway = gateway or Collaborators()
-        self.transport = StringTransport()
-        self.link = TcpLink(self.gateway.new_session)
+        if host is None:
+            self.transport = StringTransport()
+            self.link = TcpLink(self.gateway.new_session)
+        else:
+            self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+            self.link = TcpLink(self.gateway.new_session, doorman=self.gateway.doorman)
         self.link.makeConnection(self.transport)
         self.decoder = StreamDecoder()
 
@@ -250,3 +259,102 @@ def test_link_loss_fails_outstanding_requests():
     peer.session.request(Command.KEEPALIVE).addErrback(failures.append)
     peer.link.connectionLost()
     assert failures and "closed" in failures[0].getErrorMessage()
+
+
+def test_a_timeout_errback_that_closes_the_session_leaves_the_other_requests_failed_cleanly():
+    peer = Peer()
+    peer.establish()
+    outcomes = []
+    first = peer.session.request(Command.GET_USERS, dict(user_ids=["u1"]))
+    first.addErrback(lambda f: (outcomes.append(f.type), peer.session.close("gave up")))
+    second = peer.session.request(Command.GET_USERS, dict(user_ids=["u2"]))
+    second.addErrback(lambda f: outcomes.append(f.type))
+    peer.gateway.clock.advance(15)  # both pass their deadline in the same turn
+    assert outcomes == [RequestTimeout, SessionClosed]
+
+
+# -- protocol gaps a vendor would trip on (issue 13, item 6) ----------------------------------
+
+def test_a_frame_naming_another_terminal_after_the_handshake_is_refused_and_never_stored():
+    peer = Peer(Collaborators(known=(7, 8)))
+    peer.establish()
+    ev = Event(42, 1, EventCode.ENROLL_SUCCESS, Origin.DEVICE, "u1")
+    peer.send(request(Command.EVENTS, dict(events=[ev]), terminal_id=8, seq=5))
+    (reply,) = peer.frames()
+    assert reply.is_error and parse_body(reply).code == ErrorCode.UNKNOWN_TERMINAL
+    assert reply.terminal_id == 7 and reply.seq == 5
+    assert peer.gateway.submitted == []
+    assert not peer.transport.disconnecting
+
+
+def test_an_answer_naming_another_terminal_answers_nothing():
+    peer = Peer()
+    peer.establish()
+    answers = []
+    peer.session.request(Command.TIME_SYNC, dict(server_time_ms=1)).addBoth(answers.append)
+    (asked,) = peer.frames()
+    peer.send(response(Frame(Command.TIME_SYNC, terminal_id=8, seq=asked.seq), dict(terminal_time_ms=5)))
+    assert answers == []
+    peer.send(response(asked, dict(terminal_time_ms=5)))
+    assert answers[0].terminal_time_ms == 5
+
+
+def test_a_replaced_link_is_told_replaced_then_closed():
+    peer = Peer()
+    peer.establish()
+    peer.session.replaced("tcp 192.0.2.7:5000")
+    (notice,) = peer.frames()
+    body = parse_body(notice)
+    assert notice.is_error and body.code == ErrorCode.REPLACED and notice.seq == 0 and notice.terminal_id == 7
+    assert "192.0.2.7" in body.text
+    assert peer.transport.disconnecting and peer.gateway.ended == [peer.session]
+
+
+def test_one_frame_with_a_bad_crc_counts_once_toward_the_corrupt_limit():
+    peer = Peer()
+    peer.establish()
+    bad = bytearray(request(Command.KEEPALIVE, terminal_id=7, seq=9))
+    bad[-1] ^= 0xFF
+    for _ in range(peer.session.timing.frame_errors_per_minute):
+        peer.send(bytes(bad))
+    assert peer.gateway.metrics.value(peer.gateway.metrics.frame_errors) == 10
+    assert not peer.transport.disconnecting
+    peer.send(bytes(bad))
+    assert peer.transport.disconnecting
+
+
+def test_a_batch_over_256_events_is_refused_with_bad_message():
+    peer = Peer()
+    peer.establish()
+    events = [Event(n, 1, EventCode.VERIFY_SUCCESS, 1, "u") for n in range(1, 258)]
+    payload = PrefixedArray(Int16ub, EventWire).build(events)  # what a careless terminal would send
+    peer.send(encode_frame(Frame(Command.EVENTS, payload, terminal_id=7, seq=3)))
+    (reply,) = peer.frames()
+    assert reply.is_error and parse_body(reply).code == ErrorCode.BAD_MESSAGE
+    assert "257 events" in parse_body(reply).text
+    assert peer.gateway.submitted == []
+
+
+# -- memory before authentication (issue 13, item 1) ------------------------------------------
+
+def test_before_the_handshake_a_frame_larger_than_a_handshake_closes_the_link_unbuffered():
+    peer = Peer()
+    peer.frames()
+    big = request(Command.GET_USERS, dict(user_ids=[f"user-{n:026}" for n in range(150)]), terminal_id=7, seq=1)
+    assert len(big) > MAX_HANDSHAKE_PAYLOAD + 25
+    peer.send(big[:100])
+    assert peer.transport.disconnecting
+    assert peer.link.decoder.buffered < 100
+
+
+def test_frames_right_after_welcome_may_be_large_even_in_the_same_chunk():
+    peer = Peer()
+    peer.handshake()
+    (welcome,) = peer.frames()
+    events = [Event(n, 1, EventCode.VERIFY_SUCCESS, 1, "someone-with-a-long-user-id") for n in range(42, 298)]
+    batch = request(Command.EVENTS, dict(events=events), terminal_id=7, seq=1)
+    assert len(batch) > 2 * MAX_HANDSHAKE_PAYLOAD
+    peer.send(response(welcome) + batch)
+    (submitted, _), = peer.gateway.submitted
+    assert len(submitted) == 256
+    assert not peer.transport.disconnecting

@@ -2,14 +2,18 @@
 
 from dataclasses import replace
 
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+
 from protocol import auth
 from protocol.decoder import StreamDecoder
 from protocol.errors import ErrorCode
 from protocol.events import EventCode, Origin
-from protocol.frame import MAX_PAYLOAD
-from protocol.messages import Command, UserStatus, parse_body, request
+from protocol.frame import MAX_PAYLOAD, encode_frame
+from protocol.messages import Command, UserStatus, parse_body, replaced_notice, request
 from protocol.records import Face, UserRecord
 from simulator.people import People
+from simulator.tcp import TerminalLink
 from simulator.terminal import Terminal
 
 SECRET = "s3cret"
@@ -17,7 +21,7 @@ SECRET = "s3cret"
 
 def ask(terminal: Terminal, command: Command, body: dict | None = None):
     """The terminal's answer to one request, decoded: (frame, body)."""
-    (frame,) = StreamDecoder().feed(request(command, body, seq=9))
+    (frame,) = StreamDecoder().feed(request(command, body, seq=9, terminal_id=terminal.terminal_id))
     (reply,) = StreamDecoder().feed(terminal.answer(frame))
     return reply, parse_body(reply)
 
@@ -153,3 +157,43 @@ def test_events_after_finds_the_next_events_in_a_log_that_lost_its_oldest():
     assert [e.event_id for e in terminal.events_after(4, 10)] == [5, 6]
     assert terminal.events_after(6, 10) == []
     assert (terminal.pending_after(0), terminal.pending_after(4), terminal.pending_after(9)) == (4, 2, 0)
+
+
+def test_after_the_handshake_a_request_naming_another_terminal_is_refused():
+    terminal = authenticated(5)
+    (frame,) = StreamDecoder().feed(request(Command.GET_USERS, dict(user_ids=["a"]), seq=3, terminal_id=6))
+    (reply,) = StreamDecoder().feed(terminal.answer(frame))
+    assert reply.is_error and parse_body(reply).code == ErrorCode.UNKNOWN_TERMINAL and reply.terminal_id == 5
+
+
+class _Factory:
+    """What a TerminalLink asks of its factory: a clock, and to hear that its link dropped."""
+
+    def __init__(self):
+        self.reactor = task.Clock()
+        self.link = None
+
+    def link_dropped(self):
+        pass
+
+
+def _link() -> tuple[TerminalLink, StringTransport, task.Clock]:
+    link = TerminalLink(Terminal(5, SECRET))
+    link.factory = _Factory()
+    transport = StringTransport()
+    link.makeConnection(transport)
+    return link, transport, link.factory.reactor
+
+
+def test_a_link_whose_handshake_never_comes_is_dropped_to_dial_again():
+    link, transport, clock = _link()
+    clock.advance(TerminalLink.handshake_s - 1)
+    assert not transport.disconnected
+    clock.advance(1)
+    assert transport.disconnected  # abortConnection
+
+
+def test_a_replaced_notice_closes_the_link_quietly():
+    link, transport, clock = _link()
+    link.dataReceived(encode_frame(replaced_notice(5, 0, "replaced by a newer link on tcp 192.0.2.7:1")))
+    assert transport.disconnecting

@@ -2,6 +2,8 @@
 memory, and single packets check what the session answers."""
 
 import socket
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -186,15 +188,18 @@ def test_the_command_line_takes_the_documented_options():
 def test_bad_command_line_values_are_one_line_errors(capsys):
     from simulator.cli import main
 
-    with socket.socket() as taken:
+    for argv, message in (
+        (["--comm-key", "1000000"], "--comm-key must be 0 to 999999"),
+        (["--users", "20000"], "--users must be 0 to 10000"),
+    ):
+        assert main(["zk-terminal", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("simulator zk-terminal: " + message) and err.count("\n") == 1
+    with socket.socket() as taken:  # a taken port is found once the reactor runs: a process of its own
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy_port = taken.getsockname()[1]
-        for argv, message in (
-            (["--comm-key", "1000000"], "--comm-key must be 0 to 999999"),
-            (["--users", "20000"], "--users must be 0 to 10000"),
-            (["--port", str(busy_port)], f"cannot listen on 127.0.0.1:{busy_port}"),
-        ):
-            assert main(["zk-terminal", *argv]) == 2
-            err = capsys.readouterr().err
-            assert err.startswith("simulator zk-terminal: " + message) and err.count("\n") == 1
+        done = subprocess.run([sys.executable, "-m", "simulator.cli", "zk-terminal", "--port", str(busy_port)],
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"simulator zk-terminal: cannot listen on 127.0.0.1:{busy_port}") and done.stderr.count("\n") == 1

@@ -1,5 +1,7 @@
 """gateway-check: play the gateway's part against one terminal and check it keeps the protocol.
 
+``--zk HOST[:PORT]`` checks a ZKTeco device instead (tools/check_zk.py).
+
 It connects to a terminal that listens (``--terminal HOST:PORT``) or waits for one to dial in
 (``--listen PORT``), does the handshake, and runs each check in turn, printing PASS or FAIL with
 what was seen. By default it only reads; ``--write`` also puts, reads back and deletes a test
@@ -12,6 +14,7 @@ import sys
 import time
 
 from simulator.address import AddressError, parse_host_port
+from tools import check_zk
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation
 from protocol.decoder import StreamDecoder
@@ -170,16 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--terminal", metavar="HOST:PORT", help="connect to a terminal listening here")
     where.add_argument("--listen", type=int, metavar="PORT", help="wait for a terminal to dial in on this port")
-    parser.add_argument("--secret", required=True, help="the terminal's secret")
+    where.add_argument("--zk", metavar="HOST[:PORT]", help=f"check a ZKTeco device here instead (port {check_zk.DEFAULT_PORT} unless given)")
+    parser.add_argument("--secret", help="the terminal's secret (required but for --zk)")
+    parser.add_argument("--comm-key", type=int, default=0, metavar="K", help="with --zk: the device's comm key (default 0: none)")
+    parser.add_argument("--test-user-id", default=check_zk.CHECK_USER_ID, metavar="ID",
+                        help="with --zk --write: the reserved user id of the test user (default %(default)s)")
     parser.add_argument("--id", type=int, help="the terminal id expected (default: whatever it says)")
-    parser.add_argument("--write", action="store_true", help=f"also put, read back and delete the user {CHECK_USER!r}")
+    parser.add_argument("--write", action="store_true",
+                        help=f"also put, read back and delete a test user ({CHECK_USER!r}; with --zk, --test-user-id)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)")
     parser.add_argument("--wait", type=float, default=60.0, help="with --listen: seconds to wait for the terminal (default 60)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.zk:
+        return check_zk.run(args)
+    if args.secret is None:
+        parser.error("--secret is required with --terminal or --listen")
     try:
         sock = connect(args)
     except AddressError as exc:

@@ -14,6 +14,7 @@ class BusLink:
         self._drop = drop
         self.address = drop.address
         self.description = f"rs485 {master.name} address {drop.address}"
+        self.source = f"rs485 {master.name}"
         # A frame holds the line until it ends: a push is cut to about half a second of line
         # time so other terminals' polls are not held up (one record always goes, however long).
         self.request_bytes = int(master.timing.bytes_per_s * 0.5)

@@ -127,9 +127,9 @@ class BusMaster:
 
     def _greet(self, drop: Drop) -> None:
         """A new session at this address; like every session, it starts with the gateway's HELLO."""
-        self._cancel_greeting(drop)
         if drop.session is not None:
-            drop.session.close("greeted again")
+            drop.session.close("greeted again")  # which schedules a greeting of its own: cancelled next
+        self._cancel_greeting(drop)
         link = BusLink(self, drop)
         session = self._new_session(link, drop.terminal_id, self._session_timing)
         drop.link, drop.session = link, session

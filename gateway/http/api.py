@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.database import DatabaseFailure
-from gateway.http.validate import Invalid, check
-from gateway.users import UnknownUser, UserExists
+from gateway.http.validate import PLAIN_TEXT, Invalid, check
+from gateway.users import NotHeld, UnknownUser, UserExists
 from protocol.errors import MessageError
 
 log = Logger(namespace="gateway.http")
@@ -29,6 +29,7 @@ log = Logger(namespace="gateway.http")
 # A user record without templates is well under 2 KiB; templates never travel through the API.
 MAX_BODY = 64 * 1024
 MAX_INTEGER = 2**63 - 1  # what the database's BIGINT columns hold
+MAX_DEPTH = 8  # the deepest a body the API takes nests is 3 (a user's cards)
 
 
 class ApiError(Exception):
@@ -39,7 +40,7 @@ class ApiError(Exception):
 
 
 # Domain errors and the status each one means to an API client.
-_STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists, 409), (DatabaseFailure, 503))
+_STATUS = ((Invalid, 400), (MessageError, 400), (UnknownUser, 404), (UserExists, 409), (NotHeld, 409), (DatabaseFailure, 503))
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Param:
     """A query parameter (or a path segment): its name, kind (integer, string, time) and meaning.
 
     ``schema`` is its JSON Schema: what the value is checked against once read from the query
-    text, and what the OpenAPI document shows."""
+    text, and what the OpenAPI document shows. A string is plain text (no NUL, no bidirectional
+    override) unless ``choices`` gives the schema of the strings it may be."""
 
     name: str
     kind: str
@@ -56,18 +58,20 @@ class Param:
     default: object = None
     minimum: int | None = None
     maximum: int | None = MAX_INTEGER
+    choices: dict | None = None
 
     @cached_property
     def schema(self) -> dict:
         if self.kind == "time":
-            return {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
+            return {"oneOf": [_INT64, {"type": "string", "format": "date-time"}]}
         if self.kind == "string":
-            return {"type": "string"}
+            return self.choices or {"type": "string", "pattern": PLAIN_TEXT}
         bounds = {"minimum": self.minimum, "maximum": self.maximum}
         return {"type": "integer", **{k: v for k, v in bounds.items() if v is not None}}
 
     def parse(self, text: str):
         if self.kind == "string":
+            check(self.schema, text, self.name)
             return text
         if self.kind == "time":
             return parse_time(text, self.name)
@@ -111,6 +115,7 @@ class Route:
     body: dict | None = None  # JSON Schema of the request body
     returns: str | None = None  # name of the response schema in the OpenAPI document
     status: int = 200
+    errors: dict[int, str] = field(default_factory=dict)  # what else the view may answer, and when
     segments: list[str] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -250,11 +255,14 @@ class ApiResource(resource.Resource):
         if not raw.strip():
             if route.body.get("required"):
                 raise ApiError(400, f"this request needs a JSON body with {', '.join(route.body['required'])}")
-            return {}
+            raw = b"{}"
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_float=_number)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, f"request body nests deeper than {MAX_DEPTH} levels") from None
+        _plain_json(body)
         check(route.body, body)
         return body
 
@@ -282,6 +290,32 @@ class ApiResource(resource.Resource):
         for name, value in error.headers.items():
             request.setHeader(name, value)
         write_json(request, finished, error.status, {"error": str(error), "status": error.status})
+
+
+def _number(text: str) -> int | float:
+    """JSON Schema calls 1.0 an integer, so the API takes it as one: as the int it is."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _plain_json(body) -> None:
+    """Refuse what json.loads takes and nothing after it can hold: nesting deeper than any body
+    the API reads, and lone surrogates ("\\ud800" is no character: it has no UTF-8 form)."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"request body nests deeper than {MAX_DEPTH} levels")
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, f"request body holds a lone surrogate in {text[:40]!r}: not a character") from None
+        if isinstance(value, dict):
+            stack += [(item, depth + 1) for item in value.values()]
+        elif isinstance(value, list):
+            stack += [(item, depth + 1) for item in value]
 
 
 def write_json(request, finished: defer.Deferred, status: int, value) -> None:

@@ -5,7 +5,7 @@ spelling of the vendor's documentation, and ``sync`` selects all of them.
 """
 
 from gateway.database import DatabaseFailure
-from gateway.http.api import ApiError, Param, Route, parse_integer
+from gateway.http.api import Param, Route, parse_integer
 from gateway.monitor import (
     APPLIED_BY_DEVICE,
     CHANGE_DROPPED,
@@ -47,10 +47,18 @@ VENDOR_SPELLINGS = {
 ALL_SYNC = "sync"
 TERMINAL_TYPES = tuple(code.name for code in EventCode)
 
+# The names a ``type`` filter takes, as a schema: the request is checked against it and the
+# OpenAPI document shows it. Codes without a name are written 0xNNNN, as they are stored.
+EVENT_TYPE = {"description": f"an event type GET /api/event-types lists, '{ALL_SYNC}', a sync event's short name or vendor "
+                             "spelling, or a code 0xNNNN",
+              "anyOf": [{"type": "string", "enum": list(dict.fromkeys([ALL_SYNC, *SYNC_SHORT_NAMES, *VENDOR_SPELLINGS, *SYNC_EVENT_TYPES,
+                                                                          *TERMINAL_TYPES]))},
+                        {"type": "string", "pattern": "^0x[0-9A-F]{4}$"}]}
+
 FILTER_PARAMS = (
     Param("type", "string", f"event type, a sync event's short name ({', '.join(SYNC_SHORT_NAMES)}) or vendor spelling "
-                            f"({'; '.join(VENDOR_SPELLINGS)}), or '{ALL_SYNC}'; repeatable", repeated=True),
-    Param("terminal", "integer", "terminal id", minimum=0),
+                            f"({'; '.join(VENDOR_SPELLINGS)}), or '{ALL_SYNC}'; repeatable", repeated=True, choices=EVENT_TYPE),
+    Param("terminal", "integer", "terminal id", minimum=0, maximum=2**32 - 1),
     Param("user", "string", "user id"),
 )
 TIME_PARAMS = (
@@ -60,25 +68,14 @@ TIME_PARAMS = (
 
 
 def event_types(names: list[str]) -> tuple[str, ...]:
-    """The stored type names a ``type`` filter means; unknown names are a client's mistake."""
+    """The stored type names a ``type`` filter means (each name was checked against EVENT_TYPE)."""
     found: list[str] = []
     for name in names:
         if name == ALL_SYNC:
             found += SYNC_EVENT_TYPES
-        elif name in SYNC_SHORT_NAMES:
-            found.append(SYNC_SHORT_NAMES[name])
-        elif name in VENDOR_SPELLINGS:
-            found.append(VENDOR_SPELLINGS[name])
-        elif name in SYNC_EVENT_TYPES or name in TERMINAL_TYPES or _is_code(name):
-            found.append(name)
         else:
-            raise ApiError(400, f"unknown event type {name!r} (GET /api/event-types lists them)")
+            found.append(SYNC_SHORT_NAMES.get(name) or VENDOR_SPELLINGS.get(name, name))
     return tuple(dict.fromkeys(found))
-
-
-def _is_code(name: str) -> bool:
-    """Codes the gateway has no name for are stored as 0xNNNN."""
-    return len(name) == 6 and name.startswith("0x") and all(c in "0123456789ABCDEF" for c in name[2:])
 
 
 def event_filter(params: dict) -> EventFilter:

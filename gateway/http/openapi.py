@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document of the API, generated from the routes so that it cannot drift from them."""
+"""The OpenAPI 3.1 document of the API, generated from the routes so that it cannot drift from them.
+
+Parameters and bodies are the very schemas requests are checked against (gateway/http/api.py);
+each operation lists every status it may answer, so a client (or a property-based test) can hold
+the API to it: a request the document allows gets its success status or one of the errors listed.
+"""
 
 from gateway.http.api import MAX_BODY, Param, Route
 
@@ -19,7 +24,7 @@ SCHEMAS = {
             "admission": {"type": "string", "enum": ["admitted", "pending", "refused"]},
             "online": {"type": "boolean"},
             "link": {"type": "string", "description": "TCP address, or bus and address"},
-            "last_seen_ms": _NULLABLE_INT,
+            "last_seen_ms": {**_NULLABLE_INT, "description": "when it last sent a frame, ms since the epoch; null if it never connected"},
             "model": {"type": "string"},
             "firmware": {"type": "string"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
@@ -78,6 +83,10 @@ SCHEMAS = {
             "has_pin": {"type": "boolean"},
             "has_photo": {"type": "boolean"},
             "disabled": {"type": "boolean"},
+            "validity": {"type": ["object", "null"], "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}},
+                         "description": "seconds since the epoch; null: always valid"},
+            "security_level": _NULLABLE_INT,
+            "auth_mode": _NULLABLE_INT,
             "change_seq": {"type": "integer"},
             "updated_ms": _TIME_MS,
         },
@@ -198,7 +207,8 @@ def _operation(route: Route) -> dict:
     op = {"summary": route.summary, "operationId": route.view.__name__}
     op["parameters"] = [_parameter(p, "path") for p in route.path_params] + [_parameter(p, "query") for p in route.query_params]
     if route.body is not None:
-        op["requestBody"] = {"required": bool(route.body.get("required")), "content": {"application/json": {"schema": route.body}}}
+        needed = bool(route.body.get("required") or route.body.get("minProperties"))
+        op["requestBody"] = {"required": needed, "content": {"application/json": {"schema": route.body}}}
     if route.writes:
         op["security"] = [{"bearer": []}]
     if route.returns == "Stream":
@@ -207,8 +217,25 @@ def _operation(route: Route) -> dict:
         content = {"application/json": {"schema": {"type": "object"}}}
     else:
         content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.returns}"}}}
-    op["responses"] = {str(route.status): {"description": "success", "content": content}, "4XX": _ERROR, "5XX": _ERROR}
+    op["responses"] = {str(route.status): {"description": "success", "content": content},
+                       **{str(status): _error(why) for status, why in sorted(_errors(route).items())}}
     return op
+
+
+def _errors(route: Route) -> dict[int, str]:
+    """Every error status the plumbing may answer for this route, and the view's own."""
+    errors = {503: "the database is unavailable; retry shortly"}
+    if route.params or route.body is not None:
+        errors[400] = "a parameter or the body breaks a rule (the message says which)"
+    if route.writes:
+        errors.update({401: "no bearer token", 403: "wrong token, or writes disabled"})
+    if route.body is not None:
+        errors[413] = f"body larger than {MAX_BODY} bytes"
+    return {**errors, **route.errors}
+
+
+def _error(why: str) -> dict:
+    return {**_ERROR, "description": why}
 
 
 def _parameter(param: Param, where: str) -> dict:

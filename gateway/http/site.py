@@ -30,8 +30,20 @@ def api_routes() -> list[Route]:
     return routes
 
 
-class PageFile(resource.Resource):
+class Readable(resource.Resource):
+    """A resource people and scrapers only read: any method but GET and HEAD gets a JSON 405
+    (not twisted.web's HTML 501 page)."""
+
     isLeaf = True
+
+    def render(self, request):
+        if request.method in (b"GET", b"HEAD"):
+            return super().render(request)
+        request.setHeader("Allow", "GET, HEAD")
+        return JsonError(405, f"{request.method.decode('latin-1')} is not allowed here; use GET").render(request)
+
+
+class PageFile(Readable):
 
     def __init__(self, name: str):
         super().__init__()
@@ -45,8 +57,7 @@ class PageFile(resource.Resource):
         return self.body
 
 
-class MetricsResource(resource.Resource):
-    isLeaf = True
+class MetricsResource(Readable):
 
     def __init__(self, metrics):
         super().__init__()

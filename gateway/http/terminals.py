@@ -8,19 +8,18 @@ from gateway.schema import pending_pulls
 from gateway.terminals import ADMITTED, REFUSED
 from gateway.users import last_change_seq
 
-TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0)
+TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
 
 
-def terminal_json(term, last_seq: int, pulls_owed: int, reconciler) -> dict:
+def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict | None = None) -> dict:
     behind = max(0, last_seq - term.cursor)
-    found = reconciler.last.get(term.terminal_id)
     return dict(
         id=term.terminal_id,
         name=term.name,
         admission=term.admission,
         online=term.online,
         link=term.link,
-        last_seen_ms=term.last_seen_ms,
+        last_seen_ms=term.heard_ms,
         model=term.model,
         firmware=term.firmware,
         access_groups=sorted(term.access_groups),
@@ -30,7 +29,7 @@ def terminal_json(term, last_seq: int, pulls_owed: int, reconciler) -> dict:
         lag=behind + pulls_owed if term.admission == ADMITTED else None,
         pulls_owed=pulls_owed,
         # The last comparison of what it holds with the server: repairs made, differences left.
-        reconciliation=found.as_json(reconciler.repaired_total[term.terminal_id]) if found else None,
+        reconciliation=reconciliation,
     )
 
 
@@ -42,7 +41,10 @@ def _sync_state(conn) -> tuple[int, dict[int, int]]:
 
 def _json(call, term, state) -> dict:
     seq, owed = state
-    return terminal_json(term, seq, owed.get(term.terminal_id, 0), call.gateway.reconciler)
+    reconciler = call.gateway.reconciler
+    found = reconciler.last.get(term.terminal_id)
+    reconciliation = found.as_json(reconciler.repaired_total[term.terminal_id]) if found else None
+    return terminal_json(term, seq, owed.get(term.terminal_id, 0), reconciliation)
 
 
 def _terminal(call):
@@ -125,12 +127,15 @@ ADMIT_BODY = {
 
 ROUTES = [
     Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
-    Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal"),
+    Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal", errors={404: "no such terminal"}),
     Route("GET", "/api/terminals/{terminal_id}/differences", list_differences,
-          "Users the terminal holds differently from the server, left as the rules allow, and why", (TERMINAL_ID,), returns="Differences"),
+          "Users the terminal holds differently from the server, left as the rules allow, and why", (TERMINAL_ID,), returns="Differences",
+          errors={404: "no such terminal"}),
     Route("POST", "/api/reconcile", reconcile_all, "Compare every online terminal with the server now and repair what the gateway owns",
           (), {"type": "object", "additionalProperties": False}, "Reconciled"),
-    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal"),
-    Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal"),
-    Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed"),
+    Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal",
+          errors={404: "no such terminal, and no secret given to register it"}),
+    Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal", errors={404: "no such terminal"}),
+    Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed",
+          errors={404: "no such terminal", 409: "the terminal is in the configuration"}),
 ]

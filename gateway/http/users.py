@@ -5,38 +5,44 @@ feed and reaches the terminals."""
 from twisted.internet import defer, threads
 
 from gateway.http.api import ApiError, Param, Route
+from gateway.http.validate import PLAIN_TEXT
 from gateway.queries import read_user, read_users
 from gateway.terminals import ADMITTED
-from gateway.users import UnknownUser
+from gateway.users import Members, UnknownUser
 from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
 
 USER_ID = Param("user_id", "string", "the user's id")
 U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 U8_OR_NULL = {"type": ["integer", "null"], "minimum": 0, "maximum": 255}
 
-_FIELDS = {
-    "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS},
-    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "description": "digits; stored only as a hash, null removes it"},
-    "access_groups": {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS},
-    "cards": {
-        "type": "array",
-        "maxItems": MAX_CARDS,
-        "items": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type", "data"],
-            "properties": {
-                "type": {"type": "string", "enum": [t.name for t in CardType]},
-                "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "description": "hex"},
-            },
+GROUPS = {"type": "array", "items": U32, "maxItems": MAX_ACCESS_GROUPS, "uniqueItems": True}
+CARDS = {
+    "type": "array",
+    "maxItems": MAX_CARDS,
+    "uniqueItems": True,  # a card is its type and data
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": [t.name for t in CardType]},
+            "data": {"type": "string", "minLength": 2, "maxLength": 2 * MAX_CARD_DATA, "pattern": "^([0-9a-f]{2})*$",
+                     "description": "lowercase hex"},
         },
     },
+}
+_FIELDS = {
+    "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS, "pattern": PLAIN_TEXT},
+    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "pattern": "^[0-9]*$",
+            "description": "digits; stored only as a hash, null removes it"},
+    "access_groups": {**GROUPS, "description": "replaces every group"},
+    "cards": {**CARDS, "description": "replaces every card"},
     "validity": {
         "type": ["object", "null"],
         "additionalProperties": False,
         "required": ["start", "end"],
         "properties": {"start": U32, "end": U32},
-        "description": "seconds since the epoch",
+        "description": "seconds since the epoch; a period that ends before it starts is refused (400)",
     },
     "security_level": U8_OR_NULL,
     "auth_mode": U8_OR_NULL,
@@ -47,9 +53,25 @@ CREATE_BODY = {
     "type": "object",
     "additionalProperties": False,
     "required": ["user_id"],
-    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES}, **_FIELDS},
+    "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_BYTES, "pattern": PLAIN_TEXT,
+                               "description": f"at most {MAX_USER_ID_BYTES} bytes of UTF-8"}, **_FIELDS},
 }
-EDIT_BODY = {"type": "object", "additionalProperties": False, "properties": _FIELDS}
+# An edit can also add and remove some members of the set fields, leaving the others as they are.
+_MEMBERS = {"cards": ("add_cards", "remove_cards"), "access_groups": ("add_access_groups", "remove_access_groups")}
+_EDIT_FIELDS = {
+    **_FIELDS,
+    "add_cards": {**CARDS, "description": "cards to add; the others stay"},
+    "remove_cards": {**CARDS, "description": "cards to remove (type and data), each one the user has"},
+    "add_access_groups": {**GROUPS, "description": "groups to add; the others stay"},
+    "remove_access_groups": {**GROUPS, "description": "groups to remove, each one the user has"},
+}
+EDIT_BODY = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": _EDIT_FIELDS}
+# What the schemas above cannot say: a request breaking these gets a 400 naming the rule.
+SET_FIELD_RULE = "a set field is replaced, or changed by its add and remove lists, not both"
+UNSTATED_RULES = ("validity period ends before it starts",
+                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes",
+                  SET_FIELD_RULE)  # of UTF-8: outside ASCII a character takes 2 to 4
+_BROKEN_RULE = "a parameter or the body breaks a rule (the message says which); beyond the schemas: " + "; ".join(UNSTATED_RULES)
 
 
 def record_fields(user_id: str, body: dict) -> defer.Deferred:
@@ -62,6 +84,12 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
         fields["access_groups"] = tuple(body["access_groups"])
     if "cards" in body:
         fields["cards"] = tuple(_card(card) for card in body["cards"])
+    for name, (add, remove) in _MEMBERS.items():
+        if add in body or remove in body:
+            if name in body:
+                raise ApiError(400, f"{SET_FIELD_RULE}: give {name} or {add}/{remove}")
+            member = _card if name == "cards" else int
+            fields[name] = Members(tuple(map(member, body.get(add, ()))), tuple(map(member, body.get(remove, ()))))
     if "validity" in body:
         validity = body["validity"]
         fields["validity"] = (validity["start"], validity["end"]) if validity is not None else None
@@ -70,16 +98,11 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
         if "pin" in body:
             fields["pin_hash"] = None
         return defer.succeed(fields)
-    if not (pin.isascii() and pin.isdigit()):
-        raise ApiError(400, "pin must be digits")
     return threads.deferToThread(hash_pin, user_id, pin).addCallback(lambda pin_hash: {**fields, "pin_hash": pin_hash})
 
 
 def _card(card: dict) -> Card:
-    try:
-        return Card(CardType[card["type"]], bytes.fromhex(card["data"]))
-    except ValueError:
-        raise ApiError(400, f"card data must be hex, got {card['data']!r}") from None
+    return Card(CardType[card["type"]], bytes.fromhex(card["data"]))  # both checked by the schema
 
 
 def _shown(call, user_id: str):
@@ -133,8 +156,6 @@ def create_user(call):
 
 def edit_user(call):
     user_id = call.params["user_id"]
-    if not call.body:
-        raise ApiError(400, f"nothing to change: give at least one of {', '.join(_FIELDS)}")
     d = record_fields(user_id, call.body)
     d.addCallback(lambda fields: call.gateway.users.edit(user_id, **fields))
     return d.addCallback(lambda _: _shown(call, user_id))
@@ -158,9 +179,12 @@ ROUTES = [
         ),
         returns="UserList",
     ),
-    Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User"),
-    Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals"),
-    Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201),
-    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User"),
-    Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted"),
+    Route("GET", "/api/users/{user_id}", show_user, "One user with a summary of credentials", (USER_ID,), returns="User", errors={404: "no such user"}),
+    Route("GET", "/api/users/{user_id}/terminals", user_terminals, "Which terminals hold the user's current version", (USER_ID,), returns="UserTerminals",
+          errors={404: "no such user"}),
+    Route("POST", "/api/users", create_user, "Create a user; terminals get it through the changes feed", body=CREATE_BODY, returns="User", status=201,
+          errors={400: _BROKEN_RULE, 409: "a user with this id exists"}),
+    Route("PATCH", "/api/users/{user_id}", edit_user, "Set some fields of a user (the server is authoritative)", (USER_ID,), EDIT_BODY, "User",
+          errors={400: _BROKEN_RULE, 404: "no such user", 409: "a card or group to remove that the user does not have"}),
+    Route("DELETE", "/api/users/{user_id}", delete_user, "Delete a user on the server and on every terminal", (USER_ID,), returns="Deleted", errors={404: "no such user"}),
 ]

@@ -12,6 +12,12 @@ from jsonschema.exceptions import ValidationError, best_match
 _validators: dict[int, Draft202012Validator] = {}  # by id() of a schema: schemas are module constants
 
 
+# NUL, and the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069): a name or
+# an id holding them can show on the page as something other than what is stored.
+PLAIN_TEXT = "^[^\\u0000\\u202a-\\u202e\\u2066-\\u2069]*$"
+_PLAIN_TEXT_RULE = "must not contain NUL or bidirectional-override characters (U+202A to U+202E, U+2066 to U+2069)"
+
+
 class Invalid(ValueError):
     """A value that does not match its schema; the message is for the person who sent it."""
 
@@ -44,6 +50,18 @@ def _sentence(error: ValidationError, where: str) -> str:
         return f"{field} must be {_bounds(schema.get('minimum'), schema.get('maximum'))}"
     if kind in ("minLength", "maxLength"):
         return f"{field} length must be {_bounds(schema.get('minLength'), schema.get('maxLength'))}"
+    if kind in ("anyOf", "oneOf") and "description" in schema:
+        return f"{field} must be {schema['description']}"
+    if kind == "pattern" and schema["pattern"] == PLAIN_TEXT:
+        return f"{field} {_PLAIN_TEXT_RULE}"
+    if kind == "pattern" and "description" in schema:
+        return f"{field} must be {schema['description'].split(';')[0]}"
+    if kind == "pattern":
+        return f"{field} must match {schema['pattern']}"
+    if kind == "uniqueItems":
+        return f"{field} lists an item twice"
+    if kind == "minProperties":
+        return f"{field} must give at least one of {', '.join(schema.get('properties', {}))}"
     if kind == "maxItems":
         return f"{field} may hold at most {schema['maxItems']} items"
     return f"{field}: {error.message}"

@@ -13,11 +13,13 @@ from datetime import datetime, timedelta
 
 from protocol.zk.bodies import Sizes
 from protocol.zk.commands import EventFlag, Privilege
+from protocol.zk.packet import Packet
 from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance, encode_attendance_event, encode_enrolled_finger, encode_enrolled_user
 from protocol.zk.records import AttendanceRecord, Template, User
 from simulator.people import FAMILY, GIVEN
 
 EventListener = Callable[[EventFlag, bytes], None]
+AppliedListener = Callable[[str, User | None], None]  # a user id, and the user stored or None: deleted
 
 
 class KeypadError(ValueError):
@@ -75,8 +77,17 @@ class ZkDevice:
         self.time_offset = timedelta()
         self._listeners: list[EventListener] = []
         self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
+        self.applied_listeners: list[AppliedListener] = []  # told of each user a client stored or deleted
+        self.request_listeners: list[Callable[[Packet], None]] = []  # told of each packet a client sent
 
     # -- what sessions read and write --------------------------------------------------------
+
+    def received(self, packet: Packet) -> None:
+        """A packet from a client, before it is answered: counted, and shown to request listeners
+        (a fleet learns from them what the gateway has read)."""
+        self.requests[packet.command] += 1
+        for listener in list(self.request_listeners):
+            listener(packet)
 
     def now(self) -> datetime:
         return (self._clock() + self.time_offset).replace(microsecond=0)
@@ -106,8 +117,14 @@ class ZkDevice:
         )
 
     def put_user(self, user: User) -> bool:
-        """Upsert by uid. Refused (False) when another uid holds the user id, or the device is full:
-        a device keeps user ids unique."""
+        """A client's upsert by uid. Refused (False) when another uid holds the user id, or the
+        device is full: a device keeps user ids unique."""
+        stored = self._store(user)
+        if stored:
+            self._applied(user.user_id, user)
+        return stored
+
+    def _store(self, user: User) -> bool:
         holder = self.user(user.user_id)
         if holder is not None and holder.uid != user.uid:
             return False
@@ -121,7 +138,15 @@ class ZkDevice:
         return True
 
     def delete_uid(self, uid: int) -> bool:
-        """A user and their templates, as DELETE_USER removes them."""
+        """A user and their templates, as a client's DELETE_USER removes them."""
+        user = self.users.get(uid)
+        if user is None:
+            return False
+        self._remove(uid)
+        self._applied(user.user_id, None)
+        return True
+
+    def _remove(self, uid: int) -> bool:
         user = self.users.pop(uid, None)
         if user is None:
             return False
@@ -143,6 +168,10 @@ class ZkDevice:
     def delete_template(self, uid: int, fid: int) -> bool:
         return self.templates.pop((uid, fid), None) is not None
 
+    def _applied(self, user_id: str, user: User | None) -> None:
+        for listener in list(self.applied_listeners):
+            listener(user_id, user)
+
     def subscribe(self, listener: EventListener) -> None:
         self._listeners.append(listener)
 
@@ -163,7 +192,7 @@ class ZkDevice:
             raise KeypadError(f"user id {user_id!r} is already enrolled")
         uid = next((n for n in range(self._free_from, 0x10000) if n not in self.users), None)
         user = User(uid or 0, user_id, name, privilege, password, card, group_id)
-        if uid is None or not self.put_user(user):
+        if uid is None or not self._store(user):
             raise KeypadError("the device is full")
         self._free_from = uid + 1
         self._emit(EventFlag.ENROLLUSER, encode_enrolled_user(user_id), enrolment=True)
@@ -180,7 +209,7 @@ class ZkDevice:
         return user
 
     def delete(self, user_id: str) -> None:
-        self.delete_uid(self._held(user_id).uid)
+        self._remove(self._held(user_id).uid)
 
     def add_template(self, user_id: str, fid: int, template: bytes, valid: int = 1) -> Template:
         user = self._held(user_id)

@@ -49,7 +49,7 @@ class DeviceSession:
 
     def receive(self, packet: Packet) -> None:
         command = packet.command
-        self.device.requests[command] += 1
+        self.device.received(packet)
         if command == ReplyCode.ACK_OK:  # the client acknowledges an event: never answered
             self._event_acknowledged()
             return

@@ -7,13 +7,14 @@ logged and skipped, as a device would; EXIT closes the connection once it is ans
 import argparse
 import sys
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger
 
 from protocol.zk.commkey import MAX_COMM_KEY
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.packet import Packet, encode_tcp
+from simulator.logs import start_logging
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.session import DeviceSession
 
@@ -28,6 +29,7 @@ class DeviceConnection(protocol.Protocol):
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
 
     def dataReceived(self, data: bytes):
+        self.factory.bytes_received += len(data)
         for item in self.decoder.feed(data):
             if not isinstance(item, Packet):
                 log.warn("ZK device: bad bytes from the client skipped: {error}", error=item)
@@ -42,7 +44,9 @@ class DeviceConnection(protocol.Protocol):
         self.session.close()
 
     def _write(self, packet: Packet) -> None:
-        self.transport.write(encode_tcp(packet))
+        data = encode_tcp(packet)
+        self.factory.bytes_sent += len(data)
+        self.transport.write(data)
 
 
 class DeviceFactory(protocol.ServerFactory):
@@ -53,6 +57,7 @@ class DeviceFactory(protocol.ServerFactory):
         self.device = device
         self._session_id = first_session_id
         self.connections: set[DeviceConnection] = set()
+        self.bytes_received = self.bytes_sent = 0  # over every connection: what polling costs on the wire
 
     def drop_connections(self) -> None:
         """Cut every client off at once, as a device does when it reboots."""
@@ -81,25 +86,26 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
     device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version)
-    problem = None
     if not 0 <= args.comm_key <= MAX_COMM_KEY:
-        problem = f"--comm-key must be 0 to {MAX_COMM_KEY}"
-    elif not 0 <= args.users <= device.firmware.users_capacity:
-        problem = f"--users must be 0 to {device.firmware.users_capacity}"
-    else:
-        populate(device, args.users, args.seed)
-        try:
-            port = listen(device, reactor, args.port, args.host)
-        except CannotListenError as exc:
-            problem = f"cannot listen on {args.host}:{args.port}: {exc.socketError}"
-    if problem:
-        print(f"simulator zk-terminal: {problem}", file=sys.stderr)
-        return 2
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+        return _usage(f"--comm-key must be 0 to {MAX_COMM_KEY}")
+    if not 0 <= args.users <= device.firmware.users_capacity:
+        return _usage(f"--users must be 0 to {device.firmware.users_capacity}")
+    populate(device, args.users, args.seed)
+    task.react(_serve, [device, args])
+
+
+def _serve(reactor, device: ZkDevice, args) -> defer.Deferred:
+    try:
+        port = listen(device, reactor, args.port, args.host)
+    except CannotListenError as exc:
+        raise SystemExit(_usage(f"cannot listen on {args.host}:{args.port}: {exc.socketError}")) from None
+    start_logging()
     print(f"ZK device {args.serial} on {args.host}:{port.getHost().port}: {args.users} users, "
           f"fingerprint algorithm {args.fp_version}, {'comm key set' if args.comm_key else 'no comm key'}", flush=True)
-    reactor.run()
-    return 0
+    return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)
+
+
+def _usage(problem: str) -> int:
+    print(f"simulator zk-terminal: {problem}", file=sys.stderr)
+    return 2

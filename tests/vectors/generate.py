@@ -31,6 +31,7 @@ from protocol import (
 )
 from protocol.auth import gateway_proof, terminal_proof
 from protocol.json_form import frame_to_json
+from protocol.messages import replaced_notice
 from protocol.records import FINGER_TEMPLATE_SIZE as TEMPLATE
 
 VECTOR_DIR = Path(__file__).resolve().parent
@@ -63,9 +64,9 @@ FULL_RECORD = UserRecord(
     auth_mode=3,
     disabled=False,
     access_groups=(1, 7),
-    cards=(
-        Card(CardType.SMART_CARD, fixed_bytes("1042 smart card", 16)),
+    cards=(  # in canonical order: by type, then data
         Card(CardType.CSN, bytes.fromhex("04a1b2c3")),
+        Card(CardType.SMART_CARD, fixed_bytes("1042 smart card", 16)),
     ),
     fingerprints=(
         Fingerprint(0, fixed_bytes("1042 finger 0 a", TEMPLATE), fixed_bytes("1042 finger 0 b", TEMPLATE)),
@@ -220,6 +221,14 @@ def build_vectors() -> list[Vector]:
                list_users),
         Vector("list_users_response", "Every user the terminal holds, with its digest; nothing more to list.",
                _response(list_users, dict(entries=[_digest(FULL_RECORD), _digest(CARD_ONLY_RECORD)], more=False))),
+        Vector("events_foreign_error", "After the handshake a frame naming another terminal (1002 on 1001's link) "
+               "is refused, never stored: the error reply carries the link's own terminal id.",
+               _response(_request(Command.EVENTS, dict(events=[]), seq=12), dict(
+                   code=ErrorCode.UNKNOWN_TERMINAL,
+                   text="this link is terminal 1001's; the frame names terminal 1002"), error=True)),
+        Vector("replaced_notice", "The gateway tells the older link of a terminal that a newer authenticated link "
+               "replaced it, then closes it: error REPLACED answering no request (KEEPALIVE, seq 0).",
+               replaced_notice(TERMINAL, 0, "replaced by a newer link on tcp 192.0.2.7:50123")),
     ]
 
 

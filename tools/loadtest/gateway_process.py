@@ -117,12 +117,3 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def dialling_config(path: Path, terminal_ids: list[int], secret: str, first_port: int) -> Path:
-    """A gateway configuration listing the fleet's terminals, each dialled on its own port."""
-    entries = [
-        f'[[terminals]]\nid = {tid}\nsecret = "{secret}"\ndial = "127.0.0.1:{first_port + n}"\n'
-        for n, tid in enumerate(terminal_ids)
-    ]
-    path.write_text('admission = "allowlist"\n\n' + "\n".join(entries))
-    return path

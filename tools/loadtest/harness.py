@@ -1,12 +1,14 @@
 """gateway-loadtest: start a gateway, measure its yardsticks, load it with a fleet, check, report.
 
 Order of a run: the baselines (raw batched insert, bare sink) while nothing else runs; the
-gateway process; the fleet connects (idle memory and idle API latency are taken then); the
-scenario runs while a thread times API requests; the fleet settles (the gateway's database says
-every pull is merged and every terminal's cursor is at the last change), and the gateway compares
-every terminal with its database (reconciliation: anything it has to repair is something the sync
-left behind); the fleet dumps its terminals; the gateway stops; the convergence check compares
-dumps and database.
+fleet's ZK devices listen; the gateway process, configured with their ports; the fleet connects
+(idle memory and idle API latency are taken then); the scenario runs while a thread times API
+requests; the fleet settles (every change at a ZK device read by the gateway, and the gateway's
+database says every pull is merged and every terminal's cursor is at the last change), and the
+gateway compares every terminal with its database (reconciliation: anything it has to repair is
+something the sync left behind); with ZK devices, an idle phase of a few poll cycles measures what
+polling costs when nothing changes; the fleet dumps its terminals; the gateway stops; the
+convergence check compares dumps and database.
 """
 
 import argparse
@@ -25,10 +27,11 @@ from gateway.api_token import token_path
 from gateway.schema import counters, events, pending_pulls, terminals
 from gateway.users import CHANGE_SEQ
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
+from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
 from tools.loadtest import baselines, convergence, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
-from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, dialling_config, free_port
+from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, free_port
 
 SECRET = "loadtest-secret"
 
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_arguments(p)
     p.add_argument("--db", metavar="URL", help="an empty database for the gateway (default: SQLite in the run folder)")
     p.add_argument("--listen", action="store_true", help="terminals listen and the gateway dials out to each")
+    p.add_argument("--poll-s", type=float, default=2.0, metavar="SEC", help="poll_s of every [[zk]] device (default 2)")
+    p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
+                   help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
     p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")
@@ -116,62 +122,102 @@ class LoadTest:
         print("baselines: raw batched insert, bare sink ...", file=sys.stderr)
         base = dict(raw_insert=baselines.raw_insert(self.db_url, self.run_dir, args.baseline_rows),
                     bare_sink=baselines.bare_sink(spec.mix, args.sink_seconds))
-        config = dialling_config(self.run_dir / "gateway.toml", spec.terminal_ids, SECRET, spec.listen) if spec.listen else None
-        gateway = GatewayProcess(self.run_dir, self.db_url, secret=SECRET, config_file=config)
+        self.gateway: GatewayProcess | None = None
+        self.probe: ApiProbe | None = None
+        self.idle: dict | None = None
         engine = create_engine(self.db_url)
         try:
-            gateway.start()
-            self._require_empty(engine)
-            spec.gateway = f"127.0.0.1:{gateway.tcp_port}"
-            figures = self._load(gateway, engine)
+            figures = self._load(engine)
         finally:
-            gateway.stop()
+            if self.gateway is not None:
+                self.gateway.stop()
         checked = convergence.check(engine, Path(spec.dump), spec.terminal_ids)
         ingested = ingest(engine, self.fleet.started_ms)
         engine.dispose()
         return self._report(base, figures, checked, ingested)
+
+    def _start_gateway(self, engine: Engine, zk_ports: dict[int, int]) -> str:
+        """Once the ZK devices listen: the gateway, configured with them when there are any; the
+        address native terminals dial."""
+        spec, config = self.spec, None
+        if zk_ports or spec.listen:
+            config = self.run_dir / "gateway.toml"
+            listening = {t: spec.listen + t - spec.first_id for t in spec.native_ids} if spec.listen else None
+            config.write_text(fleet_config(secret=SECRET, dial_in=bool(spec.native_ids) and not spec.listen, listening=listening,
+                                           zk=zk_ports, comm_key=spec.zk_comm_key, poll_s=self.args.poll_s))
+        self.gateway = GatewayProcess(self.run_dir, self.db_url, secret=SECRET, config_file=config)
+        self.gateway.start()
+        self._require_empty(engine)
+        return f"127.0.0.1:{self.gateway.tcp_port}"
 
     def _require_empty(self, engine: Engine) -> None:
         with engine.connect() as conn:
             if conn.execute(select(func.count()).select_from(events)).scalar():
                 raise GatewayFailed("the load test needs an empty database: its events table has rows")
 
-    def _load(self, gateway: GatewayProcess, engine: Engine):
-        figures = dict(rss_empty_mb=gateway.memory_mb())
-        self.probe = probe = ApiProbe(gateway.http_port)
-        figures["api_reason"] = probe.unavailable_reason()
+    def _load(self, engine: Engine):
+        figures = {}
+
+        def start_gateway(zk_ports):
+            address = self._start_gateway(engine, zk_ports)
+            figures["rss_empty_mb"] = self.gateway.memory_mb()
+            self.probe = ApiProbe(self.gateway.http_port)
+            figures["api_reason"] = self.probe.unavailable_reason()
+            return address
 
         def ready():
+            gateway, probe = self.gateway, self.probe
             figures["rss_ready_mb"] = gateway.memory_mb()
             if figures["api_reason"] is None:
                 figures["api_idle"] = probe.sample(30)
                 probe.start()
             figures["cpu_ready_s"] = gateway.cpu_s()
 
-        token = self._api_token()
-
-        def settled() -> bool:
-            if not caught_up(engine, self.spec.terminal_ids):
-                return False
-            if "reconciled" not in figures:  # once, when settled: before the fleet dumps what it holds
-                figures["reconciled"] = reconcile_now(gateway.http_port, token)
-            return True
+        def settled(fleet):
+            figures["cpu_settled_s"] = self.gateway.cpu_s()
+            self.probe.stop()  # the idle phase measures polling alone
+            # Before the fleet dumps what it holds: anything repaired is something the sync left behind.
+            figures["reconciled"] = reconcile_now(self.gateway.http_port, self._api_token())
+            if self.spec.zk_ids and self.args.idle_cycles:
+                self.idle = self._measure_idle(fleet, bar)
 
         bar = ProgressBar(sys.stderr, every_s=10)
         with open(self.run_dir / "fleet.log", "ab") as log:
             try:
-                self.fleet = Fleet(self.spec, log_file=log).run(on_progress=bar, on_ready=ready, settled=settled)
+                self.fleet = Fleet(self.spec, log_file=log).run(
+                    on_progress=bar, on_ready=ready, settled=lambda: caught_up(engine, self.spec.terminal_ids),
+                    on_listening=start_gateway, on_settled=settled)
             finally:
                 bar.close()
-                probe.stop()
-        figures["cpu_load_s"] = gateway.cpu_s() - figures["cpu_ready_s"]
-        figures["peak_rss_mb"] = gateway.memory_mb("VmHWM")
+                if self.probe is not None:
+                    self.probe.stop()
+        figures["cpu_load_s"] = figures.get("cpu_settled_s", self.gateway.cpu_s()) - figures["cpu_ready_s"]
+        figures["peak_rss_mb"] = self.gateway.memory_mb("VmHWM")
         return figures
 
     def _api_token(self) -> str:
         """The token the gateway made at its first start, kept beside its database or in its working folder."""
         path = token_path(self.db_url)
         return (path if path.is_absolute() else self.run_dir / path).read_text().strip()
+
+    def _measure_idle(self, fleet: Fleet, on_progress) -> dict:
+        """A few poll cycles with nothing changing: what the gateway spends, per device and cycle,
+        to find that nothing changed (its CPU; the bytes and requests the devices saw)."""
+        poll_s = self.args.poll_s
+        cpu_before = self.gateway.cpu_s()
+        traffic = fleet.measure_idle(self.args.idle_cycles * poll_s, on_progress)
+        cpu_s = self.gateway.cpu_s() - cpu_before
+        cycles = traffic["seconds"] / poll_s
+        per = traffic["zk_devices"] * cycles
+        return dict(
+            seconds=traffic["seconds"],
+            cycles=round(cycles, 2),
+            gateway_cpu_ms_per_device_per_cycle=round(cpu_s * 1000 / per, 3),
+            bytes_per_device_per_cycle=round(traffic["zk_bytes"] / per, 1),
+            requests_per_device_per_cycle=round(traffic["zk_requests"] / per, 2),
+            writes=traffic["zk_writes"],
+            deliveries=traffic["deliveries"],
+        )
 
     def _report(self, base: dict, figures: dict, checked, ingested: dict) -> dict:
         spec, fleet, probe = self.spec, self.fleet, self.probe
@@ -188,6 +234,7 @@ class LoadTest:
             api = {k: round(v, 1) if isinstance(v, float) else v for k, v in api.items()}
         report = dict(
             devices=spec.devices,
+            kind=spec.kind,
             workers=fleet.workers,
             scenario=spec.scenario,
             seed=spec.seed,
@@ -230,9 +277,22 @@ class LoadTest:
             deliveries_vs_bare_sink=reporting.ratio(deliveries_per_s, base["bare_sink"]["frames_per_s"]),
             problems=checked.examples,
             run_folder=str(self.run_dir),
+            zk=self._zk_figures(),
         )
         report["ok"] = checked.ok and fleet.settled and not report["reconcile_repaired"]
         return report
+
+
+    def _zk_figures(self) -> dict | None:
+        """What ZK devices add: how fast an enrolment at one reaches every other steady terminal,
+        and what polling costs when nothing changes (``None`` without ZK devices)."""
+        spec = self.spec
+        if not spec.zk_ids:
+            return None
+        propagation, incomplete = propagation_figures(self.fleet.propagation, origins=set(spec.zk_ids))
+        return dict(devices=len(spec.zk_ids), poll_s=self.args.poll_s, comm_key=spec.zk_comm_key,
+                    enrolled=len([p for p in self.fleet.propagation if p.terminal_id in spec.zk_ids]),
+                    propagation_ms=propagation, propagation_incomplete=incomplete, idle=self.idle)
 
 
 def _round(value: float | None) -> float | None:

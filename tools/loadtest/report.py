@@ -35,7 +35,7 @@ def table(report: dict) -> str:
 
     prop, api, base = report["propagation_ms"] or {}, report["api_ms"] or {}, report["baselines"]
     rows = [
-        ("devices / workers", f"{report['devices']} / {report['workers']}"),
+        ("devices / workers", f"{report['devices']} {report['kind']} / {report['workers']}"),
         ("scenario, seed, rate", f"{report['scenario']}, {report['seed']}, {report['rate']:g}/s"),
         ("database", report["database"]),
         ("load, then settling", f"{report['duration_s']:g} s, then {report['settle_s']:g} s"),
@@ -62,6 +62,17 @@ def table(report: dict) -> str:
         ("  left as the rules allow", show(report.get("reconcile_left")) + "".join(
             f"; {n} {why}" for why, n in sorted((report.get("reconcile_left_why") or {}).items()))),
     ]
+    if report["zk"]:
+        zk = report["zk"]
+        zk_prop, idle = zk["propagation_ms"] or {}, zk["idle"] or {}
+        rows += [
+            ("ZK devices, poll_s", f"{zk['devices']}, {zk['poll_s']:g} s"),
+            ("  enrolled at ZK devices", show(zk["enrolled"])),
+            ("  to every steady p50/p99", " / ".join(show(zk_prop.get(k), " ms") for k in ("p50", "p99"))),
+            ("  idle poll cycle, per device", "-" if not idle else
+                f"{idle['gateway_cpu_ms_per_device_per_cycle']:.3f} ms gateway CPU, {idle['bytes_per_device_per_cycle']:,.0f} B, "
+                f"{idle['requests_per_device_per_cycle']:g} requests"),
+        ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append(verdict(report))

@@ -1,0 +1,51 @@
+"""RepeatedLines: log lines an attacker can repeat at will, said once and then summarised.
+
+A refused connection, a stranger's garbage, a wrong secret: each is worth one line, but a flood
+of them must not fill the disk. The first line of a kind from one source in a period is logged
+in full; the rest are counted, and when the period ends one line says how many there were
+("312 more refused connections from 127.0.0.1 in the last 10 s"). The count of sources kept in
+one period is bounded too: past ``max_sources``, further sources share one summary line.
+"""
+
+from twisted.logger import Logger
+
+OTHER_SOURCES = "other addresses"
+
+
+class RepeatedLines:
+    def __init__(self, log: Logger, clock, period_s: float = 10.0, max_sources: int = 1000):
+        self._log = log
+        self._clock = clock
+        self.period_s = period_s
+        self.max_sources = max_sources
+        self._counts: dict[tuple[str, str], int] = {}  # (what, source) -> lines held back this period
+        self._flush = None
+
+    def warn(self, what: str, source: str, format: str, **fields) -> None:
+        """Log ``format`` unless a line about ``what`` from ``source`` was logged this period.
+
+        ``what`` names the kind in the plural, for the summary: "refused connections".
+        """
+        key = (what, source)
+        if key not in self._counts and len(self._counts) >= self.max_sources:
+            key = (what, OTHER_SOURCES)
+        if key in self._counts:
+            self._counts[key] += 1
+            return
+        self._counts[key] = 0
+        self._log.warn(format, **fields)
+        if self._flush is None:
+            self._flush = self._clock.callLater(self.period_s, self._summarise)
+
+    def _summarise(self) -> None:
+        counts, self._counts, self._flush = self._counts, {}, None
+        for (what, source), held in counts.items():
+            if held:
+                self._log.warn("{n} more {what} from {source} in the last {period:g} s",
+                               n=held, what=what, source=source, period=self.period_s)
+
+    def stop(self) -> None:
+        """Say what is held back now (the gateway stops)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._summarise()

@@ -1,0 +1,45 @@
+"""RepeatedLines: a flood of one kind of line becomes one line and a summary (task.Clock)."""
+
+from twisted.internet import task
+
+from gateway.quietlog import OTHER_SOURCES, RepeatedLines
+from test_doorman import Said
+from test_session import Collaborators, Peer
+
+
+def test_repeated_lines_of_one_kind_from_one_source_are_summarised_per_period():
+    clock, said = task.Clock(), Said()
+    lines = RepeatedLines(said, clock, period_s=10)
+    for n in range(313):
+        lines.warn("refused connections", "127.0.0.1", "refused connection {n} from 127.0.0.1", n=n)
+    lines.warn("refused connections", "10.0.0.1", "refused connection from 10.0.0.1")
+    assert said.lines == ["refused connection 0 from 127.0.0.1", "refused connection from 10.0.0.1"]
+    clock.advance(10)
+    assert said.lines[2:] == ["312 more refused connections from 127.0.0.1 in the last 10 s"]
+    lines.warn("refused connections", "127.0.0.1", "refused connection again")
+    assert said.lines[-1] == "refused connection again"
+
+
+def test_the_sources_remembered_in_one_period_are_bounded():
+    clock, said = task.Clock(), Said()
+    lines = RepeatedLines(said, clock, period_s=10, max_sources=3)
+    for n in range(1000):
+        lines.warn("refused connections", f"10.0.{n // 256}.{n % 256}", "refused {n}", n=n)
+    assert len(said.lines) == 4  # three sources, then the rest as one
+    assert len(lines._counts) == 4
+    clock.advance(10)
+    assert said.lines[-1] == f"996 more refused connections from {OTHER_SOURCES} in the last 10 s"
+
+
+def test_a_stranger_sending_garbage_costs_one_log_line_however_often_it_comes():
+    gateway = Collaborators()
+    said = Said()
+    gateway.doorman.lines = RepeatedLines(said, gateway.clock)
+    for _ in range(500):
+        peer = Peer(gateway, host="198.51.100.7")
+        peer.send(b"\x00garbage")
+        assert peer.transport.disconnecting
+        peer.link.connectionLost()
+    assert len(said.lines) == 1
+    gateway.clock.advance(10)
+    assert said.lines[1] == "499 more links closed before authentication from 198.51.100.7 in the last 10 s"

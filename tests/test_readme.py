@@ -1,0 +1,126 @@
+"""The README's newcomer sequence, run as written: its exact lines, copied out of README.md between
+its markers, typed one at a time into one shell that starts in an empty folder, as a person
+pastes them. What the person should see: Ana, enrolled at terminal 1's keypad, on terminal 2 and
+in ``gateway users list``.
+
+The lines use the default ports (4370, 8080) and fixed control ports, so the shell runs in a
+network namespace of its own: nothing else on this machine can hold those ports, and nothing the
+sequence starts can disturb anything else. A person pasting a line before the program it talks
+to has finished starting pastes it again; so does this test, within a bound, and only for lines
+that are not in the background.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BEGIN, END = "<!-- newcomer sequence", "<!-- end of the newcomer sequence -->"
+MARK = "__line_done__"
+
+# What the person looks for, by a part of the line that shows it; each must be in the sequence once.
+SEES = {
+    "| socat - TCP:127.0.0.1:4401": r"(?m)^ok\b",  # the enrolment is taken
+    "'list' | socat - TCP:127.0.0.1:4402": r"(?m)^  42\s+[0-9a-f]{16}\s+Ana Lima$",  # terminal 2 holds her
+    "gateway users list": r"(?m)^42\s+Ana Lima\s",  # so does the server
+}
+
+
+def newcomer_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme, "README.md lost the newcomer sequence's markers"
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    code = re.search(r"```sh\n(.*?)```", block, re.S)
+    assert code, "the newcomer sequence is no longer a ```sh block"
+    return [line for line in code.group(1).splitlines() if line.strip()]
+
+
+def isolated_shell() -> list[str]:
+    """bash in a new network namespace with its loopback up; pytest.skip where none can be made."""
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--net"]
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip("needs unshare and ip (util-linux, iproute2) to give the sequence ports of its own")
+    probe = subprocess.run([*unshare, "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {probe.stderr.strip()}")
+    return [*unshare, "sh", "-c", "ip link set lo up && exec bash --norc --noprofile"]
+
+
+class Shell:
+    """One bash read from a pipe: a line in, its output and exit status out, every wait bounded."""
+
+    def __init__(self, folder: Path):
+        if not shutil.which("socat"):
+            pytest.skip("the sequence uses socat (make test installs it)")
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_API_TOKEN"}
+        env.update(PATH=f"{BIN}:{env['PATH']}", TMPDIR=str(folder))  # mktemp -d makes the fresh folder in here
+        self.bash = subprocess.Popen(isolated_shell(), cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._ready = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.bash.stdout:
+            with self._ready:
+                self.lines.append(line)
+                self._ready.notify_all()
+
+    def run(self, line: str, timeout: float = 60.0) -> tuple[int, str]:
+        start = len(self.lines)
+        self.bash.stdin.write(f"{line}\necho {MARK} $?\n")
+        self.bash.stdin.flush()
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while not any(seen.startswith(MARK) for seen in self.lines[start:]):
+                if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+                    raise AssertionError(f"{line!r} did not finish within {timeout:g} s")
+            output = self.lines[start:]
+        done = next(i for i, seen in enumerate(output) if seen.startswith(MARK))
+        return int(output[done].split()[1]), "".join(output[:done])
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.bash.pid, signal.SIGTERM)  # the shell and whatever it left running
+            self.bash.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.bash.pid, signal.SIGKILL)
+            self.bash.wait(10)
+
+
+def logs(folder: Path) -> str:
+    return "".join(f"\n--- {path.name}\n{path.read_text(errors='replace')}" for path in sorted(folder.rglob("*.log")))
+
+
+def test_the_newcomer_sequence_works_as_written(tmp_path):
+    lines = newcomer_lines()
+    for part in SEES:
+        assert sum(part in line for line in lines) == 1, f"the newcomer sequence has no single line with {part!r}"
+    shell = Shell(tmp_path)
+    try:
+        for line in lines:
+            looked_for = next((pattern for part, pattern in SEES.items() if part in line), None)
+            if line.split("#")[0].rstrip().endswith("&"):
+                assert shell.run(line)[0] == 0, line
+                continue
+            deadline = time.monotonic() + 60
+            while True:
+                status, output = shell.run(line)
+                if status == 0 and (looked_for is None or re.search(looked_for, output)):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{line!r} still answers (status {status}):\n{output}{logs(tmp_path)}")
+                time.sleep(0.5)
+    finally:
+        shell.close()
+    folder = next(tmp_path.iterdir())  # the sequence's own folder, made by its first line
+    assert (folder / "gateway.db").exists() and (folder / "gateway.token").exists()
