@@ -29,7 +29,7 @@ class Metrics:
         self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)
         self.links_refused = Counter("gateway_links_refused", "Connections refused before any handshake, by reason", ["reason"], registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
-        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks", ["terminal"], registry=r)
+        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks, and its keypad changes still to be pulled", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",
             "Irregularities in terminals' event logs, all stored and reported: restarted, conflict (an id again with "

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from gateway.monitor import SYNC_EVENT_TYPES, origin_of
-from gateway.schema import events, users
-from gateway.users import UserSummary
+from gateway.schema import events, pending_pulls, users
+from gateway.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
 
 
@@ -105,3 +105,10 @@ def _user(row) -> dict:
     summary = asdict(UserSummary.of(UserRecordWire.parse(row.record), row.change_seq))
     summary["updated_ms"] = row.updated_ms
     return summary
+
+
+def sync_state(conn: Connection) -> tuple[int, dict[int, int]]:
+    """The last change sequence number, and per terminal the pulls owed (keypad changes not merged
+    yet): together what a terminal's lag counts."""
+    owed = conn.execute(select(pending_pulls.c.terminal_id, func.count()).group_by(pending_pulls.c.terminal_id)).all()
+    return last_change_seq(conn), dict(owed)

@@ -29,7 +29,8 @@ from gateway.syncmode import SyncMode
 from gateway.tcp import TerminalDialer, TerminalListener
 from gateway.terminals import TerminalRegistry
 from gateway.tls import client_options, server_options
-from gateway.users import UserDirectory, last_change_seq
+from gateway.queries import sync_state
+from gateway.users import UserDirectory
 
 log = Logger(namespace="gateway")
 
@@ -165,15 +166,17 @@ class Gateway:
 
     def sweep(self):
         """Wake every lagging terminal's pushes now; fires once they have been started."""
-        d = self.db.read(last_change_seq)
+        d = self.db.read(sync_state)
         d.addCallback(self._swept)
         d.addErrback(lambda f: log.warn("sweep could not read the database: {e}", e=f.getErrorMessage()))
         return d
 
-    def _swept(self, seq: int) -> None:
-        # Kicking every lagging terminal also retries pushes that failed earlier.
+    def _swept(self, state: tuple[int, dict[int, int]]) -> None:
+        seq, owed = state
+        # Kicking every lagging terminal also retries pushes that failed earlier. A keypad change
+        # still to be pulled is lag too: the terminal and the server differ until it is merged.
         for term in self.registry.connected():
-            self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor))
+            self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor) + owed.get(term.terminal_id, 0))
             if term.cursor < seq:
                 self.pusher.kick(term.terminal_id)
 

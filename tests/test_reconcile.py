@@ -2,7 +2,6 @@
 
 from types import SimpleNamespace
 
-import pytest
 from twisted.internet import defer, task
 
 from gateway.connection import DigestPage, ListingUnsupported

@@ -1,12 +1,9 @@
 """Terminals in the API: what the registry knows of each, how far behind the changes feed each
 is, and an administrator's admission decisions."""
 
-from sqlalchemy import func, select
-
 from gateway.http.api import ApiError, Param, Route
-from gateway.schema import pending_pulls
+from gateway.queries import sync_state
 from gateway.terminals import ADMITTED, REFUSED
-from gateway.users import last_change_seq
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
 
@@ -33,12 +30,6 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
     )
 
 
-def _sync_state(conn) -> tuple[int, dict[int, int]]:
-    """The last change sequence number, and the pulls owed per terminal."""
-    owed = conn.execute(select(pending_pulls.c.terminal_id, func.count()).group_by(pending_pulls.c.terminal_id)).all()
-    return last_change_seq(conn), dict(owed)
-
-
 def _json(call, term, state) -> dict:
     seq, owed = state
     reconciler = call.gateway.reconciler
@@ -61,12 +52,12 @@ def list_terminals(call):
         found = sorted(registry.terminals.values(), key=lambda t: t.terminal_id)
         return {"terminals": [_json(call, t, state) for t in found], "last_change_seq": state[0]}
 
-    return call.gateway.db.read(_sync_state).addCallback(listed)
+    return call.gateway.db.read(sync_state).addCallback(listed)
 
 
 def show_terminal(call):
     term = _terminal(call)
-    return call.gateway.db.read(_sync_state).addCallback(lambda state: _json(call, term, state))
+    return call.gateway.db.read(sync_state).addCallback(lambda state: _json(call, term, state))
 
 
 def list_differences(call):
