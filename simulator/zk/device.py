@@ -8,11 +8,12 @@ and subscribe to the real-time events the keypad produces.
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from protocol.zk.bodies import Sizes
 from protocol.zk.commands import EventFlag, Privilege
+from protocol.zk.packet import Packet
 from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance, encode_attendance_event, encode_enrolled_finger, encode_enrolled_user
 from protocol.zk.records import AttendanceRecord, Template, User
 from simulator.people import FAMILY, GIVEN
@@ -37,6 +38,16 @@ class Firmware:
     users_capacity: int = 10_000
     fingers_capacity: int = 10_000
     records_capacity: int = 100_000
+
+
+@dataclass
+class Faults:
+    """How a misbehaving device answers, for tests of its clients: commands it claims not to
+    know (ACK_UNKNOWN), and ``mangle``, which may replace the bytes of any packet it sends on
+    TCP (garbage, a wrong checksum, a truncated or oversized packet) by returning them."""
+
+    unknown_commands: set[int] = field(default_factory=set)
+    mangle: Callable[[Packet], bytes | None] | None = None
 
 
 class ZkDevice:
@@ -75,6 +86,8 @@ class ZkDevice:
         self.time_offset = timedelta()
         self._listeners: list[EventListener] = []
         self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
+        self.recorded: list[Packet] | None = None  # a list to keep every packet received, in order
+        self.faults = Faults()
 
     # -- what sessions read and write --------------------------------------------------------
 

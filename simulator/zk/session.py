@@ -50,6 +50,8 @@ class DeviceSession:
     def receive(self, packet: Packet) -> None:
         command = packet.command
         self.device.requests[command] += 1
+        if self.device.recorded is not None:
+            self.device.recorded.append(packet)
         if command == ReplyCode.ACK_OK:  # the client acknowledges an event: never answered
             self._event_acknowledged()
             return
@@ -63,6 +65,8 @@ class DeviceSession:
             self.close()
         elif not self.authenticated:
             self._answer(packet, ReplyCode.ACK_UNAUTH)
+        elif command in self.device.faults.unknown_commands:
+            self._answer(packet, ReplyCode.ACK_UNKNOWN)
         else:
             handler = self._HANDLERS.get(command)
             if handler is None:

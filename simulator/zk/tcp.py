@@ -42,7 +42,9 @@ class DeviceConnection(protocol.Protocol):
         self.session.close()
 
     def _write(self, packet: Packet) -> None:
-        self.transport.write(encode_tcp(packet))
+        mangle = self.factory.device.faults.mangle
+        mangled = mangle(packet) if mangle is not None else None
+        self.transport.write(encode_tcp(packet) if mangled is None else mangled)
 
 
 class DeviceFactory(protocol.ServerFactory):
