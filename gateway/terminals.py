@@ -28,6 +28,7 @@ from protocol.errors import ErrorCode
 log = Logger(namespace="gateway.terminals")
 
 ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
+NATIVE, ZK = "native", "zk"  # the protocol a terminal speaks: ours, or ZKTeco's through the gateway's driver
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Terminal:
     link: str = ""
     last_seen_ms: int | None = None
     cursor: int = 0
+    kind: str = NATIVE
+    offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
     connection: TerminalConnection | None = field(default=None, repr=False)
 
     @property
@@ -86,7 +89,8 @@ class TerminalRegistry:
         for entry in self._configured:
             term = self.terminals.setdefault(entry["id"], Terminal(entry["id"]))
             term.admission = ADMITTED
-            term.secret = entry["secret"].encode()
+            term.kind = entry.get("kind", NATIVE)
+            term.secret = entry["secret"].encode() if entry.get("secret") else None
             term.name = entry.get("name", term.name)
             term.access_groups = frozenset(entry.get("groups", ()))
         self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
@@ -107,6 +111,8 @@ class TerminalRegistry:
             raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
         if term.admission == REFUSED:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
+        if term.kind == ZK:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a ZKTeco device the gateway connects to itself")
         secret = term.secret or self._default_secret
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
@@ -159,6 +165,7 @@ class TerminalRegistry:
         term.model = connection.info.model or term.model
         term.firmware = connection.info.firmware or term.firmware
         term.link = connection.description
+        term.offline_reason = ""
         term.last_seen_ms = self._now_ms()
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
             lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
@@ -172,6 +179,12 @@ class TerminalRegistry:
             term.connection = None
             term.last_seen_ms = self._now_ms()
             self._on_offline(connection)
+
+    def offline_reason(self, terminal_id: int, reason: str) -> None:
+        """Why a terminal's link ended or could not be made (drivers that know say so), for people."""
+        term = self.terminals.get(terminal_id)
+        if term is not None and term.connection is None:
+            term.offline_reason = reason
 
     def connected(self) -> list[Terminal]:
         """Terminals online now."""
