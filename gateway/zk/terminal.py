@@ -36,6 +36,7 @@ class ZkTerminal:
         self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline)
 
     def start(self) -> None:
+        self._stopping = False
         self.dialer.start()
 
     def stop(self) -> defer.Deferred:
