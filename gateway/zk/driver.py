@@ -110,8 +110,10 @@ class ZkLink(protocol.Protocol):
             elif isinstance(event, ProtocolViolation):
                 self.end(f"the device sent what the protocol does not allow: {event.reason}")
             elif isinstance(event, TimedOut):
-                self._waiting.pop(event.token).errback(DeviceLost(f"no answer to {name_of(event.command)} within {self.client.timeout_s:g} s"))
-                self.end(f"the device did not answer {name_of(event.command)} within {self.client.timeout_s:g} s")
+                reason = f"the device did not answer {name_of(event.command)} within {self.client.timeout_s:g} s"
+                waiting = self._waiting.pop(event.token)
+                self.end(reason)  # first: whoever waited hears that the link is over, and why
+                waiting.errback(DeviceLost(reason))
             elif isinstance(event, RequestFailed):
                 self._waiting.pop(event.token).errback(DeviceRefused(event.reason, event.code))
             else:
