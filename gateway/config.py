@@ -137,6 +137,7 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     name: str = ""
     groups: list[U32] = msgspec.field(default_factory=list)
     poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:

@@ -61,7 +61,7 @@ class Gateway:
         self.buses: list[BusMaster] = []
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, events=self.eventlog, presence=self.registry,
-                       timing=ZkTiming(poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
             for e in zk_entries
         ]
         self._sweep = task.LoopingCall(self.sweep)

@@ -34,7 +34,7 @@ class ZkSite(LiveTestCase):
 
     def start_site(self, native=(), **config) -> Site:
         numbers = {tid: port.getHost().port for tid, port in self.ports.items()}
-        entries = [dict(id=tid, host="127.0.0.1", port=numbers[tid], comm_key=self.devices[tid].comm_key, poll_s=POLL_S)
+        entries = [dict(id=tid, host="127.0.0.1", port=numbers[tid], comm_key=self.devices[tid].comm_key, poll_s=POLL_S, timeout_s=1)
                    for tid in self.devices]
         self.site = Site(self.db_url, terminal_ids=native, zk=entries, **config).start()
         self.addCleanup(self.site.stop)
