@@ -19,6 +19,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/codec.py --json reports/codec.json
 	$(PY) benchmarks/bus.py --json reports/bus.json
 	$(PY) benchmarks/zk.py --json reports/zk.json
+	$(PY) benchmarks/zk_poll.py --json reports/zk_poll.json
 
 loadtest: $(STAMP)
 	mkdir -p reports
