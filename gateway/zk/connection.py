@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo, UserResult
+from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import load_holdings, save_attendance_mark, save_holdings
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
@@ -144,7 +145,7 @@ class ZkConnection:
     def _failed(self, failure: Failure, doing: str) -> None:
         if self.closed:
             return None  # the link's end already said why
-        if failure.check(DeviceRefused, DeviceLost, MessageError):
+        if failure.check(DeviceRefused, DeviceLost, MessageError, DatabaseFailure):
             self.close(f"{doing}: {failure.getErrorMessage()}")
         else:
             log.failure("ZK terminal {tid}: {doing}", failure, tid=self.terminal_id, doing=doing)
