@@ -14,7 +14,7 @@ from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
 from protocol.records import Card, CardType, hash_pin
 from simulator.people import People
-from simulator.zk.device import ZkDevice, populate
+from simulator.zk.device import Firmware, ZkDevice, populate
 from simulator.zk.tcp import listen
 
 ZK1, ZK2, ZK3 = 1, 2, 3
@@ -60,7 +60,10 @@ class MixedSite(ZkSite):
         self.start_devices({
             ZK1: ZkDevice(comm_key=COMM_KEYS[ZK1], serial_number="ZK1"),
             ZK2: ZkDevice(comm_key=COMM_KEYS[ZK2], serial_number="ZK2"),
-            ZK3: ZkDevice(comm_key=COMM_KEYS[ZK3], serial_number="ZK3", fp_version=9),  # another algorithm
+            # Another fingerprint algorithm, and an old firmware: 28-byte users (numeric ids, names of
+            # 8 bytes), 16-byte attendance records, table chunks answered inline.
+            ZK3: ZkDevice(comm_key=COMM_KEYS[ZK3], serial_number="ZK3", fp_version=9,
+                          firmware=Firmware(user_record_size=28, attendance_record_size=16, chunks_through_prepare_data=False)),
         })
         site = self.start_site(native=(NATIVE_A, NATIVE_B))
         yield wait_until(lambda: site.online(ZK1, ZK2, ZK3, NATIVE_A, NATIVE_B), "every terminal online")
@@ -76,6 +79,7 @@ class MixedSite(ZkSite):
         self.assertEqual([(f.index, f.format, f.template1) for f in server.fingerprints], [(3, "zk10", finger)])
         yield wait_until(lambda: self.templates_of(ZK2, "500") == {3: finger}, "the template on ZK-2")
         self.assertEqual(self.templates_of(ZK3, "500"), {}, "ZK-3's algorithm cannot use a zk10 template")
+        self.assertEqual(zk3.user("500").name, "Ana Lima", "8 bytes on an old firmware")
         self.assertEqual(zk2.user("500").card, 0xA1B2C3D4)
         self.assertEqual(site.terminals[NATIVE_A].users["500"], server)
         self.assertEqual(site.count_events(type=SAVED_FROM_DEVICE, user_id="500", terminal_id=ZK1), 1)
@@ -114,6 +118,10 @@ class MixedSite(ZkSite):
         self.ports[ZK2] = reactor.listenTCP(port2, self.ports[ZK2].factory, interface="127.0.0.1")
         self.addCleanup(_stop_listening, self.ports[ZK2])
         yield wait_until(lambda: self.holds(ZK2, "600"), "ZK-2 converged after it returned", timeout=60)
+
+        # A punch on the old firmware (16-byte records) names its user too.
+        zk3.punch("600")
+        yield wait_until(lambda: site.count_events(terminal_id=ZK3, code=EventCode.VERIFY_SUCCESS, user_id="600") == 1, "ZK-3's punch")
 
         # Nothing the gateway wrote came back as a device edit.
         for tid in (ZK1, ZK2, ZK3):
