@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
-from gateway.schema import pending_pulls, terminals
+from gateway.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
@@ -215,6 +215,8 @@ class TerminalRegistry:
 
 def _forget_terminal(conn, terminal_id: int) -> None:
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
+    conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
+    conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))
     conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
 
 

@@ -103,7 +103,7 @@ class ZkConnection:
 
     def start(self) -> defer.Deferred:
         """Connect, learn the device, read it whole, then come online and poll."""
-        return self._begin().addErrback(self._failed, "could not start")
+        return self._begin().addErrback(self._failed, "connecting")
 
     @defer.inlineCallbacks
     def _begin(self):

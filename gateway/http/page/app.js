@@ -57,7 +57,7 @@ function terminalTile(t, stateText) {
   const tile = element("div", `tile ${state}`);
   tile.dataset.id = t.id;
   tile.dataset.state = state;
-  tile.title = [t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
+  tile.title = [t.kind === "zk" ? "ZKTeco" : "", t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
   tile.append(element("div", "tile-id", String(t.id)), element("div", "tile-name", t.name || " "), element("div", "tile-state", text));
   return tile;
 }
