@@ -24,7 +24,7 @@ class BadDevices(ZkSite):
     def faulty_site(self, faulty: ZkDevice, expected_reason: str):
         healthy = ZkDevice(serial_number="HEALTHY")
         self.start_devices({HEALTHY: healthy, FAULTY: faulty})
-        site = self.start_site()
+        site = self.start_site(timeout_s=1)
         yield wait_until(lambda: site.online(HEALTHY), "the healthy device online")
         term = site.gateway.registry.terminals[FAULTY]
         yield wait_until(lambda: expected_reason in term.offline_reason, f"the faulty device offline with {expected_reason!r}")
@@ -86,7 +86,7 @@ class BadDevices(ZkSite):
     def test_a_wrong_comm_key(self):
         healthy, faulty = ZkDevice(serial_number="HEALTHY"), ZkDevice(comm_key=5)
         self.start_devices({HEALTHY: healthy, FAULTY: faulty})
-        site = self.start_site()
+        site = self.start_site(timeout_s=1)
         faulty.comm_key = 6  # changed at the device's menu: the configuration still says 5
         yield wait_until(lambda: "refused the comm key" in site.gateway.registry.terminals[FAULTY].offline_reason, "the refusal")
         url = f"http://127.0.0.1:{site.gateway.http_port.getHost().port}/api/terminals/{FAULTY}"
@@ -101,7 +101,7 @@ class BadDevices(ZkSite):
         device.faults.unknown_commands = {Command.SAVE_USERTEMPS, Command.REG_EVENT, Command.GET_VERSION}
         healthy = ZkDevice(serial_number="HEALTHY")
         self.start_devices({HEALTHY: healthy, FAULTY: device})
-        site = self.start_site()
+        site = self.start_site(timeout_s=1)
         yield wait_until(lambda: site.online(HEALTHY, FAULTY), "both online")
         healthy.enroll("901", "Written One By One", fingers={0: b"t" * 500})
         yield wait_until(lambda: self.holds(FAULTY, "901"), "the user on the device without bulk upload")
