@@ -2,8 +2,8 @@
 
 Rules (design.md, "Merge rules"): a field the server already has stays as it is; a vacant
 server field takes the terminal's value; cards are unioned by card id and a card the server has
-is never changed; finger and face slots are filled only where the server's slot is empty (a finger's slot is its
-index and its template format: a ZK template and a native one of the same finger are two slots).
+is never changed; finger and face slots are filled only where the server's slot is empty (a
+finger's slot is its index and its template format: a ZK and a native template are two slots).
 """
 
 from dataclasses import replace

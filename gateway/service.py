@@ -24,7 +24,7 @@ from gateway.session import SessionTiming, TerminalSession
 from gateway.settings import SyncSettings
 from gateway.syncmode import SyncMode
 from gateway.tcp import TerminalDialer, TerminalListener
-from gateway.terminals import TerminalRegistry
+from gateway.terminals import ZK, TerminalRegistry
 from gateway.users import UserDirectory, last_change_seq
 from gateway.zk import ZkTerminal
 from gateway.zk.connection import ZkTiming
@@ -43,7 +43,7 @@ class Gateway:
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
         zk_entries = [parse_zk(entry) for entry in config.zk]
-        configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind="zk") for e in zk_entries]
+        configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind=ZK) for e in zk_entries]
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, configured,
                                          on_online=self._terminal_online, on_offline=self._terminal_offline)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._wake_pushes)
