@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bus.py --json reports/bus.json
 	$(PY) benchmarks/zk.py --json reports/zk.json
 	$(PY) benchmarks/hostile.py --json reports/hostile.json
+	$(PY) benchmarks/zk_poll.py --json reports/zk_poll.json
 
 loadtest: $(STAMP)
 	mkdir -p reports

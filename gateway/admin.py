@@ -138,11 +138,17 @@ def show(args, value, text: str) -> None:
 # -- commands -----------------------------------------------------------------------------------
 
 
+def _state(terminal: dict) -> str:
+    if terminal["online"]:
+        return "online"
+    return f"offline: {terminal['offline_reason']}" if terminal.get("offline_reason") else "offline"
+
+
 def terminals(client: ApiClient, args) -> None:
     if args.action is None:
         found = client.call("GET", "/api/terminals")
         rows = [
-            [t["id"], t["name"], "online" if t["online"] else "offline", t["admission"], t["link"], when(t["last_seen_ms"]),
+            [t["id"], t["name"], _state(t), t["admission"], t["link"], when(t["last_seen_ms"]),
              " ".join(filter(None, (t["model"], t["firmware"]))), t["cursor"], t["lag"]]
             for t in found["terminals"]
         ]

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tcp-port", type=int, help="port terminals dial in to (default 4370)")
     run.add_argument("--http-port", type=int, help="port of the HTTP API and monitoring page (default 8080)")
     run.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]", help="an RS-485 bus to master (repeatable)")
+    run.add_argument("--zk", metavar="HOST[:PORT]", help="a ZKTeco device to keep in sync (port 4370 unless given)")
+    run.add_argument("--zk-id", type=int, metavar="N", help="its terminal id (default: derived from HOST:PORT)")
+    run.add_argument("--zk-comm-key", type=int, default=0, metavar="K", help="its comm key (default 0: none)")
     run.add_argument("--admission", choices=[policy.value for policy in AdmissionPolicy], help="who may connect (default allowlist)")
     run.add_argument("--default-secret", help="secret of terminals admitted by 'open' admission")
     run.add_argument("--api-token", help=f"bearer token for API writes (default: ${TOKEN_ENV}, the file's api_token, "
@@ -164,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     # Imported here: the database and the reactor cost half a second the API client never needs.
     from gateway.api_token import stored_or_new, token_path
-    from gateway.config import ConfigError, GatewayConfig
+    from gateway.config import ConfigError, GatewayConfig, zk_from_option
     from gateway.run import run
 
     try:
+        zk = [zk_from_option(args.zk, args.zk_id, args.zk_comm_key)] if args.zk else None
         config = GatewayConfig.load(
             args.config,
             db=args.db,
@@ -178,6 +182,7 @@ def _run(args) -> int:
             api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,
             sync_mode=args.sync_mode,
             serial=[{"device": s} for s in args.serial] if args.serial else None,
+            zk=zk,
         )
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

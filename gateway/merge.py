@@ -2,7 +2,8 @@
 
 Rules (design.md, "Merge rules"): a field the server already has stays as it is; a vacant
 server field takes the terminal's value; cards are unioned by card id and a card the server has
-is never changed; finger and face slots are filled only where the server's slot is empty.
+is never changed; finger and face slots are filled only where the server's slot is empty (a
+finger's slot is its index and its template format: a ZK and a native template are two slots).
 """
 
 from dataclasses import replace
@@ -31,7 +32,7 @@ def merge_vacant_fields(server: UserRecord | None, terminal: UserRecord) -> User
 
 
 def _fill_slots(server_slots: tuple, terminal_slots: tuple) -> tuple:
-    taken = {slot.index for slot in server_slots}
-    merged = server_slots + tuple(s for s in terminal_slots if s.index not in taken)
-    return tuple(sorted(merged, key=lambda slot: slot.index))
+    taken = {slot.slot for slot in server_slots}
+    merged = server_slots + tuple(s for s in terminal_slots if s.slot not in taken)
+    return tuple(sorted(merged, key=lambda slot: slot.slot))
 

@@ -79,6 +79,25 @@ pending_pulls = Table(
     Column("since_ms", BigInteger, nullable=False),
 )
 
+# ZK devices (gateway/zk/): per device and person, the digest of the device's copy the server has
+# seen (pulled, or written by the gateway); a copy that differs is a change made at the device.
+zk_holdings = Table(
+    "zk_holdings",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("user_id", String(64), primary_key=True),
+    Column("digest", LargeBinary, nullable=False),
+)
+
+# How many of a ZK device's attendance records are stored as events, and the identity of the last.
+zk_attendance = Table(
+    "zk_attendance",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("stored", BigInteger, nullable=False),
+    Column("last", String(200), nullable=True),
+)
+
 settings = Table(
     "settings",
     metadata,

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from gateway.activity import Activity
 from gateway.bus import BusMaster
-from gateway.config import GatewayConfig, parse_host_port, parse_serial
+from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_zk
 from gateway.database import Database
 from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
@@ -22,15 +22,18 @@ from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
 from gateway.puller import Puller
 from gateway.pusher import Pusher
+from gateway.queries import sync_state
 from gateway.reconcile import Reconciler
 from gateway.session import SessionTiming, TerminalSession
 from gateway.settings import SyncSettings
 from gateway.syncmode import SyncMode
 from gateway.tcp import TerminalDialer, TerminalListener
-from gateway.terminals import TerminalRegistry
+from gateway.terminals import ZK, TerminalRegistry
 from gateway.tls import client_options, server_options
-from gateway.queries import sync_state
 from gateway.users import UserDirectory
+from gateway.zk import ZkTerminal
+from gateway.zk.connection import ZkTiming
+from gateway.zk.poller import PollTiming
 
 log = Logger(namespace="gateway")
 
@@ -44,7 +47,9 @@ class Gateway:
         self.clock = reactor
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
-        self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, config.terminals,
+        zk_entries = [parse_zk(entry) for entry in config.zk]
+        configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind=ZK) for e in zk_entries]
+        self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, configured,
                                          on_online=self._terminal_online, on_offline=self._terminal_offline,
                                          on_admitted=self._terminal_admitted)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._sync_mode_changed, self.clock)
@@ -67,6 +72,11 @@ class Gateway:
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
+        self.zk_terminals = [
+            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, events=self.eventlog, presence=self.registry,
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
+            for e in zk_entries
+        ]
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
 
@@ -90,6 +100,8 @@ class Gateway:
         self.buses = [BusMaster(parse_serial(entry), self.reactor, self.metrics, self.new_session) for entry in self.config.serial]
         for bus in self.buses:
             bus.start()
+        for device in self.zk_terminals:
+            device.start()
         self._sweep.start(self.sweep_s, now=False)
         self.reconciler.start()
         self.activity.start()
@@ -109,6 +121,7 @@ class Gateway:
         if self.http_port is not None:
             yield self.http_port.stopListening()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
+        yield defer.gatherResults([device.stop() for device in self.zk_terminals])
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
         self.doorman.lines.stop()

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
-from gateway.schema import pending_pulls, terminals
+from gateway.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
@@ -29,6 +29,7 @@ from protocol.errors import ErrorCode
 log = Logger(namespace="gateway.terminals")
 
 ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
+NATIVE, ZK = "native", "zk"  # the protocol a terminal speaks: ours, or ZKTeco's through the gateway's driver
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Terminal:
     link: str = ""
     last_seen_ms: int | None = None
     cursor: int = 0
+    kind: str = NATIVE
+    offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
     connection: TerminalConnection | None = field(default=None, repr=False)
 
     @property
@@ -96,7 +99,8 @@ class TerminalRegistry:
         for entry in self._configured:
             term = self.terminals.setdefault(entry["id"], Terminal(entry["id"]))
             term.admission = ADMITTED
-            term.secret = entry["secret"].encode()
+            term.kind = entry.get("kind", NATIVE)
+            term.secret = entry["secret"].encode() if entry.get("secret") else None
             term.name = entry.get("name", term.name)
             term.access_groups = frozenset(entry.get("groups", ()))
         self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
@@ -117,6 +121,8 @@ class TerminalRegistry:
             raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
         if term.admission == REFUSED:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
+        if term.kind == ZK:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a ZKTeco device the gateway connects to itself")
         secret = term.secret or self._default_secret
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
@@ -174,6 +180,7 @@ class TerminalRegistry:
         term.model = connection.info.model or term.model
         term.firmware = connection.info.firmware or term.firmware
         term.link = connection.description
+        term.offline_reason = ""
         term.last_seen_ms = self._now_ms()
         self._store(term)
         self._on_online(connection)
@@ -188,6 +195,12 @@ class TerminalRegistry:
             term.last_seen_ms = int(connection.last_heard_s * 1000)
             self._store(term)
         self._on_offline(connection)
+
+    def offline_reason(self, terminal_id: int, reason: str) -> None:
+        """Why a terminal's link ended or could not be made (drivers that know say so), for people."""
+        term = self.terminals.get(terminal_id)
+        if term is not None and term.connection is None:
+            term.offline_reason = reason
 
     def connected(self) -> list[Terminal]:
         """Terminals online now."""
@@ -218,6 +231,8 @@ class TerminalRegistry:
 
 def _forget_terminal(conn, terminal_id: int) -> None:
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
+    conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
+    conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))
     conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
 
 

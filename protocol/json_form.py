@@ -225,7 +225,9 @@ _USER_RECORD_FIELDS = {
     "disabled": _BOOL,
     "access_groups": _ListOf(_U32),
     "cards": _ListOf(_Fields(Card, {"type": _Enum(CardType, 8), "data": _HEX})),
-    "fingerprints": _ListOf(_Fields(Fingerprint, {"index": _U8, "duress": _BOOL, "template1": _HEX, "template2": _HEX})),
+    "fingerprints": _ListOf(
+        _Fields(Fingerprint, {"index": _U8, "duress": _BOOL, "template1": _HEX, "template2": _HEX, "format": _TEXT}, vacant=frozenset({"format"}))
+    ),
     "faces": _ListOf(_Fields(Face, {"index": _U8, "template": _HEX})),
     "photo": _HEX,
 }

@@ -35,6 +35,9 @@ MAX_CARDS = 8
 MAX_CARD_DATA = 32
 FINGER_SLOTS = 10
 FINGER_TEMPLATE_SIZE = 384
+MAX_FORMAT_BYTES = 16
+MAX_FOREIGN_TEMPLATE = 2048  # a ZKFinger 10 template is at most about 1.6 kB
+MAX_FOREIGN_FINGERPRINTS = 20  # two other algorithms' ten slots
 FACE_SLOTS = 5
 MAX_FACE_TEMPLATE = 8 * 1024
 MAX_PHOTO = 16 * 1024
@@ -61,16 +64,30 @@ class Card:
 
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
+    """One finger. ``format`` None: this protocol's two 384-byte templates. Otherwise the
+    algorithm of another terminal family (``"zk10"``: ZKTeco, ``~ZKFPVersion`` 10), whose one
+    template is ``template1`` (``template2`` empty): only terminals of that algorithm can use it,
+    so a slot is a finger *and* a format."""
+
     index: int
     template1: bytes
     template2: bytes
     duress: bool = False
+    format: str | None = None
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        return (self.format or "", self.index)
 
 
 @dataclass(frozen=True, slots=True)
 class Face:
     index: int
     template: bytes
+
+    @property
+    def slot(self) -> int:
+        return self.index
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +137,19 @@ class UserRecord:
         for card in self.cards:
             if not 0 < len(card.data) <= MAX_CARD_DATA:
                 problems.append(f"card data must be 1 to {MAX_CARD_DATA} bytes")
-        problems += _slot_problems("finger", [f.index for f in self.fingerprints], FINGER_SLOTS)
+        for fmt in sorted({f.format or "" for f in self.fingerprints}):
+            problems += _slot_problems("finger", [f.index for f in self.fingerprints if (f.format or "") == fmt], FINGER_SLOTS)
+        foreign = [f for f in self.fingerprints if f.format is not None]
+        if len(foreign) > MAX_FOREIGN_FINGERPRINTS:
+            problems.append(f"more than {MAX_FOREIGN_FINGERPRINTS} fingerprints of other formats")
         for finger in self.fingerprints:
-            if len(finger.template1) != FINGER_TEMPLATE_SIZE or len(finger.template2) != FINGER_TEMPLATE_SIZE:
-                problems.append(f"fingerprint templates must be {FINGER_TEMPLATE_SIZE} bytes each")
+            if finger.format is None:
+                if len(finger.template1) != FINGER_TEMPLATE_SIZE or len(finger.template2) != FINGER_TEMPLATE_SIZE:
+                    problems.append(f"fingerprint templates must be {FINGER_TEMPLATE_SIZE} bytes each")
+            elif not 0 < len(finger.format.encode("utf-8")) <= MAX_FORMAT_BYTES:
+                problems.append(f"fingerprint format must be 1 to {MAX_FORMAT_BYTES} bytes")
+            elif not 0 < len(finger.template1) <= MAX_FOREIGN_TEMPLATE or finger.template2:
+                problems.append(f"a {finger.format} fingerprint is one template of 1 to {MAX_FOREIGN_TEMPLATE} bytes")
         problems += _slot_problems("face", [f.index for f in self.faces], FACE_SLOTS)
         for face in self.faces:
             if not 0 < len(face.template) <= MAX_FACE_TEMPLATE:
@@ -143,8 +169,8 @@ def _card_order(card: Card) -> tuple[int, bytes]:
     return card.card_id
 
 
-def _slot_order(item: "Fingerprint | Face") -> int:
-    return item.index
+def _slot_order(item: "Fingerprint | Face"):
+    return item.slot  # a fingerprint's format, then its finger: the order the encoding reads back
 
 
 def _slot_problems(kind: str, indexes: list[int], slots: int) -> list[str]:
@@ -171,8 +197,16 @@ FingerprintWire = Struct(
     "template2" / LengthChecked(Bytes(FINGER_TEMPLATE_SIZE)),
 )
 FaceWire = Struct("index" / Int8ub, "template" / LengthChecked(Prefixed(Int16ub, GreedyBytes)))
+# Fingerprints of another family's algorithm, after the photo (presence bit 7), so records
+# without them are the same bytes as before the format existed.
+ForeignFingerprintWire = Struct(
+    "index" / Int8ub,
+    "duress" / Flag,
+    "format" / LengthChecked(PascalString(Int8ub, "utf8")),
+    "template" / LengthChecked(Prefixed(Int16ub, GreedyBytes)),
+)
 
-_Present = FlagsEnum(Int8ub, name=1, pin=2, validity=4, security_level=8, auth_mode=16, disabled=32, photo=64)
+_Present = FlagsEnum(Int8ub, name=1, pin=2, validity=4, security_level=8, auth_mode=16, disabled=32, photo=64, foreign_fingerprints=128)
 
 UserRecordStruct = Struct(
     "user_id" / UserId,
@@ -189,6 +223,7 @@ UserRecordStruct = Struct(
     "fingerprints" / PrefixedArray(Int8ub, FingerprintWire),
     "faces" / PrefixedArray(Int8ub, FaceWire),
     "photo" / If(this.present.photo, LengthChecked(Prefixed(Int16ub, GreedyBytes))),
+    "foreign_fingerprints" / If(this.present.foreign_fingerprints, PrefixedArray(Int8ub, ForeignFingerprintWire)),
 )
 
 
@@ -211,6 +246,8 @@ class _UserRecordAdapter(CompilableAdapter):
             cards=cards,
             fingerprints=tuple(
                 Fingerprint(f["index"], f["template1"], f["template2"], f["duress"]) for f in obj["fingerprints"]
+            ) + tuple(
+                Fingerprint(f["index"], f["template"], b"", f["duress"], f["format"]) for f in obj["foreign_fingerprints"] or ()
             ),
             faces=tuple(Face(f["index"], f["template"]) for f in obj["faces"]),
             photo=obj["photo"],
@@ -218,6 +255,7 @@ class _UserRecordAdapter(CompilableAdapter):
 
     def _encode(self, rec: UserRecord, context, path):
         rec.validate()
+        foreign = [f for f in rec.fingerprints if f.format is not None]
         return dict(
             user_id=rec.user_id,
             present=dict(
@@ -228,6 +266,7 @@ class _UserRecordAdapter(CompilableAdapter):
                 auth_mode=rec.auth_mode is not None,
                 disabled=rec.disabled is not None,
                 photo=rec.photo is not None,
+                foreign_fingerprints=bool(foreign),
             ),
             name=rec.name,
             pin_hash=rec.pin_hash,
@@ -240,10 +279,11 @@ class _UserRecordAdapter(CompilableAdapter):
             cards=[dict(type=int(c.type), data=c.data) for c in rec.cards],
             fingerprints=[
                 dict(index=f.index, duress=f.duress, template1=f.template1, template2=f.template2)
-                for f in rec.fingerprints
+                for f in rec.fingerprints if f.format is None
             ],
             faces=[dict(index=f.index, template=f.template) for f in rec.faces],
             photo=rec.photo,
+            foreign_fingerprints=[dict(index=f.index, duress=f.duress, format=f.format, template=f.template1) for f in foreign],
         )
 
 

@@ -23,6 +23,8 @@ SCHEMAS = {
             "name": {"type": "string"},
             "admission": {"type": "string", "enum": ["admitted", "pending", "refused"]},
             "online": {"type": "boolean"},
+            "kind": {"type": "string", "enum": ["native", "zk"], "description": "our protocol, or a ZKTeco device through the gateway's driver"},
+            "offline_reason": {"type": ["string", "null"], "description": "why it is offline, when the gateway knows (a refused comm key, a device that does not answer...)"},
             "link": {"type": "string", "description": "TCP address, or bus and address"},
             "last_seen_ms": {**_NULLABLE_INT, "description": "when it last sent a frame, ms since the epoch; null if it never connected"},
             "model": {"type": "string"},

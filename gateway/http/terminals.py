@@ -15,6 +15,8 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
         name=term.name,
         admission=term.admission,
         online=term.online,
+        kind=term.kind,
+        offline_reason=None if term.online else term.offline_reason or None,
         link=term.link,
         last_seen_ms=term.heard_ms,
         model=term.model,
@@ -88,7 +90,7 @@ def refuse_terminal(call):
 def remove_terminal(call):
     """Forget a terminal; its events stay in the log. A configured one comes back on restart."""
     term = _terminal(call)
-    if any(entry["id"] == term.terminal_id for entry in call.gateway.config.terminals):
+    if any(entry["id"] == term.terminal_id for entry in [*call.gateway.config.terminals, *call.gateway.config.zk]):
         raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
     return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 

@@ -8,7 +8,7 @@ and subscribe to the real-time events the keypad produces.
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from protocol.zk.bodies import Sizes
@@ -39,6 +39,16 @@ class Firmware:
     users_capacity: int = 10_000
     fingers_capacity: int = 10_000
     records_capacity: int = 100_000
+
+
+@dataclass
+class Faults:
+    """How a misbehaving device answers, for tests of its clients: commands it claims not to
+    know (ACK_UNKNOWN), and ``mangle``, which may replace the bytes of any packet it sends on
+    TCP (garbage, a wrong checksum, a truncated or oversized packet) by returning them."""
+
+    unknown_commands: set[int] = field(default_factory=set)
+    mangle: Callable[[Packet], bytes | None] | None = None
 
 
 class ZkDevice:
@@ -79,6 +89,8 @@ class ZkDevice:
         self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
         self.applied_listeners: list[AppliedListener] = []  # told of each user a client stored or deleted
         self.request_listeners: list[Callable[[Packet], None]] = []  # told of each packet a client sent
+        self.recorded: list[Packet] | None = None  # a list to keep every packet received, in order
+        self.faults = Faults()
 
     # -- what sessions read and write --------------------------------------------------------
 
@@ -86,6 +98,8 @@ class ZkDevice:
         """A packet from a client, before it is answered: counted, and shown to request listeners
         (a fleet learns from them what the gateway has read)."""
         self.requests[packet.command] += 1
+        if self.recorded is not None:
+            self.recorded.append(packet)
         for listener in list(self.request_listeners):
             listener(packet)
 

@@ -63,6 +63,8 @@ class DeviceSession:
             self.close()
         elif not self.authenticated:
             self._answer(packet, ReplyCode.ACK_UNAUTH)
+        elif command in self.device.faults.unknown_commands:
+            self._answer(packet, ReplyCode.ACK_UNKNOWN)
         else:
             handler = self._HANDLERS.get(command)
             if handler is None:

@@ -44,7 +44,9 @@ class DeviceConnection(protocol.Protocol):
         self.session.close()
 
     def _write(self, packet: Packet) -> None:
-        data = encode_tcp(packet)
+        mangle = self.factory.device.faults.mangle
+        mangled = mangle(packet) if mangle is not None else None
+        data = encode_tcp(packet) if mangled is None else mangled
         self.factory.bytes_sent += len(data)
         self.transport.write(data)
 

@@ -46,6 +46,7 @@ function element(tag, className, text) {
 // What a tile says and its colour: readable from across the room.
 function terminalState(t) {
   if (t.admission !== "admitted") return ["waiting", t.admission === "pending" ? "pending admission" : "refused"];
+  if (!t.online && t.offline_reason) return ["offline", `offline: ${t.offline_reason}`];
   if (!t.online) return ["offline", t.last_seen_ms ? `offline since ${when(t.last_seen_ms)}` : "never connected"];
   if (t.lag) return ["lagging", `${t.lag} change${t.lag === 1 ? "" : "s"} behind`];
   const differ = t.reconciliation ? t.reconciliation.differences : 0;
@@ -69,7 +70,7 @@ function terminalTile(t, stateText) {
   const tile = element("div", `tile ${state}`);
   tile.dataset.id = t.id;
   tile.dataset.state = state;
-  tile.title = [t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
+  tile.title = [t.kind === "zk" ? "ZKTeco" : "", t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
   tile.append(element("div", "tile-id", String(t.id)), element("div", "tile-name", t.name || " "), element("div", "tile-state", text));
   return tile;
 }
@@ -91,7 +92,7 @@ async function refreshTerminals() {
     row.dataset.id = t.id;
     cell(row, t.id, "num");
     cell(row, t.name);
-    cell(row, t.online ? "online" : "offline", t.online ? "online" : "offline");
+    cell(row, t.online ? "online" : t.offline_reason ? `offline: ${t.offline_reason}` : "offline", t.online ? "online" : "offline");
     cell(row, t.admission);
     cell(row, t.link);
     cell(row, t.online ? "now" : when(t.last_seen_ms));

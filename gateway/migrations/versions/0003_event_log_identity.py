@@ -1,15 +1,15 @@
 """Event log identity: events are keyed by (terminal, log epoch, event id); terminals keep the
 epoch of their current log. See docs/protocol.md, "Event log identity".
 
-Revision ID: 0002_event_log_identity
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_event_log_identity"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,190 @@
+"""The ZK driver's I/O: one TCP connection to a ZK device, and the dialer that keeps it up.
+
+``ZkLink`` is the thin Twisted shell around ``protocol.zk.client.ZkClient`` that docs/zk.md
+describes: bytes in, the client's packets out, one timer at the client's next deadline, and each
+operation's end delivered as a Deferred. ``ZkDialer`` keeps one device connected with Twisted's
+``ClientService``, redialling with backoff, and says why the device is unreachable.
+"""
+
+from collections.abc import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
+
+from protocol.errors import ProtocolError
+from protocol.zk.client import ZkClient
+from protocol.zk.commands import name_of
+from protocol.zk.errors import BodyError, LocalProtocolError
+from protocol.zk.events import ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
+
+log = Logger(namespace="gateway.zk")
+
+
+class DeviceRefused(ProtocolError):
+    """The device answered, but not with the result: ``code`` is its reply code (ACK_ERROR,
+    ACK_UNKNOWN for a command it lacks, ACK_UNAUTH for a wrong comm key), or None when its
+    answer was malformed."""
+
+    def __init__(self, reason: str, code: int | None = None):
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+class DeviceLost(ProtocolError):
+    """The connection ended (or was ended) before the device answered."""
+
+
+class ZkLink(protocol.Protocol):
+    """One connection's conversation. ``on_connected()`` hears that the TCP connection is up;
+    ``on_realtime(event)`` hears the device's real-time events; ``on_broken(reason)`` hears once
+    that the link is unusable (closed, silent past its deadline, or sending what is no packet)."""
+
+    def __init__(self, client: ZkClient, clock, *, on_realtime: Callable[[RealtimeEvent], None], on_broken: Callable[[str], None],
+                 on_connected: Callable[[], None] = lambda: None):
+        self.client = client
+        self.clock = clock
+        self.on_realtime = on_realtime
+        self.on_broken = on_broken
+        self.on_connected = on_connected
+        self.description = "zk"
+        self.last_heard_s = clock.seconds()  # when the device last sent anything
+        self._waiting: dict[int, defer.Deferred] = {}
+        self._timer = None
+        self._ended: str | None = None  # why the link is unusable, once it is
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def run(self, operation: str, *args, **kwargs) -> defer.Deferred:
+        """Start one ZkClient operation (``"read_users"``, ``"request"``, ...); fires with its
+        result event, or fails with DeviceRefused or DeviceLost."""
+        if self._ended is not None:
+            return defer.fail(DeviceLost(self._ended))
+        try:
+            token = getattr(self.client, operation)(*args, now=self.clock.seconds(), **kwargs)
+        except BodyError as exc:
+            return defer.fail(DeviceRefused(str(exc)))
+        except LocalProtocolError as exc:
+            return defer.fail(DeviceLost(str(exc)))
+        d = self._waiting[token] = defer.Deferred()
+        self._flush()
+        return d
+
+    def end(self, reason: str) -> None:
+        """Close the connection; what waits fails with ``reason``."""
+        if self._ended is None:
+            self._ended = reason
+            self.on_broken(reason)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- Twisted ---------------------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.description = f"zk {peer.host}:{peer.port}"
+        self.on_connected()
+
+    def dataReceived(self, data: bytes):
+        if self._ended is not None:
+            return
+        self.last_heard_s = self.clock.seconds()
+        self._dispatch(self.client.receive(data, now=self.clock.seconds()))
+        self._flush()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if self._ended is None:
+            self._ended = f"connection lost ({reason.getErrorMessage()})"
+            self.on_broken(self._ended)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            d.errback(DeviceLost(self._ended))
+
+    # -- the client's events ---------------------------------------------------------------------
+
+    def _dispatch(self, events) -> None:
+        for event in events:
+            if isinstance(event, RealtimeEvent):
+                self.on_realtime(event)
+            elif isinstance(event, ProtocolViolation):
+                self.end(f"the device sent what the protocol does not allow: {event.reason}")
+            elif isinstance(event, TimedOut):
+                reason = f"the device did not answer {name_of(event.command)} within {self.client.timeout_s:g} s"
+                waiting = self._waiting.pop(event.token)
+                self.end(reason)  # first: whoever waited hears that the link is over, and why
+                waiting.errback(DeviceLost(reason))
+            elif isinstance(event, RequestFailed):
+                self._waiting.pop(event.token).errback(DeviceRefused(event.reason, event.code))
+            else:
+                self._waiting.pop(event.token).callback(event)
+
+    def _flush(self) -> None:
+        if self._ended is not None:
+            return
+        packets = self.client.data_to_send()
+        if packets:
+            self.transport.writeSequence(packets)
+        deadline = self.client.next_deadline()
+        if self._timer is not None and self._timer.active():
+            if deadline is not None and self._timer.getTime() == deadline:
+                return
+            self._timer.cancel()
+        self._timer = None if deadline is None else self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._deadline)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        self._dispatch(self.client.check_deadline(now=self.clock.seconds()))
+        self._flush()
+
+
+class ZkDialer:
+    """Keeps one ZK device connected: ``new_link()`` makes each connection's ZkLink (and what
+    drives it); ``unreachable(reason)`` hears why a connection could not be made. The backoff
+    restarts only once the device came online (``online``), not at every TCP connect, so a
+    device that answers but refuses the comm key is not redialled every half second."""
+
+    def __init__(self, reactor, host: str, port: int, new_link: Callable[[], ZkLink], unreachable: Callable[[str], None]):
+        self.host, self.port = host, port
+        self.attempts = 0
+        self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
+        self._unreachable = unreachable
+        factory = protocol.Factory.forProtocol(new_link)
+        factory.noisy = False
+        endpoint = _Reporting(HostnameEndpoint(reactor, host, port), self._connect_failed)
+        self._service = ClientService(endpoint, factory, retryPolicy=self._retry_after, clock=reactor)
+
+    def start(self) -> None:
+        self._service.startService()
+
+    def stop(self) -> defer.Deferred:
+        return self._service.stopService()
+
+    def online(self) -> None:
+        self.attempts = 0
+
+    def _retry_after(self, _failed_in_a_row: int) -> float:
+        self.attempts += 1
+        return self._policy(self.attempts)
+
+    def _connect_failed(self, failure) -> None:
+        self._unreachable(f"cannot connect to {self.host}:{self.port}: {failure.getErrorMessage()}")
+
+
+class _Reporting:
+    """An endpoint that says why a connection attempt failed (ClientService only retries)."""
+
+    def __init__(self, endpoint, on_failure):
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, factory):
+        d = self._endpoint.connect(factory)
+
+        def failed(failure):
+            self._on_failure(failure)
+            return failure
+
+        return d.addErrback(failed)

@@ -1,0 +1,28 @@
+"""What the gateway keeps of each ZK device in the database, so change detection survives a restart:
+the digest of each person's copy the server has seen, and how far the attendance log is stored."""
+
+from sqlalchemy import delete, select
+
+from gateway.database import upsert
+from gateway.schema import zk_attendance, zk_holdings
+
+
+def load_holdings(conn, terminal_id: int) -> tuple[dict[str, bytes], int, str | None]:
+    """(user id -> digest seen, attendance records stored, identity of the last one)."""
+    rows = conn.execute(select(zk_holdings.c.user_id, zk_holdings.c.digest).where(zk_holdings.c.terminal_id == terminal_id))
+    seen = {user_id: bytes(digest) for user_id, digest in rows}
+    mark = conn.execute(select(zk_attendance.c.stored, zk_attendance.c.last).where(zk_attendance.c.terminal_id == terminal_id)).first()
+    return seen, (mark[0] if mark else 0), (mark[1] if mark else None)
+
+
+def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None:
+    """Store digests seen; a None digest: the device holds no copy of that person any more."""
+    gone = [user_id for user_id, digest in seen.items() if digest is None]
+    rows = [dict(terminal_id=terminal_id, user_id=u, digest=d) for u, d in seen.items() if d is not None]
+    upsert(conn, zk_holdings, rows, key=["terminal_id", "user_id"], update=["digest"])
+    if gone:
+        conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id, zk_holdings.c.user_id.in_(gone)))
+
+
+def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
+    upsert(conn, zk_attendance, [dict(terminal_id=terminal_id, stored=stored, last=last)], key=["terminal_id"], update=["stored", "last"])

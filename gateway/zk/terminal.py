@@ -1,0 +1,73 @@
+"""ZkTerminal: one configured ZK device: its dialer, what the gateway keeps of it across
+connections, and why it is offline.
+
+Each TCP connection gets a fresh ``ZkClient``, ``ZkLink`` and ``ZkConnection``; the device's
+memory (event ids, what the server has seen) outlives them. Why a device is offline goes to the
+registry (the API and the page show it) and to the log, once per reason rather than once per
+redial.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
+from gateway.zk.driver import ZkDialer, ZkLink
+from protocol.zk.client import ZkClient
+
+log = Logger(namespace="gateway.zk")
+
+
+class ZkTerminal:
+    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, events, presence,
+                 timing: ZkTiming, on_offline_reason=lambda terminal_id, reason: None):
+        self.terminal_id = terminal_id
+        self.where = f"{host}:{port}"
+        self.comm_key = comm_key
+        self.memory = DeviceMemory()
+        self.connection: ZkConnection | None = None
+        self._reactor = reactor
+        self._db = db
+        self._events = events
+        self._presence = presence
+        self._timing = timing
+        self._on_offline_reason = on_offline_reason
+        self._reason: str | None = None
+        self._stopping = False
+        self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline)
+
+    def start(self) -> None:
+        self._stopping = False
+        self.dialer.start()
+
+    def stop(self) -> defer.Deferred:
+        self._stopping = True
+        return self.dialer.stop()
+
+    def _new_link(self) -> ZkLink:
+        connection = None
+
+        def made():
+            connection.start()
+
+        def broken(reason: str):
+            connection.link_broken(reason)
+            self._offline(reason)
+
+        link = ZkLink(ZkClient(self.comm_key, timeout_s=self._timing.request_s), self._reactor,
+                      on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
+        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db,
+                                                    events=self._events, presence=self._presence, timing=self._timing,
+                                                    on_online=self._online)
+        return link
+
+    def _online(self, _connection) -> None:
+        self.dialer.online()
+        self._reason = None
+
+    def _offline(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._on_offline_reason(self.terminal_id, reason)
+        if reason != self._reason:
+            log.warn("ZK terminal {tid} at {where} offline: {reason}", tid=self.terminal_id, where=self.where, reason=reason)
+        self._reason = reason

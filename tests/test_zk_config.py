@@ -1,0 +1,50 @@
+"""[[zk]] entries and ``gateway run --zk``: checked like every setting, one line per mistake; a ZK
+device's id is not for native terminals to take."""
+
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig, parse_zk, zk_from_option
+from gateway.connection import Refused, TerminalInfo
+from gateway.terminals import ZK, Terminal, TerminalRegistry
+
+
+def test_a_zk_entry_takes_its_defaults():
+    entry = parse_zk(dict(id=7, host="10.0.0.61"))
+    assert (entry.port, entry.comm_key, entry.name, entry.groups, entry.poll_s, entry.timeout_s) == (4370, 0, "", [], 5.0, 10.0)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(id=7, host="h", comm_key=1_000_000), "zk terminal 7: comm_key must be at most 999999"),
+    (dict(id=7, host="h", port=0), "zk terminal 7: port must be at least 1"),
+    (dict(id=7, host="h", poll_s=0), "zk terminal 7: poll_s must be at least 0.1"),
+    (dict(id=7, host="h", secret="s"), "zk terminal 7: unknown setting secret"),
+    (dict(host="h"), "[[zk]] entry 1: id is required"),
+])
+def test_mistakes_are_one_line_naming_the_setting(entry, message):
+    with pytest.raises(ConfigError) as refused:
+        GatewayConfig(zk=[entry]).validate()
+    assert str(refused.value) == message
+
+
+def test_zk_ids_share_the_terminal_ids():
+    with pytest.raises(ConfigError, match="terminal 7 is configured twice"):
+        GatewayConfig(terminals=[dict(id=7, secret="s")], zk=[dict(id=7, host="h")]).validate()
+
+
+def test_the_command_line_device_gets_a_stable_id_unless_given_one():
+    derived = zk_from_option("10.0.0.61")
+    assert derived == dict(id=derived["id"], host="10.0.0.61", port=4370, comm_key=0)
+    assert zk_from_option("10.0.0.61:4370") == derived, "the same device, the same id at every start"
+    assert zk_from_option("10.0.0.61:4371")["id"] != derived["id"]
+    assert zk_from_option("zk.local:5000", 9, 123) == dict(id=9, host="zk.local", port=5000, comm_key=123)
+    config = GatewayConfig.load(None, zk=[zk_from_option("10.0.0.61", 9)])
+    assert parse_zk(config.zk[0]).id == 9
+    with pytest.raises(ConfigError, match="HOST"):
+        zk_from_option(":4370")
+
+
+def test_a_native_terminal_cannot_take_a_zk_devices_id():
+    registry = TerminalRegistry(db=None, clock=None, policy="open", default_secret="lab", configured=[])
+    registry.terminals[7] = Terminal(7, kind=ZK)
+    with pytest.raises(Refused, match="ZKTeco device"):
+        registry.secret_for(7, TerminalInfo(), "tcp 10.0.0.9:5000")

@@ -1,0 +1,246 @@
+"""The gateway's ZK driver without sockets or sleeps: a ZkConnection on a StringTransport, the
+emulated device's session on the other end, a task.Clock for the polls and deadlines, and the
+database on an in-memory SQLite engine, called synchronously."""
+
+from datetime import datetime
+
+from sqlalchemy import create_engine
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from gateway.schema import metadata
+from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
+from gateway.zk.driver import ZkLink
+from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
+from protocol.events import EventCode, Origin
+from protocol.messages import UserStatus
+from protocol.records import UserRecord, UserRecordWire
+from protocol.zk.bodies import Sizes
+from protocol.zk.client import ZkClient
+from protocol.zk.commands import Command
+from protocol.zk.decoder import PacketDecoder
+from protocol.zk.packet import encode_tcp
+from protocol.zk.records import AttendanceRecord
+from simulator.zk.device import ZkDevice, populate
+from simulator.zk.session import DeviceSession
+
+TIMING = ZkTiming(request_s=5.0, poll=PollTiming(poll_s=2.0, cheap_users=100, users_s=30, templates_s=60, attendance_s=10))
+
+
+class SyncDb:
+    """The gateway's Database interface on an in-memory SQLite engine, answered at once."""
+
+    def __init__(self):
+        self.engine = create_engine("sqlite://")
+        metadata.create_all(self.engine)
+
+    def read(self, work, *args):
+        with self.engine.begin() as conn:
+            return defer.succeed(work(conn, *args))
+
+    write = read
+
+
+class Sink:
+    def __init__(self):
+        self.events = []
+
+    def stored_through(self, terminal_id):
+        return defer.succeed(max((e.event_id for e in self.events), default=0))
+
+    def submit(self, terminal_id, events):
+        self.events += events
+        return defer.succeed(max(e.event_id for e in events))
+
+    def of(self, code, origin=None):
+        return [e.user_id for e in self.events if e.code == code and (origin is None or e.sub_code == origin)]
+
+
+class Presence:
+    def __init__(self):
+        self.online_now = None
+
+    def online(self, connection):
+        self.online_now = connection
+        return True
+
+    def offline(self, connection):
+        self.online_now = None
+
+
+class Wire:
+    """One ZkConnection and one emulated device, bytes moved by ``pump``."""
+
+    def __init__(self, device: ZkDevice, db=None, sink=None, memory=None, timing=TIMING):
+        self.device, self.clock = device, task.Clock()
+        self.db, self.sink, self.presence = db or SyncDb(), sink or Sink(), Presence()
+        self.broken: list[str] = []
+        self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
+                           on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
+        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, events=self.sink,
+                                       presence=self.presence, timing=timing)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
+        self.link.makeConnection(self.transport)
+        self._out: list = []
+        self.session = DeviceSession(device, 0x1234, self._out.append)
+        self.decoder = PacketDecoder()
+
+    def _broken(self, reason):
+        self.broken.append(reason)
+        self.connection.link_broken(reason)
+
+    def pump(self) -> None:
+        while True:
+            sent = self.transport.value()
+            self.transport.clear()
+            for packet in self.decoder.feed(sent):
+                self.session.receive(packet)
+            answers, self._out[:] = b"".join(encode_tcp(p) for p in self._out), []
+            if not sent and not answers:
+                return
+            if answers:
+                self.link.dataReceived(answers)
+
+    def start(self):
+        self.connection.start()
+        self.pump()
+        assert self.presence.online_now is self.connection, self.broken
+        return self
+
+    def poll(self, seconds: float = TIMING.poll.poll_s):
+        self.clock.advance(seconds)
+        self.pump()
+
+    def call(self, d):
+        self.pump()
+        results = []
+        d.addBoth(results.append)
+        assert results, "the operation did not end"
+        return results[0]
+
+
+def test_device_changes_become_device_events_and_a_push_never_comes_back_as_one():
+    device = ZkDevice()
+    populate(device, 2, fingers=1)
+    wire = Wire(device).start()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2"], "a device never seen: everyone is news"
+    fetched = wire.call(wire.connection.fetch_users(["1", "2", "9"]))
+    assert [r.user_id for r in fetched.users] == ["1", "2"] and fetched.missing == ["9"]
+    assert fetched.users[0].fingerprints[0].format == "zk10"
+
+    device.edit("1", name="Renamed")  # the counts do not move
+    wire.poll()
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+    wire.poll()
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"], "announced once"
+
+    record = UserRecord("3", name="Pushed Person")
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=True))
+    assert [(r.user_id, r.status) for r in results] == [("3", UserStatus.OK)]
+    assert device.user("3").name == "Pushed Person" and device.user("3").uid == 3
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
+    wire.poll()
+    wire.poll()
+    assert "3" not in wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE)
+
+    device.delete("2")
+    wire.poll()
+    assert wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == ["2"]
+    assert wire.broken == []
+
+
+def test_a_keypad_change_not_fetched_yet_is_not_overwritten():
+    device = ZkDevice()
+    populate(device, 1)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1"]))
+    device.edit("1", name="Changed At The Door")  # no poll ran since: the write pass must see it
+    server_copy = UserRecord("1", name="Server Name")
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(server_copy)], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.LOCAL_CHANGE_PENDING]
+    assert device.user("1").name == "Changed At The Door"
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(server_copy)], keep_local_changes=False))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("1").name == "Server Name"
+
+
+def test_writes_are_bulk_uploads_inside_disable_and_enable():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    device.recorded = []
+    records = [UserRecordWire.build(UserRecord(str(n), name=f"P{n}")) for n in range(1, 151)]
+    wire.call(wire.connection.put_users(records, keep_local_changes=True))
+    commands = [p.command for p in device.recorded]
+    assert commands[0] == Command.DISABLEDEVICE and commands[-1] == Command.ENABLEDEVICE
+    assert commands.count(Command.SAVE_USERTEMPS) == 3, "150 users in uploads of 64"
+    assert commands.count(Command.REFRESHDATA) >= 1 and len(device.users) == 150
+
+
+def test_a_real_time_event_polls_at_once():
+    device = ZkDevice(enrol_events=True)
+    wire = Wire(device).start()
+    device.enroll("77", "Walk In")
+    wire.pump()
+    wire.clock.advance(0)
+    wire.pump()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["77"], "seen before the poll interval passed"
+
+
+def test_a_silent_device_loses_its_link_at_the_deadline():
+    wire = Wire(ZkDevice())
+    wire.connection.start()  # nothing pumped: the device never answers
+    wire.clock.advance(TIMING.request_s)
+    assert wire.broken == ["the device did not answer CONNECT within 5 s"]
+    assert wire.transport.disconnecting
+
+
+def test_what_the_server_has_seen_survives_a_restart():
+    device = ZkDevice()
+    populate(device, 3)
+    db, sink = SyncDb(), Sink()
+    first = Wire(device, db, sink).start()
+    first.call(first.connection.fetch_users(["1", "2", "3"]))
+    device.edit("2", card=42)
+    again = Wire(device, db, sink).start()  # a new process: memory from the database
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "3"]
+    assert sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["2"]
+    assert [e.event_id for e in sink.events] == list(range(1, len(sink.events) + 1)), "event ids go on from the stored ones"
+    assert again.broken == []
+
+
+def test_attendance_becomes_events_stored_once():
+    device = ZkDevice()
+    populate(device, 2)
+    at = datetime(2024, 3, 1, 8, 30, 15)
+    device.punch("1", at=at, verify_type=2)
+    db, sink = SyncDb(), Sink()
+    wire = Wire(device, db, sink).start()
+    assert sink.of(EventCode.VERIFY_SUCCESS) == ["1"]
+    device.punch("2", at=at, verify_type=1, punch=1)
+    wire.poll(TIMING.poll.attendance_s)
+    wire.poll(TIMING.poll.attendance_s)
+    punches = [e for e in sink.events if e.code == EventCode.VERIFY_SUCCESS]
+    assert [(e.user_id, e.timestamp_ms) for e in punches] == [("1", int(at.timestamp() * 1000)), ("2", int(at.timestamp() * 1000))]
+    Wire(device, db, sink).start()  # a restart reads the log again: nothing new
+    assert len([e for e in sink.events if e.code == EventCode.VERIFY_SUCCESS]) == 2
+
+
+def test_new_attendance_by_the_records_own_identity():
+    a, b, c = (AttendanceRecord(n, str(n), datetime(2024, 1, 1, 8, n)) for n in (1, 2, 3))
+    assert new_attendance([a, b, c], 2, attendance_identity(b)) == [c]
+    assert new_attendance([a, b], 2, attendance_identity(b)) == []
+    assert new_attendance([b, c], 3, attendance_identity(b)) == [c], "older records cleared: found by identity"
+    assert new_attendance([c], 2, attendance_identity(b)) == [c], "the log cleared: all new"
+    assert new_attendance([a], 0, None) == [a]
+
+
+def test_the_poll_plan_reads_big_user_tables_on_the_slow_schedule():
+    timing = PollTiming(poll_s=2, cheap_users=100, users_s=30, templates_s=60, attendance_s=10)
+    plan = PollPlan(timing, sizes=Sizes(users=500, fingers=500, records=10), users_at=0, templates_at=0, attendance_at=0, attendance_count=10)
+    same = Sizes(users=500, fingers=500, records=10)
+    assert not plan.users_due(same, 2) and plan.users_due(same, 30)
+    assert plan.users_due(Sizes(users=501, fingers=500), 2), "a count moved"
+    assert PollPlan(timing, sizes=Sizes(users=50), users_at=0).users_due(Sizes(users=50), 2), "a small table every poll"
+    assert not plan.templates_due(same, 2, False) and plan.templates_due(same, 2, True) and plan.templates_due(same, 60, False)
+    assert not plan.attendance_due(same, 20) and not plan.attendance_due(Sizes(records=11), 5) and plan.attendance_due(Sizes(records=11), 10)
