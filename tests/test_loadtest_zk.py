@@ -1,8 +1,7 @@
 """The ZK half of the load test: the convergence check of ZK device dumps (as the mapping
-allows), the report's ZK figures, and a tiny ZK and mixed load test end to end, which needs the
-gateway's ZK driver (gateway/zk/) and is skipped until it is there."""
+allows), the report's ZK figures, and a tiny ZK and mixed load test end to end against the
+gateway's ZK driver (gateway/zk/)."""
 
-import importlib.util
 import json
 
 import pytest
@@ -12,11 +11,6 @@ from gateway.schema import events, metadata, users
 from protocol.records import Card, CardType, UserRecord, UserRecordWire
 from tools.loadtest import convergence, report as reporting, zk_convergence
 from tools.loadtest.harness import main
-
-DRIVER_MISSING = importlib.util.find_spec("gateway.zk") is None
-NEEDS_DRIVER = pytest.mark.skipif(
-    DRIVER_MISSING, reason="the gateway's ZK driver (gateway/zk/) has not landed; remove this mark once it is merged")
-
 
 def zk_entry(name="Ana Lima", card=7, fingers=None):
     return dict(name=name, card=card, password="1234", privilege=0, group_id="1", fingers=fingers or {})
@@ -128,7 +122,7 @@ def test_the_report_table_shows_the_zk_figures():
     assert lines["ZK devices, poll_s"] == "3, 2 s"
 
 
-# -- end to end: needs the gateway's ZK driver --------------------------------------------------
+# -- end to end, with the gateway's ZK driver ---------------------------------------------------
 
 TINY = ["--devices", "3", "--workers", "1", "--scenario", "mixed", "--rate", "4", "--duration", "3", "--poll-s", "0.5",
         "--idle-cycles", "4", "--baseline-rows", "2000", "--sink-seconds", "0.3", "--drain-timeout", "60"]
@@ -141,7 +135,6 @@ def zk_run(tmp_path_factory):
     return code, json.loads((folder / "r.json").read_text())
 
 
-@NEEDS_DRIVER
 def test_a_tiny_zk_load_test_converges_and_reports_the_polling_cost(zk_run):
     code, report = zk_run
     assert code == 0, report["problems"]
@@ -155,7 +148,6 @@ def test_a_tiny_zk_load_test_converges_and_reports_the_polling_cost(zk_run):
     assert report["events_stored"] >= 1 and report["lost_events"] == 0  # punches became events, each once
 
 
-@NEEDS_DRIVER
 def test_a_tiny_mixed_load_test_carries_users_between_native_terminals_and_zk_devices(tmp_path):
     code = main([*TINY, "--devices", "4", "--kind", "mixed", "--run-dir", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text())
@@ -163,7 +155,6 @@ def test_a_tiny_mixed_load_test_carries_users_between_native_terminals_and_zk_de
     assert report["zk"]["devices"] == 2 and report["propagation_incomplete"] == 0 and report["diverged_terminals"] == 0
 
 
-@NEEDS_DRIVER
 def test_a_zk_device_that_silently_loses_a_user_fails_the_run(tmp_path):
     code = main([*TINY, "--kind", "zk", "--scenario", "enroll-storm", "--drop-one",
                  "--run-dir", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])

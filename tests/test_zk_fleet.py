@@ -80,8 +80,14 @@ def test_a_zk_station_counts_changes_until_the_gateway_reads_the_table_that_show
     station.verify("7-1")
     device.received(Packet(Command.PREPARE_BUFFER, data=buffer_request(ATTENDANCE)))
     assert station.unacknowledged == 0
+    station.enroll(People(1).person("7-2"))
     station.delete("7-1")
-    assert station.unacknowledged == 1 and station.deleted_here == {"7-1"} and "7-1" not in station.changed_here
+    assert station.unacknowledged == 3 and station.deleted_here == {"7-1"} and "7-1" not in station.changed_here
+    device.received(Packet(Command.GET_FREE_SIZES))  # counts of tables that are not empty show no change
+    assert station.unacknowledged == 3
+    station.delete("7-2")
+    device.received(Packet(Command.GET_FREE_SIZES))  # 0 users, 0 templates: both tables seen whole
+    assert station.unacknowledged == 0
 
 
 def run_zk_fleet(tmp_path, **spec_values):

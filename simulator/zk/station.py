@@ -6,7 +6,8 @@ It offers the keypad actions a scenario drives at any station (``enroll_new``, `
 methods. A ZK device reports nothing by itself: the gateway finds changes by polling, so a
 change counts as *unacknowledged* until the gateway has read the table that shows it (the user
 table for users; the template table, or that one template, for fingers; the attendance table, or
-an acknowledged real-time event, for punches). The fleet settles only when none is left.
+an acknowledged real-time event, for punches; an empty table is read whole by its count,
+GET_FREE_SIZES). The fleet settles only when none is left.
 """
 
 import hashlib
@@ -178,10 +179,22 @@ class ZkStation:
                     self._unread_punches = 0
             elif packet.command == Command.GET_USERTEMP:
                 self._unread_templates.discard(parse_uid_finger(packet.data))
+            elif packet.command == Command.GET_FREE_SIZES:
+                self._empty_tables_read()
         except BodyError:
             return  # the session answers it ACK_ERROR; nothing was read
         if packet.command == ReplyCode.ACK_OK and self._unread_punches:  # a real-time event acknowledged
             self._unread_punches -= 1
+
+    def _empty_tables_read(self) -> None:
+        """The counts show an empty table whole: a client that sees 0 users has read the user
+        table (a reader skips the buffer then, as pyzk does), and with it every delete."""
+        if not self.device.users:
+            self._unread_users.clear()
+        if not self.device.templates:
+            self._unread_templates.clear()
+        if not self.device.attendance:
+            self._unread_punches = 0
 
     def _applied(self, user_id: str, user: User | None) -> None:
         if user is not None:
