@@ -91,6 +91,7 @@ class ZkDevice:
         self.request_listeners: list[Callable[[Packet], None]] = []  # told of each packet a client sent
         self.recorded: list[Packet] | None = None  # a list to keep every packet received, in order
         self.faults = Faults()
+        self.disabled = False  # a client sent DISABLEDEVICE and no ENABLEDEVICE yet: a real keypad shows "working"
 
     # -- what sessions read and write --------------------------------------------------------
 

@@ -67,6 +67,8 @@ class DeviceSession:
             self._answer(packet, ReplyCode.ACK_UNKNOWN)
         else:
             handler = self._HANDLERS.get(command)
+            if command in (Command.DISABLEDEVICE, Command.ENABLEDEVICE):
+                self.device.disabled = command == Command.DISABLEDEVICE
             if handler is None:
                 self._answer(packet, ReplyCode.ACK_OK if command in _ACKNOWLEDGED else ReplyCode.ACK_UNKNOWN)
                 return
@@ -77,6 +79,7 @@ class DeviceSession:
 
     def close(self) -> None:
         self.closed = True
+        self.device.disabled = False  # a device enables itself when its client goes
         self.device.unsubscribe(self._push_event)
 
     def _answer(self, to: Packet, code: int, data: bytes = b"") -> None:
