@@ -18,6 +18,8 @@ import tempfile
 import pytest
 import sqlalchemy
 
+from gateway.database import Database
+
 PORT = 5432  # names the socket file in the cluster's own folder; no TCP port is opened
 
 
@@ -106,3 +108,12 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gateway.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def db(db_url):
+    """A migrated database on each backend, used without a reactor (``run_now``)."""
+    database = Database(db_url, reactor=None)
+    database.open()
+    yield database
+    database.engine.dispose()

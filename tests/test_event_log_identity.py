@@ -4,7 +4,6 @@ twice with other content, ids leaping to 2**63-1: every event is stored and ever
 import pytest
 from sqlalchemy import insert, select
 
-from gateway.database import Database
 from gateway.eventlog import _store, _Submission, open_log
 from gateway.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED
 from gateway.schema import events, pending_pulls, terminals
@@ -15,13 +14,11 @@ T = 7
 
 
 @pytest.fixture
-def db(db_url):
-    database = Database(db_url, reactor=None)
-    database.open()
-    database.run_now(lambda c: c.execute(insert(terminals).values(terminal_id=T, admission="admitted", name="", access_groups="",
-                                                                model="", firmware="", link="", cursor=0)))
-    yield database
-    database.engine.dispose()
+def db(db):
+    """The shared database, with terminal T known."""
+    db.run_now(lambda c: c.execute(insert(terminals).values(terminal_id=T, admission="admitted", name="", access_groups="",
+                                                          model="", firmware="", link="", cursor=0)))
+    return db
 
 
 def enrol(event_id, user, at=0):

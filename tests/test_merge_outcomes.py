@@ -1,10 +1,8 @@
 """What a merge keeps, drops and sends back, on real SQLite and PostgreSQL: nothing of a keypad
 change vanishes without a monitoring event naming the user, the terminal, what and why."""
 
-import pytest
 from sqlalchemy import select
 
-from gateway.database import Database
 from gateway.eventlog import _store, _Submission
 from gateway.monitor import CHANGE_DROPPED, MERGED_UNCHANGED, SAVED_FROM_DEVICE
 from gateway.puller import merge_pulled
@@ -15,14 +13,6 @@ from protocol.records import MAX_CARDS, Card, CardType, UserRecord, UserRecordWi
 
 NOW_MS = 1_700_000_000_000
 T = 5
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url, reactor=None)
-    database.open()
-    yield database
-    database.engine.dispose()
 
 
 def keypad(db, code, user, at_ms):

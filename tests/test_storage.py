@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from gateway.database import Database, DatabaseFailure
+from gateway.database import DatabaseFailure
 from gateway.eventlog import _store, _Submission, last_stored_event_id
 from gateway.monitor import SAVED_FROM_DEVICE
 from gateway.puller import merge_pulled
@@ -25,14 +25,6 @@ from protocol.events import Event, EventCode, Origin
 from protocol.records import Card, CardType, UserRecord
 
 NOW_MS = 1_700_000_000_000
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url, reactor=None)
-    database.open()
-    yield database
-    database.engine.dispose()
 
 
 def enroll(event_id, user="u1", origin=Origin.DEVICE):
