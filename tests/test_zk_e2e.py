@@ -78,7 +78,8 @@ class MixedSite(ZkSite):
                          and all("500" in site.terminals[t].users for t in (NATIVE_A, NATIVE_B)), "user 500 everywhere")
         server = site.server_record("500")
         self.assertEqual((server.name, server.cards), ("Ana Lima", (Card(CardType.CSN, bytes.fromhex("a1b2c3d4")),)))
-        self.assertEqual([(f.index, f.format, f.template1) for f in server.fingerprints], [(3, "zk10", finger)])
+        yield wait_until(lambda: [(f.index, f.format, f.template1) for f in site.server_record("500").fingerprints] == [(3, "zk10", finger)],
+                         "the template pulled from ZK-1")  # templates are read on their own, after the user
         yield wait_until(lambda: self.templates_of(ZK2, "500") == {3: finger}, "the template on ZK-2")
         self.assertEqual(self.templates_of(ZK3, "500"), {}, "ZK-3's algorithm cannot use a zk10 template")
         self.assertEqual(zk3.user("500").name, "Ana Lima", "8 bytes on an old firmware")
