@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.add_argument("--tcp-port", type=int, help="port terminals dial in to (default 4370)")
     run.add_argument("--http-port", type=int, help="port of the HTTP API and monitoring page (default 8080)")
+    run.add_argument("--api-in-process", action="store_true", help="serve HTTP on the gateway's own reactor, not from an API process")
     run.add_argument("--serial", action="append", metavar="DEVICE[:BAUD]", help="an RS-485 bus to master (repeatable)")
     run.add_argument("--zk", metavar="HOST[:PORT]", help="a ZKTeco device to keep in sync (port 4370 unless given)")
     run.add_argument("--zk-id", type=int, metavar="N", help="its terminal id (default: derived from HOST:PORT)")
@@ -177,6 +178,7 @@ def _run(args) -> int:
             db=args.db,
             tcp_port=args.tcp_port,
             http_port=args.http_port,
+            http_process=False if args.api_in_process else None,
             admission=args.admission,
             default_secret=args.default_secret,
             api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,

@@ -68,6 +68,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     tcp_port: Port = 4370
     http_host: str = "127.0.0.1"  # the API stays on loopback unless configured otherwise
     http_port: Port = 8080
+    http_process: bool = True  # the API in a process of its own, never waiting on terminals (gateway/http/serve.py)
     api_token: Text | None = None
     admission: AdmissionPolicy = AdmissionPolicy.ALLOWLIST
     default_secret: Text | None = None

@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_z
 from gateway.database import Database
 from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
-from gateway.http.site import GatewaySite
+from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
 from gateway.puller import Puller
 from gateway.pusher import Pusher
@@ -69,6 +69,7 @@ class Gateway:
             slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
         self.tcp_port = None
         self.tls_port = None
+        self.http = None
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
@@ -91,7 +92,8 @@ class Gateway:
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         if self.config.tls is not None:
             self.tls_port = self._listen_tls(self.config.tls)
-        self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
+        self.http = (ApiProcess if self.config.http_process else InProcess)(self)
+        self.http_port = self.http.port
         log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
         self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session, _dial_tls(entry))
                         for entry in self.config.terminals if "dial" in entry]
@@ -104,7 +106,8 @@ class Gateway:
             device.start()
         self._sweep.start(self.sweep_s, now=False)
         self.reconciler.start()
-        self.activity.start()
+        if not self.config.http_process:  # else the API process keeps the figures
+            self.activity.start()
 
     @defer.inlineCallbacks
     def stop(self):
@@ -118,8 +121,8 @@ class Gateway:
         for port in (self.tcp_port, self.tls_port):
             if port is not None:
                 yield port.stopListening()
-        if self.http_port is not None:
-            yield self.http_port.stopListening()
+        if self.http is not None:
+            yield self.http.stop()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
         yield defer.gatherResults([device.stop() for device in self.zk_terminals])
         for term in self.registry.connected():

@@ -98,8 +98,10 @@ class GatewaySite(server.Site):
 
     noisy = False  # "Starting factory" says nothing the "monitoring page at" line does not
 
-    def __init__(self, gateway):
-        self.loopback_only = is_loopback(gateway.config.http_host)
+    def __init__(self, gateway, routes: list[Route] | None = None, loopback_only: bool | None = None):
+        """``gateway``: the running gateway, or the API process's mirror of it (gateway/http/process.py),
+        whose ``routes`` forward writes to the gateway."""
+        self.loopback_only = is_loopback(gateway.config.http_host) if loopback_only is None else loopback_only
         self.stream = EventStream(gateway.db, gateway.reactor)
         gateway.eventlog.unsaved.listeners.append(self.stream.offer_unsaved)  # failures show before the database takes them
         root = Root()
@@ -108,7 +110,7 @@ class GatewaySite(server.Site):
         for name in PAGE_FILES:
             page.putChild(name.encode(), PageFile(name))
         root.putChild(b"page", page)
-        root.putChild(b"api", ApiResource(gateway, self.stream, api_routes()))
+        root.putChild(b"api", ApiResource(gateway, self.stream, routes or api_routes()))
         root.putChild(b"metrics", MetricsResource(gateway.metrics))
         super().__init__(root, parsePOSTFormSubmission=False)
 

@@ -1,0 +1,270 @@
+"""The API process: the HTTP API, page, /metrics and live stream, served on a reactor of their own.
+
+``gateway run`` starts it (gateway/http/serve.py) with the public listening socket as file
+descriptor 3, its configuration as one JSON line on standard input, and the ingest process's
+internal address. Reads go to the database on this process's own reader threads; what only the
+ingest process knows comes from its snapshot, read every ``SnapshotFollower.interval_s`` (so a
+terminal's online state or a counter in /metrics is at most that old, plus the time the ingest
+reactor takes to answer; ``gateway_api_snapshot_age_seconds`` says how old). Writes are
+forwarded to the ingest process, which runs them as it always did (they touch its memory: a
+refused terminal's link is closed, pushes are woken), and answered once a snapshot taken after
+them is in, so whoever wrote reads what they wrote. Standard input closing means the gateway is
+gone: this process stops too.
+"""
+
+import argparse
+import io
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, replace
+
+import msgspec
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from gateway.activity import Activity
+from gateway.config import GatewayConfig
+from gateway.database import Database
+from gateway.http.api import ApiError
+from gateway.http.site import GatewaySite, api_routes
+from gateway.http.snapshot import Mirror
+
+log = Logger(namespace="gateway.http.process")
+
+
+class IngestUnavailable(Exception):
+    """The ingest process did not answer in time (busy, stopped or restarting)."""
+
+
+class SnapshotFollower:
+    """Reads the ingest process's snapshot into a ``Mirror``, one read at a time, every ``interval_s``."""
+
+    interval_s = 0.5
+    timeout_s = 5.0
+
+    def __init__(self, reactor, ingest_url: str, mirror: Mirror):
+        self._reactor = reactor
+        self._url = f"{ingest_url}/internal/snapshot".encode()
+        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor))
+        self.mirror = mirror
+        self.received_s: float | None = None  # on this process's clock
+        self._reading = False
+        self._current: list[defer.Deferred] = []  # waiting for the read under way
+        self._next: list[defer.Deferred] = []  # asked for after it began: they wait for the one after
+        self._failing = False
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        self._loop.start(self.interval_s, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def read(self) -> defer.Deferred:
+        """Fires once a snapshot asked for from now on is in the mirror (IngestUnavailable if none came in time)."""
+        d = defer.Deferred()
+        if self._reading:
+            self._next.append(d)
+        else:
+            self._current.append(d)
+            self._begin()
+        return d
+
+    def _begin(self) -> None:
+        self._reading = True
+        d = self._agent.request(b"GET", self._url)
+        d.addCallback(_body_of)
+        d.addTimeout(self.timeout_s, self._reactor)
+        d.addCallback(self._received)
+        d.addBoth(self._finished)
+
+    def _received(self, answer) -> None:
+        code, raw = answer
+        if code != 200:
+            raise IngestUnavailable(f"the gateway answered {code} for its snapshot")
+        self.mirror.update(json.loads(raw))
+        self.received_s = self._reactor.seconds()
+
+    def _finished(self, result) -> None:
+        failed = isinstance(result, Failure)
+        if failed != self._failing:  # said once when it starts and once when it ends, not every read
+            self._failing = failed
+            if failed:
+                log.warn("cannot read the gateway's state: {e}; serving the last one read",
+                         e=result.getErrorMessage() or result.type.__name__)
+            else:
+                log.info("reading the gateway's state again")
+        error = IngestUnavailable(f"the gateway did not answer: {result.getErrorMessage() or result.type.__name__}") if failed else None
+        waiting, self._current = self._current, []
+        for d in waiting:
+            d.errback(error) if failed else d.callback(None)
+        self._reading = False
+        if self._next:
+            self._current, self._next = self._next, []
+            self._begin()
+
+    def _tick(self) -> None:
+        if not self._reading:
+            self.read().addErrback(lambda f: f.trap(IngestUnavailable))
+
+    def age_s(self) -> float:
+        return self._reactor.seconds() - self.received_s if self.received_s is not None else float("inf")
+
+
+class WriteForwarder:
+    """Writes run in the ingest process: the request, already authorized and checked here, goes there as it came."""
+
+    timeout_s = 30.0
+
+    def __init__(self, reactor, ingest_url: str, follower: SnapshotFollower):
+        self._reactor = reactor
+        self._url = ingest_url.encode()
+        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor))
+        self._follower = follower
+
+    def forward(self, call) -> defer.Deferred:
+        request = call.request
+        headers = Headers({b"Content-Type": [b"application/json"]})
+        authorization = request.getHeader("authorization")
+        if authorization:
+            headers.addRawHeader(b"Authorization", authorization.encode("latin-1"))
+        raw = request.content.getvalue()
+        body = FileBodyProducer(io.BytesIO(raw)) if raw else None
+        d = self._agent.request(request.method, self._url + request.uri, headers, body)
+        d.addCallback(_body_of)
+        d.addTimeout(self.timeout_s, self._reactor)
+        return d.addCallbacks(self._answered, self._unanswered, errbackArgs=(request,))
+
+    def _answered(self, answer):
+        code, raw = answer
+        value = json.loads(raw)
+        if code >= 400:
+            raise ApiError(code, value["error"])
+        # Answered once the mirror shows the write (a terminal admitted, the new sync mode).
+        return self._follower.read().addBoth(lambda _: value)
+
+    @staticmethod
+    def _unanswered(failure, request):
+        log.warn("{method} {path} could not reach the gateway: {e}", method=request.method.decode("latin-1"),
+                 path=request.path.decode("latin-1"), e=failure.getErrorMessage() or failure.type.__name__)
+        raise ApiError(503, "the gateway did not answer in time (busy or restarting): see whether the change was made, then retry")
+
+
+def _body_of(response) -> defer.Deferred:
+    return readBody(response).addCallback(lambda raw: (response.code, raw))
+
+
+class ApiMetrics:
+    """/metrics: the ingest process's exposition as last read, and how old it is."""
+
+    def __init__(self, follower: SnapshotFollower):
+        self._follower = follower
+        self.registry = CollectorRegistry()
+        Gauge("gateway_api_snapshot_age_seconds", "Seconds since the API process last read the gateway's state (terminals online, "
+              "metrics)", registry=self.registry).set_function(follower.age_s)
+
+    def exposition(self) -> bytes:
+        return self._follower.mirror.metrics_text.encode() + generate_latest(self.registry)
+
+
+@dataclass
+class MirroredGateway:
+    """What the views read, in the API process: its own database readers and activity figures,
+    and the ingest process's memory through the mirror."""
+
+    config: GatewayConfig
+    reactor: object
+    db: Database
+    activity: Activity
+    mirror: Mirror
+    metrics: ApiMetrics
+
+    @property
+    def registry(self):
+        return self.mirror.registry
+
+    @property
+    def reconciler(self):
+        return self.mirror.reconciler
+
+    @property
+    def settings(self):
+        return self.mirror.settings
+
+    @property
+    def eventlog(self):
+        return self.mirror.eventlog
+
+
+@implementer(IReadDescriptor)
+class ParentWatch:
+    """Standard input, which the gateway holds open for as long as it lives."""
+
+    def __init__(self, on_gone):
+        self._on_gone = on_gone
+
+    def fileno(self) -> int:
+        return 0
+
+    def doRead(self):
+        if not os.read(0, 4096):
+            return ConnectionError("the gateway closed standard input")
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self._on_gone()
+
+    def logPrefix(self) -> str:
+        return "gateway"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.http", description="The gateway's API process; `gateway run` starts it.")
+    parser.add_argument("--ingest", required=True, metavar="URL", help="the gateway's internal HTTP address")
+    parser.add_argument("--listen-fd", type=int, required=True, metavar="FD", help="the listening socket to serve")
+    args = parser.parse_args(argv)
+    config = msgspec.json.decode(sys.stdin.buffer.readline(), type=GatewayConfig)
+    task.react(_serve, [config, args.ingest, args.listen_fd])
+
+
+async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int) -> None:
+    from gateway.run import start_logging  # the gateway's log format, on the gateway's output
+
+    start_logging()
+    db = Database(config.db, reactor)
+    db.start()  # the gateway has migrated it: this only checks
+    reactor.addSystemEventTrigger("after", "shutdown", db.stop)
+    mirror = Mirror()
+    follower = SnapshotFollower(reactor, ingest_url, mirror)
+    forwarder = WriteForwarder(reactor, ingest_url, follower)
+    activity = Activity(db, reactor)
+    gateway = MirroredGateway(config, reactor, db, activity, mirror, ApiMetrics(follower))
+    routes = [replace(route, view=forwarder.forward) if route.writes else route for route in api_routes()]
+    site = GatewaySite(gateway, routes)
+    try:
+        await follower.read()  # nothing is answered before the first snapshot: connections wait in the backlog
+    except IngestUnavailable as exc:
+        log.warn("serving before a first snapshot of the gateway: {e}", e=exc)
+    follower.start()
+    activity.start()
+    reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", activity.stop)
+    with socket.socket(fileno=os.dup(listen_fd)) as listening:
+        family = listening.family
+    port = reactor.adoptStreamPort(listen_fd, family, site)
+    os.close(listen_fd)  # the port has its own copy
+    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
+    reactor.addReader(ParentWatch(lambda: reactor.running and reactor.stop()))
+    log.info("API process {pid} serving the page and API at http://{host}:{port}/", pid=os.getpid(),
+             host=config.http_host, port=port.getHost().port)
+    await defer.Deferred()  # until SIGTERM, or the gateway closing standard input

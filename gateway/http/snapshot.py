@@ -1,0 +1,121 @@
+"""The ingest process's memory as the API process sees it: a snapshot taken on one side, mirrored
+on the other.
+
+What the API shows and only the ingest process knows (which terminals are online, when each was
+last heard, why one went offline, the last reconciliation of each, monitoring events waiting for
+the database, the sync mode in force, the metrics) travels as one JSON document. ``take``
+builds it on the ingest reactor from the objects the views read; ``Mirror`` keeps the newest one
+in the API process as objects with the same attributes, so the views run unchanged on either
+side. The document holds no secret: writes, which need them, run in the ingest process.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+from gateway.reconcile import Reconciliation
+from gateway.syncmode import SyncMode
+
+_TERMINAL_FIELDS = ("terminal_id", "name", "admission", "online", "kind", "offline_reason", "link", "heard_ms",
+                    "model", "firmware", "cursor")
+
+
+def take(gateway, now_s: float) -> dict:
+    """The snapshot, from a running ``Gateway`` (on its reactor: it reads memory, never the database)."""
+    unsaved = gateway.eventlog.unsaved
+    reconciler = gateway.reconciler
+    return {
+        "taken_s": now_s,
+        "terminals": [dict({f: getattr(t, f) for f in _TERMINAL_FIELDS}, access_groups=sorted(t.access_groups))
+                      for t in gateway.registry.terminals.values()],
+        "reconciliations": [dict(terminal_id=t, at_ms=r.at_ms, compared=r.compared, repaired=dict(r.repaired),
+                                 differences=r.differences, note=r.note, repaired_total=reconciler.repaired_total[t])
+                            for t, r in reconciler.last.items()],
+        # Oldest first, each with the number that tells it apart, so the mirror offers new ones to the live stream once.
+        "unsaved": [dict(number=n, event=e) for n, e in zip(unsaved.taken(), reversed(unsaved.shown()))],
+        "sync_mode": gateway.settings.mode.value,
+        "metrics": gateway.metrics.exposition().decode(),
+    }
+
+
+@dataclass(frozen=True)
+class TerminalView:
+    """A terminal as the views read it (``gateway.terminals.Terminal``'s fields, without its secret and connection)."""
+
+    terminal_id: int
+    name: str
+    admission: str
+    online: bool
+    kind: str
+    offline_reason: str
+    link: str
+    heard_ms: int | None
+    model: str
+    firmware: str
+    cursor: int
+    access_groups: frozenset[int]
+
+
+class RegistryView:
+    def __init__(self):
+        self.terminals: dict[int, TerminalView] = {}
+
+    def connected(self) -> list[TerminalView]:
+        return [t for t in self.terminals.values() if t.online]
+
+
+class ReconcilerView:
+    def __init__(self):
+        self.last: dict[int, Reconciliation] = {}
+        self.repaired_total: Counter = Counter()
+
+
+class SettingsView:
+    mode = SyncMode.ALL_WITH_DEVICE_UPDATES  # until the first snapshot; the API process answers none before it
+
+
+class UnsavedView:
+    """Monitoring events waiting for the ingest process's database writes; new ones go to ``listeners`` (the live stream)."""
+
+    def __init__(self):
+        self.listeners: list = []
+        self._shown: list[dict] = []
+        self._seen = 0  # the highest number offered
+
+    def shown(self) -> list[dict]:
+        return self._shown
+
+    def update(self, rows: list[dict]) -> None:
+        self._shown = [row["event"] for row in reversed(rows)]
+        for row in rows:
+            if row["number"] > self._seen:
+                self._seen = row["number"]
+                for listener in self.listeners:
+                    listener(row["event"])
+
+
+@dataclass
+class EventLogView:
+    unsaved: UnsavedView
+
+
+class Mirror:
+    """The newest snapshot, as ``registry``, ``reconciler``, ``settings``, ``eventlog.unsaved`` and the metrics text."""
+
+    def __init__(self):
+        self.registry = RegistryView()
+        self.reconciler = ReconcilerView()
+        self.settings = SettingsView()
+        self.eventlog = EventLogView(UnsavedView())
+        self.metrics_text = ""
+        self.taken_s: float | None = None  # on the ingest process's clock; None before the first
+
+    def update(self, snapshot: dict) -> None:
+        self.registry.terminals = {
+            t["terminal_id"]: TerminalView(**{**t, "access_groups": frozenset(t["access_groups"])}) for t in snapshot["terminals"]}
+        self.reconciler.last = {r["terminal_id"]: Reconciliation(r["at_ms"], r["compared"], Counter(r["repaired"]), r["differences"], r["note"])
+                                for r in snapshot["reconciliations"]}
+        self.reconciler.repaired_total = Counter({r["terminal_id"]: r["repaired_total"] for r in snapshot["reconciliations"]})
+        self.settings.mode = SyncMode(snapshot["sync_mode"])
+        self.eventlog.unsaved.update(snapshot["unsaved"])
+        self.metrics_text = snapshot["metrics"]
+        self.taken_s = snapshot["taken_s"]
