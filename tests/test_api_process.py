@@ -8,6 +8,7 @@ is bounded.
 
 import json
 import os
+import re
 import signal
 from urllib import error as urlerror
 from urllib import request as urlrequest
@@ -58,7 +59,7 @@ def site(tmp_path):
     terminal = Process("simulator.cli", "terminal", "--gateway", f"127.0.0.1:{tcp_port}", "--id", "1", "--secret", "secret-1",
                        "--keypad", "off")
     try:
-        child = int(gateway.wait_for(STARTED).group(1))
+        child = int(re.search(STARTED, "".join(gateway.output)).group(1))  # logged before the page's address
         eventually(lambda: online(page, 1), "terminal 1 online, as the API process shows it")
         yield gateway, page, child
     finally:
