@@ -8,7 +8,8 @@ terminal's online state or a counter in /metrics is at most that old, plus the t
 reactor takes to answer; ``gateway_api_snapshot_age_seconds`` says how old). Writes are
 forwarded to the ingest process, which runs them as it always did (they touch its memory: a
 refused terminal's link is closed, pushes are woken), and answered once a snapshot taken after
-them is in, so whoever wrote reads what they wrote. Standard input closing means the gateway is
+them is in, so whoever wrote reads what they wrote; a gateway that does not answer a write (stopped, restarting) makes it a 503.
+Standard input closing means the gateway is
 gone: this process stops too.
 """
 
@@ -100,11 +101,10 @@ class SnapshotFollower:
         if failed != self._failing:  # said once when it starts and once when it ends, not every read
             self._failing = failed
             if failed:
-                log.warn("cannot read the gateway's state: {e}; serving the last one read",
-                         e=result.getErrorMessage() or result.type.__name__)
+                log.warn("cannot read the gateway's state: {e}; serving the last one read", e=_why(result, self.timeout_s))
             else:
                 log.info("reading the gateway's state again")
-        error = IngestUnavailable(f"the gateway did not answer: {result.getErrorMessage() or result.type.__name__}") if failed else None
+        error = IngestUnavailable(f"the gateway did not answer: {_why(result, self.timeout_s)}") if failed else None
         waiting, self._current = self._current, []
         for d in waiting:
             d.errback(error) if failed else d.callback(None)
@@ -124,7 +124,7 @@ class SnapshotFollower:
 class WriteForwarder:
     """Writes run in the ingest process: the request, already authorized and checked here, goes there as it came."""
 
-    timeout_s = 30.0
+    timeout_s = 600.0  # as long as a write may take there: a reconciliation of every terminal, under a storm
 
     def __init__(self, reactor, ingest_url: str, follower: SnapshotFollower):
         self._reactor = reactor
@@ -153,11 +153,20 @@ class WriteForwarder:
         # Answered once the mirror shows the write (a terminal admitted, the new sync mode).
         return self._follower.read().addBoth(lambda _: value)
 
-    @staticmethod
-    def _unanswered(failure, request):
-        log.warn("{method} {path} could not reach the gateway: {e}", method=request.method.decode("latin-1"),
-                 path=request.path.decode("latin-1"), e=failure.getErrorMessage() or failure.type.__name__)
-        raise ApiError(503, "the gateway did not answer in time (busy or restarting): see whether the change was made, then retry")
+    def _unanswered(self, failure, request):
+        failure.trap(Exception)
+        why = _why(failure, self.timeout_s)
+        log.warn("{method} {path}: the gateway did not answer: {why}", method=request.method.decode("latin-1"),
+                 path=request.path.decode("latin-1"), why=why)
+        raise ApiError(503, "the gateway did not answer (busy or restarting): see whether the change was made, then retry")
+
+
+def _why(failure, timeout_s: float) -> str:
+    """What ended a request to the gateway, for the log."""
+    reasons = getattr(failure.value, "reasons", [failure])  # the Agent wraps what ended it
+    if any(reason.check(defer.CancelledError, defer.TimeoutError) for reason in reasons):
+        return f"no answer within {timeout_s:g} s"
+    return failure.getErrorMessage() or failure.type.__name__
 
 
 def _body_of(response) -> defer.Deferred:

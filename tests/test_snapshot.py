@@ -1,0 +1,76 @@
+"""The ingest process's memory, carried to the API process: what the views make of the mirror is
+what they make of the gateway itself (unit: real objects on both sides, JSON between them)."""
+
+import json
+from collections import Counter
+from types import SimpleNamespace
+
+from gateway.http.snapshot import Mirror, take
+from gateway.http.terminals import terminal_json
+from gateway.metrics import Metrics
+from gateway.monitor import SAVE_FAILED, sync_event_row
+from gateway.reconcile import Reconciliation
+from gateway.syncmode import SyncMode
+from gateway.terminals import PENDING, Terminal
+from gateway.unsaved import UnsavedEvents
+
+
+class Link:
+    last_heard_s = 1_700_000_123.25
+
+
+def ingest_side():
+    metrics = Metrics()
+    metrics.events_ingested.inc(7)
+    online = Terminal(101, name="Door", access_groups=frozenset({3, 1}), model="SIM", firmware="1.0", link="tcp 127.0.0.1:5000",
+                      cursor=12, connection=Link())
+    offline = Terminal(102, admission=PENDING, secret=b"never-shown", offline_reason="refused comm key", last_seen_ms=5)
+    reconciler = SimpleNamespace(last={101: Reconciliation(9, compared=4, repaired=Counter(pushed=2), differences={"u7": "why"}, note="")},
+                                 repaired_total=Counter({101: 5}))
+    return SimpleNamespace(
+        registry=SimpleNamespace(terminals={101: online, 102: offline}),
+        reconciler=reconciler,
+        eventlog=SimpleNamespace(unsaved=UnsavedEvents(metrics)),
+        settings=SimpleNamespace(mode=SyncMode.SPECIFIC),
+        metrics=metrics,
+    )
+
+
+def carried(gateway) -> Mirror:
+    mirror = Mirror()
+    mirror.update(json.loads(json.dumps(take(gateway, 42.0))))
+    return mirror
+
+
+def test_the_views_show_the_same_terminals_on_both_sides():
+    gateway = ingest_side()
+    mirror = carried(gateway)
+    for terminal_id, term in gateway.registry.terminals.items():
+        shown = mirror.registry.terminals[terminal_id]
+        assert terminal_json(shown, 20, 1) == terminal_json(term, 20, 1)
+    assert [t.terminal_id for t in mirror.registry.connected()] == [101]
+    assert mirror.settings.mode is SyncMode.SPECIFIC
+    assert mirror.reconciler.last[101].as_json(mirror.reconciler.repaired_total[101]) == \
+        gateway.reconciler.last[101].as_json(5)
+    assert mirror.reconciler.last[101].differences == {"u7": "why"}
+    assert "gateway_events_ingested_total 7.0" in mirror.metrics_text
+
+
+def test_no_secret_leaves_the_ingest_process():
+    assert "never-shown" not in json.dumps(take(ingest_side(), 0.0))
+
+
+def test_each_unsaved_event_reaches_the_live_stream_once_and_the_list_newest_first():
+    gateway = ingest_side()
+    unsaved = gateway.eventlog.unsaved
+    mirror = Mirror()
+    offered = []
+    mirror.eventlog.unsaved.listeners.append(offered.append)
+    unsaved.add(sync_event_row(SAVE_FAILED, 101, "u1", "database is locked", at_ms=5))
+    mirror.update(take(gateway, 1.0))
+    mirror.update(take(gateway, 1.5))  # the same one again: not offered again
+    unsaved.add(sync_event_row(SAVE_FAILED, 101, "u2", "database is locked", at_ms=6))
+    mirror.update(take(gateway, 2.0))
+    assert [e["user_id"] for e in offered] == ["u1", "u2"]
+    assert mirror.eventlog.unsaved.shown() == unsaved.shown()
+    assert [e["user_id"] for e in mirror.eventlog.unsaved.shown()] == ["u2", "u1"]
