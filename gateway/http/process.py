@@ -14,9 +14,11 @@ gone: this process stops too.
 """
 
 import argparse
+import ctypes
 import io
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass, replace
@@ -237,11 +239,26 @@ class ParentWatch:
         return "gateway"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(gateway_pid: int) -> None:
+    """On Linux the kernel kills this process the moment the gateway dies, and so closes the
+    listening socket at once: a gateway restarted right after a SIGKILL binds its port again.
+    Elsewhere the end of standard input does it, a moment later."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != gateway_pid:  # it died before that took hold
+        raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gateway.http", description="The gateway's API process; `gateway run` starts it.")
     parser.add_argument("--ingest", required=True, metavar="URL", help="the gateway's internal HTTP address")
     parser.add_argument("--listen-fd", type=int, required=True, metavar="FD", help="the listening socket to serve")
+    parser.add_argument("--gateway-pid", type=int, required=True, metavar="PID", help="the gateway's process id: this one ends with it")
     args = parser.parse_args(argv)
+    die_with(args.gateway_pid)
     config = msgspec.json.decode(sys.stdin.buffer.readline(), type=GatewayConfig)
     task.react(_serve, [config, args.ingest, args.listen_fd])
 
@@ -273,7 +290,7 @@ async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int
     port = reactor.adoptStreamPort(listen_fd, family, site)
     os.close(listen_fd)  # the port has its own copy
     reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
-    reactor.addReader(ParentWatch(lambda: reactor.running and reactor.stop()))
+    reactor.addReader(ParentWatch(lambda: (port.stopListening(), reactor.running and reactor.stop())))
     log.info("API process {pid} serving the page and API at http://{host}:{port}/", pid=os.getpid(),
              host=config.http_host, port=port.getHost().port)
     await defer.Deferred()  # until SIGTERM, or the gateway closing standard input

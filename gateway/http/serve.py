@@ -16,7 +16,6 @@ its backlog instead of being refused.
 
 import json
 import os
-import socket
 import sys
 
 import msgspec
@@ -85,7 +84,7 @@ class ApiProcess:
     def _spawn(self) -> None:
         self._restart_call = None
         ingest_url = f"http://127.0.0.1:{self.internal.getHost().port}"
-        argv = [sys.executable, "-m", "gateway.http", "--ingest", ingest_url, "--listen-fd", "3"]
+        argv = [sys.executable, "-m", "gateway.http", "--ingest", ingest_url, "--listen-fd", "3", "--gateway-pid", str(os.getpid())]
         self.child = _Child(msgspec.json.encode(self.gateway.config) + b"\n", self._ended, self.reactor.seconds())
         # Its log lines go straight to the gateway's standard output and error, as the gateway's own do.
         self.reactor.spawnProcess(self.child, sys.executable, argv, env=os.environ.copy(),
