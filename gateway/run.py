@@ -19,6 +19,7 @@ from twisted.logger import (
     PredicateResult,
     eventAsText,
     globalLogBeginner,
+    jsonFileLogObserver,
 )
 
 from gateway.config import GatewayConfig
@@ -50,12 +51,14 @@ def _not_factory_chatter(event) -> PredicateResult:
     return PredicateResult.no if event.get("log_format", "").startswith(("Starting factory", "Stopping factory")) else PredicateResult.maybe
 
 
-def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info) -> None:
-    """Operators' log lines, without a time stamp: the service manager (journald) adds one."""
+def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info, json_records: bool = False) -> None:
+    """Operators' log lines, without a time stamp: the service manager (journald) adds one.
+    ``json_records``: whole events instead, for a parent process that logs them as its own (the API process)."""
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
     for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    observer = FilteringLogObserver(FileLogObserver(stream, log_line), [_not_factory_chatter, levels])
+    output = jsonFileLogObserver(stream) if json_records else FileLogObserver(stream, log_line)
+    observer = FilteringLogObserver(output, [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

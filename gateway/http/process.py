@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int) -> None:
-    from gateway.run import start_logging  # the gateway's log format, on the gateway's output
+    from gateway.run import start_logging
 
-    start_logging()
+    start_logging(json_records=True)  # the gateway writes them to its log, as its own
     db = Database(config.db, reactor)
     db.start()  # the gateway has migrated it: this only checks
     reactor.addSystemEventTrigger("after", "shutdown", db.stop)

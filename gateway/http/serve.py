@@ -4,7 +4,7 @@ Under a log storm the ingest reactor is busy with terminals; an API served there
 between their frames (p99 17 times the idle one in the 200-terminal storm). So ``gateway run``
 binds the public port itself, hands the listening socket to a child process
 (``python -m gateway.http``) and supervises it: restarted with backoff when it dies, stopped
-with the gateway, its log lines written to the gateway's own output. The ingest process keeps
+with the gateway, its log events logged by the gateway as its own. The ingest process keeps
 the whole API on an internal loopback port of its own, for two things only: the snapshot of its
 memory the child reads every half second (``/internal/snapshot``, gateway/http/snapshot.py),
 and writes, which the child forwards there so that they run exactly where they always ran.
@@ -21,12 +21,13 @@ import sys
 import msgspec
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 from gateway.http import snapshot
 from gateway.http.site import GatewaySite, Readable, Root
 
 log = Logger(namespace="gateway.http")
+RECORD_SEPARATOR = b"\x1e"  # before each JSON log record of twisted.logger.jsonFileLogObserver
 
 
 class InProcess:
@@ -86,9 +87,8 @@ class ApiProcess:
         ingest_url = f"http://127.0.0.1:{self.internal.getHost().port}"
         argv = [sys.executable, "-m", "gateway.http", "--ingest", ingest_url, "--listen-fd", "3", "--gateway-pid", str(os.getpid())]
         self.child = _Child(msgspec.json.encode(self.gateway.config) + b"\n", self._ended, self.reactor.seconds())
-        # Its log lines go straight to the gateway's standard output and error, as the gateway's own do.
         self.reactor.spawnProcess(self.child, sys.executable, argv, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: 1, 2: 2, 3: self.port.fileno()})
+                                  childFDs={0: "w", 1: "r", 2: "r", 3: self.port.fileno()})
         log.info("API process started (pid {pid})", pid=self.child.transport.pid)
 
     def _ended(self, child: "_Child", reason) -> None:
@@ -125,12 +125,26 @@ class _Child(protocol.ProcessProtocol):
         self.started_s = started_s
         self.pid = None
         self.ended = defer.Deferred()
+        self._partial = b""
 
     def connectionMade(self):
         self.pid = self.transport.pid
         # Its configuration on standard input; the pipe stays open, and its end tells the child
         # the gateway is gone (even after a SIGKILL), so no API outlives its gateway.
         self.transport.writeToChild(0, self.config_line)
+
+    def outReceived(self, data: bytes) -> None:
+        """Its log events (JSON records), logged here as the gateway's own: wherever the gateway's log goes."""
+        *records, self._partial = (self._partial + data).split(b"\n")  # each ends a line (JSON escapes its own)
+        for record in records:
+            record = record.lstrip(RECORD_SEPARATOR).strip()
+            if record:
+                globalLogPublisher(eventFromJSON(record.decode("utf-8", "replace")))
+
+    def errReceived(self, data: bytes) -> None:
+        """What it printed outside its log (a failure before logging started)."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.warn("API process (pid {pid}): {line}", pid=self.pid, line=line)
 
     def processEnded(self, reason):
         self.ended.callback(None)
