@@ -72,10 +72,10 @@ class ApiProcess:
         self.gateway = gateway
         self.reactor = gateway.reactor
         config = gateway.config
-        self.internal = self.reactor.listenTCP(0, InternalSite(gateway), interface="127.0.0.1")
         # Bound and listening, but never read by this reactor: the child accepts on it.
         self.port = self.reactor.listenTCP(config.http_port, _Unread(), interface=config.http_host)
         self.port.stopReading()
+        self.internal = self.reactor.listenTCP(0, InternalSite(gateway), interface="127.0.0.1")
         self.child: _Child | None = None
         self.restarts = 0
         self._stopping = False
