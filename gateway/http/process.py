@@ -39,6 +39,7 @@ from gateway.database import Database
 from gateway.http.api import ApiError
 from gateway.http.site import GatewaySite, api_routes
 from gateway.http.snapshot import Mirror
+from gateway.run import start_logging
 
 log = Logger(namespace="gateway.http.process")
 
@@ -264,8 +265,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int) -> None:
-    from gateway.run import start_logging
-
     start_logging(json_records=True)  # the gateway writes them to its log, as its own
     db = Database(config.db, reactor)
     db.start()  # the gateway has migrated it: this only checks
