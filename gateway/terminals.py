@@ -12,6 +12,11 @@ without the secret can never push a terminal off. The registry is what connectio
 (``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
 and going through the ``on_online`` and ``on_offline`` it gives the registry, and of an
 administrator admitting one through ``on_admitted`` (a bus greets it then, not at its next try).
+
+Several gateway processes on one PostgreSQL database (``claims``, gateway/claims.py): a
+connection becomes its terminal's current one only once this process holds the terminal's
+claim, so one process at a time serves a terminal; until then it is the terminal's ``claiming``
+connection. A newer connection taken by another process closes the one here (``replaced_elsewhere``).
 """
 
 from dataclasses import dataclass, field
@@ -49,6 +54,10 @@ class Terminal:
     kind: str = NATIVE
     offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
     connection: TerminalConnection | None = field(default=None, repr=False)
+    # Several processes: the connection waiting for this process's claim, and when the newest
+    # connection here authenticated (a newer one in another process closes it).
+    claiming: TerminalConnection | None = field(default=None, repr=False)
+    since_s: float = 0.0
 
     @property
     def online(self) -> bool:
@@ -65,7 +74,8 @@ class Terminal:
 
 class TerminalRegistry:
     def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
-                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None):
+                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None,
+                 claims=None):
         if policy not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
         if policy == "open" and not default_secret:
@@ -78,6 +88,7 @@ class TerminalRegistry:
         self.policy = policy
         self._default_secret = default_secret.encode() if default_secret else None
         self._configured = configured
+        self._claims = claims  # a TerminalClaims when other processes share the database; None: this one alone
         self.terminals: dict[int, Terminal] = {}
 
     def load(self) -> None:
@@ -141,8 +152,9 @@ class TerminalRegistry:
         term.admission = admission
         if secret:
             term.secret = secret.encode()
-        if admission != ADMITTED and term.connection is not None:
-            term.connection.close(f"{admission} by an administrator")
+        for connection in (term.claiming, term.connection):
+            if admission != ADMITTED and connection is not None:
+                connection.close(f"{admission} by an administrator")
         if admission == ADMITTED:
             self._on_admitted(terminal_id)
         return self._db.write(_save_terminals, [self._row(term)])
@@ -150,8 +162,11 @@ class TerminalRegistry:
     def remove(self, terminal_id: int):
         """Forget a terminal (its events stay in the log); a Deferred that fires once stored."""
         term = self.terminals.pop(terminal_id)
-        if term.connection is not None:
-            term.connection.close("removed by an administrator")
+        for connection in (term.claiming, term.connection):
+            if connection is not None:
+                connection.close("removed by an administrator")
+        if self._claims is not None:
+            self._claims.release(terminal_id)
         return self._db.write(_forget_terminal, terminal_id)
 
     def _register(self, term: Terminal) -> Terminal:
@@ -167,13 +182,29 @@ class TerminalRegistry:
     # -- connections (Presence) --------------------------------------------------------------
 
     def online(self, connection: TerminalConnection) -> bool:
-        """Make ``connection`` the one that speaks for its terminal; False if an administrator
-        refused or removed the terminal while it was shaking hands (the caller closes it)."""
+        """Make ``connection`` the one that speaks for its terminal (once this process holds its
+        claim, when there are several); False if an administrator refused or removed the
+        terminal while it was shaking hands (the caller closes it)."""
         term = self.terminals.get(connection.terminal_id)
         if term is None and self.policy == "open":
             term = self._register(Terminal(connection.terminal_id, ADMITTED, secret=self._default_secret))
         if term is None or term.admission != ADMITTED:
             return False
+        term.since_s = self._clock.seconds()
+        if self._claims is None:
+            self._serve(term, connection)
+            return True
+        old, term.claiming = term.claiming, connection
+        if old is not None and old is not connection:
+            old.replaced(connection.description)
+        d = self._claims.claim(term.terminal_id, term.since_s, lambda: term.claiming is connection)
+        d.addCallback(lambda held: self._serve(term, connection) if held else None)
+        d.addErrback(lambda f: log.failure("claiming terminal {tid}", f, tid=term.terminal_id))
+        return True
+
+    def _serve(self, term: Terminal, connection: TerminalConnection) -> None:
+        if term.claiming is connection:
+            term.claiming = None
         old, term.connection = term.connection, connection
         if old is not None and old is not connection:
             old.replaced(connection.description)
@@ -184,16 +215,35 @@ class TerminalRegistry:
         term.last_seen_ms = self._now_ms()
         self._store(term)
         self._on_online(connection)
-        return True
+
+    def replaced_elsewhere(self, terminal_id: int, since_s: float) -> None:
+        """Another process took a connection of this terminal that authenticated at ``since_s``:
+        an older one here gives way to it."""
+        term = self.terminals.get(terminal_id)
+        if term is None or term.since_s > since_s:
+            return
+        for connection in (term.claiming, term.connection):
+            if connection is not None:
+                connection.replaced("another gateway process")
+
+    def claim_lost(self, terminal_id: int) -> None:
+        """This process lost its claim (its lock connection broke and another process took it)."""
+        connection = self.connection(terminal_id)
+        if connection is not None:
+            connection.close("another gateway process serves it now")
 
     def offline(self, connection: TerminalConnection) -> None:
         """Every connection that ends comes here, the current one of its terminal or not (one
         replaced by a newer connection, or whose terminal was removed): the gateway lets go of it."""
         term = self.terminals.get(connection.terminal_id)
+        if term is not None and term.claiming is connection:
+            term.claiming = None
         if term is not None and term.connection is connection:
             term.connection = None
             term.last_seen_ms = int(connection.last_heard_s * 1000)
             self._store(term)
+            if self._claims is not None and term.claiming is None:  # a newer one waiting here keeps the claim
+                self._claims.release(term.terminal_id)
         self._on_offline(connection)
 
     def offline_reason(self, terminal_id: int, reason: str) -> None:
