@@ -1,9 +1,9 @@
 """Peers: what gateway processes sharing one PostgreSQL database tell each other, and the order
 their events commit in.
 
-A commit that changes users, the sync mode, or which process serves a terminal sends a
-notification (``pg_notify`` inside the same transaction, so PostgreSQL delivers it on commit and
-never for a rollback). Each process listens on a connection of its own, on a thread of its own,
+A commit that changes users, the sync mode or a terminal's admission sends a notification
+(``pg_notify`` inside the same transaction, so PostgreSQL delivers it on commit and never for a
+rollback); so does a process that took a terminal's newer connection (gateway/claims.py). Each process listens on a connection of its own, on a thread of its own,
 and hands what it hears to the reactor, leaving out its own notifications (each carries the
 sender's ``SOURCE``). Notifications sent while that connection is down are lost: after every
 (re)connect the process is told ``resynced`` and looks again itself; the gateway's 1 s sweep
@@ -30,7 +30,8 @@ log = Logger(namespace="gateway.peers")
 CHANGES = "gateway_changes"  # users changed: wake the pushers
 SETTINGS = "gateway_settings"  # the sync mode changed: read it again
 TERMINALS = "gateway_terminals"  # a process took a terminal's newer connection: "<terminal id> <since s>"
-CHANNELS = (CHANGES, SETTINGS, TERMINALS)
+ADMISSIONS = "gateway_admissions"  # a terminal registered, admitted, refused or removed: "<terminal id>"
+CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS)
 
 # This process, as its notifications name it (a host name, a pid and a random part: a restarted
 # worker with a reused pid is still another sender).

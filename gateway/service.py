@@ -23,7 +23,7 @@ from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
 from gateway.http.site import GatewaySite
 from gateway.metrics import Metrics
-from gateway.peers import CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
+from gateway.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
 from gateway.puller import Puller
 from gateway.pusher import Pusher
 from gateway.queries import sync_state
@@ -217,6 +217,9 @@ class Gateway:
         elif channel == TERMINALS:
             terminal_id, since_s = payload.split()
             self.registry.replaced_elsewhere(int(terminal_id), float(since_s))
+        elif channel == ADMISSIONS:
+            self.registry.reload(int(payload)).addErrback(
+                lambda f: log.warn("cannot read terminal {tid}: {e}", tid=payload, e=f.getErrorMessage()))
 
     def _resynced(self) -> None:
         """Listening (again): whatever was said meanwhile is read instead."""

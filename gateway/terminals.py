@@ -22,10 +22,12 @@ connection. A newer connection taken by another process closes the one here (``r
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
+from gateway.peers import ADMISSIONS, notify
 from gateway.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.syncmode import format_groups, parse_groups
@@ -157,22 +159,50 @@ class TerminalRegistry:
                 connection.close(f"{admission} by an administrator")
         if admission == ADMITTED:
             self._on_admitted(terminal_id)
-        return self._db.write(_save_terminals, [self._row(term)])
+        return self._db.write(_save_decision, [self._row(term)])
 
     def remove(self, terminal_id: int):
         """Forget a terminal (its events stay in the log); a Deferred that fires once stored."""
+        if terminal_id not in self.terminals:
+            raise KeyError(f"no terminal {terminal_id}")
+        self.remove_here(terminal_id)
+        return self._db.write(_forget_terminal, terminal_id)
+
+    def _register(self, term: Terminal) -> Terminal:
+        self.terminals[term.terminal_id] = term
+        self._db.write(_save_decision, [self._row(term)]).addErrback(
+            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
+        )
+        return term
+
+    def reload(self, terminal_id: int):
+        """Another process registered, admitted, refused or removed ``terminal_id``: take its
+        stored row as it is now; a Deferred that fires once done."""
+
+        def stored(row):
+            term = self.terminals.get(terminal_id)
+            if row is None:
+                if term is not None:
+                    self.remove_here(terminal_id)
+                return
+            if term is None:
+                term = self.terminals[terminal_id] = Terminal(terminal_id)
+            term.admission, term.name, term.access_groups = row["admission"], row["name"], parse_groups(row["access_groups"])
+            term.secret = row["secret"].encode() if row["secret"] else term.secret
+            for connection in (term.claiming, term.connection):
+                if term.admission != ADMITTED and connection is not None:
+                    connection.close(f"{term.admission} by an administrator")
+
+        return self._db.read(_stored_terminal, terminal_id).addCallback(stored)
+
+    def remove_here(self, terminal_id: int) -> None:
+        """Forget a terminal another process removed (the database has forgotten it already)."""
         term = self.terminals.pop(terminal_id)
         for connection in (term.claiming, term.connection):
             if connection is not None:
                 connection.close("removed by an administrator")
         if self._claims is not None:
             self._claims.release(terminal_id)
-        return self._db.write(_forget_terminal, terminal_id)
-
-    def _register(self, term: Terminal) -> Terminal:
-        self.terminals[term.terminal_id] = term
-        self._store(term)
-        return term
 
     def _store(self, term: Terminal) -> None:
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
@@ -198,9 +228,23 @@ class TerminalRegistry:
         if old is not None and old is not connection:
             old.replaced(connection.description)
         d = self._claims.claim(term.terminal_id, term.since_s, lambda: term.claiming is connection)
-        d.addCallback(lambda held: self._serve(term, connection) if held else None)
+        d.addCallback(self._claimed, term, connection)
         d.addErrback(lambda f: log.failure("claiming terminal {tid}", f, tid=term.terminal_id))
         return True
+
+    @defer.inlineCallbacks
+    def _claimed(self, held: bool, term: Terminal, connection: TerminalConnection):
+        """Serve a claimed terminal from its cursor as stored: the process that served it
+        before moved it meanwhile."""
+        if not held:
+            return
+        if term.connection is None:
+            stored = yield self._db.read(_stored_cursor, term.terminal_id)
+            term.cursor = max(term.cursor, stored or 0)
+        if term.claiming is connection:
+            self._serve(term, connection)
+        elif term.claiming is None and term.connection is None:  # it ended while its cursor was read
+            self._claims.release(term.terminal_id)
 
     def _serve(self, term: Terminal, connection: TerminalConnection) -> None:
         if term.claiming is connection:
@@ -279,7 +323,23 @@ class TerminalRegistry:
         )
 
 
+def _stored_cursor(conn, terminal_id: int) -> int | None:
+    return conn.execute(select(terminals.c.cursor).where(terminals.c.terminal_id == terminal_id)).scalar()
+
+
+def _stored_terminal(conn, terminal_id: int):
+    return conn.execute(select(terminals).where(terminals.c.terminal_id == terminal_id)).mappings().first()
+
+
+def _save_decision(conn, rows: list[dict]) -> None:
+    """A terminal registered, admitted or refused: stored, and the other processes told."""
+    _save_terminals(conn, rows)
+    for row in rows:
+        notify(conn, ADMISSIONS, str(row["terminal_id"]))
+
+
 def _forget_terminal(conn, terminal_id: int) -> None:
+    notify(conn, ADMISSIONS, str(terminal_id))
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
     conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
     conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))
