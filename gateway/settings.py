@@ -1,4 +1,5 @@
-"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs.
+"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs
+(in any of several processes on one database: the others hear of it and ``reload``).
 
 What a mode change means for keypad changes made under the old mode: while the mode does not
 pull, terminals' keypad enrolments and edits are logged and not pulled (the server's record wins

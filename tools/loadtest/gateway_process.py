@@ -105,11 +105,17 @@ class GatewayProcess:
         return [int(p) for p in children.read_text().split()] if children.exists() else []
 
     def memory_mb(self, key: str = "VmRSS") -> float:
-        """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        raise GatewayFailed(f"/proc/{self.pid}/status has no {key}")
+        """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB; with workers, the sum over
+        the supervisor and the workers running now (for VmHWM, of each one's own peak)."""
+        total = 0.0
+        for pid in [self.pid, *self.worker_pids()]:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1]) / 1024
+                    break
+            else:
+                raise GatewayFailed(f"/proc/{pid}/status has no {key}")
+        return total
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to finish anything, as in a power cut."""
