@@ -145,10 +145,11 @@ class Listener:
         self._on_resynced()
 
     def _deliver(self, heard: list[tuple[str, str]]) -> None:
-        for channel, payload in heard:
-            source, _, rest = payload.partition(" ")
-            if source != SOURCE:
-                self._on_notice(channel, rest)
+        # A storm of changes is heard many at a time: one wake of the pushers answers them all.
+        said = dict.fromkeys((channel, payload.partition(" ")[2]) for channel, payload in heard
+                             if payload.partition(" ")[0] != SOURCE)
+        for channel, rest in said:
+            self._on_notice(channel, rest)
 
 
 def first_line(exc: BaseException) -> str:
