@@ -5,9 +5,9 @@ On PostgreSQL other gateway processes may share the database (``gateway run --wo
 other hosts): what they commit wakes this one's pushers and changes its sync mode at once
 (gateway/peers.py), and a terminal is served by one process at a time (gateway/claims.py).
 A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal: the safety net
-for a notification lost while the listening connection was down, and for pushes that failed. Owed pulls retry on their own backoff and resume
-when their terminal reconnects. Reconciliation compares each terminal with the server when it
-connects and every few minutes.
+for a notification lost while the listening connection was down, and for pushes that failed.
+Owed pulls retry on their own backoff and resume when their terminal reconnects.
+Reconciliation compares each terminal with the server when it connects and every few minutes.
 """
 
 from sqlalchemy.engine import make_url
