@@ -7,6 +7,7 @@ serves a terminal is read from PostgreSQL itself: the advisory lock of each term
 """
 
 import re
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from twisted.internet import defer, reactor, task, threads
@@ -16,6 +17,7 @@ from gateway.claims import CLAIM_LOCK_SPACE
 from gateway.cli import main
 from gateway.users import load_record
 from live_site import LiveTestCase, secret_of, stored_event_ids, wait_until
+from processes import Process
 from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
@@ -145,7 +147,7 @@ class WorkersTests(LiveTestCase):
 
     @defer.inlineCallbacks
     def test_a_sync_mode_change_made_through_one_worker_applies_in_all(self):
-        ids = list(range(501, 509))
+        ids = list(range(501, 513))
         gateway = self.gateway(ids, workers=2, sync_mode="disabled")
         yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
         terminals = {t: Terminal(t, secret_of(t)) for t in ids}
@@ -160,6 +162,10 @@ class WorkersTests(LiveTestCase):
         yield wait_until(lambda: all("9001" in t.users for t in terminals.values()), "every terminal holding her", timeout=30)
         yield wait_until(lambda: "by another gateway process" in gateway.log_path.read_text(),
                          "the other worker saying it follows the change", timeout=10)
+        workers = gateway.worker_pids()
+        gateway.stop()  # SIGTERM to the supervisor: it stops every worker, then exits 0
+        self.assertEqual(gateway.proc.returncode, 0)
+        self.assertEqual([pid for pid in workers if Path(f"/proc/{pid}").exists()], [], "workers left running")
 
     @defer.inlineCallbacks
     def test_the_newest_connection_of_a_terminal_wins_across_processes(self):
@@ -189,3 +195,23 @@ def test_several_workers_on_sqlite_are_refused(tmp_path, capsys):
     assert status == 2
     assert "needs a PostgreSQL database" in capsys.readouterr().err
     assert not (tmp_path / "gateway.db").exists()
+
+
+def test_a_worker_that_cannot_start_stops_them_all(postgres, tmp_path):
+    """Worker 0 cannot read its TLS certificate: the supervisor stops the other worker and exits 1."""
+    (tmp_path / "not-a-cert.pem").write_text("nothing\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n[tls]\nport = 0\n'
+                      f'cert = "{tmp_path / "not-a-cert.pem"}"\nkey = "{tmp_path / "not-a-cert.pem"}"\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", postgres.new_database(),
+                      "--tcp-port", "0", "--http-port", "0", "--workers", "2")
+    try:
+        pids = [int(gateway.wait_for(r"worker \d of 2 started, pid (\d+)").group(1)) for _ in range(2)]
+        assert gateway.wait_exit(60) == 1
+        output = gateway.all_output()
+        assert "not a PEM certificate" in output
+        assert "gateway: worker 0 could not start; stopping the others" in output
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        gateway.stop()

@@ -38,6 +38,7 @@ class GatewayProcess:
             self._options = ["--config", str(config_file)]
         else:
             self._options = ["--admission", "open", "--default-secret", secret]
+        self.workers = workers
         if workers > 1:
             self._options += ["--workers", str(workers)]
         self.proc: subprocess.Popen | None = None
@@ -56,7 +57,8 @@ class GatewayProcess:
         return self
 
     def listening(self) -> bool:
-        """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``).
+        """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``),
+        and every worker its listening.
 
         Raises ``GatewayFailed`` once the process has exited without doing so.
         """
@@ -65,7 +67,7 @@ class GatewayProcess:
             log.seek(self._log_start)
             lines = log.read()
         tcp, http = _TCP_BOUND.search(lines), _HTTP_BOUND.search(lines)
-        if tcp and http:
+        if tcp and http and len(_TCP_BOUND.findall(lines)) >= self.workers:
             self.tcp_port, self.http_port = int(tcp[1]), int(http[1])
             return True
         if exited:
