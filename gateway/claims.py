@@ -14,6 +14,10 @@ notification is sent again while the wait lasts, in case one was lost.
 When the lock connection breaks every lock it held is gone: the next call makes it again and
 takes back the locks of the terminals still served here; one another process took meanwhile is
 reported lost (``on_lost``), and the registry closes that connection.
+
+The same check, every ``check_s``, reads which terminals the other processes serve and their
+stored cursors (``on_elsewhere``), so this process can show them online: PostgreSQL's lock
+table is the one place that knows, also of a process that died without a word.
 """
 
 from twisted.internet import defer, task
@@ -28,6 +32,13 @@ log = Logger(namespace="gateway.claims")
 CLAIM_LOCK_SPACE = 0x6777 + 1  # first key of the terminals' advisory locks; the second is the terminal id
 
 
+# The claims granted in this database (pg_locks shows the whole cluster's), with each terminal's
+# cursor. objid is the lock's second key as an unsigned 32-bit number: the terminal id itself.
+SERVED = ("SELECT t.terminal_id, t.cursor FROM pg_locks l JOIN terminals t ON t.terminal_id = l.objid::bigint "
+          "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objsubid = 2 AND l.granted "
+          "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
 def lock_key(terminal_id: int) -> int:
     """A terminal id (unsigned 32 bits on the wire) as PostgreSQL's signed int4 lock key."""
     return terminal_id - 2**32 if terminal_id >= 2**31 else terminal_id
@@ -38,10 +49,11 @@ class TerminalClaims:
     renotify_s = 2.0  # tell the holder again while the wait lasts
     check_s = 5.0  # how often the lock connection is checked
 
-    def __init__(self, connect, reactor, on_lost):
+    def __init__(self, connect, reactor, on_lost, on_elsewhere=lambda cursors: None):
         self._connect = connect
         self._reactor = reactor
         self._on_lost = on_lost
+        self._on_elsewhere = on_elsewhere
         self._thread = ThreadPool(1, 1, name="db-claims")
         self._conn = None  # used on the claims thread only
         self.held: set[int] = set()  # changed on the reactor only
@@ -96,7 +108,10 @@ class TerminalClaims:
 
     def _checked(self):
         d = self._call(self._relock, sorted(self.held))
-        d.addCallbacks(self._lost, lambda f: log.warn("cannot check terminal claims: {e}", e=f.getErrorMessage()))
+        d.addCallback(self._lost)
+        d.addCallback(lambda _: self._call(self._served_anywhere))
+        d.addCallback(lambda served: self._on_elsewhere({t: c for t, c in served.items() if t not in self.held}))
+        d.addErrback(lambda f: log.warn("cannot check terminal claims: {e}", e=f.getErrorMessage()))
         return d
 
     def _lost(self, lost: list[int]) -> None:
@@ -132,6 +147,16 @@ class TerminalClaims:
 
     def _unlock(self, terminal_id: int) -> None:
         self._run("SELECT pg_advisory_unlock(%s, %s)", (CLAIM_LOCK_SPACE, lock_key(terminal_id)))
+
+    def _served_anywhere(self) -> dict[int, int]:
+        """{terminal id: stored cursor} of every terminal some process of this database serves."""
+        try:
+            cursor = self._cursor()
+            cursor.execute(SERVED, (CLAIM_LOCK_SPACE,))
+            return dict(cursor.fetchall())
+        except Exception:
+            self._close()
+            raise
 
     def _relock(self, held: list[int]) -> list[int]:
         """Check the connection; after it broke, take back the locks of ``held``: those lost."""

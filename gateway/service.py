@@ -60,7 +60,8 @@ class Gateway:
         # Other processes may share a PostgreSQL database: hear them, and claim each terminal served.
         shared = self.db.engine.dialect.name == "postgresql"
         self.peers = Listener(lambda: connect_raw(self.db.engine, "listener"), reactor, self._peer_said, self._resynced) if shared else None
-        self.claims = TerminalClaims(lambda: connect_raw(self.db.engine, "claims"), reactor, self._claim_lost) if shared else None
+        self.claims = TerminalClaims(lambda: connect_raw(self.db.engine, "claims"), reactor, self._claim_lost,
+                                     lambda cursors: self.registry.served_elsewhere(cursors)) if shared else None
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, configured,
                                          on_online=self._terminal_online, on_offline=self._terminal_offline,
                                          on_admitted=self._terminal_admitted, claims=self.claims)

@@ -60,10 +60,11 @@ class Terminal:
     # connection here authenticated (a newer one in another process closes it).
     claiming: TerminalConnection | None = field(default=None, repr=False)
     since_s: float = 0.0
+    elsewhere: bool = False  # served by another process on the same database (its claims, checked every few seconds)
 
     @property
     def online(self) -> bool:
-        return self.connection is not None
+        return self.connection is not None or self.elsewhere
 
     @property
     def heard_ms(self) -> int | None:
@@ -250,6 +251,7 @@ class TerminalRegistry:
         if term.claiming is connection:
             term.claiming = None
         old, term.connection = term.connection, connection
+        term.elsewhere = False
         if old is not None and old is not connection:
             old.replaced(connection.description)
         term.model = connection.info.model or term.model
@@ -269,6 +271,13 @@ class TerminalRegistry:
         for connection in (term.claiming, term.connection):
             if connection is not None:
                 connection.replaced("another gateway process")
+
+    def served_elsewhere(self, cursors: dict[int, int]) -> None:
+        """The terminals other processes serve now, with their stored cursors: shown online here."""
+        for term in self.terminals.values():
+            term.elsewhere = term.terminal_id in cursors and term.connection is None
+            if term.elsewhere:
+                term.cursor = max(term.cursor, cursors[term.terminal_id])
 
     def claim_lost(self, terminal_id: int) -> None:
         """This process lost its claim (its lock connection broke and another process took it)."""

@@ -29,7 +29,8 @@ TOKEN = "test-token"
 def holders(engine) -> dict[int, int]:
     """{terminal id: pid of the gateway process that serves it}, from PostgreSQL's advisory locks."""
     stmt = text("SELECT l.objid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.classid = :space AND l.granted")
+                "WHERE l.locktype = 'advisory' AND l.classid = :space AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     with engine.connect() as conn:
         return {int(objid): int(name.rsplit(" ", 1)[1]) for objid, name in conn.execute(stmt, dict(space=CLAIM_LOCK_SPACE))}
 
@@ -77,6 +78,9 @@ class WorkersTests(LiveTestCase):
         served = holders(engine)
         self.assertLessEqual(set(served.values()), set(gateway.worker_pids()), "only workers serve terminals")
         self.assertGreater(len(set(served.values())), 1, f"terminals spread over the workers: {served}")
+        api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        yield wait_until(lambda: all(t["online"] for t in api.call("GET", "/api/terminals")["terminals"]),
+                         "the API (worker 0) showing online the terminals the other workers serve too", timeout=30)
 
         people = People(seed=5)
         for terminal_id in ids:
