@@ -166,6 +166,14 @@ class WorkersTests(LiveTestCase):
         yield wait_until(lambda: all("9001" in t.users for t in terminals.values()), "every terminal holding her", timeout=30)
         yield wait_until(lambda: "by another gateway process" in gateway.log_path.read_text(),
                          "the other worker saying it follows the change", timeout=10)
+        # Terminals admitted through the API (worker 0) are admitted by every worker.
+        admitted = {t: Terminal(t, secret_of(t)) for t in range(521, 531)}
+        for terminal_id in admitted:
+            yield self.api(gateway, "POST", f"/api/terminals/{terminal_id}/admit", {"secret": secret_of(terminal_id)})
+        self.dial(admitted, gateway.tcp_port)
+        yield wait_until(lambda: set(admitted) <= set(holders(engine)), "the terminals admitted at run time served", timeout=30)
+        self.assertEqual(len({holders(engine)[t] for t in admitted}), 2, "both workers serve terminals admitted at run time")
+        yield wait_until(lambda: all("9001" in t.users for t in admitted.values()), "they hold her too", timeout=30)
         workers = gateway.worker_pids()
         gateway.stop()  # SIGTERM to the supervisor: it stops every worker, then exits 0
         self.assertEqual(gateway.proc.returncode, 0)
