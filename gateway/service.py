@@ -226,6 +226,7 @@ class Gateway:
         """Listening (again): whatever was said meanwhile is read instead."""
         self.pusher.wake_all()
         self.settings.reload().addErrback(lambda f: log.warn("cannot read the sync mode: {e}", e=f.getErrorMessage()))
+        self.registry.reload_all().addErrback(lambda f: log.warn("cannot read the terminals: {e}", e=f.getErrorMessage()))
 
     def _claim_lost(self, terminal_id: int) -> None:
         self.registry.claim_lost(terminal_id)

@@ -179,22 +179,26 @@ class TerminalRegistry:
     def reload(self, terminal_id: int):
         """Another process registered, admitted, refused or removed ``terminal_id``: take its
         stored row as it is now; a Deferred that fires once done."""
+        return self._db.read(_stored_terminal, terminal_id).addCallback(lambda row: self._take(terminal_id, row))
 
-        def stored(row):
-            term = self.terminals.get(terminal_id)
-            if row is None:
-                if term is not None:
-                    self.remove_here(terminal_id)
-                return
-            if term is None:
-                term = self.terminals[terminal_id] = Terminal(terminal_id)
-            term.admission, term.name, term.access_groups = row["admission"], row["name"], parse_groups(row["access_groups"])
-            term.secret = row["secret"].encode() if row["secret"] else term.secret
-            for connection in (term.claiming, term.connection):
-                if term.admission != ADMITTED and connection is not None:
-                    connection.close(f"{term.admission} by an administrator")
+    def reload_all(self):
+        """This process did not hear the others for a while: take every stored row as it is now.
+        A terminal missing from the table is left (it may be one registered here, not yet stored)."""
+        return self._db.read(_stored_terminals).addCallback(lambda rows: [self._take(row["terminal_id"], row) for row in rows])
 
-        return self._db.read(_stored_terminal, terminal_id).addCallback(stored)
+    def _take(self, terminal_id: int, row) -> None:
+        term = self.terminals.get(terminal_id)
+        if row is None:
+            if term is not None:
+                self.remove_here(terminal_id)
+            return
+        if term is None:
+            term = self.terminals[terminal_id] = Terminal(terminal_id)
+        term.admission, term.name, term.access_groups = row["admission"], row["name"], parse_groups(row["access_groups"])
+        term.secret = row["secret"].encode() if row["secret"] else term.secret
+        for connection in (term.claiming, term.connection):
+            if term.admission != ADMITTED and connection is not None:
+                connection.close(f"{term.admission} by an administrator")
 
     def remove_here(self, terminal_id: int) -> None:
         """Forget a terminal another process removed (the database has forgotten it already)."""
@@ -334,6 +338,10 @@ class TerminalRegistry:
 
 def _stored_cursor(conn, terminal_id: int) -> int | None:
     return conn.execute(select(terminals.c.cursor).where(terminals.c.terminal_id == terminal_id)).scalar()
+
+
+def _stored_terminals(conn):
+    return conn.execute(select(terminals)).mappings().all()
 
 
 def _stored_terminal(conn, terminal_id: int):

@@ -150,3 +150,34 @@ def test_a_lost_claim_closes_the_connection():
     claims.grant()
     registry.claim_lost(7)
     assert connection.closed == "another gateway process serves it now"
+
+
+class Rows(Writes):
+    """The terminals table as another process left it."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def read(self, work, *args):
+        return defer.succeed(self.rows if not args else next((r for r in self.rows if r["terminal_id"] == args[0]), None))
+
+
+def stored_row(terminal_id, admission, secret="s2"):
+    return dict(terminal_id=terminal_id, admission=admission, name=f"t{terminal_id}", secret=secret, access_groups=",3,")
+
+
+def test_a_decision_taken_in_another_process_is_followed_here():
+    db = Rows([])
+    registry = TerminalRegistry(db, task.Clock(), "allowlist", None, [])
+    registry.terminals[7] = Terminal(7, ADMITTED, secret=b"s")
+    current = Connection(registry, 7)
+    registry.online(current)
+    db.rows = [stored_row(7, "refused"), stored_row(8, ADMITTED)]
+    registry.reload(7)
+    assert current.closed == "refused by an administrator"
+    registry.reload_all()
+    assert registry.terminals[8].admission == ADMITTED and registry.terminals[8].secret == b"s2"
+    assert registry.terminals[8].access_groups == frozenset({3})
+    db.rows = []
+    registry.reload(8)
+    assert 8 not in registry.terminals
