@@ -14,6 +14,7 @@ from gateway import admin
 from gateway.admission import AdmissionPolicy
 from gateway.api_token import TOKEN_ENV, TOKEN_FILE
 from gateway.syncmode import SyncMode
+from gateway.workers import WorkerRole
 
 SYNC_MODES = [mode.value for mode in SyncMode]
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-token", help=f"bearer token for API writes (default: ${TOKEN_ENV}, the file's api_token, "
                      f"else one made at first start and kept in {TOKEN_FILE} beside the database)")
     run.add_argument("--sync-mode", choices=SYNC_MODES, help="sync mode from this start on, replacing the stored one")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="gateway processes sharing the terminal port (default 1; above 1 needs PostgreSQL)")
+    run.add_argument("--worker", type=WorkerRole.parse, help=argparse.SUPPRESS)  # I/N: set by --workers for each process it starts
 
     sub.add_parser("demo", help="moved: the demo is its own command, gateway-demo (make demo)", add_help=False)
 
@@ -159,17 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
-        return _run(args)
+        return _run(args, sys.argv[1:] if argv is None else argv)
     if args.command == "terminals" and (args.action is None) != (args.terminal_id is None):
         parser.error("terminals: give an action and a terminal id (gateway terminals admit 7), or neither")
     return admin.dispatch(args)
 
 
-def _run(args) -> int:
+def _run(args, argv: list[str]) -> int:
     # Imported here: the database and the reactor cost half a second the API client never needs.
     from gateway.api_token import stored_or_new, token_path
     from gateway.config import ConfigError, GatewayConfig, zk_from_option
-    from gateway.run import run
+    from gateway.run import run, run_workers
 
     try:
         zk = [zk_from_option(args.zk, args.zk_id, args.zk_comm_key)] if args.zk else None
@@ -185,12 +189,17 @@ def _run(args) -> int:
             sync_mode=args.sync_mode,
             serial=[{"device": s} for s in args.serial] if args.serial else None,
             zk=zk,
+            workers=args.workers,
         )
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    sync_mode = SyncMode(args.sync_mode) if args.sync_mode else None
+    if args.worker is None and config.workers > 1:
+        return run_workers(config, sync_mode, partial(worker_argv, argv, config.workers))
+    role = args.worker or WorkerRole()
     announce = None
-    if config.api_token is None:
+    if config.api_token is None and role.primary:  # only the first worker serves the API
         path = token_path(config.db)
         try:
             config.api_token, made = stored_or_new(path)
@@ -198,7 +207,22 @@ def _run(args) -> int:
             print(f"gateway: cannot start: cannot keep the API token in {path}: {exc.strerror}", file=sys.stderr)
             return 1
         announce = partial(announce_token, path.resolve(), made)
-    run(config, SyncMode(args.sync_mode) if args.sync_mode else None, announce)
+    run(config, sync_mode, announce, role)
+
+
+def worker_argv(argv: list[str], count: int, index: int, tcp_port: int, http_port: int) -> list[str]:
+    """The command line of worker ``index`` of ``gateway run --workers N``: the same options, on
+    the ports the supervisor holds, without those it did once for all (``--sync-mode``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--sync-mode", "--tcp-port", "--http-port"):
+            skip = True
+        elif not arg.startswith(("--workers=", "--sync-mode=", "--tcp-port=", "--http-port=")):
+            kept.append(arg)
+    return [sys.executable, "-m", "gateway.cli", *kept, "--tcp-port", str(tcp_port), "--http-port", str(http_port),
+            "--worker", f"{index}/{count}"]
 
 
 def announce_token(path, made: bool, gateway) -> None:

@@ -73,6 +73,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     admission: AdmissionPolicy = AdmissionPolicy.ALLOWLIST
     default_secret: Text | None = None
     sync_mode: SyncMode = SyncMode.ALL_WITH_DEVICE_UPDATES
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1  # gateway processes sharing the ports; above 1 only on PostgreSQL
     keepalive_s: Annotated[int, Meta(gt=0)] = 30
     # Strangers and guessed secrets (gateway/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
     max_unauthenticated: Annotated[int, Meta(ge=1)] = 256  # links still shaking hands, in total
@@ -113,6 +114,9 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         except ArgumentError:
             raise ConfigError(f"db must be a database URL such as {DEFAULT_URL} or postgresql+psycopg2://user:pass@host/db, "
                               f"not {self.db!r}") from None
+        if self.workers > 1 and make_url(self.db).get_backend_name() != "postgresql":
+            raise ConfigError(f"workers = {self.workers} needs a PostgreSQL database: SQLite takes one writing process "
+                              f"(db = postgresql+psycopg2://user:pass@host/db, or workers = 1)")
         if self.admission == AdmissionPolicy.OPEN and not self.default_secret:
             raise ConfigError("admission = 'open' needs default_secret (terminals still authenticate)")
         if self.tls is not None:

@@ -7,6 +7,7 @@ live stream show both.
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from gateway.peers import take_commit_turn
 from gateway.schema import events
 
 SAVED_FROM_DEVICE = "User update succeeded (Device)"
@@ -63,4 +64,5 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
 
 def record_sync_events(conn: Connection, rows: list[dict]) -> None:
     if rows:
+        take_commit_turn(conn)
         conn.execute(insert(events), rows)

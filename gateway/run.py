@@ -2,10 +2,13 @@
 
 ``gateway run`` runs under ``twisted.internet.task.react``: a start-up failure (a port in use,
 a database that cannot be reached) stops what did start, prints one line and exits with status
-1 at once; SIGINT or SIGTERM stop the gateway cleanly and exit 0.
+1 at once; SIGINT or SIGTERM stop the gateway cleanly and exit 0. ``gateway run --workers N``
+runs ``run_workers`` instead: the database is brought up to date and the ports reserved once,
+then a supervisor starts N such processes (gateway/workers.py).
 """
 
 import sys
+import time
 
 from alembic.util import CommandError as MigrationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,10 +26,12 @@ from twisted.logger import (
 )
 
 from gateway.config import GatewayConfig
-from gateway.database import DatabaseFailure
+from gateway.database import Database, DatabaseFailure
 from gateway.service import Gateway
+from gateway.settings import SyncSettings
 from gateway.tls import TlsSetupError
 from gateway.syncmode import SyncMode
+from gateway.workers import SOLE, Supervisor, WorkerRole, reserve_port
 
 # What an operator can fix: a port in use, a database down or unknown, a missing driver, a TLS file.
 # Anything else is a bug, and react() logs its traceback.
@@ -37,13 +42,14 @@ class StartFailed(Exception):
     """The gateway could not start; the message is one line for the person who started it."""
 
 
-def log_line(event) -> str | None:
-    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it)."""
+def log_line(event, process: str = "") -> str | None:
+    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it).
+    ``process``: which worker said it, when there are several."""
     text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
     if not text:
         return None
     level = event.get("log_level", LogLevel.info).name.upper()
-    return f"{level:5} {event.get('log_namespace', '-')}: {text}\n"
+    return f"{level:5} {process}{event.get('log_namespace', '-')}: {text}\n"
 
 
 def _not_factory_chatter(event) -> PredicateResult:
@@ -51,23 +57,24 @@ def _not_factory_chatter(event) -> PredicateResult:
     return PredicateResult.no if event.get("log_format", "").startswith(("Starting factory", "Stopping factory")) else PredicateResult.maybe
 
 
-def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info, json_records: bool = False) -> None:
+def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info, role: WorkerRole = SOLE, json_records: bool = False) -> None:
     """Operators' log lines, without a time stamp: the service manager (journald) adds one.
     ``json_records``: whole events instead, for a parent process that logs them as its own (the API process)."""
     levels = LogLevelFilterPredicate(defaultLogLevel=level)
     for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
         levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    output = jsonFileLogObserver(stream) if json_records else FileLogObserver(stream, log_line)
+    process = f"[worker {role.index}] " if role.count > 1 else ""
+    output = jsonFileLogObserver(stream) if json_records else FileLogObserver(stream, lambda event: log_line(event, process))
     observer = FilteringLogObserver(output, [_not_factory_chatter, levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-async def start_gateway(reactor, config: GatewayConfig, sync_mode: SyncMode | None = None) -> Gateway:
+async def start_gateway(reactor, config: GatewayConfig, sync_mode: SyncMode | None = None, role: WorkerRole = SOLE) -> Gateway:
     """A started gateway, stopped when the reactor shuts down; StartFailed (with whatever did
     start already stopped, so no thread keeps the process alive) when it cannot start.
     ``sync_mode``: given on the command line, it replaces the stored mode."""
     try:
-        gateway = Gateway(config, reactor)
+        gateway = Gateway(config, reactor, role)
     except START_FAILURES as exc:
         raise StartFailed(_reason(exc)) from exc
     try:
@@ -79,19 +86,48 @@ async def start_gateway(reactor, config: GatewayConfig, sync_mode: SyncMode | No
     return gateway
 
 
-def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None):
+def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None, role: WorkerRole = SOLE):
     """Run the gateway until it is stopped; exits the process (0 when stopped, 1 when it could not start).
 
     ``sync_mode``: given on the command line, replaces the stored mode. ``announce()``: printed
-    once the gateway listens (the API token's first-start notice).
+    once the gateway listens (the API token's first-start notice). ``role``: which worker of
+    ``gateway run --workers N`` this process is.
     """
-    task.react(_serve, [config, sync_mode, announce])
+    task.react(_serve, [config, sync_mode, announce, role])
 
 
-async def _serve(reactor, config: GatewayConfig, sync_mode, announce) -> None:
+def run_workers(config: GatewayConfig, sync_mode: SyncMode | None, worker_argv) -> int:
+    """``gateway run --workers N``: what must happen once (migrations, a ``--sync-mode``, the
+    ports chosen), then N workers until stopped; the exit status (1: one could not start).
+    ``worker_argv(index, tcp_port, http_port)``: a worker's command line."""
     start_logging()
     try:
-        gateway = await start_gateway(reactor, config, sync_mode)
+        db = Database(config.db, reactor=None)
+        try:
+            db.open()
+            SyncSettings(db, SyncMode(config.sync_mode), on_change=None, clock=_WallClock).load(sync_mode)
+        finally:
+            db.engine.dispose()
+        tcp = reserve_port(config.tcp_host, config.tcp_port)
+        http = reserve_port(config.http_host, config.http_port)
+    except START_FAILURES as exc:
+        print(f"gateway: cannot start: {_reason(exc)}", file=sys.stderr)
+        return 1
+    with tcp, http:  # held while the workers run: a restarted worker binds the same ports
+        ports = tcp.getsockname()[1], http.getsockname()[1]
+        return Supervisor(config.workers, lambda index: worker_argv(index, *ports)).run()
+
+
+class _WallClock:
+    """The clock settings are dated by, before any reactor runs."""
+
+    seconds = staticmethod(time.time)
+
+
+async def _serve(reactor, config: GatewayConfig, sync_mode, announce, role) -> None:
+    start_logging(role=role)
+    try:
+        gateway = await start_gateway(reactor, config, sync_mode, role)
     except StartFailed as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

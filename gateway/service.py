@@ -1,11 +1,13 @@
 """Gateway: the running service, wiring terminals' links to the event log and the sync core.
 
 Start-up order: database (migrations), registry and settings from it, then the listeners.
-A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal, which is how
-changes made by another process on the same database (a second gateway on PostgreSQL) and
-pushes that failed earlier are picked up. Owed pulls retry on their own backoff and resume
-when their terminal reconnects. Reconciliation compares each terminal with the server when it
-connects and every few minutes.
+On PostgreSQL other gateway processes may share the database (``gateway run --workers N``, or
+other hosts): what they commit wakes this one's pushers and changes its sync mode at once
+(gateway/peers.py), and a terminal is served by one process at a time (gateway/claims.py).
+A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal: the safety net
+for a notification lost while the listening connection was down, and for pushes that failed.
+Owed pulls retry on their own backoff and resume when their terminal reconnects.
+Reconciliation compares each terminal with the server when it connects and every few minutes.
 """
 
 from sqlalchemy.engine import make_url
@@ -14,12 +16,14 @@ from twisted.logger import Logger
 
 from gateway.activity import Activity
 from gateway.bus import BusMaster
+from gateway.claims import TerminalClaims
 from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_zk
 from gateway.database import Database
 from gateway.doorman import DoorLimits, Doorman
 from gateway.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
+from gateway.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
 from gateway.puller import Puller
 from gateway.pusher import Pusher
 from gateway.queries import sync_state
@@ -31,6 +35,7 @@ from gateway.tcp import TerminalDialer, TerminalListener
 from gateway.terminals import ZK, TerminalRegistry
 from gateway.tls import client_options, server_options
 from gateway.users import UserDirectory
+from gateway.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
 from gateway.zk.connection import ZkTiming
 from gateway.zk.poller import PollTiming
@@ -41,17 +46,25 @@ log = Logger(namespace="gateway")
 class Gateway:
     sweep_s = 1.0
 
-    def __init__(self, config: GatewayConfig, reactor):
+    def __init__(self, config: GatewayConfig, reactor, role: WorkerRole = SOLE):
+        """``role``: which of ``gateway run --workers N`` this process is; the first serves the
+        HTTP API and whatever the gateway dials or masters (dialled terminals, buses, ZK devices)."""
         self.config = config
         self.reactor = reactor
         self.clock = reactor
+        self.role = role
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
-        zk_entries = [parse_zk(entry) for entry in config.zk]
+        zk_entries = [parse_zk(entry) for entry in config.zk] if role.primary else []
         configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind=ZK) for e in zk_entries]
+        # Other processes may share a PostgreSQL database: hear them, and claim each terminal served.
+        shared = self.db.engine.dialect.name == "postgresql"
+        self.peers = Listener(lambda: connect_raw(self.db.engine, "listener"), reactor, self._peer_said, self._resynced) if shared else None
+        self.claims = TerminalClaims(lambda: connect_raw(self.db.engine, "claims"), reactor, self._claim_lost,
+                                     lambda cursors: self.registry.served_elsewhere(cursors)) if shared else None
         self.registry = TerminalRegistry(self.db, self.clock, config.admission, config.default_secret, configured,
                                          on_online=self._terminal_online, on_offline=self._terminal_offline,
-                                         on_admitted=self._terminal_admitted)
+                                         on_admitted=self._terminal_admitted, claims=self.claims)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._sync_mode_changed, self.clock)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
                                  pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
@@ -87,9 +100,19 @@ class Gateway:
         self.db.start()
         self.registry.load()
         self.settings.load(sync_mode)
-        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), interface=self.config.tcp_host)
+        for peer_work in (self.peers, self.claims):
+            if peer_work is not None:
+                peer_work.start()
+        self.tcp_port = self._listen(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
+        if self.role.primary:
+            self._start_primary()
+        self._sweep.start(self.sweep_s, now=False)
+        self.reconciler.start()
+
+    def _start_primary(self) -> None:
+        """What one process does for all: the HTTP API and page, dialled terminals, buses, ZK devices."""
         if self.config.tls is not None:
             self.tls_port = self._listen_tls(self.config.tls)
         self.http = (ApiProcess if self.config.http_process else InProcess)(self)
@@ -104,10 +127,19 @@ class Gateway:
             bus.start()
         for device in self.zk_terminals:
             device.start()
-        self._sweep.start(self.sweep_s, now=False)
-        self.reconciler.start()
         if not self.config.http_process:  # else the API process keeps the figures
             self.activity.start()
+
+    def listen_http(self, factory):
+        """The public HTTP port, bound as the terminal port is (shared among workers)."""
+        return self._listen(self.config.http_port, factory, self.config.http_host)
+
+    def _listen(self, port: int, factory, host: str):
+        """Workers share their ports (SO_REUSEPORT): the kernel spreads the connections, and
+        the supervisor's reservation keeps a port chosen as 0 the same across restarts."""
+        if self.role.count > 1:
+            return listen_shared(self.reactor, port, factory, host)
+        return self.reactor.listenTCP(port, factory, interface=host)
 
     @defer.inlineCallbacks
     def stop(self):
@@ -128,6 +160,9 @@ class Gateway:
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
         self.doorman.lines.stop()
+        for peer_work in (self.peers, self.claims):
+            if peer_work is not None:
+                peer_work.stop()
         self.db.stop()
 
     def _listen_tls(self, entry: dict):
@@ -179,6 +214,29 @@ class Gateway:
         self.pusher.wake_all()
         for term in self.registry.connected():
             self.puller.terminal_online(term.terminal_id)
+
+    # -- other processes on the same database ------------------------------------------------
+
+    def _peer_said(self, channel: str, payload: str) -> None:
+        if channel == CHANGES:
+            self.pusher.wake_all()
+        elif channel == SETTINGS:
+            self.settings.reload().addErrback(lambda f: log.warn("cannot read the sync mode: {e}", e=f.getErrorMessage()))
+        elif channel == TERMINALS:
+            terminal_id, since_s = payload.split()
+            self.registry.replaced_elsewhere(int(terminal_id), float(since_s))
+        elif channel == ADMISSIONS:
+            self.registry.reload(int(payload)).addErrback(
+                lambda f: log.warn("cannot read terminal {tid}: {e}", tid=payload, e=f.getErrorMessage()))
+
+    def _resynced(self) -> None:
+        """Listening (again): whatever was said meanwhile is read instead."""
+        self.pusher.wake_all()
+        self.settings.reload().addErrback(lambda f: log.warn("cannot read the sync mode: {e}", e=f.getErrorMessage()))
+        self.registry.reload_all().addErrback(lambda f: log.warn("cannot read the terminals: {e}", e=f.getErrorMessage()))
+
+    def _claim_lost(self, terminal_id: int) -> None:
+        self.registry.claim_lost(terminal_id)
 
     def sweep(self):
         """Wake every lagging terminal's pushes now; fires once they have been started."""

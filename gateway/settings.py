@@ -1,4 +1,5 @@
-"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs.
+"""SyncSettings: the sync mode, stored in the database and changeable while the gateway runs
+(in any of several processes on one database: the others hear of it and ``reload``).
 
 What a mode change means for keypad changes made under the old mode: while the mode does not
 pull, terminals' keypad enrolments and edits are logged and not pulled (the server's record wins
@@ -10,6 +11,7 @@ from sqlalchemy import delete, func, select
 from twisted.logger import Logger
 
 from gateway.database import insert_ignoring_duplicates, upsert
+from gateway.peers import SETTINGS, notify
 from gateway.schema import events, pending_pulls, settings
 from gateway.syncmode import SyncMode
 from gateway.users import republish_users
@@ -31,7 +33,7 @@ class SyncSettings:
     def load(self, given: SyncMode | None = None) -> None:
         """Start-up, off the reactor, before any terminal connects: the stored mode wins over the
         configured default; a mode ``given`` for this start (``--sync-mode``) replaces the stored one."""
-        stored = self._db.run_now(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar())
+        stored = self._db.run_now(_stored_mode)
         if stored:
             self.mode = SyncMode(stored)
         if given is not None and given != self.mode:
@@ -63,13 +65,31 @@ class SyncSettings:
 
         return self._db.write(_store_mode, mode, old, self._now_ms()).addCallback(stored)
 
+    def reload(self):
+        """Another gateway process may have changed the mode: read it, and follow a change at
+        once; a Deferred that fires with the mode."""
+
+        def read(stored: str | None):
+            if stored and SyncMode(stored) != self.mode:
+                old, self.mode = self.mode, SyncMode(stored)
+                log.info("sync mode changed from {old} to {new} by another gateway process", old=old, new=self.mode)
+                self._on_change()
+            return self.mode
+
+        return self._db.read(_stored_mode).addCallback(read)
+
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
+
+
+def _stored_mode(conn) -> str | None:
+    return conn.execute(select(settings.c.value).where(settings.c.key == MODE_KEY)).scalar()
 
 
 def _store_mode(conn, mode: SyncMode, old: SyncMode | None, at_ms: int) -> tuple[int, int]:
     """Store the mode; (users republished, pulls newly owed)."""
     upsert(conn, settings, [dict(key=MODE_KEY, value=str(mode))], key=["key"], update=["value"])
+    notify(conn, SETTINGS)
     republished = republish_users(conn) if old is not None and mode.widens(old) else 0
     owed = 0
     if not mode.pulls_device_updates and (old is None or old.pulls_device_updates):

@@ -12,15 +12,22 @@ without the secret can never push a terminal off. The registry is what connectio
 (``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
 and going through the ``on_online`` and ``on_offline`` it gives the registry, and of an
 administrator admitting one through ``on_admitted`` (a bus greets it then, not at its next try).
+
+Several gateway processes on one PostgreSQL database (``claims``, gateway/claims.py): a
+connection becomes its terminal's current one only once this process holds the terminal's
+claim, so one process at a time serves a terminal; until then it is the terminal's ``claiming``
+connection. A newer connection taken by another process closes the one here (``replaced_elsewhere``).
 """
 
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
 from gateway.database import upsert
+from gateway.peers import ADMISSIONS, notify
 from gateway.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.syncmode import format_groups, parse_groups
@@ -49,10 +56,15 @@ class Terminal:
     kind: str = NATIVE
     offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
     connection: TerminalConnection | None = field(default=None, repr=False)
+    # Several processes: the connection waiting for this process's claim, and when the newest
+    # connection here authenticated (a newer one in another process closes it).
+    claiming: TerminalConnection | None = field(default=None, repr=False)
+    since_s: float = 0.0
+    elsewhere: bool = False  # served by another process on the same database (its claims, checked every few seconds)
 
     @property
     def online(self) -> bool:
-        return self.connection is not None
+        return self.connection is not None or self.elsewhere
 
     @property
     def heard_ms(self) -> int | None:
@@ -65,7 +77,8 @@ class Terminal:
 
 class TerminalRegistry:
     def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
-                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None):
+                 on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None,
+                 claims=None):
         if policy not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, not {policy!r}")
         if policy == "open" and not default_secret:
@@ -78,6 +91,7 @@ class TerminalRegistry:
         self.policy = policy
         self._default_secret = default_secret.encode() if default_secret else None
         self._configured = configured
+        self._claims = claims  # a TerminalClaims when other processes share the database; None: this one alone
         self.terminals: dict[int, Terminal] = {}
 
     def load(self) -> None:
@@ -141,23 +155,59 @@ class TerminalRegistry:
         term.admission = admission
         if secret:
             term.secret = secret.encode()
-        if admission != ADMITTED and term.connection is not None:
-            term.connection.close(f"{admission} by an administrator")
+        for connection in (term.claiming, term.connection):
+            if admission != ADMITTED and connection is not None:
+                connection.close(f"{admission} by an administrator")
         if admission == ADMITTED:
             self._on_admitted(terminal_id)
-        return self._db.write(_save_terminals, [self._row(term)])
+        return self._db.write(_save_decision, [self._row(term)])
 
     def remove(self, terminal_id: int):
         """Forget a terminal (its events stay in the log); a Deferred that fires once stored."""
-        term = self.terminals.pop(terminal_id)
-        if term.connection is not None:
-            term.connection.close("removed by an administrator")
+        if terminal_id not in self.terminals:
+            raise KeyError(f"no terminal {terminal_id}")
+        self.remove_here(terminal_id)
         return self._db.write(_forget_terminal, terminal_id)
 
     def _register(self, term: Terminal) -> Terminal:
         self.terminals[term.terminal_id] = term
-        self._store(term)
+        self._db.write(_save_decision, [self._row(term)]).addErrback(
+            lambda f: log.warn("could not store terminal {tid}: {e}", tid=term.terminal_id, e=f.getErrorMessage())
+        )
         return term
+
+    def reload(self, terminal_id: int):
+        """Another process registered, admitted, refused or removed ``terminal_id``: take its
+        stored row as it is now; a Deferred that fires once done."""
+        return self._db.read(_stored_terminal, terminal_id).addCallback(lambda row: self._take(terminal_id, row))
+
+    def reload_all(self):
+        """This process did not hear the others for a while: take every stored row as it is now.
+        A terminal missing from the table is left (it may be one registered here, not yet stored)."""
+        return self._db.read(_stored_terminals).addCallback(lambda rows: [self._take(row["terminal_id"], row) for row in rows])
+
+    def _take(self, terminal_id: int, row) -> None:
+        term = self.terminals.get(terminal_id)
+        if row is None:
+            if term is not None:
+                self.remove_here(terminal_id)
+            return
+        if term is None:
+            term = self.terminals[terminal_id] = Terminal(terminal_id)
+        term.admission, term.name, term.access_groups = row["admission"], row["name"], parse_groups(row["access_groups"])
+        term.secret = row["secret"].encode() if row["secret"] else term.secret
+        for connection in (term.claiming, term.connection):
+            if term.admission != ADMITTED and connection is not None:
+                connection.close(f"{term.admission} by an administrator")
+
+    def remove_here(self, terminal_id: int) -> None:
+        """Forget a terminal another process removed (the database has forgotten it already)."""
+        term = self.terminals.pop(terminal_id)
+        for connection in (term.claiming, term.connection):
+            if connection is not None:
+                connection.close("removed by an administrator")
+        if self._claims is not None:
+            self._claims.release(terminal_id)
 
     def _store(self, term: Terminal) -> None:
         self._db.write(_save_terminals, [self._row(term)]).addErrback(
@@ -167,14 +217,45 @@ class TerminalRegistry:
     # -- connections (Presence) --------------------------------------------------------------
 
     def online(self, connection: TerminalConnection) -> bool:
-        """Make ``connection`` the one that speaks for its terminal; False if an administrator
-        refused or removed the terminal while it was shaking hands (the caller closes it)."""
+        """Make ``connection`` the one that speaks for its terminal (once this process holds its
+        claim, when there are several); False if an administrator refused or removed the
+        terminal while it was shaking hands (the caller closes it)."""
         term = self.terminals.get(connection.terminal_id)
         if term is None and self.policy == "open":
             term = self._register(Terminal(connection.terminal_id, ADMITTED, secret=self._default_secret))
         if term is None or term.admission != ADMITTED:
             return False
+        term.since_s = self._clock.seconds()
+        if self._claims is None:
+            self._serve(term, connection)
+            return True
+        old, term.claiming = term.claiming, connection
+        if old is not None and old is not connection:
+            old.replaced(connection.description)
+        d = self._claims.claim(term.terminal_id, term.since_s, lambda: term.claiming is connection)
+        d.addCallback(self._claimed, term, connection)
+        d.addErrback(lambda f: log.failure("claiming terminal {tid}", f, tid=term.terminal_id))
+        return True
+
+    @defer.inlineCallbacks
+    def _claimed(self, held: bool, term: Terminal, connection: TerminalConnection):
+        """Serve a claimed terminal from its cursor as stored: the process that served it
+        before moved it meanwhile."""
+        if not held:
+            return
+        if term.connection is None:
+            stored = yield self._db.read(_stored_cursor, term.terminal_id)
+            term.cursor = max(term.cursor, stored or 0)
+        if term.claiming is connection:
+            self._serve(term, connection)
+        elif term.claiming is None and term.connection is None:  # it ended while its cursor was read
+            self._claims.release(term.terminal_id)
+
+    def _serve(self, term: Terminal, connection: TerminalConnection) -> None:
+        if term.claiming is connection:
+            term.claiming = None
         old, term.connection = term.connection, connection
+        term.elsewhere = False
         if old is not None and old is not connection:
             old.replaced(connection.description)
         term.model = connection.info.model or term.model
@@ -184,16 +265,42 @@ class TerminalRegistry:
         term.last_seen_ms = self._now_ms()
         self._store(term)
         self._on_online(connection)
-        return True
+
+    def replaced_elsewhere(self, terminal_id: int, since_s: float) -> None:
+        """Another process took a connection of this terminal that authenticated at ``since_s``:
+        an older one here gives way to it."""
+        term = self.terminals.get(terminal_id)
+        if term is None or term.since_s > since_s:
+            return
+        for connection in (term.claiming, term.connection):
+            if connection is not None:
+                connection.replaced("another gateway process")
+
+    def served_elsewhere(self, cursors: dict[int, int]) -> None:
+        """The terminals other processes serve now, with their stored cursors: shown online here."""
+        for term in self.terminals.values():
+            term.elsewhere = term.terminal_id in cursors and term.connection is None
+            if term.elsewhere:
+                term.cursor = max(term.cursor, cursors[term.terminal_id])
+
+    def claim_lost(self, terminal_id: int) -> None:
+        """This process lost its claim (its lock connection broke and another process took it)."""
+        connection = self.connection(terminal_id)
+        if connection is not None:
+            connection.close("another gateway process serves it now")
 
     def offline(self, connection: TerminalConnection) -> None:
         """Every connection that ends comes here, the current one of its terminal or not (one
         replaced by a newer connection, or whose terminal was removed): the gateway lets go of it."""
         term = self.terminals.get(connection.terminal_id)
+        if term is not None and term.claiming is connection:
+            term.claiming = None
         if term is not None and term.connection is connection:
             term.connection = None
             term.last_seen_ms = int(connection.last_heard_s * 1000)
             self._store(term)
+            if self._claims is not None and term.claiming is None:  # a newer one waiting here keeps the claim
+                self._claims.release(term.terminal_id)
         self._on_offline(connection)
 
     def offline_reason(self, terminal_id: int, reason: str) -> None:
@@ -229,7 +336,27 @@ class TerminalRegistry:
         )
 
 
+def _stored_cursor(conn, terminal_id: int) -> int | None:
+    return conn.execute(select(terminals.c.cursor).where(terminals.c.terminal_id == terminal_id)).scalar()
+
+
+def _stored_terminals(conn):
+    return conn.execute(select(terminals)).mappings().all()
+
+
+def _stored_terminal(conn, terminal_id: int):
+    return conn.execute(select(terminals).where(terminals.c.terminal_id == terminal_id)).mappings().first()
+
+
+def _save_decision(conn, rows: list[dict]) -> None:
+    """A terminal registered, admitted or refused: stored, and the other processes told."""
+    _save_terminals(conn, rows)
+    for row in rows:
+        notify(conn, ADMISSIONS, str(row["terminal_id"]))
+
+
 def _forget_terminal(conn, terminal_id: int) -> None:
+    notify(conn, ADMISSIONS, str(terminal_id))
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
     conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
     conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.database import insert_ignoring_duplicates, upsert
+from gateway.peers import CHANGES, notify, take_commit_turn
 from gateway.schema import counters, users
 from gateway.syncmode import format_groups
 from protocol.errors import MessageError
@@ -58,7 +59,10 @@ class Members:
 
 
 def next_change_seq(conn: Connection) -> int:
-    """Take the next value of the global change sequence inside the caller's transaction."""
+    """Take the next value of the global change sequence inside the caller's transaction; other
+    gateway processes hear of the change when it commits."""
+    take_commit_turn(conn)
+    notify(conn, CHANGES)
     insert_ignoring_duplicates(conn, counters, [dict(name=CHANGE_SEQ, value=0)])
     stmt = update(counters).where(counters.c.name == CHANGE_SEQ).values(value=counters.c.value + 1)
     conn.execute(stmt)

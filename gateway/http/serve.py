@@ -34,7 +34,7 @@ class InProcess:
     """The site on the ingest reactor (``http_process = false``): one process, as for tests that look inside it."""
 
     def __init__(self, gateway):
-        self.port = gateway.reactor.listenTCP(gateway.config.http_port, GatewaySite(gateway), interface=gateway.config.http_host)
+        self.port = gateway.listen_http(GatewaySite(gateway))
 
     def stop(self):
         return self.port.stopListening()
@@ -71,9 +71,8 @@ class ApiProcess:
     def __init__(self, gateway):
         self.gateway = gateway
         self.reactor = gateway.reactor
-        config = gateway.config
         # Bound and listening, but never read by this reactor: the child accepts on it.
-        self.port = self.reactor.listenTCP(config.http_port, _Unread(), interface=config.http_host)
+        self.port = gateway.listen_http(_Unread())
         self.port.stopReading()
         self.internal = self.reactor.listenTCP(0, InternalSite(gateway), interface="127.0.0.1")
         self.child: _Child | None = None

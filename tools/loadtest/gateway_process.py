@@ -27,7 +27,8 @@ class GatewayFailed(RuntimeError):
 
 
 class GatewayProcess:
-    def __init__(self, run_dir: Path, db_url: str, *, secret: str | None = None, config_file: Path | None = None):
+    def __init__(self, run_dir: Path, db_url: str, *, secret: str | None = None, config_file: Path | None = None, workers: int = 1):
+        """``workers``: above 1, ``gateway run --workers N`` (PostgreSQL): a supervisor and its workers."""
         self.run_dir = run_dir
         self.db_url = db_url
         self.log_path = run_dir / "gateway.log"
@@ -37,6 +38,9 @@ class GatewayProcess:
             self._options = ["--config", str(config_file)]
         else:
             self._options = ["--admission", "open", "--default-secret", secret]
+        self.workers = workers
+        if workers > 1:
+            self._options += ["--workers", str(workers)]
         self.proc: subprocess.Popen | None = None
         self._log_start = 0  # where this start's lines begin in the log
 
@@ -53,7 +57,8 @@ class GatewayProcess:
         return self
 
     def listening(self) -> bool:
-        """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``).
+        """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``),
+        and every worker its listening.
 
         Raises ``GatewayFailed`` once the process has exited without doing so.
         """
@@ -62,7 +67,7 @@ class GatewayProcess:
             log.seek(self._log_start)
             lines = log.read()
         tcp, http = _TCP_BOUND.search(lines), _HTTP_BOUND.search(lines)
-        if tcp and http:
+        if tcp and http and len(_TCP_BOUND.findall(lines)) >= self.workers:
             self.tcp_port, self.http_port = int(tcp[1]), int(http[1])
             return True
         if exited:
@@ -84,21 +89,46 @@ class GatewayProcess:
         return self.proc.pid
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the gateway has used so far (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime and stime: fields 14 and 15
+        """User plus system CPU seconds the gateway has used so far (all its threads, and its
+        workers' when it runs several: those that ended count too, once the supervisor reaped them)."""
+        total = 0.0
+        for pid in [self.pid, *self.worker_pids()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # a worker that ended
+                continue
+            # utime and stime (fields 14 and 15), and for the supervisor its reaped workers' (16 and 17)
+            total += sum(int(f) for f in fields[11:15 if pid == self.pid else 13]) / _CLOCK_TICKS
+        return total
+
+    def worker_pids(self) -> list[int]:
+        """The workers of ``--workers N`` running now (none for a single process)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(p) for p in children.read_text().split()] if children.exists() else []
 
     def memory_mb(self, key: str = "VmRSS") -> float:
-        """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        raise GatewayFailed(f"/proc/{self.pid}/status has no {key}")
+        """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB; with workers, the sum over
+        the supervisor and the workers running now (for VmHWM, of each one's own peak)."""
+        total = 0.0
+        for pid in [self.pid, *self.worker_pids()]:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1]) / 1024
+                    break
+            else:
+                raise GatewayFailed(f"/proc/{pid}/status has no {key}")
+        return total
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to finish anything, as in a power cut."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL one worker of ``--workers N``; the supervisor starts another."""
+        if pid not in self.worker_pids():
+            raise GatewayFailed(f"pid {pid} is not a worker of this gateway")
+        os.kill(pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

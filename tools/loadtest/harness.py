@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_fleet_arguments(p)
     p.add_argument("--db", metavar="URL", help="an empty database for the gateway (default: SQLite in the run folder)")
+    p.add_argument("--gateways", type=int, default=1, metavar="N",
+                   help="gateway processes sharing the terminal port (gateway run --workers N; above 1 needs a PostgreSQL --db)")
     p.add_argument("--listen", action="store_true", help="terminals listen and the gateway dials out to each")
     p.add_argument("--poll-s", type=float, default=2.0, metavar="SEC", help="poll_s of every [[zk]] device (default 2)")
     p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
@@ -145,7 +147,7 @@ class LoadTest:
             listening = {t: spec.listen + t - spec.first_id for t in spec.native_ids} if spec.listen else None
             config.write_text(fleet_config(secret=SECRET, dial_in=bool(spec.native_ids) and not spec.listen, listening=listening,
                                            zk=zk_ports, comm_key=spec.zk_comm_key, poll_s=self.args.poll_s))
-        self.gateway = GatewayProcess(self.run_dir, self.db_url, secret=SECRET, config_file=config)
+        self.gateway = GatewayProcess(self.run_dir, self.db_url, secret=SECRET, config_file=config, workers=self.args.gateways)
         self.gateway.start()
         self._require_empty(engine)
         return f"127.0.0.1:{self.gateway.tcp_port}"
@@ -300,7 +302,10 @@ def _round(value: float | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gateways < 1 or (args.gateways > 1 and not (args.db or "").startswith("postgresql")):
+        parser.error("--gateways N: N from 1, and above 1 only with --db postgresql://... (SQLite takes one writing process)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before a long run, not after it
         print(f"gateway-loadtest: {reporting.PLOT_HINT}", file=sys.stderr)
         return 2

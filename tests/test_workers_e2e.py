@@ -1,0 +1,229 @@
+"""End to end: several gateway processes on one PostgreSQL database.
+
+Real ``gateway run --workers N`` processes (and two separate ``gateway run`` on one database, as
+two hosts would be), simulated terminals on loopback sockets in the test's reactor. Which process
+serves a terminal is read from PostgreSQL itself: the advisory lock of each terminal
+(gateway/claims.py) and the process that holds it (``pg_stat_activity.application_name``).
+"""
+
+import re
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from twisted.internet import defer, reactor, task, threads
+
+from gateway.admin import ApiClient
+from gateway.claims import CLAIM_LOCK_SPACE
+from gateway.cli import main
+from gateway.users import load_record
+from live_site import LiveTestCase, secret_of, stored_event_ids, wait_until
+from processes import Process
+from simulator.people import People
+from simulator.tcp import DialingTerminal
+from simulator.terminal import Terminal
+from tools.loadtest.gateway_process import GatewayProcess
+
+TOKEN = "test-token"
+
+
+def holders(engine) -> dict[int, int]:
+    """{terminal id: pid of the gateway process that serves it}, from PostgreSQL's advisory locks."""
+    stmt = text("SELECT l.objid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.classid = :space AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    with engine.connect() as conn:
+        return {int(objid): int(name.rsplit(" ", 1)[1]) for objid, name in conn.execute(stmt, dict(space=CLAIM_LOCK_SPACE))}
+
+
+class WorkersTests(LiveTestCase):
+    backend = "postgresql"
+    timeout = 180
+
+    def gateway(self, terminal_ids, workers: int = 1, name: str = "gateway", sync_mode: str | None = None) -> GatewayProcess:
+        folder = self.tmp_path / name
+        folder.mkdir()
+        config = folder / "gateway.toml"
+        config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n'
+                          + (f'sync_mode = "{sync_mode}"\n' if sync_mode else "")
+                          + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "{secret_of(t)}"\n' for t in terminal_ids))
+        gateway = GatewayProcess(folder, self.db_url, config_file=config, workers=workers)
+        self.addCleanup(gateway.stop)
+        return gateway
+
+    def dial(self, terminals: dict[int, Terminal], port: int) -> dict[int, DialingTerminal]:
+        dialers = {}
+        for terminal_id, terminal in terminals.items():
+            dialers[terminal_id] = DialingTerminal(terminal, reactor, "127.0.0.1", port).start()
+            self.addCleanup(dialers[terminal_id].go_offline)
+        return dialers
+
+    def engine(self):
+        engine = create_engine(self.db_url)
+        self.addCleanup(engine.dispose)
+        return engine
+
+    def api(self, gateway: GatewayProcess, method: str, path: str, body: dict):
+        client = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        return threads.deferToThread(client.call, method, path, body=body)
+
+    @defer.inlineCallbacks
+    def test_terminals_spread_over_three_workers_converge_and_an_enrolment_reaches_the_others(self):
+        ids = list(range(301, 313))
+        gateway = self.gateway(ids, workers=3)
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
+        self.dial(terminals, gateway.tcp_port)
+        engine = self.engine()
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        served = holders(engine)
+        self.assertLessEqual(set(served.values()), set(gateway.worker_pids()), "only workers serve terminals")
+        self.assertGreater(len(set(served.values())), 1, f"terminals spread over the workers: {served}")
+        api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        yield wait_until(lambda: all(t["online"] for t in api.call("GET", "/api/terminals")["terminals"]),
+                         "the API (worker 0) showing online the terminals the other workers serve too", timeout=30)
+
+        people = People(seed=5)
+        for terminal_id in ids:
+            terminals[terminal_id].enroll(people.person(f"u{terminal_id}"))
+        everyone = {f"u{t}" for t in ids}
+        yield wait_until(lambda: all(set(t.users) == everyone for t in terminals.values()),
+                         "every terminal holding every user enrolled at any of them", timeout=60)
+        with engine.connect() as conn:
+            for user_id in everyone:
+                server = load_record(conn, user_id)
+                for terminal in terminals.values():
+                    self.assertEqual(terminal.users[user_id], server, f"user {user_id} on terminal {terminal.terminal_id}")
+        # What was enrolled at a terminal of one worker is on the terminals of the others.
+        first = ids[0]
+        others = [t for t, pid in served.items() if pid != served[first]]
+        self.assertTrue(others)
+        for terminal_id in others:
+            self.assertIn(f"u{first}", terminals[terminal_id].users)
+
+    @defer.inlineCallbacks
+    def test_a_worker_killed_mid_storm_loses_nothing_and_stores_nothing_twice(self):
+        ids = list(range(401, 407))
+        per_terminal = 30
+        gateway = self.gateway(ids, workers=3)
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
+        self.dial(terminals, gateway.tcp_port)
+        engine = self.engine()
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+
+        people = People(seed=9)
+        enrolments = [(t, f"{t}-{n:03d}") for n in range(per_terminal) for t in ids]
+        everyone = {user_id for _, user_id in enrolments}
+        held_back = len(enrolments) // 3  # the last third waits for the kill: it comes mid-storm however fast either side runs
+        killed = []
+
+        def enrol_next():
+            if len(enrolments) == held_back and not killed:
+                return
+            terminal_id, user_id = enrolments.pop(0)
+            terminals[terminal_id].enroll(people.person(user_id))
+            if not enrolments:
+                storm.stop()
+
+        storm = task.LoopingCall(enrol_next)
+        storm_done = storm.start(0.01)
+        self.addCleanup(lambda: storm.running and storm.stop())
+        yield wait_until(lambda: len(enrolments) == held_back, "two thirds of the storm enrolled", timeout=60)
+        victim = holders(engine)[ids[0]]
+        its_terminals = {t for t, pid in holders(engine).items() if pid == victim}
+        gateway.kill_worker(victim)
+        killed.append(victim)
+        yield wait_until(lambda: all(holders(engine).get(t) not in (None, victim) for t in its_terminals),
+                         "the killed worker's terminals served by another", timeout=60)
+        yield storm_done
+        yield wait_until(lambda: all(set(t.users) == everyone and not t.log for t in terminals.values()),
+                         "every terminal holding every user, its log acknowledged", timeout=90)
+        with engine.connect() as conn:
+            for terminal in terminals.values():
+                self.assertEqual(stored_event_ids(conn, terminal.terminal_id), list(range(1, terminal.next_event_id)),
+                                 f"events of terminal {terminal.terminal_id}")
+            for user_id in sorted(everyone):
+                server = load_record(conn, user_id)
+                for terminal in terminals.values():
+                    self.assertEqual(terminal.users[user_id], server, f"user {user_id} on terminal {terminal.terminal_id}")
+        self.assertIn(victim, [int(p) for p in re.findall(r"worker \d \(pid (\d+)\) ended", gateway.log_path.read_text())],
+                      "the supervisor saw the worker end and started it again")
+
+    @defer.inlineCallbacks
+    def test_a_sync_mode_change_made_through_one_worker_applies_in_all(self):
+        ids = list(range(501, 513))
+        gateway = self.gateway(ids, workers=2, sync_mode="disabled")
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
+        self.dial(terminals, gateway.tcp_port)
+        engine = self.engine()
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        self.assertEqual(len(set(holders(engine).values())), 2, "both workers serve terminals")
+        yield self.api(gateway, "POST", "/api/users", {"user_id": "9001", "name": "Ana Lima"})
+        # Disabled: nobody gets her. The mode changes through the API, which worker 0 serves; the
+        # terminals of worker 1 get her only if worker 1 follows the change without a restart.
+        yield self.api(gateway, "PUT", "/api/sync", {"mode": "all"})
+        yield wait_until(lambda: all("9001" in t.users for t in terminals.values()), "every terminal holding her", timeout=30)
+        yield wait_until(lambda: "by another gateway process" in gateway.log_path.read_text(),
+                         "the other worker saying it follows the change", timeout=10)
+        # Terminals admitted through the API (worker 0) are admitted by every worker.
+        admitted = {t: Terminal(t, secret_of(t)) for t in range(521, 531)}
+        for terminal_id in admitted:
+            yield self.api(gateway, "POST", f"/api/terminals/{terminal_id}/admit", {"secret": secret_of(terminal_id)})
+        self.dial(admitted, gateway.tcp_port)
+        yield wait_until(lambda: set(admitted) <= set(holders(engine)), "the terminals admitted at run time served", timeout=30)
+        self.assertEqual(len({holders(engine)[t] for t in admitted}), 2, "both workers serve terminals admitted at run time")
+        yield wait_until(lambda: all("9001" in t.users for t in admitted.values()), "they hold her too", timeout=30)
+        workers = gateway.worker_pids()
+        gateway.stop()  # SIGTERM to the supervisor: it stops every worker, then exits 0
+        self.assertEqual(gateway.proc.returncode, 0)
+        self.assertEqual([pid for pid in workers if Path(f"/proc/{pid}").exists()], [], "workers left running")
+
+    @defer.inlineCallbacks
+    def test_the_newest_connection_of_a_terminal_wins_across_processes(self):
+        first, second = self.gateway([601, 602], name="a"), self.gateway([601, 602], name="b")
+        yield wait_until(first.spawn().listening, "gateway a listening", timeout=60)
+        yield wait_until(second.spawn().listening, "gateway b listening", timeout=60)
+        engine = self.engine()
+        rebooting = Terminal(601, secret_of(601))
+        old_link = self.dial({601: rebooting}, first.tcp_port)[601]
+        yield wait_until(lambda: holders(engine).get(601) == first.pid, "terminal 601 served by gateway a", timeout=30)
+        old_link.stop_redialling()  # its rebooted self dials gateway b; this one must not dial back
+
+        rebooted = Terminal(601, secret_of(601))
+        new_link = self.dial({601: rebooted}, second.tcp_port)[601]
+        yield wait_until(lambda: old_link.link is None, "gateway a closing the older connection", timeout=30)
+        yield wait_until(lambda: holders(engine).get(601) == second.pid, "terminal 601 served by gateway b", timeout=30)
+        self.assertIsNotNone(new_link.link)
+        # Served by b only: a user added through a reaches the new connection, through b.
+        yield self.api(first, "POST", "/api/users", {"user_id": "7001", "name": "Bea"})
+        yield wait_until(lambda: "7001" in rebooted.users, "the newest connection getting the user", timeout=30)
+        self.assertNotIn("7001", rebooting.users)
+        self.assertEqual(holders(engine).get(601), second.pid)
+
+
+def test_several_workers_on_sqlite_are_refused(tmp_path, capsys):
+    status = main(["run", "--workers", "2", "--db", f"sqlite:///{tmp_path / 'gateway.db'}"])
+    assert status == 2
+    assert "needs a PostgreSQL database" in capsys.readouterr().err
+    assert not (tmp_path / "gateway.db").exists()
+
+
+def test_a_worker_that_cannot_start_stops_them_all(postgres, tmp_path):
+    """Worker 0 cannot read its TLS certificate: the supervisor stops the other worker and exits 1."""
+    (tmp_path / "not-a-cert.pem").write_text("nothing\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n[tls]\nport = 0\n'
+                      f'cert = "{tmp_path / "not-a-cert.pem"}"\nkey = "{tmp_path / "not-a-cert.pem"}"\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", postgres.new_database(),
+                      "--tcp-port", "0", "--http-port", "0", "--workers", "2")
+    try:
+        pids = [int(gateway.wait_for(r"worker \d of 2 started, pid (\d+)").group(1)) for _ in range(2)]
+        assert gateway.wait_exit(60) == 1
+        output = gateway.all_output()
+        assert "not a PEM certificate" in output
+        assert "gateway: worker 0 could not start; stopping the others" in output
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        gateway.stop()
