@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from gateway.schema import metadata
+from gateway.schema import metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
@@ -244,3 +244,72 @@ def test_the_poll_plan_reads_big_user_tables_on_the_slow_schedule():
     assert PollPlan(timing, sizes=Sizes(users=50), users_at=0).users_due(Sizes(users=50), 2), "a small table every poll"
     assert not plan.templates_due(same, 2, False) and plan.templates_due(same, 2, True) and plan.templates_due(same, 60, False)
     assert not plan.attendance_due(same, 20) and not plan.attendance_due(Sizes(records=11), 5) and plan.attendance_due(Sizes(records=11), 10)
+
+
+def once_at(device: ZkDevice, command: int, keypad_action) -> None:
+    """``keypad_action`` at the device the first time a client sends ``command``, before it is answered."""
+    def listener(packet):
+        if packet.command == command and listener in device.request_listeners:
+            device.request_listeners.remove(listener)
+            keypad_action()
+
+    device.request_listeners.append(listener)
+
+
+def test_a_keypad_change_between_the_upload_and_the_read_back_is_the_devices_not_the_gateways():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True  # DISABLEDEVICE answered, the keypad not locked
+    populate(device, 1)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1"]))
+    once_at(device, Command.REFRESHDATA, lambda: device.edit("3", name="Typed At The Door"))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("3", name="Pushed Person"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("3").name == "Typed At The Door"
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3"], "the keypad's edit, reported"
+    assert wire.call(wire.connection.fetch_users(["3"])).users[0].name == "Typed At The Door"
+
+    once_at(device, Command.REFRESHDATA, lambda: device.add_template("1", 9, b"f" * 500))  # a finger, the user table alike
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("4", name="Another"))], keep_local_changes=True))
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3", "1"]
+    assert [f.index for f in wire.call(wire.connection.fetch_users(["1"])).users[0].fingerprints] == sorted(
+        fid for (uid, fid) in device.templates if uid == device.user("1").uid)
+    assert wire.broken == []
+
+
+def test_an_enrolment_between_the_count_and_the_table_of_a_write_pass_is_read_again_not_a_dropped_link():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    populate(device, 2)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    device.recorded = []
+
+    def enrol_after_the_lock():
+        once_at(device, Command.PREPARE_BUFFER, lambda: device.enroll("walk-in", "Walk In"))  # after the count
+
+    once_at(device, Command.DISABLEDEVICE, enrol_after_the_lock)
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
+    assert [p.command for p in device.recorded].count(Command.GET_FREE_SIZES) >= 2, "the counts read again"
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "walk-in"]
+    assert device.user("walk-in").uid != device.user("5").uid
+    assert wire.broken == []
+
+
+def test_each_link_derives_what_to_announce_from_the_database_not_from_the_last_link():
+    device = ZkDevice()
+    populate(device, 2)
+    db, sink, memory = SyncDb(), Sink(), DeviceMemory()
+    first = Wire(device, db, sink, memory).start()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2"]
+    # The link drops before either is pulled. Only user 2's pull is owed in the database (user 1's
+    # event never committed, or its pull settled): user 1 is announced again, user 2 is not.
+    first.link.connectionLost()
+    db.write(lambda conn: conn.execute(pending_pulls.insert(), [dict(terminal_id=7, user_id="2", since_ms=0)]))
+    again = Wire(device, db, sink, memory).start()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "1"]
+    device.edit("2", name="Edited Later")
+    again.poll()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "1", "2"], "a change after the owed one is news"
+    assert [e.event_id for e in sink.events] == list(range(1, len(sink.events) + 1))

@@ -217,6 +217,29 @@ def test_a_session_that_ends_releases_the_keypad_and_a_full_queue_refuses_anothe
     assert [u.user_id for u in device.users.values()] == ["ana"] and device.keypad_waiting == 0
 
 
+def test_a_client_that_holds_the_keypad_and_falls_silent_loses_the_hold():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from simulator.zk.tcp import DeviceFactory
+
+    device, clock = ZkDevice(), task.Clock()
+    factory = DeviceFactory(device, clock)
+    connection = factory.buildProtocol(None)
+    connection.makeConnection(StringTransport())
+    connection.dataReceived(encode_tcp(Packet(Command.DISABLEDEVICE, 0, 1)))
+    device.enroll("ana")
+    clock.advance(factory.keypad_hold_s - 1)
+    connection.dataReceived(encode_tcp(Packet(Command.GET_FREE_SIZES, 0, 2)))  # still talking: the hold lasts
+    clock.advance(factory.keypad_hold_s - 1)
+    assert device.disabled and device.user("ana") is None
+    clock.advance(1)
+    assert not device.disabled and device.user("ana") is not None
+    connection.dataReceived(encode_tcp(Packet(Command.DISABLEDEVICE, 0, 3)))
+    connection.dataReceived(encode_tcp(Packet(Command.ENABLEDEVICE, 0, 4)))
+    assert not device.disabled and clock.getDelayedCalls() == [], "released: nothing timed"
+
+
 def test_a_station_counts_a_punch_acknowledged_only_by_the_acknowledgement_of_its_own_event():
     from simulator.people import People
     from simulator.zk.station import ZkStation

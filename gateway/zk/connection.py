@@ -31,7 +31,7 @@ from protocol.messages import UserStatus
 from protocol.records import UserRecordWire
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
-from protocol.zk.records import AttendanceRecord, Template, User, encode_user
+from protocol.zk.records import AttendanceRecord, Template, User, decode_user, encode_user
 
 log = Logger(namespace="gateway.zk")
 
@@ -50,11 +50,14 @@ class ZkTiming:
 
 @dataclass
 class DeviceMemory:
-    """What the gateway keeps of one device across its connections: loaded from the database at
-    the first connection, then kept here, because events may still wait for the writer when a
-    link drops and the next link must not reuse their ids or announce their changes again."""
+    """What the gateway keeps of one device across its connections: the event ids and the
+    attendance mark, loaded from the database at the first connection, then kept here, because
+    events may still wait for the writer when a link drops and the next link must not reuse
+    their ids or store their punches again. The change tracker is not kept: each link derives
+    it from the database (gateway/zk/holdings.py)."""
 
-    tracker: ChangeTracker | None = None
+    tracker: ChangeTracker | None = None  # this link's
+    loaded: bool = False
     next_event_id: int = 1
     attendance_stored: int = 0
     attendance_last: str | None = None
@@ -195,13 +198,16 @@ class ZkConnection:
 
     @defer.inlineCallbacks
     def _remember(self):
+        """What the server has seen of the device, from the database at every connection: read on
+        the writer thread, so after everything the previous link stored (docs/zk.md)."""
         memory = self._memory
-        if memory.tracker is None:
-            seen, stored, last = yield self._db.read(load_holdings, self.terminal_id)
+        held = yield self._db.write(load_holdings, self.terminal_id)
+        memory.tracker = ChangeTracker(held.seen, held.owed)
+        if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
-            memory.tracker = ChangeTracker(seen)
             memory.next_event_id = max(memory.next_event_id, through + 1)
-            memory.attendance_stored, memory.attendance_last = stored, last
+            memory.attendance_stored, memory.attendance_last = held.attendance_stored, held.attendance_last
+            memory.loaded = True
 
     @defer.inlineCallbacks
     def _register_events(self):
@@ -468,17 +474,21 @@ class ZkConnection:
             if not reply.ok:
                 refused[user_id] = UserStatus.NOT_FOUND
         yield self._ok(Command.REFRESHDATA)
-        yield self._read_tables(self._clock.seconds(), templates=False)
-        written = {user.user_id: templates for user, templates in plan.writes if user.user_id not in refused}
+        yield self._read_back(plan, refused)
         seen: dict[str, bytes | None] = {}
-        for user_id, templates in written.items():
-            held = self._users.get(user_id)
-            if held is None:
-                refused[user_id] = UserStatus.STORAGE_FULL
+        for user, templates in plan.writes:
+            if user.user_id in refused:
                 continue
-            if self._profile.template_format is not None:
-                self._templates[held.uid] = [Template(held.uid, t.fid, t.template, t.valid) for t in templates]
-            seen[user_id] = held_digest(held, self._templates.get(held.uid, []))
+            held = self._users.get(user.user_id)
+            if held is None:
+                refused[user.user_id] = UserStatus.STORAGE_FULL
+                continue
+            # What was written, as the device holds it; a read-back that differs is a keypad change
+            # made meanwhile (on a device that does not lock its keypad), announced below.
+            written = decode_user(encode_user(user, size))
+            if self._profile.template_format is None:
+                templates = self._templates.get(held.uid, [])  # not written: the device keeps its own
+            seen[user.user_id] = held_digest(written, templates)
         for user_id, _ in plan.deletes:
             if user_id not in refused:
                 seen[user_id] = None
@@ -489,7 +499,25 @@ class ZkConnection:
         self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
                                   EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
                                   Origin.SERVER, user_id) for user_id, digest in seen.items()])
+        self._announce()
         return refused
+
+    @defer.inlineCallbacks
+    def _read_back(self, plan: "_WritePlan", refused: dict[str, int]):
+        """Read the users the device now holds, and its templates too when their count is not
+        what the writes leave (a finger added or removed at the keypad meanwhile)."""
+        yield self._read_tables(self._clock.seconds(), templates=False)
+        expected = dict(self._templates)
+        if self._profile.template_format is not None:
+            for user, templates in plan.writes:
+                if user.user_id not in refused:
+                    expected[user.uid] = templates
+        for _, uid in plan.deletes:
+            expected.pop(uid, None)
+        if self._plan.sizes.fingers != sum(len(ts) for ts in expected.values()):
+            yield self._read_tables(self._clock.seconds(), templates=True)
+        else:
+            self._templates = expected
 
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):

@@ -1,18 +1,29 @@
-"""What the gateway keeps of each ZK device in the database, so change detection survives a restart:
-the digest of each person's copy the server has seen, and how far the attendance log is stored."""
+"""What the gateway keeps of each ZK device in the database, so change detection survives a restart
+and a lost link: the digest of each person's copy the server has seen, the pulls already owed,
+and how far the attendance log is stored."""
+
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
 from gateway.database import upsert
-from gateway.schema import zk_attendance, zk_holdings
+from gateway.schema import pending_pulls, zk_attendance, zk_holdings
 
 
-def load_holdings(conn, terminal_id: int) -> tuple[dict[str, bytes], int, str | None]:
-    """(user id -> digest seen, attendance records stored, identity of the last one)."""
+@dataclass(frozen=True)
+class Holdings:
+    seen: dict[str, bytes]  # user id -> digest of the device copy the server has seen
+    owed: frozenset[str]  # users whose change at the device is announced and not pulled yet
+    attendance_stored: int = 0  # attendance records stored
+    attendance_last: str | None = None  # the identity of the last one
+
+
+def load_holdings(conn, terminal_id: int) -> Holdings:
     rows = conn.execute(select(zk_holdings.c.user_id, zk_holdings.c.digest).where(zk_holdings.c.terminal_id == terminal_id))
     seen = {user_id: bytes(digest) for user_id, digest in rows}
+    owed = frozenset(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
     mark = conn.execute(select(zk_attendance.c.stored, zk_attendance.c.last).where(zk_attendance.c.terminal_id == terminal_id)).first()
-    return seen, (mark[0] if mark else 0), (mark[1] if mark else None)
+    return Holdings(seen, owed, *(mark or (0, None)))
 
 
 def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None:

@@ -64,11 +64,12 @@ class Firmware:
 @dataclass
 class Faults:
     """How a misbehaving device answers, for tests of its clients: commands it claims not to
-    know (ACK_UNKNOWN), and ``mangle``, which may replace the bytes of any packet it sends on
+    know (ACK_UNKNOWN), a keypad DISABLEDEVICE does not lock, and ``mangle``, which may replace the bytes of any packet it sends on
     TCP (garbage, a wrong checksum, a truncated or oversized packet) by returning them."""
 
     unknown_commands: set[int] = field(default_factory=set)
     mangle: Callable[[Packet], bytes | None] | None = None
+    keypad_never_held: bool = False  # answers DISABLEDEVICE ACK_OK, and its keypad goes on working
 
 
 class ZkDevice:

@@ -120,7 +120,8 @@ class DeviceSession:
         self._answer(packet, ReplyCode.ACK_OK)
 
     def _disable(self, packet):
-        self.device.hold(self)
+        if not self.device.faults.keypad_never_held:
+            self.device.hold(self)
         self._answer(packet, ReplyCode.ACK_OK)
 
     def _enable(self, packet):
