@@ -9,8 +9,9 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from gateway.schema import metadata, pending_pulls
+from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
+from gateway.zk.holdings import save_attendance_mark
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
@@ -313,3 +314,42 @@ def test_each_link_derives_what_to_announce_from_the_database_not_from_the_last_
     again.poll()
     assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "1", "2"], "a change after the owed one is news"
     assert [e.event_id for e in sink.events] == list(range(1, len(sink.events) + 1))
+
+
+class LoggedSink(Sink):
+    """Events committed to the database's event log, as the gateway's writer commits them."""
+
+    def __init__(self, db: SyncDb):
+        super().__init__()
+        self.db = db
+
+    def submit(self, terminal_id, batch):
+        rows = [dict(terminal_id=terminal_id, terminal_event_id=e.event_id, log_epoch=0, type="event", code=e.code, sub_code=e.sub_code,
+                     user_id=e.user_id or None, occurred_ms=e.timestamp_ms, recorded_ms=0) for e in batch]
+        self.db.write(lambda conn: conn.execute(events.insert(), rows))
+        return super().submit(terminal_id, batch)
+
+
+class CrashBeforeTheMark(SyncDb):
+    """The process dies between committing the punches and storing the attendance mark."""
+
+    def write(self, work, *args):
+        if work is save_attendance_mark:
+            return defer.Deferred()  # never stored
+        return super().write(work, *args)
+
+
+def test_a_crash_between_the_punches_and_their_mark_stores_no_punch_twice():
+    device = ZkDevice()
+    populate(device, 2)
+    at = datetime(2024, 3, 1, 8, 30, 15)
+    device.punch("1", at=at)
+    device.punch("2", at=at)
+    db = CrashBeforeTheMark()
+    sink = LoggedSink(db)
+    Wire(device, db, sink).start()
+    device.punch("1", at=datetime(2024, 3, 1, 17, 0, 0))  # after the restart: new
+    db.write = SyncDb.write.__get__(db)  # the restarted process stores its marks
+    Wire(device, db, sink).start()
+    assert [(e.user_id, e.timestamp_ms) for e in sink.events if e.code == EventCode.VERIFY_SUCCESS] == [
+        ("1", int(at.timestamp() * 1000)), ("2", int(at.timestamp() * 1000)), ("1", int(datetime(2024, 3, 1, 17).timestamp() * 1000))]

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
 from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.holdings import load_holdings, save_attendance_mark, save_holdings
+from gateway.zk.holdings import load_holdings, save_attendance_mark, save_holdings, stored_punches
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
@@ -62,6 +62,9 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
+    # The mark is stored after the punches it covers: after a restart, the first punches found
+    # new are checked against the event log, so a crash between the two stores none twice.
+    attendance_unsure: bool = False
 
 
 @dataclass
@@ -207,7 +210,7 @@ class ZkConnection:
             through = yield self._events.stored_through(self.terminal_id)
             memory.next_event_id = max(memory.next_event_id, through + 1)
             memory.attendance_stored, memory.attendance_last = held.attendance_stored, held.attendance_last
-            memory.loaded = True
+            memory.attendance_unsure = memory.loaded = True
 
     @defer.inlineCallbacks
     def _register_events(self):
@@ -322,22 +325,28 @@ class ZkConnection:
     def _read_attendance(self, now: float):
         read = yield self._link.run("read_attendance")
         memory, records = self._memory, list(read.records)
-        fresh = new_attendance(records, memory.attendance_stored, memory.attendance_last)
+        fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
         self._plan.attendance_at, self._plan.attendance_count = now, read.sizes.records
         if not records:
             return
+        if memory.attendance_unsure and fresh:
+            stored = yield self._db.read(stored_punches, self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
+            fresh = [f for f in fresh if (f[2] or None, f[0], f[1]) not in stored]
+        memory.attendance_unsure = False
         memory.attendance_stored, memory.attendance_last = len(records), attendance_identity(records[-1])
         stored, last = memory.attendance_stored, memory.attendance_last
-        d = self._submit([self._punch(r) for r in fresh]) if fresh else defer.succeed(None)
+        punches = [self._event(at_ms, EventCode.VERIFY_SUCCESS, credential, user_id) for at_ms, credential, user_id in fresh]
+        d = self._submit(punches) if punches else defer.succeed(None)
         d.addCallback(lambda _: self._db.write(save_attendance_mark, self.terminal_id, stored, last))
         d.addErrback(self._log_unsaved, "the attendance mark")
 
-    def _punch(self, record: AttendanceRecord) -> Event:
+    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str]:
+        """A punch as a verify event holds it: (time in ms, credential, user id)."""
         user_id = record.user_id
         if user_id is None:  # 8-byte records know only the uid
             user_id = next((u.user_id for u in self._users.values() if u.uid == record.uid), "")
         credential = CREDENTIALS.get(record.verify_type, 0)
-        return self._event(int(record.timestamp.timestamp() * 1000), EventCode.VERIFY_SUCCESS, credential, user_id if is_text(user_id) else "")
+        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if is_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 
 from gateway.database import upsert
-from gateway.schema import pending_pulls, zk_attendance, zk_holdings
+from gateway.schema import events, pending_pulls, zk_attendance, zk_holdings
+from protocol.events import EventCode
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,11 @@ def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None
 
 def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
     upsert(conn, zk_attendance, [dict(terminal_id=terminal_id, stored=stored, last=last)], key=["terminal_id"], update=["stored", "last"])
+
+
+def stored_punches(conn, terminal_id: int, since_ms: int) -> set[tuple[str | None, int, int]]:
+    """The device's punches in the event log from ``since_ms`` on, as (user id, time, credential):
+    after a restart, the ones stored before the attendance mark that should have followed them."""
+    rows = conn.execute(select(events.c.user_id, events.c.occurred_ms, events.c.sub_code).where(
+        events.c.terminal_id == terminal_id, events.c.code == int(EventCode.VERIFY_SUCCESS), events.c.occurred_ms >= since_ms))
+    return {(user_id, occurred_ms, sub_code) for user_id, occurred_ms, sub_code in rows}
