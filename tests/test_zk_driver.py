@@ -176,6 +176,12 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     assert commands[0] == Command.DISABLEDEVICE and commands[-1] == Command.ENABLEDEVICE
     assert commands.count(Command.SAVE_USERTEMPS) == 3, "150 users in uploads of 64"
     assert commands.count(Command.REFRESHDATA) >= 1 and len(device.users) == 150
+    device.recorded = []
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("151", name="One More"))], keep_local_changes=True))
+    buffers = [p for p in device.recorded if p.command == Command.PREPARE_BUFFER]
+    assert len(buffers) == 1, "the users read before writing; after, the counts show the writes landed"
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
 
 
 def test_a_real_time_event_polls_at_once():
@@ -257,7 +263,7 @@ def once_at(device: ZkDevice, command: int, keypad_action) -> None:
     device.request_listeners.append(listener)
 
 
-def test_a_keypad_change_between_the_upload_and_the_read_back_is_the_devices_not_the_gateways():
+def test_a_keypad_change_after_the_upload_is_the_devices_not_the_gateways():
     device = ZkDevice()
     device.faults.keypad_never_held = True  # DISABLEDEVICE answered, the keypad not locked
     populate(device, 1)
@@ -267,12 +273,13 @@ def test_a_keypad_change_between_the_upload_and_the_read_back_is_the_devices_not
     results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("3", name="Pushed Person"))], keep_local_changes=True))
     assert [r.status for r in results] == [UserStatus.OK] and device.user("3").name == "Typed At The Door"
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
+    wire.poll()  # the counts did not show it: the next read of the table does
     assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3"], "the keypad's edit, reported"
     assert wire.call(wire.connection.fetch_users(["3"])).users[0].name == "Typed At The Door"
 
     once_at(device, Command.REFRESHDATA, lambda: device.add_template("1", 9, b"f" * 500))  # a finger, the user table alike
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("4", name="Another"))], keep_local_changes=True))
-    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3", "1"]
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3", "1"], "the counts showed it: read back, reported"
     assert [f.index for f in wire.call(wire.connection.fetch_users(["1"])).users[0].fingerprints] == sorted(
         fid for (uid, fid) in device.templates if uid == device.user("1").uid)
     assert wire.broken == []

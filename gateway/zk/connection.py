@@ -39,6 +39,7 @@ REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFING
 # ZK verify types (how the person verified) as the event log's credential sub-codes.
 CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
 MAX_UID = 0xFFFF
+NO_TEMPLATES: list[Template] = []  # never changed: one object, so a digest kept for it stays valid
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ZkConnection:
         self._profile = DeviceProfile()
         self._users: dict[str, User] = {}  # by user id, from the last complete read
         self._templates: dict[int, list[Template]] = {}  # by uid
+        self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
         self._writes: list[_Write] = []
         self._poll_timer = None
@@ -305,7 +307,20 @@ class ZkConnection:
         self._plan.sizes = read.sizes
 
     def _held_copies(self) -> dict[str, bytes]:
-        return {user_id: held_digest(user, self._templates.get(user.uid, [])) for user_id, user in self._users.items() if keyable(user)}
+        """Each person's digest on the device. Kept from the last call for a person whose user
+        record is equal and whose templates are the same list: most polls change nobody."""
+        held, digests = {}, {}
+        for user_id, user in self._users.items():
+            if not keyable(user):
+                continue
+            templates = self._templates.get(user.uid, NO_TEMPLATES)
+            known = self._digests.get(user_id)
+            if known is None or known[0] != user or known[1] is not templates:
+                known = (user, templates, held_digest(user, templates))
+            digests[user_id] = known
+            held[user_id] = known[2]
+        self._digests = digests
+        return held
 
     def _announce(self) -> None:
         """Changes made at the device since the server last saw it become device-origin events."""
@@ -483,7 +498,7 @@ class ZkConnection:
             if not reply.ok:
                 refused[user_id] = UserStatus.NOT_FOUND
         yield self._ok(Command.REFRESHDATA)
-        yield self._read_back(plan, refused)
+        yield self._read_back(plan, refused, size)
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
             if user.user_id in refused:
@@ -492,8 +507,9 @@ class ZkConnection:
             if held is None:
                 refused[user.user_id] = UserStatus.STORAGE_FULL
                 continue
-            # What was written, as the device holds it; a read-back that differs is a keypad change
-            # made meanwhile (on a device that does not lock its keypad), announced below.
+            # What was written, as the device holds it, is what the server has seen: a device copy
+            # that differs (a keypad change on a device that does not lock its keypad) is the
+            # device's change, announced below when the read-back showed it, else at the next poll.
             written = decode_user(encode_user(user, size))
             if self._profile.template_format is None:
                 templates = self._templates.get(held.uid, [])  # not written: the device keeps its own
@@ -512,21 +528,33 @@ class ZkConnection:
         return refused
 
     @defer.inlineCallbacks
-    def _read_back(self, plan: "_WritePlan", refused: dict[str, int]):
-        """Read the users the device now holds, and its templates too when their count is not
-        what the writes leave (a finger added or removed at the keypad meanwhile)."""
+    def _read_back(self, plan: "_WritePlan", refused: dict[str, int], size: int):
+        """What the device holds after the writes. The keypad is held, so when the counts are what
+        the writes leave, it is what was read before with the writes applied; else (a device that
+        does not lock its keypad, a write it dropped) the users are read again, and the templates
+        when their count is off too. A keypad change the counts do not show is a difference from
+        what was written, which the next poll finds and announces (``_store``)."""
+        users = dict(self._users)
+        templates = dict(self._templates)
+        for user, written in plan.writes:
+            if user.user_id not in refused:
+                users[user.user_id] = decode_user(encode_user(user, size))
+                if self._profile.template_format is not None:
+                    templates[user.uid] = written
+        for user_id, uid in plan.deletes:
+            if user_id not in refused:
+                users.pop(user_id, None)
+                templates.pop(uid, None)
+        sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
+        fingers = sum(len(ts) for ts in templates.values())
+        if sizes.users == len(users) and sizes.fingers == fingers:
+            self._users, self._templates, self._plan.sizes = users, templates, sizes
+            return
         yield self._read_tables(self._clock.seconds(), templates=False)
-        expected = dict(self._templates)
-        if self._profile.template_format is not None:
-            for user, templates in plan.writes:
-                if user.user_id not in refused:
-                    expected[user.uid] = templates
-        for _, uid in plan.deletes:
-            expected.pop(uid, None)
-        if self._plan.sizes.fingers != sum(len(ts) for ts in expected.values()):
-            yield self._read_tables(self._clock.seconds(), templates=True)
+        if self._plan.sizes.fingers == fingers:
+            self._templates = templates
         else:
-            self._templates = expected
+            yield self._read_tables(self._clock.seconds(), templates=True)
 
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
