@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
-from gateway.zk.holdings import save_attendance_mark
+from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
@@ -360,3 +360,38 @@ def test_a_crash_between_the_punches_and_their_mark_stores_no_punch_twice():
     Wire(device, db, sink).start()
     assert [(e.user_id, e.timestamp_ms) for e in sink.events if e.code == EventCode.VERIFY_SUCCESS] == [
         ("1", int(at.timestamp() * 1000)), ("2", int(at.timestamp() * 1000)), ("1", int(datetime(2024, 3, 1, 17).timestamp() * 1000))]
+
+
+class HeldDb(SyncDb):
+    """Commits only when the test says: what a busy database writer looks like."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[tuple[defer.Deferred, object, tuple]] = []
+
+    def write(self, work, *args):
+        d = defer.Deferred()
+        self.held.append((d, work, args))
+        return d
+
+    def commit_next(self):
+        d, work, args = self.held.pop(0)
+        SyncDb.read(self, work, *args).chainDeferred(d)
+
+
+def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_save_before_it():
+    db = HeldDb()
+    writer = HoldingsWriter.of(db)
+    assert HoldingsWriter.of(db) is writer
+    writer.save(1, {"a": b"1" * 8})  # the first commit begins at once
+    writer.save(2, {"b": b"2" * 8})
+    writer.save(1, {"a": None, "c": b"3" * 8})
+    loaded = []
+    writer.load(1).addCallback(loaded.append)
+    assert len(db.held) == 1
+    db.commit_next()
+    assert len(db.held) == 1, "the three waiting went into one transaction"
+    db.commit_next()
+    assert db.held == [] and loaded[0].seen == {"c": b"3" * 8}
+    with db.engine.begin() as conn:
+        assert load_holdings(conn, 2).seen == {"b": b"2" * 8}

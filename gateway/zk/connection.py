@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
 from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.holdings import load_holdings, save_attendance_mark, save_holdings, stored_punches
+from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
@@ -89,6 +89,7 @@ class ZkConnection:
         self._memory = memory
         self._clock = clock
         self._db = db
+        self._holdings = HoldingsWriter.of(db)
         self._events = events
         self._presence = presence
         self._timing = timing
@@ -203,10 +204,10 @@ class ZkConnection:
 
     @defer.inlineCallbacks
     def _remember(self):
-        """What the server has seen of the device, from the database at every connection: read on
-        the writer thread, so after everything the previous link stored (docs/zk.md)."""
+        """What the server has seen of the device, from the database at every connection: loaded
+        after everything the previous link stored (docs/zk.md)."""
         memory = self._memory
-        held = yield self._db.write(load_holdings, self.terminal_id)
+        held = yield self._holdings.load(self.terminal_id)
         memory.tracker = ChangeTracker(held.seen, held.owed)
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
@@ -373,7 +374,7 @@ class ZkConnection:
         return self._events.submit(self.terminal_id, events)
 
     def _save_seen(self, seen: dict[str, bytes | None]) -> defer.Deferred:
-        return self._db.write(save_holdings, self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
+        return self._holdings.save(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
 
     def _log_unsaved(self, failure: Failure, what: str) -> None:
         # At worst a change is announced again after a restart: one more pull, nothing lost.
@@ -498,7 +499,9 @@ class ZkConnection:
             if not reply.ok:
                 refused[user_id] = UserStatus.NOT_FOUND
         yield self._ok(Command.REFRESHDATA)
-        yield self._read_back(plan, refused, size)
+        # What was written, as the device holds it (a 28-byte record holds less).
+        as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
+        yield self._read_back(plan, as_held)
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
             if user.user_id in refused:
@@ -510,10 +513,9 @@ class ZkConnection:
             # What was written, as the device holds it, is what the server has seen: a device copy
             # that differs (a keypad change on a device that does not lock its keypad) is the
             # device's change, announced below when the read-back showed it, else at the next poll.
-            written = decode_user(encode_user(user, size))
             if self._profile.template_format is None:
                 templates = self._templates.get(held.uid, [])  # not written: the device keeps its own
-            seen[user.user_id] = held_digest(written, templates)
+            seen[user.user_id] = held_digest(as_held[user.user_id], templates)
         for user_id, _ in plan.deletes:
             if user_id not in refused:
                 seen[user_id] = None
@@ -528,7 +530,7 @@ class ZkConnection:
         return refused
 
     @defer.inlineCallbacks
-    def _read_back(self, plan: "_WritePlan", refused: dict[str, int], size: int):
+    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User]):
         """What the device holds after the writes. The keypad is held, so when the counts are what
         the writes leave, it is what was read before with the writes applied; else (a device that
         does not lock its keypad, a write it dropped) the users are read again, and the templates
@@ -537,14 +539,13 @@ class ZkConnection:
         users = dict(self._users)
         templates = dict(self._templates)
         for user, written in plan.writes:
-            if user.user_id not in refused:
-                users[user.user_id] = decode_user(encode_user(user, size))
+            if user.user_id in as_held:
+                users[user.user_id] = as_held[user.user_id]
                 if self._profile.template_format is not None:
                     templates[user.uid] = written
-        for user_id, uid in plan.deletes:
-            if user_id not in refused:
-                users.pop(user_id, None)
-                templates.pop(uid, None)
+        for user_id, uid in plan.deletes:  # one the device refused to delete is no longer there either
+            users.pop(user_id, None)
+            templates.pop(uid, None)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
         fingers = sum(len(ts) for ts in templates.values())
         if sizes.users == len(users) and sizes.fingers == fingers:
