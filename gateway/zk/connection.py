@@ -13,6 +13,7 @@ A device that answers what the protocol does not allow, or a table that does not
 with the keypad held, loses its connection with the reason; a half-read table is never used.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -39,6 +40,9 @@ REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFING
 # ZK verify types (how the person verified) as the event log's credential sub-codes.
 CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
 MAX_UID = 0xFFFF
+# The pusher sends one stored record to every device: parsed once, not once per device (records
+# are frozen, so the parsed one is safely shared).
+server_record = functools.lru_cache(maxsize=1024)(UserRecordWire.parse)
 NO_TEMPLATES: list[Template] = []  # never changed: one object, so a digest kept for it stays valid
 
 
@@ -464,7 +468,7 @@ class ZkConnection:
             outcome = []
             for raw in write.records:
                 try:
-                    record = UserRecordWire.parse(raw)
+                    record = server_record(raw)
                 except Exception as exc:  # the server stores valid records; say so if one is not
                     log.warn("ZK terminal {tid}: a stored record does not parse ({e}); not sent", tid=self.terminal_id, e=exc)
                     continue
