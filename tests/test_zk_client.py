@@ -344,3 +344,16 @@ def test_exit_closes_the_conversation():
     token = client.disconnect(now=0)
     assert device.reply(device.one(Command.EXIT), Code.ACK_OK) == [Reply(token, Code.ACK_OK)]
     assert client.state is State.CLOSED
+
+
+def test_a_table_read_again_unchanged_is_not_decoded_again():
+    client, device = connected()
+    sizes = bodies.Sizes(users=7)
+    reads = []
+    for _ in range(2):
+        token = client.read_users(now=0)
+        device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(sizes))
+        [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
+        assert event.token == token
+        reads.append(event.users)
+    assert reads[0] == reads[1] and all(a is b for a, b in zip(*reads)), "the same objects: nothing decoded twice"

@@ -116,6 +116,7 @@ class ZkClient:
         self._deadline: float | None = None
         self._reply_id = 0
         self._tokens = itertools.count(1)
+        self._last_tables: dict[TableRead, tuple[int, bytes, object]] = {}  # by table: (count, bytes, parsed) of its last read
 
     # -- operations: each returns a token; its end is one event with that token --------------
 
@@ -374,11 +375,18 @@ class ZkClient:
             if not count_of(sizes):
                 return sizes, None
             data = yield from self._buffered(table)
+            count = count_of(sizes)
+            last = self._last_tables.get(table)
+            if last is not None and last[:2] == (count, data):
+                return sizes, last[2]  # the same bytes as the last read: polls mostly find nothing changed
             try:
-                return sizes, parse(data, count_of(sizes))
+                parsed = parse(data, count)
             except BodyError:
                 if attempt == TABLE_READS:
                     raise
+                continue
+            self._last_tables[table] = (count, data, parsed)
+            return sizes, parsed
 
     def _read_users(self, token: int) -> Steps:
         sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, parse_user_table)
