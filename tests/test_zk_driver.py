@@ -180,6 +180,7 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("151", name="One More"))], keep_local_changes=True))
     buffers = [p for p in device.recorded if p.command == Command.PREPARE_BUFFER]
     assert len(buffers) == 1, "the users read before writing; after, the counts show the writes landed"
+    assert [p.command for p in device.recorded].count(Command.REFRESHDATA) == 1, "the upload's own, no second one"
     wire.poll()
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
 

@@ -492,20 +492,28 @@ class ZkConnection:
             return {}
         refused: dict[str, int] = {}
         size = self._profile.record_size
+        refresh = bool(plan.stale_templates or plan.deletes)  # a bulk upload refreshes by itself
+        # Users whose templates stay the device's own: an algorithm we do not know, or written one by one.
+        own_templates = {user.user_id for user, _ in plan.writes} if self._profile.template_format is None else set()
         users = [user for user, _ in plan.writes]
         for start in range(0, len(users), self._timing.upload_users):
             chunk = plan.writes[start : start + self._timing.upload_users]
-            refused.update((yield self._upload(chunk, size)))
+            chunk_refused, one_by_one = yield self._upload(chunk, size)
+            refused.update(chunk_refused)
+            if one_by_one:
+                refresh = True
+                own_templates.update(user.user_id for user, _ in chunk)
         for uid, fid in plan.stale_templates:
             yield self._link.run("request", Command.DELETE_USERTEMP, bodies.uid_finger(uid, fid))
         for user_id, uid in plan.deletes:
             reply = yield self._link.run("request", Command.DELETE_USER, bodies.uid_body(uid))
             if not reply.ok:
                 refused[user_id] = UserStatus.NOT_FOUND
-        yield self._ok(Command.REFRESHDATA)
+        if refresh:
+            yield self._ok(Command.REFRESHDATA)
         # What was written, as the device holds it (a 28-byte record holds less).
         as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
-        yield self._read_back(plan, as_held)
+        yield self._read_back(plan, as_held, own_templates)
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
             if user.user_id in refused:
@@ -517,8 +525,8 @@ class ZkConnection:
             # What was written, as the device holds it, is what the server has seen: a device copy
             # that differs (a keypad change on a device that does not lock its keypad) is the
             # device's change, announced below when the read-back showed it, else at the next poll.
-            if self._profile.template_format is None:
-                templates = self._templates.get(held.uid, [])  # not written: the device keeps its own
+            if user.user_id in own_templates:
+                templates = self._templates.get(held.uid, [])
             seen[user.user_id] = held_digest(as_held[user.user_id], templates)
         for user_id, _ in plan.deletes:
             if user_id not in refused:
@@ -534,7 +542,7 @@ class ZkConnection:
         return refused
 
     @defer.inlineCallbacks
-    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User]):
+    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User], own_templates: set[str]):
         """What the device holds after the writes. The keypad is held, so when the counts are what
         the writes leave, it is what was read before with the writes applied; else (a device that
         does not lock its keypad, a write it dropped) the users are read again, and the templates
@@ -545,7 +553,7 @@ class ZkConnection:
         for user, written in plan.writes:
             if user.user_id in as_held:
                 users[user.user_id] = as_held[user.user_id]
-                if self._profile.template_format is not None:
+                if user.user_id not in own_templates:
                     templates[user.uid] = written
         for user_id, uid in plan.deletes:  # one the device refused to delete is no longer there either
             users.pop(user_id, None)
@@ -564,12 +572,13 @@ class ZkConnection:
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
         """One bulk upload (SAVE_USERTEMPS); a device that lacks it gets the users one by one
-        (USER_WRQ) and no templates. Returns the users refused."""
+        (USER_WRQ) and no templates. Returns the users refused, and whether they went one by one
+        (then the device still needs REFRESHDATA)."""
         users = [user for user, _ in chunk]
         if self._memory.bulk_upload:
             try:
                 yield self._link.run("save_users", users, [t for _, ts in chunk for t in ts], record_size=size)
-                return {}
+                return {}, False
             except DeviceRefused as exc:
                 if exc.code not in (ReplyCode.ACK_UNKNOWN, ReplyCode.ACK_ERROR_CMD):
                     if exc.code is None:
@@ -584,7 +593,7 @@ class ZkConnection:
             reply = yield self._link.run("request", Command.USER_WRQ, encode_user(user, size))
             if not reply.ok:
                 refused[user.user_id] = UserStatus.STORAGE_FULL if reply.code == ReplyCode.ACK_ERROR and self._full() else UserStatus.INVALID
-        return refused
+        return refused, True
 
     def _full(self) -> bool:
         sizes = self._plan.sizes
