@@ -147,6 +147,7 @@ class Station:
 
     def delete(self, user_id: str) -> None:
         self.terminal.delete(user_id)
+        self.changed_here.pop(user_id, None)  # an edit not pulled before this delete is gone with it, as at a ZK station
         self.deleted_here.add(user_id)
 
     def verify(self, user_id: str) -> None:

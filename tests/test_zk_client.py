@@ -6,7 +6,7 @@ from datetime import datetime
 import pytest
 
 from protocol.zk import bodies, realtime
-from protocol.zk.client import Framing, State, ZkClient
+from protocol.zk.client import TABLE_READS, Framing, State, ZkClient
 from protocol.zk.commands import Command, EventFlag, ReplyCode as Code
 from protocol.zk.commkey import make_commkey
 from protocol.zk.decoder import PacketDecoder
@@ -214,12 +214,26 @@ def test_read_attendance_finds_the_record_size_from_the_count():
     assert events == [AttendanceRead(token, tuple(punches), 16, sizes)]
 
 
-def test_a_table_that_does_not_match_the_count_fails_with_the_reason():
+def test_a_table_that_keeps_disagreeing_with_the_count_fails_with_the_reason():
     client, device = connected()
     token = client.read_users(now=0)
+    for _ in range(TABLE_READS - 1):
+        device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=3)))
+        assert device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE) == [], "read again"
     device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=3)))
     [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
     assert isinstance(event, RequestFailed) and event.token == token and "does not hold 3 records" in event.reason
+
+
+def test_a_table_changed_between_its_count_and_its_read_is_read_again():
+    client, device = connected()
+    token = client.read_users(now=0)
+    device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(bodies.Sizes(users=6)))
+    assert device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE) == [], "7 users, 6 counted: someone enrolled"
+    sizes = bodies.Sizes(users=7)
+    device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(sizes))
+    [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
+    assert event == UsersRead(token, tuple(User(n, str(1000 + n), f"Person {n}") for n in range(1, 8)), 72, sizes)
 
 
 def test_save_users_uploads_in_chunks_then_saves_and_refreshes():
@@ -330,3 +344,16 @@ def test_exit_closes_the_conversation():
     token = client.disconnect(now=0)
     assert device.reply(device.one(Command.EXIT), Code.ACK_OK) == [Reply(token, Code.ACK_OK)]
     assert client.state is State.CLOSED
+
+
+def test_a_table_read_again_unchanged_is_not_decoded_again():
+    client, device = connected()
+    sizes = bodies.Sizes(users=7)
+    reads = []
+    for _ in range(2):
+        token = client.read_users(now=0)
+        device.reply(device.one(Command.GET_FREE_SIZES), Code.ACK_OK, bodies.encode_sizes(sizes))
+        [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
+        assert event.token == token
+        reads.append(event.users)
+    assert reads[0] == reads[1] and all(a is b for a, b in zip(*reads)), "the same objects: nothing decoded twice"

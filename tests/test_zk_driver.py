@@ -9,8 +9,9 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from gateway.schema import metadata
+from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
+from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
@@ -175,6 +176,13 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     assert commands[0] == Command.DISABLEDEVICE and commands[-1] == Command.ENABLEDEVICE
     assert commands.count(Command.SAVE_USERTEMPS) == 3, "150 users in uploads of 64"
     assert commands.count(Command.REFRESHDATA) >= 1 and len(device.users) == 150
+    device.recorded = []
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("151", name="One More"))], keep_local_changes=True))
+    buffers = [p for p in device.recorded if p.command == Command.PREPARE_BUFFER]
+    assert len(buffers) == 1, "the users read before writing; after, the counts show the writes landed"
+    assert [p.command for p in device.recorded].count(Command.REFRESHDATA) == 1, "the upload's own, no second one"
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
 
 
 def test_a_real_time_event_polls_at_once():
@@ -244,3 +252,147 @@ def test_the_poll_plan_reads_big_user_tables_on_the_slow_schedule():
     assert PollPlan(timing, sizes=Sizes(users=50), users_at=0).users_due(Sizes(users=50), 2), "a small table every poll"
     assert not plan.templates_due(same, 2, False) and plan.templates_due(same, 2, True) and plan.templates_due(same, 60, False)
     assert not plan.attendance_due(same, 20) and not plan.attendance_due(Sizes(records=11), 5) and plan.attendance_due(Sizes(records=11), 10)
+
+
+def once_at(device: ZkDevice, command: int, keypad_action) -> None:
+    """``keypad_action`` at the device the first time a client sends ``command``, before it is answered."""
+    def listener(packet):
+        if packet.command == command and listener in device.request_listeners:
+            device.request_listeners.remove(listener)
+            keypad_action()
+
+    device.request_listeners.append(listener)
+
+
+def test_a_keypad_change_after_the_upload_is_the_devices_not_the_gateways():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True  # DISABLEDEVICE answered, the keypad not locked
+    populate(device, 1)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1"]))
+    once_at(device, Command.REFRESHDATA, lambda: device.edit("3", name="Typed At The Door"))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("3", name="Pushed Person"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("3").name == "Typed At The Door"
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
+    wire.poll()  # the counts did not show it: the next read of the table does
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3"], "the keypad's edit, reported"
+    assert wire.call(wire.connection.fetch_users(["3"])).users[0].name == "Typed At The Door"
+
+    once_at(device, Command.REFRESHDATA, lambda: device.add_template("1", 9, b"f" * 500))  # a finger, the user table alike
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("4", name="Another"))], keep_local_changes=True))
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["3", "1"], "the counts showed it: read back, reported"
+    assert [f.index for f in wire.call(wire.connection.fetch_users(["1"])).users[0].fingerprints] == sorted(
+        fid for (uid, fid) in device.templates if uid == device.user("1").uid)
+    assert wire.broken == []
+
+
+def test_an_enrolment_between_the_count_and_the_table_of_a_write_pass_is_read_again_not_a_dropped_link():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    populate(device, 2)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    device.recorded = []
+
+    def enrol_after_the_lock():
+        once_at(device, Command.PREPARE_BUFFER, lambda: device.enroll("walk-in", "Walk In"))  # after the count
+
+    once_at(device, Command.DISABLEDEVICE, enrol_after_the_lock)
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
+    assert [p.command for p in device.recorded].count(Command.GET_FREE_SIZES) >= 2, "the counts read again"
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "walk-in"]
+    assert device.user("walk-in").uid != device.user("5").uid
+    assert wire.broken == []
+
+
+def test_each_link_derives_what_to_announce_from_the_database_not_from_the_last_link():
+    device = ZkDevice()
+    populate(device, 2)
+    db, sink, memory = SyncDb(), Sink(), DeviceMemory()
+    first = Wire(device, db, sink, memory).start()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2"]
+    # The link drops before either is pulled. Only user 2's pull is owed in the database (user 1's
+    # event never committed, or its pull settled): user 1 is announced again, user 2 is not.
+    first.link.connectionLost()
+    db.write(lambda conn: conn.execute(pending_pulls.insert(), [dict(terminal_id=7, user_id="2", since_ms=0)]))
+    again = Wire(device, db, sink, memory).start()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "1"]
+    device.edit("2", name="Edited Later")
+    again.poll()
+    assert sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "1", "2"], "a change after the owed one is news"
+    assert [e.event_id for e in sink.events] == list(range(1, len(sink.events) + 1))
+
+
+class LoggedSink(Sink):
+    """Events committed to the database's event log, as the gateway's writer commits them."""
+
+    def __init__(self, db: SyncDb):
+        super().__init__()
+        self.db = db
+
+    def submit(self, terminal_id, batch):
+        rows = [dict(terminal_id=terminal_id, terminal_event_id=e.event_id, log_epoch=0, type="event", code=e.code, sub_code=e.sub_code,
+                     user_id=e.user_id or None, occurred_ms=e.timestamp_ms, recorded_ms=0) for e in batch]
+        self.db.write(lambda conn: conn.execute(events.insert(), rows))
+        return super().submit(terminal_id, batch)
+
+
+class CrashBeforeTheMark(SyncDb):
+    """The process dies between committing the punches and storing the attendance mark."""
+
+    def write(self, work, *args):
+        if work is save_attendance_mark:
+            return defer.Deferred()  # never stored
+        return super().write(work, *args)
+
+
+def test_a_crash_between_the_punches_and_their_mark_stores_no_punch_twice():
+    device = ZkDevice()
+    populate(device, 2)
+    at = datetime(2024, 3, 1, 8, 30, 15)
+    device.punch("1", at=at)
+    device.punch("2", at=at)
+    db = CrashBeforeTheMark()
+    sink = LoggedSink(db)
+    Wire(device, db, sink).start()
+    device.punch("1", at=datetime(2024, 3, 1, 17, 0, 0))  # after the restart: new
+    db.write = SyncDb.write.__get__(db)  # the restarted process stores its marks
+    Wire(device, db, sink).start()
+    assert [(e.user_id, e.timestamp_ms) for e in sink.events if e.code == EventCode.VERIFY_SUCCESS] == [
+        ("1", int(at.timestamp() * 1000)), ("2", int(at.timestamp() * 1000)), ("1", int(datetime(2024, 3, 1, 17).timestamp() * 1000))]
+
+
+class HeldDb(SyncDb):
+    """Commits only when the test says: what a busy database writer looks like."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[tuple[defer.Deferred, object, tuple]] = []
+
+    def write(self, work, *args):
+        d = defer.Deferred()
+        self.held.append((d, work, args))
+        return d
+
+    def commit_next(self):
+        d, work, args = self.held.pop(0)
+        SyncDb.read(self, work, *args).chainDeferred(d)
+
+
+def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_save_before_it():
+    db = HeldDb()
+    writer = HoldingsWriter.of(db)
+    assert HoldingsWriter.of(db) is writer
+    writer.save(1, {"a": b"1" * 8})  # the first commit begins at once
+    writer.save(2, {"b": b"2" * 8})
+    writer.save(1, {"a": None, "c": b"3" * 8})
+    loaded = []
+    writer.load(1).addCallback(loaded.append)
+    assert len(db.held) == 1
+    db.commit_next()
+    assert len(db.held) == 1, "the three waiting went into one transaction"
+    db.commit_next()
+    assert db.held == [] and loaded[0].seen == {"c": b"3" * 8}
+    with db.engine.begin() as conn:
+        assert load_holdings(conn, 2).seen == {"b": b"2" * 8}

@@ -180,6 +180,83 @@ def test_keypad_refuses_what_a_device_would():
     assert device.enroll("bo").uid == 1, "the freed slot is reused"
 
 
+def test_a_held_device_keeps_keypad_actions_waiting_and_does_them_in_order_when_released():
+    device = ZkDevice(clock=lambda: NOON)
+    device.enroll("ana")
+    wire = connected(device)
+    wire.client.request(Command.DISABLEDEVICE, now=0)
+    wire.run()
+    assert device.disabled
+    assert device.enroll("bo") is None and device.edit("ana", name="Ana Maria") is None
+    device.delete("bo")
+    device.punch("ana")
+    assert (sorted(u.user_id for u in device.users.values()), device.user("ana").name, device.attendance) == (["ana"], "", [])
+    assert device.keypad_waiting == 4
+    read = wire.client.read_users(now=0)
+    assert [e.users for e in wire.run() if e.token == read] == [(device.user("ana"),)], "a read while held sees no keypad change"
+    wire.client.request(Command.ENABLEDEVICE, now=0)
+    wire.run()
+    assert not device.disabled and device.keypad_waiting == 0
+    assert sorted(u.user_id for u in device.users.values()) == ["ana"], "bo enrolled, then deleted: in that order"
+    assert device.user("ana").name == "Ana Maria" and [r.user_id for r in device.attendance] == ["ana"]
+
+
+def test_a_session_that_ends_releases_the_keypad_and_a_full_queue_refuses_another_action():
+    device = ZkDevice()
+    first, second = DeviceSession(device, 1, lambda p: None), DeviceSession(device, 2, lambda p: None)
+    first.receive(Packet(Command.DISABLEDEVICE, 1, 1))
+    second.receive(Packet(Command.DISABLEDEVICE, 2, 1))
+    device.keypad_queue = 2
+    device.enroll("ana")
+    device.enroll("ana")  # refused when it is done: already enrolled (logged)
+    with pytest.raises(KeypadError):
+        device.enroll("bo")
+    first.close()
+    assert device.disabled and device.users == {}, "the other session still holds it"
+    second.receive(Packet(Command.ENABLEDEVICE, 2, 2))
+    assert [u.user_id for u in device.users.values()] == ["ana"] and device.keypad_waiting == 0
+
+
+def test_a_client_that_holds_the_keypad_and_falls_silent_loses_the_hold():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from simulator.zk.tcp import DeviceFactory
+
+    device, clock = ZkDevice(), task.Clock()
+    factory = DeviceFactory(device, clock)
+    connection = factory.buildProtocol(None)
+    connection.makeConnection(StringTransport())
+    connection.dataReceived(encode_tcp(Packet(Command.DISABLEDEVICE, 0, 1)))
+    device.enroll("ana")
+    clock.advance(factory.keypad_hold_s - 1)
+    connection.dataReceived(encode_tcp(Packet(Command.GET_FREE_SIZES, 0, 2)))  # still talking: the hold lasts
+    clock.advance(factory.keypad_hold_s - 1)
+    assert device.disabled and device.user("ana") is None
+    clock.advance(1)
+    assert not device.disabled and device.user("ana") is not None
+    connection.dataReceived(encode_tcp(Packet(Command.DISABLEDEVICE, 0, 3)))
+    connection.dataReceived(encode_tcp(Packet(Command.ENABLEDEVICE, 0, 4)))
+    assert not device.disabled and clock.getDelayedCalls() == [], "released: nothing timed"
+
+
+def test_a_station_counts_a_punch_acknowledged_only_by_the_acknowledgement_of_its_own_event():
+    from simulator.people import People
+    from simulator.zk.station import ZkStation
+
+    device = ZkDevice(enrol_events=True)
+    station = ZkStation(7, device, seed=1, reactor=None)
+    session = DeviceSession(device, 9, lambda p: None)
+    session.receive(Packet(Command.REG_EVENT, 9, 1, bodies.u32(EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFINGER)))
+    station.enroll(People(1).person("7-1"))  # an enrolment event and a finger event, in flight one at a time
+    station.verify("7-1")
+    session.receive(Packet(ReplyCode.ACK_OK, 9, 0))  # the enrolment's
+    session.receive(Packet(ReplyCode.ACK_OK, 9, 0))  # the finger's
+    assert station.unacknowledged == 3, "the user, the finger and the punch: none read"
+    session.receive(Packet(ReplyCode.ACK_OK, 9, 0))  # the punch's
+    assert station.unacknowledged == 2
+
+
 def test_the_command_line_takes_the_documented_options():
     args = build_parser().parse_args(["zk-terminal", "--port", "4371", "--comm-key", "99", "--users", "5", "--seed", "2", "--fp-version", "12"])
     assert (args.port, args.comm_key, args.users, args.seed, args.fp_version) == (4371, 99, 5, 2, 12)

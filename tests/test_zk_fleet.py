@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from protocol.zk.bodies import ATTENDANCE, USERS, buffer_request
-from protocol.zk.commands import Command, ReplyCode
+from protocol.zk.commands import Command, EventFlag
 from protocol.zk.packet import Packet
 from processes import Process
 from simulator.fleet import Fleet, FleetSpec, describe_ports, propagation_figures
@@ -75,7 +75,7 @@ def test_a_zk_station_counts_changes_until_the_gateway_reads_the_table_that_show
     fid = next(f for (u, f) in device.templates if u == uid)
     device.received(Packet(Command.GET_USERTEMP, data=uid.to_bytes(2, "little") + bytes([fid])))
     assert station.unacknowledged == 1
-    device.received(Packet(ReplyCode.ACK_OK))  # the punch's real-time event acknowledged
+    device.event_acknowledged(EventFlag.ATTLOG)  # the punch's real-time event
     assert station.unacknowledged == 0
     station.verify("7-1")
     device.received(Packet(Command.PREPARE_BUFFER, data=buffer_request(ATTENDANCE)))

@@ -175,6 +175,12 @@ def test_any_bytes_of_record_size_read_as_a_user_and_write_back_as_read(raw72, r
         user = decode_user(raw)
         again = encode_user(user, len(raw))
         assert decode_user(again) == user  # padding, and bytes after a NUL, are not kept
+    declared = User72Wire.parse(raw72)  # the fast reader reads what the declarations declare
+    assert decode_user(raw72) == User(declared.uid, declared.user_id, declared.name, declared.privilege, declared.password,
+                                      declared.card, declared.group_id)
+    declared = User28Wire.parse(raw28)
+    assert decode_user(raw28) == User(declared.uid, str(declared.user_id), declared.name, declared.privilege, declared.password,
+                                      declared.card, str(declared.group))
 
 
 @BOUNDED

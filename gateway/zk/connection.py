@@ -13,6 +13,7 @@ A device that answers what the protocol does not allow, or a table that does not
 with the keypad held, loses its connection with the reason; a half-read table is never used.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
 from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.holdings import load_holdings, save_attendance_mark, save_holdings
+from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
@@ -31,7 +32,7 @@ from protocol.messages import UserStatus
 from protocol.records import UserRecordWire
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
-from protocol.zk.records import AttendanceRecord, Template, User, encode_user
+from protocol.zk.records import AttendanceRecord, Template, User, decode_user, encode_user
 
 log = Logger(namespace="gateway.zk")
 
@@ -39,6 +40,10 @@ REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFING
 # ZK verify types (how the person verified) as the event log's credential sub-codes.
 CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
 MAX_UID = 0xFFFF
+# The pusher sends one stored record to every device: parsed once, not once per device (records
+# are frozen, so the parsed one is safely shared).
+server_record = functools.lru_cache(maxsize=1024)(UserRecordWire.parse)
+NO_TEMPLATES: list[Template] = []  # never changed: one object, so a digest kept for it stays valid
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,21 @@ class ZkTiming:
 
 @dataclass
 class DeviceMemory:
-    """What the gateway keeps of one device across its connections: loaded from the database at
-    the first connection, then kept here, because events may still wait for the writer when a
-    link drops and the next link must not reuse their ids or announce their changes again."""
+    """What the gateway keeps of one device across its connections: the event ids and the
+    attendance mark, loaded from the database at the first connection, then kept here, because
+    events may still wait for the writer when a link drops and the next link must not reuse
+    their ids or store their punches again. The change tracker is not kept: each link derives
+    it from the database (gateway/zk/holdings.py)."""
 
-    tracker: ChangeTracker | None = None
+    tracker: ChangeTracker | None = None  # this link's
+    loaded: bool = False
     next_event_id: int = 1
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
+    # The mark is stored after the punches it covers: after a restart, the first punches found
+    # new are checked against the event log, so a crash between the two stores none twice.
+    attendance_unsure: bool = False
 
 
 @dataclass
@@ -82,6 +93,7 @@ class ZkConnection:
         self._memory = memory
         self._clock = clock
         self._db = db
+        self._holdings = HoldingsWriter.of(db)
         self._events = events
         self._presence = presence
         self._timing = timing
@@ -90,6 +102,7 @@ class ZkConnection:
         self._profile = DeviceProfile()
         self._users: dict[str, User] = {}  # by user id, from the last complete read
         self._templates: dict[int, list[Template]] = {}  # by uid
+        self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
         self._writes: list[_Write] = []
         self._poll_timer = None
@@ -195,13 +208,16 @@ class ZkConnection:
 
     @defer.inlineCallbacks
     def _remember(self):
+        """What the server has seen of the device, from the database at every connection: loaded
+        after everything the previous link stored (docs/zk.md)."""
         memory = self._memory
-        if memory.tracker is None:
-            seen, stored, last = yield self._db.read(load_holdings, self.terminal_id)
+        held = yield self._holdings.load(self.terminal_id)
+        memory.tracker = ChangeTracker(held.seen, held.owed)
+        if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
-            memory.tracker = ChangeTracker(seen)
             memory.next_event_id = max(memory.next_event_id, through + 1)
-            memory.attendance_stored, memory.attendance_last = stored, last
+            memory.attendance_stored, memory.attendance_last = held.attendance_stored, held.attendance_last
+            memory.attendance_unsure = memory.loaded = True
 
     @defer.inlineCallbacks
     def _register_events(self):
@@ -296,7 +312,20 @@ class ZkConnection:
         self._plan.sizes = read.sizes
 
     def _held_copies(self) -> dict[str, bytes]:
-        return {user_id: held_digest(user, self._templates.get(user.uid, [])) for user_id, user in self._users.items() if keyable(user)}
+        """Each person's digest on the device. Kept from the last call for a person whose user
+        record is equal and whose templates are the same list: most polls change nobody."""
+        held, digests = {}, {}
+        for user_id, user in self._users.items():
+            if not keyable(user):
+                continue
+            templates = self._templates.get(user.uid, NO_TEMPLATES)
+            known = self._digests.get(user_id)
+            if known is None or known[0] != user or known[1] is not templates:
+                known = (user, templates, held_digest(user, templates))
+            digests[user_id] = known
+            held[user_id] = known[2]
+        self._digests = digests
+        return held
 
     def _announce(self) -> None:
         """Changes made at the device since the server last saw it become device-origin events."""
@@ -316,22 +345,28 @@ class ZkConnection:
     def _read_attendance(self, now: float):
         read = yield self._link.run("read_attendance")
         memory, records = self._memory, list(read.records)
-        fresh = new_attendance(records, memory.attendance_stored, memory.attendance_last)
+        fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
         self._plan.attendance_at, self._plan.attendance_count = now, read.sizes.records
         if not records:
             return
+        if memory.attendance_unsure and fresh:
+            stored = yield self._db.read(stored_punches, self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
+            fresh = [f for f in fresh if (f[2] or None, f[0], f[1]) not in stored]
+        memory.attendance_unsure = False
         memory.attendance_stored, memory.attendance_last = len(records), attendance_identity(records[-1])
         stored, last = memory.attendance_stored, memory.attendance_last
-        d = self._submit([self._punch(r) for r in fresh]) if fresh else defer.succeed(None)
+        punches = [self._event(at_ms, EventCode.VERIFY_SUCCESS, credential, user_id) for at_ms, credential, user_id in fresh]
+        d = self._submit(punches) if punches else defer.succeed(None)
         d.addCallback(lambda _: self._db.write(save_attendance_mark, self.terminal_id, stored, last))
         d.addErrback(self._log_unsaved, "the attendance mark")
 
-    def _punch(self, record: AttendanceRecord) -> Event:
+    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str]:
+        """A punch as a verify event holds it: (time in ms, credential, user id)."""
         user_id = record.user_id
         if user_id is None:  # 8-byte records know only the uid
             user_id = next((u.user_id for u in self._users.values() if u.uid == record.uid), "")
         credential = CREDENTIALS.get(record.verify_type, 0)
-        return self._event(int(record.timestamp.timestamp() * 1000), EventCode.VERIFY_SUCCESS, credential, user_id if is_text(user_id) else "")
+        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if is_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id
@@ -343,7 +378,7 @@ class ZkConnection:
         return self._events.submit(self.terminal_id, events)
 
     def _save_seen(self, seen: dict[str, bytes | None]) -> defer.Deferred:
-        return self._db.write(save_holdings, self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
+        return self._holdings.save(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
 
     def _log_unsaved(self, failure: Failure, what: str) -> None:
         # At worst a change is announced again after a restart: one more pull, nothing lost.
@@ -433,7 +468,7 @@ class ZkConnection:
             outcome = []
             for raw in write.records:
                 try:
-                    record = UserRecordWire.parse(raw)
+                    record = server_record(raw)
                 except Exception as exc:  # the server stores valid records; say so if one is not
                     log.warn("ZK terminal {tid}: a stored record does not parse ({e}); not sent", tid=self.terminal_id, e=exc)
                     continue
@@ -457,28 +492,42 @@ class ZkConnection:
             return {}
         refused: dict[str, int] = {}
         size = self._profile.record_size
+        refresh = bool(plan.stale_templates or plan.deletes)  # a bulk upload refreshes by itself
+        # Users whose templates stay the device's own: an algorithm we do not know, or written one by one.
+        own_templates = {user.user_id for user, _ in plan.writes} if self._profile.template_format is None else set()
         users = [user for user, _ in plan.writes]
         for start in range(0, len(users), self._timing.upload_users):
             chunk = plan.writes[start : start + self._timing.upload_users]
-            refused.update((yield self._upload(chunk, size)))
+            chunk_refused, one_by_one = yield self._upload(chunk, size)
+            refused.update(chunk_refused)
+            if one_by_one:
+                refresh = True
+                own_templates.update(user.user_id for user, _ in chunk)
         for uid, fid in plan.stale_templates:
             yield self._link.run("request", Command.DELETE_USERTEMP, bodies.uid_finger(uid, fid))
         for user_id, uid in plan.deletes:
             reply = yield self._link.run("request", Command.DELETE_USER, bodies.uid_body(uid))
             if not reply.ok:
                 refused[user_id] = UserStatus.NOT_FOUND
-        yield self._ok(Command.REFRESHDATA)
-        yield self._read_tables(self._clock.seconds(), templates=False)
-        written = {user.user_id: templates for user, templates in plan.writes if user.user_id not in refused}
+        if refresh:
+            yield self._ok(Command.REFRESHDATA)
+        # What was written, as the device holds it (a 28-byte record holds less).
+        as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
+        yield self._read_back(plan, as_held, own_templates)
         seen: dict[str, bytes | None] = {}
-        for user_id, templates in written.items():
-            held = self._users.get(user_id)
-            if held is None:
-                refused[user_id] = UserStatus.STORAGE_FULL
+        for user, templates in plan.writes:
+            if user.user_id in refused:
                 continue
-            if self._profile.template_format is not None:
-                self._templates[held.uid] = [Template(held.uid, t.fid, t.template, t.valid) for t in templates]
-            seen[user_id] = held_digest(held, self._templates.get(held.uid, []))
+            held = self._users.get(user.user_id)
+            if held is None:
+                refused[user.user_id] = UserStatus.STORAGE_FULL
+                continue
+            # What was written, as the device holds it, is what the server has seen: a device copy
+            # that differs (a keypad change on a device that does not lock its keypad) is the
+            # device's change, announced below when the read-back showed it, else at the next poll.
+            if user.user_id in own_templates:
+                templates = self._templates.get(held.uid, [])
+            seen[user.user_id] = held_digest(as_held[user.user_id], templates)
         for user_id, _ in plan.deletes:
             if user_id not in refused:
                 seen[user_id] = None
@@ -489,17 +538,47 @@ class ZkConnection:
         self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
                                   EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
                                   Origin.SERVER, user_id) for user_id, digest in seen.items()])
+        self._announce()
         return refused
+
+    @defer.inlineCallbacks
+    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User], own_templates: set[str]):
+        """What the device holds after the writes. The keypad is held, so when the counts are what
+        the writes leave, it is what was read before with the writes applied; else (a device that
+        does not lock its keypad, a write it dropped) the users are read again, and the templates
+        when their count is off too. A keypad change the counts do not show is a difference from
+        what was written, which the next poll finds and announces (``_store``)."""
+        users = dict(self._users)
+        templates = dict(self._templates)
+        for user, written in plan.writes:
+            if user.user_id in as_held:
+                users[user.user_id] = as_held[user.user_id]
+                if user.user_id not in own_templates:
+                    templates[user.uid] = written
+        for user_id, uid in plan.deletes:  # one the device refused to delete is no longer there either
+            users.pop(user_id, None)
+            templates.pop(uid, None)
+        sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
+        fingers = sum(len(ts) for ts in templates.values())
+        if sizes.users == len(users) and sizes.fingers == fingers:
+            self._users, self._templates, self._plan.sizes = users, templates, sizes
+            return
+        yield self._read_tables(self._clock.seconds(), templates=False)
+        if self._plan.sizes.fingers == fingers:
+            self._templates = templates
+        else:
+            yield self._read_tables(self._clock.seconds(), templates=True)
 
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
         """One bulk upload (SAVE_USERTEMPS); a device that lacks it gets the users one by one
-        (USER_WRQ) and no templates. Returns the users refused."""
+        (USER_WRQ) and no templates. Returns the users refused, and whether they went one by one
+        (then the device still needs REFRESHDATA)."""
         users = [user for user, _ in chunk]
         if self._memory.bulk_upload:
             try:
                 yield self._link.run("save_users", users, [t for _, ts in chunk for t in ts], record_size=size)
-                return {}
+                return {}, False
             except DeviceRefused as exc:
                 if exc.code not in (ReplyCode.ACK_UNKNOWN, ReplyCode.ACK_ERROR_CMD):
                     if exc.code is None:
@@ -514,7 +593,7 @@ class ZkConnection:
             reply = yield self._link.run("request", Command.USER_WRQ, encode_user(user, size))
             if not reply.ok:
                 refused[user.user_id] = UserStatus.STORAGE_FULL if reply.code == ReplyCode.ACK_ERROR and self._full() else UserStatus.INVALID
-        return refused
+        return refused, True
 
     def _full(self) -> bool:
         sizes = self._plan.sizes

@@ -1,18 +1,34 @@
-"""What the gateway keeps of each ZK device in the database, so change detection survives a restart:
-the digest of each person's copy the server has seen, and how far the attendance log is stored."""
+"""What the gateway keeps of each ZK device in the database, so change detection survives a restart
+and a lost link: the digest of each person's copy the server has seen, the pulls already owed,
+and how far the attendance log is stored. ``HoldingsWriter`` stores the digests of every device
+in group commits."""
+
+import weakref
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gateway.database import upsert
-from gateway.schema import zk_attendance, zk_holdings
+from gateway.schema import events, pending_pulls, zk_attendance, zk_holdings
+from protocol.events import EventCode
 
 
-def load_holdings(conn, terminal_id: int) -> tuple[dict[str, bytes], int, str | None]:
-    """(user id -> digest seen, attendance records stored, identity of the last one)."""
+@dataclass(frozen=True)
+class Holdings:
+    seen: dict[str, bytes]  # user id -> digest of the device copy the server has seen
+    owed: frozenset[str]  # users whose change at the device is announced and not pulled yet
+    attendance_stored: int = 0  # attendance records stored
+    attendance_last: str | None = None  # the identity of the last one
+
+
+def load_holdings(conn, terminal_id: int) -> Holdings:
     rows = conn.execute(select(zk_holdings.c.user_id, zk_holdings.c.digest).where(zk_holdings.c.terminal_id == terminal_id))
     seen = {user_id: bytes(digest) for user_id, digest in rows}
+    owed = frozenset(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
     mark = conn.execute(select(zk_attendance.c.stored, zk_attendance.c.last).where(zk_attendance.c.terminal_id == terminal_id)).first()
-    return seen, (mark[0] if mark else 0), (mark[1] if mark else None)
+    return Holdings(seen, owed, *(mark or (0, None)))
 
 
 def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None:
@@ -26,3 +42,81 @@ def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None
 
 def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
     upsert(conn, zk_attendance, [dict(terminal_id=terminal_id, stored=stored, last=last)], key=["terminal_id"], update=["stored", "last"])
+
+
+def stored_punches(conn, terminal_id: int, since_ms: int) -> set[tuple[str | None, int, int]]:
+    """The device's punches in the event log from ``since_ms`` on, as (user id, time, credential):
+    after a restart, the ones stored before the attendance mark that should have followed them."""
+    rows = conn.execute(select(events.c.user_id, events.c.occurred_ms, events.c.sub_code).where(
+        events.c.terminal_id == terminal_id, events.c.code == int(EventCode.VERIFY_SUCCESS), events.c.occurred_ms >= since_ms))
+    return {(user_id, occurred_ms, sub_code) for user_id, occurred_ms, sub_code in rows}
+
+
+class HoldingsWriter:
+    """Stores the digests of every ZK device sharing one database, many devices per transaction.
+
+    Every write pass and pull of every device changes what the server has seen; one transaction
+    (one fsync) each was most of the database writer's work in a storm. While one commit runs,
+    what comes in waits and goes into the next (group commit). A connection's load goes through
+    here too, in the same order, so it sees every save asked for before it.
+    """
+
+    _writers: "weakref.WeakKeyDictionary[object, HoldingsWriter]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, db) -> "HoldingsWriter":
+        """The one writer of ``db`` (the gateway's Database): every ZK device's connections share it."""
+        writer = cls._writers.get(db)
+        if writer is None:
+            writer = cls._writers[db] = cls(db)
+        return writer
+
+    def __init__(self, db):
+        self._db = db
+        self._waiting: list[tuple[int, dict[str, bytes | None] | None, defer.Deferred]] = []
+        self._committing = False
+
+    def save(self, terminal_id: int, seen: dict[str, bytes | None]) -> defer.Deferred:
+        """Store digests seen (None: the device holds no copy of that person any more)."""
+        return self._queue(terminal_id, dict(seen))
+
+    def load(self, terminal_id: int) -> defer.Deferred:
+        """Fires with the device's ``Holdings``, after every save asked for before."""
+        return self._queue(terminal_id, None)
+
+    def _queue(self, terminal_id: int, seen) -> defer.Deferred:
+        d = defer.Deferred()
+        self._waiting.append((terminal_id, seen, d))
+        if not self._committing:
+            self._commit()
+        return d
+
+    def _commit(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._committing = bool(batch)
+        if not batch:
+            return
+
+        def settle(result):
+            for terminal_id, _, d in batch:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result.get(terminal_id))
+            self._commit()
+
+        self._db.write(_store_and_load, [(t, seen) for t, seen, _ in batch]).addBoth(settle)
+
+
+def _store_and_load(conn, batch: list[tuple[int, dict[str, bytes | None] | None]]) -> dict[int, Holdings]:
+    """The saves of a group commit, then the loads it asked for (which see them all)."""
+    merged: dict[int, dict[str, bytes | None]] = {}
+    loads = []
+    for terminal_id, seen in batch:
+        if seen is None:
+            loads.append(terminal_id)
+        else:
+            merged.setdefault(terminal_id, {}).update(seen)  # in order: a later save wins
+    for terminal_id, seen in merged.items():
+        save_holdings(conn, terminal_id, seen)
+    return {terminal_id: load_holdings(conn, terminal_id) for terminal_id in loads}

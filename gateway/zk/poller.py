@@ -69,12 +69,15 @@ class Changes:
 
 class ChangeTracker:
     """Per person, the device copy the server has seen (``seen``: user id -> digest, durable) and
-    the device copies announced by an event and not fetched yet (``reported``, in memory: after a
-    restart a change not fetched is announced again, which costs one more pull, never a loss)."""
+    the device copies announced by an event and not fetched yet (``reported``). A tracker lives
+    for one link and starts from the database: ``owed`` are the pulls owed when it began, changes
+    announced already, whose copies are taken as reported when first read; any other difference
+    is announced (again, at worst: one more pull, never a loss)."""
 
-    def __init__(self, seen: dict[str, bytes]):
+    def __init__(self, seen: dict[str, bytes], owed: frozenset[str] = frozenset()):
         self.seen = seen
         self.reported: dict[str, bytes] = {}
+        self._owed = set(owed)
 
     def changes(self, held: dict[str, bytes]) -> Changes:
         """What differs between the device's copies (``held``) and what the server has seen, and
@@ -83,8 +86,11 @@ class ChangeTracker:
         for user_id, digest in held.items():
             if digest == self.seen.get(user_id) or digest == self.reported.get(user_id):
                 continue
-            (found.updated if user_id in self.seen else found.enrolled).append(user_id)
             self.reported[user_id] = digest
+            if user_id in self._owed:
+                continue  # its pull is owed already: it fetches this copy
+            (found.updated if user_id in self.seen else found.enrolled).append(user_id)
+        self._owed.clear()  # the first read settled them: what changes later is news
         found.deleted = [user_id for user_id in self.seen if user_id not in held]
         for user_id in found.deleted:
             del self.seen[user_id]

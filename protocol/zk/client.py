@@ -67,6 +67,7 @@ REPLY_ID_MODULUS = 0xFFFF
 # answer those sizes, so they are the defaults.
 CHUNK_SIZE = {Framing.TCP: 0xFFC0, Framing.UDP: 16 * 1024}
 UPLOAD_CHUNK_SIZE = 1024  # DATA pieces of an upload, as pyzk sends them
+TABLE_READS = 3  # reads of a table that disagrees with its count before it is the device's fault
 
 _MORE = object()  # yielded by an operation: the answer goes on in another packet, same reply id
 
@@ -115,6 +116,7 @@ class ZkClient:
         self._deadline: float | None = None
         self._reply_id = 0
         self._tokens = itertools.count(1)
+        self._last_tables: dict[TableRead, tuple[int, bytes, object]] = {}  # by table: (count, bytes, parsed) of its last read
 
     # -- operations: each returns a token; its end is one event with that token --------------
 
@@ -362,11 +364,33 @@ class ZkClient:
     def _sizes(self) -> Generator[Packet | object, Packet, bodies.Sizes]:
         return parse_sizes((yield from self._ok(Command.GET_FREE_SIZES)).data)
 
+    def _counted_table(self, count_of: Callable[[bodies.Sizes], int], table: TableRead, parse):
+        """The counts, then the table, parsed against its count (``parse(data, count)``). A table
+        that disagrees with its count is read again with fresh counts, at most ``TABLE_READS``
+        times in all: someone at the keypad may have changed it between the two requests. Returns
+        (sizes, parsed), or (sizes, None) when the count is 0 (some firmwares answer an empty
+        table oddly, so it is not asked for, as pyzk does)."""
+        for attempt in range(1, TABLE_READS + 1):
+            sizes = yield from self._sizes()
+            if not count_of(sizes):
+                return sizes, None
+            data = yield from self._buffered(table)
+            count = count_of(sizes)
+            last = self._last_tables.get(table)
+            if last is not None and last[:2] == (count, data):
+                return sizes, last[2]  # the same bytes as the last read: polls mostly find nothing changed
+            try:
+                parsed = parse(data, count)
+            except BodyError:
+                if attempt == TABLE_READS:
+                    raise
+                continue
+            self._last_tables[table] = (count, data, parsed)
+            return sizes, parsed
+
     def _read_users(self, token: int) -> Steps:
-        sizes = yield from self._sizes()
-        if not sizes.users:  # as pyzk: some firmwares answer an empty table oddly, so do not ask
-            return UsersRead(token, (), 72, sizes)
-        users, size = parse_user_table((yield from self._buffered(bodies.USERS)), sizes.users)
+        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, parse_user_table)
+        users, size = parsed or ((), 72)
         return UsersRead(token, tuple(users), size, sizes)
 
     def _read_templates(self, token: int) -> Steps:
@@ -376,10 +400,8 @@ class ZkClient:
         return TemplatesRead(token, tuple(parse_template_table((yield from self._buffered(bodies.TEMPLATES)))), sizes)
 
     def _read_attendance(self, token: int) -> Steps:
-        sizes = yield from self._sizes()
-        if not sizes.records:
-            return AttendanceRead(token, (), 40, sizes)
-        records, size = parse_attendance_table((yield from self._buffered(bodies.ATTENDANCE)), sizes.records)
+        sizes, parsed = yield from self._counted_table(lambda s: s.records, bodies.ATTENDANCE, parse_attendance_table)
+        records, size = parsed or ((), 40)
         return AttendanceRead(token, tuple(records), size, sizes)
 
     def _save(self, token: int, upload: bytes) -> Steps:

@@ -11,6 +11,7 @@ same bytes and nothing a device holds is lost; writing text longer than its fiel
 ``BodyError``, never a silent cut.
 """
 
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +33,7 @@ class Text(CompilableAdapter):
         self.size = size
 
     def _decode(self, raw, context, path):
-        return raw.split(b"\0", 1)[0].decode(ENCODING, "surrogateescape")
+        return _text(raw)
 
     def _encode(self, text, context, path):
         raw = text.encode(ENCODING, "surrogateescape")
@@ -146,14 +147,25 @@ def encode_user(user: User, size: int = 72) -> bytes:
     raise BodyError(f"user records are 72 or 28 bytes, not {size}")
 
 
+# The two layouts above as struct formats, for reading: a device's whole user table is read at
+# every poll, and struct unpacks a record many times faster than construct parses it. A property
+# test checks they read every record of either size as the declarations do.
+_USER72_READ = struct.Struct("<HB8s24sIx7sx24s")
+_USER28_READ = struct.Struct("<HB5s8sIxBhI")
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(ENCODING, "surrogateescape")
+
+
 def decode_user(raw: bytes) -> User:
     """A 72- or 28-byte user record."""
     if len(raw) == 72:
-        c = User72Compiled.parse(raw)
-        return User(c["uid"], c["user_id"], c["name"], c["privilege"], c["password"], c["card"], c["group_id"])
+        uid, privilege, password, name, card, group_id, user_id = _USER72_READ.unpack(raw)
+        return User(uid, _text(user_id), _text(name), privilege, _text(password), card, _text(group_id))
     if len(raw) == 28:
-        c = User28Compiled.parse(raw)
-        return User(c["uid"], str(c["user_id"]), c["name"], c["privilege"], c["password"], c["card"], str(c["group"]))
+        uid, privilege, password, name, card, group, _timezone, user_id = _USER28_READ.unpack(raw)
+        return User(uid, str(user_id), _text(name), privilege, _text(password), card, str(group))
     raise BodyError(f"a user record is 72 or 28 bytes, not {len(raw)}")
 
 

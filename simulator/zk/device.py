@@ -2,14 +2,20 @@
 people at its keypad (methods tests and scenarios drive).
 
 No I/O. Sessions (simulator/zk/session.py) read and write the store through the methods here
-and subscribe to the real-time events the keypad produces.
+and subscribe to the real-time events the keypad produces. While a client holds the device
+(DISABLEDEVICE) its keypad is locked, as a real one shows "working": what people do there then
+waits, in order, and is done when the last client releases it (ENABLEDEVICE, or its session
+ends), so a client's reads and writes between the two never meet a keypad change.
 """
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial, wraps
+
+from twisted.logger import Logger
 
 from protocol.zk.bodies import Sizes
 from protocol.zk.commands import EventFlag, Privilege
@@ -18,12 +24,26 @@ from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance, encode_atte
 from protocol.zk.records import AttendanceRecord, Template, User
 from simulator.people import FAMILY, GIVEN
 
+log = Logger(namespace="simulator.zk")
+
 EventListener = Callable[[EventFlag, bytes], None]
 AppliedListener = Callable[[str, User | None], None]  # a user id, and the user stored or None: deleted
 
 
+def keypad_action(method):
+    """What a person does at the keypad: done at once, or queued while a client holds the device
+    (``ZkDevice.at_keypad``; the call then returns None)."""
+
+    @wraps(method)
+    def act(self, *args, **kwargs):
+        return self.at_keypad(partial(method, self, *args, **kwargs))
+
+    return act
+
+
 class KeypadError(ValueError):
-    """A keypad action the device refuses (a user id already enrolled, a user it does not hold)."""
+    """A keypad action the device refuses (a user id already enrolled, a user it does not hold,
+    too many people waiting at a locked keypad)."""
 
 
 @dataclass
@@ -44,11 +64,12 @@ class Firmware:
 @dataclass
 class Faults:
     """How a misbehaving device answers, for tests of its clients: commands it claims not to
-    know (ACK_UNKNOWN), and ``mangle``, which may replace the bytes of any packet it sends on
+    know (ACK_UNKNOWN), a keypad DISABLEDEVICE does not lock, and ``mangle``, which may replace the bytes of any packet it sends on
     TCP (garbage, a wrong checksum, a truncated or oversized packet) by returning them."""
 
     unknown_commands: set[int] = field(default_factory=set)
     mangle: Callable[[Packet], bytes | None] | None = None
+    keypad_never_held: bool = False  # answers DISABLEDEVICE ACK_OK, and its keypad goes on working
 
 
 class ZkDevice:
@@ -89,9 +110,12 @@ class ZkDevice:
         self.requests: Counter[int] = Counter()  # commands received, by code: what clients asked
         self.applied_listeners: list[AppliedListener] = []  # told of each user a client stored or deleted
         self.request_listeners: list[Callable[[Packet], None]] = []  # told of each packet a client sent
+        self.acknowledged_listeners: list[Callable[[EventFlag], None]] = []  # told of each real-time event a client acknowledged
         self.recorded: list[Packet] | None = None  # a list to keep every packet received, in order
         self.faults = Faults()
-        self.disabled = False  # a client sent DISABLEDEVICE and no ENABLEDEVICE yet: a real keypad shows "working"
+        self._holders: set[object] = set()  # clients that sent DISABLEDEVICE and no ENABLEDEVICE yet
+        self._waiting: deque[Callable[[], object]] = deque()  # keypad actions made while it was held
+        self.keypad_queue = 1000  # people who may wait at a locked keypad before it refuses another
 
     # -- what sessions read and write --------------------------------------------------------
 
@@ -103,6 +127,44 @@ class ZkDevice:
             self.recorded.append(packet)
         for listener in list(self.request_listeners):
             listener(packet)
+
+    def hold(self, client: object) -> None:
+        """DISABLEDEVICE from ``client``: the keypad is locked until every holder released it."""
+        self._holders.add(client)
+
+    def release(self, client: object) -> None:
+        """ENABLEDEVICE from ``client``, or its session ended: once no client holds the device,
+        the keypad actions that waited are done, in the order they were made."""
+        self._holders.discard(client)
+        while self._waiting and not self._holders:
+            action = self._waiting.popleft()
+            try:
+                action()
+            except KeypadError as exc:  # the person would see it on the screen; here it is logged
+                log.warn("ZK device {serial}: a keypad action that waited was refused: {e}", serial=self.options["~SerialNumber"], e=exc)
+
+    def held_by(self, client: object) -> bool:
+        return client in self._holders
+
+    @property
+    def disabled(self) -> bool:
+        """A client holds the device: its keypad shows "working" and keypad actions wait."""
+        return bool(self._holders)
+
+    @property
+    def keypad_waiting(self) -> int:
+        """Keypad actions made while the device was held and not done yet."""
+        return len(self._waiting)
+
+    def at_keypad(self, action: Callable[[], object]):
+        """Do ``action`` (what a person does at the keypad) now, and return its result; while a
+        client holds the device, queue it and return None."""
+        if not self._holders:
+            return action()
+        if len(self._waiting) >= self.keypad_queue:
+            raise KeypadError(f"the keypad is locked and {len(self._waiting)} actions already wait")
+        self._waiting.append(action)
+        return None
 
     def now(self) -> datetime:
         return (self._clock() + self.time_offset).replace(microsecond=0)
@@ -183,6 +245,11 @@ class ZkDevice:
     def delete_template(self, uid: int, fid: int) -> bool:
         return self.templates.pop((uid, fid), None) is not None
 
+    def event_acknowledged(self, code: EventFlag) -> None:
+        """A client acknowledged one real-time event of this kind (ACK_OK to the event it was sent)."""
+        for listener in list(self.acknowledged_listeners):
+            listener(code)
+
     def _applied(self, user_id: str, user: User | None) -> None:
         for listener in list(self.applied_listeners):
             listener(user_id, user)
@@ -199,9 +266,10 @@ class ZkDevice:
         """Sessions registered for real-time events."""
         return len(self._listeners)
 
-    # -- the keypad: what people do at the device ---------------------------------------------
+    # -- the keypad: what people do at the device (None while it is locked: the action waits) --
 
-    def enroll(self, user_id: str, name: str = "", *, password: str = "", card: int = 0, privilege: int = 0, group_id: str = "1", fingers: dict[int, bytes] | None = None) -> User:
+    @keypad_action
+    def enroll(self, user_id: str, name: str = "", *, password: str = "", card: int = 0, privilege: int = 0, group_id: str = "1", fingers: dict[int, bytes] | None = None) -> User | None:
         """Enrol a new person in the lowest free uid slot, with templates by finger index."""
         if self.user(user_id) is not None:
             raise KeypadError(f"user id {user_id!r} is already enrolled")
@@ -215,7 +283,8 @@ class ZkDevice:
             self.add_template(user_id, fid, template)
         return user
 
-    def edit(self, user_id: str, **changes) -> User:
+    @keypad_action
+    def edit(self, user_id: str, **changes) -> User | None:
         """Change fields of an enrolled person (name, password, card, privilege, group_id)."""
         if "uid" in changes:
             raise KeypadError("a keypad edit keeps the uid")
@@ -223,10 +292,12 @@ class ZkDevice:
         self.users[user.uid] = user
         return user
 
+    @keypad_action
     def delete(self, user_id: str) -> None:
         self._remove(self._held(user_id).uid)
 
-    def add_template(self, user_id: str, fid: int, template: bytes, valid: int = 1) -> Template:
+    @keypad_action
+    def add_template(self, user_id: str, fid: int, template: bytes, valid: int = 1) -> Template | None:
         user = self._held(user_id)
         stored = Template(user.uid, fid, template, valid)
         if not self.put_template(stored):
@@ -234,11 +305,13 @@ class ZkDevice:
         self._emit(EventFlag.ENROLLFINGER, encode_enrolled_finger(EnrolledFinger(0, len(template), user_id, fid)), enrolment=True)
         return stored
 
+    @keypad_action
     def remove_template(self, user_id: str, fid: int) -> None:
         if not self.delete_template(self._held(user_id).uid, fid):
             raise KeypadError(f"user {user_id!r} has no finger {fid}")
 
-    def punch(self, user_id: str, at: datetime | None = None, verify_type: int = 1, punch: int = 0) -> AttendanceRecord:
+    @keypad_action
+    def punch(self, user_id: str, at: datetime | None = None, verify_type: int = 1, punch: int = 0) -> AttendanceRecord | None:
         """Someone verifies at the device: logged, and pushed to sessions that registered ATTLOG."""
         user = self._held(user_id)
         moment = (at or self.now()).replace(microsecond=0)

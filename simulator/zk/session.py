@@ -23,8 +23,6 @@ MAX_UPLOAD = 16 * 1024 * 1024  # what one upload may announce before the device 
 
 # Commands a device acknowledges without doing anything the emulator models.
 _ACKNOWLEDGED = {
-    Command.ENABLEDEVICE,
-    Command.DISABLEDEVICE,
     Command.REFRESHDATA,
     Command.REFRESHOPTION,
     Command.CANCELCAPTURE,
@@ -45,7 +43,7 @@ class DeviceSession:
         self._upload: bytearray | None = None
         self._upload_size = 0
         self._events: deque[Packet] = deque()
-        self._event_in_flight = False
+        self._event_in_flight: Packet | None = None  # sent, and not acknowledged yet
 
     def receive(self, packet: Packet) -> None:
         command = packet.command
@@ -67,8 +65,6 @@ class DeviceSession:
             self._answer(packet, ReplyCode.ACK_UNKNOWN)
         else:
             handler = self._HANDLERS.get(command)
-            if command in (Command.DISABLEDEVICE, Command.ENABLEDEVICE):
-                self.device.disabled = command == Command.DISABLEDEVICE
             if handler is None:
                 self._answer(packet, ReplyCode.ACK_OK if command in _ACKNOWLEDGED else ReplyCode.ACK_UNKNOWN)
                 return
@@ -79,8 +75,16 @@ class DeviceSession:
 
     def close(self) -> None:
         self.closed = True
-        self.device.disabled = False  # a device enables itself when its client goes
         self.device.unsubscribe(self._push_event)
+        self.release_keypad()  # a device enables itself when its client goes
+
+    def release_keypad(self) -> None:
+        """Let go of the device as ENABLEDEVICE does: the keypad actions that waited are done."""
+        self.device.release(self)
+
+    @property
+    def holds_keypad(self) -> bool:
+        return self.device.held_by(self)
 
     def _answer(self, to: Packet, code: int, data: bytes = b"") -> None:
         self.write(Packet(code, self.session_id, to.reply_id, data))
@@ -114,6 +118,15 @@ class DeviceSession:
     def _set_time(self, packet):
         self.device.set_time(decode_time(bodies.parse_u32(packet.data)))
         self._answer(packet, ReplyCode.ACK_OK)
+
+    def _disable(self, packet):
+        if not self.device.faults.keypad_never_held:
+            self.device.hold(self)
+        self._answer(packet, ReplyCode.ACK_OK)
+
+    def _enable(self, packet):
+        self._answer(packet, ReplyCode.ACK_OK)  # first: the keypad's real-time events come after it
+        self.release_keypad()
 
     def _register(self, packet):
         self.event_mask = bodies.parse_u32(packet.data)
@@ -221,17 +234,19 @@ class DeviceSession:
         if self.closed or not self.event_mask & code:
             return
         self._events.append(event_packet(code, data))
-        if not self._event_in_flight:
+        if self._event_in_flight is None:
             self._send_next_event()
 
     def _event_acknowledged(self) -> None:
-        self._event_in_flight = False
+        acknowledged, self._event_in_flight = self._event_in_flight, None
+        if acknowledged is not None:
+            self.device.event_acknowledged(EventFlag(acknowledged.session_id))
         self._send_next_event()
 
     def _send_next_event(self) -> None:
         if self._events:
-            self._event_in_flight = True
-            self.write(self._events.popleft())
+            self._event_in_flight = self._events.popleft()
+            self.write(self._event_in_flight)
 
     _HANDLERS = {
         Command.GET_VERSION: _version,
@@ -240,6 +255,8 @@ class DeviceSession:
         Command.GET_FREE_SIZES: _sizes,
         Command.GET_TIME: _get_time,
         Command.SET_TIME: _set_time,
+        Command.DISABLEDEVICE: _disable,
+        Command.ENABLEDEVICE: _enable,
         Command.REG_EVENT: _register,
         Command.USER_WRQ: _write_user,
         Command.DELETE_USER: _delete_user,

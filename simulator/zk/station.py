@@ -18,7 +18,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from protocol.zk.bodies import TEMPLATES, USERS, ATTENDANCE, parse_buffer_request, parse_uid_finger
-from protocol.zk.commands import Command, ReplyCode
+from protocol.zk.commands import Command, EventFlag
 from protocol.zk.errors import BodyError
 from protocol.zk.packet import Packet
 from protocol.zk.records import FINGER_SLOTS, User
@@ -62,6 +62,7 @@ class ZkStation:
         self._on_enrolled = []
         device.request_listeners.append(self._request)
         device.applied_listeners.append(self._applied)
+        device.acknowledged_listeners.append(self._acknowledged)
 
     # -- the network side ---------------------------------------------------------------------
 
@@ -117,9 +118,15 @@ class ZkStation:
         self.enroll(self.people.person(user_id))
         return user_id
 
+    # Each keypad action goes through the device's keypad, which keeps it waiting while the
+    # gateway holds the device; what the station notes of it is noted when it is done.
+
     def enroll(self, record) -> None:
         """Enrol the person ``record`` (a native ``UserRecord``) as a ZK keypad allows: the name cut
         to 24 bytes, a numeric password, one card number, one finger scanned anew."""
+        self.device.at_keypad(lambda: self._enroll(record))
+
+    def _enroll(self, record) -> None:
         finger = self.rng.randrange(FINGER_SLOTS)
         user = self.device.enroll(
             record.user_id, fit(record.name), password=f"{self.rng.randrange(10_000):04d}",
@@ -132,7 +139,12 @@ class ZkStation:
 
     def edit(self, user_id: str) -> None:
         """Someone at the keypad changes the name, the card, or adds a finger."""
+        self.device.at_keypad(lambda: self._edit(user_id))
+
+    def _edit(self, user_id: str) -> None:
         user = self.device.user(user_id)
+        if user is None:
+            return  # deleted here while this person waited at the locked keypad
         held = {fid for (uid, fid) in self.device.templates if uid == user.uid}
         free = [f for f in range(FINGER_SLOTS) if f not in held]
         choice = self.rng.randrange(3)
@@ -146,6 +158,11 @@ class ZkStation:
         self._changed(user_id)
 
     def delete(self, user_id: str) -> None:
+        self.device.at_keypad(lambda: self._delete(user_id))
+
+    def _delete(self, user_id: str) -> None:
+        if not self.holds(user_id):
+            return  # deleted already while this person waited at the locked keypad
         self.device.delete(user_id)
         self.changed_here.pop(user_id, None)
         self.deleted_here.add(user_id)
@@ -153,6 +170,9 @@ class ZkStation:
 
     def verify(self, user_id: str) -> None:
         """A punch; a device turns away a person it does not hold and logs nothing."""
+        self.device.at_keypad(lambda: self._verify(user_id))
+
+    def _verify(self, user_id: str) -> None:
         if self.holds(user_id):
             self.device.punch(user_id)
             self._unread_punches += 1
@@ -183,7 +203,10 @@ class ZkStation:
                 self._empty_tables_read()
         except BodyError:
             return  # the session answers it ACK_ERROR; nothing was read
-        if packet.command == ReplyCode.ACK_OK and self._unread_punches:  # a real-time event acknowledged
+
+    def _acknowledged(self, code: EventFlag) -> None:
+        """A client acknowledged a real-time event: one punch it has, if the event was a punch."""
+        if code == EventFlag.ATTLOG and self._unread_punches:
             self._unread_punches -= 1
 
     def _empty_tables_read(self) -> None:
@@ -207,7 +230,8 @@ class ZkStation:
 
     @property
     def unacknowledged(self) -> int:
-        return len(self._unread_users) + len(self._unread_templates) + self._unread_punches
+        """Keypad changes the gateway has not read yet, and those still waiting at a locked keypad."""
+        return len(self._unread_users) + len(self._unread_templates) + self._unread_punches + self.device.keypad_waiting
 
     # -- the end of a run -----------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The emulated ZK device on TCP, and ``simulator zk-terminal``: one device listening on a port.
 
 Each connection gets a ``DeviceSession`` with the next session id. Bytes that are no packet are
-logged and skipped, as a device would; EXIT closes the connection once it is answered.
+logged and skipped, as a device would; EXIT closes the connection once it is answered. A client
+that holds the keypad (DISABLEDEVICE) and then says nothing for ``keypad_hold_s`` loses the hold,
+as a real device enables itself again, so people at the keypad never wait for a vanished client.
 """
 
 import argparse
@@ -27,6 +29,7 @@ class DeviceConnection(protocol.Protocol):
         self.factory.connections.add(self)
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
+        self._hold_timer = None
 
     def dataReceived(self, data: bytes):
         self.factory.bytes_received += len(data)
@@ -38,10 +41,31 @@ class DeviceConnection(protocol.Protocol):
             if self.session.closed:
                 self.transport.loseConnection()
                 return
+        self._watch_hold()
 
     def connectionLost(self, reason=None):
         self.factory.connections.discard(self)
+        self._cancel_hold_timer()
         self.session.close()
+
+    def _watch_hold(self) -> None:
+        """While the client holds the keypad, its silence is timed from its last packet."""
+        if not self.session.holds_keypad:
+            self._cancel_hold_timer()
+        elif self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.reset(self.factory.keypad_hold_s)
+        else:
+            self._hold_timer = self.factory.clock.callLater(self.factory.keypad_hold_s, self._hold_expired)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        log.warn("ZK device: the client held the keypad and said nothing for {s:g} s; keypad enabled again", s=self.factory.keypad_hold_s)
+        self.session.release_keypad()
+
+    def _cancel_hold_timer(self) -> None:
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = None
 
     def _write(self, packet: Packet) -> None:
         mangle = self.factory.device.faults.mangle
@@ -54,9 +78,11 @@ class DeviceConnection(protocol.Protocol):
 class DeviceFactory(protocol.ServerFactory):
     protocol = DeviceConnection
     noisy = False
+    keypad_hold_s = 60.0  # a silent client's hold on the keypad lasts this long
 
-    def __init__(self, device: ZkDevice, first_session_id: int = 0x5A5A):
+    def __init__(self, device: ZkDevice, clock, first_session_id: int = 0x5A5A):
         self.device = device
+        self.clock = clock
         self._session_id = first_session_id
         self.connections: set[DeviceConnection] = set()
         self.bytes_received = self.bytes_sent = 0  # over every connection: what polling costs on the wire
@@ -73,7 +99,7 @@ class DeviceFactory(protocol.ServerFactory):
 
 def listen(device: ZkDevice, reactor, port: int = 0, interface: str = "127.0.0.1"):
     """Serve ``device`` on TCP; the listening port (``.getHost().port`` when ``port`` was 0)."""
-    return reactor.listenTCP(port, DeviceFactory(device), interface=interface)
+    return reactor.listenTCP(port, DeviceFactory(device, reactor), interface=interface)
 
 
 def add_parser(sub) -> None:
