@@ -38,6 +38,7 @@ from gateway.users import UserDirectory
 from gateway.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
 from gateway.zk.connection import ZkTiming
+from gateway.zk.holdings import HoldingsWriter
 from gateway.zk.poller import PollTiming
 
 log = Logger(namespace="gateway")
@@ -86,8 +87,9 @@ class Gateway:
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
+        zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
         self.zk_terminals = [
-            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, events=self.eventlog, presence=self.registry,
+            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
                        timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
             for e in zk_entries
         ]

@@ -79,7 +79,7 @@ class Wire:
         self.broken: list[str] = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
-        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, events=self.sink,
+        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, holdings=HoldingsWriter(self.db), events=self.sink,
                                        presence=self.presence, timing=timing)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)
@@ -382,8 +382,7 @@ class HeldDb(SyncDb):
 
 def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_save_before_it():
     db = HeldDb()
-    writer = HoldingsWriter.of(db)
-    assert HoldingsWriter.of(db) is writer
+    writer = HoldingsWriter(db)
     writer.save(1, {"a": b"1" * 8})  # the first commit begins at once
     writer.save(2, {"b": b"2" * 8})
     writer.save(1, {"a": None, "c": b"3" * 8})

@@ -83,7 +83,7 @@ class _Write:
 class ZkConnection:
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
-    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, events: EventSink,
+    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
                  presence: Presence, timing: ZkTiming, on_online=lambda connection: None):
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
@@ -93,7 +93,7 @@ class ZkConnection:
         self._memory = memory
         self._clock = clock
         self._db = db
-        self._holdings = HoldingsWriter.of(db)
+        self._holdings = holdings
         self._events = events
         self._presence = presence
         self._timing = timing

@@ -3,7 +3,6 @@ and a lost link: the digest of each person's copy the server has seen, the pulls
 and how far the attendance log is stored. ``HoldingsWriter`` stores the digests of every device
 in group commits."""
 
-import weakref
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -60,16 +59,6 @@ class HoldingsWriter:
     what comes in waits and goes into the next (group commit). A connection's load goes through
     here too, in the same order, so it sees every save asked for before it.
     """
-
-    _writers: "weakref.WeakKeyDictionary[object, HoldingsWriter]" = weakref.WeakKeyDictionary()
-
-    @classmethod
-    def of(cls, db) -> "HoldingsWriter":
-        """The one writer of ``db`` (the gateway's Database): every ZK device's connections share it."""
-        writer = cls._writers.get(db)
-        if writer is None:
-            writer = cls._writers[db] = cls(db)
-        return writer
 
     def __init__(self, db):
         self._db = db

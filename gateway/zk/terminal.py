@@ -18,7 +18,7 @@ log = Logger(namespace="gateway.zk")
 
 
 class ZkTerminal:
-    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, events, presence,
+    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
                  timing: ZkTiming, on_offline_reason=lambda terminal_id, reason: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
@@ -27,6 +27,7 @@ class ZkTerminal:
         self.connection: ZkConnection | None = None
         self._reactor = reactor
         self._db = db
+        self._holdings = holdings
         self._events = events
         self._presence = presence
         self._timing = timing
@@ -55,7 +56,7 @@ class ZkTerminal:
 
         link = ZkLink(ZkClient(self.comm_key, timeout_s=self._timing.request_s), self._reactor,
                       on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
-        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db,
+        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
                                                     events=self._events, presence=self._presence, timing=self._timing,
                                                     on_online=self._online)
         return link
