@@ -21,6 +21,7 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from gateway.accept import raise_fd_limit
 from gateway.config import GatewayConfig
 from gateway.database import DatabaseFailure
 from gateway.service import Gateway
@@ -87,6 +88,7 @@ def run(config: GatewayConfig, sync_mode: SyncMode | None = None, announce=None)
 
 async def _serve(reactor, config: GatewayConfig, sync_mode, announce) -> None:
     start_logging()
+    raise_fd_limit()
     try:
         gateway = await start_gateway(reactor, config, sync_mode)
     except StartFailed as exc:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from gateway.accept import LISTEN_BACKLOG, AcceptWatch
 from gateway.activity import Activity
 from gateway.bus import BusMaster
 from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_zk
@@ -67,6 +68,7 @@ class Gateway:
         self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
             max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
             slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
+        self.accept_watch = AcceptWatch(self.clock, self.metrics, self.doorman.lines)
         self.tcp_port = None
         self.tls_port = None
         self.http_port = None
@@ -86,11 +88,13 @@ class Gateway:
         self.db.start()
         self.registry.load()
         self.settings.load(sync_mode)
-        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), interface=self.config.tcp_host)
+        self.tcp_port = self.reactor.listenTCP(self.config.tcp_port, TerminalListener(self.new_session, self.doorman),
+                                             backlog=LISTEN_BACKLOG, interface=self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         if self.config.tls is not None:
             self.tls_port = self._listen_tls(self.config.tls)
+        self.accept_watch.start(port for port in (self.tcp_port, self.tls_port) if port is not None)
         self.http_port = self.reactor.listenTCP(self.config.http_port, GatewaySite(self), interface=self.config.http_host)
         log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
         self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session, _dial_tls(entry))
@@ -111,6 +115,7 @@ class Gateway:
         if self._sweep.running:
             self._sweep.stop()
         self.activity.stop()
+        self.accept_watch.stop()
         self.reconciler.stop()
         self.puller.stop()
         self.eventlog.stop()
@@ -130,7 +135,8 @@ class Gateway:
     def _listen_tls(self, entry: dict):
         options = server_options(entry["cert"], entry["key"], entry.get("client_ca"))
         host = entry.get("host", self.config.tcp_host)
-        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options, interface=host)
+        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options,
+                                       backlog=LISTEN_BACKLOG, interface=host)
         log.info("listening for terminals over TLS on {host}:{port}{clients}", host=host, port=port.getHost().port,
                  clients=", client certificates required" if entry.get("client_ca") else "")
         return port
