@@ -257,7 +257,7 @@ class DialingTerminal(protocol.Factory):
         self.dials = 0  # connections tried since the terminal last authenticated: the backoff grows with them
         self.trouble: str | None = None  # why the last dial did not end authenticated; None once one did
         self._redial = True
-        self._policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0)
+        self._policy = backoffPolicy(initialDelay=0.2, maxDelay=60.0, factor=2.0)  # a terminal's, docs/protocol.md
         endpoint = TCP4ClientEndpoint(reactor, host, port)
         self._endpoint = wrapClientTLS(tls, endpoint) if tls else endpoint
         self._service = ClientService(self, self, retryPolicy=self._retry_after, clock=reactor)
