@@ -89,8 +89,8 @@ def main(argv=None) -> int:
         ("gateway RSS empty / online", f"{figures['rss_empty_mib']} / {figures['rss_online_mib']} MiB"),
         ("  per terminal", f"{figures['rss_per_terminal_kib']} KiB"),
         ("gateway CPU while idle", f"{figures['idle_cpu_share'] * 100:.1f} % of a core over {args.idle_seconds:g} s"),
-        ("refused at the door", f"{figures.get('gateway_links_refused:too_many_strangers_from_source', 0):,.0f} "
-                                "(too many links from one address still shaking hands)"),
+        ("refused at the door", ", ".join(f"{value:,.0f} {key.split(':')[1]}" for key, value in figures.items()
+                                          if key.startswith("gateway_links_refused:")) or "none"),
         ("dropped by the kernel", f"{figures.get('gateway_listen_overflows', 0):,.0f} (full accept queue, whole host)"),
     ]
     for name, value in rows:
