@@ -5,11 +5,12 @@ Why each rule (docs/protocol.md, "Strangers and guessed secrets", says it for ve
 
 - A stranger costs memory until its handshake ends (10 s at most): its decoder buffers at most
   one handshake-sized frame, and ``max_strangers`` / ``max_strangers_per_source`` bound how
-  many there are. Beyond that a new connection waits, unread and unanswered, for a place to
-  free (oldest first), at most ``wait_s``, while fewer than ``max_waiting`` wait; beyond that
-  it is refused at once. A site whose terminals all dial in after a power cut, through one NAT
-  address, is so let in as fast as handshakes end, instead of being refused again and again
-  and backing off for up to a minute each time.
+  many there are. Beyond that a new connection waits, unanswered, for a place to free (oldest
+  first), at most ``wait_s``, while fewer than ``max_waiting`` wait; beyond that it is refused
+  at once. A waiting connection that sends anything is refused (a terminal says nothing before
+  HELLO), so waiting holds no data. A site whose terminals all dial in after a power cut,
+  through one NAT address, is so let in as fast as handshakes end, instead of being refused
+  again and again and backing off for up to a minute each time.
 - A secret can only be guessed one TCP connection at a time (each handshake has fresh nonces).
   After ``slow_after`` failures in ``window_s`` from one source address or for one terminal id,
   each further refusal is held back (1 s, doubling, at most ``max_delay_s``) while the stranger
@@ -49,7 +50,7 @@ class DoorLimits:
     lockout_s: float = 900.0
     window_s: float = 600.0
     max_delay_s: float = 8.0  # the longest a refusal is held; under the 10 s handshake time-out
-    max_waiting: int = 1024  # connections waiting for a stranger's place, in total: a socket each, nothing read
+    max_waiting: int = 1024  # connections waiting for a stranger's place, in total: a socket each, no data
     wait_s: float = 20.0  # the longest one waits: under the 30 s a terminal waits for HELLO (docs/protocol.md)
 
 
@@ -139,11 +140,21 @@ class Doorman:
         self._queues[source].append(waiter)
         self._metrics.links_waiting.set(len(self._waiting))
 
+    def spoke_while_waiting(self, waiter: Waiter) -> None:
+        """A waiting connection sent something: a terminal says nothing before HELLO. Refused."""
+        source, _, _ = self._waiting[waiter]
+        self._turn_away(waiter, "spoke_while_waiting", f"refused connection from {source}: it sent data while "
+                        "waiting for a place to shake hands")
+
     def _waited_too_long(self, waiter: Waiter) -> None:
         source, _, _ = self._waiting[waiter]
+        self._turn_away(waiter, "waited_too_long", f"refused connection from {source}: no place to shake hands "
+                        f"for {self.limits.wait_s:g} s")
+
+    def _turn_away(self, waiter: Waiter, reason: str, line: str) -> None:
+        source, _, _ = self._waiting[waiter]
         self.stop_waiting(waiter)
-        self._refuse(source, "waited_too_long", f"refused connection from {source}: no place to shake hands "
-                     f"for {self.limits.wait_s:g} s")
+        self._refuse(source, reason, line)
         waiter.turn_away()
 
     def _let_waiters_in(self, source: str) -> None:

@@ -27,7 +27,7 @@ class Metrics:
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         # Strangers: links not authenticated yet (gateway/doorman.py)
         self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)
-        self.links_waiting = Gauge("gateway_links_waiting", "Connections waiting, unread, for a place to shake hands", registry=r)
+        self.links_waiting = Gauge("gateway_links_waiting", "Connections waiting, unanswered, for a place to shake hands", registry=r)
         self.links_refused = Counter("gateway_links_refused", "Connections refused before any handshake, by reason", ["reason"], registry=r)
         # Before a link exists (gateway/accept.py)
         self.accept_queue = Gauge("gateway_accept_queue", "Connections waiting to be accepted, by listening port (sampled each second)", ["port"], registry=r)

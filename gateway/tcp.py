@@ -8,8 +8,8 @@ which the gateway gives the listener and the dialers, so a link knows nothing of
 
 Until its peer authenticated, a link's decoder takes only frames of a handshake's size (memory
 a stranger can hold), and a link the listener accepted holds a stranger's place at the
-``Doorman``, which may refuse the connection outright or have it wait for a place: a waiting
-link reads nothing and the gateway says nothing on it (no HELLO) until it is let in.
+``Doorman``, which may refuse the connection outright or have it wait for a place: the gateway
+says nothing on a waiting link (no HELLO) until it is let in, and refuses one that speaks first.
 """
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -47,14 +47,11 @@ class TcpLink(protocol.Protocol):
             self._doorman = None
             self.transport.abortConnection()
             return
-        if self.waiting:
-            self.transport.pauseProducing()
-            return
-        self._start_session()
+        if not self.waiting:
+            self._start_session()
 
     def let_in(self) -> None:
         """The doorman gave this waiting link a stranger's place: the handshake starts."""
-        self.transport.resumeProducing()
         self._start_session()
 
     def turn_away(self) -> None:
@@ -67,6 +64,8 @@ class TcpLink(protocol.Protocol):
         self.session.start()
 
     def dataReceived(self, data: bytes):
+        if self.waiting:
+            self._doorman.spoke_while_waiting(self)
         if self.session is None:
             return
         for item in self.decoder.read(data):

@@ -190,17 +190,31 @@ def test_a_place_freed_under_the_total_limit_goes_to_the_oldest_waiter_whose_add
     assert from_1.happened == ["let in"]
 
 
-def test_a_waiting_link_reads_nothing_and_hears_no_hello_until_let_in():
+def test_a_waiting_link_hears_no_hello_until_let_in():
     gateway = Collaborators()
     gateway.doorman = doorman(max_strangers_per_source=1)
     gateway.clock = gateway.doorman._clock
     first = Peer(gateway, "192.0.2.1")
     waiting = Peer(gateway, "192.0.2.1")
-    assert waiting.link.waiting and waiting.session is None
-    assert waiting.transport.producerState == "paused" and waiting.frames() == []
+    assert waiting.link.waiting and waiting.session is None and waiting.frames() == []
     first.establish()
-    assert not waiting.link.waiting and waiting.transport.producerState == "producing"
+    assert not waiting.link.waiting
     (hello,) = waiting.frames()
     assert hello.command == Command.HELLO
+
+
+def test_a_waiting_link_that_speaks_first_is_refused_and_holds_nothing():
+    gateway = Collaborators()
+    gateway.doorman = doorman(max_strangers_per_source=1)
+    gateway.clock = gateway.doorman._clock
+    Peer(gateway, "192.0.2.1")
+    talker = Peer(gateway, "192.0.2.1")
+    talker.send(b"\x00" * 4096)
+    assert talker.transport.disconnecting and talker.session is None and not talker.link.waiting
+    metrics = gateway.doorman._metrics
+    assert metrics.value(metrics.links_refused, reason="spoke_while_waiting") == 1
+    assert metrics.value(metrics.links_waiting) == 0
+    talker.link.connectionLost()
+    assert metrics.value(metrics.strangers) == 1  # the first one's place only
     other = Peer(gateway, "192.0.2.9")
     assert other.session is not None  # another address: a place at once
