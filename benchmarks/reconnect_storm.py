@@ -61,9 +61,17 @@ def storm(devices: int, idle_s: float, workers: int, connect_timeout: float, run
 
         result = fleet.run(on_ready=idle, connect_timeout=connect_timeout)
         figures.update(workers=result.workers, fleet_cpu_s=result.cpu_s, rss_peak_mib=round(gateway.memory_mb("VmHWM"), 1))
-        return figures
     finally:
         gateway.stop()
+    figures["accept_queue_seen_full"] = seen_full(gateway.log_path.read_text())
+    return figures
+
+
+def seen_full(log: str) -> int:
+    """How often the gateway found its own accept queue full (the kernel's overflow count is the
+    host's): its warnings, each said once and then summarised (gateway/quietlog.py)."""
+    said = len(re.findall(r"accept queue of port \d+ full", log))
+    return said + sum(int(n) for n in re.findall(r"(\d+) more full accept queues from", log))
 
 
 def main(argv=None) -> int:
@@ -91,7 +99,8 @@ def main(argv=None) -> int:
         ("gateway CPU while idle", f"{figures['idle_cpu_share'] * 100:.1f} % of a core over {args.idle_seconds:g} s"),
         ("refused at the door", ", ".join(f"{value:,.0f} {key.split(':')[1]}" for key, value in figures.items()
                                           if key.startswith("gateway_links_refused:")) or "none"),
-        ("dropped by the kernel", f"{figures.get('gateway_listen_overflows', 0):,.0f} (full accept queue, whole host)"),
+        ("dropped by the kernel", f"{figures.get('gateway_listen_overflows', 0):,.0f} at a full accept queue on the host; "
+                                  f"this gateway's queue seen full {figures['accept_queue_seen_full']} times"),
     ]
     for name, value in rows:
         print(f"{name:28} {value}")
