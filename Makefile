@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench loadtest soak system-deps clean
+.PHONY: demo test bench loadtest storm soak system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/gateway-demo
@@ -21,6 +21,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/zk.py --json reports/zk.json
 	$(PY) benchmarks/hostile.py --json reports/hostile.json
 	$(PY) benchmarks/zk_poll.py --json reports/zk_poll.json
+	$(PY) benchmarks/reconnect_storm.py --devices 1000 --json reports/reconnect_storm.json
+
+# Ten thousand terminals dial one gateway process at once, then idle: time to online, RSS per
+# terminal, CPU at idle (benchmarks/reconnect_storm.py; STORM_DEVICES to change the count).
+STORM_DEVICES ?= 10000
+storm: $(STAMP)
+	mkdir -p reports
+	$(PY) benchmarks/reconnect_storm.py --devices $(STORM_DEVICES) --json reports/reconnect_storm_$(STORM_DEVICES).json
 
 loadtest: $(STAMP)
 	mkdir -p reports

@@ -5,7 +5,12 @@ Why each rule (docs/protocol.md, "Strangers and guessed secrets", says it for ve
 
 - A stranger costs memory until its handshake ends (10 s at most): its decoder buffers at most
   one handshake-sized frame, and ``max_strangers`` / ``max_strangers_per_source`` bound how
-  many there are. Beyond that a new connection is refused at once.
+  many there are. Beyond that a new connection waits, unanswered, for a place to free (oldest
+  first), at most ``wait_s``, while fewer than ``max_waiting`` wait; beyond that it is refused
+  at once. A waiting connection that sends anything is refused (a terminal says nothing before
+  HELLO), so waiting holds no data. A site whose terminals all dial in after a power cut,
+  through one NAT address, is so let in as fast as handshakes end, instead of being refused
+  again and again and backing off for up to a minute each time.
 - A secret can only be guessed one TCP connection at a time (each handshake has fresh nonces).
   After ``slow_after`` failures in ``window_s`` from one source address or for one terminal id,
   each further refusal is held back (1 s, doubling, at most ``max_delay_s``) while the stranger
@@ -26,6 +31,7 @@ Every refusal is logged through ``RepeatedLines`` (one line, then a summary) and
 """
 
 from collections import defaultdict, deque
+from typing import Protocol
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -44,6 +50,18 @@ class DoorLimits:
     lockout_s: float = 900.0
     window_s: float = 600.0
     max_delay_s: float = 8.0  # the longest a refusal is held; under the 10 s handshake time-out
+    max_waiting: int = 1024  # connections waiting for a stranger's place, in total: a socket each, no data
+    wait_s: float = 20.0  # the longest one waits: under the 30 s a terminal waits for HELLO (docs/protocol.md)
+
+
+class Waiter(Protocol):
+    """A connection that may wait for a stranger's place (gateway/tcp.py's TcpLink)."""
+
+    waiting: bool
+
+    def let_in(self) -> None: ...
+
+    def turn_away(self) -> None: ...
 
 
 class Doorman:
@@ -59,34 +77,111 @@ class Doorman:
         self._locked_sources: dict[str, float] = {}  # source -> until
         self._attacked_terminals: dict[int, float] = {}  # terminal id -> until
         self._next_cleanup = 0.0
+        self._queues: dict[str, deque[Waiter]] = defaultdict(deque)  # by source, oldest first; may hold waiters gone
+        self._waiting: dict[Waiter, tuple[str, float, object]] = {}  # waiter -> source, since, its time-out
 
     # -- strangers: links not authenticated yet ------------------------------------------------
 
-    def arrive(self, source: str) -> bool:
-        """A new connection from ``source``: may it try the handshake? Refusals are logged here."""
+    def arrive(self, source: str, waiter: Waiter | None = None) -> bool:
+        """A new connection from ``source``: may it try the handshake? False: refused, logged here.
+
+        A ``waiter`` that finds the places taken may wait for one (True, with ``waiter.waiting``
+        set): ``let_in()`` is called once a place is its, ``turn_away()`` after ``wait_s``."""
         now = self._clock.seconds()
         until = self._locked_sources.get(source)
         if until is not None and until > now:
             return self._refuse(source, "locked_out", f"refused connection from {source}: locked out for another "
                                 f"{until - now:.0f} s after {self.limits.lockout_after} failed handshakes")
-        if self._stranger_total >= self.limits.max_strangers:
-            return self._refuse(source, "too_many_strangers", f"refused connection from {source}: "
-                                f"{self.limits.max_strangers} links are already shaking hands")
-        if self._strangers[source] >= self.limits.max_strangers_per_source:
-            return self._refuse(source, "too_many_strangers_from_source", f"refused connection from {source}: "
-                                f"{self.limits.max_strangers_per_source} links from it are already shaking hands")
-        self._strangers[source] += 1
-        self._stranger_total += 1
-        self._metrics.strangers.set(self._stranger_total)
-        return True
+        full = self._full(source)
+        if full is None:
+            self._take_place(source)
+            return True
+        if waiter is not None and len(self._waiting) < self.limits.max_waiting:
+            self._wait(source, waiter, now)
+            return True
+        return self._refuse(source, *full)
 
     def leave(self, source: str) -> None:
-        """A stranger authenticated or went away."""
+        """A stranger authenticated or went away: its place goes to the longest waiting that may have it."""
         self._strangers[source] -= 1
         if not self._strangers[source]:
             del self._strangers[source]
         self._stranger_total -= 1
         self._metrics.strangers.set(self._stranger_total)
+        self._let_waiters_in(source)
+
+    def stop_waiting(self, waiter: Waiter) -> None:
+        """A waiting connection went away."""
+        _, _, timeout = self._waiting.pop(waiter)
+        if timeout.active():
+            timeout.cancel()
+        waiter.waiting = False
+        self._metrics.links_waiting.set(len(self._waiting))
+
+    def _full(self, source: str) -> tuple[str, str] | None:
+        """Why ``source`` may not have a stranger's place now (a refusal's reason and line), or None."""
+        if self._stranger_total >= self.limits.max_strangers:
+            return "too_many_strangers", (f"refused connection from {source}: {self.limits.max_strangers} links are "
+                                          f"already shaking hands and {len(self._waiting)} waiting")
+        if self._strangers.get(source, 0) >= self.limits.max_strangers_per_source:
+            return "too_many_strangers_from_source", (f"refused connection from {source}: {self.limits.max_strangers_per_source} "
+                                                      f"links from it are already shaking hands and {len(self._waiting)} waiting")
+        return None
+
+    def _take_place(self, source: str) -> None:
+        self._strangers[source] += 1
+        self._stranger_total += 1
+        self._metrics.strangers.set(self._stranger_total)
+
+    def _wait(self, source: str, waiter: Waiter, now: float) -> None:
+        waiter.waiting = True
+        timeout = self._clock.callLater(self.limits.wait_s, self._waited_too_long, waiter)
+        self._waiting[waiter] = (source, now, timeout)
+        self._queues[source].append(waiter)
+        self._metrics.links_waiting.set(len(self._waiting))
+
+    def spoke_while_waiting(self, waiter: Waiter) -> None:
+        """A waiting connection sent something: a terminal says nothing before HELLO. Refused."""
+        source, _, _ = self._waiting[waiter]
+        self._turn_away(waiter, "spoke_while_waiting", f"refused connection from {source}: it sent data while "
+                        "waiting for a place to shake hands")
+
+    def _waited_too_long(self, waiter: Waiter) -> None:
+        source, _, _ = self._waiting[waiter]
+        self._turn_away(waiter, "waited_too_long", f"refused connection from {source}: no place to shake hands "
+                        f"for {self.limits.wait_s:g} s")
+
+    def _turn_away(self, waiter: Waiter, reason: str, line: str) -> None:
+        source, _, _ = self._waiting[waiter]
+        self.stop_waiting(waiter)
+        self._refuse(source, reason, line)
+        waiter.turn_away()
+
+    def _let_waiters_in(self, source: str) -> None:
+        """Fill free places: first from the source that left one, then the oldest waiter of any source with room."""
+        while self._waiting and self._stranger_total < self.limits.max_strangers:
+            head = self._head(source)
+            if head is None or self._strangers.get(source, 0) >= self.limits.max_strangers_per_source:
+                heads = [(self._waiting[w][1], s) for s in list(self._queues) if (w := self._head(s)) is not None
+                         and self._strangers.get(s, 0) < self.limits.max_strangers_per_source]
+                if not heads:
+                    return
+                source = min(heads)[1]
+                head = self._head(source)
+            self._queues[source].popleft()
+            self.stop_waiting(head)
+            self._take_place(source)
+            head.let_in()
+
+    def _head(self, source: str) -> Waiter | None:
+        """The longest waiting connection from ``source`` still waiting (those gone are dropped here)."""
+        queue = self._queues.get(source)
+        while queue and queue[0] not in self._waiting:
+            queue.popleft()
+        if not queue:
+            self._queues.pop(source, None)
+            return None
+        return queue[0]
 
     def _refuse(self, source: str, reason: str, line: str) -> bool:
         self._metrics.links_refused.labels(reason).inc()

@@ -27,7 +27,11 @@ class Metrics:
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         # Strangers: links not authenticated yet (gateway/doorman.py)
         self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)
+        self.links_waiting = Gauge("gateway_links_waiting", "Connections waiting, unanswered, for a place to shake hands", registry=r)
         self.links_refused = Counter("gateway_links_refused", "Connections refused before any handshake, by reason", ["reason"], registry=r)
+        # Before a link exists (gateway/accept.py)
+        self.accept_queue = Gauge("gateway_accept_queue", "Connections waiting to be accepted, by listening port (sampled each second)", ["port"], registry=r)
+        self.listen_overflows = Counter("gateway_listen_overflows", "Connections the kernel dropped at a full accept queue on this host while the gateway ran", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks, and its keypad changes still to be pulled", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(

@@ -25,6 +25,7 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 
+from gateway.accept import raise_fd_limit
 from gateway.config import GatewayConfig
 from gateway.database import Database, DatabaseFailure
 from gateway.service import Gateway
@@ -101,6 +102,7 @@ def run_workers(config: GatewayConfig, sync_mode: SyncMode | None, worker_argv) 
     ports chosen), then N workers until stopped; the exit status (1: one could not start).
     ``worker_argv(index, tcp_port, http_port)``: a worker's command line."""
     start_logging()
+    raise_fd_limit()
     try:
         db = Database(config.db, reactor=None)
         try:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from gateway.accept import LISTEN_BACKLOG, AcceptWatch
 from gateway.activity import Activity
 from gateway.bus import BusMaster
 from gateway.claims import TerminalClaims
@@ -81,6 +82,7 @@ class Gateway:
         self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
             max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
             slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
+        self.accept_watch = AcceptWatch(self.clock, self.metrics, self.doorman.lines)
         self.tcp_port = None
         self.tls_port = None
         self.http = None
@@ -110,6 +112,7 @@ class Gateway:
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         if self.role.primary:
             self._start_primary()
+        self.accept_watch.start(port for port in (self.tcp_port, self.tls_port) if port is not None)
         self._sweep.start(self.sweep_s, now=False)
         self.reconciler.start()
 
@@ -141,13 +144,14 @@ class Gateway:
         the supervisor's reservation keeps a port chosen as 0 the same across restarts."""
         if self.role.count > 1:
             return listen_shared(self.reactor, port, factory, host)
-        return self.reactor.listenTCP(port, factory, interface=host)
+        return self.reactor.listenTCP(port, factory, backlog=LISTEN_BACKLOG, interface=host)
 
     @defer.inlineCallbacks
     def stop(self):
         if self._sweep.running:
             self._sweep.stop()
         self.activity.stop()
+        self.accept_watch.stop()
         self.reconciler.stop()
         self.puller.stop()
         self.eventlog.stop()
@@ -170,7 +174,8 @@ class Gateway:
     def _listen_tls(self, entry: dict):
         options = server_options(entry["cert"], entry["key"], entry.get("client_ca"))
         host = entry.get("host", self.config.tcp_host)
-        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options, interface=host)
+        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options,
+                                       backlog=LISTEN_BACKLOG, interface=host)
         log.info("listening for terminals over TLS on {host}:{port}{clients}", host=host, port=port.getHost().port,
                  clients=", client certificates required" if entry.get("client_ca") else "")
         return port

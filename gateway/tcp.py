@@ -8,7 +8,8 @@ which the gateway gives the listener and the dialers, so a link knows nothing of
 
 Until its peer authenticated, a link's decoder takes only frames of a handshake's size (memory
 a stranger can hold), and a link the listener accepted holds a stranger's place at the
-``Doorman``, which may refuse the connection outright.
+``Doorman``, which may refuse the connection outright or have it wait for a place: the gateway
+says nothing on a waiting link (no HELLO) until it is let in, and refuses one that speaks first.
 """
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -34,6 +35,7 @@ class TcpLink(protocol.Protocol):
         self.decoder = StreamDecoder()
         self.decoder.max_payload = MAX_HANDSHAKE_PAYLOAD
         self.session = None
+        self.waiting = False  # for a stranger's place at the doorman
         self.description = "tcp"
         self.source = "tcp"
 
@@ -41,14 +43,29 @@ class TcpLink(protocol.Protocol):
         peer = self.transport.getPeer()
         self.description = f"tcp {peer.host}:{peer.port}"
         self.source = peer.host
-        if self._doorman is not None and not self._doorman.arrive(self.source):
+        if self._doorman is not None and not self._doorman.arrive(self.source, self):
             self._doorman = None
             self.transport.abortConnection()
             return
+        if not self.waiting:
+            self._start_session()
+
+    def let_in(self) -> None:
+        """The doorman gave this waiting link a stranger's place: the handshake starts."""
+        self._start_session()
+
+    def turn_away(self) -> None:
+        """The doorman gave up on this waiting link (it counted and said so)."""
+        self._doorman = None
+        self.transport.abortConnection()
+
+    def _start_session(self) -> None:
         self.session = self._new_session(self, self.expected_terminal_id)
         self.session.start()
 
     def dataReceived(self, data: bytes):
+        if self.waiting:
+            self._doorman.spoke_while_waiting(self)
         if self.session is None:
             return
         for item in self.decoder.read(data):
@@ -63,6 +80,9 @@ class TcpLink(protocol.Protocol):
                 self._no_longer_a_stranger()
 
     def connectionLost(self, reason=protocol.connectionDone):
+        if self.waiting:
+            self._doorman.stop_waiting(self)
+            self._doorman = None
         self._no_longer_a_stranger()
         if self.session is not None:
             self.session.connection_lost(reason.getErrorMessage())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from twisted.internet.error import CannotListenError
 
-BACKLOG = 50  # as Twisted's listenTCP
+from gateway.accept import LISTEN_BACKLOG
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def listen_shared(reactor, port: int, factory, host: str):
     except OSError as exc:
         raise CannotListenError(host, port, exc) from None
     try:
-        sock.listen(BACKLOG)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)  # it takes a duplicate of the socket
     finally:

@@ -77,6 +77,7 @@ class FleetResult:
     garbage_sent: int
     dropped: list | None
     cpu_s: float  # CPU the workers used from "go" to "stop": is the fleet itself the bottleneck?
+    online_s: float | None  # from dialling to every terminal online at once (as progress reports saw it)
     propagation: list[Propagation] = field(default_factory=list)
     zk_ports: dict[int, int] = field(default_factory=dict)  # where each ZK device listened
 
@@ -89,6 +90,7 @@ class Fleet:
         self._procs: list[subprocess.Popen] = []
         self._progress: dict[int, dict] = {}
         self.zk_ports: dict[int, int] = {}
+        self.online_s: float | None = None
 
     def run(self, on_progress=None, on_ready=None, settled=None, connect_timeout: float | None = None,
             on_listening=None, on_settled=None) -> FleetResult:
@@ -109,8 +111,7 @@ class Fleet:
                 self.zk_ports.update({int(tid): port for tid, port in ports.items()})
             gateway = on_listening(dict(self.zk_ports)) if on_listening is not None else None
             self._send(dict(gateway=gateway or spec.gateway))
-            self._wait_until(lambda: self._count("ready") == len(self._procs), connect_timeout, on_progress, "connecting",
-                             f"terminals online within {connect_timeout:.0f} s")
+            self._connect(connect_timeout, on_progress)
             if on_ready is not None:
                 on_ready()
             started_ms = wall_ms() + 500
@@ -160,6 +161,23 @@ class Fleet:
         if "progress" in message:
             self._progress[index] = message["progress"]
         return index, message
+
+    def _connect(self, timeout: float, on_progress) -> None:
+        """Wait until every worker is ready, timing when every terminal was online; on time-out say
+        which terminals are not, and why (what their last dial came to)."""
+        dialled = time.time()
+
+        def ready() -> bool:
+            if self.online_s is None and self._total("online") == self.spec.devices:
+                self.online_s = round(time.time() - dialled, 2)
+            return self._count("ready") == len(self._procs)
+
+        try:
+            self._wait_until(ready, timeout, on_progress, "connecting", f"terminals online within {timeout:.0f} s")
+        except FleetError as exc:
+            late = {tid: why for p in self._progress.values() for tid, why in p.get("offline", {}).items()}
+            said = "; ".join(f"terminal {tid}: {why}" for tid, why in list(late.items())[:10])
+            raise FleetError(f"{exc}: {self._total('online')}/{self.spec.devices} online; {said}") from None
 
     def _count(self, state: str) -> int:
         return sum(p["state"] == state for p in self._progress.values())
@@ -290,6 +308,7 @@ class Fleet:
             garbage_sent=sum(r["garbage_sent"] for r in results),
             dropped=dropped,
             cpu_s=round(sum(r["cpu_s"] for r in results), 2),
+            online_s=self.online_s,
             propagation=propagation,
             zk_ports=dict(self.zk_ports),
         )

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from simulator.zk.device import ZkDevice
 from simulator.zk.station import ZkStation
 
 TERMINALS_PER_WORKER = 500  # one reactor holds this many comfortably; more use more processes
+FDS_NOT_FOR_LINKS = 100  # a worker's pipes, its Python and its log
 KINDS = ("native", "zk", "mixed")  # mixed: the first half of the ids (rounded up) native, the rest ZK devices
 ZK_WRITES = (ZkCommand.USER_WRQ, ZkCommand.SAVE_USERTEMPS, ZkCommand.DELETE_USER, ZkCommand.DELETE_USERTEMP, ZkCommand.DEL_FPTMP)
 
@@ -85,7 +87,22 @@ class FleetSpec:
         if self.workers:
             return max(1, min(self.workers, self.devices))
         by_size = math.ceil(self.devices / TERMINALS_PER_WORKER)
-        return max(1, min(by_size, (os.cpu_count() or 2) - 1))  # leave a core to the gateway
+        by_cores = max(1, min(by_size, (os.cpu_count() or 2) - 1))  # leave a core to the gateway
+        return max(by_cores, math.ceil(self.devices / links_per_worker()))  # each link holds a file descriptor
+
+
+def links_per_worker() -> int:
+    """How many terminals one worker can hold: its open-file limit once raised (``raise_fd_limit``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = soft if hard == resource.RLIM_INFINITY else hard
+    return max(1, limit - FDS_NOT_FOR_LINKS)
+
+
+def raise_fd_limit() -> None:
+    """Lift this process's soft open-file limit to the hard one: a worker holds a socket per terminal."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Station:
@@ -312,12 +329,18 @@ class FleetWorker:
         self.write_line(dict(progress=dict(
             state=self.state,
             online=online,
+            offline=self._offline() if self.state == "connecting" else {},
             produced=sum(s.produced for s in self.stations),
             unacknowledged=sum(s.unacknowledged for s in self.stations),
             enrolled=len(self.tally.enrolled),
             deliveries=self.tally.deliveries,
             last_delivery_ms=self.tally.last_delivery_ms,
         )))
+
+    def _offline(self, most: int = 5) -> dict:
+        """A few terminals that are not online yet, each with why (what its last dial came to)."""
+        late = [s for s in self.stations if s.kind == "native" and not s.online][:most]
+        return {s.terminal_id: getattr(s.link_factory, "trouble", None) or "not dialled yet or still shaking hands" for s in late}
 
     def sample(self) -> dict:
         """The ZK devices' traffic so far, for the parent's idle measurement: bytes both ways,
@@ -408,6 +431,7 @@ def _work(reactor):
     from simulator.logs import start_logging
 
     start_logging(sys.stderr, LogLevel.warn)
+    raise_fd_limit()
     finished = defer.Deferred()
 
     class Pipe(LineReceiver):

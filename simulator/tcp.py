@@ -61,6 +61,7 @@ class TerminalLink(protocol.Protocol):
         self._sent_through = 0  # highest event id sent on this connection
         self._liveness: task.LoopingCall | None = None
         self._handshake_timer = None
+        self._why_closed: str | None = None  # said by this side when it closes the link itself
 
     @property
     def clock(self):
@@ -88,10 +89,14 @@ class TerminalLink(protocol.Protocol):
                     self._established(parse_body(item).keepalive_s)
 
     def _handshake_expired(self) -> None:
+        self._why_closed = f"no handshake within {self.handshake_s:g} s of connecting"
         log.warn("terminal {tid}: no handshake within {s:g} s of connecting; dropping the link", tid=self.terminal.terminal_id, s=self.handshake_s)
         self.transport.abortConnection()
 
     def connectionLost(self, reason=protocol.connectionDone):
+        why = self._why_closed or reason.getErrorMessage()
+        if not self.established:
+            why = f"link lost before the handshake ended: {why}"
         self.established = False
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
@@ -105,7 +110,7 @@ class TerminalLink(protocol.Protocol):
         self.terminal.link_lost()
         if self.factory.link is self:
             self.factory.link = None
-            self.factory.link_dropped()
+            self.factory.link_dropped(why)
 
     # -- after the handshake -----------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class TerminalLink(protocol.Protocol):
         if self.established:
             return  # a WELCOME replayed on a live link changes nothing (and must not double the timers)
         self.established = True
+        self.factory.authenticated()
         if self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._conversation.keepalive_s = keepalive_s
@@ -150,6 +156,7 @@ class TerminalLink(protocol.Protocol):
         answered = self._conversation.answer(frame)
         if frame.is_error:
             text = _error_text(frame)
+            self._why_closed = f"the gateway answered an error: {text}"
             if answered is None and frame.seq == NOTICE_SEQ and _error_code(frame) == ErrorCode.REPLACED:
                 log.info("terminal {tid}: this link was replaced by a newer one: {text}", tid=self.terminal.terminal_id, text=text)
             elif answered is None and frame.command == Command.HELLO:
@@ -232,7 +239,10 @@ class DialingTerminal(protocol.Factory):
     """A terminal that dials in to the gateway and keeps dialling back when the link drops.
 
     Twisted's ClientService redials with backoff and jitter, so a fleet that lost its gateway
-    does not come back in step.
+    does not come back in step. The backoff restarts only once the terminal authenticated, not
+    at every TCP connect (as ClientService would): a gateway that accepts and refuses at once
+    (its doorman's limit on links still shaking hands) is not redialled twice a second by a
+    thousand terminals. ``trouble`` says why a terminal that is not online is not.
     """
 
     noisy = False
@@ -244,10 +254,13 @@ class DialingTerminal(protocol.Factory):
         self.on_established = on_established
         self.faults = faults
         self.link: TerminalLink | None = None
+        self.dials = 0  # connections tried since the terminal last authenticated: the backoff grows with them
+        self.trouble: str | None = None  # why the last dial did not end authenticated; None once one did
         self._redial = True
-        policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0)
+        self._policy = backoffPolicy(initialDelay=0.2, maxDelay=60.0, factor=2.0)  # a terminal's, docs/protocol.md
         endpoint = TCP4ClientEndpoint(reactor, host, port)
-        self._service = ClientService(wrapClientTLS(tls, endpoint) if tls else endpoint, self, retryPolicy=policy, clock=reactor)
+        self._endpoint = wrapClientTLS(tls, endpoint) if tls else endpoint
+        self._service = ClientService(self, self, retryPolicy=self._retry_after, clock=reactor)
 
     def start(self) -> "DialingTerminal":
         self._service.startService()
@@ -271,7 +284,24 @@ class DialingTerminal(protocol.Factory):
         rebooted self is about to take its place)."""
         self._redial = False
 
-    def link_dropped(self) -> None:
+    def connect(self, factory):
+        """The endpoint ClientService dials through: the gateway's, counting dials and saying why one failed."""
+        self.dials += 1
+        return self._endpoint.connect(factory).addErrback(self._unreachable)
+
+    def _unreachable(self, failure):
+        self.trouble = f"cannot connect: {failure.getErrorMessage()}"
+        return failure
+
+    def _retry_after(self, _failed_in_a_row: int) -> float:
+        return self._policy(self.dials)
+
+    def authenticated(self) -> None:
+        self.dials = 0
+        self.trouble = None
+
+    def link_dropped(self, why: str) -> None:
+        self.trouble = why
         if not self._redial:
             self._service.stopService()
 
@@ -305,7 +335,10 @@ class ListeningTerminal(protocol.Factory):
         link.factory = self
         return link
 
-    def link_dropped(self) -> None:
+    def authenticated(self) -> None:
+        """Nothing to reset: the gateway dials."""
+
+    def link_dropped(self, why: str) -> None:
         """The gateway's call ended; the next one is answered as it comes."""
 
     def go_offline(self) -> None:

@@ -6,6 +6,7 @@ from twisted.internet import task
 from gateway.doorman import DoorLimits, Doorman
 from gateway.metrics import Metrics
 from gateway.quietlog import RepeatedLines
+from protocol.messages import Command
 from test_session import Collaborators, Peer
 
 
@@ -108,3 +109,112 @@ def test_a_link_leaves_the_strangers_once_authenticated_or_gone():
     gone.link.connectionLost()
     assert metrics.value(metrics.strangers) == 0
 
+
+
+class Waiting:
+    """A connection waiting for a stranger's place, as the doorman sees one."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.waiting = False
+        self.happened = []
+
+    def let_in(self):
+        self.happened.append("let in")
+
+    def turn_away(self):
+        self.happened.append("turned away")
+
+
+def test_a_connection_finding_every_place_taken_waits_and_is_let_in_oldest_first():
+    door = doorman(max_strangers=10, max_strangers_per_source=1)
+    assert door.arrive("192.0.2.1")
+    first, second = Waiting("first"), Waiting("second")
+    assert door.arrive("192.0.2.1", first) and door.arrive("192.0.2.1", second)
+    assert first.waiting and second.waiting and first.happened == []
+    metrics = door._metrics
+    assert metrics.value(metrics.links_waiting) == 2 and metrics.value(metrics.links_refused, reason="too_many_strangers_from_source") == 0
+    door.leave("192.0.2.1")
+    assert first.happened == ["let in"] and not first.waiting and second.happened == []
+    assert metrics.value(metrics.strangers) == 1 and metrics.value(metrics.links_waiting) == 1
+    door.leave("192.0.2.1")
+    assert second.happened == ["let in"]
+
+
+def test_a_connection_that_waits_too_long_is_turned_away_counted_and_said():
+    door = doorman(max_strangers_per_source=1, wait_s=20)
+    door.arrive("192.0.2.1")
+    late = Waiting("late")
+    door.arrive("192.0.2.1", late)
+    door._clock.advance(20)
+    assert late.happened == ["turned away"] and not late.waiting
+    assert door._metrics.value(door._metrics.links_refused, reason="waited_too_long") == 1
+    assert said(door) == ["refused connection from 192.0.2.1: no place to shake hands for 20 s"]
+    door.leave("192.0.2.1")  # nobody is waiting any more
+    assert door._metrics.value(door._metrics.strangers) == 0
+
+
+def test_when_the_waiting_room_is_full_a_connection_is_refused_at_once():
+    door = doorman(max_strangers_per_source=1, max_waiting=1)
+    door.arrive("192.0.2.1")
+    assert door.arrive("192.0.2.1", Waiting("a"))
+    refused = Waiting("b")
+    assert not door.arrive("192.0.2.1", refused) and not refused.waiting
+    assert door._metrics.value(door._metrics.links_refused, reason="too_many_strangers_from_source") == 1
+
+
+def test_a_waiter_gone_gives_its_turn_to_the_next():
+    door = doorman(max_strangers_per_source=1)
+    door.arrive("192.0.2.1")
+    gone, next_one = Waiting("gone"), Waiting("next")
+    door.arrive("192.0.2.1", gone)
+    door.arrive("192.0.2.1", next_one)
+    door.stop_waiting(gone)
+    door.leave("192.0.2.1")
+    assert gone.happened == [] and next_one.happened == ["let in"]
+    door._clock.advance(60)
+    assert gone.happened == []  # its time-out went with it
+
+
+def test_a_place_freed_under_the_total_limit_goes_to_the_oldest_waiter_whose_address_has_room():
+    door = doorman(max_strangers=2, max_strangers_per_source=1)
+    door.arrive("192.0.2.1")
+    door.arrive("192.0.2.2")
+    from_1, from_3 = Waiting("from 1"), Waiting("from 3")
+    door.arrive("192.0.2.1", from_1)  # its address is full, and so is the total
+    door._clock.advance(1)
+    door.arrive("192.0.2.3", from_3)
+    door.leave("192.0.2.2")
+    assert from_1.happened == [] and from_3.happened == ["let in"]  # 192.0.2.1 still has its one place
+    door.leave("192.0.2.1")
+    assert from_1.happened == ["let in"]
+
+
+def test_a_waiting_link_hears_no_hello_until_let_in():
+    gateway = Collaborators()
+    gateway.doorman = doorman(max_strangers_per_source=1)
+    gateway.clock = gateway.doorman._clock
+    first = Peer(gateway, "192.0.2.1")
+    waiting = Peer(gateway, "192.0.2.1")
+    assert waiting.link.waiting and waiting.session is None and waiting.frames() == []
+    first.establish()
+    assert not waiting.link.waiting
+    (hello,) = waiting.frames()
+    assert hello.command == Command.HELLO
+
+
+def test_a_waiting_link_that_speaks_first_is_refused_and_holds_nothing():
+    gateway = Collaborators()
+    gateway.doorman = doorman(max_strangers_per_source=1)
+    gateway.clock = gateway.doorman._clock
+    Peer(gateway, "192.0.2.1")
+    talker = Peer(gateway, "192.0.2.1")
+    talker.send(b"\x00" * 4096)
+    assert talker.transport.disconnecting and talker.session is None and not talker.link.waiting
+    metrics = gateway.doorman._metrics
+    assert metrics.value(metrics.links_refused, reason="spoke_while_waiting") == 1
+    assert metrics.value(metrics.links_waiting) == 0
+    talker.link.connectionLost()
+    assert metrics.value(metrics.strangers) == 1  # the first one's place only
+    other = Peer(gateway, "192.0.2.9")
+    assert other.session is not None  # another address: a place at once

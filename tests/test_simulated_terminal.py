@@ -167,13 +167,16 @@ def test_after_the_handshake_a_request_naming_another_terminal_is_refused():
 
 
 class _Factory:
-    """What a TerminalLink asks of its factory: a clock, and to hear that its link dropped."""
+    """What a TerminalLink asks of its factory: a clock, and to hear that its link authenticated or dropped."""
 
     def __init__(self):
         self.reactor = task.Clock()
         self.link = None
 
-    def link_dropped(self):
+    def authenticated(self):
+        pass
+
+    def link_dropped(self, why):
         pass
 
 
