@@ -161,6 +161,9 @@ class Reconciler:
 
     @defer.inlineCallbacks
     def _run(self, term, connection):
+        # A turn of the reactor first: when a thousand links drop at once, the comparisons queued
+        # for a slot all end at once, and each would start the next inside its own stack.
+        yield self._pause(0)
         found = Reconciliation(self._now_ms())
         mode = self._settings.mode
         if not mode.pushes:
@@ -228,11 +231,14 @@ class Reconciler:
             pending = yield connection.events_pending()
             if not pending:
                 return 0
-            wait = task.deferLater(self._clock, self.events_wait_s, lambda: None)
-            self._waits.add(wait)
-            wait.addBoth(lambda result, w=wait: (self._waits.discard(w), result)[1])
-            yield wait
+            yield self._pause(self.events_wait_s)
         return pending
+
+    def _pause(self, seconds: float) -> defer.Deferred:
+        wait = task.deferLater(self._clock, seconds, lambda: None)
+        self._waits.add(wait)
+        wait.addBoth(lambda result: (self._waits.discard(wait), result)[1])
+        return wait
 
     @defer.inlineCallbacks
     def _server_users(self):

@@ -51,8 +51,10 @@ def reconciler(tmp_path, connection, mode=SyncMode.ALL):
 
 
 def test_a_terminal_that_cannot_list_its_users_is_skipped_with_a_note(tmp_path):
-    rec, _ = reconciler(tmp_path, Listing(lists=False))
-    found = rec.reconcile(7).result
+    rec, clock = reconciler(tmp_path, Listing(lists=False))
+    d = rec.reconcile(7)
+    clock.advance(0)
+    found = d.result
     assert "cannot list its users" in found.note and not found.repaired
 
 
@@ -60,7 +62,7 @@ def test_it_waits_for_the_terminals_own_events_and_says_so_when_they_keep_coming
     connection = Listing(pending=3)
     rec, clock = reconciler(tmp_path, connection)
     d = rec.reconcile(7)
-    clock.pump([rec.events_wait_s] * rec.events_asks)
+    clock.pump([0] + [rec.events_wait_s] * rec.events_asks)
     found = d.result
     assert connection.asked == rec.events_asks
     assert found.note == "not compared: 3 of its events are still on their way to the gateway"
@@ -68,13 +70,51 @@ def test_it_waits_for_the_terminals_own_events_and_says_so_when_they_keep_coming
 
 def test_nothing_is_compared_while_sync_is_disabled(tmp_path):
     connection = Listing()
-    rec, _ = reconciler(tmp_path, connection, SyncMode.DISABLED)
-    found = rec.reconcile(7).result
+    rec, clock = reconciler(tmp_path, connection, SyncMode.DISABLED)
+    d = rec.reconcile(7)
+    clock.advance(0)
+    found = d.result
     assert "sync mode disabled" in found.note and connection.asked == 0
 
 
 def test_stopping_cancels_a_wait_for_events(tmp_path):
     rec, clock = reconciler(tmp_path, Listing(pending=1))
     d = rec.reconcile(7)
+    clock.advance(0)
     rec.stop()
     assert d.called and not clock.getDelayedCalls()
+
+
+class Dropping:
+    """Terminals whose links are about to drop: an ask waits until ``drop()``, then fails at once."""
+
+    def __init__(self):
+        self.waiting: list[defer.Deferred] = []
+        self.dropped = False
+
+    def events_pending(self):
+        if self.dropped:
+            return defer.fail(ConnectionError("link lost"))
+        self.waiting.append(defer.Deferred())
+        return self.waiting[-1]
+
+    def drop(self):
+        self.dropped = True
+        for d in self.waiting:
+            d.errback(ConnectionError("link lost"))
+
+
+def test_a_thousand_comparisons_failing_at_once_end_one_by_one_not_inside_each_other(tmp_path):
+    # A site's network blip: the comparisons queued behind the running ones all fail at once.
+    links = Dropping()
+    terms = {t: Terminal(t, connection=links) for t in range(1, 3001)}
+    registry = SimpleNamespace(terminals=terms, connected=lambda: list(terms.values()))
+    clock = task.Clock()
+    metrics = Metrics()
+    rec = Reconciler(Now(f"sqlite:///{tmp_path / 'g.db'}"), registry, SimpleNamespace(mode=SyncMode.ALL), clock, metrics, lambda t, u: None)
+    ended = [rec.reconcile(t) for t in terms]
+    clock.advance(0)
+    links.drop()
+    clock.advance(0)
+    assert all(d.called for d in ended)
+    assert metrics.failures.labels("reconcile")._value.get() == len(terms)
