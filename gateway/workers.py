@@ -82,7 +82,8 @@ class Supervisor:
 
     ``argv(index)``: the command line of worker ``index``. A worker that dies within
     ``start_s`` of its start could not start (a database down, a port in use): the others are
-    stopped too and the supervisor exits 1, as a single gateway would.
+    stopped too and the supervisor exits 1, as a single gateway would. One killed by a signal
+    is started again however soon it died: a worker killed by an operator, or by the kernel.
     """
 
     start_s = 5.0
@@ -127,8 +128,8 @@ class Supervisor:
             status = proc.poll()
             if status is None or self._stopping:
                 continue
-            if time.monotonic() - self._started[index] < self.start_s:
-                return index
+            if status > 0 and time.monotonic() - self._started[index] < self.start_s:
+                return index  # it gave up by itself: killed by a signal, it is started again
             self._say(f"worker {index} (pid {proc.pid}) ended with status {status}; starting it again")
             time.sleep(self.restart_pause_s)
             self._spawn(index)
