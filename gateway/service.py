@@ -113,6 +113,7 @@ class Gateway:
         self.activity.stop()
         self.reconciler.stop()
         self.puller.stop()
+        self.pusher.stop()
         self.eventlog.stop()
         yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
         for port in (self.tcp_port, self.tls_port):
