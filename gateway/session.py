@@ -12,6 +12,7 @@ connection or an address on an RS-485 bus.
 
 from collections import deque
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Protocol
 
 from twisted.internet import defer
@@ -113,7 +114,7 @@ class TerminalSession:
         return d.addCallback(lambda body: FetchedUsers(list(body.users), list(body.missing)))
 
     def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
-        d = self.request(Command.PUT_USERS, payload=put_users_payload(records, keep_local_changes))
+        d = self.request(Command.PUT_USERS, payload=_shared_put_payload(tuple(records), keep_local_changes))
         return d.addCallback(_results)
 
     def delete_users(self, user_ids: list[str]) -> defer.Deferred:
@@ -410,6 +411,14 @@ class TerminalSession:
         if state is Liveness.KEEPALIVE_DUE:
             self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
         self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+
+
+@lru_cache(maxsize=16)
+def _shared_put_payload(records: tuple[bytes, ...], keep_local_changes: bool) -> bytes:
+    """One change pushed to every terminal on links of one size: its PUT_USERS payload is built
+    once and shared. Records are the feed read's bytes, shared by every terminal woken by one
+    change, so the key hashes cached hashes and compares by identity first."""
+    return put_users_payload(list(records), keep_local_changes)
 
 
 def _results(body) -> list[UserResult]:
