@@ -67,12 +67,15 @@ class Tally:
         self._counts: dict[str, int] = {}
         self._terminals: set[int] = set()
         self._flush = None
+        self._stopped = False
 
     def add(self, terminal_id: int, **counts: int) -> None:
         for name, n in counts.items():
             self._counts[name] = self._counts.get(name, 0) + n
         self._terminals.add(terminal_id)
-        if self._flush is None:
+        if self._stopped:
+            self._summarise()  # what still comes in after a stop (answers in flight) is said at once
+        elif self._flush is None:
             self._flush = self._clock.callLater(self.period_s, self._summarise)
 
     def _summarise(self) -> None:
@@ -81,7 +84,8 @@ class Tally:
             self._log.info(self._format, terminals=len(terminals), period=self.period_s, **counts)
 
     def stop(self) -> None:
-        """Say what is counted now (the gateway stops)."""
+        """Say what is counted now (the gateway stops), and from now on as it comes."""
+        self._stopped = True
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._summarise()

@@ -67,3 +67,5 @@ def test_a_tally_says_once_a_period_what_was_counted_and_nothing_when_idle():
     tally.add(7, changes=1)
     tally.stop()  # the gateway stops: what is counted is said, and no timer is left
     assert said.lines[-1] == "1 changes at 1 terminals in 1 s" and not clock.getDelayedCalls()
+    tally.add(8, changes=2)  # an answer still in flight
+    assert said.lines[-1] == "2 changes at 1 terminals in 1 s" and not clock.getDelayedCalls()
