@@ -4,9 +4,9 @@ They live in the ``events`` table beside terminal log events, so one query, one 
 live stream show both.
 """
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from gateway.database import insert_many
 from gateway.schema import events
 
 SAVED_FROM_DEVICE = "User update succeeded (Device)"
@@ -62,5 +62,4 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
 
 
 def record_sync_events(conn: Connection, rows: list[dict]) -> None:
-    if rows:
-        conn.execute(insert(events), rows)
+    insert_many(conn, events, rows)

@@ -35,8 +35,11 @@ class Pusher:
     scan_limit = 256  # feed rows read per round
     batch_users = 64  # users per PUT_USERS or DELETE_USERS
 
-    def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None):
+    def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
+                 commit_with=None):
         self._db = db
+        # Where cursor moves are written: the event log's next group commit (``commit_with_events``), or a transaction of their own.
+        self._commit_with = commit_with
         # A terminal kept its own keypad change (LOCAL_CHANGE_PENDING): a pull of it is owed, or it stays pending for ever.
         self._on_local_change_kept = on_local_change_kept
         self._registry = registry
@@ -46,7 +49,7 @@ class Pusher:
         self._busy: set[int] = set()
         self._again: set[int] = set()
         # Cursor moves wait here while one commit runs; the next commit takes them all (group
-        # commit), so a storm costs one fsync per round of the writer, not one per terminal.
+        # commit), so a storm costs no fsync per terminal, and with the event log's commits none at all.
         self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
         self._moving_cursors = False
         self._feed_reads: dict[int, tuple[int, list[defer.Deferred]]] = {}  # cursor -> (wake it began in, waiters)
@@ -165,7 +168,8 @@ class Pusher:
                     d.callback(None)
             self._commit_cursor_moves()
 
-        self._db.write(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
+        commit = self._commit_with or self._db.write
+        commit(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
 
     def _round_done(self, result, terminal_id: int):
         self._busy.discard(terminal_id)
@@ -186,9 +190,10 @@ def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms:
     """Monitoring rows for a terminal's answers to a put or a delete, and the users it kept its
     own change of (LOCAL_CHANGE_PENDING): each of those owes a pull."""
     rows, kept = [], []
+    applied = 0
     for result in results:
         if result.status == UserStatus.OK:
-            metrics.pushes.inc()
+            applied += 1
             rows.append(sync_event_row(applied_type, terminal_id, result.user_id, at_ms=now_ms))
         elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
             log.info("terminal {tid} keeps its own change of user {user}: a pull of it is owed", tid=terminal_id, user=result.user_id)
@@ -196,6 +201,8 @@ def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms:
         else:
             metrics.failures.labels("push_refused").inc()
             rows.append(sync_event_row(PUSH_REFUSED, terminal_id, result.user_id, f"terminal answered {_status_name(result.status)}", at_ms=now_ms))
+    if applied:
+        metrics.pushes.inc(applied)
     return rows, kept
 
 
