@@ -24,7 +24,7 @@ from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation, Liveness
 from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError
 from protocol.events import MAX_EVENT_ID
-from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
+from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Flags, Frame
 from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, replaced_notice, response_frame
 
 log = Logger(namespace="gateway.session")
@@ -114,11 +114,11 @@ class TerminalSession:
         return d.addCallback(lambda body: FetchedUsers(list(body.users), list(body.missing)))
 
     def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
-        d = self.request(Command.PUT_USERS, payload=_shared_put_payload(tuple(records), keep_local_changes))
+        d = self.request(Command.PUT_USERS, payload=_shared_put_payload(tuple(records), keep_local_changes), raw=True)
         return d.addCallback(_results)
 
     def delete_users(self, user_ids: list[str]) -> defer.Deferred:
-        return self.request(Command.DELETE_USERS, dict(user_ids=user_ids)).addCallback(_results)
+        return self.request(Command.DELETE_USERS, dict(user_ids=user_ids), raw=True).addCallback(_results)
 
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
         d = self.request(Command.LIST_USERS, dict(after_user_id=after_user_id, limit=limit))
@@ -421,9 +421,17 @@ def _shared_put_payload(records: tuple[bytes, ...], keep_local_changes: bool) ->
     return put_users_payload(list(records), keep_local_changes)
 
 
-def _results(body) -> list[UserResult]:
-    # Item access: a Container's attribute access costs ten times as much, once per delivery.
-    return [UserResult(r["user_id"], r["status"]) for r in body["results"]]
+def _results(answer: Frame) -> list[UserResult]:
+    return list(_parsed_results(answer.command, answer.payload))
+
+
+@lru_cache(maxsize=256)
+def _parsed_results(command: int, payload: bytes) -> tuple[UserResult, ...]:
+    """The outcomes a PUT_USERS or DELETE_USERS answer carries. Every terminal applying one push
+    answers the same bytes ("user 3-17: OK"), so each distinct answer is parsed once."""
+    body = parse_body(Frame(command, payload, Flags.RESPONSE))
+    # Item access: a Container's attribute access costs ten times as much.
+    return tuple(UserResult(r["user_id"], r["status"]) for r in body["results"])
 
 
 def _command_name(command: int) -> str:
