@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     engine = make_engine(url)
     migrate(engine)
     people = People(1, mix=MIXES[args.mix])
+    run(engine, [people.person(f"warm-up-{n}") for n in range(50)], 1)  # connections opened, pages cached
     figures = []
     for writers in (1, args.writers):
         records = [people.person(f"cost-{writers}-{n}") for n in range(args.changes)]
