@@ -45,12 +45,30 @@ def test_the_search_climbs_until_the_first_step_not_held():
         return report(p99=p99_by_rate[rate])
 
     steps = capacity.find_capacity((10, 20, 40, 80), run_step)
-    assert offered == [10, 20, 40]  # 80 never offered: 40 did not hold
+    assert offered == [10, 20, 40, 40]  # 40 missed the limit twice; 80 never offered
     found = capacity.capacity_report(steps, capacity.P99_LIMIT_MS)
     assert found["capacity_rate"] == 20 and not found["ladder_exhausted"]
     assert found["stopped_by"]["rate"] == 40 and "p99" in found["stopped_by"]["why_not"]
-    assert [s["held"] for s in found["steps"]] == [True, True, False]
+    assert [s["held"] for s in found["steps"]] == [True, True, False, False]
     assert "capacity: 20/s held" in capacity.capacity_table(found)
+
+
+def test_a_step_missing_the_latency_limit_once_is_run_again_and_may_hold():
+    p99s = iter([300.0, 2600.0, 900.0, 2500.0, 2700.0])
+    steps = capacity.find_capacity((10, 20, 30), lambda rate: report(p99=next(p99s)))
+    assert [(s.rate, s.held) for s in steps] == [(10, True), (20, False), (20, True), (30, False), (30, False)]
+    assert capacity.capacity_report(steps, capacity.P99_LIMIT_MS)["capacity_rate"] == 20
+
+
+def test_a_step_that_lost_anything_stops_the_search_at_once():
+    offered = []
+
+    def run_step(rate):
+        offered.append(rate)
+        return report(ok=rate < 20, lost_events=1 if rate >= 20 else 0)
+
+    capacity.find_capacity((10, 20, 30), run_step)
+    assert offered == [10, 20]  # no second chance for a loss
 
 
 def test_a_gateway_holding_the_whole_ladder_says_capacity_is_higher():
@@ -61,7 +79,7 @@ def test_a_gateway_holding_the_whole_ladder_says_capacity_is_higher():
 
 def test_no_rate_held_gives_no_capacity():
     found = capacity.capacity_report(capacity.find_capacity((5, 10), lambda rate: report(p99=9000)), capacity.P99_LIMIT_MS)
-    assert found["capacity"] is None and len(found["steps"]) == 1
+    assert found["capacity"] is None and len(found["steps"]) == 2  # the first rate, twice
     assert "not even the first rate held" in capacity.capacity_table(found)
 
 
