@@ -353,10 +353,12 @@ def main(argv: list[str] | None = None) -> int:
 def find_capacity(args, run_dir: Path) -> int:
     """One load test per rate of the ladder, each in its own folder, until one does not hold."""
     base: dict | None = None
+    runs: dict[float, int] = {}  # rate -> runs so far: a step repeated gets a folder (and an empty database) of its own
 
     def run_step(rate: float) -> dict:
         nonlocal base
-        folder = run_dir / f"rate-{rate:g}"
+        runs[rate] = runs.get(rate, 0) + 1
+        folder = run_dir / (f"rate-{rate:g}" if runs[rate] == 1 else f"rate-{rate:g}-run{runs[rate]}")
         folder.mkdir(parents=True, exist_ok=True)
         step = LoadTest(argparse.Namespace(**{**vars(args), "rate": rate}), folder)
         if base is None:
