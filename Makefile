@@ -23,7 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/zk_poll.py --json reports/zk_poll.json
 
 # One 60 s storm, then the capacity search: one 15 s run per rate of the default ladder, up to the first
-# that does not hold (p99 propagation over 2 s, or anything lost). About 5 to 9 minutes in all.
+# that does not hold (p99 propagation over 2 s twice, or anything lost). About 6 to 10 minutes in all.
 loadtest: $(STAMP)
 	mkdir -p reports
 	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 60 --json reports/loadtest.json
