@@ -109,8 +109,44 @@ def _dialect(conn):
 
 def insert_ignoring_duplicates(conn, table, rows: list[dict]) -> None:
     """INSERT that skips rows whose key is already stored: how resends stay stored once."""
-    if rows:
-        conn.execute(_dialect(conn).insert(table).on_conflict_do_nothing(), rows)
+    insert_many(conn, table, rows, ignore_duplicates=True)
+
+
+def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) -> None:
+    """INSERT many rows, all with the first row's keys (as SQLAlchemy's executemany).
+
+    On SQLite the rows go to the driver's executemany as tuples, the statement compiled once:
+    SQLAlchemy's per-row parameter processing cost more than SQLite storing the rows. Columns
+    whose type needs a bind processor or a default, and PostgreSQL (where SQLAlchemy batches
+    rows into multi-VALUES statements), take SQLAlchemy's own path.
+    """
+    if not rows:
+        return
+    stmt = _dialect(conn).insert(table)
+    if ignore_duplicates:
+        stmt = stmt.on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
+        if compiled is not None:
+            sql, keys = compiled
+            conn.exec_driver_sql(sql, [tuple(row[k] for k in keys) for row in rows])
+            return
+    conn.execute(stmt, rows)
+
+
+_COMPILED_INSERTS: dict = {}
+
+
+def _compiled_insert(dialect, stmt, key: tuple) -> tuple[str, tuple[str, ...]] | None:
+    """(SQL, parameter order) of ``stmt`` for rows with the keys ``key[-1]``; None when a type
+    needs processing or a column left out has a default to fill in."""
+    if key not in _COMPILED_INSERTS:
+        keys = key[-1]
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        order = tuple(compiled.positiontup or ())
+        plain = compiled.positional and not compiled._bind_processors and set(order) <= set(keys)
+        _COMPILED_INSERTS[key] = (compiled.string, order) if plain else None
+    return _COMPILED_INSERTS[key]
 
 
 def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> None:

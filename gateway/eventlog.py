@@ -101,6 +101,8 @@ class EventLog:
         self._paused = False
         self._retry = None
         self._logs: dict[int, LogState] = {}  # terminal -> its current log, as committed
+        # Other writes that take the next group commit rather than one of their own: (work, args, fired once committed).
+        self._riders: list[tuple] = []
         # Failure records wait here until a commit succeeds again, shown meanwhile.
         self.unsaved = UnsavedEvents(metrics)
 
@@ -146,6 +148,18 @@ class EventLog:
             self._flush()
         return sub.done
 
+    def commit_with_events(self, work, *args) -> defer.Deferred:
+        """Run ``work(connection, *args)`` in the next group commit of events; fires once it is
+        committed, fails if that commit does (the caller decides whether to try again).
+
+        In a storm the sync core's own writes (cursor moves and the monitoring events of
+        acknowledged pushes) then cost no transaction and no fsync of their own."""
+        d = defer.Deferred()
+        self._riders.append((work, args, d))
+        if not self._flushing:
+            self._flush()
+        return d
+
     def record_failure_later(self, row: dict) -> None:
         """Store a monitoring row with the next commit, or on its own if no events are coming."""
         self.unsaved.add(row)
@@ -168,21 +182,23 @@ class EventLog:
         return batch
 
     def _flush(self) -> None:
-        if not self._queue and not self.unsaved:
+        if not self._queue and not self.unsaved and not self._riders:
             return
         self._flushing = True
         batch = self._take_batch()
         unsaved = self.unsaved.taken()
+        riders, self._riders = self._riders, []
         started = self._clock.seconds()
-        d = self._db.write(_store, batch, self.unsaved.rows(), self._now_ms(), dict(self._logs))
-        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, unsaved, started), errbackArgs=(batch,))
+        d = self._db.write(_store, batch, self.unsaved.rows(), self._now_ms(), dict(self._logs), [r[:2] for r in riders])
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, unsaved, started, riders), errbackArgs=(batch, riders))
 
-    def _committed(self, stored, batch: list[_Submission], unsaved: list[int], started: float) -> None:
+    def _committed(self, stored, batch: list[_Submission], unsaved: list[int], started: float, riders: list[tuple]) -> None:
         logs, anomalies = stored
         self._logs.update(logs)
         count = sum(len(s.events) for s in batch)
         self._metrics.events_ingested.inc(count)
-        self._metrics.commit_batch_size.observe(count)
+        if batch:
+            self._metrics.commit_batch_size.observe(count)
         self._metrics.commit_seconds.observe(self._clock.seconds() - started)
         self.unsaved.stored(unsaved)  # by number: rows may have been added (or dropped) meanwhile
         self._failures = 0
@@ -198,11 +214,15 @@ class EventLog:
         except Exception:  # the owed pulls are stored: they are picked up when the terminal reconnects
             log.failure("could not start the pulls these events asked for")
         self._flush()
+        for *_, done in riders:  # after the next flush began: what they ride next waits for the one after
+            done.callback(None)
 
-    def _failed(self, failure, batch: list[_Submission]) -> None:
+    def _failed(self, failure, batch: list[_Submission], riders: list[tuple]) -> None:
         if not failure.check(DatabaseFailure):
             log.failure("unexpected error committing events", failure)
         self._metrics.failures.labels("event_commit").inc()
+        for *_, done in riders:
+            done.errback(failure)
         delay = self.retry_after(self._failures)
         self._failures += 1
         log.warn(
@@ -344,8 +364,9 @@ def _irregular(rows, anomalies, terminal_id: int, epoch: int, recorded: int, kin
 
 
 def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: int,
-           logs: dict[int, LogState] | None = None) -> tuple[dict[int, LogState], list[Anomaly]]:
-    """Store a group commit's events; the logs they went to (``logs``: those known before) and what to report."""
+           logs: dict[int, LogState] | None = None, riders=()) -> tuple[dict[int, LogState], list[Anomaly]]:
+    """Store a group commit's events, and run the ``(work, args)`` riding along; the logs they
+    went to (``logs``: those known before) and what to report."""
     logs = dict(logs or {})
     rows, pulls, anomalies = [], [], []
     for sub in batch:
@@ -359,4 +380,6 @@ def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: i
     # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
     upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])
     record_sync_events(conn, failure_rows)
+    for work, args in riders:
+        work(conn, *args)
     return logs, anomalies

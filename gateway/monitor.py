@@ -4,9 +4,9 @@ They live in the ``events`` table beside terminal log events, so one query, one 
 live stream show both.
 """
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from gateway.database import insert_many
 from gateway.peers import take_commit_turn
 from gateway.schema import events
 
@@ -64,5 +64,5 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
 
 def record_sync_events(conn: Connection, rows: list[dict]) -> None:
     if rows:
-        take_commit_turn(conn)
-        conn.execute(insert(events), rows)
+        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/peers.py)
+        insert_many(conn, events, rows)

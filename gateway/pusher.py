@@ -8,12 +8,13 @@ terminal was away are one row in the feed, so they reach it as one record.
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
+from gateway.quietlog import Tally
 from gateway.schema import terminals, users
 from gateway.syncmode import parse_groups
 from protocol.messages import UserStatus
@@ -34,8 +35,11 @@ class Pusher:
     scan_limit = 256  # feed rows read per round
     batch_users = 64  # users per PUT_USERS or DELETE_USERS
 
-    def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None):
+    def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
+                 commit_with=None):
         self._db = db
+        # Where cursor moves are written: the event log's next group commit (``commit_with_events``), or a transaction of their own.
+        self._commit_with = commit_with
         # A terminal kept its own keypad change (LOCAL_CHANGE_PENDING): a pull of it is owed, or it stays pending for ever.
         self._on_local_change_kept = on_local_change_kept
         self._registry = registry
@@ -45,11 +49,16 @@ class Pusher:
         self._busy: set[int] = set()
         self._again: set[int] = set()
         # Cursor moves wait here while one commit runs; the next commit takes them all (group
-        # commit), so a storm costs one fsync per round of the writer, not one per terminal.
+        # commit), so a storm costs no fsync per terminal, and with the event log's commits none at all.
         self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
         self._moving_cursors = False
         self._feed_reads: dict[int, tuple[int, list[defer.Deferred]]] = {}  # cursor -> (wake it began in, waiters)
         self._wakes = 0  # wake_all calls so far: each follows a committed change
+        # A storm is thousands of acknowledged pushes a second: one INFO line a second, DEBUG for each.
+        self._applied = Tally(log, clock, "{changes} user changes applied by {terminals} terminals in the last {period:g} s")
+
+    def stop(self) -> None:
+        self._applied.stop()
 
     def wake_all(self) -> None:
         self._wakes += 1
@@ -132,7 +141,8 @@ class Pusher:
         def moved(_):
             term.cursor = max(term.cursor, cursor)
             if applied:
-                log.info("terminal {tid} applied {n} user changes (cursor {cursor})", tid=term.terminal_id, n=applied, cursor=cursor)
+                log.debug("terminal {tid} applied {n} user changes (cursor {cursor})", tid=term.terminal_id, n=applied, cursor=cursor)
+                self._applied.add(term.terminal_id, changes=applied)
             return more
 
         return d.addCallback(moved)
@@ -158,7 +168,8 @@ class Pusher:
                     d.callback(None)
             self._commit_cursor_moves()
 
-        self._db.write(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
+        commit = self._commit_with or self._db.write
+        commit(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
 
     def _round_done(self, result, terminal_id: int):
         self._busy.discard(terminal_id)
@@ -179,9 +190,10 @@ def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms:
     """Monitoring rows for a terminal's answers to a put or a delete, and the users it kept its
     own change of (LOCAL_CHANGE_PENDING): each of those owes a pull."""
     rows, kept = [], []
+    applied = 0
     for result in results:
         if result.status == UserStatus.OK:
-            metrics.pushes.inc()
+            applied += 1
             rows.append(sync_event_row(applied_type, terminal_id, result.user_id, at_ms=now_ms))
         elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
             log.info("terminal {tid} keeps its own change of user {user}: a pull of it is owed", tid=terminal_id, user=result.user_id)
@@ -189,6 +201,8 @@ def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms:
         else:
             metrics.failures.labels("push_refused").inc()
             rows.append(sync_event_row(PUSH_REFUSED, terminal_id, result.user_id, f"terminal answered {_status_name(result.status)}", at_ms=now_ms))
+    if applied:
+        metrics.pushes.inc(applied)
     return rows, kept
 
 
@@ -223,16 +237,18 @@ def read_feed(conn, cursor: int, limit: int) -> list[FeedEntry]:
     return [FeedEntry(r[0], r[1], r[2], parse_groups(r[3]), r[4]) for r in conn.execute(stmt)]
 
 
+# One statement for every cursor move of a group commit, executed with many parameter sets.
+_MOVE_CURSOR = (
+    update(terminals)
+    .where(terminals.c.terminal_id == bindparam("moved_terminal"), terminals.c.cursor < bindparam("moved_to"))
+    .values(cursor=bindparam("moved_to"))
+)
+
+
 def advance_cursors(conn, moves: list[tuple[int, int, list[dict]]]) -> None:
-    """Several terminals' cursor moves, ``(terminal_id, cursor, monitor_rows)``, in one transaction."""
-    for terminal_id, cursor, monitor_rows in moves:
-        advance_cursor(conn, terminal_id, cursor, monitor_rows)
-
-
-def advance_cursor(conn, terminal_id: int, cursor: int, monitor_rows: list[dict]) -> None:
-    conn.execute(
-        update(terminals)
-        .where(terminals.c.terminal_id == terminal_id, terminals.c.cursor < cursor)
-        .values(cursor=cursor)
-    )
-    record_sync_events(conn, monitor_rows)
+    """Several terminals' cursor moves, ``(terminal_id, cursor, monitor_rows)``, in one transaction:
+    one UPDATE executed for all moves, one INSERT for all their monitoring rows. A cursor only
+    moves forward, so two moves of one terminal in a batch leave the higher."""
+    if moves:
+        conn.execute(_MOVE_CURSOR, [dict(moved_terminal=t, moved_to=cursor) for t, cursor, _ in moves])
+    record_sync_events(conn, [row for *_, rows in moves for row in rows])

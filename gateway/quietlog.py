@@ -1,10 +1,15 @@
-"""RepeatedLines: log lines an attacker can repeat at will, said once and then summarised.
+"""Quiet logs: lines that could come thousands of times a second, said once and then summarised.
+
+``RepeatedLines``: log lines an attacker can repeat at will, said once and then summarised.
 
 A refused connection, a stranger's garbage, a wrong secret: each is worth one line, but a flood
 of them must not fill the disk. The first line of a kind from one source in a period is logged
 in full; the rest are counted, and when the period ends one line says how many there were
 ("312 more refused connections from 127.0.0.1 in the last 10 s"). The count of sources kept in
 one period is bounded too: past ``max_sources``, further sources share one summary line.
+
+``Tally``: work done per delivery (a terminal applied a push) is counted, and one line a second
+says how much there was; each delivery is still a DEBUG line and a stored monitoring event.
 """
 
 from twisted.logger import Logger
@@ -46,6 +51,41 @@ class RepeatedLines:
 
     def stop(self) -> None:
         """Say what is held back now (the gateway stops)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._summarise()
+
+
+class Tally:
+    """Counts summed over a period and logged once at its end, if anything was counted."""
+
+    def __init__(self, log: Logger, clock, format: str, period_s: float = 1.0):
+        self._log = log
+        self._clock = clock
+        self._format = format  # fields: the counts' names, and ``period``
+        self.period_s = period_s
+        self._counts: dict[str, int] = {}
+        self._terminals: set[int] = set()
+        self._flush = None
+        self._stopped = False
+
+    def add(self, terminal_id: int, **counts: int) -> None:
+        for name, n in counts.items():
+            self._counts[name] = self._counts.get(name, 0) + n
+        self._terminals.add(terminal_id)
+        if self._stopped:
+            self._summarise()  # what still comes in after a stop (answers in flight) is said at once
+        elif self._flush is None:
+            self._flush = self._clock.callLater(self.period_s, self._summarise)
+
+    def _summarise(self) -> None:
+        counts, terminals, self._counts, self._terminals, self._flush = self._counts, self._terminals, {}, set(), None
+        if counts:
+            self._log.info(self._format, terminals=len(terminals), period=self.period_s, **counts)
+
+    def stop(self) -> None:
+        """Say what is counted now (the gateway stops), and from now on as it comes."""
+        self._stopped = True
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._summarise()

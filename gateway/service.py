@@ -72,7 +72,8 @@ class Gateway:
                                  pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
         self.metrics.events_waiting.set_function(lambda: self.eventlog.queued_events)
         self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics,
-                             on_local_change_kept=lambda terminal_id, user_ids: self.puller.owe(terminal_id, user_ids))
+                             on_local_change_kept=lambda terminal_id, user_ids: self.puller.owe(terminal_id, user_ids),
+                             commit_with=self.eventlog.commit_with_events)
         self.puller = Puller(self.db, self.registry, self.eventlog, self.clock, self.metrics, self._wake_pushes,
                              keep_local_changes=lambda: self.settings.mode.pulls_device_updates)
         self.reconciler = Reconciler(self.db, self.registry, self.settings, self.clock, self.metrics, self.puller.owe)
@@ -154,6 +155,7 @@ class Gateway:
         self.accept_watch.stop()
         self.reconciler.stop()
         self.puller.stop()
+        self.pusher.stop()
         self.eventlog.stop()
         yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
         for port in (self.tcp_port, self.tls_port):

@@ -14,20 +14,21 @@ line produces them all day, and the next frame after one must still come out.
 import zlib
 from collections.abc import Iterator
 
-from construct import Container
-
 from protocol.errors import FrameError
 from protocol.frame import (
     CRC_SIZE,
     HEADER_SIZE,
+    HEADER_STRUCT,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
     SOF,
     Flags,
     Frame,
-    FrameHeaderCompiled,
     header_crc,
 )
+
+# What the header reader hands the frame reader: version, flags, address, terminal_id, seq, command, length.
+Header = tuple[int, int, int, int, int, int, int]
 
 
 class StreamDecoder:
@@ -88,7 +89,7 @@ class StreamDecoder:
         self._pos = start
         return FrameError(self._base + pos, f"{start - pos} bytes outside any frame skipped", start - pos, continues=self._after_reject)
 
-    def _read_header(self) -> Container | FrameError | None:
+    def _read_header(self) -> Header | FrameError | None:
         """Check the header at the start of frame, leaving it unread for the frame reader; a bad
         header costs one byte, so the search for the next start of frame resumes right after it."""
         pos = self._pos
@@ -98,18 +99,19 @@ class StreamDecoder:
         # The CRC before the parse: a start-of-frame pattern in line noise fails it, unparsed.
         if header_crc(head[:-2]) != int.from_bytes(head[-2:], "big"):
             return self._reject(1, "header CRC mismatch")
-        # Items, not attributes: a Container's __getattr__ costs a third of a keepalive's decode.
-        header = FrameHeaderCompiled.parse(head)
-        if header["version"] != PROTOCOL_VERSION:
-            return self._reject(1, f"unsupported protocol version {header['version']}")
-        if header["length"] > self.max_payload:
-            return self._reject_oversized(header["length"])
+        header = HEADER_STRUCT.unpack(head)[1:-1]  # the start of frame was found, the CRC checked
+        version, length = header[0], header[-1]
+        if version != PROTOCOL_VERSION:
+            return self._reject(1, f"unsupported protocol version {version}")
+        if length > self.max_payload:
+            return self._reject_oversized(length)
         return header
 
-    def _read_frame(self, header: Container) -> Frame | FrameError | None:
+    def _read_frame(self, header: Header) -> Frame | FrameError | None:
         """Consume the whole frame once its payload and CRC are in, checking the CRC."""
+        version, flags, address, terminal_id, seq, command, length = header
         pos = self._pos
-        crc_at = pos + HEADER_SIZE + header["length"]
+        crc_at = pos + HEADER_SIZE + length
         if len(self._buffer) < crc_at + CRC_SIZE:
             return None
         with memoryview(self._buffer) as view:
@@ -117,15 +119,8 @@ class StreamDecoder:
                 return self._reject(1, "CRC mismatch")
             payload = bytes(view[pos + HEADER_SIZE : crc_at])
         self._pos = crc_at + CRC_SIZE
-        return Frame(
-            command=header["command"],
-            payload=payload,
-            flags=Flags(header["flags"]),
-            terminal_id=header["terminal_id"],
-            seq=header["seq"],
-            address=header["address"],
-            version=header["version"],
-        )
+        return Frame(command=command, payload=payload, flags=Flags(flags), terminal_id=terminal_id, seq=seq, address=address,
+                     version=version)
 
     # -- what a bad frame costs ------------------------------------------------------------------
 

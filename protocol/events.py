@@ -52,6 +52,9 @@ MAX_EVENT_ID = 2**63 - 1  # event ids and timestamps (ms) fit a signed 64-bit co
 USER_CHANGE_CODES = frozenset({EventCode.ENROLL_SUCCESS, EventCode.UPDATE_SUCCESS})
 
 
+_CODE_NAMES = {int(code): code.name for code in EventCode}  # a dict, not an enum call: the event log names every event it stores
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     event_id: int  # per terminal, strictly increasing
@@ -67,10 +70,7 @@ class Event:
 
     @property
     def code_name(self) -> str:
-        try:
-            return EventCode(self.code).name
-        except ValueError:
-            return f"0x{self.code:04X}"
+        return _CODE_NAMES.get(self.code) or f"0x{self.code:04X}"
 
 
 EventStruct = Struct(

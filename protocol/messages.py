@@ -120,8 +120,11 @@ RESPONSES: dict[Command, Construct] = {
 # The bodies a log storm or a sync backlog is made of are compiled; the rest are parsed plainly.
 _HOT = {
     (Command.EVENTS, False),
+    (Command.EVENTS, True),
     (Command.POLL, True),
     (Command.PUT_USERS, False),
+    (Command.PUT_USERS, True),  # one answer per delivery: parsed by the gateway, built by every terminal
+    (Command.DELETE_USERS, True),
     (Command.GET_USERS, True),
 }
 _COMPILED = {

@@ -27,7 +27,7 @@ from simulator.address import parse_host_port
 from simulator.people import MIXES, People
 from simulator.scenarios import SCENARIOS
 from simulator.tcp import DialingTerminal, ListeningTerminal
-from simulator.terminal import Terminal
+from simulator.terminal import Terminal, record_digest_of
 from simulator.zk.device import ZkDevice
 from simulator.zk.station import ZkStation
 
@@ -195,7 +195,7 @@ class Station:
             last_event_id=t.next_event_id - 1,
             unacknowledged=len(t.log),
             overwritten=t.overwritten,
-            users={u: dict(digest=r.digest().hex(), name=r.name) for u, r in sorted(t.users.items())},
+            users={u: dict(digest=record_digest_of(r).hex(), name=r.name) for u, r in sorted(t.users.items())},
             changed_here={u: base64.b64encode(UserRecordWire.build(r)).decode() for u, r in sorted(self.changed_here.items())},
             deleted_here=sorted(self.deleted_here),
         )

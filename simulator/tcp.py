@@ -59,6 +59,7 @@ class TerminalLink(protocol.Protocol):
         self._conversation = Conversation(terminal_id=terminal.terminal_id, address=terminal.address)
         self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
+        self._answering = False  # within dataReceived: events wait for its end
         self._liveness: task.LoopingCall | None = None
         self._handshake_timer = None
         self._why_closed: str | None = None  # said by this side when it closes the link itself
@@ -78,15 +79,22 @@ class TerminalLink(protocol.Protocol):
 
     def dataReceived(self, data: bytes):
         self._conversation.received(self.clock.seconds())
-        for item in self.decoder.feed(data):
-            if not isinstance(item, Frame):
-                log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=item)
-            elif item.is_response:
-                self._answer_received(item)
-            else:
-                self._write(self.terminal.answer(item))
-                if item.command == Command.WELCOME and self.terminal.authenticated:
-                    self._established(parse_body(item).keepalive_s)
+        # Events the requests in this data log (a push of many users) are reported after the
+        # answers, in as few batches as they fill, not one batch per event.
+        self._answering = True
+        try:
+            for item in self.decoder.feed(data):
+                if not isinstance(item, Frame):
+                    log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=item)
+                elif item.is_response:
+                    self._answer_received(item)
+                else:
+                    self._write(self.terminal.answer(item))
+                    if item.command == Command.WELCOME and self.terminal.authenticated:
+                        self._established(parse_body(item).keepalive_s)
+        finally:
+            self._answering = False
+        self.send_events()
 
     def _handshake_expired(self) -> None:
         self._why_closed = f"no handshake within {self.handshake_s:g} s of connecting"
@@ -136,7 +144,8 @@ class TerminalLink(protocol.Protocol):
             self.on_established(self)
 
     def _event_logged(self, _event) -> None:
-        self.send_events()
+        if not self._answering:
+            self.send_events()
 
     def _rewind(self, after_event_id: int) -> None:
         self._sent_through = min(self._sent_through, max(after_event_id, self.terminal.acked_through))

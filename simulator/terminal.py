@@ -12,6 +12,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import replace
+from functools import lru_cache
 
 from protocol.auth import TerminalHandshake
 from protocol.errors import ErrorCode, MessageError
@@ -147,7 +148,7 @@ class Terminal:
         if command not in (Command.HELLO, Command.WELCOME, Command.KEEPALIVE) and not self.authenticated:
             return error_response(self._reply_header(frame), ErrorCode.NOT_AUTHENTICATED, "say HELLO and WELCOME first")
         try:
-            body = parse_body(frame)
+            body = _parsed_put_users(frame.payload) if command == Command.PUT_USERS else parse_body(frame)
         except MessageError as exc:
             return error_response(self._reply_header(frame), ErrorCode.BAD_MESSAGE, str(exc))
         return handler(self, self._reply_header(frame), body)
@@ -239,7 +240,7 @@ class Terminal:
     def _list_users(self, frame: Frame, body) -> bytes:
         ids = sorted(u for u in self.users if u > body.after_user_id)
         page = ids[: body.limit]
-        entries = [dict(user_id=u, digest=self.users[u].digest()) for u in page]
+        entries = [dict(user_id=u, digest=record_digest_of(self.users[u])) for u in page]
         return response(frame, dict(entries=entries, more=len(ids) > len(page)))
 
     def _applied(self, user_id: str, record: UserRecord | None) -> None:
@@ -258,3 +259,18 @@ class Terminal:
         Command.DELETE_USERS: _delete_users,
         Command.LIST_USERS: _list_users,
     }
+
+
+# A fleet's terminals live by the hundred in one process and receive the same pushes: what they
+# parse and digest is computed once per process. Records are frozen, so sharing them is safe.
+
+@lru_cache(maxsize=64)
+def _parsed_put_users(payload: bytes):
+    """The body of a PUT_USERS request (only ever read, never changed)."""
+    return parse_body(Frame(Command.PUT_USERS, payload))
+
+
+@lru_cache(maxsize=65536)
+def record_digest_of(record: UserRecord) -> bytes:
+    """``record.digest()``: what LIST_USERS reports, and the dumps."""
+    return record.digest()

@@ -55,7 +55,7 @@ def test_submissions_queued_during_a_commit_share_the_next_one():
     assert len(db.commits) == 1  # the first went alone; the other two wait for it
     db.commits[0][1].callback(STORED)
     assert len(db.commits) == 2
-    (batch, _failures, _at_ms, _logs), _ = db.commits[1]
+    (batch, _failures, _at_ms, _logs, _riders), _ = db.commits[1]
     assert [s.terminal_id for s in batch] == [2, 3]
 
 
@@ -76,7 +76,7 @@ def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
     db.commits[0][1].errback(Failure(DatabaseFailure("database is locked")))
     assert acks == []
     clock.advance(log.retry_after(0))
-    (batch, failure_rows, _at_ms, _logs), d = db.commits[1]
+    (batch, failure_rows, _at_ms, _logs, _riders), d = db.commits[1]
     assert [s.terminal_id for s in batch] == [1]
     assert [r["type"] for r in failure_rows] == [SAVE_FAILED]
     d.callback(STORED)
@@ -117,3 +117,33 @@ def test_events_are_acknowledged_even_if_what_follows_the_commit_fails():
     assert acks == [3]
     log.submit(1, events(4, 1))
     assert len(db.commits) == 2  # and the log goes on committing
+
+
+def moves(conn, *args):
+    """Stands for the pusher's cursor moves: the controlled database never runs the work."""
+
+
+def test_writes_riding_on_the_next_group_commit_share_it_and_settle_with_it():
+    log, db, _, _ = make_log()
+    settled = []
+    log.submit(1, events(1, 2))
+    log.commit_with_events(moves, "first").addCallback(settled.append)
+    log.submit(2, events(1, 1))
+    assert len(db.commits) == 1 and settled == []  # the ride waits for the commit after the one under way
+    db.commits[0][1].callback(STORED)
+    (batch, _failures, _at_ms, _logs, riders), d = db.commits[1]
+    assert [s.terminal_id for s in batch] == [2] and riders == [(moves, ("first",))]
+    d.callback(STORED)
+    assert settled == [None] and len(db.commits) == 2  # settled, and no commit left to make
+
+
+def test_a_ride_alone_is_a_commit_and_fails_with_it_not_retried():
+    log, db, clock, _ = make_log()
+    failed = []
+    log.commit_with_events(moves, "alone").addErrback(failed.append)
+    ((batch, _failures, _at_ms, _logs, riders), d), = db.commits
+    assert batch == [] and riders == [(moves, ("alone",))]
+    d.errback(Failure(DatabaseFailure("database is locked")))
+    assert failed and failed[0].check(DatabaseFailure)  # its owner decides: the pusher moves the cursor later
+    clock.advance(60)
+    assert len(db.commits) == 1  # nothing to retry: no events were waiting

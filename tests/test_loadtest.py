@@ -110,3 +110,31 @@ def test_the_harness_fails_when_a_terminal_drops_a_record(tmp_path):
 def test_a_fleet_pointed_at_no_host_port_says_so_before_starting_workers(capsys):
     assert fleet_main(["--gateway", "nowhere", "--devices", "2"]) == 2
     assert "--gateway: expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_capacity_search_runs_a_whole_load_test_per_rate(tmp_path):
+    """Two short steps on four terminals, each a whole run with its own gateway; under a generous
+    limit both hold, and the report names the top one as capacity, with its figures."""
+    report_path = tmp_path / "capacity.json"
+    code = main([*SMALL, "--duration", "2", "--find-capacity", "--ladder", "2,4", "--p99-limit-ms", "60000",
+                 "--run-dir", str(tmp_path / "run"), "--json", str(report_path)])
+    found = json.loads(report_path.read_text())
+    assert code == 0
+    assert [s["rate"] for s in found["steps"]] == [2, 4] and found["ladder_exhausted"]
+    best = found["capacity"]
+    assert best["rate"] == 4 and best["user_deliveries_per_s"] > 0
+    assert best["gateway_cpu_us_per_delivery"] > 0 and best["api_idle_p99_ms"] > 0
+    assert all(report["ok"] for report in found["reports"])
+
+
+def test_a_step_missing_the_latency_limit_is_run_again_in_a_folder_of_its_own(tmp_path):
+    """No propagation is within 0.001 ms: the one rate runs twice, each run on an empty database,
+    and no capacity is found (exit 1)."""
+    report_path = tmp_path / "capacity.json"
+    code = main([*SMALL, "--duration", "2", "--find-capacity", "--ladder", "2", "--p99-limit-ms", "0.001",
+                 "--run-dir", str(tmp_path / "run"), "--json", str(report_path)])
+    found = json.loads(report_path.read_text())
+    assert code == 1 and found["capacity"] is None
+    assert [(s["rate"], s["held"]) for s in found["steps"]] == [(2, False), (2, False)]
+    assert all(report["ok"] for report in found["reports"])  # converged both times: only latency failed
+    assert (tmp_path / "run" / "rate-2").is_dir() and (tmp_path / "run" / "rate-2-run2").is_dir()

@@ -27,7 +27,7 @@ from protocol import (
 )
 from protocol import messages
 from protocol.events import EventWire
-from protocol.frame import OVERHEAD, SOF, FrameHeader, FrameHeaderCompiled
+from protocol.frame import HEADER_STRUCT, OVERHEAD, SOF, FrameHeader, FrameHeaderCompiled
 from protocol.json_form import frame_from_json, frame_to_json
 from protocol.compiling import LengthChecked
 from protocol.events import MAX_EVENT_ID
@@ -374,3 +374,12 @@ def test_compiled_frame_header_reads_and_writes_like_the_plain_declaration(field
     if starts_right:
         raw = SOF + raw[2:]
     assert outcome(FrameHeaderCompiled, raw) == outcome(FrameHeader, raw)
+
+
+@BOUNDED
+@given(header_fields)
+def test_the_struct_layout_the_codec_uses_reads_and_writes_like_the_declaration(fields):
+    order = ("version", "flags", "address", "terminal_id", "seq", "command", "length", "header_crc")
+    encoded = FrameHeader.build(fields)
+    assert HEADER_STRUCT.pack(SOF, *(fields[name] for name in order)) == encoded
+    assert HEADER_STRUCT.unpack(encoded) == (SOF, *(FrameHeader.parse(encoded)[name] for name in order))

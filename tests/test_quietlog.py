@@ -1,8 +1,9 @@
-"""RepeatedLines: a flood of one kind of line becomes one line and a summary (task.Clock)."""
+"""Quiet logs (task.Clock): a flood of one kind of line becomes one line and a summary
+(RepeatedLines); work counted per delivery becomes one line a second (Tally)."""
 
 from twisted.internet import task
 
-from gateway.quietlog import OTHER_SOURCES, RepeatedLines
+from gateway.quietlog import OTHER_SOURCES, RepeatedLines, Tally
 from test_doorman import Said
 from test_session import Collaborators, Peer
 
@@ -43,3 +44,28 @@ def test_a_stranger_sending_garbage_costs_one_log_line_however_often_it_comes():
     assert len(said.lines) == 1
     gateway.clock.advance(10)
     assert said.lines[1] == "499 more links closed before authentication from 198.51.100.7 in the last 10 s"
+
+
+class SaidInfo:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, format, **fields):
+        self.lines.append(format.format(**fields))
+
+
+def test_a_tally_says_once_a_period_what_was_counted_and_nothing_when_idle():
+    clock, said = task.Clock(), SaidInfo()
+    tally = Tally(said, clock, "{changes} changes at {terminals} terminals in {period:g} s")
+    for terminal_id in (1, 2, 2, 3):
+        tally.add(terminal_id, changes=5)
+    assert said.lines == []
+    clock.advance(1)
+    assert said.lines == ["20 changes at 3 terminals in 1 s"]
+    clock.advance(5)
+    assert len(said.lines) == 1 and not clock.getDelayedCalls()  # idle: no line, no timer
+    tally.add(7, changes=1)
+    tally.stop()  # the gateway stops: what is counted is said, and no timer is left
+    assert said.lines[-1] == "1 changes at 1 terminals in 1 s" and not clock.getDelayedCalls()
+    tally.add(8, changes=2)  # an answer still in flight
+    assert said.lines[-1] == "2 changes at 1 terminals in 1 s" and not clock.getDelayedCalls()

@@ -14,7 +14,8 @@ from protocol import auth
 from protocol.errors import ErrorCode
 from protocol.events import Event, EventCode, EventWire, Origin
 from protocol.frame import Frame, encode_frame
-from protocol.messages import MAX_HANDSHAKE_PAYLOAD, Command, error_response, parse_body, request, response
+from protocol.messages import MAX_HANDSHAKE_PAYLOAD, Command, error_response, parse_body, put_users_payload, request, response
+from protocol.records import UserRecord, UserRecordWire
 from protocol.decoder import StreamDecoder
 
 SECRET = b"s3cret"
@@ -358,3 +359,17 @@ def test_frames_right_after_welcome_may_be_large_even_in_the_same_chunk():
     (submitted, _), = peer.gateway.submitted
     assert len(submitted) == 256
     assert not peer.transport.disconnecting
+
+
+def test_one_push_to_many_terminals_builds_its_put_users_payload_once():
+    records = [UserRecordWire.build(UserRecord(f"u{n}", name="Ana")) for n in range(3)]
+    sent = []
+    for _ in range(2):
+        peer = Peer()
+        peer.establish()
+        peer.session.link.send = sent.append
+        peer.session.put_users(list(records), True)
+    first, second = sent
+    assert first.command == second.command == Command.PUT_USERS
+    assert first.payload == put_users_payload(records, True)
+    assert first.payload is second.payload  # shared, not built again

@@ -9,7 +9,7 @@ from gateway.database import DatabaseFailure
 from gateway.eventlog import _store, _Submission, last_stored_event_id
 from gateway.monitor import SAVED_FROM_DEVICE
 from gateway.puller import merge_pulled
-from gateway.pusher import advance_cursor, read_feed
+from gateway.pusher import advance_cursors, read_feed
 from gateway.schema import events, metadata, pending_pulls, terminals
 from gateway.users import (
     UnknownUser,
@@ -115,8 +115,8 @@ def test_merge_that_changes_nothing_for_the_terminal_marks_it_as_holder(db):
 def test_cursor_only_moves_forward(db):
     db.run_now(lambda c: c.execute(terminals.insert().values(
         terminal_id=1, name="", admission="admitted", access_groups="", model="", firmware="", link="", cursor=0)))
-    db.run_now(advance_cursor, 1, 10, [])
-    db.run_now(advance_cursor, 1, 5, [])
+    db.run_now(advance_cursors, [(1, 10, [])])
+    db.run_now(advance_cursors, [(1, 5, []), (1, 7, [])])
     assert db.run_now(lambda c: c.execute(select(terminals.c.cursor)).scalar()) == 10
 
 

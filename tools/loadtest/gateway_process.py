@@ -89,8 +89,8 @@ class GatewayProcess:
         return self.proc.pid
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the gateway has used so far (all its threads, and its
-        workers' when it runs several: those that ended count too, once the supervisor reaped them)."""
+        """User plus system CPU seconds the gateway has used so far: all its threads and its child
+        processes (the API process; the workers of ``--workers N``, and those that ended once reaped)."""
         total = 0.0
         for pid in [self.pid, *self.worker_pids()]:
             try:
@@ -102,7 +102,7 @@ class GatewayProcess:
         return total
 
     def worker_pids(self) -> list[int]:
-        """The workers of ``--workers N`` running now (none for a single process)."""
+        """The gateway's child processes running now: the workers of ``--workers N``, else the API process."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         return [int(p) for p in children.read_text().split()] if children.exists() else []
 

@@ -29,7 +29,7 @@ from gateway.users import CHANGE_SEQ
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
-from tools.loadtest import baselines, convergence, report as reporting
+from tools.loadtest import baselines, capacity, convergence, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
 from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, free_port
 
@@ -57,7 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for the fleet to settle after the load (default 120)")
     p.add_argument("--run-dir", metavar="DIR", help="folder for the database, dumps and logs (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary run folder even on success")
+    p.add_argument("--find-capacity", action="store_true",
+                   help="run one load test per rate of --ladder, each for --duration, until p99 propagation passes "
+                        "--p99-limit-ms or anything is lost; report the highest rate held")
+    p.add_argument("--ladder", type=_ladder, default=capacity.DEFAULT_LADDER, metavar="R1,R2,...",
+                   help="offered rates for --find-capacity, rising (default %s)" % ",".join(f"{r:g}" for r in capacity.DEFAULT_LADDER))
+    p.add_argument("--p99-limit-ms", type=float, default=capacity.P99_LIMIT_MS, metavar="MS",
+                   help="p99 propagation a step may reach and still hold its rate (default %(default)g)")
     return p
+
+
+def _ladder(text: str) -> tuple[float, ...]:
+    try:
+        return capacity.parse_ladder(text)
+    except capacity.LadderError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def caught_up(engine: Engine, terminal_ids: list[int]) -> bool:
@@ -118,12 +132,12 @@ class LoadTest:
         self.spec: FleetSpec = spec_from_args(args, listen=listen, secret=SECRET, dump=str(run_dir / "dump"),
                                               drain_timeout=args.drain_timeout)
 
-    def run(self) -> dict:
+    def run(self, base: dict | None = None) -> dict:
+        """One load test; ``base``: baselines measured already (a capacity search measures them once)."""
         args, spec = self.args, self.spec
         print(f"run folder {self.run_dir}", file=sys.stderr)
-        print("baselines: raw batched insert, bare sink ...", file=sys.stderr)
-        base = dict(raw_insert=baselines.raw_insert(self.db_url, self.run_dir, args.baseline_rows),
-                    bare_sink=baselines.bare_sink(spec.mix, args.sink_seconds))
+        if base is None:
+            base = self.baselines()
         self.gateway: GatewayProcess | None = None
         self.probe: ApiProbe | None = None
         self.idle: dict | None = None
@@ -137,6 +151,11 @@ class LoadTest:
         ingested = ingest(engine, self.fleet.started_ms)
         engine.dispose()
         return self._report(base, figures, checked, ingested)
+
+    def baselines(self) -> dict:
+        print("baselines: raw batched insert, bare sink ...", file=sys.stderr)
+        return dict(raw_insert=baselines.raw_insert(self.db_url, self.run_dir, self.args.baseline_rows),
+                    bare_sink=baselines.bare_sink(self.spec.mix, self.args.sink_seconds))
 
     def _start_gateway(self, engine: Engine, zk_ports: dict[int, int]) -> str:
         """Once the ZK devices listen: the gateway, configured with them when there are any; the
@@ -259,6 +278,8 @@ class LoadTest:
             api_ms=api,
             api_ms_reason=figures["api_reason"],
             gateway_cpu_s=round(figures["cpu_load_s"], 2),
+            # A delivery is one user record applied by one terminal; the CPU includes storing events and pulling.
+            gateway_cpu_us_per_delivery=_round(figures["cpu_load_s"] * 1e6 / fleet.deliveries if fleet.deliveries else None),
             fleet_cpu_s=fleet.cpu_s,
             gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
             gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
@@ -314,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="gateway-loadtest-"))
+    if args.find_capacity:
+        return find_capacity(args, run_dir)
     test = LoadTest(args, run_dir)
     try:
         report = test.run()
@@ -330,3 +353,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"run folder kept: {run_dir}")
     return 0 if report["ok"] else 1
+
+
+def find_capacity(args, run_dir: Path) -> int:
+    """One load test per rate of the ladder, each in its own folder, until one does not hold."""
+    base: dict | None = None
+    runs: dict[float, int] = {}  # rate -> runs so far: a step repeated gets a folder (and an empty database) of its own
+
+    def run_step(rate: float) -> dict:
+        nonlocal base
+        runs[rate] = runs.get(rate, 0) + 1
+        folder = run_dir / (f"rate-{rate:g}" if runs[rate] == 1 else f"rate-{rate:g}-run{runs[rate]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        step = LoadTest(argparse.Namespace(**{**vars(args), "rate": rate}), folder)
+        if base is None:
+            base = step.baselines()
+        print(f"capacity: offering {rate:g}/s for {args.duration:g} s", file=sys.stderr)
+        return step.run(base)
+
+    def said(step: capacity.Step) -> None:
+        s = step.summary()
+        print(f"capacity: {step.rate:g}/s {'held' if step.held else 'not held: ' + step.why_not}; "
+              f"{s['user_deliveries_per_s']} deliveries/s, p99 {s['propagation_p99_ms']} ms, "
+              f"{s['gateway_cpu_us_per_delivery']} us CPU per delivery", file=sys.stderr)
+
+    try:
+        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said)
+    except (FleetError, GatewayFailed, ApiUnavailable) as exc:
+        print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 1
+    found = capacity.capacity_report(steps, args.p99_limit_ms)
+    Path(args.json).write_text(json.dumps(found, indent=2) + "\n")
+    print(capacity.capacity_table(found))
+    print(f"report written to {args.json}")
+    # Stopping at a step that lost or diverged anything is a fault, not a measurement.
+    ok = found["capacity"] is not None and all(s.report["ok"] for s in steps)
+    if ok and not (args.keep or args.run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        print(f"run folder kept: {run_dir}")
+    return 0 if ok else 1
