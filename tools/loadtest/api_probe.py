@@ -1,11 +1,14 @@
 """ApiProbe: how long the gateway takes to answer a read request, idle and under load.
 
 It times ``GET /api/terminals`` (the devices list, with online state and cursor lag: what a
-monitoring page polls) from a thread, a few times a second, on a new connection each time.
+monitoring page polls) a few times a second, on a new connection each time. Under load it
+samples from a process of its own: a thread of the load test would wait for the load test's
+interpreter lock while the load test's own reactor is busy, and that wait would be counted as
+the gateway's.
 """
 
 import http.client
-import threading
+import multiprocessing
 import time
 
 PATH = "/api/terminals"
@@ -19,8 +22,7 @@ class ApiProbe:
         self.host, self.port = host, port
         self.loaded: list[tuple[float, float]] = []  # (wall time, ms)
         self.failures: list[str] = []  # requests under load that got no 200 answer
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sampler = None  # the child process sampling under load
 
     def request_ms(self) -> float:
         """One timed request; raises ``ApiUnavailable`` unless the answer is 200."""
@@ -53,25 +55,43 @@ class ApiProbe:
         return samples
 
     def start(self) -> None:
-        """Sample on a thread until ``stop``, into ``loaded``: at once, then every ``interval_s``.
+        """Sample in a child process until ``stop``, into ``loaded``: at once, then every ``interval_s``.
 
         ``stop`` waits for the request in flight, so even the shortest or slowest run has a sample."""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._stop = spawn.Event()
+        self._results, sender = spawn.Pipe(duplex=False)
+        self._sampler = spawn.Process(target=_sample_until, daemon=True,
+                                      args=(self.host, self.port, self.interval_s, self._stop, sender))
+        self._sampler.start()
 
     def stop(self) -> None:
+        if self._sampler is None:
+            return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout_s + 1)
+        try:
+            if not self._results.poll(self.timeout_s + 10):
+                raise EOFError
+            loaded, failures = self._results.recv()
+            self.loaded += loaded
+            self.failures += failures
+        except EOFError:
+            self.failures.append("the API probe's process ended without its samples")
+        self._sampler.join(5)
+        self._sampler = None
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self.loaded.append((time.time(), self.request_ms()))
-            except ApiUnavailable as exc:
-                self.failures.append(str(exc))
-            if self._stop.wait(self.interval_s):
-                return
+
+def _sample_until(host: str, port: int, interval_s: float, stop, results) -> None:
+    """The child process: time requests until ``stop`` is set, then send ``(loaded, failures)``."""
+    probe = ApiProbe(port, host)
+    while True:
+        try:
+            probe.loaded.append((time.time(), probe.request_ms()))
+        except ApiUnavailable as exc:
+            probe.failures.append(str(exc))
+        if stop.wait(interval_s):
+            break
+    results.send((probe.loaded, probe.failures))
 
 
 class ApiUnavailable(RuntimeError):
