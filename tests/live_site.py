@@ -16,6 +16,7 @@ from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from gateway.schema import events, terminals as terminal_rows
 from gateway.users import last_change_seq, load_record
+from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal
 
@@ -111,6 +112,57 @@ class Site:
     def online(self, *terminal_ids) -> bool:
         online = {t.terminal_id for t in self.gateway.registry.connected()}
         return set(terminal_ids or self.terminals) <= online
+
+
+class KeypadStorm:
+    """Enrolments at the terminals' keypads every 10 ms, the last third held back until
+    ``release()``: whatever a test does to the gateway in between comes mid-storm, however fast
+    either side runs. Then ``everywhere`` and ``check_stored`` say whether anything was lost."""
+
+    def __init__(self, terminals: dict[int, Terminal], per_terminal: int, seed: int):
+        self.terminals = terminals
+        self._people = People(seed=seed)
+        self._waiting = [(t, f"{t}-{n:03d}") for n in range(per_terminal) for t in terminals]
+        self.everyone = {user_id for _, user_id in self._waiting}
+        self._held_back = len(self._waiting) // 3
+        self._released = False
+        self._loop = task.LoopingCall(self._enrol_next)
+
+    def start(self, case: unittest.TestCase) -> defer.Deferred:
+        """Fires once every enrolment was made."""
+        case.addCleanup(lambda: self._loop.running and self._loop.stop())
+        return self._loop.start(0.01)
+
+    def held(self) -> bool:
+        """Two thirds enrolled: the rest waits for ``release()``."""
+        return len(self._waiting) == self._held_back
+
+    def release(self) -> None:
+        self._released = True
+
+    def _enrol_next(self) -> None:
+        if self.held() and not self._released:
+            return
+        terminal_id, user_id = self._waiting.pop(0)
+        self.terminals[terminal_id].enroll(self._people.person(user_id))
+        if not self._waiting:
+            self._loop.stop()
+
+    def everywhere(self) -> bool:
+        """Every terminal holds every user and has its log acknowledged."""
+        return all(set(t.users) == self.everyone and not t.log for t in self.terminals.values())
+
+    def check_stored(self, case: unittest.TestCase, engine) -> None:
+        """Every event each terminal logged is stored exactly once, and every terminal holds the
+        server's record of every user."""
+        with engine.connect() as conn:
+            for terminal in self.terminals.values():
+                case.assertEqual(stored_event_ids(conn, terminal.terminal_id), list(range(1, terminal.next_event_id)),
+                                 f"events of terminal {terminal.terminal_id}")
+            for user_id in sorted(self.everyone):
+                server = load_record(conn, user_id)
+                for terminal in self.terminals.values():
+                    case.assertEqual(terminal.users[user_id], server, f"user {user_id} on terminal {terminal.terminal_id}")
 
 
 def stored_event_ids(conn, terminal_id: int) -> list[int]:

@@ -6,12 +6,10 @@ user, identical to the server's record.
 """
 
 from sqlalchemy import create_engine, func, select
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from gateway.schema import events
-from gateway.users import load_record
-from live_site import LiveTestCase, secret_of, stored_event_ids, wait_until
-from simulator.people import People
+from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
 from tools.loadtest.gateway_process import GatewayProcess
@@ -39,43 +37,15 @@ class CrashTests(LiveTestCase):
         engine = create_engine(db_url)
         self.addCleanup(engine.dispose)
 
-        people = People(seed=11)
-        enrolments = [(t, f"{t}-{n:03d}") for n in range(USERS_PER_TERMINAL) for t in TERMINALS]
-        all_users = {user_id for _, user_id in enrolments}
-        # The last third waits for the kill, so the kill comes mid-storm however fast either side runs.
-        held_back = len(enrolments) // 3
-        killed = False
-
-        def enrol_next():
-            if len(enrolments) == held_back and not killed:
-                return
-            terminal_id, user_id = enrolments.pop(0)
-            terminals[terminal_id].enroll(people.person(user_id))
-            if not enrolments:
-                storm.stop()
-
-        storm = task.LoopingCall(enrol_next)
-        storm_done = storm.start(0.01)
-        self.addCleanup(lambda: storm.running and storm.stop())
-
+        storm = KeypadStorm(terminals, USERS_PER_TERMINAL, seed=11)
+        storm_done = storm.start(self)
         yield wait_until(lambda: _stored_events(engine) > 80, "the storm reaching the database", timeout=30)
         gateway.kill()
-        killed = True
+        storm.release()
         yield wait_until(gateway.spawn().listening, "the gateway listening again, on the same port")
         yield storm_done
-        yield wait_until(
-            lambda: all(set(t.users) == all_users and not t.log for t in terminals.values()),
-            "every terminal holding every user, its log acknowledged",
-            timeout=60,
-        )
-        with engine.connect() as conn:
-            for terminal in terminals.values():
-                self.assertEqual(stored_event_ids(conn, terminal.terminal_id), list(range(1, terminal.next_event_id)),
-                                 f"events of terminal {terminal.terminal_id}")
-            for user_id in sorted(all_users):
-                server = load_record(conn, user_id)
-                for terminal in terminals.values():
-                    self.assertEqual(terminal.users[user_id], server, f"user {user_id} on terminal {terminal.terminal_id}")
+        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=60)
+        storm.check_stored(self, engine)
 
 
 def _stored_events(engine) -> int:

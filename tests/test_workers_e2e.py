@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 
 from gateway.admin import ApiClient
 from gateway.claims import CLAIM_LOCK_SPACE
 from gateway.cli import main
 from gateway.users import load_record
-from live_site import LiveTestCase, secret_of, stored_event_ids, wait_until
+from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
 from processes import Process
 from simulator.people import People
 from simulator.tcp import DialingTerminal
@@ -57,6 +57,18 @@ class WorkersTests(LiveTestCase):
             self.addCleanup(dialers[terminal_id].go_offline)
         return dialers
 
+    @defer.inlineCallbacks
+    def served(self, ids: list[int], workers: int, sync_mode: str | None = None):
+        """``gateway run --workers N`` with terminals ``ids`` dialled in, once each is served by a
+        worker: (the gateway, the terminals, an engine on its database)."""
+        gateway = self.gateway(ids, workers=workers, sync_mode=sync_mode)
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
+        self.dial(terminals, gateway.tcp_port)
+        engine = self.engine()
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        return gateway, terminals, engine
+
     def engine(self):
         engine = create_engine(self.db_url)
         self.addCleanup(engine.dispose)
@@ -69,12 +81,7 @@ class WorkersTests(LiveTestCase):
     @defer.inlineCallbacks
     def test_terminals_spread_over_three_workers_converge_and_an_enrolment_reaches_the_others(self):
         ids = list(range(301, 313))
-        gateway = self.gateway(ids, workers=3)
-        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
-        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
-        self.dial(terminals, gateway.tcp_port)
-        engine = self.engine()
-        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        gateway, terminals, engine = yield self.served(ids, workers=3)
         served = holders(engine)
         self.assertLessEqual(set(served.values()), set(gateway.worker_pids()), "only workers serve terminals")
         self.assertGreater(len(set(served.values())), 1, f"terminals spread over the workers: {served}")
@@ -104,60 +111,27 @@ class WorkersTests(LiveTestCase):
     def test_a_worker_killed_mid_storm_loses_nothing_and_stores_nothing_twice(self):
         ids = list(range(401, 407))
         per_terminal = 30
-        gateway = self.gateway(ids, workers=3)
-        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
-        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
-        self.dial(terminals, gateway.tcp_port)
-        engine = self.engine()
-        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        gateway, terminals, engine = yield self.served(ids, workers=3)
 
-        people = People(seed=9)
-        enrolments = [(t, f"{t}-{n:03d}") for n in range(per_terminal) for t in ids]
-        everyone = {user_id for _, user_id in enrolments}
-        held_back = len(enrolments) // 3  # the last third waits for the kill: it comes mid-storm however fast either side runs
-        killed = []
-
-        def enrol_next():
-            if len(enrolments) == held_back and not killed:
-                return
-            terminal_id, user_id = enrolments.pop(0)
-            terminals[terminal_id].enroll(people.person(user_id))
-            if not enrolments:
-                storm.stop()
-
-        storm = task.LoopingCall(enrol_next)
-        storm_done = storm.start(0.01)
-        self.addCleanup(lambda: storm.running and storm.stop())
-        yield wait_until(lambda: len(enrolments) == held_back, "two thirds of the storm enrolled", timeout=60)
+        storm = KeypadStorm(terminals, per_terminal, seed=9)
+        storm_done = storm.start(self)
+        yield wait_until(storm.held, "two thirds of the storm enrolled", timeout=60)
         victim = holders(engine)[ids[0]]
         its_terminals = {t for t, pid in holders(engine).items() if pid == victim}
         gateway.kill_worker(victim)
-        killed.append(victim)
+        storm.release()
         yield wait_until(lambda: all(holders(engine).get(t) not in (None, victim) for t in its_terminals),
                          "the killed worker's terminals served by another", timeout=60)
         yield storm_done
-        yield wait_until(lambda: all(set(t.users) == everyone and not t.log for t in terminals.values()),
-                         "every terminal holding every user, its log acknowledged", timeout=90)
-        with engine.connect() as conn:
-            for terminal in terminals.values():
-                self.assertEqual(stored_event_ids(conn, terminal.terminal_id), list(range(1, terminal.next_event_id)),
-                                 f"events of terminal {terminal.terminal_id}")
-            for user_id in sorted(everyone):
-                server = load_record(conn, user_id)
-                for terminal in terminals.values():
-                    self.assertEqual(terminal.users[user_id], server, f"user {user_id} on terminal {terminal.terminal_id}")
+        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=90)
+        storm.check_stored(self, engine)
         self.assertIn(victim, [int(p) for p in re.findall(r"worker \d \(pid (\d+)\) ended", gateway.log_path.read_text())],
                       "the supervisor saw the worker end and started it again")
 
     @defer.inlineCallbacks
     def test_a_sync_mode_change_made_through_one_worker_applies_in_all(self):
         ids = list(range(501, 513))
-        gateway = self.gateway(ids, workers=2, sync_mode="disabled")
-        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
-        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
-        self.dial(terminals, gateway.tcp_port)
-        engine = self.engine()
-        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        gateway, terminals, engine = yield self.served(ids, workers=2, sync_mode="disabled")
         self.assertEqual(len(set(holders(engine).values())), 2, "both workers serve terminals")
         yield self.api(gateway, "POST", "/api/users", {"user_id": "9001", "name": "Ana Lima"})
         # Disabled: nobody gets her. The mode changes through the API, which worker 0 serves; the
