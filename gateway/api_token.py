@@ -37,7 +37,7 @@ def stored_or_new(path: Path) -> tuple[str, bool]:
         token = ""
     if token:
         return token, False
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_hex(24)  # never begins with '-', which a command line would take for an option
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(token + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.api_token import local_token, token_path
+from gateway.api_token import local_token, stored_or_new, token_path
 from gateway.cli import build_parser
 
 BIN = Path(sys.executable).parent
@@ -134,3 +134,12 @@ def test_the_kept_token_is_only_ever_sent_to_a_gateway_on_this_machine(tmp_path)
     assert local_token("http://127.0.0.1:8080", tmp_path) == "kept"
     assert local_token("http://localhost:9", tmp_path) == "kept"
     assert local_token("http://gateway.example:8080", tmp_path) is None
+
+
+def test_a_made_token_can_be_typed_after_token_on_the_command_line(tmp_path):
+    # One random token in 64 began with "-" and the command took it for an option.
+    for n in range(200):
+        token, made = stored_or_new(tmp_path / f"gateway-{n}.token")
+        assert made
+        args = build_parser().parse_args(["--token", token, "sync-mode", "all"])
+        assert args.token == token
