@@ -138,3 +138,25 @@ def test_a_step_missing_the_latency_limit_is_run_again_in_a_folder_of_its_own(tm
     assert [(s["rate"], s["held"]) for s in found["steps"]] == [(2, False), (2, False)]
     assert all(report["ok"] for report in found["reports"])  # converged both times: only latency failed
     assert (tmp_path / "run" / "rate-2").is_dir() and (tmp_path / "run" / "rate-2-run2").is_dir()
+
+
+def test_each_capacity_step_on_a_database_server_gets_an_empty_database_of_its_own(postgres):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tools.loadtest.harness import step_database
+
+    given = postgres.new_database()
+    first = step_database(given, "rate-20")
+    used = create_engine(first)
+    with used.begin() as conn:
+        conn.execute(text("CREATE TABLE left_by_the_first_run (x int)"))
+    used.dispose()
+    again = step_database(given, "rate-20")  # a repeated step starts empty too
+    assert first == again and make_url(first).database == f"{make_url(given).database}_rate_20"
+    engine = create_engine(again)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar() == 0
+    finally:
+        engine.dispose()

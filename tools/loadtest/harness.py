@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api_token import token_path
 from gateway.schema import counters, events, pending_pulls, terminals
@@ -134,7 +135,7 @@ class LoadTest:
 
     def run(self, base: dict | None = None) -> dict:
         """One load test; ``base``: baselines measured already (a capacity search measures them once)."""
-        args, spec = self.args, self.spec
+        spec = self.spec
         print(f"run folder {self.run_dir}", file=sys.stderr)
         if base is None:
             base = self.baselines()
@@ -355,6 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["ok"] else 1
 
 
+def step_database(url: str, step: str) -> str:
+    """A new, empty database beside ``url``'s for one step of a capacity search on a server
+    (``gateway_rate_20`` beside ``gateway``): each step's gateway starts from nothing."""
+    server = make_url(url)
+    name = f"{server.database}_{step}".replace("-", "_").replace(".", "_")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except SQLAlchemyError as exc:
+        raise GatewayFailed(f"cannot make the step's database {name}: {str(exc).splitlines()[0]}") from None
+    finally:
+        admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
 def find_capacity(args, run_dir: Path) -> int:
     """One load test per rate of the ladder, each in its own folder, until one does not hold."""
     base: dict | None = None
@@ -365,7 +383,9 @@ def find_capacity(args, run_dir: Path) -> int:
         runs[rate] = runs.get(rate, 0) + 1
         folder = run_dir / (f"rate-{rate:g}" if runs[rate] == 1 else f"rate-{rate:g}-run{runs[rate]}")
         folder.mkdir(parents=True, exist_ok=True)
-        step = LoadTest(argparse.Namespace(**{**vars(args), "rate": rate}), folder)
+        on_server = args.db and not args.db.startswith("sqlite")
+        db = step_database(args.db, folder.name) if on_server else None  # None: SQLite in the step's folder
+        step = LoadTest(argparse.Namespace(**{**vars(args), "rate": rate, "db": db}), folder)
         if base is None:
             base = step.baselines()
         print(f"capacity: offering {rate:g}/s for {args.duration:g} s", file=sys.stderr)
