@@ -25,8 +25,8 @@ import tempfile
 from twisted.internet import defer, task
 
 from gateway.config import GatewayConfig
-from gateway.service import Gateway
-from gateway.syncmode import SyncMode
+from gateway.process.service import Gateway
+from gateway.sync.syncmode import SyncMode
 from protocol.frame import OVERHEAD
 from protocol.records import UserRecordWire
 from simulator.bus import BITS_PER_CHAR, BusSimulation

@@ -1,6 +1,6 @@
 """What one user change costs the database, and how writers serialise on the change counter.
 
-Every committed change takes the next value of one counter row (gateway/users.py), so on a
+Every committed change takes the next value of one counter row (gateway/sync/users.py), so on a
 shared PostgreSQL every gateway's change transactions queue for that row's lock from the
 counter UPDATE to their commit. This measures, on a given database, transactions shaped like a
 merge of a pulled user (the counter, the user row, its monitoring event), from 1 and from
@@ -19,9 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.database import make_engine, migrate
-from gateway.monitor import SAVED_FROM_DEVICE, record_sync_events, sync_event_row
-from gateway.users import store_record
+from gateway.store.database import make_engine, migrate
+from gateway.sync.monitor import SAVED_FROM_DEVICE, record_sync_events, sync_event_row
+from gateway.sync.users import store_record
 from simulator.people import MIXES, People
 
 

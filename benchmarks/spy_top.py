@@ -17,7 +17,7 @@ _IDLE = ("select (selectors.py", "epoll", "poll (selectors.py", "wait (threading
 
 
 def frame_name(frame: str) -> str:
-    """``"Pusher._deliver (gateway/pusher.py:97)"`` -> ``"Pusher._deliver (gateway/pusher.py)"``: one entry per function."""
+    """``"Pusher._deliver (gateway/sync/pusher.py:97)"`` -> ``"Pusher._deliver (gateway/sync/pusher.py)"``: one entry per function."""
     return re.sub(r":\d+\)$", ")", frame.strip())
 
 

@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from twisted.internet import defer, reactor, task
 
 from gateway.config import GatewayConfig
-from gateway.schema import events
-from gateway.service import Gateway
+from gateway.store.schema import events
+from gateway.process.service import Gateway
 
 SIZES = {"small (table every poll)": 200, "large (counts only)": 3000}
 

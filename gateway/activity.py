@@ -21,8 +21,8 @@ from sqlalchemy import and_, func, or_, select
 from twisted.internet import task
 from twisted.logger import Logger
 
-from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
-from gateway.schema import events
+from gateway.sync.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
+from gateway.store.schema import events
 from protocol.events import EventCode, Origin
 
 log = Logger(namespace="gateway.activity")

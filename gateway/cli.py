@@ -13,8 +13,8 @@ from functools import partial
 from gateway import admin
 from gateway.admission import AdmissionPolicy
 from gateway.api_token import TOKEN_ENV, TOKEN_FILE
-from gateway.syncmode import SyncMode
-from gateway.workers import WorkerRole
+from gateway.sync.syncmode import SyncMode
+from gateway.process.workers import WorkerRole
 
 SYNC_MODES = [mode.value for mode in SyncMode]
 
@@ -173,7 +173,7 @@ def _run(args, argv: list[str]) -> int:
     # Imported here: the database and the reactor cost half a second the API client never needs.
     from gateway.api_token import stored_or_new, token_path
     from gateway.config import ConfigError, GatewayConfig, zk_from_option
-    from gateway.run import run, run_workers
+    from gateway.process.run import run, run_workers
 
     try:
         zk = [zk_from_option(args.zk, args.zk_id, args.zk_comm_key)] if args.zk else None

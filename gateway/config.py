@@ -23,8 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.admission import AdmissionPolicy
-from gateway.database import DEFAULT_URL
-from gateway.syncmode import SyncMode
+from gateway.store.database import DEFAULT_URL
+from gateway.sync.syncmode import SyncMode
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     sync_mode: SyncMode = SyncMode.ALL_WITH_DEVICE_UPDATES
     workers: Annotated[int, Meta(ge=1, le=64)] = 1  # gateway processes sharing the ports; above 1 only on PostgreSQL
     keepalive_s: Annotated[int, Meta(gt=0)] = 30
-    # Strangers and guessed secrets (gateway/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
+    # Strangers and guessed secrets (gateway/native/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
     max_unauthenticated: Annotated[int, Meta(ge=1)] = 256  # links still shaking hands, in total
     max_unauthenticated_per_address: Annotated[int, Meta(ge=1)] = 64  # the same, from one address (a NAT: a site's terminals after a restart)
     auth_slow_after: Annotated[int, Meta(ge=1)] = 3  # failed handshakes before refusals are held back

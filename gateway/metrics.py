@@ -25,11 +25,11 @@ class Metrics:
         self.failures = Counter("gateway_failures", "Failures by kind", ["kind"], registry=r)
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
-        # Strangers: links not authenticated yet (gateway/doorman.py)
+        # Strangers: links not authenticated yet (gateway/native/doorman.py)
         self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)
         self.links_waiting = Gauge("gateway_links_waiting", "Connections waiting, unanswered, for a place to shake hands", registry=r)
         self.links_refused = Counter("gateway_links_refused", "Connections refused before any handshake, by reason", ["reason"], registry=r)
-        # Before a link exists (gateway/accept.py)
+        # Before a link exists (gateway/native/accept.py)
         self.accept_queue = Gauge("gateway_accept_queue", "Connections waiting to be accepted, by listening port (sampled each second)", ["port"], registry=r)
         self.listen_overflows = Counter("gateway_listen_overflows", "Connections the kernel dropped at a full accept queue on this host while the gateway ran", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
@@ -55,7 +55,7 @@ class Metrics:
         )
         self.events_waiting = Gauge("gateway_events_waiting", "Terminal events received and not yet committed", registry=r)
         self.reading_paused = Gauge("gateway_reading_paused", "1 while terminal links are paused for backpressure", registry=r)
-        # RS-485 buses (gateway/bus/), labelled by device
+        # RS-485 buses (gateway/native/bus/), labelled by device
         self.bus_bytes = Counter("gateway_bus_bytes", "Bytes the master sent (tx) and received (rx) on a bus", ["bus", "direction"], registry=r)
         self.bus_utilisation = Gauge("gateway_bus_utilisation", "Share of a bus's line time carrying bytes, over the last 5 s", ["bus"], registry=r)
         self.bus_polls = Counter("gateway_bus_polls", "POLL requests sent on a bus", ["bus"], registry=r)

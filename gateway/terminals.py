@@ -9,11 +9,11 @@ Admission policy (config ``admission``):
 One connection per terminal: a newer *authenticated* connection replaces the older one (a
 terminal that rebooted reconnects before its old TCP connection times out), so an impostor
 without the secret can never push a terminal off. The registry is what connections report to
-(``Admission`` and ``Presence`` in gateway/connection.py); the gateway hears of terminals coming
+(``Admission`` and ``Presence`` in gateway/sync/connection.py); the gateway hears of terminals coming
 and going through the ``on_online`` and ``on_offline`` it gives the registry, and of an
 administrator admitting one through ``on_admitted`` (a bus greets it then, not at its next try).
 
-Several gateway processes on one PostgreSQL database (``claims``, gateway/claims.py): a
+Several gateway processes on one PostgreSQL database (``claims``, gateway/process/claims.py): a
 connection becomes its terminal's current one only once this process holds the terminal's
 claim, so one process at a time serves a terminal; until then it is the terminal's ``claiming``
 connection. A newer connection taken by another process closes the one here (``replaced_elsewhere``).
@@ -26,11 +26,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
-from gateway.database import upsert
-from gateway.peers import ADMISSIONS, notify
-from gateway.schema import pending_pulls, terminals, zk_attendance, zk_holdings
-from gateway.connection import Refused, TerminalConnection, TerminalInfo
-from gateway.syncmode import format_groups, parse_groups
+from gateway.store.database import upsert
+from gateway.process.peers import ADMISSIONS, notify
+from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_holdings
+from gateway.sync.connection import Refused, TerminalConnection, TerminalInfo
+from gateway.sync.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
 
 log = Logger(namespace="gateway.terminals")

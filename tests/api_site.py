@@ -10,7 +10,7 @@ from urllib import request as urlrequest
 
 from twisted.internet import defer, threads
 
-from gateway.monitor import SAVED_FROM_DEVICE
+from gateway.sync.monitor import SAVED_FROM_DEVICE
 from live_site import LiveTestCase, Site, wait_until
 from simulator.people import People
 

@@ -18,7 +18,7 @@ import tempfile
 import pytest
 import sqlalchemy
 
-from gateway.database import Database
+from gateway.store.database import Database
 
 PORT = 5432  # names the socket file in the cluster's own folder; no TCP port is opened
 

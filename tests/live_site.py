@@ -13,9 +13,9 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from gateway.config import GatewayConfig
-from gateway.service import Gateway
-from gateway.schema import events, terminals as terminal_rows
-from gateway.users import last_change_seq, load_record
+from gateway.process.service import Gateway
+from gateway.store.schema import events, terminals as terminal_rows
+from gateway.sync.users import last_change_seq, load_record
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.terminal import Terminal

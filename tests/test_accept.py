@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import task
 from twisted.logger import LogPublisher
 
-from gateway.accept import AcceptWatch, accept_queue, listen_overflows, raise_fd_limit
+from gateway.native.accept import AcceptWatch, accept_queue, listen_overflows, raise_fd_limit
 from gateway.metrics import Metrics
 from gateway.quietlog import RepeatedLines
 from test_doorman import Said

@@ -6,8 +6,8 @@ from twisted.internet import defer, task
 
 from api_site import A, B, ApiTestCase
 from gateway.activity import Activity, read_activity
-from gateway.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SAVED_FROM_DEVICE
-from gateway.schema import events, metadata
+from gateway.sync.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SAVED_FROM_DEVICE
+from gateway.store.schema import events, metadata
 from live_site import wait_until
 from protocol.events import Credential, Origin
 

@@ -16,10 +16,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from gateway.admin import ApiClient
 from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.sse import StreamClient, encode
-from gateway.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
-from gateway.queries import EventFilter
+from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
+from gateway.http.queries import EventFilter
 from api_site import TOKEN, A, B, ApiTestCase
-from gateway.run import log_line
+from gateway.process.run import log_line
 from live_site import wait_until
 from protocol.events import Credential
 from simulator.tcp import DialingTerminal

@@ -33,7 +33,7 @@ print(json.dumps({"modules": names, "brought": brought}))
 """
 
 # Alembic runs this script itself, inside a migration; importing it alone is meaningless.
-NOT_IMPORTABLE = {"gateway": ["gateway.migrations.env"]}
+NOT_IMPORTABLE = {"gateway": ["gateway.store.migrations.env"]}
 
 
 def loads(part: str) -> dict:

@@ -11,8 +11,8 @@ from serial import SerialException
 from twisted.internet import defer, protocol, reactor
 
 from gateway.config import SerialBus
-from gateway.monitor import SAVE_FAILED, SAVED_FROM_DEVICE
-from gateway.serial_port import SelectableSerialPort, ThreadedSerialTransport, open_serial
+from gateway.sync.monitor import SAVE_FAILED, SAVED_FROM_DEVICE
+from gateway.native.serial_port import SelectableSerialPort, ThreadedSerialTransport, open_serial
 from gateway.terminals import ADMITTED
 from live_site import LiveTestCase, Site, wait_until
 from simulator.bus import BusSimulation

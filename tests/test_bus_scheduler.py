@@ -11,14 +11,14 @@ from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from gateway.bus import BusMaster
-from gateway.bus.scheduler import POLL, SEND, Drop, PollScheduler
-from gateway.bus.timing import LineTiming
+from gateway.native.bus import BusMaster
+from gateway.native.bus.scheduler import POLL, SEND, Drop, PollScheduler
+from gateway.native.bus.timing import LineTiming
 from gateway.config import ConfigError, GatewayConfig, SerialBus, parse_serial
-from gateway.doorman import Doorman
+from gateway.native.doorman import Doorman
 from gateway.metrics import Metrics
-from gateway.connection import Refused
-from gateway.session import TerminalSession
+from gateway.sync.connection import Refused
+from gateway.native.session import TerminalSession
 from protocol import Frame, StreamDecoder, parse_body
 from protocol.errors import ErrorCode
 from protocol.messages import Command

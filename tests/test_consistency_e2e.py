@@ -12,10 +12,10 @@ from urllib.parse import quote
 from twisted.internet import defer, reactor, task, threads
 
 from api_site import TOKEN, http
-from gateway.monitor import CHANGE_DROPPED, LOG_RESTARTED, RECONCILED, SAVE_FAILED
-from gateway.reconcile import DELETED_AT_KEYPAD
-from gateway.schema import pending_pulls
-from gateway.syncmode import SyncMode
+from gateway.sync.monitor import CHANGE_DROPPED, LOG_RESTARTED, RECONCILED, SAVE_FAILED
+from gateway.sync.reconcile import DELETED_AT_KEYPAD
+from gateway.store.schema import pending_pulls
+from gateway.sync.syncmode import SyncMode
 from live_site import LiveTestCase, Site, secret_of, wait_until
 from simulator.people import People
 from simulator.tcp import DialingTerminal

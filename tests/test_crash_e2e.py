@@ -8,7 +8,7 @@ user, identical to the server's record.
 from sqlalchemy import create_engine, func, select
 from twisted.internet import defer, reactor
 
-from gateway.schema import events
+from gateway.store.schema import events
 from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal

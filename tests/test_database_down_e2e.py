@@ -8,7 +8,7 @@ and every terminal converges.
 import pytest
 from twisted.internet import defer
 
-from gateway.monitor import SAVE_FAILED
+from gateway.sync.monitor import SAVE_FAILED
 from live_site import LiveTestCase, Site, wait_until
 from simulator.people import People
 

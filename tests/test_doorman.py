@@ -3,7 +3,7 @@ and the real terminal never pushed off. task.Clock and StringTransport, no socke
 
 from twisted.internet import task
 
-from gateway.doorman import DoorLimits, Doorman
+from gateway.native.doorman import DoorLimits, Doorman
 from gateway.metrics import Metrics
 from gateway.quietlog import RepeatedLines
 from protocol.messages import Command

@@ -4,9 +4,9 @@ twice with other content, ids leaping to 2**63-1: every event is stored and ever
 import pytest
 from sqlalchemy import insert, select
 
-from gateway.eventlog import _store, _Submission, open_log
-from gateway.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED
-from gateway.schema import events, pending_pulls, terminals
+from gateway.sync.eventlog import _store, _Submission, open_log
+from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED
+from gateway.store.schema import events, pending_pulls, terminals
 from protocol.events import MAX_EVENT_ID, Event, EventCode, Origin
 
 NOW_MS = 1_700_000_000_000

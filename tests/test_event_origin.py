@@ -6,7 +6,7 @@ import pytest
 
 from gateway.admin import event_line
 from gateway.http.events import EVENT_TYPE, event_types
-from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, SAVE_FAILED, SAVED_FROM_DEVICE, origin_of
+from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, SAVE_FAILED, SAVED_FROM_DEVICE, origin_of
 
 
 @pytest.mark.parametrize("spelling, stored", [

@@ -3,10 +3,10 @@
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from gateway.database import DatabaseFailure
-from gateway.eventlog import EventLog
+from gateway.store.database import DatabaseFailure
+from gateway.sync.eventlog import EventLog
 from gateway.metrics import Metrics
-from gateway.monitor import SAVE_FAILED
+from gateway.sync.monitor import SAVE_FAILED
 from protocol.events import Event, EventCode, Origin
 
 

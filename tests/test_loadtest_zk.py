@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import create_engine, insert
 
-from gateway.schema import events, metadata, users
+from gateway.store.schema import events, metadata, users
 from protocol.records import Card, CardType, UserRecord, UserRecordWire
 from tools.loadtest import convergence, report as reporting, zk_convergence
 from tools.loadtest.harness import main

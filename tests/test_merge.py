@@ -2,7 +2,7 @@
 
 from dataclasses import fields
 
-from gateway.merge import _WHOLE_FIELDS, merge_vacant_fields
+from gateway.sync.merge import _WHOLE_FIELDS, merge_vacant_fields
 from protocol.records import MAX_CARDS, Card, CardType, Face, Fingerprint, UserRecord
 
 T = bytes(384)

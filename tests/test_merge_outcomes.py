@@ -3,11 +3,11 @@ change vanishes without a monitoring event naming the user, the terminal, what a
 
 from sqlalchemy import select
 
-from gateway.eventlog import _store, _Submission
-from gateway.monitor import CHANGE_DROPPED, MERGED_UNCHANGED, SAVED_FROM_DEVICE
-from gateway.puller import merge_pulled
-from gateway.schema import events
-from gateway.users import create_user, delete_user, last_change_seq, load_record
+from gateway.sync.eventlog import _store, _Submission
+from gateway.sync.monitor import CHANGE_DROPPED, MERGED_UNCHANGED, SAVED_FROM_DEVICE
+from gateway.sync.puller import merge_pulled
+from gateway.store.schema import events
+from gateway.sync.users import create_user, delete_user, last_change_seq, load_record
 from protocol.events import Event, EventCode, Origin
 from protocol.records import MAX_CARDS, Card, CardType, UserRecord, UserRecordWire
 

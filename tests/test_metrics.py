@@ -4,7 +4,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, threads
 
 from gateway.metrics import Metrics
-from gateway.monitor import APPLIED_BY_DEVICE
+from gateway.sync.monitor import APPLIED_BY_DEVICE
 from live_site import wait_until
 from api_site import A, B, ApiTestCase, http
 

@@ -7,9 +7,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from gateway.database import Database
-from gateway.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
-from gateway.peers import CHANGES, COMMIT_ORDER_LOCK, SETTINGS, Listener, connect_raw, notify
+from gateway.store.database import Database
+from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
+from gateway.process.peers import CHANGES, COMMIT_ORDER_LOCK, SETTINGS, Listener, connect_raw, notify
 
 
 class ThreadCalls:

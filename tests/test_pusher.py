@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
-from gateway.connection import UserResult
+from gateway.sync.connection import UserResult
 from gateway.metrics import Metrics
-from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER
-from gateway.pusher import FeedEntry, Pusher, request_chunks
-from gateway.syncmode import SyncMode
+from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER
+from gateway.sync.pusher import FeedEntry, Pusher, request_chunks
+from gateway.sync.syncmode import SyncMode
 from gateway.terminals import Terminal
 from protocol.messages import UserStatus
 from protocol.records import UserRecord, UserRecordWire

@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
-from gateway.connection import DigestPage, ListingUnsupported
-from gateway.database import Database
+from gateway.sync.connection import DigestPage, ListingUnsupported
+from gateway.store.database import Database
 from gateway.metrics import Metrics
-from gateway.reconcile import Reconciler
-from gateway.syncmode import SyncMode
+from gateway.sync.reconcile import Reconciler
+from gateway.sync.syncmode import SyncMode
 from gateway.terminals import Terminal
 
 

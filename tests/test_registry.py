@@ -3,7 +3,7 @@ every connection that ends is let go of, the current one or not."""
 
 from twisted.internet import defer, task
 
-from gateway.connection import TerminalInfo
+from gateway.sync.connection import TerminalInfo
 from gateway.terminals import ADMITTED, Terminal, TerminalRegistry
 
 

@@ -5,11 +5,11 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from gateway.doorman import Doorman
+from gateway.native.doorman import Doorman
 from gateway.metrics import Metrics
-from gateway.connection import Refused
-from gateway.session import RequestTimeout, SessionClosed, TerminalSession
-from gateway.tcp import TcpLink
+from gateway.sync.connection import Refused
+from gateway.native.session import RequestTimeout, SessionClosed, TerminalSession
+from gateway.native.tcp import TcpLink
 from protocol import auth
 from protocol.errors import ErrorCode
 from protocol.events import Event, EventCode, EventWire, Origin

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 from gateway.http.snapshot import Mirror, take
 from gateway.http.terminals import terminal_json
 from gateway.metrics import Metrics
-from gateway.monitor import SAVE_FAILED, sync_event_row
-from gateway.reconcile import Reconciliation
-from gateway.syncmode import SyncMode
+from gateway.sync.monitor import SAVE_FAILED, sync_event_row
+from gateway.sync.reconcile import Reconciliation
+from gateway.sync.syncmode import SyncMode
 from gateway.terminals import PENDING, Terminal
-from gateway.unsaved import UnsavedEvents
+from gateway.sync.unsaved import UnsavedEvents
 
 
 class Link:

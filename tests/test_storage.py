@@ -5,13 +5,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from gateway.database import DatabaseFailure
-from gateway.eventlog import _store, _Submission, last_stored_event_id
-from gateway.monitor import SAVED_FROM_DEVICE
-from gateway.puller import merge_pulled
-from gateway.pusher import advance_cursors, read_feed
-from gateway.schema import events, metadata, pending_pulls, terminals
-from gateway.users import (
+from gateway.store.database import DatabaseFailure
+from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
+from gateway.sync.monitor import SAVED_FROM_DEVICE
+from gateway.sync.puller import merge_pulled
+from gateway.sync.pusher import advance_cursors, read_feed
+from gateway.store.schema import events, metadata, pending_pulls, terminals
+from gateway.sync.users import (
     UnknownUser,
     create_user,
     delete_user,

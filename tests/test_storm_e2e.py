@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.internet import defer
 
-from gateway.accept import LISTEN_BACKLOG, accept_queue
+from gateway.native.accept import LISTEN_BACKLOG, accept_queue
 from live_site import LiveTestCase, Site
 
 ROOT = Path(__file__).resolve().parent.parent

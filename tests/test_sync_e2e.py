@@ -10,8 +10,8 @@ from dataclasses import replace
 from sqlalchemy import text
 from twisted.internet import defer
 
-from gateway.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
-from gateway.syncmode import SyncMode
+from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVE_FAILED, SAVED_FROM_DEVICE
+from gateway.sync.syncmode import SyncMode
 from live_site import LiveTestCase, Site, wait_until
 from protocol.records import Card, CardType, Face, UserRecord
 from simulator.people import People

@@ -6,8 +6,8 @@ import trustme
 from twisted.internet import defer, reactor
 
 from gateway.config import ConfigError, GatewayConfig
-from gateway.service import Gateway
-from gateway.tls import TlsSetupError, server_options
+from gateway.process.service import Gateway
+from gateway.native.tls import TlsSetupError, server_options
 from live_site import LiveTestCase, secret_of, wait_until
 from processes import Process
 from simulator.tcp import DialingTerminal, ListeningTerminal

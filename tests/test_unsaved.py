@@ -4,8 +4,8 @@ from twisted.internet import task
 
 from gateway.http.sse import EventStream
 from gateway.metrics import Metrics
-from gateway.monitor import SAVE_FAILED, sync_event_row
-from gateway.unsaved import UnsavedEvents
+from gateway.sync.monitor import SAVE_FAILED, sync_event_row
+from gateway.sync.unsaved import UnsavedEvents
 
 
 class Client:

@@ -15,7 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from gateway.cli import worker_argv
-from gateway.workers import Supervisor, WorkerRole, listen_shared, reserve_port
+from gateway.process.workers import Supervisor, WorkerRole, listen_shared, reserve_port
 
 
 def test_a_worker_runs_the_same_command_on_the_ports_the_supervisor_holds_without_what_it_did_once():

@@ -3,7 +3,7 @@
 Real ``gateway run --workers N`` processes (and two separate ``gateway run`` on one database, as
 two hosts would be), simulated terminals on loopback sockets in the test's reactor. Which process
 serves a terminal is read from PostgreSQL itself: the advisory lock of each terminal
-(gateway/claims.py) and the process that holds it (``pg_stat_activity.application_name``).
+(gateway/process/claims.py) and the process that holds it (``pg_stat_activity.application_name``).
 """
 
 import re
@@ -13,9 +13,9 @@ from sqlalchemy import create_engine, text
 from twisted.internet import defer, reactor, threads
 
 from gateway.admin import ApiClient
-from gateway.claims import CLAIM_LOCK_SPACE
+from gateway.process.claims import CLAIM_LOCK_SPACE
 from gateway.cli import main
-from gateway.users import load_record
+from gateway.sync.users import load_record
 from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
 from processes import Process
 from simulator.people import People

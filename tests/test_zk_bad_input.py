@@ -7,7 +7,7 @@ import urllib.request
 
 from twisted.internet import defer, threads
 
-from gateway.monitor import SAVED_FROM_DEVICE
+from gateway.sync.monitor import SAVED_FROM_DEVICE
 from live_site import wait_until
 from protocol.zk.commands import Command
 from protocol.zk.packet import MAGIC, Packet, encode_tcp

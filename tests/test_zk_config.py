@@ -4,7 +4,7 @@ device's id is not for native terminals to take."""
 import pytest
 
 from gateway.config import ConfigError, GatewayConfig, parse_zk, zk_from_option
-from gateway.connection import Refused, TerminalInfo
+from gateway.sync.connection import Refused, TerminalInfo
 from gateway.terminals import ZK, Terminal, TerminalRegistry
 
 

@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from gateway.schema import events, metadata, pending_pulls
+from gateway.store.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.driver import ZkLink

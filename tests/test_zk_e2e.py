@@ -9,7 +9,7 @@ import time
 
 from twisted.internet import defer, reactor, task
 
-from gateway.monitor import SAVED_FROM_DEVICE
+from gateway.sync.monitor import SAVED_FROM_DEVICE
 from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
 from protocol.records import Card, CardType, hash_pin

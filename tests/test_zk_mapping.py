@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gateway.merge import merge_vacant_fields
+from gateway.sync.merge import merge_vacant_fields
 from gateway.zk.mapping import (
     DeviceProfile,
     Unfit,

@@ -19,9 +19,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from gateway.database import DatabaseFailure
+from gateway.store.database import DatabaseFailure
 from gateway.http.validate import PLAIN_TEXT, Invalid, check
-from gateway.users import NotHeld, UnknownUser, UserExists
+from gateway.sync.users import NotHeld, UnknownUser, UserExists
 from protocol.errors import MessageError
 
 log = Logger(namespace="gateway.http")

@@ -4,9 +4,9 @@ The sync events are first-class filter values, by their full text, a short name,
 spelling of the vendor's documentation, and ``sync`` selects all of them.
 """
 
-from gateway.database import DatabaseFailure
+from gateway.store.database import DatabaseFailure
 from gateway.http.api import Param, Route, parse_integer
-from gateway.monitor import (
+from gateway.sync.monitor import (
     APPLIED_BY_DEVICE,
     CHANGE_DROPPED,
     DELETED_BY_SERVER,
@@ -21,7 +21,7 @@ from gateway.monitor import (
     SYNC_EVENT_TYPES,
     UNREPAIRED_DIFFERENCE,
 )
-from gateway.queries import EventFilter, read_events
+from gateway.http.queries import EventFilter, read_events
 from protocol.events import EventCode
 
 SYNC_SHORT_NAMES = {

@@ -35,11 +35,11 @@ from zope.interface import implementer
 
 from gateway.activity import Activity
 from gateway.config import GatewayConfig
-from gateway.database import Database
+from gateway.store.database import Database
 from gateway.http.api import ApiError
 from gateway.http.site import GatewaySite, api_routes
 from gateway.http.snapshot import Mirror
-from gateway.run import start_logging
+from gateway.process.run import start_logging
 
 log = Logger(namespace="gateway.http.process")
 

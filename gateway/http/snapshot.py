@@ -12,8 +12,8 @@ side. The document holds no secret: writes, which need them, run in the ingest p
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.reconcile import Reconciliation
-from gateway.syncmode import SyncMode
+from gateway.sync.reconcile import Reconciliation
+from gateway.sync.syncmode import SyncMode
 
 _TERMINAL_FIELDS = ("terminal_id", "name", "admission", "online", "kind", "offline_reason", "link", "heard_ms",
                     "model", "firmware", "cursor")

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from zope.interface import implementer
 
-from gateway.queries import EVERYTHING, EventFilter, last_event_id, read_events
+from gateway.http.queries import EVERYTHING, EventFilter, last_event_id, read_events
 
 log = Logger(namespace="gateway.http.stream")
 

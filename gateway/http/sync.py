@@ -1,7 +1,7 @@
 """The sync mode in the API: read it, change it while the gateway runs."""
 
 from gateway.http.api import Route
-from gateway.syncmode import SyncMode
+from gateway.sync.syncmode import SyncMode
 
 MODES = [mode.value for mode in SyncMode]
 

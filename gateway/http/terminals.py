@@ -2,7 +2,7 @@
 is, and an administrator's admission decisions."""
 
 from gateway.http.api import ApiError, Param, Route
-from gateway.queries import sync_state
+from gateway.http.queries import sync_state
 from gateway.terminals import ADMITTED, REFUSED
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)

@@ -6,9 +6,9 @@ from twisted.internet import defer, threads
 
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.validate import PLAIN_TEXT
-from gateway.queries import read_user, read_users
+from gateway.http.queries import read_user, read_users
 from gateway.terminals import ADMITTED
-from gateway.users import Members, UnknownUser
+from gateway.sync.users import Members, UnknownUser
 from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
 
 USER_ID = Param("user_id", "string", "the user's id")

@@ -20,8 +20,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
-from gateway.database import DatabaseFailure
+from gateway.sync.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
+from gateway.store.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server

@@ -9,8 +9,8 @@ from sqlalchemy import delete, select
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.database import upsert
-from gateway.schema import events, pending_pulls, zk_attendance, zk_holdings
+from gateway.store.database import upsert
+from gateway.store.schema import events, pending_pulls, zk_attendance, zk_holdings
 from protocol.events import EventCode
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from sqlalchemy import MetaData, text
 
-from gateway.database import make_engine
-from gateway.eventlog import EventLog
-from gateway.schema import events
+from gateway.store.database import make_engine
+from gateway.sync.eventlog import EventLog
+from gateway.store.schema import events
 from protocol.events import EventCode, Origin
 from protocol.frame import Flags, Frame, encode_frame
 from protocol.messages import Command, put_users_payload

@@ -26,8 +26,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from gateway.merge import merge_vacant_fields
-from gateway.schema import events, users
+from gateway.sync.merge import merge_vacant_fields
+from gateway.store.schema import events, users
 from protocol.events import EventCode
 from protocol.records import UserRecordWire
 from tools.loadtest import zk_convergence

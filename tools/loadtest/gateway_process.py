@@ -17,7 +17,7 @@ from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _START = "from gateway.cli import main; raise SystemExit(main())"
-# What gateway/service.py logs once each port is bound.
+# What gateway/process/service.py logs once each port is bound.
 _TCP_BOUND = re.compile(rb"listening for terminals on \S+:(\d+)")
 _HTTP_BOUND = re.compile(rb"monitoring page at http://\S+:(\d+)/")
 

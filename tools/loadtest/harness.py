@@ -25,8 +25,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api_token import token_path
-from gateway.schema import counters, events, pending_pulls, terminals
-from gateway.users import CHANGE_SEQ
+from gateway.store.schema import counters, events, pending_pulls, terminals
+from gateway.sync.users import CHANGE_SEQ
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar

@@ -27,12 +27,12 @@ from sqlalchemy import select
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.connection import ListingUnsupported
-from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
-from gateway.pusher import delivery_rows, request_chunks
-from gateway.schema import events, pending_pulls, users
-from gateway.syncmode import parse_groups
-from gateway.users import last_change_seq
+from gateway.sync.connection import ListingUnsupported
+from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
+from gateway.sync.pusher import delivery_rows, request_chunks
+from gateway.store.schema import events, pending_pulls, users
+from gateway.sync.syncmode import parse_groups
+from gateway.sync.users import last_change_seq
 from protocol.events import EventCode, Origin
 from protocol.records import record_digest
 

@@ -129,7 +129,7 @@ class TerminalDialer:
     """
 
     def __init__(self, reactor, where: str, terminal_id: int, new_session, tls=None):
-        """``tls``: client TLS options (gateway/tls.py) to wrap the connection in, or None."""
+        """``tls``: client TLS options (gateway/native/tls.py) to wrap the connection in, or None."""
         self.terminal_id = terminal_id
         self.where = where
         self.attempts = 0  # connections tried since the terminal last authenticated: the backoff grows with them

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.peers import SOURCE, TERMINALS, first_line
+from gateway.process.peers import SOURCE, TERMINALS, first_line
 
 log = Logger(namespace="gateway.claims")
 

@@ -55,7 +55,7 @@ class DoorLimits:
 
 
 class Waiter(Protocol):
-    """A connection that may wait for a stranger's place (gateway/tcp.py's TcpLink)."""
+    """A connection that may wait for a stranger's place (gateway/native/tcp.py's TcpLink)."""
 
     waiting: bool
 

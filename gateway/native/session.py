@@ -18,8 +18,8 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
-from gateway.doorman import Doorman
+from gateway.sync.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
+from gateway.native.doorman import Doorman
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation, Liveness
 from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError

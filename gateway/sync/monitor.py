@@ -6,9 +6,9 @@ live stream show both.
 
 from sqlalchemy.engine import Connection
 
-from gateway.database import insert_many
-from gateway.peers import take_commit_turn
-from gateway.schema import events
+from gateway.store.database import insert_many
+from gateway.process.peers import take_commit_turn
+from gateway.store.schema import events
 
 SAVED_FROM_DEVICE = "User update succeeded (Device)"
 APPLIED_BY_DEVICE = "User update succeeded (Server)"
@@ -17,7 +17,7 @@ PUSH_REFUSED = "User update failed (Server)"  # a terminal refused a record (ful
 DELETED_BY_SERVER = "User deleted (Server)"  # a terminal applied a deletion made on the server
 MERGED_UNCHANGED = "User update merged, nothing changed (Device)"  # the server's fields won: the server kept its record
 CHANGE_DROPPED = "User update dropped (Device)"  # part or all of a keypad change could not be kept; the detail says what and why
-# Reconciliation (gateway/reconcile.py): what it repaired, and what it leaves as the rules allow.
+# Reconciliation (gateway/sync/reconcile.py): what it repaired, and what it leaves as the rules allow.
 RECONCILED = "User repaired (Reconciliation)"
 UNREPAIRED_DIFFERENCE = "User differs, left as it is (Reconciliation)"
 # A terminal's event log (docs/protocol.md, "Event log identity"): nothing it sends is dropped unseen.
@@ -64,5 +64,5 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
 
 def record_sync_events(conn: Connection, rows: list[dict]) -> None:
     if rows:
-        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/peers.py)
+        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/process/peers.py)
         insert_many(conn, events, rows)

@@ -11,7 +11,7 @@ from serial import SerialException
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from gateway.serial_port import open_serial
+from gateway.native.serial_port import open_serial
 from protocol import Frame, StreamDecoder, encode_frame
 
 log = Logger(namespace="gateway.bus")

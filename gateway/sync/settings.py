@@ -10,11 +10,11 @@ becomes an owed pull, so none stays pending with no one owing it (docs/architect
 from sqlalchemy import delete, func, select
 from twisted.logger import Logger
 
-from gateway.database import insert_ignoring_duplicates, upsert
-from gateway.peers import SETTINGS, notify
-from gateway.schema import events, pending_pulls, settings
-from gateway.syncmode import SyncMode
-from gateway.users import republish_users
+from gateway.store.database import insert_ignoring_duplicates, upsert
+from gateway.process.peers import SETTINGS, notify
+from gateway.store.schema import events, pending_pulls, settings
+from gateway.sync.syncmode import SyncMode
+from gateway.sync.users import republish_users
 from protocol.events import USER_CHANGE_CODES, EventCode, Origin
 
 log = Logger(namespace="gateway.settings")

@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.database import insert_ignoring_duplicates, upsert
-from gateway.peers import CHANGES, notify, take_commit_turn
-from gateway.schema import counters, users
-from gateway.syncmode import format_groups
+from gateway.store.database import insert_ignoring_duplicates, upsert
+from gateway.process.peers import CHANGES, notify, take_commit_turn
+from gateway.store.schema import counters, users
+from gateway.sync.syncmode import format_groups
 from protocol.errors import MessageError
 from protocol.records import Card, UserRecord, UserRecordWire
 

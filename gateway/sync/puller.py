@@ -13,10 +13,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.database import DatabaseFailure, upsert
-from gateway.merge import merge_vacant_fields
-from gateway.pusher import delivery_rows, request_chunks
-from gateway.monitor import (
+from gateway.store.database import DatabaseFailure, upsert
+from gateway.sync.merge import merge_vacant_fields
+from gateway.sync.pusher import delivery_rows, request_chunks
+from gateway.sync.monitor import (
     APPLIED_BY_DEVICE,
     CHANGE_DROPPED,
     DELETED_BY_SERVER,
@@ -26,8 +26,8 @@ from gateway.monitor import (
     record_sync_events,
     sync_event_row,
 )
-from gateway.schema import events, pending_pulls, users
-from gateway.users import store_record
+from gateway.store.schema import events, pending_pulls, users
+from gateway.sync.users import store_record
 from protocol.errors import ProtocolError
 from protocol.events import EventCode, Origin
 from protocol.records import MAX_CARDS, UserRecord, UserRecordWire

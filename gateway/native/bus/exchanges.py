@@ -9,7 +9,7 @@ master's business (``answered`` and ``silent``); the line only keeps the turns.
 
 from twisted.logger import Logger
 
-from gateway.bus.scheduler import POLL, Drop, Turn
+from gateway.native.bus.scheduler import POLL, Drop, Turn
 from protocol import Frame
 
 log = Logger(namespace="gateway.bus")

@@ -7,6 +7,6 @@ next; ``LineTiming`` (timing.py) says how long bytes take and how long to wait; 
 (link.py) is what each address's TerminalSession talks through.
 """
 
-from gateway.bus.master import BusMaster
+from gateway.native.bus.master import BusMaster
 
 __all__ = ["BusMaster"]

@@ -11,7 +11,7 @@ from collections import deque
 
 from twisted.logger import Logger
 
-from gateway.monitor import origin_of
+from gateway.sync.monitor import origin_of
 
 log = Logger(namespace="gateway.unsaved")
 

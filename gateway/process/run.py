@@ -4,7 +4,7 @@
 a database that cannot be reached) stops what did start, prints one line and exits with status
 1 at once; SIGINT or SIGTERM stop the gateway cleanly and exit 0. ``gateway run --workers N``
 runs ``run_workers`` instead: the database is brought up to date and the ports reserved once,
-then a supervisor starts N such processes (gateway/workers.py).
+then a supervisor starts N such processes (gateway/process/workers.py).
 """
 
 import sys
@@ -25,14 +25,14 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 
-from gateway.accept import raise_fd_limit
+from gateway.native.accept import raise_fd_limit
 from gateway.config import GatewayConfig
-from gateway.database import Database, DatabaseFailure
-from gateway.service import Gateway
-from gateway.settings import SyncSettings
-from gateway.tls import TlsSetupError
-from gateway.syncmode import SyncMode
-from gateway.workers import SOLE, Supervisor, WorkerRole, reserve_port
+from gateway.store.database import Database, DatabaseFailure
+from gateway.process.service import Gateway
+from gateway.sync.settings import SyncSettings
+from gateway.native.tls import TlsSetupError
+from gateway.sync.syncmode import SyncMode
+from gateway.process.workers import SOLE, Supervisor, WorkerRole, reserve_port
 
 # What an operator can fix: a port in use, a database down or unknown, a missing driver, a TLS file.
 # Anything else is a bug, and react() logs its traceback.

@@ -3,7 +3,7 @@ their events commit in.
 
 A commit that changes users, the sync mode or a terminal's admission sends a notification
 (``pg_notify`` inside the same transaction, so PostgreSQL delivers it on commit and never for a
-rollback); so does a process that took a terminal's newer connection (gateway/claims.py). Each process listens on a connection of its own, on a thread of its own,
+rollback); so does a process that took a terminal's newer connection (gateway/process/claims.py). Each process listens on a connection of its own, on a thread of its own,
 and hands what it hears to the reactor, leaving out its own notifications (each carries the
 sender's ``SOURCE``). Notifications sent while that connection is down are lost: after every
 (re)connect the process is told ``resynced`` and looks again itself; the gateway's 1 s sweep

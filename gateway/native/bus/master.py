@@ -16,13 +16,13 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 
-from gateway.bus.exchanges import Exchange, ExchangeLine
-from gateway.bus.link import BusLink
-from gateway.bus.port import BusPort
-from gateway.bus.scheduler import Drop, PollScheduler
-from gateway.bus.timing import LineTiming
-from gateway.serial_port import open_serial
-from gateway.session import SessionTiming
+from gateway.native.bus.exchanges import Exchange, ExchangeLine
+from gateway.native.bus.link import BusLink
+from gateway.native.bus.port import BusPort
+from gateway.native.bus.scheduler import Drop, PollScheduler
+from gateway.native.bus.timing import LineTiming
+from gateway.native.serial_port import open_serial
+from gateway.native.session import SessionTiming
 from protocol import RemoteError
 from protocol.messages import Command
 

@@ -21,11 +21,11 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.database import DatabaseFailure, insert_ignoring_duplicates, upsert
-from gateway.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
-from gateway.peers import take_commit_turn
-from gateway.schema import events, pending_pulls, terminals
-from gateway.unsaved import UnsavedEvents
+from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, upsert
+from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
+from gateway.process.peers import take_commit_turn
+from gateway.store.schema import events, pending_pulls, terminals
+from gateway.sync.unsaved import UnsavedEvents
 from protocol.events import Event
 
 log = Logger(namespace="gateway.eventlog")
@@ -375,7 +375,7 @@ def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: i
             logs[sub.terminal_id] = _store_submission(conn, sub, state, recorded, rows, anomalies)
         pulls += [dict(terminal_id=sub.terminal_id, user_id=u, since_ms=recorded) for u in sub.users_to_pull()]
     if rows:
-        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/peers.py)
+        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/process/peers.py)
     insert_ignoring_duplicates(conn, events, rows)
     # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
     upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from gateway.monitor import SYNC_EVENT_TYPES, origin_of
-from gateway.schema import events, pending_pulls, users
-from gateway.users import UserSummary, last_change_seq
+from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
+from gateway.store.schema import events, pending_pulls, users
+from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
 
 

@@ -13,10 +13,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
+from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.quietlog import Tally
-from gateway.schema import terminals, users
-from gateway.syncmode import parse_groups
+from gateway.store.schema import terminals, users
+from gateway.sync.syncmode import parse_groups
 from protocol.messages import UserStatus
 
 log = Logger(namespace="gateway.pusher")

@@ -3,7 +3,7 @@
 Start-up order: database (migrations), registry and settings from it, then the listeners.
 On PostgreSQL other gateway processes may share the database (``gateway run --workers N``, or
 other hosts): what they commit wakes this one's pushers and changes its sync mode at once
-(gateway/peers.py), and a terminal is served by one process at a time (gateway/claims.py).
+(gateway/process/peers.py), and a terminal is served by one process at a time (gateway/process/claims.py).
 A sweep every ``sweep_s`` seconds wakes the pushes of every lagging terminal: the safety net
 for a notification lost while the listening connection was down, and for pushes that failed.
 Owed pulls retry on their own backoff and resume when their terminal reconnects.
@@ -14,29 +14,29 @@ from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.accept import LISTEN_BACKLOG, AcceptWatch
+from gateway.native.accept import LISTEN_BACKLOG, AcceptWatch
 from gateway.activity import Activity
-from gateway.bus import BusMaster
-from gateway.claims import TerminalClaims
+from gateway.native.bus import BusMaster
+from gateway.process.claims import TerminalClaims
 from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_zk
-from gateway.database import Database
-from gateway.doorman import DoorLimits, Doorman
-from gateway.eventlog import EventLog
+from gateway.store.database import Database
+from gateway.native.doorman import DoorLimits, Doorman
+from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
-from gateway.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
-from gateway.puller import Puller
-from gateway.pusher import Pusher
-from gateway.queries import sync_state
-from gateway.reconcile import Reconciler
-from gateway.session import SessionTiming, TerminalSession
-from gateway.settings import SyncSettings
-from gateway.syncmode import SyncMode
-from gateway.tcp import TerminalDialer, TerminalListener
+from gateway.process.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
+from gateway.sync.puller import Puller
+from gateway.sync.pusher import Pusher
+from gateway.http.queries import sync_state
+from gateway.sync.reconcile import Reconciler
+from gateway.native.session import SessionTiming, TerminalSession
+from gateway.sync.settings import SyncSettings
+from gateway.sync.syncmode import SyncMode
+from gateway.native.tcp import TerminalDialer, TerminalListener
 from gateway.terminals import ZK, TerminalRegistry
-from gateway.tls import client_options, server_options
-from gateway.users import UserDirectory
-from gateway.workers import SOLE, WorkerRole, listen_shared
+from gateway.native.tls import client_options, server_options
+from gateway.sync.users import UserDirectory
+from gateway.process.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
 from gateway.zk.connection import ZkTiming
 from gateway.zk.holdings import HoldingsWriter

@@ -6,7 +6,7 @@ terminal port with SO_REUSEPORT (the kernel spreads incoming connections over th
 worker that dies, and stops them all on SIGTERM or Ctrl-C. Worker 0 is the primary: it alone
 serves the HTTP API and page and whatever the gateway dials or masters (dialled terminals,
 RS-485 buses, ZK devices), which must not be done N times. Which worker serves a terminal is
-settled through the database (gateway/claims.py), so any process may be killed at any time.
+settled through the database (gateway/process/claims.py), so any process may be killed at any time.
 """
 
 import signal
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from twisted.internet.error import CannotListenError
 
-from gateway.accept import LISTEN_BACKLOG
+from gateway.native.accept import LISTEN_BACKLOG
 
 
 @dataclass(frozen=True)
