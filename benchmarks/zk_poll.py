@@ -40,7 +40,7 @@ def measure(users: int, devices: int, poll_s: float, seconds: float, folder: Pat
     started = [start_device(users) for _ in range(devices)]
     try:
         entries = [dict(id=n + 1, host="127.0.0.1", port=port, poll_s=poll_s) for n, (_, port) in enumerate(started)]
-        config = GatewayConfig(db=f"sqlite:///{folder / f'poll-{users}.db'}", tcp_host="127.0.0.1", tcp_port=0, http_port=0, zk=entries)
+        config = GatewayConfig.load(None, db=f"sqlite:///{folder / f'poll-{users}.db'}", tcp_host="127.0.0.1", tcp_port=0, http_port=0, zk=entries)
         gateway = Gateway(config, reactor)
         gateway.start()
         try:

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, argv: list[str]) -> int:
     # Imported here: the database and the reactor cost half a second the API client never needs.
     from gateway.api_token import stored_or_new, token_path
-    from gateway.config import ConfigError, GatewayConfig, zk_from_option
+    from gateway.config import ConfigError, GatewayConfig
+    from gateway.zk.config import zk_from_option
     from gateway.process.run import run, run_workers
 
     try:

@@ -5,13 +5,13 @@ checks types, ranges and unknown keys (a typo never silently falls back to a def
 stops at the first mistake, which ConfigError states in one line. What no type can say (a
 terminal configured twice, ``open`` admission without a secret) is checked after.
 ``[[terminals]]`` and ``[[serial]]`` entries stay the plain tables that were given, read by key;
-``parse_serial`` turns a ``[[serial]]`` entry into a SerialBus (RS-485 buses, docs/rs485.md),
-``parse_zk`` a ``[[zk]]`` entry into a ZkEntry (ZKTeco devices, docs/zk.md).
+``parse_serial`` turns a ``[[serial]]`` entry into a SerialBus (RS-485 buses, docs/rs485.md).
+Every other kind of terminal brings its own section (``[[zk]]``: gateway/zk/kind.py), which the
+loader learns from gateway/kinds.py and keeps in ``sections``; the kind checks its entries.
 """
 
 import re
 import tomllib
-import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.admission import AdmissionPolicy
+from gateway.kinds import kind_of_section, kinds
 from gateway.store.database import DEFAULT_URL
 from gateway.sync.syncmode import SyncMode
 
@@ -84,7 +85,8 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     tls: dict | None = None  # a TlsListenerEntry
     terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry
     serial: list[dict] = msgspec.field(default_factory=list)  # each a SerialEntry
-    zk: list[dict] = msgspec.field(default_factory=list)  # each a ZkEntry
+    # Other kinds' sections by name (``[[zk]]``: "zk"), each checked by its kind (gateway/kinds.py).
+    sections: dict[str, list[dict]] = msgspec.field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | None, **overrides) -> "GatewayConfig":
@@ -96,9 +98,16 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        config = checked(values, cls, f"config file {path}" if path else "configuration")
+        where = f"config file {path}" if path else "configuration"
+        sections = {name: values.pop(name) for name in list(values) if _kind_section(name)}
+        config = checked(values, cls, where)
+        config.sections.update(checked(sections, dict[str, list[dict]], where))
         for name, value in overrides.items():
-            if value is not None:
+            if value is None:
+                continue
+            if _kind_section(name):
+                config.sections[name] = value
+            else:
                 setattr(config, name, value)
         config.validate()
         return config
@@ -121,32 +130,29 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("admission = 'open' needs default_secret (terminals still authenticate)")
         if self.tls is not None:
             checked(self.tls, TlsListenerEntry, "[tls]")
-        seen = set()
-        for n, entry in enumerate(self.terminals, start=1):
-            named = f"terminal {entry['id']}" if isinstance(entry.get("id"), int) else f"[[terminals]] entry {n}"
-            terminal = checked(entry, TerminalEntry, named)
-            if terminal.id in seen:
-                raise ConfigError(f"terminal {terminal.id} is configured twice")
-            seen.add(terminal.id)
-            if terminal.dial is not UNSET:
-                try:
-                    parse_host_port(terminal.dial)
-                except ConfigError as exc:
-                    raise ConfigError(f"{named}: dial {exc}") from None
-            tls = [name for name in ("tls_ca", "tls_name", "tls_cert", "tls_key") if getattr(terminal, name) is not UNSET]
-            if tls and (terminal.tls_ca is UNSET or terminal.dial is UNSET):
-                raise ConfigError(f"{named}: {', '.join(tls)} need tls_ca and dial (TLS is for a terminal the gateway dials)")
-            if (terminal.tls_cert is UNSET) != (terminal.tls_key is UNSET):
-                raise ConfigError(f"{named}: tls_cert and tls_key go together")
-        for n, entry in enumerate(self.zk, start=1):
-            device = parse_zk(entry, n)
-            if device.id in seen:
-                raise ConfigError(f"terminal {device.id} is configured twice ([[zk]] ids share the terminal ids)")
-            seen.add(device.id)
+        seen: set[int] = set()
+        for section in self.sections:
+            if kind_of_section(section) is None:
+                raise ConfigError(f"unknown section [[{section}]]: terminals are configured in "
+                                  f"{', '.join(f'[[{k.section}]]' for k in kinds().values())}")
+        for kind in kinds().values():
+            for terminal in kind.configured(self.entries(kind.section)):
+                if terminal.id in seen:
+                    raise ConfigError(f"terminal {terminal.id} is configured twice (the ids of every section are terminal ids)")
+                seen.add(terminal.id)
         devices = [parse_serial(entry).device for entry in self.serial]
         twice = sorted({d for d in devices if devices.count(d) > 1})
         if twice:
             raise ConfigError(f"serial device(s) configured twice: {', '.join(twice)}")
+
+    def entries(self, section: str) -> list[dict]:
+        """The entries of one kind's section; ``[[terminals]]``, our own protocol's, is declared above."""
+        return self.terminals if section == "terminals" else self.sections.get(section, [])
+
+
+def _kind_section(name: str) -> bool:
+    """A section some kind of terminal declares ([[zk]]), beyond the settings declared above."""
+    return name not in GatewayConfig.__struct_fields__ and kind_of_section(name) is not None
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -154,44 +160,6 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
-
-
-# -- [[zk]]: ZKTeco devices the gateway connects to -------------------------------------------------
-
-ZK_PORT = 4370
-
-
-class ZkEntry(Struct, forbid_unknown_fields=True):
-    """A ``[[zk]]`` entry, or ``gateway run --zk HOST[:PORT]``: a ZK device, admitted by being
-    configured (it cannot prove a secret; the comm key is the device's own)."""
-
-    id: U32  # the terminal id the gateway uses for it
-    host: Text
-    port: Annotated[int, Meta(ge=1, le=65535)] = ZK_PORT
-    comm_key: Annotated[int, Meta(ge=0, le=999_999)] = 0  # the device's communication password
-    name: str = ""
-    groups: list[U32] = msgspec.field(default_factory=list)
-    poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
-    timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
-
-
-def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
-    """A ``[[zk]]`` entry as a ZkEntry; ConfigError naming the entry and the setting at fault."""
-    named = f"zk terminal {entry['id']}" if isinstance(entry, dict) and isinstance(entry.get("id"), int) else f"[[zk]] entry {n}"
-    return checked(entry, ZkEntry, named)
-
-
-def zk_from_option(where: str, terminal_id: int | None = None, comm_key: int = 0) -> dict:
-    """The ``[[zk]]`` entry ``--zk HOST[:PORT]`` stands for; without ``--zk-id`` the id is the
-    CRC-32 of ``host:port``, the same at every start."""
-    host, sep, port = where.rpartition(":")
-    if not sep or not port.isdigit():
-        host, port = where, str(ZK_PORT)
-    if not host or not 0 < int(port) < 65536:
-        raise ConfigError(f"--zk expects HOST[:PORT], got {where!r}")
-    if terminal_id is None:
-        terminal_id = zlib.crc32(f"{host}:{port}".encode())
-    return dict(id=terminal_id, host=host, port=int(port), comm_key=comm_key)
 
 
 # -- [[serial]]: RS-485 buses ---------------------------------------------------------------------

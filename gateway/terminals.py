@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from gateway.admission import ADMISSION_POLICIES
 from gateway.store.database import upsert
+from gateway.kinds import ConfiguredTerminal, kinds
 from gateway.process.peers import ADMISSIONS, notify
 from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.sync.connection import Refused, TerminalConnection, TerminalInfo
@@ -36,7 +37,6 @@ from protocol.errors import ErrorCode
 log = Logger(namespace="gateway.terminals")
 
 ADMITTED, PENDING, REFUSED = "admitted", "pending", "refused"
-NATIVE, ZK = "native", "zk"  # the protocol a terminal speaks: ours, or ZKTeco's through the gateway's driver
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Terminal:
     link: str = ""
     last_seen_ms: int | None = None
     cursor: int = 0
-    kind: str = NATIVE
+    kind: str = "native"  # its kind's name in gateway/kinds.py: ours unless configured as another
     offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
     connection: TerminalConnection | None = field(default=None, repr=False)
     # Several processes: the connection waiting for this process's claim, and when the newest
@@ -76,7 +76,7 @@ class Terminal:
 
 
 class TerminalRegistry:
-    def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[dict], *,
+    def __init__(self, db, clock, policy: str, default_secret: str | None, configured: list[ConfiguredTerminal], *,
                  on_online=lambda connection: None, on_offline=lambda connection: None, on_admitted=lambda terminal_id: None,
                  claims=None):
         if policy not in ADMISSION_POLICIES:
@@ -111,12 +111,12 @@ class TerminalRegistry:
                 cursor=row["cursor"],
             )
         for entry in self._configured:
-            term = self.terminals.setdefault(entry["id"], Terminal(entry["id"]))
+            term = self.terminals.setdefault(entry.id, Terminal(entry.id))
             term.admission = ADMITTED
-            term.kind = entry.get("kind", NATIVE)
-            term.secret = entry["secret"].encode() if entry.get("secret") else None
-            term.name = entry.get("name", term.name)
-            term.access_groups = frozenset(entry.get("groups", ()))
+            term.kind = entry.kind
+            term.secret = entry.secret.encode() if entry.secret else None
+            term.name = term.name if entry.name is None else entry.name
+            term.access_groups = entry.groups
         self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
 
     # -- admission ---------------------------------------------------------------------------
@@ -135,8 +135,9 @@ class TerminalRegistry:
             raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
         if term.admission == REFUSED:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
-        if term.kind == ZK:
-            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a ZKTeco device the gateway connects to itself")
+        kind = kinds()[term.kind]
+        if not kind.native_sessions:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is {kind.description}")
         secret = term.secret or self._default_secret
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")

@@ -64,7 +64,7 @@ class Site:
             entry["groups"] = (groups or {}).get(entry["id"], [])
         # The API on this reactor: these tests look inside the gateway (test_api_process.py runs the API process).
         config = {"http_process": False, **config}
-        self.config = GatewayConfig(db=db_url, tcp_host="127.0.0.1", tcp_port=0, http_port=0, terminals=entries, **config)
+        self.config = GatewayConfig.load(None, db=db_url, tcp_host="127.0.0.1", tcp_port=0, http_port=0, terminals=entries, **config)
         self.gateway = Gateway(self.config, reactor)
 
     def start(self) -> "Site":

@@ -3,9 +3,11 @@ device's id is not for native terminals to take."""
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, parse_zk, zk_from_option
+from gateway.config import ConfigError, GatewayConfig
 from gateway.sync.connection import Refused, TerminalInfo
-from gateway.terminals import ZK, Terminal, TerminalRegistry
+from gateway.terminals import Terminal, TerminalRegistry
+from gateway.zk.config import parse_zk, zk_from_option
+from gateway.zk.kind import ZK
 
 
 def test_a_zk_entry_takes_its_defaults():
@@ -22,13 +24,13 @@ def test_a_zk_entry_takes_its_defaults():
 ])
 def test_mistakes_are_one_line_naming_the_setting(entry, message):
     with pytest.raises(ConfigError) as refused:
-        GatewayConfig(zk=[entry]).validate()
+        GatewayConfig.load(None, zk=[entry])
     assert str(refused.value) == message
 
 
 def test_zk_ids_share_the_terminal_ids():
     with pytest.raises(ConfigError, match="terminal 7 is configured twice"):
-        GatewayConfig(terminals=[dict(id=7, secret="s")], zk=[dict(id=7, host="h")]).validate()
+        GatewayConfig.load(None, terminals=[dict(id=7, secret="s")], zk=[dict(id=7, host="h")])
 
 
 def test_the_command_line_device_gets_a_stable_id_unless_given_one():
@@ -38,13 +40,13 @@ def test_the_command_line_device_gets_a_stable_id_unless_given_one():
     assert zk_from_option("10.0.0.61:4371")["id"] != derived["id"]
     assert zk_from_option("zk.local:5000", 9, 123) == dict(id=9, host="zk.local", port=5000, comm_key=123)
     config = GatewayConfig.load(None, zk=[zk_from_option("10.0.0.61", 9)])
-    assert parse_zk(config.zk[0]).id == 9
+    assert parse_zk(config.sections["zk"][0]).id == 9
     with pytest.raises(ConfigError, match="HOST"):
         zk_from_option(":4370")
 
 
 def test_a_native_terminal_cannot_take_a_zk_devices_id():
     registry = TerminalRegistry(db=None, clock=None, policy="open", default_secret="lab", configured=[])
-    registry.terminals[7] = Terminal(7, kind=ZK)
+    registry.terminals[7] = Terminal(7, kind=ZK.name)
     with pytest.raises(Refused, match="ZKTeco device"):
         registry.secret_for(7, TerminalInfo(), "tcp 10.0.0.9:5000")

@@ -6,6 +6,7 @@ the API to it: a request the document allows gets its success status or one of t
 """
 
 from gateway.http.api import MAX_BODY, Param, Route
+from gateway.kinds import kinds
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _TIME_MS = {"type": "integer", "description": "milliseconds since the epoch"}
@@ -23,7 +24,7 @@ SCHEMAS = {
             "name": {"type": "string"},
             "admission": {"type": "string", "enum": ["admitted", "pending", "refused"]},
             "online": {"type": "boolean"},
-            "kind": {"type": "string", "enum": ["native", "zk"], "description": "our protocol, or a ZKTeco device through the gateway's driver"},
+            "kind": {"type": "string", "description": "which kind of terminal (gateway/kinds.py); the enum lists the registered ones"},
             "offline_reason": {"type": ["string", "null"], "description": "why it is offline, when the gateway knows (a refused comm key, a device that does not answer...)"},
             "link": {"type": "string", "description": "TCP address, or bus and address"},
             "last_seen_ms": {**_NULLABLE_INT, "description": "when it last sent a frame, ms since the epoch; null if it never connected"},
@@ -199,10 +200,18 @@ def document(routes: list[Route]) -> dict:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": _with_kinds(SCHEMAS),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "api_token from the gateway configuration"}},
         },
     }
+
+
+def _with_kinds(schemas: dict) -> dict:
+    """The Terminal schema's ``kind`` names the kinds registered in gateway/kinds.py."""
+    terminal = schemas["Terminal"]
+    kind = {**terminal["properties"]["kind"], "enum": list(kinds()),
+            "description": "; ".join(f"{kind.name}: {kind.description}" for kind in kinds().values())}
+    return {**schemas, "Terminal": {**terminal, "properties": {**terminal["properties"], "kind": kind}}}
 
 
 def _operation(route: Route) -> dict:

@@ -3,6 +3,7 @@ is, and an administrator's admission decisions."""
 
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
+from gateway.kinds import kinds
 from gateway.terminals import ADMITTED, REFUSED
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
@@ -90,7 +91,8 @@ def refuse_terminal(call):
 def remove_terminal(call):
     """Forget a terminal; its events stay in the log. A configured one comes back on restart."""
     term = _terminal(call)
-    if any(entry["id"] == term.terminal_id for entry in [*call.gateway.config.terminals, *call.gateway.config.zk]):
+    config = call.gateway.config
+    if any(entry.get("id") == term.terminal_id for kind in kinds().values() for entry in config.entries(kind.section)):
         raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
     return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 

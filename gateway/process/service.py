@@ -18,7 +18,8 @@ from gateway.native.accept import LISTEN_BACKLOG, AcceptWatch
 from gateway.activity import Activity
 from gateway.native.bus import BusMaster
 from gateway.process.claims import TerminalClaims
-from gateway.config import GatewayConfig, parse_host_port, parse_serial, parse_zk
+from gateway.config import GatewayConfig, parse_serial
+from gateway.kinds import Serving, kinds
 from gateway.store.database import Database
 from gateway.native.doorman import DoorLimits, Doorman
 from gateway.sync.eventlog import EventLog
@@ -32,15 +33,11 @@ from gateway.sync.reconcile import Reconciler
 from gateway.native.session import SessionTiming, TerminalSession
 from gateway.sync.settings import SyncSettings
 from gateway.sync.syncmode import SyncMode
-from gateway.native.tcp import TerminalDialer, TerminalListener
-from gateway.terminals import ZK, TerminalRegistry
-from gateway.native.tls import client_options, server_options
+from gateway.native.tcp import TerminalListener
+from gateway.terminals import TerminalRegistry
+from gateway.native.tls import server_options
 from gateway.sync.users import UserDirectory
 from gateway.process.workers import SOLE, WorkerRole, listen_shared
-from gateway.zk import ZkTerminal
-from gateway.zk.connection import ZkTiming
-from gateway.zk.holdings import HoldingsWriter
-from gateway.zk.poller import PollTiming
 
 log = Logger(namespace="gateway")
 
@@ -57,8 +54,10 @@ class Gateway:
         self.role = role
         self.metrics = Metrics()
         self.db = Database(config.db, reactor)
-        zk_entries = [parse_zk(entry) for entry in config.zk] if role.primary else []
-        configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind=ZK) for e in zk_entries]
+        # Other kinds' devices are made and kept by the first process alone; our own terminals
+        # dial in to every process, so each knows them.
+        served_kinds = [kind for kind in kinds().values() if role.primary or kind.native_sessions]
+        configured = [terminal for kind in served_kinds for terminal in kind.configured(config.entries(kind.section))]
         # Other processes may share a PostgreSQL database: hear them, and claim each terminal served.
         shared = self.db.engine.dialect.name == "postgresql"
         self.peers = Listener(lambda: connect_raw(self.db.engine, "listener"), reactor, self._peer_said, self._resynced) if shared else None
@@ -88,14 +87,8 @@ class Gateway:
         self.tls_port = None
         self.http = None
         self.http_port = None
-        self.dialers: list[TerminalDialer] = []
+        self.serving: dict[str, Serving] = {}  # each kind's connections, made by the first process
         self.buses: list[BusMaster] = []
-        zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
-        self.zk_terminals = [
-            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
-                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
-            for e in zk_entries
-        ]
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = self.clock
 
@@ -118,21 +111,18 @@ class Gateway:
         self.reconciler.start()
 
     def _start_primary(self) -> None:
-        """What one process does for all: the HTTP API and page, dialled terminals, buses, ZK devices."""
+        """What one process does for all: the HTTP API and page, buses, and every kind's dialled terminals and devices."""
         if self.config.tls is not None:
             self.tls_port = self._listen_tls(self.config.tls)
         self.http = (ApiProcess if self.config.http_process else InProcess)(self)
         self.http_port = self.http.port
         log.info("monitoring page at http://{host}:{port}/", host=self.config.http_host, port=self.http_port.getHost().port)
-        self.dialers = [TerminalDialer(self.reactor, entry["dial"], entry["id"], self.new_session, _dial_tls(entry))
-                        for entry in self.config.terminals if "dial" in entry]
-        for dialer in self.dialers:
-            dialer.start()
         self.buses = [BusMaster(parse_serial(entry), self.reactor, self.metrics, self.new_session) for entry in self.config.serial]
         for bus in self.buses:
             bus.start()
-        for device in self.zk_terminals:
-            device.start()
+        self.serving = {kind.name: kind.serve(self.config.entries(kind.section), self) for kind in kinds().values()}
+        for serving in self.serving.values():
+            serving.start()
         if not self.config.http_process:  # else the API process keeps the figures
             self.activity.start()
 
@@ -157,14 +147,13 @@ class Gateway:
         self.puller.stop()
         self.pusher.stop()
         self.eventlog.stop()
-        yield defer.gatherResults([dialer.stop() for dialer in self.dialers])
+        yield defer.gatherResults([serving.stop() for serving in self.serving.values()])
         for port in (self.tcp_port, self.tls_port):
             if port is not None:
                 yield port.stopListening()
         if self.http is not None:
             yield self.http.stop()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
-        yield defer.gatherResults([device.stop() for device in self.zk_terminals])
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
         self.doorman.lines.stop()
@@ -191,9 +180,8 @@ class Gateway:
 
     def _terminal_online(self, connection) -> None:
         self.eventlog.add_connection(connection)
-        for dialer in self.dialers:
-            if dialer.terminal_id == connection.terminal_id:
-                dialer.authenticated()
+        for serving in self.serving.values():
+            serving.terminal_online(connection.terminal_id)
         self.metrics.terminals_online.set(len(self.registry.connected()))
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
@@ -262,14 +250,6 @@ class Gateway:
             self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor) + owed.get(term.terminal_id, 0))
             if term.cursor < seq:
                 self.pusher.kick(term.terminal_id)
-
-
-def _dial_tls(entry: dict):
-    """Client TLS options for a dialled terminal with ``tls_ca``; None for plain TCP."""
-    if "tls_ca" not in entry:
-        return None
-    return client_options(entry.get("tls_name") or parse_host_port(entry["dial"])[0], entry["tls_ca"],
-                          entry.get("tls_cert"), entry.get("tls_key"))
 
 
 def _safe_url(url: str) -> str:

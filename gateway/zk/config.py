@@ -1,0 +1,44 @@
+"""ZkEntry: a ``[[zk]]`` entry of the configuration file, or ``gateway run --zk HOST[:PORT]``."""
+
+import zlib
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.config import U32, ConfigError, Text, checked
+
+ZK_PORT = 4370
+
+
+class ZkEntry(Struct, forbid_unknown_fields=True):
+    """A ``[[zk]]`` entry, or ``gateway run --zk HOST[:PORT]``: a ZK device, admitted by being
+    configured (it cannot prove a secret; the comm key is the device's own)."""
+
+    id: U32  # the terminal id the gateway uses for it
+    host: Text
+    port: Annotated[int, Meta(ge=1, le=65535)] = ZK_PORT
+    comm_key: Annotated[int, Meta(ge=0, le=999_999)] = 0  # the device's communication password
+    name: str = ""
+    groups: list[U32] = msgspec.field(default_factory=list)
+    poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
+
+
+def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
+    """A ``[[zk]]`` entry as a ZkEntry; ConfigError naming the entry and the setting at fault."""
+    named = f"zk terminal {entry['id']}" if isinstance(entry, dict) and isinstance(entry.get("id"), int) else f"[[zk]] entry {n}"
+    return checked(entry, ZkEntry, named)
+
+
+def zk_from_option(where: str, terminal_id: int | None = None, comm_key: int = 0) -> dict:
+    """The ``[[zk]]`` entry ``--zk HOST[:PORT]`` stands for; without ``--zk-id`` the id is the
+    CRC-32 of ``host:port``, the same at every start."""
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = where, str(ZK_PORT)
+    if not host or not 0 < int(port) < 65536:
+        raise ConfigError(f"--zk expects HOST[:PORT], got {where!r}")
+    if terminal_id is None:
+        terminal_id = zlib.crc32(f"{host}:{port}".encode())
+    return dict(id=terminal_id, host=host, port=int(port), comm_key=comm_key)
