@@ -37,7 +37,7 @@ class Serving(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> Deferred: ...
+    def stop(self) -> "Deferred[object]": ...
 
     def terminal_online(self, terminal_id: int) -> None:
         """A terminal authenticated on some link (a dialler's backoff starts again)."""
@@ -52,11 +52,11 @@ class TerminalKind(Protocol):
     # one that does not is refused there, whatever secret it shows.
     native_sessions: bool
 
-    def configured(self, entries: list[dict]) -> list[ConfiguredTerminal]:
+    def configured(self, entries: list[dict[str, Any]]) -> list[ConfiguredTerminal]:
         """The section's entries checked (ConfigError names the entry and setting at fault)."""
         ...
 
-    def serve(self, entries: list[dict], gateway: Any) -> Serving:
+    def serve(self, entries: list[dict[str, Any]], gateway: Any) -> Serving:
         """What makes and keeps the connections of the configured terminals; started by the
         first gateway process only. ``gateway`` is the running service: a kind takes from it the
         collaborators its connections need (event log, registry, clock) and hands on no more."""

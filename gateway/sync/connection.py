@@ -69,11 +69,27 @@ class TerminalConnection(Protocol):
     """One online terminal. Every request fires with its answer or fails with a ProtocolError
     (the terminal refused, did not answer in time, or the link went away)."""
 
-    terminal_id: int
-    description: str  # where it is connected, for people: "tcp 10.0.0.5:5123"
-    info: TerminalInfo
-    push_bytes: int  # how many bytes of encoded records one ``put_users`` should carry
-    last_heard_s: float  # when it last sent anything, on the gateway's clock: what "last seen" shows
+    # What the sync core reads of a connection; an implementation may keep or compute each.
+    @property
+    def terminal_id(self) -> int: ...
+
+    @property
+    def description(self) -> str:
+        """Where it is connected, for people: "tcp 10.0.0.5:5123"."""
+        ...
+
+    @property
+    def info(self) -> TerminalInfo: ...
+
+    @property
+    def push_bytes(self) -> int:
+        """How many bytes of encoded records one ``put_users`` should carry."""
+        ...
+
+    @property
+    def last_heard_s(self) -> float:
+        """When it last sent anything, on the gateway's clock: what "last seen" shows."""
+        ...
 
     def fetch_users(self, user_ids: list[str]) -> "Deferred[FetchedUsers]": ...
 
