@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from gateway.admission import ADMISSION_POLICIES
 from gateway.store.database import upsert
 from gateway.kinds import ConfiguredTerminal, kinds
-from gateway.process.peers import ADMISSIONS, notify
+from gateway.store.notices import ADMISSIONS, notify
 from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_holdings
 from gateway.sync.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.sync.syncmode import format_groups, parse_groups

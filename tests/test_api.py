@@ -19,7 +19,7 @@ from gateway.http.sse import StreamClient, encode
 from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, SYNC_EVENT_TYPES
 from gateway.http.queries import EventFilter
 from api_site import TOKEN, A, B, ApiTestCase
-from gateway.process.run import log_line
+from gateway.logs import log_line
 from live_site import wait_until
 from protocol.events import Credential
 from simulator.tcp import DialingTerminal

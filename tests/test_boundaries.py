@@ -6,6 +6,7 @@ Each part's modules are imported one after the other in one new process, which r
 first module that brought in each forbidden package.
 """
 
+import ast
 import json
 import subprocess
 import sys
@@ -66,3 +67,33 @@ def test_the_probe_sees_a_forbidden_import():
     found = loads("tools")
     assert found["brought"]["gateway"].startswith("tools.")
     assert found["brought"]["simulator"].startswith("tools.")
+
+
+# The sync core leans on the protocol and on storage; every other part of the gateway leans on it.
+CORE_MAY_IMPORT = ("gateway.sync", "gateway.store", "gateway.quietlog", "protocol")
+
+
+def gateway_imports(source: str) -> set[str]:
+    """The modules of the gateway and the protocol that ``source`` imports, wherever it does."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] in ("gateway", "protocol")}
+
+
+def outside_the_core(source: str) -> set[str]:
+    return {name for name in gateway_imports(source) if not name.startswith(CORE_MAY_IMPORT)}
+
+
+def test_the_sync_core_imports_only_the_protocol_and_storage():
+    found = {path.name: outside_the_core(path.read_text()) for path in (ROOT / "gateway" / "sync").glob("*.py")}
+    assert "eventlog.py" in found
+    assert {name: imports for name, imports in found.items() if imports} == {}
+
+
+def test_the_core_check_sees_a_module_leaning_the_wrong_way():
+    assert outside_the_core("from gateway.store.notices import notify\ndef f():\n    from gateway.process.peers import Listener\n") == {
+        "gateway.process.peers"}

@@ -9,7 +9,8 @@ from sqlalchemy import create_engine, text
 
 from gateway.store.database import Database
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
-from gateway.process.peers import CHANGES, COMMIT_ORDER_LOCK, SETTINGS, Listener, connect_raw, notify
+from gateway.process.peers import Listener, connect_raw
+from gateway.store.notices import CHANGES, COMMIT_ORDER_LOCK, SETTINGS, notify
 
 
 class ThreadCalls:

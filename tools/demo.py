@@ -17,7 +17,8 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel
 
 from gateway.config import ConfigError, GatewayConfig
-from gateway.process.run import StartFailed, start_gateway, start_logging
+from gateway.logs import start_logging
+from gateway.process.run import StartFailed, start_gateway
 from simulator.bus import BusSimulation
 from simulator.people import People
 from simulator.tcp import DialingTerminal

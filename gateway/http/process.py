@@ -39,7 +39,7 @@ from gateway.store.database import Database
 from gateway.http.api import ApiError
 from gateway.http.site import GatewaySite, api_routes
 from gateway.http.snapshot import Mirror
-from gateway.process.run import start_logging
+from gateway.logs import start_logging
 
 log = Logger(namespace="gateway.http.process")
 

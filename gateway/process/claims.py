@@ -25,7 +25,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.process.peers import SOURCE, TERMINALS, first_line
+from gateway.process.peers import first_line
+from gateway.store.notices import SOURCE, TERMINALS
 
 log = Logger(namespace="gateway.claims")
 

@@ -1,4 +1,4 @@
-"""The gateway process: its log lines, its start, and its end.
+"""The gateway process: its start and its end (its log lines: gateway/logs.py).
 
 ``gateway run`` runs under ``twisted.internet.task.react``: a start-up failure (a port in use,
 a database that cannot be reached) stops what did start, prints one line and exits with status
@@ -14,19 +14,10 @@ from alembic.util import CommandError as MigrationError
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.logger import (
-    FileLogObserver,
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    PredicateResult,
-    eventAsText,
-    globalLogBeginner,
-    jsonFileLogObserver,
-)
 
 from gateway.native.accept import raise_fd_limit
 from gateway.config import GatewayConfig
+from gateway.logs import start_logging
 from gateway.store.database import Database, DatabaseFailure
 from gateway.process.service import Gateway
 from gateway.sync.settings import SyncSettings
@@ -41,33 +32,6 @@ START_FAILURES = (CannotListenError, DatabaseFailure, SQLAlchemyError, Migration
 
 class StartFailed(Exception):
     """The gateway could not start; the message is one line for the person who started it."""
-
-
-def log_line(event, process: str = "") -> str | None:
-    """One line per event; a failure's traceback follows it (a 500, a bug: someone must find it).
-    ``process``: which worker said it, when there are several."""
-    text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
-    if not text:
-        return None
-    level = event.get("log_level", LogLevel.info).name.upper()
-    return f"{level:5} {process}{event.get('log_namespace', '-')}: {text}\n"
-
-
-def _not_factory_chatter(event) -> PredicateResult:
-    # Every factory, ours included, says "Starting factory <... at 0x...>" under its own namespace.
-    return PredicateResult.no if event.get("log_format", "").startswith(("Starting factory", "Stopping factory")) else PredicateResult.maybe
-
-
-def start_logging(stream=sys.stdout, level: LogLevel = LogLevel.info, role: WorkerRole = SOLE, json_records: bool = False) -> None:
-    """Operators' log lines, without a time stamp: the service manager (journald) adds one.
-    ``json_records``: whole events instead, for a parent process that logs them as its own (the API process)."""
-    levels = LogLevelFilterPredicate(defaultLogLevel=level)
-    for chatty in ("log_legacy", "twisted"):  # "Port closed" and the like: not for operators
-        levels.setLogLevelForNamespace(chatty, LogLevel.warn)
-    process = f"[worker {role.index}] " if role.count > 1 else ""
-    output = jsonFileLogObserver(stream) if json_records else FileLogObserver(stream, lambda event: log_line(event, process))
-    observer = FilteringLogObserver(output, [_not_factory_chatter, levels])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 async def start_gateway(reactor, config: GatewayConfig, sync_mode: SyncMode | None = None, role: WorkerRole = SOLE) -> Gateway:
@@ -127,7 +91,7 @@ class _WallClock:
 
 
 async def _serve(reactor, config: GatewayConfig, sync_mode, announce, role) -> None:
-    start_logging(role=role)
+    start_logging(process=f"[worker {role.index}] " if role.count > 1 else "")
     try:
         gateway = await start_gateway(reactor, config, sync_mode, role)
     except StartFailed as exc:

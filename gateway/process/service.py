@@ -25,7 +25,8 @@ from gateway.native.doorman import DoorLimits, Doorman
 from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
-from gateway.process.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
+from gateway.process.peers import Listener, connect_raw
+from gateway.store.notices import ADMISSIONS, CHANGES, SETTINGS, TERMINALS
 from gateway.sync.puller import Puller
 from gateway.sync.pusher import Pusher
 from gateway.http.queries import sync_state

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, upsert
 from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
-from gateway.process.peers import take_commit_turn
+from gateway.store.notices import take_commit_turn
 from gateway.store.schema import events, pending_pulls, terminals
 from gateway.sync.unsaved import UnsavedEvents
 from protocol.events import Event

@@ -7,7 +7,7 @@ live stream show both.
 from sqlalchemy.engine import Connection
 
 from gateway.store.database import insert_many
-from gateway.process.peers import take_commit_turn
+from gateway.store.notices import take_commit_turn
 from gateway.store.schema import events
 
 SAVED_FROM_DEVICE = "User update succeeded (Device)"

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from twisted.logger import Logger
 
 from gateway.store.database import insert_ignoring_duplicates, upsert
-from gateway.process.peers import SETTINGS, notify
+from gateway.store.notices import SETTINGS, notify
 from gateway.store.schema import events, pending_pulls, settings
 from gateway.sync.syncmode import SyncMode
 from gateway.sync.users import republish_users

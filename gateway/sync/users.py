@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store.database import insert_ignoring_duplicates, upsert
-from gateway.process.peers import CHANGES, notify, take_commit_turn
+from gateway.store.notices import CHANGES, notify, take_commit_turn
 from gateway.store.schema import counters, users
 from gateway.sync.syncmode import format_groups
 from protocol.errors import MessageError
