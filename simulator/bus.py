@@ -9,7 +9,6 @@ on any clock, so unit tests drive it with ``task.Clock``. ``ConverterPort`` puts
 serial-over-IP converter instead, which the gateway reaches with a ``socket://`` URL.
 """
 
-import json
 import math
 import os
 import random
@@ -17,6 +16,7 @@ import sys
 import tty
 from dataclasses import dataclass
 
+import tomli_w
 from twisted.internet import abstract, defer, fdesc, protocol, task
 from twisted.internet.error import CannotListenError
 
@@ -402,19 +402,9 @@ def gateway_config(device: str, baud: int, addressed: list[tuple[int, int]], sec
     """The ``[[serial]]`` entry for the bus and a ``[[terminals]]`` entry for each of its terminals
     (``addressed``: (bus address, terminal id)), so a gateway with the default allowlist admits
     them as it is; TOML, with the header that marks a file as this command's to replace."""
-    lines = [f"{CONFIG_HEADER}: gateway run --config THIS_FILE", "",
-             "[[serial]]", f"device = {_toml_string(device)}", f"baud = {baud}",
-             "addresses = [" + ", ".join(f"{{address = {a}, id = {t}}}" for a, t in addressed) + "]"]
-    if echo:
-        lines.append("echo = true")
-    for address, terminal_id in addressed:
-        lines += ["", "[[terminals]]", f"id = {terminal_id}", f"secret = {_toml_string(f'{secret_prefix}{terminal_id}')}",
-                  f'name = "bus address {address}"']
-    return "\n".join(lines) + "\n"
-
-
-def _toml_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+    serial = dict(device=device, baud=baud, addresses=[dict(address=a, id=t) for a, t in addressed], **(dict(echo=True) if echo else {}))
+    terminals = [dict(id=t, secret=f"{secret_prefix}{t}", name=f"bus address {a}") for a, t in addressed]
+    return f"{CONFIG_HEADER}: gateway run --config THIS_FILE\n\n" + tomli_w.dumps(dict(serial=[serial], terminals=terminals))
 
 
 def _ours_to_write(path: str) -> bool:
