@@ -109,12 +109,13 @@ class ActivityEndpointTests(ApiTestCase):
         yield self.enroll(A, "act-1")
         yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="act-1") == 1, "act-1 applied on B")
 
-        def counted():
+        def shown():
+            """The second of the apply is over, so the figures show it (the current second is still filling)."""
             self.site.gateway.activity.tick()
-            return self.site.gateway.activity.series(60)["totals"]["changes_propagated"] == 1
+            series = self.site.gateway.activity.series(60)
+            return series["totals"]["changes_propagated"] == 1 and series["totals"]["user_deliveries"] == 1
 
-        yield wait_until(counted, "the activity to read the delivery")
-        yield task.deferLater(self.site.gateway.reactor, 1.05, lambda: None)  # the second of the apply is over
+        yield wait_until(shown, "the activity to show the delivery")
         activity = yield self.get("/api/activity?seconds=60")
         span = len(activity["seconds"])
         self.assertTrue(0 < span < 60)  # the gateway started seconds ago: no minute to show yet

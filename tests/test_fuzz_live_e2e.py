@@ -152,10 +152,16 @@ class LiveFuzzTests(unittest.TestCase):
         attacks = [insider, *(Attack(port, seed) for seed in range(ATTACKERS))]
         for attack in attacks:
             attack.again()
-        peak = before
-        for _ in range(int(ATTACK_S)):
+        # The attack lasts ATTACK_S, and longer on a slow day until it has done its share: what
+        # is checked is what the gateway did with so much, not how fast the attackers were.
+        peak, started = before, reactor.seconds()
+        while reactor.seconds() - started < ATTACK_S or insider.sent <= 100 or sum(a.sent for a in attacks) <= 1000:
+            if reactor.seconds() - started > 6 * ATTACK_S:
+                raise AssertionError(f"the attackers got only {sum(a.sent for a in attacks)} connections or frames "
+                                     f"({insider.sent} from the insider) through in {6 * ATTACK_S:g} s")
             yield task.deferLater(reactor, 1.0, lambda: None)
             peak = max(peak, rss_kb(gateway.popen.pid))
+        attack_s = reactor.seconds() - started
         for attack in attacks:
             attack.running = False
         enrolling.stop()
@@ -165,7 +171,7 @@ class LiveFuzzTests(unittest.TestCase):
         yield task.deferLater(reactor, 3.0, lambda: None)  # strangers' last time-outs
         after = rss_kb(gateway.popen.pid)
         metrics = yield threads.deferToThread(lambda: urlrequest.urlopen(page + "metrics", timeout=10).read().decode())
-        print(f"\nlive fuzz: {sent:,} hostile connections or frames in {ATTACK_S:g} s ({insider.sent:,} from the insider), "
+        print(f"\nlive fuzz: {sent:,} hostile connections or frames in {attack_s:.0f} s ({insider.sent:,} from the insider), "
               f"{len(enrolled)} users enrolled; "
               f"gateway RSS {before / 1024:.1f} MB before, {peak / 1024:.1f} MB peak, {after / 1024:.1f} MB after")
         print("".join(line + "\n" for line in metrics.splitlines()
@@ -175,8 +181,6 @@ class LiveFuzzTests(unittest.TestCase):
         logged = gateway.all_output().splitlines()
         print(f"gateway log: {len(logged)} lines in all")
         self.assertLess(len(logged), 1000)  # one line per kind and source, then a summary every 10 s
-        self.assertGreater(insider.sent, 100)
-        self.assertGreater(sent, 1000)
         self.assertLessEqual(after, before + RSS_SLACK_KB, f"RSS {before} kB before, {after} kB after")
         # Refused for crowding, or already locked out for it: which comes first depends on the pace.
         self.assertTrue(any(f'gateway_links_refused_total{{reason="{reason}"}}' in metrics

@@ -7,12 +7,13 @@ terminal's store, and the event log.
 
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from gateway.sync.monitor import SAVED_FROM_DEVICE
 from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
 from protocol.records import Card, CardType, hash_pin
+from protocol.zk.commands import Command
 from simulator.people import People
 from simulator.zk.device import Firmware, ZkDevice, populate
 from simulator.zk.tcp import listen
@@ -107,7 +108,8 @@ class MixedSite(ZkSite):
         # A punch at ZK-1 is one verification event, however many polls read the log again.
         zk1.punch("500")
         yield wait_until(lambda: site.count_events(terminal_id=ZK1, code=EventCode.VERIFY_SUCCESS) == 1, "the punch stored")
-        yield _sleep(10 * POLL_S)
+        polled = zk1.requests[Command.GET_FREE_SIZES]
+        yield wait_until(lambda: zk1.requests[Command.GET_FREE_SIZES] >= polled + 3, "three more polls of ZK-1", timeout=60)
         self.assertEqual(site.count_events(terminal_id=ZK1, code=EventCode.VERIFY_SUCCESS), 1)
 
         # ZK-2 goes away; an enrolment at a native terminal reaches ZK-1 and ZK-3 now, ZK-2 when it is back.
@@ -157,7 +159,3 @@ class LargeDevice(ZkSite):
             copy = fresh.user(user.user_id)
             self.assertEqual((copy.name, copy.card), (user.name, user.card))
             self.assertEqual(self.templates_of(ZK2, user.user_id), self.templates_of(ZK1, user.user_id))
-
-
-def _sleep(seconds: float):
-    return task.deferLater(reactor, seconds, lambda: None)
