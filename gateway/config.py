@@ -26,6 +26,8 @@ from gateway.admission import AdmissionPolicy
 from gateway.kinds import kind_of_section, kinds
 from gateway.store.database import DEFAULT_URL
 from gateway.sync.syncmode import SyncMode
+from protocol import address
+from protocol.address import AddressError
 
 
 class ConfigError(ValueError):
@@ -156,10 +158,11 @@ def _kind_section(name: str) -> bool:
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    """``HOST:PORT`` (protocol/address.py), or ConfigError saying what was given."""
+    try:
+        return address.parse_host_port(text)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # -- [[serial]]: RS-485 buses ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from simulator import bus, console, fleet
-from simulator.address import AddressError, parse_host_port
+from protocol.address import AddressError, parse_host_port
 from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from simulator.address import AddressError, parse_host_port
+from protocol.address import AddressError, parse_host_port
 from simulator.fleet_worker import KINDS, FleetSpec, wall_ms
 from simulator.gateway_config import fleet_config
 from simulator.people import MIXES

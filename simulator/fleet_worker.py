@@ -23,7 +23,7 @@ from twisted.internet import task
 from protocol.events import EventCode, Origin
 from protocol.records import UserRecordWire
 from protocol.zk.commands import Command as ZkCommand
-from simulator.address import parse_host_port
+from protocol.address import parse_host_port
 from simulator.people import MIXES, People
 from simulator.scenarios import SCENARIOS
 from simulator.tcp import DialingTerminal, ListeningTerminal

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from simulator.address import AddressError, parse_host_port
+from protocol.address import AddressError, parse_host_port
 from tools import check_zk
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation

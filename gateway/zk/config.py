@@ -7,6 +7,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.config import U32, ConfigError, Text, checked
+from protocol.address import AddressError, parse_host_port
 
 ZK_PORT = 4370
 
@@ -34,11 +35,10 @@ def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
 def zk_from_option(where: str, terminal_id: int | None = None, comm_key: int = 0) -> dict:
     """The ``[[zk]]`` entry ``--zk HOST[:PORT]`` stands for; without ``--zk-id`` the id is the
     CRC-32 of ``host:port``, the same at every start."""
-    host, sep, port = where.rpartition(":")
-    if not sep or not port.isdigit():
-        host, port = where, str(ZK_PORT)
-    if not host or not 0 < int(port) < 65536:
-        raise ConfigError(f"--zk expects HOST[:PORT], got {where!r}")
+    try:
+        host, port = parse_host_port(where, ZK_PORT)
+    except AddressError:
+        raise ConfigError(f"--zk expects HOST[:PORT], got {where!r}") from None
     if terminal_id is None:
         terminal_id = zlib.crc32(f"{host}:{port}".encode())
     return dict(id=terminal_id, host=host, port=int(port), comm_key=comm_key)
