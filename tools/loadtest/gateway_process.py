@@ -71,7 +71,8 @@ class GatewayProcess:
             self.tcp_port, self.http_port = int(tcp[1]), int(http[1])
             return True
         if exited:
-            raise GatewayFailed(f"the gateway exited with status {self.proc.returncode}; see {self.log_path}")
+            said = b"\n".join(lines.splitlines()[-5:]).decode(errors="replace")
+            raise GatewayFailed(f"the gateway exited with status {self.proc.returncode}; see {self.log_path}; it said last:\n{said}")
         return False
 
     def start(self, timeout: float = 60.0) -> "GatewayProcess":
