@@ -14,7 +14,6 @@ the second of its latest apply. The first change not yet propagated is the one t
 several quick edits of one user measure the wait of the oldest.
 """
 
-import math
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, or_, select
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 from gateway.sync.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
 from gateway.store.schema import events
 from protocol.events import EventCode, Origin
+from protocol.figures import percentile
 
 log = Logger(namespace="gateway.activity")
 
@@ -151,11 +151,6 @@ class Activity:
                 "propagation_p99_ms": percentile(everything, 99) if everything else None,
             },
         }
-
-
-def percentile(ordered: list[int], p: float) -> int:
-    """The nearest-rank percentile of a sorted, non-empty list."""
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 @dataclass(frozen=True)

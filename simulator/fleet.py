@@ -18,7 +18,6 @@ the terminals with the server without trusting the gateway's own view.
 
 import argparse
 import json
-import math
 import queue
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from protocol.address import AddressError, parse_host_port
+from protocol.figures import percentiles
 from simulator.fleet_worker import KINDS, FleetSpec, wall_ms
 from simulator.gateway_config import fleet_config
 from simulator.people import MIXES
@@ -312,18 +312,6 @@ class Fleet:
             propagation=propagation,
             zk_ports=dict(self.zk_ports),
         )
-
-
-def percentiles(values) -> dict | None:
-    """p50, p95, p99 (nearest rank) and max of some numbers; None when there are none."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-
-    def rank(p: float):
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-    return dict(p50=rank(50), p95=rank(95), p99=rank(99), max=ordered[-1])
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.api_token import token_path
 from gateway.store.schema import counters, events, pending_pulls, terminals
 from gateway.sync.users import CHANGE_SEQ
-from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, percentiles, propagation_figures, spec_from_args
+from protocol.figures import percentiles
+from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
 from tools.loadtest import baselines, capacity, convergence, report as reporting
