@@ -5,6 +5,8 @@ cannot compile an Adapter at all (everything under it then runs as slow plain co
 records and events terminals send by the thousand need both fixed; these two classes do it.
 """
 
+from typing import Any
+
 from construct import Adapter, Bytes, GreedyBytes, Prefixed, StringEncoded, Subconstruct
 
 
@@ -17,8 +19,10 @@ class LengthChecked(Subconstruct):
     (StreamError when short).
     """
 
-    def __init__(self, subcon):
+    def __init__(self, subcon: Any) -> None:
         super().__init__(subcon)
+        self.lengthfield: Any
+        self.size: int | None
         self.encoding = subcon.encoding if isinstance(subcon, StringEncoded) else None
         raw = subcon.subcon if self.encoding else subcon
         if isinstance(raw, Bytes) and isinstance(raw.length, int):
@@ -28,12 +32,12 @@ class LengthChecked(Subconstruct):
         else:
             raise TypeError(f"LengthChecked takes Bytes(n), Prefixed(n, GreedyBytes) or PascalString, not {subcon}")
 
-    def _emitparse(self, code):
+    def _emitparse(self, code: Any) -> str:
         length = self.size if self.lengthfield is None else self.lengthfield._compileparse(code)
         read = f"stream_read(io, {length}, '(compiled)')"
         return f"{read}.decode({self.encoding!r})" if self.encoding else read
 
-    def _emitbuild(self, code):
+    def _emitbuild(self, code: Any) -> str:
         data = f"obj.encode({self.encoding!r})" if self.encoding else "obj"
         if self.lengthfield is None:
             write = f"stream_write(io, data, {self.size}, '(compiled)')"
@@ -50,11 +54,11 @@ class CompilableAdapter(Adapter):
     ``_encode`` before building), so the dataclass conversion costs one call, not a plain parse.
     """
 
-    def _emitparse(self, code):
+    def _emitparse(self, code: Any) -> str:
         self._compileinstance(code)
         return f"linkedinstances[{id(self)}]._decode({self.subcon._compileparse(code)}, this, '(compiled)')"
 
-    def _emitbuild(self, code):
+    def _emitbuild(self, code: Any) -> str:
         self._compileinstance(code)
         encoded = f"linkedinstances[{id(self)}]._encode(obj, this, '(compiled)')"
         return f"(reuse({encoded}, lambda obj: {self.subcon._compilebuild(code)}), obj)[1]"

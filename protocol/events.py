@@ -7,6 +7,7 @@ on the device (0x02). See docs/protocol.md section "Event log entries".
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from construct import Int8ub, Int16ub, Int64ub, Struct
 
@@ -84,13 +85,13 @@ EventStruct = Struct(
 
 class _EventAdapter(CompilableAdapter):
     # Item access, not attribute access: Container.__getattr__ costs ten times as much.
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: Any, context: Any, path: str) -> Event:
         if obj["event_id"] > MAX_EVENT_ID or obj["timestamp_ms"] > MAX_EVENT_ID:
             # Databases store signed 64-bit integers: one such event would fail every commit it joins.
             raise MessageError(f"event id and timestamp must be below 2**63, got {obj['event_id']} and {obj['timestamp_ms']}")
         return Event(obj["event_id"], obj["timestamp_ms"], obj["code"], obj["sub_code"], obj["user_id"])
 
-    def _encode(self, ev: Event, context, path):
+    def _encode(self, ev: Event, context: Any, path: str) -> dict[str, Any]:
         return dict(
             event_id=ev.event_id, timestamp_ms=ev.timestamp_ms, code=ev.code, sub_code=ev.sub_code, user_id=ev.user_id
         )

@@ -7,6 +7,7 @@ merge fills exactly the vacant fields; see docs/protocol.md section "User record
 import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from construct import (
     Bytes,
@@ -105,7 +106,7 @@ class UserRecord:
     faces: tuple[Face, ...] = ()
     photo: bytes | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # The canonical order (docs/protocol.md, "Canonical order"): the digest is over the
         # encoding, so two holders of one record must list its parts alike, whatever order
         # they were given or received in.
@@ -169,7 +170,7 @@ def _card_order(card: Card) -> tuple[int, bytes]:
     return card.card_id
 
 
-def _slot_order(item: "Fingerprint | Face"):
+def _slot_order(item: "Fingerprint | Face") -> Any:
     return item.slot  # a fingerprint's format, then its finger: the order the encoding reads back
 
 
@@ -229,7 +230,7 @@ UserRecordStruct = Struct(
 
 class _UserRecordAdapter(CompilableAdapter):
     # Item access, not attribute access: Container.__getattr__ costs ten times as much.
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: Any, context: Any, path: str) -> UserRecord:
         try:
             cards = tuple(Card(CardType(c["type"]), c["data"]) for c in obj["cards"])
         except ValueError as exc:
@@ -253,7 +254,7 @@ class _UserRecordAdapter(CompilableAdapter):
             photo=obj["photo"],
         ).validate()
 
-    def _encode(self, rec: UserRecord, context, path):
+    def _encode(self, rec: UserRecord, context: Any, path: str) -> dict[str, Any]:
         rec.validate()
         foreign = [f for f in rec.fingerprints if f.format is not None]
         return dict(
