@@ -18,6 +18,8 @@ from urllib.parse import unquote
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
 
 from gateway.store.database import DatabaseFailure
 from gateway.http.validate import PLAIN_TEXT, Invalid, check
@@ -116,10 +118,6 @@ class Route:
     returns: str | None = None  # name of the response schema in the OpenAPI document
     status: int = 200
     errors: dict[int, str] = field(default_factory=dict)  # what else the view may answer, and when
-    segments: list[str] = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.segments = self.path.strip("/").split("/")
 
     @property
     def writes(self) -> bool:
@@ -127,22 +125,16 @@ class Route:
 
     @property
     def path_params(self) -> tuple[Param, ...]:
-        return tuple(p for p in self.params if "{" + p.name + "}" in self.segments)
+        return tuple(p for p in self.params if "{" + p.name + "}" in self.path)
 
     @property
     def query_params(self) -> tuple[Param, ...]:
-        return tuple(p for p in self.params if "{" + p.name + "}" not in self.segments)
+        return tuple(p for p in self.params if "{" + p.name + "}" not in self.path)
 
-    def match(self, segments: list[str]) -> dict[str, str] | None:
-        if len(segments) != len(self.segments):
-            return None
-        found = {}
-        for pattern, text in zip(self.segments, segments):
-            if pattern.startswith("{"):
-                found[pattern[1:-1]] = text
-            elif pattern != text:
-                return None
-        return found
+    @property
+    def rule(self) -> str:
+        """The path as werkzeug's router writes it: "/api/terminals/<terminal_id>"."""
+        return self.path.replace("{", "<").replace("}", ">")
 
 
 @dataclass
@@ -180,6 +172,9 @@ class ApiResource(resource.Resource):
         self.gateway = gateway
         self.stream = stream
         self.routes = routes
+        # Endpoints are indexes into ``routes``; a trailing slash is the same path.
+        self._router = Map([Rule(route.rule, endpoint=n, methods=[route.method]) for n, route in enumerate(routes)],
+                           strict_slashes=False, merge_slashes=False).bind("")
 
     def render(self, request):
         finished = request.notifyFinish()
@@ -197,18 +192,18 @@ class ApiResource(resource.Resource):
         return defer.maybeDeferred(route.view, call).addCallback(lambda value: (route.status, value))
 
     def _route(self, request) -> tuple[Route, dict]:
-        segments = [unquote(s) for s in request.path.decode("latin-1").strip("/").split("/")]
+        # Matched on the path as sent, so a %2F inside a user id stays in its segment; the
+        # values are decoded after.
+        path = request.path.decode("latin-1")
         method = request.method.decode("latin-1").upper()
-        allowed = []
-        for route in self.routes:
-            found = route.match(segments)
-            if found is not None:
-                if route.method == method:
-                    return route, found
-                allowed.append(route.method)
-        if allowed:
-            raise ApiError(405, f"{method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
-        raise ApiError(404, f"no such API endpoint: {request.path.decode('latin-1')} (see /api/openapi.json)")
+        try:
+            n, values = self._router.match(path.rstrip("/") or "/", method)
+        except MethodNotAllowed as refused:
+            allowed = [m for m in refused.valid_methods or () if m not in ("HEAD", "OPTIONS")]
+            raise ApiError(405, f"{method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)}) from None
+        except NotFound:
+            raise ApiError(404, f"no such API endpoint: {path} (see /api/openapi.json)") from None
+        return self.routes[n], {name: unquote(text) for name, text in values.items()}
 
     def _authorize(self, route: Route, request) -> None:
         if not route.writes:
