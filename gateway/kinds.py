@@ -12,7 +12,7 @@ from functools import cache
 from importlib import import_module
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 # name -> "module:attribute" of its TerminalKind, imported on first use.
 REGISTERED = {
@@ -37,7 +37,7 @@ class Serving(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> "Deferred[object]": ...
+    def stop(self) -> "Deferred[Any]": ...
 
     def terminal_online(self, terminal_id: int) -> None:
         """A terminal authenticated on some link (a dialler's backoff starts again)."""
@@ -61,6 +61,23 @@ class TerminalKind(Protocol):
         first gateway process only. ``gateway`` is the running service: a kind takes from it the
         collaborators its connections need (event log, registry, clock) and hands on no more."""
         ...
+
+
+class ServingEach:
+    """A kind's connections kept by one service per terminal, each with ``start`` and ``stop``."""
+
+    def __init__(self, services: list[Any]):
+        self.services = services
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+
+    def stop(self) -> "Deferred[Any]":
+        return gatherResults([service.stop() for service in self.services])
+
+    def terminal_online(self, terminal_id: int) -> None:
+        """Nothing by default: a service that cares hears it from its own connection."""
 
 
 @cache

@@ -144,7 +144,7 @@ class LargeDevice(ZkSite):
         populate(full, 3000, seed=5)
         self.start_devices({ZK1: full, ZK2: fresh})
         site = self.start_site()
-        target = next(t for t in site.gateway.serving["zk"].devices if t.terminal_id == ZK2)
+        target = next(t for t in site.gateway.serving["zk"].services if t.terminal_id == ZK2)
         yield target.stop()  # the fresh device joins once the server holds everyone
         yield wait_until(lambda: site.online(ZK1), "the full device online")
         read_started = time.monotonic()

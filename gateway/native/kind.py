@@ -2,10 +2,8 @@
 handshake over TCP, TLS or an RS-485 bus; the gateway dials those that listen (``dial``)."""
 
 from msgspec import UNSET
-from twisted.internet import defer
-
 from gateway.config import ConfigError, TerminalEntry, checked, parse_host_port
-from gateway.kinds import ConfiguredTerminal
+from gateway.kinds import ConfiguredTerminal, ServingEach
 from gateway.native.tcp import TerminalDialer
 from gateway.native.tls import client_options
 
@@ -24,22 +22,12 @@ class NativeKind:
                         for entry in entries if "dial" in entry])
 
 
-class Dialers:
+class Dialers(ServingEach):
     """The terminals the gateway dials: each kept connected by its own TerminalDialer."""
-
-    def __init__(self, dialers: list[TerminalDialer]):
-        self.dialers = dialers
-
-    def start(self) -> None:
-        for dialer in self.dialers:
-            dialer.start()
-
-    def stop(self) -> defer.Deferred:
-        return defer.gatherResults([dialer.stop() for dialer in self.dialers])
 
     def terminal_online(self, terminal_id: int) -> None:
         """Its backoff starts again only once the terminal authenticated, not at every connect."""
-        for dialer in self.dialers:
+        for dialer in self.services:
             if dialer.terminal_id == terminal_id:
                 dialer.authenticated()
 

@@ -1,8 +1,6 @@
 """The ZKTeco kind of terminal: devices the gateway dials and polls, listed in ``[[zk]]``."""
 
-from twisted.internet import defer
-
-from gateway.kinds import ConfiguredTerminal
+from gateway.kinds import ConfiguredTerminal, ServingEach
 from gateway.zk.config import ZkEntry, parse_zk
 from gateway.zk.connection import ZkTiming
 from gateway.zk.holdings import HoldingsWriter
@@ -19,31 +17,14 @@ class ZkKind:
     def configured(self, entries: list[dict]) -> list[ConfiguredTerminal]:
         return [_configured(parse_zk(entry, n)) for n, entry in enumerate(entries, start=1)]
 
-    def serve(self, entries: list[dict], gateway) -> "ZkDevices":
+    def serve(self, entries: list[dict], gateway) -> ServingEach:
         holdings = HoldingsWriter(gateway.db)  # one group commit for every device's digests
-        return ZkDevices([
+        return ServingEach([
             ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, db=gateway.db, holdings=holdings, events=gateway.eventlog,
                        presence=gateway.registry, timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
                        on_offline_reason=gateway.registry.offline_reason)
             for e in (parse_zk(entry) for entry in entries)
         ])
-
-
-class ZkDevices:
-    """Every configured device's dialer."""
-
-    def __init__(self, devices: list[ZkTerminal]):
-        self.devices = devices
-
-    def start(self) -> None:
-        for device in self.devices:
-            device.start()
-
-    def stop(self) -> defer.Deferred:
-        return defer.gatherResults([device.stop() for device in self.devices])
-
-    def terminal_online(self, terminal_id: int) -> None:
-        """Nothing to do: each device's dialer hears from its own connection that it is online."""
 
 
 def _configured(entry: ZkEntry) -> ConfiguredTerminal:

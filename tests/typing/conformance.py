@@ -2,7 +2,7 @@
 runs mypy over this file): a missing method or a changed signature fails the build, not a
 terminal in the field. Nothing here runs."""
 
-from gateway.kinds import Serving, TerminalKind
+from gateway.kinds import Serving, ServingEach, TerminalKind
 from gateway.native.kind import NATIVE, Dialers
 from gateway.native.session import Link
 from gateway.native.tcp import TcpLink
@@ -11,7 +11,7 @@ from gateway.sync.connection import Admission, EventSink, Presence, TerminalConn
 from gateway.sync.eventlog import EventLog
 from gateway.terminals import TerminalRegistry
 from gateway.zk.connection import ZkConnection
-from gateway.zk.kind import ZK, ZkDevices
+from gateway.zk.kind import ZK
 
 
 def terminal_connections(zk: ZkConnection) -> list[TerminalConnection]:
@@ -30,5 +30,5 @@ def kinds() -> list[TerminalKind]:
     return [NATIVE, ZK]
 
 
-def servings(dialers: Dialers, devices: ZkDevices) -> list[Serving]:
-    return [dialers, devices]
+def servings(dialers: Dialers, each: ServingEach) -> list[Serving]:
+    return [dialers, each]
