@@ -17,7 +17,7 @@ from protocol.errors import ProtocolError
 from protocol.zk.client import ZkClient
 from protocol.zk.commands import name_of
 from protocol.zk.errors import BodyError, LocalProtocolError
-from protocol.zk.events import ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
+from protocol.zk.events import DeviceQuirk, OverLimit, ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
 
 log = Logger(namespace="gateway.zk")
 
@@ -39,15 +39,18 @@ class DeviceLost(ProtocolError):
 class ZkLink(protocol.Protocol):
     """One connection's conversation. ``on_connected()`` hears that the TCP connection is up;
     ``on_realtime(event)`` hears the device's real-time events; ``on_broken(reason)`` hears once
-    that the link is unusable (closed, silent past its deadline, or sending what is no packet)."""
+    that the link is unusable (closed, silent past its deadline, over a limit, or sending what is
+    no packet); ``on_quirk(quirk)`` hears what the device sent other than it announced, once per
+    kind (the client read what it could; the link goes on). Quirks are logged here."""
 
     def __init__(self, client: ZkClient, clock, *, on_realtime: Callable[[RealtimeEvent], None], on_broken: Callable[[str], None],
-                 on_connected: Callable[[], None] = lambda: None):
+                 on_connected: Callable[[], None] = lambda: None, on_quirk: Callable[[DeviceQuirk], None] = lambda quirk: None):
         self.client = client
         self.clock = clock
         self.on_realtime = on_realtime
         self.on_broken = on_broken
         self.on_connected = on_connected
+        self.on_quirk = on_quirk
         self.description = "zk"
         self.last_heard_s = clock.seconds()  # when the device last sent anything
         self._waiting: dict[int, defer.Deferred] = {}
@@ -111,8 +114,11 @@ class ZkLink(protocol.Protocol):
                 self.on_realtime(event)
             elif isinstance(event, ProtocolViolation):
                 self.end(f"the device sent what the protocol does not allow: {event.reason}")
-            elif isinstance(event, TimedOut):
-                reason = f"the device did not answer {name_of(event.command)} within {self.client.timeout_s:g} s"
+            elif isinstance(event, DeviceQuirk):
+                log.warn("{link}: {kind} not as announced, read what could be: {detail}", link=self.description, kind=event.kind, detail=event.detail)
+                self.on_quirk(event)
+            elif isinstance(event, (TimedOut, OverLimit)):
+                reason = event.reason or f"the device did not answer {name_of(event.command)} in time"
                 waiting = self._waiting.pop(event.token)
                 self.end(reason)  # first: whoever waited hears that the link is over, and why
                 waiting.errback(DeviceLost(reason))
