@@ -39,6 +39,7 @@ from gateway.users import UserDirectory
 from gateway.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
 from gateway.zk.connection import ZkTiming
+from gateway.zk.driver import LinkSettings
 from gateway.zk.holdings import HoldingsWriter
 from gateway.zk.poller import PollTiming
 
@@ -93,7 +94,8 @@ class Gateway:
         zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
-                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), link=LinkSettings.of(e),
+                       on_offline_reason=self.registry.offline_reason)
             for e in zk_entries
         ]
         self._sweep = task.LoopingCall(self.sweep)

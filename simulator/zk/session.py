@@ -169,11 +169,11 @@ class DeviceSession:
         table = self._table_for(bodies.parse_buffer_request(packet.data))
         if table is None:
             self._answer(packet, ReplyCode.ACK_ERROR)
-        elif len(table) <= min(self.device.firmware.inline_limit, MAX_DATA):
+        elif len(table) <= min(self.device.firmware.inline_limit, MAX_DATA) and not self.device.firmware.announced_table_bytes:
             self._answer(packet, Command.DATA, table)
         else:
             self._table = table
-            self._answer(packet, ReplyCode.ACK_OK, bodies.buffer_info(len(table)))
+            self._answer(packet, ReplyCode.ACK_OK, bodies.buffer_info(self.device.firmware.announced_table_bytes or len(table)))
 
     def _table_for(self, read: bodies.TableRead) -> bytes | None:
         device, fw = self.device, self.device.firmware
@@ -187,10 +187,11 @@ class DeviceSession:
 
     def _read_buffer(self, packet):
         start, size = bodies.parse_chunk_request(packet.data)
-        if self._table is None or start + size > len(self._table) or not 0 < size <= MAX_DATA:
+        announced = self.device.firmware.announced_table_bytes or len(self._table or b"")
+        if self._table is None or start + size > announced or not 0 < size <= MAX_DATA:
             self._answer(packet, ReplyCode.ACK_ERROR)
             return
-        chunk = self._table[start : start + size]
+        chunk = self._table[start : start + size].ljust(size, b"\0")  # a hostile firmware's zeros past the table
         if self.device.firmware.chunks_through_prepare_data:
             self._answer(packet, Command.PREPARE_DATA, bodies.prepare_data(size, device=True))
             self._answer(packet, Command.DATA, chunk)

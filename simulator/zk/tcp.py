@@ -30,6 +30,7 @@ class DeviceConnection(protocol.Protocol):
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
         self._hold_timer = None
+        self._line = SlowLine(self.factory.clock, self.factory.device.firmware.link_bytes_per_s, self.transport.write)
 
     def dataReceived(self, data: bytes):
         self.factory.bytes_received += len(data)
@@ -46,6 +47,7 @@ class DeviceConnection(protocol.Protocol):
     def connectionLost(self, reason=None):
         self.factory.connections.discard(self)
         self._cancel_hold_timer()
+        self._line.stop()
         self.session.close()
 
     def _watch_hold(self) -> None:
@@ -72,7 +74,44 @@ class DeviceConnection(protocol.Protocol):
         mangled = mangle(packet) if mangle is not None else None
         data = encode_tcp(packet) if mangled is None else mangled
         self.factory.bytes_sent += len(data)
-        self.transport.write(data)
+        self._line.write(data)
+
+
+class SlowLine:
+    """Bytes leave at ``bytes_per_s`` (0: at once), as over a cellular link, or a drip; the rest
+    waits here, in order."""
+
+    def __init__(self, clock, bytes_per_s: int, write):
+        self._write = write
+        self._rate = bytes_per_s
+        self._waiting = bytearray()
+        self._credit = 0.0
+        self._tick_s = max(0.02, 1.0 / bytes_per_s) if bytes_per_s else 0.0
+        self._loop = task.LoopingCall(self._drain)
+        self._loop.clock = clock
+
+    def write(self, data: bytes) -> None:
+        if not self._rate:
+            self._write(data)
+            return
+        self._waiting += data
+        if not self._loop.running:
+            self._credit = 0.0
+            self._loop.start(self._tick_s, now=False)
+
+    def _drain(self) -> None:
+        self._credit += self._rate * self._tick_s
+        size = int(self._credit)
+        if size:
+            self._credit -= size
+            out, self._waiting[:size] = bytes(self._waiting[:size]), b""
+            self._write(out)
+        if not self._waiting:
+            self._loop.stop()
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
 
 
 class DeviceFactory(protocol.ServerFactory):
