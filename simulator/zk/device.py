@@ -361,10 +361,11 @@ class ZkDevice:
         record = AttendanceRecord(user.uid, user_id, moment, verify_type, punch)
         self.attendance.append(record)
         event = RealtimeAttendance(user_id, moment, verify_type, punch)
-        self._emit(EventFlag.ATTLOG, self._attendance_event(event))
+        self._emit(EventFlag.ATTLOG, self.attendance_event(event))
         return record
 
-    def _attendance_event(self, event: RealtimeAttendance) -> bytes:
+    def attendance_event(self, event: RealtimeAttendance) -> bytes:
+        """EF_ATTLOG data as this firmware sends it."""
         size = self.firmware.event_size
         if size in ATTENDANCE_FORMS:
             return encode_attendance_event(event, size)
