@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -161,6 +161,11 @@ def parse_host_port(text: str) -> tuple[str, int]:
 ZK_PORT = 4370
 
 
+class ZkTransport(Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
 class ZkEntry(Struct, forbid_unknown_fields=True):
     """A ``[[zk]]`` entry, or ``gateway run --zk HOST[:PORT]``: a ZK device, admitted by being
     configured (it cannot prove a secret; the comm key is the device's own)."""
@@ -179,7 +184,7 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     request_limit_s: Annotated[float, Meta(gt=0)] = 120.0
     max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
     chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
-    transport: Literal["tcp", "udp"] = "tcp"  # UDP for the old devices that speak nothing else
+    transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:

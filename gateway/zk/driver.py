@@ -59,7 +59,7 @@ class LinkSettings:
     @classmethod
     def of(cls, entry) -> "LinkSettings":
         """From a ``[[zk]]`` entry (gateway.config.ZkEntry)."""
-        return cls(entry.transport, entry.timeout_s, entry.request_limit_s, int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
+        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
 
     def client(self, comm_key: int) -> ZkClient:
         """A fresh conversation for one connection."""
