@@ -95,7 +95,7 @@ class Gateway:
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
                        timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), link=LinkSettings.of(e),
-                       on_offline_reason=self.registry.offline_reason)
+                       on_offline_reason=self.registry.offline_reason, on_quirk=lambda quirk: self.metrics.zk_quirks.labels(kind=quirk.kind).inc())
             for e in zk_entries
         ]
         self._sweep = task.LoopingCall(self.sweep)

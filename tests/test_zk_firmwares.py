@@ -7,6 +7,7 @@ import resource
 import pytest
 from twisted.internet import defer, reactor, task
 
+from gateway.metrics import Metrics
 from gateway.monitor import SAVED_FROM_DEVICE
 from live_site import wait_until
 from protocol.events import EventCode
@@ -57,7 +58,8 @@ class TolerantFirmwares(ZkSite):
 
     @defer.inlineCallbacks
     def test_a_user_count_one_higher_than_the_table_holds(self):
-        yield self.synced_both_ways(variant("count-plus-one"))
+        site = yield self.synced_both_ways(variant("count-plus-one"))
+        self.assertGreaterEqual(Metrics.value(site.gateway.metrics.zk_quirks, kind="user table"), 1, "counted where an operator sees it")
 
     @defer.inlineCallbacks
     def test_real_time_events_of_a_length_no_client_knows_keep_the_link(self):
@@ -68,6 +70,7 @@ class TolerantFirmwares(ZkSite):
             device.punch("10")
         yield wait_until(lambda: site.count_events(terminal_id=VARIANT, code=EventCode.VERIFY_SUCCESS, user_id="10") == 4, "the punches")
         self.assertEqual(self.ports[VARIANT].factory.next_session_id() - 2, sessions, "no new connection: the link was never dropped")
+        self.assertEqual(Metrics.value(site.gateway.metrics.zk_quirks, kind="real-time event"), 1, "said once per connection")
 
     @defer.inlineCallbacks
     def test_a_device_that_ignores_disabledevice(self):

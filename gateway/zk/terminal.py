@@ -18,7 +18,8 @@ log = Logger(namespace="gateway.zk")
 
 class ZkTerminal:
     def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
-                 timing: ZkTiming, link: LinkSettings = LinkSettings(), on_offline_reason=lambda terminal_id, reason: None):
+                 timing: ZkTiming, link: LinkSettings = LinkSettings(), on_offline_reason=lambda terminal_id, reason: None,
+                 on_quirk=lambda quirk: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
@@ -31,6 +32,7 @@ class ZkTerminal:
         self._presence = presence
         self._timing = timing
         self._link = link
+        self._on_quirk = on_quirk
         self._on_offline_reason = on_offline_reason
         self._reason: str | None = None
         self._stopping = False
@@ -55,7 +57,7 @@ class ZkTerminal:
             self._offline(reason)
 
         link = ZkLink(self._link.client(self.comm_key), self._reactor,
-                      on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
+                      on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made, on_quirk=self._on_quirk)
         connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
                                                     events=self._events, presence=self._presence, timing=self._timing,
                                                     on_online=self._online)
