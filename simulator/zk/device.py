@@ -73,6 +73,7 @@ class Firmware:
     long_ids: Literal["refuse", "truncate"] = "refuse"  # what it does with a longer one a client writes
     announced_table_bytes: int = 0  # hostile: every buffered table announced as this long, zeros past the real one
     link_bytes_per_s: int = 0  # how fast its answers leave (0: at once; 4096 a cellular link; 2 a drip)
+    link_segment_bytes: int = 1460  # in pieces of at most this (a link's MSS), a small packet whole; 1 drips
 
 
 def firmware_variant(name: str) -> "tuple[Firmware, dict]":
@@ -93,7 +94,7 @@ FIRMWARES: dict[str, tuple[Firmware, dict]] = {
     "pin-refuse": (Firmware(pin_width=9, long_ids="refuse"), {}),
     "no-disable": (Firmware(), {"keypad_never_held": True}),
     "huge-buffer": (Firmware(announced_table_bytes=2**31), {}),
-    "drip": (Firmware(link_bytes_per_s=2), {}),
+    "drip": (Firmware(link_bytes_per_s=2, link_segment_bytes=1), {}),
 }
 
 

@@ -9,6 +9,7 @@ as a real device enables itself again, so people at the keypad never wait for a 
 
 import argparse
 import sys
+from collections import deque
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
@@ -32,7 +33,8 @@ class DeviceConnection(protocol.Protocol):
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
         self._hold_timer = None
-        self._line = SlowLine(self.factory.clock, self.factory.device.firmware.link_bytes_per_s, self.transport.write)
+        firmware = self.factory.device.firmware
+        self._line = SlowLine(self.factory.clock, firmware.link_bytes_per_s, self.transport.write, firmware.link_segment_bytes)
 
     def dataReceived(self, data: bytes):
         self.factory.bytes_received += len(data)
@@ -80,13 +82,15 @@ class DeviceConnection(protocol.Protocol):
 
 
 class SlowLine:
-    """Bytes leave at ``bytes_per_s`` (0: at once), as over a cellular link, or a drip; the rest
-    waits here, in order."""
+    """Bytes leave at ``bytes_per_s`` (0: at once), as over a cellular link, in segments of at
+    most ``segment_bytes`` that never span two writes: as a link of that MSS delivers them, a
+    small packet whole. A segment of 1 byte is a drip. What waits stays here, in order."""
 
-    def __init__(self, clock, bytes_per_s: int, write):
+    def __init__(self, clock, bytes_per_s: int, write, segment_bytes: int = 1460):
         self._write = write
         self._rate = bytes_per_s
-        self._waiting = bytearray()
+        self._segment = max(1, segment_bytes)
+        self._waiting: deque[bytes] = deque()
         self._credit = 0.0
         self._tick_s = max(0.02, 1.0 / bytes_per_s) if bytes_per_s else 0.0
         self._loop = task.LoopingCall(self._drain)
@@ -96,18 +100,24 @@ class SlowLine:
         if not self._rate:
             self._write(data)
             return
-        self._waiting += data
+        self._waiting.append(data)
         if not self._loop.running:
             self._credit = 0.0
             self._loop.start(self._tick_s, now=False)
 
     def _drain(self) -> None:
         self._credit += self._rate * self._tick_s
-        size = int(self._credit)
-        if size:
+        while self._waiting:
+            head = self._waiting[0]
+            size = min(self._segment, len(head))
+            if self._credit < size:
+                break
             self._credit -= size
-            out, self._waiting[:size] = bytes(self._waiting[:size]), b""
-            self._write(out)
+            self._write(head[:size])
+            if size == len(head):
+                self._waiting.popleft()
+            else:
+                self._waiting[0] = head[size:]
         if not self._waiting:
             self._loop.stop()
 
