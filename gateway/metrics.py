@@ -41,6 +41,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.zk_quirks = Counter(
+            "gateway_zk_quirks",
+            "ZK devices' answers other than they announced, read as far as they go (a count a table disagrees with, event data "
+            "of unknown length, unreadable records), by kind: once per kind and connection, when it is logged",
+            ["kind"], registry=r,
+        )
         self.reconcile_repairs = Counter(
             "gateway_reconcile_repairs", "Users reconciliation repaired on a terminal: pushed, deleted, pulled", ["kind"], registry=r
         )

@@ -109,7 +109,7 @@ def test_a_peer_that_answers_garbage_fails_the_connect_check_in_one_line():
         result = gateway_check("--zk", f"127.0.0.1:{server.getsockname()[1]}", "--timeout", "1")
         thread.join(10)
     assert result.returncode == 1
-    assert result.stdout.startswith("FAIL connect: no answer to CONNECT within 1 s; the device also sent: ")
+    assert result.stdout.startswith("FAIL connect: the device did not answer CONNECT within 1 s; the device also sent: ")
     assert "Traceback" not in result.stderr
 
 
@@ -188,5 +188,5 @@ class WriteLeavesTheDeviceAsItWas(unittest.TestCase):
         code, out = yield self.run_check("--write", "--timeout", "0.5")
         assert code == 1, out
         failure = out.splitlines()[-2]
-        assert failure.startswith("FAIL write: no answer to USER_WRQ within 0.5 s; then removing the test user failed: "
+        assert failure.startswith("FAIL write: the device did not answer USER_WRQ within 0.5 s; then removing the test user failed: "
                                   "nothing more can be asked in this session"), out

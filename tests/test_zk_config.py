@@ -15,7 +15,23 @@ def test_a_zk_entry_takes_its_defaults():
     assert (entry.port, entry.comm_key, entry.name, entry.groups, entry.poll_s, entry.timeout_s) == (4370, 0, "", [], 5.0, 10.0)
 
 
+def test_the_link_settings_reach_each_connections_client():
+    from gateway.zk.driver import LinkSettings
+    from protocol.zk.client import MAX_TRANSFER, Framing
+
+    default = LinkSettings.of(parse_zk(dict(id=7, host="h")))
+    assert default == LinkSettings() and default.max_transfer == MAX_TRANSFER
+    client = LinkSettings.of(parse_zk(dict(id=7, host="h", transport="udp", timeout_s=3, request_limit_s=30, max_transfer_mb=8,
+                                           chunk_size=4096))).client(55)
+    assert (client.framing, client.comm_key, client.timeout_s, client.request_limit_s, client.max_transfer, client.chunk_size) == (
+        Framing.UDP, 55, 3, 30, 8 * 1024 * 1024, 4096)
+    assert LinkSettings(transport="udp").client(0).chunk_size == 16 * 1024, "0: the transport's default"
+
+
 @pytest.mark.parametrize("entry, message", [
+    (dict(id=7, host="h", transport="serial"), "zk terminal 7: transport must be one of tcp, udp"),
+    (dict(id=7, host="h", chunk_size=70_000), "zk terminal 7: chunk_size must be at most 65472"),
+    (dict(id=7, host="h", max_transfer_mb=0), "zk terminal 7: max_transfer_mb must be more than 0.0"),
     (dict(id=7, host="h", comm_key=1_000_000), "zk terminal 7: comm_key must be at most 999999"),
     (dict(id=7, host="h", port=0), "zk terminal 7: port must be at least 1"),
     (dict(id=7, host="h", poll_s=0), "zk terminal 7: poll_s must be at least 0.1"),

@@ -33,9 +33,12 @@ class ZkSite(LiveTestCase):
         for port in self.ports.values():
             self.addCleanup(_stop_listening, port)
 
-    def start_site(self, native=(), timeout_s: float = 10, **config) -> Site:
+    def start_site(self, native=(), timeout_s: float = 10, link: dict | None = None, links: dict[int, dict] | None = None, **config) -> Site:
+        """``link``: more [[zk]] settings for every device (request_limit_s, chunk_size, ...);
+        ``links``: for some, by terminal id."""
         numbers = {tid: port.getHost().port for tid, port in self.ports.items()}
-        entries = [dict(id=tid, host="127.0.0.1", port=numbers[tid], comm_key=self.devices[tid].comm_key, poll_s=POLL_S, timeout_s=timeout_s)
+        entries = [dict(id=tid, host="127.0.0.1", port=numbers[tid], comm_key=self.devices[tid].comm_key, poll_s=POLL_S, timeout_s=timeout_s,
+                        **(link or {}), **(links or {}).get(tid, {}))
                    for tid in self.devices]
         self.site = Site(self.db_url, terminal_ids=native, zk=entries, **config).start()
         self.addCleanup(self.site.stop)

@@ -14,10 +14,11 @@ from protocol.zk.commands import Command, EventFlag, ReplyCode
 from protocol.zk.commkey import make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.events import Connected, RealtimeEvent, RequestFailed
+from protocol.zk.realtime import RealtimeAttendance
 from protocol.zk.packet import Packet, encode_tcp
 from protocol.zk.records import AttendanceRecord, Template, User, encode_time, encode_user
 from simulator.cli import build_parser
-from simulator.zk.device import Firmware, KeypadError, ZkDevice, populate
+from simulator.zk.device import FIRMWARES, Firmware, KeypadError, ZkDevice, firmware_variant, populate
 from simulator.zk.session import DeviceSession
 
 NOON = datetime(2024, 6, 1, 12, 0, 0)
@@ -260,6 +261,24 @@ def test_a_station_counts_a_punch_acknowledged_only_by_the_acknowledgement_of_it
 def test_the_command_line_takes_the_documented_options():
     args = build_parser().parse_args(["zk-terminal", "--port", "4371", "--comm-key", "99", "--users", "5", "--seed", "2", "--fp-version", "12"])
     assert (args.port, args.comm_key, args.users, args.seed, args.fp_version) == (4371, 99, 5, 2, 12)
+    assert (args.transport, args.firmware, args.link_bps, args.pin_width) == ("tcp", "f19", None, None)
+    args = build_parser().parse_args(["zk-terminal", "--transport", "udp", "--firmware", "mb560-vl", "--link-bps", "4096", "--pin-width", "9"])
+    assert (args.transport, args.firmware, args.link_bps, args.pin_width) == ("udp", "mb560-vl", 4096, 9)
+
+
+@pytest.mark.parametrize("name", sorted(FIRMWARES))
+def test_every_firmware_variant_answers_what_it_names(name):
+    firmware, faults = firmware_variant(name)
+    device = ZkDevice(firmware=firmware)
+    for fault, value in faults.items():
+        setattr(device.faults, fault, value)
+    device.enroll("1", "One")
+    device.punch("1")
+    assert device.options["~PIN2Width"] == str(firmware.pin_width)
+    assert device.sizes().users == 1 + firmware.users_counted_extra
+    assert len(device.attendance_event(RealtimeAttendance("1", datetime(2024, 1, 1)))) == firmware.event_size
+    assert device.put_user(User(9, "1234567890123")) == (firmware.long_ids == "truncate" or firmware.pin_width >= 13)
+    assert firmware_variant(name)[0] is not firmware, "each device gets its own copy"
 
 
 def test_bad_command_line_values_are_one_line_errors(capsys):

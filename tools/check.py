@@ -174,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--terminal", metavar="HOST:PORT", help="connect to a terminal listening here")
     where.add_argument("--listen", type=int, metavar="PORT", help="wait for a terminal to dial in on this port")
     where.add_argument("--zk", metavar="HOST[:PORT]", help=f"check a ZKTeco device here instead (port {check_zk.DEFAULT_PORT} unless given)")
+    where.add_argument("--replay", metavar="FILE", help="run the ZK read checks against a capture made with --zk ... --record (docs/zk.md)")
     parser.add_argument("--secret", help="the terminal's secret (required but for --zk)")
     parser.add_argument("--comm-key", type=int, default=0, metavar="K", help="with --zk: the device's comm key (default 0: none)")
+    parser.add_argument("--udp", action="store_true", help="with --zk: over UDP, as old devices need (default TCP)")
+    parser.add_argument("--record", metavar="FILE", help="with --zk: write every chunk of the session both ways, with times, to FILE")
     parser.add_argument("--test-user-id", default=check_zk.CHECK_USER_ID, metavar="ID",
                         help="with --zk --write: the reserved user id of the test user (default %(default)s)")
     parser.add_argument("--id", type=int, help="the terminal id expected (default: whatever it says)")
@@ -189,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.zk:
+    if args.zk or args.replay:
         return check_zk.run(args)
     if args.secret is None:
         parser.error("--secret is required with --terminal or --listen")

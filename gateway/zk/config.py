@@ -1,6 +1,7 @@
 """ZkEntry: a ``[[zk]]`` entry of the configuration file, or ``gateway run --zk HOST[:PORT]``."""
 
 import zlib
+from enum import Enum
 from typing import Annotated
 
 import msgspec
@@ -10,6 +11,11 @@ from gateway.config import U32, ConfigError, Text, checked
 from protocol.address import AddressError, parse_host_port
 
 ZK_PORT = 4370
+
+
+class ZkTransport(Enum):
+    TCP = "tcp"
+    UDP = "udp"
 
 
 class ZkEntry(Struct, forbid_unknown_fields=True):
@@ -23,7 +29,14 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     name: str = ""
     groups: list[U32] = msgspec.field(default_factory=list)
     poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
-    timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
+    # The link (docs/zk.md section "Limits"): how long the device may fall silent in a request,
+    # how long one request may take however its bytes trickle, how much one transfer may announce,
+    # and how many bytes each READ_BUFFER asks (0: 65472 on TCP, 16384 on UDP; less on slow links).
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    request_limit_s: Annotated[float, Meta(gt=0)] = 120.0
+    max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
+    chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
+    transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:

@@ -1,23 +1,32 @@
-"""The ZK driver's I/O: one TCP connection to a ZK device, and the dialer that keeps it up.
+"""The ZK driver's I/O: one connection to a ZK device over TCP or UDP, and the dialer that keeps
+it up.
 
 ``ZkLink`` is the thin Twisted shell around ``protocol.zk.client.ZkClient`` that docs/zk.md
 describes: bytes in, the client's packets out, one timer at the client's next deadline, and each
 operation's end delivered as a Deferred. ``ZkDialer`` keeps one device connected with Twisted's
-``ClientService``, redialling with backoff, and says why the device is unreachable.
+``ClientService``, redialling with backoff, and says why the device is unreachable. On UDP a
+"connection" is a connected datagram socket (``_DatagramLink``) that hands ZkLink one datagram
+at a time, as the client's UDP framing wants; everything above it is the same.
 """
 
+import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from protocol.errors import ProtocolError
-from protocol.zk.client import ZkClient
+from protocol.zk.client import MAX_TRANSFER, REQUEST_LIMIT_S, Framing, ZkClient
 from protocol.zk.commands import name_of
 from protocol.zk.errors import BodyError, LocalProtocolError
-from protocol.zk.events import ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
+from protocol.zk.events import DeviceQuirk, OverLimit, ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
 
 log = Logger(namespace="gateway.zk")
 
@@ -36,18 +45,43 @@ class DeviceLost(ProtocolError):
     """The connection ended (or was ended) before the device answered."""
 
 
+@dataclass(frozen=True)
+class LinkSettings:
+    """How the gateway talks to one device: its ``[[zk]]`` settings of the link (docs/zk.md
+    section "Limits"). ``chunk_size`` 0 is the transport's default."""
+
+    transport: Literal["tcp", "udp"] = "tcp"
+    timeout_s: float = 10.0
+    request_limit_s: float = REQUEST_LIMIT_S
+    max_transfer: int = MAX_TRANSFER
+    chunk_size: int = 0
+
+    @classmethod
+    def of(cls, entry) -> "LinkSettings":
+        """From a ``[[zk]]`` entry (gateway/zk/config.py, ZkEntry)."""
+        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
+
+    def client(self, comm_key: int) -> ZkClient:
+        """A fresh conversation for one connection."""
+        return ZkClient(comm_key, framing=Framing(self.transport), timeout_s=self.timeout_s, request_limit_s=self.request_limit_s,
+                        max_transfer=self.max_transfer, chunk_size=self.chunk_size or None)
+
+
 class ZkLink(protocol.Protocol):
     """One connection's conversation. ``on_connected()`` hears that the TCP connection is up;
     ``on_realtime(event)`` hears the device's real-time events; ``on_broken(reason)`` hears once
-    that the link is unusable (closed, silent past its deadline, or sending what is no packet)."""
+    that the link is unusable (closed, silent past its deadline, over a limit, or sending what is
+    no packet); ``on_quirk(quirk)`` hears what the device sent other than it announced, once per
+    kind (the client read what it could; the link goes on). Quirks are logged here."""
 
     def __init__(self, client: ZkClient, clock, *, on_realtime: Callable[[RealtimeEvent], None], on_broken: Callable[[str], None],
-                 on_connected: Callable[[], None] = lambda: None):
+                 on_connected: Callable[[], None] = lambda: None, on_quirk: Callable[[DeviceQuirk], None] = lambda quirk: None):
         self.client = client
         self.clock = clock
         self.on_realtime = on_realtime
         self.on_broken = on_broken
         self.on_connected = on_connected
+        self.on_quirk = on_quirk
         self.description = "zk"
         self.last_heard_s = clock.seconds()  # when the device last sent anything
         self._waiting: dict[int, defer.Deferred] = {}
@@ -111,8 +145,11 @@ class ZkLink(protocol.Protocol):
                 self.on_realtime(event)
             elif isinstance(event, ProtocolViolation):
                 self.end(f"the device sent what the protocol does not allow: {event.reason}")
-            elif isinstance(event, TimedOut):
-                reason = f"the device did not answer {name_of(event.command)} within {self.client.timeout_s:g} s"
+            elif isinstance(event, DeviceQuirk):
+                log.warn("{link}: {kind} not as announced, read what could be: {detail}", link=self.description, kind=event.kind, detail=event.detail)
+                self.on_quirk(event)
+            elif isinstance(event, (TimedOut, OverLimit)):
+                reason = event.reason or f"the device did not answer {name_of(event.command)} in time"
                 waiting = self._waiting.pop(event.token)
                 self.end(reason)  # first: whoever waited hears that the link is over, and why
                 waiting.errback(DeviceLost(reason))
@@ -146,14 +183,16 @@ class ZkDialer:
     restarts only once the device came online (``online``), not at every TCP connect, so a
     device that answers but refuses the comm key is not redialled every half second."""
 
-    def __init__(self, reactor, host: str, port: int, new_link: Callable[[], ZkLink], unreachable: Callable[[str], None]):
+    def __init__(self, reactor, host: str, port: int, new_link: Callable[[], ZkLink], unreachable: Callable[[str], None],
+                 transport: Literal["tcp", "udp"] = "tcp"):
         self.host, self.port = host, port
         self.attempts = 0
         self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
         self._unreachable = unreachable
         factory = protocol.Factory.forProtocol(new_link)
         factory.noisy = False
-        endpoint = _Reporting(HostnameEndpoint(reactor, host, port), self._connect_failed)
+        dial = HostnameEndpoint(reactor, host, port) if transport == "tcp" else _DatagramEndpoint(reactor, host, port)
+        endpoint = _Reporting(dial, self._connect_failed)
         self._service = ClientService(endpoint, factory, retryPolicy=self._retry_after, clock=reactor)
 
     def start(self) -> None:
@@ -188,3 +227,72 @@ class _Reporting:
             return failure
 
         return d.addErrback(failed)
+
+
+class _DatagramEndpoint:
+    """Dials a device over UDP: a datagram socket connected to the device (so only its datagrams
+    arrive, and an ICMP refusal is heard), carrying one ZkLink. Names are resolved first: a
+    connected UDP socket takes an address only."""
+
+    def __init__(self, reactor, host: str, port: int):
+        self._reactor, self._host, self._port = reactor, host, port
+
+    @defer.inlineCallbacks
+    def connect(self, factory):
+        try:
+            address = str(ipaddress.ip_address(self._host))
+        except ValueError:
+            address = yield self._reactor.resolve(self._host)
+        link = factory.buildProtocol(IPv4Address("UDP", address, self._port))
+        datagrams = _DatagramLink(link, address, self._port)
+        self._reactor.listenUDP(0, datagrams, interface="::" if ":" in address else "0.0.0.0")
+        return link
+
+
+class _DatagramLink(protocol.DatagramProtocol):
+    """A connected UDP socket as a stream transport for ZkLink: each datagram is one
+    ``dataReceived``; ``writeSequence`` sends each packet as a datagram; losing the connection
+    closes the socket. UDP has no connection to lose: a device that vanishes is found by the
+    client's deadlines, as pyzk finds it."""
+
+    def __init__(self, link: protocol.Protocol, host: str, port: int):
+        self._link, self._host, self._port = link, host, port
+        self._lost = False
+
+    def startProtocol(self):
+        self.transport.connect(self._host, self._port)
+        self._link.makeConnection(self)
+
+    def datagramReceived(self, datagram: bytes, addr):
+        self._link.dataReceived(datagram)
+
+    def connectionRefused(self):
+        self._lose("the device refused the datagram (ICMP port unreachable)")
+
+    # -- the transport ZkLink writes to --
+
+    def write(self, data: bytes) -> None:
+        if not self._lost:
+            self.transport.write(data)
+
+    def writeSequence(self, datagrams) -> None:
+        for datagram in datagrams:
+            self.write(datagram)
+
+    def getPeer(self):
+        return IPv4Address("UDP", self._host, self._port)
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    def loseConnection(self) -> None:
+        self._lose("closed")
+
+    abortConnection = loseConnection
+
+    def _lose(self, why: str) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.transport.stopListening()
+        self._link.connectionLost(Failure(ConnectionDone(why) if why == "closed" else ConnectionRefusedError(why)))

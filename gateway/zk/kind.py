@@ -3,6 +3,7 @@
 from gateway.kinds import ConfiguredTerminal, ServingEach
 from gateway.zk.config import ZkEntry, parse_zk
 from gateway.zk.connection import ZkTiming
+from gateway.zk.driver import LinkSettings
 from gateway.zk.holdings import HoldingsWriter
 from gateway.zk.poller import PollTiming
 from gateway.zk.terminal import ZkTerminal
@@ -22,7 +23,8 @@ class ZkKind:
         return ServingEach([
             ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, db=gateway.db, holdings=holdings, events=gateway.eventlog,
                        presence=gateway.registry, timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
-                       on_offline_reason=gateway.registry.offline_reason)
+                       link=LinkSettings.of(e), on_offline_reason=gateway.registry.offline_reason,
+                       on_quirk=lambda quirk: gateway.metrics.zk_quirks.labels(kind=quirk.kind).inc())
             for e in (parse_zk(entry) for entry in entries)
         ])
 

@@ -11,15 +11,15 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
-from gateway.zk.driver import ZkDialer, ZkLink
-from protocol.zk.client import ZkClient
+from gateway.zk.driver import LinkSettings, ZkDialer, ZkLink
 
 log = Logger(namespace="gateway.zk")
 
 
 class ZkTerminal:
     def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
-                 timing: ZkTiming, on_offline_reason=lambda terminal_id, reason: None):
+                 timing: ZkTiming, link: LinkSettings = LinkSettings(), on_offline_reason=lambda terminal_id, reason: None,
+                 on_quirk=lambda quirk: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
@@ -31,10 +31,12 @@ class ZkTerminal:
         self._events = events
         self._presence = presence
         self._timing = timing
+        self._link = link
+        self._on_quirk = on_quirk
         self._on_offline_reason = on_offline_reason
         self._reason: str | None = None
         self._stopping = False
-        self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline)
+        self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline, link.transport)
 
     def start(self) -> None:
         self._stopping = False
@@ -54,8 +56,8 @@ class ZkTerminal:
             connection.link_broken(reason)
             self._offline(reason)
 
-        link = ZkLink(ZkClient(self.comm_key, timeout_s=self._timing.request_s), self._reactor,
-                      on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
+        link = ZkLink(self._link.client(self.comm_key), self._reactor,
+                      on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made, on_quirk=self._on_quirk)
         connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
                                                     events=self._events, presence=self._presence, timing=self._timing,
                                                     on_online=self._online)

@@ -16,10 +16,15 @@ request carries the next reply id, and only a packet with that reply id answers 
 operation returns a token and ends in exactly one event with that token (protocol.zk.events).
 Real-time events are acknowledged as they arrive. docs/zk.md section "The client" has the
 conversation, every buffered-read form, and what each event means.
+
+What the device sends is read as tolerantly as pyzk reads it (a table's bytes over its count,
+event data of unknown length skipped), and what it may cost is bounded: a request waits
+``timeout_s`` for each sign of progress (any bytes) but ``request_limit_s`` in all, and no
+transfer may announce more than ``max_transfer`` bytes (docs/zk.md section "Limits").
 """
 
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -34,7 +39,9 @@ from protocol.zk.events import (
     AttendanceRead,
     BufferedData,
     Connected,
+    DeviceQuirk,
     Event,
+    OverLimit,
     ProtocolViolation,
     RealtimeEvent,
     Reply,
@@ -43,9 +50,9 @@ from protocol.zk.events import (
     TimedOut,
     UsersRead,
 )
-from protocol.zk.packet import Packet, decode_payload, encode_payload, encode_tcp
+from protocol.zk.packet import MAX_DATA, Packet, decode_payload, encode_payload, encode_tcp
 from protocol.zk.realtime import parse_attendance_events, parse_enrolled_finger
-from protocol.zk.records import Template, User, parse_attendance_table, parse_template_table, parse_user_table
+from protocol.zk.records import ParsedTable, Template, User, parse_attendance_table, parse_template_table, parse_user_table
 
 
 class Framing(Enum):
@@ -67,7 +74,14 @@ REPLY_ID_MODULUS = 0xFFFF
 # answer those sizes, so they are the defaults.
 CHUNK_SIZE = {Framing.TCP: 0xFFC0, Framing.UDP: 16 * 1024}
 UPLOAD_CHUNK_SIZE = 1024  # DATA pieces of an upload, as pyzk sends them
-TABLE_READS = 3  # reads of a table that disagrees with its count before it is the device's fault
+TABLE_READS = 2  # reads of a table that disagrees with its count before its bytes are taken as they are
+# The largest tables real devices hold: 1,000,000 punches of 49 bytes (49 MB), 100,000 users of
+# 72 bytes (7.2 MB), 30,000 fingerprint templates of up to 2 KiB (61 MB). A transfer announced
+# larger is refused before anything of it is held (docs/zk.md section "Limits").
+MAX_TRANSFER = 64 * 1024 * 1024
+# A silent device fails a request after timeout_s; one that drips bytes after this long in all.
+# A 64 KiB chunk over a 4 KB/s link takes 16 s, so two minutes leaves links eight times slower.
+REQUEST_LIMIT_S = 120.0
 
 _MORE = object()  # yielded by an operation: the answer goes on in another packet, same reply id
 
@@ -76,6 +90,10 @@ class _Failed(Exception):
     def __init__(self, reason: str, code: int | None = None):
         super().__init__(reason)
         self.reason, self.code = reason, code
+
+
+class _OverLimit(Exception):
+    """A transfer announced over max_transfer: the conversation cannot go on."""
 
 
 Steps = Generator[Packet | object, Packet, Event]
@@ -97,13 +115,19 @@ class ZkClient:
         *,
         framing: Framing = Framing.TCP,
         timeout_s: float = 10.0,
+        request_limit_s: float = REQUEST_LIMIT_S,
         chunk_size: int | None = None,
+        max_transfer: int = MAX_TRANSFER,
         upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
         ticks: int = 50,
     ):
+        if not 0 < (chunk_size or 1) <= MAX_DATA:
+            raise LocalProtocolError(f"chunk_size must be 1 to {MAX_DATA} bytes, not {chunk_size}")
         self.comm_key = comm_key
         self.framing = framing
         self.timeout_s = timeout_s
+        self.request_limit_s = max(request_limit_s, timeout_s)
+        self.max_transfer = max_transfer
         self.chunk_size = chunk_size or CHUNK_SIZE[framing]
         self.upload_chunk_size = upload_chunk_size
         self.ticks = ticks
@@ -114,7 +138,9 @@ class ZkClient:
         self._queue: deque[_Operation] = deque()
         self._current: _Operation | None = None
         self._deadline: float | None = None
+        self._request_sent_at = 0.0  # of the request in flight
         self._reply_id = 0
+        self.quirks: Counter[str] = Counter()  # DeviceQuirk kinds, every time one was found
         self._tokens = itertools.count(1)
         self._last_tables: dict[TableRead, tuple[int, bytes, object]] = {}  # by table: (count, bytes, parsed) of its last read
 
@@ -174,6 +200,8 @@ class ZkClient:
             except PacketError as exc:
                 items = [exc]
         events: list[Event] = []
+        if data and self._current is not None:
+            self._progress(now)  # any bytes are progress: a slow link is not a silent device
         for item in items:
             if isinstance(item, PacketError):
                 events.append(ProtocolViolation(str(item)))
@@ -194,7 +222,11 @@ class ZkClient:
         self._deadline = None
         self.state = State.BROKEN
         op.steps.close()
-        return [TimedOut(op.token, op.command), *self._fail_queue(f"not sent: {name_of(op.command)} timed out")]
+        if now - self._request_sent_at >= self.request_limit_s:
+            reason = f"the device took over {self.request_limit_s:g} s to answer {name_of(op.command)}, however it trickled"
+        else:
+            reason = f"the device did not answer {name_of(op.command)} within {self.timeout_s:g} s"
+        return [TimedOut(op.token, op.command, reason), *self._fail_queue(f"not sent: {name_of(op.command)} timed out")]
 
     def next_deadline(self) -> float | None:
         """When ``check_deadline`` must be called, if something is awaited."""
@@ -240,10 +272,20 @@ class ZkClient:
             return self._finish(RequestFailed(op.token, exc.reason, exc.code), now, failed=op.fatal)
         except BodyError as exc:
             return self._finish(RequestFailed(op.token, f"malformed answer: {exc}"), now, failed=op.fatal)
-        self._deadline = now + self.timeout_s
+        except _OverLimit as exc:
+            self.state = State.BROKEN
+            return self._finish(OverLimit(op.token, op.command, str(exc)), now)
+        if isinstance(wanted, DeviceQuirk):
+            self._current = op
+            return [wanted, *self._step(None, now)]
         if wanted is not _MORE:
+            self._request_sent_at = now
             self._send(op, wanted)
+        self._progress(now)
         return []
+
+    def _progress(self, now: float) -> None:
+        self._deadline = min(now + self.timeout_s, self._request_sent_at + self.request_limit_s)
 
     def _finish(self, result: Event, now: float, failed: bool = False) -> list[Event]:
         self._current = None
@@ -252,6 +294,8 @@ class ZkClient:
             self.state = State.CLOSED
         if self.state is State.CLOSED:
             return [result, *self._fail_queue("not sent: the conversation is closed")]
+        if self.state is State.BROKEN:
+            return [result, *self._fail_queue(f"not sent: {result.reason}")]
         return [result, *self._next(now)]
 
     def _fail_queue(self, reason: str) -> list[Event]:
@@ -277,14 +321,21 @@ class ZkClient:
         # Acknowledge first: a device may hold back further events until it is.
         self._write(Packet(ReplyCode.ACK_OK, self.session_id, packet.reply_id))
         code, data = packet.session_id, packet.data
-        try:
-            if code == EventFlag.ATTLOG:
-                return [RealtimeEvent(code, data, attendance=tuple(parse_attendance_events(data)))]
-            if code == EventFlag.ENROLLFINGER:
+        if code == EventFlag.ATTLOG:
+            attendance, skipped = parse_attendance_events(data)
+            event = RealtimeEvent(code, data, attendance=tuple(attendance))
+            return [event] if skipped is None else [event, *self._quirk("real-time event", skipped)]
+        if code == EventFlag.ENROLLFINGER:
+            try:
                 return [RealtimeEvent(code, data, enrolled_finger=parse_enrolled_finger(data))]
-        except BodyError as exc:
-            return [RealtimeEvent(code, data), ProtocolViolation(f"real-time event {code}: {exc}")]
+            except BodyError as exc:
+                return [RealtimeEvent(code, data), *self._quirk("real-time event", f"enrolled-finger event skipped: {exc}")]
         return [RealtimeEvent(code, data)]
+
+    def _quirk(self, kind: str, detail: str) -> list[DeviceQuirk]:
+        """Count one; say it only the first time of its kind in this conversation."""
+        self.quirks[kind] += 1
+        return [DeviceQuirk(kind, detail)] if self.quirks[kind] == 1 else []
 
     # -- operations as small state machines: yield a request (or _MORE), get its answer -------
 
@@ -295,6 +346,8 @@ class ZkClient:
         if reply.command != Command.PREPARE_DATA:
             return reply
         size = bodies.parse_prepare_data(reply.data)
+        if size > self.max_transfer:
+            raise _OverLimit(f"the device announced {size} bytes answering {name_of(command)}, over the {self.max_transfer}-byte transfer limit")
         parts, received = [], 0
         while True:
             packet = yield _MORE
@@ -345,6 +398,8 @@ class ZkClient:
         if reply.command != ReplyCode.ACK_OK:
             raise _Failed(f"PREPARE_BUFFER answered {name_of(reply.command)}", reply.command)
         size = bodies.parse_buffer_info(reply.data)
+        if size > self.max_transfer:
+            raise _OverLimit(f"the device announced a {size}-byte table ({name_of(table.command)}), over the {self.max_transfer}-byte transfer limit")
         parts, start = [], 0
         while start < size:
             wanted = min(self.chunk_size, size - start)
@@ -364,45 +419,58 @@ class ZkClient:
     def _sizes(self) -> Generator[Packet | object, Packet, bodies.Sizes]:
         return parse_sizes((yield from self._ok(Command.GET_FREE_SIZES)).data)
 
-    def _counted_table(self, count_of: Callable[[bodies.Sizes], int], table: TableRead, parse):
-        """The counts, then the table, parsed against its count (``parse(data, count)``). A table
-        that disagrees with its count is read again with fresh counts, at most ``TABLE_READS``
-        times in all: someone at the keypad may have changed it between the two requests. Returns
-        (sizes, parsed), or (sizes, None) when the count is 0 (some firmwares answer an empty
-        table oddly, so it is not asked for, as pyzk does)."""
+    def _counted_table(self, count_of: Callable[[bodies.Sizes], int], table: TableRead, kind: str, parse):
+        """The counts, then the table, parsed with its count as a hint (``parse(data, count)``).
+        A table that disagrees with its count is read once more with fresh counts (someone at the
+        keypad may have changed it between the two requests); if it still disagrees, its bytes
+        are the truth and the difference a ``DeviceQuirk``, as some firmwares always count one
+        more or send records of sizes they do not announce. Returns (sizes, ParsedTable or None
+        when the count is 0: some firmwares answer an empty table oddly, so it is not asked for,
+        as pyzk does)."""
         for attempt in range(1, TABLE_READS + 1):
             sizes = yield from self._sizes()
-            if not count_of(sizes):
+            count = count_of(sizes)
+            if not count:
                 return sizes, None
             data = yield from self._buffered(table)
-            count = count_of(sizes)
             last = self._last_tables.get(table)
             if last is not None and last[:2] == (count, data):
                 return sizes, last[2]  # the same bytes as the last read: polls mostly find nothing changed
             try:
                 parsed = parse(data, count)
-            except BodyError:
+            except BodyError:  # bytes lost on the way
                 if attempt == TABLE_READS:
                     raise
                 continue
+            if parsed.problems and attempt < TABLE_READS:
+                continue
+            for problem in parsed.problems:
+                yield from self._emit(self._quirk(kind, problem))
             self._last_tables[table] = (count, data, parsed)
             return sizes, parsed
 
+    def _emit(self, quirks: list[DeviceQuirk]) -> Generator[DeviceQuirk, None, None]:
+        for quirk in quirks:
+            yield quirk
+
     def _read_users(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, parse_user_table)
-        users, size = parsed or ((), 72)
-        return UsersRead(token, tuple(users), size, sizes)
+        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", parse_user_table)
+        parsed = parsed or ParsedTable((), 72)
+        return UsersRead(token, parsed.records, parsed.record_size, sizes)
 
     def _read_templates(self, token: int) -> Steps:
         sizes = yield from self._sizes()
         if not sizes.fingers:
             return TemplatesRead(token, (), sizes)
-        return TemplatesRead(token, tuple(parse_template_table((yield from self._buffered(bodies.TEMPLATES)))), sizes)
+        parsed = parse_template_table((yield from self._buffered(bodies.TEMPLATES)))
+        for problem in parsed.problems:
+            yield from self._emit(self._quirk("template table", problem))
+        return TemplatesRead(token, parsed.records, sizes)
 
     def _read_attendance(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.records, bodies.ATTENDANCE, parse_attendance_table)
-        records, size = parsed or ((), 40)
-        return AttendanceRead(token, tuple(records), size, sizes)
+        sizes, parsed = yield from self._counted_table(lambda s: s.records, bodies.ATTENDANCE, "attendance table", parse_attendance_table)
+        parsed = parsed or ParsedTable((), 40)
+        return AttendanceRead(token, parsed.records, parsed.record_size, sizes)
 
     def _save(self, token: int, upload: bytes) -> Steps:
         yield from self._ok(Command.FREE_DATA)

@@ -2,8 +2,8 @@
 
 Every operation started on the client returns a token, and ends in exactly one event carrying
 that token: its result (``Connected``, ``Reply``, ``BufferedData``, ``UsersRead``,
-``TemplatesRead``, ``AttendanceRead``) or ``RequestFailed`` or ``TimedOut``. ``RealtimeEvent``
-and ``ProtocolViolation`` carry no token: the device sent them unasked.
+``TemplatesRead``, ``AttendanceRead``) or ``RequestFailed``, ``TimedOut`` or ``OverLimit``.
+``RealtimeEvent``, ``ProtocolViolation`` and ``DeviceQuirk`` carry no token.
 """
 
 from dataclasses import dataclass, field
@@ -65,7 +65,7 @@ class TemplatesRead:
 class AttendanceRead:
     token: int
     records: tuple[AttendanceRecord, ...]
-    record_size: int  # 40, 16 or 8
+    record_size: int  # 40, 16 or 8; 49 (or more) on newer firmwares
     sizes: Sizes
 
 
@@ -82,11 +82,36 @@ class RequestFailed:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """No answer by the deadline. The conversation is over: a late answer could be taken for the
-    next one, so the client refuses further requests; close the connection and start again."""
+    """No answer by the deadline: the device fell silent for ``timeout_s``, or one request took
+    longer than ``request_limit_s`` however its bytes dripped in; ``reason`` says which. The
+    conversation is over: a late answer could be taken for the next one, so the client refuses
+    further requests; close the connection and start again."""
 
     token: int
     command: int
+    reason: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """The device announced a transfer larger than the client's ``max_transfer``: refused before
+    any of it was held. The conversation is over, as after ``TimedOut``: the device may go on
+    sending what was refused."""
+
+    token: int
+    command: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuirk:
+    """The device sent something other than it announced, and the client read what it could: a
+    table whose count or size prefix disagrees with its bytes, bytes after the last whole record,
+    unreadable records, real-time event data of no known length. Said once per ``kind`` and
+    conversation (the client counts every one in ``ZkClient.quirks``); the link goes on."""
+
+    kind: str  # "user table", "template table", "attendance table", "real-time event"
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +128,11 @@ class RealtimeEvent:
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """The device sent something the protocol does not allow: bytes that are no packet, a wrong
-    checksum, an answer nobody asked for, an event whose data has no known form. The bytes are
-    skipped; an operation waiting for them ends in ``TimedOut``."""
+    checksum, an answer nobody asked for. The bytes are skipped; an operation waiting for them
+    ends in ``TimedOut``."""
 
     reason: str
 
 
-Event = Connected | Reply | BufferedData | UsersRead | TemplatesRead | AttendanceRead | RequestFailed | TimedOut | RealtimeEvent | ProtocolViolation
+Event = (Connected | Reply | BufferedData | UsersRead | TemplatesRead | AttendanceRead | RequestFailed | TimedOut | OverLimit | RealtimeEvent
+         | ProtocolViolation | DeviceQuirk)

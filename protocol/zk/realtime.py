@@ -78,24 +78,29 @@ def encode_attendance_event(event: RealtimeAttendance, size: int = 32) -> bytes:
         raise BodyError(f"attendance event does not fit {size} bytes: {exc}") from None
 
 
-def parse_attendance_events(data: bytes) -> list[RealtimeAttendance]:
-    """EF_ATTLOG data: one event of a known length, or a run of 52-byte events."""
-    if len(data) in ATTENDANCE_FORMS and len(data) != 52:
-        chunks = [data]
-    elif data and len(data) % 52 == 0:
-        chunks = [data[i : i + 52] for i in range(0, len(data), 52)]
-    else:
-        raise BodyError(f"attendance event data of {len(data)} bytes has no known form")
-    events = []
-    for chunk in chunks:
+def parse_attendance_events(data: bytes) -> tuple[list[RealtimeAttendance], str | None]:
+    """EF_ATTLOG data: the events it holds, and what was skipped (None when nothing was).
+
+    As pyzk reads it: data of one known length is one event; longer data is a run of 52-byte
+    events, then one event of a known length. Data of no known length, or an event that is no
+    punch (a date that does not exist), is skipped and said, never an error: a firmware with a
+    new layout must not cost the link."""
+    events: list[RealtimeAttendance] = []
+    pos, skipped = 0, None
+    while pos < len(data):
+        left = len(data) - pos
+        size = left if left in ATTENDANCE_FORMS and left != 52 else 52 if left >= 52 else None
+        if size is None:
+            skipped = f"{left} bytes of attendance event data at {pos} have no known form ({', '.join(map(str, ATTENDANCE_FORMS))} bytes)"
+            break
         try:
-            c = ATTENDANCE_FORMS[len(chunk)].parse(chunk)
-        except BodyError:
-            raise
-        except Exception as exc:
-            raise BodyError(f"bad attendance event: {exc}") from None
-        events.append(RealtimeAttendance(str(c["user_id"]), c["timestamp"], c["verify_type"], c["punch"]))
-    return events
+            c = ATTENDANCE_FORMS[size].parse(data[pos : pos + size])
+        except Exception as exc:  # BodyError from the time, or construct's own
+            skipped = f"attendance event of {size} bytes at {pos} skipped: {exc}"
+        else:
+            events.append(RealtimeAttendance(str(c["user_id"]), c["timestamp"], c["verify_type"], c["punch"]))
+        pos += size
+    return events, skipped
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """What a ZK device stores, and its wire declarations: users (72- and 28-byte records), fingerprint
-templates, attendance records (8, 16 and 40 bytes), ZK time, and the size-prefixed tables a
+templates, attendance records (8, 16, 40 and 49 bytes), ZK time, and the size-prefixed tables a
 buffered read returns. docs/zk.md section "Records" has the byte layouts.
 
 ``uid`` is a device's internal 16-bit slot; ``user_id`` is the person's id. Key people on
@@ -55,12 +55,16 @@ def encode_time(moment: datetime) -> int:
 
 
 def decode_time(value: int) -> datetime:
-    """A ZK time as a naive datetime; BodyError if it names a day that does not exist (31 April)."""
+    """A ZK time as a naive datetime; BodyError if it names a day that does not exist (31 April)
+    or a year after 2099, which no ZK time is written for (0xFFFFFFFF, an erased record, would
+    read as 2133)."""
     seconds, rest = value % 60, value // 60
     minutes, rest = rest % 60, rest // 60
     hours, rest = rest % 24, rest // 24
     day, rest = rest % 31 + 1, rest // 31
     month, year = rest % 12 + 1, rest // 12 + 2000
+    if year > 2099:
+        raise BodyError(f"ZK time {value} is in {year}: ZK time holds years 2000 to 2099")
     try:
         return datetime(year, month, day, hours, minutes, seconds)
     except ValueError as exc:
@@ -231,13 +235,25 @@ Attendance40Wire = Struct(
     "punch" / Int8ul,
     Padding(8),
 )
+# Newer firmwares (MB560-VL on 2022 firmware, MB40-VL, SpeedFace-V5L: pyzk #174, PRs #166/#247)
+# send longer records that begin as the 40-byte form does; what follows its first 32 bytes is
+# not published. Any size from 40 up is read by that head, as pyzk reads it; 49 is the one seen.
+ATTENDANCE_HEAD_SIZE = 32
+AttendanceHeadWire = Struct("uid" / Int16ul, "user_id" / Text(24), "verify_type" / Int8ul, "timestamp" / ZkTime(), "punch" / Int8ul)
 ATTENDANCE_WIRES = {8: Attendance8Wire.compile(), 16: Attendance16Wire.compile(), 40: Attendance40Wire.compile()}
-ATTENDANCE_RECORD_SIZES = tuple(ATTENDANCE_WIRES)
+_ATTENDANCE_HEAD = AttendanceHeadWire.compile()
+ATTENDANCE_RECORD_SIZES = (40, 49, 16, 8)  # what a table is split by when its count does not say, likeliest first
+MAX_ATTENDANCE_RECORD = 256  # longer "records" are a count gone wrong, not a firmware
+
+
+def _attendance_size_known(size: int) -> bool:
+    return size in (8, 16) or 40 <= size <= MAX_ATTENDANCE_RECORD
 
 
 def encode_attendance(record: AttendanceRecord, size: int = 40) -> bytes:
-    if size not in ATTENDANCE_WIRES:
-        raise BodyError(f"attendance records are 8, 16 or 40 bytes, not {size}")
+    """One attendance record of ``size`` bytes: 8, 16, or 40 and up (the 40-byte head, zeros after)."""
+    if not _attendance_size_known(size):
+        raise BodyError(f"attendance records are 8, 16 or 40 to {MAX_ATTENDANCE_RECORD} bytes, not {size}")
     fields = dict(timestamp=record.timestamp, verify_type=record.verify_type, punch=record.punch, workcode=record.workcode)
     if size != 16:
         if record.uid is None:
@@ -246,8 +262,10 @@ def encode_attendance(record: AttendanceRecord, size: int = 40) -> bytes:
     if size != 8:
         if record.user_id is None:
             raise BodyError(f"a {size}-byte attendance record needs the user id")
-        fields["user_id"] = record.user_id if size == 40 else _number(record.user_id, "user id", 0xFFFFFFFF)
+        fields["user_id"] = record.user_id if size >= 40 else _number(record.user_id, "user id", 0xFFFFFFFF)
     try:
+        if size > 40:
+            return _ATTENDANCE_HEAD.build(fields).ljust(size, b"\0")
         return ATTENDANCE_WIRES[size].build(fields)
     except BodyError:
         raise
@@ -256,44 +274,75 @@ def encode_attendance(record: AttendanceRecord, size: int = 40) -> bytes:
 
 
 def decode_attendance(raw: bytes) -> AttendanceRecord:
+    """An attendance record of 8, 16, or 40 bytes and up (read by its 32-byte head)."""
     size = len(raw)
-    if size not in ATTENDANCE_WIRES:
-        raise BodyError(f"an attendance record is 8, 16 or 40 bytes, not {size}")
-    c = ATTENDANCE_WIRES[size].parse(raw)
+    if not _attendance_size_known(size):
+        raise BodyError(f"an attendance record is 8, 16 or 40 to {MAX_ATTENDANCE_RECORD} bytes, not {size}")
+    c = ATTENDANCE_WIRES[size].parse(raw) if size <= 40 else _ATTENDANCE_HEAD.parse(raw[:ATTENDANCE_HEAD_SIZE])
     uid = c["uid"] if size != 16 else None
-    user_id = None if size == 8 else (c["user_id"] if size == 40 else str(c["user_id"]))
+    user_id = None if size == 8 else (str(c["user_id"]) if size == 16 else c["user_id"])
     return AttendanceRecord(uid, user_id, c["timestamp"], c["verify_type"], c["punch"], c.get("workcode", 0))
 
 
-# Tables: what a buffered read returns, a u32 byte count and that many bytes of records.
+# Tables: what a buffered read returns, a u32 byte count and that many bytes of records. Real
+# firmware does not always say what it sends (docs/zk.md section "Firmwares"), so a table is read
+# as pyzk reads it: the bytes are the truth and the device's count only a hint. What the bytes
+# and the count or the size prefix disagree on is read as well as it can be and listed in
+# ``problems``; only whole records are taken, and a record that cannot be read is skipped. Only
+# a table shorter than its own size prefix is a BodyError (bytes were lost on the way).
 
 
-def _table_body(data: bytes, what: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class ParsedTable:
+    records: tuple
+    record_size: int  # for templates, 0: each entry carries its size
+    problems: tuple[str, ...] = ()  # what did not match what the device announced, one line each
+
+
+def _table_body(data: bytes, what: str, problems: list[str]) -> tuple[bytes, int]:
+    """The records' bytes, and the size the table's prefix announced for them."""
     if len(data) < 4:
-        raise BodyError(f"{what} table of {len(data)} bytes lacks its 4-byte size")
+        if data:
+            problems.append(f"{what} table of {len(data)} bytes lacks its 4-byte size")
+        return b"", 0
     size = int.from_bytes(data[:4], "little")
-    if size != len(data) - 4:
+    if size > len(data) - 4:
+        # Bytes lost on the way, not a firmware's habit: which records are missing cannot be
+        # told, and a reader would take them for deleted. The read fails; the next one may not.
         raise BodyError(f"{what} table says {size} bytes of records but holds {len(data) - 4}")
-    return data[4:]
+    if size < len(data) - 4:
+        problems.append(f"{what} table says {size} bytes of records but holds {len(data) - 4}: the {len(data) - 4 - size} after them skipped")
+    return data[4 : 4 + size], size
 
 
-def _fixed_records(body: bytes, count: int | None, sizes: tuple[int, ...], what: str) -> tuple[int, list[bytes]]:
-    """Split a table body into records. The record size comes from the count the device reported
-    (GET_FREE_SIZES), as it is the only thing that tells 72- from 28-byte users apart."""
+def _split(body: bytes, announced: int, count: int | None, sizes: tuple[int, ...], fits, what: str, problems: list[str]) -> tuple[int, list[bytes]]:
+    """Whole records of the size the bytes say. The count picks it where it divides the announced
+    size into a size that ``fits`` (it alone tells 72- from 28-byte users apart; pyzk divides the
+    same two); else the size of ``sizes`` whose whole records come nearest the count, as pyzk
+    falls back to one."""
     if not body:
+        if count:
+            problems.append(f"{what} table is empty, but the device counts {count} records")
         return sizes[0], []
-    if not count:
-        raise BodyError(f"{what} table holds {len(body)} bytes but the device counts no records")
-    size, rest = divmod(len(body), count)
-    if rest or size not in sizes:
-        raise BodyError(f"{what} table of {len(body)} bytes does not hold {count} records of {' or '.join(map(str, sizes))} bytes")
-    return size, [body[i : i + size] for i in range(0, len(body), size)]
+    if count and announced % count == 0 and fits(announced // count):
+        size = announced // count
+    else:
+        dividing = [s for s in sizes if len(body) % s == 0] or list(sizes)
+        size = min(dividing, key=lambda s: (abs(len(body) // s - (count or 0)), sizes.index(s)))
+        problems.append(f"{what} table of {len(body)} bytes does not hold the {count or 0} records the device counts: "
+                        f"read as {len(body) // size} records of {size} bytes")
+    whole, rest = divmod(len(body), size)
+    if rest:
+        problems.append(f"{rest} bytes after the last whole {size}-byte {what} record skipped")
+    return size, [body[i : i + size] for i in range(0, whole * size, size)]
 
 
-def parse_user_table(data: bytes, count: int | None) -> tuple[list[User], int]:
+def parse_user_table(data: bytes, count: int | None) -> ParsedTable:
     """The users of a USER table read, and their record size (72 or 28)."""
-    size, raws = _fixed_records(_table_body(data, "user"), count, USER_RECORD_SIZES, "user")
-    return [decode_user(raw) for raw in raws], size
+    problems: list[str] = []
+    body, announced = _table_body(data, "user", problems)
+    size, raws = _split(body, announced, count, USER_RECORD_SIZES, lambda s: s in USER_RECORD_SIZES, "user", problems)
+    return ParsedTable(tuple(decode_user(raw) for raw in raws), size, tuple(problems))
 
 
 def build_user_table(users: list[User], size: int = 72) -> bytes:
@@ -301,19 +350,24 @@ def build_user_table(users: list[User], size: int = 72) -> bytes:
     return len(body).to_bytes(4, "little") + body
 
 
-def parse_template_table(data: bytes) -> list[Template]:
-    """The templates of a FINGERTMP table read; each entry carries its own size."""
-    body = _table_body(data, "template")
+def parse_template_table(data: bytes) -> ParsedTable:
+    """The templates of a FINGERTMP table read; each entry carries its own size. An entry whose
+    size does not fit ends the read: nothing after it can be found."""
+    problems: list[str] = []
+    body, _ = _table_body(data, "template", problems)
     templates, pos = [], 0
     while pos < len(body):
         if len(body) - pos < TEMPLATE_HEAD_SIZE:
-            raise BodyError(f"template table: {len(body) - pos} bytes at {pos + 4} are too few for an entry head")
+            problems.append(f"template table: {len(body) - pos} bytes at {pos + 4} are too few for an entry head; skipped")
+            break
         head = TemplateHeadCompiled.parse(body[pos : pos + TEMPLATE_HEAD_SIZE])
         if head["size"] <= TEMPLATE_HEAD_SIZE or pos + head["size"] > len(body):
-            raise BodyError(f"template table: entry at {pos + 4} announces {head['size']} bytes, which do not fit")
+            problems.append(f"template table: entry at {pos + 4} announces {head['size']} bytes, which do not fit; "
+                            f"{len(body) - pos} bytes skipped")
+            break
         templates.append(Template(head["uid"], head["fid"], bytes(body[pos + TEMPLATE_HEAD_SIZE : pos + head["size"]]), head["valid"]))
         pos += head["size"]
-    return templates
+    return ParsedTable(tuple(templates), 0, tuple(problems))
 
 
 def build_template_table(templates: list[Template]) -> bytes:
@@ -321,10 +375,21 @@ def build_template_table(templates: list[Template]) -> bytes:
     return len(body).to_bytes(4, "little") + body
 
 
-def parse_attendance_table(data: bytes, count: int | None) -> tuple[list[AttendanceRecord], int]:
-    """The records of an ATTLOG table read, and their size (8, 16 or 40)."""
-    size, raws = _fixed_records(_table_body(data, "attendance"), count, (40, 16, 8), "attendance")
-    return [decode_attendance(raw) for raw in raws], size
+def parse_attendance_table(data: bytes, count: int | None) -> ParsedTable:
+    """The records of an ATTLOG table read, and their size (8, 16, or 40 and up: 49 on newer
+    firmwares). A record that is no punch (a date that does not exist) is skipped."""
+    problems: list[str] = []
+    body, announced = _table_body(data, "attendance", problems)
+    size, raws = _split(body, announced, count, ATTENDANCE_RECORD_SIZES, _attendance_size_known, "attendance", problems)
+    records, unreadable = [], []
+    for n, raw in enumerate(raws):
+        try:
+            records.append(decode_attendance(raw))
+        except BodyError as exc:
+            unreadable.append(f"record {n}: {exc}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} attendance records skipped (first: {unreadable[0]})")
+    return ParsedTable(tuple(records), size, tuple(problems))
 
 
 def build_attendance_table(records: list[AttendanceRecord], size: int = 40) -> bytes:

@@ -14,13 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial, wraps
+from typing import Literal
 
 from twisted.logger import Logger
 
 from protocol.zk.bodies import Sizes
 from protocol.zk.commands import EventFlag, Privilege
 from protocol.zk.packet import Packet
-from protocol.zk.realtime import EnrolledFinger, RealtimeAttendance, encode_attendance_event, encode_enrolled_finger, encode_enrolled_user
+from protocol.zk.realtime import (
+    ATTENDANCE_FORMS,
+    EnrolledFinger,
+    RealtimeAttendance,
+    encode_attendance_event,
+    encode_enrolled_finger,
+    encode_enrolled_user,
+)
 from protocol.zk.records import AttendanceRecord, Template, User
 from simulator.people import FAMILY, GIVEN
 
@@ -48,17 +56,46 @@ class KeypadError(ValueError):
 
 @dataclass
 class Firmware:
-    """How this device's firmware answers, where firmwares differ (docs/zk.md section "Emulator")."""
+    """How this device's firmware answers, where firmwares differ (docs/zk.md sections "Emulator"
+    and "Firmwares"; ``FIRMWARES`` names the variants seen in the field)."""
 
     version: str = "Ver 6.60 Apr 28 2015"
     inline_limit: int = 1024  # tables up to this size are answered inline to PREPARE_BUFFER
     chunks_through_prepare_data: bool = True  # READ_BUFFER answered PREPARE_DATA + DATA + ACK_OK, else DATA
     user_record_size: int = 72
-    attendance_record_size: int = 40
-    event_size: int = 32  # length of an attendance event's data
+    attendance_record_size: int = 40  # 8, 16, 40, or 49 (MB560-VL on 2022 firmware)
+    event_size: int = 32  # an attendance event's data; a length no form has is the 32-byte form, zero-padded
     users_capacity: int = 10_000
     fingers_capacity: int = 10_000
     records_capacity: int = 100_000
+    users_counted_extra: int = 0  # GET_FREE_SIZES counts this many users more than the table holds (pyzk #88)
+    pin_width: int = 24  # option ~PIN2Width: the longest user id it holds
+    long_ids: Literal["refuse", "truncate"] = "refuse"  # what it does with a longer one a client writes
+    announced_table_bytes: int = 0  # hostile: every buffered table announced as this long, zeros past the real one
+    link_bytes_per_s: int = 0  # how fast its answers leave (0: at once; 4096 a cellular link; 2 a drip)
+    link_segment_bytes: int = 1460  # in pieces of at most this (a link's MSS), a small packet whole; 1 drips
+
+
+def firmware_variant(name: str) -> "tuple[Firmware, dict]":
+    """A named variant (``simulator zk-terminal --firmware NAME``): its Firmware, and the Faults
+    fields it sets."""
+    firmware, faults = FIRMWARES[name]
+    return replace(firmware), dict(faults)
+
+
+# The variants the field shows (docs/zk.md section "Firmwares"): name -> (firmware, faults).
+FIRMWARES: dict[str, tuple[Firmware, dict]] = {
+    "f19": (Firmware(), {}),
+    "mb560-vl": (Firmware(version="Ver 6.60 Jun 16 2022", attendance_record_size=49), {}),
+    "count-plus-one": (Firmware(users_counted_extra=1), {}),
+    "odd-events": (Firmware(event_size=40), {}),
+    "slow-link": (Firmware(link_bytes_per_s=4096), {}),
+    "pin-truncate": (Firmware(pin_width=9, long_ids="truncate"), {}),
+    "pin-refuse": (Firmware(pin_width=9, long_ids="refuse"), {}),
+    "no-disable": (Firmware(), {"keypad_never_held": True}),
+    "huge-buffer": (Firmware(announced_table_bytes=2**31), {}),
+    "drip": (Firmware(link_bytes_per_s=2, link_segment_bytes=1), {}),
+}
 
 
 @dataclass
@@ -93,7 +130,7 @@ class ZkDevice:
             "~DeviceName": "EMU-F19",
             "~OEMVendor": "terminal-gateway simulator",
             "MAC": "00:17:61:00:00:01",
-            "~PIN2Width": "24",
+            "~PIN2Width": str(self.firmware.pin_width),
             "~ExtendFmt": "1",
             "~UserExtFmt": "1",
             "FaceFunOn": "0",
@@ -180,7 +217,7 @@ class ZkDevice:
         fw = self.firmware
         users, fingers, records = len(self.users), len(self.templates), len(self.attendance)
         return Sizes(
-            users=users,
+            users=users + fw.users_counted_extra,
             fingers=fingers,
             records=records,
             admins=sum(u.privilege == Privilege.ADMIN for u in self.users.values()),
@@ -194,8 +231,15 @@ class ZkDevice:
         )
 
     def put_user(self, user: User) -> bool:
-        """A client's upsert by uid. Refused (False) when another uid holds the user id, or the
-        device is full: a device keeps user ids unique."""
+        """A client's upsert by uid. Refused (False) when another uid holds the user id, the
+        device is full (a device keeps user ids unique), or the user id is longer than
+        ~PIN2Width and the firmware refuses such ids; a firmware that truncates them stores the
+        first ~PIN2Width characters."""
+        fw = self.firmware
+        if len(user.user_id) > fw.pin_width:
+            if fw.long_ids == "refuse":
+                return False
+            user = replace(user, user_id=user.user_id[: fw.pin_width])
         stored = self._store(user)
         if stored:
             self._applied(user.user_id, user)
@@ -318,8 +362,15 @@ class ZkDevice:
         record = AttendanceRecord(user.uid, user_id, moment, verify_type, punch)
         self.attendance.append(record)
         event = RealtimeAttendance(user_id, moment, verify_type, punch)
-        self._emit(EventFlag.ATTLOG, encode_attendance_event(event, self.firmware.event_size))
+        self._emit(EventFlag.ATTLOG, self.attendance_event(event))
         return record
+
+    def attendance_event(self, event: RealtimeAttendance) -> bytes:
+        """EF_ATTLOG data as this firmware sends it."""
+        size = self.firmware.event_size
+        if size in ATTENDANCE_FORMS:
+            return encode_attendance_event(event, size)
+        return encode_attendance_event(event, 32).ljust(size, b"\0")
 
     def _held(self, user_id: str) -> User:
         user = self.user(user_id)

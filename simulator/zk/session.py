@@ -31,9 +31,16 @@ _ACKNOWLEDGED = {
 }
 
 
+# On UDP a device sends a transfer in DATA datagrams of at most this much (pyzk reads each with
+# recv(1032)), and answers a table inline only when it fits one 1024-byte read with its header.
+DATAGRAM_PIECE = 1024
+DATAGRAM_INLINE_LIMIT = 1024 - 8
+
+
 class DeviceSession:
-    def __init__(self, device: ZkDevice, session_id: int, write: Callable[[Packet], None]):
+    def __init__(self, device: ZkDevice, session_id: int, write: Callable[[Packet], None], *, datagrams: bool = False):
         self.device = device
+        self.datagrams = datagrams  # on UDP: transfers in pieces, small inline answers
         self.session_id = session_id
         self.write = write
         self.authenticated = device.comm_key == 0
@@ -169,11 +176,12 @@ class DeviceSession:
         table = self._table_for(bodies.parse_buffer_request(packet.data))
         if table is None:
             self._answer(packet, ReplyCode.ACK_ERROR)
-        elif len(table) <= min(self.device.firmware.inline_limit, MAX_DATA):
+        elif len(table) <= min(self.device.firmware.inline_limit, DATAGRAM_INLINE_LIMIT if self.datagrams else MAX_DATA) \
+                and not self.device.firmware.announced_table_bytes:
             self._answer(packet, Command.DATA, table)
         else:
             self._table = table
-            self._answer(packet, ReplyCode.ACK_OK, bodies.buffer_info(len(table)))
+            self._answer(packet, ReplyCode.ACK_OK, bodies.buffer_info(self.device.firmware.announced_table_bytes or len(table)))
 
     def _table_for(self, read: bodies.TableRead) -> bytes | None:
         device, fw = self.device, self.device.firmware
@@ -187,13 +195,16 @@ class DeviceSession:
 
     def _read_buffer(self, packet):
         start, size = bodies.parse_chunk_request(packet.data)
-        if self._table is None or start + size > len(self._table) or not 0 < size <= MAX_DATA:
+        announced = self.device.firmware.announced_table_bytes or len(self._table or b"")
+        if self._table is None or start + size > announced or not 0 < size <= MAX_DATA:
             self._answer(packet, ReplyCode.ACK_ERROR)
             return
-        chunk = self._table[start : start + size]
-        if self.device.firmware.chunks_through_prepare_data:
+        chunk = self._table[start : start + size].ljust(size, b"\0")  # a hostile firmware's zeros past the table
+        if self.device.firmware.chunks_through_prepare_data or self.datagrams:
             self._answer(packet, Command.PREPARE_DATA, bodies.prepare_data(size, device=True))
-            self._answer(packet, Command.DATA, chunk)
+            piece = DATAGRAM_PIECE if self.datagrams else size
+            for start in range(0, size, piece):
+                self._answer(packet, Command.DATA, chunk[start : start + piece])
             self._answer(packet, ReplyCode.ACK_OK)
         else:
             self._answer(packet, Command.DATA, chunk)

@@ -1,4 +1,5 @@
-"""The emulated ZK device on TCP, and ``simulator zk-terminal``: one device listening on a port.
+"""The emulated ZK device on TCP, and ``simulator zk-terminal``: one device listening on a port
+(TCP, or UDP through simulator/zk/udp.py), answering as the firmware variant it is given.
 
 Each connection gets a ``DeviceSession`` with the next session id. Bytes that are no packet are
 logged and skipped, as a device would; EXIT closes the connection once it is answered. A client
@@ -8,6 +9,7 @@ as a real device enables itself again, so people at the keypad never wait for a 
 
 import argparse
 import sys
+from collections import deque
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import CannotListenError
@@ -17,8 +19,9 @@ from protocol.zk.commkey import MAX_COMM_KEY
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.packet import Packet, encode_tcp
 from simulator.logs import start_logging
-from simulator.zk.device import ZkDevice, populate
+from simulator.zk.device import FIRMWARES, ZkDevice, firmware_variant, populate
 from simulator.zk.session import DeviceSession
+from simulator.zk.udp import listen_udp
 
 log = Logger(namespace="simulator.zk")
 DEFAULT_PORT = 4370
@@ -30,6 +33,8 @@ class DeviceConnection(protocol.Protocol):
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
         self._hold_timer = None
+        firmware = self.factory.device.firmware
+        self._line = SlowLine(self.factory.clock, firmware.link_bytes_per_s, self.transport.write, firmware.link_segment_bytes)
 
     def dataReceived(self, data: bytes):
         self.factory.bytes_received += len(data)
@@ -46,6 +51,7 @@ class DeviceConnection(protocol.Protocol):
     def connectionLost(self, reason=None):
         self.factory.connections.discard(self)
         self._cancel_hold_timer()
+        self._line.stop()
         self.session.close()
 
     def _watch_hold(self) -> None:
@@ -72,7 +78,52 @@ class DeviceConnection(protocol.Protocol):
         mangled = mangle(packet) if mangle is not None else None
         data = encode_tcp(packet) if mangled is None else mangled
         self.factory.bytes_sent += len(data)
-        self.transport.write(data)
+        self._line.write(data)
+
+
+class SlowLine:
+    """Bytes leave at ``bytes_per_s`` (0: at once), as over a cellular link, in segments of at
+    most ``segment_bytes`` that never span two writes: as a link of that MSS delivers them, a
+    small packet whole. A segment of 1 byte is a drip. What waits stays here, in order."""
+
+    def __init__(self, clock, bytes_per_s: int, write, segment_bytes: int = 1460):
+        self._write = write
+        self._rate = bytes_per_s
+        self._segment = max(1, segment_bytes)
+        self._waiting: deque[bytes] = deque()
+        self._credit = 0.0
+        self._tick_s = max(0.02, 1.0 / bytes_per_s) if bytes_per_s else 0.0
+        self._loop = task.LoopingCall(self._drain)
+        self._loop.clock = clock
+
+    def write(self, data: bytes) -> None:
+        if not self._rate:
+            self._write(data)
+            return
+        self._waiting.append(data)
+        if not self._loop.running:
+            self._credit = 0.0
+            self._loop.start(self._tick_s, now=False)
+
+    def _drain(self) -> None:
+        self._credit += self._rate * self._tick_s
+        while self._waiting:
+            head = self._waiting[0]
+            size = min(self._segment, len(head))
+            if self._credit < size:
+                break
+            self._credit -= size
+            self._write(head[:size])
+            if size == len(head):
+                self._waiting.popleft()
+            else:
+                self._waiting[0] = head[size:]
+        if not self._waiting:
+            self._loop.stop()
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
 
 
 class DeviceFactory(protocol.ServerFactory):
@@ -103,8 +154,13 @@ def listen(device: ZkDevice, reactor, port: int = 0, interface: str = "127.0.0.1
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("zk-terminal", help="one emulated ZKTeco device on TCP, for pyzk, the gateway or gateway-check")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p = sub.add_parser("zk-terminal", help="one emulated ZKTeco device on TCP or UDP, for pyzk, the gateway or gateway-check")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP or UDP port (default {DEFAULT_PORT})")
+    p.add_argument("--transport", choices=("tcp", "udp"), default="tcp", help="serve on TCP (default) or UDP, as old devices do")
+    p.add_argument("--firmware", choices=sorted(FIRMWARES), default="f19",
+                   help="how the device's firmware answers, a variant seen in the field (docs/zk.md section Firmwares; default f19)")
+    p.add_argument("--link-bps", type=int, metavar="N", help="answers leave at N bytes a second (default: the variant's; at once)")
+    p.add_argument("--pin-width", type=int, metavar="N", help="option ~PIN2Width, the longest user id held (default: the variant's; 24)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--comm-key", type=int, default=0, metavar="K", help=f"communication key, 0 to {MAX_COMM_KEY} (default 0: none)")
     p.add_argument("--users", type=int, default=0, metavar="N", help="enrol N seeded people with one fingerprint each (default 0)")
@@ -114,7 +170,18 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version)
+    firmware, faults = firmware_variant(args.firmware)
+    if args.link_bps is not None:
+        if args.link_bps < 0:
+            return _usage("--link-bps must be 0 or more")
+        firmware.link_bytes_per_s = args.link_bps
+    if args.pin_width is not None:
+        if not 1 <= args.pin_width <= 24:
+            return _usage("--pin-width must be 1 to 24")
+        firmware.pin_width = args.pin_width
+    device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version, firmware=firmware)
+    for fault, value in faults.items():
+        setattr(device.faults, fault, value)
     if not 0 <= args.comm_key <= MAX_COMM_KEY:
         return _usage(f"--comm-key must be 0 to {MAX_COMM_KEY}")
     if not 0 <= args.users <= device.firmware.users_capacity:
@@ -125,12 +192,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(reactor, device: ZkDevice, args) -> defer.Deferred:
     try:
-        port = listen(device, reactor, args.port, args.host)
+        port = (listen if args.transport == "tcp" else listen_udp)(device, reactor, args.port, args.host)
     except CannotListenError as exc:
         raise SystemExit(_usage(f"cannot listen on {args.host}:{args.port}: {exc.socketError}")) from None
     start_logging()
-    print(f"ZK device {args.serial} on {args.host}:{port.getHost().port}: {args.users} users, "
-          f"fingerprint algorithm {args.fp_version}, {'comm key set' if args.comm_key else 'no comm key'}", flush=True)
+    print(f"ZK device {args.serial} on {args.host}:{port.getHost().port}: {args.transport.upper()}, {args.users} users, "
+          f"fingerprint algorithm {args.fp_version}, {'comm key set' if args.comm_key else 'no comm key'}, firmware {args.firmware}", flush=True)
     return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)
 
 

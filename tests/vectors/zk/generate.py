@@ -49,13 +49,13 @@ PUNCHES = [AttendanceRecord(1, "1042", T0, 1, 0), AttendanceRecord(2, "1043", da
 
 
 def _users(data: bytes) -> dict:
-    users, size = parse_user_table(data, len(data) // 72 if len(data) > 4 else 0)
-    return dict(record_size=size, users=[asdict(u) for u in users])
+    table = parse_user_table(data, len(data) // 72 if len(data) > 4 else 0)
+    return dict(record_size=table.record_size, users=[asdict(u) for u in table.records])
 
 
 def _attendance(data: bytes, size: int) -> dict:
-    records, size = parse_attendance_table(data, (len(data) - 4) // size)
-    return dict(record_size=size, records=[_jsonable(asdict(r)) for r in records])
+    table = parse_attendance_table(data, (len(data) - 4) // size)
+    return dict(record_size=table.record_size, records=[_jsonable(asdict(r)) for r in table.records])
 
 
 def _jsonable(value):
@@ -84,7 +84,7 @@ READERS = {
     "prepare_data": lambda data: {"size": bodies.parse_prepare_data(data)},
     "user": lambda data: asdict(decode_user(data)),
     "user_table": _users,
-    "template_table": lambda data: {"templates": [_jsonable(asdict(t)) for t in parse_template_table(data)]},
+    "template_table": lambda data: {"templates": [_jsonable(asdict(t)) for t in parse_template_table(data).records]},
     "attendance40": lambda data: _attendance(data, 40),
     "attendance16": lambda data: _attendance(data, 16),
     "attendance8": lambda data: _attendance(data, 8),
@@ -93,7 +93,7 @@ READERS = {
     "uid_finger": lambda data: dict(zip(("uid", "fid"), bodies.parse_uid_finger(data))),
     "user_id_finger": lambda data: dict(zip(("user_id", "fid"), bodies.parse_user_id_finger(data))),
     "u32": lambda data: {"value": bodies.parse_u32(data)},
-    "realtime_attendance": lambda data: {"events": [_jsonable(asdict(e)) for e in realtime.parse_attendance_events(data)]},
+    "realtime_attendance": lambda data: {"events": [_jsonable(asdict(e)) for e in realtime.parse_attendance_events(data)[0]]},
     "enrolled_finger": lambda data: asdict(realtime.parse_enrolled_finger(data)),
     "raw": lambda data: {"hex": data.hex()},
 }

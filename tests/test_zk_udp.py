@@ -1,0 +1,67 @@
+"""ZK over UDP, for the old devices that speak nothing else (ZKLibrary #84, pyzk #86): the
+emulator serving UDP with pyzk (``force_udp=True``) as the peer nobody on the team wrote, and the
+gateway dialling a device over UDP end to end (``[[zk]] transport = "udp"``)."""
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+from zk import ZK
+
+from gateway.sync.monitor import SAVED_FROM_DEVICE
+from live_site import wait_until
+from protocol.events import EventCode
+from simulator.zk.device import ZkDevice, populate
+from simulator.zk.udp import listen_udp
+from test_zk_e2e import ZkSite
+
+PYZK_TIMEOUT_S = 5
+
+
+class PyzkOverUdp(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_pyzk_reads_and_writes_the_emulator_over_udp(self):
+        device = ZkDevice(comm_key=4321, serial_number="UDP1")
+        populate(device, 300, seed=2, fingers=1)  # tables larger than one 16 KiB datagram chunk
+        device.punch("7")
+        port = listen_udp(device, reactor)
+        self.addCleanup(port.stopListening)
+
+        def session():
+            conn = ZK("127.0.0.1", port.getHost().port, timeout=PYZK_TIMEOUT_S, password=4321, force_udp=True, ommit_ping=True).connect()
+            try:
+                serial, users, templates = conn.get_serialnumber(), conn.get_users(), conn.get_templates()
+                attendance = conn.get_attendance()
+                conn.set_user(uid=400, name="Over UDP", user_id="400", card=77)
+                return serial, users, templates, attendance
+            finally:
+                conn.disconnect()
+
+        serial, users, templates, attendance = yield threads.deferToThread(session)
+        self.assertEqual(serial, "UDP1")
+        self.assertEqual(sorted((u.uid, u.user_id, u.name, u.card) for u in users)[:3],
+                         sorted((u.uid, u.user_id, u.name, u.card) for u in device.users.values() if u.user_id != "400")[:3])
+        self.assertEqual(len(users), 300)
+        self.assertEqual(sorted((t.uid, t.fid, t.template) for t in templates), sorted((t.uid, t.fid, t.template) for t in device.templates.values()))
+        self.assertEqual([a.user_id for a in attendance], ["7"])
+        self.assertEqual((device.user("400").name, device.user("400").card), ("Over UDP", 77))
+        self.assertEqual(port.protocol.sessions, {}, "EXIT ended the session")
+
+
+class GatewayOverUdp(ZkSite):
+    @defer.inlineCallbacks
+    def test_a_udp_device_comes_online_and_syncs_both_ways(self):
+        udp, tcp = ZkDevice(comm_key=55, serial_number="UDP"), ZkDevice(serial_number="TCP")
+        populate(udp, 200, seed=4)
+        udp_port = listen_udp(udp, reactor)
+        self.addCleanup(udp_port.stopListening)
+        self.start_devices({2: tcp})
+        self.devices[1], self.ports[1] = udp, udp_port
+        site = self.start_site(links={1: dict(transport="udp")})
+        yield wait_until(lambda: site.online(1, 2), "both devices online")
+        yield wait_until(lambda: site.count_events(type=SAVED_FROM_DEVICE, terminal_id=1) == 200, "the UDP device's users read")
+        tcp.enroll("900", "From The TCP Device", fingers={2: bytes(range(200))})
+        udp.punch("5")
+        yield wait_until(lambda: self.holds(1, "900") and self.templates_of(1, "900") == {2: bytes(range(200))}, "the user on the UDP device")
+        yield wait_until(lambda: site.count_events(terminal_id=1, code=EventCode.VERIFY_SUCCESS, user_id="5") == 1, "its punch")
+        yield wait_until(lambda: len(tcp.users) == 201, "the UDP device's users on the TCP one")
