@@ -16,13 +16,13 @@ from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import UserRecord, UserRecordWire
+from protocol.records import Card, CardType, UserRecord, UserRecordWire
 from protocol.zk.bodies import Sizes
 from protocol.zk.client import ZkClient
-from protocol.zk.commands import Command
+from protocol.zk.commands import Command, ReplyCode
 from protocol.zk.decoder import PacketDecoder
-from protocol.zk.packet import encode_tcp
-from protocol.zk.records import AttendanceRecord
+from protocol.zk.packet import Packet, encode_tcp
+from protocol.zk.records import AttendanceRecord, User, encode_user
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.session import DeviceSession
 
@@ -395,3 +395,42 @@ def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_s
     assert db.held == [] and loaded[0].seen == {"c": b"3" * 8}
     with db.engine.begin() as conn:
         assert load_holdings(conn, 2).seen == {"b": b"2" * 8}
+
+
+# Bytes 39-47 of a 72-byte user record as an access-control firmware holds them (the F19 capture
+# in adrobinoga/zk-protocol): group 2, the person's own time zones, time zones 1-3.
+F19_ACCESS_BYTES = bytes.fromhex("020100010002000000")
+
+
+def site_software_writes(device: ZkDevice, record: bytes) -> None:
+    """USER_WRQ from another client (the site's own ZK software), as the device receives it."""
+    answers = []
+    session = DeviceSession(device, 0x4321, answers.append)
+    session.receive(Packet(Command.CONNECT))
+    session.receive(Packet(Command.USER_WRQ, 0x4321, 1, record))
+    assert answers[-1].command == ReplyCode.ACK_OK, answers
+
+
+def test_a_server_edit_keeps_the_group_and_time_zone_bytes_the_device_holds():
+    device = ZkDevice()
+    raw = bytearray(encode_user(User(5, "ana", "Ana", privilege=3, card=77), 72))
+    raw[39:48] = F19_ACCESS_BYTES
+    raw[64:72] = b"\x00\x00\x00\x00\x00\x00\xfe\x01"  # past the user id's NUL: bytes no client names
+    site_software_writes(device, bytes(raw))
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["ana"]))
+    edited = UserRecord("ana", name="Ana Lima", cards=(Card(CardType.CSN, (4242).to_bytes(4, "big")),))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(edited)], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK]
+    held = encode_user(device.user("ana"), 72)
+    assert (device.user("ana").name, device.user("ana").card) == ("Ana Lima", 4242), "the edit was written"
+    assert held[39:48] == F19_ACCESS_BYTES, "group, own-time-zones flag and time zones as the device held them"
+    assert held[2] == 3 and held[64:72] == bytes(raw[64:72]), "privilege (and its disabled bit) and unnamed bytes kept"
+
+
+def test_a_person_new_to_the_device_gets_the_sdks_defaults():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("new", name="New Person"))], keep_local_changes=True))
+    held = encode_user(device.user("new"), 72)
+    assert held[39:48] == bytes.fromhex("010000000000000000"), "group 1, the group's time zones (as the SDK writes)"

@@ -51,7 +51,10 @@ def test_a_record_for_the_device_keeps_what_only_the_device_has():
     other_pin = to_device(UserRecord("42", pin_hash=hash_pin("42", "9999")), 7, held, ZK10)[0]
     assert other_pin.password == "", "a PIN changed elsewhere: the device's no longer holds"
     fresh = to_device(UserRecord("43"), 8, None, DeviceProfile(72, None))
-    assert fresh == (User(8, "43", "", 0, "", 0, "1"), [])
+    assert fresh == (User(8, "43", "", 0, "", 0, ""), [])
+    assert encode_user(fresh[0], 72)[39:48] == bytes.fromhex("010000000000000000"), "the SDK's group 1 at byte 39, group time zones"
+    old = to_device(UserRecord("43"), 8, None, DeviceProfile(28, None))[0]
+    assert encode_user(old, 28)[21:24] == bytes.fromhex("010000"), "group 1, time zone 0"
 
 
 def test_user_ids_the_device_cannot_hold_are_refused():

@@ -9,7 +9,7 @@ device's; fingerprint templates go only to devices of the algorithm that made th
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.errors import MessageError
 from protocol.records import MAX_FOREIGN_TEMPLATE, Card, CardType, Fingerprint, UserRecord, hash_pin
@@ -18,7 +18,11 @@ from protocol.zk.records import Template, User
 # What each user record size holds (docs/zk.md, "Records").
 USER_ID_BYTES = {72: 24, 28: None}  # 28-byte records hold a u32 user id
 NAME_BYTES = {72: 24, 28: 8}
-DEFAULT_GROUP = "1"  # every ZK device's default group: it says nothing about a person
+# What ZKTeco's SDK writes for a person new to a device: group 1, and the group's time zones
+# (not time zones of the person's own). In a 72-byte record that is byte 39 = 1 and bytes 40-47
+# zero (so pyzk's text group at 40 reads empty); in a 28-byte record the group byte (21) = 1 and
+# the time zone (22-23) 0. docs/zk.md, "A person new to a device".
+NEW_PERSON = {72: (bytes(39) + b"\x01" + bytes(32), ""), 28: (bytes(21) + b"\x01" + bytes(6), "1")}
 # A device's clear password as the server's PIN hash (PBKDF2, milliseconds each), asked for at
 # every pull and every write of a person holding one: computed once per user id and password.
 pin_hash = functools.lru_cache(maxsize=4096)(hash_pin)
@@ -86,8 +90,10 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
 
 
 def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
-    """The user and templates to write for ``record`` in slot ``uid``; ``held`` is the device's
-    current copy (its privilege, group and password are the device's to keep). Raises Unfit."""
+    """The user and templates to write for ``record`` in slot ``uid``. ``held`` is the device's
+    current copy: the result is that copy with the mapped fields (user id, name, password, card)
+    changed, so its privilege, group, time zones and every byte we do not map stay as the device
+    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit."""
     user_id = record.user_id
     if profile.record_size == 28:
         if not (user_id.isascii() and user_id.isdigit() and str(int(user_id)) == user_id and int(user_id) < 2**32):
@@ -97,15 +103,11 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
     password = ""
     if held is not None and held.password and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it
-    user = User(
-        uid=uid,
-        user_id=user_id,
-        name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]),
-        privilege=held.privilege if held is not None else 0,
-        password=password,
-        card=card_number(record),
-        group_id=held.group_id if held is not None else DEFAULT_GROUP,
-    )
+    if held is None:
+        blank, group_id = NEW_PERSON[profile.record_size]
+        held = User(uid, user_id, group_id=group_id, record=blank)
+    user = replace(held, uid=uid, user_id=user_id, name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]),
+                   password=password, card=card_number(record))
     fmt = profile.template_format
     templates = [Template(uid, f.index, f.template1, DURESS if f.duress else VALID) for f in record.fingerprints if fmt and f.format == fmt]
     return user, templates
