@@ -2,13 +2,15 @@
 emulated device's session on the other end, a task.Clock for the polls and deadlines, and the
 database on an in-memory SQLite engine, called synchronously."""
 
+from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from gateway.monitor import RECORD_REFUSED
 from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
@@ -22,7 +24,7 @@ from protocol.zk.client import ZkClient
 from protocol.zk.commands import Command, ReplyCode
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.packet import Packet, encode_tcp
-from protocol.zk.records import AttendanceRecord, User, encode_user
+from protocol.zk.records import AttendanceRecord, User, encode_attendance, encode_user
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.session import DeviceSession
 
@@ -97,11 +99,16 @@ class Wire:
             self.transport.clear()
             for packet in self.decoder.feed(sent):
                 self.session.receive(packet)
-            answers, self._out[:] = b"".join(encode_tcp(p) for p in self._out), []
+            answers, self._out[:] = b"".join(self._encode(p) for p in self._out), []
             if not sent and not answers:
                 return
             if answers:
                 self.link.dataReceived(answers)
+
+    def _encode(self, packet) -> bytes:
+        """As the emulator's TCP server sends a packet: ``faults.mangle`` may replace its bytes."""
+        mangle = self.device.faults.mangle
+        return (mangle(packet) if mangle is not None else None) or encode_tcp(packet)
 
     def start(self):
         self.connection.start()
@@ -434,3 +441,68 @@ def test_a_person_new_to_the_device_gets_the_sdks_defaults():
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("new", name="New Person"))], keep_local_changes=True))
     held = encode_user(device.user("new"), 72)
     assert held[39:48] == bytes.fromhex("010000000000000000"), "group 1, the group's time zones (as the SDK writes)"
+
+
+def refused_events(db: SyncDb) -> list[tuple]:
+    with db.engine.begin() as conn:
+        return [tuple(r) for r in conn.execute(select(events.c.user_id, events.c.detail).where(events.c.type == RECORD_REFUSED))]
+
+
+def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():
+    device = ZkDevice()
+    device.enroll("1", "Good Person", password="1234")
+    device.enroll("2", "Bad Pin", password="\udcff12")  # bytes ff 31 32: hash_pin raised UnicodeEncodeError on it
+    device.enroll("\u202eevil", "Bidi Id")
+    device.enroll("3", "Eve\nroot")
+    device.enroll("4", "\x1b[31mRed\x1b[0m")
+    device.enroll("5", "Letters Pin", password="12ab")
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1"], "only the record that passes is news"
+    fetched = wire.call(wire.connection.fetch_users(["1", "2", "3", "4", "5"]))
+    assert [r.user_id for r in fetched.users] == ["1"] and fetched.missing == ["2", "3", "4", "5"], "no exception, no stuck pull"
+    refused = refused_events(db)
+    assert [user_id for user_id, _ in refused] == ["2", None, "3", "4", "5"]
+    details = [detail for _, detail in refused]
+    assert "password of user '2' is not a PIN" in details[0] and "\\udcff" not in details[0], "the password is never shown"
+    assert "user id '\\u202eevil'" in details[1] and "bidirectional" in details[1], "the id escaped in the detail"
+    assert "control characters" in details[2] and "control characters" in details[3]
+    wire.poll()
+    wire.poll(TIMING.poll.users_s)
+    assert len(refused_events(db)) == 5, "each refusal reported once"
+    device.edit("3", name="Eve Root")  # mended at the device: taken like any edit
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "3"]
+
+
+def test_a_user_id_held_by_two_uids_is_reported_and_read_at_its_lowest_uid():
+    device = ZkDevice()
+    populate(device, 2)
+    device.users[9] = replace(device.user("1"), uid=9, name="Second Copy")  # a firmware that does not keep user ids unique
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    fetched = wire.call(wire.connection.fetch_users(["1"]))
+    assert fetched.users[0].name == device.users[1].name != "Second Copy"
+    assert refused_events(db) == [("1", "user id '1' is held by uids 1, 9: the gateway reads and writes uid 1 and leaves the others as they are")]
+    wire.poll()
+    assert len(refused_events(db)) == 1
+
+
+def test_a_punch_time_outside_the_zk_calendar_is_refused_not_stored_as_2133():
+    device = ZkDevice()
+    populate(device, 2)
+    at = datetime(2024, 3, 1, 8, 30, 15)
+    device.punch("1", at=at)
+    device.punch("2", at=datetime(2024, 3, 1, 9, 0, 0))
+    first = encode_attendance(device.attendance[0], 40)
+
+    def unset_time(packet):  # the first record's time as 0xFFFFFFFF, as an unset record holds it
+        if packet.command == Command.DATA and first in packet.data:
+            return encode_tcp(replace(packet, data=packet.data.replace(first, first[:27] + b"\xff\xff\xff\xff" + first[31:])))
+        return None
+
+    device.faults.mangle = unset_time
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    assert wire.sink.of(EventCode.VERIFY_SUCCESS) == ["2"], "the other punch is stored"
+    assert [(u, "2133" in d and "not stored" in d) for u, d in refused_events(db)] == [("1", True)]

@@ -24,7 +24,8 @@ from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Pres
 from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
+from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, keyable_text, refusal, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
 from protocol.events import Credential, Event, EventCode, Origin
@@ -40,6 +41,7 @@ REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFING
 # ZK verify types (how the person verified) as the event log's credential sub-codes.
 CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
 MAX_UID = 0xFFFF
+PUNCH_YEARS = (2000, 2099)  # what ZK time is documented to hold (docs/zk.md, "Records")
 # The pusher sends one stored record to every device: parsed once, not once per device (records
 # are frozen, so the parsed one is safely shared).
 server_record = functools.lru_cache(maxsize=1024)(UserRecordWire.parse)
@@ -67,6 +69,7 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
+    refused: dict[tuple[str, str], str] = field(default_factory=dict)  # device records not taken, by (kind, user id): the reason reported
     # The mark is stored after the punches it covers: after a restart, the first punches found
     # new are checked against the event log, so a crash between the two stores none twice.
     attendance_unsure: bool = False
@@ -296,7 +299,7 @@ class ZkConnection:
     def _read_tables(self, now: float, templates: bool | None = None):
         """Read the users, and the templates when asked (None: when due); keep them only whole."""
         read = yield self._link.run("read_users")
-        users = {u.user_id: u for u in read.users}
+        users = self._one_uid_each(read.users)
         user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
         by_uid = None
         if templates or (templates is None and self._plan.templates_due(read.sizes, now, user_set_changed)):
@@ -311,21 +314,57 @@ class ZkConnection:
         self._plan.users_at = now
         self._plan.sizes = read.sizes
 
+    def _one_uid_each(self, read: tuple[User, ...]) -> dict[str, User]:
+        """The users read, by user id. A user id held by two uids (a device should refuse that,
+        some do not) is taken at its lowest uid, and the others are reported and left alone."""
+        users: dict[str, User] = {}
+        doubles: dict[str, list[int]] = {}
+        for user in sorted(read, key=lambda u: u.uid):
+            if user.user_id in users:
+                doubles.setdefault(user.user_id, [users[user.user_id].uid]).append(user.uid)
+            else:
+                users[user.user_id] = user
+        for user_id, uids in doubles.items():
+            self._refuse(("uids", user_id), user_id, f"user id {ascii(user_id)} is held by uids {', '.join(map(str, uids))}: the gateway reads and "
+                                  f"writes uid {uids[0]} and leaves the others as they are")
+        return users
+
     def _held_copies(self) -> dict[str, bytes]:
         """Each person's digest on the device. Kept from the last call for a person whose user
-        record is equal and whose templates are the same list: most polls change nobody."""
+        record is equal and whose templates are the same list: most polls change nobody. A
+        person the server cannot take (``refusal``) is reported once and never news: the server
+        keeps what it had seen of them."""
         held, digests = {}, {}
+        seen = self._memory.tracker.seen
         for user_id, user in self._users.items():
-            if not keyable(user):
-                continue
             templates = self._templates.get(user.uid, NO_TEMPLATES)
             known = self._digests.get(user_id)
             if known is None or known[0] != user or known[1] is not templates:
-                known = (user, templates, held_digest(user, templates))
+                refused = refusal(user)
+                known = (user, templates, None if refused else held_digest(user, templates), refused)
             digests[user_id] = known
+            if known[3] is not None:
+                self._refuse(("record", user_id), user_id, known[3])
+                if user_id in seen:
+                    held[user_id] = seen[user_id]
+                continue
+            self._memory.refused.pop(("record", user_id), None)
             held[user_id] = known[2]
         self._digests = digests
         return held
+
+    def _refuse(self, what: tuple[str, str], user_id: str, reason: str) -> None:
+        """A record of the device the server does not take: reported once (monitoring event, one log line)."""
+        if self._memory.refused.get(what) == reason:
+            return
+        self._memory.refused[what] = reason
+        self._report(user_id, reason)
+
+    def _report(self, user_id: str | None, reason: str) -> None:
+        log.warn("ZK terminal {tid}: {type}: {reason}", tid=self.terminal_id, type=RECORD_REFUSED, reason=reason)
+        shown = user_id if user_id is not None and keyable_text(user_id) else None  # an id that is no plain text stays in the detail, escaped
+        row = sync_event_row(RECORD_REFUSED, self.terminal_id, shown, reason, at_ms=self._now_ms())
+        self._db.write(record_sync_events, [row]).addErrback(self._log_unsaved, "a monitoring event")
 
     def _announce(self) -> None:
         """Changes made at the device since the server last saw it become device-origin events."""
@@ -346,6 +385,7 @@ class ZkConnection:
         read = yield self._link.run("read_attendance")
         memory, records = self._memory, list(read.records)
         fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
+        fresh = [f for f in fresh if f is not None]
         self._plan.attendance_at, self._plan.attendance_count = now, read.sizes.records
         if not records:
             return
@@ -360,13 +400,19 @@ class ZkConnection:
         d.addCallback(lambda _: self._db.write(save_attendance_mark, self.terminal_id, stored, last))
         d.addErrback(self._log_unsaved, "the attendance mark")
 
-    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str]:
-        """A punch as a verify event holds it: (time in ms, credential, user id)."""
+    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str] | None:
+        """A punch as a verify event holds it: (time in ms, credential, user id); None, reported,
+        for a punch whose time is outside the ZK calendar's 2000-2099 (0xFFFFFFFF reads as 2133:
+        an unset or corrupt record, not a punch). A user id that is no plain text is left out."""
         user_id = record.user_id
         if user_id is None:  # 8-byte records know only the uid
             user_id = next((u.user_id for u in self._users.values() if u.uid == record.uid), "")
+        if not PUNCH_YEARS[0] <= record.timestamp.year <= PUNCH_YEARS[1]:
+            self._report(user_id, f"a punch of user {ascii(user_id)} at {record.timestamp.isoformat()} is outside the years "
+                                  f"{PUNCH_YEARS[0]} to {PUNCH_YEARS[1]} a ZK device keeps: not stored")
+            return None
         credential = CREDENTIALS.get(record.verify_type, 0)
-        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if is_text(user_id) else ""
+        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if keyable_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id

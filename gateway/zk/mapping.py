@@ -12,7 +12,18 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from protocol.errors import MessageError
-from protocol.records import MAX_FOREIGN_TEMPLATE, Card, CardType, Fingerprint, UserRecord, hash_pin
+from protocol.records import (
+    MAX_FOREIGN_TEMPLATE,
+    MAX_PIN_DIGITS,
+    PLAIN_TEXT_RULE,
+    Card,
+    CardType,
+    Fingerprint,
+    UserRecord,
+    hash_pin,
+    is_clear_pin,
+    is_plain_text,
+)
 from protocol.zk.records import Template, User
 
 # What each user record size holds (docs/zk.md, "Records").
@@ -67,11 +78,32 @@ def device_card(number: int) -> tuple[Card, ...]:
     return (Card(CardType.CSN, number.to_bytes(4, "big")),) if number else ()
 
 
+def refusal(user: User) -> str | None:
+    """Why the server cannot take this device user, or None: its id, name and password must pass
+    the rules the API applies to the same fields (protocol.records: plain text, a PIN of digits;
+    UserRecord.validate checks the lengths). The reason shows the id escaped, never the password."""
+    if not keyable(user):
+        return f"user id {ascii(user.user_id)} (uid {user.uid}) is empty or not UTF-8"
+    if not is_plain_text(user.user_id):
+        return f"user id {ascii(user.user_id)} (uid {user.uid}) {PLAIN_TEXT_RULE}"
+    if not is_plain_text(device_name(user)):
+        return f"the name of user {ascii(user.user_id)} {PLAIN_TEXT_RULE}"
+    if user.password and not (is_text(user.password) and is_clear_pin(user.password)):
+        return f"the password of user {ascii(user.user_id)} is not a PIN (1 to {MAX_PIN_DIGITS} digits)"
+    return None
+
+
+def device_name(user: User) -> str:
+    """The name as text; bytes that are not UTF-8 (an old device's code page) read as U+FFFD."""
+    return user.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
     """The record a pull from this device gives the server; MessageError if it can give none
-    (a user id that is not UTF-8, for one). Fields a ZK device cannot hold stay vacant."""
-    if not keyable(user):
-        raise MessageError(f"user id {user.user_id!r} (uid {user.uid}) is empty or not UTF-8")
+    (``refusal`` says why). Fields a ZK device cannot hold stay vacant."""
+    refused = refusal(user)
+    if refused is not None:
+        raise MessageError(refused)
     fingers = ()
     if profile.template_format is not None:
         fingers = tuple(
@@ -79,7 +111,7 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
             for t in sorted(templates, key=lambda t: t.fid)
             if t.valid in (VALID, DURESS) and len(t.template) <= MAX_FOREIGN_TEMPLATE
         )
-    name = user.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = device_name(user)
     return UserRecord(
         user_id=user.user_id,
         name=name or None,
@@ -101,7 +133,7 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
     elif len(user_id.encode("utf-8")) > USER_ID_BYTES[72]:
         raise Unfit(f"user id {user_id!r} is over the {USER_ID_BYTES[72]} bytes a ZK device holds")
     password = ""
-    if held is not None and held.password and record.pin_hash == pin_hash(user_id, held.password):
+    if held is not None and held.password and is_text(held.password) and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it
     if held is None:
         blank, group_id = NEW_PERSON[profile.record_size]
@@ -136,3 +168,8 @@ def is_text(text: str) -> bool:
 def keyable(user: User) -> bool:
     """A device user the server can key on: a non-empty UTF-8 user id."""
     return bool(user.user_id) and is_text(user.user_id)
+
+
+def keyable_text(user_id: str) -> bool:
+    """A user id the server could store and show as it is: UTF-8 and plain text."""
+    return bool(user_id) and is_text(user_id) and is_plain_text(user_id)
