@@ -41,6 +41,7 @@ class UserResult:
 
     user_id: str
     status: int
+    detail: str = ""  # why, when the terminal's driver can say more than the status (a ZK device's limits)
 
 
 @dataclass(frozen=True)

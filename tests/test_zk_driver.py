@@ -10,7 +10,9 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from gateway.metrics import Metrics
 from gateway.monitor import RECORD_REFUSED
+from gateway.pusher import delivery_rows
 from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
@@ -506,3 +508,36 @@ def test_a_punch_time_outside_the_zk_calendar_is_refused_not_stored_as_2133():
     wire = Wire(device, db).start()
     assert wire.sink.of(EventCode.VERIFY_SUCCESS) == ["2"], "the other punch is stored"
     assert [(u, "2133" in d and "not stored" in d) for u, d in refused_events(db)] == [("1", True)]
+
+
+def put(wire: Wire, *records: UserRecord):
+    return wire.call(wire.connection.put_users([UserRecordWire.build(r) for r in records], keep_local_changes=True))
+
+
+def test_a_user_id_longer_than_pin2width_is_refused_for_that_device_never_cut():
+    device = ZkDevice()
+    device.options["~PIN2Width"] = "5"
+    wire = Wire(device).start()
+    results = put(wire, UserRecord("1000123", name="Too Long"), UserRecord("12345", name="Fits"))
+    assert [(r.user_id, r.status) for r in results] == [("1000123", UserStatus.INVALID), ("12345", UserStatus.OK)]
+    assert "over the 5 characters this device holds (~PIN2Width)" in results[0].detail
+    assert sorted(u.user_id for u in device.users.values()) == ["12345"]
+    rows, _ = delivery_rows(7, results, "applied", Metrics(), 0)
+    assert "~PIN2Width" in next(r["detail"] for r in rows if r["user_id"] == "1000123"), "the monitoring event says why"
+
+
+def test_a_firmware_that_cuts_ids_makes_no_phantom_user():
+    device = ZkDevice()
+    del device.options["~PIN2Width"]  # it does not say how long an id it holds...
+    keep = device.put_user
+    device.put_user = lambda user: keep(replace(user, user_id=user.user_id[-5:]))  # ...and keeps the last 5 characters
+    wire = Wire(device).start()
+    results = put(wire, UserRecord("1000123", name="Cut Short"))
+    assert [(r.user_id, r.status) for r in results] == [("1000123", UserStatus.INVALID)]
+    assert "stored user id '1000123' as '00123'" in results[0].detail
+    assert device.users == {}, "the cut copy is deleted again"
+    wire.poll()
+    wire.poll(TIMING.poll.users_s)
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == [], "no phantom '00123' reaches the server"
+    again = put(wire, UserRecord("2000456"))
+    assert again[0].status == UserStatus.INVALID and "~PIN2Width" in again[0].detail and device.users == {}, "the width is learnt"

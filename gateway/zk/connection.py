@@ -14,7 +14,7 @@ with the keypad held, loses its connection with the reason; a half-read table is
 """
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,7 +25,7 @@ from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, keyable_text, refusal, template_format, to_device, to_server
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, id_width, keyable_text, refusal, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
 from protocol.events import Credential, Event, EventCode, Origin
@@ -184,12 +184,12 @@ class ZkConnection:
         version = yield self._link.run("request", Command.GET_VERSION)
         firmware = bodies.parse_version(version.data) if version.ok else ""
         options = {}
-        for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion"):
+        for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion", "~PIN2Width"):
             options[name] = yield self._option(name)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
         self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity)
-        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]))
+        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), id_width=id_width(options["~PIN2Width"]))
 
     @defer.inlineCallbacks
     def _option(self, name: str):
@@ -310,7 +310,7 @@ class ZkConnection:
         self._users = users
         if by_uid is not None:
             self._templates = by_uid
-        self._profile = DeviceProfile(read.record_size, self._profile.template_format)
+        self._profile = replace(self._profile, record_size=read.record_size)
         self._plan.users_at = now
         self._plan.sizes = read.sizes
 
@@ -527,7 +527,7 @@ class ZkConnection:
                 outcome.append(result)
             results.append(outcome)
         failed = yield self._store(plan)
-        results = [[UserResult(r.user_id, failed.get(r.user_id, r.status)) for r in outcome] for outcome in results]
+        results = [[r if r.user_id not in failed else UserResult(r.user_id, *failed[r.user_id]) for r in outcome] for outcome in results]
         return results
 
     @defer.inlineCallbacks
@@ -536,7 +536,7 @@ class ZkConnection:
         device refused, with their status."""
         if not (plan.writes or plan.deletes):
             return {}
-        refused: dict[str, int] = {}
+        refused: dict[str, tuple[int, str]] = {}  # user id -> status, why
         size = self._profile.record_size
         refresh = bool(plan.stale_templates or plan.deletes)  # a bulk upload refreshes by itself
         # Users whose templates stay the device's own: an algorithm we do not know, or written one by one.
@@ -554,19 +554,20 @@ class ZkConnection:
         for user_id, uid in plan.deletes:
             reply = yield self._link.run("request", Command.DELETE_USER, bodies.uid_body(uid))
             if not reply.ok:
-                refused[user_id] = UserStatus.NOT_FOUND
+                refused[user_id] = (UserStatus.NOT_FOUND, "")
         if refresh:
             yield self._ok(Command.REFRESHDATA)
         # What was written, as the device holds it (a 28-byte record holds less).
         as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
         yield self._read_back(plan, as_held, own_templates)
+        refused.update((yield self._undo_cut_ids(plan, refused)))
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
             if user.user_id in refused:
                 continue
             held = self._users.get(user.user_id)
             if held is None:
-                refused[user.user_id] = UserStatus.STORAGE_FULL
+                refused[user.user_id] = (UserStatus.STORAGE_FULL, "not on the device after the write")
                 continue
             # What was written, as the device holds it, is what the server has seen: a device copy
             # that differs (a keypad change on a device that does not lock its keypad) is the
@@ -579,13 +580,39 @@ class ZkConnection:
                 seen[user_id] = None
         for user_id, digest in seen.items():
             self._memory.tracker.seen_now(user_id, digest)
-        self._save_seen(seen)
-        now_ms = self._now_ms()
-        self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
-                                  EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
-                                  Origin.SERVER, user_id) for user_id, digest in seen.items()])
+        if seen:
+            self._save_seen(seen)
+            now_ms = self._now_ms()
+            self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
+                                      EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
+                                      Origin.SERVER, user_id) for user_id, digest in seen.items()])
         self._announce()
         return refused
+
+    @defer.inlineCallbacks
+    def _undo_cut_ids(self, plan: "_WritePlan", refused: dict[str, tuple[int, str]]):
+        """Users written as new that the device holds under another user id: a firmware that cuts
+        ids longer than it holds (and did not say ~PIN2Width) stored ``1000123`` as ``00123``,
+        which would come back as a phantom person. Each is deleted again (it is the gateway's own
+        write), refused with the reason, and the width learnt for this connection's writes."""
+        by_uid = {user.uid: user for user in self._users.values()}
+        cut: dict[str, tuple[int, str]] = {}
+        for user, _ in plan.writes:
+            stored = by_uid.get(user.uid)
+            if user.user_id in refused or user.user_id in self._users or stored is None or stored.user_id in plan.held_before:
+                continue
+            yield self._ok(Command.DELETE_USER, bodies.uid_body(user.uid))
+            del self._users[stored.user_id]
+            self._templates.pop(user.uid, None)
+            width = len(stored.user_id.encode("utf-8", "surrogateescape"))
+            if width < len(user.user_id.encode("utf-8")):
+                self._profile = replace(self._profile, id_width=width)
+            cut[user.user_id] = (UserStatus.INVALID, f"the device stored user id {ascii(user.user_id)} as {ascii(stored.user_id)} "
+                                                     f"(it cuts ids; ~PIN2Width did not say so): deleted from the device again")
+            log.warn("ZK terminal {tid}: {why}", tid=self.terminal_id, why=cut[user.user_id][1])
+        if cut:
+            yield self._ok(Command.REFRESHDATA)
+        return cut
 
     @defer.inlineCallbacks
     def _read_back(self, plan: "_WritePlan", as_held: dict[str, User], own_templates: set[str]):
@@ -593,7 +620,10 @@ class ZkConnection:
         the writes leave, it is what was read before with the writes applied; else (a device that
         does not lock its keypad, a write it dropped) the users are read again, and the templates
         when their count is off too. A keypad change the counts do not show is a difference from
-        what was written, which the next poll finds and announces (``_store``)."""
+        what was written, which the next poll finds and announces (``_store``). A device that did
+        not say how long an id it holds (~PIN2Width) is read again whenever new people went to it:
+        the counts do not show an id it cut (``_undo_cut_ids``)."""
+        unsure_ids = self._profile.id_width is None and any(user.user_id not in plan.held_before for user, _ in plan.writes)
         users = dict(self._users)
         templates = dict(self._templates)
         for user, written in plan.writes:
@@ -606,7 +636,7 @@ class ZkConnection:
             templates.pop(uid, None)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
         fingers = sum(len(ts) for ts in templates.values())
-        if sizes.users == len(users) and sizes.fingers == fingers:
+        if sizes.users == len(users) and sizes.fingers == fingers and not unsure_ids:
             self._users, self._templates, self._plan.sizes = users, templates, sizes
             return
         yield self._read_tables(self._clock.seconds(), templates=False)
@@ -638,7 +668,8 @@ class ZkConnection:
         for user in users:
             reply = yield self._link.run("request", Command.USER_WRQ, encode_user(user, size))
             if not reply.ok:
-                refused[user.user_id] = UserStatus.STORAGE_FULL if reply.code == ReplyCode.ACK_ERROR and self._full() else UserStatus.INVALID
+                full = reply.code == ReplyCode.ACK_ERROR and self._full()
+                refused[user.user_id] = (UserStatus.STORAGE_FULL if full else UserStatus.INVALID, f"USER_WRQ answered {reply}")
         return refused, True
 
     def _full(self) -> bool:
@@ -678,7 +709,7 @@ class _WritePlan:
             user, templates = to_device(record, uid, held, self._profile)
         except Unfit as exc:
             self.refusals[record.user_id] = str(exc)
-            return UserResult(record.user_id, UserStatus.INVALID)
+            return UserResult(record.user_id, UserStatus.INVALID, str(exc))
         had = self._templates.get(uid, []) if held is not None else []
         if self._profile.template_format is None:
             templates = []  # an algorithm we do not know: the device's templates stay as they are

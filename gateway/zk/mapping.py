@@ -50,6 +50,14 @@ class DeviceProfile:
 
     record_size: int = 72  # 72, or 28 on old firmwares
     template_format: str | None = None  # "zk10"; None when the device did not say its algorithm
+    id_width: int | None = None  # the longest user id it holds (option ~PIN2Width); None: the record's field
+
+
+def id_width(option: str | None) -> int | None:
+    """A device's ``~PIN2Width``: how many characters of user id it holds; None when it did not
+    say or said something that is no width (then the record's own field is the limit)."""
+    text = (option or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) <= USER_ID_BYTES[72] else None
 
 
 def template_format(fp_version: str | None) -> str | None:
@@ -132,6 +140,9 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
             raise Unfit(f"user id {user_id!r} is not a number this device's 28-byte records hold")
     elif len(user_id.encode("utf-8")) > USER_ID_BYTES[72]:
         raise Unfit(f"user id {user_id!r} is over the {USER_ID_BYTES[72]} bytes a ZK device holds")
+    if profile.id_width is not None and len(user_id.encode("utf-8")) > profile.id_width:
+        raise Unfit(f"user id {user_id!r} is over the {profile.id_width} characters this device holds (~PIN2Width); "
+                    "not sent: a device cuts a longer id into another person's")
     password = ""
     if held is not None and held.password and is_text(held.password) and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it
