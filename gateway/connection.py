@@ -92,6 +92,12 @@ class TerminalConnection(Protocol):
         record as the server would compute it (``protocol.records.record_digest`` of its wire
         encoding); fails with ``ListingUnsupported`` where the terminal cannot tell."""
 
+    def digest_of(self, record: bytes) -> bytes | None:
+        """The digest ``list_digests`` gives a user this terminal holds as the server sends
+        ``record`` (its wire encoding): the record's own digest where a terminal holds whole
+        records; a driver whose terminals hold part of one (ZK) digests that part, and says None
+        where the terminal should not hold the user at all."""
+
     def events_pending(self) -> "Deferred[int]":
         """How many of its events the terminal holds that are not stored yet (REQUEST_EVENTS, which
         also makes it send them again: each is stored once). 0 means every change made at its

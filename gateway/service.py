@@ -93,7 +93,8 @@ class Gateway:
         zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
-                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason)
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason,
+                       on_refill=lambda terminal_id, why: self.reconciler.reconcile(terminal_id))
             for e in zk_entries
         ]
         self._sweep = task.LoopingCall(self.sweep)

@@ -20,7 +20,7 @@ from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import Card, CardType, UserRecord, UserRecordWire
+from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
 from protocol.zk.bodies import Sizes
 from protocol.zk.client import ZkClient
 from protocol.zk.commands import Command, ReplyCode
@@ -541,3 +541,72 @@ def test_a_firmware_that_cuts_ids_makes_no_phantom_user():
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == [], "no phantom '00123' reaches the server"
     again = put(wire, UserRecord("2000456"))
     assert again[0].status == UserStatus.INVALID and "~PIN2Width" in again[0].detail and device.users == {}, "the width is learnt"
+
+
+def test_the_listing_compares_the_part_of_a_record_the_device_holds():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    ana = UserRecord("ana", name="Ana Lima Silva de Albuquerque", pin_hash=hash_pin("ana", "1234"),
+                     cards=(Card(CardType.CSN, (77).to_bytes(4, "big")), Card(CardType.WIEGAND, b"\x01\x02\x03")),
+                     fingerprints=(Fingerprint(2, b"t" * 500, b"", False, "zk10"), Fingerprint(3, b"n" * 384, b"m" * 384)))
+    put(wire, ana, UserRecord("off", disabled=True))
+    device.enroll("door", "Only At The Door")
+    page = wire.call(wire.connection.list_digests("", 500))
+    assert sorted(page.digests) == ["ana", "door"] and not page.more
+    raw = UserRecordWire.build(ana)
+    assert wire.connection.digest_of(raw) == page.digests["ana"], "holds what the gateway writes: alike (name cut, one card, zk10 finger)"
+    assert wire.connection.digest_of(UserRecordWire.build(UserRecord("off", disabled=True))) is None, "not to be held"
+    device.edit("ana", name="Edited At The Door")
+    assert wire.connection.digest_of(raw) != wire.call(wire.connection.list_digests("", 500)).digests["ana"], "a fresh read"
+    assert list(wire.call(wire.connection.list_digests("", 1)).digests) == ["ana"]
+    assert list(wire.call(wire.connection.list_digests("ana", 1)).digests) == ["door"]
+
+
+class Refills:
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def __call__(self, terminal_id, why):
+        self.asked.append(why)
+
+
+def refilling_wire(device: ZkDevice, db=None, memory=None) -> tuple[Wire, Refills]:
+    refills = Refills()
+    wire = Wire(device, db, memory=memory)
+    wire.connection._on_refill = refills
+    return wire, refills
+
+
+def test_a_device_wiped_while_watched_is_refilled_not_taken_for_keypad_deletes():
+    device = ZkDevice()
+    populate(device, 3)
+    wire, refills = refilling_wire(device)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2", "3"]))
+    for user_id in ("1", "2", "3"):
+        device.delete(user_id)  # "clear all data" in the menu
+    wire.poll()
+    assert wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == [], "no keypad deletion announced"
+    assert len(refills.asked) == 1 and "holds nobody, where the server had seen 3 people" in refills.asked[0]
+    with wire.db.engine.begin() as conn:
+        assert load_holdings(conn, 7).seen == {}, "what the server had seen there is forgotten"
+    wire.poll()
+    assert len(refills.asked) == 1, "asked once"
+
+
+def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled():
+    device, db, memory = ZkDevice(serial_number="UNIT-A"), SyncDb(), DeviceMemory()
+    populate(device, 2)
+    wire, refills = refilling_wire(device, db, memory)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    for user_id in ("1", "2"):  # wiped while the gateway was away
+        device.delete(user_id)
+    wire, refills = refilling_wire(device, db)
+    wire.start()
+    assert refills.asked and wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == []
+    other = ZkDevice(serial_number="UNIT-B")
+    other.enroll("9", "From Another Door")
+    wire, refills = refilling_wire(other, db, memory)  # the same configured device, another unit, this gateway run
+    wire.start()
+    assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]

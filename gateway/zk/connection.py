@@ -20,17 +20,29 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
+from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo, UserResult
 from gateway.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, id_width, keyable_text, refusal, template_format, to_device, to_server
+from gateway.zk.mapping import (
+    DeviceProfile,
+    Unfit,
+    device_record,
+    held_digest,
+    held_view,
+    id_width,
+    keyable_text,
+    refusal,
+    template_format,
+    to_device,
+    to_server,
+)
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
 from protocol.events import Credential, Event, EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import UserRecordWire
+from protocol.records import UserRecordWire, record_digest
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
 from protocol.zk.records import AttendanceRecord, Template, User, decode_user, encode_user
@@ -69,6 +81,7 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
+    serial: str | None = None  # ~SerialNumber of the last connection: another one is a replaced unit
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # device records not taken, by (kind, user id): the reason reported
     # The mark is stored after the punches it covers: after a restart, the first punches found
     # new are checked against the event log, so a crash between the two stores none twice.
@@ -87,7 +100,7 @@ class ZkConnection:
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
-                 presence: Presence, timing: ZkTiming, on_online=lambda connection: None):
+                 presence: Presence, timing: ZkTiming, on_online=lambda connection: None, on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
         self.closed = False
@@ -101,6 +114,8 @@ class ZkConnection:
         self._presence = presence
         self._timing = timing
         self._on_online = on_online
+        self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
+        self._replaced_unit = ""  # why the device is another unit than the last connection's
         self._plan = PollPlan(timing.poll)
         self._profile = DeviceProfile()
         self._users: dict[str, User] = {}  # by user id, from the last complete read
@@ -135,6 +150,8 @@ class ZkConnection:
             raise
         yield self._learn()
         yield self._remember()
+        if self._replaced_unit:
+            self._refill(self._replaced_unit)
         yield self._register_events()
         yield self._lock.run(self._poll, True)
         if self.closed:
@@ -187,6 +204,10 @@ class ZkConnection:
         for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion", "~PIN2Width"):
             options[name] = yield self._option(name)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
+        serial, memory = options["~SerialNumber"], self._memory
+        if serial and memory.serial and serial != memory.serial:
+            self._replaced_unit = f"its serial number is {serial}, no longer {memory.serial}: another unit"
+        memory.serial = serial or memory.serial
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
         self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity)
         self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), id_width=id_width(options["~PIN2Width"]))
@@ -353,6 +374,16 @@ class ZkConnection:
         self._digests = digests
         return held
 
+    def _refill(self, why: str) -> None:
+        """Forget what the server had seen on the device (durably) and ask for a refill."""
+        log.warn("ZK terminal {tid} is refilled: {why}", tid=self.terminal_id, why=why)
+        tracker = self._memory.tracker
+        gone = {user_id: None for user_id in tracker.seen}
+        tracker.seen.clear()
+        tracker.reported.clear()
+        self._save_seen(gone)
+        self._on_refill(self.terminal_id, why)
+
     def _refuse(self, what: tuple[str, str], user_id: str, reason: str) -> None:
         """A record of the device the server does not take: reported once (monitoring event, one log line)."""
         if self._memory.refused.get(what) == reason:
@@ -367,8 +398,15 @@ class ZkConnection:
         self._db.write(record_sync_events, [row]).addErrback(self._log_unsaved, "a monitoring event")
 
     def _announce(self) -> None:
-        """Changes made at the device since the server last saw it become device-origin events."""
-        changes = self._memory.tracker.changes(self._held_copies())
+        """Changes made at the device since the server last saw it become device-origin events.
+        A device that holds nobody while the server had seen people there was wiped (or is a new
+        unit): that is no keypad deletion of each, so nothing is announced; the server forgets
+        what it had seen there and the device is refilled (reconciliation)."""
+        tracker = self._memory.tracker
+        if not self._users and tracker.seen:
+            self._refill(f"it holds nobody, where the server had seen {len(tracker.seen)} people")
+            return
+        changes = tracker.changes(self._held_copies())
         if not changes:
             return
         log.info("ZK terminal {tid}: at the device {e} enrolled, {u} edited, {d} deleted",
@@ -454,10 +492,30 @@ class ZkConnection:
         return defer.succeed(FetchedUsers(records, missing))
 
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
-        """Not for a ZK device: it holds part of a record (docs/zk.md, "What maps to what"), so its
-        copy's digest never equals the server record's, and comparing them would push to it at
-        every reconciliation. Its copies are checked by the driver's own change detection."""
-        return defer.fail(ListingUnsupported("a ZK device holds part of a record; the driver's change detection compares it"))
+        """The people the device holds, each with the digest of the part of a server record it
+        holds (``held_view``), which ``digest_of`` gives the server's record: equal when the device
+        holds what the gateway would write. The first page reads the device afresh (a device wiped
+        since the last poll is found now); people the server cannot take are left out."""
+        d = self._lock.run(self._read_now) if not after_user_id else defer.succeed(None)
+        return d.addCallback(lambda _: self._digest_page(after_user_id, limit))
+
+    @defer.inlineCallbacks
+    def _read_now(self):
+        yield self._read_whole(self._read_tables, self._clock.seconds(), True)
+        self._announce()
+
+    def _digest_page(self, after_user_id: str, limit: int) -> DigestPage:
+        ids = sorted(u for u, known in self._digests.items() if u > after_user_id and known[3] is None)
+        page = {}
+        for user_id in ids[:limit]:
+            user = self._users[user_id]
+            view = held_view(device_record(user, self._templates.get(user.uid, NO_TEMPLATES), self._profile), self._profile)
+            page[user_id] = record_digest(UserRecordWire.build(view))
+        return DigestPage(page, len(ids) > limit)
+
+    def digest_of(self, record: bytes) -> bytes | None:
+        view = held_view(server_record(record), self._profile)
+        return None if view is None else record_digest(UserRecordWire.build(view))
 
     def events_pending(self) -> defer.Deferred:
         """Nothing waits on the device: the driver makes events from what it read, and submits them at once."""

@@ -112,6 +112,13 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
     refused = refusal(user)
     if refused is not None:
         raise MessageError(refused)
+    pin = pin_hash(user.user_id, user.password) if user.password else None
+    return replace(device_record(user, templates, profile), pin_hash=pin).validate()
+
+
+def device_record(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
+    """What the device holds of a person, as a server record, without the PIN (its hash costs
+    milliseconds, and a PIN never goes to a device)."""
     fingers = ()
     if profile.template_format is not None:
         fingers = tuple(
@@ -119,22 +126,31 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
             for t in sorted(templates, key=lambda t: t.fid)
             if t.valid in (VALID, DURESS) and len(t.template) <= MAX_FOREIGN_TEMPLATE
         )
-    name = device_name(user)
+    return UserRecord(user_id=user.user_id, name=device_name(user) or None, cards=device_card(user.card), fingerprints=fingers)
+
+
+def held_view(record: UserRecord, profile: DeviceProfile) -> UserRecord | None:
+    """The part of ``record`` a device of this profile holds once the gateway wrote it: what
+    reconciliation compares (docs/zk.md, "Reconciliation"). The PIN is left out (it cannot be
+    sent; a password set at the device is the device's). None: the device should not hold the
+    person (disabled, or a user id it cannot hold)."""
+    if record.disabled:
+        return None
+    try:
+        check_fits(record.user_id, profile)
+    except Unfit:
+        return None
+    fmt = profile.template_format
     return UserRecord(
-        user_id=user.user_id,
-        name=name or None,
-        pin_hash=pin_hash(user.user_id, user.password) if user.password else None,
-        cards=device_card(user.card),
-        fingerprints=fingers,
-    ).validate()
+        user_id=record.user_id,
+        name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]) or None,
+        cards=device_card(card_number(record)),
+        fingerprints=tuple(f for f in record.fingerprints if fmt is not None and f.format == fmt),
+    )
 
 
-def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
-    """The user and templates to write for ``record`` in slot ``uid``. ``held`` is the device's
-    current copy: the result is that copy with the mapped fields (user id, name, password, card)
-    changed, so its privilege, group, time zones and every byte we do not map stay as the device
-    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit."""
-    user_id = record.user_id
+def check_fits(user_id: str, profile: DeviceProfile) -> None:
+    """Raise Unfit when this device cannot hold ``user_id`` as it is (it would cut or change it)."""
     if profile.record_size == 28:
         if not (user_id.isascii() and user_id.isdigit() and str(int(user_id)) == user_id and int(user_id) < 2**32):
             raise Unfit(f"user id {user_id!r} is not a number this device's 28-byte records hold")
@@ -143,6 +159,15 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
     if profile.id_width is not None and len(user_id.encode("utf-8")) > profile.id_width:
         raise Unfit(f"user id {user_id!r} is over the {profile.id_width} characters this device holds (~PIN2Width); "
                     "not sent: a device cuts a longer id into another person's")
+
+
+def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
+    """The user and templates to write for ``record`` in slot ``uid``. ``held`` is the device's
+    current copy: the result is that copy with the mapped fields (user id, name, password, card)
+    changed, so its privilege, group, time zones and every byte we do not map stay as the device
+    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit."""
+    user_id = record.user_id
+    check_fits(user_id, profile)
     password = ""
     if held is not None and held.password and is_text(held.password) and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it

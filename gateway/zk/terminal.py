@@ -19,7 +19,7 @@ log = Logger(namespace="gateway.zk")
 
 class ZkTerminal:
     def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
-                 timing: ZkTiming, on_offline_reason=lambda terminal_id, reason: None):
+                 timing: ZkTiming, on_offline_reason=lambda terminal_id, reason: None, on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
@@ -32,6 +32,7 @@ class ZkTerminal:
         self._presence = presence
         self._timing = timing
         self._on_offline_reason = on_offline_reason
+        self._on_refill = on_refill
         self._reason: str | None = None
         self._stopping = False
         self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline)
@@ -58,7 +59,7 @@ class ZkTerminal:
                       on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
         connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
                                                     events=self._events, presence=self._presence, timing=self._timing,
-                                                    on_online=self._online)
+                                                    on_online=self._online, on_refill=self._on_refill)
         return link
 
     def _online(self, _connection) -> None:
