@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -173,12 +174,20 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     groups: list[U32] = msgspec.field(default_factory=list)
     poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
     timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
+    timezone: str = ""  # the device's time zone, an IANA name ("Europe/Madrid"); "": the gateway's local zone
+    set_clock: bool = False  # set the device's clock to the gateway's at connect when it is off
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
     """A ``[[zk]]`` entry as a ZkEntry; ConfigError naming the entry and the setting at fault."""
     named = f"zk terminal {entry['id']}" if isinstance(entry, dict) and isinstance(entry.get("id"), int) else f"[[zk]] entry {n}"
-    return checked(entry, ZkEntry, named)
+    device = checked(entry, ZkEntry, named)
+    if device.timezone:
+        try:
+            ZoneInfo(device.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{named}: timezone {device.timezone!r} is no time zone this machine knows (an IANA name: Europe/Madrid)") from None
+    return device
 
 
 def zk_from_option(where: str, terminal_id: int | None = None, comm_key: int = 0) -> dict:

@@ -24,6 +24,7 @@ class TerminalInfo:
     model: str = ""
     firmware: str = ""
     max_users: int = 0
+    clock_drift_s: float | None = None  # how far its clock is ahead of the gateway's, read at connect (None: not known)
 
 
 @dataclass(frozen=True)

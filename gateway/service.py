@@ -10,6 +10,8 @@ Owed pulls retry on their own backoff and resume when their terminal reconnects.
 Reconciliation compares each terminal with the server when it connects and every few minutes.
 """
 
+from zoneinfo import ZoneInfo
+
 from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -38,6 +40,7 @@ from gateway.tls import client_options, server_options
 from gateway.users import UserDirectory
 from gateway.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
+from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import ZkTiming
 from gateway.zk.holdings import HoldingsWriter
 from gateway.zk.poller import PollTiming
@@ -93,7 +96,8 @@ class Gateway:
         zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
-                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), on_offline_reason=self.registry.offline_reason,
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
+                       device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock), on_offline_reason=self.registry.offline_reason,
                        on_refill=lambda terminal_id, why: self.reconciler.reconcile(terminal_id))
             for e in zk_entries
         ]
@@ -199,6 +203,8 @@ class Gateway:
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
+        if connection.info.clock_drift_s is not None:
+            self.metrics.clock_drift.labels(str(connection.terminal_id)).set(connection.info.clock_drift_s)
 
     def _terminal_admitted(self, terminal_id: int) -> None:
         # A bus greets a silent or refused address on a backoff of up to half a minute: greet now.

@@ -3,7 +3,8 @@ emulated device's session on the other end, a task.Clock for the polls and deadl
 database on an in-memory SQLite engine, called synchronously."""
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, select
 from twisted.internet import defer, task
@@ -14,6 +15,7 @@ from gateway.metrics import Metrics
 from gateway.monitor import RECORD_REFUSED
 from gateway.pusher import delivery_rows
 from gateway.schema import events, metadata, pending_pulls
+from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.driver import ZkLink
@@ -77,14 +79,15 @@ class Presence:
 class Wire:
     """One ZkConnection and one emulated device, bytes moved by ``pump``."""
 
-    def __init__(self, device: ZkDevice, db=None, sink=None, memory=None, timing=TIMING):
+    def __init__(self, device: ZkDevice, db=None, sink=None, memory=None, timing=TIMING, device_clock=DeviceClock(), now_s: float = 0.0):
         self.device, self.clock = device, task.Clock()
+        self.clock.advance(now_s)
         self.db, self.sink, self.presence = db or SyncDb(), sink or Sink(), Presence()
         self.broken: list[str] = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
         self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, holdings=HoldingsWriter(self.db), events=self.sink,
-                                       presence=self.presence, timing=timing)
+                                       presence=self.presence, timing=timing, device_clock=device_clock)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)
         self._out: list = []
@@ -610,3 +613,31 @@ def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled
     wire, refills = refilling_wire(other, db, memory)  # the same configured device, another unit, this gateway run
     wire.start()
     assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+
+
+MADRID = ZoneInfo("Europe/Madrid")
+NOW_S = datetime(2024, 3, 1, 7, 30, 15, tzinfo=ZoneInfo("UTC")).timestamp()  # 08:30:15 in Madrid (UTC+1 in March)
+
+
+def test_punch_times_are_the_devices_local_time_in_its_own_time_zone():
+    device = ZkDevice(clock=lambda: datetime(2024, 3, 1, 8, 30, 15))
+    populate(device, 1)
+    device.punch("1", at=datetime(2024, 3, 1, 8, 30, 15))
+    wire = Wire(device, device_clock=DeviceClock(MADRID), now_s=NOW_S).start()
+    assert [e.timestamp_ms for e in wire.sink.events if e.code == EventCode.VERIFY_SUCCESS] == [int(NOW_S * 1000)]
+    assert wire.connection.info.clock_drift_s == 0.0
+
+
+def test_the_device_clock_is_read_at_connect_its_drift_shown_and_set_when_asked():
+    device = ZkDevice(clock=lambda: datetime(2024, 3, 1, 8, 31, 45))  # 90 s ahead of the gateway, in Madrid
+    wire = Wire(device, device_clock=DeviceClock(MADRID), now_s=NOW_S).start()
+    assert wire.connection.info.clock_drift_s == 90.0 and device.now() == datetime(2024, 3, 1, 8, 31, 45), "shown, left alone"
+    wire = Wire(device, device_clock=DeviceClock(MADRID, set_clock=True), now_s=NOW_S).start()
+    assert wire.connection.info.clock_drift_s == 0.0 and device.now() == datetime(2024, 3, 1, 8, 30, 15), "set to the gateway's time"
+
+
+def test_a_local_time_in_a_zone_reads_as_the_same_moment_both_ways():
+    clock = DeviceClock(MADRID)
+    assert clock.seconds(datetime(2024, 7, 1, 9, 0)) == datetime(2024, 7, 1, 7, 0, tzinfo=ZoneInfo("UTC")).timestamp(), "summer: UTC+2"
+    assert clock.local(clock.seconds(datetime(2024, 12, 24, 18, 5, 9))) == datetime(2024, 12, 24, 18, 5, 9)
+    assert clock.drift_s(datetime(2024, 3, 1, 8, 30, 15) - timedelta(seconds=30), NOW_S) == -30.0

@@ -172,7 +172,7 @@ class WipedDevice(ZkSite):
             door.delete(user.user_id)
         yield wait_until(lambda: len(door.users) == 5 and len(door.templates) == 5, "the door refilled")
         self.assertEqual(site.count_events(type="DELETE_SUCCESS", terminal_id=ZK2), 0, "the wipe is no keypad deletion")
-        self.assertEqual(site.count_events(type=RECONCILED, terminal_id=ZK2), 5, "each repair is a monitoring event")
+        yield wait_until(lambda: site.count_events(type=RECONCILED, terminal_id=ZK2) == 5, "each repair a monitoring event")
         url = f"http://127.0.0.1:{site.gateway.http_port.getHost().port}"
         status, answer, _ = yield threads.deferToThread(http, "POST", f"{url}/api/reconcile", token="t0ken")
         found = {t["id"]: t for t in answer["terminals"]}

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo, UserResult
 from gateway.database import DatabaseFailure
+from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
@@ -45,7 +46,8 @@ from protocol.messages import UserStatus
 from protocol.records import UserRecordWire, record_digest
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
-from protocol.zk.records import AttendanceRecord, Template, User, decode_user, encode_user
+from protocol.zk.errors import BodyError
+from protocol.zk.records import AttendanceRecord, Template, User, decode_time, decode_user, encode_time, encode_user
 
 log = Logger(namespace="gateway.zk")
 
@@ -100,7 +102,8 @@ class ZkConnection:
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
-                 presence: Presence, timing: ZkTiming, on_online=lambda connection: None, on_refill=lambda terminal_id, why: None):
+                 presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), on_online=lambda connection: None,
+                 on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
         self.closed = False
@@ -114,6 +117,7 @@ class ZkConnection:
         self._presence = presence
         self._timing = timing
         self._on_online = on_online
+        self._device_clock = device_clock
         self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
         self._replaced_unit = ""  # why the device is another unit than the last connection's
         self._plan = PollPlan(timing.poll)
@@ -209,8 +213,29 @@ class ZkConnection:
             self._replaced_unit = f"its serial number is {serial}, no longer {memory.serial}: another unit"
         memory.serial = serial or memory.serial
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
-        self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity)
+        drift_s = yield self._read_clock()
+        self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity, clock_drift_s=drift_s)
         self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), id_width=id_width(options["~PIN2Width"]))
+
+    @defer.inlineCallbacks
+    def _read_clock(self):
+        """How far the device's clock is ahead of the gateway's (None: it would not say); set
+        first when ``set_clock`` says so and it is off."""
+        reply = yield self._link.run("request", Command.GET_TIME)
+        try:
+            if not reply.ok:
+                raise BodyError(f"GET_TIME answered {reply}")
+            device_local = decode_time(bodies.parse_u32(reply.data))
+        except BodyError as exc:
+            log.info("ZK terminal {tid}: its clock cannot be read ({e})", tid=self.terminal_id, e=exc)
+            return None
+        clock, now = self._device_clock, self._clock.seconds()
+        drift_s = clock.drift_s(device_local, now)
+        if clock.set_clock and abs(drift_s) >= SET_AFTER_S:
+            yield self._ok(Command.SET_TIME, bodies.u32(encode_time(clock.local(now))))
+            log.info("ZK terminal {tid}: its clock was {d:+.0f} s off the gateway's; set", tid=self.terminal_id, d=drift_s)
+            return 0.0
+        return drift_s
 
     @defer.inlineCallbacks
     def _option(self, name: str):
@@ -450,7 +475,8 @@ class ZkConnection:
                                   f"{PUNCH_YEARS[0]} to {PUNCH_YEARS[1]} a ZK device keeps: not stored")
             return None
         credential = CREDENTIALS.get(record.verify_type, 0)
-        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if keyable_text(user_id) else ""
+        at_ms = int(self._device_clock.seconds(record.timestamp) * 1000)
+        return at_ms, int(credential), user_id if keyable_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id
