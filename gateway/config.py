@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 from gateway.admission import AdmissionPolicy
 from gateway.database import DEFAULT_URL
 from gateway.syncmode import SyncMode
+from gateway.zk.mapping import CardField
 
 
 class ConfigError(ValueError):
@@ -176,6 +177,7 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # how long it may take to answer one request
     timezone: str = ""  # the device's time zone, an IANA name ("Europe/Madrid"); "": the gateway's local zone
     set_clock: bool = False  # set the device's clock to the gateway's at connect when it is off
+    card: str = "CSN:4"  # which server cards its card field (a u32) carries: CSN:N or WIEGAND:N, N bytes (docs/zk.md)
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
@@ -187,6 +189,10 @@ def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
             ZoneInfo(device.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"{named}: timezone {device.timezone!r} is no time zone this machine knows (an IANA name: Europe/Madrid)") from None
+    try:
+        CardField.parse(device.card)
+    except ValueError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
     return device
 
 

@@ -43,6 +43,7 @@ from gateway.zk import ZkTerminal
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import ZkTiming
 from gateway.zk.holdings import HoldingsWriter
+from gateway.zk.mapping import CardField
 from gateway.zk.poller import PollTiming
 
 log = Logger(namespace="gateway")
@@ -97,7 +98,8 @@ class Gateway:
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
                        timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
-                       device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock), on_offline_reason=self.registry.offline_reason,
+                       device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock),
+                       cards=CardField.parse(e.card), on_offline_reason=self.registry.offline_reason,
                        on_refill=lambda terminal_id, why: self.reconciler.reconcile(terminal_id))
             for e in zk_entries
         ]

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway.merge import merge_vacant_fields
+from protocol.errors import MessageError
 from gateway.zk.mapping import (
     DeviceProfile,
     Unfit,
-    card_number,
+    CardField,
     cut_utf8,
     held_digest,
     template_format,
@@ -36,8 +37,23 @@ def test_names_are_cut_at_a_character_boundary_within_24_bytes():
 def test_one_card_goes_the_first_4_byte_csn():
     record = UserRecord("1", cards=(Card(CardType.SMART_CARD, b"s" * 16), Card(CardType.WIEGAND, b"\x01\x02\x03"),
                                     Card(CardType.CSN, bytes.fromhex("0a0b0c0d0e0f10")), Card(CardType.CSN, bytes.fromhex("a1b2c3d4"))))
-    assert card_number(record) == 0xA1B2C3D4
-    assert card_number(UserRecord("1", cards=(Card(CardType.WIEGAND, b"\x01\x02\x03"),))) == 0
+    assert CardField().number(record) == 0xA1B2C3D4
+    assert CardField().number(UserRecord("1", cards=(Card(CardType.WIEGAND, b"\x01\x02\x03"),))) == 0
+
+
+def test_a_device_set_for_wiegand_cards_carries_them_and_gives_back_the_same_card():
+    wiegand = CardField.parse("wiegand:3")
+    profile = DeviceProfile(72, None, cards=wiegand)
+    record = UserRecord("1", cards=(Card(CardType.CSN, bytes.fromhex("a1b2c3d4")), Card(CardType.WIEGAND, bytes.fromhex("0c3039"))))
+    user, _ = to_device(record, 1, None, profile)
+    assert user.card == 0x0C3039 and encode_user(user)[35:39] == bytes.fromhex("39300c00"), "facility 12, card 12345: a u32 on the wire"
+    assert to_server(user, [], profile).cards == (Card(CardType.WIEGAND, bytes.fromhex("0c3039")),), "the very same card comes back"
+    too_big = User(2, "2", card=0x01000000)  # enrolled at the device's keypad: no 3-byte Wiegand card
+    with pytest.raises(MessageError, match="does not fit the 3 bytes of this device's WIEGAND cards"):
+        to_server(too_big, [], profile)
+    for wrong in ("SMART_CARD:4", "CSN:5", "CSN", "wiegand:0"):
+        with pytest.raises(ValueError, match="card must be CSN:N or WIEGAND:N"):
+            CardField.parse(wrong)
 
 
 def test_a_record_for_the_device_keeps_what_only_the_device_has():

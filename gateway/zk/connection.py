@@ -27,6 +27,7 @@ from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
 from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
 from gateway.zk.mapping import (
+    CardField,
     DeviceProfile,
     Unfit,
     device_record,
@@ -102,7 +103,8 @@ class ZkConnection:
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
-                 presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), on_online=lambda connection: None,
+                 presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
+                 on_online=lambda connection: None,
                  on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
@@ -121,7 +123,7 @@ class ZkConnection:
         self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
         self._replaced_unit = ""  # why the device is another unit than the last connection's
         self._plan = PollPlan(timing.poll)
-        self._profile = DeviceProfile()
+        self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
@@ -215,7 +217,8 @@ class ZkConnection:
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
         drift_s = yield self._read_clock()
         self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity, clock_drift_s=drift_s)
-        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), id_width=id_width(options["~PIN2Width"]))
+        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), cards=self._profile.cards,
+                                      id_width=id_width(options["~PIN2Width"]))
 
     @defer.inlineCallbacks
     def _read_clock(self):
@@ -386,7 +389,7 @@ class ZkConnection:
             templates = self._templates.get(user.uid, NO_TEMPLATES)
             known = self._digests.get(user_id)
             if known is None or known[0] != user or known[1] is not templates:
-                refused = refusal(user)
+                refused = refusal(user, self._profile.cards)
                 known = (user, templates, None if refused else held_digest(user, templates), refused)
             digests[user_id] = known
             if known[3] is not None:

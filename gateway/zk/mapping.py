@@ -45,11 +45,49 @@ class Unfit(ValueError):
 
 
 @dataclass(frozen=True)
+class CardField:
+    """Which server cards a device's card field (a u32 number with no type) carries: cards of one
+    numeric type and length, read as a big-endian number (``[[zk]] card``: "CSN:4", the default,
+    a 4-byte card serial number; "WIEGAND:3", a 26-bit Wiegand card's 3 data bytes; 1 to 4 bytes).
+    One type and length per device, because the number must come back as the very same card."""
+
+    type: CardType = CardType.CSN
+    size: int = 4
+
+    @classmethod
+    def parse(cls, text: str) -> "CardField":
+        """"TYPE:BYTES"; ValueError naming what is wrong."""
+        kind, _, size = text.partition(":")
+        if kind.upper() not in NUMERIC_CARDS or not size.isdigit() or not 1 <= int(size) <= 4:
+            raise ValueError(f"card must be CSN:N or WIEGAND:N with N from 1 to 4 bytes (the device's field is 32 bits), not {text!r}")
+        return cls(CardType[kind.upper()], int(size))
+
+    def number(self, record: UserRecord) -> int:
+        """The card a ZK device gets: the record's first card of this type and length; 0: none."""
+        for card in record.cards:
+            if card.type == self.type and len(card.data) == self.size and any(card.data):
+                return int.from_bytes(card.data, "big")
+        return 0
+
+    def card(self, number: int) -> tuple[Card, ...]:
+        """The card a device's number is, or nothing (0 is no card). ValueError if it does not fit."""
+        if not number:
+            return ()
+        if number >= 1 << (8 * self.size):
+            raise ValueError(f"card number {number} does not fit the {self.size} bytes of this device's {self.type.name} cards")
+        return (Card(self.type, number.to_bytes(self.size, "big")),)
+
+
+NUMERIC_CARDS = ("CSN", "WIEGAND")  # card types that are numbers; smart cards and secure credentials are not
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """What the mapping needs to know of one device."""
 
     record_size: int = 72  # 72, or 28 on old firmwares
     template_format: str | None = None  # "zk10"; None when the device did not say its algorithm
+    cards: CardField = CardField()  # which server cards its card field carries
     id_width: int | None = None  # the longest user id it holds (option ~PIN2Width); None: the record's field
 
 
@@ -72,21 +110,7 @@ def cut_utf8(text: str, limit: int) -> str:
     return raw[:limit].decode("utf-8", "ignore")
 
 
-def card_number(record: UserRecord) -> int:
-    """The one card a ZK device gets: the record's first CSN of exactly 4 bytes (a u32, read big-
-    endian). Other cards are not sent: a ZK card number has no type, and what is pulled back must
-    be the very same card, or the union would give the person a second one."""
-    for card in record.cards:
-        if card.type == CardType.CSN and len(card.data) == 4 and any(card.data):
-            return int.from_bytes(card.data, "big")
-    return 0
-
-
-def device_card(number: int) -> tuple[Card, ...]:
-    return (Card(CardType.CSN, number.to_bytes(4, "big")),) if number else ()
-
-
-def refusal(user: User) -> str | None:
+def refusal(user: User, cards: CardField) -> str | None:
     """Why the server cannot take this device user, or None: its id, name and password must pass
     the rules the API applies to the same fields (protocol.records: plain text, a PIN of digits;
     UserRecord.validate checks the lengths). The reason shows the id escaped, never the password."""
@@ -98,6 +122,10 @@ def refusal(user: User) -> str | None:
         return f"the name of user {ascii(user.user_id)} {PLAIN_TEXT_RULE}"
     if user.password and not (is_text(user.password) and is_clear_pin(user.password)):
         return f"the password of user {ascii(user.user_id)} is not a PIN (1 to {MAX_PIN_DIGITS} digits)"
+    try:
+        cards.card(user.card)
+    except ValueError as exc:
+        return f"user {ascii(user.user_id)}: {exc}"
     return None
 
 
@@ -109,7 +137,7 @@ def device_name(user: User) -> str:
 def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
     """The record a pull from this device gives the server; MessageError if it can give none
     (``refusal`` says why). Fields a ZK device cannot hold stay vacant."""
-    refused = refusal(user)
+    refused = refusal(user, profile.cards)
     if refused is not None:
         raise MessageError(refused)
     pin = pin_hash(user.user_id, user.password) if user.password else None
@@ -126,7 +154,7 @@ def device_record(user: User, templates: list[Template], profile: DeviceProfile)
             for t in sorted(templates, key=lambda t: t.fid)
             if t.valid in (VALID, DURESS) and len(t.template) <= MAX_FOREIGN_TEMPLATE
         )
-    return UserRecord(user_id=user.user_id, name=device_name(user) or None, cards=device_card(user.card), fingerprints=fingers)
+    return UserRecord(user_id=user.user_id, name=device_name(user) or None, cards=profile.cards.card(user.card), fingerprints=fingers)
 
 
 def held_view(record: UserRecord, profile: DeviceProfile) -> UserRecord | None:
@@ -144,7 +172,7 @@ def held_view(record: UserRecord, profile: DeviceProfile) -> UserRecord | None:
     return UserRecord(
         user_id=record.user_id,
         name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]) or None,
-        cards=device_card(card_number(record)),
+        cards=profile.cards.card(profile.cards.number(record)),
         fingerprints=tuple(f for f in record.fingerprints if fmt is not None and f.format == fmt),
     )
 
@@ -175,7 +203,7 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
         blank, group_id = NEW_PERSON[profile.record_size]
         held = User(uid, user_id, group_id=group_id, record=blank)
     user = replace(held, uid=uid, user_id=user_id, name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]),
-                   password=password, card=card_number(record))
+                   password=password, card=profile.cards.number(record))
     fmt = profile.template_format
     templates = [Template(uid, f.index, f.template1, DURESS if f.duress else VALID) for f in record.fingerprints if fmt and f.format == fmt]
     return user, templates

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.driver import ZkDialer, ZkLink
+from gateway.zk.mapping import CardField
 from protocol.zk.client import ZkClient
 
 log = Logger(namespace="gateway.zk")
@@ -20,7 +21,7 @@ log = Logger(namespace="gateway.zk")
 
 class ZkTerminal:
     def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
-                 timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), on_offline_reason=lambda terminal_id, reason: None, on_refill=lambda terminal_id, why: None):
+                 timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(), on_offline_reason=lambda terminal_id, reason: None, on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
@@ -33,6 +34,7 @@ class ZkTerminal:
         self._presence = presence
         self._timing = timing
         self._device_clock = device_clock
+        self._cards = cards
         self._on_offline_reason = on_offline_reason
         self._on_refill = on_refill
         self._reason: str | None = None
@@ -60,7 +62,7 @@ class ZkTerminal:
         link = ZkLink(ZkClient(self.comm_key, timeout_s=self._timing.request_s), self._reactor,
                       on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
         connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
-                                                    events=self._events, presence=self._presence, timing=self._timing, device_clock=self._device_clock,
+                                                    events=self._events, presence=self._presence, timing=self._timing, device_clock=self._device_clock, cards=self._cards,
                                                     on_online=self._online, on_refill=self._on_refill)
         return link
 
