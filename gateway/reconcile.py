@@ -31,8 +31,9 @@ from twisted.logger import Logger
 
 from gateway.connection import ListingUnsupported
 from gateway.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
+from gateway.puller import owed_pulls
 from gateway.pusher import delivery_rows, request_chunks
-from gateway.schema import events, pending_pulls, users
+from gateway.schema import events, users
 from gateway.syncmode import parse_groups
 from gateway.users import last_change_seq
 from protocol.events import EventCode, Origin
@@ -184,7 +185,7 @@ class Reconciler:
             found.note = f"not compared: the terminal cannot list its users ({exc})"
             return self._keep(term.terminal_id, found)
         server = yield self._server_users()
-        owed = yield self._db.read(_owed_pulls, term.terminal_id)
+        owed = set((yield self._db.read(owed_pulls, term.terminal_id)))
         differing, missing, delete, pull = [], [], [], []
         for user_id in sorted(set(server) | set(held)):
             if user_id in owed:
@@ -329,10 +330,6 @@ def _server_users(conn) -> dict[str, ServerUser]:
     rows = conn.execute(select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups))
     return {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups))
             for r in rows}
-
-
-def _owed_pulls(conn, terminal_id: int) -> set[str]:
-    return set(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
 
 
 def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, str]:

@@ -42,9 +42,9 @@ from gateway.workers import SOLE, WorkerRole, listen_shared
 from gateway.zk import ZkTerminal
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import ZkTiming
-from gateway.zk.holdings import HoldingsWriter
 from gateway.zk.mapping import CardField
 from gateway.zk.poller import PollTiming
+from gateway.zk.store import DatabaseStore
 
 log = Logger(namespace="gateway")
 
@@ -94,9 +94,9 @@ class Gateway:
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
-        zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
+        zk_store = DatabaseStore(self.db)  # one for every device: their digests go in group commits
         self.zk_terminals = [
-            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
+            ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, store=zk_store, events=self.eventlog, presence=self.registry,
                        timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
                        device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock),
                        cards=CardField.parse(e.card), on_offline_reason=self.registry.offline_reason,

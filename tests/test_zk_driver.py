@@ -18,6 +18,7 @@ from gateway.schema import events, metadata, pending_pulls
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
+from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
@@ -86,7 +87,7 @@ class Wire:
         self.broken: list[str] = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
-        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, holdings=HoldingsWriter(self.db), events=self.sink,
+        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, store=DatabaseStore(self.db), events=self.sink,
                                        presence=self.presence, timing=timing, device_clock=device_clock)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)

@@ -24,8 +24,7 @@ from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, Te
 from gateway.database import DatabaseFailure
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
-from gateway.monitor import RECORD_REFUSED, record_sync_events, sync_event_row
+from gateway.monitor import RECORD_REFUSED, sync_event_row
 from gateway.zk.mapping import (
     CardField,
     DeviceProfile,
@@ -40,6 +39,7 @@ from gateway.zk.mapping import (
     to_device,
     to_server,
 )
+from gateway.zk.store import ZkStore
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
 from protocol.events import Credential, Event, EventCode, Origin
@@ -102,7 +102,7 @@ class _Write:
 class ZkConnection:
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
-    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
+    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
                  presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
                  on_online=lambda connection: None,
                  on_refill=lambda terminal_id, why: None):
@@ -113,8 +113,7 @@ class ZkConnection:
         self._link = link
         self._memory = memory
         self._clock = clock
-        self._db = db
-        self._holdings = holdings
+        self._store = store
         self._events = events
         self._presence = presence
         self._timing = timing
@@ -263,7 +262,7 @@ class ZkConnection:
         """What the server has seen of the device, from the database at every connection: loaded
         after everything the previous link stored (docs/zk.md)."""
         memory = self._memory
-        held = yield self._holdings.load(self.terminal_id)
+        held = yield self._store.holdings(self.terminal_id)
         memory.tracker = ChangeTracker(held.seen, held.owed)
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
@@ -423,7 +422,7 @@ class ZkConnection:
         log.warn("ZK terminal {tid}: {type}: {reason}", tid=self.terminal_id, type=RECORD_REFUSED, reason=reason)
         shown = user_id if user_id is not None and keyable_text(user_id) else None  # an id that is no plain text stays in the detail, escaped
         row = sync_event_row(RECORD_REFUSED, self.terminal_id, shown, reason, at_ms=self._now_ms())
-        self._db.write(record_sync_events, [row]).addErrback(self._log_unsaved, "a monitoring event")
+        self._store.report([row]).addErrback(self._log_unsaved, "a monitoring event")
 
     def _announce(self) -> None:
         """Changes made at the device since the server last saw it become device-origin events.
@@ -456,14 +455,14 @@ class ZkConnection:
         if not records:
             return
         if memory.attendance_unsure and fresh:
-            stored = yield self._db.read(stored_punches, self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
+            stored = yield self._store.stored_punches(self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
             fresh = [f for f in fresh if (f[2] or None, f[0], f[1]) not in stored]
         memory.attendance_unsure = False
         memory.attendance_stored, memory.attendance_last = len(records), attendance_identity(records[-1])
         stored, last = memory.attendance_stored, memory.attendance_last
         punches = [self._event(at_ms, EventCode.VERIFY_SUCCESS, credential, user_id) for at_ms, credential, user_id in fresh]
         d = self._submit(punches) if punches else defer.succeed(None)
-        d.addCallback(lambda _: self._db.write(save_attendance_mark, self.terminal_id, stored, last))
+        d.addCallback(lambda _: self._store.save_attendance_mark(self.terminal_id, stored, last))
         d.addErrback(self._log_unsaved, "the attendance mark")
 
     def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str] | None:
@@ -491,7 +490,7 @@ class ZkConnection:
         return self._events.submit(self.terminal_id, events)
 
     def _save_seen(self, seen: dict[str, bytes | None]) -> defer.Deferred:
-        return self._holdings.save(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
+        return self._store.save_seen(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
 
     def _log_unsaved(self, failure: Failure, what: str) -> None:
         # At worst a change is announced again after a restart: one more pull, nothing lost.
@@ -613,12 +612,12 @@ class ZkConnection:
                     log.warn("ZK terminal {tid}: user {user} not sent: {why}", tid=self.terminal_id, user=record.user_id, why=plan.refusals[record.user_id])
                 outcome.append(result)
             results.append(outcome)
-        failed = yield self._store(plan)
+        failed = yield self._carry_out(plan)
         results = [[r if r.user_id not in failed else UserResult(r.user_id, *failed[r.user_id]) for r in outcome] for outcome in results]
         return results
 
     @defer.inlineCallbacks
-    def _store(self, plan: "_WritePlan"):
+    def _carry_out(self, plan: "_WritePlan"):
         """Write what ``plan`` holds; read back what the device now holds. Returns the users the
         device refused, with their status."""
         if not (plan.writes or plan.deletes):
@@ -707,7 +706,7 @@ class ZkConnection:
         the writes leave, it is what was read before with the writes applied; else (a device that
         does not lock its keypad, a write it dropped) the users are read again, and the templates
         when their count is off too. A keypad change the counts do not show is a difference from
-        what was written, which the next poll finds and announces (``_store``). A device that did
+        what was written, which the next poll finds and announces (``_carry_out``). A device that did
         not say how long an id it holds (~PIN2Width) is read again whenever new people went to it:
         the counts do not show an id it cut (``_undo_cut_ids``)."""
         unsure_ids = self._profile.id_width is None and any(user.user_id not in plan.held_before for user, _ in plan.writes)

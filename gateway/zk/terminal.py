@@ -14,13 +14,14 @@ from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.driver import ZkDialer, ZkLink
 from gateway.zk.mapping import CardField
+from gateway.zk.store import ZkStore
 from protocol.zk.client import ZkClient
 
 log = Logger(namespace="gateway.zk")
 
 
 class ZkTerminal:
-    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
+    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, store: ZkStore, events, presence,
                  timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(), on_offline_reason=lambda terminal_id, reason: None, on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
@@ -28,8 +29,7 @@ class ZkTerminal:
         self.memory = DeviceMemory()
         self.connection: ZkConnection | None = None
         self._reactor = reactor
-        self._db = db
-        self._holdings = holdings
+        self._store = store
         self._events = events
         self._presence = presence
         self._timing = timing
@@ -61,7 +61,7 @@ class ZkTerminal:
 
         link = ZkLink(ZkClient(self.comm_key, timeout_s=self._timing.request_s), self._reactor,
                       on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made)
-        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
+        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, store=self._store,
                                                     events=self._events, presence=self._presence, timing=self._timing, device_clock=self._device_clock, cards=self._cards,
                                                     on_online=self._online, on_refill=self._on_refill)
         return link
