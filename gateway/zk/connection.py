@@ -1,66 +1,46 @@
 """ZkConnection: one connected ZK device as the sync core sees it (a ``TerminalConnection``).
 
 The puller, the pusher and the event log work for ZK devices unchanged: changes found at the
-device by polling (gateway/zk/poller.py) become device-origin events through the event sink,
-exactly like a native terminal's keypad changes, and ``fetch_users`` answers the pull from the
-tables the poll read; ``put_users`` and ``delete_users`` write the device. Every device
-conversation runs one at a time (a device serves one request at a time): polls, and writes,
-which the pusher's concurrent requests join into one pass with the keypad held (DISABLEDEVICE):
-read the users again (a keypad change is never overwritten unseen), write in bulk uploads,
-REFRESHDATA, read back what the device now holds, ENABLEDEVICE.
+device by polling become device-origin events through the event sink, exactly like a native
+terminal's keypad changes, and ``fetch_users`` answers the pull from the tables the poll read;
+``put_users`` and ``delete_users`` write the device. This module is the adapter: connecting and
+learning the device, the poll schedule and the table reads, pulls and the reconciliation
+listing. Its parts by idea: change detection (gateway/zk/copies.py), attendance
+(gateway/zk/attendance.py), write passes (gateway/zk/writes.py) and their plans and uids
+(gateway/zk/plan.py). Every device conversation runs one at a time (one lock): a device serves
+one request at a time.
 
 A device that answers what the protocol does not allow, or a table that does not parse even
 with the keypad held, loses its connection with the reason; a half-read table is never used.
 """
 
-import functools
 from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo, UserResult
+from gateway.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo
 from gateway.database import DatabaseFailure
+from gateway.zk.attendance import AttendanceReading
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
+from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.monitor import RECORD_REFUSED, sync_event_row
-from gateway.zk.mapping import (
-    CardField,
-    DeviceProfile,
-    Unfit,
-    device_record,
-    held_digest,
-    held_view,
-    id_width,
-    keyable_text,
-    refusal,
-    template_format,
-    to_device,
-    to_server,
-)
+from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, id_width, template_format, to_server
+from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
 from gateway.zk.store import ZkStore
-from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
+from gateway.zk.writes import Write, WritePasses, server_record
 from protocol.errors import MessageError
-from protocol.events import Credential, Event, EventCode, Origin
-from protocol.messages import UserStatus
+from protocol.events import Event, EventCode
 from protocol.records import UserRecordWire, record_digest
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
 from protocol.zk.errors import BodyError
-from protocol.zk.records import AttendanceRecord, Template, User, decode_time, decode_user, encode_time, encode_user
+from protocol.zk.records import Template, User, decode_time, encode_time
 
 log = Logger(namespace="gateway.zk")
 
 REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFINGER
-# ZK verify types (how the person verified) as the event log's credential sub-codes.
-CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
-MAX_UID = 0xFFFF
-PUNCH_YEARS = (2000, 2099)  # what ZK time is documented to hold (docs/zk.md, "Records")
-# The pusher sends one stored record to every device: parsed once, not once per device (records
-# are frozen, so the parsed one is safely shared).
-server_record = functools.lru_cache(maxsize=1024)(UserRecordWire.parse)
-NO_TEMPLATES: list[Template] = []  # never changed: one object, so a digest kept for it stays valid
 
 
 @dataclass(frozen=True)
@@ -91,15 +71,7 @@ class DeviceMemory:
     attendance_unsure: bool = False
 
 
-@dataclass
-class _Write:
-    records: list[bytes] | None  # a put; None for a delete
-    user_ids: list[str]
-    keep_local_changes: bool
-    done: defer.Deferred = field(default_factory=defer.Deferred)
-
-
-class ZkConnection:
+class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
@@ -127,7 +99,7 @@ class ZkConnection:
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
-        self._writes: list[_Write] = []
+        self._writes: list[Write] = []
         self._poll_timer = None
         self._paused = False
 
@@ -362,123 +334,6 @@ class ZkConnection:
         self._plan.users_at = now
         self._plan.sizes = read.sizes
 
-    def _one_uid_each(self, read: tuple[User, ...]) -> dict[str, User]:
-        """The users read, by user id. A user id held by two uids (a device should refuse that,
-        some do not) is taken at its lowest uid, and the others are reported and left alone."""
-        users: dict[str, User] = {}
-        doubles: dict[str, list[int]] = {}
-        for user in sorted(read, key=lambda u: u.uid):
-            if user.user_id in users:
-                doubles.setdefault(user.user_id, [users[user.user_id].uid]).append(user.uid)
-            else:
-                users[user.user_id] = user
-        for user_id, uids in doubles.items():
-            self._refuse(("uids", user_id), user_id, f"user id {ascii(user_id)} is held by uids {', '.join(map(str, uids))}: the gateway reads and "
-                                  f"writes uid {uids[0]} and leaves the others as they are")
-        return users
-
-    def _held_copies(self) -> dict[str, bytes]:
-        """Each person's digest on the device. Kept from the last call for a person whose user
-        record is equal and whose templates are the same list: most polls change nobody. A
-        person the server cannot take (``refusal``) is reported once and never news: the server
-        keeps what it had seen of them."""
-        held, digests = {}, {}
-        seen = self._memory.tracker.seen
-        for user_id, user in self._users.items():
-            templates = self._templates.get(user.uid, NO_TEMPLATES)
-            known = self._digests.get(user_id)
-            if known is None or known[0] != user or known[1] is not templates:
-                refused = refusal(user, self._profile.cards)
-                known = (user, templates, None if refused else held_digest(user, templates), refused)
-            digests[user_id] = known
-            if known[3] is not None:
-                self._refuse(("record", user_id), user_id, known[3])
-                if user_id in seen:
-                    held[user_id] = seen[user_id]
-                continue
-            self._memory.refused.pop(("record", user_id), None)
-            held[user_id] = known[2]
-        self._digests = digests
-        return held
-
-    def _refill(self, why: str) -> None:
-        """Forget what the server had seen on the device (durably) and ask for a refill."""
-        log.warn("ZK terminal {tid} is refilled: {why}", tid=self.terminal_id, why=why)
-        tracker = self._memory.tracker
-        gone = {user_id: None for user_id in tracker.seen}
-        tracker.seen.clear()
-        tracker.reported.clear()
-        self._save_seen(gone)
-        self._on_refill(self.terminal_id, why)
-
-    def _refuse(self, what: tuple[str, str], user_id: str, reason: str) -> None:
-        """A record of the device the server does not take: reported once (monitoring event, one log line)."""
-        if self._memory.refused.get(what) == reason:
-            return
-        self._memory.refused[what] = reason
-        self._report(user_id, reason)
-
-    def _report(self, user_id: str | None, reason: str) -> None:
-        log.warn("ZK terminal {tid}: {type}: {reason}", tid=self.terminal_id, type=RECORD_REFUSED, reason=reason)
-        shown = user_id if user_id is not None and keyable_text(user_id) else None  # an id that is no plain text stays in the detail, escaped
-        row = sync_event_row(RECORD_REFUSED, self.terminal_id, shown, reason, at_ms=self._now_ms())
-        self._store.report([row]).addErrback(self._log_unsaved, "a monitoring event")
-
-    def _announce(self) -> None:
-        """Changes made at the device since the server last saw it become device-origin events.
-        A device that holds nobody while the server had seen people there was wiped (or is a new
-        unit): that is no keypad deletion of each, so nothing is announced; the server forgets
-        what it had seen there and the device is refilled (reconciliation)."""
-        tracker = self._memory.tracker
-        if not self._users and tracker.seen:
-            self._refill(f"it holds nobody, where the server had seen {len(tracker.seen)} people")
-            return
-        changes = tracker.changes(self._held_copies())
-        if not changes:
-            return
-        log.info("ZK terminal {tid}: at the device {e} enrolled, {u} edited, {d} deleted",
-                 tid=self.terminal_id, e=len(changes.enrolled), u=len(changes.updated), d=len(changes.deleted))
-        now_ms = self._now_ms()
-        events = [self._event(now_ms, EventCode.ENROLL_SUCCESS, Origin.DEVICE, u) for u in changes.enrolled]
-        events += [self._event(now_ms, EventCode.UPDATE_SUCCESS, Origin.DEVICE, u) for u in changes.updated]
-        events += [self._event(now_ms, EventCode.DELETE_SUCCESS, Origin.DEVICE, u) for u in changes.deleted]
-        gone = {user_id: None for user_id in changes.deleted}
-        self._submit(events).addCallback(lambda _: self._save_seen(gone) if gone else None)
-
-    @defer.inlineCallbacks
-    def _read_attendance(self, now: float):
-        read = yield self._link.run("read_attendance")
-        memory, records = self._memory, list(read.records)
-        fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
-        fresh = [f for f in fresh if f is not None]
-        self._plan.attendance_at, self._plan.attendance_count = now, read.sizes.records
-        if not records:
-            return
-        if memory.attendance_unsure and fresh:
-            stored = yield self._store.stored_punches(self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
-            fresh = [f for f in fresh if (f[2] or None, f[0], f[1]) not in stored]
-        memory.attendance_unsure = False
-        memory.attendance_stored, memory.attendance_last = len(records), attendance_identity(records[-1])
-        stored, last = memory.attendance_stored, memory.attendance_last
-        punches = [self._event(at_ms, EventCode.VERIFY_SUCCESS, credential, user_id) for at_ms, credential, user_id in fresh]
-        d = self._submit(punches) if punches else defer.succeed(None)
-        d.addCallback(lambda _: self._store.save_attendance_mark(self.terminal_id, stored, last))
-        d.addErrback(self._log_unsaved, "the attendance mark")
-
-    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str] | None:
-        """A punch as a verify event holds it: (time in ms, credential, user id); None, reported,
-        for a punch whose time is outside the ZK calendar's 2000-2099 (0xFFFFFFFF reads as 2133:
-        an unset or corrupt record, not a punch). A user id that is no plain text is left out."""
-        user_id = record.user_id
-        if user_id is None:  # 8-byte records know only the uid
-            user_id = next((u.user_id for u in self._users.values() if u.uid == record.uid), "")
-        if not PUNCH_YEARS[0] <= record.timestamp.year <= PUNCH_YEARS[1]:
-            self._report(user_id, f"a punch of user {ascii(user_id)} at {record.timestamp.isoformat()} is outside the years "
-                                  f"{PUNCH_YEARS[0]} to {PUNCH_YEARS[1]} a ZK device keeps: not stored")
-            return None
-        credential = CREDENTIALS.get(record.verify_type, 0)
-        at_ms = int(self._device_clock.seconds(record.timestamp) * 1000)
-        return at_ms, int(credential), user_id if keyable_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id
@@ -555,272 +410,6 @@ class ZkConnection:
     def resume_events(self) -> None:
         self._paused = False
 
-    # -- TerminalConnection: pushes ------------------------------------------------------------------
-
-    def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
-        return self._queue_write(_Write(records, [], keep_local_changes))
-
-    def delete_users(self, user_ids: list[str]) -> defer.Deferred:
-        return self._queue_write(_Write(None, list(user_ids), False))
-
-    def _queue_write(self, write: _Write) -> defer.Deferred:
-        if self.closed:
-            return defer.fail(DeviceLost(f"ZK terminal {self.terminal_id}: link closed"))
-        self._writes.append(write)
-        if len(self._writes) == 1:  # the first of a pass: the pass takes every write queued by then
-            self._lock.run(self._write_pass).addErrback(self._failed, "write failed")
-        return write.done
-
-    @defer.inlineCallbacks
-    def _write_pass(self):
-        writes, self._writes = self._writes, []
-        try:
-            results = yield self._keypad_held(self._apply_writes, writes)
-        except Exception:
-            failure = Failure()
-            for write in writes:
-                write.done.errback(failure)
-            if not failure.check(DeviceLost):
-                raise failure.value from None
-            return
-        for write, outcome in zip(writes, results):
-            write.done.callback(outcome)
-
-    @defer.inlineCallbacks
-    def _apply_writes(self, writes: list[_Write]):
-        yield self._read_tables(self._clock.seconds())
-        self._announce()  # a keypad change found now is pulled, not overwritten
-        unfetched = self._memory.tracker.unfetched()
-        plan = _WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0)
-        results = []
-        for write in writes:
-            if write.records is None:
-                results.append([plan.delete(user_id) for user_id in write.user_ids])
-                continue
-            outcome = []
-            for raw in write.records:
-                try:
-                    record = server_record(raw)
-                except Exception as exc:  # the server stores valid records; say so if one is not
-                    log.warn("ZK terminal {tid}: a stored record does not parse ({e}); not sent", tid=self.terminal_id, e=exc)
-                    continue
-                if write.keep_local_changes and record.user_id in unfetched:
-                    outcome.append(UserResult(record.user_id, UserStatus.LOCAL_CHANGE_PENDING))
-                    continue
-                result = plan.put(record)
-                if result.status == UserStatus.INVALID:
-                    log.warn("ZK terminal {tid}: user {user} not sent: {why}", tid=self.terminal_id, user=record.user_id, why=plan.refusals[record.user_id])
-                outcome.append(result)
-            results.append(outcome)
-        failed = yield self._carry_out(plan)
-        results = [[r if r.user_id not in failed else UserResult(r.user_id, *failed[r.user_id]) for r in outcome] for outcome in results]
-        return results
-
-    @defer.inlineCallbacks
-    def _carry_out(self, plan: "_WritePlan"):
-        """Write what ``plan`` holds; read back what the device now holds. Returns the users the
-        device refused, with their status."""
-        if not (plan.writes or plan.deletes):
-            return {}
-        refused: dict[str, tuple[int, str]] = {}  # user id -> status, why
-        size = self._profile.record_size
-        refresh = bool(plan.stale_templates or plan.deletes)  # a bulk upload refreshes by itself
-        # Users whose templates stay the device's own: an algorithm we do not know, or written one by one.
-        own_templates = {user.user_id for user, _ in plan.writes} if self._profile.template_format is None else set()
-        users = [user for user, _ in plan.writes]
-        for start in range(0, len(users), self._timing.upload_users):
-            chunk = plan.writes[start : start + self._timing.upload_users]
-            chunk_refused, one_by_one = yield self._upload(chunk, size)
-            refused.update(chunk_refused)
-            if one_by_one:
-                refresh = True
-                own_templates.update(user.user_id for user, _ in chunk)
-        for uid, fid in plan.stale_templates:
-            yield self._link.run("request", Command.DELETE_USERTEMP, bodies.uid_finger(uid, fid))
-        for user_id, uid in plan.deletes:
-            reply = yield self._link.run("request", Command.DELETE_USER, bodies.uid_body(uid))
-            if not reply.ok:
-                refused[user_id] = (UserStatus.NOT_FOUND, "")
-        if refresh:
-            yield self._ok(Command.REFRESHDATA)
-        # What was written, as the device holds it (a 28-byte record holds less).
-        as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
-        yield self._read_back(plan, as_held, own_templates)
-        refused.update((yield self._undo_cut_ids(plan, refused)))
-        seen: dict[str, bytes | None] = {}
-        for user, templates in plan.writes:
-            if user.user_id in refused:
-                continue
-            held = self._users.get(user.user_id)
-            if held is None:
-                refused[user.user_id] = (UserStatus.STORAGE_FULL, "not on the device after the write")
-                continue
-            # What was written, as the device holds it, is what the server has seen: a device copy
-            # that differs (a keypad change on a device that does not lock its keypad) is the
-            # device's change, announced below when the read-back showed it, else at the next poll.
-            if user.user_id in own_templates:
-                templates = self._templates.get(held.uid, [])
-            seen[user.user_id] = held_digest(as_held[user.user_id], templates)
-        for user_id, _ in plan.deletes:
-            if user_id not in refused:
-                seen[user_id] = None
-        for user_id, digest in seen.items():
-            self._memory.tracker.seen_now(user_id, digest)
-        if seen:
-            self._save_seen(seen)
-            now_ms = self._now_ms()
-            self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
-                                      EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
-                                      Origin.SERVER, user_id) for user_id, digest in seen.items()])
-        self._announce()
-        return refused
-
-    @defer.inlineCallbacks
-    def _undo_cut_ids(self, plan: "_WritePlan", refused: dict[str, tuple[int, str]]):
-        """Users written as new that the device holds under another user id: a firmware that cuts
-        ids longer than it holds (and did not say ~PIN2Width) stored ``1000123`` as ``00123``,
-        which would come back as a phantom person. Each is deleted again (it is the gateway's own
-        write), refused with the reason, and the width learnt for this connection's writes."""
-        by_uid = {user.uid: user for user in self._users.values()}
-        cut: dict[str, tuple[int, str]] = {}
-        for user, _ in plan.writes:
-            stored = by_uid.get(user.uid)
-            if user.user_id in refused or user.user_id in self._users or stored is None or stored.user_id in plan.held_before:
-                continue
-            yield self._ok(Command.DELETE_USER, bodies.uid_body(user.uid))
-            del self._users[stored.user_id]
-            self._templates.pop(user.uid, None)
-            width = len(stored.user_id.encode("utf-8", "surrogateescape"))
-            if width < len(user.user_id.encode("utf-8")):
-                self._profile = replace(self._profile, id_width=width)
-            cut[user.user_id] = (UserStatus.INVALID, f"the device stored user id {ascii(user.user_id)} as {ascii(stored.user_id)} "
-                                                     f"(it cuts ids; ~PIN2Width did not say so): deleted from the device again")
-            log.warn("ZK terminal {tid}: {why}", tid=self.terminal_id, why=cut[user.user_id][1])
-        if cut:
-            yield self._ok(Command.REFRESHDATA)
-        return cut
-
-    @defer.inlineCallbacks
-    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User], own_templates: set[str]):
-        """What the device holds after the writes. The keypad is held, so when the counts are what
-        the writes leave, it is what was read before with the writes applied; else (a device that
-        does not lock its keypad, a write it dropped) the users are read again, and the templates
-        when their count is off too. A keypad change the counts do not show is a difference from
-        what was written, which the next poll finds and announces (``_carry_out``). A device that did
-        not say how long an id it holds (~PIN2Width) is read again whenever new people went to it:
-        the counts do not show an id it cut (``_undo_cut_ids``)."""
-        unsure_ids = self._profile.id_width is None and any(user.user_id not in plan.held_before for user, _ in plan.writes)
-        users = dict(self._users)
-        templates = dict(self._templates)
-        for user, written in plan.writes:
-            if user.user_id in as_held:
-                users[user.user_id] = as_held[user.user_id]
-                if user.user_id not in own_templates:
-                    templates[user.uid] = written
-        for user_id, uid in plan.deletes:  # one the device refused to delete is no longer there either
-            users.pop(user_id, None)
-            templates.pop(uid, None)
-        sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
-        fingers = sum(len(ts) for ts in templates.values())
-        if sizes.users == len(users) and sizes.fingers == fingers and not unsure_ids:
-            self._users, self._templates, self._plan.sizes = users, templates, sizes
-            return
-        yield self._read_tables(self._clock.seconds(), templates=False)
-        if self._plan.sizes.fingers == fingers:
-            self._templates = templates
-        else:
-            yield self._read_tables(self._clock.seconds(), templates=True)
-
-    @defer.inlineCallbacks
-    def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
-        """One bulk upload (SAVE_USERTEMPS); a device that lacks it gets the users one by one
-        (USER_WRQ) and no templates. Returns the users refused, and whether they went one by one
-        (then the device still needs REFRESHDATA)."""
-        users = [user for user, _ in chunk]
-        if self._memory.bulk_upload:
-            try:
-                yield self._link.run("save_users", users, [t for _, ts in chunk for t in ts], record_size=size)
-                return {}, False
-            except DeviceRefused as exc:
-                if exc.code not in (ReplyCode.ACK_UNKNOWN, ReplyCode.ACK_ERROR_CMD):
-                    if exc.code is None:
-                        raise
-                    log.warn("ZK terminal {tid}: bulk upload refused ({e}); writing the users one by one", tid=self.terminal_id, e=exc)
-                else:
-                    self._memory.bulk_upload = False
-                    log.warn("ZK terminal {tid} does not know the bulk upload ({e}): users are written one by one, "
-                             "without fingerprint templates", tid=self.terminal_id, e=exc)
-        refused = {}
-        for user in users:
-            reply = yield self._link.run("request", Command.USER_WRQ, encode_user(user, size))
-            if not reply.ok:
-                full = reply.code == ReplyCode.ACK_ERROR and self._full()
-                refused[user.user_id] = (UserStatus.STORAGE_FULL if full else UserStatus.INVALID, f"USER_WRQ answered {reply}")
-        return refused, True
-
-    def _full(self) -> bool:
-        sizes = self._plan.sizes
-        return sizes is not None and sizes.users_free <= 0
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
-
-
-class _WritePlan:
-    """What one write pass does to the device, decided against the users it holds right now."""
-
-    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int):
-        self._users = users
-        self._templates = templates
-        self._profile = profile
-        self._capacity = capacity or MAX_UID
-        self._taken = {u.uid for u in users.values()}
-        self._next_free = 1
-        self.writes: list[tuple[User, list[Template]]] = []
-        self.stale_templates: list[tuple[int, int]] = []
-        self.deletes: list[tuple[str, int]] = []
-        self.held_before = set(users)
-        self.refusals: dict[str, str] = {}
-        self._planned: dict[str, int] = {}  # uids given in this pass, by user id
-
-    def put(self, record) -> UserResult:
-        held = self._users.get(record.user_id)
-        if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
-            return self.delete(record.user_id, quiet=True)
-        uid = held.uid if held is not None else self._planned.get(record.user_id) or self._free_uid()
-        if uid is None:
-            return UserResult(record.user_id, UserStatus.STORAGE_FULL)
-        self._planned[record.user_id] = uid
-        try:
-            user, templates = to_device(record, uid, held, self._profile)
-        except Unfit as exc:
-            self.refusals[record.user_id] = str(exc)
-            return UserResult(record.user_id, UserStatus.INVALID, str(exc))
-        had = self._templates.get(uid, []) if held is not None else []
-        if self._profile.template_format is None:
-            templates = []  # an algorithm we do not know: the device's templates stay as they are
-            compared = had
-        else:
-            compared = templates
-            self.stale_templates += [(uid, t.fid) for t in had if t.fid not in {n.fid for n in templates}]
-        if held is None:
-            self._taken.add(uid)
-        if held is None or held_digest(held, had) != held_digest(user, compared):
-            self.writes.append((user, templates))
-        return UserResult(record.user_id, UserStatus.OK)
-
-    def delete(self, user_id: str, quiet: bool = False) -> UserResult:
-        held = self._users.get(user_id)
-        if held is None:
-            return UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND)
-        self.deletes.append((user_id, held.uid))
-        return UserResult(user_id, UserStatus.OK)
-
-    def _free_uid(self) -> int | None:
-        if len(self._taken) >= self._capacity:
-            return None
-        while self._next_free <= MAX_UID and self._next_free in self._taken:
-            self._next_free += 1
-        return self._next_free if self._next_free <= MAX_UID else None
-
-
