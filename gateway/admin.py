@@ -289,7 +289,18 @@ def sync_mode(client: ApiClient, args) -> None:
         show(args, result, f"sync mode set to {result['mode']}")
 
 
-COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode}
+def reconcile(client: ApiClient, args) -> None:
+    """POST /api/reconcile: one line per terminal saying what was compared, repaired and left."""
+    result = client.call("POST", "/api/reconcile")
+    lines = []
+    for t in result["terminals"]:
+        repaired = ", ".join(f"{n} {kind}" for kind, n in sorted(t["repaired"].items()) if n) or "nothing repaired"
+        lines.append(f"terminal {t['id']}: " + (t["note"] or f"{t['compared']} users compared, {repaired}, {t['differences']} differ as the rules allow"))
+    lines.append(f"{result['repaired']} repaired, {result['differences']} left as the rules allow")
+    show(args, result, "\n".join(lines))
+
+
+COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode, "reconcile": reconcile}
 
 
 def dispatch(args) -> int:

@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mode = sub.add_parser("sync-mode", parents=[client], help="show or set the sync mode")
     mode.add_argument("mode", nargs="?", choices=SYNC_MODES, help="the new mode (without it: show the current one)")
+    sub.add_parser("reconcile", parents=[client], help="compare every online terminal with the server now and repair "
+                                                       "what the gateway owns (a wiped device is refilled)")
     return parser
 
 

@@ -23,9 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.admission import AdmissionPolicy
-from gateway.kinds import kind_of_section, kinds
 from gateway.store.database import DEFAULT_URL
 from gateway.sync.syncmode import SyncMode
+from gateway.kinds import kind_of_section, kinds
 from protocol import address
 from protocol.address import AddressError
 

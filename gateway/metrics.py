@@ -54,6 +54,10 @@ class Metrics:
             "gateway_reconcile_differences", "Users a terminal holds differently from the server, as the rules allow (not repaired)",
             ["terminal"], registry=r,
         )
+        self.clock_drift = Gauge(
+            "gateway_terminal_clock_drift_seconds", "How far a terminal's clock was ahead of the gateway's when it connected (ZK devices)",
+            ["terminal"], registry=r,
+        )
         self.unsaved_events = Gauge(
             "gateway_unsaved_monitoring_events",
             "Monitoring events (Fail to save to the server DB, ...) waiting for the database, shown by the API meanwhile",

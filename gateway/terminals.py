@@ -55,6 +55,7 @@ class Terminal:
     cursor: int = 0
     kind: str = "native"  # its kind's name in gateway/kinds.py: ours unless configured as another
     offline_reason: str = ""  # why its last link ended or could not be made, when the driver knows
+    clock_drift_s: float | None = None  # how far its clock was ahead of the gateway's at its last connect
     connection: TerminalConnection | None = field(default=None, repr=False)
     # Several processes: the connection waiting for this process's claim, and when the newest
     # connection here authenticated (a newer one in another process closes it).
@@ -261,6 +262,7 @@ class TerminalRegistry:
             old.replaced(connection.description)
         term.model = connection.info.model or term.model
         term.firmware = connection.info.firmware or term.firmware
+        term.clock_drift_s = connection.info.clock_drift_s
         term.link = connection.description
         term.offline_reason = ""
         term.last_seen_ms = self._now_ms()

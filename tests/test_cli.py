@@ -69,6 +69,11 @@ class CommandTests(ApiTestCase):
         self.assertEqual(wrong.returncode, 2)  # a usage error, caught before asking the gateway
         self.assertIn("invalid choice: 'sideways'", wrong.stderr)
 
+        done = yield self.run_gateway("reconcile", token=TOKEN)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.splitlines()[-1], "0 repaired, 0 left as the rules allow")
+        self.assertTrue(all(line.startswith("terminal ") for line in done.stdout.splitlines()[:-1]), done.stdout)
+
     @defer.inlineCallbacks
     def test_users_round_trip(self):
         done = yield self.run_gateway("users", "add", "u1", "--name", "Ana", "--pin", "1234", "--group", "3", "--card", "smart_card:0a0b", token=TOKEN)

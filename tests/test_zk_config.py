@@ -13,6 +13,8 @@ from gateway.zk.kind import ZK
 def test_a_zk_entry_takes_its_defaults():
     entry = parse_zk(dict(id=7, host="10.0.0.61"))
     assert (entry.port, entry.comm_key, entry.name, entry.groups, entry.poll_s, entry.timeout_s) == (4370, 0, "", [], 5.0, 10.0)
+    assert (entry.timezone, entry.set_clock) == ("", False), "the gateway's local zone; the device's clock left alone"
+    assert parse_zk(dict(id=7, host="h", timezone="Europe/Madrid", set_clock=True)).timezone == "Europe/Madrid"
 
 
 def test_the_link_settings_reach_each_connections_client():
@@ -37,6 +39,8 @@ def test_the_link_settings_reach_each_connections_client():
     (dict(id=7, host="h", poll_s=0), "zk terminal 7: poll_s must be at least 0.1"),
     (dict(id=7, host="h", secret="s"), "zk terminal 7: unknown setting secret"),
     (dict(host="h"), "[[zk]] entry 1: id is required"),
+    (dict(id=7, host="h", timezone="Europe/Atlantis"),
+     "zk terminal 7: timezone 'Europe/Atlantis' is no time zone this machine knows (an IANA name: Europe/Madrid)"),
 ])
 def test_mistakes_are_one_line_naming_the_setting(entry, message):
     with pytest.raises(ConfigError) as refused:

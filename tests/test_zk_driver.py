@@ -2,27 +2,34 @@
 emulated device's session on the other end, a task.Clock for the polls and deadlines, and the
 database on an in-memory SQLite engine, called synchronously."""
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from gateway.metrics import Metrics
+from gateway.sync.monitor import RECORD_REFUSED
+from gateway.sync.pusher import delivery_rows
 from gateway.store.schema import events, metadata, pending_pulls
+from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
+from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import UserRecord, UserRecordWire
+from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
 from protocol.zk.bodies import Sizes
 from protocol.zk.client import ZkClient
-from protocol.zk.commands import Command
+from protocol.zk.commands import Command, ReplyCode
 from protocol.zk.decoder import PacketDecoder
-from protocol.zk.packet import encode_tcp
-from protocol.zk.records import AttendanceRecord
+from protocol.zk.packet import Packet, encode_tcp
+from protocol.zk.records import AttendanceRecord, User, encode_attendance, encode_user
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.session import DeviceSession
 
@@ -73,14 +80,15 @@ class Presence:
 class Wire:
     """One ZkConnection and one emulated device, bytes moved by ``pump``."""
 
-    def __init__(self, device: ZkDevice, db=None, sink=None, memory=None, timing=TIMING):
+    def __init__(self, device: ZkDevice, db=None, sink=None, memory=None, timing=TIMING, device_clock=DeviceClock(), now_s: float = 0.0):
         self.device, self.clock = device, task.Clock()
+        self.clock.advance(now_s)
         self.db, self.sink, self.presence = db or SyncDb(), sink or Sink(), Presence()
         self.broken: list[str] = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
-        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, db=self.db, holdings=HoldingsWriter(self.db), events=self.sink,
-                                       presence=self.presence, timing=timing)
+        self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, store=DatabaseStore(self.db), events=self.sink,
+                                       presence=self.presence, timing=timing, device_clock=device_clock)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)
         self._out: list = []
@@ -97,11 +105,16 @@ class Wire:
             self.transport.clear()
             for packet in self.decoder.feed(sent):
                 self.session.receive(packet)
-            answers, self._out[:] = b"".join(encode_tcp(p) for p in self._out), []
+            answers, self._out[:] = b"".join(self._encode(p) for p in self._out), []
             if not sent and not answers:
                 return
             if answers:
                 self.link.dataReceived(answers)
+
+    def _encode(self, packet) -> bytes:
+        """As the emulator's TCP server sends a packet: ``faults.mangle`` may replace its bytes."""
+        mangle = self.device.faults.mangle
+        return (mangle(packet) if mangle is not None else None) or encode_tcp(packet)
 
     def start(self):
         self.connection.start()
@@ -395,3 +408,237 @@ def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_s
     assert db.held == [] and loaded[0].seen == {"c": b"3" * 8}
     with db.engine.begin() as conn:
         assert load_holdings(conn, 2).seen == {"b": b"2" * 8}
+
+
+# Bytes 39-47 of a 72-byte user record as an access-control firmware holds them (the F19 capture
+# in adrobinoga/zk-protocol): group 2, the person's own time zones, time zones 1-3.
+F19_ACCESS_BYTES = bytes.fromhex("020100010002000000")
+
+
+def site_software_writes(device: ZkDevice, record: bytes) -> None:
+    """USER_WRQ from another client (the site's own ZK software), as the device receives it."""
+    answers = []
+    session = DeviceSession(device, 0x4321, answers.append)
+    session.receive(Packet(Command.CONNECT))
+    session.receive(Packet(Command.USER_WRQ, 0x4321, 1, record))
+    assert answers[-1].command == ReplyCode.ACK_OK, answers
+
+
+def test_a_server_edit_keeps_the_group_and_time_zone_bytes_the_device_holds():
+    device = ZkDevice()
+    raw = bytearray(encode_user(User(5, "ana", "Ana", privilege=3, card=77), 72))
+    raw[39:48] = F19_ACCESS_BYTES
+    raw[64:72] = b"\x00\x00\x00\x00\x00\x00\xfe\x01"  # past the user id's NUL: bytes no client names
+    site_software_writes(device, bytes(raw))
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["ana"]))
+    edited = UserRecord("ana", name="Ana Lima", cards=(Card(CardType.CSN, (4242).to_bytes(4, "big")),))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(edited)], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK]
+    held = encode_user(device.user("ana"), 72)
+    assert (device.user("ana").name, device.user("ana").card) == ("Ana Lima", 4242), "the edit was written"
+    assert held[39:48] == F19_ACCESS_BYTES, "group, own-time-zones flag and time zones as the device held them"
+    assert held[2] == 3 and held[64:72] == bytes(raw[64:72]), "privilege (and its disabled bit) and unnamed bytes kept"
+
+
+def test_a_person_new_to_the_device_gets_the_sdks_defaults():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("new", name="New Person"))], keep_local_changes=True))
+    held = encode_user(device.user("new"), 72)
+    assert held[39:48] == bytes.fromhex("010000000000000000"), "group 1, the group's time zones (as the SDK writes)"
+
+
+def refused_events(db: SyncDb) -> list[tuple]:
+    with db.engine.begin() as conn:
+        return [tuple(r) for r in conn.execute(select(events.c.user_id, events.c.detail).where(events.c.type == RECORD_REFUSED))]
+
+
+def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():
+    device = ZkDevice()
+    device.enroll("1", "Good Person", password="1234")
+    device.enroll("2", "Bad Pin", password="\udcff12")  # bytes ff 31 32: hash_pin raised UnicodeEncodeError on it
+    device.enroll("\u202eevil", "Bidi Id")
+    device.enroll("3", "Eve\nroot")
+    device.enroll("4", "\x1b[31mRed\x1b[0m")
+    device.enroll("5", "Letters Pin", password="12ab")
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1"], "only the record that passes is news"
+    fetched = wire.call(wire.connection.fetch_users(["1", "2", "3", "4", "5"]))
+    assert [r.user_id for r in fetched.users] == ["1"] and fetched.missing == ["2", "3", "4", "5"], "no exception, no stuck pull"
+    refused = refused_events(db)
+    assert [user_id for user_id, _ in refused] == ["2", None, "3", "4", "5"]
+    details = [detail for _, detail in refused]
+    assert "password of user '2' is not a PIN" in details[0] and "\\udcff" not in details[0], "the password is never shown"
+    assert "user id '\\u202eevil'" in details[1] and "bidirectional" in details[1], "the id escaped in the detail"
+    assert "control characters" in details[2] and "control characters" in details[3]
+    wire.poll()
+    wire.poll(TIMING.poll.users_s)
+    assert len(refused_events(db)) == 5, "each refusal reported once"
+    device.edit("3", name="Eve Root")  # mended at the device: taken like any edit
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "3"]
+
+
+def test_a_user_id_held_by_two_uids_is_reported_and_read_at_its_lowest_uid():
+    device = ZkDevice()
+    populate(device, 2)
+    device.users[9] = replace(device.user("1"), uid=9, name="Second Copy")  # a firmware that does not keep user ids unique
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    fetched = wire.call(wire.connection.fetch_users(["1"]))
+    assert fetched.users[0].name == device.users[1].name != "Second Copy"
+    assert refused_events(db) == [("1", "user id '1' is held by uids 1, 9: the gateway reads and writes uid 1 and leaves the others as they are")]
+    wire.poll()
+    assert len(refused_events(db)) == 1
+
+
+def test_a_punch_time_outside_the_zk_calendar_is_refused_not_stored_as_2133():
+    device = ZkDevice()
+    populate(device, 2)
+    at = datetime(2024, 3, 1, 8, 30, 15)
+    device.punch("1", at=at)
+    device.punch("2", at=datetime(2024, 3, 1, 9, 0, 0))
+    first = encode_attendance(device.attendance[0], 40)
+
+    def unset_time(packet):  # the first record's time as 0xFFFFFFFF, as an unset record holds it
+        if packet.command == Command.DATA and first in packet.data:
+            return encode_tcp(replace(packet, data=packet.data.replace(first, first[:27] + b"\xff\xff\xff\xff" + first[31:])))
+        return None
+
+    device.faults.mangle = unset_time
+    db = SyncDb()
+    wire = Wire(device, db).start()
+    assert wire.sink.of(EventCode.VERIFY_SUCCESS) == ["2"], "the other punch is stored"
+    assert [(u, "2133" in d and "not stored" in d) for u, d in refused_events(db)] == [("1", True)]
+
+
+def put(wire: Wire, *records: UserRecord):
+    return wire.call(wire.connection.put_users([UserRecordWire.build(r) for r in records], keep_local_changes=True))
+
+
+def test_a_user_id_longer_than_pin2width_is_refused_for_that_device_never_cut():
+    device = ZkDevice()
+    device.options["~PIN2Width"] = "5"
+    wire = Wire(device).start()
+    results = put(wire, UserRecord("1000123", name="Too Long"), UserRecord("12345", name="Fits"))
+    assert [(r.user_id, r.status) for r in results] == [("1000123", UserStatus.INVALID), ("12345", UserStatus.OK)]
+    assert "over the 5 characters this device holds (~PIN2Width)" in results[0].detail
+    assert sorted(u.user_id for u in device.users.values()) == ["12345"]
+    rows, _ = delivery_rows(7, results, "applied", Metrics(), 0)
+    assert "~PIN2Width" in next(r["detail"] for r in rows if r["user_id"] == "1000123"), "the monitoring event says why"
+
+
+def test_a_firmware_that_cuts_ids_makes_no_phantom_user():
+    device = ZkDevice()
+    del device.options["~PIN2Width"]  # it does not say how long an id it holds...
+    keep = device.put_user
+    device.put_user = lambda user: keep(replace(user, user_id=user.user_id[-5:]))  # ...and keeps the last 5 characters
+    wire = Wire(device).start()
+    results = put(wire, UserRecord("1000123", name="Cut Short"))
+    assert [(r.user_id, r.status) for r in results] == [("1000123", UserStatus.INVALID)]
+    assert "stored user id '1000123' as '00123'" in results[0].detail
+    assert device.users == {}, "the cut copy is deleted again"
+    wire.poll()
+    wire.poll(TIMING.poll.users_s)
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == [], "no phantom '00123' reaches the server"
+    again = put(wire, UserRecord("2000456"))
+    assert again[0].status == UserStatus.INVALID and "~PIN2Width" in again[0].detail and device.users == {}, "the width is learnt"
+
+
+def test_the_listing_compares_the_part_of_a_record_the_device_holds():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    ana = UserRecord("ana", name="Ana Lima Silva de Albuquerque", pin_hash=hash_pin("ana", "1234"),
+                     cards=(Card(CardType.CSN, (77).to_bytes(4, "big")), Card(CardType.WIEGAND, b"\x01\x02\x03")),
+                     fingerprints=(Fingerprint(2, b"t" * 500, b"", False, "zk10"), Fingerprint(3, b"n" * 384, b"m" * 384)))
+    put(wire, ana, UserRecord("off", disabled=True))
+    device.enroll("door", "Only At The Door")
+    page = wire.call(wire.connection.list_digests("", 500))
+    assert sorted(page.digests) == ["ana", "door"] and not page.more
+    raw = UserRecordWire.build(ana)
+    assert wire.connection.digest_of(raw) == page.digests["ana"], "holds what the gateway writes: alike (name cut, one card, zk10 finger)"
+    assert wire.connection.digest_of(UserRecordWire.build(UserRecord("off", disabled=True))) is None, "not to be held"
+    device.edit("ana", name="Edited At The Door")
+    assert wire.connection.digest_of(raw) != wire.call(wire.connection.list_digests("", 500)).digests["ana"], "a fresh read"
+    assert list(wire.call(wire.connection.list_digests("", 1)).digests) == ["ana"]
+    assert list(wire.call(wire.connection.list_digests("ana", 1)).digests) == ["door"]
+
+
+class Refills:
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def __call__(self, terminal_id, why):
+        self.asked.append(why)
+
+
+def refilling_wire(device: ZkDevice, db=None, memory=None) -> tuple[Wire, Refills]:
+    refills = Refills()
+    wire = Wire(device, db, memory=memory)
+    wire.connection._on_refill = refills
+    return wire, refills
+
+
+def test_a_device_wiped_while_watched_is_refilled_not_taken_for_keypad_deletes():
+    device = ZkDevice()
+    populate(device, 3)
+    wire, refills = refilling_wire(device)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2", "3"]))
+    for user_id in ("1", "2", "3"):
+        device.delete(user_id)  # "clear all data" in the menu
+    wire.poll()
+    assert wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == [], "no keypad deletion announced"
+    assert len(refills.asked) == 1 and "holds nobody, where the server had seen 3 people" in refills.asked[0]
+    with wire.db.engine.begin() as conn:
+        assert load_holdings(conn, 7).seen == {}, "what the server had seen there is forgotten"
+    wire.poll()
+    assert len(refills.asked) == 1, "asked once"
+
+
+def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled():
+    device, db, memory = ZkDevice(serial_number="UNIT-A"), SyncDb(), DeviceMemory()
+    populate(device, 2)
+    wire, refills = refilling_wire(device, db, memory)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    for user_id in ("1", "2"):  # wiped while the gateway was away
+        device.delete(user_id)
+    wire, refills = refilling_wire(device, db)
+    wire.start()
+    assert refills.asked and wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == []
+    other = ZkDevice(serial_number="UNIT-B")
+    other.enroll("9", "From Another Door")
+    wire, refills = refilling_wire(other, db, memory)  # the same configured device, another unit, this gateway run
+    wire.start()
+    assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+
+
+MADRID = ZoneInfo("Europe/Madrid")
+NOW_S = datetime(2024, 3, 1, 7, 30, 15, tzinfo=ZoneInfo("UTC")).timestamp()  # 08:30:15 in Madrid (UTC+1 in March)
+
+
+def test_punch_times_are_the_devices_local_time_in_its_own_time_zone():
+    device = ZkDevice(clock=lambda: datetime(2024, 3, 1, 8, 30, 15))
+    populate(device, 1)
+    device.punch("1", at=datetime(2024, 3, 1, 8, 30, 15))
+    wire = Wire(device, device_clock=DeviceClock(MADRID), now_s=NOW_S).start()
+    assert [e.timestamp_ms for e in wire.sink.events if e.code == EventCode.VERIFY_SUCCESS] == [int(NOW_S * 1000)]
+    assert wire.connection.info.clock_drift_s == 0.0
+
+
+def test_the_device_clock_is_read_at_connect_its_drift_shown_and_set_when_asked():
+    device = ZkDevice(clock=lambda: datetime(2024, 3, 1, 8, 31, 45))  # 90 s ahead of the gateway, in Madrid
+    wire = Wire(device, device_clock=DeviceClock(MADRID), now_s=NOW_S).start()
+    assert wire.connection.info.clock_drift_s == 90.0 and device.now() == datetime(2024, 3, 1, 8, 31, 45), "shown, left alone"
+    wire = Wire(device, device_clock=DeviceClock(MADRID, set_clock=True), now_s=NOW_S).start()
+    assert wire.connection.info.clock_drift_s == 0.0 and device.now() == datetime(2024, 3, 1, 8, 30, 15), "set to the gateway's time"
+
+
+def test_a_local_time_in_a_zone_reads_as_the_same_moment_both_ways():
+    clock = DeviceClock(MADRID)
+    assert clock.seconds(datetime(2024, 7, 1, 9, 0)) == datetime(2024, 7, 1, 7, 0, tzinfo=ZoneInfo("UTC")).timestamp(), "summer: UTC+2"
+    assert clock.local(clock.seconds(datetime(2024, 12, 24, 18, 5, 9))) == datetime(2024, 12, 24, 18, 5, 9)
+    assert clock.drift_s(datetime(2024, 3, 1, 8, 30, 15) - timedelta(seconds=30), NOW_S) == -30.0

@@ -7,9 +7,10 @@ terminal's store, and the event log.
 
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 
-from gateway.sync.monitor import SAVED_FROM_DEVICE
+from api_site import http
+from gateway.sync.monitor import RECONCILED, SAVED_FROM_DEVICE
 from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
 from protocol.records import Card, CardType, hash_pin
@@ -162,3 +163,25 @@ class LargeDevice(ZkSite):
             copy = fresh.user(user.user_id)
             self.assertEqual((copy.name, copy.card), (user.name, user.card))
             self.assertEqual(self.templates_of(ZK2, user.user_id), self.templates_of(ZK1, user.user_id))
+
+
+class WipedDevice(ZkSite):
+    @defer.inlineCallbacks
+    def test_a_device_wiped_while_watched_is_refilled_and_the_api_says_so(self):
+        source, door = ZkDevice(serial_number="SOURCE"), ZkDevice(serial_number="DOOR")
+        populate(source, 5, seed=3)
+        self.start_devices({ZK1: source, ZK2: door})
+        site = self.start_site(api_token="t0ken")
+        yield wait_until(lambda: len(door.users) == 5, "the door holds everyone")
+        for user in list(door.users.values()):  # "clear all data" in the device's menu, while the gateway watches
+            door.delete(user.user_id)
+        yield wait_until(lambda: len(door.users) == 5 and len(door.templates) == 5, "the door refilled")
+        self.assertEqual(site.count_events(type="DELETE_SUCCESS", terminal_id=ZK2), 0, "the wipe is no keypad deletion")
+        yield wait_until(lambda: site.count_events(type=RECONCILED, terminal_id=ZK2) == 5, "each repair a monitoring event")
+        url = f"http://127.0.0.1:{site.gateway.http_port.getHost().port}"
+        status, answer, _ = yield threads.deferToThread(http, "POST", f"{url}/api/reconcile", token="t0ken")
+        found = {t["id"]: t for t in answer["terminals"]}
+        self.assertEqual((status, found[ZK2]["compared"], found[ZK2]["differences"], found[ZK2]["note"]), (200, 5, 0, None))
+        status, shown, _ = yield threads.deferToThread(http, "GET", f"{url}/api/terminals/{ZK2}", token="t0ken")
+        self.assertEqual(shown["reconciliation"]["repaired_total"], 5, "the API says what was done")
+

@@ -30,6 +30,8 @@ SCHEMAS = {
             "last_seen_ms": {**_NULLABLE_INT, "description": "when it last sent a frame, ms since the epoch; null if it never connected"},
             "model": {"type": "string"},
             "firmware": {"type": "string"},
+            "clock_drift_s": {"type": ["number", "null"], "description": "how far its clock was ahead of the gateway's when it "
+                                                                  "last connected, in seconds (ZK devices; null: not known)"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
             "cursor": {"type": "integer", "description": "highest change it applied"},
             "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor, plus its keypad changes still to be pulled; "

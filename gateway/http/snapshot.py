@@ -16,7 +16,7 @@ from gateway.sync.reconcile import Reconciliation
 from gateway.sync.syncmode import SyncMode
 
 _TERMINAL_FIELDS = ("terminal_id", "name", "admission", "online", "kind", "offline_reason", "link", "heard_ms",
-                    "model", "firmware", "cursor")
+                    "model", "firmware", "clock_drift_s", "cursor")
 
 
 def take(gateway, now_s: float) -> dict:
@@ -51,6 +51,7 @@ class TerminalView:
     heard_ms: int | None
     model: str
     firmware: str
+    clock_drift_s: float | None
     cursor: int
     access_groups: frozenset[int]
 

@@ -22,6 +22,7 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
         last_seen_ms=term.heard_ms,
         model=term.model,
         firmware=term.firmware,
+        clock_drift_s=term.clock_drift_s,
         access_groups=sorted(term.access_groups),
         cursor=term.cursor,
         # Changes committed after the terminal's cursor (an upper bound of what it still lacks: in

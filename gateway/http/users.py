@@ -5,11 +5,23 @@ feed and reaches the terminals."""
 from twisted.internet import defer, threads
 
 from gateway.http.api import ApiError, Param, Route
-from gateway.http.validate import PLAIN_TEXT
 from gateway.http.queries import read_user, read_users
 from gateway.terminals import ADMITTED
 from gateway.sync.users import Members, UnknownUser
-from protocol.records import MAX_ACCESS_GROUPS, MAX_CARD_DATA, MAX_CARDS, MAX_NAME_CHARS, MAX_USER_ID_BYTES, Card, CardType, UserRecord, hash_pin
+from protocol.records import (
+    MAX_ACCESS_GROUPS,
+    MAX_CARD_DATA,
+    MAX_CARDS,
+    MAX_NAME_CHARS,
+    MAX_PIN_DIGITS,
+    MAX_USER_ID_BYTES,
+    PIN_PATTERN,
+    PLAIN_TEXT,
+    Card,
+    CardType,
+    UserRecord,
+    hash_pin,
+)
 
 USER_ID = Param("user_id", "string", "the user's id")
 U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
@@ -33,7 +45,7 @@ CARDS = {
 }
 _FIELDS = {
     "name": {"type": ["string", "null"], "maxLength": MAX_NAME_CHARS, "pattern": PLAIN_TEXT},
-    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": 16, "pattern": "^[0-9]*$",
+    "pin": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_PIN_DIGITS, "pattern": PIN_PATTERN,
             "description": "digits; stored only as a hash, null removes it"},
     "access_groups": {**GROUPS, "description": "replaces every group"},
     "cards": {**CARDS, "description": "replaces every card"},

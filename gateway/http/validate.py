@@ -9,13 +9,10 @@ to report, and it is said in one sentence naming the field ("access_groups[0] mu
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from protocol.records import PLAIN_TEXT, PLAIN_TEXT_RULE
+
 _validators: dict[int, Draft202012Validator] = {}  # by id() of a schema: schemas are module constants
 
-
-# NUL, and the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069): a name or
-# an id holding them can show on the page as something other than what is stored.
-PLAIN_TEXT = "^[^\\u0000\\u202a-\\u202e\\u2066-\\u2069]*$"
-_PLAIN_TEXT_RULE = "must not contain NUL or bidirectional-override characters (U+202A to U+202E, U+2066 to U+2069)"
 
 
 class Invalid(ValueError):
@@ -53,7 +50,7 @@ def _sentence(error: ValidationError, where: str) -> str:
     if kind in ("anyOf", "oneOf") and "description" in schema:
         return f"{field} must be {schema['description']}"
     if kind == "pattern" and schema["pattern"] == PLAIN_TEXT:
-        return f"{field} {_PLAIN_TEXT_RULE}"
+        return f"{field} {PLAIN_TEXT_RULE}"
     if kind == "pattern" and "description" in schema:
         return f"{field} must be {schema['description'].split(';')[0]}"
     if kind == "pattern":

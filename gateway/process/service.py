@@ -187,6 +187,8 @@ class Gateway:
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
+        if connection.info.clock_drift_s is not None:
+            self.metrics.clock_drift.labels(str(connection.terminal_id)).set(connection.info.clock_drift_s)
 
     def _terminal_admitted(self, terminal_id: int) -> None:
         # A bus greets a silent or refused address on a backoff of up to half a minute: greet now.

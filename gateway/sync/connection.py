@@ -24,6 +24,7 @@ class TerminalInfo:
     model: str = ""
     firmware: str = ""
     max_users: int = 0
+    clock_drift_s: float | None = None  # how far its clock is ahead of the gateway's, read at connect (None: not known)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class UserResult:
 
     user_id: str
     status: int
+    detail: str = ""  # why, when the terminal's driver can say more than the status (a ZK device's limits)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,12 @@ class TerminalConnection(Protocol):
         """The terminal's users after ``after_user_id``, in id order, with the digest of each
         record as the server would compute it (``protocol.records.record_digest`` of its wire
         encoding); fails with ``ListingUnsupported`` where the terminal cannot tell."""
+
+    def digest_of(self, record: bytes) -> bytes | None:
+        """The digest ``list_digests`` gives a user this terminal holds as the server sends
+        ``record`` (its wire encoding): the record's own digest where a terminal holds whole
+        records; a driver whose terminals hold part of one (ZK) digests that part, and says None
+        where the terminal should not hold the user at all."""
 
     def events_pending(self) -> "Deferred[int]":
         """How many of its events the terminal holds that are not stored yet (REQUEST_EVENTS, which

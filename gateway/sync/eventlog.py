@@ -69,6 +69,14 @@ def highest_event_id(conn, terminal_id: int, epoch: int) -> int:
     return conn.execute(stmt).scalar() or 0
 
 
+def stored_since(conn, terminal_id: int, code: int, since_ms: int) -> set[tuple[str | None, int, int]]:
+    """A terminal's stored events of one code from ``since_ms`` on, as (user id, time, sub-code):
+    what a driver that reads a log without ids (ZK attendance) checks its reads against."""
+    rows = conn.execute(select(events.c.user_id, events.c.occurred_ms, events.c.sub_code).where(
+        events.c.terminal_id == terminal_id, events.c.code == code, events.c.occurred_ms >= since_ms))
+    return {(user_id, occurred_ms, sub_code) for user_id, occurred_ms, sub_code in rows}
+
+
 def current_log(conn, terminal_id: int) -> LogState:
     epoch = conn.execute(select(terminals.c.log_epoch).where(terminals.c.terminal_id == terminal_id)).scalar() or 0
     return LogState(epoch, highest_event_id(conn, terminal_id, epoch))

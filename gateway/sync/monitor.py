@@ -17,6 +17,7 @@ PUSH_REFUSED = "User update failed (Server)"  # a terminal refused a record (ful
 DELETED_BY_SERVER = "User deleted (Server)"  # a terminal applied a deletion made on the server
 MERGED_UNCHANGED = "User update merged, nothing changed (Device)"  # the server's fields won: the server kept its record
 CHANGE_DROPPED = "User update dropped (Device)"  # part or all of a keypad change could not be kept; the detail says what and why
+RECORD_REFUSED = "Record refused (Device)"  # a record read from a device breaks the API's rules: not taken; the detail says why
 # Reconciliation (gateway/sync/reconcile.py): what it repaired, and what it leaves as the rules allow.
 RECONCILED = "User repaired (Reconciliation)"
 UNREPAIRED_DIFFERENCE = "User differs, left as it is (Reconciliation)"
@@ -25,11 +26,11 @@ LOG_RESTARTED = "Event log restarted"  # a new log epoch, or a counter that star
 EVENT_CONFLICT = "Event id conflict"  # an id already stored with other content: both are kept
 LOG_IRREGULAR = "Event ids irregular"  # ids that went backwards or leapt far ahead within one log
 SYNC_EVENT_TYPES = (SAVED_FROM_DEVICE, APPLIED_BY_DEVICE, SAVE_FAILED, PUSH_REFUSED, DELETED_BY_SERVER, MERGED_UNCHANGED,
-                    CHANGE_DROPPED, RECONCILED, UNREPAIRED_DIFFERENCE, LOG_RESTARTED, EVENT_CONFLICT, LOG_IRREGULAR)
+                    CHANGE_DROPPED, RECORD_REFUSED, RECONCILED, UNREPAIRED_DIFFERENCE, LOG_RESTARTED, EVENT_CONFLICT, LOG_IRREGULAR)
 
 
 # Who made the change an event reports: the sync events by their type, a terminal's user events by their sub-code.
-_DEVICE_SIDE = frozenset({SAVED_FROM_DEVICE, MERGED_UNCHANGED, CHANGE_DROPPED, SAVE_FAILED})
+_DEVICE_SIDE = frozenset({SAVED_FROM_DEVICE, MERGED_UNCHANGED, CHANGE_DROPPED, RECORD_REFUSED, SAVE_FAILED})
 _SERVER_SIDE = frozenset({APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED})
 _USER_EVENT_TYPES = frozenset({"ENROLL_SUCCESS", "ENROLL_FAIL", "UPDATE_SUCCESS", "UPDATE_FAIL", "DELETE_SUCCESS", "DELETE_FAIL"})
 SERVER, DEVICE = "server", "device"

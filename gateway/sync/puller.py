@@ -78,7 +78,7 @@ class Puller:
         if timer is not None and timer.active():
             timer.cancel()
         self._failures.pop(terminal_id, None)
-        d = self._db.read(_owed_pulls, terminal_id)
+        d = self._db.read(owed_pulls, terminal_id)
         d.addCallbacks(lambda ids: self.want(terminal_id, ids), self._log_read_failure)
 
     def kick(self, terminal_id: int) -> None:
@@ -188,7 +188,8 @@ def owe_pulls(conn, terminal_id: int, user_ids: list[str], at_ms: int) -> None:
            key=["terminal_id", "user_id"], update=["since_ms"])
 
 
-def _owed_pulls(conn, terminal_id: int) -> list[str]:
+def owed_pulls(conn, terminal_id: int) -> list[str]:
+    """The users whose pull from this terminal is owed (a keypad change announced, not merged yet)."""
     return list(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
 
 

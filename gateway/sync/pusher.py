@@ -200,7 +200,8 @@ def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms:
             kept.append(result.user_id)
         else:
             metrics.failures.labels("push_refused").inc()
-            rows.append(sync_event_row(PUSH_REFUSED, terminal_id, result.user_id, f"terminal answered {_status_name(result.status)}", at_ms=now_ms))
+            detail = f"terminal answered {_status_name(result.status)}" + (f": {result.detail}" if result.detail else "")
+            rows.append(sync_event_row(PUSH_REFUSED, terminal_id, result.user_id, detail, at_ms=now_ms))
     if applied:
         metrics.pushes.inc(applied)
     return rows, kept

@@ -18,6 +18,8 @@ It judges only once every event the terminal logged is stored (a keypad delete s
 would look like a user to push back), and leaves alone users still in flight: changed after the
 terminal's cursor (the pusher is delivering them) or with a pull owed (the puller is fetching
 them). Connections that cannot list their users (``ListingUnsupported``) are skipped with a note.
+A terminal that holds part of a record (a ZK device) is compared on that part
+(``TerminalConnection.digest_of``).
 """
 
 from collections import Counter
@@ -29,8 +31,9 @@ from twisted.logger import Logger
 
 from gateway.sync.connection import ListingUnsupported
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
+from gateway.sync.puller import owed_pulls
 from gateway.sync.pusher import delivery_rows, request_chunks
-from gateway.store.schema import events, pending_pulls, users
+from gateway.store.schema import events, users
 from gateway.sync.syncmode import parse_groups
 from gateway.sync.users import last_change_seq
 from protocol.events import EventCode, Origin
@@ -182,7 +185,7 @@ class Reconciler:
             found.note = f"not compared: the terminal cannot list its users ({exc})"
             return self._keep(term.terminal_id, found)
         server = yield self._server_users()
-        owed = yield self._db.read(_owed_pulls, term.terminal_id)
+        owed = set((yield self._db.read(owed_pulls, term.terminal_id)))
         differing, missing, delete, pull = [], [], [], []
         for user_id in sorted(set(server) | set(held)):
             if user_id in owed:
@@ -203,6 +206,13 @@ class Reconciler:
                     pull.append(user_id)
                 else:
                     found.differences[user_id] = ONLY_ON_TERMINAL
+        # A terminal that holds part of a record (ZK) digests that part: compare it with the part
+        # of the server's record it would hold, and say nothing where that is what it holds.
+        if differing or missing:
+            records = yield self._db.read(_records, differing + missing)
+            alike = {u for u, record in records.items() if connection.digest_of(record) == held.get(u)}
+            differing = [u for u in differing if u not in alike]
+            missing = [u for u in missing if u not in alike]
         # What a person did at this terminal's keypad last is theirs: a delete stays deleted, a
         # change is pulled where the mode pulls and left as it is where it does not.
         at_keypad = yield self._db.read(_keypad_changes, term.terminal_id, missing + differing + delete)
@@ -322,10 +332,6 @@ def _server_users(conn) -> dict[str, ServerUser]:
             for r in rows}
 
 
-def _owed_pulls(conn, terminal_id: int) -> set[str]:
-    return set(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
-
-
 def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, str]:
     """Of these users, those whose last user event at this terminal was made at its keypad, with
     that event's type (a record the server sent since would be the last one instead)."""
@@ -338,6 +344,14 @@ def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, st
             if row.user_id not in last or row.id > last[row.user_id][0]:
                 last[row.user_id] = (row.id, row.type, row.sub_code)
     return {user_id: type_ for user_id, (_, type_, sub_code) in last.items() if sub_code == Origin.DEVICE}
+
+
+def _records(conn, user_ids: list[str]) -> dict[str, bytes]:
+    found = {}
+    for i in range(0, len(user_ids), 500):
+        stmt = select(users.c.user_id, users.c.record).where(users.c.user_id.in_(user_ids[i:i + 500]), users.c.record.is_not(None))
+        found.update((r.user_id, r.record) for r in conn.execute(stmt))
+    return found
 
 
 def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:

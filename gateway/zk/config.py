@@ -3,11 +3,13 @@
 import zlib
 from enum import Enum
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import Meta, Struct
 
 from gateway.config import U32, ConfigError, Text, checked
+from gateway.zk.mapping import CardField
 from protocol.address import AddressError, parse_host_port
 
 ZK_PORT = 4370
@@ -37,12 +39,25 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
     chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
     transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else
+    timezone: str = ""  # the device's time zone, an IANA name ("Europe/Madrid"); "": the gateway's local zone
+    set_clock: bool = False  # set the device's clock to the gateway's at connect when it is off
+    card: str = "CSN:4"  # which server cards its card field (a u32) carries: CSN:N or WIEGAND:N, N bytes (docs/zk.md)
 
 
 def parse_zk(entry: dict, n: int = 1) -> ZkEntry:
     """A ``[[zk]]`` entry as a ZkEntry; ConfigError naming the entry and the setting at fault."""
     named = f"zk terminal {entry['id']}" if isinstance(entry, dict) and isinstance(entry.get("id"), int) else f"[[zk]] entry {n}"
-    return checked(entry, ZkEntry, named)
+    device = checked(entry, ZkEntry, named)
+    if device.timezone:
+        try:
+            ZoneInfo(device.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{named}: timezone {device.timezone!r} is no time zone this machine knows (an IANA name: Europe/Madrid)") from None
+    try:
+        CardField.parse(device.card)
+    except ValueError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
+    return device
 
 
 def zk_from_option(where: str, terminal_id: int | None = None, comm_key: int = 0) -> dict:

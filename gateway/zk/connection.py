@@ -1,49 +1,46 @@
 """ZkConnection: one connected ZK device as the sync core sees it (a ``TerminalConnection``).
 
 The puller, the pusher and the event log work for ZK devices unchanged: changes found at the
-device by polling (gateway/zk/poller.py) become device-origin events through the event sink,
-exactly like a native terminal's keypad changes, and ``fetch_users`` answers the pull from the
-tables the poll read; ``put_users`` and ``delete_users`` write the device. Every device
-conversation runs one at a time (a device serves one request at a time): polls, and writes,
-which the pusher's concurrent requests join into one pass with the keypad held (DISABLEDEVICE):
-read the users again (a keypad change is never overwritten unseen), write in bulk uploads,
-REFRESHDATA, read back what the device now holds, ENABLEDEVICE.
+device by polling become device-origin events through the event sink, exactly like a native
+terminal's keypad changes, and ``fetch_users`` answers the pull from the tables the poll read;
+``put_users`` and ``delete_users`` write the device. This module is the adapter: connecting and
+learning the device, the poll schedule and the table reads, pulls and the reconciliation
+listing. Its parts by idea: change detection (gateway/zk/copies.py), attendance
+(gateway/zk/attendance.py), write passes (gateway/zk/writes.py) and their plans and uids
+(gateway/zk/plan.py). Every device conversation runs one at a time (one lock): a device serves
+one request at a time.
 
 A device that answers what the protocol does not allow, or a table that does not parse even
 with the keypad held, loses its connection with the reason; a half-read table is never used.
 """
 
-import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.sync.connection import EventSink, FetchedUsers, ListingUnsupported, Presence, TerminalInfo, UserResult
+from gateway.sync.connection import DigestPage, EventSink, FetchedUsers, Presence, TerminalInfo
 from gateway.store.database import DatabaseFailure
+from gateway.zk.attendance import AttendanceReading
+from gateway.zk.clock import SET_AFTER_S, DeviceClock
+from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
-from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
+from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, id_width, template_format, to_server
+from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
+from gateway.zk.store import ZkStore
+from gateway.zk.writes import Write, WritePasses, server_record
 from protocol.errors import MessageError
-from protocol.events import Credential, Event, EventCode, Origin
-from protocol.messages import UserStatus
-from protocol.records import UserRecordWire
+from protocol.events import Event, EventCode
+from protocol.records import UserRecordWire, record_digest
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
-from protocol.zk.records import AttendanceRecord, Template, User, decode_user, encode_user
+from protocol.zk.errors import BodyError
+from protocol.zk.records import Template, User, decode_time, encode_time
 
 log = Logger(namespace="gateway.zk")
 
 REALTIME_EVENTS = EventFlag.ATTLOG | EventFlag.ENROLLUSER | EventFlag.ENROLLFINGER
-# ZK verify types (how the person verified) as the event log's credential sub-codes.
-CREDENTIALS = {0: Credential.PIN, 1: Credential.FINGER, 2: Credential.CARD, 15: Credential.FACE}
-MAX_UID = 0xFFFF
-# The pusher sends one stored record to every device: parsed once, not once per device (records
-# are frozen, so the parsed one is safely shared).
-server_record = functools.lru_cache(maxsize=1024)(UserRecordWire.parse)
-NO_TEMPLATES: list[Template] = []  # never changed: one object, so a digest kept for it stays valid
 
 
 @dataclass(frozen=True)
@@ -67,24 +64,20 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
+    serial: str | None = None  # ~SerialNumber of the last connection: another one is a replaced unit
+    refused: dict[tuple[str, str], str] = field(default_factory=dict)  # device records not taken, by (kind, user id): the reason reported
     # The mark is stored after the punches it covers: after a restart, the first punches found
     # new are checked against the event log, so a crash between the two stores none twice.
     attendance_unsure: bool = False
 
 
-@dataclass
-class _Write:
-    records: list[bytes] | None  # a put; None for a delete
-    user_ids: list[str]
-    keep_local_changes: bool
-    done: defer.Deferred = field(default_factory=defer.Deferred)
-
-
-class ZkConnection:
+class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     push_bytes = 256 * 1024  # the pusher's batches of 64 users go whole; uploads are cut by upload_users
 
-    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, db, holdings: HoldingsWriter, events: EventSink,
-                 presence: Presence, timing: ZkTiming, on_online=lambda connection: None):
+    def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
+                 presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
+                 on_online=lambda connection: None,
+                 on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
         self.closed = False
@@ -92,19 +85,21 @@ class ZkConnection:
         self._link = link
         self._memory = memory
         self._clock = clock
-        self._db = db
-        self._holdings = holdings
+        self._store = store
         self._events = events
         self._presence = presence
         self._timing = timing
         self._on_online = on_online
+        self._device_clock = device_clock
+        self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
+        self._replaced_unit = ""  # why the device is another unit than the last connection's
         self._plan = PollPlan(timing.poll)
-        self._profile = DeviceProfile()
+        self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
-        self._writes: list[_Write] = []
+        self._writes: list[Write] = []
         self._poll_timer = None
         self._paused = False
 
@@ -132,6 +127,8 @@ class ZkConnection:
             raise
         yield self._learn()
         yield self._remember()
+        if self._replaced_unit:
+            self._refill(self._replaced_unit)
         yield self._register_events()
         yield self._lock.run(self._poll, True)
         if self.closed:
@@ -181,12 +178,38 @@ class ZkConnection:
         version = yield self._link.run("request", Command.GET_VERSION)
         firmware = bodies.parse_version(version.data) if version.ok else ""
         options = {}
-        for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion"):
+        for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion", "~PIN2Width"):
             options[name] = yield self._option(name)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
+        serial, memory = options["~SerialNumber"], self._memory
+        if serial and memory.serial and serial != memory.serial:
+            self._replaced_unit = f"its serial number is {serial}, no longer {memory.serial}: another unit"
+        memory.serial = serial or memory.serial
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
-        self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity)
-        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]))
+        drift_s = yield self._read_clock()
+        self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity, clock_drift_s=drift_s)
+        self._profile = DeviceProfile(template_format=template_format(options["~ZKFPVersion"]), cards=self._profile.cards,
+                                      id_width=id_width(options["~PIN2Width"]))
+
+    @defer.inlineCallbacks
+    def _read_clock(self):
+        """How far the device's clock is ahead of the gateway's (None: it would not say); set
+        first when ``set_clock`` says so and it is off."""
+        reply = yield self._link.run("request", Command.GET_TIME)
+        try:
+            if not reply.ok:
+                raise BodyError(f"GET_TIME answered {reply}")
+            device_local = decode_time(bodies.parse_u32(reply.data))
+        except BodyError as exc:
+            log.info("ZK terminal {tid}: its clock cannot be read ({e})", tid=self.terminal_id, e=exc)
+            return None
+        clock, now = self._device_clock, self._clock.seconds()
+        drift_s = clock.drift_s(device_local, now)
+        if clock.set_clock and abs(drift_s) >= SET_AFTER_S:
+            yield self._ok(Command.SET_TIME, bodies.u32(encode_time(clock.local(now))))
+            log.info("ZK terminal {tid}: its clock was {d:+.0f} s off the gateway's; set", tid=self.terminal_id, d=drift_s)
+            return 0.0
+        return drift_s
 
     @defer.inlineCallbacks
     def _option(self, name: str):
@@ -211,7 +234,7 @@ class ZkConnection:
         """What the server has seen of the device, from the database at every connection: loaded
         after everything the previous link stored (docs/zk.md)."""
         memory = self._memory
-        held = yield self._holdings.load(self.terminal_id)
+        held = yield self._store.holdings(self.terminal_id)
         memory.tracker = ChangeTracker(held.seen, held.owed)
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
@@ -296,7 +319,7 @@ class ZkConnection:
     def _read_tables(self, now: float, templates: bool | None = None):
         """Read the users, and the templates when asked (None: when due); keep them only whole."""
         read = yield self._link.run("read_users")
-        users = {u.user_id: u for u in read.users}
+        users = self._one_uid_each(read.users)
         user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
         by_uid = None
         if templates or (templates is None and self._plan.templates_due(read.sizes, now, user_set_changed)):
@@ -307,66 +330,10 @@ class ZkConnection:
         self._users = users
         if by_uid is not None:
             self._templates = by_uid
-        self._profile = DeviceProfile(read.record_size, self._profile.template_format)
+        self._profile = replace(self._profile, record_size=read.record_size)
         self._plan.users_at = now
         self._plan.sizes = read.sizes
 
-    def _held_copies(self) -> dict[str, bytes]:
-        """Each person's digest on the device. Kept from the last call for a person whose user
-        record is equal and whose templates are the same list: most polls change nobody."""
-        held, digests = {}, {}
-        for user_id, user in self._users.items():
-            if not keyable(user):
-                continue
-            templates = self._templates.get(user.uid, NO_TEMPLATES)
-            known = self._digests.get(user_id)
-            if known is None or known[0] != user or known[1] is not templates:
-                known = (user, templates, held_digest(user, templates))
-            digests[user_id] = known
-            held[user_id] = known[2]
-        self._digests = digests
-        return held
-
-    def _announce(self) -> None:
-        """Changes made at the device since the server last saw it become device-origin events."""
-        changes = self._memory.tracker.changes(self._held_copies())
-        if not changes:
-            return
-        log.info("ZK terminal {tid}: at the device {e} enrolled, {u} edited, {d} deleted",
-                 tid=self.terminal_id, e=len(changes.enrolled), u=len(changes.updated), d=len(changes.deleted))
-        now_ms = self._now_ms()
-        events = [self._event(now_ms, EventCode.ENROLL_SUCCESS, Origin.DEVICE, u) for u in changes.enrolled]
-        events += [self._event(now_ms, EventCode.UPDATE_SUCCESS, Origin.DEVICE, u) for u in changes.updated]
-        events += [self._event(now_ms, EventCode.DELETE_SUCCESS, Origin.DEVICE, u) for u in changes.deleted]
-        gone = {user_id: None for user_id in changes.deleted}
-        self._submit(events).addCallback(lambda _: self._save_seen(gone) if gone else None)
-
-    @defer.inlineCallbacks
-    def _read_attendance(self, now: float):
-        read = yield self._link.run("read_attendance")
-        memory, records = self._memory, list(read.records)
-        fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
-        self._plan.attendance_at, self._plan.attendance_count = now, read.sizes.records
-        if not records:
-            return
-        if memory.attendance_unsure and fresh:
-            stored = yield self._db.read(stored_punches, self.terminal_id, min(at_ms for at_ms, _, _ in fresh))
-            fresh = [f for f in fresh if (f[2] or None, f[0], f[1]) not in stored]
-        memory.attendance_unsure = False
-        memory.attendance_stored, memory.attendance_last = len(records), attendance_identity(records[-1])
-        stored, last = memory.attendance_stored, memory.attendance_last
-        punches = [self._event(at_ms, EventCode.VERIFY_SUCCESS, credential, user_id) for at_ms, credential, user_id in fresh]
-        d = self._submit(punches) if punches else defer.succeed(None)
-        d.addCallback(lambda _: self._db.write(save_attendance_mark, self.terminal_id, stored, last))
-        d.addErrback(self._log_unsaved, "the attendance mark")
-
-    def _punch_fields(self, record: AttendanceRecord) -> tuple[int, int, str]:
-        """A punch as a verify event holds it: (time in ms, credential, user id)."""
-        user_id = record.user_id
-        if user_id is None:  # 8-byte records know only the uid
-            user_id = next((u.user_id for u in self._users.values() if u.uid == record.uid), "")
-        credential = CREDENTIALS.get(record.verify_type, 0)
-        return int(record.timestamp.timestamp() * 1000), int(credential), user_id if is_text(user_id) else ""
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self._memory.next_event_id
@@ -378,7 +345,7 @@ class ZkConnection:
         return self._events.submit(self.terminal_id, events)
 
     def _save_seen(self, seen: dict[str, bytes | None]) -> defer.Deferred:
-        return self._holdings.save(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
+        return self._store.save_seen(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")
 
     def _log_unsaved(self, failure: Failure, what: str) -> None:
         # At worst a change is announced again after a restart: one more pull, nothing lost.
@@ -408,10 +375,30 @@ class ZkConnection:
         return defer.succeed(FetchedUsers(records, missing))
 
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
-        """Not for a ZK device: it holds part of a record (docs/zk.md, "What maps to what"), so its
-        copy's digest never equals the server record's, and comparing them would push to it at
-        every reconciliation. Its copies are checked by the driver's own change detection."""
-        return defer.fail(ListingUnsupported("a ZK device holds part of a record; the driver's change detection compares it"))
+        """The people the device holds, each with the digest of the part of a server record it
+        holds (``held_view``), which ``digest_of`` gives the server's record: equal when the device
+        holds what the gateway would write. The first page reads the device afresh (a device wiped
+        since the last poll is found now); people the server cannot take are left out."""
+        d = self._lock.run(self._read_now) if not after_user_id else defer.succeed(None)
+        return d.addCallback(lambda _: self._digest_page(after_user_id, limit))
+
+    @defer.inlineCallbacks
+    def _read_now(self):
+        yield self._read_whole(self._read_tables, self._clock.seconds(), True)
+        self._announce()
+
+    def _digest_page(self, after_user_id: str, limit: int) -> DigestPage:
+        ids = sorted(u for u, known in self._digests.items() if u > after_user_id and known[3] is None)
+        page = {}
+        for user_id in ids[:limit]:
+            user = self._users[user_id]
+            view = held_view(device_record(user, self._templates.get(user.uid, NO_TEMPLATES), self._profile), self._profile)
+            page[user_id] = record_digest(UserRecordWire.build(view))
+        return DigestPage(page, len(ids) > limit)
+
+    def digest_of(self, record: bytes) -> bytes | None:
+        view = held_view(server_record(record), self._profile)
+        return None if view is None else record_digest(UserRecordWire.build(view))
 
     def events_pending(self) -> defer.Deferred:
         """Nothing waits on the device: the driver makes events from what it read, and submits them at once."""
@@ -423,241 +410,6 @@ class ZkConnection:
     def resume_events(self) -> None:
         self._paused = False
 
-    # -- TerminalConnection: pushes ------------------------------------------------------------------
-
-    def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
-        return self._queue_write(_Write(records, [], keep_local_changes))
-
-    def delete_users(self, user_ids: list[str]) -> defer.Deferred:
-        return self._queue_write(_Write(None, list(user_ids), False))
-
-    def _queue_write(self, write: _Write) -> defer.Deferred:
-        if self.closed:
-            return defer.fail(DeviceLost(f"ZK terminal {self.terminal_id}: link closed"))
-        self._writes.append(write)
-        if len(self._writes) == 1:  # the first of a pass: the pass takes every write queued by then
-            self._lock.run(self._write_pass).addErrback(self._failed, "write failed")
-        return write.done
-
-    @defer.inlineCallbacks
-    def _write_pass(self):
-        writes, self._writes = self._writes, []
-        try:
-            results = yield self._keypad_held(self._apply_writes, writes)
-        except Exception:
-            failure = Failure()
-            for write in writes:
-                write.done.errback(failure)
-            if not failure.check(DeviceLost):
-                raise failure.value from None
-            return
-        for write, outcome in zip(writes, results):
-            write.done.callback(outcome)
-
-    @defer.inlineCallbacks
-    def _apply_writes(self, writes: list[_Write]):
-        yield self._read_tables(self._clock.seconds())
-        self._announce()  # a keypad change found now is pulled, not overwritten
-        unfetched = self._memory.tracker.unfetched()
-        plan = _WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0)
-        results = []
-        for write in writes:
-            if write.records is None:
-                results.append([plan.delete(user_id) for user_id in write.user_ids])
-                continue
-            outcome = []
-            for raw in write.records:
-                try:
-                    record = server_record(raw)
-                except Exception as exc:  # the server stores valid records; say so if one is not
-                    log.warn("ZK terminal {tid}: a stored record does not parse ({e}); not sent", tid=self.terminal_id, e=exc)
-                    continue
-                if write.keep_local_changes and record.user_id in unfetched:
-                    outcome.append(UserResult(record.user_id, UserStatus.LOCAL_CHANGE_PENDING))
-                    continue
-                result = plan.put(record)
-                if result.status == UserStatus.INVALID:
-                    log.warn("ZK terminal {tid}: user {user} not sent: {why}", tid=self.terminal_id, user=record.user_id, why=plan.refusals[record.user_id])
-                outcome.append(result)
-            results.append(outcome)
-        failed = yield self._store(plan)
-        results = [[UserResult(r.user_id, failed.get(r.user_id, r.status)) for r in outcome] for outcome in results]
-        return results
-
-    @defer.inlineCallbacks
-    def _store(self, plan: "_WritePlan"):
-        """Write what ``plan`` holds; read back what the device now holds. Returns the users the
-        device refused, with their status."""
-        if not (plan.writes or plan.deletes):
-            return {}
-        refused: dict[str, int] = {}
-        size = self._profile.record_size
-        refresh = bool(plan.stale_templates or plan.deletes)  # a bulk upload refreshes by itself
-        # Users whose templates stay the device's own: an algorithm we do not know, or written one by one.
-        own_templates = {user.user_id for user, _ in plan.writes} if self._profile.template_format is None else set()
-        users = [user for user, _ in plan.writes]
-        for start in range(0, len(users), self._timing.upload_users):
-            chunk = plan.writes[start : start + self._timing.upload_users]
-            chunk_refused, one_by_one = yield self._upload(chunk, size)
-            refused.update(chunk_refused)
-            if one_by_one:
-                refresh = True
-                own_templates.update(user.user_id for user, _ in chunk)
-        for uid, fid in plan.stale_templates:
-            yield self._link.run("request", Command.DELETE_USERTEMP, bodies.uid_finger(uid, fid))
-        for user_id, uid in plan.deletes:
-            reply = yield self._link.run("request", Command.DELETE_USER, bodies.uid_body(uid))
-            if not reply.ok:
-                refused[user_id] = UserStatus.NOT_FOUND
-        if refresh:
-            yield self._ok(Command.REFRESHDATA)
-        # What was written, as the device holds it (a 28-byte record holds less).
-        as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
-        yield self._read_back(plan, as_held, own_templates)
-        seen: dict[str, bytes | None] = {}
-        for user, templates in plan.writes:
-            if user.user_id in refused:
-                continue
-            held = self._users.get(user.user_id)
-            if held is None:
-                refused[user.user_id] = UserStatus.STORAGE_FULL
-                continue
-            # What was written, as the device holds it, is what the server has seen: a device copy
-            # that differs (a keypad change on a device that does not lock its keypad) is the
-            # device's change, announced below when the read-back showed it, else at the next poll.
-            if user.user_id in own_templates:
-                templates = self._templates.get(held.uid, [])
-            seen[user.user_id] = held_digest(as_held[user.user_id], templates)
-        for user_id, _ in plan.deletes:
-            if user_id not in refused:
-                seen[user_id] = None
-        for user_id, digest in seen.items():
-            self._memory.tracker.seen_now(user_id, digest)
-        self._save_seen(seen)
-        now_ms = self._now_ms()
-        self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
-                                  EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
-                                  Origin.SERVER, user_id) for user_id, digest in seen.items()])
-        self._announce()
-        return refused
-
-    @defer.inlineCallbacks
-    def _read_back(self, plan: "_WritePlan", as_held: dict[str, User], own_templates: set[str]):
-        """What the device holds after the writes. The keypad is held, so when the counts are what
-        the writes leave, it is what was read before with the writes applied; else (a device that
-        does not lock its keypad, a write it dropped) the users are read again, and the templates
-        when their count is off too. A keypad change the counts do not show is a difference from
-        what was written, which the next poll finds and announces (``_store``)."""
-        users = dict(self._users)
-        templates = dict(self._templates)
-        for user, written in plan.writes:
-            if user.user_id in as_held:
-                users[user.user_id] = as_held[user.user_id]
-                if user.user_id not in own_templates:
-                    templates[user.uid] = written
-        for user_id, uid in plan.deletes:  # one the device refused to delete is no longer there either
-            users.pop(user_id, None)
-            templates.pop(uid, None)
-        sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
-        fingers = sum(len(ts) for ts in templates.values())
-        if sizes.users == len(users) and sizes.fingers == fingers:
-            self._users, self._templates, self._plan.sizes = users, templates, sizes
-            return
-        yield self._read_tables(self._clock.seconds(), templates=False)
-        if self._plan.sizes.fingers == fingers:
-            self._templates = templates
-        else:
-            yield self._read_tables(self._clock.seconds(), templates=True)
-
-    @defer.inlineCallbacks
-    def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
-        """One bulk upload (SAVE_USERTEMPS); a device that lacks it gets the users one by one
-        (USER_WRQ) and no templates. Returns the users refused, and whether they went one by one
-        (then the device still needs REFRESHDATA)."""
-        users = [user for user, _ in chunk]
-        if self._memory.bulk_upload:
-            try:
-                yield self._link.run("save_users", users, [t for _, ts in chunk for t in ts], record_size=size)
-                return {}, False
-            except DeviceRefused as exc:
-                if exc.code not in (ReplyCode.ACK_UNKNOWN, ReplyCode.ACK_ERROR_CMD):
-                    if exc.code is None:
-                        raise
-                    log.warn("ZK terminal {tid}: bulk upload refused ({e}); writing the users one by one", tid=self.terminal_id, e=exc)
-                else:
-                    self._memory.bulk_upload = False
-                    log.warn("ZK terminal {tid} does not know the bulk upload ({e}): users are written one by one, "
-                             "without fingerprint templates", tid=self.terminal_id, e=exc)
-        refused = {}
-        for user in users:
-            reply = yield self._link.run("request", Command.USER_WRQ, encode_user(user, size))
-            if not reply.ok:
-                refused[user.user_id] = UserStatus.STORAGE_FULL if reply.code == ReplyCode.ACK_ERROR and self._full() else UserStatus.INVALID
-        return refused, True
-
-    def _full(self) -> bool:
-        sizes = self._plan.sizes
-        return sizes is not None and sizes.users_free <= 0
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
-
-
-class _WritePlan:
-    """What one write pass does to the device, decided against the users it holds right now."""
-
-    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int):
-        self._users = users
-        self._templates = templates
-        self._profile = profile
-        self._capacity = capacity or MAX_UID
-        self._taken = {u.uid for u in users.values()}
-        self._next_free = 1
-        self.writes: list[tuple[User, list[Template]]] = []
-        self.stale_templates: list[tuple[int, int]] = []
-        self.deletes: list[tuple[str, int]] = []
-        self.held_before = set(users)
-        self.refusals: dict[str, str] = {}
-        self._planned: dict[str, int] = {}  # uids given in this pass, by user id
-
-    def put(self, record) -> UserResult:
-        held = self._users.get(record.user_id)
-        if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
-            return self.delete(record.user_id, quiet=True)
-        uid = held.uid if held is not None else self._planned.get(record.user_id) or self._free_uid()
-        if uid is None:
-            return UserResult(record.user_id, UserStatus.STORAGE_FULL)
-        self._planned[record.user_id] = uid
-        try:
-            user, templates = to_device(record, uid, held, self._profile)
-        except Unfit as exc:
-            self.refusals[record.user_id] = str(exc)
-            return UserResult(record.user_id, UserStatus.INVALID)
-        had = self._templates.get(uid, []) if held is not None else []
-        if self._profile.template_format is None:
-            templates = []  # an algorithm we do not know: the device's templates stay as they are
-            compared = had
-        else:
-            compared = templates
-            self.stale_templates += [(uid, t.fid) for t in had if t.fid not in {n.fid for n in templates}]
-        if held is None:
-            self._taken.add(uid)
-        if held is None or held_digest(held, had) != held_digest(user, compared):
-            self.writes.append((user, templates))
-        return UserResult(record.user_id, UserStatus.OK)
-
-    def delete(self, user_id: str, quiet: bool = False) -> UserResult:
-        held = self._users.get(user_id)
-        if held is None:
-            return UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND)
-        self.deletes.append((user_id, held.uid))
-        return UserResult(user_id, UserStatus.OK)
-
-    def _free_uid(self) -> int | None:
-        if len(self._taken) >= self._capacity:
-            return None
-        while self._next_free <= MAX_UID and self._next_free in self._taken:
-            self._next_free += 1
-        return self._next_free if self._next_free <= MAX_UID else None
-
-

@@ -1,7 +1,7 @@
-"""What the gateway keeps of each ZK device in the database, so change detection survives a restart
-and a lost link: the digest of each person's copy the server has seen, the pulls already owed,
-and how far the attendance log is stored. ``HoldingsWriter`` stores the digests of every device
-in group commits."""
+"""What the gateway keeps of each ZK device in the database (its own tables), so change detection
+survives a restart and a lost link: the digest of each person's copy the server has seen and how
+far the attendance log is stored; with the pulls already owed, which the sync core keeps
+(gateway/puller.py). ``HoldingsWriter`` stores the digests of every device in group commits."""
 
 from dataclasses import dataclass
 
@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from gateway.store.database import upsert
-from gateway.store.schema import events, pending_pulls, zk_attendance, zk_holdings
-from protocol.events import EventCode
+from gateway.sync.puller import owed_pulls
+from gateway.store.schema import zk_attendance, zk_holdings
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Holdings:
 def load_holdings(conn, terminal_id: int) -> Holdings:
     rows = conn.execute(select(zk_holdings.c.user_id, zk_holdings.c.digest).where(zk_holdings.c.terminal_id == terminal_id))
     seen = {user_id: bytes(digest) for user_id, digest in rows}
-    owed = frozenset(conn.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.terminal_id == terminal_id)).scalars())
+    owed = frozenset(owed_pulls(conn, terminal_id))
     mark = conn.execute(select(zk_attendance.c.stored, zk_attendance.c.last).where(zk_attendance.c.terminal_id == terminal_id)).first()
     return Holdings(seen, owed, *(mark or (0, None)))
 
@@ -41,14 +41,6 @@ def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None
 
 def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
     upsert(conn, zk_attendance, [dict(terminal_id=terminal_id, stored=stored, last=last)], key=["terminal_id"], update=["stored", "last"])
-
-
-def stored_punches(conn, terminal_id: int, since_ms: int) -> set[tuple[str | None, int, int]]:
-    """The device's punches in the event log from ``since_ms`` on, as (user id, time, credential):
-    after a restart, the ones stored before the attendance mark that should have followed them."""
-    rows = conn.execute(select(events.c.user_id, events.c.occurred_ms, events.c.sub_code).where(
-        events.c.terminal_id == terminal_id, events.c.code == int(EventCode.VERIFY_SUCCESS), events.c.occurred_ms >= since_ms))
-    return {(user_id, occurred_ms, sub_code) for user_id, occurred_ms, sub_code in rows}
 
 
 class HoldingsWriter:

@@ -1,10 +1,14 @@
 """The ZKTeco kind of terminal: devices the gateway dials and polls, listed in ``[[zk]]``."""
 
+from zoneinfo import ZoneInfo
+
 from gateway.kinds import ConfiguredTerminal, ServingEach
+from gateway.zk.clock import DeviceClock
 from gateway.zk.config import ZkEntry, parse_zk
 from gateway.zk.connection import ZkTiming
 from gateway.zk.driver import LinkSettings
-from gateway.zk.holdings import HoldingsWriter
+from gateway.zk.mapping import CardField
+from gateway.zk.store import DatabaseStore
 from gateway.zk.poller import PollTiming
 from gateway.zk.terminal import ZkTerminal
 
@@ -19,12 +23,14 @@ class ZkKind:
         return [_configured(parse_zk(entry, n)) for n, entry in enumerate(entries, start=1)]
 
     def serve(self, entries: list[dict], gateway) -> ServingEach:
-        holdings = HoldingsWriter(gateway.db)  # one group commit for every device's digests
+        store = DatabaseStore(gateway.db)  # one for every device: their digests go in group commits
         return ServingEach([
-            ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, db=gateway.db, holdings=holdings, events=gateway.eventlog,
-                       presence=gateway.registry, timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)),
-                       link=LinkSettings.of(e), on_offline_reason=gateway.registry.offline_reason,
-                       on_quirk=lambda quirk: gateway.metrics.zk_quirks.labels(kind=quirk.kind).inc())
+            ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, store=store, events=gateway.eventlog, presence=gateway.registry,
+                       timing=ZkTiming(request_s=e.timeout_s, poll=PollTiming.every(e.poll_s)), link=LinkSettings.of(e),
+                       device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock),
+                       cards=CardField.parse(e.card), on_offline_reason=gateway.registry.offline_reason,
+                       on_quirk=lambda quirk: gateway.metrics.zk_quirks.labels(kind=quirk.kind).inc(),
+                       on_refill=lambda terminal_id, why: gateway.reconciler.reconcile(terminal_id))
             for e in (parse_zk(entry) for entry in entries)
         ])
 

@@ -9,16 +9,31 @@ device's; fingerprint templates go only to devices of the algorithm that made th
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.errors import MessageError
-from protocol.records import MAX_FOREIGN_TEMPLATE, Card, CardType, Fingerprint, UserRecord, hash_pin
+from protocol.records import (
+    MAX_FOREIGN_TEMPLATE,
+    MAX_PIN_DIGITS,
+    PLAIN_TEXT_RULE,
+    Card,
+    CardType,
+    Fingerprint,
+    UserRecord,
+    hash_pin,
+    is_clear_pin,
+    is_plain_text,
+)
 from protocol.zk.records import Template, User
 
 # What each user record size holds (docs/zk.md, "Records").
 USER_ID_BYTES = {72: 24, 28: None}  # 28-byte records hold a u32 user id
 NAME_BYTES = {72: 24, 28: 8}
-DEFAULT_GROUP = "1"  # every ZK device's default group: it says nothing about a person
+# What ZKTeco's SDK writes for a person new to a device: group 1, and the group's time zones
+# (not time zones of the person's own). In a 72-byte record that is byte 39 = 1 and bytes 40-47
+# zero (so pyzk's text group at 40 reads empty); in a 28-byte record the group byte (21) = 1 and
+# the time zone (22-23) 0. docs/zk.md, "A person new to a device".
+NEW_PERSON = {72: (bytes(39) + b"\x01" + bytes(32), ""), 28: (bytes(21) + b"\x01" + bytes(6), "1")}
 # A device's clear password as the server's PIN hash (PBKDF2, milliseconds each), asked for at
 # every pull and every write of a person holding one: computed once per user id and password.
 pin_hash = functools.lru_cache(maxsize=4096)(hash_pin)
@@ -30,11 +45,57 @@ class Unfit(ValueError):
 
 
 @dataclass(frozen=True)
+class CardField:
+    """Which server cards a device's card field (a u32 number with no type) carries: cards of one
+    numeric type and length, read as a big-endian number (``[[zk]] card``: "CSN:4", the default,
+    a 4-byte card serial number; "WIEGAND:3", a 26-bit Wiegand card's 3 data bytes; 1 to 4 bytes).
+    One type and length per device, because the number must come back as the very same card."""
+
+    type: CardType = CardType.CSN
+    size: int = 4
+
+    @classmethod
+    def parse(cls, text: str) -> "CardField":
+        """"TYPE:BYTES"; ValueError naming what is wrong."""
+        kind, _, size = text.partition(":")
+        if kind.upper() not in NUMERIC_CARDS or not size.isdigit() or not 1 <= int(size) <= 4:
+            raise ValueError(f"card must be CSN:N or WIEGAND:N with N from 1 to 4 bytes (the device's field is 32 bits), not {text!r}")
+        return cls(CardType[kind.upper()], int(size))
+
+    def number(self, record: UserRecord) -> int:
+        """The card a ZK device gets: the record's first card of this type and length; 0: none."""
+        for card in record.cards:
+            if card.type == self.type and len(card.data) == self.size and any(card.data):
+                return int.from_bytes(card.data, "big")
+        return 0
+
+    def card(self, number: int) -> tuple[Card, ...]:
+        """The card a device's number is, or nothing (0 is no card). ValueError if it does not fit."""
+        if not number:
+            return ()
+        if number >= 1 << (8 * self.size):
+            raise ValueError(f"card number {number} does not fit the {self.size} bytes of this device's {self.type.name} cards")
+        return (Card(self.type, number.to_bytes(self.size, "big")),)
+
+
+NUMERIC_CARDS = ("CSN", "WIEGAND")  # card types that are numbers; smart cards and secure credentials are not
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """What the mapping needs to know of one device."""
 
     record_size: int = 72  # 72, or 28 on old firmwares
     template_format: str | None = None  # "zk10"; None when the device did not say its algorithm
+    cards: CardField = CardField()  # which server cards its card field carries
+    id_width: int | None = None  # the longest user id it holds (option ~PIN2Width); None: the record's field
+
+
+def id_width(option: str | None) -> int | None:
+    """A device's ``~PIN2Width``: how many characters of user id it holds; None when it did not
+    say or said something that is no width (then the record's own field is the limit)."""
+    text = (option or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) <= USER_ID_BYTES[72] else None
 
 
 def template_format(fp_version: str | None) -> str | None:
@@ -49,25 +110,43 @@ def cut_utf8(text: str, limit: int) -> str:
     return raw[:limit].decode("utf-8", "ignore")
 
 
-def card_number(record: UserRecord) -> int:
-    """The one card a ZK device gets: the record's first CSN of exactly 4 bytes (a u32, read big-
-    endian). Other cards are not sent: a ZK card number has no type, and what is pulled back must
-    be the very same card, or the union would give the person a second one."""
-    for card in record.cards:
-        if card.type == CardType.CSN and len(card.data) == 4 and any(card.data):
-            return int.from_bytes(card.data, "big")
-    return 0
+def refusal(user: User, cards: CardField) -> str | None:
+    """Why the server cannot take this device user, or None: its id, name and password must pass
+    the rules the API applies to the same fields (protocol.records: plain text, a PIN of digits;
+    UserRecord.validate checks the lengths). The reason shows the id escaped, never the password."""
+    if not keyable(user):
+        return f"user id {ascii(user.user_id)} (uid {user.uid}) is empty or not UTF-8"
+    if not is_plain_text(user.user_id):
+        return f"user id {ascii(user.user_id)} (uid {user.uid}) {PLAIN_TEXT_RULE}"
+    if not is_plain_text(device_name(user)):
+        return f"the name of user {ascii(user.user_id)} {PLAIN_TEXT_RULE}"
+    if user.password and not (is_text(user.password) and is_clear_pin(user.password)):
+        return f"the password of user {ascii(user.user_id)} is not a PIN (1 to {MAX_PIN_DIGITS} digits)"
+    try:
+        cards.card(user.card)
+    except ValueError as exc:
+        return f"user {ascii(user.user_id)}: {exc}"
+    return None
 
 
-def device_card(number: int) -> tuple[Card, ...]:
-    return (Card(CardType.CSN, number.to_bytes(4, "big")),) if number else ()
+def device_name(user: User) -> str:
+    """The name as text; bytes that are not UTF-8 (an old device's code page) read as U+FFFD."""
+    return user.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
     """The record a pull from this device gives the server; MessageError if it can give none
-    (a user id that is not UTF-8, for one). Fields a ZK device cannot hold stay vacant."""
-    if not keyable(user):
-        raise MessageError(f"user id {user.user_id!r} (uid {user.uid}) is empty or not UTF-8")
+    (``refusal`` says why). Fields a ZK device cannot hold stay vacant."""
+    refused = refusal(user, profile.cards)
+    if refused is not None:
+        raise MessageError(refused)
+    pin = pin_hash(user.user_id, user.password) if user.password else None
+    return replace(device_record(user, templates, profile), pin_hash=pin).validate()
+
+
+def device_record(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
+    """What the device holds of a person, as a server record, without the PIN (its hash costs
+    milliseconds, and a PIN never goes to a device)."""
     fingers = ()
     if profile.template_format is not None:
         fingers = tuple(
@@ -75,37 +154,56 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
             for t in sorted(templates, key=lambda t: t.fid)
             if t.valid in (VALID, DURESS) and len(t.template) <= MAX_FOREIGN_TEMPLATE
         )
-    name = user.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return UserRecord(user_id=user.user_id, name=device_name(user) or None, cards=profile.cards.card(user.card), fingerprints=fingers)
+
+
+def held_view(record: UserRecord, profile: DeviceProfile) -> UserRecord | None:
+    """The part of ``record`` a device of this profile holds once the gateway wrote it: what
+    reconciliation compares (docs/zk.md, "Reconciliation"). The PIN is left out (it cannot be
+    sent; a password set at the device is the device's). None: the device should not hold the
+    person (disabled, or a user id it cannot hold)."""
+    if record.disabled:
+        return None
+    try:
+        check_fits(record.user_id, profile)
+    except Unfit:
+        return None
+    fmt = profile.template_format
     return UserRecord(
-        user_id=user.user_id,
-        name=name or None,
-        pin_hash=pin_hash(user.user_id, user.password) if user.password else None,
-        cards=device_card(user.card),
-        fingerprints=fingers,
-    ).validate()
+        user_id=record.user_id,
+        name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]) or None,
+        cards=profile.cards.card(profile.cards.number(record)),
+        fingerprints=tuple(f for f in record.fingerprints if fmt is not None and f.format == fmt),
+    )
 
 
-def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
-    """The user and templates to write for ``record`` in slot ``uid``; ``held`` is the device's
-    current copy (its privilege, group and password are the device's to keep). Raises Unfit."""
-    user_id = record.user_id
+def check_fits(user_id: str, profile: DeviceProfile) -> None:
+    """Raise Unfit when this device cannot hold ``user_id`` as it is (it would cut or change it)."""
     if profile.record_size == 28:
         if not (user_id.isascii() and user_id.isdigit() and str(int(user_id)) == user_id and int(user_id) < 2**32):
             raise Unfit(f"user id {user_id!r} is not a number this device's 28-byte records hold")
     elif len(user_id.encode("utf-8")) > USER_ID_BYTES[72]:
         raise Unfit(f"user id {user_id!r} is over the {USER_ID_BYTES[72]} bytes a ZK device holds")
+    if profile.id_width is not None and len(user_id.encode("utf-8")) > profile.id_width:
+        raise Unfit(f"user id {user_id!r} is over the {profile.id_width} characters this device holds (~PIN2Width); "
+                    "not sent: a device cuts a longer id into another person's")
+
+
+def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
+    """The user and templates to write for ``record`` in slot ``uid``. ``held`` is the device's
+    current copy: the result is that copy with the mapped fields (user id, name, password, card)
+    changed, so its privilege, group, time zones and every byte we do not map stay as the device
+    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit."""
+    user_id = record.user_id
+    check_fits(user_id, profile)
     password = ""
-    if held is not None and held.password and record.pin_hash == pin_hash(user_id, held.password):
+    if held is not None and held.password and is_text(held.password) and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it
-    user = User(
-        uid=uid,
-        user_id=user_id,
-        name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]),
-        privilege=held.privilege if held is not None else 0,
-        password=password,
-        card=card_number(record),
-        group_id=held.group_id if held is not None else DEFAULT_GROUP,
-    )
+    if held is None:
+        blank, group_id = NEW_PERSON[profile.record_size]
+        held = User(uid, user_id, group_id=group_id, record=blank)
+    user = replace(held, uid=uid, user_id=user_id, name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]),
+                   password=password, card=profile.cards.number(record))
     fmt = profile.template_format
     templates = [Template(uid, f.index, f.template1, DURESS if f.duress else VALID) for f in record.fingerprints if fmt and f.format == fmt]
     return user, templates
@@ -134,3 +232,8 @@ def is_text(text: str) -> bool:
 def keyable(user: User) -> bool:
     """A device user the server can key on: a non-empty UTF-8 user id."""
     return bool(user.user_id) and is_text(user.user_id)
+
+
+def keyable_text(user_id: str) -> bool:
+    """A user id the server could store and show as it is: UTF-8 and plain text."""
+    return bool(user_id) and is_text(user_id) and is_plain_text(user_id)

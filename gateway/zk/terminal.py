@@ -10,30 +10,35 @@ redial.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
+from gateway.zk.mapping import CardField
+from gateway.zk.store import ZkStore
 from gateway.zk.driver import LinkSettings, ZkDialer, ZkLink
 
 log = Logger(namespace="gateway.zk")
 
 
 class ZkTerminal:
-    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, db, holdings, events, presence,
-                 timing: ZkTiming, link: LinkSettings = LinkSettings(), on_offline_reason=lambda terminal_id, reason: None,
-                 on_quirk=lambda quirk: None):
+    def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, store: ZkStore, events, presence,
+                 timing: ZkTiming, link: LinkSettings = LinkSettings(), device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
+                 on_offline_reason=lambda terminal_id, reason: None, on_quirk=lambda quirk: None, on_refill=lambda terminal_id, why: None):
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
         self.memory = DeviceMemory()
         self.connection: ZkConnection | None = None
         self._reactor = reactor
-        self._db = db
-        self._holdings = holdings
+        self._store = store
         self._events = events
         self._presence = presence
         self._timing = timing
         self._link = link
         self._on_quirk = on_quirk
+        self._device_clock = device_clock
+        self._cards = cards
         self._on_offline_reason = on_offline_reason
+        self._on_refill = on_refill
         self._reason: str | None = None
         self._stopping = False
         self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline, link.transport)
@@ -58,9 +63,9 @@ class ZkTerminal:
 
         link = ZkLink(self._link.client(self.comm_key), self._reactor,
                       on_realtime=lambda event: connection.realtime_event(event), on_broken=broken, on_connected=made, on_quirk=self._on_quirk)
-        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, db=self._db, holdings=self._holdings,
-                                                    events=self._events, presence=self._presence, timing=self._timing,
-                                                    on_online=self._online)
+        connection = self.connection = ZkConnection(self.terminal_id, link, self.memory, clock=self._reactor, store=self._store,
+                                                    events=self._events, presence=self._presence, timing=self._timing, device_clock=self._device_clock, cards=self._cards,
+                                                    on_online=self._online, on_refill=self._on_refill)
         return link
 
     def _online(self, _connection) -> None:

@@ -12,7 +12,7 @@ same bytes and nothing a device holds is lost; writing text longer than its fiel
 """
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from construct import Bytes, Int8sl, Int8ul, Int16sl, Int16ul, Int32ul, Padding, Struct
@@ -94,6 +94,11 @@ class User:
     password: str = ""
     card: int = 0
     group_id: str = ""
+    # The record as the device holds it (72 or 28 bytes; empty for a user not read from a device).
+    # ``encode_user`` starts from it, so a record read and written back keeps every byte no field
+    # here names (access-control firmwares keep the group, the own-time-zones flag and time zones
+    # 1-3 at bytes 39-47 of a 72-byte record) and every field left as it was, byte for byte.
+    record: bytes = field(default=b"", repr=False, compare=False)
 
 
 User72Wire = Struct(
@@ -115,7 +120,7 @@ User28Wire = Struct(
     "card" / Int32ul,
     Padding(1),
     "group" / Int8ul,
-    "timezone" / Int16sl,  # not carried in User; written as 0, as pyzk does
+    "timezone" / Int16sl,  # no field of User: kept from the record read (User.record), else 0 as pyzk writes
     "user_id" / Int32ul,  # old firmwares: numeric user ids only
 )
 User72Compiled = User72Wire.compile()
@@ -135,8 +140,28 @@ def _number(text: str, what: str, limit: int) -> int:
     return int(text)
 
 
+# Where each field of User lies in a record of each size; every other byte is the device's.
+_USER_FIELD_SPANS = {
+    72: {"uid": (0, 2), "privilege": (2, 3), "password": (3, 11), "name": (11, 35), "card": (35, 39), "group_id": (40, 47), "user_id": (48, 72)},
+    28: {"uid": (0, 2), "privilege": (2, 3), "password": (3, 8), "name": (8, 16), "card": (16, 20), "group_id": (21, 22), "user_id": (24, 28)},
+}
+
+
 def encode_user(user: User, size: int = 72) -> bytes:
-    """One user record of ``size`` (72 or 28) bytes."""
+    """One user record of ``size`` (72 or 28) bytes. When ``user.record`` is a record of that
+    size, the result is that record with the fields that differ from it written over it: the
+    bytes no field names, and the fields left as they were, stay the device's."""
+    built = _build_user(user, size)
+    if len(user.record) != size:
+        return built
+    out, was = bytearray(user.record), decode_user(user.record)
+    for name, (start, end) in _USER_FIELD_SPANS[size].items():
+        if getattr(user, name) != getattr(was, name):
+            out[start:end] = built[start:end]
+    return bytes(out)
+
+
+def _build_user(user: User, size: int) -> bytes:
     try:
         if size == 72:
             return User72Compiled.build(dict(_user_fields(user), group_id=user.group_id, user_id=user.user_id))
@@ -166,10 +191,10 @@ def decode_user(raw: bytes) -> User:
     """A 72- or 28-byte user record."""
     if len(raw) == 72:
         uid, privilege, password, name, card, group_id, user_id = _USER72_READ.unpack(raw)
-        return User(uid, _text(user_id), _text(name), privilege, _text(password), card, _text(group_id))
+        return User(uid, _text(user_id), _text(name), privilege, _text(password), card, _text(group_id), bytes(raw))
     if len(raw) == 28:
         uid, privilege, password, name, card, group, _timezone, user_id = _USER28_READ.unpack(raw)
-        return User(uid, str(user_id), _text(name), privilege, _text(password), card, str(group))
+        return User(uid, str(user_id), _text(name), privilege, _text(password), card, str(group), bytes(raw))
     raise BodyError(f"a user record is 72 or 28 bytes, not {len(raw)}")
 
 

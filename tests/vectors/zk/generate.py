@@ -48,9 +48,16 @@ FINGERS = [Template(1, 0, fixed_bytes("1042 finger 0", 48)), Template(1, 6, fixe
 PUNCHES = [AttendanceRecord(1, "1042", T0, 1, 0), AttendanceRecord(2, "1043", datetime(2024, 3, 1, 17, 2, 59), 2, 1)]
 
 
+def _fields(value) -> dict:
+    """A read value's fields; a user's ``record`` (the bytes it was read from) is the vector itself."""
+    fields = asdict(value)
+    fields.pop("record", None)
+    return fields
+
+
 def _users(data: bytes) -> dict:
     table = parse_user_table(data, len(data) // 72 if len(data) > 4 else 0)
-    return dict(record_size=table.record_size, users=[asdict(u) for u in table.records])
+    return dict(record_size=table.record_size, users=[_fields(u) for u in table.records])
 
 
 def _attendance(data: bytes, size: int) -> dict:
@@ -82,13 +89,13 @@ READERS = {
     "buffer_info": lambda data: {"size": bodies.parse_buffer_info(data)},
     "chunk_request": lambda data: dict(zip(("start", "size"), bodies.parse_chunk_request(data))),
     "prepare_data": lambda data: {"size": bodies.parse_prepare_data(data)},
-    "user": lambda data: asdict(decode_user(data)),
+    "user": lambda data: _fields(decode_user(data)),
     "user_table": _users,
     "template_table": lambda data: {"templates": [_jsonable(asdict(t)) for t in parse_template_table(data).records]},
     "attendance40": lambda data: _attendance(data, 40),
     "attendance16": lambda data: _attendance(data, 16),
     "attendance8": lambda data: _attendance(data, 8),
-    "upload": lambda data: dict(zip(("users", "templates"), [[_jsonable(asdict(x)) for x in part] for part in bodies.parse_upload(data)])),
+    "upload": lambda data: dict(zip(("users", "templates"), [[_jsonable(_fields(x)) for x in part] for part in bodies.parse_upload(data)])),
     "uid": lambda data: {"uid": bodies.parse_uid(data)},
     "uid_finger": lambda data: dict(zip(("uid", "fid"), bodies.parse_uid_finger(data))),
     "user_id_finger": lambda data: dict(zip(("user_id", "fid"), bodies.parse_user_id_finger(data))),

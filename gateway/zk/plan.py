@@ -1,0 +1,70 @@
+"""WritePlan: what one write pass does to a ZK device, decided against what the device holds
+right now, and which uid each person new to it gets (uids are each device's own slots).
+
+No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
+"""
+
+from gateway.connection import UserResult
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, to_device
+from protocol.messages import UserStatus
+from protocol.zk.records import Template, User
+
+MAX_UID = 0xFFFF
+
+
+class WritePlan:
+    """What one write pass does to the device, decided against the users it holds right now."""
+
+    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int):
+        self._users = users
+        self._templates = templates
+        self._profile = profile
+        self._capacity = capacity or MAX_UID
+        self._taken = {u.uid for u in users.values()}
+        self._next_free = 1
+        self.writes: list[tuple[User, list[Template]]] = []
+        self.stale_templates: list[tuple[int, int]] = []
+        self.deletes: list[tuple[str, int]] = []
+        self.held_before = set(users)
+        self.refusals: dict[str, str] = {}
+        self._planned: dict[str, int] = {}  # uids given in this pass, by user id
+
+    def put(self, record) -> UserResult:
+        held = self._users.get(record.user_id)
+        if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
+            return self.delete(record.user_id, quiet=True)
+        uid = held.uid if held is not None else self._planned.get(record.user_id) or self._free_uid()
+        if uid is None:
+            return UserResult(record.user_id, UserStatus.STORAGE_FULL)
+        self._planned[record.user_id] = uid
+        try:
+            user, templates = to_device(record, uid, held, self._profile)
+        except Unfit as exc:
+            self.refusals[record.user_id] = str(exc)
+            return UserResult(record.user_id, UserStatus.INVALID, str(exc))
+        had = self._templates.get(uid, []) if held is not None else []
+        if self._profile.template_format is None:
+            templates = []  # an algorithm we do not know: the device's templates stay as they are
+            compared = had
+        else:
+            compared = templates
+            self.stale_templates += [(uid, t.fid) for t in had if t.fid not in {n.fid for n in templates}]
+        if held is None:
+            self._taken.add(uid)
+        if held is None or held_digest(held, had) != held_digest(user, compared):
+            self.writes.append((user, templates))
+        return UserResult(record.user_id, UserStatus.OK)
+
+    def delete(self, user_id: str, quiet: bool = False) -> UserResult:
+        held = self._users.get(user_id)
+        if held is None:
+            return UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND)
+        self.deletes.append((user_id, held.uid))
+        return UserResult(user_id, UserStatus.OK)
+
+    def _free_uid(self) -> int | None:
+        if len(self._taken) >= self._capacity:
+            return None
+        while self._next_free <= MAX_UID and self._next_free in self._taken:
+            self._next_free += 1
+        return self._next_free if self._next_free <= MAX_UID else None
