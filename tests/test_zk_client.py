@@ -240,13 +240,13 @@ def test_49_byte_attendance_records_are_read_by_their_size(count):
 
 def test_what_cannot_be_read_of_a_table_is_skipped_and_said():
     bad_day = bytearray(encode_attendance(PUNCHES[0], 40))
-    bad_day[27:31] = (0xFFFFFFFF).to_bytes(4, "little")  # an erased time: 2133, which no ZK time is written for
+    bad_day[27:31] = (776678400).to_bytes(4, "little")  # 31 February 2024, 08:00: no day at all
     body = encode_attendance(PUNCHES[1], 40) + bytes(bad_day) + encode_attendance(PUNCHES[2], 40) + b"\x01\x02"
     parsed = parse_attendance_table(len(body).to_bytes(4, "little") + body, 3)
     assert parsed.records == (PUNCHES[1], PUNCHES[2]) and parsed.record_size == 40
     assert parsed.problems == ("attendance table of 122 bytes does not hold the 3 records the device counts: read as 3 records of 40 bytes",
                                "2 bytes after the last whole 40-byte attendance record skipped",
-                               "1 attendance records skipped (first: record 1: ZK time 4294967295 is in 2133: ZK time holds years 2000 to 2099)")
+                               "1 attendance records skipped (first: record 1: ZK time 776678400 is not a date: day is out of range for month)")
     with pytest.raises(BodyError, match="attendance table says 32 bytes of records but holds 29"):
         parse_attendance_table(build_attendance_table(PUNCHES[:2], 16)[:-3], 2)  # lost on the way: which punch is missing?
     templates = [Template(1, 0, bytes(300)), Template(2, 1, bytes(200))]

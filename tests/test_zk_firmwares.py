@@ -4,16 +4,16 @@ variants come online and sync; the hostile ones go offline with a reason and cos
 
 import resource
 
-import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
 from gateway.metrics import Metrics
-from gateway.sync.monitor import SAVED_FROM_DEVICE
+from gateway.sync.monitor import PUSH_REFUSED, SAVED_FROM_DEVICE
 from live_site import wait_until
 from protocol.events import EventCode
 from protocol.zk.client import MAX_TRANSFER
+from protocol.zk.commands import Command
 from simulator.zk.device import ZkDevice, firmware_variant, populate
-from test_zk_e2e import POLL_S, ZkSite
+from test_zk_e2e import ZkSite
 
 HEALTHY, VARIANT = 1, 2
 
@@ -111,16 +111,17 @@ class LongIds(ZkSite):
         self.assertFalse(self.holds(VARIANT, "12345678901"))
 
     @defer.inlineCallbacks
-    def test_a_firmware_that_truncates_long_ids_stays_online(self):
+    def test_a_firmware_that_truncates_long_ids_stays_online_and_is_never_given_one(self):
         site, device = yield self.check("pin-truncate")
-        self.assertTrue(self.holds(VARIANT, "123456789"), "the firmware cut the id to ~PIN2Width")
+        yield wait_until(lambda: site.count_events(type=PUSH_REFUSED, terminal_id=VARIANT, user_id="12345678901") >= 1,
+                         "the long id refused for the narrow device, visibly")
+        self.assertFalse(self.holds(VARIANT, "12345678901") or self.holds(VARIANT, "123456789"), "nothing written to be cut")
 
-    @pytest.mark.xfail(reason="the sync half of issue 20 (branch zksync): read ~PIN2Width and refuse an id the device "
-                              "cannot hold, so the cut id never comes back as a new person", strict=True)
     @defer.inlineCallbacks
     def test_an_id_cut_by_the_firmware_never_comes_back_as_a_new_person(self):
         site, device = yield self.check("pin-truncate")
-        yield task.deferLater(reactor, 10 * POLL_S, lambda: None)  # polls that would find the cut id
+        polled = device.requests[Command.GET_FREE_SIZES]
+        yield wait_until(lambda: device.requests[Command.GET_FREE_SIZES] >= polled + 3, "three more polls that would find a cut id")
         self.assertIsNone(site.server_record("123456789"), "no phantom user made of the cut id")
 
 

@@ -7,7 +7,7 @@ detection" and "Reconciliation".
 
 from twisted.logger import Logger
 
-from gateway.monitor import RECORD_REFUSED, sync_event_row
+from gateway.sync.monitor import RECORD_REFUSED, sync_event_row
 from gateway.zk.mapping import held_digest, keyable_text, refusal
 from protocol.events import EventCode, Origin
 from protocol.zk.records import Template, User

@@ -1,7 +1,7 @@
 """What the gateway keeps of each ZK device in the database (its own tables), so change detection
 survives a restart and a lost link: the digest of each person's copy the server has seen and how
 far the attendance log is stored; with the pulls already owed, which the sync core keeps
-(gateway/puller.py). ``HoldingsWriter`` stores the digests of every device in group commits."""
+(gateway/sync/puller.py). ``HoldingsWriter`` stores the digests of every device in group commits."""
 
 from dataclasses import dataclass
 

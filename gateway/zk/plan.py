@@ -4,7 +4,7 @@ right now, and which uid each person new to it gets (uids are each device's own 
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
 
-from gateway.connection import UserResult
+from gateway.sync.connection import UserResult
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, to_device
 from protocol.messages import UserStatus
 from protocol.zk.records import Template, User

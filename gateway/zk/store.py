@@ -11,8 +11,8 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.eventlog import stored_since
-from gateway.monitor import record_sync_events
+from gateway.sync.eventlog import stored_since
+from gateway.sync.monitor import record_sync_events
 from gateway.zk.holdings import Holdings, HoldingsWriter, save_attendance_mark
 from protocol.events import EventCode
 
@@ -31,7 +31,7 @@ class ZkStore(Protocol):
         """The device's punches in the event log from ``since_ms`` on, as (user id, time, credential)."""
 
     def report(self, rows: list[dict]) -> Deferred:
-        """Monitoring events (``gateway.monitor.sync_event_row``)."""
+        """Monitoring events (``gateway.sync.monitor.sync_event_row``)."""
 
 
 class DatabaseStore:

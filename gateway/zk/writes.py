@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.connection import UserResult
+from gateway.sync.connection import UserResult
 from gateway.zk.driver import DeviceLost, DeviceRefused
 from gateway.zk.mapping import held_digest
 from gateway.zk.plan import WritePlan

@@ -55,16 +55,14 @@ def encode_time(moment: datetime) -> int:
 
 
 def decode_time(value: int) -> datetime:
-    """A ZK time as a naive datetime; BodyError if it names a day that does not exist (31 April)
-    or a year after 2099, which no ZK time is written for (0xFFFFFFFF, an erased record, would
-    read as 2133)."""
+    """A ZK time as a naive datetime; BodyError if it names a day that does not exist (31 April).
+    A year after 2099 is read as it is (0xFFFFFFFF, an erased record, reads as 2133, as pyzk reads
+    it): whether such a punch is taken is the reader's decision (gateway/zk/attendance.py)."""
     seconds, rest = value % 60, value // 60
     minutes, rest = rest % 60, rest // 60
     hours, rest = rest % 24, rest // 24
     day, rest = rest % 31 + 1, rest // 31
     month, year = rest % 12 + 1, rest // 12 + 2000
-    if year > 2099:
-        raise BodyError(f"ZK time {value} is in {year}: ZK time holds years 2000 to 2099")
     try:
         return datetime(year, month, day, hours, minutes, seconds)
     except ValueError as exc:
