@@ -85,6 +85,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry
     serial: list[dict] = msgspec.field(default_factory=list)  # each a SerialEntry
     zk: list[dict] = msgspec.field(default_factory=list)  # each a ZkEntry
+    push: dict | None = None  # a PushEntry: ZKTeco PUSH devices call in (gateway/push/settings.py, docs/zk-push.md)
 
     @classmethod
     def load(cls, path: str | None, **overrides) -> "GatewayConfig":
@@ -143,6 +144,13 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
             if device.id in seen:
                 raise ConfigError(f"terminal {device.id} is configured twice ([[zk]] ids share the terminal ids)")
             seen.add(device.id)
+        if self.push is not None:
+            from gateway.push.settings import parse_push  # it reads this module's declarations
+
+            for device in parse_push(self.push).devices:
+                if device.terminal_id in seen:
+                    raise ConfigError(f"terminal {device.terminal_id} (push device {device.sn}) is configured twice")
+                seen.add(device.terminal_id)
         devices = [parse_serial(entry).device for entry in self.serial]
         twice = sorted({d for d in devices if devices.count(d) > 1})
         if twice:

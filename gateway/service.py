@@ -26,6 +26,8 @@ from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
 from gateway.peers import ADMISSIONS, CHANGES, SETTINGS, TERMINALS, Listener, connect_raw
 from gateway.puller import Puller
+from gateway.push import PushService, configured_terminals
+from gateway.push.settings import parse_push
 from gateway.pusher import Pusher
 from gateway.queries import sync_state
 from gateway.reconcile import Reconciler
@@ -59,6 +61,7 @@ class Gateway:
         self.db = Database(config.db, reactor)
         zk_entries = [parse_zk(entry) for entry in config.zk] if role.primary else []
         configured = config.terminals + [dict(id=e.id, name=e.name, groups=e.groups, kind=ZK) for e in zk_entries]
+        configured += configured_terminals(parse_push(config.push)) if config.push is not None and role.primary else []
         # Other processes may share a PostgreSQL database: hear them, and claim each terminal served.
         shared = self.db.engine.dialect.name == "postgresql"
         self.peers = Listener(lambda: connect_raw(self.db.engine, "listener"), reactor, self._peer_said, self._resynced) if shared else None
@@ -90,6 +93,8 @@ class Gateway:
         self.http_port = None
         self.dialers: list[TerminalDialer] = []
         self.buses: list[BusMaster] = []
+        self.push = PushService(config.push, reactor, registry=self.registry, db=self.db, events=self.eventlog,
+                                metrics=self.metrics) if config.push is not None and role.primary else None
         zk_holdings = HoldingsWriter(self.db)  # one group commit for every device's digests
         self.zk_terminals = [
             ZkTerminal(e.id, e.host, e.port, e.comm_key, reactor, db=self.db, holdings=zk_holdings, events=self.eventlog, presence=self.registry,
@@ -133,6 +138,8 @@ class Gateway:
             bus.start()
         for device in self.zk_terminals:
             device.start()
+        if self.push is not None:
+            self.push.start()
         if not self.config.http_process:  # else the API process keeps the figures
             self.activity.start()
 
@@ -165,6 +172,8 @@ class Gateway:
             yield self.http.stop()
         yield defer.gatherResults([bus.stop() for bus in self.buses])
         yield defer.gatherResults([device.stop() for device in self.zk_terminals])
+        if self.push is not None:
+            yield self.push.stop()
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
         self.doorman.lines.stop()

@@ -135,8 +135,8 @@ class TerminalRegistry:
             raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
         if term.admission == REFUSED:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
-        if term.kind == ZK:
-            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a ZKTeco device the gateway connects to itself")
+        if term.kind != NATIVE:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a {term.kind} device, not a native terminal")
         secret = term.secret or self._default_secret
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
