@@ -103,7 +103,7 @@ class PushDevice:
         self._keypad_deleted: set[str] = set()
         self._silence = None
         self._paused = False
-        self._coming: defer.Deferred | None = None
+        self._arriving = defer.DeferredLock()  # the requests of a device coming online wait for one another
 
     @property
     def description(self) -> str:
@@ -116,9 +116,7 @@ class PushDevice:
         """Answer one request's event: fires with (HTTP status, body)."""
         self._heard(address)
         if not self.online:
-            if self._coming is None:
-                self._coming = self._come_online()
-            admitted = yield self._coming
+            admitted = yield self._arriving.run(self._come_online)
             if not admitted:
                 return 403, b"refused"
         self._expire()
@@ -164,27 +162,26 @@ class PushDevice:
 
     @defer.inlineCallbacks
     def _come_online(self):
-        try:
-            held = yield self._holdings.load(self.terminal_id)
-            memory = self.memory
-            seen = {user_id: digest[:8] for user_id, digest in held.seen.items()}
-            self._written = {user_id: digest[8:] for user_id, digest in held.seen.items() if len(digest) > 8}
-            self._tracker = ChangeTracker(seen, held.owed)
-            if not memory.loaded:
-                through = yield self._events.stored_through(self.terminal_id)
-                memory.next_event_id = max(memory.next_event_id, through + 1)
-                memory.attlog_stamp = held.attendance_stored
-                memory.operlog_stamp = held.attendance_last
-                memory.loaded = True
-            self._start_listing()
-            self.online = True
-            if not self._presence.online(self):
-                self._go_offline("refused or removed by an administrator")
-                return False
-            log.info("PUSH device {sn} (terminal {tid}) online from {address}", sn=self.server.serial, tid=self.terminal_id, address=self.address)
+        if self.online:  # a request that waited for another one's coming online
             return True
-        finally:
-            self._coming = None
+        held = yield self._holdings.load(self.terminal_id)
+        memory = self.memory
+        seen = {user_id: digest[:8] for user_id, digest in held.seen.items()}
+        self._written = {user_id: digest[8:] for user_id, digest in held.seen.items() if len(digest) > 8}
+        self._tracker = ChangeTracker(seen, held.owed)
+        if not memory.loaded:
+            through = yield self._events.stored_through(self.terminal_id)
+            memory.next_event_id = max(memory.next_event_id, through + 1)
+            memory.attlog_stamp = held.attendance_stored
+            memory.operlog_stamp = held.attendance_last
+            memory.loaded = True
+        self._start_listing()
+        self.online = True
+        if not self._presence.online(self):
+            self._go_offline("refused or removed by an administrator")
+            return False
+        log.info("PUSH device {sn} (terminal {tid}) online from {address}", sn=self.server.serial, tid=self.terminal_id, address=self.address)
+        return True
 
     def _silent(self) -> None:
         self._silence = None
