@@ -1,0 +1,133 @@
+"""PUSH devices on a real site: a ``gateway run`` process with ``[push]``, a native ``simulator
+terminal`` and ``simulator push-terminal`` processes calling it over loopback HTTP. An enrolment at
+either kind reaches the other; a PUSH device whose store was wiped is refilled; an unknown serial
+is recorded and never given a command."""
+
+import json
+from urllib import request as urlrequest
+
+import pytest
+
+from processes import KeypadClient, Process, eventually
+
+NATIVE = 101
+SN, PUSH_ID = "PUSHE2E0001", 201
+
+
+class Device:
+    """A ``simulator push-terminal`` process and a keypad client on its control socket."""
+
+    def __init__(self, url: str, serial: str, state):
+        self.process = Process("simulator.cli", "push-terminal", "--server", url, "--sn", serial, "--control", "0", "--state", str(state))
+        try:
+            self.keypad = KeypadClient(int(self.process.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def users(self) -> dict[str, str]:
+        return {line.split("  ")[0]: line.split("  ")[1] for line in self.keypad.ok("list")}
+
+    def stop(self):
+        self.keypad.close()
+        self.process.stop()
+
+
+class Native:
+    def __init__(self, port: int):
+        self.process = Process("simulator.cli", "terminal", "--gateway", f"127.0.0.1:{port}", "--id", str(NATIVE),
+                               "--secret", f"secret-{NATIVE}", "--control", "0")
+        try:
+            self.keypad = KeypadClient(int(self.process.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def show(self, user_id: str) -> dict[str, str]:
+        status, lines = self.keypad.command(f"show {user_id}")
+        return dict(line.split(None, 1) for line in lines) if status == "ok" else {}
+
+    def stop(self):
+        self.keypad.close()
+        self.process.stop()
+
+
+@pytest.fixture
+def site(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\nadmission = "pending"\n'
+                      f'[[terminals]]\nid = {NATIVE}\nsecret = "secret-{NATIVE}"\n'
+                      f'[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
+                      f'[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\nname = "PUSH door"\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
+                      "--tcp-port", "0", "--http-port", "0")
+    started = []
+    try:
+        tcp_port = int(gateway.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+
+        def start(kind, *args):
+            found = Device(push_url, *args) if kind == "push" else Native(tcp_port)
+            started.append(found)
+            return found
+
+        start.page, start.push_url, start.gateway = page, push_url, gateway
+        yield start
+    finally:
+        for found in started:
+            found.stop()
+        gateway.stop()
+
+
+def api(page: str, path: str, method: str = "GET"):
+    req = urlrequest.Request(f"{page}api/{path}", method=method, headers={"Authorization": "Bearer test-token"},
+                             data=b"{}" if method == "POST" else None)
+    with urlrequest.urlopen(req, timeout=20) as response:
+        return json.loads(response.read())
+
+
+def terminal(page: str, terminal_id: int) -> dict:
+    return next((t for t in api(page, "terminals")["terminals"] if t["id"] == terminal_id), {})
+
+
+def test_an_enrolment_at_a_push_device_reaches_a_native_terminal_and_back(site, tmp_path):
+    device, native = site("push", SN, tmp_path / "device.json"), site("native")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online") and terminal(site.page, NATIVE).get("online"), "both online")
+    device.keypad.ok('enrol 77 name="Ana Lima" card=1234 finger=1')
+    shown = eventually(lambda: native.show("77"), "the native terminal to hold the PUSH enrolment")
+    assert shown["name"] == "Ana Lima"
+    user = api(site.page, "users/77")
+    assert (user["name"], user["cards"], user["fingerprints"]) == ("Ana Lima", ["CSN"], 1)
+
+    native.keypad.ok('enrol 9001 name="Bo Berg" card=csn:000004d2')
+    eventually(lambda: device.users().get("9001") == "Bo Berg", "the PUSH device to hold the native enrolment")
+    # An edit at the PUSH device's keypad: the name is the server's already, so only a vacant field could change.
+    device.keypad.ok("edit 9001 password=4321")
+    eventually(lambda: api(site.page, "users/9001")["has_pin"], "the PIN set at the PUSH device to reach the server")
+
+
+def test_a_wiped_push_device_is_refilled(site, tmp_path):
+    device = site("push", SN, tmp_path / "device.json")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online"), "the PUSH device online")
+    for n in range(5):
+        device.keypad.ok(f'enrol {300 + n} name="Person {n}"')
+    eventually(lambda: api(site.page, "terminals") and terminal(site.page, PUSH_ID).get("lag") == 0
+               and len(api(site.page, "users")["users"]) == 5, "the five enrolments on the server")
+    device.keypad.ok("wipe")
+    assert device.users() == {}
+    found = api(site.page, "reconcile", "POST")
+    assert found["repaired"] >= 5, found
+    eventually(lambda: len(device.users()) == 5, "the wiped device refilled")
+    assert device.users()["302"] == "Person 2"
+
+
+def test_an_unknown_serial_is_recorded_pending_and_given_no_command(site, tmp_path):
+    stranger = site("push", "STRANGER01", tmp_path / "stranger.json")
+    stranger.keypad.ok('enrol 5 name="Eve"')
+    pending = eventually(lambda: [t for t in api(site.page, "terminals")["terminals"] if t["admission"] == "pending"], "a pending terminal")
+    assert pending[0]["link"].startswith("push 127.0.0.1") and "STRANGER01" in pending[0]["model"]
+    site.gateway.wait_for(r"PUSH device STRANGER01 from 127\.0\.0\.1 refused")
+    status, _ = stranger.keypad.command("status")
+    assert "2 lines not uploaded" in status  # it keeps its data, and retries
+    assert api(site.page, "users")["users"] == []
