@@ -24,7 +24,7 @@ def test_attlog_vector_parses_and_a_bad_line_is_kept_aside():
     punches, bad = parse_attlog(body)
     assert punches == [Punch("1001", "2024-03-05 08:59:12", 0, 1, "0"), Punch("1002", "2024-03-05 09:00:40", 1, 15, "0")]
     assert [(b.number, b.text) for b in bad] == [(4, "1003\tyesterday\t0\t1")]
-    assert "does not match format" in bad[0].reason
+    assert "is not YYYY-MM-DD HH:MM:SS" in bad[0].reason
 
 
 def test_operlog_vector_keeps_every_field_in_order():

@@ -20,7 +20,6 @@ person missing from the list without a keypad deletion reported (a wiped device)
 deletion: reconciliation puts the person back.
 """
 
-import calendar
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -307,7 +306,7 @@ class PushDevice:
 
     def _punch_key(self, punch: Punch) -> tuple[str, int, int]:
         """A punch's identity as the event log holds it: (user id, time in ms UTC, credential)."""
-        at_ms = calendar.timegm(punch.local_time().timetuple()) * 1000 - self._timezone_ms
+        at_ms = punch.local_seconds() * 1000 - self._timezone_ms
         return punch.pin, at_ms, int(CREDENTIALS.get(punch.verify, 0))
 
     @defer.inlineCallbacks
