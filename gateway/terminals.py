@@ -136,7 +136,7 @@ class TerminalRegistry:
         if term.admission == REFUSED:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
         if term.kind != NATIVE:
-            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a {term.kind} device, not a native terminal")
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is a ZKTeco device ({term.kind}), not a native terminal")
         secret = term.secret or self._default_secret
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
