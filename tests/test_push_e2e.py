@@ -131,3 +131,42 @@ def test_an_unknown_serial_is_recorded_pending_and_given_no_command(site, tmp_pa
     status, _ = stranger.keypad.command("status")
     assert "2 lines not uploaded" in status  # it keeps its data, and retries
     assert api(site.page, "users")["users"] == []
+
+
+def raw(url: str, method: str, path: str, body: bytes | None = None, source: str = "127.0.0.1", headers: dict | None = None):
+    """One request from ``source`` (any 127/8 address is this host): (status, body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=20, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_bad_requests_get_a_clear_answer_and_store_nothing(site, tmp_path):
+    url = site.push_url
+    device = site("push", SN, tmp_path / "device.json")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online"), "the PUSH device online")
+    assert raw(url, "POST", f"/iclock/cdata?SN={SN}&table=SECRETS", b"x")[0] == 400
+    assert raw(url, "GET", f"/iclock/elsewhere?SN={SN}")[0] == 404
+    assert raw(url, "GET", "/iclock/getrequest")[0] == 400  # no serial
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG", b"1\t2024-01-01 00:00:00\t0\t1\n" * 400_000)
+    assert (status, answer.strip()) == (413, b"body over 8388608 bytes")
+    # A known serial from another address while it is online: refused and counted, its data untouched.
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG", b"77\t2024-01-01 00:00:00\t0\t1\n", source="127.0.0.2")
+    assert status == 403 and b"online from 127.0.0.1" in answer
+    site.gateway.wait_for(r"PUSH device PUSHE2E0001 from 127\.0\.0\.2 refused")
+    # Lines that do not parse are skipped and reported; the good one is stored.
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=99",
+                         b"77\t2024-01-01 09:00:00\t0\t1\n77\tnoon\t0\t1\n\xff\xfe\t2024-01-01 09:00:00\n")
+    assert (status, answer.strip()) == (200, b"OK: 3")
+    events = api(site.page, "events")["events"]
+    skipped = [e for e in events if e["type"] == "Device lines skipped (PUSH)"]
+    assert len(skipped) == 1 and "2 ATTLOG line(s) skipped" in skipped[0]["detail"]
+    assert [e["user_id"] for e in events if e["type"] == "VERIFY_SUCCESS"] == ["77"]
+    assert device.process.popen.poll() is None

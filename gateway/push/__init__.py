@@ -75,7 +75,8 @@ class PushService:
         refusal = self.door.admit(serial, address, device.address if device is not None and device.online else None)
         if refusal is not None:
             # Unknown and pending serials are answered so that they keep their data and retry; never given a command.
-            return (200, b"OK") if request.path.rstrip("/").endswith("getrequest") else (refusal.status, refusal.text.encode())
+            waits = refusal.reason in ("pending", "unknown") and request.path.rstrip("/").endswith("getrequest")
+            return (200, b"OK") if waits else (refusal.status, refusal.text.encode())
         if device is None:
             entry = self.door.entry(serial)
             server = PushServer(serial, self.timing, entry.charset if entry.charset is not UNSET else None, first_id=self._first_id)

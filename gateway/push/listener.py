@@ -25,6 +25,9 @@ class _Discard:
     def seek(self, *args):
         pass
 
+    def tell(self):
+        return 0
+
     def read(self, *args):
         return b""
 
