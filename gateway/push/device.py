@@ -236,10 +236,9 @@ class PushDevice:
         """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
         if not self.online:
             return defer.fail(DeviceGone(f"PUSH device {self.server.serial} is offline"))
-        if fresh:
-            self._complete = False
+        if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
             self._start_listing()
-        if self._complete:
+        elif self._complete:
             return defer.succeed(None)
         d = defer.Deferred()
         self._listed.append(d)
@@ -313,11 +312,8 @@ class PushDevice:
     def _take_operations(self, upload: OperationsUploaded):
         self._skipped(upload.bad, upload.table)
         memory = self.memory
-        targets = [(memory.users, memory.fingers)]
-        if self._listing is not None:
-            targets.append(self._listing)
         for item in upload.items:
-            for users, fingers in targets:
+            for users, fingers in self._holders():
                 if isinstance(item, UserLine):
                     users[item.pin] = item
                 elif isinstance(item, FingerLine):
@@ -335,6 +331,12 @@ class PushDevice:
             memory.operlog_stamp = upload.stamp[:100]
             self._save_stamps()
         return len(upload.items) + len(upload.bad)
+
+    def _holders(self) -> list[tuple[dict, dict]]:
+        """Where a change of the device's users goes: memory, and a listing under way (which
+        replaces memory when it ends, and must not lose what happened meanwhile)."""
+        memory = self.memory
+        return [(memory.users, memory.fingers)] + ([self._listing] if self._listing is not None else [])
 
     def _held(self) -> dict[str, bytes]:
         return {pin: held_digest(_as_user(line), self._templates(pin)) for pin, line in self.memory.users.items()}
@@ -486,8 +488,9 @@ class PushDevice:
             fingers = self.memory.fingers.get(user_id, {})
 
         def applied(_):
-            self.memory.users[user_id] = line
-            self.memory.fingers[user_id] = dict(fingers)
+            for users, held_fingers in self._holders():
+                users[user_id] = line
+                held_fingers[user_id] = dict(fingers)
             self._seen_written(user_id, digest, record_digest(raw))
             self._submit([self._event(self._now_ms(), EventCode.UPDATE_SUCCESS if held is not None else EventCode.ENROLL_SUCCESS,
                                       Origin.SERVER, user_id)])
@@ -500,8 +503,9 @@ class PushDevice:
             return defer.succeed(UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND))
 
         def applied(_):
-            self.memory.users.pop(user_id, None)
-            self.memory.fingers.pop(user_id, None)
+            for users, fingers in self._holders():
+                users.pop(user_id, None)
+                fingers.pop(user_id, None)
             self._tracker.seen_now(user_id, None)
             self._written.pop(user_id, None)
             self._save_seen({user_id: None})
