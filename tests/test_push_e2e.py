@@ -17,8 +17,9 @@ SN, PUSH_ID = "PUSHE2E0001", 201
 class Device:
     """A ``simulator push-terminal`` process and a keypad client on its control socket."""
 
-    def __init__(self, url: str, serial: str, state):
-        self.process = Process("simulator.cli", "push-terminal", "--server", url, "--sn", serial, "--control", "0", "--state", str(state))
+    def __init__(self, url: str, serial: str, state, *options: str):
+        self.process = Process("simulator.cli", "push-terminal", "--server", url, "--sn", serial, "--control", "0", "--state", str(state),
+                               *options)
         try:
             self.keypad = KeypadClient(int(self.process.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
         except BaseException:
@@ -170,3 +171,30 @@ def test_bad_requests_get_a_clear_answer_and_store_nothing(site, tmp_path):
     assert len(skipped) == 1 and "2 ATTLOG line(s) skipped" in skipped[0]["detail"]
     assert [e["user_id"] for e in events if e["type"] == "VERIFY_SUCCESS"] == ["77"]
     assert device.process.popen.poll() is None
+
+
+def test_a_push_device_over_https(tmp_path):
+    """``[push]`` with cert and key: the device checks the gateway's certificate and syncs as over HTTP."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "push.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "push.key"))
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
+                      f'cert = "{tmp_path / "push.pem"}"\nkey = "{tmp_path / "push.key"}"\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    device = None
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        port = gateway.wait_for(r"listening for PUSH devices on https://127\.0\.0\.1:(\d+)/iclock/").group(1)
+        device = Device(f"https://localhost:{port}", SN, tmp_path / "device.json", "--ca", str(tmp_path / "ca.pem"))
+        device.keypad.ok('enrol 41 name="Tia Sol"')
+        eventually(lambda: api(page, "users?limit=10")["users"], "the enrolment over HTTPS on the server")
+        assert api(page, "users/41")["name"] == "Tia Sol"
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()

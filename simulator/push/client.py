@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.internet import stdio
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, PartialDownloadError, readBody
+from twisted.internet import ssl, stdio
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool, PartialDownloadError, readBody
 from twisted.web.http_headers import Headers
 
 from protocol.zk.push import commands as cmd
@@ -31,14 +31,16 @@ REQUEST_S = 30.0  # a request without an answer by then has failed
 
 
 class PushCaller:
-    def __init__(self, device: PushTerminal, server_url: str, reactor, state: str | None = None):
+    def __init__(self, device: PushTerminal, server_url: str, reactor, state: str | None = None, ca_pem: bytes | None = None):
         self.device = device
         self.base = server_url.rstrip("/")
         self.reactor = reactor
         self.state = state
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 1
-        self.agent = Agent(reactor, pool=pool, connectTimeout=10)
+        # https: the server's certificate is checked against the system's CAs, or the one given (--ca).
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(ca_pem)) if ca_pem else BrowserLikePolicyForHTTPS()
+        self.agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=10)
         self.running = False
         self.answers = 0  # requests the server answered
         self._wake: defer.Deferred | None = None
@@ -233,6 +235,7 @@ def add_parser(sub) -> None:
     p.add_argument("--control", type=int, metavar="PORT", help="take keypad commands on this port of 127.0.0.1 (0: any free port, printed)")
     p.add_argument("--keypad", choices=("stdin", "off"), default="off", help="read keypad commands on standard input (default off)")
     p.add_argument("--biodata", action="store_true", help="send templates as BIODATA lines (PUSH 2.4+ firmware) rather than FP")
+    p.add_argument("--ca", metavar="PEM", help="with an https:// server: the CA its certificate must be signed by (default: the system's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,12 +248,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"simulator push-terminal: cannot use --state {args.state}: {exc}", file=sys.stderr)
         return 2
     device.biodata = device.biodata or args.biodata
-    task.react(_serve, [device, args])
+    try:
+        ca_pem = open(args.ca, "rb").read() if args.ca else None
+    except OSError as exc:
+        print(f"simulator push-terminal: cannot read --ca {args.ca}: {exc.strerror}", file=sys.stderr)
+        return 2
+    task.react(_serve, [device, args, ca_pem])
 
 
-def _serve(reactor, device: PushTerminal, args) -> defer.Deferred:
+def _serve(reactor, device: PushTerminal, args, ca_pem: bytes | None) -> defer.Deferred:
     start_logging()
-    caller = PushCaller(device, args.server, reactor, args.state)
+    caller = PushCaller(device, args.server, reactor, args.state, ca_pem)
     keypad = PushKeypad(caller)
 
     def switch_off():
