@@ -108,6 +108,15 @@ def test_an_enrolment_at_a_push_device_reaches_a_native_terminal_and_back(site, 
     eventually(lambda: api(site.page, "users/9001")["has_pin"], "the PIN set at the PUSH device to reach the server")
 
 
+def test_a_push_device_behind_a_nat_syncs_by_its_serial(site, tmp_path):
+    """The gateway sees the device's requests come from a translated address: it is the serial that counts."""
+    device = site("push", SN, tmp_path / "device.json", "--source", "127.0.0.3")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("link") == "push 127.0.0.3", "the PUSH device online from 127.0.0.3")
+    device.keypad.ok('enrol 55 name="Nat Ada"')
+    eventually(lambda: api(site.page, "users")["users"], "the enrolment on the server")
+    assert api(site.page, "users/55")["name"] == "Nat Ada"
+
+
 def test_a_wiped_push_device_is_refilled(site, tmp_path):
     device = site("push", SN, tmp_path / "device.json")
     eventually(lambda: terminal(site.page, PUSH_ID).get("online"), "the PUSH device online")

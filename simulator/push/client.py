@@ -31,7 +31,8 @@ REQUEST_S = 30.0  # a request without an answer by then has failed
 
 
 class PushCaller:
-    def __init__(self, device: PushTerminal, server_url: str, reactor, state: str | None = None, ca_pem: bytes | None = None):
+    def __init__(self, device: PushTerminal, server_url: str, reactor, state: str | None = None, ca_pem: bytes | None = None,
+                 source: str | None = None):
         self.device = device
         self.base = server_url.rstrip("/")
         self.reactor = reactor
@@ -40,7 +41,8 @@ class PushCaller:
         pool.maxPersistentPerHost = 1
         # https: the server's certificate is checked against the system's CAs, or the one given (--ca).
         policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(ca_pem)) if ca_pem else BrowserLikePolicyForHTTPS()
-        self.agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=10)
+        # source: the address it calls from, as a NAT in front of it would show it (any 127/8 address on loopback)
+        self.agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=10, bindAddress=(source, 0) if source else None)
         self.running = False
         self.answers = 0  # requests the server answered
         self._wake: defer.Deferred | None = None
@@ -235,6 +237,7 @@ def add_parser(sub) -> None:
     p.add_argument("--control", type=int, metavar="PORT", help="take keypad commands on this port of 127.0.0.1 (0: any free port, printed)")
     p.add_argument("--keypad", choices=("stdin", "off"), default="off", help="read keypad commands on standard input (default off)")
     p.add_argument("--biodata", action="store_true", help="send templates as BIODATA lines (PUSH 2.4+ firmware) rather than FP")
+    p.add_argument("--source", metavar="ADDRESS", help="call from this local address (a NAT's view of the device; default: any)")
     p.add_argument("--ca", metavar="PEM", help="with an https:// server: the CA its certificate must be signed by (default: the system's)")
 
 
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(reactor, device: PushTerminal, args, ca_pem: bytes | None) -> defer.Deferred:
     start_logging()
-    caller = PushCaller(device, args.server, reactor, args.state, ca_pem)
+    caller = PushCaller(device, args.server, reactor, args.state, ca_pem, args.source)
     keypad = PushKeypad(caller)
 
     def switch_off():
