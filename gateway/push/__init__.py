@@ -9,6 +9,7 @@ and kept while the gateway runs (what it knows of the device outlives its online
 
 import time
 
+from msgspec import UNSET
 from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -20,7 +21,6 @@ from gateway.push.listener import push_site
 from gateway.push.settings import PushEntry, parse_push
 from gateway.tls import server_options
 from gateway.zk.holdings import HoldingsWriter
-from msgspec import UNSET
 from protocol.zk.push.server import PushServer, PushTiming
 
 log = Logger(namespace="gateway.push")
