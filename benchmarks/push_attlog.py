@@ -7,10 +7,11 @@ start is checked against the event log (the gateway cannot know what it stored b
 ones are not. One run on one machine, shared: compare ratios, not absolute numbers. It measures
 and never fails on slowness.
 
-    python benchmarks/push_attlog.py [--lines N] [--uploads K]
+    python benchmarks/push_attlog.py [--lines N] [--uploads K] [--json FILE]
 """
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -43,10 +44,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--uploads", type=int, default=3)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
+    figures = dict(lines=args.lines, uploads_lines_per_s=[])
     sample = body(args.lines, datetime(2024, 1, 1))
     parse_s = best_of(5, lambda: parse_attlog(sample))
     print(f"parse   {args.lines} lines: {parse_s * 1000:8.1f} ms  {args.lines / parse_s:12,.0f} lines/s")
+    figures["parse_lines_per_s"] = round(args.lines / parse_s)
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "gateway.toml"
         config.write_text(f'tcp_host = "127.0.0.1"\nhttp_process = false\n[push]\nhost = "127.0.0.1"\nport = 0\n'
@@ -71,9 +75,12 @@ def main() -> int:
                 took = time.perf_counter() - began
                 kind = "first after start, checked against the log" if n == 0 else "next"
                 print(f"upload  {args.lines} lines ({kind}): {took * 1000:8.1f} ms  {args.lines / took:12,.0f} lines/s  answer {answer.decode()}")
+                figures["uploads_lines_per_s"].append(round(args.lines / took))
         finally:
             gateway.terminate()
             gateway.wait(30)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

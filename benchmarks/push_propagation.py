@@ -7,10 +7,11 @@ device holds the person. The bound to compare with is ``Delay`` + 1 s: a device 
 change at its next getrequest. Prints p50/p99/max and how many deliveries never came. One run on
 a shared machine: compare ratios, not absolute numbers. It measures and never fails on slowness.
 
-    python benchmarks/push_propagation.py [--devices 100] [--enrolments 10] [--delay-s 10]
+    python benchmarks/push_propagation.py [--devices 100] [--enrolments 10] [--delay-s 10] [--json FILE]
 """
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -62,6 +63,10 @@ def measure(reactor, args, push_url: str, page: str):
     print(f"{len(times)} deliveries of {args.enrolments} enrolments to {len(devices) - 1} devices each; never arrived: {lost}")
     print(f"propagation s: p50 {percentile(times, 50):.2f}  p99 {percentile(times, 99):.2f}  max {max(times, default=float('nan')):.2f}"
           f"  (Delay {args.delay_s} s + 1 s = {args.delay_s + 1} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(devices=len(devices), enrolments=args.enrolments, delay_s=args.delay_s, deliveries=len(times),
+                                                   lost=lost, propagation_s=dict(p50=percentile(times, 50), p99=percentile(times, 99),
+                                                                                 max=max(times, default=None))), indent=2))
 
 
 def main() -> int:
@@ -69,6 +74,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--enrolments", type=int, default=10)
     parser.add_argument("--delay-s", type=int, default=10)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "gateway.toml"
