@@ -138,6 +138,7 @@ def test_an_unknown_serial_is_recorded_pending_and_given_no_command(site, tmp_pa
     pending = eventually(lambda: [t for t in api(site.page, "terminals")["terminals"] if t["admission"] == "pending"], "a pending terminal")
     assert pending[0]["link"].startswith("push 127.0.0.1") and "STRANGER01" in pending[0]["model"]
     site.gateway.wait_for(r"PUSH device STRANGER01 from 127\.0\.0\.1 refused")
+    stranger.process.wait_for(r"answered the initialization")  # it is answered, so it does not spin
     status, _ = stranger.keypad.command("status")
     assert "2 lines not uploaded" in status  # it keeps its data, and retries
     assert api(site.page, "users")["users"] == []
@@ -203,6 +204,41 @@ def test_a_push_device_over_https(tmp_path):
         device.keypad.ok('enrol 41 name="Tia Sol"')
         eventually(lambda: api(page, "users?limit=10")["users"], "the enrolment over HTTPS on the server")
         assert api(page, "users/41")["name"] == "Tia Sol"
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()
+
+
+def test_a_gateway_killed_mid_uploads_loses_no_punch_and_stores_none_twice(tmp_path):
+    """SIGKILL while a PUSH device uploads punches; the gateway starts again on the same database
+    and port; the device sends again what was not answered: every punch stored exactly once."""
+    import signal
+    import socket as sockets
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = {port}\ndelay_s = 1\n'
+                      f'error_delay_s = 1\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+    command = ("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    gateway = Process(*command)
+    device = None
+    try:
+        gateway.wait_for(r"listening for PUSH devices")
+        device = Device(f"http://127.0.0.1:{port}", SN, tmp_path / "device.json")
+        for n in range(40):
+            device.keypad.ok(f"verify {n} {'finger' if n % 2 else 'card'}")
+        gateway.popen.send_signal(signal.SIGKILL)  # some uploads answered, some on their way, some not sent
+        gateway.popen.wait(10)
+        for n in range(40, 60):
+            device.keypad.ok(f"verify {n}")
+        gateway = Process(*command)
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        eventually(lambda: "0 lines not uploaded" in device.keypad.command("status")[0], "every punch acknowledged", timeout=60)
+        punches = [e["user_id"] for e in api(page, "events?type=VERIFY_SUCCESS&limit=500")["events"]]
+        assert sorted(punches, key=int) == [str(n) for n in range(60)]
     finally:
         if device is not None:
             device.stop()

@@ -21,7 +21,7 @@ from gateway.push.listener import push_site
 from gateway.push.settings import PushEntry, parse_push
 from gateway.tls import server_options
 from gateway.zk.holdings import HoldingsWriter
-from protocol.zk.push.server import PushServer, PushTiming
+from protocol.zk.push.server import CommandsWanted, InitRequested, PushServer, PushTiming
 
 log = Logger(namespace="gateway.push")
 
@@ -68,15 +68,25 @@ class PushService:
         for device in self.devices.values():
             device.close("gateway stopping")
 
+    def _waiting_room(self, serial: str, request, refusal):
+        """An unknown or pending serial gets its hello answered and no command, so it neither spins
+        nor gives up; its uploads are refused, so it keeps its data until it is admitted."""
+        if refusal.reason in ("pending", "unknown"):
+            stranger = PushServer(serial, self.timing)
+            event = stranger.receive(request, self._reactor.seconds())
+            if isinstance(event, InitRequested):
+                return 200, stranger.init_answer({}, event.push_version)
+            if isinstance(event, CommandsWanted):
+                return 200, b"OK"
+        return refusal.status, refusal.text.encode()
+
     def answer(self, request, address: str):
         """(HTTP status, body) for one request, or a Deferred of it; RequestError for one the protocol has not."""
         serial = next((v for k, v in request.query.items() if k.lower() == "sn"), "").strip()
         device = self.devices.get(serial)
         refusal = self.door.admit(serial, address, device.address if device is not None and device.online else None)
         if refusal is not None:
-            # Unknown and pending serials are answered so that they keep their data and retry; never given a command.
-            waits = refusal.reason in ("pending", "unknown") and request.path.rstrip("/").endswith("getrequest")
-            return (200, b"OK") if waits else (refusal.status, refusal.text.encode())
+            return self._waiting_room(serial, request, refusal)
         if device is None:
             entry = self.door.entry(serial)
             server = PushServer(serial, self.timing, entry.charset if entry.charset is not UNSET else None, first_id=self._first_id)

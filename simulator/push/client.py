@@ -89,6 +89,7 @@ class PushCaller:
             except Exception as exc:
                 log.info("PUSH device {sn}: {e}; again in {s:g} s", sn=device.serial, e=exc, s=device.error_delay_s)
                 pause = device.error_delay_s
+                configured = False  # as firmware does after a failed request: hello again, and hear the server's stamps
             if not self.running:
                 break
             if device.realtime and device.next_upload() is not None:
