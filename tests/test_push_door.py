@@ -56,3 +56,12 @@ def test_an_id_of_another_kind_of_terminal_is_refused_and_a_bad_serial_is_400():
     assert refused(d.admit("X9", "10.0.0.9", None)) == (403, "id_taken")
     assert refused(d.admit("", "10.0.0.9", None)) == (400, "bad_serial")
     assert refused(d.admit("A\nB", "10.0.0.9", None)) == (400, "bad_serial")
+
+
+def test_made_up_serials_by_the_thousand_stop_being_recorded(monkeypatch):
+    monkeypatch.setattr("gateway.push.door.MAX_PENDING", 3)
+    d, registry = door("pending")
+    for n in range(5):
+        d.admit(f"FAKE{n}", "10.0.0.9", None)
+    assert len(registry.terminals) == 3
+    assert refused(d.admit("FAKE9", "10.0.0.9", None)) == (403, "unknown")

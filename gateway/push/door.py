@@ -7,7 +7,8 @@ and one address at a time. An unknown or pending serial is recorded (``pending``
 so that it keeps its data and retries; it is never given a command. A known serial calling
 from another address while the device is online is refused and reported: two devices claim
 one serial, or someone copies it. Each refusal is logged once per serial, reason and address,
-and counted in ``gateway_push_refused{reason}``.
+and counted in ``gateway_push_refused{reason}``. Made-up serials cost a bounded amount
+(``MAX_PENDING``, ``MAX_SAID``).
 """
 
 import ipaddress
@@ -18,12 +19,16 @@ from twisted.logger import Logger
 
 from gateway.connection import Refused, TerminalInfo
 from gateway.push.settings import PushDeviceEntry, terminal_id_of
-from gateway.terminals import ADMITTED
+from gateway.terminals import ADMITTED, PENDING
 
 log = Logger(namespace="gateway.push")
 
 PUSH = "push"  # the registry's kind for these devices
 LINK_PREFIX = "push "  # how the registry's link column names a PUSH device's address: "push 10.0.0.5"
+# A flood of made-up serials costs a bounded amount: at most this many wait for admission (policy
+# ``pending``), and the refusals logged once each are forgotten past this many.
+MAX_PENDING = 1000
+MAX_SAID = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class PushDoor:
             self.refused.labels(refusal.reason).inc()
             key = (serial, refusal.reason, address)
             if key not in self._said:  # a refused device retries every ErrorDelay: say it once
+                if len(self._said) >= MAX_SAID:  # made-up serials by the thousand: say them again rather than grow
+                    self._said.clear()
                 self._said.add(key)
                 log.warn("PUSH device {sn} from {address} refused: {text}", sn=serial, address=address, text=refusal.text)
         return refusal
@@ -75,6 +82,8 @@ class PushDoor:
                                                    f"or a copied one")
         if term is not None and term.admission == ADMITTED:
             return None
+        if term is None and self._registry.policy == "pending" and self._pending() >= MAX_PENDING:
+            return Refusal(403, "unknown", f"{MAX_PENDING} terminals wait for admission already: serial {serial} is not recorded")
         try:
             # Records an unknown serial as pending (policy ``pending``), refuses it (``allowlist``),
             # or lets it in (``open``: the registry admits it when it comes online).
@@ -85,6 +94,10 @@ class PushDoor:
                 pending.link = LINK_PREFIX + address
             return Refusal(403, "pending" if pending is not None and pending.admission != ADMITTED else "unknown", exc.reason)
         return None
+
+
+    def _pending(self) -> int:
+        return sum(1 for t in self._registry.terminals.values() if t.admission == PENDING)
 
 
 def _within(address: str, networks: list[str]) -> bool:
