@@ -90,12 +90,13 @@ class Counter:
         return One()
 
 
-def make(seen=None, stored=(), command_s=60.0, offline_s=600.0):
+def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None):
     clock = task.Clock()
     clock.advance(1_700_000_000)
     events, holdings, presence, db, skipped = Events(), HoldingsStore(seen), Presence(), Db(stored), Counter()
     device = PushDevice(TID, PushServer(SN, PushTiming(command_s=command_s, command_attempts=2)), clock=clock, db=db, holdings=holdings,
-                        events=events, presence=presence, offline_s=offline_s, metrics=skipped)
+                        events=events, presence=presence, offline_s=offline_s, metrics=skipped,
+                        on_offline_reason=on_offline_reason)
     return device, clock, events, holdings, presence, db, skipped
 
 
@@ -227,13 +228,15 @@ def test_a_command_never_answered_is_sent_again_then_the_push_fails():
 
 
 def test_a_silent_device_goes_offline_and_what_waited_on_it_fails():
-    device, clock, events, holdings, presence, *_ = make(offline_s=60)
+    reasons = []
+    device, clock, events, holdings, presence, *_ = make(offline_s=60, on_offline_reason=lambda tid, reason: reasons.append((tid, reason)))
     list_users(device)
     done = []
     device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False).addBoth(done.append)
     assert presence.online_now == [device]
     clock.advance(60)
     assert presence.online_now == [] and done[0].check(DeviceGone)
+    assert reasons == [(TID, "silent for 60 s")]
     fetch_commands(device)  # it calls again: online again, and it lists its users again
     assert presence.online_now == [device]
 

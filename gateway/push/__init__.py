@@ -92,6 +92,7 @@ class PushService:
             server = PushServer(serial, self.timing, entry.charset if entry.charset is not UNSET else None, first_id=self._first_id)
             device = self.devices[serial] = PushDevice(
                 self.door.terminal_id(serial), server, clock=self._reactor, db=self._db, holdings=self._holdings, events=self._events,
-                presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h, metrics=self._skipped)
+                presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h, metrics=self._skipped,
+                on_offline_reason=self._registry.offline_reason)
         event = device.server.receive(request, self._reactor.seconds())
         return device.handle(event, address)

@@ -74,7 +74,7 @@ class PushDevice:
     push_bytes = 64 * 1024  # the pusher's batches; the command queue bounds what waits
 
     def __init__(self, terminal_id: int, server: PushServer, *, clock, db, holdings, events, presence, offline_s: float,
-                 timezone_h: int = 0, metrics=None):
+                 timezone_h: int = 0, metrics=None, on_offline_reason=lambda terminal_id, reason: None):
         self.terminal_id = terminal_id
         self.server = server
         self.memory = DeviceMemory()
@@ -90,6 +90,7 @@ class PushDevice:
         self._offline_s = offline_s
         self._timezone_ms = timezone_h * 3_600_000
         self._metrics = metrics
+        self._on_offline_reason = on_offline_reason  # why it is offline, for the page and the API
         self._tracker = ChangeTracker({})
         self._written: dict[str, bytes] = {}  # user id -> digest of the server record the seen copy was written from
         self._profile = DeviceProfile()
@@ -205,6 +206,7 @@ class PushDevice:
         if was_online:
             log.info("PUSH device {sn} (terminal {tid}) offline: {reason}", sn=self.server.serial, tid=self.terminal_id, reason=reason)
             self._presence.offline(self)
+            self._on_offline_reason(self.terminal_id, reason)
 
     def close(self, reason: str) -> None:
         """Offline now; its next request goes through admission again."""
