@@ -4,6 +4,7 @@ either kind reaches the other; a PUSH device whose store was wiped is refilled; 
 is recorded and never given a command."""
 
 import json
+import secrets
 from urllib import request as urlrequest
 
 import pytest
@@ -81,9 +82,9 @@ def site(tmp_path):
         gateway.stop()
 
 
-def api(page: str, path: str, method: str = "GET"):
-    req = urlrequest.Request(f"{page}api/{path}", method=method, headers={"Authorization": "Bearer test-token"},
-                             data=b"{}" if method == "POST" else None)
+def api(page: str, path: str, method: str = "GET", body: dict | None = None):
+    req = urlrequest.Request(f"{page}api/{path}", method=method, headers={"Authorization": "Bearer test-token", "Content-Type": "application/json"},
+                             data=json.dumps(body or {}).encode() if method == "POST" else None)
     with urlrequest.urlopen(req, timeout=20) as response:
         return json.loads(response.read())
 
@@ -142,6 +143,11 @@ def test_an_unknown_serial_is_recorded_pending_and_given_no_command(site, tmp_pa
     status, _ = stranger.keypad.command("status")
     assert "2 lines not uploaded" in status  # it keeps its data, and retries
     assert api(site.page, "users")["users"] == []
+    # An administrator admits it: what it kept arrives. The API asks every admitted terminal for a
+    # secret; a PUSH device proves none, so it is a random one nobody uses (docs/zk-push.md).
+    api(site.page, f"terminals/{pending[0]['id']}/admit", "POST", {"secret": secrets.token_hex(16)})
+    eventually(lambda: api(site.page, "users")["users"], "the stranger's enrolment once admitted", timeout=30)
+    assert api(site.page, "users/5")["name"] == "Eve"
 
 
 def raw(url: str, method: str, path: str, body: bytes | None = None, source: str = "127.0.0.1", headers: dict | None = None):
