@@ -22,6 +22,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/hostile.py --json reports/hostile.json
 	$(PY) benchmarks/zk_poll.py --json reports/zk_poll.json
 	$(PY) benchmarks/reconnect_storm.py --devices 1000 --json reports/reconnect_storm.json
+	$(PY) benchmarks/push_attlog.py --json reports/push_attlog.json
+	$(PY) benchmarks/push_propagation.py --devices 100 --json reports/push_propagation.json
 
 # Ten thousand terminals dial one gateway process at once, then idle: time to online, RSS per
 # terminal, CPU at idle (benchmarks/reconnect_storm.py; STORM_DEVICES to change the count).

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -87,8 +87,8 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     tls: dict | None = None  # a TlsListenerEntry
     terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry
     serial: list[dict] = msgspec.field(default_factory=list)  # each a SerialEntry
-    # Other kinds' sections by name (``[[zk]]``: "zk"), each checked by its kind (gateway/kinds.py).
-    sections: dict[str, list[dict]] = msgspec.field(default_factory=dict)
+    # Other kinds' sections by name (``[[zk]]``: "zk", ``[push]``: "push"), each checked by its kind (gateway/kinds.py).
+    sections: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | None, **overrides) -> "GatewayConfig":
@@ -103,7 +103,7 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         where = f"config file {path}" if path else "configuration"
         sections = {name: values.pop(name) for name in list(values) if _kind_section(name)}
         config = checked(values, cls, where)
-        config.sections.update(checked(sections, dict[str, list[dict]], where))
+        config.sections.update(sections)
         for name, value in overrides.items():
             if value is None:
                 continue
@@ -135,10 +135,10 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         seen: set[int] = set()
         for section in self.sections:
             if kind_of_section(section) is None:
-                raise ConfigError(f"unknown section [[{section}]]: terminals are configured in "
-                                  f"{', '.join(f'[[{k.section}]]' for k in kinds().values())}")
+                raise ConfigError(f"unknown section {section}: terminals are configured in "
+                                  f"{', '.join(k.section for k in kinds().values())}")
         for kind in kinds().values():
-            for terminal in kind.configured(self.entries(kind.section)):
+            for terminal in kind.configured(self.section(kind.section)):
                 if terminal.id in seen:
                     raise ConfigError(f"terminal {terminal.id} is configured twice (the ids of every section are terminal ids)")
                 seen.add(terminal.id)
@@ -147,9 +147,9 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         if twice:
             raise ConfigError(f"serial device(s) configured twice: {', '.join(twice)}")
 
-    def entries(self, section: str) -> list[dict]:
-        """The entries of one kind's section; ``[[terminals]]``, our own protocol's, is declared above."""
-        return self.terminals if section == "terminals" else self.sections.get(section, [])
+    def section(self, name: str) -> Any:
+        """One kind's section as given (None when absent); ``[[terminals]]``, our own protocol's, is declared above."""
+        return self.terminals if name == "terminals" else self.sections.get(name)
 
 
 def _kind_section(name: str) -> bool:

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults
 REGISTERED = {
     "native": "gateway.native.kind:NATIVE",
     "zk": "gateway.zk.kind:ZK",
+    "push": "gateway.push.kind:PUSH",
 }
 
 
@@ -47,16 +48,17 @@ class Serving(Protocol):
 class TerminalKind(Protocol):
     name: str  # in the API, the page and the OpenAPI enum
     description: str  # what such a terminal is, for people
-    section: str  # the configuration file's [[section]] that lists them
+    section: str  # the configuration file's section that lists them: [[zk]] entries, a [push] table
     # Whether its terminals open native-protocol sessions to the gateway's listeners and buses;
     # one that does not is refused there, whatever secret it shows.
     native_sessions: bool
 
-    def configured(self, entries: list[dict[str, Any]]) -> list[ConfiguredTerminal]:
-        """The section's entries checked (ConfigError names the entry and setting at fault)."""
+    def configured(self, section: Any) -> list[ConfiguredTerminal]:
+        """The terminals its section admits, checked (ConfigError names the entry and setting at
+        fault); ``section`` is the section as the file gave it, None when absent."""
         ...
 
-    def serve(self, entries: list[dict[str, Any]], gateway: Any) -> Serving:
+    def serve(self, section: Any, gateway: Any) -> Serving:
         """What makes and keeps the connections of the configured terminals; started by the
         first gateway process only. ``gateway`` is the running service: a kind takes from it the
         collaborators its connections need (event log, registry, clock) and hands on no more."""

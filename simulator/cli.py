@@ -18,6 +18,7 @@ from simulator.logs import start_logging
 from simulator.people import People
 from simulator.tcp import DialingTerminal, ListeningTerminal
 from simulator.tls import TlsFileError, dialling_options, listening_options
+from simulator.push import client as push_terminal
 from simulator.zk import tcp as zk_terminal
 
 log = Logger()
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parser(sub)
     bus.add_parser(sub)
     zk_terminal.add_parser(sub)
+    push_terminal.add_parser(sub)
     return parser
 
 
@@ -107,7 +109,7 @@ def _serve_terminal(reactor, args, tls) -> defer.Deferred:
     return defer.Deferred()  # runs until stopped (Ctrl-C, SIGTERM)
 
 
-COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run, "zk-terminal": zk_terminal.run}
+COMMANDS = {"terminal": run_terminal, "fleet": fleet.run, "bus": bus.run, "zk-terminal": zk_terminal.run, "push-terminal": push_terminal.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,12 @@ class LampKind:
     native_sessions = False
     served: list = []
 
-    def configured(self, entries: list[dict]) -> list[ConfiguredTerminal]:
+    def configured(self, entries: list[dict] | None) -> list[ConfiguredTerminal]:
         return [ConfiguredTerminal(checked(entry["id"], int, f"[[lamps]] entry {n}"), self.name, entry.get("name"))
-                for n, entry in enumerate(entries, start=1)]
+                for n, entry in enumerate(entries or [], start=1)]
 
-    def serve(self, entries: list[dict], gateway) -> "Lamps":
-        lamps = Lamps([entry["id"] for entry in entries])
+    def serve(self, entries: list[dict] | None, gateway) -> "Lamps":
+        lamps = Lamps([entry["id"] for entry in entries or []])
         self.served.append(lamps)
         return lamps
 

@@ -23,7 +23,7 @@ def test_a_registered_kind_brings_its_configuration_section(lamp_registered, tmp
     path = tmp_path / "gateway.toml"
     path.write_text('[[terminals]]\nid = 1\nsecret = "s"\n\n[[lamps]]\nid = 9\nname = "porch"\n')
     config = GatewayConfig.load(str(path))
-    assert config.entries("lamps") == [dict(id=9, name="porch")] and [t["id"] for t in config.entries("terminals")] == [1]
+    assert config.section("lamps") == [dict(id=9, name="porch")] and [t["id"] for t in config.section("terminals")] == [1]
     path.write_text('[[terminals]]\nid = 9\nsecret = "s"\n\n[[lamps]]\nid = 9\n')
     with pytest.raises(ConfigError, match="terminal 9 is configured twice"):
         GatewayConfig.load(str(path))

@@ -1,6 +1,7 @@
 """gateway-check: play the gateway's part against one terminal and check it keeps the protocol.
 
-``--zk HOST[:PORT]`` checks a ZKTeco device instead (tools/check_zk.py).
+``--zk HOST[:PORT]`` checks a ZKTeco device instead (tools/check_zk.py); ``--push PORT`` plays the
+PUSH server to a ZKTeco device that calls in (tools/check_push.py).
 
 It connects to a terminal that listens (``--terminal HOST:PORT``) or waits for one to dial in
 (``--listen PORT``), does the handshake, and runs each check in turn, printing PASS or FAIL with
@@ -14,7 +15,6 @@ import sys
 import time
 
 from protocol.address import AddressError, parse_host_port
-from tools import check_zk
 from protocol.auth import GatewayHandshake
 from protocol.conversation import Conversation
 from protocol.decoder import StreamDecoder
@@ -22,6 +22,7 @@ from protocol.errors import ErrorCode, MessageError
 from protocol.frame import PROTOCOL_VERSION, Frame, encode_frame
 from protocol.messages import Command, UserStatus, build_body, parse_body, response
 from protocol.records import UserRecord, hash_pin
+from tools import check_push, check_zk
 
 CHECK_USER = "__gateway_check__"
 
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--listen", type=int, metavar="PORT", help="wait for a terminal to dial in on this port")
     where.add_argument("--zk", metavar="HOST[:PORT]", help=f"check a ZKTeco device here instead (port {check_zk.DEFAULT_PORT} unless given)")
     where.add_argument("--replay", metavar="FILE", help="run the ZK read checks against a capture made with --zk ... --record (docs/zk.md)")
+    where.add_argument("--push", type=int, metavar="PORT", help="play the PUSH server on this port to a ZKTeco device pointed at it (docs/zk-push.md)")
+    parser.add_argument("--push-host", default="0.0.0.0", metavar="ADDRESS", help="with --push: the address to listen on (default all)")
     parser.add_argument("--secret", help="the terminal's secret (required but for --zk)")
     parser.add_argument("--comm-key", type=int, default=0, metavar="K", help="with --zk: the device's comm key (default 0: none)")
     parser.add_argument("--udp", action="store_true", help="with --zk: over UDP, as old devices need (default TCP)")
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.zk or args.replay:
         return check_zk.run(args)
+    if args.push is not None:
+        return check_push.run(args)
     if args.secret is None:
         parser.error("--secret is required with --terminal or --listen")
     try:

@@ -93,7 +93,7 @@ def remove_terminal(call):
     """Forget a terminal; its events stay in the log. A configured one comes back on restart."""
     term = _terminal(call)
     config = call.gateway.config
-    if any(entry.get("id") == term.terminal_id for kind in kinds().values() for entry in config.entries(kind.section)):
+    if any(t.id == term.terminal_id for kind in kinds().values() for t in kind.configured(config.section(kind.section))):
         raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
     return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 

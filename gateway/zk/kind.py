@@ -19,10 +19,10 @@ class ZkKind:
     section = "zk"
     native_sessions = False
 
-    def configured(self, entries: list[dict]) -> list[ConfiguredTerminal]:
-        return [_configured(parse_zk(entry, n)) for n, entry in enumerate(entries, start=1)]
+    def configured(self, entries: list[dict] | None) -> list[ConfiguredTerminal]:
+        return [_configured(parse_zk(entry, n)) for n, entry in enumerate(entries or [], start=1)]
 
-    def serve(self, entries: list[dict], gateway) -> ServingEach:
+    def serve(self, entries: list[dict] | None, gateway) -> ServingEach:
         store = DatabaseStore(gateway.db)  # one for every device: their digests go in group commits
         return ServingEach([
             ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, store=store, events=gateway.eventlog, presence=gateway.registry,
@@ -31,7 +31,7 @@ class ZkKind:
                        cards=CardField.parse(e.card), on_offline_reason=gateway.registry.offline_reason,
                        on_quirk=lambda quirk: gateway.metrics.zk_quirks.labels(kind=quirk.kind).inc(),
                        on_refill=lambda terminal_id, why: gateway.reconciler.reconcile(terminal_id))
-            for e in (parse_zk(entry) for entry in entries)
+            for e in (parse_zk(entry) for entry in entries or [])
         ])
 
 

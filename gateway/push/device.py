@@ -1,0 +1,634 @@
+"""PushDevice: one ZKTeco PUSH device as the sync core sees it (a ``TerminalConnection``).
+
+The device calls the gateway; the gateway never calls it. Its uploads become events: punches
+(ATTLOG) as verify events, stored once (a resend after a lost answer is normal: it is matched by
+who, when and how, against the punches of this run and, after a start or a reset of the
+device's stamps, the event log); USER, FP and BIODATA lines (OPERLOG) as the device's copy of a
+person, and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
+answered from that copy (no second round trip). Only once what an upload brings is durable is
+the device answered ``OK``. What the sync core sends becomes commands the device fetches at its
+next getrequest (``PushServer`` queues them, bounded, and sends them again when their result is
+late); a put or delete fires when the device reported every result.
+
+What the server has seen of the device is kept as for ZK devices (gateway/zk/holdings.py: the
+digest of each person's copy, plus the digest of the server record it was written from, which
+is what lets reconciliation compare, and the stamps as the attendance mark), and the field
+mapping is the ZK one (gateway/zk/mapping.py; docs/zk.md): a pulled record carries what a ZK
+device holds, and a write keeps every field the device owns. At each coming online, and for
+each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``); a
+person missing from the list without a keypad deletion reported (a wiped device) is not a
+deletion: reconciliation puts the person back.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.sync.connection import DigestPage, FetchedUsers, TerminalInfo, UserResult
+from gateway.sync.monitor import LOG_RESTARTED, record_sync_events, sync_event_row
+from gateway.zk.connection import CREDENTIALS, server_record
+from gateway.zk.holdings import save_attendance_mark, stored_punches
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, template_format, to_device, to_server
+from gateway.zk.poller import ChangeTracker
+from protocol.errors import MessageError, ProtocolError
+from protocol.events import Event, EventCode, Origin
+from protocol.messages import UserStatus
+from protocol.records import record_digest
+from protocol.zk.push import commands as cmd
+from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
+from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
+                                     Pinged, PushServer, QueueFull, Registered, ResultsReported, StrayResult)
+from protocol.zk.records import Template, User
+
+log = Logger(namespace="gateway.push")
+
+LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an upload that did not parse
+DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
+RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
+LISTING_S = 120.0  # how long the sync core waits for the device to list its users
+
+
+class DeviceGone(ProtocolError):
+    """The device stopped calling, or a command was sent its attempts without a result."""
+
+
+@dataclass
+class DeviceMemory:
+    """What the gateway keeps of one device while it runs, across the device's online periods."""
+
+    users: dict[str, UserLine] = field(default_factory=dict)  # by PIN (user id)
+    fingers: dict[str, dict[int, FingerLine]] = field(default_factory=dict)
+    loaded: bool = False
+    next_event_id: int = 1
+    recent: "OrderedDict[tuple, None]" = field(default_factory=OrderedDict)
+    unsure: bool = True  # the next upload's punches are checked against the event log too
+    attlog_stamp: int = 0
+    operlog_stamp: str | None = None
+    biodata: bool = False  # it sends BIODATA lines: templates go back that way
+    fp_version: str | None = None
+
+
+class PushDevice:
+    push_bytes = 64 * 1024  # the pusher's batches; the command queue bounds what waits
+
+    def __init__(self, terminal_id: int, server: PushServer, *, clock, db, holdings, events, presence, offline_s: float,
+                 timezone_h: int = 0, metrics=None, on_offline_reason=lambda terminal_id, reason: None):
+        self.terminal_id = terminal_id
+        self.server = server
+        self.memory = DeviceMemory()
+        self.info = TerminalInfo(model=f"PUSH device {server.serial}")
+        self.address: str | None = None
+        self.online = False
+        self.last_heard_s = 0.0
+        self._clock = clock
+        self._db = db
+        self._holdings = holdings
+        self._events = events
+        self._presence = presence
+        self._offline_s = offline_s
+        self._timezone_ms = timezone_h * 3_600_000
+        self._metrics = metrics
+        self._on_offline_reason = on_offline_reason  # why it is offline, for the page and the API
+        self._tracker = ChangeTracker({})
+        self._written: dict[str, bytes] = {}  # user id -> digest of the server record the seen copy was written from
+        self._profile = DeviceProfile()
+        self._lock = defer.DeferredLock()  # one upload at a time: a resend waits for the first to be stored
+        self._results: dict[int, defer.Deferred] = {}  # command id -> fires with its Return code
+        self._listing: tuple[dict, dict] | None = None  # users and fingers of a DATA QUERY under way
+        self._listing_ids: set[int] = set()
+        self._listed: list[defer.Deferred] = []
+        self._complete = False  # memory holds the device's whole user list, kept up to date since
+        self._keypad_deleted: set[str] = set()
+        self._silence = None
+        self._paused = False
+        self._arriving = defer.DeferredLock()  # the requests of a device coming online wait for one another
+
+    @property
+    def description(self) -> str:
+        return f"push {self.address}"
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def handle(self, event, address: str):
+        """Answer one request's event: fires with (HTTP status, body)."""
+        self._heard(address)
+        if not self.online:
+            admitted = yield self._arriving.run(self._come_online)
+            if not admitted:
+                return 403, b"refused"
+        self._expire()
+        if isinstance(event, InitRequested):
+            return 200, self.server.init_answer(self._stamps(), event.push_version)
+        if isinstance(event, Registered):
+            self._learn(event.info.get("FirmVer", ""), event.info.get("FPVersion"))
+            return 200, self.server.registry_answer()
+        if isinstance(event, CommandsWanted):
+            self._learn(event.info.get("firmware", ""), event.info.get("fp_version"))
+            return 200, cmd.render_commands(self.server.commands_to_send(self._clock.seconds()))
+        if isinstance(event, ResultsReported):
+            self._settle(event)
+            return 200, b"OK"
+        if isinstance(event, (Pinged, OtherUpload)):
+            return 200, b"OK"
+        if self._paused:  # the writer is behind: the device keeps its data and retries after ErrorDelay
+            return 503, b"busy, retry"
+        if isinstance(event, AttendanceUploaded):
+            stored = yield self._lock.run(self._store_punches, event)
+            return 200, self.server.ok(stored)
+        if isinstance(event, OperationsUploaded):
+            count = yield self._lock.run(self._take_operations, event)
+            return 200, self.server.ok(count)
+        return 400, b"unexpected request"
+
+    def _heard(self, address: str) -> None:
+        self.address = address
+        self.last_heard_s = self._clock.seconds()
+        if self._silence is not None and self._silence.active():
+            self._silence.reset(self._offline_s)
+        else:
+            self._silence = self._clock.callLater(self._offline_s, self._silent)
+
+    def _learn(self, firmware: str, fp_version: str | None) -> None:
+        if fp_version and fp_version != self.memory.fp_version:
+            self.memory.fp_version = fp_version
+            self._profile = DeviceProfile(template_format=template_format(fp_version))
+        if firmware and firmware != self.info.firmware:
+            self.info = TerminalInfo(model=self.info.model, firmware=firmware)
+
+    # -- online and offline ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _come_online(self):
+        if self.online:  # a request that waited for another one's coming online
+            return True
+        held = yield self._holdings.load(self.terminal_id)
+        memory = self.memory
+        seen = {user_id: digest[:8] for user_id, digest in held.seen.items()}
+        self._written = {user_id: digest[8:] for user_id, digest in held.seen.items() if len(digest) > 8}
+        self._tracker = ChangeTracker(seen, held.owed)
+        if not memory.loaded:
+            through = yield self._events.stored_through(self.terminal_id)
+            memory.next_event_id = max(memory.next_event_id, through + 1)
+            memory.attlog_stamp = held.attendance_stored
+            memory.operlog_stamp = held.attendance_last
+            memory.loaded = True
+        self._start_listing()
+        self.online = True
+        if not self._presence.online(self):
+            self._go_offline("refused or removed by an administrator")
+            return False
+        log.info("PUSH device {sn} (terminal {tid}) online from {address}", sn=self.server.serial, tid=self.terminal_id, address=self.address)
+        return True
+
+    def _silent(self) -> None:
+        self._silence = None
+        if self.online:
+            self._go_offline(f"silent for {self._offline_s:g} s")
+
+    def _go_offline(self, reason: str) -> None:
+        was_online, self.online = self.online, False
+        self._complete = False
+        self._listing, self._listing_ids = None, set()
+        failure = DeviceGone(f"PUSH device {self.server.serial}: {reason}")
+        self.server.drop_all()
+        results, self._results = self._results, {}
+        for d in results.values():
+            d.errback(failure)
+        waiting, self._listed = self._listed, []
+        for d in waiting:
+            d.errback(failure)
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()
+        self._silence = None
+        if was_online:
+            log.info("PUSH device {sn} (terminal {tid}) offline: {reason}", sn=self.server.serial, tid=self.terminal_id, reason=reason)
+            self._presence.offline(self)
+            self._on_offline_reason(self.terminal_id, reason)
+
+    def close(self, reason: str) -> None:
+        """Offline now; its next request goes through admission again."""
+        self._go_offline(reason)
+
+    def replaced(self, by: str) -> None:
+        self.close(f"replaced by {by}")
+
+    def pause_events(self) -> None:
+        self._paused = True
+
+    def resume_events(self) -> None:
+        self._paused = False
+
+    # -- the device's user list ------------------------------------------------------------------------
+
+    def _start_listing(self) -> None:
+        """Ask the device for every user and template; until both results are in, uploads are
+        collected as the new list."""
+        if self._listing is not None:
+            return
+        try:
+            ids = {self.server.queue(cmd.query_users()).id, self.server.queue(cmd.query_fingers()).id}
+        except QueueFull:
+            return  # asked again at the next need
+        self._listing, self._listing_ids = ({}, {}), ids
+
+    def _when_listed(self, fresh: bool = False) -> defer.Deferred:
+        """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
+        if not self.online:
+            return defer.fail(DeviceGone(f"PUSH device {self.server.serial} is offline"))
+        if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
+            self._start_listing()
+        elif self._complete:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._listed.append(d)
+
+        def too_late():
+            if d in self._listed:
+                self._listed.remove(d)
+                d.errback(DeviceGone(f"PUSH device {self.server.serial} did not list its users within {LISTING_S:g} s"))
+
+        timer = self._clock.callLater(LISTING_S, too_late)
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(settled)
+
+    def _listing_done(self, command_id: int, code: int) -> None:
+        self._listing_ids.discard(command_id)
+        if code < 0:
+            log.warn("PUSH device {sn} refused to list its users ({code})", sn=self.server.serial, code=code)
+        if self._listing_ids or self._listing is None:
+            return
+        users, fingers = self._listing
+        self._listing = None
+        self.memory.users, self.memory.fingers = users, fingers
+        self._complete = True
+        self._announce()
+        waiting, self._listed = self._listed, []
+        for d in waiting:
+            d.callback(None)
+
+    # -- uploads ------------------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _store_punches(self, upload: AttendanceUploaded):
+        memory = self.memory
+        self._skipped(upload.bad, "ATTLOG")
+        stamp = _number(upload.stamp)
+        if stamp is not None and memory.attlog_stamp and stamp < memory.attlog_stamp:
+            self._monitor(LOG_RESTARTED, f"the device's ATTLOG stamp went back from {memory.attlog_stamp} to {stamp} "
+                                         f"(reset or replaced): its punches are checked against the log and stored once")
+            memory.unsure = True
+        fresh: dict[tuple, Punch] = {}
+        for punch in upload.punches:
+            key = self._punch_key(punch)
+            if key not in memory.recent:
+                fresh.setdefault(key, punch)
+        if memory.unsure and fresh:
+            stored = yield self._db.read(stored_punches, self.terminal_id, min(key[1] for key in fresh))
+            fresh = {key: p for key, p in fresh.items() if key not in stored}
+        memory.unsure = False
+        if fresh:
+            yield self._submit([self._event(key[1], EventCode.VERIFY_SUCCESS, key[2], key[0]) for key in fresh])
+        for key in fresh:
+            memory.recent[key] = None
+        while len(memory.recent) > RECENT_PUNCHES:
+            memory.recent.popitem(last=False)
+        if stamp is not None:
+            memory.attlog_stamp = stamp
+            self._save_stamps()
+        return len(upload.punches) + len(upload.bad)
+
+    def _punch_key(self, punch: Punch) -> tuple[str, int, int]:
+        """A punch's identity as the event log holds it: (user id, time in ms UTC, credential)."""
+        at_ms = punch.local_seconds() * 1000 - self._timezone_ms
+        return punch.pin, at_ms, int(CREDENTIALS.get(punch.verify, 0))
+
+    @defer.inlineCallbacks
+    def _take_operations(self, upload: OperationsUploaded):
+        self._skipped(upload.bad, upload.table)
+        memory = self.memory
+        for item in upload.items:
+            for users, fingers in self._holders():
+                if isinstance(item, UserLine):
+                    users[item.pin] = item
+                elif isinstance(item, FingerLine):
+                    fingers.setdefault(item.pin, {})[item.fid] = item
+                elif isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
+                    users.pop(item.objects[0], None)
+                    fingers.pop(item.objects[0], None)
+            if isinstance(item, FingerLine) and item.kind == "BIODATA":
+                memory.biodata = True
+            if isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
+                self._keypad_deleted.add(item.objects[0])
+        if self._complete:
+            yield self._announce()
+        if upload.stamp is not None and upload.table == "OPERLOG":
+            memory.operlog_stamp = upload.stamp[:100]
+            self._save_stamps()
+        return len(upload.items) + len(upload.bad)
+
+    def _holders(self) -> list[tuple[dict, dict]]:
+        """Where a change of the device's users goes: memory, and a listing under way (which
+        replaces memory when it ends, and must not lose what happened meanwhile)."""
+        memory = self.memory
+        return [(memory.users, memory.fingers)] + ([self._listing] if self._listing is not None else [])
+
+    def _held(self) -> dict[str, bytes]:
+        return {pin: held_digest(_as_user(line), self._templates(pin)) for pin, line in self.memory.users.items()}
+
+    def _templates(self, pin: str) -> list[Template]:
+        return [Template(0, f.fid, f.template, f.valid) for f in sorted(self.memory.fingers.get(pin, {}).values(), key=lambda f: f.fid)]
+
+    def _announce(self) -> defer.Deferred:
+        """Changes at the device the server has not seen become device-origin events; fires once stored."""
+        held = self._held()
+        tracker = self._tracker
+        vanished = [u for u in tracker.seen if u not in held and u not in self._keypad_deleted]
+        if vanished:  # listed without them, no keypad deletion reported: a wiped device, not a decision
+            log.warn("PUSH device {sn} no longer holds {n} users it did not report deleting: reconciliation puts them back",
+                     sn=self.server.serial, n=len(vanished))
+            for user_id in vanished:
+                tracker.seen_now(user_id, None)
+                self._written.pop(user_id, None)
+            self._save_seen({user_id: None for user_id in vanished})
+        self._keypad_deleted.clear()
+        changes = tracker.changes(held)
+        if not changes:
+            return defer.succeed(None)
+        log.info("PUSH device {sn}: at the device {e} enrolled, {u} edited, {d} deleted", sn=self.server.serial,
+                 e=len(changes.enrolled), u=len(changes.updated), d=len(changes.deleted))
+        now_ms = self._now_ms()
+        events = [self._event(now_ms, EventCode.ENROLL_SUCCESS, Origin.DEVICE, u) for u in changes.enrolled]
+        events += [self._event(now_ms, EventCode.UPDATE_SUCCESS, Origin.DEVICE, u) for u in changes.updated]
+        events += [self._event(now_ms, EventCode.DELETE_SUCCESS, Origin.DEVICE, u) for u in changes.deleted]
+        gone = {user_id: None for user_id in changes.deleted}
+        return self._submit(events).addCallback(lambda _: self._save_seen(gone) if gone else None)
+
+    def _settle(self, reported: ResultsReported) -> None:
+        self._skipped(reported.bad, "devicecmd")
+        for outcome in reported.outcomes:
+            if isinstance(outcome, StrayResult):
+                log.info("PUSH device {sn}: a result for command {id} that waits for none (answered twice, or given up): ignored",
+                         sn=self.server.serial, id=outcome.result.id)
+                continue
+            assert isinstance(outcome, Done)
+            if outcome.command.id in self._listing_ids:
+                self._listing_done(outcome.command.id, outcome.result.code)
+            d = self._results.pop(outcome.command.id, None)
+            if d is not None:
+                d.callback(outcome.result.code)
+
+    def _expire(self) -> None:
+        for command in self.server.expired(self._clock.seconds()):
+            log.warn("PUSH device {sn}: no result for command {id} ({verb}) after {n} sends: given up", sn=self.server.serial,
+                     id=command.id, verb=command.text[:40], n=self.server.timing.command_attempts)
+            if command.id in self._listing_ids:
+                self._listing, self._listing_ids = None, set()
+                waiting, self._listed = self._listed, []
+                for d in waiting:
+                    d.errback(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
+            d = self._results.pop(command.id, None)
+            if d is not None:
+                d.errback(DeviceGone(f"PUSH device {self.server.serial} did not answer command {command.id}"))
+
+    # -- TerminalConnection: pulls -------------------------------------------------------------------
+
+    def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
+        """The copies the device uploaded (after the keypad change that asked for the pull)."""
+        return self._when_listed().addCallback(lambda _: self._fetched(user_ids))
+
+    def _fetched(self, user_ids: list[str]) -> FetchedUsers:
+        records, missing, seen = [], [], {}
+        for user_id in user_ids:
+            line = self.memory.users.get(user_id)
+            if line is None:
+                missing.append(user_id)
+                continue
+            user, templates = _as_user(line), self._templates(user_id)
+            try:
+                record = to_server(user, templates, self._profile)
+            except MessageError as exc:
+                log.warn("PUSH device {sn}: user {user} cannot be pulled: {e}", sn=self.server.serial, user=user_id, e=exc)
+                missing.append(user_id)
+                continue
+            records.append(record)
+            seen[user_id] = held_digest(user, templates)
+            self._tracker.seen_now(user_id, seen[user_id])
+            self._written.pop(user_id, None)  # the server's record is the merge of it: reconciliation compares anew
+        self._save_seen(seen)
+        return FetchedUsers(records, missing)
+
+    def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
+        """The device's users as listed by a fresh DATA QUERY (asked for at the first page), each with
+        the digest of the server record its copy was written from, or of its own copy when the
+        server has not written this copy (a keypad change, or one the server never saw)."""
+        return self._when_listed(fresh=not after_user_id).addCallback(lambda _: self._page(after_user_id, limit))
+
+    def _page(self, after_user_id: str, limit: int) -> DigestPage:
+        held = self._held()
+        ids = sorted(u for u in held if u > after_user_id)
+        page = {}
+        for user_id in ids[:limit]:
+            digest = held[user_id]
+            written = self._written.get(user_id)
+            page[user_id] = written if written and self._tracker.seen.get(user_id) == digest else digest
+        return DigestPage(page, len(ids) > limit)
+
+    def events_pending(self) -> defer.Deferred:
+        """Nothing waits on the device that the gateway could ask for: it uploads as things happen."""
+        return defer.succeed(0)
+
+    # -- TerminalConnection: pushes --------------------------------------------------------------------
+
+    def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
+        d = self._when_listed()
+        d.addCallback(lambda _: defer.gatherResults([self._put(raw, keep_local_changes) for raw in records], consumeErrors=True))
+        return d.addErrback(_first_error)
+
+    def delete_users(self, user_ids: list[str]) -> defer.Deferred:
+        d = self._when_listed()
+        d.addCallback(lambda _: defer.gatherResults([self._delete(u) for u in user_ids], consumeErrors=True))
+        return d.addErrback(_first_error)
+
+    def _put(self, raw: bytes, keep_local_changes: bool) -> defer.Deferred:
+        record = server_record(raw)
+        user_id = record.user_id
+        if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
+            return self._delete(user_id, quiet=True)
+        if keep_local_changes and user_id in self._tracker.unfetched():
+            return defer.succeed(UserResult(user_id, UserStatus.LOCAL_CHANGE_PENDING))
+        held_line = self.memory.users.get(user_id)
+        held = _as_user(held_line) if held_line is not None else None
+        try:
+            user, templates = to_device(record, 0, held, self._profile)
+        except Unfit as exc:
+            log.warn("PUSH device {sn}: user {user} not sent: {why}", sn=self.server.serial, user=user_id, why=exc)
+            return defer.succeed(UserResult(user_id, UserStatus.INVALID))
+        had = self._templates(user_id)
+        if self._profile.template_format is None:
+            templates, compared = [], had  # an algorithm we do not know: the device's templates stay as they are
+        else:
+            compared = templates
+        digest = held_digest(user, compared)
+        if held is not None and held_digest(held, had) == digest:
+            self._seen_written(user_id, digest, record_digest(raw))
+            return defer.succeed(UserResult(user_id, UserStatus.OK))
+        kind = "BIODATA" if self.memory.biodata else "FP"
+        line = UserLine(_merged_fields(held_line, user))
+        fingers = {t.fid: FingerLine(user_id, t.fid, t.valid, t.template, kind) for t in templates}
+        texts = [cmd.update_user(line.fields)] + [cmd.update_finger(f) for f in fingers.values()]
+        if self._profile.template_format is not None:
+            texts += [cmd.delete_finger(user_id, t.fid) for t in had if t.fid not in fingers]
+        else:
+            fingers = self.memory.fingers.get(user_id, {})
+
+        def applied(_):
+            for users, held_fingers in self._holders():
+                users[user_id] = line
+                held_fingers[user_id] = dict(fingers)
+            self._seen_written(user_id, digest, record_digest(raw))
+            self._submit([self._event(self._now_ms(), EventCode.UPDATE_SUCCESS if held is not None else EventCode.ENROLL_SUCCESS,
+                                      Origin.SERVER, user_id)])
+            return UserResult(user_id, UserStatus.OK)
+
+        return self._run(texts, user_id, applied)
+
+    def _delete(self, user_id: str, quiet: bool = False) -> defer.Deferred:
+        if user_id not in self.memory.users:
+            return defer.succeed(UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND))
+
+        def applied(_):
+            for users, fingers in self._holders():
+                users.pop(user_id, None)
+                fingers.pop(user_id, None)
+            self._tracker.seen_now(user_id, None)
+            self._written.pop(user_id, None)
+            self._save_seen({user_id: None})
+            self._submit([self._event(self._now_ms(), EventCode.DELETE_SUCCESS, Origin.SERVER, user_id)])
+            return UserResult(user_id, UserStatus.OK)
+
+        return self._run([cmd.delete_user(user_id)], user_id, applied)
+
+    def _run(self, texts: list[str], user_id: str, applied) -> defer.Deferred:
+        """Queue ``texts`` for the device; ``applied`` once every one succeeded, INVALID if it refused one."""
+        try:
+            commands = [self.server.queue(text) for text in texts]
+        except QueueFull as exc:
+            return defer.fail(exc)
+        waits = []
+        for command in commands:
+            self._results[command.id] = d = defer.Deferred()
+            waits.append(d)
+
+        def judged(codes):
+            refused = [code for code in codes if code != 0]
+            if refused:
+                log.warn("PUSH device {sn}: user {user} refused (Return={code})", sn=self.server.serial, user=user_id, code=refused[0])
+                return UserResult(user_id, UserStatus.INVALID)
+            return applied(codes)
+
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(judged).addErrback(_first_error)
+
+    # -- what is kept ---------------------------------------------------------------------------------
+
+    def _seen_written(self, user_id: str, digest: bytes, written: bytes) -> None:
+        self._tracker.seen_now(user_id, digest)
+        self._written[user_id] = written
+        self._save_seen({user_id: digest})
+
+    def _save_seen(self, seen: dict[str, bytes | None]) -> None:
+        if not seen:
+            return
+        stored = {u: (d + self._written.get(u, b"")) if d is not None else None for u, d in seen.items()}
+        self._holdings.save(self.terminal_id, stored).addErrback(self._unsaved, "what the server has seen")
+
+    def _stamps(self) -> dict[str, str]:
+        memory = self.memory
+        return {"ATTLOG": str(memory.attlog_stamp) if memory.attlog_stamp else "", "OPERLOG": memory.operlog_stamp or ""}
+
+    def _save_stamps(self) -> None:
+        memory = self.memory
+        self._db.write(save_attendance_mark, self.terminal_id, memory.attlog_stamp, memory.operlog_stamp).addErrback(self._unsaved, "its stamps")
+
+    def _unsaved(self, failure, what: str) -> None:
+        # At worst the device uploads again what it did (stored once) or a change is announced again: nothing lost.
+        log.warn("PUSH device {sn}: could not store {what}: {e}", sn=self.server.serial, what=what, e=failure.getErrorMessage())
+
+    def _skipped(self, bad, table: str) -> None:
+        if not bad:
+            return
+        first = bad[0]
+        detail = f"{len(bad)} {table} line(s) skipped; line {first.number}: {first.reason}: {first.text[:80]!r}"
+        log.warn("PUSH device {sn}: {detail}", sn=self.server.serial, detail=detail)
+        if self._metrics is not None:
+            self._metrics.labels(table).inc(len(bad))
+        self._monitor(LINES_SKIPPED, detail)
+
+    def _monitor(self, type_: str, detail: str) -> None:
+        row = sync_event_row(type_, self.terminal_id, "", detail, at_ms=self._now_ms())
+        self._events.commit_with_events(record_sync_events, [row]).addErrback(self._unsaved, "a monitoring event")
+
+    def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
+        event_id = self.memory.next_event_id
+        self.memory.next_event_id += 1
+        return Event(event_id, at_ms, int(code), int(sub_code), user_id)
+
+    def _submit(self, events: list[Event]) -> defer.Deferred:
+        return self._events.submit(self.terminal_id, events)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+
+def _as_user(line: UserLine) -> User:
+    """A USER line as the ZK mapping's user (gateway/zk/mapping.py): the PIN is the user id."""
+    return User(uid=0, user_id=line.pin, name=line.get("Name"), privilege=_number(line.get("Pri")) or 0,
+                password=line.get("Passwd"), card=_card(line.get("Card")), group_id=line.get("Grp"))
+
+
+def _card(text: str) -> int:
+    """``Card=12345`` or ``Card=[0A1B2C3D]`` (hex, some firmwares); 0 for none or nonsense."""
+    text = text.strip()
+    try:
+        if text.startswith("[") and text.endswith("]"):
+            return int(text[1:-1] or "0", 16) & 0xFFFFFFFF
+        return int(text or "0") & 0xFFFFFFFF
+    except ValueError:
+        return 0
+
+
+def _merged_fields(held: UserLine | None, user: User) -> tuple[tuple[str, str], ...]:
+    """The device's fields with ours written over them: what we do not map (TZ, Verify, ...) stays."""
+    ours = {"PIN": user.user_id, "Name": user.name, "Pri": str(user.privilege), "Passwd": user.password,
+            "Card": str(user.card) if user.card else "", "Grp": user.group_id}
+    if held is not None and _card(held.get("Card")) == user.card:
+        ours["Card"] = held.get("Card")  # the same card, kept in the device's own notation
+    fields, done = [], set()
+    for key, value in held.fields if held is not None else ():
+        name = next((k for k in ours if k.lower() == key.lower()), None)
+        fields.append((key, ours[name] if name else value))
+        done.add(name)
+    fields += [(k, v) for k, v in ours.items() if k not in done]
+    return tuple(fields)
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_error(failure):
+    """gatherResults' FirstError as the error inside it, which the sync core understands."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
+

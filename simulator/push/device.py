@@ -1,0 +1,231 @@
+"""PushTerminal: an emulated ZKTeco PUSH device, with no I/O, written against docs/zk-push.md.
+
+It holds what a device holds (users as ``key=value`` fields, fingerprint templates, its
+attendance log with a stamp per record, operation log lines not uploaded yet) and says what to
+send next: ``init_request``, ``next_upload`` (one table's lines at a time, acknowledged by
+``uploaded``), ``getrequest``; ``execute`` carries out a command and gives the lines a query
+uploads and the result line. People at the keypad are ``enroll``, ``edit``, ``delete``,
+``verify``; ``wipe`` empties it as a factory reset does. simulator/push/client.py drives it
+over HTTP; ``save``/``load`` keep it in a file (``--state``), as a device keeps its flash.
+
+Like real firmware it uploads OPLOG lines with the USER and FP lines of a keypad change, and
+nothing for a change the server made by command.
+"""
+
+import base64
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from protocol.zk.push import commands as cmd
+from protocol.zk.push.commands import CommandResult, PushCommand
+from protocol.zk.push.lines import TIME_FORMAT, FingerLine, OpLog, Punch, UserLine, field_value, parse_fields, parse_finger
+
+OP_ENROLL_USER, OP_CHANGE_USER, OP_DELETE_USER = 30, 36, 9  # OPLOG codes (docs/zk-push.md)
+VERIFY = {"pin": 0, "finger": 1, "card": 2, "face": 15}
+UNKNOWN_COMMAND = -1002  # Return of a command the device does not know
+TEMPLATE_BYTES = 640
+FP_VERSION = "10"
+MAX_UPLOAD_LINES = 1000  # per request
+
+
+@dataclass
+class PushTerminal:
+    serial: str
+    users: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # PIN -> the USER line's fields
+    fingers: dict[str, dict[int, FingerLine]] = field(default_factory=dict)
+    punches: list[tuple[int, str]] = field(default_factory=list)  # (stamp, ATTLOG line)
+    next_stamp: int = 1
+    sent_stamp: int = 0  # the server holds punches through this stamp
+    oplog: list[str] = field(default_factory=list)  # OPERLOG lines not acknowledged yet
+    options: dict[str, str] = field(default_factory=dict)  # from the initialization answer
+    biodata: bool = False  # write templates as BIODATA lines (PUSH 2.4+ firmware), else FP
+
+    # -- what it sends ---------------------------------------------------------------------------------
+
+    def init_query(self) -> dict[str, str]:
+        return {"SN": self.serial, "options": "all", "pushver": "2.4.1", "language": "69"}
+
+    def configure(self, answer: bytes) -> None:
+        """The initialization answer: options, and where the server's copy of the logs ends."""
+        for line in answer.decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                self.options[key.strip()] = value.strip()
+        server = _int(self.options.get("ATTLOGStamp"))
+        highest = self.punches[-1][0] if self.punches else 0
+        # The server says where its copy ends; past our own log it is another log's: send ours whole.
+        self.sent_stamp = server if server <= highest else 0
+
+    @property
+    def delay_s(self) -> float:
+        return float(_int(self.options.get("Delay")) or 10)
+
+    @property
+    def error_delay_s(self) -> float:
+        return float(_int(self.options.get("ErrorDelay")) or 30)
+
+    @property
+    def realtime(self) -> bool:
+        return self.options.get("Realtime", "1") != "0"
+
+    def next_upload(self) -> tuple[dict[str, str], bytes, int] | None:
+        """(query, body, token) of the next upload, or None; the token goes to ``uploaded``."""
+        fresh = [(stamp, line) for stamp, line in self.punches if stamp > self.sent_stamp][:MAX_UPLOAD_LINES]
+        if fresh:
+            body = "\n".join(line for _, line in fresh) + "\n"
+            return {"SN": self.serial, "table": "ATTLOG", "Stamp": str(fresh[-1][0])}, body.encode(), fresh[-1][0]
+        if self.oplog:
+            lines = self.oplog[:MAX_UPLOAD_LINES]
+            return {"SN": self.serial, "table": "OPERLOG", "OpStamp": str(self.next_stamp)}, ("\n".join(lines) + "\n").encode(), -len(lines)
+        return None
+
+    def uploaded(self, token: int) -> None:
+        """The server answered OK to the upload of ``token``."""
+        if token > 0:
+            self.sent_stamp = max(self.sent_stamp, token)
+        else:
+            del self.oplog[:-token]
+
+    def getrequest_query(self) -> dict[str, str]:
+        fingers = sum(len(f) for f in self.fingers.values())
+        info = f"Ver 6.60 emulated,{len(self.users)},{fingers},{len(self.punches)},127.0.0.1,{FP_VERSION},0,0,0"
+        return {"SN": self.serial, "INFO": info}
+
+    # -- commands --------------------------------------------------------------------------------------
+
+    def execute(self, command: PushCommand) -> tuple[list[str], CommandResult]:
+        """Carry out a command: the OPERLOG lines it uploads (a query's answer) and its result."""
+        words = command.text.split(" ", 3)
+        verb = words[0]
+        if verb in (cmd.CHECK, cmd.REBOOT):
+            return [], CommandResult(command.id, 0, verb)
+        if verb == cmd.INFO:
+            data = (("DeviceName", "emulated PUSH device"), ("SerialNumber", self.serial), ("FPVersion", FP_VERSION),
+                    ("UserCount", str(len(self.users))), ("TransactionCount", str(len(self.punches))))
+            return [], CommandResult(command.id, 0, verb, data)
+        if verb != "DATA" or len(words) < 3:
+            return [], CommandResult(command.id, UNKNOWN_COMMAND, verb)
+        action, table = words[1], words[2]
+        fields = parse_fields(words[3]) if len(words) > 3 else ()
+        pin = field_value(fields, "PIN")
+        if action == "UPDATE" and table == "USERINFO" and pin:
+            held = dict(self.users.get(pin, ()))
+            held.update(fields)
+            self.users[pin] = tuple(held.items())
+        elif action == "DELETE" and table == "USERINFO" and pin:
+            self.users.pop(pin, None)
+            self.fingers.pop(pin, None)
+        elif action == "UPDATE" and table in ("FINGERTMP", "BIODATA") and pin:
+            finger = parse_finger(table, words[3])
+            if finger is None or pin not in self.users:
+                return [], CommandResult(command.id, -1, verb)
+            self.fingers.setdefault(pin, {})[finger.fid] = finger
+        elif action == "DELETE" and table in ("FINGERTMP", "BIODATA") and pin:
+            self.fingers.get(pin, {}).pop(_int(field_value(fields, "FID") or field_value(fields, "No")), None)
+        elif action == "QUERY" and table == "USERINFO":
+            chosen = [pin] if pin else sorted(self.users)
+            return [UserLine(self.users[p]).line() for p in chosen if p in self.users], CommandResult(command.id, 0, verb)
+        elif action == "QUERY" and table in ("FINGERTMP", "BIODATA"):
+            chosen = [pin] if pin else sorted(self.fingers)
+            return [f.line() for p in chosen for f in self.fingers.get(p, {}).values()], CommandResult(command.id, 0, verb)
+        else:
+            return [], CommandResult(command.id, UNKNOWN_COMMAND, verb)
+        return [], CommandResult(command.id, 0, verb)
+
+    # -- the keypad ------------------------------------------------------------------------------------
+
+    def enroll(self, pin: str, name: str = "", password: str = "", card: int = 0, fingers: tuple[int, ...] = (), now: datetime | None = None) -> None:
+        if pin in self.users:
+            raise ValueError(f"user {pin} is enrolled already: use edit")
+        self.users[pin] = (("PIN", pin), ("Name", name), ("Pri", "0"), ("Passwd", password), ("Card", str(card) if card else ""),
+                           ("Grp", "1"), ("TZ", "0000000100000000"), ("Verify", "0"))
+        for fid in fingers:
+            self._scan(pin, fid)
+        self._log_change(OP_ENROLL_USER, pin, now)
+
+    def edit(self, pin: str, now: datetime | None = None, add_fingers: tuple[int, ...] = (), remove_fingers: tuple[int, ...] = (), **changes: str) -> None:
+        if pin not in self.users:
+            raise ValueError(f"no user {pin} on this device")
+        held = dict(self.users[pin])
+        held.update(changes)
+        self.users[pin] = tuple(held.items())
+        for fid in add_fingers:
+            self._scan(pin, fid)
+        for fid in remove_fingers:
+            self.fingers.get(pin, {}).pop(fid, None)
+        self._log_change(OP_CHANGE_USER, pin, now)
+
+    def delete(self, pin: str, now: datetime | None = None) -> None:
+        if pin not in self.users:
+            raise ValueError(f"no user {pin} on this device")
+        del self.users[pin]
+        self.fingers.pop(pin, None)
+        self.oplog.append(OpLog(OP_DELETE_USER, "0", self._time(now), (pin,)).line())
+
+    def verify(self, pin: str, how: str = "finger", now: datetime | None = None) -> None:
+        self.punches.append((self.next_stamp, Punch(pin, self._time(now), 0, VERIFY[how]).line()))
+        self.next_stamp += 1
+
+    def wipe(self) -> None:
+        """A factory reset: users, templates, logs and stamps gone; the serial stays."""
+        self.users.clear()
+        self.fingers.clear()
+        self.punches.clear()
+        self.oplog.clear()
+        self.next_stamp, self.sent_stamp = 1, 0
+
+    def _scan(self, pin: str, fid: int) -> None:
+        template = random.Random(f"{self.serial}/{pin}/{fid}").randbytes(TEMPLATE_BYTES)
+        self.fingers.setdefault(pin, {})[fid] = FingerLine(pin, fid, 1, template, "BIODATA" if self.biodata else "FP")
+
+    def _log_change(self, code: int, pin: str, now: datetime | None) -> None:
+        lines = [OpLog(code, "0", self._time(now), (pin,)).line(), UserLine(self.users[pin]).line()]
+        lines += [f.line() for f in self.fingers.get(pin, {}).values()]
+        self.oplog.extend(lines)
+
+    def _time(self, now: datetime | None) -> str:
+        """The device's clock: UTC shifted by the TimeZone the server gave."""
+        now = now or datetime.now(timezone.utc)
+        return (now + timedelta(hours=_int(self.options.get("TimeZone")))).strftime(TIME_FORMAT)
+
+    # -- flash ---------------------------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write the device to ``path`` atomically (a crash leaves the old file or the new one)."""
+        state = dict(serial=self.serial, users={p: list(map(list, f)) for p, f in self.users.items()},
+                     fingers={p: {str(fid): [f.valid, base64.b64encode(f.template).decode(), f.kind] for fid, f in fs.items()}
+                              for p, fs in self.fingers.items()},
+                     punches=self.punches, next_stamp=self.next_stamp, sent_stamp=self.sent_stamp, oplog=self.oplog, biodata=self.biodata)
+        folder = os.path.dirname(os.path.abspath(path))
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f.name, path)
+
+    @classmethod
+    def load(cls, path: str, serial: str) -> "PushTerminal":
+        if not os.path.exists(path):
+            return cls(serial)
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state["serial"] != serial:
+            raise ValueError(f"{path} holds device {state['serial']}, not {serial}")
+        device = cls(serial, biodata=state.get("biodata", False))
+        device.users = {p: tuple(tuple(kv) for kv in f) for p, f in state["users"].items()}
+        device.fingers = {p: {int(fid): FingerLine(p, int(fid), v, base64.b64decode(t), k) for fid, (v, t, k) in fs.items()}
+                          for p, fs in state["fingers"].items()}
+        device.punches = [tuple(p) for p in state["punches"]]
+        device.next_stamp, device.sent_stamp, device.oplog = state["next_stamp"], state["sent_stamp"], state["oplog"]
+        return device
+
+
+def _int(text) -> int:
+    try:
+        return int(str(text).strip())
+    except (TypeError, ValueError):
+        return 0

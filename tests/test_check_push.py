@@ -1,0 +1,45 @@
+"""gateway-check --push against the emulated PUSH device (simulator push-terminal), both as
+processes: the device says hello, takes INFO, lists its users, and with --write stores and
+deletes the test user; a port in use is exit status 2 in one line."""
+
+import socket
+
+from processes import KeypadClient, Process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_check_passes_against_the_emulated_device(tmp_path):
+    port = free_port()
+    check = Process("tools.check", "--push", str(port), "--push-host", "127.0.0.1", "--write", "--wait", "60")
+    device = None
+    try:
+        check.wait_for(r"waiting up to 60 s for a PUSH device")
+        device = Process("simulator.cli", "push-terminal", "--server", f"http://127.0.0.1:{port}", "--sn", "CHK0001", "--control", "0",
+                         "--state", str(tmp_path / "d.json"))
+        keypad = KeypadClient(int(device.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        keypad.ok('enrol 3 name="Al Bo"')
+        assert check.wait_exit(120) == 0
+        output = check.all_output()
+        for label in ("hello: serial CHK0001", "commands: firmware Ver 6.60 emulated", "INFO: DeviceName=emulated PUSH device",
+                      "user list:", "write test user: user 999999999 stored and listed back", "delete test user:"):
+            assert f"PASS {label}" in output, output
+        assert [line.split("  ")[0] for line in keypad.ok("list")] == ["3"]  # the test user is gone again
+        keypad.close()
+    finally:
+        if device is not None:
+            device.stop()
+        check.stop()
+
+
+def test_a_port_in_use_is_one_line_and_status_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        check = Process("tools.check", "--push", str(taken.getsockname()[1]), "--push-host", "127.0.0.1")
+        assert check.wait_exit(30) == 2
+        assert "gateway-check: cannot listen on 127.0.0.1" in check.all_output()

@@ -1,0 +1,251 @@
+"""PUSH devices on a real site: a ``gateway run`` process with ``[push]``, a native ``simulator
+terminal`` and ``simulator push-terminal`` processes calling it over loopback HTTP. An enrolment at
+either kind reaches the other; a PUSH device whose store was wiped is refilled; an unknown serial
+is recorded and never given a command."""
+
+import json
+import secrets
+from urllib import request as urlrequest
+
+import pytest
+
+from processes import KeypadClient, Process, eventually
+
+NATIVE = 101
+SN, PUSH_ID = "PUSHE2E0001", 201
+
+
+class Device:
+    """A ``simulator push-terminal`` process and a keypad client on its control socket."""
+
+    def __init__(self, url: str, serial: str, state, *options: str):
+        self.process = Process("simulator.cli", "push-terminal", "--server", url, "--sn", serial, "--control", "0", "--state", str(state),
+                               *options)
+        try:
+            self.keypad = KeypadClient(int(self.process.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def users(self) -> dict[str, str]:
+        return {line.split("  ")[0]: line.split("  ")[1] for line in self.keypad.ok("list")}
+
+    def stop(self):
+        self.keypad.close()
+        self.process.stop()
+
+
+class Native:
+    def __init__(self, port: int):
+        self.process = Process("simulator.cli", "terminal", "--gateway", f"127.0.0.1:{port}", "--id", str(NATIVE),
+                               "--secret", f"secret-{NATIVE}", "--control", "0")
+        try:
+            self.keypad = KeypadClient(int(self.process.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def show(self, user_id: str) -> dict[str, str]:
+        status, lines = self.keypad.command(f"show {user_id}")
+        return dict(line.split(None, 1) for line in lines) if status == "ok" else {}
+
+    def stop(self):
+        self.keypad.close()
+        self.process.stop()
+
+
+@pytest.fixture
+def site(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\nadmission = "pending"\n'
+                      f'[[terminals]]\nid = {NATIVE}\nsecret = "secret-{NATIVE}"\n'
+                      f'[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
+                      f'[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\nname = "PUSH door"\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
+                      "--tcp-port", "0", "--http-port", "0")
+    started = []
+    try:
+        tcp_port = int(gateway.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+
+        def start(kind, *args):
+            found = Device(push_url, *args) if kind == "push" else Native(tcp_port)
+            started.append(found)
+            return found
+
+        start.page, start.push_url, start.gateway = page, push_url, gateway
+        yield start
+    finally:
+        for found in started:
+            found.stop()
+        gateway.stop()
+
+
+def api(page: str, path: str, method: str = "GET", body: dict | None = None):
+    req = urlrequest.Request(f"{page}api/{path}", method=method, headers={"Authorization": "Bearer test-token", "Content-Type": "application/json"},
+                             data=json.dumps(body or {}).encode() if method == "POST" else None)
+    with urlrequest.urlopen(req, timeout=20) as response:
+        return json.loads(response.read())
+
+
+def terminal(page: str, terminal_id: int) -> dict:
+    return next((t for t in api(page, "terminals")["terminals"] if t["id"] == terminal_id), {})
+
+
+def test_an_enrolment_at_a_push_device_reaches_a_native_terminal_and_back(site, tmp_path):
+    device, native = site("push", SN, tmp_path / "device.json"), site("native")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online") and terminal(site.page, NATIVE).get("online"), "both online")
+    device.keypad.ok('enrol 77 name="Ana Lima" card=1234 finger=1')
+    shown = eventually(lambda: native.show("77"), "the native terminal to hold the PUSH enrolment")
+    assert shown["name"] == "Ana Lima"
+    user = api(site.page, "users/77")
+    assert (user["name"], user["cards"], user["fingerprints"]) == ("Ana Lima", ["CSN"], 1)
+
+    native.keypad.ok('enrol 9001 name="Bo Berg" card=csn:000004d2')
+    eventually(lambda: device.users().get("9001") == "Bo Berg", "the PUSH device to hold the native enrolment")
+    # An edit at the PUSH device's keypad: the name is the server's already, so only a vacant field could change.
+    device.keypad.ok("edit 9001 password=4321")
+    eventually(lambda: api(site.page, "users/9001")["has_pin"], "the PIN set at the PUSH device to reach the server")
+
+
+def test_a_push_device_behind_a_nat_syncs_by_its_serial(site, tmp_path):
+    """The gateway sees the device's requests come from a translated address: it is the serial that counts."""
+    device = site("push", SN, tmp_path / "device.json", "--source", "127.0.0.3")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("link") == "push 127.0.0.3", "the PUSH device online from 127.0.0.3")
+    device.keypad.ok('enrol 55 name="Nat Ada"')
+    eventually(lambda: api(site.page, "users")["users"], "the enrolment on the server")
+    assert api(site.page, "users/55")["name"] == "Nat Ada"
+
+
+def test_a_wiped_push_device_is_refilled(site, tmp_path):
+    device = site("push", SN, tmp_path / "device.json")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online"), "the PUSH device online")
+    for n in range(5):
+        device.keypad.ok(f'enrol {300 + n} name="Person {n}"')
+    eventually(lambda: api(site.page, "terminals") and terminal(site.page, PUSH_ID).get("lag") == 0
+               and len(api(site.page, "users")["users"]) == 5, "the five enrolments on the server")
+    device.keypad.ok("wipe")
+    assert device.users() == {}
+    found = api(site.page, "reconcile", "POST")
+    assert found["repaired"] >= 5, found
+    eventually(lambda: len(device.users()) == 5, "the wiped device refilled")
+    assert device.users()["302"] == "Person 2"
+
+
+def test_an_unknown_serial_is_recorded_pending_and_given_no_command(site, tmp_path):
+    stranger = site("push", "STRANGER01", tmp_path / "stranger.json")
+    stranger.keypad.ok('enrol 5 name="Eve"')
+    pending = eventually(lambda: [t for t in api(site.page, "terminals")["terminals"] if t["admission"] == "pending"], "a pending terminal")
+    assert pending[0]["link"].startswith("push 127.0.0.1") and "STRANGER01" in pending[0]["model"]
+    site.gateway.wait_for(r"PUSH device STRANGER01 from 127\.0\.0\.1 refused")
+    stranger.process.wait_for(r"answered the initialization")  # it is answered, so it does not spin
+    status, _ = stranger.keypad.command("status")
+    assert "2 lines not uploaded" in status  # it keeps its data, and retries
+    assert api(site.page, "users")["users"] == []
+    # An administrator admits it: what it kept arrives. The API asks every admitted terminal for a
+    # secret; a PUSH device proves none, so it is a random one nobody uses (docs/zk-push.md).
+    api(site.page, f"terminals/{pending[0]['id']}/admit", "POST", {"secret": secrets.token_hex(16)})
+    eventually(lambda: api(site.page, "users")["users"], "the stranger's enrolment once admitted", timeout=30)
+    assert api(site.page, "users/5")["name"] == "Eve"
+
+
+def raw(url: str, method: str, path: str, body: bytes | None = None, source: str = "127.0.0.1", headers: dict | None = None):
+    """One request from ``source`` (any 127/8 address is this host): (status, body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=20, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_bad_requests_get_a_clear_answer_and_store_nothing(site, tmp_path):
+    url = site.push_url
+    device = site("push", SN, tmp_path / "device.json")
+    eventually(lambda: terminal(site.page, PUSH_ID).get("online"), "the PUSH device online")
+    assert raw(url, "POST", f"/iclock/cdata?SN={SN}&table=SECRETS", b"x")[0] == 400
+    assert raw(url, "GET", f"/iclock/elsewhere?SN={SN}")[0] == 404
+    assert raw(url, "GET", "/iclock/getrequest")[0] == 400  # no serial
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG", b"1\t2024-01-01 00:00:00\t0\t1\n" * 400_000)
+    assert (status, answer.strip()) == (413, b"body over 8388608 bytes")
+    # A known serial from another address while it is online: refused and counted, its data untouched.
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG", b"77\t2024-01-01 00:00:00\t0\t1\n", source="127.0.0.2")
+    assert status == 403 and b"online from 127.0.0.1" in answer
+    site.gateway.wait_for(r"PUSH device PUSHE2E0001 from 127\.0\.0\.2 refused")
+    # Lines that do not parse are skipped and reported; the good one is stored.
+    status, answer = raw(url, "POST", f"/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=99",
+                         b"77\t2024-01-01 09:00:00\t0\t1\n77\tnoon\t0\t1\n\xff\xfe\t2024-01-01 09:00:00\n")
+    assert (status, answer.strip()) == (200, b"OK: 3")
+    events = api(site.page, "events")["events"]
+    skipped = [e for e in events if e["type"] == "Device lines skipped (PUSH)"]
+    assert len(skipped) == 1 and "2 ATTLOG line(s) skipped" in skipped[0]["detail"]
+    assert [e["user_id"] for e in events if e["type"] == "VERIFY_SUCCESS"] == ["77"]
+    assert device.process.popen.poll() is None
+
+
+def test_a_push_device_over_https(tmp_path):
+    """``[push]`` with cert and key: the device checks the gateway's certificate and syncs as over HTTP."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "push.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "push.key"))
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
+                      f'cert = "{tmp_path / "push.pem"}"\nkey = "{tmp_path / "push.key"}"\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    device = None
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        port = gateway.wait_for(r"listening for PUSH devices on https://127\.0\.0\.1:(\d+)/iclock/").group(1)
+        device = Device(f"https://localhost:{port}", SN, tmp_path / "device.json", "--ca", str(tmp_path / "ca.pem"))
+        device.keypad.ok('enrol 41 name="Tia Sol"')
+        eventually(lambda: api(page, "users?limit=10")["users"], "the enrolment over HTTPS on the server")
+        assert api(page, "users/41")["name"] == "Tia Sol"
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()
+
+
+def test_a_gateway_killed_mid_uploads_loses_no_punch_and_stores_none_twice(tmp_path):
+    """SIGKILL while a PUSH device uploads punches; the gateway starts again on the same database
+    and port; the device sends again what was not answered: every punch stored exactly once."""
+    import signal
+    import socket as sockets
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = {port}\ndelay_s = 1\n'
+                      f'error_delay_s = 1\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+    command = ("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    gateway = Process(*command)
+    device = None
+    try:
+        gateway.wait_for(r"listening for PUSH devices")
+        device = Device(f"http://127.0.0.1:{port}", SN, tmp_path / "device.json")
+        for n in range(40):
+            device.keypad.ok(f"verify {n} {'finger' if n % 2 else 'card'}")
+        gateway.popen.send_signal(signal.SIGKILL)  # some uploads answered, some on their way, some not sent
+        gateway.popen.wait(10)
+        for n in range(40, 60):
+            device.keypad.ok(f"verify {n}")
+        gateway = Process(*command)
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        eventually(lambda: "0 lines not uploaded" in device.keypad.command("status")[0], "every punch acknowledged", timeout=60)
+        punches = [e["user_id"] for e in api(page, "events?type=VERIFY_SUCCESS&limit=500")["events"]]
+        assert sorted(punches, key=int) == [str(n) for n in range(60)]
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()
