@@ -54,4 +54,4 @@ def test_the_service_serves_it_and_the_registry_refuses_it_a_native_session(lamp
 
 def test_the_openapi_document_lists_it(lamp_registered):
     terminal = document([])["components"]["schemas"]["Terminal"]["properties"]["kind"]
-    assert terminal["enum"] == ["native", "zk", "lamp"] and "a lamp that calls in" in terminal["description"]
+    assert terminal["enum"] == ["native", "zk", "push", "lamp"] and "a lamp that calls in" in terminal["description"]

@@ -11,7 +11,7 @@ def load(push, **more):
 
 
 def test_off_unless_given_and_defaults():
-    assert GatewayConfig.load(None).push is None
+    assert GatewayConfig.load(None).section("push") is None
     entry = parse_push({"devices": [{"sn": "A1"}]})
     assert (entry.port, entry.delay_s, entry.silent_s) == (8081, 10, 60.0)
     assert entry.devices[0].terminal_id == terminal_id_of("A1") == terminal_id_of("A1")

@@ -35,20 +35,31 @@ class Events:
         return defer.succeed(None)
 
 
-class HoldingsStore:
-    def __init__(self, seen=None):
-        self.seen = dict(seen or {})
+class Store:
+    """The ZkStore a PUSH device keeps its state in: what the server has seen, the stamps, the punches stored."""
 
-    def load(self, terminal_id):
+    def __init__(self, seen=None, stored=()):
+        self.seen = dict(seen or {})
+        self.stored = set(stored)
+        self.writes = []
+
+    def holdings(self, terminal_id):
         return defer.succeed(Holdings(dict(self.seen), frozenset()))
 
-    def save(self, terminal_id, seen):
+    def save_seen(self, terminal_id, seen):
         for user_id, digest in seen.items():
             if digest is None:
                 self.seen.pop(user_id, None)
             else:
                 self.seen[user_id] = digest
         return defer.succeed(None)
+
+    def save_attendance_mark(self, *args):
+        self.writes.append(("save_attendance_mark", args))
+        return defer.succeed(None)
+
+    def stored_punches(self, terminal_id, since_ms):
+        return defer.succeed(self.stored)
 
 
 class Presence:
@@ -61,19 +72,6 @@ class Presence:
 
     def offline(self, connection):
         self.online_now.remove(connection)
-
-
-class Db:
-    def __init__(self, stored=()):
-        self.stored = set(stored)
-        self.writes = []
-
-    def read(self, work, *args):
-        return defer.succeed(self.stored)
-
-    def write(self, work, *args):
-        self.writes.append((work.__name__, args))
-        return defer.succeed(None)
 
 
 class Counter:
@@ -93,11 +91,11 @@ class Counter:
 def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None):
     clock = task.Clock()
     clock.advance(1_700_000_000)
-    events, holdings, presence, db, skipped = Events(), HoldingsStore(seen), Presence(), Db(stored), Counter()
-    device = PushDevice(TID, PushServer(SN, PushTiming(command_s=command_s, command_attempts=2)), clock=clock, db=db, holdings=holdings,
+    events, store, presence, skipped = Events(), Store(seen, stored), Presence(), Counter()
+    device = PushDevice(TID, PushServer(SN, PushTiming(command_s=command_s, command_attempts=2)), clock=clock, store=store,
                         events=events, presence=presence, offline_s=offline_s, metrics=skipped,
                         on_offline_reason=on_offline_reason)
-    return device, clock, events, holdings, presence, db, skipped
+    return device, clock, events, store, presence, store, skipped  # the store twice: its holdings, its writes
 
 
 def call(device, method, path, query=None, body=b""):

@@ -199,7 +199,7 @@ class ApiResource(resource.Resource):
         try:
             n, values = self._router.match(path.rstrip("/") or "/", method)
         except MethodNotAllowed as refused:
-            allowed = [m for m in refused.valid_methods or () if m not in ("HEAD", "OPTIONS")]
+            allowed = sorted(m for m in refused.valid_methods or () if m not in ("HEAD", "OPTIONS"))
             raise ApiError(405, f"{method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)}) from None
         except NotFound:
             raise ApiError(404, f"no such API endpoint: {path} (see /api/openapi.json)") from None

@@ -58,7 +58,7 @@ class Gateway:
         # Other kinds' devices are made and kept by the first process alone; our own terminals
         # dial in to every process, so each knows them.
         served_kinds = [kind for kind in kinds().values() if role.primary or kind.native_sessions]
-        configured = [terminal for kind in served_kinds for terminal in kind.configured(config.entries(kind.section))]
+        configured = [terminal for kind in served_kinds for terminal in kind.configured(config.section(kind.section))]
         # Other processes may share a PostgreSQL database: hear them, and claim each terminal served.
         shared = self.db.engine.dialect.name == "postgresql"
         self.peers = Listener(lambda: connect_raw(self.db.engine, "listener"), reactor, self._peer_said, self._resynced) if shared else None
@@ -121,7 +121,7 @@ class Gateway:
         self.buses = [BusMaster(parse_serial(entry), self.reactor, self.metrics, self.new_session) for entry in self.config.serial]
         for bus in self.buses:
             bus.start()
-        self.serving = {kind.name: kind.serve(self.config.entries(kind.section), self) for kind in kinds().values()}
+        self.serving = {kind.name: kind.serve(self.config.section(kind.section), self) for kind in kinds().values()}
         for serving in self.serving.values():
             serving.start()
         if not self.config.http_process:  # else the API process keeps the figures

@@ -21,7 +21,7 @@ from gateway.push.door import PushDoor
 from gateway.push.listener import push_site
 from gateway.push.settings import parse_push
 from gateway.native.tls import server_options
-from gateway.zk.holdings import HoldingsWriter
+from gateway.zk.store import DatabaseStore
 from protocol.zk.push.server import CommandsWanted, InitRequested, PushServer, PushTiming
 
 log = Logger(namespace="gateway.push")
@@ -34,7 +34,7 @@ class PushService:
         self._registry = registry
         self._db = db
         self._events = events
-        self._holdings = HoldingsWriter(db)
+        self._store = DatabaseStore(db)  # what the server has seen of each device, as for ZK devices the gateway dials
         self.door = PushDoor(registry, entry.devices, metrics.registry)
         self._skipped = Counter("gateway_push_lines_skipped", "Lines of PUSH uploads that did not parse, by table", ["table"],
                                 registry=metrics.registry)
@@ -90,7 +90,7 @@ class PushService:
             entry = self.door.entry(serial)
             server = PushServer(serial, self.timing, entry.charset if entry.charset is not UNSET else None, first_id=self._first_id)
             device = self.devices[serial] = PushDevice(
-                self.door.terminal_id(serial), server, clock=self._reactor, db=self._db, holdings=self._holdings, events=self._events,
+                self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, events=self._events,
                 presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h, metrics=self._skipped,
                 on_offline_reason=self._registry.offline_reason)
         event = device.server.receive(request, self._reactor.seconds())

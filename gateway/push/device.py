@@ -28,8 +28,9 @@ from twisted.logger import Logger
 
 from gateway.sync.connection import DigestPage, FetchedUsers, TerminalInfo, UserResult
 from gateway.sync.monitor import LOG_RESTARTED, record_sync_events, sync_event_row
-from gateway.zk.connection import CREDENTIALS, server_record
-from gateway.zk.holdings import save_attendance_mark, stored_punches
+from gateway.zk.attendance import CREDENTIALS
+from gateway.zk.store import ZkStore
+from gateway.zk.writes import server_record
 from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker
 from protocol.errors import MessageError, ProtocolError
@@ -73,7 +74,7 @@ class DeviceMemory:
 class PushDevice:
     push_bytes = 64 * 1024  # the pusher's batches; the command queue bounds what waits
 
-    def __init__(self, terminal_id: int, server: PushServer, *, clock, db, holdings, events, presence, offline_s: float,
+    def __init__(self, terminal_id: int, server: PushServer, *, clock, store: ZkStore, events, presence, offline_s: float,
                  timezone_h: int = 0, metrics=None, on_offline_reason=lambda terminal_id, reason: None):
         self.terminal_id = terminal_id
         self.server = server
@@ -83,8 +84,7 @@ class PushDevice:
         self.online = False
         self.last_heard_s = 0.0
         self._clock = clock
-        self._db = db
-        self._holdings = holdings
+        self._store = store
         self._events = events
         self._presence = presence
         self._offline_s = offline_s
@@ -164,7 +164,7 @@ class PushDevice:
     def _come_online(self):
         if self.online:  # a request that waited for another one's coming online
             return True
-        held = yield self._holdings.load(self.terminal_id)
+        held = yield self._store.holdings(self.terminal_id)
         memory = self.memory
         seen = {user_id: digest[:8] for user_id, digest in held.seen.items()}
         self._written = {user_id: digest[8:] for user_id, digest in held.seen.items() if len(digest) > 8}
@@ -291,7 +291,7 @@ class PushDevice:
             if key not in memory.recent:
                 fresh.setdefault(key, punch)
         if memory.unsure and fresh:
-            stored = yield self._db.read(stored_punches, self.terminal_id, min(key[1] for key in fresh))
+            stored = yield self._store.stored_punches(self.terminal_id, min(key[1] for key in fresh))
             fresh = {key: p for key, p in fresh.items() if key not in stored}
         memory.unsure = False
         if fresh:
@@ -441,6 +441,10 @@ class PushDevice:
             page[user_id] = written if written and self._tracker.seen.get(user_id) == digest else digest
         return DigestPage(page, len(ids) > limit)
 
+    def digest_of(self, record: bytes) -> bytes:
+        """A copy the server wrote is listed by the digest of the record it was written from."""
+        return record_digest(record)
+
     def events_pending(self) -> defer.Deferred:
         """Nothing waits on the device that the gateway could ask for: it uploads as things happen."""
         return defer.succeed(0)
@@ -547,7 +551,7 @@ class PushDevice:
         if not seen:
             return
         stored = {u: (d + self._written.get(u, b"")) if d is not None else None for u, d in seen.items()}
-        self._holdings.save(self.terminal_id, stored).addErrback(self._unsaved, "what the server has seen")
+        self._store.save_seen(self.terminal_id, stored).addErrback(self._unsaved, "what the server has seen")
 
     def _stamps(self) -> dict[str, str]:
         memory = self.memory
@@ -555,7 +559,7 @@ class PushDevice:
 
     def _save_stamps(self) -> None:
         memory = self.memory
-        self._db.write(save_attendance_mark, self.terminal_id, memory.attlog_stamp, memory.operlog_stamp).addErrback(self._unsaved, "its stamps")
+        self._store.save_attendance_mark(self.terminal_id, memory.attlog_stamp, memory.operlog_stamp).addErrback(self._unsaved, "its stamps")
 
     def _unsaved(self, failure, what: str) -> None:
         # At worst the device uploads again what it did (stored once) or a change is announced again: nothing lost.

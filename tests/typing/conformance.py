@@ -7,6 +7,9 @@ from gateway.native.kind import NATIVE, Dialers
 from gateway.native.session import Link
 from gateway.native.tcp import TcpLink
 from gateway.native.bus.link import BusLink
+from gateway.push import PushService
+from gateway.push.device import PushDevice
+from gateway.push.kind import PUSH
 from gateway.sync.connection import Admission, EventSink, Presence, TerminalConnection
 from gateway.sync.eventlog import EventLog
 from gateway.terminals import TerminalRegistry
@@ -14,8 +17,8 @@ from gateway.zk.connection import ZkConnection
 from gateway.zk.kind import ZK
 
 
-def terminal_connections(zk: ZkConnection) -> list[TerminalConnection]:
-    return [zk]
+def terminal_connections(zk: ZkConnection, push: PushDevice) -> list[TerminalConnection]:
+    return [zk, push]
 
 
 def what_sessions_are_given(log: EventLog, registry: TerminalRegistry) -> tuple[EventSink, Admission, Presence]:
@@ -27,8 +30,8 @@ def links(tcp: TcpLink, bus: BusLink) -> list[Link]:
 
 
 def kinds() -> list[TerminalKind]:
-    return [NATIVE, ZK]
+    return [NATIVE, ZK, PUSH]
 
 
-def servings(dialers: Dialers, each: ServingEach) -> list[Serving]:
-    return [dialers, each]
+def servings(dialers: Dialers, each: ServingEach, push: PushService) -> list[Serving]:
+    return [dialers, each, push]
