@@ -31,7 +31,10 @@ def _client_options(p: argparse.ArgumentParser, defaults: bool) -> argparse.Argu
     p.add_argument("--url", default=default(admin.DEFAULT_URL), help=f"the gateway's HTTP address (default {admin.DEFAULT_URL})")
     p.add_argument("--token", default=default(None),
                    help=f"API token for changes (default: ${TOKEN_ENV}, else ./{TOKEN_FILE} for a gateway on this machine)")
-    p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", default=default(False),
+                   help="print JSON instead of a table: one document (events: one object a line, as they stream)")
+    p.add_argument("--jsonl", action="store_true", default=default(False),
+                   help="print JSON Lines: one object a line (each terminal, user, event, history entry)")
     return p
 
 
@@ -133,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", help="part of the id or name")
     listing.add_argument("--after", metavar="USER_ID", help="continue after this user id")
     listing.add_argument("--limit", type=int, default=50)
-    users_sub.add_parser("show", parents=[client], help="show one user").add_argument("user_id")
+    shown = users_sub.add_parser("show", parents=[client], help="show one user")
+    shown.add_argument("user_id")
+    shown.add_argument("--provenance", action="store_true", help="for every field and credential: who gave it, when, by which rule")
+    users_sub.add_parser("history", parents=[client],
+                         help="every version of a user: where it came from, what changed, which rule took or refused each field"
+                         ).add_argument("user_id")
     _user_fields(users_sub.add_parser("add", parents=[client], help="add a user"), edit=False)
     _user_fields(users_sub.add_parser("edit", parents=[client], help="change some fields of a user"), edit=True)
     users_sub.add_parser("delete", parents=[client], help="delete a user (terminals delete it too)").add_argument("user_id")

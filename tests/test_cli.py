@@ -139,7 +139,8 @@ class CommandTests(ApiTestCase):
     def test_events_listed_and_followed(self):
         yield self.enroll(A, "e-1")
         done = yield self.run_gateway("events", "--type", "device-update")
-        (line,) = done.stdout.splitlines()
+        header, line = done.stdout.splitlines()
+        self.assertEqual(header.split(), ["ID", "WHEN", "TERMINAL", "ORIGIN", "TYPE", "USER", "DETAIL"])
         self.assertIn("User update succeeded (Device)", line)
         self.assertIn("e-1", line)
         self.assertEqual(line.split()[3], str(A))  # id, date, time, terminal

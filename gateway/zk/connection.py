@@ -24,7 +24,7 @@ from gateway.sync.connection import EventSink, FetchedUsers, ListingUnsupported,
 from gateway.store.database import DatabaseFailure
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.holdings import HoldingsWriter, save_attendance_mark, stored_punches
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, is_text, keyable, template_format, to_device, to_server
+from gateway.zk.mapping import DeviceProfile, Unfit, held_copy, held_digest, is_text, keyable, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.errors import MessageError
 from protocol.events import Credential, Event, EventCode, Origin
@@ -385,6 +385,10 @@ class ZkConnection:
         log.warn("ZK terminal {tid}: could not store {what}: {e}", tid=self.terminal_id, what=what, e=failure.getErrorMessage())
 
     # -- TerminalConnection: pulls -----------------------------------------------------------------
+
+    def holdable(self, record):
+        """The copy of a server record this device can hold: the merge tells its limits from an edit."""
+        return held_copy(record, self._profile)
 
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
         """The device's copies, from the last complete read (the one whose change asked for the pull)."""

@@ -111,6 +111,19 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
     return user, templates
 
 
+def held_copy(record: UserRecord, profile: DeviceProfile) -> UserRecord:
+    """What a pull gives back of ``record`` once written to this device: its name cut to the
+    device's bytes, the one card it gets, templates of its own algorithm; nothing else (a PIN
+    set on the server cannot go to a device, which holds only clear passwords)."""
+    fmt = profile.template_format
+    return UserRecord(
+        user_id=record.user_id,
+        name=cut_utf8(record.name or "", NAME_BYTES[profile.record_size]) or None,
+        cards=device_card(card_number(record)),
+        fingerprints=tuple(f for f in record.fingerprints if fmt and f.format == fmt),
+    )
+
+
 def held_digest(user: User, templates: list[Template]) -> bytes:
     """8 bytes that change whenever the device's copy of a person changes: every field but the
     uid (a slot, not the person) and every template."""
