@@ -16,6 +16,8 @@ from wcwidth import wcswidth
 from gateway.admin import table
 from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
+from gateway.sync.monitor import SAVED_FROM_DEVICE
+from protocol.records import Card, CardType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,6 +161,45 @@ class CommandTests(ApiTestCase):
         yield self.enroll(B, "e-2")
         second = yield threads.deferToThread(follower.stdout.readline)
         self.assertEqual((json.loads(second)["user_id"], json.loads(second)["terminal_id"]), ("e-2", B))
+
+
+class HistoryCommandTests(ApiTestCase):
+    def run_gateway(self, *args, token=None):
+        return threads.deferToThread(gateway, *args, "--url", self.url, token=token)
+
+    @defer.inlineCallbacks
+    def test_history_and_provenance_say_where_each_value_came_from_and_which_rule_decided(self):
+        person = yield self.enroll(A, "h-1")
+        card = Card(CardType.SMART_CARD, bytes.fromhex("77aa"))
+        self.site.terminals[A].edit("h-1", name="Someone Else", cards=person.cards + (card,))  # the keypad edit of the issue
+        yield wait_until(lambda: self.site.count_events(type=SAVED_FROM_DEVICE, user_id="h-1") == 2, "the edit merged")
+        self.site.terminals[B].delete("h-1")
+        yield wait_until(lambda: "h-1" not in self.site.terminals[B].users, "deleted at B")
+
+        events = (yield self.run_gateway("events", "--user", "h-1", "--jsonl")).stdout.splitlines()
+        merged = [json.loads(e) for e in events if json.loads(e)["type"] == SAVED_FROM_DEVICE][-1]
+        self.assertIn("card SMART_CARD 77aa (card added)", merged["detail"])
+        self.assertIn("name 'Someone Else' (server field kept)", merged["detail"])
+
+        done = yield self.run_gateway("users", "history", "h-1")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        header, *rows = done.stdout.splitlines()
+        self.assertEqual(header.split(), ["VERSION", "WHEN", "FROM", "FIELD", "OUTCOME", "WAS", "NOW", "/", "OFFERED", "RULE"])
+        text = "\n".join(rows)
+        for rule in ("new user", "card added", "server field kept"):
+            self.assertIn(rule, text)
+        yield wait_until(lambda: self.site.count_events(type="DELETE_SUCCESS", user_id="h-1") == 1, "the keypad delete stored")
+        entries = [json.loads(line) for line in (yield self.run_gateway("users", "history", "h-1", "--jsonl")).stdout.splitlines()]
+        self.assertEqual([(e["version"], e["source"], e["terminal_id"]) for e in entries], [(1, "terminal", A), (2, "terminal", A), (None, "terminal", B)])
+        self.assertEqual(entries[-1]["changes"][0]["rule"], "delete at a terminal not applied to the server")
+
+        done = yield self.run_gateway("users", "show", "h-1", "--provenance")
+        given = {tuple(line.split()[:2]): line for line in done.stdout.splitlines()[1:]}
+        self.assertIn(f"terminal {A}", given[("cards", "SMART_CARD")])
+        self.assertIn("card added", given[("cards", "SMART_CARD")])
+        self.assertIn("new user", given[("name", person.name.split()[0])])
+        api = json.loads((yield self.run_gateway("users", "show", "h-1", "--provenance", "--json")).stdout)
+        self.assertEqual({f["source"] for f in api["fields"]}, {"terminal"})
 
 
 def test_an_unreachable_gateway_is_one_clear_line():

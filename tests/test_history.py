@@ -181,6 +181,13 @@ def test_reconciliation_findings_are_noted_with_their_rules(db):
         (RECONCILIATION, [("user", "noted", rules.TERMINAL_DELETE)]), (RECONCILIATION, [("user", "noted", rules.NOT_PULLED)])]
 
 
+def test_reconciliation_does_not_note_again_a_keypad_delete_the_event_log_noted(db):
+    db.run_now(create_user, UserRecord("u1", name="Ana"), NOW_MS)
+    keypad(db, EventCode.DELETE_SUCCESS, "u1")
+    db.run_now(_record_findings, [], [noted("u1", RECONCILIATION, rules.TERMINAL_DELETE, DELETED_AT_KEYPAD, NOW_MS, T)])
+    assert [e["source"] for e in history(db)] == ["api", "terminal"]
+
+
 # -- provenance and paging ----------------------------------------------------------------------
 
 

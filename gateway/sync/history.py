@@ -37,6 +37,23 @@ def record_history(conn: Connection, rows: list[dict]) -> None:
     insert_many(conn, user_history, rows)
 
 
+def record_unless_noted(conn: Connection, rows: list[dict]) -> None:
+    """Record the rows whose decision is not already the user's latest row from the same terminal
+    (reconciliation finding a keypad delete the event log noted when it arrived)."""
+    fresh = []
+    for row in rows:
+        stmt = (select(user_history.c.terminal_id, user_history.c.changes).where(user_history.c.user_id == row["user_id"])
+                .order_by(user_history.c.id.desc()).limit(1))
+        latest = conn.execute(stmt).first()
+        if latest is None or latest.terminal_id != row["terminal_id"] or _rules(latest.changes) != _rules(row["changes"]):
+            fresh.append(row)
+    record_history(conn, fresh)
+
+
+def _rules(changes: str) -> list[str]:
+    return [rule for _field, _outcome, rule, _old, _new in json.loads(changes)]
+
+
 def read_history(conn: Connection, user_id: str, after: int | None = None, limit: int = 1000) -> tuple[list[dict], bool]:
     """Up to ``limit`` rows of the user's history after row ``after``, oldest first, and whether
     more follow. A version's number counts the versions before it, the first being 1."""

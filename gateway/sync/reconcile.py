@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from gateway.sync.connection import ListingUnsupported
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
 from gateway.sync.changes import NOT_PULLED, TERMINAL_DELETE
-from gateway.sync.history import RECONCILIATION, noted, record_history
+from gateway.sync.history import RECONCILIATION, noted, record_unless_noted
 from gateway.sync.pusher import delivery_rows, request_chunks
 from gateway.store.schema import events, pending_pulls, users
 from gateway.sync.syncmode import parse_groups
@@ -355,4 +355,4 @@ def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]
 
 def _record_findings(conn, rows: list[dict], history: list[dict]) -> None:
     record_sync_events(conn, rows)
-    record_history(conn, history)
+    record_unless_noted(conn, history)
