@@ -6,6 +6,7 @@ from sqlalchemy import select
 from gateway.http.api import Param, Route
 from gateway.http.users import USER_ID
 from gateway.store.schema import user_history
+from gateway.sync.changes import RULES
 from gateway.sync.history import provenance, read_history
 from gateway.sync.users import UnknownUser, load_record
 
@@ -15,7 +16,7 @@ def history_page(conn, user_id: str, after: int | None, limit: int) -> dict:
     if not entries and after is None and conn.execute(select(user_history.c.id).where(user_history.c.user_id == user_id).limit(1)).first() is None \
             and load_record(conn, user_id) is None:
         raise UnknownUser(user_id)
-    return {"user_id": user_id, "history": entries, "more": more, "next": entries[-1]["id"] if more else None}
+    return {"user_id": user_id, "history": entries, "more": more, "next": entries[-1]["id"] if more else None, "rules": RULES}
 
 
 def provenance_of(conn, user_id: str) -> dict:

@@ -150,6 +150,7 @@ SCHEMAS = {
             "user_id": {"type": "string"},
             "more": {"type": "boolean"},
             "next": {"type": ["integer", "null"], "description": "give as after= for the next page"},
+            "rules": {"type": "object", "additionalProperties": {"type": "string"}, "description": "what each rule means"},
             "history": {
                 "type": "array",
                 "items": {
@@ -169,7 +170,6 @@ SCHEMAS = {
                                     "field": {"type": "string", "description": "a field, \"cards\", \"fingerprints\", \"faces\" (one member each), or \"user\""},
                                     "outcome": {"type": "string", "enum": ["taken", "refused", "set", "noted"]},
                                     "rule": {"type": "string", "enum": list(RULES)},
-                                    "why": {"type": "string"},
                                     "old": {"description": "the server's value before; a PIN or photo shows as \"set\""},
                                     "new": {"description": "what it became, or what the terminal offered when refused"},
                                 },

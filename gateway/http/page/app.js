@@ -346,7 +346,7 @@ function provenanceRows(fields) {
 
 const HISTORY_SHOWN = 200;  // the newest entries; `gateway users history` prints them all
 
-function historyRows(entries) {
+function historyRows(entries, rules) {
   const rows = [];
   for (const entry of entries.slice(-HISTORY_SHOWN).reverse()) {
     entry.changes.forEach((c, i) => {
@@ -354,7 +354,7 @@ function historyRows(entries) {
       row.className = c.outcome;
       const head = i === 0 ? [entry.version === null ? "—" : String(entry.version), when(entry.at_ms), givenBy(entry)] : ["", "", ""];
       for (const text of [...head, c.field, c.outcome, plain(c.old), plain(c.new), c.rule]) cell(row, text);
-      row.lastChild.title = c.why;
+      row.lastChild.title = rules[c.rule] || "";
       rows.push(row);
     });
   }
@@ -366,7 +366,7 @@ async function showUser(userId) {
   const [user, holders, given, history] = await Promise.all(
     [getJSON(path), getJSON(`${path}/terminals`), getJSON(`${path}/provenance`), getJSON(`${path}/history`)]);
   document.querySelector("#user-provenance tbody").replaceChildren(...provenanceRows(given.fields));
-  document.querySelector("#user-history tbody").replaceChildren(...historyRows(history.history));
+  document.querySelector("#user-history tbody").replaceChildren(...historyRows(history.history, history.rules));
   document.getElementById("user-history-count").textContent =
     `${history.history.length}${history.more ? "+" : ""} entries${history.history.length > HISTORY_SHOWN ? `, newest ${HISTORY_SHOWN} shown` : ""}`;
   shownUser = userId;
