@@ -12,7 +12,7 @@ from functools import partial
 
 from gateway import admin
 from gateway.admission import AdmissionPolicy
-from gateway.api_token import TOKEN_ENV, TOKEN_FILE
+from gateway.api_token import TOKEN_ENV, TOKEN_FILE, keep_token
 from gateway.sync.syncmode import SyncMode
 from gateway.process.workers import WorkerRole
 
@@ -212,7 +212,7 @@ def _run(args, argv: list[str]) -> int:
         try:
             config.api_token, made = stored_or_new(path)
         except OSError as exc:
-            print(f"gateway: cannot start: cannot keep the API token in {path}: {exc.strerror}", file=sys.stderr)
+            print(f"gateway: cannot start: cannot read the API token in {path}: {exc.strerror}", file=sys.stderr)
             return 1
         announce = partial(announce_token, path.resolve(), made)
     run(config, sync_mode, announce, role)
@@ -234,11 +234,17 @@ def worker_argv(argv: list[str], count: int, index: int, tcp_port: int, http_por
 
 
 def announce_token(path, made: bool, gateway) -> None:
-    """Once the gateway listens: a new token in full with how to use it; a kept one by its file."""
+    """Once the gateway listens: a new token kept in its file and shown in full with how to use
+    it; a kept one named by its file."""
     if not made:
         print(f"API token for writes: the one kept in {path}", flush=True)
         return
     token = gateway.config.api_token
+    try:
+        keep_token(path, token)
+    except OSError as exc:
+        print(f"gateway: cannot keep the API token in {path} ({exc.strerror}): it works until this gateway stops; "
+              f"give --api-token or {TOKEN_ENV} to keep one of your own", file=sys.stderr, flush=True)
     host = gateway.config.http_host
     reachable_at = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # listening everywhere: reached here on loopback
     url = f"http://{reachable_at}:{gateway.http_port.getHost().port}"

@@ -117,6 +117,10 @@ class TerminalRegistry:
             term.secret = entry["secret"].encode() if entry.get("secret") else None
             term.name = entry.get("name", term.name)
             term.access_groups = frozenset(entry.get("groups", ()))
+
+    def keep_configuration(self) -> None:
+        """Store the configured terminals ``load`` laid over the table, once the start succeeded:
+        a start that fails (a port in use) leaves no terminal admitted behind it."""
         self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
 
     # -- admission ---------------------------------------------------------------------------
