@@ -181,9 +181,14 @@ def terminals(client: ApiClient, args) -> None:
     if args.action == "remove":
         show(args, client.call("DELETE", path), f"terminal {args.terminal_id} removed")
         return
+    if args.groups and args.action != "admit":
+        raise CommandFailed("--group goes with admit: a terminal's access groups are set when it is admitted")
     body = {"secret": args.secret} if args.secret else {}
+    if args.groups:
+        body["access_groups"] = sorted(set(args.groups))
     result = client.call("POST", f"{path}/{args.action}", body=body)
-    show(args, result, f"terminal {args.terminal_id} {result['admission']}")
+    groups = f" (access groups {', '.join(map(str, result['access_groups']))})" if args.groups else ""
+    show(args, result, f"terminal {args.terminal_id} {result['admission']}{groups}")
 
 
 def users(client: ApiClient, args) -> None:

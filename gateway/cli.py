@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway")
     _add_common(run)
+    run.add_argument("--tcp-host", metavar="ADDRESS",
+                     help="address terminals dial in to (default 0.0.0.0: every address, as terminals are on the network)")
     run.add_argument("--tcp-port", type=int, help="port terminals dial in to (default 4370)")
     run.add_argument("--http-port", type=int, help="port of the HTTP API and monitoring page (default 8080)")
     run.add_argument("--api-in-process", action="store_true", help="serve HTTP on the gateway's own reactor, not from an API process")
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     terminals.add_argument("action", nargs="?", choices=["admit", "refuse", "remove"])
     terminals.add_argument("terminal_id", nargs="?", type=int, metavar="ID")
     terminals.add_argument("--secret", help="the terminal's secret, when admitting one that has none")
+    terminals.add_argument("--group", type=int, action="append", dest="groups", metavar="N",
+                           help="an access group of the terminal, when admitting it (repeatable; sync mode specific sends it "
+                                "the users sharing one); given, they replace its groups")
 
     users = sub.add_parser("users", help="list, show, add, edit or delete server users")
     users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -188,6 +193,7 @@ def _run(args, argv: list[str]) -> int:
         config = GatewayConfig.load(
             args.config,
             db=args.db,
+            tcp_host=args.tcp_host,
             tcp_port=args.tcp_port,
             http_port=args.http_port,
             http_process=False if args.api_in_process else None,

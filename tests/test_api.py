@@ -108,6 +108,21 @@ class PendingAdmissionTests(ApiTestCase):
         self.addCleanup(newcomer.go_offline)
         yield wait_until(lambda: self.site.online(777), "777 let in on its first connection")
 
+    @defer.inlineCallbacks
+    def test_a_terminal_admitted_with_access_groups_gets_their_users_in_specific_mode(self):
+        yield self.call("PUT", "/api/sync", {"mode": "specific"})
+        for user_id, groups in (("g3", [3]), ("g4", [4])):
+            code, _, _ = yield self.call("POST", "/api/users", {"user_id": user_id, "name": user_id, "access_groups": groups})
+            self.assertEqual(code, 201)
+        code, term, _ = yield self.call("POST", "/api/terminals/778/admit", {"secret": "secret-778", "access_groups": [3]})
+        self.assertEqual((code, term["access_groups"]), (200, [3]))
+        newcomer = Terminal(778, "secret-778")
+        link = DialingTerminal(newcomer, self.site.gateway.reactor, "127.0.0.1", self.site.port).start()
+        self.addCleanup(link.go_offline)
+        yield wait_until(lambda: "g3" in newcomer.users, "the user of group 3 on the terminal admitted with group 3")
+        self.assertNotIn("g4", newcomer.users)
+        yield self.assert_error("POST", f"/api/terminals/{A}/admit", 409, "configuration", body={"access_groups": [1]})
+
 
 class UserTests(ApiTestCase):
     @defer.inlineCallbacks

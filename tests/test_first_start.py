@@ -143,3 +143,11 @@ def test_a_made_token_can_be_typed_after_token_on_the_command_line(tmp_path):
         assert made
         args = build_parser().parse_args(["--token", token, "sync-mode", "all"])
         assert args.token == token
+
+
+def test_tcp_host_chooses_the_address_terminals_dial_and_every_address_is_the_default(tmp_path, started):
+    from gateway.config import GatewayConfig
+
+    assert GatewayConfig().tcp_host == "0.0.0.0"  # terminals are on the network (a test listens on loopback only)
+    loopback = started(tmp_path, "--tcp-host", "127.0.0.1", "--api-token", "t")
+    assert "gateway listening for terminals on 127.0.0.1:" in "".join(loopback.output)
