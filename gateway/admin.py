@@ -353,7 +353,8 @@ def sync_mode(client: ApiClient, args) -> None:
         show(args, result, result["mode"])
     else:
         result = client.call("PUT", "/api/sync", body={"mode": args.mode})
-        show(args, result, f"sync mode set to {result['mode']}")
+        said = "".join(f"\nstopped: {what}" for what in result.get("stopped", []))
+        show(args, result, f"sync mode set to {result['mode']}: {result['means']}{said}")
 
 
 COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode}

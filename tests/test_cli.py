@@ -65,7 +65,15 @@ class CommandTests(ApiTestCase):
         yield wait_until(lambda: self.site.online(B), "B back")
 
         self.assertEqual((yield self.run_gateway("sync-mode")).stdout, "all-with-device-updates\n")
-        self.assertEqual((yield self.run_gateway("sync-mode", "all", token=TOKEN)).stdout, "sync mode set to all\n")
+        self.assertEqual((yield self.run_gateway("sync-mode", "all", token=TOKEN)).stdout,
+                         "sync mode set to all: every user goes to every terminal; keypad changes are not pulled\n"
+                         "stopped: keypad enrolments and edits no longer reach the server: they are logged, and pulled once "
+                         "all-with-device-updates is back\n")
+        said = (yield self.run_gateway("sync-mode", "specific", token=TOKEN)).stdout.splitlines()
+        self.assertEqual(said[0], "sync mode set to specific: users go to the terminals sharing one of their access groups; "
+                                  "keypad changes are not pulled")
+        self.assertIn("only users sharing one of its access groups", said[1])
+        yield self.run_gateway("sync-mode", "all", token=TOKEN)
         self.assertEqual(self.site.gateway.settings.mode, "all")
         wrong = yield self.run_gateway("sync-mode", "sideways", token=TOKEN)
         self.assertEqual(wrong.returncode, 2)  # a usage error, caught before asking the gateway

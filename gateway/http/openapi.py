@@ -142,7 +142,9 @@ SCHEMAS = {
     },
     "Sync": {
         "type": "object",
-        "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"}},
+        "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"},
+                       "means": {"type": "string", "description": "what the mode does"},
+                       "stopped": {"type": "array", "items": {"type": "string"}, "description": "after a change: what it stopped"}},
     },
     "UserHistory": {
         "type": "object",
