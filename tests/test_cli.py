@@ -13,7 +13,10 @@ from twisted.internet import defer, threads
 
 from wcwidth import wcswidth
 
+import pytest
+
 from gateway.admin import table
+from gateway.cli import build_parser
 from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
 from gateway.sync.monitor import SAVED_FROM_DEVICE
@@ -231,3 +234,50 @@ def test_tables_line_up_by_display_width_with_wide_and_combining_characters():
     text = table(["USER", "NAME", "CARDS"], [[n, name, "CSN"] for n, name in enumerate(names)])
     header, *rows = text.splitlines()
     assert {wcswidth(row[:row.rindex("CSN")]) for row in rows} == {wcswidth(header[:header.index("CARDS")])}
+
+
+class OutageClient:
+    """What the API answers while the database is down: nothing stored can be read, the
+    monitoring events waiting to be saved come beside it, and the live stream brings one more."""
+
+    WAITING = {"id": None, "terminal_id": 7, "origin": "device", "type": "Fail to save to the server DB", "user_id": "42",
+               "occurred_ms": 1_700_000_000_000, "detail": "events not committed: database is locked"}
+
+    def call(self, method, path, query=None, body=None):
+        return {"events": [], "more": False, "unsaved": [self.WAITING], "database_error": "database is locked"}
+
+    def stream(self, path, query=None):
+        yield {**self.WAITING, "user_id": "43"}
+        raise KeyboardInterrupt  # the operator's ^C
+
+
+def test_events_during_an_outage_show_the_unsaved_events_and_the_error_and_follow_them(capsys):
+    from gateway import admin
+
+    args = build_parser().parse_args(["events", "--follow"])
+    with pytest.raises(KeyboardInterrupt):
+        admin.events(OutageClient(), args)
+    out, err = capsys.readouterr()
+    header, waiting, followed = out.splitlines()
+    assert header.split() == ["ID", "WHEN", "TERMINAL", "ORIGIN", "TYPE", "USER", "DETAIL"]
+    assert waiting.split()[0] == "unsaved" and "Fail to save to the server DB" in waiting and "42" in waiting
+    assert followed.split()[0] == "unsaved" and "43" in followed
+    assert "the database cannot be read (database is locked); 1 monitoring events wait to be saved" in err
+
+
+def test_event_columns_line_up_for_every_type_of_ours_and_json_lines_are_one_object_each(capsys):
+    from gateway import admin
+    from gateway.sync.monitor import SYNC_EVENT_TYPES
+
+    lines = [admin.event_line({"id": 1, "terminal_id": 7, "origin": None, "type": t, "user_id": "u-1", "occurred_ms": 1, "detail": "d"})
+             for t in SYNC_EVENT_TYPES]
+    assert len({line.index("u-1") for line in lines}) == 1
+    assert admin.event_header().index("USER") == lines[0].index("u-1")
+
+    class Listing(OutageClient):
+        def call(self, method, path, query=None, body=None):
+            return {"events": [{**self.WAITING, "id": 2}, {**self.WAITING, "id": 1}], "more": False, "unsaved": []}
+
+    for form in ("--json", "--jsonl"):
+        admin.events(Listing(), build_parser().parse_args(["events", form]))
+        assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [1, 2]
