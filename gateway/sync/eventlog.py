@@ -87,6 +87,7 @@ class EventLog:
     """The ``EventSink`` every terminal connection hands its events to."""
 
     max_batch_events = 5000
+    slow_commit_s = 1.0  # a group commit this slow is said in the log: the database held the writer
     high_water = 50_000
     low_water = 10_000
     retry_after = staticmethod(backoffPolicy(initialDelay=0.5, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
@@ -203,7 +204,13 @@ class EventLog:
         self._metrics.events_ingested.inc(count)
         if batch:
             self._metrics.commit_batch_size.observe(count)
-        self._metrics.commit_seconds.observe(self._clock.seconds() - started)
+        took_s = self._clock.seconds() - started
+        self._metrics.commit_seconds.observe(took_s)
+        if took_s >= self.slow_commit_s:
+            # A lock shorter than the database's busy timeout fails nothing, so it leaves no "Fail to
+            # save" event: this line (and gateway_commit_seconds) is what shows that terminals waited.
+            log.warn("a group commit of {n} events took {s:.1f} s: the database was busy (locked or stalled); terminals "
+                     "waited that long for their acknowledgements", n=count, s=took_s)
         self.unsaved.stored(unsaved)  # by number: rows may have been added (or dropped) meanwhile
         self._failures = 0
         self._queued_events -= count
