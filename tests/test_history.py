@@ -217,3 +217,10 @@ def test_history_pages_keep_counting_versions(db):
     rest, _ = db.run_now(read_history, "u1", page[-1]["id"], 10)
     assert more and [e["version"] for e in page + rest] == [1, 2, 3, 4, 5]
     assert db.run_now(lambda c: c.execute(select(func.count()).select_from(user_history)).scalar()) == 5
+
+
+def test_a_new_users_event_names_it_in_a_few_words():
+    from gateway.sync.changes import NEW_USER, TAKEN, record_changes, summary
+
+    record = UserRecord("u1", name="Ana", pin_hash=b"p" * 32, cards=(CSN, SMART), fingerprints=(finger(0, b"a"),))
+    assert summary(record_changes(None, record, TAKEN, NEW_USER)) == "new user, taken whole: name 'Ana', pin, 2 cards, 1 finger"

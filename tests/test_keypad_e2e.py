@@ -92,7 +92,7 @@ def test_edits_and_a_delete_at_a_terminal_follow_the_merge_rules(site):
     # At B: a new name (the server's name wins), a smart card and a second finger (both added).
     b.keypad.ok('edit 9002 name="Someone Else" add-card=smart_card:00112233445566778899aabbccddeeff add-finger=3')
     both_cards = "csn:04a1b2c3, smart_card:00112233445566778899aabbccddeeff"
-    merged = {"name": "Ana Lima", "cards": both_cards, "fingers": "0, 3"}
+    merged = {"name": "Ana Lima", "cards": both_cards, "fingers": "2 (slots 0, 3)"}
 
     def holds_merged(terminal) -> bool:
         shown = terminal.show("9002")

@@ -88,6 +88,8 @@ def member_key(name: str, value):
 
 def summary(changes: list[FieldChange]) -> str:
     """One line for a monitoring event: what was taken, what was refused, each with its rule."""
+    if changes and all(c.rule == NEW_USER for c in changes):
+        return f"{NEW_USER}, taken whole: {_record_text(changes)}"
     taken = [_change_text(c) for c in changes if c.outcome in (TAKEN, SET)]
     refused = [_change_text(c) for c in changes if c.outcome in (REFUSED, NOTED)]
     parts = ([f"taken: {', '.join(taken)}"] if taken else []) + ([f"refused: {', '.join(refused)}"] if refused else [])
@@ -96,6 +98,17 @@ def summary(changes: list[FieldChange]) -> str:
 
 # How a change names its field in a sentence; members name themselves ("finger 0", "face 1").
 _LABELS = {"cards": "card ", "fingerprints": "", "faces": "", "pin_hash": "pin ", "access_groups": "groups ", "user": "user "}
+
+
+def _record_text(changes: list[FieldChange]) -> str:
+    """A new record in a few words: its name, the other fields by name, credentials counted."""
+    words = [f"name {c.new!r}" if c.field == "name" else _LABELS.get(c.field, c.field + " ").strip()
+             for c in changes if c.field not in MEMBER_FIELDS]
+    for name, one in (("cards", "card"), ("fingerprints", "finger"), ("faces", "face")):
+        count = sum(c.field == name for c in changes)
+        if count:
+            words.append(f"{count} {one}{'s' if count > 1 else ''}")
+    return ", ".join(words)
 
 
 def _change_text(change: FieldChange) -> str:
