@@ -361,6 +361,21 @@ class BadInputTests(ApiTestCase):
         self.assertEqual((yield self.get("/api/users"))["users"], [])
 
     @defer.inlineCallbacks
+    def test_a_body_of_whitespace_is_no_json_and_no_body_is_an_empty_one(self):
+        yield self.assert_error("POST", "/api/reconcile", 400, "not valid JSON", raw=b" \n\t")
+        code, found, _ = yield self.call("POST", "/api/reconcile", raw=b"")
+        self.assertEqual(code, 200, found)
+
+    @defer.inlineCallbacks
+    def test_the_document_states_the_set_field_rule_and_lists_what_no_schema_can(self):
+        document = yield self.get("/api/openapi.json")
+        edit = document["paths"]["/api/users/{user_id}"]["patch"]
+        schema = edit["requestBody"]["content"]["application/json"]["schema"]
+        self.assertEqual(schema["dependentSchemas"]["cards"]["not"], {"anyOf": [{"required": ["add_cards"]}, {"required": ["remove_cards"]}]})
+        self.assertIn("access_groups", schema["dependentSchemas"])
+        self.assertIn("validity period ends before it starts", edit["responses"]["400"]["description"])
+
+    @defer.inlineCallbacks
     def test_bad_paths_methods_and_parameters_get_a_clear_4xx(self):
         yield self.assert_error("GET", "/api/events?limit=0", 400, "limit must be from 1 to 1000")
         yield self.assert_error("GET", "/api/events?limit=many", 400, "limit must be an integer")
