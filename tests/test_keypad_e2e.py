@@ -55,6 +55,7 @@ def site(tmp_path):
 
     terminal.page = page
     terminal.tcp_port = tcp_port
+    terminal.gateway = process
     try:
         yield terminal
     finally:
@@ -114,6 +115,9 @@ def test_edits_and_a_delete_at_a_terminal_follow_the_merge_rules(site):
                "B's delete to reach the gateway")
     assert server_user(site.page, "9002")["name"] == "Ana Lima"
     assert "9002" in a.digests()
+    # The gateway's log says what it made of each keypad change: the merge's rules, and the delete not applied.
+    site.gateway.wait_for(f"terminal {B}: user 9002 deleted at the keypad: delete at a terminal not applied to the server")
+    assert "name 'Someone Else' (server field kept)" in site.gateway.all_output()
 
 
 def test_state_keeps_users_events_and_the_counter_across_a_restart_of_the_simulator(site, tmp_path):

@@ -55,10 +55,6 @@ class FieldChange:
     def as_json(self) -> list:
         return [self.field, self.outcome, self.rule, self.old, self.new]
 
-    @classmethod
-    def of_json(cls, item: list) -> "FieldChange":
-        return cls(*item)
-
 
 def shown(name: str, value):
     """A field's value as the history keeps and shows it."""
