@@ -78,6 +78,9 @@ class CommandTests(ApiTestCase):
         self.assertIn("only users sharing one of its access groups", said[1])
         yield self.run_gateway("sync-mode", "all", token=TOKEN)
         self.assertEqual(self.site.gateway.settings.mode, "all")
+        done = yield self.run_gateway("terminals", "admit", "779", "--secret", "s", "--group", "2", "--group", "1", token=TOKEN)
+        self.assertEqual(done.stdout, "terminal 779 admitted (access groups 1, 2)\n", done.stderr)
+        self.assertEqual(self.site.gateway.registry.terminals[779].access_groups, {1, 2})
         wrong = yield self.run_gateway("sync-mode", "sideways", token=TOKEN)
         self.assertEqual(wrong.returncode, 2)  # a usage error, caught before asking the gateway
         self.assertIn("invalid choice: 'sideways'", wrong.stderr)
