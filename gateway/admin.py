@@ -124,15 +124,38 @@ def when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
 
 
+# The widest type an event of ours has ("User update merged, nothing changed (Device)"): columns
+# after it stay aligned; a longer type from a terminal pushes its own line's columns only.
+TYPE_COLUMNS = 44
+EVENT_HEADER = ("ID", "WHEN", "TERMINAL", "ORIGIN", "TYPE", "USER", "DETAIL")
+
+
 def event_line(e: dict) -> str:
+    """One event as a line of ``gateway events``; an event the database has not taken yet (no id) says "unsaved"."""
     terminal = "" if e["terminal_id"] is None else e["terminal_id"]
     origin = e.get("origin") or ""  # device: a keypad change; server: a record the server sent
-    return (f"{e['id']:>8}  {when(e['occurred_ms'])}  {terminal:>6}  {origin:<6}  {e['type']:<32}  {pad(e['user_id'] or '', 12)}  "
-            f"{e['detail'] or ''}").rstrip()
+    number = "unsaved" if e.get("id") is None else e["id"]
+    return _event_columns(number, when(e["occurred_ms"]), terminal, origin, e["type"], e["user_id"] or "", e["detail"] or "")
 
 
-def show(args, value, text: str) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False) if args.json else text)
+def event_header() -> str:
+    return _event_columns(*EVENT_HEADER)
+
+
+def _event_columns(number, moment, terminal, origin, type_, user, detail) -> str:
+    return (f"{number:>8}  {moment:<23}  {terminal:>8}  {origin:<6}  {pad(type_, TYPE_COLUMNS)}  {pad(user, 12)}  {detail}").rstrip()
+
+
+def show(args, value, text: str, lines: list | None = None) -> None:
+    """``value`` as a JSON document (--json), as JSON Lines (--jsonl: each of ``lines``, else
+    ``value`` on one line), or as ``text`` for a person."""
+    if getattr(args, "jsonl", False):
+        for item in (lines if lines is not None else [value]):
+            print(json.dumps(item, ensure_ascii=False), flush=True)
+    elif args.json:
+        print(json.dumps(value, indent=2, ensure_ascii=False))
+    else:
+        print(text)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -152,15 +175,20 @@ def terminals(client: ApiClient, args) -> None:
              " ".join(filter(None, (t["model"], t["firmware"]))), t["cursor"], t["lag"]]
             for t in found["terminals"]
         ]
-        show(args, found, table(["ID", "NAME", "STATE", "ADMISSION", "LINK", "LAST SEEN", "MODEL", "CURSOR", "LAG"], rows))
+        show(args, found, table(["ID", "NAME", "STATE", "ADMISSION", "LINK", "LAST SEEN", "MODEL", "CURSOR", "LAG"], rows), found["terminals"])
         return
     path = f"/api/terminals/{args.terminal_id}"
     if args.action == "remove":
         show(args, client.call("DELETE", path), f"terminal {args.terminal_id} removed")
         return
+    if args.groups and args.action != "admit":
+        raise CommandFailed("--group goes with admit: a terminal's access groups are set when it is admitted")
     body = {"secret": args.secret} if args.secret else {}
+    if args.groups:
+        body["access_groups"] = sorted(set(args.groups))
     result = client.call("POST", f"{path}/{args.action}", body=body)
-    show(args, result, f"terminal {args.terminal_id} {result['admission']}")
+    groups = f" (access groups {', '.join(map(str, result['access_groups']))})" if args.groups else ""
+    show(args, result, f"terminal {args.terminal_id} {result['admission']}{groups}")
 
 
 def users(client: ApiClient, args) -> None:
@@ -168,14 +196,20 @@ def users(client: ApiClient, args) -> None:
         found = client.call("GET", "/api/users", {"search": args.search, "after": args.after, "limit": args.limit})
         rows = [[u["user_id"], u["name"], ",".join(map(str, u["access_groups"])), ",".join(u["cards"]), u["fingerprints"],
                  u["faces"], "yes" if u["has_pin"] else "", "yes" if u["disabled"] else ""] for u in found["users"]]
-        show(args, found, table(["USER", "NAME", "GROUPS", "CARDS", "FINGERS", "FACES", "PIN", "DISABLED"], rows))
+        show(args, found, table(["USER", "NAME", "GROUPS", "CARDS", "FINGERS", "FACES", "PIN", "DISABLED"], rows), found["users"])
         if found["more"] and not args.json:
             print(f"(more: --after {found['next']})", file=sys.stderr)
         return
     path = "/api/users/" + parse.quote(args.user_id, safe="")
-    if args.action == "show":
+    if args.action == "show" and args.provenance:
+        given = client.call("GET", f"{path}/provenance")
+        rows = [[f["field"], _plain(f["value"]), _given_by(f), when(f["at_ms"]), f["rule"] or ""] for f in given["fields"]]
+        show(args, given, table(["FIELD", "VALUE", "GIVEN BY", "WHEN", "RULE"], rows), given["fields"])
+    elif args.action == "show":
         user = client.call("GET", path)
         show(args, user, user_text(user))
+    elif args.action == "history":
+        history(client, args, path)
     elif args.action == "add":
         user = client.call("POST", "/api/users", body={"user_id": args.user_id, **user_body(args)})
         show(args, user, f"user {args.user_id} created (change {user['change_seq']})")
@@ -186,6 +220,32 @@ def users(client: ApiClient, args) -> None:
         show(args, user, f"user {args.user_id} changed (change {user['change_seq']})")
     else:
         show(args, client.call("DELETE", path), f"user {args.user_id} deleted")
+
+
+def history(client: ApiClient, args, path: str) -> None:
+    """``users history``: a line per field change, the version's number, time and source on its first."""
+    entries, after = [], None
+    while True:  # every page: a user's history is what was asked for
+        page = client.call("GET", f"{path}/history", {"after": after, "limit": 10000})
+        entries += page["history"]
+        if not page["more"]:
+            break
+        after = page["next"]
+    rows = []
+    for entry in entries:
+        head = [entry["version"] or "-", when(entry["at_ms"]), _given_by(entry)]
+        for change in entry["changes"] or [{"field": "", "outcome": "", "rule": "", "old": None, "new": None}]:
+            rows.append(head + [change["field"], change["outcome"], _plain(change["old"]), _plain(change["new"]), change["rule"]])
+            head = ["", "", ""]
+    document = {"user_id": args.user_id, "history": entries}
+    show(args, document, table(["VERSION", "WHEN", "FROM", "FIELD", "OUTCOME", "WAS", "NOW / OFFERED", "RULE"], rows), entries)
+
+
+def _given_by(entry: dict) -> str:
+    source = entry["source"]
+    if source is None:
+        return "(before the history)"
+    return f"{source} {entry['terminal_id']}" if entry["terminal_id"] is not None else source
 
 
 # ``--clear FIELD``: the API's name for the field and its empty value.
@@ -254,30 +314,37 @@ def _validity_text(validity: dict | None) -> str:
 def _plain(value) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
+    if isinstance(value, dict) and set(value) == {"start", "end"}:
+        return _validity_text(value)
     return "" if value is None else str(value)
 
 
 def events(client: ApiClient, args) -> None:
+    """Events oldest first, then those the database has not taken yet (an outage), then with
+    --follow each new one; JSON Lines with --json or --jsonl, as events are a stream."""
     query = {"type": args.type, "terminal": args.terminal, "user": args.user}
     page = client.call("GET", "/api/events", {**query, "since": args.since, "until": args.until, "limit": args.limit})
     found = list(reversed(page["events"]))  # oldest first, as a log reads
-    if args.json:
-        for event in found:
-            print(json.dumps(event, ensure_ascii=False), flush=True)
-    else:
-        for event in found:
-            print(event_line(event), flush=True)
+    lines = args.json or getattr(args, "jsonl", False)
+    if not lines:
+        print(event_header(), flush=True)
+    for event in found + page.get("unsaved", []):
+        print(json.dumps(event, ensure_ascii=False) if lines else event_line(event), flush=True)
+    if page.get("database_error"):
+        print(f"gateway: the database cannot be read ({page['database_error']}); "
+              f"{len(page.get('unsaved', []))} monitoring events wait to be saved, shown as unsaved", file=sys.stderr, flush=True)
     if not args.follow:
         return
     after = found[-1]["id"] if found else None
-    if after is None:  # nothing matched yet: follow from the newest event of all
+    if after is None and not page.get("database_error"):  # nothing matched yet: follow from the newest event of all
         newest = client.call("GET", "/api/events", {"limit": 1})["events"]
         after = newest[0]["id"] if newest else 0
+    # ``after`` None (the database unreadable): the stream starts with what comes next.
     for event in client.stream("/api/stream", {**query, "after": after}):
         if event.get("gap"):
             print("gateway: some events were skipped (too far behind); see `gateway events`", file=sys.stderr)
         else:
-            print(json.dumps(event, ensure_ascii=False) if args.json else event_line(event), flush=True)
+            print(json.dumps(event, ensure_ascii=False) if lines else event_line(event), flush=True)
 
 
 def sync_mode(client: ApiClient, args) -> None:
@@ -286,7 +353,8 @@ def sync_mode(client: ApiClient, args) -> None:
         show(args, result, result["mode"])
     else:
         result = client.call("PUT", "/api/sync", body={"mode": args.mode})
-        show(args, result, f"sync mode set to {result['mode']}")
+        said = "".join(f"\nstopped: {what}" for what in result.get("stopped", []))
+        show(args, result, f"sync mode set to {result['mode']}: {result['means']}{said}")
 
 
 def reconcile(client: ApiClient, args) -> None:

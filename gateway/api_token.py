@@ -30,18 +30,23 @@ def token_path(db_url: str) -> Path:
 
 
 def stored_or_new(path: Path) -> tuple[str, bool]:
-    """The token kept at ``path``, or a new one written there (mode 0600); and whether it is new."""
+    """The token kept at ``path``, or a new one; and whether it is new. A new one is not written
+    here: ``keep_token`` writes it once the gateway has started, so a start that fails leaves
+    no token file behind (and the next start, finding none, prints its token)."""
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
         token = ""
     if token:
         return token, False
-    token = secrets.token_hex(24)  # never begins with '-', which a command line would take for an option
+    return secrets.token_hex(24), True  # hex never begins with '-', which a command line would take for an option
+
+
+def keep_token(path: Path, token: str) -> None:
+    """Write ``token`` at ``path``, readable by its owner only (mode 0600)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(token + "\n")
-    return token, True
 
 
 def local_token(url: str, folder: Path = Path(".")) -> str | None:

@@ -12,7 +12,7 @@ from functools import partial
 
 from gateway import admin
 from gateway.admission import AdmissionPolicy
-from gateway.api_token import TOKEN_ENV, TOKEN_FILE
+from gateway.api_token import TOKEN_ENV, TOKEN_FILE, keep_token
 from gateway.sync.syncmode import SyncMode
 from gateway.process.workers import WorkerRole
 
@@ -31,7 +31,10 @@ def _client_options(p: argparse.ArgumentParser, defaults: bool) -> argparse.Argu
     p.add_argument("--url", default=default(admin.DEFAULT_URL), help=f"the gateway's HTTP address (default {admin.DEFAULT_URL})")
     p.add_argument("--token", default=default(None),
                    help=f"API token for changes (default: ${TOKEN_ENV}, else ./{TOKEN_FILE} for a gateway on this machine)")
-    p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", default=default(False),
+                   help="print JSON instead of a table: one document (events: one object a line, as they stream)")
+    p.add_argument("--jsonl", action="store_true", default=default(False),
+                   help="print JSON Lines: one object a line (each terminal, user, event, history entry)")
     return p
 
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway")
     _add_common(run)
+    run.add_argument("--tcp-host", metavar="ADDRESS",
+                     help="address terminals dial in to (default 0.0.0.0: every address, as terminals are on the network)")
     run.add_argument("--tcp-port", type=int, help="port terminals dial in to (default 4370)")
     run.add_argument("--http-port", type=int, help="port of the HTTP API and monitoring page (default 8080)")
     run.add_argument("--api-in-process", action="store_true", help="serve HTTP on the gateway's own reactor, not from an API process")
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     terminals.add_argument("action", nargs="?", choices=["admit", "refuse", "remove"])
     terminals.add_argument("terminal_id", nargs="?", type=int, metavar="ID")
     terminals.add_argument("--secret", help="the terminal's secret, when admitting one that has none")
+    terminals.add_argument("--group", type=int, action="append", dest="groups", metavar="N",
+                           help="an access group of the terminal, when admitting it (repeatable; sync mode specific sends it "
+                                "the users sharing one); given, they replace its groups")
 
     users = sub.add_parser("users", help="list, show, add, edit or delete server users")
     users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -133,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", help="part of the id or name")
     listing.add_argument("--after", metavar="USER_ID", help="continue after this user id")
     listing.add_argument("--limit", type=int, default=50)
-    users_sub.add_parser("show", parents=[client], help="show one user").add_argument("user_id")
+    shown = users_sub.add_parser("show", parents=[client], help="show one user")
+    shown.add_argument("user_id")
+    shown.add_argument("--provenance", action="store_true", help="for every field and credential: who gave it, when, by which rule")
+    users_sub.add_parser("history", parents=[client],
+                         help="every version of a user: where it came from, what changed, which rule took or refused each field"
+                         ).add_argument("user_id")
     _user_fields(users_sub.add_parser("add", parents=[client], help="add a user"), edit=False)
     _user_fields(users_sub.add_parser("edit", parents=[client], help="change some fields of a user"), edit=True)
     users_sub.add_parser("delete", parents=[client], help="delete a user (terminals delete it too)").add_argument("user_id")
@@ -183,6 +196,7 @@ def _run(args, argv: list[str]) -> int:
         config = GatewayConfig.load(
             args.config,
             db=args.db,
+            tcp_host=args.tcp_host,
             tcp_port=args.tcp_port,
             http_port=args.http_port,
             http_process=False if args.api_in_process else None,
@@ -207,7 +221,7 @@ def _run(args, argv: list[str]) -> int:
         try:
             config.api_token, made = stored_or_new(path)
         except OSError as exc:
-            print(f"gateway: cannot start: cannot keep the API token in {path}: {exc.strerror}", file=sys.stderr)
+            print(f"gateway: cannot start: cannot read the API token in {path}: {exc.strerror}", file=sys.stderr)
             return 1
         announce = partial(announce_token, path.resolve(), made)
     run(config, sync_mode, announce, role)
@@ -229,11 +243,17 @@ def worker_argv(argv: list[str], count: int, index: int, tcp_port: int, http_por
 
 
 def announce_token(path, made: bool, gateway) -> None:
-    """Once the gateway listens: a new token in full with how to use it; a kept one by its file."""
+    """Once the gateway listens: a new token kept in its file and shown in full with how to use
+    it; a kept one named by its file."""
     if not made:
         print(f"API token for writes: the one kept in {path}", flush=True)
         return
     token = gateway.config.api_token
+    try:
+        keep_token(path, token)
+    except OSError as exc:
+        print(f"gateway: cannot keep the API token in {path} ({exc.strerror}): it works until this gateway stops; "
+              f"give --api-token or {TOKEN_ENV} to keep one of your own", file=sys.stderr, flush=True)
     host = gateway.config.http_host
     reachable_at = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # listening everywhere: reached here on loopback
     url = f"http://{reachable_at}:{gateway.http_port.getHost().port}"

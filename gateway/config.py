@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from gateway.admission import AdmissionPolicy
 from gateway.store.database import DEFAULT_URL
@@ -121,10 +121,15 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         for name in self.__struct_fields__:
             setattr(self, name, getattr(typed, name))
         try:
-            make_url(self.db)
-        except ArgumentError:
+            url = make_url(self.db)
+            url.get_dialect()
+        except (ArgumentError, NoSuchModuleError):
             raise ConfigError(f"db must be a database URL such as {DEFAULT_URL} or postgresql+psycopg2://user:pass@host/db, "
                               f"not {self.db!r}") from None
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            folder = Path(url.database).parent
+            if not folder.is_dir():
+                raise ConfigError(f"db {self.db!r}: there is no folder {folder} for the SQLite file (make it first)")
         if self.workers > 1 and make_url(self.db).get_backend_name() != "postgresql":
             raise ConfigError(f"workers = {self.workers} needs a PostgreSQL database: SQLite takes one writing process "
                               f"(db = postgresql+psycopg2://user:pass@host/db, or workers = 1)")

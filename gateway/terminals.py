@@ -118,6 +118,10 @@ class TerminalRegistry:
             term.secret = entry.secret.encode() if entry.secret else None
             term.name = term.name if entry.name is None else entry.name
             term.access_groups = entry.groups
+
+    def keep_configuration(self) -> None:
+        """Store the configured terminals ``load`` laid over the table, once the start succeeded:
+        a start that fails (a port in use) leaves no terminal admitted behind it."""
         self._db.run_now(_save_terminals, [self._row(t) for t in self.terminals.values()])
 
     # -- admission ---------------------------------------------------------------------------
@@ -144,10 +148,11 @@ class TerminalRegistry:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
         return secret
 
-    def set_admission(self, terminal_id: int, admission: str, secret: str | None = None):
+    def set_admission(self, terminal_id: int, admission: str, secret: str | None = None, access_groups: frozenset | None = None):
         """An administrator's decision; returns a Deferred that fires once it is stored.
 
         Admitting an id never seen, with its secret, registers it ahead of its first connection.
+        ``access_groups``, given, replace the terminal's (what sync mode ``specific`` sends it).
         """
         term = self.terminals.get(terminal_id)
         if term is None and admission == ADMITTED and secret:
@@ -157,6 +162,8 @@ class TerminalRegistry:
         term.admission = admission
         if secret:
             term.secret = secret.encode()
+        if access_groups is not None:
+            term.access_groups = access_groups
         for connection in (term.claiming, term.connection):
             if admission != ADMITTED and connection is not None:
                 connection.close(f"{admission} by an administrator")

@@ -10,6 +10,7 @@ brings lines from standard input or a control socket. README section "Keypad" li
 import json
 import random
 import shlex
+import time
 from dataclasses import dataclass, field
 
 from protocol.errors import MessageError
@@ -56,7 +57,9 @@ COMMANDS = {
         Command("show", "show ID", "a user's fields and digest"),
         Command("list", "list", "every user with its digest (as LIST_USERS reports it) and name"),
         Command("dump", "dump", "the whole user store as JSON"),
-        Command("verify", "verify ID [card|finger|face|pin]", "someone presents a credential at the door (logs the event)"),
+        Command("verify", "verify ID [card|finger|face|pin]",
+                "someone presents a credential at the door: it opens for a user holding that credential, enabled and "
+                "within the validity period (logs the event either way)"),
         Command("status", "status", "the link, the user count and the events the gateway has not acknowledged"),
         Command("help", "help", "this list"),
         Command("quit", "quit", "switch the terminal off (the simulator exits)"),
@@ -159,8 +162,30 @@ class Keypad:
         presented = args[1].lower() if len(args) == 2 else "card"
         if presented not in CREDENTIALS:
             raise KeypadError(f"credential must be one of {', '.join(CREDENTIALS)}, got {args[1]!r}")
-        event = self.terminal.verify(args[0], CREDENTIALS[presented])
-        return Reply(f"ok {EventCode(event.code).name} {args[0]} {presented} (event {event.event_id})")
+        credential = CREDENTIALS[presented]
+        refused = self._refusal(args[0], credential)
+        code = EventCode.VERIFY_FAIL if refused else EventCode.VERIFY_SUCCESS
+        event = self.terminal.log_event(code, credential, args[0])
+        return Reply(f"ok {code.name} {args[0]} {presented} (event {event.event_id})" + (f": {refused}" if refused else ""))
+
+    def _refusal(self, user_id: str, credential: Credential) -> str | None:
+        """Why the door stays shut for this person and credential; None: it opens."""
+        record = self.terminal.users.get(user_id)
+        if record is None:
+            return "no such user on this terminal"
+        held = {Credential.CARD: record.cards, Credential.FINGER: record.fingerprints, Credential.FACE: record.faces,
+                Credential.PIN: record.pin_hash}[credential]
+        if not held:
+            return f"the user holds no {credential.name.lower()}"
+        if record.disabled:
+            return "the user is disabled"
+        if record.validity is not None:
+            now_s, (start, end) = self.terminal.now_ms() // 1000, record.validity
+            if now_s < start:
+                return f"not valid before {_moment(start)}"
+            if now_s > end:
+                return f"expired at {_moment(end)}"
+        return None
 
     def _status(self, command, args):
         _no_arguments(command, args)
@@ -208,13 +233,25 @@ def describe(record: UserRecord, pending: bool = False) -> list[str]:
         ("pin", "set" if record.pin_hash else "(none)"),
         ("groups", ", ".join(map(str, record.access_groups)) or "(none)"),
         ("cards", ", ".join(f"{c.type.name.lower()}:{c.data.hex()}" for c in record.cards) or "(none)"),
-        ("fingers", ", ".join(str(f.index) for f in record.fingerprints) or "(none)"),
-        ("faces", ", ".join(str(f.index) for f in record.faces) or "(none)"),
+        ("fingers", _held_slots(f.index for f in record.fingerprints)),
+        ("faces", _held_slots(f.index for f in record.faces)),
         ("digest", record.digest().hex()),
     ]
     if pending:
         rows.append(("pending", "changed here; the gateway has not fetched it yet"))
     return [f"{key:<8} {value}" for key, value in rows]
+
+
+def _held_slots(indexes) -> str:
+    """How many, and in which slots: "1 (slot 0)" rather than a bare "0" that reads as none."""
+    found = sorted(indexes)
+    if not found:
+        return "(none)"
+    return f"{len(found)} (slot{'s' if len(found) > 1 else ''} {', '.join(map(str, found))})"
+
+
+def _moment(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 # -- reading what was typed ------------------------------------------------------------------

@@ -108,6 +108,21 @@ class PendingAdmissionTests(ApiTestCase):
         self.addCleanup(newcomer.go_offline)
         yield wait_until(lambda: self.site.online(777), "777 let in on its first connection")
 
+    @defer.inlineCallbacks
+    def test_a_terminal_admitted_with_access_groups_gets_their_users_in_specific_mode(self):
+        yield self.call("PUT", "/api/sync", {"mode": "specific"})
+        for user_id, groups in (("g3", [3]), ("g4", [4])):
+            code, _, _ = yield self.call("POST", "/api/users", {"user_id": user_id, "name": user_id, "access_groups": groups})
+            self.assertEqual(code, 201)
+        code, term, _ = yield self.call("POST", "/api/terminals/778/admit", {"secret": "secret-778", "access_groups": [3]})
+        self.assertEqual((code, term["access_groups"]), (200, [3]))
+        newcomer = Terminal(778, "secret-778")
+        link = DialingTerminal(newcomer, self.site.gateway.reactor, "127.0.0.1", self.site.port).start()
+        self.addCleanup(link.go_offline)
+        yield wait_until(lambda: "g3" in newcomer.users, "the user of group 3 on the terminal admitted with group 3")
+        self.assertNotIn("g4", newcomer.users)
+        yield self.assert_error("POST", f"/api/terminals/{A}/admit", 409, "configuration", body={"access_groups": [1]})
+
 
 class UserTests(ApiTestCase):
     @defer.inlineCallbacks
@@ -344,6 +359,21 @@ class BadInputTests(ApiTestCase):
         for options, status, mentions in cases:
             yield self.assert_error("POST", "/api/users", status, mentions, **options)
         self.assertEqual((yield self.get("/api/users"))["users"], [])
+
+    @defer.inlineCallbacks
+    def test_a_body_of_whitespace_is_no_json_and_no_body_is_an_empty_one(self):
+        yield self.assert_error("POST", "/api/reconcile", 400, "not valid JSON", raw=b" \n\t")
+        code, found, _ = yield self.call("POST", "/api/reconcile", raw=b"")
+        self.assertEqual(code, 200, found)
+
+    @defer.inlineCallbacks
+    def test_the_document_states_the_set_field_rule_and_lists_what_no_schema_can(self):
+        document = yield self.get("/api/openapi.json")
+        edit = document["paths"]["/api/users/{user_id}"]["patch"]
+        schema = edit["requestBody"]["content"]["application/json"]["schema"]
+        self.assertEqual(schema["dependentSchemas"]["cards"]["not"], {"anyOf": [{"required": ["add_cards"]}, {"required": ["remove_cards"]}]})
+        self.assertIn("access_groups", schema["dependentSchemas"])
+        self.assertIn("validity period ends before it starts", edit["responses"]["400"]["description"])
 
     @defer.inlineCallbacks
     def test_bad_paths_methods_and_parameters_get_a_clear_4xx(self):

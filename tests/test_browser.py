@@ -3,7 +3,8 @@
 The gateway and simulated terminals run as the commands an operator types (``gateway run``,
 ``simulator terminal``); the page is open before the terminals enrol anyone, so what the test
 sees arrived over the live stream and the polled figures. Screenshots go to build/screenshots/:
-charts.png (the top of the page: terminal grid, charts, events) and user.png (a user's detail).
+charts.png (the top of the page: terminal grid, charts, events), user.png (a user's detail, with
+where each value came from and its history) and layout-1280.png, layout-412.png.
 """
 
 import shutil
@@ -140,6 +141,11 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
             wait(10, lambda d, t=t: attribute(f'#user-holders .tile[data-id="{t}"]', "data-state")(d) == "holds", f"terminal {t} holds the user")
         assert attribute(f'#user-holders .tile[data-id="{ABSENT}"]', "data-state")(browser) == "offline"
         shown("#user-version", "3 of 4")
+        # Where each value came from, and the history: enrolled at the keypad, taken whole as a new user.
+        shown("#user-provenance tbody", f"terminal {TERMINAL}")
+        shown("#user-provenance tbody", "new user")
+        shown("#user-history tbody", "new user")
+        assert text("#user-history tbody tr td:first-child") == "1"
         screenshot(browser, "user.png")
         browser.find_element(By.ID, "user-close").click()
     finally:
@@ -147,3 +153,37 @@ def test_enrolments_at_a_terminal_appear_live_in_events_grid_charts_and_the_user
             terminal.stop()
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+LONG_ID = 3349079302  # a ZK device's id as `gateway run --zk` derives it: ten digits
+BUS_NAME = "RS-485 ttyUSB0 address 12"
+
+
+@pytest.fixture
+def quiet_gateway(tmp_path):
+    process, _, page = start_gateway(tmp_path, {LONG_ID: "ZK 127.0.0.1:4370", 7: BUS_NAME, 8: "Front door"})
+    try:
+        yield page
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("width", [1280, 412])
+def test_the_page_fits_a_laptop_and_a_phone_without_cutting_ids_or_names(quiet_gateway, browser, width):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(width, 900)
+    browser.get(quiet_gateway)
+    WebDriverWait(browser, 15).until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, f'#terminal-grid .tile[data-id="{LONG_ID}"]'),
+                                                                        "never connected"), message="the tiles drawn")
+    overflow = browser.execute_script("""
+        const cut = (e) => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1;
+        return {
+          page: Math.max(0, document.documentElement.scrollWidth - document.documentElement.clientWidth),
+          ids: [...document.querySelectorAll('#terminal-grid .tile-id')].filter(cut).map(e => e.textContent),
+          names: [...document.querySelectorAll('#terminal-grid .tile-name')].filter(cut).map(e => e.textContent),
+        };""")
+    assert overflow == {"page": 0, "ids": [], "names": []}
+    screenshot(browser, f"layout-{width}.png")

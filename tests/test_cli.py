@@ -13,9 +13,14 @@ from twisted.internet import defer, threads
 
 from wcwidth import wcswidth
 
+import pytest
+
 from gateway.admin import table
+from gateway.cli import build_parser
 from live_site import refusing_port, wait_until
 from api_site import TOKEN, A, B, ApiTestCase
+from gateway.sync.monitor import SAVED_FROM_DEVICE
+from protocol.records import Card, CardType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,8 +68,19 @@ class CommandTests(ApiTestCase):
         yield wait_until(lambda: self.site.online(B), "B back")
 
         self.assertEqual((yield self.run_gateway("sync-mode")).stdout, "all-with-device-updates\n")
-        self.assertEqual((yield self.run_gateway("sync-mode", "all", token=TOKEN)).stdout, "sync mode set to all\n")
+        self.assertEqual((yield self.run_gateway("sync-mode", "all", token=TOKEN)).stdout,
+                         "sync mode set to all: every user goes to every terminal; keypad changes are not pulled\n"
+                         "stopped: keypad enrolments and edits no longer reach the server: they are logged, and pulled once "
+                         "all-with-device-updates is back\n")
+        said = (yield self.run_gateway("sync-mode", "specific", token=TOKEN)).stdout.splitlines()
+        self.assertEqual(said[0], "sync mode set to specific: users go to the terminals sharing one of their access groups; "
+                                  "keypad changes are not pulled")
+        self.assertIn("only users sharing one of its access groups", said[1])
+        yield self.run_gateway("sync-mode", "all", token=TOKEN)
         self.assertEqual(self.site.gateway.settings.mode, "all")
+        done = yield self.run_gateway("terminals", "admit", "779", "--secret", "s", "--group", "2", "--group", "1", token=TOKEN)
+        self.assertEqual(done.stdout, "terminal 779 admitted (access groups 1, 2)\n", done.stderr)
+        self.assertEqual(self.site.gateway.registry.terminals[779].access_groups, {1, 2})
         wrong = yield self.run_gateway("sync-mode", "sideways", token=TOKEN)
         self.assertEqual(wrong.returncode, 2)  # a usage error, caught before asking the gateway
         self.assertIn("invalid choice: 'sideways'", wrong.stderr)
@@ -144,7 +160,8 @@ class CommandTests(ApiTestCase):
     def test_events_listed_and_followed(self):
         yield self.enroll(A, "e-1")
         done = yield self.run_gateway("events", "--type", "device-update")
-        (line,) = done.stdout.splitlines()
+        header, line = done.stdout.splitlines()
+        self.assertEqual(header.split(), ["ID", "WHEN", "TERMINAL", "ORIGIN", "TYPE", "USER", "DETAIL"])
         self.assertIn("User update succeeded (Device)", line)
         self.assertIn("e-1", line)
         self.assertEqual(line.split()[3], str(A))  # id, date, time, terminal
@@ -163,6 +180,45 @@ class CommandTests(ApiTestCase):
         yield self.enroll(B, "e-2")
         second = yield threads.deferToThread(follower.stdout.readline)
         self.assertEqual((json.loads(second)["user_id"], json.loads(second)["terminal_id"]), ("e-2", B))
+
+
+class HistoryCommandTests(ApiTestCase):
+    def run_gateway(self, *args, token=None):
+        return threads.deferToThread(gateway, *args, "--url", self.url, token=token)
+
+    @defer.inlineCallbacks
+    def test_history_and_provenance_say_where_each_value_came_from_and_which_rule_decided(self):
+        person = yield self.enroll(A, "h-1")
+        card = Card(CardType.SMART_CARD, bytes.fromhex("77aa"))
+        self.site.terminals[A].edit("h-1", name="Someone Else", cards=person.cards + (card,))  # the keypad edit of the issue
+        yield wait_until(lambda: self.site.count_events(type=SAVED_FROM_DEVICE, user_id="h-1") == 2, "the edit merged")
+        self.site.terminals[B].delete("h-1")
+        yield wait_until(lambda: "h-1" not in self.site.terminals[B].users, "deleted at B")
+
+        events = (yield self.run_gateway("events", "--user", "h-1", "--jsonl")).stdout.splitlines()
+        merged = [json.loads(e) for e in events if json.loads(e)["type"] == SAVED_FROM_DEVICE][-1]
+        self.assertIn("card SMART_CARD 77aa (card added)", merged["detail"])
+        self.assertIn("name 'Someone Else' (server field kept)", merged["detail"])
+
+        done = yield self.run_gateway("users", "history", "h-1")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        header, *rows = done.stdout.splitlines()
+        self.assertEqual(header.split(), ["VERSION", "WHEN", "FROM", "FIELD", "OUTCOME", "WAS", "NOW", "/", "OFFERED", "RULE"])
+        text = "\n".join(rows)
+        for rule in ("new user", "card added", "server field kept"):
+            self.assertIn(rule, text)
+        yield wait_until(lambda: self.site.count_events(type="DELETE_SUCCESS", user_id="h-1") == 1, "the keypad delete stored")
+        entries = [json.loads(line) for line in (yield self.run_gateway("users", "history", "h-1", "--jsonl")).stdout.splitlines()]
+        self.assertEqual([(e["version"], e["source"], e["terminal_id"]) for e in entries], [(1, "terminal", A), (2, "terminal", A), (None, "terminal", B)])
+        self.assertEqual(entries[-1]["changes"][0]["rule"], "delete at a terminal not applied to the server")
+
+        done = yield self.run_gateway("users", "show", "h-1", "--provenance")
+        given = {tuple(line.split()[:2]): line for line in done.stdout.splitlines()[1:]}
+        self.assertIn(f"terminal {A}", given[("cards", "SMART_CARD")])
+        self.assertIn("card added", given[("cards", "SMART_CARD")])
+        self.assertIn("new user", given[("name", person.name.split()[0])])
+        api = json.loads((yield self.run_gateway("users", "show", "h-1", "--provenance", "--json")).stdout)
+        self.assertEqual({f["source"] for f in api["fields"]}, {"terminal"})
 
 
 def test_an_unreachable_gateway_is_one_clear_line():
@@ -186,3 +242,50 @@ def test_tables_line_up_by_display_width_with_wide_and_combining_characters():
     text = table(["USER", "NAME", "CARDS"], [[n, name, "CSN"] for n, name in enumerate(names)])
     header, *rows = text.splitlines()
     assert {wcswidth(row[:row.rindex("CSN")]) for row in rows} == {wcswidth(header[:header.index("CARDS")])}
+
+
+class OutageClient:
+    """What the API answers while the database is down: nothing stored can be read, the
+    monitoring events waiting to be saved come beside it, and the live stream brings one more."""
+
+    WAITING = {"id": None, "terminal_id": 7, "origin": "device", "type": "Fail to save to the server DB", "user_id": "42",
+               "occurred_ms": 1_700_000_000_000, "detail": "events not committed: database is locked"}
+
+    def call(self, method, path, query=None, body=None):
+        return {"events": [], "more": False, "unsaved": [self.WAITING], "database_error": "database is locked"}
+
+    def stream(self, path, query=None):
+        yield {**self.WAITING, "user_id": "43"}
+        raise KeyboardInterrupt  # the operator's ^C
+
+
+def test_events_during_an_outage_show_the_unsaved_events_and_the_error_and_follow_them(capsys):
+    from gateway import admin
+
+    args = build_parser().parse_args(["events", "--follow"])
+    with pytest.raises(KeyboardInterrupt):
+        admin.events(OutageClient(), args)
+    out, err = capsys.readouterr()
+    header, waiting, followed = out.splitlines()
+    assert header.split() == ["ID", "WHEN", "TERMINAL", "ORIGIN", "TYPE", "USER", "DETAIL"]
+    assert waiting.split()[0] == "unsaved" and "Fail to save to the server DB" in waiting and "42" in waiting
+    assert followed.split()[0] == "unsaved" and "43" in followed
+    assert "the database cannot be read (database is locked); 1 monitoring events wait to be saved" in err
+
+
+def test_event_columns_line_up_for_every_type_of_ours_and_json_lines_are_one_object_each(capsys):
+    from gateway import admin
+    from gateway.sync.monitor import SYNC_EVENT_TYPES
+
+    lines = [admin.event_line({"id": 1, "terminal_id": 7, "origin": None, "type": t, "user_id": "u-1", "occurred_ms": 1, "detail": "d"})
+             for t in SYNC_EVENT_TYPES]
+    assert len({line.index("u-1") for line in lines}) == 1
+    assert admin.event_header().index("USER") == lines[0].index("u-1")
+
+    class Listing(OutageClient):
+        def call(self, method, path, query=None, body=None):
+            return {"events": [{**self.WAITING, "id": 2}, {**self.WAITING, "id": 1}], "more": False, "unsaved": []}
+
+    for form in ("--json", "--jsonl"):
+        admin.events(Listing(), build_parser().parse_args(["events", form]))
+        assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [1, 2]

@@ -13,7 +13,7 @@ BIN = Path(sys.executable).parent
 def test_the_demo_shows_changes_at_terminals_reaching_the_others(tmp_path):
     result = subprocess.run(
         [BIN / "gateway-demo", "--terminals", "2", "--bus-terminals", "2", "--tcp-port", "0", "--http-port", "0",
-         "--interval", "0.3", "--duration", "5"],
+         "--interval", "0.3", "--duration", "8"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -25,6 +25,12 @@ def test_the_demo_shows_changes_at_terminals_reaching_the_others(tmp_path):
     assert "operator enrols user 0001" in out
     assert "received user 0001 from the server" in out
     assert "terminal 201: received user" in out  # the bus terminals take part
+    # The story says what the server made of each keypad change, not only that it was made.
+    assert "server: user 0001 from terminal " in out and "merged into a new version: new user, taken whole: name " in out
+    edits = [line for line in out.splitlines() if "operator edits user" in line]
+    assert edits, out
+    told = [line for line in out.splitlines() if line.startswith(">>> server: ") and "refused: " in line]
+    assert told, out  # an edit's name or PIN the server had is refused, and the story says which rule kept it
     assert "User update succeeded (Device): user 0001" in log.read_text()
     assert "Starting factory" not in out + log.read_text()
     assert "Traceback" not in out + result.stderr

@@ -147,3 +147,23 @@ def test_a_ride_alone_is_a_commit_and_fails_with_it_not_retried():
     assert failed and failed[0].check(DatabaseFailure)  # its owner decides: the pusher moves the cursor later
     clock.advance(60)
     assert len(db.commits) == 1  # nothing to retry: no events were waiting
+
+
+def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_failed():
+    from twisted.logger import globalLogPublisher
+
+    log, db, clock, _ = make_log()
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        log.submit(1, events(1, 3))
+        clock.advance(0.2)
+        db.commits[0][1].callback(STORED)  # a quick commit: nothing said
+        log.submit(1, events(4, 2))
+        clock.advance(3.0)  # shorter than SQLite's busy timeout: the commit waits, then succeeds
+        db.commits[1][1].callback(STORED)
+    finally:
+        globalLogPublisher.removeObserver(said)
+    slow = [e for e in said if "took" in e.get("log_format", "")]
+    assert [(e["n"], e["s"]) for e in slow] == [(2, 3.0)]
+    assert log.unsaved.rows() == []  # no "Fail to save": nothing failed

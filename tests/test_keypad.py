@@ -2,6 +2,7 @@
 (--state), without a network: commands run on a Terminal, sessions on StringTransport."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from twisted.internet.testing import StringTransport
@@ -88,12 +89,37 @@ def test_delete_show_list_dump_verify_and_status():
     dumped = json.loads(line)
     assert dumped["terminal_id"] == 7
     assert [record_from_json(u) for u in dumped["users"]] == [terminal.users["a"], terminal.users["b"]]
-    assert keypad.run("verify a finger").status == "ok VERIFY_SUCCESS a finger (event 3)"
-    assert (terminal.log[-1].code, terminal.log[-1].sub_code) == (EventCode.VERIFY_SUCCESS, Credential.FINGER)
+    assert keypad.run("verify a card").status == "ok VERIFY_SUCCESS a card (event 3)"
+    assert (terminal.log[-1].code, terminal.log[-1].sub_code) == (EventCode.VERIFY_SUCCESS, Credential.CARD)
+    assert keypad.run("verify a finger").status == "ok VERIFY_FAIL a finger (event 4): the user holds no finger"
+    assert (terminal.log[-1].code, terminal.log[-1].sub_code) == (EventCode.VERIFY_FAIL, Credential.FINGER)
     assert keypad.run("verify nobody").status.startswith("ok VERIFY_FAIL nobody card")
-    assert keypad.run("delete b").status == "ok deleted b (event 5)"
+    assert keypad.run("delete b").status == "ok deleted b (event 6)"
     assert "b" not in terminal.users and terminal.log[-1].code == EventCode.DELETE_SUCCESS
-    assert keypad.run("status").status == "ok terminal 7, not connected to a gateway, 1 user, next event 6, 5 events not acknowledged"
+    assert keypad.run("status").status == "ok terminal 7, not connected to a gateway, 1 user, next event 7, 6 events not acknowledged"
+
+
+def test_verify_opens_only_for_a_held_credential_of_an_enabled_user_within_the_validity_period():
+    terminal = Terminal(7, SECRET)
+    keypad = Keypad(terminal)
+    now_s = terminal.now_ms() // 1000
+    ok(keypad, "enrol 77 card=csn:01020304 pin=1234")
+    assert keypad.run("verify 77 face").status.endswith(": the user holds no face")
+    assert keypad.run("verify 77 pin").status.startswith("ok VERIFY_SUCCESS")
+    terminal.users["77"] = replace(terminal.users["77"], validity=(0, now_s - 3600))
+    assert "VERIFY_FAIL" in keypad.run("verify 77").status and ": expired at " in keypad.run("verify 77").status
+    terminal.users["77"] = replace(terminal.users["77"], validity=(now_s + 3600, now_s + 7200))
+    assert ": not valid before " in keypad.run("verify 77").status
+    terminal.users["77"] = replace(terminal.users["77"], validity=None, disabled=True)
+    assert keypad.run("verify 77").status.endswith(": the user is disabled")
+
+
+def test_show_counts_fingers_and_names_their_slots():
+    keypad = Keypad(Terminal(7, SECRET))
+    ok(keypad, "enrol 42 finger=0")
+    assert "fingers  1 (slot 0)" in ok(keypad, "show 42")
+    ok(keypad, "edit 42 add-finger=6")
+    assert "fingers  2 (slots 0, 6)" in ok(keypad, "show 42")
     assert keypad.run("quit").quit
 
 

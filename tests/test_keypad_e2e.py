@@ -55,6 +55,7 @@ def site(tmp_path):
 
     terminal.page = page
     terminal.tcp_port = tcp_port
+    terminal.gateway = process
     try:
         yield terminal
     finally:
@@ -92,7 +93,7 @@ def test_edits_and_a_delete_at_a_terminal_follow_the_merge_rules(site):
     # At B: a new name (the server's name wins), a smart card and a second finger (both added).
     b.keypad.ok('edit 9002 name="Someone Else" add-card=smart_card:00112233445566778899aabbccddeeff add-finger=3')
     both_cards = "csn:04a1b2c3, smart_card:00112233445566778899aabbccddeeff"
-    merged = {"name": "Ana Lima", "cards": both_cards, "fingers": "0, 3"}
+    merged = {"name": "Ana Lima", "cards": both_cards, "fingers": "2 (slots 0, 3)"}
 
     def holds_merged(terminal) -> bool:
         shown = terminal.show("9002")
@@ -114,6 +115,9 @@ def test_edits_and_a_delete_at_a_terminal_follow_the_merge_rules(site):
                "B's delete to reach the gateway")
     assert server_user(site.page, "9002")["name"] == "Ana Lima"
     assert "9002" in a.digests()
+    # The gateway's log says what it made of each keypad change: the merge's rules, and the delete not applied.
+    site.gateway.wait_for(f"terminal {B}: user 9002 deleted at the keypad: delete at a terminal not applied to the server")
+    assert "name 'Someone Else' (server field kept)" in site.gateway.all_output()
 
 
 def test_state_keeps_users_events_and_the_counter_across_a_restart_of_the_simulator(site, tmp_path):

@@ -2,7 +2,8 @@
 
 from dataclasses import fields
 
-from gateway.sync.merge import _WHOLE_FIELDS, merge_vacant_fields
+from gateway.sync.changes import WHOLE_FIELDS as _WHOLE_FIELDS
+from gateway.sync.merge import merge_vacant_fields
 from protocol.records import MAX_CARDS, Card, CardType, Face, Fingerprint, UserRecord
 
 T = bytes(384)

@@ -39,7 +39,7 @@ def test_a_card_beyond_the_records_limit_is_reported_and_the_terminal_corrected(
     (dropped, unchanged) = monitoring(db)
     assert dropped[:3] == (CHANGE_DROPPED, T, "u1")
     assert "SMART_CARD 99" in dropped[3] and f"{MAX_CARDS} of at most {MAX_CARDS}" in dropped[3]
-    assert unchanged[:3] == (MERGED_UNCHANGED, T, "u1") and "cards" in unchanged[3]
+    assert unchanged[:3] == (MERGED_UNCHANGED, T, "u1") and "card SMART_CARD 99 (card beyond the limit)" in unchanged[3]
 
 
 def test_an_edit_the_server_fields_win_over_is_merged_with_nothing_changed(db):

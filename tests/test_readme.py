@@ -101,6 +101,23 @@ def logs(folder: Path) -> str:
     return "".join(f"\n--- {path.name}\n{path.read_text(errors='replace')}" for path in sorted(folder.rglob("*.log")))
 
 
+def run_as_pasted(shell: Shell, line: str, tmp_path: Path, bound_s: float = 60) -> None:
+    """A line run as a person does: a background one once, any other again until it answers
+    what the person looks for (a program still starting), for at most ``bound_s``."""
+    looked_for = next((pattern for part, pattern in SEES.items() if part in line), None)
+    if line.split("#")[0].rstrip().endswith("&"):
+        assert shell.run(line)[0] == 0, line
+        return
+    deadline = time.monotonic() + bound_s
+    while True:
+        status, output = shell.run(line)
+        if status == 0 and (looked_for is None or re.search(looked_for, output)):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line!r} still answers (status {status}) after {bound_s:g} s:\n{output}{logs(tmp_path)}")
+        time.sleep(0.5)
+
+
 def test_the_newcomer_sequence_works_as_written(tmp_path):
     lines = newcomer_lines()
     for part in SEES:
@@ -108,19 +125,42 @@ def test_the_newcomer_sequence_works_as_written(tmp_path):
     shell = Shell(tmp_path)
     try:
         for line in lines:
-            looked_for = next((pattern for part, pattern in SEES.items() if part in line), None)
-            if line.split("#")[0].rstrip().endswith("&"):
-                assert shell.run(line)[0] == 0, line
-                continue
-            deadline = time.monotonic() + 60
-            while True:
-                status, output = shell.run(line)
-                if status == 0 and (looked_for is None or re.search(looked_for, output)):
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{line!r} still answers (status {status}):\n{output}{logs(tmp_path)}")
-                time.sleep(0.5)
+            run_as_pasted(shell, line, tmp_path)
     finally:
         shell.close()
     folder = next(tmp_path.iterdir())  # the sequence's own folder, made by its first line
     assert (folder / "gateway.db").exists() and (folder / "gateway.token").exists()
+
+
+# The terminals knock, refused as unknown, a minute before anyone admits them (as issue 23 found:
+# refusals counted toward a lockout of 127.0.0.1 for 15 minutes). With today's redial backoff two
+# simulated terminals fail about 8 handshakes in that minute, under auth_lockout_after (10).
+ADMIT_AFTER_S = 60
+SOON_AFTER_S = 75  # a terminal redials within a minute (its longest backoff), so "soon" means that, not 15 minutes
+
+
+def test_the_newcomer_sequence_pasted_slowly_still_ends_with_ana_on_terminal_2_soon_after_the_admit(tmp_path):
+    lines = newcomer_lines()
+    admits = [line for line in lines if "gateway terminals admit" in line]
+    terminals = [line for line in lines if line.startswith("simulator terminal")]
+    assert len(admits) == 2 and len(terminals) == 2
+    first, rest = lines[:2], [line for line in lines[2:] if line not in admits + terminals]  # cd, gateway run; then the others
+    shell = Shell(tmp_path)
+    try:
+        for line in first + terminals:
+            run_as_pasted(shell, line, tmp_path)
+        time.sleep(ADMIT_AFTER_S)
+        for line in admits:
+            run_as_pasted(shell, line, tmp_path)
+        for line in rest:  # the enrolment, terminal 2's list, the server's: each soon, not after a lockout's 15 minutes
+            run_as_pasted(shell, line, tmp_path, bound_s=SOON_AFTER_S)
+    finally:
+        shell.close()
+
+
+def test_the_readmes_example_dates_are_in_the_future():
+    readme = (ROOT / "README.md").read_text()
+    dates = re.findall(r"--valid-(?:until|from) (\d{4}-\d{2}-\d{2})", readme)
+    assert dates, "the README shows no validity date any more"
+    today = time.strftime("%Y-%m-%d")
+    assert [d for d in dates if d <= today] == []

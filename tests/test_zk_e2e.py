@@ -10,6 +10,8 @@ import time
 from twisted.internet import defer, reactor, threads
 
 from api_site import http
+from gateway.sync import changes as rules
+from gateway.sync.history import read_history
 from gateway.sync.monitor import RECONCILED, SAVED_FROM_DEVICE
 from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
@@ -108,6 +110,16 @@ class MixedSite(ZkSite):
                          "the delete at ZK-3 logged")
         self.assertIsNotNone(site.server_record("500"))
         self.assertTrue(self.holds(ZK1, "500") and self.holds(ZK2, "500"))
+
+        # The user's history names, for each ZK device's change, the rule that took or refused each field.
+        entries, _ = yield site.gateway.db.read(read_history, "500")
+        decided = [(e["terminal_id"], {(c["field"], c["outcome"], c["rule"]) for c in e["changes"]}) for e in entries]
+        first_from, first = decided[0]
+        self.assertEqual(first_from, ZK1)
+        self.assertLessEqual({("name", "taken", rules.NEW_USER), ("cards", "taken", rules.NEW_USER)}, first)
+        self.assertEqual({rule for _, _, rule in first}, {rules.NEW_USER})
+        self.assertIn((ZK2, {("name", "refused", rules.SERVER_KEPT), ("pin_hash", "taken", rules.VACANT_FILLED)}), decided)
+        self.assertEqual(decided[-1], (ZK3, {("user", "noted", rules.TERMINAL_DELETE)}))
 
         # A punch at ZK-1 is one verification event, however many polls read the log again.
         zk1.punch("500")

@@ -2,7 +2,8 @@
 emulated RS-485 bus, telling the story of sync as it happens.
 
 People are enrolled and edited at random terminals; standard output carries only the story:
-each change made at a terminal and each terminal that received it. The gateway's own log goes
+each change made at a terminal, what the server's merge made of it (taken, refused and why), and
+each terminal that received it. The gateway's own log goes
 to a file whose path the demo prints first. It lives in tools/ because it uses both the gateway
 and the simulator, which never import each other.
 """
@@ -17,6 +18,8 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel
 
 from gateway.config import ConfigError, GatewayConfig
+from gateway.http.queries import EventFilter, last_event_id, read_events
+from gateway.sync.monitor import CHANGE_DROPPED, MERGED_UNCHANGED, SAVED_FROM_DEVICE
 from gateway.logs import start_logging
 from gateway.process.run import StartFailed, start_gateway
 from simulator.bus import BusSimulation
@@ -32,7 +35,18 @@ API_TOKEN = "demo-token"
 FOLDER = Path("demo")
 
 
+# The merge's monitoring events, and how the story tells each.
+MERGE_VERDICTS = {
+    SAVED_FROM_DEVICE: "merged into a new version",
+    MERGED_UNCHANGED: "merged, the server's record unchanged",
+    CHANGE_DROPPED: "change dropped",
+}
+MERGE_OUTCOMES = EventFilter(types=tuple(MERGE_VERDICTS))
+
+
 class Demo:
+    outcome_poll_s = 0.5
+
     def __init__(self, reactor, gateway, bus: BusSimulation, interval_s: float, seed: int):
         self.reactor = reactor
         self.gateway = gateway
@@ -44,6 +58,7 @@ class Demo:
         self.interval_s = interval_s
         self.changed_at: dict[str, float] = {}
         self._enrolled = 0
+        self._seen_event: int | None = None  # the last event told (None: those before the demo began are not)
 
     def start(self) -> None:
         port = self.gateway.tcp_port.getHost().port
@@ -54,6 +69,21 @@ class Demo:
         changes = task.LoopingCall(self.change_something)
         changes.clock = self.reactor
         changes.start(self.interval_s, now=False)
+        self._outcomes = task.LoopingCall(self.tell_outcomes)
+        self._outcomes.clock = self.reactor
+        self._outcomes.start(self.outcome_poll_s, now=True)
+
+    @defer.inlineCallbacks
+    def tell_outcomes(self):
+        """What the server made of each keypad change: the merge's monitoring events, as stored."""
+        if self._seen_event is None:
+            self._seen_event = yield self.gateway.db.read(last_event_id)
+        found, _ = yield self.gateway.db.read(read_events, MERGE_OUTCOMES, self._seen_event, None, 100)
+        for event in found:
+            self._seen_event = event["id"]
+            verdict = MERGE_VERDICTS[event["type"]]
+            say(f"server: user {event['user_id']} from terminal {event['terminal_id']} {verdict}"
+                + (f": {event['detail']}" if event["detail"] else ""))
 
     def change_something(self) -> None:
         """What an operator might do at a random terminal: enrol someone new, or edit someone."""
@@ -62,7 +92,8 @@ class Demo:
             user_id = self.rng.choice(sorted(terminal.users))
             changes = self.people.edit(terminal.users[user_id])
             terminal.edit(user_id, **changes)
-            say(f"terminal {terminal.terminal_id}: operator edits user {user_id} ({', '.join(changes)})")
+            say(f"terminal {terminal.terminal_id}: operator edits user {user_id} at the keypad ({', '.join(changes)}); "
+                f"the server decides what it takes")
         else:
             self._enrolled += 1
             user_id = f"{self._enrolled:04d}"

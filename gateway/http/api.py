@@ -247,7 +247,7 @@ class ApiResource(resource.Resource):
         if route.body is None:
             return None
         raw = content.getvalue()
-        if not raw.strip():
+        if not raw:  # no body at all; JSON whitespace alone is no JSON value, and a 400 below
             if route.body.get("required"):
                 raise ApiError(400, f"this request needs a JSON body with {', '.join(route.body['required'])}")
             raw = b"{}"

@@ -6,6 +6,7 @@ the API to it: a request the document allows gets its success status or one of t
 """
 
 from gateway.http.api import MAX_BODY, Param, Route
+from gateway.sync.changes import RULES
 from gateway.kinds import kinds
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
@@ -144,7 +145,65 @@ SCHEMAS = {
     },
     "Sync": {
         "type": "object",
-        "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"}},
+        "properties": {"mode": {"type": "string"}, "modes": {"type": "array", "items": {"type": "string"}}, "pulls_device_updates": {"type": "boolean"},
+                       "means": {"type": "string", "description": "what the mode does"},
+                       "stopped": {"type": "array", "items": {"type": "string"}, "description": "after a change: what it stopped"}},
+    },
+    "UserHistory": {
+        "type": "object",
+        "properties": {
+            "user_id": {"type": "string"},
+            "more": {"type": "boolean"},
+            "next": {"type": ["integer", "null"], "description": "give as after= for the next page"},
+            "rules": {"type": "object", "additionalProperties": {"type": "string"}, "description": "what each rule means"},
+            "history": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "at_ms": _TIME_MS,
+                        "source": {"type": "string", "enum": ["terminal", "api", "reconciliation"]},
+                        "terminal_id": _NULLABLE_INT,
+                        "change_seq": {**_NULLABLE_INT, "description": "the version's change; null: a decision that made no version"},
+                        "version": {**_NULLABLE_INT, "description": "1 for the first version of the user"},
+                        "changes": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "field": {"type": "string", "description": "a field, \"cards\", \"fingerprints\", \"faces\" (one member each), or \"user\""},
+                                    "outcome": {"type": "string", "enum": ["taken", "refused", "set", "noted"]},
+                                    "rule": {"type": "string", "enum": list(RULES)},
+                                    "old": {"description": "the server's value before; a PIN or photo shows as \"set\""},
+                                    "new": {"description": "what it became, or what the terminal offered when refused"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "UserProvenance": {
+        "type": "object",
+        "properties": {
+            "user_id": {"type": "string"},
+            "fields": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "field": {"type": "string"},
+                        "value": {},
+                        "source": {"type": ["string", "null"], "description": "terminal, api or reconciliation; null: older than the history"},
+                        "terminal_id": _NULLABLE_INT,
+                        "at_ms": _NULLABLE_INT,
+                        "rule": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
     },
     "UserTerminals": {
         "type": "object",

@@ -7,7 +7,7 @@ MODES = [mode.value for mode in SyncMode]
 
 
 def sync_json(mode: SyncMode) -> dict:
-    return {"mode": mode.value, "modes": MODES, "pulls_device_updates": mode.pulls_device_updates}
+    return {"mode": mode.value, "modes": MODES, "pulls_device_updates": mode.pulls_device_updates, "means": mode.means}
 
 
 def show_sync(call):
@@ -15,7 +15,9 @@ def show_sync(call):
 
 
 def set_sync(call):
-    return call.gateway.settings.set_mode(SyncMode(call.body["mode"])).addCallback(sync_json)
+    """Change the mode; the answer says what the new mode does and what the change stopped."""
+    new, old = SyncMode(call.body["mode"]), call.gateway.settings.mode
+    return call.gateway.settings.set_mode(new).addCallback(lambda mode: {**sync_json(mode), "stopped": mode.stops(old)})
 
 
 SYNC_BODY = {

@@ -3,6 +3,7 @@ is, and an administrator's admission decisions."""
 
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
+from gateway.http.users import GROUPS
 from gateway.kinds import kinds
 from gateway.terminals import ADMITTED, REFUSED
 
@@ -79,7 +80,10 @@ def admit_terminal(call):
     term = call.gateway.registry.terminals.get(terminal_id)
     if not (secret or (term and term.secret) or call.gateway.config.default_secret):
         raise ApiError(400 if term else 404, f"terminal {terminal_id} has no secret: give its secret to admit it")
-    d = call.gateway.registry.set_admission(terminal_id, ADMITTED, secret)
+    groups = call.body.get("access_groups")
+    if groups is not None and any(entry["id"] == terminal_id for entry in [*call.gateway.config.terminals, *call.gateway.config.zk]):
+        raise ApiError(409, f"terminal {terminal_id} is listed in the gateway configuration: set its groups there")
+    d = call.gateway.registry.set_admission(terminal_id, ADMITTED, secret, None if groups is None else frozenset(groups))
     return d.addCallback(lambda _: show_terminal(call))
 
 
@@ -118,6 +122,8 @@ ADMIT_BODY = {
     "additionalProperties": False,
     "properties": {
         "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one"},
+        "access_groups": {**GROUPS, "description": "the terminal's access groups (sync mode specific sends it the users sharing one); "
+                                                   "given, they replace its groups"},
     },
 }
 
@@ -130,7 +136,7 @@ ROUTES = [
     Route("POST", "/api/reconcile", reconcile_all, "Compare every online terminal with the server now and repair what the gateway owns",
           (), {"type": "object", "additionalProperties": False}, "Reconciled"),
     Route("POST", "/api/terminals/{terminal_id}/admit", admit_terminal, "Admit a pending or refused terminal, or register one ahead of its first connection (give its secret)", (TERMINAL_ID,), ADMIT_BODY, "Terminal",
-          errors={404: "no such terminal, and no secret given to register it"}),
+          errors={404: "no such terminal, and no secret given to register it", 409: "groups given for a terminal of the configuration file"}),
     Route("POST", "/api/terminals/{terminal_id}/refuse", refuse_terminal, "Refuse a terminal (closes its link)", (TERMINAL_ID,), {"type": "object", "additionalProperties": False}, "Terminal", errors={404: "no such terminal"}),
     Route("DELETE", "/api/terminals/{terminal_id}", remove_terminal, "Forget a terminal not in the configuration", (TERMINAL_ID,), returns="Removed",
           errors={404: "no such terminal", 409: "the terminal is in the configuration"}),

@@ -4,7 +4,7 @@ feed and reaches the terminals."""
 
 from twisted.internet import defer, threads
 
-from gateway.http.api import ApiError, Param, Route
+from gateway.http.api import Param, Route
 from gateway.http.queries import read_user, read_users
 from gateway.terminals import ADMITTED
 from gateway.sync.users import Members, UnknownUser
@@ -77,12 +77,23 @@ _EDIT_FIELDS = {
     "add_access_groups": {**GROUPS, "description": "groups to add; the others stay"},
     "remove_access_groups": {**GROUPS, "description": "groups to remove, each one the user has"},
 }
-EDIT_BODY = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": _EDIT_FIELDS}
-# What the schemas above cannot say: a request breaking these gets a 400 naming the rule.
 SET_FIELD_RULE = "a set field is replaced, or changed by its add and remove lists, not both"
+EDIT_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": _EDIT_FIELDS,
+    # cards excludes add_cards and remove_cards; access_groups excludes theirs.
+    "dependentSchemas": {
+        name: {"not": {"anyOf": [{"required": [add]}, {"required": [remove]}]},
+               "description": f"{SET_FIELD_RULE}: give {name} or {add}/{remove}"}
+        for name, (add, remove) in _MEMBERS.items()
+    },
+}
+# What the schemas above cannot say (JSON Schema compares no two fields, counts characters, not
+# bytes): a request breaking these gets a 400 naming the rule. docs/http-api.md lists them too.
 UNSTATED_RULES = ("validity period ends before it starts",
-                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes",
-                  SET_FIELD_RULE)  # of UTF-8: outside ASCII a character takes 2 to 4
+                  f"user id must be 1 to {MAX_USER_ID_BYTES} bytes")  # of UTF-8: outside ASCII a character takes 2 to 4
 _BROKEN_RULE = "a parameter or the body breaks a rule (the message says which); beyond the schemas: " + "; ".join(UNSTATED_RULES)
 
 
@@ -97,9 +108,7 @@ def record_fields(user_id: str, body: dict) -> defer.Deferred:
     if "cards" in body:
         fields["cards"] = tuple(_card(card) for card in body["cards"])
     for name, (add, remove) in _MEMBERS.items():
-        if add in body or remove in body:
-            if name in body:
-                raise ApiError(400, f"{SET_FIELD_RULE}: give {name} or {add}/{remove}")
+        if add in body or remove in body:  # never with ``name`` too: the schema refused that
             member = _card if name == "cards" else int
             fields[name] = Members(tuple(map(member, body.get(add, ()))), tuple(map(member, body.get(remove, ()))))
     if "validity" in body:

@@ -55,6 +55,8 @@ def _sentence(error: ValidationError, where: str) -> str:
         return f"{field} must be {schema['description'].split(';')[0]}"
     if kind == "pattern":
         return f"{field} must match {schema['pattern']}"
+    if kind == "not" and "description" in schema:  # a rule between fields (dependentSchemas), said as written
+        return f"{where}: {schema['description']}"
     if kind == "uniqueItems":
         return f"{field} lists an item twice"
     if kind == "minProperties":

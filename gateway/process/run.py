@@ -68,14 +68,16 @@ def run_workers(config: GatewayConfig, sync_mode: SyncMode | None, worker_argv) 
     start_logging()
     raise_fd_limit()
     try:
+        tcp = reserve_port(config.tcp_host, config.tcp_port)  # first: a port in use changes nothing stored
+        http = reserve_port(config.http_host, config.http_port)
         db = Database(config.db, reactor=None)
         try:
             db.open()
-            SyncSettings(db, SyncMode(config.sync_mode), on_change=None, clock=_WallClock).load(sync_mode)
+            settings = SyncSettings(db, SyncMode(config.sync_mode), on_change=None, clock=_WallClock)
+            settings.load(sync_mode)
+            settings.keep()
         finally:
             db.engine.dispose()
-        tcp = reserve_port(config.tcp_host, config.tcp_port)
-        http = reserve_port(config.http_host, config.http_port)
     except START_FAILURES as exc:
         print(f"gateway: cannot start: {_reason(exc)}", file=sys.stderr)
         return 1

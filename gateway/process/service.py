@@ -107,6 +107,9 @@ class Gateway:
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         if self.role.primary:
             self._start_primary()
+        # Every port bound: only now is what this start changes stored (a failed start stores nothing).
+        self.registry.keep_configuration()
+        self.settings.keep()
         self.accept_watch.start(port for port in (self.tcp_port, self.tls_port) if port is not None)
         self._sweep.start(self.sweep_s, now=False)
         self.reconciler.start()

@@ -1,5 +1,5 @@
 """The server database's tables (SQLAlchemy Core): users and their changes feed, terminals and
-their cursors, the event log, pulls still owed, settings.
+their cursors, the event log, each user's history, pulls still owed, settings.
 
 Users are stored in their wire encoding (``protocol.records.UserRecordWire``): the merge works
 on decoded records, and a push to a terminal is a concatenation of stored bytes. Columns beside
@@ -69,6 +69,22 @@ events = Table(
     UniqueConstraint("terminal_id", "log_epoch", "terminal_event_id", name="uq_events_terminal_log_event"),
     Index("ix_events_type_id", "type", "id"),
     Index("ix_events_user_id", "user_id", "id"),
+)
+
+# Each user's history (gateway/sync/history.py): a row per version and per decision that made
+# none (a keypad delete, a change not pulled), with its field changes as compact JSON; written in
+# the transaction of the change, kept as long as events are.
+user_history = Table(
+    "user_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", String(64), nullable=False),
+    Column("change_seq", BigInteger, nullable=True),  # the version it made; None: it made none
+    Column("at_ms", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False),  # terminal | api | reconciliation
+    Column("terminal_id", BigInteger, nullable=True),
+    Column("changes", Text, nullable=False),  # JSON: [[field, outcome, rule, old, new], ...]
+    Index("ix_user_history_user_id", "user_id", "id"),
 )
 
 pending_pulls = Table(

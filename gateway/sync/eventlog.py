@@ -25,12 +25,15 @@ from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, 
 from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
 from gateway.store.notices import take_commit_turn
 from gateway.store.schema import events, pending_pulls, terminals
+from gateway.sync.changes import NOT_PULLED, RULES, TERMINAL_DELETE
+from gateway.sync.history import TERMINAL, noted, record_history
 from gateway.sync.unsaved import UnsavedEvents
-from protocol.events import Event
+from protocol.events import USER_CHANGE_CODES, Event, EventCode, Origin
 
 log = Logger(namespace="gateway.eventlog")
 
 
+KEYPAD = "keypad"  # an Anomaly's kind for a keypad change the server does not follow
 LEAP_LIMIT = 2**32  # ids further apart than this within one log leapt: no terminal logs that much between two events
 
 
@@ -44,9 +47,10 @@ class LogState:
 
 @dataclass(frozen=True)
 class Anomaly:
-    """Something irregular in a terminal's log, reported once the commit that stored it succeeded."""
+    """Something irregular in a terminal's log, or a keypad change the server does not follow,
+    reported once the commit that stored it succeeded."""
 
-    kind: str  # restarted | conflict | leap | backwards
+    kind: str  # restarted | conflict | leap | backwards | keypad (not irregular: a line in the log, no metric)
     terminal_id: int
     text: str
 
@@ -91,6 +95,7 @@ class EventLog:
     """The ``EventSink`` every terminal connection hands its events to."""
 
     max_batch_events = 5000
+    slow_commit_s = 1.0  # a group commit this slow is said in the log: the database held the writer
     high_water = 50_000
     low_water = 10_000
     retry_after = staticmethod(backoffPolicy(initialDelay=0.5, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
@@ -207,7 +212,13 @@ class EventLog:
         self._metrics.events_ingested.inc(count)
         if batch:
             self._metrics.commit_batch_size.observe(count)
-        self._metrics.commit_seconds.observe(self._clock.seconds() - started)
+        took_s = self._clock.seconds() - started
+        self._metrics.commit_seconds.observe(took_s)
+        if took_s >= self.slow_commit_s:
+            # A lock shorter than the database's busy timeout fails nothing, so it leaves no "Fail to
+            # save" event: this line (and gateway_commit_seconds) is what shows that terminals waited.
+            log.warn("a group commit of {n} events took {s:.1f} s: the database was busy (locked or stalled); terminals "
+                     "waited that long for their acknowledgements", n=count, s=took_s)
         self.unsaved.stored(unsaved)  # by number: rows may have been added (or dropped) meanwhile
         self._failures = 0
         self._queued_events -= count
@@ -254,6 +265,9 @@ class EventLog:
 
     def _report(self, anomalies: list[Anomaly]) -> None:
         for anomaly in anomalies:
+            if anomaly.kind == KEYPAD:
+                log.info("terminal {tid}: {text}", tid=anomaly.terminal_id, text=anomaly.text)
+                continue
             self._metrics.event_log_anomalies.labels(anomaly.kind).inc()
             log.warn("terminal {tid}: {text}", tid=anomaly.terminal_id, text=anomaly.text)
 
@@ -363,7 +377,27 @@ def _store_submission(conn, sub: _Submission, state: LogState, recorded: int, ro
             _irregular(rows, anomalies, t, epoch, recorded, "leap", f"event ids leapt within log {epoch}: {event_id} after {previous}; stored")
         previous = max(previous, event_id)
     rows += [_event_row(t, epoch, ev, recorded) for ev in fresh]
+    if fresh:
+        _note_keypad_changes(rows[-len(fresh):], sub.pull_users, recorded, anomalies)
     return LogState(epoch, previous)
+
+
+def _note_keypad_changes(rows: list[dict], pulled: bool, recorded: int, anomalies: list[Anomaly]) -> None:
+    """Say, on the event, in the user's history and in the log, what the server does not follow
+    of a keypad change: a delete (never applied to the server), an enrolment or edit in a sync
+    mode that does not pull. A pulled change is told by its merge."""
+    for row in rows:
+        if row["sub_code"] != Origin.DEVICE or not row["user_id"]:
+            continue  # most events: doors, verifications, what the server sent
+        if row["code"] == EventCode.DELETE_SUCCESS:
+            rule, deed = TERMINAL_DELETE, "deleted at the keypad"
+        elif row["code"] in USER_CHANGE_CODES and not pulled:
+            rule, deed = NOT_PULLED, "changed at the keypad"
+        else:
+            continue
+        row["detail"] = f"{rule}: {RULES[rule]}"
+        row["history"] = noted(row["user_id"], TERMINAL, rule, deed, recorded, row["terminal_id"])
+        anomalies.append(Anomaly(KEYPAD, row["terminal_id"], f"user {row['user_id']} {deed}: {row['detail']}"))
 
 
 def _irregular(rows, anomalies, terminal_id: int, epoch: int, recorded: int, kind: str, text: str) -> None:
@@ -384,7 +418,9 @@ def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: i
         pulls += [dict(terminal_id=sub.terminal_id, user_id=u, since_ms=recorded) for u in sub.users_to_pull()]
     if rows:
         take_commit_turn(conn)  # event ids follow commit order across processes (gateway/process/peers.py)
+    history = [row.pop("history") for row in rows if "history" in row]
     insert_ignoring_duplicates(conn, events, rows)
+    record_history(conn, history)
     # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
     upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])
     record_sync_events(conn, failure_rows)

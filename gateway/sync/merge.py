@@ -1,4 +1,5 @@
-"""merge_vacant_fields: the server-wins merge of a record pulled from a terminal.
+"""merge_vacant_fields: the server-wins merge of a record pulled from a terminal, and the rule
+behind each field it took or refused.
 
 Rules (design.md, "Merge rules"): a field the server already has stays as it is; a vacant
 server field takes the terminal's value; cards are unioned by card id and a card the server has
@@ -8,10 +9,24 @@ finger's slot is its index and its template format: a ZK and a native template a
 
 from dataclasses import replace
 
+from gateway.sync.changes import (
+    CARD_ADDED,
+    CARD_LIMIT,
+    DEVICE_CANNOT_HOLD,
+    MEMBER_FIELDS,
+    NEW_USER,
+    REFUSED,
+    SERVER_KEPT,
+    TAKEN,
+    VACANT_FILLED,
+    WHOLE_FIELDS,
+    FieldChange,
+    member,
+    member_key,
+    record_changes,
+    shown,
+)
 from protocol.records import MAX_CARDS, UserRecord
-
-# Fields taken whole: vacant when None (scalars) or empty (access groups).
-_WHOLE_FIELDS = ("name", "pin_hash", "validity", "security_level", "auth_mode", "disabled", "photo", "access_groups")
 
 
 def _vacant(value) -> bool:
@@ -22,7 +37,7 @@ def merge_vacant_fields(server: UserRecord | None, terminal: UserRecord) -> User
     """The record the server should hold after learning ``terminal``'s copy of the user."""
     if server is None:
         return terminal
-    filled = {name: getattr(terminal, name) for name in _WHOLE_FIELDS if _vacant(getattr(server, name))}
+    filled = {name: getattr(terminal, name) for name in WHOLE_FIELDS if _vacant(getattr(server, name))}
     known_cards = {card.card_id for card in server.cards}
     # A record holds at most MAX_CARDS: the server's cards come first and are never dropped.
     cards = (server.cards + tuple(c for c in terminal.cards if c.card_id not in known_cards))[:MAX_CARDS]
@@ -36,3 +51,45 @@ def _fill_slots(server_slots: tuple, terminal_slots: tuple) -> tuple:
     merged = server_slots + tuple(s for s in terminal_slots if s.slot not in taken)
     return tuple(sorted(merged, key=lambda slot: slot.slot))
 
+
+def whole_record(record: UserRecord) -> UserRecord:
+    """What a terminal that holds every field (ours) holds of ``record``: all of it."""
+    return record
+
+
+def merge_reasons(server: UserRecord | None, terminal: UserRecord, merged: UserRecord, holdable=whole_record) -> list[FieldChange]:
+    """For every field in which the terminal's copy and the server's differ, what the merge did
+    and which rule decided. ``holdable(record)`` is the copy of a record the terminal can hold:
+    a difference that is only what the terminal cannot hold is no edit made there."""
+    if server is None:
+        return record_changes(None, merged, TAKEN, NEW_USER)
+    fits = holdable(server)
+    changes = []
+    for name in WHOLE_FIELDS:
+        ours, theirs = getattr(server, name), getattr(terminal, name)
+        if ours == theirs:
+            continue
+        if _vacant(ours):
+            changes.append(FieldChange(name, TAKEN, VACANT_FILLED, None, shown(name, theirs)))
+        else:
+            rule = DEVICE_CANNOT_HOLD if getattr(fits, name) == theirs else SERVER_KEPT
+            changes.append(FieldChange(name, REFUSED, rule, shown(name, ours), shown(name, theirs)))
+    for name in MEMBER_FIELDS:
+        ours = {member_key(name, m): m for m in getattr(server, name)}
+        kept = {member_key(name, m) for m in getattr(merged, name)}
+        held = {member_key(name, m) for m in getattr(fits, name)}
+        for value in getattr(terminal, name):
+            key = member_key(name, value)
+            if ours.get(key) == value:
+                continue
+            if key in ours:  # a slot the server fills with another template
+                changes.append(FieldChange(name, REFUSED, SERVER_KEPT, member(name, ours[key]), member(name, value)))
+            elif key in kept:
+                changes.append(FieldChange(name, TAKEN, CARD_ADDED if name == "cards" else VACANT_FILLED, None, member(name, value)))
+            else:
+                changes.append(FieldChange(name, REFUSED, CARD_LIMIT, None, member(name, value)))
+        offered = {member_key(name, m) for m in getattr(terminal, name)}
+        for key, value in ours.items():
+            if key not in offered:  # the server's stays: removed at the terminal, or never held there
+                changes.append(FieldChange(name, REFUSED, SERVER_KEPT if key in held else DEVICE_CANNOT_HOLD, member(name, value), None))
+    return changes

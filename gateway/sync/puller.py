@@ -6,7 +6,7 @@ retried with backoff until the merge commits. Many edits of one user make one pu
 """
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from twisted.application.internet import backoffPolicy
@@ -14,7 +14,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.store.database import DatabaseFailure, upsert
-from gateway.sync.merge import merge_vacant_fields
+from gateway.sync.changes import CARD_LIMIT, SERVER_DELETED, summary
+from gateway.sync.history import TERMINAL, history_row, noted, record_history
+from gateway.sync.merge import merge_reasons, merge_vacant_fields, whole_record
 from gateway.sync.pusher import delivery_rows, request_chunks
 from gateway.sync.monitor import (
     APPLIED_BY_DEVICE,
@@ -104,7 +106,10 @@ class Puller:
         answered = [r.user_id for r in fetched.users] + fetched.missing
         if not answered:
             raise ProtocolError("the terminal answered with none of the users asked for")
-        d = self._db.write(merge_pulled, terminal_id, fetched.users, fetched.missing, started, self._now_ms())
+        connection = self._registry.connection(terminal_id)
+        # Terminals that hold every field (ours) need not say what they hold; a ZK device does.
+        holdable = getattr(connection, "holdable", whole_record)
+        d = self._db.write(merge_pulled, terminal_id, fetched.users, fetched.missing, started, self._now_ms(), holdable)
         return d.addCallback(lambda outcome: (outcome, answered, len(fetched.users)))
 
     def _done(self, result: "tuple[MergeOutcome, list[str], int]", terminal_id: int, batch: dict[str, int]) -> None:
@@ -116,8 +121,9 @@ class Puller:
             if user_id in batch and wanted.get(user_id) == batch[user_id]:  # not asked for again since
                 del wanted[user_id]
         self._metrics.pulls.inc(pulled)
-        for user_id in outcome.saved:
-            log.info("{type}: user {user} from terminal {tid}", type=SAVED_FROM_DEVICE, user=user_id, tid=terminal_id)
+        for type_, user_id, detail in outcome.reported:
+            log.info("{type}: user {user} from terminal {tid}{detail}", type=type_, user=user_id, tid=terminal_id,
+                     detail=f": {detail}" if detail else "")
         if outcome.saved:
             self._on_merged()
         self._correct(terminal_id, outcome.corrections)
@@ -195,49 +201,57 @@ def owed_pulls(conn, terminal_id: int) -> list[str]:
 
 @dataclass(frozen=True)
 class MergeOutcome:
-    """What a merge did: users whose server record changed, and what the terminal pulled from
-    must be told back when the server kept its own record (``None``: delete it there)."""
+    """What a merge did: users whose server record changed, what the terminal pulled from must
+    be told back when the server kept its own record (``None``: delete it there), and the
+    monitoring events it stored (type, user, detail), for the log."""
 
     saved: list[str]
     corrections: dict[str, bytes | None]
+    reported: list[tuple[str, str, str]] = ()
 
 
-def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int, at_ms: int) -> MergeOutcome:
+def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: list[str], started_ms: int, at_ms: int,
+                 holdable=whole_record) -> MergeOutcome:
     """Merge pulled records into the server (server wins, vacant fields filled); one transaction.
 
     A new version enters the changes feed only when the merge changed the server's record; when
     it changed nothing there but the terminal's copy differs, that terminal alone is corrected
-    (the others already hold the server's record). Whatever of a keypad change could not be kept
-    is reported, naming what and why. Settles the owed pulls that were asked for by
-    ``started_ms`` (when GET_USERS went out).
+    (the others already hold the server's record). Every field taken or refused is named with
+    its rule, in the monitoring event's detail and in the user's history. Settles the owed pulls
+    that were asked for by ``started_ms`` (when GET_USERS went out). ``holdable``: the copy of a
+    record the terminal can hold (``merge.merge_reasons``).
     """
-    rows, saved, corrections = [], [], {}
+    rows, history, saved, corrections = [], [], [], {}
     for record in records:
         found = conn.execute(select(users.c.record, users.c.updated_ms).where(users.c.user_id == record.user_id)).first()
         if found is not None and found.record is None and not _enrolled_since(conn, terminal_id, record.user_id, found.updated_ms):
             # Deleted on the server while this terminal's keypad edited it: the server's delete wins.
             corrections[record.user_id] = None
-            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, record.user_id,
-                                       "keypad edit dropped: the user was deleted on the server; the terminal deletes it too", at_ms=at_ms))
+            text = "keypad edit dropped: the user was deleted on the server; the terminal deletes it too"
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, record.user_id, text, at_ms=at_ms))
+            history.append(noted(record.user_id, TERMINAL, SERVER_DELETED, "keypad edit", at_ms, terminal_id))
             continue
         server = UserRecordWire.parse(found.record) if found is not None and found.record is not None else None
         merged = merge_vacant_fields(server, record)
-        lost_cards = [c for c in record.cards if c.card_id not in {m.card_id for m in merged.cards}]
+        changes = merge_reasons(server, record, merged, holdable)
+        lost_cards = [c for c in changes if c.rule == CARD_LIMIT]
         if lost_cards:
             rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, record.user_id,
-                                       f"{len(lost_cards)} card(s) added at the terminal dropped ({_cards(lost_cards)}): the server's "
-                                       f"record already holds {len(server.cards)} of at most {MAX_CARDS}", at_ms=at_ms))
+                                       f"{len(lost_cards)} card(s) added at the terminal dropped ({', '.join(c.new for c in lost_cards)}): "
+                                       f"the server's record already holds {len(server.cards)} of at most {MAX_CARDS}", at_ms=at_ms))
         if merged != server:
-            store_record(conn, merged, at_ms, holder_terminal=terminal_id if merged == record else None)
+            seq = store_record(conn, merged, at_ms, holder_terminal=terminal_id if merged == record else None)
             saved.append(record.user_id)
-            rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, at_ms=at_ms))
+            rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, summary(changes), at_ms=at_ms))
+            history.append(history_row(record.user_id, TERMINAL, changes, at_ms, change_seq=seq, terminal_id=terminal_id))
         else:
-            won = [f.name for f in fields(UserRecord) if getattr(record, f.name) != getattr(merged, f.name)]
             rows.append(sync_event_row(MERGED_UNCHANGED, terminal_id, record.user_id,
-                                       f"the server's {', '.join(won)} kept; the terminal gets the server's record back" if won
+                                       f"{summary(changes)}; the terminal gets the server's record back" if changes
                                        else "the terminal already holds the server's record", at_ms=at_ms))
-            if won:
+            if merged != record:
                 corrections[record.user_id] = UserRecordWire.build(merged)
+            if changes:
+                history.append(history_row(record.user_id, TERMINAL, changes, at_ms, terminal_id=terminal_id))
     for user_id in missing:
         found = conn.execute(select(users.c.record).where(users.c.user_id == user_id)).first()
         if found is None:
@@ -247,6 +261,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
             rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, user_id, "keypad change lost: the server's deletion of the "
                                        "user reached the terminal before the change was fetched", at_ms=at_ms))
     record_sync_events(conn, rows)
+    record_history(conn, history)
     done = [r.user_id for r in records] + missing
     conn.execute(
         delete(pending_pulls).where(
@@ -255,7 +270,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
             pending_pulls.c.since_ms <= started_ms,
         )
     )
-    return MergeOutcome(saved, corrections)
+    return MergeOutcome(saved, corrections, [(row["type"], row["user_id"], row["detail"]) for row in rows])
 
 
 def _enrolled_since(conn, terminal_id: int, user_id: str, since_ms: int) -> bool:
@@ -268,7 +283,3 @@ def _enrolled_since(conn, terminal_id: int, user_id: str, since_ms: int) -> bool
         events.c.occurred_ms >= since_ms,
     )
     return conn.execute(stmt.limit(1)).first() is not None
-
-
-def _cards(cards) -> str:
-    return ", ".join(f"{c.type.name} {c.data.hex()}" for c in cards)

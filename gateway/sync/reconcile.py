@@ -31,6 +31,8 @@ from twisted.logger import Logger
 
 from gateway.sync.connection import ListingUnsupported
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, RECONCILED, UNREPAIRED_DIFFERENCE, record_sync_events, sync_event_row
+from gateway.sync.changes import NOT_PULLED, TERMINAL_DELETE
+from gateway.sync.history import RECONCILIATION, noted, record_unless_noted
 from gateway.sync.puller import owed_pulls
 from gateway.sync.pusher import delivery_rows, request_chunks
 from gateway.store.schema import events, users
@@ -46,6 +48,9 @@ DELETED_AT_KEYPAD = "deleted at the terminal's keypad"
 ONLY_ON_TERMINAL = "enrolled at the terminal, not pulled in this sync mode"
 CHANGED_AT_KEYPAD = "changed at the terminal's keypad, not pulled in this sync mode"
 NOT_TARGETED = "not meant for this terminal in this sync mode (an operator removes it)"
+
+# The rule behind a difference left as it is, for the user's history.
+_RULE_OF = {DELETED_AT_KEYPAD: TERMINAL_DELETE, ONLY_ON_TERMINAL: NOT_PULLED, CHANGED_AT_KEYPAD: NOT_PULLED}
 
 _USER_EVENTS = [EventCode.ENROLL_SUCCESS.name, EventCode.UPDATE_SUCCESS.name, EventCode.DELETE_SUCCESS.name]
 
@@ -293,8 +298,9 @@ class Reconciler:
             rows += [sync_event_row(RECONCILED, terminal_id, u, "only on the terminal: pulled", at_ms=now_ms) for u in pull]
         new = {u: why for u, why in found.differences.items() if self.last.get(terminal_id, Reconciliation(0)).differences.get(u) != why}
         rows += [sync_event_row(UNREPAIRED_DIFFERENCE, terminal_id, u, why, at_ms=now_ms) for u, why in sorted(new.items())]
+        history = [noted(u, RECONCILIATION, _RULE_OF[why], why, now_ms, terminal_id) for u, why in sorted(new.items()) if why in _RULE_OF]
         if rows:
-            yield self._db.write(record_sync_events, rows)
+            yield self._db.write(_record_findings, rows, history)
 
     def _repaired(self, terminal_id: int, results, applied_type: str, kind: str, why: dict, found, now_ms: int) -> list[dict]:
         """Rows for what the terminal answered a repair: each user it applied is one repair."""
@@ -359,3 +365,8 @@ def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]
         users.c.user_id.in_(user_ids), users.c.record.is_not(None), users.c.change_seq <= cursor
     )
     return {r.user_id: r.record for r in conn.execute(stmt)}
+
+
+def _record_findings(conn, rows: list[dict], history: list[dict]) -> None:
+    record_sync_events(conn, rows)
+    record_unless_noted(conn, history)

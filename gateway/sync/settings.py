@@ -29,21 +29,33 @@ class SyncSettings:
         self._clock = clock
         self._on_change = on_change
         self.mode = default
+        # What load() chose and keep() stores: (mode, the stored mode it replaces, given by --sync-mode).
+        self._unstored: tuple[SyncMode | None, SyncMode | None, bool] = (None, None, False)
 
     def load(self, given: SyncMode | None = None) -> None:
         """Start-up, off the reactor, before any terminal connects: the stored mode wins over the
-        configured default; a mode ``given`` for this start (``--sync-mode``) replaces the stored one."""
+        configured default; a mode ``given`` for this start (``--sync-mode``) replaces the stored
+        one, in memory until ``keep()`` stores it (a start that fails stores nothing)."""
         stored = self._db.run_now(_stored_mode)
+        self._unstored = (self.mode if stored is None else None, None, False)
         if stored:
             self.mode = SyncMode(stored)
         if given is not None and given != self.mode:
-            republished, owed = self._db.run_now(_store_mode, given, self.mode if stored else None, self._now_ms())
-            extra = f"; {republished} users go to every terminal again" if republished else ""
-            extra += f"; {owed} keypad changes made while it did not pull are pulled now" if owed else ""
-            log.info("sync mode {mode} from --sync-mode replaces the stored {stored}{extra}", mode=given, stored=self.mode, extra=extra)
+            self._unstored = (given, self.mode if stored else None, True)
+            log.info("sync mode {mode} from --sync-mode replaces the stored {stored}", mode=given, stored=self.mode)
             self.mode = given
-        elif not stored:
-            self._db.run_now(_store_mode, self.mode, None, self._now_ms())
+
+    def keep(self) -> None:
+        """Store the mode ``load`` chose, if it differs from the stored one (the start succeeded)."""
+        mode, replaced, given = self._unstored
+        if mode is None:
+            return
+        republished, owed = self._db.run_now(_store_mode, mode, replaced, self._now_ms())
+        self._unstored = (None, None, False)
+        if given and (republished or owed):
+            said = ([f"{republished} users go to every terminal again"] if republished else []) + \
+                   ([f"{owed} keypad changes made while it did not pull are pulled now"] if owed else [])
+            log.info("sync mode {mode} stored: {said}", mode=mode, said="; ".join(said))
 
     def set_mode(self, mode: SyncMode):
         """Change the mode; a Deferred that fires once it is stored and pushes have been woken.

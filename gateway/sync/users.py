@@ -14,6 +14,8 @@ from sqlalchemy.engine import Connection
 from gateway.store.database import insert_ignoring_duplicates, upsert
 from gateway.store.notices import CHANGES, notify, take_commit_turn
 from gateway.store.schema import counters, users
+from gateway.sync.changes import OPERATOR, SET, FieldChange, record_changes
+from gateway.sync.history import API, USER, history_row, record_history
 from gateway.sync.syncmode import format_groups
 from protocol.errors import MessageError
 from protocol.records import Card, UserRecord, UserRecordWire
@@ -191,7 +193,8 @@ def create_user(conn: Connection, record: UserRecord, at_ms: int) -> UserRecord:
     record.validate()
     if load_record(conn, record.user_id) is not None:
         raise UserExists(record.user_id)
-    store_record(conn, record, at_ms)
+    seq = store_record(conn, record, at_ms)
+    record_history(conn, [history_row(record.user_id, API, record_changes(None, record, SET, OPERATOR), at_ms, change_seq=seq)])
     return record
 
 
@@ -207,13 +210,15 @@ def edit_user(conn: Connection, user_id: str, fields: dict, at_ms: int) -> UserR
         edited = replace(current, **fields)
     except TypeError as exc:
         raise MessageError(str(exc)) from None
-    store_record(conn, edited.validate(), at_ms)
+    seq = store_record(conn, edited.validate(), at_ms)
+    record_history(conn, [history_row(user_id, API, record_changes(current, edited, SET, OPERATOR), at_ms, change_seq=seq)])
     return edited
 
 
 def delete_user(conn: Connection, user_id: str, at_ms: int) -> str:
     if load_record(conn, user_id) is None:
         raise UnknownUser(user_id)
-    store_tombstone(conn, user_id, at_ms)
+    seq = store_tombstone(conn, user_id, at_ms)
+    record_history(conn, [history_row(user_id, API, [FieldChange(USER, SET, OPERATOR, None, "deleted")], at_ms, change_seq=seq)])
     return user_id
 

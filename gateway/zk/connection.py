@@ -32,7 +32,7 @@ from gateway.zk.store import ZkStore
 from gateway.zk.writes import Write, WritePasses, server_record
 from protocol.errors import MessageError
 from protocol.events import Event, EventCode
-from protocol.records import UserRecordWire, record_digest
+from protocol.records import UserRecord, UserRecordWire, record_digest
 from protocol.zk import bodies
 from protocol.zk.commands import Command, EventFlag, ReplyCode
 from protocol.zk.errors import BodyError
@@ -352,6 +352,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         log.warn("ZK terminal {tid}: could not store {what}: {e}", tid=self.terminal_id, what=what, e=failure.getErrorMessage())
 
     # -- TerminalConnection: pulls -----------------------------------------------------------------
+
+    def holdable(self, record: UserRecord) -> UserRecord:
+        """The copy of a server record this device can hold: the merge tells its limits from an
+        edit. A person it cannot hold at all (an id too long for it) holds nothing but the id."""
+        return held_view(record, self._profile) or UserRecord(user_id=record.user_id)
 
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
         """The device's copies, from the last complete read (the one whose change asked for the pull)."""

@@ -71,7 +71,7 @@ function terminalTile(t, stateText) {
   tile.dataset.id = t.id;
   tile.dataset.state = state;
   tile.title = [t.kind === "zk" ? "ZKTeco" : "", t.link, [t.model, t.firmware].filter(Boolean).join(" "), `cursor ${t.cursor}`].filter(Boolean).join(" · ");
-  tile.append(element("div", "tile-id", String(t.id)), element("div", "tile-name", t.name || " "), element("div", "tile-state", text));
+  tile.append(element("div", String(t.id).length > 6 ? "tile-id long" : "tile-id", String(t.id)), element("div", "tile-name", t.name || " "), element("div", "tile-state", text));
   return tile;
 }
 
@@ -324,9 +324,51 @@ function holderTile(t) {
   return terminalTile(t, state);
 }
 
+function givenBy(entry) {
+  if (!entry.source) return "before the history";
+  return entry.terminal_id === null ? entry.source : `${entry.source} ${entry.terminal_id}`;
+}
+
+function plain(value) {
+  if (value === null || value === undefined) return "";
+  if (Array.isArray(value)) return value.join(", ");
+  if (typeof value === "object") return `${when(value.start * 1000)} – ${when(value.end * 1000)}`;
+  return String(value);
+}
+
+function provenanceRows(fields) {
+  return fields.map((f) => {
+    const row = document.createElement("tr");
+    for (const text of [f.field, plain(f.value), givenBy(f), when(f.at_ms), f.rule || ""]) cell(row, text);
+    return row;
+  });
+}
+
+const HISTORY_SHOWN = 200;  // the newest entries; `gateway users history` prints them all
+
+function historyRows(entries, rules) {
+  const rows = [];
+  for (const entry of entries.slice(-HISTORY_SHOWN).reverse()) {
+    entry.changes.forEach((c, i) => {
+      const row = document.createElement("tr");
+      row.className = c.outcome;
+      const head = i === 0 ? [entry.version === null ? "—" : String(entry.version), when(entry.at_ms), givenBy(entry)] : ["", "", ""];
+      for (const text of [...head, c.field, c.outcome, plain(c.old), plain(c.new), c.rule]) cell(row, text);
+      row.lastChild.title = rules[c.rule] || "";
+      rows.push(row);
+    });
+  }
+  return rows;
+}
+
 async function showUser(userId) {
   const path = `/api/users/${encodeURIComponent(userId)}`;
-  const [user, holders] = await Promise.all([getJSON(path), getJSON(`${path}/terminals`)]);
+  const [user, holders, given, history] = await Promise.all(
+    [getJSON(path), getJSON(`${path}/terminals`), getJSON(`${path}/provenance`), getJSON(`${path}/history`)]);
+  document.querySelector("#user-provenance tbody").replaceChildren(...provenanceRows(given.fields));
+  document.querySelector("#user-history tbody").replaceChildren(...historyRows(history.history, history.rules));
+  document.getElementById("user-history-count").textContent =
+    `${history.history.length}${history.more ? "+" : ""} entries${history.history.length > HISTORY_SHOWN ? `, newest ${HISTORY_SHOWN} shown` : ""}`;
   shownUser = userId;
   document.getElementById("user-title").textContent = `${user.user_id}${user.name ? ` · ${user.name}` : ""}`;
   document.getElementById("user-credentials").replaceChildren(
