@@ -13,7 +13,7 @@ from gateway.sync.puller import merge_pulled
 from gateway.sync.reconcile import CHANGED_AT_KEYPAD, DELETED_AT_KEYPAD, _record_findings
 from gateway.sync.history import RECONCILIATION, noted
 from gateway.sync.users import Members, create_user, delete_user, edit_user, load_record
-from gateway.zk.mapping import DeviceProfile, held_copy
+from gateway.zk.mapping import DeviceProfile, holdable_copy
 from protocol.events import Event, EventCode, Origin
 from protocol.records import MAX_CARDS, Card, CardType, Fingerprint, UserRecord
 
@@ -140,7 +140,7 @@ def test_what_a_zk_device_cannot_hold_is_not_taken_for_an_edit(db):
     long_name = "Ana Maria Lima de Souza Ferreira"  # over the 24 bytes a ZK name holds
     db.run_now(create_user, UserRecord("u1", name=long_name, validity=(0, 99), cards=(SMART,)), NOW_MS)
     pulled = UserRecord("u1", name=long_name[:24], cards=(CSN,))  # as mapping.to_server gives it
-    pull(db, pulled, holdable=lambda record: held_copy(record, ZK))
+    pull(db, pulled, holdable=lambda record: holdable_copy(record, ZK))
     assert sorted(decided(history(db)[-1])) == [("cards", "refused", rules.DEVICE_CANNOT_HOLD), ("cards", "taken", rules.CARD_ADDED),
                                                 ("name", "refused", rules.DEVICE_CANNOT_HOLD),
                                                 ("validity", "refused", rules.DEVICE_CANNOT_HOLD)]
@@ -148,7 +148,7 @@ def test_what_a_zk_device_cannot_hold_is_not_taken_for_an_edit(db):
 
 def test_a_name_changed_at_a_zk_device_is_refused_as_the_servers(db):
     db.run_now(create_user, UserRecord("u1", name="Ana"), NOW_MS)
-    pull(db, UserRecord("u1", name="Bia"), holdable=lambda record: held_copy(record, ZK))
+    pull(db, UserRecord("u1", name="Bia"), holdable=lambda record: holdable_copy(record, ZK))
     assert decided(history(db)[-1]) == [("name", "refused", rules.SERVER_KEPT)]
 
 

@@ -26,7 +26,7 @@ from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, 
 from protocol.events import MAX_EVENT_ID
 from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Flags, Frame
 from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, replaced_notice, response_frame
-from protocol.records import record_digest
+from protocol.records import UserRecord, record_digest
 
 log = Logger(namespace="gateway.session")
 
@@ -124,6 +124,9 @@ class TerminalSession:
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
         d = self.request(Command.LIST_USERS, dict(after_user_id=after_user_id, limit=limit))
         return d.addCallback(lambda body: DigestPage({e.user_id: e.digest for e in body.entries}, body.more))
+
+    def holdable(self, record: UserRecord) -> UserRecord:
+        return record  # a native terminal holds the whole record
 
     def digest_of(self, record: bytes) -> bytes:
         return record_digest(record)  # a native terminal holds the whole record

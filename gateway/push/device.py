@@ -31,12 +31,12 @@ from gateway.sync.monitor import LOG_RESTARTED, record_sync_events, sync_event_r
 from gateway.zk.attendance import CREDENTIALS
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import server_record
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, template_format, to_device, to_server
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, holdable_copy, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import Event, EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import record_digest
+from protocol.records import UserRecord, record_digest
 from protocol.zk.push import commands as cmd
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
@@ -440,6 +440,9 @@ class PushDevice:
             written = self._written.get(user_id)
             page[user_id] = written if written and self._tracker.seen.get(user_id) == digest else digest
         return DigestPage(page, len(ids) > limit)
+
+    def holdable(self, record: UserRecord) -> UserRecord:
+        return holdable_copy(record, self._profile)
 
     def digest_of(self, record: bytes) -> bytes:
         """A copy the server wrote is listed by the digest of the record it was written from."""

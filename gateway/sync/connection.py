@@ -109,6 +109,12 @@ class TerminalConnection(Protocol):
         record as the server would compute it (``protocol.records.record_digest`` of its wire
         encoding); fails with ``ListingUnsupported`` where the terminal cannot tell."""
 
+    def holdable(self, record: UserRecord) -> UserRecord:
+        """The copy of ``record`` this terminal would give back once written: all of it where a
+        terminal holds whole records (ours); a driver whose devices hold part of one (ZK) says
+        which part, so the merge tells a device's limits from an edit made at it."""
+        ...
+
     def digest_of(self, record: bytes) -> bytes | None:
         """The digest ``list_digests`` gives a user this terminal holds as the server sends
         ``record`` (its wire encoding): the record's own digest where a terminal holds whole

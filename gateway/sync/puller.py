@@ -107,8 +107,7 @@ class Puller:
         if not answered:
             raise ProtocolError("the terminal answered with none of the users asked for")
         connection = self._registry.connection(terminal_id)
-        # Terminals that hold every field (ours) need not say what they hold; a ZK device does.
-        holdable = getattr(connection, "holdable", whole_record)
+        holdable = connection.holdable if connection is not None else whole_record
         d = self._db.write(merge_pulled, terminal_id, fetched.users, fetched.missing, started, self._now_ms(), holdable)
         return d.addCallback(lambda outcome: (outcome, answered, len(fetched.users)))
 

@@ -26,7 +26,7 @@ from gateway.zk.attendance import AttendanceReading
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
 from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, id_width, template_format, to_server
+from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, holdable_copy, id_width, template_format, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import Write, WritePasses, server_record
@@ -354,9 +354,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     # -- TerminalConnection: pulls -----------------------------------------------------------------
 
     def holdable(self, record: UserRecord) -> UserRecord:
-        """The copy of a server record this device can hold: the merge tells its limits from an
-        edit. A person it cannot hold at all (an id too long for it) holds nothing but the id."""
-        return held_view(record, self._profile) or UserRecord(user_id=record.user_id)
+        return holdable_copy(record, self._profile)
 
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
         """The device's copies, from the last complete read (the one whose change asked for the pull)."""

@@ -177,6 +177,13 @@ def held_view(record: UserRecord, profile: DeviceProfile) -> UserRecord | None:
     )
 
 
+def holdable_copy(record: UserRecord, profile: DeviceProfile) -> UserRecord:
+    """What a device of this profile would give back of ``record`` once written (``held_view``),
+    for the merge to tell the device's limits from an edit; a person it cannot hold at all holds
+    nothing but the id."""
+    return held_view(record, profile) or UserRecord(user_id=record.user_id)
+
+
 def check_fits(user_id: str, profile: DeviceProfile) -> None:
     """Raise Unfit when this device cannot hold ``user_id`` as it is (it would cut or change it)."""
     if profile.record_size == 28:
