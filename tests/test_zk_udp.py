@@ -2,16 +2,18 @@
 emulator serving UDP with pyzk (``force_udp=True``) as the peer nobody on the team wrote, and the
 gateway dialling a device over UDP end to end (``[[zk]] transport = "udp"``)."""
 
+import socket
+
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 from zk import ZK
 
 from gateway.monitor import SAVED_FROM_DEVICE
-from live_site import wait_until
+from live_site import Site, wait_until
 from protocol.events import EventCode
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.udp import listen_udp
-from test_zk_e2e import ZkSite
+from test_zk_e2e import POLL_S, ZkSite
 
 PYZK_TIMEOUT_S = 5
 
@@ -65,3 +67,15 @@ class GatewayOverUdp(ZkSite):
         yield wait_until(lambda: self.holds(1, "900") and self.templates_of(1, "900") == {2: bytes(range(200))}, "the user on the UDP device")
         yield wait_until(lambda: site.count_events(terminal_id=1, code=EventCode.VERIFY_SUCCESS, user_id="5") == 1, "its punch")
         yield wait_until(lambda: len(tcp.users) == 201, "the UDP device's users on the TCP one")
+
+    @defer.inlineCallbacks
+    def test_a_udp_device_that_is_not_there_is_offline_with_the_reason(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]  # closed again: nothing listens there
+        site = Site(self.db_url, terminal_ids=(), zk=[dict(id=1, host="127.0.0.1", port=free, transport="udp", timeout_s=1, poll_s=POLL_S)]).start()
+        self.addCleanup(site.stop)
+        term = site.gateway.registry.terminals[1]
+        yield wait_until(lambda: "refused the datagram" in (term.offline_reason or ""), "offline with the reason")
+        self.assertEqual(term.offline_reason, "connection lost (the device refused the datagram (ICMP port unreachable))")
+        self.assertFalse(site.online(1))
