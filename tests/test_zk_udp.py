@@ -4,13 +4,16 @@ gateway dialling a device over UDP end to end (``[[zk]] transport = "udp"``)."""
 
 import socket
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 from zk import ZK
 
 from gateway.monitor import SAVED_FROM_DEVICE
+from gateway.zk.driver import LinkSettings, ZkLink, _DatagramLink
 from live_site import Site, wait_until
 from protocol.events import EventCode
+from protocol.zk.commands import Command, ReplyCode
+from protocol.zk.packet import Packet, decode_payload, encode_payload
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.udp import listen_udp
 from test_zk_e2e import POLL_S, ZkSite
@@ -79,3 +82,43 @@ class GatewayOverUdp(ZkSite):
         yield wait_until(lambda: "refused the datagram" in (term.offline_reason or ""), "offline with the reason")
         self.assertEqual(term.offline_reason, "connection lost (the device refused the datagram (ICMP port unreachable))")
         self.assertFalse(site.online(1))
+
+
+class FakePort:
+    """What listenUDP gives a DatagramProtocol, recording what was done to it."""
+
+    def __init__(self):
+        self.datagrams, self.connected_to, self.stopped = [], None, 0
+
+    def connect(self, host, port):
+        self.connected_to = (host, port)
+
+    def write(self, datagram):
+        self.datagrams.append(datagram)
+
+    def stopListening(self):
+        self.stopped += 1
+
+    def getHost(self):
+        return None
+
+
+def test_a_udp_link_sends_each_packet_as_a_datagram_and_ends_once():
+    clock, broken = task.Clock(), []
+    link = ZkLink(LinkSettings(transport="udp").client(0), clock, on_realtime=lambda e: None, on_broken=broken.append)
+    datagrams, port = _DatagramLink(link, "192.0.2.10", 4370), FakePort()
+    datagrams.makeConnection(port)
+    assert port.connected_to == ("192.0.2.10", 4370) and link.description == "zk 192.0.2.10:4370"
+    connected = link.run("connect")
+    [sent] = port.datagrams
+    assert decode_payload(sent) == Packet(Command.CONNECT)
+    datagrams.datagramReceived(encode_payload(Packet(ReplyCode.ACK_OK, 77, 0)), ("192.0.2.10", 4370))
+    assert connected.result.session_id == 77
+    lost = []
+    for command in (Command.GET_TIME, Command.GET_VERSION):  # the second queued: one request at a time
+        link.run("request", command).addErrback(lambda failure: lost.append(failure.getErrorMessage()))
+    assert len(port.datagrams) == 2
+    datagrams.stopProtocol()  # the reactor closed the socket under us: an ICMP refusal read back
+    assert broken == ["connection lost (the device refused the datagram (ICMP port unreachable))"] and len(lost) == 2
+    datagrams.loseConnection()
+    assert port.stopped == 0 and len(broken) == 1, "ended once"
