@@ -18,3 +18,14 @@ def test_quick_zk_benchmark_prints_a_table_and_writes_its_figures(tmp_path):
     assert "read_users_s" in run.stdout
     figures = json.loads(out.read_text())
     assert FIGURES <= set(figures) and figures["users"] == 200 and figures["quick"] is True
+
+
+def test_the_link_benchmark_runs_to_the_end_and_reads_as_many_users_as_pyzk(tmp_path):
+    out = tmp_path / "zk_link.json"
+    run = subprocess.run([sys.executable, "benchmarks/zk_link.py", "--users", "50", "--link-bps", "65536", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    read = ("pyzk_read_users_s", "ours_read_users_s", "ours_read_users_4k_chunks_s")
+    assert all(isinstance(figures[name], float) for name in read), figures  # a string says what failed
+    assert "over the 67108864-byte transfer limit" in figures["huge_buffer_outcome"]

@@ -125,8 +125,9 @@ def test_one_request_at_a_time_each_answered_by_its_reply_id_only():
     second = client.request(Command.GET_VERSION, now=0)
     request = device.one(Command.GET_TIME)
     assert device.sent() == [], "the second waits for the first's answer"
-    stray = device.push(Packet(Code.ACK_OK, SESSION, request.reply_id + 5))
-    assert len(stray) == 1 and isinstance(stray[0], ProtocolViolation) and "reply id" in stray[0].reason
+    for _ in range(2):
+        stray = device.push(Packet(Code.ACK_OK, SESSION, request.reply_id + 5))
+    assert stray == [] and client.quirks["stray packet"] == 2, "skipped, said the first time, counted each"
     assert device.reply(request, Code.ACK_OK, bodies.u32(1)) == [Reply(first, Code.ACK_OK, bodies.u32(1))]
     following = device.one(Command.GET_VERSION)
     assert following.reply_id == request.reply_id + 1

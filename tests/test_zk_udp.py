@@ -2,16 +2,21 @@
 emulator serving UDP with pyzk (``force_udp=True``) as the peer nobody on the team wrote, and the
 gateway dialling a device over UDP end to end (``[[zk]] transport = "udp"``)."""
 
-from twisted.internet import defer, reactor, threads
+import socket
+
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 from zk import ZK
 
 from gateway.sync.monitor import SAVED_FROM_DEVICE
-from live_site import wait_until
+from gateway.zk.driver import LinkSettings, ZkLink, _DatagramLink
+from live_site import Site, wait_until
 from protocol.events import EventCode
+from protocol.zk.commands import Command, ReplyCode
+from protocol.zk.packet import Packet, decode_payload, encode_payload
 from simulator.zk.device import ZkDevice, populate
 from simulator.zk.udp import listen_udp
-from test_zk_e2e import ZkSite
+from test_zk_e2e import POLL_S, ZkSite
 
 PYZK_TIMEOUT_S = 5
 
@@ -65,3 +70,55 @@ class GatewayOverUdp(ZkSite):
         yield wait_until(lambda: self.holds(1, "900") and self.templates_of(1, "900") == {2: bytes(range(200))}, "the user on the UDP device")
         yield wait_until(lambda: site.count_events(terminal_id=1, code=EventCode.VERIFY_SUCCESS, user_id="5") == 1, "its punch")
         yield wait_until(lambda: len(tcp.users) == 201, "the UDP device's users on the TCP one")
+
+    @defer.inlineCallbacks
+    def test_a_udp_device_that_is_not_there_is_offline_with_the_reason(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]  # closed again: nothing listens there
+        site = Site(self.db_url, terminal_ids=(), zk=[dict(id=1, host="127.0.0.1", port=free, transport="udp", timeout_s=1, poll_s=POLL_S)]).start()
+        self.addCleanup(site.stop)
+        term = site.gateway.registry.terminals[1]
+        yield wait_until(lambda: "refused the datagram" in (term.offline_reason or ""), "offline with the reason")
+        self.assertEqual(term.offline_reason, "connection lost (the device refused the datagram (ICMP port unreachable))")
+        self.assertFalse(site.online(1))
+
+
+class FakePort:
+    """What listenUDP gives a DatagramProtocol, recording what was done to it."""
+
+    def __init__(self):
+        self.datagrams, self.connected_to, self.stopped = [], None, 0
+
+    def connect(self, host, port):
+        self.connected_to = (host, port)
+
+    def write(self, datagram):
+        self.datagrams.append(datagram)
+
+    def stopListening(self):
+        self.stopped += 1
+
+    def getHost(self):
+        return None
+
+
+def test_a_udp_link_sends_each_packet_as_a_datagram_and_ends_once():
+    clock, broken = task.Clock(), []
+    link = ZkLink(LinkSettings(transport="udp").client(0), clock, on_realtime=lambda e: None, on_broken=broken.append)
+    datagrams, port = _DatagramLink(link, "192.0.2.10", 4370), FakePort()
+    datagrams.makeConnection(port)
+    assert port.connected_to == ("192.0.2.10", 4370) and link.description == "zk 192.0.2.10:4370"
+    connected = link.run("connect")
+    [sent] = port.datagrams
+    assert decode_payload(sent) == Packet(Command.CONNECT)
+    datagrams.datagramReceived(encode_payload(Packet(ReplyCode.ACK_OK, 77, 0)), ("192.0.2.10", 4370))
+    assert connected.result.session_id == 77
+    lost = []
+    for command in (Command.GET_TIME, Command.GET_VERSION):  # the second queued: one request at a time
+        link.run("request", command).addErrback(lambda failure: lost.append(failure.getErrorMessage()))
+    assert len(port.datagrams) == 2
+    datagrams.stopProtocol()  # the reactor closed the socket under us: an ICMP refusal read back
+    assert broken == ["connection lost (the device refused the datagram (ICMP port unreachable))"] and len(lost) == 2
+    datagrams.loseConnection()
+    assert port.stopped == 0 and len(broken) == 1, "ended once"

@@ -12,7 +12,7 @@ import threading
 
 from protocol.zk.commands import Command
 from protocol.zk.records import Template, User
-from tools.check_zk import Device
+from tools.check_zk import Device, SocketWire
 
 
 FIRST_UID = 30_000
@@ -44,7 +44,7 @@ class NaiveZkSync:
         devices = {}
         try:
             for terminal_id, port in self.ports.items():
-                device = Device(socket.create_connection(("127.0.0.1", port), timeout=5), self.comm_key, 5.0)
+                device = Device(SocketWire(socket.create_connection(("127.0.0.1", port), timeout=5), datagrams=False), self.comm_key, 5.0)
                 device.run(device.client.connect)
                 devices[terminal_id] = device
             while not self._stop.wait(self.period_s):
@@ -54,7 +54,7 @@ class NaiveZkSync:
             self.error = exc
         finally:
             for device in devices.values():
-                device.sock.close()
+                device.wire.sock.close()
 
     def _cycle(self, devices: dict) -> None:
         held, templates = {}, {}

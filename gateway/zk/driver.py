@@ -18,7 +18,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -267,12 +267,19 @@ class _DatagramLink(protocol.DatagramProtocol):
         self._link.dataReceived(datagram)
 
     def connectionRefused(self):
-        self._lose("the device refused the datagram (ICMP port unreachable)")
+        self._lose(_REFUSED)
+
+    def stopProtocol(self):
+        # The port closed: by _lose, or under us when the reactor found the socket in error
+        # (an ICMP refusal read back).
+        if not self._lost:
+            self._lost = True
+            self._tell(_REFUSED)
 
     # -- the transport ZkLink writes to --
 
     def write(self, data: bytes) -> None:
-        if not self._lost:
+        if not self._lost and self.transport is not None:
             self.transport.write(data)
 
     def writeSequence(self, datagrams) -> None:
@@ -286,13 +293,20 @@ class _DatagramLink(protocol.DatagramProtocol):
         return self.transport.getHost()
 
     def loseConnection(self) -> None:
-        self._lose("closed")
+        self._lose(None)
 
     abortConnection = loseConnection
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str | None) -> None:
         if self._lost:
             return
         self._lost = True
-        self.transport.stopListening()
-        self._link.connectionLost(Failure(ConnectionDone(why) if why == "closed" else ConnectionRefusedError(why)))
+        if self.transport is not None:
+            self.transport.stopListening()
+        self._tell(why)
+
+    def _tell(self, why: str | None) -> None:
+        self._link.connectionLost(Failure(ConnectionDone() if why is None else DeviceLost(why)))
+
+
+_REFUSED = "the device refused the datagram (ICMP port unreachable)"

@@ -208,8 +208,10 @@ class ZkClient:
             elif item.command == Command.REG_EVENT:
                 events += self._realtime(item)
             elif self._current is None or item.reply_id != self._current.reply_id:
+                # Matched by reply id, a stray answer cannot be taken for another: skipped and said,
+                # as pyzk goes on past what it did not ask for.
                 expected = "no answer" if self._current is None else f"reply id {self._current.reply_id}"
-                events.append(ProtocolViolation(f"unexpected packet {item} (waiting for {expected})"))
+                events += self._quirk("stray packet", f"a packet nobody asked for skipped: {item} (waiting for {expected})")
             else:
                 events += self._step(item, now)
         return events

@@ -107,10 +107,10 @@ class OverLimit:
 class DeviceQuirk:
     """The device sent something other than it announced, and the client read what it could: a
     table whose count or size prefix disagrees with its bytes, bytes after the last whole record,
-    unreadable records, real-time event data of no known length. Said once per ``kind`` and
+    unreadable records, real-time event data of no known length, a packet nobody asked for. Said once per ``kind`` and
     conversation (the client counts every one in ``ZkClient.quirks``); the link goes on."""
 
-    kind: str  # "user table", "template table", "attendance table", "real-time event"
+    kind: str  # "user table", "template table", "attendance table", "real-time event", "stray packet"
     detail: str
 
 
@@ -128,8 +128,7 @@ class RealtimeEvent:
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """The device sent something the protocol does not allow: bytes that are no packet, a wrong
-    checksum, an answer nobody asked for. The bytes are skipped; an operation waiting for them
-    ends in ``TimedOut``."""
+    checksum. The bytes are skipped; an operation waiting for them ends in ``TimedOut``."""
 
     reason: str
 
