@@ -1,0 +1,57 @@
+"""The emulated PUSH device with no I/O (simulator/push/device.py): what it sends, how it carries
+out commands, its stamps, and its flash (``--state``)."""
+
+from datetime import datetime, timezone
+
+from protocol.zk.push.commands import PushCommand
+from protocol.zk.push.lines import parse_attlog, parse_operlog
+from simulator.push.device import UNKNOWN_COMMAND, PushTerminal
+
+NOON = datetime(2024, 3, 5, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def test_keypad_changes_become_uploads_acknowledged_once():
+    device = PushTerminal("EMU1")
+    device.configure(b"GET OPTION FROM: EMU1\nATTLOGStamp=None\nTimeZone=2\nDelay=5\n")
+    device.enroll("7", name="Ann", fingers=(1,), now=NOON)
+    device.verify("7", "card", now=NOON)
+    query, body, token = device.next_upload()
+    assert query["table"] == "ATTLOG" and parse_attlog(body)[0][0].time == "2024-03-05 14:00:00"  # its clock: TimeZone=2
+    device.uploaded(token)
+    query, body, token = device.next_upload()
+    items, bad = parse_operlog(body)
+    assert query["table"] == "OPERLOG" and bad == [] and [type(i).__name__ for i in items] == ["OpLog", "UserLine", "FingerLine"]
+    device.uploaded(token)
+    assert device.next_upload() is None
+
+
+def test_a_server_whose_stamp_is_past_its_log_gets_all_of_it_again():
+    device = PushTerminal("EMU1")
+    for pin in ("1", "2"):
+        device.verify(pin, now=NOON)
+    device.configure(b"ATTLOGStamp=1\n")
+    assert len(parse_attlog(device.next_upload()[1])[0]) == 1  # the server holds the first
+    device.configure(b"ATTLOGStamp=900\n")  # another log's stamp: a wiped or replaced device
+    assert len(parse_attlog(device.next_upload()[1])[0]) == 2
+
+
+def test_commands_keep_the_fields_they_do_not_name():
+    device = PushTerminal("EMU1")
+    device.enroll("7", name="Ann")
+    lines, result = device.execute(PushCommand(5, "DATA UPDATE USERINFO PIN=7\tName=Ann Lee"))
+    assert result.code == 0 and dict(device.users["7"])["TZ"] == "0000000100000000" and dict(device.users["7"])["Name"] == "Ann Lee"
+    lines, result = device.execute(PushCommand(6, "DATA QUERY USERINFO"))
+    assert result.code == 0 and lines[0].startswith("USER PIN=7\tName=Ann Lee")
+    assert device.execute(PushCommand(7, "SHELL rm -rf /"))[1].code == UNKNOWN_COMMAND
+    assert device.execute(PushCommand(8, "DATA DELETE USERINFO PIN=7"))[1].code == 0 and device.users == {}
+
+
+def test_the_flash_keeps_users_logs_and_stamps(tmp_path):
+    device = PushTerminal("EMU1", biodata=True)
+    device.enroll("7", name="Zoë", fingers=(3,))
+    device.verify("7")
+    device.uploaded(device.next_upload()[2])
+    device.save(str(tmp_path / "flash.json"))
+    again = PushTerminal.load(str(tmp_path / "flash.json"), "EMU1")
+    assert (again.users, again.fingers, again.punches, again.sent_stamp, again.oplog, again.biodata) == (
+        device.users, device.fingers, device.punches, device.sent_stamp, device.oplog, True)
