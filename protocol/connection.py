@@ -165,10 +165,11 @@ class Connection:
             raise LocalProtocolError("a frame fed to a closed connection")
         conversation = self._conversation
         conversation.last_received = now
+        is_response = int(frame.flags) & _RESPONSE
         if phase is Phase.ESTABLISHED and frame.terminal_id != conversation.terminal_id:
-            if frame.command not in self._rules.starts_over or int(frame.flags) & _RESPONSE:
+            if is_response or frame.command not in self._rules.starts_over:
                 return self._foreign(frame, now)
-        if int(frame.flags) & _RESPONSE:
+        if is_response:
             pending = conversation.answer(frame)
             if pending is None:
                 return Stray(frame)
