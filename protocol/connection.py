@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import lru_cache
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protocol.auth import GatewayHandshake, TerminalHandshake
 from protocol.connection_events import (
@@ -107,7 +107,7 @@ class Connection:
         self._decoder: StreamDecoder | None = None  # made by the first receive_data
         self._gateway_handshake: GatewayHandshake | None = None
         self._terminal_handshake: TerminalHandshake | None = None
-        self._hello: tuple[Frame, object] | None = None  # the terminal's HELLO answer, on the gateway's side
+        self._hello: tuple[Frame, Any] | None = None  # the terminal's HELLO answer, on the gateway's side
         self._secret: bytes | None = None  # the secret the terminal proved, until WELCOME is built
 
     # -- what the owner reads ----------------------------------------------------------------
@@ -225,7 +225,7 @@ class Connection:
 
     # -- what goes out -----------------------------------------------------------------------
 
-    def request(self, command: int, body: dict | None = None, *, payload: bytes | None = None,
+    def request(self, command: int, body: dict[str, Any] | None = None, *, payload: bytes | None = None,
                 now: float) -> tuple[Frame, Outstanding]:
         """A request to send and its entry among the outstanding ones. ``payload``: a body
         already encoded; otherwise ``body`` is (MessageError if it cannot be).
@@ -237,7 +237,7 @@ class Connection:
         self._conversation.last_sent = now
         return sent
 
-    def reply(self, to: Frame, body: dict | None = None, *, now: float) -> Frame:
+    def reply(self, to: Frame, body: dict[str, Any] | None = None, *, now: float) -> Frame:
         """The answer to the peer's request ``to``. MessageError if ``body`` cannot be built;
         LocalProtocolError after close."""
         self._check_open()
@@ -272,10 +272,11 @@ class Connection:
         """Whether the HELLO answer proves ``secret`` (and names a log the gateway can hold):
         None, and the link is the terminal's from now on; or why not, as the code and text of
         ``refuse_terminal``. LocalProtocolError before a HelloAnswered or after a decision."""
-        if self._hello is None or self.phase is not Phase.HELLO:
+        handshake = self._gateway_handshake
+        if self._hello is None or handshake is None or self.phase is not Phase.HELLO:
             raise LocalProtocolError("authenticate() needs a HELLO answer still undecided")
         frame, hello = self._hello
-        if not self._gateway_handshake.terminal_proved(secret, frame.terminal_id, hello):
+        if not handshake.terminal_proved(secret, frame.terminal_id, hello):
             return ErrorCode.AUTH_FAILED, "wrong proof: the terminal does not hold the configured secret"
         if hello.log_epoch is not None and not 0 < hello.log_epoch <= MAX_EVENT_ID:
             return ErrorCode.BAD_MESSAGE, f"log_epoch must be 1 to 2**63-1, not {hello.log_epoch}"
@@ -287,10 +288,11 @@ class Connection:
     def welcome(self, *, ack_through: int, server_time_ms: int, now: float) -> Frame:
         """WELCOME, with the gateway's proof and the keepalive period of this connection.
         LocalProtocolError unless the terminal was authenticated and no WELCOME went yet."""
-        if self.phase is not Phase.WELCOME or self._secret is None:
+        handshake = self._gateway_handshake
+        if self.phase is not Phase.WELCOME or self._secret is None or self._hello is None or handshake is None:
             raise LocalProtocolError("WELCOME goes once, after the terminal proved itself")
         frame, hello = self._hello
-        body = self._gateway_handshake.welcome(self._secret, frame.terminal_id, hello, server_time_ms=server_time_ms,
+        body = handshake.welcome(self._secret, frame.terminal_id, hello, server_time_ms=server_time_ms,
                                                keepalive_s=int(self.keepalive_s), ack_through=ack_through)
         self._secret = None
         welcome, _ = self._conversation.request(Command.WELCOME, body, now=now)
@@ -319,7 +321,7 @@ class Connection:
         self._handshake_deadline = None
         return Established(frame, None, None)
 
-    def _handshake_body(self, frame: Frame):
+    def _handshake_body(self, frame: Frame) -> Any:
         """The body of an answer the handshake waits for; RemoteProtocolError for an error reply
         or a body that does not parse: the handshake failed."""
         try:
@@ -347,13 +349,13 @@ class Connection:
         self._conversation.last_sent = now
         return response_frame(self._header(greeting.frame), body)
 
-    def _greeted(self, frame: Frame, hello) -> Greeted:
+    def _greeted(self, frame: Frame, hello: Any) -> Greeted:
         """A HELLO, first or again: whatever handshake there was on this link is forgotten."""
         self.phase = Phase.HELLO
         self._terminal_handshake = None
         return Greeted(frame, hello)
 
-    def _welcomed(self, frame: Frame, welcome, now: float) -> Established | Rejected:
+    def _welcomed(self, frame: Frame, welcome: Any, now: float) -> Established | Rejected:
         handshake = self._terminal_handshake
         if handshake is None or not handshake.gateway_proved(welcome):
             return self._reject(frame, ErrorCode.AUTH_FAILED, "the gateway does not hold this terminal's secret", now)
@@ -414,7 +416,7 @@ class Connection:
 
 
 @lru_cache(maxsize=64)
-def _parsed_put_users(payload: bytes):
+def _parsed_put_users(payload: bytes) -> Any:
     """The body of a PUT_USERS request (only ever read, never changed). A fleet's terminals live
     by the hundred in one process and receive the same pushes: each is parsed once."""
     return parse_body(Frame(Command.PUT_USERS, payload))

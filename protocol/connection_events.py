@@ -5,6 +5,7 @@ as it is. Events are plain values with no behaviour, in the manner of h11's ``_e
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.conversation import Outstanding
 from protocol.errors import ErrorCode, FrameError
@@ -17,7 +18,7 @@ class Request:
     (``Connection.reply`` or ``Connection.refuse``)."""
 
     frame: Frame
-    body: object
+    body: Any  # a construct Container
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class HelloAnswered:
     owner decides admission, then ``authenticate`` and ``welcome``, or ``refuse_terminal``."""
 
     frame: Frame
-    hello: object
+    hello: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class Greeted:
     owner answers with ``answer_hello``, which carries what the terminal says of itself."""
 
     frame: Frame
-    hello: object
+    hello: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class Established:
     ``reply`` None); on the terminal's side the gateway's proof held, and ``reply`` answers it."""
 
     frame: Frame
-    welcome: object | None
+    welcome: Any
     reply: Frame | None
 
 
