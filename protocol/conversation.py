@@ -15,6 +15,13 @@ from protocol.messages import build_body
 
 SEQ_MODULUS = 1 << 32
 SILENT_PERIODS = 3  # a peer silent for this many keepalive periods is gone
+_RESPONSE = int(Flags.RESPONSE)
+
+
+def answers(frame: Frame, request) -> bool:
+    """Whether ``frame`` answers ``request`` (a Frame sent, or its ``Outstanding``): a response
+    echoing its sequence number and command. The one matching rule, here and on the bus line."""
+    return bool(int(frame.flags) & _RESPONSE) and frame.seq == request.seq and frame.command == request.command
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +79,7 @@ class Conversation:
         if self.terminal_id and frame.terminal_id != self.terminal_id:
             return None  # about another terminal: an answer echoes the request's terminal id
         pending = self._outstanding.get(frame.seq)
-        if pending is None or pending.command != frame.command:
+        if pending is None or not answers(frame, pending):
             return None
         return self._outstanding.pop(frame.seq)
 

@@ -27,6 +27,16 @@ class MessageError(ProtocolError):
     """A frame that is intact but whose payload is not a valid message for its command."""
 
 
+class LocalProtocolError(ProtocolError):
+    """This side broke the protocol's rules: a request before the handshake, a WELCOME before
+    the terminal proved itself, anything after close. A bug of the caller, never of the peer."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol's rules in a way that ends the link: corrupt data before it
+    authenticated, too many corrupt frames, a handshake it failed or never finished, silence."""
+
+
 class ErrorCode(IntEnum):
     """Codes carried in an error reply (a frame with the ERROR flag)."""
 

@@ -155,7 +155,7 @@ def parse_body(frame: Frame) -> Container:
         raise
     except Exception as exc:  # construct raises many types on hostile input; all mean "bad message"
         kind = "error reply" if frame.is_error else ("response" if frame.is_response else "request")
-        raise MessageError(f"bad {_name(frame.command)} {kind}: {_reason(exc)}") from None
+        raise MessageError(f"bad {command_name(frame.command)} {kind}: {_reason(exc)}") from None
     if not frame.is_error:
         _check_batch(frame.command, frame.is_response, body)
     return body
@@ -177,7 +177,7 @@ def build_body(command: int, response: bool, body: dict, error: bool = False) ->
     except MessageError:
         raise
     except Exception as exc:
-        raise MessageError(f"cannot build {_name(command)}: {_reason(exc)}") from None
+        raise MessageError(f"cannot build {command_name(command)}: {_reason(exc)}") from None
 
 
 def request(command: Command, body: dict | None = None, *, terminal_id=0, seq=0, address=0) -> bytes:
@@ -214,7 +214,8 @@ def error_response(to: Frame, code: ErrorCode, text: str) -> bytes:
     return encode_frame(error_frame(to, code, text))
 
 
-def _name(command: int) -> str:
+def command_name(command: int) -> str:
+    """HELLO, EVENTS, ...; or the number, for a command nobody defined."""
     try:
         return Command(command).name
     except ValueError:

@@ -37,10 +37,10 @@ class FlashTerminal(Terminal):
 
     # Every change of users or events logs an event; GET_USERS (which clears keypad changes the
     # gateway fetched) and acknowledgements do not, hence the three places that save.
-    def answer(self, frame):
+    def respond(self, event, now):
         self._answering = True
         try:
-            reply = super().answer(frame)
+            reply = super().respond(event, now)
         finally:
             self._answering = False
         self.save()  # one write per request, however many users it changed

@@ -4,8 +4,9 @@
 terminal, and after the handshake streams the terminal's events in EVENTS batches (at most
 ``batch_size`` events, at most ``window`` batches unacknowledged), forgetting events only when
 the gateway acknowledges them. What was not acknowledged is sent again on the next connection,
-from where the WELCOME says the gateway's durable log ends. Sequence numbers, answers and the
-keepalive rule are ``protocol.conversation``'s, as on the gateway's side.
+from where the WELCOME says the gateway's durable log ends. The rules (handshake and its
+deadline, sequence numbers, answers, the keepalive rule) are the terminal's
+``protocol.connection.Connection``'s, as on the gateway's side; this class is its I/O.
 
 ``Faults`` makes a link misbehave the way field terminals do (a slow reader, line noise between
 frames); the load test's scenarios use it to show that one bad terminal does not hurt the others.
@@ -19,9 +20,9 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
-from protocol.conversation import Conversation, Liveness
-from protocol.decoder import StreamDecoder
-from protocol.errors import ErrorCode, MessageError
+from protocol.connection import Phase
+from protocol.connection_events import Answer, Corrupt, Established, KeepaliveDue, Rejected, Stray
+from protocol.errors import ErrorCode, MessageError, RemoteProtocolError
 from protocol.frame import Frame, encode_frame
 from protocol.messages import MAX_BATCH_EVENTS, NOTICE_SEQ, Command, parse_body
 
@@ -54,9 +55,8 @@ class TerminalLink(protocol.Protocol):
         self.garbage_sent = 0
         self._rng = random.Random(f"{self.faults.seed}/{terminal.terminal_id}")
         self._fault_timers: list[task.LoopingCall] = []
-        self.decoder = StreamDecoder()
         self.established = False
-        self._conversation = Conversation(terminal_id=terminal.terminal_id, address=terminal.address)
+        self._connection = terminal.connection  # this link's: the terminal's own from connectionMade on
         self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
         self._answering = False  # within dataReceived: events wait for its end
@@ -69,37 +69,56 @@ class TerminalLink(protocol.Protocol):
         return self.factory.reactor
 
     def connectionMade(self):
-        self.terminal.link_lost()
-        self._conversation.received(self.clock.seconds())
-        self._conversation.sent(self.clock.seconds())
+        self.terminal.link_lost(now=self.clock.seconds(), handshake_s=self.handshake_s)
+        self._connection = self.terminal.connection
         self.factory.link = self
-        self._handshake_timer = self.clock.callLater(self.handshake_s, self._handshake_expired)
+        self._handshake_timer = self.clock.callLater(self.handshake_s, self._tick)
         if self.faults.slow:
             self._every(self.faults.read_period_s, self._read_slowly)
 
     def dataReceived(self, data: bytes):
-        self._conversation.received(self.clock.seconds())
+        if not self._connection_open:
+            return  # dropped for silence or a slow handshake; the transport is going
+        now = self.clock.seconds()
         # Events the requests in this data log (a push of many users) are reported after the
         # answers, in as few batches as they fill, not one batch per event.
         self._answering = True
         try:
-            for item in self.decoder.feed(data):
-                if not isinstance(item, Frame):
-                    log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=item)
-                elif item.is_response:
-                    self._answer_received(item)
-                else:
-                    self._write(self.terminal.answer(item))
-                    if item.command == Command.WELCOME and self.terminal.authenticated:
-                        self._established(parse_body(item).keepalive_s)
+            for event in self._connection.receive_data(data, now=now):
+                kind = type(event)
+                if kind is Answer or kind is Stray:
+                    self._answer_received(event)
+                elif kind is Corrupt:
+                    if event.counted:
+                        log.warn("terminal {tid}: corrupt frame from the gateway skipped: {e}", tid=self.terminal.terminal_id, e=event.error)
+                elif kind is not Rejected or event.reply is not None:  # an answer naming another terminal answers nothing
+                    reply = self.terminal.respond(event, now)
+                    if reply is not None:
+                        self.transport.write(encode_frame(reply))
+                    if kind is Established:
+                        self._established()
         finally:
             self._answering = False
         self.send_events()
 
-    def _handshake_expired(self) -> None:
-        self._why_closed = f"no handshake within {self.handshake_s:g} s of connecting"
-        log.warn("terminal {tid}: no handshake within {s:g} s of connecting; dropping the link", tid=self.terminal.terminal_id, s=self.handshake_s)
-        self.transport.abortConnection()
+    @property
+    def _connection_open(self) -> bool:
+        return self._connection is self.terminal.connection and self._connection.phase is not Phase.CLOSED
+
+    def _tick(self) -> None:
+        """What time says: a handshake not ended in time, a silent gateway (the link is dropped
+        and dialled again), a keepalive due."""
+        if not self._connection_open:
+            return
+        try:
+            events = self._connection.tick(now=self.clock.seconds())
+        except RemoteProtocolError as exc:
+            self._why_closed = str(exc)
+            log.warn("terminal {tid}: {why}; dropping the link", tid=self.terminal.terminal_id, why=exc)
+            self.transport.abortConnection()
+            return
+        if any(isinstance(event, KeepaliveDue) for event in events):
+            self._request(Command.KEEPALIVE, {})
 
     def connectionLost(self, reason=protocol.connectionDone):
         why = self._why_closed or reason.getErrorMessage()
@@ -115,27 +134,27 @@ class TerminalLink(protocol.Protocol):
                 timer.stop()
         _forget(self.terminal.listeners, self._event_logged)
         _forget(self.terminal.rewind_listeners, self._rewind)
-        self.terminal.link_lost()
+        if self._connection is self.terminal.connection:  # not when a newer link of this terminal took over
+            self.terminal.link_lost()
         if self.factory.link is self:
             self.factory.link = None
             self.factory.link_dropped(why)
 
     # -- after the handshake -----------------------------------------------------------------
 
-    def _established(self, keepalive_s: int) -> None:
+    def _established(self) -> None:
         if self.established:
             return  # a WELCOME replayed on a live link changes nothing (and must not double the timers)
         self.established = True
         self.factory.authenticated()
         if self._handshake_timer.active():
             self._handshake_timer.cancel()
-        self._conversation.keepalive_s = keepalive_s
         self._sent_through = self.terminal.acked_through
         self.terminal.listeners.append(self._event_logged)
         self.terminal.rewind_listeners.append(self._rewind)
-        self._liveness = task.LoopingCall(self._check_liveness)
+        self._liveness = task.LoopingCall(self._tick)
         self._liveness.clock = self.clock
-        self._liveness.start(max(self._conversation.liveness_check_s, 0.1), now=False)
+        self._liveness.start(max(self._connection.liveness_check_s, 0.1), now=False)
         if self.faults.garbage_every_s:
             # Only after the handshake: before it, the gateway rightly drops a link that sends garbage.
             self._every(self.faults.garbage_every_s, self._write_garbage)
@@ -161,8 +180,9 @@ class TerminalLink(protocol.Protocol):
             self._batches_in_flight += 1
             self._request(Command.EVENTS, dict(events=batch))
 
-    def _answer_received(self, frame: Frame) -> None:
-        answered = self._conversation.answer(frame)
+    def _answer_received(self, event: Answer | Stray) -> None:
+        frame = event.frame
+        answered = event.request if type(event) is Answer else None
         if frame.is_error:
             text = _error_text(frame)
             self._why_closed = f"the gateway answered an error: {text}"
@@ -180,24 +200,10 @@ class TerminalLink(protocol.Protocol):
             self.send_events()
 
     def _request(self, command: Command, body: dict) -> None:
-        frame, _ = self._conversation.request(command, body, now=self.clock.seconds())
-        self._write(encode_frame(frame))
-
-    def _write(self, data: bytes) -> None:
-        self._conversation.sent(self.clock.seconds())
-        self.transport.write(data)
-
-    def _check_liveness(self) -> None:
         # Requests have no deadline of their own here: an acknowledgement waits for the gateway's
         # commit (a database outage), and a gateway that is gone is told by its silence.
-        now = self.clock.seconds()
-        state = self._conversation.liveness(now)
-        if state is Liveness.PEER_GONE:
-            log.warn("terminal {tid}: gateway silent for {s:.0f} s; reconnecting", tid=self.terminal.terminal_id,
-                     s=now - self._conversation.last_received)
-            self.transport.abortConnection()
-        elif state is Liveness.KEEPALIVE_DUE:
-            self._request(Command.KEEPALIVE, {})
+        frame, _ = self._connection.request(command, body, now=self.clock.seconds())
+        self.transport.write(encode_frame(frame))
 
     # -- faults ------------------------------------------------------------------------------
 

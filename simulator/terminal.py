@@ -4,7 +4,10 @@ It holds what a real terminal holds (a user store and an event log of bounded si
 the gateway's requests the way docs/protocol.md says a terminal must. People at the keypad are
 the methods ``enroll``, ``edit``, ``delete`` and ``verify``; they log terminal-origin events.
 Users the gateway puts or deletes log server-origin events. Transports (simulator/tcp.py, the
-RS-485 bus) feed it frames and send what it answers; it never touches a socket itself.
+RS-485 bus) feed it frames and send what it answers; it never touches a socket itself. The rules
+of the conversation (the handshake, authenticate first, one terminal per link, which requests a
+terminal takes, bad payloads) are its link's ``protocol.connection.Connection``'s, the same
+object the gateway's session talks through; this class says what a terminal answers.
 """
 
 import itertools
@@ -14,11 +17,11 @@ from collections import deque
 from dataclasses import replace
 from functools import lru_cache
 
-from protocol.auth import TerminalHandshake
-from protocol.errors import ErrorCode, MessageError
+from protocol.connection import Connection, Role
+from protocol.connection_events import Established, Event as ConnectionEvent, Greeted, Rejected, Replied, Request
 from protocol.events import Credential, Event, EventCode, Origin
-from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Frame
-from protocol.messages import Command, UserStatus, error_response, parse_body, response
+from protocol.frame import MAX_PAYLOAD, Frame, encode_frame
+from protocol.messages import Command, UserStatus
 from protocol.records import UserRecord, UserRecordWire
 
 
@@ -61,11 +64,10 @@ class Terminal:
         self.next_event_id = 1
         self.acked_through = 0
         self.overwritten = 0  # events lost because the log was full, as on a real terminal
-        self.authenticated = False
         self.listeners: list = []
         self.applied_listeners: list = []
         self.rewind_listeners: list = []  # told the event id a REQUEST_EVENTS asks to resend after
-        self._handshake = TerminalHandshake(terminal_id, self.secret)
+        self.connection = self._new_connection()
 
     # -- people at the terminal --------------------------------------------------------------
 
@@ -133,68 +135,58 @@ class Terminal:
 
     # -- answering the gateway ---------------------------------------------------------------
 
+    @property
+    def authenticated(self) -> bool:
+        return self.connection.established
+
+    def link_lost(self, *, now: float = 0.0, handshake_s: float | None = None) -> None:
+        """A new link starts with a new handshake (due within ``handshake_s`` of ``now``, if given)."""
+        self.connection.close()
+        self.connection = self._new_connection(now, handshake_s)
+
+    def _new_connection(self, now: float = 0.0, handshake_s: float | None = None) -> Connection:
+        # An EVENTS request waits for the gateway's commit, however long a database outage lasts.
+        return Connection(Role.TERMINAL, terminal_id=self.terminal_id, address=self.address, request_timeout_s=None,
+                          handshake_s=handshake_s, now=now)
+
     def answer(self, frame: Frame) -> bytes:
-        """The reply to one request from the gateway, encoded as a frame."""
-        try:
-            command = Command(frame.command)
-        except ValueError:
-            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_COMMAND, f"unknown command 0x{frame.command:02X}")
-        handler = self._handlers.get(command)
-        if handler is None:
-            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_COMMAND, f"{command.name} is not for terminals")
-        if self.authenticated and command != Command.HELLO and frame.terminal_id != self.terminal_id:
-            return error_response(self._reply_header(frame), ErrorCode.UNKNOWN_TERMINAL,
-                                  f"this is terminal {self.terminal_id}, not {frame.terminal_id}")
-        if command not in (Command.HELLO, Command.WELCOME, Command.KEEPALIVE) and not self.authenticated:
-            return error_response(self._reply_header(frame), ErrorCode.NOT_AUTHENTICATED, "say HELLO and WELCOME first")
-        try:
-            body = _parsed_put_users(frame.payload) if command == Command.PUT_USERS else parse_body(frame)
-        except MessageError as exc:
-            return error_response(self._reply_header(frame), ErrorCode.BAD_MESSAGE, str(exc))
-        return handler(self, self._reply_header(frame), body)
+        """The reply to one request from the gateway, encoded as a frame (nothing for an answer)."""
+        now = self.clock() / 1000
+        reply = self.respond(self.connection.receive_frame(frame, now=now), now)
+        return b"" if reply is None else encode_frame(reply)
 
-    def _reply_header(self, frame: Frame) -> Frame:
-        """Replies carry this terminal's id, so the gateway learns who answered HELLO."""
-        return replace(frame, terminal_id=self.terminal_id)
+    def respond(self, event: ConnectionEvent, now: float) -> Frame | None:
+        """What this terminal says to one event of its connection: the frame to send, if any."""
+        kind = type(event)
+        if kind is Request:
+            body = self._handlers[event.frame.command](self, event.body)
+            return self.connection.reply(event.frame, body, now=now)
+        if kind is Greeted:
+            return self.connection.answer_hello(event, secret=self.secret, model=self.model, firmware=self.firmware,
+                                                max_users=self.max_users, max_events=self.max_events, log_epoch=self.log_epoch, now=now)
+        if kind is Established:
+            self.clock_offset_ms = event.welcome.server_time_ms - self.clock()
+            self.acknowledge(event.welcome.ack_through)
+            return event.reply
+        if kind is Rejected or kind is Replied:
+            return event.reply
+        return None
 
-    def link_lost(self) -> None:
-        """A new link starts with a new handshake."""
-        self.authenticated = False
-
-    def _hello(self, frame: Frame, body) -> bytes:
-        self.authenticated = False
-        self._handshake = TerminalHandshake(self.terminal_id, self.secret)  # the secret as it is now
-        return response(frame, dict(
-            model=self.model, firmware=self.firmware, protocol_version=PROTOCOL_VERSION, max_users=self.max_users,
-            max_events=self.max_events, log_epoch=self.log_epoch, **self._handshake.answer_hello(body),
-        ))
-
-    def _welcome(self, frame: Frame, body) -> bytes:
-        if not self._handshake.gateway_proved(body):
-            return error_response(frame, ErrorCode.AUTH_FAILED, "the gateway does not hold this terminal's secret")
-        self.authenticated = True
-        self.clock_offset_ms = body.server_time_ms - self.clock()
+    def _poll(self, body) -> dict:
         self.acknowledge(body.ack_through)
-        return response(frame)
+        return dict(events=self.events_after(self.acked_through, body.max_events))
 
-    def _keepalive(self, frame: Frame, body) -> bytes:
-        return response(frame)
-
-    def _poll(self, frame: Frame, body) -> bytes:
-        self.acknowledge(body.ack_through)
-        return response(frame, dict(events=self.events_after(self.acked_through, body.max_events)))
-
-    def _time_sync(self, frame: Frame, body) -> bytes:
+    def _time_sync(self, body) -> dict:
         before = self.now_ms()
         self.clock_offset_ms = body.server_time_ms - self.clock()
-        return response(frame, dict(terminal_time_ms=before))
+        return dict(terminal_time_ms=before)
 
-    def _request_events(self, frame: Frame, body) -> bytes:
+    def _request_events(self, body) -> dict:
         for listener in self.rewind_listeners:
             listener(body.after_event_id)
-        return response(frame, dict(pending=self.pending_after(body.after_event_id)))
+        return dict(pending=self.pending_after(body.after_event_id))
 
-    def _get_users(self, frame: Frame, body) -> bytes:
+    def _get_users(self, body) -> dict:
         """The users asked for that fit in one frame; the rest are left out of both lists, and the
         gateway asks for them again (docs/protocol.md, GET_USERS)."""
         missing = [u for u in body.user_ids if u not in self.users]
@@ -207,9 +199,9 @@ class Terminal:
                     break
                 found.append(self.users[user_id])
         self.changed_locally.difference_update(r.user_id for r in found)
-        return response(frame, dict(users=found, missing=missing))
+        return dict(users=found, missing=missing)
 
-    def _put_users(self, frame: Frame, body) -> bytes:
+    def _put_users(self, body) -> dict:
         results = []
         for record in body.users:  # records breaking the limits never parse: BAD_MESSAGE for the whole request
             if record.user_id not in self.users and len(self.users) >= self.max_users:
@@ -224,9 +216,9 @@ class Terminal:
             self.log_event(code, Origin.SERVER, record.user_id)
             self._applied(record.user_id, record)
             results.append(dict(user_id=record.user_id, status=UserStatus.OK))
-        return response(frame, dict(results=results))
+        return dict(results=results)
 
-    def _delete_users(self, frame: Frame, body) -> bytes:
+    def _delete_users(self, body) -> dict:
         results = []
         for user_id in body.user_ids:
             if self.users.pop(user_id, None) is None:
@@ -235,22 +227,19 @@ class Terminal:
             self.log_event(EventCode.DELETE_SUCCESS, Origin.SERVER, user_id)
             self._applied(user_id, None)
             results.append(dict(user_id=user_id, status=UserStatus.OK))
-        return response(frame, dict(results=results))
+        return dict(results=results)
 
-    def _list_users(self, frame: Frame, body) -> bytes:
+    def _list_users(self, body) -> dict:
         ids = sorted(u for u in self.users if u > body.after_user_id)
         page = ids[: body.limit]
         entries = [dict(user_id=u, digest=record_digest_of(self.users[u])) for u in page]
-        return response(frame, dict(entries=entries, more=len(ids) > len(page)))
+        return dict(entries=entries, more=len(ids) > len(page))
 
     def _applied(self, user_id: str, record: UserRecord | None) -> None:
         for listener in self.applied_listeners:
             listener(user_id, record)
 
-    _handlers = {
-        Command.HELLO: _hello,
-        Command.WELCOME: _welcome,
-        Command.KEEPALIVE: _keepalive,
+    _handlers = {  # HELLO, WELCOME and KEEPALIVE are the connection's
         Command.POLL: _poll,
         Command.TIME_SYNC: _time_sync,
         Command.REQUEST_EVENTS: _request_events,
@@ -262,13 +251,8 @@ class Terminal:
 
 
 # A fleet's terminals live by the hundred in one process and receive the same pushes: what they
-# parse and digest is computed once per process. Records are frozen, so sharing them is safe.
-
-@lru_cache(maxsize=64)
-def _parsed_put_users(payload: bytes):
-    """The body of a PUT_USERS request (only ever read, never changed)."""
-    return parse_body(Frame(Command.PUT_USERS, payload))
-
+# digest is computed once per process (and what they parse, protocol.connection). Records are
+# frozen, so sharing them is safe.
 
 @lru_cache(maxsize=65536)
 def record_digest_of(record: UserRecord) -> bytes:

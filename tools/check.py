@@ -13,14 +13,14 @@ import argparse
 import socket
 import sys
 import time
+from collections import deque
 
 from protocol.address import AddressError, parse_host_port
-from protocol.auth import GatewayHandshake
-from protocol.conversation import Conversation
-from protocol.decoder import StreamDecoder
-from protocol.errors import ErrorCode, MessageError
-from protocol.frame import PROTOCOL_VERSION, Frame, encode_frame
-from protocol.messages import Command, UserStatus, build_body, parse_body, response
+from protocol.connection import Connection, Role
+from protocol.connection_events import Answer, Corrupt, Established, HelloAnswered, Rejected, Replied, Request
+from protocol.errors import ErrorCode, MessageError, RemoteProtocolError
+from protocol.frame import Frame, encode_frame
+from protocol.messages import Command, UserStatus, build_body, parse_body
 from protocol.records import UserRecord, hash_pin
 from tools import check_push, check_zk
 
@@ -32,44 +32,51 @@ class CheckFailed(Exception):
 
 
 class Peer:
-    """The terminal at the other end of a blocking socket; answers its own requests politely."""
+    """The terminal at the other end of a blocking socket, through the gateway's side of a
+    ``protocol.connection.Connection``: the rules the gateway keeps are the ones checked by."""
 
     def __init__(self, sock: socket.socket, timeout: float):
         self.sock = sock
-        self.decoder = StreamDecoder()
-        self.frames: list[Frame] = []
-        self.conversation = Conversation(request_timeout_s=timeout)
+        self.connection = Connection(Role.GATEWAY, request_timeout_s=timeout, now=time.monotonic())
+        self.events: deque = deque()
+
+    def send(self, frame: Frame) -> None:
+        self.sock.sendall(encode_frame(frame))
 
     def ask(self, command: int, payload: bytes) -> Frame:
         """Send a request and return the terminal's answer to it (a response or an error reply)."""
-        frame, pending = self.conversation.request(command, payload=payload, now=time.monotonic())
-        self.sock.sendall(encode_frame(frame))
-        while True:  # the deadline holds however chatty the terminal is meanwhile
-            frame = self._next_frame(pending.deadline)
-            if frame.is_response and self.conversation.answer(frame) == pending:
-                return frame
-            if not frame.is_response:
-                self._answer_terminal_request(frame)
+        frame, pending = self.connection.request(command, payload=payload, now=time.monotonic())
+        self.send(frame)
+        return self.wait_for(lambda event: type(event) is Answer and event.request == pending, pending.deadline).frame
 
-    def _answer_terminal_request(self, frame: Frame) -> None:
-        if frame.command == Command.EVENTS:
-            self.sock.sendall(response(frame, dict(ack_through=0)))  # stored nothing: the terminal keeps its log
-        elif frame.command == Command.KEEPALIVE:
-            self.sock.sendall(response(frame))
+    def wait_for(self, wanted, deadline: float):
+        """The first event ``wanted`` says is it, answering the terminal's own requests politely
+        meanwhile; the deadline holds however chatty the terminal is."""
+        while True:
+            event = self._next_event(deadline)
+            if wanted(event):
+                return event
+            kind = type(event)
+            if kind is Request:  # EVENTS: stored nothing, so the terminal keeps its log
+                self.send(self.connection.reply(event.frame, dict(ack_through=0), now=time.monotonic()))
+            elif (kind is Replied or kind is Rejected) and event.reply is not None:
+                self.send(event.reply)
+            elif kind is Corrupt:
+                raise CheckFailed(f"corrupt frame from the terminal: {event.error}")
 
-    def _next_frame(self, deadline: float) -> Frame:
-        while not self.frames:
+    def _next_event(self, deadline: float):
+        while not self.events:
             if time.monotonic() >= deadline:
-                raise CheckFailed(f"no answer within {self.conversation.request_timeout_s:g} s")
+                raise CheckFailed(f"no answer within {self.connection.request_timeout_s:g} s")
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = self.sock.recv(65536)
             if not data:
                 raise CheckFailed("the terminal closed the connection")
-            for item in self.decoder.feed(data):
-                if not isinstance(item, Frame):
-                    raise CheckFailed(f"corrupt frame from the terminal: {item}")
-                self.frames.append(item)
-        return self.frames.pop(0)
+            try:
+                self.events.extend(self.connection.receive_data(data, now=time.monotonic()))
+            except RemoteProtocolError as exc:
+                raise CheckFailed(str(exc)) from None
+        return self.events.popleft()
 
 
 def expect_answer(frame: Frame) -> object:
@@ -80,19 +87,23 @@ def expect_answer(frame: Frame) -> object:
 
 
 def check_handshake(peer: Peer, args) -> str:
-    handshake = GatewayHandshake()
-    answer = peer.ask(Command.HELLO, build_body(Command.HELLO, False, handshake.hello(PROTOCOL_VERSION)))
-    hello = expect_answer(answer)
-    if args.id is not None and answer.terminal_id != args.id:
-        raise CheckFailed(f"terminal says it is {answer.terminal_id}, expected {args.id}")
-    peer.conversation.terminal_id = answer.terminal_id
-    secret = args.secret.encode()
-    if not handshake.terminal_proved(secret, answer.terminal_id, hello):
-        raise CheckFailed("the terminal's proof does not match the secret given")
-    welcome = handshake.welcome(secret, answer.terminal_id, hello, server_time_ms=int(time.time() * 1000),
-                                keepalive_s=30, ack_through=0)
-    expect_answer(peer.ask(Command.WELCOME, build_body(Command.WELCOME, False, welcome)))
-    return f"terminal {answer.terminal_id}, {hello.model} firmware {hello.firmware}, protocol {hello.protocol_version}, room for {hello.max_users} users"
+    connection = peer.connection
+    peer.send(connection.start(now=time.monotonic()))
+    deadline = time.monotonic() + connection.request_timeout_s
+    try:
+        answered = peer.wait_for(lambda event: type(event) is HelloAnswered, deadline)
+    except CheckFailed as exc:
+        raise CheckFailed(f"HELLO: {exc}") from None
+    terminal_id, hello = answered.frame.terminal_id, answered.hello
+    if args.id is not None and terminal_id != args.id:
+        raise CheckFailed(f"terminal says it is {terminal_id}, expected {args.id}")
+    refusal = connection.authenticate(args.secret.encode())
+    if refusal is not None:
+        code, text = refusal
+        raise CheckFailed("the terminal's proof does not match the secret given" if code == ErrorCode.AUTH_FAILED else text)
+    peer.send(connection.welcome(ack_through=0, server_time_ms=int(time.time() * 1000), now=time.monotonic()))
+    peer.wait_for(lambda event: type(event) is Established, time.monotonic() + connection.request_timeout_s)
+    return f"terminal {terminal_id}, {hello.model} firmware {hello.firmware}, protocol {hello.protocol_version}, room for {hello.max_users} users"
 
 
 def check_keepalive(peer: Peer, args) -> str:

@@ -4,14 +4,15 @@ It is the ``TerminalConnection`` the sync core talks to for terminals speaking o
 does the handshake (challenge-response, admission), keeps a bounded window of outstanding
 requests, hands the terminal's events to the event sink and acknowledges them once stored,
 answers keepalives and closes a link whose peer went silent. The rules of the conversation
-(sequence numbers, answers matched to requests, deadlines, the keepalive rule, the proofs) are
-``protocol.conversation`` and ``protocol.auth``; this class adds Deferreds, timers and the
-gateway's collaborators, all given at construction. It does not know whether its link is a TCP
-connection or an address on an RS-485 bus.
+(phases, proofs, authenticate first, one terminal per link, sequence numbers, answers matched to
+requests, deadlines, the keepalive rule, the corrupt-frame budget) are its
+``protocol.connection.Connection``'s: this class is the I/O around it, adding Deferreds, timers
+and the gateway's collaborators, all given at construction. It does not know whether its link
+is a TCP connection or an address on an RS-485 bus.
 """
 
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
@@ -20,12 +21,20 @@ from twisted.logger import Logger
 
 from gateway.sync.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
 from gateway.native.doorman import Doorman
-from protocol.auth import GatewayHandshake
-from protocol.conversation import Conversation, Liveness
-from protocol.errors import ErrorCode, FrameError, MessageError, ProtocolError, RemoteError
-from protocol.events import MAX_EVENT_ID
-from protocol.frame import MAX_PAYLOAD, PROTOCOL_VERSION, Flags, Frame
-from protocol.messages import PUT_USERS_HEAD, Command, error_frame, parse_body, put_users_payload, replaced_notice, response_frame
+from protocol.connection import Connection, Role
+from protocol.connection_events import (
+    Answer,
+    Established,
+    HelloAnswered,
+    KeepaliveDue,
+    Rejected,
+    Replied,
+    Request,
+    Stray,
+)
+from protocol.errors import ErrorCode, FrameError, LocalProtocolError, MessageError, ProtocolError, RemoteError, RemoteProtocolError
+from protocol.frame import MAX_PAYLOAD, Flags, Frame
+from protocol.messages import PUT_USERS_HEAD, Command, command_name, parse_body, put_users_payload, replaced_notice
 from protocol.records import UserRecord, record_digest
 
 log = Logger(namespace="gateway.session")
@@ -82,14 +91,12 @@ class TerminalSession:
         self.info = TerminalInfo()
         self.established = False
         self.closed = False
-        self._conversation = Conversation(address=link.address, request_timeout_s=timing.request_s,
-                                          keepalive_s=timing.keepalive_s, now=clock.seconds())
-        self._handshake = GatewayHandshake()
+        self._connection = Connection(Role.GATEWAY, address=link.address, request_timeout_s=timing.request_s,
+                                      keepalive_s=timing.keepalive_s, handshake_s=timing.handshake_s,
+                                      frame_errors_per_minute=timing.frame_errors_per_minute, now=clock.seconds())
         self._pending: dict[int, defer.Deferred] = {}
         self._waiting: deque = deque()
-        self._frame_errors: deque[float] = deque()
-        self._deadline_timer = None
-        self._handshake_timer = None
+        self._deadline_timer = None  # runs to the connection's next deadline: a request's, or the handshake's
         self._liveness_timer = None
         self._refusal_timer = None
         self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
@@ -104,7 +111,7 @@ class TerminalSession:
 
     @property
     def last_heard_s(self) -> float:
-        return self._conversation.last_received
+        return self._connection.last_received
 
     @property
     def push_bytes(self) -> int:
@@ -145,9 +152,8 @@ class TerminalSession:
 
     def start(self) -> None:
         """The link is up: the gateway speaks first (docs/protocol.md, "Session")."""
-        self._handshake_timer = self.clock.callLater(self.timing.handshake_s, self._handshake_expired)
-        d = self.request(Command.HELLO, self._handshake.hello(PROTOCOL_VERSION), raw=True)
-        d.addCallback(self._on_hello).addErrback(self._handshake_failed)
+        self.link.send(self._connection.start(now=self.clock.seconds()))
+        self._arm_deadline(self._connection.next_deadline())
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -176,10 +182,10 @@ class TerminalSession:
         if self.closed:
             return
         self.closed = True
-        for timer in (self._deadline_timer, self._handshake_timer, self._liveness_timer, self._refusal_timer):
+        for timer in (self._deadline_timer, self._liveness_timer, self._refusal_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._conversation.abandon()
+        self._connection.close()
         pending, self._pending = self._pending, {}
         waiting, self._waiting = self._waiting, deque()
         for d in [*pending.values(), *(entry[-1] for entry in waiting)]:
@@ -196,46 +202,32 @@ class TerminalSession:
     def frame_received(self, frame: Frame) -> None:
         if self.closed:
             return
-        self._conversation.received(self.clock.seconds())
-        if self.established and frame.terminal_id != self.terminal_id:
-            self._foreign_frame(frame)
-        elif frame.is_response:
-            self._response_received(frame)
-        else:
-            self._request_received(frame)
-
-    def _foreign_frame(self, frame: Frame) -> None:
-        """A frame naming another terminal on this one's link: never stored under either."""
-        text = f"this link is terminal {self.terminal_id}'s; the frame names terminal {frame.terminal_id}"
-        self._doorman.lines.warn("frames naming another terminal", self.link.source, "{who}: {cmd} frame naming terminal {other} ignored",
-                                 who=self.name, cmd=_command_name(frame.command), other=frame.terminal_id)
-        if not frame.is_response:
-            self._send(error_frame(replace(frame, terminal_id=self.terminal_id), ErrorCode.UNKNOWN_TERMINAL, text))
+        try:
+            event = self._connection.receive_frame(frame, now=self.clock.seconds())
+        except RemoteProtocolError as exc:  # only a handshake answer ends the link this way
+            self.close(f"handshake failed: {exc}")
+            return
+        self._on_event[type(event)](self, event)
 
     def frame_error(self, error: FrameError) -> None:
-        if error.continues:
-            return  # the rest of a frame already counted
-        self._metrics.frame_errors.inc()
-        if not self.established:
-            self.close(f"corrupt data before authentication ({error})")
+        if self.closed:
             return
-        now = self.clock.seconds()
-        self._frame_errors.append(now)
-        while self._frame_errors and self._frame_errors[0] < now - 60:
-            self._frame_errors.popleft()
-        self._doorman.lines.warn("corrupt frames", self.link.source, "{who}: corrupt frame skipped: {error}", who=self.name, error=error)
-        if len(self._frame_errors) > self.timing.frame_errors_per_minute:
-            self.close(f"more than {self.timing.frame_errors_per_minute} corrupt frames in a minute")
+        try:
+            corrupt = self._connection.frame_error(error, now=self.clock.seconds())
+        except RemoteProtocolError as exc:
+            self._metrics.frame_errors.inc()
+            self.close(str(exc))
+            return
+        if corrupt.counted:
+            self._metrics.frame_errors.inc()
+            self._doorman.lines.warn("corrupt frames", self.link.source, "{who}: corrupt frame skipped: {error}", who=self.name, error=error)
 
-    def _response_received(self, frame: Frame) -> None:
-        answered = self._conversation.answer(frame)
-        if answered is None:
-            self._doorman.lines.warn("answers to no request", self.link.source,
-                                     "{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
-                                     who=self.name, cmd=frame.command, seq=frame.seq)
+    def _answered(self, answer: Answer) -> None:
+        d = self._pending.pop(answer.request.seq, None)
+        if d is None:
             return
-        d = self._pending.pop(answered.seq)
         self._send_waiting()
+        frame = answer.frame
         if frame.is_error:
             try:
                 err = parse_body(frame)
@@ -245,25 +237,30 @@ class TerminalSession:
         else:
             d.callback(frame)
 
-    def _request_received(self, frame: Frame) -> None:
-        if frame.command == Command.KEEPALIVE:
-            self._send(response_frame(frame))
-        elif not self.established:
-            self._send(error_frame(frame, ErrorCode.NOT_AUTHENTICATED, "handshake not finished"))
-        elif frame.command == Command.EVENTS:
-            try:
-                batch = parse_body(frame).events
-            except MessageError as exc:
-                self._send(error_frame(frame, ErrorCode.BAD_MESSAGE, str(exc)))
-                return
-            self._events.submit(self.terminal_id, list(batch), self.log_epoch).addCallback(self._ack_events, frame)
-        else:
-            self._send(error_frame(frame, ErrorCode.UNKNOWN_COMMAND, f"command 0x{frame.command:02X} is not accepted from a terminal"))
+    def _stray(self, stray: Stray) -> None:
+        frame = stray.frame
+        self._doorman.lines.warn("answers to no request", self.link.source,
+                                 "{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
+                                 who=self.name, cmd=frame.command, seq=frame.seq)
+
+    def _rejected(self, rejected: Rejected) -> None:
+        if rejected.code == ErrorCode.UNKNOWN_TERMINAL:  # a frame naming another terminal: never stored under either
+            self._doorman.lines.warn("frames naming another terminal", self.link.source, "{who}: {cmd} frame naming terminal {other} ignored",
+                                     who=self.name, cmd=command_name(rejected.frame.command), other=rejected.frame.terminal_id)
+        if rejected.reply is not None:
+            self.link.send(rejected.reply)
+
+    def _replied(self, replied: Replied) -> None:
+        self.link.send(replied.reply)
+
+    def _request_received(self, request: Request) -> None:
+        """EVENTS: the one request a terminal may make but KEEPALIVE, which the connection answers."""
+        self._events.submit(self.terminal_id, list(request.body.events), self.log_epoch).addCallback(self._ack_events, request.frame)
 
     def _ack_events(self, ack_through: int, frame: Frame) -> None:
         self._stored_through = max(self._stored_through, ack_through)
         if not self.closed:
-            self._send(response_frame(frame, dict(ack_through=ack_through)))
+            self.link.send(self._connection.reply(frame, dict(ack_through=ack_through), now=self.clock.seconds()))
 
     # -- polling (RS-485: terminals speak only when asked) ------------------------------------
 
@@ -304,17 +301,19 @@ class TerminalSession:
 
     def _transmit(self, command: Command, body: dict | None, payload: bytes | None, d: defer.Deferred) -> None:
         try:
-            frame, pending = self._conversation.request(command, body, payload=payload, now=self.clock.seconds())
-        except MessageError as exc:
+            frame, pending = self._connection.request(command, body, payload=payload, now=self.clock.seconds())
+        except (MessageError, LocalProtocolError) as exc:
             d.errback(exc)
             return
         self._pending[pending.seq] = d
         self._arm_deadline(pending.deadline)
-        self._send(frame)
+        self.link.send(frame)
 
-    def _arm_deadline(self, deadline: float) -> None:
-        """One timer for every outstanding request: it runs to the earliest deadline."""
+    def _arm_deadline(self, deadline: float | None) -> None:
+        """One timer for every deadline: it runs to the earliest."""
         timer = self._deadline_timer
+        if deadline is None:
+            return
         if timer is not None and timer.active() and timer.getTime() <= deadline:
             return
         if timer is not None and timer.active():
@@ -323,42 +322,49 @@ class TerminalSession:
 
     def _deadlines_passed(self) -> None:
         self._deadline_timer = None
-        for late in self._conversation.expire(self.clock.seconds()):
-            d = self._pending.pop(late.seq, None)
+        self._tick()
+        if not self.closed:
+            self._arm_deadline(self._connection.next_deadline())
+
+    def _tick(self) -> None:
+        """What time says: requests past their deadline, a keepalive due, a handshake too slow
+        or a terminal gone silent (these two close the link)."""
+        try:
+            events = self._connection.tick(now=self.clock.seconds())
+        except RemoteProtocolError as exc:
+            self.close(str(exc))
+            return
+        for event in events:
+            if isinstance(event, KeepaliveDue):
+                self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
+                continue
+            d = self._pending.pop(event.request.seq, None)
             if d is None:
                 continue  # an earlier errback closed the session, which failed every request already
             self._send_waiting()
-            d.errback(RequestTimeout(f"{self.name}: {_command_name(late.command)} unanswered after {self.timing.request_s:g} s"))
-        following = self._conversation.next_deadline()
-        if following is not None and not self.closed:
-            self._arm_deadline(following)
-
-    def _send(self, frame: Frame) -> None:
-        self._conversation.sent(self.clock.seconds())
-        self.link.send(frame)
+            d.errback(RequestTimeout(f"{self.name}: {command_name(event.request.command)} unanswered after {self.timing.request_s:g} s"))
 
     # -- handshake ---------------------------------------------------------------------------
 
-    def _on_hello(self, frame: Frame):
-        hello = parse_body(frame)
+    def _on_hello(self, answered: HelloAnswered) -> None:
+        frame, hello = answered.frame, answered.hello
         terminal_id = frame.terminal_id
         info = TerminalInfo(hello.model, hello.firmware, hello.max_users)
         try:
             if self.expected_terminal_id is not None and terminal_id != self.expected_terminal_id:
                 raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"expected terminal {self.expected_terminal_id} here, not {terminal_id}")
             secret = self._admission.secret_for(terminal_id, info, self.link.description)
-            if not self._handshake.terminal_proved(secret, terminal_id, hello):
-                raise Refused(ErrorCode.AUTH_FAILED, "wrong proof: the terminal does not hold the configured secret")
-            if hello.log_epoch is not None and not 0 < hello.log_epoch <= MAX_EVENT_ID:
-                raise Refused(ErrorCode.BAD_MESSAGE, f"log_epoch must be 1 to 2**63-1, not {hello.log_epoch}")
+            refusal = self._connection.authenticate(secret)
+            if refusal is not None:
+                raise Refused(*refusal)
         except Refused as refusal:
             self._refuse(frame, refusal)
             return
-        self.terminal_id = self._conversation.terminal_id = terminal_id
+        self.terminal_id = terminal_id
         self.info = info
         self.log_epoch = hello.log_epoch
         d = self._events.begin_log(terminal_id, self.log_epoch)
-        d.addCallback(self._send_welcome, secret, hello)
+        d.addCallback(self._send_welcome)
         d.addErrback(self._handshake_failed)
 
     def _refuse(self, frame: Frame, refusal: Refused) -> None:
@@ -372,7 +378,8 @@ class TerminalSession:
             guessed = frame.terminal_id if refusal.code == ErrorCode.AUTH_FAILED else None
             delay = self._doorman.proof_failed(guessed, self.link.source)
         if delay:
-            self._handshake_timer.cancel()
+            if self._deadline_timer is not None and self._deadline_timer.active():
+                self._deadline_timer.cancel()  # the refusal, not the handshake's deadline, ends this link
             self._refusal_timer = self.clock.callLater(delay, self._send_refusal, frame, refusal)
         else:
             self._send_refusal(frame, refusal)
@@ -380,23 +387,23 @@ class TerminalSession:
     def _send_refusal(self, frame: Frame, refusal: Refused) -> None:
         if self.closed:
             return
-        self._send(error_frame(frame, refusal.code, refusal.reason))
+        self.link.send(self._connection.refuse_terminal(refusal.code, refusal.reason, now=self.clock.seconds()))
         self._end(f"refused: {refusal.reason}")
 
-    def _send_welcome(self, ack_through: int, secret: bytes, hello):
+    def _send_welcome(self, ack_through: int) -> None:
+        if self.closed:
+            return
         self._stored_through = ack_through
-        body = self._handshake.welcome(secret, self.terminal_id, hello, server_time_ms=int(self.clock.seconds() * 1000),
-                                       keepalive_s=self.timing.keepalive_s, ack_through=ack_through)
-        return self.request(Command.WELCOME, body).addCallback(self._on_welcome)
+        now = self.clock.seconds()
+        self.link.send(self._connection.welcome(ack_through=ack_through, server_time_ms=int(now * 1000), now=now))
+        self._arm_deadline(self._connection.next_deadline())
 
-    def _on_welcome(self, _):
-        if self._handshake_timer.active():
-            self._handshake_timer.cancel()
+    def _on_welcome(self, _: Established) -> None:
         if not self._presence.online(self):
             self.close("refused or removed by an administrator during the handshake")
             return
         self.established = True
-        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+        self._liveness_timer = self.clock.callLater(self._connection.liveness_check_s, self._check_liveness)
         log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
                  tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
 
@@ -404,20 +411,22 @@ class TerminalSession:
         if not self.closed:
             self.close(f"handshake failed: {failure.getErrorMessage()}")
 
-    def _handshake_expired(self):
-        self.close(f"no handshake within {self.timing.handshake_s:g} s")
-
     # -- liveness ----------------------------------------------------------------------------
 
     def _check_liveness(self) -> None:
-        now = self.clock.seconds()
-        state = self._conversation.liveness(now)
-        if state is Liveness.PEER_GONE:
-            self.close(f"nothing received for {now - self._conversation.last_received:.0f} s: terminal gone")
-            return
-        if state is Liveness.KEEPALIVE_DUE:
-            self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
-        self._liveness_timer = self.clock.callLater(self._conversation.liveness_check_s, self._check_liveness)
+        self._tick()
+        if not self.closed:
+            self._liveness_timer = self.clock.callLater(self._connection.liveness_check_s, self._check_liveness)
+
+    _on_event = {
+        Answer: _answered,
+        Stray: _stray,
+        Rejected: _rejected,
+        Replied: _replied,
+        Request: _request_received,
+        HelloAnswered: _on_hello,
+        Established: _on_welcome,
+    }
 
 
 @lru_cache(maxsize=16)
@@ -439,10 +448,3 @@ def _parsed_results(command: int, payload: bytes) -> tuple[UserResult, ...]:
     body = parse_body(Frame(command, payload, Flags.RESPONSE))
     # Item access: a Container's attribute access costs ten times as much.
     return tuple(UserResult(r["user_id"], r["status"]) for r in body["results"])
-
-
-def _command_name(command: int) -> str:
-    try:
-        return Command(command).name
-    except ValueError:
-        return f"command 0x{command:02X}"

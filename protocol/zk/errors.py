@@ -1,6 +1,8 @@
 """Error types of the ZK protocol, each saying whose fault it is (docs/zk.md)."""
 
-from protocol.errors import FrameError, MessageError, ProtocolError
+from protocol.errors import FrameError, LocalProtocolError, MessageError
+
+__all__ = ["BodyError", "LocalProtocolError", "PacketError"]
 
 
 class PacketError(FrameError):
@@ -10,7 +12,3 @@ class PacketError(FrameError):
 class BodyError(MessageError):
     """A packet that is intact but whose data is not a valid body for its command, or a value
     that does not fit the field it is written to."""
-
-
-class LocalProtocolError(ProtocolError):
-    """The caller used the client wrongly (a request before connecting, after a failure, ...)."""

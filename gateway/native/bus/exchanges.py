@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from gateway.native.bus.scheduler import POLL, Drop, Turn
 from protocol import Frame
+from protocol.conversation import answers
 
 log = Logger(namespace="gateway.bus")
 
@@ -27,12 +28,7 @@ class Exchange:
         self.timer = None
 
     def answered_by(self, frame: Frame) -> bool:
-        return (
-            frame.is_response
-            and frame.address == self.drop.address
-            and frame.seq == self.frame.seq
-            and frame.command == self.frame.command
-        )
+        return frame.address == self.drop.address and answers(frame, self.frame)
 
 
 class ExchangeLine:
