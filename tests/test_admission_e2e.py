@@ -122,5 +122,5 @@ class DialOutRefusalTests(LiveTestCase):
         metrics = site.gateway.metrics.registry
         yield wait_until(lambda: (metrics.get_sample_value("gateway_terminals_refused_total", {"reason": "auth_failed"}) or 0) >= 3,
                          "three refusals", timeout=20)
-        (dialer,) = site.gateway.dialers
+        (dialer,) = site.gateway.serving["native"].services
         self.assertGreaterEqual(dialer.attempts, 2)  # a refused connection does not restart the backoff

@@ -87,7 +87,7 @@ class TerminalSession:
         self._presence = presence
         self._metrics = metrics
         self.expected_terminal_id = expected_terminal_id
-        self.terminal_id: int | None = None
+        self._terminal_id: int | None = None  # known once it authenticated
         self.info = TerminalInfo()
         self.established = False
         self.closed = False
@@ -104,6 +104,13 @@ class TerminalSession:
         self.log_epoch: int | None = None  # the event log the terminal announced; None: a terminal that names none
 
     # -- TerminalConnection ------------------------------------------------------------------
+
+    @property
+    def terminal_id(self) -> int:
+        """The terminal this link proved to be; the sync core sees a session only once it has."""
+        if self._terminal_id is None:
+            raise LocalProtocolError(f"link {self.link.description} has not authenticated: it is no terminal yet")
+        return self._terminal_id
 
     @property
     def description(self) -> str:
@@ -195,7 +202,7 @@ class TerminalSession:
 
     @property
     def name(self) -> str:
-        return f"terminal {self.terminal_id}" if self.terminal_id is not None else f"link {self.link.description}"
+        return f"terminal {self._terminal_id}" if self._terminal_id is not None else f"link {self.link.description}"
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -360,7 +367,7 @@ class TerminalSession:
         except Refused as refusal:
             self._refuse(frame, refusal)
             return
-        self.terminal_id = terminal_id
+        self._terminal_id = terminal_id
         self.info = info
         self.log_epoch = hello.log_epoch
         d = self._events.begin_log(terminal_id, self.log_epoch)

@@ -4,7 +4,7 @@ terminal in the field. Nothing here runs."""
 
 from gateway.kinds import Serving, ServingEach, TerminalKind
 from gateway.native.kind import NATIVE, Dialers
-from gateway.native.session import Link
+from gateway.native.session import Link, TerminalSession
 from gateway.native.tcp import TcpLink
 from gateway.native.bus.link import BusLink
 from gateway.push import PushService
@@ -17,8 +17,8 @@ from gateway.zk.connection import ZkConnection
 from gateway.zk.kind import ZK
 
 
-def terminal_connections(zk: ZkConnection, push: PushDevice) -> list[TerminalConnection]:
-    return [zk, push]
+def terminal_connections(native: TerminalSession, zk: ZkConnection, push: PushDevice) -> list[TerminalConnection]:
+    return [native, zk, push]
 
 
 def what_sessions_are_given(log: EventLog, registry: TerminalRegistry) -> tuple[EventSink, Admission, Presence]:
