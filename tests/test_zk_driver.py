@@ -598,6 +598,19 @@ def test_a_device_wiped_while_watched_is_refilled_not_taken_for_keypad_deletes()
     assert len(refills.asked) == 1, "asked once"
 
 
+
+def test_a_wipe_the_reconciliation_finds_before_any_poll_lists_nobody():
+    device = ZkDevice()
+    populate(device, 2)
+    wire, refills = refilling_wire(device)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    for user_id in ("1", "2"):
+        device.delete(user_id)
+    page = wire.call(wire.connection.list_digests("", 500))  # POST /api/reconcile before the next poll
+    assert page.digests == {} and not page.more and len(refills.asked) == 1
+
+
 def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled():
     device, db, memory = ZkDevice(serial_number="UNIT-A"), SyncDb(), DeviceMemory()
     populate(device, 2)
