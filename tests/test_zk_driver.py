@@ -555,13 +555,15 @@ def test_the_listing_compares_the_part_of_a_record_the_device_holds():
                      fingerprints=(Fingerprint(2, b"t" * 500, b"", False, "zk10"), Fingerprint(3, b"n" * 384, b"m" * 384)))
     put(wire, ana, UserRecord("off", disabled=True))
     device.enroll("door", "Only At The Door")
+    wire.poll()
     page = wire.call(wire.connection.list_digests("", 500))
     assert sorted(page.digests) == ["ana", "door"] and not page.more
     raw = UserRecordWire.build(ana)
     assert wire.connection.digest_of(raw) == page.digests["ana"], "holds what the gateway writes: alike (name cut, one card, zk10 finger)"
     assert wire.connection.digest_of(UserRecordWire.build(UserRecord("off", disabled=True))) is None, "not to be held"
     device.edit("ana", name="Edited At The Door")
-    assert wire.connection.digest_of(raw) != wire.call(wire.connection.list_digests("", 500)).digests["ana"], "a fresh read"
+    wire.poll()
+    assert wire.connection.digest_of(raw) != wire.call(wire.connection.list_digests("", 500)).digests["ana"], "as the last poll read it"
     assert list(wire.call(wire.connection.list_digests("", 1)).digests) == ["ana"]
     assert list(wire.call(wire.connection.list_digests("ana", 1)).digests) == ["door"]
 
@@ -596,6 +598,20 @@ def test_a_device_wiped_while_watched_is_refilled_not_taken_for_keypad_deletes()
         assert load_holdings(conn, 7).seen == {}, "what the server had seen there is forgotten"
     wire.poll()
     assert len(refills.asked) == 1, "asked once"
+
+
+
+def test_after_a_wipe_the_listing_holds_nobody():
+    device = ZkDevice()
+    populate(device, 2)
+    wire, refills = refilling_wire(device)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    for user_id in ("1", "2"):
+        device.delete(user_id)
+    wire.poll()
+    page = wire.call(wire.connection.list_digests("", 500))  # the reconciliation the refill asks for
+    assert page.digests == {} and not page.more and len(refills.asked) == 1
 
 
 def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled():

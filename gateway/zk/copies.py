@@ -90,6 +90,7 @@ class ChangeDetection:
         what it had seen there and the device is refilled (reconciliation)."""
         tracker = self._memory.tracker
         if not self._users and tracker.seen:
+            self._digests = {}  # nobody's copy: the listing (list_digests) reads these
             self._refill(f"it holds nobody, where the server had seen {len(tracker.seen)} people")
             return
         changes = tracker.changes(self._held_copies())
