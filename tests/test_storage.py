@@ -71,7 +71,7 @@ def test_republishing_puts_every_live_user_after_every_cursor_in_the_same_order(
     feed = db.run_now(read_feed, cursor, 10)
     assert [e.user_id for e in feed] == ["a", "c"]
     assert db.run_now(last_change_seq) == feed[-1].change_seq
-    assert db.run_now(store_record, UserRecord("d"), NOW_MS) == feed[-1].change_seq + 1
+    assert db.run_now(store_record, UserRecord("d"), NOW_MS) > feed[-1].change_seq  # dense on SQLite only
 
 
 def test_server_side_edit_and_delete_go_through_the_feed(db):
