@@ -20,13 +20,23 @@ def engine(postgres):
     engine.dispose()
 
 
-def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sender(engine):
+def listening(engine) -> tuple[Listener, ThreadCalls, list]:
+    """A started listener as another process's, once it listens; what it heard goes to the list."""
     reactor, heard, resynced = ThreadCalls(), [], []
     listener = Listener(lambda: connect_raw(engine, "test"), reactor, lambda channel, payload: heard.append((channel, payload)),
                         lambda: resynced.append(True))
     listener.start()
     try:
         reactor.run_until(lambda: resynced, "the listener listening")
+    except AssertionError:
+        listener.stop()
+        raise
+    return listener, reactor, heard
+
+
+def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sender(engine):
+    listener, reactor, heard = listening(engine)
+    try:
         with engine.connect() as conn:
             with conn.begin() as tx:
                 conn.execute(text("SELECT pg_notify(:c, 'another-process rolled back')"), dict(c=CHANGES))
@@ -46,13 +56,8 @@ def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sende
 def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_never(engine, monkeypatch):
     db = Database(engine.url.render_as_string(hide_password=False), reactor=None)
     db.open()
-    reactor, heard, resynced = ThreadCalls(), [], []
-    other = Listener(lambda: connect_raw(engine, "test"), reactor, lambda channel, payload: heard.append((channel, payload)),
-                     lambda: resynced.append(True))
-    other.start()
+    other, reactor, heard = listening(engine)
     try:
-        reactor.run_until(lambda: resynced, "the listener listening")
-
         def change_then_fail(conn):
             create_user(conn, UserRecord(user_id="rolled-back"), 0)
             raise ValueError("the merge went wrong")
