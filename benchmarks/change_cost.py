@@ -1,15 +1,18 @@
-"""What one user change costs the database, and how writers serialise on the change counter.
+"""What one user change costs the database, and whether concurrent change writers wait on each other.
 
-Every committed change takes the next value of one counter row (gateway/sync/users.py), so on a
-shared PostgreSQL every gateway's change transactions queue for that row's lock from the
-counter UPDATE to their commit. This measures, on a given database, transactions shaped like a
-merge of a pulled user (the counter, the user row, its monitoring event), from 1 and from
-``--writers`` threads at once: changes a second, and milliseconds each. With several writers on
-PostgreSQL, changes/s that do not grow mark the counter row as the limit; the time a change holds
-it is about 1 / (changes/s).
+Every committed change takes the next key of the changes feed (gateway/store/order.py): on
+SQLite a counter row (one writer anyway), on PostgreSQL the transaction's own keys, with no lock
+any two writers share, and the other processes woken after the commit. This measures, on a
+given database, transactions shaped like a merge of a pulled user (the key, the user row, its
+monitoring event, the wake-up), from 1 and from ``--writers`` threads at once: changes a second,
+and milliseconds each. On PostgreSQL, changes/s that grow with writers show they share WAL
+flushes instead of queueing for them. ``--group N`` puts N changes in each transaction, each in
+a savepoint, as a gateway's writer does with the writes queued behind a commit
+(gateway/store/database.py, group commit).
 
     python benchmarks/change_cost.py                      # SQLite in a scratch folder
     python benchmarks/change_cost.py --db postgresql://... --writers 4
+    python benchmarks/change_cost.py --db postgresql://... --writers 4 --group 8
 """
 
 import argparse
@@ -19,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.store.database import make_engine, migrate
+from gateway.store.database import each_in_savepoint, make_engine, migrate, transaction
 from gateway.sync.monitor import SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 from gateway.sync.users import store_record
 from simulator.people import MIXES, People
@@ -30,16 +33,20 @@ def change(conn, record, at_ms: int) -> None:
     record_sync_events(conn, [sync_event_row(SAVED_FROM_DEVICE, 1, record.user_id, at_ms=at_ms)])
 
 
-def run(engine, records: list, writers: int) -> dict:
-    """Commit one change per record, split among ``writers`` threads; changes/s and ms per change."""
+def run(engine, records: list, writers: int, group: int = 1) -> dict:
+    """Commit one change per record, split among ``writers`` threads, ``group`` changes a
+    transaction; changes/s and ms per transaction."""
     shares = [records[i::writers] for i in range(writers)]
     took: list[float] = []
 
     def write(share):
-        for record in share:
+        for i in range(0, len(share), group):
             started = time.perf_counter()
-            with engine.begin() as conn:
-                change(conn, record, int(time.time() * 1000))
+            now = int(time.time() * 1000)
+            if group == 1:
+                transaction(engine, change, share[i], now)
+            else:
+                transaction(engine, each_in_savepoint, [(change, (record, now)) for record in share[i:i + group]])
             took.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=write, args=(share,)) for share in shares]
@@ -50,8 +57,8 @@ def run(engine, records: list, writers: int) -> dict:
         t.join()
     wall = time.perf_counter() - started
     took.sort()
-    return dict(writers=writers, changes=len(records), changes_per_s=round(len(records) / wall, 1),
-                ms_per_change_p50=round(took[len(took) // 2] * 1000, 3), ms_per_change_p99=round(took[int(len(took) * 0.99)] * 1000, 3))
+    return dict(writers=writers, group=group, changes=len(records), changes_per_s=round(len(records) / wall, 1),
+                ms_per_transaction_p50=round(took[len(took) // 2] * 1000, 3), ms_per_transaction_p99=round(took[int(len(took) * 0.99)] * 1000, 3))
 
 
 def main(argv=None) -> int:
@@ -59,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--db", help="an empty database (default: SQLite in a scratch folder, WAL, synchronous=FULL)")
     p.add_argument("--changes", type=int, default=1000, help="changes per measurement (default 1000)")
     p.add_argument("--writers", type=int, default=2, help="concurrent writers of the second measurement (default 2)")
+    p.add_argument("--group", type=int, default=1, help="changes per transaction of the second measurement (default 1)")
     p.add_argument("--mix", default="typical", choices=sorted(MIXES), help="record size, as the fleet's --mix (default typical)")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
@@ -68,14 +76,14 @@ def main(argv=None) -> int:
     people = People(1, mix=MIXES[args.mix])
     run(engine, [people.person(f"warm-up-{n}") for n in range(50)], 1)  # connections opened, pages cached
     figures = []
-    for writers in (1, args.writers):
+    for writers, group in ((1, 1), (args.writers, args.group)):
         records = [people.person(f"cost-{writers}-{n}") for n in range(args.changes)]
-        figures.append(run(engine, records, writers))
+        figures.append(run(engine, records, writers, group))
     engine.dispose()
     print(f"database {engine.url.get_backend_name()}, {args.mix} records")
     for f in figures:
-        print(f"{f['writers']} writer(s): {f['changes_per_s']:,.0f} changes/s, {f['ms_per_change_p50']:.2f} ms p50, "
-              f"{f['ms_per_change_p99']:.2f} ms p99 per change transaction")
+        print(f"{f['writers']} writer(s), {f['group']} change(s) a transaction: {f['changes_per_s']:,.0f} changes/s, "
+              f"{f['ms_per_transaction_p50']:.2f} ms p50, {f['ms_per_transaction_p99']:.2f} ms p99 per transaction")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(database=engine.url.get_backend_name(), mix=args.mix, runs=figures), indent=2) + "\n")
     return 0

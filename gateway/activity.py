@@ -21,6 +21,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway.sync.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
+from gateway.store.order import visible
 from gateway.store.schema import events
 from protocol.events import EventCode, Origin
 from protocol.figures import percentile
@@ -163,11 +164,13 @@ class ActivityRead:
 def read_activity(conn, after_id: int | None, limit: int, history: int) -> ActivityRead:
     """Events stored after ``after_id`` (at most ``limit``), counted per second and type; the first
     read (``after_id`` None) starts ``history`` events back."""
-    top = conn.execute(select(func.max(events.c.id))).scalar() or 0
+    shown = visible(conn, events.c.id)  # ids are not dense on PostgreSQL: count rows, not ids
     if after_id is None:
-        after_id = max(0, top - history)
-    upto = min(top, after_id + limit)
-    if upto <= after_id:
+        back = select(events.c.id).where(*shown).order_by(events.c.id.desc()).offset(history).limit(1)
+        after_id = conn.execute(back).scalar() or 0
+    page = select(events.c.id).where(events.c.id > after_id, *shown).order_by(events.c.id).limit(limit).subquery()
+    upto = conn.execute(select(func.max(page.c.id))).scalar()
+    if upto is None:
         return ActivityRead(after_id, [], [])
     in_range = and_(events.c.id > after_id, events.c.id <= upto)
     second = events.c.recorded_ms // 1000

@@ -76,6 +76,8 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     admission: AdmissionPolicy = AdmissionPolicy.ALLOWLIST
     default_secret: Text | None = None
     sync_mode: SyncMode = SyncMode.ALL_WITH_DEVICE_UPDATES
+    events_keep_days: Annotated[int, Meta(ge=0)] = 0  # events recorded longer ago leave the online log; 0 keeps them all
+    events_export_dir: Text | None = None  # where they go first, as gzip JSON lines; unset: they are dropped
     workers: Annotated[int, Meta(ge=1, le=64)] = 1  # gateway processes sharing the ports; above 1 only on PostgreSQL
     keepalive_s: Annotated[int, Meta(gt=0)] = 30
     # Strangers and guessed secrets (gateway/native/doorman.py; docs/protocol.md, "Strangers and guessed secrets")

@@ -23,6 +23,8 @@ class Metrics:
         self.pulls = Counter("gateway_user_pulls", "Users pulled from terminals and merged", registry=r)
         self.pushes = Counter("gateway_user_pushes", "User records and deletions applied by terminals", registry=r)
         self.failures = Counter("gateway_failures", "Failures by kind", ["kind"], registry=r)
+        self.events_expired = Counter("gateway_events_expired", "Events older than the kept days removed, by action (dropped, exported)",
+                                      ["action"], registry=r)
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         # Strangers: links not authenticated yet (gateway/native/doorman.py)

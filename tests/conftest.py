@@ -55,6 +55,10 @@ class PostgresCluster:
         """Shut the server down, keeping its data: the database is "down"."""
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (``-m immediate``: no checkpoint, recovery on the next start)."""
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
     def resume(self) -> None:
         opts = f"-p {PORT} -k {self.dir} -c listen_addresses='' -c fsync=off"
         self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start")

@@ -72,7 +72,8 @@ def test_an_id_stored_again_with_other_content_keeps_both_and_is_reported(db):
     found = rows(db, "type", "terminal_event_id", "user_id", "occurred_ms")
     assert found[0] == ("ENROLL_SUCCESS", 1, "a", 1001)
     assert found[1] == (EVENT_CONFLICT, None, "b", 1008)  # the second content, whole
-    assert "event #1" in rows(db, "detail")[1][0]
+    first_id = rows(db, "id")[0][0]
+    assert f"event #{first_id} " in rows(db, "detail")[1][0]  # names the first by its stored id
     assert owed(db) == ["a", "b"]  # the conflicting event still asks for its pull
 
 

@@ -1,35 +1,16 @@
 """Peers on a real PostgreSQL server: a notification is heard once its transaction commits (never
-for a rollback, never its own sender's), and event inserts hold the commit-order lock until they commit."""
-
-import queue
-import time
+for a rollback, never its own sender's), and a user change wakes the other processes once committed."""
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.store.database import Database
-from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
 from gateway.process.peers import Listener, connect_raw
-from gateway.store.notices import CHANGES, COMMIT_ORDER_LOCK, SETTINGS, notify
-
-
-class ThreadCalls:
-    """A reactor as the listener thread sees it: calls handed over, run by the test when it asks."""
-
-    def __init__(self):
-        self.calls: queue.Queue = queue.Queue()
-
-    def callFromThread(self, f, *args, **kwargs):
-        self.calls.put((f, args, kwargs))
-
-    def run_until(self, predicate, what: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            try:
-                f, args, kwargs = self.calls.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
-            f(*args, **kwargs)
+from gateway.store import notices
+from gateway.store.notices import CHANGES, SETTINGS, notify
+from gateway.sync.users import create_user
+from protocol.records import UserRecord
+from thread_calls import ThreadCalls
 
 
 @pytest.fixture
@@ -39,13 +20,23 @@ def engine(postgres):
     engine.dispose()
 
 
-def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sender(engine):
+def listening(engine) -> tuple[Listener, ThreadCalls, list]:
+    """A started listener as another process's, once it listens; what it heard goes to the list."""
     reactor, heard, resynced = ThreadCalls(), [], []
     listener = Listener(lambda: connect_raw(engine, "test"), reactor, lambda channel, payload: heard.append((channel, payload)),
                         lambda: resynced.append(True))
     listener.start()
     try:
         reactor.run_until(lambda: resynced, "the listener listening")
+    except AssertionError:
+        listener.stop()
+        raise
+    return listener, reactor, heard
+
+
+def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sender(engine):
+    listener, reactor, heard = listening(engine)
+    try:
         with engine.connect() as conn:
             with conn.begin() as tx:
                 conn.execute(text("SELECT pg_notify(:c, 'another-process rolled back')"), dict(c=CHANGES))
@@ -62,16 +53,21 @@ def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sende
         listener.stop()
 
 
-def test_events_are_inserted_holding_the_commit_order_lock_until_commit(engine):
-    schema = Database(engine.url.render_as_string(hide_password=False), reactor=None)
-    schema.open()
-    schema.engine.dispose()
-    lock = text("SELECT pg_try_advisory_xact_lock(:a, :b)")
-    keys = dict(a=COMMIT_ORDER_LOCK[0], b=COMMIT_ORDER_LOCK[1])
-    with engine.connect() as writer, engine.connect() as other:
-        with writer.begin():
-            record_sync_events(writer, [sync_event_row(APPLIED_BY_DEVICE, 1, "u1", at_ms=0)])
-            with other.begin():
-                assert other.execute(lock, keys).scalar() is False  # no other event insert may take an id now
-        with other.begin():
-            assert other.execute(lock, keys).scalar() is True
+def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_never(engine, monkeypatch):
+    db = Database(engine.url.render_as_string(hide_password=False), reactor=None)
+    db.open()
+    other, reactor, heard = listening(engine)
+    try:
+        def change_then_fail(conn):
+            create_user(conn, UserRecord(user_id="rolled-back"), 0)
+            raise ValueError("the merge went wrong")
+
+        with pytest.raises(ValueError):
+            db.run_now(change_then_fail)
+        monkeypatch.setattr(notices, "SOURCE", "another-process")  # the listener leaves out its own process's
+        db.run_now(create_user, UserRecord(user_id="kept"), 0)
+        reactor.run_until(lambda: heard, "the committed change's wake-up")
+        assert heard == [(CHANGES, "")]
+    finally:
+        other.stop()
+        db.engine.dispose()

@@ -7,7 +7,7 @@ from twisted.internet import defer, task
 from gateway.sync.connection import UserResult
 from gateway.metrics import Metrics
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER
-from gateway.sync.pusher import FeedEntry, Pusher, request_chunks
+from gateway.sync.pusher import FeedEntry, FeedPage, Pusher, request_chunks
 from gateway.sync.syncmode import SyncMode
 from gateway.terminals import Terminal
 from protocol.messages import UserStatus
@@ -51,7 +51,7 @@ def test_terminals_at_the_same_cursor_share_one_feed_read():
     pusher.wake_all()
     assert sorted(args for args, _ in db.reads) == [(0, Pusher.scan_limit), (7, Pusher.scan_limit)]
     for _, d in db.reads:
-        d.callback([])  # nothing new: every round ends
+        d.callback(FeedPage())  # nothing new: every round ends
     pusher.wake_all()
     assert len(db.reads) == 4  # a later wake reads again
 
@@ -64,8 +64,39 @@ def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
     pusher.kick(1)  # a read of cursor 0 begins...
     pusher.wake_all()  # ...then a change is committed: terminal 2 joins a read that may miss it
     assert len(db.reads) == 1
-    db.reads[0][1].callback([])
+    db.reads[0][1].callback(FeedPage())
     assert [args for args, _ in db.reads] == [(0, Pusher.scan_limit)] * 2  # so 2 reads the feed again
+
+
+def held_back() -> FeedPage:
+    page = FeedPage()
+    page.held_back = True  # committed changes wait above the watermark (a transaction still runs below them)
+    return page
+
+
+def test_a_feed_read_held_back_by_the_watermark_is_made_again_soon():
+    db, clock = CountingDatabase(), task.Clock()
+    term = Terminal(1, connection=object())
+    registry = SimpleNamespace(terminals={1: term}, connected=lambda: [term])
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    pusher.kick(1)
+    db.reads[0][1].callback(held_back())
+    assert len(db.reads) == 1  # no wake-up will come for it: the pusher reads again on its own
+    clock.advance(Pusher.recheck_s)
+    assert len(db.reads) == 2
+    db.reads[1][1].callback(FeedPage())
+    clock.advance(Pusher.recheck_s * 10)
+    assert len(db.reads) == 2  # not held back any more: nothing until the next change
+
+
+def test_stopping_the_pusher_cancels_a_pending_read_again():
+    db, clock = CountingDatabase(), task.Clock()
+    term = Terminal(1, connection=object())
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    pusher.kick(1)
+    db.reads[0][1].callback(held_back())
+    pusher.stop()
+    assert clock.getDelayedCalls() == []
 
 
 class AnsweringTerminal:
@@ -100,7 +131,7 @@ def deliver(entries, put_status):
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL_WITH_DEVICE_UPDATES), task.Clock(), Metrics(),
                     on_local_change_kept=lambda terminal_id, users: kept.append((terminal_id, users)))
     pusher.kick(1)
-    db.reads[0][1].callback(entries)
+    db.reads[0][1].callback(FeedPage(entries))
     ((moves,),) = db.writes
     return [(row["type"], row["user_id"]) for _, _, rows in moves for row in rows], kept
 

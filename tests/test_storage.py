@@ -5,12 +5,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from gateway.store.database import DatabaseFailure
+from gateway.store.database import DatabaseFailure, insert_many, upsert
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
 from gateway.sync.puller import merge_pulled
 from gateway.sync.pusher import advance_cursors, read_feed
-from gateway.store.schema import events, metadata, pending_pulls, terminals
+from gateway.store.schema import events, metadata, pending_pulls, settings, terminals
 from gateway.sync.users import (
     UnknownUser,
     create_user,
@@ -71,7 +71,7 @@ def test_republishing_puts_every_live_user_after_every_cursor_in_the_same_order(
     feed = db.run_now(read_feed, cursor, 10)
     assert [e.user_id for e in feed] == ["a", "c"]
     assert db.run_now(last_change_seq) == feed[-1].change_seq
-    assert db.run_now(store_record, UserRecord("d"), NOW_MS) == feed[-1].change_seq + 1
+    assert db.run_now(store_record, UserRecord("d"), NOW_MS) > feed[-1].change_seq  # dense on SQLite only
 
 
 def test_server_side_edit_and_delete_go_through_the_feed(db):
@@ -128,3 +128,14 @@ def test_a_failed_transaction_is_reported_and_writes_nothing(db):
     with pytest.raises(DatabaseFailure):
         db.run_now(half_then_fail)
     assert db.run_now(load_record, "half") is None
+
+
+def test_a_batch_insert_that_breaks_a_key_fails_as_a_database_failure_and_stores_nothing(db):
+    with pytest.raises(DatabaseFailure, match="(?i)unique"):
+        db.run_now(insert_many, settings, [dict(key="k", value="1"), dict(key="k", value="2")])
+    assert db.run_now(lambda c: c.execute(select(func.count()).select_from(settings)).scalar()) == 0
+
+
+def test_an_upsert_batch_naming_one_key_twice_keeps_the_last(db):
+    db.run_now(upsert, settings, [dict(key="k", value="1"), dict(key="k", value="2")], ["key"], ["value"])
+    assert db.run_now(lambda c: c.execute(select(settings.c.value)).scalars().all()) == ["2"]

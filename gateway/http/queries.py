@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
+from gateway.store.order import highest_visible, visible
 from gateway.store.schema import events, pending_pulls, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -60,7 +61,7 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     With ``after``: the oldest events above it, oldest first (how a log is followed). Without:
     the newest events below ``before`` (or the newest of all), newest first (how one pages back).
     """
-    stmt = select(events).where(*flt.conditions())
+    stmt = select(events).where(*flt.conditions(), *visible(conn, events.c.id))  # a late commit is never paged past
     if after is not None:
         stmt = stmt.where(events.c.id > after).order_by(events.c.id)
     else:
@@ -72,7 +73,8 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
 
 
 def last_event_id(conn: Connection) -> int:
-    return conn.execute(select(func.max(events.c.id))).scalar() or 0
+    """The highest event id a follower may read now (below the watermark on PostgreSQL)."""
+    return highest_visible(conn, events.c.id)
 
 
 def _event(row) -> dict:

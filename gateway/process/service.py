@@ -27,6 +27,7 @@ from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
 from gateway.process.peers import Listener, connect_raw
 from gateway.store.notices import ADMISSIONS, CHANGES, SETTINGS, TERMINALS
+from gateway.store.retention import Retention
 from gateway.sync.puller import Puller
 from gateway.sync.pusher import Pusher
 from gateway.http.queries import sync_state
@@ -79,6 +80,7 @@ class Gateway:
         self.reconciler = Reconciler(self.db, self.registry, self.settings, self.clock, self.metrics, self.puller.owe)
         self.users = UserDirectory(self.db, self.clock, self._wake_pushes)
         self.activity = Activity(self.db, self.clock)
+        self.retention = Retention(self.db, self.clock, self.metrics, config.events_keep_days, config.events_export_dir)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
         self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
             max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
@@ -129,6 +131,7 @@ class Gateway:
             serving.start()
         if not self.config.http_process:  # else the API process keeps the figures
             self.activity.start()
+        self.retention.start()
 
     def listen_http(self, factory):
         """The public HTTP port, bound as the terminal port is (shared among workers)."""
@@ -146,6 +149,7 @@ class Gateway:
         if self._sweep.running:
             self._sweep.stop()
         self.activity.stop()
+        self.retention.stop()
         self.accept_watch.stop()
         self.reconciler.stop()
         self.puller.stop()

@@ -1,16 +1,17 @@
 """What a committing transaction tells other gateway processes on the same PostgreSQL database,
 and the order transactions that insert events commit in.
 
-A commit that changes users, the sync mode or a terminal's admission sends a notification
-(``pg_notify`` inside the same transaction, so PostgreSQL delivers it on commit and never for a
-rollback); so does a process that took a terminal's newer connection (gateway/process/claims.py).
-Other processes hear them through gateway/process/peers.py.
+A commit that changes the sync mode or a terminal's admission sends a notification (``pg_notify``
+inside the same transaction, so PostgreSQL delivers it on commit and never for a rollback); so
+does a process that took a terminal's newer connection (gateway/process/claims.py). Other
+processes hear them through gateway/process/peers.py.
 
-Event ids follow commit order: every transaction that inserts events takes one
-transaction-level advisory lock first (``take_commit_turn``), so on PostgreSQL no event id is
-handed out while a transaction holding a lower one is still open, and a reader that follows ids
-(the live event stream, the page's figures) never skips an event committed late. SQLite has one
-writer, whose ids are in commit order already.
+A commit that changes users notifies *after* it committed (``notify_after_commit``), in a
+transaction of its own that does not wait for the WAL flush: PostgreSQL serialises every
+notifying transaction on one lock held through its commit, so a notification inside each change
+would make change writers wait on each other's WAL flush again. It is only a wake-up: one lost to
+a crash between the two commits is made good by the next change, and readers never rely on it
+for order (gateway/store/order.py).
 """
 
 import os
@@ -29,7 +30,7 @@ CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS)
 # worker with a reused pid is still another sender).
 SOURCE = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
 
-COMMIT_ORDER_LOCK = (0x6777, 0)  # pg_advisory_xact_lock keys: "gw", and 0 (terminal claims use 1)
+_AFTER_COMMIT = "gateway_notify_after_commit"  # connection.info: channels to notify once this transaction committed
 
 
 def notify(conn, channel: str, payload: str = "") -> None:
@@ -38,11 +39,21 @@ def notify(conn, channel: str, payload: str = "") -> None:
         conn.execute(text("SELECT pg_notify(:channel, :payload)"), dict(channel=channel, payload=f"{SOURCE} {payload}"))
 
 
-def take_commit_turn(conn) -> None:
-    """Hold the commit-order lock until this transaction ends: event ids then follow commit order.
-
-    Taken just before the events are inserted, and also before the change counter is taken
-    (``next_change_seq``), so every transaction takes the two in the same order.
-    """
+def notify_after_commit(conn, channel: str) -> None:
+    """Tell the other processes once this transaction has committed (``send_owed``), outside it."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), dict(a=COMMIT_ORDER_LOCK[0], b=COMMIT_ORDER_LOCK[1]))
+        conn.info.setdefault(_AFTER_COMMIT, set()).add(channel)
+
+
+def owed_notices(conn) -> set[str]:
+    """The channels this transaction owes a notification, forgotten here (before it commits or rolls back)."""
+    return conn.info.pop(_AFTER_COMMIT, set())
+
+
+def send_owed(engine, channels: set[str]) -> None:
+    """Notify ``channels`` in a transaction that need not reach the disk: a lost wake-up costs nothing."""
+    if channels:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL synchronous_commit TO off"))
+            for channel in sorted(channels):
+                notify(conn, channel)

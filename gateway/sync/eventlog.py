@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, upsert
 from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
-from gateway.store.notices import take_commit_turn
+from gateway.store.order import keyed
 from gateway.store.schema import events, pending_pulls, terminals
 from gateway.sync.changes import NOT_PULLED, RULES, TERMINAL_DELETE
 from gateway.sync.history import TERMINAL, noted, record_history
@@ -416,10 +416,8 @@ def _store(conn, batch: list[_Submission], failure_rows: list[dict], recorded: i
             state = logs.get(sub.terminal_id) or current_log(conn, sub.terminal_id)
             logs[sub.terminal_id] = _store_submission(conn, sub, state, recorded, rows, anomalies)
         pulls += [dict(terminal_id=sub.terminal_id, user_id=u, since_ms=recorded) for u in sub.users_to_pull()]
-    if rows:
-        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/process/peers.py)
     history = [row.pop("history") for row in rows if "history" in row]
-    insert_ignoring_duplicates(conn, events, rows)
+    insert_ignoring_duplicates(conn, events, keyed(conn, rows))
     record_history(conn, history)
     # A newer edit re-dates an owed pull, so a pull already under way does not settle it.
     upsert(conn, pending_pulls, pulls, key=["terminal_id", "user_id"], update=["since_ms"])

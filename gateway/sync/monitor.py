@@ -7,7 +7,7 @@ live stream show both.
 from sqlalchemy.engine import Connection
 
 from gateway.store.database import insert_many
-from gateway.store.notices import take_commit_turn
+from gateway.store.order import keyed
 from gateway.store.schema import events
 
 SAVED_FROM_DEVICE = "User update succeeded (Device)"
@@ -65,5 +65,4 @@ def sync_event_row(type_: str, terminal_id: int | None, user_id: str, detail: st
 
 def record_sync_events(conn: Connection, rows: list[dict]) -> None:
     if rows:
-        take_commit_turn(conn)  # event ids follow commit order across processes (gateway/process/peers.py)
-        insert_many(conn, events, rows)
+        insert_many(conn, events, keyed(conn, rows))

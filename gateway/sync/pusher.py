@@ -4,6 +4,10 @@ For each terminal it reads the users changed after the terminal's cursor, keeps 
 mode targets at that terminal, sends them (PUT_USERS, DELETE_USERS for server-side deletions)
 and moves the cursor only after the terminal acknowledged them. Ten edits of a user while a
 terminal was away are one row in the feed, so they reach it as one record.
+
+On PostgreSQL a read sees the feed only below the watermark (gateway/store/order.py). A change
+that committed above it, behind a transaction still running, is read again shortly: its own
+wake-up came while it was hidden, and the transaction holding it back may wake nobody.
 """
 
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.quietlog import Tally
+from gateway.store.order import below_watermark
 from gateway.store.schema import terminals, users
 from gateway.sync.syncmode import parse_groups
 from protocol.messages import UserStatus
@@ -31,9 +36,17 @@ class FeedEntry:
     holder_terminal: int | None
 
 
+class FeedPage(list):
+    """Feed entries in change order; ``held_back``: changes already committed lie beyond them,
+    above the watermark, for a later read."""
+
+    held_back = False
+
+
 class Pusher:
     scan_limit = 256  # feed rows read per round
     batch_users = 64  # users per PUT_USERS or DELETE_USERS
+    recheck_s = 0.05  # a read held back by the watermark is made again after this
 
     def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
                  commit_with=None):
@@ -54,11 +67,15 @@ class Pusher:
         self._moving_cursors = False
         self._feed_reads: dict[int, tuple[int, list[defer.Deferred]]] = {}  # cursor -> (wake it began in, waiters)
         self._wakes = 0  # wake_all calls so far: each follows a committed change
+        self._rechecks: dict[int, object] = {}  # terminal -> the delayed call reading its held-back feed again
         # A storm is thousands of acknowledged pushes a second: one INFO line a second, DEBUG for each.
         self._applied = Tally(log, clock, "{changes} user changes applied by {terminals} terminals in the last {period:g} s")
 
     def stop(self) -> None:
         self._applied.stop()
+        for call in self._rechecks.values():
+            call.cancel()
+        self._rechecks.clear()
 
     def wake_all(self) -> None:
         self._wakes += 1
@@ -103,7 +120,13 @@ class Pusher:
             else:
                 waiter.callback(result)
 
-    def _deliver(self, entries: list[FeedEntry], term, connection):
+    def _recheck(self, terminal_id: int) -> None:
+        self._rechecks.pop(terminal_id, None)
+        self.kick(terminal_id)
+
+    def _deliver(self, entries: FeedPage, term, connection):
+        if entries.held_back and term.terminal_id not in self._rechecks:
+            self._rechecks[term.terminal_id] = self._clock.callLater(self.recheck_s, self._recheck, term.terminal_id)
         if not entries:
             return False
         mode = self._settings.mode
@@ -228,14 +251,23 @@ def request_chunks(records: list[bytes], limit: int, max_users: int):
         yield chunk
 
 
-def read_feed(conn, cursor: int, limit: int) -> list[FeedEntry]:
+def read_feed(conn, cursor: int, limit: int) -> FeedPage:
+    """Up to ``limit`` changes after ``cursor``: those below the watermark, read in the same
+    statement (the same snapshot) as the flag that says whether committed ones lie above it."""
     stmt = (
-        select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups, users.c.holder_terminal)
+        select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups, users.c.holder_terminal,
+               below_watermark(conn, users.c.change_seq))
         .where(users.c.change_seq > cursor)
         .order_by(users.c.change_seq)
         .limit(limit)
     )
-    return [FeedEntry(r[0], r[1], r[2], parse_groups(r[3]), r[4]) for r in conn.execute(stmt)]
+    page = FeedPage()
+    for r in conn.execute(stmt):
+        if not r[5]:
+            page.held_back = True
+            break
+        page.append(FeedEntry(r[0], r[1], r[2], parse_groups(r[3]), r[4]))
+    return page
 
 
 # One statement for every cursor move of a group commit, executed with many parameter sets.

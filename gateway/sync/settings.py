@@ -7,11 +7,12 @@ at the next push). When a mode that pulls begins, every such change logged since
 becomes an owed pull, so none stays pending with no one owing it (docs/architecture.md).
 """
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from twisted.logger import Logger
 
 from gateway.store.database import insert_ignoring_duplicates, upsert
 from gateway.store.notices import SETTINGS, notify
+from gateway.store.order import highest_visible
 from gateway.store.schema import events, pending_pulls, settings
 from gateway.sync.syncmode import SyncMode
 from gateway.sync.users import republish_users
@@ -105,7 +106,7 @@ def _store_mode(conn, mode: SyncMode, old: SyncMode | None, at_ms: int) -> tuple
     republished = republish_users(conn) if old is not None and mode.widens(old) else 0
     owed = 0
     if not mode.pulls_device_updates and (old is None or old.pulls_device_updates):
-        last = conn.execute(select(func.max(events.c.id))).scalar() or 0
+        last = highest_visible(conn, events.c.id)  # below the watermark: an event committing late is still owed its pull
         upsert(conn, settings, [dict(key=UNPULLED_AFTER_KEY, value=str(last))], key=["key"], update=["value"])
     elif mode.pulls_device_updates and old is not None and not old.pulls_device_updates:
         owed = _owe_unpulled_changes(conn, at_ms)

@@ -1,18 +1,21 @@
 """The server's user directory: stored records, the changes feed they form, and the service API
 for server-side edits.
 
-Every committed change of a user takes the next value of one global change sequence
-(``users.change_seq``); a terminal's cursor is the highest value it has applied. Deleting a user
+Every committed change of a user takes the next key of the changes feed (``users.change_seq``,
+ordered as gateway/store/order.py says: a counter row on SQLite, the transaction's own keys on
+PostgreSQL, where change writers never wait for each other); a terminal's cursor is the highest
+key it has applied. Deleting a user
 on the server leaves a tombstone (``record`` is NULL) so the deletion reaches terminals too.
 """
 
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection
 
 from gateway.store.database import insert_ignoring_duplicates, upsert
-from gateway.store.notices import CHANGES, notify, take_commit_turn
+from gateway.store.notices import CHANGES, notify_after_commit
+from gateway.store.order import draw_keys, highest_visible, ordered
 from gateway.store.schema import counters, users
 from gateway.sync.changes import OPERATOR, SET, FieldChange, record_changes
 from gateway.sync.history import API, USER, history_row, record_history
@@ -61,10 +64,11 @@ class Members:
 
 
 def next_change_seq(conn: Connection) -> int:
-    """Take the next value of the global change sequence inside the caller's transaction; other
-    gateway processes hear of the change when it commits."""
-    take_commit_turn(conn)
-    notify(conn, CHANGES)
+    """Take the next key of the changes feed inside the caller's transaction; other gateway
+    processes hear of the change once it committed."""
+    notify_after_commit(conn, CHANGES)
+    if ordered(conn):
+        return draw_keys(conn, 1)[0]
     insert_ignoring_duplicates(conn, counters, [dict(name=CHANGE_SEQ, value=0)])
     stmt = update(counters).where(counters.c.name == CHANGE_SEQ).values(value=counters.c.value + 1)
     conn.execute(stmt)
@@ -72,6 +76,9 @@ def next_change_seq(conn: Connection) -> int:
 
 
 def last_change_seq(conn: Connection) -> int:
+    """The highest change a follower may read now (below the watermark on PostgreSQL)."""
+    if ordered(conn):
+        return highest_visible(conn, users.c.change_seq)
     return conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
 
 
@@ -83,6 +90,8 @@ def republish_users(conn: Connection) -> int:
     past the users it was meant to resend. Returns how many users were republished.
     """
     live = users.c.record.is_not(None)
+    if ordered(conn):
+        return _rekey_live_users(conn)
     base = last_change_seq(conn)
     top = conn.execute(select(func.max(users.c.change_seq)).where(live)).scalar()
     if top is None:
@@ -90,6 +99,18 @@ def republish_users(conn: Connection) -> int:
     done = conn.execute(update(users).where(live).values(change_seq=users.c.change_seq + base))
     conn.execute(update(counters).where(counters.c.name == CHANGE_SEQ).values(value=base + top))
     return done.rowcount
+
+
+def _rekey_live_users(conn: Connection) -> int:
+    """PostgreSQL's republish: every live user takes a new key of this transaction, in their old order."""
+    count = conn.execute(select(func.count()).where(users.c.record.is_not(None))).scalar()
+    if not count:
+        return 0
+    first = draw_keys(conn, count)[0]
+    conn.execute(text(
+        "UPDATE users SET change_seq = :first + ranked.n FROM (SELECT user_id, row_number() OVER (ORDER BY change_seq) - 1 AS n"
+        " FROM users WHERE record IS NOT NULL) AS ranked WHERE users.user_id = ranked.user_id"), dict(first=first))
+    return count
 
 
 def load_record(conn: Connection, user_id: str) -> UserRecord | None:

@@ -25,8 +25,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api_token import token_path
-from gateway.store.schema import counters, events, pending_pulls, terminals
-from gateway.sync.users import CHANGE_SEQ
+from gateway.store.schema import events, pending_pulls, terminals
+from gateway.sync.users import last_change_seq
 from protocol.figures import percentiles
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
@@ -81,7 +81,7 @@ def caught_up(engine: Engine, terminal_ids: list[int]) -> bool:
     with engine.connect() as conn:
         if conn.execute(select(func.count()).select_from(pending_pulls)).scalar():
             return False
-        last = conn.execute(select(counters.c.value).where(counters.c.name == CHANGE_SEQ)).scalar() or 0
+        last = last_change_seq(conn)
         behind = select(func.count()).where(terminals.c.terminal_id.in_(terminal_ids), terminals.c.cursor < last)
         return conn.execute(behind).scalar() == 0
 

@@ -1,0 +1,135 @@
+"""What a big event log costs: ingest and the API's event queries on an empty PostgreSQL events
+table, then after ``--events`` rows (10^7 by default) were added in bulk.
+
+The rows are made by the database itself (``INSERT ... SELECT generate_series``, keyed as the
+gateway keys them, gateway/store/order.py), a few million a transaction, then ANALYZEd: minutes,
+not the hours a fleet would take. Ingest is the event log's own group-commit work
+(``gateway.sync.eventlog._store``: batches of ``--batch`` events from 200 terminals, with the
+once-only check of resends); the queries are ``/api/events``'s (``read_events``): the newest
+page, by type, by user, by terminal, and a follower's ``after``.
+
+    python benchmarks/big_log.py --db postgresql://...                 # 10^7 events
+    python benchmarks/big_log.py --db postgresql://... --events 1000000
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from gateway.http.queries import EVERYTHING, EventFilter, read_events
+from gateway.store.database import make_engine, migrate, transaction
+from gateway.store.order import ROWS_PER_TRANSACTION
+from gateway.sync.eventlog import _store, _Submission
+from protocol.events import Event, EventCode, Origin
+
+TERMINALS = 200
+PER_TRANSACTION = min(2_000_000, ROWS_PER_TRANSACTION)
+START_MS = 1_700_000_000_000
+
+# Mostly verifications at the door, a few enrolments and server updates: as a site's log reads.
+BULK = text(f"""
+INSERT INTO events (id, terminal_id, terminal_event_id, log_epoch, type, code, sub_code, user_id, occurred_ms, recorded_ms, detail)
+SELECT (pg_current_xact_id()::text::bigint << 22) + (g - :first),
+       g % {TERMINALS} + 1, g / {TERMINALS} + 1, 1,  -- log 1: apart from the ingest measurements' log 0
+       CASE WHEN g % 50 = 0 THEN 'ENROLL_SUCCESS' WHEN g % 50 = 1 THEN 'User update succeeded (Server)' ELSE 'VERIFY_SUCCESS' END,
+       CASE WHEN g % 50 = 1 THEN NULL ELSE 1 END, 2,
+       'u' || (g % 100000), :start + g * 3, :start + g * 3, NULL
+FROM generate_series(:first, :last) AS g
+""")
+
+
+def build(engine, count: int) -> float:
+    """Add ``count`` events; seconds it took."""
+    started = time.perf_counter()
+    for first in range(0, count, PER_TRANSACTION):
+        with engine.begin() as conn:
+            conn.execute(BULK, dict(first=first, last=min(count, first + PER_TRANSACTION) - 1, start=START_MS))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE events"))
+    return time.perf_counter() - started
+
+
+def ingest(engine, batches: int, batch: int, first_id: int) -> dict:
+    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals."""
+    took = []
+    per_terminal = max(1, batch // TERMINALS)
+    next_id = {t: first_id for t in range(1, TERMINALS + 1)}
+    logs: dict = {}  # each terminal's log as the event log keeps it in memory: no lookups for new events
+    for _ in range(batches):
+        subs = []
+        for t in range(1, TERMINALS + 1):
+            evs = [Event(next_id[t] + n, START_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, f"u{t}") for n in range(per_terminal)]
+            next_id[t] += per_terminal
+            subs.append(_Submission(t, evs, pull_users=False))
+        started = time.perf_counter()
+        logs, _ = transaction(engine, _store, subs, [], START_MS, logs)
+        took.append(time.perf_counter() - started)
+    total = batches * per_terminal * TERMINALS
+    return dict(events_per_s=round(total / sum(took)), commit_ms_p99=ms(took, 99))
+
+
+def queries(engine, rounds: int) -> dict:
+    """p50 and p99 of the API's event queries, each asked ``rounds`` times."""
+    with engine.connect() as conn:
+        recent = conn.execute(text("SELECT max(id) FROM events")).scalar() or 0
+    asked = {
+        "newest": (EVERYTHING, None),
+        "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
+        "by_user": (EventFilter(user_id="u4242"), None),
+        "by_terminal": (EventFilter(terminal_id=7), None),
+        "after": (EVERYTHING, max(0, recent - 1000)),
+    }
+    figures = {}
+    everything = []
+    for name, (flt, after) in asked.items():
+        took = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            with engine.connect() as conn:
+                read_events(conn, flt, after, None, 100)
+            took.append(time.perf_counter() - started)
+        figures[name] = dict(p50_ms=ms(took, 50), p99_ms=ms(took, 99))
+        everything += took
+    figures["all"] = dict(p50_ms=ms(everything, 50), p99_ms=ms(everything, 99))
+    return figures
+
+
+def ms(took: list[float], p: int) -> float:
+    ordered = sorted(took)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] * 1000, 2)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", required=True, help="an empty PostgreSQL database")
+    p.add_argument("--events", type=int, default=10_000_000, help="events to add (default 10^7)")
+    p.add_argument("--batch", type=int, default=2000, help="events per group commit of the ingest measurement (default 2000)")
+    p.add_argument("--batches", type=int, default=30, help="group commits per ingest measurement (default 30)")
+    p.add_argument("--rounds", type=int, default=50, help="times each query is asked (default 50)")
+    p.add_argument("--json", help="write the figures here too")
+    args = p.parse_args(argv)
+    engine = make_engine(args.db)
+    if engine.dialect.name != "postgresql":
+        p.error("--db must be a PostgreSQL database (the bulk build is generate_series)")
+    migrate(engine)
+    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1), queries=queries(engine, args.rounds))
+    built_s = build(engine, args.events)
+    # New events go above the bulk's ids, as a live site's would.
+    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events), queries=queries(engine, args.rounds))
+    engine.dispose()
+    print(f"built {args.events:,} events in {built_s:.0f} s")
+    print(f"{'':14} {'empty':>12} {'full':>12} {'ratio':>7}")
+    rows = [("ingest ev/s", empty["ingest"]["events_per_s"], full["ingest"]["events_per_s"])]
+    rows += [(f"{name} p99 ms", empty["queries"][name]["p99_ms"], full["queries"][name]["p99_ms"]) for name in empty["queries"]]
+    for name, before, after in rows:
+        print(f"{name:14} {before:>12,} {after:>12,} {after / before if before else float('nan'):>7.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(events=args.events, built_s=round(built_s), empty=empty, full=full), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

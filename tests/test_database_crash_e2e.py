@@ -1,0 +1,62 @@
+"""End to end: PostgreSQL crashes (``pg_ctl stop -m immediate``) and restarts in the middle of an
+enrolment storm served by two gateway worker processes.
+
+What a person sees: `Fail to save to the server DB` while the server is down; then, with nobody
+restarting anything, every terminal served again, every event stored exactly once and every
+terminal holding every user as the server has it.
+"""
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from twisted.internet import defer, reactor
+
+from gateway.store.schema import events
+from gateway.sync.monitor import SAVE_FAILED
+from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
+from simulator.tcp import DialingTerminal
+from simulator.terminal import Terminal
+from test_workers_e2e import TOKEN, holders
+from tools.loadtest.gateway_process import GatewayProcess
+
+
+class DatabaseCrashTests(LiveTestCase):
+    timeout = 300
+
+    @pytest.fixture(autouse=True)
+    def _cluster(self, own_postgres, _pytest_tmp_path_and_database):
+        self.cluster = own_postgres
+        self.db_url = own_postgres.new_database()
+
+    @defer.inlineCallbacks
+    def test_a_crash_mid_storm_loses_nothing_stores_nothing_twice_and_every_process_recovers_alone(self):
+        ids = list(range(701, 707))
+        config = self.tmp_path / "gateway.toml"
+        config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n'
+                          + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "{secret_of(t)}"\n' for t in ids))
+        gateway = GatewayProcess(self.tmp_path, self.db_url, config_file=config, workers=2)
+        self.addCleanup(gateway.stop)
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        terminals = {t: Terminal(t, secret_of(t)) for t in ids}
+        for terminal in terminals.values():
+            link = DialingTerminal(terminal, reactor, "127.0.0.1", gateway.tcp_port).start()
+            self.addCleanup(link.go_offline)
+        engine = create_engine(self.db_url, pool_pre_ping=True)
+        self.addCleanup(engine.dispose)
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served by a worker", timeout=60)
+        workers = gateway.worker_pids()
+
+        storm = KeypadStorm(terminals, 30, seed=13)
+        storm_done = storm.start(self)
+        yield wait_until(storm.held, "two thirds of the storm enrolled", timeout=60)
+        self.cluster.crash()
+        storm.release()  # the last third is enrolled while the server is down
+        yield wait_until(lambda: SAVE_FAILED in gateway.log_path.read_text(), "the outage visible in the gateway's log", timeout=60)
+        self.cluster.resume()
+        yield storm_done
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served again", timeout=90)
+        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=120)
+        storm.check_stored(self, engine)  # 0 lost, 0 stored twice, every terminal as the server
+        self.assertEqual(sorted(gateway.worker_pids()), sorted(workers), "the workers recovered without a restart")
+        with engine.connect() as conn:
+            failed = conn.execute(select(func.count()).where(events.c.type == SAVE_FAILED)).scalar()
+        self.assertGreaterEqual(failed, 1, "the outage's failures are stored once the server is back")

@@ -1,0 +1,100 @@
+"""Retention on real SQLite files and a real PostgreSQL server: events older than the kept days
+leave the log, exported first when the operator asked; while terminals stream, nothing else moves."""
+
+import gzip
+import json
+
+from sqlalchemy import func, select
+from twisted.internet import defer, task
+
+from gateway.metrics import Metrics
+from gateway.store.retention import DAY_MS, Retention, expire_batch
+from gateway.store.schema import events
+from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
+from live_site import KeypadStorm, LiveTestCase, Site, wait_until
+
+NOW_MS = 1_700_000_000_000
+
+
+def store(db, user_ids, at_ms: int) -> None:
+    db.run_now(record_sync_events, [sync_event_row(APPLIED_BY_DEVICE, 1, u, at_ms=at_ms) for u in user_ids])
+
+
+def stored_users(db) -> list[str]:
+    return db.run_now(lambda conn: list(conn.execute(select(events.c.user_id).order_by(events.c.id)).scalars()))
+
+
+def exported(folder) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl.gz")) for line in gzip.open(path).read().splitlines()]
+
+
+class NowDatabase:
+    """Database.write's contract, run at once on the calling thread."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def write(self, work, *args):
+        return defer.maybeDeferred(self.db.run_now, work, *args)
+
+
+def test_events_older_than_the_cutoff_are_exported_then_deleted_and_newer_ones_stay(db, tmp_path):
+    store(db, ["old-1", "old-2"], NOW_MS - 400 * DAY_MS)
+    store(db, ["new"], NOW_MS)
+    assert db.run_now(expire_batch, NOW_MS - 365 * DAY_MS, 100, str(tmp_path / "archive")) == 2
+    assert stored_users(db) == ["new"]
+    assert [(e["user_id"], e["type"], e["recorded_ms"]) for e in exported(tmp_path / "archive")] == [
+        ("old-1", APPLIED_BY_DEVICE, NOW_MS - 400 * DAY_MS), ("old-2", APPLIED_BY_DEVICE, NOW_MS - 400 * DAY_MS)]
+
+
+def test_without_an_export_folder_old_events_are_dropped_in_batches(db):
+    store(db, [f"old-{n}" for n in range(7)], NOW_MS - 400 * DAY_MS)
+    metrics, clock = Metrics(), task.Clock()
+    clock.advance(NOW_MS / 1000)
+    retention = Retention(NowDatabase(db), clock, metrics, keep_days=365, export_dir=None)
+    retention.batch = 3
+    gone = []
+    retention.run().addCallback(gone.append)
+    assert gone == [7] and stored_users(db) == []
+    assert metrics.registry.get_sample_value("gateway_events_expired_total", {"action": "dropped"}) == 7
+
+
+def test_an_export_that_cannot_be_written_removes_nothing_and_says_so(db, tmp_path):
+    store(db, ["old"], NOW_MS - 400 * DAY_MS)
+    (tmp_path / "a-file").write_text("not a folder")
+    metrics, clock = Metrics(), task.Clock()
+    clock.advance(NOW_MS / 1000)
+    retention = Retention(NowDatabase(db), clock, metrics, keep_days=365, export_dir=str(tmp_path / "a-file"))
+    gone = []
+    retention.run().addCallback(gone.append)
+    assert gone == [0] and stored_users(db) == ["old"]
+    assert metrics.registry.get_sample_value("gateway_failures_total", {"kind": "retention"}) == 1
+
+
+class RetentionWhileStreamingTests(LiveTestCase):
+    backend = "postgresql"
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_old_events_go_while_terminals_stream_and_every_new_event_stays_stored_once(self):
+        site = Site(self.db_url, events_export_dir=str(self.tmp_path / "archive"))  # no retention at start...
+        old_ms = int(site.gateway.clock.seconds() * 1000) - 400 * DAY_MS
+        site.gateway.db.open()
+        store(site.gateway.db, [f"old-{n}" for n in range(2500)], old_ms)  # a year ago, before anything streams
+        site.start()
+        self.addCleanup(site.stop)
+        yield wait_until(site.online, "all terminals online")
+        storm = KeypadStorm(site.terminals, 15, seed=3)
+        storm_done = storm.start(self)
+        yield wait_until(storm.held, "two thirds of the storm enrolled", timeout=60)
+        site.gateway.retention.keep_days = 365  # ...its run comes mid-storm
+        site.gateway.retention.batch = 1000  # several transactions, between the storm's commits
+        gone = yield site.gateway.retention.run()
+        storm.release()
+        yield storm_done
+        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=60)
+        self.assertEqual(gone, 2500)
+        self.assertEqual(len(exported(self.tmp_path / "archive")), 2500)
+        self.assertEqual(site.count_events(recorded_ms=old_ms), 0)
+        storm.check_stored(self, site.gateway.db.engine)
+        self.assertGreater(site.gateway.db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events)).scalar()), 0)
