@@ -3,14 +3,14 @@ writing transaction's key, so the id column's own sequence default goes, and an 
 forgets the key fails instead of slipping an id below a follower's position. SQLite keeps its
 counter. The ``counters`` row stays: SQLite's change counter.
 
-Revision ID: 0004_pg_order
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from alembic import op
 
-revision = "0004_pg_order"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
