@@ -28,8 +28,8 @@ from gateway.sync.monitor import (
     record_sync_events,
     sync_event_row,
 )
-from gateway.store.schema import events, pending_pulls, users
-from gateway.sync.users import store_record
+from gateway.store.schema import events, pending_pulls
+from gateway.sync.users import Stored, store_record, stored_users
 from protocol.errors import ProtocolError
 from protocol.events import EventCode, Origin
 from protocol.records import MAX_CARDS, UserRecord, UserRecordWire
@@ -221,8 +221,9 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
     record the terminal can hold (``merge.merge_reasons``).
     """
     rows, history, saved, corrections = [], [], [], {}
+    stored = stored_users(conn, [r.user_id for r in records] + missing)
     for record in records:
-        found = conn.execute(select(users.c.record, users.c.updated_ms).where(users.c.user_id == record.user_id)).first()
+        found = stored.get(record.user_id)
         if found is not None and found.record is None and not _enrolled_since(conn, terminal_id, record.user_id, found.updated_ms):
             # Deleted on the server while this terminal's keypad edited it: the server's delete wins.
             corrections[record.user_id] = None
@@ -240,6 +241,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
                                        f"the server's record already holds {len(server.cards)} of at most {MAX_CARDS}", at_ms=at_ms))
         if merged != server:
             seq = store_record(conn, merged, at_ms, holder_terminal=terminal_id if merged == record else None)
+            stored[record.user_id] = Stored(UserRecordWire.build(merged), at_ms)  # a second copy of one user merges over the first
             saved.append(record.user_id)
             rows.append(sync_event_row(SAVED_FROM_DEVICE, terminal_id, record.user_id, summary(changes), at_ms=at_ms))
             history.append(history_row(record.user_id, TERMINAL, changes, at_ms, change_seq=seq, terminal_id=terminal_id))
@@ -252,7 +254,7 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
             if changes:
                 history.append(history_row(record.user_id, TERMINAL, changes, at_ms, terminal_id=terminal_id))
     for user_id in missing:
-        found = conn.execute(select(users.c.record).where(users.c.user_id == user_id)).first()
+        found = stored.get(user_id)
         if found is None:
             rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, user_id, "keypad enrolment lost: the user was deleted at "
                                        "the terminal before the gateway fetched it, and the server never had it", at_ms=at_ms))

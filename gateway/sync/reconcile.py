@@ -37,7 +37,7 @@ from gateway.sync.puller import owed_pulls
 from gateway.sync.pusher import delivery_rows, request_chunks
 from gateway.store.schema import events, users
 from gateway.sync.syncmode import parse_groups
-from gateway.sync.users import last_change_seq
+from gateway.sync.users import last_change_seq, stored_users
 from protocol.events import EventCode, Origin
 from protocol.records import record_digest
 
@@ -214,8 +214,8 @@ class Reconciler:
         # A terminal that holds part of a record (ZK) digests that part: compare it with the part
         # of the server's record it would hold, and say nothing where that is what it holds.
         if differing or missing:
-            records = yield self._db.read(_records, differing + missing)
-            alike = {u for u, record in records.items() if connection.digest_of(record) == held.get(u)}
+            records = yield self._db.read(stored_users, differing + missing)
+            alike = {u for u, row in records.items() if row.record is not None and connection.digest_of(row.record) == held.get(u)}
             differing = [u for u in differing if u not in alike]
             missing = [u for u in missing if u not in alike]
         # What a person did at this terminal's keypad last is theirs: a delete stays deleted, a
@@ -350,14 +350,6 @@ def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, st
             if row.user_id not in last or row.id > last[row.user_id][0]:
                 last[row.user_id] = (row.id, row.type, row.sub_code)
     return {user_id: type_ for user_id, (_, type_, sub_code) in last.items() if sub_code == Origin.DEVICE}
-
-
-def _records(conn, user_ids: list[str]) -> dict[str, bytes]:
-    found = {}
-    for i in range(0, len(user_ids), 500):
-        stmt = select(users.c.user_id, users.c.record).where(users.c.user_id.in_(user_ids[i:i + 500]), users.c.record.is_not(None))
-        found.update((r.user_id, r.record) for r in conn.execute(stmt))
-    return found
 
 
 def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:

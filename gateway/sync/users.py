@@ -119,6 +119,25 @@ def load_record(conn: Connection, user_id: str) -> UserRecord | None:
     return UserRecordWire.parse(blob) if blob is not None else None
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A user's row as the server holds it: its record's wire bytes (None: a tombstone) and when
+    it last changed."""
+
+    record: bytes | None
+    updated_ms: int
+
+
+def stored_users(conn: Connection, user_ids: list[str]) -> dict[str, Stored]:
+    """The rows of these users the server holds (tombstones included), read in a few queries
+    rather than one per user: a pull or a comparison asks for hundreds at a time."""
+    found = {}
+    for i in range(0, len(user_ids), 500):
+        stmt = select(users.c.user_id, users.c.record, users.c.updated_ms).where(users.c.user_id.in_(user_ids[i:i + 500]))
+        found.update((row.user_id, Stored(row.record, row.updated_ms)) for row in conn.execute(stmt))
+    return found
+
+
 def store_record(conn: Connection, record: UserRecord, at_ms: int, holder_terminal: int | None = None) -> int:
     """Save a new version of a user as the next change, made at ``at_ms``; return its change sequence number."""
     seq = next_change_seq(conn)
