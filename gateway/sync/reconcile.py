@@ -191,51 +191,18 @@ class Reconciler:
             return self._keep(term.terminal_id, found)
         server = yield self._server_users()
         owed = set((yield self._db.read(owed_pulls, term.terminal_id)))
-        differing, missing, delete, pull = [], [], [], []
-        for user_id in sorted(set(server) | set(held)):
-            if user_id in owed:
-                continue  # a keypad change is being pulled
-            mine = server.get(user_id)
-            if mine is not None and mine.change_seq > cursor:
-                continue  # the pusher is delivering it
-            found.compared += 1
-            targeted = mine is not None and mine.digest is not None and mode.targets(mine.access_groups, term.access_groups)
-            if targeted and held.get(user_id) != mine.digest:
-                (differing if user_id in held else missing).append(user_id)
-            elif user_id in held and not targeted:
-                if mine is not None and mine.digest is None:
-                    delete.append(user_id)
-                elif mine is not None:
-                    found.differences[user_id] = NOT_TARGETED
-                elif mode.pulls_device_updates:
-                    pull.append(user_id)
-                else:
-                    found.differences[user_id] = ONLY_ON_TERMINAL
-        # A terminal that holds part of a record (ZK) digests that part: compare it with the part
-        # of the server's record it would hold, and say nothing where that is what it holds.
-        if differing or missing:
-            records = yield self._db.read(stored_users, differing + missing)
+        first = compare(server, held, owed, cursor, lambda groups: mode.targets(groups, term.access_groups), mode.pulls_device_updates)
+        found.compared += first.compared
+        found.differences.update(first.differences)
+        # A terminal that holds part of a record (ZK) digests that part: what it holds may be
+        # just the part of the server's record it would hold.
+        alike: set[str] = set()
+        if first.differing or first.missing:
+            records = yield self._db.read(stored_users, first.differing + first.missing)
             alike = {u for u, row in records.items() if row.record is not None and connection.digest_of(row.record) == held.get(u)}
-            differing = [u for u in differing if u not in alike]
-            missing = [u for u in missing if u not in alike]
-        # What a person did at this terminal's keypad last is theirs: a delete stays deleted, a
-        # change is pulled where the mode pulls and left as it is where it does not.
-        at_keypad = yield self._db.read(_keypad_changes, term.terminal_id, missing + differing + delete)
-        push = []
-        for user_id in missing:
-            if at_keypad.get(user_id) == EventCode.DELETE_SUCCESS.name:
-                found.differences[user_id] = DELETED_AT_KEYPAD
-            else:
-                push.append(user_id)
-        for user_id in differing + delete:
-            if at_keypad.get(user_id) not in (None, EventCode.DELETE_SUCCESS.name):
-                if mode.pulls_device_updates:
-                    pull.append(user_id)
-                else:
-                    found.differences[user_id] = CHANGED_AT_KEYPAD if user_id in differing else ONLY_ON_TERMINAL
-            elif user_id in differing:
-                push.append(user_id)
-        delete = [u for u in delete if at_keypad.get(u) in (None, EventCode.DELETE_SUCCESS.name)]
+        at_keypad = yield self._db.read(_keypad_changes, term.terminal_id, first.missing + first.differing + first.delete)
+        push, delete, pull, left = decide(first, alike, at_keypad, mode.pulls_device_updates)
+        found.differences.update(left)
         yield self._repair(term.terminal_id, connection, push, delete, pull, held, found)
         return self._keep(term.terminal_id, found)
 
@@ -350,6 +317,72 @@ def _keypad_changes(conn, terminal_id: int, user_ids: list[str]) -> dict[str, st
             if row.user_id not in last or row.id > last[row.user_id][0]:
                 last[row.user_id] = (row.id, row.type, row.sub_code)
     return {user_id: type_ for user_id, (_, type_, sub_code) in last.items() if sub_code == Origin.DEVICE}
+
+
+@dataclass
+class Comparison:
+    """What the listing and the server's users say before the keypad's history is asked."""
+
+    compared: int = 0
+    differing: list[str] = field(default_factory=list)  # targeted, held in another version
+    missing: list[str] = field(default_factory=list)  # targeted, not held
+    delete: list[str] = field(default_factory=list)  # deleted on the server, still held
+    pull: list[str] = field(default_factory=list)  # only on the terminal, in a mode that pulls
+    differences: dict[str, str] = field(default_factory=dict)  # left as they are, and why
+
+
+def compare(server: dict, held: dict[str, bytes], owed: set[str], cursor: int, targets, pulls: bool) -> Comparison:
+    """The users a terminal and the server disagree on, by what each holds. ``server``: user id ->
+    its row (``digest`` None for a tombstone, ``change_seq``, ``access_groups``); ``targets(groups)``:
+    whether the sync mode sends users of these groups to this terminal. A user whose keypad change
+    is being pulled (``owed``) or whose newer version the pusher is delivering is not judged."""
+    found = Comparison()
+    for user_id in sorted(set(server) | set(held)):
+        if user_id in owed:
+            continue
+        mine = server.get(user_id)
+        if mine is not None and mine.change_seq > cursor:
+            continue
+        found.compared += 1
+        targeted = mine is not None and mine.digest is not None and targets(mine.access_groups)
+        if targeted and held.get(user_id) != mine.digest:
+            (found.differing if user_id in held else found.missing).append(user_id)
+        elif user_id in held and not targeted:
+            if mine is not None and mine.digest is None:
+                found.delete.append(user_id)
+            elif mine is not None:
+                found.differences[user_id] = NOT_TARGETED
+            elif pulls:
+                found.pull.append(user_id)
+            else:
+                found.differences[user_id] = ONLY_ON_TERMINAL
+    return found
+
+
+def decide(first: Comparison, alike: set[str], at_keypad: dict[str, str], pulls: bool
+           ) -> tuple[list[str], list[str], list[str], dict[str, str]]:
+    """(push, delete, pull, left as they are) once it is known which differences are only the
+    part a terminal holds (``alike``) and what a person did last at its keypad (``at_keypad``:
+    user id -> event type): a delete there stays deleted, a change is pulled where the mode pulls
+    and left as it is where it does not."""
+    differing = [u for u in first.differing if u not in alike]
+    missing = [u for u in first.missing if u not in alike]
+    push, pull, left = [], list(first.pull), {}
+    for user_id in missing:
+        if at_keypad.get(user_id) == EventCode.DELETE_SUCCESS.name:
+            left[user_id] = DELETED_AT_KEYPAD
+        else:
+            push.append(user_id)
+    for user_id in differing + first.delete:
+        if at_keypad.get(user_id) not in (None, EventCode.DELETE_SUCCESS.name):
+            if pulls:
+                pull.append(user_id)
+            else:
+                left[user_id] = CHANGED_AT_KEYPAD if user_id in differing else ONLY_ON_TERMINAL
+        elif user_id in differing:
+            push.append(user_id)
+    delete = [u for u in first.delete if at_keypad.get(u) in (None, EventCode.DELETE_SUCCESS.name)]
+    return push, delete, pull, left
 
 
 def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:

@@ -1,0 +1,41 @@
+"""The reconciler's decisions as pure functions (gateway/sync/reconcile.py, ``compare`` and
+``decide``): what a listing and the server's users say, then what the keypad's history changes."""
+
+from types import SimpleNamespace
+
+from gateway.sync.reconcile import (CHANGED_AT_KEYPAD, DELETED_AT_KEYPAD, NOT_TARGETED, ONLY_ON_TERMINAL, Comparison, compare,
+                                    decide)
+
+EVERYONE = lambda groups: True  # noqa: E731 - a sync mode that sends every user
+DELETED, EDITED = "DELETE_SUCCESS", "UPDATE_SUCCESS"
+
+
+def row(digest: bytes | None, change_seq: int = 1, groups=frozenset()):
+    return SimpleNamespace(digest=digest, change_seq=change_seq, access_groups=groups)
+
+
+def test_a_targeted_user_held_in_another_version_differs_and_one_not_held_is_missing():
+    found = compare({"a": row(b"A"), "b": row(b"B"), "c": row(b"C")}, {"a": b"old", "c": b"C"}, set(), 5, EVERYONE, pulls=True)
+    assert (found.differing, found.missing, found.compared) == (["a"], ["b"], 3)
+
+
+def test_what_the_terminal_holds_and_should_not():
+    server = {"gone": row(None), "other": row(b"O", groups=frozenset({9}))}
+    held = {"gone": b"x", "other": b"O", "new": b"N"}
+    targets = lambda groups: 9 not in groups  # noqa: E731
+    assert compare(server, held, set(), 5, targets, pulls=True) == Comparison(3, [], [], ["gone"], ["new"], {"other": NOT_TARGETED})
+    assert compare(server, held, set(), 5, targets, pulls=False).differences == {"other": NOT_TARGETED, "new": ONLY_ON_TERMINAL}
+
+
+def test_a_change_being_pulled_or_delivered_is_not_judged():
+    found = compare({"owed": row(b"A"), "later": row(b"B", change_seq=9)}, {}, {"owed"}, 5, EVERYONE, pulls=True)
+    assert (found.missing, found.compared) == ([], 0)
+
+
+def test_the_keypad_decides_what_is_repaired():
+    first = Comparison(differing=["edited", "pushed", "alike"], missing=["deleted", "lost"], delete=["kept", "dropped"])
+    keypad = {"edited": EDITED, "deleted": DELETED, "kept": EDITED, "dropped": DELETED}
+    push, delete, pull, left = decide(first, {"alike"}, keypad, pulls=True)
+    assert (push, delete, pull, left) == (["lost", "pushed"], ["dropped"], ["edited", "kept"], {"deleted": DELETED_AT_KEYPAD})
+    push, delete, pull, left = decide(first, {"alike"}, keypad, pulls=False)
+    assert pull == [] and left == {"deleted": DELETED_AT_KEYPAD, "edited": CHANGED_AT_KEYPAD, "kept": ONLY_ON_TERMINAL}
