@@ -58,24 +58,23 @@ def _rules(changes: str) -> list[str]:
 def read_history(conn: Connection, user_id: str, after: int | None = None, limit: int = 1000) -> tuple[list[dict], bool]:
     """Up to ``limit`` rows of the user's history after row ``after``, oldest first, and whether
     more follow. A version's number counts the versions before it, the first being 1."""
-    stmt = select(user_history).where(user_history.c.user_id == user_id)
+    h = user_history.c
+    stmt = select(h.id, h.at_ms, h.source, h.terminal_id, h.change_seq, h.changes).where(h.user_id == user_id)
     before = 0
     if after is not None:
-        stmt = stmt.where(user_history.c.id > after)
-        before = conn.execute(select(func.count()).where(user_history.c.user_id == user_id, user_history.c.id <= after,
-                                                         user_history.c.change_seq.is_not(None))).scalar_one()
-    rows = conn.execute(stmt.order_by(user_history.c.id).limit(limit + 1)).all()
+        stmt = stmt.where(h.id > after)
+        before = conn.execute(select(func.count()).where(h.user_id == user_id, h.id <= after, h.change_seq.is_not(None))).scalar_one()
+    rows = conn.execute(stmt.order_by(h.id).limit(limit + 1)).all()
     shown_rows = rows[:limit]
     # One decode for the page, not one per row: this is most of what reading a long history costs.
-    decoded = msgspec.json.decode("[" + ",".join(row.changes for row in shown_rows) + "]")
+    decoded = msgspec.json.decode("[" + ",".join(row[5] for row in shown_rows) + "]")
     entries = []
-    for row, changes in zip(shown_rows, decoded):
-        if row.change_seq is not None:
+    for (row_id, at_ms, source, terminal_id, change_seq, _), changes in zip(shown_rows, decoded):
+        if change_seq is not None:
             before += 1
-        entries.append(dict(id=row.id, at_ms=row.at_ms, source=row.source, terminal_id=row.terminal_id, change_seq=row.change_seq,
-                            version=before if row.change_seq is not None else None,
-                            changes=[dict(field=field, outcome=outcome, rule=rule, old=old, new=new)
-                                     for field, outcome, rule, old, new in changes]))
+        entries.append({"id": row_id, "at_ms": at_ms, "source": source, "terminal_id": terminal_id, "change_seq": change_seq,
+                        "version": before if change_seq is not None else None,
+                        "changes": [{"field": f, "outcome": o, "rule": r, "old": old, "new": new} for f, o, r, old, new in changes]})
     return entries, len(rows) > limit
 
 
