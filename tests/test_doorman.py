@@ -218,3 +218,134 @@ def test_a_waiting_link_that_speaks_first_is_refused_and_holds_nothing():
     assert metrics.value(metrics.strangers) == 1  # the first one's place only
     other = Peer(gateway, "192.0.2.9")
     assert other.session is not None  # another address: a place at once
+
+
+# -- the proof budget (issue 25 point 2, issue 23's lockout trap) ------------------------------
+
+def test_the_budget_counts_proofs_checked_not_connections_however_many_guess_at_once():
+    gateway = Collaborators()
+    gateway.doorman = doorman(slow_after=3, lockout_after=10, max_strangers_per_source=1000, max_delay_s=8)
+    gateway.clock = gateway.doorman._clock
+    metrics = gateway.doorman._metrics
+    for _ in range(900):  # an impatient guesser: ten new connections every 0.1 s, never waiting for a refusal
+        for _ in range(10):
+            peer = Peer(gateway, "203.0.113.7")
+            if peer.session is not None:
+                peer.handshake(secret=b"guess")
+        gateway.clock.advance(0.1)
+    assert metrics.value(metrics.wrong_proofs) == 10  # of 9,000 tries, in one 900 s lockout
+    unchecked = [metrics.value(metrics.links_refused, reason=reason) for reason in ("guessing_too_fast", "locked_out")]
+    assert all(unchecked) and sum(unchecked) == 9000 - 10
+    assert not gateway.doorman.arrive("203.0.113.7")
+
+
+def test_an_unknown_terminal_id_is_not_a_guessed_secret_and_never_locks_its_address_out():
+    gateway = Collaborators(known=(7,))
+    gateway.doorman = doorman(slow_after=1, lockout_after=3)
+    gateway.clock = gateway.doorman._clock
+    for _ in range(20):  # a terminal started before it is admitted, trying again and again
+        Peer(gateway, "127.0.0.1").handshake(terminal_id=8)
+        gateway.clock.advance(1)
+    metrics = gateway.doorman._metrics
+    assert metrics.value(metrics.wrong_proofs) == 0 and gateway.doorman.lockouts() == []
+    real = Peer(gateway, "127.0.0.1")
+    real.establish()
+    assert real.session.established
+
+
+def test_admitting_a_terminal_forgets_its_wrong_proofs_and_lifts_the_lockout_they_caused():
+    door = doorman(lockout_after=4, lockout_s=900)
+    for _ in range(4):  # a terminal set up with the wrong secret
+        door.proof_failed(7, "127.0.0.1")
+    for _ in range(4):
+        door.proof_failed(9, "192.0.2.1")
+    assert {entry["address"] for entry in door.lockouts() if entry["kind"] == "address"} == {"127.0.0.1", "192.0.2.1"}
+    door.forgive(7)
+    assert door.arrive("127.0.0.1") and door.may_check(7, "127.0.0.1") is None
+    assert not door.arrive("192.0.2.1")  # its wrong proofs were for another terminal
+
+
+def test_an_operator_sees_each_lockout_and_lifts_one():
+    door = doorman(lockout_after=2, lockout_s=900)
+    door.proof_failed(7, "192.0.2.1")
+    door.proof_failed(7, "192.0.2.1")
+    door._clock.advance(100)
+    address, terminal = sorted(door.lockouts(), key=lambda entry: entry["kind"])
+    assert address == dict(kind="address", address="192.0.2.1", terminal_id=None, remaining_s=800.0,
+                           why="a wrong proof for terminal 7, which is under attack")
+    assert terminal["kind"] == "terminal" and terminal["terminal_id"] == 7
+    assert door.clear("192.0.2.1") and door.arrive("192.0.2.1")
+    assert not door.clear("192.0.2.99")
+    assert [entry["kind"] for entry in door.lockouts()] == ["terminal"]
+
+
+def test_a_locked_out_address_has_its_waiting_connections_turned_away():
+    door = doorman(max_strangers_per_source=1, lockout_after=1)
+    door.arrive("192.0.2.1")
+    waiting = Waiting("w")
+    door.arrive("192.0.2.1", waiting)
+    door.proof_failed(7, "192.0.2.1")
+    assert waiting.happened == ["turned away"]
+    assert door._metrics.value(door._metrics.links_refused, reason="locked_out") == 1
+
+
+# -- fair places (issue 25 point 3) -----------------------------------------------------------
+
+def test_while_others_wait_a_stranger_that_does_not_answer_hello_in_time_is_closed():
+    gateway = Collaborators()
+    gateway.doorman = doorman(max_strangers_per_source=1, busy_handshake_s=3)
+    gateway.clock = gateway.doorman._clock
+    staller = Peer(gateway, "192.0.2.1")
+    gateway.clock.advance(5)  # nobody waits: it may take its 10 s
+    assert not staller.transport.disconnecting
+    waiting = Peer(gateway, "192.0.2.1")
+    assert waiting.link.waiting
+    gateway.clock.advance(0)
+    assert staller.transport.disconnecting and not waiting.link.waiting and waiting.session is not None
+    metrics = gateway.doorman._metrics
+    assert metrics.value(metrics.links_refused, reason="slow_while_others_wait") == 1
+    gateway.clock.advance(2.9)
+    waiting.establish()  # answered in time
+    assert waiting.session.established
+
+
+def test_a_stranger_that_answered_hello_is_not_hurried_while_its_handshake_ends():
+    gateway = Collaborators()
+    gateway.doorman = doorman(max_strangers_per_source=1, busy_handshake_s=3)
+    gateway.clock = gateway.doorman._clock
+    slow_database = Peer(gateway, "192.0.2.1")
+    slow_database.handshake()  # WELCOME sent; its answer is late
+    Peer(gateway, "192.0.2.1")
+    gateway.clock.advance(5)
+    assert not slow_database.transport.disconnecting
+
+
+def test_freed_places_go_to_addresses_in_turn_those_where_terminals_authenticated_first():
+    door = doorman(max_strangers=1)
+    door.arrive("192.0.2.9")
+    door.leave("192.0.2.9", authenticated=True)  # a terminal authenticated from 192.0.2.9 before
+    door.arrive("198.51.100.1")
+    crowd = [Waiting(f"crowd {n}") for n in range(3)]
+    for waiter in crowd:
+        door.arrive("198.51.100.1", waiter)
+    other, terminal = Waiting("other"), Waiting("terminal")
+    door.arrive("198.51.100.2", other)
+    door.arrive("192.0.2.9", terminal)
+    served = []
+    for source in ["198.51.100.1", "192.0.2.9", "198.51.100.1", "198.51.100.2", "198.51.100.1"]:
+        door.leave(source)
+        served.append(next(w.name for w in [*crowd, other, terminal] if w.happened == ["let in"] and w.name not in served))
+    assert served == ["terminal", "crowd 0", "other", "crowd 1", "crowd 2"]
+
+
+def test_a_full_waiting_room_takes_a_newcomer_in_place_of_the_newest_of_the_longest_queue():
+    door = doorman(max_strangers=1, max_waiting=3)
+    door.arrive("198.51.100.1")
+    crowd = [Waiting(f"crowd {n}") for n in range(3)]
+    for waiter in crowd:
+        assert door.arrive("198.51.100.1", waiter)
+    newcomer = Waiting("newcomer")
+    assert door.arrive("192.0.2.9", newcomer) and newcomer.waiting
+    assert crowd[2].happened == ["turned away"] and crowd[0].waiting and crowd[1].waiting
+    assert door._metrics.value(door._metrics.links_refused, reason="waiting_room_share") == 1
+    assert not door.arrive("198.51.100.1", Waiting("more of the same"))
