@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web import resource, server
 
-from gateway.http import activity, events, sync, terminals, users
+from gateway.http import activity, events, lockouts, sync, terminals, users
 from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.openapi import document
 from gateway.http.sse import EventStream
@@ -24,7 +24,7 @@ def api_routes() -> list[Route]:
     def openapi(call):
         return spec
 
-    routes = terminals.ROUTES + users.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES
+    routes = terminals.ROUTES + users.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES + lockouts.ROUTES
     routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)"))
     spec = document(routes)
     return routes
