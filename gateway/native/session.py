@@ -239,7 +239,9 @@ class TerminalSession:
             d.callback(frame)
 
     def _request_received(self, frame: Frame) -> None:
-        if frame.command == Command.KEEPALIVE:
+        if frame.is_error:  # ERROR without RESPONSE: no request carries it (docs/protocol.md, "Frame")
+            self._send(error_frame(frame, ErrorCode.BAD_MESSAGE, f"flags 0x{frame.flags:02X}: ERROR is set only with RESPONSE"))
+        elif frame.command == Command.KEEPALIVE:
             self._send(response_frame(frame))
         elif not self.established:
             self._send(error_frame(frame, ErrorCode.NOT_AUTHENTICATED, "handshake not finished"))

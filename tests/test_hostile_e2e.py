@@ -1,0 +1,157 @@
+"""A live gateway (``gateway run``, its own process, SQLite) attacked from loopback by the clients
+of tools/hostile.py: silent TLS sockets, an impatient guesser, a stalling crowd from the
+terminals' own address, and an authenticated terminal that breaks the rules (issue 25, 1-4).
+Every wait is bounded; no figure is judged (benchmarks/hostile.py prints them)."""
+
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import trustme
+
+from processes import ROOT, Process
+from protocol.errors import ErrorCode
+from protocol.frame import Flags, Frame, encode_frame
+from protocol.messages import Command, parse_body
+from tools.hostile import GUESS, SILENT, STALL, Crowd, RawTerminal
+
+TERMINAL, SECRET = 1, b"secret-1"
+
+
+def start(tmp_path, extra: str = "") -> tuple[Process, int, str]:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n{extra}\n'
+                      f'[[terminals]]\nid = {TERMINAL}\nsecret = "{SECRET.decode()}"\n')
+    process = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
+                      "--tcp-port", "0", "--http-port", "0")
+    try:
+        tcp_port = int(process.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
+        page = process.wait_for(r"monitoring page at (http://\S+/)").group(1)
+    except BaseException:
+        process.stop()
+        raise
+    return process, tcp_port, page
+
+
+def until(predicate, what: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+def metric(page: str, name: str) -> float:
+    text = urllib.request.urlopen(page + "metrics", timeout=10).read().decode()
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def cli(page: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "--url", page, "--token", "test-token", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
+
+def test_silent_tls_sockets_are_closed_at_their_deadline_and_a_terminal_gets_in_meanwhile(tmp_path, pki):
+    gateway, _, _ = start(tmp_path, "max_unauthenticated = 8\nmax_unauthenticated_per_address = 8\n"
+                                    f'[tls]\nhost = "127.0.0.1"\nport = 0\ncert = "{pki["cert"]}"\nkey = "{pki["key"]}"\n')
+    crowd = None
+    try:
+        tls_port = int(re.search(r"listening for terminals over TLS on [\d.]+:(\d+)", "".join(gateway.output)).group(1))
+        crowd = Crowd(tls_port, 8, [f"127.0.0.{n}" for n in range(2, 6)], SILENT, reconnect=False).start()  # every place
+        until(lambda: crowd.figures.connected == 8, "eight silent sockets connected")
+        tls = ssl.create_default_context(cafile=str(pki["ca"]))
+        terminal = RawTerminal(tls_port, TERMINAL, SECRET, tls=tls, server_name="localhost", timeout_s=30)
+        assert terminal.authenticate().command == Command.WELCOME  # a place freed while the silent ones held them all
+        until(lambda: crowd.figures.closed_by_gateway == 8, "every silent TLS socket closed by the gateway")
+        terminal.close()
+        crowd.stop()
+        alone = Crowd(tls_port, 1, ["127.0.0.7"], SILENT, reconnect=False).start()  # nobody waits: the 10 s handshake deadline
+        until(lambda: alone.figures.closed_by_gateway == 1, "a lone silent TLS socket closed at the handshake deadline")
+        alone.stop()
+    finally:
+        if crowd is not None:
+            crowd.stop()
+        gateway.stop()
+
+
+def test_an_impatient_guesser_gets_its_budget_of_proofs_checked_and_no_more_and_an_operator_lifts_the_lockout(tmp_path):
+    gateway, tcp_port, page = start(tmp_path, "auth_slow_after = 3\nauth_lockout_after = 6\n")
+    try:
+        guesser = Crowd(tcp_port, 200, ["127.0.0.9"], GUESS, terminal_id=TERMINAL).start()  # 200 at once, again and again
+        until(lambda: metric(page, "gateway_wrong_proofs_total") >= 6, "the address's budget of wrong proofs spent")
+        until(lambda: guesser.figures.connected >= 2000, "two thousand connections tried")
+        guesser.stop()
+        assert guesser.figures.guesses_sent > 6
+        assert metric(page, "gateway_wrong_proofs_total") == 6  # the budget of one lockout, however many were sent
+        listed = until(lambda: "127.0.0.9" in (done := cli(page, "lockouts")).stdout and done, "the lockout listed")
+        assert listed.returncode == 0 and "wrong proofs" in listed.stdout
+        refused = RawTerminal(tcp_port, TERMINAL, SECRET, source="127.0.0.9")
+        with pytest.raises(ConnectionError):  # the real terminal behind that address: the cost of an address lockout
+            refused.authenticate()
+        cleared = cli(page, "lockouts", "clear", "127.0.0.9")
+        assert cleared.returncode == 0, cleared.stderr
+        assert RawTerminal(tcp_port, TERMINAL, SECRET, source="127.0.0.9").authenticate().command == Command.WELCOME
+        assert RawTerminal(tcp_port, TERMINAL, SECRET, source="127.0.0.10").authenticate().command == Command.WELCOME
+    finally:
+        gateway.stop()
+
+
+def test_terminals_started_before_they_are_known_never_lock_their_address_out(tmp_path):
+    gateway, tcp_port, page = start(tmp_path)
+    try:
+        for _ in range(30):  # more than the lockout threshold of refusals for an unknown id
+            stranger = RawTerminal(tcp_port, 77, b"secret-77")
+            answer = stranger.authenticate()
+            assert answer.is_error and parse_body(answer).code == ErrorCode.UNKNOWN_TERMINAL
+            stranger.close()
+        assert cli(page, "lockouts").stdout.strip() == "no lockouts"
+        assert RawTerminal(tcp_port, TERMINAL, SECRET).authenticate().command == Command.WELCOME
+    finally:
+        gateway.stop()
+
+
+def test_a_stalling_crowd_from_the_terminals_own_address_keeps_no_terminal_out(tmp_path):
+    gateway, tcp_port, _ = start(tmp_path)
+    try:
+        RawTerminal(tcp_port, TERMINAL, SECRET).authenticate()  # 127.0.0.1 is where it authenticated
+        crowd = Crowd(tcp_port, 300, ["127.0.0.1"], STALL).start()  # a NAT: the crowd shares the terminal's address
+        until(lambda: crowd.figures.hellos >= 64, "the crowd holding the address's places")
+        terminal = RawTerminal(tcp_port, TERMINAL, SECRET, timeout_s=60)
+        assert terminal.authenticate().command == Command.WELCOME
+        assert crowd.open_connections > 200  # the crowd still stalls: the terminal got in during the attack
+        crowd.stop()
+    finally:
+        gateway.stop()
+
+
+def test_an_events_frame_with_the_error_flag_alone_is_refused_and_the_session_goes_on(tmp_path):
+    gateway, tcp_port, _ = start(tmp_path)
+    try:
+        terminal = RawTerminal(tcp_port, TERMINAL, SECRET)
+        terminal.authenticate()
+        terminal.send_frame(Frame(Command.EVENTS, b"\x00\x00\x00", Flags.ERROR, TERMINAL, seq=5))
+        refusal = terminal.next_frame()
+        assert refusal.is_error and refusal.seq == 5 and parse_body(refusal).code == ErrorCode.BAD_MESSAGE
+        terminal.send(encode_frame(Frame(Command.KEEPALIVE, b"", Flags.REQUEST, TERMINAL, seq=6)))
+        assert terminal.next_frame().seq == 6  # answered: the session goes on
+    finally:
+        gateway.stop()
+    assert "Unhandled Error" not in gateway.all_output()
