@@ -4,6 +4,7 @@ terminals' own address, and an authenticated terminal that breaks the rules (iss
 Every wait is bounded; no figure is judged (benchmarks/hostile.py prints them)."""
 
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -155,3 +156,57 @@ def test_an_events_frame_with_the_error_flag_alone_is_refused_and_the_session_go
     finally:
         gateway.stop()
     assert "Unhandled Error" not in gateway.all_output()
+
+
+# -- the API's port (issue 25, point 6) ----------------------------------------------------------
+
+def http_answer(sock: socket.socket) -> bytes:
+    """What the server says before it closes (bounded by the socket's time-out)."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return answer
+
+
+def api_socket(page: str, source: str = "127.0.0.1", timeout_s: float = 30.0) -> socket.socket:
+    host, port = page.split("//")[1].strip("/").split(":")
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(timeout_s)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def test_the_api_answers_431_to_big_headers_and_408_to_a_slow_sender_and_caps_connections_per_address(tmp_path):
+    gateway, _, page = start(tmp_path)
+    held = []
+    try:
+        for request in (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n",
+                        b"GET /api/sync HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n",
+                        b"GET /api/sync HTTP/1.1\r\nHost: localhost\r\n" + (b"X-Long: " + b"c" * 40 + b"\r\n") * 400 + b"\r\n",
+                        b"GET /api/sync HTTP/1.1\r\nHost: localhost\r\n" + b"X: y\r\n" * 600 + b"\r\n"):
+            sock = api_socket(page)
+            sock.sendall(request)
+            assert http_answer(sock).startswith(b"HTTP/1.1 431 ")
+        slow = api_socket(page)
+        slow.sendall(b"GET /api/sync HTTP/1.1\r\n")  # a slowloris: one header a second, never the end
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            while time.monotonic() - started < 60:
+                slow.sendall(b"X-Drip: 1\r\n")
+                time.sleep(1)
+        assert b"408" in http_answer(slow)
+        held = [api_socket(page, "127.0.0.20") for _ in range(64)]
+        for sock in held:
+            sock.sendall(b"GET /api/sync HTTP/1.1\r\nHost: localhost\r\n")  # each holds its place, for now
+        one_more = api_socket(page, "127.0.0.20")
+        assert http_answer(one_more).startswith(b"HTTP/1.1 503 ")
+        other = urllib.request.urlopen(page + "api/sync", timeout=10)  # another address is served meanwhile
+        assert other.status == 200
+    finally:
+        for sock in held:
+            sock.close()
+        gateway.stop()

@@ -31,6 +31,7 @@ from gateway.sync.users import store_record
 from protocol.errors import ProtocolError
 from protocol.events import EventCode, Origin
 from protocol.records import MAX_CARDS, UserRecord, UserRecordWire
+from protocol.text import text_fault
 
 log = Logger(namespace="gateway.puller")
 
@@ -212,6 +213,11 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
     """
     rows, saved, corrections = [], [], {}
     for record in records:
+        fault = _text_fault(record)
+        if fault is not None:  # the one rule for ids and names (protocol/text.py), as at the API
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, ascii(record.user_id)[1:-1], f"keypad change refused: {fault}",
+                                       at_ms=at_ms))
+            continue
         found = conn.execute(select(users.c.record, users.c.updated_ms).where(users.c.user_id == record.user_id)).first()
         if found is not None and found.record is None and not _enrolled_since(conn, terminal_id, record.user_id, found.updated_ms):
             # Deleted on the server while this terminal's keypad edited it: the server's delete wins.
@@ -255,6 +261,14 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
         )
     )
     return MergeOutcome(saved, corrections)
+
+
+def _text_fault(record: UserRecord) -> str | None:
+    for what, text in (("user id", record.user_id), ("name", record.name)):
+        fault = text_fault(text) if text is not None else None
+        if fault is not None:
+            return f"its {what} {fault}"
+    return None
 
 
 def _enrolled_since(conn, terminal_id: int, user_id: str, since_ms: int) -> bool:
