@@ -2,8 +2,11 @@
 and the real terminal never pushed off. task.Clock and StringTransport, no sockets."""
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 
 from gateway.native.doorman import DoorLimits, Doorman
+from gateway.native.tcp import CLOSE_GRACE_S, TcpLink
 from gateway.metrics import Metrics
 from gateway.quietlog import RepeatedLines
 from protocol.messages import Command
@@ -349,3 +352,30 @@ def test_a_full_waiting_room_takes_a_newcomer_in_place_of_the_newest_of_the_long
     assert crowd[2].happened == ["turned away"] and crowd[0].waiting and crowd[1].waiting
     assert door._metrics.value(door._metrics.links_refused, reason="waiting_room_share") == 1
     assert not door.arrive("198.51.100.1", Waiting("more of the same"))
+
+
+class SilentPeerTransport(StringTransport):
+    """A peer that never lets a polite close finish (it does not read; its TLS never shook hands)."""
+
+    aborted = False
+
+    def loseConnection(self):
+        self.disconnecting = True  # and nothing more: connectionLost never comes by itself
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+def test_a_closed_link_gives_its_place_back_at_once_and_is_cut_off_if_its_peer_does_not_let_it_go():
+    gateway = Collaborators()
+    gateway.doorman = doorman()
+    gateway.clock = gateway.doorman._clock
+    metrics = gateway.doorman._metrics
+    transport = SilentPeerTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+    link = TcpLink(gateway.new_session, gateway.clock, doorman=gateway.doorman)
+    link.makeConnection(transport)
+    gateway.clock.advance(10)  # the handshake deadline: the session closes the link
+    assert transport.disconnecting and metrics.value(metrics.strangers) == 0
+    assert not transport.aborted
+    gateway.clock.advance(CLOSE_GRACE_S)
+    assert transport.aborted
