@@ -39,7 +39,7 @@ from pathlib import Path
 
 from protocol.frame import Frame, encode_frame, header_crc
 from protocol.messages import Command
-from tools.hostile import GUESS, SILENT, STALL, Crowd, RawTerminal
+from tools.hostile import GUESS, SILENT, STALL, Crowd, RawTerminal, certificates
 from tools.loadtest.gateway_process import GatewayProcess
 
 TERMINAL, SECRET = 7001, b"the-real-secret"
@@ -212,19 +212,11 @@ def stalling_crowd(count: int, sources: list[str], seconds: float, bound_s: floa
         site.stop()
 
 
-def certificates() -> dict | None:
+def tls_files() -> dict | None:
     try:
-        import trustme
+        return certificates(Path(tempfile.mkdtemp(prefix="hostile-tls-")))
     except ImportError:
         return None
-    folder = Path(tempfile.mkdtemp(prefix="hostile-tls-"))
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost")
-    files = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    issued.private_key_pem.write_to_path(str(files["key"]))
-    return files
 
 
 def main(argv=None) -> int:
@@ -241,7 +233,7 @@ def main(argv=None) -> int:
         strangers=strangers(),
         polite_guesser=polite_guesser(seconds / 2),
         impatient_guessers=impatient_guessers(seconds, bound),
-        silent_tls=silent_tls(seconds, bound, certificates()),
+        silent_tls=silent_tls(seconds, bound, tls_files()),
         stalling_crowd_20_addresses=stalling_crowd(1000, addresses(50, 20), seconds, bound),
         stalling_crowd_terminals_address=stalling_crowd(300, ["127.0.0.1"], seconds, bound),
     )

@@ -28,6 +28,14 @@ def doorman(**limits) -> Doorman:
     return Doorman(clock, metrics, DoorLimits(**limits), RepeatedLines(Said(), clock))
 
 
+def guarded(**limits) -> Collaborators:
+    """A session's collaborators whose doorman has these limits, all on its clock."""
+    gateway = Collaborators()
+    gateway.doorman = doorman(**limits)
+    gateway.clock = gateway.doorman._clock
+    return gateway
+
+
 def said(door: Doorman) -> list[str]:
     return door.lines._log.lines
 
@@ -71,9 +79,7 @@ def test_a_terminal_id_under_attack_locks_each_guessing_address_at_once_but_take
 
 
 def test_a_lockout_never_pushes_the_real_terminal_off_nor_keeps_it_out_from_another_address():
-    gateway = Collaborators()
-    gateway.doorman = doorman(slow_after=1, lockout_after=3, lockout_s=600)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(slow_after=1, lockout_after=3, lockout_s=600)
     real = Peer(gateway)
     real.establish()
     for _ in range(3):  # an attacker at another address guesses the real terminal's secret
@@ -88,9 +94,7 @@ def test_a_lockout_never_pushes_the_real_terminal_off_nor_keeps_it_out_from_anot
 
 
 def test_a_refusal_held_back_is_sent_late_and_the_stranger_keeps_its_place_meanwhile():
-    gateway = Collaborators()
-    gateway.doorman = doorman(slow_after=0, max_delay_s=8)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(slow_after=0, max_delay_s=8)
     peer = Peer(gateway, "198.51.100.4")
     peer.handshake(secret=b"guess")
     assert peer.frames() == [] and not peer.transport.disconnecting
@@ -194,9 +198,7 @@ def test_a_place_freed_under_the_total_limit_goes_to_the_oldest_waiter_whose_add
 
 
 def test_a_waiting_link_hears_no_hello_until_let_in():
-    gateway = Collaborators()
-    gateway.doorman = doorman(max_strangers_per_source=1)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(max_strangers_per_source=1)
     first = Peer(gateway, "192.0.2.1")
     waiting = Peer(gateway, "192.0.2.1")
     assert waiting.link.waiting and waiting.session is None and waiting.frames() == []
@@ -207,9 +209,7 @@ def test_a_waiting_link_hears_no_hello_until_let_in():
 
 
 def test_a_waiting_link_that_speaks_first_is_refused_and_holds_nothing():
-    gateway = Collaborators()
-    gateway.doorman = doorman(max_strangers_per_source=1)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(max_strangers_per_source=1)
     Peer(gateway, "192.0.2.1")
     talker = Peer(gateway, "192.0.2.1")
     talker.send(b"\x00" * 4096)
@@ -226,9 +226,7 @@ def test_a_waiting_link_that_speaks_first_is_refused_and_holds_nothing():
 # -- the proof budget (issue 25 point 2, issue 23's lockout trap) ------------------------------
 
 def test_the_budget_counts_proofs_checked_not_connections_however_many_guess_at_once():
-    gateway = Collaborators()
-    gateway.doorman = doorman(slow_after=3, lockout_after=10, max_strangers_per_source=1000, max_delay_s=8)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(slow_after=3, lockout_after=10, max_strangers_per_source=1000, max_delay_s=8)
     metrics = gateway.doorman._metrics
     for _ in range(900):  # an impatient guesser: ten new connections every 0.1 s, never waiting for a refusal
         for _ in range(10):
@@ -243,9 +241,7 @@ def test_the_budget_counts_proofs_checked_not_connections_however_many_guess_at_
 
 
 def test_an_unknown_terminal_id_is_not_a_guessed_secret_and_never_locks_its_address_out():
-    gateway = Collaborators(known=(7,))
-    gateway.doorman = doorman(slow_after=1, lockout_after=3)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(slow_after=1, lockout_after=3)  # knows terminal 7 only
     for _ in range(20):  # a terminal started before it is admitted, trying again and again
         Peer(gateway, "127.0.0.1").handshake(terminal_id=8)
         gateway.clock.advance(1)
@@ -295,9 +291,7 @@ def test_a_locked_out_address_has_its_waiting_connections_turned_away():
 # -- fair places (issue 25 point 3) -----------------------------------------------------------
 
 def test_while_others_wait_a_stranger_that_does_not_answer_hello_in_time_is_closed():
-    gateway = Collaborators()
-    gateway.doorman = doorman(max_strangers_per_source=1, busy_handshake_s=3)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(max_strangers_per_source=1, busy_handshake_s=3)
     staller = Peer(gateway, "192.0.2.1")
     gateway.clock.advance(5)  # nobody waits: it may take its 10 s
     assert not staller.transport.disconnecting
@@ -313,9 +307,7 @@ def test_while_others_wait_a_stranger_that_does_not_answer_hello_in_time_is_clos
 
 
 def test_a_stranger_that_answered_hello_is_not_hurried_while_its_handshake_ends():
-    gateway = Collaborators()
-    gateway.doorman = doorman(max_strangers_per_source=1, busy_handshake_s=3)
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded(max_strangers_per_source=1, busy_handshake_s=3)
     slow_database = Peer(gateway, "192.0.2.1")
     slow_database.handshake()  # WELCOME sent; its answer is late
     Peer(gateway, "192.0.2.1")
@@ -367,9 +359,7 @@ class SilentPeerTransport(StringTransport):
 
 
 def test_a_closed_link_gives_its_place_back_at_once_and_is_cut_off_if_its_peer_does_not_let_it_go():
-    gateway = Collaborators()
-    gateway.doorman = doorman()
-    gateway.clock = gateway.doorman._clock
+    gateway = guarded()
     metrics = gateway.doorman._metrics
     transport = SilentPeerTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
     link = TcpLink(gateway.new_session, gateway.clock, doorman=gateway.doorman)

@@ -12,30 +12,18 @@ import time
 import urllib.request
 
 import pytest
-import trustme
 
-from processes import ROOT, Process
+from processes import ROOT, Process, start_gateway
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, Frame, encode_frame
 from protocol.messages import Command, parse_body
-from tools.hostile import GUESS, SILENT, STALL, Crowd, RawTerminal
+from tools.hostile import GUESS, SILENT, STALL, Crowd, RawTerminal, certificates
 
 TERMINAL, SECRET = 1, b"secret-1"
 
 
-def start(tmp_path, extra: str = "") -> tuple[Process, int, str]:
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n{extra}\n'
-                      f'[[terminals]]\nid = {TERMINAL}\nsecret = "{SECRET.decode()}"\n')
-    process = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
-                      "--tcp-port", "0", "--http-port", "0")
-    try:
-        tcp_port = int(process.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
-        page = process.wait_for(r"monitoring page at (http://\S+/)").group(1)
-    except BaseException:
-        process.stop()
-        raise
-    return process, tcp_port, page
+def start(tmp_path, settings: str = "") -> tuple[Process, int, str]:
+    return start_gateway(tmp_path, {TERMINAL: "door"}, settings=settings)
 
 
 def until(predicate, what: str, timeout_s: float = 30.0):
@@ -61,13 +49,7 @@ def cli(page: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def pki(tmp_path):
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost")
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    issued.private_key_pem.write_to_path(str(files["key"]))
-    return files
+    return certificates(tmp_path)
 
 
 def test_silent_tls_sockets_are_closed_at_their_deadline_and_a_terminal_gets_in_meanwhile(tmp_path, pki):

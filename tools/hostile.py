@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from protocol import auth
 from protocol.decoder import StreamDecoder
@@ -172,3 +173,18 @@ class RawTerminal:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a certificate for ``localhost`` that it signed, as PEM files in ``folder``:
+    ``ca``, ``cert``, ``key``. Needs trustme (a test dependency)."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    files = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
