@@ -36,8 +36,8 @@ class CrowdFigures:
 class Crowd:
     """``count`` connections from ``sources`` in turn, each behaving as ``mode`` says:
 
-    - ``silent``: connects and sends nothing, ever (with ``tls_port``-style use: a socket that
-      never sends its ClientHello);
+    - ``silent``: connects and sends nothing, ever (to a TLS listener: a socket that never
+      sends its ClientHello);
     - ``stall``: answers HELLO with half a frame, then nothing;
     - ``guess``: answers HELLO with a wrong proof for ``terminal_id`` and closes at once, never
       waiting for the refusal (the impatient guesser).

@@ -111,6 +111,7 @@ class Doorman:
         self._next_cleanup = 0.0
         self._queues: dict[str, deque[Waiter]] = {}  # by source, in turn order; may hold waiters gone
         self._waiting: dict[Waiter, tuple[str, float, object]] = {}  # waiter -> source, since, its time-out
+        self._waiting_from: dict[str, int] = defaultdict(int)  # how many wait, by source
 
     # -- strangers: links not authenticated yet ------------------------------------------------
 
@@ -156,7 +157,10 @@ class Doorman:
 
     def stop_waiting(self, waiter: Waiter) -> None:
         """A waiting connection went away."""
-        _, _, timeout = self._waiting.pop(waiter)
+        source, _, timeout = self._waiting.pop(waiter)
+        self._waiting_from[source] -= 1
+        if not self._waiting_from[source]:
+            del self._waiting_from[source]
         if timeout.active():
             timeout.cancel()
         waiter.waiting = False
@@ -185,6 +189,7 @@ class Doorman:
         waiter.waiting = True
         timeout = self._clock.callLater(self.limits.wait_s, self._waited_too_long, waiter)
         self._waiting[waiter] = (source, now, timeout)
+        self._waiting_from[source] += 1
         self._queues.setdefault(source, deque()).append(waiter)
         self._metrics.links_waiting.set(len(self._waiting))
         self._hurry_later()
@@ -192,9 +197,8 @@ class Doorman:
     def _make_room_for(self, source: str) -> bool:
         """The waiting room is full: turn away the newest waiter of the longest queue, if that
         queue is longer than ``source``'s would be. One address holds no more than its share."""
-        lengths = {s: sum(1 for w in q if w in self._waiting) for s, q in self._queues.items()}
-        longest = max(lengths, key=lengths.get, default=None)
-        if longest is None or lengths[longest] <= lengths.get(source, 0) + 1:
+        longest = max(self._waiting_from, key=self._waiting_from.get, default=None)
+        if longest is None or self._waiting_from[longest] <= self._waiting_from.get(source, 0) + 1:
             return False
         queue = self._queues[longest]
         while queue[-1] not in self._waiting:
