@@ -256,9 +256,11 @@ class EventLog:
         return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
-        """Cancel a pending retry; what was not committed was not acknowledged and will be resent."""
+        """Cancel a pending retry (what was not committed was not acknowledged and will be resent),
+        and say the notices held back."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        self._lines.stop()
 
 
 def open_log(conn, terminal_id: int, announced: int | None, at_ms: int) -> tuple[LogState, int, list[Anomaly]]:
