@@ -368,7 +368,18 @@ def reconcile(client: ApiClient, args) -> None:
     show(args, result, "\n".join(lines))
 
 
-COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode, "reconcile": reconcile}
+
+def lockouts(client: ApiClient, args) -> None:
+    if args.action == "clear":
+        result = client.call("DELETE", f"/api/lockouts/{parse.quote(args.address, safe='')}")
+        show(args, result, f"lockout of {args.address} lifted")
+        return
+    found = client.call("GET", "/api/lockouts")
+    rows = [[entry["address"] or f"terminal {entry['terminal_id']}", f"{entry['remaining_s']:.0f} s", entry["why"]] for entry in found["lockouts"]]
+    show(args, found, table(["LOCKED OUT", "FOR ANOTHER", "WHY"], rows) if rows else "no lockouts")
+
+
+COMMANDS = {"terminals": terminals, "users": users, "events": events, "sync-mode": sync_mode, "reconcile": reconcile, "lockouts": lockouts}
 
 
 def dispatch(args) -> int:

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--until", help="milliseconds since the epoch or ISO 8601 time")
     events.add_argument("--limit", type=int, default=20, help="how many of the latest to show (default 20)")
 
+    lockouts = sub.add_parser("lockouts", parents=[client], help="list addresses locked out after wrong proofs, or lift one's lockout")
+    lockouts.add_argument("action", nargs="?", choices=["clear"])
+    lockouts.add_argument("address", nargs="?", metavar="ADDRESS")
+
     mode = sub.add_parser("sync-mode", parents=[client], help="show or set the sync mode")
     mode.add_argument("mode", nargs="?", choices=SYNC_MODES, help="the new mode (without it: show the current one)")
     sub.add_parser("reconcile", parents=[client], help="compare every online terminal with the server now and repair "
@@ -181,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, sys.argv[1:] if argv is None else argv)
     if args.command == "terminals" and (args.action is None) != (args.terminal_id is None):
         parser.error("terminals: give an action and a terminal id (gateway terminals admit 7), or neither")
+    if args.command == "lockouts" and (args.action is None) != (args.address is None):
+        parser.error("lockouts: give clear and an address (gateway lockouts clear 192.0.2.7), or neither")
     return admin.dispatch(args)
 
 

@@ -83,8 +83,8 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     # Strangers and guessed secrets (gateway/native/doorman.py; docs/protocol.md, "Strangers and guessed secrets")
     max_unauthenticated: Annotated[int, Meta(ge=1)] = 256  # links still shaking hands, in total
     max_unauthenticated_per_address: Annotated[int, Meta(ge=1)] = 64  # the same, from one address (a NAT: a site's terminals after a restart)
-    auth_slow_after: Annotated[int, Meta(ge=1)] = 3  # failed handshakes before refusals are held back
-    auth_lockout_after: Annotated[int, Meta(ge=1)] = 10  # failed handshakes before an address is locked out
+    auth_slow_after: Annotated[int, Meta(ge=1)] = 3  # wrong proofs from an address before its proofs are spaced out
+    auth_lockout_after: Annotated[int, Meta(ge=1)] = 10  # wrong proofs before an address is locked out (or a terminal id under attack)
     auth_lockout_s: Annotated[float, Meta(gt=0)] = 900.0
     tls: dict | None = None  # a TlsListenerEntry
     terminals: list[dict] = msgspec.field(default_factory=list)  # each a TerminalEntry

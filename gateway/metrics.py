@@ -34,6 +34,7 @@ class Metrics:
         # Before a link exists (gateway/native/accept.py)
         self.accept_queue = Gauge("gateway_accept_queue", "Connections waiting to be accepted, by listening port (sampled each second)", ["port"], registry=r)
         self.listen_overflows = Counter("gateway_listen_overflows", "Connections the kernel dropped at a full accept queue on this host while the gateway ran", registry=r)
+        self.wrong_proofs = Counter("gateway_wrong_proofs", "Wrong handshake proofs checked; those refused unchecked count in gateway_links_refused", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks, and its keypad changes still to be pulled", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(

@@ -46,19 +46,7 @@ MAX_PHOTO = 16 * 1024
 PIN_HASH_ITERATIONS = 4096
 MAX_PIN_DIGITS = 16
 PIN_PATTERN = "^[0-9]*$"  # a clear PIN, as a person types it: digits
-# Ids and names must be plain text: no control characters (NUL, a newline, a terminal's escape
-# sequences: U+0000-U+001F, U+007F-U+009F) and no bidirectional overrides or isolates
-# (U+202A-U+202E, U+2066-U+2069), which make a page or a log show something other than what is
-# stored. One rule, as a pattern, for the API's schemas and for what a terminal sends.
-PLAIN_TEXT = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"
-PLAIN_TEXT_RULE = ("must not contain NUL or bidirectional-override characters (U+202A to U+202E, U+2066 to U+2069), "
-                   "nor other control characters (newlines, escape sequences: U+0001 to U+001F, U+007F to U+009F)")
-_PLAIN_TEXT = re.compile(PLAIN_TEXT)
 _PIN = re.compile(PIN_PATTERN)
-
-
-def is_plain_text(text: str) -> bool:
-    return _PLAIN_TEXT.match(text) is not None
 
 
 def is_clear_pin(text: str) -> bool:

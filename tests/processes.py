@@ -59,11 +59,12 @@ class Process:
             self.popen.wait(10)
 
 
-def start_gateway(tmp_path, terminals: dict[int, str], *options: str) -> tuple[Process, int, str]:
+def start_gateway(tmp_path, terminals: dict[int, str], *options: str, settings: str = "") -> tuple[Process, int, str]:
     """``gateway run`` on a SQLite file with ``terminals`` ({id: name}) configured, secret
-    ``secret-<id>``, API token ``test-token``; returns the process, its TCP port and page URL."""
+    ``secret-<id>``, API token ``test-token``, and ``settings`` (TOML lines) in its configuration
+    file; returns the process, its TCP port and page URL."""
     config = tmp_path / "gateway.toml"
-    config.write_text('tcp_host = "127.0.0.1"\napi_token = "test-token"\n'
+    config.write_text('tcp_host = "127.0.0.1"\napi_token = "test-token"\n' + settings
                       + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "secret-{t}"\nname = "{name}"\n' for t, name in terminals.items()))
     process = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
                       "--tcp-port", "0", "--http-port", "0", *options)

@@ -394,15 +394,22 @@ class BadInputTests(ApiTestCase):
 
     @defer.inlineCallbacks
     def test_hostile_input_gets_a_clear_400_never_a_500(self):
-        plain = "must not contain NUL or bidirectional-override characters"
+        plain = "no control or bidirectional-control characters"
         yield self.assert_error("POST", "/api/users", 400, "lone surrogate", raw=b'{"user_id":"\\ud800"}')
         yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b"[" * 30_000 + b"]" * 30_000)
         yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b'{"user_id":"x","name":' + b"[" * 20 + b"]" * 20 + b"}")
-        yield self.assert_error("GET", "/api/users?search=%00", 400, f"search {plain}")
-        yield self.assert_error("POST", "/api/users", 400, f"user_id {plain}", body={"user_id": "abc\u202edef"})
-        yield self.assert_error("POST", "/api/users", 400, f"user_id {plain}", body={"user_id": "a\x00b"})
-        yield self.assert_error("POST", "/api/users", 400, f"name {plain}", body={"user_id": "x", "name": "Eve\u2066"})
-        yield self.assert_error("GET", "/api/users/a%E2%80%AEb", 400, f"user_id {plain}")
+        yield self.assert_error("GET", "/api/users?search=%00", 400, f"search holds a control character (U+0000) at character 1: {plain}")
+        yield self.assert_error("POST", "/api/users", 400, f"user_id holds RIGHT-TO-LEFT OVERRIDE (U+202E) at character 4: {plain}", body={"user_id": "abc\u202edef"})
+        yield self.assert_error("POST", "/api/users", 400, plain, body={"user_id": "a\x00b"})
+        yield self.assert_error("POST", "/api/users", 400, plain, body={"user_id": "x", "name": "Eve\u2066"})
+        yield self.assert_error("GET", "/api/users/a%E2%80%AEb", 400, plain)
+        for hostile in ("\x1b[2J", "a\r\nb", "a\x85b", "a\u200fb", "a\u061cb"):  # ESC, CR/LF, C1, RLM, ALM
+            yield self.assert_error("POST", "/api/users", 400, "user_id holds", body={"user_id": hostile})
+            yield self.assert_error("POST", "/api/users", 400, "name holds", body={"user_id": "x", "name": hostile})
+        yield self.assert_error("POST", "/api/users", 400, "name is not in Unicode normalization form NFC",
+                                body={"user_id": "x", "name": "Jose\u0301"})
+        yield self.assert_error("POST", "/api/users", 400, "request body is not UTF-8",
+                                raw='{"user_id": "utf16"}'.encode("utf-16"))
         yield self.assert_error("POST", "/api/users", 400, "validity period ends before it starts",
                                 body={"user_id": "x", "validity": {"start": 10, "end": 5}})
         yield self.assert_error("POST", "/api/terminals/9223372036854775806/admit", 400, "terminal_id must be from 0 to 4294967295",

@@ -237,6 +237,12 @@ def test_an_action_without_a_terminal_id_is_a_usage_error():
     assert "give an action and a terminal id" in done.stderr
 
 
+def test_clearing_a_lockout_without_an_address_is_a_usage_error():
+    done = gateway("lockouts", "clear")
+    assert done.returncode == 2
+    assert "give clear and an address" in done.stderr
+
+
 def test_tables_line_up_by_display_width_with_wide_and_combining_characters():
     names = ["王小明", "Ana Lima", "Zoe\u0308 Ng", "佐藤 花子"]  # wide, plain, a combining mark, wide with a space
     text = table(["USER", "NAME", "CARDS"], [[n, name, "CSN"] for n, name in enumerate(names)])

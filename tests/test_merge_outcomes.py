@@ -79,3 +79,15 @@ def test_an_edit_a_server_delete_reached_first_is_reported_lost(db):
     db.run_now(merge_pulled, T, [], ["u1"], 2**62, NOW_MS + 30)
     ((kind, _, user, detail),) = monitoring(db)
     assert (kind, user) == (CHANGE_DROPPED, "u1") and "before the change was fetched" in detail
+
+
+def test_a_terminal_record_whose_id_or_name_breaks_the_text_rule_is_refused_and_said(db):
+    pulled = [UserRecord("u\u202e1", name="Ana"), UserRecord("u2", name="Eve\x1b[2J"), UserRecord("u3", name="Jose\u0301")]
+    outcome = db.run_now(merge_pulled, T, pulled, [], 2**62, NOW_MS)
+    assert outcome.saved == [] and outcome.corrections == {}
+    assert [db.run_now(load_record, u) for u in ("u\u202e1", "u2", "u3")] == [None, None, None]
+    refused = monitoring(db)
+    assert [(kind, user) for kind, _, user, _ in refused] == [(CHANGE_DROPPED, "u\\u202e1"), (CHANGE_DROPPED, "u2"), (CHANGE_DROPPED, "u3")]
+    assert "user id holds RIGHT-TO-LEFT OVERRIDE (U+202E)" in refused[0][3]
+    assert "name holds a control character (U+001B)" in refused[1][3]
+    assert "name is not in Unicode normalization form NFC" in refused[2][3]

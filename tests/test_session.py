@@ -69,10 +69,10 @@ class Peer:
         self.gateway = gateway or Collaborators()
         if host is None:
             self.transport = StringTransport()
-            self.link = TcpLink(self.gateway.new_session)
+            self.link = TcpLink(self.gateway.new_session, self.gateway.clock)
         else:
             self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
-            self.link = TcpLink(self.gateway.new_session, doorman=self.gateway.doorman)
+            self.link = TcpLink(self.gateway.new_session, self.gateway.clock, doorman=self.gateway.doorman)
         self.link.makeConnection(self.transport)
         self.decoder = StreamDecoder()
 

@@ -5,9 +5,12 @@ import json
 from collections import Counter
 from types import SimpleNamespace
 
+from twisted.internet import task
+
 from gateway.http.snapshot import Mirror, take
 from gateway.http.terminals import terminal_json
 from gateway.metrics import Metrics
+from gateway.native.doorman import DoorLimits, Doorman
 from gateway.sync.monitor import SAVE_FAILED, sync_event_row
 from gateway.sync.reconcile import Reconciliation
 from gateway.sync.syncmode import SyncMode
@@ -32,8 +35,15 @@ def ingest_side():
         reconciler=reconciler,
         eventlog=SimpleNamespace(unsaved=UnsavedEvents(metrics)),
         settings=SimpleNamespace(mode=SyncMode.SPECIFIC),
+        doorman=locked_out_once(),
         metrics=metrics,
     )
+
+
+def locked_out_once() -> Doorman:
+    door = Doorman(task.Clock(), Metrics(), DoorLimits(lockout_after=1))
+    door.proof_failed(7, "192.0.2.7")
+    return door
 
 
 def carried(gateway) -> Mirror:
@@ -54,6 +64,7 @@ def test_the_views_show_the_same_terminals_on_both_sides():
         gateway.reconciler.last[101].as_json(5)
     assert mirror.reconciler.last[101].differences == {"u7": "why"}
     assert "gateway_events_ingested_total 7.0" in mirror.metrics_text
+    assert mirror.doorman.lockouts() == gateway.doorman.lockouts() != []
 
 
 def test_no_secret_leaves_the_ingest_process():

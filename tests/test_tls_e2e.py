@@ -69,7 +69,7 @@ class TlsTests(LiveTestCase):
     def failed_attempts(gateway) -> list[str]:
         """Links that left the strangers without authenticating: the TLS handshake failed."""
         left, leave = [], gateway.doorman.leave
-        gateway.doorman.leave = lambda source: (left.append(source), leave(source))
+        gateway.doorman.leave = lambda source, *rest: (left.append(source), leave(source, *rest))
         return left
 
     @staticmethod

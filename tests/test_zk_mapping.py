@@ -18,7 +18,8 @@ from gateway.zk.mapping import (
     to_device,
     to_server,
 )
-from protocol.records import Card, CardType, Fingerprint, UserRecord, hash_pin, is_plain_text
+from protocol.records import Card, CardType, Fingerprint, UserRecord, hash_pin
+from protocol.text import is_plain_text
 from protocol.zk.records import Template, User, decode_user, encode_user
 from simulator.people import People
 

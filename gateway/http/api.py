@@ -252,8 +252,12 @@ class ApiResource(resource.Resource):
                 raise ApiError(400, f"this request needs a JSON body with {', '.join(route.body['required'])}")
             raw = b"{}"
         try:
-            body = json.loads(raw, parse_float=_number)
-        except (UnicodeDecodeError, ValueError) as exc:
+            text = raw.decode("utf-8")  # json.loads would take UTF-16 and UTF-32 too: docs/http-api.md says UTF-8
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        try:
+            body = json.loads(text, parse_float=_number)
+        except ValueError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, f"request body nests deeper than {MAX_DEPTH} levels") from None

@@ -240,6 +240,20 @@ SCHEMAS = {
         },
     },
     "Removed": {"type": "object", "properties": {"removed": {"type": "integer"}}},
+    "Lockouts": {
+        "type": "object",
+        "properties": {"lockouts": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string", "enum": ["address", "terminal"], "description": "an address refused at connect, or a terminal id under attack"},
+                "address": {"type": ["string", "null"]},
+                "terminal_id": {"type": ["integer", "null"]},
+                "remaining_s": {"type": "number", "description": "seconds until it ends by itself"},
+                "why": {"type": "string"},
+            },
+        }}},
+    },
+    "Cleared": {"type": "object", "properties": {"cleared": {"type": "string"}}},
     "Deleted": {"type": "object", "properties": {"deleted": {"type": "string"}}},
 }
 

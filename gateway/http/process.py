@@ -210,6 +210,10 @@ class MirroredGateway:
         return self.mirror.reconciler
 
     @property
+    def doorman(self):
+        return self.mirror.doorman
+
+    @property
     def settings(self):
         return self.mirror.settings
 

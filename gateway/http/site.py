@@ -8,8 +8,9 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web import resource, server
 
-from gateway.http import activity, events, history, sync, terminals, users
+from gateway.http import activity, events, history, lockouts, sync, terminals, users
 from gateway.http.api import ApiResource, BoundedBody, Route
+from gateway.http.channel import ConnectionsPerAddress
 from gateway.http.openapi import document
 from gateway.http.sse import EventStream
 
@@ -24,7 +25,7 @@ def api_routes() -> list[Route]:
     def openapi(call):
         return spec
 
-    routes = terminals.ROUTES + users.ROUTES + history.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES
+    routes = terminals.ROUTES + users.ROUTES + history.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES + lockouts.ROUTES
     routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)"))
     spec = document(routes)
     return routes
@@ -93,8 +94,9 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class GatewaySite(server.Site):
-    """The HTTP factory: bodies bounded as they arrive, no access log, streams closed on stop."""
+class GatewaySite(ConnectionsPerAddress, server.Site):
+    """The HTTP factory: connections bounded per address and in time (gateway/http/channel.py),
+    bodies bounded as they arrive, no access log, streams closed on stop."""
 
     noisy = False  # "Starting factory" says nothing the "monitoring page at" line does not
 
@@ -112,7 +114,8 @@ class GatewaySite(server.Site):
         root.putChild(b"page", page)
         root.putChild(b"api", ApiResource(gateway, self.stream, routes or api_routes()))
         root.putChild(b"metrics", MetricsResource(gateway.metrics))
-        super().__init__(root, parsePOSTFormSubmission=False)
+        super().__init__(root, parsePOSTFormSubmission=False, reactor=gateway.reactor)
+        self.count_connections(gateway.reactor)
 
     def getResourceFor(self, request):
         # On loopback, a request naming another host is a web page in the operator's browser
@@ -130,4 +133,5 @@ class GatewaySite(server.Site):
 
     def stopFactory(self):
         self.stream.close()
+        self._lines.stop()
         super().stopFactory()

@@ -3,7 +3,7 @@ on the other.
 
 What the API shows and only the ingest process knows (which terminals are online, when each was
 last heard, why one went offline, the last reconciliation of each, monitoring events waiting for
-the database, the sync mode in force, the metrics) travels as one JSON document. ``take``
+the database, the sync mode in force, the lockouts, the metrics) travels as one JSON document. ``take``
 builds it on the ingest reactor from the objects the views read; ``Mirror`` keeps the newest one
 in the API process as objects with the same attributes, so the views run unchanged on either
 side. The document holds no secret: writes, which need them, run in the ingest process.
@@ -33,6 +33,7 @@ def take(gateway, now_s: float) -> dict:
         # Oldest first, each with the number that tells it apart, so the mirror offers new ones to the live stream once.
         "unsaved": [dict(number=n, event=e) for n, e in zip(unsaved.taken(), reversed(unsaved.shown()))],
         "sync_mode": gateway.settings.mode.value,
+        "lockouts": gateway.doorman.lockouts(),
         "metrics": gateway.metrics.exposition().decode(),
     }
 
@@ -62,6 +63,14 @@ class RegistryView:
 
     def connected(self) -> list[TerminalView]:
         return [t for t in self.terminals.values() if t.online]
+
+
+class DoormanView:
+    def __init__(self):
+        self.shown: list[dict] = []
+
+    def lockouts(self) -> list[dict]:
+        return self.shown
 
 
 class ReconcilerView:
@@ -105,6 +114,7 @@ class Mirror:
     def __init__(self):
         self.registry = RegistryView()
         self.reconciler = ReconcilerView()
+        self.doorman = DoormanView()
         self.settings = SettingsView()
         self.eventlog = EventLogView(UnsavedView())
         self.metrics_text = ""
@@ -117,6 +127,7 @@ class Mirror:
                                 for r in snapshot["reconciliations"]}
         self.reconciler.repaired_total = Counter({r["terminal_id"]: r["repaired_total"] for r in snapshot["reconciliations"]})
         self.settings.mode = SyncMode(snapshot["sync_mode"])
+        self.doorman.shown = snapshot["lockouts"]
         self.eventlog.unsaved.update(snapshot["unsaved"])
         self.metrics_text = snapshot["metrics"]
         self.taken_s = snapshot["taken_s"]

@@ -16,12 +16,12 @@ from protocol.records import (
     MAX_PIN_DIGITS,
     MAX_USER_ID_BYTES,
     PIN_PATTERN,
-    PLAIN_TEXT,
     Card,
     CardType,
     UserRecord,
     hash_pin,
 )
+from protocol.text import PLAIN_TEXT
 
 USER_ID = Param("user_id", "string", "the user's id")
 U32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}

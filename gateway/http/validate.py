@@ -6,13 +6,27 @@ to report, and it is said in one sentence naming the field ("access_groups[0] mu
 4294967295", "body has unknown field(s) colour; known: ...").
 """
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
-from protocol.records import PLAIN_TEXT, PLAIN_TEXT_RULE
+from protocol.text import PLAIN_TEXT, text_fault
 
+# Ids and names (protocol/text.py says why): checking the PLAIN_TEXT pattern here applies the
+# whole rule, NFC included.
+_draft_pattern = Draft202012Validator.VALIDATORS["pattern"]
+
+
+def _pattern(validator, pattern, instance, schema):
+    if pattern == PLAIN_TEXT and isinstance(instance, str):
+        fault = text_fault(instance)
+        if fault is not None:
+            yield ValidationError(fault)
+        return
+    yield from _draft_pattern(validator, pattern, instance, schema)
+
+
+_Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 _validators: dict[int, Draft202012Validator] = {}  # by id() of a schema: schemas are module constants
-
 
 
 class Invalid(ValueError):
@@ -23,7 +37,7 @@ def check(schema: dict, value, where: str = "body") -> None:
     validator = _validators.get(id(schema))
     if validator is None:
         Draft202012Validator.check_schema(schema)
-        validator = _validators[id(schema)] = Draft202012Validator(schema)
+        validator = _validators[id(schema)] = _Validator(schema)
     error = best_match(validator.iter_errors(value))
     if error is not None:
         raise Invalid(_sentence(error, where))
@@ -50,7 +64,7 @@ def _sentence(error: ValidationError, where: str) -> str:
     if kind in ("anyOf", "oneOf") and "description" in schema:
         return f"{field} must be {schema['description']}"
     if kind == "pattern" and schema["pattern"] == PLAIN_TEXT:
-        return f"{field} {PLAIN_TEXT_RULE}"
+        return f"{field} {error.message}"
     if kind == "pattern" and "description" in schema:
         return f"{field} must be {schema['description'].split(';')[0]}"
     if kind == "pattern":

@@ -11,6 +11,9 @@ adapters) gets pyserial's software switching instead: RTS set, the frame written
 RTS set back.
 """
 
+import queue
+import threading
+
 from serial import SerialException, serial_for_url
 from serial.rs485 import RS485, RS485Settings
 from serial.threaded import Protocol as ThreadedProtocol
@@ -19,7 +22,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.serialport import SerialPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 log = Logger(namespace="gateway.serial")
 
@@ -89,42 +91,77 @@ class SelectableSerialPort(SerialPort):
 class ThreadedSerialTransport:
     """A pyserial port read on pyserial's reader thread and written on a writer thread of its own.
 
-    One writer thread keeps frames in order; the reactor thread never waits for the line.
+    One writer thread keeps frames in order; the reactor thread never waits for the line. Both
+    threads end with the port, however it ends (closed by the gateway, or lost: a converter or
+    an RFC 2217 server gone), and both are daemon threads, so that no way out of the process
+    (SIGTERM, a start failure) waits for a serial line: a gateway mastering an ``rfc2217://``
+    bus once lived on after SIGTERM, its writer blocked for ever waiting for work.
     """
 
     def __init__(self, port, protocol, reactor):
         self._port = port
-        self._protocol = protocol
+        self.protocol = protocol
         self._reactor = reactor
-        self._writer = ThreadPool(1, 1, name=f"serial writer {port.port}")
+        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_frames, name=f"serial writer {port.port}", daemon=True)
         self._writer.start()
         protocol.makeConnection(self)
-        self._reader = ReaderThread(port, lambda: _ToReactor(protocol, reactor))
+        self._reader = _Reader(port, _ToReactor(self, reactor))
         self._reader.start()
 
     def write(self, data: bytes) -> None:
-        self._writer.callInThread(self._write, data)
+        self._frames.put(data)
 
-    def _write(self, data: bytes) -> None:
-        try:
-            self._port.write(data)
-        except (SerialException, OSError) as exc:
-            self._reactor.callFromThread(log.warn, "{port}: write failed: {e}", port=self._port.port, e=exc)
+    def _write_frames(self) -> None:
+        while (data := self._frames.get()) is not None:
+            try:
+                self._port.write(data)
+            except (SerialException, OSError) as exc:
+                self._reactor.callFromThread(self._write_failed, exc)
+                return
+
+    def _write_failed(self, exc: Exception) -> None:
+        """A port that cannot be written is lost (an RFC 2217 server or a converter gone): closed
+        here, and its bus opens it again, instead of failing every frame for ever."""
+        log.warn("{port}: write failed ({e}); closing the port", port=self._port.port, e=exc)
+        self._reader.close()
 
     def loseConnection(self) -> None:
-        self._writer.stop()  # lets queued frames finish first
+        self._frames.put(None)  # the writer ends after the frames queued before
         self._reader.close()  # the reader thread reports connectionLost as it ends
+
+    def connection_lost(self, reason: Failure) -> None:
+        """The reader ended (the port closed or lost): so does the writer; then the protocol hears it."""
+        self._frames.put(None)
+        self.protocol.connectionLost(reason)
+
+
+class _Reader(ReaderThread):
+    """pyserial's reader thread, which says when it ends however it ends: pyserial's own lets an
+    exception before its loop (an RFC 2217 server that stops answering while the read time-out
+    is set) end the thread without a word, leaving a port that looks open and is not."""
+
+    def __init__(self, port, protocol: "_ToReactor"):
+        super().__init__(port, lambda: protocol)
+        self._told = protocol
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # pyserial's run() reports errors in its loop itself; this is what it misses
+            self.alive = False
+            self._told.connection_lost(exc)
 
 
 class _ToReactor(ThreadedProtocol):
-    """pyserial's reader-thread protocol, handing everything to the Twisted protocol on the reactor."""
+    """pyserial's reader-thread protocol, handing everything to the transport's protocol on the reactor."""
 
-    def __init__(self, protocol, reactor):
-        self._protocol = protocol
+    def __init__(self, transport: ThreadedSerialTransport, reactor):
+        self._transport = transport
         self._reactor = reactor
 
     def data_received(self, data):
-        self._reactor.callFromThread(self._protocol.dataReceived, data)
+        self._reactor.callFromThread(self._transport.protocol.dataReceived, data)
 
     def connection_lost(self, exc):
-        self._reactor.callFromThread(self._protocol.connectionLost, Failure(exc or ConnectionDone()))
+        self._reactor.callFromThread(self._transport.connection_lost, Failure(exc or ConnectionDone()))

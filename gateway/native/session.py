@@ -357,15 +357,21 @@ class TerminalSession:
         frame, hello = answered.frame, answered.hello
         terminal_id = frame.terminal_id
         info = TerminalInfo(hello.model, hello.firmware, hello.max_users)
+        self._doorman.answered(self.link)
+        checked = False
         try:
             if self.expected_terminal_id is not None and terminal_id != self.expected_terminal_id:
                 raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"expected terminal {self.expected_terminal_id} here, not {terminal_id}")
             secret = self._admission.secret_for(terminal_id, info, self.link.description)
+            unchecked = self._doorman.may_check(terminal_id, self.link.source)
+            if unchecked is not None:
+                raise Refused(ErrorCode.AUTH_FAILED, unchecked)
+            checked = True
             refusal = self._connection.authenticate(secret)
             if refusal is not None:
                 raise Refused(*refusal)
         except Refused as refusal:
-            self._refuse(frame, refusal)
+            self._refuse(frame, refusal, wrong_proof=checked and refusal.code == ErrorCode.AUTH_FAILED)
             return
         self._terminal_id = terminal_id
         self.info = info
@@ -374,16 +380,14 @@ class TerminalSession:
         d.addCallback(self._send_welcome)
         d.addErrback(self._handshake_failed)
 
-    def _refuse(self, frame: Frame, refusal: Refused) -> None:
-        """Log, count and answer a refusal; a guess at a secret (or at a terminal id) is answered
-        late when the doorman says so, the link still holding its stranger's place meanwhile."""
+    def _refuse(self, frame: Frame, refusal: Refused, wrong_proof: bool) -> None:
+        """Log, count and answer a refusal; a wrong proof (a guess at a secret: not an unknown or
+        pending id) is answered late when the doorman says so, the link still holding its
+        stranger's place meanwhile."""
         self._metrics.refused.labels(refusal.code.name.lower()).inc()
         self._doorman.lines.warn("refused terminals", self.link.source, "refused terminal {tid} on {link}: {reason}",
                                  tid=frame.terminal_id, link=self.link.description, reason=refusal.reason)
-        delay = 0.0
-        if refusal.code in (ErrorCode.AUTH_FAILED, ErrorCode.UNKNOWN_TERMINAL):
-            guessed = frame.terminal_id if refusal.code == ErrorCode.AUTH_FAILED else None
-            delay = self._doorman.proof_failed(guessed, self.link.source)
+        delay = self._doorman.proof_failed(frame.terminal_id, self.link.source) if wrong_proof else 0.0
         if delay:
             if self._deadline_timer is not None and self._deadline_timer.active():
                 self._deadline_timer.cancel()  # the refusal, not the handshake's deadline, ends this link

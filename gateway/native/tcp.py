@@ -10,6 +10,10 @@ Until its peer authenticated, a link's decoder takes only frames of a handshake'
 a stranger can hold), and a link the listener accepted holds a stranger's place at the
 ``Doorman``, which may refuse the connection outright or have it wait for a place: the gateway
 says nothing on a waiting link (no HELLO) until it is let in, and refuses one that speaks first.
+
+A link closed is gone within ``CLOSE_GRACE_S`` whatever its peer does: a polite close waits for
+the peer to take what was written, and TLS's waits for the TLS handshake to end, which a peer
+that never sends a ClientHello never lets happen. A stranger's place is given back at the close.
 """
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -23,12 +27,16 @@ from protocol.messages import MAX_HANDSHAKE_PAYLOAD
 
 log = Logger(namespace="gateway.tcp")
 
+CLOSE_GRACE_S = 2.0  # what a closed link's peer has to take the last frame (a refusal's reason) before it is cut off
+
 
 class TcpLink(protocol.Protocol):
     address = 0  # no bus address on TCP
     request_bytes = MAX_PAYLOAD  # how big one request to the terminal may be
 
-    def __init__(self, new_session, expected_terminal_id: int | None = None, doorman=None):
+    def __init__(self, new_session, clock, expected_terminal_id: int | None = None, doorman=None):
+        self._clock = clock
+        self._cut_off = None
         self._new_session = new_session
         self.expected_terminal_id = expected_terminal_id
         self._doorman = doorman  # set while this link holds a stranger's place
@@ -59,6 +67,10 @@ class TcpLink(protocol.Protocol):
         self._doorman = None
         self.transport.abortConnection()
 
+    def hurry(self, reason: str) -> None:
+        """The doorman closes this stranger: it was slow while others waited for its place."""
+        self.session.close(reason)
+
     def _start_session(self) -> None:
         self.session = self._new_session(self, self.expected_terminal_id)
         self.session.start()
@@ -77,9 +89,11 @@ class TcpLink(protocol.Protocol):
                 self.session.frame_error(item)
             if self.session.established and self.decoder.max_payload < MAX_PAYLOAD:
                 self.decoder.max_payload = MAX_PAYLOAD
-                self._no_longer_a_stranger()
+                self._no_longer_a_stranger(authenticated=True)
 
     def connectionLost(self, reason=protocol.connectionDone):
+        if self._cut_off is not None and self._cut_off.active():
+            self._cut_off.cancel()
         if self.waiting:
             self._doorman.stop_waiting(self)
             self._doorman = None
@@ -87,9 +101,9 @@ class TcpLink(protocol.Protocol):
         if self.session is not None:
             self.session.connection_lost(reason.getErrorMessage())
 
-    def _no_longer_a_stranger(self) -> None:
+    def _no_longer_a_stranger(self, authenticated: bool = False) -> None:
         if self._doorman is not None:
-            self._doorman.leave(self.source)
+            self._doorman.leave(self.source, self, authenticated)
             self._doorman = None
 
     # -- the link interface a session uses ---------------------------------------------------
@@ -98,7 +112,10 @@ class TcpLink(protocol.Protocol):
         self.transport.write(encode_frame(frame))
 
     def close(self, reason: str) -> None:
+        self._no_longer_a_stranger()
         self.transport.loseConnection()
+        if self._cut_off is None:
+            self._cut_off = self._clock.callLater(CLOSE_GRACE_S, self.transport.abortConnection)
 
     def pause(self) -> None:
         self.transport.pauseProducing()
@@ -112,12 +129,13 @@ class TerminalListener(protocol.Factory):
 
     noisy = False  # the gateway logs each terminal itself
 
-    def __init__(self, new_session, doorman):
+    def __init__(self, new_session, doorman, clock):
         self.new_session = new_session
         self.doorman = doorman
+        self.clock = clock
 
     def buildProtocol(self, addr):
-        return TcpLink(self.new_session, doorman=self.doorman)
+        return TcpLink(self.new_session, self.clock, doorman=self.doorman)
 
 
 class TerminalDialer:
@@ -134,7 +152,7 @@ class TerminalDialer:
         self.where = where
         self.attempts = 0  # connections tried since the terminal last authenticated: the backoff grows with them
         self._policy = backoffPolicy(initialDelay=0.5, maxDelay=30)
-        factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, expected_terminal_id=terminal_id))
+        factory = protocol.Factory.forProtocol(lambda: TcpLink(new_session, reactor, expected_terminal_id=terminal_id))
         factory.noisy = False
         self._endpoint = dial_endpoint(reactor, where) if tls is None else wrapClientTLS(tls, dial_endpoint(reactor, where))
         self._service = ClientService(self, factory, retryPolicy=self._retry_after, clock=reactor)

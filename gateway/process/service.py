@@ -104,7 +104,7 @@ class Gateway:
         for peer_work in (self.peers, self.claims):
             if peer_work is not None:
                 peer_work.start()
-        self.tcp_port = self._listen(self.config.tcp_port, TerminalListener(self.new_session, self.doorman), self.config.tcp_host)
+        self.tcp_port = self._listen(self.config.tcp_port, TerminalListener(self.new_session, self.doorman, self.clock), self.config.tcp_host)
         log.info("gateway listening for terminals on {host}:{port}, database {db}, sync mode {mode}",
                  host=self.config.tcp_host, port=self.tcp_port.getHost().port, db=_safe_url(self.config.db), mode=self.settings.mode)
         if self.role.primary:
@@ -173,7 +173,7 @@ class Gateway:
     def _listen_tls(self, entry: dict):
         options = server_options(entry["cert"], entry["key"], entry.get("client_ca"))
         host = entry.get("host", self.config.tcp_host)
-        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman), options,
+        port = self.reactor.listenSSL(entry.get("port", 4371), TerminalListener(self.new_session, self.doorman, self.clock), options,
                                        backlog=LISTEN_BACKLOG, interface=host)
         log.info("listening for terminals over TLS on {host}:{port}{clients}", host=host, port=port.getHost().port,
                  clients=", client certificates required" if entry.get("client_ca") else "")
@@ -198,6 +198,8 @@ class Gateway:
             self.metrics.clock_drift.labels(str(connection.terminal_id)).set(connection.info.clock_drift_s)
 
     def _terminal_admitted(self, terminal_id: int) -> None:
+        # Its wrong proofs were a terminal set up wrong, not a guesser: it gets in at its next try.
+        self.doorman.forgive(terminal_id)
         # A bus greets a silent or refused address on a backoff of up to half a minute: greet now.
         for bus in self.buses:
             bus.greet_now(terminal_id)

@@ -21,6 +21,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway.quietlog import RepeatedLines
 from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, upsert
 from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, LOG_RESTARTED, SAVE_FAILED, record_sync_events, sync_event_row
 from gateway.store.order import keyed
@@ -105,6 +106,7 @@ class EventLog:
         self._pulls_device_updates = pulls_device_updates  # the sync mode's, read as each batch arrives
         self._clock = clock
         self._metrics = metrics
+        self._lines = RepeatedLines(log, clock)  # a terminal whose every event leaps must not fill the disk
         self._on_committed = on_committed  # called with [(terminal_id, users_to_pull)] after commit
         self._queue: deque[_Submission] = deque()
         self._queued_events = 0
@@ -269,15 +271,18 @@ class EventLog:
                 log.info("terminal {tid}: {text}", tid=anomaly.terminal_id, text=anomaly.text)
                 continue
             self._metrics.event_log_anomalies.labels(anomaly.kind).inc()
-            log.warn("terminal {tid}: {text}", tid=anomaly.terminal_id, text=anomaly.text)
+            self._lines.warn(f"event log notices ({anomaly.kind})", f"terminal {anomaly.terminal_id}", "terminal {tid}: {text}",
+                             tid=anomaly.terminal_id, text=anomaly.text)
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
-        """Cancel a pending retry; what was not committed was not acknowledged and will be resent."""
+        """Cancel a pending retry (what was not committed was not acknowledged and will be resent),
+        and say the notices held back."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        self._lines.stop()
 
 
 def open_log(conn, terminal_id: int, announced: int | None, at_ms: int) -> tuple[LogState, int, list[Anomaly]]:

@@ -33,6 +33,7 @@ from gateway.sync.users import Stored, store_record, stored_users
 from protocol.errors import ProtocolError
 from protocol.events import EventCode, Origin
 from protocol.records import MAX_CARDS, UserRecord, UserRecordWire
+from protocol.text import text_fault
 
 log = Logger(namespace="gateway.puller")
 
@@ -223,6 +224,11 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
     rows, history, saved, corrections = [], [], [], {}
     stored = stored_users(conn, [r.user_id for r in records] + missing)
     for record in records:
+        fault = _text_fault(record)
+        if fault is not None:  # the one rule for ids and names (protocol/text.py), as at the API
+            rows.append(sync_event_row(CHANGE_DROPPED, terminal_id, ascii(record.user_id)[1:-1], f"keypad change refused: {fault}",
+                                       at_ms=at_ms))
+            continue
         found = stored.get(record.user_id)
         if found is not None and found.record is None and not _enrolled_since(conn, terminal_id, record.user_id, found.updated_ms):
             # Deleted on the server while this terminal's keypad edited it: the server's delete wins.
@@ -272,6 +278,14 @@ def merge_pulled(conn, terminal_id: int, records: list[UserRecord], missing: lis
         )
     )
     return MergeOutcome(saved, corrections, [(row["type"], row["user_id"], row["detail"]) for row in rows])
+
+
+def _text_fault(record: UserRecord) -> str | None:
+    for what, text in (("user id", record.user_id), ("name", record.name)):
+        fault = text_fault(text) if text is not None else None
+        if fault is not None:
+            return f"its {what} {fault}"
+    return None
 
 
 def _enrolled_since(conn, terminal_id: int, user_id: str, since_ms: int) -> bool:

@@ -15,15 +15,14 @@ from protocol.errors import MessageError
 from protocol.records import (
     MAX_FOREIGN_TEMPLATE,
     MAX_PIN_DIGITS,
-    PLAIN_TEXT_RULE,
     Card,
     CardType,
     Fingerprint,
     UserRecord,
     hash_pin,
     is_clear_pin,
-    is_plain_text,
 )
+from protocol.text import is_plain_text, text_fault
 from protocol.zk.records import Template, User
 
 # What each user record size holds (docs/zk.md, "Records").
@@ -116,10 +115,10 @@ def refusal(user: User, cards: CardField) -> str | None:
     UserRecord.validate checks the lengths). The reason shows the id escaped, never the password."""
     if not keyable(user):
         return f"user id {ascii(user.user_id)} (uid {user.uid}) is empty or not UTF-8"
-    if not is_plain_text(user.user_id):
-        return f"user id {ascii(user.user_id)} (uid {user.uid}) {PLAIN_TEXT_RULE}"
-    if not is_plain_text(device_name(user)):
-        return f"the name of user {ascii(user.user_id)} {PLAIN_TEXT_RULE}"
+    if (fault := text_fault(user.user_id)) is not None:
+        return f"user id {ascii(user.user_id)} (uid {user.uid}) {fault}"
+    if (fault := text_fault(device_name(user))) is not None:
+        return f"the name of user {ascii(user.user_id)} {fault}"
     if user.password and not (is_text(user.password) and is_clear_pin(user.password)):
         return f"the password of user {ascii(user.user_id)} is not a PIN (1 to {MAX_PIN_DIGITS} digits)"
     try:

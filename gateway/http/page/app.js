@@ -104,6 +104,16 @@ async function refreshTerminals() {
   }
 }
 
+// Addresses locked out after wrong proofs keep every terminal behind them out: say so under the tiles.
+async function refreshLockouts() {
+  const { lockouts } = await getJSON("/api/lockouts");
+  const list = document.getElementById("lockouts");
+  list.replaceChildren(...lockouts.map((l) => element("li", `lockout ${l.kind}`, l.kind === "address"
+    ? `${l.address} locked out for another ${Math.round(l.remaining_s)} s after ${l.why} (gateway lockouts clear ${l.address})`
+    : `terminal ${l.terminal_id} under attack for another ${Math.round(l.remaining_s)} s: ${l.why}`)));
+  list.hidden = lockouts.length === 0;
+}
+
 async function refreshSyncMode() {
   document.getElementById("sync-mode").textContent = (await getJSON("/api/sync")).mode;
 }
@@ -417,6 +427,7 @@ async function start() {
   every(2, refreshCharts);
   every(2, refreshShownUser);
   every(5, refreshSyncMode);
+  every(5, refreshLockouts);
   loadUsers(false).catch((error) => console.warn(error));
   await loadEventTypes();
   await loadRecentEvents();
