@@ -154,6 +154,10 @@ class GatewayConfig(Struct, kw_only=True, forbid_unknown_fields=True):
         if twice:
             raise ConfigError(f"serial device(s) configured twice: {', '.join(twice)}")
 
+    def configured_ids(self) -> set[int]:
+        """The terminals this configuration admits, of every kind."""
+        return {t.id for kind in kinds().values() for t in kind.configured(self.section(kind.section))}
+
     def section(self, name: str) -> Any:
         """One kind's section as given (None when absent); ``[[terminals]]``, our own protocol's, is declared above."""
         return self.terminals if name == "terminals" else self.sections.get(name)

@@ -4,7 +4,6 @@ is, and an administrator's admission decisions."""
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
 from gateway.http.users import GROUPS
-from gateway.kinds import kinds
 from gateway.terminals import ADMITTED, REFUSED
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
@@ -81,7 +80,7 @@ def admit_terminal(call):
     if not (secret or (term and term.secret) or call.gateway.config.default_secret):
         raise ApiError(400 if term else 404, f"terminal {terminal_id} has no secret: give its secret to admit it")
     groups = call.body.get("access_groups")
-    if groups is not None and any(entry["id"] == terminal_id for entry in [*call.gateway.config.terminals, *call.gateway.config.zk]):
+    if groups is not None and terminal_id in call.gateway.config.configured_ids():
         raise ApiError(409, f"terminal {terminal_id} is listed in the gateway configuration: set its groups there")
     d = call.gateway.registry.set_admission(terminal_id, ADMITTED, secret, None if groups is None else frozenset(groups))
     return d.addCallback(lambda _: show_terminal(call))
@@ -96,8 +95,7 @@ def refuse_terminal(call):
 def remove_terminal(call):
     """Forget a terminal; its events stay in the log. A configured one comes back on restart."""
     term = _terminal(call)
-    config = call.gateway.config
-    if any(t.id == term.terminal_id for kind in kinds().values() for t in kind.configured(config.section(kind.section))):
+    if term.terminal_id in call.gateway.config.configured_ids():
         raise ApiError(409, f"terminal {term.terminal_id} is listed in the gateway configuration: remove it there")
     return call.gateway.registry.remove(term.terminal_id).addCallback(lambda _: {"removed": term.terminal_id})
 
