@@ -28,6 +28,10 @@ from protocol.messages import MAX_BATCH_EVENTS, NOTICE_SEQ, Command, parse_body
 
 log = Logger(namespace="simulator")
 
+# A terminal refused as unknown or pending dials again after at most this long, not its full
+# backoff: an administrator admitting it should see it online within seconds (docs/protocol.md).
+ADMISSION_RETRY_S = 5.0
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -190,6 +194,7 @@ class TerminalLink(protocol.Protocol):
                 log.info("terminal {tid}: this link was replaced by a newer one: {text}", tid=self.terminal.terminal_id, text=text)
             elif answered is None and frame.command == Command.HELLO:
                 log.warn("terminal {tid}: refused by the gateway: {text}", tid=self.terminal.terminal_id, text=text)
+                self.factory.refused(_error_code(frame))
             else:
                 log.warn("terminal {tid}: gateway answered an error: {text}; reconnecting", tid=self.terminal.terminal_id, text=text)
             self.transport.loseConnection()
@@ -273,6 +278,7 @@ class DialingTerminal(protocol.Factory):
         self.trouble: str | None = None  # why the last dial did not end authenticated; None once one did
         self._redial = True
         self._policy = backoffPolicy(initialDelay=0.2, maxDelay=60.0, factor=2.0)  # a terminal's, docs/protocol.md
+        self._awaiting_admission = False  # refused as unknown or pending: an administrator is expected to admit it
         endpoint = TCP4ClientEndpoint(reactor, host, port)
         self._endpoint = wrapClientTLS(tls, endpoint) if tls else endpoint
         self._service = ClientService(self, self, retryPolicy=self._retry_after, clock=reactor)
@@ -309,11 +315,18 @@ class DialingTerminal(protocol.Factory):
         return failure
 
     def _retry_after(self, _failed_in_a_row: int) -> float:
-        return self._policy(self.dials)
+        wait = self._policy(self.dials)
+        return min(wait, ADMISSION_RETRY_S) if self._awaiting_admission else wait
+
+    def refused(self, code: int | None) -> None:
+        """The gateway refused this terminal's HELLO: unknown or pending, it asks again soon, so
+        that an administrator's admit lets it in within seconds (docs/protocol.md, "Handshake")."""
+        self._awaiting_admission = code in (ErrorCode.UNKNOWN_TERMINAL, ErrorCode.PENDING_ADMISSION)
 
     def authenticated(self) -> None:
         self.dials = 0
         self.trouble = None
+        self._awaiting_admission = False
 
     def link_dropped(self, why: str) -> None:
         self.trouble = why
@@ -355,6 +368,9 @@ class ListeningTerminal(protocol.Factory):
 
     def link_dropped(self, why: str) -> None:
         """The gateway's call ended; the next one is answered as it comes."""
+
+    def refused(self, code: int | None) -> None:
+        """The gateway dials this terminal: after a refusal it is the gateway that calls again."""
 
     def go_offline(self) -> None:
         """Unplug the network cable: drop the link and stop answering the gateway's calls."""

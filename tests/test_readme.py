@@ -133,10 +133,10 @@ def test_the_newcomer_sequence_works_as_written(tmp_path):
 
 
 # The terminals knock, refused as unknown, a minute before anyone admits them (as issue 23 found:
-# refusals counted toward a lockout of 127.0.0.1 for 15 minutes). With today's redial backoff two
-# simulated terminals fail about 8 handshakes in that minute, under auth_lockout_after (10).
+# refusals counted toward a lockout of 127.0.0.1 for 15 minutes). They ask every 5 s, so two
+# terminals are refused about 24 times in that minute: an unknown id counts toward no lockout.
 ADMIT_AFTER_S = 60
-SOON_AFTER_S = 75  # a terminal redials within a minute (its longest backoff), so "soon" means that, not 15 minutes
+SOON_AFTER_S = 20  # a refused terminal asks again within 5 s (docs/protocol.md, "Handshake"); not 15 minutes of a lockout
 
 
 def test_the_newcomer_sequence_pasted_slowly_still_ends_with_ana_on_terminal_2_soon_after_the_admit(tmp_path):

@@ -6,7 +6,8 @@ from twisted.internet.error import ConnectionRefusedError, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from simulator.tcp import DialingTerminal
+from protocol.errors import ErrorCode
+from simulator.tcp import ADMISSION_RETRY_S, DialingTerminal
 from simulator.terminal import Terminal
 
 
@@ -61,3 +62,19 @@ def test_a_dial_that_fails_says_why():
     terminal, reactor = dialling()
     reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
     assert terminal.trouble.startswith("cannot connect: Connection was refused")
+
+
+def test_a_terminal_refused_as_unknown_or_pending_asks_again_within_seconds_and_a_wrong_proof_backs_off():
+    terminal, reactor = dialling()
+    for _ in range(10):
+        accept_then_abort(reactor)
+        backoff = next_dial_in(reactor)
+        redial(reactor)
+    assert backoff > 20  # refused at the door: its backoff has grown
+    terminal.refused(ErrorCode.PENDING_ADMISSION)
+    accept_then_abort(reactor)
+    assert next_dial_in(reactor) <= ADMISSION_RETRY_S
+    redial(reactor)
+    terminal.refused(ErrorCode.AUTH_FAILED)
+    accept_then_abort(reactor)
+    assert next_dial_in(reactor) > 20, "a wrong proof is no reason to ask again soon"
