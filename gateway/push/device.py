@@ -98,7 +98,8 @@ class PushDevice:
         self._results: dict[int, defer.Deferred] = {}  # command id -> fires with its Return code
         self._listing: tuple[dict, dict] | None = None  # users and fingers of a DATA QUERY under way
         self._listing_ids: set[int] = set()
-        self._listed: list[defer.Deferred] = []
+        self._listed: list[defer.Deferred] = []  # wait for the listing under way
+        self._listed_next: list[defer.Deferred] = []  # asked for a fresh one while another was under way: wait for the next
         self._complete = False  # memory holds the device's whole user list, kept up to date since
         self._keypad_deleted: set[str] = set()
         self._silence = None
@@ -197,9 +198,7 @@ class PushDevice:
         results, self._results = self._results, {}
         for d in results.values():
             d.errback(failure)
-        waiting, self._listed = self._listed, []
-        for d in waiting:
-            d.errback(failure)
+        self._fail_listing(failure)
         if self._silence is not None and self._silence.active():
             self._silence.cancel()
         self._silence = None
@@ -238,17 +237,24 @@ class PushDevice:
         """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
         if not self.online:
             return defer.fail(DeviceGone(f"PUSH device {self.server.serial} is offline"))
-        if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
-            self._start_listing()
-        elif self._complete:
-            return defer.succeed(None)
+        if fresh and self._listing is not None:
+            # The listing under way was asked for before this question: what it gathers may be
+            # older than what the caller wants to compare (a wipe just now), so wait for the next.
+            waiters = self._listed_next
+        else:
+            if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
+                self._start_listing()
+            elif self._complete:
+                return defer.succeed(None)
+            waiters = self._listed
         d = defer.Deferred()
-        self._listed.append(d)
+        waiters.append(d)
 
         def too_late():
-            if d in self._listed:
-                self._listed.remove(d)
-                d.errback(DeviceGone(f"PUSH device {self.server.serial} did not list its users within {LISTING_S:g} s"))
+            for waiting in (self._listed, self._listed_next):
+                if d in waiting:
+                    waiting.remove(d)
+                    d.errback(DeviceGone(f"PUSH device {self.server.serial} did not list its users within {LISTING_S:g} s"))
 
         timer = self._clock.callLater(LISTING_S, too_late)
 
@@ -271,8 +277,16 @@ class PushDevice:
         self._complete = True
         self._announce()
         waiting, self._listed = self._listed, []
+        if self._listed_next:
+            self._listed, self._listed_next = self._listed_next, []
+            self._start_listing()
         for d in waiting:
             d.callback(None)
+
+    def _fail_listing(self, failure: Exception) -> None:
+        waiting, self._listed, self._listed_next = self._listed + self._listed_next, [], []
+        for d in waiting:
+            d.errback(failure)
 
     # -- uploads ------------------------------------------------------------------------------------------
 
@@ -391,9 +405,7 @@ class PushDevice:
                      id=command.id, verb=command.text[:40], n=self.server.timing.command_attempts)
             if command.id in self._listing_ids:
                 self._listing, self._listing_ids = None, set()
-                waiting, self._listed = self._listed, []
-                for d in waiting:
-                    d.errback(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
+                self._fail_listing(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
             d = self._results.pop(command.id, None)
             if d is not None:
                 d.errback(DeviceGone(f"PUSH device {self.server.serial} did not answer command {command.id}"))
