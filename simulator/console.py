@@ -40,21 +40,27 @@ def start(args, reactor) -> Terminal:
         terminal = open_terminal(args.state, args.id, args.secret) if args.state else Terminal(args.id, args.secret)
     except StateError as exc:
         _give_up(str(exc))
-    keypad = Keypad(terminal)
 
     def switch_off():
         if reactor.running:
             reactor.stop()
 
+    open_keypad(Keypad(terminal), args, reactor, switch_off, f"terminal {args.id}", lambda text: log.info("{text}", text=text))
+    return terminal
+
+
+def open_keypad(keypad, args, reactor, switch_off, who: str, say) -> None:
+    """The ways in to ``keypad`` the arguments ask for: a control port on 127.0.0.1 (its number
+    ``say``-ed, for scripts to read) and standard input. A port that cannot be had ends the
+    program with one line (status 2)."""
     if args.control is not None:
         try:
             port = reactor.listenTCP(args.control, ControlPort(keypad, switch_off), interface="127.0.0.1")
         except CannotListenError as exc:
-            _give_up(f"cannot take keypad commands on 127.0.0.1:{args.control}: {exc.socketError}")
-        log.info("terminal {tid}: keypad control socket on 127.0.0.1:{port}", tid=args.id, port=port.getHost().port)
+            _give_up(f"{who}: cannot take keypad commands on 127.0.0.1:{args.control}: {exc.socketError}")
+        say(f"{who}: keypad control socket on 127.0.0.1:{port.getHost().port}")
     if args.keypad == "stdin" or (args.keypad == "auto" and _keyboard_is_ours()):
         stdio.StandardIO(KeypadSession(keypad, switch_off, prompt=sys.stdin.isatty()))
-    return terminal
 
 
 def _keyboard_is_ours() -> bool:

@@ -14,14 +14,13 @@ from io import BytesIO
 from urllib.parse import urlencode
 
 from twisted.internet import defer, task
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.internet import ssl, stdio
+from twisted.internet import ssl
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool, PartialDownloadError, readBody
 from twisted.web.http_headers import Headers
 
 from protocol.zk.push import commands as cmd
-from simulator.console import ControlPort, KeypadSession
+from simulator.console import open_keypad
 from simulator.keypad import Reply
 from simulator.logs import start_logging
 from simulator.push.device import VERIFY, PushTerminal
@@ -270,14 +269,7 @@ def _serve(reactor, device: PushTerminal, args, ca_pem: bytes | None) -> defer.D
         if reactor.running:
             reactor.stop()
 
-    if args.control is not None:
-        try:
-            port = reactor.listenTCP(args.control, ControlPort(keypad, switch_off), interface="127.0.0.1")
-        except CannotListenError as exc:
-            raise SystemExit(f"simulator push-terminal: cannot take keypad commands on 127.0.0.1:{args.control}: {exc.socketError}") from None
-        print(f"PUSH device {device.serial}: keypad control socket on 127.0.0.1:{port.getHost().port}", flush=True)
-    if args.keypad == "stdin":
-        stdio.StandardIO(KeypadSession(keypad, switch_off, prompt=sys.stdin.isatty()))
+    open_keypad(keypad, args, reactor, switch_off, f"PUSH device {device.serial}", lambda text: print(text, flush=True))
     print(f"PUSH device {device.serial} calling {args.server}: {len(device.users)} users", flush=True)
     caller.start()
     return defer.Deferred()  # runs until stopped
