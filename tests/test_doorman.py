@@ -4,6 +4,7 @@ and the real terminal never pushed off. task.Clock and StringTransport, no socke
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 
 from gateway.native.doorman import DoorLimits, Doorman
 from gateway.native.tcp import CLOSE_GRACE_S, TcpLink
@@ -369,3 +370,41 @@ def test_a_closed_link_gives_its_place_back_at_once_and_is_cut_off_if_its_peer_d
     assert not transport.aborted
     gateway.clock.advance(CLOSE_GRACE_S)
     assert transport.aborted
+
+
+def two_processes(**limits) -> tuple[Doorman, Doorman]:
+    """Two gateway processes' doormen, each hearing what the other tells (as peers.py delivers it)."""
+    first, second = doorman(**limits), doorman(**limits)
+    first.tell_others, second.tell_others = second.heard, first.heard
+    return first, second
+
+
+def test_wrong_proofs_spread_over_processes_lock_the_address_out_of_every_one_after_as_many_as_on_one():
+    first, second = two_processes(slow_after=10, lockout_after=4, lockout_s=900)
+    for door in (first, second, first):
+        door.proof_failed(7, "192.0.2.1")
+    assert first.arrive("192.0.2.1") and second.arrive("192.0.2.1")
+    second.proof_failed(7, "192.0.2.1")  # the fourth, in all
+    assert not first.arrive("192.0.2.1") and not second.arrive("192.0.2.1")
+    assert [entry["address"] for entry in first.lockouts() if entry["kind"] == "address"] == ["192.0.2.1"]
+    # Each process counts the proofs it checked itself: the metric is per process.
+    assert first._metrics.value(first._metrics.wrong_proofs) == 2
+
+
+def test_an_address_an_operator_clears_in_one_process_is_cleared_in_the_others():
+    first, second = two_processes(lockout_after=2, lockout_s=900)
+    first.proof_failed(7, "192.0.2.1")
+    first.proof_failed(8, "192.0.2.1")
+    assert not second.arrive("192.0.2.1")
+    assert first.clear("192.0.2.1")
+    assert second.arrive("192.0.2.1") and second.may_check(9, "192.0.2.1") is None
+
+
+def test_what_another_process_says_of_proofs_that_this_one_does_not_understand_is_logged_and_ignored():
+    door = doorman(lockout_after=1)
+    nonsense = ("wrong 192.0.2.1", "wrong 192.0.2.1 seven", "lock 192.0.2.1", "clear")
+    with capturedLogs() as logged:
+        for said in nonsense:
+            door.heard(said)
+    assert door.lockouts() == [] and door.arrive("192.0.2.1")
+    assert [event["said"] for event in logged] == list(nonsense)

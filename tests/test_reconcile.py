@@ -1,5 +1,7 @@
 """Reconciler (unit, a real SQLite file, task.Clock): when it does not judge, it says why."""
 
+import json
+from collections import Counter
 from types import SimpleNamespace
 
 from twisted.internet import defer, task
@@ -7,7 +9,7 @@ from twisted.internet import defer, task
 from gateway.sync.connection import DigestPage, ListingUnsupported
 from gateway.store.database import Database
 from gateway.metrics import Metrics
-from gateway.sync.reconcile import Reconciler
+from gateway.sync.reconcile import DELETED_AT_KEYPAD, ONLY_ON_TERMINAL, Reconciler, Reconciliation
 from gateway.sync.syncmode import SyncMode
 from gateway.terminals import Terminal
 
@@ -44,7 +46,8 @@ class Listing:
 
 def reconciler(tmp_path, connection, mode=SyncMode.ALL):
     term = Terminal(7, connection=connection)
-    registry = SimpleNamespace(terminals={7: term}, connected=lambda: [term])
+    terminals = {7: term}
+    registry = SimpleNamespace(terminals=terminals, connected=lambda: [term], connection=lambda t: getattr(terminals.get(t), "connection", None))
     clock = task.Clock()
     db = Now(f"sqlite:///{tmp_path / 'g.db'}")
     return Reconciler(db, registry, SimpleNamespace(mode=mode), clock, Metrics(), lambda t, users: None), clock
@@ -118,3 +121,44 @@ def test_a_thousand_comparisons_failing_at_once_end_one_by_one_not_inside_each_o
     clock.advance(0)
     assert all(d.called for d in ended)
     assert metrics.failures.labels("reconcile")._value.get() == len(terms)
+
+
+def test_what_a_comparison_found_reaches_another_process_whole_or_with_the_overflow_counted_by_why():
+    found = Reconciliation(5, compared=300, repaired=Counter(pushed=2),
+                           differences={f"user-{n:03}": DELETED_AT_KEYPAD if n % 3 else ONLY_ON_TERMINAL for n in range(200)})
+    whole = Reconciliation.from_form(json.loads(found.told(7, 9, limit=100_000)))
+    assert whole == (7, found, 9)
+    terminal_id, cut, total = Reconciliation.from_form(json.loads(text := found.told(7, 9, limit=2000)))
+    assert len(text.encode()) <= 2000 and (terminal_id, total) == (7, 9)
+    assert 0 < len(cut.differences) < 200 and all(found.differences[u] == why for u, why in cut.differences.items())
+    assert cut.as_json(9) == found.as_json(9)  # the API's totals and reasons are the same either way
+
+
+def test_findings_heard_from_another_process_are_shown_unless_this_process_serves_the_terminal(tmp_path):
+    rec, clock = reconciler(tmp_path, Listing())
+    here, elsewhere = Reconciliation(1, note="found here"), Reconciliation(2, note="found elsewhere")
+    rec.last[7] = here
+    rec.heard(7, elsewhere, 4)
+    rec.heard(8, elsewhere, 4)
+    assert rec.last == {7: here, 8: elsewhere} and rec.repaired_total[8] == 4
+
+
+def test_reconciling_everywhere_asks_the_others_and_waits_a_bounded_time_for_their_findings(tmp_path):
+    rec, clock = reconciler(tmp_path, Listing())
+    rec._registry.terminals[8] = Terminal(8, elsewhere=True)
+    rec.heard(8, Reconciliation(0), 0)  # findings from before the ask do not answer it
+    clock.advance(10)
+    asked = []
+    rec.ask_others = lambda: asked.append(clock.seconds())
+    d = rec.reconcile_everywhere()
+    clock.advance(0)
+    assert asked == [10] and rec.last[7].at_ms == 10_000 and not d.called
+    clock.advance(1)
+    rec.heard(8, Reconciliation(10_500, compared=3), 0)
+    clock.advance(0.1)
+    assert d.called and rec.last[8].compared == 3
+    # A process that never answers holds the caller no longer than reports_wait_s.
+    rec._heard_ms.clear()
+    d = rec.reconcile_everywhere()
+    clock.pump([0.1] * int(rec.reports_wait_s * 10 + 2))
+    assert d.called

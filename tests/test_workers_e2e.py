@@ -21,9 +21,21 @@ from processes import Process
 from simulator.people import People
 from simulator.tcp import DialingTerminal
 from simulator.terminal import Terminal
+from protocol.messages import Command
+from tools.hostile import RawTerminal
 from tools.loadtest.gateway_process import GatewayProcess
 
 TOKEN = "test-token"
+GUESSER = "127.0.0.9"  # an address of its own: its lockout keeps no other test terminal out
+
+
+def greeted(port: int) -> bool:
+    """Whether a new connection from GUESSER hears HELLO (a locked-out address is closed at once)."""
+    try:
+        RawTerminal(port, 701, b"", source=GUESSER, timeout_s=5).next_frame()
+        return True
+    except ConnectionError:
+        return False
 
 
 def holders(engine) -> dict[int, int]:
@@ -39,11 +51,11 @@ class WorkersTests(LiveTestCase):
     backend = "postgresql"
     timeout = 180
 
-    def gateway(self, terminal_ids, workers: int = 1, name: str = "gateway", sync_mode: str | None = None) -> GatewayProcess:
+    def gateway(self, terminal_ids, workers: int = 1, name: str = "gateway", sync_mode: str | None = None, settings: str = "") -> GatewayProcess:
         folder = self.tmp_path / name
         folder.mkdir()
         config = folder / "gateway.toml"
-        config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n'
+        config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n' + settings
                           + (f'sync_mode = "{sync_mode}"\n' if sync_mode else "")
                           + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "{secret_of(t)}"\n' for t in terminal_ids))
         gateway = GatewayProcess(folder, self.db_url, config_file=config, workers=workers)
@@ -58,10 +70,10 @@ class WorkersTests(LiveTestCase):
         return dialers
 
     @defer.inlineCallbacks
-    def served(self, ids: list[int], workers: int, sync_mode: str | None = None):
+    def served(self, ids: list[int], workers: int, sync_mode: str | None = None, settings: str = ""):
         """``gateway run --workers N`` with terminals ``ids`` dialled in, once each is served by a
         worker: (the gateway, the terminals, an engine on its database)."""
-        gateway = self.gateway(ids, workers=workers, sync_mode=sync_mode)
+        gateway = self.gateway(ids, workers=workers, sync_mode=sync_mode, settings=settings)
         yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
         terminals = {t: Terminal(t, secret_of(t)) for t in ids}
         self.dial(terminals, gateway.tcp_port)
@@ -152,6 +164,47 @@ class WorkersTests(LiveTestCase):
         gateway.stop()  # SIGTERM to the supervisor: it stops every worker, then exits 0
         self.assertEqual(gateway.proc.returncode, 0)
         self.assertEqual([pid for pid in workers if Path(f"/proc/{pid}").exists()], [], "workers left running")
+
+    @defer.inlineCallbacks
+    def test_wrong_proofs_spread_over_the_workers_lock_the_address_out_of_all_and_an_operator_lifts_it_in_all(self):
+        gateway = self.gateway([701], workers=2, settings="auth_slow_after = 8\nauth_lockout_after = 4\n")
+        yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
+        api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        for _ in range(4):  # the kernel spreads these over both workers: each checks some
+            refusal = yield threads.deferToThread(lambda: RawTerminal(gateway.tcp_port, 701, b"guess", source=GUESSER).authenticate())
+            self.assertTrue(refusal.is_error)
+        # Eight connections in a row turned away at once, whichever worker takes each.
+        yield wait_until(lambda: all(not greeted(gateway.tcp_port) for _ in range(8)), "every worker refusing the address", timeout=20)
+        listed = api.call("GET", "/api/lockouts")["lockouts"]
+        self.assertEqual(sorted((entry["kind"], entry["address"] or entry["terminal_id"]) for entry in listed),
+                         [("address", GUESSER), ("terminal", 701)], "worker 0 counting the wrong proofs the other worker checked")
+        api.call("DELETE", f"/api/lockouts/{GUESSER}")
+        yield wait_until(lambda: all(greeted(gateway.tcp_port) for _ in range(8)), "every worker letting the address in again", timeout=20)
+        welcome = yield threads.deferToThread(lambda: RawTerminal(gateway.tcp_port, 701, secret_of(701).encode(), source=GUESSER).authenticate())
+        self.assertEqual(welcome.command, Command.WELCOME)
+
+    @defer.inlineCallbacks
+    def test_reconcile_through_the_api_compares_and_repairs_the_terminals_every_worker_serves(self):
+        ids = list(range(801, 807))
+        gateway, terminals, engine = yield self.served(ids, workers=2)
+        yield self.api(gateway, "POST", "/api/users", {"user_id": "9001", "name": "Ana Lima"})
+        yield wait_until(lambda: all("9001" in t.users for t in terminals.values()), "every terminal holding her", timeout=30)
+        api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        yield wait_until(lambda: all(t["online"] for t in api.call("GET", "/api/terminals")["terminals"]),
+                         "the API (worker 0) showing online the terminals the other worker serves", timeout=30)
+        served = holders(engine)
+        wiped = sorted({pid: t for t, pid in served.items()}.values())  # one terminal of each worker
+        self.assertEqual(len(wiped), 2, f"both workers serve terminals: {served}")
+        for terminal_id in wiped:
+            terminals[terminal_id].users.clear()  # a factory reset while online: no reconnect to trigger a comparison
+        found = yield self.api(gateway, "POST", "/api/reconcile", {})
+        self.assertEqual(sorted(t["id"] for t in found["terminals"]), ids, "the answer covers every worker's terminals")
+        repaired = {t["id"]: t["repaired"] for t in found["terminals"] if t["repaired"]}
+        self.assertEqual(repaired, {terminal_id: {"pushed": 1} for terminal_id in wiped})
+        self.assertTrue(all("9001" in terminals[t].users for t in wiped))
+        shown = yield self.api(gateway, "GET", "/api/terminals", None)
+        self.assertEqual({t["id"]: t["reconciliation"]["repaired_total"] for t in shown["terminals"] if t["id"] in wiped},
+                         {terminal_id: 1 for terminal_id in wiped})
 
     @defer.inlineCallbacks
     def test_the_newest_connection_of_a_terminal_wins_across_processes(self):

@@ -67,6 +67,8 @@ SCHEMAS = {
             "terminal": {"type": "integer"},
             "reconciled_ms": _NULLABLE_INT,
             "differences": {"type": "array", "items": {"type": "object", "properties": {"user_id": {"type": "string"}, "why": {"type": "string"}}}},
+            "unlisted": {"type": "integer", "description": "differences the gateway process serving the terminal found beyond those it "
+                                                          "could tell the one answering: counted, by why, in the terminal's reconciliation"},
         },
     },
     "TerminalList": {

@@ -27,9 +27,7 @@ def take(gateway, now_s: float) -> dict:
         "taken_s": now_s,
         "terminals": [dict({f: getattr(t, f) for f in _TERMINAL_FIELDS}, access_groups=sorted(t.access_groups))
                       for t in gateway.registry.terminals.values()],
-        "reconciliations": [dict(terminal_id=t, at_ms=r.at_ms, compared=r.compared, repaired=dict(r.repaired),
-                                 differences=r.differences, note=r.note, repaired_total=reconciler.repaired_total[t])
-                            for t, r in reconciler.last.items()],
+        "reconciliations": [r.form(t, reconciler.repaired_total[t]) for t, r in reconciler.last.items()],
         # Oldest first, each with the number that tells it apart, so the mirror offers new ones to the live stream once.
         "unsaved": [dict(number=n, event=e) for n, e in zip(unsaved.taken(), reversed(unsaved.shown()))],
         "sync_mode": gateway.settings.mode.value,
@@ -123,9 +121,9 @@ class Mirror:
     def update(self, snapshot: dict) -> None:
         self.registry.terminals = {
             t["terminal_id"]: TerminalView(**{**t, "access_groups": frozenset(t["access_groups"])}) for t in snapshot["terminals"]}
-        self.reconciler.last = {r["terminal_id"]: Reconciliation(r["at_ms"], r["compared"], Counter(r["repaired"]), r["differences"], r["note"])
-                                for r in snapshot["reconciliations"]}
-        self.reconciler.repaired_total = Counter({r["terminal_id"]: r["repaired_total"] for r in snapshot["reconciliations"]})
+        found = [Reconciliation.from_form(r) for r in snapshot["reconciliations"]]
+        self.reconciler.last = {terminal_id: r for terminal_id, r, _ in found}
+        self.reconciler.repaired_total = Counter({terminal_id: total for terminal_id, _, total in found})
         self.settings.mode = SyncMode(snapshot["sync_mode"])
         self.doorman.shown = snapshot["lockouts"]
         self.eventlog.unsaved.update(snapshot["unsaved"])

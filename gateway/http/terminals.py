@@ -70,7 +70,8 @@ def list_differences(call):
     found = call.gateway.reconciler.last.get(term.terminal_id)
     differences = sorted(found.differences.items()) if found else []
     return {"terminal": term.terminal_id, "reconciled_ms": found.at_ms if found else None,
-            "differences": [{"user_id": u, "why": why} for u, why in differences]}
+            "differences": [{"user_id": u, "why": why} for u, why in differences],
+            "unlisted": found.unlisted.total() if found else 0}
 
 
 def admit_terminal(call):
@@ -101,12 +102,13 @@ def remove_terminal(call):
 
 
 def reconcile_all(call):
-    """Compare every online terminal with the server now, one after the other; what each found."""
+    """Compare every online terminal with the server now, those other gateway processes serve
+    included; what each found."""
     reconciler = call.gateway.reconciler
-    d = reconciler.reconcile_all()
+    d = reconciler.reconcile_everywhere()
 
     def found(_):
-        online = sorted(t.terminal_id for t in call.gateway.registry.connected())
+        online = sorted(t.terminal_id for t in call.gateway.registry.terminals.values() if t.online)
         done = {t: reconciler.last[t].as_json(reconciler.repaired_total[t]) for t in online if t in reconciler.last}
         return {"terminals": [dict(id=t, **r) for t, r in done.items()],
                 "repaired": sum(sum(r["repaired"].values()) for r in done.values()),

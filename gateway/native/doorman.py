@@ -37,6 +37,9 @@ Why each rule (docs/protocol.md, "Strangers and guessed secrets", says it for ve
   Admitting a terminal (``forgive``) forgets the wrong proofs made for it, and lifts the
   lockouts they alone caused.
 - An established session is never touched by any of this.
+- Several gateway processes on one database count as one doorman: each tells the others every
+  wrong proof it checked and every address an operator cleared, and counts theirs as its own,
+  so spreading guesses over the processes buys a guesser nothing.
 
 Every refusal is logged through ``RepeatedLines`` (one line, then a summary) and counted in
 ``gateway_links_refused{reason}``.
@@ -44,7 +47,7 @@ Every refusal is logged through ``RepeatedLines`` (one line, then a summary) and
 
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from twisted.logger import Logger
 
@@ -95,6 +98,9 @@ class Lockout:
 class Doorman:
     def __init__(self, clock, metrics, limits: DoorLimits = DoorLimits(), lines: RepeatedLines | None = None):
         self._clock = clock
+        # What the other gateway processes on the database must count too (``heard`` there): a
+        # guesser spreading its tries over the processes is locked out after as many as on one.
+        self.tell_others: Callable[[str], None] = lambda said: None
         self._metrics = metrics
         self.limits = limits
         self.lines = lines or RepeatedLines(log, clock)
@@ -310,8 +316,24 @@ class Doorman:
     def proof_failed(self, terminal_id: int, source: str) -> float:
         """A wrong proof for known ``terminal_id`` from ``source``; returns how many seconds to
         hold the refusal back. Locks the source out when it earned it."""
-        now = self._clock.seconds()
         self._metrics.wrong_proofs.inc()
+        self.tell_others(f"wrong {source} {terminal_id}")
+        return self._count_wrong(terminal_id, source)
+
+    def heard(self, said: str) -> None:
+        """What another process's doorman told (``tell_others``): a wrong proof it checked, counted
+        here as one of ours, or an address an operator cleared there."""
+        what, _, rest = said.partition(" ")
+        source, _, terminal_id = rest.rpartition(" ")
+        if what == "wrong" and source and terminal_id.isdigit():
+            self._count_wrong(int(terminal_id), source)
+        elif what == "clear" and rest:
+            self._forget_source(rest)
+        else:
+            log.warn("another gateway process said {said!r} of proofs, which this one does not understand", said=said)
+
+    def _count_wrong(self, terminal_id: int, source: str) -> float:
+        now = self._clock.seconds()
         if now >= self._next_cleanup:
             self._forget_expired(now)
         by_source = self._recent(self._failures_by_source[source], now)
@@ -389,12 +411,16 @@ class Doorman:
     def clear(self, source: str) -> bool:
         """An operator lifts ``source``'s lockout and forgets its wrong proofs; False if it had none."""
         had = self._lockout_of(source, self._clock.seconds()) is not None or bool(self._failures_by_source.get(source))
-        self._locked.pop(source, None)
-        self._failures_by_source.pop(source, None)
-        self._next_proof_at.pop(source, None)
+        self._forget_source(source)
+        self.tell_others(f"clear {source}")
         if had:
             log.info("lockout of {source} lifted by an administrator", source=source)
         return had
+
+    def _forget_source(self, source: str) -> None:
+        self._locked.pop(source, None)
+        self._failures_by_source.pop(source, None)
+        self._next_proof_at.pop(source, None)
 
     def forgive(self, terminal_id: int) -> None:
         """``terminal_id`` was admitted (maybe with a new secret): its wrong proofs were a terminal

@@ -15,7 +15,7 @@ import threading
 from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger
 
-from gateway.store.notices import CHANNELS, SOURCE
+from gateway.store.notices import CHANNELS, PAYLOAD_LIMIT, SOURCE, notify
 
 log = Logger(namespace="gateway.peers")
 
@@ -116,6 +116,43 @@ class Listener:
                              if payload.partition(" ")[0] != SOURCE)
         for channel, rest in said:
             self._on_notice(channel, rest)
+
+
+class Teller:
+    """Tells the other processes what happened here outside any transaction of ours (a wrong
+    proof, a reconciliation's findings): one small transaction each, on the database's reader
+    threads, never on the reactor.
+
+    At most ``max_pending`` wait; a notification beyond that, or one the database refuses, is not
+    sent, and a line says so: the others then go without it (each process still keeps its own
+    count and findings), which is what a notification lost with a connection costs anyway.
+    """
+
+    max_pending = 256
+    room = PAYLOAD_LIMIT - len(SOURCE) - 1  # bytes a payload may take beside its sender's name
+
+    def __init__(self, db, lines):
+        self._db = db
+        self._lines = lines  # RepeatedLines: one line per kind of loss, then a summary
+        self.pending = 0
+
+    def tell(self, channel: str, payload: str) -> None:
+        if len(payload.encode()) > self.room:
+            self._lines.warn("notifications not sent", channel, "not telling the other processes on {channel}: "
+                             "{n} bytes is more than a notification holds", channel=channel, n=len(payload.encode()))
+            return
+        if self.pending >= self.max_pending:
+            self._lines.warn("notifications not sent", channel, "not telling the other processes on {channel}: "
+                             "{n} notifications are already waiting for the database", channel=channel, n=self.pending)
+            return
+        self.pending += 1
+        d = self._db.read(notify, channel, payload)
+        d.addErrback(lambda f: self._lines.warn("notifications not sent", channel, "could not tell the other processes "
+                                                "on {channel}: {e}", channel=channel, e=f.getErrorMessage()))
+        d.addBoth(self._told)
+
+    def _told(self, _) -> None:
+        self.pending -= 1
 
 
 def first_line(exc: BaseException) -> str:

@@ -10,6 +10,8 @@ Owed pulls retry on their own backoff and resume when their terminal reconnects.
 Reconciliation compares each terminal with the server when it connects and every few minutes.
 """
 
+import json
+
 from sqlalchemy.engine import make_url
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -25,13 +27,13 @@ from gateway.native.doorman import DoorLimits, Doorman
 from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
-from gateway.process.peers import Listener, connect_raw
-from gateway.store.notices import ADMISSIONS, CHANGES, SETTINGS, TERMINALS
+from gateway.process.peers import Listener, Teller, connect_raw
+from gateway.store.notices import ADMISSIONS, CHANGES, DOORMAN, RECONCILE, RECONCILED, SETTINGS, TERMINALS
 from gateway.store.retention import Retention
 from gateway.sync.puller import Puller
 from gateway.sync.pusher import Pusher
 from gateway.http.queries import sync_state
-from gateway.sync.reconcile import Reconciler
+from gateway.sync.reconcile import Reconciler, Reconciliation
 from gateway.native.session import SessionTiming, TerminalSession
 from gateway.sync.settings import SyncSettings
 from gateway.sync.syncmode import SyncMode
@@ -86,6 +88,8 @@ class Gateway:
             max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
             slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
         self.accept_watch = AcceptWatch(self.clock, self.metrics, self.doorman.lines)
+        if shared:
+            self._tell_others_too(Teller(self.db, self.doorman.lines))
         self.tcp_port = None
         self.tls_port = None
         self.http = None
@@ -226,6 +230,13 @@ class Gateway:
 
     # -- other processes on the same database ------------------------------------------------
 
+    def _tell_others_too(self, teller: Teller) -> None:
+        """The doorman's counts and the reconciler's findings are every process's: say them."""
+        self.doorman.tell_others = lambda said: teller.tell(DOORMAN, said)
+        self.reconciler.ask_others = lambda: teller.tell(RECONCILE, "")
+        self.reconciler.tell_others = lambda terminal_id, found, repaired_total: teller.tell(
+            RECONCILED, found.told(terminal_id, repaired_total, teller.room))
+
     def _peer_said(self, channel: str, payload: str) -> None:
         if channel == CHANGES:
             self.pusher.wake_all()
@@ -237,6 +248,12 @@ class Gateway:
         elif channel == ADMISSIONS:
             self.registry.reload(int(payload)).addErrback(
                 lambda f: log.warn("cannot read terminal {tid}: {e}", tid=payload, e=f.getErrorMessage()))
+        elif channel == DOORMAN:
+            self.doorman.heard(payload)
+        elif channel == RECONCILE:
+            self.reconciler.reconcile_all()
+        elif channel == RECONCILED:
+            self.reconciler.heard(*Reconciliation.from_form(json.loads(payload)))
 
     def _resynced(self) -> None:
         """Listening (again): whatever was said meanwhile is read instead."""

@@ -3,8 +3,10 @@ and the order transactions that insert events commit in.
 
 A commit that changes the sync mode or a terminal's admission sends a notification (``pg_notify``
 inside the same transaction, so PostgreSQL delivers it on commit and never for a rollback); so
-does a process that took a terminal's newer connection (gateway/process/claims.py). Other
-processes hear them through gateway/process/peers.py.
+does a process that took a terminal's newer connection (gateway/process/claims.py). What a process
+says outside a transaction of its own (a doorman's wrong proof, a reconciliation's findings) goes
+through gateway/process/peers.py's ``Teller``. Other processes hear them all through
+gateway/process/peers.py's ``Listener``.
 
 A commit that changes users notifies *after* it committed (``notify_after_commit``), in a
 transaction of its own that does not wait for the WAL flush: PostgreSQL serialises every
@@ -24,7 +26,11 @@ CHANGES = "gateway_changes"  # users changed: wake the pushers
 SETTINGS = "gateway_settings"  # the sync mode changed: read it again
 TERMINALS = "gateway_terminals"  # a process took a terminal's newer connection: "<terminal id> <since s>"
 ADMISSIONS = "gateway_admissions"  # a terminal registered, admitted, refused or removed: "<terminal id>"
-CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS)
+DOORMAN = "gateway_doorman"  # a wrong proof checked, an address cleared: "wrong <address> <terminal id>" | "clear <address>"
+RECONCILE = "gateway_reconcile"  # an operator asked to compare every online terminal now
+RECONCILED = "gateway_reconciled"  # what comparing a terminal found: its reconciliation as JSON
+CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS, DOORMAN, RECONCILE, RECONCILED)
+PAYLOAD_LIMIT = 7900  # bytes of a payload: PostgreSQL refuses 8000 and more
 
 # This process, as its notifications name it (a host name, a pid and a random part: a restarted
 # worker with a reused pid is still another sender).

@@ -18,12 +18,17 @@ It judges only once every event the terminal logged is stored (a keypad delete s
 would look like a user to push back), and leaves alone users still in flight: changed after the
 terminal's cursor (the pusher is delivering them) or with a pull owed (the puller is fetching
 them). Connections that cannot list their users (``ListingUnsupported``) are skipped with a note.
+Each process compares the terminals it serves; with several processes on one database, each
+tells the others what it found (``tell_others``, ``heard``) and an operator's "compare now" asks
+them all (``reconcile_everywhere``).
 A terminal that holds part of a record (a ZK device) is compared on that part
 (``TerminalConnection.digest_of``).
 """
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sqlalchemy import select
 from twisted.internet import defer, task
@@ -64,6 +69,8 @@ class Reconciliation:
     repaired: Counter = field(default_factory=Counter)  # pushed | deleted | pulled
     differences: dict[str, str] = field(default_factory=dict)  # user -> why it differs, left as it is
     note: str = ""  # why it could not run
+    # Differences not listed here, by why: another process found more than its notification holds.
+    unlisted: Counter = field(default_factory=Counter)
 
     def as_json(self, repaired_total: int) -> dict:
         return dict(
@@ -71,10 +78,34 @@ class Reconciliation:
             compared=self.compared,
             repaired=dict(self.repaired),
             repaired_total=repaired_total,
-            differences=len(self.differences),
-            why=dict(Counter(self.differences.values())),
+            differences=len(self.differences) + self.unlisted.total(),
+            why=dict(Counter(self.differences.values()) + self.unlisted),
             note=self.note or None,
         )
+
+    def form(self, terminal_id: int, repaired_total: int) -> dict:
+        """All of it in JSON's terms, for another process (``from_form``): the API process's
+        snapshot, a notification to the other gateway processes (``told``)."""
+        return dict(terminal_id=terminal_id, at_ms=self.at_ms, compared=self.compared, repaired=dict(self.repaired),
+                    repaired_total=repaired_total, differences=dict(self.differences), note=self.note, unlisted=dict(self.unlisted))
+
+    @classmethod
+    def from_form(cls, form: dict) -> tuple[int, "Reconciliation", int]:
+        """(terminal id, the reconciliation, users repaired on it since its process started)."""
+        found = cls(form["at_ms"], form["compared"], Counter(form["repaired"]), form["differences"], form["note"], Counter(form["unlisted"]))
+        return form["terminal_id"], found, form["repaired_total"]
+
+    def told(self, terminal_id: int, repaired_total: int, limit: int) -> str:
+        """``form`` as text of at most ``limit`` bytes: differences that do not fit are counted by
+        why (``unlisted``), not listed."""
+        form = self.form(terminal_id, repaired_total)
+        listed, unlisted = form["differences"], Counter(form["unlisted"])
+        while True:
+            text = json.dumps(dict(form, unlisted=unlisted), separators=(",", ":"))
+            if len(text.encode()) <= limit or not listed:
+                return text
+            for user_id in list(listed)[len(listed) // 2:]:
+                unlisted[listed.pop(user_id)] += 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +122,7 @@ class Reconciler:
     at_once = 2  # comparisons running together: a fleet reconnecting at once must not read every user a thousand times over
     events_wait_s = 0.5  # between asks whether the terminal's own events are all stored
     events_asks = 20
+    reports_wait_s = 20.0  # how long reconcile_everywhere waits for the other processes' findings
 
     def __init__(self, db, registry, settings, clock, metrics, owe_pulls):
         self._db = db
@@ -109,6 +141,11 @@ class Reconciler:
         self._timers: dict[int, object] = {}
         self._loop = task.LoopingCall(self.reconcile_all)
         self._loop.clock = clock
+        # Other gateway processes on the same database (gateway/process/service.py wires these):
+        # asked to compare the terminals they serve, and told what comparing ours found.
+        self.ask_others: Callable[[], None] = lambda: None
+        self.tell_others: Callable[[int, Reconciliation, int], None] = lambda terminal_id, found, repaired_total: None
+        self._heard_ms: dict[int, int] = {}  # terminal served elsewhere -> when its last findings were heard
 
     def start(self) -> None:
         self._loop.start(self.interval_s, now=False)
@@ -139,6 +176,27 @@ class Reconciler:
         """One terminal after the other: a comparison lists every user, so they do not run all at once."""
         for term in list(self._registry.connected()):
             yield self.reconcile(term.terminal_id)
+
+    @defer.inlineCallbacks
+    def reconcile_everywhere(self):
+        """``reconcile_all`` here, and in every other process for the terminals it serves: fires
+        once their findings are heard too, or after ``reports_wait_s`` (those not heard by then
+        keep what was heard of them before, with its time)."""
+        asked_ms = self._now_ms()
+        self.ask_others()
+        yield self.reconcile_all()
+        deadline = self._clock.seconds() + self.reports_wait_s
+        while self._clock.seconds() < deadline and any(
+                self._heard_ms.get(t.terminal_id, 0) < asked_ms for t in self._registry.terminals.values() if t.elsewhere):
+            yield self._pause(0.1)
+
+    def heard(self, terminal_id: int, found: Reconciliation, repaired_total: int) -> None:
+        """What another process found comparing a terminal it serves, shown here as if found here."""
+        if self._registry.connection(terminal_id) is not None:
+            return  # served here now: what this process finds is newer
+        self.last[terminal_id] = found
+        self.repaired_total[terminal_id] = repaired_total
+        self._heard_ms[terminal_id] = self._now_ms()
 
     def reconcile(self, terminal_id: int) -> defer.Deferred:
         """Compare one online terminal with the server and repair what the gateway owns; fires
@@ -286,6 +344,7 @@ class Reconciler:
         self.last[terminal_id] = found
         repaired = sum(found.repaired.values())
         self.repaired_total[terminal_id] += repaired
+        self.tell_others(terminal_id, found, self.repaired_total[terminal_id])
         self._metrics.reconcile_differences.labels(str(terminal_id)).set(len(found.differences))
         if found.note:
             log.info("terminal {tid}: {note}", tid=terminal_id, note=found.note)
