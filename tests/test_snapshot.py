@@ -3,6 +3,8 @@ what they make of the gateway itself (unit: real objects on both sides, JSON bet
 
 import json
 from collections import Counter
+
+import msgspec
 from types import SimpleNamespace
 
 from twisted.internet import task
@@ -48,7 +50,7 @@ def locked_out_once() -> Doorman:
 
 def carried(gateway, metrics: bool = False) -> Mirror:
     mirror = Mirror()
-    mirror.update(json.loads(json.dumps(take(gateway, 42.0, metrics))))
+    mirror.update(msgspec.json.decode(msgspec.json.encode(take(gateway, 42.0, metrics))))  # as the processes carry it
     return mirror
 
 

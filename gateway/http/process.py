@@ -102,7 +102,7 @@ class SnapshotFollower:
         code, raw = answer
         if code != 200:
             raise IngestUnavailable(f"the gateway answered {code} for its snapshot")
-        self.mirror.update(json.loads(raw))
+        self.mirror.update(msgspec.json.decode(raw))
         self.received_s = self._reactor.seconds()
 
     def _finished(self, result) -> None:
