@@ -45,7 +45,7 @@ loadtest: $(STAMP)
 .PHONY: loadtest-cpu
 loadtest-cpu: $(STAMP)
 	mkdir -p reports
-	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 20 --seed 4711 --find-capacity --ladder 1,20 --json reports/cpu_per_delivery.json
+	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 20 --seed 4711 --find-capacity --whole-ladder --ladder 1,20 --json reports/cpu_per_delivery.json
 
 # Not in `make test`: thirty minutes (SOAK_MINUTES) of churn with gateway SIGKILLs and a database
 # outage; prints lost / duplicated / diverged and the gateway's RSS over time, and plots it.

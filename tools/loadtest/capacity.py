@@ -74,14 +74,20 @@ class Step:
 
 
 def find_capacity(ladder, run_step: Callable[[float], dict], p99_limit_ms: float = P99_LIMIT_MS,
-                  on_step: Callable[[Step], None] = lambda step: None) -> list[Step]:
+                  on_step: Callable[[Step], None] = lambda step: None, whole: bool = False) -> list[Step]:
     """Run ``run_step(rate)`` up the ladder until a step is not held; every step run, in order.
 
     A step that converged but missed the latency limit is run once more before the search stops:
     on a shared machine one stall of a few seconds decides a short step's p99. Losing anything
-    is never given a second chance."""
+    is never given a second chance. ``whole``: every rate once, held or not (figures by rate,
+    such as the CPU per delivery, rather than a search)."""
     steps = []
     for rate in ladder:
+        if whole:
+            report = run_step(rate)
+            steps.append(Step(rate, report, step_verdict(report, p99_limit_ms)))
+            on_step(steps[-1])
+            continue
         for attempt in (1, 2):
             report = run_step(rate)
             step = Step(rate, report, step_verdict(report, p99_limit_ms))

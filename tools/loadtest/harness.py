@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--p99-limit-ms or anything is lost; report the highest rate held")
     p.add_argument("--ladder", type=_ladder, default=capacity.DEFAULT_LADDER, metavar="R1,R2,...",
                    help="offered rates for --find-capacity, rising (default %s)" % ",".join(f"{r:g}" for r in capacity.DEFAULT_LADDER))
+    p.add_argument("--whole-ladder", action="store_true",
+                   help="with --find-capacity: run every rate of the ladder once, held or not (a table of figures by rate)")
     p.add_argument("--p99-limit-ms", type=float, default=capacity.P99_LIMIT_MS, metavar="MS",
                    help="p99 propagation a step may reach and still hold its rate (default %(default)g)")
     return p
@@ -413,7 +415,7 @@ def find_capacity(args, run_dir: Path) -> int:
               f"{s['gateway_cpu_us_per_delivery']} us CPU per delivery", file=sys.stderr)
 
     try:
-        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said)
+        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said, whole=args.whole_ladder)
     except (FleetError, GatewayFailed, ApiUnavailable) as exc:
         print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
         return 1
