@@ -74,7 +74,8 @@ class Pusher:
         self._rechecks: dict[int, object] = {}  # terminal -> the delayed call reading its held-back feed again
         self._round_began: dict[int, float] = {}  # terminal -> when its last round began
         self._paced: dict[int, object] = {}  # terminal -> the delayed call beginning its next round
-        # A storm is thousands of acknowledged pushes a second: one INFO line a second, DEBUG for each.
+        # A storm is thousands of acknowledged pushes a second: one INFO line a second. Each push is
+        # a monitoring row already; a DEBUG line for each cost 2 % of the gateway's CPU at 10 enrolments/s.
         self._applied = Tally(log, clock, "{changes} user changes applied by {terminals} terminals in the last {period:g} s")
 
     def stop(self) -> None:
@@ -185,7 +186,6 @@ class Pusher:
         def moved(_):
             term.cursor = max(term.cursor, cursor)
             if applied:
-                log.debug("terminal {tid} applied {n} user changes (cursor {cursor})", tid=term.terminal_id, n=applied, cursor=cursor)
                 self._applied.add(term.terminal_id, changes=applied)
             return more
 
