@@ -50,7 +50,7 @@ class Pusher:
     # A terminal's rounds start at least this far apart. A round (a feed read, a request, its
     # answer, a cursor move) costs about the same for one change as for ten, so changes committed
     # meanwhile wait to share the next one. A change after a quiet spell goes at once.
-    round_interval_s = 0.25
+    round_interval_s = 0.5
 
     def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
                  commit_with=None):
