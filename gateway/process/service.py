@@ -278,7 +278,7 @@ class Gateway:
         for term in self.registry.connected():
             self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor) + owed.get(term.terminal_id, 0))
             if term.cursor < seq:
-                self.pusher.kick(term.terminal_id)
+                self.pusher.sweep(term.terminal_id)
 
 
 def _safe_url(url: str) -> str:

@@ -90,6 +90,13 @@ class Pusher:
         for term in self._registry.connected():
             self.kick(term.terminal_id)
 
+    def sweep(self, terminal_id: int) -> None:
+        """The periodic sweep's kick of a lagging terminal: none when a round is under way or due.
+        It lags only until that round's cursor move is committed, and a round begun for nothing
+        would make the next change wait ``round_interval_s`` for it."""
+        if terminal_id not in self._busy and terminal_id not in self._paced:
+            self.kick(terminal_id)
+
     def kick(self, terminal_id: int, paced: bool = True) -> None:
         """Begin a round of pushes to a terminal; ``paced``: not sooner than ``round_interval_s``
         after its last one began (unpaced: a backlog is being read, page after page)."""
