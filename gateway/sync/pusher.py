@@ -3,7 +3,8 @@
 For each terminal it reads the users changed after the terminal's cursor, keeps those the sync
 mode targets at that terminal, sends them (PUT_USERS, DELETE_USERS for server-side deletions)
 and moves the cursor only after the terminal acknowledged them. Ten edits of a user while a
-terminal was away are one row in the feed, so they reach it as one record.
+terminal was away are one row in the feed, so they reach it as one record. A terminal's rounds
+begin at least ``round_interval_s`` apart, so that changes close together share one.
 
 On PostgreSQL a read sees the feed only below the watermark (gateway/store/order.py). A change
 that committed above it, behind a transaction still running, is read again shortly: its own
