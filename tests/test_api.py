@@ -315,6 +315,8 @@ class StreamTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_a_resumed_stream_replays_what_was_stored_since(self):
         yield self.enroll(A, "r-1")
+        # Its enrolment at A, saved, applied at B: B's push may wait for the round its connecting began.
+        yield wait_until(lambda: self.site.count_events(user_id="r-1") >= 3, "three events of r-1 stored")
         stored = list(reversed((yield self.get("/api/events?user=r-1"))["events"]))
         url = f"{self.url}/api/stream?user=r-1&after={stored[0]['id']}"
         replayed = yield threads.deferToThread(first_streamed, url)
