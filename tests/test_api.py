@@ -315,6 +315,7 @@ class StreamTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_a_resumed_stream_replays_what_was_stored_since(self):
         yield self.enroll(A, "r-1")
+        yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="r-1") == 1, "r-1 applied on B")
         stored = list(reversed((yield self.get("/api/events?user=r-1"))["events"]))
         url = f"{self.url}/api/stream?user=r-1&after={stored[0]['id']}"
         replayed = yield threads.deferToThread(first_streamed, url)
