@@ -254,3 +254,24 @@ def test_a_gateway_killed_mid_uploads_loses_no_punch_and_stores_none_twice(tmp_p
         if device is not None:
             device.stop()
         gateway.stop()
+
+
+def test_a_fleet_of_push_devices_from_one_process_converges(tmp_path):
+    """``simulator fleet --kind push``: a station of emulated PUSH devices enrols people at random
+    devices, and every other device comes to hold each of them."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('tcp_host = "127.0.0.1"\nadmission = "open"\ndefault_secret = "lab"\n[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    fleet = None
+    try:
+        url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        fleet = Process("simulator.cli", "fleet", "--kind", "push", "--push", url, "--devices", "4", "--duration", "3", "--rate", "1",
+                        "--spread-s", "1")
+        fleet.wait_for(r"4 of 4 PUSH devices talking", timeout=60)
+        found = fleet.wait_for(r"(\d+) enrolments at 1/s, (\d+) deliveries, never arrived: (\d+)", timeout=60)
+        assert found.groups() == ("3", "9", "0")
+        assert fleet.wait_exit(30) == 0
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        gateway.stop()
