@@ -46,9 +46,9 @@ def run(args, run_dir: Path, delay_s: int = DELAY_S) -> dict:
         if found is None:
             raise GatewayFailed(f"the gateway did not say where it listens for PUSH devices; see {gateway.log_path}")
         probe = ApiProbe(gateway.http_port, path=API_PATH)
-        figures["rss_empty_mb"] = gateway.memory_mb()
         probe.sample(5)  # a gateway just started answers its first requests slowly: not what idle means
         figures["api_idle"] = probe.sample(30)
+        figures["rss_empty_mb"] = gateway.memory_mb()  # warm: its API process has answered
         _react(lambda reactor: _drive(reactor, args, delay_s, found[1].decode(), gateway, probe, figures))
         figures["peak_rss_mb"] = gateway.memory_mb("VmHWM")
     finally:
@@ -164,6 +164,9 @@ def _report(args, figures: dict, stored: int, run_dir: Path) -> dict:
         gateway_cpu_s_loaded=round(figures.get("cpu_loaded_s", 0.0), 2),
         gateway_rss_per_device_kb=round((figures.get("rss_ready_mb", figures["rss_empty_mb"]) - figures["rss_empty_mb"]) * 1024 / devices, 1),
         gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
+        # With no device and with every one talking: two runs of different sizes give the cost of one more device.
+        gateway_rss_empty_mb=round(figures["rss_empty_mb"], 1),
+        gateway_rss_ready_mb=None if "rss_ready_mb" not in figures else round(figures["rss_ready_mb"], 1),
         station_cpu_s=round(figures["station_cpu_s"], 1),  # the devices' process: is it the bottleneck?
         run_folder=str(run_dir),
     )
