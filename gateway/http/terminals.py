@@ -4,6 +4,7 @@ is, and an administrator's admission decisions."""
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
 from gateway.http.users import GROUPS
+from gateway.kinds import kinds
 from gateway.terminals import ADMITTED, REFUSED
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
@@ -75,10 +76,12 @@ def list_differences(call):
 
 
 def admit_terminal(call):
-    """Admit a pending or refused terminal, or, with its secret, one that has not connected yet."""
+    """Admit a pending or refused terminal, or, with its secret, one that has not connected yet. A
+    terminal of a kind that proves nothing (a PUSH device) needs no secret."""
     terminal_id, secret = call.params["terminal_id"], call.body.get("secret")
     term = call.gateway.registry.terminals.get(terminal_id)
-    if not (secret or (term and term.secret) or call.gateway.config.default_secret):
+    proves_nothing = term is not None and not kinds()[term.kind].native_sessions  # a PUSH device: nothing to prove
+    if not (secret or proves_nothing or (term and term.secret) or call.gateway.config.default_secret):
         raise ApiError(400 if term else 404, f"terminal {terminal_id} has no secret: give its secret to admit it")
     groups = call.body.get("access_groups")
     if groups is not None and terminal_id in call.gateway.config.configured_ids():
@@ -121,7 +124,7 @@ ADMIT_BODY = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one"},
+        "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one or is of a kind that proves none (a PUSH device)"},
         "access_groups": {**GROUPS, "description": "the terminal's access groups (sync mode specific sends it the users sharing one); "
                                                    "given, they replace its groups"},
     },

@@ -71,7 +71,7 @@ class PushDoor:
             return Refusal(400, "bad_serial", "a request without a usable SN")
         terminal_id = self.terminal_id(serial)
         term = self._registry.terminals.get(terminal_id)
-        if term is not None and not (term.kind == PUSH or term.link.startswith(LINK_PREFIX)):
+        if term is not None and term.kind != PUSH:
             return Refusal(403, "id_taken", f"terminal id {terminal_id} (from serial {serial}) is another kind of terminal's; "
                                             f"give the device an id in [[push.devices]]")
         entry = self._entries.get(serial)
@@ -86,8 +86,8 @@ class PushDoor:
             return Refusal(403, "unknown", f"{MAX_PENDING} terminals wait for admission already: serial {serial} is not recorded")
         try:
             # Records an unknown serial as pending (policy ``pending``), refuses it (``allowlist``),
-            # or lets it in (``open``: the registry admits it when it comes online).
-            self._registry.secret_for(terminal_id, TerminalInfo(model=f"PUSH device {serial}"), LINK_PREFIX + address)
+            # or admits it as a PUSH device (``open``).
+            self._registry.caller_admitted(terminal_id, PUSH, TerminalInfo(model=f"PUSH device {serial}"), LINK_PREFIX + address)
         except Refused as exc:
             pending = self._registry.terminals.get(terminal_id)
             if pending is not None and not pending.link:

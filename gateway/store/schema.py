@@ -50,6 +50,8 @@ terminals = Table(
     # The terminal's current event log (docs/protocol.md, "Event log identity"): the epoch it
     # announced, or for a terminal that announces none one the gateway numbers 0, -1, -2, ...
     Column("log_epoch", BigInteger, nullable=False, default=0),
+    # Its kind's name (gateway/kinds.py): what it proves, and where it may connect.
+    Column("kind", String(16), nullable=False, default="native"),
 )
 
 events = Table(
