@@ -107,6 +107,18 @@ def test_on_postgresql_a_week_older_than_the_kept_days_goes_whole_exported_first
     assert (tmp_path / "archive" / f"{old.name}.jsonl.gz").exists()
 
 
+def test_on_postgresql_a_week_the_cutoff_falls_in_stays_whole_until_all_of_it_is_old(pg):
+    cutoff_ms = NOW_MS - 365 * DAY_MS
+    straddling = week_of(cutoff_ms)
+    pg.run_now(make_weeks, straddling.start_ms, 0)
+    store(pg, ["older than the cutoff"], max(straddling.start_ms, cutoff_ms - DAY_MS))
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=365, export_dir=None).run().addCallback(gone.append)
+    assert gone == [0] and stored_users(pg) == ["older than the cutoff"]  # not deleted a day at a time
+
+
 def test_a_week_that_received_events_after_its_export_stays(pg):
     old = week_of(NOW_MS - 400 * DAY_MS)
     pg.run_now(make_weeks, old.start_ms, 0)
@@ -135,7 +147,9 @@ class RetentionWhileStreamingTests(LiveTestCase):
         site = Site(self.db_url, events_export_dir=str(self.tmp_path / "archive"))  # no retention at start...
         old_ms = int(site.gateway.clock.seconds() * 1000) - 400 * DAY_MS
         site.gateway.db.open()
+        site.gateway.db.run_now(make_weeks, old_ms, 0)  # a week of its own, dropped whole...
         store(site.gateway.db, [f"old-{n}" for n in range(2500)], old_ms)  # a year ago, before anything streams
+        store(site.gateway.db, [f"older-{n}" for n in range(2500)], old_ms - 60 * DAY_MS)  # ...no week: row by row
         site.start()
         self.addCleanup(site.stop)
         yield wait_until(site.online, "all terminals online")
@@ -148,8 +162,10 @@ class RetentionWhileStreamingTests(LiveTestCase):
         storm.release()
         yield storm_done
         yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=60)
-        self.assertEqual(gone, 2500)
-        self.assertEqual(len(exported(self.tmp_path / "archive")), 2500)
+        self.assertEqual(gone, 5000)
+        self.assertEqual(len(exported(self.tmp_path / "archive")), 5000)
         self.assertEqual(site.count_events(recorded_ms=old_ms), 0)
+        self.assertEqual(site.count_events(recorded_ms=old_ms - 60 * DAY_MS), 0)
+        self.assertNotIn(week_of(old_ms), site.gateway.db.run_now(weeks))
         storm.check_stored(self, site.gateway.db.engine)
         self.assertGreater(site.gateway.db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events)).scalar()), 0)

@@ -15,7 +15,7 @@ docs/architecture.md, "A year of logs".
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 
 from gateway.store.schema import events
 
@@ -35,6 +35,14 @@ class Week:
     @property
     def name(self) -> str:
         return f"events_w{self.start_ms // WEEK_MS}"
+
+
+_DEFAULT_TABLE = events.to_metadata(MetaData(), name=DEFAULT)
+
+
+def rows_by_row(conn):
+    """The table retention removes from row by row: on PostgreSQL only the default partition."""
+    return _DEFAULT_TABLE if partitioned(conn) else events
 
 
 def partitioned(conn) -> bool:

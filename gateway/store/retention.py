@@ -4,8 +4,9 @@ first to compressed files when the operator named a folder for them, else droppe
 Once at start and then every hour. On PostgreSQL the events table is partitioned by week of
 occurred time (gateway/store/partitions.py): each run makes the coming weeks, and a week whose
 every moment is older than the kept days goes whole, a metadata operation however many events it
-held (exported first, from a reader, and dropped only if it still holds what was exported). What
-is left, and everything on SQLite, goes in batches, oldest id first, each batch in one
+held (exported first, from a reader, and dropped only if it still holds what was exported), so an
+event stays up to a week longer than the kept days. Events no week holds (the default partition),
+and everything on SQLite, go by recorded time in batches, oldest id first, each batch in one
 transaction (riding the group commit on PostgreSQL). An export is a gzip file of JSON
 lines, one event each with every column, named after the batch's first and last id and flushed
 to disk before the rows are deleted: a batch whose delete failed is exported again under the
@@ -23,7 +24,7 @@ from sqlalchemy import delete, select
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.store.partitions import DAY_MS, Week, count_week, drop_week, make_weeks, weeks_before
+from gateway.store.partitions import DAY_MS, Week, count_week, drop_week, make_weeks, rows_by_row, weeks_before
 from gateway.store.schema import events
 
 log = Logger(namespace="gateway.retention")
@@ -31,11 +32,14 @@ log = Logger(namespace="gateway.retention")
 
 def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None) -> int:
     """Remove the oldest events recorded before ``cutoff_ms``, at most ``limit``; how many went.
+    On PostgreSQL only those no week holds: weeks go whole (``weeks_before``), or row by row a
+    week would be deleted a day at a time before it could be dropped.
 
     Ids grow with recording time, so the batch is the run of oldest ids recorded before the
     cutoff: it stops at the first newer one (an event stored out of time order waits for a later run).
     """
-    rows = conn.execute(select(events).order_by(events.c.id).limit(limit)).mappings().all()
+    table = rows_by_row(conn)
+    rows = conn.execute(select(table).order_by(table.c.id).limit(limit)).mappings().all()
     old = []
     for row in rows:
         if row["recorded_ms"] >= cutoff_ms:
@@ -45,7 +49,7 @@ def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None) -> in
         return 0
     if export_dir is not None:
         export(Path(export_dir), f"events-{old[0]['id']}-{old[-1]['id']}", old)
-    conn.execute(delete(events).where(events.c.id.in_([row["id"] for row in old])))
+    conn.execute(delete(table).where(table.c.id.in_([row["id"] for row in old])))
     return len(old)
 
 
