@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import Database
-from gateway.store.partitions import DAY_MS, drop_week, make_weeks, week_of, weeks
+from gateway.store.partitions import DAY_MS, count_week, drop_week, make_weeks, week_of, weeks
 from gateway.store.retention import Retention, expire_batch
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
@@ -169,3 +169,12 @@ class RetentionWhileStreamingTests(LiveTestCase):
         self.assertNotIn(week_of(old_ms), site.gateway.db.run_now(weeks))
         storm.check_stored(self, site.gateway.db.engine)
         self.assertGreater(site.gateway.db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events)).scalar()), 0)
+
+
+def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, ["old"], old.start_ms)
+    assert pg.run_now(drop_week, old) is True
+    assert pg.run_now(drop_week, old) is False
+    assert pg.run_now(count_week, old) == 0

@@ -100,13 +100,23 @@ def weeks_before(conn, cutoff_ms: int) -> list[Week]:
 
 
 def count_week(conn, week: Week) -> int:
+    """Events ``week`` holds (0 when another process dropped it meanwhile)."""
+    if not _exists(conn, week):
+        return 0
     return conn.execute(text(f"SELECT count(*) FROM {week.name}")).scalar_one()
 
 
+def _exists(conn, week: Week) -> bool:
+    return conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"), dict(name=week.name)).scalar_one()
+
+
 def drop_week(conn, week: Week, exported: int | None = None) -> bool:
-    """Drop ``week``; whether it went. With ``exported`` (how many events its export holds), only
-    when it still holds that many: an event that arrived since waits for the next run's export."""
+    """Drop ``week``; whether it went (not when another process dropped it first). With
+    ``exported`` (how many events its export holds), only when it still holds that many: an
+    event that arrived since waits for the next run's export."""
     _maintenance(conn)
+    if not _exists(conn, week):
+        return False
     if exported is not None:
         conn.execute(text(f"LOCK TABLE {week.name} IN SHARE MODE"))  # no event arrives in it meanwhile
         if count_week(conn, week) != exported:

@@ -137,8 +137,7 @@ class Retention:
         """Drop a whole week, exported or counted first on a reader (the writer keeps storing meanwhile); how many went."""
         if self.export_dir is None:
             held = yield self._db.read(count_week, week)
-            yield self._db.write(drop_week, week)
-            return held
+            return held if (yield self._db.write(drop_week, week)) else 0
         exported = yield self._db.read(export_week, Path(self.export_dir), week)
         if (yield self._db.write(drop_week, week, exported)):
             return exported
