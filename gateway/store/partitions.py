@@ -13,6 +13,7 @@ behind maintenance. SQLite has one file and no partitions: nothing here applies 
 docs/architecture.md, "A year of logs".
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import MetaData, text
@@ -62,9 +63,14 @@ def weeks(conn) -> list[Week]:
     return sorted(week_of(int(name.removeprefix("events_w")) * WEEK_MS) for name in names)
 
 
-def _maintenance(conn) -> None:
+@contextmanager
+def _maintenance(conn):
+    """One process at a time, waiting at most ``LOCK_TIMEOUT`` for each lock; the writes sharing
+    this group commit (gateway/store/database.py) wait as long as they would have after it."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), dict(key=_MAINTENANCE_LOCK))
+    yield
+    conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
 
 
 def make_weeks(conn, now_ms: int, ahead: int = WEEKS_AHEAD) -> list[str]:
@@ -72,14 +78,14 @@ def make_weeks(conn, now_ms: int, ahead: int = WEEKS_AHEAD) -> list[str]:
     partition holds; the names made."""
     if not partitioned(conn):
         return []
-    _maintenance(conn)
-    have = {w.name for w in weeks(conn)}
-    made = []
-    for n in range(ahead + 1):
-        week = week_of(now_ms + n * WEEK_MS)
-        if week.name not in have:
-            add_week(conn, week)
-            made.append(week.name)
+    with _maintenance(conn):
+        have = {w.name for w in weeks(conn)}
+        made = []
+        for n in range(ahead + 1):
+            week = week_of(now_ms + n * WEEK_MS)
+            if week.name not in have:
+                add_week(conn, week)
+                made.append(week.name)
     return made
 
 
@@ -114,12 +120,12 @@ def drop_week(conn, week: Week, exported: int | None = None) -> bool:
     """Drop ``week``; whether it went (not when another process dropped it first). With
     ``exported`` (how many events its export holds), only when it still holds that many: an
     event that arrived since waits for the next run's export."""
-    _maintenance(conn)
-    if not _exists(conn, week):
-        return False
-    if exported is not None:
-        conn.execute(text(f"LOCK TABLE {week.name} IN SHARE MODE"))  # no event arrives in it meanwhile
-        if count_week(conn, week) != exported:
+    with _maintenance(conn):
+        if not _exists(conn, week):
             return False
-    conn.execute(text(f"DROP TABLE {week.name}"))
+        if exported is not None:
+            conn.execute(text(f"LOCK TABLE {week.name} IN SHARE MODE"))  # no event arrives in it meanwhile
+            if count_week(conn, week) != exported:
+                return False
+        conn.execute(text(f"DROP TABLE {week.name}"))
     return True
