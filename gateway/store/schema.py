@@ -71,6 +71,7 @@ events = Table(
     UniqueConstraint("terminal_id", "log_epoch", "terminal_event_id", name="uq_events_terminal_log_event"),
     Index("ix_events_type_id", "type", "id"),
     Index("ix_events_user_id", "user_id", "id"),
+    Index("ix_events_terminal_id", "terminal_id", "id"),
 )
 
 # Each user's history (gateway/sync/history.py): a row per version and per decision that made
