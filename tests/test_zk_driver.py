@@ -152,7 +152,7 @@ def test_device_changes_become_device_events_and_a_push_never_comes_back_as_one(
     record = UserRecord("3", name="Pushed Person")
     results = wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=True))
     assert [(r.user_id, r.status) for r in results] == [("3", UserStatus.OK)]
-    assert device.user("3").name == "Pushed Person" and device.user("3").uid == 3
+    assert device.user("3").name == "Pushed Person" and device.user("3").uid == 2 + 1 + 2  # above the highest in use, two left for the keypad
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
     wire.poll()
     wire.poll()
@@ -658,3 +658,47 @@ def test_a_local_time_in_a_zone_reads_as_the_same_moment_both_ways():
     assert clock.seconds(datetime(2024, 7, 1, 9, 0)) == datetime(2024, 7, 1, 7, 0, tzinfo=ZoneInfo("UTC")).timestamp(), "summer: UTC+2"
     assert clock.local(clock.seconds(datetime(2024, 12, 24, 18, 5, 9))) == datetime(2024, 12, 24, 18, 5, 9)
     assert clock.drift_s(datetime(2024, 3, 1, 8, 30, 15) - timedelta(seconds=30), NOW_S) == -30.0
+
+
+def test_a_keypad_enrolment_during_the_upload_keeps_its_slot_on_a_device_that_ignores_disabledevice():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    populate(device, 2)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    # After the pass read the table, before the upload: the walk-in takes the lowest free uid.
+    once_at(device, Command.PREPARE_DATA, lambda: device.enroll("walk-in", "Walk In"))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK]
+    assert device.user("walk-in").name == "Walk In" and device.user("5").name == "Pushed"
+    assert device.user("5").uid == 2 + 1 + 2, "above the highest uid in use, two left free for the keypad"
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "walk-in"]
+    assert wire.broken == []
+
+
+def test_a_write_never_takes_the_uid_of_a_second_copy_of_a_user_id():
+    device = ZkDevice()
+    populate(device, 1)
+    device.users[2] = replace(device.user("1"), uid=2, name="Second Copy")  # a firmware that does not keep user ids unique
+    wire = Wire(device).start()
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert device.users[2].name == "Second Copy" and device.user("5").uid == 5
+
+
+def test_another_persons_record_in_the_slot_written_is_never_deleted():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    del device.options["~PIN2Width"]  # it does not say how long an id it holds: read back after new people
+    populate(device, 1)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1"]))
+
+    def keypad_takes_the_slot():  # a firmware whose keypad picks uids its own way, after the upload
+        device.put_user(User(device.user("5").uid, "walk-in", "Walk In", 0, "", 0, "1"))
+
+    once_at(device, Command.REFRESHDATA, keypad_takes_the_slot)
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [(r.user_id, r.status) for r in results] == [("5", UserStatus.STORAGE_FULL)], "ours is missing, and said so"
+    assert [u.user_id for u in device.users.values()] == ["1", "walk-in"], "the keypad's person stays"
+    assert wire.broken == []

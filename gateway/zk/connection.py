@@ -96,6 +96,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._plan = PollPlan(timing.poll)
         self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
+        self._uids_in_use: set[int] = set()  # every uid of that read: a second copy of a user id's too
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
@@ -328,6 +329,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
                 by_uid.setdefault(t.uid, []).append(t)
             self._plan.templates_at = now
         self._users = users
+        self._uids_in_use = {u.uid for u in read.users}
         if by_uid is not None:
             self._templates = by_uid
         self._profile = replace(self._profile, record_size=read.record_size)

@@ -1,6 +1,11 @@
 """WritePlan: what one write pass does to a ZK device, decided against what the device holds
 right now, and which uid each person new to it gets (uids are each device's own slots).
 
+A new person's uid is above the highest in use with ``KEYPAD_SLOTS`` left free, as pyzk takes
+the next uid above the highest: a device's keypad enrols in the lowest free slot, so on a device
+that ignores DISABLEDEVICE an enrolment made during the write pass lands in a hole or in a slot
+left for it, never in one the pass writes (an upload upserts by uid: it would erase the person).
+
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
 
@@ -10,18 +15,21 @@ from protocol.messages import UserStatus
 from protocol.zk.records import Template, User
 
 MAX_UID = 0xFFFF
+KEYPAD_SLOTS = 2  # uids left free above the highest in use, for keypad enrolments during a pass
 
 
 class WritePlan:
     """What one write pass does to the device, decided against the users it holds right now."""
 
-    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int):
+    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int,
+                 uids_in_use: set[int]):
+        """``uids_in_use``: every uid the device holds, a second copy of a user id's included."""
         self._users = users
         self._templates = templates
         self._profile = profile
         self._capacity = capacity or MAX_UID
-        self._taken = {u.uid for u in users.values()}
-        self._next_free = 1
+        self._taken = set(uids_in_use) | {u.uid for u in users.values()}
+        self._next_free = max(self._taken, default=0) + 1 + KEYPAD_SLOTS
         self.writes: list[tuple[User, list[Template]]] = []
         self.stale_templates: list[tuple[int, int]] = []
         self.deletes: list[tuple[str, int]] = []
@@ -63,8 +71,12 @@ class WritePlan:
         return UserResult(user_id, UserStatus.OK)
 
     def _free_uid(self) -> int | None:
+        """Above the highest uid in use (and the slots left for the keypad); once that runs past
+        the last uid, the lowest free one, as the keypad would take it."""
         if len(self._taken) >= self._capacity:
             return None
+        if self._next_free > MAX_UID:
+            self._next_free = 1
         while self._next_free <= MAX_UID and self._next_free in self._taken:
             self._next_free += 1
         return self._next_free if self._next_free <= MAX_UID else None
