@@ -32,10 +32,12 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     groups: list[U32] = msgspec.field(default_factory=list)
     poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
     # The link (docs/zk.md section "Limits"): how long the device may fall silent in a request,
-    # how long one request may take however its bytes trickle, how much one transfer may announce,
+    # how long one request may take however its bytes trickle, how long one operation (a table of
+    # many chunks) may take in all, how much one transfer may announce,
     # and how many bytes each READ_BUFFER asks (0: 65472 on TCP, 16384 on UDP; less on slow links).
     timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     request_limit_s: Annotated[float, Meta(gt=0)] = 120.0
+    operation_limit_s: Annotated[float, Meta(gt=0)] = 600.0
     max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
     chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
     transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from protocol.errors import ProtocolError
-from protocol.zk.client import MAX_TRANSFER, REQUEST_LIMIT_S, Framing, ZkClient
+from protocol.zk.client import MAX_TRANSFER, OPERATION_LIMIT_S, REQUEST_LIMIT_S, Framing, ZkClient
 from protocol.zk.commands import name_of
 from protocol.zk.errors import BodyError, LocalProtocolError
 from protocol.zk.events import DeviceQuirk, OverLimit, ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
@@ -53,18 +53,20 @@ class LinkSettings:
     transport: Literal["tcp", "udp"] = "tcp"
     timeout_s: float = 10.0
     request_limit_s: float = REQUEST_LIMIT_S
+    operation_limit_s: float = OPERATION_LIMIT_S
     max_transfer: int = MAX_TRANSFER
     chunk_size: int = 0
 
     @classmethod
     def of(cls, entry) -> "LinkSettings":
         """From a ``[[zk]]`` entry (gateway/zk/config.py, ZkEntry)."""
-        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
+        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, entry.operation_limit_s,
+                   int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
 
     def client(self, comm_key: int) -> ZkClient:
         """A fresh conversation for one connection."""
         return ZkClient(comm_key, framing=Framing(self.transport), timeout_s=self.timeout_s, request_limit_s=self.request_limit_s,
-                        max_transfer=self.max_transfer, chunk_size=self.chunk_size or None)
+                        operation_limit_s=self.operation_limit_s, max_transfer=self.max_transfer, chunk_size=self.chunk_size or None)
 
 
 class ZkLink(protocol.Protocol):
