@@ -627,9 +627,24 @@ def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled
     assert refills.asked and wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == []
     other = ZkDevice(serial_number="UNIT-B")
     other.enroll("9", "From Another Door")
-    wire, refills = refilling_wire(other, db, memory)  # the same configured device, another unit, this gateway run
+    wire, refills = refilling_wire(other, db)  # the same configured device, another unit, after a restart
     wire.start()
     assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["9"], "what the new unit holds is news"
+    wire, refills = refilling_wire(other, db)
+    wire.start()
+    assert refills.asked == [], "the same unit again"
+
+
+def test_sdkbuild_is_said_after_connecting_and_a_device_that_refuses_it_is_used_as_it_is():
+    device = ZkDevice()
+    Wire(device).start()
+    assert device.options["SDKBuild"] == "1"
+    device = ZkDevice()
+    device.faults.unknown_commands.add(Command.OPTIONS_WRQ)
+    populate(device, 1)
+    wire = Wire(device).start()
+    assert "SDKBuild" not in device.options and wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1"]
 
 
 MADRID = ZoneInfo("Europe/Madrid")

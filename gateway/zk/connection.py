@@ -64,7 +64,6 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
-    serial: str | None = None  # ~SerialNumber of the last connection: another one is a replaced unit
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # device records not taken, by (kind, user id): the reason reported
     # The mark is stored after the punches it covers: after a restart, the first punches found
     # new are checked against the event log, so a crash between the two stores none twice.
@@ -92,7 +91,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._on_online = on_online
         self._device_clock = device_clock
         self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
-        self._replaced_unit = ""  # why the device is another unit than the last connection's
+        self._serial: str | None = None  # ~SerialNumber, as this connection read it
         self._plan = PollPlan(timing.poll)
         self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
@@ -126,10 +125,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             if exc.code == ReplyCode.ACK_UNAUTH:
                 raise DeviceRefused("the device refused the comm key (comm_key of its [[zk]] entry)", exc.code) from None
             raise
+        yield self._sdk_build()
         yield self._learn()
-        yield self._remember()
-        if self._replaced_unit:
-            self._refill(self._replaced_unit)
+        replaced = yield self._remember()
+        if replaced:
+            self._refill(replaced)
         yield self._register_events()
         yield self._lock.run(self._poll, True)
         if self.closed:
@@ -175,6 +175,15 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     # -- learning the device -----------------------------------------------------------------------
 
     @defer.inlineCallbacks
+    def _sdk_build(self):
+        """``SDKBuild=1``, as ZKTeco's SDK says after connecting: firmwares that hold extended
+        records (72-byte users, long ids) give them to a client that has said it. A device that
+        refuses the option is used as it is."""
+        reply = yield self._link.run("request", Command.OPTIONS_WRQ, bodies.option_assignment("SDKBuild", "1"))
+        if not reply.ok:
+            log.info("ZK terminal {tid} does not take SDKBuild=1 ({reply})", tid=self.terminal_id, reply=reply)
+
+    @defer.inlineCallbacks
     def _learn(self):
         version = yield self._link.run("request", Command.GET_VERSION)
         firmware = bodies.parse_version(version.data) if version.ok else ""
@@ -182,10 +191,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion", "~PIN2Width"):
             options[name] = yield self._option(name)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
-        serial, memory = options["~SerialNumber"], self._memory
-        if serial and memory.serial and serial != memory.serial:
-            self._replaced_unit = f"its serial number is {serial}, no longer {memory.serial}: another unit"
-        memory.serial = serial or memory.serial
+        self._serial = options["~SerialNumber"]
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
         drift_s = yield self._read_clock()
         self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity, clock_drift_s=drift_s)
@@ -233,15 +239,22 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     @defer.inlineCallbacks
     def _remember(self):
         """What the server has seen of the device, from the database at every connection: loaded
-        after everything the previous link stored (docs/zk.md)."""
+        after everything the previous link stored (docs/zk.md). Returns why the device is another
+        unit than at its last connection (another serial number), or "" when it is the same."""
         memory = self._memory
         held = yield self._store.holdings(self.terminal_id)
         memory.tracker = ChangeTracker(held.seen, held.owed)
+        replaced = ""
+        if self._serial and held.serial and self._serial != held.serial:
+            replaced = f"its serial number is {self._serial}, no longer {held.serial}: another unit"
+        if self._serial and self._serial != held.serial:
+            self._store.save_serial(self.terminal_id, self._serial).addErrback(self._log_unsaved, "its serial number")
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
             memory.next_event_id = max(memory.next_event_id, through + 1)
             memory.attendance_stored, memory.attendance_last = held.attendance_stored, held.attendance_last
             memory.attendance_unsure = memory.loaded = True
+        return replaced
 
     @defer.inlineCallbacks
     def _register_events(self):
