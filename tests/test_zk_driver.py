@@ -263,6 +263,7 @@ def test_the_poll_plan_reads_big_user_tables_on_the_slow_schedule():
     assert not plan.users_due(same, 2) and plan.users_due(same, 30)
     assert plan.users_due(Sizes(users=501, fingers=500), 2), "a count moved"
     assert PollPlan(timing, sizes=Sizes(users=50), users_at=0).users_due(Sizes(users=50), 2), "a small table every poll"
+    assert not PollPlan(timing, sizes=Sizes(users=50), users_at=1).users_due(Sizes(users=50), 2), "not when read less than a poll ago"
     assert not plan.templates_due(same, 2, False) and plan.templates_due(same, 2, True) and plan.templates_due(same, 60, False)
     assert not plan.attendance_due(same, 20) and not plan.attendance_due(Sizes(records=11), 5) and plan.attendance_due(Sizes(records=11), 10)
 
@@ -717,3 +718,18 @@ def test_another_persons_record_in_the_slot_written_is_never_deleted():
     assert [(r.user_id, r.status) for r in results] == [("5", UserStatus.STORAGE_FULL)], "ours is missing, and said so"
     assert [u.user_id for u in device.users.values()] == ["1", "walk-in"], "the keypad's person stays"
     assert wire.broken == []
+
+
+def test_a_poll_soon_after_a_write_pass_does_not_read_the_users_again():
+    device = ZkDevice()
+    populate(device, 3)
+    wire = Wire(device).start()  # its first poll is due at 2 s
+    wire.call(wire.connection.fetch_users(["1", "2", "3"]))
+    wire.clock.advance(1.5)
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    device.recorded = []
+    wire.poll(0.5)
+    assert [p.command for p in device.recorded] == [Command.GET_FREE_SIZES], "the pass read the users 0.5 s ago"
+    device.edit("1", name="Typed At The Door")  # a change the counts do not show: found at the next poll
+    wire.poll()
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
