@@ -19,7 +19,7 @@ from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.store import DatabaseStore
-from gateway.zk.driver import ZkLink
+from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -733,3 +733,72 @@ def test_a_poll_soon_after_a_write_pass_does_not_read_the_users_again():
     device.edit("1", name="Typed At The Door")  # a change the counts do not show: found at the next poll
     wire.poll()
     assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+
+
+class ReleasedWire(Wire):
+    """A released session: each conversation on a new StringTransport and device session."""
+
+    def __init__(self, device: ZkDevice, **kwargs):
+        super().__init__(device, **kwargs)
+        self.lost: list[str] = []
+        self.unreachable: str | None = None
+        self.sessions = 1
+        self.connection._redial = self._redial
+        self.connection._on_lost = self.lost.append
+
+    def _redial(self):
+        if self.unreachable is not None:
+            return defer.fail(DeviceLost(self.unreachable))
+        connection = self.connection
+        link = ZkLink(ZkClient(self.device.comm_key, timeout_s=TIMING.request_s), self.clock,
+                      on_realtime=connection.realtime_event, on_broken=lambda reason: connection.link_broken(reason, link))
+        self.link, self.transport = link, StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
+        self.session = DeviceSession(self.device, 0x1234 + self.sessions, self._out.append)
+        self.sessions += 1
+        link.makeConnection(self.transport)
+        return defer.succeed(link)
+
+
+def commands(device: ZkDevice) -> list[int]:
+    return [p.command for p in device.recorded]
+
+
+def test_a_released_session_dials_for_each_conversation_and_lets_go_after_it():
+    device = ZkDevice()
+    populate(device, 2)
+    device.recorded = []
+    wire = ReleasedWire(device).start()
+    assert commands(device)[0] == Command.CONNECT and commands(device)[-1] == Command.EXIT
+    assert Command.REG_EVENT not in commands(device), "no real-time events: nobody is there to hear them"
+    assert wire.session.closed and wire.sessions == 1
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+
+    device.recorded = []
+    device.edit("1", name="Typed At The Door")  # by the site's own software between polls
+    wire.poll()
+    assert wire.sessions == 2 and commands(device)[:2] == [Command.CONNECT, Command.OPTIONS_WRQ] and commands(device)[-1] == Command.EXIT
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"] and wire.presence.online_now is wire.connection
+
+    device.recorded = []
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
+    assert wire.sessions == 3 and commands(device)[0] == Command.CONNECT and commands(device)[-1] == Command.EXIT
+    assert wire.lost == [] and not wire.connection.closed, "a link let go is no lost connection"
+
+
+def test_a_released_session_waits_for_a_busy_device_and_goes_offline_once_it_is_not_to_be_had():
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"  # another client has it, say
+    results = []
+    wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False).addBoth(results.append)
+    wire.poll(), wire.poll()
+    assert wire.lost == [] and wire.presence.online_now is wire.connection and results == [], "busy: tried again"
+    wire.unreachable = None
+    wire.poll()
+    assert [r.status for r in results[0]] == [UserStatus.OK] and device.user("5").name == "Pushed", "the write waited for it"
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"
+    for _ in range(4):
+        wire.poll()
+    assert wire.lost == ["poll failed: not to be had for 6 s: cannot connect to 10.0.0.5:4370: Connection refused"]
+    assert wire.presence.online_now is None and wire.connection.closed

@@ -20,6 +20,11 @@ class ZkTransport(Enum):
     UDP = "udp"
 
 
+class ZkSession(Enum):
+    HELD = "held"  # connected for good: real-time events, no dial per poll
+    RELEASED = "released"  # connect, poll or write, disconnect: the site's own ZK software can use it between
+
+
 class ZkEntry(Struct, forbid_unknown_fields=True):
     """A ``[[zk]]`` entry, or ``gateway run --zk HOST[:PORT]``: a ZK device, admitted by being
     configured (it cannot prove a secret; the comm key is the device's own)."""
@@ -41,6 +46,7 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
     chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
     transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else
+    session: ZkSession = ZkSession.HELD  # docs/zk.md, "Sharing the device"
     timezone: str = ""  # the device's time zone, an IANA name ("Europe/Madrid"); "": the gateway's local zone
     set_clock: bool = False  # set the device's clock to the gateway's at connect when it is off
     card: str = "CSN:4"  # which server cards its card field (a u32) carries: CSN:N or WIEGAND:N, N bytes (docs/zk.md)

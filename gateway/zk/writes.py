@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.sync.connection import UserResult
-from gateway.zk.driver import DeviceLost, DeviceRefused
+from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused
 from gateway.zk.mapping import held_digest
 from gateway.zk.plan import WritePlan
 from protocol.events import EventCode, Origin
@@ -54,8 +54,17 @@ class WritePasses:
             return defer.fail(DeviceLost(f"ZK terminal {self.terminal_id}: link closed"))
         self._writes.append(write)
         if len(self._writes) == 1:  # the first of a pass: the pass takes every write queued by then
-            self._lock.run(self._write_pass).addErrback(self._failed, "write failed")
+            self._run_write_pass()
         return write.done
+
+    def _run_write_pass(self) -> None:
+        d = self._lock.run(self._over_link, self._write_pass)
+        d.addCallback(self._write_pass_done).addErrback(self._failed, "write failed")
+
+    def _write_pass_done(self, result) -> None:
+        """A released session that found the device busy tries the pass again a poll later."""
+        if result is BUSY and not self.closed:
+            self._clock.callLater(self._timing.poll.poll_s, lambda: None if self.closed else self._run_write_pass())
 
     @defer.inlineCallbacks
     def _write_pass(self):

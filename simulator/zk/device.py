@@ -74,6 +74,7 @@ class Firmware:
     announced_table_bytes: int = 0  # hostile: every buffered table announced as this long, zeros past the real one
     link_bytes_per_s: int = 0  # how fast its answers leave (0: at once; 4096 a cellular link; 2 a drip)
     link_segment_bytes: int = 1460  # in pieces of at most this (a link's MSS), a small packet whole; 1 drips
+    sessions: int = 0  # TCP clients served at once (0: any; 1: as most devices, another is turned away)
 
 
 def firmware_variant(name: str) -> "tuple[Firmware, dict]":
