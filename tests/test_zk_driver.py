@@ -802,3 +802,18 @@ def test_a_released_session_waits_for_a_busy_device_and_goes_offline_once_it_is_
         wire.poll()
     assert wire.lost == ["poll failed: not to be had for 6 s: cannot connect to 10.0.0.5:4370: Connection refused"]
     assert wire.presence.online_now is None and wire.connection.closed
+
+
+def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    dialled = defer.Deferred()
+    new_link = wire.connection._redial
+    wire.connection._redial = lambda: dialled
+    wire.poll()  # dialling
+    wire.connection.close("the gateway is stopping")
+    link = new_link().result
+    dialled.callback(link)
+    wire.pump()
+    assert wire.transport.disconnecting, "the link dialled meanwhile is let go at once"
+    assert wire.lost == ["the gateway is stopping"] and wire.presence.online_now is None

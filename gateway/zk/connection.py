@@ -206,6 +206,9 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._redialling = True
         try:
             self._link = yield self._redial()
+            if self.closed:  # closed while it dialled (the gateway stopping)
+                self._link.end("closed")
+                return False
             yield self._connect()
         except (DeviceLost, DeviceRefused) as exc:
             self._link.end(str(exc))
