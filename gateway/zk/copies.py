@@ -46,7 +46,7 @@ class ChangeDetection:
         for user_id, user in self._users.items():
             templates = self._templates.get(user.uid, NO_TEMPLATES)
             known = self._digests.get(user_id)
-            if known is None or known[0] != user or known[1] is not templates:
+            if known is None or (known[0] is not user and known[0] != user) or known[1] is not templates:
                 refused = refusal(user, self._profile.cards)
                 known = (user, templates, None if refused else held_digest(user, templates), refused)
             digests[user_id] = known

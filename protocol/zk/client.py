@@ -152,6 +152,7 @@ class ZkClient:
         self.quirks: Counter[str] = Counter()  # DeviceQuirk kinds, every time one was found
         self._tokens = itertools.count(1)
         self._last_tables: dict[TableRead, tuple[int, bytes, object]] = {}  # by table: (count, bytes, parsed) of its last read
+        self._user_records: dict[bytes, User] = {}  # the users of the last user table parsed, by record
 
     # -- operations: each returns a token; its end is one event with that token --------------
 
@@ -469,9 +470,15 @@ class ZkClient:
             yield quirk
 
     def _read_users(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", parse_user_table)
+        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", self._parse_users)
         parsed = parsed or ParsedTable((), 72)
         return UsersRead(token, parsed.records, parsed.record_size, sizes)
+
+    def _parse_users(self, data: bytes, count: int) -> ParsedTable:
+        """A user table, decoding only the records the last one parsed did not hold."""
+        parsed = parse_user_table(data, count, self._user_records)
+        self._user_records = {user.record: user for user in parsed.records}
+        return parsed
 
     def _read_templates(self, token: int) -> Steps:
         sizes = yield from self._sizes()

@@ -29,7 +29,7 @@ from protocol.zk.realtime import (
     encode_enrolled_finger,
     encode_enrolled_user,
 )
-from protocol.zk.records import AttendanceRecord, Template, User
+from protocol.zk.records import AttendanceRecord, Template, User, encode_user, user_table_of
 from simulator.people import FAMILY, GIVEN
 
 log = Logger(namespace="simulator.zk")
@@ -138,6 +138,7 @@ class ZkDevice:
             "CompatOldFirmware": "0",
         }
         self.users: dict[int, User] = {}  # by uid
+        self._encoded: dict[int, tuple[User, bytes]] = {}  # by uid: a user and its record, encoded once
         self._uids: dict[str, int] = {}  # user id to uid
         self._free_from = 1  # no uid below this is free
         self.templates: dict[tuple[int, int], Template] = {}  # by (uid, finger)
@@ -230,6 +231,18 @@ class ZkDevice:
             users_free=fw.users_capacity - users,
             records_free=fw.records_capacity - records,
         )
+
+    def user_table(self) -> bytes:
+        """The USER table a client reads, in uid order. Each user's record is encoded once per
+        version of that user: a fleet's devices answer the table at every poll and write pass."""
+        size, known = self.firmware.user_record_size, self._encoded
+        encoded = {}
+        for uid in sorted(self.users):
+            user = self.users[uid]
+            was = known.get(uid)
+            encoded[uid] = was if was is not None and was[0] is user and len(was[1]) == size else (user, encode_user(user, size))
+        self._encoded = encoded
+        return user_table_of([record for _, record in encoded.values()])
 
     def put_user(self, user: User) -> bool:
         """A client's upsert by uid. Refused (False) when another uid holds the user id, the
