@@ -5,6 +5,7 @@ What a person could check: the server's records, each ZK device's own tables and
 terminal's store, and the event log.
 """
 
+import socket
 import time
 
 from twisted.internet import defer, reactor, threads
@@ -235,3 +236,22 @@ class SharedDevice(ZkSite):
               f"the gateway was turned away {self.ports[ZK1].factory.turned_away} times")
         with self.assertRaises(AssertionError):  # a held session leaves the site's software no gap
             yield threads.deferToThread(enrol_with_pyzk, ZK2, "701", 5)
+
+    @defer.inlineCallbacks
+    def test_a_released_device_away_is_offline_with_the_reason_and_dialled_again(self):
+        device = ZkDevice(serial_number="AWAY", firmware=Firmware(sessions=1))
+        populate(device, 2, seed=5)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            number = probe.getsockname()[1]  # closed again: nothing listens there
+        site = Site(self.db_url, terminal_ids=(), zk=[dict(id=ZK1, host="127.0.0.1", port=number, session="released", timeout_s=1,
+                                                            poll_s=POLL_S)]).start()
+        self.addCleanup(site.stop)
+        term = site.gateway.registry.terminals[ZK1]
+        yield wait_until(lambda: "cannot connect" in (term.offline_reason or ""), "offline with the reason")
+        port = listen(device, reactor, number)
+        self.addCleanup(_stop_listening, port)
+        yield wait_until(lambda: site.online(ZK1) and site.server_record("2") is not None, "dialled again, read", timeout=60)
+        yield _stop_listening(port)  # gone between polls: busy for timeout_s, then offline
+        yield wait_until(lambda: not site.online(ZK1), "offline once it is not to be had")
+        self.assertIn("not to be had for", term.offline_reason)
