@@ -106,6 +106,8 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
         self._uids_in_use: set[int] = set()  # every uid of that read: a second copy of a user id's too
+        self._users_read: tuple[User, ...] | None = None  # the read ``_users`` is, while nothing else changed it
+        self._held: tuple[object, object, dict[str, bytes]] | None = None  # _held_copies' last: (users, templates, held)
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
@@ -416,16 +418,20 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def _read_tables(self, now: float, templates: bool | None = None):
         """Read the users, and the templates when asked (None: when due); keep them only whole."""
         read = yield self._link.run("read_users")
-        users = self._one_uid_each(read.users)
-        user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
+        if read.users is self._users_read:  # the client found the same bytes: most polls
+            users, user_set_changed = self._users, False
+        else:
+            users = self._one_uid_each(read.users)
+            user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
         by_uid = None
         if templates or (templates is None and self._plan.templates_due(read.sizes, now, user_set_changed)):
             by_uid: dict[int, list[Template]] = {}
             for t in (yield self._link.run("read_templates")).templates:
                 by_uid.setdefault(t.uid, []).append(t)
             self._plan.templates_at = now
-        self._users = users
-        self._uids_in_use = {u.uid for u in read.users}
+        if users is not self._users:
+            self._uids_in_use = {u.uid for u in read.users}
+        self._users, self._users_read = users, read.users
         if by_uid is not None:
             self._templates = by_uid
         self._profile = replace(self._profile, record_size=read.record_size)

@@ -187,8 +187,9 @@ class WritePasses:
             if not _cut_of(stored.user_id, user.user_id):
                 continue  # another person's record in that slot (the keypad's): never deleted; ours is reported missing
             yield self._ok(Command.DELETE_USER, bodies.uid_body(user.uid))
-            del self._users[stored.user_id]
-            self._templates.pop(user.uid, None)
+            self._users = {user_id: held for user_id, held in self._users.items() if user_id != stored.user_id}
+            self._templates = {uid: held for uid, held in self._templates.items() if uid != user.uid}
+            self._users_read = None
             width = len(stored.user_id.encode("utf-8", "surrogateescape"))
             if width < len(user.user_id.encode("utf-8")):
                 self._profile = replace(self._profile, id_width=width)
@@ -224,6 +225,7 @@ class WritePasses:
         if sizes.users == len(users) + len(self._uids_in_use) - len(self._users) and sizes.fingers == fingers and not unsure_ids:
             self._uids_in_use = (self._uids_in_use - {uid for _, uid in plan.deletes}) | {u.uid for u in users.values()}
             self._users, self._templates, self._plan.sizes = users, templates, sizes
+            self._users_read = None  # what was read with the writes applied, no read
             return
         yield self._read_tables(self._clock.seconds(), templates=False)
         if self._plan.sizes.fingers == fingers:
