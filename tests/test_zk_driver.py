@@ -21,6 +21,8 @@ from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_m
 from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
+from gateway.zk.plan import WritePlan
+from gateway.zk.mapping import DeviceProfile
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
@@ -817,3 +819,12 @@ def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():
     wire.pump()
     assert wire.transport.disconnecting, "the link dialled meanwhile is let go at once"
     assert wire.lost == ["the gateway is stopping"] and wire.presence.online_now is None
+
+
+def test_new_people_fill_holes_but_never_the_uids_a_keypad_would_take_next():
+    held = {str(uid): User(uid, str(uid), f"Person {uid}", 0, "", 0, "1") for uid in (1, 5, 6)}
+    plan = WritePlan(held, {}, DeviceProfile(), 0, {1, 5, 6, 9})  # uid 9: a second copy of someone's user id
+    for user_id in ("a", "b", "c"):
+        plan.put(UserRecord(user_id, name=user_id))
+    # Keypads take the lowest free (2, 3) or above the highest (10, 11): never written.
+    assert [user.uid for user, _ in plan.writes] == [4, 7, 8]
