@@ -206,6 +206,17 @@ def test_user_and_attendance_tables_round_trip(users, punches):
 
 
 @BOUNDED
+@given(st.lists(users72, max_size=5), st.lists(users72, max_size=5))
+def test_a_user_table_read_with_the_users_of_the_last_reads_the_same_and_decodes_only_new_records(before, after):
+    last = parse_user_table(build_user_table(before), len(before)).records
+    known = {user.record: user for user in last}
+    table = build_user_table(after)
+    again = parse_user_table(table, len(after), known)
+    assert again == parse_user_table(table, len(after))
+    assert all(user is known[user.record] for user in again.records if user.record in known), "a record met again is not decoded again"
+
+
+@BOUNDED
 @given(u(16), u(32), moments, u(8), u(8), u(32))
 def test_every_attendance_form_keeps_what_it_carries(uid, number, moment, verify_type, punch, workcode):
     record = AttendanceRecord(uid, str(number), moment, verify_type, punch, workcode)

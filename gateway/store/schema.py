@@ -117,6 +117,15 @@ zk_attendance = Table(
     Column("last", String(200), nullable=True),
 )
 
+# The serial number (~SerialNumber) of the unit at each ZK device's place when it last connected:
+# another one is a replaced unit, refilled (docs/zk.md, "Reconciliation").
+zk_devices = Table(
+    "zk_devices",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("serial", String(64), nullable=False),
+)
+
 settings = Table(
     "settings",
     metadata,

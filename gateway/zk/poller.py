@@ -2,7 +2,8 @@
 
 A ZK device has no reliable enrolment events, so the driver polls. ``PollPlan`` decides from the
 counts (GET_FREE_SIZES, the cheap probe) and the clock which tables to read: the user table at
-every poll while it is small and on a slower schedule anyway (an edit leaves the counts alone),
+every poll while it is small (unless a write pass read it less than a poll ago) and on a slower
+schedule anyway (an edit leaves the counts alone),
 templates when a count or the user set changed and on a slower schedule, attendance when its
 count moved. ``ChangeTracker`` compares each person's digest with the one the server has seen
 (pulled or written by the gateway, kept durably) so a change the gateway made never comes back
@@ -44,8 +45,12 @@ class PollPlan:
 
     def users_due(self, sizes: Sizes, now: float) -> bool:
         t = self.timing
-        return (self.urgent or self.users_at is None or self.sizes is None or sizes.users != self.sizes.users
-                or sizes.fingers != self.sizes.fingers or sizes.users <= t.cheap_users or now - self.users_at >= t.users_s)
+        if (self.urgent or self.users_at is None or self.sizes is None or sizes.users != self.sizes.users
+                or sizes.fingers != self.sizes.fingers):
+            return True
+        if now - self.users_at < t.poll_s:
+            return False  # read less than a poll ago (by a write pass), and the counts have not moved since
+        return sizes.users <= t.cheap_users or now - self.users_at >= t.users_s
 
     def templates_due(self, sizes: Sizes, now: float, user_set_changed: bool) -> bool:
         return (user_set_changed or self.templates_at is None or self.sizes is None or sizes.fingers != self.sizes.fingers

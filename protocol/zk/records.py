@@ -360,16 +360,24 @@ def _split(body: bytes, announced: int, count: int | None, sizes: tuple[int, ...
     return size, [body[i : i + size] for i in range(0, whole * size, size)]
 
 
-def parse_user_table(data: bytes, count: int | None) -> ParsedTable:
-    """The users of a USER table read, and their record size (72 or 28)."""
+def parse_user_table(data: bytes, count: int | None, known: dict[bytes, User] | None = None) -> ParsedTable:
+    """The users of a USER table read, and their record size (72 or 28). ``known``: users
+    decoded before, by their record: a record met again is not decoded again (a table read at
+    every poll and write pass mostly holds the records of the last read)."""
     problems: list[str] = []
     body, announced = _table_body(data, "user", problems)
     size, raws = _split(body, announced, count, USER_RECORD_SIZES, lambda s: s in USER_RECORD_SIZES, "user", problems)
-    return ParsedTable(tuple(decode_user(raw) for raw in raws), size, tuple(problems))
+    known = known or {}
+    return ParsedTable(tuple(known.get(raw) or decode_user(raw) for raw in raws), size, tuple(problems))
 
 
 def build_user_table(users: list[User], size: int = 72) -> bytes:
-    body = b"".join(encode_user(u, size) for u in users)
+    return user_table_of([encode_user(u, size) for u in users])
+
+
+def user_table_of(records: list[bytes]) -> bytes:
+    """A USER table of records encoded already (``encode_user``)."""
+    body = b"".join(records)
     return len(body).to_bytes(4, "little") + body
 
 
