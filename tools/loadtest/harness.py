@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
                    help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none); "
                         "with PUSH devices: Delays of the phase they only call in")
+    p.add_argument("--idle-cpu-s", type=float, default=3.0, metavar="SEC",
+                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, before the load (default 3; 0: not)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
     p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--p99-limit-ms or anything is lost; report the highest rate held")
     p.add_argument("--ladder", type=_ladder, default=capacity.DEFAULT_LADDER, metavar="R1,R2,...",
                    help="offered rates for --find-capacity, rising (default %s)" % ",".join(f"{r:g}" for r in capacity.DEFAULT_LADDER))
+    p.add_argument("--whole-ladder", action="store_true",
+                   help="with --find-capacity: run every rate of the ladder once, held or not (a table of figures by rate)")
     p.add_argument("--p99-limit-ms", type=float, default=capacity.P99_LIMIT_MS, metavar="MS",
                    help="p99 propagation a step may reach and still hold its rate (default %(default)g)")
     return p
@@ -192,6 +197,8 @@ class LoadTest:
         def ready():
             gateway, probe = self.gateway, self.probe
             figures["rss_ready_mb"] = gateway.memory_mb()
+            if self.args.idle_cpu_s > 0:  # first, while nothing (not even the API probe) asks anything of it
+                figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
             if figures["api_reason"] is None:
                 figures["api_idle"] = probe.sample(30)
                 probe.start()
@@ -223,6 +230,14 @@ class LoadTest:
         """The token the gateway made at its first start, kept beside its database or in its working folder."""
         path = token_path(self.db_url)
         return (path if path.is_absolute() else self.run_dir / path).read_text().strip()
+
+    def _idle_cpu_per_s(self, seconds: float) -> float:
+        """The gateway's CPU seconds a second with every terminal connected and nothing happening:
+        keepalives, timers, the API process's snapshots (the API probe is not running yet). At low
+        rates this is a large part of what a delivery costs."""
+        cpu_before, started = self.gateway.cpu_s(), time.monotonic()
+        time.sleep(seconds)
+        return (self.gateway.cpu_s() - cpu_before) / (time.monotonic() - started)
 
     def _measure_idle(self, fleet: Fleet, on_progress) -> dict:
         """A few poll cycles with nothing changing: what the gateway spends, per device and cycle,
@@ -283,6 +298,7 @@ class LoadTest:
             gateway_cpu_s=round(figures["cpu_load_s"], 2),
             # A delivery is one user record applied by one terminal; the CPU includes storing events and pulling.
             gateway_cpu_us_per_delivery=_round(figures["cpu_load_s"] * 1e6 / fleet.deliveries if fleet.deliveries else None),
+            gateway_idle_cpu_us_per_terminal_s=_round(figures["idle_cpu_per_s"] * 1e6 / spec.devices if "idle_cpu_per_s" in figures else None),
             fleet_cpu_s=fleet.cpu_s,
             gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
             gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
@@ -415,7 +431,7 @@ def find_capacity(args, run_dir: Path) -> int:
               f"{s['gateway_cpu_us_per_delivery']} us CPU per delivery", file=sys.stderr)
 
     try:
-        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said)
+        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said, whole=args.whole_ladder)
     except (FleetError, GatewayFailed, ApiUnavailable) as exc:
         print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_zk_serial"
-down_revision = "0005"
+down_revision = "0007_pg_event_partitions"
 branch_labels = None
 depends_on = None
 
