@@ -316,3 +316,25 @@ def test_a_mixed_site_of_native_zk_and_push_devices_converges_on_enrolments_at_e
     finally:
         for process in reversed(started):
             process.stop()
+
+
+def test_behind_a_listed_reverse_proxy_the_device_is_where_the_proxy_saw_it(tmp_path):
+    """``[push] proxies``: a request from a listed proxy comes from the last X-Forwarded-For
+    address, which the device's ``networks`` then judge; the header from anyone else is ignored."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = 0\nproxies = ["127.0.0.2/32"]\n'
+                      f'[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\nnetworks = ["10.9.0.0/16"]\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        hello = f"/iclock/cdata?SN={SN}&options=all&pushver=2.4.1"
+        # Not a proxy: its X-Forwarded-For is the client's word, and 127.0.0.1 is not in the device's networks.
+        status, answer = raw(url, "GET", hello, headers={"X-Forwarded-For": "10.9.1.5"})
+        assert status == 403 and b"127.0.0.1 is not in the device's networks" in answer
+        # The proxy: the last address is the one it saw (the one before it, whatever the client said).
+        status, answer = raw(url, "GET", hello, source="127.0.0.2", headers={"X-Forwarded-For": "10.9.7.7, 10.9.1.5"})
+        assert status == 200 and b"ATTLOGStamp" in answer
+        assert terminal(page, PUSH_ID)["link"] == "push 10.9.1.5"
+    finally:
+        gateway.stop()
