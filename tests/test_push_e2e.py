@@ -275,3 +275,66 @@ def test_a_fleet_of_push_devices_from_one_process_converges(tmp_path):
         if fleet is not None:
             fleet.stop()
         gateway.stop()
+
+
+def test_a_mixed_site_of_native_zk_and_push_devices_converges_on_enrolments_at_each_kind(tmp_path):
+    """One gateway process, a native ``simulator terminal``, a ``simulator zk-terminal`` the gateway
+    dials on TCP, and a ``simulator push-terminal`` calling it: people enrolled at each kind reach
+    the two others. The ZK device's were enrolled by its installer before the gateway first read it."""
+    ZK = 301
+    started = []
+    try:
+        zk = Process("simulator.cli", "zk-terminal", "--port", "0", "--users", "2", "--seed", "3", "--serial", "ZKMIX0001")
+        started.append(zk)
+        zk_port = int(zk.wait_for(r"ZK device \S+ on 127\.0\.0\.1:(\d+)").group(1))
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[[terminals]]\nid = {NATIVE}\nsecret = "secret-{NATIVE}"\n'
+                          f'[[zk]]\nid = {ZK}\nhost = "127.0.0.1"\nport = {zk_port}\npoll_s = 0.5\n'
+                          f'[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+        gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
+                          "--tcp-port", "0", "--http-port", "0")
+        started.append(gateway)
+        tcp_port = int(gateway.wait_for(r"listening for terminals on [\d.]+:(\d+)").group(1))
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        device, native = Device(push_url, SN, tmp_path / "device.json"), Native(tcp_port)
+        started += [device, native]
+
+        def zk_holds(user_id: str) -> bool:
+            return any(t["id"] == ZK and t["holds"] for t in api(page, f"users/{user_id}/terminals")["terminals"])
+
+        # At the ZK device (its installer's people): on the native terminal and the PUSH device.
+        eventually(lambda: {"1", "2"} <= set(device.users()) and native.show("2"), "the ZK device's people everywhere", timeout=60)
+        assert device.users()["2"] == native.show("2")["name"] == api(page, "users/2")["name"]
+        # At the PUSH device's keypad.
+        device.keypad.ok('enrol 77 name="Ana Lima" card=1234')
+        eventually(lambda: native.show("77") and zk_holds("77"), "the PUSH enrolment on the native terminal and the ZK device")
+        assert native.show("77")["name"] == "Ana Lima"
+        # At the native terminal's keypad.
+        native.keypad.ok('enrol 9001 name="Bo Berg"')
+        eventually(lambda: device.users().get("9001") == "Bo Berg" and zk_holds("9001"), "the native enrolment on the PUSH and ZK devices")
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def test_behind_a_listed_reverse_proxy_the_device_is_where_the_proxy_saw_it(tmp_path):
+    """``[push] proxies``: a request from a listed proxy comes from the last X-Forwarded-For
+    address, which the device's ``networks`` then judge; the header from anyone else is ignored."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = 0\nproxies = ["127.0.0.2/32"]\n'
+                      f'[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\nnetworks = ["10.9.0.0/16"]\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}", "--tcp-port", "0", "--http-port", "0")
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        hello = f"/iclock/cdata?SN={SN}&options=all&pushver=2.4.1"
+        # Not a proxy: its X-Forwarded-For is the client's word, and 127.0.0.1 is not in the device's networks.
+        status, answer = raw(url, "GET", hello, headers={"X-Forwarded-For": "10.9.1.5"})
+        assert status == 403 and b"127.0.0.1 is not in the device's networks" in answer
+        # The proxy: the last address is the one it saw (the one before it, whatever the client said).
+        status, answer = raw(url, "GET", hello, source="127.0.0.2", headers={"X-Forwarded-For": "10.9.7.7, 10.9.1.5"})
+        assert status == 200 and b"ATTLOGStamp" in answer
+        assert terminal(page, PUSH_ID)["link"] == "push 10.9.1.5"
+    finally:
+        gateway.stop()

@@ -47,7 +47,7 @@ class PushService:
 
     def start(self):
         entry = self.entry
-        site = push_site(self)
+        site = push_site(self, entry.proxies)
         if entry.cert is not UNSET:
             self.port = self._reactor.listenSSL(entry.port, site, server_options(entry.cert, entry.key, None),
                                                 backlog=LISTEN_BACKLOG, interface=entry.host)

@@ -11,14 +11,13 @@ and counted in ``gateway_push_refused{reason}``. Made-up serials cost a bounded 
 (``MAX_PENDING``, ``MAX_SAID``).
 """
 
-import ipaddress
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 from twisted.logger import Logger
 
 from gateway.sync.connection import Refused, TerminalInfo
-from gateway.push.settings import PushDeviceEntry, terminal_id_of
+from gateway.push.settings import PushDeviceEntry, terminal_id_of, within
 from gateway.terminals import ADMITTED, PENDING
 
 log = Logger(namespace="gateway.push")
@@ -75,7 +74,7 @@ class PushDoor:
             return Refusal(403, "id_taken", f"terminal id {terminal_id} (from serial {serial}) is another kind of terminal's; "
                                             f"give the device an id in [[push.devices]]")
         entry = self._entries.get(serial)
-        if entry is not None and entry.networks and not _within(address, entry.networks):
+        if entry is not None and entry.networks and not within(address, entry.networks):
             return Refusal(403, "network", f"{address} is not in the device's networks {', '.join(entry.networks)}")
         if online_from is not None and online_from != address:
             return Refusal(403, "another_address", f"serial {serial} is online from {online_from}: two devices with one serial, "
@@ -98,11 +97,3 @@ class PushDoor:
 
     def _pending(self) -> int:
         return sum(1 for t in self._registry.terminals.values() if t.admission == PENDING)
-
-
-def _within(address: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)

@@ -142,6 +142,9 @@ def run_fleet(args: argparse.Namespace) -> int:
     if not (args.push or "").startswith(("http://", "https://")):
         print("simulator fleet: --kind push needs --push URL (the gateway's [push] address, http://HOST:PORT)", file=sys.stderr)
         return 2
+    if args.gateway or args.listen or args.dump:
+        print("simulator fleet: --kind push takes --push URL, not --gateway, --listen or --dump", file=sys.stderr)
+        return 2
     outcome: dict = {}
     task.react(_fleet, [args, outcome])
     return 0 if outcome.get("ok") else 1

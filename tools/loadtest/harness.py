@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gateways < 1 or (args.gateways > 1 and not (args.db or "").startswith("postgresql")):
         parser.error("--gateways N: N from 1, and above 1 only with --db postgresql://... (SQLite takes one writing process)")
+    if args.kind == "push" and (args.find_capacity or args.gateways > 1 or args.listen or args.plot):
+        parser.error("--kind push runs one gateway process and its own phases: no --find-capacity, --gateways, --listen or --plot")
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before a long run, not after it
         print(f"gateway-loadtest: {reporting.PLOT_HINT}", file=sys.stderr)
         return 2
