@@ -4,6 +4,10 @@ either kind reaches the other; a PUSH device whose store was wiped is refilled; 
 is recorded and never given a command."""
 
 import json
+import signal
+import socket
+import sqlite3
+from contextlib import closing
 from urllib import request as urlrequest
 from urllib.parse import quote
 
@@ -81,6 +85,12 @@ def site(tmp_path):
         for found in started:
             found.stop()
         gateway.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def api(page: str, path: str, method: str = "GET", body: dict | None = None):
@@ -224,12 +234,7 @@ def test_a_push_device_over_https(tmp_path):
 def test_a_gateway_killed_mid_uploads_loses_no_punch_and_stores_none_twice(tmp_path):
     """SIGKILL while a PUSH device uploads punches; the gateway starts again on the same database
     and port; the device sends again what was not answered: every punch stored exactly once."""
-    import signal
-    import socket as sockets
-
-    with sockets.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = {port}\ndelay_s = 1\n'
                       f'error_delay_s = 1\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
@@ -252,6 +257,87 @@ def test_a_gateway_killed_mid_uploads_loses_no_punch_and_stores_none_twice(tmp_p
         assert sorted(punches, key=int) == [str(n) for n in range(60)]
     finally:
         if device is not None:
+            device.stop()
+        gateway.stop()
+
+
+def _queued(db_path, terminal_id: int) -> set[str]:
+    """The people the gateway's stored command queue (gateway/push/queue.py) holds commands for, for one device."""
+    with closing(sqlite3.connect(db_path, timeout=10)) as conn:
+        return {row[0] for row in conn.execute("SELECT user_id FROM push_commands WHERE terminal_id = ?", (terminal_id,))}
+
+
+def _scalar(db_path, query: str, *params):
+    with closing(sqlite3.connect(db_path, timeout=10)) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+# A Delay the tests never wait for: a device fetches commands when its keypad wakes it, and the
+# next fetch is this far away, so what arrives within a fraction of it came with that one fetch.
+LONG_DELAY_S = 30
+
+
+def test_commands_queued_for_a_push_device_survive_a_gateway_restart(tmp_path):
+    """A change is stored as commands for a PUSH device and its cursor moves; the gateway is killed
+    before the device fetched them. After the restart it is the stored queue, not the changes
+    feed, that brings the person to the device, and the device's result settles it."""
+    port, db = _free_port(), tmp_path / "gateway.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = {port}\n'
+                      f'delay_s = {LONG_DELAY_S}\n[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n')
+    command = ("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{db}", "--tcp-port", "0", "--http-port", "0")
+    gateway = Process(*command)
+    device = None
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        device = Device(f"http://127.0.0.1:{port}", SN, tmp_path / "device.json")
+        eventually(lambda: terminal(page, PUSH_ID).get("online"), "the PUSH device online")
+        api(page, "users", "POST", {"user_id": "42", "name": "Queued Ada"})
+        eventually(lambda: _queued(db, PUSH_ID) == {"42"}, "the commands for 42 stored")
+        seq = _scalar(db, "SELECT change_seq FROM users WHERE user_id = '42'")
+        eventually(lambda: _scalar(db, "SELECT cursor FROM terminals WHERE terminal_id = ?", PUSH_ID) >= seq, "the cursor past 42")
+        assert "42" not in device.users()  # its next fetch is a long Delay away
+        gateway.popen.send_signal(signal.SIGKILL)
+        gateway.popen.wait(10)
+        gateway = Process(*command)
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        device.keypad.ok("verify 7")  # wakes the device: it calls now, not a Delay later
+        eventually(lambda: device.users().get("42") == "Queued Ada", "the queued person on the device after the restart", timeout=LONG_DELAY_S / 2)
+        eventually(lambda: not _queued(db, PUSH_ID), "its result settling the stored commands")
+        applied = api(page, f"events?type=ENROLL_SUCCESS&terminal={PUSH_ID}&limit=10")["events"]
+        assert [(e["user_id"], e["origin"]) for e in applied] == [("42", "server")]
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()
+
+
+def test_a_change_made_while_another_waits_for_a_push_device_reaches_it_with_the_same_fetch(tmp_path):
+    """Two enrolments at one PUSH device, the second while the first's commands wait for the other
+    device: both are queued for it at once (the pusher is answered when they are stored, not when
+    the device has carried them out), so its next fetch brings both, not one now and one a Delay later."""
+    second_sn, second_id = "PUSHE2E0002", 202
+    db = tmp_path / "gateway.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = {LONG_DELAY_S}\n'
+                      f'[[push.devices]]\nsn = "{SN}"\nid = {PUSH_ID}\n[[push.devices]]\nsn = "{second_sn}"\nid = {second_id}\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{db}", "--tcp-port", "0", "--http-port", "0")
+    devices = []
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        devices += [Device(url, SN, tmp_path / "a.json"), Device(url, second_sn, tmp_path / "b.json")]
+        enrolling, other = devices
+        eventually(lambda: terminal(page, PUSH_ID).get("online") and terminal(page, second_id).get("online"), "both online")
+        enrolling.keypad.ok('enrol 61 name="First"')
+        eventually(lambda: "61" in _queued(db, second_id), "the first enrolment queued for the other device")
+        enrolling.keypad.ok('enrol 62 name="Second"')
+        eventually(lambda: _queued(db, second_id) == {"61", "62"}, "the second queued while the first waits")
+        assert other.users() == {}  # its next fetch is a long Delay away
+        other.keypad.ok("verify 7")  # wakes it: one fetch now
+        eventually(lambda: set(other.users()) == {"61", "62"}, "both on the other device with one fetch", timeout=LONG_DELAY_S / 2)
+    finally:
+        for device in devices:
             device.stop()
         gateway.stop()
 

@@ -126,6 +126,21 @@ zk_devices = Table(
     Column("serial", String(64), nullable=False),
 )
 
+# PUSH devices (gateway/push/queue.py): the commands each device still owes a result for.
+push_commands = Table(
+    "push_commands",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("command_id", BigInteger, primary_key=True),
+    Column("queued_ms", BigInteger, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("digest", LargeBinary, nullable=True),
+    Column("written", LargeBinary, nullable=True),
+)
+
 settings = Table(
     "settings",
     metadata,
