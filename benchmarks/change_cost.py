@@ -4,7 +4,7 @@ Every committed change takes the next key of the changes feed (gateway/store/ord
 SQLite a counter row (one writer anyway), on PostgreSQL the transaction's own keys, with no lock
 any two writers share, and the other processes woken after the commit. This measures, on a
 given database, transactions shaped like a merge of a pulled user (the key, the user row, its
-monitoring event, the wake-up), from 1 and from ``--writers`` threads at once: changes a second,
+monitoring event, the wake-up), from 1 and from ``--writers`` processes at once: changes a second,
 and milliseconds each. On PostgreSQL, changes/s that grow with writers show they share WAL
 flushes instead of queueing for them. ``--group N`` puts N changes in each transaction, each in
 a savepoint, as a gateway's writer does with the writes queued behind a commit
@@ -18,7 +18,7 @@ a savepoint, as a gateway's writer does with the writes queued behind a commit
 import argparse
 import json
 import tempfile
-import threading
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -33,32 +33,50 @@ def change(conn, record, at_ms: int) -> None:
     record_sync_events(conn, [sync_event_row(SAVED_FROM_DEVICE, 1, record.user_id, at_ms=at_ms)])
 
 
-def run(engine, records: list, writers: int, group: int = 1) -> dict:
-    """Commit one change per record, split among ``writers`` threads, ``group`` changes a
-    transaction; changes/s and ms per transaction."""
-    shares = [records[i::writers] for i in range(writers)]
-    took: list[float] = []
+def write_share(url: str, names: list[str], group: int, mix: str, start, took) -> None:
+    """One writer process: its own engine and records, then its changes once ``start`` opens."""
+    engine = make_engine(url)
+    people = People(1, mix=MIXES[mix])
+    records = [people.person(name) for name in names]
 
-    def write(share):
-        for i in range(0, len(share), group):
-            started = time.perf_counter()
-            now = int(time.time() * 1000)
-            if group == 1:
-                transaction(engine, change, share[i], now)
-            else:
-                transaction(engine, each_in_savepoint, [(change, (record, now)) for record in share[i:i + group]])
-            took.append(time.perf_counter() - started)
+    def commit(some: list) -> None:
+        now = int(time.time() * 1000)
+        if group == 1:
+            transaction(engine, change, some[0], now)
+        else:
+            transaction(engine, each_in_savepoint, [(change, (record, now)) for record in some])
 
-    threads = [threading.Thread(target=write, args=(share,)) for share in shares]
+    # Connected, and every statement compiled, before the clock starts: a gateway's writer is warm.
+    commit([people.person(f"warm-up-{names[0]}-{n}") for n in range(group)])
+    start.wait()
+    mine = []
+    for i in range(0, len(records), group):
+        started = time.perf_counter()
+        commit(records[i:i + group])
+        mine.append(time.perf_counter() - started)
+    engine.dispose()
+    took.put(mine)
+
+
+def run(url: str, names: list[str], writers: int, group: int = 1, mix: str = "typical") -> dict:
+    """Commit one change per name, split among ``writers`` processes (real concurrency: threads
+    of one process would take turns on its interpreter lock), ``group`` changes a transaction;
+    changes/s and ms per transaction."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(writers + 1)
+    took = ctx.Queue()
+    procs = [ctx.Process(target=write_share, args=(url, names[i::writers], group, mix, start, took)) for i in range(writers)]
+    for p in procs:
+        p.start()
+    start.wait()
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    durations = sorted(d for _ in procs for d in took.get())
     wall = time.perf_counter() - started
-    took.sort()
-    return dict(writers=writers, group=group, changes=len(records), changes_per_s=round(len(records) / wall, 1),
-                ms_per_transaction_p50=round(took[len(took) // 2] * 1000, 3), ms_per_transaction_p99=round(took[int(len(took) * 0.99)] * 1000, 3))
+    for p in procs:
+        p.join()
+    return dict(writers=writers, group=group, changes=len(names), changes_per_s=round(len(names) / wall, 1),
+                ms_per_transaction_p50=round(durations[len(durations) // 2] * 1000, 3),
+                ms_per_transaction_p99=round(durations[int(len(durations) * 0.99)] * 1000, 3))
 
 
 def main(argv=None) -> int:
@@ -73,13 +91,10 @@ def main(argv=None) -> int:
     url = args.db or f"sqlite:///{Path(tempfile.mkdtemp(prefix='change-cost-')) / 'gateway.db'}"
     engine = make_engine(url)
     migrate(engine)
-    people = People(1, mix=MIXES[args.mix])
-    run(engine, [people.person(f"warm-up-{n}") for n in range(50)], 1)  # connections opened, pages cached
-    figures = []
-    for writers, group in ((1, 1), (args.writers, args.group)):
-        records = [people.person(f"cost-{writers}-{n}") for n in range(args.changes)]
-        figures.append(run(engine, records, writers, group))
     engine.dispose()
+    run(url, [f"warm-up-{n}" for n in range(50)], 1, mix=args.mix)  # the database's pages cached
+    figures = [run(url, [f"cost-{writers}-{n}" for n in range(args.changes)], writers, group, args.mix)
+               for writers, group in ((1, 1), (args.writers, args.group))]
     print(f"database {engine.url.get_backend_name()}, {args.mix} records")
     for f in figures:
         print(f"{f['writers']} writer(s), {f['group']} change(s) a transaction: {f['changes_per_s']:,.0f} changes/s, "

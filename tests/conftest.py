@@ -7,82 +7,16 @@ in its own folder, no TCP port: a port chosen before the server binds it could b
 meanwhile, by another test run or by the server's own halt and resume.
 """
 
-import glob
-import itertools
 import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 
 import pytest
-import sqlalchemy
 
 from gateway.store.database import Database
-
-PORT = 5432  # names the socket file in the cluster's own folder; no TCP port is opened
-
-
-def _pg_bin() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-class PostgresCluster:
-    def __init__(self, bindir: str):
-        self.bindir = bindir
-        self.dir = tempfile.mkdtemp(prefix="gateway-pg-")
-        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres")
-        self._ids = itertools.count()
-
-    def _run(self, *cmd: str) -> None:
-        argv = [os.path.join(self.bindir, cmd[0]), *cmd[1:]]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
-
-    @property
-    def data(self) -> str:
-        return os.path.join(self.dir, "data")
-
-    def start(self) -> None:
-        self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.user, "--no-sync")
-        self.resume()
-
-    def halt(self) -> None:
-        """Shut the server down, keeping its data: the database is "down"."""
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def crash(self) -> None:
-        """Stop the server as a crash would (``-m immediate``: no checkpoint, recovery on the next start)."""
-        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-
-    def resume(self) -> None:
-        opts = f"-p {PORT} -k {self.dir} -c listen_addresses='' -c fsync=off"
-        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start")
-
-    def stop(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://{self.user}@/{database}?host={self.dir}&port={PORT}"
-
-    def new_database(self) -> str:
-        name = f"gw_test_{next(self._ids)}"
-        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        engine.dispose()
-        return self.url(name)
+from tools.loadtest.pg_cluster import PostgresCluster, server_binaries
 
 
 def _started_cluster():
-    bindir = _pg_bin()
+    bindir = server_binaries()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL server binaries are missing: `make test` installs them (package postgresql)")

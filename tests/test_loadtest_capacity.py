@@ -6,7 +6,7 @@ within the limit; the search climbs the ladder and stops at the first step that 
 
 import pytest
 
-from tools.loadtest import capacity
+from tools.loadtest import capacity, side_by_side
 from tools.loadtest.harness import build_parser
 
 
@@ -107,3 +107,17 @@ def test_a_bad_ladder_is_one_clear_line(text, capsys):
 
 def test_a_ladder_is_rates_rising():
     assert capacity.parse_ladder("5, 10,20.5") == (5.0, 10.0, 20.5)
+
+
+def test_sqlite_and_postgresql_searches_print_side_by_side_with_postgresqls_share():
+    def search(held_p99: dict, **extra) -> dict:
+        steps = capacity.find_capacity(tuple(held_p99), lambda rate: report(p99=held_p99[rate], **extra))
+        return capacity.capacity_report(steps, capacity.P99_LIMIT_MS)
+
+    sqlite = search({10: 300.0, 20: 900.0, 40: 2600.0})
+    postgresql = search({10: 400.0, 20: 2600.0}, lost_events=0, duplicate_events=1)
+    lines = side_by_side.table(sqlite, postgresql).splitlines()
+    assert lines[1].split() == ["rate", "held", "/s", "20", "10", "0.50"]
+    assert lines[-1].split() == ["lost,", "all", "steps", "0", "3"]  # three steps, one duplicate each
+    assert side_by_side.table(sqlite, None, "no PostgreSQL server installed").splitlines()[-1] == (
+        "PostgreSQL not measured: no PostgreSQL server installed")

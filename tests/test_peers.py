@@ -2,7 +2,7 @@
 for a rollback, never its own sender's), and a user change wakes the other processes once committed."""
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from gateway.store.database import Database
 from gateway.process.peers import Listener, connect_raw
@@ -70,4 +70,16 @@ def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_n
         assert heard == [(CHANGES, "")]
     finally:
         other.stop()
+        db.engine.dispose()
+
+
+def test_a_change_and_its_wake_up_take_one_connection_from_the_pool(engine):
+    db = Database(engine.url.render_as_string(hide_password=False), reactor=None)
+    db.open()
+    checkouts = []
+    event.listen(db.engine, "checkout", lambda *_: checkouts.append(True))
+    try:
+        db.run_now(create_user, UserRecord(user_id="woken"), 0)
+        assert len(checkouts) == 1
+    finally:
         db.engine.dispose()

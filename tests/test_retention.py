@@ -3,12 +3,18 @@ leave the log, exported first when the operator asked; while terminals stream, n
 
 import gzip
 import json
+import time
 
-from sqlalchemy import func, select
+import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, func, select
 from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
-from gateway.store.retention import DAY_MS, Retention, expire_batch
+from gateway.store.database import MIGRATIONS, Database
+from gateway.store.partitions import DAY_MS, DEFAULT, count_week, drop_week, make_weeks, week_of, weeks
+from gateway.store.retention import Retention, expire_batch
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
 from live_site import KeypadStorm, LiveTestCase, Site, wait_until
@@ -29,13 +35,15 @@ def exported(folder) -> list[dict]:
 
 
 class NowDatabase:
-    """Database.write's contract, run at once on the calling thread."""
+    """Database.write's and read's contract, run at once on the calling thread."""
 
     def __init__(self, db):
         self.db = db
 
     def write(self, work, *args):
         return defer.maybeDeferred(self.db.run_now, work, *args)
+
+    read = write
 
 
 def test_events_older_than_the_cutoff_are_exported_then_deleted_and_newer_ones_stay(db, tmp_path):
@@ -71,6 +79,67 @@ def test_an_export_that_cannot_be_written_removes_nothing_and_says_so(db, tmp_pa
     assert metrics.registry.get_sample_value("gateway_failures_total", {"kind": "retention"}) == 1
 
 
+@pytest.fixture
+def pg(postgres):
+    database = Database(postgres.new_database(), reactor=None)
+    database.open()
+    yield database
+    database.engine.dispose()
+
+
+def week_rows(db, week) -> int:
+    return db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events).where(
+        events.c.occurred_ms >= week.start_ms, events.c.occurred_ms < week.end_ms)).scalar())
+
+
+def test_on_postgresql_a_week_older_than_the_kept_days_goes_whole_exported_first(pg, tmp_path):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    assert pg.run_now(make_weeks, old.start_ms, 0) == [old.name]
+    store(pg, [f"old-{n}" for n in range(5)], old.start_ms + DAY_MS)
+    store(pg, ["new"], NOW_MS)
+    metrics, clock = Metrics(), task.Clock()
+    clock.advance(NOW_MS / 1000)
+    retention = Retention(NowDatabase(pg), clock, metrics, keep_days=365, export_dir=str(tmp_path / "archive"))
+    gone = []
+    retention.run().addCallback(gone.append)
+    assert gone == [5] and stored_users(pg) == ["new"]
+    weeks_now = pg.run_now(weeks)
+    assert old not in weeks_now and week_of(NOW_MS) in weeks_now  # dropped whole; this week made by the run
+    assert sorted(e["user_id"] for e in exported(tmp_path / "archive")) == [f"old-{n}" for n in range(5)]
+    assert (tmp_path / "archive" / f"{old.name}.jsonl.gz").exists()
+
+
+def test_on_postgresql_a_week_the_cutoff_falls_in_stays_whole_until_all_of_it_is_old(pg):
+    cutoff_ms = NOW_MS - 365 * DAY_MS
+    straddling = week_of(cutoff_ms)
+    pg.run_now(make_weeks, straddling.start_ms, 0)
+    store(pg, ["older than the cutoff"], max(straddling.start_ms, cutoff_ms - DAY_MS))
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=365, export_dir=None).run().addCallback(gone.append)
+    assert gone == [0] and stored_users(pg) == ["older than the cutoff"]  # not deleted a day at a time
+
+
+def test_a_week_that_received_events_after_its_export_stays(pg):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, ["exported", "arrived since"], old.start_ms)
+    assert pg.run_now(drop_week, old, 1) is False
+    assert week_rows(pg, old) == 2 and old in pg.run_now(weeks)
+
+
+def test_a_week_made_after_its_events_arrived_takes_them_from_the_default_partition(pg):
+    later = week_of(NOW_MS + 30 * DAY_MS)  # a terminal's clock a month fast: no week for it yet
+    store(pg, ["early-1", "early-2"], later.start_ms + 5)
+    in_default = "SELECT count(*) FROM events_default"
+    assert pg.run_now(lambda conn: conn.exec_driver_sql(in_default).scalar()) == 2
+    assert pg.run_now(make_weeks, later.start_ms, 0) == [later.name]
+    assert pg.run_now(lambda conn: conn.exec_driver_sql(in_default).scalar()) == 0
+    assert pg.run_now(lambda conn: conn.exec_driver_sql(f"SELECT count(*) FROM {later.name}").scalar()) == 2
+    assert week_rows(pg, later) == 2
+
+
 class RetentionWhileStreamingTests(LiveTestCase):
     backend = "postgresql"
     timeout = 120
@@ -80,7 +149,9 @@ class RetentionWhileStreamingTests(LiveTestCase):
         site = Site(self.db_url, events_export_dir=str(self.tmp_path / "archive"))  # no retention at start...
         old_ms = int(site.gateway.clock.seconds() * 1000) - 400 * DAY_MS
         site.gateway.db.open()
+        site.gateway.db.run_now(make_weeks, old_ms, 0)  # a week of its own, dropped whole...
         store(site.gateway.db, [f"old-{n}" for n in range(2500)], old_ms)  # a year ago, before anything streams
+        store(site.gateway.db, [f"older-{n}" for n in range(2500)], old_ms - 60 * DAY_MS)  # ...no week: row by row
         site.start()
         self.addCleanup(site.stop)
         yield wait_until(site.online, "all terminals online")
@@ -93,8 +164,47 @@ class RetentionWhileStreamingTests(LiveTestCase):
         storm.release()
         yield storm_done
         yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=60)
-        self.assertEqual(gone, 2500)
-        self.assertEqual(len(exported(self.tmp_path / "archive")), 2500)
+        self.assertEqual(gone, 5000)
+        self.assertEqual(len(exported(self.tmp_path / "archive")), 5000)
         self.assertEqual(site.count_events(recorded_ms=old_ms), 0)
+        self.assertEqual(site.count_events(recorded_ms=old_ms - 60 * DAY_MS), 0)
+        self.assertNotIn(week_of(old_ms), site.gateway.db.run_now(weeks))
         storm.check_stored(self, site.gateway.db.engine)
         self.assertGreater(site.gateway.db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events)).scalar()), 0)
+
+
+def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, ["old"], old.start_ms)
+    assert pg.run_now(drop_week, old) is True
+    assert pg.run_now(drop_week, old) is False
+    assert pg.run_now(count_week, old) == 0
+
+
+def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_and_this_weeks_events_move_out(postgres):
+    url = postgres.new_database()
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+    now_ms = int(time.time() * 1000)
+    old_row = dict(id=1, terminal_id=7, terminal_event_id=1, type="VERIFY_SUCCESS", occurred_ms=NOW_MS, recorded_ms=NOW_MS)
+    new_row = dict(id=2, terminal_id=7, terminal_event_id=2, type="VERIFY_SUCCESS", occurred_ms=now_ms, recorded_ms=now_ms)
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [old_row, new_row])
+    engine.dispose()
+    db = Database(url, reactor=None)
+    db.open()  # 0007: the table as it was becomes the default partition
+    try:
+        this_week = week_of(now_ms)
+        count = "SELECT count(*) FROM {}"
+        assert db.run_now(lambda conn: conn.exec_driver_sql(count.format(DEFAULT)).scalar()) == 1  # the old one stays
+        assert db.run_now(lambda conn: conn.exec_driver_sql(count.format(this_week.name)).scalar()) == 1  # moved out
+        assert db.run_now(lambda conn: conn.execute(select(events.c.id).order_by(events.c.id)).scalars().all()) == [1, 2]
+        store(db, ["after the migration"], now_ms)
+        assert week_rows(db, this_week) == 2
+    finally:
+        db.engine.dispose()

@@ -5,6 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
+from gateway.store.partitions import DEFAULT
 from gateway.store.database import DatabaseFailure, insert_many, upsert
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
@@ -32,8 +33,14 @@ def enroll(event_id, user="u1", origin=Origin.DEVICE):
 
 
 def test_migrations_match_the_declared_schema(db):
+    declared = dict(include_name=lambda name, type_, _parents: type_ != "table" or not name.startswith(("events_w", DEFAULT)))
     with db.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        differences = compare_metadata(MigrationContext.configure(conn, opts=declared), metadata)
+    if db.engine.dialect.name == "postgresql":  # a partitioned table's unique keys hold its partition key (migration 0007)
+        key = [[c.name for c in d[1].columns] for d in differences if d[0] in ("add_constraint", "remove_constraint")]
+        assert sorted(key) == [["terminal_id", "log_epoch", "terminal_event_id"], ["terminal_id", "log_epoch", "terminal_event_id", "occurred_ms"]]
+        differences = [d for d in differences if d[0] not in ("add_constraint", "remove_constraint")]
+    assert differences == []
 
 
 def test_events_are_stored_once_however_often_they_are_resent(db):

@@ -140,20 +140,26 @@ class Database:
 
 
 def transaction(engine: Engine, work, *args):
-    """Run ``work(connection, *args)`` in one transaction; then send what it owes other processes."""
+    """Run ``work(connection, *args)`` in one transaction; then send what it owes other processes,
+    on the same connection (a wake-up must not cost a second connection from the pool)."""
     try:
-        with engine.begin() as conn:
-            try:
-                result = work(conn, *args)
-            finally:
-                owed = owed_notices(conn)
+        with engine.connect() as conn:
+            with conn.begin():
+                try:
+                    result = work(conn, *args)
+                finally:
+                    owed = owed_notices(conn)
+            _wake_others(conn, owed)
     except (DBAPIError, SQLAlchemyError) as exc:
         raise DatabaseFailure(_describe(exc)) from exc
+    return result
+
+
+def _wake_others(conn, owed: set[str]) -> None:
     try:
-        send_owed(engine, owed)
+        send_owed(conn, owed)
     except (DBAPIError, SQLAlchemyError) as exc:  # committed all the same: the next change wakes them
         log.warn("committed, but could not wake the other processes: {why}", why=_describe(exc))
-    return result
 
 
 class _Failed:
@@ -206,7 +212,7 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
     if ignore_duplicates:
         stmt = stmt.on_conflict_do_nothing()
     if conn.dialect.name == "postgresql":
-        _insert_as_values(conn, stmt, rows)
+        _insert_as_values(conn, stmt, rows, ("nothing",) if ignore_duplicates else ())
         return
     if conn.dialect.name == "sqlite":
         compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
@@ -239,23 +245,30 @@ def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> 
         stmt = stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
         if conn.dialect.name == "postgresql":
             # One statement may not touch a row twice: of rows with one key the last wins, as one by one.
-            _insert_as_values(conn, stmt, list({tuple(row[k] for k in key): row for row in rows}.values()))
+            _insert_as_values(conn, stmt, list({tuple(row[k] for k in key): row for row in rows}.values()),
+                              ("update", tuple(key), tuple(update)))
         else:
             conn.execute(stmt, rows)
 
 
 PG_ROWS_PER_STATEMENT = 1000
 
+_VALUES_SQL: dict = {}  # (table, what a conflict does, columns) -> psycopg2 ``execute_values`` SQL
 
-def _insert_as_values(conn, stmt, rows: list[dict]) -> None:
+
+def _insert_as_values(conn, stmt, rows: list[dict], on_conflict: tuple) -> None:
     """``stmt`` for all ``rows`` through psycopg2's ``execute_values``: SQLAlchemy leaves ON
-    CONFLICT statements to executemany, and compiling 1,000 rows of VALUES costs it half a second."""
+    CONFLICT statements to executemany, and compiling 1,000 rows of VALUES costs it half a second.
+    The statement is compiled once per table, conflict clause (``on_conflict``) and columns."""
     keys = tuple(rows[0])
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(keys)).string
-    quote = conn.dialect.identifier_preparer.quote
-    conflict = compiled.find(" ON CONFLICT")
-    sql = (f"INSERT INTO {quote(stmt.table.name)} ({', '.join(quote(k) for k in keys)}) VALUES %s"
-           + (compiled[conflict:] if conflict >= 0 else ""))
+    key = (stmt.table.name, on_conflict, keys)
+    sql = _VALUES_SQL.get(key)
+    if sql is None:
+        compiled = stmt.compile(dialect=conn.dialect, column_keys=list(keys)).string
+        quote = conn.dialect.identifier_preparer.quote
+        conflict = compiled.find(" ON CONFLICT")
+        sql = _VALUES_SQL[key] = (f"INSERT INTO {quote(stmt.table.name)} ({', '.join(quote(k) for k in keys)}) VALUES %s"
+                                  + (compiled[conflict:] if conflict >= 0 else ""))
     from psycopg2.extras import execute_values  # PostgreSQL's driver is installed only where it is used
 
     cursor = conn.connection.dbapi_connection.cursor()

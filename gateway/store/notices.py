@@ -8,8 +8,8 @@ says outside a transaction of its own (a doorman's wrong proof, a reconciliation
 through gateway/process/peers.py's ``Teller``. Other processes hear them all through
 gateway/process/peers.py's ``Listener``.
 
-A commit that changes users notifies *after* it committed (``notify_after_commit``), in a
-transaction of its own that does not wait for the WAL flush: PostgreSQL serialises every
+A commit that changes users notifies *after* it committed (``notify_after_commit``), on the same
+connection in a transaction of its own that does not wait for the WAL flush: PostgreSQL serialises every
 notifying transaction on one lock held through its commit, so a notification inside each change
 would make change writers wait on each other's WAL flush again. It is only a wake-up: one lost to
 a crash between the two commits is made good by the next change, and readers never rely on it
@@ -56,10 +56,11 @@ def owed_notices(conn) -> set[str]:
     return conn.info.pop(_AFTER_COMMIT, set())
 
 
-def send_owed(engine, channels: set[str]) -> None:
-    """Notify ``channels`` in a transaction that need not reach the disk: a lost wake-up costs nothing."""
+def send_owed(conn, channels: set[str]) -> None:
+    """Notify ``channels`` on ``conn``, whose transaction committed, in a transaction that need not
+    reach the disk: a lost wake-up costs nothing."""
     if channels:
-        with engine.begin() as conn:
+        with conn.begin():
             conn.execute(text("SET LOCAL synchronous_commit TO off"))
             for channel in sorted(channels):
                 notify(conn, channel)

@@ -32,7 +32,7 @@ from protocol.figures import percentiles
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
-from tools.loadtest import baselines, capacity, convergence, report as reporting
+from tools.loadtest import baselines, capacity, convergence, push_load, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
 from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, free_port
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="store_true", help="terminals listen and the gateway dials out to each")
     p.add_argument("--poll-s", type=float, default=2.0, metavar="SEC", help="poll_s of every [[zk]] device (default 2)")
     p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
-                   help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none)")
+                   help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none); "
+                        "with PUSH devices: Delays of the phase they only call in")
     p.add_argument("--idle-cpu-s", type=float, default=5.0, metavar="SEC",
                    help="seconds the gateway's CPU is measured with the fleet connected and quiet, once it settled (default 5: CPU time comes in 10 ms ticks; 0: not)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gateways < 1 or (args.gateways > 1 and not (args.db or "").startswith("postgresql")):
         parser.error("--gateways N: N from 1, and above 1 only with --db postgresql://... (SQLite takes one writing process)")
+    if args.kind == "push" and (args.find_capacity or args.gateways > 1 or args.listen or args.plot):
+        parser.error("--kind push runs one gateway process and its own phases: no --find-capacity, --gateways, --listen or --plot")
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before a long run, not after it
         print(f"gateway-loadtest: {reporting.PLOT_HINT}", file=sys.stderr)
         return 2
@@ -355,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix="gateway-loadtest-"))
     if args.find_capacity:
         return find_capacity(args, run_dir)
+    if args.kind == "push":
+        return _push(args, run_dir)
     test = LoadTest(args, run_dir)
     try:
         report = test.run()
@@ -370,6 +375,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         print(f"run folder kept: {run_dir}")
+    return 0 if report["ok"] else 1
+
+
+def _push(args, run_dir: Path) -> int:
+    """``--kind push``: tools/loadtest/push_load.py runs it; the report is written and shown as for the others."""
+    try:
+        report = push_load.run(args, run_dir)
+    except (GatewayFailed, ApiUnavailable) as exc:
+        print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 1
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(push_load.table(report))
+    print(f"report written to {args.json}; run folder {run_dir}")
     return 0 if report["ok"] else 1
 
 
