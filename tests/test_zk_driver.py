@@ -200,6 +200,18 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
 
 
+def test_a_write_pass_answers_the_pusher_before_it_releases_the_keypad():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    device.recorded = []
+    sent_when_answered = []
+    d = wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False)
+    d.addCallback(lambda _: sent_when_answered.extend(commands(device)))
+    wire.call(d)
+    assert Command.SAVE_USERTEMPS in sent_when_answered and Command.ENABLEDEVICE not in sent_when_answered
+    assert commands(device)[-1] == Command.ENABLEDEVICE and len(device.users) == 1, "the keypad released after"
+
+
 def test_a_real_time_event_polls_at_once():
     device = ZkDevice(enrol_events=True)
     wire = Wire(device).start()

@@ -414,11 +414,14 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             yield self._keypad_held(read, *args)
 
     @defer.inlineCallbacks
-    def _keypad_held(self, work, *args):
-        """``work`` between DISABLEDEVICE and ENABLEDEVICE; the device is enabled again whatever happens."""
+    def _keypad_held(self, work, *args, before_release=None):
+        """``work`` between DISABLEDEVICE and ENABLEDEVICE; the device is enabled again whatever
+        happens. ``before_release(result)``, if given, hears the work's result before ENABLEDEVICE."""
         yield self._ok(Command.DISABLEDEVICE)
         try:
             result = yield work(*args)
+            if before_release is not None:
+                before_release(result)
         except Exception:
             failure = Failure()
             if not self.closed:
