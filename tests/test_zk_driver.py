@@ -829,6 +829,19 @@ def test_a_released_session_waits_for_a_busy_device_and_goes_offline_once_it_is_
     assert wire.presence.online_now is None and wire.connection.closed
 
 
+def test_a_write_waiting_for_a_busy_device_fails_when_the_connection_ends():
+    """Else the pusher's round waits for it for good, and that terminal is never pushed to again."""
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"
+    results = []
+    wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False).addBoth(results.append)
+    for _ in range(6):
+        wire.poll()
+    assert wire.connection.closed and len(results) == 1
+    assert results[0].check(DeviceLost) and "not to be had" in results[0].getErrorMessage()
+
+
 def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():
     device = ZkDevice()
     wire = ReleasedWire(device).start()

@@ -185,6 +185,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             self._poll_timer.cancel()
         if self.online:
             self._presence.offline(self)
+        # Writes no pass took yet (a released session waiting for a busy device) fail now: their
+        # retry does nothing once closed, and the pusher's round would stay under way for good.
+        waiting, self._writes = self._writes, []
+        for write in waiting:
+            write.done.errback(DeviceLost(f"ZK terminal {self.terminal_id}: {reason}"))
         self._on_lost(reason)
 
     # -- a released session ------------------------------------------------------------------------
