@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from gateway.metrics import Metrics
 from gateway.sync.monitor import RECORD_REFUSED
 from gateway.sync.pusher import delivery_rows
+from gateway.store.database import DatabaseFailure
 from gateway.store.schema import events, metadata, pending_pulls
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
@@ -649,6 +650,23 @@ def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled
     wire, refills = refilling_wire(other, db)
     wire.start()
     assert refills.asked == [], "the same unit again"
+
+
+def test_a_new_units_serial_is_stored_only_once_the_old_units_copies_are_forgotten():
+    device, db = ZkDevice(serial_number="UNIT-A"), SyncDb()
+    populate(device, 2)
+    wire, _ = refilling_wire(device, db)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    other = ZkDevice(serial_number="UNIT-B")
+    wire, refills = refilling_wire(other, db)
+    wire.connection._store.save_seen = lambda terminal_id, seen: defer.fail(DatabaseFailure("the database is down"))
+    wire.start()
+    assert len(refills.asked) == 1
+    wire, refills = refilling_wire(other, db)  # the next start: still known as UNIT-A, so refilled again
+    wire.start()
+    assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+    assert wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == [], "the old unit's people are no keypad deletions"
 
 
 def test_sdkbuild_is_said_after_connecting_and_a_device_that_refuses_it_is_used_as_it_is():
