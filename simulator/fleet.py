@@ -90,6 +90,7 @@ class Fleet:
         self._messages: queue.Queue = queue.Queue()
         self._procs: list[subprocess.Popen] = []
         self._progress: dict[int, dict] = {}
+        self._reported: set[int] = set()  # workers that sent their result: their exit is no news
         self.zk_ports: dict[int, int] = {}
         self.online_s: float | None = None
 
@@ -155,10 +156,17 @@ class Fleet:
             proc.stdin.flush()
 
     def _next(self, timeout: float):
+        """The next message of any worker. A worker exits once it sent its result: the parent may
+        read that exit while it still waits for a slower worker's result, so it is skipped."""
+        deadline = time.time() + timeout
         index, message = self._messages.get(timeout=max(timeout, 0.01))
+        while message is None and index in self._reported:
+            index, message = self._messages.get(timeout=max(deadline - time.time(), 0.01))
         if message is None:
             code = self._procs[index].wait()
             raise FleetError(f"fleet worker {index} ended early (exit status {code}); its log says why")
+        if "result" in message:
+            self._reported.add(index)
         if "progress" in message:
             self._progress[index] = message["progress"]
         return index, message

@@ -111,6 +111,19 @@ def test_a_terminals_rounds_begin_an_interval_apart_and_changes_meanwhile_share_
     assert len(db.reads) == 3  # after a quiet spell: at once
 
 
+def test_the_sweep_leaves_a_terminal_alone_while_its_round_is_under_way():
+    db, clock = CountingDatabase(), task.Clock()
+    term = Terminal(1, connection=object())
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    pusher.kick(1)
+    pusher.sweep(1)  # it lags only until this round's cursor move is committed
+    db.reads[0][1].callback(FeedPage())
+    clock.advance(Pusher.round_interval_s * 2)
+    assert len(db.reads) == 1  # no second round for nothing
+    pusher.sweep(1)
+    assert len(db.reads) == 2  # idle and still lagging: the sweep kicks it
+
+
 def test_stopping_the_pusher_cancels_a_pending_read_again():
     db, clock = CountingDatabase(), task.Clock()
     term = Terminal(1, connection=object())

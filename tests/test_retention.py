@@ -3,15 +3,17 @@ leave the log, exported first when the operator asked; while terminals stream, n
 
 import gzip
 import json
+import time
 
 import pytest
-
-from sqlalchemy import func, select
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, func, select
 from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
-from gateway.store.database import Database
-from gateway.store.partitions import DAY_MS, count_week, drop_week, make_weeks, week_of, weeks
+from gateway.store.database import MIGRATIONS, Database
+from gateway.store.partitions import DAY_MS, DEFAULT, count_week, drop_week, make_weeks, week_of, weeks
 from gateway.store.retention import Retention, expire_batch
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
@@ -178,3 +180,31 @@ def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg
     assert pg.run_now(drop_week, old) is True
     assert pg.run_now(drop_week, old) is False
     assert pg.run_now(count_week, old) == 0
+
+
+def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_and_this_weeks_events_move_out(postgres):
+    url = postgres.new_database()
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+    now_ms = int(time.time() * 1000)
+    old_row = dict(id=1, terminal_id=7, terminal_event_id=1, type="VERIFY_SUCCESS", occurred_ms=NOW_MS, recorded_ms=NOW_MS)
+    new_row = dict(id=2, terminal_id=7, terminal_event_id=2, type="VERIFY_SUCCESS", occurred_ms=now_ms, recorded_ms=now_ms)
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [old_row, new_row])
+    engine.dispose()
+    db = Database(url, reactor=None)
+    db.open()  # 0007: the table as it was becomes the default partition
+    try:
+        this_week = week_of(now_ms)
+        count = "SELECT count(*) FROM {}"
+        assert db.run_now(lambda conn: conn.exec_driver_sql(count.format(DEFAULT)).scalar()) == 1  # the old one stays
+        assert db.run_now(lambda conn: conn.exec_driver_sql(count.format(this_week.name)).scalar()) == 1  # moved out
+        assert db.run_now(lambda conn: conn.execute(select(events.c.id).order_by(events.c.id)).scalars().all()) == [1, 2]
+        store(db, ["after the migration"], now_ms)
+        assert week_rows(db, this_week) == 2
+    finally:
+        db.engine.dispose()

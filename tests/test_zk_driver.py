@@ -722,7 +722,7 @@ def test_another_persons_record_in_the_slot_written_is_never_deleted():
     assert wire.broken == []
 
 
-def test_a_poll_soon_after_a_write_pass_does_not_read_the_users_again():
+def test_a_write_pass_stands_for_a_poll_so_none_follows_it_within_poll_s():
     device = ZkDevice()
     populate(device, 3)
     wire = Wire(device).start()  # its first poll is due at 2 s
@@ -731,10 +731,21 @@ def test_a_poll_soon_after_a_write_pass_does_not_read_the_users_again():
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
     device.recorded = []
     wire.poll(0.5)
-    assert [p.command for p in device.recorded] == [Command.GET_FREE_SIZES], "the pass read the users 0.5 s ago"
+    assert device.recorded == [], "the pass read the device 0.5 s ago: the poll is put off to poll_s after it"
     device.edit("1", name="Typed At The Door")  # a change the counts do not show: found at the next poll
-    wire.poll()
+    wire.poll(1.5)
+    assert commands(device)[0] == Command.GET_FREE_SIZES and Command.PREPARE_BUFFER in commands(device)
     assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+
+
+def test_a_write_pass_reads_the_punches_a_poll_would_have():
+    device = ZkDevice()
+    populate(device, 2)
+    wire = Wire(device, timing=replace(TIMING, poll=PollTiming(poll_s=30, attendance_s=10))).start()
+    wire.clock.advance(10)  # no poll yet, and the attendance log is due if its count moved
+    device.punch("1")
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert wire.sink.of(EventCode.VERIFY_SUCCESS) == ["1"], "read by the pass, with no poll since"
 
 
 class ReleasedWire(Wire):

@@ -58,7 +58,7 @@ SCHEMAS = {
         "type": "object",
         "properties": {
             "terminals": {"type": "array", "items": {"type": "object", "description": "id, then what Terminal.reconciliation shows"}},
-            "repaired": {"type": "integer", "description": "users repaired by this comparison, on every terminal"},
+            "repaired": {"type": "integer", "description": "users repaired on every terminal while the call ran, by its rounds and by any round already under way that it waited for"},
             "differences": {"type": "integer", "description": "users that differ as the rules allow, on every terminal"},
         },
     },

@@ -109,13 +109,22 @@ def reconcile_all(call):
     """Compare every online terminal with the server now, those other gateway processes serve
     included; what each found."""
     reconciler = call.gateway.reconciler
+    # A round already under way when the call came (the one connecting starts, say) is waited
+    # for and may be the one that repairs: count what every round repaired meanwhile, not only
+    # what the last one found left to repair.
+    before = {t: reconciler.repaired_total[t] for t in reconciler.last}
     d = reconciler.reconcile_everywhere()
+
+    def repaired_meanwhile(terminal_id: int, found: dict) -> int:
+        if terminal_id in before:
+            return reconciler.repaired_total[terminal_id] - before[terminal_id]
+        return sum(found["repaired"].values())  # first findings heard of it: its totals may predate the call
 
     def found(_):
         online = sorted(t.terminal_id for t in call.gateway.registry.terminals.values() if t.online)
         done = {t: reconciler.last[t].as_json(reconciler.repaired_total[t]) for t in online if t in reconciler.last}
         return {"terminals": [dict(id=t, **r) for t, r in done.items()],
-                "repaired": sum(sum(r["repaired"].values()) for r in done.values()),
+                "repaired": sum(repaired_meanwhile(t, r) for t, r in done.items()),
                 "differences": sum(r["differences"] for r in done.values())}
 
     return d.addCallback(found)

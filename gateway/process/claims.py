@@ -11,8 +11,9 @@ others (a ``TERMINALS`` notification with when it authenticated) and waits for t
 process holding an older connection of that terminal closes it, which lets go of the lock. The
 notification is sent again while the wait lasts, in case one was lost.
 
-When the lock connection breaks every lock it held is gone: the next call makes it again and
-takes back the locks of the terminals still served here; one another process took meanwhile is
+When the lock connection breaks every lock it held is gone: the next call makes it again, and
+the next check takes back the locks of the terminals still served here that it does not hold
+(also when a claim of another terminal made the new connection first); one another process took meanwhile is
 reported lost (``on_lost``), and the registry closes that connection.
 
 The same check, every ``check_s``, reads which terminals the other processes serve and their
@@ -57,6 +58,7 @@ class TerminalClaims:
         self._on_elsewhere = on_elsewhere
         self._thread = ThreadPool(1, 1, name="db-claims")
         self._conn = None  # used on the claims thread only
+        self._locked: set[int] = set()  # the locks self._conn holds (claims thread only)
         self.held: set[int] = set()  # changed on the reactor only
         self._check = task.LoopingCall(self._checked)
         self._check.clock = reactor
@@ -144,9 +146,13 @@ class TerminalClaims:
         self._run("SELECT pg_notify(%s, %s)", (TERMINALS, f"{SOURCE} {payload}"))
 
     def _try_lock(self, terminal_id: int) -> bool:
-        return self._run("SELECT pg_try_advisory_lock(%s, %s)", (CLAIM_LOCK_SPACE, lock_key(terminal_id)))[0]
+        locked = self._run("SELECT pg_try_advisory_lock(%s, %s)", (CLAIM_LOCK_SPACE, lock_key(terminal_id)))[0]
+        if locked:
+            self._locked.add(terminal_id)
+        return locked
 
     def _unlock(self, terminal_id: int) -> None:
+        self._locked.discard(terminal_id)
         self._run("SELECT pg_advisory_unlock(%s, %s)", (CLAIM_LOCK_SPACE, lock_key(terminal_id)))
 
     def _served_anywhere(self) -> dict[int, int]:
@@ -160,14 +166,14 @@ class TerminalClaims:
             raise
 
     def _relock(self, held: list[int]) -> list[int]:
-        """Check the connection; after it broke, take back the locks of ``held``: those lost."""
+        """Check the connection; take back the locks of ``held`` it does not hold (it broke since,
+        and a claim made the next one before this check came): those lost."""
         if self._conn is not None and not self._conn.closed:
             try:
                 self._run("SELECT 1", ())
-                return []
             except Exception:
                 pass  # broken: every lock it held is gone
-        return [t for t in held if not self._try_lock(t)]
+        return [t for t in held if t not in self._locked and not self._try_lock(t)]
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -176,4 +182,5 @@ class TerminalClaims:
             except Exception:  # already broken
                 pass
             self._conn = None
+            self._locked.clear()
 

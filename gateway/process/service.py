@@ -279,7 +279,7 @@ class Gateway:
             lag = max(0, seq - term.cursor) + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0)
             self.metrics.sync_lag.labels(str(term.terminal_id)).set(lag)
             if term.cursor < seq:
-                self.pusher.kick(term.terminal_id)
+                self.pusher.sweep(term.terminal_id)
 
 
 def _safe_url(url: str) -> str:

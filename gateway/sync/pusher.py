@@ -3,7 +3,8 @@
 For each terminal it reads the users changed after the terminal's cursor, keeps those the sync
 mode targets at that terminal, sends them (PUT_USERS, DELETE_USERS for server-side deletions)
 and moves the cursor only after the terminal acknowledged them. Ten edits of a user while a
-terminal was away are one row in the feed, so they reach it as one record.
+terminal was away are one row in the feed, so they reach it as one record. A terminal's rounds
+begin at least ``round_interval_s`` apart, so that changes close together share one.
 
 On PostgreSQL a read sees the feed only below the watermark (gateway/store/order.py). A change
 that committed above it, behind a transaction still running, is read again shortly: its own
@@ -50,7 +51,7 @@ class Pusher:
     # A terminal's rounds start at least this far apart. A round (a feed read, a request, its
     # answer, a cursor move) costs about the same for one change as for ten, so changes committed
     # meanwhile wait to share the next one. A change after a quiet spell goes at once.
-    round_interval_s = 0.25
+    round_interval_s = 0.5
 
     def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
                  commit_with=None):
@@ -89,6 +90,13 @@ class Pusher:
         self._wakes += 1
         for term in self._registry.connected():
             self.kick(term.terminal_id)
+
+    def sweep(self, terminal_id: int) -> None:
+        """The periodic sweep's kick of a lagging terminal: none when a round is under way or due.
+        It lags only until that round's cursor move is committed, and a round begun for nothing
+        would make the next change wait ``round_interval_s`` for it."""
+        if terminal_id not in self._busy and terminal_id not in self._paced:
+            self.kick(terminal_id)
 
     def kick(self, terminal_id: int, paced: bool = True) -> None:
         """Begin a round of pushes to a terminal; ``paced``: not sooner than ``round_interval_s``

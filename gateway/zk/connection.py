@@ -370,9 +370,17 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         if self._paused:
             self._schedule_poll(self._timing.poll.poll_s)
             return
-        d = self._lock.run(self._over_link, self._poll)
+        d = self._lock.run(self._poll_when_due)
         d.addErrback(self._failed, "poll failed")
-        d.addCallback(lambda _: None if self.closed else self._schedule_poll(self._timing.poll.poll_s))
+        d.addCallback(lambda next_in: None if self.closed else self._schedule_poll(self._timing.poll.poll_s if next_in is None else next_in))
+
+    def _poll_when_due(self):
+        """A poll, unless a write pass read the device less than ``poll_s`` ago (this poll may
+        have waited for that pass on the lock): then nothing, and the seconds until one is due."""
+        wait = self._plan.poll_in(self._clock.seconds())
+        if wait > 0:
+            return defer.succeed(wait)
+        return self._over_link(self._poll).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def _poll(self, first: bool = False):
@@ -386,8 +394,13 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             yield self._read_whole(self._read_tables, now, True if first else None)
             self._announce()
         plan.urgent = False
-        if plan.attendance_due(sizes, now):
-            yield self._read_whole(self._read_attendance, now)
+        yield self._attendance_if_due(sizes, now)
+
+    def _attendance_if_due(self, sizes: bodies.Sizes, now: float) -> defer.Deferred:
+        """The attendance log, when ``sizes`` (the counts just read) and the schedule call for it."""
+        if not self._plan.attendance_due(sizes, now):
+            return defer.succeed(None)
+        return self._read_whole(self._read_attendance, now)
 
     @defer.inlineCallbacks
     def _read_whole(self, read, *args):

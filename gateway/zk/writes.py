@@ -80,6 +80,8 @@ class WritePasses:
             return
         for write, outcome in zip(writes, results):
             write.done.callback(outcome)
+        if self._plan.sizes is not None:  # the pass stands for a poll (PollPlan.poll_in): punches too
+            yield self._attendance_if_due(self._plan.sizes, self._clock.seconds())
 
     @defer.inlineCallbacks
     def _apply_writes(self, writes: list[Write]):
@@ -226,6 +228,7 @@ class WritePasses:
             self._uids_in_use = (self._uids_in_use - {uid for _, uid in plan.deletes}) | {u.uid for u in users.values()}
             self._users, self._templates, self._plan.sizes = users, templates, sizes
             self._users_read = None  # what was read with the writes applied, no read
+            self._plan.users_at = self._clock.seconds()  # as good as a read: a poll is not due for poll_s
             return
         yield self._read_tables(self._clock.seconds(), templates=False)
         if self._plan.sizes.fingers == fingers:

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none); "
                         "with PUSH devices: Delays of the phase they only call in")
     p.add_argument("--idle-cpu-s", type=float, default=3.0, metavar="SEC",
-                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, before the load (default 3; 0: not)")
+                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, once it settled (default 3; 0: not)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
     p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")
@@ -197,8 +197,6 @@ class LoadTest:
         def ready():
             gateway, probe = self.gateway, self.probe
             figures["rss_ready_mb"] = gateway.memory_mb()
-            if self.args.idle_cpu_s > 0:  # first, while nothing (not even the API probe) asks anything of it
-                figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
             if figures["api_reason"] is None:
                 figures["api_idle"] = probe.sample(30)
                 probe.start()
@@ -207,6 +205,8 @@ class LoadTest:
         def settled(fleet):
             figures["cpu_settled_s"] = self.gateway.cpu_s()
             self.probe.stop()  # the idle phase measures polling alone
+            if self.args.idle_cpu_s > 0:  # caught up, nothing asked of it: not even the work that follows connecting
+                figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
             # Before the fleet dumps what it holds: anything repaired is something the sync left behind.
             figures["reconciled"] = reconcile_now(self.gateway.http_port, self._api_token())
             if self.spec.zk_ids and self.args.idle_cycles:
@@ -233,8 +233,8 @@ class LoadTest:
 
     def _idle_cpu_per_s(self, seconds: float) -> float:
         """The gateway's CPU seconds a second with every terminal connected and nothing happening:
-        keepalives, timers, the API process's snapshots (the API probe is not running yet). At low
-        rates this is a large part of what a delivery costs."""
+        keepalives, timers, the API process's snapshots (the API probe is stopped). At low rates
+        this is a large part of what a delivery costs."""
         cpu_before, started = self.gateway.cpu_s(), time.monotonic()
         time.sleep(seconds)
         return (self.gateway.cpu_s() - cpu_before) / (time.monotonic() - started)
