@@ -158,6 +158,16 @@ def test_punches_are_stored_once_when_the_device_sends_them_again():
         ("7", EventCode.VERIFY_SUCCESS, 1709629152000), ("8", EventCode.VERIFY_SUCCESS, 1709629240000)]
 
 
+
+def test_a_resend_overlapping_the_stored_upload_stores_each_line_once_and_ids_run_on():
+    device, clock, events, *_ = make()
+    assert attlog(device, PUNCHES, 2) == (200, b"OK: 2")
+    later = b"9\t2024-03-05 09:01:00\t0\t2\t0\n"
+    # the answer was lost and a punch came meanwhile: the device sends from its old stamp, one line twice
+    assert attlog(device, PUNCHES + later + later, 3) == (200, b"OK: 4")
+    assert [(e.event_id, e.user_id) for e in events.stored] == [(1, "7"), (2, "8"), (3, "9")]
+
+
 def test_after_a_start_punches_the_log_holds_are_not_stored_again():
     device, clock, events, *_ = make(stored={("7", 1709629152000, 2)})  # finger (verify 1) -> credential FINGER
     attlog(device, PUNCHES, 2)

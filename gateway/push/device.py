@@ -52,6 +52,7 @@ log = Logger(namespace="gateway.push")
 
 LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an upload that did not parse
 DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
+_CREDENTIAL_CODES = {verify: int(credential) for verify, credential in CREDENTIALS.items()}  # as the event's sub-code
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
 LISTING_S = 120.0  # how long the sync core waits for the device to list its users
 
@@ -326,17 +327,16 @@ class PushDevice:
             self._monitor(LOG_RESTARTED, f"the device's ATTLOG stamp went back from {memory.attlog_stamp} to {stamp} "
                                          f"(reset or replaced): its punches are checked against the log and stored once")
             memory.unsure = True
-        fresh: dict[tuple, Punch] = {}
-        for punch in upload.punches:
-            key = self._punch_key(punch)
-            if key not in memory.recent:
-                fresh.setdefault(key, punch)
+        recent = memory.recent
+        fresh = dict.fromkeys(key for key in map(self._punch_key, upload.punches) if key not in recent)  # in order, once each
         if memory.unsure and fresh:
             stored = yield self._store.stored_punches(self.terminal_id, min(key[1] for key in fresh))
-            fresh = {key: p for key, p in fresh.items() if key not in stored}
+            fresh = dict.fromkeys(key for key in fresh if key not in stored)
         memory.unsure = False
         if fresh:
-            yield self._submit([self._event(key[1], EventCode.VERIFY_SUCCESS, key[2], key[0]) for key in fresh])
+            verified = int(EventCode.VERIFY_SUCCESS)
+            yield self._submit([Event(event_id, at_ms, verified, credential, pin)
+                                for event_id, (pin, at_ms, credential) in zip(self._event_ids(len(fresh)), fresh)])
         for key in fresh:
             memory.recent[key] = None
         while len(memory.recent) > RECENT_PUNCHES:
@@ -348,8 +348,7 @@ class PushDevice:
 
     def _punch_key(self, punch: Punch) -> tuple[str, int, int]:
         """A punch's identity as the event log holds it: (user id, time in ms UTC, credential)."""
-        at_ms = punch.local_seconds() * 1000 - self._timezone_ms
-        return punch.pin, at_ms, int(CREDENTIALS.get(punch.verify, 0))
+        return punch.pin, punch.local_seconds() * 1000 - self._timezone_ms, _CREDENTIAL_CODES.get(punch.verify, 0)
 
     @defer.inlineCallbacks
     def _take_operations(self, upload: OperationsUploaded):
@@ -677,9 +676,13 @@ class PushDevice:
         self._events.commit_with_events(record_sync_events, [row]).addErrback(self._unsaved, "a monitoring event")
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
-        event_id = self.memory.next_event_id
-        self.memory.next_event_id += 1
-        return Event(event_id, at_ms, int(code), int(sub_code), user_id)
+        return Event(self._event_ids(1)[0], at_ms, int(code), int(sub_code), user_id)
+
+    def _event_ids(self, count: int) -> range:
+        """The next ``count`` ids of the device's events (the log the gateway keeps for it)."""
+        first = self.memory.next_event_id
+        self.memory.next_event_id += count
+        return range(first, first + count)
 
     def _submit(self, events: list[Event]) -> defer.Deferred:
         return self._events.submit(self.terminal_id, events)
