@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, count_week, drop_week, make_weeks, week_of, weeks
+from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_of, weeks
 from gateway.store.retention import Retention, expire_batch
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
@@ -121,11 +121,29 @@ def test_on_postgresql_a_week_the_cutoff_falls_in_stays_whole_until_all_of_it_is
     assert gone == [0] and stored_users(pg) == ["older than the cutoff"]  # not deleted a day at a time
 
 
+@pytest.mark.parametrize("export_dir", [None, "archive"])
+def test_on_postgresql_an_old_week_holding_events_recorded_since_the_cutoff_stays_and_only_its_old_events_go(pg, tmp_path, export_dir):
+    old = week_of(NOW_MS - 40 * DAY_MS)  # every moment of it older than the 30 kept days
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, ["recorded then"], old.start_ms + DAY_MS)
+    backlog = dict(sync_event_row(APPLIED_BY_DEVICE, 1, "uploaded a minute ago", at_ms=old.start_ms + DAY_MS), recorded_ms=NOW_MS - 60_000)
+    pg.run_now(record_sync_events, [backlog])  # a terminal back online uploads its old log
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    folder = None if export_dir is None else str(tmp_path / export_dir)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=30, export_dir=folder).run().addCallback(gone.append)
+    assert gone == [1] and stored_users(pg) == ["uploaded a minute ago"]
+    assert old in pg.run_now(weeks)
+    if folder is not None:
+        assert [e["user_id"] for e in exported(tmp_path / export_dir)] == ["recorded then"]
+
+
 def test_a_week_that_received_events_after_its_export_stays(pg):
     old = week_of(NOW_MS - 400 * DAY_MS)
     pg.run_now(make_weeks, old.start_ms, 0)
     store(pg, ["exported", "arrived since"], old.start_ms)
-    assert pg.run_now(drop_week, old, 1) is False
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is False
     assert week_rows(pg, old) == 2 and old in pg.run_now(weeks)
 
 
@@ -177,9 +195,9 @@ def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg
     old = week_of(NOW_MS - 400 * DAY_MS)
     pg.run_now(make_weeks, old.start_ms, 0)
     store(pg, ["old"], old.start_ms)
-    assert pg.run_now(drop_week, old) is True
-    assert pg.run_now(drop_week, old) is False
-    assert pg.run_now(count_week, old) == 0
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is True
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is False
+    assert pg.run_now(week_held, old) is None
 
 
 def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_and_this_weeks_events_move_out(postgres):
