@@ -13,8 +13,8 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_of, weeks
-from gateway.store.retention import Retention, expire_batch
+from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_of, weeks, weeks_before
+from gateway.store.retention import Retention, expire_batch, export, export_week
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
 from live_site import KeypadStorm, LiveTestCase, Site, wait_until
@@ -137,6 +137,29 @@ def test_on_postgresql_an_old_week_holding_events_recorded_since_the_cutoff_stay
     assert old in pg.run_now(weeks)
     if folder is not None:
         assert [e["user_id"] for e in exported(tmp_path / export_dir)] == ["recorded then"]
+
+
+def test_a_week_another_process_exported_and_dropped_is_not_exported_again_over_its_archive(pg, tmp_path):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, [f"old-{n}" for n in range(5)], old.start_ms + DAY_MS)
+    cutoff_ms = NOW_MS - 365 * DAY_MS
+    listed = pg.run_now(weeks_before, cutoff_ms)  # a second process lists the weeks...
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=365, export_dir=str(tmp_path)).run().addCallback(gone.append)
+    assert gone == [5] and listed == [old]  # ...while the first exports and drops it
+    assert pg.run_now(export_week, tmp_path, old, cutoff_ms) is None  # the second's export of it writes nothing
+    assert len(exported(tmp_path)) == 5
+
+
+def test_an_export_never_replaces_an_archive_holding_more_events(tmp_path):
+    assert export(tmp_path, "events_w1", [dict(id=n) for n in range(5)]) == 5
+    assert export(tmp_path, "events_w1", [dict(id=0)]) == 1
+    assert len(gzip.open(tmp_path / "events_w1.jsonl.gz").read().splitlines()) == 5
+    assert sorted(e["id"] for e in exported(tmp_path)) == [0, 0, 1, 2, 3, 4]  # the smaller one beside it
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_a_week_that_received_events_after_its_export_stays(pg):

@@ -12,8 +12,11 @@ partition) and everything on SQLite go: by recorded time in batches, oldest id f
 in one transaction (riding the group commit on PostgreSQL). An export is a gzip file of JSON
 lines, one event each with every column, named after the batch's first and last id and flushed
 to disk before the rows are deleted: a batch whose delete failed is exported again under the
-same name. Followers are not disturbed: they read above the ids that go. What went is a log
-line and ``gateway_events_expired_total{action}``; a failed run is a log line and
+same name. Gateways on several hosts sharing one database may run it at once: a week another
+one dropped is not exported again, an export is written under a name of the process's own first
+and never replaces an archive holding more events, and what another removed first is not counted.
+Followers are not disturbed: they read above the ids that go. What went is a log line and
+``gateway_events_expired_total{action}``; a failed run is a log line and
 ``gateway_failures_total{kind="retention"}``, and keeps everything.
 """
 
@@ -53,8 +56,8 @@ def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None, week:
         return 0
     if export_dir is not None:
         export(Path(export_dir), f"events-{old[0]['id']}-{old[-1]['id']}", old)
-    conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old])))
-    return len(old)
+    # what this transaction removed: another process's run may have taken some of them first
+    return conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old]))).rowcount
 
 
 def export_week(conn, folder: Path, week: Week, cutoff_ms: int) -> Held | None:
@@ -73,10 +76,13 @@ def export_week(conn, folder: Path, week: Week, cutoff_ms: int) -> Held | None:
 
 
 def export(folder: Path, name: str, rows) -> int:
-    """Write ``rows`` to ``<name>.jsonl.gz`` in ``folder``, on disk before this returns; how many."""
+    """Write ``rows`` to ``<name>.jsonl.gz`` in ``folder``, on disk before this returns; how many.
+    Written under a name of this process's own, then renamed, unless the archive there already
+    holds more events (another process's export of rows removed since, say): that one is kept,
+    and this one written beside it, ``<name>.<pid>.jsonl.gz``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl.gz"
-    partial = path.with_suffix(".partial")
+    partial = folder / f"{name}.{os.getpid()}.partial"
     written = 0
     with open(partial, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb") as packed:
@@ -85,8 +91,16 @@ def export(folder: Path, name: str, rows) -> int:
                 written += 1
         raw.flush()
         os.fsync(raw.fileno())
+    if path.exists() and _archived(path) > written:
+        path = folder / f"{name}.{os.getpid()}.jsonl.gz"
     os.replace(partial, path)
     return written
+
+
+def _archived(path: Path) -> int:
+    """How many events an archive holds."""
+    with gzip.open(path) as packed:
+        return sum(1 for _ in packed)
 
 
 class Retention:
@@ -153,7 +167,8 @@ class Retention:
         if (yield self._db.write(drop_week, week, cutoff_ms, held.count)):
             self._metrics.events_expired.labels(self.action).inc(held.count)
             return held.count
-        log.info("retention: events arrived in {week} while it was read; it goes in a later run", week=week.name)
+        log.info("retention: {week} changed while it was read (events arrived, or another process removed it); a later run sees to it",
+                 week=week.name)
         return 0
 
     @defer.inlineCallbacks
