@@ -249,3 +249,15 @@ def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_an
         assert week_rows(db, this_week) == 2
     finally:
         db.engine.dispose()
+
+
+def test_making_a_week_finds_its_rows_in_the_default_partition_by_an_index(pg):
+    """add_week's DELETE from events_default runs in the writer's group commit: no read of the whole old log."""
+    later = week_of(NOW_MS + 30 * DAY_MS)
+    moving = f"DELETE FROM {DEFAULT} WHERE occurred_ms >= {later.start_ms} AND occurred_ms < {later.end_ms}"
+
+    def plan(conn) -> str:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # an empty table: a scan would be as cheap
+        return "\n".join(conn.exec_driver_sql(f"EXPLAIN {moving}").scalars())
+
+    assert "ix_events_default_occurred_ms" in pg.run_now(plan)
