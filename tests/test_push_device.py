@@ -350,3 +350,25 @@ def test_uploads_wait_while_the_writer_is_behind():
     assert attlog(device, PUNCHES, 2)[0] == 503
     device.resume_events()
     assert attlog(device, PUNCHES, 2)[0] == 200
+
+
+TEMPLATE = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=="  # 64 bytes
+
+
+def test_a_refusal_in_a_group_still_waiting_is_not_lost_when_the_device_goes_offline():
+    commands = Commands()
+    device, clock, events, holdings, *_ = make(offline_s=60, commands=commands)
+    list_users(device, "USER PIN=5\tName=Old\tPri=0\tPasswd=\tCard=\tGrp=1", f"FP PIN=5\tFID=0\tSize=64\tValid=1\tTMP={TEMPLATE}")
+    seen = dict(holdings.seen)
+    events.stored.clear()
+    device.put_users([UserRecordWire.build(UserRecord("5", name="New"))], keep_local_changes=False)
+    user_line, finger_deletion = fetch_commands(device)  # one put: the USER line, and its finger removed
+    answer(device, user_line, code=-1)  # refused; the rest of the put still waits
+    clock.advance(60)  # silent: offline before the rest is answered
+    resent = fetch_commands(device)  # back: the whole put again, refusal included
+    assert [c.id for c in resent[:2]] == [user_line.id, finger_deletion.id]
+    answer(device, user_line, code=-1)  # refused again, visibly this time
+    answer(device, finger_deletion)
+    assert [(row["type"], row["user_id"]) for row in events.monitoring] == [(PUSH_REFUSED, "5")]
+    assert events.stored == [] and holdings.seen == seen  # no success, and nothing recorded as held
+    assert commands.rows == {}

@@ -69,6 +69,7 @@ class Delivery:
     digest: bytes | None
     written: bytes | None
     copy: tuple | None  # (USER line, finger lines) it leaves on the device; None when resumed after a restart
+    command_ids: list[int] = field(default_factory=list)  # all of them: their rows go only once the group settled
     waiting: set[int] = field(default_factory=set)  # command ids without a result yet
     failure: str | None = None  # why it did not apply: a refusal or a give-up
 
@@ -424,8 +425,7 @@ class PushDevice:
             if outcome.command.id in self._listing_ids:
                 self._listing_done(outcome.command.id, outcome.result.code)
             code = outcome.result.code
-            if self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None):
-                settled.append(outcome.command.id)
+            settled += self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None)
         self._forget(settled)
 
     def _expire(self) -> None:
@@ -436,8 +436,7 @@ class PushDevice:
             if command.id in self._listing_ids:
                 self._listing, self._listing_ids = None, set()
                 self._fail_listing(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
-            if self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up"):
-                given_up.append(command.id)
+            given_up += self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up")
         self._forget(given_up)
 
     # -- TerminalConnection: pulls -------------------------------------------------------------------
@@ -585,6 +584,7 @@ class PushDevice:
             delivery = self._deliveries.get(row.group_id)
             if delivery is None:
                 delivery = self._deliveries[row.group_id] = Delivery(row.user_id, row.action, row.digest, row.written, copy)
+            delivery.command_ids.append(row.command_id)
             delivery.waiting.add(row.command_id)
             self._delivery_of[row.command_id] = row.group_id
 
@@ -594,17 +594,19 @@ class PushDevice:
         if command_ids:
             self._commands.remove(self.terminal_id, command_ids).addErrback(self._unsaved, "settled commands")
 
-    def _delivered(self, command_id: int, failure: str | None) -> bool:
+    def _delivered(self, command_id: int, failure: str | None) -> list[int]:
         """A command's result came (``failure``: refused, or given up); the last of its group settles
-        the group. False for a command that was not a stored one (a listing)."""
+        the group, and only then do the group's commands leave the stored queue (the ids returned): a
+        refusal is only in memory until then, and a group resumed without it after the device went
+        offline or the gateway restarted would be taken for applied."""
         group_id = self._delivery_of.pop(command_id, None)
         if group_id is None:
-            return False
+            return []
         delivery = self._deliveries[group_id]
         delivery.waiting.discard(command_id)
         delivery.failure = delivery.failure or failure
         if delivery.waiting:
-            return True
+            return []
         del self._deliveries[group_id]
         user_id = delivery.user_id
         if not any(d.user_id == user_id for d in self._deliveries.values()):
@@ -617,7 +619,7 @@ class PushDevice:
             self._monitor(PUSH_REFUSED, f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}", user_id)
             if self._refusals is not None:
                 self._refusals.inc()
-            return True
+            return delivery.command_ids
         if delivery.copy is not None:  # None when resumed after a restart: the listing queued after them tells memory
             line, fingers = delivery.copy
             for users, held_fingers in self._holders():
@@ -635,7 +637,7 @@ class PushDevice:
             self._seen_written(user_id, delivery.digest, delivery.written)
         code = {"enroll": EventCode.ENROLL_SUCCESS, "update": EventCode.UPDATE_SUCCESS, "delete": EventCode.DELETE_SUCCESS}[delivery.action]
         self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)])
-        return True
+        return delivery.command_ids
 
     # -- what is kept ---------------------------------------------------------------------------------
 
