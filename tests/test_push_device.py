@@ -122,7 +122,7 @@ def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reaso
 def call(device, method, path, query=None, body=b""):
     request = Request(method, path, {"SN": SN, **(query or {})}, body)
     result = []
-    device.handle(device.server.receive(request, device._clock.seconds()), "10.0.0.5").addBoth(result.append)
+    device.handle(request, "10.0.0.5").addBoth(result.append)
     assert result, "the device did not answer at once"
     return result[0]
 
@@ -372,3 +372,17 @@ def test_a_refusal_in_a_group_still_waiting_is_not_lost_when_the_device_goes_off
     assert [(row["type"], row["user_id"]) for row in events.monitoring] == [(PUSH_REFUSED, "5")]
     assert events.stored == [] and holdings.seen == seen  # no success, and nothing recorded as held
     assert commands.rows == {}
+
+
+def test_a_result_posted_first_to_a_restarted_gateway_settles_the_command_it_answers():
+    commands = Commands()
+    device, clock, events, *_ = make(commands=commands)
+    list_users(device, "USER PIN=5\tName=Old\tPri=0\tPasswd=\tCard=\tGrp=1")
+    device.put_users([UserRecordWire.build(UserRecord("5", name="New"))], keep_local_changes=False)
+    sent = fetch_commands(device)
+    # The gateway restarts; the device, having applied the command, posts its result before anything else.
+    device, clock, events, *_ = make(commands=commands, first_id=9_000)
+    answer(device, sent[0])
+    assert commands.rows == {}
+    assert [(e.code, e.sub_code, e.user_id) for e in events.stored] == [(EventCode.UPDATE_SUCCESS, Origin.SERVER, "5")]
+    assert [c.text.split(" ")[1] for c in fetch_commands(device)] == ["QUERY", "QUERY"]  # the listing only: not sent again

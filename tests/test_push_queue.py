@@ -6,7 +6,7 @@ counts each put or delete a device has not answered once."""
 from gateway.http.queries import sync_state
 from gateway.push.queue import StoredCommand, settle_commands, store_commands, stored_commands
 from protocol.zk.push.commands import PushCommand
-from protocol.zk.push.server import PushServer, PushTiming
+from protocol.zk.push.server import Done, PushServer, PushTiming, Request, StrayResult
 
 NOW_MS = 1_700_000_000_000
 
@@ -38,3 +38,11 @@ def test_new_ids_skip_those_of_resumed_commands():
     assert server.new_ids(2) == [12, 14]
     server.take([PushCommand(13, "another text")])  # one waiting already stays as it is
     assert [c.text for c in server.commands_to_send(0.0)] == ["DATA QUERY USERINFO"]
+
+
+def test_a_result_for_a_resumed_command_counts_before_it_is_sent_again():
+    server = PushServer("SN1", PushTiming(), first_id=10)
+    server.take([PushCommand(900, "DATA DELETE USERINFO PIN=5")], sent_before=True)  # an earlier run sent it
+    server.take([PushCommand(901, "DATA DELETE USERINFO PIN=6")])  # stored just now, never sent
+    event = server.receive(Request("POST", "/iclock/devicecmd", {"SN": "SN1"}, b"ID=900&Return=0&CMD=DATA\nID=901&Return=0&CMD=DATA\n"), 0.0)
+    assert [type(outcome) for outcome in event.outcomes] == [Done, StrayResult]

@@ -45,7 +45,7 @@ from protocol.zk.push import commands as cmd
 from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
-                                     Pinged, PushServer, QueueFull, Registered, ResultsReported, StrayResult)
+                                     Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult)
 from protocol.zk.records import Template, User
 
 log = Logger(namespace="gateway.push")
@@ -138,13 +138,17 @@ class PushDevice:
     # -- requests -----------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def handle(self, event, address: str):
-        """Answer one request's event: fires with (HTTP status, body)."""
+    def handle(self, request: Request, address: str):
+        """Answer one request: fires with (HTTP status, body), or fails with RequestError. The request
+        is read only once the device is online, its stored commands loaded: a result it posts first,
+        after a restart of the gateway or an absence, then settles the command it answers instead of
+        being taken for stray (and the command sent again)."""
         self._heard(address)
         if not self.online:
             admitted = yield self._arriving.run(self._come_online)
             if not admitted:
                 return 403, b"refused"
+        event = self.server.receive(request, self._clock.seconds())
         self._expire()
         if isinstance(event, InitRequested):
             return 200, self.server.init_answer(self._stamps(), event.push_version)
@@ -577,7 +581,7 @@ class PushDevice:
 
     def _resume(self, rows: list[StoredCommand], copy: tuple | None = None) -> None:
         """Queue stored commands in the server (again: one queued already stays) and wait for their results."""
-        self.server.take([PushCommand(row.command_id, row.text) for row in rows])
+        self.server.take([PushCommand(row.command_id, row.text) for row in rows], sent_before=copy is None)
         for row in rows:
             if row.command_id in self._delivery_of:
                 continue
