@@ -7,6 +7,7 @@ from twisted.internet import defer, task
 from gateway.sync.connection import UserResult
 from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED
 from gateway.push.device import LINES_SKIPPED, DeviceGone, PushDevice
+from gateway.push.queue import StoredCommand
 from gateway.zk.holdings import Holdings
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -276,7 +277,7 @@ def test_a_command_never_answered_is_sent_again_then_given_up_visibly():
 
 def test_a_full_queue_refuses_the_push_before_storing_it():
     commands = Commands()
-    device, *_ = make(commands=commands, max_commands=2)  # room for the listing's two DATA QUERY, then two
+    device, *_ = make(commands=commands, max_commands=4)  # room kept for a listing's two DATA QUERY, then two
     list_users(device)
     done = []
     for user_id in "567":
@@ -386,3 +387,27 @@ def test_a_result_posted_first_to_a_restarted_gateway_settles_the_command_it_ans
     assert commands.rows == {}
     assert [(e.code, e.sub_code, e.user_id) for e in events.stored] == [(EventCode.UPDATE_SUCCESS, Origin.SERVER, "5")]
     assert [c.text.split(" ")[1] for c in fetch_commands(device)] == ["QUERY", "QUERY"]  # the listing only: not sent again
+
+
+def test_a_device_owing_a_full_queue_when_it_comes_online_still_lists_its_users():
+    commands = Commands()  # owed from a run with a larger bound: the queue is full when it comes online
+    commands.rows = {i: StoredCommand(i, f"DATA DELETE USERINFO PIN={i}", i, str(i), "delete") for i in range(900, 904)}
+    device, clock, events, *_ = make(commands=commands, max_commands=4)
+    sent = fetch_commands(device)
+    assert [c.text.split(" ")[1] for c in sent] == ["DELETE"] * 4 + ["QUERY", "QUERY"]
+    answer(device, *sent)
+    done = []
+    device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)
+    assert done == [[UserResult("9", UserStatus.OK)]]
+
+
+def test_a_listing_given_up_is_asked_for_again_at_the_next_push():
+    device, clock, events, *_ = make(command_s=60)
+    for _ in range(2):  # sent twice, never answered
+        assert [c.text.split(" ")[1] for c in fetch_commands(device)] == ["QUERY", "QUERY"]
+        clock.advance(60)
+    fetch_commands(device)  # the listing is given up
+    done = []
+    device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)
+    list_users(device)  # asked for again, and answered
+    assert done == [[UserResult("9", UserStatus.OK)]]

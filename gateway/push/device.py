@@ -54,6 +54,7 @@ LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an
 DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
 LISTING_S = 120.0  # how long the sync core waits for the device to list its users
+LISTING_COMMANDS = 2  # DATA QUERY USERINFO and FINGERTMP: the bound on pushes keeps room for them
 
 
 class DeviceGone(ProtocolError):
@@ -259,11 +260,10 @@ class PushDevice:
         collected as the new list."""
         if self._listing is not None:
             return
-        try:
-            ids = {self.server.queue(cmd.query_users()).id, self.server.queue(cmd.query_fingers()).id}
-        except QueueFull:
-            return  # asked again at the next need
-        self._listing, self._listing_ids = ({}, {}), ids
+        ids = self.server.new_ids(LISTING_COMMANDS)
+        # Never refused: pushes stop LISTING_COMMANDS short of the bound, and one listing is under way at a time.
+        self.server.take([PushCommand(ids[0], cmd.query_users()), PushCommand(ids[1], cmd.query_fingers())])
+        self._listing, self._listing_ids = ({}, {}), set(ids)
 
     def _when_listed(self, fresh: bool = False) -> defer.Deferred:
         """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
@@ -274,10 +274,11 @@ class PushDevice:
             # older than what the caller wants to compare (a wipe just now), so wait for the next.
             waiters = self._listed_next
         else:
-            if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
-                self._start_listing()
-            elif self._complete:
+            if self._complete and not fresh:
                 return defer.succeed(None)
+            # A listing again (reconciliation: pushes and pulls go on from memory meanwhile), or
+            # the first since the last one was given up.
+            self._start_listing()
             waiters = self._listed
         d = defer.Deferred()
         waiters.append(d)
@@ -558,7 +559,7 @@ class PushDevice:
                copy: tuple) -> defer.Deferred:
         """Store ``texts`` for the device, then queue them: the answer (OK) means stored, not applied
         (docs/zk-push.md, "The stored command queue"); QueueFull at the bound, before anything is stored."""
-        bound = self.server.timing.max_commands
+        bound = self.server.timing.max_commands - LISTING_COMMANDS
         if self.server.waiting + self._storing + len(texts) > bound:
             return defer.fail(QueueFull(f"{self.server.waiting + self._storing} commands wait for PUSH device {self.server.serial} "
                                         f"(at most {bound}): the push is tried again later"))
