@@ -5,6 +5,7 @@ counts each put or delete a device has not answered once."""
 
 from gateway.http.queries import sync_state
 from gateway.push.queue import StoredCommand, settle_commands, store_commands, stored_commands
+from gateway.terminals import _forget_terminal
 from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.server import Done, PushServer, PushTiming, Request, StrayResult
 
@@ -46,3 +47,11 @@ def test_a_result_for_a_resumed_command_counts_before_it_is_sent_again():
     server.take([PushCommand(901, "DATA DELETE USERINFO PIN=6")])  # stored just now, never sent
     event = server.receive(Request("POST", "/iclock/devicecmd", {"SN": "SN1"}, b"ID=900&Return=0&CMD=DATA\nID=901&Return=0&CMD=DATA\n"), 0.0)
     assert [type(outcome) for outcome in event.outcomes] == [Done, StrayResult]
+
+
+def test_a_terminal_forgotten_owes_nothing_when_it_is_admitted_again(db):
+    db.run_now(store_commands, 7, [put(1, 1), put(2, 1)], NOW_MS)
+    db.run_now(store_commands, 8, [put(1, 1)], NOW_MS)
+    db.run_now(_forget_terminal, 7)
+    assert db.run_now(stored_commands, 7) == []
+    assert db.run_now(stored_commands, 8) == [put(1, 1)]
