@@ -411,3 +411,22 @@ def test_a_listing_given_up_is_asked_for_again_at_the_next_push():
     device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)
     list_users(device)  # asked for again, and answered
     assert done == [[UserResult("9", UserStatus.OK)]]
+
+
+def test_settled_commands_leave_the_stored_queue_only_once_what_settled_them_is_durable():
+    commands = Commands()
+    device, clock, events, *_ = make(commands=commands)
+    list_users(device)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
+    device.put_users([UserRecordWire.build(UserRecord("6", name="Cy"))], keep_local_changes=False)
+    applied, refused = fetch_commands(device)
+    event_durable, refusal_durable = defer.Deferred(), defer.Deferred()
+    events.submit = lambda terminal_id, batch, log_epoch=None: event_durable
+    events.commit_with_events = lambda work, rows: refusal_durable
+    answer(device, applied)
+    answer(device, refused, code=-1)
+    assert list(commands.rows) == [applied.id, refused.id]  # a crash now sends both again: no confirmation lost
+    event_durable.callback(1)
+    assert list(commands.rows) == [refused.id]
+    refusal_durable.callback(None)
+    assert commands.rows == {}

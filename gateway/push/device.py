@@ -420,7 +420,6 @@ class PushDevice:
 
     def _settle(self, reported: ResultsReported) -> None:
         self._skipped(reported.bad, "devicecmd")
-        settled = []
         for outcome in reported.outcomes:
             if isinstance(outcome, StrayResult):
                 log.info("PUSH device {sn}: a result for command {id} that waits for none (answered twice, or given up): ignored",
@@ -430,19 +429,16 @@ class PushDevice:
             if outcome.command.id in self._listing_ids:
                 self._listing_done(outcome.command.id, outcome.result.code)
             code = outcome.result.code
-            settled += self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None)
-        self._forget(settled)
+            self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None)
 
     def _expire(self) -> None:
-        given_up = []
         for command in self.server.expired(self._clock.seconds()):
             log.warn("PUSH device {sn}: no result for command {id} ({verb}) after {n} sends: given up", sn=self.server.serial,
                      id=command.id, verb=command.text[:40], n=self.server.timing.command_attempts)
             if command.id in self._listing_ids:
                 self._listing, self._listing_ids = None, set()
                 self._fail_listing(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
-            given_up += self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up")
-        self._forget(given_up)
+            self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up")
 
     # -- TerminalConnection: pulls -------------------------------------------------------------------
 
@@ -593,25 +589,28 @@ class PushDevice:
             delivery.waiting.add(row.command_id)
             self._delivery_of[row.command_id] = row.group_id
 
-    def _forget(self, command_ids: list[int]) -> None:
-        """Settled commands leave the stored queue. Should that fail, a restart sends them again: the
-        device applies a record it holds already, and a second server-origin event is logged."""
-        if command_ids:
-            self._commands.remove(self.terminal_id, command_ids).addErrback(self._unsaved, "settled commands")
+    def _forget(self, settled: defer.Deferred, command_ids: list[int]) -> None:
+        """A settled group's commands leave the stored queue once what settled them is durable (``settled``
+        fires: the server-origin event, or the refusal's monitoring event), in a later commit: a crash
+        between the two sends them again after a restart and never loses the confirmation. So does a
+        failure to store either: the device applies a record it holds already (a second server-origin
+        event), or refuses again."""
+        settled.addCallback(lambda _: self._commands.remove(self.terminal_id, command_ids))
+        settled.addErrback(self._unsaved, "a settled put or delete")
 
-    def _delivered(self, command_id: int, failure: str | None) -> list[int]:
+    def _delivered(self, command_id: int, failure: str | None) -> None:
         """A command's result came (``failure``: refused, or given up); the last of its group settles
-        the group, and only then do the group's commands leave the stored queue (the ids returned): a
-        refusal is only in memory until then, and a group resumed without it after the device went
-        offline or the gateway restarted would be taken for applied."""
+        the group, and only then do the group's commands leave the stored queue: a refusal is only in
+        memory until then, and a group resumed without it after the device went offline or the gateway
+        restarted would be taken for applied. Nothing for a command that was not a stored one (a listing)."""
         group_id = self._delivery_of.pop(command_id, None)
         if group_id is None:
-            return []
+            return
         delivery = self._deliveries[group_id]
         delivery.waiting.discard(command_id)
         delivery.failure = delivery.failure or failure
         if delivery.waiting:
-            return []
+            return
         del self._deliveries[group_id]
         user_id = delivery.user_id
         if not any(d.user_id == user_id for d in self._deliveries.values()):
@@ -621,10 +620,11 @@ class PushDevice:
             self._expected.pop(user_id, None)
             log.warn("PUSH device {sn}: user {user}, {action}: {why}", sn=self.server.serial, user=user_id,
                      action=delivery.action, why=delivery.failure)
-            self._monitor(PUSH_REFUSED, f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}", user_id)
+            detail = f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}"
+            self._forget(self._monitored(PUSH_REFUSED, detail, user_id), delivery.command_ids)
             if self._refusals is not None:
                 self._refusals.inc()
-            return delivery.command_ids
+            return
         if delivery.copy is not None:  # None when resumed after a restart: the listing queued after them tells memory
             line, fingers = delivery.copy
             for users, held_fingers in self._holders():
@@ -641,8 +641,7 @@ class PushDevice:
         else:
             self._seen_written(user_id, delivery.digest, delivery.written)
         code = {"enroll": EventCode.ENROLL_SUCCESS, "update": EventCode.UPDATE_SUCCESS, "delete": EventCode.DELETE_SUCCESS}[delivery.action]
-        self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)])
-        return delivery.command_ids
+        self._forget(self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)]), delivery.command_ids)
 
     # -- what is kept ---------------------------------------------------------------------------------
 
@@ -680,8 +679,12 @@ class PushDevice:
         self._monitor(LINES_SKIPPED, detail)
 
     def _monitor(self, type_: str, detail: str, user_id: str = "") -> None:
+        self._monitored(type_, detail, user_id).addErrback(self._unsaved, "a monitoring event")
+
+    def _monitored(self, type_: str, detail: str, user_id: str = "") -> defer.Deferred:
+        """A monitoring event in the event log's next commit; fires once it is durable."""
         row = sync_event_row(type_, self.terminal_id, user_id, detail, at_ms=self._now_ms())
-        self._events.commit_with_events(record_sync_events, [row]).addErrback(self._unsaved, "a monitoring event")
+        return self._events.commit_with_events(record_sync_events, [row])
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
         event_id = self.memory.next_event_id
