@@ -1,7 +1,7 @@
 """The stored PUSH command queue (gateway/push/queue.py) on a real SQLite file and a real
 PostgreSQL server: what a device owes comes back in the order it was queued, across gateway runs
-whose command ids start lower, and per device; what is settled is gone. The lag the API shows
-counts each put or delete a device has not answered once."""
+whose command ids start lower, and per device; what is settled is gone, and so is what a terminal
+forgotten owed. The lag the API shows counts each put or delete a device has not answered once."""
 
 from gateway.http.queries import sync_state
 from gateway.push.queue import StoredCommand, settle_commands, store_commands, stored_commands
@@ -45,7 +45,8 @@ def test_a_result_for_a_resumed_command_counts_before_it_is_sent_again():
     server = PushServer("SN1", PushTiming(), first_id=10)
     server.take([PushCommand(900, "DATA DELETE USERINFO PIN=5")], sent_before=True)  # an earlier run sent it
     server.take([PushCommand(901, "DATA DELETE USERINFO PIN=6")])  # stored just now, never sent
-    event = server.receive(Request("POST", "/iclock/devicecmd", {"SN": "SN1"}, b"ID=900&Return=0&CMD=DATA\nID=901&Return=0&CMD=DATA\n"), 0.0)
+    results = b"ID=900&Return=0&CMD=DATA\nID=901&Return=0&CMD=DATA\n"
+    event = server.receive(Request("POST", "/iclock/devicecmd", {"SN": "SN1"}, results), 0.0)
     assert [type(outcome) for outcome in event.outcomes] == [Done, StrayResult]
 
 

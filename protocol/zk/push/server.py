@@ -13,8 +13,9 @@ the answers are built from what the caller decided, as in h11::
 What the server owes the device (commands) is queued here, bounded, each sent again after
 ``command_s`` without a result and given up after ``command_attempts`` sends. A result is
 matched to its command by id once: a second result for it, or one for an id never sent, is a
-``StrayResult`` (a command ``take`` resumed counts as sent: an earlier run may have sent it). ``RequestError`` is the remote's fault and carries the HTTP status to answer.
-docs/zk-push.md is the spec.
+``StrayResult`` (a command ``take`` resumed counts as sent: an earlier run may have sent it).
+``RequestError`` is the remote's fault and carries the HTTP status to answer. docs/zk-push.md is
+the spec.
 """
 
 from collections import OrderedDict
