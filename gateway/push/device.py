@@ -577,7 +577,8 @@ class PushDevice:
         return self._commands.add(self.terminal_id, rows, self._now_ms()).addCallbacks(stored, unstored)
 
     def _resume(self, rows: list[StoredCommand], copy: tuple | None = None) -> None:
-        """Queue stored commands in the server (again: one queued already stays) and wait for their results."""
+        """Queue stored commands in the server (again: one queued already stays) and wait for their results.
+        Without ``copy`` they were loaded from the store: sent, maybe, before a restart or an absence."""
         self.server.take([PushCommand(row.command_id, row.text) for row in rows], sent_before=copy is None)
         for row in rows:
             if row.command_id in self._delivery_of:
