@@ -170,6 +170,23 @@ def test_commits_start_a_window_apart_and_a_lone_submission_after_a_quiet_spell_
     assert len(db.commits) == 3  # after a quiet spell: at once, no wait added
 
 
+def test_a_submission_made_by_an_acknowledgement_starts_one_commit_and_stop_leaves_none_pending():
+    log, db, clock, _ = make_log()
+    queued = []  # more events from the terminal, submitted as soon as the first are acknowledged
+    log.submit(1, events(1, 1)).addCallback(lambda _: queued.append(log.submit(1, events(2, 1))))
+    log.submit(2, events(1, 1))  # waits for the first commit
+    db.commits[0][1].callback(STORED)
+    assert queued and len(clock.getDelayedCalls()) == 1, "one commit window, not one per flush"
+    clock.advance(log.commit_window_s)
+    assert len(db.commits) == 2
+    (batch, *_), d = db.commits[1]
+    assert [s.terminal_id for s in batch] == [2, 1]  # one commit for both, in the order they came
+    log.submit(3, events(1, 1))
+    d.callback(STORED)
+    log.stop()
+    assert clock.getDelayedCalls() == [], "nothing left to fire after the gateway stopped"
+
+
 def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_failed():
     from twisted.logger import globalLogPublisher
 

@@ -248,7 +248,8 @@ class EventLog:
             self._on_committed([(s.terminal_id, s.users_to_pull()) for s in batch])
         except Exception:  # the owed pulls are stored: they are picked up when the terminal reconnects
             log.failure("could not start the pulls these events asked for")
-        self._flush()
+        if not self._flushing:  # an acknowledgement's callback may have submitted, and so started the next already
+            self._flush()
         for *_, done in riders:  # after the next flush began: what they ride next waits for the one after
             done.callback(None)
 
