@@ -192,6 +192,7 @@ class HistoryCommandTests(ApiTestCase):
         card = Card(CardType.SMART_CARD, bytes.fromhex("77aa"))
         self.site.terminals[A].edit("h-1", name="Someone Else", cards=person.cards + (card,))  # the keypad edit of the issue
         yield wait_until(lambda: self.site.count_events(type=SAVED_FROM_DEVICE, user_id="h-1") == 2, "the edit merged")
+        yield wait_until(lambda: card in getattr(self.site.terminals[B].users.get("h-1"), "cards", ()), "the merged version on B")
         self.site.terminals[B].delete("h-1")
         yield wait_until(lambda: "h-1" not in self.site.terminals[B].users, "deleted at B")
 

@@ -54,7 +54,10 @@ class Rfc2217Server:
     def close(self) -> None:
         self._alive = False
         if self._connection is not None:
-            self._connection.shutdown(socket.SHUT_RDWR)
+            try:
+                self._connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # the gateway closed its side first, as it should on the way out
+                pass
             self._connection.close()
         self._listener.close()
 
