@@ -40,6 +40,14 @@ loadtest: $(STAMP)
 	mkdir -p reports
 	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 60 --json reports/loadtest.json
 	$(PY) -m tools.loadtest.side_by_side --devices 200 --scenario enroll-storm --duration 15 --json reports/capacity.json
+	$(MAKE) loadtest-cpu
+
+# Gateway CPU per delivery at a low and a high rate side by side (1 and 20 enrolments/s, 20 s each;
+# docs/loadtest.md, "A lone delivery"): the table's CPU us/deliv column.
+.PHONY: loadtest-cpu
+loadtest-cpu: $(STAMP)
+	mkdir -p reports
+	$(VENV)/bin/gateway-loadtest --devices 200 --scenario enroll-storm --duration 20 --seed 4711 --find-capacity --whole-ladder --ladder 1,20 --json reports/cpu_per_delivery.json
 
 # Not in `make test`: thirty minutes (SOAK_MINUTES) of churn with gateway SIGKILLs and a database
 # outage; prints lost / duplicated / diverged and the gateway's RSS over time, and plots it.

@@ -21,52 +21,30 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from simulator.push.client import PushCaller
-from simulator.push.device import PushTerminal
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+from protocol.figures import percentiles
+from simulator.push.station import PushStation, until
 
 
 @defer.inlineCallbacks
 def measure(reactor, args, push_url: str, page: str):
-    devices = [PushTerminal(f"PROP{n:06d}") for n in range(args.devices)]
-    callers = [PushCaller(d, push_url, reactor) for d in devices]
-    for caller in callers:
-        caller.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(c.answers >= 3 for c in callers):  # initialized, listed, asked again
-        yield task.deferLater(reactor, 0.5, lambda: None)
-    print(f"{sum(c.answers >= 3 for c in callers)} of {len(devices)} devices talking to the gateway")
+    station = PushStation(reactor, push_url, args.devices, prefix="PROP")
+    station.start()
+    yield until(reactor, lambda: station.talking() == args.devices, 120, 0.5)
+    print(f"{station.talking()} of {args.devices} devices talking to the gateway")
     yield task.deferLater(reactor, args.delay_s + 2, lambda: None)  # their first listings answered
-    times, lost = [], 0
     for n in range(args.enrolments):
-        source = devices[n % len(devices)]
-        pin = f"9{n:05d}"
-        began = time.monotonic()
-        source.enroll(pin, name=f"Person {n}")
-        callers[n % len(devices)].wake()
-        waiting = {d.serial for d in devices if d is not source}
-        limit = began + 3 * args.delay_s + 30
-        while waiting and time.monotonic() < limit:
-            yield task.deferLater(reactor, 0.05, lambda: None)
-            for d in devices:
-                if d.serial in waiting and pin in d.users:
-                    waiting.discard(d.serial)
-                    times.append(time.monotonic() - began)
-        lost += len(waiting)
-        print(f"enrolment {n}: slowest delivery {max(times[-(len(devices) - 1 - len(waiting)):], default=0):.2f} s")
-    for caller in callers:
-        caller.stop()
-    print(f"{len(times)} deliveries of {args.enrolments} enrolments to {len(devices) - 1} devices each; never arrived: {lost}")
-    print(f"propagation s: p50 {percentile(times, 50):.2f}  p99 {percentile(times, 99):.2f}  max {max(times, default=float('nan')):.2f}"
+        enrolment = station.enrol(n % args.devices, f"9{n:05d}", f"Person {n}")
+        yield until(reactor, lambda: not enrolment.waiting, 3 * args.delay_s + 30, 0.05)
+        print(f"enrolment {n}: slowest delivery {max(enrolment.delivered_s, default=0):.2f} s")
+    station.stop()
+    times, lost = station.deliveries_s(), station.never_arrived()
+    figures = percentiles(times) or dict(p50=float("nan"), p99=float("nan"), max=float("nan"))
+    print(f"{len(times)} deliveries of {args.enrolments} enrolments to {args.devices - 1} devices each; never arrived: {lost}")
+    print(f"propagation s: p50 {figures['p50']:.2f}  p99 {figures['p99']:.2f}  max {figures['max']:.2f}"
           f"  (Delay {args.delay_s} s + 1 s = {args.delay_s + 1} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(devices=len(devices), enrolments=args.enrolments, delay_s=args.delay_s, deliveries=len(times),
-                                                   lost=lost, propagation_s=dict(p50=percentile(times, 50), p99=percentile(times, 99),
-                                                                                 max=max(times, default=None))), indent=2))
+        Path(args.json).write_text(json.dumps(dict(devices=args.devices, enrolments=args.enrolments, delay_s=args.delay_s, deliveries=len(times),
+                                                   lost=lost, propagation_s=percentiles(times)), indent=2))
 
 
 def main() -> int:

@@ -36,7 +36,8 @@ class Metrics:
         self.listen_overflows = Counter("gateway_listen_overflows", "Connections the kernel dropped at a full accept queue on this host while the gateway ran", registry=r)
         self.wrong_proofs = Counter("gateway_wrong_proofs", "Wrong handshake proofs checked; those refused unchecked count in gateway_links_refused", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
-        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks, and its keypad changes still to be pulled", ["terminal"], registry=r)
+        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks (a PUSH device: also those queued it has not "
+                              "answered), and its keypad changes still to be pulled", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",
             "Irregularities in terminals' event logs, all stored and reported: restarted, conflict (an id again with "

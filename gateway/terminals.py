@@ -29,7 +29,7 @@ from gateway.admission import ADMISSION_POLICIES
 from gateway.store.database import upsert
 from gateway.kinds import ConfiguredTerminal, kinds
 from gateway.store.notices import ADMISSIONS, notify
-from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_holdings
+from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_devices, zk_holdings
 from gateway.sync.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.sync.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
@@ -110,6 +110,7 @@ class TerminalRegistry:
                 link=row["link"],
                 last_seen_ms=row["last_seen_ms"],
                 cursor=row["cursor"],
+                kind=row["kind"],
             )
         for entry in self._configured:
             term = self.terminals.setdefault(entry.id, Terminal(entry.id))
@@ -131,15 +132,7 @@ class TerminalRegistry:
         term = self.terminals.get(terminal_id)
         if term is None and self.policy == "open":
             return self._default_secret  # registered by online(), once it has proved it holds the secret
-        if term is None and self.policy == "pending":
-            term = self._register(Terminal(terminal_id, PENDING, model=info.model, firmware=info.firmware, link=description))
-            log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=description)
-        if term is None:
-            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known to this gateway")
-        if term.admission == PENDING:
-            raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
-        if term.admission == REFUSED:
-            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
+        term = self._admitted(terminal_id, term, "native", info, description)
         kind = kinds()[term.kind]
         if not kind.native_sessions:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is {kind.description}")
@@ -147,6 +140,32 @@ class TerminalRegistry:
         if secret is None:
             raise Refused(ErrorCode.AUTH_FAILED, f"no secret is configured for terminal {terminal_id}")
         return secret
+
+    def caller_admitted(self, terminal_id: int, kind: str, info: TerminalInfo, description: str) -> None:
+        """Whether a terminal of a ``kind`` without native sessions may talk (it proves nothing: a
+        PUSH device only says its serial); Refused if not. An unknown one is recorded as that kind:
+        pending (policy ``pending``), or admitted (``open``)."""
+        term = self.terminals.get(terminal_id)
+        if term is None and self.policy == "open":
+            self._register(Terminal(terminal_id, ADMITTED, kind=kind, model=info.model, firmware=info.firmware, link=description))
+            return
+        term = self._admitted(terminal_id, term, kind, info, description)
+        if term.kind != kind:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is {kinds()[term.kind].description}")
+
+    def _admitted(self, terminal_id: int, term: Terminal | None, kind: str, info: TerminalInfo, description: str) -> Terminal:
+        """``term`` if an administrator or the configuration admitted it; an unknown one is recorded
+        as pending of ``kind`` under policy ``pending``; Refused otherwise."""
+        if term is None and self.policy == "pending":
+            term = self._register(Terminal(terminal_id, PENDING, kind=kind, model=info.model, firmware=info.firmware, link=description))
+            log.info("terminal {tid} on {link} is pending admission", tid=terminal_id, link=description)
+        if term is None:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known to this gateway")
+        if term.admission == PENDING:
+            raise Refused(ErrorCode.PENDING_ADMISSION, f"terminal {terminal_id} waits for an administrator to admit it")
+        if term.admission == REFUSED:
+            raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} was refused by an administrator")
+        return term
 
     def set_admission(self, terminal_id: int, admission: str, secret: str | None = None, access_groups: frozenset | None = None):
         """An administrator's decision; returns a Deferred that fires once it is stored.
@@ -204,6 +223,7 @@ class TerminalRegistry:
         if term is None:
             term = self.terminals[terminal_id] = Terminal(terminal_id)
         term.admission, term.name, term.access_groups = row["admission"], row["name"], parse_groups(row["access_groups"])
+        term.kind = row["kind"]
         term.secret = row["secret"].encode() if row["secret"] else term.secret
         for connection in (term.claiming, term.connection):
             if term.admission != ADMITTED and connection is not None:
@@ -343,6 +363,7 @@ class TerminalRegistry:
             link=t.link,
             last_seen_ms=t.last_seen_ms,
             cursor=t.cursor,
+            kind=t.kind,
         )
 
 
@@ -370,6 +391,7 @@ def _forget_terminal(conn, terminal_id: int) -> None:
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
     conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
     conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))
+    conn.execute(delete(zk_devices).where(zk_devices.c.terminal_id == terminal_id))
     conn.execute(delete(terminals).where(terminals.c.terminal_id == terminal_id))
 
 

@@ -32,6 +32,7 @@ from simulator.fleet_worker import KINDS, FleetSpec, wall_ms
 from simulator.gateway_config import fleet_config
 from simulator.people import MIXES
 from simulator.progress import Progress, ProgressBar
+from simulator.push import station as push_station
 from simulator.scenarios import SCENARIOS
 
 
@@ -89,6 +90,7 @@ class Fleet:
         self._messages: queue.Queue = queue.Queue()
         self._procs: list[subprocess.Popen] = []
         self._progress: dict[int, dict] = {}
+        self._reported: set[int] = set()  # workers that sent their result: their exit is no news
         self.zk_ports: dict[int, int] = {}
         self.online_s: float | None = None
 
@@ -154,10 +156,17 @@ class Fleet:
             proc.stdin.flush()
 
     def _next(self, timeout: float):
+        """The next message of any worker. A worker exits once it sent its result: the parent may
+        read that exit while it still waits for a slower worker's result, so it is skipped."""
+        deadline = time.time() + timeout
         index, message = self._messages.get(timeout=max(timeout, 0.01))
+        while message is None and index in self._reported:
+            index, message = self._messages.get(timeout=max(deadline - time.time(), 0.01))
         if message is None:
             code = self._procs[index].wait()
             raise FleetError(f"fleet worker {index} ended early (exit status {code}); its log says why")
+        if "result" in message:
+            self._reported.add(index)
         if "progress" in message:
             self._progress[index] = message["progress"]
         return index, message
@@ -320,9 +329,10 @@ class Fleet:
 def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a fleet run, shared by ``simulator fleet`` and ``gateway-loadtest``."""
     p.add_argument("--devices", type=int, required=True, metavar="N", help="number of simulated terminals")
-    p.add_argument("--kind", choices=KINDS, default="native",
+    p.add_argument("--kind", choices=(*KINDS, "push"), default="native",
                    help="native terminals, emulated ZK devices the gateway dials, or mixed: the first half of the ids "
-                        "(rounded up) native, the rest ZK (default native)")
+                        "(rounded up) native, the rest ZK; push: emulated PUSH devices calling the gateway, from one "
+                        "process (simulator/push/station.py) (default native)")
     p.add_argument("--zk-comm-key", type=int, default=0, metavar="K", help="every ZK device's comm key (default 0: none)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="enroll-storm",
                    help="; ".join(f"{name}: {s.about}" for name, s in sorted(SCENARIOS.items())) + " (default enroll-storm)")
@@ -364,10 +374,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--zk-config", metavar="FILE",
                    help="write the gateway configuration for the fleet ([[zk]] entries and admission) here once the ZK devices listen")
     p.add_argument("--poll-s", type=float, metavar="SEC", help="with --zk-config: the poll_s of every [[zk]] entry")
+    p.add_argument("--push", metavar="URL", help="with --kind push: the gateway's [push] address (http://HOST:PORT); the devices "
+                   "enrol --rate people a second (default 1) for --duration")
+    p.add_argument("--spread-s", type=float, default=10.0, metavar="SEC",
+                   help="with --kind push: spread the devices' first calls over this long, as devices switched on apart (default 10)")
     return p
 
 
 def run(args) -> int:
+    if args.kind == "push":
+        return push_station.run_fleet(args)
     if args.gateway:
         try:
             parse_host_port(args.gateway)

@@ -150,6 +150,16 @@ class Mixed(Scenario):
     weights = {"enroll": 0.10, "edit": 0.15, "delete": 0.05, "verify": 0.70}
 
 
+class Trickle(Scenario):
+    name = "trickle"
+    about = ("the everyday site: now and then someone enrolled at a random terminal, people verifying at doors the rest of "
+             "the time; each change travels alone")
+    default_rate = 10.0  # with these weights, one enrolment a second across the fleet
+    # Enrolments, not edits: an edit can cross a push of the same user (see "lost_updates"), and
+    # at these rates that race would decide the run by chance.
+    weights = {"enroll": 0.1, "verify": 0.9}
+
+
 class LogFlood(Scenario):
     name = "log-flood"
     about = "people verifying at every door, nothing else: the event log at full tilt, to measure ingest"
@@ -230,4 +240,4 @@ class Garbage(Scenario):
         return None
 
 
-SCENARIOS = {s.name: s for s in (EnrollStorm, EditStorm, Mixed, LogFlood, Churn, OfflineCatchup, SlowTerminal, Garbage)}
+SCENARIOS = {s.name: s for s in (EnrollStorm, EditStorm, Mixed, Trickle, LogFlood, Churn, OfflineCatchup, SlowTerminal, Garbage)}

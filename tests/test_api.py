@@ -69,6 +69,29 @@ class TerminalTests(ApiTestCase):
         yield self.assert_error("GET", "/api/terminals/seven", 400, "terminal_id must be an integer")
 
 
+    @defer.inlineCallbacks
+    def test_reconcile_counts_the_repairs_of_a_round_under_way_that_it_waited_for(self):
+        yield self.enroll(A, "w-1")
+        yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="w-1") == 1, "w-1 applied on B")
+        reconciler = self.site.gateway.reconciler
+        yield reconciler.reconcile(B)  # a first round: B is known to the comparison
+        self.site.terminals[B].users.clear()  # B wiped
+        # A round of B under way (held for a slot) when the call comes, as the one connecting starts:
+        for _ in range(reconciler.at_once):
+            yield reconciler._slots.acquire()
+        under_way = reconciler.reconcile(B)
+        asked = []
+        reconciler.ask_others = lambda: asked.append(True)
+        answer = self.call("POST", "/api/reconcile", {})
+        yield wait_until(lambda: asked, "the call began reconciling")
+        for _ in range(reconciler.at_once):
+            reconciler._slots.release()
+        yield under_way
+        code, found, _ = yield answer
+        self.assertEqual(code, 200, found)
+        self.assertIn("w-1", self.site.terminals[B].users)
+        self.assertEqual(found["repaired"], 1)  # by the round under way: the call's own found nothing left
+
 class PendingAdmissionTests(ApiTestCase):
     config = {"api_token": TOKEN, "admission": "pending"}
 
@@ -315,6 +338,7 @@ class StreamTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_a_resumed_stream_replays_what_was_stored_since(self):
         yield self.enroll(A, "r-1")
+        yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="r-1") == 1, "r-1 applied on B")
         stored = list(reversed((yield self.get("/api/events?user=r-1"))["events"]))
         url = f"{self.url}/api/stream?user=r-1&after={stored[0]['id']}"
         replayed = yield threads.deferToThread(first_streamed, url)

@@ -79,18 +79,25 @@ def test_the_api_answers_while_the_gateway_is_stopped(site):
         metrics = http("GET", page + "metrics")[1]
         for name in ("gateway_terminals_online 1.0", "gateway_events_ingested_total", "gateway_events_waiting"):
             assert name in metrics
+        assert metric(metrics, "gateway_api_metrics_age_seconds") > 1.0  # the last read, and it says so
         # It says how old what it shows is: older than the gateway was stopped.
         eventually(lambda: snapshot_age(page) > 1.0, "the snapshot's age to grow past a second", timeout=10)
     finally:
         os.kill(gateway.popen.pid, signal.SIGCONT)
     eventually(lambda: snapshot_age(page) < 1.0, "a fresh snapshot once the gateway runs again")
+    # A scrape reads the gateway's metrics afresh (they no longer ride on every snapshot).
+    assert metric(http("GET", page + "metrics")[1], "gateway_api_metrics_age_seconds") < 1.0
+
+
+def metric(exposition: str, name: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"/metrics has no {name}")
 
 
 def snapshot_age(page: str) -> float:
-    for line in http("GET", page + "metrics")[1].splitlines():
-        if line.startswith("gateway_api_snapshot_age_seconds "):
-            return float(line.split()[1])
-    raise AssertionError("/metrics has no gateway_api_snapshot_age_seconds")
+    return metric(http("GET", page + "metrics")[1], "gateway_api_snapshot_age_seconds")
 
 
 def test_a_write_goes_through_the_gateway_and_reads_back_at_once(site):

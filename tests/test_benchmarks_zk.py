@@ -29,3 +29,13 @@ def test_the_link_benchmark_runs_to_the_end_and_reads_as_many_users_as_pyzk(tmp_
     read = ("pyzk_read_users_s", "ours_read_users_s", "ours_read_users_4k_chunks_s")
     assert all(isinstance(figures[name], float) for name in read), figures  # a string says what failed
     assert "over the 67108864-byte transfer limit" in figures["huge_buffer_outcome"]
+
+
+def test_the_sharing_benchmark_runs_to_the_end_for_both_sessions(tmp_path):
+    out = tmp_path / "zk_share.json"
+    run = subprocess.run([sys.executable, "benchmarks/zk_share.py", "--devices", "1", "--users", "20", "--poll-s", "0.5", "--seconds", "1",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    assert [figures[s]["session"] for s in ("held", "released")] == ["held", "released"]
+    assert all(figures[s]["online_after_probe"] == 1 and figures[s]["probe_tries"] > 0 for s in ("held", "released"))

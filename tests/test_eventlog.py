@@ -48,12 +48,13 @@ def make_log():
 
 
 def test_submissions_queued_during_a_commit_share_the_next_one():
-    log, db, _, _ = make_log()
+    log, db, clock, _ = make_log()
     log.submit(1, events(1, 2))
     log.submit(2, events(1, 3))
     log.submit(3, events(1, 1))
     assert len(db.commits) == 1  # the first went alone; the other two wait for it
     db.commits[0][1].callback(STORED)
+    clock.advance(log.commit_window_s)
     assert len(db.commits) == 2
     (batch, _failures, _at_ms, _logs, _riders), _ = db.commits[1]
     assert [s.terminal_id for s in batch] == [2, 3]
@@ -84,7 +85,7 @@ def test_failed_commit_acknowledges_nothing_records_the_failure_and_retries():
 
 
 def test_links_pause_above_high_water_and_resume_below_low_water():
-    log, db, _, _ = make_log()
+    log, db, clock, _ = make_log()
     log.high_water, log.low_water = 10, 5
     link = Connection()
     log.add_connection(link)
@@ -93,6 +94,7 @@ def test_links_pause_above_high_water_and_resume_below_low_water():
     assert link.paused
     db.commits[0][1].callback(STORED)
     assert link.paused  # 8 still wait
+    clock.advance(log.commit_window_s)
     db.commits[1][1].callback(STORED)
     assert not link.paused
 
@@ -116,6 +118,7 @@ def test_events_are_acknowledged_even_if_what_follows_the_commit_fails():
     db.commits[0][1].callback(STORED)
     assert acks == [3]
     log.submit(1, events(4, 1))
+    clock.advance(log.commit_window_s)
     assert len(db.commits) == 2  # and the log goes on committing
 
 
@@ -124,13 +127,14 @@ def moves(conn, *args):
 
 
 def test_writes_riding_on_the_next_group_commit_share_it_and_settle_with_it():
-    log, db, _, _ = make_log()
+    log, db, clock, _ = make_log()
     settled = []
     log.submit(1, events(1, 2))
     log.commit_with_events(moves, "first").addCallback(settled.append)
     log.submit(2, events(1, 1))
     assert len(db.commits) == 1 and settled == []  # the ride waits for the commit after the one under way
     db.commits[0][1].callback(STORED)
+    clock.advance(log.commit_window_s)
     (batch, _failures, _at_ms, _logs, riders), d = db.commits[1]
     assert [s.terminal_id for s in batch] == [2] and riders == [(moves, ("first",))]
     d.callback(STORED)
@@ -147,6 +151,23 @@ def test_a_ride_alone_is_a_commit_and_fails_with_it_not_retried():
     assert failed and failed[0].check(DatabaseFailure)  # its owner decides: the pusher moves the cursor later
     clock.advance(60)
     assert len(db.commits) == 1  # nothing to retry: no events were waiting
+
+
+def test_commits_start_a_window_apart_and_a_lone_submission_after_a_quiet_spell_commits_at_once():
+    log, db, clock, _ = make_log()
+    log.submit(1, events(1, 1))
+    db.commits[0][1].callback(STORED)
+    clock.advance(log.commit_window_s / 4)
+    log.submit(2, events(1, 1))
+    log.submit(3, events(1, 1))
+    assert len(db.commits) == 1  # within the window of the first: they wait for it, together
+    clock.advance(log.commit_window_s)
+    (batch, *_), d = db.commits[1]
+    assert [s.terminal_id for s in batch] == [2, 3]
+    d.callback(STORED)
+    clock.advance(10)
+    log.submit(4, events(1, 1))
+    assert len(db.commits) == 3  # after a quiet spell: at once, no wait added
 
 
 def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_failed():

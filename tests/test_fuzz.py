@@ -22,7 +22,7 @@ import pytest
 
 from protocol.decoder import StreamDecoder
 from protocol.errors import FrameError, MessageError
-from protocol.frame import CRC_SIZE, HEADER_SIZE, MAX_FRAME, Frame, encode_frame, header_crc
+from protocol.frame import CRC_SIZE, HEADER_SIZE, MAX_FRAME, Frame, header_crc
 from protocol.messages import Command, parse_body
 from protocol.records import UserRecordWire
 

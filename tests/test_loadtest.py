@@ -37,7 +37,7 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert code == 0, report["problems"]
     assert report["ok"] and report["settled"]
     for key in ("devices", "duration_s", "events_per_s", "user_deliveries_per_s", "propagation_ms", "api_ms",
-                "gateway_cpu_s", "gateway_peak_rss_mb", "lost_events", "duplicate_events", "lost_updates",
+                "gateway_cpu_s", "gateway_cpu_us_per_delivery", "gateway_idle_cpu_us_per_terminal_s", "gateway_peak_rss_mb", "lost_events", "duplicate_events", "lost_updates",
                 "diverged_terminals", "baselines", "ingest_vs_raw_insert", "deliveries_vs_bare_sink"):
         assert key in report
     assert report["devices"] == 4 and report["workers"] == 2
@@ -46,6 +46,7 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert report["events_stored"] >= report["enrolled"] * 4  # an enrolment, and three applications elsewhere
     assert report["api_ms"] is not None, report.get("api_ms_reason")  # the gateway's API answered the probe
     assert report["api_ms"]["samples"] > 0 and report["api_ms"]["failures"] == 0
+    assert report["gateway_idle_cpu_us_per_terminal_s"] is not None  # measured with the fleet connected, before the load
     assert report["baselines"]["raw_insert"]["rows_per_s"] > 0 and report["baselines"]["bare_sink"]["frames_per_s"] > 0
 
 

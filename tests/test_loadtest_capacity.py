@@ -53,6 +53,20 @@ def test_the_search_climbs_until_the_first_step_not_held():
     assert "capacity: 20/s held" in capacity.capacity_table(found)
 
 
+def test_the_whole_ladder_runs_every_rate_once_held_or_not():
+    p99_by_rate = {10: 300.0, 20: 2600.0, 40: 900.0}
+    offered = []
+
+    def run_step(rate):
+        offered.append(rate)
+        return report(p99=p99_by_rate[rate], gateway_idle_cpu_us_per_terminal_s=55.0)
+
+    steps = capacity.find_capacity((10, 20, 40), run_step, whole=True)
+    assert offered == [10, 20, 40]  # 20 missed the limit: neither run again nor the end of it
+    assert [s.held for s in steps] == [True, False, True]
+    assert "55.0" in capacity.capacity_table(capacity.capacity_report(steps, capacity.P99_LIMIT_MS))  # idle CPU per terminal
+
+
 def test_a_step_missing_the_latency_limit_once_is_run_again_and_may_hold():
     p99s = iter([300.0, 2600.0, 900.0, 2500.0, 2700.0])
     steps = capacity.find_capacity((10, 20, 30), lambda rate: report(p99=next(p99s)))

@@ -24,6 +24,7 @@ def test_off_unless_given_and_defaults():
     ({"devices": [{"sn": "A1", "id": 5}, {"sn": "B2", "id": 5}]}, "same terminal id"),
     ({"devices": [{"sn": "A1", "networks": ["10.0.0.0/33"]}]}, "not a network"),
     ({"devices": [{"sn": "A1", "charset": "klingon"}]}, "unknown charset"),
+    ({"proxies": ["proxy.example"]}, "proxies.*not a network"),
     ({"devices": [{"sn": "A1", "secret": "x"}]}, "secret"),
     ({"delay_s": True}, "delay_s"),
 ])

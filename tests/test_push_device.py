@@ -5,14 +5,14 @@ holdings and the registry are small fakes that record what they were given."""
 from twisted.internet import defer, task
 
 from gateway.sync.connection import UserResult
-from gateway.sync.monitor import LOG_RESTARTED
+from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED
 from gateway.push.device import LINES_SKIPPED, DeviceGone, PushDevice
 from gateway.zk.holdings import Holdings
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, UserRecord, UserRecordWire, record_digest
 from protocol.zk.push.commands import parse_commands
-from protocol.zk.push.server import PushServer, PushTiming, Request
+from protocol.zk.push.server import PushServer, PushTiming, QueueFull, Request
 
 SN = "PUSH0001"
 TID = 501
@@ -32,6 +32,25 @@ class Events:
 
     def commit_with_events(self, work, rows):
         self.monitoring += rows
+        return defer.succeed(None)
+
+
+class Commands:
+    """The stored command queue (gateway/push/queue.py CommandStore) as a dict that outlives a PushDevice."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def load(self, terminal_id):
+        return defer.succeed(list(self.rows.values()))
+
+    def add(self, terminal_id, commands, queued_ms):
+        self.rows.update((c.command_id, c) for c in commands)
+        return defer.succeed(None)
+
+    def remove(self, terminal_id, command_ids):
+        for command_id in command_ids:
+            del self.rows[command_id]
         return defer.succeed(None)
 
 
@@ -88,13 +107,15 @@ class Counter:
         return One()
 
 
-def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None):
+def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None, commands=None,
+         max_commands=4096, first_id=1):
     clock = task.Clock()
     clock.advance(1_700_000_000)
     events, store, presence, skipped = Events(), Store(seen, stored), Presence(), Counter()
-    device = PushDevice(TID, PushServer(SN, PushTiming(command_s=command_s, command_attempts=2)), clock=clock, store=store,
-                        events=events, presence=presence, offline_s=offline_s, metrics=skipped,
-                        on_offline_reason=on_offline_reason)
+    timing = PushTiming(command_s=command_s, command_attempts=2, max_commands=max_commands)
+    device = PushDevice(TID, PushServer(SN, timing, first_id=first_id), clock=clock, store=store,
+                        commands=commands if commands is not None else Commands(), events=events, presence=presence,
+                        offline_s=offline_s, metrics=skipped, refusals=skipped.labels("refused"), on_offline_reason=on_offline_reason)
     return device, clock, events, store, presence, store, skipped  # the store twice: its holdings, its writes
 
 
@@ -176,18 +197,26 @@ def test_a_keypad_enrolment_is_announced_and_its_pull_answered_from_the_upload()
     assert "77" in holdings.seen
 
 
-def test_a_push_becomes_commands_and_keeps_what_the_device_owns():
-    device, clock, events, holdings, *_ = make()
+def answer(device, *commands, code=0):
+    body = "".join(f"ID={c.id}&Return={code}&CMD=DATA\n" for c in commands)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+
+
+def test_a_push_becomes_stored_commands_and_keeps_what_the_device_owns():
+    commands = Commands()
+    device, clock, events, holdings, *_ = make(commands=commands)
     list_users(device, "USER PIN=77\tName=Ana\tPri=14\tPasswd=\tCard=\tGrp=3\tTZ=0001\tVerify=4")
     events.stored.clear()
     done = []
     record = UserRecordWire.build(UserRecord("77", name="Ana Lima"))
     device.put_users([record], keep_local_changes=False).addBoth(done.append)
-    assert done == []  # waits for the device
-    commands = fetch_commands(device)
-    assert [c.text for c in commands] == ["DATA UPDATE USERINFO PIN=77\tName=Ana Lima\tPri=14\tPasswd=\tCard=\tGrp=3\tTZ=0001\tVerify=4"]
-    call(device, "POST", "/iclock/devicecmd", {}, f"ID={commands[0].id}&Return=0&CMD=DATA\n".encode())
-    assert done == [[UserResult("77", UserStatus.OK)]]
+    assert done == [[UserResult("77", UserStatus.OK)]]  # stored: the pusher may send its next batch
+    sent = fetch_commands(device)
+    assert [c.text for c in sent] == ["DATA UPDATE USERINFO PIN=77\tName=Ana Lima\tPri=14\tPasswd=\tCard=\tGrp=3\tTZ=0001\tVerify=4"]
+    assert list(commands.rows) == [sent[0].id]
+    assert events.stored == []  # not applied until the device says so
+    answer(device, sent[0])
+    assert commands.rows == {}
     assert [(e.code, e.sub_code) for e in events.stored] == [(EventCode.UPDATE_SUCCESS, Origin.SERVER)]
     # Reconciliation lists the device again: what it holds is what the server wrote, so it shows
     # the digest of the server's record (equal: nothing to repair), and it is no keypad change.
@@ -198,23 +227,42 @@ def test_a_push_becomes_commands_and_keeps_what_the_device_owns():
     assert len(events.stored) == 1
 
 
-def test_a_refused_command_is_an_invalid_user_and_a_stray_result_changes_nothing():
+def test_a_second_push_while_the_first_waits_builds_on_it_and_both_go_in_one_fetch():
     device, clock, events, *_ = make()
     list_users(device)
-    done = []
-    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False).addBoth(done.append)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo Li"))], keep_local_changes=False)
+    device.delete_users(["5"])  # on the device once the two are applied: a deletion, not NOT_FOUND
+    sent = fetch_commands(device)
+    assert [c.text.split("\t")[0:2] for c in sent] == [["DATA UPDATE USERINFO PIN=5", "Name=Bo"],
+                                                       ["DATA UPDATE USERINFO PIN=5", "Name=Bo Li"]] + [["DATA DELETE USERINFO PIN=5"]]
+    answer(device, *sent)
+    assert [(e.code, e.sub_code) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, Origin.SERVER),
+                                                             (EventCode.UPDATE_SUCCESS, Origin.SERVER),
+                                                             (EventCode.DELETE_SUCCESS, Origin.SERVER)]
+
+
+def test_a_refused_command_is_a_monitoring_event_and_a_stray_result_changes_nothing():
+    commands = Commands()
+    device, clock, events, *_, skipped = make(commands=commands)
+    list_users(device)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
     command = fetch_commands(device)[0]
     call(device, "POST", "/iclock/devicecmd", {}, f"ID={command.id}&Return=-1&CMD=DATA\nID={command.id}&Return=0&CMD=DATA\n".encode())
-    assert done == [[UserResult("5", UserStatus.INVALID)]]
+    assert [(row["type"], row["user_id"]) for row in events.monitoring] == [(PUSH_REFUSED, "5")]
+    assert "Return=-1" in events.monitoring[0]["detail"]
+    assert events.stored == [] and commands.rows == {}
+    assert skipped.counts == {"refused": 1}
 
 
-def test_a_command_never_answered_is_sent_again_then_the_push_fails():
-    device, clock, events, *_ = make(command_s=60)
+def test_a_command_never_answered_is_sent_again_then_given_up_visibly():
+    commands = Commands()
+    device, clock, events, *_ = make(command_s=60, commands=commands)
     list_users(device)
     done = []
     device.delete_users(["9"]).addBoth(done.append)
     assert done == [[UserResult("9", UserStatus.NOT_FOUND)]]  # not on the device: no command
-    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False).addBoth(done.append)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
     first = fetch_commands(device)
     clock.advance(61)
     assert fetch_commands(device) == first  # late: sent again
@@ -222,21 +270,55 @@ def test_a_command_never_answered_is_sent_again_then_the_push_fails():
     assert fetch_commands(device) == []
     clock.advance(1)
     fetch_commands(device)  # the next request finds it given up
-    assert done[1].check(DeviceGone)
+    assert [(row["type"], row["user_id"]) for row in events.monitoring] == [(PUSH_REFUSED, "5")]
+    assert "given up" in events.monitoring[0]["detail"] and commands.rows == {}
 
 
-def test_a_silent_device_goes_offline_and_what_waited_on_it_fails():
-    reasons = []
-    device, clock, events, holdings, presence, *_ = make(offline_s=60, on_offline_reason=lambda tid, reason: reasons.append((tid, reason)))
+def test_a_full_queue_refuses_the_push_before_storing_it():
+    commands = Commands()
+    device, *_ = make(commands=commands, max_commands=2)  # room for the listing's two DATA QUERY, then two
     list_users(device)
     done = []
-    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False).addBoth(done.append)
+    for user_id in "567":
+        device.put_users([UserRecordWire.build(UserRecord(user_id, name="Bo"))], keep_local_changes=False).addBoth(done.append)
+    assert done[:2] == [[UserResult("5", UserStatus.OK)], [UserResult("6", UserStatus.OK)]]
+    assert done[2].check(QueueFull)  # the pusher keeps its cursor and tries again at its next round
+    assert [c.user_id for c in commands.rows.values()] == ["5", "6"]
+
+
+def test_commands_stored_before_a_restart_are_sent_again_and_settle():
+    commands = Commands()
+    device, clock, events, *_ = make(commands=commands)
+    list_users(device)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
+    before = fetch_commands(device)
+    # The gateway stops before the device answered; a new one starts with other command ids.
+    device, clock, events, holdings, *_ = make(commands=commands, first_id=9_000)
+    sent = fetch_commands(device)
+    assert [c.id for c in sent[:1]] == [before[0].id] and [c.text for c in sent[:1]] == [before[0].text]
+    assert [c.text.startswith("DATA QUERY") for c in sent[1:]] == [True, True]  # listed after them
+    answer(device, sent[0])
+    assert commands.rows == {}
+    assert [(e.code, e.sub_code, e.user_id) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, Origin.SERVER, "5")]
+    assert "5" in holdings.seen
+
+
+def test_a_silent_device_goes_offline_and_what_it_owes_waits_for_its_return():
+    reasons = []
+    commands = Commands()
+    device, clock, events, holdings, presence, *_ = make(offline_s=60, commands=commands,
+                                                         on_offline_reason=lambda tid, reason: reasons.append((tid, reason)))
+    list_users(device)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
     assert presence.online_now == [device]
     clock.advance(60)
-    assert presence.online_now == [] and done[0].check(DeviceGone)
-    assert reasons == [(TID, "silent for 60 s")]
-    fetch_commands(device)  # it calls again: online again, and it lists its users again
+    assert presence.online_now == [] and reasons == [(TID, "silent for 60 s")]
+    done = []
+    device.put_users([UserRecordWire.build(UserRecord("6", name="Cy"))], keep_local_changes=False).addBoth(done.append)
+    assert done[0].check(DeviceGone)
+    sent = fetch_commands(device)  # it calls again: online again, what it owes first, then it lists its users again
     assert presence.online_now == [device]
+    assert [c.text.split("\t")[0] for c in sent] == ["DATA UPDATE USERINFO PIN=5", "DATA QUERY USERINFO", "DATA QUERY FINGERTMP"]
 
 
 def test_a_wiped_device_is_not_a_keypad_deletion():

@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from protocol.zk.push import commands as cmd
-from protocol.zk.push.lines import BadLine, FingerLine, OpLog, OtherLine, Punch, UserLine, format_fields, parse_attlog, parse_operlog
+from protocol.zk.push.lines import FingerLine, OpLog, OtherLine, Punch, UserLine, format_fields, parse_attlog, parse_operlog
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, MAX_BODY_BYTES, OperationsUploaded, OtherUpload,
                                      PushServer, PushTiming, QueueFull, Registered, Request, RequestError, ResultsReported, StrayResult)
 

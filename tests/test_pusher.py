@@ -47,12 +47,14 @@ def test_terminals_at_the_same_cursor_share_one_feed_read():
     online = {t: Terminal(t, connection=object()) for t in (1, 2, 3)}
     online[3].cursor = 7
     registry = SimpleNamespace(terminals=online, connected=lambda: list(online.values()))
-    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
+    clock = task.Clock()
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
     pusher.wake_all()
     assert sorted(args for args, _ in db.reads) == [(0, Pusher.scan_limit), (7, Pusher.scan_limit)]
     for _, d in db.reads:
         d.callback(FeedPage())  # nothing new: every round ends
     pusher.wake_all()
+    clock.advance(Pusher.round_interval_s)
     assert len(db.reads) == 4  # a later wake reads again
 
 
@@ -60,11 +62,13 @@ def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
     db = CountingDatabase()
     first, second = Terminal(1, connection=object()), Terminal(2, connection=object())
     registry = SimpleNamespace(terminals={1: first, 2: second}, connected=lambda: [second])
-    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), task.Clock(), Metrics())
+    clock = task.Clock()
+    pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
     pusher.kick(1)  # a read of cursor 0 begins...
     pusher.wake_all()  # ...then a change is committed: terminal 2 joins a read that may miss it
     assert len(db.reads) == 1
     db.reads[0][1].callback(FeedPage())
+    clock.advance(Pusher.round_interval_s)
     assert [args for args, _ in db.reads] == [(0, Pusher.scan_limit)] * 2  # so 2 reads the feed again
 
 
@@ -87,6 +91,37 @@ def test_a_feed_read_held_back_by_the_watermark_is_made_again_soon():
     db.reads[1][1].callback(FeedPage())
     clock.advance(Pusher.recheck_s * 10)
     assert len(db.reads) == 2  # not held back any more: nothing until the next change
+
+
+def test_a_terminals_rounds_begin_an_interval_apart_and_changes_meanwhile_share_the_next():
+    db, clock = CountingDatabase(), task.Clock()
+    term = Terminal(1, connection=object())
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    pusher.wake_all()
+    db.reads[0][1].callback(FeedPage())
+    for _ in range(3):  # three changes committed soon after
+        clock.advance(Pusher.round_interval_s / 10)
+        pusher.wake_all()
+    assert len(db.reads) == 1
+    clock.advance(Pusher.round_interval_s)
+    assert len(db.reads) == 2  # one round for the three
+    db.reads[1][1].callback(FeedPage())
+    clock.advance(10)
+    pusher.wake_all()
+    assert len(db.reads) == 3  # after a quiet spell: at once
+
+
+def test_the_sweep_leaves_a_terminal_alone_while_its_round_is_under_way():
+    db, clock = CountingDatabase(), task.Clock()
+    term = Terminal(1, connection=object())
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    pusher.kick(1)
+    pusher.sweep(1)  # it lags only until this round's cursor move is committed
+    db.reads[0][1].callback(FeedPage())
+    clock.advance(Pusher.round_interval_s * 2)
+    assert len(db.reads) == 1  # no second round for nothing
+    pusher.sweep(1)
+    assert len(db.reads) == 2  # idle and still lagging: the sweep kicks it
 
 
 def test_stopping_the_pusher_cancels_a_pending_read_again():

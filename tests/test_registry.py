@@ -163,7 +163,7 @@ class Rows(Writes):
 
 
 def stored_row(terminal_id, admission, secret="s2"):
-    return dict(terminal_id=terminal_id, admission=admission, name=f"t{terminal_id}", secret=secret, access_groups=",3,")
+    return dict(terminal_id=terminal_id, admission=admission, name=f"t{terminal_id}", secret=secret, access_groups=",3,", kind="native")
 
 
 def test_a_decision_taken_in_another_process_is_followed_here():

@@ -3,6 +3,8 @@ what they make of the gateway itself (unit: real objects on both sides, JSON bet
 
 import json
 from collections import Counter
+
+import msgspec
 from types import SimpleNamespace
 
 from twisted.internet import task
@@ -46,9 +48,9 @@ def locked_out_once() -> Doorman:
     return door
 
 
-def carried(gateway) -> Mirror:
+def carried(gateway, metrics: bool = False) -> Mirror:
     mirror = Mirror()
-    mirror.update(json.loads(json.dumps(take(gateway, 42.0))))
+    mirror.update(msgspec.json.decode(msgspec.json.encode(take(gateway, 42.0, metrics))))  # as the processes carry it
     return mirror
 
 
@@ -63,8 +65,19 @@ def test_the_views_show_the_same_terminals_on_both_sides():
     assert mirror.reconciler.last[101].as_json(mirror.reconciler.repaired_total[101]) == \
         gateway.reconciler.last[101].as_json(5)
     assert mirror.reconciler.last[101].differences == {"u7": "why"}
-    assert "gateway_events_ingested_total 7.0" in mirror.metrics_text
     assert mirror.doorman.lockouts() == gateway.doorman.lockouts() != []
+
+
+def test_the_metrics_travel_only_when_asked_for_and_stay_until_the_next_asked():
+    gateway = ingest_side()
+    assert "metrics" not in take(gateway, 1.0)
+    mirror = carried(gateway, metrics=True)
+    assert "gateway_events_ingested_total 7.0" in mirror.metrics_text
+    gateway.metrics.events_ingested.inc(1)
+    mirror.update(take(gateway, 43.0))
+    assert "gateway_events_ingested_total 7.0" in mirror.metrics_text and mirror.metrics_taken_s == 42.0
+    mirror.update(take(gateway, 44.0, metrics=True))
+    assert "gateway_events_ingested_total 8.0" in mirror.metrics_text and mirror.metrics_taken_s == 44.0
 
 
 def test_no_secret_leaves_the_ingest_process():

@@ -201,6 +201,7 @@ class WorkersTests(LiveTestCase):
         self.assertEqual(sorted(t["id"] for t in found["terminals"]), ids, "the answer covers every worker's terminals")
         repaired = {t["id"]: t["repaired"] for t in found["terminals"] if t["repaired"]}
         self.assertEqual(repaired, {terminal_id: {"pushed": 1} for terminal_id in wiped})
+        self.assertEqual(found["repaired"], 2)
         self.assertTrue(all("9001" in terminals[t].users for t in wiped))
         shown = yield self.api(gateway, "GET", "/api/terminals", None)
         self.assertEqual({t["id"]: t["reconciliation"]["repaired_total"] for t in shown["terminals"] if t["id"] in wiped},

@@ -398,6 +398,27 @@ def test_bytes_arriving_extend_the_deadline_until_the_request_limit():
     assert client.state is State.BROKEN
 
 
+def test_a_table_answered_chunk_by_chunk_just_in_time_ends_at_the_operation_limit():
+    client, device = connected(timeout_s=5, request_limit_s=30, operation_limit_s=100, chunk_size=100)
+    token = client.read_buffer(bodies.USERS, now=0)
+    queued = client.request(Command.GET_TIME, now=0)
+    device.reply(device.one(Command.PREPARE_BUFFER), Code.ACK_OK, bodies.buffer_info(10_000))
+    for n in range(1, 25):  # each chunk within every per-request bound: 4 s, with a byte at 2 s
+        chunk = device.one(Command.READ_BUFFER)
+        device.now = 4.0 * n - 2
+        assert client.check_deadline(now=device.now) == [] and client.receive(b"P", now=device.now) == []
+        device.now = 4.0 * n
+        assert client.check_deadline(now=device.now) == []
+        stream = encode_tcp(Packet(Command.DATA, SESSION, chunk.reply_id, bytes(100)))
+        assert client.receive(stream[1:], now=device.now) == [], "a chunk, answered just in time"
+    device.one(Command.READ_BUFFER)
+    assert client.next_deadline() == 100
+    [timed_out, failed] = client.check_deadline(now=100)
+    assert timed_out == TimedOut(token, Command.READ_BUFFER) and failed.token == queued
+    assert timed_out.reason == "the device took over 100 s reading table USERTEMP_RRQ (at READ_BUFFER), however it trickled"
+    assert client.state is State.BROKEN
+
+
 def test_a_silent_device_times_out_with_its_own_reason():
     client, device = connected(timeout_s=5)
     client.request(Command.GET_TIME, now=0)

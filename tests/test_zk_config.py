@@ -23,10 +23,10 @@ def test_the_link_settings_reach_each_connections_client():
 
     default = LinkSettings.of(parse_zk(dict(id=7, host="h")))
     assert default == LinkSettings() and default.max_transfer == MAX_TRANSFER
-    client = LinkSettings.of(parse_zk(dict(id=7, host="h", transport="udp", timeout_s=3, request_limit_s=30, max_transfer_mb=8,
-                                           chunk_size=4096))).client(55)
-    assert (client.framing, client.comm_key, client.timeout_s, client.request_limit_s, client.max_transfer, client.chunk_size) == (
-        Framing.UDP, 55, 3, 30, 8 * 1024 * 1024, 4096)
+    client = LinkSettings.of(parse_zk(dict(id=7, host="h", transport="udp", timeout_s=3, request_limit_s=30, operation_limit_s=90,
+                                           max_transfer_mb=8, chunk_size=4096))).client(55)
+    assert (client.framing, client.comm_key, client.timeout_s, client.request_limit_s, client.operation_limit_s, client.max_transfer,
+            client.chunk_size) == (Framing.UDP, 55, 3, 30, 90, 8 * 1024 * 1024, 4096)
     assert LinkSettings(transport="udp").client(0).chunk_size == 16 * 1024, "0: the transport's default"
 
 

@@ -19,7 +19,7 @@ from protocol.zk import bodies
 from protocol.zk.client import ZkClient
 from protocol.zk.commands import Command
 from protocol.zk.records import Template, User, encode_user
-from simulator.zk.device import ZkDevice, populate
+from simulator.zk.device import populate
 from test_zk_pyzk import PYZK_TIMEOUT_S, EmulatorTestCase
 
 COMM_KEY = 4711

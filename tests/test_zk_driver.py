@@ -19,8 +19,10 @@ from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
 from gateway.zk.holdings import HoldingsWriter, load_holdings, save_attendance_mark
 from gateway.zk.store import DatabaseStore
-from gateway.zk.driver import ZkLink
+from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
+from gateway.zk.plan import WritePlan
+from gateway.zk.mapping import DeviceProfile
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
@@ -152,7 +154,7 @@ def test_device_changes_become_device_events_and_a_push_never_comes_back_as_one(
     record = UserRecord("3", name="Pushed Person")
     results = wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=True))
     assert [(r.user_id, r.status) for r in results] == [("3", UserStatus.OK)]
-    assert device.user("3").name == "Pushed Person" and device.user("3").uid == 3
+    assert device.user("3").name == "Pushed Person" and device.user("3").uid == 2 + 1 + 2  # above the highest in use, two left for the keypad
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.SERVER) == ["3"]
     wire.poll()
     wire.poll()
@@ -263,6 +265,7 @@ def test_the_poll_plan_reads_big_user_tables_on_the_slow_schedule():
     assert not plan.users_due(same, 2) and plan.users_due(same, 30)
     assert plan.users_due(Sizes(users=501, fingers=500), 2), "a count moved"
     assert PollPlan(timing, sizes=Sizes(users=50), users_at=0).users_due(Sizes(users=50), 2), "a small table every poll"
+    assert not PollPlan(timing, sizes=Sizes(users=50), users_at=1).users_due(Sizes(users=50), 2), "not when read less than a poll ago"
     assert not plan.templates_due(same, 2, False) and plan.templates_due(same, 2, True) and plan.templates_due(same, 60, False)
     assert not plan.attendance_due(same, 20) and not plan.attendance_due(Sizes(records=11), 5) and plan.attendance_due(Sizes(records=11), 10)
 
@@ -627,9 +630,24 @@ def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled
     assert refills.asked and wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == []
     other = ZkDevice(serial_number="UNIT-B")
     other.enroll("9", "From Another Door")
-    wire, refills = refilling_wire(other, db, memory)  # the same configured device, another unit, this gateway run
+    wire, refills = refilling_wire(other, db)  # the same configured device, another unit, after a restart
     wire.start()
     assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["9"], "what the new unit holds is news"
+    wire, refills = refilling_wire(other, db)
+    wire.start()
+    assert refills.asked == [], "the same unit again"
+
+
+def test_sdkbuild_is_said_after_connecting_and_a_device_that_refuses_it_is_used_as_it_is():
+    device = ZkDevice()
+    Wire(device).start()
+    assert device.options["SDKBuild"] == "1"
+    device = ZkDevice()
+    device.faults.unknown_commands.add(Command.OPTIONS_WRQ)
+    populate(device, 1)
+    wire = Wire(device).start()
+    assert "SDKBuild" not in device.options and wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1"]
 
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -658,3 +676,166 @@ def test_a_local_time_in_a_zone_reads_as_the_same_moment_both_ways():
     assert clock.seconds(datetime(2024, 7, 1, 9, 0)) == datetime(2024, 7, 1, 7, 0, tzinfo=ZoneInfo("UTC")).timestamp(), "summer: UTC+2"
     assert clock.local(clock.seconds(datetime(2024, 12, 24, 18, 5, 9))) == datetime(2024, 12, 24, 18, 5, 9)
     assert clock.drift_s(datetime(2024, 3, 1, 8, 30, 15) - timedelta(seconds=30), NOW_S) == -30.0
+
+
+def test_a_keypad_enrolment_during_the_upload_keeps_its_slot_on_a_device_that_ignores_disabledevice():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    populate(device, 2)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    # After the pass read the table, before the upload: the walk-in takes the lowest free uid.
+    once_at(device, Command.PREPARE_DATA, lambda: device.enroll("walk-in", "Walk In"))
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK]
+    assert device.user("walk-in").name == "Walk In" and device.user("5").name == "Pushed"
+    assert device.user("5").uid == 2 + 1 + 2, "above the highest uid in use, two left free for the keypad"
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "walk-in"]
+    assert wire.broken == []
+
+
+def test_a_write_never_takes_the_uid_of_a_second_copy_of_a_user_id():
+    device = ZkDevice()
+    populate(device, 1)
+    device.users[2] = replace(device.user("1"), uid=2, name="Second Copy")  # a firmware that does not keep user ids unique
+    wire = Wire(device).start()
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert device.users[2].name == "Second Copy" and device.user("5").uid == 5
+
+
+def test_another_persons_record_in_the_slot_written_is_never_deleted():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    del device.options["~PIN2Width"]  # it does not say how long an id it holds: read back after new people
+    populate(device, 1)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1"]))
+
+    def keypad_takes_the_slot():  # a firmware whose keypad picks uids its own way, after the upload
+        device.put_user(User(device.user("5").uid, "walk-in", "Walk In", 0, "", 0, "1"))
+
+    once_at(device, Command.REFRESHDATA, keypad_takes_the_slot)
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [(r.user_id, r.status) for r in results] == [("5", UserStatus.STORAGE_FULL)], "ours is missing, and said so"
+    assert [u.user_id for u in device.users.values()] == ["1", "walk-in"], "the keypad's person stays"
+    assert wire.broken == []
+
+
+def test_a_write_pass_stands_for_a_poll_so_none_follows_it_within_poll_s():
+    device = ZkDevice()
+    populate(device, 3)
+    wire = Wire(device).start()  # its first poll is due at 2 s
+    wire.call(wire.connection.fetch_users(["1", "2", "3"]))
+    wire.clock.advance(1.5)
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    device.recorded = []
+    wire.poll(0.5)
+    assert device.recorded == [], "the pass read the device 0.5 s ago: the poll is put off to poll_s after it"
+    device.edit("1", name="Typed At The Door")  # a change the counts do not show: found at the next poll
+    wire.poll(1.5)
+    assert commands(device)[0] == Command.GET_FREE_SIZES and Command.PREPARE_BUFFER in commands(device)
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+
+
+def test_a_write_pass_reads_the_punches_a_poll_would_have():
+    device = ZkDevice()
+    populate(device, 2)
+    wire = Wire(device, timing=replace(TIMING, poll=PollTiming(poll_s=30, attendance_s=10))).start()
+    wire.clock.advance(10)  # no poll yet, and the attendance log is due if its count moved
+    device.punch("1")
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert wire.sink.of(EventCode.VERIFY_SUCCESS) == ["1"], "read by the pass, with no poll since"
+
+
+class ReleasedWire(Wire):
+    """A released session: each conversation on a new StringTransport and device session."""
+
+    def __init__(self, device: ZkDevice, **kwargs):
+        super().__init__(device, **kwargs)
+        self.lost: list[str] = []
+        self.unreachable: str | None = None
+        self.sessions = 1
+        self.connection._redial = self._redial
+        self.connection._on_lost = self.lost.append
+
+    def _redial(self):
+        if self.unreachable is not None:
+            return defer.fail(DeviceLost(self.unreachable))
+        connection = self.connection
+        link = ZkLink(ZkClient(self.device.comm_key, timeout_s=TIMING.request_s), self.clock,
+                      on_realtime=connection.realtime_event, on_broken=lambda reason: connection.link_broken(reason, link))
+        self.link, self.transport = link, StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
+        self.session = DeviceSession(self.device, 0x1234 + self.sessions, self._out.append)
+        self.sessions += 1
+        link.makeConnection(self.transport)
+        return defer.succeed(link)
+
+
+def commands(device: ZkDevice) -> list[int]:
+    return [p.command for p in device.recorded]
+
+
+def test_a_released_session_dials_for_each_conversation_and_lets_go_after_it():
+    device = ZkDevice()
+    populate(device, 2)
+    device.recorded = []
+    wire = ReleasedWire(device).start()
+    assert commands(device)[0] == Command.CONNECT and commands(device)[-1] == Command.EXIT
+    assert Command.REG_EVENT not in commands(device), "no real-time events: nobody is there to hear them"
+    assert wire.session.closed and wire.sessions == 1
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+
+    device.recorded = []
+    device.edit("1", name="Typed At The Door")  # by the site's own software between polls
+    wire.poll()
+    assert wire.sessions == 2 and commands(device)[:2] == [Command.CONNECT, Command.OPTIONS_WRQ] and commands(device)[-1] == Command.EXIT
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"] and wire.presence.online_now is wire.connection
+
+    device.recorded = []
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
+    assert wire.sessions == 3 and commands(device)[0] == Command.CONNECT and commands(device)[-1] == Command.EXIT
+    assert wire.lost == [] and not wire.connection.closed, "a link let go is no lost connection"
+
+
+def test_a_released_session_waits_for_a_busy_device_and_goes_offline_once_it_is_not_to_be_had():
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"  # another client has it, say
+    results = []
+    wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False).addBoth(results.append)
+    wire.poll(), wire.poll()
+    assert wire.lost == [] and wire.presence.online_now is wire.connection and results == [], "busy: tried again"
+    wire.unreachable = None
+    wire.poll()
+    assert [r.status for r in results[0]] == [UserStatus.OK] and device.user("5").name == "Pushed", "the write waited for it"
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"
+    for _ in range(4):
+        wire.poll()
+    assert wire.lost == ["poll failed: not to be had for 6 s: cannot connect to 10.0.0.5:4370: Connection refused"]
+    assert wire.presence.online_now is None and wire.connection.closed
+
+
+def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    dialled = defer.Deferred()
+    new_link = wire.connection._redial
+    wire.connection._redial = lambda: dialled
+    wire.poll()  # dialling
+    wire.connection.close("the gateway is stopping")
+    link = new_link().result
+    dialled.callback(link)
+    wire.pump()
+    assert wire.transport.disconnecting, "the link dialled meanwhile is let go at once"
+    assert wire.lost == ["the gateway is stopping"] and wire.presence.online_now is None
+
+
+def test_new_people_fill_holes_but_never_the_uids_a_keypad_would_take_next():
+    held = {str(uid): User(uid, str(uid), f"Person {uid}", 0, "", 0, "1") for uid in (1, 5, 6)}
+    plan = WritePlan(held, {}, DeviceProfile(), 0, {1, 5, 6, 9})  # uid 9: a second copy of someone's user id
+    for user_id in ("a", "b", "c"):
+        plan.put(UserRecord(user_id, name=user_id))
+    # Keypads take the lowest free (2, 3) or above the highest (10, 11): never written.
+    assert [user.uid for user, _ in plan.writes] == [4, 7, 8]

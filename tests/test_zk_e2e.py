@@ -5,6 +5,7 @@ What a person could check: the server's records, each ZK device's own tables and
 terminal's store, and the event log.
 """
 
+import socket
 import time
 
 from twisted.internet import defer, reactor, threads
@@ -197,3 +198,60 @@ class WipedDevice(ZkSite):
         status, shown, _ = yield threads.deferToThread(http, "GET", f"{url}/api/terminals/{ZK2}", token="t0ken")
         self.assertEqual(shown["reconciliation"]["repaired_total"], 5, "the API says what was done")
 
+
+
+class SharedDevice(ZkSite):
+    @defer.inlineCallbacks
+    def test_the_sites_own_zk_software_uses_a_released_device_between_polls(self):
+        from zk import ZK  # pyzk: the site's own software, here
+
+        shared = ZkDevice(serial_number="SHARED", firmware=Firmware(sessions=1))  # one client at a time, as most devices
+        held = ZkDevice(serial_number="HELD", firmware=Firmware(sessions=1))
+        populate(shared, 2, seed=4)
+        self.start_devices({ZK1: shared, ZK2: held})
+        site = self.start_site(links={ZK1: dict(session="released")})
+        yield wait_until(lambda: site.online(ZK1, ZK2) and len(held.users) == 2, "both online, the shared device's people on the other")
+
+        def enrol_with_pyzk(tid: int, user_id: str, tries: int) -> int:
+            """Connect as the site's software does, enrol one person, disconnect: the tries it took."""
+            for attempt in range(1, tries + 1):
+                try:
+                    conn = ZK("127.0.0.1", self.ports[tid].getHost().port, timeout=2, ommit_ping=True).connect()
+                except Exception:
+                    time.sleep(0.05)  # the gateway is polling it: the next gap
+                    continue
+                try:
+                    conn.get_users()
+                    conn.set_user(name="Set By ZKTime", user_id=user_id)
+                finally:
+                    conn.disconnect()
+                return attempt
+            raise AssertionError(f"pyzk never had the device in {tries} tries")
+
+        tries = yield threads.deferToThread(enrol_with_pyzk, ZK1, "700", 100)
+        yield wait_until(lambda: self.holds(ZK2, "700") and site.server_record("700") is not None, "pyzk's enrolment synced")
+        self.assertEqual(site.server_record("700").name, "Set By ZKTime")
+        self.assertTrue(site.online(ZK1), "the shared device stayed online")
+        print(f"\nZK: pyzk had a released device after {tries} tries; "
+              f"the gateway was turned away {self.ports[ZK1].factory.turned_away} times")
+        with self.assertRaises(AssertionError):  # a held session leaves the site's software no gap
+            yield threads.deferToThread(enrol_with_pyzk, ZK2, "701", 5)
+
+    @defer.inlineCallbacks
+    def test_a_released_device_away_is_offline_with_the_reason_and_dialled_again(self):
+        device = ZkDevice(serial_number="AWAY", firmware=Firmware(sessions=1))
+        populate(device, 2, seed=5)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            number = probe.getsockname()[1]  # closed again: nothing listens there
+        site = Site(self.db_url, terminal_ids=(), zk=[dict(id=ZK1, host="127.0.0.1", port=number, session="released", timeout_s=1,
+                                                            poll_s=POLL_S)]).start()
+        self.addCleanup(site.stop)
+        term = site.gateway.registry.terminals[ZK1]
+        yield wait_until(lambda: "cannot connect" in (term.offline_reason or ""), "offline with the reason")
+        port = listen(device, reactor, number)
+        self.addCleanup(_stop_listening, port)
+        yield wait_until(lambda: site.online(ZK1) and site.server_record("2") is not None, "dialled again, read", timeout=60)
+        yield _stop_listening(port)  # gone between polls: busy for timeout_s, then offline
+        yield wait_until(lambda: not site.online(ZK1), "offline once it is not to be had")
+        self.assertIn("not to be had for", term.offline_reason)

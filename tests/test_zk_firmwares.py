@@ -74,7 +74,20 @@ class TolerantFirmwares(ZkSite):
 
     @defer.inlineCallbacks
     def test_a_device_that_ignores_disabledevice(self):
-        yield self.synced_both_ways(variant("no-disable"))
+        device = variant("no-disable")
+        site = yield self.synced_both_ways(device)
+        healthy = self.devices[HEALTHY]
+
+        def walk_in(packet):  # a person at the keypad while the gateway's upload is under way
+            if packet.command == Command.PREPARE_DATA and walk_in in device.request_listeners:
+                device.request_listeners.remove(walk_in)
+                device.enroll("walk-in", "Walked In")
+
+        device.request_listeners.append(walk_in)
+        healthy.enroll("13", "Pushed Meanwhile")
+        yield wait_until(lambda: self.holds(VARIANT, "13") and site.server_record("walk-in") is not None, "both kept, the walk-in saved")
+        self.assertEqual(device.user("walk-in").name, "Walked In")
+        yield wait_until(lambda: self.holds(HEALTHY, "walk-in"), "the walk-in on the other device")
 
     @defer.inlineCallbacks
     def test_a_4_kb_per_s_link_with_1000_users(self):

@@ -8,11 +8,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from protocol.zk.bodies import ATTENDANCE, USERS, buffer_request
 from protocol.zk.commands import Command, EventFlag
 from protocol.zk.packet import Packet
 from processes import Process
-from simulator.fleet import Fleet, FleetSpec, describe_ports, propagation_figures
+from simulator.fleet import Fleet, FleetError, FleetSpec, describe_ports, propagation_figures
 from simulator.gateway_config import fleet_config
 from simulator.zk.device import ZkDevice
 from simulator.zk.station import ZkStation, fit
@@ -166,3 +168,20 @@ def test_the_command_writes_the_gateway_configuration_once_the_devices_listen(tm
 def test_a_zk_fleet_without_a_gateway_address_is_fine_but_natives_need_one():
     out = subprocess.run([BIN / "simulator", "fleet", "--devices", "2"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "native terminals need --gateway HOST:PORT or --listen BASEPORT" in out.stderr
+
+
+class _Exited:
+    def wait(self):
+        return 0
+
+
+def test_a_worker_that_exits_after_its_result_is_no_failure_while_a_slower_one_still_reports():
+    fleet = Fleet(FleetSpec(devices=2, workers=2))
+    fleet._procs = [_Exited(), _Exited()]
+    for item in [(1, dict(result="one")), (1, None), (0, dict(result="zero"))]:
+        fleet._messages.put(item)
+    assert fleet._gather("result", timeout=1) == {1: "one", 0: "zero"}
+    fleet._messages.put((0, None))
+    fleet._reported.clear()
+    with pytest.raises(FleetError, match="fleet worker 0 ended early"):
+        fleet._gather("sample", timeout=1)

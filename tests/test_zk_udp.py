@@ -54,6 +54,8 @@ class PyzkOverUdp(unittest.TestCase):
 
 
 class GatewayOverUdp(ZkSite):
+    session = "held"
+
     @defer.inlineCallbacks
     def test_a_udp_device_comes_online_and_syncs_both_ways(self):
         udp, tcp = ZkDevice(comm_key=55, serial_number="UDP"), ZkDevice(serial_number="TCP")
@@ -62,7 +64,7 @@ class GatewayOverUdp(ZkSite):
         self.addCleanup(udp_port.stopListening)
         self.start_devices({2: tcp})
         self.devices[1], self.ports[1] = udp, udp_port
-        site = self.start_site(links={1: dict(transport="udp")})
+        site = self.start_site(links={1: dict(transport="udp", session=self.session)})
         yield wait_until(lambda: site.online(1, 2), "both devices online")
         yield wait_until(lambda: site.count_events(type=SAVED_FROM_DEVICE, terminal_id=1) == 200, "the UDP device's users read")
         tcp.enroll("900", "From The TCP Device", fingers={2: bytes(range(200))})
@@ -82,6 +84,13 @@ class GatewayOverUdp(ZkSite):
         yield wait_until(lambda: "refused the datagram" in (term.offline_reason or ""), "offline with the reason")
         self.assertEqual(term.offline_reason, "connection lost (the device refused the datagram (ICMP port unreachable))")
         self.assertFalse(site.online(1))
+
+
+class ReleasedOverUdp(ZkSite):
+    """The same with the session released between polls: a datagram socket per conversation."""
+
+    session = "released"
+    test_a_released_udp_device_comes_online_and_syncs_both_ways = GatewayOverUdp.test_a_udp_device_comes_online_and_syncs_both_ways
 
 
 class FakePort:

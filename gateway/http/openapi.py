@@ -34,8 +34,9 @@ SCHEMAS = {
             "clock_drift_s": {"type": ["number", "null"], "description": "how far its clock was ahead of the gateway's when it "
                                                                   "last connected, in seconds (ZK devices; null: not known)"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
-            "cursor": {"type": "integer", "description": "highest change it applied"},
-            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor, plus its keypad changes still to be pulled; "
+            "cursor": {"type": "integer", "description": "highest change it applied (a PUSH device: whose commands are stored for it)"},
+            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor, plus its keypad changes still to be pulled, plus (a PUSH "
+                                                     "device) changes queued as commands it has not answered; "
                                                      "null unless admitted"},
             "pulls_owed": {"type": "integer", "description": "users changed at its keypad the gateway still has to pull"},
             "reconciliation": {
@@ -57,7 +58,7 @@ SCHEMAS = {
         "type": "object",
         "properties": {
             "terminals": {"type": "array", "items": {"type": "object", "description": "id, then what Terminal.reconciliation shows"}},
-            "repaired": {"type": "integer", "description": "users repaired by this comparison, on every terminal"},
+            "repaired": {"type": "integer", "description": "users repaired on every terminal while the call ran, by its rounds and by any round already under way that it waited for"},
             "differences": {"type": "integer", "description": "users that differ as the rules allow, on every terminal"},
         },
     },

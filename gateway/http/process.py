@@ -4,8 +4,9 @@
 descriptor 3, its configuration as one JSON line on standard input, and the ingest process's
 internal address. Reads go to the database on this process's own reader threads; what only the
 ingest process knows comes from its snapshot, read every ``SnapshotFollower.interval_s`` (so a
-terminal's online state or a counter in /metrics is at most that old, plus the time the ingest
-reactor takes to answer; ``gateway_api_snapshot_age_seconds`` says how old). Writes are
+terminal's online state is at most that old, plus the time the ingest reactor takes to answer;
+``gateway_api_snapshot_age_seconds`` says how old). The metrics ride only on a read a scrape of
+/metrics asks for: building them every half second cost more than the rest of the snapshot. Writes are
 forwarded to the ingest process, which runs them as it always did (they touch its memory: a
 refused terminal's link is closed, pushes are woken), and answered once a snapshot taken after
 them is in, so whoever wrote reads what they wrote; a gateway that does not answer a write (stopped, restarting) makes it a 503.
@@ -63,6 +64,7 @@ class SnapshotFollower:
         self._reading = False
         self._current: list[defer.Deferred] = []  # waiting for the read under way
         self._next: list[defer.Deferred] = []  # asked for after it began: they wait for the one after
+        self._metrics_next = False  # the next read brings the metrics too
         self._failing = False
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -74,9 +76,11 @@ class SnapshotFollower:
         if self._loop.running:
             self._loop.stop()
 
-    def read(self) -> defer.Deferred:
-        """Fires once a snapshot asked for from now on is in the mirror (IngestUnavailable if none came in time)."""
+    def read(self, metrics: bool = False) -> defer.Deferred:
+        """Fires once a snapshot asked for from now on is in the mirror (IngestUnavailable if none
+        came in time); ``metrics``: one with the metrics."""
         d = defer.Deferred()
+        self._metrics_next |= metrics
         if self._reading:
             self._next.append(d)
         else:
@@ -86,7 +90,9 @@ class SnapshotFollower:
 
     def _begin(self) -> None:
         self._reading = True
-        d = self._agent.request(b"GET", self._url)
+        url = self._url + b"?metrics=1" if self._metrics_next else self._url
+        self._metrics_next = False
+        d = self._agent.request(b"GET", url)
         d.addCallback(_body_of)
         d.addTimeout(self.timeout_s, self._reactor)
         d.addCallback(self._received)
@@ -96,7 +102,7 @@ class SnapshotFollower:
         code, raw = answer
         if code != 200:
             raise IngestUnavailable(f"the gateway answered {code} for its snapshot")
-        self.mirror.update(json.loads(raw))
+        self.mirror.update(msgspec.json.decode(raw))
         self.received_s = self._reactor.seconds()
 
     def _finished(self, result) -> None:
@@ -177,16 +183,31 @@ def _body_of(response) -> defer.Deferred:
 
 
 class ApiMetrics:
-    """/metrics: the ingest process's exposition as last read, and how old it is."""
+    """/metrics: the ingest process's exposition, read for each scrape; the last one read, with
+    its age, when the gateway does not answer within ``wait_s``."""
 
-    def __init__(self, follower: SnapshotFollower):
+    wait_s = 2.0
+
+    def __init__(self, reactor, follower: SnapshotFollower):
+        self._reactor = reactor
         self._follower = follower
         self.registry = CollectorRegistry()
         Gauge("gateway_api_snapshot_age_seconds", "Seconds since the API process last read the gateway's state (terminals online, "
-              "metrics)", registry=self.registry).set_function(follower.age_s)
+              "sync mode, lockouts)", registry=self.registry).set_function(follower.age_s)
+        Gauge("gateway_api_metrics_age_seconds", "Age of the gateway's metrics shown here: more than a moment when the gateway did "
+              "not answer this scrape in time", registry=self.registry).set_function(self._metrics_age_s)
 
-    def exposition(self) -> bytes:
-        return self._follower.mirror.metrics_text.encode() + generate_latest(self.registry)
+    def _metrics_age_s(self) -> float:
+        mirror = self._follower.mirror
+        if mirror.metrics_taken_s is None or mirror.taken_s is None:
+            return float("inf")
+        return self._follower.age_s() + mirror.taken_s - mirror.metrics_taken_s
+
+    def exposition(self) -> defer.Deferred:
+        d = self._follower.read(metrics=True)
+        d.addTimeout(self.wait_s, self._reactor)
+        d.addErrback(lambda f: f.trap(IngestUnavailable, defer.TimeoutError))
+        return d.addCallback(lambda _: self._follower.mirror.metrics_text.encode() + generate_latest(self.registry))
 
 
 @dataclass
@@ -277,11 +298,13 @@ async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int
     follower = SnapshotFollower(reactor, ingest_url, mirror)
     forwarder = WriteForwarder(reactor, ingest_url, follower)
     activity = Activity(db, reactor)
-    gateway = MirroredGateway(config, reactor, db, activity, mirror, ApiMetrics(follower))
+    gateway = MirroredGateway(config, reactor, db, activity, mirror, ApiMetrics(reactor, follower))
     routes = [replace(route, view=forwarder.forward) if route.writes else route for route in api_routes()]
     site = GatewaySite(gateway, routes)
     try:
-        await follower.read()  # nothing is answered before the first snapshot: connections wait in the backlog
+        # Nothing is answered before the first snapshot: connections wait in the backlog. It brings
+        # the metrics, so that /metrics has them even if the gateway stops answering.
+        await follower.read(metrics=True)
     except IngestUnavailable as exc:
         log.warn("serving before a first snapshot of the gateway: {e}", e=exc)
     follower.start()

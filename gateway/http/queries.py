@@ -7,12 +7,12 @@ arriving, and costs the same deep in the log as at its head.
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.schema import events, pending_pulls, users
+from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
 
@@ -109,8 +109,11 @@ def _user(row) -> dict:
     return summary
 
 
-def sync_state(conn: Connection) -> tuple[int, dict[int, int]]:
-    """The last change sequence number, and per terminal the pulls owed (keypad changes not merged
-    yet): together what a terminal's lag counts."""
+def sync_state(conn: Connection) -> tuple[int, dict[int, int], dict[int, int]]:
+    """The last change sequence number, per terminal the pulls owed (keypad changes not merged
+    yet), and per PUSH device the changes stored as commands it has not answered yet
+    (gateway/push/queue.py): together what a terminal's lag counts."""
     owed = conn.execute(select(pending_pulls.c.terminal_id, func.count()).group_by(pending_pulls.c.terminal_id)).all()
-    return last_change_seq(conn), dict(owed)
+    c = push_commands.c
+    unanswered = conn.execute(select(c.terminal_id, func.count(distinct(c.group_id))).group_by(c.terminal_id)).all()
+    return last_change_seq(conn), dict(owed), dict(unanswered)

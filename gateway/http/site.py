@@ -59,6 +59,8 @@ class PageFile(Readable):
 
 
 class MetricsResource(Readable):
+    """``metrics.exposition()`` gives bytes (the ingest process's own) or a Deferred of them (the
+    API process asks the ingest process)."""
 
     def __init__(self, metrics):
         super().__init__()
@@ -66,7 +68,19 @@ class MetricsResource(Readable):
 
     def render_GET(self, request):
         request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
-        return self.metrics.exposition()
+        exposition = self.metrics.exposition()
+        if isinstance(exposition, bytes):
+            return exposition
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(body):
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        exposition.addCallback(answer)
+        return server.NOT_DONE_YET
 
 
 class JsonError(resource.Resource):

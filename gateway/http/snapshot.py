@@ -3,7 +3,7 @@ on the other.
 
 What the API shows and only the ingest process knows (which terminals are online, when each was
 last heard, why one went offline, the last reconciliation of each, monitoring events waiting for
-the database, the sync mode in force, the lockouts, the metrics) travels as one JSON document. ``take``
+the database, the sync mode in force, the lockouts, and the metrics when asked for) travels as one JSON document. ``take``
 builds it on the ingest reactor from the objects the views read; ``Mirror`` keeps the newest one
 in the API process as objects with the same attributes, so the views run unchanged on either
 side. The document holds no secret: writes, which need them, run in the ingest process.
@@ -19,11 +19,14 @@ _TERMINAL_FIELDS = ("terminal_id", "name", "admission", "online", "kind", "offli
                     "model", "firmware", "clock_drift_s", "cursor")
 
 
-def take(gateway, now_s: float) -> dict:
-    """The snapshot, from a running ``Gateway`` (on its reactor: it reads memory, never the database)."""
+def take(gateway, now_s: float, metrics: bool = False) -> dict:
+    """The snapshot, from a running ``Gateway`` (on its reactor: it reads memory, never the database).
+
+    ``metrics``: with the Prometheus exposition, which costs more than the rest together (a
+    sample per terminal and label): it is taken when a scrape asks, not twice a second."""
     unsaved = gateway.eventlog.unsaved
     reconciler = gateway.reconciler
-    return {
+    taken = {
         "taken_s": now_s,
         "terminals": [dict({f: getattr(t, f) for f in _TERMINAL_FIELDS}, access_groups=sorted(t.access_groups))
                       for t in gateway.registry.terminals.values()],
@@ -32,8 +35,10 @@ def take(gateway, now_s: float) -> dict:
         "unsaved": [dict(number=n, event=e) for n, e in zip(unsaved.taken(), reversed(unsaved.shown()))],
         "sync_mode": gateway.settings.mode.value,
         "lockouts": gateway.doorman.lockouts(),
-        "metrics": gateway.metrics.exposition().decode(),
     }
+    if metrics:
+        taken["metrics"] = gateway.metrics.exposition().decode()
+    return taken
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class Mirror:
         self.eventlog = EventLogView(UnsavedView())
         self.metrics_text = ""
         self.taken_s: float | None = None  # on the ingest process's clock; None before the first
+        self.metrics_taken_s: float | None = None  # the same, for ``metrics_text``
 
     def update(self, snapshot: dict) -> None:
         self.registry.terminals = {
@@ -127,5 +133,7 @@ class Mirror:
         self.settings.mode = SyncMode(snapshot["sync_mode"])
         self.doorman.shown = snapshot["lockouts"]
         self.eventlog.unsaved.update(snapshot["unsaved"])
-        self.metrics_text = snapshot["metrics"]
         self.taken_s = snapshot["taken_s"]
+        if "metrics" in snapshot:
+            self.metrics_text = snapshot["metrics"]
+            self.metrics_taken_s = snapshot["taken_s"]

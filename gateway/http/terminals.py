@@ -4,12 +4,13 @@ is, and an administrator's admission decisions."""
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
 from gateway.http.users import GROUPS
+from gateway.kinds import kinds
 from gateway.terminals import ADMITTED, REFUSED
 
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
 
 
-def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict | None = None) -> dict:
+def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict | None = None, unanswered: int = 0) -> dict:
     behind = max(0, last_seq - term.cursor)
     return dict(
         id=term.terminal_id,
@@ -26,8 +27,9 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
         access_groups=sorted(term.access_groups),
         cursor=term.cursor,
         # Changes committed after the terminal's cursor (an upper bound of what it still lacks: in
-        # "specific" mode some are not meant for it), and keypad changes of its still to be pulled.
-        lag=behind + pulls_owed if term.admission == ADMITTED else None,
+        # "specific" mode some are not meant for it), keypad changes of its still to be pulled, and
+        # (a PUSH device) changes stored as commands it has not answered: its cursor moved when they were stored.
+        lag=behind + pulls_owed + unanswered if term.admission == ADMITTED else None,
         pulls_owed=pulls_owed,
         # The last comparison of what it holds with the server: repairs made, differences left.
         reconciliation=reconciliation,
@@ -35,11 +37,11 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
 
 
 def _json(call, term, state) -> dict:
-    seq, owed = state
+    seq, owed, unanswered = state
     reconciler = call.gateway.reconciler
     found = reconciler.last.get(term.terminal_id)
     reconciliation = found.as_json(reconciler.repaired_total[term.terminal_id]) if found else None
-    return terminal_json(term, seq, owed.get(term.terminal_id, 0), reconciliation)
+    return terminal_json(term, seq, owed.get(term.terminal_id, 0), reconciliation, unanswered.get(term.terminal_id, 0))
 
 
 def _terminal(call):
@@ -75,10 +77,12 @@ def list_differences(call):
 
 
 def admit_terminal(call):
-    """Admit a pending or refused terminal, or, with its secret, one that has not connected yet."""
+    """Admit a pending or refused terminal, or, with its secret, one that has not connected yet. A
+    terminal of a kind that proves nothing (a PUSH device) needs no secret."""
     terminal_id, secret = call.params["terminal_id"], call.body.get("secret")
     term = call.gateway.registry.terminals.get(terminal_id)
-    if not (secret or (term and term.secret) or call.gateway.config.default_secret):
+    proves_nothing = term is not None and not kinds()[term.kind].native_sessions  # a PUSH device: nothing to prove
+    if not (secret or proves_nothing or (term and term.secret) or call.gateway.config.default_secret):
         raise ApiError(400 if term else 404, f"terminal {terminal_id} has no secret: give its secret to admit it")
     groups = call.body.get("access_groups")
     if groups is not None and terminal_id in call.gateway.config.configured_ids():
@@ -105,13 +109,22 @@ def reconcile_all(call):
     """Compare every online terminal with the server now, those other gateway processes serve
     included; what each found."""
     reconciler = call.gateway.reconciler
+    # A round already under way when the call came (the one connecting starts, say) is waited
+    # for and may be the one that repairs: count what every round repaired meanwhile, not only
+    # what the last one found left to repair.
+    before = {t: reconciler.repaired_total[t] for t in reconciler.last}
     d = reconciler.reconcile_everywhere()
+
+    def repaired_meanwhile(terminal_id: int, found: dict) -> int:
+        if terminal_id in before:
+            return reconciler.repaired_total[terminal_id] - before[terminal_id]
+        return sum(found["repaired"].values())  # first findings heard of it: its totals may predate the call
 
     def found(_):
         online = sorted(t.terminal_id for t in call.gateway.registry.terminals.values() if t.online)
         done = {t: reconciler.last[t].as_json(reconciler.repaired_total[t]) for t in online if t in reconciler.last}
         return {"terminals": [dict(id=t, **r) for t, r in done.items()],
-                "repaired": sum(sum(r["repaired"].values()) for r in done.values()),
+                "repaired": sum(repaired_meanwhile(t, r) for t, r in done.items()),
                 "differences": sum(r["differences"] for r in done.values())}
 
     return d.addCallback(found)
@@ -121,7 +134,7 @@ ADMIT_BODY = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one"},
+        "secret": {"type": "string", "minLength": 1, "maxLength": 200, "description": "needed unless the terminal already has one or is of a kind that proves none (a PUSH device)"},
         "access_groups": {**GROUPS, "description": "the terminal's access groups (sync mode specific sends it the users sharing one); "
                                                    "given, they replace its groups"},
     },

@@ -271,14 +271,15 @@ class Gateway:
         d.addErrback(lambda f: log.warn("sweep could not read the database: {e}", e=f.getErrorMessage()))
         return d
 
-    def _swept(self, state: tuple[int, dict[int, int]]) -> None:
-        seq, owed = state
+    def _swept(self, state: tuple[int, dict[int, int], dict[int, int]]) -> None:
+        seq, owed, unanswered = state
         # Kicking every lagging terminal also retries pushes that failed earlier. A keypad change
         # still to be pulled is lag too: the terminal and the server differ until it is merged.
         for term in self.registry.connected():
-            self.metrics.sync_lag.labels(str(term.terminal_id)).set(max(0, seq - term.cursor) + owed.get(term.terminal_id, 0))
+            lag = max(0, seq - term.cursor) + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0)
+            self.metrics.sync_lag.labels(str(term.terminal_id)).set(lag)
             if term.cursor < seq:
-                self.pusher.kick(term.terminal_id)
+                self.pusher.sweep(term.terminal_id)
 
 
 def _safe_url(url: str) -> str:

@@ -19,6 +19,7 @@ from gateway.native.accept import LISTEN_BACKLOG
 from gateway.push.device import PushDevice
 from gateway.push.door import PushDoor
 from gateway.push.listener import push_site
+from gateway.push.queue import CommandStore
 from gateway.push.settings import parse_push
 from gateway.native.tls import server_options
 from gateway.zk.store import DatabaseStore
@@ -35,6 +36,8 @@ class PushService:
         self._db = db
         self._events = events
         self._store = DatabaseStore(db)  # what the server has seen of each device, as for ZK devices the gateway dials
+        self._commands = CommandStore(db, events)
+        self._refusals = metrics.failures.labels("push_refused")  # as the pusher counts a terminal's refusal
         self.door = PushDoor(registry, entry.devices, metrics.registry)
         self._skipped = Counter("gateway_push_lines_skipped", "Lines of PUSH uploads that did not parse, by table", ["table"],
                                 registry=metrics.registry)
@@ -47,7 +50,7 @@ class PushService:
 
     def start(self):
         entry = self.entry
-        site = push_site(self)
+        site = push_site(self, entry.proxies)
         if entry.cert is not UNSET:
             self.port = self._reactor.listenSSL(entry.port, site, server_options(entry.cert, entry.key, None),
                                                 backlog=LISTEN_BACKLOG, interface=entry.host)
@@ -90,8 +93,8 @@ class PushService:
             entry = self.door.entry(serial)
             server = PushServer(serial, self.timing, entry.charset if entry.charset is not UNSET else None, first_id=self._first_id)
             device = self.devices[serial] = PushDevice(
-                self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, events=self._events,
-                presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h, metrics=self._skipped,
-                on_offline_reason=self._registry.offline_reason)
+                self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, commands=self._commands,
+                events=self._events, presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h,
+                metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason)
         event = device.server.receive(request, self._reactor.seconds())
         return device.handle(event, address)

@@ -7,8 +7,11 @@ device's stamps, the event log); USER, FP and BIODATA lines (OPERLOG) as the dev
 person, and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
 answered from that copy (no second round trip). Only once what an upload brings is durable is
 the device answered ``OK``. What the sync core sends becomes commands the device fetches at its
-next getrequest (``PushServer`` queues them, bounded, and sends them again when their result is
-late); a put or delete fires when the device reported every result.
+next getrequest: a put or delete is answered once its commands are stored (gateway/push/queue.py),
+so the pusher's next batch need not wait for the device's next call; ``PushServer`` sends them,
+bounded, again when their result is late. The device's result settles them: success is the
+server-origin event in the event log, a refusal or a give-up a monitoring event; a restart loads
+what was still owed.
 
 What the server has seen of the device is kept as for ZK devices (gateway/zk/holdings.py: the
 digest of each person's copy, plus the digest of the server record it was written from, which
@@ -27,7 +30,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.sync.connection import DigestPage, FetchedUsers, TerminalInfo, UserResult
-from gateway.sync.monitor import LOG_RESTARTED, record_sync_events, sync_event_row
+from gateway.push.queue import StoredCommand
+from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.zk.attendance import CREDENTIALS
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import server_record
@@ -38,6 +42,7 @@ from protocol.events import Event, EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import UserRecord, record_digest
 from protocol.zk.push import commands as cmd
+from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
                                      Pinged, PushServer, QueueFull, Registered, ResultsReported, StrayResult)
@@ -52,7 +57,20 @@ LISTING_S = 120.0  # how long the sync core waits for the device to list its use
 
 
 class DeviceGone(ProtocolError):
-    """The device stopped calling, or a command was sent its attempts without a result."""
+    """The device stopped calling, or did not list its users in time."""
+
+
+@dataclass
+class Delivery:
+    """The commands of one put or delete waiting for the device's results."""
+
+    user_id: str
+    action: str  # "enroll", "update" or "delete"
+    digest: bytes | None
+    written: bytes | None
+    copy: tuple | None  # (USER line, finger lines) it leaves on the device; None when resumed after a restart
+    waiting: set[int] = field(default_factory=set)  # command ids without a result yet
+    failure: str | None = None  # why it did not apply: a refusal or a give-up
 
 
 @dataclass
@@ -74,8 +92,8 @@ class DeviceMemory:
 class PushDevice:
     push_bytes = 64 * 1024  # the pusher's batches; the command queue bounds what waits
 
-    def __init__(self, terminal_id: int, server: PushServer, *, clock, store: ZkStore, events, presence, offline_s: float,
-                 timezone_h: int = 0, metrics=None, on_offline_reason=lambda terminal_id, reason: None):
+    def __init__(self, terminal_id: int, server: PushServer, *, clock, store: ZkStore, commands, events, presence, offline_s: float,
+                 timezone_h: int = 0, metrics=None, refusals=None, on_offline_reason=lambda terminal_id, reason: None):
         self.terminal_id = terminal_id
         self.server = server
         self.memory = DeviceMemory()
@@ -85,17 +103,23 @@ class PushDevice:
         self.last_heard_s = 0.0
         self._clock = clock
         self._store = store
+        self._commands = commands  # the stored queue (gateway/push/queue.py CommandStore)
         self._events = events
         self._presence = presence
         self._offline_s = offline_s
         self._timezone_ms = timezone_h * 3_600_000
         self._metrics = metrics
+        self._refusals = refusals  # counts puts and deletes the device refused or never answered (the pusher's push_refused)
         self._on_offline_reason = on_offline_reason  # why it is offline, for the page and the API
         self._tracker = ChangeTracker({})
         self._written: dict[str, bytes] = {}  # user id -> digest of the server record the seen copy was written from
         self._profile = DeviceProfile()
         self._lock = defer.DeferredLock()  # one upload at a time: a resend waits for the first to be stored
-        self._results: dict[int, defer.Deferred] = {}  # command id -> fires with its Return code
+        self._deliveries: dict[int, Delivery] = {}  # group id (its first command's) -> what waits for results
+        self._delivery_of: dict[int, int] = {}  # command id -> its group id
+        self._storing = 0  # commands being stored, not queued in the server yet: they count against its bound
+        # user id -> (USER line or None, finger lines) the device holds once its waiting commands are applied
+        self._expected: dict[str, tuple[UserLine | None, dict]] = {}
         self._listing: tuple[dict, dict] | None = None  # users and fingers of a DATA QUERY under way
         self._listing_ids: set[int] = set()
         self._listed: list[defer.Deferred] = []  # wait for the listing under way
@@ -176,6 +200,8 @@ class PushDevice:
             memory.attlog_stamp = held.attendance_stored
             memory.operlog_stamp = held.attendance_last
             memory.loaded = True
+        owed = yield self._commands.load(self.terminal_id)
+        self._resume(owed)  # before the listing, which then sees them applied
         self._start_listing()
         self.online = True
         if not self._presence.online(self):
@@ -194,10 +220,11 @@ class PushDevice:
         self._complete = False
         self._listing, self._listing_ids = None, set()
         failure = DeviceGone(f"PUSH device {self.server.serial}: {reason}")
+        # What was owed stays stored, and is loaded again at its next coming online.
         self.server.drop_all()
-        results, self._results = self._results, {}
-        for d in results.values():
-            d.errback(failure)
+        self._deliveries.clear()
+        self._delivery_of.clear()
+        self._expected.clear()
         self._fail_listing(failure)
         if self._silence is not None and self._silence.active():
             self._silence.cancel()
@@ -358,7 +385,7 @@ class PushDevice:
         return {pin: held_digest(_as_user(line), self._templates(pin)) for pin, line in self.memory.users.items()}
 
     def _templates(self, pin: str) -> list[Template]:
-        return [Template(0, f.fid, f.template, f.valid) for f in sorted(self.memory.fingers.get(pin, {}).values(), key=lambda f: f.fid)]
+        return _as_templates(self.memory.fingers.get(pin, {}))
 
     def _announce(self) -> defer.Deferred:
         """Changes at the device the server has not seen become device-origin events; fires once stored."""
@@ -387,6 +414,7 @@ class PushDevice:
 
     def _settle(self, reported: ResultsReported) -> None:
         self._skipped(reported.bad, "devicecmd")
+        settled = []
         for outcome in reported.outcomes:
             if isinstance(outcome, StrayResult):
                 log.info("PUSH device {sn}: a result for command {id} that waits for none (answered twice, or given up): ignored",
@@ -395,20 +423,22 @@ class PushDevice:
             assert isinstance(outcome, Done)
             if outcome.command.id in self._listing_ids:
                 self._listing_done(outcome.command.id, outcome.result.code)
-            d = self._results.pop(outcome.command.id, None)
-            if d is not None:
-                d.callback(outcome.result.code)
+            code = outcome.result.code
+            if self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None):
+                settled.append(outcome.command.id)
+        self._forget(settled)
 
     def _expire(self) -> None:
+        given_up = []
         for command in self.server.expired(self._clock.seconds()):
             log.warn("PUSH device {sn}: no result for command {id} ({verb}) after {n} sends: given up", sn=self.server.serial,
                      id=command.id, verb=command.text[:40], n=self.server.timing.command_attempts)
             if command.id in self._listing_ids:
                 self._listing, self._listing_ids = None, set()
                 self._fail_listing(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
-            d = self._results.pop(command.id, None)
-            if d is not None:
-                d.errback(DeviceGone(f"PUSH device {self.server.serial} did not answer command {command.id}"))
+            if self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up"):
+                given_up.append(command.id)
+        self._forget(given_up)
 
     # -- TerminalConnection: pulls -------------------------------------------------------------------
 
@@ -483,22 +513,23 @@ class PushDevice:
             return self._delete(user_id, quiet=True)
         if keep_local_changes and user_id in self._tracker.unfetched():
             return defer.succeed(UserResult(user_id, UserStatus.LOCAL_CHANGE_PENDING))
-        held_line = self.memory.users.get(user_id)
+        held_line, held_fingers = self._device_copy(user_id)
         held = _as_user(held_line) if held_line is not None else None
         try:
             user, templates = to_device(record, 0, held, self._profile)
         except Unfit as exc:
             log.warn("PUSH device {sn}: user {user} not sent: {why}", sn=self.server.serial, user=user_id, why=exc)
             return defer.succeed(UserResult(user_id, UserStatus.INVALID))
-        had = self._templates(user_id)
+        had = _as_templates(held_fingers)
         if self._profile.template_format is None:
             templates, compared = [], had  # an algorithm we do not know: the device's templates stay as they are
         else:
             compared = templates
         digest = held_digest(user, compared)
         if held is not None and held_digest(held, had) == digest:
-            self._seen_written(user_id, digest, record_digest(raw))
-            return defer.succeed(UserResult(user_id, UserStatus.OK))
+            if user_id not in self._expected:  # what it holds now, not once commands still waiting are applied
+                self._seen_written(user_id, digest, record_digest(raw))
+                return defer.succeed(UserResult(user_id, UserStatus.OK))
         kind = "BIODATA" if self.memory.biodata else "FP"
         line = UserLine(_merged_fields(held_line, user))
         fingers = {t.fid: FingerLine(user_id, t.fid, t.valid, t.template, kind) for t in templates}
@@ -506,54 +537,105 @@ class PushDevice:
         if self._profile.template_format is not None:
             texts += [cmd.delete_finger(user_id, t.fid) for t in had if t.fid not in fingers]
         else:
-            fingers = self.memory.fingers.get(user_id, {})
-
-        def applied(_):
-            for users, held_fingers in self._holders():
-                users[user_id] = line
-                held_fingers[user_id] = dict(fingers)
-            self._seen_written(user_id, digest, record_digest(raw))
-            self._submit([self._event(self._now_ms(), EventCode.UPDATE_SUCCESS if held is not None else EventCode.ENROLL_SUCCESS,
-                                      Origin.SERVER, user_id)])
-            return UserResult(user_id, UserStatus.OK)
-
-        return self._run(texts, user_id, applied)
+            fingers = dict(held_fingers)
+        return self._queue(texts, user_id, "update" if held is not None else "enroll", digest, record_digest(raw), (line, fingers))
 
     def _delete(self, user_id: str, quiet: bool = False) -> defer.Deferred:
-        if user_id not in self.memory.users:
+        if self._device_copy(user_id)[0] is None:
             return defer.succeed(UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND))
+        return self._queue([cmd.delete_user(user_id)], user_id, "delete", None, None, (None, {}))
 
-        def applied(_):
-            for users, fingers in self._holders():
-                users.pop(user_id, None)
-                fingers.pop(user_id, None)
+    def _device_copy(self, user_id: str) -> tuple[UserLine | None, dict]:
+        """What the device holds of a person once the commands waiting for it are applied."""
+        if user_id in self._expected:
+            return self._expected[user_id]
+        return self.memory.users.get(user_id), self.memory.fingers.get(user_id, {})
+
+    def _queue(self, texts: list[str], user_id: str, action: str, digest: bytes | None, written: bytes | None,
+               copy: tuple) -> defer.Deferred:
+        """Store ``texts`` for the device, then queue them: the answer (OK) means stored, not applied
+        (docs/zk-push.md, "The stored command queue"); QueueFull at the bound, before anything is stored."""
+        bound = self.server.timing.max_commands
+        if self.server.waiting + self._storing + len(texts) > bound:
+            return defer.fail(QueueFull(f"{self.server.waiting + self._storing} commands wait for PUSH device {self.server.serial} "
+                                        f"(at most {bound}): the push is tried again later"))
+        ids = self.server.new_ids(len(texts))
+        rows = [StoredCommand(i, text, ids[0], user_id, action, digest, written) for i, text in zip(ids, texts)]
+        self._storing += len(rows)
+
+        def stored(_):
+            self._storing -= len(rows)
+            if self.online:  # offline: its next coming online loads them
+                self._expected[user_id] = copy
+                self._resume(rows, copy)
+            return UserResult(user_id, UserStatus.OK)
+
+        def unstored(failure):
+            self._storing -= len(rows)
+            return failure
+
+        return self._commands.add(self.terminal_id, rows, self._now_ms()).addCallbacks(stored, unstored)
+
+    def _resume(self, rows: list[StoredCommand], copy: tuple | None = None) -> None:
+        """Queue stored commands in the server (again: one queued already stays) and wait for their results."""
+        self.server.take([PushCommand(row.command_id, row.text) for row in rows])
+        for row in rows:
+            if row.command_id in self._delivery_of:
+                continue
+            delivery = self._deliveries.get(row.group_id)
+            if delivery is None:
+                delivery = self._deliveries[row.group_id] = Delivery(row.user_id, row.action, row.digest, row.written, copy)
+            delivery.waiting.add(row.command_id)
+            self._delivery_of[row.command_id] = row.group_id
+
+    def _forget(self, command_ids: list[int]) -> None:
+        """Settled commands leave the stored queue. Should that fail, a restart sends them again: the
+        device applies a record it holds already, and a second server-origin event is logged."""
+        if command_ids:
+            self._commands.remove(self.terminal_id, command_ids).addErrback(self._unsaved, "settled commands")
+
+    def _delivered(self, command_id: int, failure: str | None) -> bool:
+        """A command's result came (``failure``: refused, or given up); the last of its group settles
+        the group. False for a command that was not a stored one (a listing)."""
+        group_id = self._delivery_of.pop(command_id, None)
+        if group_id is None:
+            return False
+        delivery = self._deliveries[group_id]
+        delivery.waiting.discard(command_id)
+        delivery.failure = delivery.failure or failure
+        if delivery.waiting:
+            return True
+        del self._deliveries[group_id]
+        user_id = delivery.user_id
+        if not any(d.user_id == user_id for d in self._deliveries.values()):
+            self._expected.pop(user_id, None)
+        if delivery.failure is not None:
+            # What the device holds is unknown now: the next listing tells, and reconciliation repairs it.
+            self._expected.pop(user_id, None)
+            log.warn("PUSH device {sn}: user {user}, {action}: {why}", sn=self.server.serial, user=user_id,
+                     action=delivery.action, why=delivery.failure)
+            self._monitor(PUSH_REFUSED, f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}", user_id)
+            if self._refusals is not None:
+                self._refusals.inc()
+            return True
+        if delivery.copy is not None:  # None when resumed after a restart: the listing queued after them tells memory
+            line, fingers = delivery.copy
+            for users, held_fingers in self._holders():
+                if line is None:
+                    users.pop(user_id, None)
+                    held_fingers.pop(user_id, None)
+                else:
+                    users[user_id] = line
+                    held_fingers[user_id] = dict(fingers)
+        if delivery.action == "delete":
             self._tracker.seen_now(user_id, None)
             self._written.pop(user_id, None)
             self._save_seen({user_id: None})
-            self._submit([self._event(self._now_ms(), EventCode.DELETE_SUCCESS, Origin.SERVER, user_id)])
-            return UserResult(user_id, UserStatus.OK)
-
-        return self._run([cmd.delete_user(user_id)], user_id, applied)
-
-    def _run(self, texts: list[str], user_id: str, applied) -> defer.Deferred:
-        """Queue ``texts`` for the device; ``applied`` once every one succeeded, INVALID if it refused one."""
-        try:
-            commands = [self.server.queue(text) for text in texts]
-        except QueueFull as exc:
-            return defer.fail(exc)
-        waits = []
-        for command in commands:
-            self._results[command.id] = d = defer.Deferred()
-            waits.append(d)
-
-        def judged(codes):
-            refused = [code for code in codes if code != 0]
-            if refused:
-                log.warn("PUSH device {sn}: user {user} refused (Return={code})", sn=self.server.serial, user=user_id, code=refused[0])
-                return UserResult(user_id, UserStatus.INVALID)
-            return applied(codes)
-
-        return defer.gatherResults(waits, consumeErrors=True).addCallback(judged).addErrback(_first_error)
+        else:
+            self._seen_written(user_id, delivery.digest, delivery.written)
+        code = {"enroll": EventCode.ENROLL_SUCCESS, "update": EventCode.UPDATE_SUCCESS, "delete": EventCode.DELETE_SUCCESS}[delivery.action]
+        self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)])
+        return True
 
     # -- what is kept ---------------------------------------------------------------------------------
 
@@ -590,8 +672,8 @@ class PushDevice:
             self._metrics.labels(table).inc(len(bad))
         self._monitor(LINES_SKIPPED, detail)
 
-    def _monitor(self, type_: str, detail: str) -> None:
-        row = sync_event_row(type_, self.terminal_id, "", detail, at_ms=self._now_ms())
+    def _monitor(self, type_: str, detail: str, user_id: str = "") -> None:
+        row = sync_event_row(type_, self.terminal_id, user_id, detail, at_ms=self._now_ms())
         self._events.commit_with_events(record_sync_events, [row]).addErrback(self._unsaved, "a monitoring event")
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
@@ -610,6 +692,10 @@ def _as_user(line: UserLine) -> User:
     """A USER line as the ZK mapping's user (gateway/zk/mapping.py): the PIN is the user id."""
     return User(uid=0, user_id=line.pin, name=line.get("Name"), privilege=_number(line.get("Pri")) or 0,
                 password=line.get("Passwd"), card=_card(line.get("Card")), group_id=line.get("Grp"))
+
+
+def _as_templates(fingers: dict[int, FingerLine]) -> list[Template]:
+    return [Template(0, f.fid, f.template, f.valid) for f in sorted(fingers.values(), key=lambda f: f.fid)]
 
 
 def _card(text: str) -> int:

@@ -11,14 +11,13 @@ and counted in ``gateway_push_refused{reason}``. Made-up serials cost a bounded 
 (``MAX_PENDING``, ``MAX_SAID``).
 """
 
-import ipaddress
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 from twisted.logger import Logger
 
 from gateway.sync.connection import Refused, TerminalInfo
-from gateway.push.settings import PushDeviceEntry, terminal_id_of
+from gateway.push.settings import PushDeviceEntry, terminal_id_of, within
 from gateway.terminals import ADMITTED, PENDING
 
 log = Logger(namespace="gateway.push")
@@ -71,11 +70,11 @@ class PushDoor:
             return Refusal(400, "bad_serial", "a request without a usable SN")
         terminal_id = self.terminal_id(serial)
         term = self._registry.terminals.get(terminal_id)
-        if term is not None and not (term.kind == PUSH or term.link.startswith(LINK_PREFIX)):
+        if term is not None and term.kind != PUSH:
             return Refusal(403, "id_taken", f"terminal id {terminal_id} (from serial {serial}) is another kind of terminal's; "
                                             f"give the device an id in [[push.devices]]")
         entry = self._entries.get(serial)
-        if entry is not None and entry.networks and not _within(address, entry.networks):
+        if entry is not None and entry.networks and not within(address, entry.networks):
             return Refusal(403, "network", f"{address} is not in the device's networks {', '.join(entry.networks)}")
         if online_from is not None and online_from != address:
             return Refusal(403, "another_address", f"serial {serial} is online from {online_from}: two devices with one serial, "
@@ -86,8 +85,8 @@ class PushDoor:
             return Refusal(403, "unknown", f"{MAX_PENDING} terminals wait for admission already: serial {serial} is not recorded")
         try:
             # Records an unknown serial as pending (policy ``pending``), refuses it (``allowlist``),
-            # or lets it in (``open``: the registry admits it when it comes online).
-            self._registry.secret_for(terminal_id, TerminalInfo(model=f"PUSH device {serial}"), LINK_PREFIX + address)
+            # or admits it as a PUSH device (``open``).
+            self._registry.caller_admitted(terminal_id, PUSH, TerminalInfo(model=f"PUSH device {serial}"), LINK_PREFIX + address)
         except Refused as exc:
             pending = self._registry.terminals.get(terminal_id)
             if pending is not None and not pending.link:
@@ -98,11 +97,3 @@ class PushDoor:
 
     def _pending(self) -> int:
         return sum(1 for t in self._registry.terminals.values() if t.admission == PENDING)
-
-
-def _within(address: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)

@@ -46,6 +46,9 @@ class PushEntry(Struct, kw_only=True, forbid_unknown_fields=True):
     timezone_h: Annotated[int, Meta(ge=-12, le=14)] = 0  # TimeZone: the devices' clocks, hours from UTC
     offline_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET  # silent this long: offline (default 3 × delay_s + 30)
     command_s: Annotated[float, Meta(gt=0)] = 60.0  # a command without a result by then is sent again
+    # Reverse proxies in front of the listener (CIDR): a request from one of them is taken to come
+    # from the last address of its X-Forwarded-For; that header from anyone else is ignored.
+    proxies: list[Text] = msgspec.field(default_factory=list)
     devices: list[PushDeviceEntry] = msgspec.field(default_factory=list)
 
     @property
@@ -62,16 +65,17 @@ def parse_push(section: dict) -> PushEntry:
     entry = checked(section, PushEntry, "[push]")
     if (entry.cert is UNSET) != (entry.key is UNSET):
         raise ConfigError("[push]: cert and key go together")
+    for network in entry.proxies:
+        if not _is_network(network):
+            raise ConfigError(f"[push] proxies: {network!r} is not a network such as 10.1.2.0/24")
     seen: dict[str, int] = {}
     for device in entry.devices:
         if device.sn in seen:
             raise ConfigError(f"[push]: device {device.sn} is listed twice")
         seen[device.sn] = device.terminal_id
         for network in device.networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ConfigError(f"[push] device {device.sn}: {network!r} is not a network such as 10.1.2.0/24") from None
+            if not _is_network(network):
+                raise ConfigError(f"[push] device {device.sn}: {network!r} is not a network such as 10.1.2.0/24")
         if device.charset is not UNSET:
             try:
                 "".encode(device.charset)
@@ -81,3 +85,21 @@ def parse_push(section: dict) -> PushEntry:
     if len(set(ids)) != len(ids):
         raise ConfigError("[push]: two devices have the same terminal id (give one an id)")
     return entry
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def within(address: str, networks: list[str]) -> bool:
+    """Whether ``address`` is in one of ``networks`` (CIDR, checked by ``parse_push``); False for
+    what is not an address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)

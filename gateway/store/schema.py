@@ -50,6 +50,8 @@ terminals = Table(
     # The terminal's current event log (docs/protocol.md, "Event log identity"): the epoch it
     # announced, or for a terminal that announces none one the gateway numbers 0, -1, -2, ...
     Column("log_epoch", BigInteger, nullable=False, default=0),
+    # Its kind's name (gateway/kinds.py): what it proves, and where it may connect.
+    Column("kind", String(16), nullable=False, default="native"),
 )
 
 events = Table(
@@ -113,6 +115,30 @@ zk_attendance = Table(
     Column("terminal_id", BigInteger, primary_key=True),
     Column("stored", BigInteger, nullable=False),
     Column("last", String(200), nullable=True),
+)
+
+# The serial number (~SerialNumber) of the unit at each ZK device's place when it last connected:
+# another one is a replaced unit, refilled (docs/zk.md, "Reconciliation").
+zk_devices = Table(
+    "zk_devices",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("serial", String(64), nullable=False),
+)
+
+# PUSH devices (gateway/push/queue.py): the commands each device still owes a result for.
+push_commands = Table(
+    "push_commands",
+    metadata,
+    Column("terminal_id", BigInteger, primary_key=True),
+    Column("command_id", BigInteger, primary_key=True),
+    Column("queued_ms", BigInteger, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("digest", LargeBinary, nullable=True),
+    Column("written", LargeBinary, nullable=True),
 )
 
 settings = Table(

@@ -96,6 +96,10 @@ class EventLog:
     """The ``EventSink`` every terminal connection hands its events to."""
 
     max_batch_events = 5000
+    # Commits start at least this far apart. A lone event after a quiet spell commits at once; the
+    # UPDATE_SUCCESS events of one change pushed to 200 terminals, which come back over some tens
+    # of ms, share a few commits instead of taking one each (an fsync and two thread hand-offs).
+    commit_window_s = 0.02
     slow_commit_s = 1.0  # a group commit this slow is said in the log: the database held the writer
     high_water = 50_000
     low_water = 10_000
@@ -115,6 +119,8 @@ class EventLog:
         self._connections: set = set()
         self._paused = False
         self._retry = None
+        self._window = None  # the delayed call starting a commit once the window since the last one has passed
+        self._last_commit_s = float("-inf")
         self._logs: dict[int, LogState] = {}  # terminal -> its current log, as committed
         # Other writes that take the next group commit rather than one of their own: (work, args, fired once committed).
         self._riders: list[tuple] = []
@@ -199,11 +205,19 @@ class EventLog:
     def _flush(self) -> None:
         if not self._queue and not self.unsaved and not self._riders:
             return
-        self._flushing = True
+        self._flushing = True  # from here until committed: what arrives meanwhile waits for the next
+        wait_s = self._last_commit_s + self.commit_window_s - self._clock.seconds()
+        if wait_s > 0:
+            self._window = self._clock.callLater(wait_s, self._commit)
+        else:
+            self._commit()
+
+    def _commit(self) -> None:
+        self._window = None
         batch = self._take_batch()
         unsaved = self.unsaved.taken()
         riders, self._riders = self._riders, []
-        started = self._clock.seconds()
+        started = self._last_commit_s = self._clock.seconds()
         d = self._db.write(_store, batch, self.unsaved.rows(), self._now_ms(), dict(self._logs), [r[:2] for r in riders])
         d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, unsaved, started, riders), errbackArgs=(batch, riders))
 
@@ -278,10 +292,11 @@ class EventLog:
         return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
-        """Cancel a pending retry (what was not committed was not acknowledged and will be resent),
+        """Cancel a pending retry or commit (what was not committed was not acknowledged and will be resent),
         and say the notices held back."""
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for call in (self._retry, self._window):
+            if call is not None and call.active():
+                call.cancel()
         self._lines.stop()
 
 

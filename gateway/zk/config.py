@@ -20,6 +20,11 @@ class ZkTransport(Enum):
     UDP = "udp"
 
 
+class ZkSession(Enum):
+    HELD = "held"  # connected for good: real-time events, no dial per poll
+    RELEASED = "released"  # connect, poll or write, disconnect: the site's own ZK software can use it between
+
+
 class ZkEntry(Struct, forbid_unknown_fields=True):
     """A ``[[zk]]`` entry, or ``gateway run --zk HOST[:PORT]``: a ZK device, admitted by being
     configured (it cannot prove a secret; the comm key is the device's own)."""
@@ -32,13 +37,16 @@ class ZkEntry(Struct, forbid_unknown_fields=True):
     groups: list[U32] = msgspec.field(default_factory=list)
     poll_s: Annotated[float, Meta(ge=0.1)] = 5.0  # how often its counts are read
     # The link (docs/zk.md section "Limits"): how long the device may fall silent in a request,
-    # how long one request may take however its bytes trickle, how much one transfer may announce,
+    # how long one request may take however its bytes trickle, how long one operation (a table of
+    # many chunks) may take in all, how much one transfer may announce,
     # and how many bytes each READ_BUFFER asks (0: 65472 on TCP, 16384 on UDP; less on slow links).
     timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     request_limit_s: Annotated[float, Meta(gt=0)] = 120.0
+    operation_limit_s: Annotated[float, Meta(gt=0)] = 600.0
     max_transfer_mb: Annotated[float, Meta(gt=0, le=4096)] = 64.0
     chunk_size: Annotated[int, Meta(ge=0, le=65472)] = 0
     transport: ZkTransport = ZkTransport.TCP  # UDP for the old devices that speak nothing else
+    session: ZkSession = ZkSession.HELD  # docs/zk.md, "Sharing the device"
     timezone: str = ""  # the device's time zone, an IANA name ("Europe/Madrid"); "": the gateway's local zone
     set_clock: bool = False  # set the device's clock to the gateway's at connect when it is off
     card: str = "CSN:4"  # which server cards its card field (a u32) carries: CSN:N or WIEGAND:N, N bytes (docs/zk.md)

@@ -8,7 +8,9 @@ learning the device, the poll schedule and the table reads, pulls and the reconc
 listing. Its parts by idea: change detection (gateway/zk/copies.py), attendance
 (gateway/zk/attendance.py), write passes (gateway/zk/writes.py) and their plans and uids
 (gateway/zk/plan.py). Every device conversation runs one at a time (one lock): a device serves
-one request at a time.
+one request at a time. A released session (``[[zk]] session = "released"``) dials the device for
+each conversation and lets it go after, so the site's own ZK software can use it between polls;
+the connection stays online for the sync core meanwhile.
 
 A device that answers what the protocol does not allow, or a table that does not parse even
 with the keypad held, loses its connection with the reason; a half-read table is never used.
@@ -25,7 +27,7 @@ from gateway.store.database import DatabaseFailure
 from gateway.zk.attendance import AttendanceReading
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
-from gateway.zk.driver import DeviceLost, DeviceRefused, ZkLink
+from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused, ZkLink
 from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, holdable_copy, id_width, template_format, to_server
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
 from gateway.zk.store import ZkStore
@@ -64,7 +66,6 @@ class DeviceMemory:
     attendance_stored: int = 0
     attendance_last: str | None = None
     bulk_upload: bool = True  # False once the device answered ACK_UNKNOWN to the upload
-    serial: str | None = None  # ~SerialNumber of the last connection: another one is a replaced unit
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # device records not taken, by (kind, user id): the reason reported
     # The mark is stored after the punches it covers: after a restart, the first punches found
     # new are checked against the event log, so a crash between the two stores none twice.
@@ -77,7 +78,10 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
                  presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
                  on_online=lambda connection: None,
-                 on_refill=lambda terminal_id, why: None):
+                 on_refill=lambda terminal_id, why: None, on_lost=lambda reason: None, redial=None):
+        """``redial``: for a released session, makes the link of each later conversation (a
+        Deferred firing with a connected ZkLink, or failing with DeviceLost); None: the session
+        is held. ``on_lost(reason)`` hears once that the connection is over."""
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
         self.closed = False
@@ -92,10 +96,18 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._on_online = on_online
         self._device_clock = device_clock
         self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
-        self._replaced_unit = ""  # why the device is another unit than the last connection's
+        self._on_lost = on_lost
+        self._redial = redial
+        self._released = False  # the link was let go on purpose, between conversations
+        self._redialling = False  # a released session is dialling: a link that fails now is a busy device
+        self._busy_since: float | None = None  # since when a released session found the device busy
+        self._serial: str | None = None  # ~SerialNumber, as this connection read it
         self._plan = PollPlan(timing.poll)
         self._profile = DeviceProfile(cards=cards)
         self._users: dict[str, User] = {}  # by user id, from the last complete read
+        self._uids_in_use: set[int] = set()  # every uid of that read: a second copy of a user id's too
+        self._users_read: tuple[User, ...] | None = None  # the read ``_users`` is, while nothing else changed it
+        self._held: tuple[object, object, dict[str, bytes]] | None = None  # _held_copies' last: (users, templates, held)
         self._templates: dict[int, list[Template]] = {}  # by uid
         self._digests: dict[str, tuple[User, list[Template], bytes]] = {}  # by user id: _held_copies' last
         self._lock = defer.DeferredLock()  # one device conversation at a time
@@ -106,6 +118,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     @property
     def description(self) -> str:
         return self._link.description
+
+    @property
+    def current_link(self) -> ZkLink:
+        """The link of the last conversation (a released session's may be closed)."""
+        return self._link
 
     @property
     def last_heard_s(self) -> float:
@@ -119,17 +136,13 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
 
     @defer.inlineCallbacks
     def _begin(self):
-        try:
-            yield self._link.run("connect")
-        except DeviceRefused as exc:
-            if exc.code == ReplyCode.ACK_UNAUTH:
-                raise DeviceRefused("the device refused the comm key (comm_key of its [[zk]] entry)", exc.code) from None
-            raise
+        yield self._connect()
         yield self._learn()
-        yield self._remember()
-        if self._replaced_unit:
-            self._refill(self._replaced_unit)
-        yield self._register_events()
+        replaced = yield self._remember()
+        if replaced:
+            self._refill(replaced)
+        if self._redial is None:
+            yield self._register_events()  # a released session is not there to hear them
         yield self._lock.run(self._poll, True)
         if self.closed:
             return
@@ -142,17 +155,29 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
                  n=len(self._users), fmt=self._profile.template_format or "unknown: templates not synced")
         self._on_online(self)
         self._schedule_poll(self._timing.poll.poll_s)
+        if self._redial is not None:
+            yield self._lock.run(self._let_go)
 
     def close(self, reason: str) -> None:
-        self._link.end(reason)
+        if self._released:
+            self._lost(reason)  # no link to end
+        else:
+            self._link.end(reason)
 
     def replaced(self, by: str) -> None:
         """Never while the device is configured once: one driver dials it (a native terminal
         claiming its id is refused), but the interface asks."""
         self.close(f"replaced by {by}")
 
-    def link_broken(self, reason: str) -> None:
-        """The link is gone (ZkLink's ``on_broken``): stop polling, go offline."""
+    def link_broken(self, reason: str, link: ZkLink | None = None) -> None:
+        """A link is gone (ZkLink's ``on_broken``): unless it was let go on purpose (a released
+        session) or is no longer this connection's, the connection is over."""
+        if (link is not None and link is not self._link) or self._released or self._redialling:
+            return
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        """Stop polling, go offline, say so once."""
         if self.closed:
             return
         self.closed = True
@@ -160,6 +185,56 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             self._poll_timer.cancel()
         if self.online:
             self._presence.offline(self)
+        self._on_lost(reason)
+
+    # -- a released session ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _over_link(self, work, *args):
+        """``work`` (a poll, a write pass) with the device: a released session dials it first and
+        lets it go after, unless more work waits. Returns BUSY, without doing ``work``, when a
+        released session cannot have the device (another client holds it, say)."""
+        if self._released and not (yield self._reopen()):
+            return BUSY
+        result = yield work(*args)
+        yield self._let_go()
+        return result
+
+    @defer.inlineCallbacks
+    def _reopen(self):
+        """Dial and CONNECT for a released session's conversation: True once connected. A device
+        that cannot be had is busy (False) for up to ``timeout_s``; after that, unreachable
+        (DeviceLost: the connection is over, and the terminal dials it anew with backoff)."""
+        self._redialling = True
+        try:
+            self._link = yield self._redial()
+            if self.closed:  # closed while it dialled (the gateway stopping)
+                self._link.end("closed")
+                return False
+            yield self._connect()
+        except (DeviceLost, DeviceRefused) as exc:
+            self._link.end(str(exc))
+            now = self._clock.seconds()
+            if self._busy_since is None:
+                self._busy_since = now
+                log.info("ZK terminal {tid} is busy ({e}): the next conversation tries again", tid=self.terminal_id, e=exc)
+            if now - self._busy_since < self._timing.request_s:
+                return False
+            raise DeviceLost(f"not to be had for {now - self._busy_since:.0f} s: {exc}") from None
+        finally:
+            self._redialling = False
+        self._released, self._busy_since = False, None
+        return True
+
+    @defer.inlineCallbacks
+    def _let_go(self):
+        """A released session's EXIT, so the device frees its session at once; a device that does
+        not answer it is let go all the same (the next conversation dials anew)."""
+        if self._redial is None or self._released or self._writes or self.closed:
+            return
+        self._released = True
+        yield self._link.run("disconnect").addErrback(lambda _: None)
+        self._link.end("let go between polls (session = \"released\")")
 
     def _failed(self, failure: Failure, doing: str) -> None:
         if self.closed:
@@ -174,6 +249,26 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     # -- learning the device -----------------------------------------------------------------------
 
     @defer.inlineCallbacks
+    def _connect(self):
+        """CONNECT (AUTH with the comm key), then ``SDKBuild=1``."""
+        try:
+            yield self._link.run("connect")
+        except DeviceRefused as exc:
+            if exc.code == ReplyCode.ACK_UNAUTH:
+                raise DeviceRefused("the device refused the comm key (comm_key of its [[zk]] entry)", exc.code) from None
+            raise
+        yield self._sdk_build()
+
+    @defer.inlineCallbacks
+    def _sdk_build(self):
+        """``SDKBuild=1``, as ZKTeco's SDK says after connecting: firmwares that hold extended
+        records (72-byte users, long ids) give them to a client that has said it. A device that
+        refuses the option is used as it is."""
+        reply = yield self._link.run("request", Command.OPTIONS_WRQ, bodies.option_assignment("SDKBuild", "1"))
+        if not reply.ok:
+            log.info("ZK terminal {tid} does not take SDKBuild=1 ({reply})", tid=self.terminal_id, reply=reply)
+
+    @defer.inlineCallbacks
     def _learn(self):
         version = yield self._link.run("request", Command.GET_VERSION)
         firmware = bodies.parse_version(version.data) if version.ok else ""
@@ -181,10 +276,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         for name in ("~DeviceName", "~Platform", "~SerialNumber", "~ZKFPVersion", "~PIN2Width"):
             options[name] = yield self._option(name)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
-        serial, memory = options["~SerialNumber"], self._memory
-        if serial and memory.serial and serial != memory.serial:
-            self._replaced_unit = f"its serial number is {serial}, no longer {memory.serial}: another unit"
-        memory.serial = serial or memory.serial
+        self._serial = options["~SerialNumber"]
         model = " ".join(v for v in (options["~DeviceName"], options["~SerialNumber"]) if v) or options["~Platform"] or "ZK device"
         drift_s = yield self._read_clock()
         self.info = TerminalInfo(model=model, firmware=firmware, max_users=sizes.users_capacity, clock_drift_s=drift_s)
@@ -232,15 +324,22 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     @defer.inlineCallbacks
     def _remember(self):
         """What the server has seen of the device, from the database at every connection: loaded
-        after everything the previous link stored (docs/zk.md)."""
+        after everything the previous link stored (docs/zk.md). Returns why the device is another
+        unit than at its last connection (another serial number), or "" when it is the same."""
         memory = self._memory
         held = yield self._store.holdings(self.terminal_id)
         memory.tracker = ChangeTracker(held.seen, held.owed)
+        replaced = ""
+        if self._serial and held.serial and self._serial != held.serial:
+            replaced = f"its serial number is {self._serial}, no longer {held.serial}: another unit"
+        if self._serial and self._serial != held.serial:
+            self._store.save_serial(self.terminal_id, self._serial).addErrback(self._log_unsaved, "its serial number")
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
             memory.next_event_id = max(memory.next_event_id, through + 1)
             memory.attendance_stored, memory.attendance_last = held.attendance_stored, held.attendance_last
             memory.attendance_unsure = memory.loaded = True
+        return replaced
 
     @defer.inlineCallbacks
     def _register_events(self):
@@ -271,9 +370,17 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         if self._paused:
             self._schedule_poll(self._timing.poll.poll_s)
             return
-        d = self._lock.run(self._poll)
+        d = self._lock.run(self._poll_when_due)
         d.addErrback(self._failed, "poll failed")
-        d.addCallback(lambda _: None if self.closed else self._schedule_poll(self._timing.poll.poll_s))
+        d.addCallback(lambda next_in: None if self.closed else self._schedule_poll(self._timing.poll.poll_s if next_in is None else next_in))
+
+    def _poll_when_due(self):
+        """A poll, unless a write pass read the device less than ``poll_s`` ago (this poll may
+        have waited for that pass on the lock): then nothing, and the seconds until one is due."""
+        wait = self._plan.poll_in(self._clock.seconds())
+        if wait > 0:
+            return defer.succeed(wait)
+        return self._over_link(self._poll).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def _poll(self, first: bool = False):
@@ -287,8 +394,13 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             yield self._read_whole(self._read_tables, now, True if first else None)
             self._announce()
         plan.urgent = False
-        if plan.attendance_due(sizes, now):
-            yield self._read_whole(self._read_attendance, now)
+        yield self._attendance_if_due(sizes, now)
+
+    def _attendance_if_due(self, sizes: bodies.Sizes, now: float) -> defer.Deferred:
+        """The attendance log, when ``sizes`` (the counts just read) and the schedule call for it."""
+        if not self._plan.attendance_due(sizes, now):
+            return defer.succeed(None)
+        return self._read_whole(self._read_attendance, now)
 
     @defer.inlineCallbacks
     def _read_whole(self, read, *args):
@@ -319,15 +431,20 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def _read_tables(self, now: float, templates: bool | None = None):
         """Read the users, and the templates when asked (None: when due); keep them only whole."""
         read = yield self._link.run("read_users")
-        users = self._one_uid_each(read.users)
-        user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
+        if read.users is self._users_read:  # the client found the same bytes: most polls
+            users, user_set_changed = self._users, False
+        else:
+            users = self._one_uid_each(read.users)
+            user_set_changed = {(u.uid, u.user_id) for u in read.users} != {(u.uid, u.user_id) for u in self._users.values()}
         by_uid = None
         if templates or (templates is None and self._plan.templates_due(read.sizes, now, user_set_changed)):
             by_uid: dict[int, list[Template]] = {}
             for t in (yield self._link.run("read_templates")).templates:
                 by_uid.setdefault(t.uid, []).append(t)
             self._plan.templates_at = now
-        self._users = users
+        if users is not self._users:
+            self._uids_in_use = {u.uid for u in read.users}
+        self._users, self._users_read = users, read.users
         if by_uid is not None:
             self._templates = by_uid
         self._profile = replace(self._profile, record_size=read.record_size)

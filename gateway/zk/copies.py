@@ -40,13 +40,18 @@ class ChangeDetection:
         """Each person's digest on the device. Kept from the last call for a person whose user
         record is equal and whose templates are the same list: most polls change nobody. A
         person the server cannot take (``refusal``) is reported once and never news: the server
-        keeps what it had seen of them."""
+        keeps what it had seen of them. The same tables as at the last call (a poll that found
+        the same bytes) give the same digests, unless someone there is refused (their digest is
+        what the server has seen, which moves)."""
+        last = self._held
+        if last is not None and last[0] is self._users and last[1] is self._templates:
+            return last[2]
         held, digests = {}, {}
         seen = self._memory.tracker.seen
         for user_id, user in self._users.items():
             templates = self._templates.get(user.uid, NO_TEMPLATES)
             known = self._digests.get(user_id)
-            if known is None or known[0] != user or known[1] is not templates:
+            if known is None or (known[0] is not user and known[0] != user) or known[1] is not templates:
                 refused = refusal(user, self._profile.cards)
                 known = (user, templates, None if refused else held_digest(user, templates), refused)
             digests[user_id] = known
@@ -58,6 +63,8 @@ class ChangeDetection:
             self._memory.refused.pop(("record", user_id), None)
             held[user_id] = known[2]
         self._digests = digests
+        any_refused = any(known[3] is not None for known in digests.values())
+        self._held = None if any_refused else (self._users, self._templates, held)
         return held
 
     def _refill(self, why: str) -> None:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from protocol.errors import ProtocolError
-from protocol.zk.client import MAX_TRANSFER, REQUEST_LIMIT_S, Framing, ZkClient
+from protocol.zk.client import MAX_TRANSFER, OPERATION_LIMIT_S, REQUEST_LIMIT_S, Framing, ZkClient
 from protocol.zk.commands import name_of
 from protocol.zk.errors import BodyError, LocalProtocolError
 from protocol.zk.events import DeviceQuirk, OverLimit, ProtocolViolation, RealtimeEvent, RequestFailed, TimedOut
@@ -45,6 +45,9 @@ class DeviceLost(ProtocolError):
     """The connection ended (or was ended) before the device answered."""
 
 
+BUSY = object()  # a released session found the device in another client's hands: nothing was done
+
+
 @dataclass(frozen=True)
 class LinkSettings:
     """How the gateway talks to one device: its ``[[zk]]`` settings of the link (docs/zk.md
@@ -53,18 +56,20 @@ class LinkSettings:
     transport: Literal["tcp", "udp"] = "tcp"
     timeout_s: float = 10.0
     request_limit_s: float = REQUEST_LIMIT_S
+    operation_limit_s: float = OPERATION_LIMIT_S
     max_transfer: int = MAX_TRANSFER
     chunk_size: int = 0
 
     @classmethod
     def of(cls, entry) -> "LinkSettings":
         """From a ``[[zk]]`` entry (gateway/zk/config.py, ZkEntry)."""
-        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
+        return cls(entry.transport.value, entry.timeout_s, entry.request_limit_s, entry.operation_limit_s,
+                   int(entry.max_transfer_mb * 1024 * 1024), entry.chunk_size)
 
     def client(self, comm_key: int) -> ZkClient:
         """A fresh conversation for one connection."""
         return ZkClient(comm_key, framing=Framing(self.transport), timeout_s=self.timeout_s, request_limit_s=self.request_limit_s,
-                        max_transfer=self.max_transfer, chunk_size=self.chunk_size or None)
+                        operation_limit_s=self.operation_limit_s, max_transfer=self.max_transfer, chunk_size=self.chunk_size or None)
 
 
 class ZkLink(protocol.Protocol):
@@ -87,6 +92,7 @@ class ZkLink(protocol.Protocol):
         self._waiting: dict[int, defer.Deferred] = {}
         self._timer = None
         self._ended: str | None = None  # why the link is unusable, once it is
+        self.lost: defer.Deferred = defer.Deferred()  # fires once the transport is closed
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -136,6 +142,7 @@ class ZkLink(protocol.Protocol):
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
             d.errback(DeviceLost(self._ended))
+        self.lost.callback(None)
 
     # -- the client's events ---------------------------------------------------------------------
 
@@ -181,7 +188,11 @@ class ZkDialer:
     """Keeps one ZK device connected: ``new_link()`` makes each connection's ZkLink (and what
     drives it); ``unreachable(reason)`` hears why a connection could not be made. The backoff
     restarts only once the device came online (``online``), not at every TCP connect, so a
-    device that answers but refuses the comm key is not redialled every half second."""
+    device that answers but refuses the comm key is not redialled every half second.
+
+    A released session (``[[zk]] session = "released"``) is not kept connected: it asks for
+    one link at a time (``dial``), and for the delay before dialling again after a failure
+    (``retry_after``)."""
 
     def __init__(self, reactor, host: str, port: int, new_link: Callable[[], ZkLink], unreachable: Callable[[str], None],
                  transport: Literal["tcp", "udp"] = "tcp"):
@@ -192,8 +203,8 @@ class ZkDialer:
         factory = protocol.Factory.forProtocol(new_link)
         factory.noisy = False
         dial = HostnameEndpoint(reactor, host, port) if transport == "tcp" else _DatagramEndpoint(reactor, host, port)
-        endpoint = _Reporting(dial, self._connect_failed)
-        self._service = ClientService(endpoint, factory, retryPolicy=self._retry_after, clock=reactor)
+        self._endpoint = _Reporting(dial, self._connect_failed)
+        self._service = ClientService(self._endpoint, factory, retryPolicy=self.retry_after, clock=reactor)
 
     def start(self) -> None:
         self._service.startService()
@@ -204,9 +215,22 @@ class ZkDialer:
     def online(self) -> None:
         self.attempts = 0
 
-    def _retry_after(self, _failed_in_a_row: int) -> float:
+    def retry_after(self, _failed_in_a_row: int = 0) -> float:
         self.attempts += 1
         return self._policy(self.attempts)
+
+    def dial(self, new_link: Callable[[], ZkLink]) -> defer.Deferred:
+        """One connection, not kept: fires with its ZkLink once connected, or fails with
+        DeviceLost saying why it could not be made."""
+        factory = protocol.Factory.forProtocol(new_link)
+        factory.noisy = False
+
+        def failed(failure):
+            if failure.check(defer.CancelledError):
+                return failure
+            raise DeviceLost(f"cannot connect to {self.host}:{self.port}: {failure.getErrorMessage()}")
+
+        return self._endpoint.connect(factory).addErrback(failed)
 
     def _connect_failed(self, failure) -> None:
         self._unreachable(f"cannot connect to {self.host}:{self.port}: {failure.getErrorMessage()}")

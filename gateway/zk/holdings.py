@@ -1,6 +1,6 @@
 """What the gateway keeps of each ZK device in the database (its own tables), so change detection
-survives a restart and a lost link: the digest of each person's copy the server has seen and how
-far the attendance log is stored; with the pulls already owed, which the sync core keeps
+survives a restart and a lost link: the digest of each person's copy the server has seen, how
+far the attendance log is stored and the serial number of the unit last connected; with the pulls already owed, which the sync core keeps
 (gateway/sync/puller.py). ``HoldingsWriter`` stores the digests of every device in group commits."""
 
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from gateway.store.database import upsert
 from gateway.sync.puller import owed_pulls
-from gateway.store.schema import zk_attendance, zk_holdings
+from gateway.store.schema import zk_attendance, zk_devices, zk_holdings
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Holdings:
     owed: frozenset[str]  # users whose change at the device is announced and not pulled yet
     attendance_stored: int = 0  # attendance records stored
     attendance_last: str | None = None  # the identity of the last one
+    serial: str | None = None  # ~SerialNumber of the unit at its last connection
 
 
 def load_holdings(conn, terminal_id: int) -> Holdings:
@@ -27,7 +28,8 @@ def load_holdings(conn, terminal_id: int) -> Holdings:
     seen = {user_id: bytes(digest) for user_id, digest in rows}
     owed = frozenset(owed_pulls(conn, terminal_id))
     mark = conn.execute(select(zk_attendance.c.stored, zk_attendance.c.last).where(zk_attendance.c.terminal_id == terminal_id)).first()
-    return Holdings(seen, owed, *(mark or (0, None)))
+    serial = conn.execute(select(zk_devices.c.serial).where(zk_devices.c.terminal_id == terminal_id)).scalar()
+    return Holdings(seen, owed, *(mark or (0, None)), serial=serial)
 
 
 def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None:
@@ -41,6 +43,10 @@ def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None
 
 def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
     upsert(conn, zk_attendance, [dict(terminal_id=terminal_id, stored=stored, last=last)], key=["terminal_id"], update=["stored", "last"])
+
+
+def save_serial(conn, terminal_id: int, serial: str) -> None:
+    upsert(conn, zk_devices, [dict(terminal_id=terminal_id, serial=serial)], key=["terminal_id"], update=["serial"])
 
 
 class HoldingsWriter:

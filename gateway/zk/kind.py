@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.kinds import ConfiguredTerminal, ServingEach
 from gateway.zk.clock import DeviceClock
-from gateway.zk.config import ZkEntry, parse_zk
+from gateway.zk.config import ZkEntry, ZkSession, parse_zk
 from gateway.zk.connection import ZkTiming
 from gateway.zk.driver import LinkSettings
 from gateway.zk.mapping import CardField
@@ -30,7 +30,8 @@ class ZkKind:
                        device_clock=DeviceClock(ZoneInfo(e.timezone) if e.timezone else None, e.set_clock),
                        cards=CardField.parse(e.card), on_offline_reason=gateway.registry.offline_reason,
                        on_quirk=lambda quirk: gateway.metrics.zk_quirks.labels(kind=quirk.kind).inc(),
-                       on_refill=lambda terminal_id, why: gateway.reconciler.reconcile(terminal_id))
+                       on_refill=lambda terminal_id, why: gateway.reconciler.reconcile(terminal_id),
+                       released=e.session is ZkSession.RELEASED)
             for e in (parse_zk(entry) for entry in entries or [])
         ])
 

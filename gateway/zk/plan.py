@@ -1,6 +1,13 @@
 """WritePlan: what one write pass does to a ZK device, decided against what the device holds
 right now, and which uid each person new to it gets (uids are each device's own slots).
 
+A new person's uid is never one a keypad enrolment made during the write pass could take (an
+upload upserts by uid: it would erase that person, on a device that ignores DISABLEDEVICE).
+Firmwares enrol at the keypad in the lowest free uid (the emulator does) or above the highest
+(as pyzk picks one), so the ``KEYPAD_SLOTS`` lowest free uids and the as many above the highest
+are left free, and a new person gets the lowest uid left after them: holes are filled, and uids
+do not climb with every pass.
+
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
 
@@ -10,18 +17,22 @@ from protocol.messages import UserStatus
 from protocol.zk.records import Template, User
 
 MAX_UID = 0xFFFF
+KEYPAD_SLOTS = 2  # keypad enrolments during one write pass that can never lose their uid
 
 
 class WritePlan:
     """What one write pass does to the device, decided against the users it holds right now."""
 
-    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int):
+    def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int,
+                 uids_in_use: set[int]):
+        """``uids_in_use``: every uid the device holds, a second copy of a user id's included."""
         self._users = users
         self._templates = templates
         self._profile = profile
         self._capacity = capacity or MAX_UID
-        self._taken = {u.uid for u in users.values()}
+        self._taken = set(uids_in_use) | {u.uid for u in users.values()}
         self._next_free = 1
+        self._keypads = self._keypad_uids()
         self.writes: list[tuple[User, list[Template]]] = []
         self.stale_templates: list[tuple[int, int]] = []
         self.deletes: list[tuple[str, int]] = []
@@ -62,9 +73,21 @@ class WritePlan:
         self.deletes.append((user_id, held.uid))
         return UserResult(user_id, UserStatus.OK)
 
+    def _keypad_uids(self) -> set[int]:
+        """The uids the keypad would give its next ``KEYPAD_SLOTS`` enrolments, by either rule."""
+        lowest = []
+        uid = 1
+        while len(lowest) < KEYPAD_SLOTS and uid <= MAX_UID:
+            if uid not in self._taken:
+                lowest.append(uid)
+            uid += 1
+        highest = max(self._taken, default=0)
+        return set(lowest) | set(range(highest + 1, min(highest + 1 + KEYPAD_SLOTS, MAX_UID + 1)))
+
     def _free_uid(self) -> int | None:
+        """The lowest uid neither taken nor left for the keypad; None when the device is full."""
         if len(self._taken) >= self._capacity:
             return None
-        while self._next_free <= MAX_UID and self._next_free in self._taken:
+        while self._next_free <= MAX_UID and (self._next_free in self._taken or self._next_free in self._keypads):
             self._next_free += 1
         return self._next_free if self._next_free <= MAX_UID else None

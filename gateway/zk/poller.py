@@ -2,7 +2,8 @@
 
 A ZK device has no reliable enrolment events, so the driver polls. ``PollPlan`` decides from the
 counts (GET_FREE_SIZES, the cheap probe) and the clock which tables to read: the user table at
-every poll while it is small and on a slower schedule anyway (an edit leaves the counts alone),
+every poll while it is small and on a slower schedule anyway (an edit leaves the counts alone);
+no poll at all less than a poll after a write pass read the device,
 templates when a count or the user set changed and on a slower schedule, attendance when its
 count moved. ``ChangeTracker`` compares each person's digest with the one the server has seen
 (pulled or written by the gateway, kept durably) so a change the gateway made never comes back
@@ -44,8 +45,21 @@ class PollPlan:
 
     def users_due(self, sizes: Sizes, now: float) -> bool:
         t = self.timing
-        return (self.urgent or self.users_at is None or self.sizes is None or sizes.users != self.sizes.users
-                or sizes.fingers != self.sizes.fingers or sizes.users <= t.cheap_users or now - self.users_at >= t.users_s)
+        if (self.urgent or self.users_at is None or self.sizes is None or sizes.users != self.sizes.users
+                or sizes.fingers != self.sizes.fingers):
+            return True
+        if now - self.users_at < t.poll_s:
+            return False  # read less than a poll ago (by a write pass), and the counts have not moved since
+        return sizes.users <= t.cheap_users or now - self.users_at >= t.users_s
+
+    def poll_in(self, now: float) -> float:
+        """Seconds until a poll has anything to find that a read of the device would not have
+        found already: 0 when due now. A write pass reads the user table and the counts as a poll
+        does, so a poll within ``poll_s`` of such a read is put off to ``poll_s`` after it (in a
+        storm every delivery is a write pass: a poll between two passes only delayed the next)."""
+        if self.urgent or self.users_at is None:
+            return 0.0
+        return max(0.0, self.users_at + self.timing.poll_s - now)
 
     def templates_due(self, sizes: Sizes, now: float, user_set_changed: bool) -> bool:
         return (user_set_changed or self.templates_at is None or self.sizes is None or sizes.fingers != self.sizes.fingers

@@ -2,7 +2,7 @@
 
 A ZK connection is handed a ``ZkStore``, never the ``Database``, as a native session is handed an
 ``EventSink``: what the server has seen on each device and how far its attendance log is stored
-(the driver's own tables, gateway/zk/holdings.py), the pulls the sync core owes, the punches the
+and the serial number of the unit there (the driver's own tables, gateway/zk/holdings.py), the pulls the sync core owes, the punches the
 event log already holds, and the monitoring events the driver reports. ``DatabaseStore`` is the
 gateway's implementation; tests may give their own.
 """
@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.sync.eventlog import stored_since
 from gateway.sync.monitor import record_sync_events
-from gateway.zk.holdings import Holdings, HoldingsWriter, save_attendance_mark
+from gateway.zk.holdings import Holdings, HoldingsWriter, save_attendance_mark, save_serial
 from protocol.events import EventCode
 
 
@@ -26,6 +26,9 @@ class ZkStore(Protocol):
         """Digests of device copies the server has seen (None: the device holds none any more)."""
 
     def save_attendance_mark(self, terminal_id: int, stored: int, last: str | None) -> Deferred: ...
+
+    def save_serial(self, terminal_id: int, serial: str) -> Deferred:
+        """The serial number of the unit now at the device's place."""
 
     def stored_punches(self, terminal_id: int, since_ms: int) -> "Deferred[set[tuple[str | None, int, int]]]":
         """The device's punches in the event log from ``since_ms`` on, as (user id, time, credential)."""
@@ -50,6 +53,9 @@ class DatabaseStore:
 
     def save_attendance_mark(self, terminal_id: int, stored: int, last: str | None) -> Deferred:
         return self._db.write(save_attendance_mark, terminal_id, stored, last)
+
+    def save_serial(self, terminal_id: int, serial: str) -> Deferred:
+        return self._db.write(save_serial, terminal_id, serial)
 
     def stored_punches(self, terminal_id: int, since_ms: int) -> Deferred:
         return self._db.read(stored_since, terminal_id, int(EventCode.VERIFY_SUCCESS), since_ms)

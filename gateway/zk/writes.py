@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.sync.connection import UserResult
-from gateway.zk.driver import DeviceLost, DeviceRefused
+from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused
 from gateway.zk.mapping import held_digest
 from gateway.zk.plan import WritePlan
 from protocol.events import EventCode, Origin
@@ -54,8 +54,17 @@ class WritePasses:
             return defer.fail(DeviceLost(f"ZK terminal {self.terminal_id}: link closed"))
         self._writes.append(write)
         if len(self._writes) == 1:  # the first of a pass: the pass takes every write queued by then
-            self._lock.run(self._write_pass).addErrback(self._failed, "write failed")
+            self._run_write_pass()
         return write.done
+
+    def _run_write_pass(self) -> None:
+        d = self._lock.run(self._over_link, self._write_pass)
+        d.addCallback(self._write_pass_done).addErrback(self._failed, "write failed")
+
+    def _write_pass_done(self, result) -> None:
+        """A released session that found the device busy tries the pass again a poll later."""
+        if result is BUSY and not self.closed:
+            self._clock.callLater(self._timing.poll.poll_s, lambda: None if self.closed else self._run_write_pass())
 
     @defer.inlineCallbacks
     def _write_pass(self):
@@ -71,13 +80,16 @@ class WritePasses:
             return
         for write, outcome in zip(writes, results):
             write.done.callback(outcome)
+        if self._plan.sizes is not None:  # the pass stands for a poll (PollPlan.poll_in): punches too
+            yield self._attendance_if_due(self._plan.sizes, self._clock.seconds())
 
     @defer.inlineCallbacks
     def _apply_writes(self, writes: list[Write]):
         yield self._read_tables(self._clock.seconds())
         self._announce()  # a keypad change found now is pulled, not overwritten
         unfetched = self._memory.tracker.unfetched()
-        plan = WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0)
+        plan = WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0,
+                         self._uids_in_use)
         results = []
         for write in writes:
             if write.records is None:
@@ -165,7 +177,8 @@ class WritePasses:
     def _undo_cut_ids(self, plan: "WritePlan", refused: dict[str, tuple[int, str]]):
         """Users written as new that the device holds under another user id: a firmware that cuts
         ids longer than it holds (and did not say ~PIN2Width) stored ``1000123`` as ``00123``,
-        which would come back as a phantom person. Each is deleted again (it is the gateway's own
+        which would come back as a phantom person. Each (only a record whose id is a cut of the one
+        written: another person's record is never deleted) is deleted again (it is the gateway's own
         write), refused with the reason, and the width learnt for this connection's writes."""
         by_uid = {user.uid: user for user in self._users.values()}
         cut: dict[str, tuple[int, str]] = {}
@@ -173,9 +186,12 @@ class WritePasses:
             stored = by_uid.get(user.uid)
             if user.user_id in refused or user.user_id in self._users or stored is None or stored.user_id in plan.held_before:
                 continue
+            if not _cut_of(stored.user_id, user.user_id):
+                continue  # another person's record in that slot (the keypad's): never deleted; ours is reported missing
             yield self._ok(Command.DELETE_USER, bodies.uid_body(user.uid))
-            del self._users[stored.user_id]
-            self._templates.pop(user.uid, None)
+            self._users = {user_id: held for user_id, held in self._users.items() if user_id != stored.user_id}
+            self._templates = {uid: held for uid, held in self._templates.items() if uid != user.uid}
+            self._users_read = None
             width = len(stored.user_id.encode("utf-8", "surrogateescape"))
             if width < len(user.user_id.encode("utf-8")):
                 self._profile = replace(self._profile, id_width=width)
@@ -208,8 +224,11 @@ class WritePasses:
             templates.pop(uid, None)
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
         fingers = sum(len(ts) for ts in templates.values())
-        if sizes.users == len(users) and sizes.fingers == fingers and not unsure_ids:
+        if sizes.users == len(users) + len(self._uids_in_use) - len(self._users) and sizes.fingers == fingers and not unsure_ids:
+            self._uids_in_use = (self._uids_in_use - {uid for _, uid in plan.deletes}) | {u.uid for u in users.values()}
             self._users, self._templates, self._plan.sizes = users, templates, sizes
+            self._users_read = None  # what was read with the writes applied, no read
+            self._plan.users_at = self._clock.seconds()  # as good as a read: a poll is not due for poll_s
             return
         yield self._read_tables(self._clock.seconds(), templates=False)
         if self._plan.sizes.fingers == fingers:
@@ -247,3 +266,8 @@ class WritePasses:
     def _full(self) -> bool:
         sizes = self._plan.sizes
         return sizes is not None and sizes.users_free <= 0
+
+
+def _cut_of(stored: str, written: str) -> bool:
+    """Whether ``stored`` is ``written`` cut short (firmwares keep its head or its tail)."""
+    return len(stored) < len(written) and (written.startswith(stored) or written.endswith(stored))

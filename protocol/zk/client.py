@@ -19,8 +19,9 @@ conversation, every buffered-read form, and what each event means.
 
 What the device sends is read as tolerantly as pyzk reads it (a table's bytes over its count,
 event data of unknown length skipped), and what it may cost is bounded: a request waits
-``timeout_s`` for each sign of progress (any bytes) but ``request_limit_s`` in all, and no
-transfer may announce more than ``max_transfer`` bytes (docs/zk.md section "Limits").
+``timeout_s`` for each sign of progress (any bytes) but ``request_limit_s`` in all, an operation
+(a table of many chunks) ``operation_limit_s`` in all, and no transfer may announce more than
+``max_transfer`` bytes (docs/zk.md section "Limits").
 """
 
 import itertools
@@ -82,6 +83,10 @@ MAX_TRANSFER = 64 * 1024 * 1024
 # A silent device fails a request after timeout_s; one that drips bytes after this long in all.
 # A 64 KiB chunk over a 4 KB/s link takes 16 s, so two minutes leaves links eight times slower.
 REQUEST_LIMIT_S = 120.0
+# A table is many requests, each within the limit above; a device that answers every chunk just
+# in time would hold one read for hours (a 64 MB table is a thousand chunks). Ten minutes is 2.4 MB
+# over a 4 KB/s link, 200,000 punches of 40 bytes on a link of 15 KB/s.
+OPERATION_LIMIT_S = 600.0
 
 _MORE = object()  # yielded by an operation: the answer goes on in another packet, same reply id
 
@@ -103,7 +108,9 @@ Steps = Generator[Packet | object, Packet, Event]
 class _Operation:
     token: int
     steps: Steps
+    name: str
     fatal: bool = False  # its failure ends the conversation (connecting)
+    started_at: float = 0.0  # when it became the operation in flight
     command: int = 0  # of the request in flight
     reply_id: int | None = None
 
@@ -116,6 +123,7 @@ class ZkClient:
         framing: Framing = Framing.TCP,
         timeout_s: float = 10.0,
         request_limit_s: float = REQUEST_LIMIT_S,
+        operation_limit_s: float = OPERATION_LIMIT_S,
         chunk_size: int | None = None,
         max_transfer: int = MAX_TRANSFER,
         upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
@@ -127,6 +135,7 @@ class ZkClient:
         self.framing = framing
         self.timeout_s = timeout_s
         self.request_limit_s = max(request_limit_s, timeout_s)
+        self.operation_limit_s = max(operation_limit_s, self.request_limit_s)
         self.max_transfer = max_transfer
         self.chunk_size = chunk_size or CHUNK_SIZE[framing]
         self.upload_chunk_size = upload_chunk_size
@@ -143,6 +152,7 @@ class ZkClient:
         self.quirks: Counter[str] = Counter()  # DeviceQuirk kinds, every time one was found
         self._tokens = itertools.count(1)
         self._last_tables: dict[TableRead, tuple[int, bytes, object]] = {}  # by table: (count, bytes, parsed) of its last read
+        self._user_records: dict[bytes, User] = {}  # the users of the last user table parsed, by record
 
     # -- operations: each returns a token; its end is one event with that token --------------
 
@@ -152,33 +162,33 @@ class ZkClient:
         if self.state is not State.IDLE:
             raise LocalProtocolError(f"connect() on a client that is {self.state.value}")
         self.state = State.CONNECTING
-        return self._start(self._connect, now, fatal=True)
+        return self._start(self._connect, now, "connecting", fatal=True)
 
     def request(self, command: int, data: bytes = b"", *, now: float) -> int:
         """Any single command: ``Reply`` with the device's code and data, whatever the code."""
-        return self._start(lambda token: self._plain(token, command, data), now)
+        return self._start(lambda token: self._plain(token, command, data), now, name_of(command))
 
     def read_buffer(self, table: TableRead, *, now: float) -> int:
         """A whole table through the buffer, in whichever form the device answers: ``BufferedData``."""
-        return self._start(lambda token: self._read_buffer(token, table), now)
+        return self._start(lambda token: self._read_buffer(token, table), now, f"reading table {name_of(table.command)}")
 
     def read_users(self, *, now: float) -> int:
         """The counts, then the user table: ``UsersRead``."""
-        return self._start(self._read_users, now)
+        return self._start(self._read_users, now, "reading the users")
 
     def read_templates(self, *, now: float) -> int:
         """The counts, then every fingerprint template: ``TemplatesRead``."""
-        return self._start(self._read_templates, now)
+        return self._start(self._read_templates, now, "reading the templates")
 
     def read_attendance(self, *, now: float) -> int:
         """The counts, then the attendance log: ``AttendanceRead``."""
-        return self._start(self._read_attendance, now)
+        return self._start(self._read_attendance, now, "reading the attendance log")
 
     def save_users(self, users: Iterable[User], templates: Iterable[Template] = (), *, record_size: int = 72, now: float) -> int:
         """Upsert users (by uid) and set their templates in one upload, then REFRESHDATA:
         ``Reply`` of SAVE_USERTEMPS. Raises ``BodyError`` at once for a record that does not fit."""
         upload = bodies.build_upload(list(users), list(templates), record_size)
-        return self._start(lambda token: self._save(token, upload), now)
+        return self._start(lambda token: self._save(token, upload), now, "uploading users")
 
     def register_events(self, mask: EventFlag | int, *, now: float) -> int:
         """REG_EVENT: which real-time events the device should push (0 for none): ``Reply``."""
@@ -186,7 +196,7 @@ class ZkClient:
 
     def disconnect(self, *, now: float) -> int:
         """EXIT: ``Reply``; the client is closed once it is answered."""
-        return self._start(self._exit, now)
+        return self._start(self._exit, now, "EXIT")
 
     # -- bytes and time in, events and bytes out ----------------------------------------------
 
@@ -224,7 +234,9 @@ class ZkClient:
         self._deadline = None
         self.state = State.BROKEN
         op.steps.close()
-        if now - self._request_sent_at >= self.request_limit_s:
+        if now - op.started_at >= self.operation_limit_s:
+            reason = f"the device took over {self.operation_limit_s:g} s {op.name} (at {name_of(op.command)}), however it trickled"
+        elif now - self._request_sent_at >= self.request_limit_s:
             reason = f"the device took over {self.request_limit_s:g} s to answer {name_of(op.command)}, however it trickled"
         else:
             reason = f"the device did not answer {name_of(op.command)} within {self.timeout_s:g} s"
@@ -245,11 +257,11 @@ class ZkClient:
 
     # -- the machinery ------------------------------------------------------------------------
 
-    def _start(self, make_steps: Callable[[int], Steps], now: float, fatal: bool = False) -> int:
+    def _start(self, make_steps: Callable[[int], Steps], now: float, name: str, fatal: bool = False) -> int:
         if self.state in (State.IDLE, State.CLOSED, State.BROKEN):
             raise LocalProtocolError(f"cannot send requests on a client that is {self.state.value}")
         token = next(self._tokens)
-        self._queue.append(_Operation(token, make_steps(token), fatal))
+        self._queue.append(_Operation(token, make_steps(token), name, fatal))
         if self._current is None:
             events = self._next(now)
             assert not events, "every operation sends a request first"
@@ -260,6 +272,7 @@ class ZkClient:
         events: list[Event] = []
         while self._current is None and self._queue:
             self._current = self._queue.popleft()
+            self._current.started_at = now
             events += self._step(None, now)
         return events
 
@@ -287,7 +300,8 @@ class ZkClient:
         return []
 
     def _progress(self, now: float) -> None:
-        self._deadline = min(now + self.timeout_s, self._request_sent_at + self.request_limit_s)
+        self._deadline = min(now + self.timeout_s, self._request_sent_at + self.request_limit_s,
+                             self._current.started_at + self.operation_limit_s)
 
     def _finish(self, result: Event, now: float, failed: bool = False) -> list[Event]:
         self._current = None
@@ -456,9 +470,15 @@ class ZkClient:
             yield quirk
 
     def _read_users(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", parse_user_table)
+        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", self._parse_users)
         parsed = parsed or ParsedTable((), 72)
         return UsersRead(token, parsed.records, parsed.record_size, sizes)
+
+    def _parse_users(self, data: bytes, count: int) -> ParsedTable:
+        """A user table, decoding only the records the last one parsed did not hold."""
+        parsed = parse_user_table(data, count, self._user_records)
+        self._user_records = {user.record: user for user in parsed.records}
+        return parsed
 
     def _read_templates(self, token: int) -> Steps:
         sizes = yield from self._sizes()

@@ -161,8 +161,9 @@ def encode_user(user: User, size: int = 72) -> bytes:
 
 def _build_user(user: User, size: int) -> bytes:
     try:
-        if size == 72:
-            return User72Compiled.build(dict(_user_fields(user), group_id=user.group_id, user_id=user.user_id))
+        if size == 72:  # struct, as for reading: a write pass encodes every user it writes
+            return _USER72.pack(user.uid, user.privilege, _field(user.password, 8), _field(user.name, 24), user.card,
+                                _field(user.group_id, 7), _field(user.user_id, 24))
         if size == 28:
             group = _number(user.group_id, "group id", 0xFF)
             user_id = _number(user.user_id, "user id", 0xFFFFFFFF)
@@ -174,11 +175,19 @@ def _build_user(user: User, size: int) -> bytes:
     raise BodyError(f"user records are 72 or 28 bytes, not {size}")
 
 
-# The two layouts above as struct formats, for reading: a device's whole user table is read at
-# every poll, and struct unpacks a record many times faster than construct parses it. A property
-# test checks they read every record of either size as the declarations do.
-_USER72_READ = struct.Struct("<HB8s24sIx7sx24s")
+# The two layouts above as struct formats: a device's whole user table is read at every poll, and
+# struct unpacks (and packs) a record many times faster than construct. Property tests check they
+# read every record of either size, and write every 72-byte one, as the declarations do.
+_USER72 = struct.Struct("<HB8s24sIx7sx24s")
 _USER28_READ = struct.Struct("<HB5s8sIxBhI")
+
+
+def _field(text: str, size: int) -> bytes:
+    """``Text(size)``'s encoding, for struct (which pads with NULs, and would cut silently)."""
+    raw = text.encode(ENCODING, "surrogateescape")
+    if len(raw) > size:
+        raise BodyError(f"{text!r} is {len(raw)} bytes, over the {size}-byte field")
+    return raw
 
 
 def _text(raw: bytes) -> str:
@@ -188,7 +197,7 @@ def _text(raw: bytes) -> str:
 def decode_user(raw: bytes) -> User:
     """A 72- or 28-byte user record."""
     if len(raw) == 72:
-        uid, privilege, password, name, card, group_id, user_id = _USER72_READ.unpack(raw)
+        uid, privilege, password, name, card, group_id, user_id = _USER72.unpack(raw)
         return User(uid, _text(user_id), _text(name), privilege, _text(password), card, _text(group_id), bytes(raw))
     if len(raw) == 28:
         uid, privilege, password, name, card, group, _timezone, user_id = _USER28_READ.unpack(raw)
@@ -360,16 +369,24 @@ def _split(body: bytes, announced: int, count: int | None, sizes: tuple[int, ...
     return size, [body[i : i + size] for i in range(0, whole * size, size)]
 
 
-def parse_user_table(data: bytes, count: int | None) -> ParsedTable:
-    """The users of a USER table read, and their record size (72 or 28)."""
+def parse_user_table(data: bytes, count: int | None, known: dict[bytes, User] | None = None) -> ParsedTable:
+    """The users of a USER table read, and their record size (72 or 28). ``known``: users
+    decoded before, by their record: a record met again is not decoded again (a table read at
+    every poll and write pass mostly holds the records of the last read)."""
     problems: list[str] = []
     body, announced = _table_body(data, "user", problems)
     size, raws = _split(body, announced, count, USER_RECORD_SIZES, lambda s: s in USER_RECORD_SIZES, "user", problems)
-    return ParsedTable(tuple(decode_user(raw) for raw in raws), size, tuple(problems))
+    known = known or {}
+    return ParsedTable(tuple(known.get(raw) or decode_user(raw) for raw in raws), size, tuple(problems))
 
 
 def build_user_table(users: list[User], size: int = 72) -> bytes:
-    body = b"".join(encode_user(u, size) for u in users)
+    return user_table_of([encode_user(u, size) for u in users])
+
+
+def user_table_of(records: list[bytes]) -> bytes:
+    """A USER table of records encoded already (``encode_user``)."""
+    body = b"".join(records)
     return len(body).to_bytes(4, "little") + body
 
 

@@ -29,7 +29,7 @@ from protocol.zk.realtime import (
     encode_enrolled_finger,
     encode_enrolled_user,
 )
-from protocol.zk.records import AttendanceRecord, Template, User
+from protocol.zk.records import AttendanceRecord, Template, User, encode_user, user_table_of
 from simulator.people import FAMILY, GIVEN
 
 log = Logger(namespace="simulator.zk")
@@ -74,6 +74,7 @@ class Firmware:
     announced_table_bytes: int = 0  # hostile: every buffered table announced as this long, zeros past the real one
     link_bytes_per_s: int = 0  # how fast its answers leave (0: at once; 4096 a cellular link; 2 a drip)
     link_segment_bytes: int = 1460  # in pieces of at most this (a link's MSS), a small packet whole; 1 drips
+    sessions: int = 0  # TCP clients served at once (0: any; 1: as most devices, another is turned away)
 
 
 def firmware_variant(name: str) -> "tuple[Firmware, dict]":
@@ -137,6 +138,7 @@ class ZkDevice:
             "CompatOldFirmware": "0",
         }
         self.users: dict[int, User] = {}  # by uid
+        self._encoded: dict[int, tuple[User, bytes]] = {}  # by uid: a user and its record, encoded once
         self._uids: dict[str, int] = {}  # user id to uid
         self._free_from = 1  # no uid below this is free
         self.templates: dict[tuple[int, int], Template] = {}  # by (uid, finger)
@@ -229,6 +231,18 @@ class ZkDevice:
             users_free=fw.users_capacity - users,
             records_free=fw.records_capacity - records,
         )
+
+    def user_table(self) -> bytes:
+        """The USER table a client reads, in uid order. Each user's record is encoded once per
+        version of that user: a fleet's devices answer the table at every poll and write pass."""
+        size, known = self.firmware.user_record_size, self._encoded
+        encoded = {}
+        for uid in sorted(self.users):
+            user = self.users[uid]
+            was = known.get(uid)
+            encoded[uid] = was if was is not None and was[0] is user and len(was[1]) == size else (user, encode_user(user, size))
+        self._encoded = encoded
+        return user_table_of([record for _, record in encoded.values()])
 
     def put_user(self, user: User) -> bool:
         """A client's upsert by uid. Refused (False) when another uid holds the user id, the

@@ -16,7 +16,7 @@ from protocol.zk.commkey import commkey_matches
 from protocol.zk.errors import BodyError
 from protocol.zk.packet import MAX_DATA, Packet
 from protocol.zk.realtime import event_packet
-from protocol.zk.records import build_attendance_table, build_template_table, build_user_table, decode_time, decode_user, encode_time
+from protocol.zk.records import build_attendance_table, build_template_table, decode_time, decode_user, encode_time
 from simulator.zk.device import ZkDevice
 
 MAX_UPLOAD = 16 * 1024 * 1024  # what one upload may announce before the device refuses it
@@ -186,7 +186,7 @@ class DeviceSession:
     def _table_for(self, read: bodies.TableRead) -> bytes | None:
         device, fw = self.device, self.device.firmware
         if (read.command, read.fct) == (Command.USERTEMP_RRQ, Table.USER):
-            return build_user_table(sorted(device.users.values(), key=lambda u: u.uid), fw.user_record_size)
+            return device.user_table()
         if (read.command, read.fct) == (Command.DB_RRQ, Table.FINGERTMP):
             return build_template_table([device.templates[k] for k in sorted(device.templates)])
         if read.command == Command.ATTLOG_RRQ:

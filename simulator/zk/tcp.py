@@ -1,7 +1,8 @@
 """The emulated ZK device on TCP, and ``simulator zk-terminal``: one device listening on a port
 (TCP, or UDP through simulator/zk/udp.py), answering as the firmware variant it is given.
 
-Each connection gets a ``DeviceSession`` with the next session id. Bytes that are no packet are
+Each connection gets a ``DeviceSession`` with the next session id; a firmware that serves
+``sessions`` clients at once closes any connection beyond them at once, as a busy device does. Bytes that are no packet are
 logged and skipped, as a device would; EXIT closes the connection once it is answered. A client
 that holds the keypad (DISABLEDEVICE) and then says nothing for ``keypad_hold_s`` loses the hold,
 as a real device enables itself again, so people at the keypad never wait for a vanished client.
@@ -28,7 +29,15 @@ DEFAULT_PORT = 4370
 
 
 class DeviceConnection(protocol.Protocol):
+    turned_away = False
+
     def connectionMade(self):
+        limit = self.factory.device.firmware.sessions
+        if limit and len(self.factory.connections) >= limit:
+            self.turned_away = True
+            self.factory.turned_away += 1
+            self.transport.loseConnection()
+            return
         self.factory.connections.add(self)
         self.decoder = PacketDecoder()
         self.session = DeviceSession(self.factory.device, self.factory.next_session_id(), self._write)
@@ -37,6 +46,8 @@ class DeviceConnection(protocol.Protocol):
         self._line = SlowLine(self.factory.clock, firmware.link_bytes_per_s, self.transport.write, firmware.link_segment_bytes)
 
     def dataReceived(self, data: bytes):
+        if self.turned_away:
+            return
         self.factory.bytes_received += len(data)
         for item in self.decoder.feed(data):
             if not isinstance(item, Packet):
@@ -49,6 +60,8 @@ class DeviceConnection(protocol.Protocol):
         self._watch_hold()
 
     def connectionLost(self, reason=None):
+        if self.turned_away:
+            return
         self.factory.connections.discard(self)
         self._cancel_hold_timer()
         self._line.stop()
@@ -137,6 +150,7 @@ class DeviceFactory(protocol.ServerFactory):
         self._session_id = first_session_id
         self.connections: set[DeviceConnection] = set()
         self.bytes_received = self.bytes_sent = 0  # over every connection: what polling costs on the wire
+        self.turned_away = 0  # connections closed because the device served its ``sessions`` already
 
     def drop_connections(self) -> None:
         """Cut every client off at once, as a device does when it reboots."""
@@ -167,6 +181,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the enrolled people (default 0)")
     p.add_argument("--fp-version", type=int, default=10, metavar="V", help="fingerprint algorithm, option ~ZKFPVersion (default 10)")
     p.add_argument("--serial", default="EMU0000000001", help="serial number, option ~SerialNumber")
+    p.add_argument("--sessions", type=int, default=0, metavar="N",
+                   help="TCP clients served at once, another turned away (default 0: any; 1 as most devices)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.pin_width <= 24:
             return _usage("--pin-width must be 1 to 24")
         firmware.pin_width = args.pin_width
+    if args.sessions < 0:
+        return _usage("--sessions must be 0 or more")
+    firmware.sessions = args.sessions
     device = ZkDevice(comm_key=args.comm_key, serial_number=args.serial, fp_version=args.fp_version, firmware=firmware)
     for fault, value in faults.items():
         setattr(device.faults, fault, value)

@@ -1,7 +1,7 @@
 """ApiProbe: how long the gateway takes to answer a read request, idle and under load.
 
 It times ``GET /api/terminals`` (the devices list, with online state and cursor lag: what a
-monitoring page polls) a few times a second, on a new connection each time. Under load it
+monitoring page polls), or another ``path``, a few times a second, on a new connection each time. Under load it
 samples from a process of its own: a thread of the load test would wait for the load test's
 interpreter lock while the load test's own reactor is busy, and that wait would be counted as
 the gateway's.
@@ -18,8 +18,8 @@ class ApiProbe:
     interval_s = 0.2
     timeout_s = 10.0
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.host, self.port = host, port
+    def __init__(self, port: int, host: str = "127.0.0.1", path: str = PATH):
+        self.host, self.port, self.path = host, port, path
         self.loaded: list[tuple[float, float]] = []  # (wall time, ms)
         self.failures: list[str] = []  # requests under load that got no 200 answer
         self._sampler = None  # the child process sampling under load
@@ -29,15 +29,15 @@ class ApiProbe:
         started = time.perf_counter()
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
-            conn.request("GET", PATH)
+            conn.request("GET", self.path)
             answer = conn.getresponse()
             answer.read()
         except (OSError, http.client.HTTPException) as exc:  # a garbled answer counts as a failure, too
-            raise ApiUnavailable(f"GET {PATH}: {exc.strerror or exc}") from None
+            raise ApiUnavailable(f"GET {self.path}: {exc.strerror or exc}") from None
         finally:
             conn.close()
         if answer.status != 200:
-            raise ApiUnavailable(f"GET {PATH} answered {answer.status} {answer.reason}")
+            raise ApiUnavailable(f"GET {self.path} answered {answer.status} {answer.reason}")
         return (time.perf_counter() - started) * 1000
 
     def unavailable_reason(self) -> str | None:
@@ -62,7 +62,7 @@ class ApiProbe:
         self._stop = spawn.Event()
         self._results, sender = spawn.Pipe(duplex=False)
         self._sampler = spawn.Process(target=_sample_until, daemon=True,
-                                      args=(self.host, self.port, self.interval_s, self._stop, sender))
+                                      args=(self.host, self.port, self.path, self.interval_s, self._stop, sender))
         self._sampler.start()
 
     def stop(self) -> None:
@@ -81,9 +81,9 @@ class ApiProbe:
         self._sampler = None
 
 
-def _sample_until(host: str, port: int, interval_s: float, stop, results) -> None:
+def _sample_until(host: str, port: int, path: str, interval_s: float, stop, results) -> None:
     """The child process: time requests until ``stop`` is set, then send ``(loaded, failures)``."""
-    probe = ApiProbe(port, host)
+    probe = ApiProbe(port, host, path)
     while True:
         try:
             probe.loaded.append((time.time(), probe.request_ms()))

@@ -68,19 +68,26 @@ class Step:
                     user_deliveries_per_s=r["user_deliveries_per_s"], events_per_s=r["events_per_s"],
                     propagation_p99_ms=(r["propagation_ms"] or {}).get("p99"),
                     gateway_cpu_us_per_delivery=r["gateway_cpu_us_per_delivery"],
+                    gateway_idle_cpu_us_per_terminal_s=r.get("gateway_idle_cpu_us_per_terminal_s"),
                     api_p99_ms=api.get("p99"), api_idle_p99_ms=api.get("idle_p99"),
                     gateway_cpu_s=r["gateway_cpu_s"], fleet_cpu_s=r["fleet_cpu_s"], duration_s=r["duration_s"])
 
 
 def find_capacity(ladder, run_step: Callable[[float], dict], p99_limit_ms: float = P99_LIMIT_MS,
-                  on_step: Callable[[Step], None] = lambda step: None) -> list[Step]:
+                  on_step: Callable[[Step], None] = lambda step: None, whole: bool = False) -> list[Step]:
     """Run ``run_step(rate)`` up the ladder until a step is not held; every step run, in order.
 
     A step that converged but missed the latency limit is run once more before the search stops:
     on a shared machine one stall of a few seconds decides a short step's p99. Losing anything
-    is never given a second chance."""
+    is never given a second chance. ``whole``: every rate once, held or not (figures by rate,
+    such as the CPU per delivery, rather than a search)."""
     steps = []
     for rate in ladder:
+        if whole:
+            report = run_step(rate)
+            steps.append(Step(rate, report, step_verdict(report, p99_limit_ms)))
+            on_step(steps[-1])
+            continue
         for attempt in (1, 2):
             report = run_step(rate)
             step = Step(rate, report, step_verdict(report, p99_limit_ms))
@@ -112,11 +119,13 @@ def capacity_table(found: dict) -> str:
     def show(value, fmt="{:,.0f}"):
         return "-" if value is None else fmt.format(value)
 
-    head = f"{'rate/s':>7} {'deliv/s':>8} {'p99 ms':>8} {'CPU us/deliv':>12} {'API p99 ms':>10} {'idle':>6}  verdict"
+    head = (f"{'rate/s':>7} {'deliv/s':>8} {'p99 ms':>8} {'CPU us/deliv':>12} {'idle us/s/term':>14} {'API p99 ms':>10} "
+            f"{'idle':>6}  verdict")
     lines = [head]
     for s in found["steps"]:
         lines.append(f"{s['rate']:>7g} {show(s['user_deliveries_per_s']):>8} {show(s['propagation_p99_ms']):>8} "
-                     f"{show(s['gateway_cpu_us_per_delivery']):>12} {show(s['api_p99_ms'], '{:,.1f}'):>10} "
+                     f"{show(s['gateway_cpu_us_per_delivery']):>12} {show(s.get('gateway_idle_cpu_us_per_terminal_s'), '{:,.1f}'):>14} "
+                     f"{show(s['api_p99_ms'], '{:,.1f}'):>10} "
                      f"{show(s['api_idle_p99_ms'], '{:,.1f}'):>6}  {'held' if s['held'] else s['why_not']}")
     best = found["capacity"]
     if best is None:

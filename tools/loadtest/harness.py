@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
@@ -31,7 +32,7 @@ from protocol.figures import percentiles
 from simulator.fleet import Fleet, FleetError, FleetSpec, add_fleet_arguments, propagation_figures, spec_from_args
 from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
-from tools.loadtest import baselines, capacity, convergence, report as reporting
+from tools.loadtest import baselines, capacity, convergence, push_load, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
 from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, free_port
 
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="store_true", help="terminals listen and the gateway dials out to each")
     p.add_argument("--poll-s", type=float, default=2.0, metavar="SEC", help="poll_s of every [[zk]] device (default 2)")
     p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
-                   help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none)")
+                   help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none); "
+                        "with PUSH devices: Delays of the phase they only call in")
+    p.add_argument("--idle-cpu-s", type=float, default=3.0, metavar="SEC",
+                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, once it settled (default 3; 0: not)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
     p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")
@@ -64,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--p99-limit-ms or anything is lost; report the highest rate held")
     p.add_argument("--ladder", type=_ladder, default=capacity.DEFAULT_LADDER, metavar="R1,R2,...",
                    help="offered rates for --find-capacity, rising (default %s)" % ",".join(f"{r:g}" for r in capacity.DEFAULT_LADDER))
+    p.add_argument("--whole-ladder", action="store_true",
+                   help="with --find-capacity: run every rate of the ladder once, held or not (a table of figures by rate)")
     p.add_argument("--p99-limit-ms", type=float, default=capacity.P99_LIMIT_MS, metavar="MS",
                    help="p99 propagation a step may reach and still hold its rate (default %(default)g)")
     return p
@@ -199,6 +205,8 @@ class LoadTest:
         def settled(fleet):
             figures["cpu_settled_s"] = self.gateway.cpu_s()
             self.probe.stop()  # the idle phase measures polling alone
+            if self.args.idle_cpu_s > 0:  # caught up, nothing asked of it: not even the work that follows connecting
+                figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
             # Before the fleet dumps what it holds: anything repaired is something the sync left behind.
             figures["reconciled"] = reconcile_now(self.gateway.http_port, self._api_token())
             if self.spec.zk_ids and self.args.idle_cycles:
@@ -222,6 +230,14 @@ class LoadTest:
         """The token the gateway made at its first start, kept beside its database or in its working folder."""
         path = token_path(self.db_url)
         return (path if path.is_absolute() else self.run_dir / path).read_text().strip()
+
+    def _idle_cpu_per_s(self, seconds: float) -> float:
+        """The gateway's CPU seconds a second with every terminal connected and nothing happening:
+        keepalives, timers, the API process's snapshots (the API probe is stopped). At low rates
+        this is a large part of what a delivery costs."""
+        cpu_before, started = self.gateway.cpu_s(), time.monotonic()
+        time.sleep(seconds)
+        return (self.gateway.cpu_s() - cpu_before) / (time.monotonic() - started)
 
     def _measure_idle(self, fleet: Fleet, on_progress) -> dict:
         """A few poll cycles with nothing changing: what the gateway spends, per device and cycle,
@@ -282,6 +298,7 @@ class LoadTest:
             gateway_cpu_s=round(figures["cpu_load_s"], 2),
             # A delivery is one user record applied by one terminal; the CPU includes storing events and pulling.
             gateway_cpu_us_per_delivery=_round(figures["cpu_load_s"] * 1e6 / fleet.deliveries if fleet.deliveries else None),
+            gateway_idle_cpu_us_per_terminal_s=_round(figures["idle_cpu_per_s"] * 1e6 / spec.devices if "idle_cpu_per_s" in figures else None),
             fleet_cpu_s=fleet.cpu_s,
             gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
             gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
@@ -329,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gateways < 1 or (args.gateways > 1 and not (args.db or "").startswith("postgresql")):
         parser.error("--gateways N: N from 1, and above 1 only with --db postgresql://... (SQLite takes one writing process)")
+    if args.kind == "push" and (args.find_capacity or args.gateways > 1 or args.listen or args.plot):
+        parser.error("--kind push runs one gateway process and its own phases: no --find-capacity, --gateways, --listen or --plot")
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before a long run, not after it
         print(f"gateway-loadtest: {reporting.PLOT_HINT}", file=sys.stderr)
         return 2
@@ -339,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix="gateway-loadtest-"))
     if args.find_capacity:
         return find_capacity(args, run_dir)
+    if args.kind == "push":
+        return _push(args, run_dir)
     test = LoadTest(args, run_dir)
     try:
         report = test.run()
@@ -354,6 +375,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         print(f"run folder kept: {run_dir}")
+    return 0 if report["ok"] else 1
+
+
+def _push(args, run_dir: Path) -> int:
+    """``--kind push``: tools/loadtest/push_load.py runs it; the report is written and shown as for the others."""
+    try:
+        report = push_load.run(args, run_dir)
+    except (GatewayFailed, ApiUnavailable) as exc:
+        print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 1
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(push_load.table(report))
+    print(f"report written to {args.json}; run folder {run_dir}")
     return 0 if report["ok"] else 1
 
 
@@ -399,7 +433,7 @@ def find_capacity(args, run_dir: Path) -> int:
               f"{s['gateway_cpu_us_per_delivery']} us CPU per delivery", file=sys.stderr)
 
     try:
-        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said)
+        steps = capacity.find_capacity(args.ladder, run_step, args.p99_limit_ms, on_step=said, whole=args.whole_ladder)
     except (FleetError, GatewayFailed, ApiUnavailable) as exc:
         print(f"gateway-loadtest: {exc} (logs in {run_dir})", file=sys.stderr)
         return 1

@@ -54,6 +54,7 @@ def table(report: dict) -> str:
         ("API p50/p99 idle", " / ".join(show(api.get(k), " ms") for k in ("idle_p50", "idle_p99")) if api else "-"),
         ("gateway CPU / fleet CPU", f"{show(report['gateway_cpu_s'], ' s')} / {show(report['fleet_cpu_s'], ' s')}"),
         ("  gateway CPU per delivery", show(report.get("gateway_cpu_us_per_delivery"), " us")),
+        ("  idle, per terminal", show(report.get("gateway_idle_cpu_us_per_terminal_s"), " us CPU/s")),
         ("gateway peak RSS", show(report["gateway_peak_rss_mb"], " MiB")),
         ("  idle, per terminal", show(report["gateway_idle_rss_per_terminal_kb"], " KiB")),
         ("lost / duplicate events", f"{report['lost_events']} / {report['duplicate_events']}"),

@@ -239,10 +239,25 @@ class PushServer:
         """Queue a command; QueueFull at the bound."""
         if len(self._waiting) >= self.timing.max_commands:
             raise QueueFull(f"{len(self._waiting)} commands wait for device {self.serial}")
-        command = PushCommand(self._next_id, text)
-        self._next_id += 1
+        command = PushCommand(self.new_ids(1)[0], text)
         self._waiting[command.id] = _Waiting(command)
         return command
+
+    def new_ids(self, count: int) -> list[int]:
+        """Ids for commands the caller stores before it hands them to ``take`` (none in use)."""
+        ids = []
+        while len(ids) < count:
+            if self._next_id not in self._waiting:
+                ids.append(self._next_id)
+            self._next_id += 1
+        return ids
+
+    def take(self, commands: list[PushCommand]) -> None:
+        """Queue commands with ids of their own (stored ones, resumed); one waiting already stays as it is.
+        The caller bounds them (it refused what would not fit before storing it)."""
+        for command in commands:
+            if command.id not in self._waiting:
+                self._waiting[command.id] = _Waiting(command)
 
     @property
     def waiting(self) -> int:

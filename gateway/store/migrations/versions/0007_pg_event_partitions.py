@@ -18,7 +18,7 @@ from alembic import op
 from gateway.store.partitions import DEFAULT, make_weeks
 
 revision = "0007_pg_event_partitions"
-down_revision = "0005"
+down_revision = "0006_terminal_kind"
 branch_labels = None
 depends_on = None
 
