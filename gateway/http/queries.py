@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
+from gateway.store.partitions import id_window, in_window, partitioned, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -68,8 +69,27 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
         stmt = stmt.order_by(events.c.id.desc())
     if before is not None:
         stmt = stmt.where(events.c.id < before)
-    rows = conn.execute(stmt.limit(limit + 1)).mappings().all()
+    stmt = stmt.limit(limit + 1)
+    rows = _by_week(conn, stmt, after, limit) if partitioned(conn) else conn.execute(stmt).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
+
+
+def _by_week(conn: Connection, stmt, after: int | None, limit: int) -> list:
+    """``stmt``'s rows, read from the week partitions that can hold them (partitions.py, "Closed
+    weeks"): a follower's from those with ids above ``after``; a newest-first page from the open
+    weeks, then from the closed ones with ids above the page's last, or from all while it is not
+    full. Each page is checked against the week ids read after it, so an event that arrived in a
+    closed week meanwhile widens the search instead of being paged past."""
+    searched = id_window(week_ids(conn), after)
+    while True:
+        rows = conn.execute(stmt if searched is None else stmt.where(in_window(events.c.occurred_ms, searched))).mappings().all()
+        if searched is None:
+            return rows
+        needed = after if after is not None else rows[-1]["id"] if len(rows) > limit else -1
+        wanted = id_window(week_ids(conn), needed)
+        if wanted is not None and wanted <= searched:
+            return rows
+        searched = None if wanted is None else searched | wanted
 
 
 def last_event_id(conn: Connection) -> int:

@@ -11,12 +11,19 @@ Every statement here takes a lock on the events table that ingest also needs; ``
 keeps each wait short (the next hourly run tries again), so a long query never holds ingest up
 behind maintenance. SQLite has one file and no partitions: nothing here applies to it.
 docs/architecture.md, "A year of logs".
+
+Closed weeks: the API orders events by id, which no time bound prunes, so a query would plan and
+open every week of a year. Once a week is over (and the one after it, where a late terminal's
+events still go), the hourly run closes it: a trigger on it and the highest id it holds in
+``WEEK_IDS`` (migration 0010), both made while no insert into it is in flight. An event
+arriving in a closed week later raises that figure in its own transaction. A page then opens
+the open weeks and the closed ones whose highest id it may need (``id_window``).
 """
 
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, and_, false, or_, text
 
 from gateway.store.schema import events
 
@@ -24,6 +31,8 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 WEEKS_AHEAD = 2  # made ahead of time, so a clock a little fast still finds its week
 DEFAULT = "events_default"
+WEEK_IDS = "event_week_ids"  # PostgreSQL's own bookkeeping of closed weeks, not in schema.py (migration 0010)
+OPEN_WEEKS = 2  # this week and the last stay open: most events arrive there, a few late ones after the week
 LOCK_TIMEOUT = "2s"
 _MAINTENANCE_LOCK = 0x6576_7065  # one process at a time makes or drops weeks ("evpe")
 
@@ -55,12 +64,16 @@ def week_of(at_ms: int) -> Week:
     return Week(start, start + WEEK_MS)
 
 
+def _week_named(name: str) -> Week:
+    return week_of(int(name.removeprefix("events_w")) * WEEK_MS)
+
+
 def weeks(conn) -> list[Week]:
     """The weekly partitions there are, oldest first (each named after its week's number)."""
     names = conn.execute(text(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'events'::regclass AND c.relname <> :default"), dict(default=DEFAULT)).scalars()
-    return sorted(week_of(int(name.removeprefix("events_w")) * WEEK_MS) for name in names)
+    return sorted(_week_named(name) for name in names)
 
 
 @contextmanager
@@ -128,4 +141,44 @@ def drop_week(conn, week: Week, exported: int | None = None) -> bool:
             if count_week(conn, week) != exported:
                 return False
         conn.execute(text(f"DROP TABLE {week.name}"))
+        conn.execute(text(f"DELETE FROM {WEEK_IDS} WHERE name = :name"), dict(name=week.name))
     return True
+
+
+def close_weeks(conn, now_ms: int) -> list[str]:
+    """Close the default partition and every week ended before the open ones (see "Closed weeks"
+    above); the names closed. All in the caller's transaction: none is closed unless all are."""
+    if not partitioned(conn):
+        return []
+    open_from = week_of(now_ms).start_ms - (OPEN_WEEKS - 1) * WEEK_MS
+    with _maintenance(conn):
+        closed = set(conn.execute(text(f"SELECT name FROM {WEEK_IDS}")).scalars())
+        names = [DEFAULT] + [w.name for w in weeks(conn) if w.end_ms <= open_from]
+        todo = [n for n in names if n not in closed]
+        for name in todo:
+            # The trigger's lock waits for the inserts in flight and holds new ones until commit, so
+            # the figure read next is the highest id there, and the trigger sees every later one.
+            conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
+            conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
+    return todo
+
+
+def week_ids(conn) -> dict[str, int | None]:
+    """Each partition's highest id if it is closed, None while it is open: a catalog read, no
+    partition is opened."""
+    return dict(conn.execute(text(
+        "SELECT c.relname, b.max_id FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        f" LEFT JOIN {WEEK_IDS} b ON b.name = c.relname WHERE i.inhparent = 'events'::regclass")).all())
+
+
+def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str] | None:
+    """The partitions that may hold an event id above ``above`` (None: the open ones only); None
+    when that takes the default partition, which no time range selects alone: then all of them."""
+    names = frozenset(name for name, highest in ids.items() if highest is None or (above is not None and highest > above))
+    return None if DEFAULT in names else names
+
+
+def in_window(column, names: frozenset[str]):
+    """A condition on occurred time that the planner prunes every partition but ``names`` by."""
+    ranges = [and_(column >= w.start_ms, column < w.end_ms) for w in map(_week_named, sorted(names))]
+    return or_(*ranges) if ranges else false()
