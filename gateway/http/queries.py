@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.partitions import id_window, in_window, partitioned, week_ids
+from gateway.store.partitions import id_window, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -28,18 +28,19 @@ class EventFilter:
     since_ms: int | None = None  # occurred at or after
     until_ms: int | None = None  # occurred before
 
-    def conditions(self) -> list:
+    def conditions(self, c=events.c) -> list:
+        """The filter on the columns ``c`` (the events table's, or those of some of its weeks)."""
         found = []
         if self.types:
-            found.append(events.c.type.in_(self.types))
+            found.append(c.type.in_(self.types))
         if self.terminal_id is not None:
-            found.append(events.c.terminal_id == self.terminal_id)
+            found.append(c.terminal_id == self.terminal_id)
         if self.user_id is not None:
-            found.append(events.c.user_id == self.user_id)
+            found.append(c.user_id == self.user_id)
         if self.since_ms is not None:
-            found.append(events.c.occurred_ms >= self.since_ms)
+            found.append(c.occurred_ms >= self.since_ms)
         if self.until_ms is not None:
-            found.append(events.c.occurred_ms < self.until_ms)
+            found.append(c.occurred_ms < self.until_ms)
         return found
 
     def matches(self, event: dict) -> bool:
@@ -62,28 +63,37 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     With ``after``: the oldest events above it, oldest first (how a log is followed). Without:
     the newest events below ``before`` (or the newest of all), newest first (how one pages back).
     """
-    stmt = select(events).where(*flt.conditions(), *visible(conn, events.c.id))  # a late commit is never paged past
-    if after is not None:
-        stmt = stmt.where(events.c.id > after).order_by(events.c.id)
+    if partitioned(conn):
+        rows = _by_week(conn, flt, after, before, limit)
     else:
-        stmt = stmt.order_by(events.c.id.desc())
-    if before is not None:
-        stmt = stmt.where(events.c.id < before)
-    stmt = stmt.limit(limit + 1)
-    rows = _by_week(conn, stmt, after, limit) if partitioned(conn) else conn.execute(stmt).mappings().all()
+        rows = conn.execute(_page(conn, events, flt, after, before, limit)).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
 
 
-def _by_week(conn: Connection, stmt, after: int | None, limit: int) -> list:
-    """``stmt``'s rows, read from the week partitions that can hold them (partitions.py, "Closed
+def _page(conn: Connection, table, flt: EventFilter, after: int | None, before: int | None, limit: int):
+    """The page's query on ``table``: the events table, or some of its week partitions."""
+    c = table.c
+    stmt = select(table).where(*flt.conditions(c), *visible(conn, c.id))  # a late commit is never paged past
+    if after is not None:
+        stmt = stmt.where(c.id > after).order_by(c.id)
+    else:
+        stmt = stmt.order_by(c.id.desc())
+    if before is not None:
+        stmt = stmt.where(c.id < before)
+    return stmt.limit(limit + 1)
+
+
+def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> list:
+    """The page's rows, read from the week partitions that can hold them (partitions.py, "Closed
     weeks"): a follower's from those with ids above ``after``; a newest-first page from the open
     weeks, then from the closed ones with ids above the page's last, or from all while it is not
     full. Each page is checked against the week ids read after it, so an event that arrived in a
     closed week meanwhile widens the search instead of being paged past."""
     searched = id_window(week_ids(conn), after)
     while True:
-        rows = conn.execute(stmt if searched is None else stmt.where(in_window(events.c.occurred_ms, searched))).mappings().all()
-        if searched is None:
+        table = union_of(searched) if searched else events  # the weeks named, or all of them
+        rows = conn.execute(_page(conn, table, flt, after, before, limit)).mappings().all()
+        if not searched:
             return rows
         needed = after if after is not None else rows[-1]["id"] if len(rows) > limit else -1
         wanted = id_window(week_ids(conn), needed)

@@ -17,13 +17,14 @@ open every week of a year. Once a week is over (and the one after it, where a la
 events still go), the hourly run closes it: a trigger on it and the highest id it holds in
 ``WEEK_IDS`` (migration 0010), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. A page then opens
-the open weeks and the closed ones whose highest id it may need (``id_window``).
+the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
 """
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, and_, false, or_, text
+from sqlalchemy import MetaData, select, text, union_all
 
 from gateway.store.schema import events
 
@@ -47,12 +48,9 @@ class Week:
         return f"events_w{self.start_ms // WEEK_MS}"
 
 
-_DEFAULT_TABLE = events.to_metadata(MetaData(), name=DEFAULT)
-
-
 def rows_by_row(conn):
     """The table retention removes from row by row: on PostgreSQL only the default partition."""
-    return _DEFAULT_TABLE if partitioned(conn) else events
+    return _partition(DEFAULT) if partitioned(conn) else events
 
 
 def partitioned(conn) -> bool:
@@ -178,7 +176,14 @@ def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str] |
     return None if DEFAULT in names else names
 
 
-def in_window(column, names: frozenset[str]):
-    """A condition on occurred time that the planner prunes every partition but ``names`` by."""
-    ranges = [and_(column >= w.start_ms, column < w.end_ms) for w in map(_week_named, sorted(names))]
-    return or_(*ranges) if ranges else false()
+def union_of(names: frozenset[str]):
+    """The partitions ``names`` as one table named ``events``, to query in place of the whole: the
+    planner opens those alone and plans each as it would on its own (a time condition selecting
+    them would be estimated as selective on a week not analyzed yet, and read the week whole)."""
+    parts = [select(_partition(name)) for name in sorted(names)]
+    return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("events")
+
+
+@functools.cache
+def _partition(name: str):
+    return events.to_metadata(MetaData(), name=name)
