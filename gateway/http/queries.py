@@ -66,14 +66,15 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     if partitioned(conn):
         rows = _by_week(conn, flt, after, before, limit)
     else:
-        rows = conn.execute(_page(conn, events, flt, after, before, limit)).mappings().all()
+        rows = conn.execute(_page(events, visible(conn, events.c.id), flt, after, before, limit)).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
 
 
-def _page(conn: Connection, table, flt: EventFilter, after: int | None, before: int | None, limit: int):
-    """The page's query on ``table``: the events table, or some of its week partitions."""
+def _page(table, visible_only: list, flt: EventFilter, after: int | None, before: int | None, limit: int):
+    """The page's query on ``table`` (the events table, or some of its week partitions); a late
+    commit is never paged past (``visible_only``)."""
     c = table.c
-    stmt = select(table).where(*flt.conditions(c), *visible(conn, c.id))  # a late commit is never paged past
+    stmt = select(table).where(*flt.conditions(c), *visible_only)
     if after is not None:
         stmt = stmt.where(c.id > after).order_by(c.id)
     else:
@@ -86,20 +87,20 @@ def _page(conn: Connection, table, flt: EventFilter, after: int | None, before: 
 def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> list:
     """The page's rows, read from the week partitions that can hold them (partitions.py, "Closed
     weeks"): a follower's from those with ids above ``after``; a newest-first page from the open
-    weeks, then from the closed ones with ids above the page's last, or from all while it is not
-    full. Each page is checked against the week ids read after it, so an event that arrived in a
-    closed week meanwhile widens the search instead of being paged past."""
-    searched = id_window(week_ids(conn), after)
-    while True:
-        table = union_of(searched) if searched else events  # the weeks named, or all of them
-        rows = conn.execute(_page(conn, table, flt, after, before, limit)).mappings().all()
-        if not searched:
-            return rows
-        needed = after if after is not None else rows[-1]["id"] if len(rows) > limit else -1
-        wanted = id_window(week_ids(conn), needed)
-        if wanted is not None and wanted <= searched:
-            return rows
-        searched = None if wanted is None else searched | wanted
+    weeks, then from the closed ones with ids above the page's last (all of them while it is not
+    full), merged. Every read keeps below the watermark read with the weeks' figures, so each
+    event it may return was committed, with its week's figure, before those were read."""
+    watermark, ids = week_ids(conn)
+    searched: frozenset[str] = frozenset()
+    rows: list = []
+    wanted = id_window(ids, after)
+    while wanted - searched:
+        table = union_of(wanted - searched)
+        rows += conn.execute(_page(table, [table.c.id < watermark], flt, after, before, limit)).mappings().all()
+        rows = sorted(rows, key=lambda row: row["id"], reverse=after is None)[:limit + 1]
+        searched |= wanted
+        wanted = id_window(ids, after if after is not None else rows[-1]["id"] if len(rows) > limit else -1)
+    return rows
 
 
 def last_event_id(conn: Connection) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import MetaData, select, text, union_all
 
+from gateway.store.order import WATERMARK
 from gateway.store.schema import events
 
 DAY_MS = 86_400_000
@@ -161,19 +162,20 @@ def close_weeks(conn, now_ms: int) -> list[str]:
     return todo
 
 
-def week_ids(conn) -> dict[str, int | None]:
-    """Each partition's highest id if it is closed, None while it is open: a catalog read, no
-    partition is opened."""
-    return dict(conn.execute(text(
-        "SELECT c.relname, b.max_id FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        f" LEFT JOIN {WEEK_IDS} b ON b.name = c.relname WHERE i.inhparent = 'events'::regclass")).all())
+def week_ids(conn) -> tuple[int, dict[str, int | None]]:
+    """The watermark (gateway/store/order.py) and each partition's highest id if it is closed, None
+    while it is open, in one snapshot: every event below that watermark was committed before it,
+    and with it its week's figure. A catalog read: no partition is opened."""
+    rows = conn.execute(text(
+        f"SELECT w.mark, c.relname, b.max_id FROM (SELECT {WATERMARK.name} AS mark) w"
+        " LEFT JOIN (pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid) ON i.inhparent = 'events'::regclass"
+        f" LEFT JOIN {WEEK_IDS} b ON b.name = c.relname")).all()
+    return rows[0].mark, {row.relname: row.max_id for row in rows if row.relname is not None}
 
 
-def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str] | None:
-    """The partitions that may hold an event id above ``above`` (None: the open ones only); None
-    when that takes the default partition, which no time range selects alone: then all of them."""
-    names = frozenset(name for name, highest in ids.items() if highest is None or (above is not None and highest > above))
-    return None if DEFAULT in names else names
+def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:
+    """The partitions that may hold an event id above ``above`` (None: the open ones only)."""
+    return frozenset(name for name, highest in ids.items() if highest is None or (above is not None and highest > above))
 
 
 def union_of(names: frozenset[str]):
