@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.partitions import id_window, partitioned, union_of, week_ids
+from gateway.store.partitions import id_window, newest_closed, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -86,20 +86,26 @@ def _page(table, visible_only: list, flt: EventFilter, after: int | None, before
 
 def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> list:
     """The page's rows, read from the week partitions that can hold them (partitions.py, "Closed
-    weeks"): a follower's from those with ids above ``after``; a newest-first page from the open
-    weeks, then from the closed ones with ids above the page's last (all of them while it is not
-    full), merged. Every read keeps below the watermark read with the weeks' figures, so each
-    event it may return was committed, with its week's figure, before those were read."""
+    weeks"), merged by id: a follower's from those with ids above ``after``; a newest-first page
+    from the open weeks, then from the closed ones with ids above the page's last, and while it is
+    not full from the closed ones with the highest ids, twice as many each time. Every read keeps
+    below the watermark read with the weeks' figures, so each event it may return was committed,
+    with its week's figure, before those were read."""
     watermark, ids = week_ids(conn)
     searched: frozenset[str] = frozenset()
     rows: list = []
-    wanted = id_window(ids, after)
+    wanted, widen = id_window(ids, after), 4
     while wanted - searched:
         table = union_of(wanted - searched)
         rows += conn.execute(_page(table, [table.c.id < watermark], flt, after, before, limit)).mappings().all()
         rows = sorted(rows, key=lambda row: row["id"], reverse=after is None)[:limit + 1]
         searched |= wanted
-        wanted = id_window(ids, after if after is not None else rows[-1]["id"] if len(rows) > limit else -1)
+        if after is not None:
+            break  # every partition with an id above ``after`` was read
+        if len(rows) > limit:
+            wanted = id_window(ids, rows[-1]["id"])
+        else:
+            wanted, widen = searched | newest_closed(ids, searched, widen), widen * 2
     return rows
 
 

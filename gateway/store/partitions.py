@@ -178,6 +178,13 @@ def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:
     return frozenset(name for name, highest in ids.items() if highest is None or (above is not None and highest > above))
 
 
+def newest_closed(ids: dict[str, int | None], searched: frozenset[str], count: int) -> frozenset[str]:
+    """The ``count`` closed partitions not ``searched`` with the highest ids: where a newest-first
+    page not yet full goes on."""
+    closed = sorted(((highest, name) for name, highest in ids.items() if highest is not None and name not in searched), reverse=True)
+    return frozenset(name for _, name in closed[:count])
+
+
 def union_of(names: frozenset[str]):
     """The partitions ``names`` as one table named ``events``, to query in place of the whole: the
     planner opens those alone and plans each as it would on its own (a time condition selecting
