@@ -184,6 +184,7 @@ def newest_closed(ids: dict[str, int | None], searched: frozenset[str], count: i
     return frozenset(name for _, name in closed[:count])
 
 
+@functools.lru_cache(maxsize=256)  # built once per set: SQLAlchemy's columns of a union cost more than the query
 def union_of(names: frozenset[str]):
     """The partitions ``names`` as one table named ``events``, to query in place of the whole: the
     planner opens those alone and plans each as it would on its own (a time condition selecting
