@@ -29,7 +29,7 @@ from gateway.admission import ADMISSION_POLICIES
 from gateway.store.database import upsert
 from gateway.kinds import ConfiguredTerminal, kinds
 from gateway.store.notices import ADMISSIONS, notify
-from gateway.store.schema import pending_pulls, terminals, zk_attendance, zk_devices, zk_holdings
+from gateway.store.schema import pending_pulls, push_commands, terminals, zk_attendance, zk_devices, zk_holdings
 from gateway.sync.connection import Refused, TerminalConnection, TerminalInfo
 from gateway.sync.syncmode import format_groups, parse_groups
 from protocol.errors import ErrorCode
@@ -389,6 +389,8 @@ def _save_decision(conn, rows: list[dict]) -> None:
 def _forget_terminal(conn, terminal_id: int) -> None:
     notify(conn, ADMISSIONS, str(terminal_id))
     conn.execute(delete(pending_pulls).where(pending_pulls.c.terminal_id == terminal_id))
+    # A PUSH device's id is its serial's: admitted again, it must not be sent what was owed before.
+    conn.execute(delete(push_commands).where(push_commands.c.terminal_id == terminal_id))
     conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id))
     conn.execute(delete(zk_attendance).where(zk_attendance.c.terminal_id == terminal_id))
     conn.execute(delete(zk_devices).where(zk_devices.c.terminal_id == terminal_id))

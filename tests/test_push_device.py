@@ -7,6 +7,7 @@ from twisted.internet import defer, task
 from gateway.sync.connection import UserResult
 from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED
 from gateway.push.device import LINES_SKIPPED, DeviceGone, PushDevice
+from gateway.push.queue import StoredCommand
 from gateway.zk.holdings import Holdings
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -122,7 +123,7 @@ def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reaso
 def call(device, method, path, query=None, body=b""):
     request = Request(method, path, {"SN": SN, **(query or {})}, body)
     result = []
-    device.handle(device.server.receive(request, device._clock.seconds()), "10.0.0.5").addBoth(result.append)
+    device.handle(request, "10.0.0.5").addBoth(result.append)
     assert result, "the device did not answer at once"
     return result[0]
 
@@ -156,6 +157,16 @@ def test_punches_are_stored_once_when_the_device_sends_them_again():
     assert attlog(device, PUNCHES, 2) == (200, b"OK: 2")  # the answer was lost: a resend
     assert [(e.user_id, e.code, e.timestamp_ms) for e in events.stored] == [
         ("7", EventCode.VERIFY_SUCCESS, 1709629152000), ("8", EventCode.VERIFY_SUCCESS, 1709629240000)]
+
+
+
+def test_a_resend_overlapping_the_stored_upload_stores_each_line_once_and_ids_run_on():
+    device, clock, events, *_ = make()
+    assert attlog(device, PUNCHES, 2) == (200, b"OK: 2")
+    later = b"9\t2024-03-05 09:01:00\t0\t2\t0\n"
+    # the answer was lost and a punch came meanwhile: the device sends from its old stamp, one line twice
+    assert attlog(device, PUNCHES + later + later, 3) == (200, b"OK: 4")
+    assert [(e.event_id, e.user_id) for e in events.stored] == [(1, "7"), (2, "8"), (3, "9")]
 
 
 def test_after_a_start_punches_the_log_holds_are_not_stored_again():
@@ -276,7 +287,7 @@ def test_a_command_never_answered_is_sent_again_then_given_up_visibly():
 
 def test_a_full_queue_refuses_the_push_before_storing_it():
     commands = Commands()
-    device, *_ = make(commands=commands, max_commands=2)  # room for the listing's two DATA QUERY, then two
+    device, *_ = make(commands=commands, max_commands=4)  # room kept for a listing's two DATA QUERY, then two
     list_users(device)
     done = []
     for user_id in "567":
@@ -350,3 +361,82 @@ def test_uploads_wait_while_the_writer_is_behind():
     assert attlog(device, PUNCHES, 2)[0] == 503
     device.resume_events()
     assert attlog(device, PUNCHES, 2)[0] == 200
+
+
+TEMPLATE = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=="  # 64 bytes
+
+
+def test_a_refusal_in_a_group_still_waiting_is_not_lost_when_the_device_goes_offline():
+    commands = Commands()
+    device, clock, events, holdings, *_ = make(offline_s=60, commands=commands)
+    list_users(device, "USER PIN=5\tName=Old\tPri=0\tPasswd=\tCard=\tGrp=1", f"FP PIN=5\tFID=0\tSize=64\tValid=1\tTMP={TEMPLATE}")
+    seen = dict(holdings.seen)
+    events.stored.clear()
+    device.put_users([UserRecordWire.build(UserRecord("5", name="New"))], keep_local_changes=False)
+    user_line, finger_deletion = fetch_commands(device)  # one put: the USER line, and its finger removed
+    answer(device, user_line, code=-1)  # refused; the rest of the put still waits
+    clock.advance(60)  # silent: offline before the rest is answered
+    resent = fetch_commands(device)  # back: the whole put again, refusal included
+    assert [c.id for c in resent[:2]] == [user_line.id, finger_deletion.id]
+    answer(device, user_line, code=-1)  # refused again, visibly this time
+    answer(device, finger_deletion)
+    assert [(row["type"], row["user_id"]) for row in events.monitoring] == [(PUSH_REFUSED, "5")]
+    assert events.stored == [] and holdings.seen == seen  # no success, and nothing recorded as held
+    assert commands.rows == {}
+
+
+def test_a_result_posted_first_to_a_restarted_gateway_settles_the_command_it_answers():
+    commands = Commands()
+    device, clock, events, *_ = make(commands=commands)
+    list_users(device, "USER PIN=5\tName=Old\tPri=0\tPasswd=\tCard=\tGrp=1")
+    device.put_users([UserRecordWire.build(UserRecord("5", name="New"))], keep_local_changes=False)
+    sent = fetch_commands(device)
+    # The gateway restarts; the device, having applied the command, posts its result before anything else.
+    device, clock, events, *_ = make(commands=commands, first_id=9_000)
+    answer(device, sent[0])
+    assert commands.rows == {}
+    assert [(e.code, e.sub_code, e.user_id) for e in events.stored] == [(EventCode.UPDATE_SUCCESS, Origin.SERVER, "5")]
+    assert [c.text.split(" ")[1] for c in fetch_commands(device)] == ["QUERY", "QUERY"]  # the listing only: not sent again
+
+
+def test_a_device_owing_a_full_queue_when_it_comes_online_still_lists_its_users():
+    commands = Commands()  # owed from a run with a larger bound: the queue is full when it comes online
+    commands.rows = {i: StoredCommand(i, f"DATA DELETE USERINFO PIN={i}", i, str(i), "delete") for i in range(900, 904)}
+    device, clock, events, *_ = make(commands=commands, max_commands=4)
+    sent = fetch_commands(device)
+    assert [c.text.split(" ")[1] for c in sent] == ["DELETE"] * 4 + ["QUERY", "QUERY"]
+    answer(device, *sent)
+    done = []
+    device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)
+    assert done == [[UserResult("9", UserStatus.OK)]]
+
+
+def test_a_listing_given_up_is_asked_for_again_at_the_next_push():
+    device, clock, events, *_ = make(command_s=60)
+    for _ in range(2):  # sent twice, never answered
+        assert [c.text.split(" ")[1] for c in fetch_commands(device)] == ["QUERY", "QUERY"]
+        clock.advance(60)
+    fetch_commands(device)  # the listing is given up
+    done = []
+    device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)
+    list_users(device)  # asked for again, and answered
+    assert done == [[UserResult("9", UserStatus.OK)]]
+
+
+def test_settled_commands_leave_the_stored_queue_only_once_what_settled_them_is_durable():
+    commands = Commands()
+    device, clock, events, *_ = make(commands=commands)
+    list_users(device)
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo"))], keep_local_changes=False)
+    device.put_users([UserRecordWire.build(UserRecord("6", name="Cy"))], keep_local_changes=False)
+    applied, refused = fetch_commands(device)
+    event_durable, refusal_durable = defer.Deferred(), defer.Deferred()
+    events.submit = lambda terminal_id, batch, log_epoch=None: event_durable
+    events.commit_with_events = lambda work, rows: refusal_durable
+    answer(device, applied)
+    answer(device, refused, code=-1)
+    assert list(commands.rows) == [applied.id, refused.id]  # a crash now sends both again: no confirmation lost
+    event_durable.callback(1)
+    assert list(commands.rows) == [refused.id]
+    refusal_durable.callback(None)
+    assert commands.rows == {}

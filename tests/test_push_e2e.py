@@ -1,7 +1,8 @@
 """PUSH devices on a real site: a ``gateway run`` process with ``[push]``, a native ``simulator
 terminal`` and ``simulator push-terminal`` processes calling it over loopback HTTP. An enrolment at
 either kind reaches the other; a PUSH device whose store was wiped is refilled; an unknown serial
-is recorded and never given a command."""
+is recorded and never given a command; commands stored for a device outlive a gateway restart, and
+a change made while others wait for a device goes with the same fetch."""
 
 import json
 import signal

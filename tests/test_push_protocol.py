@@ -4,6 +4,8 @@ The vectors are the ones docs/zk-push.md shows; a change to either must change b
 """
 
 import base64
+import calendar
+import time
 
 import pytest
 
@@ -25,6 +27,18 @@ def test_attlog_vector_parses_and_a_bad_line_is_kept_aside():
     assert punches == [Punch("1001", "2024-03-05 08:59:12", 0, 1, "0"), Punch("1002", "2024-03-05 09:00:40", 1, 15, "0")]
     assert [(b.number, b.text) for b in bad] == [(4, "1003\tyesterday\t0\t1")]
     assert "is not YYYY-MM-DD HH:MM:SS" in bad[0].reason
+
+
+
+def test_punch_times_read_through_the_minute_cache_are_the_calendars_and_bad_ones_are_refused():
+    times = ["2024-03-05 08:59:12", "2024-03-05 08:59:13", "2024-02-29 23:59:59", "1999-12-31 00:00:00"]
+    body = "".join(f"7\t{t}\t0\t1\n" for t in times + ["2024-03-05 24:00:00", "2024-03-05 08:60:00", "2024-03-05 08:59:60",
+                                                        "2023-02-29 08:00:00", "2024-03-05T08:59:12", "2024-03-05 08:-1:00"])
+    punches, bad = parse_attlog(body.encode())
+    expected = [calendar.timegm(time.strptime(t, "%Y-%m-%d %H:%M:%S")) for t in times]
+    assert [p.local_seconds() for p in punches] == expected
+    assert [Punch(p.pin, p.time).local_seconds() for p in punches] == expected  # read again when not parsed
+    assert [b.number for b in bad] == [5, 6, 7, 8, 9, 10]
 
 
 def test_operlog_vector_keeps_every_field_in_order():

@@ -13,8 +13,8 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, count_week, drop_week, make_weeks, week_ids, week_of, weeks
-from gateway.store.retention import Retention, expire_batch
+from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
+from gateway.store.retention import Retention, expire_batch, export, export_week
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
 from live_site import KeypadStorm, LiveTestCase, Site, wait_until
@@ -122,11 +122,52 @@ def test_on_postgresql_a_week_the_cutoff_falls_in_stays_whole_until_all_of_it_is
     assert gone == [0] and stored_users(pg) == ["older than the cutoff"]  # not deleted a day at a time
 
 
+@pytest.mark.parametrize("export_dir", [None, "archive"])
+def test_on_postgresql_an_old_week_holding_events_recorded_since_the_cutoff_stays_and_only_its_old_events_go(pg, tmp_path, export_dir):
+    old = week_of(NOW_MS - 40 * DAY_MS)  # every moment of it older than the 30 kept days
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, ["recorded then"], old.start_ms + DAY_MS)
+    backlog = dict(sync_event_row(APPLIED_BY_DEVICE, 1, "uploaded a minute ago", at_ms=old.start_ms + DAY_MS), recorded_ms=NOW_MS - 60_000)
+    pg.run_now(record_sync_events, [backlog])  # a terminal back online uploads its old log
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    folder = None if export_dir is None else str(tmp_path / export_dir)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=30, export_dir=folder).run().addCallback(gone.append)
+    assert gone == [1] and stored_users(pg) == ["uploaded a minute ago"]
+    assert old in pg.run_now(weeks)
+    if folder is not None:
+        assert [e["user_id"] for e in exported(tmp_path / export_dir)] == ["recorded then"]
+
+
+def test_a_week_another_process_exported_and_dropped_is_not_exported_again_over_its_archive(pg, tmp_path):
+    old = week_of(NOW_MS - 400 * DAY_MS)
+    pg.run_now(make_weeks, old.start_ms, 0)
+    store(pg, [f"old-{n}" for n in range(5)], old.start_ms + DAY_MS)
+    cutoff_ms = NOW_MS - 365 * DAY_MS
+    listed = pg.run_now(weeks_before, cutoff_ms)  # a second process lists the weeks...
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=365, export_dir=str(tmp_path)).run().addCallback(gone.append)
+    assert gone == [5] and listed == [old]  # ...while the first exports and drops it
+    assert pg.run_now(export_week, tmp_path, old, cutoff_ms) is None  # the second's export of it writes nothing
+    assert len(exported(tmp_path)) == 5
+
+
+def test_an_export_never_replaces_an_archive_holding_more_events(tmp_path):
+    assert export(tmp_path, "events_w1", [dict(id=n) for n in range(5)]) == 5
+    assert export(tmp_path, "events_w1", [dict(id=0)]) == 1
+    assert len(gzip.open(tmp_path / "events_w1.jsonl.gz").read().splitlines()) == 5
+    assert sorted(e["id"] for e in exported(tmp_path)) == [0, 0, 1, 2, 3, 4]  # the smaller one beside it
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_a_week_that_received_events_after_its_export_stays(pg):
     old = week_of(NOW_MS - 400 * DAY_MS)
     pg.run_now(make_weeks, old.start_ms, 0)
     store(pg, ["exported", "arrived since"], old.start_ms)
-    assert pg.run_now(drop_week, old, 1) is False
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is False
     assert week_rows(pg, old) == 2 and old in pg.run_now(weeks)
 
 
@@ -178,9 +219,9 @@ def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg
     old = week_of(NOW_MS - 400 * DAY_MS)
     pg.run_now(make_weeks, old.start_ms, 0)
     store(pg, ["old"], old.start_ms)
-    assert pg.run_now(drop_week, old) is True
-    assert pg.run_now(drop_week, old) is False
-    assert pg.run_now(count_week, old) == 0
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is True
+    assert pg.run_now(drop_week, old, NOW_MS, 1) is False
+    assert pg.run_now(week_held, old) is None
 
 
 def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_and_this_weeks_events_move_out(postgres):
@@ -209,3 +250,15 @@ def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_an
         assert week_rows(db, this_week) == 2
     finally:
         db.engine.dispose()
+
+
+def test_making_a_week_finds_its_rows_in_the_default_partition_by_an_index(pg):
+    """add_week's DELETE from events_default runs in the writer's group commit: no read of the whole old log."""
+    later = week_of(NOW_MS + 30 * DAY_MS)
+    moving = f"DELETE FROM {DEFAULT} WHERE occurred_ms >= {later.start_ms} AND occurred_ms < {later.end_ms}"
+
+    def plan(conn) -> str:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # an empty table: a scan would be as cheap
+        return "\n".join(conn.exec_driver_sql(f"EXPLAIN {moving}").scalars())
+
+    assert "ix_events_default_occurred_ms" in pg.run_now(plan)

@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from gateway.metrics import Metrics
 from gateway.sync.monitor import RECORD_REFUSED
 from gateway.sync.pusher import delivery_rows
+from gateway.store.database import DatabaseFailure
 from gateway.store.schema import events, metadata, pending_pulls
 from gateway.zk.clock import DeviceClock
 from gateway.zk.connection import DeviceMemory, ZkConnection, ZkTiming
@@ -198,6 +199,18 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     assert [p.command for p in device.recorded].count(Command.REFRESHDATA) == 1, "the upload's own, no second one"
     wire.poll()
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
+
+
+def test_a_write_pass_answers_the_pusher_before_it_releases_the_keypad():
+    device = ZkDevice()
+    wire = Wire(device).start()
+    device.recorded = []
+    sent_when_answered = []
+    d = wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False)
+    d.addCallback(lambda _: sent_when_answered.extend(commands(device)))
+    wire.call(d)
+    assert Command.SAVE_USERTEMPS in sent_when_answered and Command.ENABLEDEVICE not in sent_when_answered
+    assert commands(device)[-1] == Command.ENABLEDEVICE and len(device.users) == 1, "the keypad released after"
 
 
 def test_a_real_time_event_polls_at_once():
@@ -639,6 +652,23 @@ def test_a_device_found_empty_at_connect_or_replaced_by_another_unit_is_refilled
     assert refills.asked == [], "the same unit again"
 
 
+def test_a_new_units_serial_is_stored_only_once_the_old_units_copies_are_forgotten():
+    device, db = ZkDevice(serial_number="UNIT-A"), SyncDb()
+    populate(device, 2)
+    wire, _ = refilling_wire(device, db)
+    wire.start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    other = ZkDevice(serial_number="UNIT-B")
+    wire, refills = refilling_wire(other, db)
+    wire.connection._store.save_seen = lambda terminal_id, seen: defer.fail(DatabaseFailure("the database is down"))
+    wire.start()
+    assert len(refills.asked) == 1
+    wire, refills = refilling_wire(other, db)  # the next start: still known as UNIT-A, so refilled again
+    wire.start()
+    assert refills.asked == ["its serial number is UNIT-B, no longer UNIT-A: another unit"]
+    assert wire.sink.of(EventCode.DELETE_SUCCESS, Origin.DEVICE) == [], "the old unit's people are no keypad deletions"
+
+
 def test_sdkbuild_is_said_after_connecting_and_a_device_that_refuses_it_is_used_as_it_is():
     device = ZkDevice()
     Wire(device).start()
@@ -815,6 +845,19 @@ def test_a_released_session_waits_for_a_busy_device_and_goes_offline_once_it_is_
         wire.poll()
     assert wire.lost == ["poll failed: not to be had for 6 s: cannot connect to 10.0.0.5:4370: Connection refused"]
     assert wire.presence.online_now is None and wire.connection.closed
+
+
+def test_a_write_waiting_for_a_busy_device_fails_when_the_connection_ends():
+    """Else the pusher's round waits for it for good, and that terminal is never pushed to again."""
+    device = ZkDevice()
+    wire = ReleasedWire(device).start()
+    wire.unreachable = "cannot connect to 10.0.0.5:4370: Connection refused"
+    results = []
+    wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False).addBoth(results.append)
+    for _ in range(6):
+        wire.poll()
+    assert wire.connection.closed and len(results) == 1
+    assert results[0].check(DeviceLost) and "not to be had" in results[0].getErrorMessage()
 
 
 def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():

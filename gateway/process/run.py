@@ -7,6 +7,7 @@ runs ``run_workers`` instead: the database is brought up to date and the ports r
 then a supervisor starts N such processes (gateway/process/workers.py).
 """
 
+import gc
 import sys
 import time
 
@@ -99,6 +100,11 @@ async def _serve(reactor, config: GatewayConfig, sync_mode, announce, role) -> N
     except StartFailed as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    # What starting built (modules, tables, the configuration) lives as long as the process: out
+    # of the collector's sight, a full collection (a PUSH upload's ten thousand punches set one off)
+    # walks what the gateway made since, not all of it: 50-65 ms each, every other upload, became 5 ms.
+    gc.collect()
+    gc.freeze()
     if announce is not None:
         announce(gateway)
     await defer.Deferred()  # until SIGINT or SIGTERM stops the reactor

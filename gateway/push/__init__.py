@@ -83,7 +83,8 @@ class PushService:
         return refusal.status, refusal.text.encode()
 
     def answer(self, request, address: str):
-        """(HTTP status, body) for one request, or a Deferred of it; RequestError for one the protocol has not."""
+        """(HTTP status, body) for one request, or a Deferred of it (failing with RequestError for one the
+        protocol has not: an admitted device's request is read once its stored commands are loaded)."""
         serial = next((v for k, v in request.query.items() if k.lower() == "sn"), "").strip()
         device = self.devices.get(serial)
         refusal = self.door.admit(serial, address, device.address if device is not None and device.online else None)
@@ -96,5 +97,4 @@ class PushService:
                 self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, commands=self._commands,
                 events=self._events, presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h,
                 metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason)
-        event = device.server.receive(request, self._reactor.seconds())
-        return device.handle(event, address)
+        return device.handle(request, address)

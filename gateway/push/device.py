@@ -45,15 +45,17 @@ from protocol.zk.push import commands as cmd
 from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
-                                     Pinged, PushServer, QueueFull, Registered, ResultsReported, StrayResult)
+                                     Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult)
 from protocol.zk.records import Template, User
 
 log = Logger(namespace="gateway.push")
 
 LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an upload that did not parse
 DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
+_CREDENTIAL_CODES = {verify: int(credential) for verify, credential in CREDENTIALS.items()}  # as the event's sub-code
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
 LISTING_S = 120.0  # how long the sync core waits for the device to list its users
+LISTING_COMMANDS = 2  # DATA QUERY USERINFO and FINGERTMP: the bound on pushes keeps room for them
 
 
 class DeviceGone(ProtocolError):
@@ -69,6 +71,7 @@ class Delivery:
     digest: bytes | None
     written: bytes | None
     copy: tuple | None  # (USER line, finger lines) it leaves on the device; None when resumed after a restart
+    command_ids: list[int] = field(default_factory=list)  # all of them: their rows go only once the group settled
     waiting: set[int] = field(default_factory=set)  # command ids without a result yet
     failure: str | None = None  # why it did not apply: a refusal or a give-up
 
@@ -137,13 +140,17 @@ class PushDevice:
     # -- requests -----------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def handle(self, event, address: str):
-        """Answer one request's event: fires with (HTTP status, body)."""
+    def handle(self, request: Request, address: str):
+        """Answer one request: fires with (HTTP status, body), or fails with RequestError. The request
+        is read only once the device is online, its stored commands loaded: a result it posts first,
+        after a restart of the gateway or an absence, then settles the command it answers instead of
+        being taken for stray (and the command sent again)."""
         self._heard(address)
         if not self.online:
             admitted = yield self._arriving.run(self._come_online)
             if not admitted:
                 return 403, b"refused"
+        event = self.server.receive(request, self._clock.seconds())
         self._expire()
         if isinstance(event, InitRequested):
             return 200, self.server.init_answer(self._stamps(), event.push_version)
@@ -254,11 +261,10 @@ class PushDevice:
         collected as the new list."""
         if self._listing is not None:
             return
-        try:
-            ids = {self.server.queue(cmd.query_users()).id, self.server.queue(cmd.query_fingers()).id}
-        except QueueFull:
-            return  # asked again at the next need
-        self._listing, self._listing_ids = ({}, {}), ids
+        ids = self.server.new_ids(LISTING_COMMANDS)
+        # Never refused: pushes stop LISTING_COMMANDS short of the bound, and one listing is under way at a time.
+        self.server.take([PushCommand(ids[0], cmd.query_users()), PushCommand(ids[1], cmd.query_fingers())])
+        self._listing, self._listing_ids = ({}, {}), set(ids)
 
     def _when_listed(self, fresh: bool = False) -> defer.Deferred:
         """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
@@ -269,10 +275,11 @@ class PushDevice:
             # older than what the caller wants to compare (a wipe just now), so wait for the next.
             waiters = self._listed_next
         else:
-            if fresh:  # a listing again (reconciliation): pushes and pulls go on from memory meanwhile
-                self._start_listing()
-            elif self._complete:
+            if self._complete and not fresh:
                 return defer.succeed(None)
+            # A listing again (reconciliation: pushes and pulls go on from memory meanwhile), or
+            # the first since the last one was given up.
+            self._start_listing()
             waiters = self._listed
         d = defer.Deferred()
         waiters.append(d)
@@ -326,17 +333,16 @@ class PushDevice:
             self._monitor(LOG_RESTARTED, f"the device's ATTLOG stamp went back from {memory.attlog_stamp} to {stamp} "
                                          f"(reset or replaced): its punches are checked against the log and stored once")
             memory.unsure = True
-        fresh: dict[tuple, Punch] = {}
-        for punch in upload.punches:
-            key = self._punch_key(punch)
-            if key not in memory.recent:
-                fresh.setdefault(key, punch)
+        recent = memory.recent
+        fresh = dict.fromkeys(key for key in map(self._punch_key, upload.punches) if key not in recent)  # in order, once each
         if memory.unsure and fresh:
             stored = yield self._store.stored_punches(self.terminal_id, min(key[1] for key in fresh))
-            fresh = {key: p for key, p in fresh.items() if key not in stored}
+            fresh = dict.fromkeys(key for key in fresh if key not in stored)
         memory.unsure = False
         if fresh:
-            yield self._submit([self._event(key[1], EventCode.VERIFY_SUCCESS, key[2], key[0]) for key in fresh])
+            verified = int(EventCode.VERIFY_SUCCESS)
+            yield self._submit([Event(event_id, at_ms, verified, credential, pin)
+                                for event_id, (pin, at_ms, credential) in zip(self._event_ids(len(fresh)), fresh)])
         for key in fresh:
             memory.recent[key] = None
         while len(memory.recent) > RECENT_PUNCHES:
@@ -348,8 +354,7 @@ class PushDevice:
 
     def _punch_key(self, punch: Punch) -> tuple[str, int, int]:
         """A punch's identity as the event log holds it: (user id, time in ms UTC, credential)."""
-        at_ms = punch.local_seconds() * 1000 - self._timezone_ms
-        return punch.pin, at_ms, int(CREDENTIALS.get(punch.verify, 0))
+        return punch.pin, punch.local_seconds() * 1000 - self._timezone_ms, _CREDENTIAL_CODES.get(punch.verify, 0)
 
     @defer.inlineCallbacks
     def _take_operations(self, upload: OperationsUploaded):
@@ -414,7 +419,6 @@ class PushDevice:
 
     def _settle(self, reported: ResultsReported) -> None:
         self._skipped(reported.bad, "devicecmd")
-        settled = []
         for outcome in reported.outcomes:
             if isinstance(outcome, StrayResult):
                 log.info("PUSH device {sn}: a result for command {id} that waits for none (answered twice, or given up): ignored",
@@ -424,21 +428,16 @@ class PushDevice:
             if outcome.command.id in self._listing_ids:
                 self._listing_done(outcome.command.id, outcome.result.code)
             code = outcome.result.code
-            if self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None):
-                settled.append(outcome.command.id)
-        self._forget(settled)
+            self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None)
 
     def _expire(self) -> None:
-        given_up = []
         for command in self.server.expired(self._clock.seconds()):
             log.warn("PUSH device {sn}: no result for command {id} ({verb}) after {n} sends: given up", sn=self.server.serial,
                      id=command.id, verb=command.text[:40], n=self.server.timing.command_attempts)
             if command.id in self._listing_ids:
                 self._listing, self._listing_ids = None, set()
                 self._fail_listing(DeviceGone(f"PUSH device {self.server.serial} did not answer DATA QUERY"))
-            if self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up"):
-                given_up.append(command.id)
-        self._forget(given_up)
+            self._delivered(command.id, f"no result after {self.server.timing.command_attempts} sends: given up")
 
     # -- TerminalConnection: pulls -------------------------------------------------------------------
 
@@ -555,7 +554,7 @@ class PushDevice:
                copy: tuple) -> defer.Deferred:
         """Store ``texts`` for the device, then queue them: the answer (OK) means stored, not applied
         (docs/zk-push.md, "The stored command queue"); QueueFull at the bound, before anything is stored."""
-        bound = self.server.timing.max_commands
+        bound = self.server.timing.max_commands - LISTING_COMMANDS
         if self.server.waiting + self._storing + len(texts) > bound:
             return defer.fail(QueueFull(f"{self.server.waiting + self._storing} commands wait for PUSH device {self.server.serial} "
                                         f"(at most {bound}): the push is tried again later"))
@@ -577,34 +576,41 @@ class PushDevice:
         return self._commands.add(self.terminal_id, rows, self._now_ms()).addCallbacks(stored, unstored)
 
     def _resume(self, rows: list[StoredCommand], copy: tuple | None = None) -> None:
-        """Queue stored commands in the server (again: one queued already stays) and wait for their results."""
-        self.server.take([PushCommand(row.command_id, row.text) for row in rows])
+        """Queue stored commands in the server (again: one queued already stays) and wait for their results.
+        Without ``copy`` they were loaded from the store: sent, maybe, before a restart or an absence."""
+        self.server.take([PushCommand(row.command_id, row.text) for row in rows], sent_before=copy is None)
         for row in rows:
             if row.command_id in self._delivery_of:
                 continue
             delivery = self._deliveries.get(row.group_id)
             if delivery is None:
                 delivery = self._deliveries[row.group_id] = Delivery(row.user_id, row.action, row.digest, row.written, copy)
+            delivery.command_ids.append(row.command_id)
             delivery.waiting.add(row.command_id)
             self._delivery_of[row.command_id] = row.group_id
 
-    def _forget(self, command_ids: list[int]) -> None:
-        """Settled commands leave the stored queue. Should that fail, a restart sends them again: the
-        device applies a record it holds already, and a second server-origin event is logged."""
-        if command_ids:
-            self._commands.remove(self.terminal_id, command_ids).addErrback(self._unsaved, "settled commands")
+    def _forget(self, settled: defer.Deferred, command_ids: list[int]) -> None:
+        """A settled group's commands leave the stored queue once what settled them is durable (``settled``
+        fires: the server-origin event, or the refusal's monitoring event), in a later commit: a crash
+        between the two sends them again after a restart and never loses the confirmation. So does a
+        failure to store either: the device applies a record it holds already (a second server-origin
+        event), or refuses again."""
+        settled.addCallback(lambda _: self._commands.remove(self.terminal_id, command_ids))
+        settled.addErrback(self._unsaved, "a settled put or delete")
 
-    def _delivered(self, command_id: int, failure: str | None) -> bool:
+    def _delivered(self, command_id: int, failure: str | None) -> None:
         """A command's result came (``failure``: refused, or given up); the last of its group settles
-        the group. False for a command that was not a stored one (a listing)."""
+        the group, and only then do the group's commands leave the stored queue: a refusal is only in
+        memory until then, and a group resumed without it after the device went offline or the gateway
+        restarted would be taken for applied. Nothing for a command that was not a stored one (a listing)."""
         group_id = self._delivery_of.pop(command_id, None)
         if group_id is None:
-            return False
+            return
         delivery = self._deliveries[group_id]
         delivery.waiting.discard(command_id)
         delivery.failure = delivery.failure or failure
         if delivery.waiting:
-            return True
+            return
         del self._deliveries[group_id]
         user_id = delivery.user_id
         if not any(d.user_id == user_id for d in self._deliveries.values()):
@@ -614,10 +620,11 @@ class PushDevice:
             self._expected.pop(user_id, None)
             log.warn("PUSH device {sn}: user {user}, {action}: {why}", sn=self.server.serial, user=user_id,
                      action=delivery.action, why=delivery.failure)
-            self._monitor(PUSH_REFUSED, f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}", user_id)
+            detail = f"PUSH device {self.server.serial}: {delivery.action}: {delivery.failure}"
+            self._forget(self._monitored(PUSH_REFUSED, detail, user_id), delivery.command_ids)
             if self._refusals is not None:
                 self._refusals.inc()
-            return True
+            return
         if delivery.copy is not None:  # None when resumed after a restart: the listing queued after them tells memory
             line, fingers = delivery.copy
             for users, held_fingers in self._holders():
@@ -634,8 +641,7 @@ class PushDevice:
         else:
             self._seen_written(user_id, delivery.digest, delivery.written)
         code = {"enroll": EventCode.ENROLL_SUCCESS, "update": EventCode.UPDATE_SUCCESS, "delete": EventCode.DELETE_SUCCESS}[delivery.action]
-        self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)])
-        return True
+        self._forget(self._submit([self._event(self._now_ms(), code, Origin.SERVER, user_id)]), delivery.command_ids)
 
     # -- what is kept ---------------------------------------------------------------------------------
 
@@ -673,13 +679,21 @@ class PushDevice:
         self._monitor(LINES_SKIPPED, detail)
 
     def _monitor(self, type_: str, detail: str, user_id: str = "") -> None:
+        self._monitored(type_, detail, user_id).addErrback(self._unsaved, "a monitoring event")
+
+    def _monitored(self, type_: str, detail: str, user_id: str = "") -> defer.Deferred:
+        """A monitoring event in the event log's next commit; fires once it is durable."""
         row = sync_event_row(type_, self.terminal_id, user_id, detail, at_ms=self._now_ms())
-        self._events.commit_with_events(record_sync_events, [row]).addErrback(self._unsaved, "a monitoring event")
+        return self._events.commit_with_events(record_sync_events, [row])
 
     def _event(self, at_ms: int, code: EventCode, sub_code: int, user_id: str) -> Event:
-        event_id = self.memory.next_event_id
-        self.memory.next_event_id += 1
-        return Event(event_id, at_ms, int(code), int(sub_code), user_id)
+        return Event(self._event_ids(1)[0], at_ms, int(code), int(sub_code), user_id)
+
+    def _event_ids(self, count: int) -> range:
+        """The next ``count`` ids of the device's events (the log the gateway keeps for it)."""
+        first = self.memory.next_event_id
+        self.memory.next_event_id += count
+        return range(first, first + count)
 
     def _submit(self, events: list[Event]) -> defer.Deferred:
         return self._events.submit(self.terminal_id, events)

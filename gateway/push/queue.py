@@ -5,7 +5,8 @@ gateway restart resumes what was owed (docs/zk-push.md, "Commands").
 A row is one command; the commands of one put or delete share a ``group_id`` (the id of the
 first), and each row carries what the group's success stands for (the server-origin event, the
 digest of the device's copy once applied and of the server record it was written from). A row is
-deleted once the device reported its result or it was given up.
+deleted once the device reported its result or it was given up, and only with the rest of its group:
+a refusal must still be stored when the rest of its group is resumed after a restart.
 """
 
 from dataclasses import dataclass

@@ -12,6 +12,7 @@ makes flushes. SQLite keeps one transaction per write (its driver's savepoints a
 trusted), and its event log groups what matters most.
 """
 
+import operator
 from collections import deque
 
 
@@ -218,12 +219,18 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
         compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
         if compiled is not None:
             sql, keys = compiled
-            conn.exec_driver_sql(sql, [tuple(row[k] for k in keys) for row in rows])
+            conn.exec_driver_sql(sql, list(map(_values_in_order(keys), rows)))
             return
     conn.execute(stmt, rows)
 
 
 _COMPILED_INSERTS: dict = {}
+
+
+def _values_in_order(keys: tuple[str, ...]):
+    """A row's values as the driver's parameter tuple (itemgetter: a tuple even of one key)."""
+    get = operator.itemgetter(*keys)
+    return get if len(keys) > 1 else lambda row: (get(row),)
 
 
 def _compiled_insert(dialect, stmt, key: tuple) -> tuple[str, tuple[str, ...]] | None:

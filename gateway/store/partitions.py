@@ -113,32 +113,45 @@ def add_week(conn, week: Week) -> None:
 
 
 def weeks_before(conn, cutoff_ms: int) -> list[Week]:
-    """The weeks whose every moment is before ``cutoff_ms``: retention may drop them whole."""
+    """The weeks whose every moment is before ``cutoff_ms``: each goes whole once everything in it
+    was also recorded before the cutoff (``drop_week``), else its old events go row by row."""
     return [w for w in weeks(conn) if w.end_ms <= cutoff_ms] if partitioned(conn) else []
 
 
-def count_week(conn, week: Week) -> int:
-    """Events ``week`` holds (0 when another process dropped it meanwhile)."""
+@dataclass(frozen=True)
+class Held:
+    """What a week holds: how many events, and when the last of them was recorded."""
+    count: int
+    last_recorded_ms: int | None  # None when empty
+
+    def recorded_before(self, cutoff_ms: int) -> bool:
+        return self.last_recorded_ms is None or self.last_recorded_ms < cutoff_ms
+
+
+def week_held(conn, week: Week, lock: str = "ACCESS SHARE") -> Held | None:
+    """What ``week`` holds, None when another process dropped it; the week is locked in ``lock``
+    mode first, so it holds the same until this transaction ends (ACCESS SHARE: not dropped;
+    SHARE: nothing arrives either)."""
     if not _exists(conn, week):
-        return 0
-    return conn.execute(text(f"SELECT count(*) FROM {week.name}")).scalar_one()
+        return None
+    conn.execute(text(f"LOCK TABLE {week.name} IN {lock} MODE"))
+    count, last = conn.execute(text(f"SELECT count(*), max(recorded_ms) FROM {week.name}")).one()
+    return Held(count, last)
 
 
 def _exists(conn, week: Week) -> bool:
     return conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"), dict(name=week.name)).scalar_one()
 
 
-def drop_week(conn, week: Week, exported: int | None = None) -> bool:
-    """Drop ``week``; whether it went (not when another process dropped it first). With
-    ``exported`` (how many events its export holds), only when it still holds that many: an
-    event that arrived since waits for the next run's export."""
+def drop_week(conn, week: Week, cutoff_ms: int, held: int) -> bool:
+    """Drop ``week`` if it still holds ``held`` events (what was exported or counted), every one
+    recorded before ``cutoff_ms``; whether it went. Not when another process dropped it first, an
+    event arrived since (the next run exports it), or one was recorded since the cutoff: a
+    backlog uploaded late, or a clock behind, puts fresh events in an old week, and those stay."""
     with _maintenance(conn):
-        if not _exists(conn, week):
+        now = week_held(conn, week, lock="SHARE")
+        if now is None or now.count != held or not now.recorded_before(cutoff_ms):
             return False
-        if exported is not None:
-            conn.execute(text(f"LOCK TABLE {week.name} IN SHARE MODE"))  # no event arrives in it meanwhile
-            if count_week(conn, week) != exported:
-                return False
         conn.execute(text(f"DROP TABLE {week.name}"))
         conn.execute(text(f"DELETE FROM {WEEK_IDS} WHERE name = :name"), dict(name=week.name))
     return True

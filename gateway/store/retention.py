@@ -3,15 +3,20 @@ first to compressed files when the operator named a folder for them, else droppe
 
 Once at start and then every hour. On PostgreSQL the events table is partitioned by week of
 occurred time (gateway/store/partitions.py): each run makes the coming weeks, and a week whose
-every moment is older than the kept days goes whole, a metadata operation however many events it
-held (exported first, from a reader, and dropped only if it still holds what was exported), so an
-event stays up to a week longer than the kept days. Events no week holds (the default partition),
-and everything on SQLite, go by recorded time in batches, oldest id first, each batch in one
-transaction (riding the group commit on PostgreSQL). An export is a gzip file of JSON
+every moment is older than the kept days, and whose every event was recorded before them too,
+goes whole, a metadata operation however many events it held (exported first, from a reader, and
+dropped only if it still holds what was exported), so an event stays up to a week longer than the
+kept days. An old week that also holds events recorded since (a backlog uploaded after an outage,
+a terminal's clock behind) stays, and only its old events go, as those no week holds (the default
+partition) and everything on SQLite go: by recorded time in batches, oldest id first, each batch
+in one transaction (riding the group commit on PostgreSQL). An export is a gzip file of JSON
 lines, one event each with every column, named after the batch's first and last id and flushed
 to disk before the rows are deleted: a batch whose delete failed is exported again under the
-same name. Followers are not disturbed: they read above the ids that go. What went is a log
-line and ``gateway_events_expired_total{action}``; a failed run is a log line and
+same name. Gateways on several hosts sharing one database may run it at once: a week another
+one dropped is not exported again, an export is written under a name of the process's own first
+and never replaces an archive holding more events, and what another removed first is not counted.
+Followers are not disturbed: they read above the ids that go. What went is a log line and
+``gateway_events_expired_total{action}``; a failed run is a log line and
 ``gateway_failures_total{kind="retention"}``, and keeps everything.
 """
 
@@ -20,26 +25,28 @@ import json
 import os
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.store.partitions import DAY_MS, Week, close_weeks, count_week, drop_week, make_weeks, rows_by_row, weeks_before
+from gateway.store.partitions import DAY_MS, Held, Week, close_weeks, drop_week, make_weeks, rows_by_row, week_held, weeks_before
 from gateway.store.schema import events
 
 log = Logger(namespace="gateway.retention")
 
 
-def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None) -> int:
+def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None, week: Week | None = None) -> int:
     """Remove the oldest events recorded before ``cutoff_ms``, at most ``limit``; how many went.
-    On PostgreSQL only those no week holds: weeks go whole (``weeks_before``), or row by row a
-    week would be deleted a day at a time before it could be dropped.
+    On PostgreSQL those no week holds, or those of ``week`` when it also holds events recorded
+    since (it cannot go whole); a week that will go whole is left to ``drop_week``, or it would be
+    deleted a day at a time before it could be dropped.
 
     Ids grow with recording time, so the batch is the run of oldest ids recorded before the
     cutoff: it stops at the first newer one (an event stored out of time order waits for a later run).
     """
-    table = rows_by_row(conn)
-    rows = conn.execute(select(table).order_by(table.c.id).limit(limit)).mappings().all()
+    table = rows_by_row(conn) if week is None else events
+    within = [] if week is None else [table.c.occurred_ms >= week.start_ms, table.c.occurred_ms < week.end_ms]
+    rows = conn.execute(select(table).where(*within).order_by(table.c.id).limit(limit)).mappings().all()
     old = []
     for row in rows:
         if row["recorded_ms"] >= cutoff_ms:
@@ -49,22 +56,33 @@ def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None) -> in
         return 0
     if export_dir is not None:
         export(Path(export_dir), f"events-{old[0]['id']}-{old[-1]['id']}", old)
-    conn.execute(delete(table).where(table.c.id.in_([row["id"] for row in old])))
-    return len(old)
+    # what this transaction removed: another process's run may have taken some of them first
+    return conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old]))).rowcount
 
 
-def export_week(conn, folder: Path, week: Week) -> int:
-    """Export every event of ``week``, read in pieces; how many."""
+def export_week(conn, folder: Path, week: Week, cutoff_ms: int) -> Held | None:
+    """Export every event of ``week``, read in pieces, if it can go whole (it still exists, and
+    everything in it was recorded before ``cutoff_ms``); what it holds, None when it is gone.
+    One snapshot for the count and the rows, so the drop can check that the week holds what was
+    exported; the week is locked against a drop meanwhile."""
+    conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    held = week_held(conn, week)
+    if held is None or not held.recorded_before(cutoff_ms):
+        return held
     rows = conn.execution_options(yield_per=Retention.batch).execute(
         select(events).where(events.c.occurred_ms >= week.start_ms, events.c.occurred_ms < week.end_ms).order_by(events.c.id))
-    return export(folder, week.name, rows.mappings())
+    export(folder, week.name, rows.mappings())
+    return held
 
 
 def export(folder: Path, name: str, rows) -> int:
-    """Write ``rows`` to ``<name>.jsonl.gz`` in ``folder``, on disk before this returns; how many."""
+    """Write ``rows`` to ``<name>.jsonl.gz`` in ``folder``, on disk before this returns; how many.
+    Written under a name of this process's own, then renamed, unless the archive there already
+    holds more events (another process's export of rows removed since, say): that one is kept,
+    and this one written beside it, ``<name>.<pid>.jsonl.gz``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl.gz"
-    partial = path.with_suffix(".partial")
+    partial = folder / f"{name}.{os.getpid()}.partial"
     written = 0
     with open(partial, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb") as packed:
@@ -73,8 +91,16 @@ def export(folder: Path, name: str, rows) -> int:
                 written += 1
         raw.flush()
         os.fsync(raw.fileno())
+    if path.exists() and _archived(path) > written:
+        path = folder / f"{name}.{os.getpid()}.jsonl.gz"
     os.replace(partial, path)
     return written
+
+
+def _archived(path: Path) -> int:
+    """How many events an archive holds."""
+    with gzip.open(path) as packed:
+        return sum(1 for _ in packed)
 
 
 class Retention:
@@ -113,15 +139,8 @@ class Retention:
             if self.keep_days <= 0:
                 return 0
             for week in (yield self._db.read(weeks_before, cutoff_ms)):
-                n = yield self._drop(week)
-                gone += n
-                self._metrics.events_expired.labels(self.action).inc(n)
-            while True:
-                n = yield self._db.write(expire_batch, cutoff_ms, self.batch, self.export_dir)
-                gone += n
-                self._metrics.events_expired.labels(self.action).inc(n)
-                if n < self.batch:
-                    break
+                gone += yield self._expire_week(week, cutoff_ms)
+            gone += yield self._expire_rows(cutoff_ms)
         except Exception as exc:  # the database or the export folder: everything not yet removed stays
             self._metrics.failures.labels("retention").inc()
             log.warn("retention: could not remove events older than {days} days ({why}); {gone} went, the rest stays",
@@ -134,13 +153,32 @@ class Retention:
         return gone
 
     @defer.inlineCallbacks
-    def _drop(self, week: Week):
-        """Drop a whole week, exported or counted first on a reader (the writer keeps storing meanwhile); how many went."""
+    def _expire_week(self, week: Week, cutoff_ms: int):
+        """Drop a whole week, exported or counted first on a reader (the writer keeps storing
+        meanwhile), or, when it holds events recorded since the cutoff, remove its old events row
+        by row; how many went."""
         if self.export_dir is None:
-            held = yield self._db.read(count_week, week)
-            return held if (yield self._db.write(drop_week, week)) else 0
-        exported = yield self._db.read(export_week, Path(self.export_dir), week)
-        if (yield self._db.write(drop_week, week, exported)):
-            return exported
-        log.info("retention: events arrived in {week} while it was exported; it goes in the next run", week=week.name)
+            held = yield self._db.read(week_held, week)
+        else:
+            held = yield self._db.read(export_week, Path(self.export_dir), week, cutoff_ms)
+        if held is None:  # another process dropped it
+            return 0
+        if not held.recorded_before(cutoff_ms):
+            return (yield self._expire_rows(cutoff_ms, week))
+        if (yield self._db.write(drop_week, week, cutoff_ms, held.count)):
+            self._metrics.events_expired.labels(self.action).inc(held.count)
+            return held.count
+        log.info("retention: {week} changed while it was read (events arrived, or another process removed it); a later run sees to it",
+                 week=week.name)
         return 0
+
+    @defer.inlineCallbacks
+    def _expire_rows(self, cutoff_ms: int, week: Week | None = None):
+        """Remove the events recorded before the cutoff that no week holds (or ``week``'s), a batch a transaction; how many went."""
+        gone = 0
+        while True:
+            n = yield self._db.write(expire_batch, cutoff_ms, self.batch, self.export_dir, week)
+            gone += n
+            self._metrics.events_expired.labels(self.action).inc(n)
+            if n < self.batch:
+                return gone

@@ -139,8 +139,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         yield self._connect()
         yield self._learn()
         replaced = yield self._remember()
-        if replaced:
-            self._refill(replaced)
+        # A new unit's serial number is stored only once what the server had seen of the old one is
+        # forgotten: stored before, a failure in between would leave the new unit taken for the old
+        # one, its missing people for keypad deletions.
+        if replaced and (yield self._refill(replaced)):
+            self._save_serial()
         if self._redial is None:
             yield self._register_events()  # a released session is not there to hear them
         yield self._lock.run(self._poll, True)
@@ -185,6 +188,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             self._poll_timer.cancel()
         if self.online:
             self._presence.offline(self)
+        # Writes no pass took yet (a released session waiting for a busy device) fail now: their
+        # retry does nothing once closed, and the pusher's round would stay under way for good.
+        waiting, self._writes = self._writes, []
+        for write in waiting:
+            write.done.errback(DeviceLost(f"ZK terminal {self.terminal_id}: {reason}"))
         self._on_lost(reason)
 
     # -- a released session ------------------------------------------------------------------------
@@ -332,8 +340,8 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         replaced = ""
         if self._serial and held.serial and self._serial != held.serial:
             replaced = f"its serial number is {self._serial}, no longer {held.serial}: another unit"
-        if self._serial and self._serial != held.serial:
-            self._store.save_serial(self.terminal_id, self._serial).addErrback(self._log_unsaved, "its serial number")
+        if self._serial and not held.serial:
+            self._save_serial()
         if not memory.loaded:
             through = yield self._events.stored_through(self.terminal_id)
             memory.next_event_id = max(memory.next_event_id, through + 1)
@@ -414,11 +422,14 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             yield self._keypad_held(read, *args)
 
     @defer.inlineCallbacks
-    def _keypad_held(self, work, *args):
-        """``work`` between DISABLEDEVICE and ENABLEDEVICE; the device is enabled again whatever happens."""
+    def _keypad_held(self, work, *args, before_release=None):
+        """``work`` between DISABLEDEVICE and ENABLEDEVICE; the device is enabled again whatever
+        happens. ``before_release(result)``, if given, hears the work's result before ENABLEDEVICE."""
         yield self._ok(Command.DISABLEDEVICE)
         try:
             result = yield work(*args)
+            if before_release is not None:
+                before_release(result)
         except Exception:
             failure = Failure()
             if not self.closed:
@@ -460,6 +471,9 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def _submit(self, events: list[Event]) -> defer.Deferred:
         """Events to the log; they are committed even if this link drops meanwhile (the log retries)."""
         return self._events.submit(self.terminal_id, events)
+
+    def _save_serial(self) -> None:
+        self._store.save_serial(self.terminal_id, self._serial).addErrback(self._log_unsaved, "its serial number")
 
     def _save_seen(self, seen: dict[str, bytes | None]) -> defer.Deferred:
         return self._store.save_seen(self.terminal_id, seen).addErrback(self._log_unsaved, "what the server has seen")

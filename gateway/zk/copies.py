@@ -5,6 +5,7 @@ device found holding nobody is refilled, not emptied on the server. docs/zk.md, 
 detection" and "Reconciliation".
 """
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.sync.monitor import RECORD_REFUSED, sync_event_row
@@ -67,15 +68,18 @@ class ChangeDetection:
         self._held = None if any_refused else (self._users, self._templates, held)
         return held
 
-    def _refill(self, why: str) -> None:
-        """Forget what the server had seen on the device (durably) and ask for a refill."""
+    def _refill(self, why: str) -> defer.Deferred:
+        """Forget what the server had seen on the device (durably) and ask for a refill; fires
+        with whether the forgetting is stored."""
         log.warn("ZK terminal {tid} is refilled: {why}", tid=self.terminal_id, why=why)
         tracker = self._memory.tracker
         gone = {user_id: None for user_id in tracker.seen}
         tracker.seen.clear()
         tracker.reported.clear()
-        self._save_seen(gone)
+        stored = self._store.save_seen(self.terminal_id, gone).addCallbacks(
+            lambda _: True, lambda failure: self._log_unsaved(failure, "what the server has seen") or False)
         self._on_refill(self.terminal_id, why)
+        return stored
 
     def _refuse(self, what: tuple[str, str], user_id: str, reason: str) -> None:
         """A record of the device the server does not take: reported once (monitoring event, one log line)."""

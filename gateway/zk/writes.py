@@ -69,17 +69,26 @@ class WritePasses:
     @defer.inlineCallbacks
     def _write_pass(self):
         writes, self._writes = self._writes, []
+        answered = False
+
+        def answer(results):
+            """Before ENABLEDEVICE: the writes are on the device and read back, so the pusher's
+            acknowledgement (and its cursor's commit) need not wait a round trip more."""
+            nonlocal answered
+            answered = True
+            for write, outcome in zip(writes, results):
+                write.done.callback(outcome)
+
         try:
-            results = yield self._keypad_held(self._apply_writes, writes)
+            yield self._keypad_held(self._apply_writes, writes, before_release=answer)
         except Exception:
             failure = Failure()
-            for write in writes:
-                write.done.errback(failure)
+            if not answered:
+                for write in writes:
+                    write.done.errback(failure)
             if not failure.check(DeviceLost):
                 raise failure.value from None
             return
-        for write, outcome in zip(writes, results):
-            write.done.callback(outcome)
         if self._plan.sizes is not None:  # the pass stands for a poll (PollPlan.poll_in): punches too
             yield self._attendance_if_due(self._plan.sizes, self._clock.seconds())
 

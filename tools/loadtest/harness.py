@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-cycles", type=int, default=5, metavar="N",
                    help="with ZK devices: poll cycles of the idle phase that measures polling cost (default 5; 0: none); "
                         "with PUSH devices: Delays of the phase they only call in")
-    p.add_argument("--idle-cpu-s", type=float, default=3.0, metavar="SEC",
-                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, once it settled (default 3; 0: not)")
+    p.add_argument("--idle-cpu-s", type=float, default=5.0, metavar="SEC",
+                   help="seconds the gateway's CPU is measured with the fleet connected and quiet, once it settled (default 5: CPU time comes in 10 ms ticks; 0: not)")
     p.add_argument("--json", metavar="FILE", default="loadtest-report.json", help="report path (default %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="plot propagation and API latency over time (needs matplotlib)")
     p.add_argument("--baseline-rows", type=int, default=100_000, metavar="N", help="rows of the raw insert baseline")

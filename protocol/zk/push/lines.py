@@ -11,7 +11,7 @@ line in neither is a ``BadLine`` (never a name with replacement characters store
 import base64
 import binascii
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -38,10 +38,13 @@ class Punch:
     status: int = 0
     verify: int = 0
     workcode: str = "0"
+    # ``time`` as read by the parser, which reads it anyway to check the line: an upload's ten
+    # thousand times are then read once, not again to key each punch.
+    seconds: int | None = field(default=None, compare=False, repr=False)
 
     def local_seconds(self) -> int:
         """When, in seconds since 1970 on the device's clock (its TimeZone away from UTC)."""
-        return local_seconds(self.time)
+        return self.seconds if self.seconds is not None else local_seconds(self.time)
 
     def line(self) -> str:
         return "\t".join((self.pin, self.time, str(self.status), str(self.verify), self.workcode))
@@ -185,11 +188,11 @@ def parse_punch(text: str) -> Punch:
     pin, time = fields[0].strip(), fields[1].strip()
     if not pin:
         raise ValueError("empty PIN")
-    local_seconds(time)  # ValueError names what is wrong
+    seconds = local_seconds(time)  # ValueError names what is wrong
     status = _number(fields[2]) if count > 2 else 0
     verify = _number(fields[3]) if count > 3 else 0
     workcode = (fields[4].strip() or "0") if count > 4 else "0"
-    return Punch(pin, time, status, verify, workcode)
+    return Punch(pin, time, status, verify, workcode, seconds)
 
 
 def parse_operlog(body: bytes, charset: str | None = None) -> tuple[list, list[BadLine]]:
@@ -260,16 +263,31 @@ def parse_finger(kind: str, rest: str) -> FingerLine | None:
 
 def local_seconds(text: str) -> int:
     """``YYYY-MM-DD HH:MM:SS`` (TIME_FORMAT) as seconds since 1970-01-01 00:00:00 of the same clock.
-    Read by position, the date through a cache: strptime took most of an upload's parse."""
-    if len(text) != 19 or text[10] != " " or text[13] != ":" or text[16] != ":":
+    Read by position, the minute through a cache (the punches of an upload share their minutes,
+    and strptime, then reading each field, took most of an upload's parse)."""
+    if len(text) != 19 or text[16] != ":":
         raise ValueError(f"time {text[:30]!r} is not YYYY-MM-DD HH:MM:SS")
     try:
-        hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+        second = int(text[17:19])
     except ValueError:
         raise ValueError(f"time {text!r} is not YYYY-MM-DD HH:MM:SS") from None
-    if hour > 23 or minute > 59 or second > 59 or min(hour, minute, second) < 0:
+    if not 0 <= second <= 59:
         raise ValueError(f"time {text!r} is not a valid time of day")
-    return _day_seconds(text[:10]) + hour * 3600 + minute * 60 + second
+    return _minute_seconds(text[:16]) + second
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_seconds(text: str) -> int:
+    """``YYYY-MM-DD HH:MM`` as seconds since 1970; a ValueError says what is wrong in it."""
+    if text[10] != " " or text[13] != ":":
+        raise ValueError(f"time {text!r}... is not YYYY-MM-DD HH:MM:SS")
+    try:
+        hour, minute = int(text[11:13]), int(text[14:16])
+    except ValueError:
+        raise ValueError(f"time {text!r}... is not YYYY-MM-DD HH:MM:SS") from None
+    if not (0 <= hour <= 23 and 0 <= minute <= 59):
+        raise ValueError(f"time {text!r}... is not a valid time of day")
+    return _day_seconds(text[:10]) + hour * 3600 + minute * 60
 
 
 @functools.lru_cache(maxsize=4096)

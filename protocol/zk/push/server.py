@@ -13,8 +13,9 @@ the answers are built from what the caller decided, as in h11::
 What the server owes the device (commands) is queued here, bounded, each sent again after
 ``command_s`` without a result and given up after ``command_attempts`` sends. A result is
 matched to its command by id once: a second result for it, or one for an id never sent, is a
-``StrayResult``. ``RequestError`` is the remote's fault and carries the HTTP status to answer.
-docs/zk-push.md is the spec.
+``StrayResult`` (a command ``take`` resumed counts as sent: an earlier run may have sent it).
+``RequestError`` is the remote's fault and carries the HTTP status to answer. docs/zk-push.md is
+the spec.
 """
 
 from collections import OrderedDict
@@ -148,6 +149,7 @@ class _Waiting:
     command: PushCommand
     sent_at: float | None = None
     sends: int = 0
+    sent_before: bool = False  # resumed: an earlier run or online period may have sent it, so its result counts
 
 
 @dataclass
@@ -252,12 +254,13 @@ class PushServer:
             self._next_id += 1
         return ids
 
-    def take(self, commands: list[PushCommand]) -> None:
-        """Queue commands with ids of their own (stored ones, resumed); one waiting already stays as it is.
-        The caller bounds them (it refused what would not fit before storing it)."""
+    def take(self, commands: list[PushCommand], sent_before: bool = False) -> None:
+        """Queue commands with ids of their own (stored ones; ``sent_before``: resumed, and the device
+        may answer them before they are sent again); one waiting already stays as it is. The caller
+        bounds them (it refused what would not fit before storing it)."""
         for command in commands:
             if command.id not in self._waiting:
-                self._waiting[command.id] = _Waiting(command)
+                self._waiting[command.id] = _Waiting(command, sent_before=sent_before)
 
     @property
     def waiting(self) -> int:
@@ -297,7 +300,7 @@ class PushServer:
 
     def _settle(self, result: CommandResult):
         entry = self._waiting.pop(result.id, None)
-        if entry is None or entry.sent_at is None:
+        if entry is None or (entry.sent_at is None and not entry.sent_before):
             if entry is not None:  # a result for a command never sent: keep waiting for its own
                 self._waiting[result.id] = entry
                 self._waiting.move_to_end(result.id, last=False)

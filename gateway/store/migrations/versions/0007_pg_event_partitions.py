@@ -8,7 +8,7 @@ stored once. On both databases the events of one terminal get an index (terminal
 API's newest events of a terminal walked ids backwards without it.
 
 Revision ID: 0007_pg_event_partitions
-Revises: 0005
+Revises: 0006_terminal_kind
 """
 
 import time

@@ -2,7 +2,7 @@
 recognised after a restart too (docs/zk.md, "Reconciliation").
 
 Revision ID: 0008_zk_serial
-Revises: 0005
+Revises: 0007_pg_event_partitions
 """
 
 import sqlalchemy as sa

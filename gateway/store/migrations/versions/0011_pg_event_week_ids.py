@@ -4,14 +4,14 @@ the ids a page needs, not every week of a year. A closed week's trigger raises i
 late event still arrives in it, in the inserting transaction, so no reader misses that event.
 PostgreSQL only: SQLite has no partitions.
 
-Revision ID: 0010_pg_event_week_ids
-Revises: 0009_push_commands
+Revision ID: 0011_pg_event_week_ids
+Revises: 0010_events_default_occurred
 """
 
 from alembic import op
 
-revision = "0010_pg_event_week_ids"
-down_revision = "0009_push_commands"
+revision = "0011_pg_event_week_ids"
+down_revision = "0010_events_default_occurred"
 branch_labels = None
 depends_on = None
 
