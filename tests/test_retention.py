@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_of, weeks, weeks_before
+from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
 from gateway.store.retention import Retention, expire_batch, export, export_week
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
@@ -105,6 +105,7 @@ def test_on_postgresql_a_week_older_than_the_kept_days_goes_whole_exported_first
     assert gone == [5] and stored_users(pg) == ["new"]
     weeks_now = pg.run_now(weeks)
     assert old not in weeks_now and week_of(NOW_MS) in weeks_now  # dropped whole; this week made by the run
+    assert pg.run_now(week_ids)[1][DEFAULT] is not None  # and the past closed (docs/architecture.md, "Closed weeks")
     assert sorted(e["user_id"] for e in exported(tmp_path / "archive")) == [f"old-{n}" for n in range(5)]
     assert (tmp_path / "archive" / f"{old.name}.jsonl.gz").exists()
 

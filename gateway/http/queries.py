@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
+from gateway.store.partitions import id_window, newest_closed, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -27,18 +28,19 @@ class EventFilter:
     since_ms: int | None = None  # occurred at or after
     until_ms: int | None = None  # occurred before
 
-    def conditions(self) -> list:
+    def conditions(self, c=events.c) -> list:
+        """The filter on the columns ``c`` (the events table's, or those of some of its weeks)."""
         found = []
         if self.types:
-            found.append(events.c.type.in_(self.types))
+            found.append(c.type.in_(self.types))
         if self.terminal_id is not None:
-            found.append(events.c.terminal_id == self.terminal_id)
+            found.append(c.terminal_id == self.terminal_id)
         if self.user_id is not None:
-            found.append(events.c.user_id == self.user_id)
+            found.append(c.user_id == self.user_id)
         if self.since_ms is not None:
-            found.append(events.c.occurred_ms >= self.since_ms)
+            found.append(c.occurred_ms >= self.since_ms)
         if self.until_ms is not None:
-            found.append(events.c.occurred_ms < self.until_ms)
+            found.append(c.occurred_ms < self.until_ms)
         return found
 
     def matches(self, event: dict) -> bool:
@@ -61,15 +63,55 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     With ``after``: the oldest events above it, oldest first (how a log is followed). Without:
     the newest events below ``before`` (or the newest of all), newest first (how one pages back).
     """
-    stmt = select(events).where(*flt.conditions(), *visible(conn, events.c.id))  # a late commit is never paged past
-    if after is not None:
-        stmt = stmt.where(events.c.id > after).order_by(events.c.id)
+    if partitioned(conn):
+        rows = _by_week(conn, flt, after, before, limit)
     else:
-        stmt = stmt.order_by(events.c.id.desc())
-    if before is not None:
-        stmt = stmt.where(events.c.id < before)
-    rows = conn.execute(stmt.limit(limit + 1)).mappings().all()
+        rows = conn.execute(_page(events, visible(conn, events.c.id), flt, after, before, limit)).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
+
+
+def _page(table, visible_only: list, flt: EventFilter, after: int | None, before: int | None, limit: int):
+    """The page's query on ``table`` (the events table, or some of its week partitions); a late
+    commit is never paged past (``visible_only``)."""
+    c = table.c
+    stmt = select(table).where(*flt.conditions(c), *visible_only)
+    if after is not None:
+        stmt = stmt.where(c.id > after).order_by(c.id)
+    else:
+        stmt = stmt.order_by(c.id.desc())
+    if before is not None:
+        stmt = stmt.where(c.id < before)
+    return stmt.limit(limit + 1)
+
+
+WIDER = 4  # closed weeks a newest-first page not yet full reads next, before it reads them all
+
+
+def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> list:
+    """The page's rows, read from the week partitions that can hold them (partitions.py, "Closed
+    weeks"), merged by id: a follower's from those with ids above ``after``; a newest-first page
+    from the open weeks, then from the closed ones with ids above the page's last, and while it is
+    not full from the ``WIDER`` closed ones with the highest ids, then from all. Every read keeps
+    below the watermark read with the weeks' figures, so each event it may return was committed,
+    with its week's figure, before those were read."""
+    watermark, ids = week_ids(conn)
+    searched: frozenset[str] = frozenset()
+    rows: list = []
+    wanted = id_window(ids, after)
+    while wanted - searched:
+        if wanted == ids.keys():  # the whole table, planned as such: cheaper than all weeks by name
+            return conn.execute(_page(events, [events.c.id < watermark], flt, after, before, limit)).mappings().all()
+        table = union_of(wanted - searched)
+        rows += conn.execute(_page(table, [table.c.id < watermark], flt, after, before, limit)).mappings().all()
+        rows = sorted(rows, key=lambda row: row["id"], reverse=after is None)[:limit + 1]
+        searched |= wanted
+        if after is not None:
+            break  # every partition with an id above ``after`` was read
+        if len(rows) > limit:
+            wanted = id_window(ids, rows[-1]["id"])
+        else:  # a few weeks back, then all of them
+            wanted = searched | (newest_closed(ids, searched, WIDER) if len(searched) < len(ids) / 2 else frozenset(ids))
+    return rows
 
 
 def last_event_id(conn: Connection) -> int:

@@ -11,19 +11,30 @@ Every statement here takes a lock on the events table that ingest also needs; ``
 keeps each wait short (the next hourly run tries again), so a long query never holds ingest up
 behind maintenance. SQLite has one file and no partitions: nothing here applies to it.
 docs/architecture.md, "A year of logs".
+
+Closed weeks: the API orders events by id, which no time bound prunes, so a query would plan and
+open every week of a year. Once a week is over (and the one after it, where a late terminal's
+events still go), the hourly run closes it: a trigger on it and the highest id it holds in
+``WEEK_IDS`` (migration 0010), both made while no insert into it is in flight. An event
+arriving in a closed week later raises that figure in its own transaction. A page then opens
+the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
 """
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, select, text, union_all
 
+from gateway.store.order import WATERMARK
 from gateway.store.schema import events
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 WEEKS_AHEAD = 2  # made ahead of time, so a clock a little fast still finds its week
 DEFAULT = "events_default"
+WEEK_IDS = "event_week_ids"  # PostgreSQL's own bookkeeping of closed weeks, not in schema.py (migration 0010)
+OPEN_WEEKS = 2  # this week and the last stay open: most events arrive there, a few late ones after the week
 LOCK_TIMEOUT = "2s"
 _MAINTENANCE_LOCK = 0x6576_7065  # one process at a time makes or drops weeks ("evpe")
 
@@ -38,12 +49,9 @@ class Week:
         return f"events_w{self.start_ms // WEEK_MS}"
 
 
-_DEFAULT_TABLE = events.to_metadata(MetaData(), name=DEFAULT)
-
-
 def rows_by_row(conn):
     """The table retention removes from row by row: on PostgreSQL only the default partition."""
-    return _DEFAULT_TABLE if partitioned(conn) else events
+    return _partition(DEFAULT) if partitioned(conn) else events
 
 
 def partitioned(conn) -> bool:
@@ -55,12 +63,16 @@ def week_of(at_ms: int) -> Week:
     return Week(start, start + WEEK_MS)
 
 
+def _week_named(name: str) -> Week:
+    return week_of(int(name.removeprefix("events_w")) * WEEK_MS)
+
+
 def weeks(conn) -> list[Week]:
     """The weekly partitions there are, oldest first (each named after its week's number)."""
     names = conn.execute(text(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'events'::regclass AND c.relname <> :default"), dict(default=DEFAULT)).scalars()
-    return sorted(week_of(int(name.removeprefix("events_w")) * WEEK_MS) for name in names)
+    return sorted(_week_named(name) for name in names)
 
 
 @contextmanager
@@ -141,4 +153,59 @@ def drop_week(conn, week: Week, cutoff_ms: int, held: int) -> bool:
         if now is None or now.count != held or not now.recorded_before(cutoff_ms):
             return False
         conn.execute(text(f"DROP TABLE {week.name}"))
+        conn.execute(text(f"DELETE FROM {WEEK_IDS} WHERE name = :name"), dict(name=week.name))
     return True
+
+
+def close_weeks(conn, now_ms: int) -> list[str]:
+    """Close the default partition and every week ended before the open ones (see "Closed weeks"
+    above); the names closed. All in the caller's transaction: none is closed unless all are."""
+    if not partitioned(conn):
+        return []
+    open_from = week_of(now_ms).start_ms - (OPEN_WEEKS - 1) * WEEK_MS
+    with _maintenance(conn):
+        closed = set(conn.execute(text(f"SELECT name FROM {WEEK_IDS}")).scalars())
+        names = [DEFAULT] + [w.name for w in weeks(conn) if w.end_ms <= open_from]
+        todo = [n for n in names if n not in closed]
+        for name in todo:
+            # The trigger's lock waits for the inserts in flight and holds new ones until commit, so
+            # the figure read next is the highest id there, and the trigger sees every later one.
+            conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
+            conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
+    return todo
+
+
+def week_ids(conn) -> tuple[int, dict[str, int | None]]:
+    """The watermark (gateway/store/order.py) and each partition's highest id if it is closed, None
+    while it is open, in one snapshot: every event below that watermark was committed before it,
+    and with it its week's figure. A catalog read: no partition is opened."""
+    rows = conn.execute(text(  # by regclass, not a join with pg_class: half the time
+        f"SELECT {WATERMARK.name} AS mark, i.inhrelid::regclass::text AS relname, b.max_id FROM pg_inherits i"
+        f" LEFT JOIN {WEEK_IDS} b ON b.name = i.inhrelid::regclass::text WHERE i.inhparent = 'events'::regclass")).all()
+    return rows[0].mark, {row.relname: row.max_id for row in rows}  # the default partition is always there
+
+
+def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:
+    """The partitions that may hold an event id above ``above`` (None: the open ones only)."""
+    return frozenset(name for name, highest in ids.items() if highest is None or (above is not None and highest > above))
+
+
+def newest_closed(ids: dict[str, int | None], searched: frozenset[str], count: int) -> frozenset[str]:
+    """The ``count`` closed partitions not ``searched`` with the highest ids: where a newest-first
+    page not yet full goes on."""
+    closed = sorted(((highest, name) for name, highest in ids.items() if highest is not None and name not in searched), reverse=True)
+    return frozenset(name for _, name in closed[:count])
+
+
+@functools.lru_cache(maxsize=256)  # built once per set: SQLAlchemy's columns of a union cost more than the query
+def union_of(names: frozenset[str]):
+    """The partitions ``names`` as one table named ``events``, to query in place of the whole: the
+    planner opens those alone and plans each as it would on its own (a time condition selecting
+    them would be estimated as selective on a week not analyzed yet, and read the week whole)."""
+    parts = [select(_partition(name)) for name in sorted(names)]
+    return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("events")
+
+
+@functools.cache
+def _partition(name: str):
+    return events.to_metadata(MetaData(), name=name)

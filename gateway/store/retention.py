@@ -29,7 +29,7 @@ from sqlalchemy import delete, select, text
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from gateway.store.partitions import DAY_MS, Held, Week, drop_week, make_weeks, rows_by_row, week_held, weeks_before
+from gateway.store.partitions import DAY_MS, Held, Week, close_weeks, drop_week, make_weeks, rows_by_row, week_held, weeks_before
 from gateway.store.schema import events
 
 log = Logger(namespace="gateway.retention")
@@ -129,12 +129,13 @@ class Retention:
 
     @defer.inlineCallbacks
     def run(self):
-        """Make the coming weeks, then expire what is older than the kept days; fires with how many events went."""
+        """Make the coming weeks and close the past ones, then expire what is older than the kept days; fires with how many events went."""
         now_ms = int(self._clock.seconds() * 1000)
         cutoff_ms = now_ms - self.keep_days * DAY_MS
         gone = 0
         try:
             yield self._db.write(make_weeks, now_ms)
+            yield self._db.write(close_weeks, now_ms)
             if self.keep_days <= 0:
                 return 0
             for week in (yield self._db.read(weeks_before, cutoff_ms)):

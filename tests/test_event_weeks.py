@@ -1,0 +1,105 @@
+"""The API's event pages on a real PostgreSQL server whose events lie in many week partitions,
+some closed (gateway/store/partitions.py, "Closed weeks"): the same rows in the same order as
+every stored event filtered and paged by id, late events in closed weeks and the default
+partition included; and a newest page opens only the open weeks."""
+
+import pytest
+from sqlalchemy import event, select
+
+from gateway.http.queries import EVERYTHING, EventFilter, read_events
+from gateway.store.database import Database
+from gateway.store.partitions import DEFAULT, WEEK_MS, close_weeks, make_weeks, week_of
+from gateway.store.schema import events
+from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
+
+NOW_MS = 1_700_000_000_000
+THIS_WEEK = week_of(NOW_MS)
+FILTERS = [EVERYTHING, EventFilter(types=(SAVED_FROM_DEVICE,)), EventFilter(terminal_id=2), EventFilter(user_id="u3"),
+           EventFilter(since_ms=THIS_WEEK.start_ms - 3 * WEEK_MS)]
+
+
+@pytest.fixture
+def pg(postgres):
+    database = Database(postgres.new_database(), reactor=None)
+    database.open()
+    yield database
+    database.engine.dispose()
+
+
+def store(db, at_ms: int, n: int, tag: str) -> None:
+    rows = [sync_event_row(SAVED_FROM_DEVICE if i % 3 == 0 else APPLIED_BY_DEVICE, i % 4, f"u{i % 5}", tag, at_ms=at_ms + i)
+            for i in range(n)]
+    db.run_now(record_sync_events, rows)
+
+
+def expected(db, flt, after, before, limit) -> tuple[list[int], bool]:
+    """The page read_events owes, worked out from every stored event."""
+    every = db.run_now(lambda conn: conn.execute(select(events).order_by(events.c.id)).mappings().all())
+    ids = [e["id"] for e in every if flt.matches(e) and (after is None or e["id"] > after) and (before is None or e["id"] < before)]
+    page = ids if after is not None else ids[::-1]
+    return page[:limit], len(page) > limit
+
+
+def page(db, flt, after, before, limit) -> tuple[list[int], bool]:
+    found, more = db.run_now(read_events, flt, after, before, limit)
+    return [e["id"] for e in found], more
+
+
+@pytest.fixture
+def spread(pg):
+    """Ten weeks of events, then all but the last two closed, then late events in closed weeks."""
+    make_weeks_from = week_of(NOW_MS - 9 * WEEK_MS)
+    pg.run_now(make_weeks, make_weeks_from.start_ms, 11)
+    store(pg, NOW_MS - 100 * WEEK_MS, 4, "older than every week: default partition")
+    for n in range(9, -1, -1):
+        store(pg, NOW_MS - n * WEEK_MS, 12, f"week -{n}")
+    assert DEFAULT in pg.run_now(close_weeks, NOW_MS)
+    store(pg, NOW_MS - 6 * WEEK_MS, 5, "late, in a closed week")
+    store(pg, NOW_MS, 3, "this week")
+    store(pg, NOW_MS - 200 * WEEK_MS, 2, "late, in the closed default partition")
+    store(pg, NOW_MS - 8 * WEEK_MS, 1, "late, in a closed week, the newest event")
+    return pg
+
+
+def test_every_page_holds_what_the_whole_log_says_late_events_in_closed_weeks_included(spread):
+    ids = spread.run_now(lambda conn: list(conn.execute(select(events.c.id).order_by(events.c.id)).scalars()))
+    for flt in FILTERS:
+        for limit in (1, 5, 30, 1000):
+            for after, before in [(None, None), (ids[len(ids) // 2], None), (ids[-10], None), (None, ids[-3]), (None, ids[20]), (ids[0], None)]:
+                assert page(spread, flt, after, before, limit) == expected(spread, flt, after, before, limit), (flt, after, before, limit)
+
+
+def test_paging_back_and_following_visit_every_event_once(spread):
+    every = spread.run_now(lambda conn: list(conn.execute(select(events.c.id).order_by(events.c.id)).scalars()))
+    back, before, more = [], None, True
+    while more:
+        found, more = page(spread, EVERYTHING, None, before, 7)
+        back += found
+        before = found[-1] if found else None
+    forward, after, more = [], 0, True
+    while more:
+        found, more = page(spread, EVERYTHING, after, None, 7)
+        forward += found
+        after = found[-1]
+    assert back == every[::-1] and forward == every
+
+
+def test_a_newest_page_and_a_follower_open_only_the_open_weeks(spread):
+    """Once the newest events are newer than the late ones, the head of the log and a follower of
+    it are read from this week and the last: their plans list no other partition."""
+    store(spread, NOW_MS, 3, "this week, after the late events")
+    newest, more = page(spread, EVERYTHING, None, None, 2)
+    assert more
+    for after, before in [(None, None), (newest[-1] - 2, None)]:
+        asked = []
+        listen = lambda conn, cursor, statement, parameters, context, many: asked.append((statement, parameters))
+        event.listen(spread.engine, "before_cursor_execute", listen)
+        try:
+            page(spread, EVERYTHING, after, before, 2)
+        finally:
+            event.remove(spread.engine, "before_cursor_execute", listen)
+        pages = [(s, p) for s, p in asked if "ORDER BY events.id" in s]
+        assert len(pages) == 1
+        plan = "\n".join(spread.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + pages[0][0], pages[0][1]).scalars())))
+        opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(10)) if w in plan}
+        assert opened == {THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name} and DEFAULT not in plan, plan
