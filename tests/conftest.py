@@ -55,3 +55,12 @@ def db(db_url):
     database.open()
     yield database
     database.engine.dispose()
+
+
+@pytest.fixture
+def pg(postgres):
+    """A migrated database of its own on the PostgreSQL server, used without a reactor."""
+    database = Database(postgres.new_database(), reactor=None)
+    database.open()
+    yield database
+    database.engine.dispose()

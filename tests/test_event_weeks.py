@@ -7,7 +7,6 @@ import pytest
 from sqlalchemy import event, select
 
 from gateway.http.queries import EVERYTHING, EventFilter, read_events
-from gateway.store.database import Database
 from gateway.store.partitions import DEFAULT, WEEK_MS, close_weeks, make_weeks, week_of
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
@@ -16,14 +15,6 @@ NOW_MS = 1_700_000_000_000
 THIS_WEEK = week_of(NOW_MS)
 FILTERS = [EVERYTHING, EventFilter(types=(SAVED_FROM_DEVICE,)), EventFilter(terminal_id=2), EventFilter(user_id="u3"),
            EventFilter(since_ms=THIS_WEEK.start_ms - 3 * WEEK_MS)]
-
-
-@pytest.fixture
-def pg(postgres):
-    database = Database(postgres.new_database(), reactor=None)
-    database.open()
-    yield database
-    database.engine.dispose()
 
 
 def store(db, at_ms: int, n: int, tag: str) -> None:

@@ -79,14 +79,6 @@ def test_an_export_that_cannot_be_written_removes_nothing_and_says_so(db, tmp_pa
     assert metrics.registry.get_sample_value("gateway_failures_total", {"kind": "retention"}) == 1
 
 
-@pytest.fixture
-def pg(postgres):
-    database = Database(postgres.new_database(), reactor=None)
-    database.open()
-    yield database
-    database.engine.dispose()
-
-
 def week_rows(db, week) -> int:
     return db.run_now(lambda conn: conn.execute(select(func.count()).select_from(events).where(
         events.c.occurred_ms >= week.start_ms, events.c.occurred_ms < week.end_ms)).scalar())
