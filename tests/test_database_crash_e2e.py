@@ -49,6 +49,16 @@ class DatabaseCrashTests(LiveTestCase):
         return gateway, terminals, links, engine
 
     @defer.inlineCallbacks
+    def _recovered(self, gateway, workers, storm, storm_done, engine, ids):
+        """Once the server is back: every terminal served and in sync, 0 lost, 0 stored twice, and
+        the same worker processes (they recovered on their own)."""
+        yield storm_done
+        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served again", timeout=90)
+        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=120)
+        storm.check_stored(self, engine)  # 0 lost, 0 stored twice, every terminal as the server
+        self.assertEqual(sorted(gateway.worker_pids()), sorted(workers), "the workers recovered without a restart")
+
+    @defer.inlineCallbacks
     def test_a_crash_mid_storm_loses_nothing_stores_nothing_twice_and_every_process_recovers_alone(self):
         ids = list(range(701, 707))
         gateway, terminals, _links, engine = yield self._served(ids)
@@ -61,11 +71,7 @@ class DatabaseCrashTests(LiveTestCase):
         storm.release()  # the last third is enrolled while the server is down
         yield wait_until(lambda: SAVE_FAILED in gateway.log_path.read_text(), "the outage visible in the gateway's log", timeout=60)
         self.cluster.resume()
-        yield storm_done
-        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served again", timeout=90)
-        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=120)
-        storm.check_stored(self, engine)  # 0 lost, 0 stored twice, every terminal as the server
-        self.assertEqual(sorted(gateway.worker_pids()), sorted(workers), "the workers recovered without a restart")
+        yield self._recovered(gateway, workers, storm, storm_done, engine, ids)
         with engine.connect() as conn:
             failed = conn.execute(select(func.count()).where(events.c.type == SAVE_FAILED)).scalar()
         self.assertGreaterEqual(failed, 1, "the outage's failures are stored once the server is back")
@@ -89,8 +95,4 @@ class DatabaseCrashTests(LiveTestCase):
         yield deferLater(reactor, 3, lambda: None)
         yield wait_until(lambda: SAVE_FAILED in gateway.log_path.read_text(), "the outage visible in the gateway's log", timeout=30)
         self.cluster.resume()
-        yield storm_done
-        yield wait_until(lambda: set(holders(engine)) == set(ids), "every terminal served again", timeout=90)
-        yield wait_until(storm.everywhere, "every terminal holding every user, its log acknowledged", timeout=120)
-        storm.check_stored(self, engine)  # 0 lost, 0 stored twice, every terminal as the server
-        self.assertEqual(sorted(gateway.worker_pids()), sorted(workers), "the workers recovered without a restart")
+        yield self._recovered(gateway, workers, storm, storm_done, engine, ids)
