@@ -6,7 +6,7 @@ from twisted.python.failure import Failure
 from gateway.store.database import DatabaseFailure
 from gateway.sync.eventlog import EventLog
 from gateway.metrics import Metrics
-from gateway.sync.monitor import SAVE_FAILED
+from gateway.sync.monitor import SAVE_FAILED, sync_event_row
 from protocol.events import Event, EventCode, Origin
 
 
@@ -185,6 +185,20 @@ def test_a_submission_made_by_an_acknowledgement_starts_one_commit_and_stop_leav
     d.callback(STORED)
     log.stop()
     assert clock.getDelayedCalls() == [], "nothing left to fire after the gateway stopped"
+
+
+def test_a_commit_that_lands_after_stop_and_what_comes_after_start_nothing_more():
+    """The gateway stops while a commit is in the database and terminals are still closing:
+    neither the commit landing nor a failure row arriving may schedule another commit."""
+    log, db, clock, _ = make_log()
+    log.submit(1, events(1, 1))
+    log.submit(2, events(1, 1))  # waits for the first
+    log.stop()
+    db.commits[0][1].callback(STORED)
+    log.record_failure_later(sync_event_row(SAVE_FAILED, 3, "9001", "closing", at_ms=0))
+    log.submit(3, events(1, 1))
+    clock.advance(log.commit_window_s * 10)
+    assert len(db.commits) == 1 and clock.getDelayedCalls() == []
 
 
 def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_failed():

@@ -120,6 +120,7 @@ class EventLog:
         self._paused = False
         self._retry = None
         self._window = None  # the delayed call starting a commit once the window since the last one has passed
+        self._stopped = False
         self._last_commit_s = float("-inf")
         self._logs: dict[int, LogState] = {}  # terminal -> its current log, as committed
         # Other writes that take the next group commit rather than one of their own: (work, args, fired once committed).
@@ -203,7 +204,7 @@ class EventLog:
         return batch
 
     def _flush(self) -> None:
-        if not self._queue and not self.unsaved and not self._riders:
+        if self._stopped or (not self._queue and not self.unsaved and not self._riders):
             return
         self._flushing = True  # from here until committed: what arrives meanwhile waits for the next
         wait_s = self._last_commit_s + self.commit_window_s - self._clock.seconds()
@@ -293,8 +294,9 @@ class EventLog:
         return int(self._clock.seconds() * 1000)
 
     def stop(self) -> None:
-        """Cancel a pending retry or commit (what was not committed was not acknowledged and will be resent),
-        and say the notices held back."""
+        """Cancel a pending retry or commit and start no other (what was not committed was not
+        acknowledged and will be resent), and say the notices held back."""
+        self._stopped = True
         for call in (self._retry, self._window):
             if call is not None and call.active():
                 call.cancel()

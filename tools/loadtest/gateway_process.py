@@ -20,6 +20,8 @@ _START = "from gateway.cli import main; raise SystemExit(main())"
 # What gateway/process/service.py logs once each port is bound.
 _TCP_BOUND = re.compile(rb"listening for terminals on \S+:(\d+)")
 _HTTP_BOUND = re.compile(rb"monitoring page at http://\S+:(\d+)/")
+# What gateway/process/peers.py logs once a worker hears the others: until then what they say is lost.
+_HEARING = re.compile(rb"hearing the other gateway processes")
 
 
 class GatewayFailed(RuntimeError):
@@ -58,7 +60,7 @@ class GatewayProcess:
 
     def listening(self) -> bool:
         """Whether this start has logged both bound ports (then in ``tcp_port`` and ``http_port``),
-        and every worker its listening.
+        and every worker its listening and its hearing the others.
 
         Raises ``GatewayFailed`` once the process has exited without doing so.
         """
@@ -67,7 +69,10 @@ class GatewayProcess:
             log.seek(self._log_start)
             lines = log.read()
         tcp, http = _TCP_BOUND.search(lines), _HTTP_BOUND.search(lines)
-        if tcp and http and len(_TCP_BOUND.findall(lines)) >= self.workers:
+        workers_up = len(_TCP_BOUND.findall(lines)) >= self.workers
+        if self.workers > 1:
+            workers_up = workers_up and len(_HEARING.findall(lines)) >= self.workers
+        if tcp and http and workers_up:
             self.tcp_port, self.http_port = int(tcp[1]), int(http[1])
             return True
         if exited:
