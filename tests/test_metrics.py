@@ -56,3 +56,18 @@ def test_value_reads_counters_and_gauges_by_label_and_zero_before_first_use():
     assert metrics.value(metrics.refused, reason="auth_failed") == 2
     assert metrics.value(metrics.refused, reason="unknown_terminal") == 0
     assert metrics.value(metrics.terminals_online) == 3
+
+
+def test_a_scrape_whose_metrics_cannot_be_built_is_answered_503_not_left_waiting():
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.site import MetricsResource
+
+    class Broken:
+        def exposition(self):
+            return defer.fail(ValueError("mirror corrupt"))
+
+    request = DummyRequest([b"metrics"])
+    MetricsResource(Broken()).render_GET(request)
+    assert request.finished and request.responseCode == 503
+    assert b"metrics unavailable" in b"".join(request.written)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.http import activity, events, history, lockouts, sync, terminals, users
@@ -13,6 +14,8 @@ from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.channel import ConnectionsPerAddress
 from gateway.http.openapi import document
 from gateway.http.sse import EventStream
+
+log = Logger(namespace="gateway.http")
 
 PAGE = Path(__file__).with_name("page")
 PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
@@ -79,7 +82,15 @@ class MetricsResource(Readable):
                 request.write(body)
                 request.finish()
 
-        exposition.addCallback(answer)
+        def failed(failure):  # a scrape answered, never left waiting for the client's time-out
+            log.failure("cannot build /metrics", failure)
+            if not gone:
+                request.setResponseCode(503)
+                request.setHeader("Content-Type", "text/plain; charset=utf-8")
+                request.write(b"metrics unavailable: see the gateway's log\n")
+                request.finish()
+
+        exposition.addCallbacks(answer, failed)
         return server.NOT_DONE_YET
 
 
