@@ -10,8 +10,9 @@ weeks are then closed, as the gateway's hourly run closes them, and the bulk's p
 (``CHECKPOINT``) so that ingest is not measured during their write-back. Ingest is the event log's own group-commit work
 (``gateway.sync.eventlog._store``: batches of ``--batch`` events from 200 terminals, with the
 once-only check of resends); the queries are ``/api/events``'s (``read_events``): the newest
-page, by type, by user, by terminal, and a follower's ``after``: p50 and p99 as a caller sees
-them, and ("db ms") the database's planning and execution time of the page's statements.
+page, by type, by user (a regular met every week, a visitor met in one), by terminal, and a
+follower's ``after``: p50 and p99 as a caller sees them, and ("db ms") the database's planning
+and execution time of the page's statements.
 
     python benchmarks/big_log.py --db postgresql://...                 # 10^7 events
     python benchmarks/big_log.py --db postgresql://... --events 1000000
@@ -35,6 +36,7 @@ TERMINALS = 200
 WEEKS = 52
 NOW_MS = int(time.time() * 1000)
 FIRST_WEEK = week_of(NOW_MS - WEEKS * WEEK_MS)
+VISITOR_WEEK = 10  # the one week whose first three events are a visitor's, met nowhere else in the year
 
 # Mostly verifications at the door, a few enrolments and server updates: as a site's log reads.
 BULK = """
@@ -43,7 +45,7 @@ SELECT (pg_current_xact_id()::text::bigint << 22) + (g - :first),
        g % {terminals} + 1, g / {terminals} + 1, 1,  -- log 1: apart from the ingest measurements' log 0
        CASE WHEN g % 50 = 0 THEN 'ENROLL_SUCCESS' WHEN g % 50 = 1 THEN 'User update succeeded (Server)' ELSE 'VERIFY_SUCCESS' END,
        CASE WHEN g % 50 = 1 THEN NULL ELSE 1 END, 2,
-       'u' || (g % 100000), :start + (g - :first)::bigint * :step, :start + (g - :first)::bigint * :step, NULL
+       CASE WHEN g BETWEEN :visitor AND :visitor + 2 THEN 'visitor' ELSE 'u' || (g % 100000) END, :start + (g - :first)::bigint * :step, :start + (g - :first)::bigint * :step, NULL
 FROM generate_series(:first, :last) AS g
 """
 
@@ -61,7 +63,7 @@ def build(engine, count: int) -> float:
         with engine.begin() as conn:
             conn.execute(text(f"CREATE TABLE {week.name} (LIKE events INCLUDING DEFAULTS)"))
             conn.execute(text(BULK.format(week=week.name, terminals=TERMINALS)),
-                         dict(first=first, last=last, start=week.start_ms, step=WEEK_MS // per_week))
+                         dict(first=first, last=last, start=week.start_ms, step=WEEK_MS // per_week, visitor=VISITOR_WEEK * per_week))
             conn.execute(text(f"ALTER TABLE events ATTACH PARTITION {week.name} FOR VALUES FROM ({week.start_ms}) TO ({week.end_ms})"))
     close(engine)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -103,7 +105,8 @@ def queries(engine, rounds: int) -> dict:
     asked = {
         "newest": (EVERYTHING, None),
         "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
-        "by_user": (EventFilter(user_id="u4242"), None),
+        "by_user": (EventFilter(user_id="u4242"), None),  # 100 events, two a week over the year: every week is read
+        "by_visitor": (EventFilter(user_id="visitor"), None),  # 3 events in one week: that week is read
         "by_terminal": (EventFilter(terminal_id=7), None),
         "after": (EVERYTHING, max(0, recent - 1000)),
     }

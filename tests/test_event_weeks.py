@@ -94,3 +94,30 @@ def test_a_newest_page_and_a_follower_open_only_the_open_weeks(spread):
         plan = "\n".join(spread.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + pages[0][0], pages[0][1]).scalars())))
         opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(10)) if w in plan}
         assert opened == {THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name} and DEFAULT not in plan, plan
+
+
+def test_a_users_page_opens_only_the_weeks_that_hold_that_user_a_late_event_included(spread):
+    """A user with an event in a week closed later, and a late one in a week closed already: the
+    page holds both and its plan lists those two weeks and the open ones, no other."""
+    def one_event(conn, at_ms, tag):
+        record_sync_events(conn, [sync_event_row(SAVED_FROM_DEVICE, 1, "solo", tag, at_ms=at_ms)])
+
+    a_week_on = NOW_MS + WEEK_MS
+    spread.run_now(one_event, NOW_MS - WEEK_MS, "in an open week, closed a week on")
+    assert week_of(NOW_MS - WEEK_MS).name in spread.run_now(close_weeks, a_week_on)
+    spread.run_now(one_event, NOW_MS - 4 * WEEK_MS, "late, in a closed week")
+    solo = EventFilter(user_id="solo")
+    assert page(spread, solo, None, None, 10) == expected(spread, solo, None, None, 10)
+    assert len(page(spread, solo, None, None, 10)[0]) == 2
+    asked = []
+    listen = lambda conn, cursor, statement, parameters, context, many: asked.append((statement, parameters))
+    event.listen(spread.engine, "before_cursor_execute", listen)
+    try:
+        page(spread, solo, None, None, 10)
+    finally:
+        event.remove(spread.engine, "before_cursor_execute", listen)
+    plans = "\n".join("\n".join(spread.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + s, p).scalars())))
+                      for s, p in asked if "ORDER BY" in s)
+    opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(-1, 10)) if w in plans}
+    assert opened == {week_of(a_week_on).name, THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name,
+                      week_of(NOW_MS - 4 * WEEK_MS).name} and DEFAULT not in plans, plans

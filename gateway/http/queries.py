@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.partitions import id_window, newest_closed, partitioned, union_of, week_ids
+from gateway.store.partitions import holding_user, id_window, newest_closed, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
@@ -93,13 +93,17 @@ def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int 
     from the open weeks, then from the closed ones with ids above the page's last, and while it is
     not full from the ``WIDER`` closed ones with the highest ids, then from all. Every read keeps
     below the watermark read with the weeks' figures, so each event it may return was committed,
-    with its week's figure, before those were read."""
+    with its week's figure, before those were read. A user's page reads only the weeks holding
+    that user."""
     watermark, ids = week_ids(conn)
+    whole = ids.keys()  # what reading every partition in ``ids`` means: the whole table
+    if flt.user_id is not None:
+        ids = holding_user(conn, ids, flt.user_id)
     searched: frozenset[str] = frozenset()
     rows: list = []
     wanted = id_window(ids, after)
     while wanted - searched:
-        if wanted == ids.keys():  # the whole table, planned as such: cheaper than all weeks by name
+        if wanted == whole:  # the whole table, planned as such: cheaper than all weeks by name
             return conn.execute(_page(events, [events.c.id < watermark], flt, after, before, limit)).mappings().all()
         table = union_of(wanted - searched)
         rows += conn.execute(_page(table, [table.c.id < watermark], flt, after, before, limit)).mappings().all()

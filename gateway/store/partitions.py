@@ -18,6 +18,8 @@ events still go), the hourly run closes it: a trigger on it and the highest id i
 ``WEEK_IDS`` (migration 0010), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. A page then opens
 the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
+The same bookkeeping keeps who each closed week holds events of (``WEEK_USERS``, migration
+0012): a user's page, whose events may lie in any week of the year, opens only those weeks.
 """
 
 import functools
@@ -33,7 +35,8 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 WEEKS_AHEAD = 2  # made ahead of time, so a clock a little fast still finds its week
 DEFAULT = "events_default"
-WEEK_IDS = "event_week_ids"  # PostgreSQL's own bookkeeping of closed weeks, not in schema.py (migration 0010)
+WEEK_IDS = "event_week_ids"  # PostgreSQL's own bookkeeping of closed weeks, not in schema.py (migration 0011)
+WEEK_USERS = "event_week_users"  # (closed week, user it holds events of): the same bookkeeping (migration 0012)
 OPEN_WEEKS = 2  # this week and the last stay open: most events arrive there, a few late ones after the week
 LOCK_TIMEOUT = "2s"
 _MAINTENANCE_LOCK = 0x6576_7065  # one process at a time makes or drops weeks ("evpe")
@@ -154,6 +157,7 @@ def drop_week(conn, week: Week, cutoff_ms: int, held: int) -> bool:
             return False
         conn.execute(text(f"DROP TABLE {week.name}"))
         conn.execute(text(f"DELETE FROM {WEEK_IDS} WHERE name = :name"), dict(name=week.name))
+        conn.execute(text(f"DELETE FROM {WEEK_USERS} WHERE name = :name"), dict(name=week.name))
     return True
 
 
@@ -172,6 +176,8 @@ def close_weeks(conn, now_ms: int) -> list[str]:
             # the figure read next is the highest id there, and the trigger sees every later one.
             conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
             conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
+            conn.execute(text(f"INSERT INTO {WEEK_USERS} (name, user_id) SELECT DISTINCT :name, user_id FROM {name}"
+                              " WHERE user_id IS NOT NULL ON CONFLICT DO NOTHING"), dict(name=name))
     return todo
 
 
@@ -183,6 +189,14 @@ def week_ids(conn) -> tuple[int, dict[str, int | None]]:
         f"SELECT {WATERMARK.name} AS mark, i.inhrelid::regclass::text AS relname, b.max_id FROM pg_inherits i"
         f" LEFT JOIN {WEEK_IDS} b ON b.name = i.inhrelid::regclass::text WHERE i.inhparent = 'events'::regclass")).all()
     return rows[0].mark, {row.relname: row.max_id for row in rows}  # the default partition is always there
+
+
+def holding_user(conn, ids: dict[str, int | None], user_id: str) -> dict[str, int | None]:
+    """Of the partitions ``ids``, the open ones and the closed ones that hold events of
+    ``user_id``. Read after ``week_ids``: a late event below the watermark read there was
+    committed, with its user's row here, before it."""
+    holding = set(conn.execute(text(f"SELECT name FROM {WEEK_USERS} WHERE user_id = :user"), dict(user=user_id)).scalars())
+    return {name: highest for name, highest in ids.items() if highest is None or name in holding}
 
 
 def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:
