@@ -1,14 +1,22 @@
 """Metrics: the gateway's counters and gauges, exposed at /metrics in the Prometheus format.
 
 Each gateway owns its registry (not prometheus_client's global one), so several gateways can
-live in one process: the test suite starts many.
+live in one process: the test suite starts many. Several processes on one database: the one
+serving /metrics adds the others' reported metrics (gateway/process/reports.py), each of their
+series labelled ``process``.
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.logger import Logger
+
+log = Logger(namespace="gateway.metrics")
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.others = dict  # () -> {process: its exposition}: set where other processes report theirs
         self.registry = CollectorRegistry()
         r = self.registry
         self.terminals_online = Gauge("gateway_terminals_online", "Terminals with an established session", registry=r)
@@ -88,5 +96,37 @@ class Metrics:
                     return sample.value
         return 0.0
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, own: bool = False) -> bytes:
+        """The Prometheus text: this process's, and the other processes' reported ones unless ``own``."""
+        text = generate_latest(self.registry)
+        others = {} if own else self.others()
+        return merged_exposition(text.decode(), others) if others else text
+
+
+def merged_exposition(own: str, others: dict[str, str]) -> bytes:
+    """``own`` with the families of ``others`` ({process: exposition}) merged in, each of their
+    samples labelled ``process``: one valid exposition, each family's HELP and TYPE once. A report
+    that does not parse is left out, and said."""
+    families = {family.name: family for family in text_string_to_metric_families(own)}
+    for source, text in others.items():
+        try:
+            theirs = list(text_string_to_metric_families(text))
+        except ValueError as e:
+            log.warn("metrics reported by gateway process {source} left out: {e}", source=source, e=e)
+            continue
+        for family in theirs:
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            merged.samples += [sample._replace(labels={**sample.labels, "process": source}) for sample in family.samples]
+    registry = CollectorRegistry()
+    registry.register(_Parsed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Parsed:
+    """A collector of families already made (prometheus_client's custom-collector protocol)."""
+
+    def __init__(self, families: list[Metric]):
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families

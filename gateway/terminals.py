@@ -313,6 +313,17 @@ class TerminalRegistry:
             if term.elsewhere:
                 term.cursor = max(term.cursor, cursors[term.terminal_id])
 
+    def heard_elsewhere(self, links: dict[int, dict]) -> None:
+        """What the processes serving other terminals last reported of their links (``link``,
+        ``heard_ms``, ``model``, ``firmware``, ``clock_drift_s``; gateway/process/reports.py),
+        shown for those terminals here."""
+        for terminal_id, reported in links.items():
+            term = self.terminals.get(terminal_id)
+            if term is None or term.connection is not None:
+                continue
+            term.link, term.model, term.firmware = reported["link"], reported["model"], reported["firmware"]
+            term.clock_drift_s, term.last_seen_ms = reported["clock_drift_s"], reported["heard_ms"]
+
     def claim_lost(self, terminal_id: int) -> None:
         """This process lost its claim (its lock connection broke and another process took it)."""
         connection = self.connection(terminal_id)

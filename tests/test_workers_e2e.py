@@ -9,6 +9,7 @@ serves a terminal is read from PostgreSQL itself: the advisory lock of each term
 import re
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from twisted.internet import defer, reactor, threads
 
@@ -16,6 +17,7 @@ from gateway.admin import ApiClient
 from gateway.process.claims import CLAIM_LOCK_SPACE
 from gateway.cli import main
 from gateway.sync.users import load_record
+from api_site import http
 from live_site import KeypadStorm, LiveTestCase, secret_of, wait_until
 from processes import Process
 from simulator.people import People
@@ -182,6 +184,25 @@ class WorkersTests(LiveTestCase):
         yield wait_until(lambda: all(greeted(gateway.tcp_port) for _ in range(8)), "every worker letting the address in again", timeout=20)
         welcome = yield threads.deferToThread(lambda: RawTerminal(gateway.tcp_port, 701, secret_of(701).encode(), source=GUESSER).authenticate())
         self.assertEqual(welcome.command, Command.WELCOME)
+
+    @defer.inlineCallbacks
+    def test_the_api_shows_the_links_and_the_metrics_of_the_terminals_every_worker_serves(self):
+        ids = list(range(811, 817))
+        gateway, terminals, engine = yield self.served(ids, workers=2)
+        self.assertEqual(len(set(holders(engine).values())), 2, "both workers serve terminals")
+        api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
+        yield wait_until(lambda: all(t["online"] and t["link"] and t["last_seen_ms"]
+                                     for t in api.call("GET", "/api/terminals")["terminals"]),
+                         "worker 0's API showing every terminal's link and when it was heard", timeout=30)
+
+        def online_by_process():
+            _, exposition, _ = http("GET", f"http://127.0.0.1:{gateway.http_port}/metrics")
+            return {s.labels.get("process"): s.value for f in text_string_to_metric_families(exposition)
+                    for s in f.samples if s.name == "gateway_terminals_online"}
+
+        yield wait_until(lambda: sum(online_by_process().values()) == len(ids) and len(online_by_process()) == 2,
+                         "/metrics counting the terminals of both workers", timeout=30)
+        self.assertIn(None, online_by_process(), "worker 0's own series, unlabelled")
 
     @defer.inlineCallbacks
     def test_reconcile_through_the_api_compares_and_repairs_the_terminals_every_worker_serves(self):

@@ -28,7 +28,8 @@ from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
 from gateway.process.peers import Listener, Teller, connect_raw
-from gateway.store.notices import ADMISSIONS, CHANGES, DOORMAN, RECONCILE, RECONCILED, SETTINGS, TERMINALS
+from gateway.process.reports import ProcessReports
+from gateway.store.notices import ADMISSIONS, CHANGES, DOORMAN, RECONCILE, RECONCILED, SETTINGS, SOURCE, TERMINALS
 from gateway.store.retention import Retention
 from gateway.sync.puller import Puller
 from gateway.sync.pusher import Pusher
@@ -90,6 +91,9 @@ class Gateway:
         self.accept_watch = AcceptWatch(self.clock, self.metrics, self.doorman.lines)
         if shared:
             self._tell_others_too(Teller(self.db, self.doorman.lines))
+        self.reports = ProcessReports(self.db, self.clock, SOURCE, self.registry, self.metrics, reads=role.primary) if shared else None
+        if self.reports is not None and role.primary:
+            self.metrics.others = lambda: self.reports.others_metrics
         self.tcp_port = None
         self.tls_port = None
         self.http = None
@@ -105,7 +109,7 @@ class Gateway:
         self.db.start()
         self.registry.load()
         self.settings.load(sync_mode)
-        for peer_work in (self.peers, self.claims):
+        for peer_work in (self.peers, self.claims, self.reports):
             if peer_work is not None:
                 peer_work.start()
         self.tcp_port = self._listen(self.config.tcp_port, TerminalListener(self.new_session, self.doorman, self.clock), self.config.tcp_host)
@@ -169,7 +173,7 @@ class Gateway:
         for term in self.registry.connected():
             term.connection.close("gateway stopping")
         self.doorman.lines.stop()
-        for peer_work in (self.peers, self.claims):
+        for peer_work in (self.peers, self.claims, self.reports):
             if peer_work is not None:
                 peer_work.stop()
         self.db.stop()

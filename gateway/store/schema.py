@@ -141,6 +141,17 @@ push_commands = Table(
     Column("written", LargeBinary, nullable=True),
 )
 
+# Several gateway processes on one database (gateway/process/reports.py): what each one alone
+# knows, for the one whose API and /metrics cover them all. Rewritten every few seconds.
+process_reports = Table(
+    "process_reports",
+    metadata,
+    Column("source", String(200), primary_key=True),  # gateway.store.notices.SOURCE: host/pid/random
+    Column("reported_ms", BigInteger, nullable=False),
+    Column("terminals", Text, nullable=False),  # JSON: the links of the terminals it serves
+    Column("metrics", Text, nullable=False),  # its Prometheus exposition
+)
+
 settings = Table(
     "settings",
     metadata,
