@@ -30,7 +30,6 @@ from protocol.zk.push.lines import BadLine, Punch, parse_attlog, parse_operlog
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a device posts at most its MaxPostSize; 10,000 ATTLOG lines are about 400 kB
 OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA"})
 ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "USERPIC", "BIOPHOTO", "ERRORLOG", "OPTIONS", "FACE", "RTSTATE"})
-PUSH3_VERSION = "3.1.2"  # the Security PUSH document the 3.x side follows (docs/zk-push.md)
 # The INFO parameter of a getrequest, by position (PUSH 2.x firmware; later positions vary).
 INFO_FIELDS = ("firmware", "users", "fingers", "punches", "ip", "fp_version", "face_version", "face_enroll", "faces")
 
@@ -194,7 +193,7 @@ class PushServer:
         if endpoint == "cdata" and request.method == "GET":
             return InitRequested(query.get("pushver", ""), query.get("language", ""))
         if endpoint == "push":
-            return InitRequested(query.get("pushver", PUSH3_VERSION), query.get("language", ""), "push")
+            return InitRequested(query.get("pushver", v3.PUSH_VERSION), query.get("language", ""), "push")
         if endpoint == "registry" and request.method == "POST":
             return Registered(_comma_pairs(request.body))
         if endpoint == "ping":
@@ -280,7 +279,7 @@ class PushServer:
             return b"OK"
         t = self.timing
         lines = ["registry=ok", f"RegistryCode={self.serial}"] if hello else []
-        lines += [f"ServerVersion={PUSH3_VERSION}", "ServerName=gateway", f"PushProtVer={PUSH3_VERSION}", f"ErrorDelay={t.error_delay_s}",
+        lines += [f"ServerVersion={v3.PUSH_VERSION}", "ServerName=gateway", f"PushProtVer={v3.PUSH_VERSION}", f"ErrorDelay={t.error_delay_s}",
                   f"RequestDelay={t.delay_s}", f"TransTimes={t.trans_times}", f"TransInterval={t.trans_interval_min}",
                   "TransTables=User Transaction templatev10", f"Realtime={1 if t.realtime else 0}", f"SessionID={self.serial}",
                   "TimeoutSec=10"]

@@ -19,6 +19,7 @@ import base64
 from protocol.zk.push.lines import (BadLine, FingerLine, OtherLine, Punch, UserLine, decode_lines, field_value, format_fields,
                                     local_seconds, parse_fields, parse_finger)
 
+PUSH_VERSION = "3.1.2"  # the Security PUSH document this side follows
 USER, TEMPLATE, BIODATA = "user", "templatev10", "biodata"
 RECORD_TABLES = frozenset({USER, TEMPLATE, BIODATA})  # the tables whose records are a person's copy
 # A 3.x user field -> the 2.x name the ZK mapping reads; the rest keep their own names.
