@@ -172,3 +172,16 @@ def test_an_entry_pinned_to_3x_is_answered_so_from_its_first_hello():
     assert fetch_commands(device)[0].text.startswith("DATA QUERY tablename=user")
     call(device, "POST", "/iclock/cdata", {"table": "ATTLOG"}, b"7\t2024-03-05 08:59:12\t0\t1\n")
     assert device.dialect is PUSH3  # pinned: what a request shows does not change it
+
+
+def test_a_3x_device_met_mid_session_is_known_by_its_refusal_of_the_2x_listing():
+    """After a gateway start a 3.x device does not say hello again: its first request shows nothing,
+    and it refuses the 2.x listing with -629, which is taken as its word."""
+    device, clock, events, *_ = make()
+    sent = fetch_commands(device)
+    assert [c.text for c in sent] == ["DATA QUERY USERINFO", "DATA QUERY FINGERTMP"]
+    body = "".join(f"ID={c.id}&Return=-629&CMD=DATA\n" for c in sent)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+    assert device.dialect is PUSH3
+    list_v3(device, b"user uid=1\tpin=5\tname=Eve\n")
+    assert [(e.code, e.user_id) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, "5")]

@@ -44,7 +44,7 @@ from protocol.records import UserRecord, record_digest
 from protocol.zk.push import commands as cmd
 from protocol.zk.push import v3
 from protocol.zk.push.commands import PushCommand
-from protocol.zk.push.dialect import DIALECTS, PUSH2, PUSH3, evidence
+from protocol.zk.push.dialect import DIALECTS, PUSH2, PUSH3, Dialect, evidence
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
                                      Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult,
@@ -204,10 +204,13 @@ class PushDevice:
         if self._pinned is not None:
             return
         shown = evidence(request.method, endpoint_of(request.path), {k.lower(): v for k, v in request.query.items()})
-        if shown is None or shown is self.dialect:
-            return
-        log.info("PUSH device {sn} speaks PUSH {was} no more but {now}", sn=self.server.serial, was=self.dialect.name, now=shown.name)
-        self.dialect = shown
+        if shown is not None and shown is not self.dialect:
+            self._switch_dialect(shown, "what it sent")
+
+    def _switch_dialect(self, dialect: Dialect, why: str) -> None:
+        log.info("PUSH device {sn} speaks PUSH {was} no more but {now} ({why})", sn=self.server.serial, was=self.dialect.name,
+                 now=dialect.name, why=why)
+        self.dialect = dialect
         if self._listing is not None:
             self.server.discard(self._listing_ids)
             self._listing, self._listing_ids = None, set()
@@ -330,6 +333,10 @@ class PushDevice:
         return d.addBoth(settled)
 
     def _listing_done(self, command_id: int, code: int) -> None:
+        if code == v3.REFUSED_TABLE and self.dialect is PUSH2 and self._pinned is None:
+            # "no such table": a 3.x device that has not shown itself yet (it was mid-session when the gateway started)
+            self._switch_dialect(PUSH3, f"it refused {PUSH2.list_users} with {code}")
+            return
         self._listing_ids.discard(command_id)
         if code < 0:
             log.warn("PUSH device {sn} refused to list its users ({code})", sn=self.server.serial, code=code)
