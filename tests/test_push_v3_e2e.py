@@ -75,3 +75,29 @@ def test_a_wiped_3x_device_is_refilled(site):
     eventually(lambda: len(acc.users()) == 4, "the wiped 3.x device refilled")
     assert acc.users()["602"] == "Acc 2"
     assert acc.keypad.ok("list")[0].endswith("fingers [1]")  # its templates too, written as templatev10
+
+
+def test_an_unknown_3x_device_waits_for_admission_refused_registration_and_syncs_once_admitted(tmp_path):
+    """With ``admission = "pending"`` an unknown 3.x serial is recorded; its registration is answered
+    406 (the 3.x document's refusal), so it keeps its data and tries again; once admitted it syncs."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('tcp_host = "127.0.0.1"\napi_token = "test-token"\nadmission = "pending"\n'
+                      '[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\nerror_delay_s = 1\n')
+    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
+                      "--tcp-port", "0", "--http-port", "0")
+    device = None
+    try:
+        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
+        push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
+        device = Device(push_url, "ACCSTRANGER", tmp_path / "acc.json", "--push-version", "3")
+        device.keypad.ok('enrol 8 name="Vera"')
+        pending = eventually(lambda: [t for t in api(page, "terminals")["terminals"] if t["admission"] == "pending"], "a pending terminal")
+        device.process.wait_for(r"registration answered 406")
+        assert api(page, "users")["users"] == []
+        api(page, f"terminals/{pending[0]['id']}/admit", "POST")
+        eventually(lambda: api(page, "users")["users"], "the 3.x device's enrolment once admitted", timeout=30)
+        assert api(page, "users/8")["name"] == "Vera"
+    finally:
+        if device is not None:
+            device.stop()
+        gateway.stop()
