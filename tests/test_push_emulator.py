@@ -90,6 +90,14 @@ def test_a_3x_device_registers_uploads_rtlog_and_tabledata_and_refuses_2x_syntax
     assert device.query_upload(PushCommand(3, ""), lines) == ("/iclock/querydata", {
         "SN": "ACC1", "type": "tabledata", "cmdid": "3", "tablename": "user", "count": "1", "packcnt": "1", "packidx": "1"})
     assert device.execute(PushCommand(4, "DATA UPDATE templatev10 Pin=8\tFingerID=1\tValid=1\tTemplate=AAAA"))[1].code == -27  # no such user
-    assert device.execute(PushCommand(5, "DATA DELETE user Pin=7"))[1].code == 0 and device.users == {} and device.fingers == {}
+    assert device.execute(PushCommand(5, v3.authorize("7")))[1].code == 0 and device.authorized == {"7": "1"}
+    for n, text in enumerate(v3.deletion("7")):  # rights and templates first: DATA DELETE user leaves them
+        assert device.execute(PushCommand(6 + n, text))[1].code == 0
+    assert (device.users, device.fingers, device.authorized) == ({}, {}, {})
+    device.enroll("9", now=NOON)
+    device.verify("9", now=NOON)  # enrolled at its keypad: door rights of its own
+    device.execute(PushCommand(9, "DATA UPDATE user Pin=10\tName=Al"))
+    device.verify("10", now=NOON)  # written by the server without userauthorize: refused at the door
+    assert [p.pin for p in v3.parse_rtlog(device.next_upload()[1])[0]] == ["9"]
     device.save(str(tmp_path / "flash.json"))
     assert PushTerminal.load(str(tmp_path / "flash.json"), "ACC1").version == 3

@@ -100,11 +100,11 @@ def test_routing_of_3x_requests():
     assert "registry=ok" not in server.v3_answer().decode()
 
 
-def register(device):
+def register(device, doors=1):
     """A 3.x device's hello: GET cdata (answered OK: not registered yet), registry, push."""
     assert call(device, "GET", "/iclock/cdata", {"options": "all", "pushver": "3.1.2"})[0] == 200  # no DeviceType: taken for 2.x yet
-    assert call(device, "POST", "/iclock/registry", {}, b"DeviceType=acc,~DeviceName=F20,FirmVer=Ver 8.0,~ZKFPVersion=10,PushVersion=3.1.2") == (
-        200, f"RegistryCode={SN}".encode())
+    said = f"DeviceType=acc,~DeviceName=F20,FirmVer=Ver 8.0,~ZKFPVersion=10,PushVersion=3.1.2,LockCount={doors}".encode()
+    assert call(device, "POST", "/iclock/registry", {}, said) == (200, f"RegistryCode={SN}".encode())
     status, config = call(device, "GET", "/iclock/push")
     assert status == 200 and b"RequestDelay=" in config and b"registry=ok" not in config
     assert call(device, "GET", "/iclock/cdata", {"options": "all", "pushver": "3.1.2"})[1].startswith(b"registry=ok\n")
@@ -150,8 +150,8 @@ def test_a_push_to_a_3x_device_is_3x_and_keeps_what_the_device_owns():
                                       "\tName=Ana Lima\tPrivilege=6\tDisable=0\tVerify=1"]
     assert call(device, "POST", "/iclock/devicecmd", {}, f"ID={sent[0].id}&return=0&CMD=DATA UPDATE\n".encode()) == (200, b"OK")
     assert [(e.code, e.sub_code) for e in events.stored] == [(EventCode.UPDATE_SUCCESS, Origin.SERVER)]
-    device.delete_users(["77"])
-    assert [c.text for c in fetch_commands(device)] == ["DATA DELETE user Pin=77"]
+    device.delete_users(["77"])  # rights and templates first, as the document orders it: the user's deletion leaves them
+    assert [c.text for c in fetch_commands(device)] == ["DATA DELETE userauthorize Pin=77", "DATA DELETE templatev10 Pin=77", "DATA DELETE user Pin=77"]
 
 
 def test_a_3x_keypad_enrolment_uploaded_as_tabledata_is_announced_and_acknowledged_by_table():
@@ -185,3 +185,15 @@ def test_a_3x_device_met_mid_session_is_known_by_its_refusal_of_the_2x_listing()
     assert device.dialect is PUSH3
     list_v3(device, b"user uid=1\tpin=5\tname=Eve\n")
     assert [(e.code, e.user_id) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, "5")]
+
+
+def test_a_person_new_to_a_3x_device_is_given_its_doors_and_one_it_holds_keeps_its_own():
+    device, *_ = make()
+    register(device, doors=2)
+    list_v3(device, b"user uid=1\tpin=77\tname=Ana\tgroup=1\n")
+    device.put_users([UserRecordWire.build(UserRecord("5", name="Bo")), UserRecordWire.build(UserRecord("77", name="Ana Lima"))],
+                     keep_local_changes=False)
+    sent = [c.text for c in fetch_commands(device)]
+    assert sent == ["DATA UPDATE user CardNo=\tPin=5\tPassword=\tGroup=1\tStartTime=0\tEndTime=0\tName=Bo\tPrivilege=0",
+                    "DATA UPDATE userauthorize Pin=5\tAuthorizeTimezoneId=1\tAuthorizeDoorId=3",  # both doors, time rule 1
+                    "DATA UPDATE user CardNo=\tPin=77\tPassword=\tGroup=1\tStartTime=0\tEndTime=0\tName=Ana Lima\tPrivilege=0"]

@@ -1,8 +1,9 @@
 """A PUSH 3.x access-control device on a real site: a ``gateway run`` process, a ``simulator
 push-terminal --push-version 3`` (which refuses 2.x syntax, as such firmware does) and a 2.x
 ``simulator push-terminal`` calling it over loopback HTTP. A keypad enrolment at the 3.x device
-reaches the server and the 2.x device; a server edit reaches the 3.x device (so in 3.x syntax);
-its wiped store is refilled."""
+reaches the server and the 2.x device; a server edit reaches the 3.x device (so in 3.x syntax); a
+person enrolled elsewhere is let through its door (so given its door rights); its wiped store is
+refilled."""
 
 import json
 from urllib import request as urlrequest
@@ -59,6 +60,10 @@ def test_a_3x_enrolment_reaches_a_2x_device_and_a_server_edit_reaches_the_3x_dev
     eventually(lambda: att.users().get("41") == "Ines Server", "the server's edit at the 2.x device")
     att.keypad.ok('enrol 42 name="Otto Att"')
     eventually(lambda: acc.users().get("42") == "Otto Att", "the 2.x enrolment at the 3.x device")
+    # It was given the 3.x device's doors with it (userauthorize): the door lets Otto through, and the punch arrives.
+    acc.keypad.ok("verify 42 card")
+    eventually(lambda: [e for e in api(page, f"events?type=VERIFY_SUCCESS&terminal={ID3}")["events"] if e["user_id"] == "42"],
+               "Otto's punch at the 3.x device on the server")
     refused = [e for e in api(page, f"events?type={PUSH_REFUSED.replace(' ', '%20')}&limit=100")["events"]]
     assert refused == []  # nothing was sent to either device in the other's syntax
 

@@ -141,6 +141,7 @@ class PushDevice:
         self._pinned = DIALECTS.get(dialect)
         self.dialect = self._pinned or PUSH2
         self._registered = False  # a 3.x device registered in this run: its hello is answered registry=ok
+        self._doors = 1  # 3.x: its LockCount (registration), the doors a person new to it is let through
 
     @property
     def description(self) -> str:
@@ -168,6 +169,7 @@ class PushDevice:
             return 200, self.server.init_answer(self._stamps(), event.push_version)
         if isinstance(event, Registered):
             self._registered = True
+            self._doors = _number(event.info.get("LockCount")) or self._doors
             self._learn(event.info.get("FirmVer", ""), event.info.get("FPVersion") or event.info.get("ZKFPVersion"))
             return 200, self.server.registry_answer()
         if isinstance(event, CommandsWanted):
@@ -570,7 +572,8 @@ class PushDevice:
         line = UserLine(_merged_fields(held_line, user))
         fingers = {t.fid: FingerLine(user_id, t.fid, t.valid, t.template, kind) for t in templates}
         dialect = self.dialect
-        texts = [dialect.update_user(line.fields)] + [dialect.update_finger(f) for f in fingers.values()]
+        texts = [dialect.update_user(line.fields)] + (dialect.grant(user_id, self._doors) if held is None else [])
+        texts += [dialect.update_finger(f) for f in fingers.values()]
         if self._profile.template_format is not None:
             texts += [dialect.delete_finger(user_id, t.fid, kind) for t in had if t.fid not in fingers]
         else:
@@ -580,7 +583,8 @@ class PushDevice:
     def _delete(self, user_id: str, quiet: bool = False) -> defer.Deferred:
         if self._device_copy(user_id)[0] is None:
             return defer.succeed(UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND))
-        return self._queue([self.dialect.delete_user(user_id)], user_id, "delete", None, None, (None, {}))
+        kind = "BIODATA" if self.memory.biodata else "FP"
+        return self._queue(self.dialect.deletion(user_id, kind), user_id, "delete", None, None, (None, {}))
 
     def _device_copy(self, user_id: str) -> tuple[UserLine | None, dict]:
         """What the device holds of a person once the commands waiting for it are applied."""

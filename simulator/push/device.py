@@ -58,6 +58,7 @@ class PushTerminal:
     options: dict[str, str] = field(default_factory=dict)  # from the initialization answer
     biodata: bool = False  # write templates as BIODATA lines (PUSH 2.4+ firmware), else FP
     version: int = 2  # 3: an access-control device speaking only PUSH 3.x
+    authorized: dict[str, str] = field(default_factory=dict)  # 3.x: PIN -> the doors it may pass (userauthorize); others are refused
     registered: bool = False  # 3.x: the server named it registered (it registers again at each hello otherwise)
 
     # -- what it sends ---------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class PushTerminal:
         """(query, body, token) of the next upload, or None; the token goes to ``uploaded``."""
         fresh = [(stamp, line) for stamp, line in self.punches if stamp > self.sent_stamp][:MAX_UPLOAD_LINES]
         if fresh and self.version == 3:
-            body = "\n".join(v3.rtlog_record(_punch(line), stamp) for stamp, line in fresh) + "\n"
+            body = "\n".join(v3.rtlog_record(_punch(line), stamp, _int(line.split("\t")[-1])) for stamp, line in fresh) + "\n"
             return {"SN": self.serial, "table": "rtlog"}, body.encode(), fresh[-1][0]
         if fresh:
             body = "\n".join(line for _, line in fresh) + "\n"
@@ -210,13 +211,16 @@ class PushTerminal:
             else:
                 return [], CommandResult(command.id, v3.REFUSED_TABLE, "DATA")
             return lines, CommandResult(command.id, len(lines), "DATA")
-        if table == v3.USER and action == "UPDATE" and pin:
+        if table == v3.AUTHORIZE and action == "UPDATE" and pin:
+            self.authorized[pin] = field_value(fields, "AuthorizeDoorId") or "1"
+        elif table == v3.AUTHORIZE and action == "DELETE" and pin:
+            self.authorized.pop(pin, None)
+        elif table == v3.USER and action == "UPDATE" and pin:
             held = dict(self.users.get(pin, ()) or self._v3_person(pin))
             held.update((_V3_STORED[k.lower()], v) for k, v in fields if k.lower() in _V3_STORED)
             self.users[pin] = tuple(held.items())
         elif table == v3.USER and action == "DELETE" and pin:
-            self.users.pop(pin, None)
-            self.fingers.pop(pin, None)
+            self.users.pop(pin, None)  # its templates and door rights stay: the document has the server delete them first
         elif table in (v3.TEMPLATE, v3.BIODATA) and action == "UPDATE" and pin:
             if table == v3.TEMPLATE:
                 rebuilt = (("PIN", pin), ("FID", field_value(fields, "FingerID")), ("Valid", field_value(fields, "Valid") or "1"),
@@ -252,6 +256,7 @@ class PushTerminal:
             raise ValueError(f"user {pin} is enrolled already: use edit")
         if self.version == 3:
             self.users[pin] = self._v3_person(pin, name, password, card)
+            self.authorized[pin] = "1"  # enrolled here: door 1, as the device's own menu grants
         else:
             self.users[pin] = (("PIN", pin), ("Name", name), ("Pri", "0"), ("Passwd", password), ("Card", str(card) if card else ""),
                                ("Grp", "1"), ("TZ", "0000000100000000"), ("Verify", "0"))
@@ -276,17 +281,24 @@ class PushTerminal:
             raise ValueError(f"no user {pin} on this device")
         del self.users[pin]
         self.fingers.pop(pin, None)
+        self.authorized.pop(pin, None)
         if self.version == 2:  # 3.x has no operation log: the server learns of it only by listing the device
             self.oplog.append(OpLog(OP_DELETE_USER, "0", self._time(now), (pin,)).line())
 
     def verify(self, pin: str, how: str = "finger", now: datetime | None = None) -> None:
-        self.punches.append((self.next_stamp, Punch(pin, self._time(now), 0, VERIFY[how]).line()))
+        """Someone verifies. A 3.x device lets through only a person with door rights; anyone else is
+        logged as event 22 (not in a valid time period), which the server is told but is no punch."""
+        line = Punch(pin, self._time(now), 0, VERIFY[how]).line()
+        if self.version == 3:
+            line += f"\t{0 if pin in self.authorized else 22}"
+        self.punches.append((self.next_stamp, line))
         self.next_stamp += 1
 
     def wipe(self) -> None:
         """A factory reset: users, templates, logs and stamps gone; the serial stays."""
         self.users.clear()
         self.fingers.clear()
+        self.authorized.clear()
         self.punches.clear()
         self.oplog.clear()
         self.next_stamp, self.sent_stamp = 1, 0
@@ -317,7 +329,7 @@ class PushTerminal:
                      fingers={p: {str(fid): [f.valid, base64.b64encode(f.template).decode(), f.kind] for fid, f in fs.items()}
                               for p, fs in self.fingers.items()},
                      punches=self.punches, next_stamp=self.next_stamp, sent_stamp=self.sent_stamp, oplog=self.oplog, biodata=self.biodata,
-                     version=self.version)
+                     version=self.version, authorized=self.authorized)
         folder = os.path.dirname(os.path.abspath(path))
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as f:
             json.dump(state, f)
@@ -333,7 +345,7 @@ class PushTerminal:
             state = json.load(f)
         if state["serial"] != serial:
             raise ValueError(f"{path} holds device {state['serial']}, not {serial}")
-        device = cls(serial, biodata=state.get("biodata", False), version=state.get("version", 2))
+        device = cls(serial, biodata=state.get("biodata", False), version=state.get("version", 2), authorized=state.get("authorized", {}))
         device.users = {p: tuple(tuple(kv) for kv in f) for p, f in state["users"].items()}
         device.fingers = {p: {int(fid): FingerLine(p, int(fid), v, base64.b64decode(t), k) for fid, (v, t, k) in fs.items()}
                           for p, fs in state["fingers"].items()}

@@ -25,6 +25,8 @@ _V2_TABLES = frozenset({"ATTLOG", "OPERLOG"})
 class Dialect:
     name: str  # "2" or "3"
     update_user: Callable[..., str]  # the held UserLine's fields (2.x names) -> command text
+    grant: Callable[[str, int], list[str]]  # what a person new to the device needs beside the user to pass its doors (pin, doors)
+    deletion: Callable[[str, str], list[str]]  # a person's deletion (pin, template kind)
     delete_user: Callable[[str], str]
     update_finger: Callable[[FingerLine], str]
     delete_finger: Callable[[str, int, str], str]  # pin, finger index, the kind the device uses ("FP" or "BIODATA")
@@ -35,10 +37,12 @@ class Dialect:
         return [self.list_users, self.list_fingers(biodata)]
 
 
-PUSH2 = Dialect("2", v2.update_user, v2.delete_user, v2.update_finger, lambda pin, fid, kind: v2.delete_finger(pin, fid),
-                v2.query_users(), lambda biodata: v2.query_fingers())
-PUSH3 = Dialect("3", v3.update_user, v3.delete_user, v3.update_finger, v3.delete_finger, v3.query(v3.USER),
-                lambda biodata: v3.query(v3.BIODATA, "Type=1") if biodata else v3.query(v3.TEMPLATE))
+PUSH2 = Dialect("2", v2.update_user, grant=lambda pin, doors: [], deletion=lambda pin, kind: [v2.delete_user(pin)],
+                delete_user=v2.delete_user, update_finger=v2.update_finger, delete_finger=lambda pin, fid, kind: v2.delete_finger(pin, fid),
+                list_users=v2.query_users(), list_fingers=lambda biodata: v2.query_fingers())
+PUSH3 = Dialect("3", v3.update_user, grant=lambda pin, doors: [v3.authorize(pin, doors)], deletion=v3.deletion,
+                delete_user=v3.delete_user, update_finger=v3.update_finger, delete_finger=v3.delete_finger, list_users=v3.query(v3.USER),
+                list_fingers=lambda biodata: v3.query(v3.BIODATA, "Type=1") if biodata else v3.query(v3.TEMPLATE))
 DIALECTS = {"2": PUSH2, "3": PUSH3}
 
 

@@ -20,7 +20,7 @@ from protocol.zk.push.lines import (BadLine, FingerLine, OtherLine, Punch, UserL
                                     local_seconds, parse_fields, parse_finger)
 
 PUSH_VERSION = "3.1.2"  # the Security PUSH document this side follows
-USER, TEMPLATE, BIODATA = "user", "templatev10", "biodata"
+USER, TEMPLATE, BIODATA, AUTHORIZE = "user", "templatev10", "biodata", "userauthorize"
 RECORD_TABLES = frozenset({USER, TEMPLATE, BIODATA})  # the tables whose records are a person's copy
 # A 3.x user field -> the 2.x name the ZK mapping reads; the rest keep their own names.
 _TO_V2 = {"pin": "PIN", "name": "Name", "privilege": "Pri", "password": "Passwd", "cardno": "Card", "group": "Grp"}
@@ -161,11 +161,12 @@ def _biodata_record(finger: FingerLine, tmp: str) -> str:
                                        ("format", 0), ("tmp", tmp)))
 
 
-def rtlog_record(punch: Punch, index: int) -> str:
-    """A punch as an access device reports it: event 0 (a normal verified opening) at door 1."""
+def rtlog_record(punch: Punch, index: int, event: int = 0) -> str:
+    """A verification as an access device reports it at door 1: event 0 a normal verified opening
+    (22: refused, not in a valid time period)."""
     mode = {v: k for k, v in _VERIFY_MODES.items()}.get(punch.verify, 0)
     return format_fields((("time", punch.time), ("pin", punch.pin), ("cardno", 0), ("sitecode", 0), ("linkid", 0), ("eventaddr", 1),
-                          ("event", 0), ("inoutstatus", punch.status), ("verifytype", mode), ("index", index)))
+                          ("event", event), ("inoutstatus", punch.status), ("verifytype", mode), ("index", index)))
 
 
 # -- commands ----------------------------------------------------------------------------------------------
@@ -185,6 +186,20 @@ def update_user(fields) -> str:
 
 def delete_user(pin: str) -> str:
     return "DATA DELETE user " + format_fields((("Pin", pin),))
+
+
+def authorize(pin: str, doors: int = 1) -> str:
+    """``DATA UPDATE userauthorize Pin=..\tAuthorizeTimezoneId=1\tAuthorizeDoorId=..``: the person may
+    pass every door of the device (a bit each) in its time rule 1 (all day, as devices come). An
+    access device holds a person without this but refuses them at the door ("invalid time period")."""
+    return "DATA UPDATE userauthorize " + format_fields((("Pin", pin), ("AuthorizeTimezoneId", 1), ("AuthorizeDoorId", (1 << max(doors, 1)) - 1)))
+
+
+def deletion(pin: str, kind: str = "FP") -> list[str]:
+    """A person's deletion as the document orders it: their door rights and templates, then the user
+    (the device does not delete them with the user)."""
+    templates = BIODATA if kind == "BIODATA" else TEMPLATE
+    return [f"DATA DELETE {AUTHORIZE} Pin={pin}", f"DATA DELETE {templates} Pin={pin}", delete_user(pin)]
 
 
 def update_finger(finger: FingerLine) -> str:
