@@ -21,6 +21,11 @@ device holds, and a write keeps every field the device owns. At each coming onli
 each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``); a
 person missing from the list without a keypad deletion reported (a wiped device) is not a
 deletion: reconciliation puts the person back.
+
+A device speaks PUSH 2.x (attendance) or 3.x (access control): ``dialect`` (protocol/zk/push/
+dialect.py) is which, pinned by its entry or learnt from what it sends, and every command is
+written in it; 3.x's uploads arrive as the same events (rtlog as punches, tabledata and querydata
+as a person's records).
 """
 
 from collections import OrderedDict
@@ -136,7 +141,7 @@ class PushDevice:
         self._silence = None
         self._paused = False
         self._arriving = defer.DeferredLock()  # the requests of a device coming online wait for one another
-        # PUSH 2.x or 3.x: the [[push.devices]] entry's ``dialect``, else what the device shows of itself
+        # PUSH 2.x or 3.x: the [[push.devices]] entry's ``push_version``, else what the device shows of itself
         # (protocol/zk/push/dialect.py), 2.x until it shows 3.x (an attendance device is never sent 3.x).
         self._pinned = DIALECTS.get(dialect)
         self.dialect = self._pinned or PUSH2
