@@ -197,3 +197,12 @@ def test_a_person_new_to_a_3x_device_is_given_its_doors_and_one_it_holds_keeps_i
     assert sent == ["DATA UPDATE user CardNo=\tPin=5\tPassword=\tGroup=1\tStartTime=0\tEndTime=0\tName=Bo\tPrivilege=0",
                     "DATA UPDATE userauthorize Pin=5\tAuthorizeTimezoneId=1\tAuthorizeDoorId=3",  # both doors, time rule 1
                     "DATA UPDATE user CardNo=\tPin=77\tPassword=\tGroup=1\tStartTime=0\tEndTime=0\tName=Ana Lima\tPrivilege=0"]
+
+
+def test_rtlog_lines_that_do_not_parse_are_reported_as_rtlog():
+    device, clock, events, holdings, presence, db, skipped = make()
+    register(device)
+    body = b"time=yesterday\tpin=7\tevent=0\ntime=2024-03-05 08:59:12\tpin=7\tevent=0\tverifytype=1\n"
+    assert call(device, "POST", "/iclock/cdata", {"table": "rtlog"}, body) == (200, b"OK")
+    assert skipped.counts == {"rtlog": 1} and "1 rtlog line(s) skipped" in events.monitoring[0]["detail"]
+    assert [e.user_id for e in events.stored] == ["7"]

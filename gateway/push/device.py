@@ -371,7 +371,7 @@ class PushDevice:
     @defer.inlineCallbacks
     def _store_punches(self, upload: AttendanceUploaded):
         memory = self.memory
-        self._skipped(upload.bad, "ATTLOG")
+        self._skipped(upload.bad, upload.table)
         stamp = _number(upload.stamp)
         if stamp is not None and memory.attlog_stamp and stamp < memory.attlog_stamp:
             self._monitor(LOG_RESTARTED, f"the device's ATTLOG stamp went back from {memory.attlog_stamp} to {stamp} "
