@@ -760,8 +760,8 @@ def _as_templates(fingers: dict[int, FingerLine]) -> list[Template]:
 
 
 def _card(text: str) -> int:
-    """``Card=12345`` or ``Card=[15CD5B07]``: the number's four bytes in hex, lowest first (both PUSH
-    documents: ``[15CD5B07]`` is 123456789); 0 for none or nonsense."""
+    """``Card=12345`` or ``Card=[15CD5B07]``: the number's four bytes in hex, lowest first (the
+    Security PUSH document: ``[15CD5B07]`` is 123456789); 0 for none or nonsense."""
     text = text.strip()
     try:
         if text.startswith("[") and text.endswith("]"):
