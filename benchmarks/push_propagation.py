@@ -7,7 +7,9 @@ device holds the person. The bound to compare with is ``Delay`` + 1 s: a device 
 change at its next getrequest. Prints p50/p99/max and how many deliveries never came. One run on
 a shared machine: compare ratios, not absolute numbers. It measures and never fails on slowness.
 
-    python benchmarks/push_propagation.py [--devices 100] [--enrolments 10] [--delay-s 10] [--json FILE]
+    python benchmarks/push_propagation.py [--devices 100] [--enrolments 10] [--delay-s 10] [--push-version 2|3|mixed] [--json FILE]
+
+``--push-version 3`` makes every device a PUSH 3.x access device, ``mixed`` every other one.
 """
 
 import argparse
@@ -27,7 +29,8 @@ from simulator.push.station import PushStation, until
 
 @defer.inlineCallbacks
 def measure(reactor, args, push_url: str, page: str):
-    station = PushStation(reactor, push_url, args.devices, prefix="PROP")
+    versions = {"2": (2,), "3": (3,), "mixed": (2, 3)}[args.push_version]
+    station = PushStation(reactor, push_url, args.devices, prefix="PROP", push_versions=versions)
     station.start()
     yield until(reactor, lambda: station.talking() == args.devices, 120, 0.5)
     print(f"{station.talking()} of {args.devices} devices talking to the gateway")
@@ -43,7 +46,8 @@ def measure(reactor, args, push_url: str, page: str):
     print(f"propagation s: p50 {figures['p50']:.2f}  p99 {figures['p99']:.2f}  max {figures['max']:.2f}"
           f"  (Delay {args.delay_s} s + 1 s = {args.delay_s + 1} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(devices=args.devices, enrolments=args.enrolments, delay_s=args.delay_s, deliveries=len(times),
+        Path(args.json).write_text(json.dumps(dict(devices=args.devices, push_version=args.push_version, enrolments=args.enrolments,
+                                                   delay_s=args.delay_s, deliveries=len(times),
                                                    lost=lost, propagation_s=percentiles(times)), indent=2))
 
 
@@ -52,6 +56,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--enrolments", type=int, default=10)
     parser.add_argument("--delay-s", type=int, default=10)
+    parser.add_argument("--push-version", choices=("2", "3", "mixed"), default="2", help="the devices' PUSH: 2.x, 3.x, or every other one 3.x")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:

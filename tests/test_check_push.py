@@ -36,6 +36,30 @@ def test_the_check_passes_against_the_emulated_device(tmp_path):
         check.stop()
 
 
+def test_the_check_speaks_3x_to_an_access_device(tmp_path):
+    """A 3.x device refuses 2.x syntax (-629): the check registers it and lists, writes and deletes in 3.x."""
+    port = free_port()
+    check = Process("tools.check", "--push", str(port), "--push-host", "127.0.0.1", "--write", "--wait", "60")
+    device = None
+    try:
+        check.wait_for(r"waiting up to 60 s for a PUSH device")
+        device = Process("simulator.cli", "push-terminal", "--server", f"http://127.0.0.1:{port}", "--sn", "ACC0001", "--control", "0",
+                         "--state", str(tmp_path / "d.json"), "--push-version", "3")
+        keypad = KeypadClient(int(device.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
+        keypad.ok('enrol 3 name="Al Bo"')
+        assert check.wait_exit(120) == 0, check.all_output()
+        output = check.all_output()
+        for label in ("hello: serial ACC0001, push version 3.1.2", "INFO: PUSH 3.x (no INFO command); it registered: DeviceType=acc",
+                      "user list:", "write test user: user 999999999 stored and listed back", "delete test user:"):
+            assert f"PASS {label}" in output, output
+        assert [line.split("  ")[0] for line in keypad.ok("list")] == ["3"]
+        keypad.close()
+    finally:
+        if device is not None:
+            device.stop()
+        check.stop()
+
+
 def test_a_port_in_use_is_one_line_and_status_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

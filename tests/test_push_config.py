@@ -15,6 +15,7 @@ def test_off_unless_given_and_defaults():
     entry = parse_push({"devices": [{"sn": "A1"}]})
     assert (entry.port, entry.delay_s, entry.silent_s) == (8081, 10, 60.0)
     assert entry.devices[0].terminal_id == terminal_id_of("A1") == terminal_id_of("A1")
+    assert entry.devices[0].push_version == "auto" and parse_push({"devices": [{"sn": "A1", "push_version": "3"}]}).devices[0].push_version == "3"
 
 
 @pytest.mark.parametrize("push, message", [
@@ -27,6 +28,7 @@ def test_off_unless_given_and_defaults():
     ({"proxies": ["proxy.example"]}, "proxies.*not a network"),
     ({"devices": [{"sn": "A1", "secret": "x"}]}, "secret"),
     ({"delay_s": True}, "delay_s"),
+    ({"devices": [{"sn": "A1", "push_version": 3}]}, "push_version"),  # a string: "2", "3" or "auto"
 ])
 def test_mistakes_are_one_line(push, message):
     with pytest.raises(ConfigError, match=message) as raised:

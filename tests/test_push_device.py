@@ -109,14 +109,15 @@ class Counter:
 
 
 def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None, commands=None,
-         max_commands=4096, first_id=1):
+         max_commands=4096, first_id=1, push_version="auto"):
     clock = task.Clock()
     clock.advance(1_700_000_000)
     events, store, presence, skipped = Events(), Store(seen, stored), Presence(), Counter()
     timing = PushTiming(command_s=command_s, command_attempts=2, max_commands=max_commands)
     device = PushDevice(TID, PushServer(SN, timing, first_id=first_id), clock=clock, store=store,
                         commands=commands if commands is not None else Commands(), events=events, presence=presence,
-                        offline_s=offline_s, metrics=skipped, refusals=skipped.labels("refused"), on_offline_reason=on_offline_reason)
+                        offline_s=offline_s, metrics=skipped, refusals=skipped.labels("refused"), on_offline_reason=on_offline_reason,
+                        dialect=push_version)
     return device, clock, events, store, presence, store, skipped  # the store twice: its holdings, its writes
 
 

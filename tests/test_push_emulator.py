@@ -55,3 +55,49 @@ def test_the_flash_keeps_users_logs_and_stamps(tmp_path):
     again = PushTerminal.load(str(tmp_path / "flash.json"), "EMU1")
     assert (again.users, again.fingers, again.punches, again.sent_stamp, again.oplog, again.biodata) == (
         device.users, device.fingers, device.punches, device.sent_stamp, device.oplog, True)
+
+
+def test_a_3x_device_registers_uploads_rtlog_and_tabledata_and_refuses_2x_syntax(tmp_path):
+    from protocol.zk.push import v3
+
+    device = PushTerminal("ACC1", version=3)
+    assert "DeviceType" not in device.init_query() and device.init_query()["pushver"].startswith("3")
+    device.configure(b"OK")
+    assert not device.registered and device.registry_body().startswith(b"DeviceType=acc,")
+    device.configure(b"RegistryCode=ACC1")
+    device.configure(b"ServerVersion=3.1.2\nRequestDelay=4\nRealtime=1\n")
+    assert device.registered and device.delay_s == 4
+    device.enroll("7", name="Ann", fingers=(1,), now=NOON)
+    device.verify("7", "card", now=NOON)
+    query, body, token = device.next_upload()
+    assert query["table"] == "rtlog" and v3.parse_rtlog(body)[0][0].verify == 2
+    assert device.accepts(query, b"OK")
+    device.uploaded(token)
+    query, body, token = device.next_upload()
+    assert (query["table"], query["tablename"], query["count"]) == ("tabledata", "user", "1")
+    assert not device.accepts(query, b"OK") and device.accepts(query, b"user=1")  # 3.x wants its table named back
+    device.uploaded(token)
+    query, body, token = device.next_upload()
+    assert query["tablename"] == "templatev10" and v3.parse_table("templatev10", body)[0][0].fid == 1
+    device.uploaded(token)
+    assert device.next_upload() is None
+    for text in ("DATA UPDATE USERINFO PIN=7\tName=X", "DATA QUERY USERINFO", "DATA DELETE FINGERTMP PIN=7\tFID=1"):
+        assert device.execute(PushCommand(1, text))[1].code == -629  # 2.x syntax: no such table
+    lines, result = device.execute(PushCommand(2, "DATA UPDATE user CardNo=\tPin=7\tPassword=\tGroup=2\tStartTime=0\tEndTime=0\tName=Ann Lee\tPrivilege=0"))
+    assert result.code == 0 and dict(device.users["7"])["name"] == "Ann Lee" and dict(device.users["7"])["uid"] == "1"
+    lines, result = device.execute(PushCommand(3, v3.query(v3.USER)))
+    assert result.code == 1 and lines[0].startswith("user uid=1\tcardno=\tpin=7\tpassword=\tgroup=2")
+    assert device.query_upload(PushCommand(3, ""), lines) == ("/iclock/querydata", {
+        "SN": "ACC1", "type": "tabledata", "cmdid": "3", "tablename": "user", "count": "1", "packcnt": "1", "packidx": "1"})
+    assert device.execute(PushCommand(4, "DATA UPDATE templatev10 Pin=8\tFingerID=1\tValid=1\tTemplate=AAAA"))[1].code == -27  # no such user
+    assert device.execute(PushCommand(5, v3.authorize("7")))[1].code == 0 and device.authorized == {"7": "1"}
+    for n, text in enumerate(v3.deletion("7")):  # rights and templates first: DATA DELETE user leaves them
+        assert device.execute(PushCommand(6 + n, text))[1].code == 0
+    assert (device.users, device.fingers, device.authorized) == ({}, {}, {})
+    device.enroll("9", now=NOON)
+    device.verify("9", now=NOON)  # enrolled at its keypad: door rights of its own
+    device.execute(PushCommand(9, "DATA UPDATE user Pin=10\tName=Al"))
+    device.verify("10", now=NOON)  # written by the server without userauthorize: refused at the door
+    assert [p.pin for p in v3.parse_rtlog(device.next_upload()[1])[0]] == ["9"]
+    device.save(str(tmp_path / "flash.json"))
+    assert PushTerminal.load(str(tmp_path / "flash.json"), "ACC1").version == 3

@@ -8,7 +8,9 @@ and reports the result, and lists its users (``DATA QUERY USERINFO``). ``--write
 test user with a reserved PIN, finds it in a listing, deletes it and finds it gone. Uploads are
 counted and acknowledged as a server does; the gateway's own initialization answer later tells
 the device where *its* copy ends, so nothing is lost to the check. The initialization answer
-asks for a getrequest every 2 s. Exit status as the other checks: 0 every check passed, 1 some
+asks for a getrequest every 2 s. A PUSH 3.x access device is spoken to in 3.x once it shows itself
+(protocol/zk/push/dialect.py): registered, listed with ``DATA QUERY tablename=user``, written
+with ``DATA UPDATE user``; it has no INFO command, so its registration stands for INFO. Exit status as the other checks: 0 every check passed, 1 some
 failed, 2 usage or listening problems.
 """
 
@@ -19,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from protocol.zk.push import commands as cmd
+from protocol.zk.push import v3
+from protocol.zk.push.dialect import PUSH2, PUSH3, evidence
 from protocol.zk.push.lines import UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, PushServer, PushTiming,
-                                     Request, RequestError, ResultsReported)
+                                     Registered, Request, RequestError, ResultsReported, TableAcknowledged, TableUploaded, endpoint_of)
 
 CHECK_PIN = "999999999"  # the reserved test user, as gateway-check --zk uses
 TIMING = PushTiming(delay_s=2, error_delay_s=5, command_s=30)
@@ -42,6 +46,8 @@ class Observed:
         self.punches = 0
         self.lines = 0
         self.bad = 0
+        self.dialect = PUSH2  # until the device shows 3.x
+        self.registered: dict[str, str] = {}  # 3.x: what it said when it registered
 
     def answer(self, method: str, url: str, body: bytes, address: str) -> tuple[int, bytes]:
         parts = urlsplit(url)
@@ -53,6 +59,7 @@ class Observed:
                 print(f"device {serial} calling from {address}", flush=True)
             if self.server is None or serial != self.serial:
                 return 403, b"one device at a time"
+            self.dialect = evidence(method, endpoint_of(parts.path), {k.lower(): v for k, v in query.items()}) or self.dialect
             try:
                 event = self.server.receive(Request(method, parts.path, query, body), time.monotonic())
             except RequestError as exc:
@@ -65,8 +72,15 @@ class Observed:
     def _take(self, event) -> tuple[int, bytes]:
         server = self.server
         if isinstance(event, InitRequested):
-            self.push_version = event.push_version or "not given"
+            self.push_version = self.push_version or event.push_version or "not given"
+            if self.dialect is PUSH3:
+                return 200, server.v3_answer(hello=event.endpoint == "cdata", registered=bool(self.registered))
             return 200, server.init_answer({}, event.push_version)
+        if isinstance(event, Registered):
+            self.registered = event.info or {"DeviceType": "not given"}
+            return 200, server.registry_answer()
+        if isinstance(event, TableAcknowledged):
+            return 200, v3.table_answer(event.table, event.count)
         if isinstance(event, CommandsWanted):
             self.asked += 1
             self.info = self.info or event.info
@@ -86,7 +100,8 @@ class Observed:
                     self.users[item.pin] = item
             self.lines += len(event.items)
             self.bad += len(event.bad)
-            return 200, server.ok(len(event.items) + len(event.bad))
+            count = len(event.items) + len(event.bad)
+            return 200, v3.table_answer(event.table, count) if isinstance(event, TableUploaded) else server.ok(count)
         return 200, b"OK"
 
     def wait(self, what: str, ready, timeout_s: float):
@@ -105,7 +120,7 @@ class Observed:
         with self.lock:
             command = self.server.queue(text)
         result = self.wait(f"result for {text[:40]!r}", lambda: self.results.get(command.id), timeout_s)
-        if result.code != 0:
+        if result.code < 0:  # 3.x answers a query with its row count
             raise CheckFailed(f"{text[:40]!r} answered Return={result.code}")
         return result
 
@@ -156,8 +171,8 @@ def run(args) -> int:
                            f"serial {o.serial}, push version {o.push_version}")[1]),
         ("commands", lambda: (o.wait("getrequest", lambda: o.asked, step_s),
                               ", ".join(f"{k} {v}" for k, v in o.info.items()) or "no INFO given")[1]),
-        ("INFO", lambda: ", ".join(f"{k}={v}" for k, v in o.run_command(cmd.INFO, step_s).data) or "no data"),
-        ("user list", lambda: (o.run_command(cmd.query_users(), step_s), f"{len(o.users)} users listed")[1]),
+        ("INFO", lambda: _info(o, step_s)),
+        ("user list", lambda: (o.run_command(o.dialect.list_users, step_s), f"{len(o.users)} users listed")[1]),
     ]
     if args.write:
         checks += [
@@ -179,13 +194,20 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def _info(o: Observed, timeout_s: float) -> str:
+    if o.dialect is PUSH3:
+        said = ", ".join(f"{k}={o.registered[k]}" for k in ("DeviceType", "DeviceName", "FirmVer", "PushVersion", "ZKFPVersion") if k in o.registered)
+        return f"PUSH 3.x (no INFO command); it registered: {said or 'nothing we read'}"
+    return ", ".join(f"{k}={v}" for k, v in o.run_command(cmd.INFO, timeout_s).data) or "no data"
+
+
 def _write(o: Observed, timeout_s: float) -> str:
     if CHECK_PIN in o.users:
         raise CheckFailed(f"the device holds user {CHECK_PIN} already: not touched")
-    o.run_command(cmd.update_user((("PIN", CHECK_PIN), ("Name", "gw-check"), ("Pri", "0"))), timeout_s)
+    o.run_command(o.dialect.update_user((("PIN", CHECK_PIN), ("Name", "gw-check"), ("Pri", "0"))), timeout_s)
     with o.lock:
         o.users.pop(CHECK_PIN, None)
-    o.run_command(cmd.query_users(CHECK_PIN), timeout_s)
+    o.run_command(v3.query(v3.USER, f"Pin={CHECK_PIN}") if o.dialect is PUSH3 else cmd.query_users(CHECK_PIN), timeout_s)
     held = o.users.get(CHECK_PIN)
     if held is None or held.get("Name") != "gw-check":
         raise CheckFailed(f"stored, but the device lists {held.line() if held else 'nothing'} for it")
@@ -193,10 +215,10 @@ def _write(o: Observed, timeout_s: float) -> str:
 
 
 def _delete(o: Observed, timeout_s: float) -> str:
-    o.run_command(cmd.delete_user(CHECK_PIN), timeout_s)
+    o.run_command(o.dialect.delete_user(CHECK_PIN), timeout_s)
     with o.lock:
         o.users.clear()
-    o.run_command(cmd.query_users(), timeout_s)
+    o.run_command(o.dialect.list_users, timeout_s)
     if CHECK_PIN in o.users:
         raise CheckFailed("deleted, but the device still lists it")
     return f"user {CHECK_PIN} deleted; {len(o.users)} users as before"

@@ -23,7 +23,7 @@ from gateway.push.queue import CommandStore
 from gateway.push.settings import parse_push
 from gateway.native.tls import server_options
 from gateway.zk.store import DatabaseStore
-from protocol.zk.push.server import CommandsWanted, InitRequested, PushServer, PushTiming
+from protocol.zk.push.server import CommandsWanted, InitRequested, PushServer, PushTiming, Registered
 
 log = Logger(namespace="gateway.push")
 
@@ -80,6 +80,8 @@ class PushService:
                 return 200, stranger.init_answer({}, event.push_version)
             if isinstance(event, CommandsWanted):
                 return 200, b"OK"
+            if isinstance(event, Registered):  # the 3.x document's answer to a registration refused: 406, and it tries again
+                return 406, b"not admitted yet"
         return refusal.status, refusal.text.encode()
 
     def answer(self, request, address: str):
@@ -96,5 +98,5 @@ class PushService:
             device = self.devices[serial] = PushDevice(
                 self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, commands=self._commands,
                 events=self._events, presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h,
-                metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason)
+                metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason, dialect=entry.push_version)
         return device.handle(request, address)

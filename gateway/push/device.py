@@ -21,6 +21,11 @@ device holds, and a write keeps every field the device owns. At each coming onli
 each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``); a
 person missing from the list without a keypad deletion reported (a wiped device) is not a
 deletion: reconciliation puts the person back.
+
+A device speaks PUSH 2.x (attendance) or 3.x (access control): ``dialect`` (protocol/zk/push/
+dialect.py) is which, pinned by its entry or learnt from what it sends, and every command is
+written in it; 3.x's uploads arrive as the same events (rtlog as punches, tabledata and querydata
+as a person's records).
 """
 
 from collections import OrderedDict
@@ -42,10 +47,13 @@ from protocol.events import Event, EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import UserRecord, record_digest
 from protocol.zk.push import commands as cmd
+from protocol.zk.push import v3
 from protocol.zk.push.commands import PushCommand
+from protocol.zk.push.dialect import DIALECTS, PUSH2, PUSH3, Dialect, evidence
 from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
-                                     Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult)
+                                     Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult,
+                                     TableAcknowledged, TableUploaded, endpoint_of)
 from protocol.zk.records import Template, User
 
 log = Logger(namespace="gateway.push")
@@ -96,7 +104,8 @@ class PushDevice:
     push_bytes = 64 * 1024  # the pusher's batches; the command queue bounds what waits
 
     def __init__(self, terminal_id: int, server: PushServer, *, clock, store: ZkStore, commands, events, presence, offline_s: float,
-                 timezone_h: int = 0, metrics=None, refusals=None, on_offline_reason=lambda terminal_id, reason: None):
+                 timezone_h: int = 0, metrics=None, refusals=None, on_offline_reason=lambda terminal_id, reason: None,
+                 dialect: str = "auto"):
         self.terminal_id = terminal_id
         self.server = server
         self.memory = DeviceMemory()
@@ -132,6 +141,12 @@ class PushDevice:
         self._silence = None
         self._paused = False
         self._arriving = defer.DeferredLock()  # the requests of a device coming online wait for one another
+        # PUSH 2.x or 3.x: the [[push.devices]] entry's ``push_version``, else what the device shows of itself
+        # (protocol/zk/push/dialect.py), 2.x until it shows 3.x (an attendance device is never sent 3.x).
+        self._pinned = DIALECTS.get(dialect)
+        self.dialect = self._pinned or PUSH2
+        self._registered = False  # a 3.x device registered in this run: its hello is answered registry=ok
+        self._doors = 1  # 3.x: its LockCount (registration), the doors a person new to it is let through
 
     @property
     def description(self) -> str:
@@ -146,6 +161,7 @@ class PushDevice:
         after a restart of the gateway or an absence, then settles the command it answers instead of
         being taken for stray (and the command sent again)."""
         self._heard(address)
+        self._learn_dialect(request)
         if not self.online:
             admitted = yield self._arriving.run(self._come_online)
             if not admitted:
@@ -153,9 +169,13 @@ class PushDevice:
         event = self.server.receive(request, self._clock.seconds())
         self._expire()
         if isinstance(event, InitRequested):
+            if self.dialect is PUSH3:
+                return 200, self.server.v3_answer(hello=event.endpoint == "cdata", registered=self._registered)
             return 200, self.server.init_answer(self._stamps(), event.push_version)
         if isinstance(event, Registered):
-            self._learn(event.info.get("FirmVer", ""), event.info.get("FPVersion"))
+            self._registered = True
+            self._doors = _number(event.info.get("LockCount")) or self._doors
+            self._learn(event.info.get("FirmVer", ""), event.info.get("FPVersion") or event.info.get("ZKFPVersion"))
             return 200, self.server.registry_answer()
         if isinstance(event, CommandsWanted):
             self._learn(event.info.get("firmware", ""), event.info.get("fp_version"))
@@ -165,14 +185,16 @@ class PushDevice:
             return 200, b"OK"
         if isinstance(event, (Pinged, OtherUpload)):
             return 200, b"OK"
+        if isinstance(event, TableAcknowledged):
+            return 200, v3.table_answer(event.table, event.count)
         if self._paused:  # the writer is behind: the device keeps its data and retries after ErrorDelay
             return 503, b"busy, retry"
         if isinstance(event, AttendanceUploaded):
             stored = yield self._lock.run(self._store_punches, event)
-            return 200, self.server.ok(stored)
+            return 200, self.server.ok(stored if event.table == "ATTLOG" else None)
         if isinstance(event, OperationsUploaded):
             count = yield self._lock.run(self._take_operations, event)
-            return 200, self.server.ok(count)
+            return 200, v3.table_answer(event.table, count) if isinstance(event, TableUploaded) else self.server.ok(count)
         return 400, b"unexpected request"
 
     def _heard(self, address: str) -> None:
@@ -182,6 +204,24 @@ class PushDevice:
             self._silence.reset(self._offline_s)
         else:
             self._silence = self._clock.callLater(self._offline_s, self._silent)
+
+    def _learn_dialect(self, request: Request) -> None:
+        """Take the dialect the request shows, unless the entry pins one. A listing asked for in the
+        other dialect is asked again in this one (the device refuses the other's syntax)."""
+        if self._pinned is not None:
+            return
+        shown = evidence(request.method, endpoint_of(request.path), {k.lower(): v for k, v in request.query.items()})
+        if shown is not None and shown is not self.dialect:
+            self._switch_dialect(shown, "what it sent")
+
+    def _switch_dialect(self, dialect: Dialect, why: str) -> None:
+        log.info("PUSH device {sn} speaks PUSH {was} no more but {now} ({why})", sn=self.server.serial, was=self.dialect.name,
+                 now=dialect.name, why=why)
+        self.dialect = dialect
+        if self._listing is not None:
+            self.server.discard(self._listing_ids)
+            self._listing, self._listing_ids = None, set()
+            self._start_listing()
 
     def _learn(self, firmware: str, fp_version: str | None) -> None:
         if fp_version and fp_version != self.memory.fp_version:
@@ -263,7 +303,7 @@ class PushDevice:
             return
         ids = self.server.new_ids(LISTING_COMMANDS)
         # Never refused: pushes stop LISTING_COMMANDS short of the bound, and one listing is under way at a time.
-        self.server.take([PushCommand(ids[0], cmd.query_users()), PushCommand(ids[1], cmd.query_fingers())])
+        self.server.take([PushCommand(i, text) for i, text in zip(ids, self.dialect.listing(self.memory.biodata))])
         self._listing, self._listing_ids = ({}, {}), set(ids)
 
     def _when_listed(self, fresh: bool = False) -> defer.Deferred:
@@ -300,6 +340,10 @@ class PushDevice:
         return d.addBoth(settled)
 
     def _listing_done(self, command_id: int, code: int) -> None:
+        if code == v3.REFUSED_TABLE and self.dialect is PUSH2 and self._pinned is None:
+            # "no such table": a 3.x device that has not shown itself yet (it was mid-session when the gateway started)
+            self._switch_dialect(PUSH3, f"it refused {PUSH2.list_users} with {code}")
+            return
         self._listing_ids.discard(command_id)
         if code < 0:
             log.warn("PUSH device {sn} refused to list its users ({code})", sn=self.server.serial, code=code)
@@ -327,7 +371,7 @@ class PushDevice:
     @defer.inlineCallbacks
     def _store_punches(self, upload: AttendanceUploaded):
         memory = self.memory
-        self._skipped(upload.bad, "ATTLOG")
+        self._skipped(upload.bad, upload.table)
         stamp = _number(upload.stamp)
         if stamp is not None and memory.attlog_stamp and stamp < memory.attlog_stamp:
             self._monitor(LOG_RESTARTED, f"the device's ATTLOG stamp went back from {memory.attlog_stamp} to {stamp} "
@@ -427,8 +471,8 @@ class PushDevice:
             assert isinstance(outcome, Done)
             if outcome.command.id in self._listing_ids:
                 self._listing_done(outcome.command.id, outcome.result.code)
-            code = outcome.result.code
-            self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code != 0 else None)
+            code = outcome.result.code  # 0 or more is success (3.x answers a query with its row count)
+            self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code < 0 else None)
 
     def _expire(self) -> None:
         for command in self.server.expired(self._clock.seconds()):
@@ -532,9 +576,11 @@ class PushDevice:
         kind = "BIODATA" if self.memory.biodata else "FP"
         line = UserLine(_merged_fields(held_line, user))
         fingers = {t.fid: FingerLine(user_id, t.fid, t.valid, t.template, kind) for t in templates}
-        texts = [cmd.update_user(line.fields)] + [cmd.update_finger(f) for f in fingers.values()]
+        dialect = self.dialect
+        texts = [dialect.update_user(line.fields)] + (dialect.grant(user_id, self._doors) if held is None else [])
+        texts += [dialect.update_finger(f) for f in fingers.values()]
         if self._profile.template_format is not None:
-            texts += [cmd.delete_finger(user_id, t.fid) for t in had if t.fid not in fingers]
+            texts += [dialect.delete_finger(user_id, t.fid, kind) for t in had if t.fid not in fingers]
         else:
             fingers = dict(held_fingers)
         return self._queue(texts, user_id, "update" if held is not None else "enroll", digest, record_digest(raw), (line, fingers))
@@ -542,7 +588,8 @@ class PushDevice:
     def _delete(self, user_id: str, quiet: bool = False) -> defer.Deferred:
         if self._device_copy(user_id)[0] is None:
             return defer.succeed(UserResult(user_id, UserStatus.OK if quiet else UserStatus.NOT_FOUND))
-        return self._queue([cmd.delete_user(user_id)], user_id, "delete", None, None, (None, {}))
+        kind = "BIODATA" if self.memory.biodata else "FP"
+        return self._queue(self.dialect.deletion(user_id, kind), user_id, "delete", None, None, (None, {}))
 
     def _device_copy(self, user_id: str) -> tuple[UserLine | None, dict]:
         """What the device holds of a person once the commands waiting for it are applied."""
@@ -713,11 +760,12 @@ def _as_templates(fingers: dict[int, FingerLine]) -> list[Template]:
 
 
 def _card(text: str) -> int:
-    """``Card=12345`` or ``Card=[0A1B2C3D]`` (hex, some firmwares); 0 for none or nonsense."""
+    """``Card=12345`` or ``Card=[15CD5B07]``: the number's four bytes in hex, lowest first (the
+    Security PUSH document: ``[15CD5B07]`` is 123456789); 0 for none or nonsense."""
     text = text.strip()
     try:
         if text.startswith("[") and text.endswith("]"):
-            return int(text[1:-1] or "0", 16) & 0xFFFFFFFF
+            return int.from_bytes(bytes.fromhex(text[1:-1])[:4], "little")
         return int(text or "0") & 0xFFFFFFFF
     except ValueError:
         return 0

@@ -7,7 +7,7 @@ same at every start, and what an unknown serial is recorded under.
 
 import ipaddress
 import zlib
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -27,6 +27,8 @@ class PushDeviceEntry(Struct, forbid_unknown_fields=True):
     # PUSH 2.x has no secret: where the device's requests may come from (CIDR), when known.
     networks: list[Text] = msgspec.field(default_factory=list)
     charset: Text | UnsetType = UNSET  # for lines that are not UTF-8 (older firmware: "gb18030", "cp1252")
+    # PUSH 2.x (attendance) or 3.x (access control, "Security PUSH"): "auto" takes what the device shows of itself.
+    push_version: Literal["auto", "2", "3"] = "auto"
 
     @property
     def terminal_id(self) -> int:

@@ -20,6 +20,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProduce
 from twisted.web.http_headers import Headers
 
 from protocol.zk.push import commands as cmd
+from protocol.zk.push.lines import field_value
 from simulator.console import open_keypad
 from simulator.keypad import Reply
 from simulator.logs import start_logging
@@ -74,6 +75,8 @@ class PushCaller:
                     if status != 200:
                         raise IOError(f"initialization answered {status}: {body[:80]!r}")
                     device.configure(body)
+                    if device.version == 3:
+                        yield self._register()
                     configured = True
                     log.info("PUSH device {sn}: server {url} answered the initialization (Delay={d}, Realtime={r})",
                              sn=device.serial, url=self.base, d=device.delay_s, r=int(device.realtime))
@@ -100,6 +103,20 @@ class PushCaller:
                 timer.cancel()
 
     @defer.inlineCallbacks
+    def _register(self):
+        """3.x: register unless the hello said it is, then fetch the configuration."""
+        device = self.device
+        if not device.registered:
+            status, body = yield self._call(b"POST", "/iclock/registry", {"SN": device.serial}, device.registry_body())
+            if status != 200 or b"RegistryCode=" not in body:
+                raise IOError(f"registration answered {status}: {body[:80]!r}")
+            device.configure(body)
+        status, body = yield self._call(b"GET", "/iclock/push", {"SN": device.serial})
+        if status != 200:
+            raise IOError(f"configuration answered {status}: {body[:80]!r}")
+        device.configure(body)
+
+    @defer.inlineCallbacks
     def _uploads(self):
         while True:
             upload = self.device.next_upload()
@@ -107,7 +124,7 @@ class PushCaller:
                 return
             query, body, token = upload
             status, answer = yield self._call(b"POST", "/iclock/cdata", query, body)
-            if status != 200 or not answer.startswith(b"OK"):
+            if status != 200 or not self.device.accepts(query, answer):
                 raise IOError(f"upload of {query['table']} answered {status}: {answer[:80]!r}")
             self.device.uploaded(token)
             self.saved()
@@ -118,9 +135,9 @@ class PushCaller:
         for command in commands:
             lines, result = self.device.execute(command)
             if lines:  # a query's answer goes up before its result
-                status, answer = yield self._call(b"POST", "/iclock/cdata", {"SN": self.device.serial, "table": "OPERLOG"},
-                                                  ("\n".join(lines) + "\n").encode("utf-8"))
-                if status != 200:
+                path, query = self.device.query_upload(command, lines)
+                status, answer = yield self._call(b"POST", path, query, ("\n".join(lines) + "\n").encode("utf-8"))
+                if status != 200 or not self.device.accepts(query, answer):
                     raise IOError(f"query answer refused: {status}")
             results.append(result)
         self.saved()
@@ -212,7 +229,7 @@ class PushKeypad:
             device.verify(args[0], how)
             return Reply(f"ok verified {args[0]} {how}")
         if name == "list":
-            lines = [f"{pin}  {dict(fields).get('Name', '')}  fingers {sorted(device.fingers.get(pin, {}))}".rstrip()
+            lines = [f"{pin}  {field_value(fields, 'Name')}  fingers {sorted(device.fingers.get(pin, {}))}".rstrip()
                      for pin, fields in sorted(device.users.items())]
             return Reply(f"ok {len(lines)} users", lines)
         if name == "wipe":
@@ -237,6 +254,8 @@ def add_parser(sub) -> None:
     p.add_argument("--control", type=int, metavar="PORT", help="take keypad commands on this port of 127.0.0.1 (0: any free port, printed)")
     p.add_argument("--keypad", choices=("stdin", "off"), default="off", help="read keypad commands on standard input (default off)")
     p.add_argument("--biodata", action="store_true", help="send templates as BIODATA lines (PUSH 2.4+ firmware) rather than FP")
+    p.add_argument("--push-version", type=int, choices=(2, 3), default=None,
+                   help="3: an access-control device that speaks only PUSH 3.x (registers, rtlog, tabledata, DATA ... user); default 2")
     p.add_argument("--source", metavar="ADDRESS", help="call from this local address (a NAT's view of the device; default: any)")
     p.add_argument("--ca", metavar="PEM", help="with an https:// server: the CA its certificate must be signed by (default: the system's)")
 
@@ -251,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"simulator push-terminal: cannot use --state {args.state}: {exc}", file=sys.stderr)
         return 2
     device.biodata = device.biodata or args.biodata
+    if args.push_version is not None:
+        device.version = args.push_version
     try:
         ca_pem = open(args.ca, "rb").read() if args.ca else None
     except OSError as exc:

@@ -10,6 +10,13 @@ over HTTP; ``save``/``load`` keep it in a file (``--state``), as a device keeps 
 
 Like real firmware it uploads OPLOG lines with the USER and FP lines of a keypad change, and
 nothing for a change the server made by command.
+
+``version=3`` makes it an access-control device speaking only PUSH 3.x ("Security PUSH",
+docs/zk-push.md "PUSH 3"): it registers (``registry_body``) and asks for its configuration at
+``/iclock/push``, uploads punches as ``rtlog`` events and a keypad change as ``tabledata`` (``user``
+and ``templatev10`` or ``biodata`` records, no operation log), answers ``DATA ... user`` and
+``DATA QUERY tablename=..`` (the rows to ``/iclock/querydata``), and refuses 2.x syntax with the
+code such firmware gives, ``-629`` (no such table).
 """
 
 import base64
@@ -21,8 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from protocol.zk.push import commands as cmd
+from protocol.zk.push import v3
 from protocol.zk.push.commands import CommandResult, PushCommand
-from protocol.zk.push.lines import TIME_FORMAT, FingerLine, OpLog, Punch, UserLine, field_value, parse_fields, parse_finger
+from protocol.zk.push.lines import TIME_FORMAT, FingerLine, OpLog, Punch, UserLine, field_value, format_fields, parse_fields, parse_finger
 
 OP_ENROLL_USER, OP_CHANGE_USER, OP_DELETE_USER = 30, 36, 9  # OPLOG codes (docs/zk-push.md)
 VERIFY = {"pin": 0, "finger": 1, "card": 2, "face": 15}
@@ -30,6 +38,12 @@ UNKNOWN_COMMAND = -1002  # Return of a command the device does not know
 TEMPLATE_BYTES = 640
 FP_VERSION = "10"
 MAX_UPLOAD_LINES = 1000  # per request
+NO_USER = -27  # Return of a 3.x template for a PIN the device does not hold (Appendix 1)
+# A keypad field (2.x name) -> its 3.x name, for a 3.x device's users.
+_V3_NAMES = {"PIN": "pin", "Name": "name", "Passwd": "password", "Card": "cardno", "Pri": "privilege", "Grp": "group"}
+# A 3.x DATA UPDATE user field -> the name the device keeps and uploads it under.
+_V3_STORED = {"cardno": "cardno", "pin": "pin", "password": "password", "group": "group", "starttime": "starttime", "endtime": "endtime",
+              "name": "name", "privilege": "privilege", "disable": "disable", "verify": "verify"}
 
 
 @dataclass
@@ -43,18 +57,35 @@ class PushTerminal:
     oplog: list[str] = field(default_factory=list)  # OPERLOG lines not acknowledged yet
     options: dict[str, str] = field(default_factory=dict)  # from the initialization answer
     biodata: bool = False  # write templates as BIODATA lines (PUSH 2.4+ firmware), else FP
+    version: int = 2  # 3: an access-control device speaking only PUSH 3.x
+    authorized: dict[str, str] = field(default_factory=dict)  # 3.x: PIN -> the doors it may pass (userauthorize); others are refused
+    registered: bool = False  # 3.x: the server named it registered (it registers again at each hello otherwise)
 
     # -- what it sends ---------------------------------------------------------------------------------
 
     def init_query(self) -> dict[str, str]:
+        if self.version == 3:  # as the 3.x document's example: no DeviceType unless set at the device
+            return {"SN": self.serial, "options": "all", "pushver": v3.PUSH_VERSION}
         return {"SN": self.serial, "options": "all", "pushver": "2.4.1", "language": "69"}
 
+    def registry_body(self) -> bytes:
+        """3.x: what it says of itself when it registers (``key=value`` by comma)."""
+        return (f"DeviceType=acc,~DeviceName=emulated access device,FirmVer=Ver 8.0.4 emulated,PushVersion={v3.PUSH_VERSION},"
+                f"MachineType=101,~MaxUserCount=10000,~ZKFPVersion={FP_VERSION},FingerFunOn=1,FaceFunOn=0,"
+                f"BioDataFun={1 if self.biodata else 0}").encode()
+
     def configure(self, answer: bytes) -> None:
-        """The initialization answer: options, and where the server's copy of the logs ends."""
+        """The initialization answer (3.x: the hello's, the registry's, the configuration's): options,
+        and (2.x) where the server's copy of the logs ends."""
+        fresh = {}
         for line in answer.decode("utf-8", "replace").splitlines():
             key, sep, value = line.partition("=")
             if sep:
-                self.options[key.strip()] = value.strip()
+                fresh[key.strip()] = value.strip()
+        self.options.update(fresh)
+        if self.version == 3:
+            self.registered = self.registered or "RegistryCode" in fresh
+            return  # no stamps: it uploads what it has not uploaded
         server = _int(self.options.get("ATTLOGStamp"))
         highest = self.punches[-1][0] if self.punches else 0
         # The server says where its copy ends; past our own log it is another log's: send ours whole.
@@ -62,7 +93,7 @@ class PushTerminal:
 
     @property
     def delay_s(self) -> float:
-        return float(_int(self.options.get("Delay")) or 10)
+        return float(_int(self.options.get("Delay") or self.options.get("RequestDelay")) or 10)
 
     @property
     def error_delay_s(self) -> float:
@@ -75,9 +106,18 @@ class PushTerminal:
     def next_upload(self) -> tuple[dict[str, str], bytes, int] | None:
         """(query, body, token) of the next upload, or None; the token goes to ``uploaded``."""
         fresh = [(stamp, line) for stamp, line in self.punches if stamp > self.sent_stamp][:MAX_UPLOAD_LINES]
+        if fresh and self.version == 3:
+            body = "\n".join(v3.rtlog_record(_punch(line), stamp, _int(line.split("\t")[-1])) for stamp, line in fresh) + "\n"
+            return {"SN": self.serial, "table": "rtlog"}, body.encode(), fresh[-1][0]
         if fresh:
             body = "\n".join(line for _, line in fresh) + "\n"
             return {"SN": self.serial, "table": "ATTLOG", "Stamp": str(fresh[-1][0])}, body.encode(), fresh[-1][0]
+        if self.oplog and self.version == 3:  # one table's records at a time
+            table = self.oplog[0].split(" ", 1)[0]
+            lines = [line for line in self.oplog[:MAX_UPLOAD_LINES]]
+            lines = lines[:next((n for n, line in enumerate(lines) if line.split(" ", 1)[0] != table), len(lines))]
+            query = {"SN": self.serial, "table": "tabledata", "tablename": table, "count": str(len(lines))}
+            return query, ("\n".join(lines) + "\n").encode(), -len(lines)
         if self.oplog:
             lines = self.oplog[:MAX_UPLOAD_LINES]
             return {"SN": self.serial, "table": "OPERLOG", "OpStamp": str(self.next_stamp)}, ("\n".join(lines) + "\n").encode(), -len(lines)
@@ -90,7 +130,23 @@ class PushTerminal:
         else:
             del self.oplog[:-token]
 
+    @staticmethod
+    def accepts(query: dict[str, str], answer: bytes) -> bool:
+        """Whether the server took an upload: ``OK``, or for a 3.x table ``<tablename>=<count>``."""
+        table = query.get("tablename")
+        return answer.startswith(f"{table}=".encode() if table else b"OK")
+
+    def query_upload(self, command: PushCommand, lines: list[str]) -> tuple[str, dict[str, str]]:
+        """Where a query's rows go: 2.x as OPERLOG, 3.x to querydata named by table and command."""
+        if self.version == 3:
+            table = lines[0].split(" ", 1)[0]
+            return "/iclock/querydata", {"SN": self.serial, "type": "tabledata", "cmdid": str(command.id), "tablename": table,
+                                         "count": str(len(lines)), "packcnt": "1", "packidx": "1"}
+        return "/iclock/cdata", {"SN": self.serial, "table": "OPERLOG"}
+
     def getrequest_query(self) -> dict[str, str]:
+        if self.version == 3:
+            return {"SN": self.serial}
         fingers = sum(len(f) for f in self.fingers.values())
         info = f"Ver 6.60 emulated,{len(self.users)},{fingers},{len(self.punches)},127.0.0.1,{FP_VERSION},0,0,0"
         return {"SN": self.serial, "INFO": info}
@@ -98,9 +154,11 @@ class PushTerminal:
     # -- commands --------------------------------------------------------------------------------------
 
     def execute(self, command: PushCommand) -> tuple[list[str], CommandResult]:
-        """Carry out a command: the OPERLOG lines it uploads (a query's answer) and its result."""
+        """Carry out a command: the lines it uploads (a query's answer, see ``query_upload``) and its result."""
         words = command.text.split(" ", 3)
         verb = words[0]
+        if self.version == 3 and verb == "DATA":
+            return self._execute_v3(command, words)
         if verb in (cmd.CHECK, cmd.REBOOT):
             return [], CommandResult(command.id, 0, verb)
         if verb == cmd.INFO:
@@ -136,13 +194,72 @@ class PushTerminal:
             return [], CommandResult(command.id, UNKNOWN_COMMAND, verb)
         return [], CommandResult(command.id, 0, verb)
 
+    def _execute_v3(self, command: PushCommand, words: list[str]) -> tuple[list[str], CommandResult]:
+        """A 3.x DATA command: tables are named as the access-control document names them (``user``,
+        ``templatev10``, ``biodata``); any other, 2.x's USERINFO and FINGERTMP among them, is -629."""
+        action, table = (words[1], words[2]) if len(words) > 2 else ("", "")
+        fields = parse_fields(words[3]) if len(words) > 3 else ()
+        pin = field_value(fields, "Pin")
+        if action == "QUERY" and table.startswith("tablename="):
+            asked = v3.parse_query(table)
+            if asked.get("tablename") == v3.USER:
+                lines = [v3.user_record(self.users[p]) for p in sorted(self.users)]
+            elif asked.get("tablename") == v3.TEMPLATE:
+                lines = [v3.template_record(f) for p in sorted(self.fingers) for f in self.fingers[p].values() if f.kind == "FP"]
+            elif asked.get("tablename") == v3.BIODATA:
+                lines = [v3.template_record(f) for p in sorted(self.fingers) for f in self.fingers[p].values() if f.kind == "BIODATA"]
+            else:
+                return [], CommandResult(command.id, v3.REFUSED_TABLE, "DATA")
+            return lines, CommandResult(command.id, len(lines), "DATA")
+        if table == v3.AUTHORIZE and action == "UPDATE" and pin:
+            self.authorized[pin] = field_value(fields, "AuthorizeDoorId") or "1"
+        elif table == v3.AUTHORIZE and action == "DELETE" and pin:
+            self.authorized.pop(pin, None)
+        elif table == v3.USER and action == "UPDATE" and pin:
+            held = dict(self.users.get(pin, ()) or self._v3_person(pin))
+            held.update((_V3_STORED[k.lower()], v) for k, v in fields if k.lower() in _V3_STORED)
+            self.users[pin] = tuple(held.items())
+        elif table == v3.USER and action == "DELETE" and pin:
+            self.users.pop(pin, None)  # its templates and door rights stay: the document has the server delete them first
+        elif table in (v3.TEMPLATE, v3.BIODATA) and action == "UPDATE" and pin:
+            if table == v3.TEMPLATE:
+                rebuilt = (("PIN", pin), ("FID", field_value(fields, "FingerID")), ("Valid", field_value(fields, "Valid") or "1"),
+                           ("TMP", field_value(fields, "Template")))
+                finger = parse_finger("FP", format_fields(rebuilt))
+            else:
+                finger = parse_finger("BIODATA", words[3])
+            if finger is None:
+                return [], CommandResult(command.id, -1, "DATA")
+            if pin not in self.users:
+                return [], CommandResult(command.id, NO_USER, "DATA")
+            self.fingers.setdefault(pin, {})[finger.fid] = finger
+        elif table in (v3.TEMPLATE, v3.BIODATA) and action == "DELETE" and pin:
+            fid = field_value(fields, "FingerID") or field_value(fields, "No")
+            if fid:
+                self.fingers.get(pin, {}).pop(_int(fid), None)
+            else:
+                self.fingers.pop(pin, None)
+        else:
+            return [], CommandResult(command.id, v3.REFUSED_TABLE, "DATA")
+        return [], CommandResult(command.id, 0, "DATA")
+
+    def _v3_person(self, pin: str, name: str = "", password: str = "", card: int = 0) -> tuple[tuple[str, str], ...]:
+        """A 3.x user record as the device keeps it: uid (its slot) first, the document's field order."""
+        uid = 1 + max((_int(field_value(f, "uid")) for f in self.users.values()), default=0)
+        return (("uid", str(uid)), ("cardno", str(card) if card else ""), ("pin", pin), ("password", password), ("group", "1"),
+                ("starttime", "0"), ("endtime", "0"), ("name", name), ("privilege", "0"), ("disable", "0"), ("verify", "0"))
+
     # -- the keypad ------------------------------------------------------------------------------------
 
     def enroll(self, pin: str, name: str = "", password: str = "", card: int = 0, fingers: tuple[int, ...] = (), now: datetime | None = None) -> None:
         if pin in self.users:
             raise ValueError(f"user {pin} is enrolled already: use edit")
-        self.users[pin] = (("PIN", pin), ("Name", name), ("Pri", "0"), ("Passwd", password), ("Card", str(card) if card else ""),
-                           ("Grp", "1"), ("TZ", "0000000100000000"), ("Verify", "0"))
+        if self.version == 3:
+            self.users[pin] = self._v3_person(pin, name, password, card)
+            self.authorized[pin] = "1"  # enrolled here: door 1, as the device's own menu grants
+        else:
+            self.users[pin] = (("PIN", pin), ("Name", name), ("Pri", "0"), ("Passwd", password), ("Card", str(card) if card else ""),
+                               ("Grp", "1"), ("TZ", "0000000100000000"), ("Verify", "0"))
         for fid in fingers:
             self._scan(pin, fid)
         self._log_change(OP_ENROLL_USER, pin, now)
@@ -151,7 +268,7 @@ class PushTerminal:
         if pin not in self.users:
             raise ValueError(f"no user {pin} on this device")
         held = dict(self.users[pin])
-        held.update(changes)
+        held.update({_V3_NAMES.get(k, k): v for k, v in changes.items()} if self.version == 3 else changes)
         self.users[pin] = tuple(held.items())
         for fid in add_fingers:
             self._scan(pin, fid)
@@ -164,16 +281,24 @@ class PushTerminal:
             raise ValueError(f"no user {pin} on this device")
         del self.users[pin]
         self.fingers.pop(pin, None)
-        self.oplog.append(OpLog(OP_DELETE_USER, "0", self._time(now), (pin,)).line())
+        self.authorized.pop(pin, None)
+        if self.version == 2:  # 3.x has no operation log: the server learns of it only by listing the device
+            self.oplog.append(OpLog(OP_DELETE_USER, "0", self._time(now), (pin,)).line())
 
     def verify(self, pin: str, how: str = "finger", now: datetime | None = None) -> None:
-        self.punches.append((self.next_stamp, Punch(pin, self._time(now), 0, VERIFY[how]).line()))
+        """Someone verifies. A 3.x device lets through only a person with door rights; anyone else is
+        logged as event 22 (not in a valid time period), which the server is told but is no punch."""
+        line = Punch(pin, self._time(now), 0, VERIFY[how]).line()
+        if self.version == 3:
+            line += f"\t{0 if pin in self.authorized else 22}"
+        self.punches.append((self.next_stamp, line))
         self.next_stamp += 1
 
     def wipe(self) -> None:
         """A factory reset: users, templates, logs and stamps gone; the serial stays."""
         self.users.clear()
         self.fingers.clear()
+        self.authorized.clear()
         self.punches.clear()
         self.oplog.clear()
         self.next_stamp, self.sent_stamp = 1, 0
@@ -183,6 +308,10 @@ class PushTerminal:
         self.fingers.setdefault(pin, {})[fid] = FingerLine(pin, fid, 1, template, "BIODATA" if self.biodata else "FP")
 
     def _log_change(self, code: int, pin: str, now: datetime | None) -> None:
+        if self.version == 3:  # tabledata: the user record, then its templates
+            self.oplog.append(v3.user_record(self.users[pin]))
+            self.oplog.extend(v3.template_record(f) for f in self.fingers.get(pin, {}).values())
+            return
         lines = [OpLog(code, "0", self._time(now), (pin,)).line(), UserLine(self.users[pin]).line()]
         lines += [f.line() for f in self.fingers.get(pin, {}).values()]
         self.oplog.extend(lines)
@@ -199,7 +328,8 @@ class PushTerminal:
         state = dict(serial=self.serial, users={p: list(map(list, f)) for p, f in self.users.items()},
                      fingers={p: {str(fid): [f.valid, base64.b64encode(f.template).decode(), f.kind] for fid, f in fs.items()}
                               for p, fs in self.fingers.items()},
-                     punches=self.punches, next_stamp=self.next_stamp, sent_stamp=self.sent_stamp, oplog=self.oplog, biodata=self.biodata)
+                     punches=self.punches, next_stamp=self.next_stamp, sent_stamp=self.sent_stamp, oplog=self.oplog, biodata=self.biodata,
+                     version=self.version, authorized=self.authorized)
         folder = os.path.dirname(os.path.abspath(path))
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as f:
             json.dump(state, f)
@@ -215,13 +345,19 @@ class PushTerminal:
             state = json.load(f)
         if state["serial"] != serial:
             raise ValueError(f"{path} holds device {state['serial']}, not {serial}")
-        device = cls(serial, biodata=state.get("biodata", False))
+        device = cls(serial, biodata=state.get("biodata", False), version=state.get("version", 2), authorized=state.get("authorized", {}))
         device.users = {p: tuple(tuple(kv) for kv in f) for p, f in state["users"].items()}
         device.fingers = {p: {int(fid): FingerLine(p, int(fid), v, base64.b64decode(t), k) for fid, (v, t, k) in fs.items()}
                           for p, fs in state["fingers"].items()}
         device.punches = [tuple(p) for p in state["punches"]]
         device.next_stamp, device.sent_stamp, device.oplog = state["next_stamp"], state["sent_stamp"], state["oplog"]
         return device
+
+
+def _punch(line: str) -> Punch:
+    """A punch as the device logged it (its ATTLOG form), to report it in another form."""
+    pin, time, status, verify, *_ = line.split("\t") + ["0", "0"]
+    return Punch(pin, time, _int(status), _int(verify))
 
 
 def _int(text) -> int:

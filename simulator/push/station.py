@@ -35,9 +35,11 @@ class Enrolment:
 class PushStation:
     check_s = 0.05  # how often the devices' stores are looked at for what arrived
 
-    def __init__(self, reactor, server_url: str, devices: int, prefix: str = "STATION", spread_s: float = 0.0):
+    def __init__(self, reactor, server_url: str, devices: int, prefix: str = "STATION", spread_s: float = 0.0,
+                 push_versions: tuple[int, ...] = (2,)):
         self.reactor = reactor
-        self.devices = [PushTerminal(f"{prefix}{n:06d}") for n in range(devices)]
+        # device n speaks push_versions[n % len]: (2, 3) is a site of attendance and access devices
+        self.devices = [PushTerminal(f"{prefix}{n:06d}", version=push_versions[n % len(push_versions)]) for n in range(devices)]
         self.callers = [PushCaller(d, server_url, reactor) for d in self.devices]
         self.spread_s = spread_s
         self.enrolments: list[Enrolment] = []
@@ -63,8 +65,9 @@ class PushStation:
             self._checking.stop()
 
     def talking(self) -> int:
-        """Devices initialized, listed by the server and asked again: part of the site."""
-        return sum(1 for c in self.callers if c.answers >= 3)
+        """Devices initialized, listed by the server and asked again: part of the site (a 3.x device's
+        hello is three calls: hello, registration, configuration)."""
+        return sum(1 for c in self.callers if c.answers >= (5 if c.device.version == 3 else 3))
 
     @property
     def delay_s(self) -> float:

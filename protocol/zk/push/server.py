@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from protocol.errors import ProtocolError
 from protocol.zk.push import commands as cmd
 from protocol.zk.push.commands import CommandResult, PushCommand
+from protocol.zk.push import v3
 from protocol.zk.push.lines import BadLine, Punch, parse_attlog, parse_operlog
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a device posts at most its MaxPostSize; 10,000 ATTLOG lines are about 400 kB
 OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA"})
-ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "USERPIC", "BIOPHOTO", "ERRORLOG", "OPTIONS", "FACE"})
+ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "USERPIC", "BIOPHOTO", "ERRORLOG", "OPTIONS", "FACE", "RTSTATE"})
 # The INFO parameter of a getrequest, by position (PUSH 2.x firmware; later positions vary).
 INFO_FIELDS = ("firmware", "users", "fingers", "punches", "ip", "fp_version", "face_version", "face_enroll", "faces")
 
@@ -75,10 +76,12 @@ class PushTiming:
 
 @dataclass(frozen=True)
 class InitRequested:
-    """``GET /iclock/cdata?SN=..&options=all`` (or v3 ``/iclock/push``): answer ``init_answer``."""
+    """``GET /iclock/cdata?SN=..&options=all``, or 3.x ``/iclock/push`` (``endpoint``): answer
+    ``init_answer``, or for a 3.x device ``v3_answer``."""
 
     push_version: str
     language: str
+    endpoint: str = "cdata"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class AttendanceUploaded:
     stamp: str | None
     punches: list[Punch]
     bad: list[BadLine]
+    table: str = "ATTLOG"  # or 3.x "rtlog", answered a plain OK
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,20 @@ class OperationsUploaded:
     stamp: str | None
     items: list
     bad: list[BadLine]
+
+
+@dataclass(frozen=True)
+class TableUploaded(OperationsUploaded):
+    """3.x ``tabledata`` upload or ``querydata`` answer of a person's records (``table`` is user,
+    templatev10 or biodata): taken as OPERLOG lines are, answered ``v3.table_answer``."""
+
+
+@dataclass(frozen=True)
+class TableAcknowledged:
+    """3.x ``tabledata`` of a table the gateway does not use (photos, error logs): ``<table>=<count>``."""
+
+    table: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -170,12 +188,12 @@ class PushServer:
         """The event a request stands for; RequestError when it is not one the protocol has."""
         if len(request.body) > MAX_BODY_BYTES:
             raise RequestError(413, f"a body over {MAX_BODY_BYTES} bytes")
-        endpoint = request.path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".aspx").lower()
+        endpoint = endpoint_of(request.path)
         query = {k.lower(): v for k, v in request.query.items()}
         if endpoint == "cdata" and request.method == "GET":
             return InitRequested(query.get("pushver", ""), query.get("language", ""))
         if endpoint == "push":
-            return InitRequested(query.get("pushver", "3"), query.get("language", ""))
+            return InitRequested(query.get("pushver", v3.PUSH_VERSION), query.get("language", ""), "push")
         if endpoint == "registry" and request.method == "POST":
             return Registered(_comma_pairs(request.body))
         if endpoint == "ping":
@@ -187,11 +205,23 @@ class PushServer:
             results, bad = cmd.parse_results(request.body)
             return ResultsReported([self._settle(r) for r in results], bad)
         if endpoint == "querydata" and request.method == "POST":
+            if query.get("tablename"):
+                return self._table(query["tablename"], request.body)
+            if query.get("type", "").lower() == "options":
+                return OtherUpload("OPTIONS", len(request.body))
             items, bad = parse_operlog(request.body, self.charset)
             return OperationsUploaded("QUERYDATA", None, items, bad)
         if endpoint == "cdata" and request.method == "POST":
-            table = query.get("table", "").upper()
+            table = query.get("table", "")
+            if table.lower().startswith("tablename="):  # the 3.x document's own notation of table=tabledata&tablename=..
+                return self._table(table.partition("=")[2], request.body)
+            table = table.upper()
             stamp = query.get("stamp") or query.get("opstamp")
+            if table == "TABLEDATA":
+                return self._table(query.get("tablename", ""), request.body)
+            if table == "RTLOG":
+                punches, bad = v3.parse_rtlog(request.body, self.charset)
+                return AttendanceUploaded(None, punches, bad, "rtlog")
             if table == "ATTLOG":
                 punches, bad = parse_attlog(request.body, self.charset)
                 return AttendanceUploaded(stamp, punches, bad)
@@ -202,6 +232,15 @@ class PushServer:
                 return OtherUpload(table, len(request.body))
             raise RequestError(400, f"unknown table {table[:40]!r}")
         raise RequestError(404, f"no endpoint {request.method} {request.path[:80]}")
+
+    def _table(self, tablename: str, body: bytes):
+        name = tablename.strip().lower()
+        if not name:
+            raise RequestError(400, "a tabledata upload without tablename")
+        if name in v3.RECORD_TABLES:
+            items, bad = v3.parse_table(name, body, self.charset)
+            return TableUploaded(name, None, items, bad)
+        return TableAcknowledged(tablename.strip()[:40], sum(1 for line in body.split(b"\n") if line.strip()))
 
     # -- answers out ---------------------------------------------------------------------------------
 
@@ -230,6 +269,21 @@ class PushServer:
     @staticmethod
     def ok(count: int | None = None) -> bytes:
         return b"OK" if count is None else f"OK: {count}".encode()
+
+    def v3_answer(self, hello: bool = False, registered: bool = True) -> bytes:
+        """A 3.x device's configuration (``/iclock/push``), or its hello's answer (``GET cdata``,
+        ``hello``): the configuration after ``registry=ok`` and its RegistryCode once it registered,
+        just ``OK`` before (which makes it register). ``RequestDelay`` is 2.x's ``Delay``; there is
+        no stamp: an access device uploads what it has not uploaded, and each punch is stored once anyway."""
+        if hello and not registered:
+            return b"OK"
+        t = self.timing
+        lines = ["registry=ok", f"RegistryCode={self.serial}"] if hello else []
+        lines += [f"ServerVersion={v3.PUSH_VERSION}", "ServerName=gateway", f"PushProtVer={v3.PUSH_VERSION}", f"ErrorDelay={t.error_delay_s}",
+                  f"RequestDelay={t.delay_s}", f"TransTimes={t.trans_times}", f"TransInterval={t.trans_interval_min}",
+                  "TransTables=User Transaction templatev10", f"Realtime={1 if t.realtime else 0}", f"SessionID={self.serial}",
+                  "TimeoutSec=10"]
+        return ("\n".join(lines) + "\n").encode("utf-8")
 
     def registry_answer(self) -> bytes:
         """v3: a RegistryCode names the device's registration; PUSH has no secret (docs), so it is its serial."""
@@ -288,6 +342,11 @@ class PushServer:
             del self._waiting[command.id]
         return gone
 
+    def discard(self, command_ids) -> None:
+        """Forget these commands (a listing in the wrong dialect): a late result for one is a StrayResult."""
+        for command_id in command_ids:
+            self._waiting.pop(command_id, None)
+
     def drop_all(self) -> list[PushCommand]:
         """Forget every command (the device went away for good): the caller fails what waited on them."""
         gone = [e.command for e in self._waiting.values()]
@@ -306,6 +365,11 @@ class PushServer:
                 self._waiting.move_to_end(result.id, last=False)
             return StrayResult(result)
         return Done(entry.command, result)
+
+
+def endpoint_of(path: str) -> str:
+    """``/iclock/cdata.aspx`` -> ``cdata``."""
+    return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".aspx").lower()
 
 
 def _comma_pairs(body: bytes) -> dict[str, str]:
