@@ -6,17 +6,16 @@ serving /metrics adds the others' reported metrics (gateway/process/reports.py),
 series labelled ``process``.
 """
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from twisted.logger import Logger
-
-log = Logger(namespace="gateway.metrics")
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.others = dict  # () -> {process: its exposition}: set where other processes report theirs
+        # () -> the other processes' metric families, labelled ``process`` (gateway/process/reports.py); none alone.
+        self.reported: Callable[[], list[Metric]] = list
         self.registry = CollectorRegistry()
         r = self.registry
         self.terminals_online = Gauge("gateway_terminals_online", "Terminals with an established session", registry=r)
@@ -45,7 +44,7 @@ class Metrics:
         self.wrong_proofs = Counter("gateway_wrong_proofs", "Wrong handshake proofs checked; those refused unchecked count in gateway_links_refused", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks (a PUSH device: also those queued it has not "
-                              "answered), and its keypad changes still to be pulled", ["terminal"], registry=r)
+                              "answered), and its keypad changes still to be pulled; terminals online here", ["terminal"], registry=r)
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",
             "Irregularities in terminals' event logs, all stored and reported: restarted, conflict (an id again with "
@@ -63,11 +62,11 @@ class Metrics:
             "gateway_reconcile_repairs", "Users reconciliation repaired on a terminal: pushed, deleted, pulled", ["kind"], registry=r
         )
         self.reconcile_differences = Gauge(
-            "gateway_reconcile_differences", "Users a terminal holds differently from the server, as the rules allow (not repaired)",
+            "gateway_reconcile_differences", "Users a terminal holds differently from the server, as the rules allow (not repaired); terminals online here",
             ["terminal"], registry=r,
         )
         self.clock_drift = Gauge(
-            "gateway_terminal_clock_drift_seconds", "How far a terminal's clock was ahead of the gateway's when it connected (ZK devices)",
+            "gateway_terminal_clock_drift_seconds", "How far a terminal's clock was ahead of the gateway's when it connected (ZK devices); terminals online here",
             ["terminal"], registry=r,
         )
         self.unsaved_events = Gauge(
@@ -96,33 +95,36 @@ class Metrics:
                     return sample.value
         return 0.0
 
+    def forget_terminal(self, terminal_id: int) -> None:
+        """A terminal's link here ended: its gauges go with it, so that no stale figure stands beside
+        those of the process that serves it next (or, offline, beside nothing true)."""
+        for gauge in (self.sync_lag, self.clock_drift, self.reconcile_differences):
+            try:
+                gauge.remove(str(terminal_id))
+            except KeyError:  # never set for it here
+                pass
+
     def exposition(self, own: bool = False) -> bytes:
         """The Prometheus text: this process's, and the other processes' reported ones unless ``own``."""
-        text = generate_latest(self.registry)
-        others = {} if own else self.others()
-        return merged_exposition(text.decode(), others) if others else text
+        reported = [] if own else self.reported()
+        return merged_exposition(self.registry, reported) if reported else generate_latest(self.registry)
 
 
-def merged_exposition(own: str, others: dict[str, str]) -> bytes:
-    """``own`` with the families of ``others`` ({process: exposition}) merged in, each of their
-    samples labelled ``process``: one valid exposition, each family's HELP and TYPE once. A report
-    that does not parse is left out, and said."""
-    families = {family.name: family for family in text_string_to_metric_families(own)}
-    for source, text in others.items():
-        try:
-            theirs = list(text_string_to_metric_families(text))
-        except ValueError as e:
-            log.warn("metrics reported by gateway process {source} left out: {e}", source=source, e=e)
-            continue
-        for family in theirs:
-            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
-            merged.samples += [sample._replace(labels={**sample.labels, "process": source}) for sample in family.samples]
-    registry = CollectorRegistry()
-    registry.register(_Parsed(list(families.values())))
-    return generate_latest(registry)
+def merged_exposition(registry: CollectorRegistry, reported: list[Metric]) -> bytes:
+    """``registry``'s families with the ``reported`` ones merged in: one valid exposition, each
+    family's HELP and TYPE once (the reported families are not changed)."""
+    merged: dict[str, Metric] = {}
+    for family in [*registry.collect(), *reported]:
+        into = merged.get(family.name)
+        if into is None:
+            into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+        into.samples += family.samples
+    collected = CollectorRegistry()
+    collected.register(_Collected(list(merged.values())))
+    return generate_latest(collected)
 
 
-class _Parsed:
+class _Collected:
     """A collector of families already made (prometheus_client's custom-collector protocol)."""
 
     def __init__(self, families: list[Metric]):

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import event, select
 
 from gateway.http.queries import EVERYTHING, EventFilter, read_events
-from gateway.store.partitions import DEFAULT, WEEK_MS, close_weeks, make_weeks, week_of
+from gateway.store.partitions import DEFAULT, WEEK_IDS, WEEK_MS, WEEK_USERS, close_weeks, make_weeks, week_of
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 
@@ -121,3 +121,21 @@ def test_a_users_page_opens_only_the_weeks_that_hold_that_user_a_late_event_incl
     opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(-1, 10)) if w in plans}
     assert opened == {week_of(a_week_on).name, THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name,
                       week_of(NOW_MS - 4 * WEEK_MS).name} and DEFAULT not in plans, plans
+
+
+def test_a_week_closed_without_its_users_by_an_older_version_is_read_for_everyone_until_the_next_close_fills_it(spread):
+    def one_event(conn):
+        record_sync_events(conn, [sync_event_row(SAVED_FROM_DEVICE, 1, "solo", "in a closed week", at_ms=NOW_MS - 5 * WEEK_MS)])
+
+    def as_an_older_version_closed_it(conn):
+        name = week_of(NOW_MS - 5 * WEEK_MS).name
+        conn.exec_driver_sql(f"DELETE FROM {WEEK_USERS} WHERE name = '{name}'")
+        conn.exec_driver_sql(f"UPDATE {WEEK_IDS} SET users_kept = false WHERE name = '{name}'")
+
+    spread.run_now(one_event)
+    spread.run_now(as_an_older_version_closed_it)
+    solo = EventFilter(user_id="solo")
+    assert len(page(spread, solo, None, None, 10)[0]) == 1
+    spread.run_now(close_weeks, NOW_MS)
+    kept = spread.run_now(lambda conn: conn.exec_driver_sql(f"SELECT count(*) FROM {WEEK_USERS} WHERE user_id = 'solo'").scalar())
+    assert kept == 1 and page(spread, solo, None, None, 10) == expected(spread, solo, None, None, 10)

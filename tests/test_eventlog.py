@@ -201,6 +201,14 @@ def test_a_commit_that_lands_after_stop_and_what_comes_after_start_nothing_more(
     assert len(db.commits) == 1 and clock.getDelayedCalls() == []
 
 
+def test_a_commit_that_fails_after_stop_schedules_no_retry():
+    log, db, clock, _ = make_log()
+    log.submit(1, events(1, 1))
+    log.stop()
+    db.commits[0][1].errback(Failure(DatabaseFailure("the server is shutting down")))
+    assert clock.getDelayedCalls() == [] and len(db.commits) == 1
+
+
 def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_failed():
     from twisted.logger import globalLogPublisher
 

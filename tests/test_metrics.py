@@ -65,9 +65,14 @@ def test_a_scrape_whose_metrics_cannot_be_built_is_answered_503_not_left_waiting
 
     class Broken:
         def exposition(self):
-            return defer.fail(ValueError("mirror corrupt"))
+            return defer.fail(ValueError("mirror corrupt"))  # the API process: the ingest process's answer failed
 
-    request = DummyRequest([b"metrics"])
-    MetricsResource(Broken()).render_GET(request)
-    assert request.finished and request.responseCode == 503
-    assert b"metrics unavailable" in b"".join(request.written)
+    class Raising:
+        def exposition(self):
+            raise ValueError("a report that cannot be merged")  # in process: building them raised
+
+    for metrics in (Broken(), Raising()):
+        request = DummyRequest([b"metrics"])
+        MetricsResource(metrics).render_GET(request)
+        assert request.finished and request.responseCode == 503
+        assert b"metrics unavailable" in b"".join(request.written)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -63,7 +64,7 @@ class PageFile(Readable):
 
 class MetricsResource(Readable):
     """``metrics.exposition()`` gives bytes (the ingest process's own) or a Deferred of them (the
-    API process asks the ingest process)."""
+    API process asks the ingest process); either may fail, and the scrape is then answered 503."""
 
     def __init__(self, metrics):
         super().__init__()
@@ -71,9 +72,7 @@ class MetricsResource(Readable):
 
     def render_GET(self, request):
         request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
-        exposition = self.metrics.exposition()
-        if isinstance(exposition, bytes):
-            return exposition
+        exposition = defer.maybeDeferred(self.metrics.exposition)
         gone = []
         request.notifyFinish().addErrback(gone.append)
 

@@ -106,7 +106,7 @@ class Listener:
                 self._reactor.callFromThread(self._deliver, heard)
 
     def _resynced(self, again: bool) -> None:
-        log.info("hearing the other gateway processes{again}", again=" again" if again else "")
+        log.info("listening to the other gateway processes{again}", again=" again" if again else "")
         self._on_resynced()
 
     def _deliver(self, heard: list[tuple[str, str]]) -> None:

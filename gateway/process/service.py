@@ -91,9 +91,10 @@ class Gateway:
         self.accept_watch = AcceptWatch(self.clock, self.metrics, self.doorman.lines)
         if shared:
             self._tell_others_too(Teller(self.db, self.doorman.lines))
-        self.reports = ProcessReports(self.db, self.clock, SOURCE, self.registry, self.metrics, reads=role.primary) if shared else None
+        self.reports = ProcessReports(self.db, self.clock, SOURCE, self.registry, self.metrics, reads=role.primary,
+                                      read_by_others=not role.primary) if shared else None
         if self.reports is not None and role.primary:
-            self.metrics.others = lambda: self.reports.others_metrics
+            self.metrics.reported = self.reports.reported_families
         self.tcp_port = None
         self.tls_port = None
         self.http = None
@@ -215,6 +216,7 @@ class Gateway:
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)
         self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.metrics.forget_terminal(connection.terminal_id)
         log.info("terminal {tid} disconnected", tid=connection.terminal_id)
 
     # -- sync triggers -----------------------------------------------------------------------

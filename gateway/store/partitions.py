@@ -15,7 +15,7 @@ docs/architecture.md, "A year of logs".
 Closed weeks: the API orders events by id, which no time bound prunes, so a query would plan and
 open every week of a year. Once a week is over (and the one after it, where a late terminal's
 events still go), the hourly run closes it: a trigger on it and the highest id it holds in
-``WEEK_IDS`` (migration 0010), both made while no insert into it is in flight. An event
+``WEEK_IDS`` (migration 0011), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. A page then opens
 the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
 The same bookkeeping keeps who each closed week holds events of (``WEEK_USERS``, migration
@@ -168,16 +168,20 @@ def close_weeks(conn, now_ms: int) -> list[str]:
         return []
     open_from = week_of(now_ms).start_ms - (OPEN_WEEKS - 1) * WEEK_MS
     with _maintenance(conn):
-        closed = set(conn.execute(text(f"SELECT name FROM {WEEK_IDS}")).scalars())
+        closed = dict(conn.execute(text(f"SELECT name, users_kept FROM {WEEK_IDS}")).all())
         names = [DEFAULT] + [w.name for w in weeks(conn) if w.end_ms <= open_from]
         todo = [n for n in names if n not in closed]
         for name in todo:
             # The trigger's lock waits for the inserts in flight and holds new ones until commit, so
-            # the figure read next is the highest id there, and the trigger sees every later one.
+            # the figures read next are those of every event there, and the trigger sees every later one.
             conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
             conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
+        # A week closed by a process of an older version kept no users: its users are read now, as the migration did.
+        for name in todo + [n for n, kept in closed.items() if not kept]:
+            conn.execute(text(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE"))
             conn.execute(text(f"INSERT INTO {WEEK_USERS} (name, user_id) SELECT DISTINCT :name, user_id FROM {name}"
                               " WHERE user_id IS NOT NULL ON CONFLICT DO NOTHING"), dict(name=name))
+            conn.execute(text(f"UPDATE {WEEK_IDS} SET users_kept = true WHERE name = :name"), dict(name=name))
     return todo
 
 
@@ -193,9 +197,10 @@ def week_ids(conn) -> tuple[int, dict[str, int | None]]:
 
 def holding_user(conn, ids: dict[str, int | None], user_id: str) -> dict[str, int | None]:
     """Of the partitions ``ids``, the open ones and the closed ones that hold events of
-    ``user_id``. Read after ``week_ids``: a late event below the watermark read there was
+    ``user_id`` (or whose users are not kept yet). Read after ``week_ids``: a late event below the watermark read there was
     committed, with its user's row here, before it."""
-    holding = set(conn.execute(text(f"SELECT name FROM {WEEK_USERS} WHERE user_id = :user"), dict(user=user_id)).scalars())
+    holding = set(conn.execute(text(f"SELECT name FROM {WEEK_USERS} WHERE user_id = :user"
+                                    f" UNION SELECT name FROM {WEEK_IDS} WHERE NOT users_kept"), dict(user=user_id)).scalars())
     return {name: highest for name, highest in ids.items() if highest is None or name in holding}
 
 

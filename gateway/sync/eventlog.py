@@ -279,7 +279,8 @@ class EventLog:
                                        at_ms=self._now_ms())
                     )
         self._queue.extendleft(reversed(batch))
-        self._retry = self._clock.callLater(delay, self._flush)
+        if not self._stopped:  # stopped: not acknowledged, so resent to the next start
+            self._retry = self._clock.callLater(delay, self._flush)
 
     def _report(self, anomalies: list[Anomaly]) -> None:
         for anomaly in anomalies:

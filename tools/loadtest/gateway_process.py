@@ -21,7 +21,7 @@ _START = "from gateway.cli import main; raise SystemExit(main())"
 _TCP_BOUND = re.compile(rb"listening for terminals on \S+:(\d+)")
 _HTTP_BOUND = re.compile(rb"monitoring page at http://\S+:(\d+)/")
 # What gateway/process/peers.py logs once a worker hears the others: until then what they say is lost.
-_HEARING = re.compile(rb"hearing the other gateway processes")
+_HEARING = re.compile(rb"gateway\.peers: listening to the other gateway processes$", re.MULTILINE)
 
 
 class GatewayFailed(RuntimeError):

@@ -31,9 +31,15 @@ def upgrade():
         END IF;
         RETURN NULL;
     END $$""")
+    # Which closed weeks have their users kept: one closed by a process of an older version (a
+    # rolling upgrade) has not, and holds everyone until the next close fills it.
+    op.execute("ALTER TABLE event_week_ids ADD COLUMN users_kept BOOLEAN NOT NULL DEFAULT false")
     for name in conn.execute(text("SELECT name FROM event_week_ids")).scalars():  # the weeks closed already
+        # Held against inserts meanwhile: a late event committed after the read would find its row not there yet.
+        conn.execute(text(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE"))
         conn.execute(text(f"INSERT INTO event_week_users (name, user_id) SELECT DISTINCT :name, user_id FROM {name}"
                           " WHERE user_id IS NOT NULL"), dict(name=name))
+        conn.execute(text("UPDATE event_week_ids SET users_kept = true WHERE name = :name"), dict(name=name))
 
 
 def downgrade():
@@ -46,3 +52,4 @@ def downgrade():
         RETURN NULL;
     END $$""")
     op.execute("DROP TABLE event_week_users")
+    op.execute("ALTER TABLE event_week_ids DROP COLUMN users_kept")
