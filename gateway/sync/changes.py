@@ -75,7 +75,7 @@ def member(name: str, value) -> str:
         return f"{value.type.name} {value.data.hex()}"
     if name == "fingerprints":
         return f"finger {value.index}" + (f" ({value.format})" if value.format else "")
-    return f"face {value.index}"
+    return f"face {value.index}" + (f" ({value.format})" if value.format else "")
 
 
 def member_key(name: str, value):

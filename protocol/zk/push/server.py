@@ -27,8 +27,10 @@ from protocol.zk.push.commands import CommandResult, PushCommand
 from protocol.zk.push.lines import BadLine, Punch, parse_attlog, parse_operlog
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a device posts at most its MaxPostSize; 10,000 ATTLOG lines are about 400 kB
-OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA"})
-ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "USERPIC", "BIOPHOTO", "ERRORLOG", "OPTIONS", "FACE"})
+OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA", "USERPIC", "BIOPHOTO"})
+ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "ERRORLOG", "FACE"})
+# What a device is asked to post as ``table=options`` after its hello: which biometrics it has, and their algorithms.
+PUSH_OPTIONS = ("FaceFunOn", "MultiBioDataSupport", "MultiBioVersion")
 # The INFO parameter of a getrequest, by position (PUSH 2.x firmware; later positions vary).
 INFO_FIELDS = ("firmware", "users", "fingers", "punches", "ip", "fp_version", "face_version", "face_enroll", "faces")
 
@@ -114,6 +116,13 @@ class OtherUpload:
 
 
 @dataclass(frozen=True)
+class OptionsUploaded:
+    """``POST cdata?table=options``: ``key=value`` by comma (``MultiBioVersion=0:10.0:0:...:58.0``)."""
+
+    options: dict[str, str]
+
+
+@dataclass(frozen=True)
 class CommandsWanted:
     """``GET /iclock/getrequest``: answer ``render_commands(commands_to_send(now))``."""
 
@@ -195,6 +204,8 @@ class PushServer:
             if table == "ATTLOG":
                 punches, bad = parse_attlog(request.body, self.charset)
                 return AttendanceUploaded(stamp, punches, bad)
+            if table == "OPTIONS":
+                return OptionsUploaded(_comma_pairs(request.body))
             if table in OPERATION_TABLES:
                 items, bad = parse_operlog(request.body, self.charset)
                 return OperationsUploaded(table, stamp, items, bad)
@@ -217,7 +228,7 @@ class PushServer:
             f"Delay={t.delay_s}",
             f"TransTimes={t.trans_times}",
             f"TransInterval={t.trans_interval_min}",
-            "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP",
+            "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP\tFACE\tUserPic\tBioPhoto",
             f"TimeZone={t.timezone_h}",
             f"Realtime={1 if t.realtime else 0}",
             "Encrypt=0",
@@ -225,6 +236,8 @@ class PushServer:
         if push_version:
             lines.append("ServerVer=2.4.1")
             lines.append("PushProtVer=2.4.1")
+            lines.append("PushOptionsFlag=1")
+            lines.append("PushOptions=" + ",".join(PUSH_OPTIONS))
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     @staticmethod
