@@ -3,8 +3,8 @@
 The device calls the gateway; the gateway never calls it. Its uploads become events: punches
 (ATTLOG) as verify events, stored once (a resend after a lost answer is normal: it is matched by
 who, when and how, against the punches of this run and, after a start or a reset of the
-device's stamps, the event log); USER, FP and BIODATA lines (OPERLOG) as the device's copy of a
-person, and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
+device's stamps, the event log); USER, FP, BIODATA, USERPIC and BIOPHOTO lines (OPERLOG) as the
+device's copy of a person (faces and photos: gateway/push/faces.py), and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
 answered from that copy (no second round trip). Only once what an upload brings is durable is
 the device answered ``OK``. What the sync core sends becomes commands the device fetches at its
 next getrequest: a put or delete is answered once its commands are stored (gateway/push/queue.py),
@@ -18,9 +18,9 @@ digest of each person's copy, plus the digest of the server record it was writte
 is what lets reconciliation compare, and the stamps as the attendance mark), and the field
 mapping is the ZK one (gateway/zk/mapping.py; docs/zk.md): a pulled record carries what a ZK
 device holds, and a write keeps every field the device owns. At each coming online, and for
-each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``); a
-person missing from the list without a keypad deletion reported (a wiped device) is not a
-deletion: reconciliation puts the person back.
+each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``, and
+its faces and photos); a person missing from the list without a keypad deletion reported (a
+wiped device) is not a deletion: reconciliation puts the person back.
 """
 
 from collections import OrderedDict

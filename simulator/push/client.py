@@ -155,7 +155,7 @@ class PushKeypad:
     """Keypad commands for a PUSH device (README, "PUSH devices"): one line, one reply."""
 
     USAGE = ["enrol PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [finger=SLOT]... [face=yes] [photo=BYTES]",
-             "edit PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [add-finger=SLOT]... [remove-finger=SLOT]...",
+             "edit PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [add-finger=SLOT]... [remove-finger=SLOT]... [face=yes] [photo=BYTES]",
              "delete PIN", "verify PIN [finger|card|pin|face]", "list", "show PIN   (its faces and photo, as digests)", "wipe   (a factory reset: users, logs, stamps)",
              "status", "quit"]
 
@@ -202,7 +202,8 @@ class PushKeypad:
             if "card" in options:
                 changes["Card"] = options["card"][-1]
             device.edit(args[0], add_fingers=tuple(int(f) for f in options.get("add-finger", [])),
-                        remove_fingers=tuple(int(f) for f in options.get("remove-finger", [])), **changes)
+                        remove_fingers=tuple(int(f) for f in options.get("remove-finger", [])),
+                        face=options.get("face", ["no"])[-1] == "yes", photo=int(options.get("photo", ["0"])[-1]), **changes)
             return Reply(f"ok edited {args[0]}")
         if name == "delete":
             device.delete(args[0])

@@ -185,21 +185,19 @@ class PushTerminal:
         """``face``: look into its camera (its algorithm's templates); ``photo``: take a picture of that many bytes."""
         if pin in self.users:
             raise ValueError(f"user {pin} is enrolled already: use edit")
-        if face and self.face is None:
-            raise ValueError("this device has no face algorithm (--face TYPE:VERSION)")
+        self._pictures(pin, face, photo)  # first: a device without a camera refuses before anything changed
         self.users[pin] = (("PIN", pin), ("Name", name), ("Pri", "0"), ("Passwd", password), ("Card", str(card) if card else ""),
                            ("Grp", "1"), ("TZ", "0000000100000000"), ("Verify", "0"))
         for fid in fingers:
             self._scan(pin, fid)
-        if face:
-            self._look(pin)
-        if photo:
-            self.photos[pin] = PhotoLine(pin, random.Random(f"{self.serial}/{pin}/photo").randbytes(photo))
         self._log_change(OP_ENROLL_USER, pin, now)
 
-    def edit(self, pin: str, now: datetime | None = None, add_fingers: tuple[int, ...] = (), remove_fingers: tuple[int, ...] = (), **changes: str) -> None:
+    def edit(self, pin: str, now: datetime | None = None, add_fingers: tuple[int, ...] = (), remove_fingers: tuple[int, ...] = (),
+             face: bool = False, photo: int = 0, **changes: str) -> None:
+        """``face``: enrol the face again (its algorithm's templates); ``photo``: take a new picture of that many bytes."""
         if pin not in self.users:
             raise ValueError(f"no user {pin} on this device")
+        self._pictures(pin, face, photo)
         held = dict(self.users[pin])
         held.update(changes)
         self.users[pin] = tuple(held.items())
@@ -236,11 +234,15 @@ class PushTerminal:
         template = random.Random(f"{self.serial}/{pin}/{fid}").randbytes(TEMPLATE_BYTES)
         self.fingers.setdefault(pin, {})[fid] = FingerLine(pin, fid, 1, template, "BIODATA" if self.biodata else "FP")
 
-    def _look(self, pin: str) -> None:
-        assert self.face is not None
-        type_, major, minor = self.face
-        rng = random.Random(f"{self.serial}/{pin}/face")
-        self.faces[pin] = {i: FaceLine(pin, type_, i, rng.randbytes(FACE_TEMPLATE_BYTES), major, minor) for i in range(FACE_TEMPLATES.get(type_, 1))}
+    def _pictures(self, pin: str, face: bool, photo: int) -> None:
+        if face:
+            if self.face is None:
+                raise ValueError("this device has no face algorithm (--face TYPE:VERSION)")
+            type_, major, minor = self.face
+            rng = random.Random(f"{self.serial}/{pin}/face")
+            self.faces[pin] = {i: FaceLine(pin, type_, i, rng.randbytes(FACE_TEMPLATE_BYTES), major, minor) for i in range(FACE_TEMPLATES.get(type_, 1))}
+        if photo:
+            self.photos[pin] = PhotoLine(pin, random.Random(f"{self.serial}/{pin}/photo/{photo}").randbytes(photo))
 
     def _log_change(self, code: int, pin: str, now: datetime | None) -> None:
         lines = [OpLog(code, "0", self._time(now), (pin,)).line(), UserLine(self.users[pin]).line()]

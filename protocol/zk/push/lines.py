@@ -168,7 +168,7 @@ class PhotoLine:
 
 @dataclass(frozen=True)
 class OtherLine:
-    """A line of a kind we do not use (USERPIC, FACE, BIOPHOTO, ...): acknowledged, not stored."""
+    """A line of a kind we do not use (FACE, palm or vein BIODATA, ...): acknowledged, not stored."""
 
     kind: str
     number: int

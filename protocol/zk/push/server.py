@@ -109,7 +109,7 @@ class OperationsUploaded:
 
 @dataclass(frozen=True)
 class OtherUpload:
-    """A table the gateway does not use (photos, error logs, options): acknowledged and left."""
+    """A table the gateway does not use (punch photos, error logs, FACE): acknowledged and left."""
 
     table: str
     size: int
