@@ -18,10 +18,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from gateway.push.faces import algorithms_in_options
 from protocol.zk.push import commands as cmd
-from protocol.zk.push.lines import UserLine
-from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, PushServer, PushTiming,
-                                     Request, RequestError, ResultsReported)
+from protocol.zk.push.lines import FaceLine, PhotoLine, UserLine
+from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OptionsUploaded, PushServer,
+                                     PushTiming, Request, RequestError, ResultsReported)
 
 CHECK_PIN = "999999999"  # the reserved test user, as gateway-check --zk uses
 TIMING = PushTiming(delay_s=2, error_delay_s=5, command_s=30)
@@ -42,6 +43,9 @@ class Observed:
         self.punches = 0
         self.lines = 0
         self.bad = 0
+        self.options: dict[str, str] = {}  # what it posted as table=options
+        self.faces = 0
+        self.photos = 0
 
     def answer(self, method: str, url: str, body: bytes, address: str) -> tuple[int, bytes]:
         parts = urlsplit(url)
@@ -84,9 +88,13 @@ class Observed:
             for item in event.items:
                 if isinstance(item, UserLine):
                     self.users[item.pin] = item
+            self.faces += sum(isinstance(item, FaceLine) for item in event.items)
+            self.photos += sum(isinstance(item, PhotoLine) for item in event.items)
             self.lines += len(event.items)
             self.bad += len(event.bad)
             return 200, server.ok(len(event.items) + len(event.bad))
+        if isinstance(event, OptionsUploaded):
+            self.options.update(event.options)
         return 200, b"OK"
 
     def wait(self, what: str, ready, timeout_s: float):
@@ -173,7 +181,10 @@ def run(args) -> int:
             print(f"FAIL {label}: {exc}", flush=True)
             if label == "hello":
                 break
-    print(f"uploads seen: {o.punches} punches, {o.lines} operation lines, {o.bad} lines that did not parse", flush=True)
+    print(f"uploads seen: {o.punches} punches, {o.lines} operation lines ({o.faces} face templates, {o.photos} photos), "
+          f"{o.bad} lines that did not parse", flush=True)
+    faces = ", ".join(a.name for a in algorithms_in_options(o.options))
+    print(f"face algorithms (its options): {faces or 'none said'}", flush=True)
     httpd.shutdown()
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return 1 if failed else 0
