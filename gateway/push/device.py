@@ -4,8 +4,9 @@ The device calls the gateway; the gateway never calls it. Its uploads become eve
 (ATTLOG) as verify events, stored once (a resend after a lost answer is normal: it is matched by
 who, when and how, against the punches of this run and, after a start or a reset of the
 device's stamps, the event log); USER, FP, BIODATA, USERPIC and BIOPHOTO lines (OPERLOG) as the
-device's copy of a person (faces and photos: gateway/push/faces.py), and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
-answered from that copy (no second round trip). Only once what an upload brings is durable is
+device's copy of a person (faces and photos: gateway/push/faces.py), and a copy the server has
+not seen as a device-origin enrolment or edit, whose pull is answered from that copy (no second
+round trip). Only once what an upload brings is durable is
 the device answered ``OK``. What the sync core sends becomes commands the device fetches at its
 next getrequest: a put or delete is answered once its commands are stored (gateway/push/queue.py),
 so the pusher's next batch need not wait for the device's next call; ``PushServer`` sends them,
