@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from gateway.push.faces import FaceAlgorithm, algorithms_in_options, copy_digest
-from gateway.sync.merge import merge_vacant_fields
+from gateway.sync.merge import merge_reasons, merge_vacant_fields
 from gateway.sync.monitor import CHANGE_DROPPED
 from protocol.errors import MessageError
 from protocol.events import EventCode, Origin
@@ -179,3 +179,15 @@ def test_a_device_without_a_face_algorithm_gets_no_faces():
     answer_queries(device)
     texts = sent_texts(device, UserRecord("77", name="Ana", faces=(Face(0, b"vl58", "zkface9v58"),)))
     assert [t.split(" ")[2] for t in texts] == ["USERINFO"]
+
+
+def test_merge_keeps_the_records_bound_on_faces_of_other_algorithms_the_servers_first():
+    server = UserRecord("7", faces=tuple(Face(i, b"s" * 4000, "zkface2v7") for i in range(12)))
+    pulled = UserRecord("7", faces=tuple(Face(i, b"t" * 4000, "zkface2v8") for i in range(12)) + (Face(0, b"native"),))
+    merged = merge_vacant_fields(server, pulled).validate()
+    assert len([f for f in merged.faces if f.format]) == 24 and Face(0, b"native") in merged.faces  # 96,000 bytes: room for all
+    over = UserRecord("7", faces=tuple(Face(i, b"u" * 5000, "zkface2v9") for i in range(12)))
+    merged_again = merge_vacant_fields(merged, over)
+    assert [f.format for f in merged_again.faces if f.format] == [f.format for f in merged.faces if f.format], "no room: the server's kept"
+    reasons = merge_reasons(merged, over, merged_again)
+    assert {(c.outcome, c.rule) for c in reasons if c.field == "faces" and c.new} == {("refused", "face beyond the limit")}
