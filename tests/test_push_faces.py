@@ -191,3 +191,10 @@ def test_merge_keeps_the_records_bound_on_faces_of_other_algorithms_the_servers_
     assert [f.format for f in merged_again.faces if f.format] == [f.format for f in merged.faces if f.format], "no room: the server's kept"
     reasons = merge_reasons(merged, over, merged_again)
     assert {(c.outcome, c.rule) for c in reasons if c.field == "faces" and c.new} == {("refused", "face beyond the limit")}
+
+
+def test_a_v3_device_names_its_face_algorithms_when_it_registers():
+    device, *_ = make()
+    body = b"DeviceType=acc,~DeviceName=SpeedFace-V5L,MultiBioDataSupport=0:1:0:0:0:0:0:0:0:1,MultiBioVersion=0:12.0:0:0:0:0:0:0:0:58.1"
+    assert call(device, "POST", "/iclock/registry", {}, body)[0] == 200
+    assert "DATA QUERY BIODATA Type=9" in answer_queries(device)

@@ -162,6 +162,7 @@ class PushDevice:
             return 200, self.server.init_answer(self._stamps(), event.push_version)
         if isinstance(event, Registered):
             self._learn(event.info.get("FirmVer", ""), event.info.get("FPVersion"))
+            self._learn_faces(algorithms_in_options(event.info))  # v3 registers with its MultiBio options
             return 200, self.server.registry_answer()
         if isinstance(event, CommandsWanted):
             self._learn(event.info.get("firmware", ""), event.info.get("fp_version"))
