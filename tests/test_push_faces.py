@@ -9,6 +9,7 @@ from gateway.push.faces import FaceAlgorithm, algorithms_in_options, copy_digest
 from gateway.sync.merge import merge_reasons, merge_vacant_fields
 from gateway.sync.monitor import CHANGE_DROPPED
 from protocol.errors import MessageError
+from protocol.json_form import record_from_json, record_to_json
 from protocol.events import EventCode, Origin
 from protocol.records import (MAX_FACE_TEMPLATE, MAX_PHOTO, Face, Fingerprint, UserRecord, UserRecordWire, record_digest)
 from protocol.zk.push import commands as cmd
@@ -198,3 +199,10 @@ def test_a_v3_device_names_its_face_algorithms_when_it_registers():
     body = b"DeviceType=acc,~DeviceName=SpeedFace-V5L,MultiBioDataSupport=0:1:0:0:0:0:0:0:0:1,MultiBioVersion=0:12.0:0:0:0:0:0:0:0:58.1"
     assert call(device, "POST", "/iclock/registry", {}, body)[0] == 200
     assert "DATA QUERY BIODATA Type=9" in answer_queries(device)
+
+
+def test_the_json_form_names_a_faces_format_and_reads_it_back():
+    record = UserRecord("1042", faces=(Face(0, b"\x01\x02"), Face(0, b"\xa1", "zkface9v58")))
+    shown = record_to_json(record)
+    assert shown["faces"] == [{"index": 0, "template": "0102"}, {"index": 0, "template": "a1", "format": "zkface9v58"}]
+    assert record_from_json(shown) == record
