@@ -13,7 +13,9 @@ from protocol.json_form import record_from_json, record_to_json
 from protocol.events import EventCode, Origin
 from protocol.records import (MAX_FACE_TEMPLATE, MAX_PHOTO, Face, Fingerprint, UserRecord, UserRecordWire, record_digest)
 from protocol.zk.push import commands as cmd
+from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.lines import FaceLine, PhotoLine, UserLine, parse_operlog
+from simulator.push.device import PushTerminal
 from test_push_device import SN, call, fetch_commands, make
 
 USER = UserLine((("PIN", "77"), ("Name", "Ana"), ("Pri", "0"), ("Passwd", ""), ("Card", ""), ("Grp", "1"), ("TZ", "0001"), ("Verify", "0")))
@@ -206,3 +208,14 @@ def test_the_json_form_names_a_faces_format_and_reads_it_back():
     shown = record_to_json(record)
     assert shown["faces"] == [{"index": 0, "template": "0102"}, {"index": 0, "template": "a1", "format": "zkface9v58"}]
     assert record_from_json(shown) == record
+
+
+def test_the_emulator_refuses_a_face_of_another_algorithm_and_keeps_its_faces_in_its_flash(tmp_path):
+    device = PushTerminal("EMU1", face=(9, "58", "1"))
+    device.enroll("1", name="Ann", face=True, photo=100)
+    refused = device.execute(PushCommand(5, cmd.update_face(FaceLine("1", 9, 0, b"x", "40"))))[1]
+    taken = device.execute(PushCommand(6, cmd.update_face(FaceLine("1", 9, 0, b"y", "58", "2"))))[1]
+    assert (refused.code, taken.code) == (-30, 0) and device.faces["1"][0].template == b"y"
+    device.save(str(tmp_path / "flash.json"))
+    again = PushTerminal.load(str(tmp_path / "flash.json"), "EMU1")
+    assert (again.face, again.faces, again.photos) == (device.face, device.faces, device.photos)

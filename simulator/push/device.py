@@ -33,7 +33,6 @@ FP_VERSION = "10"
 MAX_UPLOAD_LINES = 1000  # per request
 FACE_TEMPLATES = {2: 12, 9: 1}  # a near-infrared face is 12 templates, a visible-light one 1
 FACE_TEMPLATE_BYTES = 1600
-PHOTO_BYTES = 6000
 ALGORITHM_REFUSED = -30  # Return of a template of another algorithm (ZKTeco: "BIODATA algorithm version mismatch")
 
 
@@ -145,8 +144,11 @@ class PushTerminal:
             self.faces.pop(pin, None)
             self.photos.pop(pin, None)
         elif action == "UPDATE" and table == "BIODATA" and field_value(fields, "Type") not in ("", "1"):
-            face = parse_face(words[3])
-            if pin not in self.users:
+            try:
+                face = parse_face(words[3])
+            except ValueError:
+                face = None
+            if pin not in self.users or face is None:
                 return [], CommandResult(command.id, -1, verb)
             if self.face is None or (face.type, face.major) != self.face[:2]:
                 return [], CommandResult(command.id, ALGORITHM_REFUSED, verb)
@@ -285,8 +287,11 @@ class PushTerminal:
         device.users = {p: tuple(tuple(kv) for kv in f) for p, f in state["users"].items()}
         device.fingers = {p: {int(fid): FingerLine(p, int(fid), v, base64.b64decode(t), k) for fid, (v, t, k) in fs.items()}
                           for p, fs in state["fingers"].items()}
-        device.face = tuple(state["face"]) if state.get("face") else None  # type: ignore[assignment]
-        device.faces = {p: {f.index: f for f in (parse_face(line.split(" ", 1)[1]) for line in lines)} for p, lines in state.get("faces", {}).items()}
+        if state.get("face"):
+            type_, major, minor = state["face"]
+            device.face = (int(type_), str(major), str(minor))
+        device.faces = {p: {f.index: f for line in lines if (f := parse_face(line.split(" ", 1)[1])) is not None}
+                        for p, lines in state.get("faces", {}).items()}
         device.photos = {p: photo for p, line in state.get("photos", {}).items() if (photo := parse_photo("USERPIC", line.split(" ", 1)[1]))}
         device.punches = [tuple(p) for p in state["punches"]]
         device.next_stamp, device.sent_stamp, device.oplog = state["next_stamp"], state["sent_stamp"], state["oplog"]
