@@ -82,6 +82,7 @@ def test_a_biophoto_of_a_visible_light_face_is_a_photo_and_of_a_palm_is_not():
     items, bad = parse_operlog((f"BIOPHOTO PIN=5\tFileName=5.jpg\tType=9\tNo=0\tIndex=0\tSize=4\tContent={content}\n"
                                 f"BIOPHOTO PIN=5\tFileName=5.jpg\tType=10\tNo=0\tIndex=0\tSize=4\tContent={content}\n").encode())
     assert bad == [] and items[0] == PhotoLine("5", b"jpg", "BIOPHOTO") and items[1].kind == "BIOPHOTO" and not isinstance(items[1], PhotoLine)
+    assert parse_operlog(items[0].line().encode())[0] == [items[0]], "written back as it reads"
 
 
 def test_algorithms_from_the_options_a_device_posts():
