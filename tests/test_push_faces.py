@@ -13,7 +13,8 @@ from protocol.json_form import record_from_json, record_to_json
 from protocol.events import EventCode, Origin
 from protocol.records import (MAX_FACE_TEMPLATE, MAX_PHOTO, Face, Fingerprint, UserRecord, UserRecordWire, record_digest)
 from protocol.zk.push import commands as cmd
-from protocol.zk.push.commands import PushCommand
+from protocol.zk.push.commands import PushCommand, render_commands
+from protocol.zk.push.server import PushServer, PushTiming
 from protocol.zk.push.lines import FaceLine, PhotoLine, UserLine, parse_operlog
 from simulator.push.device import PushTerminal
 from test_push_device import SN, call, fetch_commands, make
@@ -220,3 +221,12 @@ def test_the_emulator_refuses_a_face_of_another_algorithm_and_keeps_its_faces_in
     device.save(str(tmp_path / "flash.json"))
     again = PushTerminal.load(str(tmp_path / "flash.json"), "EMU1")
     assert (again.face, again.faces, again.photos) == (device.face, device.faces, device.photos)
+
+
+def test_a_getrequest_answer_stays_under_the_devices_download_limit():
+    server = PushServer(SN, PushTiming(per_request_bytes=50_000))
+    photo = cmd.update_photo(PhotoLine("1", b"\xff" * 16_000))  # about 21 kB
+    server.take([PushCommand(i, photo) for i in range(1, 5)])
+    first = server.commands_to_send(0)
+    assert [c.id for c in first] == [1, 2] and len(render_commands(first)) < 50_000
+    assert [c.id for c in server.commands_to_send(0)] == [3, 4], "the rest at the next getrequest"

@@ -70,6 +70,9 @@ class PushTiming:
     command_attempts: int = 3  # sends before it is given up
     max_commands: int = 4096  # commands waiting per device
     per_request: int = 64  # commands per getrequest answer
+    # ... and bytes: ZKTeco's attendance PUSH document (V5.8) caps one download at 900 KB, which 64
+    # photo commands (22 kB each) would pass; the first command goes whatever its size
+    per_request_bytes: int = 900 * 1000
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -282,14 +285,17 @@ class PushServer:
     def commands_to_send(self, now: float) -> list[PushCommand]:
         """The commands for a getrequest answer: never sent, or sent ``command_s`` ago without a result."""
         t = self.timing
-        chosen = []
+        chosen, size = [], 0
         for entry in self._waiting.values():
             if len(chosen) >= t.per_request:
                 break
             if entry.sends >= t.command_attempts:
                 continue
             if entry.sent_at is None or now - entry.sent_at >= t.command_s:
-                entry.sent_at, entry.sends = now, entry.sends + 1
+                line_bytes = len(entry.command.line().encode("utf-8")) + 1
+                if chosen and size + line_bytes > t.per_request_bytes:
+                    break
+                entry.sent_at, entry.sends, size = now, entry.sends + 1, size + line_bytes
                 chosen.append(entry.command)
         return chosen
 
