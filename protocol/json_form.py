@@ -228,7 +228,7 @@ _USER_RECORD_FIELDS = {
     "fingerprints": _ListOf(
         _Fields(Fingerprint, {"index": _U8, "duress": _BOOL, "template1": _HEX, "template2": _HEX, "format": _TEXT}, vacant=frozenset({"format"}))
     ),
-    "faces": _ListOf(_Fields(Face, {"index": _U8, "template": _HEX})),
+    "faces": _ListOf(_Fields(Face, {"index": _U8, "template": _HEX, "format": _TEXT}, vacant=frozenset({"format"}))),
     "photo": _HEX,
 }
 _USER_RECORD = _Fields(UserRecord, _USER_RECORD_FIELDS, vacant=frozenset(_USER_RECORD_FIELDS) - {"user_id"})

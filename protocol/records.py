@@ -11,6 +11,7 @@ from enum import IntEnum
 from typing import Any
 
 from construct import (
+    Array,
     Bytes,
     Flag,
     FlagsEnum,
@@ -42,6 +43,9 @@ MAX_FOREIGN_TEMPLATE = 2048  # a ZKFinger 10 template is at most about 1.6 kB
 MAX_FOREIGN_FINGERPRINTS = 20  # two other algorithms' ten slots
 FACE_SLOTS = 5
 MAX_FACE_TEMPLATE = 8 * 1024
+FOREIGN_FACE_SLOTS = 16  # a ZKTeco near-infrared face is 12 templates (BIODATA Index 0-11)
+MAX_FOREIGN_FACES = 24  # two algorithms' twelve
+MAX_FOREIGN_FACE_BYTES = 96 * 1024  # all foreign face templates of a record together: a record stays under a frame
 MAX_PHOTO = 16 * 1024
 PIN_HASH_ITERATIONS = 4096
 MAX_PIN_DIGITS = 16
@@ -92,12 +96,17 @@ class Fingerprint:
 
 @dataclass(frozen=True, slots=True)
 class Face:
+    """One face template. ``format`` None: this protocol's own (slots 0-4). Otherwise another
+    family's algorithm (``"zkface9v58"``: ZKTeco BIODATA Type 9, MajorVer 58), usable only by
+    terminals of that algorithm; as for fingerprints, a slot is an index *and* a format."""
+
     index: int
     template: bytes
+    format: str | None = None
 
     @property
-    def slot(self) -> int:
-        return self.index
+    def slot(self) -> tuple[str, int]:
+        return (self.format or "", self.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +169,17 @@ class UserRecord:
                 problems.append(f"fingerprint format must be 1 to {MAX_FORMAT_BYTES} bytes")
             elif not 0 < len(finger.template1) <= MAX_FOREIGN_TEMPLATE or finger.template2:
                 problems.append(f"a {finger.format} fingerprint is one template of 1 to {MAX_FOREIGN_TEMPLATE} bytes")
-        problems += _slot_problems("face", [f.index for f in self.faces], FACE_SLOTS)
+        for fmt in sorted({f.format or "" for f in self.faces}):
+            problems += _slot_problems("face", [f.index for f in self.faces if (f.format or "") == fmt],
+                                       FOREIGN_FACE_SLOTS if fmt else FACE_SLOTS)
+        foreign_faces = [f for f in self.faces if f.format is not None]
+        if len(foreign_faces) > MAX_FOREIGN_FACES:
+            problems.append(f"more than {MAX_FOREIGN_FACES} faces of other formats")
+        if sum(len(f.template) for f in foreign_faces) > MAX_FOREIGN_FACE_BYTES:
+            problems.append(f"faces of other formats over {MAX_FOREIGN_FACE_BYTES} bytes together")
         for face in self.faces:
+            if face.format is not None and not 0 < len(face.format.encode("utf-8")) <= MAX_FORMAT_BYTES:
+                problems.append(f"face format must be 1 to {MAX_FORMAT_BYTES} bytes")
             if not 0 < len(face.template) <= MAX_FACE_TEMPLATE:
                 problems.append(f"face template must be 1 to {MAX_FACE_TEMPLATE} bytes")
         if self.photo is not None and len(self.photo) > MAX_PHOTO:
@@ -216,6 +234,26 @@ ForeignFingerprintWire = Struct(
     "template" / LengthChecked(Prefixed(Int16ub, GreedyBytes)),
 )
 
+ForeignFaceWire = Struct(
+    "index" / Int8ub,
+    "format" / LengthChecked(PascalString(Int8ub, "utf8")),
+    "template" / LengthChecked(Prefixed(Int16ub, GreedyBytes)),
+)
+# After the photo, when presence bit 7 is set: the foreign fingerprints' count byte, whose top bit
+# says that an extension byte follows them (bit 0: foreign faces). A record without foreign faces
+# is the same bytes as before they existed; an old decoder reads a record with them as more than
+# 127 foreign fingerprints and refuses it (docs/protocol.md, "User record").
+MORE = 0x80
+FOREIGN_FACES = 0x01
+ForeignWire = Struct(
+    "head" / Int8ub,
+    "fingerprints" / Array(this.head & 0x7F, ForeignFingerprintWire),
+    "extension" / If(this.head >= MORE, Struct(
+        "flags" / Int8ub,
+        "faces" / If(this.flags & FOREIGN_FACES, PrefixedArray(Int8ub, ForeignFaceWire)),
+    )),
+)
+
 _Present = FlagsEnum(Int8ub, name=1, pin=2, validity=4, security_level=8, auth_mode=16, disabled=32, photo=64, foreign_fingerprints=128)
 
 UserRecordStruct = Struct(
@@ -233,7 +271,7 @@ UserRecordStruct = Struct(
     "fingerprints" / PrefixedArray(Int8ub, FingerprintWire),
     "faces" / PrefixedArray(Int8ub, FaceWire),
     "photo" / If(this.present.photo, LengthChecked(Prefixed(Int16ub, GreedyBytes))),
-    "foreign_fingerprints" / If(this.present.foreign_fingerprints, PrefixedArray(Int8ub, ForeignFingerprintWire)),
+    "foreign" / If(this.present.foreign_fingerprints, ForeignWire),
 )
 
 
@@ -244,6 +282,10 @@ class _UserRecordAdapter(CompilableAdapter):
             cards = tuple(Card(CardType(c["type"]), c["data"]) for c in obj["cards"])
         except ValueError as exc:
             raise MessageError(f"user {obj['user_id']!r}: unknown card type ({exc})") from None
+        foreign = obj["foreign"] or _NO_FOREIGN
+        extension = foreign["extension"] or _NO_EXTENSION
+        if extension["flags"] & ~FOREIGN_FACES:
+            raise MessageError(f"user {obj['user_id']!r}: unknown record extension bits {extension['flags']:#04x}")
         return UserRecord(
             user_id=obj["user_id"],
             name=obj["name"],
@@ -257,15 +299,17 @@ class _UserRecordAdapter(CompilableAdapter):
             fingerprints=tuple(
                 Fingerprint(f["index"], f["template1"], f["template2"], f["duress"]) for f in obj["fingerprints"]
             ) + tuple(
-                Fingerprint(f["index"], f["template"], b"", f["duress"], f["format"]) for f in obj["foreign_fingerprints"] or ()
+                Fingerprint(f["index"], f["template"], b"", f["duress"], f["format"]) for f in foreign["fingerprints"]
             ),
-            faces=tuple(Face(f["index"], f["template"]) for f in obj["faces"]),
+            faces=tuple(Face(f["index"], f["template"]) for f in obj["faces"])
+            + tuple(Face(f["index"], f["template"], f["format"]) for f in extension["faces"] or ()),
             photo=obj["photo"],
         ).validate()
 
     def _encode(self, rec: UserRecord, context: Any, path: str) -> dict[str, Any]:
         rec.validate()
         foreign = [f for f in rec.fingerprints if f.format is not None]
+        foreign_faces = [f for f in rec.faces if f.format is not None]
         return dict(
             user_id=rec.user_id,
             present=dict(
@@ -276,7 +320,7 @@ class _UserRecordAdapter(CompilableAdapter):
                 auth_mode=rec.auth_mode is not None,
                 disabled=rec.disabled is not None,
                 photo=rec.photo is not None,
-                foreign_fingerprints=bool(foreign),
+                foreign_fingerprints=bool(foreign or foreign_faces),
             ),
             name=rec.name,
             pin_hash=rec.pin_hash,
@@ -291,12 +335,18 @@ class _UserRecordAdapter(CompilableAdapter):
                 dict(index=f.index, duress=f.duress, template1=f.template1, template2=f.template2)
                 for f in rec.fingerprints if f.format is None
             ],
-            faces=[dict(index=f.index, template=f.template) for f in rec.faces],
+            faces=[dict(index=f.index, template=f.template) for f in rec.faces if f.format is None],
             photo=rec.photo,
-            foreign_fingerprints=[dict(index=f.index, duress=f.duress, format=f.format, template=f.template1) for f in foreign],
+            foreign=dict(
+                head=len(foreign) | (MORE if foreign_faces else 0),
+                fingerprints=[dict(index=f.index, duress=f.duress, format=f.format, template=f.template1) for f in foreign],
+                extension=dict(flags=FOREIGN_FACES, faces=[dict(index=f.index, format=f.format, template=f.template) for f in foreign_faces]),
+            ),
         )
 
 
+_NO_FOREIGN: dict[str, Any] = dict(fingerprints=(), extension=None)
+_NO_EXTENSION: dict[str, Any] = dict(flags=0, faces=None)
 UserRecordWire = _UserRecordAdapter(UserRecordStruct).compile()
 
 

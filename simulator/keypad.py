@@ -234,7 +234,8 @@ def describe(record: UserRecord, pending: bool = False) -> list[str]:
         ("groups", ", ".join(map(str, record.access_groups)) or "(none)"),
         ("cards", ", ".join(f"{c.type.name.lower()}:{c.data.hex()}" for c in record.cards) or "(none)"),
         ("fingers", _held_slots(f.index for f in record.fingerprints)),
-        ("faces", _held_slots(f.index for f in record.faces)),
+        ("faces", _held_slots(f.index for f in record.faces if f.format is None)),  # another family's faces are kept, not used
+        ("foreign", ", ".join(f"face {f}" for f in sorted({f.format for f in record.faces if f.format is not None})) or "(none)"),
         ("digest", record.digest().hex()),
     ]
     if pending:
@@ -325,11 +326,12 @@ def _changed_cards(cards: tuple[Card, ...], added: list[str], removed: list[str]
 
 
 def _changed_slots(held: tuple, added: dict[int, object], removed: list[str], kind: str) -> tuple:
-    """Templates by slot after removing some and (re-)scanning others into their slots."""
-    by_slot = {item.index: item for item in held}
+    """Templates by slot after removing some and (re-)scanning others into their slots. The keypad's
+    slots are this protocol's own: another family's templates of the same index are kept."""
+    by_slot = {item.slot: item for item in held}
     for slot in _slots(removed, kind):
-        if slot not in by_slot:
+        if ("", slot) not in by_slot:
             raise KeypadError(f"the user has no {kind} in slot {slot}")
-        del by_slot[slot]
-    by_slot.update(added)
+        del by_slot[("", slot)]
+    by_slot.update((("", index), item) for index, item in added.items())
     return tuple(by_slot[s] for s in sorted(by_slot))

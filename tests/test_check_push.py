@@ -1,6 +1,6 @@
 """gateway-check --push against the emulated PUSH device (simulator push-terminal), both as
 processes: the device says hello, takes INFO, lists its users, and with --write stores and
-deletes the test user; a port in use is exit status 2 in one line."""
+deletes the test user, and the faces and photos it uploaded and its face algorithm are reported; a port in use is exit status 2 in one line."""
 
 import socket
 
@@ -20,14 +20,15 @@ def test_the_check_passes_against_the_emulated_device(tmp_path):
     try:
         check.wait_for(r"waiting up to 60 s for a PUSH device")
         device = Process("simulator.cli", "push-terminal", "--server", f"http://127.0.0.1:{port}", "--sn", "CHK0001", "--control", "0",
-                         "--state", str(tmp_path / "d.json"))
+                         "--state", str(tmp_path / "d.json"), "--face", "9:58.1")
         keypad = KeypadClient(int(device.wait_for(r"keypad control socket on 127\.0\.0\.1:(\d+)").group(1)))
-        keypad.ok('enrol 3 name="Al Bo"')
+        keypad.ok('enrol 3 name="Al Bo" face=yes photo=3000')
         assert check.wait_exit(120) == 0
         output = check.all_output()
         for label in ("hello: serial CHK0001", "commands: firmware Ver 6.60 emulated", "INFO: DeviceName=emulated PUSH device",
                       "user list:", "write test user: user 999999999 stored and listed back", "delete test user:"):
             assert f"PASS {label}" in output, output
+        assert "(1 face templates, 1 photos)" in output and "face algorithms (its options): zkface9v58" in output, output
         assert [line.split("  ")[0] for line in keypad.ok("list")] == ["3"]  # the test user is gone again
         keypad.close()
     finally:

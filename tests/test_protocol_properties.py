@@ -69,8 +69,15 @@ records = st.builds(
     access_groups=st.lists(unsigned(4), max_size=16, unique=True).map(tuple),
     cards=st.lists(st.builds(Card, st.sampled_from(CardType), st.binary(min_size=1, max_size=32)), max_size=8,
                    unique_by=lambda card: card.card_id).map(tuple),
-    fingerprints=slots(10, lambda i: st.builds(Fingerprint, st.just(i), templates(), templates(), st.booleans())),
-    faces=slots(5, lambda i: st.builds(Face, st.just(i), st.binary(min_size=1, max_size=64))),
+    fingerprints=st.tuples(
+        slots(10, lambda i: st.builds(Fingerprint, st.just(i), templates(), templates(), st.booleans())),
+        # another family's fingers and faces: the foreign section and its extension (docs/protocol.md, "User record")
+        slots(10, lambda i: st.builds(Fingerprint, st.just(i), st.binary(min_size=1, max_size=64), st.just(b""), st.booleans(), st.just("zk10"))),
+    ).map(lambda parts: parts[0] + parts[1]),
+    faces=st.tuples(
+        slots(5, lambda i: st.builds(Face, st.just(i), st.binary(min_size=1, max_size=64))),
+        slots(16, lambda i: st.builds(Face, st.just(i), st.binary(min_size=1, max_size=64), st.sampled_from(["zkface9v58", "zkface2v7"]))),
+    ).map(lambda parts: parts[0] + parts[1]),
     photo=st.none() | st.binary(max_size=64),
 )
 

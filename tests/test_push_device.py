@@ -288,7 +288,7 @@ def test_a_command_never_answered_is_sent_again_then_given_up_visibly():
 
 def test_a_full_queue_refuses_the_push_before_storing_it():
     commands = Commands()
-    device, *_ = make(commands=commands, max_commands=4)  # room kept for a listing's two DATA QUERY, then two
+    device, *_ = make(commands=commands, max_commands=7)  # room kept for a listing (LISTING_COMMANDS: five DATA QUERY), then two
     list_users(device)
     done = []
     for user_id in "567":
@@ -402,10 +402,10 @@ def test_a_result_posted_first_to_a_restarted_gateway_settles_the_command_it_ans
 
 def test_a_device_owing_a_full_queue_when_it_comes_online_still_lists_its_users():
     commands = Commands()  # owed from a run with a larger bound: the queue is full when it comes online
-    commands.rows = {i: StoredCommand(i, f"DATA DELETE USERINFO PIN={i}", i, str(i), "delete") for i in range(900, 904)}
-    device, clock, events, *_ = make(commands=commands, max_commands=4)
+    commands.rows = {i: StoredCommand(i, f"DATA DELETE USERINFO PIN={i}", i, str(i), "delete") for i in range(900, 907)}
+    device, clock, events, *_ = make(commands=commands, max_commands=7)
     sent = fetch_commands(device)
-    assert [c.text.split(" ")[1] for c in sent] == ["DELETE"] * 4 + ["QUERY", "QUERY"]
+    assert [c.text.split(" ")[1] for c in sent] == ["DELETE"] * 7 + ["QUERY", "QUERY"]
     answer(device, *sent)
     done = []
     device.put_users([UserRecordWire.build(UserRecord("9", name="Z"))], keep_local_changes=False).addBoth(done.append)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from protocol.zk.push import commands as cmd
-from protocol.zk.push.lines import FingerLine, OpLog, OtherLine, Punch, UserLine, format_fields, parse_attlog, parse_operlog
+from protocol.zk.push.lines import FaceLine, FingerLine, OpLog, OtherLine, PhotoLine, Punch, UserLine, format_fields, parse_attlog, parse_operlog
 from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, MAX_BODY_BYTES, OperationsUploaded, OtherUpload,
                                      PushServer, PushTiming, QueueFull, Registered, Request, RequestError, ResultsReported, StrayResult)
 
@@ -47,15 +47,19 @@ def test_operlog_vector_keeps_every_field_in_order():
             f"USER PIN=1001\tName=Zoë\tPri=0\tPasswd=\tCard=[0A1B2C3D]\tGrp=1\tTZ=0000000100000000\tVerify=0\n"
             f"FP PIN=1001\tFID=6\tSize={len(tmp)}\tValid=1\tTMP={tmp}\n"
             f"BIODATA Pin=1001\tNo=7\tIndex=0\tValid=1\tDuress=1\tType=1\tMajorVer=10\tMinorVer=0\tFormat=0\tTmp={tmp}\n"
+            f"BIODATA Pin=1001\tNo=0\tIndex=0\tValid=1\tDuress=0\tType=9\tMajorVer=58\tMinorVer=1\tFormat=0\tTmp={tmp}\n"
+            f"USERPIC PIN=1001\tFileName=1001.jpg\tSize=4\tContent=AAAA\n"
             f"BIODATA Pin=1001\tNo=0\tIndex=0\tValid=1\tDuress=0\tType=9\tTmp={tmp}\n"
-            f"USERPIC PIN=1001\tFileName=1001.jpg\tSize=3\tContent=AAAA\n").encode()
+            f"BIODATA Pin=1001\tNo=0\tIndex=0\tValid=1\tType=8\tMajorVer=1\tTmp={tmp}\n").encode()
     items, bad = parse_operlog(body)
     assert bad == []
     assert items[0] == OpLog(30, "0", "2024-03-05 09:01:00", ("1001", "0", "0", "0"))
     assert items[1].pin == "1001" and items[1].get("Name") == "Zoë" and items[1].fields[6] == ("TZ", "0000000100000000")
     assert items[2] == FingerLine("1001", 6, 1, b"\x01\x02\x03\x04", "FP")
     assert items[3] == FingerLine("1001", 7, 3, b"\x01\x02\x03\x04", "BIODATA")  # duress
-    assert isinstance(items[4], OtherLine) and isinstance(items[5], OtherLine)  # a face, a photo: acknowledged, not used
+    assert items[4] == FaceLine("1001", 9, 0, b"\x01\x02\x03\x04", "58", "1") and items[4].algorithm == "zkface9v58"
+    assert items[5] == PhotoLine("1001", b"\x00\x00\x00")
+    assert isinstance(items[6], OtherLine) and isinstance(items[7], OtherLine)  # a face of no algorithm, a palm: acknowledged, not used
 
 
 def test_lines_write_back_as_they_read():
@@ -128,7 +132,7 @@ def test_init_answer_vector():
     server = PushServer(SN, PushTiming(delay_s=10, error_delay_s=30, timezone_h=1))
     assert server.init_answer({"ATTLOG": "1520", "OPERLOG": ""}).decode().splitlines() == [
         f"GET OPTION FROM: {SN}", "ATTLOGStamp=1520", "OPERLOGStamp=None", "ATTPHOTOStamp=None", "ErrorDelay=30", "Delay=10",
-        "TransTimes=00:00;14:05", "TransInterval=1", "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP",
+        "TransTimes=00:00;14:05", "TransInterval=1", "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP\tFACE\tUserPic\tBioPhoto",
         "TimeZone=1", "Realtime=1", "Encrypt=0"]
 
 

@@ -20,12 +20,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from gateway.push.faces import algorithms_in_options
 from protocol.zk.push import commands as cmd
 from protocol.zk.push import v3
 from protocol.zk.push.dialect import PUSH2, PUSH3, evidence
-from protocol.zk.push.lines import UserLine
-from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, PushServer, PushTiming,
-                                     Registered, Request, RequestError, ResultsReported, TableAcknowledged, TableUploaded, endpoint_of)
+from protocol.zk.push.lines import FaceLine, PhotoLine, UserLine
+from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OptionsUploaded, PushServer,
+                                     PushTiming, Registered, Request, RequestError, ResultsReported, TableAcknowledged, TableUploaded,
+                                     endpoint_of)
 
 CHECK_PIN = "999999999"  # the reserved test user, as gateway-check --zk uses
 TIMING = PushTiming(delay_s=2, error_delay_s=5, command_s=30)
@@ -48,6 +50,9 @@ class Observed:
         self.bad = 0
         self.dialect = PUSH2  # until the device shows 3.x
         self.registered: dict[str, str] = {}  # 3.x: what it said when it registered
+        self.options: dict[str, str] = {}  # what it posted as table=options
+        self.faces = 0
+        self.photos = 0
 
     def answer(self, method: str, url: str, body: bytes, address: str) -> tuple[int, bytes]:
         parts = urlsplit(url)
@@ -98,10 +103,14 @@ class Observed:
             for item in event.items:
                 if isinstance(item, UserLine):
                     self.users[item.pin] = item
+            self.faces += sum(isinstance(item, FaceLine) for item in event.items)
+            self.photos += sum(isinstance(item, PhotoLine) for item in event.items)
             self.lines += len(event.items)
             self.bad += len(event.bad)
             count = len(event.items) + len(event.bad)
             return 200, v3.table_answer(event.table, count) if isinstance(event, TableUploaded) else server.ok(count)
+        if isinstance(event, OptionsUploaded):
+            self.options.update(event.options)
         return 200, b"OK"
 
     def wait(self, what: str, ready, timeout_s: float):
@@ -188,7 +197,10 @@ def run(args) -> int:
             print(f"FAIL {label}: {exc}", flush=True)
             if label == "hello":
                 break
-    print(f"uploads seen: {o.punches} punches, {o.lines} operation lines, {o.bad} lines that did not parse", flush=True)
+    print(f"uploads seen: {o.punches} punches, {o.lines} operation lines ({o.faces} face templates, {o.photos} photos), "
+          f"{o.bad} lines that did not parse", flush=True)
+    faces = ", ".join(a.name for a in algorithms_in_options(o.options))
+    print(f"face algorithms (its options): {faces or 'none said'}", flush=True)
     httpd.shutdown()
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return 1 if failed else 0

@@ -3,9 +3,10 @@
 The device calls the gateway; the gateway never calls it. Its uploads become events: punches
 (ATTLOG) as verify events, stored once (a resend after a lost answer is normal: it is matched by
 who, when and how, against the punches of this run and, after a start or a reset of the
-device's stamps, the event log); USER, FP and BIODATA lines (OPERLOG) as the device's copy of a
-person, and a copy the server has not seen as a device-origin enrolment or edit, whose pull is
-answered from that copy (no second round trip). Only once what an upload brings is durable is
+device's stamps, the event log); USER, FP, BIODATA, USERPIC and BIOPHOTO lines (OPERLOG) as the
+device's copy of a person (faces and photos: gateway/push/faces.py), and a copy the server has
+not seen as a device-origin enrolment or edit, whose pull is answered from that copy (no second
+round trip). Only once what an upload brings is durable is
 the device answered ``OK``. What the sync core sends becomes commands the device fetches at its
 next getrequest: a put or delete is answered once its commands are stored (gateway/push/queue.py),
 so the pusher's next batch need not wait for the device's next call; ``PushServer`` sends them,
@@ -18,25 +19,27 @@ digest of each person's copy, plus the digest of the server record it was writte
 is what lets reconciliation compare, and the stamps as the attendance mark), and the field
 mapping is the ZK one (gateway/zk/mapping.py; docs/zk.md): a pulled record carries what a ZK
 device holds, and a write keeps every field the device owns. At each coming online, and for
-each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``); a
-person missing from the list without a keypad deletion reported (a wiped device) is not a
-deletion: reconciliation puts the person back.
+each reconciliation, the device lists its users (``DATA QUERY USERINFO`` and ``FINGERTMP``, and
+its faces and photos); a person missing from the list without a keypad deletion reported (a
+wiped device) is not a deletion: reconciliation puts the person back.
 
 A device speaks PUSH 2.x (attendance) or 3.x (access control): ``dialect`` (protocol/zk/push/
 dialect.py) is which, pinned by its entry or learnt from what it sends, and every command is
 written in it; 3.x's uploads arrive as the same events (rtlog as punches, tabledata and querydata
-as a person's records).
+as a person's records). Faces and photos are synced with 2.x devices only (docs/zk-push.md).
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.sync.connection import DigestPage, FetchedUsers, TerminalInfo, UserResult
+from gateway.push.faces import (FaceAlgorithm, algorithms_in_options, copy_digest, holdable_pictures, pictures, planned_pictures,
+                                 server_faces)
 from gateway.push.queue import StoredCommand
-from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED, record_sync_events, sync_event_row
+from gateway.sync.monitor import CHANGE_DROPPED, LOG_RESTARTED, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.zk.attendance import CREDENTIALS
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import server_record
@@ -50,9 +53,9 @@ from protocol.zk.push import commands as cmd
 from protocol.zk.push import v3
 from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.dialect import DIALECTS, PUSH2, PUSH3, Dialect, evidence
-from protocol.zk.push.lines import FingerLine, OpLog, Punch, UserLine
-from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OtherUpload,
-                                     Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult,
+from protocol.zk.push.lines import FaceLine, FingerLine, OpLog, PhotoLine, Punch, UserLine
+from protocol.zk.push.server import (AttendanceUploaded, CommandsWanted, Done, InitRequested, OperationsUploaded, OptionsUploaded,
+                                     OtherUpload, Pinged, PushServer, QueueFull, Registered, Request, ResultsReported, StrayResult,
                                      TableAcknowledged, TableUploaded, endpoint_of)
 from protocol.zk.records import Template, User
 
@@ -63,7 +66,10 @@ DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the ke
 _CREDENTIAL_CODES = {verify: int(credential) for verify, credential in CREDENTIALS.items()}  # as the event's sub-code
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
 LISTING_S = 120.0  # how long the sync core waits for the device to list its users
-LISTING_COMMANDS = 2  # DATA QUERY USERINFO and FINGERTMP: the bound on pushes keeps room for them
+# DATA QUERY USERINFO and FINGERTMP, and of a face device BIODATA of each face Type (2, 9) and USERPIC:
+# the bound on pushes keeps room for them
+LISTING_COMMANDS = 5
+NO_PICTURES = dict(faces=(), photo=None)  # what a 3.x device holds of the server's faces and photo: they are not sent
 
 
 class DeviceGone(ProtocolError):
@@ -89,7 +95,7 @@ class DeviceMemory:
     """What the gateway keeps of one device while it runs, across the device's online periods."""
 
     users: dict[str, UserLine] = field(default_factory=dict)  # by PIN (user id)
-    fingers: dict[str, dict[int, FingerLine]] = field(default_factory=dict)
+    fingers: dict[str, dict] = field(default_factory=dict)  # by PIN: fingers by number, faces and photos by their key
     loaded: bool = False
     next_event_id: int = 1
     recent: "OrderedDict[tuple, None]" = field(default_factory=OrderedDict)
@@ -98,6 +104,7 @@ class DeviceMemory:
     operlog_stamp: str | None = None
     biodata: bool = False  # it sends BIODATA lines: templates go back that way
     fp_version: str | None = None
+    face_algorithms: dict[str, FaceAlgorithm] = field(default_factory=dict)  # by name: its faces' algorithms, as it said
 
 
 class PushDevice:
@@ -183,6 +190,9 @@ class PushDevice:
         if isinstance(event, ResultsReported):
             self._settle(event)
             return 200, b"OK"
+        if isinstance(event, OptionsUploaded):
+            self._learn_faces(algorithms_in_options(event.options))
+            return 200, b"OK"
         if isinstance(event, (Pinged, OtherUpload)):
             return 200, b"OK"
         if isinstance(event, TableAcknowledged):
@@ -218,6 +228,8 @@ class PushDevice:
         log.info("PUSH device {sn} speaks PUSH {was} no more but {now} ({why})", sn=self.server.serial, was=self.dialect.name,
                  now=dialect.name, why=why)
         self.dialect = dialect
+        if dialect is PUSH3:
+            self.memory.face_algorithms.clear()  # faces and photos are not synced with a 3.x device
         if self._listing is not None:
             self.server.discard(self._listing_ids)
             self._listing, self._listing_ids = None, set()
@@ -301,10 +313,33 @@ class PushDevice:
         collected as the new list."""
         if self._listing is not None:
             return
-        ids = self.server.new_ids(LISTING_COMMANDS)
+        self._listing, self._listing_ids = ({}, {}), set()
+        self._ask_listing(self.dialect.listing(self.memory.biodata) + _picture_queries(self.memory.face_algorithms.values(), photos=True))
+
+    def _ask_listing(self, texts: list[str]) -> None:
+        ids = self.server.new_ids(len(texts))
         # Never refused: pushes stop LISTING_COMMANDS short of the bound, and one listing is under way at a time.
-        self.server.take([PushCommand(i, text) for i, text in zip(ids, self.dialect.listing(self.memory.biodata))])
-        self._listing, self._listing_ids = ({}, {}), set(ids)
+        self.server.take([PushCommand(i, text) for i, text in zip(ids, texts)])
+        self._listing_ids.update(ids)
+
+    def _learn_faces(self, algorithms: list[FaceAlgorithm]) -> None:
+        """The device named face algorithms (its options, or a face it uploaded): faces of those go to it,
+        and its listings ask for its faces and photos; a listing under way asks for them too, else a new
+        one starts (what it holds of them was not listed yet). Not for a 3.x device: its faces and
+        photos are not synced (docs/zk-push.md, "Not done yet")."""
+        if self.dialect is PUSH3:
+            return
+        known = self.memory.face_algorithms
+        new = [a for a in algorithms if a.name not in known]
+        if not new:
+            return
+        photos = not known
+        known.update((a.name, a) for a in new)
+        log.info("PUSH device {sn}: face algorithms {names}", sn=self.server.serial, names=", ".join(sorted(known)))
+        if self._listing is not None:
+            self._ask_listing(_picture_queries(new, photos))
+        elif self.online:
+            self._start_listing()
 
     def _when_listed(self, fresh: bool = False) -> defer.Deferred:
         """Fires once memory holds the device's whole user list (``fresh``: listed again now)."""
@@ -410,11 +445,15 @@ class PushDevice:
                     users[item.pin] = item
                 elif isinstance(item, FingerLine):
                     fingers.setdefault(item.pin, {})[item.fid] = item
+                elif isinstance(item, (FaceLine, PhotoLine)):  # beside the fingers (gateway/push/faces.py)
+                    fingers.setdefault(item.pin, {})[item.key] = item
                 elif isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
                     users.pop(item.objects[0], None)
                     fingers.pop(item.objects[0], None)
             if isinstance(item, FingerLine) and item.kind == "BIODATA":
                 memory.biodata = True
+            if isinstance(item, FaceLine):
+                self._learn_faces([FaceAlgorithm(item.type, item.major, item.minor)])
             if isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
                 self._keypad_deleted.add(item.objects[0])
         if self._complete:
@@ -431,7 +470,8 @@ class PushDevice:
         return [(memory.users, memory.fingers)] + ([self._listing] if self._listing is not None else [])
 
     def _held(self) -> dict[str, bytes]:
-        return {pin: held_digest(_as_user(line), self._templates(pin)) for pin, line in self.memory.users.items()}
+        fingers = self.memory.fingers
+        return {pin: copy_digest(held_digest(_as_user(line), self._templates(pin)), fingers.get(pin, {})) for pin, line in self.memory.users.items()}
 
     def _templates(self, pin: str) -> list[Template]:
         return _as_templates(self.memory.fingers.get(pin, {}))
@@ -496,15 +536,20 @@ class PushDevice:
             if line is None:
                 missing.append(user_id)
                 continue
-            user, templates = _as_user(line), self._templates(user_id)
+            user, templates, pieces = _as_user(line), self._templates(user_id), self.memory.fingers.get(user_id, {})
+            faces, photo, refused = server_faces(pieces)
             try:
-                record = to_server(user, templates, self._profile)
+                record = replace(to_server(user, templates, self._profile), faces=faces, photo=photo).validate()
             except MessageError as exc:
                 log.warn("PUSH device {sn}: user {user} cannot be pulled: {e}", sn=self.server.serial, user=user_id, e=exc)
                 missing.append(user_id)
                 continue
+            if refused:
+                detail = f"PUSH device {self.server.serial}: not taken (too large; left on the device): {'; '.join(refused)}"
+                log.warn("{detail}, user {user}", detail=detail, user=user_id)
+                self._monitor(CHANGE_DROPPED, detail, user_id)
             records.append(record)
-            seen[user_id] = held_digest(user, templates)
+            seen[user_id] = copy_digest(held_digest(user, templates), pieces)
             self._tracker.seen_now(user_id, seen[user_id])
             self._written.pop(user_id, None)  # the server's record is the merge of it: reconciliation compares anew
         self._save_seen(seen)
@@ -527,7 +572,8 @@ class PushDevice:
         return DigestPage(page, len(ids) > limit)
 
     def holdable(self, record: UserRecord) -> UserRecord:
-        return holdable_copy(record, self._profile)
+        pictures = holdable_pictures(record, list(self.memory.face_algorithms.values())) if self.dialect is PUSH2 else NO_PICTURES
+        return replace(holdable_copy(record, self._profile), **pictures)
 
     def digest_of(self, record: bytes) -> bytes:
         """A copy the server wrote is listed by the digest of the record it was written from."""
@@ -568,8 +614,12 @@ class PushDevice:
             templates, compared = [], had  # an algorithm we do not know: the device's templates stay as they are
         else:
             compared = templates
-        digest = held_digest(user, compared)
-        if held is not None and held_digest(held, had) == digest:
+        if self.dialect is PUSH2:
+            after, sent = planned_pictures(record, held_fingers, list(self.memory.face_algorithms.values()))
+        else:  # a 3.x device's faces and photo are not synced: it keeps what it holds
+            after, sent = pictures(held_fingers), []
+        digest = copy_digest(held_digest(user, compared), after)
+        if held is not None and copy_digest(held_digest(held, had), held_fingers) == digest:
             if user_id not in self._expected:  # what it holds now, not once commands still waiting are applied
                 self._seen_written(user_id, digest, record_digest(raw))
                 return defer.succeed(UserResult(user_id, UserStatus.OK))
@@ -582,7 +632,9 @@ class PushDevice:
         if self._profile.template_format is not None:
             texts += [dialect.delete_finger(user_id, t.fid, kind) for t in had if t.fid not in fingers]
         else:
-            fingers = dict(held_fingers)
+            fingers = {fid: f for fid, f in held_fingers.items() if isinstance(f, FingerLine)}
+        texts += [cmd.update_face(p) if isinstance(p, FaceLine) else cmd.update_photo(p) for p in sent]
+        fingers.update(after)
         return self._queue(texts, user_id, "update" if held is not None else "enroll", digest, record_digest(raw), (line, fingers))
 
     def _delete(self, user_id: str, quiet: bool = False) -> defer.Deferred:
@@ -755,8 +807,15 @@ def _as_user(line: UserLine) -> User:
                 password=line.get("Passwd"), card=_card(line.get("Card")), group_id=line.get("Grp"))
 
 
-def _as_templates(fingers: dict[int, FingerLine]) -> list[Template]:
-    return [Template(0, f.fid, f.template, f.valid) for f in sorted(fingers.values(), key=lambda f: f.fid)]
+def _as_templates(fingers: dict) -> list[Template]:
+    """The fingerprints among a person's pieces (faces and photos sit beside them: gateway/push/faces.py)."""
+    held = sorted((f for f in fingers.values() if isinstance(f, FingerLine)), key=lambda f: f.fid)
+    return [Template(0, f.fid, f.template, f.valid) for f in held]
+
+
+def _picture_queries(algorithms, photos: bool) -> list[str]:
+    """What a listing asks a face device for besides users and fingers: its faces of each Type, its photos."""
+    return [cmd.query_faces(t) for t in sorted({a.type for a in algorithms})] + ([cmd.query_photos()] if photos and algorithms else [])
 
 
 def _card(text: str) -> int:

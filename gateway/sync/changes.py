@@ -8,7 +8,7 @@ a secret.
 
 from dataclasses import dataclass
 
-from protocol.records import MAX_CARDS, UserRecord
+from protocol.records import MAX_CARDS, MAX_FOREIGN_FACE_BYTES, MAX_FOREIGN_FACES, UserRecord
 
 # Outcomes of one field's change.
 TAKEN = "taken"  # a terminal's value the server now holds
@@ -22,6 +22,7 @@ VACANT_FILLED = "vacant field filled"
 SERVER_KEPT = "server field kept"
 CARD_ADDED = "card added"
 CARD_LIMIT = "card beyond the limit"
+FACE_LIMIT = "face beyond the limit"
 DEVICE_CANNOT_HOLD = "device cannot hold it"
 SERVER_DELETED = "deleted on the server"
 TERMINAL_DELETE = "delete at a terminal not applied to the server"
@@ -33,6 +34,8 @@ RULES = {
     SERVER_KEPT: "the server had a value: it stays, the terminal gets the server's back",
     CARD_ADDED: "cards are a union by card id: a card the server did not have is added",
     CARD_LIMIT: f"a user holds at most {MAX_CARDS} cards, the server's first: the rest is refused",
+    FACE_LIMIT: f"a user holds at most {MAX_FOREIGN_FACES} faces of other algorithms, {MAX_FOREIGN_FACE_BYTES} bytes together, "
+                "the server's first: the rest is refused",
     DEVICE_CANNOT_HOLD: "the terminal cannot hold the server's value: the difference is no edit",
     SERVER_DELETED: "the server deleted the user while the terminal changed it: the delete wins",
     TERMINAL_DELETE: "a delete at a terminal's keypad never deletes on the server",
@@ -75,7 +78,7 @@ def member(name: str, value) -> str:
         return f"{value.type.name} {value.data.hex()}"
     if name == "fingerprints":
         return f"finger {value.index}" + (f" ({value.format})" if value.format else "")
-    return f"face {value.index}"
+    return f"face {value.index}" + (f" ({value.format})" if value.format else "")
 
 
 def member_key(name: str, value):

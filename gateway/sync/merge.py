@@ -12,6 +12,7 @@ from dataclasses import replace
 from gateway.sync.changes import (
     CARD_ADDED,
     CARD_LIMIT,
+    FACE_LIMIT,
     DEVICE_CANNOT_HOLD,
     MEMBER_FIELDS,
     NEW_USER,
@@ -26,7 +27,7 @@ from gateway.sync.changes import (
     record_changes,
     shown,
 )
-from protocol.records import MAX_CARDS, UserRecord
+from protocol.records import MAX_CARDS, MAX_FOREIGN_FACE_BYTES, MAX_FOREIGN_FACES, UserRecord
 
 
 def _vacant(value) -> bool:
@@ -42,8 +43,23 @@ def merge_vacant_fields(server: UserRecord | None, terminal: UserRecord) -> User
     # A record holds at most MAX_CARDS: the server's cards come first and are never dropped.
     cards = (server.cards + tuple(c for c in terminal.cards if c.card_id not in known_cards))[:MAX_CARDS]
     fingers = _fill_slots(server.fingerprints, terminal.fingerprints)
-    faces = _fill_slots(server.faces, terminal.faces)
+    faces = _fill_slots(server.faces, _faces_within_limits(server.faces, terminal.faces))
     return replace(server, **filled, cards=cards, fingerprints=fingers, faces=faces)
+
+
+def _faces_within_limits(server_faces: tuple, terminal_faces: tuple) -> tuple:
+    """The terminal's faces the record has room for: faces of other algorithms are bounded in number
+    and bytes (protocol.records), and the server's come first."""
+    foreign = [f for f in server_faces if f.format is not None]
+    count, size = len(foreign), sum(len(f.template) for f in foreign)
+    taken, room = {f.slot for f in server_faces}, []
+    for face in terminal_faces:
+        if face.format is not None and face.slot not in taken:
+            if count == MAX_FOREIGN_FACES or size + len(face.template) > MAX_FOREIGN_FACE_BYTES:
+                continue
+            count, size = count + 1, size + len(face.template)
+        room.append(face)
+    return tuple(room)
 
 
 def _fill_slots(server_slots: tuple, terminal_slots: tuple) -> tuple:
@@ -87,7 +103,7 @@ def merge_reasons(server: UserRecord | None, terminal: UserRecord, merged: UserR
             elif key in kept:
                 changes.append(FieldChange(name, TAKEN, CARD_ADDED if name == "cards" else VACANT_FILLED, None, member(name, value)))
             else:
-                changes.append(FieldChange(name, REFUSED, CARD_LIMIT, None, member(name, value)))
+                changes.append(FieldChange(name, REFUSED, CARD_LIMIT if name == "cards" else FACE_LIMIT, None, member(name, value)))
         offered = {member_key(name, m) for m in getattr(terminal, name)}
         for key, value in ours.items():
             if key not in offered:  # the server's stays: removed at the terminal, or never held there

@@ -8,6 +8,7 @@ Realtime. Written against docs/zk-push.md; it talks to any PUSH server, the gate
 """
 
 import argparse
+import hashlib
 import shlex
 import sys
 from io import BytesIO
@@ -170,9 +171,9 @@ class PushCaller:
 class PushKeypad:
     """Keypad commands for a PUSH device (README, "PUSH devices"): one line, one reply."""
 
-    USAGE = ["enrol PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [finger=SLOT]...",
-             "edit PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [add-finger=SLOT]... [remove-finger=SLOT]...",
-             "delete PIN", "verify PIN [finger|card|pin|face]", "list", "wipe   (a factory reset: users, logs, stamps)",
+    USAGE = ["enrol PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [finger=SLOT]... [face=yes] [photo=BYTES]",
+             "edit PIN [name=TEXT] [password=DIGITS] [card=NUMBER] [add-finger=SLOT]... [remove-finger=SLOT]... [face=yes] [photo=BYTES]",
+             "delete PIN", "verify PIN [finger|card|pin|face]", "list", "show PIN   (its faces and photo, as digests)", "wipe   (a factory reset: users, logs, stamps)",
              "status", "quit"]
 
     def __init__(self, caller: PushCaller):
@@ -208,7 +209,8 @@ class PushKeypad:
         device = self.device
         if name in ("enrol", "enroll"):
             device.enroll(args[0], name=options.get("name", [""])[-1], password=options.get("password", [""])[-1],
-                          card=int(options.get("card", ["0"])[-1]), fingers=tuple(int(f) for f in options.get("finger", [])))
+                          card=int(options.get("card", ["0"])[-1]), fingers=tuple(int(f) for f in options.get("finger", [])),
+                          face=options.get("face", ["no"])[-1] == "yes", photo=int(options.get("photo", ["0"])[-1]))
             return Reply(f"ok enrolled {args[0]}")
         if name == "edit":
             changes = {"Name": options["name"][-1]} if "name" in options else {}
@@ -217,7 +219,8 @@ class PushKeypad:
             if "card" in options:
                 changes["Card"] = options["card"][-1]
             device.edit(args[0], add_fingers=tuple(int(f) for f in options.get("add-finger", [])),
-                        remove_fingers=tuple(int(f) for f in options.get("remove-finger", [])), **changes)
+                        remove_fingers=tuple(int(f) for f in options.get("remove-finger", [])),
+                        face=options.get("face", ["no"])[-1] == "yes", photo=int(options.get("photo", ["0"])[-1]), **changes)
             return Reply(f"ok edited {args[0]}")
         if name == "delete":
             device.delete(args[0])
@@ -232,6 +235,13 @@ class PushKeypad:
             lines = [f"{pin}  {field_value(fields, 'Name')}  fingers {sorted(device.fingers.get(pin, {}))}".rstrip()
                      for pin, fields in sorted(device.users.items())]
             return Reply(f"ok {len(lines)} users", lines)
+        if name == "show":
+            if args[0] not in device.users:
+                raise ValueError(f"no user {args[0]} on this device")
+            lines = [f"face {f.algorithm} {f.index} {_short_digest(f.template)}" for f in device.faces.get(args[0], {}).values()]
+            photo = device.photos.get(args[0])
+            lines += [f"photo {_short_digest(photo.content)}"] if photo is not None else []
+            return Reply(f"ok {args[0]}", lines)
         if name == "wipe":
             device.wipe()
             return Reply("ok wiped")
@@ -256,6 +266,8 @@ def add_parser(sub) -> None:
     p.add_argument("--biodata", action="store_true", help="send templates as BIODATA lines (PUSH 2.4+ firmware) rather than FP")
     p.add_argument("--push-version", type=int, choices=(2, 3), default=None,
                    help="3: an access-control device that speaks only PUSH 3.x (registers, rtlog, tabledata, DATA ... user); default 2")
+    p.add_argument("--face", metavar="TYPE:VERSION", help="its face algorithm, e.g. 9:58.1 (visible light, 58.1) or 2:7.0 (near-infrared); "
+                   "default: no camera")
     p.add_argument("--source", metavar="ADDRESS", help="call from this local address (a NAT's view of the device; default: any)")
     p.add_argument("--ca", metavar="PEM", help="with an https:// server: the CA its certificate must be signed by (default: the system's)")
 
@@ -272,12 +284,31 @@ def run(args: argparse.Namespace) -> int:
     device.biodata = device.biodata or args.biodata
     if args.push_version is not None:
         device.version = args.push_version
+    if args.face:
+        try:
+            device.face = face_algorithm(args.face)
+        except ValueError as exc:
+            print(f"simulator push-terminal: --face {args.face}: {exc}", file=sys.stderr)
+            return 2
     try:
         ca_pem = open(args.ca, "rb").read() if args.ca else None
     except OSError as exc:
         print(f"simulator push-terminal: cannot read --ca {args.ca}: {exc.strerror}", file=sys.stderr)
         return 2
     task.react(_serve, [device, args, ca_pem])
+
+
+def face_algorithm(text: str) -> tuple[int, str, str]:
+    """``9:58.1`` -> (9, "58", "1"): BIODATA Type, MajorVer, MinorVer."""
+    kind, _, version = text.partition(":")
+    major, _, minor = version.partition(".")
+    if kind.strip() not in ("2", "9") or not major.isdigit() or not (minor or "0").isdigit():
+        raise ValueError("give TYPE:MAJOR[.MINOR], TYPE 2 (near-infrared) or 9 (visible light)")
+    return int(kind), major, minor or "0"
+
+
+def _short_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _serve(reactor, device: PushTerminal, args, ca_pem: bytes | None) -> defer.Deferred:

@@ -30,7 +30,8 @@ from datetime import datetime, timedelta, timezone
 from protocol.zk.push import commands as cmd
 from protocol.zk.push import v3
 from protocol.zk.push.commands import CommandResult, PushCommand
-from protocol.zk.push.lines import TIME_FORMAT, FingerLine, OpLog, Punch, UserLine, field_value, format_fields, parse_fields, parse_finger
+from protocol.zk.push.lines import (TIME_FORMAT, FaceLine, FingerLine, OpLog, PhotoLine, Punch, UserLine, field_value, format_fields,
+                                   parse_face, parse_fields, parse_finger, parse_photo)
 
 OP_ENROLL_USER, OP_CHANGE_USER, OP_DELETE_USER = 30, 36, 9  # OPLOG codes (docs/zk-push.md)
 VERIFY = {"pin": 0, "finger": 1, "card": 2, "face": 15}
@@ -44,6 +45,9 @@ _V3_NAMES = {"PIN": "pin", "Name": "name", "Passwd": "password", "Card": "cardno
 # A 3.x DATA UPDATE user field -> the name the device keeps and uploads it under.
 _V3_STORED = {"cardno": "cardno", "pin": "pin", "password": "password", "group": "group", "starttime": "starttime", "endtime": "endtime",
               "name": "name", "privilege": "privilege", "disable": "disable", "verify": "verify"}
+FACE_TEMPLATES = {2: 12, 9: 1}  # a near-infrared face is 12 templates, a visible-light one 1
+FACE_TEMPLATE_BYTES = 1600
+ALGORITHM_REFUSED = -30  # Return of a template of another algorithm (ZKTeco: "BIODATA algorithm version mismatch")
 
 
 @dataclass
@@ -60,6 +64,10 @@ class PushTerminal:
     version: int = 2  # 3: an access-control device speaking only PUSH 3.x
     authorized: dict[str, str] = field(default_factory=dict)  # 3.x: PIN -> the doors it may pass (userauthorize); others are refused
     registered: bool = False  # 3.x: the server named it registered (it registers again at each hello otherwise)
+    face: tuple[int, str, str] | None = None  # its face algorithm: (BIODATA Type, MajorVer, MinorVer); None: no camera
+    faces: dict[str, dict[int, FaceLine]] = field(default_factory=dict)  # PIN -> templates by Index
+    photos: dict[str, PhotoLine] = field(default_factory=dict)  # PIN -> its USERPIC
+    options_owed: bool = False  # the server asked for its options (PushOptionsFlag=1): posted before the logs
 
     # -- what it sends ---------------------------------------------------------------------------------
 
@@ -90,6 +98,7 @@ class PushTerminal:
         highest = self.punches[-1][0] if self.punches else 0
         # The server says where its copy ends; past our own log it is another log's: send ours whole.
         self.sent_stamp = server if server <= highest else 0
+        self.options_owed = self.options.get("PushOptionsFlag") == "1"
 
     @property
     def delay_s(self) -> float:
@@ -105,6 +114,8 @@ class PushTerminal:
 
     def next_upload(self) -> tuple[dict[str, str], bytes, int] | None:
         """(query, body, token) of the next upload, or None; the token goes to ``uploaded``."""
+        if self.options_owed:
+            return {"SN": self.serial, "table": "options"}, self.options_body().encode(), 0
         fresh = [(stamp, line) for stamp, line in self.punches if stamp > self.sent_stamp][:MAX_UPLOAD_LINES]
         if fresh and self.version == 3:
             body = "\n".join(v3.rtlog_record(_punch(line), stamp, _int(line.split("\t")[-1])) for stamp, line in fresh) + "\n"
@@ -125,7 +136,9 @@ class PushTerminal:
 
     def uploaded(self, token: int) -> None:
         """The server answered OK to the upload of ``token``."""
-        if token > 0:
+        if token == 0:
+            self.options_owed = False
+        elif token > 0:
             self.sent_stamp = max(self.sent_stamp, token)
         else:
             del self.oplog[:-token]
@@ -143,6 +156,15 @@ class PushTerminal:
             return "/iclock/querydata", {"SN": self.serial, "type": "tabledata", "cmdid": str(command.id), "tablename": table,
                                          "count": str(len(lines)), "packcnt": "1", "packidx": "1"}
         return "/iclock/cdata", {"SN": self.serial, "table": "OPERLOG"}
+
+    def options_body(self) -> str:
+        """``table=options``: its biometrics by BIODATA Type (position 0-9), each with its algorithm's version."""
+        support, versions = ["0"] * 10, ["0"] * 10
+        support[1], versions[1] = "1", f"{FP_VERSION}.0"
+        if self.face is not None:
+            support[self.face[0]], versions[self.face[0]] = "1", f"{self.face[1]}.{self.face[2]}"
+        return (f"FingerFunOn=1,FaceFunOn={1 if self.face else 0},MultiBioDataSupport={':'.join(support)},"
+                f"MultiBioVersion={':'.join(versions)}")
 
     def getrequest_query(self) -> dict[str, str]:
         if self.version == 3:
@@ -177,6 +199,28 @@ class PushTerminal:
         elif action == "DELETE" and table == "USERINFO" and pin:
             self.users.pop(pin, None)
             self.fingers.pop(pin, None)
+            self.faces.pop(pin, None)
+            self.photos.pop(pin, None)
+        elif action == "UPDATE" and table == "BIODATA" and field_value(fields, "Type") not in ("", "1"):
+            try:
+                face = parse_face(words[3])
+            except ValueError:
+                face = None
+            if pin not in self.users or face is None:
+                return [], CommandResult(command.id, -1, verb)
+            if self.face is None or (face.type, face.major) != self.face[:2]:
+                return [], CommandResult(command.id, ALGORITHM_REFUSED, verb)
+            self.faces.setdefault(pin, {})[face.index] = face
+        elif action == "UPDATE" and table == "USERPIC" and pin:
+            photo = parse_photo(table, words[3])
+            if pin not in self.users or photo is None:
+                return [], CommandResult(command.id, -1, verb)
+            self.photos[pin] = photo
+        elif action == "QUERY" and table == "BIODATA" and field_value(fields, "Type") not in ("", "1"):
+            return [f.line() for p in sorted(self.faces) for f in self.faces[p].values()
+                    if str(f.type) == field_value(fields, "Type")], CommandResult(command.id, 0, verb)
+        elif action == "QUERY" and table == "USERPIC":
+            return [self.photos[p].line() for p in sorted(self.photos)], CommandResult(command.id, 0, verb)
         elif action == "UPDATE" and table in ("FINGERTMP", "BIODATA") and pin:
             finger = parse_finger(table, words[3])
             if finger is None or pin not in self.users:
@@ -251,9 +295,12 @@ class PushTerminal:
 
     # -- the keypad ------------------------------------------------------------------------------------
 
-    def enroll(self, pin: str, name: str = "", password: str = "", card: int = 0, fingers: tuple[int, ...] = (), now: datetime | None = None) -> None:
+    def enroll(self, pin: str, name: str = "", password: str = "", card: int = 0, fingers: tuple[int, ...] = (), now: datetime | None = None,
+               face: bool = False, photo: int = 0) -> None:
+        """``face``: look into its camera (its algorithm's templates); ``photo``: take a picture of that many bytes."""
         if pin in self.users:
             raise ValueError(f"user {pin} is enrolled already: use edit")
+        self._pictures(pin, face, photo)  # first: a device without a camera refuses before anything changed
         if self.version == 3:
             self.users[pin] = self._v3_person(pin, name, password, card)
             self.authorized[pin] = "1"  # enrolled here: door 1, as the device's own menu grants
@@ -264,9 +311,12 @@ class PushTerminal:
             self._scan(pin, fid)
         self._log_change(OP_ENROLL_USER, pin, now)
 
-    def edit(self, pin: str, now: datetime | None = None, add_fingers: tuple[int, ...] = (), remove_fingers: tuple[int, ...] = (), **changes: str) -> None:
+    def edit(self, pin: str, now: datetime | None = None, add_fingers: tuple[int, ...] = (), remove_fingers: tuple[int, ...] = (),
+             face: bool = False, photo: int = 0, **changes: str) -> None:
+        """``face``: enrol the face again (its algorithm's templates); ``photo``: take a new picture of that many bytes."""
         if pin not in self.users:
             raise ValueError(f"no user {pin} on this device")
+        self._pictures(pin, face, photo)
         held = dict(self.users[pin])
         held.update({_V3_NAMES.get(k, k): v for k, v in changes.items()} if self.version == 3 else changes)
         self.users[pin] = tuple(held.items())
@@ -282,6 +332,8 @@ class PushTerminal:
         del self.users[pin]
         self.fingers.pop(pin, None)
         self.authorized.pop(pin, None)
+        self.faces.pop(pin, None)
+        self.photos.pop(pin, None)
         if self.version == 2:  # 3.x has no operation log: the server learns of it only by listing the device
             self.oplog.append(OpLog(OP_DELETE_USER, "0", self._time(now), (pin,)).line())
 
@@ -299,6 +351,8 @@ class PushTerminal:
         self.users.clear()
         self.fingers.clear()
         self.authorized.clear()
+        self.faces.clear()
+        self.photos.clear()
         self.punches.clear()
         self.oplog.clear()
         self.next_stamp, self.sent_stamp = 1, 0
@@ -307,6 +361,16 @@ class PushTerminal:
         template = random.Random(f"{self.serial}/{pin}/{fid}").randbytes(TEMPLATE_BYTES)
         self.fingers.setdefault(pin, {})[fid] = FingerLine(pin, fid, 1, template, "BIODATA" if self.biodata else "FP")
 
+    def _pictures(self, pin: str, face: bool, photo: int) -> None:
+        if face:
+            if self.face is None:
+                raise ValueError("this device has no face algorithm (--face TYPE:VERSION)")
+            type_, major, minor = self.face
+            rng = random.Random(f"{self.serial}/{pin}/face")
+            self.faces[pin] = {i: FaceLine(pin, type_, i, rng.randbytes(FACE_TEMPLATE_BYTES), major, minor) for i in range(FACE_TEMPLATES.get(type_, 1))}
+        if photo:
+            self.photos[pin] = PhotoLine(pin, random.Random(f"{self.serial}/{pin}/photo/{photo}").randbytes(photo))
+
     def _log_change(self, code: int, pin: str, now: datetime | None) -> None:
         if self.version == 3:  # tabledata: the user record, then its templates
             self.oplog.append(v3.user_record(self.users[pin]))
@@ -314,6 +378,8 @@ class PushTerminal:
             return
         lines = [OpLog(code, "0", self._time(now), (pin,)).line(), UserLine(self.users[pin]).line()]
         lines += [f.line() for f in self.fingers.get(pin, {}).values()]
+        lines += [f.line() for f in self.faces.get(pin, {}).values()]
+        lines += [self.photos[pin].line()] if pin in self.photos else []
         self.oplog.extend(lines)
 
     def _time(self, now: datetime | None) -> str:
@@ -329,7 +395,9 @@ class PushTerminal:
                      fingers={p: {str(fid): [f.valid, base64.b64encode(f.template).decode(), f.kind] for fid, f in fs.items()}
                               for p, fs in self.fingers.items()},
                      punches=self.punches, next_stamp=self.next_stamp, sent_stamp=self.sent_stamp, oplog=self.oplog, biodata=self.biodata,
-                     version=self.version, authorized=self.authorized)
+                     version=self.version, authorized=self.authorized,
+                     face=self.face, faces={p: [f.line() for f in fs.values()] for p, fs in self.faces.items()},
+                     photos={p: photo.line() for p, photo in self.photos.items()})
         folder = os.path.dirname(os.path.abspath(path))
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as f:
             json.dump(state, f)
@@ -349,6 +417,12 @@ class PushTerminal:
         device.users = {p: tuple(tuple(kv) for kv in f) for p, f in state["users"].items()}
         device.fingers = {p: {int(fid): FingerLine(p, int(fid), v, base64.b64decode(t), k) for fid, (v, t, k) in fs.items()}
                           for p, fs in state["fingers"].items()}
+        if state.get("face"):
+            type_, major, minor = state["face"]
+            device.face = (int(type_), str(major), str(minor))
+        device.faces = {p: {f.index: f for line in lines if (f := parse_face(line.split(" ", 1)[1])) is not None}
+                        for p, lines in state.get("faces", {}).items()}
+        device.photos = {p: photo for p, line in state.get("photos", {}).items() if (photo := parse_photo("USERPIC", line.split(" ", 1)[1]))}
         device.punches = [tuple(p) for p in state["punches"]]
         device.next_stamp, device.sent_stamp, device.oplog = state["next_stamp"], state["sent_stamp"], state["oplog"]
         return device

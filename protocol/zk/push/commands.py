@@ -8,7 +8,7 @@ per line. It carries each out and posts ``ID=<id>&Return=<code>&CMD=<verb>`` per
 
 from dataclasses import dataclass, field
 
-from protocol.zk.push.lines import BadLine, FingerLine, format_fields
+from protocol.zk.push.lines import BadLine, FaceLine, FingerLine, PhotoLine, format_fields
 
 CHECK, INFO, REBOOT = "CHECK", "INFO", "REBOOT"
 
@@ -69,6 +69,27 @@ def query_users(pin: str | None = None) -> str:
 
 def query_fingers(pin: str | None = None) -> str:
     return "DATA QUERY FINGERTMP" + (" " + format_fields((("PIN", pin),)) if pin is not None else "")
+
+
+def update_face(face: FaceLine) -> str:
+    """``DATA UPDATE BIODATA Pin=..\tNo=..\tIndex=..\t...\tType=9\tMajorVer=..\tMinorVer=..\tFormat=..\tTmp=..``."""
+    return "DATA UPDATE BIODATA " + face.line().split(" ", 1)[1]
+
+
+def update_photo(photo: PhotoLine) -> str:
+    """``DATA UPDATE USERPIC PIN=..\tSize=..\tContent=..``: ``Size`` the length of the base64 text."""
+    _, _, rest = photo.line().partition(" ")
+    fields = [f for f in rest.split("\t") if f.split("=", 1)[0] in ("PIN", "Size", "Content")]
+    return "DATA UPDATE USERPIC " + "\t".join(fields)
+
+
+def query_faces(face_type: int) -> str:
+    """Ask for every face template of one BIODATA Type: the device uploads them, then reports the result."""
+    return "DATA QUERY BIODATA " + format_fields((("Type", str(face_type)),))
+
+
+def query_photos() -> str:
+    return "DATA QUERY USERPIC"
 
 
 def render_commands(commands: list[PushCommand]) -> bytes:

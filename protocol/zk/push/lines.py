@@ -3,7 +3,7 @@ users, fingerprints and commands are written in (docs/zk-push.md, "Upload lines"
 
 Read tolerantly, as the field's servers do: a line that does not parse is a ``BadLine`` (kept,
 with its number and the reason) and the rest of the body still counts; kinds of lines we do not
-use (USERPIC, FACE, ...) are ``OtherLine``s, acknowledged and left. Text is UTF-8; a device
+use (FACE, palm BIODATA, ...) are ``OtherLine``s, acknowledged and left. Text is UTF-8; a device
 configured with another character set has its lines that are not UTF-8 decoded with it, and a
 line in neither is a ``BadLine`` (never a name with replacement characters stored as if right).
 """
@@ -102,9 +102,73 @@ class FingerLine:
         return "FP " + format_fields((("PIN", self.pin), ("FID", str(self.fid)), ("Size", str(len(tmp))), ("Valid", str(self.valid)), ("TMP", tmp)))
 
 
+FACE_TYPES = frozenset({2, 9})  # BIODATA Type: 2 near-infrared face, 9 visible-light face
+
+
+@dataclass(frozen=True)
+class FaceLine:
+    """A face template: ``BIODATA Pin=..\tNo=0\tIndex=..\tValid=..\tDuress=..\tType=9\tMajorVer=..
+    \tMinorVer=..\tFormat=0\tTmp=<base64>`` (Type 2: near-infrared, Index 0-11; Type 9: visible
+    light, one template). Only a device of the same Type and MajorVer can use it."""
+
+    pin: str
+    type: int
+    index: int
+    template: bytes
+    major: str
+    minor: str = "0"
+    number: int = 0  # No: 0 for a face
+    valid: bool = True
+    duress: bool = False
+    format: str = "0"  # Format: 0 is ZKTeco's own
+
+    @property
+    def algorithm(self) -> str:
+        """The server's name for the algorithm that made it (``Face.format``): ``zkface9v58``."""
+        return face_algorithm(self.type, self.major, self.format)
+
+    @property
+    def key(self) -> tuple:
+        return ("face", self.type, self.number, self.index)
+
+    def line(self) -> str:
+        return "BIODATA " + format_fields((
+            ("Pin", self.pin), ("No", str(self.number)), ("Index", str(self.index)), ("Valid", "1" if self.valid else "0"),
+            ("Duress", "1" if self.duress else "0"), ("Type", str(self.type)), ("MajorVer", self.major), ("MinorVer", self.minor),
+            ("Format", self.format), ("Tmp", base64.b64encode(self.template).decode("ascii"))))
+
+
+def face_algorithm(type_: int, major: str, fmt: str = "0") -> str:
+    """``zkface<Type>v<MajorVer>`` (``f<Format>`` after it when Format is not ZKTeco's own 0)."""
+    return f"zkface{type_}v{major}" + (f"f{fmt}" if fmt not in ("", "0") else "")
+
+
+@dataclass(frozen=True)
+class PhotoLine:
+    """A person's photo: ``USERPIC PIN=..\tFileName=..\tSize=..\tContent=<base64>``, or the comparison
+    photo a visible-light device took at enrolment, ``BIOPHOTO PIN=..\tFileName=..\tType=9\tNo=0
+    \tIndex=0\tSize=..\tContent=<base64>``. ``Size`` is read and not trusted (the length of the
+    base64 text in ZKTeco's documents, of the JPEG in some servers'): the content says."""
+
+    pin: str
+    content: bytes
+    kind: str = "USERPIC"  # or "BIOPHOTO"
+
+    @property
+    def key(self) -> tuple:
+        return ("photo", self.kind)
+
+    def line(self) -> str:
+        content = base64.b64encode(self.content).decode("ascii")
+        if self.kind == "BIOPHOTO":
+            return "BIOPHOTO " + format_fields((("PIN", self.pin), ("FileName", f"{self.pin}.jpg"), ("Type", "9"), ("No", "0"),
+                                                ("Index", "0"), ("Size", str(len(content))), ("Content", content)))
+        return "USERPIC " + format_fields((("PIN", self.pin), ("FileName", f"{self.pin}.jpg"), ("Size", str(len(content))), ("Content", content)))
+
+
 @dataclass(frozen=True)
 class OtherLine:
-    """A line of a kind we do not use (USERPIC, FACE, BIOPHOTO, ...): acknowledged, not stored."""
+    """A line of a kind we do not use (FACE, palm or vein BIODATA, ...): acknowledged, not stored."""
 
     kind: str
     number: int
@@ -214,6 +278,12 @@ def parse_operlog(body: bytes, charset: str | None = None) -> tuple[list, list[B
                 if not field_value(fields, "PIN"):
                     raise ValueError("a USER line without PIN")
                 items.append(UserLine(fields))
+            elif kind == "BIODATA" and _biodata_type(rest) in FACE_TYPES:
+                face = parse_face(rest)
+                items.append(face if face is not None else OtherLine(kind, number))
+            elif kind in ("USERPIC", "BIOPHOTO"):
+                photo = parse_photo(kind, rest)
+                items.append(photo if photo is not None else OtherLine(kind, number))
             elif kind in ("FP", "FINGERTMP", "BIODATA"):
                 finger = parse_finger(kind, rest)
                 items.append(finger if finger is not None else OtherLine(kind, number))
@@ -252,13 +322,57 @@ def parse_finger(kind: str, rest: str) -> FingerLine | None:
         tmp = field_value(fields, "TMP")
     if not 0 <= fid <= 9:
         raise ValueError(f"finger index {fid} is not 0 to 9")
-    try:
-        template = base64.b64decode(tmp.strip() + "=" * (-len(tmp.strip()) % 4), validate=True)
-    except binascii.Error:
-        raise ValueError("the template is not base64") from None
-    if not template:
-        raise ValueError("an empty template")
+    template = _base64(tmp)
     return FingerLine(pin, fid, valid, template, "BIODATA" if kind == "BIODATA" else "FP")
+
+
+def _biodata_type(rest: str) -> int | None:
+    try:
+        return int(field_value(parse_fields(rest), "Type") or "1")
+    except ValueError:
+        return None
+
+
+def parse_face(rest: str) -> FaceLine | None:
+    """A BIODATA line of Type 2 or 9; None when it does not say its algorithm (no MajorVer: no device
+    could use it); ValueError says what is wrong."""
+    fields = parse_fields(rest)
+    pin = field_value(fields, "Pin")
+    if not pin:
+        raise ValueError("a BIODATA line without Pin")
+    major = field_value(fields, "MajorVer").strip()
+    if not major:
+        return None
+    if not (major.isascii() and major.isdigit()):
+        raise ValueError(f"a face's MajorVer {major[:20]!r} is not a number")
+    index = _number(field_value(fields, "Index") or "0")
+    if not 0 <= index <= 255:
+        raise ValueError(f"face template index {index} is not 0 to 255")
+    return FaceLine(pin, _number(field_value(fields, "Type")), index, _base64(field_value(fields, "Tmp")), major,
+                    field_value(fields, "MinorVer").strip() or "0", _number(field_value(fields, "No") or "0"),
+                    field_value(fields, "Valid") != "0", field_value(fields, "Duress") == "1", field_value(fields, "Format").strip() or "0")
+
+
+def parse_photo(kind: str, rest: str) -> PhotoLine | None:
+    """A USERPIC line, or a BIOPHOTO of a visible-light face (None: a photo of another biometric)."""
+    fields = parse_fields(rest)
+    pin = field_value(fields, "PIN")
+    if not pin:
+        raise ValueError(f"a {kind} line without PIN")
+    if kind == "BIOPHOTO" and (field_value(fields, "Type") or "9").strip() != "9":
+        return None
+    return PhotoLine(pin, _base64(field_value(fields, "Content")), kind)
+
+
+def _base64(text: str) -> bytes:
+    text = text.strip()
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("the content is not base64") from None
+    if not data:
+        raise ValueError("an empty template or photo")
+    return data
 
 
 def local_seconds(text: str) -> int:

@@ -28,8 +28,10 @@ from protocol.zk.push import v3
 from protocol.zk.push.lines import BadLine, Punch, parse_attlog, parse_operlog
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a device posts at most its MaxPostSize; 10,000 ATTLOG lines are about 400 kB
-OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA"})
-ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "USERPIC", "BIOPHOTO", "ERRORLOG", "OPTIONS", "FACE", "RTSTATE"})
+OPERATION_TABLES = frozenset({"OPERLOG", "USERINFO", "FINGERTMP", "BIODATA", "USERPIC", "BIOPHOTO"})
+ACKNOWLEDGED_TABLES = frozenset({"ATTPHOTO", "ERRORLOG", "FACE", "RTSTATE"})
+# What a device is asked to post as ``table=options`` after its hello: which biometrics it has, and their algorithms.
+PUSH_OPTIONS = ("FaceFunOn", "MultiBioDataSupport", "MultiBioVersion")
 # The INFO parameter of a getrequest, by position (PUSH 2.x firmware; later positions vary).
 INFO_FIELDS = ("firmware", "users", "fingers", "punches", "ip", "fp_version", "face_version", "face_enroll", "faces")
 
@@ -69,6 +71,9 @@ class PushTiming:
     command_attempts: int = 3  # sends before it is given up
     max_commands: int = 4096  # commands waiting per device
     per_request: int = 64  # commands per getrequest answer
+    # ... and bytes: ZKTeco's attendance PUSH document (V5.8) caps one download at 900 KB, which 64
+    # photo commands (22 kB each) would pass; the first command goes whatever its size
+    per_request_bytes: int = 900 * 1000
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -125,10 +130,17 @@ class TableAcknowledged:
 
 @dataclass(frozen=True)
 class OtherUpload:
-    """A table the gateway does not use (photos, error logs, options): acknowledged and left."""
+    """A table the gateway does not use (punch photos, error logs, FACE): acknowledged and left."""
 
     table: str
     size: int
+
+
+@dataclass(frozen=True)
+class OptionsUploaded:
+    """``POST cdata?table=options``: ``key=value`` by comma (``MultiBioVersion=0:10.0:0:...:58.0``)."""
+
+    options: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,8 @@ class PushServer:
             if table == "ATTLOG":
                 punches, bad = parse_attlog(request.body, self.charset)
                 return AttendanceUploaded(stamp, punches, bad)
+            if table == "OPTIONS":
+                return OptionsUploaded(_comma_pairs(request.body))
             if table in OPERATION_TABLES:
                 items, bad = parse_operlog(request.body, self.charset)
                 return OperationsUploaded(table, stamp, items, bad)
@@ -256,7 +270,7 @@ class PushServer:
             f"Delay={t.delay_s}",
             f"TransTimes={t.trans_times}",
             f"TransInterval={t.trans_interval_min}",
-            "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP",
+            "TransFlag=TransData AttLog\tOpLog\tEnrollUser\tChgUser\tEnrollFP\tChgFP\tFACE\tUserPic\tBioPhoto",
             f"TimeZone={t.timezone_h}",
             f"Realtime={1 if t.realtime else 0}",
             "Encrypt=0",
@@ -264,6 +278,8 @@ class PushServer:
         if push_version:
             lines.append("ServerVer=2.4.1")
             lines.append("PushProtVer=2.4.1")
+            lines.append("PushOptionsFlag=1")
+            lines.append("PushOptions=" + ",".join(PUSH_OPTIONS))
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     @staticmethod
@@ -323,14 +339,17 @@ class PushServer:
     def commands_to_send(self, now: float) -> list[PushCommand]:
         """The commands for a getrequest answer: never sent, or sent ``command_s`` ago without a result."""
         t = self.timing
-        chosen = []
+        chosen, size = [], 0
         for entry in self._waiting.values():
             if len(chosen) >= t.per_request:
                 break
             if entry.sends >= t.command_attempts:
                 continue
             if entry.sent_at is None or now - entry.sent_at >= t.command_s:
-                entry.sent_at, entry.sends = now, entry.sends + 1
+                line_bytes = len(entry.command.line().encode("utf-8")) + 1
+                if chosen and size + line_bytes > t.per_request_bytes:
+                    break
+                entry.sent_at, entry.sends, size = now, entry.sends + 1, size + line_bytes
                 chosen.append(entry.command)
         return chosen
 
