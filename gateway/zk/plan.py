@@ -17,7 +17,8 @@ from protocol.messages import UserStatus
 from protocol.zk.records import Template, User
 
 MAX_UID = 0xFFFF
-KEYPAD_SLOTS = 2  # keypad enrolments during one write pass that can never lose their uid
+KEYPAD_SLOTS = 2  # keypad enrolments between a write pass's last look at the counts and its upload that keep their uid
+KEYPAD_LOOKS = 3  # reads of the users one write pass makes while a keypad keeps enrolling; then the upload goes
 
 
 class WritePlan:
@@ -65,6 +66,14 @@ class WritePlan:
         if held is None or held_digest(held, had) != held_digest(user, compared):
             self.writes.append((user, templates))
         return UserResult(record.user_id, UserStatus.OK)
+
+    def adds_people(self) -> bool:
+        """Whether the plan writes someone the device did not hold (into a uid it gave them)."""
+        return any(user.user_id not in self.held_before for user, _ in self.writes)
+
+    def rewrites_held(self) -> bool:
+        """Whether the plan changes or deletes someone the device holds (a read-modify-write)."""
+        return bool(self.deletes or self.stale_templates) or any(user.user_id in self.held_before for user, _ in self.writes)
 
     def delete(self, user_id: str, quiet: bool = False) -> UserResult:
         held = self._users.get(user_id)
