@@ -189,7 +189,7 @@ class WritePasses:
             yield self._ok(Command.REFRESHDATA)
         # What was written, as the device holds it (a 28-byte record holds less).
         as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
-        yield self._read_back(plan, as_held, own_templates, read_now)
+        read_back = yield self._read_back(plan, as_held, own_templates, read_now)
         refused.update((yield self._undo_cut_ids(plan, refused)))
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
@@ -216,7 +216,8 @@ class WritePasses:
             self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
                                       EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
                                       Origin.SERVER, user_id) for user_id, digest in seen.items()])
-        self._announce()
+        if read_back:
+            self._announce()  # what the read-back found besides the writes (a keypad that was not held)
         return refused
 
     @defer.inlineCallbacks
@@ -258,7 +259,8 @@ class WritePasses:
         not say how long an id it holds (~PIN2Width) is read again whenever new people went to it:
         the counts do not show an id it cut (``_undo_cut_ids``). A pass that did not read the
         users (``read_now`` false) leaves the time of the last read: a keypad edit, which the counts
-        do not show, is found by a read within ``poll_s`` of the last."""
+        do not show, is found by a read within ``poll_s`` of the last. Returns whether it read
+        the users (else nothing but the writes changed, and there is nothing to announce)."""
         unsure_ids = self._profile.id_width is None and any(user.user_id not in plan.held_before for user, _ in plan.writes)
         users = dict(self._users)
         templates = dict(self._templates)
@@ -278,12 +280,13 @@ class WritePasses:
             self._users_read = None  # what was read with the writes applied, no read
             if read_now:
                 self._plan.users_at = self._clock.seconds()  # as good as a read: a poll is not due for poll_s
-            return
-        yield self._read_tables(self._clock.seconds(), templates=False)
+            return False
+        yield self._read_tables(self._clock.seconds(), templates=False, sizes=sizes)
         if self._plan.sizes.fingers == fingers:
             self._templates = templates
         else:
             yield self._read_tables(self._clock.seconds(), templates=True)
+        return True
 
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):
