@@ -1,12 +1,14 @@
 """WritePlan: what one write pass does to a ZK device, decided against what the device holds
 right now, and which uid each person new to it gets (uids are each device's own slots).
 
-A new person's uid is never one a keypad enrolment made during the write pass could take (an
-upload upserts by uid: it would erase that person, on a device that ignores DISABLEDEVICE).
-Firmwares enrol at the keypad in the lowest free uid (the emulator does) or above the highest
-(as pyzk picks one), so the ``KEYPAD_SLOTS`` lowest free uids and the as many above the highest
-are left free, and a new person gets the lowest uid left after them: holes are filled, and uids
-do not climb with every pass.
+A new person's uid is never one a keypad enrolment during the write pass took before the pass's
+last look at the device, nor one of the next it would take (an upload upserts by uid: it would
+erase that person, on a device that ignores DISABLEDEVICE). The pass plans on a table no older than its last look at the counts, reading
+again when they moved (gateway/zk/writes.py); for enrolments during the upload itself, which
+firmwares put in the lowest free uid (the emulator does) or above the highest (as pyzk picks
+one), the ``KEYPAD_SLOTS`` lowest free uids and as many above the highest are left free, and a
+new person gets the lowest uid left after them: holes are filled, and uids do not climb with
+every pass. docs/zk.md, "What maps to what".
 
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
