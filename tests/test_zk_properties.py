@@ -1,7 +1,7 @@
 """Property tests of the ZK codec: random packets and records round-trip, hostile bytes only ever
 give the documented errors, and compiled declarations read and write like their plain ones."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 
 import pytest
@@ -298,6 +298,17 @@ def test_a_comm_key_proof_matches_its_key_only(key, other, session_id, ticks):
     proof = make_commkey(key, session_id, ticks)
     assert commkey_matches(key, session_id, proof)
     assert commkey_matches(other, session_id, proof) == (other == key)
+
+
+@BOUNDED
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=14, max_size=14))
+def test_the_sizes_structs_agree_with_the_declarations(counts):
+    sizes = bodies.Sizes(*counts)
+    values = {f.name: getattr(sizes, f.name) for f in fields(bodies.Sizes)}
+    encoded = bodies.SizesWire.build(values) + bodies.FacesWire.build(values)
+    assert bodies.encode_sizes(sizes) == encoded
+    assert bodies.parse_sizes(encoded) == sizes
+    assert bodies.parse_sizes(encoded[: bodies.SIZES_SIZE]) == replace(sizes, faces=0, faces_capacity=0)
 
 
 def test_the_header_struct_agrees_with_the_declaration():
