@@ -217,6 +217,16 @@ def test_read_users_asks_the_counts_first_and_skips_an_empty_table():
     assert event == UsersRead(token, tuple(User(n, str(1000 + n), f"Person {n}") for n in range(1, 8)), 72, sizes)
 
 
+def test_read_users_takes_counts_the_caller_just_read_but_asks_when_they_count_nobody():
+    client, device = connected()
+    sizes = bodies.Sizes(users=7)
+    token = client.read_users(now=0, sizes=sizes)
+    [event] = device.reply(device.one(Command.PREPARE_BUFFER), Command.DATA, TABLE)
+    assert event == UsersRead(token, tuple(User(n, str(1000 + n), f"Person {n}") for n in range(1, 8)), 72, sizes)
+    client.read_users(now=0, sizes=bodies.Sizes())  # an operation begins with a request: the counts
+    device.one(Command.GET_FREE_SIZES)
+
+
 def test_read_attendance_finds_the_record_size_from_the_count():
     client, device = connected()
     punches = [AttendanceRecord(None, "1001", datetime(2024, 5, 1, 9, 0, 0)), AttendanceRecord(None, "1002", datetime(2024, 5, 1, 9, 1, 0), 2, 1)]

@@ -195,7 +195,7 @@ def test_writes_are_bulk_uploads_inside_disable_and_enable():
     device.recorded = []
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("151", name="One More"))], keep_local_changes=True))
     buffers = [p for p in device.recorded if p.command == Command.PREPARE_BUFFER]
-    assert len(buffers) == 1, "the users read before writing; after, the counts show the writes landed"
+    assert buffers == [], "only new people, the counts unmoved since the last pass: no table read; after, the counts show the writes landed"
     assert [p.command for p in device.recorded].count(Command.REFRESHDATA) == 1, "the upload's own, no second one"
     wire.poll()
     assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) + wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == []
@@ -293,6 +293,15 @@ def once_at(device: ZkDevice, command: int, keypad_action) -> None:
     device.request_listeners.append(listener)
 
 
+def once_after(device: ZkDevice, command: int, keypad_action) -> None:
+    """``keypad_action`` at the device when a client sends the next request after the first ``command``."""
+    def next_request(packet):
+        device.request_listeners.remove(next_request)
+        keypad_action()
+
+    once_at(device, command, lambda: device.request_listeners.append(next_request))
+
+
 def test_a_keypad_change_after_the_upload_is_the_devices_not_the_gateways():
     device = ZkDevice()
     device.faults.keypad_never_held = True  # DISABLEDEVICE answered, the keypad not locked
@@ -321,6 +330,7 @@ def test_an_enrolment_between_the_count_and_the_table_of_a_write_pass_is_read_ag
     populate(device, 2)
     wire = Wire(device).start()
     wire.call(wire.connection.fetch_users(["1", "2"]))
+    device.enroll("early", "Early")  # the counts moved: the pass reads the users
     device.recorded = []
 
     def enrol_after_the_lock():
@@ -330,7 +340,7 @@ def test_an_enrolment_between_the_count_and_the_table_of_a_write_pass_is_read_ag
     results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
     assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
     assert [p.command for p in device.recorded].count(Command.GET_FREE_SIZES) >= 2, "the counts read again"
-    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "walk-in"]
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "early", "walk-in"]
     assert device.user("walk-in").uid != device.user("5").uid
     assert wire.broken == []
 
@@ -725,6 +735,28 @@ def test_a_keypad_enrolment_during_the_upload_keeps_its_slot_on_a_device_that_ig
     assert wire.broken == []
 
 
+def test_keypad_enrolments_between_the_read_and_the_upload_are_never_overwritten_on_a_device_that_ignores_disabledevice():
+    device = ZkDevice()
+    device.faults.keypad_never_held = True
+    populate(device, 2, fingers=0)
+    wire = Wire(device).start()
+    wire.call(wire.connection.fetch_users(["1", "2"]))
+    device.enroll("early", "Early")  # the counts moved: the pass reads the users
+
+    def three_walk_ins():  # after the pass read the users, more than the two uids left for the keypad
+        for n in range(3):
+            device.enroll(f"walk-in {n}", f"Walk In {n}")
+
+    once_after(device, Command.PREPARE_BUFFER, three_walk_ins)  # the user table answered, whole
+    results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=True))
+    assert [r.status for r in results] == [UserStatus.OK]
+    assert [device.user(f"walk-in {n}").name for n in range(3)] == ["Walk In 0", "Walk In 1", "Walk In 2"], "none overwritten"
+    assert device.user("5").name == "Pushed" and device.user("5").uid == 6 + 1 + 2, "planned again after the counts moved"
+    wire.poll()
+    assert wire.sink.of(EventCode.ENROLL_SUCCESS, Origin.DEVICE) == ["1", "2", "early", "walk-in 0", "walk-in 1", "walk-in 2"]
+    assert wire.broken == []
+
+
 def test_a_write_never_takes_the_uid_of_a_second_copy_of_a_user_id():
     device = ZkDevice()
     populate(device, 1)
@@ -758,6 +790,7 @@ def test_a_write_pass_stands_for_a_poll_so_none_follows_it_within_poll_s():
     wire = Wire(device).start()  # its first poll is due at 2 s
     wire.call(wire.connection.fetch_users(["1", "2", "3"]))
     wire.clock.advance(1.5)
+    device.enroll("early", "Early")  # the counts moved: the pass reads the users
     wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
     device.recorded = []
     wire.poll(0.5)
@@ -765,6 +798,22 @@ def test_a_write_pass_stands_for_a_poll_so_none_follows_it_within_poll_s():
     device.edit("1", name="Typed At The Door")  # a change the counts do not show: found at the next poll
     wire.poll(1.5)
     assert commands(device)[0] == Command.GET_FREE_SIZES and Command.PREPARE_BUFFER in commands(device)
+    assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
+
+
+def test_a_write_pass_that_read_no_table_leaves_the_next_poll_where_it_was():
+    device = ZkDevice()
+    populate(device, 3)
+    wire = Wire(device).start()  # read at 0 s, its first poll due at 2 s
+    wire.call(wire.connection.fetch_users(["1", "2", "3"]))
+    wire.clock.advance(1.5)
+    device.recorded = []
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
+    assert Command.PREPARE_BUFFER not in commands(device), "only a new person, the counts unmoved since a read 1.5 s ago"
+    device.edit("1", name="Typed At The Door")  # the counts do not show it
+    device.recorded = []
+    wire.poll(0.5)
+    assert Command.PREPARE_BUFFER in commands(device), "the poll reads the users poll_s after the last read, not after the pass"
     assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
 
 

@@ -1,7 +1,7 @@
 """Property tests of the ZK codec: random packets and records round-trip, hostile bytes only ever
 give the documented errors, and compiled declarations read and write like their plain ones."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 
 import pytest
@@ -12,7 +12,7 @@ from protocol.zk import bodies, realtime
 from protocol.zk.commkey import MAX_COMM_KEY, commkey_matches, make_commkey
 from protocol.zk.decoder import PacketDecoder
 from protocol.zk.errors import BodyError, PacketError
-from protocol.zk.packet import MAGIC, Header, HeaderCompiled, Packet, checksum, checksum_accepted, decode_payload, encode_payload, encode_tcp
+from protocol.zk.packet import HEADER_STRUCT, MAGIC, Header, Packet, checksum, checksum_accepted, decode_payload, encode_payload, encode_tcp
 from protocol.zk.records import (
     Attendance8Wire,
     Attendance16Wire,
@@ -300,6 +300,19 @@ def test_a_comm_key_proof_matches_its_key_only(key, other, session_id, ticks):
     assert commkey_matches(other, session_id, proof) == (other == key)
 
 
-def test_header_compiled_agrees():
+@BOUNDED
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=14, max_size=14))
+def test_the_sizes_structs_agree_with_the_declarations(counts):
+    sizes = bodies.Sizes(*counts)
+    values = {f.name: getattr(sizes, f.name) for f in fields(bodies.Sizes)}
+    encoded = bodies.SizesWire.build(values) + bodies.FacesWire.build(values)
+    assert bodies.encode_sizes(sizes) == encoded
+    assert bodies.parse_sizes(encoded) == sizes
+    assert bodies.parse_sizes(encoded[: bodies.SIZES_SIZE]) == replace(sizes, faces=0, faces_capacity=0)
+
+
+def test_the_header_struct_agrees_with_the_declaration():
     raw = encode_payload(Packet(1503, 7, 9, b"x"))[:8]
-    assert HeaderCompiled.parse(raw) == Header.parse(raw)
+    parsed = Header.parse(raw)
+    assert HEADER_STRUCT.unpack(raw) == (parsed.command, parsed.checksum, parsed.session_id, parsed.reply_id)
+    assert HEADER_STRUCT.pack(*HEADER_STRUCT.unpack(raw)) == Header.build(parsed)

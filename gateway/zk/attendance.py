@@ -23,8 +23,9 @@ class AttendanceReading:
     store, users and device clock it uses."""
 
     @defer.inlineCallbacks
-    def _read_attendance(self, now: float):
-        read = yield self._link.run("read_attendance")
+    def _read_attendance(self, now: float, sizes=None):
+        """``sizes``: the counts just read (the last request), so the client need not ask again."""
+        read = yield self._link.run("read_attendance", sizes=sizes)
         memory, records = self._memory, list(read.records)
         fresh = [self._punch_fields(r) for r in new_attendance(records, memory.attendance_stored, memory.attendance_last)]
         fresh = [f for f in fresh if f is not None]

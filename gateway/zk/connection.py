@@ -398,24 +398,27 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         plan = self._plan
         sizes = bodies.parse_sizes((yield self._ok(Command.GET_FREE_SIZES)).data)
         now = self._clock.seconds()
-        if first or plan.users_due(sizes, now) or plan.templates_due(sizes, now, False):
-            yield self._read_whole(self._read_tables, now, True if first else None)
+        read_tables = first or plan.users_due(sizes, now) or plan.templates_due(sizes, now, False)
+        if read_tables:
+            yield self._read_whole(self._read_tables, now, True if first else None, sizes=sizes)
             self._announce()
         plan.urgent = False
-        yield self._attendance_if_due(sizes, now)
+        yield self._attendance_if_due(sizes, now, None if read_tables else sizes)
 
-    def _attendance_if_due(self, sizes: bodies.Sizes, now: float) -> defer.Deferred:
-        """The attendance log, when ``sizes`` (the counts just read) and the schedule call for it."""
+    def _attendance_if_due(self, sizes: bodies.Sizes, now: float, fresh: bodies.Sizes | None = None) -> defer.Deferred:
+        """The attendance log, when ``sizes`` (the counts read last) and the schedule call for it;
+        ``fresh``: counts read by the request just before, which the read takes instead of asking."""
         if not self._plan.attendance_due(sizes, now):
             return defer.succeed(None)
-        return self._read_whole(self._read_attendance, now)
+        return self._read_whole(self._read_attendance, now, sizes=fresh)
 
     @defer.inlineCallbacks
-    def _read_whole(self, read, *args):
+    def _read_whole(self, read, *args, sizes: bodies.Sizes | None = None):
         """A table read; when the count and the table disagree (someone enrolled or punched
-        between the two) read again with the keypad held: what fails then is the device's fault."""
+        between the two) read again with the keypad held: what fails then is the device's fault.
+        ``sizes``: counts read by the request just before, for the first read only."""
         try:
-            yield read(*args)
+            yield read(*args, sizes=sizes)
         except DeviceRefused as exc:
             if exc.code is not None:
                 raise
@@ -439,9 +442,10 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         return result
 
     @defer.inlineCallbacks
-    def _read_tables(self, now: float, templates: bool | None = None):
-        """Read the users, and the templates when asked (None: when due); keep them only whole."""
-        read = yield self._link.run("read_users")
+    def _read_tables(self, now: float, templates: bool | None = None, sizes: bodies.Sizes | None = None):
+        """Read the users, and the templates when asked (None: when due); keep them only whole.
+        ``sizes``: counts read by the request just before, which the user table's read takes."""
+        read = yield self._link.run("read_users", sizes=sizes)
         if read.users is self._users_read:  # the client found the same bytes: most polls
             users, user_set_changed = self._users, False
         else:

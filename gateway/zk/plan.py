@@ -1,12 +1,14 @@
 """WritePlan: what one write pass does to a ZK device, decided against what the device holds
 right now, and which uid each person new to it gets (uids are each device's own slots).
 
-A new person's uid is never one a keypad enrolment made during the write pass could take (an
-upload upserts by uid: it would erase that person, on a device that ignores DISABLEDEVICE).
-Firmwares enrol at the keypad in the lowest free uid (the emulator does) or above the highest
-(as pyzk picks one), so the ``KEYPAD_SLOTS`` lowest free uids and the as many above the highest
-are left free, and a new person gets the lowest uid left after them: holes are filled, and uids
-do not climb with every pass.
+A new person's uid is never one a keypad enrolment during the write pass took before the pass's
+last look at the device, nor one of the next it would take (an upload upserts by uid: it would
+erase that person, on a device that ignores DISABLEDEVICE). The pass plans on a table no older than its last look at the counts, reading
+again when they moved (gateway/zk/writes.py); for enrolments during the upload itself, which
+firmwares put in the lowest free uid (the emulator does) or above the highest (as pyzk picks
+one), the ``KEYPAD_SLOTS`` lowest free uids and as many above the highest are left free, and a
+new person gets the lowest uid left after them: holes are filled, and uids do not climb with
+every pass. docs/zk.md, "What maps to what".
 
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
@@ -17,7 +19,8 @@ from protocol.messages import UserStatus
 from protocol.zk.records import Template, User
 
 MAX_UID = 0xFFFF
-KEYPAD_SLOTS = 2  # keypad enrolments during one write pass that can never lose their uid
+KEYPAD_SLOTS = 2  # keypad enrolments between a write pass's last look at the counts and its upload that keep their uid
+KEYPAD_LOOKS = 3  # reads of the users one write pass makes while a keypad keeps enrolling; then the upload goes
 
 
 class WritePlan:
@@ -65,6 +68,14 @@ class WritePlan:
         if held is None or held_digest(held, had) != held_digest(user, compared):
             self.writes.append((user, templates))
         return UserResult(record.user_id, UserStatus.OK)
+
+    def adds_people(self) -> bool:
+        """Whether the plan writes someone the device did not hold (into a uid it gave them)."""
+        return any(user.user_id not in self.held_before for user, _ in self.writes)
+
+    def rewrites_held(self) -> bool:
+        """Whether the plan changes or deletes someone the device holds (a read-modify-write)."""
+        return bool(self.deletes or self.stale_templates) or any(user.user_id in self.held_before for user, _ in self.writes)
 
     def delete(self, user_id: str, quiet: bool = False) -> UserResult:
         held = self._users.get(user_id)

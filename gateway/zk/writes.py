@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from gateway.sync.connection import UserResult
 from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused
 from gateway.zk.mapping import held_digest
-from gateway.zk.plan import WritePlan
+from gateway.zk.plan import KEYPAD_LOOKS, WritePlan
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import UserRecordWire
@@ -94,8 +94,46 @@ class WritePasses:
 
     @defer.inlineCallbacks
     def _apply_writes(self, writes: list[Write]):
-        yield self._read_tables(self._clock.seconds())
-        self._announce()  # a keypad change found now is pulled, not overwritten
+        """Plan the writes against what the device holds, and carry them out. The counts come
+        first: a pass that only adds people, on a device whose counts have not moved since a read
+        less than ``poll_s`` ago, plans against that read and reads no table (three requests
+        fewer: most passes of a storm). Otherwise the users are read, and a plan that gives new
+        people uids is checked against the counts once more just before the upload: a keypad
+        that enrolled meanwhile (a device that ignores DISABLEDEVICE) has its people read and
+        the plan made again, so no uid a keypad took since the read is written (docs/zk.md,
+        "What maps to what", uids)."""
+        sizes = yield self._counts()
+        plan = None
+        read_at = self._plan.users_at
+        if self._counts_unmoved(sizes) and read_at is not None and self._clock.seconds() - read_at < self._timing.poll.poll_s:
+            plan, results = self._plan_writes(writes)
+            if plan.rewrites_held():
+                plan = None  # a read-modify-write: the device's records as they are now
+        read_now = plan is None
+        for look in range(1, KEYPAD_LOOKS + 1):
+            if plan is not None:
+                break
+            yield self._read_tables(self._clock.seconds(), sizes=sizes)
+            self._announce()  # a keypad change found now is pulled, not overwritten
+            plan, results = self._plan_writes(writes)
+            if plan.adds_people() and look < KEYPAD_LOOKS:
+                sizes = yield self._counts()
+                if not self._counts_unmoved(sizes):
+                    plan = None  # the keypad enrolled or deleted since the read: read again
+        failed = yield self._carry_out(plan, read_now)
+        results = [[r if r.user_id not in failed else UserResult(r.user_id, *failed[r.user_id]) for r in outcome] for outcome in results]
+        return results
+
+    def _counts(self) -> defer.Deferred:
+        return self._ok(Command.GET_FREE_SIZES).addCallback(lambda reply: bodies.parse_sizes(reply.data))
+
+    def _counts_unmoved(self, sizes: bodies.Sizes) -> bool:
+        """The users and fingers counted as in the last read of the tables (with the writes since)."""
+        known = self._plan.sizes
+        return known is not None and (sizes.users, sizes.fingers) == (known.users, known.fingers)
+
+    def _plan_writes(self, writes: list[Write]) -> tuple["WritePlan", list[list[UserResult]]]:
+        """The plan of ``writes`` against the users last read, and each write's results."""
         unfetched = self._memory.tracker.unfetched()
         plan = WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0,
                          self._uids_in_use)
@@ -119,14 +157,13 @@ class WritePasses:
                     log.warn("ZK terminal {tid}: user {user} not sent: {why}", tid=self.terminal_id, user=record.user_id, why=plan.refusals[record.user_id])
                 outcome.append(result)
             results.append(outcome)
-        failed = yield self._carry_out(plan)
-        results = [[r if r.user_id not in failed else UserResult(r.user_id, *failed[r.user_id]) for r in outcome] for outcome in results]
-        return results
+        return plan, results
 
     @defer.inlineCallbacks
-    def _carry_out(self, plan: "WritePlan"):
+    def _carry_out(self, plan: "WritePlan", read_now: bool):
         """Write what ``plan`` holds; read back what the device now holds. Returns the users the
-        device refused, with their status."""
+        device refused, with their status. ``read_now``: this pass read the users (else it
+        planned against an earlier read)."""
         if not (plan.writes or plan.deletes):
             return {}
         refused: dict[str, tuple[int, str]] = {}  # user id -> status, why
@@ -152,7 +189,7 @@ class WritePasses:
             yield self._ok(Command.REFRESHDATA)
         # What was written, as the device holds it (a 28-byte record holds less).
         as_held = {user.user_id: decode_user(encode_user(user, size)) for user, _ in plan.writes if user.user_id not in refused}
-        yield self._read_back(plan, as_held, own_templates)
+        read_back = yield self._read_back(plan, as_held, own_templates, read_now)
         refused.update((yield self._undo_cut_ids(plan, refused)))
         seen: dict[str, bytes | None] = {}
         for user, templates in plan.writes:
@@ -179,7 +216,8 @@ class WritePasses:
             self._submit([self._event(now_ms, EventCode.DELETE_SUCCESS if digest is None else
                                       EventCode.UPDATE_SUCCESS if user_id in plan.held_before else EventCode.ENROLL_SUCCESS,
                                       Origin.SERVER, user_id) for user_id, digest in seen.items()])
-        self._announce()
+        if read_back:
+            self._announce()  # what the read-back found besides the writes (a keypad that was not held)
         return refused
 
     @defer.inlineCallbacks
@@ -212,14 +250,17 @@ class WritePasses:
         return cut
 
     @defer.inlineCallbacks
-    def _read_back(self, plan: "WritePlan", as_held: dict[str, User], own_templates: set[str]):
+    def _read_back(self, plan: "WritePlan", as_held: dict[str, User], own_templates: set[str], read_now: bool):
         """What the device holds after the writes. The keypad is held, so when the counts are what
         the writes leave, it is what was read before with the writes applied; else (a device that
         does not lock its keypad, a write it dropped) the users are read again, and the templates
         when their count is off too. A keypad change the counts do not show is a difference from
         what was written, which the next poll finds and announces (``_carry_out``). A device that did
         not say how long an id it holds (~PIN2Width) is read again whenever new people went to it:
-        the counts do not show an id it cut (``_undo_cut_ids``)."""
+        the counts do not show an id it cut (``_undo_cut_ids``). A pass that did not read the
+        users (``read_now`` false) leaves the time of the last read: a keypad edit, which the counts
+        do not show, is found by a read within ``poll_s`` of the last. Returns whether it read
+        the users (else nothing but the writes changed, and there is nothing to announce)."""
         unsure_ids = self._profile.id_width is None and any(user.user_id not in plan.held_before for user, _ in plan.writes)
         users = dict(self._users)
         templates = dict(self._templates)
@@ -237,13 +278,15 @@ class WritePasses:
             self._uids_in_use = (self._uids_in_use - {uid for _, uid in plan.deletes}) | {u.uid for u in users.values()}
             self._users, self._templates, self._plan.sizes = users, templates, sizes
             self._users_read = None  # what was read with the writes applied, no read
-            self._plan.users_at = self._clock.seconds()  # as good as a read: a poll is not due for poll_s
-            return
-        yield self._read_tables(self._clock.seconds(), templates=False)
+            if read_now:
+                self._plan.users_at = self._clock.seconds()  # as good as a read: a poll is not due for poll_s
+            return False
+        yield self._read_tables(self._clock.seconds(), templates=False, sizes=sizes)
         if self._plan.sizes.fingers == fingers:
             self._templates = templates
         else:
             yield self._read_tables(self._clock.seconds(), templates=True)
+        return True
 
     @defer.inlineCallbacks
     def _upload(self, chunk: list[tuple[User, list[Template]]], size: int):

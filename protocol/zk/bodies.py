@@ -2,6 +2,7 @@
 and buffered-write control bodies, deletes, time, and the users-and-templates upload buffer.
 docs/zk.md section "Command bodies" has the byte layouts."""
 
+import struct
 from dataclasses import dataclass, fields
 
 from construct import Int8sl, Int8ul, Int16ul, Int32sl, Int32ul, Padding, Struct
@@ -83,19 +84,28 @@ FacesWire = Struct("faces" / Int32sl, Padding(4), "faces_capacity" / Int32sl)
 FACES_SIZE = FacesWire.sizeof()  # 12
 
 
+# ``SizesWire`` and ``FacesWire`` packed with struct: the counts are read at every poll and twice in
+# every write pass, by the gateway and by every emulated device, where construct took 40 us a
+# time. A test checks that they agree with the declarations.
+SIZES_STRUCT = struct.Struct("<16xi4xi4xi4xi4x8i")
+FACES_STRUCT = struct.Struct("<i4xi")
+_COUNTS = tuple(f.name for f in fields(Sizes))  # in wire order: the 12 of SIZES_STRUCT, then the faces'
+
+
 def encode_sizes(sizes: Sizes) -> bytes:
-    values = {f.name: getattr(sizes, f.name) for f in fields(Sizes)}
-    return _build(SizesWire, values, "free sizes") + _build(FacesWire, values, "face sizes")
+    try:
+        counts = [getattr(sizes, name) for name in _COUNTS]
+        return SIZES_STRUCT.pack(*counts[:12]) + FACES_STRUCT.pack(*counts[12:])
+    except struct.error as exc:
+        raise BodyError(f"cannot build free sizes from {sizes}: {exc}") from None
 
 
 def parse_sizes(data: bytes) -> Sizes:
     """The GET_FREE_SIZES answer: 80 bytes, or 92 with the face counters."""
     if len(data) < SIZES_SIZE:
         raise BodyError(f"free sizes answer of {len(data)} bytes is shorter than {SIZES_SIZE}")
-    values = dict(_parse(SizesWire, data[:SIZES_SIZE], "free sizes"))
-    if len(data) >= SIZES_SIZE + FACES_SIZE:
-        values.update(_parse(FacesWire, data[SIZES_SIZE : SIZES_SIZE + FACES_SIZE], "face sizes"))
-    return Sizes(**{f.name: values.get(f.name, 0) for f in fields(Sizes)})
+    faces = FACES_STRUCT.unpack_from(data, SIZES_SIZE) if len(data) >= SIZES_SIZE + FACES_SIZE else (0, 0)
+    return Sizes(*SIZES_STRUCT.unpack_from(data), *faces)
 
 
 # OPTIONS_RRQ "name\0" -> ACK_OK "name=value\0"; OPTIONS_WRQ "name=value\0". GET_VERSION -> "Ver ...\0".

@@ -172,17 +172,18 @@ class ZkClient:
         """A whole table through the buffer, in whichever form the device answers: ``BufferedData``."""
         return self._start(lambda token: self._read_buffer(token, table), now, f"reading table {name_of(table.command)}")
 
-    def read_users(self, *, now: float) -> int:
-        """The counts, then the user table: ``UsersRead``."""
-        return self._start(self._read_users, now, "reading the users")
+    def read_users(self, *, now: float, sizes: bodies.Sizes | None = None) -> int:
+        """The counts, then the user table: ``UsersRead``. ``sizes``: counts the caller read just
+        before (its last request), used instead of asking again."""
+        return self._start(lambda token: self._read_users(token, sizes), now, "reading the users")
 
     def read_templates(self, *, now: float) -> int:
         """The counts, then every fingerprint template: ``TemplatesRead``."""
         return self._start(self._read_templates, now, "reading the templates")
 
-    def read_attendance(self, *, now: float) -> int:
-        """The counts, then the attendance log: ``AttendanceRead``."""
-        return self._start(self._read_attendance, now, "reading the attendance log")
+    def read_attendance(self, *, now: float, sizes: bodies.Sizes | None = None) -> int:
+        """The counts, then the attendance log: ``AttendanceRead``; ``sizes`` as for ``read_users``."""
+        return self._start(lambda token: self._read_attendance(token, sizes), now, "reading the attendance log")
 
     def save_users(self, users: Iterable[User], templates: Iterable[Template] = (), *, record_size: int = 72, now: float) -> int:
         """Upsert users (by uid) and set their templates in one upload, then REFRESHDATA:
@@ -435,16 +436,21 @@ class ZkClient:
     def _sizes(self) -> Generator[Packet | object, Packet, bodies.Sizes]:
         return parse_sizes((yield from self._ok(Command.GET_FREE_SIZES)).data)
 
-    def _counted_table(self, count_of: Callable[[bodies.Sizes], int], table: TableRead, kind: str, parse):
+    def _counted_table(self, count_of: Callable[[bodies.Sizes], int], table: TableRead, kind: str, parse,
+                       known: bodies.Sizes | None = None):
         """The counts, then the table, parsed with its count as a hint (``parse(data, count)``).
         A table that disagrees with its count is read once more with fresh counts (someone at the
         keypad may have changed it between the two requests); if it still disagrees, its bytes
         are the truth and the difference a ``DeviceQuirk``, as some firmwares always count one
         more or send records of sizes they do not announce. Returns (sizes, ParsedTable or None
         when the count is 0: some firmwares answer an empty table oddly, so it is not asked for,
-        as pyzk does)."""
+        as pyzk does). ``known``: the counts to take for the first read instead of asking (unless
+        they count none: an operation begins with a request)."""
         for attempt in range(1, TABLE_READS + 1):
-            sizes = yield from self._sizes()
+            if attempt == 1 and known is not None and count_of(known):
+                sizes = known
+            else:
+                sizes = yield from self._sizes()
             count = count_of(sizes)
             if not count:
                 return sizes, None
@@ -469,8 +475,8 @@ class ZkClient:
         for quirk in quirks:
             yield quirk
 
-    def _read_users(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", self._parse_users)
+    def _read_users(self, token: int, known: bodies.Sizes | None = None) -> Steps:
+        sizes, parsed = yield from self._counted_table(lambda s: s.users, bodies.USERS, "user table", self._parse_users, known)
         parsed = parsed or ParsedTable((), 72)
         return UsersRead(token, parsed.records, parsed.record_size, sizes)
 
@@ -489,8 +495,8 @@ class ZkClient:
             yield from self._emit(self._quirk("template table", problem))
         return TemplatesRead(token, parsed.records, sizes)
 
-    def _read_attendance(self, token: int) -> Steps:
-        sizes, parsed = yield from self._counted_table(lambda s: s.records, bodies.ATTENDANCE, "attendance table", parse_attendance_table)
+    def _read_attendance(self, token: int, known: bodies.Sizes | None = None) -> Steps:
+        sizes, parsed = yield from self._counted_table(lambda s: s.records, bodies.ATTENDANCE, "attendance table", parse_attendance_table, known)
         parsed = parsed or ParsedTable((), 40)
         return AttendanceRead(token, parsed.records, parsed.record_size, sizes)
 
