@@ -127,6 +127,15 @@ def test_cursor_only_moves_forward(db):
     assert db.run_now(lambda c: c.execute(select(terminals.c.cursor)).scalar()) == 10
 
 
+def test_one_commit_moves_each_terminals_cursor_to_its_own_highest(db):
+    db.run_now(lambda c: c.execute(terminals.insert(), [
+        dict(terminal_id=t, name="", admission="admitted", access_groups="", model="", firmware="", link="", cursor=0) for t in (1, 2, 3)]))
+    db.run_now(advance_cursors, [(2, 50, [])])
+    db.run_now(advance_cursors, [(1, 2**60, []), (2, 40, []), (1, 7, []), (3, 9, []), (2, 60, [])])
+    cursors = db.run_now(lambda c: dict(c.execute(select(terminals.c.terminal_id, terminals.c.cursor)).all()))
+    assert cursors == {1: 2**60, 2: 60, 3: 9}
+
+
 def test_a_failed_transaction_is_reported_and_writes_nothing(db):
     def half_then_fail(conn):
         store_record(conn, UserRecord("half", name="x"), NOW_MS)

@@ -276,12 +276,19 @@ def _insert_as_values(conn, stmt, rows: list[dict], on_conflict: tuple) -> None:
         conflict = compiled.find(" ON CONFLICT")
         sql = _VALUES_SQL[key] = (f"INSERT INTO {quote(stmt.table.name)} ({', '.join(quote(k) for k in keys)}) VALUES %s"
                                   + (compiled[conflict:] if conflict >= 0 else ""))
-    from psycopg2.extras import execute_values  # PostgreSQL's driver is installed only where it is used
+    execute_values(conn, sql, [tuple(row[k] for k in keys) for row in rows])
+
+
+def execute_values(conn, sql: str, rows: list[tuple], template: str | None = None) -> None:
+    """psycopg2's ``execute_values``: ``sql``'s ``VALUES %s`` filled with up to
+    ``PG_ROWS_PER_STATEMENT`` rows a statement, on this transaction's connection; fails as
+    SQLAlchemy's own statements do (a DBAPIError)."""
+    from psycopg2 import extras  # PostgreSQL's driver is installed only where it is used
 
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        execute_values(cursor, sql, [tuple(row[k] for k in keys) for row in rows], page_size=PG_ROWS_PER_STATEMENT)
-    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy's own statements fail: a DBAPIError
+        extras.execute_values(cursor, sql, rows, template=template, page_size=PG_ROWS_PER_STATEMENT)
+    except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
     finally:
         cursor.close()
