@@ -121,3 +121,14 @@ def test_sqlite_and_postgresql_searches_print_side_by_side_with_postgresqls_shar
     assert lines[-1].split() == ["lost,", "all", "steps", "0", "3"]  # three steps, one duplicate each
     assert side_by_side.table(sqlite, None, "no PostgreSQL server installed").splitlines()[-1] == (
         "PostgreSQL not measured: no PostgreSQL server installed")
+
+
+def test_side_by_side_gives_the_database_servers_cpu_per_delivery_or_why_not():
+    def search(**extra) -> dict:
+        return capacity.capacity_report(capacity.find_capacity((10,), lambda rate: report(**extra)), capacity.P99_LIMIT_MS)
+
+    sqlite = search(database_cpu_reason="SQLite works inside the gateway's process: its CPU is the gateway's")
+    postgresql = search(database_cpu_us_per_delivery=60.0, database_wal_bytes_per_delivery=900.0)
+    lines = side_by_side.table(sqlite, postgresql).splitlines()
+    assert [line.split()[-3:] for line in lines if line.startswith(("database CPU us", "WAL bytes"))] == [["-", "60", "-"], ["-", "900", "-"]]
+    assert lines[-1] == "database CPU: SQLite works inside the gateway's process: its CPU is the gateway's"

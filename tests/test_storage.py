@@ -6,7 +6,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from gateway.store.partitions import DEFAULT, WEEK_IDS, WEEK_USERS
-from gateway.store.database import DatabaseFailure, insert_many, upsert
+from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, insert_many, upsert
+from gateway.store.order import keyed
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
 from gateway.sync.puller import merge_pulled
@@ -127,6 +128,15 @@ def test_cursor_only_moves_forward(db):
     assert db.run_now(lambda c: c.execute(select(terminals.c.cursor)).scalar()) == 10
 
 
+def test_one_commit_moves_each_terminals_cursor_to_its_own_highest(db):
+    db.run_now(lambda c: c.execute(terminals.insert(), [
+        dict(terminal_id=t, name="", admission="admitted", access_groups="", model="", firmware="", link="", cursor=0) for t in (1, 2, 3)]))
+    db.run_now(advance_cursors, [(2, 50, [])])
+    db.run_now(advance_cursors, [(1, 2**60, []), (2, 40, []), (1, 7, []), (3, 9, []), (2, 60, [])])
+    cursors = db.run_now(lambda c: dict(c.execute(select(terminals.c.terminal_id, terminals.c.cursor)).all()))
+    assert cursors == {1: 2**60, 2: 60, 3: 9}
+
+
 def test_a_failed_transaction_is_reported_and_writes_nothing(db):
     def half_then_fail(conn):
         store_record(conn, UserRecord("half", name="x"), NOW_MS)
@@ -141,6 +151,33 @@ def test_a_batch_insert_that_breaks_a_key_fails_as_a_database_failure_and_stores
     with pytest.raises(DatabaseFailure, match="(?i)unique"):
         db.run_now(insert_many, settings, [dict(key="k", value="1"), dict(key="k", value="2")])
     assert db.run_now(lambda c: c.execute(select(func.count()).select_from(settings)).scalar()) == 0
+
+
+AWKWARD_TEXT = ["tab\there", "two\nlines\r\n", "back\\slash \\N \\t", "", "\\", "Zoë 李 😀"]
+
+
+def test_a_batch_insert_stores_any_text_as_written_and_none_as_null(db):
+    rows = [dict(terminal_id=None, terminal_event_id=None, log_epoch=0, type="t", code=None, sub_code=EventCode.ENROLL_SUCCESS,
+                 user_id=None if i == 3 else text, occurred_ms=NOW_MS, recorded_ms=NOW_MS, detail=text) for i, text in enumerate(AWKWARD_TEXT)]
+    db.run_now(lambda c: insert_many(c, events, keyed(c, rows)))
+    stored = db.run_now(lambda c: c.execute(select(events.c.detail, events.c.user_id, events.c.sub_code, events.c.code).order_by(events.c.id)).all())
+    assert [tuple(r) for r in stored] == [(text, None if i == 3 else text, EventCode.ENROLL_SUCCESS, None) for i, text in enumerate(AWKWARD_TEXT)]
+
+
+def test_inserts_ignoring_duplicates_twice_in_one_transaction_and_after_a_rolled_back_one(db):
+    def pulls(users):
+        return [dict(terminal_id=1, user_id=u, since_ms=NOW_MS) for u in users]
+
+    def rolled_back_then_twice(conn):
+        with pytest.raises(ZeroDivisionError), conn.begin_nested():
+            insert_ignoring_duplicates(conn, pending_pulls, pulls(["gone"]))
+            raise ZeroDivisionError
+        insert_ignoring_duplicates(conn, pending_pulls, pulls(["a", "b"]))
+        insert_ignoring_duplicates(conn, pending_pulls, pulls(["b", "c"]))
+
+    db.run_now(rolled_back_then_twice)
+    db.run_now(insert_ignoring_duplicates, pending_pulls, pulls(["c", "d"]))
+    assert db.run_now(lambda c: c.execute(select(pending_pulls.c.user_id).order_by(pending_pulls.c.user_id)).scalars().all()) == list("abcd")
 
 
 def test_an_upsert_batch_naming_one_key_twice_keeps_the_last(db):

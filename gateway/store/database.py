@@ -12,6 +12,7 @@ makes flushes. SQLite keeps one transaction per write (its driver's savepoints a
 trusted), and its event log groups what matters most.
 """
 
+import io
 import operator
 from collections import deque
 
@@ -204,17 +205,16 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
     On SQLite the rows go to the driver's executemany as tuples, the statement compiled once:
     SQLAlchemy's per-row parameter processing cost more than SQLite storing the rows. Columns
     whose type needs a bind processor or a default take SQLAlchemy's own path. On PostgreSQL
-    the rows go as multi-row VALUES statements: psycopg2's executemany is one round trip a row
-    (3 s for a group commit of 2,000 events on a loaded machine).
+    the rows go by ``COPY`` (``_copy_in``).
     """
     if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy_in(conn, table, rows, ignore_duplicates)
         return
     stmt = _dialect(conn).insert(table)
     if ignore_duplicates:
         stmt = stmt.on_conflict_do_nothing()
-    if conn.dialect.name == "postgresql":
-        _insert_as_values(conn, stmt, rows, ("nothing",) if ignore_duplicates else ())
-        return
     if conn.dialect.name == "sqlite":
         compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
         if compiled is not None:
@@ -260,6 +260,56 @@ def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> 
 
 PG_ROWS_PER_STATEMENT = 1000
 
+
+def _copy_in(conn, table, rows: list[dict], ignore_duplicates: bool) -> None:
+    """Rows into ``table`` by ``COPY FROM STDIN``: the server's CPU per event row in a storm was
+    half parsing and planning multi-row VALUES statements (about 28 us a row with the events
+    table's indexes, against 11 us by COPY; docs/loadtest.md, "What the server spends").
+
+    ``COPY`` knows no ``ON CONFLICT``: rows that may be stored already are copied into a
+    temporary table of this connection first (no WAL, emptied at commit), then moved with one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, which empties it as it reads it.
+    """
+    keys = tuple(rows[0])
+    quote = conn.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(k) for k in keys)
+    target = quote(table.name)
+    if ignore_duplicates:
+        staged = quote(f"gateway_staged_{table.name}")
+        if conn.exec_driver_sql(f"SELECT to_regclass('pg_temp.{staged}')").scalar() is None:  # gone with a rollback, if made in one
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {staged} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        sql, then = f"COPY {staged} ({columns}) FROM STDIN", (
+            f"WITH staged AS (DELETE FROM {staged} RETURNING {columns}) "
+            f"INSERT INTO {target} ({columns}) SELECT {columns} FROM staged ON CONFLICT DO NOTHING")
+    else:
+        sql, then = f"COPY {target} ({columns}) FROM STDIN", None
+    text = "".join("\t".join(map(_copy_text, (row[k] for k in keys))) + "\n" for row in rows)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(sql, io.StringIO(text))
+        if then:
+            sql = then
+            cursor.execute(sql)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: int | str | None) -> str:
+    """A value in COPY's text format: NULL is ``\\N``; in text a backslash, tab, newline or return is escaped."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, int):
+        return "%d" % value  # an IntEnum as its number, whatever its __str__
+    if not isinstance(value, str):
+        raise TypeError(f"COPY of a {type(value).__name__} is not written: only whole numbers, text and NULL")
+    return value.translate(_COPY_ESCAPES)
+
+
 _VALUES_SQL: dict = {}  # (table, what a conflict does, columns) -> psycopg2 ``execute_values`` SQL
 
 
@@ -276,12 +326,19 @@ def _insert_as_values(conn, stmt, rows: list[dict], on_conflict: tuple) -> None:
         conflict = compiled.find(" ON CONFLICT")
         sql = _VALUES_SQL[key] = (f"INSERT INTO {quote(stmt.table.name)} ({', '.join(quote(k) for k in keys)}) VALUES %s"
                                   + (compiled[conflict:] if conflict >= 0 else ""))
-    from psycopg2.extras import execute_values  # PostgreSQL's driver is installed only where it is used
+    execute_values(conn, sql, [tuple(row[k] for k in keys) for row in rows])
+
+
+def execute_values(conn, sql: str, rows: list[tuple], template: str | None = None) -> None:
+    """psycopg2's ``execute_values``: ``sql``'s ``VALUES %s`` filled with up to
+    ``PG_ROWS_PER_STATEMENT`` rows a statement, on this transaction's connection; fails as
+    SQLAlchemy's own statements do (a DBAPIError)."""
+    from psycopg2 import extras  # PostgreSQL's driver is installed only where it is used
 
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        execute_values(cursor, sql, [tuple(row[k] for k in keys) for row in rows], page_size=PG_ROWS_PER_STATEMENT)
-    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy's own statements fail: a DBAPIError
+        extras.execute_values(cursor, sql, rows, template=template, page_size=PG_ROWS_PER_STATEMENT)
+    except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
     finally:
         cursor.close()

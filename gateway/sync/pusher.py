@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.quietlog import Tally
+from gateway.store.database import execute_values
 from gateway.store.order import below_watermark
 from gateway.store.schema import terminals, users
 from gateway.sync.syncmode import parse_groups
@@ -301,18 +302,27 @@ def read_feed(conn, cursor: int, limit: int) -> FeedPage:
     return page
 
 
-# One statement for every cursor move of a group commit, executed with many parameter sets.
+# One statement for every cursor move of a group commit: on SQLite executed with many parameter sets
+# (in-process, cheap); on PostgreSQL one UPDATE from a VALUES list, since psycopg2's executemany is
+# a round trip and a statement to parse and plan per terminal (200 a commit in a storm).
 _MOVE_CURSOR = (
     update(terminals)
     .where(terminals.c.terminal_id == bindparam("moved_terminal"), terminals.c.cursor < bindparam("moved_to"))
     .values(cursor=bindparam("moved_to"))
 )
+_MOVE_CURSORS_PG = ("UPDATE terminals SET cursor = moved.cursor FROM (VALUES %s) AS moved (terminal_id, cursor) "
+                    "WHERE terminals.terminal_id = moved.terminal_id AND terminals.cursor < moved.cursor")
 
 
 def advance_cursors(conn, moves: list[tuple[int, int, list[dict]]]) -> None:
     """Several terminals' cursor moves, ``(terminal_id, cursor, monitor_rows)``, in one transaction:
-    one UPDATE executed for all moves, one INSERT for all their monitoring rows. A cursor only
-    moves forward, so two moves of one terminal in a batch leave the higher."""
-    if moves:
-        conn.execute(_MOVE_CURSOR, [dict(moved_terminal=t, moved_to=cursor) for t, cursor, _ in moves])
+    one UPDATE for all moves, one INSERT for all their monitoring rows. A cursor only moves
+    forward, so two moves of one terminal in a batch leave the higher."""
+    highest: dict[int, int] = {}
+    for terminal_id, cursor, _ in moves:
+        highest[terminal_id] = max(cursor, highest.get(terminal_id, cursor))
+    if conn.dialect.name == "postgresql":
+        execute_values(conn, _MOVE_CURSORS_PG, list(highest.items()), template="(%s::bigint, %s::bigint)")
+    elif highest:
+        conn.execute(_MOVE_CURSOR, [dict(moved_terminal=t, moved_to=cursor) for t, cursor in highest.items()])
     record_sync_events(conn, [row for *_, rows in moves for row in rows])

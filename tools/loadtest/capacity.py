@@ -69,6 +69,9 @@ class Step:
                     propagation_p99_ms=(r["propagation_ms"] or {}).get("p99"),
                     gateway_cpu_us_per_delivery=r["gateway_cpu_us_per_delivery"],
                     gateway_idle_cpu_us_per_terminal_s=r.get("gateway_idle_cpu_us_per_terminal_s"),
+                    database_cpu_us_per_delivery=r.get("database_cpu_us_per_delivery"),
+                    database_cpu_reason=r.get("database_cpu_reason"),
+                    database_wal_bytes_per_delivery=r.get("database_wal_bytes_per_delivery"),
                     api_p99_ms=api.get("p99"), api_idle_p99_ms=api.get("idle_p99"),
                     gateway_cpu_s=r["gateway_cpu_s"], fleet_cpu_s=r["fleet_cpu_s"], duration_s=r["duration_s"])
 
@@ -119,12 +122,13 @@ def capacity_table(found: dict) -> str:
     def show(value, fmt="{:,.0f}"):
         return "-" if value is None else fmt.format(value)
 
-    head = (f"{'rate/s':>7} {'deliv/s':>8} {'p99 ms':>8} {'CPU us/deliv':>12} {'idle us/s/term':>14} {'API p99 ms':>10} "
+    head = (f"{'rate/s':>7} {'deliv/s':>8} {'p99 ms':>8} {'CPU us/deliv':>12} {'db us/deliv':>11} {'idle us/s/term':>14} {'API p99 ms':>10} "
             f"{'idle':>6}  verdict")
     lines = [head]
     for s in found["steps"]:
         lines.append(f"{s['rate']:>7g} {show(s['user_deliveries_per_s']):>8} {show(s['propagation_p99_ms']):>8} "
-                     f"{show(s['gateway_cpu_us_per_delivery']):>12} {show(s.get('gateway_idle_cpu_us_per_terminal_s'), '{:,.1f}'):>14} "
+                     f"{show(s['gateway_cpu_us_per_delivery']):>12} {show(s.get('database_cpu_us_per_delivery')):>11} "
+                     f"{show(s.get('gateway_idle_cpu_us_per_terminal_s'), '{:,.1f}'):>14} "
                      f"{show(s['api_p99_ms'], '{:,.1f}'):>10} "
                      f"{show(s['api_idle_p99_ms'], '{:,.1f}'):>6}  {'held' if s['held'] else s['why_not']}")
     best = found["capacity"]

@@ -34,6 +34,7 @@ from simulator.gateway_config import fleet_config
 from simulator.progress import ProgressBar
 from tools.loadtest import baselines, capacity, convergence, push_load, report as reporting
 from tools.loadtest.api_probe import ApiProbe, ApiUnavailable
+from tools.loadtest.db_server import DatabaseServer, wal_position
 from tools.loadtest.gateway_process import GatewayFailed, GatewayProcess, free_port
 
 SECRET = "loadtest-secret"
@@ -136,6 +137,7 @@ class LoadTest:
         self.args = args
         self.run_dir = run_dir
         self.db_url = args.db or f"sqlite:///{run_dir / 'gateway.db'}"
+        self.db_server, self.db_cpu_reason = DatabaseServer.of(self.db_url)
         listen = free_port() if args.listen else 0
         self.spec: FleetSpec = spec_from_args(args, listen=listen, secret=SECRET, dump=str(run_dir / "dump"),
                                               drain_timeout=args.drain_timeout)
@@ -201,9 +203,11 @@ class LoadTest:
                 figures["api_idle"] = probe.sample(30)
                 probe.start()
             figures["cpu_ready_s"] = gateway.cpu_s()
+            figures["db_ready"] = self._database_sample(engine)
 
         def settled(fleet):
             figures["cpu_settled_s"] = self.gateway.cpu_s()
+            figures["db_settled"] = self._database_sample(engine)
             self.probe.stop()  # the idle phase measures polling alone
             if self.args.idle_cpu_s > 0:  # caught up, nothing asked of it: not even the work that follows connecting
                 figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
@@ -223,8 +227,13 @@ class LoadTest:
                 if self.probe is not None:
                     self.probe.stop()
         figures["cpu_load_s"] = figures.get("cpu_settled_s", self.gateway.cpu_s()) - figures["cpu_ready_s"]
+        figures.setdefault("db_settled", self._database_sample(engine))
         figures["peak_rss_mb"] = self.gateway.memory_mb("VmHWM")
         return figures
+
+    def _database_sample(self, engine: Engine) -> tuple[float | None, int | None]:
+        """The database server's CPU seconds and WAL position now (None where not measured)."""
+        return (self.db_server.cpu_s() if self.db_server else None), wal_position(engine)
 
     def _api_token(self) -> str:
         """The token the gateway made at its first start, kept beside its database or in its working folder."""
@@ -299,6 +308,7 @@ class LoadTest:
             # A delivery is one user record applied by one terminal; the CPU includes storing events and pulling.
             gateway_cpu_us_per_delivery=_round(figures["cpu_load_s"] * 1e6 / fleet.deliveries if fleet.deliveries else None),
             gateway_idle_cpu_us_per_terminal_s=_round(figures["idle_cpu_per_s"] * 1e6 / spec.devices if "idle_cpu_per_s" in figures else None),
+            **self._database_figures(figures, fleet.deliveries),
             fleet_cpu_s=fleet.cpu_s,
             gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
             gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
@@ -324,6 +334,19 @@ class LoadTest:
         report["ok"] = checked.ok and fleet.settled and not report["reconcile_repaired"]
         return report
 
+
+    def _database_figures(self, figures: dict, deliveries: int) -> dict:
+        """The database server's CPU and WAL over the same window as ``gateway_cpu_s``, and per delivery."""
+        (cpu_before, wal_before), (cpu_after, wal_after) = figures["db_ready"], figures["db_settled"]
+        cpu_s = None if cpu_before is None else cpu_after - cpu_before
+        wal = None if wal_before is None else wal_after - wal_before
+        return dict(
+            database_cpu_s=_round(cpu_s),
+            database_cpu_us_per_delivery=_round(cpu_s * 1e6 / deliveries if cpu_s is not None and deliveries else None),
+            database_cpu_reason=self.db_cpu_reason if cpu_s is None else None,
+            database_wal_bytes=wal,
+            database_wal_bytes_per_delivery=_round(wal / deliveries if wal is not None and deliveries else None),
+        )
 
     def _zk_figures(self) -> dict | None:
         """What ZK devices add: how fast an enrolment at one reaches every other steady terminal,

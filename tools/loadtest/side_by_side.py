@@ -22,6 +22,8 @@ ROWS = (  # (label, key of a capacity summary, format)
     ("deliveries/s", "user_deliveries_per_s", "{:,.0f}"),
     ("p99 propagation ms", "propagation_p99_ms", "{:,.0f}"),
     ("gateway CPU us/delivery", "gateway_cpu_us_per_delivery", "{:,.0f}"),
+    ("database CPU us/delivery", "database_cpu_us_per_delivery", "{:,.0f}"),
+    ("WAL bytes/delivery", "database_wal_bytes_per_delivery", "{:,.0f}"),
     ("API p99 ms", "api_p99_ms", "{:,.1f}"),
 )
 LOSSES = ("lost_events", "duplicate_events", "lost_updates", "diverged_terminals")
@@ -43,6 +45,8 @@ def table(sqlite: dict | None, postgresql: dict | None, why_no_postgresql: str |
         ratio = f"{b / a:.2f}" if a and b is not None else "-"
         lines.append(f"{label:24} {figure(sqlite, key, fmt):>10} {figure(postgresql, key, fmt):>11} {ratio:>9}")
     lines.append(f"{'lost, all steps':24} {lost(sqlite) if sqlite else '-':>10} {lost(postgresql) if postgresql else '-':>11}")
+    reasons = {found["capacity"].get("database_cpu_reason") for found in (sqlite, postgresql) if found and found["capacity"]}
+    lines += [f"database CPU: {why}" for why in sorted(reason for reason in reasons if reason)]
     if why_no_postgresql:
         lines.append(f"PostgreSQL not measured: {why_no_postgresql}")
     return "\n".join(lines)
