@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from gateway.push.faces import FaceAlgorithm, algorithms_in_options, copy_digest
+from gateway.push.faces import FaceAlgorithm, Listed, algorithms_in_options, copy_digest
 from gateway.sync.merge import merge_reasons, merge_vacant_fields
 from gateway.sync.monitor import CHANGE_DROPPED
 from protocol.errors import MessageError
@@ -93,8 +93,9 @@ def test_algorithms_from_the_options_a_device_posts():
 
 
 def test_a_copy_without_faces_or_photo_keeps_its_digest():
-    assert copy_digest(b"12345678", {6: object()}) == b"12345678"
-    assert copy_digest(b"12345678", {FACE.key: FACE}) != b"12345678"
+    listed = Listed((FaceAlgorithm(9, "58", "1"),), photos=True)
+    assert copy_digest(b"12345678", {6: object()}, listed) == b"12345678"
+    assert copy_digest(b"12345678", {FACE.key: FACE}, listed) != b"12345678"
 
 
 # -- PushDevice --------------------------------------------------------------------------------------------
@@ -234,3 +235,59 @@ def test_a_getrequest_answer_stays_under_the_devices_download_limit():
     first = server.commands_to_send(0)
     assert [c.id for c in first] == [1, 2] and len(render_commands(first)) < 50_000
     assert [c.id for c in server.commands_to_send(0)] == [3, 4], "the rest at the next getrequest"
+
+
+def apply_all(device):
+    """The device applies every command it was sent."""
+    body = "".join(f"ID={c.id}&Return=0&CMD=DATA\n" for c in device.server.commands_to_send(1e12))
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+
+
+def list_again(device, user_line, photo_answer=0):
+    """A reconciliation's listing, the device holding ``user_line`` (and no photo); its page."""
+    page = []
+    device.list_digests("", 10).addCallback(page.append)
+    queries = [c for c in fetch_commands(device) if c.text.startswith("DATA QUERY")]
+    assert call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, (user_line + "\n").encode())[0] == 200
+    body = "".join(f"ID={c.id}&Return={photo_answer if c.text == cmd.query_photos() else 0}&CMD=DATA\n" for c in queries)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+    return page[0]
+
+
+def test_a_fingerprint_only_device_is_sent_no_photo_and_its_listings_find_nothing_to_pull():
+    """Its listing is not asked for photos: a photo sent to it would be missing from every listing,
+    taken for an edit at the device, pulled, and sent again, for ever."""
+    device, clock, events, *_ = make()
+    answer_queries(device)  # no options: no face algorithm
+    record = UserRecord("77", name="Ana", photo=b"\xff\xd8jpg")
+    texts = sent_texts(device, record)
+    assert [t.split(" ")[2] for t in texts] == ["USERINFO"]
+    apply_all(device)
+    user_line = "USER " + texts[0].split(" ", 3)[3]
+    before = len(events.stored)
+    for _ in range(2):
+        page = list_again(device, user_line)
+        assert events.stored[before:] == [], "no device-origin change"
+        assert page.digests["77"] == record_digest(UserRecordWire.build(record)), "reconciliation finds it as written"
+        assert sent_texts(device, record) == []
+
+
+def test_a_face_device_refusing_the_photo_query_is_sent_no_photo_again_and_finds_nothing_to_pull():
+    """docs/zk-push.md: a device may not know DATA QUERY USERPIC (-1002); the photo sent before it said
+    so is then no edit at the device, and no photo goes to it again."""
+    device, clock, events, *_ = make()
+    options(device)
+    answer_queries(device)
+    record = UserRecord("77", name="Ana", photo=b"\xff\xd8jpg")
+    texts = sent_texts(device, record)
+    assert texts[-1] == cmd.update_photo(PhotoLine("77", b"\xff\xd8jpg"))
+    apply_all(device)
+    user_line = "USER " + texts[0].split(" ", 3)[3]
+    before = len(events.stored)
+    list_again(device, user_line, photo_answer=-1002)
+    for _ in range(2):
+        page = list_again(device, user_line)
+        assert events.stored[before:] == [], "no device-origin change"
+        assert page.digests["77"] == record_digest(UserRecordWire.build(record))
+        assert sent_texts(device, record) == []
+    assert not any("USERPIC" in t for t in sent_texts(device, UserRecord("77", name="Ana", photo=b"\xff\xd8new")))
