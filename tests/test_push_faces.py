@@ -6,6 +6,7 @@ import base64
 import pytest
 
 from gateway.push.faces import FaceAlgorithm, Listed, algorithms_in_options, copy_digest
+from gateway.sync.changes import FACE_LIMIT, REFUSED, SERVER_KEPT
 from gateway.sync.merge import merge_reasons, merge_vacant_fields
 from gateway.sync.monitor import CHANGE_DROPPED
 from protocol.errors import MessageError
@@ -291,3 +292,31 @@ def test_a_face_device_refusing_the_photo_query_is_sent_no_photo_again_and_finds
         assert page.digests["77"] == record_digest(UserRecordWire.build(record))
         assert sent_texts(device, record) == []
     assert not any("USERPIC" in t for t in sent_texts(device, UserRecord("77", name="Ana", photo=b"\xff\xd8new")))
+
+
+def test_a_face_of_another_algorithm_is_merged_whole_or_not_at_all():
+    """A near-infrared face is twelve templates that work only together: slots of two enrolments never mix."""
+    nir = lambda fill, count, size=100: tuple(Face(i, bytes([fill]) * size, "zkface2v7") for i in range(count))
+    partial = UserRecord("7", faces=nir(1, 6))
+    pulled = UserRecord("7", faces=nir(2, 12))
+    merged = merge_vacant_fields(partial, pulled)
+    assert merged.faces == partial.faces, "the server holds that format: none of the device's slots 6-11 join it"
+    reasons = merge_reasons(partial, pulled, merged)
+    assert {(c.outcome, c.rule) for c in reasons if c.field == "faces" and c.new} == {(REFUSED, SERVER_KEPT)}
+    server = UserRecord("7", faces=tuple(Face(i, b"s" * 4000, "zkface2v8") for i in range(12)))  # 48,000 bytes
+    big = UserRecord("7", faces=nir(3, 12, 5000))  # 60,000 bytes: room for nine of them, not for the face
+    merged = merge_vacant_fields(server, big)
+    assert merged.faces == server.faces
+    assert {(c.outcome, c.rule) for c in merge_reasons(server, big, merged) if c.field == "faces" and c.new} == {(REFUSED, FACE_LIMIT)}
+
+
+def test_a_pull_takes_a_face_of_another_algorithm_whole_or_refuses_it_whole():
+    device, clock, events, *_ = make()
+    answer_queries(device)
+    nir = [FaceLine("77", 2, i, b"\x02" * (MAX_FACE_TEMPLATE + 1 if i == 11 else 100), "7") for i in range(12)]
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), FACE.line()] + [f.line() for f in nir]).encode())
+    fetched = []
+    device.fetch_users(["77"]).addCallback(fetched.append)
+    assert fetched[0].users[0].faces == (Face(0, FACE.template, "zkface9v58"),), "none of the twelve: the last is too large"
+    [dropped] = [m for m in events.monitoring if m["type"] == CHANGE_DROPPED]
+    assert "face zkface2v7 (12 templates, 9293 bytes): face zkface2v7 11 of 8193 bytes" in dropped["detail"]
