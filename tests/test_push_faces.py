@@ -320,3 +320,27 @@ def test_a_pull_takes_a_face_of_another_algorithm_whole_or_refuses_it_whole():
     assert fetched[0].users[0].faces == (Face(0, FACE.template, "zkface9v58"),), "none of the twelve: the last is too large"
     [dropped] = [m for m in events.monitoring if m["type"] == CHANGE_DROPPED]
     assert "face zkface2v7 (12 templates, 9293 bytes): face zkface2v7 11 of 8193 bytes" in dropped["detail"]
+
+
+def test_one_face_algorithm_per_type_the_options_one_and_each_type_asked_once():
+    """Each face line of a new MajorVer used to add an algorithm and, during a listing, a query: 300
+    of them passed the command queue's bound, and every push was then refused."""
+    device, *_ = make(max_commands=64)
+    fetch_commands(device)  # a listing under way
+    lines = [FaceLine("77", 9, 0, b"\x01", str(major)).line() for major in range(1, 301)]
+    assert call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join(lines).encode())[0] == 200
+    assert list(device.memory.face_algorithms.values()) == [FaceAlgorithm(9, "1", "0")]
+    assert device.server.waiting == 4, "users, fingers, faces of Type 9 once, photos"
+    options(device)
+    assert list(device.memory.face_algorithms.values()) == [FaceAlgorithm(9, "58", "1")], "the options' algorithm wins"
+    assert device.server.waiting == 4, "Type 9 and the photos were asked already"
+
+
+def test_a_server_face_never_overwrites_a_device_face_of_another_algorithm():
+    device, *_ = make()
+    options(device)  # Type 9, MajorVer 58
+    older = FaceLine("77", 9, 0, b"vl40", "40")
+    answer_queries(device, USER.line(), older.line())
+    answer_queries(device)  # a query its face may have asked for
+    texts = sent_texts(device, UserRecord("77", name="Ana Lima", faces=(Face(0, b"vl58", "zkface9v58"),)))
+    assert not any("BIODATA" in t for t in texts), "its own face of MajorVer 40 stays"
