@@ -5,6 +5,7 @@ import base64
 
 import pytest
 
+from gateway.push.device import LINES_SKIPPED
 from gateway.push.faces import FaceAlgorithm, Listed, algorithms_in_options, copy_digest
 from gateway.sync.changes import FACE_LIMIT, REFUSED, SERVER_KEPT
 from gateway.sync.merge import merge_reasons, merge_vacant_fields
@@ -344,3 +345,27 @@ def test_a_server_face_never_overwrites_a_device_face_of_another_algorithm():
     answer_queries(device)  # a query its face may have asked for
     texts = sent_texts(device, UserRecord("77", name="Ana Lima", faces=(Face(0, b"vl58", "zkface9v58"),)))
     assert not any("BIODATA" in t for t in texts), "its own face of MajorVer 40 stays"
+
+
+def test_faces_and_photos_beyond_a_records_bounds_are_kept_as_digest_and_size_only():
+    device, *_ = make()
+    answer_queries(device)
+    big_face, big_photo = FaceLine("77", 9, 0, b"\x05" * (MAX_FACE_TEMPLATE + 1), "58"), PhotoLine("77", b"\x01" * (MAX_PHOTO + 1))
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), big_face.line(), big_photo.line()]).encode())
+    held = device.memory.fingers["77"]
+    assert {type(p).__name__ for p in held.values()} == {"Summary"}
+    assert sorted(p.size for p in held.values()) == [MAX_FACE_TEMPLATE + 1, MAX_PHOTO + 1] and all(len(p.sha256) == 32 for p in held.values())
+
+
+def test_a_face_line_of_another_body_part_number_is_skipped_and_the_person_still_pulled():
+    """A face is No=0: a second line of the same Type, MajorVer and Index under another No used to
+    make the pulled record invalid (two templates in one slot), and the person was not pulled."""
+    device, clock, events, *_ = make()
+    answer_queries(device)
+    other = FACE.line().replace("No=0", "No=1").replace(base64.b64encode(FACE.template).decode(), "AQID")
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), FACE.line(), other]).encode())
+    [skipped] = [m for m in events.monitoring if m["type"] == LINES_SKIPPED]
+    assert "a face's No is 1, not 0" in skipped["detail"]
+    fetched = []
+    device.fetch_users(["77"]).addCallback(fetched.append)
+    assert fetched[0].users[0].faces == (Face(0, FACE.template, "zkface9v58"),)
