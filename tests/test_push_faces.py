@@ -53,6 +53,14 @@ def test_an_unknown_extension_bit_is_refused():
         UserRecordWire.parse(bytes(wire))
 
 
+@pytest.mark.parametrize("extension", ["00", "0100"])
+def test_an_extension_that_extends_nothing_is_refused(extension):
+    """"No foreign faces" is no extension: ``80 00`` and ``80 01 00`` would be two more encodings of one record."""
+    wire = bytes.fromhex("0137800000000080" + extension)
+    with pytest.raises(MessageError, match="extends nothing"):
+        UserRecordWire.parse(wire)
+
+
 @pytest.mark.parametrize("faces, problem", [
     ((Face(16, b"x", "zkface2v7"),), "face slot index"),
     ((Face(0, b"x" * (MAX_FACE_TEMPLATE + 1), "zkface9v58"),), "face template"),
