@@ -62,6 +62,7 @@ from protocol.zk.records import Template, User
 log = Logger(namespace="gateway.push")
 
 LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an upload that did not parse
+USER_MISSING = "User missing from the device (PUSH)"  # a monitoring event: listed without a person, no deletion reported
 DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
 _CREDENTIAL_CODES = {verify: int(credential) for verify, credential in CREDENTIALS.items()}  # as the event's sub-code
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
@@ -539,6 +540,9 @@ class PushDevice:
                 tracker.seen_now(user_id, None)
                 self._written.pop(user_id, None)
             self._save_seen({user_id: None for user_id in vanished})
+            detail = f"PUSH device {self.server.serial}: not on the device without a reported deletion: put back by reconciliation"
+            rows = [sync_event_row(USER_MISSING, self.terminal_id, user_id, detail, at_ms=self._now_ms()) for user_id in vanished]
+            self._events.commit_with_events(record_sync_events, rows).addErrback(self._unsaved, "monitoring events")
         self._keypad_deleted.clear()
         changes = tracker.changes(held)
         if not changes:
