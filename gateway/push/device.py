@@ -143,7 +143,7 @@ class PushDevice:
         self._expected: dict[str, tuple[UserLine | None, dict]] = {}
         self._listing: tuple[dict, dict] | None = None  # users and fingers of a DATA QUERY under way
         self._listing_ids: set[int] = set()
-        self._asked: set = set()  # what the listing under way asked for besides users and fingers: face Types, "USERPIC"
+        self._asked: set[int | str] = set()  # what the listing under way asked for besides users and fingers: face Types, "USERPIC"
         self._listed: list[defer.Deferred] = []  # wait for the listing under way
         self._listed_next: list[defer.Deferred] = []  # asked for a fresh one while another was under way: wait for the next
         self._complete = False  # memory holds the device's whole user list, kept up to date since
@@ -324,9 +324,10 @@ class PushDevice:
         """Ask the listing under way for the faces of each Type and the photos not asked for yet
         (a Type is asked once: at most LISTING_COMMANDS wait for a listing)."""
         listed = self._listable()
-        wanted = sorted({a.type for a in listed.algorithms} - self._asked) + (["USERPIC"] if listed.photos and "USERPIC" not in self._asked else [])
-        self._asked.update(wanted)
-        self._ask_listing([cmd.query_photos() if what == "USERPIC" else cmd.query_faces(what) for what in wanted])
+        types = sorted({a.type for a in listed.algorithms} - self._asked)
+        photos = listed.photos and "USERPIC" not in self._asked
+        self._asked.update(types, ["USERPIC"] if photos else [])
+        self._ask_listing([cmd.query_faces(t) for t in types] + ([cmd.query_photos()] if photos else []))
 
     def _listable(self) -> Listed:
         """What of faces and photos the device's listing returns (gateway/push/faces.py): nothing of a 3.x
