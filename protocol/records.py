@@ -286,6 +286,9 @@ class _UserRecordAdapter(CompilableAdapter):
         extension = foreign["extension"] or _NO_EXTENSION
         if extension["flags"] & ~FOREIGN_FACES:
             raise MessageError(f"user {obj['user_id']!r}: unknown record extension bits {extension['flags']:#04x}")
+        if foreign["extension"] is not None and not extension["faces"]:
+            # One encoding per record: no foreign faces is no extension, never an empty one (a digest is of the bytes).
+            raise MessageError(f"user {obj['user_id']!r}: a record extension that extends nothing (no flags, or no foreign faces)")
         return UserRecord(
             user_id=obj["user_id"],
             name=obj["name"],

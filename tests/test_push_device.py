@@ -6,7 +6,7 @@ from twisted.internet import defer, task
 
 from gateway.sync.connection import UserResult
 from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED
-from gateway.push.device import LINES_SKIPPED, DeviceGone, PushDevice
+from gateway.push.device import LINES_SKIPPED, USER_MISSING, DeviceGone, PushDevice
 from gateway.push.queue import StoredCommand
 from gateway.zk.holdings import Holdings
 from protocol.events import EventCode, Origin
@@ -342,6 +342,7 @@ def test_a_wiped_device_is_not_a_keypad_deletion():
     list_users(device)
     assert [(e.code, e.user_id) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, "1")]  # no deletion announced
     assert holdings.seen == {}
+    assert [(m["type"], m["user_id"]) for m in events.monitoring] == [(USER_MISSING, "1")], "each person put back is told"
     page = []
     device.list_digests("", 100).addCallback(page.append)
     list_users(device)  # reconciliation lists it afresh

@@ -5,7 +5,9 @@ import base64
 
 import pytest
 
-from gateway.push.faces import FaceAlgorithm, algorithms_in_options, copy_digest
+from gateway.push.device import LINES_SKIPPED
+from gateway.push.faces import FaceAlgorithm, Listed, algorithms_in_options, copy_digest
+from gateway.sync.changes import FACE_LIMIT, REFUSED, SERVER_KEPT
 from gateway.sync.merge import merge_reasons, merge_vacant_fields
 from gateway.sync.monitor import CHANGE_DROPPED
 from protocol.errors import MessageError
@@ -51,6 +53,14 @@ def test_an_unknown_extension_bit_is_refused():
         UserRecordWire.parse(bytes(wire))
 
 
+@pytest.mark.parametrize("extension", ["00", "0100"])
+def test_an_extension_that_extends_nothing_is_refused(extension):
+    """"No foreign faces" is no extension: ``80 00`` and ``80 01 00`` would be two more encodings of one record."""
+    wire = bytes.fromhex("0137800000000080" + extension)
+    with pytest.raises(MessageError, match="extends nothing"):
+        UserRecordWire.parse(wire)
+
+
 @pytest.mark.parametrize("faces, problem", [
     ((Face(16, b"x", "zkface2v7"),), "face slot index"),
     ((Face(0, b"x" * (MAX_FACE_TEMPLATE + 1), "zkface9v58"),), "face template"),
@@ -93,8 +103,9 @@ def test_algorithms_from_the_options_a_device_posts():
 
 
 def test_a_copy_without_faces_or_photo_keeps_its_digest():
-    assert copy_digest(b"12345678", {6: object()}) == b"12345678"
-    assert copy_digest(b"12345678", {FACE.key: FACE}) != b"12345678"
+    listed = Listed((FaceAlgorithm(9, "58", "1"),), photos=True)
+    assert copy_digest(b"12345678", {6: object()}, listed) == b"12345678"
+    assert copy_digest(b"12345678", {FACE.key: FACE}, listed) != b"12345678"
 
 
 # -- PushDevice --------------------------------------------------------------------------------------------
@@ -234,3 +245,135 @@ def test_a_getrequest_answer_stays_under_the_devices_download_limit():
     first = server.commands_to_send(0)
     assert [c.id for c in first] == [1, 2] and len(render_commands(first)) < 50_000
     assert [c.id for c in server.commands_to_send(0)] == [3, 4], "the rest at the next getrequest"
+
+
+def apply_all(device):
+    """The device applies every command it was sent."""
+    body = "".join(f"ID={c.id}&Return=0&CMD=DATA\n" for c in device.server.commands_to_send(1e12))
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+
+
+def list_again(device, user_line, photo_answer=0):
+    """A reconciliation's listing, the device holding ``user_line`` (and no photo); its page."""
+    page = []
+    device.list_digests("", 10).addCallback(page.append)
+    queries = [c for c in fetch_commands(device) if c.text.startswith("DATA QUERY")]
+    assert call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, (user_line + "\n").encode())[0] == 200
+    body = "".join(f"ID={c.id}&Return={photo_answer if c.text == cmd.query_photos() else 0}&CMD=DATA\n" for c in queries)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+    return page[0]
+
+
+def test_a_fingerprint_only_device_is_sent_no_photo_and_its_listings_find_nothing_to_pull():
+    """Its listing is not asked for photos: a photo sent to it would be missing from every listing,
+    taken for an edit at the device, pulled, and sent again, for ever."""
+    device, clock, events, *_ = make()
+    answer_queries(device)  # no options: no face algorithm
+    record = UserRecord("77", name="Ana", photo=b"\xff\xd8jpg")
+    texts = sent_texts(device, record)
+    assert [t.split(" ")[2] for t in texts] == ["USERINFO"]
+    apply_all(device)
+    user_line = "USER " + texts[0].split(" ", 3)[3]
+    before = len(events.stored)
+    for _ in range(2):
+        page = list_again(device, user_line)
+        assert events.stored[before:] == [], "no device-origin change"
+        assert page.digests["77"] == record_digest(UserRecordWire.build(record)), "reconciliation finds it as written"
+        assert sent_texts(device, record) == []
+
+
+def test_a_face_device_refusing_the_photo_query_is_sent_no_photo_again_and_finds_nothing_to_pull():
+    """docs/zk-push.md: a device may not know DATA QUERY USERPIC (-1002); the photo sent before it said
+    so is then no edit at the device, and no photo goes to it again."""
+    device, clock, events, *_ = make()
+    options(device)
+    answer_queries(device)
+    record = UserRecord("77", name="Ana", photo=b"\xff\xd8jpg")
+    texts = sent_texts(device, record)
+    assert texts[-1] == cmd.update_photo(PhotoLine("77", b"\xff\xd8jpg"))
+    apply_all(device)
+    user_line = "USER " + texts[0].split(" ", 3)[3]
+    before = len(events.stored)
+    list_again(device, user_line, photo_answer=-1002)
+    for _ in range(2):
+        page = list_again(device, user_line)
+        assert events.stored[before:] == [], "no device-origin change"
+        assert page.digests["77"] == record_digest(UserRecordWire.build(record))
+        assert sent_texts(device, record) == []
+    assert not any("USERPIC" in t for t in sent_texts(device, UserRecord("77", name="Ana", photo=b"\xff\xd8new")))
+
+
+def test_a_face_of_another_algorithm_is_merged_whole_or_not_at_all():
+    """A near-infrared face is twelve templates that work only together: slots of two enrolments never mix."""
+    nir = lambda fill, count, size=100: tuple(Face(i, bytes([fill]) * size, "zkface2v7") for i in range(count))
+    partial = UserRecord("7", faces=nir(1, 6))
+    pulled = UserRecord("7", faces=nir(2, 12))
+    merged = merge_vacant_fields(partial, pulled)
+    assert merged.faces == partial.faces, "the server holds that format: none of the device's slots 6-11 join it"
+    reasons = merge_reasons(partial, pulled, merged)
+    assert {(c.outcome, c.rule) for c in reasons if c.field == "faces" and c.new} == {(REFUSED, SERVER_KEPT)}
+    server = UserRecord("7", faces=tuple(Face(i, b"s" * 4000, "zkface2v8") for i in range(12)))  # 48,000 bytes
+    big = UserRecord("7", faces=nir(3, 12, 5000))  # 60,000 bytes: room for nine of them, not for the face
+    merged = merge_vacant_fields(server, big)
+    assert merged.faces == server.faces
+    assert {(c.outcome, c.rule) for c in merge_reasons(server, big, merged) if c.field == "faces" and c.new} == {(REFUSED, FACE_LIMIT)}
+
+
+def test_a_pull_takes_a_face_of_another_algorithm_whole_or_refuses_it_whole():
+    device, clock, events, *_ = make()
+    answer_queries(device)
+    nir = [FaceLine("77", 2, i, b"\x02" * (MAX_FACE_TEMPLATE + 1 if i == 11 else 100), "7") for i in range(12)]
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), FACE.line()] + [f.line() for f in nir]).encode())
+    fetched = []
+    device.fetch_users(["77"]).addCallback(fetched.append)
+    assert fetched[0].users[0].faces == (Face(0, FACE.template, "zkface9v58"),), "none of the twelve: the last is too large"
+    [dropped] = [m for m in events.monitoring if m["type"] == CHANGE_DROPPED]
+    assert "face zkface2v7 (12 templates, 9293 bytes): face zkface2v7 11 of 8193 bytes" in dropped["detail"]
+
+
+def test_one_face_algorithm_per_type_the_options_one_and_each_type_asked_once():
+    """Each face line of a new MajorVer used to add an algorithm and, during a listing, a query: 300
+    of them passed the command queue's bound, and every push was then refused."""
+    device, *_ = make(max_commands=64)
+    fetch_commands(device)  # a listing under way
+    lines = [FaceLine("77", 9, 0, b"\x01", str(major)).line() for major in range(1, 301)]
+    assert call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join(lines).encode())[0] == 200
+    assert list(device.memory.face_algorithms.values()) == [FaceAlgorithm(9, "1", "0")]
+    assert device.server.waiting == 4, "users, fingers, faces of Type 9 once, photos"
+    options(device)
+    assert list(device.memory.face_algorithms.values()) == [FaceAlgorithm(9, "58", "1")], "the options' algorithm wins"
+    assert device.server.waiting == 4, "Type 9 and the photos were asked already"
+
+
+def test_a_server_face_never_overwrites_a_device_face_of_another_algorithm():
+    device, *_ = make()
+    options(device)  # Type 9, MajorVer 58
+    older = FaceLine("77", 9, 0, b"vl40", "40")
+    answer_queries(device, USER.line(), older.line())
+    answer_queries(device)  # a query its face may have asked for
+    texts = sent_texts(device, UserRecord("77", name="Ana Lima", faces=(Face(0, b"vl58", "zkface9v58"),)))
+    assert not any("BIODATA" in t for t in texts), "its own face of MajorVer 40 stays"
+
+
+def test_faces_and_photos_beyond_a_records_bounds_are_kept_as_digest_and_size_only():
+    device, *_ = make()
+    answer_queries(device)
+    big_face, big_photo = FaceLine("77", 9, 0, b"\x05" * (MAX_FACE_TEMPLATE + 1), "58"), PhotoLine("77", b"\x01" * (MAX_PHOTO + 1))
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), big_face.line(), big_photo.line()]).encode())
+    held = device.memory.fingers["77"]
+    assert {type(p).__name__ for p in held.values()} == {"Summary"}
+    assert sorted(p.size for p in held.values()) == [MAX_FACE_TEMPLATE + 1, MAX_PHOTO + 1] and all(len(p.sha256) == 32 for p in held.values())
+
+
+def test_a_face_line_of_another_body_part_number_is_skipped_and_the_person_still_pulled():
+    """A face is No=0: a second line of the same Type, MajorVer and Index under another No used to
+    make the pulled record invalid (two templates in one slot), and the person was not pulled."""
+    device, clock, events, *_ = make()
+    answer_queries(device)
+    other = FACE.line().replace("No=0", "No=1").replace(base64.b64encode(FACE.template).decode(), "AQID")
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, "\n".join([USER.line(), FACE.line(), other]).encode())
+    [skipped] = [m for m in events.monitoring if m["type"] == LINES_SKIPPED]
+    assert "a face's No is 1, not 0" in skipped["detail"]
+    fetched = []
+    device.fetch_users(["77"]).addCallback(fetched.append)
+    assert fetched[0].users[0].faces == (Face(0, FACE.template, "zkface9v58"),)

@@ -8,7 +8,7 @@ import base64
 
 from test_push_device import SN, call, fetch_commands, make
 
-from gateway.sync.connection import UserResult
+from gateway.sync.connection import ListingUnsupported, UserResult
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, UserRecord, UserRecordWire
@@ -185,6 +185,36 @@ def test_a_3x_device_met_mid_session_is_known_by_its_refusal_of_the_2x_listing()
     assert device.dialect is PUSH3
     list_v3(device, b"user uid=1\tpin=5\tname=Eve\n")
     assert [(e.code, e.user_id) for e in events.stored] == [(EventCode.ENROLL_SUCCESS, "5")]
+
+
+def test_a_2x_face_device_refusing_only_its_photo_query_with_629_stays_2x():
+    """Only a refusal of the user query says "3.x": another table a 2.x device lacks says nothing of its dialect."""
+    device, *_ = make()
+    options = b"MultiBioDataSupport=0:1:0:0:0:0:0:0:0:1,MultiBioVersion=0:10.0:0:0:0:0:0:0:0:58.1"
+    assert call(device, "POST", "/iclock/cdata", {"table": "options"}, options) == (200, b"OK")
+    sent = fetch_commands(device)
+    assert sent[-1].text == "DATA QUERY USERPIC"
+    body = "".join(f"ID={c.id}&Return={-629 if c is sent[-1] else 0}&CMD=DATA\n" for c in sent)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+    assert device.dialect is PUSH2 and fetch_commands(device) == [], "no 3.x listing asked"
+
+
+def test_a_refused_user_query_fails_the_listing_and_takes_nobody_for_gone():
+    """A device that will not list its users is not a wiped one: reconciliation is told it cannot list,
+    and what the server has seen of it stays."""
+    device, clock, events, holdings, *_ = make(push_version="2")
+    sent = fetch_commands(device)
+    call(device, "POST", "/iclock/cdata", {"table": "OPERLOG"}, b"USER PIN=5\tName=Eve\n")
+    call(device, "POST", "/iclock/devicecmd", {}, "".join(f"ID={c.id}&Return=0&CMD=DATA\n" for c in sent).encode())
+    device.fetch_users(["5"])
+    seen = dict(holdings.seen)
+    outcome = []
+    device.list_digests("", 10).addBoth(outcome.append)
+    sent = fetch_commands(device)
+    body = "".join(f"ID={c.id}&Return={-629 if c.text == 'DATA QUERY USERINFO' else 0}&CMD=DATA\n" for c in sent)
+    assert call(device, "POST", "/iclock/devicecmd", {}, body.encode()) == (200, b"OK")
+    assert isinstance(outcome[0].value, ListingUnsupported) and "refused to list its users" in str(outcome[0].value)
+    assert holdings.seen == seen and "5" in seen
 
 
 def test_a_person_new_to_a_3x_device_is_given_its_doors_and_one_it_holds_keeps_its_own():

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.sync.connection import DigestPage, FetchedUsers, TerminalInfo, UserResult
-from gateway.push.faces import (FaceAlgorithm, algorithms_in_options, copy_digest, holdable_pictures, pictures, planned_pictures,
+from gateway.sync.connection import DigestPage, FetchedUsers, ListingUnsupported, TerminalInfo, UserResult
+from gateway.push.faces import (FaceAlgorithm, Listed, algorithms_in_options, copy_digest, held_piece, holdable_pictures, planned_pictures,
                                  server_faces)
 from gateway.push.queue import StoredCommand
 from gateway.sync.monitor import CHANGE_DROPPED, LOG_RESTARTED, PUSH_REFUSED, record_sync_events, sync_event_row
@@ -62,6 +62,7 @@ from protocol.zk.records import Template, User
 log = Logger(namespace="gateway.push")
 
 LINES_SKIPPED = "Device lines skipped (PUSH)"  # a monitoring event: lines of an upload that did not parse
+USER_MISSING = "User missing from the device (PUSH)"  # a monitoring event: listed without a person, no deletion reported
 DELETE_USER_OPS = frozenset({9, 103})  # OPLOG codes of a user deleted at the keypad (the PIN is the first object)
 _CREDENTIAL_CODES = {verify: int(credential) for verify, credential in CREDENTIALS.items()}  # as the event's sub-code
 RECENT_PUNCHES = 100_000  # punch identities kept per device to match resends without reading the log
@@ -69,7 +70,6 @@ LISTING_S = 120.0  # how long the sync core waits for the device to list its use
 # DATA QUERY USERINFO and FINGERTMP, and of a face device BIODATA of each face Type (2, 9) and USERPIC:
 # the bound on pushes keeps room for them
 LISTING_COMMANDS = 5
-NO_PICTURES = dict(faces=(), photo=None)  # what a 3.x device holds of the server's faces and photo: they are not sent
 
 
 class DeviceGone(ProtocolError):
@@ -104,7 +104,9 @@ class DeviceMemory:
     operlog_stamp: str | None = None
     biodata: bool = False  # it sends BIODATA lines: templates go back that way
     fp_version: str | None = None
-    face_algorithms: dict[str, FaceAlgorithm] = field(default_factory=dict)  # by name: its faces' algorithms, as it said
+    face_algorithms: dict[int, FaceAlgorithm] = field(default_factory=dict)  # by BIODATA Type: its faces' algorithm, as it said
+    from_options: bool = False  # its options named them (they win over an uploaded face's)
+    photos_refused: bool = False  # it refused DATA QUERY USERPIC: its listings return no photo, so none is sent to it
 
 
 class PushDevice:
@@ -141,6 +143,7 @@ class PushDevice:
         self._expected: dict[str, tuple[UserLine | None, dict]] = {}
         self._listing: tuple[dict, dict] | None = None  # users and fingers of a DATA QUERY under way
         self._listing_ids: set[int] = set()
+        self._asked: set[int | str] = set()  # what the listing under way asked for besides users and fingers: face Types, "USERPIC"
         self._listed: list[defer.Deferred] = []  # wait for the listing under way
         self._listed_next: list[defer.Deferred] = []  # asked for a fresh one while another was under way: wait for the next
         self._complete = False  # memory holds the device's whole user list, kept up to date since
@@ -191,7 +194,7 @@ class PushDevice:
             self._settle(event)
             return 200, b"OK"
         if isinstance(event, OptionsUploaded):
-            self._learn_faces(algorithms_in_options(event.options))
+            self._learn_faces(algorithms_in_options(event.options), from_options=True)
             return 200, b"OK"
         if isinstance(event, (Pinged, OtherUpload)):
             return 200, b"OK"
@@ -313,32 +316,60 @@ class PushDevice:
         collected as the new list."""
         if self._listing is not None:
             return
-        self._listing, self._listing_ids = ({}, {}), set()
-        self._ask_listing(self.dialect.listing(self.memory.biodata) + _picture_queries(self.memory.face_algorithms.values(), photos=True))
+        self._listing, self._listing_ids, self._asked = ({}, {}), set(), set()
+        self._ask_listing(self.dialect.listing(self.memory.biodata))
+        self._ask_pictures()
+
+    def _ask_pictures(self) -> None:
+        """Ask the listing under way for the faces of each Type and the photos not asked for yet
+        (a Type is asked once: at most LISTING_COMMANDS wait for a listing)."""
+        listed = self._listable()
+        types = sorted({a.type for a in listed.algorithms} - self._asked)
+        photos = listed.photos and "USERPIC" not in self._asked
+        self._asked.update(types, ["USERPIC"] if photos else [])
+        self._ask_listing([cmd.query_faces(t) for t in types] + ([cmd.query_photos()] if photos else []))
+
+    def _listable(self) -> Listed:
+        """What of faces and photos the device's listing returns (gateway/push/faces.py): nothing of a 3.x
+        device (not synced, docs/zk-push.md), photos of a 2.x face device unless it refused their query."""
+        if self.dialect is not PUSH2:
+            return Listed()
+        algorithms = tuple(self.memory.face_algorithms.values())
+        return Listed(algorithms, photos=bool(algorithms) and not self.memory.photos_refused)
 
     def _ask_listing(self, texts: list[str]) -> None:
+        if not texts:
+            return
         ids = self.server.new_ids(len(texts))
         # Never refused: pushes stop LISTING_COMMANDS short of the bound, and one listing is under way at a time.
         self.server.take([PushCommand(i, text) for i, text in zip(ids, texts)])
         self._listing_ids.update(ids)
 
-    def _learn_faces(self, algorithms: list[FaceAlgorithm]) -> None:
+    def _learn_faces(self, algorithms: list[FaceAlgorithm], from_options: bool) -> None:
         """The device named face algorithms (its options, or a face it uploaded): faces of those go to it,
-        and its listings ask for its faces and photos; a listing under way asks for them too, else a new
-        one starts (what it holds of them was not listed yet). Not for a 3.x device: its faces and
-        photos are not synced (docs/zk-push.md, "Not done yet")."""
+        and its listings ask for its faces and photos; a listing under way asks for a Type not asked yet,
+        else a new one starts (what it holds of them was not listed yet). One algorithm per BIODATA
+        Type, the options' over an uploaded face's (a face of another MajorVer is one the device holds,
+        not a second algorithm: else each line of a new MajorVer would add one, and a query). Not for a
+        3.x device: its faces and photos are not synced (docs/zk-push.md, "Not done yet")."""
         if self.dialect is PUSH3:
             return
-        known = self.memory.face_algorithms
-        new = [a for a in algorithms if a.name not in known]
+        memory = self.memory
+        known = memory.face_algorithms
+        if from_options:
+            new = {a.type: a for a in algorithms}
+            memory.from_options = True
+        else:
+            new = {a.type: a for a in algorithms if a.type not in known and not memory.from_options}
+        new = {t: a for t, a in new.items() if known.get(t) != a}
         if not new:
             return
-        photos = not known
-        known.update((a.name, a) for a in new)
-        log.info("PUSH device {sn}: face algorithms {names}", sn=self.server.serial, names=", ".join(sorted(known)))
+        had_types = set(known)
+        known.update(new)
+        log.info("PUSH device {sn}: face algorithms {names}", sn=self.server.serial, names=", ".join(sorted(a.name for a in known.values())))
         if self._listing is not None:
-            self._ask_listing(_picture_queries(new, photos))
-        elif self.online:
+            self._ask_pictures()
+        elif self.online and set(new) - had_types:
             self._start_listing()
 
     def _when_listed(self, fresh: bool = False) -> defer.Deferred:
@@ -374,14 +405,23 @@ class PushDevice:
 
         return d.addBoth(settled)
 
-    def _listing_done(self, command_id: int, code: int) -> None:
-        if code == v3.REFUSED_TABLE and self.dialect is PUSH2 and self._pinned is None:
-            # "no such table": a 3.x device that has not shown itself yet (it was mid-session when the gateway started)
-            self._switch_dialect(PUSH3, f"it refused {PUSH2.list_users} with {code}")
+    def _listing_done(self, command: PushCommand, code: int) -> None:
+        """A result of the listing under way. A refused user query ends it as failed (a device that
+        lists no users is not a wiped one); ``-629`` ("no such table") to 2.x's user query is a 3.x
+        device that has not shown itself yet (it was mid-session when the gateway started)."""
+        if code < 0 and command.text == self.dialect.list_users:
+            if code == v3.REFUSED_TABLE and self.dialect is PUSH2 and self._pinned is None:
+                self._switch_dialect(PUSH3, f"it refused {PUSH2.list_users} with {code}")
+                return
+            self.server.discard(self._listing_ids)
+            self._listing, self._listing_ids = None, set()
+            self._fail_listing(ListingUnsupported(f"PUSH device {self.server.serial} refused to list its users ({command.text}: {code})"))
             return
-        self._listing_ids.discard(command_id)
+        self._listing_ids.discard(command.id)
         if code < 0:
-            log.warn("PUSH device {sn} refused to list its users ({code})", sn=self.server.serial, code=code)
+            log.warn("PUSH device {sn} refused {query} ({code})", sn=self.server.serial, query=command.text, code=code)
+            if command.text == cmd.query_photos():
+                self._refused_photos()
         if self._listing_ids or self._listing is None:
             return
         users, fingers = self._listing
@@ -395,6 +435,17 @@ class PushDevice:
             self._start_listing()
         for d in waiting:
             d.callback(None)
+
+    def _refused_photos(self) -> None:
+        """The device refused DATA QUERY USERPIC: its listings return no photo, so none is sent to it
+        and its copies' digests leave the photo out; what the server has seen of a copy is digested
+        so too (from memory, not replaced by this listing yet), else the copy would look edited."""
+        before = self._held()
+        self.memory.photos_refused = True
+        after, seen = self._held(), self._tracker.seen
+        redigested = {u: after[u] for u, digest in before.items() if seen.get(u) == digest != after[u]}
+        seen.update(redigested)  # not seen_now: a pull still owed stays owed
+        self._save_seen(redigested)
 
     def _fail_listing(self, failure: Exception) -> None:
         waiting, self._listed, self._listed_next = self._listed + self._listed_next, [], []
@@ -446,14 +497,14 @@ class PushDevice:
                 elif isinstance(item, FingerLine):
                     fingers.setdefault(item.pin, {})[item.fid] = item
                 elif isinstance(item, (FaceLine, PhotoLine)):  # beside the fingers (gateway/push/faces.py)
-                    fingers.setdefault(item.pin, {})[item.key] = item
+                    fingers.setdefault(item.pin, {})[item.key] = held_piece(item)
                 elif isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
                     users.pop(item.objects[0], None)
                     fingers.pop(item.objects[0], None)
             if isinstance(item, FingerLine) and item.kind == "BIODATA":
                 memory.biodata = True
             if isinstance(item, FaceLine):
-                self._learn_faces([FaceAlgorithm(item.type, item.major, item.minor)])
+                self._learn_faces([FaceAlgorithm(item.type, item.major, item.minor)], from_options=False)
             if isinstance(item, OpLog) and item.code in DELETE_USER_OPS and item.objects:
                 self._keypad_deleted.add(item.objects[0])
         if self._complete:
@@ -471,7 +522,9 @@ class PushDevice:
 
     def _held(self) -> dict[str, bytes]:
         fingers = self.memory.fingers
-        return {pin: copy_digest(held_digest(_as_user(line), self._templates(pin)), fingers.get(pin, {})) for pin, line in self.memory.users.items()}
+        listed = self._listable()
+        return {pin: copy_digest(held_digest(_as_user(line), self._templates(pin)), fingers.get(pin, {}), listed)
+                for pin, line in self.memory.users.items()}
 
     def _templates(self, pin: str) -> list[Template]:
         return _as_templates(self.memory.fingers.get(pin, {}))
@@ -488,6 +541,9 @@ class PushDevice:
                 tracker.seen_now(user_id, None)
                 self._written.pop(user_id, None)
             self._save_seen({user_id: None for user_id in vanished})
+            detail = f"PUSH device {self.server.serial}: not on the device without a reported deletion: put back by reconciliation"
+            rows = [sync_event_row(USER_MISSING, self.terminal_id, user_id, detail, at_ms=self._now_ms()) for user_id in vanished]
+            self._events.commit_with_events(record_sync_events, rows).addErrback(self._unsaved, "monitoring events")
         self._keypad_deleted.clear()
         changes = tracker.changes(held)
         if not changes:
@@ -510,7 +566,7 @@ class PushDevice:
                 continue
             assert isinstance(outcome, Done)
             if outcome.command.id in self._listing_ids:
-                self._listing_done(outcome.command.id, outcome.result.code)
+                self._listing_done(outcome.command, outcome.result.code)
             code = outcome.result.code  # 0 or more is success (3.x answers a query with its row count)
             self._delivered(outcome.command.id, f"the device refused it (Return={code})" if code < 0 else None)
 
@@ -549,7 +605,7 @@ class PushDevice:
                 log.warn("{detail}, user {user}", detail=detail, user=user_id)
                 self._monitor(CHANGE_DROPPED, detail, user_id)
             records.append(record)
-            seen[user_id] = copy_digest(held_digest(user, templates), pieces)
+            seen[user_id] = copy_digest(held_digest(user, templates), pieces, self._listable())
             self._tracker.seen_now(user_id, seen[user_id])
             self._written.pop(user_id, None)  # the server's record is the merge of it: reconciliation compares anew
         self._save_seen(seen)
@@ -572,8 +628,7 @@ class PushDevice:
         return DigestPage(page, len(ids) > limit)
 
     def holdable(self, record: UserRecord) -> UserRecord:
-        pictures = holdable_pictures(record, list(self.memory.face_algorithms.values())) if self.dialect is PUSH2 else NO_PICTURES
-        return replace(holdable_copy(record, self._profile), **pictures)
+        return replace(holdable_copy(record, self._profile), **holdable_pictures(record, self._listable()))
 
     def digest_of(self, record: bytes) -> bytes:
         """A copy the server wrote is listed by the digest of the record it was written from."""
@@ -614,12 +669,10 @@ class PushDevice:
             templates, compared = [], had  # an algorithm we do not know: the device's templates stay as they are
         else:
             compared = templates
-        if self.dialect is PUSH2:
-            after, sent = planned_pictures(record, held_fingers, list(self.memory.face_algorithms.values()))
-        else:  # a 3.x device's faces and photo are not synced: it keeps what it holds
-            after, sent = pictures(held_fingers), []
-        digest = copy_digest(held_digest(user, compared), after)
-        if held is not None and copy_digest(held_digest(held, had), held_fingers) == digest:
+        listed = self._listable()
+        after, sent = planned_pictures(record, held_fingers, listed)
+        digest = copy_digest(held_digest(user, compared), after, listed)
+        if held is not None and copy_digest(held_digest(held, had), held_fingers, listed) == digest:
             if user_id not in self._expected:  # what it holds now, not once commands still waiting are applied
                 self._seen_written(user_id, digest, record_digest(raw))
                 return defer.succeed(UserResult(user_id, UserStatus.OK))
@@ -811,11 +864,6 @@ def _as_templates(fingers: dict) -> list[Template]:
     """The fingerprints among a person's pieces (faces and photos sit beside them: gateway/push/faces.py)."""
     held = sorted((f for f in fingers.values() if isinstance(f, FingerLine)), key=lambda f: f.fid)
     return [Template(0, f.fid, f.template, f.valid) for f in held]
-
-
-def _picture_queries(algorithms, photos: bool) -> list[str]:
-    """What a listing asks a face device for besides users and fingers: its faces of each Type, its photos."""
-    return [cmd.query_faces(t) for t in sorted({a.type for a in algorithms})] + ([cmd.query_photos()] if photos and algorithms else [])
 
 
 def _card(text: str) -> int:

@@ -4,7 +4,8 @@ behind each field it took or refused.
 Rules (design.md, "Merge rules"): a field the server already has stays as it is; a vacant
 server field takes the terminal's value; cards are unioned by card id and a card the server has
 is never changed; finger and face slots are filled only where the server's slot is empty (a
-finger's slot is its index and its template format: a ZK and a native template are two slots).
+finger's slot is its index and its template format: a ZK and a native template are two slots),
+and a face of another algorithm only whole, where the server holds none of that format.
 """
 
 from dataclasses import replace
@@ -48,17 +49,20 @@ def merge_vacant_fields(server: UserRecord | None, terminal: UserRecord) -> User
 
 
 def _faces_within_limits(server_faces: tuple, terminal_faces: tuple) -> tuple:
-    """The terminal's faces the record has room for: faces of other algorithms are bounded in number
-    and bytes (protocol.records), and the server's come first."""
+    """The terminal's faces the record takes: this protocol's own by slot; another algorithm's as one
+    unit (a near-infrared face is twelve templates that work only together, so slots of two
+    enrolments must never mix): all of a format the server holds none of, when the record has room
+    for all of it (foreign faces are bounded in number and bytes, protocol.records), else none."""
     foreign = [f for f in server_faces if f.format is not None]
     count, size = len(foreign), sum(len(f.template) for f in foreign)
-    taken, room = {f.slot for f in server_faces}, []
-    for face in terminal_faces:
-        if face.format is not None and face.slot not in taken:
-            if count == MAX_FOREIGN_FACES or size + len(face.template) > MAX_FOREIGN_FACE_BYTES:
-                continue
-            count, size = count + 1, size + len(face.template)
-        room.append(face)
+    held = {f.format for f in foreign}
+    room = [f for f in terminal_faces if f.format is None]
+    for fmt in dict.fromkeys(f.format for f in terminal_faces if f.format is not None and f.format not in held):
+        unit = [f for f in terminal_faces if f.format == fmt]
+        unit_size = sum(len(f.template) for f in unit)
+        if count + len(unit) <= MAX_FOREIGN_FACES and size + unit_size <= MAX_FOREIGN_FACE_BYTES:
+            room += unit
+            count, size = count + len(unit), size + unit_size
     return tuple(room)
 
 
@@ -100,6 +104,8 @@ def merge_reasons(server: UserRecord | None, terminal: UserRecord, merged: UserR
                 continue
             if key in ours:  # a slot the server fills with another template
                 changes.append(FieldChange(name, REFUSED, SERVER_KEPT, member(name, ours[key]), member(name, value)))
+            elif name == "faces" and value.format is not None and value.format in {m.format for m in ours.values()}:
+                changes.append(FieldChange(name, REFUSED, SERVER_KEPT, None, member(name, value)))  # the server's face of that format is whole
             elif key in kept:
                 changes.append(FieldChange(name, TAKEN, CARD_ADDED if name == "cards" else VACANT_FILLED, None, member(name, value)))
             else:

@@ -117,7 +117,6 @@ class FaceLine:
     template: bytes
     major: str
     minor: str = "0"
-    number: int = 0  # No: 0 for a face
     valid: bool = True
     duress: bool = False
     format: str = "0"  # Format: 0 is ZKTeco's own
@@ -129,11 +128,13 @@ class FaceLine:
 
     @property
     def key(self) -> tuple:
-        return ("face", self.type, self.number, self.index)
+        """Its place among a person's pieces: two algorithms of one Type are two places (a server face
+        must never be taken for a device face of another algorithm)."""
+        return ("face", self.type, self.major, self.format, self.index)
 
     def line(self) -> str:
         return "BIODATA " + format_fields((
-            ("Pin", self.pin), ("No", str(self.number)), ("Index", str(self.index)), ("Valid", "1" if self.valid else "0"),
+            ("Pin", self.pin), ("No", "0"), ("Index", str(self.index)), ("Valid", "1" if self.valid else "0"),
             ("Duress", "1" if self.duress else "0"), ("Type", str(self.type)), ("MajorVer", self.major), ("MinorVer", self.minor),
             ("Format", self.format), ("Tmp", base64.b64encode(self.template).decode("ascii"))))
 
@@ -348,8 +349,11 @@ def parse_face(rest: str) -> FaceLine | None:
     index = _number(field_value(fields, "Index") or "0")
     if not 0 <= index <= 255:
         raise ValueError(f"face template index {index} is not 0 to 255")
+    number = _number(field_value(fields, "No") or "0")
+    if number != 0:  # a face is body part 0: any other number would be one more copy of it to keep
+        raise ValueError(f"a face's No is {number}, not 0")
     return FaceLine(pin, _number(field_value(fields, "Type")), index, _base64(field_value(fields, "Tmp")), major,
-                    field_value(fields, "MinorVer").strip() or "0", _number(field_value(fields, "No") or "0"),
+                    field_value(fields, "MinorVer").strip() or "0",
                     field_value(fields, "Valid") != "0", field_value(fields, "Duress") == "1", field_value(fields, "Format").strip() or "0")
 
 
