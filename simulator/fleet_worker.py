@@ -32,11 +32,6 @@ from simulator.zk.device import ZkDevice
 from simulator.zk.station import ZkStation
 
 TERMINALS_PER_WORKER = 500  # one reactor holds this many comfortably; more use more processes
-# ZK devices are dialled: a merged record reaches every device's write pass at once, and each step
-# of those passes is one request per device, which one reactor answers one after the other where
-# real devices answer side by side. Up to as many workers as cores, one per this many ZK devices:
-# at 100 devices on two cores, two workers took a storm's p99 from 12-13 s to 2.2-5.4 s (docs/zk.md).
-ZK_DEVICES_PER_WORKER = 50
 FDS_NOT_FOR_LINKS = 100  # a worker's pipes, its Python and its log
 KINDS = ("native", "zk", "mixed")  # mixed: the first half of the ids (rounded up) native, the rest ZK devices
 ZK_WRITES = (ZkCommand.USER_WRQ, ZkCommand.SAVE_USERTEMPS, ZkCommand.DELETE_USER, ZkCommand.DELETE_USERTEMP, ZkCommand.DEL_FPTMP)
@@ -92,10 +87,8 @@ class FleetSpec:
         if self.workers:
             return max(1, min(self.workers, self.devices))
         by_size = math.ceil(self.devices / TERMINALS_PER_WORKER)
-        cores = os.cpu_count() or 2
-        by_cores = max(1, min(by_size, cores - 1))  # leave a core to the gateway
-        by_zk = min(math.ceil(len(self.zk_ids) / ZK_DEVICES_PER_WORKER), cores)
-        return max(by_cores, by_zk, math.ceil(self.devices / links_per_worker()))  # each link holds a file descriptor
+        by_cores = max(1, min(by_size, (os.cpu_count() or 2) - 1))  # leave a core to the gateway
+        return max(by_cores, math.ceil(self.devices / links_per_worker()))  # each link holds a file descriptor
 
 
 def links_per_worker() -> int:

@@ -39,3 +39,12 @@ def test_the_sharing_benchmark_runs_to_the_end_for_both_sessions(tmp_path):
     figures = json.loads(out.read_text())
     assert [figures[s]["session"] for s in ("held", "released")] == ["held", "released"]
     assert all(figures[s]["online_after_probe"] == 1 and figures[s]["probe_tries"] > 0 for s in ("held", "released"))
+
+
+def test_the_write_pass_benchmark_runs_to_the_end_and_counts_requests(tmp_path):
+    out = tmp_path / "zk_pass.json"
+    run = subprocess.run([sys.executable, "benchmarks/zk_pass.py", "--users", "10", "--passes", "5", "--runs", "1", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    assert figures["passes"] == 5 and figures["requests_per_pass"] >= 9 and figures["pass_us"] > 0

@@ -801,6 +801,18 @@ def test_a_write_pass_stands_for_a_poll_so_none_follows_it_within_poll_s():
     assert wire.sink.of(EventCode.UPDATE_SUCCESS, Origin.DEVICE) == ["1"]
 
 
+def test_the_reconciliation_listing_holds_what_a_write_pass_wrote_and_deleted_at_once():
+    device = ZkDevice()
+    populate(device, 2)
+    wire = Wire(device).start()
+    raw = UserRecordWire.build(UserRecord("5", name="Pushed"))
+    wire.call(wire.connection.put_users([raw], keep_local_changes=False))  # no table read: the counts had not moved
+    page = wire.call(wire.connection.list_digests("", 500)).digests
+    assert sorted(page) == ["1", "2", "5"] and page["5"] == wire.connection.digest_of(raw), "else reconciliation pushes it again"
+    wire.call(wire.connection.delete_users(["1"]))
+    assert sorted(wire.call(wire.connection.list_digests("", 500)).digests) == ["2", "5"]
+
+
 def test_a_write_pass_that_read_no_table_leaves_the_next_poll_where_it_was():
     device = ZkDevice()
     populate(device, 3)
@@ -875,6 +887,7 @@ def test_a_released_session_dials_for_each_conversation_and_lets_go_after_it():
     results = wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("5", name="Pushed"))], keep_local_changes=False))
     assert [r.status for r in results] == [UserStatus.OK] and device.user("5").name == "Pushed"
     assert wire.sessions == 3 and commands(device)[0] == Command.CONNECT and commands(device)[-1] == Command.EXIT
+    assert Command.PREPARE_BUFFER in commands(device), "read again: the site's software may have written people since the poll"
     assert wire.lost == [] and not wire.connection.closed, "a link let go is no lost connection"
 
 

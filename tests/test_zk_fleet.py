@@ -14,7 +14,6 @@ from protocol.zk.bodies import ATTENDANCE, USERS, buffer_request
 from protocol.zk.commands import Command, EventFlag
 from protocol.zk.packet import Packet
 from processes import Process
-from simulator import fleet_worker
 from simulator.fleet import Fleet, FleetError, FleetSpec, describe_ports, propagation_figures
 from simulator.gateway_config import fleet_config
 from simulator.zk.device import ZkDevice
@@ -186,12 +185,3 @@ def test_a_worker_that_exits_after_its_result_is_no_failure_while_a_slower_one_s
     fleet._reported.clear()
     with pytest.raises(FleetError, match="fleet worker 0 ended early"):
         fleet._gather("sample", timeout=1)
-
-
-def test_zk_devices_spread_over_one_worker_per_fifty_up_to_the_cores(monkeypatch):
-    monkeypatch.setattr(fleet_worker.os, "cpu_count", lambda: 2)
-    assert FleetSpec(devices=100, kind="native").worker_count() == 1, "the gateway keeps a core"
-    assert FleetSpec(devices=100, kind="zk").worker_count() == 2
-    assert FleetSpec(devices=40, kind="zk").worker_count() == 1
-    assert FleetSpec(devices=400, kind="zk").worker_count() == 2, "never more than the cores"
-    assert FleetSpec(devices=100, kind="zk", workers=3).worker_count() == 3

@@ -68,6 +68,17 @@ class ChangeDetection:
         self._held = None if any_refused else (self._users, self._templates, held)
         return held
 
+    def _note_written(self, written: dict[str, bytes | None]) -> None:
+        """People a write pass wrote (their digest) or deleted (None), as ``_held_copies`` would
+        find them: the reconciliation's listing (``list_digests``) holds them at once, without
+        every person's copy compared again after each pass."""
+        for user_id, digest in written.items():
+            if digest is None:
+                self._digests.pop(user_id, None)
+                continue
+            user = self._users[user_id]
+            self._digests[user_id] = (user, self._templates.get(user.uid, NO_TEMPLATES), digest, refusal(user, self._profile.cards))
+
     def _refill(self, why: str) -> defer.Deferred:
         """Forget what the server had seen on the device (durably) and ask for a refill; fires
         with whether the forgetting is stored."""

@@ -96,16 +96,19 @@ class WritePasses:
     def _apply_writes(self, writes: list[Write]):
         """Plan the writes against what the device holds, and carry them out. The counts come
         first: a pass that only adds people, on a device whose counts have not moved since a read
-        less than ``poll_s`` ago, plans against that read and reads no table (three requests
-        fewer: most passes of a storm). Otherwise the users are read, and a plan that gives new
-        people uids is checked against the counts once more just before the upload: a keypad
-        that enrolled meanwhile (a device that ignores DISABLEDEVICE) has its people read and
-        the plan made again, so no uid a keypad took since the read is written (docs/zk.md,
-        "What maps to what", uids)."""
+        less than ``poll_s`` ago on a session held since, plans against that read and reads no
+        table (three requests fewer: most passes of a storm). Otherwise the users are read, and a
+        plan that gives new people uids is checked against the counts once more just before the
+        upload: a keypad that enrolled meanwhile (a device that ignores DISABLEDEVICE) has its
+        people read and the plan made again, so no uid a keypad took since the read is written
+        (docs/zk.md, "What maps to what", uids)."""
         sizes = yield self._counts()
         plan = None
         read_at = self._plan.users_at
-        if self._counts_unmoved(sizes) and read_at is not None and self._clock.seconds() - read_at < self._timing.poll.poll_s:
+        # A released session's device was the site's software's since the last conversation: it
+        # may have written people at uids of its own choosing (and deleted as many), so it is read.
+        held_since_read = self._redial is None and read_at is not None
+        if held_since_read and self._counts_unmoved(sizes) and self._clock.seconds() - read_at < self._timing.poll.poll_s:
             plan, results = self._plan_writes(writes)
             if plan.rewrites_held():
                 plan = None  # a read-modify-write: the device's records as they are now
@@ -210,6 +213,7 @@ class WritePasses:
                 seen[user_id] = None
         for user_id, digest in seen.items():
             self._memory.tracker.seen_now(user_id, digest)
+        self._note_written(seen)
         if seen:
             self._save_seen(seen)
             now_ms = self._now_ms()
