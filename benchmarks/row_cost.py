@@ -2,14 +2,15 @@
 
 In a storm each delivery stores two event rows (the terminal's event, acknowledged after its
 commit, and the pusher's monitoring row), and the server's CPU for them was most of what
-PostgreSQL added to a delivery (docs/loadtest.md, "What the server spends"). This stores rows
+PostgreSQL added to a delivery (docs/loadtest.md, "What the PostgreSQL server spends"). This stores rows
 shaped like both, in group commits of ``--batch`` rows, into a migrated gateway database's
 events table (its partitions and five indexes), two ways, alternating for ``--rounds``:
 
 - ``values``: multi-row ``INSERT ... VALUES`` statements (psycopg2's ``execute_values``, 1,000
   rows a statement), ``ON CONFLICT DO NOTHING`` for the terminal's events: how main sent them;
 - ``copy``: the gateway's ``insert_many`` and ``insert_ignoring_duplicates`` (``COPY``, through a
-  temporary table for the rows that may be stored already).
+  temporary table for the rows that may be stored already; half a ``--batch`` below
+  ``COPY_FROM_ROWS`` goes as VALUES there too, which is how that threshold was chosen).
 
 It prints the server's CPU per row (the postmaster and its children, from /proc:
 tools/loadtest/db_server.py) and the WAL per row. The server must be on this machine (a Unix

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import event, select
 
 from gateway.http.queries import EVERYTHING, EventFilter, read_events
+from gateway.store.database import COPY_FROM_ROWS
 from gateway.store.partitions import DEFAULT, WEEK_IDS, WEEK_MS, WEEK_USERS, close_weeks, make_weeks, week_of
 from gateway.store.schema import events
 from gateway.sync.monitor import APPLIED_BY_DEVICE, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
@@ -45,7 +46,7 @@ def spread(pg):
     for n in range(9, -1, -1):
         store(pg, NOW_MS - n * WEEK_MS, 12, f"week -{n}")
     assert DEFAULT in pg.run_now(close_weeks, NOW_MS)
-    store(pg, NOW_MS - 6 * WEEK_MS, 5, "late, in a closed week")
+    store(pg, NOW_MS - 6 * WEEK_MS, COPY_FROM_ROWS + 5, "late, in a closed week, enough to go by COPY (its week's trigger fires)")
     store(pg, NOW_MS, 3, "this week")
     store(pg, NOW_MS - 200 * WEEK_MS, 2, "late, in the closed default partition")
     store(pg, NOW_MS - 8 * WEEK_MS, 1, "late, in a closed week, the newest event")

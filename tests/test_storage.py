@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from gateway.store.partitions import DEFAULT, WEEK_IDS, WEEK_USERS
-from gateway.store.database import DatabaseFailure, insert_ignoring_duplicates, insert_many, upsert
+from gateway.store.database import COPY_FROM_ROWS, DatabaseFailure, insert_ignoring_duplicates, insert_many, upsert
 from gateway.store.order import keyed
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
@@ -156,28 +156,33 @@ def test_a_batch_insert_that_breaks_a_key_fails_as_a_database_failure_and_stores
 AWKWARD_TEXT = ["tab\there", "two\nlines\r\n", "back\\slash \\N \\t", "", "\\", "Zoë 李 😀"]
 
 
-def test_a_batch_insert_stores_any_text_as_written_and_none_as_null(db):
+@pytest.mark.parametrize("copies", [1, COPY_FROM_ROWS], ids=["one statement", "copy"])
+def test_a_batch_insert_stores_any_text_as_written_and_none_as_null(db, copies):
+    texts = AWKWARD_TEXT * copies
     rows = [dict(terminal_id=None, terminal_event_id=None, log_epoch=0, type="t", code=None, sub_code=EventCode.ENROLL_SUCCESS,
-                 user_id=None if i == 3 else text, occurred_ms=NOW_MS, recorded_ms=NOW_MS, detail=text) for i, text in enumerate(AWKWARD_TEXT)]
+                 user_id=None if i == 3 else text, occurred_ms=NOW_MS, recorded_ms=NOW_MS, detail=text) for i, text in enumerate(texts)]
     db.run_now(lambda c: insert_many(c, events, keyed(c, rows)))
     stored = db.run_now(lambda c: c.execute(select(events.c.detail, events.c.user_id, events.c.sub_code, events.c.code).order_by(events.c.id)).all())
-    assert [tuple(r) for r in stored] == [(text, None if i == 3 else text, EventCode.ENROLL_SUCCESS, None) for i, text in enumerate(AWKWARD_TEXT)]
+    assert [tuple(r) for r in stored] == [(text, None if i == 3 else text, EventCode.ENROLL_SUCCESS, None) for i, text in enumerate(texts)]
 
 
-def test_inserts_ignoring_duplicates_twice_in_one_transaction_and_after_a_rolled_back_one(db):
-    def pulls(users):
-        return [dict(terminal_id=1, user_id=u, since_ms=NOW_MS) for u in users]
+@pytest.mark.parametrize("padding", [0, COPY_FROM_ROWS], ids=["one statement", "copy"])
+def test_inserts_ignoring_duplicates_twice_in_one_transaction_and_after_a_rolled_back_one(db, padding):
+    def pulls(users, call):
+        return [dict(terminal_id=1, user_id=u, since_ms=NOW_MS) for u in users + [f"pad-{call}-{i}" for i in range(padding)]]
 
     def rolled_back_then_twice(conn):
         with pytest.raises(ZeroDivisionError), conn.begin_nested():
-            insert_ignoring_duplicates(conn, pending_pulls, pulls(["gone"]))
+            insert_ignoring_duplicates(conn, pending_pulls, pulls(["gone"], 1))
             raise ZeroDivisionError
-        insert_ignoring_duplicates(conn, pending_pulls, pulls(["a", "b"]))
-        insert_ignoring_duplicates(conn, pending_pulls, pulls(["b", "c"]))
+        insert_ignoring_duplicates(conn, pending_pulls, pulls(["a", "b"], 2))
+        insert_ignoring_duplicates(conn, pending_pulls, pulls(["b", "c"], 3))
 
     db.run_now(rolled_back_then_twice)
-    db.run_now(insert_ignoring_duplicates, pending_pulls, pulls(["c", "d"]))
-    assert db.run_now(lambda c: c.execute(select(pending_pulls.c.user_id).order_by(pending_pulls.c.user_id)).scalars().all()) == list("abcd")
+    db.run_now(insert_ignoring_duplicates, pending_pulls, pulls(["c", "d"], 4))
+    users = db.run_now(lambda c: c.execute(select(pending_pulls.c.user_id).where(pending_pulls.c.user_id.not_like("pad-%"))).scalars().all())
+    assert sorted(users) == list("abcd")
+    assert db.run_now(lambda c: c.execute(select(func.count()).select_from(pending_pulls)).scalar()) == 4 + 3 * padding
 
 
 def test_an_upsert_batch_naming_one_key_twice_keeps_the_last(db):

@@ -205,16 +205,20 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
     On SQLite the rows go to the driver's executemany as tuples, the statement compiled once:
     SQLAlchemy's per-row parameter processing cost more than SQLite storing the rows. Columns
     whose type needs a bind processor or a default take SQLAlchemy's own path. On PostgreSQL
-    the rows go by ``COPY`` (``_copy_in``).
+    a batch of ``COPY_FROM_ROWS`` or more goes by ``COPY`` (``_copy_in``), fewer as one
+    multi-row VALUES statement.
     """
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_FROM_ROWS:
         _copy_in(conn, table, rows, ignore_duplicates)
         return
     stmt = _dialect(conn).insert(table)
     if ignore_duplicates:
         stmt = stmt.on_conflict_do_nothing()
+    if conn.dialect.name == "postgresql":
+        _insert_as_values(conn, stmt, rows, ("nothing",) if ignore_duplicates else ())
+        return
     if conn.dialect.name == "sqlite":
         compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
         if compiled is not None:
@@ -259,12 +263,17 @@ def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> 
 
 
 PG_ROWS_PER_STATEMENT = 1000
+# COPY costs a few statements and round trips more than one INSERT (the server asks for the data;
+# the rows that may be stored already take a temporary table), and saves the parsing of every
+# value: the server's CPU per commit of event rows was the same both ways at 32-64 rows a batch,
+# 0.7 of VALUES' at 128-256, 0.5-0.6 at 1,000, and 300-500 us more at 1-8 (benchmarks/row_cost.py).
+COPY_FROM_ROWS = 64
 
 
 def _copy_in(conn, table, rows: list[dict], ignore_duplicates: bool) -> None:
     """Rows into ``table`` by ``COPY FROM STDIN``: the server's CPU per event row in a storm was
     half parsing and planning multi-row VALUES statements (about 28 us a row with the events
-    table's indexes, against 11 us by COPY; docs/loadtest.md, "What the server spends").
+    table's indexes, against 11 us by COPY; docs/loadtest.md, "What the PostgreSQL server spends").
 
     ``COPY`` knows no ``ON CONFLICT``: rows that may be stored already are copied into a
     temporary table of this connection first (no WAL, emptied at commit), then moved with one

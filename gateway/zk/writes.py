@@ -222,8 +222,6 @@ class WritePasses:
                                       Origin.SERVER, user_id) for user_id, digest in seen.items()])
         if read_back:
             self._announce()  # what the read-back found besides the writes (a keypad that was not held)
-        else:
-            self._held_copies()  # the written copies, for reconciliation's listing (list_digests)
         return refused
 
     @defer.inlineCallbacks
