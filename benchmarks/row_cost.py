@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from gateway.store.database import execute_values, insert_ignoring_duplicates, insert_many, make_engine, migrate
 from gateway.store.order import keyed
@@ -62,7 +62,7 @@ WAYS = dict(values=by_values, copy=by_copy)
 
 def measure(engine, server: DatabaseServer, way: str, rows: int, size: int, first: int) -> dict:
     with engine.begin() as conn:
-        conn.execute(delete(events))  # each way starts from an empty table
+        conn.execute(delete(events))  # each way starts from an empty table (``main`` refused a database holding events)
     cpu, wal, started = server.cpu_s(), wal_position(engine), time.perf_counter()
     now_ms = int(time.time() * 1000)
     for i in range(first, first + rows // 2, size // 2):
@@ -94,6 +94,9 @@ def main(argv=None) -> int:
             p.error(why)
         engine = make_engine(args.db)
         migrate(engine)
+        with engine.connect() as conn:
+            if conn.execute(select(events.c.id).limit(1)).first() is not None:
+                p.error(f"{args.db} holds events: give an empty database (each way empties the events table)")
         runs = []
         for r in range(args.rounds):
             for way in (WAYS if r % 2 == 0 else reversed(WAYS)):  # alternating, so the machine's drift favours neither

@@ -62,7 +62,13 @@ def make_engine(url: str) -> Engine:
     # A server that accepts the connection and never answers must not hang the gateway's start
     # (nor its writer thread): libpq's connect_timeout bounds it.
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if make_url(url).get_driver_name() == "psycopg2" else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    # Connections are made anew every hour: a connection's temporary table (``_copy_in``) keeps the
+    # database's oldest unfrozen transaction id from moving while the connection lives (nobody else
+    # can freeze it), and PostgreSQL stops taking writes once that id is ~2 billion transactions old.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=RECYCLE_S, connect_args=connect_args)
+
+
+RECYCLE_S = 3600
 
 
 def migrate(engine: Engine) -> None:

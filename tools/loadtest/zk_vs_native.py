@@ -36,6 +36,7 @@ def table(zk: dict, native: dict) -> str:
 
 
 def run(argv: list[str], kind: str, report: Path) -> tuple[int, dict | None]:
+    report.unlink(missing_ok=True)  # a run that fails before writing must not leave an earlier run's report to be read
     status = harness.main([*argv, "--kind", kind, "--json", str(report)])
     return status, json.loads(report.read_text()) if report.exists() else None
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.loadtest.zk_vs_native", description=__doc__.splitlines()[0])
     p.add_argument("--json", default="zk-vs-native.json", help="both reports and the ratios (each also beside it)")
     args, rest = p.parse_known_args(argv)
-    if "--kind" in rest:
+    if any(arg == "--kind" or arg.startswith("--kind=") for arg in rest):
         p.error("--kind is this tool's to set: zk, then native")
     out = Path(args.json)
     reports = {}
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return status or 1
     zk, native = reports["zk"], reports["native"]
     print(table(zk, native))
-    cpu_ratio = zk["gateway_cpu_us_per_delivery"] / native["gateway_cpu_us_per_delivery"] if native["gateway_cpu_us_per_delivery"] else None
+    zk_us, native_us = zk["gateway_cpu_us_per_delivery"], native["gateway_cpu_us_per_delivery"]
+    cpu_ratio = zk_us / native_us if zk_us is not None and native_us else None
     summary = dict(zk=zk, native=native, load_average=os.getloadavg()[0],
                    zk_delivery_in_native_deliveries=None if cpu_ratio is None else round(cpu_ratio, 2))
     out.write_text(json.dumps(summary, indent=2) + "\n")
