@@ -187,7 +187,7 @@ class WorkersTests(LiveTestCase):
 
     @defer.inlineCallbacks
     def test_the_api_shows_the_links_and_the_metrics_of_the_terminals_every_worker_serves(self):
-        ids = list(range(811, 817))
+        ids = list(range(811, 823))  # twelve: the kernel puts them all on one of two workers once in 2,048 starts, six once in 32
         gateway, terminals, engine = yield self.served(ids, workers=2)
         self.assertEqual(len(set(holders(engine).values())), 2, "both workers serve terminals")
         api = ApiClient(f"http://127.0.0.1:{gateway.http_port}", TOKEN)
@@ -206,7 +206,7 @@ class WorkersTests(LiveTestCase):
 
     @defer.inlineCallbacks
     def test_reconcile_through_the_api_compares_and_repairs_the_terminals_every_worker_serves(self):
-        ids = list(range(801, 807))
+        ids = list(range(801, 811))  # ten: the kernel puts them all on one of two workers once in 512 starts
         gateway, terminals, engine = yield self.served(ids, workers=2)
         yield self.api(gateway, "POST", "/api/users", {"user_id": "9001", "name": "Ana Lima"})
         yield wait_until(lambda: all("9001" in t.users for t in terminals.values()), "every terminal holding her", timeout=30)
