@@ -47,6 +47,9 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert report["api_ms"] is not None, report.get("api_ms_reason")  # the gateway's API answered the probe
     assert report["api_ms"]["samples"] > 0 and report["api_ms"]["failures"] == 0
     assert report["gateway_idle_cpu_us_per_terminal_s"] is not None  # measured with the fleet connected, before the load
+    # SQLite works in the gateway's process: no server of its own to measure, and the report says so
+    assert report["database_cpu_us_per_delivery"] is None and report["database_wal_bytes_per_delivery"] is None
+    assert report["database_cpu_reason"].startswith("SQLite works inside the gateway")
     assert report["baselines"]["raw_insert"]["rows_per_s"] > 0 and report["baselines"]["bare_sink"]["frames_per_s"] > 0
 
 
