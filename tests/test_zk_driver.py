@@ -937,6 +937,18 @@ def test_a_released_session_closed_while_it_dials_lets_the_new_link_go():
     assert wire.lost == ["the gateway is stopping"] and wire.presence.online_now is None
 
 
+def test_a_later_upload_of_a_pass_leaves_the_uids_a_keypad_takes_above_the_highest_the_earlier_made():
+    held = {str(uid): User(uid, str(uid), f"Person {uid}", 0, "", 0, "1") for uid in range(1, 11)}
+    plan = WritePlan(held, {}, DeviceProfile(), 0, set(range(1, 11)), chunk=4)
+    for n in range(10):
+        plan.put(UserRecord(f"new{n}", name=f"New {n}"))
+    uids = [user.uid for user, _ in plan.writes]
+    for start in range(4, len(uids), 4):  # after each upload, a keypad above the highest takes the next two
+        highest = max([10, *uids[:start]])
+        assert not {highest + 1, highest + 2} & set(uids[start:]), (start, uids)
+    assert uids[:4] == [13, 14, 15, 16]  # 11 and 12 kept from the start, as before
+
+
 def test_new_people_fill_holes_but_never_the_uids_a_keypad_would_take_next():
     held = {str(uid): User(uid, str(uid), f"Person {uid}", 0, "", 0, "1") for uid in (1, 5, 6)}
     plan = WritePlan(held, {}, DeviceProfile(), 0, {1, 5, 6, 9})  # uid 9: a second copy of someone's user id

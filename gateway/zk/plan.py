@@ -8,7 +8,8 @@ again when they moved (gateway/zk/writes.py); for enrolments during the upload i
 firmwares put in the lowest free uid (the emulator does) or above the highest (as pyzk picks
 one), the ``KEYPAD_SLOTS`` lowest free uids and as many above the highest are left free, and a
 new person gets the lowest uid left after them: holes are filled, and uids do not climb with
-every pass. docs/zk.md, "What maps to what".
+every pass. A pass of several uploads leaves, at each later one, the uids above the highest the
+earlier ones made. docs/zk.md, "What maps to what".
 
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
@@ -27,8 +28,10 @@ class WritePlan:
     """What one write pass does to the device, decided against the users it holds right now."""
 
     def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int,
-                 uids_in_use: set[int]):
-        """``uids_in_use``: every uid the device holds, a second copy of a user id's included."""
+                 uids_in_use: set[int], chunk: int = 0):
+        """``uids_in_use``: every uid the device holds, a second copy of a user id's included.
+        ``chunk``: writes per upload (0: one upload); between two, the device's highest uid has
+        moved, and a keypad enrolling above the highest takes the uids after it."""
         self._users = users
         self._templates = templates
         self._profile = profile
@@ -42,12 +45,14 @@ class WritePlan:
         self.held_before = set(users)
         self.refusals: dict[str, str] = {}
         self._planned: dict[str, int] = {}  # uids given in this pass, by user id
+        self._chunk = chunk
+        self._kept_for_chunk = 0  # the last upload whose keypad uids above the highest are kept
 
     def put(self, record) -> UserResult:
         held = self._users.get(record.user_id)
         if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
             return self.delete(record.user_id, quiet=True)
-        uid = held.uid if held is not None else self._planned.get(record.user_id) or self._free_uid()
+        uid = held.uid if held is not None else self._planned.get(record.user_id) or self._new_uid()
         if uid is None:
             return UserResult(record.user_id, UserStatus.STORAGE_FULL)
         self._planned[record.user_id] = uid
@@ -94,6 +99,17 @@ class WritePlan:
             uid += 1
         highest = max(self._taken, default=0)
         return set(lowest) | set(range(highest + 1, min(highest + 1 + KEYPAD_SLOTS, MAX_UID + 1)))
+
+    def _new_uid(self) -> int | None:
+        """A new person's uid. The first one of a later upload also leaves the ``KEYPAD_SLOTS``
+        uids above the highest the earlier uploads made: a keypad enrolling between two uploads
+        takes those (the lowest free ones were kept from the start)."""
+        upload = len(self.writes) // self._chunk if self._chunk else 0
+        if upload > self._kept_for_chunk:
+            self._kept_for_chunk = upload
+            highest = max(self._taken, default=0)
+            self._keypads |= set(range(highest + 1, min(highest + 1 + KEYPAD_SLOTS, MAX_UID + 1)))
+        return self._free_uid()
 
     def _free_uid(self) -> int | None:
         """The lowest uid neither taken nor left for the keypad; None when the device is full."""

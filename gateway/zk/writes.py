@@ -139,7 +139,7 @@ class WritePasses:
         """The plan of ``writes`` against the users last read, and each write's results."""
         unfetched = self._memory.tracker.unfetched()
         plan = WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0,
-                         self._uids_in_use)
+                         self._uids_in_use, chunk=self._timing.upload_users)
         results = []
         for write in writes:
             if write.records is None:
