@@ -12,7 +12,7 @@ from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
 from gateway.sync.puller import merge_pulled
 from gateway.sync.pusher import advance_cursors, read_feed
-from gateway.store.schema import events, metadata, pending_pulls, settings, terminals
+from gateway.store.schema import events, metadata, pending_pulls, push_commands, settings, terminals
 from gateway.sync.users import (
     UnknownUser,
     create_user,
@@ -188,3 +188,14 @@ def test_inserts_ignoring_duplicates_twice_in_one_transaction_and_after_a_rolled
 def test_an_upsert_batch_naming_one_key_twice_keeps_the_last(db):
     db.run_now(upsert, settings, [dict(key="k", value="1"), dict(key="k", value="2")], ["key"], ["value"])
     assert db.run_now(lambda c: c.execute(select(settings.c.value)).scalars().all()) == ["2"]
+
+
+def test_a_batch_of_rows_with_bytes_and_nulls_is_stored_as_given_whatever_the_path(db):
+    """On PostgreSQL a batch this big goes by COPY, whose text format must carry bytes (bytea's
+    hex form), NULLs and text with tabs and backslashes exactly."""
+    rows = [dict(terminal_id=7, command_id=n, queued_ms=NOW_MS + n, text=f"C:{n}:DATA UPDATE USERINFO PIN={n}\tName=A\\B",
+                 group_id=n // 2, user_id=str(n), action="update", digest=bytes([n % 256, 0, 92, 9]), written=None if n % 2 else b"")
+            for n in range(COPY_FROM_ROWS + 6)]
+    db.run_now(insert_many, push_commands, rows)
+    stored = db.run_now(lambda conn: [dict(r) for r in conn.execute(select(push_commands).order_by(push_commands.c.command_id)).mappings()])
+    assert [{k: (bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items()} for row in stored] == rows

@@ -314,14 +314,21 @@ def _copy_in(conn, table, rows: list[dict], ignore_duplicates: bool) -> None:
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(value: int | str | None) -> str:
-    """A value in COPY's text format: NULL is ``\\N``; in text a backslash, tab, newline or return is escaped."""
+def _copy_text(value: bool | int | float | str | bytes | None) -> str:
+    """A value in COPY's text format: NULL is ``\\N``; a boolean ``t``/``f``; bytes as bytea's hex
+    form (its backslash escaped); in text a backslash, tab, newline or return is escaped."""
     if value is None:
         return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, int):
         return "%d" % value  # an IntEnum as its number, whatever its __str__
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return "\\\\x" + value.hex()
     if not isinstance(value, str):
-        raise TypeError(f"COPY of a {type(value).__name__} is not written: only whole numbers, text and NULL")
+        raise TypeError(f"COPY of a {type(value).__name__} is not written: only booleans, numbers, text, bytes and NULL")
     return value.translate(_COPY_ESCAPES)
 
 
