@@ -76,25 +76,37 @@ def test_paging_back_and_following_visit_every_event_once(spread):
     assert back == every[::-1] and forward == every
 
 
+def plans_of_page(db, flt, after, before, limit) -> tuple[int, str]:
+    """How many statements a page read rows with, and the database's plans of them together."""
+    asked = []
+    listen = lambda conn, cursor, statement, parameters, context, many: asked.append((statement, parameters))
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        page(db, flt, after, before, limit)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+    pages = [(s, p) for s, p in asked if "ORDER BY" in s]
+    return len(pages), "\n".join("\n".join(db.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + s, p).scalars())))
+                                 for s, p in pages)
+
+
+def opened_weeks(plan: str) -> set[str]:
+    """The weekly partitions a plan names, of the weeks around NOW_MS."""
+    return {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(-1, 10)) if w in plan}
+
+
 def test_a_newest_page_and_a_follower_open_only_the_open_weeks(spread):
     """Once the newest events are newer than the late ones, the head of the log and a follower of
-    it are read from this week and the last: their plans list no other partition."""
+    it are read from the open weeks (this one, the last, and the next made ahead): their plans
+    list no other partition."""
     store(spread, NOW_MS, 3, "this week, after the late events")
     newest, more = page(spread, EVERYTHING, None, None, 2)
     assert more
     for after, before in [(None, None), (newest[-1] - 2, None)]:
-        asked = []
-        listen = lambda conn, cursor, statement, parameters, context, many: asked.append((statement, parameters))
-        event.listen(spread.engine, "before_cursor_execute", listen)
-        try:
-            page(spread, EVERYTHING, after, before, 2)
-        finally:
-            event.remove(spread.engine, "before_cursor_execute", listen)
-        pages = [(s, p) for s, p in asked if "ORDER BY events.id" in s]
-        assert len(pages) == 1
-        plan = "\n".join(spread.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + pages[0][0], pages[0][1]).scalars())))
-        opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(10)) if w in plan}
-        assert opened == {THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name} and DEFAULT not in plan, plan
+        pages, plan = plans_of_page(spread, EVERYTHING, after, before, 2)
+        assert pages == 1
+        open_weeks = {week_of(NOW_MS + WEEK_MS).name, THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name}  # next week's made ahead
+        assert opened_weeks(plan) == open_weeks and DEFAULT not in plan, plan
 
 
 def test_a_users_page_opens_only_the_weeks_that_hold_that_user_a_late_event_included(spread):
@@ -110,18 +122,9 @@ def test_a_users_page_opens_only_the_weeks_that_hold_that_user_a_late_event_incl
     solo = EventFilter(user_id="solo")
     assert page(spread, solo, None, None, 10) == expected(spread, solo, None, None, 10)
     assert len(page(spread, solo, None, None, 10)[0]) == 2
-    asked = []
-    listen = lambda conn, cursor, statement, parameters, context, many: asked.append((statement, parameters))
-    event.listen(spread.engine, "before_cursor_execute", listen)
-    try:
-        page(spread, solo, None, None, 10)
-    finally:
-        event.remove(spread.engine, "before_cursor_execute", listen)
-    plans = "\n".join("\n".join(spread.run_now(lambda conn: list(conn.exec_driver_sql("EXPLAIN " + s, p).scalars())))
-                      for s, p in asked if "ORDER BY" in s)
-    opened = {w for w in ("events_w%d" % (NOW_MS // WEEK_MS - n) for n in range(-1, 10)) if w in plans}
-    assert opened == {week_of(a_week_on).name, THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name,
-                      week_of(NOW_MS - 4 * WEEK_MS).name} and DEFAULT not in plans, plans
+    _, plans = plans_of_page(spread, solo, None, None, 10)
+    assert opened_weeks(plans) == {week_of(a_week_on).name, THIS_WEEK.name, week_of(NOW_MS - WEEK_MS).name,
+                                   week_of(NOW_MS - 4 * WEEK_MS).name} and DEFAULT not in plans, plans
 
 
 def test_a_week_closed_without_its_users_by_an_older_version_is_read_for_everyone_until_the_next_close_fills_it(spread):

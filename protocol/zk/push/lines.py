@@ -260,9 +260,10 @@ def parse_punch(text: str) -> Punch:
     return Punch(pin, time, status, verify, workcode, seconds)
 
 
-def parse_operlog(body: bytes, charset: str | None = None) -> tuple[list, list[BadLine]]:
-    """An OPERLOG upload (also what a device sends to answer ``DATA QUERY``): OPLOG, USER, FP and
-    BIODATA lines in the order they came; other kinds as ``OtherLine``."""
+def read_records(body: bytes, charset: str | None, read) -> tuple[list, list[BadLine]]:
+    """Each line of a record upload as ``read(number, head, rest, text)`` makes it (``head``: the
+    line's first word, ``rest`` what follows); a line that does not decode, or that ``read``
+    refuses (ValueError), is a ``BadLine``, and the others still count."""
     items, bad = [], []
     for item in decode_lines(body, charset):
         if isinstance(item, BadLine):
@@ -270,29 +271,40 @@ def parse_operlog(body: bytes, charset: str | None = None) -> tuple[list, list[B
             continue
         number, text = item
         head, _, rest = text.partition(" ")
-        kind = head.strip().upper()
         try:
-            if kind == "OPLOG":
-                items.append(parse_oplog(rest))
-            elif kind in ("USER", "USERINFO"):
-                fields = parse_fields(rest)
-                if not field_value(fields, "PIN"):
-                    raise ValueError("a USER line without PIN")
-                items.append(UserLine(fields))
-            elif kind == "BIODATA" and _biodata_type(rest) in FACE_TYPES:
-                face = parse_face(rest)
-                items.append(face if face is not None else OtherLine(kind, number))
-            elif kind in ("USERPIC", "BIOPHOTO"):
-                photo = parse_photo(kind, rest)
-                items.append(photo if photo is not None else OtherLine(kind, number))
-            elif kind in ("FP", "FINGERTMP", "BIODATA"):
-                finger = parse_finger(kind, rest)
-                items.append(finger if finger is not None else OtherLine(kind, number))
-            else:
-                items.append(OtherLine(kind, number))
+            items.append(read(number, head, rest, text))
         except ValueError as exc:
             bad.append(BadLine(number, text[:200], str(exc)))
     return items, bad
+
+
+def or_other(item, kind: str, number: int):
+    """``item``, or an ``OtherLine`` where the parser found it is not a record of ours (None)."""
+    return item if item is not None else OtherLine(kind, number)
+
+
+def parse_operlog(body: bytes, charset: str | None = None) -> tuple[list, list[BadLine]]:
+    """An OPERLOG upload (also what a device sends to answer ``DATA QUERY``): OPLOG, USER, FP and
+    BIODATA lines in the order they came; other kinds as ``OtherLine``."""
+    return read_records(body, charset, _operlog_record)
+
+
+def _operlog_record(number: int, head: str, rest: str, _text: str):
+    kind = head.strip().upper()
+    if kind == "OPLOG":
+        return parse_oplog(rest)
+    if kind in ("USER", "USERINFO"):
+        fields = parse_fields(rest)
+        if not field_value(fields, "PIN"):
+            raise ValueError("a USER line without PIN")
+        return UserLine(fields)
+    if kind == "BIODATA" and _biodata_type(rest) in FACE_TYPES:
+        return or_other(parse_face(rest), kind, number)
+    if kind in ("USERPIC", "BIOPHOTO"):
+        return or_other(parse_photo(kind, rest), kind, number)
+    if kind in ("FP", "FINGERTMP", "BIODATA"):
+        return or_other(parse_finger(kind, rest), kind, number)
+    return OtherLine(kind, number)
 
 
 def parse_oplog(rest: str) -> OpLog:

@@ -17,7 +17,7 @@ their own names, so what the device owns goes back as it came.
 import base64
 
 from protocol.zk.push.lines import (BadLine, FingerLine, OtherLine, Punch, UserLine, decode_lines, field_value, format_fields,
-                                    local_seconds, parse_fields, parse_finger)
+                                    local_seconds, or_other, parse_fields, parse_finger, read_records)
 
 PUSH_VERSION = "3.1.2"  # the Security PUSH document this side follows
 USER, TEMPLATE, BIODATA, AUTHORIZE = "user", "templatev10", "biodata", "userauthorize"
@@ -87,29 +87,20 @@ def parse_table(tablename: str, body: bytes, charset: str | None = None) -> tupl
     as ``FingerLine`` (``FP`` from templatev10, ``BIODATA`` from biodata), other records as
     ``OtherLine``. A line that starts with its first field, without the table's name, is read as
     the table's (some firmware leaves the name out)."""
-    items, bad = [], []
-    for item in decode_lines(body, charset):
-        if isinstance(item, BadLine):
-            bad.append(item)
-            continue
-        number, text = item
-        head, _, rest = text.partition(" ")
+
+    def record(number: int, head: str, rest: str, text: str):
         if "=" in head:
             head, rest = tablename, text
         table = head.strip().lower()
-        try:
-            if table == USER:
-                items.append(read_user(rest))
-            elif table == TEMPLATE:
-                items.append(read_template(rest))
-            elif table == BIODATA:
-                finger = parse_finger("BIODATA", rest)
-                items.append(finger if finger is not None else OtherLine(BIODATA, number))
-            else:
-                items.append(OtherLine(table, number))
-        except ValueError as exc:
-            bad.append(BadLine(number, text[:200], str(exc)))
-    return items, bad
+        if table == USER:
+            return read_user(rest)
+        if table == TEMPLATE:
+            return read_template(rest)
+        if table == BIODATA:
+            return or_other(parse_finger("BIODATA", rest), BIODATA, number)
+        return OtherLine(table, number)
+
+    return read_records(body, charset, record)
 
 
 def read_user(rest: str) -> UserLine:
