@@ -12,7 +12,7 @@ import pytest
 from test_push_e2e import Device, api, terminal
 
 from gateway.sync.monitor import PUSH_REFUSED
-from processes import Process, eventually
+from processes import eventually, start_gateway
 
 SN2, ID2 = "ATT2E2E0001", 211
 SN3, ID3 = "ACC3E2E0001", 311
@@ -20,16 +20,11 @@ SN3, ID3 = "ACC3E2E0001", 311
 
 @pytest.fixture
 def site(tmp_path):
-    config = tmp_path / "gateway.toml"
     # Neither entry pins push_version: the gateway learns the 3.x device's dialect from what it says.
-    config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "test-token"\n'
-                      f'[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
-                      f'[[push.devices]]\nsn = "{SN2}"\nid = {ID2}\n[[push.devices]]\nsn = "{SN3}"\nid = {ID3}\n')
-    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
-                      "--tcp-port", "0", "--http-port", "0")
+    gateway, _, page = start_gateway(tmp_path, {}, settings=f'[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\n'
+                                     f'[[push.devices]]\nsn = "{SN2}"\nid = {ID2}\n[[push.devices]]\nsn = "{SN3}"\nid = {ID3}\n')
     devices = []
     try:
-        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
         push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
         devices.append(Device(push_url, SN2, tmp_path / "att.json"))
         devices.append(Device(push_url, SN3, tmp_path / "acc.json", "--push-version", "3"))
@@ -85,14 +80,10 @@ def test_a_wiped_3x_device_is_refilled(site):
 def test_an_unknown_3x_device_waits_for_admission_refused_registration_and_syncs_once_admitted(tmp_path):
     """With ``admission = "pending"`` an unknown 3.x serial is recorded; its registration is answered
     406 (the 3.x document's refusal), so it keeps its data and tries again; once admitted it syncs."""
-    config = tmp_path / "gateway.toml"
-    config.write_text('tcp_host = "127.0.0.1"\napi_token = "test-token"\nadmission = "pending"\n'
-                      '[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\nerror_delay_s = 1\n')
-    gateway = Process("gateway.cli", "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'gateway.db'}",
-                      "--tcp-port", "0", "--http-port", "0")
+    gateway, _, page = start_gateway(tmp_path, {}, settings='admission = "pending"\n'
+                                     '[push]\nhost = "127.0.0.1"\nport = 0\ndelay_s = 1\nerror_delay_s = 1\n')
     device = None
     try:
-        page = gateway.wait_for(r"monitoring page at (http://\S+/)").group(1)
         push_url = gateway.wait_for(r"listening for PUSH devices on (http://\S+)/iclock/").group(1)
         device = Device(push_url, "ACCSTRANGER", tmp_path / "acc.json", "--push-version", "3")
         device.keypad.ok('enrol 8 name="Vera"')
