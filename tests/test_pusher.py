@@ -182,3 +182,28 @@ def test_a_terminal_keeping_its_own_change_makes_a_pull_owed():
     entries = [FeedEntry("u1", 1, UserRecordWire.build(UserRecord("u1", name="A")), frozenset(), None)]
     rows, kept = deliver(entries, UserStatus.LOCAL_CHANGE_PENDING)
     assert rows == [] and kept == [(1, ["u1"])]
+
+
+def test_a_lone_request_that_fails_leaves_the_cursor_and_says_why():
+    from twisted.logger import globalLogPublisher
+
+    from protocol.errors import RemoteError
+
+    class RefusingTerminal(AnsweringTerminal):
+        def put_users(self, records, keep_local_changes):
+            return defer.fail(RemoteError(7, "storage full"))
+
+    db, lines, metrics = WritingDatabase(), [], Metrics()
+    term = Terminal(1, connection=RefusingTerminal(UserStatus.OK))
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL),
+                    task.Clock(), metrics)
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        pusher.kick(1)
+        db.reads[0][1].callback(FeedPage([FeedEntry("u1", 3, UserRecordWire.build(UserRecord("u1", name="A")), frozenset(), None)]))
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert db.writes == [] and term.cursor == 0
+    said = [line["e"] for line in lines if line.get("log_namespace") == "gateway.pusher"]
+    assert said and "storage full" in said[0]  # the request's own error, not a wrapper's
+    assert metrics.failures.labels("push")._value.get() == 1

@@ -1,0 +1,77 @@
+"""A frame to a terminal goes to the kernel at once, and never overtakes bytes Twisted holds."""
+
+import socket
+
+import pytest
+from twisted.internet import protocol, tcp
+from twisted.internet.testing import StringTransport
+
+from gateway.native.tcp import send_now
+
+
+class WritersSeen:
+    """The reactor a connection registers with when it has to wait for room to write."""
+
+    def __init__(self):
+        self.writers = []
+
+    def addWriter(self, writer):
+        self.writers.append(writer)
+
+    def removeWriter(self, writer):
+        self.writers.remove(writer)
+
+    def addReader(self, reader):
+        pass
+
+    def removeReader(self, reader):
+        pass
+
+
+@pytest.fixture
+def pair():
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    reactor = WritersSeen()
+    conn = tcp.Connection(ours, protocol.Protocol(), reactor)
+    conn.connected = 1
+    yield conn, peer, reactor
+    ours.close()
+    peer.close()
+
+
+def received(peer) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_a_frame_reaches_the_peer_without_a_turn_of_the_reactor(pair):
+    conn, peer, reactor = pair
+    send_now(conn, b"PUT_USERS")
+    assert received(peer) == b"PUT_USERS"
+    assert reactor.writers == []  # no registration for writing, nothing left for a later turn
+
+
+def test_what_the_kernel_does_not_take_waits_and_later_frames_queue_behind_it(pair):
+    conn, peer, reactor = pair
+    big = bytes(range(256)) * 40_000  # more than a socket pair's buffers hold
+    send_now(conn, big)
+    assert reactor.writers == [conn]  # the rest waits for room
+    send_now(conn, b"ACK")  # must not overtake the rest of ``big``
+    got = received(peer)
+    while conn in reactor.writers:
+        conn.doWrite()
+        got += received(peer)
+    assert got == big + b"ACK"
+
+
+def test_another_transport_is_written_as_before():
+    transport = StringTransport()
+    send_now(transport, b"EVENTS ack")
+    assert transport.value() == b"EVENTS ack"
