@@ -88,15 +88,21 @@ class Wire:
         self.clock.advance(now_s)
         self.db, self.sink, self.presence = db or SyncDb(), sink or Sink(), Presence()
         self.broken: list[str] = []
+        self.in_thread: list = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
         self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, store=DatabaseStore(self.db), events=self.sink,
-                                       presence=self.presence, timing=timing, device_clock=device_clock)
+                                       presence=self.presence, timing=timing, device_clock=device_clock, in_thread=self._in_thread)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)
         self._out: list = []
         self.session = DeviceSession(device, 0x1234, self._out.append)
         self.decoder = PacketDecoder()
+
+    def _in_thread(self, work, *args):
+        """Work the driver sends off the reactor thread: done at once, and recorded."""
+        self.in_thread.append(work)
+        return defer.maybeDeferred(work, *args)
 
     def _broken(self, reason):
         self.broken.append(reason)
@@ -478,6 +484,19 @@ def test_a_person_new_to_the_device_gets_the_sdks_defaults():
 def refused_events(db: SyncDb) -> list[tuple]:
     with db.engine.begin() as conn:
         return [tuple(r) for r in conn.execute(select(events.c.user_id, events.c.detail).where(events.c.type == RECORD_REFUSED))]
+
+
+def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
+    device = ZkDevice()
+    device.enroll("1", "Has A Pin", password="4821")
+    device.enroll("2", "No Pin")
+    wire = Wire(device).start()
+    pending = wire.connection.fetch_users(["1", "2"])
+    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"], "PBKDF2 (about 2 ms) runs in a thread, not on the reactor"
+    fetched = wire.call(pending)
+    assert [r.pin_hash for r in fetched.users] == [hash_pin("1", "4821"), None]
+    wire.call(wire.connection.fetch_users(["1"]))
+    assert len(wire.in_thread) == 1, "a password hashed before is not hashed again"
 
 
 def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():
