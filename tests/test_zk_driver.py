@@ -501,6 +501,18 @@ def refused_events(db: SyncDb) -> list[tuple]:
         return [tuple(r) for r in conn.execute(select(events.c.user_id, events.c.detail).where(events.c.type == RECORD_REFUSED))]
 
 
+def test_a_link_moves_its_deadline_at_each_request_rather_than_making_a_timer_each():
+    device = ZkDevice()
+    populate(device, 3)
+    wire = Wire(device).start()
+    made, call_later, received = [], wire.clock.callLater, wire.link.dataReceived
+    wire.clock.callLater = lambda delay, f, *args: (made.append(f) if f == wire.link._deadline else None) or call_later(delay, f, *args)
+    wire.link.dataReceived = lambda data: wire.clock.advance(0.01) or received(data)  # each answer 10 ms later: each deadline another
+    requests = sum(device.requests.values())
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("new", name="New"))], keep_local_changes=True))
+    assert sum(device.requests.values()) - requests >= 8 and len(made) <= 1, "one timer for the pass, moved at each request"
+
+
 def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
     device = ZkDevice()
     device.enroll("1", "Has A Pin", password="4821")
