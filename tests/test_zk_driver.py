@@ -23,7 +23,7 @@ from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from gateway.zk.plan import WritePlan
-from gateway.zk.mapping import DeviceProfile
+from gateway.zk.mapping import DeviceProfile, PinHashes
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
@@ -524,6 +524,19 @@ def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
     assert [r.pin_hash for r in fetched.users] == [hash_pin("1", "4821"), None]
     wire.call(wire.connection.fetch_users(["1"]))
     assert len(wire.in_thread) == 1, "a password hashed before is not hashed again"
+
+
+def test_a_write_hashes_the_held_password_it_compares_off_the_reactor_thread(monkeypatch):
+    fresh = PinHashes()  # a gateway just restarted: no hash known
+    monkeypatch.setattr("gateway.zk.mapping.pin_hash", fresh)
+    monkeypatch.setattr("gateway.zk.writes.pin_hash", fresh)
+    device = ZkDevice()
+    device.enroll("1", "Set At The Door", password="5190")
+    wire = Wire(device).start()
+    record = UserRecord("1", name="Renamed On The Server", pin_hash=hash_pin("1", "5190"))
+    wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=False))
+    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"], "PBKDF2 in a thread, not on the reactor"
+    assert (device.user("1").name, device.user("1").password) == ("Renamed On The Server", "5190"), "the PIN matched: kept"
 
 
 def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():
