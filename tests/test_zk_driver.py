@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, event as sqlalchemy_event, select
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -23,7 +23,7 @@ from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from gateway.zk.plan import WritePlan
-from gateway.zk.mapping import DeviceProfile
+from gateway.zk.mapping import DeviceProfile, PinHashes
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
 from protocol.records import Card, CardType, Fingerprint, UserRecord, UserRecordWire, hash_pin
@@ -88,15 +88,21 @@ class Wire:
         self.clock.advance(now_s)
         self.db, self.sink, self.presence = db or SyncDb(), sink or Sink(), Presence()
         self.broken: list[str] = []
+        self.in_thread: list = []
         self.link = ZkLink(ZkClient(device.comm_key, timeout_s=timing.request_s), self.clock,
                            on_realtime=lambda e: self.connection.realtime_event(e), on_broken=self._broken)
         self.connection = ZkConnection(7, self.link, memory or DeviceMemory(), clock=self.clock, store=DatabaseStore(self.db), events=self.sink,
-                                       presence=self.presence, timing=timing, device_clock=device_clock)
+                                       presence=self.presence, timing=timing, device_clock=device_clock, in_thread=self._in_thread)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 4370))
         self.link.makeConnection(self.transport)
         self._out: list = []
         self.session = DeviceSession(device, 0x1234, self._out.append)
         self.decoder = PacketDecoder()
+
+    def _in_thread(self, work, *args):
+        """Work the driver sends off the reactor thread: done at once, and recorded."""
+        self.in_thread.append(work)
+        return defer.maybeDeferred(work, *args)
 
     def _broken(self, reason):
         self.broken.append(reason)
@@ -436,6 +442,21 @@ def test_the_digests_of_every_device_go_in_group_commits_and_a_load_sees_every_s
         assert load_holdings(conn, 2).seen == {"b": b"2" * 8}
 
 
+def test_a_group_commit_stores_the_digests_of_every_device_in_one_statement():
+    db = HeldDb()
+    writer = HoldingsWriter(db)
+    writer.save(9, {"z": b"9" * 8})  # committing: the next three wait for it, and go together
+    for terminal_id in (1, 2, 3):
+        writer.save(terminal_id, {"a": bytes([terminal_id]) * 8, "b": None})
+    db.commit_next()
+    inserts = []
+    sqlalchemy_event.listen(db.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: inserts.append(sql) if sql.startswith("INSERT") else None)
+    db.commit_next()
+    assert len(inserts) == 1, "three devices' digests, one INSERT (one each cost 130 us of the database thread)"
+    with db.engine.begin() as conn:
+        assert [load_holdings(conn, t).seen for t in (1, 2, 3, 9)] == [{"a": b"\1" * 8}, {"a": b"\2" * 8}, {"a": b"\3" * 8}, {"z": b"9" * 8}]
+
+
 # Bytes 39-47 of a 72-byte user record as an access-control firmware holds them (the F19 capture
 # in adrobinoga/zk-protocol): group 2, the person's own time zones, time zones 1-3.
 F19_ACCESS_BYTES = bytes.fromhex("020100010002000000")
@@ -478,6 +499,44 @@ def test_a_person_new_to_the_device_gets_the_sdks_defaults():
 def refused_events(db: SyncDb) -> list[tuple]:
     with db.engine.begin() as conn:
         return [tuple(r) for r in conn.execute(select(events.c.user_id, events.c.detail).where(events.c.type == RECORD_REFUSED))]
+
+
+def test_a_link_moves_its_deadline_at_each_request_rather_than_making_a_timer_each():
+    device = ZkDevice()
+    populate(device, 3)
+    wire = Wire(device).start()
+    made, call_later, received = [], wire.clock.callLater, wire.link.dataReceived
+    wire.clock.callLater = lambda delay, f, *args: (made.append(f) if f == wire.link._deadline else None) or call_later(delay, f, *args)
+    wire.link.dataReceived = lambda data: wire.clock.advance(0.01) or received(data)  # each answer 10 ms later: each deadline another
+    requests = sum(device.requests.values())
+    wire.call(wire.connection.put_users([UserRecordWire.build(UserRecord("new", name="New"))], keep_local_changes=True))
+    assert sum(device.requests.values()) - requests >= 8 and len(made) <= 1, "one timer for the pass, moved at each request"
+
+
+def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
+    device = ZkDevice()
+    device.enroll("1", "Has A Pin", password="4821")
+    device.enroll("2", "No Pin")
+    wire = Wire(device).start()
+    pending = wire.connection.fetch_users(["1", "2"])
+    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"], "PBKDF2 (about 2 ms) runs in a thread, not on the reactor"
+    fetched = wire.call(pending)
+    assert [r.pin_hash for r in fetched.users] == [hash_pin("1", "4821"), None]
+    wire.call(wire.connection.fetch_users(["1"]))
+    assert len(wire.in_thread) == 1, "a password hashed before is not hashed again"
+
+
+def test_a_write_hashes_the_held_password_it_compares_off_the_reactor_thread(monkeypatch):
+    fresh = PinHashes()  # a gateway just restarted: no hash known
+    monkeypatch.setattr("gateway.zk.mapping.pin_hash", fresh)
+    monkeypatch.setattr("gateway.zk.writes.pin_hash", fresh)
+    device = ZkDevice()
+    device.enroll("1", "Set At The Door", password="5190")
+    wire = Wire(device).start()
+    record = UserRecord("1", name="Renamed On The Server", pin_hash=hash_pin("1", "5190"))
+    wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=False))
+    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"], "PBKDF2 in a thread, not on the reactor"
+    assert (device.user("1").name, device.user("1").password) == ("Renamed On The Server", "5190"), "the PIN matched: kept"
 
 
 def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():

@@ -10,6 +10,7 @@ from gateway.sync.merge import merge_vacant_fields
 from protocol.errors import MessageError
 from gateway.zk.mapping import (
     DeviceProfile,
+    PinHashes,
     Unfit,
     CardField,
     cut_utf8,
@@ -24,6 +25,26 @@ from protocol.zk.records import Template, User, decode_user, encode_user
 from simulator.people import People
 
 ZK10 = DeviceProfile(72, "zk10")
+
+
+def test_a_write_hashes_the_devices_password_only_when_the_server_has_a_pin(monkeypatch):
+    hashed = []
+    monkeypatch.setattr("gateway.zk.mapping.hash_pin", lambda user_id, pin: hashed.append(pin) or hash_pin(user_id, pin))
+    monkeypatch.setattr("gateway.zk.mapping.pin_hash", PinHashes())
+    held = User(7, "42", "Old", password="7731")
+    assert to_device(UserRecord("42", name="New"), 7, held, ZK10)[0].password == "", "no server PIN: nothing to compare"
+    assert hashed == [], "PBKDF2 (milliseconds) not spent on a record without a PIN"
+    assert to_device(UserRecord("42", pin_hash=hash_pin("42", "7731")), 7, held, ZK10)[0].password == "7731"
+    assert hashed == ["7731"]
+
+
+def test_pin_hashes_are_kept_for_the_latest_pairs_only():
+    hashes = PinHashes(size=2)
+    hashes.learn({("1", "11"): b"a", ("2", "22"): b"b"})
+    assert hashes("1", "11") == b"a"  # ("1", "11") is now the latest
+    hashes.learn({("3", "33"): b"c"})
+    assert hashes.missing([("1", "11"), ("2", "22"), ("3", "33")]) == {("2", "22")}
+    assert hashes("2", "22") == hash_pin("2", "22")
 
 
 def test_names_are_cut_at_a_character_boundary_within_24_bytes():

@@ -311,6 +311,15 @@ def test_the_sizes_structs_agree_with_the_declarations(counts):
     assert bodies.parse_sizes(encoded[: bodies.SIZES_SIZE]) == replace(sizes, faces=0, faces_capacity=0)
 
 
+@BOUNDED
+@given(u(16), st.integers(0, 15), st.integers(0, 9), u(32), u(32), u(32))
+def test_the_upload_structs_agree_with_the_declarations(uid, valid, fid, offset, users_size, table_size):
+    entry = dict(marker=bodies.UPLOAD_MARKER, uid=uid, kind=valid << 4 | fid, offset=offset)
+    assert bodies.UPLOAD_ENTRY_STRUCT.pack(*entry.values()) == bodies.UploadEntry.build(entry)
+    head = dict(users_size=users_size, table_size=table_size, templates_size=offset)
+    assert bodies.UPLOAD_HEAD_STRUCT.pack(*head.values()) == bodies.UploadHead.build(head)
+
+
 def test_the_header_struct_agrees_with_the_declaration():
     raw = encode_payload(Packet(1503, 7, 9, b"x"))[:8]
     parsed = Header.parse(raw)

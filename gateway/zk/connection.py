@@ -18,7 +18,7 @@ with the keypad held, loses its connection with the reason; a half-read table is
 
 from dataclasses import dataclass, field, replace
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,7 +28,8 @@ from gateway.zk.attendance import AttendanceReading
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
 from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.mapping import CardField, DeviceProfile, device_record, held_digest, held_view, holdable_copy, id_width, template_format, to_server
+from gateway.zk.mapping import (CardField, DeviceProfile, device_record, hash_pins, held_digest, held_view, holdable_copy, id_width, pin_hash, pin_pair,
+                                template_format, to_server)
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import Write, WritePasses, server_record
@@ -78,10 +79,11 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
                  presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
                  on_online=lambda connection: None,
-                 on_refill=lambda terminal_id, why: None, on_lost=lambda reason: None, redial=None):
+                 on_refill=lambda terminal_id, why: None, on_lost=lambda reason: None, redial=None, in_thread=threads.deferToThread):
         """``redial``: for a released session, makes the link of each later conversation (a
         Deferred firing with a connected ZkLink, or failing with DeviceLost); None: the session
-        is held. ``on_lost(reason)`` hears once that the connection is over."""
+        is held. ``on_lost(reason)`` hears once that the connection is over. ``in_thread(f,
+        *args)``: a Deferred of ``f(*args)`` run off the reactor thread (PIN hashes)."""
         self.terminal_id = terminal_id
         self.info = TerminalInfo()
         self.closed = False
@@ -98,6 +100,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         self._on_refill = on_refill  # (terminal id, why): the device lost what the server had put there
         self._on_lost = on_lost
         self._redial = redial
+        self._in_thread = in_thread
         self._released = False  # the link was let go on purpose, between conversations
         self._redialling = False  # a released session is dialling: a link that fails now is a busy device
         self._busy_since: float | None = None  # since when a released session found the device busy
@@ -492,7 +495,16 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
         return holdable_copy(record, self._profile)
 
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
-        """The device's copies, from the last complete read (the one whose change asked for the pull)."""
+        """The device's copies, from the last complete read (the one whose change asked for the
+        pull). Passwords whose PIN hash is not known yet are hashed first, off the reactor thread
+        (PBKDF2, about 2 ms each: a storm's every enrolment with a password)."""
+        pairs = (pin_pair(user) for user in map(self._users.get, user_ids) if user is not None)
+        unhashed = pin_hash.missing(pair for pair in pairs if pair is not None)
+        if not unhashed:
+            return defer.succeed(self._fetched(user_ids))
+        return self._in_thread(hash_pins, unhashed).addCallback(lambda hashed: pin_hash.learn(hashed) or self._fetched(user_ids))
+
+    def _fetched(self, user_ids: list[str]) -> FetchedUsers:
         records, missing, seen = [], [], {}
         for user_id in user_ids:
             user = self._users.get(user_id)
@@ -510,7 +522,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             self._memory.tracker.seen_now(user_id, seen[user_id])
         if seen:
             self._save_seen(seen)
-        return defer.succeed(FetchedUsers(records, missing))
+        return FetchedUsers(records, missing)
 
     def list_digests(self, after_user_id: str, limit: int) -> defer.Deferred:
         """The people the device holds as the last complete read found them (a poll reads the user

@@ -173,9 +173,15 @@ class ZkLink(protocol.Protocol):
             self.transport.writeSequence(packets)
         deadline = self.client.next_deadline()
         if self._timer is not None and self._timer.active():
-            if deadline is not None and self._timer.getTime() == deadline:
-                return
-            self._timer.cancel()
+            if deadline is None:
+                self._timer.cancel()
+                self._timer = None
+            elif self._timer.getTime() != deadline:
+                # Moved, not made anew: every request moves the deadline, and a reactor moves a
+                # call to later without touching its heap (cancelling a hundred devices' calls
+                # a request made it rebuild the heap).
+                self._timer.reset(max(0.0, deadline - self.clock.seconds()))
+            return
         self._timer = None if deadline is None else self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._deadline)
 
     def _deadline(self) -> None:

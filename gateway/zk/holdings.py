@@ -32,13 +32,16 @@ def load_holdings(conn, terminal_id: int) -> Holdings:
     return Holdings(seen, owed, *(mark or (0, None)), serial=serial)
 
 
-def save_holdings(conn, terminal_id: int, seen: dict[str, bytes | None]) -> None:
-    """Store digests seen; a None digest: the device holds no copy of that person any more."""
-    gone = [user_id for user_id, digest in seen.items() if digest is None]
-    rows = [dict(terminal_id=terminal_id, user_id=u, digest=d) for u, d in seen.items() if d is not None]
+def save_holdings(conn, seen: dict[int, dict[str, bytes | None]]) -> None:
+    """Store digests seen, by device; a None digest: the device holds no copy of that person any
+    more. The digests of every device go in one statement: one each cost the database thread
+    130 us (SQLAlchemy building and looking up the statement) in a group commit of 99 devices."""
+    rows = [dict(terminal_id=t, user_id=u, digest=d) for t, digests in seen.items() for u, d in digests.items() if d is not None]
     upsert(conn, zk_holdings, rows, key=["terminal_id", "user_id"], update=["digest"])
-    if gone:
-        conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id, zk_holdings.c.user_id.in_(gone)))
+    for terminal_id, digests in seen.items():
+        gone = [user_id for user_id, digest in digests.items() if digest is None]
+        if gone:
+            conn.execute(delete(zk_holdings).where(zk_holdings.c.terminal_id == terminal_id, zk_holdings.c.user_id.in_(gone)))
 
 
 def save_attendance_mark(conn, terminal_id: int, stored: int, last: str | None) -> None:
@@ -104,6 +107,5 @@ def _store_and_load(conn, batch: list[tuple[int, dict[str, bytes | None] | None]
             loads.append(terminal_id)
         else:
             merged.setdefault(terminal_id, {}).update(seen)  # in order: a later save wins
-    for terminal_id, seen in merged.items():
-        save_holdings(conn, terminal_id, seen)
+    save_holdings(conn, merged)
     return {terminal_id: load_holdings(conn, terminal_id) for terminal_id in loads}

@@ -7,8 +7,9 @@ field; what the device holds that the server has no field for (privilege, group)
 device's; fingerprint templates go only to devices of the algorithm that made them.
 """
 
-import functools
 import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from protocol.errors import MessageError
@@ -33,14 +34,53 @@ NAME_BYTES = {72: 24, 28: 8}
 # zero (so pyzk's text group at 40 reads empty); in a 28-byte record the group byte (21) = 1 and
 # the time zone (22-23) 0. docs/zk.md, "A person new to a device".
 NEW_PERSON = {72: (bytes(39) + b"\x01" + bytes(32), ""), 28: (bytes(21) + b"\x01" + bytes(6), "1")}
-# A device's clear password as the server's PIN hash (PBKDF2, milliseconds each), asked for at
-# every pull and every write of a person holding one: computed once per user id and password.
-pin_hash = functools.lru_cache(maxsize=4096)(hash_pin)
 VALID, DURESS = 1, 3  # template flags; 0 is an invalid template
 
 
 class Unfit(ValueError):
     """A server user this device cannot hold; the message says why, for the monitoring event."""
+
+
+class PinHashes:
+    """Devices' clear passwords as the server's PIN hashes, the pairs seen lately kept (only the
+    hashes: a PIN is never stored in clear). A hash is PBKDF2, about 2 ms, asked for at every pull
+    and every write of a person holding a password: the driver has the missing ones made off the
+    reactor thread (``missing``, then ``hash_pins`` in a thread, then ``learn`` on the reactor,
+    which alone touches the cache); a call that misses computes in place."""
+
+    def __init__(self, size: int = 4096):
+        self._size = size
+        self._known: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def __call__(self, user_id: str, pin: str) -> bytes:
+        key = (user_id, pin)
+        known = self._known.get(key)
+        if known is None:
+            known = hash_pin(user_id, pin)
+            self.learn({key: known})
+        else:
+            self._known.move_to_end(key)
+        return known
+
+    def missing(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (user id, password) pairs of ``pairs`` not hashed yet."""
+        return {pair for pair in pairs if pair not in self._known}
+
+    def learn(self, hashed: Mapping[tuple[str, str], bytes]) -> None:
+        self._known.update(hashed)
+        for key in hashed:
+            self._known.move_to_end(key)
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+
+def hash_pins(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    """Each (user id, password) pair's PIN hash: what a thread computes for ``PinHashes.learn``
+    (PBKDF2 lets go of the GIL, so the reactor thread runs meanwhile)."""
+    return {(user_id, pin): hash_pin(user_id, pin) for user_id, pin in pairs}
+
+
+pin_hash = PinHashes()
 
 
 @dataclass(frozen=True)
@@ -143,6 +183,12 @@ def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> 
     return replace(device_record(user, templates, profile), pin_hash=pin).validate()
 
 
+def pin_pair(user: User) -> tuple[str, str] | None:
+    """The (user id, password) whose hash is the server's PIN for this device user; None when it
+    holds no password that could be a PIN (none, or bytes that are not UTF-8)."""
+    return (user.user_id, user.password) if user.password and is_text(user.password) else None
+
+
 def device_record(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
     """What the device holds of a person, as a server record, without the PIN (its hash costs
     milliseconds, and a PIN never goes to a device)."""
@@ -203,7 +249,7 @@ def to_device(record: UserRecord, uid: int, held: User | None, profile: DevicePr
     user_id = record.user_id
     check_fits(user_id, profile)
     password = ""
-    if held is not None and held.password and is_text(held.password) and record.pin_hash == pin_hash(user_id, held.password):
+    if record.pin_hash is not None and held is not None and pin_pair(held) is not None and record.pin_hash == pin_hash(user_id, held.password):
         password = held.password  # the PIN the server has, set at this device: keep it
     if held is None:
         blank, group_id = NEW_PERSON[profile.record_size]

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from gateway.sync.connection import UserResult
 from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused
-from gateway.zk.mapping import held_digest
+from gateway.zk.mapping import hash_pins, held_digest, pin_hash, pin_pair
 from gateway.zk.plan import KEYPAD_LOOKS, WritePlan
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -80,6 +80,7 @@ class WritePasses:
                 write.done.callback(outcome)
 
         try:
+            yield self._pins_hashed(writes)
             yield self._keypad_held(self._apply_writes, writes, before_release=answer)
         except Exception:
             failure = Failure()
@@ -91,6 +92,25 @@ class WritePasses:
             return
         if self._plan.sizes is not None:  # the pass stands for a poll (PollPlan.poll_in): punches too
             yield self._attendance_if_due(self._plan.sizes, self._clock.seconds())
+
+    def _pins_hashed(self, writes: list[Write]) -> defer.Deferred:
+        """Hash off the reactor thread, before the keypad is held, the passwords the plan will
+        compare with the server's PINs (``to_device``: a PIN set at the device is kept while it
+        matches) that were not hashed yet: after a restart, each is PBKDF2 (about 2 ms) once. A
+        password the pass's own read finds later is hashed in place."""
+        pairs = set()
+        for write in writes:
+            for raw in write.records or ():
+                try:
+                    record = server_record(raw)
+                except Exception:  # reported by the plan
+                    continue
+                held = self._users.get(record.user_id)
+                pair = pin_pair(held) if held is not None and record.pin_hash is not None else None
+                if pair is not None:
+                    pairs.add(pair)
+        unhashed = pin_hash.missing(pairs)
+        return self._in_thread(hash_pins, unhashed).addCallback(pin_hash.learn) if unhashed else defer.succeed(None)
 
     @defer.inlineCallbacks
     def _apply_writes(self, writes: list[Write]):

@@ -263,21 +263,33 @@ SAVE_USERTEMPS_PARAMS = b"\x0c\x00\x00\x00\x00\x00\x08\x00"  # u32 12, u16 0, u1
 UploadHead = Struct("users_size" / Int32ul, "table_size" / Int32ul, "templates_size" / Int32ul)
 UploadEntry = Struct("marker" / Int8ul, "uid" / Int16ul, "kind" / Int8ul, "offset" / Int32ul)
 UPLOAD_MARKER = 2
+# ``UploadHead`` and ``UploadEntry`` packed with struct: every write pass of a storm builds an
+# upload on the gateway's reactor thread, where construct's build was a twentieth of its busy
+# time. A test checks that the two agree.
+UPLOAD_HEAD_STRUCT = struct.Struct("<3I")
+UPLOAD_ENTRY_STRUCT = struct.Struct("<BHBI")
 
 
 def build_upload(users: list[User], templates: list[Template], record_size: int = 72) -> bytes:
     """The buffer SAVE_USERTEMPS stores: users (upserted by uid) and their templates."""
-    user_part = b"".join(bytes([UPLOAD_MARKER]) + encode_user(u, record_size) for u in users)
+    marker = bytes([UPLOAD_MARKER])
+    user_part = b"".join(marker + encode_user(u, record_size) for u in users)
     table, blobs, offset = [], [], 0
     for t in templates:
         _check_finger(t.fid)
         if not 0 <= t.valid < 16 or not 0 < len(t.template) <= 0xFFFF:
             raise BodyError(f"template of uid {t.uid} finger {t.fid}: flag 0-15 and 1 to 65535 bytes needed")
-        table.append(_build(UploadEntry, dict(marker=UPLOAD_MARKER, uid=t.uid, kind=t.valid << 4 | t.fid, offset=offset), "template entry"))
+        try:
+            table.append(UPLOAD_ENTRY_STRUCT.pack(UPLOAD_MARKER, t.uid, t.valid << 4 | t.fid, offset))
+        except struct.error as exc:  # a uid or an offset out of range
+            raise BodyError(f"cannot build template entry of uid {t.uid} finger {t.fid} at {offset}: {exc}") from None
         blobs.append(len(t.template).to_bytes(2, "little") + t.template)
         offset += len(blobs[-1])
     table_part, template_part = b"".join(table), b"".join(blobs)
-    head = _build(UploadHead, dict(users_size=len(user_part), table_size=len(table_part), templates_size=len(template_part)), "upload head")
+    try:
+        head = UPLOAD_HEAD_STRUCT.pack(len(user_part), len(table_part), len(template_part))
+    except struct.error as exc:
+        raise BodyError(f"cannot build upload head: {exc}") from None
     return head + user_part + table_part + template_part
 
 
