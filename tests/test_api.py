@@ -519,7 +519,7 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_with_json
     try:
         request = DummyRequest([])
         request.path, request.method, request.content = b"/api/broken", b"GET", BoundedBody()
-        assert ApiResource(FakeGateway(), None, [Route("GET", "/api/broken", broken, "fails")]).render(request) is NOT_DONE_YET
+        assert ApiResource(FakeGateway(), None, [Route("GET", "/api/broken", broken, "fails")], None).render(request) is NOT_DONE_YET
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert request.responseCode == 500
