@@ -103,7 +103,7 @@ def measure(n: int, rounds: int, folder: Path) -> dict:
     clock = task.Clock()
     raw = msgspec.json.encode(take(ingest, clock.seconds()))
     mirror = Mirror()
-    mirror.update(msgspec.json.decode(raw))
+    mirror.update(raw)
     site = api_side(mirror, engine, clock)
     answer = json.loads(get(site, b"/api/terminals", {}))
     assert len(answer["terminals"]) == n
@@ -116,7 +116,7 @@ def measure(n: int, rounds: int, folder: Path) -> dict:
         page_request_us=cpu_us(lambda: (clock.advance(1), get(site, b"/api/terminals", {b"limit": [b"200"]})), rounds),
         take_us=cpu_us(lambda: take(ingest, clock.seconds()), rounds),
         encode_us=cpu_us(lambda: msgspec.json.encode(take(ingest, clock.seconds())), rounds),
-        update_us=cpu_us(lambda: mirror.update(msgspec.json.decode(raw)), rounds),
+        update_us=cpu_us(lambda: mirror.update(raw), rounds),
     )
     engine.dispose()
     return {k: round(statistics.median(v), 1) if isinstance(v, list) else v for k, v in figures.items()}

@@ -67,10 +67,10 @@ class SnapshotFollower:
     max_age_s = 1.0
     timeout_s = 5.0
 
-    def __init__(self, reactor, ingest_url: str, mirror: Mirror):
+    def __init__(self, reactor, ingest_url: str, mirror: Mirror, agent=None):
         self._reactor = reactor
         self._url = f"{ingest_url}/internal/snapshot".encode()
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor))
+        self._agent = agent or Agent(reactor, pool=HTTPConnectionPool(reactor))
         self.mirror = mirror
         self.received_s: float | None = None  # on this process's clock
         self._reading = False
@@ -131,7 +131,7 @@ class SnapshotFollower:
         code, raw = answer
         if code != 200:
             raise IngestUnavailable(f"the gateway answered {code} for its snapshot")
-        self.mirror.update(msgspec.json.decode(raw))
+        self.mirror.update(raw)
         self.received_s = self._reactor.seconds()
 
     def _finished(self, result) -> None:

@@ -6,7 +6,9 @@ beside (the terminals' cursors, from the ingest process's snapshot) changed at m
 second. A read is shared by every request that comes while it runs, and its result kept for
 those after, for as long as it is no older than what it is shown beside: a read begun before
 ``since()`` (the snapshot's arrival; now, where the gateway's own memory is shown) is not used
-again. A failed read is not kept.
+again. A failed read is not kept. An answer built from such a read and the snapshot is kept the
+same way (``made_from``): the probe's five requests a second asked for the same list of
+terminals, built anew each time, at 5 us a terminal.
 """
 
 from collections.abc import Callable
@@ -38,11 +40,14 @@ class _Read:
 
 
 class SharedReads:
+    max_made = 64
+
     def __init__(self, db, clock, since: Callable[[], float]):
         self._db = db
         self._clock = clock
         self._since = since
         self._latest: dict[Callable, _Read] = {}
+        self._made: dict[object, tuple[object, float, object]] = {}  # key -> (basis, made at, value)
 
     def read(self, query: Callable) -> defer.Deferred:
         """``db.read(query)``'s result, from a read begun no earlier than ``since()``. The result
@@ -51,3 +56,15 @@ class SharedReads:
         if found is None or found.began_s < self._since() or (found.done and isinstance(found.outcome, Failure)):
             found = self._latest[query] = _Read(self._clock.seconds(), self._db.read(query))
         return found.result()
+
+    def made_from(self, key, basis, make: Callable):
+        """``make()``, or what it made for ``key`` since ``since()`` from the same ``basis`` (a
+        result of ``read``). Shared as that is."""
+        found = self._made.get(key)
+        if found is not None and found[0] is basis and found[1] >= self._since():
+            return found[2]
+        if len(self._made) >= self.max_made:  # keys come from clients (pages): few are asked for again
+            self._made.clear()
+        value = make()
+        self._made[key] = (basis, self._clock.seconds(), value)
+        return value

@@ -57,21 +57,22 @@ def _terminal(call):
 def list_terminals(call):
     """Terminals in id order: every one, or a page of ``limit`` after ``after``; and the whole
     fleet's figures (``fleet``), which a page of it cannot show."""
-    terminals = call.gateway.registry.terminals.values()
     after, limit = call.params["after"], call.params["limit"]
+    return call.shared.read(sync_state).addCallback(
+        lambda state: call.shared.made_from(("terminals", after, limit), state, lambda: _listed(call, state, after, limit)))
+
+
+def _listed(call, state, after: int | None, limit: int | None) -> dict:
+    terminals = call.gateway.registry.terminals.values()
     wanted = terminals if after is None else [t for t in terminals if t.terminal_id > after]
     key = attrgetter("terminal_id")
     page = sorted(wanted, key=key) if limit is None else heapq.nsmallest(limit + 1, wanted, key=key)
     more = limit is not None and len(page) > limit
     page = page[:limit] if more else page
     admitted = [t for t in terminals if t.admission == ADMITTED]
-    fleet = {"terminals": len(terminals), "admitted": len(admitted), "online": sum(t.online for t in admitted)}
-
-    def listed(state):
-        return {"terminals": [_json(call, t, state) for t in page], "last_change_seq": state[0], "more": more,
-                "next": page[-1].terminal_id if more else None, "fleet": fleet}
-
-    return call.shared.read(sync_state).addCallback(listed)
+    return {"terminals": [_json(call, t, state) for t in page], "last_change_seq": state[0], "more": more,
+            "next": page[-1].terminal_id if more else None,
+            "fleet": {"terminals": len(terminals), "admitted": len(admitted), "online": sum(t.online for t in admitted)}}
 
 
 def show_terminal(call):
