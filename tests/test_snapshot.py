@@ -98,3 +98,16 @@ def test_each_unsaved_event_reaches_the_live_stream_once_and_the_list_newest_fir
     assert [e["user_id"] for e in offered] == ["u1", "u2"]
     assert mirror.eventlog.unsaved.shown() == unsaved.shown()
     assert [e["user_id"] for e in mirror.eventlog.unsaved.shown()] == ["u2", "u1"]
+
+
+def test_an_unchanged_reconciliation_is_kept_from_one_snapshot_to_the_next_and_a_changed_one_shown_anew():
+    gateway = ingest_side()
+    mirror = carried(gateway)
+    kept = mirror.reconciler.last[101]
+    shown = kept.as_json(5)
+    mirror.update(msgspec.json.encode(take(gateway, 43.0)))
+    assert mirror.reconciler.last[101] is kept and kept.as_json(5) is shown
+    gateway.reconciler.repaired_total[101] = 6
+    gateway.reconciler.last[101].differences["u8"] = "another why"
+    mirror.update(msgspec.json.encode(take(gateway, 44.0)))
+    assert mirror.reconciler.last[101].as_json(6) == gateway.reconciler.last[101].as_json(6) != shown
