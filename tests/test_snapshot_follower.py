@@ -74,6 +74,14 @@ def test_a_young_copy_answers_at_once_an_older_one_is_read_again_meanwhile_and_a
     assert fired(waiting) and follower.age_s() == 0
 
 
+def test_a_request_does_not_wait_for_a_read_the_busy_gateway_is_slow_to_answer():
+    clock, ingest, follower = following()
+    clock.advance(0.7)
+    assert fired(follower.fresh()) and len(ingest.asked) == 2
+    clock.advance(2)  # the read is still under way
+    assert fired(follower.fresh()) and len(ingest.asked) == 2
+
+
 def test_the_live_stream_keeps_it_read_while_it_listens():
     clock, ingest, follower = following()
     listeners = follower.mirror.eventlog.unsaved.listeners

@@ -59,7 +59,7 @@ class SnapshotFollower:
     that needs the mirror (``fresh``) is answered from it at once while it is younger than
     ``max_age_s``, a read of a newer one begun once it is older than ``interval_s``, so a client
     that polls more than once a second never waits for the busy ingest reactor; an older copy
-    is read again first. Only while the live stream has listeners, which get the monitoring
+    is read again first, unless a read is under way already. Only while the live stream has listeners, which get the monitoring
     events waiting for the database as they arrive, is it read every ``interval_s`` unasked.
     """
 
@@ -101,13 +101,15 @@ class SnapshotFollower:
         return d
 
     def fresh(self) -> defer.Deferred:
-        """Fires when the mirror may answer a request: at once if it is younger than ``max_age_s``
-        (or the ingest process did not answer the last read: the last one is served, with its
-        age); else once a new one is in or the read failed."""
+        """Fires when the mirror may answer a request: at once if it is younger than ``max_age_s``,
+        or a read is under way (a busy ingest reactor is slow to answer: the request does not
+        wait for it, as no request waited before reads were made on demand), or the ingest
+        process did not answer the last read (the last one is served, with its age); else once
+        a new one is in or the read failed."""
         age = self.age_s()
         if age < self.interval_s:
             return defer.succeed(None)
-        if age < self.max_age_s or self._failing:
+        if age < self.max_age_s or self._reading or self._failing:
             self._refresh()
             return defer.succeed(None)
         return self.read().addErrback(lambda f: f.trap(IngestUnavailable))
