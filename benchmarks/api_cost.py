@@ -9,7 +9,7 @@ for ``--terminals`` terminals (each with a reconciliation, as after the first ro
 - ``request_us``: one ``GET /api/terminals`` through the API's own resource (routing, the
   database read of the sync state on a real migrated SQLite file, the view, the JSON answer);
   ``shared_request_us`` one that shares the sync state read by an earlier one (gateway/http/shared.py:
-  two of three of the probe's); ``page_request_us`` one with ``?limit=200``, what the monitoring page asks;
+  two of three of the probe's); ``page_request_us`` one with ``?limit=500``, what the monitoring page asks;
 - ``take_us`` and ``encode_us``: the ingest process building its snapshot and encoding it;
 - ``update_us``: the API process decoding it into its mirror.
 
@@ -115,7 +115,7 @@ def measure(n: int, rounds: int, folder: Path) -> dict:
         answer_bytes=len(get(site, b"/api/terminals", {})),
         request_us=cpu_us(lambda: (clock.advance(1), get(site, b"/api/terminals", {})), rounds),
         shared_request_us=cpu_us(lambda: get(site, b"/api/terminals", {}), rounds),
-        page_request_us=cpu_us(lambda: (clock.advance(1), get(site, b"/api/terminals", {b"limit": [b"200"]})), rounds),
+        page_request_us=cpu_us(lambda: (clock.advance(1), get(site, b"/api/terminals", {b"limit": [b"500"]})), rounds),
         take_us=cpu_us(lambda: take(ingest, clock.seconds()), rounds),
         encode_us=cpu_us(lambda: msgspec.json.encode(take(ingest, clock.seconds())), rounds),
         update_us=cpu_us(lambda: mirror.update(raw), rounds),

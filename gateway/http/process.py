@@ -59,8 +59,9 @@ class SnapshotFollower:
     that needs the mirror (``fresh``) is answered from it at once while it is younger than
     ``max_age_s``, a read of a newer one begun once it is older than ``interval_s``, so a client
     that polls more than once a second never waits for the busy ingest reactor; an older copy
-    is read again first, unless a read is under way already. Only while the live stream has listeners, which get the monitoring
-    events waiting for the database as they arrive, is it read every ``interval_s`` unasked.
+    is read again first, unless a read is under way already. Only while the live stream has
+    listeners, which get the monitoring events waiting for the database as they arrive, is it
+    read every ``interval_s`` unasked.
     """
 
     interval_s = 0.5
