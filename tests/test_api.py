@@ -68,6 +68,18 @@ class TerminalTests(ApiTestCase):
         yield self.assert_error("GET", "/api/terminals/999", 404, "no terminal 999")
         yield self.assert_error("GET", "/api/terminals/seven", 400, "terminal_id must be an integer")
 
+    @defer.inlineCallbacks
+    def test_terminals_come_in_pages_with_the_whole_fleets_figures(self):
+        whole = yield self.get("/api/terminals")
+        self.assertEqual((whole["more"], whole["next"], whole["fleet"]), (False, None, {"terminals": 2, "admitted": 2, "online": 2}))
+        first = yield self.get("/api/terminals?limit=1")
+        self.assertEqual(([t["id"] for t in first["terminals"]], first["more"], first["next"]), ([A], True, A))
+        self.assertEqual(first["fleet"], whole["fleet"])
+        rest = yield self.get(f"/api/terminals?after={A}&limit=1")
+        self.assertEqual(([t["id"] for t in rest["terminals"]], rest["more"], rest["next"]), ([B], False, None))
+        self.assertEqual((yield self.get(f"/api/terminals?after={B}"))["terminals"], [])
+        yield self.assert_error("GET", "/api/terminals?limit=0", 400, "limit")
+
 
     @defer.inlineCallbacks
     def test_reconcile_counts_the_repairs_of_a_round_under_way_that_it_waited_for(self):
@@ -519,7 +531,7 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_with_json
     try:
         request = DummyRequest([])
         request.path, request.method, request.content = b"/api/broken", b"GET", BoundedBody()
-        assert ApiResource(FakeGateway(), None, [Route("GET", "/api/broken", broken, "fails")]).render(request) is NOT_DONE_YET
+        assert ApiResource(FakeGateway(), None, [Route("GET", "/api/broken", broken, "fails")], None).render(request) is NOT_DONE_YET
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert request.responseCode == 500

@@ -50,7 +50,7 @@ def locked_out_once() -> Doorman:
 
 def carried(gateway, metrics: bool = False) -> Mirror:
     mirror = Mirror()
-    mirror.update(msgspec.json.decode(msgspec.json.encode(take(gateway, 42.0, metrics))))  # as the processes carry it
+    mirror.update(msgspec.json.encode(take(gateway, 42.0, metrics)))  # as the processes carry it
     return mirror
 
 
@@ -74,9 +74,9 @@ def test_the_metrics_travel_only_when_asked_for_and_stay_until_the_next_asked():
     mirror = carried(gateway, metrics=True)
     assert "gateway_events_ingested_total 7.0" in mirror.metrics_text
     gateway.metrics.events_ingested.inc(1)
-    mirror.update(take(gateway, 43.0))
+    mirror.update(msgspec.json.encode(take(gateway, 43.0)))
     assert "gateway_events_ingested_total 7.0" in mirror.metrics_text and mirror.metrics_taken_s == 42.0
-    mirror.update(take(gateway, 44.0, metrics=True))
+    mirror.update(msgspec.json.encode(take(gateway, 44.0, metrics=True)))
     assert "gateway_events_ingested_total 8.0" in mirror.metrics_text and mirror.metrics_taken_s == 44.0
 
 
@@ -91,10 +91,23 @@ def test_each_unsaved_event_reaches_the_live_stream_once_and_the_list_newest_fir
     offered = []
     mirror.eventlog.unsaved.listeners.append(offered.append)
     unsaved.add(sync_event_row(SAVE_FAILED, 101, "u1", "database is locked", at_ms=5))
-    mirror.update(take(gateway, 1.0))
-    mirror.update(take(gateway, 1.5))  # the same one again: not offered again
+    mirror.update(msgspec.json.encode(take(gateway, 1.0)))
+    mirror.update(msgspec.json.encode(take(gateway, 1.5)))  # the same one again: not offered again
     unsaved.add(sync_event_row(SAVE_FAILED, 101, "u2", "database is locked", at_ms=6))
-    mirror.update(take(gateway, 2.0))
+    mirror.update(msgspec.json.encode(take(gateway, 2.0)))
     assert [e["user_id"] for e in offered] == ["u1", "u2"]
     assert mirror.eventlog.unsaved.shown() == unsaved.shown()
     assert [e["user_id"] for e in mirror.eventlog.unsaved.shown()] == ["u2", "u1"]
+
+
+def test_an_unchanged_reconciliation_is_kept_from_one_snapshot_to_the_next_and_a_changed_one_shown_anew():
+    gateway = ingest_side()
+    mirror = carried(gateway)
+    kept = mirror.reconciler.last[101]
+    shown = kept.as_json(5)
+    mirror.update(msgspec.json.encode(take(gateway, 43.0)))
+    assert mirror.reconciler.last[101] is kept and kept.as_json(5) is shown
+    gateway.reconciler.repaired_total[101] = 6
+    gateway.reconciler.last[101].differences["u8"] = "another why"
+    mirror.update(msgspec.json.encode(take(gateway, 44.0)))
+    assert mirror.reconciler.last[101].as_json(6) == gateway.reconciler.last[101].as_json(6) != shown

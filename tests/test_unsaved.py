@@ -19,9 +19,10 @@ class Client:
 
 
 def test_a_failure_reaches_the_live_stream_the_moment_it_happens_without_an_id():
-    metrics, stream, client = Metrics(), EventStream(None, task.Clock()), Client()
-    stream.clients.add(client)
+    metrics, client = Metrics(), Client()
     unsaved = UnsavedEvents(metrics)
+    stream = EventStream(None, task.Clock(), unsaved)
+    stream.clients.add(client)
     unsaved.listeners.append(stream.offer_unsaved)
     unsaved.add(sync_event_row(SAVE_FAILED, 101, "u1", "database is locked", at_ms=5))
     ((event, encoded),) = client.offered

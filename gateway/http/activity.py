@@ -16,5 +16,6 @@ ROUTES = [
         "Per-second figures of the last minutes: events stored, user deliveries, sync failures, propagation p99",
         (Param("seconds", "integer", "how many whole seconds, up to the last one", default=300, minimum=10, maximum=600),),
         returns="Activity",
+        reads_memory=False,
     ),
 ]

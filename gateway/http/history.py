@@ -41,8 +41,8 @@ ROUTES = [
           "field, and the rule that took or refused each",
           (USER_ID, Param("after", "integer", "the last history id of the previous page", minimum=0),
            Param("limit", "integer", "entries per page", default=1000, minimum=1, maximum=10000)),
-          returns="UserHistory", errors={404: "no such user, and no history of one"}),
+          returns="UserHistory", errors={404: "no such user, and no history of one"}, reads_memory=False),
     Route("GET", "/api/users/{user_id}/provenance", user_provenance_view,
           "For every field and credential the user holds now: the terminal or operator that gave it, and when",
-          (USER_ID,), returns="UserProvenance", errors={404: "no such user"}),
+          (USER_ID,), returns="UserProvenance", errors={404: "no such user"}, reads_memory=False),
 ]

@@ -77,6 +77,10 @@ SCHEMAS = {
         "properties": {
             "terminals": {"type": "array", "items": {"$ref": "#/components/schemas/Terminal"}},
             "last_change_seq": {"type": "integer"},
+            "more": {"type": "boolean", "description": "terminals with higher ids follow: ask again with after=next"},
+            "next": {"type": ["integer", "null"]},
+            "fleet": {"type": "object", "description": "every terminal, whatever the page: how many, how many admitted, how many of those online",
+                      "properties": {"terminals": {"type": "integer"}, "admitted": {"type": "integer"}, "online": {"type": "integer"}}},
         },
     },
     "User": {

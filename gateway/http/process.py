@@ -3,9 +3,11 @@
 ``gateway run`` starts it (gateway/http/serve.py) with the public listening socket as file
 descriptor 3, its configuration as one JSON line on standard input, and the ingest process's
 internal address. Reads go to the database on this process's own reader threads; what only the
-ingest process knows comes from its snapshot, read every ``SnapshotFollower.interval_s`` (so a
-terminal's online state is at most that old, plus the time the ingest reactor takes to answer;
-``gateway_api_snapshot_age_seconds`` says how old). The metrics ride only on a read a scrape of
+ingest process knows comes from its snapshot, read when a request needs it and this process's
+copy is older than ``SnapshotFollower.interval_s`` (so a terminal's online state is at most
+``SnapshotFollower.max_age_s`` old, plus the time the ingest reactor takes to answer;
+``gateway_api_snapshot_age_seconds`` says how old), and unasked only while the live stream has
+listeners. The metrics ride only on a read a scrape of
 /metrics asks for: building them every half second cost more than the rest of the snapshot. Writes are
 forwarded to the ingest process, which runs them as it always did (they touch its memory: a
 refused terminal's link is closed, pushes are woken), and answered once a snapshot taken after
@@ -37,7 +39,7 @@ from zope.interface import implementer
 from gateway.activity import Activity
 from gateway.config import GatewayConfig
 from gateway.store.database import Database
-from gateway.http.api import ApiError
+from gateway.http.api import ApiError, Route
 from gateway.http.site import GatewaySite, api_routes
 from gateway.http.snapshot import Mirror
 from gateway.logs import start_logging
@@ -50,15 +52,26 @@ class IngestUnavailable(Exception):
 
 
 class SnapshotFollower:
-    """Reads the ingest process's snapshot into a ``Mirror``, one read at a time, every ``interval_s``."""
+    """Reads the ingest process's snapshot into a ``Mirror`` when a request needs it, one read at a time.
+
+    Nothing is read while nobody asks: an idle gateway spent 5 ms a second in this process and
+    the snapshot's cost in the ingest process on reads no request used (issue 24). A request
+    that needs the mirror (``fresh``) is answered from it at once while it is younger than
+    ``max_age_s``, a read of a newer one begun once it is older than ``interval_s``, so a client
+    that polls more than once a second never waits for the busy ingest reactor; an older copy
+    is read again first, unless a read is under way already. Only while the live stream has
+    listeners, which get the monitoring events waiting for the database as they arrive, is it
+    read every ``interval_s`` unasked.
+    """
 
     interval_s = 0.5
+    max_age_s = 1.0
     timeout_s = 5.0
 
-    def __init__(self, reactor, ingest_url: str, mirror: Mirror):
+    def __init__(self, reactor, ingest_url: str, mirror: Mirror, agent=None):
         self._reactor = reactor
         self._url = f"{ingest_url}/internal/snapshot".encode()
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor))
+        self._agent = agent or Agent(reactor, pool=HTTPConnectionPool(reactor))
         self.mirror = mirror
         self.received_s: float | None = None  # on this process's clock
         self._reading = False
@@ -88,6 +101,25 @@ class SnapshotFollower:
             self._begin()
         return d
 
+    def fresh(self) -> defer.Deferred:
+        """Fires when the mirror may answer a request: at once if it is younger than ``max_age_s``,
+        or a read is under way (a busy ingest reactor is slow to answer: the request does not
+        wait for it, as no request waited before reads were made on demand), or the ingest
+        process did not answer the last read (the last one is served, with its age); else once
+        a new one is in or the read failed."""
+        age = self.age_s()
+        if age < self.interval_s:
+            return defer.succeed(None)
+        if age < self.max_age_s or self._reading or self._failing:
+            self._refresh()
+            return defer.succeed(None)
+        return self.read().addErrback(lambda f: f.trap(IngestUnavailable))
+
+    def since_s(self) -> float:
+        """When the mirror's snapshot came in, on this process's clock (now before the first):
+        a database read begun since is no older than what the mirror shows."""
+        return self.received_s if self.received_s is not None else self._reactor.seconds()
+
     def _begin(self) -> None:
         self._reading = True
         url = self._url + b"?metrics=1" if self._metrics_next else self._url
@@ -102,7 +134,7 @@ class SnapshotFollower:
         code, raw = answer
         if code != 200:
             raise IngestUnavailable(f"the gateway answered {code} for its snapshot")
-        self.mirror.update(msgspec.json.decode(raw))
+        self.mirror.update(raw)
         self.received_s = self._reactor.seconds()
 
     def _finished(self, result) -> None:
@@ -122,9 +154,14 @@ class SnapshotFollower:
             self._current, self._next = self._next, []
             self._begin()
 
-    def _tick(self) -> None:
+    def _refresh(self) -> None:
+        """A read begun unless one is under way; nobody waits for it."""
         if not self._reading:
             self.read().addErrback(lambda f: f.trap(IngestUnavailable))
+
+    def _tick(self) -> None:
+        if self.mirror.eventlog.unsaved.listeners:
+            self._refresh()
 
     def age_s(self) -> float:
         return self._reactor.seconds() - self.received_s if self.received_s is not None else float("inf")
@@ -168,6 +205,16 @@ class WriteForwarder:
         log.warn("{method} {path}: the gateway did not answer: {why}", method=request.method.decode("latin-1"),
                  path=request.path.decode("latin-1"), why=why)
         raise ApiError(503, "the gateway did not answer (busy or restarting): see whether the change was made, then retry")
+
+
+def served(route: Route, follower: SnapshotFollower, forwarder: WriteForwarder) -> Route:
+    """The route as this process serves it: a write forwarded to the gateway, a read of its
+    memory once the mirror is fresh enough."""
+    if route.writes:
+        return replace(route, view=forwarder.forward)
+    if route.reads_memory:
+        return replace(route, view=lambda call, view=route.view: follower.fresh().addCallback(lambda _: view(call)))
+    return route
 
 
 def _why(failure, timeout_s: float) -> str:
@@ -299,15 +346,14 @@ async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int
     forwarder = WriteForwarder(reactor, ingest_url, follower)
     activity = Activity(db, reactor)
     gateway = MirroredGateway(config, reactor, db, activity, mirror, ApiMetrics(reactor, follower))
-    routes = [replace(route, view=forwarder.forward) if route.writes else route for route in api_routes()]
-    site = GatewaySite(gateway, routes)
+    site = GatewaySite(gateway, [served(route, follower, forwarder) for route in api_routes()], since=follower.since_s)
     try:
         # Nothing is answered before the first snapshot: connections wait in the backlog. It brings
         # the metrics, so that /metrics has them even if the gateway stops answering.
         await follower.read(metrics=True)
     except IngestUnavailable as exc:
         log.warn("serving before a first snapshot of the gateway: {e}", e=exc)
-    follower.start()
+    follower.start()  # reads unasked only while the live stream has listeners
     activity.start()
     reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
     reactor.addSystemEventTrigger("before", "shutdown", activity.stop)

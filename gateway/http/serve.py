@@ -6,7 +6,7 @@ binds the public port itself, hands the listening socket to a child process
 (``python -m gateway.http``) and supervises it: restarted with backoff when it dies, stopped
 with the gateway, its log events logged by the gateway as its own. The ingest process keeps
 the whole API on an internal loopback port of its own, for two things only: the snapshot of its
-memory the child reads every half second (``/internal/snapshot``, gateway/http/snapshot.py;
+memory the child reads when its requests need it (``/internal/snapshot``, gateway/http/snapshot.py;
 ``?metrics=1`` adds the metrics, for a scrape of the child's /metrics),
 and writes, which the child forwards there so that they run exactly where they always ran.
 
@@ -49,7 +49,7 @@ class SnapshotResource(Readable):
         request.setHeader("Content-Type", "application/json; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
         metrics = request.args.get(b"metrics") == [b"1"]
-        # Twice a second: msgspec encodes 200 terminals in a seventh of json.dumps' time (79 vs 558 us).
+        # Up to twice a second: msgspec encodes 200 terminals in a seventh of json.dumps' time (79 vs 558 us).
         return msgspec.json.encode(snapshot.take(self.gateway, self.gateway.reactor.seconds(), metrics))
 
 

@@ -3,6 +3,7 @@ monitoring page at / (static files, no build step)."""
 
 import ipaddress
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,6 +15,7 @@ from gateway.http import activity, events, history, lockouts, sync, terminals, u
 from gateway.http.api import ApiResource, BoundedBody, Route
 from gateway.http.channel import ConnectionsPerAddress
 from gateway.http.openapi import document
+from gateway.http.shared import SharedReads
 from gateway.http.sse import EventStream
 
 log = Logger(namespace="gateway.http")
@@ -30,7 +32,7 @@ def api_routes() -> list[Route]:
         return spec
 
     routes = terminals.ROUTES + users.ROUTES + history.ROUTES + events.ROUTES + sync.ROUTES + activity.ROUTES + lockouts.ROUTES
-    routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)"))
+    routes.append(Route("GET", "/api/openapi.json", openapi, "This document (OpenAPI 3.1)", reads_memory=False))
     spec = document(routes)
     return routes
 
@@ -124,19 +126,21 @@ class GatewaySite(ConnectionsPerAddress, server.Site):
 
     noisy = False  # "Starting factory" says nothing the "monitoring page at" line does not
 
-    def __init__(self, gateway, routes: list[Route] | None = None, loopback_only: bool | None = None):
+    def __init__(self, gateway, routes: list[Route] | None = None, loopback_only: bool | None = None,
+                 since: Callable[[], float] | None = None):
         """``gateway``: the running gateway, or the API process's mirror of it (gateway/http/process.py),
-        whose ``routes`` forward writes to the gateway."""
+        whose ``routes`` forward writes to the gateway and ``since`` says when its snapshot came in
+        (gateway/http/shared.py); the running gateway's memory is always now."""
         self.loopback_only = is_loopback(gateway.config.http_host) if loopback_only is None else loopback_only
-        self.stream = EventStream(gateway.db, gateway.reactor)
-        gateway.eventlog.unsaved.listeners.append(self.stream.offer_unsaved)  # failures show before the database takes them
+        self.stream = EventStream(gateway.db, gateway.reactor, gateway.eventlog.unsaved)
         root = Root()
         root.putChild(b"", PageFile("index.html"))
         page = Root()
         for name in PAGE_FILES:
             page.putChild(name.encode(), PageFile(name))
         root.putChild(b"page", page)
-        root.putChild(b"api", ApiResource(gateway, self.stream, routes or api_routes()))
+        shared = SharedReads(gateway.db, gateway.reactor, since or gateway.reactor.seconds)
+        root.putChild(b"api", ApiResource(gateway, self.stream, routes or api_routes(), shared))
         root.putChild(b"metrics", MetricsResource(gateway.metrics))
         super().__init__(root, parsePOSTFormSubmission=False, reactor=gateway.reactor)
         self.count_connections(gateway.reactor)

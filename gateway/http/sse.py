@@ -8,7 +8,6 @@ further behind is dropped (it reconnects and resumes with Last-Event-ID), so one
 never grows the gateway's memory.
 """
 
-import json
 from collections import deque
 
 from twisted.internet import defer, task
@@ -17,13 +16,14 @@ from twisted.logger import Logger
 from twisted.web import server
 from zope.interface import implementer
 
+from gateway.http.api import to_json
 from gateway.http.queries import EVERYTHING, EventFilter, last_event_id, read_events
 
 log = Logger(namespace="gateway.http.stream")
 
 
 def encode(event: dict) -> bytes:
-    return f"id: {event['id']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+    return b"id: %d\ndata: %s\n\n" % (event["id"], to_json(event))
 
 
 @implementer(IPushProducer)
@@ -113,8 +113,11 @@ class EventStream:
     batch = 500
     max_replay = 1000  # a client further behind than this pages /api/events instead
 
-    def __init__(self, db, clock):
+    def __init__(self, db, clock, unsaved):
+        """``unsaved``: the monitoring events waiting for the database (the gateway's, or the API
+        process's mirror of them), offered to the clients as they come while there are any."""
         self._db = db
+        self._unsaved = unsaved
         self.clients: set[StreamClient] = set()
         self._head = 0  # highest event id handed out; meaningful while the poller runs
         self._waiting: list[defer.Deferred] = []
@@ -127,6 +130,8 @@ class EventStream:
     def subscribe(self, request, flt: EventFilter, after: int | None):
         client = StreamClient(request, flt, self._unsubscribe)
         self.clients.add(client)
+        if self.offer_unsaved not in self._unsaved.listeners:  # failures show before the database takes them
+            self._unsaved.listeners.append(self.offer_unsaved)
         client.open()
         d = self._start()
         d.addCallback(lambda head: self._replay(client, after, head))
@@ -201,7 +206,7 @@ class EventStream:
     def offer_unsaved(self, event: dict) -> None:
         """A monitoring event the database could not take yet: sent at once, without an id (it
         has none until stored; once stored it comes again with one)."""
-        encoded = f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+        encoded = b"data: %s\n\n" % to_json(event)
         for client in list(self.clients):
             if client.started:
                 client.offer([(event, encoded)])
@@ -216,6 +221,8 @@ class EventStream:
             self._stop()
 
     def _stop(self) -> None:
+        if self.offer_unsaved in self._unsaved.listeners:  # in the API process, the snapshot is then read only when asked for
+            self._unsaved.listeners.remove(self.offer_unsaved)
         for loop in (self._poller, self._keepalive):
             if loop.running:
                 loop.stop()

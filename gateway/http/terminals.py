@@ -1,6 +1,9 @@
 """Terminals in the API: what the registry knows of each, how far behind the changes feed each
 is, and an administrator's admission decisions."""
 
+import heapq
+from operator import attrgetter
+
 from gateway.http.api import ApiError, Param, Route
 from gateway.http.queries import sync_state
 from gateway.http.users import GROUPS
@@ -52,18 +55,29 @@ def _terminal(call):
 
 
 def list_terminals(call):
-    registry = call.gateway.registry
+    """Terminals in id order: every one, or a page of ``limit`` after ``after``; and the whole
+    fleet's figures (``fleet``), which a page of it cannot show."""
+    after, limit = call.params["after"], call.params["limit"]
+    return call.shared.read(sync_state).addCallback(
+        lambda state: call.shared.made_from(("terminals", after, limit), state, lambda: _listed(call, state, after, limit)))
 
-    def listed(state):
-        found = sorted(registry.terminals.values(), key=lambda t: t.terminal_id)
-        return {"terminals": [_json(call, t, state) for t in found], "last_change_seq": state[0]}
 
-    return call.gateway.db.read(sync_state).addCallback(listed)
+def _listed(call, state, after: int | None, limit: int | None) -> dict:
+    terminals = call.gateway.registry.terminals.values()
+    wanted = terminals if after is None else [t for t in terminals if t.terminal_id > after]
+    key = attrgetter("terminal_id")
+    page = sorted(wanted, key=key) if limit is None else heapq.nsmallest(limit + 1, wanted, key=key)
+    more = limit is not None and len(page) > limit
+    page = page[:limit] if more else page
+    admitted = [t for t in terminals if t.admission == ADMITTED]
+    return {"terminals": [_json(call, t, state) for t in page], "last_change_seq": state[0], "more": more,
+            "next": page[-1].terminal_id if more else None,
+            "fleet": {"terminals": len(terminals), "admitted": len(admitted), "online": sum(t.online for t in admitted)}}
 
 
 def show_terminal(call):
     term = _terminal(call)
-    return call.gateway.db.read(sync_state).addCallback(lambda state: _json(call, term, state))
+    return call.shared.read(sync_state).addCallback(lambda state: _json(call, term, state))
 
 
 def list_differences(call):
@@ -141,7 +155,10 @@ ADMIT_BODY = {
 }
 
 ROUTES = [
-    Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag", returns="TerminalList"),
+    Route("GET", "/api/terminals", list_terminals, "Every known terminal, online or not, with its sync lag, in id order; a page of "
+          "them with limit", (Param("after", "integer", "the last terminal id of the previous page (its 'next')", minimum=0, maximum=2**32 - 1),
+                              Param("limit", "integer", "terminals per page; every terminal when not given", minimum=1, maximum=10_000)),
+          returns="TerminalList"),
     Route("GET", "/api/terminals/{terminal_id}", show_terminal, "One terminal", (TERMINAL_ID,), returns="Terminal", errors={404: "no such terminal"}),
     Route("GET", "/api/terminals/{terminal_id}/differences", list_differences,
           "Users the terminal holds differently from the server, left as the rules allow, and why", (TERMINAL_ID,), returns="Differences",

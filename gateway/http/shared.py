@@ -1,0 +1,70 @@
+"""SharedReads: one database read shared by the API requests that arrive together.
+
+Every ``GET /api/terminals`` read the sync state (gateway/http/queries.py ``sync_state``) on a
+reader thread, five times a second from the load test's probe alone, while what it is shown
+beside (the terminals' cursors, from the ingest process's snapshot) changed at most twice a
+second. A read is shared by every request that comes while it runs, and its result kept for
+those after, for as long as it is no older than what it is shown beside: a read begun before
+``since()`` (the snapshot's arrival; now, where the gateway's own memory is shown) is not used
+again. A failed read is not kept. An answer built from such a read and the snapshot is kept the
+same way (``made_from``): the probe's five requests a second asked for the same list of
+terminals, built anew each time, at 5 us a terminal.
+"""
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+
+class _Read:
+    def __init__(self, began_s: float, d: defer.Deferred):
+        self.began_s = began_s
+        self.outcome = None  # the result or a Failure, once in
+        self.done = False
+        self._waiting: list[defer.Deferred] = []
+        d.addBoth(self._finished)
+
+    def result(self) -> defer.Deferred:
+        if self.done:
+            return defer.fail(self.outcome) if isinstance(self.outcome, Failure) else defer.succeed(self.outcome)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _finished(self, outcome) -> None:
+        self.done, self.outcome = True, outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(outcome) if isinstance(outcome, Failure) else d.callback(outcome)
+
+
+class SharedReads:
+    max_made = 64
+
+    def __init__(self, db, clock, since: Callable[[], float]):
+        self._db = db
+        self._clock = clock
+        self._since = since
+        self._latest: dict[Callable, _Read] = {}
+        self._made: dict[object, tuple[object, float, object]] = {}  # key -> (basis, made at, value)
+
+    def read(self, query: Callable) -> defer.Deferred:
+        """``db.read(query)``'s result, from a read begun no earlier than ``since()``. The result
+        is shared: whoever uses it must not change it."""
+        found = self._latest.get(query)
+        if found is None or found.began_s < self._since() or (found.done and isinstance(found.outcome, Failure)):
+            found = self._latest[query] = _Read(self._clock.seconds(), self._db.read(query))
+        return found.result()
+
+    def made_from(self, key, basis, make: Callable):
+        """``make()``, or what it made for ``key`` since ``since()`` from the same ``basis`` (a
+        result of ``read``). Shared as that is."""
+        found = self._made.get(key)
+        if found is not None and found[0] is basis and found[1] >= self._since():
+            return found[2]
+        if len(self._made) >= self.max_made:  # keys come from clients (pages): few are asked for again
+            self._made.clear()
+        value = make()
+        self._made[key] = (basis, self._clock.seconds(), value)
+        return value

@@ -1,0 +1,156 @@
+"""The API process reads the ingest process's snapshot when a request needs it, and unasked only
+while the live stream listens (unit: task.Clock, the snapshot's HTTP answers made by hand)."""
+
+import msgspec
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from gateway.http.process import SnapshotFollower
+from gateway.http.snapshot import Mirror
+from gateway.http.shared import SharedReads
+
+SNAPSHOT = msgspec.json.encode(dict(taken_s=1.0, terminals=[], reconciliations=[], unsaved=[], sync_mode="all", lockouts=[]))
+
+
+class Answer:
+    code, phrase, length = 200, b"OK", len(SNAPSHOT)
+
+    def deliverBody(self, protocol):
+        protocol.dataReceived(SNAPSHOT)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class Ingest:
+    """The agent the follower asks: each request waits until the test answers it."""
+
+    def __init__(self):
+        self.asked: list[defer.Deferred] = []
+
+    def request(self, method, url, headers=None, body=None):
+        self.asked.append(defer.Deferred())
+        return self.asked[-1]
+
+    def answer(self) -> None:
+        self.asked[-1].callback(Answer())
+
+    def fail(self) -> None:
+        self.asked[-1].errback(ConnectionRefusedError("gateway restarting"))
+
+
+def following():
+    clock, ingest = task.Clock(), Ingest()
+    follower = SnapshotFollower(clock, "http://127.0.0.1:1", Mirror(), agent=ingest)
+    follower.read()
+    ingest.answer()
+    follower.start()
+    return clock, ingest, follower
+
+
+def fired(d: defer.Deferred) -> bool:
+    found = []
+    d.addBoth(found.append)
+    return bool(found)
+
+
+def test_nobody_asking_means_no_read():
+    clock, ingest, _ = following()
+    clock.pump([0.5] * 120)
+    assert len(ingest.asked) == 1  # the first, at start
+
+
+def test_a_young_copy_answers_at_once_an_older_one_is_read_again_meanwhile_and_an_old_one_first():
+    clock, ingest, follower = following()
+    clock.advance(0.3)
+    assert fired(follower.fresh()) and len(ingest.asked) == 1
+    clock.advance(0.4)  # 0.7 s old: answered from it, a newer one asked for
+    assert fired(follower.fresh()) and len(ingest.asked) == 2
+    assert fired(follower.fresh()) and len(ingest.asked) == 2  # one read at a time
+    ingest.answer()
+    clock.advance(1.5)  # older than a second: the request waits for a new one
+    waiting = follower.fresh()
+    assert not fired(waiting) and len(ingest.asked) == 3
+    ingest.answer()
+    assert fired(waiting) and follower.age_s() == 0
+
+
+def test_a_request_does_not_wait_for_a_read_the_busy_gateway_is_slow_to_answer():
+    clock, ingest, follower = following()
+    clock.advance(0.7)
+    assert fired(follower.fresh()) and len(ingest.asked) == 2
+    clock.advance(2)  # the read is still under way
+    assert fired(follower.fresh()) and len(ingest.asked) == 2
+
+
+def test_the_live_stream_keeps_it_read_while_it_listens():
+    clock, ingest, follower = following()
+    listeners = follower.mirror.eventlog.unsaved.listeners
+    listeners.append(lambda event: None)
+    for n in range(2, 6):
+        clock.advance(0.5)
+        assert len(ingest.asked) == n
+        ingest.answer()
+    listeners.clear()
+    clock.pump([0.5] * 10)
+    assert len(ingest.asked) == 5
+
+
+def test_a_gateway_that_does_not_answer_leaves_requests_the_last_copy_at_once():
+    clock, ingest, follower = following()
+    clock.advance(2)
+    waiting = follower.fresh()
+    ingest.fail()
+    assert fired(waiting)  # served the last one, with its age
+    clock.advance(2)
+    assert fired(follower.fresh()) and len(ingest.asked) == 3  # not waited for, but tried again
+    ingest.answer()
+    clock.advance(2)
+    assert not fired(follower.fresh())  # it answers again: a request waits for a fresh copy again
+
+
+class Reads:
+    def __init__(self):
+        self.begun: list[defer.Deferred] = []
+
+    def read(self, query):
+        self.begun.append(defer.Deferred())
+        return self.begun[-1]
+
+
+def test_requests_together_share_a_read_no_older_than_the_snapshot():
+    clock, db = task.Clock(), Reads()
+    since = [0.0]
+    shared = SharedReads(db, clock, lambda: since[0])
+    query = object()
+    first, second = shared.read(query), shared.read(query)
+    db.begun[0].callback("state")
+    assert len(db.begun) == 1 and fired(first) and fired(second)
+    assert fired(shared.read(query)) and len(db.begun) == 1  # kept for the requests after
+    clock.advance(1)
+    since[0] = 0.5  # a newer snapshot: the state must be read again
+    later = shared.read(query)
+    assert not fired(later) and len(db.begun) == 2
+    db.begun[1].errback(RuntimeError("database is locked"))
+    assert fired(later)
+    shared.read(query)  # a failure is not kept
+    assert len(db.begun) == 3
+
+
+def test_an_answer_is_built_once_per_read_it_shows():
+    clock, since = task.Clock(), [0.0]
+    shared = SharedReads(Reads(), clock, lambda: since[0])
+    built = []
+
+    def build():
+        built.append(1)
+        return {"terminals": []}
+
+    state = ("state",)
+    assert shared.made_from("list", state, build) is shared.made_from("list", state, build)
+    assert len(built) == 1
+    newer = ("newer state",)
+    shared.made_from("list", newer, build)  # from another read
+    clock.advance(1)
+    since[0] = 1.0  # a newer snapshot
+    shared.made_from("list", newer, build)
+    assert len(built) == 3
