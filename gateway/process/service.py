@@ -283,7 +283,7 @@ class Gateway:
         # still to be pulled is lag too: the terminal and the server differ until it is merged.
         for term in self.registry.connected():
             lag = max(0, seq - term.cursor) + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0)
-            self.metrics.sync_lag.labels(str(term.terminal_id)).set(lag)
+            self.metrics.set_sync_lag(term.terminal_id, lag)
             if term.cursor < seq:
                 self.pusher.sweep(term.terminal_id)
 
