@@ -199,7 +199,7 @@ class Gateway:
         self.eventlog.add_connection(connection)
         for serving in self.serving.values():
             serving.terminal_online(connection.terminal_id)
-        self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.metrics.terminals_online.set(self.registry.online_count())
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
@@ -215,7 +215,7 @@ class Gateway:
 
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)
-        self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.metrics.terminals_online.set(self.registry.online_count())
         self.metrics.forget_terminal(connection.terminal_id)
         log.info("terminal {tid} disconnected", tid=connection.terminal_id)
 
