@@ -45,6 +45,7 @@ class Metrics:
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
         self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks (a PUSH device: also those queued it has not "
                               "answered), and its keypad changes still to be pulled; terminals online here", ["terminal"], registry=r)
+        self._lags: dict[int, int] = {}  # terminal -> the sync lag last set
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",
             "Irregularities in terminals' event logs, all stored and reported: restarted, conflict (an id again with "
@@ -95,9 +96,18 @@ class Metrics:
                     return sample.value
         return 0.0
 
+    def set_sync_lag(self, terminal_id: int, lag: int) -> None:
+        """A terminal's lag, as the once-a-second sweep finds it; the gauge is touched only when
+        it changed. The sweep tells every online terminal's lag, mostly the same 0 as before, and
+        a label lookup for each is 16 ms a second at 10,000 terminals."""
+        if self._lags.get(terminal_id) != lag:
+            self._lags[terminal_id] = lag
+            self.sync_lag.labels(str(terminal_id)).set(lag)
+
     def forget_terminal(self, terminal_id: int) -> None:
         """A terminal's link here ended: its gauges go with it, so that no stale figure stands beside
         those of the process that serves it next (or, offline, beside nothing true)."""
+        self._lags.pop(terminal_id, None)
         for gauge in (self.sync_lag, self.clock_drift, self.reconcile_differences):
             try:
                 gauge.remove(str(terminal_id))

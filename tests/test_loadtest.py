@@ -47,6 +47,8 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert report["api_ms"] is not None, report.get("api_ms_reason")  # the gateway's API answered the probe
     assert report["api_ms"]["samples"] > 0 and report["api_ms"]["failures"] == 0
     assert report["gateway_idle_cpu_us_per_terminal_s"] is not None  # measured with the fleet connected, before the load
+    # The fleet's memory in the gateway, not the API process's start: that alone is 20 MiB a terminal here.
+    assert report["gateway_idle_rss_per_terminal_kb"] < 2048
     # SQLite works in the gateway's process: no server of its own to measure, and the report says so
     assert report["database_cpu_us_per_delivery"] is None and report["database_wal_bytes_per_delivery"] is None
     assert report["database_cpu_reason"].startswith("SQLite works inside the gateway")

@@ -76,3 +76,17 @@ def test_a_scrape_whose_metrics_cannot_be_built_is_answered_503_not_left_waiting
         MetricsResource(metrics).render_GET(request)
         assert request.finished and request.responseCode == 503
         assert b"metrics unavailable" in b"".join(request.written)
+
+
+def test_sync_lag_is_set_when_it_changed_and_again_once_its_terminal_was_forgotten():
+    metrics = Metrics()
+    looked_up = []
+    labels = metrics.sync_lag.labels
+    metrics.sync_lag.labels = lambda *values: looked_up.append(values) or labels(*values)
+    for lag in (0, 0, 0, 2, 2, 0):  # the sweep's findings, a second apart
+        metrics.set_sync_lag(7, lag)
+    assert looked_up == [("7",)] * 3
+    assert metrics.registry.get_sample_value("gateway_sync_lag", {"terminal": "7"}) == 0
+    metrics.forget_terminal(7)  # its link ended: the gauge went
+    metrics.set_sync_lag(7, 0)  # back online with the lag it had: shown again
+    assert metrics.registry.get_sample_value("gateway_sync_lag", {"terminal": "7"}) == 0

@@ -59,6 +59,33 @@ def test_the_connection_of_a_removed_terminal_is_let_go_of():
     assert registry.connected() == []
 
 
+class Walked(dict):
+    """Terminals, counting each walk through all of them."""
+
+    walks = 0
+
+    def values(self):
+        self.walks += 1
+        return super().values()
+
+    def __iter__(self):
+        self.walks += 1
+        return super().__iter__()
+
+
+def test_the_terminals_online_are_known_without_walking_every_terminal_ever_known():
+    registry, _ = registry_with()
+    registry.terminals = Walked({t: Terminal(t, ADMITTED, secret=b"s") for t in range(1, 10_001)})
+    first, second, third = (Connection(registry, t) for t in (7, 8, 9))
+    for connection in (first, second, third):
+        registry.online(connection)
+    second.close("link closed")
+    registry.remove(9)
+    assert [t.terminal_id for t in registry.connected()] == [7]
+    assert registry.online_count() == 1
+    assert registry.terminals.walks == 0
+
+
 # -- several processes: a connection is served once this process holds the terminal's claim ----
 
 

@@ -199,7 +199,7 @@ class Gateway:
         self.eventlog.add_connection(connection)
         for serving in self.serving.values():
             serving.terminal_online(connection.terminal_id)
-        self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.metrics.terminals_online.set(self.registry.online_count())
         self.pusher.kick(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
@@ -215,7 +215,7 @@ class Gateway:
 
     def _terminal_offline(self, connection) -> None:
         self.eventlog.remove_connection(connection)
-        self.metrics.terminals_online.set(len(self.registry.connected()))
+        self.metrics.terminals_online.set(self.registry.online_count())
         self.metrics.forget_terminal(connection.terminal_id)
         log.info("terminal {tid} disconnected", tid=connection.terminal_id)
 
@@ -283,7 +283,7 @@ class Gateway:
         # still to be pulled is lag too: the terminal and the server differ until it is merged.
         for term in self.registry.connected():
             lag = max(0, seq - term.cursor) + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0)
-            self.metrics.sync_lag.labels(str(term.terminal_id)).set(lag)
+            self.metrics.set_sync_lag(term.terminal_id, lag)
             if term.cursor < seq:
                 self.pusher.sweep(term.terminal_id)
 

@@ -191,9 +191,11 @@ class LoadTest:
 
         def start_gateway(zk_ports):
             address = self._start_gateway(engine, zk_ports)
-            figures["rss_empty_mb"] = self.gateway.memory_mb()
             self.probe = ApiProbe(self.gateway.http_port)
             figures["api_reason"] = self.probe.unavailable_reason()
+            # Only once the API has answered: its process imports what it runs for about a second
+            # after the ports are bound (80 MiB), which is no terminal's memory.
+            figures["rss_empty_mb"] = self.gateway.memory_mb()
             return address
 
         def ready():
