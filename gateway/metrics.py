@@ -33,6 +33,13 @@ class Metrics:
         self.events_expired = Counter("gateway_events_expired", "Events older than the kept days removed, by action (dropped, exported)",
                                       ["action"], registry=r)
         self.frame_errors = Counter("gateway_frame_errors", "Corrupt frames skipped", registry=r)
+        self.requests_unanswered = Counter(
+            "gateway_requests_unanswered", "Requests a terminal left unanswered past their deadline, by command; the link stays up",
+            ["command"], registry=r)
+        self.late_answers = Counter(
+            "gateway_late_answers", "Answers that came after their request's deadline, by command: the terminal acted on a "
+            "request the gateway had given up on (a PUT_USERS is pushed again, which the terminal applies again harmlessly)",
+            ["command"], registry=r)
         self.refused = Counter("gateway_terminals_refused", "Link attempts refused, by reason", ["reason"], registry=r)
         # Strangers: links not authenticated yet (gateway/native/doorman.py)
         self.strangers = Gauge("gateway_unauthenticated_links", "Links whose peer has not authenticated yet", registry=r)

@@ -207,3 +207,95 @@ def test_a_lone_request_that_fails_leaves_the_cursor_and_says_why():
     said = [line["e"] for line in lines if line.get("log_namespace") == "gateway.pusher"]
     assert said and "storage full" in said[0]  # the request's own error, not a wrapper's
     assert metrics.failures.labels("push")._value.get() == 1
+
+
+class StalledTerminal(AnsweringTerminal):
+    """A connection whose puts the test answers, or fails, by hand."""
+
+    def __init__(self):
+        super().__init__(UserStatus.OK)
+        self.puts = []
+
+    def put_users(self, records, keep_local_changes):
+        d = defer.Deferred()
+        self.puts.append(([UserRecordWire.parse(r).user_id for r in records], d))
+        return d
+
+
+def stalled():
+    db, clock, conn = WritingDatabase(), task.Clock(), StalledTerminal()
+    term = Terminal(1, connection=conn)
+    pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
+    return db, clock, conn, term, pusher
+
+
+def change(user_id, seq):
+    return FeedEntry(user_id, seq, UserRecordWire.build(UserRecord(user_id, name="A")), frozenset(), None)
+
+
+def unanswered(conn):
+    from gateway.native.session import RequestTimeout
+
+    conn.puts[-1][1].errback(RequestTimeout("terminal 1: PUT_USERS unanswered after 15 s"))
+
+
+def next_round_after(db, clock, pusher) -> float:
+    """How long until the next round reads the feed, while the sweep and changes keep kicking."""
+    reads, waited = len(db.reads), 0.0
+    while len(db.reads) == reads:
+        assert waited < 100
+        pusher.sweep(1)
+        pusher.wake_all()
+        clock.advance(0.25)
+        waited += 0.25
+    return waited
+
+
+def test_unanswered_rounds_wait_longer_each_time_up_to_a_cap_and_an_acknowledged_one_ends_the_wait():
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    waits = []
+    for _ in range(8):
+        db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+        unanswered(conn)
+        waits.append(next_round_after(db, clock, pusher))
+    assert waits == [1, 2, 4, 8, 16, 30, 30, 30]  # round_interval_s doubled, then the cap
+    assert db.writes == [] and term.cursor == 0  # nothing acknowledged: the cursor stays
+    assert [args for args, _ in db.reads] == [(0, Pusher.scan_limit)] * 9  # each round from the same cursor
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    conn.puts[-1][1].callback([UserResult("u1", UserStatus.OK)])
+    assert term.cursor == 3
+    clock.advance(10)
+    pusher.wake_all()  # a change after the quiet spell goes at once: no wait is left
+    db.reads[-1][1].callback(FeedPage([change("u2", 4)]))
+    unanswered(conn)
+    assert next_round_after(db, clock, pusher) == 1  # the wait starts again at its least
+
+
+def test_a_change_committed_during_the_wait_reaches_the_terminal_after_it():
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    unanswered(conn)
+    clock.advance(0.5)
+    pusher.wake_all()  # u2 is committed while the terminal's next round waits
+    clock.advance(0.25)
+    assert len(db.reads) == 1
+    clock.advance(0.25)
+    ((args, read),) = db.reads[1:]
+    assert args == (0, Pusher.scan_limit)
+    read.callback(FeedPage([change("u1", 3), change("u2", 5)]))
+    users, answer = conn.puts[-1]
+    assert users == ["u1", "u2"]  # nothing dropped: the unanswered change and the new one
+    answer.callback([UserResult("u1", UserStatus.OK), UserResult("u2", UserStatus.OK)])
+    assert term.cursor == 5
+
+
+def test_a_refused_round_does_not_make_the_next_wait():
+    from protocol.errors import RemoteError
+
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    conn.puts[-1][1].errback(RemoteError(7, "storage full"))  # answered in time: no overload to shed
+    assert next_round_after(db, clock, pusher) == Pusher.round_interval_s

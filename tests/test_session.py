@@ -7,7 +7,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.native.doorman import Doorman
 from gateway.metrics import Metrics
-from gateway.sync.connection import Refused
+from gateway.sync.connection import Refused, Unanswered
 from gateway.native.session import RequestTimeout, SessionClosed, TerminalSession
 from gateway.native.tcp import TcpLink
 from protocol import auth
@@ -199,6 +199,25 @@ def test_requests_time_out():
     d.addErrback(failures.append)
     peer.gateway.clock.advance(15)
     assert failures and failures[0].check(RequestTimeout)
+
+
+def test_a_request_past_its_deadline_leaves_the_link_up_and_its_late_answer_is_counted():
+    peer = Peer()
+    peer.establish()
+    metrics = peer.gateway.metrics
+    failures = []
+    peer.session.put_users([UserRecordWire.build(UserRecord("u1", name="A"))], False).addErrback(failures.append)
+    (put,) = peer.frames()
+    peer.gateway.clock.advance(15)
+    assert failures and failures[0].check(Unanswered)  # what the pusher backs off after
+    assert not peer.transport.disconnecting  # a slow answer is no reason to drop the link
+    assert metrics.value(metrics.requests_unanswered, command="PUT_USERS") == 1
+    peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # the terminal did apply it
+    assert metrics.value(metrics.late_answers, command="PUT_USERS") == 1
+    peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # the same answer again answers nothing
+    peer.send(response(Frame(Command.PUT_USERS, terminal_id=7, seq=999), dict(results=[])))  # nor one to no request
+    assert metrics.value(metrics.late_answers, command="PUT_USERS") == 1
+    assert not peer.transport.disconnecting
 
 
 def test_window_bounds_outstanding_requests():

@@ -3,7 +3,9 @@
 It is the ``TerminalConnection`` the sync core talks to for terminals speaking our protocol. It
 does the handshake (challenge-response, admission), keeps a bounded window of outstanding
 requests, hands the terminal's events to the event sink and acknowledges them once stored,
-answers keepalives and closes a link whose peer went silent. The rules of the conversation
+answers keepalives and closes a link whose peer went silent. A request past its deadline fails
+(RequestTimeout) and the link stays up: the terminal may still be working through it, and its
+answer, if it comes, is counted as late (``gateway_late_answers``). The rules of the conversation
 (phases, proofs, authenticate first, one terminal per link, sequence numbers, answers matched to
 requests, deadlines, the keepalive rule, the corrupt-frame budget) are its
 ``protocol.connection.Connection``'s: this class is the I/O around it, adding Deferreds, timers
@@ -11,7 +13,7 @@ and the gateway's collaborators, all given at construction. It does not know whe
 is a TCP connection or an address on an RS-485 bus.
 """
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -19,7 +21,17 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.sync.connection import Admission, DigestPage, EventSink, FetchedUsers, Presence, Refused, TerminalInfo, UserResult
+from gateway.sync.connection import (
+    Admission,
+    DigestPage,
+    EventSink,
+    FetchedUsers,
+    Presence,
+    Refused,
+    TerminalInfo,
+    Unanswered,
+    UserResult,
+)
 from gateway.native.doorman import Doorman
 from protocol.connection import Connection, Role
 from protocol.connection_events import (
@@ -44,8 +56,12 @@ class SessionClosed(ProtocolError):
     """The link went away before the terminal answered."""
 
 
-class RequestTimeout(ProtocolError):
-    pass
+class RequestTimeout(Unanswered):
+    """No answer within ``SessionTiming.request_s``; the link stays up."""
+
+
+# Requests given up on that a late answer is still recognised by: a few windows' worth.
+GIVEN_UP_KEPT = 64
 
 
 class Link(Protocol):
@@ -96,6 +112,7 @@ class TerminalSession:
                                       frame_errors_per_minute=timing.frame_errors_per_minute, now=clock.seconds())
         self._pending: dict[int, defer.Deferred] = {}
         self._waiting: deque = deque()
+        self._given_up: OrderedDict[int, int] = OrderedDict()  # seq -> command of requests past their deadline, the latest
         self._deadline_timer = None  # runs to the connection's next deadline: a request's, or the handshake's
         self._liveness_timer = None
         self._refusal_timer = None
@@ -246,6 +263,14 @@ class TerminalSession:
 
     def _stray(self, stray: Stray) -> None:
         frame = stray.frame
+        if self._given_up.get(frame.seq) == frame.command:
+            del self._given_up[frame.seq]
+            name = command_name(frame.command)
+            self._metrics.late_answers.labels(name).inc()
+            self._doorman.lines.warn("late answers", self.link.source,
+                                     "{who}: {cmd} (seq {seq}) answered after its deadline: the terminal acted on a request given up on",
+                                     who=self.name, cmd=name, seq=frame.seq)
+            return
         self._doorman.lines.warn("answers to no request", self.link.source,
                                  "{who}: answer to no outstanding request ({cmd}, seq {seq}) ignored",
                                  who=self.name, cmd=frame.command, seq=frame.seq)
@@ -349,7 +374,12 @@ class TerminalSession:
             if d is None:
                 continue  # an earlier errback closed the session, which failed every request already
             self._send_waiting()
-            d.errback(RequestTimeout(f"{self.name}: {command_name(event.request.command)} unanswered after {self.timing.request_s:g} s"))
+            name = command_name(event.request.command)
+            self._metrics.requests_unanswered.labels(name).inc()
+            self._given_up[event.request.seq] = event.request.command
+            if len(self._given_up) > GIVEN_UP_KEPT:
+                self._given_up.popitem(last=False)
+            d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {self.timing.request_s:g} s"))
 
     # -- handshake ---------------------------------------------------------------------------
 

@@ -58,6 +58,13 @@ class ListingUnsupported(ProtocolError):
     it and says so. A driver for a family without such a listing raises it."""
 
 
+class Unanswered(ProtocolError):
+    """A request the terminal left unanswered past its deadline. The link stays up, and the
+    terminal may still have acted on it: its answer, coming late, matches no request. A driver
+    whose requests can time out so raises it (or a subclass); the pusher waits longer before a
+    terminal's next round after one (gateway/sync/pusher.py)."""
+
+
 class Refused(ProtocolError):
     """A terminal the gateway will not talk to; ``code`` goes back to it in an error reply."""
 

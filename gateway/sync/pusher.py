@@ -6,6 +6,15 @@ and moves the cursor only after the terminal acknowledged them. Ten edits of a u
 terminal was away are one row in the feed, so they reach it as one record. A terminal's rounds
 begin at least ``round_interval_s`` apart, so that changes close together share one.
 
+A round whose request went unanswered (``Unanswered``: past its deadline, the link still up)
+makes the terminal's next round wait: twice ``round_interval_s``, doubling with each such round
+in a row, at most ``backoff_cap_s``; an acknowledged round ends the wait. A terminal, or this
+gateway, too busy to answer in time is not sent the same records again and again, every sweep:
+that is how an overload feeds itself. Nothing is dropped: the cursor stays where it was, and the
+round after the wait sends everything after it, changes committed meanwhile too. The terminal
+may have applied what it did not answer in time (its answer comes late: gateway_late_answers);
+applying it again is harmless.
+
 On PostgreSQL a read sees the feed only below the watermark (gateway/store/order.py). A change
 that committed above it, behind a transaction still running, is read again shortly: its own
 wake-up came while it was hidden, and the transaction holding it back may wake nobody.
@@ -18,6 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.sync.connection import Unanswered
 from gateway.sync.monitor import APPLIED_BY_DEVICE, DELETED_BY_SERVER, PUSH_REFUSED, record_sync_events, sync_event_row
 from gateway.quietlog import Tally
 from gateway.store.database import execute_values
@@ -53,6 +63,9 @@ class Pusher:
     # answer, a cursor move) costs about the same for one change as for ten, so changes committed
     # meanwhile wait to share the next one. A change after a quiet spell goes at once.
     round_interval_s = 0.5
+    # The longest wait after rounds left unanswered: twice the native request deadline, so that a
+    # terminal that stays too busy gets one round per half minute, not one per sweep.
+    backoff_cap_s = 30.0
 
     def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
                  commit_with=None):
@@ -76,6 +89,7 @@ class Pusher:
         self._rechecks: dict[int, object] = {}  # terminal -> the delayed call reading its held-back feed again
         self._round_began: dict[int, float] = {}  # terminal -> when its last round began
         self._paced: dict[int, object] = {}  # terminal -> the delayed call beginning its next round
+        self._held_off: dict[int, tuple[float, float]] = {}  # terminal -> (its wait, when it ends) after unanswered rounds
         # A storm is thousands of acknowledged pushes a second: one INFO line a second. Each push is
         # a monitoring row already; a DEBUG line for each cost 2 % of the gateway's CPU at 10 enrolments/s.
         self._applied = Tally(log, clock, "{changes} user changes applied by {terminals} terminals in the last {period:g} s")
@@ -101,7 +115,8 @@ class Pusher:
 
     def kick(self, terminal_id: int, paced: bool = True) -> None:
         """Begin a round of pushes to a terminal; ``paced``: not sooner than ``round_interval_s``
-        after its last one began (unpaced: a backlog is being read, page after page)."""
+        after its last one began (unpaced: a backlog is being read, page after page). Never
+        before the wait after an unanswered round has ended."""
         if terminal_id in self._busy:
             self._again.add(terminal_id)  # a change landed mid-round: read the feed again after
             return
@@ -111,8 +126,9 @@ class Pusher:
         if term is None or term.connection is None or not self._settings.mode.pushes:
             return
         now = self._clock.seconds()
-        wait_s = self._round_began.get(terminal_id, float("-inf")) + self.round_interval_s - now
-        if paced and wait_s > 0:
+        due = self._round_began.get(terminal_id, float("-inf")) + self.round_interval_s if paced else float("-inf")
+        wait_s = max(due, self._held_off.get(terminal_id, (0.0, float("-inf")))[1]) - now
+        if wait_s > 0:
             self._paced[terminal_id] = self._clock.callLater(wait_s, self._paced_round, terminal_id)
             return
         self._round_began[terminal_id] = now
@@ -227,17 +243,24 @@ class Pusher:
     def _round_done(self, result, terminal_id: int):
         self._busy.discard(terminal_id)
         if isinstance(result, bool):
+            self._held_off.pop(terminal_id, None)
             if result:  # a full page: more of a backlog waits
                 self.kick(terminal_id, paced=False)
             elif terminal_id in self._again:
                 self.kick(terminal_id)
             return None
         # A failed round leaves the cursor where it was; the next kick (a change, a reconnect,
-        # the periodic sweep) tries again from there.
+        # the periodic sweep) tries again from there, after a wait if it went unanswered.
         if result.check(defer.FirstError):
             result = result.value.subFailure  # the request that failed, not gatherResults' wrapper
-        log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
         self._metrics.failures.labels("push").inc()
+        if not result.check(Unanswered):
+            log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
+            return None
+        wait_s = min(self.backoff_cap_s, 2 * self._held_off.get(terminal_id, (self.round_interval_s, 0.0))[0])
+        self._held_off[terminal_id] = (wait_s, self._clock.seconds() + wait_s)
+        log.warn("push to terminal {tid} failed: {e}; its next round waits {wait:g} s", tid=terminal_id, e=result.getErrorMessage(), wait=wait_s)
+        self.kick(terminal_id)  # due when the wait ends: the sweep finds it due and leaves it
         return None
 
 
