@@ -13,7 +13,8 @@ gateway, too busy to answer in time is not sent the same records again and again
 that is how an overload feeds itself. Nothing is dropped: the cursor stays where it was, and the
 round after the wait sends everything after it, changes committed meanwhile too. The terminal
 may have applied what it did not answer in time (its answer comes late: gateway_late_answers);
-applying it again is harmless.
+a record applied again is the same record. A native link stays up after a timeout, so the wait
+is here; a ZK device's link ends at one, and its redial backoff is the wait there.
 
 On PostgreSQL a read sees the feed only below the watermark (gateway/store/order.py). A change
 that committed above it, behind a transaction still running, is read again shortly: its own
