@@ -236,7 +236,10 @@ class TerminalRegistry:
         """Forget a terminal another process removed (the database has forgotten it already)."""
         term = self.terminals.pop(terminal_id)
         self._online.pop(terminal_id, None)
-        for connection in (term.claiming, term.connection):
+        # Detached first: a claim still pending then finds its connection unwanted, and closing
+        # them finds no terminal to take offline, so a removed terminal is never served again.
+        connections, term.claiming, term.connection = (term.claiming, term.connection), None, None
+        for connection in connections:
             if connection is not None:
                 connection.close("removed by an administrator")
         if self._claims is not None:

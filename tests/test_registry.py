@@ -145,6 +145,16 @@ def test_a_connection_that_ends_while_claiming_is_never_served_and_lets_go_of_no
     assert claims.released == []
 
 
+def test_a_terminal_removed_while_its_claim_is_pending_is_never_served():
+    registry, claims, online, _ = claiming_registry()
+    connection = Connection(registry, 7)
+    registry.online(connection)
+    registry.remove_here(7)  # another process removed it
+    claims.grant()
+    assert connection.closed == "removed by an administrator"
+    assert online == [] and registry.connected() == [] and registry.online_count() == 0
+
+
 def test_a_newer_connection_in_another_process_closes_this_one_and_lets_go_of_the_claim():
     registry, claims, _, clock = claiming_registry()
     clock.advance(100)
