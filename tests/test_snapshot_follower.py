@@ -82,6 +82,15 @@ def test_a_request_does_not_wait_for_a_read_the_busy_gateway_is_slow_to_answer()
     assert fired(follower.fresh()) and len(ingest.asked) == 2
 
 
+def test_after_a_quiet_spell_every_request_waits_for_the_read_the_first_began():
+    clock, ingest, follower = following()
+    clock.advance(60)  # nobody asked for a minute
+    first, second = follower.fresh(), follower.fresh()  # the page's requests, sent together
+    assert not fired(first) and not fired(second) and len(ingest.asked) == 2
+    ingest.answer()
+    assert fired(first) and fired(second) and follower.age_s() == 0
+
+
 def test_the_live_stream_keeps_it_read_while_it_listens():
     clock, ingest, follower = following()
     listeners = follower.mirror.eventlog.unsaved.listeners
@@ -134,6 +143,29 @@ def test_requests_together_share_a_read_no_older_than_the_snapshot():
     assert fired(later)
     shared.read(query)  # a failure is not kept
     assert len(db.begun) == 3
+
+
+def test_a_shared_read_is_not_kept_past_its_age_while_no_snapshot_comes():
+    clock, db = task.Clock(), Reads()
+    shared = SharedReads(db, clock, lambda: 0.0)  # the gateway stopped answering: no newer snapshot
+    query = object()
+    shared.read(query)
+    db.begun[0].callback("state")
+    clock.advance(SharedReads.max_age_s / 2)
+    assert fired(shared.read(query)) and len(db.begun) == 1
+    clock.advance(SharedReads.max_age_s)
+    shared.read(query)  # the database still answers: read it again
+    assert len(db.begun) == 2
+
+
+def test_answers_built_before_a_newer_snapshot_are_let_go():
+    clock, since = task.Clock(), [0.0]
+    shared = SharedReads(Reads(), clock, lambda: since[0])
+    shared.made_from(("terminals", 0, None), ("state",), lambda: {"terminals": ["a long list"]})
+    clock.advance(1)
+    since[0] = 1.0
+    shared.made_from(("terminals", 5, 10), ("newer",), lambda: {"terminals": []})
+    assert list(shared._made) == [("terminals", 5, 10)]
 
 
 def test_an_answer_is_built_once_per_read_it_shows():

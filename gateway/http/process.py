@@ -75,6 +75,7 @@ class SnapshotFollower:
         self.mirror = mirror
         self.received_s: float | None = None  # on this process's clock
         self._reading = False
+        self._began_young = False  # the read under way began while the copy was at most max_age_s old
         self._current: list[defer.Deferred] = []  # waiting for the read under way
         self._next: list[defer.Deferred] = []  # asked for after it began: they wait for the one after
         self._metrics_next = False  # the next read brings the metrics too
@@ -104,15 +105,20 @@ class SnapshotFollower:
     def fresh(self) -> defer.Deferred:
         """Fires when the mirror may answer a request: at once if it is younger than ``max_age_s``,
         or a read is under way (a busy ingest reactor is slow to answer: the request does not
-        wait for it, as no request waited before reads were made on demand), or the ingest
+        wait for it, as no request waited before reads were made on demand) and began while the
+        copy was at most ``max_age_s`` old, or the ingest
         process did not answer the last read (the last one is served, with its age); else once
         a new one is in or the read failed."""
         age = self.age_s()
         if age < self.interval_s:
             return defer.succeed(None)
-        if age < self.max_age_s or self._reading or self._failing:
+        if age < self.max_age_s or self._failing or (self._reading and self._began_young):
             self._refresh()
             return defer.succeed(None)
+        if self._reading:  # begun on a copy already too old (after a quiet spell): its answer is the one to wait for
+            d = defer.Deferred()
+            self._current.append(d)
+            return d.addErrback(lambda f: f.trap(IngestUnavailable))
         return self.read().addErrback(lambda f: f.trap(IngestUnavailable))
 
     def since_s(self) -> float:
@@ -122,6 +128,7 @@ class SnapshotFollower:
 
     def _begin(self) -> None:
         self._reading = True
+        self._began_young = self.age_s() <= self.max_age_s
         url = self._url + b"?metrics=1" if self._metrics_next else self._url
         self._metrics_next = False
         d = self._agent.request(b"GET", url)

@@ -6,7 +6,8 @@ beside (the terminals' cursors, from the ingest process's snapshot) changed at m
 second. A read is shared by every request that comes while it runs, and its result kept for
 those after, for as long as it is no older than what it is shown beside: a read begun before
 ``since()`` (the snapshot's arrival; now, where the gateway's own memory is shown) is not used
-again. A failed read is not kept. An answer built from such a read and the snapshot is kept the
+again, nor one older than ``max_age_s`` (a gateway that stops answering stops the snapshots, not
+the database). A failed read is not kept. An answer built from such a read and the snapshot is kept the
 same way (``made_from``): the probe's five requests a second asked for the same list of
 terminals, built anew each time, at 5 us a terminal.
 """
@@ -41,6 +42,7 @@ class _Read:
 
 class SharedReads:
     max_made = 64
+    max_age_s = 1.0
 
     def __init__(self, db, clock, since: Callable[[], float]):
         self._db = db
@@ -52,16 +54,20 @@ class SharedReads:
     def read(self, query: Callable) -> defer.Deferred:
         """``db.read(query)``'s result, from a read begun no earlier than ``since()``. The result
         is shared: whoever uses it must not change it."""
-        found = self._latest.get(query)
-        if found is None or found.began_s < self._since() or (found.done and isinstance(found.outcome, Failure)):
-            found = self._latest[query] = _Read(self._clock.seconds(), self._db.read(query))
+        found, now = self._latest.get(query), self._clock.seconds()
+        if found is None or found.began_s < max(self._since(), now - self.max_age_s) \
+                or (found.done and isinstance(found.outcome, Failure)):
+            found = self._latest[query] = _Read(now, self._db.read(query))
         return found.result()
 
     def made_from(self, key, basis, make: Callable):
         """``make()``, or what it made for ``key`` since ``since()`` from the same ``basis`` (a
         result of ``read``). Shared as that is."""
+        since = self._since()
+        if self._made and min(made_s for _, made_s, _ in self._made.values()) < since:
+            self._made = {k: found for k, found in self._made.items() if found[1] >= since}  # none is used again
         found = self._made.get(key)
-        if found is not None and found[0] is basis and found[1] >= self._since():
+        if found is not None and found[0] is basis:
             return found[2]
         if len(self._made) >= self.max_made:  # keys come from clients (pages): few are asked for again
             self._made.clear()

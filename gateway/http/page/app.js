@@ -1,4 +1,4 @@
-// The monitoring page: a grid of terminals and the full table (polled), charts of the last
+// The monitoring page: a grid of terminals and their table (the first 500, polled), charts of the last
 // minutes (polled from /api/activity, drawn by uPlot), events (live over /api/stream), users
 // (searched) and one user's detail. Plain DOM, no framework, no build step; data goes into the
 // page as text, never as HTML.
