@@ -299,3 +299,46 @@ def test_a_refused_round_does_not_make_the_next_wait():
     db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
     conn.puts[-1][1].errback(RemoteError(7, "storage full"))  # answered in time: no overload to shed
     assert next_round_after(db, clock, pusher) == Pusher.round_interval_s
+
+
+def test_a_round_of_several_requests_ends_when_the_last_has_settled_not_at_the_first_unanswered():
+    from gateway.native.session import RequestTimeout
+
+    db, clock, conn, term, pusher = stalled()
+    pusher.batch_users = 1  # one request per user: the link queues those behind the first
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3), change("u2", 4)]))
+    (_, first), (_, second) = conn.puts
+    first.errback(RequestTimeout("terminal 1: PUT_USERS unanswered after 15 s"))
+    clock.pump([0.25] * 40)
+    pusher.sweep(1)
+    assert len(db.reads) == 1  # u2 is still on its way: no round sends it again beside itself
+    second.callback([UserResult("u2", UserStatus.OK)])
+    assert term.cursor == 0 and next_round_after(db, clock, pusher) == Pusher.backoff_first_s
+
+
+def test_a_new_link_or_an_answer_in_time_ends_the_wait_and_a_stopped_pusher_begins_no_round():
+    from protocol.errors import RemoteError
+
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    for _ in range(3):
+        db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+        unanswered(conn)
+        next_round_after(db, clock, pusher)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    unanswered(conn)  # a wait of 8 s now
+    pusher.online(1)  # the terminal reconnected: its old link's wait is gone
+    clock.advance(Pusher.round_interval_s)
+    assert len(db.reads) == 5
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    conn.puts[-1][1].errback(RemoteError(7, "storage full"))  # answered in time
+    clock.advance(Pusher.round_interval_s)
+    pusher.sweep(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    unanswered(conn)
+    assert next_round_after(db, clock, pusher) == Pusher.backoff_first_s  # doubling begins afresh
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    pusher.stop()
+    unanswered(conn)  # a round ending after stop schedules nothing
+    assert clock.getDelayedCalls() == []

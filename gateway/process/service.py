@@ -200,7 +200,7 @@ class Gateway:
         for serving in self.serving.values():
             serving.terminal_online(connection.terminal_id)
         self.metrics.terminals_online.set(self.registry.online_count())
-        self.pusher.kick(connection.terminal_id)
+        self.pusher.online(connection.terminal_id)
         self.puller.terminal_online(connection.terminal_id)
         self.reconciler.terminal_online(connection.terminal_id)
         if connection.info.clock_drift_s is not None:

@@ -7,8 +7,10 @@ terminal was away are one row in the feed, so they reach it as one record. A ter
 begin at least ``round_interval_s`` apart, so that changes close together share one.
 
 A round whose request went unanswered (``Unanswered``: past its deadline, the link still up)
-makes the terminal's next round wait: twice ``round_interval_s``, doubling with each such round
-in a row, at most ``backoff_cap_s``; an acknowledged round ends the wait. A terminal, or this
+makes the terminal's next round wait: ``backoff_first_s``, doubling with each such round in a
+row, at most ``backoff_cap_s``; an acknowledged round, an answer in time (even a refusal) or a
+new link ends the wait. A round ends when every request in it has settled, so the records queued
+behind an unanswered request are not sent again beside themselves. A terminal, or this
 gateway, too busy to answer in time is not sent the same records again and again, every sweep:
 that is how an overload feeds itself. Nothing is dropped: the cursor stays where it was, and the
 round after the wait sends everything after it, changes committed meanwhile too. The terminal
@@ -35,6 +37,7 @@ from gateway.store.database import execute_values
 from gateway.store.order import below_watermark
 from gateway.store.schema import terminals, users
 from gateway.sync.syncmode import parse_groups
+from protocol.errors import RemoteError
 from protocol.messages import UserStatus
 
 log = Logger(namespace="gateway.pusher")
@@ -66,6 +69,7 @@ class Pusher:
     round_interval_s = 0.5
     # The longest wait after rounds left unanswered: twice the native request deadline, so that a
     # terminal that stays too busy gets one round per half minute, not one per sweep.
+    backoff_first_s = 1.0  # the wait after a first unanswered round, doubled after each further one
     backoff_cap_s = 30.0
 
     def __init__(self, db, registry, settings, clock, metrics, on_local_change_kept=lambda terminal_id, user_ids: None,
@@ -91,16 +95,24 @@ class Pusher:
         self._round_began: dict[int, float] = {}  # terminal -> when its last round began
         self._paced: dict[int, object] = {}  # terminal -> the delayed call beginning its next round
         self._held_off: dict[int, tuple[float, float]] = {}  # terminal -> (its wait, when it ends) after unanswered rounds
+        self._stopped = False
         # A storm is thousands of acknowledged pushes a second: one INFO line a second. Each push is
         # a monitoring row already; a DEBUG line for each cost 2 % of the gateway's CPU at 10 enrolments/s.
         self._applied = Tally(log, clock, "{changes} user changes applied by {terminals} terminals in the last {period:g} s")
 
     def stop(self) -> None:
+        self._stopped = True  # a round that ends after this schedules nothing
         self._applied.stop()
         for calls in (self._rechecks, self._paced):
             for call in calls.values():
                 call.cancel()
             calls.clear()
+
+    def online(self, terminal_id: int) -> None:
+        """A terminal (re)connected: a wait after unanswered rounds belonged to its old link."""
+        if self._held_off.pop(terminal_id, None) is not None and terminal_id in self._paced:
+            self._paced.pop(terminal_id).cancel()
+        self.kick(terminal_id)
 
     def wake_all(self) -> None:
         self._wakes += 1
@@ -118,6 +130,8 @@ class Pusher:
         """Begin a round of pushes to a terminal; ``paced``: not sooner than ``round_interval_s``
         after its last one began (unpaced: a backlog is being read, page after page). Never
         before the wait after an unanswered round has ended."""
+        if self._stopped:
+            return
         if terminal_id in self._busy:
             self._again.add(terminal_id)  # a change landed mid-round: read the feed again after
             return
@@ -252,13 +266,14 @@ class Pusher:
             return None
         # A failed round leaves the cursor where it was; the next kick (a change, a reconnect,
         # the periodic sweep) tries again from there, after a wait if it went unanswered.
-        if result.check(defer.FirstError):
-            result = result.value.subFailure  # the request that failed, not gatherResults' wrapper
         self._metrics.failures.labels("push").inc()
         if not result.check(Unanswered):
+            if result.check(RemoteError):  # answered in time: the terminal keeps up
+                self._held_off.pop(terminal_id, None)
             log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
             return None
-        wait_s = min(self.backoff_cap_s, 2 * self._held_off.get(terminal_id, (self.round_interval_s, 0.0))[0])
+        previous = self._held_off.get(terminal_id)
+        wait_s = self.backoff_first_s if previous is None else min(self.backoff_cap_s, 2 * previous[0])
         self._held_off[terminal_id] = (wait_s, self._clock.seconds() + wait_s)
         log.warn("push to terminal {tid} failed: {e}; its next round waits {wait:g} s", tid=terminal_id, e=result.getErrorMessage(), wait=wait_s)
         self.kick(terminal_id)  # due when the wait ends: the sweep finds it due and leaves it
@@ -266,11 +281,19 @@ class Pusher:
 
 
 def answers_of(sends: list[defer.Deferred]) -> defer.Deferred:
-    """The answers to a round's requests, in order. A lone change is one request: gathering it
-    cost 8 us of CPU against 2 per terminal and change; its failure is the request's own."""
-    if len(sends) != 1:
-        return defer.gatherResults(sends, consumeErrors=True) if sends else defer.succeed([])
-    return sends[0].addCallback(lambda answer: [answer])
+    """The answers to a round's requests, in order, or the first request's failure once every
+    request has settled: a round whose first requests went unanswered ends only when the ones
+    queued behind them (a link carries 8 at a time) were answered or given up on too, so the
+    round after the wait does not send their records again beside them. A lone change is one
+    request: gathering it cost 8 us of CPU against 2 per terminal and change."""
+    if len(sends) == 1:
+        return sends[0].addCallback(lambda answer: [answer])
+    return defer.DeferredList(sends, consumeErrors=True).addCallback(_every_answer)
+
+
+def _every_answer(settled: list[tuple[bool, object]]):
+    failed = [value for ok, value in settled if not ok]
+    return failed[0] if failed else [value for _, value in settled]
 
 
 def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms: int) -> tuple[list[dict], list[str]]:
