@@ -259,6 +259,10 @@ class FleetWorker:
     # Beyond it the gateway refuses and they redial: 29,000 refusals in 10 s, four minutes to
     # connect 10,000 terminals.
     dials_in_flight = 48
+    # A dial not ended by then gives up its place among ``dials_in_flight``: a handshake takes well
+    # under a second even with thousands online, and the link's own deadline (30 s) would hold the
+    # fleet's dialling back that long behind each gateway that neither answers nor refuses.
+    dial_place_s = 10.0
 
     def __init__(self, reactor, write_line):
         self.reactor = reactor
@@ -304,7 +308,7 @@ class FleetWorker:
         self._repeat(self.progress_s, self._report_progress)
         natives = [s for s in self.stations if s.kind == "native"]
         if natives:
-            self._connecting = self._repeat(self.tick_s, self._connect_some, iter(natives), [])
+            self._connecting = self._repeat(self.tick_s, self._connect_some, iter(natives), {})
 
     def _repeat(self, period_s: float, action, *args):
         timer = task.LoopingCall(action, *args)
@@ -313,12 +317,15 @@ class FleetWorker:
         self._timers.append(timer)
         return timer
 
-    def _connect_some(self, pending, dialling: list) -> None:
+    def _connect_some(self, pending, dialling: dict) -> None:
         """Start the next terminals: those listening all, a tick's worth at a time; those dialling
-        as dials of this worker finish their handshakes (``dialling``: dialled, not online yet)."""
+        as dials of this worker end their handshakes (``dialling``: station -> when it was dialled)."""
         room = self.connects_per_tick
+        now = self.reactor.seconds()
         if not self.spec.listen:
-            dialling[:] = [s for s in dialling if not s.online]
+            for station, dialled_at in list(dialling.items()):
+                if not self._shaking_hands(station, now - dialled_at):
+                    del dialling[station]
             room = min(room, max(1, self.dials_in_flight // self.spec.worker_count()) - len(dialling))
         batch = list(itertools.islice(pending, max(0, room)))
         if not batch and not dialling:
@@ -328,7 +335,14 @@ class FleetWorker:
                 station.link_factory.listen(self.spec.listen + station.terminal_id - self.spec.first_id, "127.0.0.1")
             else:
                 station.link_factory.start()
-                dialling.append(station)
+                dialling[station] = now
+
+    def _shaking_hands(self, station, dialled_s: float) -> bool:
+        """Whether a dialled station still holds a place: its first dial neither ended online nor
+        failed or was refused (``trouble`` says why it ended), and is younger than ``dial_place_s``.
+        One refused for good (pending admission, a wrong secret) must not keep the others from
+        dialling: it redials on its own backoff, outside the count."""
+        return not station.online and station.link_factory.trouble is None and dialled_s < self.dial_place_s
 
     def _report_progress(self) -> None:
         online = sum(s.online for s in self.stations)
