@@ -46,11 +46,11 @@ class PinHashes:
     """Devices' clear passwords as the server's PIN hashes, the pairs seen lately kept. A hash is
     PBKDF2, about 2 ms, asked for at every pull and every write of a person holding a password:
     the driver has the missing ones made off the reactor thread (``known``, then ``hash_pins`` in
-    a thread, then ``learn`` on the reactor, which alone touches the cache), and hands what it
-    holds to the mapping with the pull or write (``hashes``), which an eviction meanwhile cannot
-    take back; a call that misses computes in place. The keys hold the devices' clear passwords,
-    in memory only, as the pass that read them from the device does: nothing here is logged or
-    stored, and a digest of a PIN of a few digits would hide nothing."""
+    a thread, then ``learn`` on the reactor, which alone touches the cache) and hands them to the
+    mapping with its pull or write (``hashes``), so an eviction meanwhile costs nothing; a call
+    that misses computes in place. The keys are (user id, clear password), in memory only, as
+    the pass that read them holds them: never logged nor stored (a digest of a few digits would
+    hide nothing)."""
 
     def __init__(self, size: int = 4096):
         self._size = size
