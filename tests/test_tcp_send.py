@@ -14,12 +14,17 @@ class WritersSeen:
 
     def __init__(self):
         self.writers = []
+        self.later = []  # what the next turn would run
 
     def addWriter(self, writer):
         self.writers.append(writer)
 
     def removeWriter(self, writer):
-        self.writers.remove(writer)
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+    def callLater(self, delay, f, *args):
+        self.later.append((f, args))
 
     def addReader(self, reader):
         pass
@@ -69,6 +74,14 @@ def test_what_the_kernel_does_not_take_waits_and_later_frames_queue_behind_it(pa
         conn.doWrite()
         got += received(peer)
     assert got == big + b"ACK"
+
+
+def test_nothing_reaches_the_peer_once_the_connection_is_aborted(pair):
+    conn, peer, reactor = pair
+    conn.abortConnection()  # connected, and not disconnecting, until the next turn
+    assert reactor.later, "the connection is lost on the next turn"
+    send_now(conn, b"PUT_USERS")
+    assert received(peer) == b""
 
 
 def test_another_transport_is_written_as_before():

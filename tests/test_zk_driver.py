@@ -2,10 +2,14 @@
 emulated device's session on the other end, a task.Clock for the polls and deadlines, and the
 database on an in-memory SQLite engine, called synchronously."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import create_engine, event as sqlalchemy_event, select
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
@@ -23,6 +27,7 @@ from gateway.zk.store import DatabaseStore
 from gateway.zk.driver import DeviceLost, ZkLink
 from gateway.zk.poller import PollPlan, PollTiming, attendance_identity, new_attendance
 from gateway.zk.plan import WritePlan
+from gateway.zk import mapping
 from gateway.zk.mapping import DeviceProfile, PinHashes
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -100,9 +105,11 @@ class Wire:
         self.decoder = PacketDecoder()
 
     def _in_thread(self, work, *args):
-        """Work the driver sends off the reactor thread: done at once, and recorded."""
+        """Work the driver sends off the reactor thread: recorded, and done at once on a thread
+        of its own (so a test sees which thread did what)."""
         self.in_thread.append(work)
-        return defer.maybeDeferred(work, *args)
+        with ThreadPoolExecutor(1) as pool:
+            return defer.maybeDeferred(pool.submit(work, *args).result)
 
     def _broken(self, reason):
         self.broken.append(reason)
@@ -513,7 +520,31 @@ def test_a_link_moves_its_deadline_at_each_request_rather_than_making_a_timer_ea
     assert sum(device.requests.values()) - requests >= 8 and len(made) <= 1, "one timer for the pass, moved at each request"
 
 
-def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
+@pytest.fixture
+def pin_hashes(monkeypatch):
+    """A fresh PIN hash cache at every place that imports it (a gateway just restarted: a hash an
+    earlier test made must not spare this one's thread), ``sized(n)`` for a smaller one, and the
+    passwords hashed on this thread, the reactor's, in ``on_reactor``."""
+    reactor_thread, hash_pin_of = threading.current_thread(), mapping.hash_pin
+    on_reactor: list[str] = []
+
+    def recorded(user_id, pin):
+        if threading.current_thread() is reactor_thread:
+            on_reactor.append(pin)
+        return hash_pin_of(user_id, pin)
+
+    def sized(size=4096):
+        cache = PinHashes(size)
+        for site in ("gateway.zk.mapping", "gateway.zk.connection"):
+            monkeypatch.setattr(f"{site}.pin_hash", cache)
+        return cache
+
+    monkeypatch.setattr("gateway.zk.mapping.hash_pin", recorded)
+    sized()
+    return SimpleNamespace(sized=sized, on_reactor=on_reactor)
+
+
+def test_a_pulled_password_is_hashed_off_the_reactor_thread_once(pin_hashes):
     device = ZkDevice()
     device.enroll("1", "Has A Pin", password="4821")
     device.enroll("2", "No Pin")
@@ -524,19 +555,42 @@ def test_a_pulled_password_is_hashed_off_the_reactor_thread_once():
     assert [r.pin_hash for r in fetched.users] == [hash_pin("1", "4821"), None]
     wire.call(wire.connection.fetch_users(["1"]))
     assert len(wire.in_thread) == 1, "a password hashed before is not hashed again"
+    assert pin_hashes.on_reactor == []
 
 
-def test_a_write_hashes_the_held_password_it_compares_off_the_reactor_thread(monkeypatch):
-    fresh = PinHashes()  # a gateway just restarted: no hash known
-    monkeypatch.setattr("gateway.zk.mapping.pin_hash", fresh)
-    monkeypatch.setattr("gateway.zk.writes.pin_hash", fresh)
+def test_a_write_hashes_the_held_password_it_compares_off_the_reactor_thread(pin_hashes):
     device = ZkDevice()
     device.enroll("1", "Set At The Door", password="5190")
     wire = Wire(device).start()
     record = UserRecord("1", name="Renamed On The Server", pin_hash=hash_pin("1", "5190"))
     wire.call(wire.connection.put_users([UserRecordWire.build(record)], keep_local_changes=False))
-    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"], "PBKDF2 in a thread, not on the reactor"
+    assert [work.__name__ for work in wire.in_thread] == ["hash_pins"] and pin_hashes.on_reactor == [], "PBKDF2 in a thread, not on the reactor"
     assert (device.user("1").name, device.user("1").password) == ("Renamed On The Server", "5190"), "the PIN matched: kept"
+
+
+def pin_holders(count: int) -> ZkDevice:
+    device = ZkDevice()
+    for n in range(1, count + 1):
+        device.enroll(str(n), f"Person {n}", password=f"{n}{n}{n}{n}")
+    return device
+
+
+def test_a_pull_of_more_passwords_than_the_cache_holds_hashes_none_on_the_reactor_thread(pin_hashes):
+    pin_hashes.sized(2)
+    wire = Wire(pin_holders(4)).start()
+    fetched = wire.call(wire.connection.fetch_users(["1", "2", "3", "4"]))
+    assert [r.pin_hash for r in fetched.users] == [hash_pin(str(n), f"{n}{n}{n}{n}") for n in range(1, 5)]
+    assert pin_hashes.on_reactor == [], "the pull's own hashes, not the cache's"
+
+
+def test_a_write_pass_of_more_passwords_than_the_cache_holds_hashes_none_on_the_reactor_thread(pin_hashes):
+    wire = Wire(pin_holders(4)).start()
+    pin_hashes.sized(2)  # a storm's other devices fill the cache while this pass waits on its device
+    records = [UserRecordWire.build(UserRecord(str(n), name=f"Renamed {n}", pin_hash=hash_pin(str(n), f"{n}{n}{n}{n}"))) for n in range(1, 5)]
+    wire.call(wire.connection.put_users(records, keep_local_changes=False))
+    assert pin_hashes.on_reactor == [], "the pass's own hashes, not the cache's"
+    device = wire.device
+    assert [(device.user(str(n)).name, device.user(str(n)).password) for n in range(1, 5)] == [(f"Renamed {n}", f"{n}{n}{n}{n}") for n in range(1, 5)]
 
 
 def test_a_device_record_that_breaks_the_apis_rules_is_refused_reported_once_and_stops_no_other():

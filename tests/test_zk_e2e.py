@@ -6,6 +6,7 @@ terminal's store, and the event log.
 """
 
 import socket
+import threading
 import time
 
 from twisted.internet import defer, reactor, threads
@@ -14,6 +15,7 @@ from api_site import http
 from gateway.sync import changes as rules
 from gateway.sync.history import read_history
 from gateway.sync.monitor import RECONCILED, SAVED_FROM_DEVICE
+from gateway.zk import mapping
 from live_site import LiveTestCase, Site, wait_until
 from protocol.events import EventCode, Origin
 from protocol.records import Card, CardType, hash_pin
@@ -150,6 +152,25 @@ class MixedSite(ZkSite):
         for tid in (ZK1, ZK2, ZK3):
             self.assertEqual(site.count_events(terminal_id=tid, code=EventCode.UPDATE_SUCCESS, sub_code=Origin.DEVICE),
                              1 if tid == ZK2 else 0)
+
+
+class PinThreads(ZkSite):
+    @defer.inlineCallbacks
+    def test_a_devices_pins_are_hashed_on_the_zk_threads_which_end_with_the_gateway(self):
+        """Not on Twisted's default threads, which also resolve the names devices are dialled at."""
+        hashed_on = []
+        self.patch(mapping, "hash_pin", lambda user_id, pin: hashed_on.append(threading.current_thread().name) or hash_pin(user_id, pin))
+        self.addCleanup(self.assert_no_pin_threads)  # runs after the site's stop, added later
+        self.start_devices({ZK1: ZkDevice(comm_key=COMM_KEYS[ZK1])})
+        self.devices[ZK1].enroll("7", "Has A Pin", password="2580")
+        site = self.start_site()
+        yield wait_until(lambda: site.server_record("7") is not None, "the person pulled")
+        self.assertEqual(site.server_record("7").pin_hash, hash_pin("7", "2580"))
+        self.assertTrue(hashed_on)
+        self.assertEqual({name.rsplit("-", 1)[0] for name in hashed_on}, {"PoolThread-zk-pins"})
+
+    def assert_no_pin_threads(self):
+        self.assertEqual([t.name for t in threading.enumerate() if t.name.startswith("PoolThread-zk-pins")], [])
 
 
 class LargeDevice(ZkSite):

@@ -43,8 +43,19 @@ def test_pin_hashes_are_kept_for_the_latest_pairs_only():
     hashes.learn({("1", "11"): b"a", ("2", "22"): b"b"})
     assert hashes("1", "11") == b"a"  # ("1", "11") is now the latest
     hashes.learn({("3", "33"): b"c"})
-    assert hashes.missing([("1", "11"), ("2", "22"), ("3", "33")]) == {("2", "22")}
+    assert hashes.known([("1", "11"), ("2", "22"), ("3", "33")]) == {("1", "11"): b"a", ("3", "33"): b"c"}
     assert hashes("2", "22") == hash_pin("2", "22")
+
+
+def test_hashes_made_for_a_write_or_a_pull_are_taken_before_the_cache(monkeypatch):
+    hashed = []
+    monkeypatch.setattr("gateway.zk.mapping.hash_pin", lambda user_id, pin: hashed.append(pin) or hash_pin(user_id, pin))
+    monkeypatch.setattr("gateway.zk.mapping.pin_hash", PinHashes())  # empty: what an eviction leaves
+    made = {("42", "7731"): hash_pin("42", "7731")}
+    held = User(7, "42", "Old", password="7731")
+    assert to_device(UserRecord("42", pin_hash=hash_pin("42", "7731")), 7, held, ZK10, made)[0].password == "7731"
+    assert to_server(held, [], ZK10, made).pin_hash == hash_pin("42", "7731")
+    assert hashed == [], "no PBKDF2 in place for a pair the caller hashed"
 
 
 def test_names_are_cut_at_a_character_boundary_within_24_bytes():

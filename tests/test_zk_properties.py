@@ -5,6 +5,7 @@ from dataclasses import fields, replace
 from datetime import datetime
 
 import pytest
+from construct import ConstructError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -318,6 +319,15 @@ def test_the_upload_structs_agree_with_the_declarations(uid, valid, fid, offset,
     assert bodies.UPLOAD_ENTRY_STRUCT.pack(*entry.values()) == bodies.UploadEntry.build(entry)
     head = dict(users_size=users_size, table_size=table_size, templates_size=offset)
     assert bodies.UPLOAD_HEAD_STRUCT.pack(*head.values()) == bodies.UploadHead.build(head)
+
+
+@BOUNDED
+@given(st.integers(max_value=-1) | st.integers(min_value=1 << 16), st.integers(0, 15), st.integers(0, 9))
+def test_an_upload_entry_out_of_range_is_refused_as_the_declaration_refuses_it(uid, valid, fid):
+    with pytest.raises(ConstructError):
+        bodies.UploadEntry.build(dict(marker=bodies.UPLOAD_MARKER, uid=uid, kind=valid << 4 | fid, offset=0))
+    with pytest.raises(BodyError):
+        bodies.build_upload([], [Template(uid, fid, b"\x01", valid)])
 
 
 def test_the_header_struct_agrees_with_the_declaration():

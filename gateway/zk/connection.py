@@ -18,7 +18,7 @@ with the keypad held, loses its connection with the reason; a half-read table is
 
 from dataclasses import dataclass, field, replace
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -79,7 +79,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def __init__(self, terminal_id: int, link: ZkLink, memory: DeviceMemory, *, clock, store: ZkStore, events: EventSink,
                  presence: Presence, timing: ZkTiming, device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
                  on_online=lambda connection: None,
-                 on_refill=lambda terminal_id, why: None, on_lost=lambda reason: None, redial=None, in_thread=threads.deferToThread):
+                 on_refill=lambda terminal_id, why: None, on_lost=lambda reason: None, redial=None, in_thread):
         """``redial``: for a released session, makes the link of each later conversation (a
         Deferred firing with a connected ZkLink, or failing with DeviceLost); None: the session
         is held. ``on_lost(reason)`` hears once that the connection is over. ``in_thread(f,
@@ -497,14 +497,22 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
         """The device's copies, from the last complete read (the one whose change asked for the
         pull). Passwords whose PIN hash is not known yet are hashed first, off the reactor thread
-        (PBKDF2, about 2 ms each: a storm's every enrolment with a password)."""
-        pairs = (pin_pair(user) for user in map(self._users.get, user_ids) if user is not None)
-        unhashed = pin_hash.missing(pair for pair in pairs if pair is not None)
-        if not unhashed:
-            return defer.succeed(self._fetched(user_ids))
-        return self._in_thread(hash_pins, unhashed).addCallback(lambda hashed: pin_hash.learn(hashed) or self._fetched(user_ids))
+        (PBKDF2, about 2 ms each: a storm's every enrolment with a password), and the pull keeps
+        them: a pull of more than the cache holds would lose its first."""
+        users = [user for user in map(self._users.get, user_ids) if user is not None]
+        return self._pin_hashes({pair for pair in map(pin_pair, users) if pair is not None}).addCallback(
+            lambda hashes: self._fetched(user_ids, hashes))
 
-    def _fetched(self, user_ids: list[str]) -> FetchedUsers:
+    def _pin_hashes(self, pairs: set[tuple[str, str]]) -> defer.Deferred:
+        """The PIN hashes of these (user id, password) pairs, for the pull or write pass that
+        keeps them: those not in the cache made in a thread (``in_thread``), then learnt."""
+        known = pin_hash.known(pairs)
+        unhashed = pairs - known.keys()
+        if not unhashed:
+            return defer.succeed(known)
+        return self._in_thread(hash_pins, unhashed).addCallback(lambda hashed: pin_hash.learn(hashed) or {**known, **hashed})
+
+    def _fetched(self, user_ids: list[str], hashes: dict[tuple[str, str], bytes]) -> FetchedUsers:
         records, missing, seen = [], [], {}
         for user_id in user_ids:
             user = self._users.get(user_id)
@@ -513,7 +521,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
                 continue
             templates = self._templates.get(user.uid, [])
             try:
-                records.append(to_server(user, templates, self._profile))
+                records.append(to_server(user, templates, self._profile, hashes))
             except MessageError as exc:
                 log.warn("ZK terminal {tid}: user {user} cannot be pulled: {e}", tid=self.terminal_id, user=user_id, e=exc)
                 missing.append(user_id)

@@ -11,6 +11,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from protocol.errors import MessageError
 from protocol.records import (
@@ -42,11 +43,14 @@ class Unfit(ValueError):
 
 
 class PinHashes:
-    """Devices' clear passwords as the server's PIN hashes, the pairs seen lately kept (only the
-    hashes: a PIN is never stored in clear). A hash is PBKDF2, about 2 ms, asked for at every pull
-    and every write of a person holding a password: the driver has the missing ones made off the
-    reactor thread (``missing``, then ``hash_pins`` in a thread, then ``learn`` on the reactor,
-    which alone touches the cache); a call that misses computes in place."""
+    """Devices' clear passwords as the server's PIN hashes, the pairs seen lately kept. A hash is
+    PBKDF2, about 2 ms, asked for at every pull and every write of a person holding a password:
+    the driver has the missing ones made off the reactor thread (``known``, then ``hash_pins`` in
+    a thread, then ``learn`` on the reactor, which alone touches the cache) and hands them to the
+    mapping with its pull or write (``hashes``), so an eviction meanwhile costs nothing; a call
+    that misses computes in place. The keys are (user id, clear password), in memory only, as
+    the pass that read them holds them: never logged nor stored (a digest of a few digits would
+    hide nothing)."""
 
     def __init__(self, size: int = 4096):
         self._size = size
@@ -62,9 +66,12 @@ class PinHashes:
             self._known.move_to_end(key)
         return known
 
-    def missing(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The (user id, password) pairs of ``pairs`` not hashed yet."""
-        return {pair for pair in pairs if pair not in self._known}
+    def known(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """The hashes of the (user id, password) pairs of ``pairs`` already made (the latest now)."""
+        found = {pair: self._known[pair] for pair in pairs if pair in self._known}
+        for pair in found:
+            self._known.move_to_end(pair)
+        return found
 
     def learn(self, hashed: Mapping[tuple[str, str], bytes]) -> None:
         self._known.update(hashed)
@@ -81,6 +88,13 @@ def hash_pins(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
 
 
 pin_hash = PinHashes()
+NO_HASHES: Mapping[tuple[str, str], bytes] = MappingProxyType({})
+
+
+def held_pin_hash(user_id: str, password: str, hashes: Mapping[tuple[str, str], bytes]) -> bytes:
+    """The PIN hash of a device's password: from ``hashes`` (made for this pull or write off the
+    reactor thread), else from the cache, else made now."""
+    return hashes.get((user_id, password)) or pin_hash(user_id, password)
 
 
 @dataclass(frozen=True)
@@ -173,13 +187,15 @@ def device_name(user: User) -> str:
     return user.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def to_server(user: User, templates: list[Template], profile: DeviceProfile) -> UserRecord:
+def to_server(user: User, templates: list[Template], profile: DeviceProfile,
+              hashes: Mapping[tuple[str, str], bytes] = NO_HASHES) -> UserRecord:
     """The record a pull from this device gives the server; MessageError if it can give none
-    (``refusal`` says why). Fields a ZK device cannot hold stay vacant."""
+    (``refusal`` says why). Fields a ZK device cannot hold stay vacant. ``hashes``: PIN hashes
+    made for this pull (``held_pin_hash``)."""
     refused = refusal(user, profile.cards)
     if refused is not None:
         raise MessageError(refused)
-    pin = pin_hash(user.user_id, user.password) if user.password else None
+    pin = held_pin_hash(user.user_id, user.password, hashes) if user.password else None
     return replace(device_record(user, templates, profile), pin_hash=pin).validate()
 
 
@@ -241,15 +257,18 @@ def check_fits(user_id: str, profile: DeviceProfile) -> None:
                     "not sent: a device cuts a longer id into another person's")
 
 
-def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile) -> tuple[User, list[Template]]:
+def to_device(record: UserRecord, uid: int, held: User | None, profile: DeviceProfile,
+              hashes: Mapping[tuple[str, str], bytes] = NO_HASHES) -> tuple[User, list[Template]]:
     """The user and templates to write for ``record`` in slot ``uid``. ``held`` is the device's
     current copy: the result is that copy with the mapped fields (user id, name, password, card)
     changed, so its privilege, group, time zones and every byte we do not map stay as the device
-    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit."""
+    holds them (read-modify-write); a person new to the device gets the SDK's defaults. Raises Unfit.
+    ``hashes``: PIN hashes made for this write (``held_pin_hash``)."""
     user_id = record.user_id
     check_fits(user_id, profile)
     password = ""
-    if record.pin_hash is not None and held is not None and pin_pair(held) is not None and record.pin_hash == pin_hash(user_id, held.password):
+    if record.pin_hash is not None and held is not None and pin_pair(held) is not None \
+            and record.pin_hash == held_pin_hash(user_id, held.password, hashes):
         password = held.password  # the PIN the server has, set at this device: keep it
     if held is None:
         blank, group_id = NEW_PERSON[profile.record_size]

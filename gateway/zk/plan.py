@@ -14,8 +14,10 @@ earlier ones made. docs/zk.md, "What maps to what".
 No I/O: the write pass (gateway/zk/writes.py) reads the device, asks the plan, and carries it out.
 """
 
+from collections.abc import Mapping
+
 from gateway.sync.connection import UserResult
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, to_device
+from gateway.zk.mapping import NO_HASHES, DeviceProfile, Unfit, held_digest, to_device
 from protocol.messages import UserStatus
 from protocol.zk.records import Template, User
 
@@ -28,10 +30,11 @@ class WritePlan:
     """What one write pass does to the device, decided against the users it holds right now."""
 
     def __init__(self, users: dict[str, User], templates: dict[int, list[Template]], profile: DeviceProfile, capacity: int,
-                 uids_in_use: set[int], chunk: int = 0):
+                 uids_in_use: set[int], chunk: int = 0, hashes: Mapping[tuple[str, str], bytes] = NO_HASHES):
         """``uids_in_use``: every uid the device holds, a second copy of a user id's included.
         ``chunk``: writes per upload (0: one upload); between two, the device's highest uid has
-        moved, and a keypad enrolling above the highest takes the uids after it."""
+        moved, and a keypad enrolling above the highest takes the uids after it. ``hashes``: the
+        PIN hashes of the device's passwords made for this pass (``to_device``)."""
         self._users = users
         self._templates = templates
         self._profile = profile
@@ -46,6 +49,7 @@ class WritePlan:
         self.refusals: dict[str, str] = {}
         self._planned: dict[str, int] = {}  # uids given in this pass, by user id
         self._chunk = chunk
+        self._hashes = hashes
         self._kept_for_chunk = 0  # the last upload whose keypad uids above the highest are kept
 
     def put(self, record) -> UserResult:
@@ -57,7 +61,7 @@ class WritePlan:
             return UserResult(record.user_id, UserStatus.STORAGE_FULL)
         self._planned[record.user_id] = uid
         try:
-            user, templates = to_device(record, uid, held, self._profile)
+            user, templates = to_device(record, uid, held, self._profile, self._hashes)
         except Unfit as exc:
             self.refusals[record.user_id] = str(exc)
             return UserResult(record.user_id, UserStatus.INVALID, str(exc))

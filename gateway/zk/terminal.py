@@ -25,7 +25,9 @@ class ZkTerminal:
     def __init__(self, terminal_id: int, host: str, port: int, comm_key: int, reactor, *, store: ZkStore, events, presence,
                  timing: ZkTiming, link: LinkSettings = LinkSettings(), device_clock: DeviceClock = DeviceClock(), cards: CardField = CardField(),
                  on_offline_reason=lambda terminal_id, reason: None, on_quirk=lambda quirk: None, on_refill=lambda terminal_id, why: None,
-                 released: bool = False):
+                 in_thread, released: bool = False):
+        """``in_thread(f, *args)``: a Deferred of ``f(*args)`` run on the ZK devices' own threads
+        (PIN hashes; gateway/zk/kind.py)."""
         self.terminal_id = terminal_id
         self.where = f"{host}:{port}"
         self.comm_key = comm_key
@@ -45,6 +47,7 @@ class ZkTerminal:
         self._reason: str | None = None
         self._stopping = False
         self._released = released
+        self._in_thread = in_thread
         self._dialling: defer.Deferred | None = None  # a released session's first link, being dialled
         self._retry = None  # the wait before dialling it again
         self.dialer = ZkDialer(reactor, host, port, self._new_link, self._offline, link.transport)
@@ -77,7 +80,7 @@ class ZkTerminal:
         connection = self.connection = ZkConnection(
             self.terminal_id, link, self.memory, clock=self._reactor, store=self._store, events=self._events, presence=self._presence,
             timing=self._timing, device_clock=self._device_clock, cards=self._cards, on_online=self._online, on_refill=self._on_refill,
-            on_lost=self._lost, redial=self._redial if self._released else None)
+            on_lost=self._lost, redial=self._redial if self._released else None, in_thread=self._in_thread)
         link.on_connected = connection.start
         return link
 

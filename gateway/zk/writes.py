@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from gateway.sync.connection import UserResult
 from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused
-from gateway.zk.mapping import hash_pins, held_digest, pin_hash, pin_pair
+from gateway.zk.mapping import held_digest, pin_pair
 from gateway.zk.plan import KEYPAD_LOOKS, WritePlan
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
@@ -80,8 +80,8 @@ class WritePasses:
                 write.done.callback(outcome)
 
         try:
-            yield self._pins_hashed(writes)
-            yield self._keypad_held(self._apply_writes, writes, before_release=answer)
+            hashes = yield self._pins_hashed(writes)
+            yield self._keypad_held(self._apply_writes, writes, hashes, before_release=answer)
         except Exception:
             failure = Failure()
             if not answered:
@@ -94,10 +94,12 @@ class WritePasses:
             yield self._attendance_if_due(self._plan.sizes, self._clock.seconds())
 
     def _pins_hashed(self, writes: list[Write]) -> defer.Deferred:
-        """Hash off the reactor thread, before the keypad is held, the passwords the plan will
-        compare with the server's PINs (``to_device``: a PIN set at the device is kept while it
-        matches) that were not hashed yet: after a restart, each is PBKDF2 (about 2 ms) once. A
-        password the pass's own read finds later is hashed in place."""
+        """The PIN hashes of the passwords the plan will compare with the server's PINs
+        (``to_device``: a PIN set at the device is kept while it matches), those not hashed yet
+        made off the reactor thread before the keypad is held: after a restart, each is PBKDF2
+        (about 2 ms) once. The pass keeps them: the shared cache may let them go while it waits
+        on the device (a storm hashes thousands meanwhile). A password the pass's own read
+        finds later is hashed in place."""
         pairs = set()
         for write in writes:
             for raw in write.records or ():
@@ -109,11 +111,10 @@ class WritePasses:
                 pair = pin_pair(held) if held is not None and record.pin_hash is not None else None
                 if pair is not None:
                     pairs.add(pair)
-        unhashed = pin_hash.missing(pairs)
-        return self._in_thread(hash_pins, unhashed).addCallback(pin_hash.learn) if unhashed else defer.succeed(None)
+        return self._pin_hashes(pairs)
 
     @defer.inlineCallbacks
-    def _apply_writes(self, writes: list[Write]):
+    def _apply_writes(self, writes: list[Write], hashes: dict[tuple[str, str], bytes]):
         """Plan the writes against what the device holds, and carry them out. The counts come
         first: a pass that only adds people, on a device whose counts have not moved since a read
         less than ``poll_s`` ago on a session held since, plans against that read and reads no
@@ -129,7 +130,7 @@ class WritePasses:
         # may have written people at uids of its own choosing (and deleted as many), so it is read.
         held_since_read = self._redial is None and read_at is not None
         if held_since_read and self._counts_unmoved(sizes) and self._clock.seconds() - read_at < self._timing.poll.poll_s:
-            plan, results = self._plan_writes(writes)
+            plan, results = self._plan_writes(writes, hashes)
             if plan.rewrites_held():
                 plan = None  # a read-modify-write: the device's records as they are now
         read_now = plan is None
@@ -138,7 +139,7 @@ class WritePasses:
                 break
             yield self._read_tables(self._clock.seconds(), sizes=sizes)
             self._announce()  # a keypad change found now is pulled, not overwritten
-            plan, results = self._plan_writes(writes)
+            plan, results = self._plan_writes(writes, hashes)
             if plan.adds_people() and look < KEYPAD_LOOKS:
                 sizes = yield self._counts()
                 if not self._counts_unmoved(sizes):
@@ -155,11 +156,12 @@ class WritePasses:
         known = self._plan.sizes
         return known is not None and (sizes.users, sizes.fingers) == (known.users, known.fingers)
 
-    def _plan_writes(self, writes: list[Write]) -> tuple["WritePlan", list[list[UserResult]]]:
-        """The plan of ``writes`` against the users last read, and each write's results."""
+    def _plan_writes(self, writes: list[Write], hashes: dict[tuple[str, str], bytes]) -> tuple["WritePlan", list[list[UserResult]]]:
+        """The plan of ``writes`` against the users last read, and each write's results.
+        ``hashes``: the pass's PIN hashes (``_pins_hashed``)."""
         unfetched = self._memory.tracker.unfetched()
         plan = WritePlan(self._users, self._templates, self._profile, self._plan.sizes.users_capacity if self._plan.sizes else 0,
-                         self._uids_in_use, chunk=self._timing.upload_users)
+                         self._uids_in_use, chunk=self._timing.upload_users, hashes=hashes)
         results = []
         for write in writes:
             if write.records is None:
