@@ -426,6 +426,10 @@ class BadInputTests(ApiTestCase):
         yield self.assert_error("GET", "/api/nowhere", 404, "no such API endpoint")
         body = yield self.assert_error("DELETE", "/api/sync", 405, "use GET, PUT")
         yield self.assert_error("GET", "/nowhere", 404, "nothing at /nowhere")
+        yield self.assert_error("GET", "/page", 404, "nothing at /page")  # the page's folder itself
+        yield self.assert_error("DELETE", "/page", 404, "nothing at /page")
+        yield self.assert_error("GET", "/api/terminals?limit", 400, "query parameter 'limit' has no value")
+        yield self.assert_error("GET", "/api/terminals?limit%3D5", 400, "query parameter 'limit=5' has no value")
         self.assertEqual(body["status"], 405)
 
     @defer.inlineCallbacks

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import msgspec
 from twisted.internet import defer
@@ -228,6 +228,10 @@ class ApiResource(resource.Resource):
     def _query(route: Route, request) -> dict:
         declared = {p.name: p for p in route.query_params}
         values = {}
+        for part in request.uri.partition(b"?")[2].split(b"&"):
+            if part and b"=" not in part:  # Twisted's parser drops such a part: it would be ignored unseen
+                name = unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8", "replace")
+                raise ApiError(400, f"query parameter {name!r} has no value: write it as name=value")
         for raw_name, raw_values in request.args.items():
             name = raw_name.decode("utf-8", "replace")
             param = declared.get(name)

@@ -2,7 +2,6 @@
 monitoring page at / (static files, no build step)."""
 
 import ipaddress
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.http import activity, events, history, lockouts, sync, terminals, users
-from gateway.http.api import ApiResource, BoundedBody, Route
+from gateway.http.api import ApiResource, BoundedBody, Route, to_json
 from gateway.http.channel import ConnectionsPerAddress
 from gateway.http.openapi import document
 from gateway.http.shared import SharedReads
@@ -105,11 +104,18 @@ class JsonError(resource.Resource):
     def render(self, request):
         request.setResponseCode(self.status)
         request.setHeader("Content-Type", "application/json; charset=utf-8")
-        return json.dumps({"error": self.message, "status": self.status}).encode()
+        return to_json({"error": self.message, "status": self.status})
 
 
 class Root(resource.Resource):
     def getChild(self, name, request):
+        return self._nothing(request)
+
+    def render(self, request):  # the folder itself (/page): Twisted's own answer would be an HTML page
+        return self._nothing(request).render(request)
+
+    @staticmethod
+    def _nothing(request) -> JsonError:
         return JsonError(404, f"nothing at {request.path.decode('latin-1')}; the page is at /")
 
 
