@@ -4,9 +4,10 @@ While somebody looks (the charts asked within ``watch_s``), every second one rea
 thread takes the events stored since the last read (by id, so it costs what was stored, not the
 size of the log) and adds them to one bucket per second of ``recorded_ms``: terminal log events
 stored, user records applied by terminals (deliveries), sync failures. While nobody looks nothing
-is read and the figures are dropped: reading every event of the day for charts nobody opened was
-half of the API process's CPU at 10 enrolments a second (issue 24). The first ask after that
-begins them afresh, as at start, from the last ``history_rows`` events, and waits for that read. Reading the table rather than hooking into the sync core means the figures count
+is read and the figures are dropped: following the log for charts nobody opened was about half
+of the API process's CPU at 10 enrolments a second (issue 24). The first ask after that begins
+them afresh, as at start, from the last ``history_rows`` events, and is answered once they are
+read. Reading the table rather than hooking into the sync core means the figures count
 every stored event, whoever stored it; it follows ids, so an id another gateway on the same
 database commits late, after a higher one was read, is missed.
 
