@@ -1,9 +1,13 @@
 """Activity: per-second figures of the last minutes, for the monitoring page's charts.
 
-Every second one read on a reader thread takes the events stored since the last read (by id, so
-it costs what was stored, not the size of the log) and adds them to one bucket per second of
-``recorded_ms``: terminal log events stored, user records applied by terminals (deliveries),
-sync failures. Reading the table rather than hooking into the sync core means the figures count
+While somebody looks (the charts asked within ``watch_s``), every second one read on a reader
+thread takes the events stored since the last read (by id, so it costs what was stored, not the
+size of the log) and adds them to one bucket per second of ``recorded_ms``: terminal log events
+stored, user records applied by terminals (deliveries), sync failures. While nobody looks nothing
+is read and the figures are dropped: following the log for charts nobody opened was about half
+of the API process's CPU at 10 enrolments a second (issue 24). The first ask after that begins
+them afresh, as at start, from the last ``history_rows`` events, and is answered once they are
+read. Reading the table rather than hooking into the sync core means the figures count
 every stored event, whoever stored it; it follows ids, so an id another gateway on the same
 database commits late, after a higher one was read, is missed.
 
@@ -17,7 +21,7 @@ several quick edits of one user measure the wait of the oldest.
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, or_, select
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.sync.monitor import APPLIED_BY_DEVICE, PUSH_REFUSED, SAVE_FAILED, SYNC_EVENT_TYPES
@@ -54,8 +58,9 @@ class Change:
 
 class Activity:
     window_s = 600  # kept; the page asks for the last 5 minutes
+    watch_s = 60.0  # read while the charts asked within this; the page asks every 2 s while open
     read_rows = 100_000  # at most per read; a backlog is caught up over a few seconds
-    history_rows = 100_000  # read back at start, so the charts do not begin empty after a restart
+    history_rows = 100_000  # read back when the figures begin, so the charts do not begin empty
     max_changes = 100_000
 
     def __init__(self, db, clock):
@@ -64,8 +69,12 @@ class Activity:
         self._seconds: dict[int, Second] = {}
         self._changes: dict[str, Change] = {}  # user id -> its latest change made at a terminal
         self._after_id: int | None = None
-        self._since_s: int | None = None  # the first second with figures: nothing is known before it
-        self._reading = False
+        self._since_s: int | None = None  # the first second with figures: nothing is known before it; None: not begun
+        self._asked_s: float | None = None  # when the charts last asked
+        self._epoch = 0  # counts the times the figures were dropped: a read begun before adds nothing
+        self._reading: int | None = None  # the epoch of the read under way
+        self._current: list[defer.Deferred] = []  # waiting for the read under way
+        self._next: list[defer.Deferred] = []  # waiting for a read begun after the figures were dropped
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -77,20 +86,57 @@ class Activity:
             self._loop.stop()
 
     def tick(self):
-        """Read what was stored since the last tick (one read at a time)."""
-        if self._reading:
+        """Read what was stored since the last read, while somebody looks (one read at a time);
+        drop the figures once nobody has for ``watch_s``."""
+        if not self._watched():
+            if self._since_s is not None:
+                self._drop()
             return None
-        self._reading = True
-        d = self._db.read(read_activity, self._after_id, self.read_rows, self.history_rows)
-        d.addCallback(self._add)
-        d.addErrback(lambda f: log.warn("activity figures could not be read: {e}", e=f.getErrorMessage()))
-        d.addBoth(self._read_done)
+        if self._reading is not None:
+            return None
+        return self._read()
+
+    def _watched(self) -> bool:
+        return self._asked_s is not None and self._clock.seconds() - self._asked_s < self.watch_s
+
+    def _drop(self) -> None:
+        """Nobody looks: the figures are forgotten, to begin afresh from history when somebody does."""
+        self._seconds, self._changes = {}, {}
+        self._after_id = self._since_s = None
+        self._epoch += 1
+
+    def _read(self) -> defer.Deferred:
+        """Fires once a read of the figures as they are now has added what it read: the one
+        under way, unless they were dropped since it began."""
+        d = defer.Deferred()
+        if self._reading is None:
+            self._current.append(d)
+            self._begin()
+        elif self._reading == self._epoch:
+            self._current.append(d)
+        else:
+            self._next.append(d)
         return d
 
-    def _read_done(self, _):
-        self._reading = False
+    def _begin(self) -> None:
+        self._reading = self._epoch
+        d = self._db.read(read_activity, self._after_id, self.read_rows, self.history_rows)
+        d.addCallback(self._add, self._epoch)
+        d.addErrback(lambda f: log.warn("activity figures could not be read: {e}", e=f.getErrorMessage()))
+        d.addBoth(self._read_done)
 
-    def _add(self, read: "ActivityRead") -> None:
+    def _read_done(self, _) -> None:
+        waiting, self._current = self._current, []
+        self._reading = None
+        if self._next:
+            self._current, self._next = self._next, []
+            self._begin()
+        for d in waiting:
+            d.callback(None)
+
+    def _add(self, read: "ActivityRead", epoch: int) -> None:
+        if epoch != self._epoch:  # begun before the figures were dropped
+            return
         if self._since_s is None:
             self._since_s = min([int(self._clock.seconds())] + [second for second, *_ in read.counts])
         self._after_id = read.last_id
@@ -126,9 +172,19 @@ class Activity:
         for user_id in list(self._changes)[: max(0, len(self._changes) - self.max_changes)]:
             del self._changes[user_id]
 
-    def series(self, seconds: int) -> dict:
-        """The last ``seconds`` whole seconds, oldest first, as the page's charts take them; fewer
-        when the figures begin later (a gateway started a minute ago has no five minutes to show)."""
+    def series(self, seconds: int) -> defer.Deferred:
+        """Fires with the last ``seconds`` whole seconds, oldest first, as the page's charts take
+        them; fewer when the figures begin later (a gateway started a minute ago, or charts
+        nobody looked at for ``watch_s``, have no five minutes to show). Asking keeps the figures
+        read; the first ask after nobody did waits for them to begin from history."""
+        if not self._watched():
+            self._drop()
+        self._asked_s = self._clock.seconds()
+        if self._since_s is None:
+            return self._read().addCallback(lambda _: self._shown(seconds))
+        return defer.succeed(self._shown(seconds))
+
+    def _shown(self, seconds: int) -> dict:
         end = int(self._clock.seconds())  # the current second is still filling: not shown
         start = min(end, max(end - seconds, self._since_s if self._since_s is not None else end))
         slots = range(start, end)

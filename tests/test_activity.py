@@ -2,7 +2,7 @@
 PostgreSQL, with task.Clock), and the read-only endpoints the charts and the user view use (live gateway)."""
 
 from sqlalchemy import create_engine, insert
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 
 from api_site import A, B, ApiTestCase
 from gateway.activity import Activity, read_activity
@@ -44,6 +44,24 @@ def activity_at(url: str, seconds: float) -> tuple[Activity, FileDatabase, task.
     return Activity(db, clock), db, clock
 
 
+def shown(activity: Activity, seconds: int) -> dict:
+    """What the charts are answered now (the database answers at once)."""
+    answers = []
+    activity.series(seconds).addBoth(answers.append)
+    assert len(answers) == 1 and isinstance(answers[0], dict), answers
+    return answers[0]
+
+
+class CountingDatabase(FileDatabase):
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.reads = 0
+
+    def read(self, work, *args):
+        self.reads += 1
+        return super().read(work, *args)
+
+
 def test_events_deliveries_failures_and_propagation_are_counted_per_second(db_url):
     activity, db, clock = activity_at(db_url, 1003.2)
     db.store(
@@ -55,8 +73,7 @@ def test_events_deliveries_failures_and_propagation_are_counted_per_second(db_ur
         sync_event(PUSH_REFUSED, "x", 1002_200),
         sync_event(APPLIED_BY_DEVICE, "u", 1002_300),                               # terminal 3: the last
     )
-    activity.tick()
-    series = activity.series(4)
+    series = shown(activity, 4)  # the first ask reads them
     assert series["seconds"] == [1001, 1002]  # nothing was stored before 1001: nothing is known
     assert series["events_stored"] == [2, 0]
     assert series["user_deliveries"] == [1, 1]
@@ -68,7 +85,7 @@ def test_events_deliveries_failures_and_propagation_are_counted_per_second(db_ur
 def test_each_tick_reads_only_what_was_stored_since_and_a_new_change_is_timed_from_its_own_start(tmp_path):
     activity, db, clock = activity_at(f"sqlite:///{tmp_path / 'gateway.db'}", 1010.0)
     db.store(terminal_event("UPDATE_SUCCESS", "u", 1000_000, 1000_100), sync_event(APPLIED_BY_DEVICE, "u", 1000_900))
-    activity.tick()
+    shown(activity, 10)
     db.store(
         terminal_event("UPDATE_SUCCESS", "u", 1005_000, 1005_050),  # edited again at the keypad
         terminal_event("UPDATE_SUCCESS", "u", 1005_500, 1005_550),  # and again before it went anywhere
@@ -76,7 +93,7 @@ def test_each_tick_reads_only_what_was_stored_since_and_a_new_change_is_timed_fr
         sync_event(APPLIED_BY_DEVICE, "u", 1006_000),
     )
     activity.tick()
-    series = activity.series(10)
+    series = shown(activity, 10)
     assert sum(series["events_stored"]) == 4 and sum(series["user_deliveries"]) == 2  # nothing counted twice
     assert [p for p in series["propagation_p99_ms"] if p is not None] == [900, 1000]  # the oldest waiting edit is timed
 
@@ -84,14 +101,80 @@ def test_each_tick_reads_only_what_was_stored_since_and_a_new_change_is_timed_fr
 def test_seconds_older_than_the_window_are_forgotten_and_a_restart_reads_history_back(tmp_path):
     activity, db, clock = activity_at(f"sqlite:///{tmp_path / 'gateway.db'}", 1001.0)
     db.store(*[terminal_event("VERIFY_SUCCESS", "v", 1000_000, 1000_000 + n, Credential.CARD) for n in range(5)])
-    activity.tick()
+    shown(activity, 10)
     restarted = Activity(db, clock)
     restarted.history_rows = 3
-    restarted.tick()
-    assert sum(restarted.series(10)["events_stored"]) == 3  # the last 3 stored, read back at start
+    assert sum(shown(restarted, 10)["events_stored"]) == 3  # the last 3 stored, read back at start
+    activity.watch_s = activity.window_s * 2  # somebody looks all along
     clock.advance(activity.window_s + 5)
     activity.tick()
-    assert activity._seconds == {} and sum(activity.series(600)["events_stored"]) == 0
+    assert activity._seconds == {} and sum(shown(activity, 600)["events_stored"]) == 0
+
+
+def test_nothing_is_read_while_nobody_asks_and_every_second_while_somebody_does(tmp_path):
+    db = CountingDatabase(f"sqlite:///{tmp_path / 'gateway.db'}")
+    clock = task.Clock()
+    clock.advance(1000.0)
+    activity = Activity(db, clock)
+    activity.start()
+    clock.pump([1.0] * 10)
+    assert db.reads == 0
+    shown(activity, 60)
+    assert db.reads == 1  # the history read, which the answer waited for
+    clock.pump([1.0] * 10)
+    assert db.reads == 11
+    shown(activity, 60)  # asked again at 1020: read until 1080
+    clock.pump([1.0] * 59)
+    assert db.reads == 70
+    clock.pump([1.0] * 30)
+    assert db.reads == 70  # nobody asked for a minute: no more reads
+    activity.stop()
+
+
+def test_after_nobody_asked_the_figures_begin_afresh_from_history_and_the_first_answer_has_them(tmp_path):
+    activity, db, clock = activity_at(f"sqlite:///{tmp_path / 'gateway.db'}", 1000.0)
+    activity.history_rows = 3
+    activity.start()
+    db.store(*[terminal_event("VERIFY_SUCCESS", "v", 999_000, 999_000 + n, Credential.CARD) for n in range(5)])
+    first = shown(activity, 60)
+    assert (first["seconds"], first["totals"]["events_stored"]) == ([999], 3)
+    clock.pump([1.0] * 100)  # nobody looks: what is stored now is not read
+    db.store(*[terminal_event("VERIFY_SUCCESS", "v", 1050_000, 1050_000 + n, Credential.CARD) for n in range(4)])
+    assert activity._seconds == {}  # dropped, not kept while nobody looks
+    again = shown(activity, 600)
+    assert again["seconds"] == list(range(1050, 1100))  # figures begin with the history read, said as such
+    assert again["totals"]["events_stored"] == 3  # the last 3 stored, as at start: none counted twice
+    db.store(terminal_event("VERIFY_SUCCESS", "v", 1100_000, 1100_000, Credential.CARD))
+    clock.advance(2)
+    assert shown(activity, 600)["totals"]["events_stored"] == 4  # and followed again while asked
+    activity.stop()
+
+
+def test_a_read_begun_before_the_figures_were_dropped_adds_nothing_and_the_answer_waits_for_a_new_one(tmp_path):
+    db = FileDatabase(f"sqlite:///{tmp_path / 'gateway.db'}")
+    clock = task.Clock()
+    clock.advance(1000.0)
+    reads: list[defer.Deferred] = []
+
+    class SlowDatabase:
+        def read(self, work, *args):
+            d = defer.Deferred()
+            reads.append(d)
+            return d.addCallback(lambda _: db.read(work, *args))
+
+    activity = Activity(SlowDatabase(), clock)
+    db.store(terminal_event("VERIFY_SUCCESS", "v", 999_000, 999_000, Credential.CARD))
+    activity.series(60)
+    reads.pop().callback(None)
+    activity.tick()  # a read under way, slow
+    clock.advance(activity.watch_s + 1)
+    answers = []
+    activity.series(600).addCallback(answers.append)
+    assert len(reads) == 1 and answers == []  # the new read waits for the one under way
+    reads.pop().callback(None)  # the old read ends: what it read is not added to the new figures
+    assert answers == [] and len(reads) == 1
+    reads.pop().callback(None)
+    assert answers[0]["totals"]["events_stored"] == 1  # counted once
 
 
 def test_a_big_backlog_is_read_a_bounded_number_of_rows_at_a_time(tmp_path):
@@ -109,14 +192,11 @@ class ActivityEndpointTests(ApiTestCase):
         yield self.enroll(A, "act-1")
         yield wait_until(lambda: self.site.count_events(type=APPLIED_BY_DEVICE, user_id="act-1") == 1, "act-1 applied on B")
 
-        def shown():
-            """The second of the apply is over, so the figures show it (the current second is still filling)."""
-            self.site.gateway.activity.tick()
-            series = self.site.gateway.activity.series(60)
-            return series["totals"]["changes_propagated"] == 1 and series["totals"]["user_deliveries"] == 1
-
-        yield wait_until(shown, "the activity to show the delivery")
-        activity = yield self.get("/api/activity?seconds=60")
+        for _ in range(100):  # until the second of the apply is over (the current second is still filling)
+            activity = yield self.get("/api/activity?seconds=60")
+            if activity["totals"]["changes_propagated"] == 1 and activity["totals"]["user_deliveries"] == 1:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
         span = len(activity["seconds"])
         self.assertTrue(0 < span < 60)  # the gateway started seconds ago: no minute to show yet
         self.assertEqual({len(activity[k]) for k in ("events_stored", "user_deliveries", "sync_failures", "propagation_p99_ms")}, {span})

@@ -1,12 +1,17 @@
 """The API process reads the ingest process's snapshot when a request needs it, and unasked only
-while the live stream listens (unit: task.Clock, the snapshot's HTTP answers made by hand)."""
+while the live stream listens (unit: task.Clock, the snapshot's HTTP answers made by hand; a late
+answer on a real loopback server)."""
 
 import msgspec
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
-from gateway.http.process import SnapshotFollower
+from gateway.http.process import IngestUnavailable, SnapshotFollower
 from gateway.http.snapshot import Mirror
 from gateway.http.shared import SharedReads
 
@@ -186,3 +191,60 @@ def test_an_answer_is_built_once_per_read_it_shows():
     since[0] = 1.0  # a newer snapshot
     shared.made_from("list", newer, build)
     assert len(built) == 3
+
+
+class SlowIngest(Resource):
+    """The ingest process under load: ``early`` bytes of its snapshot's answer now (headers and
+    the body's first bytes, or nothing), the rest ``late_s`` later, unless the reader has gone."""
+
+    isLeaf = True
+
+    def __init__(self, early: int, late_s: float):
+        super().__init__()
+        self.early, self.late_s = early, late_s
+        self.answered: list[defer.Deferred] = []
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Length", str(len(SNAPSHOT)).encode())
+        if not self.late_s:
+            return SNAPSHOT
+        if self.early:
+            request.write(SNAPSHOT[:self.early])
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def rest():
+            if not gone:
+                request.write(SNAPSHOT[self.early:])
+                request.finish()
+        self.answered.append(task.deferLater(reactor, self.late_s, rest))
+        return NOT_DONE_YET
+
+
+class LateAnswerTests(unittest.TestCase):
+    """On a real loopback HTTP server: a snapshot that comes after the read timed out."""
+
+    @defer.inlineCallbacks
+    def late_answer(self, early: int):
+        ingest = SlowIngest(early, late_s=0.3)
+        port = reactor.listenTCP(0, Site(ingest), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        follower = SnapshotFollower(reactor, f"http://127.0.0.1:{port.getHost().port}", Mirror())
+        follower.timeout_s = 0.1
+        self.addCleanup(follower._agent._pool.closeCachedConnections)
+        with capturedLogs() as logged:
+            with self.assertRaises(IngestUnavailable):
+                yield follower.read()
+            yield ingest.answered[0]  # the late rest of the answer was due
+            yield task.deferLater(reactor, 0.1, lambda: None)  # and would have arrived
+        said = [(e["log_level"], e["log_namespace"]) for e in logged if e["log_level"] > LogLevel.info]
+        self.assertEqual(said, [(LogLevel.warn, "gateway.http.process")])  # the failed read, once: nothing else
+        ingest.late_s = 0
+        yield follower.read()
+        self.assertLess(follower.age_s(), 1.0)  # read, on the connection the pool opens anew
+
+    def test_a_body_that_comes_after_the_timeout_is_dropped_quietly_and_the_next_read_works(self):
+        return self.late_answer(early=10)
+
+    def test_an_answer_that_comes_after_the_timeout_is_dropped_quietly_and_the_next_read_works(self):
+        return self.late_answer(early=0)

@@ -30,9 +30,10 @@ import msgspec
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -233,7 +234,31 @@ def _why(failure, timeout_s: float) -> str:
 
 
 def _body_of(response) -> defer.Deferred:
-    return readBody(response).addCallback(lambda raw: (response.code, raw))
+    """Fires with the response's code and body. Cancelled (a timeout), it closes the connection
+    and drops what still comes: Twisted's ``readBody`` cannot close it (the body's transport has no
+    ``abortConnection``), errbacks instead, and a late body then fired its Deferred a second time
+    (AlreadyCalledError, logged CRITICAL by Twisted's HTTP client)."""
+    body = _Body(response.code)
+    response.deliverBody(body)
+    return body.done
+
+
+class _Body(Protocol):
+    def __init__(self, code: int):
+        self._code = code
+        self._parts: list[bytes] = []
+        self.done = defer.Deferred(lambda _: self.transport.loseConnection())
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def connectionLost(self, reason=None) -> None:
+        if self.done.called:  # cancelled: the connection closed, or the body came late
+            return
+        if reason.check(ResponseDone):
+            self.done.callback((self._code, b"".join(self._parts)))
+        else:
+            self.done.errback(reason)
 
 
 class ApiMetrics:
