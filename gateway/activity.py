@@ -120,7 +120,7 @@ class Activity:
 
     def _begin(self) -> None:
         self._reading = self._epoch
-        d = self._db.read(read_activity, self._after_id, self.read_rows, self.history_rows)
+        d = defer.maybeDeferred(self._db.read, read_activity, self._after_id, self.read_rows, self.history_rows)
         d.addCallback(self._add, self._epoch)
         d.addErrback(lambda f: log.warn("activity figures could not be read: {e}", e=f.getErrorMessage()))
         d.addBoth(self._read_done)

@@ -430,6 +430,7 @@ class BadInputTests(ApiTestCase):
         yield self.assert_error("DELETE", "/page", 404, "nothing at /page")
         yield self.assert_error("GET", "/api/terminals?limit", 400, "query parameter 'limit' has no value")
         yield self.assert_error("GET", "/api/terminals?limit%3D5", 400, "query parameter 'limit=5' has no value")
+        yield self.assert_error("GET", "/api/terminals?after=5;limit", 400, "query parameter 'limit' has no value")
         self.assertEqual(body["status"], 405)
 
     @defer.inlineCallbacks

@@ -342,3 +342,27 @@ def test_a_new_link_or_an_answer_in_time_ends_the_wait_and_a_stopped_pusher_begi
     pusher.stop()
     unanswered(conn)  # a round ending after stop schedules nothing
     assert clock.getDelayedCalls() == []
+
+
+def test_a_new_link_during_a_round_that_then_fails_gets_its_round_without_the_sweep():
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    pusher.online(1)  # the terminal reconnected while the old link's round was under way
+    conn.puts[-1][1].errback(ConnectionError("terminal 1: link closed"))
+    clock.advance(Pusher.round_interval_s)
+    assert len(db.reads) == 2
+
+
+def test_an_unanswered_request_decides_a_round_a_refusal_beside_it_does_not():
+    from gateway.native.session import RequestTimeout
+    from protocol.errors import RemoteError
+
+    db, clock, conn, term, pusher = stalled()
+    pusher.batch_users = 1
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3), change("u2", 4)]))
+    (_, first), (_, second) = conn.puts
+    first.errback(RemoteError(7, "storage full"))
+    second.errback(RequestTimeout("terminal 1: PUT_USERS unanswered after 15 s"))
+    assert next_round_after(db, clock, pusher) == Pusher.backoff_first_s

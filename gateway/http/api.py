@@ -9,6 +9,7 @@ malformed request, and a client never sees a traceback.
 import hmac
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -228,7 +229,7 @@ class ApiResource(resource.Resource):
     def _query(route: Route, request) -> dict:
         declared = {p.name: p for p in route.query_params}
         values = {}
-        for part in request.uri.partition(b"?")[2].split(b"&"):
+        for part in re.split(rb"[&;]", request.uri.partition(b"?")[2]):  # as Twisted's parser splits
             if part and b"=" not in part:  # Twisted's parser drops such a part: it would be ignored unseen
                 name = unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8", "replace")
                 raise ApiError(400, f"query parameter {name!r} has no value: write it as name=value")

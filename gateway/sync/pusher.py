@@ -187,6 +187,8 @@ class Pusher:
         self.kick(terminal_id)
 
     def _deliver(self, entries: FeedPage, term, connection):
+        if self._stopped:
+            return False
         if entries.held_back and term.terminal_id not in self._rechecks:
             self._rechecks[term.terminal_id] = self._clock.callLater(self.recheck_s, self._recheck, term.terminal_id)
         if not entries:
@@ -271,6 +273,8 @@ class Pusher:
             if result.check(RemoteError):  # answered in time: the terminal keeps up
                 self._held_off.pop(terminal_id, None)
             log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
+            if terminal_id in self._again:  # a change, or a new link, came meanwhile: it need not wait for the sweep
+                self.kick(terminal_id)
             return None
         previous = self._held_off.get(terminal_id)
         wait_s = self.backoff_first_s if previous is None else min(self.backoff_cap_s, 2 * previous[0])
@@ -293,7 +297,10 @@ def answers_of(sends: list[defer.Deferred]) -> defer.Deferred:
 
 def _every_answer(settled: list[tuple[bool, object]]):
     failed = [value for ok, value in settled if not ok]
-    return failed[0] if failed else [value for _, value in settled]
+    if not failed:
+        return [value for _, value in settled]
+    # An unanswered request decides the round's fate: a refusal beside it does not say the terminal keeps up.
+    return next((f for f in failed if f.check(Unanswered)), failed[0])
 
 
 def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms: int) -> tuple[list[dict], list[str]]:

@@ -28,7 +28,7 @@ class ZkKind:
 
     def serve(self, entries: list[dict] | None, gateway) -> ServingEach:
         store = DatabaseStore(gateway.db)  # one for every device: their digests go in group commits
-        pins = ThreadPool(1, PIN_THREADS, name="zk-pins")
+        pins = ThreadPool(0, PIN_THREADS, name="zk-pins")  # threads made when a PIN is hashed
         in_thread = functools.partial(deferToThreadPool, gateway.reactor, pins)
         return ZkServing([
             ZkTerminal(e.id, e.host, e.port, e.comm_key, gateway.reactor, store=store, events=gateway.eventlog, presence=gateway.registry,
