@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, event, text
 from gateway.store.database import Database
 from gateway.process.peers import Listener, connect_raw
 from gateway.store import notices
-from gateway.store.notices import CHANGES, SETTINGS, notify
+from gateway.store.notices import CHANGES, DOORMAN, SETTINGS, notify
 from gateway.sync.users import create_user
 from protocol.records import UserRecord
 from thread_calls import ThreadCalls
@@ -51,6 +51,14 @@ def test_a_notification_is_heard_on_commit_never_for_a_rollback_nor_by_its_sende
         assert heard == [(CHANGES, "1"), (SETTINGS, "2")]
     finally:
         listener.stop()
+
+
+def test_wrong_proofs_heard_together_each_count_where_equal_wake_ups_merge():
+    heard = []
+    listener = Listener(None, None, lambda channel, payload: heard.append((channel, payload)), None)
+    listener._deliver([(CHANGES, "another-process 7"), (CHANGES, "another-process 7"),
+                       (DOORMAN, "another-process wrong 127.0.0.2 701"), (DOORMAN, "another-process wrong 127.0.0.2 701")])
+    assert heard == [(CHANGES, "7"), (DOORMAN, "wrong 127.0.0.2 701"), (DOORMAN, "wrong 127.0.0.2 701")]
 
 
 def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_never(engine, monkeypatch):

@@ -15,7 +15,7 @@ import threading
 from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger
 
-from gateway.store.notices import CHANNELS, PAYLOAD_LIMIT, SOURCE, notify
+from gateway.store.notices import CHANNELS, COUNTED, PAYLOAD_LIMIT, SOURCE, notify
 
 log = Logger(namespace="gateway.peers")
 
@@ -111,9 +111,14 @@ class Listener:
 
     def _deliver(self, heard: list[tuple[str, str]]) -> None:
         # A storm of changes is heard many at a time: one wake of the pushers answers them all.
-        said = dict.fromkeys((channel, payload.partition(" ")[2]) for channel, payload in heard
-                             if payload.partition(" ")[0] != SOURCE)
-        for channel, rest in said:
+        # Not so a count: two wrong proofs heard together, merged, were one, and a guesser
+        # spreading four over two processes was never locked out of the one that heard two.
+        merged: set[tuple[str, str]] = set()
+        for channel, payload in heard:
+            sender, _, rest = payload.partition(" ")
+            if sender == SOURCE or (channel not in COUNTED and (channel, rest) in merged):
+                continue
+            merged.add((channel, rest))
             self._on_notice(channel, rest)
 
 

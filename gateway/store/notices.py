@@ -30,6 +30,7 @@ DOORMAN = "gateway_doorman"  # a wrong proof checked, an address cleared: "wrong
 RECONCILE = "gateway_reconcile"  # an operator asked to compare every online terminal now
 RECONCILED = "gateway_reconciled"  # what comparing a terminal found: its reconciliation as JSON
 CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS, DOORMAN, RECONCILE, RECONCILED)
+COUNTED = (DOORMAN,)  # each notice counts (two wrong proofs are two): never merged with an equal one heard with it
 PAYLOAD_LIMIT = 7900  # bytes of a payload: PostgreSQL refuses 8000 and more
 
 # This process, as its notifications name it (a host name, a pid and a random part: a restarted
