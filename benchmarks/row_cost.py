@@ -108,7 +108,9 @@ def main(argv=None) -> int:
         if cluster is not None:
             cluster.stop()
     medians = {way: statistics.median(r["server_cpu_us_per_row"] for r in runs if r["way"] == way) for way in WAYS}
-    print(f"median server CPU a row: values {medians['values']} us, copy {medians['copy']} us ({medians['copy'] / medians['values']:.2f})")
+    # A short run can fit in fewer server CPU ticks (10 ms) than it takes to see one: no ratio then.
+    ratio = f"{medians['copy'] / medians['values']:.2f}" if medians["values"] else "no ratio: too few rows to measure"
+    print(f"median server CPU a row: values {medians['values']} us, copy {medians['copy']} us ({ratio})")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(dict(rows=args.rows, batch=args.batch, runs=runs, median_server_cpu_us_per_row=medians), out, indent=2)
