@@ -366,3 +366,13 @@ def test_an_unanswered_request_decides_a_round_a_refusal_beside_it_does_not():
     first.errback(RemoteError(7, "storage full"))
     second.errback(RequestTimeout("terminal 1: PUT_USERS unanswered after 15 s"))
     assert next_round_after(db, clock, pusher) == Pusher.backoff_first_s
+
+
+def test_an_old_links_unanswered_round_ending_after_a_new_link_came_makes_the_new_one_wait_nothing():
+    db, clock, conn, term, pusher = stalled()
+    pusher.kick(1)
+    db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
+    term.connection = StalledTerminal()  # the terminal reconnected while the old link's round was under way
+    pusher.online(1)
+    unanswered(conn)  # the old link's request is given up on only now
+    assert next_round_after(db, clock, pusher) == Pusher.round_interval_s

@@ -151,7 +151,7 @@ class Pusher:
         self._again.discard(terminal_id)
         d = self._read_feed(terminal_id, term.cursor)
         d.addCallback(self._deliver, term, term.connection)
-        d.addBoth(self._round_done, terminal_id)
+        d.addBoth(self._round_done, terminal_id, term.connection)
 
     def _read_feed(self, terminal_id: int, cursor: int) -> defer.Deferred:
         """The feed after ``cursor``: one read serves every terminal at that cursor at the moment.
@@ -257,7 +257,7 @@ class Pusher:
         commit = self._commit_with or self._db.write
         commit(advance_cursors, [move[:3] for move in batch]).addBoth(settle)
 
-    def _round_done(self, result, terminal_id: int):
+    def _round_done(self, result, terminal_id: int, connection):
         self._busy.discard(terminal_id)
         if isinstance(result, bool):
             self._held_off.pop(terminal_id, None)
@@ -269,7 +269,9 @@ class Pusher:
         # A failed round leaves the cursor where it was; the next kick (a change, a reconnect,
         # the periodic sweep) tries again from there, after a wait if it went unanswered.
         self._metrics.failures.labels("push").inc()
-        if not result.check(Unanswered):
+        term = self._registry.terminals.get(terminal_id)
+        # Unanswered on a link the terminal has since replaced says nothing of the new one.
+        if not result.check(Unanswered) or term is None or term.connection is not connection:
             if result.check(RemoteError):  # answered in time: the terminal keeps up
                 self._held_off.pop(terminal_id, None)
             log.warn("push to terminal {tid} failed: {e}", tid=terminal_id, e=result.getErrorMessage())
