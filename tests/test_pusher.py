@@ -159,16 +159,16 @@ class WritingDatabase(CountingDatabase):
         return defer.succeed(None)
 
 
-def deliver(entries, put_status):
+def deliver(entries, put_status, delete_status=UserStatus.OK, details=False):
     db, kept = WritingDatabase(), []
-    term = Terminal(1, connection=AnsweringTerminal(put_status))
+    term = Terminal(1, connection=AnsweringTerminal(put_status, delete_status))
     registry = SimpleNamespace(terminals={1: term}, connected=lambda: [term])
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL_WITH_DEVICE_UPDATES), task.Clock(), Metrics(),
                     on_local_change_kept=lambda terminal_id, users: kept.append((terminal_id, users)))
     pusher.kick(1)
     db.reads[0][1].callback(FeedPage(entries))
     ((moves,),) = db.writes
-    return [(row["type"], row["user_id"]) for _, _, rows in moves for row in rows], kept
+    return [(row["type"], row["user_id"]) + ((row["detail"],) if details else ()) for _, _, rows in moves for row in rows], kept
 
 
 def test_a_deletion_on_the_server_is_reported_as_one():
@@ -176,6 +176,13 @@ def test_a_deletion_on_the_server_is_reported_as_one():
                FeedEntry("u2", 2, None, frozenset(), None)]
     rows, _ = deliver(entries, UserStatus.OK)
     assert rows == [(APPLIED_BY_DEVICE, "u1"), (DELETED_BY_SERVER, "u2")]
+
+
+def test_a_deletion_the_terminal_did_not_hold_is_done_and_says_so_not_a_refusal():
+    """A retried deletion the terminal applied late is answered NOT_FOUND: the user is gone, as wanted."""
+    entries = [FeedEntry("u2", 2, None, frozenset(), None)]
+    rows, _ = deliver(entries, UserStatus.OK, delete_status=UserStatus.NOT_FOUND, details=True)
+    assert rows == [(DELETED_BY_SERVER, "u2", "the terminal did not hold this user: nothing left to delete")]
 
 
 def test_a_terminal_keeping_its_own_change_makes_a_pull_owed():

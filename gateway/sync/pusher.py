@@ -305,15 +305,25 @@ def _every_answer(settled: list[tuple[bool, object]]):
     return next((f for f in failed if f.check(Unanswered)), failed[0])
 
 
+NOT_HELD = "the terminal did not hold this user: nothing left to delete"
+
+
 def delivery_rows(terminal_id: int, results, applied_type: str, metrics, now_ms: int) -> tuple[list[dict], list[str]]:
     """Monitoring rows for a terminal's answers to a put or a delete, and the users it kept its
-    own change of (LOCAL_CHANGE_PENDING): each of those owes a pull."""
+    own change of (LOCAL_CHANGE_PENDING): each of those owes a pull.
+
+    A deletion answered NOT_FOUND left the terminal as the server wants it (a retry of a deletion
+    applied late, a user the terminal never got): it is recorded as done, with that said, not as
+    a refusal."""
     rows, kept = [], []
     applied = 0
     for result in results:
         if result.status == UserStatus.OK:
             applied += 1
             rows.append(sync_event_row(applied_type, terminal_id, result.user_id, at_ms=now_ms))
+        elif result.status == UserStatus.NOT_FOUND and applied_type == DELETED_BY_SERVER:
+            applied += 1
+            rows.append(sync_event_row(applied_type, terminal_id, result.user_id, NOT_HELD, at_ms=now_ms))
         elif result.status == UserStatus.LOCAL_CHANGE_PENDING:
             log.info("terminal {tid} keeps its own change of user {user}: a pull of it is owed", tid=terminal_id, user=result.user_id)
             kept.append(result.user_id)
