@@ -62,6 +62,9 @@ class Activity:
     read_rows = 100_000  # at most per read; a backlog is caught up over a few seconds
     history_rows = 100_000  # read back when the figures begin, so the charts do not begin empty
     max_changes = 100_000
+    # A change's propagation ends at its last apply before a pause this long: an apply after it is
+    # the change delivered again (a terminal that came online later, a sync-mode switch), not its spread.
+    redelivery_pause_ms = 10_000
 
     def __init__(self, db, clock):
         self._db = db
@@ -148,8 +151,13 @@ class Activity:
         for user_id, type_, occurred_ms, recorded_ms in read.changes:
             if type_ == APPLIED_BY_DEVICE:
                 change = self._changes.get(user_id)
-                if change is not None:
-                    change.last_apply_ms = max(change.last_apply_ms or 0, recorded_ms)
+                if change is None:
+                    continue
+                if change.last_apply_ms is not None and recorded_ms - change.last_apply_ms > self.redelivery_pause_ms:
+                    self._seal(change)  # delivered again: the change's figure stays where its spread ended
+                    del self._changes[user_id]
+                    continue
+                change.last_apply_ms = max(change.last_apply_ms or 0, recorded_ms)
             else:
                 change = self._changes.get(user_id)
                 if change is None or change.last_apply_ms is not None:  # a new change once the last one arrived somewhere

@@ -98,6 +98,18 @@ def test_each_tick_reads_only_what_was_stored_since_and_a_new_change_is_timed_fr
     assert [p for p in series["propagation_p99_ms"] if p is not None] == [900, 1000]  # the oldest waiting edit is timed
 
 
+def test_a_change_delivered_again_after_a_pause_keeps_the_propagation_of_its_spread(tmp_path):
+    """A terminal that comes online minutes later (or a sync-mode switch) gets the user again: not propagation."""
+    activity, db, clock = activity_at(f"sqlite:///{tmp_path / 'gateway.db'}", 1300.0)
+    db.store(terminal_event("UPDATE_SUCCESS", "u", 1000_000, 1000_100),
+             sync_event(APPLIED_BY_DEVICE, "u", 1000_400),
+             sync_event(APPLIED_BY_DEVICE, "u", 1008_000),   # a slow terminal, within the pause: still the spread
+             sync_event(APPLIED_BY_DEVICE, "u", 1278_000))   # a terminal back online four minutes later
+    series = shown(activity, 300)
+    assert [p for p in series["propagation_p99_ms"] if p is not None] == [8000]
+    assert series["totals"]["changes_propagated"] == 1 and sum(series["user_deliveries"]) == 3  # the delivery still counts
+
+
 def test_seconds_older_than_the_window_are_forgotten_and_a_restart_reads_history_back(tmp_path):
     activity, db, clock = activity_at(f"sqlite:///{tmp_path / 'gateway.db'}", 1001.0)
     db.store(*[terminal_event("VERIFY_SUCCESS", "v", 1000_000, 1000_000 + n, Credential.CARD) for n in range(5)])
