@@ -90,9 +90,11 @@ _INT64 = {"type": "integer", "minimum": -MAX_INTEGER, "maximum": MAX_INTEGER}
 
 def parse_integer(text: str, name: str) -> int:
     """A decimal integer that fits the database's 64-bit columns; 400 otherwise."""
-    if not (text.lstrip("-").isascii() and text.lstrip("-").isdigit()) or len(text) > 20:
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
         raise ApiError(400, f"{name} must be an integer, got {text[:40]!r}")
-    value = int(text)
+    # Past 19 digits it is out of range whatever it says, and said so without converting all of it.
+    value = int(text) if len(digits) <= 19 else (MAX_INTEGER + 1) * (-1 if text.startswith("-") else 1)
     check(_INT64, value, name)
     return value
 
