@@ -17,8 +17,26 @@ def test_repeated_lines_of_one_kind_from_one_source_are_summarised_per_period():
     assert said.lines == ["refused connection 0 from 127.0.0.1", "refused connection from 10.0.0.1"]
     clock.advance(10)
     assert said.lines[2:] == ["312 more refused connections from 127.0.0.1 in the last 10 s"]
+    clock.pump([10, 10])  # both quiet for a whole span: forgotten, and said in full when they come again
     lines.warn("refused connections", "127.0.0.1", "refused connection again")
-    assert said.lines[-1] == "refused connection again"
+    assert said.lines[-1] == "refused connection again" and len(said.lines) == 4
+    assert len(clock.getDelayedCalls()) == 1  # one timer for all sources
+
+
+def test_a_source_that_keeps_on_is_summarised_ever_less_often_up_to_a_cap():
+    """A terminal redialling with a wrong secret every 2 s for an hour: a handful of lines, not 720."""
+    clock, said = task.Clock(), Said()
+    lines = RepeatedLines(said, clock, period_s=10, max_span_s=80)
+    for _ in range(1800):
+        lines.warn("refused connections", "10.0.0.9", "refused connection from 10.0.0.9")
+        clock.advance(2)
+    assert said.lines[:5] == ["refused connection from 10.0.0.9",
+                              "4 more refused connections from 10.0.0.9 in the last 10 s",
+                              "10 more refused connections from 10.0.0.9 in the last 20 s",
+                              "20 more refused connections from 10.0.0.9 in the last 40 s",
+                              "40 more refused connections from 10.0.0.9 in the last 80 s"]
+    assert set(said.lines[5:]) == {"40 more refused connections from 10.0.0.9 in the last 80 s"}  # capped
+    assert len(said.lines) == 5 + (3600 - 150) // 80
 
 
 def test_the_sources_remembered_in_one_period_are_bounded():
