@@ -10,12 +10,15 @@ EVERYONE = lambda groups: True  # noqa: E731 - a sync mode that sends every user
 DELETED, EDITED = "DELETE_SUCCESS", "UPDATE_SUCCESS"
 
 
-def row(digest: bytes | None, change_seq: int = 1, groups=frozenset()):
-    return SimpleNamespace(digest=digest, change_seq=change_seq, access_groups=groups)
+TERMINAL = 7
+
+
+def row(digest: bytes | None, change_seq: int = 1, groups=frozenset(), holder=None):
+    return SimpleNamespace(digest=digest, change_seq=change_seq, access_groups=groups, holder_terminal=holder)
 
 
 def test_a_targeted_user_held_in_another_version_differs_and_one_not_held_is_missing():
-    found = compare({"a": row(b"A"), "b": row(b"B"), "c": row(b"C")}, {"a": b"old", "c": b"C"}, set(), 5, EVERYONE, pulls=True)
+    found = compare({"a": row(b"A"), "b": row(b"B"), "c": row(b"C")}, {"a": b"old", "c": b"C"}, set(), 5, TERMINAL, EVERYONE, pulls=True)
     assert (found.differing, found.missing, found.compared) == (["a"], ["b"], 3)
 
 
@@ -23,13 +26,20 @@ def test_what_the_terminal_holds_and_should_not():
     server = {"gone": row(None), "other": row(b"O", groups=frozenset({9}))}
     held = {"gone": b"x", "other": b"O", "new": b"N"}
     targets = lambda groups: 9 not in groups  # noqa: E731
-    assert compare(server, held, set(), 5, targets, pulls=True) == Comparison(3, [], [], ["gone"], ["new"], {"other": NOT_TARGETED})
-    assert compare(server, held, set(), 5, targets, pulls=False).differences == {"other": NOT_TARGETED, "new": ONLY_ON_TERMINAL}
+    assert compare(server, held, set(), 5, TERMINAL, targets, pulls=True) == Comparison(3, [], [], ["gone"], ["new"], {"other": NOT_TARGETED})
+    assert compare(server, held, set(), 5, TERMINAL, targets, pulls=False).differences == {"other": NOT_TARGETED, "new": ONLY_ON_TERMINAL}
 
 
 def test_a_change_being_pulled_or_delivered_is_not_judged():
-    found = compare({"owed": row(b"A"), "later": row(b"B", change_seq=9)}, {}, {"owed"}, 5, EVERYONE, pulls=True)
+    found = compare({"owed": row(b"A"), "later": row(b"B", change_seq=9)}, {}, {"owed"}, 5, TERMINAL, EVERYONE, pulls=True)
     assert (found.missing, found.compared) == ([], 0)
+
+
+def test_a_version_taken_whole_from_this_terminal_is_judged_before_the_cursor_passes_it():
+    """The pusher never sends a terminal its own copy back: waiting for it would leave a wiped device without it."""
+    server = {"own": row(b"A", change_seq=9, holder=TERMINAL), "other": row(b"B", change_seq=9, holder=8)}
+    found = compare(server, {}, set(), 5, TERMINAL, EVERYONE, pulls=True)
+    assert (found.missing, found.compared) == (["own"], 1)
 
 
 def test_the_keypad_decides_what_is_repaired():

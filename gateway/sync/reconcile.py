@@ -113,6 +113,7 @@ class ServerUser:
     change_seq: int
     digest: bytes | None  # None: deleted on the server
     access_groups: frozenset[int]
+    holder_terminal: int | None  # the terminal whose own copy this version is: the pusher never sends it there
 
 
 class Reconciler:
@@ -249,7 +250,8 @@ class Reconciler:
             return self._keep(term.terminal_id, found)
         server = yield self._server_users()
         owed = set((yield self._db.read(owed_pulls, term.terminal_id)))
-        first = compare(server, held, owed, cursor, lambda groups: mode.targets(groups, term.access_groups), mode.pulls_device_updates)
+        first = compare(server, held, owed, cursor, term.terminal_id, lambda groups: mode.targets(groups, term.access_groups),
+                        mode.pulls_device_updates)
         found.compared += first.compared
         found.differences.update(first.differences)
         # A terminal that holds part of a record (ZK) digests that part: what it holds may be
@@ -359,8 +361,9 @@ class Reconciler:
 
 def _server_users(conn) -> dict[str, ServerUser]:
     """Every user the server knows, deletion tombstones included."""
-    rows = conn.execute(select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups))
-    return {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups))
+    rows = conn.execute(select(users.c.user_id, users.c.change_seq, users.c.record, users.c.access_groups, users.c.holder_terminal))
+    return {r.user_id: ServerUser(r.change_seq, record_digest(r.record) if r.record is not None else None, parse_groups(r.access_groups),
+                                  r.holder_terminal)
             for r in rows}
 
 
@@ -390,17 +393,19 @@ class Comparison:
     differences: dict[str, str] = field(default_factory=dict)  # left as they are, and why
 
 
-def compare(server: dict, held: dict[str, bytes], owed: set[str], cursor: int, targets, pulls: bool) -> Comparison:
+def compare(server: dict, held: dict[str, bytes], owed: set[str], cursor: int, terminal_id: int, targets, pulls: bool) -> Comparison:
     """The users a terminal and the server disagree on, by what each holds. ``server``: user id ->
-    its row (``digest`` None for a tombstone, ``change_seq``, ``access_groups``); ``targets(groups)``:
-    whether the sync mode sends users of these groups to this terminal. A user whose keypad change
-    is being pulled (``owed``) or whose newer version the pusher is delivering is not judged."""
+    its row (``digest`` None for a tombstone, ``change_seq``, ``access_groups``, ``holder_terminal``);
+    ``targets(groups)``: whether the sync mode sends users of these groups to this terminal. A
+    user whose keypad change is being pulled (``owed``) or whose newer version the pusher is
+    delivering is not judged; a version taken whole from this terminal is, as the pusher never
+    sends it back (a device wiped right after its enrolments were pulled would miss them)."""
     found = Comparison()
     for user_id in sorted(set(server) | set(held)):
         if user_id in owed:
             continue
         mine = server.get(user_id)
-        if mine is not None and mine.change_seq > cursor:
+        if mine is not None and mine.change_seq > cursor and mine.holder_terminal != terminal_id:
             continue
         found.compared += 1
         targeted = mine is not None and mine.digest is not None and targets(mine.access_groups)
