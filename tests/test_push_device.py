@@ -2,6 +2,8 @@
 requests go in as the listener hands them over, time is a task.Clock, and the event log, the
 holdings and the registry are small fakes that record what they were given."""
 
+import threading
+
 from twisted.internet import defer, task
 
 from gateway.sync.connection import UserResult
@@ -9,9 +11,10 @@ from gateway.sync.monitor import LOG_RESTARTED, PUSH_REFUSED
 from gateway.push.device import LINES_SKIPPED, USER_MISSING, DeviceGone, PushDevice
 from gateway.push.queue import StoredCommand
 from gateway.zk.holdings import Holdings
+from gateway.zk.mapping import PinHashes
 from protocol.events import EventCode, Origin
 from protocol.messages import UserStatus
-from protocol.records import Card, CardType, UserRecord, UserRecordWire, record_digest
+from protocol.records import Card, CardType, UserRecord, UserRecordWire, hash_pin, record_digest
 from protocol.zk.push.commands import parse_commands
 from protocol.zk.push.server import PushServer, PushTiming, QueueFull, Request
 
@@ -109,7 +112,7 @@ class Counter:
 
 
 def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reason=lambda terminal_id, reason: None, commands=None,
-         max_commands=4096, first_id=1, push_version="auto"):
+         max_commands=4096, first_id=1, push_version="auto", in_thread=defer.maybeDeferred):
     clock = task.Clock()
     clock.advance(1_700_000_000)
     events, store, presence, skipped = Events(), Store(seen, stored), Presence(), Counter()
@@ -117,7 +120,7 @@ def make(seen=None, stored=(), command_s=60.0, offline_s=600.0, on_offline_reaso
     device = PushDevice(TID, PushServer(SN, timing, first_id=first_id), clock=clock, store=store,
                         commands=commands if commands is not None else Commands(), events=events, presence=presence,
                         offline_s=offline_s, metrics=skipped, refusals=skipped.labels("refused"), on_offline_reason=on_offline_reason,
-                        dialect=push_version)
+                        dialect=push_version, in_thread=in_thread)
     return device, clock, events, store, presence, store, skipped  # the store twice: its holdings, its writes
 
 
@@ -207,6 +210,39 @@ def test_a_keypad_enrolment_is_announced_and_its_pull_answered_from_the_upload()
     assert fetched[0].missing == ["78"]
     assert fetch_commands(device) == []  # no second round trip
     assert "77" in holdings.seen
+
+
+def test_passwords_are_hashed_off_the_reactor_thread_for_a_pull_and_for_a_write_that_compares_them(monkeypatch):
+    """PBKDF2 is about 2 ms: a PUSH device uploading its people must not stall every other terminal."""
+    reactor_thread, on_reactor, threaded = threading.current_thread(), [], []
+    monkeypatch.setattr("gateway.push.device.pin_hash", PinHashes())  # what an earlier test hashed is not known here
+    monkeypatch.setattr("gateway.zk.mapping.hash_pin",
+                        lambda user_id, pin: (on_reactor.append(pin) if threading.current_thread() is reactor_thread else None)
+                        or hash_pin(user_id, pin))
+
+    def in_thread(work, *args):  # another thread, waited for: what a pool does, without a reactor
+        threaded.append(work.__name__)
+        result = []
+        worker = threading.Thread(target=lambda: result.append(work(*args)))
+        worker.start()
+        worker.join()
+        return defer.succeed(result[0])
+
+    device, *_ = make(in_thread=in_thread)
+    list_users(device, "USER PIN=77\tName=Ana\tPri=0\tPasswd=2580\tCard=\tGrp=1\tTZ=0001\tVerify=0")
+    fetched = fired(device.fetch_users(["77"]))
+    assert fetched.users[0].pin_hash == hash_pin("77", "2580")
+    record = UserRecordWire.build(UserRecord("77", name="Ana Lima", pin_hash=hash_pin("77", "2580")))
+    assert fired(device.put_users([record], keep_local_changes=False)) == [UserResult("77", UserStatus.OK)]
+    assert "Passwd=2580" in fetch_commands(device)[0].text, "the PIN matched: the device keeps its password"
+    assert threaded == ["hash_pins"] and on_reactor == [], "hashed once, in a thread; the write found it known"
+
+
+def fired(d: defer.Deferred):
+    done = []
+    d.addBoth(done.append)
+    assert done, "not fired"
+    return done[0]
 
 
 def answer(device, *commands, code=0):

@@ -8,12 +8,15 @@ conversation itself is protocol/zk/push/.
 and kept while the gateway runs (what it knows of the device outlives its online periods).
 """
 
+import functools
 import time
 
 from msgspec import UNSET
 from prometheus_client import Counter
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from gateway.native.accept import LISTEN_BACKLOG
 from gateway.push.device import PushDevice
@@ -22,6 +25,7 @@ from gateway.push.listener import push_site
 from gateway.push.queue import CommandStore
 from gateway.push.settings import parse_push
 from gateway.native.tls import server_options
+from gateway.zk.mapping import PIN_THREADS
 from gateway.zk.store import DatabaseStore
 from protocol.zk.push.server import CommandsWanted, InitRequested, PushServer, PushTiming, Registered
 
@@ -44,6 +48,8 @@ class PushService:
         self.timing = PushTiming(delay_s=entry.delay_s, error_delay_s=entry.error_delay_s, realtime=entry.realtime,
                                  timezone_h=entry.timezone_h, command_s=entry.command_s)
         self.devices: dict[str, PushDevice] = {}
+        # PIN hashes of pulled and compared passwords (PBKDF2, about 2 ms each) on threads of their own, as ZK devices'
+        self._pins = ThreadPool(0, PIN_THREADS, name="push-pins")
         # Command ids differ from one start to the next: a result for a command of the last run matches none of this one's.
         self._first_id = int(time.time()) % 100_000 * 10_000 + 1
         self.port = None
@@ -58,6 +64,7 @@ class PushService:
             self.port = self._reactor.listenTCP(entry.port, site, backlog=LISTEN_BACKLOG, interface=entry.host)
         log.info("listening for PUSH devices on {scheme}://{host}:{port}/iclock/", scheme="https" if entry.cert is not UNSET else "http",
                  host=entry.host, port=self.port.getHost().port)
+        self._pins.start()
         return self.port
 
     @defer.inlineCallbacks
@@ -66,6 +73,7 @@ class PushService:
             yield self.port.stopListening()
         for device in self.devices.values():
             device.close("gateway stopping")
+        self._pins.stop()
 
     def terminal_online(self, terminal_id: int) -> None:
         """Nothing to do: a PUSH device is online while it calls in, as its PushDevice sees."""
@@ -98,5 +106,6 @@ class PushService:
             device = self.devices[serial] = PushDevice(
                 self.door.terminal_id(serial), server, clock=self._reactor, store=self._store, commands=self._commands,
                 events=self._events, presence=self._registry, offline_s=self.entry.silent_s, timezone_h=self.entry.timezone_h,
-                metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason, dialect=entry.push_version)
+                metrics=self._skipped, refusals=self._refusals, on_offline_reason=self._registry.offline_reason, dialect=entry.push_version,
+                in_thread=functools.partial(deferToThreadPool, self._reactor, self._pins))
         return device.handle(request, address)

@@ -43,7 +43,7 @@ from gateway.sync.monitor import CHANGE_DROPPED, LOG_RESTARTED, PUSH_REFUSED, re
 from gateway.zk.attendance import CREDENTIALS
 from gateway.zk.store import ZkStore
 from gateway.zk.writes import server_record
-from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, holdable_copy, template_format, to_device, to_server
+from gateway.zk.mapping import DeviceProfile, Unfit, held_digest, holdable_copy, pin_hash, pin_pair, template_format, to_device, to_server
 from gateway.zk.poller import ChangeTracker
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import Event, EventCode, Origin
@@ -114,7 +114,7 @@ class PushDevice:
 
     def __init__(self, terminal_id: int, server: PushServer, *, clock, store: ZkStore, commands, events, presence, offline_s: float,
                  timezone_h: int = 0, metrics=None, refusals=None, on_offline_reason=lambda terminal_id, reason: None,
-                 dialect: str = "auto"):
+                 dialect: str = "auto", in_thread=defer.maybeDeferred):
         self.terminal_id = terminal_id
         self.server = server
         self.memory = DeviceMemory()
@@ -132,6 +132,7 @@ class PushDevice:
         self._metrics = metrics
         self._refusals = refusals  # counts puts and deletes the device refused or never answered (the pusher's push_refused)
         self._on_offline_reason = on_offline_reason  # why it is offline, for the page and the API
+        self._in_thread = in_thread  # runs PIN hashes (PBKDF2, about 2 ms each) off the reactor thread
         self._tracker = ChangeTracker({})
         self._written: dict[str, bytes] = {}  # user id -> digest of the server record the seen copy was written from
         self._profile = DeviceProfile()
@@ -582,10 +583,18 @@ class PushDevice:
     # -- TerminalConnection: pulls -------------------------------------------------------------------
 
     def fetch_users(self, user_ids: list[str]) -> defer.Deferred:
-        """The copies the device uploaded (after the keypad change that asked for the pull)."""
-        return self._when_listed().addCallback(lambda _: self._fetched(user_ids))
+        """The copies the device uploaded (after the keypad change that asked for the pull), their
+        passwords' PIN hashes made first off the reactor thread, as a ZK device's are."""
+        d = self._when_listed()
+        d.addCallback(lambda _: pin_hash.made(self._pin_pairs(user_ids), self._in_thread))
+        return d.addCallback(lambda hashes: self._fetched(user_ids, hashes))
 
-    def _fetched(self, user_ids: list[str]) -> FetchedUsers:
+    def _pin_pairs(self, user_ids) -> set[tuple[str, str]]:
+        """(user id, password) of the copies the device holds of these users that hold one."""
+        lines = (self._device_copy(user_id)[0] for user_id in user_ids)
+        return {pair for pair in (pin_pair(_as_user(line)) for line in lines if line is not None) if pair is not None}
+
+    def _fetched(self, user_ids: list[str], hashes: dict[tuple[str, str], bytes]) -> FetchedUsers:
         records, missing, seen = [], [], {}
         for user_id in user_ids:
             line = self.memory.users.get(user_id)
@@ -595,7 +604,7 @@ class PushDevice:
             user, templates, pieces = _as_user(line), self._templates(user_id), self.memory.fingers.get(user_id, {})
             faces, photo, refused = server_faces(pieces)
             try:
-                record = replace(to_server(user, templates, self._profile), faces=faces, photo=photo).validate()
+                record = replace(to_server(user, templates, self._profile, hashes), faces=faces, photo=photo).validate()
             except MessageError as exc:
                 log.warn("PUSH device {sn}: user {user} cannot be pulled: {e}", sn=self.server.serial, user=user_id, e=exc)
                 missing.append(user_id)
@@ -641,8 +650,11 @@ class PushDevice:
     # -- TerminalConnection: pushes --------------------------------------------------------------------
 
     def put_users(self, records: list[bytes], keep_local_changes: bool) -> defer.Deferred:
+        """Each record as commands for the device; where the server has a PIN and the device's copy
+        a password, the password's hash (to compare them) is made first off the reactor thread."""
         d = self._when_listed()
-        d.addCallback(lambda _: defer.gatherResults([self._put(raw, keep_local_changes) for raw in records], consumeErrors=True))
+        d.addCallback(lambda _: pin_hash.made(self._pin_pairs(_pinned(records)), self._in_thread))
+        d.addCallback(lambda hashes: defer.gatherResults([self._put(raw, keep_local_changes, hashes) for raw in records], consumeErrors=True))
         return d.addErrback(_first_error)
 
     def delete_users(self, user_ids: list[str]) -> defer.Deferred:
@@ -650,7 +662,7 @@ class PushDevice:
         d.addCallback(lambda _: defer.gatherResults([self._delete(u) for u in user_ids], consumeErrors=True))
         return d.addErrback(_first_error)
 
-    def _put(self, raw: bytes, keep_local_changes: bool) -> defer.Deferred:
+    def _put(self, raw: bytes, keep_local_changes: bool, hashes: dict[tuple[str, str], bytes]) -> defer.Deferred:
         record = server_record(raw)
         user_id = record.user_id
         if record.disabled:  # a ZK record cannot say "disabled": such a person is not on the device
@@ -660,7 +672,7 @@ class PushDevice:
         held_line, held_fingers = self._device_copy(user_id)
         held = _as_user(held_line) if held_line is not None else None
         try:
-            user, templates = to_device(record, 0, held, self._profile)
+            user, templates = to_device(record, 0, held, self._profile, hashes)
         except Unfit as exc:
             log.warn("PUSH device {sn}: user {user} not sent: {why}", sn=self.server.serial, user=user_id, why=exc)
             return defer.succeed(UserResult(user_id, UserStatus.INVALID))
@@ -852,6 +864,19 @@ class PushDevice:
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
+
+
+def _pinned(records: list[bytes]) -> list[str]:
+    """The users of these records that carry a PIN (a record that does not parse is refused by ``_put``)."""
+    pinned = []
+    for raw in records:
+        try:
+            record = server_record(raw)
+        except MessageError:
+            continue
+        if record.pin_hash is not None:
+            pinned.append(record.user_id)
+    return pinned
 
 
 def _as_user(line: UserLine) -> User:

@@ -28,7 +28,7 @@ from gateway.zk.attendance import AttendanceReading
 from gateway.zk.clock import SET_AFTER_S, DeviceClock
 from gateway.zk.copies import NO_TEMPLATES, ChangeDetection
 from gateway.zk.driver import BUSY, DeviceLost, DeviceRefused, ZkLink
-from gateway.zk.mapping import (CardField, DeviceProfile, device_record, hash_pins, held_digest, held_view, holdable_copy, id_width, pin_hash, pin_pair,
+from gateway.zk.mapping import (CardField, DeviceProfile, device_record, held_digest, held_view, holdable_copy, id_width, pin_hash, pin_pair,
                                 template_format, to_server)
 from gateway.zk.poller import ChangeTracker, PollPlan, PollTiming
 from gateway.zk.store import ZkStore
@@ -504,13 +504,7 @@ class ZkConnection(ChangeDetection, AttendanceReading, WritePasses):
             lambda hashes: self._fetched(user_ids, hashes))
 
     def _pin_hashes(self, pairs: set[tuple[str, str]]) -> defer.Deferred:
-        """The PIN hashes of these (user id, password) pairs, for the pull or write pass that
-        keeps them: those not in the cache made in a thread (``in_thread``), then learnt."""
-        known = pin_hash.known(pairs)
-        unhashed = pairs - known.keys()
-        if not unhashed:
-            return defer.succeed(known)
-        return self._in_thread(hash_pins, unhashed).addCallback(lambda hashed: pin_hash.learn(hashed) or {**known, **hashed})
+        return pin_hash.made(pairs, self._in_thread)
 
     def _fetched(self, user_ids: list[str], hashes: dict[tuple[str, str], bytes]) -> FetchedUsers:
         records, missing, seen = [], [], {}

@@ -11,7 +11,7 @@ from gateway.zk.clock import DeviceClock
 from gateway.zk.config import ZkEntry, ZkSession, parse_zk
 from gateway.zk.connection import ZkTiming
 from gateway.zk.driver import LinkSettings
-from gateway.zk.mapping import CardField
+from gateway.zk.mapping import PIN_THREADS, CardField
 from gateway.zk.store import DatabaseStore
 from gateway.zk.poller import PollTiming
 from gateway.zk.terminal import ZkTerminal
@@ -40,9 +40,6 @@ class ZkKind:
                        released=e.session is ZkSession.RELEASED, in_thread=in_thread)
             for e in (parse_zk(entry) for entry in entries or [])
         ], pins)
-
-
-PIN_THREADS = 2  # PBKDF2 lets go of the GIL: two hash at once beside the reactor thread
 
 
 class ZkServing(ServingEach):

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from twisted.internet import defer
+
 from protocol.errors import MessageError
 from protocol.records import (
     MAX_FOREIGN_TEMPLATE,
@@ -73,6 +75,16 @@ class PinHashes:
             self._known.move_to_end(pair)
         return found
 
+    def made(self, pairs: set[tuple[str, str]], in_thread) -> defer.Deferred:
+        """The PIN hashes of these (user id, password) pairs, for the pull or write pass that
+        keeps them: those not known made by ``hash_pins`` on a thread (``in_thread``, as
+        ``deferToThreadPool`` without its first two arguments), then learnt."""
+        known = self.known(pairs)
+        unhashed = pairs - known.keys()
+        if not unhashed:
+            return defer.succeed(known)
+        return in_thread(hash_pins, unhashed).addCallback(lambda hashed: self.learn(hashed) or {**known, **hashed})
+
     def learn(self, hashed: Mapping[tuple[str, str], bytes]) -> None:
         self._known.update(hashed)
         for key in hashed:
@@ -88,6 +100,7 @@ def hash_pins(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
 
 
 pin_hash = PinHashes()
+PIN_THREADS = 2  # PBKDF2 lets go of the GIL: two hash at once beside the reactor thread
 NO_HASHES: Mapping[tuple[str, str], bytes] = MappingProxyType({})
 
 
