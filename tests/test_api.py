@@ -415,8 +415,10 @@ class BadInputTests(ApiTestCase):
     def test_bad_paths_methods_and_parameters_get_a_clear_4xx(self):
         yield self.assert_error("GET", "/api/events?limit=0", 400, "limit must be from 1 to 1000")
         yield self.assert_error("GET", "/api/events?limit=many", 400, "limit must be an integer")
-        yield self.assert_error("GET", f"/api/events?after={10**20}", 400, "after must be from")
-        yield self.assert_error("GET", f"/api/events?after=-{10**300}", 400, "after must be from")
+        yield self.assert_error("GET", f"/api/events?after={10**20}", 400, "after must be from 0 to")
+        yield self.assert_error("GET", f"/api/events?after=-{10**300}", 400, "after must be from 0 to")
+        yield self.assert_error("GET", f"/api/events?limit={10**30}", 400, "limit must be from 1 to 1000")
+        yield self.assert_error("GET", "/api/stream", 400, "Last-Event-ID must be from 0", headers=[("Last-Event-ID", "-5")])
         yield self.assert_error("GET", "/api/events?after=--5", 400, "after must be an integer")
         yield self.assert_error("GET", f"/api/events?after={2**63}", 400, "after must be from")
         yield self.assert_error("GET", "/api/events?after=-1", 400, "after must be")

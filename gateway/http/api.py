@@ -80,21 +80,21 @@ class Param:
             return text
         if self.kind == "time":
             return parse_time(text, self.name)
-        value = parse_integer(text, self.name)
-        check(self.schema, value, self.name)
-        return value
+        return parse_integer(text, self.name, self.schema)
 
 
 _INT64 = {"type": "integer", "minimum": -MAX_INTEGER, "maximum": MAX_INTEGER}
 
 
-def parse_integer(text: str, name: str) -> int:
-    """A decimal integer that fits the database's 64-bit columns; 400 otherwise."""
+def parse_integer(text: str, name: str, schema: dict = _INT64) -> int:
+    """A decimal integer within ``schema``'s bounds (none wider than the database's 64-bit
+    columns); 400 otherwise, naming those bounds."""
     digits = text.removeprefix("-")
     if not (digits.isascii() and digits.isdigit()):
         raise ApiError(400, f"{name} must be an integer, got {text[:40]!r}")
     # Past 19 digits it is out of range whatever it says, and said so without converting all of it.
     value = int(text) if len(digits) <= 19 else (MAX_INTEGER + 1) * (-1 if text.startswith("-") else 1)
+    check(schema, value, name)
     check(_INT64, value, name)
     return value
 

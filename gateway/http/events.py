@@ -112,12 +112,15 @@ def list_event_types(call):
     return {"types": types + [{"type": t, "sync": False, "short": None} for t in TERMINAL_TYPES]}
 
 
+_REPLAY_AFTER = Param("after", "integer", "replay stored events after this id first (also the Last-Event-ID header)", minimum=0)
+
+
 def follow_events(call):
     """Server-sent events: each newly stored event matching the filter, as it is stored."""
     after = call.params["after"]
     last_id = call.request.getHeader("last-event-id")  # an EventSource resuming: newer than its URL's "after"
     if last_id:
-        after = parse_integer(last_id, "Last-Event-ID")
+        after = parse_integer(last_id, "Last-Event-ID", _REPLAY_AFTER.schema)
     return call.stream.subscribe(call.request, event_filter(call.params), after)
 
 
@@ -142,7 +145,7 @@ ROUTES = [
         "/api/stream",
         follow_events,
         "Server-sent events (text/event-stream): each new event matching the filter, as JSON in 'data', its id in 'id'",
-        FILTER_PARAMS + (Param("after", "integer", "replay stored events after this id first (also the Last-Event-ID header)", minimum=0),),
+        FILTER_PARAMS + (_REPLAY_AFTER,),
         returns="Stream",
         reads_memory=False,  # its unsaved events come as the snapshots do (SnapshotFollower reads them while it has listeners)
     ),
