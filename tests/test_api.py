@@ -412,6 +412,12 @@ class BadInputTests(ApiTestCase):
         self.assertIn("validity period ends before it starts", edit["responses"]["400"]["description"])
 
     @defer.inlineCallbacks
+    def test_an_operation_without_parameters_lists_the_400_an_unknown_one_gets(self):
+        document = yield self.get("/api/openapi.json")
+        yield self.assert_error("GET", "/api/sync?x=1", 400, "unknown query parameter 'x'")
+        self.assertIn("400", document["paths"]["/api/sync"]["get"]["responses"])
+
+    @defer.inlineCallbacks
     def test_bad_paths_methods_and_parameters_get_a_clear_4xx(self):
         yield self.assert_error("GET", "/api/events?limit=0", 400, "limit must be from 1 to 1000")
         yield self.assert_error("GET", "/api/events?limit=many", 400, "limit must be an integer")

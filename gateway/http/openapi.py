@@ -320,6 +320,8 @@ def _errors(route: Route) -> dict[int, str]:
     errors = {503: "the database is unavailable; retry shortly"}
     if route.params or route.body is not None:
         errors[400] = "a parameter or the body breaks a rule (the message says which)"
+    else:
+        errors[400] = "a query parameter was given: this operation takes none"
     if route.writes:
         errors.update({401: "no bearer token", 403: "wrong token, or writes disabled"})
     if route.body is not None:
