@@ -431,6 +431,8 @@ class BadInputTests(ApiTestCase):
         yield self.assert_error("GET", "/api/events?since=%C2%B2", 400, "since must be")
         yield self.assert_error("GET", "/api/stream", 400, "Last-Event-ID must be an integer", headers=[("Last-Event-ID", "x")])
         yield self.assert_error("GET", "/api/events?colour=red", 400, "unknown query parameter 'colour'")
+        yield self.assert_error("GET", "//nope", 404, "nothing at //nope")
+        yield self.assert_error("GET", "//api/users", 404, "nothing at //api/users")
         yield self.assert_error("GET", "/api/events?since=yesterday", 400, "since must be milliseconds since the epoch or an ISO 8601 time")
         yield self.assert_error("GET", "/api/events?user=a&user=b", 400, "user may be given once")
         yield self.assert_error("GET", "/api/nowhere", 404, "no such API endpoint")

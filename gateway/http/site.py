@@ -109,13 +109,13 @@ class JsonError(resource.Resource):
 
 class Root(resource.Resource):
     def getChild(self, name, request):
-        return self._nothing(request)
+        return self.nothing(request)
 
     def render(self, request):  # the folder itself (/page): Twisted's own answer would be an HTML page
-        return self._nothing(request).render(request)
+        return self.nothing(request).render(request)
 
     @staticmethod
-    def _nothing(request) -> JsonError:
+    def nothing(request) -> JsonError:
         return JsonError(404, f"nothing at {request.path.decode('latin-1')}; the page is at /")
 
 
@@ -156,6 +156,8 @@ class GatewaySite(ConnectionsPerAddress, server.Site):
         # reaching in through DNS rebinding: reads would leak to it, so nothing is served.
         if self.loopback_only and not is_loopback(request.getRequestHostname().decode("latin-1").strip("[]")):
             return JsonError(403, "this gateway answers requests for localhost or 127.0.0.1 only (Host header)")
+        if request.path.startswith(b"//"):  # an empty first segment would reach the page's index, whatever followed
+            return Root.nothing(request)
         return super().getResourceFor(request)
 
     def getContentFile(self, length):
