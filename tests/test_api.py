@@ -449,6 +449,8 @@ class BadInputTests(ApiTestCase):
     def test_hostile_input_gets_a_clear_400_never_a_500(self):
         plain = "no control or bidirectional-control characters"
         yield self.assert_error("POST", "/api/users", 400, "lone surrogate", raw=b'{"user_id":"\\ud800"}')
+        yield self.assert_error("POST", "/api/users", 400, "names 'user_id' twice", raw=b'{"user_id":"u1","user_id":"u2"}')
+        yield self.assert_error("POST", "/api/users", 400, "a number of 5000 digits", raw=b'{"user_id":"big","security_level":' + b"9" * 5000 + b"}")
         yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b"[" * 30_000 + b"]" * 30_000)
         yield self.assert_error("POST", "/api/users", 400, "nests deeper than", raw=b'{"user_id":"x","name":' + b"[" * 20 + b"]" * 20 + b"}")
         yield self.assert_error("GET", "/api/users?search=%00", 400, f"search holds a control character (U+0000) at character 1: {plain}")

@@ -270,7 +270,7 @@ class ApiResource(resource.Resource):
         except UnicodeDecodeError as exc:
             raise ApiError(400, f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
         try:
-            body = json.loads(text, parse_float=_number)
+            body = json.loads(text, parse_float=_number, parse_int=_integer, object_pairs_hook=_object)
         except ValueError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         except RecursionError:
@@ -309,6 +309,24 @@ def _number(text: str) -> int | float:
     """JSON Schema calls 1.0 an integer, so the API takes it as one: as the int it is."""
     value = float(text)
     return int(value) if value.is_integer() else value
+
+
+def _integer(text: str) -> int:
+    """An integer no field can hold (over 19 digits) is refused before Python converts it."""
+    digits = len(text.lstrip("-"))
+    if digits > 19:
+        raise ApiError(400, f"request body holds a number of {digits} digits: no field holds more than 19")
+    return int(text)
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object; one naming a key twice is refused (which of the two was meant?)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ApiError(400, f"request body names {twice[:40]!r} twice in one object")
+    return found
 
 
 def _plain_json(body) -> None:
