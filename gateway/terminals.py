@@ -353,6 +353,15 @@ class TerminalRegistry:
                 self._claims.release(term.terminal_id)
         self._on_offline(connection)
 
+    def refused(self, terminal_id: int, description: str, reason: str) -> bool:
+        term = self.terminals.get(terminal_id)
+        if term is None:
+            return False
+        if term.connection is None:  # a refused stranger claiming an online terminal's id changes nothing shown
+            term.link = description
+            term.offline_reason = f"refused: {reason}"
+        return True
+
     def offline_reason(self, terminal_id: int, reason: str) -> None:
         """Why a terminal's link ended or could not be made (drivers that know say so), for people."""
         term = self.terminals.get(terminal_id)

@@ -168,6 +168,9 @@ class FakeGateway:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET.encode()
 
+    def refused(self, terminal_id, description, reason):
+        return terminal_id < 900
+
     def begin_log(self, terminal_id, log_epoch):
         return defer.succeed(max(self.stored.get(terminal_id, [0])))
 

@@ -64,6 +64,19 @@ def test_a_stranger_sending_garbage_costs_one_log_line_however_often_it_comes():
     assert said.lines[1] == "499 more links closed before authentication from 198.51.100.7 in the last 10 s"
 
 
+def test_a_known_terminal_refused_is_named_even_when_its_address_was_refused_for_another_first():
+    """A site's NAT: a stranger's unknown id refused first must not hide a real terminal's wrong secret."""
+    gateway = Collaborators()
+    said = Said()
+    gateway.doorman.lines = RepeatedLines(said, gateway.clock)
+    for terminal_id, secret in [(66, b"x"), (66, b"x"), (7, b"wrong"), (7, b"wrong"), (67, b"x")]:
+        peer = Peer(gateway, host="192.0.2.4")
+        peer.handshake(terminal_id=terminal_id, secret=secret)
+        gateway.clock.advance(1)  # the doorman may answer a wrong proof late
+    assert [line.split(" on ")[0] for line in said.lines] == ["refused terminal 66", "refused terminal 7"]
+    assert said.lines[1].endswith("wrong proof: the terminal does not hold the configured secret"), said.lines[1]
+
+
 class SaidInfo:
     def __init__(self):
         self.lines = []

@@ -49,6 +49,17 @@ def test_a_replaced_connection_is_let_go_of_and_the_newer_one_stays():
     assert registry.connection(7) is newer
 
 
+def test_a_known_terminal_refused_shows_the_link_and_why_while_offline_and_a_stranger_changes_nothing_shown():
+    registry, _ = registry_with()
+    assert registry.refused(7, "tcp 192.0.2.4:40000", "wrong proof") is True
+    assert (registry.terminals[7].link, registry.terminals[7].offline_reason) == ("tcp 192.0.2.4:40000", "refused: wrong proof")
+    assert registry.online(Connection(registry, 7))
+    assert registry.terminals[7].offline_reason == ""
+    assert registry.refused(7, "tcp 198.51.100.9:1", "wrong proof") is True  # someone else claiming the online terminal's id
+    assert registry.terminals[7].link == "test link of 7"
+    assert registry.refused(99, "tcp 198.51.100.9:1", "not known") is False and 99 not in registry.terminals
+
+
 def test_the_connection_of_a_removed_terminal_is_let_go_of():
     registry, ended = registry_with()
     current = Connection(registry, 7)

@@ -39,6 +39,9 @@ class Collaborators:
             raise Refused(ErrorCode.UNKNOWN_TERMINAL, f"terminal {terminal_id} is not known")
         return SECRET
 
+    def refused(self, terminal_id, description, reason):
+        return terminal_id in self.known
+
     def begin_log(self, terminal_id, log_epoch):
         self.logs_begun.append((terminal_id, log_epoch))
         return defer.succeed(41)

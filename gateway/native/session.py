@@ -415,7 +415,11 @@ class TerminalSession:
         pending id) is answered late when the doorman says so, the link still holding its
         stranger's place meanwhile."""
         self._metrics.refused.labels(refusal.code.name.lower()).inc()
-        self._doorman.lines.warn("refused terminals", self.link.source, "refused terminal {tid} on {link}: {reason}",
+        known = self._admission.refused(frame.terminal_id, self.link.description, refusal.reason)
+        # A terminal the gateway knows is named in full whatever else its address sends; ids nobody
+        # knows (a guesser's, as many as it likes) share their address's line.
+        source = f"{self.link.source}, terminal {frame.terminal_id}" if known else self.link.source
+        self._doorman.lines.warn("refused terminals", source, "refused terminal {tid} on {link}: {reason}",
                                  tid=frame.terminal_id, link=self.link.description, reason=refusal.reason)
         delay = self._doorman.proof_failed(frame.terminal_id, self.link.source) if wrong_proof else 0.0
         if delay:

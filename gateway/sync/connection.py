@@ -164,6 +164,10 @@ class Admission(Protocol):
     def secret_for(self, terminal_id: int, info: TerminalInfo, description: str) -> bytes:
         """The secret the terminal must prove it holds; raises Refused if it may not connect."""
 
+    def refused(self, terminal_id: int, description: str, reason: str) -> bool:
+        """A link (``description``) claiming to be this terminal was refused for ``reason``: a
+        terminal the gateway knows shows it while offline (its link, why); True if it is known."""
+
 
 class Presence(Protocol):
     """Hears terminals come and go: the registry, which keeps one connection per terminal."""
