@@ -3,8 +3,11 @@ out commands, its stamps, and its flash (``--state``)."""
 
 from datetime import datetime, timezone
 
+from twisted.internet import defer, task
+
 from protocol.zk.push.commands import PushCommand
 from protocol.zk.push.lines import parse_attlog, parse_operlog
+from simulator.push.client import PushCaller
 from simulator.push.device import UNKNOWN_COMMAND, PushTerminal
 
 NOON = datetime(2024, 3, 5, 12, 0, 0, tzinfo=timezone.utc)
@@ -101,3 +104,29 @@ def test_a_3x_device_registers_uploads_rtlog_and_tabledata_and_refuses_2x_syntax
     assert [p.pin for p in v3.parse_rtlog(device.next_upload()[1])[0]] == ["9"]
     device.save(str(tmp_path / "flash.json"))
     assert PushTerminal.load(str(tmp_path / "flash.json"), "ACC1").version == 3
+
+
+def test_a_refused_upload_is_tried_again_after_error_delay_not_at_once():
+    """Realtime sends an upload at once, but not one the server just refused: that waits ErrorDelay
+    (the emulator called a gateway that did not know its serial 1,000 times a second)."""
+    clock = task.Clock()
+    device = PushTerminal("BADSN999")
+    caller = PushCaller(device, "http://127.0.0.1:1", clock)
+    calls = []
+
+    def answer(method, path, query, body=None):
+        calls.append((method, path))
+        if len(calls) > 50:  # without the pause the loop never yields: stop it
+            caller.running = False
+        if method == b"GET":
+            return defer.succeed((200, b"GET OPTION FROM: BADSN999\nRealtime=1\nDelay=1\nErrorDelay=3\nPushOptionsFlag=1\n"))
+        return defer.succeed((403, b"not admitted"))
+
+    caller._call = answer
+    caller.start()
+    assert calls == [(b"GET", "/iclock/cdata"), (b"POST", "/iclock/cdata")]  # hello, the options refused: then ErrorDelay
+    clock.advance(2.9)
+    assert len(calls) == 2
+    clock.advance(0.1)
+    assert len(calls) == 4
+    caller.stop()

@@ -88,15 +88,15 @@ class PushCaller:
                 commands = cmd.parse_commands(body)
                 if commands:
                     yield self._carry_out(commands)
-                pause = device.delay_s
+                pause, failed = device.delay_s, False
             except Exception as exc:
                 log.info("PUSH device {sn}: {e}; again in {s:g} s", sn=device.serial, e=exc, s=device.error_delay_s)
-                pause = device.error_delay_s
+                pause, failed = device.error_delay_s, True
                 configured = False  # as firmware does after a failed request: hello again, and hear the server's stamps
             if not self.running:
                 break
-            if device.realtime and device.next_upload() is not None:
-                continue
+            if device.realtime and device.next_upload() is not None and not failed:
+                continue  # an upload waits: with Realtime it goes now; after a failure, ErrorDelay first
             self._wake = defer.Deferred()
             timer = self.reactor.callLater(pause, self.wake)
             yield self._wake
