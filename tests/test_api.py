@@ -198,6 +198,9 @@ class UserTests(ApiTestCase):
         code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"add_cards": [csn], "add_access_groups": [3, 1],
                                                                     "remove_access_groups": [2]})
         self.assertEqual((code, user["cards"], user["access_groups"]), (200, ["CSN", "SMART_CARD"], [1, 3]), user)  # records keep cards in canonical order
+        before = self.site.server_record("m-1")
+        code, again, _ = yield self.call("PATCH", "/api/users/m-1", {"add_cards": [csn], "name": before.name})  # all held already
+        self.assertEqual((code, again["change_seq"]), (200, user["change_seq"]), "no new version of a user the edit left as it was")
         code, user, _ = yield self.call("PATCH", "/api/users/m-1", {"remove_cards": [smart]})
         self.assertEqual(user["cards"], ["CSN"])
         self.assertEqual(self.site.server_record("m-1").cards[0].data, bytes.fromhex("04a1b2c3"))

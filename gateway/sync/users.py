@@ -250,7 +250,9 @@ def edit_user(conn: Connection, user_id: str, fields: dict, at_ms: int) -> UserR
         edited = replace(current, **fields)
     except TypeError as exc:
         raise MessageError(str(exc)) from None
-    seq = store_record(conn, edited.validate(), at_ms)
+    if edited.validate() == current:  # a card it holds added again, a name set to itself: no version to push
+        return current
+    seq = store_record(conn, edited, at_ms)
     record_history(conn, [history_row(user_id, API, record_changes(current, edited, SET, OPERATOR), at_ms, change_seq=seq)])
     return edited
 
