@@ -172,6 +172,9 @@ def test_the_api_answers_431_to_big_headers_and_408_to_a_slow_sender_and_caps_co
             sock = api_socket(page)
             sock.sendall(request)
             assert http_answer(sock).startswith(b"HTTP/1.1 431 ")
+        declared = api_socket(page, timeout_s=5)  # a body said to be 99 MB, not sent: answered at once, not after 10 s
+        declared.sendall(b"POST /api/users HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n{}")
+        assert http_answer(declared).startswith(b"HTTP/1.1 413 ")
         slow = api_socket(page)
         slow.sendall(b"GET /api/sync HTTP/1.1\r\n")  # a slowloris: one header a second, never the end
         started = time.monotonic()

@@ -12,7 +12,7 @@ connection without a word. Here:
   opens 6; scripts, the CLI and the page of one operator stay far below); one more is answered
   503 and closed at once;
 - a request line or one header over 16 KiB, all of them over 16 KiB together, or more than
-  500 headers, is 431.
+  500 headers, is 431; a body whose Content-Length is over ``MAX_BODY`` is 413 at once.
 
 Each refusal is one warning, then a summary per address (``RepeatedLines``).
 """
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.internet import protocol
 from twisted.web.http import HTTPChannel
 
+from gateway.http.api import MAX_BODY
 from gateway.quietlog import RepeatedLines
 
 log = Logger(namespace="gateway.http")
@@ -63,6 +64,11 @@ class GuardedChannel(HTTPChannel):
         if line and self._receivedHeaderCount >= self.maxHeaders:
             return self._refuse(431, "Request Header Fields Too Large", f"more than {self.maxHeaders} headers")
         return super().lineReceived(line)
+
+    def allHeadersReceived(self):
+        if self.length is not None and self.length > MAX_BODY:  # said before it is sent: no waiting for it
+            return self._refuse(413, "Payload Too Large", f"request body larger than {MAX_BODY} bytes")
+        return super().allHeadersReceived()
 
     def lineLengthExceeded(self, line):
         return self._refuse(431, "Request Header Fields Too Large", f"a request line or header over {self.MAX_LENGTH} bytes")
