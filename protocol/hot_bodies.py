@@ -1,10 +1,11 @@
-"""The two bodies every event a terminal sends travels in, read and written with the struct module.
+"""The bodies of a delivery, read and written with the struct module.
 
-At one enrolment a second each delivery is a round trip of its own, and the terminal's
-UPDATE_SUCCESS event comes in an EVENTS request of one event, acknowledged by an EVENTS answer
-holding one integer. construct's compiled code, with its stream and containers around it, took
-about a tenth of the reactor thread's time per delivery at that rate to read the one and build
-the other (docs/loadtest.md, "A lone delivery"); the struct module does each in a few percent of it.
+At one enrolment a second each delivery is a round trip of its own: the terminal answers the
+PUT_USERS with its results, its UPDATE_SUCCESS event comes in an EVENTS request of one event,
+acknowledged by an EVENTS answer holding one integer. construct's compiled code, with its stream
+and containers around it, took about a tenth of the reactor thread's time per delivery at that
+rate to read the request and build the answer (docs/loadtest.md, "A lone delivery"); the struct
+module does each in a few percent of it.
 
 The declarations in protocol/messages.py and protocol/events.py stay the messages' definition.
 These take only what construct takes the same way; anything else (a short payload, bytes left
@@ -22,6 +23,7 @@ _COUNT = struct.Struct(">H")  # EventBatch's PrefixedArray(Int16ub, ...)
 # EventStruct's fields up to the user id, and the user id's length (its PascalString(Int8ub, "utf8")).
 _EVENT_HEAD = struct.Struct(">QQHBB")
 _ACK_THROUGH = struct.Struct(">Q")  # the EVENTS answer: ack_through / Int64ub
+_BYTE = struct.Struct(">B")  # a UserResults result's status (its count and user id length: payload[i])
 
 
 def read_event_batch(payload: bytes) -> Container | None:
@@ -44,6 +46,29 @@ def read_event_batch(payload: bytes) -> Container | None:
     if offset != len(payload):
         return None
     return Container(events=events)
+
+
+def read_user_results(payload: bytes) -> Container | None:
+    """A PUT_USERS or DELETE_USERS answer (UserResults) as construct reads it, or None when
+    construct must read it."""
+    try:
+        count = payload[0]
+        offset = 1
+        results = ListContainer()
+        for _ in range(count):
+            length = payload[offset]
+            user_id = payload[offset + 1:offset + 1 + length]
+            offset += 1 + length
+            (status,) = _BYTE.unpack_from(payload, offset)
+            offset += 1
+            if len(user_id) != length:
+                return None
+            results.append(Container(user_id=user_id.decode("utf8"), status=status))
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    if offset != len(payload):
+        return None
+    return Container(results=results)
 
 
 def build_event_ack(body: dict) -> bytes | None:

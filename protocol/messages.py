@@ -26,7 +26,7 @@ from construct import (
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import EventWire
 from protocol.frame import Flags, Frame, encode_frame
-from protocol.hot_bodies import build_event_ack, read_event_batch
+from protocol.hot_bodies import build_event_ack, read_event_batch, read_user_results
 from protocol.compiling import LengthChecked
 from protocol.records import UserId, UserRecordWire
 
@@ -134,7 +134,8 @@ _COMPILED = {
 _COMPILED_ERROR = ErrorBody.compile()
 # The bodies of a lone delivery, read and written with the struct module (protocol/hot_bodies.py);
 # what they decline goes to the constructs above.
-_STRUCT_READERS = {(Command.EVENTS, False): read_event_batch, (Command.POLL, True): read_event_batch}
+_STRUCT_READERS = {(Command.EVENTS, False): read_event_batch, (Command.POLL, True): read_event_batch,
+                   (Command.PUT_USERS, True): read_user_results, (Command.DELETE_USERS, True): read_user_results}
 _STRUCT_BUILDERS = {(Command.EVENTS, True): build_event_ack}
 
 

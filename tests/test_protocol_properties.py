@@ -415,6 +415,23 @@ def test_an_event_batch_reads_with_struct_as_with_construct(data):
         assert outcome(EVENT_BATCH, noise)[0] == "failed"
 
 
+USER_RESULTS = messages.body_struct(Command.PUT_USERS, True, compiled=False)
+
+
+@BOUNDED
+@given(data=st.data())
+def test_user_results_read_with_struct_as_with_construct(data):
+    body = data.draw(body_values(USER_RESULTS))
+    encoded = USER_RESULTS.build(body)
+    assert hot_bodies.read_user_results(encoded) == USER_RESULTS.parse(encoded) == body
+    noise = data.draw(st.binary(max_size=200) | st.just(encoded[:-1]) | st.just(encoded + b"\x00"))
+    read = hot_bodies.read_user_results(noise)
+    if read is not None:
+        assert read == USER_RESULTS.parse(noise)
+    elif noise in (encoded[:-1], encoded + b"\x00"):
+        assert outcome(USER_RESULTS, noise)[0] == "failed"
+
+
 @BOUNDED
 @given(st.integers(-1, 2**64) | st.text(max_size=2))
 def test_an_event_acknowledgement_builds_with_struct_as_with_construct(ack_through):
@@ -433,5 +450,9 @@ def test_a_lone_delivery_s_bodies_go_through_the_struct_module_and_the_rest_thro
     assert messages.build_body(Command.EVENTS, True, dict(ack_through=7)) == bytes(7) + b"\x07"
     with pytest.raises(MessageError, match="bad EVENTS request"):
         messages.parse_body(Frame(Command.EVENTS, batch[:-1]))
+    answer = USER_RESULTS.build(dict(results=[dict(user_id="3-17", status=0)]))
+    assert messages.parse_body(Frame(Command.PUT_USERS, answer, Flags.RESPONSE)) == hot_bodies.read_user_results(answer)
+    with pytest.raises(MessageError, match="bad PUT_USERS response"):
+        messages.parse_body(Frame(Command.PUT_USERS, answer + b"\x00", Flags.RESPONSE))
     with pytest.raises(MessageError, match="cannot build EVENTS"):
         messages.build_body(Command.EVENTS, True, dict(ack_through=-1))
