@@ -26,6 +26,7 @@ from construct import (
 from protocol.errors import ErrorCode, MessageError
 from protocol.events import EventWire
 from protocol.frame import Flags, Frame, encode_frame
+from protocol.hot_bodies import build_event_ack, read_event_batch, read_user_results
 from protocol.compiling import LengthChecked
 from protocol.records import UserId, UserRecordWire
 
@@ -131,6 +132,11 @@ _COMPILED = {
     key: (RESPONSES if key[1] else REQUESTS)[key[0]].compile() for key in sorted(_HOT)
 }
 _COMPILED_ERROR = ErrorBody.compile()
+# The bodies of a lone delivery, read and written with the struct module (protocol/hot_bodies.py);
+# what they decline goes to the constructs above.
+_STRUCT_READERS = {(Command.EVENTS, False): read_event_batch, (Command.POLL, True): read_event_batch,
+                   (Command.PUT_USERS, True): read_user_results, (Command.DELETE_USERS, True): read_user_results}
+_STRUCT_BUILDERS = {(Command.EVENTS, True): build_event_ack}
 
 
 def body_struct(command: int, response: bool, error: bool = False, compiled: bool = True) -> Construct:
@@ -148,6 +154,11 @@ def body_struct(command: int, response: bool, error: bool = False, compiled: boo
 
 def parse_body(frame: Frame) -> Container:
     """The frame's payload as a message body; MessageError, with the reason, if it is not one."""
+    reader = None if frame.is_error else _STRUCT_READERS.get((frame.command, frame.is_response))
+    body = None if reader is None else reader(frame.payload)
+    if body is not None:
+        _check_batch(frame.command, frame.is_response, body)
+        return body
     struct = body_struct(frame.command, frame.is_response, frame.is_error)
     try:
         body = struct.parse(frame.payload)
@@ -169,6 +180,10 @@ def _check_batch(command: int, response: bool, body) -> None:
 
 
 def build_body(command: int, response: bool, body: dict, error: bool = False) -> bytes:
+    builder = None if error else _STRUCT_BUILDERS.get((command, response))
+    payload = None if builder is None else builder(body)
+    if payload is not None:
+        return payload
     struct = body_struct(command, response, error)
     if not error:
         _check_batch(command, response, body)

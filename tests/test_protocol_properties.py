@@ -25,7 +25,7 @@ from protocol import (
     encode_frame,
     parse_body,
 )
-from protocol import messages
+from protocol import hot_bodies, messages
 from protocol.events import EventWire
 from protocol.frame import HEADER_STRUCT, OVERHEAD, SOF, FrameHeader, FrameHeaderCompiled
 from protocol.json_form import frame_from_json, frame_to_json
@@ -390,3 +390,69 @@ def test_the_struct_layout_the_codec_uses_reads_and_writes_like_the_declaration(
     encoded = FrameHeader.build(fields)
     assert HEADER_STRUCT.pack(SOF, *(fields[name] for name in order)) == encoded
     assert HEADER_STRUCT.unpack(encoded) == (SOF, *(FrameHeader.parse(encoded)[name] for name in order))
+
+
+# -- the struct module's readers of a lone delivery's bodies against construct -----------------
+
+EVENT_BATCH = messages.body_struct(Command.EVENTS, False, compiled=False)
+EVENT_ACK = messages.body_struct(Command.EVENTS, True, compiled=False)
+# An id or a timestamp one past what the database stores: construct refuses it, so must the reader.
+too_large = st.builds(lambda ev: Event(MAX_EVENT_ID + 1, ev.timestamp_ms, ev.code, ev.sub_code, ev.user_id), events)
+
+
+@BOUNDED
+@given(data=st.data())
+def test_an_event_batch_reads_with_struct_as_with_construct(data):
+    body = data.draw(body_values(EVENT_BATCH))
+    encoded = EVENT_BATCH.build(body)
+    assert hot_bodies.read_event_batch(encoded) == EVENT_BATCH.parse(encoded) == body
+    overflow = EVENT_BATCH.build(dict(events=[*body["events"], data.draw(too_large)]))
+    noise = data.draw(st.binary(max_size=200) | st.just(encoded[:-1]) | st.just(encoded + b"\x00") | st.just(overflow))
+    read = hot_bodies.read_event_batch(noise)
+    if read is not None:  # what it takes, construct takes the same way; the rest construct reads
+        assert read == EVENT_BATCH.parse(noise)
+    elif noise in (encoded[:-1], encoded + b"\x00", overflow):
+        assert outcome(EVENT_BATCH, noise)[0] == "failed"
+
+
+USER_RESULTS = messages.body_struct(Command.PUT_USERS, True, compiled=False)
+
+
+@BOUNDED
+@given(data=st.data())
+def test_user_results_read_with_struct_as_with_construct(data):
+    body = data.draw(body_values(USER_RESULTS))
+    encoded = USER_RESULTS.build(body)
+    assert hot_bodies.read_user_results(encoded) == USER_RESULTS.parse(encoded) == body
+    noise = data.draw(st.binary(max_size=200) | st.just(encoded[:-1]) | st.just(encoded + b"\x00"))
+    read = hot_bodies.read_user_results(noise)
+    if read is not None:
+        assert read == USER_RESULTS.parse(noise)
+    elif noise in (encoded[:-1], encoded + b"\x00"):
+        assert outcome(USER_RESULTS, noise)[0] == "failed"
+
+
+@BOUNDED
+@given(st.integers(-1, 2**64) | st.text(max_size=2))
+def test_an_event_acknowledgement_builds_with_struct_as_with_construct(ack_through):
+    built = hot_bodies.build_event_ack(dict(ack_through=ack_through))
+    if built is None:
+        with pytest.raises(Exception):
+            EVENT_ACK.build(dict(ack_through=ack_through))
+    else:
+        assert built == EVENT_ACK.build(dict(ack_through=ack_through))
+    assert hot_bodies.build_event_ack({}) is None
+
+
+def test_a_lone_delivery_s_bodies_go_through_the_struct_module_and_the_rest_through_construct():
+    batch = EVENT_BATCH.build(dict(events=[Event(7, 1_700_000_000_000, 0x2200, 1, "3-17")]))
+    assert messages.parse_body(Frame(Command.EVENTS, batch)) == hot_bodies.read_event_batch(batch)
+    assert messages.build_body(Command.EVENTS, True, dict(ack_through=7)) == bytes(7) + b"\x07"
+    with pytest.raises(MessageError, match="bad EVENTS request"):
+        messages.parse_body(Frame(Command.EVENTS, batch[:-1]))
+    answer = USER_RESULTS.build(dict(results=[dict(user_id="3-17", status=0)]))
+    assert messages.parse_body(Frame(Command.PUT_USERS, answer, Flags.RESPONSE)) == hot_bodies.read_user_results(answer)
+    with pytest.raises(MessageError, match="bad PUT_USERS response"):
+        messages.parse_body(Frame(Command.PUT_USERS, answer + b"\x00", Flags.RESPONSE))
+    with pytest.raises(MessageError, match="cannot build EVENTS"):
+        messages.build_body(Command.EVENTS, True, dict(ack_through=-1))

@@ -3,10 +3,10 @@
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 
 from gateway.store.partitions import DEFAULT, WEEK_IDS, WEEK_USERS
-from gateway.store.database import COPY_FROM_ROWS, DatabaseFailure, insert_ignoring_duplicates, insert_many, upsert
+from gateway.store.database import COPY_FROM_ROWS, DatabaseFailure, execute_many, insert_ignoring_duplicates, insert_many, upsert
 from gateway.store.order import keyed
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
 from gateway.sync.monitor import SAVED_FROM_DEVICE
@@ -135,6 +135,17 @@ def test_one_commit_moves_each_terminals_cursor_to_its_own_highest(db):
     db.run_now(advance_cursors, [(1, 2**60, []), (2, 40, []), (1, 7, []), (3, 9, []), (2, 60, [])])
     cursors = db.run_now(lambda c: dict(c.execute(select(terminals.c.terminal_id, terminals.c.cursor)).all()))
     assert cursors == {1: 2**60, 2: 60, 3: 9}
+
+
+_RENAME = update(settings).where(settings.c.key == bindparam("old"), settings.c.value != bindparam("new")).values(value=bindparam("new"))
+
+
+def test_a_statement_run_with_many_parameter_sets_names_a_parameter_twice_and_in_any_order(db):
+    """execute_many gives SQLite's driver tuples in the compiled statement's order, a bind named twice twice."""
+    db.run_now(insert_many, settings, [dict(key=k, value="-") for k in "abc"])
+    db.run_now(execute_many, _RENAME, [dict(new="1", old="a"), dict(old="c", new="3")])
+    db.run_now(execute_many, _RENAME, [])
+    assert db.run_now(lambda c: dict(c.execute(select(settings.c.key, settings.c.value)).all())) == dict(a="1", b="-", c="3")
 
 
 def test_a_failed_transaction_is_reported_and_writes_nothing(db):

@@ -225,8 +225,19 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
     if conn.dialect.name == "postgresql":
         _insert_as_values(conn, stmt, rows, ("nothing",) if ignore_duplicates else ())
         return
+    _execute_plainly(conn, stmt, rows, (table.name, ignore_duplicates, tuple(rows[0])))
+
+
+def execute_many(conn, stmt, rows: list[dict]) -> None:
+    """``conn.execute(stmt, rows)`` for a statement of module scope (its compiled form is kept by
+    identity); on SQLite as ``insert_many``'s rows go, as tuples to the driver's executemany."""
+    if rows:
+        _execute_plainly(conn, stmt, rows, (stmt, tuple(rows[0])))
+
+
+def _execute_plainly(conn, stmt, rows: list[dict], key: tuple) -> None:
     if conn.dialect.name == "sqlite":
-        compiled = _compiled_insert(conn.dialect, stmt, (table.name, ignore_duplicates, tuple(rows[0])))
+        compiled = _compiled_plain(conn.dialect, stmt, key)
         if compiled is not None:
             sql, keys = compiled
             conn.exec_driver_sql(sql, list(map(_values_in_order(keys), rows)))
@@ -234,7 +245,7 @@ def insert_many(conn, table, rows: list[dict], ignore_duplicates: bool = False) 
     conn.execute(stmt, rows)
 
 
-_COMPILED_INSERTS: dict = {}
+_COMPILED_PLAIN: dict = {}
 
 
 def _values_in_order(keys: tuple[str, ...]):
@@ -243,16 +254,16 @@ def _values_in_order(keys: tuple[str, ...]):
     return get if len(keys) > 1 else lambda row: (get(row),)
 
 
-def _compiled_insert(dialect, stmt, key: tuple) -> tuple[str, tuple[str, ...]] | None:
+def _compiled_plain(dialect, stmt, key: tuple) -> tuple[str, tuple[str, ...]] | None:
     """(SQL, parameter order) of ``stmt`` for rows with the keys ``key[-1]``; None when a type
     needs processing or a column left out has a default to fill in."""
-    if key not in _COMPILED_INSERTS:
+    if key not in _COMPILED_PLAIN:
         keys = key[-1]
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         order = tuple(compiled.positiontup or ())
         plain = compiled.positional and not compiled._bind_processors and set(order) <= set(keys)
-        _COMPILED_INSERTS[key] = (compiled.string, order) if plain else None
-    return _COMPILED_INSERTS[key]
+        _COMPILED_PLAIN[key] = (compiled.string, order) if plain else None
+    return _COMPILED_PLAIN[key]
 
 
 def upsert(conn, table, rows: list[dict], key: list[str], update: list[str]) -> None:
