@@ -38,9 +38,6 @@ class Wheel:
         self._added = 0  # actions go into the buckets in turn: links that came up together are spread
         self._timer: task.LoopingCall | None = None
 
-    def __len__(self) -> int:
-        return len(self._bucket_of)
-
     def add(self, action) -> None:
         bucket = self._buckets[self._added % self.buckets]
         self._added += 1
