@@ -34,7 +34,9 @@ class Wheel:
         self.period_s = period_s
         self._buckets: list[dict] = [{} for _ in range(self.buckets)]  # dicts as ordered sets
         self._bucket_of: dict = {}  # action -> its bucket
-        self._next = 0  # the bucket the next turn calls
+        self._interval_s = period_s / self.buckets
+        self._started = 0.0  # when the timer started; turn k (from 1) ends k intervals after it
+        self._turns_done = 0
         self._added = 0  # actions go into the buckets in turn: links that came up together are spread
         self._timer: task.LoopingCall | None = None
 
@@ -44,9 +46,10 @@ class Wheel:
         bucket[action] = None
         self._bucket_of[action] = bucket
         if self._timer is None:
-            self._timer = task.LoopingCall.withCount(self._turns)
+            self._started, self._turns_done = self.clock.seconds(), 0
+            self._timer = task.LoopingCall(self._catch_up)
             self._timer.clock = self.clock
-            self._timer.start(self.period_s / self.buckets, now=False)
+            self._timer.start(self._interval_s, now=False)
 
     def discard(self, action) -> None:
         bucket = self._bucket_of.pop(action, None)
@@ -59,16 +62,16 @@ class Wheel:
             if _wheels.get((self.clock, self.period_s)) is self:
                 del _wheels[(self.clock, self.period_s)]
 
-    def _turns(self, due: int) -> None:
-        """A reactor that was busy calls the timer late, once for the turns it missed: each missed
-        bucket is called now (each at most once), and the wheel stays in step with the clock."""
-        for _ in range(min(due, self.buckets)):
-            self._turn()
-        self._next = (self._next + max(0, due - self.buckets)) % self.buckets
+    def _catch_up(self) -> None:
+        """The buckets whose turns have come, by the clock: a reactor that was busy calls the
+        timer late, once for the turns it missed, and each missed bucket is called now (at most
+        once), so every link keeps its period."""
+        due = int((self.clock.seconds() - self._started) / self._interval_s + 1e-6)  # 2.9 / 0.1 is 28.999...
+        for turn in range(max(self._turns_done, due - self.buckets), due):
+            self._call(self._buckets[turn % self.buckets])
+        self._turns_done = due
 
-    def _turn(self) -> None:
-        bucket = self._buckets[self._next]
-        self._next = (self._next + 1) % self.buckets
+    def _call(self, bucket: dict) -> None:
         for action in list(bucket):
             if action not in bucket:
                 continue  # an earlier action of this turn took it out
