@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, task, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
@@ -25,6 +25,7 @@ from protocol.connection_events import Answer, Corrupt, Established, KeepaliveDu
 from protocol.errors import ErrorCode, MessageError, RemoteProtocolError
 from protocol.frame import Frame, encode_frame
 from protocol.messages import MAX_BATCH_EVENTS, NOTICE_SEQ, Command, parse_body
+from simulator.wheel import Wheel, wheel_for
 
 log = Logger(namespace="simulator")
 
@@ -63,8 +64,8 @@ class TerminalLink(protocol.Protocol):
         self._connection = terminal.connection  # this link's: the terminal's own from connectionMade on
         self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
-        self._answering = False  # within dataReceived: events wait for its end
-        self._liveness: task.LoopingCall | None = None
+        self._held: list[bytes] | None = None  # within dataReceived: frames (and events) wait for its end
+        self._liveness: Wheel | None = None  # what checks the keepalive rule, once established
         self._handshake_timer = None
         self._why_closed: str | None = None  # said by this side when it closes the link itself
 
@@ -85,8 +86,9 @@ class TerminalLink(protocol.Protocol):
             return  # dropped for silence or a slow handshake; the transport is going
         now = self.clock.seconds()
         # Events the requests in this data log (a push of many users) are reported after the
-        # answers, in as few batches as they fill, not one batch per event.
-        self._answering = True
+        # answers, in as few batches as they fill, not one batch per event; the answers and the
+        # batches go to the kernel together, in one write.
+        self._held = []
         try:
             for event in self._connection.receive_data(data, now=now):
                 kind = type(event)
@@ -98,12 +100,23 @@ class TerminalLink(protocol.Protocol):
                 elif kind is not Rejected or event.reply is not None:  # an answer naming another terminal answers nothing
                     reply = self.terminal.respond(event, now)
                     if reply is not None:
-                        self.transport.write(encode_frame(reply))
+                        self._write(encode_frame(reply))
                     if kind is Established:
                         self._established()
+            self.send_events()
         finally:
-            self._answering = False
-        self.send_events()
+            self._send_held()
+
+    def _write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            send_now(self.transport, data)
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            send_now(self.transport, b"".join(held))
 
     @property
     def _connection_open(self) -> bool:
@@ -131,8 +144,8 @@ class TerminalLink(protocol.Protocol):
         self.established = False
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
-        if self._liveness is not None and self._liveness.running:
-            self._liveness.stop()
+        if self._liveness is not None:
+            self._liveness.discard(self._tick)
         for timer in self._fault_timers:
             if timer.running:
                 timer.stop()
@@ -156,9 +169,8 @@ class TerminalLink(protocol.Protocol):
         self._sent_through = self.terminal.acked_through
         self.terminal.listeners.append(self._event_logged)
         self.terminal.rewind_listeners.append(self._rewind)
-        self._liveness = task.LoopingCall(self._tick)
-        self._liveness.clock = self.clock
-        self._liveness.start(max(self._connection.liveness_check_s, 0.1), now=False)
+        self._liveness = wheel_for(self.clock, max(self._connection.liveness_check_s, 0.1))
+        self._liveness.add(self._tick)
         if self.faults.garbage_every_s:
             # Only after the handshake: before it, the gateway rightly drops a link that sends garbage.
             self._every(self.faults.garbage_every_s, self._write_garbage)
@@ -167,7 +179,7 @@ class TerminalLink(protocol.Protocol):
             self.on_established(self)
 
     def _event_logged(self, _event) -> None:
-        if not self._answering:
+        if self._held is None:
             self.send_events()
 
     def _rewind(self, after_event_id: int) -> None:
@@ -197,6 +209,7 @@ class TerminalLink(protocol.Protocol):
                 self.factory.refused(_error_code(frame))
             else:
                 log.warn("terminal {tid}: gateway answered an error: {text}; reconnecting", tid=self.terminal.terminal_id, text=text)
+            self._send_held()  # what was answered before it still goes, ahead of the close
             self.transport.loseConnection()
             return
         if answered is not None and answered.command == Command.EVENTS:
@@ -208,7 +221,7 @@ class TerminalLink(protocol.Protocol):
         # Requests have no deadline of their own here: an acknowledgement waits for the gateway's
         # commit (a database outage), and a gateway that is gone is told by its silence.
         frame, _ = self._connection.request(command, body, now=self.clock.seconds())
-        self.transport.write(encode_frame(frame))
+        self._write(encode_frame(frame))
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -233,6 +246,29 @@ class TerminalLink(protocol.Protocol):
         noise = self._rng.randbytes(self._rng.randint(1, 64))
         self.garbage_sent += 1
         self.transport.write(noise)
+
+
+def send_now(transport, data: bytes) -> None:
+    """Hand ``data`` to the kernel at once when nothing waits in the transport's buffer; what it
+    does not take, and any write on another kind of transport (TLS, a test's), goes through
+    ``transport.write`` behind it, in order.
+
+    Twisted's ``write`` buffers, registers the socket for writing (a system call), sends on the
+    reactor's next turn and unregisters it (another): for a fleet answering a push that was a
+    tenth of its CPU (docs/loadtest.md, "The fleet's own cost"). The gateway does the same
+    (gateway/native/tcp.py); the simulator is an independent peer and imports none of it.
+    """
+    # An aborted connection stays connected, and not disconnecting, until the reactor's next turn.
+    if isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected and not transport.disconnecting \
+            and not getattr(transport, "_aborting", False) and not transport.dataBuffer \
+            and getattr(transport, "_tempDataBuffer", None) == []:
+        sent = transport.writeSomeData(data)
+        if not isinstance(sent, int):
+            sent = 0  # the link failed: write() buffers it and the next turn finds the failure
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _forget(listeners: list, listener) -> None:

@@ -37,7 +37,8 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert code == 0, report["problems"]
     assert report["ok"] and report["settled"]
     for key in ("devices", "duration_s", "events_per_s", "user_deliveries_per_s", "propagation_ms", "api_ms",
-                "gateway_cpu_s", "gateway_cpu_us_per_delivery", "gateway_idle_cpu_us_per_terminal_s", "gateway_peak_rss_mb", "lost_events", "duplicate_events", "lost_updates",
+                "gateway_cpu_s", "gateway_cpu_us_per_delivery", "gateway_idle_cpu_us_per_terminal_s", "fleet_cpu_s",
+                "fleet_cpu_us_per_delivery", "fleet_idle_cpu_us_per_terminal_s", "gateway_peak_rss_mb", "lost_events", "duplicate_events", "lost_updates",
                 "diverged_terminals", "baselines", "ingest_vs_raw_insert", "deliveries_vs_bare_sink"):
         assert key in report
     assert report["devices"] == 4 and report["workers"] == 2
@@ -47,6 +48,7 @@ def test_a_small_fleet_converges_and_the_report_has_every_key(converged):
     assert report["api_ms"] is not None, report.get("api_ms_reason")  # the gateway's API answered the probe
     assert report["api_ms"]["samples"] > 0 and report["api_ms"]["failures"] == 0
     assert report["gateway_idle_cpu_us_per_terminal_s"] is not None  # measured with the fleet connected, before the load
+    assert report["fleet_idle_cpu_us_per_terminal_s"] is not None and report["fleet_cpu_us_per_delivery"] > 0
     # The fleet's memory in the gateway, not the API process's start: that alone is 20 MiB a terminal here.
     assert report["gateway_idle_rss_per_terminal_kb"] < 2048
     # SQLite works in the gateway's process: no server of its own to measure, and the report says so

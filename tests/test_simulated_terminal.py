@@ -200,3 +200,61 @@ def test_a_replaced_notice_closes_the_link_quietly():
     link, transport, clock = _link()
     link.dataReceived(encode_frame(replaced_notice(5, 0, "replaced by a newer link on tcp 192.0.2.7:1")))
     assert transport.disconnecting
+
+
+class _CountingTransport(StringTransport):
+    """A transport that remembers each write: how many system calls a real socket would make."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data):
+        self.writes.append(data)
+        super().write(data)
+
+
+def _established_link(keepalive_s: int = 30) -> tuple[TerminalLink, _CountingTransport, task.Clock]:
+    """A link over a counting transport, through the handshake with the gateway's side played here."""
+    link = TerminalLink(Terminal(5, SECRET, clock=lambda: 1_000))
+    link.factory = _Factory()
+    transport = _CountingTransport()
+    link.makeConnection(transport)
+    nonce = auth.new_nonce()
+    link.dataReceived(request(Command.HELLO, dict(gateway_nonce=nonce, protocol_version=1), seq=1))
+    (hello,) = StreamDecoder().feed(transport.value())
+    proof = auth.gateway_proof(SECRET.encode(), 5, nonce, parse_body(hello).terminal_nonce)
+    link.dataReceived(request(Command.WELCOME, dict(proof=proof, server_time_ms=5_000, keepalive_s=keepalive_s, ack_through=0),
+                              seq=2, terminal_id=5))
+    assert link.established
+    transport.clear()
+    transport.writes.clear()
+    return link, transport, link.factory.reactor
+
+
+def test_a_push_is_answered_and_its_events_reported_in_one_write():
+    link, transport, _ = _established_link()
+    people = People(seed=1)
+    push = request(Command.PUT_USERS, dict(keep_local_changes=True, users=[people.person("p1"), people.person("p2")]),
+                   seq=3, terminal_id=5)
+    link.dataReceived(push)
+    answer, events = StreamDecoder().feed(transport.value())
+    assert (answer.command, answer.is_response, events.command) == (Command.PUT_USERS, True, Command.EVENTS)
+    assert [(e.code, e.user_id) for e in parse_body(events).events] == [(EventCode.ENROLL_SUCCESS, "p1"), (EventCode.ENROLL_SUCCESS, "p2")]
+    assert len(transport.writes) == 1  # one system call for both, not one a frame
+
+
+def test_a_quiet_link_says_keepalive_each_period_and_drops_a_gateway_silent_for_three():
+    link, transport, clock = _established_link(keepalive_s=3)
+    clock.advance(2.9)
+    assert transport.value() == b""
+    clock.advance(0.2)  # the rule is checked every second (keepalive_s / 3), so it is due by 4 s
+    clock.advance(1)
+    (keepalive,) = StreamDecoder().feed(transport.value())
+    assert (keepalive.command, keepalive.is_response) == (Command.KEEPALIVE, False)
+    clock.advance(4.5)
+    assert not transport.disconnected
+    clock.advance(0.5)  # nine seconds with nothing from the gateway
+    assert transport.disconnected
+    link.connectionLost()
+    assert clock.getDelayedCalls() == []  # nothing left ticking for a link that is gone

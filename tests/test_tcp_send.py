@@ -1,4 +1,6 @@
-"""A frame to a terminal goes to the kernel at once, and never overtakes bytes Twisted holds."""
+"""A frame goes to the kernel at once, and never overtakes bytes Twisted holds: the gateway's
+frames to a terminal and the simulated terminal's to the gateway (each side has its own copy:
+the simulator imports nothing of the gateway)."""
 
 import socket
 
@@ -6,7 +8,8 @@ import pytest
 from twisted.internet import protocol, tcp
 from twisted.internet.testing import StringTransport
 
-from gateway.native.tcp import send_now
+from gateway.native import tcp as gateway_tcp
+from simulator import tcp as simulator_tcp
 
 
 class WritersSeen:
@@ -33,6 +36,11 @@ class WritersSeen:
         pass
 
 
+@pytest.fixture(params=[gateway_tcp, simulator_tcp], ids=["gateway", "simulator"])
+def send_now(request):
+    return request.param.send_now
+
+
 @pytest.fixture
 def pair():
     ours, peer = socket.socketpair()
@@ -56,14 +64,14 @@ def received(peer) -> bytes:
         chunks.append(chunk)
 
 
-def test_a_frame_reaches_the_peer_without_a_turn_of_the_reactor(pair):
+def test_a_frame_reaches_the_peer_without_a_turn_of_the_reactor(pair, send_now):
     conn, peer, reactor = pair
     send_now(conn, b"PUT_USERS")
     assert received(peer) == b"PUT_USERS"
     assert reactor.writers == []  # no registration for writing, nothing left for a later turn
 
 
-def test_what_the_kernel_does_not_take_waits_and_later_frames_queue_behind_it(pair):
+def test_what_the_kernel_does_not_take_waits_and_later_frames_queue_behind_it(pair, send_now):
     conn, peer, reactor = pair
     big = bytes(range(256)) * 40_000  # more than a socket pair's buffers hold
     send_now(conn, big)
@@ -76,7 +84,7 @@ def test_what_the_kernel_does_not_take_waits_and_later_frames_queue_behind_it(pa
     assert got == big + b"ACK"
 
 
-def test_nothing_reaches_the_peer_once_the_connection_is_aborted(pair):
+def test_nothing_reaches_the_peer_once_the_connection_is_aborted(pair, send_now):
     conn, peer, reactor = pair
     conn.abortConnection()  # connected, and not disconnecting, until the next turn
     assert reactor.later, "the connection is lost on the next turn"
@@ -84,7 +92,7 @@ def test_nothing_reaches_the_peer_once_the_connection_is_aborted(pair):
     assert received(peer) == b""
 
 
-def test_another_transport_is_written_as_before():
+def test_another_transport_is_written_as_before(send_now):
     transport = StringTransport()
     send_now(transport, b"EVENTS ack")
     assert transport.value() == b"EVENTS ack"

@@ -212,7 +212,7 @@ class LoadTest:
             figures["db_settled"] = self._database_sample(engine)
             self.probe.stop()  # the idle phase measures polling alone
             if self.args.idle_cpu_s > 0:  # caught up, nothing asked of it: not even the work that follows connecting
-                figures["idle_cpu_per_s"] = self._idle_cpu_per_s(self.args.idle_cpu_s)
+                figures["idle_cpu_per_s"], figures["fleet_idle_cpu_per_s"] = self._idle_cpu_per_s(fleet, self.args.idle_cpu_s)
             # Before the fleet dumps what it holds: anything repaired is something the sync left behind.
             figures["reconciled"] = reconcile_now(self.gateway.http_port, self._api_token())
             if self.spec.zk_ids and self.args.idle_cycles:
@@ -242,13 +242,16 @@ class LoadTest:
         path = token_path(self.db_url)
         return (path if path.is_absolute() else self.run_dir / path).read_text().strip()
 
-    def _idle_cpu_per_s(self, seconds: float) -> float:
-        """The gateway's CPU seconds a second with every terminal connected and nothing happening:
-        keepalives, timers, the API process's snapshots (the API probe is stopped). At low rates
-        this is a large part of what a delivery costs."""
-        cpu_before, started = self.gateway.cpu_s(), time.monotonic()
+    def _idle_cpu_per_s(self, fleet: Fleet, seconds: float) -> tuple[float, float]:
+        """The gateway's and the fleet's CPU seconds a second with every terminal connected and
+        nothing happening: keepalives, timers, the API process's snapshots (the API probe is
+        stopped), the fleet's progress reports. At low rates this is a large part of what a
+        delivery costs."""
+        cpu_before, fleet_before, started = self.gateway.cpu_s(), fleet.cpu_s(), time.monotonic()
         time.sleep(seconds)
-        return (self.gateway.cpu_s() - cpu_before) / (time.monotonic() - started)
+        cpu_after, fleet_after = self.gateway.cpu_s(), fleet.cpu_s()
+        elapsed = time.monotonic() - started
+        return (cpu_after - cpu_before) / elapsed, (fleet_after - fleet_before) / elapsed
 
     def _measure_idle(self, fleet: Fleet, on_progress) -> dict:
         """A few poll cycles with nothing changing: what the gateway spends, per device and cycle,
@@ -312,6 +315,8 @@ class LoadTest:
             gateway_idle_cpu_us_per_terminal_s=_round(figures["idle_cpu_per_s"] * 1e6 / spec.devices if "idle_cpu_per_s" in figures else None),
             **self._database_figures(figures, fleet.deliveries),
             fleet_cpu_s=fleet.cpu_s,
+            fleet_cpu_us_per_delivery=_round(fleet.cpu_s * 1e6 / fleet.deliveries if fleet.deliveries else None),
+            fleet_idle_cpu_us_per_terminal_s=_round(figures["fleet_idle_cpu_per_s"] * 1e6 / spec.devices if "fleet_idle_cpu_per_s" in figures else None),
             gateway_peak_rss_mb=round(figures["peak_rss_mb"], 1),
             gateway_idle_rss_per_terminal_kb=round((figures["rss_ready_mb"] - figures["rss_empty_mb"]) * 1024 / spec.devices, 1),
             lost_events=checked.lost_events,

@@ -55,6 +55,8 @@ def table(report: dict) -> str:
         ("gateway CPU / fleet CPU", f"{show(report['gateway_cpu_s'], ' s')} / {show(report['fleet_cpu_s'], ' s')}"),
         ("  gateway CPU per delivery", show(report.get("gateway_cpu_us_per_delivery"), " us")),
         ("  idle, per terminal", show(report.get("gateway_idle_cpu_us_per_terminal_s"), " us CPU/s")),
+        ("  fleet CPU per delivery", show(report.get("fleet_cpu_us_per_delivery"), " us")),
+        ("  fleet idle, per terminal", show(report.get("fleet_idle_cpu_us_per_terminal_s"), " us CPU/s")),
         ("database CPU per delivery", show(report.get("database_cpu_us_per_delivery"), " us")
             if report.get("database_cpu_reason") is None else report["database_cpu_reason"]),
         ("  WAL per delivery", show(report.get("database_wal_bytes_per_delivery"), " B")),
