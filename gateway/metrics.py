@@ -50,8 +50,8 @@ class Metrics:
         self.listen_overflows = Counter("gateway_listen_overflows", "Connections the kernel dropped at a full accept queue on this host while the gateway ran", registry=r)
         self.wrong_proofs = Counter("gateway_wrong_proofs", "Wrong handshake proofs checked; those refused unchecked count in gateway_links_refused", registry=r)
         self.lockouts = Counter("gateway_auth_lockouts", "Source addresses locked out, and terminal ids put under attack, after failed handshakes", ["kind"], registry=r)
-        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks (a PUSH device: also those queued it has not "
-                              "answered), and its keypad changes still to be pulled; terminals online here", ["terminal"], registry=r)
+        self.sync_lag = Gauge("gateway_sync_lag", "Changes a terminal still lacks (in sync mode specific, those meant for it; a PUSH "
+                              "device: also those queued it has not answered), and its keypad changes still to be pulled; terminals online here", ["terminal"], registry=r)
         self._lags: dict[int, int] = {}  # terminal -> the sync lag last set
         self.event_log_anomalies = Counter(
             "gateway_event_log_anomalies",

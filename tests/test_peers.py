@@ -1,5 +1,6 @@
 """Peers on a real PostgreSQL server: a notification is heard once its transaction commits (never
-for a rollback, never its own sender's), and a user change wakes the other processes once committed."""
+for a rollback, never its own sender's), and a user change wakes the other processes once committed,
+naming its user's groups."""
 
 import pytest
 from sqlalchemy import create_engine, event, text
@@ -73,9 +74,17 @@ def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_n
         with pytest.raises(ValueError):
             db.run_now(change_then_fail)
         monkeypatch.setattr(notices, "SOURCE", "another-process")  # the listener leaves out its own process's
-        db.run_now(create_user, UserRecord(user_id="kept"), 0)
+        db.run_now(create_user, UserRecord(user_id="kept", access_groups=(3, 12)), 0)
         reactor.run_until(lambda: heard, "the committed change's wake-up")
-        assert heard == [(CHANGES, "")]
+        assert heard == [(CHANGES, "12,3")]  # the groups of the user changed: only their terminals are woken
+
+        def two_changes(conn):
+            create_user(conn, UserRecord(user_id="one", access_groups=(1,)), 0)
+            create_user(conn, UserRecord(user_id="two", access_groups=(2, 3)), 0)
+
+        db.run_now(two_changes)
+        reactor.run_until(lambda: len(heard) == 2, "the second transaction's wake-up")
+        assert heard[1] == (CHANGES, "1,2,3")  # one notice for the transaction, naming every group
     finally:
         other.stop()
         db.engine.dispose()

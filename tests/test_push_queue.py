@@ -28,7 +28,7 @@ def test_a_device_gets_back_what_it_owes_in_queued_order_across_runs(db):
 
 def test_the_lag_counts_each_unanswered_put_once(db):
     db.run_now(store_commands, 7, [put(1, 1), put(2, 1), put(3, 3, "6")], NOW_MS)
-    _, _, unanswered = db.run_now(sync_state)
+    _, _, unanswered, _ = db.run_now(sync_state)
     assert unanswered == {7: 2}
 
 

@@ -49,11 +49,11 @@ def test_terminals_at_the_same_cursor_share_one_feed_read():
     registry = SimpleNamespace(terminals=online, connected=lambda: list(online.values()))
     clock = task.Clock()
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
-    pusher.wake_all()
+    pusher.wake()
     assert sorted(args for args, _ in db.reads) == [(0, Pusher.scan_limit), (7, Pusher.scan_limit)]
     for _, d in db.reads:
         d.callback(FeedPage())  # nothing new: every round ends
-    pusher.wake_all()
+    pusher.wake()
     clock.advance(Pusher.round_interval_s)
     assert len(db.reads) == 4  # a later wake reads again
 
@@ -65,7 +65,7 @@ def test_a_terminal_joining_a_read_begun_before_its_wake_reads_again_after():
     clock = task.Clock()
     pusher = Pusher(db, registry, SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
     pusher.kick(1)  # a read of cursor 0 begins...
-    pusher.wake_all()  # ...then a change is committed: terminal 2 joins a read that may miss it
+    pusher.wake()  # ...then a change is committed: terminal 2 joins a read that may miss it
     assert len(db.reads) == 1
     db.reads[0][1].callback(FeedPage())
     clock.advance(Pusher.round_interval_s)
@@ -97,17 +97,17 @@ def test_a_terminals_rounds_begin_an_interval_apart_and_changes_meanwhile_share_
     db, clock = CountingDatabase(), task.Clock()
     term = Terminal(1, connection=object())
     pusher = Pusher(db, SimpleNamespace(terminals={1: term}, connected=lambda: [term]), SimpleNamespace(mode=SyncMode.ALL), clock, Metrics())
-    pusher.wake_all()
+    pusher.wake()
     db.reads[0][1].callback(FeedPage())
     for _ in range(3):  # three changes committed soon after
         clock.advance(Pusher.round_interval_s / 10)
-        pusher.wake_all()
+        pusher.wake()
     assert len(db.reads) == 1
     clock.advance(Pusher.round_interval_s)
     assert len(db.reads) == 2  # one round for the three
     db.reads[1][1].callback(FeedPage())
     clock.advance(10)
-    pusher.wake_all()
+    pusher.wake()
     assert len(db.reads) == 3  # after a quiet spell: at once
 
 
@@ -252,7 +252,7 @@ def next_round_after(db, clock, pusher) -> float:
     while len(db.reads) == reads:
         assert waited < 100
         pusher.sweep(1)
-        pusher.wake_all()
+        pusher.wake()
         clock.advance(0.25)
         waited += 0.25
     return waited
@@ -273,7 +273,7 @@ def test_unanswered_rounds_wait_longer_each_time_up_to_a_cap_and_an_acknowledged
     conn.puts[-1][1].callback([UserResult("u1", UserStatus.OK)])
     assert term.cursor == 3
     clock.advance(10)
-    pusher.wake_all()  # a change after the quiet spell goes at once: no wait is left
+    pusher.wake()  # a change after the quiet spell goes at once: no wait is left
     db.reads[-1][1].callback(FeedPage([change("u2", 4)]))
     unanswered(conn)
     assert next_round_after(db, clock, pusher) == 1  # the wait starts again at its least
@@ -285,7 +285,7 @@ def test_a_change_committed_during_the_wait_reaches_the_terminal_after_it():
     db.reads[-1][1].callback(FeedPage([change("u1", 3)]))
     unanswered(conn)
     clock.advance(0.5)
-    pusher.wake_all()  # u2 is committed while the terminal's next round waits
+    pusher.wake()  # u2 is committed while the terminal's next round waits
     clock.advance(0.25)
     assert len(db.reads) == 1
     clock.advance(0.25)

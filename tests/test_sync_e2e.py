@@ -167,14 +167,25 @@ class SyncScenarios:
     @defer.inlineCallbacks
     def test_specific_mode_sends_a_user_only_where_access_groups_meet_until_widened(self):
         site = yield self.start_site(sync_mode="specific", groups={A: [1], B: [2], C: [1, 2]})
+        cursors = site.gateway.registry.terminals
         person = replace(self.people.person("8008"), access_groups=(1,))
         yield site.gateway.users.create(person)
         yield wait_until(lambda: self.holds(A, person) and self.holds(C, person), "the user on A and C")
-        cursors = site.gateway.registry.terminals
-        yield wait_until(lambda: cursors[B].cursor >= cursors[A].cursor, "B's cursor past the user (its round is done)")
+        yield wait_until(lambda: min(site.committed_cursor(A), site.committed_cursor(C)) >= site.last_change_seq(), "A's and C's cursors moved")
+        # B was not woken for a change not meant for it: no round, so no cursor move (before, one
+        # came in the same commit as A's and C's), and the sweep finds it lacking nothing.
+        self.assertEqual((cursors[B].cursor, site.committed_cursor(B)), (0, 0))
+        yield site.gateway.sweep()
+        self.assertEqual(site.gateway.metrics.sync_lag.labels(str(B))._value.get(), 0)
         self.assertNotIn("8008", site.terminals[B].users)
+        # A change meant for B reaches it from its old cursor, passing over the one that is not.
+        other = replace(self.people.person("8009"), access_groups=(2,))
+        yield site.gateway.users.create(other)
+        yield wait_until(lambda: self.holds(B, other) and site.committed_cursor(B) == site.last_change_seq(), "the second user on B")
+        self.assertNotIn("8008", site.terminals[B].users)
+        self.assertNotIn("8009", site.terminals[A].users)
         yield site.gateway.settings.set_mode(SyncMode.ALL)
-        yield wait_until(lambda: self.holds(B, person), "the user on B once the mode widened to all")
+        yield wait_until(lambda: self.holds(B, person) and self.holds(A, other), "both users everywhere once the mode widened to all")
 
     @defer.inlineCallbacks
     def test_changes_held_back_while_sync_is_disabled_arrive_once_it_is_enabled(self):

@@ -53,13 +53,15 @@ class WorkersTests(LiveTestCase):
     backend = "postgresql"
     timeout = 180
 
-    def gateway(self, terminal_ids, workers: int = 1, name: str = "gateway", sync_mode: str | None = None, settings: str = "") -> GatewayProcess:
+    def gateway(self, terminal_ids, workers: int = 1, name: str = "gateway", sync_mode: str | None = None, settings: str = "",
+                groups: dict[int, list[int]] | None = None) -> GatewayProcess:
         folder = self.tmp_path / name
         folder.mkdir()
         config = folder / "gateway.toml"
+        groups = groups or {}
         config.write_text(f'tcp_host = "127.0.0.1"\napi_token = "{TOKEN}"\n' + settings
                           + (f'sync_mode = "{sync_mode}"\n' if sync_mode else "")
-                          + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "{secret_of(t)}"\n' for t in terminal_ids))
+                          + "".join(f'\n[[terminals]]\nid = {t}\nsecret = "{secret_of(t)}"\ngroups = {groups.get(t, [])}\n' for t in terminal_ids))
         gateway = GatewayProcess(folder, self.db_url, config_file=config, workers=workers)
         self.addCleanup(gateway.stop)
         return gateway
@@ -72,10 +74,10 @@ class WorkersTests(LiveTestCase):
         return dialers
 
     @defer.inlineCallbacks
-    def served(self, ids: list[int], workers: int, sync_mode: str | None = None, settings: str = ""):
+    def served(self, ids: list[int], workers: int, sync_mode: str | None = None, settings: str = "", groups=None):
         """``gateway run --workers N`` with terminals ``ids`` dialled in, once each is served by a
         worker: (the gateway, the terminals, an engine on its database)."""
-        gateway = self.gateway(ids, workers=workers, sync_mode=sync_mode, settings=settings)
+        gateway = self.gateway(ids, workers=workers, sync_mode=sync_mode, settings=settings, groups=groups)
         yield wait_until(gateway.spawn().listening, "the workers listening", timeout=60)
         terminals = {t: Terminal(t, secret_of(t)) for t in ids}
         self.dial(terminals, gateway.tcp_port)
@@ -141,6 +143,29 @@ class WorkersTests(LiveTestCase):
         storm.check_stored(self, engine)
         self.assertIn(victim, [int(p) for p in re.findall(r"worker \d \(pid (\d+)\) ended", gateway.log_path.read_text())],
                       "the supervisor saw the worker end and started it again")
+
+    @defer.inlineCallbacks
+    def test_in_specific_mode_a_change_through_one_worker_wakes_only_the_terminals_of_its_group_in_every_worker(self):
+        ids = list(range(601, 613))
+        groups = {t: [1 + t % 2] for t in ids}  # odd ids serve group 2, even ones group 1
+        gateway, terminals, engine = yield self.served(ids, workers=2, sync_mode="specific", groups=groups)
+        yield self.api(gateway, "POST", "/api/users", {"user_id": "9002", "name": "Rui Sá", "access_groups": [1]})
+        ones, twos = [t for t in ids if t % 2 == 0], [t for t in ids if t % 2]
+
+        def cursors():
+            with engine.connect() as conn:
+                return dict(conn.execute(text("SELECT terminal_id, cursor FROM terminals")).all())
+
+        with engine.connect() as conn:
+            seq = conn.execute(text("SELECT change_seq FROM users WHERE user_id = '9002'")).scalar_one()
+        yield wait_until(lambda: all("9002" in terminals[t].users for t in ones) and all(cursors()[t] >= seq for t in ones),
+                         "every terminal of group 1, whichever worker serves it, holding her", timeout=30)
+        # Neither worker woke a terminal of group 2 for her: no round, so no cursor move (before,
+        # each worker moved them in the same commit as its group 1 terminals'), and no lag shown.
+        self.assertEqual({t: cursors()[t] for t in twos}, {t: 0 for t in twos})
+        self.assertFalse(any("9002" in terminals[t].users for t in twos))
+        shown = yield self.api(gateway, "GET", "/api/terminals", None)
+        self.assertEqual({t["id"]: t["lag"] for t in shown["terminals"] if t["id"] in twos}, {t: 0 for t in twos})
 
     @defer.inlineCallbacks
     def test_a_sync_mode_change_made_through_one_worker_applies_in_all(self):

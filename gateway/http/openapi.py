@@ -35,7 +35,7 @@ SCHEMAS = {
                                                                   "last connected, in seconds (ZK devices; null: not known)"},
             "access_groups": {"type": "array", "items": {"type": "integer"}},
             "cursor": {"type": "integer", "description": "highest change it applied (a PUSH device: whose commands are stored for it)"},
-            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor, plus its keypad changes still to be pulled, plus (a PUSH "
+            "lag": {**_NULLABLE_INT, "description": "changes committed after its cursor (in sync mode specific, those meant for it), plus its keypad changes still to be pulled, plus (a PUSH "
                                                      "device) changes queued as commands it has not answered; "
                                                      "null unless admitted"},
             "pulls_owed": {"type": "integer", "description": "users changed at its keypad the gateway still has to pull"},

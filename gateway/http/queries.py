@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import distinct, func, select
 from sqlalchemy.engine import Connection
 
+from gateway.sync.due import RecentChanges, read_recent_changes
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
 from gateway.store.partitions import holding_user, id_window, newest_closed, partitioned, union_of, week_ids
@@ -155,11 +156,16 @@ def _user(row) -> dict:
     return summary
 
 
-def sync_state(conn: Connection) -> tuple[int, dict[int, int], dict[int, int]]:
+SyncState = tuple[int, dict[int, int], dict[int, int], RecentChanges]
+
+
+def sync_state(conn: Connection) -> SyncState:
     """The last change sequence number, per terminal the pulls owed (keypad changes not merged
-    yet), and per PUSH device the changes stored as commands it has not answered yet
-    (gateway/push/queue.py): together what a terminal's lag counts."""
-    return last_change_seq(conn), dict(conn.execute(_PULLS_OWED).all()), dict(conn.execute(_UNANSWERED).all())
+    yet), per PUSH device the changes stored as commands it has not answered yet
+    (gateway/push/queue.py), and the newest changes, which say how many after a terminal's cursor
+    are meant for it: together what a terminal's lag counts."""
+    seq = last_change_seq(conn)
+    return seq, dict(conn.execute(_PULLS_OWED).all()), dict(conn.execute(_UNANSWERED).all()), read_recent_changes(conn, seq)
 
 
 # Built once: building a statement and its cache key cost more than SQLite running it.

@@ -13,8 +13,8 @@ from gateway.terminals import ADMITTED, REFUSED
 TERMINAL_ID = Param("terminal_id", "integer", "the terminal's id (from its HELLO)", minimum=0, maximum=2**32 - 1)
 
 
-def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict | None = None, unanswered: int = 0) -> dict:
-    behind = max(0, last_seq - term.cursor)
+def terminal_json(term, behind: int, pulls_owed: int = 0, reconciliation: dict | None = None, unanswered: int = 0) -> dict:
+    """``behind``: changes after its cursor meant for it (gateway/sync/due.py)."""
     return dict(
         id=term.terminal_id,
         name=term.name,
@@ -29,9 +29,9 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
         clock_drift_s=term.clock_drift_s,
         access_groups=sorted(term.access_groups),
         cursor=term.cursor,
-        # Changes committed after the terminal's cursor (an upper bound of what it still lacks: in
-        # "specific" mode some are not meant for it), keypad changes of its still to be pulled, and
-        # (a PUSH device) changes stored as commands it has not answered: its cursor moved when they were stored.
+        # Changes committed after the terminal's cursor and meant for it (in mode "specific", those
+        # of its groups), keypad changes of its still to be pulled, and (a PUSH device) changes
+        # stored as commands it has not answered: its cursor moved when they were stored.
         lag=behind + pulls_owed + unanswered if term.admission == ADMITTED else None,
         pulls_owed=pulls_owed,
         # The last comparison of what it holds with the server: repairs made, differences left.
@@ -40,11 +40,12 @@ def terminal_json(term, last_seq: int, pulls_owed: int = 0, reconciliation: dict
 
 
 def _json(call, term, state) -> dict:
-    seq, owed, unanswered = state
+    _, owed, unanswered, recent = state
     reconciler = call.gateway.reconciler
     found = reconciler.last.get(term.terminal_id)
     reconciliation = found.as_json(reconciler.repaired_total[term.terminal_id]) if found else None
-    return terminal_json(term, seq, owed.get(term.terminal_id, 0), reconciliation, unanswered.get(term.terminal_id, 0))
+    behind = recent.behind(term.cursor, term.access_groups, call.gateway.settings.mode)
+    return terminal_json(term, behind, owed.get(term.terminal_id, 0), reconciliation, unanswered.get(term.terminal_id, 0))
 
 
 def _terminal(call):

@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig, parse_serial
 from gateway.kinds import Serving, kinds
 from gateway.store.database import Database
 from gateway.native.doorman import DoorLimits, Doorman
+from gateway.sync.due import heard_groups
 from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
@@ -33,7 +34,7 @@ from gateway.store.notices import ADMISSIONS, CHANGES, DOORMAN, RECONCILE, RECON
 from gateway.store.retention import Retention
 from gateway.sync.puller import Puller
 from gateway.sync.pusher import Pusher
-from gateway.http.queries import sync_state
+from gateway.http.queries import SyncState, sync_state
 from gateway.sync.reconcile import Reconciler, Reconciliation
 from gateway.native.session import SessionTiming, TerminalSession
 from gateway.sync.settings import SyncSettings
@@ -225,12 +226,13 @@ class Gateway:
         for terminal_id, user_ids in committed:
             self.puller.want(terminal_id, user_ids)
 
-    def _wake_pushes(self):
-        self.pusher.wake_all()
+    def _wake_pushes(self, groups: frozenset[int] | None = None):
+        """Users of ``groups`` changed (None: any): wake the pushes to the terminals they go to."""
+        self.pusher.wake(groups)
 
     def _sync_mode_changed(self):
         """Pushes follow the new mode at once; pulls it made owed start now."""
-        self.pusher.wake_all()
+        self.pusher.wake()
         for term in self.registry.connected():
             self.puller.terminal_online(term.terminal_id)
 
@@ -245,7 +247,7 @@ class Gateway:
 
     def _peer_said(self, channel: str, payload: str) -> None:
         if channel == CHANGES:
-            self.pusher.wake_all()
+            self.pusher.wake(heard_groups(payload))
         elif channel == SETTINGS:
             self.settings.reload().addErrback(lambda f: log.warn("cannot read the sync mode: {e}", e=f.getErrorMessage()))
         elif channel == TERMINALS:
@@ -263,7 +265,7 @@ class Gateway:
 
     def _resynced(self) -> None:
         """Listening (again): whatever was said meanwhile is read instead."""
-        self.pusher.wake_all()
+        self.pusher.wake()
         self.settings.reload().addErrback(lambda f: log.warn("cannot read the sync mode: {e}", e=f.getErrorMessage()))
         self.registry.reload_all().addErrback(lambda f: log.warn("cannot read the terminals: {e}", e=f.getErrorMessage()))
 
@@ -277,14 +279,16 @@ class Gateway:
         d.addErrback(lambda f: log.warn("sweep could not read the database: {e}", e=f.getErrorMessage()))
         return d
 
-    def _swept(self, state: tuple[int, dict[int, int], dict[int, int]]) -> None:
-        seq, owed, unanswered = state
+    def _swept(self, state: SyncState) -> None:
+        _, owed, unanswered, recent = state
+        mode = self.settings.mode
         # Kicking every lagging terminal also retries pushes that failed earlier. A keypad change
         # still to be pulled is lag too: the terminal and the server differ until it is merged.
+        # Changes after a cursor that are not meant for the terminal are no lag (gateway/sync/due.py).
         for term in self.registry.connected():
-            lag = max(0, seq - term.cursor) + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0)
-            self.metrics.set_sync_lag(term.terminal_id, lag)
-            if term.cursor < seq:
+            behind = recent.behind(term.cursor, term.access_groups, mode)
+            self.metrics.set_sync_lag(term.terminal_id, behind + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0))
+            if recent.round_due(term.cursor, term.access_groups, mode):
                 self.pusher.sweep(term.terminal_id)
 
 

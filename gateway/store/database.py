@@ -163,7 +163,7 @@ def transaction(engine: Engine, work, *args):
     return result
 
 
-def _wake_others(conn, owed: set[str]) -> None:
+def _wake_others(conn, owed: dict[str, set[str]]) -> None:
     try:
         send_owed(conn, owed)
     except (DBAPIError, SQLAlchemyError) as exc:  # committed all the same: the next change wakes them

@@ -4,7 +4,9 @@ For each terminal it reads the users changed after the terminal's cursor, keeps 
 mode targets at that terminal, sends them (PUT_USERS, DELETE_USERS for server-side deletions)
 and moves the cursor only after the terminal acknowledged them. Ten edits of a user while a
 terminal was away are one row in the feed, so they reach it as one record. A terminal's rounds
-begin at least ``round_interval_s`` apart, so that changes close together share one.
+begin at least ``round_interval_s`` apart, so that changes close together share one. A change
+wakes only the terminals it is meant for (gateway/sync/due.py); a round passes over the changes
+after a cursor that are not.
 
 A round whose request went unanswered (``Unanswered``: past its deadline, the link still up)
 makes the terminal's next round wait: ``backoff_first_s``, doubling with each such round in a
@@ -90,7 +92,7 @@ class Pusher:
         self._cursor_moves: list[tuple[int, int, list[dict], defer.Deferred]] = []
         self._moving_cursors = False
         self._feed_reads: dict[int, tuple[int, list[defer.Deferred]]] = {}  # cursor -> (wake it began in, waiters)
-        self._wakes = 0  # wake_all calls so far: each follows a committed change
+        self._wakes = 0  # wakes so far: each follows a committed change
         self._rechecks: dict[int, object] = {}  # terminal -> the delayed call reading its held-back feed again
         self._round_began: dict[int, float] = {}  # terminal -> when its last round began
         self._paced: dict[int, object] = {}  # terminal -> the delayed call beginning its next round
@@ -114,10 +116,15 @@ class Pusher:
             self._paced.pop(terminal_id).cancel()
         self.kick(terminal_id)
 
-    def wake_all(self) -> None:
+    def wake(self, groups: frozenset[int] | None = None) -> None:
+        """A change committed: begin rounds at the terminals it is meant for, by the sync mode,
+        a user of ``groups`` (None: at every terminal). The others do no round for it: their
+        cursors stay behind it, and their next round passes over it (gateway/sync/due.py)."""
         self._wakes += 1
+        mode = self._settings.mode
         for term in self._registry.connected():
-            self.kick(term.terminal_id)
+            if groups is None or mode.targets(groups, term.access_groups):
+                self.kick(term.terminal_id)
 
     def sweep(self, terminal_id: int) -> None:
         """The periodic sweep's kick of a lagging terminal: none when a round is under way or due.

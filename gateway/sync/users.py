@@ -14,12 +14,12 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection
 
 from gateway.store.database import insert_ignoring_duplicates, upsert
-from gateway.store.notices import CHANGES, notify_after_commit
 from gateway.store.order import draw_keys, highest_visible, ordered
 from gateway.store.schema import counters, users
 from gateway.sync.changes import OPERATOR, SET, FieldChange, record_changes
 from gateway.sync.history import API, USER, history_row, record_history
-from gateway.sync.syncmode import format_groups
+from gateway.sync.due import changed_users_of
+from gateway.sync.syncmode import format_groups, parse_groups
 from protocol.errors import MessageError
 from protocol.records import Card, UserRecord, UserRecordWire
 
@@ -63,10 +63,10 @@ class Members:
         return kept + tuple(dict.fromkeys(member for member in self.add if member not in kept))
 
 
-def next_change_seq(conn: Connection) -> int:
-    """Take the next key of the changes feed inside the caller's transaction; other gateway
-    processes hear of the change once it committed."""
-    notify_after_commit(conn, CHANGES)
+def next_change_seq(conn: Connection, groups) -> int:
+    """Take the next key of the changes feed inside the caller's transaction for a user of
+    ``groups``; other gateway processes hear of the change once it committed."""
+    changed_users_of(conn, groups)
     if ordered(conn):
         return draw_keys(conn, 1)[0]
     insert_ignoring_duplicates(conn, counters, [dict(name=CHANGE_SEQ, value=0)])
@@ -140,7 +140,7 @@ def stored_users(conn: Connection, user_ids: list[str]) -> dict[str, Stored]:
 
 def store_record(conn: Connection, record: UserRecord, at_ms: int, holder_terminal: int | None = None) -> int:
     """Save a new version of a user as the next change, made at ``at_ms``; return its change sequence number."""
-    seq = next_change_seq(conn)
+    seq = next_change_seq(conn, record.access_groups)
     values = dict(
         name=record.name,
         record=UserRecordWire.build(record),
@@ -154,7 +154,9 @@ def store_record(conn: Connection, record: UserRecord, at_ms: int, holder_termin
 
 
 def store_tombstone(conn: Connection, user_id: str, at_ms: int) -> int:
-    seq = next_change_seq(conn)
+    """The user's deletion as the next change: it goes where the user went (the row keeps its groups)."""
+    groups = conn.execute(select(users.c.access_groups).where(users.c.user_id == user_id)).scalar() or ""
+    seq = next_change_seq(conn, parse_groups(groups))
     conn.execute(
         update(users)
         .where(users.c.user_id == user_id)
@@ -203,8 +205,9 @@ class UserSummary:
 class UserDirectory:
     """Server-side user changes (create, edit, delete), each one a change in the feed.
 
-    Methods return Deferreds (the work runs on the writer thread) and call ``on_change`` after
-    the commit so pushes start at once.
+    Methods return Deferreds (the work runs on the writer thread) and call ``on_change(groups)``
+    after the commit, with the changed user's access groups, so pushes to the terminals it goes
+    to start at once.
     """
 
     def __init__(self, db, clock, on_change):
@@ -224,9 +227,9 @@ class UserDirectory:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _changed(self, result):
-        self._on_change()
-        return result
+    def _changed(self, changed: UserRecord):
+        self._on_change(frozenset(changed.access_groups))
+        return changed
 
 
 def create_user(conn: Connection, record: UserRecord, at_ms: int) -> UserRecord:
@@ -257,10 +260,12 @@ def edit_user(conn: Connection, user_id: str, fields: dict, at_ms: int) -> UserR
     return edited
 
 
-def delete_user(conn: Connection, user_id: str, at_ms: int) -> str:
-    if load_record(conn, user_id) is None:
+def delete_user(conn: Connection, user_id: str, at_ms: int) -> UserRecord:
+    """Delete a user on the server; the record it had."""
+    deleted = load_record(conn, user_id)
+    if deleted is None:
         raise UnknownUser(user_id)
     seq = store_tombstone(conn, user_id, at_ms)
     record_history(conn, [history_row(user_id, API, [FieldChange(USER, SET, OPERATOR, None, "deleted")], at_ms, change_seq=seq)])
-    return user_id
+    return deleted
 
