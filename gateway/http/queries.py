@@ -12,8 +12,9 @@ from sqlalchemy.engine import Connection
 
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.partitions import holding_user, id_window, newest_closed, partitioned, union_of, week_ids
+from gateway.store.partitions import id_window, newest_closed, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
+from gateway.store.user_events import naming_users
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
 
@@ -63,10 +64,11 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     With ``after``: the oldest events above it, oldest first (how a log is followed). Without:
     the newest events below ``before`` (or the newest of all), newest first (how one pages back).
     """
-    if partitioned(conn):
+    if partitioned(conn) and flt.user_id is None:
         rows = _by_week(conn, flt, after, before, limit)
-    else:
-        rows = conn.execute(_page(events, visible(conn, events.c.id), flt, after, before, limit)).mappings().all()
+    else:  # one table: SQLite's events, or a user's page from the copy of the events naming a user (PostgreSQL)
+        table = events if flt.user_id is None else naming_users(conn)
+        rows = conn.execute(_page(table, visible(conn, table.c.id), flt, after, before, limit)).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
 
 
@@ -93,12 +95,9 @@ def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int 
     from the open weeks, then from the closed ones with ids above the page's last, and while it is
     not full from the ``WIDER`` closed ones with the highest ids, then from all. Every read keeps
     below the watermark read with the weeks' figures, so each event it may return was committed,
-    with its week's figure, before those were read. A user's page reads only the weeks holding
-    that user."""
+    with its week's figure, before those were read."""
     watermark, ids = week_ids(conn)
     whole = ids.keys()  # what reading every partition in ``ids`` means: the whole table
-    if flt.user_id is not None:
-        ids = holding_user(conn, ids, flt.user_id)
     searched: frozenset[str] = frozenset()
     rows: list = []
     wanted = id_window(ids, after)
