@@ -11,7 +11,8 @@ weeks are then closed, as the gateway's hourly run closes them, and the bulk's p
 (``CHECKPOINT``) so that ingest is not measured during their write-back. Ingest is the event log's own group-commit work
 (``gateway.sync.eventlog._store``: batches of ``--batch`` events from 200 terminals, with the
 once-only check of resends); the queries are ``/api/events``'s (``read_events``): the newest
-page, by type, by user (a regular met every week, a visitor met in one), by terminal, and a
+page, by type, by user (a regular met every week, a visitor met in one, and a user of the
+ingest measurements, whose page is full in the empty table too), by terminal, and a
 follower's ``after``: p50 and p99 as a caller sees them, and ("db ms") the database's planning
 and execution time of the page's statements.
 
@@ -111,6 +112,9 @@ def queries(engine, rounds: int) -> dict:
         "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
         "by_user": (EventFilter(user_id="u4242"), None),  # 100 events, two a week over the year: every week is read
         "by_visitor": (EventFilter(user_id="visitor"), None),  # 3 events in one week: that week is read
+        # A full page in both tables (u7's ingested events; none of the regular's is in the empty one):
+        # what the table's size alone costs a user's page.
+        "by_ingested": (EventFilter(user_id="u7"), None),
         "by_terminal": (EventFilter(terminal_id=7), None),
         "after": (EVERYTHING, max(0, recent - 1000)),
     }
