@@ -18,10 +18,12 @@ and execution time of the page's statements (the median of 11).
 
     python benchmarks/big_log.py --db postgresql://...                 # 10^7 events
     python benchmarks/big_log.py --db postgresql://... --events 1000000
+    python benchmarks/big_log.py --db postgresql://... --ingest-users 100000   # ingest naming many people
 """
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -84,16 +86,20 @@ def close(engine) -> None:
         close_weeks(conn, NOW_MS)
 
 
-def ingest(engine, batches: int, batch: int, first_id: int) -> dict:
-    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals."""
+def ingest(engine, batches: int, batch: int, first_id: int, users: int = 0) -> dict:
+    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals, each
+    event of its terminal's one user (``u<terminal>``), or with ``users`` of one drawn from the
+    bulk's first ``users`` (a site's many people at its doors)."""
     took = []
+    draw = random.Random(first_id)
+    user_of = (lambda t: f"u{t}") if not users else (lambda t: f"u{draw.randrange(users)}")
     per_terminal = max(1, batch // TERMINALS)
     next_id = {t: first_id for t in range(1, TERMINALS + 1)}
     logs: dict = {}  # each terminal's log as the event log keeps it in memory: no lookups for new events
     for batch_no in range(batches + 1):  # the first, unmeasured, looks each terminal's log up, as its connection does once
         subs = []
         for t in range(1, TERMINALS + 1):
-            evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, f"u{t}") for n in range(per_terminal)]
+            evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, user_of(t)) for n in range(per_terminal)]
             next_id[t] += per_terminal
             subs.append(_Submission(t, evs, pull_users=False))
         started = time.perf_counter()
@@ -167,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--events", type=int, default=10_000_000, help="events to add (default 10^7)")
     p.add_argument("--batch", type=int, default=2000, help="events per group commit of the ingest measurement (default 2000)")
     p.add_argument("--batches", type=int, default=30, help="group commits per ingest measurement (default 30)")
+    p.add_argument("--ingest-users", type=int, default=0, metavar="N",
+                   help="each ingested event's user drawn from the bulk's first N users (default: one per terminal)")
     p.add_argument("--rounds", type=int, default=50, help="times each query is asked (default 50)")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
@@ -175,10 +183,10 @@ def main(argv=None) -> int:
         p.error("--db must be a PostgreSQL database (the bulk build is generate_series)")
     migrate(engine)
     close(engine)
-    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1), queries=queries(engine, args.rounds))
+    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1, args.ingest_users), queries=queries(engine, args.rounds))
     built_s = build(engine, args.events)
     # New events go above the bulk's ids, as a live site's would.
-    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events), queries=queries(engine, args.rounds))
+    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events, args.ingest_users), queries=queries(engine, args.rounds))
     engine.dispose()
     print(f"built {args.events:,} events in {built_s:.0f} s")
     print(f"{'':14} {'empty':>12} {'full':>12} {'ratio':>7}")

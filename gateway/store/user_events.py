@@ -2,9 +2,9 @@
 (user, id) order: where a user's page of events is read.
 
 Why: the events table is partitioned by week (gateway/store/partitions.py), and a user met every
-week has events in every week of a year: a page of them opened all 52 partitions, 15 times an
-empty table's database time at 10^7 events (docs/loadtest.md, "A big log"). In the copy, a
-user's newest events are one index range however many weeks they span. Each copied row is the
+week has events in every week of a year: a page of them opened all 52 partitions, 12 to 32
+times an empty table's database time at 10^7 events (docs/loadtest.md, "A user's events in one
+table"). In the copy, a user's newest events are one index range however many weeks they span. Each copied row is the
 event's own (same id, same columns), so the page holds the same rows in the same order, with the
 same cursors, as one read from the events table.
 
