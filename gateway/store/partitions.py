@@ -5,8 +5,9 @@ Dropping a week is a metadata operation: no row is read, no dead tuple left for 
 many million events the week held; only the copies of its events that name a user, kept apart
 for a user's page (gateway/store/user_events.py), are deleted as rows, in the same transaction.
 Rows whose time no weekly partition covers (a terminal's clock far off, a backlog older than
-the first partition, a migrated site's old log) go to ``events_default``; retention removes those row by row as it did before partitions. A week made
-later takes its rows out of the default partition as it is attached, so none is ever refused.
+the first partition, a migrated site's old log) go to ``events_default``; retention removes
+those row by row as it did before partitions. A week made later takes its rows out of the
+default partition as it is attached, so none is ever refused.
 
 Every statement here takes a lock on the events table that ingest also needs; ``lock_timeout``
 keeps each wait short (the next hourly run tries again), so a long query never holds ingest up
