@@ -20,20 +20,21 @@ events still go), the hourly run closes it: a trigger on it and the highest id i
 ``WEEK_IDS`` (migration 0011), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. A page then opens
 the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
-A user's page, whose events may lie in every week of a year, reads none of them: it reads the
-copy of the events that name a user (gateway/store/user_events.py), whose copies of a week
-dropped here go in the same transaction.
+Closing a week also copies its events that name a user (gateway/store/user_events.py), and its
+trigger copies a late one: a user's page, whose events may lie in every week of a year, reads
+the open weeks and that copy (``closed_time``), whose copies of a week dropped here go in the
+same transaction.
 """
 
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, select, text, union_all
+from sqlalchemy import MetaData, and_, false, not_, select, text, true, union_all
 
 from gateway.store.order import WATERMARK
 from gateway.store.schema import events
-from gateway.store.user_events import uncopy_week
+from gateway.store.user_events import copy_partition, uncopy_week
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -166,7 +167,8 @@ def drop_week(conn, week: Week, cutoff_ms: int, held: int) -> bool:
 
 def close_weeks(conn, now_ms: int) -> list[str]:
     """Close the default partition and every week ended before the open ones (see "Closed weeks"
-    above); the names closed. All in the caller's transaction: none is closed unless all are."""
+    above), each week's events naming a user copied; the names closed. All in the caller's
+    transaction: none is closed unless all are, and no event is copied twice or missed."""
     if not partitioned(conn):
         return []
     open_from = week_of(now_ms).start_ms - (OPEN_WEEKS - 1) * WEEK_MS
@@ -179,6 +181,7 @@ def close_weeks(conn, now_ms: int) -> list[str]:
             # the figures read next are those of every event there, and the trigger sees every later one.
             conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
             conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
+            copy_partition(conn, name)
     return todo
 
 
@@ -190,6 +193,28 @@ def week_ids(conn) -> tuple[int, dict[str, int | None]]:
         f"SELECT {WATERMARK.name} AS mark, i.inhrelid::regclass::text AS relname, b.max_id FROM pg_inherits i"
         f" LEFT JOIN {WEEK_IDS} b ON b.name = i.inhrelid::regclass::text WHERE i.inhparent = 'events'::regclass")).all()
     return rows[0].mark, {row.relname: row.max_id for row in rows}  # the default partition is always there
+
+
+def closed_time(occurred, ids: dict[str, int | None]):
+    """The condition that an ``occurred`` time lies in a partition closed in ``ids``: outside the
+    open weeks, the default partition closed. What a user's page reads of the copy beside the
+    open partitions: a week closed after ``ids`` were read is read from its partition alone, and
+    a row a week made later took out of the closed default partition from the copy alone."""
+    if ids[DEFAULT] is None:  # closed with the first weeks (``close_weeks``): none is closed yet
+        return false()
+    open_weeks = _spans(_week_named(name) for name, highest in ids.items() if highest is None)
+    return and_(true(), *(not_(and_(occurred >= start, occurred < end)) for start, end in open_weeks))
+
+
+def _spans(some_weeks) -> list[tuple[int, int]]:
+    """The weeks as runs of adjacent ones, each ``(start, end)``: one condition a run."""
+    spans: list[tuple[int, int]] = []
+    for week in sorted(some_weeks):
+        if spans and spans[-1][1] == week.start_ms:
+            spans[-1] = (spans[-1][0], week.end_ms)
+        else:
+            spans.append((week.start_ms, week.end_ms))
+    return spans
 
 
 def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:
