@@ -6,20 +6,26 @@ The rows are a year of logs, the 52 weeks before this one, made by the database 
 is filled as a table of its own without indexes, then attached as that week's partition
 (gateway/store/partitions.py), which builds its indexes once over the whole week: minutes, not
 the hours a fleet would take, nor the ten minutes of inserting through the indexes. The past
-weeks are then closed, as the gateway's hourly run closes them, and the bulk's pages written out
+weeks are then closed one at a time, oldest first, as the gateway's hourly run closes them (each
+close copying the week's events naming a user, gateway/store/user_events.py; the last close's
+time is printed: a week's at 10^7), and the bulk's pages written out
 (``CHECKPOINT``) so that ingest is not measured during their write-back. Ingest is the event log's own group-commit work
 (``gateway.sync.eventlog._store``: batches of ``--batch`` events from 200 terminals, with the
 once-only check of resends); the queries are ``/api/events``'s (``read_events``): the newest
-page, by type, by user (a regular met every week, a visitor met in one), by terminal, and a
+page, by type, by user (a regular met every week, a visitor met in one, and a user of the
+ingest measurements, whose page is full in the empty table too), by terminal, and a
 follower's ``after``: p50 and p99 as a caller sees them, and ("db ms") the database's planning
-and execution time of the page's statements.
+and execution time of the page's statements (the median of 11).
 
     python benchmarks/big_log.py --db postgresql://...                 # 10^7 events
     python benchmarks/big_log.py --db postgresql://... --events 1000000
+    python benchmarks/big_log.py --db postgresql://... --ingest-users 100000   # ingest naming many people
 """
 
 import argparse
 import json
+import random
+import statistics
 import time
 from pathlib import Path
 
@@ -50,8 +56,9 @@ FROM generate_series(:first, :last) AS g
 """
 
 
-def build(engine, count: int) -> float:
-    """Add ``count`` events over the year before this week, a week's partition a transaction; seconds it took."""
+def build(engine, count: int) -> tuple[float, float]:
+    """Add ``count`` events over the year before this week, a week's partition a transaction;
+    seconds it took, and seconds the last week's close took."""
     started = time.perf_counter()
     per_week = -(-count // WEEKS)
     assert per_week <= ROWS_PER_TRANSACTION
@@ -65,29 +72,36 @@ def build(engine, count: int) -> float:
             conn.execute(text(BULK.format(week=week.name, terminals=TERMINALS)),
                          dict(first=first, last=last, start=week.start_ms, step=WEEK_MS // per_week, visitor=VISITOR_WEEK * per_week))
             conn.execute(text(f"ALTER TABLE events ATTACH PARTITION {week.name} FOR VALUES FROM ({week.start_ms}) TO ({week.end_ms})"))
-    close(engine)
+    for n in range(WEEKS):  # as the hourly runs closed them, a week at a time, up to this week
+        closing = time.perf_counter()
+        close(engine, FIRST_WEEK.start_ms + (n + 1) * WEEK_MS)
+        last_close_s = time.perf_counter() - closing
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE events"))
         conn.execute(text("CHECKPOINT"))  # the bulk's pages written out now, not during the measurements
-    return time.perf_counter() - started
+    return time.perf_counter() - started, last_close_s
 
 
-def close(engine) -> None:
-    """Close the past weeks, as the gateway's hourly run does (gateway/store/partitions.py)."""
+def close(engine, now_ms: int = NOW_MS) -> None:
+    """Close the weeks past at ``now_ms``, as the gateway's hourly run does (gateway/store/partitions.py)."""
     with engine.begin() as conn:
-        close_weeks(conn, NOW_MS)
+        close_weeks(conn, now_ms)
 
 
-def ingest(engine, batches: int, batch: int, first_id: int) -> dict:
-    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals."""
+def ingest(engine, batches: int, batch: int, first_id: int, users: int = 0) -> dict:
+    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals, each
+    event of its terminal's one user (``u<terminal>``), or with ``users`` of one drawn from the
+    bulk's first ``users`` (a site's many people at its doors)."""
     took = []
+    draw = random.Random(first_id)
+    user_of = (lambda t: f"u{t}") if not users else (lambda t: f"u{draw.randrange(users)}")
     per_terminal = max(1, batch // TERMINALS)
     next_id = {t: first_id for t in range(1, TERMINALS + 1)}
     logs: dict = {}  # each terminal's log as the event log keeps it in memory: no lookups for new events
     for batch_no in range(batches + 1):  # the first, unmeasured, looks each terminal's log up, as its connection does once
         subs = []
         for t in range(1, TERMINALS + 1):
-            evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, f"u{t}") for n in range(per_terminal)]
+            evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, user_of(t)) for n in range(per_terminal)]
             next_id[t] += per_terminal
             subs.append(_Submission(t, evs, pull_users=False))
         started = time.perf_counter()
@@ -107,6 +121,9 @@ def queries(engine, rounds: int) -> dict:
         "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
         "by_user": (EventFilter(user_id="u4242"), None),  # 100 events, two a week over the year: every week is read
         "by_visitor": (EventFilter(user_id="visitor"), None),  # 3 events in one week: that week is read
+        # A full page in both tables (u7's ingested events; none of the regular's is in the empty one):
+        # what the table's size alone costs a user's page.
+        "by_ingested": (EventFilter(user_id="u7"), None),
         "by_terminal": (EventFilter(terminal_id=7), None),
         "after": (EVERYTHING, max(0, recent - 1000)),
     }
@@ -127,20 +144,24 @@ def queries(engine, rounds: int) -> dict:
     return figures
 
 
-def database_ms(engine, flt, after) -> float:
+def database_ms(engine, flt, after, times: int = 11) -> float:
     """The database's own time for a page: planning and execution of each statement ``read_events``
-    sends, by ``EXPLAIN (ANALYZE)`` (less shaken by a busy machine than the time a caller sees)."""
+    sends, by ``EXPLAIN (ANALYZE)`` (less shaken by a busy machine than the time a caller sees),
+    the median of ``times`` (one alone was shaken too: 0.06 to 0.53 ms for one three-row lookup)."""
     sent = []
     listen = lambda conn, cursor, statement, parameters, context, many: sent.append((statement, parameters))
     with engine.connect() as conn:
         event.listen(conn, "before_cursor_execute", listen)
         read_events(conn, flt, after, None, 100)
         event.remove(conn, "before_cursor_execute", listen)
-        total = 0.0
-        for statement, parameters in sent:
-            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, SUMMARY) " + statement, parameters).scalars().all()
-            total += sum(float(line.split(":")[1].split()[0]) for line in plan if line.startswith(("Planning Time", "Execution Time")))
-    return round(total, 2)
+        took = []
+        for _ in range(times):
+            total = 0.0
+            for statement, parameters in sent:
+                plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, SUMMARY) " + statement, parameters).scalars().all()
+                total += sum(float(line.split(":")[1].split()[0]) for line in plan if line.startswith(("Planning Time", "Execution Time")))
+            took.append(total)
+    return round(statistics.median(took), 2)
 
 
 def ms(took: list[float], p: int) -> float:
@@ -154,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--events", type=int, default=10_000_000, help="events to add (default 10^7)")
     p.add_argument("--batch", type=int, default=2000, help="events per group commit of the ingest measurement (default 2000)")
     p.add_argument("--batches", type=int, default=30, help="group commits per ingest measurement (default 30)")
+    p.add_argument("--ingest-users", type=int, default=0, metavar="N",
+                   help="each ingested event's user drawn from the bulk's first N users (default: one per terminal)")
     p.add_argument("--rounds", type=int, default=50, help="times each query is asked (default 50)")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
@@ -162,12 +185,12 @@ def main(argv=None) -> int:
         p.error("--db must be a PostgreSQL database (the bulk build is generate_series)")
     migrate(engine)
     close(engine)
-    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1), queries=queries(engine, args.rounds))
-    built_s = build(engine, args.events)
+    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1, args.ingest_users), queries=queries(engine, args.rounds))
+    built_s, last_close_s = build(engine, args.events)
     # New events go above the bulk's ids, as a live site's would.
-    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events), queries=queries(engine, args.rounds))
+    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events, args.ingest_users), queries=queries(engine, args.rounds))
     engine.dispose()
-    print(f"built {args.events:,} events in {built_s:.0f} s")
+    print(f"built {args.events:,} events in {built_s:.0f} s; the last week's close took {last_close_s:.2f} s")
     print(f"{'':14} {'empty':>12} {'full':>12} {'ratio':>7}")
     rows = [("ingest ev/s", empty["ingest"]["events_per_s"], full["ingest"]["events_per_s"])]
     rows += [(f"{name} p99 ms", empty["queries"][name]["p99_ms"], full["queries"][name]["p99_ms"]) for name in empty["queries"]]
@@ -176,7 +199,7 @@ def main(argv=None) -> int:
     for name, before, after in rows:
         print(f"{name:14} {before:>12,} {after:>12,} {after / before if before else float('nan'):>7.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(events=args.events, built_s=round(built_s), empty=empty, full=full), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(dict(events=args.events, built_s=round(built_s), last_close_s=round(last_close_s, 2), empty=empty, full=full), indent=2) + "\n")
     return 0
 
 

@@ -13,9 +13,10 @@ from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
+from gateway.store.partitions import DAY_MS, DEFAULT, close_weeks, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
 from gateway.store.retention import Retention, expire_batch, export, export_week
 from gateway.store.schema import events
+from gateway.store.user_events import BY_USER
 from gateway.sync.monitor import APPLIED_BY_DEVICE, record_sync_events, sync_event_row
 from live_site import KeypadStorm, LiveTestCase, Site, wait_until
 
@@ -130,6 +131,34 @@ def test_on_postgresql_an_old_week_holding_events_recorded_since_the_cutoff_stay
     assert old in pg.run_now(weeks)
     if folder is not None:
         assert [e["user_id"] for e in exported(tmp_path / export_dir)] == ["recorded then"]
+
+
+def copied_users(db) -> list[str]:
+    """The users of the copy a user's page reads (gateway/store/user_events.py), in event id order."""
+    return db.run_now(lambda conn: list(conn.exec_driver_sql(f"SELECT user_id FROM {BY_USER} ORDER BY id").scalars()))
+
+
+def test_on_postgresql_the_events_retention_removes_take_their_copies_with_them(pg):
+    """A week dropped whole, an old week's old events and the default partition's, removed row by
+    row, all closed and copied first: none is left in the copy of the closed weeks' events naming
+    a user, and everything kept is (this week's, open, is not copied)."""
+    whole, backlogged = week_of(NOW_MS - 60 * DAY_MS), week_of(NOW_MS - 40 * DAY_MS)
+    for week in (whole, backlogged, week_of(NOW_MS)):
+        pg.run_now(make_weeks, week.start_ms, 0)
+    store(pg, ["whole-1", "whole-2"], whole.start_ms + DAY_MS)
+    store(pg, ["backlogged-old"], backlogged.start_ms + DAY_MS)
+    late = dict(sync_event_row(APPLIED_BY_DEVICE, 1, "backlogged-new", at_ms=backlogged.start_ms + DAY_MS), recorded_ms=NOW_MS - 60_000)
+    pg.run_now(record_sync_events, [late])
+    store(pg, ["a clock far off"], NOW_MS - 900 * DAY_MS)  # no week holds it: the default partition
+    store(pg, ["new"], NOW_MS)
+    pg.run_now(close_weeks, NOW_MS)
+    assert copied_users(pg) == stored_users(pg)[:-1]
+    clock = task.Clock()
+    clock.advance(NOW_MS / 1000)
+    gone = []
+    Retention(NowDatabase(pg), clock, Metrics(), keep_days=30, export_dir=None).run().addCallback(gone.append)
+    assert gone == [4] and whole not in pg.run_now(weeks) and backlogged in pg.run_now(weeks)
+    assert stored_users(pg) == ["backlogged-new", "new"] and copied_users(pg) == ["backlogged-new"]
 
 
 def test_a_week_another_process_exported_and_dropped_is_not_exported_again_over_its_archive(pg, tmp_path):

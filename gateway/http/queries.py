@@ -7,14 +7,15 @@ arriving, and costs the same deep in the log as at its head.
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import distinct, func, select, union_all
 from sqlalchemy.engine import Connection
 
 from gateway.sync.due import RecentChanges, read_recent_changes
 from gateway.sync.monitor import SYNC_EVENT_TYPES, origin_of
 from gateway.store.order import highest_visible, visible
-from gateway.store.partitions import holding_user, id_window, newest_closed, partitioned, union_of, week_ids
+from gateway.store.partitions import closed_time, id_window, newest_closed, partitioned, union_of, week_ids
 from gateway.store.schema import events, pending_pulls, push_commands, users
+from gateway.store.user_events import copied
 from gateway.sync.users import UserSummary, last_change_seq
 from protocol.records import UserRecordWire
 
@@ -65,7 +66,7 @@ def read_events(conn: Connection, flt: EventFilter, after: int | None, before: i
     the newest events below ``before`` (or the newest of all), newest first (how one pages back).
     """
     if partitioned(conn):
-        rows = _by_week(conn, flt, after, before, limit)
+        rows = (_by_week if flt.user_id is None else _by_user)(conn, flt, after, before, limit)
     else:
         rows = conn.execute(_page(events, visible(conn, events.c.id), flt, after, before, limit)).mappings().all()
     return [_event(row) for row in rows[:limit]], len(rows) > limit
@@ -94,12 +95,9 @@ def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int 
     from the open weeks, then from the closed ones with ids above the page's last, and while it is
     not full from the ``WIDER`` closed ones with the highest ids, then from all. Every read keeps
     below the watermark read with the weeks' figures, so each event it may return was committed,
-    with its week's figure, before those were read. A user's page reads only the weeks holding
-    that user."""
+    with its week's figure, before those were read."""
     watermark, ids = week_ids(conn)
     whole = ids.keys()  # what reading every partition in ``ids`` means: the whole table
-    if flt.user_id is not None:
-        ids = holding_user(conn, ids, flt.user_id)
     searched: frozenset[str] = frozenset()
     rows: list = []
     wanted = id_window(ids, after)
@@ -117,6 +115,23 @@ def _by_week(conn: Connection, flt: EventFilter, after: int | None, before: int 
         else:  # a few weeks back, then all of them
             wanted = searched | (newest_closed(ids, searched, WIDER) if len(searched) < len(ids) / 2 else frozenset(ids))
     return rows
+
+
+def _by_user(conn: Connection, flt: EventFilter, after: int | None, before: int | None, limit: int) -> list:
+    """A user's page on PostgreSQL, one statement: the open weeks' partitions and the copy of the
+    closed weeks' events naming a user (gateway/store/user_events.py), each side's page merged by
+    id. Which weeks are open is read with the watermark, in one snapshot, and the copy is read for
+    the time of the partitions closed then (``closed_time``): a week closed since is still read
+    from its partition alone, so no event is read twice or missed, and every read keeps below
+    that watermark as ``_by_week``'s do."""
+    watermark, ids = week_ids(conn)
+    copy = copied()
+    sides = [_page(copy, [copy.c.id < watermark, closed_time(copy.c.occurred_ms, ids)], flt, after, before, limit)]
+    if opened := id_window(ids, None):
+        table = union_of(opened)
+        sides.append(_page(table, [table.c.id < watermark], flt, after, before, limit))
+    both = union_all(*(select(side.subquery()) for side in sides)).subquery("events")
+    return conn.execute(select(both).order_by(both.c.id if after is not None else both.c.id.desc()).limit(limit + 1)).mappings().all()
 
 
 def last_event_id(conn: Connection) -> int:

@@ -2,10 +2,12 @@
 time, and dropped whole when retention lets a week go.
 
 Dropping a week is a metadata operation: no row is read, no dead tuple left for vacuum, however
-many million events the week held. Rows whose time no weekly partition covers (a terminal's clock
-far off, a backlog older than the first partition, a migrated site's old log) go to
-``events_default``; retention removes those row by row as it did before partitions. A week made
-later takes its rows out of the default partition as it is attached, so none is ever refused.
+many million events the week held; only the copies of its events that name a user, kept apart
+for a user's page (gateway/store/user_events.py), are deleted as rows, in the same transaction.
+Rows whose time no weekly partition covers (a terminal's clock far off, a backlog older than
+the first partition, a migrated site's old log) go to ``events_default``; retention removes
+those row by row as it did before partitions. A week made later takes its rows out of the
+default partition as it is attached, so none is ever refused.
 
 Every statement here takes a lock on the events table that ingest also needs; ``lock_timeout``
 keeps each wait short (the next hourly run tries again), so a long query never holds ingest up
@@ -18,25 +20,27 @@ events still go), the hourly run closes it: a trigger on it and the highest id i
 ``WEEK_IDS`` (migration 0011), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. A page then opens
 the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
-The same bookkeeping keeps who each closed week holds events of (``WEEK_USERS``, migration
-0012): a user's page, whose events may lie in any week of the year, opens only those weeks.
+Closing a week also copies its events that name a user (gateway/store/user_events.py), and its
+trigger copies a late one: a user's page, whose events may lie in every week of a year, reads
+the open weeks and that copy (``closed_time``), whose copies of a week dropped here go in the
+same transaction.
 """
 
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, select, text, union_all
+from sqlalchemy import MetaData, and_, false, not_, select, text, true, union_all
 
 from gateway.store.order import WATERMARK
 from gateway.store.schema import events
+from gateway.store.user_events import copy_partition, uncopy_week
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 WEEKS_AHEAD = 2  # made ahead of time, so a clock a little fast still finds its week
 DEFAULT = "events_default"
 WEEK_IDS = "event_week_ids"  # PostgreSQL's own bookkeeping of closed weeks, not in schema.py (migration 0011)
-WEEK_USERS = "event_week_users"  # (closed week, user it holds events of): the same bookkeeping (migration 0012)
 OPEN_WEEKS = 2  # this week and the last stay open: most events arrive there, a few late ones after the week
 LOCK_TIMEOUT = "2s"
 _MAINTENANCE_LOCK = 0x6576_7065  # one process at a time makes or drops weeks ("evpe")
@@ -155,20 +159,21 @@ def drop_week(conn, week: Week, cutoff_ms: int, held: int) -> bool:
         now = week_held(conn, week, lock="SHARE")
         if now is None or now.count != held or not now.recorded_before(cutoff_ms):
             return False
+        uncopy_week(conn, week.start_ms, week.end_ms)  # before the drop: its lock on the events table, which ingest waits for, comes last
         conn.execute(text(f"DROP TABLE {week.name}"))
         conn.execute(text(f"DELETE FROM {WEEK_IDS} WHERE name = :name"), dict(name=week.name))
-        conn.execute(text(f"DELETE FROM {WEEK_USERS} WHERE name = :name"), dict(name=week.name))
     return True
 
 
 def close_weeks(conn, now_ms: int) -> list[str]:
     """Close the default partition and every week ended before the open ones (see "Closed weeks"
-    above); the names closed. All in the caller's transaction: none is closed unless all are."""
+    above), each week's events naming a user copied; the names closed. All in the caller's
+    transaction: none is closed unless all are, and no event is copied twice or missed."""
     if not partitioned(conn):
         return []
     open_from = week_of(now_ms).start_ms - (OPEN_WEEKS - 1) * WEEK_MS
     with _maintenance(conn):
-        closed = dict(conn.execute(text(f"SELECT name, users_kept FROM {WEEK_IDS}")).all())
+        closed = set(conn.execute(text(f"SELECT name FROM {WEEK_IDS}")).scalars())
         names = [DEFAULT] + [w.name for w in weeks(conn) if w.end_ms <= open_from]
         todo = [n for n in names if n not in closed]
         for name in todo:
@@ -176,12 +181,7 @@ def close_weeks(conn, now_ms: int) -> list[str]:
             # the figures read next are those of every event there, and the trigger sees every later one.
             conn.execute(text(f"CREATE TRIGGER {name}_ids AFTER INSERT ON {name} FOR EACH ROW EXECUTE FUNCTION event_week_inserted()"))
             conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT :name, coalesce(max(id), 0) FROM {name}"), dict(name=name))
-        # A week closed by a process of an older version kept no users: its users are read now, as the migration did.
-        for name in todo + [n for n, kept in closed.items() if not kept]:
-            conn.execute(text(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE"))
-            conn.execute(text(f"INSERT INTO {WEEK_USERS} (name, user_id) SELECT DISTINCT :name, user_id FROM {name}"
-                              " WHERE user_id IS NOT NULL ON CONFLICT DO NOTHING"), dict(name=name))
-            conn.execute(text(f"UPDATE {WEEK_IDS} SET users_kept = true WHERE name = :name"), dict(name=name))
+            copy_partition(conn, name)
     return todo
 
 
@@ -195,13 +195,26 @@ def week_ids(conn) -> tuple[int, dict[str, int | None]]:
     return rows[0].mark, {row.relname: row.max_id for row in rows}  # the default partition is always there
 
 
-def holding_user(conn, ids: dict[str, int | None], user_id: str) -> dict[str, int | None]:
-    """Of the partitions ``ids``, the open ones and the closed ones that hold events of
-    ``user_id`` (or whose users are not kept yet). Read after ``week_ids``: a late event below the watermark read there was
-    committed, with its user's row here, before it."""
-    holding = set(conn.execute(text(f"SELECT name FROM {WEEK_USERS} WHERE user_id = :user"
-                                    f" UNION SELECT name FROM {WEEK_IDS} WHERE NOT users_kept"), dict(user=user_id)).scalars())
-    return {name: highest for name, highest in ids.items() if highest is None or name in holding}
+def closed_time(occurred, ids: dict[str, int | None]):
+    """The condition that an ``occurred`` time lies in a partition closed in ``ids``: outside the
+    open weeks, the default partition closed. What a user's page reads of the copy beside the
+    open partitions: a week closed after ``ids`` were read is read from its partition alone, and
+    a row a week made later took out of the closed default partition from the copy alone."""
+    if ids[DEFAULT] is None:  # closed with the first weeks (``close_weeks``): none is closed yet
+        return false()
+    open_weeks = _spans(_week_named(name) for name, highest in ids.items() if highest is None)
+    return and_(true(), *(not_(and_(occurred >= start, occurred < end)) for start, end in open_weeks))
+
+
+def _spans(some_weeks) -> list[tuple[int, int]]:
+    """The weeks as runs of adjacent ones, each ``(start, end)``: one condition a run."""
+    spans: list[tuple[int, int]] = []
+    for week in sorted(some_weeks):
+        if spans and spans[-1][1] == week.start_ms:
+            spans[-1] = (spans[-1][0], week.end_ms)
+        else:
+            spans.append((week.start_ms, week.end_ms))
+    return spans
 
 
 def id_window(ids: dict[str, int | None], above: int | None) -> frozenset[str]:

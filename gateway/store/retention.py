@@ -4,7 +4,7 @@ first to compressed files when the operator named a folder for them, else droppe
 Once at start and then every hour. On PostgreSQL the events table is partitioned by week of
 occurred time (gateway/store/partitions.py): each run makes the coming weeks, and a week whose
 every moment is older than the kept days, and whose every event was recorded before them too,
-goes whole, a metadata operation however many events it held (exported first, from a reader, and
+goes whole, a metadata operation however many events it held, but for their copies below (exported first, from a reader, and
 dropped only if it still holds what was exported), so an event stays up to a week longer than the
 kept days. An old week that also holds events recorded since (a backlog uploaded after an outage,
 a terminal's clock behind) stays, and only its old events go, as those no week holds (the default
@@ -12,8 +12,10 @@ partition) and everything on SQLite go: by recorded time in batches, oldest id f
 in one transaction (riding the group commit on PostgreSQL). An export is a gzip file of JSON
 lines, one event each with every column, named after the batch's first and last id and flushed
 to disk before the rows are deleted: a batch whose delete failed is exported again under the
-same name. Gateways on several hosts sharing one database may run it at once: a week another
-one dropped is not exported again, an export is written under a name of the process's own first
+same name. On PostgreSQL the copies of the removed events that name a user (the table a user's
+page reads, gateway/store/user_events.py) go in the same transaction: a week's by a DELETE of its
+occurred time, before its drop. Gateways on several hosts sharing one database may run it at
+once: a week another one dropped is not exported again, an export is written under a name of the process's own first
 and never replaces an archive holding more events, and what another removed first is not counted.
 Followers are not disturbed: they read above the ids that go. What went is a log line and
 ``gateway_events_expired_total{action}``; a failed run is a log line and
@@ -31,6 +33,7 @@ from twisted.logger import Logger
 
 from gateway.store.partitions import DAY_MS, Held, Week, close_weeks, drop_week, make_weeks, rows_by_row, week_held, weeks_before
 from gateway.store.schema import events
+from gateway.store.user_events import uncopy_rows
 
 log = Logger(namespace="gateway.retention")
 
@@ -56,6 +59,7 @@ def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None, week:
         return 0
     if export_dir is not None:
         export(Path(export_dir), f"events-{old[0]['id']}-{old[-1]['id']}", old)
+    uncopy_rows(conn, old)  # on PostgreSQL, a user's page reads their copies
     # what this transaction removed: another process's run may have taken some of them first
     return conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old]))).rowcount
 
