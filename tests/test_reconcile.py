@@ -6,12 +6,15 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
-from gateway.sync.connection import DigestPage, ListingUnsupported
+from gateway.sync.connection import DigestPage, ListingUnsupported, UserResult
 from gateway.store.database import Database
 from gateway.metrics import Metrics
 from gateway.sync.reconcile import DELETED_AT_KEYPAD, ONLY_ON_TERMINAL, Reconciler, Reconciliation
 from gateway.sync.syncmode import SyncMode
+from gateway.sync.users import store_record
 from gateway.terminals import Terminal
+from protocol.messages import UserStatus
+from protocol.records import UserRecord, UserRecordWire, record_digest
 
 
 class Now:
@@ -162,3 +165,31 @@ def test_reconciling_everywhere_asks_the_others_and_waits_a_bounded_time_for_the
     d = rec.reconcile_everywhere()
     clock.pump([0.1] * int(rec.reports_wait_s * 10 + 2))
     assert d.called
+
+
+class Receiving(Listing):
+    """A wiped terminal: it lists nothing and takes what it is sent."""
+
+    push_bytes = 60_000
+
+    def __init__(self):
+        super().__init__()
+        self.put = []
+
+    def put_users(self, records, keep_local_changes):
+        self.put += [UserRecordWire.parse(r).user_id for r in records]
+        return defer.succeed([UserResult(UserRecordWire.parse(r).user_id, UserStatus.OK) for r in records])
+
+    def digest_of(self, record):
+        return record_digest(record)
+
+
+def test_a_wiped_terminal_gets_back_a_user_it_gave_before_its_cursor_passed_that_version(tmp_path):
+    """The pusher never sends a terminal its own copy: the repair must, cursor or not."""
+    wiped = Receiving()
+    rec, clock = reconciler(tmp_path, wiped, SyncMode.ALL_WITH_DEVICE_UPDATES)
+    rec._db.database.run_now(lambda conn: store_record(conn, UserRecord("a", name="Enrolled At 7"), 1_000, holder_terminal=7))
+    done = []
+    rec.reconcile(7).addCallback(done.append)
+    clock.advance(0)
+    assert wiped.put == ["a"] and done[0].repaired["pushed"] == 1

@@ -35,6 +35,15 @@ def test_a_change_being_pulled_or_delivered_is_not_judged():
     assert (found.missing, found.compared) == ([], 0)
 
 
+def test_a_change_not_meant_for_this_terminal_is_judged_whatever_its_cursor():
+    """Mode specific: a user moved to another group and then deleted must not stay on this door
+    because the terminal's cursor, never woken for those changes, is behind them."""
+    server = {"moved": row(None, change_seq=51, groups=frozenset({2})), "ours": row(b"O", change_seq=52, groups=frozenset({1}))}
+    group_1 = lambda groups: 1 in groups  # noqa: E731
+    found = compare(server, {"moved": b"M"}, set(), 40, TERMINAL, group_1, pulls=False)
+    assert (found.delete, found.missing, found.compared) == (["moved"], [], 1)  # "ours" is the pusher's to deliver
+
+
 def test_a_version_taken_whole_from_this_terminal_is_judged_before_the_cursor_passes_it():
     """The pusher never sends a terminal its own copy back: waiting for it would leave a wiped device without it."""
     server = {"own": row(b"A", change_seq=9, holder=TERMINAL), "other": row(b"B", change_seq=9, holder=8)}

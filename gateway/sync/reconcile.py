@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -309,7 +309,7 @@ class Reconciler:
         rows, now_ms = [], self._now_ms()
         if push:
             # The records as they are now, not as they were when compared: a change since is the pusher's.
-            current = yield self._db.read(_current_records, push, self._registry.terminals[terminal_id].cursor)
+            current = yield self._db.read(_current_records, push, self._registry.terminals[terminal_id].cursor, terminal_id)
             why = {u: "missing on the terminal" if u not in held else "the terminal held another version" for u in current}
             for chunk in request_chunks(list(current.values()), connection.push_bytes, 64):
                 results = yield connection.put_users(chunk, self._settings.mode.pulls_device_updates)
@@ -398,14 +398,16 @@ def compare(server: dict, held: dict[str, bytes], owed: set[str], cursor: int, t
     its row (``digest`` None for a tombstone, ``change_seq``, ``access_groups``, ``holder_terminal``);
     ``targets(groups)``: whether the sync mode sends users of these groups to this terminal. A
     user whose keypad change is being pulled (``owed``) or whose newer version the pusher is
-    delivering is not judged; a version taken whole from this terminal is, as the pusher never
-    sends it back (a device wiped right after its enrolments were pulled would miss them)."""
+    delivering is not judged; a version the pusher never sends this terminal is, whatever the
+    cursor: one taken whole from it (a device wiped right after its enrolments were pulled would
+    miss them), one not meant for it (in mode specific its cursor stays behind such changes: a
+    user moved to another group and deleted would stay on it)."""
     found = Comparison()
     for user_id in sorted(set(server) | set(held)):
         if user_id in owed:
             continue
         mine = server.get(user_id)
-        if mine is not None and mine.change_seq > cursor and mine.holder_terminal != terminal_id:
+        if mine is not None and mine.change_seq > cursor and mine.holder_terminal != terminal_id and targets(mine.access_groups):
             continue
         found.compared += 1
         targeted = mine is not None and mine.digest is not None and targets(mine.access_groups)
@@ -449,9 +451,12 @@ def decide(first: Comparison, alike: set[str], at_keypad: dict[str, str], pulls:
     return push, delete, pull, left
 
 
-def _current_records(conn, user_ids: list[str], cursor: int) -> dict[str, bytes]:
+def _current_records(conn, user_ids: list[str], cursor: int, terminal_id: int) -> dict[str, bytes]:
+    """The records to push as they are now: those the terminal's cursor passed (a newer one is
+    the pusher's), and those taken whole from it, which the pusher never sends back."""
     stmt = select(users.c.user_id, users.c.record).where(
-        users.c.user_id.in_(user_ids), users.c.record.is_not(None), users.c.change_seq <= cursor
+        users.c.user_id.in_(user_ids), users.c.record.is_not(None),
+        or_(users.c.change_seq <= cursor, users.c.holder_terminal == terminal_id),
     )
     return {r.user_id: r.record for r in conn.execute(stmt)}
 
