@@ -59,9 +59,12 @@ def expire_batch(conn, cutoff_ms: int, limit: int, export_dir: str | None, week:
         return 0
     if export_dir is not None:
         export(Path(export_dir), f"events-{old[0]['id']}-{old[-1]['id']}", old)
-    uncopy_rows(conn, old)  # on PostgreSQL, a user's page reads their copies
     # what this transaction removed: another process's run may have taken some of them first
-    return conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old]))).rowcount
+    removed = conn.execute(delete(table).where(*within, table.c.id.in_([row["id"] for row in old]))).rowcount
+    # On PostgreSQL a user's page reads their copies: removed after the rows, so a week another
+    # process closed (copying them) while this waited for its lock cannot leave copies behind.
+    uncopy_rows(conn, old)
+    return removed
 
 
 def export_week(conn, folder: Path, week: Week, cutoff_ms: int) -> Held | None:
