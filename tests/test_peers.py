@@ -59,7 +59,17 @@ def test_wrong_proofs_heard_together_each_count_where_equal_wake_ups_merge():
     listener = Listener(None, None, lambda channel, payload: heard.append((channel, payload)), None)
     listener._deliver([(CHANGES, "another-process 7"), (CHANGES, "another-process 7"),
                        (DOORMAN, "another-process wrong 127.0.0.2 701"), (DOORMAN, "another-process wrong 127.0.0.2 701")])
-    assert heard == [(CHANGES, "7"), (DOORMAN, "wrong 127.0.0.2 701"), (DOORMAN, "wrong 127.0.0.2 701")]
+    assert heard == [(DOORMAN, "wrong 127.0.0.2 701"), (DOORMAN, "wrong 127.0.0.2 701"), (CHANGES, "7")]
+
+
+def test_changes_heard_together_wake_once_for_all_their_groups():
+    """A storm across many groups: one wake, not one walk of every terminal per distinct payload."""
+    heard = []
+    listener = Listener(None, None, lambda channel, payload: heard.append((channel, payload)), None)
+    listener._deliver([(CHANGES, "another-process 1,3"), (CHANGES, "another-process 2"), (CHANGES, "another-process ")])
+    assert heard == [(CHANGES, "1,2,3")]
+    listener._deliver([(CHANGES, "another-process 1"), (CHANGES, "another-process *")])
+    assert heard[-1] == (CHANGES, "*")
 
 
 def test_a_user_change_wakes_the_others_after_its_commit_and_a_rolled_back_one_never(engine, monkeypatch):

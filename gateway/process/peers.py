@@ -15,7 +15,7 @@ import threading
 from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger
 
-from gateway.store.notices import CHANNELS, COUNTED, PAYLOAD_LIMIT, SOURCE, notify
+from gateway.store.notices import CHANNELS, COUNTED, PAYLOAD_LIMIT, SOURCE, WORDED, merged_words, notify
 
 log = Logger(namespace="gateway.peers")
 
@@ -110,16 +110,23 @@ class Listener:
         self._on_resynced()
 
     def _deliver(self, heard: list[tuple[str, str]]) -> None:
-        # A storm of changes is heard many at a time: one wake of the pushers answers them all.
-        # Not so a count: two wrong proofs heard together, merged, were one, and a guesser
-        # spreading four over two processes was never locked out of the one that heard two.
+        # A storm of changes is heard many at a time: one wake of the pushers answers them all
+        # (their groups together). Not so a count: two wrong proofs heard together, merged, were
+        # one, and a guesser spreading four over two processes was never locked out of the one
+        # that heard two.
         merged: set[tuple[str, str]] = set()
+        worded: dict[str, list[str]] = {}
         for channel, payload in heard:
             sender, _, rest = payload.partition(" ")
             if sender == SOURCE or (channel not in COUNTED and (channel, rest) in merged):
                 continue
+            if channel in WORDED:
+                worded.setdefault(channel, []).append(rest)
+                continue
             merged.add((channel, rest))
             self._on_notice(channel, rest)
+        for channel, payloads in worded.items():
+            self._on_notice(channel, merged_words(payloads))
 
 
 class Teller:

@@ -33,6 +33,7 @@ RECONCILE = "gateway_reconcile"  # an operator asked to compare every online ter
 RECONCILED = "gateway_reconciled"  # what comparing a terminal found: its reconciliation as JSON
 CHANNELS = (CHANGES, SETTINGS, TERMINALS, ADMISSIONS, DOORMAN, RECONCILE, RECONCILED)
 COUNTED = (DOORMAN,)  # each notice counts (two wrong proofs are two): never merged with an equal one heard with it
+WORDED = (CHANGES,)  # a notice's payload is a set of words: those heard together are merged into one (``merged_words``)
 PAYLOAD_LIMIT = 7900  # bytes of a payload: PostgreSQL refuses 8000 and more
 
 # This process, as its notifications name it (a host name, a pid and a random part: a restarted
@@ -76,3 +77,13 @@ def owed_payload(words: set[str]) -> str:
     """The words, comma-separated, or ``ANY`` where they would not fit in a notification."""
     payload = ",".join(sorted(words))
     return payload if len(payload) + len(SOURCE) + 1 < PAYLOAD_LIMIT else ANY
+
+
+def merged_words(payloads: list[str]) -> str:
+    """One payload saying what these of a ``WORDED`` channel say together: their words, or ``ANY``."""
+    words: set[str] = set()
+    for payload in payloads:
+        if payload == ANY:
+            return ANY
+        words.update(word for word in payload.split(",") if word)
+    return owed_payload(words)
