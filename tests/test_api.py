@@ -427,6 +427,8 @@ class BadInputTests(ApiTestCase):
         yield self.assert_error("GET", f"/api/events?after={10**20}", 400, "after must be from 0 to")
         yield self.assert_error("GET", f"/api/events?after=-{10**300}", 400, "after must be from 0 to")
         yield self.assert_error("GET", f"/api/events?limit={10**30}", 400, "limit must be from 1 to 1000")
+        code, _, _ = yield self.call("GET", "/api/events?limit=" + "0" * 30 + "50")  # leading zeros: still 50
+        self.assertEqual(code, 200)
         yield self.assert_error("GET", "/api/stream", 400, "Last-Event-ID must be from 0", headers=[("Last-Event-ID", "-5")])
         yield self.assert_error("GET", "/api/events?after=--5", 400, "after must be an integer")
         yield self.assert_error("GET", f"/api/events?after={2**63}", 400, "after must be from")

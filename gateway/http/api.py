@@ -93,7 +93,7 @@ def parse_integer(text: str, name: str, schema: dict = _INT64) -> int:
     if not (digits.isascii() and digits.isdigit()):
         raise ApiError(400, f"{name} must be an integer, got {text[:40]!r}")
     # Past 19 digits it is out of range whatever it says, and said so without converting all of it.
-    value = int(text) if len(digits) <= 19 else (MAX_INTEGER + 1) * (-1 if text.startswith("-") else 1)
+    value = int(text) if len(digits.lstrip("0")) <= 19 else (MAX_INTEGER + 1) * (-1 if text.startswith("-") else 1)
     check(schema, value, name)
     check(_INT64, value, name)
     return value
