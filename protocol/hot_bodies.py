@@ -71,7 +71,7 @@ def read_user_results(payload: bytes) -> Container | None:
     return Container(results=results)
 
 
-def build_event_ack(body: dict) -> bytes | None:
+def build_event_ack(body: dict[str, object]) -> bytes | None:
     """The EVENTS answer's payload, or None when construct must build it (to say why it cannot)."""
     try:
         return _ACK_THROUGH.pack(body["ack_through"])
