@@ -83,6 +83,26 @@ def test_nothing_is_compared_while_sync_is_disabled(tmp_path):
     assert "sync mode disabled" in found.note and connection.asked == 0
 
 
+class Answering(Listing):
+    """A terminal whose answer to "events pending?" comes when the test says."""
+
+    def events_pending(self):
+        self.asked += 1
+        self.answer = defer.Deferred()
+        return self.answer
+
+
+def test_a_comparison_whose_terminal_answers_after_the_stop_begins_no_wait(tmp_path):
+    """The gateway stopped while the terminal was asked: its answer must not start a new pause."""
+    terminal = Answering()
+    rec, clock = reconciler(tmp_path, terminal)
+    d = rec.reconcile(7)
+    clock.advance(0)
+    rec.stop()
+    terminal.answer.callback(3)  # events still pending: without the stop, a pause of events_wait_s
+    assert d.called and not clock.getDelayedCalls()
+
+
 def test_stopping_cancels_a_wait_for_events(tmp_path):
     rec, clock = reconciler(tmp_path, Listing(pending=1))
     d = rec.reconcile(7)

@@ -277,6 +277,8 @@ class Reconciler:
         return pending
 
     def _pause(self, seconds: float) -> defer.Deferred:
+        if self._stopped:  # a comparison whose terminal answered after the stop waits for nothing
+            return defer.fail(defer.CancelledError())
         wait = task.deferLater(self._clock, seconds, lambda: None)
         self._waits.add(wait)
         wait.addBoth(lambda result: (self._waits.discard(wait), result)[1])
