@@ -1,5 +1,5 @@
-"""What a big event log costs: ingest and the API's event queries on an empty PostgreSQL events
-table, then after ``--events`` rows (10^7 by default) were added in bulk.
+"""What a big event log costs: ingest and the API's event queries on a PostgreSQL events table
+after ``--events`` rows (10^7 by default) were added in bulk, beside an empty one.
 
 The rows are a year of logs, the 52 weeks before this one, made by the database itself (``INSERT
 ... SELECT generate_series``, keyed as the gateway keys them, gateway/store/order.py): each week
@@ -17,9 +17,13 @@ ingest measurements, whose page is full in the empty table too), by terminal, an
 follower's ``after``: p50 and p99 as a caller sees them, and ("db ms") the database's planning
 and execution time of the page's statements (the median of 11).
 
-    python benchmarks/big_log.py --db postgresql://...                 # 10^7 events
-    python benchmarks/big_log.py --db postgresql://... --events 1000000
-    python benchmarks/big_log.py --db postgresql://... --ingest-users 100000   # ingest naming many people
+The full database and ``--empty-db`` are measured side by side, a commit or a query of each in
+turn: on a shared machine the load drifts by more, over the minutes between two measurements
+one after the other, than what a year of events costs a page.
+
+    python benchmarks/big_log.py --db postgresql://.../big --empty-db postgresql://.../empty       # 10^7 events
+    python benchmarks/big_log.py --db ... --empty-db ... --events 1000000
+    python benchmarks/big_log.py --db ... --empty-db ... --ingest-users 100000   # ingest naming many people
 """
 
 import argparse
@@ -34,7 +38,7 @@ from sqlalchemy import event, text
 from gateway.http.queries import EVERYTHING, EventFilter, read_events
 from gateway.store.database import make_engine, migrate, transaction
 from gateway.store.order import ROWS_PER_TRANSACTION
-from gateway.store.partitions import WEEK_MS, close_weeks, week_of
+from gateway.store.partitions import WEEK_MS, attach_week, close_weeks, week_of
 from gateway.sync.eventlog import _store, _Submission
 from protocol.events import Event, EventCode, Origin
 
@@ -71,7 +75,7 @@ def build(engine, count: int) -> tuple[float, float]:
             conn.execute(text(f"CREATE TABLE {week.name} (LIKE events INCLUDING DEFAULTS)"))
             conn.execute(text(BULK.format(week=week.name, terminals=TERMINALS)),
                          dict(first=first, last=last, start=week.start_ms, step=WEEK_MS // per_week, visitor=VISITOR_WEEK * per_week))
-            conn.execute(text(f"ALTER TABLE events ATTACH PARTITION {week.name} FOR VALUES FROM ({week.start_ms}) TO ({week.end_ms})"))
+            attach_week(conn, week)
     for n in range(WEEKS):  # as the hourly runs closed them, a week at a time, up to this week
         closing = time.perf_counter()
         close(engine, FIRST_WEEK.start_ms + (n + 1) * WEEK_MS)
@@ -88,59 +92,69 @@ def close(engine, now_ms: int = NOW_MS) -> None:
         close_weeks(conn, now_ms)
 
 
-def ingest(engine, batches: int, batch: int, first_id: int, users: int = 0) -> dict:
-    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals, each
-    event of its terminal's one user (``u<terminal>``), or with ``users`` of one drawn from the
-    bulk's first ``users`` (a site's many people at its doors)."""
-    took = []
+def ingest(engines: list, batches: int, batch: int, first_id: int, users: int = 0) -> list[dict]:
+    """Commit ``batches`` group commits of ``batch`` new events spread over the terminals into each
+    of ``engines``, a commit into each in turn (the machine's drift touches all alike); each event
+    of its terminal's one user (``u<terminal>``), or with ``users`` of one drawn from the bulk's
+    first ``users`` (a site's many people at its doors). The figures of each engine."""
+    took: list[list[float]] = [[] for _ in engines]
     draw = random.Random(first_id)
     user_of = (lambda t: f"u{t}") if not users else (lambda t: f"u{draw.randrange(users)}")
     per_terminal = max(1, batch // TERMINALS)
     next_id = {t: first_id for t in range(1, TERMINALS + 1)}
-    logs: dict = {}  # each terminal's log as the event log keeps it in memory: no lookups for new events
+    logs: list[dict] = [{} for _ in engines]  # each terminal's log as the event log keeps it in memory: no lookups for new events
     for batch_no in range(batches + 1):  # the first, unmeasured, looks each terminal's log up, as its connection does once
         subs = []
         for t in range(1, TERMINALS + 1):
             evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, user_of(t)) for n in range(per_terminal)]
             next_id[t] += per_terminal
             subs.append(_Submission(t, evs, pull_users=False))
-        started = time.perf_counter()
-        logs, _ = transaction(engine, _store, subs, [], NOW_MS, logs)
-        if batch_no:
-            took.append(time.perf_counter() - started)
-    total = batches * per_terminal * TERMINALS  # measured
-    return dict(events_per_s=round(total / sum(took)), commit_ms_p99=ms(took, 99))
-
-
-def queries(engine, rounds: int) -> dict:
-    """p50 and p99 of the API's event queries, each asked ``rounds`` times."""
-    with engine.connect() as conn:
-        recent = conn.execute(text("SELECT max(id) FROM events")).scalar() or 0
-    asked = {
-        "newest": (EVERYTHING, None),
-        "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
-        "by_user": (EventFilter(user_id="u4242"), None),  # 100 events, two a week over the year: every week is read
-        "by_visitor": (EventFilter(user_id="visitor"), None),  # 3 events in one week: that week is read
-        # A full page in both tables (u7's ingested events; none of the regular's is in the empty one):
-        # what the table's size alone costs a user's page.
-        "by_ingested": (EventFilter(user_id="u7"), None),
-        "by_terminal": (EventFilter(terminal_id=7), None),
-        "after": (EVERYTHING, max(0, recent - 1000)),
-    }
-    figures = {}
-    everything = []
-    for name, (flt, after) in asked.items():
-        with engine.connect() as conn:  # the connection's catalog caches filled, as a running gateway's are
-            read_events(conn, flt, after, None, 100)
-        took = []
-        for _ in range(rounds):
+        for n, engine in enumerate(engines):
             started = time.perf_counter()
-            with engine.connect() as conn:
-                read_events(conn, flt, after, None, 100)
-            took.append(time.perf_counter() - started)
-        figures[name] = dict(p50_ms=ms(took, 50), p99_ms=ms(took, 99), database_ms=database_ms(engine, flt, after))
-        everything += took
-    figures["all"] = dict(p50_ms=ms(everything, 50), p99_ms=ms(everything, 99))
+            logs[n], _ = transaction(engine, _store, subs, [], NOW_MS, logs[n])
+            if batch_no:
+                took[n].append(time.perf_counter() - started)
+    total = batches * per_terminal * TERMINALS  # measured
+    return [dict(events_per_s=round(total / sum(t)), commit_ms_p99=ms(t, 99)) for t in took]
+
+
+ASKED = {
+    "newest": (EVERYTHING, None),
+    "by_type": (EventFilter(types=("ENROLL_SUCCESS",)), None),
+    "by_user": (EventFilter(user_id="u4242"), None),  # 100 events, two a week over the year: every week is read
+    "by_visitor": (EventFilter(user_id="visitor"), None),  # 3 events in one week: that week is read
+    # A full page in both databases (u7's ingested events; none of the regular's is in the empty one):
+    # what the table's size alone costs a user's page.
+    "by_ingested": (EventFilter(user_id="u7"), None),
+    "by_terminal": (EventFilter(terminal_id=7), None),
+    "after": (EVERYTHING, -1000),  # the newest thousand: a follower's page
+}
+
+
+def queries(engines: list, rounds: int) -> list[dict]:
+    """p50 and p99 of the API's event queries on each of ``engines``, each query asked ``rounds``
+    times, of each engine in turn (the machine's drift touches all alike)."""
+    afters = []
+    for engine in engines:
+        with engine.connect() as conn:
+            afters.append(max(0, (conn.execute(text("SELECT max(id) FROM events")).scalar() or 0) + ASKED["after"][1]))
+    took: dict = {(name, n): [] for name in ASKED for n in range(len(engines))}
+    for round_no in range(rounds + 1):  # the first, unmeasured, fills the connections' catalog caches, as a running gateway's are
+        for name, (flt, after) in ASKED.items():
+            for n, engine in enumerate(engines):
+                started = time.perf_counter()
+                with engine.connect() as conn:
+                    read_events(conn, flt, afters[n] if after is not None else None, None, 100)
+                if round_no:
+                    took[name, n].append(time.perf_counter() - started)
+    figures: list[dict] = []
+    for n, engine in enumerate(engines):
+        mine = {name: dict(p50_ms=ms(took[name, n], 50), p99_ms=ms(took[name, n], 99),
+                           database_ms=database_ms(engine, flt, afters[n] if after is not None else None))
+                for name, (flt, after) in ASKED.items()}
+        everything = [t for name in ASKED for t in took[name, n]]
+        mine["all"] = dict(p50_ms=ms(everything, 50), p99_ms=ms(everything, 99))
+        figures.append(mine)
     return figures
 
 
@@ -171,35 +185,41 @@ def ms(took: list[float], p: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--db", required=True, help="an empty PostgreSQL database")
+    p.add_argument("--db", required=True, help="an empty PostgreSQL database, filled with --events")
+    p.add_argument("--empty-db", required=True, help="a second empty PostgreSQL database, on the same server, measured beside it")
     p.add_argument("--events", type=int, default=10_000_000, help="events to add (default 10^7)")
     p.add_argument("--batch", type=int, default=2000, help="events per group commit of the ingest measurement (default 2000)")
     p.add_argument("--batches", type=int, default=30, help="group commits per ingest measurement (default 30)")
     p.add_argument("--ingest-users", type=int, default=0, metavar="N",
                    help="each ingested event's user drawn from the bulk's first N users (default: one per terminal)")
-    p.add_argument("--rounds", type=int, default=50, help="times each query is asked (default 50)")
+    p.add_argument("--rounds", type=int, default=300, help="times each query is asked of each database (default 300)")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
-    engine = make_engine(args.db)
-    if engine.dialect.name != "postgresql":
-        p.error("--db must be a PostgreSQL database (the bulk build is generate_series)")
-    migrate(engine)
-    close(engine)
-    empty = dict(ingest=ingest(engine, args.batches, args.batch, 1, args.ingest_users), queries=queries(engine, args.rounds))
-    built_s, last_close_s = build(engine, args.events)
+    full, empty = make_engine(args.db), make_engine(args.empty_db)
+    if {full.dialect.name, empty.dialect.name} != {"postgresql"}:
+        p.error("--db and --empty-db must be PostgreSQL databases (the bulk build is generate_series)")
+    for engine in (full, empty):
+        migrate(engine)
+        close(engine)
+    built_s, last_close_s = build(full, args.events)
+    ingest([empty, full], 1, 100 * TERMINALS, 1)  # u7's page full of this week's events in both, as "by_ingested" wants
     # New events go above the bulk's ids, as a live site's would.
-    full = dict(ingest=ingest(engine, args.batches, args.batch, args.events, args.ingest_users), queries=queries(engine, args.rounds))
-    engine.dispose()
+    ingested = ingest([empty, full], args.batches, args.batch, 1000, args.ingest_users)
+    asked = queries([empty, full], args.rounds)
+    figures = [dict(ingest=i, queries=q) for i, q in zip(ingested, asked)]
+    for engine in (full, empty):
+        engine.dispose()
     print(f"built {args.events:,} events in {built_s:.0f} s; the last week's close took {last_close_s:.2f} s")
-    print(f"{'':14} {'empty':>12} {'full':>12} {'ratio':>7}")
-    rows = [("ingest ev/s", empty["ingest"]["events_per_s"], full["ingest"]["events_per_s"])]
-    rows += [(f"{name} p99 ms", empty["queries"][name]["p99_ms"], full["queries"][name]["p99_ms"]) for name in empty["queries"]]
-    rows += [(f"{name} db ms", empty["queries"][name]["database_ms"], full["queries"][name]["database_ms"])
-             for name in empty["queries"] if name != "all"]
+    print(f"{'':18} {'empty':>10} {'full':>10} {'ratio':>7}")
+    rows = [("ingest ev/s", *(f["ingest"]["events_per_s"] for f in figures))]
+    for figure in ("p50_ms", "p99_ms", "database_ms"):
+        rows += [(f"{name} {figure.removesuffix('_ms').replace('database', 'db')} ms", *(f["queries"][name][figure] for f in figures))
+                 for name in figures[0]["queries"] if figure in figures[0]["queries"][name]]
     for name, before, after in rows:
-        print(f"{name:14} {before:>12,} {after:>12,} {after / before if before else float('nan'):>7.2f}")
+        print(f"{name:18} {before:>10,} {after:>10,} {after / before if before else float('nan'):>7.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(events=args.events, built_s=round(built_s), last_close_s=round(last_close_s, 2), empty=empty, full=full), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(dict(events=args.events, built_s=round(built_s), last_close_s=round(last_close_s, 2),
+                                                   empty=figures[0], full=figures[1]), indent=2) + "\n")
     return 0
 
 

@@ -31,6 +31,13 @@ def stored_users(db) -> list[str]:
     return db.run_now(lambda conn: list(conn.execute(select(events.c.user_id).order_by(events.c.id)).scalars()))
 
 
+def listed_as_attached(db) -> bool:
+    """The partitions a page reads the list of (``week_ids``) are those the catalog says are attached."""
+    catalog = db.run_now(lambda conn: set(conn.exec_driver_sql(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'events'::regclass").scalars()))
+    return set(db.run_now(week_ids)[1]) == catalog
+
+
 def exported(folder) -> list[dict]:
     return [json.loads(line) for path in sorted(folder.glob("*.jsonl.gz")) for line in gzip.open(path).read().splitlines()]
 
@@ -99,6 +106,7 @@ def test_on_postgresql_a_week_older_than_the_kept_days_goes_whole_exported_first
     weeks_now = pg.run_now(weeks)
     assert old not in weeks_now and week_of(NOW_MS) in weeks_now  # dropped whole; this week made by the run
     assert pg.run_now(week_ids)[1][DEFAULT] is not None  # and the past closed (docs/architecture.md, "Closed weeks")
+    assert listed_as_attached(pg)
     assert sorted(e["user_id"] for e in exported(tmp_path / "archive")) == [f"old-{n}" for n in range(5)]
     assert (tmp_path / "archive" / f"{old.name}.jsonl.gz").exists()
 
@@ -269,6 +277,7 @@ def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_an
         assert db.run_now(lambda conn: conn.execute(select(events.c.id).order_by(events.c.id)).scalars().all()) == [1, 2]
         store(db, ["after the migration"], now_ms)
         assert week_rows(db, this_week) == 2
+        assert listed_as_attached(db)  # migration 0015 listed the weeks 0007 made
     finally:
         db.engine.dispose()
 

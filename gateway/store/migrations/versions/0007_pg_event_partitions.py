@@ -15,7 +15,7 @@ import time
 
 from alembic import op
 
-from gateway.store.partitions import DEFAULT, make_weeks
+from gateway.store.partitions import DEFAULT, WEEK_MS, WEEKS_AHEAD, week_of, week_table
 
 revision = "0007_pg_event_partitions"
 down_revision = "0006_terminal_kind"
@@ -56,7 +56,11 @@ def upgrade():
     op.execute("CREATE INDEX ix_events_user_id ON events (user_id, id)")
     op.execute("CREATE INDEX ix_events_terminal_id ON events (terminal_id, id)")
     op.execute(f"ALTER TABLE events ATTACH PARTITION {DEFAULT} DEFAULT")
-    make_weeks(conn, int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    for n in range(WEEKS_AHEAD + 1):  # attached as the code made weeks then: migration 0015 lists them
+        week = week_of(now_ms + n * WEEK_MS)
+        week_table(conn, week)
+        op.execute(f"ALTER TABLE events ATTACH PARTITION {week.name} FOR VALUES FROM ({week.start_ms}) TO ({week.end_ms})")
 
 
 def downgrade():
