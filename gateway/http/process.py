@@ -44,6 +44,7 @@ from gateway.http.api import ApiError, Route
 from gateway.http.site import GatewaySite, api_routes
 from gateway.http.snapshot import Mirror
 from gateway.logs import start_logging
+from gateway.process.heap import freeze_startup
 
 log = Logger(namespace="gateway.http.process")
 
@@ -386,6 +387,7 @@ async def _serve(reactor, config: GatewayConfig, ingest_url: str, listen_fd: int
     except IngestUnavailable as exc:
         log.warn("serving before a first snapshot of the gateway: {e}", e=exc)
     follower.start()  # reads unasked only while the live stream has listeners
+    freeze_startup()
     activity.start()
     reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
     reactor.addSystemEventTrigger("before", "shutdown", activity.stop)

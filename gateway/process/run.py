@@ -7,7 +7,6 @@ runs ``run_workers`` instead: the database is brought up to date and the ports r
 then a supervisor starts N such processes (gateway/process/workers.py).
 """
 
-import gc
 import sys
 import time
 
@@ -20,6 +19,7 @@ from gateway.native.accept import raise_fd_limit
 from gateway.config import GatewayConfig
 from gateway.logs import start_logging
 from gateway.store.database import Database, DatabaseFailure
+from gateway.process.heap import freeze_startup
 from gateway.process.service import Gateway
 from gateway.sync.settings import SyncSettings
 from gateway.native.tls import TlsSetupError
@@ -100,11 +100,7 @@ async def _serve(reactor, config: GatewayConfig, sync_mode, announce, role) -> N
     except StartFailed as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    # What starting built (modules, tables, the configuration) lives as long as the process: out
-    # of the collector's sight, a full collection (a PUSH upload's ten thousand punches set one off)
-    # walks what the gateway made since, not all of it: 50-65 ms each, every other upload, became 5 ms.
-    gc.collect()
-    gc.freeze()
+    freeze_startup()
     if announce is not None:
         announce(gateway)
     await defer.Deferred()  # until SIGINT or SIGTERM stops the reactor
