@@ -166,6 +166,19 @@ def test_findings_heard_from_another_process_are_shown_unless_this_process_serve
     assert rec.last == {7: here, 8: elsewhere} and rec.repaired_total[8] == 4
 
 
+def test_the_terminals_reconciled_since_a_count_of_findings_are_those_kept_after_it_oldest_first(tmp_path):
+    rec, clock = reconciler(tmp_path, Listing())
+    assert rec.kept_after(0) == []
+    rec.heard(8, Reconciliation(1), 0)
+    rec.heard(9, Reconciliation(2), 0)
+    rec.reconcile(7)  # found here
+    clock.advance(0)
+    assert rec.findings_kept == 3 and rec.kept_after(0) == [8, 9, 7] and rec.kept_after(1) == [9, 7] and rec.kept_after(3) == []
+    rec.heard(8, Reconciliation(3), 2)  # a terminal reconciled again is newer than those kept before
+    assert rec.kept_after(1) == [9, 7, 8] and rec.kept_after(3) == [8]
+    assert rec.kept_after(99) == [9, 7, 8]  # a count this process has not reached: everything
+
+
 def test_reconciling_everywhere_asks_the_others_and_waits_a_bounded_time_for_their_findings(tmp_path):
     rec, clock = reconciler(tmp_path, Listing())
     rec._registry.terminals[8] = Terminal(8, elsewhere=True)

@@ -14,7 +14,7 @@ from gateway.http.terminals import terminal_json
 from gateway.metrics import Metrics
 from gateway.native.doorman import DoorLimits, Doorman
 from gateway.sync.monitor import SAVE_FAILED, sync_event_row
-from gateway.sync.reconcile import Reconciliation
+from gateway.sync.reconcile import Reconciler, Reconciliation
 from gateway.sync.syncmode import SyncMode
 from gateway.terminals import PENDING, Terminal
 from gateway.sync.unsaved import UnsavedEvents
@@ -30,8 +30,8 @@ def ingest_side():
     online = Terminal(101, name="Door", access_groups=frozenset({3, 1}), model="SIM", firmware="1.0", link="tcp 127.0.0.1:5000",
                       cursor=12, connection=Link())
     offline = Terminal(102, admission=PENDING, secret=b"never-shown", offline_reason="refused comm key", last_seen_ms=5)
-    reconciler = SimpleNamespace(last={101: Reconciliation(9, compared=4, repaired=Counter(pushed=2), differences={"u7": "why"}, note="")},
-                                 repaired_total=Counter({101: 5}))
+    reconciler = Reconciler(None, SimpleNamespace(connection=lambda terminal_id: None), None, task.Clock(), metrics, None)
+    reconciler.heard(101, Reconciliation(9, compared=4, repaired=Counter(pushed=2), differences={"u7": "why"}, note=""), 5)
     return SimpleNamespace(
         registry=SimpleNamespace(terminals={101: online, 102: offline}),
         reconciler=reconciler,
@@ -100,14 +100,32 @@ def test_each_unsaved_event_reaches_the_live_stream_once_and_the_list_newest_fir
     assert [e["user_id"] for e in mirror.eventlog.unsaved.shown()] == ["u2", "u1"]
 
 
+def read_again(mirror: Mirror, gateway, now_s: float) -> dict:
+    """A snapshot taken as the API process asks for it (with the count of findings it holds), and mirrored."""
+    taken = take(gateway, now_s, reconciled=mirror.reconciled)
+    mirror.update(msgspec.json.encode(taken))
+    return taken
+
+
 def test_an_unchanged_reconciliation_is_kept_from_one_snapshot_to_the_next_and_a_changed_one_shown_anew():
     gateway = ingest_side()
     mirror = carried(gateway)
     kept = mirror.reconciler.last[101]
     shown = kept.as_json(5)
-    mirror.update(msgspec.json.encode(take(gateway, 43.0)))
+    read_again(mirror, gateway, 43.0)
     assert mirror.reconciler.last[101] is kept and kept.as_json(5) is shown
-    gateway.reconciler.repaired_total[101] = 6
-    gateway.reconciler.last[101].differences["u8"] = "another why"
-    mirror.update(msgspec.json.encode(take(gateway, 44.0)))
+    gateway.reconciler.heard(101, Reconciliation(10, compared=4, differences={"u7": "why", "u8": "another why"}), 6)
+    read_again(mirror, gateway, 44.0)
     assert mirror.reconciler.last[101].as_json(6) == gateway.reconciler.last[101].as_json(6) != shown
+
+
+def test_a_snapshot_carries_only_the_reconciliations_kept_since_those_the_mirror_holds():
+    gateway = ingest_side()
+    mirror = carried(gateway)
+    assert read_again(mirror, gateway, 43.0)["reconciliations"] == []  # nothing was reconciled meanwhile
+    gateway.reconciler.heard(102, Reconciliation(11, compared=3, repaired=Counter(deleted=1)), 1)
+    assert [r["terminal_id"] for r in read_again(mirror, gateway, 44.0)["reconciliations"]] == [102]
+    assert read_again(mirror, gateway, 45.0)["reconciliations"] == []
+    for terminal_id, repaired_total in ((101, 5), (102, 1)):  # the one carried earlier is kept beside the new one
+        assert mirror.reconciler.last[terminal_id].as_json(mirror.reconciler.repaired_total[terminal_id]) == \
+            gateway.reconciler.last[terminal_id].as_json(repaired_total)

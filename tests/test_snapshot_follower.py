@@ -15,7 +15,7 @@ from gateway.http.process import IngestUnavailable, SnapshotFollower
 from gateway.http.snapshot import Mirror
 from gateway.http.shared import SharedReads
 
-SNAPSHOT = msgspec.json.encode(dict(taken_s=1.0, terminals=[], reconciliations=[], unsaved=[], sync_mode="all", lockouts=[]))
+SNAPSHOT = msgspec.json.encode(dict(taken_s=1.0, terminals=[], reconciled=0, reconciliations=[], unsaved=[], sync_mode="all", lockouts=[]))
 
 
 class Answer:
@@ -31,8 +31,10 @@ class Ingest:
 
     def __init__(self):
         self.asked: list[defer.Deferred] = []
+        self.urls: list[bytes] = []
 
     def request(self, method, url, headers=None, body=None):
+        self.urls.append(url)
         self.asked.append(defer.Deferred())
         return self.asked[-1]
 
@@ -62,6 +64,16 @@ def test_nobody_asking_means_no_read():
     clock, ingest, _ = following()
     clock.pump([0.5] * 120)
     assert len(ingest.asked) == 1  # the first, at start
+
+
+def test_a_read_asks_only_for_the_reconciliations_kept_since_those_the_mirror_holds():
+    clock, ingest, follower = following()
+    follower.mirror.reconciled = 17
+    follower.read()
+    follower.read(metrics=True)  # waits for the next read
+    ingest.answer()
+    assert [url for url in ingest.urls[-2:]] == [b"http://127.0.0.1:1/internal/snapshot?reconciled=17",
+                                                b"http://127.0.0.1:1/internal/snapshot?reconciled=0&metrics=1"]
 
 
 def test_a_young_copy_answers_at_once_an_older_one_is_read_again_meanwhile_and_an_old_one_first():

@@ -131,7 +131,7 @@ class SnapshotFollower:
     def _begin(self) -> None:
         self._reading = True
         self._began_young = self.age_s() <= self.max_age_s
-        url = self._url + b"?metrics=1" if self._metrics_next else self._url
+        url = self._url + b"?reconciled=%d" % self.mirror.reconciled + (b"&metrics=1" if self._metrics_next else b"")
         self._metrics_next = False
         d = self._agent.request(b"GET", url)
         d.addCallback(_body_of)

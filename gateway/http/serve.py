@@ -7,7 +7,8 @@ binds the public port itself, hands the listening socket to a child process
 with the gateway, its log events logged by the gateway as its own. The ingest process keeps
 the whole API on an internal loopback port of its own, for two things only: the snapshot of its
 memory the child reads when its requests need it (``/internal/snapshot``, gateway/http/snapshot.py;
-``?metrics=1`` adds the metrics, for a scrape of the child's /metrics),
+``?metrics=1`` adds the metrics, for a scrape of the child's /metrics; ``reconciled=N`` leaves out
+the reconciliations the child holds),
 and writes, which the child forwards there so that they run exactly where they always ran.
 
 Binding the public port here keeps a port in use a start-up failure of ``gateway run`` (one
@@ -49,8 +50,10 @@ class SnapshotResource(Readable):
         request.setHeader("Content-Type", "application/json; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
         metrics = request.args.get(b"metrics") == [b"1"]
+        reconciled = request.args.get(b"reconciled", [b"0"])[0]
         # Up to twice a second: msgspec encodes 200 terminals in a seventh of json.dumps' time (79 vs 558 us).
-        return msgspec.json.encode(snapshot.take(self.gateway, self.gateway.reactor.seconds(), metrics))
+        return msgspec.json.encode(snapshot.take(self.gateway, self.gateway.reactor.seconds(), metrics,
+                                                 int(reconciled) if reconciled.isdigit() else 0))
 
 
 class InternalSite(GatewaySite):

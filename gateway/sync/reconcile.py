@@ -132,8 +132,10 @@ class Reconciler:
         self._clock = clock
         self._metrics = metrics
         self._owe_pulls = owe_pulls  # (terminal_id, user_ids): make the puller fetch them
-        self.last: dict[int, Reconciliation] = {}
+        self.last: dict[int, Reconciliation] = {}  # kept once complete and never changed after: new findings replace them
         self.repaired_total: Counter = Counter()  # terminal -> users repaired since start
+        self.findings_kept = 0  # findings kept so far, found here or heard: what changed since a count is ``kept_after`` it
+        self._kept_at: dict[int, int] = {}  # terminal -> the count its latest findings were kept at, oldest first
         self._running: dict[int, defer.Deferred] = {}  # terminal -> its comparison under way
         self._slots = defer.DeferredSemaphore(self.at_once)
         self._waits: set[defer.Deferred] = set()  # pauses between asks, cancelled when the gateway stops
@@ -195,9 +197,28 @@ class Reconciler:
         """What another process found comparing a terminal it serves, shown here as if found here."""
         if self._registry.connection(terminal_id) is not None:
             return  # served here now: what this process finds is newer
+        self._kept(terminal_id, found, repaired_total)
+        self._heard_ms[terminal_id] = self._now_ms()
+
+    def kept_after(self, count: int) -> list[int]:
+        """The terminals whose latest findings were kept after the first ``count`` (all of them for
+        a count this process has not reached), oldest first: the API process's snapshot carries only
+        these, since the reconciliations change every few minutes and the snapshot twice a second."""
+        if count > self.findings_kept:  # a count of another life of this process
+            return list(self._kept_at)
+        newer = []
+        for terminal_id, kept_at in reversed(self._kept_at.items()):
+            if kept_at <= count:
+                break
+            newer.append(terminal_id)
+        return newer[::-1]
+
+    def _kept(self, terminal_id: int, found: Reconciliation, repaired_total: int) -> None:
         self.last[terminal_id] = found
         self.repaired_total[terminal_id] = repaired_total
-        self._heard_ms[terminal_id] = self._now_ms()
+        self.findings_kept += 1
+        self._kept_at.pop(terminal_id, None)  # to the end: the order is the order they were kept in
+        self._kept_at[terminal_id] = self.findings_kept
 
     def reconcile(self, terminal_id: int) -> defer.Deferred:
         """Compare one online terminal with the server and repair what the gateway owns; fires
@@ -345,9 +366,8 @@ class Reconciler:
         return delivered + rows
 
     def _keep(self, terminal_id: int, found: Reconciliation) -> Reconciliation:
-        self.last[terminal_id] = found
         repaired = sum(found.repaired.values())
-        self.repaired_total[terminal_id] += repaired
+        self._kept(terminal_id, found, self.repaired_total[terminal_id] + repaired)
         self.tell_others(terminal_id, found, self.repaired_total[terminal_id])
         self._metrics.reconcile_differences.labels(str(terminal_id)).set(len(found.differences))
         if found.note:
