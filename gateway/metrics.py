@@ -111,6 +111,10 @@ class Metrics:
             self._lags[terminal_id] = lag
             self.sync_lag.labels(str(terminal_id)).set(lag)
 
+    def told_caught_up(self, terminal_id: int) -> bool:
+        """Whether the lag last set for the terminal is 0."""
+        return self._lags.get(terminal_id) == 0
+
     def forget_terminal(self, terminal_id: int) -> None:
         """A terminal's link here ended: its gauges go with it, so that no stale figure stands beside
         those of the process that serves it next (or, offline, beside nothing true)."""
