@@ -21,9 +21,9 @@ The full database and ``--empty-db`` are measured side by side, a commit or a qu
 turn: on a shared machine the load drifts by more, over the minutes between two measurements
 one after the other, than what a year of events costs a page. The empty one has the same open
 weeks (last week's partition too, empty), so the two differ by the closed year alone. Each round
-asks the databases in the other order than the last, and the interpreter's garbage collections
-run between rounds: left on, they landed where the loop's allocations put them, in one
-database's queries more than the other's, and moved a p99 by half.
+of commits or queries asks the databases in the other order than the last, and the interpreter's
+garbage collections run between rounds: left on, they landed where the loop's allocations put
+them, in one database's queries more than the other's, and moved a p99 by half.
 
     python benchmarks/big_log.py --db postgresql://.../big --empty-db postgresql://.../empty       # 10^7 events
     python benchmarks/big_log.py --db ... --empty-db ... --events 1000000
@@ -108,13 +108,13 @@ def ingest(engines: list, batches: int, batch: int, first_id: int, users: int = 
     per_terminal = max(1, batch // TERMINALS)
     next_id = {t: first_id for t in range(1, TERMINALS + 1)}
     logs: list[dict] = [{} for _ in engines]  # each terminal's log as the event log keeps it in memory: no lookups for new events
-    for batch_no in range(batches + 1):  # the first, unmeasured, looks each terminal's log up, as its connection does once
+    for batch_no in measured_rounds(batches):  # the first, unmeasured, looks each terminal's log up, as its connection does once
         subs = []
         for t in range(1, TERMINALS + 1):
             evs = [Event(next_id[t] + n, NOW_MS, EventCode.VERIFY_SUCCESS, Origin.DEVICE, user_of(t)) for n in range(per_terminal)]
             next_id[t] += per_terminal
             subs.append(_Submission(t, evs, pull_users=False))
-        for n, engine in enumerate(engines):
+        for n, engine in in_turn(engines, batch_no):
             started = time.perf_counter()
             logs[n], _ = transaction(engine, _store, subs, [], NOW_MS, logs[n])
             if batch_no:
@@ -144,20 +144,14 @@ def queries(engines: list, rounds: int) -> list[dict]:
         with engine.connect() as conn:
             afters.append(max(0, (conn.execute(text("SELECT max(id) FROM events")).scalar() or 0) + ASKED["after"][1]))
     took: dict = {(name, n): [] for name in ASKED for n in range(len(engines))}
-    in_turn = list(enumerate(engines))
-    gc.disable()  # collections happen between rounds, not where this loop's allocations happen to put them
-    try:
-        for round_no in range(rounds + 1):  # the first, unmeasured, fills the connections' catalog caches, as a running gateway's are
-            gc.collect()
-            for name, (flt, after) in ASKED.items():
-                for n, engine in in_turn if round_no % 2 else in_turn[::-1]:  # neither always first
-                    started = time.perf_counter()
-                    with engine.connect() as conn:
-                        read_events(conn, flt, afters[n] if after is not None else None, None, 100)
-                    if round_no:
-                        took[name, n].append(time.perf_counter() - started)
-    finally:
-        gc.enable()
+    for round_no in measured_rounds(rounds):  # the first, unmeasured, fills the connections' catalog caches, as a running gateway's are
+        for name, (flt, after) in ASKED.items():
+            for n, engine in in_turn(engines, round_no):
+                started = time.perf_counter()
+                with engine.connect() as conn:
+                    read_events(conn, flt, afters[n] if after is not None else None, None, 100)
+                if round_no:
+                    took[name, n].append(time.perf_counter() - started)
     figures: list[dict] = []
     for n, engine in enumerate(engines):
         mine = {name: dict(p50_ms=ms(took[name, n], 50), p99_ms=ms(took[name, n], 99),
@@ -167,6 +161,25 @@ def queries(engines: list, rounds: int) -> list[dict]:
         mine["all"] = dict(p50_ms=ms(everything, 50), p99_ms=ms(everything, 99))
         figures.append(mine)
     return figures
+
+
+def measured_rounds(count: int):
+    """Round 0 (unmeasured: it warms up) to ``count``, the interpreter's garbage collections run
+    between rounds: left on, they landed where a round's allocations set them off, in one
+    database's share more than the other's."""
+    gc.disable()
+    try:
+        for round_no in range(count + 1):
+            gc.collect()
+            yield round_no
+    finally:
+        gc.enable()
+
+
+def in_turn(engines: list, round_no: int) -> list:
+    """``(index, engine)`` of each engine, in the other order than the round before: none always first."""
+    order = list(enumerate(engines))
+    return order if round_no % 2 else order[::-1]
 
 
 def database_ms(engine, flt, after, times: int = 11) -> float:

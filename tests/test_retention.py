@@ -12,8 +12,9 @@ from sqlalchemy import create_engine, func, select
 from twisted.internet import defer, task
 
 from gateway.metrics import Metrics
+from gateway.http.queries import EVERYTHING, read_events
 from gateway.store.database import MIGRATIONS, Database
-from gateway.store.partitions import DAY_MS, DEFAULT, close_weeks, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
+from gateway.store.partitions import DAY_MS, DEFAULT, WEEK_IDS, close_weeks, drop_week, make_weeks, week_held, week_ids, week_of, weeks, weeks_before
 from gateway.store.retention import Retention, expire_batch, export, export_week
 from gateway.store.schema import events
 from gateway.store.user_events import BY_USER
@@ -251,6 +252,25 @@ def test_a_week_another_process_dropped_first_is_not_dropped_or_counted_again(pg
     assert pg.run_now(drop_week, old, NOW_MS, 1) is True
     assert pg.run_now(drop_week, old, NOW_MS, 1) is False
     assert pg.run_now(week_held, old) is None
+
+
+def test_the_hourly_run_lists_a_week_attached_unlisted_and_forgets_a_row_whose_week_is_gone(pg):
+    """A gateway of a version before migration 0015 attaches weeks without listing them; a week
+    dropped by hand leaves its row: the next making of weeks mends the list, and a page reads the
+    unlisted week's events."""
+    unlisted, gone = week_of(NOW_MS - 400 * DAY_MS), week_of(NOW_MS - 500 * DAY_MS)
+
+    def as_an_older_gateway(conn):
+        conn.exec_driver_sql(f"CREATE TABLE {unlisted.name} (LIKE events INCLUDING DEFAULTS)")
+        conn.exec_driver_sql(f"ALTER TABLE events ATTACH PARTITION {unlisted.name} FOR VALUES FROM ({unlisted.start_ms}) TO ({unlisted.end_ms})")
+        conn.exec_driver_sql(f"INSERT INTO {WEEK_IDS} (name, max_id) VALUES ('{gone.name}', 7)")
+
+    pg.run_now(as_an_older_gateway)
+    store(pg, ["in the unlisted week"], unlisted.start_ms)
+    assert not listed_as_attached(pg)
+    pg.run_now(make_weeks, NOW_MS, 0)
+    assert listed_as_attached(pg)
+    assert [e["user_id"] for e in pg.run_now(read_events, EVERYTHING, None, None, 10)[0]] == ["in the unlisted week"]
 
 
 def test_a_site_migrated_to_partitions_keeps_its_log_in_the_default_partition_and_this_weeks_events_move_out(postgres):

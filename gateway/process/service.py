@@ -280,16 +280,16 @@ class Gateway:
         return d
 
     def _swept(self, state: SyncState) -> None:
-        seq, owed, unanswered, recent = state
+        _, owed, unanswered, recent = state
         mode = self.settings.mode
-        caught_up = self.metrics.told_caught_up
+        told_caught_up = self.metrics.told_caught_up
         # Kicking every lagging terminal also retries pushes that failed earlier. A keypad change
         # still to be pulled is lag too: the terminal and the server differ until it is merged.
         # Changes after a cursor that are not meant for the terminal are no lag (gateway/sync/due.py).
         for term in self.registry.connected():
-            if term.cursor >= seq and term.terminal_id not in owed and term.terminal_id not in unanswered \
-                    and caught_up(term.terminal_id):
-                continue  # nothing to tell, no round due: every terminal of an idle fleet (0.1 us a terminal, against 0.8)
+            if recent.caught_up(term.cursor) and term.terminal_id not in owed and term.terminal_id not in unanswered \
+                    and told_caught_up(term.terminal_id):
+                continue  # nothing to tell, no round due: every terminal of an idle fleet
             behind = recent.behind(term.cursor, term.access_groups, mode)
             self.metrics.set_sync_lag(term.terminal_id, behind + owed.get(term.terminal_id, 0) + unanswered.get(term.terminal_id, 0))
             if recent.round_due(term.cursor, term.access_groups, mode):

@@ -101,6 +101,7 @@ def make_weeks(conn, now_ms: int, ahead: int = WEEKS_AHEAD) -> list[str]:
     if not partitioned(conn):
         return []
     with _maintenance(conn):
+        list_attached(conn)
         have = {w.name for w in weeks(conn)}
         made = []
         for n in range(ahead + 1):
@@ -125,6 +126,17 @@ def week_table(conn, week: Week) -> None:
     conn.execute(text(
         f"WITH moved AS (DELETE FROM {DEFAULT} WHERE occurred_ms >= :start AND occurred_ms < :end RETURNING {columns})"
         f" INSERT INTO {week.name} ({columns}) SELECT {columns} FROM moved"), dict(start=week.start_ms, end=week.end_ms))
+
+
+def list_attached(conn) -> None:
+    """Make ``WEEK_IDS`` list what the catalog says is attached, once an hour with the weeks made:
+    a week attached by a gateway of a version before migration 0015 (left running through an
+    upgrade) is listed open, a row whose partition is gone (dropped by hand) goes; a page trusts
+    the list."""
+    conn.execute(text(f"INSERT INTO {WEEK_IDS} (name, max_id) SELECT i.inhrelid::regclass::text, NULL FROM pg_inherits i"
+                      " WHERE i.inhparent = 'events'::regclass ON CONFLICT (name) DO NOTHING"))
+    conn.execute(text(f"DELETE FROM {WEEK_IDS} w WHERE NOT EXISTS (SELECT FROM pg_inherits i"
+                      " WHERE i.inhparent = 'events'::regclass AND i.inhrelid::regclass::text = w.name)"))
 
 
 def attach_week(conn, week: Week) -> None:

@@ -61,6 +61,11 @@ class RecentChanges:
             self._counted[key] = sum(1 for groups in self._groups[bisect_right(self._keys, cursor):] if groups & terminal_groups)
         return self._counted[key]
 
+    def caught_up(self, cursor: int) -> bool:
+        """Whether ``cursor`` holds every change: in any mode nothing is behind it and no round due,
+        so the sweep may pass over it without counting (0.1 us a terminal, against 0.8)."""
+        return cursor >= self.last_seq
+
     def round_due(self, cursor: int, terminal_groups: frozenset[int], mode: SyncMode) -> bool:
         """Whether the sweep kicks the terminal: changes meant for it wait, or its cursor fell so far
         behind that it must move on before this window leaves it."""

@@ -2,7 +2,9 @@
 id yet (gateway/store/partitions.py, "Closed weeks"): a page of events read which partitions
 there are from the catalog, a read that grew with every week kept (0.13 ms at 56 partitions
 against 0.03 for this table). Attaching and dropping a week add and remove its row in the same
-transaction. PostgreSQL only: SQLite has no partitions.
+transaction, and the hourly run mends the list from the catalog (a gateway of an older version
+left running through the upgrade attaches weeks without listing them). PostgreSQL only: SQLite
+has no partitions.
 
 Revision ID: 0015_pg_event_weeks_listed
 Revises: 0014_pg_events_by_user
@@ -25,9 +27,7 @@ def upgrade():
     if conn.dialect.name != "postgresql":
         return
     op.execute("ALTER TABLE event_week_ids ALTER COLUMN max_id DROP NOT NULL")
-    op.execute("INSERT INTO event_week_ids (name, max_id) SELECT i.inhrelid::regclass::text, NULL FROM pg_inherits i"
-               " WHERE i.inhparent = 'events'::regclass ON CONFLICT (name) DO NOTHING")
-    make_weeks(conn, int(time.time() * 1000))  # migration 0007 made them until now; from here on they are listed as made
+    make_weeks(conn, int(time.time() * 1000))  # lists those there are (``list_attached``), then makes any missing
 
 
 def downgrade():
