@@ -8,7 +8,9 @@ import msgspec
 from types import SimpleNamespace
 
 from twisted.internet import task
+from twisted.web.test.requesthelper import DummyRequest
 
+from gateway.http.serve import SnapshotResource
 from gateway.http.snapshot import Mirror, take
 from gateway.http.terminals import terminal_json
 from gateway.metrics import Metrics
@@ -129,3 +131,13 @@ def test_a_snapshot_carries_only_the_reconciliations_kept_since_those_the_mirror
     for terminal_id, repaired_total in ((101, 5), (102, 1)):  # the one carried earlier is kept beside the new one
         assert mirror.reconciler.last[terminal_id].as_json(mirror.reconciler.repaired_total[terminal_id]) == \
             gateway.reconciler.last[terminal_id].as_json(repaired_total)
+
+
+def test_the_snapshot_endpoint_takes_anything_but_a_count_for_no_count_and_carries_every_reconciliation():
+    gateway = ingest_side()
+    gateway.reactor = task.Clock()
+    for asked in (b"9" * 5000, b"-1", b"x", b""):  # a count int() refuses, or none: a local peer's guess
+        request = DummyRequest([b"internal", b"snapshot"])
+        request.args = {b"reconciled": [asked]}
+        taken = json.loads(SnapshotResource(gateway).render_GET(request))
+        assert [r["terminal_id"] for r in taken["reconciliations"]] == [101], asked

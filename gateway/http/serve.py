@@ -51,9 +51,11 @@ class SnapshotResource(Readable):
         request.setHeader("Cache-Control", "no-store")
         metrics = request.args.get(b"metrics") == [b"1"]
         reconciled = request.args.get(b"reconciled", [b"0"])[0]
+        # Anything but a count (a local peer's guess) asks for every reconciliation; 19 digits: int()
+        # refuses thousands, and no count of findings reaches 10^19.
+        count = int(reconciled) if reconciled.isdigit() and len(reconciled) <= 19 else 0
         # Up to twice a second: msgspec encodes 200 terminals in a seventh of json.dumps' time (79 vs 558 us).
-        return msgspec.json.encode(snapshot.take(self.gateway, self.gateway.reactor.seconds(), metrics,
-                                                 int(reconciled) if reconciled.isdigit() else 0))
+        return msgspec.json.encode(snapshot.take(self.gateway, self.gateway.reactor.seconds(), metrics, count))
 
 
 class InternalSite(GatewaySite):

@@ -20,8 +20,9 @@ events still go), the hourly run closes it: a trigger on it and the highest id i
 ``WEEK_IDS`` (migration 0011), both made while no insert into it is in flight. An event
 arriving in a closed week later raises that figure in its own transaction. ``WEEK_IDS`` lists
 the open partitions too, their figure NULL (migration 0015), each added and removed in the
-transaction that attaches or drops it: a page reads which partitions there are from that small
-table, not from the catalog, whose read grew with every week kept (0.13 against 0.03 ms at 56). A page then opens
+transaction that attaches or drops it, and mended from the catalog by the hourly run
+(``list_attached``): a page reads which partitions there are from that small table, not from the
+catalog, whose read grew with every week kept (0.13 against 0.03 ms at 56). A page then opens
 the open weeks and the closed ones whose highest id it may need (``id_window``, ``union_of``).
 Closing a week also copies its events that name a user (gateway/store/user_events.py), and its
 trigger copies a late one: a user's page, whose events may lie in every week of a year, reads

@@ -201,11 +201,10 @@ class Reconciler:
         self._heard_ms[terminal_id] = self._now_ms()
 
     def kept_after(self, count: int) -> list[int]:
-        """The terminals whose latest findings were kept after the first ``count`` (all of them for
-        a count this process has not reached), oldest first: the API process's snapshot carries only
-        these, since the reconciliations change every few minutes and the snapshot twice a second."""
-        if count > self.findings_kept:  # a count of another life of this process
-            return list(self._kept_at)
+        """The terminals whose latest findings were kept after the first ``count``, oldest first: the
+        API process's snapshot carries only these, since the reconciliations change every few
+        minutes and the snapshot twice a second. The API process lives and dies with this one
+        (gateway/http/process.py), so its count is always one of this process's."""
         newer = []
         for terminal_id, kept_at in reversed(self._kept_at.items()):
             if kept_at <= count:
