@@ -55,6 +55,7 @@ class Conversation:
         self._seq = 0
         self._outstanding: dict[int, Outstanding] = {}
         self.last_received = self.last_sent = now
+        self._deaf_since: float | None = None  # when we stopped reading the peer, while we do not
 
     # -- requests and answers ----------------------------------------------------------------
 
@@ -84,7 +85,10 @@ class Conversation:
         return self._outstanding.pop(frame.seq)
 
     def expire(self, now: float) -> list[Outstanding]:
-        """Requests whose deadline has passed, oldest first; they are forgotten."""
+        """Requests whose deadline has passed, oldest first; they are forgotten. None while we
+        do not read the peer: its answers may be waiting unread."""
+        if self._deaf_since is not None:
+            return []
         late = [p for p in self._outstanding.values() if p.deadline <= now]
         for pending in late:
             del self._outstanding[pending.seq]
@@ -96,6 +100,8 @@ class Conversation:
         return gone
 
     def next_deadline(self) -> float | None:
+        if self._deaf_since is not None:
+            return None
         return min((p.deadline for p in self._outstanding.values()), default=None)
 
     def _next_seq(self) -> int:
@@ -114,10 +120,32 @@ class Conversation:
     def sent(self, now: float) -> None:
         self.last_sent = now
 
+    # -- not reading the peer ----------------------------------------------------------------
+
+    def stop_reading(self, now: float) -> None:
+        """We stop reading what the peer sends for a while (the gateway's backpressure): its
+        answers and its keepalives wait unread, so until ``read_again`` no request expires and
+        the peer is not judged gone. Keepalives still fall due: the peer judges our silence."""
+        if self._deaf_since is None:
+            self._deaf_since = now
+
+    def read_again(self, now: float) -> None:
+        """Reading again: the time we did not read counts against neither the peer's silence nor
+        a request's deadline (a request sent meanwhile from when it was sent)."""
+        if self._deaf_since is None:
+            return
+        deaf_since, self._deaf_since = self._deaf_since, None
+        self.last_received += now - deaf_since
+        self._outstanding = {
+            seq: Outstanding(p.seq, p.command, p.deadline + now - max(deaf_since, p.deadline - self.request_timeout_s))
+            for seq, p in self._outstanding.items()
+        }
+
     def liveness(self, now: float) -> Liveness:
         """The keepalive rule: speak after ``keepalive_s`` of our silence; the peer is gone after
-        three periods of its silence. Ask every ``keepalive_s / 3``."""
-        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s:
+        three periods of its silence (time we did not read it is not its silence). Ask every
+        ``keepalive_s / 3``."""
+        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and self._deaf_since is None:
             return Liveness.PEER_GONE
         if now - self.last_sent >= self.keepalive_s:
             return Liveness.KEEPALIVE_DUE

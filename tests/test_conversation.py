@@ -79,3 +79,27 @@ def test_handshake_both_halves_prove_the_same_secret_and_refuse_another():
 def test_a_welcome_before_any_hello_proves_nothing():
     welcome = type("Welcome", (), dict(proof=b"\x00" * 32))
     assert not TerminalHandshake(9, b"s3cret").gateway_proved(welcome)
+
+
+def test_while_we_do_not_read_the_peer_no_request_expires_and_the_peer_is_not_gone():
+    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
+    _, before = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)  # deadline 15
+    talk.stop_reading(5)
+    _, during = talk.request(Command.KEEPALIVE, now=50)  # deadline 65
+    assert talk.expire(200) == [] and talk.next_deadline() is None
+    assert talk.liveness(200) is Liveness.KEEPALIVE_DUE  # we speak; the peer is not judged
+    talk.read_again(200)
+    # The 195 s not read count for nothing: 10 s were left of the first, 15 of the second.
+    assert talk.next_deadline() == 210
+    assert talk.expire(209.9) == []
+    assert [p.seq for p in talk.expire(210)] == [before.seq]
+    assert talk.expire(214.9) == [] and [p.seq for p in talk.expire(215)] == [during.seq]
+    assert talk.liveness(284.9) is not Liveness.PEER_GONE  # heard at 0, 5 s before the pause
+    assert talk.liveness(285) is Liveness.PEER_GONE
+
+
+def test_reading_again_without_having_stopped_changes_nothing():
+    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
+    talk.request(Command.KEEPALIVE, now=0)
+    talk.read_again(10)
+    assert talk.next_deadline() == 15 and talk.liveness(90) is Liveness.PEER_GONE

@@ -258,6 +258,41 @@ def test_keepalive_after_idle_and_close_after_three_silent_periods():
     assert peer.gateway.ended == [peer.session]
 
 
+def test_a_link_paused_for_the_writer_is_not_judged_by_what_it_could_not_read():
+    """The event log's backpressure stops reading every link: the terminal's answers wait unread,
+    so neither its silence nor its unanswered push may close the link or fail the request."""
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    answered, failures = [], []
+    peer.session.put_users([UserRecordWire.build(UserRecord("u1", name="A"))], False).addCallbacks(answered.append, failures.append)
+    (put,) = peer.frames()
+    peer.session.pause_events()
+    assert peer.transport.producerState == "paused"
+    clock.pump([10] * 20)  # 200 s: past the request's deadline and three keepalive periods
+    assert not failures and not peer.transport.disconnecting
+    assert {f.command for f in peer.frames()} == {Command.KEEPALIVE}  # the gateway still speaks
+    peer.session.resume_events()
+    peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # read once resumed
+    assert [[r.user_id for r in results] for results in answered] == [["u1"]] and not failures
+
+
+def test_a_request_still_unanswered_after_a_pause_fails_when_its_remaining_time_is_up():
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    failures = []
+    peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(failures.append)
+    clock.advance(10)
+    peer.session.pause_events()
+    clock.advance(100)
+    peer.session.resume_events()
+    clock.advance(4.9)
+    assert not failures
+    clock.advance(0.1)  # 15 s of reading in all
+    assert failures and failures[0].check(RequestTimeout)
+
+
 def test_garbage_before_authentication_closes_the_link():
     peer = Peer()
     peer.send(b"\x00garbage")

@@ -167,10 +167,15 @@ class TerminalSession:
         return d.addCallback(lambda body: body.pending)
 
     def pause_events(self) -> None:
+        # The link stops reading: the terminal's answers and keepalives wait unread behind its
+        # events, so the time paused is not its silence, nor its requests' lateness.
+        self._connection.stop_reading(now=self.clock.seconds())
         self.link.pause()
 
     def resume_events(self) -> None:
+        self._connection.read_again(now=self.clock.seconds())
         self.link.resume()
+        self._arm_deadline(self._connection.next_deadline())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
