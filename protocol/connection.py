@@ -201,22 +201,23 @@ class Connection:
                 self._fail(f"more than {budget} corrupt frames in a minute")
         return Corrupt(error, True)
 
-    def tick(self, *, now: float) -> list[Event]:
+    def tick(self, *, now: float, unread: bool = False) -> list[Event]:
         """What time says: requests past their deadline (TimedOut), a keepalive due.
         RemoteProtocolError when the handshake did not end in time or the peer fell silent for
-        three keepalive periods."""
+        three keepalive periods. ``unread``: bytes from the peer wait for us to read them, so
+        no request is late and the peer is not silent yet (a keepalive may still be due)."""
         if self.phase is Phase.CLOSED:
             return []
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
             self._fail(f"no handshake within {self.handshake_s:g} s")
         conversation = self._conversation
         events: list[Event] = []
-        for late in conversation.expire(now):
+        for late in conversation.expire(now, unread=unread):
             if late.command in (Command.HELLO, Command.WELCOME) and self.role is Role.GATEWAY:
                 self._fail(f"{command_name(late.command)} unanswered after {conversation.request_timeout_s:g} s")
             events.append(TimedOut(late))
         if self.phase is Phase.ESTABLISHED:
-            state = conversation.liveness(now)
+            state = conversation.liveness(now, unread=unread)
             if state is Liveness.PEER_GONE:
                 self._fail(f"nothing received for {now - conversation.last_received:.0f} s: {self._rules.peer} gone")
             if state is Liveness.KEEPALIVE_DUE:

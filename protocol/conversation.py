@@ -84,10 +84,10 @@ class Conversation:
             return None
         return self._outstanding.pop(frame.seq)
 
-    def expire(self, now: float) -> list[Outstanding]:
+    def expire(self, now: float, *, unread: bool = False) -> list[Outstanding]:
         """Requests whose deadline has passed, oldest first; they are forgotten. None while we
-        do not read the peer: its answers may be waiting unread."""
-        if self._deaf_since is not None:
+        do not read the peer, or while what it sent waits ``unread``: its answers may be there."""
+        if unread or self._deaf_since is not None:
             return []
         late = [p for p in self._outstanding.values() if p.deadline <= now]
         for pending in late:
@@ -141,11 +141,11 @@ class Conversation:
             for seq, p in self._outstanding.items()
         }
 
-    def liveness(self, now: float) -> Liveness:
+    def liveness(self, now: float, *, unread: bool = False) -> Liveness:
         """The keepalive rule: speak after ``keepalive_s`` of our silence; the peer is gone after
-        three periods of its silence (time we did not read it is not its silence). Ask every
-        ``keepalive_s / 3``."""
-        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and self._deaf_since is None:
+        three periods of its silence (time we did not read it is not its silence, and a peer
+        whose bytes wait ``unread`` is not silent). Ask every ``keepalive_s / 3``."""
+        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and not unread and self._deaf_since is None:
             return Liveness.PEER_GONE
         if now - self.last_sent >= self.keepalive_s:
             return Liveness.KEEPALIVE_DUE

@@ -103,3 +103,12 @@ def test_reading_again_without_having_stopped_changes_nothing():
     talk.request(Command.KEEPALIVE, now=0)
     talk.read_again(10)
     assert talk.next_deadline() == 15 and talk.liveness(90) is Liveness.PEER_GONE
+
+
+def test_while_the_peer_s_bytes_wait_unread_nothing_expires_and_it_is_not_silent():
+    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
+    _, pending = talk.request(Command.KEEPALIVE, now=0)
+    assert talk.expire(100, unread=True) == []
+    assert talk.liveness(100, unread=True) is Liveness.KEEPALIVE_DUE  # we still speak
+    assert [p.seq for p in talk.expire(100)] == [pending.seq]  # read, and not answered: late after all
+    assert talk.liveness(100) is Liveness.PEER_GONE

@@ -293,6 +293,38 @@ def test_a_request_still_unanswered_after_a_pause_fails_when_its_remaining_time_
     assert failures and failures[0].check(RequestTimeout)
 
 
+def test_an_answer_waiting_unread_is_not_late_and_its_terminal_not_silent():
+    """A reactor saturated by thousands of links runs its timers before it reads: a push whose
+    answer already waits in the socket is not given up on, nor the terminal judged gone."""
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    answered, failures = [], []
+    peer.session.put_users([UserRecordWire.build(UserRecord("u1", name="A"))], False).addCallbacks(answered.append, failures.append)
+    (put,) = peer.frames()
+    peer.link.unread = lambda: True  # the answer is in the kernel's buffer; the reactor has not read it
+    clock.pump([1] * 200)  # past the deadline, and three keepalive periods
+    assert not failures and not peer.transport.disconnecting
+    assert Command.KEEPALIVE in {f.command for f in peer.frames()}  # the gateway still speaks
+    peer.link.unread = lambda: False
+    peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # the reactor reads it
+    assert [[r.user_id for r in results] for results in answered] == [["u1"]] and not failures
+
+
+def test_once_nothing_waits_unread_a_request_past_its_deadline_fails_at_the_next_look():
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    failures = []
+    peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(failures.append)
+    peer.link.unread = lambda: True
+    clock.advance(15)
+    assert not failures
+    peer.link.unread = lambda: False  # read, and its answer was not there
+    clock.advance(1)
+    assert failures and failures[0].check(RequestTimeout)
+
+
 def test_garbage_before_authentication_closes_the_link():
     peer = Peer()
     peer.send(b"\x00garbage")

@@ -96,3 +96,13 @@ def test_another_transport_is_written_as_before(send_now):
     transport = StringTransport()
     send_now(transport, b"EVENTS ack")
     assert transport.value() == b"EVENTS ack"
+
+
+def test_the_bytes_a_peer_sent_that_wait_unread_are_counted_from_the_kernel(pair):
+    conn, peer, _ = pair
+    assert gateway_tcp.unread_bytes(conn) == 0
+    peer.sendall(b"PUT_USERS answer")
+    assert gateway_tcp.unread_bytes(conn) == len(b"PUT_USERS answer")
+    conn.socket.recv(1 << 16)
+    assert gateway_tcp.unread_bytes(conn) == 0
+    assert gateway_tcp.unread_bytes(StringTransport()) == 0  # no socket: nothing can be told

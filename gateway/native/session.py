@@ -62,6 +62,8 @@ class RequestTimeout(Unanswered):
 
 # Requests given up on that a late answer is still recognised by: a few windows' worth.
 GIVEN_UP_KEPT = 64
+# While the terminal's bytes wait unread, a deadline past is looked at again this much later.
+UNREAD_RECHECK_S = 1.0
 
 
 class Link(Protocol):
@@ -79,6 +81,10 @@ class Link(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
+
+    def unread(self) -> bool:
+        """Whether bytes from the terminal wait for the gateway to read them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -359,18 +365,25 @@ class TerminalSession:
 
     def _deadlines_passed(self) -> None:
         self._deadline_timer = None
-        self._tick()
+        unread = self._tick()
         if not self.closed:
-            self._arm_deadline(self._connection.next_deadline())
+            deadline = self._connection.next_deadline()
+            if unread and deadline is not None:  # still past: look again once the reactor has read more
+                deadline = max(deadline, self.clock.seconds() + UNREAD_RECHECK_S)
+            self._arm_deadline(deadline)
 
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
         """What time says: requests past their deadline, a keepalive due, a handshake too slow
-        or a terminal gone silent (these two close the link)."""
+        or a terminal gone silent (these two close the link). Returns whether the terminal's
+        bytes waited unread: then the gateway, not the terminal, is late (a reactor busy with
+        thousands of links reads each once a turn, after the timers), an answer past its
+        deadline may be among them, and the terminal is not silent; both wait to be judged."""
+        unread = self.established and self.link.unread()
         try:
-            events = self._connection.tick(now=self.clock.seconds())
+            events = self._connection.tick(now=self.clock.seconds(), unread=unread)
         except RemoteProtocolError as exc:
             self.close(str(exc))
-            return
+            return unread
         for event in events:
             if isinstance(event, KeepaliveDue):
                 self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
@@ -385,6 +398,7 @@ class TerminalSession:
             if len(self._given_up) > GIVEN_UP_KEPT:
                 self._given_up.popitem(last=False)
             d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {self.timing.request_s:g} s"))
+        return unread
 
     # -- handshake ---------------------------------------------------------------------------
 

@@ -16,6 +16,10 @@ the peer to take what was written, and TLS's waits for the TLS handshake to end,
 that never sends a ClientHello never lets happen. A stranger's place is given back at the close.
 """
 
+import fcntl
+import struct
+import termios
+
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol, tcp
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
@@ -123,6 +127,9 @@ class TcpLink(protocol.Protocol):
     def resume(self) -> None:
         self.transport.resumeProducing()
 
+    def unread(self) -> bool:
+        return unread_bytes(self.transport) > 0
+
 
 def send_now(transport, data: bytes) -> None:
     """Hand ``data`` to the kernel at once when nothing waits in the transport's buffer; what it
@@ -144,6 +151,17 @@ def send_now(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def unread_bytes(transport) -> int:
+    """Bytes the peer sent that the kernel holds unread (FIONREAD); 0 where that cannot be told
+    (TLS reads ahead of us, a test's transport has no socket)."""
+    if not isinstance(transport, tcp.Connection) or transport.TLS:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(transport.socket.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):  # closed meanwhile
+        return 0
 
 
 def _nothing_buffered(transport: tcp.Connection) -> bool:

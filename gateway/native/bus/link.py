@@ -31,3 +31,6 @@ class BusLink:
     def resume(self) -> None:
         self._drop.paused = False
         self._master.wake()
+
+    def unread(self) -> bool:
+        return False  # the master reads the line as it comes: an answer not read is not on its way
