@@ -54,8 +54,8 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 class Tally:
     """What the bare server saw: pushes sent, answered (and how many said OK), events acknowledged."""
 
-    def __init__(self, terminals: int, changes: int):
-        self.expected = terminals * changes
+    def __init__(self, terminals: int, pushes: int):
+        self.expected = terminals * pushes
         self.pushed = self.answered = self.applied = self.events_acked = 0
 
     @property
@@ -124,16 +124,18 @@ def bare_link_factory(reactor, tally: Tally, on_change):
     return factory
 
 
-def serve(rate: float, changes: int, terminals: int, mix: str) -> None:
+def serve(rate: float, changes: int, users_per_push: int, terminals: int, mix: str) -> None:
     """The child: listen, say the port, wait for "go", push ``changes`` new users ``rate`` a second
-    to every terminal online, say "done" with its tally once every push is answered and every
-    event acknowledged."""
+    to every terminal online, ``users_per_push`` in each PUT_USERS, say "done" with its tally once
+    every push is answered and every event acknowledged."""
     from twisted.internet import reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
     people = People(SEED, MIXES[mix])
-    payloads = [put_users_payload([UserRecordWire.build(people.person(f"floor-{n}"))], True) for n in range(changes)]
-    tally = Tally(terminals, changes)
+    records = [UserRecordWire.build(people.person(f"floor-{n}")) for n in range(changes)]
+    payloads = [put_users_payload(records[n:n + users_per_push], True) for n in range(0, changes, users_per_push)]
+    interval_s = users_per_push / rate
+    tally = Tally(terminals, len(payloads))
     said_done = []
 
     def on_change():
@@ -149,8 +151,8 @@ def serve(rate: float, changes: int, terminals: int, mix: str) -> None:
             frame, _ = link.connection.request(Command.PUT_USERS, payload=payloads[n], now=now)
             link.send(frame)
             tally.pushed += 1
-        if n + 1 < changes:
-            reactor.callLater(max(0.0, start + (n + 1) / rate - reactor.seconds()), push, n + 1, start)
+        if n + 1 < len(payloads):
+            reactor.callLater(max(0.0, start + (n + 1) * interval_s - reactor.seconds()), push, n + 1, start)
 
     class Control(LineReceiver):
         delimiter = b"\n"
@@ -189,11 +191,11 @@ def read_message(proc: subprocess.Popen, timeout_s: float) -> dict | None:
     return json.loads(line)
 
 
-def floor_run(devices: int, rate: float, duration_s: float, mix: str, log) -> dict:
+def floor_run(devices: int, rate: float, duration_s: float, users_per_push: int, mix: str, log) -> dict:
     changes = round(rate * duration_s)
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--devices", str(devices), "--rate", str(rate),
-                               "--changes", str(changes), "--mix", mix], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=log, text=True, bufsize=1)
+                               "--changes", str(changes), "--users-per-push", str(users_per_push), "--mix", mix],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
     figures: dict = {}
     try:
         listening = read_message(server, 60)
@@ -225,8 +227,9 @@ def floor_run(devices: int, rate: float, duration_s: float, mix: str, log) -> di
     if not fleet.settled:
         raise RuntimeError(f"the fleet did not settle: the bare server said {figures.get('server')}")
     cpu = figures["cpu_settled_s"] - figures["cpu_ready_s"]
-    return dict(kind="floor", rate=rate, devices=devices, changes=changes, deliveries=fleet.deliveries, cpu_s=round(cpu, 2),
-                cpu_us_per_delivery=round(cpu * 1e6 / fleet.deliveries, 1) if fleet.deliveries else None, **figures["server"])
+    per_delivery = round(cpu * 1e6 / fleet.deliveries, 1) if fleet.deliveries else None
+    return dict(kind="floor", rate=rate, devices=devices, changes=changes, users_per_push=users_per_push,
+                deliveries=fleet.deliveries, cpu_s=round(cpu, 2), cpu_us_per_delivery=per_delivery, **figures["server"])
 
 
 def gateway_run(devices: int, rate: float, duration_s: float, mix: str, run_dir: Path, log) -> dict:
@@ -248,7 +251,8 @@ def summary(runs: list[dict]) -> list[dict]:
     for rate in sorted({r["rate"] for r in runs}):
         means: dict[str, float | None] = {}
         for kind in ("floor", "gateway"):
-            values = [r["cpu_us_per_delivery"] for r in runs if r["rate"] == rate and r["kind"] == kind and r["cpu_us_per_delivery"] is not None]
+            values = [r["cpu_us_per_delivery"] for r in runs
+                      if r["rate"] == rate and r["kind"] == kind and r["cpu_us_per_delivery"] is not None]
             means[kind] = round(sum(values) / len(values), 1) if values else None
         ratio = round(means["gateway"] / means["floor"], 2) if means["floor"] and means["gateway"] is not None else None
         rows.append(dict(rate=rate, floor_us=means["floor"], gateway_us=means["gateway"], gateway_over_floor=ratio))
@@ -272,6 +276,9 @@ def main(argv=None) -> int:
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--duration", type=float, default=40.0, help="seconds of load per run (default 40)")
     p.add_argument("--pairs", type=int, default=2, help="floor and gateway runs alternating, per rate (default 2)")
+    p.add_argument("--users-per-push", type=int, default=1, metavar="N",
+                   help="users each PUT_USERS of the floor carries, pushed N / rate seconds apart (default 1: every change "
+                        "alone; the gateway's 0.5 s round interval packs about 5 at 10/s)")
     p.add_argument("--floor-only", action="store_true", help="no load test runs")
     p.add_argument("--mix", default="typical", choices=sorted(MIXES))
     p.add_argument("--json", help="write the runs and the summary here")
@@ -280,7 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--changes", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.rate, args.changes, args.devices, args.mix)
+        serve(args.rate, args.changes, args.users_per_push, args.devices, args.mix)
         return 0
     rates = [float(r) for r in args.rates.split(",")]
     run_dir = Path(tempfile.mkdtemp(prefix="round-trip-floor-"))
@@ -292,8 +299,10 @@ def main(argv=None) -> int:
                     kinds = ["floor"] if args.floor_only else ["floor", "gateway"]
                     for kind in kinds if pair % 2 else reversed(kinds):  # neither side always goes first
                         load_before = os.getloadavg()[0]
-                        run = floor_run(args.devices, rate, args.duration, args.mix, log) if kind == "floor" \
-                            else gateway_run(args.devices, rate, args.duration, args.mix, run_dir, log)
+                        if kind == "floor":
+                            run = floor_run(args.devices, rate, args.duration, args.users_per_push, args.mix, log)
+                        else:
+                            run = gateway_run(args.devices, rate, args.duration, args.mix, run_dir, log)
                         runs.append(dict(pair=pair, load_before=load_before, load_after=os.getloadavg()[0], **run))
                         print(f"pair {pair}, {rate:g}/s, {kind}: {run['cpu_us_per_delivery']} us a delivery", file=sys.stderr)
         except RuntimeError as exc:
