@@ -373,6 +373,10 @@ def _store_submission(conn, sub: _Submission, state: LogState, recorded: int, ro
     epoch = sub.log_epoch if sub.log_epoch is not None else state.epoch
     if epoch != state.epoch:  # submitted before a reconnect announced another log
         state = LogState(epoch, highest_event_id(conn, t, epoch))
+    if _follows(sub.events, state.high):
+        rows += [_event_row(t, epoch, ev, recorded) for ev in sub.events]
+        _note_keypad_changes(rows[-len(sub.events):], sub.pull_users, recorded, anomalies)
+        return LogState(epoch, sub.events[-1].event_id)
     ids = [e.event_id for e in sub.events]
     # Resends are the only ids at or below the log's highest: look them up, in one range read.
     stored = _stored_ids(conn, t, epoch, min(ids), max(ids)) if min(ids) <= state.high else {}
@@ -404,6 +408,18 @@ def _store_submission(conn, sub: _Submission, state: LogState, recorded: int, ro
     if fresh:
         _note_keypad_changes(rows[-len(fresh):], sub.pull_users, recorded, anomalies)
     return LogState(epoch, previous)
+
+
+def _follows(batch: list[Event], high: int) -> bool:
+    """Whether the events' ids climb from the log's highest, none leaping: nearly every submission,
+    which then needs no look-up, no sorting and no report (benchmarks/writer_commits.py: the
+    writer's Python for a lone event a delivery and its cursor move, 4.9 us, took 3.6)."""
+    previous = high
+    for ev in batch:
+        if not previous < ev.event_id <= previous + LEAP_LIMIT:
+            return False
+        previous = ev.event_id
+    return True
 
 
 def _note_keypad_changes(rows: list[dict], pulled: bool, recorded: int, anomalies: list[Anomaly]) -> None:
