@@ -7,9 +7,13 @@ their UPDATE_SUCCESS events come back over some tens of ms, in about four group 
 commits and 82 cursor settles for 30 enrolments). This replays that on a migrated SQLite file, on
 the calling thread, through the same ``transaction`` and ``_store`` the writer thread runs, and
 prints the thread's CPU per delivery (``time.thread_time``: fsync's wait is not CPU). Each round
-replays both ``--changes``, so what a commit costs is measured beside the same file's growth.
+replays ``--changes`` more, so each round's figure is at a larger file: SQLite's own work grows
+with it (docs/loadtest.md, "The writer thread's share"). ``--python-only`` runs ``_store`` and its
+riders against a connection that stores nothing: the gateway's own Python, which the database's
+noise hides. ``--pages`` also counts the pages each round wrote to the WAL (checkpoints held
+off meanwhile): what SQLite's work per delivery follows.
 
-    python benchmarks/writer_commits.py [--changes 60] [--rounds 5] [--profile]
+    python benchmarks/writer_commits.py [--changes 60] [--rounds 5] [--profile] [--python-only | --pages]
 """
 
 import argparse
@@ -20,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import event, insert
+from sqlalchemy.dialects import sqlite
 
 from gateway.store.database import make_engine, migrate, transaction
 from gateway.store.schema import terminals
@@ -55,17 +60,39 @@ def commits_of_change(change: int, now_ms: int, commits: int, settles: int) -> l
     return list(zip(split(subs, commits), riders))
 
 
-def replay(engine, first_change: int, changes: int, commits: int, settles: int, logs: dict) -> tuple[float, int]:
-    """CPU seconds of this thread for ``changes`` changes' commits, and the deliveries made."""
+class NoDatabase:
+    """A connection for ``_store`` that takes every statement and stores nothing."""
+
+    dialect = sqlite.dialect()
+    info: dict = {}
+
+    def exec_driver_sql(self, *_):
+        return ()
+
+    execute = exec_driver_sql
+
+
+def no_transaction(_engine, work, *args):
+    return work(NoDatabase(), *args)
+
+
+def replay(engine, first_change: int, changes: int, commits: int, settles: int, logs: dict, run=transaction) -> tuple[float, int]:
+    """CPU seconds of this thread for ``changes`` changes' commits (each through ``run``), and the deliveries made."""
     spent = 0.0
     for change in range(first_change, first_change + changes):
         now_ms = int(time.time() * 1000)
         for batch, riders in commits_of_change(change, now_ms, commits, settles):
             started = time.thread_time()
-            stored, _ = transaction(engine, _store, batch, [], now_ms, dict(logs), riders)
+            stored, _ = run(engine, _store, batch, [], now_ms, dict(logs), riders)
             spent += time.thread_time() - started
             logs.update(stored)
     return spent, changes * (TERMINALS - 1)
+
+
+def wal_frames(engine, mode: str) -> int:
+    """Checkpoint the WAL (``TRUNCATE`` empties it); the frames it held."""
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})").one()[1]
 
 
 def main(argv=None) -> int:
@@ -74,27 +101,36 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--commits", type=int, default=4, help="group commits a change's events take (default 4)")
     p.add_argument("--settles", type=int, default=3, help="of those, how many carry cursor moves (default 3)")
+    p.add_argument("--python-only", action="store_true", help="store nothing: the gateway's Python alone")
+    p.add_argument("--pages", action="store_true", help="count the pages each round wrote to the WAL")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the last round (inflates Python's share)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         engine = make_engine(f"sqlite:///{Path(folder) / 'writer.db'}")
         migrate(engine)
+        if args.pages:
+            event.listen(engine, "connect", lambda dbapi_conn, _: dbapi_conn.execute("PRAGMA wal_autocheckpoint=0"))
+            engine.dispose()  # the pooled connections were made without it
         with engine.begin() as conn:
             conn.execute(insert(terminals), [dict(terminal_id=t, admission="admitted") for t in range(1, TERMINALS + 1)])
         logs = {t: LogState(0, 0) for t in range(1, TERMINALS + 1)}
-        replay(engine, 0, args.changes, args.commits, args.settles, logs)  # warm: caches, the file's first pages
+        run = no_transaction if args.python_only else transaction
+        replay(engine, 0, args.changes, args.commits, args.settles, logs, run)  # warm: caches, the file's first pages
         figures = []
         for r in range(args.rounds):
+            if args.pages:
+                wal_frames(engine, "TRUNCATE")
             profile = cProfile.Profile(time.thread_time) if args.profile and r == args.rounds - 1 else None
             if profile:
                 profile.enable()
-            spent, deliveries = replay(engine, (r + 1) * args.changes, args.changes, args.commits, args.settles, logs)
+            spent, deliveries = replay(engine, (r + 1) * args.changes, args.changes, args.commits, args.settles, logs, run)
             if profile:
                 profile.disable()
                 pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
             figures.append(spent / deliveries * 1e6)
+            pages = f", {wal_frames(engine, 'PASSIVE') / deliveries:.2f} pages a delivery to the WAL" if args.pages else ""
             print(f"round {r + 1}: {figures[-1]:.1f} us of CPU per delivery ({deliveries} deliveries, "
-                  f"{args.changes * args.commits} commits)")
+                  f"{args.changes * args.commits} commits{pages})")
         print(f"median {statistics.median(figures):.1f} us per delivery over {args.rounds} rounds")
         engine.dispose()
     return 0
