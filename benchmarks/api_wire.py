@@ -22,11 +22,13 @@ from types import SimpleNamespace
 import msgspec
 from twisted.internet import reactor
 
-from benchmarks.api_cost import InlineDatabase, ingest_side
-from gateway.config import GatewayConfig
-from gateway.http.site import GatewaySite
-from gateway.http.snapshot import Mirror, take
-from gateway.store.database import make_engine, migrate
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # benchmarks.api_cost, when PYTHONPATH does not name a tree
+
+from benchmarks.api_cost import InlineDatabase, ingest_side  # noqa: E402
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.http.site import GatewaySite  # noqa: E402
+from gateway.http.snapshot import Mirror, take  # noqa: E402
+from gateway.store.database import make_engine, migrate  # noqa: E402
 
 CLIENT = """
 import http.client, sys
