@@ -205,6 +205,68 @@ def test_an_answer_is_built_once_per_read_it_shows():
     assert len(built) == 3
 
 
+def test_an_answers_json_text_is_encoded_once_and_let_go_with_it():
+    clock, since = task.Clock(), [0.0]
+    shared = SharedReads(Reads(), clock, lambda: since[0])
+    encoded = []
+
+    def encode(value):
+        encoded.append(value)
+        return msgspec.json.encode(value)
+
+    state = ("state",)
+    page = shared.made_from("list", state, lambda: {"terminals": [1]})
+    assert shared.text_of(page, encode) is shared.text_of(shared.made_from("list", state, dict), encode)
+    assert len(encoded) == 1
+    clock.advance(1)
+    since[0] = 1.0  # a newer snapshot: the page is made and encoded anew
+    newer = shared.made_from("list", ("newer state",), lambda: {"terminals": [2]})
+    assert shared.text_of(newer, encode) == b'{"terminals":[2]}' and len(encoded) == 2
+    other = {"terminals": [1]}  # an answer made_from did not make: encoded each time
+    shared.text_of(other, encode), shared.text_of(other, encode)
+    assert len(encoded) == 4
+
+
+def test_the_terminals_list_is_encoded_once_per_snapshot_and_anew_after_one(monkeypatch):
+    """Through the API's resource: the same bytes while the snapshot is unchanged, without
+    encoding them again; the terminal's new cursor once a newer one is in."""
+    from types import SimpleNamespace
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.config import GatewayConfig
+    from gateway.http import api
+    from gateway.http.api import BoundedBody
+    from gateway.http.site import GatewaySite
+    from gateway.terminals import Terminal
+
+    clock, since = task.Clock(), [0.0]
+    terminal = Terminal(101, name="Door", cursor=3)
+    recent = SimpleNamespace(behind=lambda cursor, groups, mode: 5 - cursor)
+    db = SimpleNamespace(read=lambda query: defer.succeed((5, {}, {}, recent)))  # sync_state's answer
+    gateway = SimpleNamespace(config=GatewayConfig(), reactor=clock, db=db, eventlog=SimpleNamespace(unsaved=None),
+                              registry=SimpleNamespace(terminals={101: terminal}), settings=SimpleNamespace(mode="all"),
+                              reconciler=SimpleNamespace(last={}, repaired_total={}), metrics=None)
+    site = GatewaySite(gateway, since=lambda: since[0])
+    encoded = []
+    monkeypatch.setattr(api, "_ENCODER", SimpleNamespace(encode=lambda value: encoded.append(value) or msgspec.json.encode(value)))
+
+    def listed() -> bytes:
+        request = DummyRequest([b"api", b"terminals"])
+        request.path = request.uri = b"/api/terminals"
+        request.content, request._serverName = BoundedBody(), b"127.0.0.1"
+        site.getResourceFor(request).render(request)
+        assert request.finished and request.responseCode in (None, 200)
+        return b"".join(request.written)
+
+    first = listed()
+    assert listed() == first and len(encoded) == 1
+    terminal.cursor = 5
+    clock.advance(1)
+    since[0] = 1.0  # the snapshot that shows the new cursor
+    assert b'"cursor":5,"lag":0' in listed() and len(encoded) == 2
+
+
 class SlowIngest(Resource):
     """The ingest process under load: ``early`` bytes of its snapshot's answer now (headers and
     the body's first bytes, or nothing), the rest ``late_s`` later, unless the reader has gone."""

@@ -283,7 +283,7 @@ class ApiResource(resource.Resource):
         status, value = result
         if value is server.NOT_DONE_YET:  # the view answers on its own (the event stream)
             return
-        write_json(request, finished, status, value)
+        write_json(request, finished, status, self.shared.text_of(value, to_json))
 
     def _fail(self, failure, request, finished) -> None:
         if failure.check(ApiError):
@@ -302,7 +302,7 @@ class ApiResource(resource.Resource):
                 error = ApiError(status, failure.getErrorMessage())
         for name, value in error.headers.items():
             request.setHeader(name, value)
-        write_json(request, finished, error.status, {"error": str(error), "status": error.status})
+        write_json(request, finished, error.status, to_json({"error": str(error), "status": error.status}))
 
 
 def _number(text: str) -> int | float:
@@ -359,11 +359,12 @@ def to_json(value) -> bytes:
 _ENCODER = msgspec.json.Encoder()
 
 
-def write_json(request, finished: defer.Deferred, status: int, value) -> None:
+def write_json(request, finished: defer.Deferred, status: int, text: bytes) -> None:
+    """Answers with ``text``, the JSON ``to_json`` wrote."""
     if finished.called:  # the connection is gone: writing would raise
         return
     request.setResponseCode(status)
     request.setHeader("Content-Type", "application/json; charset=utf-8")
     request.setHeader("Cache-Control", "no-store")
-    request.write(to_json(value))
+    request.write(text)
     request.finish()

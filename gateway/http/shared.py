@@ -40,6 +40,16 @@ class _Read:
             d.errback(outcome) if isinstance(outcome, Failure) else d.callback(outcome)
 
 
+class _Made:
+    """An answer ``made_from`` keeps: what it was made from and when, and its JSON text once asked."""
+
+    __slots__ = ("basis", "made_s", "value", "text")
+
+    def __init__(self, basis, made_s: float, value):
+        self.basis, self.made_s, self.value = basis, made_s, value
+        self.text: bytes | None = None
+
+
 class SharedReads:
     max_made = 64
     max_age_s = 1.0
@@ -49,7 +59,7 @@ class SharedReads:
         self._clock = clock
         self._since = since
         self._latest: dict[Callable, _Read] = {}
-        self._made: dict[object, tuple[object, float, object]] = {}  # key -> (basis, made at, value)
+        self._made: dict[object, _Made] = {}
 
     def read(self, query: Callable) -> defer.Deferred:
         """``db.read(query)``'s result, from a read begun no earlier than ``since()``. The result
@@ -64,13 +74,23 @@ class SharedReads:
         """``make()``, or what it made for ``key`` since ``since()`` from the same ``basis`` (a
         result of ``read``). Shared as that is."""
         since = self._since()
-        if self._made and min(made_s for _, made_s, _ in self._made.values()) < since:
-            self._made = {k: found for k, found in self._made.items() if found[1] >= since}  # none is used again
+        if self._made and min(made.made_s for made in self._made.values()) < since:
+            self._made = {k: made for k, made in self._made.items() if made.made_s >= since}  # none is used again
         found = self._made.get(key)
-        if found is not None and found[0] is basis:
-            return found[2]
+        if found is not None and found.basis is basis:
+            return found.value
         if len(self._made) >= self.max_made:  # keys come from clients (pages): few are asked for again
             self._made.clear()
         value = make()
-        self._made[key] = (basis, self._clock.seconds(), value)
+        self._made[key] = _Made(basis, self._clock.seconds(), value)
         return value
+
+    def text_of(self, value, encode: Callable[[object], bytes]) -> bytes:
+        """``encode(value)``: for an answer ``made_from`` still keeps, encoded once and kept beside
+        it (let go with it, when a newer snapshot comes)."""
+        made = next((made for made in self._made.values() if made.value is value), None)
+        if made is None:
+            return encode(value)
+        if made.text is None:
+            made.text = encode(value)
+        return made.text
