@@ -27,6 +27,8 @@ class Metrics:
             registry=r,
         )
         self.commit_seconds = Histogram("gateway_commit_seconds", "Group commit latency", registry=r)
+        self.reactor_lag = Gauge("gateway_reactor_lag_seconds", "How late the ingest process's reactor last ran a timer: "
+                                 "above a second, the gateway itself is overloaded (its links, timers and commits all wait)", registry=r)
         self.pulls = Counter("gateway_user_pulls", "Users pulled from terminals and merged", registry=r)
         self.pushes = Counter("gateway_user_pushes", "User records and deletions applied by terminals", registry=r)
         self.failures = Counter("gateway_failures", "Failures by kind", ["kind"], registry=r)

@@ -227,3 +227,26 @@ def test_a_commit_held_up_by_a_short_lock_is_said_in_the_log_though_nothing_fail
     slow = [e for e in said if "took" in e.get("log_format", "")]
     assert [(e["n"], e["s"]) for e in slow] == [(2, 3.0)]
     assert log.unsaved.rows() == []  # no "Fail to save": nothing failed
+
+
+def test_a_commit_held_up_by_a_busy_reactor_is_said_to_be_the_gateway_s_overload_not_the_database_s():
+    from twisted.logger import globalLogPublisher
+
+    db, clock = ControlledDatabase(), task.Clock()
+    late = {"s": 0.0}
+    log = EventLog(db, clock, Metrics(), lambda _: None, reactor_late_since=lambda since_s: late["s"])
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        log.submit(1, events(1, 3))
+        clock.advance(3.0)
+        late["s"] = 2.8  # the writer was done in milliseconds; its result waited for the reactor
+        db.commits[0][1].callback(STORED)
+        log.submit(1, events(4, 2))
+        clock.advance(3.0)
+        late["s"] = 0.1  # the reactor kept time: the database held the commit
+        db.commits[1][1].callback(STORED)
+    finally:
+        globalLogPublisher.removeObserver(said)
+    slow = [e["log_format"].split(": ")[1].split(" (")[0] for e in said if "took" in e.get("log_format", "")]
+    assert slow == ["the gateway was overloaded", "the database was busy"]

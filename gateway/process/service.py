@@ -28,6 +28,7 @@ from gateway.sync.due import heard_groups
 from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
 from gateway.metrics import Metrics
+from gateway.process.lag import ReactorLag
 from gateway.process.peers import Listener, Teller, connect_raw
 from gateway.process.reports import ProcessReports
 from gateway.store.notices import ADMISSIONS, CHANGES, DOORMAN, RECONCILE, RECONCILED, SETTINGS, SOURCE, TERMINALS
@@ -73,8 +74,10 @@ class Gateway:
                                          on_online=self._terminal_online, on_offline=self._terminal_offline,
                                          on_admitted=self._terminal_admitted, claims=self.claims)
         self.settings = SyncSettings(self.db, SyncMode(config.sync_mode), self._sync_mode_changed, self.clock)
+        self.reactor_lag = ReactorLag(self.clock, self.metrics.reactor_lag)
         self.eventlog = EventLog(self.db, self.clock, self.metrics, self._events_committed,
-                                 pulls_device_updates=lambda: self.settings.mode.pulls_device_updates)
+                                 pulls_device_updates=lambda: self.settings.mode.pulls_device_updates,
+                                 reactor_late_since=self.reactor_lag.late_since)
         self.metrics.events_waiting.set_function(lambda: self.eventlog.queued_events)
         self.pusher = Pusher(self.db, self.registry, self.settings, self.clock, self.metrics,
                              on_local_change_kept=lambda terminal_id, user_ids: self.puller.owe(terminal_id, user_ids),
@@ -124,6 +127,7 @@ class Gateway:
         self.settings.keep()
         self.accept_watch.start(port for port in (self.tcp_port, self.tls_port) if port is not None)
         self._sweep.start(self.sweep_s, now=False)
+        self.reactor_lag.start()
         self.reconciler.start()
 
     def _start_primary(self) -> None:
@@ -158,6 +162,7 @@ class Gateway:
     def stop(self):
         if self._sweep.running:
             self._sweep.stop()
+        self.reactor_lag.stop()
         self.activity.stop()
         self.retention.stop()
         self.accept_watch.stop()

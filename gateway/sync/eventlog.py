@@ -105,8 +105,9 @@ class EventLog:
     low_water = 10_000
     retry_after = staticmethod(backoffPolicy(initialDelay=0.5, maxDelay=30, factor=2, jitter=lambda: 0))  # s, by failures in a row
 
-    def __init__(self, db, clock, metrics, on_committed, pulls_device_updates=lambda: True):
+    def __init__(self, db, clock, metrics, on_committed, pulls_device_updates=lambda: True, reactor_late_since=lambda since_s: 0.0):
         self._db = db
+        self._reactor_late_since = reactor_late_since  # ReactorLag.late_since: who held a slow commit up
         self._pulls_device_updates = pulls_device_updates  # the sync mode's, read as each batch arrives
         self._clock = clock
         self._metrics = metrics
@@ -234,8 +235,13 @@ class EventLog:
         if took_s >= self.slow_commit_s:
             # A lock shorter than the database's busy timeout fails nothing, so it leaves no "Fail to
             # save" event: this line (and gateway_commit_seconds) is what shows that terminals waited.
-            log.warn("a group commit of {n} events took {s:.1f} s: the database was busy (locked or stalled); terminals "
-                     "waited that long for their acknowledgements", n=count, s=took_s)
+            late_s = self._reactor_late_since(started)
+            if late_s >= took_s / 2:  # the commit was done; its result waited for a reactor too busy to run it
+                log.warn("a group commit of {n} events took {s:.1f} s: the gateway was overloaded (its reactor ran {late:.1f} s "
+                         "late); terminals waited that long for their acknowledgements", n=count, s=took_s, late=late_s)
+            else:
+                log.warn("a group commit of {n} events took {s:.1f} s: the database was busy (locked or stalled); terminals "
+                         "waited that long for their acknowledgements", n=count, s=took_s)
         self.unsaved.stored(unsaved)  # by number: rows may have been added (or dropped) meanwhile
         self._failures = 0
         self._queued_events -= count
