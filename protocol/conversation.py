@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from protocol.frame import Flags, Frame
-from protocol.messages import build_body
+from protocol.messages import Command, build_body
 
 SEQ_MODULUS = 1 << 32
 SILENT_PERIODS = 3  # a peer silent for this many keepalive periods is gone
@@ -26,7 +26,8 @@ def answers(frame: Frame, request) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Outstanding:
-    """A request sent and not yet answered."""
+    """A request sent and not yet answered. Its deadline moves on when its side reads again after
+    a pause (``Conversation.read_again``): match it by ``seq``, not by value."""
 
     seq: int
     command: int
@@ -85,14 +86,24 @@ class Conversation:
         return self._outstanding.pop(frame.seq)
 
     def expire(self, now: float, *, unread: bool = False) -> list[Outstanding]:
-        """Requests whose deadline has passed, oldest first; they are forgotten. None while we
-        do not read the peer, or while what it sent waits ``unread``: its answers may be there."""
-        if unread or self._deaf_since is not None:
-            return []
-        late = [p for p in self._outstanding.values() if p.deadline <= now]
-        for pending in late:
+        """Requests whose deadline has passed, oldest first; they are forgotten.
+
+        While we do not read the peer, only keepalives: its answers may be waiting unread, but a
+        keepalive speaks for us and must not hold a place in the window for ever. While what it
+        sent waits ``unread``, a request expires a second timeout past its deadline: its answer
+        may be among those bytes, but a peer that keeps them coming cannot hold it for ever."""
+        deaf = self._deaf_since is not None
+        grace = self.request_timeout_s if unread else 0.0
+
+        def late(p: Outstanding) -> bool:
+            if p.command == Command.KEEPALIVE:
+                return p.deadline <= now
+            return not deaf and p.deadline + grace <= now
+
+        gone = [p for p in self._outstanding.values() if late(p)]
+        for pending in gone:
             del self._outstanding[pending.seq]
-        return late
+        return gone
 
     def abandon(self) -> list[Outstanding]:
         """The link is gone: every outstanding request, which will never be answered."""
@@ -125,7 +136,8 @@ class Conversation:
     def stop_reading(self, now: float) -> None:
         """We stop reading what the peer sends for a while (the gateway's backpressure): its
         answers and its keepalives wait unread, so until ``read_again`` no request expires and
-        the peer is not judged gone. Keepalives still fall due: the peer judges our silence."""
+        the peer is not judged gone. Keepalives still fall due (the peer judges our silence), and
+        expire as ever."""
         if self._deaf_since is None:
             self._deaf_since = now
 
@@ -135,7 +147,9 @@ class Conversation:
         if self._deaf_since is None:
             return
         deaf_since, self._deaf_since = self._deaf_since, None
-        self.last_received += now - deaf_since
+        # The silence before we stopped carries on from now; a frame read meanwhile (a bus reads
+        # its answers, paused or not) ended it, and what followed it was not read either.
+        self.last_received = now - max(0.0, deaf_since - self.last_received)
         self._outstanding = {
             seq: Outstanding(p.seq, p.command, p.deadline + now - max(deaf_since, p.deadline - self.request_timeout_s))
             for seq, p in self._outstanding.items()

@@ -260,7 +260,8 @@ def test_keepalive_after_idle_and_close_after_three_silent_periods():
 
 def test_a_link_paused_for_the_writer_is_not_judged_by_what_it_could_not_read():
     """The event log's backpressure stops reading every link: the terminal's answers wait unread,
-    so neither its silence nor its unanswered push may close the link or fail the request."""
+    so neither its silence nor its unanswered push may close the link or fail the request; and
+    the gateway's own keepalives, unanswered too, must not fill the window and silence it."""
     peer = Peer()
     peer.establish()
     clock = peer.gateway.clock
@@ -269,9 +270,11 @@ def test_a_link_paused_for_the_writer_is_not_judged_by_what_it_could_not_read():
     (put,) = peer.frames()
     peer.session.pause_events()
     assert peer.transport.producerState == "paused"
-    clock.pump([10] * 20)  # 200 s: past the request's deadline and three keepalive periods
+    clock.pump([10] * 60)  # ten minutes: a database outage holds a pause that long
     assert not failures and not peer.transport.disconnecting
-    assert {f.command for f in peer.frames()} == {Command.KEEPALIVE}  # the gateway still speaks
+    peer.frames()
+    clock.pump([10] * 3)
+    assert [f.command for f in peer.frames()] == [Command.KEEPALIVE]  # still speaking, after ten minutes
     peer.session.resume_events()
     peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # read once resumed
     assert [[r.user_id for r in results] for results in answered] == [["u1"]] and not failures
@@ -303,12 +306,27 @@ def test_an_answer_waiting_unread_is_not_late_and_its_terminal_not_silent():
     peer.session.put_users([UserRecordWire.build(UserRecord("u1", name="A"))], False).addCallbacks(answered.append, failures.append)
     (put,) = peer.frames()
     peer.link.unread = lambda: True  # the answer is in the kernel's buffer; the reactor has not read it
-    clock.pump([1] * 200)  # past the deadline, and three keepalive periods
+    clock.pump([1] * 29)  # past its 15 s deadline
     assert not failures and not peer.transport.disconnecting
-    assert Command.KEEPALIVE in {f.command for f in peer.frames()}  # the gateway still speaks
     peer.link.unread = lambda: False
     peer.send(response(put, dict(results=[dict(user_id="u1", status=0)])))  # the reactor reads it
     assert [[r.user_id for r in results] for results in answered] == [["u1"]] and not failures
+    peer.link.unread = lambda: True
+    clock.pump([1] * 200)  # three keepalive periods without a frame read, bytes waiting all along
+    assert not peer.transport.disconnecting
+    assert Command.KEEPALIVE in {f.command for f in peer.frames()}  # the gateway still speaks
+
+
+def test_bytes_kept_unread_hold_a_request_for_one_more_timeout_at_most():
+    peer = Peer()
+    peer.establish()
+    failures = []
+    peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(failures.append)
+    peer.link.unread = lambda: True  # a terminal that keeps the gateway's buffer full, or a gateway that never catches up
+    peer.gateway.clock.pump([1] * 29)
+    assert not failures
+    peer.gateway.clock.pump([1] * 2)
+    assert failures and failures[0].check(RequestTimeout)
 
 
 def test_once_nothing_waits_unread_a_request_past_its_deadline_fails_at_the_next_look():

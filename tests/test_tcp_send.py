@@ -106,3 +106,15 @@ def test_the_bytes_a_peer_sent_that_wait_unread_are_counted_from_the_kernel(pair
     conn.socket.recv(1 << 16)
     assert gateway_tcp.unread_bytes(conn) == 0
     assert gateway_tcp.unread_bytes(StringTransport()) == 0  # no socket: nothing can be told
+
+
+def test_under_tls_the_records_not_yet_decrypted_are_what_waits_unread(pair):
+    conn, peer, _ = pair
+
+    class TlsOver:  # what Twisted's TLS gives a protocol as its transport: the connection is under it
+        transport = conn
+
+    peer.sendall(b"a TLS record")
+    assert gateway_tcp.unread_bytes(TlsOver()) == len(b"a TLS record")
+    del conn.socket  # what connectionLost leaves
+    assert gateway_tcp.unread_bytes(conn) == 0

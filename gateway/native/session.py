@@ -5,7 +5,10 @@ does the handshake (challenge-response, admission), keeps a bounded window of ou
 requests, hands the terminal's events to the event sink and acknowledges them once stored,
 answers keepalives and closes a link whose peer went silent. A request past its deadline fails
 (RequestTimeout) and the link stays up: the terminal may still be working through it, and its
-answer, if it comes, is counted as late (``gateway_late_answers``). The rules of the conversation
+answer, if it comes, is counted as late (``gateway_late_answers``). Time the gateway did not read
+is not the terminal's: while the event log pauses the link nothing but a keepalive expires and
+the terminal is not judged silent, and while its bytes wait unread (a saturated reactor) a
+request gets one more timeout and the terminal is not silent. The rules of the conversation
 (phases, proofs, authenticate first, one terminal per link, sequence numbers, answers matched to
 requests, deadlines, the keepalive rule, the corrupt-frame budget) are its
 ``protocol.connection.Connection``'s: this class is the I/O around it, adding Deferreds, timers

@@ -154,13 +154,16 @@ def send_now(transport, data: bytes) -> None:
 
 
 def unread_bytes(transport) -> int:
-    """Bytes the peer sent that the kernel holds unread (FIONREAD); 0 where that cannot be told
-    (TLS reads ahead of us, a test's transport has no socket)."""
-    if not isinstance(transport, tcp.Connection) or transport.TLS:
+    """Bytes the peer sent that the kernel holds unread (FIONREAD); under TLS, the records not yet
+    decrypted (Twisted's TLS delivers whatever it decrypts at once). 0 where that cannot be told:
+    a test's transport has no socket, a closed one has none left."""
+    if not isinstance(transport, tcp.Connection):
+        transport = getattr(transport, "transport", None)  # TLS: the connection under it
+    if not isinstance(transport, tcp.Connection):
         return 0
     try:
         return struct.unpack("i", fcntl.ioctl(transport.socket.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-    except (OSError, ValueError):  # closed meanwhile
+    except (OSError, ValueError, AttributeError):  # closed meanwhile: the socket is gone
         return 0
 
 
