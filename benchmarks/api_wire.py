@@ -4,8 +4,8 @@ connection each, as the load test's probe asks it (tools/loadtest/api_probe.py).
 ``benchmarks/api_cost.py`` times the resource alone; here the process's whole CPU (user and
 system, from ``os.times``) is divided by the requests a client in a child process made, so
 Twisted's HTTP server, the accept, the socket writes and the close count too. The snapshot is
-the same throughout (``--fresh``: a new one before each request, so the list is made and
-encoded for each), the database SQLite read on the reactor thread (api_cost's ``InlineDatabase``).
+the same throughout (``--fresh``: each request asks for state newer than the last, so the
+database is read and the list made and encoded for each), the database SQLite read on the reactor thread (api_cost's ``InlineDatabase``).
 
     python benchmarks/api_wire.py [--terminals 200] [--requests 1000] [--fresh]
 """
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--terminals", type=int, default=200)
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--fresh", action="store_true", help="a new snapshot before each request")
+    parser.add_argument("--fresh", action="store_true", help="state newer than the last for each request: read, made and encoded each time")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         port = reactor.listenTCP(0, site_for(args.terminals, Path(folder), args.fresh), interface="127.0.0.1")

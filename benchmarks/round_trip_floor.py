@@ -41,11 +41,11 @@ from protocol.records import UserRecordWire  # noqa: E402
 from simulator.fleet import Fleet, FleetSpec  # noqa: E402
 from simulator.people import MIXES, People  # noqa: E402
 from simulator.tcp import send_now  # noqa: E402
+from benchmarks.fleet_cost import cpu_s  # noqa: E402
 
 SECRET = "floor-secret"
 SEED = 4711
 START_DELAY_S = 1.0  # the first push after "go": the fleet starts counting deliveries 0.5 s after it is ready
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 # -- the bare server (the child process) -----------------------------------------------------
@@ -175,11 +175,6 @@ def serve(rate: float, changes: int, users_per_push: int, terminals: int, mix: s
 # -- the parent: a floor run, a load test run, the table -------------------------------------
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
 def read_message(proc: subprocess.Popen, timeout_s: float) -> dict | None:
     """The child's next JSON line, or None if it said nothing within ``timeout_s``."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
@@ -259,11 +254,15 @@ def summary(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _figure(us: float | None) -> str:
+    return "-" if us is None else f"{us:.1f}"
+
+
 def table(runs: list[dict], rows: list[dict]) -> str:
     lines = [f"{'pair':>4} {'rate':>5} {'kind':8} {'deliveries':>10} {'CPU s':>6} {'us/delivery':>11} {'load avg':>9}"]
     for r in runs:
         lines.append(f"{r['pair']:>4} {r['rate']:>5g} {r['kind']:8} {r['deliveries']:>10} {r['cpu_s']:>6.2f} "
-                     f"{r['cpu_us_per_delivery'] or 0:>11.1f} {r['load_before']:>4.1f}-{r['load_after']:<4.1f}")
+                     f"{_figure(r['cpu_us_per_delivery']):>11} {r['load_before']:>4.1f}-{r['load_after']:<4.1f}")
     for row in rows:
         lines.append(f"rate {row['rate']:g}/s: floor {row['floor_us']} us a delivery, gateway {row['gateway_us']} us, "
                      f"gateway / floor {row['gateway_over_floor']}")

@@ -101,10 +101,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--commits", type=int, default=4, help="group commits a change's events take (default 4)")
     p.add_argument("--settles", type=int, default=3, help="of those, how many carry cursor moves (default 3)")
-    p.add_argument("--python-only", action="store_true", help="store nothing: the gateway's Python alone")
-    p.add_argument("--pages", action="store_true", help="count the pages each round wrote to the WAL")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--python-only", action="store_true", help="store nothing: the gateway's Python alone")
+    what.add_argument("--pages", action="store_true", help="count the pages each round wrote to the WAL")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the last round (inflates Python's share)")
     args = p.parse_args(argv)
+    if not 0 <= args.settles <= args.commits:
+        p.error("--settles is how many of the --commits carry cursor moves: between 0 and --commits")
     with tempfile.TemporaryDirectory() as folder:
         engine = make_engine(f"sqlite:///{Path(folder) / 'writer.db'}")
         migrate(engine)

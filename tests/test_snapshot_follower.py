@@ -222,9 +222,11 @@ def test_an_answers_json_text_is_encoded_once_and_let_go_with_it():
     since[0] = 1.0  # a newer snapshot: the page is made and encoded anew
     newer = shared.made_from("list", ("newer state",), lambda: {"terminals": [2]})
     assert shared.text_of(newer, encode) == b'{"terminals":[2]}' and len(encoded) == 2
+    shared.text_of(page, encode)  # the older page was let go with its text: encoded again
+    assert len(encoded) == 3
     other = {"terminals": [1]}  # an answer made_from did not make: encoded each time
     shared.text_of(other, encode), shared.text_of(other, encode)
-    assert len(encoded) == 4
+    assert len(encoded) == 5
 
 
 def test_the_terminals_list_is_encoded_once_per_snapshot_and_anew_after_one(monkeypatch):
