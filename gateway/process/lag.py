@@ -34,7 +34,7 @@ class ReactorLag:
         (the reactor may run a thread's result before the timers of the same turn)."""
         now = self._clock.seconds()
         overdue = now - self._due if self._due is not None else 0.0
-        return max([overdue, *(late for at, late in self._measured if at >= since_s)], default=0.0)
+        return max([0.0, overdue, *(late for at, late in self._measured if at >= since_s)])
 
     def _schedule(self) -> None:
         self._due = self._clock.seconds() + self.interval_s
