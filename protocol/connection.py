@@ -224,15 +224,6 @@ class Connection:
                 events.append(KeepaliveDue())
         return events
 
-    def stop_reading(self, now: float) -> None:
-        """The owner stops reading the peer for a while: until ``read_again`` no request
-        expires and the peer's silence is not judged (a handshake's deadline still holds)."""
-        self._conversation.stop_reading(now)
-
-    def read_again(self, now: float) -> None:
-        """Reading again: the time not read counts against no deadline and no silence."""
-        self._conversation.read_again(now)
-
     # -- what goes out -----------------------------------------------------------------------
 
     def request(self, command: int, body: dict[str, Any] | None = None, *, payload: bytes | None = None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from protocol.frame import Flags, Frame
-from protocol.messages import Command, build_body
+from protocol.messages import build_body
 
 SEQ_MODULUS = 1 << 32
 SILENT_PERIODS = 3  # a peer silent for this many keepalive periods is gone
@@ -26,8 +26,7 @@ def answers(frame: Frame, request) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Outstanding:
-    """A request sent and not yet answered. Its deadline moves on when its side reads again after
-    a pause (``Conversation.read_again``): match it by ``seq``, not by value."""
+    """A request sent and not yet answered."""
 
     seq: int
     command: int
@@ -56,7 +55,6 @@ class Conversation:
         self._seq = 0
         self._outstanding: dict[int, Outstanding] = {}
         self.last_received = self.last_sent = now
-        self._deaf_since: float | None = None  # when we stopped reading the peer, while we do not
 
     # -- requests and answers ----------------------------------------------------------------
 
@@ -86,24 +84,14 @@ class Conversation:
         return self._outstanding.pop(frame.seq)
 
     def expire(self, now: float, *, unread: bool = False) -> list[Outstanding]:
-        """Requests whose deadline has passed, oldest first; they are forgotten.
-
-        While we do not read the peer, only keepalives: its answers may be waiting unread, but a
-        keepalive speaks for us and must not hold a place in the window for ever. While what it
-        sent waits ``unread``, a request expires a second timeout past its deadline: its answer
-        may be among those bytes, but a peer that keeps them coming cannot hold it for ever."""
-        deaf = self._deaf_since is not None
+        """Requests whose deadline has passed, oldest first; they are forgotten. While what the
+        peer sent waits ``unread``, a second timeout past it: its answer may be among those
+        bytes, but a peer that keeps them coming cannot hold a request for ever."""
         grace = self.request_timeout_s if unread else 0.0
-
-        def late(p: Outstanding) -> bool:
-            if p.command == Command.KEEPALIVE:
-                return p.deadline <= now
-            return not deaf and p.deadline + grace <= now
-
-        gone = [p for p in self._outstanding.values() if late(p)]
-        for pending in gone:
+        late = [p for p in self._outstanding.values() if p.deadline + grace <= now]
+        for pending in late:
             del self._outstanding[pending.seq]
-        return gone
+        return late
 
     def abandon(self) -> list[Outstanding]:
         """The link is gone: every outstanding request, which will never be answered."""
@@ -111,8 +99,6 @@ class Conversation:
         return gone
 
     def next_deadline(self) -> float | None:
-        if self._deaf_since is not None:
-            return None
         return min((p.deadline for p in self._outstanding.values()), default=None)
 
     def _next_seq(self) -> int:
@@ -131,35 +117,11 @@ class Conversation:
     def sent(self, now: float) -> None:
         self.last_sent = now
 
-    # -- not reading the peer ----------------------------------------------------------------
-
-    def stop_reading(self, now: float) -> None:
-        """We stop reading what the peer sends for a while (the gateway's backpressure): its
-        answers and its keepalives wait unread, so until ``read_again`` no request expires and
-        the peer is not judged gone. Keepalives still fall due (the peer judges our silence), and
-        expire as ever."""
-        if self._deaf_since is None:
-            self._deaf_since = now
-
-    def read_again(self, now: float) -> None:
-        """Reading again: the time we did not read counts against neither the peer's silence nor
-        a request's deadline (a request sent meanwhile from when it was sent)."""
-        if self._deaf_since is None:
-            return
-        deaf_since, self._deaf_since = self._deaf_since, None
-        # The silence before we stopped carries on from now; a frame read meanwhile (a bus reads
-        # its answers, paused or not) ended it, and what followed it was not read either.
-        self.last_received = now - max(0.0, deaf_since - self.last_received)
-        self._outstanding = {
-            seq: Outstanding(p.seq, p.command, p.deadline + now - max(deaf_since, p.deadline - self.request_timeout_s))
-            for seq, p in self._outstanding.items()
-        }
-
     def liveness(self, now: float, *, unread: bool = False) -> Liveness:
         """The keepalive rule: speak after ``keepalive_s`` of our silence; the peer is gone after
-        three periods of its silence (time we did not read it is not its silence, and a peer
-        whose bytes wait ``unread`` is not silent). Ask every ``keepalive_s / 3``."""
-        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and not unread and self._deaf_since is None:
+        three periods of its silence (a peer whose bytes wait ``unread`` is not silent). Ask every
+        ``keepalive_s / 3``."""
+        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and not unread:
             return Liveness.PEER_GONE
         if now - self.last_sent >= self.keepalive_s:
             return Liveness.KEEPALIVE_DUE

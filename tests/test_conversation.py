@@ -81,52 +81,6 @@ def test_a_welcome_before_any_hello_proves_nothing():
     assert not TerminalHandshake(9, b"s3cret").gateway_proved(welcome)
 
 
-def test_while_we_do_not_read_the_peer_no_request_expires_and_the_peer_is_not_gone():
-    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
-    _, before = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)  # deadline 15
-    talk.stop_reading(5)
-    _, during = talk.request(Command.GET_USERS, dict(user_ids=["u2"]), now=50)  # deadline 65
-    assert talk.expire(200) == [] and talk.next_deadline() is None
-    assert talk.liveness(200) is Liveness.KEEPALIVE_DUE  # we speak; the peer is not judged
-    talk.read_again(200)
-    # The 195 s not read count for nothing: 10 s were left of the first, 15 of the second.
-    assert talk.next_deadline() == 210
-    assert talk.expire(209.9) == []
-    assert [p.seq for p in talk.expire(210)] == [before.seq]
-    assert talk.expire(214.9) == [] and [p.seq for p in talk.expire(215)] == [during.seq]
-    assert talk.liveness(284.9) is not Liveness.PEER_GONE  # heard at 0, 5 s before the pause
-    assert talk.liveness(285) is Liveness.PEER_GONE
-
-
-def test_keepalives_expire_while_we_do_not_read_so_they_never_fill_the_window():
-    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
-    talk.stop_reading(0)
-    _, keepalive = talk.request(Command.KEEPALIVE, now=30)
-    _, push = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=30)
-    assert [p.seq for p in talk.expire(45)] == [keepalive.seq]  # it only spoke for us
-    assert talk.expire(600) == []  # the other waits for its answer to be read
-
-
-def test_a_frame_read_during_a_pause_ends_the_silence_it_would_have_carried_on():
-    talk = Conversation(keepalive_s=30, now=0)
-    talk.stop_reading(100)  # silent for 100 s already (a bus reads its answers, paused or not)
-    talk.received(150)
-    talk.read_again(200)
-    assert talk.last_received == 200  # not 250 (later than now): its silence since was not read either
-    talk = Conversation(keepalive_s=30, now=0)
-    talk.received(80)
-    talk.stop_reading(100)  # 20 s of silence before the pause
-    talk.read_again(300)
-    assert talk.last_received == 280  # the 20 s carry on from the end of the pause
-
-
-def test_reading_again_without_having_stopped_changes_nothing():
-    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
-    talk.request(Command.KEEPALIVE, now=0)
-    talk.read_again(10)
-    assert talk.next_deadline() == 15 and talk.liveness(90) is Liveness.PEER_GONE
-
-
 def test_while_the_peer_s_bytes_wait_unread_a_request_has_a_second_timeout_and_the_peer_is_not_silent():
     talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
     _, pending = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)

@@ -6,9 +6,8 @@ requests, hands the terminal's events to the event sink and acknowledges them on
 answers keepalives and closes a link whose peer went silent. A request past its deadline fails
 (RequestTimeout) and the link stays up: the terminal may still be working through it, and its
 answer, if it comes, is counted as late (``gateway_late_answers``). Time the gateway did not read
-is not the terminal's: while the event log pauses the link nothing but a keepalive expires and
-the terminal is not judged silent, and while its bytes wait unread (a saturated reactor) a
-request gets one more timeout and the terminal is not silent. The rules of the conversation
+is not the terminal's: while its bytes wait unread (a saturated reactor, a link paused for the
+writer) a request gets one more timeout and the terminal is not silent. The rules of the conversation
 (phases, proofs, authenticate first, one terminal per link, sequence numbers, answers matched to
 requests, deadlines, the keepalive rule, the corrupt-frame budget) are its
 ``protocol.connection.Connection``'s: this class is the I/O around it, adding Deferreds, timers
@@ -176,15 +175,10 @@ class TerminalSession:
         return d.addCallback(lambda body: body.pending)
 
     def pause_events(self) -> None:
-        # The link stops reading: the terminal's answers and keepalives wait unread behind its
-        # events, so the time paused is not its silence, nor its requests' lateness.
-        self._connection.stop_reading(now=self.clock.seconds())
         self.link.pause()
 
     def resume_events(self) -> None:
-        self._connection.read_again(now=self.clock.seconds())
         self.link.resume()
-        self._arm_deadline(self._connection.next_deadline())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -379,8 +373,9 @@ class TerminalSession:
         """What time says: requests past their deadline, a keepalive due, a handshake too slow
         or a terminal gone silent (these two close the link). Returns whether the terminal's
         bytes waited unread: then the gateway, not the terminal, is late (a reactor busy with
-        thousands of links reads each once a turn, after the timers), an answer past its
-        deadline may be among them, and the terminal is not silent; both wait to be judged."""
+        thousands of links reads each once a turn, after the timers; a link paused for the writer
+        is not read at all), an answer past its deadline may be among them, and the terminal is
+        not silent."""
         unread = self.established and self.link.unread()
         try:
             events = self._connection.tick(now=self.clock.seconds(), unread=unread)
