@@ -205,7 +205,8 @@ class Connection:
         """What time says: requests past their deadline (TimedOut), a keepalive due.
         RemoteProtocolError when the handshake did not end in time or the peer fell silent for
         three keepalive periods. ``unread``: bytes from the peer wait for us to read them, so
-        no request is late and the peer is not silent yet (a keepalive may still be due)."""
+        a request is late only a second timeout past its deadline and the peer is not silent
+        (a keepalive may still be due)."""
         if self.phase is Phase.CLOSED:
             return []
         if self._handshake_deadline is not None and now >= self._handshake_deadline:

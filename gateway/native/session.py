@@ -395,7 +395,8 @@ class TerminalSession:
             self._given_up[event.request.seq] = event.request.command
             if len(self._given_up) > GIVEN_UP_KEPT:
                 self._given_up.popitem(last=False)
-            d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {self.timing.request_s:g} s"))
+            waited = f"{2 * self.timing.request_s:g} s, its bytes waiting unread" if unread else f"{self.timing.request_s:g} s"
+            d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {waited}"))
         return unread
 
     # -- handshake ---------------------------------------------------------------------------
