@@ -25,7 +25,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, replace
 from enum import Enum
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from typing import Any, NoReturn
 
 from protocol.auth import GatewayHandshake, TerminalHandshake
@@ -201,17 +202,18 @@ class Connection:
                 self._fail(f"more than {budget} corrupt frames in a minute")
         return Corrupt(error, True)
 
-    def tick(self, *, now: float, unread: bool = False) -> list[Event]:
+    def tick(self, *, now: float, unread: Callable[[], bool] = lambda: False) -> list[Event]:
         """What time says: requests past their deadline (TimedOut), a keepalive due.
         RemoteProtocolError when the handshake did not end in time or the peer fell silent for
-        three keepalive periods. ``unread``: bytes from the peer wait for us to read them, so
-        a request is late only a second timeout past its deadline and the peer is not silent
-        (a keepalive may still be due)."""
+        three keepalive periods. ``unread()``: whether bytes from the peer wait for us to read
+        them, asked once and only when a deadline has passed or the peer seems silent: then a
+        request is late only a second timeout past its deadline and the peer is not silent."""
         if self.phase is Phase.CLOSED:
             return []
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
             self._fail(f"no handshake within {self.handshake_s:g} s")
         conversation = self._conversation
+        unread = cache(unread)  # one question to the kernel a tick at most
         events: list[Event] = []
         for late in conversation.expire(now, unread=unread):
             if late.command in (Command.HELLO, Command.WELCOME) and self.role is Role.GATEWAY:

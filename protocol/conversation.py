@@ -7,6 +7,7 @@ requests have passed their deadline at a ``now`` it is given, and applies the ke
 Who owns the I/O decides what to do with them (fire a Deferred, print a check, close a link).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -83,12 +84,14 @@ class Conversation:
             return None
         return self._outstanding.pop(frame.seq)
 
-    def expire(self, now: float, *, unread: bool = False) -> list[Outstanding]:
+    def expire(self, now: float, *, unread: Callable[[], bool] = lambda: False) -> list[Outstanding]:
         """Requests whose deadline has passed, oldest first; they are forgotten. While what the
-        peer sent waits ``unread``, a second timeout past it: its answer may be among those
-        bytes, but a peer that keeps them coming cannot hold a request for ever."""
-        grace = self.request_timeout_s if unread else 0.0
-        late = [p for p in self._outstanding.values() if p.deadline + grace <= now]
+        peer sent waits ``unread`` (asked only when a deadline has passed), a second timeout past
+        it: its answer may be among those bytes, but a peer that keeps them coming cannot hold a
+        request for ever."""
+        late = [p for p in self._outstanding.values() if p.deadline <= now]
+        if late and unread():
+            late = [p for p in late if p.deadline + self.request_timeout_s <= now]
         for pending in late:
             del self._outstanding[pending.seq]
         return late
@@ -117,11 +120,11 @@ class Conversation:
     def sent(self, now: float) -> None:
         self.last_sent = now
 
-    def liveness(self, now: float, *, unread: bool = False) -> Liveness:
+    def liveness(self, now: float, *, unread: Callable[[], bool] = lambda: False) -> Liveness:
         """The keepalive rule: speak after ``keepalive_s`` of our silence; the peer is gone after
-        three periods of its silence (a peer whose bytes wait ``unread`` is not silent). Ask every
-        ``keepalive_s / 3``."""
-        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and not unread:
+        three periods of its silence (a peer whose bytes wait ``unread`` is not silent: asked only
+        then). Ask every ``keepalive_s / 3``."""
+        if now - self.last_received >= SILENT_PERIODS * self.keepalive_s and not unread():
             return Liveness.PEER_GONE
         if now - self.last_sent >= self.keepalive_s:
             return Liveness.KEEPALIVE_DUE

@@ -84,9 +84,24 @@ def test_a_welcome_before_any_hello_proves_nothing():
 def test_while_the_peer_s_bytes_wait_unread_a_request_has_a_second_timeout_and_the_peer_is_not_silent():
     talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
     _, pending = talk.request(Command.GET_USERS, dict(user_ids=["u1"]), now=0)
-    assert talk.expire(29.9, unread=True) == []  # its answer may be among those bytes
-    assert talk.liveness(100, unread=True) is Liveness.KEEPALIVE_DUE  # we still speak; it is not gone
-    assert [p.seq for p in talk.expire(30, unread=True)] == [pending.seq]  # but it cannot be held for ever
+    assert talk.expire(29.9, unread=lambda: True) == []  # its answer may be among those bytes
+    assert talk.liveness(100, unread=lambda: True) is Liveness.KEEPALIVE_DUE  # we still speak; it is not gone
+    assert [p.seq for p in talk.expire(30, unread=lambda: True)] == [pending.seq]  # but it cannot be held for ever
     _, other = talk.request(Command.GET_USERS, dict(user_ids=["u2"]), now=100)
     assert [p.seq for p in talk.expire(115)] == [other.seq]  # read, and not answered: late as ever
     assert talk.liveness(100) is Liveness.PEER_GONE
+
+
+def test_the_peer_s_unread_bytes_are_asked_about_only_when_something_would_be_judged():
+    talk = Conversation(request_timeout_s=15, keepalive_s=30, now=0)
+    talk.request(Command.KEEPALIVE, now=0)
+    asked = []
+
+    def unread():
+        asked.append(True)
+        return True
+
+    assert talk.expire(10, unread=unread) == [] and talk.liveness(10, unread=unread) is Liveness.OK
+    assert asked == []  # nothing past its deadline, the peer heard from lately: no question to the kernel
+    talk.expire(20, unread=unread)
+    assert asked == [True]

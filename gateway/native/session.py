@@ -362,26 +362,25 @@ class TerminalSession:
 
     def _deadlines_passed(self) -> None:
         self._deadline_timer = None
-        unread = self._tick()
+        self._tick()
         if not self.closed:
-            deadline = self._connection.next_deadline()
-            if unread and deadline is not None:  # still past: look again once the reactor has read more
-                deadline = max(deadline, self.clock.seconds() + UNREAD_RECHECK_S)
+            deadline, now = self._connection.next_deadline(), self.clock.seconds()
+            if deadline is not None and deadline <= now:  # kept past it, its answer perhaps unread: look again soon
+                deadline = now + UNREAD_RECHECK_S
             self._arm_deadline(deadline)
 
-    def _tick(self) -> bool:
+    def _tick(self) -> None:
         """What time says: requests past their deadline, a keepalive due, a handshake too slow
-        or a terminal gone silent (these two close the link). Returns whether the terminal's
-        bytes waited unread: then the gateway, not the terminal, is late (a reactor busy with
-        thousands of links reads each once a turn, after the timers; a link paused for the writer
-        is not read at all), an answer past its deadline may be among them, and the terminal is
-        not silent."""
-        unread = self.established and self.link.unread()
+        or a terminal gone silent (these two close the link). While the terminal's bytes wait
+        unread, the gateway, not the terminal, is late (a reactor busy with thousands of links
+        reads each once a turn, after the timers; a link paused for the writer is not read at
+        all): an answer past its deadline may be among them, and the terminal is not silent."""
+        now = self.clock.seconds()
         try:
-            events = self._connection.tick(now=self.clock.seconds(), unread=unread)
+            events = self._connection.tick(now=now, unread=lambda: self.established and self.link.unread())
         except RemoteProtocolError as exc:
             self.close(str(exc))
-            return unread
+            return
         for event in events:
             if isinstance(event, KeepaliveDue):
                 self.request(Command.KEEPALIVE).addErrback(lambda _: None)  # silence is judged by what we receive
@@ -395,9 +394,8 @@ class TerminalSession:
             self._given_up[event.request.seq] = event.request.command
             if len(self._given_up) > GIVEN_UP_KEPT:
                 self._given_up.popitem(last=False)
-            waited = f"{2 * self.timing.request_s:g} s, its bytes waiting unread" if unread else f"{self.timing.request_s:g} s"
-            d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {waited}"))
-        return unread
+            waited_s = now - (event.request.deadline - self.timing.request_s)  # longer while its bytes waited unread
+            d.errback(RequestTimeout(f"{self.name}: {name} unanswered after {waited_s:.0f} s"))
 
     # -- handshake ---------------------------------------------------------------------------
 
