@@ -1,16 +1,20 @@
 """Storage on real SQLite files and a real PostgreSQL server: schema, dedup, changes feed, merge."""
 
-import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import bindparam, func, select, update
+import time
 
-from gateway.store.partitions import DEFAULT, WEEK_IDS
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from sqlalchemy import bindparam, create_engine, func, inspect, select, update
+
+from gateway.store.partitions import DAY_MS, DEFAULT, WEEK_IDS, make_weeks, week_of
 from gateway.store.user_events import BY_USER
-from gateway.store.database import COPY_FROM_ROWS, DatabaseFailure, execute_many, insert_ignoring_duplicates, insert_many, upsert
+from gateway.store.database import COPY_FROM_ROWS, MIGRATIONS, Database, DatabaseFailure, execute_many, insert_ignoring_duplicates, insert_many, upsert
 from gateway.store.order import keyed
 from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
-from gateway.sync.monitor import SAVED_FROM_DEVICE
+from gateway.sync.monitor import EVENT_CONFLICT, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 from gateway.sync.puller import merge_pulled
 from gateway.sync.pusher import advance_cursors, read_feed
 from gateway.store.schema import events, metadata, pending_pulls, push_commands, settings, terminals
@@ -34,15 +38,107 @@ def enroll(event_id, user="u1", origin=Origin.DEVICE):
     return Event(event_id, 1000 + event_id, EventCode.ENROLL_SUCCESS, origin, user)
 
 
-def test_migrations_match_the_declared_schema(db):
+def schema_differences(engine) -> list:
+    """What tells the migrated schema from the declared one, but for what PostgreSQL must differ in:
+    a partitioned table's unique key holds its partition key (migration 0007), and the unique key's
+    predicate, which alembic does not compare (``key_predicate``)."""
     declared = dict(include_name=lambda name, type_, _parents: type_ != "table" or not name.startswith(("events_w", DEFAULT, WEEK_IDS, BY_USER)))
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn, opts=declared), metadata)
-    if db.engine.dialect.name == "postgresql":  # a partitioned table's unique keys hold its partition key (migration 0007)
-        key = [[c.name for c in d[1].columns] for d in differences if d[0] in ("add_constraint", "remove_constraint")]
-        assert sorted(key) == [["terminal_id", "log_epoch", "terminal_event_id"], ["terminal_id", "log_epoch", "terminal_event_id", "occurred_ms"]]
-        differences = [d for d in differences if d[0] not in ("add_constraint", "remove_constraint")]
-    assert differences == []
+    if engine.dialect.name == "postgresql":
+        key = [(d[0], [c.name for c in d[1].columns]) for d in differences if d[0] in ("add_index", "remove_index") and d[1].name == KEY]
+        assert sorted(key) == [("add_index", list(IDENTITY)), ("remove_index", [*IDENTITY, "occurred_ms"])]
+        differences = [d for d in differences if d[0] not in ("add_index", "remove_index") or d[1].name != KEY]
+    return differences
+
+
+KEY = "uq_events_terminal_log_event"
+IDENTITY = ("terminal_id", "log_epoch", "terminal_event_id")
+
+
+def key_predicate(engine) -> str | None:
+    with engine.connect() as conn:
+        key = next(i for i in inspect(conn).get_indexes("events") if i["name"] == KEY)
+    where = key["dialect_options"].get(f"{engine.dialect.name}_where")
+    return None if where is None else str(where).strip("()")
+
+
+def test_migrations_match_the_declared_schema(db):
+    assert schema_differences(db.engine) == []
+    assert key_predicate(db.engine) == "terminal_event_id IS NOT NULL"
+
+
+def key_entries(conn) -> int:
+    """The entries the events table's unique key holds, as ANALYZE counts them: every row of a
+    table this small is read, and a partial index's count is that of the rows it holds."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("ANALYZE events")
+        key = f"idx = '{KEY}' OR idx LIKE 'sqlite_autoindex_events_%'"  # its name while it was a table constraint
+        return int(conn.exec_driver_sql(f"SELECT stat FROM sqlite_stat1 WHERE {key}").scalar().split()[0])
+    conn.exec_driver_sql("ANALYZE events")
+    return int(conn.exec_driver_sql(f"SELECT sum(c.reltuples) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                    f" WHERE i.inhparent = '{KEY}'::regclass").scalar())
+
+
+def terminal_event(event_id: int, at_ms: int) -> dict:
+    return dict(terminal_id=7, terminal_event_id=event_id, log_epoch=0, type="ENROLL_SUCCESS", code=EventCode.ENROLL_SUCCESS,
+                sub_code=Origin.DEVICE, user_id="u1", occurred_ms=at_ms, recorded_ms=at_ms, detail=None)
+
+
+@pytest.mark.parametrize("copies", [1, COPY_FROM_ROWS], ids=["one statement", "copy"])
+def test_the_unique_key_holds_a_terminals_events_once_and_no_monitoring_row(db, copies):
+    """A resend is skipped by the key (VALUES and COPY alike), one with other content is kept as a
+    conflict, every monitoring row is kept: none has an event id, and none is in the key."""
+    db.run_now(_store, [_Submission(7, [enroll(1), enroll(2)], pull_users=True, log_epoch=0)], [], NOW_MS)
+    db.run_now(_store, [_Submission(7, [enroll(2, user="other")], pull_users=True, log_epoch=0)], [], NOW_MS)  # kept as a conflict
+    resent = terminal_event(1, enroll(1).timestamp_ms)
+    monitoring = [sync_event_row(SAVED_FROM_DEVICE, 7, "u1", at_ms=NOW_MS)] * copies
+    db.run_now(lambda c: insert_ignoring_duplicates(c, events, keyed(c, [resent] * copies + monitoring)))
+    stored = db.run_now(lambda c: c.execute(select(events.c.terminal_event_id, events.c.type).order_by(events.c.id)).all())
+    assert [tuple(r) for r in stored] == [(1, "ENROLL_SUCCESS"), (2, "ENROLL_SUCCESS"), (None, EVENT_CONFLICT)] + [(None, SAVED_FROM_DEVICE)] * copies
+    assert db.run_now(key_entries) == 2
+
+
+def test_a_site_at_migration_0015_keeps_every_event_and_gets_the_key_without_monitoring_rows(db_url):
+    """The upgrade rebuilds the key (SQLite: the table) with the site's rows in it: every row stays,
+    the schema is a fresh one's, the key still refuses a resend, and on PostgreSQL every partition,
+    those made later too, holds it."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0015_pg_event_weeks_listed")
+    now_ms = int(time.time() * 1000)
+    rows = [terminal_event(n, at_ms) for n, at_ms in enumerate((now_ms, now_ms, NOW_MS, NOW_MS), 1)]  # PostgreSQL: this week's partition, the default
+    rows += [sync_event_row(SAVED_FROM_DEVICE, 7, "u1", at_ms=at_ms) for at_ms in (now_ms, NOW_MS) for _ in range(3)]
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [row | dict(id=n) for n, row in enumerate(rows, 1)])
+        before = conn.execute(select(events).order_by(events.c.id)).all()
+    engine.dispose()
+    db = Database(db_url, reactor=None)
+    db.open()
+    try:
+        assert db.run_now(lambda c: c.execute(select(events).order_by(events.c.id)).all()) == before
+        assert schema_differences(db.engine) == []
+        assert key_predicate(db.engine) == "terminal_event_id IS NOT NULL"
+        assert db.run_now(key_entries) == 4
+        db.run_now(lambda c: insert_ignoring_duplicates(c, events, keyed(c, rows[:1])))
+        with pytest.raises(DatabaseFailure, match="(?i)unique"):
+            db.run_now(lambda c: insert_many(c, events, keyed(c, rows[:1])))
+        assert db.run_now(lambda c: c.execute(select(func.count()).select_from(events)).scalar()) == len(before)
+        if db.engine.dialect.name == "postgresql":
+            later = week_of(now_ms + 30 * DAY_MS)
+            db.run_now(make_weeks, later.start_ms, 0)
+            keys = db.run_now(lambda c: dict(c.exec_driver_sql(
+                f"SELECT c.relname, pg_get_indexdef(i.inhrelid) FROM pg_inherits i JOIN pg_class c ON c.oid = (SELECT indrelid FROM pg_index"
+                f" WHERE indexrelid = i.inhrelid) WHERE i.inhparent = '{KEY}'::regclass").all()))
+            partitions = db.run_now(lambda c: set(c.exec_driver_sql(
+                "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'events'::regclass").scalars()))
+            assert set(keys) == partitions and later.name in partitions
+            assert all("WHERE (terminal_event_id IS NOT NULL)" in key for key in keys.values())
+    finally:
+        db.engine.dispose()
 
 
 def test_events_are_stored_once_however_often_they_are_resent(db):

@@ -16,7 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -68,7 +68,12 @@ events = Table(
     Column("occurred_ms", BigInteger, nullable=False),
     Column("recorded_ms", BigInteger, nullable=False),
     Column("detail", Text, nullable=True),
-    UniqueConstraint("terminal_id", "log_epoch", "terminal_event_id", name="uq_events_terminal_log_event"),
+    # A terminal's event is stored once (resends: ``INSERT ... ON CONFLICT DO NOTHING``, whose
+    # missing target covers this index). Monitoring rows have no event id and never conflict: a
+    # partial index leaves them out, and with them a leaf write a delivery once the table is big
+    # (migration 0016). On PostgreSQL it holds occurred_ms too, the partition key (migration 0007).
+    Index("uq_events_terminal_log_event", "terminal_id", "log_epoch", "terminal_event_id", unique=True,
+          sqlite_where=text("terminal_event_id IS NOT NULL"), postgresql_where=text("terminal_event_id IS NOT NULL")),
     Index("ix_events_type_id", "type", "id"),
     Index("ix_events_user_id", "user_id", "id"),
     Index("ix_events_terminal_id", "terminal_id", "id"),
