@@ -57,6 +57,9 @@ def downgrade():
 
 
 def _say(conn, what: str) -> None:
-    """A site's operator sees why the start takes minutes: every row of the events table is read."""
+    """A site's operator sees why the start takes long: every row of the events table is read, on
+    SQLite copied (about 7 s a million events on the test machine, 0.6 on PostgreSQL)."""
     if conn.execute(sa.text("SELECT 1 FROM events LIMIT 1")).first() is not None:
-        print(f"gateway: migration {revision}: {what}; every row stays (minutes for 10^7 events)", file=sys.stderr, flush=True)
+        how = "the events table is copied" if conn.dialect.name == "sqlite" else "ingest waits"
+        print(f"gateway: migration {revision}: {what}; every row stays, {how} meanwhile (about a minute for 10^7 events)",
+              file=sys.stderr, flush=True)
