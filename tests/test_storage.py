@@ -7,13 +7,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
-from sqlalchemy import bindparam, create_engine, func, inspect, select, update
+from sqlalchemy import bindparam, create_engine, event, func, inspect, select, update
 
 from gateway.store.partitions import DAY_MS, DEFAULT, WEEK_IDS, make_weeks, week_of
 from gateway.store.user_events import BY_USER
 from gateway.store.database import COPY_FROM_ROWS, MIGRATIONS, Database, DatabaseFailure, execute_many, insert_ignoring_duplicates, insert_many, upsert
 from gateway.store.order import keyed
-from gateway.sync.eventlog import _store, _Submission, last_stored_event_id
+from gateway.sync.eventlog import _store, _Submission, highest_event_id, last_stored_event_id
 from gateway.sync.monitor import EVENT_CONFLICT, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 from gateway.sync.puller import merge_pulled
 from gateway.sync.pusher import advance_cursors, read_feed
@@ -97,6 +97,38 @@ def test_the_unique_key_holds_a_terminals_events_once_and_no_monitoring_row(db, 
     stored = db.run_now(lambda c: c.execute(select(events.c.terminal_event_id, events.c.type).order_by(events.c.id)).all())
     assert [tuple(r) for r in stored] == [(1, "ENROLL_SUCCESS"), (2, "ENROLL_SUCCESS"), (None, EVENT_CONFLICT)] + [(None, SAVED_FROM_DEVICE)] * copies
     assert db.run_now(key_entries) == 2
+
+
+def plan_of(db, work, *args) -> str:
+    """The database's plan for the one statement ``work`` runs (PostgreSQL: as if its tables were big)."""
+    ran = []
+
+    def note(_conn, _cursor, statement, parameters, _context, _many):
+        ran.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        db.run_now(work, *args)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+    [(statement, parameters)] = ran
+
+    def explain(conn) -> str:
+        if conn.dialect.name == "sqlite":
+            return "\n".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        return "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars())
+
+    return db.run_now(explain)
+
+
+def test_a_logs_highest_event_id_is_read_from_the_unique_key(db):
+    """Not from every row of the terminal: a connecting terminal's log is opened with it."""
+    db.run_now(_store, [_Submission(7, [enroll(1), enroll(2)], pull_users=True, log_epoch=0)], [], NOW_MS)
+    db.run_now(record_sync_events, [sync_event_row(SAVED_FROM_DEVICE, 7, "u1", at_ms=NOW_MS)])
+    assert db.run_now(highest_event_id, 7, 0) == 2
+    plan = plan_of(db, highest_event_id, 7, 0)
+    assert KEY in plan or "terminal_id_log_epoch_terminal_event_id" in plan, plan  # PostgreSQL names each partition's own
 
 
 def test_a_site_at_migration_0015_keeps_every_event_and_gets_the_key_without_monitoring_rows(db_url):
