@@ -60,6 +60,6 @@ def _say(conn, what: str) -> None:
     """A site's operator sees why the start takes long: every row of the events table is read, on
     SQLite copied (10^7 events: 50 s on the test machine, 5 s on PostgreSQL)."""
     if conn.execute(sa.text("SELECT 1 FROM events LIMIT 1")).first() is not None:
-        how = "the events table is copied" if conn.dialect.name == "sqlite" else "ingest waits"
-        print(f"gateway: migration {revision}: {what}; every row stays, {how} meanwhile (about a minute for 10^7 events)",
-              file=sys.stderr, flush=True)
+        how = ("the events table is copied (about a minute for 10^7 events)" if conn.dialect.name == "sqlite"
+               else "ingest waits (seconds for 10^7 events)")
+        print(f"gateway: migration {revision}: {what}; every row stays, {how}", file=sys.stderr, flush=True)
