@@ -1,5 +1,6 @@
 """Storage on real SQLite files and a real PostgreSQL server: schema, dedup, changes feed, merge."""
 
+import re
 import time
 
 import pytest
@@ -13,8 +14,8 @@ from gateway.store.partitions import DAY_MS, DEFAULT, WEEK_IDS, make_weeks, week
 from gateway.store.user_events import BY_USER
 from gateway.store.database import COPY_FROM_ROWS, MIGRATIONS, Database, DatabaseFailure, execute_many, insert_ignoring_duplicates, insert_many, upsert
 from gateway.store.order import keyed
-from gateway.sync.eventlog import _store, _Submission, highest_event_id, last_stored_event_id
-from gateway.sync.monitor import EVENT_CONFLICT, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
+from gateway.sync.eventlog import _store, _Submission, highest_event_id, last_stored_event_id, went_irregular
+from gateway.sync.monitor import EVENT_CONFLICT, LOG_IRREGULAR, SAVED_FROM_DEVICE, record_sync_events, sync_event_row
 from gateway.sync.puller import merge_pulled
 from gateway.sync.pusher import advance_cursors, read_feed
 from gateway.store.schema import events, metadata, pending_pulls, push_commands, settings, terminals
@@ -129,6 +130,19 @@ def test_a_logs_highest_event_id_is_read_from_the_unique_key(db):
     assert db.run_now(highest_event_id, 7, 0) == 2
     plan = plan_of(db, highest_event_id, 7, 0)
     assert KEY in plan or "terminal_id_log_epoch_terminal_event_id" in plan, plan  # PostgreSQL names each partition's own
+
+
+def test_a_logs_irregularities_are_read_by_their_type_not_from_every_row_of_the_terminal(db):
+    """Each connect asks whether the log went irregular: the answer comes from the few rows of that
+    type, not from a walk over the terminal's whole log."""
+    db.run_now(_store, [_Submission(7, [enroll(1), enroll(2)], pull_users=True, log_epoch=0)], [], NOW_MS)
+    assert not db.run_now(went_irregular, 7, 0)
+    db.run_now(record_sync_events, [sync_event_row(LOG_IRREGULAR, 7, "", at_ms=NOW_MS, log_epoch=0)])
+    assert db.run_now(went_irregular, 7, 0)
+    assert not db.run_now(went_irregular, 8, 0) and not db.run_now(went_irregular, 7, 1)
+    plan = plan_of(db, went_irregular, 7, 0)
+    used = re.findall(r"(?:USING (?:COVERING )?INDEX|using) (\S+)", plan)  # SQLite's words, PostgreSQL's
+    assert used and all("type_id" in index for index in used), plan
 
 
 def test_a_site_at_migration_0015_keeps_every_event_and_gets_the_key_without_monitoring_rows(db_url):
