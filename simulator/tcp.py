@@ -25,7 +25,7 @@ from protocol.connection_events import Answer, Corrupt, Established, KeepaliveDu
 from protocol.errors import ErrorCode, MessageError, RemoteProtocolError
 from protocol.frame import Frame, encode_frame
 from protocol.messages import MAX_BATCH_EVENTS, NOTICE_SEQ, Command, parse_body
-from simulator.wheel import Wheel, wheel_for
+from simulator.liveness import LivenessChecks, checks_for
 
 log = Logger(namespace="simulator")
 
@@ -65,7 +65,7 @@ class TerminalLink(protocol.Protocol):
         self._batches_in_flight = 0
         self._sent_through = 0  # highest event id sent on this connection
         self._held: list[bytes] | None = None  # within dataReceived: frames (and events) wait for its end
-        self._liveness: Wheel | None = None  # what checks the keepalive rule, once established
+        self._liveness: LivenessChecks | None = None  # what checks the keepalive rule, once established
         self._handshake_timer = None
         self._why_closed: str | None = None  # said by this side when it closes the link itself
 
@@ -169,7 +169,7 @@ class TerminalLink(protocol.Protocol):
         self._sent_through = self.terminal.acked_through
         self.terminal.listeners.append(self._event_logged)
         self.terminal.rewind_listeners.append(self._rewind)
-        self._liveness = wheel_for(self.clock, max(self._connection.liveness_check_s, 0.1))
+        self._liveness = checks_for(self.clock, max(self._connection.liveness_check_s, 0.1))
         self._liveness.add(self._tick)
         if self.faults.garbage_every_s:
             # Only after the handshake: before it, the gateway rightly drops a link that sends garbage.

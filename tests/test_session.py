@@ -6,6 +6,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from gateway.native.doorman import Doorman
+from gateway.native.link_timers import GRANULARITY_S, link_timers
 from gateway.metrics import Metrics
 from gateway.sync.connection import Refused, Unanswered
 from gateway.native.session import RequestTimeout, SessionClosed, TerminalSession
@@ -327,6 +328,65 @@ def test_once_nothing_waits_unread_a_request_past_its_deadline_fails_at_the_next
     peer.link.unread = lambda: False  # read, and its answer was not there
     clock.advance(1)
     assert failures and failures[0].check(RequestTimeout)
+
+
+# -- the link timers: one wheel and one reactor timer for every session's deadlines -------------
+
+def test_the_deadlines_of_many_links_share_one_reactor_timer_and_a_closed_link_leaves_it():
+    """A callLater a link for liveness and one for its requests was a reactor wake-up each:
+    thousands of them a second at 10,000 terminals."""
+    gateway = Collaborators()
+    clock = gateway.clock
+    peers = []
+    for _ in range(20):
+        clock.advance(0.07)  # links come up at different instants
+        peer = Peer(gateway)
+        peer.establish()
+        peers.append(peer)
+    for peer in peers[::2]:
+        peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(lambda f: None)
+    assert len(clock.getDelayedCalls()) == 1
+    timers = link_timers(clock)
+    assert len(timers) == 20  # one entry a session: its next deadline or liveness check, whichever comes first
+    for peer in peers[1:]:
+        peer.link.connectionLost()
+    assert len(timers) == 1 and len(clock.getDelayedCalls()) == 1
+    peers[0].transport.clear()
+    peers[0].link.connectionLost()
+    assert clock.getDelayedCalls() == [] and len(link_timers(clock)) == 0  # nothing looked at for a closed link
+    clock.advance(200)
+    assert peers[0].transport.value() == b""  # no keepalive on a link that is gone
+
+
+def test_requests_sent_a_moment_apart_fail_together_within_the_granularity_never_before_their_deadline():
+    gateway = Collaborators()
+    clock = gateway.clock
+    failed: dict[int, float] = {}
+    peers = [Peer(gateway) for _ in range(3)]
+    for peer in peers:
+        peer.establish()
+    for n, peer in enumerate(peers):
+        clock.advance(1 / 16)  # sent at 0.0625, 0.125 and 0.1875 (sums exact in binary)
+        peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(lambda f, n=n: failed.setdefault(n, clock.seconds()))
+    while clock.seconds() < 16:
+        clock.advance(1 / 64)
+    assert failed == {0: 15.25, 1: 15.25, 2: 15.25}  # in one wake-up, at most GRANULARITY_S after 15.0625
+    assert 15.25 - 15.0625 <= GRANULARITY_S
+
+
+def test_a_silent_terminal_is_judged_gone_within_the_granularity_however_many_checks_it_took():
+    """The keepalive rule's looks keep in step with the welcome: rounding each up to the wheel's
+    granularity must not add up over the nine looks of three silent periods."""
+    peer = Peer()
+    peer.gateway.clock.advance(0.1)
+    peer.establish()  # welcomed at 0.1: looks at 10.1, 20.1, ... each rounded up to 10.25, 20.25, ...
+    clock = peer.gateway.clock
+    clock.advance(30.0)  # 30.1: a keepalive period of our silence; looked at by 30.25
+    assert [f.command for f in peer.frames()] == [Command.KEEPALIVE]
+    clock.advance(90.0 - 30.0 - 0.01)
+    assert not peer.transport.disconnecting  # 90.09: not yet three periods of its silence
+    clock.advance(0.01 + GRANULARITY_S)
+    assert peer.transport.disconnecting  # 90.35: gone, at most a granularity after 90.1
 
 
 def test_garbage_before_authentication_closes_the_link():

@@ -35,6 +35,7 @@ from gateway.sync.connection import (
     UserResult,
 )
 from gateway.native.doorman import Doorman
+from gateway.native.link_timers import link_timers
 from protocol.connection import Connection, Role
 from protocol.connection_events import (
     Answer,
@@ -121,8 +122,8 @@ class TerminalSession:
         self._pending: dict[int, defer.Deferred] = {}
         self._waiting: deque = deque()
         self._given_up: OrderedDict[int, int] = OrderedDict()  # seq -> command of requests past their deadline, the latest
-        self._deadline_timer = None  # runs to the connection's next deadline: a request's, or the handshake's
-        self._liveness_timer = None
+        self._look_at: float | None = None  # when the link timers will call _time_passed
+        self._liveness_due: float | None = None  # the keepalive rule's next look, once established
         self._refusal_timer = None
         self._polled_through = 0  # the highest polled event id stored: the next POLL acknowledges it
         self._stored_through = 0  # the highest of its event ids known stored (WELCOME's, acknowledged, polled)
@@ -185,7 +186,7 @@ class TerminalSession:
     def start(self) -> None:
         """The link is up: the gateway speaks first (docs/protocol.md, "Session")."""
         self.link.send(self._connection.start(now=self.clock.seconds()))
-        self._arm_deadline(self._connection.next_deadline())
+        self._look_by(self._connection.next_deadline())
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -214,9 +215,9 @@ class TerminalSession:
         if self.closed:
             return
         self.closed = True
-        for timer in (self._deadline_timer, self._liveness_timer, self._refusal_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
+        self._stop_looking()
+        if self._refusal_timer is not None and self._refusal_timer.active():
+            self._refusal_timer.cancel()
         self._connection.close()
         pending, self._pending = self._pending, {}
         waiting, self._waiting = self._waiting, deque()
@@ -346,28 +347,43 @@ class TerminalSession:
             d.errback(exc)
             return
         self._pending[pending.seq] = d
-        self._arm_deadline(pending.deadline)
+        self._look_by(pending.deadline)
         self.link.send(frame)
 
-    def _arm_deadline(self, deadline: float | None) -> None:
-        """One timer for every deadline: it runs to the earliest."""
-        timer = self._deadline_timer
-        if deadline is None:
-            return
-        if timer is not None and timer.active() and timer.getTime() <= deadline:
-            return
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._deadline_timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._deadlines_passed)
+    # -- time --------------------------------------------------------------------------------
 
-    def _deadlines_passed(self) -> None:
-        self._deadline_timer = None
+    def _look_by(self, deadline: float | None) -> None:
+        """Have the time looked at by ``deadline`` (a request's, the handshake's, the keepalive
+        rule's): one entry on the process's link timers runs to the earliest."""
+        if deadline is None or (self._look_at is not None and self._look_at <= deadline):
+            return
+        self._look_at = deadline
+        link_timers(self.clock).set(self._time_passed, deadline)
+
+    def _stop_looking(self) -> None:
+        if self._look_at is not None:
+            self._look_at = None
+            link_timers(self.clock).discard(self._time_passed)
+
+    def _time_passed(self) -> None:
+        """The link timers' call: look at the time, then ask to be called at the next deadline,
+        the keepalive rule's next look (every ``liveness_check_s`` since the terminal was
+        welcomed) or, for a deadline kept past because its answer may wait unread, a second later."""
+        self._look_at = None
         self._tick()
-        if not self.closed:
-            deadline, now = self._connection.next_deadline(), self.clock.seconds()
-            if deadline is not None and deadline <= now:  # kept past it, its answer perhaps unread: look again soon
-                deadline = now + UNREAD_RECHECK_S
-            self._arm_deadline(deadline)
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        deadline = self._connection.next_deadline()
+        if deadline is not None and deadline <= now:  # kept past it, its answer perhaps unread: look again soon
+            deadline = now + UNREAD_RECHECK_S
+        liveness = self._liveness_due
+        if liveness is not None:
+            while liveness <= now:  # in step with the welcome: the wheel's rounding does not add up
+                liveness += self._connection.liveness_check_s
+            self._liveness_due = liveness
+            deadline = liveness if deadline is None else min(deadline, liveness)
+        self._look_by(deadline)
 
     def _tick(self) -> None:
         """What time says: requests past their deadline, a keepalive due, a handshake too slow
@@ -439,8 +455,7 @@ class TerminalSession:
                                  tid=frame.terminal_id, link=self.link.description, reason=refusal.reason)
         delay = self._doorman.proof_failed(frame.terminal_id, self.link.source) if wrong_proof else 0.0
         if delay:
-            if self._deadline_timer is not None and self._deadline_timer.active():
-                self._deadline_timer.cancel()  # the refusal, not the handshake's deadline, ends this link
+            self._stop_looking()  # the refusal, not the handshake's deadline, ends this link
             self._refusal_timer = self.clock.callLater(delay, self._send_refusal, frame, refusal)
         else:
             self._send_refusal(frame, refusal)
@@ -457,27 +472,21 @@ class TerminalSession:
         self._stored_through = ack_through
         now = self.clock.seconds()
         self.link.send(self._connection.welcome(ack_through=ack_through, server_time_ms=int(now * 1000), now=now))
-        self._arm_deadline(self._connection.next_deadline())
+        self._look_by(self._connection.next_deadline())
 
     def _on_welcome(self, _: Established) -> None:
         if not self._presence.online(self):
             self.close("refused or removed by an administrator during the handshake")
             return
         self.established = True
-        self._liveness_timer = self.clock.callLater(self._connection.liveness_check_s, self._check_liveness)
+        self._liveness_due = self.clock.seconds() + self._connection.liveness_check_s
+        self._look_by(self._liveness_due)
         log.info("terminal {tid} connected on {link} ({model}, firmware {fw})",
                  tid=self.terminal_id, link=self.link.description, model=self.info.model, fw=self.info.firmware)
 
     def _handshake_failed(self, failure):
         if not self.closed:
             self.close(f"handshake failed: {failure.getErrorMessage()}")
-
-    # -- liveness ----------------------------------------------------------------------------
-
-    def _check_liveness(self) -> None:
-        self._tick()
-        if not self.closed:
-            self._liveness_timer = self.clock.callLater(self._connection.liveness_check_s, self._check_liveness)
 
     _on_event = {
         Answer: _answered,

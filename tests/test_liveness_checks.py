@@ -1,13 +1,13 @@
-"""The liveness wheel: one timer calls every link's check once a period, spread over it, none skipped."""
+"""The simulator's liveness checks: one timer calls every link's check once a period, spread over it, none skipped."""
 
 from collections import Counter
 
 from twisted.internet import task
 
-from simulator.wheel import Wheel, wheel_for
+from simulator.liveness import LivenessChecks, checks_for
 
 
-def _calls(wheel: Wheel, count: int) -> tuple[Counter, list]:
+def _calls(wheel: LivenessChecks, count: int) -> tuple[Counter, list]:
     seen: Counter = Counter()
     actions = []
     for n in range(count):
@@ -19,7 +19,7 @@ def _calls(wheel: Wheel, count: int) -> tuple[Counter, list]:
 
 def test_each_action_is_called_once_a_period_and_the_period_is_shared_out():
     clock = task.Clock()
-    seen, _ = _calls(wheel_for(clock, 10.0), 20)
+    seen, _ = _calls(checks_for(clock, 10.0), 20)
     per_turn = []
     for _ in range(10):
         before = sum(seen.values())
@@ -33,7 +33,7 @@ def test_each_action_is_called_once_a_period_and_the_period_is_shared_out():
 
 def test_a_reactor_late_by_periods_calls_each_once_and_stays_in_step():
     clock = task.Clock()
-    wheel = wheel_for(clock, 10.0)
+    wheel = checks_for(clock, 10.0)
     seen, _ = _calls(wheel, 5)
     clock.advance(5.5)
     seen.clear()
@@ -47,7 +47,7 @@ def test_a_reactor_late_by_periods_calls_each_once_and_stays_in_step():
 
 def test_a_discarded_action_is_not_called_and_the_last_one_stops_the_timer():
     clock = task.Clock()
-    wheel = wheel_for(clock, 10.0)
+    wheel = checks_for(clock, 10.0)
     seen, actions = _calls(wheel, 3)
     wheel.discard(actions[0])
     clock.advance(10.0)
@@ -56,12 +56,12 @@ def test_a_discarded_action_is_not_called_and_the_last_one_stops_the_timer():
     wheel.discard(actions[2])
     wheel.discard(actions[2])  # twice: nothing happens
     assert clock.getDelayedCalls() == []
-    assert wheel_for(clock, 10.0) is not wheel  # a fresh wheel next time
+    assert checks_for(clock, 10.0) is not wheel  # a fresh wheel next time
 
 
 def test_an_action_that_fails_does_not_stop_the_others():
     clock = task.Clock()
-    wheel = wheel_for(clock, 10.0)
+    wheel = checks_for(clock, 10.0)
 
     def broken():
         raise RuntimeError("a bug in one link's check")
