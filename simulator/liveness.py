@@ -3,9 +3,9 @@
 A fleet worker holds thousands of links, and each asked its Connection for the keepalive rule
 every ``keepalive_s / 3`` through a LoopingCall of its own: an entry in the reactor's heap of
 timers (which every other timer then sorts against), a Deferred and a reschedule, per link and
-period. Here each link's next check is an entry on a ``protocol.wheel.TimerWheel`` (the one the
-gateway's sessions use, of a tenth of the period), and one timer per reactor and period runs to
-the wheel's next deadline. Links added together are spread over their first period, so their
+period. Here each link's next check is an entry on a ``protocol.wheel.TimerWheel`` (the wheel
+the gateway's sessions use; here its granularity is a tenth of the period), and one timer per
+reactor and period runs to the wheel's next deadline. Links added together are spread over their first period, so their
 checks do not fall due at once for ever after.
 """
 
@@ -17,7 +17,7 @@ from protocol.wheel import TimerWheel
 
 log = Logger(namespace="simulator")
 
-SPREAD = 10  # links added in turn start this many fractions of a period apart
+SPREAD = 10  # a period's ticks: links added in turn are first checked a tick apart
 
 _checks: dict = {}  # (clock, period_s) -> LivenessChecks, while they hold a link
 

@@ -40,9 +40,6 @@ class LinkTimers:
     def __len__(self) -> int:
         return len(self._wheel)
 
-    def __contains__(self, action: object) -> bool:
-        return action in self._wheel
-
     def set(self, action: Callable[[], None], deadline: float) -> None:
         """Call ``action`` once at ``deadline`` (within the granularity), instead of whenever it was due."""
         self._wheel.set(action, deadline)
