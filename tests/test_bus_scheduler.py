@@ -16,6 +16,7 @@ from gateway.native.bus.scheduler import POLL, SEND, Drop, PollScheduler
 from gateway.native.bus.timing import LineTiming
 from gateway.config import ConfigError, GatewayConfig, SerialBus, parse_serial
 from gateway.native.doorman import Doorman
+from gateway.native.link_timers import LinkTimers
 from gateway.metrics import Metrics
 from gateway.sync.connection import Refused
 from gateway.native.session import TerminalSession
@@ -156,6 +157,7 @@ class FakeGateway:
     def __init__(self, clock, commit_at_once=True):
         self.clock = clock
         self.metrics = Metrics()
+        self.timers = LinkTimers(clock)
         self.commit_at_once = commit_at_once
         self.stored: dict[int, list[int]] = {}  # terminal -> event ids, in submission order
         self.commits: list[tuple[defer.Deferred, int]] = []  # held commits and the id each acknowledges
@@ -194,7 +196,7 @@ class FakeGateway:
 
     def new_session(self, link, expected_terminal_id=None, timing=None):
         return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, doorman=Doorman(self.clock, self.metrics), metrics=self.metrics,
-                               timing=timing, expected_terminal_id=expected_terminal_id)
+                               timers=self.timers, timing=timing, expected_terminal_id=expected_terminal_id)
 
 
 class LineTransport:

@@ -6,7 +6,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from gateway.native.doorman import Doorman
-from gateway.native.link_timers import GRANULARITY_S, link_timers
+from gateway.native.link_timers import GRANULARITY_S, LinkTimers
 from gateway.metrics import Metrics
 from gateway.sync.connection import Refused, Unanswered
 from gateway.native.session import RequestTimeout, SessionClosed, TerminalSession
@@ -34,6 +34,7 @@ class Collaborators:
         self.submitted = []
         self.logs_begun = []
         self.doorman = Doorman(self.clock, self.metrics)
+        self.timers = LinkTimers(self.clock)
 
     def secret_for(self, terminal_id, info, description):
         if terminal_id not in self.known:
@@ -62,7 +63,7 @@ class Collaborators:
 
     def new_session(self, link, expected_terminal_id=None):
         return TerminalSession(link, clock=self.clock, admission=self, events=self, presence=self, doorman=self.doorman,
-                               metrics=self.metrics, expected_terminal_id=expected_terminal_id)
+                               timers=self.timers, metrics=self.metrics, expected_terminal_id=expected_terminal_id)
 
 
 class Peer:
@@ -346,14 +347,14 @@ def test_the_deadlines_of_many_links_share_one_reactor_timer_and_a_closed_link_l
     for peer in peers[::2]:
         peer.session.request(Command.GET_USERS, dict(user_ids=["u1"])).addErrback(lambda f: None)
     assert len(clock.getDelayedCalls()) == 1
-    timers = link_timers(clock)
+    timers = gateway.timers
     assert len(timers) == 20  # one entry a session: its next deadline or liveness check, whichever comes first
     for peer in peers[1:]:
         peer.link.connectionLost()
     assert len(timers) == 1 and len(clock.getDelayedCalls()) == 1
     peers[0].transport.clear()
     peers[0].link.connectionLost()
-    assert clock.getDelayedCalls() == [] and len(link_timers(clock)) == 0  # nothing looked at for a closed link
+    assert clock.getDelayedCalls() == [] and len(timers) == 0  # nothing looked at for a closed link
     clock.advance(200)
     assert peers[0].transport.value() == b""  # no keepalive on a link that is gone
 

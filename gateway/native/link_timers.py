@@ -19,18 +19,10 @@ log = Logger(namespace="gateway.session")
 
 GRANULARITY_S = 0.25  # how late a deadline may be looked at: a request's 15 s, the keepalive rule's 10 s
 
-_of_clock: dict = {}  # clock -> its LinkTimers, while they hold an entry
-
-
-def link_timers(clock) -> "LinkTimers":
-    """The link timers of this reactor (or test clock), made on first use."""
-    timers = _of_clock.get(clock)
-    if timers is None:
-        timers = _of_clock[clock] = LinkTimers(clock)
-    return timers
-
 
 class LinkTimers:
+    """One a process (the gateway service makes it), shared by all of its native sessions."""
+
     def __init__(self, clock):
         self.clock = clock
         self._wheel: TimerWheel[Callable[[], None]] = TimerWheel(GRANULARITY_S)
@@ -52,8 +44,6 @@ class LinkTimers:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            if _of_clock.get(self.clock) is self:
-                del _of_clock[self.clock]
 
     def _arm(self) -> None:
         deadline = self._wheel.next_deadline()

@@ -35,7 +35,7 @@ from gateway.sync.connection import (
     UserResult,
 )
 from gateway.native.doorman import Doorman
-from gateway.native.link_timers import link_timers
+from gateway.native.link_timers import LinkTimers
 from protocol.connection import Connection, Role
 from protocol.connection_events import (
     Answer,
@@ -102,8 +102,9 @@ class SessionTiming:
 
 class TerminalSession:
     def __init__(self, link: Link, *, clock, admission: Admission, events: EventSink, presence: Presence, metrics,
-                 doorman: Doorman, timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
+                 doorman: Doorman, timers: LinkTimers, timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
         self.link = link
+        self._timers = timers
         self._doorman = doorman
         self.clock = clock
         self.timing = timing
@@ -358,12 +359,12 @@ class TerminalSession:
         if deadline is None or (self._look_at is not None and self._look_at <= deadline):
             return
         self._look_at = deadline
-        link_timers(self.clock).set(self._time_passed, deadline)
+        self._timers.set(self._time_passed, deadline)
 
     def _stop_looking(self) -> None:
         if self._look_at is not None:
             self._look_at = None
-            link_timers(self.clock).discard(self._time_passed)
+            self._timers.discard(self._time_passed)
 
     def _time_passed(self) -> None:
         """The link timers' call: look at the time, then ask to be called at the next deadline,

@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig, parse_serial
 from gateway.kinds import Serving, kinds
 from gateway.store.database import Database
 from gateway.native.doorman import DoorLimits, Doorman
+from gateway.native.link_timers import LinkTimers
 from gateway.sync.due import heard_groups
 from gateway.sync.eventlog import EventLog
 from gateway.http.serve import ApiProcess, InProcess
@@ -89,6 +90,7 @@ class Gateway:
         self.activity = Activity(self.db, self.clock)
         self.retention = Retention(self.db, self.clock, self.metrics, config.events_keep_days, config.events_export_dir)
         self.session_timing = SessionTiming(keepalive_s=config.keepalive_s)
+        self.link_timers = LinkTimers(self.clock)
         self.doorman = Doorman(self.clock, self.metrics, DoorLimits(
             max_strangers=config.max_unauthenticated, max_strangers_per_source=config.max_unauthenticated_per_address,
             slow_after=config.auth_slow_after, lockout_after=config.auth_lockout_after, lockout_s=config.auth_lockout_s))
@@ -197,7 +199,7 @@ class Gateway:
     def new_session(self, link, expected_terminal_id: int | None = None, timing: SessionTiming | None = None) -> TerminalSession:
         """A native-protocol session over ``link``, wired to this gateway's collaborators."""
         return TerminalSession(link, clock=self.clock, admission=self.registry, events=self.eventlog, presence=self.registry,
-                               metrics=self.metrics, doorman=self.doorman, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
+                               metrics=self.metrics, doorman=self.doorman, timers=self.link_timers, timing=timing or self.session_timing, expected_terminal_id=expected_terminal_id)
 
     # -- terminals coming and going ----------------------------------------------------------
 
