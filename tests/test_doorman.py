@@ -7,6 +7,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from gateway.native.doorman import DoorLimits, Doorman
+from gateway.native.link_timers import LinkTimers
 from gateway.native.tcp import CLOSE_GRACE_S, TcpLink
 from gateway.metrics import Metrics
 from gateway.quietlog import RepeatedLines
@@ -34,6 +35,7 @@ def guarded(**limits) -> Collaborators:
     gateway = Collaborators()
     gateway.doorman = doorman(**limits)
     gateway.clock = gateway.doorman._clock
+    gateway.timers = LinkTimers(gateway.clock)
     return gateway
 
 

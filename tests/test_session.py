@@ -390,6 +390,43 @@ def test_a_silent_terminal_is_judged_gone_within_the_granularity_however_many_ch
     assert peer.transport.disconnecting  # 90.35: gone, at most a granularity after 90.1
 
 
+def test_a_clock_stepped_forward_by_years_costs_one_look_not_one_a_keepalive_period():
+    """The wall clock set forward before the timers ran (a box that booted in 1970, then NTP): the
+    keepalive rule's next look is one period on from now at once. A step a period through the gap
+    (10^11 of them here) would hold the reactor for hours."""
+    peer = Peer()
+    peer.establish()
+    clock = peer.gateway.clock
+    clock.rightNow += 10**12
+    peer.send(request(Command.EVENTS, dict(events=[Event(1, 1, EventCode.DOOR_OPENED)]), terminal_id=7, seq=1))
+    clock.advance(0)  # the link timers, overdue by the step, run now
+    assert not peer.transport.disconnecting  # heard a moment ago: not silent
+    clock.advance(90 - 0.01)
+    assert not peer.transport.disconnecting
+    clock.advance(0.01 + GRANULARITY_S)
+    assert peer.transport.disconnecting  # three periods of silence after the step, as any other
+
+
+def test_a_look_at_the_time_that_fails_still_asks_for_the_next():
+    """A bug in one look must not leave the link unwatched: it would never time out."""
+    peer = Peer()
+    peer.establish()
+    clock, session = peer.gateway.clock, peer.session
+    looks, tick = [], session._tick
+
+    def failing_once():
+        looks.append(clock.seconds())
+        if len(looks) == 1:
+            raise RuntimeError("a bug in one look")
+        tick()
+
+    session._tick = failing_once
+    clock.pump([GRANULARITY_S] * 41)  # past the first look, at 10 s: it fails
+    assert len(looks) == 1 and not peer.transport.disconnecting
+    clock.pump([10] * 9)
+    assert peer.transport.disconnecting  # looked at again, and judged gone after 90 s of silence
+
+
 def test_garbage_before_authentication_closes_the_link():
     peer = Peer()
     peer.send(b"\x00garbage")

@@ -15,6 +15,7 @@ and the gateway's collaborators, all given at construction. It does not know whe
 is a TCP connection or an address on an RS-485 bus.
 """
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,6 +104,8 @@ class SessionTiming:
 class TerminalSession:
     def __init__(self, link: Link, *, clock, admission: Admission, events: EventSink, presence: Presence, metrics,
                  doorman: Doorman, timers: LinkTimers, timing: SessionTiming = SessionTiming(), expected_terminal_id: int | None = None):
+        if timers.clock is not clock:  # deadlines would be looked at on a clock nobody advances: never
+            raise ValueError("a session's link timers must run on its own clock")
         self.link = link
         self._timers = timers
         self._doorman = doorman
@@ -369,20 +372,29 @@ class TerminalSession:
     def _time_passed(self) -> None:
         """The link timers' call: look at the time, then ask to be called at the next deadline,
         the keepalive rule's next look (every ``liveness_check_s`` since the terminal was
-        welcomed) or, for a deadline kept past because its answer may wait unread, a second later."""
+        welcomed) or, for a deadline kept past because its answer may wait unread, a second later.
+        The next look is asked for even if this one failed: a link never looked at again would
+        never time out."""
         self._look_at = None
-        self._tick()
-        if self.closed:
-            return
+        try:
+            self._tick()
+        finally:
+            if not self.closed:
+                self._look_again()
+
+    def _look_again(self) -> None:
         now = self.clock.seconds()
         deadline = self._connection.next_deadline()
         if deadline is not None and deadline <= now:  # kept past it, its answer perhaps unread: look again soon
             deadline = now + UNREAD_RECHECK_S
         liveness = self._liveness_due
-        if liveness is not None:
-            while liveness <= now:  # in step with the welcome: the wheel's rounding does not add up
-                liveness += self._connection.liveness_check_s
+        if liveness is not None and liveness <= now:  # in step with the welcome: the wheel's rounding does not add up
+            period = self._connection.liveness_check_s
+            liveness += (math.floor((now - liveness) / period) + 1) * period  # at once, however far the clock jumped
+            if liveness <= now:  # a quotient rounded down
+                liveness += period
             self._liveness_due = liveness
+        if liveness is not None:
             deadline = liveness if deadline is None else min(deadline, liveness)
         self._look_by(deadline)
 
