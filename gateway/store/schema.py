@@ -77,6 +77,9 @@ events = Table(
     Index("ix_events_type_id", "type", "id"),
     Index("ix_events_user_id", "user_id", "id"),
     Index("ix_events_terminal_id", "terminal_id", "id"),
+    # What each handshake asks of a terminal's log: has it gone irregular? (migration 0017)
+    Index("ix_events_irregular", "terminal_id", "log_epoch",
+          sqlite_where=text("type = 'Event ids irregular'"), postgresql_where=text("type = 'Event ids irregular'")),
 )
 
 # Each user's history (gateway/sync/history.py): a row per version and per decision that made
