@@ -5,8 +5,8 @@ every ``keepalive_s / 3`` through a LoopingCall of its own: an entry in the reac
 timers (which every other timer then sorts against), a Deferred and a reschedule, per link and
 period. Here each link's next check is an entry on a ``protocol.wheel.TimerWheel`` (the wheel
 the gateway's sessions use; here its granularity is a tenth of the period), and one timer per
-reactor and period runs to the wheel's next deadline. Links added together are spread over their first period, so their
-checks do not fall due at once for ever after.
+reactor and period runs to the wheel's next deadline. Links added together are spread over their
+first period, so their checks do not fall due at once for ever after.
 """
 
 from collections.abc import Callable

@@ -7,12 +7,12 @@ from twisted.internet import task
 from simulator.liveness import LivenessChecks, checks_for
 
 
-def _calls(wheel: LivenessChecks, count: int) -> tuple[Counter, list]:
+def _calls(checks: LivenessChecks, count: int) -> tuple[Counter, list]:
     seen: Counter = Counter()
     actions = []
     for n in range(count):
         action = (lambda n=n: seen.update([n]))
-        wheel.add(action)
+        checks.add(action)
         actions.append(action)
     return seen, actions
 
@@ -33,8 +33,8 @@ def test_each_action_is_called_once_a_period_and_the_period_is_shared_out():
 
 def test_a_reactor_late_by_periods_calls_each_once_and_stays_in_step():
     clock = task.Clock()
-    wheel = checks_for(clock, 10.0)
-    seen, _ = _calls(wheel, 5)
+    checks = checks_for(clock, 10.0)
+    seen, _ = _calls(checks, 5)
     clock.advance(5.5)
     seen.clear()
     clock.advance(25.0)  # a busy reactor: 25 turns due at once
@@ -47,27 +47,27 @@ def test_a_reactor_late_by_periods_calls_each_once_and_stays_in_step():
 
 def test_a_discarded_action_is_not_called_and_the_last_one_stops_the_timer():
     clock = task.Clock()
-    wheel = checks_for(clock, 10.0)
-    seen, actions = _calls(wheel, 3)
-    wheel.discard(actions[0])
+    checks = checks_for(clock, 10.0)
+    seen, actions = _calls(checks, 3)
+    checks.discard(actions[0])
     clock.advance(10.0)
     assert seen == Counter([1, 2])
-    wheel.discard(actions[1])
-    wheel.discard(actions[2])
-    wheel.discard(actions[2])  # twice: nothing happens
+    checks.discard(actions[1])
+    checks.discard(actions[2])
+    checks.discard(actions[2])  # twice: nothing happens
     assert clock.getDelayedCalls() == []
-    assert checks_for(clock, 10.0) is not wheel  # a fresh wheel next time
+    assert checks_for(clock, 10.0) is not checks  # a fresh checks next time
 
 
 def test_an_action_that_fails_does_not_stop_the_others():
     clock = task.Clock()
-    wheel = checks_for(clock, 10.0)
+    checks = checks_for(clock, 10.0)
 
     def broken():
         raise RuntimeError("a bug in one link's check")
 
-    wheel.add(broken)
-    seen, _ = _calls(wheel, 2)
+    checks.add(broken)
+    seen, _ = _calls(checks, 2)
     clock.advance(10.0)
     clock.advance(10.0)
     assert seen == Counter({0: 2, 1: 2})

@@ -187,6 +187,33 @@ def test_a_site_at_migration_0015_keeps_every_event_and_gets_the_key_without_mon
         db.engine.dispose()
 
 
+
+def test_migrations_0016_and_0017_go_back_to_0015_with_every_event(db_url):
+    """A site that must return to the previous version: the downgrade keeps every row and gives
+    back the key with the monitoring rows in it (SQLite: the table constraint), and the upgrade
+    after it ends where a fresh database does."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    db = Database(db_url, reactor=None)
+    db.open()
+    rows = [terminal_event(1, NOW_MS), sync_event_row(SAVED_FROM_DEVICE, 7, "u1", at_ms=NOW_MS)]
+    db.run_now(lambda c: insert_many(c, events, keyed(c, rows)))
+    before = db.run_now(lambda c: c.execute(select(events).order_by(events.c.id)).all())
+    try:
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0015_pg_event_weeks_listed")
+        with db.engine.connect() as conn:
+            assert KEY in [u["name"] for u in inspect(conn).get_unique_constraints("events")]  # a constraint again
+        assert db.run_now(lambda c: c.execute(select(events).order_by(events.c.id)).all()) == before
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        assert schema_differences(db.engine) == [] and key_predicate(db.engine) == "terminal_event_id IS NOT NULL"
+        assert db.run_now(lambda c: c.execute(select(events).order_by(events.c.id)).all()) == before
+    finally:
+        db.engine.dispose()
+
 def test_events_are_stored_once_however_often_they_are_resent(db):
     batch = [_Submission(7, [enroll(1), enroll(2)], pull_users=True)]
     db.run_now(_store, batch, [], NOW_MS)
