@@ -23,9 +23,9 @@ connection is CLOSED when it is raised). Each method's docstring names what it r
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, NoReturn
 
